@@ -1,0 +1,217 @@
+// Command gopasst is a user-mode network backend for virtual machines, a
+// drop-in for passt: QEMU connects to its unix socket with
+// "-netdev stream" and the guest gets a full network with no privileges.
+package main
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"log/syslog"
+	"os"
+	"os/signal"
+	"strconv"
+
+	"github.com/alecthomas/kong"
+	"github.com/gopasst/gopasst/pkg/logfile"
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// Options are passt's, spelled as passt spells them, plus gopasst's own
+// extensions. Lists are never split on commas: port specs contain commas.
+type Options struct {
+	Debug      bool   `short:"d" help:"Print debugging messages."`
+	Trace      bool   `help:"Print per-packet messages (implies --debug)."`
+	Quiet      bool   `short:"q" help:"Only print warnings and errors."`
+	Foreground bool   `short:"f" help:"Stay in the foreground instead of daemonizing."`
+	Stderr     bool   `short:"e" help:"Log to standard error even when daemonized."`
+	LogFile    string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
+	LogSize    int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
+	Version    bool   `help:"Print the version and exit."`
+
+	Socket  string `short:"s" placeholder:"PATH" help:"Unix socket to listen on (default: first free gopasst_N.socket in the runtime directory)."`
+	OneOff  bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
+	PidFile string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
+
+	MTU        int      `short:"m" default:"65520" help:"MTU given to the guest."`
+	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address (default: the host's)."`
+	Netmask    string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
+	MAC        string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
+	Gateway    []string `short:"g" sep:"none" placeholder:"ADDR" help:"Gateway given to the guest (default: the host's)."`
+	Interface  string   `short:"i" placeholder:"NAME" help:"Template interface (default: the one with the default route)."`
+	DNS        []string `short:"D" name:"dns" sep:"none" placeholder:"ADDR" help:"Resolver given to the guest; 'none' for none. Repeatable."`
+	DNSForward string   `name:"dns-forward" placeholder:"ADDR" help:"Address whose DNS queries go to the host's first resolver."`
+	Search     []string `short:"S" sep:"none" placeholder:"DOMAIN" help:"Search domain given to the guest; 'none' for none. Repeatable."`
+	Hostname   string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP."`
+	FQDN       string   `name:"fqdn" placeholder:"NAME" help:"FQDN given to the guest by DHCP."`
+
+	NoDHCP  bool `name:"no-dhcp" help:"Do not answer DHCP."`
+	NoMapGW bool `name:"no-map-gw" help:"Do not map the gateway address to the host's loopback."`
+	NoTCP   bool `name:"no-tcp" help:"Disable TCP."`
+	NoUDP   bool `name:"no-udp" help:"Disable UDP."`
+	NoICMP  bool `name:"no-icmp" help:"Disable ICMP echo."`
+	IPv4    bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
+
+	VhostUser bool `name:"vhost-user" help:"Not supported yet: exits with an error."`
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func fail(stderr io.Writer, format string, args ...any) int {
+	fmt.Fprintf(stderr, "gopasst: "+format+"\n", args...)
+	return 1
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var o Options
+	parser, err := kong.New(&o, kong.Name("gopasst"),
+		kong.Description("User-mode networking for virtual machines, compatible with passt."),
+		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if _, err := parser.Parse(args); err != nil {
+		if isHelp(args) {
+			return 0
+		}
+		return fail(stderr, "%v", err)
+	}
+	if isHelp(args) {
+		return 0
+	}
+	if o.Version {
+		fmt.Fprintf(stdout, "gopasst %s\n", version)
+		return 0
+	}
+	if o.VhostUser {
+		return fail(stderr, "--vhost-user: vhost-user is not supported yet")
+	}
+	cfg, err := buildConfig(&o, "/proc/net/route", "/etc/resolv.conf")
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if d := os.Getenv(envDaemon); d != "" {
+		return daemonChild(&o, cfg, d)
+	}
+	return start(&o, cfg, stderr)
+}
+
+// isHelp reports a help request; kong has printed the help by then.
+func isHelp(args []string) bool {
+	for _, a := range args {
+		if a == "-h" || a == "--help" {
+			return true
+		}
+		if a == "--" {
+			break
+		}
+	}
+	return false
+}
+
+// start binds the socket, then either serves in the foreground or hands
+// the socket to a daemon and exits once the daemon is ready: libvirt waits
+// for this process to exit 0 and then trusts the PID file.
+func start(o *Options, cfg slirp.Config, stderr io.Writer) int {
+	path := o.Socket
+	if path == "" {
+		p, err := qemusock.DefaultPath()
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		path = p
+	}
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	fmt.Fprintf(stderr, "UNIX domain socket bound at %s\n\n", path)
+	fmt.Fprintf(stderr, "You can now start qemu (>= 7.2) with:\n")
+	fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
+		"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
+	if o.Foreground {
+		if err := writePidFile(o.PidFile, os.Getpid()); err != nil {
+			os.Remove(path)
+			return fail(stderr, "%v", err)
+		}
+		logger, closeLog, err := openLog(o, stderr)
+		if err != nil {
+			os.Remove(path)
+			return fail(stderr, "%v", err)
+		}
+		defer closeLog()
+		return serve(o, cfg, lfd, path, logger, stderr)
+	}
+	return daemonize(o, lfd, path, stderr)
+}
+
+// serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit.
+func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logger, stderr io.Writer) int {
+	defer os.Remove(path)
+	if o.PidFile != "" {
+		defer os.Remove(o.PidFile)
+	}
+	cfg.Debug = o.Debug || o.Trace
+	cfg.Trace = o.Trace
+	cfg.Log = logger
+	eng, err := slirp.New(cfg, lfd)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	logger.Printf("gopasst %s: guest %v/%d, gateway %v, DNS %v, MTU %d",
+		version, cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4, cfg.MTU)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	go func() {
+		s := <-sig
+		logger.Printf("exiting on %v", s)
+		eng.Stop()
+	}()
+	if err := eng.Run(); err != nil {
+		logger.Printf("%v", err)
+		return 1
+	}
+	return 0
+}
+
+// openLog picks where messages go: the bounded log file, standard error in
+// the foreground, otherwise syslog when it is there.
+func openLog(o *Options, stderr io.Writer) (*log.Logger, func(), error) {
+	var out io.Writer = io.Discard
+	closer := func() {}
+	switch {
+	case o.LogFile != "":
+		f, err := logfile.Open(o.LogFile, o.LogSize, "gopasst "+version+" log")
+		if err != nil {
+			return nil, nil, fmt.Errorf("--log-file: %v", err)
+		}
+		out, closer = f, func() { f.Close() }
+	case o.Foreground || o.Stderr:
+		out = stderr
+	default:
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "gopasst"); err == nil {
+			out, closer = w, func() { w.Close() }
+		}
+	}
+	if o.Quiet && o.LogFile == "" {
+		out = io.Discard
+	}
+	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), closer, nil
+}
+
+func writePidFile(path string, pid int) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("--pid: %v", err)
+	}
+	return nil
+}

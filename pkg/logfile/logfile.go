@@ -1,0 +1,97 @@
+// Package logfile keeps a log file under a size bound, as passt does with
+// --log-file and --log-size: when a write would pass the bound, the oldest
+// lines are dropped, so the file always holds the most recent history and
+// never grows past the bound.
+package logfile
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// DefaultSize is passt's default --log-size.
+const DefaultSize = 1 << 20
+
+// File is a size-bounded log file. It is safe for concurrent use.
+type File struct {
+	mu     sync.Mutex
+	f      *os.File
+	size   int64
+	max    int64
+	header []byte
+}
+
+// Open creates or truncates path. header, if not empty, is written as the
+// first line and kept when old lines are dropped, so the file always says
+// what wrote it.
+func Open(path string, max int64, header string) (*File, error) {
+	if max < 1024 {
+		return nil, fmt.Errorf("log size %d is too small (at least 1024 bytes)", max)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	l := &File{f: f, max: max}
+	if header != "" {
+		l.header = []byte(header + "\n")
+		if _, err := l.Write(l.header); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Write appends p, first dropping the oldest lines if p would not fit.
+// A single write larger than the bound keeps only its tail.
+func (l *File) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(p)
+	room := l.max - int64(len(l.header))
+	if int64(len(p)) > room {
+		p = p[int64(len(p))-room:]
+	}
+	if l.size+int64(len(p)) > l.max {
+		if err := l.dropOldest(int64(len(p))); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := l.f.WriteAt(p, l.size); err != nil {
+		return 0, err
+	}
+	l.size += int64(len(p))
+	return n, nil
+}
+
+// dropOldest rewrites the file keeping the header and the newest lines,
+// leaving room for need bytes plus a quarter of the bound, so that
+// rewrites are rare.
+func (l *File) dropOldest(need int64) error {
+	body := make([]byte, l.size-int64(len(l.header)))
+	if _, err := l.f.ReadAt(body, int64(len(l.header))); err != nil {
+		return err
+	}
+	keep := l.max - int64(len(l.header)) - need - l.max/4
+	keep = max(keep, 0)
+	cut := int64(len(body)) - keep
+	if cut > 0 {
+		body = body[cut:]
+		if i := bytes.IndexByte(body, '\n'); i >= 0 {
+			body = body[i+1:]
+		} else {
+			body = nil
+		}
+	}
+	if _, err := l.f.WriteAt(body, int64(len(l.header))); err != nil {
+		return err
+	}
+	l.size = int64(len(l.header) + len(body))
+	return l.f.Truncate(l.size)
+}
+
+// Close closes the file.
+func (l *File) Close() error { return l.f.Close() }

@@ -1,0 +1,89 @@
+package qemusock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listen binds and listens on a unix stream socket at path. A socket file
+// that nobody listens on (left by a crashed instance) is replaced; one with
+// a live listener is an error, so two instances never share a path.
+func Listen(path string) (int, error) {
+	if err := checkStale(path); err != nil {
+		return -1, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// checkStale removes path if it is a socket nobody accepts on.
+func checkStale(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	if err == nil {
+		return fmt.Errorf("%s is in use by another process", path)
+	}
+	if err != unix.ECONNREFUSED {
+		return fmt.Errorf("probe %s: %w", path, err)
+	}
+	return os.Remove(path)
+}
+
+// DefaultPath picks the first free gopasst_N.socket in the runtime
+// directory ($XDG_RUNTIME_DIR, else /tmp), as passt numbers its sockets.
+func DefaultPath() (string, error) {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	for i := 1; i <= 100; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("gopasst_%d.socket", i))
+		if checkStale(p) == nil {
+			if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+				return p, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no free socket path in %s", dir)
+}
+
+// Accept takes one pending client as a non-blocking descriptor.
+func Accept(lfd int) (int, error) {
+	fd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		return -1, err
+	}
+	// Large socket buffers let a burst of frames go in one write.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 8<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+	return fd, nil
+}

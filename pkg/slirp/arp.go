@@ -1,0 +1,38 @@
+package slirp
+
+import (
+	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+)
+
+// arpInput answers every ARP request except those for the guest's own
+// address: gopasst stands for the whole network, so every other address is
+// reachable through our MAC. Not answering for the guest's address keeps
+// the guest's duplicate address detection quiet.
+func (e *Engine) arpInput(a header.ARP) {
+	if !a.IsValid() {
+		e.Stats.Malformed++
+		return
+	}
+	if a.Op() != header.ARPRequest {
+		return
+	}
+	target := netip.AddrFrom4([4]byte(a.TargetIP()))
+	if target == e.cfg.Addr4 || target == netip.AddrFrom4([4]byte(a.SenderIP())) {
+		return
+	}
+	const l = header.EthernetLen + header.ARPLen
+	b := e.wr.Reserve(ethOff + l)
+	if b == nil || e.tapFd < 0 {
+		return
+	}
+	var senderMAC [6]byte
+	copy(senderMAC[:], a.SenderMAC())
+	putFrameLen(b, l)
+	header.Ethernet(b[ethOff:]).Encode(senderMAC, e.cfg.OurMAC, header.EtherTypeARP)
+	header.ARP(b[ethOff+header.EthernetLen:]).Encode(header.ARPReply,
+		e.cfg.OurMAC[:], a.TargetIP(), senderMAC[:], a.SenderIP())
+	e.wr.Commit(ethOff + l)
+	e.Stats.FramesOut++
+}

@@ -1,0 +1,308 @@
+// Package slirp is gopasst's engine: it terminates the guest's link layer
+// (ARP, DHCP, NDP) and translates its TCP, UDP and ICMP traffic to ordinary
+// host sockets, the way passt does.
+//
+// One goroutine runs the whole engine around a single epoll instance. Guest
+// frames arrive on the QEMU stream socket and are dispatched to one file per
+// protocol (arp.go, dhcp.go, icmp.go, udp.go, tcp.go). Host sockets report
+// readiness through the same epoll set. No per-packet heap allocation
+// happens in the steady state: frames are parsed through header views and
+// built in place in the output queue.
+package slirp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"golang.org/x/sys/unix"
+)
+
+// Kinds of epoll registrations; the kind and an index are packed into the
+// epoll event's 64-bit user data.
+const (
+	kindStop = iota
+	kindListen
+	kindTap
+	kindTCP
+	kindUDP
+	kindICMP
+)
+
+// tick is the timer granularity for retransmissions and expiry.
+const tick = 100 * time.Millisecond
+
+// Stats counts what the engine has seen; malformed input is counted, not
+// fatal.
+type Stats struct {
+	FramesIn, FramesOut uint64
+	Malformed           uint64
+	Unhandled           uint64
+	Clients             uint64
+}
+
+// Engine is one gopasst instance serving one guest at a time.
+type Engine struct {
+	cfg      Config
+	epfd     int
+	stopFd   int
+	listenFd int
+	tapFd    int
+
+	rd *qemusock.Reader
+	wr *qemusock.Writer
+	// tapBlocked is set while the output queue waits for the socket to
+	// drain; flows that had data to send wait in tcp.tapWaiters.
+	tapBlocked bool
+
+	guestMAC [6]byte
+	now      int64 // monotonic nanoseconds, refreshed once per loop turn
+	start    time.Time
+	lastTick int64
+
+	tcp  tcpTable
+	udp  udpTable
+	icmp icmpTable
+
+	sa4     unix.SockaddrInet4 // reused for sendto without allocating
+	dhcpBuf [576]byte
+	events [128]unix.EpollEvent
+
+	Stats Stats
+}
+
+var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// New creates an engine that accepts clients on the listening socket lfd.
+func New(cfg Config, lfd int) (*Engine, error) {
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if cfg.MTU < 576 || cfg.MTU > 65520 {
+		return nil, fmt.Errorf("MTU %d out of range 576-65520", cfg.MTU)
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	stopFd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	e := &Engine{
+		cfg: cfg, epfd: epfd, stopFd: stopFd, listenFd: lfd, tapFd: -1,
+		rd:       qemusock.NewReader(4 << 20),
+		wr:       qemusock.NewWriter(8 << 20),
+		guestMAC: broadcastMAC,
+		start:    time.Now(),
+	}
+	e.tcp.init()
+	e.udp.init()
+	e.icmp.init()
+	if err := e.epollAdd(stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
+		return nil, err
+	}
+	if err := e.epollAdd(lfd, unix.EPOLLIN, kindListen, 0); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Stop makes Run return; it is safe to call from any goroutine.
+func (e *Engine) Stop() {
+	var one = [8]byte{7: 1}
+	unix.Write(e.stopFd, one[:])
+}
+
+func (e *Engine) epollAdd(fd int, events uint32, kind int32, idx int32) error {
+	ev := unix.EpollEvent{Events: events, Fd: kind, Pad: idx}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) epollMod(fd int, events uint32, kind int32, idx int32) {
+	ev := unix.EpollEvent{Events: events, Fd: kind, Pad: idx}
+	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
+
+func (e *Engine) logf(format string, args ...any) {
+	if e.cfg.Log != nil {
+		e.cfg.Log.Printf(format, args...)
+	}
+}
+
+func (e *Engine) debugf(format string, args ...any) {
+	if e.cfg.Debug {
+		e.logf(format, args...)
+	}
+}
+
+// Run serves clients until Stop is called or, in one-off mode, the first
+// client goes away.
+func (e *Engine) Run() error {
+	for {
+		timeout := int(tick / time.Millisecond)
+		n, err := unix.EpollWait(e.epfd, e.events[:], timeout)
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		e.now = int64(time.Since(e.start))
+		for i := 0; i < n; i++ {
+			ev := &e.events[i]
+			gen := uint32(ev.Fd) >> 4
+			switch ev.Fd & 0xf {
+			case kindStop:
+				return nil
+			case kindListen:
+				e.acceptClient()
+			case kindTap:
+				if done := e.tapEvent(ev.Events); done && e.cfg.OneOff {
+					return nil
+				}
+			case kindTCP:
+				e.tcpSockEvent(ev.Pad, gen, ev.Events)
+			case kindUDP:
+				e.udpSockEvent(ev.Pad, gen)
+			case kindICMP:
+				e.icmpSockEvent(ev.Pad, gen)
+			}
+		}
+		if e.now-e.lastTick >= int64(tick) {
+			e.lastTick = e.now
+			e.tcpTimers()
+			e.udpExpire()
+			e.icmpExpire()
+		}
+		e.flush()
+	}
+}
+
+func (e *Engine) acceptClient() {
+	fd, err := qemusock.Accept(e.listenFd)
+	if err != nil {
+		return
+	}
+	if e.tapFd >= 0 {
+		e.logf("rejecting a second client: one guest at a time")
+		unix.Close(fd)
+		return
+	}
+	e.tapFd = fd
+	e.rd.Reset()
+	e.wr.Reset()
+	e.tapBlocked = false
+	e.Stats.Clients++
+	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0); err != nil {
+		e.logf("%v", err)
+	}
+	e.logf("client connected")
+}
+
+// closeClient forgets the guest and every flow it had: a new client is a
+// new guest that knows none of them.
+func (e *Engine) closeClient(why string) {
+	e.logf("client disconnected: %s", why)
+	unix.Close(e.tapFd)
+	e.tapFd = -1
+	e.guestMAC = broadcastMAC
+	e.tcp.closeAll(e)
+	e.udp.closeAll(e)
+	e.icmp.closeAll(e)
+}
+
+// tapEvent handles readiness on the guest's socket and reports whether the
+// client is gone.
+func (e *Engine) tapEvent(events uint32) bool {
+	if events&unix.EPOLLOUT != 0 {
+		e.flush()
+	}
+	if events&unix.EPOLLIN == 0 && events&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		e.closeClient("hang-up")
+		return true
+	}
+	// Read a bounded number of times so host sockets get their turn.
+	for i := 0; i < 8; i++ {
+		n, err := e.rd.Fill(e.tapFd)
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil || n == 0 {
+			if err == nil {
+				err = errors.New("end of stream")
+			}
+			e.closeClient(err.Error())
+			return true
+		}
+		for {
+			frame, err := e.rd.Next()
+			if err != nil {
+				e.Stats.Malformed++
+				e.closeClient(err.Error())
+				return true
+			}
+			if frame == nil {
+				break
+			}
+			e.Stats.FramesIn++
+			e.tapInput(frame)
+		}
+		e.tcpFlushAcks()
+	}
+	return false
+}
+
+// flush sends queued frames, and lets flows that waited for room queue
+// more, until the socket would block or nobody waits.
+func (e *Engine) flush() {
+	for e.tapFd >= 0 && e.wr.Pending() > 0 {
+		err := e.wr.Flush(e.tapFd)
+		if err == unix.EAGAIN {
+			if !e.tapBlocked {
+				e.tapBlocked = true
+				e.epollMod(e.tapFd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT, kindTap, 0)
+			}
+			return
+		}
+		if err != nil {
+			e.closeClient(err.Error())
+			return
+		}
+		if e.tapBlocked {
+			e.tapBlocked = false
+			e.epollMod(e.tapFd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0)
+		}
+		if len(e.tcp.tapWaiters) == 0 {
+			return
+		}
+		e.tcpResumeWaiters()
+	}
+}
+
+// mapToHost turns a guest-visible destination into the host address to
+// use: the gateway address stands for the host itself (its loopback).
+func (e *Engine) mapToHost(a netip.Addr) netip.Addr {
+	if !e.cfg.NoMapGW && a == e.cfg.Gateway4 {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return a
+}
+
+// mapToGuest is the inverse of mapToHost for addresses seen on host
+// sockets: the host's loopback appears to the guest as the gateway.
+func (e *Engine) mapToGuest(a netip.Addr) netip.Addr {
+	if !e.cfg.NoMapGW && a.Is4() && a.As4()[0] == 127 {
+		return e.cfg.Gateway4
+	}
+	return a
+}
+
+func (e *Engine) setSA4(a netip.Addr, port uint16) *unix.SockaddrInet4 {
+	e.sa4.Addr = a.As4()
+	e.sa4.Port = int(port)
+	return &e.sa4
+}

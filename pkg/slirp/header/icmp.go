@@ -1,0 +1,37 @@
+package header
+
+import "encoding/binary"
+
+// ICMPEchoLen is the size of an ICMP or ICMPv6 echo header.
+const ICMPEchoLen = 8
+
+// ICMPv4 types gopasst handles.
+const (
+	ICMPv4EchoReply   = 0
+	ICMPv4Unreachable = 3
+	ICMPv4Echo        = 8
+)
+
+// ICMP is a view of an ICMP (v4 or v6) message.
+type ICMP []byte
+
+// IsValid reports whether the message holds at least an echo header.
+func (i ICMP) IsValid() bool { return len(i) >= ICMPEchoLen }
+
+// Type is the message type.
+func (i ICMP) Type() uint8 { return i[0] }
+
+// Code is the message code.
+func (i ICMP) Code() uint8 { return i[1] }
+
+// Ident is the echo identifier.
+func (i ICMP) Ident() uint16 { return binary.BigEndian.Uint16(i[4:]) }
+
+// SetIdent rewrites the echo identifier.
+func (i ICMP) SetIdent(id uint16) { binary.BigEndian.PutUint16(i[4:], id) }
+
+// Seq is the echo sequence number.
+func (i ICMP) Seq() uint16 { return binary.BigEndian.Uint16(i[6:]) }
+
+// SetChecksum stores the checksum field.
+func (i ICMP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(i[2:], c) }

@@ -1,0 +1,71 @@
+package header
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// IPv4MinLen is the size of an IPv4 header without options.
+const IPv4MinLen = 20
+
+// IP protocol numbers.
+const (
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+)
+
+// IPv4 is a view of an IPv4 header followed by its payload.
+type IPv4 []byte
+
+// IsValid reports whether the header is complete, self-consistent and not a
+// fragment; gopasst's guest never needs to fragment because it knows the MTU.
+func (ip IPv4) IsValid() bool {
+	if len(ip) < IPv4MinLen || ip[0]>>4 != 4 {
+		return false
+	}
+	hl := ip.HeaderLen()
+	tl := int(ip.TotalLen())
+	return hl >= IPv4MinLen && tl >= hl && tl <= len(ip) && !ip.IsFragment()
+}
+
+// HeaderLen is the header length in bytes, options included.
+func (ip IPv4) HeaderLen() int { return int(ip[0]&0xf) * 4 }
+
+// TotalLen is the datagram length from the header.
+func (ip IPv4) TotalLen() uint16 { return binary.BigEndian.Uint16(ip[2:]) }
+
+// IsFragment reports a non-first fragment or a set More Fragments flag.
+func (ip IPv4) IsFragment() bool { return binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 }
+
+// TTL is the time to live.
+func (ip IPv4) TTL() uint8 { return ip[8] }
+
+// Protocol is the payload's IP protocol number.
+func (ip IPv4) Protocol() uint8 { return ip[9] }
+
+// Src is the source address.
+func (ip IPv4) Src() netip.Addr { return netip.AddrFrom4([4]byte(ip[12:16])) }
+
+// Dst is the destination address.
+func (ip IPv4) Dst() netip.Addr { return netip.AddrFrom4([4]byte(ip[16:20])) }
+
+// Payload is the datagram's payload, trimmed to the header's total length.
+func (ip IPv4) Payload() []byte { return ip[ip.HeaderLen():ip.TotalLen()] }
+
+// Encode writes a 20-byte header with its checksum for a payload of
+// payloadLen bytes.
+func (ip IPv4) Encode(src, dst netip.Addr, proto uint8, ttl uint8, payloadLen int) {
+	ip[0] = 0x45
+	ip[1] = 0
+	binary.BigEndian.PutUint16(ip[2:], uint16(IPv4MinLen+payloadLen))
+	binary.BigEndian.PutUint32(ip[4:], 0x00004000) // ID 0, DF
+	ip[8] = ttl
+	ip[9] = proto
+	ip[10], ip[11] = 0, 0
+	s, d := src.As4(), dst.As4()
+	copy(ip[12:16], s[:])
+	copy(ip[16:20], d[:])
+	binary.BigEndian.PutUint16(ip[10:], Fold(Checksum(ip[:IPv4MinLen], 0)))
+}

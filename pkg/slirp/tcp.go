@@ -1,0 +1,601 @@
+package slirp
+
+import (
+	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// TCP, translated the way passt does it: there is no TCP stack here and no
+// buffer of our own. Each guest connection is a host socket.
+//
+//   - Guest to host: a segment's payload is written straight to the socket
+//     and acknowledged only as far as the kernel took it. The window we
+//     advertise is the room left in the socket's send buffer.
+//   - Host to guest: data is peeked (MSG_PEEK, with SO_PEEK_OFF where the
+//     kernel has it) directly into frames in the output queue, and stays in
+//     the socket until the guest acknowledges it; then it is discarded. A
+//     retransmission just peeks again from the acknowledged point.
+
+// Flow state bits.
+const (
+	tcpConnecting  = 1 << iota // guest SYN seen, host connect() under way
+	tcpSynAckSent              // waiting for the guest to ACK our SYN
+	tcpEstablished             // handshake done both ways
+	tcpGuestFin                // guest sent FIN; host socket shut for writing
+	tcpHostEOF                 // host socket reached end of stream
+	tcpFinSent                 // FIN sent to the guest
+	tcpFinAcked                // ... and acknowledged
+	tcpAckPending              // queued in ackList
+	tcpWaitTap                 // queued in tapWaiters for output room
+	tcpWaitWrite               // host send buffer full; EPOLLOUT armed
+	tcpWndFull                 // stopped sending at the guest's window
+)
+
+const (
+	tcpMaxFlows   = 1 << 17
+	tcpOurWS      = 8 // our window scale towards the guest
+	tcpMaxSegs    = 16
+	tcpRTO        = 1_000_000_000 // first retransmission timeout, ns
+	tcpMaxRetries = 8
+	tcpSynTimeout = 10_000_000_000
+	tcpFinTimeout = 60_000_000_000
+	tcpIdle       = 7200_000_000_000
+	tcpDefaultMSS = 536
+)
+
+type tcpKey struct {
+	guest  netip.AddrPort // the guest's end
+	remote netip.AddrPort // the peer, as the guest sees it
+}
+
+type tcpFlow struct {
+	key   tcpKey
+	idx   int32
+	fd    int
+	flags uint32
+
+	sndUna   uint32 // oldest byte sent to the guest and not acknowledged
+	sndNxt   uint32 // next byte to send to the guest
+	rcvNxt   uint32 // next byte expected from the guest
+	guestWnd uint32 // guest's receive window, in bytes
+	guestWS  uint8
+	ourWS    uint8
+	dupAcks  uint8
+	retries  uint8
+	mss      int
+	peekOff  bool // SO_PEEK_OFF is in use
+
+	ackSent uint32 // last acknowledgement number sent
+	wndSent uint16 // last raw window sent
+	rtoAt   int64  // retransmission deadline, 0 when nothing is in flight
+	lastAct int64
+	created int64
+}
+
+type tcpTable struct {
+	flowTable[tcpKey, tcpFlow]
+	ackList    []int32 // flows owing the guest an ACK after this batch
+	tapWaiters []int32 // flows waiting for room in the output queue
+	iov        [tcpMaxSegs + 1]unix.Iovec
+	discardBuf []byte // for kernels without SO_PEEK_OFF
+	isn        uint32
+}
+
+func (t *tcpTable) init() {
+	t.flowTable.init()
+	t.isn = 0x9e3779b9
+}
+
+// nextISN is a cheap xorshift; the guest link is private, so initial
+// sequence numbers need variety, not secrecy.
+func (t *tcpTable) nextISN() uint32 {
+	t.isn ^= t.isn << 13
+	t.isn ^= t.isn >> 17
+	t.isn ^= t.isn << 5
+	return t.isn
+}
+
+func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
+
+// tcpInput handles one segment from the guest.
+func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
+	if !t.IsValid() {
+		e.Stats.Malformed++
+		return
+	}
+	key := tcpKey{netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())}
+	flags := t.Flags()
+	_, f := e.tcp.lookup(key)
+	if f == nil {
+		switch {
+		case flags&header.TCPRst != 0:
+		case flags&(header.TCPSyn|header.TCPAck) == header.TCPSyn:
+			e.tcpConnect(key, t)
+		default:
+			e.tcpRstReply(key, t)
+		}
+		return
+	}
+	f.lastAct = e.now
+	if flags&header.TCPRst != 0 {
+		e.debugf("TCP %v: reset by guest", key.remote)
+		e.tcpClose(f, false, true)
+		return
+	}
+	if flags&header.TCPSyn != 0 {
+		if f.flags&tcpSynAckSent != 0 {
+			e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
+		}
+		return
+	}
+	if f.flags&tcpConnecting != 0 || flags&header.TCPAck == 0 {
+		return
+	}
+	payload := t.Payload()
+	fin := flags&header.TCPFin != 0
+	if !e.tcpAck(f, t.Ack(), t.Window(), len(payload) > 0 || fin) {
+		return
+	}
+	if len(payload) > 0 || fin {
+		e.tcpGuestData(f, t.Seq(), payload, fin)
+	}
+}
+
+// tcpConnect starts the host side of a new guest connection. The guest
+// gets its SYN-ACK only when connect() succeeds, so a refused port shows
+// up in the guest as a refused connection, not as a reset after a
+// successful handshake.
+func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
+	if e.tcp.count >= tcpMaxFlows {
+		e.tcpRstReply(key, t)
+		return
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		e.logf("TCP: socket: %v", err)
+		e.tcpRstReply(key, t)
+		return
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	dst := e.mapToHost(key.remote.Addr())
+	err = unix.Connect(fd, e.setSA4(dst, key.remote.Port()))
+	if err != nil && err != unix.EINPROGRESS {
+		e.debugf("TCP %v: connect: %v", key.remote, err)
+		unix.Close(fd)
+		e.tcpRstReply(key, t)
+		return
+	}
+	idx, f := e.tcp.add(key)
+	opts := header.ParseSynOptions(t.Options())
+	*f = tcpFlow{
+		key: key, idx: idx, fd: fd, flags: tcpConnecting,
+		rcvNxt: t.Seq() + 1, guestWnd: uint32(t.Window()),
+		mss: e.cfg.MTU - header.IPv4MinLen - header.TCPMinLen,
+		lastAct: e.now, created: e.now,
+	}
+	if opts.MSS != 0 {
+		f.mss = min(f.mss, int(opts.MSS))
+	} else {
+		f.mss = min(f.mss, tcpDefaultMSS)
+	}
+	if opts.WSValid {
+		f.guestWS, f.ourWS = opts.WS, tcpOurWS
+	}
+	// Host data may arrive before the handshake completes and its EPOLLIN
+	// edge would be lost: treat the flow as window-limited so the guest's
+	// ACK of our SYN triggers the first peek.
+	f.flags |= tcpWndFull
+	f.sndUna = e.tcp.nextISN()
+	f.sndNxt = f.sndUna
+	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
+	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(idx)), idx)
+	if err == nil {
+		e.tcpConnected(f)
+	}
+}
+
+// tcpConnected answers the guest's SYN once the host side is up.
+func (e *Engine) tcpConnected(f *tcpFlow) {
+	f.flags = f.flags&^tcpConnecting | tcpSynAckSent
+	e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
+	e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+}
+
+// tcpSockEvent handles readiness of a flow's host socket.
+func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
+	f := e.tcp.get(idx, gen)
+	if f == nil {
+		return
+	}
+	if f.flags&tcpConnecting != 0 {
+		if err := sockError(f.fd); err != nil || events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			e.debugf("TCP %v: connect failed: %v", f.key.remote, err)
+			e.tcpClose(f, true, false)
+			return
+		}
+		if events&unix.EPOLLOUT != 0 {
+			e.tcpConnected(f)
+		}
+		return
+	}
+	if events&unix.EPOLLERR != 0 {
+		e.debugf("TCP %v: host socket error: %v", f.key.remote, sockError(f.fd))
+		e.tcpClose(f, true, false)
+		return
+	}
+	if events&unix.EPOLLOUT != 0 && f.flags&tcpWaitWrite != 0 {
+		// The host drained its send buffer: reopen the guest's window.
+		f.flags &^= tcpWaitWrite
+		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, gen), idx)
+		e.tcpScheduleAck(f)
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		e.tcpSendToGuest(f)
+	}
+}
+
+// tcpAck processes the guest's acknowledgement and window. It reports
+// false when the flow is gone.
+func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) bool {
+	wnd := uint32(rawWnd) << f.guestWS
+	if seqLT(f.sndNxt, ack) {
+		return true // acknowledges what we never sent: ignore the ACK
+	}
+	acked := ack - f.sndUna
+	switch {
+	case int32(acked) > 0:
+		n := int(acked)
+		if f.flags&tcpSynAckSent != 0 {
+			f.flags = f.flags&^tcpSynAckSent | tcpEstablished
+			n--
+		}
+		if f.flags&tcpFinSent != 0 && ack == f.sndNxt {
+			f.flags |= tcpFinAcked
+			n--
+		}
+		if n > 0 {
+			if err := discard(f.fd, n); err != nil {
+				e.tcpClose(f, true, false)
+				return false
+			}
+		}
+		f.sndUna = ack
+		f.dupAcks, f.retries = 0, 0
+		f.rtoAt = 0
+		if f.sndUna != f.sndNxt {
+			f.rtoAt = e.now + tcpRTO
+		}
+	case acked == 0 && !hasData && wnd == f.guestWnd && f.sndUna != f.sndNxt:
+		if f.dupAcks++; f.dupAcks == 3 {
+			e.tcpRewind(f)
+		}
+	}
+	f.guestWnd = wnd
+	if f.flags&tcpGuestFin != 0 && f.flags&tcpFinAcked != 0 {
+		e.tcpClose(f, false, false)
+		return false
+	}
+	if f.flags&tcpWndFull != 0 && f.flags&tcpEstablished != 0 {
+		f.flags &^= tcpWndFull
+		e.tcpSendToGuest(f)
+	}
+	return true
+}
+
+// tcpGuestData writes the guest's payload to the host socket.
+func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) {
+	defer e.tcpScheduleAck(f)
+	if f.flags&tcpGuestFin != 0 || f.flags&tcpEstablished == 0 {
+		return
+	}
+	off := int32(f.rcvNxt - seq)
+	if off < 0 || int(off) > len(payload) {
+		return // a gap or an old duplicate: the ACK we send says where we are
+	}
+	data := payload[off:]
+	if len(data) > 0 {
+		n, err := unix.Write(f.fd, data)
+		if err == unix.EAGAIN {
+			n, err = 0, nil
+		}
+		if err != nil {
+			e.debugf("TCP %v: write: %v", f.key.remote, err)
+			e.tcpClose(f, true, false)
+			return
+		}
+		f.rcvNxt += uint32(n)
+		if n < len(data) {
+			// The rest will come again once the window reopens.
+			f.flags |= tcpWaitWrite
+			e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT|unix.EPOLLET,
+				epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+			return
+		}
+	}
+	if fin {
+		f.rcvNxt++
+		f.flags |= tcpGuestFin
+		unix.Shutdown(f.fd, unix.SHUT_WR)
+		if f.flags&tcpFinAcked != 0 {
+			e.tcpSendFlags(f, header.TCPAck)
+			e.tcpClose(f, false, false)
+		}
+	}
+}
+
+func (e *Engine) tcpScheduleAck(f *tcpFlow) {
+	if f.flags&tcpAckPending == 0 && f.fd >= 0 {
+		f.flags |= tcpAckPending
+		e.tcp.ackList = append(e.tcp.ackList, f.idx)
+	}
+}
+
+// tcpFlushAcks sends one ACK per flow that received data in the last
+// batch of guest frames, instead of one per segment.
+func (e *Engine) tcpFlushAcks() {
+	for _, idx := range e.tcp.ackList {
+		f := e.tcp.flows[idx]
+		if !e.tcp.used[idx] || f.flags&tcpAckPending == 0 {
+			continue
+		}
+		f.flags &^= tcpAckPending
+		if f.ackSent != f.rcvNxt || f.wndSent != e.tcpWindow(f) {
+			e.tcpSendFlags(f, header.TCPAck)
+		}
+	}
+	e.tcp.ackList = e.tcp.ackList[:0]
+}
+
+// tcpWindow is the raw window field to advertise: the free space in the
+// host socket's send buffer, so the guest never sends what the kernel
+// would refuse.
+func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
+	if f.flags&(tcpWaitWrite|tcpGuestFin) != 0 {
+		return 0
+	}
+	sndbuf, _ := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	w := max(sndbuf-outq(f.fd), 0) >> f.ourWS
+	return uint16(min(w, 0xffff))
+}
+
+// tcpSendToGuest peeks host data into segments for the guest, as far as
+// the guest's window and the output queue allow.
+func (e *Engine) tcpSendToGuest(f *tcpFlow) {
+	if f.flags&(tcpEstablished|tcpWaitTap) != tcpEstablished || f.flags&tcpFinSent != 0 {
+		return
+	}
+	const hdr = hdrRoom4 + header.TCPMinLen
+	slot := hdr + f.mss
+	wnd := e.tcpWindow(f)
+	for {
+		inflight := f.sndNxt - f.sndUna
+		if inflight >= f.guestWnd {
+			f.flags |= tcpWndFull // the guest's next ACK calls us again
+			return
+		}
+		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*f.mss)))
+		if e.wr.Room() < slot*2 {
+			f.flags |= tcpWaitTap
+			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
+			return
+		}
+		want = min(want, (e.wr.Room()/slot)*f.mss)
+		segs := (want + f.mss - 1) / f.mss
+		b := e.wr.Reserve(segs * slot)
+		if b == nil {
+			return
+		}
+		iov := e.tcp.iov[:0]
+		if !f.peekOff {
+			iov = append(iov, e.tcp.skipIov(int(inflight)))
+		}
+		for i := range segs {
+			l := min(f.mss, want-i*f.mss)
+			iov = append(iov, unix.Iovec{Base: &b[i*slot+hdr], Len: uint64(l)})
+		}
+		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			e.debugf("TCP %v: peek: %v", f.key.remote, err)
+			e.tcpClose(f, true, false)
+			return
+		}
+		if !f.peekOff {
+			n -= int(inflight)
+		}
+		if n <= 0 {
+			f.flags |= tcpHostEOF
+			if f.flags&tcpFinSent == 0 {
+				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
+				f.flags |= tcpFinSent
+				f.sndNxt++
+				if f.rtoAt == 0 {
+					f.rtoAt = e.now + tcpRTO
+				}
+			}
+			return
+		}
+		used := 0
+		for sent := 0; sent < n; {
+			l := min(f.mss, n-sent)
+			fl := uint8(header.TCPAck)
+			if sent+l == n {
+				fl |= header.TCPPsh
+			}
+			used += e.tcpFill(b[used:], f, fl, f.sndNxt+uint32(sent), 0, l, wnd)
+			sent += l
+		}
+		e.wr.Commit(used)
+		e.Stats.FramesOut += uint64(segs)
+		f.sndNxt += uint32(n)
+		f.ackSent, f.wndSent = f.rcvNxt, wnd
+		if f.rtoAt == 0 {
+			f.rtoAt = e.now + tcpRTO
+		}
+		if n < want {
+			return // drained; the next EPOLLIN edge brings more
+		}
+	}
+}
+
+// skipIov is the first iovec of a peek on kernels without SO_PEEK_OFF: it
+// soaks up the bytes already in flight to the guest.
+func (t *tcpTable) skipIov(n int) unix.Iovec {
+	if len(t.discardBuf) < n {
+		t.discardBuf = make([]byte, max(n, 1<<20))
+	}
+	return unix.Iovec{Base: &t.discardBuf[0], Len: uint64(n)}
+}
+
+// tcpResumeWaiters restarts flows that stopped for lack of output room.
+func (e *Engine) tcpResumeWaiters() {
+	w := e.tcp.tapWaiters
+	e.tcp.tapWaiters = w[len(w):]
+	for _, idx := range w {
+		f := e.tcp.flows[idx]
+		if e.tcp.used[idx] && f.flags&tcpWaitTap != 0 {
+			f.flags &^= tcpWaitTap
+			e.tcpSendToGuest(f)
+		}
+	}
+	if len(e.tcp.tapWaiters) == 0 {
+		e.tcp.tapWaiters = w[:0]
+	}
+}
+
+// tcpRewind goes back to the oldest unacknowledged byte: the data is still
+// in the socket, so retransmitting is peeking again.
+func (e *Engine) tcpRewind(f *tcpFlow) {
+	f.sndNxt = f.sndUna
+	f.flags &^= tcpFinSent
+	f.dupAcks = 0
+	if f.peekOff {
+		unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, 0)
+	}
+	e.tcpSendToGuest(f)
+}
+
+// tcpTimers runs retransmissions and expiry for every flow.
+func (e *Engine) tcpTimers() {
+	e.tcp.each(func(_ int32, f *tcpFlow) {
+		switch {
+		case f.flags&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
+			e.tcpClose(f, true, false)
+		case f.rtoAt != 0 && e.now >= f.rtoAt:
+			if f.retries++; f.retries > tcpMaxRetries {
+				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
+				e.tcpClose(f, true, true)
+				return
+			}
+			f.rtoAt = e.now + tcpRTO<<min(f.retries, 4)
+			if f.flags&tcpSynAckSent != 0 {
+				e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
+			} else {
+				e.tcpRewind(f)
+			}
+		case f.flags&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
+			e.now-f.lastAct > tcpIdle:
+			e.tcpClose(f, true, true)
+		}
+	})
+}
+
+// tcpClose ends a flow. rstGuest tells the guest with a RST; rstHost makes
+// the host peer see a reset instead of an orderly close.
+func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
+	if rstGuest {
+		if f.flags&tcpConnecting != 0 {
+			e.tcpSendFlags(f, header.TCPRst|header.TCPAck)
+		} else {
+			e.tcpSendFlags(f, header.TCPRst)
+		}
+	}
+	if rstHost {
+		unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(f.fd)
+	f.fd = -1
+	f.flags = 0
+	e.tcp.remove(f.idx, f.key)
+}
+
+// tcpSendFlags sends a segment without data.
+func (e *Engine) tcpSendFlags(f *tcpFlow, flags uint8) {
+	optLen := 0
+	if flags&header.TCPSyn != 0 {
+		optLen = header.TCPSynOptionLen
+	}
+	b := e.reserve4(header.TCPMinLen + optLen)
+	if b == nil {
+		return
+	}
+	seq := f.sndNxt
+	if flags&header.TCPSyn != 0 {
+		seq = f.sndUna
+		f.sndNxt = f.sndUna + 1
+	}
+	wnd := e.tcpWindow(f)
+	if flags&header.TCPSyn != 0 {
+		wnd = 0xffff // unscaled in a SYN; the real window follows
+	}
+	e.wr.Commit(e.tcpFill(b, f, flags, seq, optLen, 0, wnd))
+	e.Stats.FramesOut++
+	f.ackSent, f.wndSent = f.rcvNxt, wnd
+	if flags&header.TCPSyn != 0 && f.rtoAt == 0 {
+		f.rtoAt = e.now + tcpRTO
+	}
+}
+
+// tcpFill writes the headers of a segment whose payload (if any) already
+// sits after them in b, and returns the frame's size in the queue.
+func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, payloadLen int, wnd uint16) int {
+	l4len := header.TCPMinLen + optLen + payloadLen
+	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
+	e.fill4(b, src, dst, header.ProtoTCP, l4len)
+	t := header.TCP(b[l4Off4 : l4Off4+l4len])
+	ack := f.rcvNxt
+	if flags&header.TCPAck == 0 {
+		ack = 0
+	}
+	t.Encode(f.key.remote.Port(), f.key.guest.Port(), seq, ack, flags, wnd, header.TCPMinLen+optLen)
+	if optLen > 0 {
+		header.EncodeSynOptions(t[header.TCPMinLen:], uint16(f.mss), f.ourWS)
+	}
+	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len)
+	t.SetChecksum(header.Fold(header.Checksum(t, sum)))
+	return hdrRoom4 + l4len
+}
+
+// tcpRstReply answers a segment that belongs to no flow, per RFC 793.
+func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
+	f := tcpFlow{key: key}
+	flags := uint8(header.TCPRst)
+	if in.Flags()&header.TCPAck != 0 {
+		f.sndNxt = in.Ack()
+	} else {
+		flags |= header.TCPAck
+		f.rcvNxt = in.Seq() + uint32(len(in.Payload()))
+		if in.Flags()&header.TCPSyn != 0 {
+			f.rcvNxt++
+		}
+		if in.Flags()&header.TCPFin != 0 {
+			f.rcvNxt++
+		}
+	}
+	b := e.reserve4(header.TCPMinLen)
+	if b == nil {
+		return
+	}
+	e.wr.Commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0))
+	e.Stats.FramesOut++
+}
+
+func (t *tcpTable) closeAll(e *Engine) {
+	t.each(func(_ int32, f *tcpFlow) { e.tcpClose(f, false, true) })
+	t.ackList = t.ackList[:0]
+	t.tapWaiters = t.tapWaiters[:0]
+}
