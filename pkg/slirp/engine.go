@@ -68,7 +68,7 @@ type Engine struct {
 
 	sa4     unix.SockaddrInet4 // reused for sendto without allocating
 	dhcpBuf [576]byte
-	events [128]unix.EpollEvent
+	events  [128]unix.EpollEvent
 
 	Stats Stats
 }

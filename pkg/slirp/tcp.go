@@ -31,6 +31,7 @@ const (
 	tcpWaitTap                 // queued in tapWaiters for output room
 	tcpWaitWrite               // host send buffer full; EPOLLOUT armed
 	tcpWndFull                 // stopped sending at the guest's window
+	tcpHostRdhup               // the host peer shut down its sending side
 )
 
 const (
@@ -172,7 +173,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	*f = tcpFlow{
 		key: key, idx: idx, fd: fd, flags: tcpConnecting,
 		rcvNxt: t.Seq() + 1, guestWnd: uint32(t.Window()),
-		mss: e.cfg.MTU - header.IPv4MinLen - header.TCPMinLen,
+		mss:     e.cfg.MTU - header.IPv4MinLen - header.TCPMinLen,
 		lastAct: e.now, created: e.now,
 	}
 	if opts.MSS != 0 {
@@ -230,6 +231,9 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		f.flags &^= tcpWaitWrite
 		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, gen), idx)
 		e.tcpScheduleAck(f)
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		f.flags |= tcpHostRdhup
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSendToGuest(f)
@@ -436,7 +440,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
 		}
-		if n < want {
+		if n < want && f.flags&tcpHostRdhup == 0 {
 			return // drained; the next EPOLLIN edge brings more
 		}
 	}

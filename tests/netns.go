@@ -1,0 +1,145 @@
+// Package tests holds gopasst's end-to-end tests. They run gopasst in a
+// network namespace of their own (the "host") and bridge its socket to a
+// tap device in a second namespace (the "guest"), so the guest is the
+// kernel's real TCP/IP stack. They need root (CAP_SYS_ADMIN and
+// CAP_NET_ADMIN) and skip cleanly without it.
+package tests
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// needRoot skips a test that needs namespaces and tap devices.
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and tap devices")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("needs /dev/net/tun")
+	}
+}
+
+// Netns is a named network namespace created for one test.
+type Netns struct {
+	Name string
+}
+
+// newNetns creates a namespace with loopback up and removes it, with its
+// /etc/netns files, when the test ends.
+func newNetns(t testing.TB, prefix string) *Netns {
+	t.Helper()
+	var r [4]byte
+	rand.Read(r[:])
+	ns := &Netns{Name: prefix + "-" + hex.EncodeToString(r[:])}
+	mustRun(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "pids", ns.Name).Run()
+		killNetns(ns.Name)
+		exec.Command("ip", "netns", "del", ns.Name).Run()
+		os.RemoveAll(filepath.Join("/etc/netns", ns.Name))
+	})
+	ns.Run(t, "ip", "link", "set", "lo", "up")
+	return ns
+}
+
+// killNetns ends processes left in a namespace, so it can be deleted.
+func killNetns(name string) {
+	out, _ := exec.Command("ip", "netns", "pids", name).Output()
+	for _, p := range strings.Fields(string(out)) {
+		exec.Command("kill", "-9", p).Run()
+	}
+}
+
+// Cmd prepares a command to run inside the namespace.
+func (ns *Netns) Cmd(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// Run runs a command in the namespace and fails the test if it fails.
+func (ns *Netns) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := ns.Cmd(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.Name, err, out)
+	}
+	return string(out)
+}
+
+// Do calls fn on an OS thread switched into the namespace. Sockets created
+// by fn stay in the namespace after it returns, so the test process can
+// be a server on the host side and a client on the guest side at once.
+func (ns *Netns) Do(t testing.TB, fn func()) {
+	t.Helper()
+	if err := ns.do(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (ns *Netns) do(fn func()) error {
+	runtime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := os.Open(filepath.Join("/run/netns", ns.Name))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns %s: %w", ns.Name, err)
+	}
+	fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: the runtime discards it at exit.
+		return fmt.Errorf("setns back: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return nil
+}
+
+// Sysctl sets a sysctl inside the namespace.
+func (ns *Netns) Sysctl(t testing.TB, key, value string) {
+	t.Helper()
+	ns.Run(t, "sysctl", "-q", "-w", key+"="+value)
+}
+
+// WriteEtc writes a file that "ip netns exec" bind-mounts over /etc/NAME
+// for processes in this namespace (used for resolv.conf).
+func (ns *Netns) WriteEtc(t testing.TB, name, content string) {
+	t.Helper()
+	dir := filepath.Join("/etc/netns", ns.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustRun(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

@@ -1,0 +1,224 @@
+package tests
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const transferSize = 256 << 20
+
+// TestTCPTransfer moves 256 MiB each way between the guest and a server
+// on host loopback, reached through the gateway address, and compares
+// SHA-256 sums on both ends.
+func TestTCPTransfer(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	target := net.JoinHostPort(hostGW, port(l.Addr()))
+	want := sumStream(1, transferSize)
+
+	t.Run("download", func(t *testing.T) {
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.Copy(c, newStream(1, transferSize))
+			c.Close()
+		}()
+		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		got, n, err := hashCopy(c)
+		if err != nil || n != transferSize || !bytes.Equal(got, want) {
+			t.Fatalf("download: %d bytes, err %v, sha256 match %v", n, err, bytes.Equal(got, want))
+		}
+		t.Logf("host->guest %d MiB in %v", n>>20, time.Since(start))
+	})
+
+	t.Run("upload", func(t *testing.T) {
+		type result struct {
+			sum []byte
+			n   int64
+			err error
+		}
+		res := make(chan result, 1)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				res <- result{err: err}
+				return
+			}
+			defer c.Close()
+			sum, n, err := hashCopy(c)
+			res <- result{sum, n, err}
+		}()
+		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := io.Copy(c, newStream(1, transferSize)); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		r := <-res
+		c.Close()
+		if r.err != nil || r.n != transferSize || !bytes.Equal(r.sum, want) {
+			t.Fatalf("upload: %d bytes, err %v, sha256 match %v", r.n, r.err, bytes.Equal(r.sum, want))
+		}
+		t.Logf("guest->host %d MiB in %v", r.n>>20, time.Since(start))
+	})
+}
+
+// TestTCPConcurrent opens 1,000 connections at once, each echoing its own
+// data through the host.
+func TestTCPConcurrent(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	target := net.JoinHostPort(hostGW, port(l.Addr()))
+	const n = 1000
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := w.Guest.Dial("tcp", target, 20*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			msg := bytes.Repeat([]byte(fmt.Sprintf("conn %04d ", i)), 400)
+			if _, err := c.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			c.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("conn %d: echo mismatch (%d bytes, %v)", i, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestTCPRefused: a closed host port must refuse the guest's connection
+// promptly (the guest gets a RST), not let it hang.
+func TestTCPRefused(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	p := port(l.Addr())
+	l.Close()
+	_, err := w.Guest.Dial("tcp", net.JoinHostPort(hostGW, p), time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial to a closed port: got %v, want connection refused within 1 s", err)
+	}
+}
+
+// TestTCPHostClose covers the host closing first, and half-close in both
+// directions.
+func TestTCPHostClose(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	target := net.JoinHostPort(hostGW, port(l.Addr()))
+
+	t.Run("host closes", func(t *testing.T) {
+		go func() {
+			c, err := l.Accept()
+			if err == nil {
+				c.Write([]byte("bye"))
+				c.Close()
+			}
+		}()
+		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "bye" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+	})
+
+	t.Run("guest half-closes", func(t *testing.T) {
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			req, _ := io.ReadAll(c) // until the guest's FIN
+			c.Write(append([]byte("re: "), req...))
+		}()
+		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("question"))
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "re: question" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+	})
+
+	t.Run("host half-closes", func(t *testing.T) {
+		done := make(chan string, 1)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			c.(*net.TCPConn).CloseWrite()
+			rest, _ := io.ReadAll(c)
+			done <- string(rest)
+		}()
+		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "hello" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+		c.Write([]byte("still talking"))
+		c.(*net.TCPConn).CloseWrite()
+		if rest := <-done; rest != "still talking" {
+			t.Fatalf("host got %q after its half-close", rest)
+		}
+	})
+}

@@ -1,0 +1,176 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The host side of every test: a template interface with a default route,
+// in documentation address space, inside a namespace of our own. It is one
+// end of a veth pair whose other end, in the same namespace, has no
+// address: nothing ever leaves the namespaces.
+const (
+	hostAddr   = "198.51.100.2"
+	hostPrefix = "24"
+	hostGW     = "198.51.100.1"
+	tapName    = "tap0"
+	hostDNS    = "127.0.0.53" // the "systemd-resolved" of the host namespace
+)
+
+// gopasstBin is the binary under test, built by TestMain.
+var gopasstBin string
+
+// syncBuffer collects a process's output for assertions.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// World is one gopasst instance with a guest attached.
+type World struct {
+	Host, Guest *Netns
+	Dir         string
+	Sock        string
+	Proc        *exec.Cmd
+	Log         *syncBuffer
+	Bridge      *Bridge
+	Lease       map[string]string // udhcpc's variables from the last lease
+}
+
+// WorldOpts varies the set-up.
+type WorldOpts struct {
+	Args   []string // extra gopasst options
+	NoDHCP bool     // leave the guest unconfigured
+	NoPing bool     // keep the host's default ping_group_range
+}
+
+// newWorld builds host and guest namespaces, starts gopasst in the host
+// namespace, bridges the guest's tap to it and runs DHCP in the guest.
+func newWorld(t testing.TB, o WorldOpts) *World {
+	t.Helper()
+	needRoot(t)
+	needBusybox(t)
+	w := &World{Dir: t.TempDir(), Log: &syncBuffer{}}
+	w.Sock = filepath.Join(w.Dir, "gopasst.socket")
+	w.Host = newNetns(t, "gph")
+	h := w.Host
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/"+hostPrefix, "dev", "uplink")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
+	if !o.NoPing {
+		h.Sysctl(t, "net.ipv4.ping_group_range", "0 2147483647")
+	}
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nsearch example.test lab.example\n")
+
+	args := append([]string{"-f", "-s", w.Sock}, o.Args...)
+	w.Proc = h.Cmd(gopasstBin, args...)
+	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
+	if err := w.Proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		w.Proc.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { w.Proc.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			w.Proc.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("gopasst log:\n%s", w.Log.String())
+		}
+	})
+	waitFor(t, "gopasst socket", func() bool { _, err := os.Stat(w.Sock); return err == nil })
+
+	w.Guest = newNetns(t, "gpg")
+	b, err := NewBridge(w.Guest, tapName, w.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Bridge = b
+	t.Cleanup(b.Close)
+	w.Guest.Run(t, "ip", "link", "set", tapName, "up")
+	if !o.NoDHCP {
+		w.DHCP(t)
+	}
+	return w
+}
+
+// udhcpcScript configures the interface from a lease and records the
+// lease's variables, one per line, in $LEASE.
+const udhcpcScript = `#!/bin/busybox sh
+case "$1" in
+bound|renew)
+	env | grep -E '^(ip|mask|subnet|router|dns|mtu|domain|search|lease|serverid|hostname|opt81|interface)=' > "$LEASE"
+	busybox ip addr flush dev "$interface"
+	busybox ip addr add "$ip/$mask" dev "$interface"
+	[ -n "$mtu" ] && busybox ip link set "$interface" mtu "$mtu"
+	for r in $router; do busybox ip route add default via "$r" dev "$interface"; done
+	;;
+esac
+exit 0
+`
+
+// DHCP runs busybox udhcpc in the guest and loads the lease.
+func (w *World) DHCP(t testing.TB, extra ...string) {
+	t.Helper()
+	script := filepath.Join(w.Dir, "udhcpc.sh")
+	lease := filepath.Join(w.Dir, "lease")
+	if err := os.WriteFile(script, []byte(udhcpcScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"LEASE=" + lease, "busybox", "udhcpc", "-i", tapName, "-f", "-q", "-n",
+		"-t", "5", "-T", "1", "-s", script, "-O", "mtu", "-O", "search", "-O", "hostname"}
+	w.Guest.Run(t, "env", append(args, extra...)...)
+	data, err := os.ReadFile(lease)
+	if err != nil {
+		t.Fatalf("no lease: %v", err)
+	}
+	w.Lease = map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			w.Lease[k] = v
+		}
+	}
+}
+
+func needBusybox(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("needs busybox (Debian package busybox-static)")
+	}
+}
+
+// waitFor polls cond until it holds; it fails the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
