@@ -57,9 +57,10 @@ type World struct {
 
 // WorldOpts varies the set-up.
 type WorldOpts struct {
-	Args   []string // extra gopasst options
-	NoDHCP bool     // leave the guest unconfigured
-	NoPing bool     // keep the host's default ping_group_range
+	Args    []string // extra gopasst options
+	NoDHCP  bool     // leave the guest unconfigured
+	NoPing  bool     // keep the host's default ping_group_range
+	NoGuest bool     // start gopasst only; the test connects itself
 }
 
 // newWorld builds host and guest namespaces, starts gopasst in the host
@@ -104,6 +105,9 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	})
 	waitFor(t, "gopasst socket", func() bool { _, err := os.Stat(w.Sock); return err == nil })
 
+	if o.NoGuest {
+		return w
+	}
 	w.Guest = newNetns(t, "gpg")
 	b, err := NewBridge(w.Guest, tapName, w.Sock)
 	if err != nil {

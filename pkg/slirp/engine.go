@@ -206,7 +206,8 @@ func (e *Engine) acceptClient() {
 // closeClient forgets the guest and every flow it had: a new client is a
 // new guest that knows none of them.
 func (e *Engine) closeClient(why string) {
-	e.logf("client disconnected: %s", why)
+	e.logf("client disconnected: %s (frames in %d, out %d, malformed %d, unhandled %d)",
+		why, e.Stats.FramesIn, e.Stats.FramesOut, e.Stats.Malformed, e.Stats.Unhandled)
 	unix.Close(e.tapFd)
 	e.tapFd = -1
 	e.guestMAC = broadcastMAC

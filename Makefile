@@ -1,0 +1,54 @@
+# gopasst: build, test, benchmark.
+GO      ?= go
+PREFIX  ?= /usr/local
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Debian packages the tests use as real peers: the kernel in a network
+# namespace is the guest, busybox provides udhcpc, ping and nslookup, QEMU
+# boots a real guest with a Debian kernel.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt
+
+.PHONY: all build test deps fuzz bench lint clean install
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o gopasst ./cmd/gopasst
+
+# deps installs the test packages; quick when they are present already.
+deps:
+	@missing=""; for p in $(TEST_DEBS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# test is what CI runs: vet, unit and end-to-end tests, then each fuzz
+# target briefly from its checked-in corpus.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet ./...
+	staticcheck ./...
+
+install: build
+	install -D -m 0755 gopasst $(DESTDIR)$(PREFIX)/bin/gopasst
+
+clean:
+	rm -f gopasst

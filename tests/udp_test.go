@@ -1,0 +1,168 @@
+package tests
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestUDPEcho sends datagrams from the guest to an echo server on host
+// loopback and checks each reply and its source.
+func TestUDPEcho(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	srv := w.Host.ListenPacket(t, "udp", "127.0.0.1:0")
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(buf[:n], from)
+		}
+	}()
+	target := net.JoinHostPort(hostGW, port(srv.LocalAddr()))
+	var c net.PacketConn
+	w.Guest.Do(t, func() {
+		var err error
+		if c, err = net.ListenPacket("udp", ":0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer c.Close()
+	dst, _ := net.ResolveUDPAddr("udp", target)
+	buf := make([]byte, 65536)
+	for _, size := range []int{1, 100, 1472, 9000, 60000} {
+		msg := []byte(strings.Repeat("u", size))
+		got := false
+		for try := 0; try < 3 && !got; try++ {
+			c.WriteTo(msg, dst)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				continue
+			}
+			if from.String() != target || n != size {
+				t.Fatalf("reply of %d bytes from %v, want %d from %s", n, from, size, target)
+			}
+			got = true
+		}
+		if !got {
+			t.Fatalf("no echo for %d bytes", size)
+		}
+	}
+}
+
+// startDNS runs a tiny authoritative server on the host namespace's
+// loopback resolver address (what resolv.conf there names), answering A
+// queries for name with addr.
+func startDNS(t *testing.T, w *World, name string, addr [4]byte) {
+	c := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp := dnsAnswer(buf[:n], name, addr); resp != nil {
+				c.WriteTo(resp, from)
+			}
+		}
+	}()
+}
+
+// dnsAnswer builds a reply to a single-question query: an A record for
+// name, NXDOMAIN for anything else.
+func dnsAnswer(q []byte, name string, addr [4]byte) []byte {
+	if len(q) < 12 {
+		return nil
+	}
+	p := 12
+	var labels []string
+	for p < len(q) && q[p] != 0 {
+		l := int(q[p])
+		if p+1+l > len(q) {
+			return nil
+		}
+		labels = append(labels, string(q[p+1:p+1+l]))
+		p += 1 + l
+	}
+	p += 5 // root label, type, class
+	if p > len(q) {
+		return nil
+	}
+	qtype := uint16(q[p-4])<<8 | uint16(q[p-3])
+	resp := append([]byte{}, q[:p]...)
+	resp[2] = 0x84 | q[2]&1 // QR, AA, RD copied
+	resp[3] = 0x80          // RA
+	resp[6], resp[7] = 0, 0
+	resp[8], resp[9], resp[10], resp[11] = 0, 0, 0, 0
+	if strings.Join(labels, ".") != name {
+		resp[3] |= 3 // NXDOMAIN
+		return resp
+	}
+	if qtype == 1 {
+		resp[7] = 1
+		resp = append(resp, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4)
+		resp = append(resp, addr[:]...)
+	}
+	return resp
+}
+
+// TestDNSLoopbackResolver: the host's resolver is on host loopback, as
+// with systemd-resolved. The guest must be given a reachable address and
+// still resolve names through it.
+func TestDNSLoopbackResolver(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	startDNS(t, w, "test.gopasst.example", [4]byte{203, 0, 113, 7})
+	dns := w.Lease["dns"]
+	if dns == "" || strings.HasPrefix(dns, "127.") {
+		t.Fatalf("guest was given DNS %q, which it cannot reach", dns)
+	}
+	out := w.Guest.Run(t, "busybox", "nslookup", "test.gopasst.example", dns)
+	if !strings.Contains(out, "203.0.113.7") {
+		t.Fatalf("nslookup through %s:\n%s", dns, out)
+	}
+}
+
+// TestDNSForwardAddress: --dns-forward names the stand-in address.
+func TestDNSForwardAddress(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--dns-forward", "198.51.100.53"}})
+	startDNS(t, w, "fwd.gopasst.example", [4]byte{203, 0, 113, 8})
+	if w.Lease["dns"] != "198.51.100.53" {
+		t.Fatalf("lease DNS = %q, want the --dns-forward address", w.Lease["dns"])
+	}
+	out := w.Guest.Run(t, "busybox", "nslookup", "fwd.gopasst.example", "198.51.100.53")
+	if !strings.Contains(out, "203.0.113.8") {
+		t.Fatalf("nslookup:\n%s", out)
+	}
+}
+
+// TestNoMapGW: with --no-map-gw the gateway address is just an address on
+// the host's network, not the host itself.
+func TestNoMapGW(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--no-map-gw"}})
+	if dns := w.Lease["dns"]; dns != "" {
+		t.Errorf("guest was given DNS %q; a loopback resolver is unreachable without gateway mapping", dns)
+	}
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	c, err := w.Guest.Dial("tcp", net.JoinHostPort(hostGW, port(l.Addr())), 2*time.Second)
+	if err == nil {
+		c.Close()
+		t.Fatal("connection to the gateway reached host loopback despite --no-map-gw")
+	}
+	select {
+	case <-accepted:
+		t.Fatal("host loopback server accepted a connection")
+	default:
+	}
+}
