@@ -1,0 +1,68 @@
+package slirp
+
+import (
+	"encoding/binary"
+	"testing"
+)
+
+// dhcpDiscover4 is a minimal DISCOVER from MAC 02:00:00:00:00:01.
+func dhcpDiscover4() []byte {
+	b := make([]byte, bootpLen+4, 300)
+	b[0], b[1], b[2] = 1, 1, 6
+	copy(b[4:], []byte{1, 2, 3, 4})
+	copy(b[28:], []byte{2, 0, 0, 0, 0, 1})
+	copy(b[bootpLen:], dhcpMagic[:])
+	return append(b, optMsgType, 1, dhcpDiscover, optEnd)
+}
+
+// seedFrames are well-formed frames for the fuzzers: an ARP request and a
+// DHCP DISCOVER.
+func seedFrames() [][]byte {
+	arp := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6,
+		0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 2, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1}
+	d := dhcpDiscover4()
+	udp := binary.BigEndian.AppendUint16(nil, 68)
+	udp = binary.BigEndian.AppendUint16(udp, 67)
+	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(d)))
+	udp = append(udp, 0, 0)
+	udp = append(udp, d...)
+	ip := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255}
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	eth := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 0}
+	return [][]byte{arp, append(append(eth, ip...), udp...)}
+}
+
+func TestDHCPReplyCarriesConfig(t *testing.T) {
+	e := newTestEngine(t)
+	m, err := parseDHCP(dhcpDiscover4())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.buildDHCP(&m, dhcpOffer)
+	opts := map[byte][]byte{}
+	for o := out[bootpLen+4:]; len(o) > 1 && o[0] != optEnd; o = o[2+int(o[1]):] {
+		opts[o[0]] = o[2 : 2+int(o[1])]
+	}
+	checks := map[byte][]byte{
+		optMsgType: {dhcpOffer}, optMask: {255, 255, 255, 0}, optRouter: {192, 0, 2, 1},
+		optDNS: {192, 0, 2, 1}, optMTU: {0xff, 0xf0}, optHostname: []byte("h"),
+	}
+	for code, want := range checks {
+		if string(opts[code]) != string(want) {
+			t.Errorf("option %d = %v, want %v", code, opts[code], want)
+		}
+	}
+	if string(out[16:20]) != string([]byte{192, 0, 2, 2}) {
+		t.Errorf("yiaddr = %v", out[16:20])
+	}
+}
+
+func TestDHCPParsesRequestedIP(t *testing.T) {
+	b := dhcpDiscover4()
+	b[len(b)-2] = dhcpRequest
+	b = append(b[:len(b)-1], optRequestedIP, 4, 10, 9, 8, 7, optEnd)
+	m, err := parseDHCP(b)
+	if err != nil || m.requestedIP.String() != "10.9.8.7" {
+		t.Fatalf("parse: %+v %v", m, err)
+	}
+}

@@ -1,0 +1,46 @@
+package header
+
+import "testing"
+
+// The views must never panic on input that passed their IsValid check.
+
+func FuzzIPv4(f *testing.F) {
+	f.Add([]byte{0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ip := IPv4(b)
+		if !ip.IsValid() {
+			return
+		}
+		_, _, _ = ip.Src(), ip.Dst(), ip.Protocol()
+		p := ip.Payload()
+		for _, v := range []interface{ IsValid() bool }{TCP(p), UDP(p), ICMP(p)} {
+			v.IsValid()
+		}
+		if t := TCP(p); t.IsValid() {
+			_, _ = t.Payload(), ParseSynOptions(t.Options())
+		}
+		if u := UDP(p); u.IsValid() {
+			_ = u.Payload()
+		}
+	})
+}
+
+func FuzzTCPOptions(f *testing.F) {
+	f.Add([]byte{2, 4, 5, 0xb4, 1, 3, 3, 7})
+	f.Add([]byte{1, 1, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o := ParseSynOptions(b)
+		if o.WS > 14 {
+			t.Fatalf("window scale %d above RFC 7323's limit", o.WS)
+		}
+	})
+}
+
+func FuzzARP(f *testing.F) {
+	f.Add([]byte{0, 1, 8, 0, 6, 4, 0, 1, 1, 2, 3, 4, 5, 6, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if a := ARP(b); a.IsValid() {
+			_, _, _ = a.Op(), a.SenderIP(), a.TargetIP()
+		}
+	})
+}
