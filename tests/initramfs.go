@@ -1,0 +1,153 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// A minimal guest for QEMU: the host's Debian kernel plus an initramfs
+// with busybox, the virtio network modules and an /init script. The cpio
+// ("newc") archive is written here, so no packaging tool is needed.
+
+// debianKernel returns the newest installed kernel image and its version.
+func debianKernel() (image, version string, err error) {
+	imgs, _ := filepath.Glob("/boot/vmlinuz-*")
+	for _, img := range imgs {
+		v := strings.TrimPrefix(filepath.Base(img), "vmlinuz-")
+		if _, err := os.Stat(filepath.Join("/lib/modules", v, "modules.dep")); err == nil {
+			image, version = img, v
+		}
+	}
+	if image == "" {
+		return "", "", fmt.Errorf("no kernel in /boot with modules (Debian package linux-image-amd64)")
+	}
+	return image, version, nil
+}
+
+// moduleClosure lists the module files to load, dependencies first.
+func moduleClosure(kver string, names ...string) ([]string, error) {
+	dir := filepath.Join("/lib/modules", kver)
+	f, err := os.Open(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	deps := map[string][]string{}
+	byName := map[string]string{}
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		mod, rest, ok := strings.Cut(s.Text(), ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+		byName[strings.TrimSuffix(filepath.Base(mod), ".ko")] = mod
+	}
+	var order []string
+	var visit func(m string)
+	visit = func(m string) {
+		if slices.Contains(order, m) {
+			return
+		}
+		d := deps[m]
+		for i := len(d) - 1; i >= 0; i-- {
+			visit(d[i])
+		}
+		order = append(order, m)
+	}
+	for _, n := range names {
+		m, ok := byName[n]
+		if !ok {
+			// Built into the kernel: nothing to load.
+			continue
+		}
+		visit(m)
+	}
+	for i, m := range order {
+		order[i] = filepath.Join(dir, m)
+	}
+	return order, nil
+}
+
+// cpioWriter writes a newc archive.
+type cpioWriter struct {
+	buf  bytes.Buffer
+	ino  int
+	dirs map[string]bool
+}
+
+func (c *cpioWriter) entry(name string, mode uint32, data []byte) {
+	c.ino++
+	fmt.Fprintf(&c.buf, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
+	c.buf.WriteString(name)
+	c.buf.WriteByte(0)
+	c.pad()
+	c.buf.Write(data)
+	c.pad()
+}
+
+func (c *cpioWriter) pad() {
+	for c.buf.Len()%4 != 0 {
+		c.buf.WriteByte(0)
+	}
+}
+
+func (c *cpioWriter) dir(name string) {
+	if c.dirs == nil {
+		c.dirs = map[string]bool{}
+	}
+	if name == "." || c.dirs[name] {
+		return
+	}
+	c.dir(filepath.Dir(name))
+	c.dirs[name] = true
+	c.entry(name, 0o040755, nil)
+}
+
+func (c *cpioWriter) file(name string, mode uint32, data []byte) {
+	c.dir(filepath.Dir(name))
+	c.entry(name, 0o100000|mode, data)
+}
+
+func (c *cpioWriter) bytes() []byte {
+	c.entry("TRAILER!!!", 0, nil)
+	return c.buf.Bytes()
+}
+
+// buildInitramfs writes an initramfs that loads virtio networking and runs
+// script as /init (under busybox sh).
+func buildInitramfs(path, kver, script string) error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox: %w (Debian package busybox-static)", err)
+	}
+	mods, err := moduleClosure(kver, "virtio_pci", "virtio_net")
+	if err != nil {
+		return err
+	}
+	var c cpioWriter
+	for _, d := range []string{"dev", "proc", "sys", "tmp", "etc", "sbin", "usr/bin", "usr/sbin"} {
+		c.dir(d)
+	}
+	c.file("bin/busybox", 0o755, bb)
+	var load strings.Builder
+	for _, m := range mods {
+		data, err := os.ReadFile(m)
+		if err != nil {
+			return err
+		}
+		c.file("lib/modules/"+filepath.Base(m), 0o644, data)
+		fmt.Fprintf(&load, "insmod /lib/modules/%s\n", filepath.Base(m))
+	}
+	init := "#!/bin/busybox sh\n/bin/busybox --install -s\n" +
+		"mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n" +
+		load.String() + script + "\npoweroff -f\n"
+	c.file("init", 0o755, []byte(init))
+	return os.WriteFile(path, c.bytes(), 0o644)
+}

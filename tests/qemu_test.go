@@ -1,0 +1,142 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestQEMUGuest boots a real QEMU guest under TCG (no KVM needed): the
+// host's Debian kernel and a busybox initramfs, with "-netdev stream" on
+// gopasst's socket. The guest reports what it saw on its serial console.
+func TestQEMUGuest(t *testing.T) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("needs qemu-system-x86_64 (Debian package qemu-system-x86)")
+	}
+	kernel, kver, err := debianKernel()
+	if err != nil {
+		t.Skip(err)
+	}
+	w := newWorld(t, WorldOpts{NoGuest: true})
+	startDNS(t, w, "test.gopasst.example", [4]byte{203, 0, 113, 7})
+
+	const downSize = 16 << 20
+	down := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := down.Accept()
+			if err != nil {
+				return
+			}
+			io.Copy(c, newStream(2, downSize))
+			c.Close()
+		}
+	}()
+	// The guest uploads "yes gopasst | head -c upSize"; the host answers
+	// with the SHA-256 of what it received.
+	const upSize = 4 << 20
+	up := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			h := sha256.New()
+			io.CopyN(h, c, upSize)
+			fmt.Fprintf(c, "%x\n", h.Sum(nil))
+			c.Close()
+		}
+	}()
+
+	script := fmt.Sprintf(`
+cat > /etc/dhcp.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+echo "GOPASST-LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu domain=$domain"
+ip addr add $ip/$mask dev $interface
+ip link set $interface mtu $mtu
+ip route add default via $router
+for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+EOS
+chmod +x /etc/dhcp.sh
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh -O mtu -O search
+ip addr show eth0 | sed 's/^/GOPASST-ADDR /'
+ping -c 2 -W 5 %[1]s | sed 's/^/GOPASST-PING /'
+echo "GOPASST-DOWN $(nc %[1]s %[2]s | sha256sum)"
+echo "GOPASST-UP $(yes gopasst | head -c %[4]d | nc %[1]s %[3]s)"
+nslookup test.gopasst.example | sed 's/^/GOPASST-DNS /'
+echo GOPASST-DONE
+`, hostGW, port(down.Addr()), port(up.Addr()), upSize)
+	initrd := filepath.Join(w.Dir, "initrd.cpio")
+	if err := buildInitramfs(initrd, kver, script); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-accel", "tcg", "-cpu", "max", "-m", "512",
+		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet",
+		"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+w.Sock,
+		"-device", "virtio-net-pci,netdev=n0,romfile=")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	report := map[string][]string{}
+	var console strings.Builder
+	s := bufio.NewScanner(out)
+	for s.Scan() {
+		line := strings.TrimRight(s.Text(), "\r")
+		console.WriteString(line + "\n")
+		if i := strings.Index(line, "GOPASST-"); i >= 0 {
+			k, v, _ := strings.Cut(line[i+len("GOPASST-"):], " ")
+			report[k] = append(report[k], v)
+		}
+	}
+	cmd.Wait()
+	if t.Failed() || len(report["DONE"]) == 0 {
+		t.Fatalf("guest did not finish; console:\n%s", console.String())
+	}
+
+	lease := strings.Join(report["LEASE"], "")
+	for _, want := range []string{"ip=" + hostAddr, "mask=" + hostPrefix, "router=" + hostGW, "dns=" + hostGW, "mtu=65520"} {
+		if !strings.Contains(lease, want) {
+			t.Errorf("lease %q lacks %s", lease, want)
+		}
+	}
+	if ping := strings.Join(report["PING"], "\n"); !strings.Contains(ping, "2 packets received") {
+		t.Errorf("ping from the guest:\n%s", ping)
+	}
+	wantDown := hex.EncodeToString(sumStream(2, downSize))
+	if got := strings.Join(report["DOWN"], ""); !strings.HasPrefix(got, wantDown) {
+		t.Errorf("download sha256 %q, want %s", got, wantDown)
+	}
+	h := sha256.New()
+	io.CopyN(h, strings.NewReader(strings.Repeat("gopasst\n", upSize/8+1)), upSize)
+	if got, want := strings.Join(report["UP"], ""), hex.EncodeToString(h.Sum(nil)); got != want {
+		t.Errorf("upload sha256 as the host saw it %q, want %s", got, want)
+	}
+	if dns := strings.Join(report["DNS"], "\n"); !strings.Contains(dns, "203.0.113.7") {
+		t.Errorf("nslookup in the guest:\n%s", dns)
+	}
+	t.Logf("guest report:\n  lease: %s\n  addr: %s\n  dns: %s", lease,
+		strings.Join(report["ADDR"], "\n        "), strings.Join(report["DNS"], "\n       "))
+}
