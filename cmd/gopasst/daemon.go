@@ -76,6 +76,5 @@ func daemonChild(o *Options, cfg slirp.Config, path string) int {
 	}
 	defer closeLog()
 	syscall.CloseOnExec(childLfd)
-	ready.Close()
-	return serve(o, cfg, childLfd, path, logger, io.Discard)
+	return serve(o, cfg, childLfd, path, logger, ready, func() { ready.Close() })
 }

@@ -147,13 +147,15 @@ func start(o *Options, cfg slirp.Config, stderr io.Writer) int {
 			return fail(stderr, "%v", err)
 		}
 		defer closeLog()
-		return serve(o, cfg, lfd, path, logger, stderr)
+		return serve(o, cfg, lfd, path, logger, stderr, func() {})
 	}
 	return daemonize(o, lfd, path, stderr)
 }
 
 // serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit.
-func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logger, stderr io.Writer) int {
+// It calls ready once the engine exists and signals are handled, so a
+// SIGTERM right after start-up still cleans up.
+func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
 	defer os.Remove(path)
 	if o.PidFile != "" {
 		defer os.Remove(o.PidFile)
@@ -174,6 +176,7 @@ func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logge
 		logger.Printf("exiting on %v", s)
 		eng.Stop()
 	}()
+	ready()
 	if err := eng.Run(); err != nil {
 		logger.Printf("%v", err)
 		return 1

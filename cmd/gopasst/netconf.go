@@ -122,6 +122,9 @@ func buildConfig(o *Options, routeFile, resolvFile string) (slirp.Config, error)
 		NoDHCP: o.NoDHCP, NoMapGW: o.NoMapGW, NoTCP: o.NoTCP, NoUDP: o.NoUDP,
 		NoICMP: o.NoICMP, OneOff: o.OneOff,
 	}
+	if o.MTU < 576 || o.MTU > slirp.DefaultMTU {
+		return cfg, fmt.Errorf("--mtu: %d is out of range 576-%d", o.MTU, slirp.DefaultMTU)
+	}
 	mac, err := net.ParseMAC(o.MAC)
 	if err != nil || len(mac) != 6 {
 		return cfg, fmt.Errorf("--mac-addr: invalid MAC address %q", o.MAC)

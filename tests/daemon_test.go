@@ -1,0 +1,118 @@
+package tests
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// hostArgs give gopasst a guest configuration without a template
+// interface, so these tests need no namespace.
+var hostArgs = []string{"-a", "192.0.2.2", "-n", "24", "-g", "192.0.2.1", "-D", "none"}
+
+// TestDaemonize runs gopasst as libvirt does: the first process must exit
+// 0 only once the socket listens, leave the daemon's PID in --pid, hold
+// no inherited output, and the daemon must clean up on SIGTERM.
+func TestDaemonize(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	cmd := exec.Command(gopasstBin, append([]string{"--one-off", "--socket", sock, "--pid", pid}, hostArgs...)...)
+	cmd.Dir = "/"
+	// CombinedOutput returns only at EOF on the pipe: a daemon that kept
+	// our stdout or stderr would hang this call.
+	done := make(chan error, 1)
+	var out []byte
+	go func() { var err error; out, err = cmd.CombinedOutput(); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("gopasst: %v\n%s", err, out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the launching process did not exit or the daemon holds its output")
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("socket not there after exit 0: %v", err)
+	}
+	data, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if p <= 0 || syscall.Kill(p, 0) != nil {
+		t.Fatalf("PID file %q does not name a live process", data)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // --one-off: the daemon exits now
+	waitFor(t, "one-off daemon to exit", func() bool { return syscall.Kill(p, 0) != nil })
+	for _, f := range []string{sock, pid} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+// TestSIGTERM: a daemon stopped by SIGTERM removes its socket and PID file.
+func TestSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	out, err := exec.Command(gopasstBin, append([]string{"-s", sock, "-P", pid}, hostArgs...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	data, _ := os.ReadFile(pid)
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	syscall.Kill(p, syscall.SIGTERM)
+	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+	for _, f := range []string{sock, pid} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+// TestStaleSocket: a socket file nobody listens on (a crashed instance) is
+// replaced; a live one is refused with a clear error.
+func TestStaleSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(gopasstBin, append([]string{"-f", "-1", "-s", sock}, hostArgs...)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use") {
+		t.Fatalf("live socket: err %v, output %s", err, out)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close() // the file stays: now it is stale
+	cmd := exec.Command(gopasstBin, append([]string{"-f", "-1", "-s", sock}, hostArgs...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	waitFor(t, "gopasst on the stale path", func() bool { c, err = net.Dial("unix", sock); return err == nil })
+	c.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("one-off exit: %v", err)
+	}
+}
+
+// TestBadOptions: an invalid option exits non-zero with one line naming it.
+func TestBadOptions(t *testing.T) {
+	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user"}, {"-a", "nonsense"}, {"-M", "xx"}} {
+		out, err := exec.Command(gopasstBin, append(append([]string{"-f"}, hostArgs...), args...)...).CombinedOutput()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err == nil || len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasst: ") {
+			t.Errorf("%v: err %v, output %q", args, err, out)
+		}
+	}
+}
