@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain builds gopasst once for all tests.
@@ -19,6 +21,10 @@ func TestMain(m *testing.M) {
 		os.Stderr.Write(out)
 		panic(err)
 	}
+	// "-t all" binds tens of thousands of ports: let gopasst, which
+	// inherits our limits, have the descriptors (root only; best effort).
+	lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

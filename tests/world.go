@@ -61,6 +61,8 @@ type WorldOpts struct {
 	NoDHCP  bool     // leave the guest unconfigured
 	NoPing  bool     // keep the host's default ping_group_range
 	NoGuest bool     // start gopasst only; the test connects itself
+	// BeforeStart runs in the host namespace's set-up, before gopasst.
+	BeforeStart func(host *Netns)
 }
 
 // newWorld builds host and guest namespaces, starts gopasst in the host
@@ -83,7 +85,13 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	}
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nsearch example.test lab.example\n")
 
-	args := append([]string{"-f", "-s", w.Sock}, o.Args...)
+	if o.BeforeStart != nil {
+		o.BeforeStart(h)
+	}
+	args := []string{"-f", "-s", w.Sock}
+	for _, a := range o.Args {
+		args = append(args, strings.ReplaceAll(a, "{dir}", w.Dir))
+	}
 	w.Proc = h.Cmd(gopasstBin, args...)
 	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
 	if err := w.Proc.Start(); err != nil {

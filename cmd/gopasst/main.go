@@ -58,6 +58,12 @@ type Options struct {
 	IPv4    bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
 
 	VhostUser bool `name:"vhost-user" help:"Not supported yet: exits with an error."`
+
+	TCPPorts []string `short:"t" name:"tcp-ports" sep:"none" placeholder:"SPEC" help:"Forward host TCP ports to the guest (passt's grammar). Repeatable."`
+	UDPPorts []string `short:"u" name:"udp-ports" sep:"none" placeholder:"SPEC" help:"Forward host UDP ports to the guest (passt's grammar). Repeatable."`
+	Control  string   `name:"control" placeholder:"PATH" help:"Unix socket (mode 0600) for changing forwards at runtime; see 'gopasst ctl'."`
+	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
+	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
 }
 
 func main() {
@@ -70,6 +76,9 @@ func fail(stderr io.Writer, format string, args ...any) int {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "ctl" {
+		return runCtl(args[1:], stdout, stderr)
+	}
 	var o Options
 	parser, err := kong.New(&o, kong.Name("gopasst"),
 		kong.Description("User-mode networking for virtual machines, compatible with passt."),
@@ -95,6 +104,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := buildConfig(&o, "/proc/net/route", "/etc/resolv.conf")
 	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	// Check every forward before binding anything.
+	if _, err := portSpecs(append(append([]string{}, o.TCPPorts...), o.UDPPorts...)); err != nil {
 		return fail(stderr, "%v", err)
 	}
 	if d := os.Getenv(envDaemon); d != "" {
@@ -167,6 +180,17 @@ func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logge
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	if err := setupForwards(o, eng); err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if o.Control != "" {
+		l, err := listenControl(o.Control)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		defer os.Remove(o.Control)
+		go serveControl(l, eng)
+	}
 	logger.Printf("gopasst %s: guest %v/%d, gateway %v, DNS %v, MTU %d",
 		version, cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4, cfg.MTU)
 	sig := make(chan os.Signal, 1)
@@ -217,4 +241,15 @@ func writePidFile(path string, pid int) error {
 		return fmt.Errorf("--pid: %v", err)
 	}
 	return nil
+}
+
+// setupForwards binds the command line's forwards, all or nothing.
+func setupForwards(o *Options, eng *slirp.Engine) error {
+	if err := applySpecs(eng, slirp.TCP, o.TCPPorts, true); err != nil {
+		return err
+	}
+	if err := applySpecs(eng, slirp.UDP, o.UDPPorts, true); err != nil {
+		return err
+	}
+	return addSpecials(eng, o.UnixFwd, o.CmdFwd)
 }

@@ -29,6 +29,9 @@ const (
 	kindTCP
 	kindUDP
 	kindICMP
+	kindTCPListen
+	kindUDPListen
+	kindCall
 )
 
 // tick is the timer granularity for retransmissions and expiry.
@@ -65,8 +68,13 @@ type Engine struct {
 	tcp  tcpTable
 	udp  udpTable
 	icmp icmpTable
+	fwd  fwdTable
+
+	callFd int         // eventfd: calls are queued for the loop
+	calls  chan func() // functions to run on the loop (control plane)
 
 	sa4     unix.SockaddrInet4 // reused for sendto without allocating
+	sa6     unix.SockaddrInet6
 	dhcpBuf [576]byte
 	events  [128]unix.EpollEvent
 
@@ -102,6 +110,14 @@ func New(cfg Config, lfd int) (*Engine, error) {
 	e.tcp.init()
 	e.udp.init()
 	e.icmp.init()
+	e.fwd.init()
+	e.calls = make(chan func(), 16)
+	if e.callFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := e.epollAdd(e.callFd, unix.EPOLLIN, kindCall, 0); err != nil {
+		return nil, err
+	}
 	if err := e.epollAdd(stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
 		return nil, err
 	}
@@ -109,6 +125,29 @@ func New(cfg Config, lfd int) (*Engine, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// Call runs fn on the engine's goroutine and waits for it: the control
+// socket changes forwards this way while Run is serving.
+func (e *Engine) Call(fn func()) {
+	done := make(chan struct{})
+	e.calls <- func() { fn(); close(done) }
+	var one = [8]byte{7: 1}
+	unix.Write(e.callFd, one[:])
+	<-done
+}
+
+func (e *Engine) runCalls() {
+	var buf [8]byte
+	unix.Read(e.callFd, buf[:])
+	for {
+		select {
+		case fn := <-e.calls:
+			fn()
+		default:
+			return
+		}
+	}
 }
 
 // Stop makes Run return; it is safe to call from any goroutine.
@@ -170,6 +209,10 @@ func (e *Engine) Run() error {
 				e.udpSockEvent(ev.Pad, gen)
 			case kindICMP:
 				e.icmpSockEvent(ev.Pad, gen)
+			case kindTCPListen, kindUDPListen:
+				e.listenerEvent(ev.Pad)
+			case kindCall:
+				e.runCalls()
 			}
 		}
 		if e.now-e.lastTick >= int64(tick) {
@@ -177,6 +220,8 @@ func (e *Engine) Run() error {
 			e.tcpTimers()
 			e.udpExpire()
 			e.icmpExpire()
+			e.udpInExpire()
+			e.reapChildren()
 		}
 		e.flush()
 	}
@@ -300,6 +345,28 @@ func (e *Engine) mapToGuest(a netip.Addr) netip.Addr {
 		return e.cfg.Gateway4
 	}
 	return a
+}
+
+// inboundSource is how the sender of an inbound connection or datagram
+// appears to the guest. The host itself (its loopback, or its own address,
+// which the guest shares) is the gateway; so is an IPv6 sender, which an
+// IPv4-only guest could not address.
+func (e *Engine) inboundSource(from netip.AddrPort) netip.AddrPort {
+	a := from.Addr()
+	if a.IsLoopback() || a == e.cfg.Addr4 || !a.Is4() {
+		a = e.cfg.Gateway4
+	}
+	return netip.AddrPortFrom(a, from.Port())
+}
+
+// setSA fills the reusable sockaddr of a's family.
+func (e *Engine) setSA(ap netip.AddrPort) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return e.setSA4(ap.Addr(), ap.Port())
+	}
+	e.sa6.Addr = ap.Addr().As16()
+	e.sa6.Port = int(ap.Port())
+	return &e.sa6
 }
 
 func (e *Engine) setSA4(a netip.Addr, port uint16) *unix.SockaddrInet4 {

@@ -88,7 +88,7 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 			return
 		}
 		m := b[l4Off4:]
-		n, from, err := recvfrom4(f.fd, m)
+		n, from, err := recvfrom(f.fd, m)
 		if err != nil {
 			return
 		}

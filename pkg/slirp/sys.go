@@ -42,10 +42,11 @@ func discard(fd int, n int) error {
 	return nil
 }
 
-// recvfrom4 reads one datagram and its IPv4 source.
-func recvfrom4(fd int, p []byte) (int, netip.AddrPort, error) {
-	var sa unix.RawSockaddrInet4
-	salen := uint32(unix.SizeofSockaddrInet4)
+// recvfrom reads one datagram and its IPv4 or IPv6 source (IPv4-mapped
+// sources are unmapped).
+func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
+	var sa unix.RawSockaddrInet6 // large enough for either family
+	salen := uint32(unix.SizeofSockaddrInet6)
 	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd),
 		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT,
 		uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
@@ -53,7 +54,11 @@ func recvfrom4(fd int, p []byte) (int, netip.AddrPort, error) {
 		return 0, netip.AddrPort{}, errno
 	}
 	port := uint16(sa.Port>>8 | sa.Port<<8)
-	return int(n), netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		return int(n), netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port), nil
+	}
+	return int(n), netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
 }
 
 // outq is the number of bytes in a TCP socket's send queue (SIOCOUTQ).

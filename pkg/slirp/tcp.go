@@ -32,6 +32,8 @@ const (
 	tcpWaitWrite               // host send buffer full; EPOLLOUT armed
 	tcpWndFull                 // stopped sending at the guest's window
 	tcpHostRdhup               // the host peer shut down its sending side
+	tcpSynSent                 // inbound: our SYN is out, waiting for the guest
+	tcpNotTCP                  // host end is a unix socket or a command's pipe
 )
 
 const (
@@ -126,12 +128,15 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		return
 	}
 	if flags&header.TCPSyn != 0 {
-		if f.flags&tcpSynAckSent != 0 {
+		switch {
+		case f.flags&tcpSynSent != 0 && flags&header.TCPAck != 0 && t.Ack() == f.sndUna+1:
+			e.tcpSynAcked(f, t)
+		case f.flags&tcpSynAckSent != 0:
 			e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
 		}
 		return
 	}
-	if f.flags&tcpConnecting != 0 || flags&header.TCPAck == 0 {
+	if f.flags&(tcpConnecting|tcpSynSent) != 0 || flags&header.TCPAck == 0 {
 		return
 	}
 	payload := t.Payload()
@@ -153,48 +158,91 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 		e.tcpRstReply(key, t)
 		return
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		e.logf("TCP: socket: %v", err)
-		e.tcpRstReply(key, t)
-		return
-	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	dst := e.mapToHost(key.remote.Addr())
-	err = unix.Connect(fd, e.setSA4(dst, key.remote.Port()))
+	fd, notTCP, err := e.tcpDial(key)
 	if err != nil && err != unix.EINPROGRESS {
 		e.debugf("TCP %v: connect: %v", key.remote, err)
-		unix.Close(fd)
 		e.tcpRstReply(key, t)
 		return
 	}
+	f := e.tcpAddFlow(key, fd, tcpConnecting)
+	if notTCP {
+		f.flags |= tcpNotTCP
+	}
+	f.rcvNxt = t.Seq() + 1
+	f.guestWnd = uint32(t.Window())
+	f.synOptions(header.ParseSynOptions(t.Options()))
+	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+	if err == nil {
+		e.tcpConnected(f)
+	}
+}
+
+// tcpAddFlow registers a host socket as a new flow.
+func (e *Engine) tcpAddFlow(key tcpKey, fd int, flags uint32) *tcpFlow {
 	idx, f := e.tcp.add(key)
-	opts := header.ParseSynOptions(t.Options())
+	// Host data may arrive before the handshake completes and its EPOLLIN
+	// edge would be lost: treat the flow as window-limited so the
+	// handshake's last ACK triggers the first peek.
 	*f = tcpFlow{
-		key: key, idx: idx, fd: fd, flags: tcpConnecting,
-		rcvNxt: t.Seq() + 1, guestWnd: uint32(t.Window()),
+		key: key, idx: idx, fd: fd, flags: flags | tcpWndFull,
 		mss:     e.cfg.MTU - header.IPv4MinLen - header.TCPMinLen,
+		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
 	}
+	f.sndUna = e.tcp.nextISN()
+	f.sndNxt = f.sndUna
+	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
+	return f
+}
+
+// synOptions applies the options of the guest's SYN or SYN-ACK.
+func (f *tcpFlow) synOptions(opts header.SynOptions) {
 	if opts.MSS != 0 {
 		f.mss = min(f.mss, int(opts.MSS))
 	} else {
 		f.mss = min(f.mss, tcpDefaultMSS)
 	}
+	f.guestWS, f.ourWS = 0, 0
 	if opts.WSValid {
 		f.guestWS, f.ourWS = opts.WS, tcpOurWS
 	}
-	// Host data may arrive before the handshake completes and its EPOLLIN
-	// edge would be lost: treat the flow as window-limited so the guest's
-	// ACK of our SYN triggers the first peek.
-	f.flags |= tcpWndFull
-	f.sndUna = e.tcp.nextISN()
-	f.sndNxt = f.sndUna
-	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
-	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(idx)), idx)
-	if err == nil {
-		e.tcpConnected(f)
+}
+
+// tcpAccept opens a connection into the guest for each host connection
+// waiting on a forwarded port.
+func (e *Engine) tcpAccept(l *listener) {
+	for {
+		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			return
+		}
+		key := tcpKey{
+			guest:  netip.AddrPortFrom(e.cfg.Addr4, l.fwd.GuestPort),
+			remote: e.inboundSource(sockaddrToAddrPort(sa)),
+		}
+		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.tapFd < 0 {
+			unix.Close(fd)
+			continue
+		}
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		f := e.tcpAddFlow(key, fd, tcpSynSent)
+		e.debugf("TCP %v: inbound on port %d", key.remote, l.fwd.HostPort)
+		e.tcpSendFlags(f, header.TCPSyn)
+		e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
 	}
+}
+
+// tcpSynAcked completes an inbound handshake on the guest's SYN-ACK.
+func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
+	f.synOptions(header.ParseSynOptions(t.Options()))
+	f.rcvNxt = t.Seq() + 1
+	f.sndUna = f.sndNxt
+	f.guestWnd = uint32(t.Window())
+	f.flags = f.flags&^tcpSynSent | tcpEstablished
+	f.rtoAt, f.retries = 0, 0
+	e.tcpSendFlags(f, header.TCPAck)
+	f.flags &^= tcpWndFull
+	e.tcpSendToGuest(f)
 }
 
 // tcpConnected answers the guest's SYN once the host side is up.
@@ -260,7 +308,7 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 			n--
 		}
 		if n > 0 {
-			if err := discard(f.fd, n); err != nil {
+			if err := e.tcp.discard(f, n); err != nil {
 				e.tcpClose(f, true, false)
 				return false
 			}
@@ -446,6 +494,25 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 	}
 }
 
+// discard drops n acknowledged bytes from the host socket. TCP sockets
+// drop them without copying; unix sockets need a real read.
+func (t *tcpTable) discard(f *tcpFlow, n int) error {
+	if f.flags&tcpNotTCP == 0 {
+		return discard(f.fd, n)
+	}
+	for n > 0 {
+		if len(t.discardBuf) == 0 {
+			t.discardBuf = make([]byte, 1<<20)
+		}
+		r, err := unix.Read(f.fd, t.discardBuf[:min(n, len(t.discardBuf))])
+		if err != nil {
+			return err
+		}
+		n -= r
+	}
+	return nil
+}
+
 // skipIov is the first iovec of a peek on kernels without SO_PEEK_OFF: it
 // soaks up the bytes already in flight to the guest.
 func (t *tcpTable) skipIov(n int) unix.Iovec {
@@ -496,9 +563,12 @@ func (e *Engine) tcpTimers() {
 				return
 			}
 			f.rtoAt = e.now + tcpRTO<<min(f.retries, 4)
-			if f.flags&tcpSynAckSent != 0 {
+			switch {
+			case f.flags&tcpSynSent != 0:
+				e.tcpSendFlags(f, header.TCPSyn)
+			case f.flags&tcpSynAckSent != 0:
 				e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
-			} else {
+			default:
 				e.tcpRewind(f)
 			}
 		case f.flags&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
@@ -517,6 +587,9 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 		} else {
 			e.tcpSendFlags(f, header.TCPRst)
 		}
+	}
+	if f.flags&tcpNotTCP != 0 {
+		e.endCommand(f.fd)
 	}
 	if rstHost {
 		unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})

@@ -32,6 +32,10 @@ type udpTable struct {
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	guest := netip.AddrPortFrom(src, u.SrcPort())
+	if _, in := e.fwd.udpIn.lookup(udpInKey{guest.Port(), netip.AddrPortFrom(dst, u.DstPort())}); in != nil {
+		e.udpReply(in, u.Payload())
+		return
+	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
 		if f = e.udpOpen(guest); f == nil {
@@ -82,7 +86,7 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32) {
 		if b == nil {
 			return // queue full: level-triggered epoll calls again
 		}
-		n, from, err := recvfrom4(f.fd, b[off:])
+		n, from, err := recvfrom(f.fd, b[off:])
 		if err != nil {
 			return
 		}
@@ -109,3 +113,65 @@ func (e *Engine) udpClose(f *udpFlow) {
 }
 
 func (t *udpTable) closeAll(e *Engine) { t.each(func(_ int32, f *udpFlow) { e.udpClose(f) }) }
+
+// Inbound UDP (-u): a datagram to a forwarded host port goes to the guest;
+// the guest's replies, from that port to the sender as the guest saw it,
+// leave through the same host socket to the real sender.
+
+type udpInKey struct {
+	guestPort uint16
+	remote    netip.AddrPort // the sender as the guest sees it
+}
+
+type udpInFlow struct {
+	key      udpInKey
+	idx      int32
+	listener int32
+	peer     netip.AddrPort // the real sender
+	lastAct  int64
+}
+
+func (e *Engine) udpInbound(lidx int32, l *listener) {
+	const off = l4Off4 + header.UDPLen
+	for range udpMaxRead {
+		b := e.reserve4(header.UDPLen + udpMaxData)
+		if b == nil {
+			return
+		}
+		n, from, err := recvfrom(l.fd, b[off:])
+		if err != nil {
+			return
+		}
+		remote := e.inboundSource(from)
+		key := udpInKey{l.fwd.GuestPort, remote}
+		_, f := e.fwd.udpIn.lookup(key)
+		if f == nil {
+			if e.fwd.udpIn.count >= udpMaxFlows {
+				continue
+			}
+			var idx int32
+			idx, f = e.fwd.udpIn.add(key)
+			*f = udpInFlow{key: key, idx: idx}
+		}
+		f.listener, f.peer, f.lastAct = lidx, from, e.now
+		e.sendUDP4(remote.Addr(), remote.Port(), e.cfg.Addr4, l.fwd.GuestPort, b[off:off+n])
+	}
+}
+
+func (e *Engine) udpReply(f *udpInFlow, payload []byte) {
+	f.lastAct = e.now
+	if int(f.listener) >= len(e.fwd.listeners) || e.fwd.listeners[f.listener] == nil {
+		return // the forward was removed
+	}
+	if err := unix.Sendto(e.fwd.listeners[f.listener].fd, payload, 0, e.setSA(f.peer)); err != nil {
+		e.debugf("UDP reply to %v: %v", f.peer, err)
+	}
+}
+
+func (e *Engine) udpInExpire() {
+	e.fwd.udpIn.each(func(_ int32, f *udpInFlow) {
+		if e.now-f.lastAct > udpIdle {
+			e.fwd.udpIn.remove(f.idx, f.key)
+		}
+	})
+}

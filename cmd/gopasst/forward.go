@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp"
+)
+
+// Forwarding options shared by the command line and the control socket.
+
+// ephemeralPorts reads the host's ephemeral port range, which "all" skips.
+func ephemeralPorts() (lo, hi uint16) {
+	lo, hi = 32768, 60999
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 2 {
+		a, e1 := strconv.ParseUint(f[0], 10, 16)
+		b, e2 := strconv.ParseUint(f[1], 10, 16)
+		if e1 == nil && e2 == nil {
+			lo, hi = uint16(a), uint16(b)
+		}
+	}
+	return
+}
+
+// portSpecs parses every spec before anything is bound, so a bad spec
+// leaves nothing half-applied.
+func portSpecs(specs []string) ([]portspec.Spec, error) {
+	var out []portspec.Spec
+	for _, s := range specs {
+		sp, err := portspec.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sp)
+	}
+	return out, nil
+}
+
+// applySpecs adds or removes the forwards of specs. Adding is all or
+// nothing across the specs; "all" and exclusion-only lists skip ports
+// that are ephemeral or already bound, as passt does.
+func applySpecs(eng *slirp.Engine, proto slirp.Proto, specs []string, add bool) error {
+	parsed, err := portSpecs(specs)
+	if err != nil {
+		return err
+	}
+	lo, hi := ephemeralPorts()
+	skip := func(p uint16) bool { return p >= lo && p <= hi }
+	var done [][]portspec.Forward
+	for _, sp := range parsed {
+		fwds := sp.Forwards(skip)
+		wide := sp.All || len(sp.Include) == 0
+		if add {
+			err = eng.AddForwards(proto, fwds, wide)
+		} else {
+			err = eng.RemoveForwards(proto, fwds)
+		}
+		if err != nil {
+			if add {
+				for _, f := range done {
+					eng.RemoveForwards(proto, f)
+				}
+			}
+			return err
+		}
+		done = append(done, fwds)
+	}
+	return nil
+}
+
+// parseSpecial splits "PORT:REST" for --unix-fwd and --cmd-fwd.
+func parseSpecial(opt, s string) (uint16, string, error) {
+	p, rest, ok := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(p, 10, 16)
+	if !ok || err != nil || n == 0 {
+		return 0, "", fmt.Errorf("%s: %q is not PORT:%s", opt, s, map[bool]string{true: "PATH", false: "COMMAND"}[opt == "--unix-fwd"])
+	}
+	if rest == "" {
+		return 0, "", fmt.Errorf("%s: %q has nothing after the port", opt, s)
+	}
+	return uint16(n), rest, nil
+}
+
+// splitCommand splits a command line into words with sh-like quoting
+// ('...', "...", backslash) and nothing else: no expansion, no shell.
+// Whoever wants a shell writes one: sh -c '...'.
+func splitCommand(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	var quote rune
+	escaped := false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\' && quote != '\'':
+			escaped, inWord = true, true
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\'' || r == '"':
+			quote, inWord = r, true
+		case r == ' ' || r == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if quote != 0 || escaped {
+		return nil, errors.New("unterminated quote or escape")
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
+
+// addSpecials applies --unix-fwd and --cmd-fwd options.
+func addSpecials(eng *slirp.Engine, unixFwd, cmdFwd []string) error {
+	for _, s := range unixFwd {
+		port, path, err := parseSpecial("--unix-fwd", s)
+		if err != nil {
+			return err
+		}
+		if err := eng.AddUnixForward(port, path); err != nil {
+			return fmt.Errorf("--unix-fwd %s: %w", s, err)
+		}
+	}
+	for _, s := range cmdFwd {
+		port, cmd, err := parseSpecial("--cmd-fwd", s)
+		if err != nil {
+			return err
+		}
+		argv, err := splitCommand(cmd)
+		if err == nil {
+			err = eng.AddCmdForward(port, argv)
+		}
+		if err != nil {
+			return fmt.Errorf("--cmd-fwd %s: %w", s, err)
+		}
+	}
+	return nil
+}

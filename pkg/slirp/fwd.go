@@ -1,0 +1,388 @@
+package slirp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"golang.org/x/sys/unix"
+)
+
+// Inbound forwarding (passt's -t/-u) and gopasst's special forwards:
+// listeners on host ports whose connections and datagrams go to the guest,
+// and guest connections to the gateway diverted to a host unix socket or
+// to a command (libvdeslirp's add_unixfwd and add_cmdexec). Everything here
+// can change at runtime; established flows are never touched, because each
+// one owns its own socket.
+
+// Proto names a forwarded protocol.
+type Proto string
+
+// Protocols that can be forwarded.
+const (
+	TCP Proto = "tcp"
+	UDP Proto = "udp"
+)
+
+type listener struct {
+	proto Proto
+	fwd   portspec.Forward
+	fd    int
+}
+
+type fwdKey struct {
+	proto Proto
+	addr  netip.Addr
+	port  uint16
+}
+
+// special is a guest port on the gateway address that leads to a unix
+// socket (path) or a command (argv).
+type special struct {
+	path string
+	argv []string
+}
+
+type fwdTable struct {
+	listeners []*listener // indexed as in epoll; nil when removed
+	byKey     map[fwdKey]int32
+	special   map[uint16]special
+	udpIn     flowTable[udpInKey, udpInFlow]
+	children  []int       // command forward processes to reap
+	cmdByFd   map[int]int // our end of a command's socket pair -> its PID
+}
+
+func (t *fwdTable) init() {
+	t.byKey = map[fwdKey]int32{}
+	t.special = map[uint16]special{}
+	t.cmdByFd = map[int]int{}
+	t.udpIn.init()
+}
+
+// AddForwards binds host ports for fwds, all or nothing: if one cannot be
+// bound, none stays bound. With skipBusy (for "all"), ports that cannot be
+// bound are skipped instead.
+func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool) error {
+	if skipBusy {
+		if room := fdRoom(); len(fwds) > room {
+			e.logf("%s: forwarding only %d of %d ports: the open file limit leaves no room for more", proto, room, len(fwds))
+			fwds = fwds[:room]
+		}
+	}
+	var added []int32
+	for _, f := range fwds {
+		k := fwdKey{proto, f.Addr, f.HostPort}
+		if _, dup := e.fwd.byKey[k]; dup {
+			if skipBusy {
+				continue
+			}
+			e.removeListeners(added)
+			return fmt.Errorf("%s port %d is already forwarded", proto, f.HostPort)
+		}
+		fd, err := bindForward(proto, f)
+		if err != nil {
+			if skipBusy {
+				continue
+			}
+			e.removeListeners(added)
+			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
+		}
+		idx := int32(len(e.fwd.listeners))
+		e.fwd.listeners = append(e.fwd.listeners, &listener{proto, f, fd})
+		e.fwd.byKey[k] = idx
+		kind := int32(kindTCPListen)
+		if proto == UDP {
+			kind = kindUDPListen
+		}
+		e.epollAdd(fd, unix.EPOLLIN, kind, idx)
+		added = append(added, idx)
+	}
+	return nil
+}
+
+// RemoveForwards closes the listeners for fwds. Connections already made
+// through them go on.
+func (e *Engine) RemoveForwards(proto Proto, fwds []portspec.Forward) error {
+	var idx []int32
+	for _, f := range fwds {
+		i, ok := e.fwd.byKey[fwdKey{proto, f.Addr, f.HostPort}]
+		if !ok {
+			return fmt.Errorf("%s port %s is not forwarded", proto, hostPortString(f))
+		}
+		idx = append(idx, i)
+	}
+	e.removeListeners(idx)
+	return nil
+}
+
+func (e *Engine) removeListeners(idx []int32) {
+	for _, i := range idx {
+		l := e.fwd.listeners[i]
+		if l == nil {
+			continue
+		}
+		unix.Close(l.fd)
+		delete(e.fwd.byKey, fwdKey{l.proto, l.fwd.Addr, l.fwd.HostPort})
+		e.fwd.listeners[i] = nil
+	}
+}
+
+// Forwards describes the active forwards, one line each, sorted.
+func (e *Engine) Forwards() []string {
+	var out []string
+	for _, l := range e.fwd.listeners {
+		if l != nil {
+			out = append(out, fmt.Sprintf("%s %s -> guest port %d", l.proto, hostPortString(l.fwd), l.fwd.GuestPort))
+		}
+	}
+	for port, s := range e.fwd.special {
+		if s.path != "" {
+			out = append(out, fmt.Sprintf("unix gateway port %d -> %s", port, s.path))
+		} else {
+			out = append(out, fmt.Sprintf("cmd gateway port %d -> %s", port, strings.Join(s.argv, " ")))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// AddUnixForward diverts guest connections to the gateway on port to the
+// host unix stream socket at path.
+func (e *Engine) AddUnixForward(port uint16, path string) error {
+	if path == "" {
+		return errors.New("empty socket path")
+	}
+	return e.addSpecial(port, special{path: path})
+}
+
+// AddCmdForward diverts guest connections to the gateway on port to a new
+// instance of the command argv, wired through its stdin and stdout.
+func (e *Engine) AddCmdForward(port uint16, argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("empty command")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	return e.addSpecial(port, special{argv: append([]string{path}, argv[1:]...)})
+}
+
+func (e *Engine) addSpecial(port uint16, s special) error {
+	if port == 0 {
+		return errors.New("port 0")
+	}
+	if _, dup := e.fwd.special[port]; dup {
+		return fmt.Errorf("gateway port %d is already diverted", port)
+	}
+	e.fwd.special[port] = s
+	return nil
+}
+
+// RemoveSpecial ends the diversion of a gateway port.
+func (e *Engine) RemoveSpecial(port uint16) error {
+	if _, ok := e.fwd.special[port]; !ok {
+		return fmt.Errorf("gateway port %d is not diverted", port)
+	}
+	delete(e.fwd.special, port)
+	return nil
+}
+
+// fdReserve is how many descriptors wide forwards ("all") leave free for
+// the guest's own connections.
+const fdReserve = 4096
+
+// fdRoom is how many more descriptors a wide forward may take.
+func fdRoom() int {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil {
+		return 0
+	}
+	open, _ := os.ReadDir("/proc/self/fd")
+	return max(int(lim.Cur)-len(open)-fdReserve, 0)
+}
+
+func hostPortString(f portspec.Forward) string {
+	s := fmt.Sprint(f.HostPort)
+	if f.Addr.IsValid() {
+		s = netip.AddrPortFrom(f.Addr, f.HostPort).String()
+	}
+	if f.Iface != "" {
+		s += "%" + f.Iface
+	}
+	return s
+}
+
+// bindForward opens the host socket for one forward. Without an address
+// it binds the IPv6 wildcard with IPv4 mapped in, falling back to IPv4
+// alone where the host has no IPv6.
+func bindForward(proto Proto, f portspec.Forward) (int, error) {
+	typ := unix.SOCK_STREAM
+	if proto == UDP {
+		typ = unix.SOCK_DGRAM
+	}
+	addrs := []netip.Addr{f.Addr}
+	if !f.Addr.IsValid() {
+		addrs = []netip.Addr{netip.IPv6Unspecified(), netip.IPv4Unspecified()}
+	}
+	var err error
+	for _, a := range addrs {
+		var fd int
+		fd, err = bindOne(typ, a, f)
+		if err == nil {
+			return fd, nil
+		}
+	}
+	return -1, err
+}
+
+func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
+	family := unix.AF_INET
+	if a.Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	fail := func(err error) (int, error) { unix.Close(fd); return -1, err }
+	if typ == unix.SOCK_STREAM {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	}
+	if a.Is6() {
+		only := 0
+		if !a.IsUnspecified() {
+			only = 1
+		}
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only)
+	}
+	if f.Iface != "" {
+		if err := unix.BindToDevice(fd, f.Iface); err != nil {
+			return fail(fmt.Errorf("bind to %s: %w", f.Iface, err))
+		}
+	}
+	if err := unix.Bind(fd, sockaddr(a, f.HostPort)); err != nil {
+		return fail(err)
+	}
+	if typ == unix.SOCK_STREAM {
+		if err := unix.Listen(fd, 128); err != nil {
+			return fail(err)
+		}
+	}
+	return fd, nil
+}
+
+// sockaddr converts for setup paths; the data path uses Engine.setSA4.
+func sockaddr(a netip.Addr, port uint16) unix.Sockaddr {
+	if a.Is4() {
+		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(port)}
+	}
+	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(port)}
+}
+
+func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// tcpDial opens the host end of a guest connection: a TCP connect, or for
+// a diverted gateway port a unix socket or a command. notTCP tells the
+// data path it cannot use TCP-only socket calls.
+func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
+	if s, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.cfg.Gateway4 {
+		if s.path != "" {
+			fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return -1, true, err
+			}
+			if err = unix.Connect(fd, &unix.SockaddrUnix{Name: s.path}); err != nil && err != unix.EINPROGRESS && err != unix.EAGAIN {
+				unix.Close(fd)
+				return -1, true, err
+			}
+			if err == unix.EAGAIN {
+				err = unix.EINPROGRESS
+			}
+			return fd, true, err
+		}
+		fd, err = e.startCommand(s.argv)
+		return fd, true, err
+	}
+	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, err
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	dst := e.mapToHost(key.remote.Addr())
+	err = unix.Connect(fd, e.setSA4(dst, key.remote.Port()))
+	if err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, false, err
+	}
+	return fd, false, err
+}
+
+// startCommand runs argv with its stdin and stdout on one end of a socket
+// pair and returns the other end. stderr goes where gopasst's goes. The
+// command is never taken from the guest: only the host configures it.
+func (e *Engine) startCommand(argv []string) (int, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	child := os.NewFile(uintptr(pair[1]), "cmd")
+	defer child.Close()
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr}})
+	if err != nil {
+		unix.Close(pair[0])
+		return -1, err
+	}
+	e.fwd.children = append(e.fwd.children, p.Pid)
+	e.fwd.cmdByFd[pair[0]] = p.Pid
+	p.Release()
+	unix.SetNonblock(pair[0], true)
+	return pair[0], nil
+}
+
+// endCommand stops the command behind a closing flow, if any: a command
+// forward lives as long as its connection.
+func (e *Engine) endCommand(fd int) {
+	if pid, ok := e.fwd.cmdByFd[fd]; ok {
+		delete(e.fwd.cmdByFd, fd)
+		unix.Kill(pid, unix.SIGTERM)
+	}
+}
+
+// reapChildren collects command forwards that have exited.
+func (e *Engine) reapChildren() {
+	live := e.fwd.children[:0]
+	for _, pid := range e.fwd.children {
+		var ws unix.WaitStatus
+		if n, _ := unix.Wait4(pid, &ws, unix.WNOHANG, nil); n == 0 {
+			live = append(live, pid)
+		}
+	}
+	e.fwd.children = live
+}
+
+// listenerEvent dispatches readiness of a forwarded host port.
+func (e *Engine) listenerEvent(idx int32) {
+	if int(idx) >= len(e.fwd.listeners) || e.fwd.listeners[idx] == nil {
+		return
+	}
+	l := e.fwd.listeners[idx]
+	if l.proto == TCP {
+		e.tcpAccept(l)
+	} else {
+		e.udpInbound(idx, l)
+	}
+}

@@ -1,0 +1,278 @@
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// guestServe answers every connection on a guest port with "PORT:" and
+// the echo of what it receives, so a test sees which guest port it hit.
+func guestServe(t *testing.T, w *World, gport int) {
+	l := w.Guest.Listen(t, "tcp", fmt.Sprintf(":%d", gport))
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%d:", gport)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// hostAsk connects from the host namespace, sends msg, half-closes and
+// returns the whole answer.
+func hostAsk(w *World, addr, msg string) (string, error) {
+	c, err := w.Host.Dial("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte(msg))
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func expectAnswer(t *testing.T, w *World, addr string, gport int) {
+	t.Helper()
+	got, err := hostAsk(w, addr, "hi")
+	if want := fmt.Sprintf("%d:hi", gport); err != nil || got != want {
+		t.Errorf("%s: got %q, %v; want %q", addr, got, err, want)
+	}
+}
+
+func expectRefused(t *testing.T, w *World, addr string) {
+	t.Helper()
+	_, err := hostAsk(w, addr, "hi")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("%s: %v, want connection refused", addr, err)
+	}
+}
+
+// TestForwardRanges: a mapped range with exclusions, bound to host
+// loopback only, in libvirt's style of one -t per <portForward>.
+func TestForwardRanges(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{
+		"-t", "127.0.0.1/18200-18204:18300-18304,~18202",
+		"--tcp-ports", "18022:22",
+	}})
+	for g := 18300; g <= 18304; g++ {
+		guestServe(t, w, g)
+	}
+	guestServe(t, w, 22)
+	for h := 18200; h <= 18204; h++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", h)
+		if h == 18202 {
+			expectRefused(t, w, addr)
+			continue
+		}
+		expectAnswer(t, w, addr, h+100)
+	}
+	// Bound to 127.0.0.1 only: the host's other address is not forwarded.
+	expectRefused(t, w, hostAddr+":18200")
+	// No address: every host address, IPv4 and IPv6.
+	expectAnswer(t, w, hostAddr+":18022", 22)
+	expectAnswer(t, w, "[::1]:18022", 22)
+}
+
+// TestForwardUDP: datagrams reach the guest and replies return to the
+// original sender.
+func TestForwardUDP(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-u", "15353:5353"}})
+	srv := w.Guest.ListenPacket(t, "udp", ":5353")
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(append([]byte("guest:"), buf[:n]...), from)
+		}
+	}()
+	for _, sender := range []string{"127.0.0.1:0", "[::1]:0"} {
+		c := w.Host.ListenPacket(t, "udp", sender)
+		dst, _ := net.ResolveUDPAddr("udp", strings.Replace(strings.Replace(sender, ":0", ":15353", 1), "[::1]", "[::1]", 1))
+		buf := make([]byte, 2048)
+		ok := false
+		for try := 0; try < 3 && !ok; try++ {
+			c.WriteTo([]byte("ping"), dst)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, from, err := c.ReadFrom(buf)
+			if err == nil {
+				ok = string(buf[:n]) == "guest:ping" && from.String() == dst.String()
+				if !ok {
+					t.Fatalf("%s: reply %q from %v", sender, buf[:n], from)
+				}
+			}
+		}
+		if !ok {
+			t.Fatalf("%s: no reply", sender)
+		}
+	}
+}
+
+// TestForwardAll: "all" forwards every free non-ephemeral port and leaves
+// ports already bound on the host alone.
+func TestForwardAll(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-t", "all"}, BeforeStart: func(h *Netns) {
+		taken := h.Listen(t, "tcp", "127.0.0.1:15556")
+		go func() {
+			for {
+				c, err := taken.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("host"))
+				c.Close()
+			}
+		}()
+	}})
+	guestServe(t, w, 15555)
+	guestServe(t, w, 15556)
+	expectAnswer(t, w, "127.0.0.1:15555", 15555)
+	if got, err := hostAsk(w, "127.0.0.1:15556", ""); err != nil || got != "host" {
+		t.Errorf("port bound on the host before start: got %q, %v", got, err)
+	}
+}
+
+func ctl(t *testing.T, w *World, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(gopasstBin, append([]string{"ctl", filepath.Join(w.Dir, "ctl")}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctl %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestForwardRuntime: forwards added and removed through the control
+// socket; established connections survive the removal of forwards.
+func TestForwardRuntime(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--control", "{dir}/ctl", "-t", "19001"}})
+	guestServe(t, w, 19001)
+	guestServe(t, w, 19002)
+	if st, err := os.Stat(filepath.Join(w.Dir, "ctl")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v, mode %v", err, st.Mode())
+	}
+	expectRefused(t, w, "127.0.0.1:19002")
+	ctl(t, w, "add", "-t", "19002", "-u", "19003")
+	expectAnswer(t, w, "127.0.0.1:19002", 19002)
+	if out := ctl(t, w, "list"); !strings.Contains(out, "tcp 19002 -> guest port 19002") ||
+		!strings.Contains(out, "udp 19003") || !strings.Contains(out, "tcp 19001") {
+		t.Errorf("list:\n%s", out)
+	}
+
+	// An established connection through 19001 ...
+	c, err := w.Host.Dial("tcp", "127.0.0.1:19001", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	c.Write([]byte("a"))
+	if n, _ := io.ReadAtLeast(c, buf, 7); string(buf[:n]) != "19001:a" {
+		t.Fatalf("before removal: %q", buf[:n])
+	}
+	// ... survives the removal of another forward, and of its own.
+	ctl(t, w, "remove", "-t", "19002")
+	expectRefused(t, w, "127.0.0.1:19002")
+	ctl(t, w, "remove", "-t", "19001")
+	expectRefused(t, w, "127.0.0.1:19001")
+	c.Write([]byte("b"))
+	if n, _ := io.ReadAtLeast(c, buf, 1); string(buf[:n]) != "b" {
+		t.Fatalf("after removal: %q", buf[:n])
+	}
+
+	// A failing request changes nothing.
+	out, err := exec.Command(gopasstBin, "ctl", filepath.Join(w.Dir, "ctl"), "add", "-t", "19005", "-t", "5-1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "5-1") {
+		t.Errorf("bad spec accepted: %s", out)
+	}
+	expectRefused(t, w, "127.0.0.1:19005")
+}
+
+// TestUnixForward: a guest connection to the gateway on a diverted port
+// reaches a host unix socket.
+func TestUnixForward(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--unix-fwd", "6000:{dir}/agent.sock"}})
+	l, err := net.Listen("unix", filepath.Join(w.Dir, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		msg, _ := io.ReadAll(c)
+		c.Write(append([]byte("unix got "), msg...))
+	}()
+	got := guestAsk(t, w, net.JoinHostPort(hostGW, "6000"), strings.Repeat("x", 300000))
+	if got != "unix got "+strings.Repeat("x", 300000) {
+		t.Fatalf("got %d bytes: %.40q", len(got), got)
+	}
+}
+
+// TestCmdForward: a diverted port runs a command per connection, wired
+// through stdin and stdout.
+func TestCmdForward(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{
+		"--cmd-fwd", "7000:cat",
+		"--cmd-fwd", "7001:sh -c 'echo early; exit 0'",
+	}})
+	msg := strings.Repeat("cat me ", 50000)
+	if got := guestAsk(t, w, net.JoinHostPort(hostGW, "7000"), msg); got != msg {
+		t.Fatalf("cat: %d bytes back, want %d", len(got), len(msg))
+	}
+	// A command that exits before reading: the guest sees its output and
+	// then the end of the connection.
+	c, err := w.Guest.Dial("tcp", net.JoinHostPort(hostGW, "7001"), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "early\n" {
+		t.Fatalf("early exit: %q, %v", got, err)
+	}
+}
+
+// guestAsk connects from the guest, sends msg, half-closes and returns the
+// whole answer.
+func guestAsk(t *testing.T, w *World, addr, msg string) string {
+	t.Helper()
+	c, err := w.Guest.Dial("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	go func() {
+		c.Write([]byte(msg))
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
