@@ -121,8 +121,9 @@ func (c *cpioWriter) bytes() []byte {
 }
 
 // buildInitramfs writes an initramfs that loads virtio networking and runs
-// script as /init (under busybox sh).
-func buildInitramfs(path, kver, script string) error {
+// script as /init (under busybox sh). extra maps guest paths to host files
+// to include (test programs).
+func buildInitramfs(path, kver, script string, extra map[string]string) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("busybox: %w (Debian package busybox-static)", err)
@@ -136,6 +137,13 @@ func buildInitramfs(path, kver, script string) error {
 		c.dir(d)
 	}
 	c.file("bin/busybox", 0o755, bb)
+	for guestPath, hostPath := range extra {
+		data, err := os.ReadFile(hostPath)
+		if err != nil {
+			return err
+		}
+		c.file(strings.TrimPrefix(guestPath, "/"), 0o755, data)
+	}
 	var load strings.Builder
 	for _, m := range mods {
 		data, err := os.ReadFile(m)

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,7 +28,24 @@ func TestQEMUGuest(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	w := newWorld(t, WorldOpts{NoGuest: true})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"-t", "18080:8080", "-u", "15353:5353"}})
+	udpecho := filepath.Join(w.Dir, "udpecho")
+	build := exec.Command("go", "build", "-o", udpecho, "./cmd/udpecho")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the guest has no libc
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the guest's UDP echo server: %v\n%s", err, out)
+	}
+	// The guest waits on this port while the host probes its forwards.
+	hold := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	release := make(chan struct{})
+	go func() {
+		c, err := hold.Accept()
+		if err != nil {
+			return
+		}
+		<-release
+		c.Close()
+	}()
 	startDNS(t, w, "test.gopasst.example", [4]byte{203, 0, 113, 7})
 
 	const downSize = 16 << 20
@@ -77,10 +96,16 @@ ping -c 2 -W 5 %[1]s | sed 's/^/GOPASST-PING /'
 echo "GOPASST-DOWN $(nc %[1]s %[2]s | sha256sum)"
 echo "GOPASST-UP $(yes gopasst | head -c %[4]d | nc %[1]s %[3]s)"
 nslookup test.gopasst.example | sed 's/^/GOPASST-DNS /'
+printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello
+nc -ll -p 8080 -e /bin/hello &
+/bin/udpecho 5353 &
+sleep 1
+echo GOPASST-READY
+nc %[1]s %[5]s
 echo GOPASST-DONE
-`, hostGW, port(down.Addr()), port(up.Addr()), upSize)
+`, hostGW, port(down.Addr()), port(up.Addr()), upSize, port(hold.Addr()))
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
-	if err := buildInitramfs(initrd, kver, script); err != nil {
+	if err := buildInitramfs(initrd, kver, script, map[string]string{"/bin/udpecho": udpecho}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -101,6 +126,7 @@ echo GOPASST-DONE
 		t.Fatal(err)
 	}
 	report := map[string][]string{}
+	var inbound []string
 	var console strings.Builder
 	s := bufio.NewScanner(out)
 	for s.Scan() {
@@ -109,6 +135,10 @@ echo GOPASST-DONE
 		if i := strings.Index(line, "GOPASST-"); i >= 0 {
 			k, v, _ := strings.Cut(line[i+len("GOPASST-"):], " ")
 			report[k] = append(report[k], v)
+			if k == "READY" {
+				inbound = probeInbound(w)
+				close(release)
+			}
 		}
 	}
 	cmd.Wait()
@@ -137,6 +167,38 @@ echo GOPASST-DONE
 	if dns := strings.Join(report["DNS"], "\n"); !strings.Contains(dns, "203.0.113.7") {
 		t.Errorf("nslookup in the guest:\n%s", dns)
 	}
+	if want := []string{"tcp hello-from-guest", "udp guest:ping"}; strings.Join(inbound, "|") != strings.Join(want, "|") {
+		t.Errorf("inbound forwards from the host: %q, want %q", inbound, want)
+	}
 	t.Logf("guest report:\n  lease: %s\n  addr: %s\n  dns: %s", lease,
 		strings.Join(report["ADDR"], "\n        "), strings.Join(report["DNS"], "\n       "))
+}
+
+// probeInbound reaches the guest's services through gopasst's -t and -u
+// forwards from the host namespace and returns what answered.
+func probeInbound(w *World) []string {
+	var out []string
+	if c, err := w.Host.Dial("tcp", "127.0.0.1:18080", 10*time.Second); err == nil {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		out = append(out, "tcp "+strings.TrimSpace(string(b)))
+	}
+	var pc net.PacketConn
+	w.Host.do(func() { pc, _ = net.ListenPacket("udp", "127.0.0.1:0") })
+	if pc == nil {
+		return out
+	}
+	defer pc.Close()
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 15353}
+	buf := make([]byte, 256)
+	for try := 0; try < 10; try++ {
+		pc.WriteTo([]byte("ping"), dst)
+		pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, _, err := pc.ReadFrom(buf); err == nil {
+			out = append(out, "udp "+string(buf[:n]))
+			break
+		}
+	}
+	return out
 }
