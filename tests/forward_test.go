@@ -244,13 +244,7 @@ func TestCmdForward(t *testing.T) {
 	}
 	// A command that exits before reading: the guest sees its output and
 	// then the end of the connection.
-	c, err := w.Guest.Dial("tcp", net.JoinHostPort(hostGW, "7001"), 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.ReadAll(c)
+	got, err := io.ReadAll(w.guestConn(t, net.JoinHostPort(hostGW, "7001")))
 	if err != nil || string(got) != "early\n" {
 		t.Fatalf("early exit: %q, %v", got, err)
 	}
@@ -260,12 +254,7 @@ func TestCmdForward(t *testing.T) {
 // whole answer.
 func guestAsk(t *testing.T, w *World, addr, msg string) string {
 	t.Helper()
-	c, err := w.Guest.Dial("tcp", addr, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := w.guestConn(t, addr)
 	go func() {
 		c.Write([]byte(msg))
 		c.(*net.TCPConn).CloseWrite()

@@ -90,3 +90,16 @@ func hashCopy(r io.Reader) ([]byte, int64, error) {
 	n, err := io.CopyBuffer(h, r, make([]byte, 1<<20))
 	return h.Sum(nil), n, err
 }
+
+// guestConn connects from the guest namespace, failing the test if it
+// cannot; the connection closes with the test and times out after 20 s.
+func (w *World) guestConn(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := w.Guest.Dial("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c
+}

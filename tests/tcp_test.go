@@ -156,12 +156,7 @@ func TestTCPHostClose(t *testing.T) {
 				c.Close()
 			}
 		}()
-		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := w.guestConn(t, target)
 		got, err := io.ReadAll(c)
 		if err != nil || string(got) != "bye" {
 			t.Fatalf("got %q, %v", got, err)
@@ -178,12 +173,7 @@ func TestTCPHostClose(t *testing.T) {
 			req, _ := io.ReadAll(c) // until the guest's FIN
 			c.Write(append([]byte("re: "), req...))
 		}()
-		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := w.guestConn(t, target)
 		c.Write([]byte("question"))
 		c.(*net.TCPConn).CloseWrite()
 		got, err := io.ReadAll(c)
@@ -205,12 +195,7 @@ func TestTCPHostClose(t *testing.T) {
 			rest, _ := io.ReadAll(c)
 			done <- string(rest)
 		}()
-		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := w.guestConn(t, target)
 		got, err := io.ReadAll(c)
 		if err != nil || string(got) != "hello" {
 			t.Fatalf("got %q, %v", got, err)

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/alecthomas/kong"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
@@ -148,17 +147,9 @@ type CtlOptions struct {
 
 func runCtl(args []string, stdout, stderr io.Writer) int {
 	var o CtlOptions
-	parser, err := kong.New(&o, kong.Name("gopasst ctl"),
-		kong.Description("Change a running gopasst's forwards through its control socket."),
-		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	if _, err := parser.Parse(args); err != nil {
-		if isHelp(args) {
-			return 0
-		}
-		return fail(stderr, "ctl: %v", err)
+	if done, code := parseArgs(&o, "gopasst ctl", "Change a running gopasst's forwards through its control socket.",
+		args, stdout, stderr); done {
+		return code
 	}
 	req := ctlRequest{Op: o.Op, TCP: o.TCP, UDP: o.UDP, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
 	resp, err := ctlCall(o.Path, &req)

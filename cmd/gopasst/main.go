@@ -80,20 +80,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCtl(args[1:], stdout, stderr)
 	}
 	var o Options
-	parser, err := kong.New(&o, kong.Name("gopasst"),
-		kong.Description("User-mode networking for virtual machines, compatible with passt."),
-		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	if _, err := parser.Parse(args); err != nil {
-		if isHelp(args) {
-			return 0
-		}
-		return fail(stderr, "%v", err)
-	}
-	if isHelp(args) {
-		return 0
+	if done, code := parseArgs(&o, "gopasst", "User-mode networking for virtual machines, compatible with passt.",
+		args, stdout, stderr); done {
+		return code
 	}
 	if o.Version {
 		fmt.Fprintf(stdout, "gopasst %s\n", version)
@@ -114,6 +103,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return daemonChild(&o, cfg, d)
 	}
 	return start(&o, cfg, stderr)
+}
+
+// parseArgs parses args into target with kong. It reports done, with the
+// exit code, for a help request (kong has printed the help) or an error
+// (one line on stderr).
+func parseArgs(target any, name, desc string, args []string, stdout, stderr io.Writer) (done bool, code int) {
+	parser, err := kong.New(target, kong.Name(name), kong.Description(desc),
+		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
+	if err != nil {
+		return true, fail(stderr, "%v", err)
+	}
+	_, err = parser.Parse(args)
+	switch {
+	case isHelp(args):
+		return true, 0
+	case err != nil:
+		return true, fail(stderr, "%v", err)
+	}
+	return false, 0
 }
 
 // isHelp reports a help request; kong has printed the help by then.
