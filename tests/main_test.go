@@ -4,6 +4,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -23,8 +25,12 @@ func TestMain(m *testing.M) {
 	}
 	// "-t all" binds tens of thousands of ports: let gopasst, which
 	// inherits our limits, have the descriptors (root only; best effort).
-	lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
-	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	if nr, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(nr)), 10, 64); err == nil {
+			lim := unix.Rlimit{Cur: n, Max: n}
+			unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		}
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

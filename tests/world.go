@@ -63,6 +63,9 @@ type WorldOpts struct {
 	NoGuest bool     // start gopasst only; the test connects itself
 	// BeforeStart runs in the host namespace's set-up, before gopasst.
 	BeforeStart func(host *Netns)
+	// Backend replaces gopasst with another stream-socket backend (passt,
+	// for benchmarks): its argv, with "{sock}" for the socket path.
+	Backend []string
 }
 
 // newWorld builds host and guest namespaces, starts gopasst in the host
@@ -88,11 +91,17 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	if o.BeforeStart != nil {
 		o.BeforeStart(h)
 	}
-	args := []string{"-f", "-s", w.Sock}
-	for _, a := range o.Args {
-		args = append(args, strings.ReplaceAll(a, "{dir}", w.Dir))
+	argv := append([]string{gopasstBin, "-f", "-s", "{sock}"}, o.Args...)
+	if o.Backend != nil {
+		argv = append([]string(nil), o.Backend...)
+		// passt drops root for nobody, who must reach and write the socket.
+		os.Chmod(filepath.Dir(w.Dir), 0o755)
+		os.Chmod(w.Dir, 0o777)
 	}
-	w.Proc = h.Cmd(gopasstBin, args...)
+	for i, a := range argv {
+		argv[i] = strings.NewReplacer("{dir}", w.Dir, "{sock}", w.Sock).Replace(a)
+	}
+	w.Proc = h.Cmd(argv[0], argv[1:]...)
 	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
 	if err := w.Proc.Start(); err != nil {
 		t.Fatal(err)

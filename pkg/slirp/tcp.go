@@ -29,7 +29,8 @@ const (
 	tcpFinAcked                // ... and acknowledged
 	tcpAckPending              // queued in ackList
 	tcpWaitTap                 // queued in tapWaiters for output room
-	tcpWaitWrite               // host send buffer full; EPOLLOUT armed
+	tcpWaitWrite               // small window advertised; EPOLLOUT armed to reopen it
+	tcpShortWrite              // guest data was refused: ask for a fast retransmit
 	tcpWndFull                 // stopped sending at the guest's window
 	tcpHostRdhup               // the host peer shut down its sending side
 	tcpSynSent                 // inbound: our SYN is out, waiting for the guest
@@ -275,10 +276,19 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		return
 	}
 	if events&unix.EPOLLOUT != 0 && f.flags&tcpWaitWrite != 0 {
-		// The host drained its send buffer: reopen the guest's window.
+		// The host drained its send buffer: reopen the guest's window. If
+		// we refused data, repeat the ACK three times so the guest
+		// retransmits it at once (fast retransmit), as passt does,
+		// instead of waiting for its retransmission timer.
 		f.flags &^= tcpWaitWrite
 		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, gen), idx)
-		e.tcpScheduleAck(f)
+		e.tcpSendFlags(f, header.TCPAck)
+		if f.flags&tcpShortWrite != 0 {
+			f.flags &^= tcpShortWrite
+			for range 3 {
+				e.tcpSendSeg(f, header.TCPAck, f.sndNxt, f.wndSent)
+			}
+		}
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		f.flags |= tcpHostRdhup
@@ -360,9 +370,8 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 		f.rcvNxt += uint32(n)
 		if n < len(data) {
 			// The rest will come again once the window reopens.
-			f.flags |= tcpWaitWrite
-			e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT|unix.EPOLLET,
-				epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+			f.flags |= tcpShortWrite
+			e.tcpWatchWrite(f)
 			return
 		}
 	}
@@ -393,8 +402,8 @@ func (e *Engine) tcpFlushAcks() {
 			continue
 		}
 		f.flags &^= tcpAckPending
-		if f.ackSent != f.rcvNxt || f.wndSent != e.tcpWindow(f) {
-			e.tcpSendFlags(f, header.TCPAck)
+		if wnd := e.tcpWindow(f); f.ackSent != f.rcvNxt || f.wndSent != wnd {
+			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
 		}
 	}
 	e.tcp.ackList = e.tcp.ackList[:0]
@@ -402,14 +411,32 @@ func (e *Engine) tcpFlushAcks() {
 
 // tcpWindow is the raw window field to advertise: the free space in the
 // host socket's send buffer, so the guest never sends what the kernel
-// would refuse.
+// would refuse. When there is none, EPOLLOUT tells us when to reopen the
+// window; nothing else would, and the guest would sit in zero-window
+// probing.
 func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
-	if f.flags&(tcpWaitWrite|tcpGuestFin) != 0 {
+	if f.flags&tcpGuestFin != 0 {
 		return 0
 	}
+	// The kernel counts buffer overhead against SO_SNDBUF too: keep a
+	// quarter in hand so a write of a full window rarely comes up short.
 	sndbuf, _ := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	w := max(sndbuf-outq(f.fd), 0) >> f.ourWS
-	return uint16(min(w, 0xffff))
+	w := uint16(min(max(sndbuf*3/4-outq(f.fd), 0)>>f.ourWS, 0xffff))
+	if w == 0 {
+		// The kernel calls the socket writable again below two thirds
+		// full, which is below the three quarters we offer.
+		e.tcpWatchWrite(f)
+	}
+	return w
+}
+
+// tcpWatchWrite arms EPOLLOUT to learn when the host socket has room.
+func (e *Engine) tcpWatchWrite(f *tcpFlow) {
+	if f.flags&tcpWaitWrite == 0 {
+		f.flags |= tcpWaitWrite
+		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT|unix.EPOLLET,
+			epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+	}
 }
 
 // tcpSendToGuest peeks host data into segments for the guest, as far as
@@ -600,8 +627,24 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	e.tcp.remove(f.idx, f.key)
 }
 
-// tcpSendFlags sends a segment without data.
+// tcpSendFlags sends a segment without data, with the current window.
 func (e *Engine) tcpSendFlags(f *tcpFlow, flags uint8) {
+	seq := f.sndNxt
+	wnd := uint16(0xffff) // unscaled in a SYN; the real window follows
+	if flags&header.TCPSyn != 0 {
+		seq = f.sndUna
+		f.sndNxt = f.sndUna + 1
+		if f.rtoAt == 0 {
+			f.rtoAt = e.now + tcpRTO
+		}
+	} else {
+		wnd = e.tcpWindow(f)
+	}
+	e.tcpSendSeg(f, flags, seq, wnd)
+}
+
+// tcpSendSeg queues a segment without data.
+func (e *Engine) tcpSendSeg(f *tcpFlow, flags uint8, seq uint32, wnd uint16) {
 	optLen := 0
 	if flags&header.TCPSyn != 0 {
 		optLen = header.TCPSynOptionLen
@@ -610,21 +653,9 @@ func (e *Engine) tcpSendFlags(f *tcpFlow, flags uint8) {
 	if b == nil {
 		return
 	}
-	seq := f.sndNxt
-	if flags&header.TCPSyn != 0 {
-		seq = f.sndUna
-		f.sndNxt = f.sndUna + 1
-	}
-	wnd := e.tcpWindow(f)
-	if flags&header.TCPSyn != 0 {
-		wnd = 0xffff // unscaled in a SYN; the real window follows
-	}
 	e.wr.Commit(e.tcpFill(b, f, flags, seq, optLen, 0, wnd))
 	e.Stats.FramesOut++
 	f.ackSent, f.wndSent = f.rcvNxt, wnd
-	if flags&header.TCPSyn != 0 && f.rtoAt == 0 {
-		f.rtoAt = e.now + tcpRTO
-	}
 }
 
 // tcpFill writes the headers of a segment whose payload (if any) already

@@ -1,0 +1,355 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBench compares gopasst with other user-mode backends on the same
+// netns + tap harness and the same bridge. It is not a pass/fail test: it
+// runs only under "make bench" (GOPASST_BENCH=1) and writes
+// bench/RESULTS.md and bench/results.svg (and .png when rsvg-convert is
+// there). Rounds alternate between backends, and medians are reported.
+func TestBench(t *testing.T) {
+	if os.Getenv("GOPASST_BENCH") == "" {
+		t.Skip("benchmarks run with make bench")
+	}
+	needRoot(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3")
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("GOPASST_BENCH_ROUNDS"))
+	if rounds == 0 {
+		rounds = 3
+	}
+	type backend struct {
+		name    string
+		argv    []string // nil: gopasst
+		missing string
+	}
+	backends := []backend{{name: "gopasst"}}
+	if p, err := exec.LookPath("passt"); err == nil {
+		backends = append(backends, backend{name: "passt", argv: []string{p, "-f", "-q", "-s", "{sock}"}})
+	} else {
+		backends = append(backends, backend{name: "passt", missing: "not installed"})
+	}
+	missing := map[string]string{
+		"slirp4netns": "not measured: its tap-in-namespace set-up is not in the harness yet",
+		"gvproxy":     "not measured: not in the harness yet",
+	}
+	if only := os.Getenv("GOPASST_BENCH_ONLY"); only != "" {
+		backends = slices.DeleteFunc(backends, func(b backend) bool { return !strings.Contains(","+only+",", ","+b.name+",") })
+	}
+	results := map[string]map[string][]float64{} // backend -> metric -> samples
+	for r := 0; r < rounds; r++ {
+		for _, b := range backends {
+			if b.missing != "" {
+				missing[b.name] = b.missing
+				continue
+			}
+			if results[b.name] == nil {
+				results[b.name] = map[string][]float64{}
+			}
+			for _, mtu := range []int{65520, 1500} {
+				t.Run(fmt.Sprintf("%s/mtu%d/round%d", b.name, mtu, r), func(t *testing.T) {
+					args := []string{"-m", strconv.Itoa(mtu)}
+					var argv []string
+					if b.argv != nil {
+						argv = append(append([]string{}, b.argv...), args...)
+					}
+					w := newWorld(t, WorldOpts{Args: args, Backend: argv})
+					for k, v := range benchOne(t, w, mtu == 65520) {
+						key := fmt.Sprintf("%s @%d", k, mtu)
+						if strings.HasPrefix(k, "RSS") || strings.HasPrefix(k, "TCP_") {
+							key = k
+						}
+						results[b.name][key] = append(results[b.name][key], v)
+					}
+				})
+			}
+		}
+	}
+	writeBenchReport(t, results, missing, rounds)
+}
+
+// benchOne measures one backend instance; full adds the latency and
+// memory figures, taken once per round at the default MTU.
+func benchOne(t *testing.T, w *World, full bool) map[string]float64 {
+	m := map[string]float64{}
+	pid := w.Proc.Process.Pid
+	for _, dir := range []struct {
+		name string
+		args []string
+	}{{"TCP guest→host Gbit/s", nil}, {"TCP host→guest Gbit/s", []string{"-R"}}} {
+		cpu0 := procCPU(pid)
+		res := iperf(t, w, append([]string{"-t", "4"}, dir.args...)...)
+		m[dir.name] = res.End.SumReceived.BitsPerSecond / 1e9
+		if gb := res.End.SumReceived.Bytes / 1e9; gb > 0 {
+			m["CPU s/GB "+strings.Fields(dir.name)[1]] = (procCPU(pid) - cpu0) / gb
+		}
+	}
+	u := iperf(t, w, "-u", "-b", "4G", "-l", "1400", "-t", "3")
+	m["UDP guest→host Gbit/s"] = u.End.Sum.BitsPerSecond / 1e9
+	m["UDP loss %"] = u.End.Sum.LostPercent
+	if !full {
+		return m
+	}
+	m["RSS idle MiB"] = procRSS(pid)
+	m["TCP_RR trans/s"], m["TCP_CRR trans/s"] = requestResponse(t, w)
+	m["RSS 10k flows MiB"] = rssWithFlows(t, w, pid, 10000)
+	return m
+}
+
+type iperfResult struct {
+	End struct {
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+		Sum struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+			LostPercent   float64 `json:"lost_percent"`
+		} `json:"sum"`
+	} `json:"end"`
+}
+
+// iperf runs an iperf3 client in the guest against a server on host
+// loopback, reached through the gateway.
+func iperf(t *testing.T, w *World, args ...string) iperfResult {
+	t.Helper()
+	port := "15201"
+	srv := w.Host.Cmd("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", port)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Wait()
+	time.Sleep(300 * time.Millisecond)
+	out, err := w.Guest.Cmd("iperf3", append([]string{"-c", hostGW, "-p", port, "-J"}, args...)...).Output()
+	if err != nil {
+		srv.Process.Kill()
+		t.Fatalf("iperf3 %v: %v\n%s", args, err, out)
+	}
+	var r iperfResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// requestResponse measures 1-byte request/response rates over one
+// connection (TCP_RR) and with a new connection each time (TCP_CRR).
+func requestResponse(t *testing.T, w *World) (rr, crr float64) {
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				b := make([]byte, 1)
+				for {
+					if _, err := c.Read(b); err != nil {
+						c.Close()
+						return
+					}
+					c.Write(b)
+				}
+			}()
+		}
+	}()
+	addr := net.JoinHostPort(hostGW, port(l.Addr()))
+	b := make([]byte, 1)
+	c := w.guestConn(t, addr)
+	n, start := 0, time.Now()
+	for time.Since(start) < 3*time.Second {
+		c.Write(b)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	rr = float64(n) / time.Since(start).Seconds()
+	n, start = 0, time.Now()
+	for time.Since(start) < 3*time.Second {
+		c, err := w.Guest.Dial("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(b)
+		io.ReadFull(c, b)
+		c.Close()
+		n++
+	}
+	return rr, float64(n) / time.Since(start).Seconds()
+}
+
+// rssWithFlows opens n guest connections through the backend and reads
+// its resident memory while they are open.
+func rssWithFlows(t *testing.T, w *World, pid, n int) float64 {
+	// The host side closes at once, so the test holds one descriptor per
+	// flow; the backend keeps each flow until the guest closes too.
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := net.JoinHostPort(hostGW, port(l.Addr()))
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := w.Guest.Dial("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Logf("after %d connections: %v", len(conns), err)
+			break
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(time.Second)
+	return procRSS(pid)
+}
+
+// procCPU is a process's user+system time in seconds.
+func procCPU(pid int) float64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // USER_HZ
+}
+
+// procRSS is a process's resident set in MiB.
+func procRSS(pid int) float64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(l)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// writeBenchReport writes the Markdown table and the chart.
+func writeBenchReport(t *testing.T, results map[string]map[string][]float64, missing map[string]string, rounds int) {
+	var names []string
+	for n := range results {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { // gopasst first
+		if a == "gopasst" || b == "gopasst" {
+			return map[bool]int{true: -1, false: 1}[a == "gopasst"]
+		}
+		return strings.Compare(a, b)
+	})
+	var metrics []string
+	for m := range results["gopasst"] {
+		metrics = append(metrics, m)
+	}
+	slices.Sort(metrics)
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	passtVer, _ := exec.Command("passt", "--version").Output()
+	var md strings.Builder
+	fmt.Fprintf(&md, "# gopasst benchmark\n\n%s, %d cores, Linux %s, %s, passt %s.\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), strings.TrimSpace(string(kernel)),
+		runtime.Version(), strings.TrimSpace(strings.SplitN(string(passtVer), "\n", 2)[0]))
+	fmt.Fprintf(&md, "Medians of %d alternating rounds; netns guest behind the same tap bridge for every backend.\n\n", rounds)
+	fmt.Fprintf(&md, "| metric | %s |", strings.Join(names, " | "))
+	for _, n := range names[1:] {
+		fmt.Fprintf(&md, " gopasst/%s |", n)
+	}
+	md.WriteString("\n|---|" + strings.Repeat("---|", 2*len(names)-1) + "\n")
+	for _, m := range metrics {
+		fmt.Fprintf(&md, "| %s |", m)
+		for _, n := range names {
+			fmt.Fprintf(&md, " %.3g |", median(results[n][m]))
+		}
+		for _, n := range names[1:] {
+			if o := median(results[n][m]); o != 0 {
+				fmt.Fprintf(&md, " %.2f |", median(results["gopasst"][m])/o)
+			} else {
+				md.WriteString(" - |")
+			}
+		}
+		md.WriteString("\n")
+	}
+	for n, why := range missing {
+		fmt.Fprintf(&md, "\n%s: %s.", n, why)
+	}
+	md.WriteString("\n\n![chart](results.png)\n")
+	dir := filepath.Join("..", "bench")
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "RESULTS.md"), []byte(md.String()), 0o644)
+	svg := benchSVG(names, metrics, results)
+	os.WriteFile(filepath.Join(dir, "results.svg"), []byte(svg), 0o644)
+	if _, err := exec.LookPath("rsvg-convert"); err == nil {
+		exec.Command("rsvg-convert", "-o", filepath.Join(dir, "results.png"), filepath.Join(dir, "results.svg")).Run()
+	}
+	t.Logf("\n%s", md.String())
+}
+
+// benchSVG draws one group of bars per metric, each scaled to the best
+// backend for that metric, labelled with the values.
+func benchSVG(names, metrics []string, results map[string]map[string][]float64) string {
+	colors := []string{"#2b7bb9", "#e07b39", "#5aa469", "#9b59b6"}
+	const rowH, barH, left, width = 60, 18, 260, 420
+	var b strings.Builder
+	h := rowH*len(metrics) + 40
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`, left+width+120, h)
+	b.WriteString(`<rect width="100%" height="100%" fill="white"/>`)
+	for i, n := range names {
+		fmt.Fprintf(&b, `<rect x="%d" y="8" width="12" height="12" fill="%s"/><text x="%d" y="19">%s</text>`, left+i*100, colors[i%4], left+i*100+16, n)
+	}
+	for r, m := range metrics {
+		y := 40 + r*rowH
+		fmt.Fprintf(&b, `<text x="8" y="%d">%s</text>`, y+barH, m)
+		best := 0.0
+		for _, n := range names {
+			best = max(best, median(results[n][m]))
+		}
+		for i, n := range names {
+			v := median(results[n][m])
+			wpx := 0.0
+			if best > 0 {
+				wpx = v / best * width
+			}
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="%d" fill="%s"/><text x="%.0f" y="%d">%.3g</text>`,
+				left, y+i*(barH+2), wpx, barH, colors[i%4], float64(left)+wpx+4, y+i*(barH+2)+13, v)
+		}
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
