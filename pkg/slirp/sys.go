@@ -31,6 +31,20 @@ func recvmsgIov(fd int, iov []unix.Iovec, flags int) (int, error) {
 	}
 }
 
+// writev writes iov with one system call (unix.Writev allocates).
+func writev(fd int, iov []unix.Iovec) (int, error) {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}
+
 // discard drops n bytes from a TCP socket's receive queue without copying
 // them: MSG_TRUNC on TCP means "throw away".
 func discard(fd int, n int) error {

@@ -83,8 +83,18 @@ type tcpTable struct {
 	ackList    []int32 // flows owing the guest an ACK after this batch
 	tapWaiters []int32 // flows waiting for room in the output queue
 	iov        [tcpMaxSegs + 1]unix.Iovec
+	w          tcpWriteBatch
 	discardBuf []byte // for kernels without SO_PEEK_OFF
 	isn        uint32
+}
+
+// tcpWriteBatch gathers consecutive in-order guest segments of one flow,
+// still in the input buffer, for one writev.
+type tcpWriteBatch struct {
+	flow  *tcpFlow
+	iov   [64]unix.Iovec
+	n     int
+	bytes int
 }
 
 func (t *tcpTable) init() {
@@ -352,30 +362,29 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 	if f.flags&tcpGuestFin != 0 || f.flags&tcpEstablished == 0 {
 		return
 	}
-	off := int32(f.rcvNxt - seq)
+	if e.tcp.w.flow != f {
+		e.tcpWriteFlush() // another flow's batch
+	}
+	// Data gathered for this flow but not yet written counts as received.
+	off := int32(f.rcvNxt + uint32(e.tcp.w.bytes) - seq)
 	if off < 0 || int(off) > len(payload) {
 		return // a gap or an old duplicate: the ACK we send says where we are
 	}
 	data := payload[off:]
 	if len(data) > 0 {
-		n, err := unix.Write(f.fd, data)
-		if err == unix.EAGAIN {
-			n, err = 0, nil
-		}
-		if err != nil {
-			e.debugf("TCP %v: write: %v", f.key.remote, err)
-			e.tcpClose(f, true, false)
-			return
-		}
-		f.rcvNxt += uint32(n)
-		if n < len(data) {
-			// The rest will come again once the window reopens.
-			f.flags |= tcpShortWrite
-			e.tcpWatchWrite(f)
+		w := &e.tcp.w
+		w.flow = f
+		w.iov[w.n] = unix.Iovec{Base: &data[0], Len: uint64(len(data))}
+		w.n++
+		w.bytes += len(data)
+		if w.n == len(w.iov) && !e.tcpWriteFlush() {
 			return
 		}
 	}
 	if fin {
+		if !e.tcpWriteFlush() {
+			return // the FIN comes again with the data we could not take
+		}
 		f.rcvNxt++
 		f.flags |= tcpGuestFin
 		unix.Shutdown(f.fd, unix.SHUT_WR)
@@ -384,6 +393,35 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 			e.tcpClose(f, false, false)
 		}
 	}
+}
+
+// tcpWriteFlush writes the guest data gathered for one flow with a single
+// writev, and acknowledges (later) as much as the kernel took. It reports
+// whether everything was written.
+func (e *Engine) tcpWriteFlush() bool {
+	w := &e.tcp.w
+	f, want := w.flow, w.bytes
+	if f == nil {
+		return true
+	}
+	n, err := writev(f.fd, w.iov[:w.n])
+	w.flow, w.n, w.bytes = nil, 0, 0
+	if err == unix.EAGAIN {
+		n, err = 0, nil
+	}
+	if err != nil {
+		e.debugf("TCP %v: write: %v", f.key.remote, err)
+		e.tcpClose(f, true, false)
+		return false
+	}
+	f.rcvNxt += uint32(n)
+	if n < want {
+		// The rest will come again once the window reopens.
+		f.flags |= tcpShortWrite
+		e.tcpWatchWrite(f)
+		return false
+	}
+	return true
 }
 
 func (e *Engine) tcpScheduleAck(f *tcpFlow) {
@@ -396,6 +434,7 @@ func (e *Engine) tcpScheduleAck(f *tcpFlow) {
 // tcpFlushAcks sends one ACK per flow that received data in the last
 // batch of guest frames, instead of one per segment.
 func (e *Engine) tcpFlushAcks() {
+	e.tcpWriteFlush()
 	for _, idx := range e.tcp.ackList {
 		f := e.tcp.flows[idx]
 		if !e.tcp.used[idx] || f.flags&tcpAckPending == 0 {
@@ -620,6 +659,9 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	}
 	if rstHost {
 		unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	if e.tcp.w.flow == f {
+		e.tcp.w = tcpWriteBatch{}
 	}
 	unix.Close(f.fd)
 	f.fd = -1
