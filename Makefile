@@ -42,6 +42,15 @@ fuzz:
 		done; \
 	done
 
+# bench compares gopasst with passt on the test harness (never part of
+# make test): rounds alternate between backends; results go to bench/.
+# GOPASST_BENCH_ROUNDS (default 3) and GOPASST_BENCH_ONLY=gopasst,passt
+# narrow a run.
+bench: deps
+	@command -v rsvg-convert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends librsvg2-bin
+	GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench$$' -v ./tests | grep -v '^=== '
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)
 	$(GO) vet ./...

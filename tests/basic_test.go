@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -37,5 +39,39 @@ func TestPingGateway(t *testing.T) {
 	out := w.Guest.Run(t, "busybox", "ping", "-c", "3", "-W", "5", hostGW)
 	if !strings.Contains(out, "3 packets received") {
 		t.Fatalf("ping: %s", out)
+	}
+}
+
+// TestPingForbidden: when the host's ping_group_range forbids ping
+// sockets, ICMP echo fails quietly with one clear log line, and the rest
+// of the network still works.
+func TestPingForbidden(t *testing.T) {
+	w := newWorld(t, WorldOpts{NoPing: true})
+	for range 2 {
+		w.Guest.Cmd("busybox", "ping", "-c", "1", "-W", "1", hostGW).Run()
+	}
+	if n := strings.Count(w.Log.String(), "ICMP echo unavailable"); n != 1 {
+		t.Errorf("%d log lines about ping sockets, want 1:\n%s", n, w.Log.String())
+	}
+	if w.Proc.ProcessState != nil {
+		t.Fatal("gopasst exited")
+	}
+}
+
+// TestLogFile: --log-file gets the messages, with --trace showing DNS
+// queries, and the file stays under --log-size.
+func TestLogFile(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-l", "{dir}/log", "--log-size", "4096", "--trace"}})
+	startDNS(t, w, "log.gopasst.example", [4]byte{203, 0, 113, 9})
+	for range 40 {
+		w.Guest.Run(t, "busybox", "nslookup", "log.gopasst.example", hostGW)
+	}
+	data, err := os.ReadFile(filepath.Join(w.Dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 4096 || !strings.HasPrefix(string(data), "gopasst ") ||
+		!strings.Contains(string(data), "log.gopasst.example.") {
+		t.Fatalf("log file of %d bytes:\n%s", len(data), data)
 	}
 }

@@ -283,7 +283,7 @@ func writeBenchReport(t *testing.T, results map[string]map[string][]float64, mis
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	passtVer, _ := exec.Command("passt", "--version").Output()
 	var md strings.Builder
-	fmt.Fprintf(&md, "# gopasst benchmark\n\n%s, %d cores, Linux %s, %s, passt %s.\n",
+	fmt.Fprintf(&md, "# gopasst benchmark\n\n%s, %d cores, Linux %s, %s, %s.\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), strings.TrimSpace(string(kernel)),
 		runtime.Version(), strings.TrimSpace(strings.SplitN(string(passtVer), "\n", 2)[0]))
 	fmt.Fprintf(&md, "Medians of %d alternating rounds; netns guest behind the same tap bridge for every backend.\n\n", rounds)

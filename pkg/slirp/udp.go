@@ -43,6 +43,11 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 		}
 	}
 	f.lastAct = e.now
+	if e.cfg.Trace && u.DstPort() == dnsPort {
+		if q, err := parseDNSQuery(u.Payload()); err == nil {
+			e.logf("DNS query %#04x from %v: %s type %d", q.ID, guest, q.Name, q.Type)
+		}
+	}
 	to := e.dnsRedirect(netip.AddrPortFrom(dst, u.DstPort()))
 	if !to.IsValid() {
 		to = netip.AddrPortFrom(e.mapToHost(dst), u.DstPort())
