@@ -9,15 +9,20 @@ LDFLAGS := -X main.version=$(VERSION)
 # boots a real guest with a Debian kernel.
 TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt
 
-.PHONY: all build test deps fuzz bench lint clean install
+.PHONY: all build test deps deps-backports fuzz bench lint clean install install-libvirt uninstall-libvirt
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o gopasst ./cmd/gopasst
 
+# libvirt 11 and QEMU with stream reconnect come from bookworm-backports,
+# from the Debian mirror already configured.
+BACKPORTS_DEBS := libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86
+BACKPORTS_LIST := /etc/apt/sources.list.d/bookworm-backports.sources
+
 # deps installs the test packages; quick when they are present already.
-deps:
+deps: deps-backports
 	@missing=""; for p in $(TEST_DEBS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -34,6 +39,14 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=50000x
+
+deps-backports:
+	@if ! dpkg-query -W -f='$${Version}' libvirt-daemon-system 2>/dev/null | grep -q bpo12 || \
+	    ! dpkg-query -W -f='$${Version}' qemu-system-x86 2>/dev/null | grep -q bpo12; then \
+		mirror=$$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v security | head -1); \
+		[ -f $(BACKPORTS_LIST) ] || printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$${mirror:-http://deb.debian.org/debian}" > $(BACKPORTS_LIST); \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports $(BACKPORTS_DEBS); \
+	fi
 
 FUZZTIME ?= 30s
 fuzz:
@@ -60,6 +73,16 @@ lint:
 
 install: build
 	install -D -m 0755 gopasst $(DESTDIR)$(PREFIX)/bin/gopasst
+
+# install-libvirt makes libvirt's passt backend run gopasst: Debian's
+# /usr/bin/passt is diverted aside and replaced by a link to gopasst.
+install-libvirt: install
+	dpkg-divert --local --rename --divert /usr/bin/passt.distrib --add /usr/bin/passt
+	ln -sf $(PREFIX)/bin/gopasst /usr/bin/passt
+
+uninstall-libvirt:
+	rm -f /usr/bin/passt
+	dpkg-divert --local --rename --divert /usr/bin/passt.distrib --remove /usr/bin/passt
 
 clean:
 	rm -f gopasst

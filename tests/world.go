@@ -187,7 +187,13 @@ func needBusybox(t testing.TB) {
 // waitFor polls cond until it holds; it fails the test after 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	waitLong(t, what, 10*time.Second, cond)
+}
+
+// waitLong polls cond until it holds; it fails the test after d.
+func waitLong(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
