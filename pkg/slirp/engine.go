@@ -185,46 +185,54 @@ func (e *Engine) debugf(format string, args ...any) {
 // client goes away.
 func (e *Engine) Run() error {
 	for {
-		timeout := int(tick / time.Millisecond)
-		n, err := unix.EpollWait(e.epfd, e.events[:], timeout)
-		if err != nil && err != unix.EINTR {
-			return fmt.Errorf("epoll_wait: %w", err)
+		if done, err := e.turn(int(tick / time.Millisecond)); done || err != nil {
+			return err
 		}
-		e.now = int64(time.Since(e.start))
-		for i := 0; i < n; i++ {
-			ev := &e.events[i]
-			gen := uint32(ev.Fd) >> 4
-			switch ev.Fd & 0xf {
-			case kindStop:
-				return nil
-			case kindListen:
-				e.acceptClient()
-			case kindTap:
-				if done := e.tapEvent(ev.Events); done && e.cfg.OneOff {
-					return nil
-				}
-			case kindTCP:
-				e.tcpSockEvent(ev.Pad, gen, ev.Events)
-			case kindUDP:
-				e.udpSockEvent(ev.Pad, gen)
-			case kindICMP:
-				e.icmpSockEvent(ev.Pad, gen)
-			case kindTCPListen, kindUDPListen:
-				e.listenerEvent(ev.Pad)
-			case kindCall:
-				e.runCalls()
-			}
-		}
-		if e.now-e.lastTick >= int64(tick) {
-			e.lastTick = e.now
-			e.tcpTimers()
-			e.udpExpire()
-			e.icmpExpire()
-			e.udpInExpire()
-			e.reapChildren()
-		}
-		e.flush()
 	}
+}
+
+// turn waits up to timeout milliseconds for events, handles them, runs
+// due timers and sends queued frames. It reports whether Run should end.
+func (e *Engine) turn(timeout int) (bool, error) {
+	n, err := unix.EpollWait(e.epfd, e.events[:], timeout)
+	if err != nil && err != unix.EINTR {
+		return true, fmt.Errorf("epoll_wait: %w", err)
+	}
+	e.now = int64(time.Since(e.start))
+	for i := 0; i < n; i++ {
+		ev := &e.events[i]
+		gen := uint32(ev.Fd) >> 4
+		switch ev.Fd & 0xf {
+		case kindStop:
+			return true, nil
+		case kindListen:
+			e.acceptClient()
+		case kindTap:
+			if done := e.tapEvent(ev.Events); done && e.cfg.OneOff {
+				return true, nil
+			}
+		case kindTCP:
+			e.tcpSockEvent(ev.Pad, gen, ev.Events)
+		case kindUDP:
+			e.udpSockEvent(ev.Pad, gen)
+		case kindICMP:
+			e.icmpSockEvent(ev.Pad, gen)
+		case kindTCPListen, kindUDPListen:
+			e.listenerEvent(ev.Pad)
+		case kindCall:
+			e.runCalls()
+		}
+	}
+	if e.now-e.lastTick >= int64(tick) {
+		e.lastTick = e.now
+		e.tcpTimers()
+		e.udpExpire()
+		e.icmpExpire()
+		e.udpInExpire()
+		e.reapChildren()
+	}
+	e.flush()
+	return false, nil
 }
 
 func (e *Engine) acceptClient() {

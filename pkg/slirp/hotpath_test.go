@@ -1,0 +1,230 @@
+package slirp
+
+import (
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// A guest made of raw frames, driving a real engine over a real unix
+// socket to a real TCP sink on host loopback: the hot paths exactly as in
+// production, without the network namespaces of the end-to-end tests.
+
+var (
+	hpGuest   = netip.MustParseAddr("192.0.2.2")
+	hpGateway = netip.MustParseAddr("192.0.2.1")
+	hpMAC     = [6]byte{2, 0, 0, 0, 0, 2}
+)
+
+type hotPath struct {
+	e        *Engine
+	rd       *qemusock.Reader
+	guest    int // the guest's end of the stream socket
+	frame    []byte
+	seq, ack uint32
+	dport    uint16
+}
+
+// newHotPath connects a guest to an engine and opens one TCP connection
+// through it to a server on 127.0.0.1 (the gateway, mapped) that serve
+// runs.
+func newHotPath(tb testing.TB, serve func(net.Conn)) *hotPath {
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sink.Close() })
+	go func() {
+		if c, err := sink.Accept(); err == nil {
+			serve(c)
+		}
+	}()
+	path := filepath.Join(tb.TempDir(), "s")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e, err := New(Config{Addr4: hpGuest, Prefix4: 24, Gateway4: hpGateway, NoUDP: true, NoICMP: true}, lfd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err := unix.Connect(g, &unix.SockaddrUnix{Name: path}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { unix.Close(g) })
+	unix.SetNonblock(g, true)
+	h := &hotPath{e: e, guest: g, frame: make([]byte, qemusock.LenSize+qemusock.MaxFrame),
+		rd: qemusock.NewReader(4 << 20), seq: 1000, dport: uint16(sink.Addr().(*net.TCPAddr).Port)}
+	e.turn(100) // accept the guest
+
+	syn := h.segment(header.TCPSyn, 0)
+	h.send(syn)
+	for h.ack == 0 {
+		e.turn(100)
+		h.readFrames(func(t header.TCP) {
+			if t.Flags()&header.TCPSyn != 0 {
+				h.ack = t.Seq() + 1
+			}
+		})
+	}
+	h.seq++
+	h.send(h.segment(header.TCPAck, 0))
+	e.turn(10)
+	return h
+}
+
+// segment builds a guest frame (length prefix included) with n bytes of
+// payload.
+func (h *hotPath) segment(flags uint8, n int) []byte {
+	optLen := 0
+	if flags&header.TCPSyn != 0 {
+		optLen = header.TCPSynOptionLen
+	}
+	l4 := header.TCPMinLen + optLen + n
+	b := h.frame[:qemusock.LenSize+header.EthernetLen+header.IPv4MinLen+l4]
+	qemusock.PutLen(b, len(b)-qemusock.LenSize)
+	header.Ethernet(b[4:]).Encode([6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, hpMAC, header.EtherTypeIPv4)
+	header.IPv4(b[18:]).Encode(hpGuest, hpGateway, header.ProtoTCP, 64, l4)
+	t := header.TCP(b[38:])
+	t.Encode(40000, h.dport, h.seq, h.ack, flags, 0xffff, header.TCPMinLen+optLen)
+	if optLen > 0 {
+		header.EncodeSynOptions(t[header.TCPMinLen:], 65480, 7)
+	}
+	return b
+}
+
+func (h *hotPath) send(b []byte) {
+	for len(b) > 0 {
+		n, err := unix.Write(h.guest, b)
+		if err == unix.EAGAIN {
+			h.e.turn(1) // let the engine read
+			continue
+		}
+		if err != nil {
+			panic(err)
+		}
+		b = b[n:]
+	}
+}
+
+// readFrames drains what the engine sent to the guest.
+func (h *hotPath) readFrames(fn func(header.TCP)) {
+	for {
+		if n, err := h.rd.Fill(h.guest); err != nil || n == 0 {
+			return
+		}
+		for {
+			f, err := h.rd.Next()
+			if err != nil {
+				panic(err)
+			}
+			if f == nil {
+				break
+			}
+			if len(f) > 34 && f[12] == 8 && f[13] == 0 && f[23] == header.ProtoTCP {
+				fn(header.TCP(f[34:]))
+			}
+		}
+	}
+}
+
+// sinkServer reads and drops everything.
+func sinkServer(c net.Conn) {
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+// sourceServer writes until the connection breaks.
+func sourceServer(c net.Conn) {
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// download lets the engine peek host data into frames, reads them as the
+// guest and acknowledges them all; it returns the bytes received.
+func (h *hotPath) download() int {
+	h.e.turn(10)
+	got := 0
+	h.readFrames(func(t header.TCP) {
+		if n := len(t.Payload()); n > 0 && t.Seq() == h.ack {
+			h.ack += uint32(n)
+			got += n
+		}
+	})
+	h.send(h.segment(header.TCPAck, 0))
+	return got
+}
+
+// upload sends one data segment and lets the engine write it to the sink.
+func (h *hotPath) upload(n int) {
+	h.send(h.segment(header.TCPAck|header.TCPPsh, n))
+	h.seq += uint32(n)
+	h.e.turn(10)
+	h.readFrames(func(header.TCP) {})
+}
+
+// TestGuestToHostAllocs: the guest-to-host TCP path, from frame to socket
+// write and ACK, allocates nothing per segment.
+func TestGuestToHostAllocs(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	for range 100 { // warm up: buffers, maps, ACK list
+		h.upload(1400)
+	}
+	if a := testing.AllocsPerRun(1000, func() { h.upload(1400) }); a != 0 {
+		t.Fatalf("%.1f allocations per segment", a)
+	}
+}
+
+// BenchmarkGuestToHost measures frame in to socket write, per 64 KiB
+// segment, with its ACK out.
+func BenchmarkGuestToHost(b *testing.B) {
+	h := newHotPath(b, sinkServer)
+	const n = 65480
+	b.SetBytes(n)
+	b.ReportAllocs()
+	for b.Loop() {
+		h.upload(n)
+	}
+}
+
+// TestHostToGuestAllocs: the host-to-guest path, from socket peek to
+// frames out and the guest's ACK in, allocates nothing.
+func TestHostToGuestAllocs(t *testing.T) {
+	h := newHotPath(t, sourceServer)
+	total := 0
+	for range 100 {
+		total += h.download()
+	}
+	if total == 0 {
+		t.Fatal("no data reached the guest")
+	}
+	if a := testing.AllocsPerRun(200, func() { h.download() }); a != 0 {
+		t.Fatalf("%.1f allocations per round", a)
+	}
+}
+
+// BenchmarkHostToGuest measures socket peek to frames out, with the
+// guest's ACK in, per round of one event-loop turn.
+func BenchmarkHostToGuest(b *testing.B) {
+	h := newHotPath(b, sourceServer)
+	b.ReportAllocs()
+	total := 0
+	for b.Loop() {
+		total += h.download()
+	}
+	b.SetBytes(int64(total / max(b.N, 1)))
+}
