@@ -151,24 +151,16 @@ func iperf(t *testing.T, w *World, args ...string) iperfResult {
 // connection (TCP_RR) and with a new connection each time (TCP_CRR).
 func requestResponse(t *testing.T, w *World) (rr, crr float64) {
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	go func() {
+	acceptLoop(l, func(c net.Conn) {
+		b := make([]byte, 1)
 		for {
-			c, err := l.Accept()
-			if err != nil {
+			if _, err := c.Read(b); err != nil {
+				c.Close()
 				return
 			}
-			go func() {
-				b := make([]byte, 1)
-				for {
-					if _, err := c.Read(b); err != nil {
-						c.Close()
-						return
-					}
-					c.Write(b)
-				}
-			}()
+			c.Write(b)
 		}
-	}()
+	})
 	addr := net.JoinHostPort(hostGW, port(l.Addr()))
 	b := make([]byte, 1)
 	c := w.guestConn(t, addr)
@@ -201,15 +193,7 @@ func rssWithFlows(t *testing.T, w *World, pid, n int) float64 {
 	// The host side closes at once, so the test holds one descriptor per
 	// flow; the backend keeps each flow until the guest closes too.
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	acceptLoop(l, func(c net.Conn) { c.Close() })
 	addr := net.JoinHostPort(hostGW, port(l.Addr()))
 	var conns []net.Conn
 	defer func() {

@@ -18,19 +18,11 @@ import (
 // the echo of what it receives, so a test sees which guest port it hit.
 func guestServe(t *testing.T, w *World, gport int) {
 	l := w.Guest.Listen(t, "tcp", fmt.Sprintf(":%d", gport))
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%d:", gport)
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	acceptLoop(l, func(c net.Conn) {
+		defer c.Close()
+		fmt.Fprintf(c, "%d:", gport)
+		io.Copy(c, c)
+	})
 }
 
 // hostAsk connects from the host namespace, sends msg, half-closes and

@@ -103,3 +103,17 @@ func (w *World) guestConn(t testing.TB, addr string) net.Conn {
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	return c
 }
+
+// acceptLoop serves every connection l accepts with handle, each in its
+// own goroutine, until l is closed.
+func acceptLoop(l net.Listener, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,16 +53,11 @@ func TestLibvirt(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hostSvc.Close() })
-	go func() {
-		for n := 0; ; n++ {
-			c, err := hostSvc.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "host-%d\n", n)
-			c.Close()
-		}
-	}()
+	var served atomic.Int64
+	acceptLoop(hostSvc, func(c net.Conn) {
+		fmt.Fprintf(c, "host-%d\n", served.Add(1))
+		c.Close()
+	})
 	gw := defaultGateway(t)
 	script := fmt.Sprintf(`
 cat > /etc/dhcp.sh <<'EOS'

@@ -50,32 +50,20 @@ func TestQEMUGuest(t *testing.T) {
 
 	const downSize = 16 << 20
 	down := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := down.Accept()
-			if err != nil {
-				return
-			}
-			io.Copy(c, newStream(2, downSize))
-			c.Close()
-		}
-	}()
+	acceptLoop(down, func(c net.Conn) {
+		io.Copy(c, newStream(2, downSize))
+		c.Close()
+	})
 	// The guest uploads "yes gopasst | head -c upSize"; the host answers
 	// with the SHA-256 of what it received.
 	const upSize = 4 << 20
 	up := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			h := sha256.New()
-			io.CopyN(h, c, upSize)
-			fmt.Fprintf(c, "%x\n", h.Sum(nil))
-			c.Close()
-		}
-	}()
+	acceptLoop(up, func(c net.Conn) {
+		h := sha256.New()
+		io.CopyN(h, c, upSize)
+		fmt.Fprintf(c, "%x\n", h.Sum(nil))
+		c.Close()
+	})
 
 	script := fmt.Sprintf(`
 cat > /etc/dhcp.sh <<'EOS'

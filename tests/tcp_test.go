@@ -85,15 +85,7 @@ func TestTCPTransfer(t *testing.T) {
 func TestTCPConcurrent(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	acceptLoop(l, func(c net.Conn) { io.Copy(c, c); c.Close() })
 	target := net.JoinHostPort(hostGW, port(l.Addr()))
 	const n = 1000
 	var wg sync.WaitGroup
