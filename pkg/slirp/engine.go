@@ -11,6 +11,7 @@
 package slirp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -132,8 +133,7 @@ func New(cfg Config, lfd int) (*Engine, error) {
 func (e *Engine) Call(fn func()) {
 	done := make(chan struct{})
 	e.calls <- func() { fn(); close(done) }
-	var one = [8]byte{7: 1}
-	unix.Write(e.callFd, one[:])
+	wake(e.callFd)
 	<-done
 }
 
@@ -151,9 +151,14 @@ func (e *Engine) runCalls() {
 }
 
 // Stop makes Run return; it is safe to call from any goroutine.
-func (e *Engine) Stop() {
-	var one = [8]byte{7: 1}
-	unix.Write(e.stopFd, one[:])
+func (e *Engine) Stop() { wake(e.stopFd) }
+
+// wake adds one to an eventfd's counter (a native-endian 64-bit value),
+// which makes epoll report it.
+func wake(fd int) {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	unix.Write(fd, one[:])
 }
 
 func (e *Engine) epollAdd(fd int, events uint32, kind int32, idx int32) error {

@@ -182,7 +182,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	f.rcvNxt = t.Seq() + 1
 	f.guestWnd = uint32(t.Window())
 	f.synOptions(header.ParseSynOptions(t.Options()))
-	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx) // until connected
 	if err == nil {
 		e.tcpConnected(f)
 	}
@@ -239,7 +239,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		f := e.tcpAddFlow(key, fd, tcpSynSent)
 		e.debugf("TCP %v: inbound on port %d", key.remote, l.fwd.HostPort)
 		e.tcpSendFlags(f, header.TCPSyn)
-		e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+		e.epollAdd(fd, tcpEvents, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
 	}
 }
 
@@ -260,7 +260,7 @@ func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 func (e *Engine) tcpConnected(f *tcpFlow) {
 	f.flags = f.flags&^tcpConnecting | tcpSynAckSent
 	e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
-	e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+	e.tcpEpollMod(f, tcpEvents)
 }
 
 // tcpSockEvent handles readiness of a flow's host socket.
@@ -291,7 +291,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		// retransmits it at once (fast retransmit), as passt does,
 		// instead of waiting for its retransmission timer.
 		f.flags &^= tcpWaitWrite
-		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, epollTag(kindTCP, gen), idx)
+		e.tcpEpollMod(f, tcpEvents)
 		e.tcpSendFlags(f, header.TCPAck)
 		if f.flags&tcpShortWrite != 0 {
 			f.flags &^= tcpShortWrite
@@ -469,12 +469,20 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	return w
 }
 
+// tcpEvents are what a connected flow's socket reports, edge-triggered:
+// data and the peer's FIN. EPOLLOUT joins them only while a window
+// update waits for room (tcpWatchWrite).
+const tcpEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+
+func (e *Engine) tcpEpollMod(f *tcpFlow, events uint32) {
+	e.epollMod(f.fd, events, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+}
+
 // tcpWatchWrite arms EPOLLOUT to learn when the host socket has room.
 func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 	if f.flags&tcpWaitWrite == 0 {
 		f.flags |= tcpWaitWrite
-		e.epollMod(f.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT|unix.EPOLLET,
-			epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+		e.tcpEpollMod(f, tcpEvents|unix.EPOLLOUT)
 	}
 }
 
