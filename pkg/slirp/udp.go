@@ -78,29 +78,40 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 	return f
 }
 
-// udpSockEvent forwards datagrams from a host socket to the guest,
-// receiving each straight into its frame in the output queue.
+// udpSockEvent forwards datagrams from a host socket to the guest.
 func (e *Engine) udpSockEvent(idx int32, gen uint32) {
 	f := e.udp.get(idx, gen)
 	if f == nil {
 		return
 	}
+	e.udpToGuest(f.fd, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
+		f.lastAct = e.now
+		src := e.dnsReverse(from)
+		if !src.IsValid() {
+			src = netip.AddrPortFrom(e.mapToGuest(from.Addr()), from.Port())
+		}
+		return src, f.guest
+	})
+}
+
+// udpToGuest reads up to udpMaxRead datagrams from fd, each straight into
+// its frame in the output queue, and sends them to the guest with the
+// source and destination that route picks for each sender.
+func (e *Engine) udpToGuest(fd int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
 	const off = l4Off4 + header.UDPLen
 	for range udpMaxRead {
 		b := e.reserve4(header.UDPLen + udpMaxData)
 		if b == nil {
 			return // queue full: level-triggered epoll calls again
 		}
-		n, from, err := recvfrom(f.fd, b[off:])
+		n, from, err := recvfrom(fd, b[off:])
 		if err != nil {
 			return
 		}
-		f.lastAct = e.now
-		src := e.dnsReverse(from)
-		if !src.IsValid() {
-			src = netip.AddrPortFrom(e.mapToGuest(from.Addr()), from.Port())
+		src, dst := route(from)
+		if dst.IsValid() {
+			e.sendUDP4(src.Addr(), src.Port(), dst.Addr(), dst.Port(), b[off:off+n])
 		}
-		e.sendUDP4(src.Addr(), src.Port(), f.guest.Addr(), f.guest.Port(), b[off:off+n])
 	}
 }
 
@@ -137,30 +148,22 @@ type udpInFlow struct {
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
-	const off = l4Off4 + header.UDPLen
-	for range udpMaxRead {
-		b := e.reserve4(header.UDPLen + udpMaxData)
-		if b == nil {
-			return
-		}
-		n, from, err := recvfrom(l.fd, b[off:])
-		if err != nil {
-			return
-		}
+	guest := netip.AddrPortFrom(e.cfg.Addr4, l.fwd.GuestPort)
+	e.udpToGuest(l.fd, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
 		remote := e.inboundSource(from)
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
 			if e.fwd.udpIn.count >= udpMaxFlows {
-				continue
+				return remote, netip.AddrPort{} // dropped
 			}
 			var idx int32
 			idx, f = e.fwd.udpIn.add(key)
 			*f = udpInFlow{key: key, idx: idx}
 		}
 		f.listener, f.peer, f.lastAct = lidx, from, e.now
-		e.sendUDP4(remote.Addr(), remote.Port(), e.cfg.Addr4, l.fwd.GuestPort, b[off:off+n])
-	}
+		return remote, guest
+	})
 }
 
 func (e *Engine) udpReply(f *udpInFlow, payload []byte) {
