@@ -197,6 +197,11 @@ func TestForwardRuntime(t *testing.T) {
 		t.Errorf("bad spec accepted: %s", out)
 	}
 	expectRefused(t, w, "127.0.0.1:19005")
+	out, err = exec.Command(gopasstBin, "ctl", filepath.Join(w.Dir, "ctl"), "add",
+		"--unix-fwd", "6001:/tmp/agent", "--cmd-fwd", "6002:/nonexistent/cmd").CombinedOutput()
+	if err == nil || strings.Contains(ctl(t, w, "list"), "6001") {
+		t.Errorf("a half-failed add left forwards behind: %s", out)
+	}
 }
 
 // TestUnixForward: a guest connection to the gateway on a diverted port

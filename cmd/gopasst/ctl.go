@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -86,7 +85,7 @@ func handleControl(eng *slirp.Engine, req *ctlRequest) ctlResponse {
 	case "list":
 		return ctlResponse{OK: true, Forwards: eng.Forwards()}
 	case "add":
-		err = ctlAdd(eng, req)
+		err = addForwards(eng, req)
 	case "remove":
 		err = ctlRemove(eng, req)
 	default:
@@ -98,23 +97,6 @@ func handleControl(eng *slirp.Engine, req *ctlRequest) ctlResponse {
 	return ctlResponse{OK: true}
 }
 
-// ctlAdd applies a whole request or nothing.
-func ctlAdd(eng *slirp.Engine, req *ctlRequest) error {
-	if err := applySpecs(eng, slirp.TCP, req.TCP, true); err != nil {
-		return err
-	}
-	if err := applySpecs(eng, slirp.UDP, req.UDP, true); err != nil {
-		applySpecs(eng, slirp.TCP, req.TCP, false)
-		return err
-	}
-	if err := addSpecials(eng, req.UnixFwd, req.CmdFwd); err != nil {
-		applySpecs(eng, slirp.TCP, req.TCP, false)
-		applySpecs(eng, slirp.UDP, req.UDP, false)
-		return err
-	}
-	return nil
-}
-
 func ctlRemove(eng *slirp.Engine, req *ctlRequest) error {
 	if err := applySpecs(eng, slirp.TCP, req.TCP, false); err != nil {
 		return err
@@ -123,12 +105,12 @@ func ctlRemove(eng *slirp.Engine, req *ctlRequest) error {
 		return err
 	}
 	for _, s := range append(req.UnixFwd, req.CmdFwd...) {
-		p, _, _ := strings.Cut(s, ":")
-		n, err := strconv.ParseUint(p, 10, 16)
+		p, _, _ := strings.Cut(s, ":") // only the port counts
+		port, err := parseGatewayPort(p)
 		if err != nil {
-			return fmt.Errorf("%q: not a port", s)
+			return err
 		}
-		if err := eng.RemoveSpecial(uint16(n)); err != nil {
+		if err := eng.RemoveSpecial(port); err != nil {
 			return err
 		}
 	}

@@ -77,17 +77,23 @@ func applySpecs(eng *slirp.Engine, proto slirp.Proto, specs []string, add bool) 
 	return nil
 }
 
-// parseSpecial splits "PORT:REST" for --unix-fwd and --cmd-fwd.
-func parseSpecial(opt, s string) (uint16, string, error) {
-	p, rest, ok := strings.Cut(s, ":")
-	n, err := strconv.ParseUint(p, 10, 16)
-	if !ok || err != nil || n == 0 {
-		return 0, "", fmt.Errorf("%s: %q is not PORT:%s", opt, s, map[bool]string{true: "PATH", false: "COMMAND"}[opt == "--unix-fwd"])
+// parseSpecial splits "PORT:REST" for --unix-fwd and --cmd-fwd; what
+// names REST in the error.
+func parseSpecial(opt, what, s string) (uint16, string, error) {
+	p, rest, _ := strings.Cut(s, ":")
+	port, err := parseGatewayPort(p)
+	if err != nil || rest == "" {
+		return 0, "", fmt.Errorf("%s: %q is not PORT:%s", opt, s, what)
 	}
-	if rest == "" {
-		return 0, "", fmt.Errorf("%s: %q has nothing after the port", opt, s)
+	return port, rest, nil
+}
+
+func parseGatewayPort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%q is not a port", s)
 	}
-	return uint16(n), rest, nil
+	return uint16(n), nil
 }
 
 // splitCommand splits a command line into words with sh-like quoting
@@ -134,29 +140,58 @@ func splitCommand(s string) ([]string, error) {
 	return words, nil
 }
 
-// addSpecials applies --unix-fwd and --cmd-fwd options.
+// addSpecials applies --unix-fwd and --cmd-fwd options, all or nothing.
 func addSpecials(eng *slirp.Engine, unixFwd, cmdFwd []string) error {
-	for _, s := range unixFwd {
-		port, path, err := parseSpecial("--unix-fwd", s)
-		if err != nil {
-			return err
+	var added []uint16
+	err := func() error {
+		for _, s := range unixFwd {
+			port, path, err := parseSpecial("--unix-fwd", "PATH", s)
+			if err != nil {
+				return err
+			}
+			if err := eng.AddUnixForward(port, path); err != nil {
+				return fmt.Errorf("--unix-fwd %s: %w", s, err)
+			}
+			added = append(added, port)
 		}
-		if err := eng.AddUnixForward(port, path); err != nil {
-			return fmt.Errorf("--unix-fwd %s: %w", s, err)
+		for _, s := range cmdFwd {
+			port, cmd, err := parseSpecial("--cmd-fwd", "COMMAND", s)
+			if err != nil {
+				return err
+			}
+			argv, err := splitCommand(cmd)
+			if err == nil {
+				err = eng.AddCmdForward(port, argv)
+			}
+			if err != nil {
+				return fmt.Errorf("--cmd-fwd %s: %w", s, err)
+			}
+			added = append(added, port)
+		}
+		return nil
+	}()
+	if err != nil {
+		for _, port := range added {
+			eng.RemoveSpecial(port)
 		}
 	}
-	for _, s := range cmdFwd {
-		port, cmd, err := parseSpecial("--cmd-fwd", s)
-		if err != nil {
-			return err
-		}
-		argv, err := splitCommand(cmd)
-		if err == nil {
-			err = eng.AddCmdForward(port, argv)
-		}
-		if err != nil {
-			return fmt.Errorf("--cmd-fwd %s: %w", s, err)
-		}
+	return err
+}
+
+// addForwards applies a whole set of forwards or, on error, none of it:
+// the command line's at start-up and the control socket's "add".
+func addForwards(eng *slirp.Engine, req *ctlRequest) error {
+	if err := applySpecs(eng, slirp.TCP, req.TCP, true); err != nil {
+		return err
+	}
+	if err := applySpecs(eng, slirp.UDP, req.UDP, true); err != nil {
+		applySpecs(eng, slirp.TCP, req.TCP, false)
+		return err
+	}
+	if err := addSpecials(eng, req.UnixFwd, req.CmdFwd); err != nil {
+		applySpecs(eng, slirp.TCP, req.TCP, false)
+		applySpecs(eng, slirp.UDP, req.UDP, false)
+		return err
 	}
 	return nil
 }

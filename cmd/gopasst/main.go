@@ -188,7 +188,8 @@ func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logge
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	if err := setupForwards(o, eng); err != nil {
+	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
+	if err := addForwards(eng, &fwds); err != nil {
 		return fail(stderr, "%v", err)
 	}
 	if o.Control != "" {
@@ -249,15 +250,4 @@ func writePidFile(path string, pid int) error {
 		return fmt.Errorf("--pid: %v", err)
 	}
 	return nil
-}
-
-// setupForwards binds the command line's forwards, all or nothing.
-func setupForwards(o *Options, eng *slirp.Engine) error {
-	if err := applySpecs(eng, slirp.TCP, o.TCPPorts, true); err != nil {
-		return err
-	}
-	if err := applySpecs(eng, slirp.UDP, o.UDPPorts, true); err != nil {
-		return err
-	}
-	return addSpecials(eng, o.UnixFwd, o.CmdFwd)
 }
