@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # boots a real guest with a Debian kernel.
 TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt
 
-.PHONY: all build test deps deps-backports fuzz bench lint clean install install-libvirt uninstall-libvirt
+.PHONY: all build test deps fuzz bench lint clean install install-libvirt uninstall-libvirt
 
 all: build
 
@@ -19,17 +19,11 @@ build:
 # libvirt 11 and QEMU with stream reconnect come from bookworm-backports,
 # from the Debian mirror already configured.
 BACKPORTS_DEBS := libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86
-BACKPORTS_LIST := /etc/apt/sources.list.d/bookworm-backports.sources
 
-# deps installs the test packages; quick when they are present already.
-deps: deps-backports
-	@missing=""; for p in $(TEST_DEBS); do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+# deps installs the test packages (tests/deps.sh); quick when present.
+deps:
+	tests/deps.sh --backports $(BACKPORTS_DEBS)
+	tests/deps.sh $(TEST_DEBS)
 
 # test is what CI runs: vet, unit and end-to-end tests, then each fuzz
 # target briefly from its checked-in corpus. The fuzz budget is a count,
@@ -39,14 +33,6 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=50000x
-
-deps-backports:
-	@if ! dpkg-query -W -f='$${Version}' libvirt-daemon-system 2>/dev/null | grep -q bpo12 || \
-	    ! dpkg-query -W -f='$${Version}' qemu-system-x86 2>/dev/null | grep -q bpo12; then \
-		mirror=$$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | grep -v security | head -1); \
-		[ -f $(BACKPORTS_LIST) ] || printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$${mirror:-http://deb.debian.org/debian}" > $(BACKPORTS_LIST); \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports $(BACKPORTS_DEBS); \
-	fi
 
 FUZZTIME ?= 30s
 fuzz:
