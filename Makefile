@@ -5,9 +5,10 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests use as real peers: the kernel in a network
-# namespace is the guest, busybox provides udhcpc, ping and nslookup, QEMU
-# boots a real guest with a Debian kernel.
-TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt
+# namespace is the guest, busybox provides udhcpc, ping and nslookup,
+# dhclient is its DHCPv6 client (busybox-static has none), QEMU boots a
+# real guest with a Debian kernel.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client
 
 .PHONY: all build test deps fuzz bench lint clean install install-libvirt uninstall-libvirt
 

@@ -19,9 +19,16 @@ const transferSize = 256 << 20
 // SHA-256 sums on both ends.
 func TestTCPTransfer(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
-	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	target := net.JoinHostPort(hostGW, port(l.Addr()))
-	want := sumStream(1, transferSize)
+	tcpTransfer(t, w, "127.0.0.1:0", hostGW, transferSize)
+}
+
+// tcpTransfer moves size bytes each way between the guest and a server
+// listening on host loopback at listen, which the guest reaches through
+// gateway.
+func tcpTransfer(t *testing.T, w *World, listen, gateway string, size int64) {
+	l := w.Host.Listen(t, "tcp", listen)
+	target := net.JoinHostPort(gateway, port(l.Addr()))
+	want := sumStream(1, size)
 
 	t.Run("download", func(t *testing.T) {
 		go func() {
@@ -29,7 +36,7 @@ func TestTCPTransfer(t *testing.T) {
 			if err != nil {
 				return
 			}
-			io.Copy(c, newStream(1, transferSize))
+			io.Copy(c, newStream(1, size))
 			c.Close()
 		}()
 		c, err := w.Guest.Dial("tcp", target, 5*time.Second)
@@ -39,7 +46,7 @@ func TestTCPTransfer(t *testing.T) {
 		defer c.Close()
 		start := time.Now()
 		got, n, err := hashCopy(c)
-		if err != nil || n != transferSize || !bytes.Equal(got, want) {
+		if err != nil || n != size || !bytes.Equal(got, want) {
 			t.Fatalf("download: %d bytes, err %v, sha256 match %v", n, err, bytes.Equal(got, want))
 		}
 		t.Logf("host->guest %d MiB in %v", n>>20, time.Since(start))
@@ -67,13 +74,13 @@ func TestTCPTransfer(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		if _, err := io.Copy(c, newStream(1, transferSize)); err != nil {
+		if _, err := io.Copy(c, newStream(1, size)); err != nil {
 			t.Fatal(err)
 		}
 		c.(*net.TCPConn).CloseWrite()
 		r := <-res
 		c.Close()
-		if r.err != nil || r.n != transferSize || !bytes.Equal(r.sum, want) {
+		if r.err != nil || r.n != size || !bytes.Equal(r.sum, want) {
 			t.Fatalf("upload: %d bytes, err %v, sha256 match %v", r.n, r.err, bytes.Equal(r.sum, want))
 		}
 		t.Logf("guest->host %d MiB in %v", r.n>>20, time.Since(start))

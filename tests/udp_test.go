@@ -11,7 +11,13 @@ import (
 // loopback and checks each reply and its source.
 func TestUDPEcho(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
-	srv := w.Host.ListenPacket(t, "udp", "127.0.0.1:0")
+	udpEcho(t, w, "127.0.0.1:0", hostGW)
+}
+
+// udpEcho runs an echo server on host loopback at listen and checks that
+// the guest, sending through gateway, gets every datagram back from there.
+func udpEcho(t *testing.T, w *World, listen, gateway string) {
+	srv := w.Host.ListenPacket(t, "udp", listen)
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -22,7 +28,7 @@ func TestUDPEcho(t *testing.T) {
 			srv.WriteTo(buf[:n], from)
 		}
 	}()
-	target := net.JoinHostPort(hostGW, port(srv.LocalAddr()))
+	target := net.JoinHostPort(gateway, port(srv.LocalAddr()))
 	var c net.PacketConn
 	w.Guest.Do(t, func() {
 		var err error

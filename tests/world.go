@@ -11,14 +11,17 @@ import (
 	"time"
 )
 
-// The host side of every test: a template interface with a default route,
-// in documentation address space, inside a namespace of our own. It is one
+// The host side of every test: a template interface with IPv4 and IPv6
+// default routes, in documentation address space, inside a namespace of
+// our own. It is one
 // end of a veth pair whose other end, in the same namespace, has no
 // address: nothing ever leaves the namespaces.
 const (
 	hostAddr   = "198.51.100.2"
 	hostPrefix = "24"
 	hostGW     = "198.51.100.1"
+	host6Addr  = "2001:db8:1::2"
+	host6GW    = "2001:db8:1::1"
 	tapName    = "tap0"
 	hostDNS    = "127.0.0.53" // the "systemd-resolved" of the host namespace
 )
@@ -83,6 +86,8 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
 	h.Run(t, "ip", "link", "set", "uplink", "up")
 	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
 	if !o.NoPing {
 		h.Sysctl(t, "net.ipv4.ping_group_range", "0 2147483647")
 	}

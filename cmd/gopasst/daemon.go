@@ -7,8 +7,6 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
-
-	"github.com/gopasst/gopasst/pkg/slirp"
 )
 
 // Daemonizing re-executes gopasst instead of forking: a Go process cannot
@@ -67,7 +65,7 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 
 // daemonChild runs in the re-executed process: it opens the log, tells the
 // parent it is ready by closing the pipe, and serves.
-func daemonChild(o *Options, cfg slirp.Config, path string) int {
+func daemonChild(o *Options, cfg netSetup, path string) int {
 	ready := os.NewFile(childPipe, "ready")
 	logger, closeLog, err := openLog(o, os.Stderr)
 	if err != nil {

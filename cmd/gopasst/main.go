@@ -39,23 +39,27 @@ type Options struct {
 	PidFile string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
 
 	MTU        int      `short:"m" default:"65520" help:"MTU given to the guest."`
-	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address (default: the host's)."`
+	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address, IPv4 or IPv6 (default: the host's). Repeatable."`
 	Netmask    string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
 	MAC        string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
-	Gateway    []string `short:"g" sep:"none" placeholder:"ADDR" help:"Gateway given to the guest (default: the host's)."`
+	Gateway    []string `short:"g" sep:"none" placeholder:"ADDR" help:"Gateway given to the guest, IPv4 or IPv6 (default: the host's). Repeatable."`
 	Interface  string   `short:"i" placeholder:"NAME" help:"Template interface (default: the one with the default route)."`
 	DNS        []string `short:"D" name:"dns" sep:"none" placeholder:"ADDR" help:"Resolver given to the guest; 'none' for none. Repeatable."`
-	DNSForward string   `name:"dns-forward" placeholder:"ADDR" help:"Address whose DNS queries go to the host's first resolver."`
+	DNSForward []string `name:"dns-forward" sep:"none" placeholder:"ADDR" help:"Address whose DNS queries go to the host's first resolver; one per family."`
 	Search     []string `short:"S" sep:"none" placeholder:"DOMAIN" help:"Search domain given to the guest; 'none' for none. Repeatable."`
 	Hostname   string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP."`
 	FQDN       string   `name:"fqdn" placeholder:"NAME" help:"FQDN given to the guest by DHCP."`
 
-	NoDHCP  bool `name:"no-dhcp" help:"Do not answer DHCP."`
-	NoMapGW bool `name:"no-map-gw" help:"Do not map the gateway address to the host's loopback."`
-	NoTCP   bool `name:"no-tcp" help:"Disable TCP."`
-	NoUDP   bool `name:"no-udp" help:"Disable UDP."`
-	NoICMP  bool `name:"no-icmp" help:"Disable ICMP echo."`
-	IPv4    bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
+	NoDHCP   bool `name:"no-dhcp" help:"Do not answer DHCP."`
+	NoMapGW  bool `name:"no-map-gw" help:"Do not map the gateway address to the host's loopback."`
+	NoTCP    bool `name:"no-tcp" help:"Disable TCP."`
+	NoUDP    bool `name:"no-udp" help:"Disable UDP."`
+	NoICMP   bool `name:"no-icmp" help:"Disable ICMP echo."`
+	NoNDP    bool `name:"no-ndp" help:"Do not answer NDP (neither solicitations nor RAs)."`
+	NoRA     bool `name:"no-ra" help:"Do not send Router Advertisements."`
+	NoDHCPv6 bool `name:"no-dhcpv6" help:"Do not answer DHCPv6."`
+	IPv4     bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
+	IPv6     bool `short:"6" name:"ipv6-only" help:"IPv6 only."`
 
 	VhostUser bool `name:"vhost-user" help:"Not supported yet: exits with an error."`
 
@@ -91,7 +95,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.VhostUser {
 		return fail(stderr, "--vhost-user: vhost-user is not supported yet")
 	}
-	cfg, err := buildConfig(&o, "/proc/net/route", "/etc/resolv.conf")
+	cfg, err := buildConfig(&o, procFiles)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -140,7 +144,7 @@ func isHelp(args []string) bool {
 // start binds the socket, then either serves in the foreground or hands
 // the socket to a daemon and exits once the daemon is ready: libvirt waits
 // for this process to exit 0 and then trusts the PID file.
-func start(o *Options, cfg slirp.Config, stderr io.Writer) int {
+func start(o *Options, cfg netSetup, stderr io.Writer) int {
 	path := o.Socket
 	if path == "" {
 		p, err := qemusock.DefaultPath()
@@ -176,7 +180,7 @@ func start(o *Options, cfg slirp.Config, stderr io.Writer) int {
 // serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit.
 // It calls ready once the engine exists and signals are handled, so a
 // SIGTERM right after start-up still cleans up.
-func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
+func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
 	defer os.Remove(path)
 	if o.PidFile != "" {
 		defer os.Remove(o.PidFile)
@@ -184,7 +188,7 @@ func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logge
 	cfg.Debug = o.Debug || o.Trace
 	cfg.Trace = o.Trace
 	cfg.Log = logger
-	eng, err := slirp.New(cfg, lfd)
+	eng, err := slirp.New(cfg.Config, lfd)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -200,8 +204,16 @@ func serve(o *Options, cfg slirp.Config, lfd int, path string, logger *log.Logge
 		defer os.Remove(o.Control)
 		go serveControl(l, eng)
 	}
-	logger.Printf("gopasst %s: guest %v/%d, gateway %v, DNS %v, MTU %d",
-		version, cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4, cfg.MTU)
+	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
+	if cfg.Addr4.IsValid() {
+		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)
+	}
+	if cfg.Addr6.IsValid() {
+		logger.Printf("IPv6: guest %v, gateway %v, link-local %v, DNS %v", cfg.Addr6, cfg.Gateway6, cfg.OurLL6, cfg.DNS6)
+	}
+	for _, n := range cfg.notes {
+		logger.Print(n)
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	go func() {

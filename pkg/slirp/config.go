@@ -11,15 +11,25 @@ import (
 type Config struct {
 	MTU      int
 	OurMAC   [6]byte
-	Addr4    netip.Addr // the guest's address
+	Addr4    netip.Addr // the guest's address; invalid when IPv4 is off
 	Prefix4  int
 	Gateway4 netip.Addr
 
-	// DNS4 are the resolvers advertised to the guest. DNSMap redirects
+	// Addr6 is the guest's global address (the host's, as passt copies
+	// it), offered by DHCPv6; its /64 is the prefix the RA announces.
+	// Invalid when IPv6 is off. Gateway6 is the address that stands for
+	// the host's loopback. OurLL6 is gopasst's link-local address: the
+	// source of RAs, DHCPv6 replies, and the guest's IPv6 router.
+	Addr6    netip.Addr
+	Gateway6 netip.Addr
+	OurLL6   netip.Addr
+
+	// DNS4 and DNS6 are the resolvers advertised to the guest. DNSMap redirects
 	// guest queries sent to one of them to a host resolver: this is how a
 	// guest reaches a resolver on host loopback (systemd-resolved, dnsmasq)
 	// that it could never reach directly.
 	DNS4   []netip.Addr
+	DNS6   []netip.Addr
 	DNSMap map[netip.Addr]netip.AddrPort
 	Search []string
 
@@ -27,6 +37,7 @@ type Config struct {
 	FQDN     string
 
 	NoDHCP, NoMapGW, NoTCP, NoUDP, NoICMP bool
+	NoNDP, NoRA, NoDHCPv6                 bool
 
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
@@ -37,3 +48,10 @@ type Config struct {
 
 // DefaultMTU is passt's: the largest that fits a 64 KiB frame.
 const DefaultMTU = 65520
+
+// minMTU6 is the smallest MTU IPv6 works with (RFC 8200).
+const minMTU6 = 1280
+
+// has4 and has6 report whether the guest gets that family at all.
+func (c *Config) has4() bool { return c.Addr4.IsValid() }
+func (c *Config) has6() bool { return c.Addr6.IsValid() }

@@ -140,7 +140,7 @@ func (e *Engine) dhcpInput(payload []byte) {
 	if m.ciaddr != netip.IPv4Unspecified() && m.ciaddr.IsValid() && reply != dhcpNak {
 		dst = m.ciaddr
 	}
-	e.sendUDP4(e.cfg.Gateway4, dhcpServerPort, dst, dhcpClientPort, out)
+	e.sendUDP(e.cfg.Gateway4, dhcpServerPort, dst, dhcpClientPort, out)
 }
 
 // buildDHCP writes a reply into the engine's scratch buffer.

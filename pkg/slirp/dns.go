@@ -24,14 +24,14 @@ func (e *Engine) dnsRedirect(dst netip.AddrPort) netip.AddrPort {
 	return e.cfg.DNSMap[dst.Addr()]
 }
 
-// dnsReverse returns the stand-in address for a reply from a host
-// resolver, or the zero AddrPort.
-func (e *Engine) dnsReverse(from netip.AddrPort) netip.AddrPort {
+// dnsReverse returns the stand-in, of guest's family, for a reply from a
+// host resolver, or the zero AddrPort.
+func (e *Engine) dnsReverse(from netip.AddrPort, guest netip.Addr) netip.AddrPort {
 	if from.Port() != dnsPort {
 		return netip.AddrPort{}
 	}
 	for standIn, real := range e.cfg.DNSMap {
-		if real == from {
+		if real == from && standIn.Is4() == guest.Is4() {
 			return netip.AddrPortFrom(standIn, dnsPort)
 		}
 	}

@@ -61,10 +61,12 @@ type Engine struct {
 	// drain; flows that had data to send wait in tcp.tapWaiters.
 	tapBlocked bool
 
-	guestMAC [6]byte
-	now      int64 // monotonic nanoseconds, refreshed once per loop turn
-	start    time.Time
-	lastTick int64
+	guestMAC  [6]byte
+	addrSeen6 netip.Addr // the guest's global IPv6 address in use (seen6)
+	nextRA    int64      // when the next unsolicited RA is due
+	now       int64      // monotonic nanoseconds, refreshed once per loop turn
+	start     time.Time
+	lastTick  int64
 
 	tcp  tcpTable
 	udp  udpTable
@@ -74,10 +76,12 @@ type Engine struct {
 	callFd int         // eventfd: calls are queued for the loop
 	calls  chan func() // functions to run on the loop (control plane)
 
-	sa4     unix.SockaddrInet4 // reused for sendto without allocating
-	sa6     unix.SockaddrInet6
-	dhcpBuf [576]byte
-	events  [128]unix.EpollEvent
+	sa4      unix.SockaddrInet4 // reused for sendto without allocating
+	sa6      unix.SockaddrInet6
+	dhcpBuf  [576]byte
+	dhcp6Buf [1024]byte
+	duidBuf  [10]byte
+	events   [128]unix.EpollEvent
 
 	Stats Stats
 }
@@ -91,6 +95,12 @@ func New(cfg Config, lfd int) (*Engine, error) {
 	}
 	if cfg.MTU < 576 || cfg.MTU > 65520 {
 		return nil, fmt.Errorf("MTU %d out of range 576-65520", cfg.MTU)
+	}
+	if cfg.has6() && cfg.MTU < minMTU6 {
+		return nil, fmt.Errorf("MTU %d is below IPv6's minimum of %d", cfg.MTU, minMTU6)
+	}
+	if !cfg.has4() && !cfg.has6() {
+		return nil, errors.New("neither IPv4 nor IPv6 is configured")
 	}
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -219,7 +229,7 @@ func (e *Engine) turn(timeout int) (bool, error) {
 		case kindTCP:
 			e.tcpSockEvent(ev.Pad, gen, ev.Events)
 		case kindUDP:
-			e.udpSockEvent(ev.Pad, gen)
+			e.udpSockEvent(ev.Pad, gen, ev.Events)
 		case kindICMP:
 			e.icmpSockEvent(ev.Pad, gen)
 		case kindTCPListen, kindUDPListen:
@@ -235,6 +245,7 @@ func (e *Engine) turn(timeout int) (bool, error) {
 		e.icmpExpire()
 		e.udpInExpire()
 		e.reapChildren()
+		e.raTimer()
 	}
 	e.flush()
 	return false, nil
@@ -254,6 +265,7 @@ func (e *Engine) acceptClient() {
 	e.rd.Reset()
 	e.wr.Reset()
 	e.tapBlocked = false
+	e.nextRA = e.now // a new guest hears from its router at once
 	e.Stats.Clients++
 	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0); err != nil {
 		e.logf("%v", err)
@@ -269,6 +281,7 @@ func (e *Engine) closeClient(why string) {
 	unix.Close(e.tapFd)
 	e.tapFd = -1
 	e.guestMAC = broadcastMAC
+	e.addrSeen6 = netip.Addr{}
 	e.tcp.closeAll(e)
 	e.udp.closeAll(e)
 	e.icmp.closeAll(e)
@@ -345,8 +358,12 @@ func (e *Engine) flush() {
 // mapToHost turns a guest-visible destination into the host address to
 // use: the gateway address stands for the host itself (its loopback).
 func (e *Engine) mapToHost(a netip.Addr) netip.Addr {
-	if !e.cfg.NoMapGW && a == e.cfg.Gateway4 {
+	switch {
+	case e.cfg.NoMapGW:
+	case a == e.cfg.Gateway4:
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case a == e.cfg.Gateway6:
+		return netip.IPv6Loopback()
 	}
 	return a
 }
@@ -354,36 +371,64 @@ func (e *Engine) mapToHost(a netip.Addr) netip.Addr {
 // mapToGuest is the inverse of mapToHost for addresses seen on host
 // sockets: the host's loopback appears to the guest as the gateway.
 func (e *Engine) mapToGuest(a netip.Addr) netip.Addr {
-	if !e.cfg.NoMapGW && a.Is4() && a.As4()[0] == 127 {
-		return e.cfg.Gateway4
+	if !e.cfg.NoMapGW && a.IsLoopback() {
+		return e.gateway(a)
 	}
 	return a
 }
 
-// inboundSource is how the sender of an inbound connection or datagram
-// appears to the guest. The host itself (its loopback, or its own address,
-// which the guest shares) is the gateway; so is an IPv6 sender, which an
-// IPv4-only guest could not address.
-func (e *Engine) inboundSource(from netip.AddrPort) netip.AddrPort {
-	a := from.Addr()
-	if a.IsLoopback() || a == e.cfg.Addr4 || !a.Is4() {
-		a = e.cfg.Gateway4
+// gateway is the gateway address of a's family.
+func (e *Engine) gateway(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return e.cfg.Gateway4
 	}
-	return netip.AddrPortFrom(a, from.Port())
+	return e.cfg.Gateway6
 }
 
-// setSA fills the reusable sockaddr of a's family.
+// inboundRoute picks, for a connection or datagram from the host side to
+// guest port gport, the guest's address and how the sender appears to
+// the guest. An IPv6 sender reaches the guest over IPv6 once the guest
+// uses IPv6 (it has sent from a global address, or taken the DHCPv6
+// lease), at the address it last used, as with passt; until then, or
+// without IPv6, it arrives over IPv4, so a guest that never configured
+// IPv6 is still reachable. The host itself (its loopback, or its own
+// address, which the guest shares) appears as the gateway, and so does a
+// sender the guest's family cannot address.
+func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest netip.AddrPort) {
+	a := from.Addr()
+	if a.Is6() && e.addrSeen6.IsValid() || !e.cfg.has4() {
+		if !a.Is6() || a.IsLoopback() || a == e.cfg.Addr6 || a.IsLinkLocalUnicast() {
+			a = e.cfg.Gateway6
+		}
+		to := e.addrSeen6
+		if !to.IsValid() {
+			to = e.cfg.Addr6 // an IPv6-only guest that has not spoken yet
+		}
+		return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(to, gport)
+	}
+	if !a.Is4() || a.IsLoopback() || a == e.cfg.Addr4 {
+		a = e.cfg.Gateway4
+	}
+	return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(e.cfg.Addr4, gport)
+}
+
+// setSA fills the reusable sockaddr of ap's family, without allocating.
+// A dual-stack IPv6 socket takes an IPv4 sockaddr too.
 func (e *Engine) setSA(ap netip.AddrPort) unix.Sockaddr {
 	if ap.Addr().Is4() {
-		return e.setSA4(ap.Addr(), ap.Port())
+		e.sa4.Addr = ap.Addr().As4()
+		e.sa4.Port = int(ap.Port())
+		return &e.sa4
 	}
 	e.sa6.Addr = ap.Addr().As16()
 	e.sa6.Port = int(ap.Port())
 	return &e.sa6
 }
 
-func (e *Engine) setSA4(a netip.Addr, port uint16) *unix.SockaddrInet4 {
-	e.sa4.Addr = a.As4()
-	e.sa4.Port = int(port)
-	return &e.sa4
+// socketFamily is the address family of a host socket that reaches a.
+func socketFamily(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }

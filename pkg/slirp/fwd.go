@@ -33,6 +33,7 @@ type listener struct {
 	proto Proto
 	fwd   portspec.Forward
 	fd    int
+	off   int // UDP: where the last datagram's L4 header went (udpToGuest)
 }
 
 type fwdKey struct {
@@ -93,7 +94,7 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
 		}
 		idx := int32(len(e.fwd.listeners))
-		e.fwd.listeners = append(e.fwd.listeners, &listener{proto, f, fd})
+		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx
 		kind := int32(kindTCPListen)
 		if proto == UDP {
@@ -277,12 +278,20 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
 	return fd, nil
 }
 
-// sockaddr converts for setup paths; the data path uses Engine.setSA4.
+// sockaddr converts for setup paths; the data path uses Engine.setSA.
 func sockaddr(a netip.Addr, port uint16) unix.Sockaddr {
 	if a.Is4() {
 		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(port)}
 	}
 	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(port)}
+}
+
+// wildcard is the any-address sockaddr of a socket family.
+func wildcard(family int, port uint16) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return sockaddr(netip.IPv4Unspecified(), port)
+	}
+	return sockaddr(netip.IPv6Unspecified(), port)
 }
 
 func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
@@ -299,7 +308,7 @@ func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
 // a diverted gateway port a unix socket or a command. notTCP tells the
 // data path it cannot use TCP-only socket calls.
 func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
-	if s, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.cfg.Gateway4 {
+	if s, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.gateway(key.remote.Addr()) {
 		if s.path != "" {
 			fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
@@ -317,13 +326,13 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 		fd, err = e.startCommand(s.argv)
 		return fd, true, err
 	}
-	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	dst := netip.AddrPortFrom(e.mapToHost(key.remote.Addr()), key.remote.Port())
+	fd, err = unix.Socket(socketFamily(dst.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, false, err
 	}
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	dst := e.mapToHost(key.remote.Addr())
-	err = unix.Connect(fd, e.setSA4(dst, key.remote.Port()))
+	err = unix.Connect(fd, e.setSA(dst))
 	if err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return -1, false, err

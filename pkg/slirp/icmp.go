@@ -7,11 +7,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ICMP echo through unprivileged "ping" sockets (SOCK_DGRAM, IPPROTO_ICMP).
-// The kernel owns the echo identifier of such a socket, so each guest
-// identifier gets its own socket and replies get the guest's identifier
-// back. The host decides who may open ping sockets
-// (net.ipv4.ping_group_range); when it says no, we say so once.
+// ICMP and ICMPv6 echo through unprivileged "ping" sockets (SOCK_DGRAM,
+// IPPROTO_ICMP or IPPROTO_ICMPV6). The kernel owns the echo identifier of
+// such a socket, so each guest identifier gets its own socket and replies
+// get the guest's identifier back. The host decides who may open ping
+// sockets (net.ipv4.ping_group_range, for both families); when it says
+// no, we say so once.
+//
+// This file also builds the destination-unreachable errors that tell the
+// guest at once that a host socket could not reach where it asked.
 
 const (
 	icmpIdle     = 60_000_000_000
@@ -40,7 +44,7 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.Stats.Malformed++
 		return
 	}
-	if m.Type() != header.ICMPv4Echo {
+	if m.Type() != header.ICMPv4Echo && m.Type() != header.ICMPv6Echo {
 		e.Stats.Unhandled++
 		return
 	}
@@ -52,7 +56,7 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		}
 	}
 	f.lastAct = e.now
-	if err := unix.Sendto(f.fd, m, 0, e.setSA4(e.mapToHost(dst), 0)); err != nil {
+	if err := unix.Sendto(f.fd, m, 0, e.setSA(netip.AddrPortFrom(e.mapToHost(dst), 0))); err != nil {
 		e.debugf("ICMP echo to %v: %v", dst, err)
 	}
 }
@@ -61,7 +65,11 @@ func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
 	if e.icmp.count >= icmpMaxFlows {
 		return nil
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	proto := unix.IPPROTO_ICMP
+	if key.guest.Is6() {
+		proto = unix.IPPROTO_ICMPV6
+	}
+	fd, err := unix.Socket(socketFamily(key.guest), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		if !e.icmp.warned {
 			e.icmp.warned = true
@@ -82,27 +90,22 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	if f == nil {
 		return
 	}
+	guest := f.key.guest
+	off := l4Off(guest)
 	for {
-		b := e.reserve4(udpMaxData)
+		b := e.reserveIP(guest, udpMaxData)
 		if b == nil {
 			return
 		}
-		m := b[l4Off4:]
-		n, from, err := recvfrom(f.fd, m)
+		n, from, err := recvfrom(f.fd, b[off:])
 		if err != nil {
 			return
 		}
 		if n < header.ICMPEchoLen {
 			continue
 		}
-		m = m[:n]
-		reply := header.ICMP(m)
-		reply.SetIdent(f.key.id)
-		reply.SetChecksum(0)
-		reply.SetChecksum(header.Fold(header.Checksum(m, 0)))
-		e.fill4(b, e.mapToGuest(from.Addr()), f.key.guest, header.ProtoICMP, n)
-		e.wr.Commit(hdrRoom4 + n)
-		e.Stats.FramesOut++
+		header.ICMP(b[off:]).SetIdent(f.key.id)
+		e.sendICMP(b, e.mapToGuest(from.Addr()), guest, n)
 	}
 }
 
@@ -120,3 +123,60 @@ func (e *Engine) icmpClose(f *icmpFlow) {
 }
 
 func (t *icmpTable) closeAll(e *Engine) { t.each(func(_ int32, f *icmpFlow) { e.icmpClose(f) }) }
+
+// unreachableCodes maps the error a host socket reported to the
+// destination-unreachable codes of ICMP and ICMPv6.
+var unreachableCodes = map[unix.Errno][2]uint8{
+	unix.ECONNREFUSED: {header.ICMPv4PortUnreachable, header.ICMPv6PortUnreachable},
+	unix.EHOSTUNREACH: {header.ICMPv4HostUnreachable, header.ICMPv6AddrUnreachable},
+	unix.ETIMEDOUT:    {header.ICMPv4HostUnreachable, header.ICMPv6AddrUnreachable},
+	unix.ENETUNREACH:  {header.ICMPv4NetUnreachable, header.ICMPv6NoRoute},
+	unix.EACCES:       {header.ICMPv4AdminProhibited, header.ICMPv6AdminProhibited},
+	unix.EPERM:        {header.ICMPv4AdminProhibited, header.ICMPv6AdminProhibited},
+}
+
+// icmpQuoteMax is how much of the offending packet an error quotes: as
+// much as keeps the error within the minimum MTU (576 bytes for IPv4,
+// RFC 1812; 1280 for IPv6, RFC 4443).
+func icmpQuoteMax(a netip.Addr) int {
+	if a.Is4() {
+		return 576 - 2*header.IPv4MinLen - header.ICMPEchoLen
+	}
+	return 1280 - 2*header.IPv6Len - header.ICMPEchoLen
+}
+
+// sendUnreachable sends the guest a destination-unreachable error for a
+// packet it sent from guest to remote, whose L4 part began with l4 (that
+// is what the guest's stack matches the error against). The error comes
+// from remote when the port was refused, and from the gateway otherwise,
+// as a router would send it. It reports false when err has no ICMP form.
+func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint8, l4 []byte) bool {
+	errno, _ := err.(unix.Errno)
+	codes, ok := unreachableCodes[errno]
+	if !ok {
+		return false
+	}
+	from := e.gateway(guest)
+	if errno == unix.ECONNREFUSED {
+		from = remote
+	}
+	l4 = l4[:min(len(l4), icmpQuoteMax(guest))]
+	iplen := ipHdrLen(guest)
+	l4len := header.ICMPEchoLen + iplen + len(l4)
+	b := e.reserveIP(guest, l4len)
+	if b == nil {
+		return true
+	}
+	m := header.ICMP(b[l4Off(guest):])
+	quote := m[header.ICMPEchoLen:]
+	if guest.Is4() {
+		m.Encode(header.ICMPv4Unreachable, codes[0])
+		header.IPv4(quote).Encode(guest, remote, proto, 64, len(l4))
+	} else {
+		m.Encode(header.ICMPv6Unreachable, codes[1])
+		header.IPv6(quote).Encode(guest, remote, proto, 64, len(l4))
+	}
+	copy(quote[iplen:], l4)
+	e.sendICMP(b, from, guest, l4len)
+	return true
+}

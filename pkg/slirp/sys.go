@@ -67,12 +67,18 @@ func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
 	if errno != 0 {
 		return 0, netip.AddrPort{}, errno
 	}
+	return int(n), rawToAddrPort(&sa), nil
+}
+
+// rawToAddrPort reads a kernel sockaddr of either family; IPv4-mapped
+// addresses are unmapped.
+func rawToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	port := uint16(sa.Port>>8 | sa.Port<<8)
 	if sa.Family == unix.AF_INET {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
-		return int(n), netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port), nil
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
 	}
-	return int(n), netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
 }
 
 // outq is the number of bytes in a TCP socket's send queue (SIOCOUTQ).
@@ -93,4 +99,47 @@ func sockError(fd int) error {
 		return unix.Errno(v)
 	}
 	return nil
+}
+
+// Origins of an extended socket error (linux/errqueue.h): only errors a
+// peer sent as ICMP are the guest's business.
+const (
+	soEEOriginICMP  = 2
+	soEEOriginICMP6 = 3
+)
+
+// recvErr reads one error from a socket's error queue (IP_RECVERR): the
+// payload of the datagram it is about, that datagram's destination, and
+// the error number when an ICMP or ICMPv6 message caused it (0 for a
+// local error).
+func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
+	var sa unix.RawSockaddrInet6 // large enough for either family
+	var iov unix.Iovec
+	iov.Base, iov.Len = &p[0], uint64(len(p))
+	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Iovlen: 1}
+	msg.Control = &oob[0]
+	msg.SetControllen(len(oob))
+	n, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+	if errno != 0 {
+		return 0, netip.AddrPort{}, 0, errno
+	}
+	dst := rawToAddrPort(&sa)
+	var ee unix.Errno
+	for c := oob[:msg.Controllen]; len(c) >= unix.SizeofCmsghdr; {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(c) {
+			break
+		}
+		data := c[unix.SizeofCmsghdr:h.Len]
+		recverr := h.Level == unix.IPPROTO_IP && h.Type == unix.IP_RECVERR ||
+			h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_RECVERR
+		if recverr && len(data) >= int(unsafe.Sizeof(unix.SockExtendedErr{})) {
+			ext := (*unix.SockExtendedErr)(unsafe.Pointer(&data[0]))
+			if ext.Origin == soEEOriginICMP || ext.Origin == soEEOriginICMP6 {
+				ee = unix.Errno(ext.Errno)
+			}
+		}
+		c = c[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(c)):]
+	}
+	return int(n), dst, ee, nil
 }

@@ -7,13 +7,26 @@ import (
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 )
 
-// Frame layout offsets for IPv4 frames built in the output queue.
+// Frame layout offsets for frames built in the output queue: the length
+// prefix, the Ethernet header, the IP header, then the L4 header.
 const (
-	ethOff   = qemusock.LenSize
-	ip4Off   = ethOff + header.EthernetLen
-	l4Off4   = ip4Off + header.IPv4MinLen
-	hdrRoom4 = l4Off4 // bytes before the L4 header, length prefix included
+	ethOff = qemusock.LenSize
+	ipOff  = ethOff + header.EthernetLen
+	l4Off4 = ipOff + header.IPv4MinLen
+	l4Off6 = ipOff + header.IPv6Len
 )
+
+// l4Off is where the L4 header of a frame to or from a starts, length
+// prefix included: the room a frame needs before its L4 part.
+func l4Off(a netip.Addr) int {
+	if a.Is4() {
+		return l4Off4
+	}
+	return l4Off6
+}
+
+// ipHdrLen is the IP header size of a's family.
+func ipHdrLen(a netip.Addr) int { return l4Off(a) - ipOff }
 
 // tapInput dispatches one Ethernet frame from the guest.
 func (e *Engine) tapInput(frame []byte) {
@@ -27,11 +40,13 @@ func (e *Engine) tapInput(frame []byte) {
 	if src := eth.Src(); src[0]&1 == 0 {
 		copy(e.guestMAC[:], src)
 	}
-	switch eth.Type() {
-	case header.EtherTypeARP:
+	switch {
+	case eth.Type() == header.EtherTypeARP && e.cfg.has4():
 		e.arpInput(header.ARP(eth.Payload()))
-	case header.EtherTypeIPv4:
+	case eth.Type() == header.EtherTypeIPv4 && e.cfg.has4():
 		e.ipv4Input(header.IPv4(eth.Payload()))
+	case eth.Type() == header.EtherTypeIPv6 && e.cfg.has6():
+		e.ipv6Input(header.IPv6(eth.Payload()))
 	default:
 		e.Stats.Unhandled++
 	}
@@ -42,70 +57,156 @@ func (e *Engine) ipv4Input(ip header.IPv4) {
 		e.Stats.Malformed++
 		return
 	}
+	if ip.Protocol() == header.ProtoUDP && !e.cfg.NoDHCP {
+		if u := header.UDP(ip.Payload()); u.IsValid() && u.DstPort() == dhcpServerPort {
+			e.dhcpInput(u.Payload())
+			return
+		}
+	}
+	e.l4Input(ip.Src(), ip.Dst(), ip.Protocol(), ip.Payload())
+}
+
+func (e *Engine) ipv6Input(ip header.IPv6) {
+	if !ip.IsValid() {
+		e.Stats.Malformed++
+		return
+	}
+	proto, payload, ok := ip.Transport()
+	if !ok {
+		e.Stats.Malformed++
+		return
+	}
 	src, dst := ip.Src(), ip.Dst()
-	switch ip.Protocol() {
-	case header.ProtoTCP:
-		if !e.cfg.NoTCP {
-			e.tcpInput(src, dst, header.TCP(ip.Payload()))
+	e.seen6(src)
+	switch proto {
+	case header.ProtoICMPv6:
+		if m := header.ICMP(payload); m.IsValid() && isNDP(m.Type()) {
+			e.ndpInput(src, m, ip.HopLimit())
 			return
 		}
 	case header.ProtoUDP:
-		u := header.UDP(ip.Payload())
+		if u := header.UDP(payload); u.IsValid() && u.DstPort() == dhcpv6ServerPort && !e.cfg.NoDHCPv6 {
+			e.dhcpv6Input(src, u.Payload())
+			return
+		}
+	}
+	if dst.IsMulticast() {
+		e.Stats.Unhandled++ // MLD reports, mDNS: nothing to translate
+		return
+	}
+	e.l4Input(src, dst, proto, payload)
+}
+
+// l4Input hands a unicast TCP, UDP or ICMP packet of either family to its
+// protocol's translation.
+func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
+	switch {
+	case proto == header.ProtoTCP && !e.cfg.NoTCP:
+		e.tcpInput(src, dst, header.TCP(payload))
+	case proto == header.ProtoUDP && !e.cfg.NoUDP:
+		u := header.UDP(payload)
 		if !u.IsValid() {
 			e.Stats.Malformed++
 			return
 		}
-		if u.DstPort() == dhcpServerPort && !e.cfg.NoDHCP {
-			e.dhcpInput(u.Payload())
-			return
-		}
-		if !e.cfg.NoUDP {
-			e.udpInput(src, dst, u)
-			return
-		}
-	case header.ProtoICMP:
-		if !e.cfg.NoICMP {
-			e.icmpInput(src, dst, header.ICMP(ip.Payload()))
-			return
-		}
+		e.udpInput(src, dst, u)
+	case (proto == header.ProtoICMP && src.Is4() || proto == header.ProtoICMPv6 && src.Is6()) && !e.cfg.NoICMP:
+		e.icmpInput(src, dst, header.ICMP(payload))
+	default:
+		e.Stats.Unhandled++
 	}
-	e.Stats.Unhandled++
 }
 
-// reserve4 returns queue space for one IPv4 frame with l4len bytes after
+// seen6 records the global address the guest last used, as passt does:
+// inbound connections go there, since the guest may have picked an
+// address by SLAAC rather than take ours by DHCPv6.
+func (e *Engine) seen6(src netip.Addr) {
+	if src.IsGlobalUnicast() && !src.IsLinkLocalUnicast() {
+		e.addrSeen6 = src
+	}
+}
+
+// reserveIP returns queue space for one frame to dst with l4len bytes after
 // the IP header, length prefix included, or nil when the queue is full.
-func (e *Engine) reserve4(l4len int) []byte {
+func (e *Engine) reserveIP(dst netip.Addr, l4len int) []byte {
+	return e.reserve(l4Off(dst) + l4len)
+}
+
+// reserve returns n bytes of queue space, or nil when the queue is full
+// or no guest is connected.
+func (e *Engine) reserve(n int) []byte {
 	if e.tapFd < 0 {
 		return nil
 	}
-	return e.wr.Reserve(hdrRoom4 + l4len)
+	return e.wr.Reserve(n)
 }
 
-// fill4 writes the length prefix, Ethernet and IPv4 headers of a frame
-// whose L4 part (l4len bytes) the caller has built or will build.
-func (e *Engine) fill4(b []byte, src, dst netip.Addr, proto uint8, l4len int) {
-	putFrameLen(b, header.EthernetLen+header.IPv4MinLen+l4len)
-	header.Ethernet(b[ethOff:]).Encode(e.guestMAC, e.cfg.OurMAC, header.EtherTypeIPv4)
-	header.IPv4(b[ip4Off:]).Encode(src, dst, proto, 64, l4len)
+// fillIP writes the length prefix, Ethernet and IP headers of a frame whose
+// L4 part (l4len bytes) the caller has built or will build, and returns
+// the frame's size in the queue. ICMPv6 goes out with hop limit 255, which
+// Neighbor Discovery requires and nothing else minds.
+func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) int {
+	size := l4Off(dst) + l4len
+	putFrameLen(b, size-ethOff)
+	eth := header.Ethernet(b[ethOff:])
+	if dst.Is4() {
+		eth.Encode(e.guestMAC, e.cfg.OurMAC, header.EtherTypeIPv4)
+		header.IPv4(b[ipOff:]).Encode(src, dst, proto, 64, l4len)
+		return size
+	}
+	dmac := e.guestMAC
+	if dst.IsMulticast() {
+		dmac = header.MulticastMAC(dst)
+	}
+	eth.Encode(dmac, e.cfg.OurMAC, header.EtherTypeIPv6)
+	hop := uint8(64)
+	if proto == header.ProtoICMPv6 {
+		hop = 255
+	}
+	header.IPv6(b[ipOff:]).Encode(src, dst, proto, hop, l4len)
+	return size
 }
 
-// sendUDP4 queues a UDP datagram to the guest. payload may already sit at
+// sendUDP queues a UDP datagram to the guest. payload may already sit at
 // its place in the queue (then the copy is a no-op) or anywhere else.
-func (e *Engine) sendUDP4(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, payload []byte) bool {
+func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, payload []byte) bool {
 	l4len := header.UDPLen + len(payload)
-	b := e.reserve4(l4len)
+	b := e.reserveIP(dst, l4len)
 	if b == nil {
 		return false
 	}
-	e.fill4(b, src, dst, header.ProtoUDP, l4len)
-	u := header.UDP(b[l4Off4:])
+	size := e.fillIP(b, src, dst, header.ProtoUDP, l4len)
+	u := header.UDP(b[l4Off(dst):size])
 	u.Encode(sport, dport, len(payload))
 	copy(u[header.UDPLen:], payload)
 	sum := header.PseudoHeaderSum(header.ProtoUDP, src, dst, l4len)
-	u.SetChecksum(header.Fold(header.Checksum(u[:l4len], sum)))
-	e.wr.Commit(hdrRoom4 + l4len)
-	e.Stats.FramesOut++
+	u.SetChecksum(header.Fold(header.Checksum(u, sum)))
+	e.commit(size)
 	return true
+}
+
+// sendICMP queues an ICMP or ICMPv6 message that the caller has built in
+// place after fillIP, computing its checksum (ICMPv6's covers the
+// pseudo-header, ICMP's does not).
+func (e *Engine) sendICMP(b []byte, src, dst netip.Addr, l4len int) {
+	proto := uint8(header.ProtoICMP)
+	var sum uint64
+	if dst.Is6() {
+		proto = header.ProtoICMPv6
+		sum = header.PseudoHeaderSum(proto, src, dst, l4len)
+	}
+	size := e.fillIP(b, src, dst, proto, l4len)
+	m := header.ICMP(b[l4Off(dst):size])
+	m.SetChecksum(0)
+	m.SetChecksum(header.Fold(header.Checksum(m, sum)))
+	e.commit(size)
+}
+
+// commit queues the frame of size bytes at the start of the latest
+// reservation.
+func (e *Engine) commit(size int) {
+	e.wr.Commit(size)
+	e.Stats.FramesOut++
 }
 
 func putFrameLen(b []byte, n int) { qemusock.PutLen(b, n) }

@@ -172,7 +172,9 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	fd, notTCP, err := e.tcpDial(key)
 	if err != nil && err != unix.EINPROGRESS {
 		e.debugf("TCP %v: connect: %v", key.remote, err)
-		e.tcpRstReply(key, t)
+		if !e.tcpUnreachable(key, t.Seq(), err) {
+			e.tcpRstReply(key, t)
+		}
 		return
 	}
 	f := e.tcpAddFlow(key, fd, tcpConnecting)
@@ -196,7 +198,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, flags uint32) *tcpFlow {
 	// handshake's last ACK triggers the first peek.
 	*f = tcpFlow{
 		key: key, idx: idx, fd: fd, flags: flags | tcpWndFull,
-		mss:     e.cfg.MTU - header.IPv4MinLen - header.TCPMinLen,
+		mss:     e.cfg.MTU - ipHdrLen(key.guest.Addr()) - header.TCPMinLen,
 		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
 	}
@@ -227,10 +229,8 @@ func (e *Engine) tcpAccept(l *listener) {
 		if err != nil {
 			return
 		}
-		key := tcpKey{
-			guest:  netip.AddrPortFrom(e.cfg.Addr4, l.fwd.GuestPort),
-			remote: e.inboundSource(sockaddrToAddrPort(sa)),
-		}
+		var key tcpKey
+		key.remote, key.guest = e.inboundRoute(sockaddrToAddrPort(sa), l.fwd.GuestPort)
 		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.tapFd < 0 {
 			unix.Close(fd)
 			continue
@@ -271,8 +271,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	}
 	if f.flags&tcpConnecting != 0 {
 		if err := sockError(f.fd); err != nil || events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			e.debugf("TCP %v: connect failed: %v", f.key.remote, err)
-			e.tcpClose(f, true, false)
+			e.tcpConnectFailed(f, err)
 			return
 		}
 		if events&unix.EPOLLOUT != 0 {
@@ -492,7 +491,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 	if f.flags&(tcpEstablished|tcpWaitTap) != tcpEstablished || f.flags&tcpFinSent != 0 {
 		return
 	}
-	const hdr = hdrRoom4 + header.TCPMinLen
+	hdr := l4Off(f.key.guest.Addr()) + header.TCPMinLen
 	slot := hdr + f.mss
 	wnd := e.tcpWindow(f)
 	for {
@@ -556,7 +555,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			sent += l
 		}
 		e.wr.Commit(used)
-		e.Stats.FramesOut += uint64(segs)
+		e.Stats.FramesOut += uint64((n + f.mss - 1) / f.mss)
 		f.sndNxt += uint32(n)
 		f.ackSent, f.wndSent = f.rcvNxt, wnd
 		if f.rtoAt == 0 {
@@ -629,7 +628,7 @@ func (e *Engine) tcpTimers() {
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
 		case f.flags&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
-			e.tcpClose(f, true, false)
+			e.tcpConnectFailed(f, unix.ETIMEDOUT)
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
 				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
@@ -699,12 +698,11 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags uint8, seq uint32, wnd uint16) {
 	if flags&header.TCPSyn != 0 {
 		optLen = header.TCPSynOptionLen
 	}
-	b := e.reserve4(header.TCPMinLen + optLen)
+	b := e.reserveIP(f.key.guest.Addr(), header.TCPMinLen+optLen)
 	if b == nil {
 		return
 	}
-	e.wr.Commit(e.tcpFill(b, f, flags, seq, optLen, 0, wnd))
-	e.Stats.FramesOut++
+	e.commit(e.tcpFill(b, f, flags, seq, optLen, 0, wnd))
 	f.ackSent, f.wndSent = f.rcvNxt, wnd
 }
 
@@ -713,8 +711,8 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags uint8, seq uint32, wnd uint16) {
 func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, payloadLen int, wnd uint16) int {
 	l4len := header.TCPMinLen + optLen + payloadLen
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
-	e.fill4(b, src, dst, header.ProtoTCP, l4len)
-	t := header.TCP(b[l4Off4 : l4Off4+l4len])
+	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
+	t := header.TCP(b[l4Off(dst):size])
 	ack := f.rcvNxt
 	if flags&header.TCPAck == 0 {
 		ack = 0
@@ -725,7 +723,7 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, 
 	}
 	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len)
 	t.SetChecksum(header.Fold(header.Checksum(t, sum)))
-	return hdrRoom4 + l4len
+	return size
 }
 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
@@ -744,12 +742,34 @@ func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 			f.rcvNxt++
 		}
 	}
-	b := e.reserve4(header.TCPMinLen)
+	b := e.reserveIP(key.guest.Addr(), header.TCPMinLen)
 	if b == nil {
 		return
 	}
-	e.wr.Commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0))
-	e.Stats.FramesOut++
+	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0))
+}
+
+// tcpConnectFailed ends a flow whose host connect() failed with err.
+func (e *Engine) tcpConnectFailed(f *tcpFlow, err error) {
+	e.debugf("TCP %v: connect failed: %v", f.key.remote, err)
+	if !e.tcpUnreachable(f.key, f.rcvNxt-1, err) {
+		e.tcpSendFlags(f, header.TCPRst|header.TCPAck)
+	}
+	e.tcpClose(f, false, false)
+}
+
+// tcpUnreachable sends the guest the ICMP error that matches a failed
+// connect(), quoting its SYN, so the guest's connect fails at once with
+// "no route to host" and the like. It reports false when err is not
+// about reachability: a refused port, among others, is answered with a
+// reset by the caller.
+func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
+	if err == unix.ECONNREFUSED {
+		return false
+	}
+	var quote [header.TCPMinLen]byte
+	header.TCP(quote[:]).Encode(key.guest.Port(), key.remote.Port(), synSeq, 0, header.TCPSyn, 0, header.TCPMinLen)
+	return e.sendUnreachable(err, key.guest.Addr(), key.remote.Addr(), header.ProtoTCP, quote[:])
 }
 
 func (t *tcpTable) closeAll(e *Engine) {

@@ -28,6 +28,8 @@ type udpFlow struct {
 
 type udpTable struct {
 	flowTable[netip.AddrPort, udpFlow]
+	errBuf [header.UDPLen + 1280]byte // an error's quoted datagram
+	oob    [256]byte                  // its control message
 }
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
@@ -52,25 +54,33 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	if !to.IsValid() {
 		to = netip.AddrPortFrom(e.mapToHost(dst), u.DstPort())
 	}
-	if err := unix.Sendto(f.fd, u.Payload(), 0, e.setSA4(to.Addr(), to.Port())); err != nil {
+	if err := unix.Sendto(f.fd, u.Payload(), 0, e.setSA(to)); err != nil {
 		e.debugf("UDP %v -> %v: %v", guest, to, err)
 	}
 }
 
 // udpOpen creates the host socket for a guest source. It keeps the guest's
 // source port when it is free, as passt does, so peers that care about
-// ports see the same one.
+// ports see the same one. An IPv6 socket is dual-stack, so a query to a
+// DNS stand-in can go on to an IPv4 resolver. Errors the host receives
+// for the socket's datagrams (IP_RECVERR) go back to the guest as ICMP.
 func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 	if e.udp.count >= udpMaxFlows {
 		return nil
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fam := socketFamily(guest.Addr())
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		e.logf("UDP: socket: %v", err)
 		return nil
 	}
-	if unix.Bind(fd, &unix.SockaddrInet4{Port: int(guest.Port())}) != nil {
-		unix.Bind(fd, &unix.SockaddrInet4{})
+	unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	if fam == unix.AF_INET6 {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+	}
+	if unix.Bind(fd, wildcard(fam, guest.Port())) != nil {
+		unix.Bind(fd, wildcard(fam, 0))
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
@@ -78,40 +88,80 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 	return f
 }
 
-// udpSockEvent forwards datagrams from a host socket to the guest.
-func (e *Engine) udpSockEvent(idx int32, gen uint32) {
+// udpSockEvent forwards datagrams, and errors, from a host socket to the
+// guest.
+func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 	f := e.udp.get(idx, gen)
 	if f == nil {
 		return
 	}
-	e.udpToGuest(f.fd, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
+	if events&unix.EPOLLERR != 0 {
+		e.udpErrors(f)
+	}
+	off := l4Off(f.guest.Addr())
+	e.udpToGuest(f.fd, &off, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
 		f.lastAct = e.now
-		src := e.dnsReverse(from)
-		if !src.IsValid() {
-			src = netip.AddrPortFrom(e.mapToGuest(from.Addr()), from.Port())
-		}
-		return src, f.guest
+		return e.udpGuestView(from, f.guest.Addr()), f.guest
 	})
+}
+
+// udpGuestView is how a host peer appears to a guest address: a DNS
+// stand-in for a redirected resolver, the gateway for the host's
+// loopback, else itself.
+func (e *Engine) udpGuestView(peer netip.AddrPort, guest netip.Addr) netip.AddrPort {
+	if src := e.dnsReverse(peer, guest); src.IsValid() {
+		return src
+	}
+	return netip.AddrPortFrom(e.mapToGuest(peer.Addr()), peer.Port())
+}
+
+// udpErrors relays the ICMP errors queued on a flow's socket to the guest,
+// as errors about the datagrams the guest sent: a closed port on the host
+// side becomes "connection refused" in the guest instead of silence.
+func (e *Engine) udpErrors(f *udpFlow) {
+	buf := e.udp.errBuf[:]
+	for {
+		n, dst, errno, err := recvErr(f.fd, buf[header.UDPLen:], e.udp.oob[:])
+		if err != nil {
+			return
+		}
+		if errno == 0 {
+			continue // a local error, not one a peer sent
+		}
+		remote := e.udpGuestView(dst, f.guest.Addr())
+		quote := header.UDP(buf[:header.UDPLen+n])
+		quote.Encode(f.guest.Port(), remote.Port(), n)
+		e.debugf("UDP %v -> %v: %v", f.guest, dst, errno)
+		e.sendUnreachable(errno, f.guest.Addr(), remote.Addr(), header.ProtoUDP, quote)
+	}
 }
 
 // udpToGuest reads up to udpMaxRead datagrams from fd, each straight into
 // its frame in the output queue, and sends them to the guest with the
-// source and destination that route picks for each sender.
-func (e *Engine) udpToGuest(fd int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
-	const off = l4Off4 + header.UDPLen
+// source and destination that route picks for each sender. *off predicts
+// where the L4 header goes (it depends on the guest family route picks);
+// a wrong guess costs one move of the payload and updates the guess.
+func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
 	for range udpMaxRead {
-		b := e.reserve4(header.UDPLen + udpMaxData)
+		o := *off + header.UDPLen
+		b := e.reserve(o + udpMaxData)
 		if b == nil {
 			return // queue full: level-triggered epoll calls again
 		}
-		n, from, err := recvfrom(fd, b[off:])
+		n, from, err := recvfrom(fd, b[o:])
 		if err != nil {
 			return
 		}
 		src, dst := route(from)
-		if dst.IsValid() {
-			e.sendUDP4(src.Addr(), src.Port(), dst.Addr(), dst.Port(), b[off:off+n])
+		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
+			continue
 		}
+		if *off = l4Off(dst.Addr()); *off+header.UDPLen != o {
+			// Move the payload before the headers are written over it.
+			copy(b[*off+header.UDPLen:], b[o:o+n])
+			o = *off + header.UDPLen
+		}
+		e.sendUDP(src.Addr(), src.Port(), dst.Addr(), dst.Port(), b[o:o+n])
 	}
 }
 
@@ -148,9 +198,8 @@ type udpInFlow struct {
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
-	guest := netip.AddrPortFrom(e.cfg.Addr4, l.fwd.GuestPort)
-	e.udpToGuest(l.fd, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
-		remote := e.inboundSource(from)
+	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
+		remote, guest := e.inboundRoute(from, l.fwd.GuestPort)
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {

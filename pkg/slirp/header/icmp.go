@@ -2,14 +2,36 @@ package header
 
 import "encoding/binary"
 
-// ICMPEchoLen is the size of an ICMP or ICMPv6 echo header.
+// ICMPEchoLen is the size of an ICMP or ICMPv6 echo header, and of the
+// header of their error messages.
 const ICMPEchoLen = 8
 
-// ICMPv4 types gopasst handles.
+// ICMPv4 types and destination-unreachable codes gopasst handles.
 const (
 	ICMPv4EchoReply   = 0
 	ICMPv4Unreachable = 3
 	ICMPv4Echo        = 8
+
+	ICMPv4NetUnreachable  = 0
+	ICMPv4HostUnreachable = 1
+	ICMPv4PortUnreachable = 3
+	ICMPv4AdminProhibited = 13
+)
+
+// ICMPv6 types and destination-unreachable codes gopasst handles.
+const (
+	ICMPv6Unreachable = 1
+	ICMPv6Echo        = 128
+	ICMPv6EchoReply   = 129
+	ICMPv6RouterSol   = 133
+	ICMPv6RouterAdv   = 134
+	ICMPv6NeighSol    = 135
+	ICMPv6NeighAdv    = 136
+
+	ICMPv6NoRoute         = 0
+	ICMPv6AdminProhibited = 1
+	ICMPv6AddrUnreachable = 3
+	ICMPv6PortUnreachable = 4
 )
 
 // ICMP is a view of an ICMP (v4 or v6) message.
@@ -35,3 +57,10 @@ func (i ICMP) Seq() uint16 { return binary.BigEndian.Uint16(i[6:]) }
 
 // SetChecksum stores the checksum field.
 func (i ICMP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(i[2:], c) }
+
+// Encode writes type and code, and zeroes the checksum and the four bytes
+// after it (the unused field of an error message).
+func (i ICMP) Encode(typ, code uint8) {
+	i[0], i[1] = typ, code
+	clear(i[2:ICMPEchoLen])
+}

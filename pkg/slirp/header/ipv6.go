@@ -1,0 +1,80 @@
+package header
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// IPv6Len is the size of the fixed IPv6 header.
+const IPv6Len = 40
+
+// IPv6 extension headers that Transport walks past. A fragment header (44)
+// is not among them: gopasst's guest knows the MTU and never fragments.
+const (
+	ipv6HopByHop = 0
+	ipv6Routing  = 43
+	ipv6DestOpts = 60
+)
+
+// IPv6 is a view of an IPv6 header followed by its payload.
+type IPv6 []byte
+
+// IsValid reports whether the fixed header is complete and the payload
+// length fits the buffer.
+func (ip IPv6) IsValid() bool {
+	return len(ip) >= IPv6Len && ip[0]>>4 == 6 && IPv6Len+int(ip.PayloadLen()) <= len(ip)
+}
+
+// PayloadLen is the length of everything after the fixed header.
+func (ip IPv6) PayloadLen() uint16 { return binary.BigEndian.Uint16(ip[4:]) }
+
+// NextHeader is the protocol number of the first header after the fixed one.
+func (ip IPv6) NextHeader() uint8 { return ip[6] }
+
+// HopLimit is the hop limit.
+func (ip IPv6) HopLimit() uint8 { return ip[7] }
+
+// Src is the source address.
+func (ip IPv6) Src() netip.Addr { return netip.AddrFrom16([16]byte(ip[8:24])) }
+
+// Dst is the destination address.
+func (ip IPv6) Dst() netip.Addr { return netip.AddrFrom16([16]byte(ip[24:40])) }
+
+// Payload is what follows the fixed header, trimmed to the payload length.
+func (ip IPv6) Payload() []byte { return ip[IPv6Len : IPv6Len+int(ip.PayloadLen())] }
+
+// Transport skips hop-by-hop, routing and destination options headers (a
+// guest's MLD reports carry a hop-by-hop header) and returns the upper
+// layer protocol and its bytes. ok is false for a truncated chain.
+func (ip IPv6) Transport() (proto uint8, payload []byte, ok bool) {
+	proto, payload = ip.NextHeader(), ip.Payload()
+	for proto == ipv6HopByHop || proto == ipv6Routing || proto == ipv6DestOpts {
+		if len(payload) < 8 {
+			return 0, nil, false
+		}
+		l := (int(payload[1]) + 1) * 8
+		if l > len(payload) {
+			return 0, nil, false
+		}
+		proto, payload = payload[0], payload[l:]
+	}
+	return proto, payload, true
+}
+
+// Encode writes the fixed header for a payload of payloadLen bytes.
+func (ip IPv6) Encode(src, dst netip.Addr, proto uint8, hopLimit uint8, payloadLen int) {
+	binary.BigEndian.PutUint32(ip[0:], 6<<28)
+	binary.BigEndian.PutUint16(ip[4:], uint16(payloadLen))
+	ip[6] = proto
+	ip[7] = hopLimit
+	s, d := src.As16(), dst.As16()
+	copy(ip[8:24], s[:])
+	copy(ip[24:40], d[:])
+}
+
+// MulticastMAC is the Ethernet address an IPv6 multicast group maps to
+// (RFC 2464): 33:33 and the group's last four bytes.
+func MulticastMAC(group netip.Addr) [6]byte {
+	g := group.As16()
+	return [6]byte{0x33, 0x33, g[12], g[13], g[14], g[15]}
+}

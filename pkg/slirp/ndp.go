@@ -1,0 +1,157 @@
+package slirp
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+)
+
+// Neighbor Discovery (RFC 4861), as passt answers it. gopasst stands for
+// every address on the link but the guest's own, so it answers every
+// Neighbor Solicitation except duplicate address detection, with its own
+// MAC. Router Advertisements, solicited and every raRepeat, give the guest
+// the /64 of its address to autoconfigure in, the MTU, and the resolvers
+// and search list (RFC 8106); the M and O flags send it to DHCPv6 for the
+// address gopasst offers and the rest.
+
+const (
+	raRepeat      = 600_000_000_000 // RFC 4861's MaxRtrAdvInterval
+	raRouterLife  = 65535           // the longest RFC 8319 allows, in seconds
+	raInfinite    = 0xffffffff      // prefix and DNS lifetimes
+	raFlagManaged = 0x80
+	raFlagOther   = 0x40
+	naFlags       = 0xe0 // router, solicited, override
+	prefixFlags   = 0xc0 // on-link, autonomous
+)
+
+var allNodes = netip.MustParseAddr("ff02::1")
+
+func isNDP(typ uint8) bool {
+	return typ >= header.ICMPv6RouterSol && typ <= header.ICMPv6NeighAdv
+}
+
+// ndpInput answers a Router or Neighbor Solicitation. Messages that could
+// not have come from a neighbour (hop limit below 255) or whose options
+// are broken are dropped, as RFC 4861 requires.
+func (e *Engine) ndpInput(src netip.Addr, m header.ICMP, hopLimit uint8) {
+	if e.cfg.NoNDP {
+		return
+	}
+	var optOff int
+	switch m.Type() {
+	case header.ICMPv6NeighSol:
+		optOff = header.NDPNSLen
+	case header.ICMPv6RouterSol:
+		optOff = header.NDPRSLen
+	default:
+		return // advertisements from the guest: nothing to learn
+	}
+	if hopLimit != 255 || len(m) < optOff || !header.NDPOptionsValid(m[optOff:]) {
+		e.Stats.Malformed++
+		return
+	}
+	if m.Type() == header.ICMPv6RouterSol {
+		if !e.cfg.NoRA {
+			dst := src
+			if src.IsUnspecified() {
+				dst = allNodes
+			}
+			e.sendRA(dst)
+		}
+		return
+	}
+	// An unspecified source is duplicate address detection: the address
+	// is the guest's to take, so nobody answers.
+	if target := header.NDPTarget(m); !src.IsUnspecified() && target != src {
+		e.sendNA(src, target)
+	}
+}
+
+// sendNA advertises our MAC for target to dst.
+func (e *Engine) sendNA(dst, target netip.Addr) {
+	const l4len = header.NDPNALen + 8
+	b := e.reserveIP(dst, l4len)
+	if b == nil {
+		return
+	}
+	m := header.ICMP(b[l4Off6 : l4Off6+l4len])
+	m.Encode(header.ICMPv6NeighAdv, 0)
+	m[4] = naFlags
+	t := target.As16()
+	copy(m[8:24], t[:])
+	e.putLLOption(m[header.NDPNALen:], header.NDPOptTgtLL)
+	e.sendICMP(b, e.cfg.OurLL6, dst, l4len)
+}
+
+// putLLOption writes a link-layer address option with our MAC.
+func (e *Engine) putLLOption(b []byte, typ uint8) {
+	b[0], b[1] = typ, 1
+	copy(b[2:8], e.cfg.OurMAC[:])
+}
+
+// sendRA sends a Router Advertisement to dst.
+func (e *Engine) sendRA(dst netip.Addr) {
+	e.nextRA = e.now + raRepeat
+	dnssl := encodeDomains(e.cfg.Search)
+	if len(dnssl) > 254*8 {
+		dnssl = nil // more than the option's length field can say
+	}
+	l4len := header.NDPRALen + 32 + 8 + 8 // prefix, MTU, source link-layer
+	if n := len(e.cfg.DNS6); n > 0 {
+		l4len += 8 + 16*n
+	}
+	if len(dnssl) > 0 {
+		l4len += 8 + (len(dnssl)+7)/8*8
+	}
+	b := e.reserveIP(dst, l4len)
+	if b == nil {
+		return
+	}
+	m := header.ICMP(b[l4Off6 : l4Off6+l4len])
+	clear(m)
+	m.Encode(header.ICMPv6RouterAdv, 0)
+	m[4] = 64 // the hop limit the guest should use
+	if !e.cfg.NoDHCPv6 {
+		m[5] = raFlagManaged | raFlagOther
+	}
+	binary.BigEndian.PutUint16(m[6:], raRouterLife)
+	o := m[header.NDPRALen:]
+
+	o[0], o[1], o[2], o[3] = header.NDPOptPrefix, 4, 64, prefixFlags
+	binary.BigEndian.PutUint32(o[4:], raInfinite)
+	binary.BigEndian.PutUint32(o[8:], raInfinite)
+	p := netip.PrefixFrom(e.cfg.Addr6, 64).Masked().Addr().As16()
+	copy(o[16:32], p[:])
+	o = o[32:]
+
+	o[0], o[1] = header.NDPOptMTU, 1
+	binary.BigEndian.PutUint32(o[4:], uint32(e.cfg.MTU))
+	o = o[8:]
+
+	if n := len(e.cfg.DNS6); n > 0 {
+		o[0], o[1] = header.NDPOptRDNSS, uint8(1+2*n)
+		binary.BigEndian.PutUint32(o[4:], raInfinite)
+		for i, d := range e.cfg.DNS6 {
+			a := d.As16()
+			copy(o[8+16*i:], a[:])
+		}
+		o = o[8+16*n:]
+	}
+	if len(dnssl) > 0 {
+		units := 1 + (len(dnssl)+7)/8
+		o[0], o[1] = header.NDPOptDNSSL, uint8(units)
+		binary.BigEndian.PutUint32(o[4:], raInfinite)
+		copy(o[8:], dnssl)
+		o = o[units*8:]
+	}
+	e.putLLOption(o, header.NDPOptSrcLL)
+	e.sendICMP(b, e.cfg.OurLL6, dst, l4len)
+}
+
+// raTimer sends the periodic unsolicited advertisement.
+func (e *Engine) raTimer() {
+	if e.cfg.has6() && !e.cfg.NoNDP && !e.cfg.NoRA && e.tapFd >= 0 && e.now >= e.nextRA {
+		e.sendRA(allNodes)
+	}
+}
