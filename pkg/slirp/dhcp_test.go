@@ -1,7 +1,6 @@
 package slirp
 
 import (
-	"encoding/binary"
 	"testing"
 )
 
@@ -13,23 +12,6 @@ func dhcpDiscover4() []byte {
 	copy(b[28:], []byte{2, 0, 0, 0, 0, 1})
 	copy(b[bootpLen:], dhcpMagic[:])
 	return append(b, optMsgType, 1, dhcpDiscover, optEnd)
-}
-
-// seedFrames are well-formed frames for the fuzzers: an ARP request and a
-// DHCP DISCOVER.
-func seedFrames() [][]byte {
-	arp := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6,
-		0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 2, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1}
-	d := dhcpDiscover4()
-	udp := binary.BigEndian.AppendUint16(nil, 68)
-	udp = binary.BigEndian.AppendUint16(udp, 67)
-	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(d)))
-	udp = append(udp, 0, 0)
-	udp = append(udp, d...)
-	ip := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255}
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	eth := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 0}
-	return [][]byte{arp, append(append(eth, ip...), udp...)}
 }
 
 func TestDHCPReplyCarriesConfig(t *testing.T) {

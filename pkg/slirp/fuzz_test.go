@@ -1,34 +1,133 @@
 package slirp
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
-// newTestEngine builds an engine with no client attached. Protocols that
-// open host sockets are off, so fuzzed frames never leave the process.
-func newTestEngine(t testing.TB) *Engine {
+// testEngine is an engine with a guest attached through a socket pair, so
+// that what it answers can be read back and checked. Protocols that open
+// host sockets are off, so fuzzed frames never leave the process.
+type testEngine struct {
+	*Engine
+	guest int // the guest's end
+	rd    *qemusock.Reader
+}
+
+var (
+	testGuest4 = netip.MustParseAddr("192.0.2.2")
+	testGW4    = netip.MustParseAddr("192.0.2.1")
+	testGuest6 = netip.MustParseAddr("2001:db8::2")
+	testGW6    = netip.MustParseAddr("2001:db8::1")
+	testLL6    = netip.MustParseAddr("fe80::1")
+	testMAC    = [6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
+)
+
+func newTestEngine(t testing.TB) *testEngine {
 	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e, err := New(Config{
-		Addr4: netip.MustParseAddr("192.0.2.2"), Prefix4: 24,
-		Gateway4: netip.MustParseAddr("192.0.2.1"),
-		DNS4:     []netip.Addr{netip.MustParseAddr("192.0.2.1")},
-		Search:   []string{"example.test"}, Hostname: "h", FQDN: "h.example.test",
+		OurMAC: testMAC,
+		Addr4:  testGuest4, Prefix4: 24, Gateway4: testGW4,
+		Addr6: testGuest6, Gateway6: testGW6, OurLL6: testLL6,
+		DNS4:   []netip.Addr{testGW4},
+		DNS6:   []netip.Addr{testGW6},
+		Search: []string{"example.test", "lab.example"}, Hostname: "h", FQDN: "h.example.test",
 		NoTCP: true, NoUDP: true, NoICMP: true,
 	}, lfd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
+	e.tapFd = pair[0]
+	return &testEngine{Engine: e, guest: pair[1], rd: qemusock.NewReader(1 << 20)}
 }
 
-// FuzzFrame feeds whole Ethernet frames to the engine's input path.
+// output sends what the engine queued and returns each frame, failing the
+// test for a frame that is not well formed.
+func (te *testEngine) output(t testing.TB) [][]byte {
+	t.Helper()
+	var frames [][]byte
+	for te.wr.Pending() > 0 {
+		te.flush()
+		for {
+			if n, err := te.rd.Fill(te.guest); err != nil || n == 0 {
+				break
+			}
+			for {
+				f, err := te.rd.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f == nil {
+					break
+				}
+				if err := checkFrame(f); err != nil {
+					t.Fatalf("engine sent a bad frame: %v\n% x", err, f)
+				}
+				frames = append(frames, append([]byte(nil), f...))
+			}
+		}
+	}
+	return frames
+}
+
+// checkFrame verifies a frame the engine built: its IP header, and the
+// checksum of its L4 part, pseudo-header included where the protocol has
+// one.
+func checkFrame(f []byte) error {
+	if len(f) < header.EthernetLen {
+		return fmt.Errorf("%d bytes", len(f))
+	}
+	eth := header.Ethernet(f)
+	var src, dst netip.Addr
+	var proto uint8
+	var l4 []byte
+	switch eth.Type() {
+	case header.EtherTypeARP:
+		if !header.ARP(eth.Payload()).IsValid() {
+			return fmt.Errorf("bad ARP")
+		}
+		return nil
+	case header.EtherTypeIPv4:
+		ip := header.IPv4(eth.Payload())
+		if !ip.IsValid() || int(ip.TotalLen()) != len(ip) || header.Fold(header.Checksum(ip[:ip.HeaderLen()], 0)) != 0 {
+			return fmt.Errorf("bad IPv4 header")
+		}
+		src, dst, proto, l4 = ip.Src(), ip.Dst(), ip.Protocol(), ip.Payload()
+	case header.EtherTypeIPv6:
+		ip := header.IPv6(eth.Payload())
+		if !ip.IsValid() || header.IPv6Len+int(ip.PayloadLen()) != len(ip) {
+			return fmt.Errorf("bad IPv6 header")
+		}
+		src, dst, proto, l4 = ip.Src(), ip.Dst(), ip.NextHeader(), ip.Payload()
+	default:
+		return fmt.Errorf("EtherType %#04x", eth.Type())
+	}
+	var sum uint64
+	if proto != header.ProtoICMP {
+		sum = header.PseudoHeaderSum(proto, src, dst, len(l4))
+	}
+	if c := header.Fold(header.Checksum(l4, sum)); c != 0 {
+		return fmt.Errorf("protocol %d checksum off by %#04x", proto, c)
+	}
+	return nil
+}
+
+// FuzzFrame feeds whole Ethernet frames to the engine's input path: none
+// may crash it, and whatever it answers must be well formed.
 func FuzzFrame(f *testing.F) {
 	for _, s := range seedFrames() {
 		f.Add(s)
@@ -36,6 +135,7 @@ func FuzzFrame(f *testing.F) {
 	e := newTestEngine(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e.tapInput(b)
+		e.output(t)
 	})
 }
 
@@ -50,6 +150,44 @@ func FuzzDHCP(f *testing.F) {
 		if out := e.buildDHCP(&m, dhcpAck); len(out) < 300 {
 			t.Fatalf("reply of %d bytes", len(out))
 		}
+	})
+}
+
+// FuzzDHCPv6 feeds client messages to the DHCPv6 server: a message that
+// parses gets a reply that parses too, with the client's identifier.
+func FuzzDHCPv6(f *testing.F) {
+	f.Add(dhcpv6Solicit1())
+	e := newTestEngine(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseDHCPv6(b)
+		e.dhcpv6Input(testLL6, b)
+		out := e.output(t)
+		if err != nil {
+			if len(out) > 0 {
+				t.Fatal("answered a malformed message")
+			}
+			return
+		}
+		for _, fr := range out {
+			reply, err := parseDHCPv6(fr[l4Off6-ethOff+header.UDPLen:])
+			if err != nil || string(reply.clientID) != string(m.clientID) || reply.xid != m.xid {
+				t.Fatalf("reply does not parse or lost the client's identity: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzNDP feeds ICMPv6 messages to Neighbor Discovery.
+func FuzzNDP(f *testing.F) {
+	f.Add(ndpSolicit(testGW6))
+	f.Add([]byte{header.ICMPv6RouterSol, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 0, 0, 0, 0, 1})
+	e := newTestEngine(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < header.ICMPEchoLen {
+			return
+		}
+		e.ndpInput(netip.MustParseAddr("fe80::2"), header.ICMP(b), 255)
+		e.output(t)
 	})
 }
 

@@ -25,6 +25,29 @@ func FuzzIPv4(f *testing.F) {
 	})
 }
 
+// FuzzIPv6: the extension-header walk stays inside the packet.
+func FuzzIPv6(f *testing.F) {
+	hbh := []byte{0x60, 0, 0, 0, 0, 16, 0, 1, 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+		0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16,
+		58, 0, 5, 2, 0, 0, 1, 0, 143, 0, 0, 0, 0, 0, 0, 0}
+	f.Add(hbh)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ip := IPv6(b)
+		if !ip.IsValid() {
+			return
+		}
+		_, _ = ip.Src(), ip.Dst()
+		proto, p, ok := ip.Transport()
+		if ok && len(p) > len(ip.Payload()) {
+			t.Fatalf("protocol %d payload of %d bytes in a packet of %d", proto, len(p), len(b))
+		}
+		if m := ICMP(p); ok && len(m) >= NDPNSLen {
+			_ = NDPTarget(m)
+			NDPOptionsValid(m[NDPNSLen:])
+		}
+	})
+}
+
 func FuzzTCPOptions(f *testing.F) {
 	f.Add([]byte{2, 4, 5, 0xb4, 1, 3, 3, 7})
 	f.Add([]byte{1, 1, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0})
