@@ -40,6 +40,9 @@ func TestIPv6Autoconf(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
 	addr, route := w.waitIPv6(t)
 	t.Logf("guest ip -6 addr:\n%s\nguest ip -6 route:\n%s", addr, route)
+	if !strings.Contains(addr, "inet6 fe80::") {
+		t.Errorf("the guest lost its link-local address:\n%s", addr)
+	}
 	if !strings.Contains(route, "2001:db8:1::/64 dev "+tapName+" proto kernel") {
 		t.Errorf("no on-link route for the advertised prefix:\n%s", route)
 	}

@@ -48,10 +48,15 @@ func TestQEMUGuest(t *testing.T) {
 	}()
 	startDNS(t, w, "test.gopasst.example", [4]byte{203, 0, 113, 7})
 
-	const downSize = 16 << 20
+	const downSize, down6Size = 16 << 20, 4 << 20
 	down := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(down, func(c net.Conn) {
 		io.Copy(c, newStream(2, downSize))
+		c.Close()
+	})
+	down6 := w.Host.Listen(t, "tcp", "[::1]:0")
+	acceptLoop(down6, func(c net.Conn) {
+		io.Copy(c, newStream(3, down6Size))
 		c.Close()
 	})
 	// The guest uploads "yes gopasst | head -c upSize"; the host answers
@@ -84,6 +89,12 @@ ping -c 2 -W 5 %[1]s | sed 's/^/GOPASST-PING /'
 echo "GOPASST-DOWN $(nc %[1]s %[2]s | sha256sum)"
 echo "GOPASST-UP $(yes gopasst | head -c %[4]d | nc %[1]s %[3]s)"
 nslookup test.gopasst.example | sed 's/^/GOPASST-DNS /'
+for i in $(seq 60); do ip -6 addr show dev eth0 | grep -q 'scope global' && break; sleep 1; done
+sleep 2 # duplicate address detection
+ip -6 addr show dev eth0 | sed 's/^/GOPASST-ADDR6 /'
+ip -6 route | sed 's/^/GOPASST-ROUTE6 /'
+ping -6 -c 2 -W 5 %[6]s | sed 's/^/GOPASST-PING6 /'
+echo "GOPASST-DOWN6 $(nc %[6]s %[7]s | sha256sum)"
 printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello
 nc -ll -p 8080 -e /bin/hello &
 /bin/udpecho 5353 &
@@ -91,7 +102,7 @@ sleep 1
 echo GOPASST-READY
 nc %[1]s %[5]s
 echo GOPASST-DONE
-`, hostGW, port(down.Addr()), port(up.Addr()), upSize, port(hold.Addr()))
+`, hostGW, port(down.Addr()), port(up.Addr()), upSize, port(hold.Addr()), host6GW, port(down6.Addr()))
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
 	if err := buildInitramfs(initrd, kver, script, map[string]string{"/bin/udpecho": udpecho}); err != nil {
 		t.Fatal(err)
@@ -155,22 +166,34 @@ echo GOPASST-DONE
 	if dns := strings.Join(report["DNS"], "\n"); !strings.Contains(dns, "203.0.113.7") {
 		t.Errorf("nslookup in the guest:\n%s", dns)
 	}
-	if want := []string{"tcp hello-from-guest", "udp guest:ping"}; strings.Join(inbound, "|") != strings.Join(want, "|") {
+	if want := []string{"tcp hello-from-guest", "tcp6 hello-from-guest", "udp guest:ping"}; strings.Join(inbound, "|") != strings.Join(want, "|") {
 		t.Errorf("inbound forwards from the host: %q, want %q", inbound, want)
 	}
-	t.Logf("guest report:\n  lease: %s\n  addr: %s\n  dns: %s", lease,
-		strings.Join(report["ADDR"], "\n        "), strings.Join(report["DNS"], "\n       "))
+	addr6, route6 := strings.Join(report["ADDR6"], "\n"), strings.Join(report["ROUTE6"], "\n")
+	if !strings.Contains(addr6, "inet6 2001:db8:1:0:") || !strings.Contains(route6, "default via fe80::") {
+		t.Errorf("guest IPv6 configuration:\n%s\n%s", addr6, route6)
+	}
+	if ping := strings.Join(report["PING6"], "\n"); !strings.Contains(ping, "2 packets received") {
+		t.Errorf("ping -6 from the guest:\n%s", ping)
+	}
+	if got, want := strings.Join(report["DOWN6"], ""), hex.EncodeToString(sumStream(3, down6Size)); !strings.HasPrefix(got, want) {
+		t.Errorf("IPv6 download sha256 %q, want %s", got, want)
+	}
+	t.Logf("guest report:\n  lease: %s\n  addr: %s\n  dns: %s\n  ip -6 addr:\n%s\n  ip -6 route:\n%s", lease,
+		strings.Join(report["ADDR"], "\n        "), strings.Join(report["DNS"], "\n       "), addr6, route6)
 }
 
 // probeInbound reaches the guest's services through gopasst's -t and -u
 // forwards from the host namespace and returns what answered.
 func probeInbound(w *World) []string {
 	var out []string
-	if c, err := w.Host.Dial("tcp", "127.0.0.1:18080", 10*time.Second); err == nil {
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		b, _ := io.ReadAll(c)
-		c.Close()
-		out = append(out, "tcp "+strings.TrimSpace(string(b)))
+	for _, probe := range [][2]string{{"tcp", "127.0.0.1:18080"}, {"tcp6", "[::1]:18080"}} {
+		if c, err := w.Host.Dial("tcp", probe[1], 10*time.Second); err == nil {
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			out = append(out, probe[0]+" "+strings.TrimSpace(string(b)))
+		}
 	}
 	var pc net.PacketConn
 	w.Host.do(func() { pc, _ = net.ListenPacket("udp", "127.0.0.1:0") })

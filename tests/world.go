@@ -150,7 +150,7 @@ const udhcpcScript = `#!/bin/busybox sh
 case "$1" in
 bound|renew)
 	env | grep -E '^(ip|mask|subnet|router|dns|mtu|domain|search|lease|serverid|hostname|opt81|interface)=' > "$LEASE"
-	busybox ip addr flush dev "$interface"
+	busybox ip -4 addr flush dev "$interface"
 	busybox ip addr add "$ip/$mask" dev "$interface"
 	[ -n "$mtu" ] && busybox ip link set "$interface" mtu "$mtu"
 	for r in $router; do busybox ip route add default via "$r" dev "$interface"; done
