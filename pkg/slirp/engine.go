@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -199,6 +200,8 @@ func (e *Engine) debugf(format string, args ...any) {
 // Run serves clients until Stop is called or, in one-off mode, the first
 // client goes away.
 func (e *Engine) Run() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	for {
 		if done, err := e.turn(int(tick / time.Millisecond)); done || err != nil {
 			return err

@@ -81,13 +81,27 @@ func rawToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
 }
 
-// outq is the number of bytes in a TCP socket's send queue (SIOCOUTQ).
-func outq(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.TIOCOUTQ) // SIOCOUTQ has the same value
-	if err != nil {
+// Indices into SO_MEMINFO's array (linux/sock_diag.h).
+const (
+	skMemWmemAlloc  = 2
+	skMemSndbuf     = 3
+	skMemWmemQueued = 5
+	skMemVars       = 9
+)
+
+// sendRoom is how many more bytes of memory a socket's send buffer takes
+// before the kernel refuses a write: SO_SNDBUF less what is queued, both
+// as the kernel counts them (with per-buffer overhead). TCP counts its
+// queue in wmem_queued, unix sockets in wmem_alloc; one call reads both.
+func sendRoom(fd int) int {
+	var m [skMemVars]uint32
+	l := uint32(unsafe.Sizeof(m))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
+		uintptr(unsafe.Pointer(&m[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 {
 		return 0
 	}
-	return n
+	return int(m[skMemSndbuf]) - int(max(m[skMemWmemQueued], m[skMemWmemAlloc]))
 }
 
 func sockError(fd int) error {

@@ -447,22 +447,20 @@ func (e *Engine) tcpFlushAcks() {
 	e.tcp.ackList = e.tcp.ackList[:0]
 }
 
-// tcpWindow is the raw window field to advertise: the free space in the
+// tcpWindow is the raw window field to advertise: the room left in the
 // host socket's send buffer, so the guest never sends what the kernel
-// would refuse. When there is none, EPOLLOUT tells us when to reopen the
-// window; nothing else would, and the guest would sit in zero-window
-// probing.
+// would refuse. A write that comes up short is costly: everything the
+// guest sent after it is lost and it recovers one segment per round trip.
+// When there is no room, EPOLLOUT tells us when to reopen the window;
+// nothing else would, and the guest would sit in zero-window probing.
 func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	if f.flags&tcpGuestFin != 0 {
 		return 0
 	}
-	// The kernel counts buffer overhead against SO_SNDBUF too: keep a
-	// quarter in hand so a write of a full window rarely comes up short.
-	sndbuf, _ := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	w := uint16(min(max(sndbuf*3/4-outq(f.fd), 0)>>f.ourWS, 0xffff))
+	// The room is counted with the kernel's per-buffer overhead, a few
+	// percent for the large buffers a busy flow writes: offer 15/16.
+	w := uint16(min(max(sendRoom(f.fd)*15/16, 0)>>f.ourWS, 0xffff))
 	if w == 0 {
-		// The kernel calls the socket writable again below two thirds
-		// full, which is below the three quarters we offer.
 		e.tcpWatchWrite(f)
 	}
 	return w
