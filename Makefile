@@ -44,12 +44,15 @@ fuzz:
 		done; \
 	done
 
-# bench compares gopasst with passt on the test harness (never part of
-# make test): rounds alternate between backends; results go to bench/.
-# GOPASST_BENCH_ROUNDS (default 3) and GOPASST_BENCH_ONLY=gopasst,passt
+# bench compares gopasst with passt, slirp4netns and gvproxy on the test
+# harness (never part of make test); gvproxy is installed with go install
+# into tests/.cache/bin. Rounds alternate between backends; results go to
+# bench/. GOPASST_BENCH_ROUNDS (default 3) and GOPASST_BENCH_ONLY=gopasst,passt
 # narrow a run.
+BENCH_DEBS := slirp4netns librsvg2-bin
+
 bench: deps
-	@command -v rsvg-convert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends librsvg2-bin
+	tests/deps.sh $(BENCH_DEBS)
 	GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench$$' -v ./tests | grep -v '^=== '
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 

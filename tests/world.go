@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -56,6 +57,9 @@ type World struct {
 	Log         *syncBuffer
 	Bridge      *Bridge
 	Lease       map[string]string // udhcpc's variables from the last lease
+	// HostVia is the address through which the guest reaches the host's
+	// loopback: the gateway with gopasst and passt.
+	HostVia string
 }
 
 // WorldOpts varies the set-up.
@@ -66,9 +70,15 @@ type WorldOpts struct {
 	NoGuest bool     // start gopasst only; the test connects itself
 	// BeforeStart runs in the host namespace's set-up, before gopasst.
 	BeforeStart func(host *Netns)
-	// Backend replaces gopasst with another stream-socket backend (passt,
-	// for benchmarks): its argv, with "{sock}" for the socket path.
+	// Backend replaces gopasst with another backend, for benchmarks: its
+	// argv, with "{sock}" for the socket path the bridge connects to
+	// (passt, gvproxy), or with "{netns}" for the path of the guest
+	// namespace, in which the backend makes and configures its own tap
+	// (slirp4netns): then there is no bridge and no DHCP.
 	Backend []string
+	// HostVia is how the backend's guest reaches host loopback (default:
+	// the gateway).
+	HostVia string
 }
 
 // newWorld builds host and guest namespaces, starts gopasst in the host
@@ -77,7 +87,10 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	t.Helper()
 	needRoot(t)
 	needBusybox(t)
-	w := &World{Dir: t.TempDir(), Log: &syncBuffer{}}
+	w := &World{Dir: t.TempDir(), Log: &syncBuffer{}, HostVia: hostGW}
+	if o.HostVia != "" {
+		w.HostVia = o.HostVia
+	}
 	w.Sock = filepath.Join(w.Dir, "gopasst.socket")
 	w.Host = newNetns(t, "gph")
 	h := w.Host
@@ -103,8 +116,14 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 		os.Chmod(filepath.Dir(w.Dir), 0o755)
 		os.Chmod(w.Dir, 0o777)
 	}
+	ownTap := slices.ContainsFunc(argv, func(a string) bool { return strings.Contains(a, "{netns}") })
+	netnsPath := ""
+	if ownTap {
+		w.Guest = newNetns(t, "gpg")
+		netnsPath = filepath.Join("/run/netns", w.Guest.Name)
+	}
 	for i, a := range argv {
-		argv[i] = strings.NewReplacer("{dir}", w.Dir, "{sock}", w.Sock).Replace(a)
+		argv[i] = strings.NewReplacer("{dir}", w.Dir, "{sock}", w.Sock, "{netns}", netnsPath).Replace(a)
 	}
 	w.Proc = h.Cmd(argv[0], argv[1:]...)
 	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
@@ -125,6 +144,13 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 			t.Logf("gopasst log:\n%s", w.Log.String())
 		}
 	})
+	if ownTap {
+		waitFor(t, "the backend's tap in the guest", func() bool {
+			out, _ := w.Guest.Cmd("ip", "-4", "addr", "show", tapName).Output()
+			return strings.Contains(string(out), "inet ")
+		})
+		return w
+	}
 	waitFor(t, "gopasst socket", func() bool { _, err := os.Stat(w.Sock); return err == nil })
 
 	if o.NoGuest {
