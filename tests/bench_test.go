@@ -386,7 +386,8 @@ func memTotal() string {
 // backend for that metric, labelled with the values.
 func benchSVG(names, metrics []string, results map[string]map[string][]float64) string {
 	colors := []string{"#2b7bb9", "#e07b39", "#5aa469", "#9b59b6"}
-	const rowH, barH, left, width = 60, 18, 260, 420
+	const barH, left, width = 18, 260, 420
+	rowH := (barH+2)*len(names) + 14
 	var b strings.Builder
 	h := rowH*len(metrics) + 40
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`, left+width+120, h)

@@ -18,7 +18,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	gopasstBin = filepath.Join(dir, "gopasst")
-	out, err := exec.Command("go", "build", "-o", gopasstBin, "../cmd/gopasst").CombinedOutput()
+	version := "test"
+	if v, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
+		version = strings.TrimSpace(string(v))
+	}
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst").CombinedOutput()
 	if err != nil {
 		os.Stderr.Write(out)
 		panic(err)
