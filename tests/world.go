@@ -92,23 +92,8 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 		w.HostVia = o.HostVia
 	}
 	w.Sock = filepath.Join(w.Dir, "gopasst.socket")
-	w.Host = newNetns(t, "gph")
+	w.Host = newHost(t, o)
 	h := w.Host
-	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
-	h.Run(t, "ip", "addr", "add", hostAddr+"/"+hostPrefix, "dev", "uplink")
-	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
-	h.Run(t, "ip", "link", "set", "uplink", "up")
-	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
-	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
-	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
-	if !o.NoPing {
-		h.Sysctl(t, "net.ipv4.ping_group_range", "0 2147483647")
-	}
-	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nsearch example.test lab.example\n")
-
-	if o.BeforeStart != nil {
-		o.BeforeStart(h)
-	}
 	argv := append([]string{gopasstBin, "-f", "-s", "{sock}"}, o.Args...)
 	if o.Backend != nil {
 		argv = append([]string(nil), o.Backend...)
@@ -168,6 +153,29 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 		w.DHCP(t)
 	}
 	return w
+}
+
+// newHost makes the host namespace: the template interface with IPv4 and
+// IPv6 default routes, ping sockets allowed (unless o.NoPing), a loopback
+// resolver in resolv.conf, then o.BeforeStart.
+func newHost(t testing.TB, o WorldOpts) *Netns {
+	t.Helper()
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/"+hostPrefix, "dev", "uplink")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
+	if !o.NoPing {
+		h.Sysctl(t, "net.ipv4.ping_group_range", "0 2147483647")
+	}
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nsearch example.test lab.example\n")
+	if o.BeforeStart != nil {
+		o.BeforeStart(h)
+	}
+	return h
 }
 
 // udhcpcScript configures the interface from a lease and records the

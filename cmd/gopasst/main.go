@@ -71,6 +71,9 @@ type Options struct {
 }
 
 func main() {
+	if js := os.Getenv(envNSChild); js != "" {
+		os.Exit(nsChild(js))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -82,6 +85,9 @@ func fail(stderr io.Writer, format string, args ...any) int {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "ctl" {
 		return runCtl(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "ns" {
+		return runNS(args[1:], stdout, stderr)
 	}
 	var o Options
 	if done, code := parseArgs(&o, "gopasst", "User-mode networking for virtual machines, compatible with passt.",

@@ -61,6 +61,33 @@ func (r *Reader) Fill(fd int) (int, error) {
 	}
 }
 
+// FillPacket reads one frame from a packet device (a tap), which hands
+// over whole frames without a length prefix, and stores it with one, so
+// Next serves both transports. It returns the frame's size, and
+// unix.EAGAIN as is.
+func (r *Reader) FillPacket(fd int) (int, error) {
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+	} else if len(r.buf)-r.end < MaxFrame+LenSize {
+		r.end = copy(r.buf, r.buf[r.start:r.end])
+		r.start = 0
+	}
+	for {
+		n, err := unix.Read(fd, r.buf[r.end+LenSize:r.end+LenSize+MaxFrame])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n > 0 {
+			PutLen(r.buf[r.end:], n)
+			r.end += LenSize + n
+		}
+		return n, nil
+	}
+}
+
 // Next returns the next complete frame, or nil when more bytes are needed.
 // The slice is valid until the next call to Fill.
 func (r *Reader) Next() ([]byte, error) {
@@ -133,6 +160,26 @@ func (w *Writer) Flush(fd int) error {
 			return err
 		}
 		w.head += n
+	}
+	w.head, w.tail = 0, 0
+	return nil
+}
+
+// FlushPackets writes queued frames to a packet device (a tap), one
+// write each and without their length prefixes, until done or the device
+// would block (unix.EAGAIN, the rest still queued). A frame the device
+// refuses is dropped, as a NIC drops what it cannot send.
+func (w *Writer) FlushPackets(fd int) error {
+	for w.head < w.tail {
+		n := int(binary.BigEndian.Uint32(w.buf[w.head:]))
+		_, err := unix.Write(fd, w.buf[w.head+LenSize:w.head+LenSize+n])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return err
+		}
+		w.head += LenSize + n
 	}
 	w.head, w.tail = 0, 0
 	return nil

@@ -120,3 +120,50 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// TestPacketTransport: frames from a packet device (here a SEQPACKET pair,
+// one frame per call like a tap) come out of Next like stream frames, and
+// queued frames go out one per write without their prefixes.
+func TestPacketTransport(t *testing.T) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	frames := [][]byte{[]byte("first frame"), bytes.Repeat([]byte{7}, 1500), {1}}
+	for _, f := range frames {
+		unix.Write(pair[1], f)
+	}
+	r := NewReader(0)
+	for _, want := range frames {
+		if n, err := r.FillPacket(pair[0]); err != nil || n != len(want) {
+			t.Fatalf("FillPacket: %d, %v", n, err)
+		}
+		got, err := r.Next()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Next: % x, %v", got, err)
+		}
+	}
+	if _, err := r.FillPacket(pair[0]); err != unix.EAGAIN {
+		t.Fatalf("empty device: %v", err)
+	}
+
+	w := NewWriter(0)
+	for _, f := range frames {
+		b := w.Reserve(LenSize + len(f))
+		PutLen(b, len(f))
+		copy(b[LenSize:], f)
+		w.Commit(LenSize + len(f))
+	}
+	if err := w.FlushPackets(pair[0]); err != nil || w.Pending() != 0 {
+		t.Fatalf("FlushPackets: %v, %d pending", err, w.Pending())
+	}
+	buf := make([]byte, 2048)
+	for _, want := range frames {
+		n, err := unix.Read(pair[1], buf)
+		if err != nil || !bytes.Equal(buf[:n], want) {
+			t.Fatalf("device got % x, %v", buf[:n], err)
+		}
+	}
+}

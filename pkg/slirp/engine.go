@@ -58,6 +58,9 @@ type Engine struct {
 
 	rd *qemusock.Reader
 	wr *qemusock.Writer
+	// packets is set when the guest is a tap device (AttachTap): frames
+	// come and go one per read or write, without length prefixes.
+	packets bool
 	// tapBlocked is set while the output queue waits for the socket to
 	// drain; flows that had data to send wait in tcp.tapWaiters.
 	tapBlocked bool
@@ -89,7 +92,8 @@ type Engine struct {
 
 var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
-// New creates an engine that accepts clients on the listening socket lfd.
+// New creates an engine that accepts clients on the listening socket lfd,
+// or, with lfd < 0, one that serves the tap given to AttachTap.
 func New(cfg Config, lfd int) (*Engine, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultMTU
@@ -133,10 +137,21 @@ func New(cfg Config, lfd int) (*Engine, error) {
 	if err := e.epollAdd(stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
 		return nil, err
 	}
+	if lfd < 0 {
+		return e, nil
+	}
 	if err := e.epollAdd(lfd, unix.EPOLLIN, kindListen, 0); err != nil {
 		return nil, err
 	}
 	return e, nil
+}
+
+// AttachTap makes the tap device fd (non-blocking, without packet
+// information) the guest, for a program given its own network namespace.
+// Call it before Run.
+func (e *Engine) AttachTap(fd int) error {
+	e.packets = true
+	return e.attach(fd)
 }
 
 // Call runs fn on the engine's goroutine and waits for it: the control
@@ -264,16 +279,21 @@ func (e *Engine) acceptClient() {
 		unix.Close(fd)
 		return
 	}
+	if err := e.attach(fd); err != nil {
+		e.logf("%v", err)
+	}
+	e.logf("client connected")
+}
+
+// attach makes fd the guest's link.
+func (e *Engine) attach(fd int) error {
 	e.tapFd = fd
 	e.rd.Reset()
 	e.wr.Reset()
 	e.tapBlocked = false
 	e.nextRA = e.now // a new guest hears from its router at once
 	e.Stats.Clients++
-	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0); err != nil {
-		e.logf("%v", err)
-	}
-	e.logf("client connected")
+	return e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0)
 }
 
 // closeClient forgets the guest and every flow it had: a new client is a
@@ -302,7 +322,13 @@ func (e *Engine) tapEvent(events uint32) bool {
 	}
 	// Read a bounded number of times so host sockets get their turn.
 	for i := 0; i < 8; i++ {
-		n, err := e.rd.Fill(e.tapFd)
+		var n int
+		var err error
+		if e.packets {
+			n, err = e.rd.FillPacket(e.tapFd)
+		} else {
+			n, err = e.rd.Fill(e.tapFd)
+		}
 		if err == unix.EAGAIN {
 			break
 		}
@@ -335,7 +361,12 @@ func (e *Engine) tapEvent(events uint32) bool {
 // more, until the socket would block or nobody waits.
 func (e *Engine) flush() {
 	for e.tapFd >= 0 && e.wr.Pending() > 0 {
-		err := e.wr.Flush(e.tapFd)
+		var err error
+		if e.packets {
+			err = e.wr.FlushPackets(e.tapFd)
+		} else {
+			err = e.wr.Flush(e.tapFd)
+		}
 		if err == unix.EAGAIN {
 			if !e.tapBlocked {
 				e.tapBlocked = true

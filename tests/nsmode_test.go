@@ -1,0 +1,93 @@
+package tests
+
+import (
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// "gopasst ns" gives a program a network stack of its own: run as root
+// and as nobody (then in a user namespace of its own), the program sees
+// only loopback and tap0, configured like a guest, reaches the host's
+// services through the gateway over IPv4 and IPv6, resolves names through
+// the resolv.conf gopasst gives it, is reached through a forward, and its
+// exit status is gopasst's.
+func TestNamespaceMode(t *testing.T) {
+	needRoot(t)
+	needBusybox(t)
+	for _, user := range []string{"root", "nobody"} {
+		t.Run(user, func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			w := &World{Host: h}
+			startDNS(t, w, "ns.gopasst.example", [4]byte{203, 0, 113, 5})
+			echo := func(l net.Listener) {
+				acceptLoop(l, func(c net.Conn) { io.Copy(c, c); c.Close() })
+			}
+			l4 := h.Listen(t, "tcp", "127.0.0.1:0")
+			l6 := h.Listen(t, "tcp", "[::1]:0")
+			echo(l4)
+			echo(l6)
+			script := `
+busybox ip -4 addr show tap0 | sed 's/^/ADDR /'
+busybox ip link | grep -c '^[0-9]' | sed 's/^/LINKS /'
+echo hello | busybox nc ` + hostGW + ` ` + port(l4.Addr()) + ` | sed 's/^/ECHO /'
+busybox nslookup ns.gopasst.example | sed 's/^/DNS /'
+echo fwd-ok | busybox nc -l -p 8090 &
+for i in $(seq 50); do busybox ip -6 addr show tap0 | grep -q 'scope global' && break; sleep 0.2; done
+sleep 2 # duplicate address detection
+echo hello6 | busybox nc ` + host6GW + ` ` + port(l6.Addr()) + ` | sed 's/^/ECHO6 /'
+wait
+exit 7
+`
+			argv := []string{gopasstBin, "ns", "-t", "18090:8090", "--", "busybox", "sh", "-c", script}
+			if user == "nobody" {
+				// nobody must reach the binary the tests built.
+				for d := filepath.Dir(gopasstBin); d != "/"; d = filepath.Dir(d) {
+					os.Chmod(d, 0o755)
+				}
+				argv = append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, argv...)
+			}
+			cmd := h.Cmd(argv[0], argv[1:]...)
+			out := &syncBuffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// The program serves one connection on its port 8090.
+			var fwd string
+			waitLong(t, "the forward into the namespace", 20*time.Second, func() bool {
+				c, err := h.Dial("tcp", "127.0.0.1:18090", time.Second)
+				if err != nil {
+					return false
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				b, _ := io.ReadAll(c)
+				fwd = strings.TrimSpace(string(b))
+				return fwd != ""
+			})
+			err := cmd.Wait()
+			got := out.String()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+				t.Errorf("gopasst ns exited with %v, want the program's status 7", err)
+			}
+			for _, want := range []string{"ADDR     inet " + hostAddr + "/" + hostPrefix, "LINKS 2", "ECHO hello",
+				"Address: 203.0.113.5", "ECHO6 hello6"} {
+				if !strings.Contains(got, want) {
+					t.Errorf("program output lacks %q", want)
+				}
+			}
+			if fwd != "fwd-ok" {
+				t.Errorf("forward into the namespace answered %q", fwd)
+			}
+			if t.Failed() {
+				t.Logf("program output:\n%s", got)
+			}
+		})
+	}
+}
