@@ -86,20 +86,18 @@ func TestForwardRanges(t *testing.T) {
 // original sender.
 func TestForwardUDP(t *testing.T) {
 	w := newWorld(t, WorldOpts{Args: []string{"-u", "15353:5353"}})
-	srv := w.Guest.ListenPacket(t, "udp", ":5353")
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo(append([]byte("guest:"), buf[:n]...), from)
-		}
-	}()
-	for _, sender := range []string{"127.0.0.1:0", "[::1]:0"} {
+	checkUDPForward(t, w, "127.0.0.1:0", "[::1]:0")
+}
+
+// checkUDPForward runs an echo server on guest port 5353 and checks that a
+// datagram from each sender address on the host, sent to host port 15353,
+// comes back echoed from the address it was sent to.
+func checkUDPForward(t *testing.T, w *World, senders ...string) {
+	t.Helper()
+	echoPackets(w.Guest.ListenPacket(t, "udp", ":5353"), "guest:")
+	for _, sender := range senders {
 		c := w.Host.ListenPacket(t, "udp", sender)
-		dst, _ := net.ResolveUDPAddr("udp", strings.Replace(strings.Replace(sender, ":0", ":15353", 1), "[::1]", "[::1]", 1))
+		dst, _ := net.ResolveUDPAddr("udp", strings.Replace(sender, ":0", ":15353", 1))
 		buf := make([]byte, 2048)
 		ok := false
 		for try := 0; try < 3 && !ok; try++ {

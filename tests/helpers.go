@@ -117,3 +117,18 @@ func acceptLoop(l net.Listener, handle func(net.Conn)) {
 		}
 	}()
 }
+
+// echoPackets answers every datagram pc receives with prefix and the
+// datagram, until pc is closed.
+func echoPackets(pc net.PacketConn, prefix string) {
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+		}
+	}()
+}

@@ -281,33 +281,7 @@ func TestForward6(t *testing.T) {
 			t.Errorf("%s: guest said %q", host, got)
 		}
 	}
-	pc := w.Guest.ListenPacket(t, "udp", "[::]:5353")
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("echo "), buf[:n]...), from)
-		}
-	}()
-	hc := w.Host.ListenPacket(t, "udp", "[::1]:0")
-	dst := &net.UDPAddr{IP: net.IPv6loopback, Port: 15353}
-	buf := make([]byte, 1500)
-	for try := 0; ; try++ {
-		hc.WriteTo([]byte("six"), dst)
-		hc.SetReadDeadline(time.Now().Add(time.Second))
-		if n, from, err := hc.ReadFrom(buf); err == nil {
-			if string(buf[:n]) != "echo six" || from.String() != dst.String() {
-				t.Fatalf("UDP reply %q from %v", buf[:n], from)
-			}
-			break
-		}
-		if try == 5 {
-			t.Fatal("no UDP reply from the guest over IPv6")
-		}
-	}
+	checkUDPForward(t, w, "[::1]:0")
 }
 
 // TestUnreachable: when the host cannot reach a destination, the guest

@@ -18,16 +18,7 @@ func TestUDPEcho(t *testing.T) {
 // the guest, sending through gateway, gets every datagram back from there.
 func udpEcho(t *testing.T, w *World, listen, gateway string) {
 	srv := w.Host.ListenPacket(t, "udp", listen)
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo(buf[:n], from)
-		}
-	}()
+	echoPackets(srv, "")
 	target := net.JoinHostPort(gateway, port(srv.LocalAddr()))
 	var c net.PacketConn
 	w.Guest.Do(t, func() {

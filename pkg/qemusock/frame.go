@@ -42,23 +42,10 @@ func NewReader(size int) *Reader {
 // Fill reads once from fd. It returns the number of bytes read; 0 with a nil
 // error means end of stream. unix.EAGAIN is returned as is.
 func (r *Reader) Fill(fd int) (int, error) {
-	if r.start == r.end {
-		r.start, r.end = 0, 0
-	} else if len(r.buf)-r.end < MaxFrame+LenSize {
-		r.end = copy(r.buf, r.buf[r.start:r.end])
-		r.start = 0
-	}
-	for {
-		n, err := unix.Read(fd, r.buf[r.end:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		r.end += n
-		return n, nil
-	}
+	r.makeRoom()
+	n, err := read(fd, r.buf[r.end:])
+	r.end += n
+	return n, err
 }
 
 // FillPacket reads one frame from a packet device (a tap), which hands
@@ -66,23 +53,35 @@ func (r *Reader) Fill(fd int) (int, error) {
 // Next serves both transports. It returns the frame's size, and
 // unix.EAGAIN as is.
 func (r *Reader) FillPacket(fd int) (int, error) {
+	r.makeRoom()
+	n, err := read(fd, r.buf[r.end+LenSize:r.end+LenSize+MaxFrame])
+	if n > 0 {
+		PutLen(r.buf[r.end:], n)
+		r.end += LenSize + n
+	}
+	return n, err
+}
+
+// makeRoom moves buffered bytes to the front when a maximum-size frame
+// with its prefix would not fit after them.
+func (r *Reader) makeRoom() {
 	if r.start == r.end {
 		r.start, r.end = 0, 0
 	} else if len(r.buf)-r.end < MaxFrame+LenSize {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.start = 0
 	}
+}
+
+// read is unix.Read retried on EINTR, with n = 0 on error.
+func read(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Read(fd, r.buf[r.end+LenSize:r.end+LenSize+MaxFrame])
+		n, err := unix.Read(fd, p)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return 0, err
-		}
-		if n > 0 {
-			PutLen(r.buf[r.end:], n)
-			r.end += LenSize + n
 		}
 		return n, nil
 	}

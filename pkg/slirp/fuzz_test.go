@@ -62,23 +62,14 @@ func (te *testEngine) output(t testing.TB) [][]byte {
 	var frames [][]byte
 	for te.wr.Pending() > 0 {
 		te.flush()
-		for {
-			if n, err := te.rd.Fill(te.guest); err != nil || n == 0 {
-				break
+		err := drainFrames(te.rd, te.guest, func(f []byte) {
+			if err := checkFrame(f); err != nil {
+				t.Fatalf("engine sent a bad frame: %v\n% x", err, f)
 			}
-			for {
-				f, err := te.rd.Next()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if f == nil {
-					break
-				}
-				if err := checkFrame(f); err != nil {
-					t.Fatalf("engine sent a bad frame: %v\n% x", err, f)
-				}
-				frames = append(frames, append([]byte(nil), f...))
-			}
+			frames = append(frames, append([]byte(nil), f...))
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 	return frames

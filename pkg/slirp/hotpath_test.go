@@ -113,23 +113,34 @@ func (h *hotPath) send(b []byte) {
 	}
 }
 
-// readFrames drains what the engine sent to the guest.
+// readFrames drains what the engine sent to the guest and hands fn its
+// TCP segments.
 func (h *hotPath) readFrames(fn func(header.TCP)) {
+	if err := drainFrames(h.rd, h.guest, func(f []byte) {
+		if len(f) > 34 && f[12] == 8 && f[13] == 0 && f[23] == header.ProtoTCP {
+			fn(header.TCP(f[34:]))
+		}
+	}); err != nil {
+		panic(err)
+	}
+}
+
+// drainFrames reads from the guest's end of the socket until it would
+// block, calling fn with each frame (valid until fn returns).
+func drainFrames(rd *qemusock.Reader, fd int, fn func([]byte)) error {
 	for {
-		if n, err := h.rd.Fill(h.guest); err != nil || n == 0 {
-			return
+		if n, err := rd.Fill(fd); err != nil || n == 0 {
+			return nil
 		}
 		for {
-			f, err := h.rd.Next()
+			f, err := rd.Next()
 			if err != nil {
-				panic(err)
+				return err
 			}
 			if f == nil {
 				break
 			}
-			if len(f) > 34 && f[12] == 8 && f[13] == 0 && f[23] == header.ProtoTCP {
-				fn(header.TCP(f[34:]))
-			}
+			fn(f)
 		}
 	}
 }
