@@ -115,7 +115,7 @@ func ifaceAddr(name string, keep func(netip.Addr) bool) netip.Prefix {
 }
 
 func isGlobal6(a netip.Addr) bool {
-	return a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && !a.IsLinkLocalUnicast()
+	return a.Is6() && !a.Is4In6() && a.IsGlobalUnicast()
 }
 
 // resolvConf holds the parts of resolv.conf gopasst uses.

@@ -121,7 +121,7 @@ func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
 // inbound connections go there, since the guest may have picked an
 // address by SLAAC rather than take ours by DHCPv6.
 func (e *Engine) seen6(src netip.Addr) {
-	if src.IsGlobalUnicast() && !src.IsLinkLocalUnicast() {
+	if src.IsGlobalUnicast() { // link-local is not global
 		e.addrSeen6 = src
 	}
 }
