@@ -353,6 +353,7 @@ func (e *Engine) tapEvent(events uint32) bool {
 			e.tapInput(frame)
 		}
 		e.tcpFlushAcks()
+		e.udpFlush()
 	}
 	return false
 }

@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"unsafe"
 
@@ -156,4 +157,41 @@ func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
 		c = c[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(c)):]
 	}
 	return int(n), dst, ee, nil
+}
+
+// mmsghdr is the kernel's struct mmsghdr (x/sys has no type for it).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// sendmmsg sends msgs with one system call and returns how many went.
+func sendmmsg(fd int, msgs []mmsghdr) (int, error) {
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
+			uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}
+
+// putRawSockaddr writes ap as a kernel sockaddr of its family into sa and
+// returns it for a msghdr, without allocating.
+func putRawSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) (*byte, uint32) {
+	port := ap.Port()
+	if ap.Addr().Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], port)
+		return (*byte)(unsafe.Pointer(sa4)), unix.SizeofSockaddrInet4
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+	return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet6
 }

@@ -30,6 +30,21 @@ type udpTable struct {
 	flowTable[netip.AddrPort, udpFlow]
 	errBuf [header.UDPLen + 1280]byte // an error's quoted datagram
 	oob    [256]byte                  // its control message
+	out    udpSendBatch
+}
+
+// udpBatchMax is how many datagrams one sendmmsg carries.
+const udpBatchMax = 64
+
+// udpSendBatch gathers consecutive guest datagrams of one flow, still in
+// the input buffer, for one sendmmsg: a burst of small datagrams costs one
+// system call instead of one each.
+type udpSendBatch struct {
+	flow  *udpFlow
+	n     int
+	msgs  [udpBatchMax]mmsghdr
+	iovs  [udpBatchMax]unix.Iovec
+	addrs [udpBatchMax]unix.RawSockaddrInet6 // either family fits
 }
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
@@ -54,9 +69,42 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	if !to.IsValid() {
 		to = netip.AddrPortFrom(e.mapToHost(dst), u.DstPort())
 	}
-	if err := unix.Sendto(f.fd, u.Payload(), 0, e.setSA(to)); err != nil {
-		e.debugf("UDP %v -> %v: %v", guest, to, err)
+	e.udpQueue(f, to, u.Payload())
+}
+
+// udpQueue adds a datagram for to to the flow's batch.
+func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
+	b := &e.udp.out
+	if b.flow != f {
+		e.udpFlush()
+		b.flow = f
 	}
+	i := b.n
+	b.n++
+	b.iovs[i] = unix.Iovec{Len: uint64(len(payload))}
+	if len(payload) > 0 {
+		b.iovs[i].Base = &payload[0]
+	}
+	b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Iov: &b.iovs[i], Iovlen: 1}}
+	b.msgs[i].hdr.Name, b.msgs[i].hdr.Namelen = putRawSockaddr(&b.addrs[i], to)
+	if b.n == udpBatchMax {
+		e.udpFlush()
+	}
+}
+
+// udpFlush sends the batched datagrams. UDP may drop: a datagram the
+// kernel refuses is skipped, and the rest still go.
+func (e *Engine) udpFlush() {
+	b := &e.udp.out
+	for sent := 0; sent < b.n; {
+		n, err := sendmmsg(b.flow.fd, b.msgs[sent:b.n])
+		if err != nil {
+			e.debugf("UDP %v: send: %v", b.flow.guest, err)
+			n = 1
+		}
+		sent += n
+	}
+	b.flow, b.n = nil, 0
 }
 
 // udpOpen creates the host socket for a guest source. It keeps the guest's
@@ -174,6 +222,9 @@ func (e *Engine) udpExpire() {
 }
 
 func (e *Engine) udpClose(f *udpFlow) {
+	if e.udp.out.flow == f {
+		e.udpFlush()
+	}
 	unix.Close(f.fd)
 	e.udp.remove(f.idx, f.guest)
 }
