@@ -747,13 +747,11 @@ func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0))
 }
 
-// tcpConnectFailed ends a flow whose host connect() failed with err.
+// tcpConnectFailed ends a flow whose host connect() failed with err: with
+// an ICMP error where err has one, else with a reset.
 func (e *Engine) tcpConnectFailed(f *tcpFlow, err error) {
 	e.debugf("TCP %v: connect failed: %v", f.key.remote, err)
-	if !e.tcpUnreachable(f.key, f.rcvNxt-1, err) {
-		e.tcpSendFlags(f, header.TCPRst|header.TCPAck)
-	}
-	e.tcpClose(f, false, false)
+	e.tcpClose(f, !e.tcpUnreachable(f.key, f.rcvNxt-1, err), false)
 }
 
 // tcpUnreachable sends the guest the ICMP error that matches a failed
