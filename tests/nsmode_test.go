@@ -15,8 +15,8 @@ import (
 // and as nobody (then in a user namespace of its own), the program sees
 // only loopback and tap0, configured like a guest, reaches the host's
 // services through the gateway over IPv4 and IPv6, resolves names through
-// the resolv.conf gopasst gives it, is reached through a forward, and its
-// exit status is gopasst's.
+// the resolv.conf gopasst gives it, is reached through a forward that the
+// control socket lists, and its exit status is gopasst's.
 func TestNamespaceMode(t *testing.T) {
 	needRoot(t)
 	needBusybox(t)
@@ -44,7 +44,11 @@ echo hello6 | busybox nc ` + host6GW + ` ` + port(l6.Addr()) + ` | sed 's/^/ECHO
 wait
 exit 7
 `
-			argv := []string{gopasstBin, "ns", "-t", "18090:8090", "--", "busybox", "sh", "-c", script}
+			ctl := filepath.Join(t.TempDir(), "ctl")
+			// nobody makes the control socket here.
+			os.Chmod(filepath.Dir(filepath.Dir(ctl)), 0o755)
+			os.Chmod(filepath.Dir(ctl), 0o777)
+			argv := []string{gopasstBin, "ns", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
 			if user == "nobody" {
 				// nobody must reach the binary the tests built.
 				for d := filepath.Dir(gopasstBin); d != "/"; d = filepath.Dir(d) {
@@ -71,6 +75,7 @@ exit 7
 				fwd = strings.TrimSpace(string(b))
 				return fwd != ""
 			})
+			list, _ := h.Cmd(gopasstBin, "ctl", ctl, "list").CombinedOutput()
 			err := cmd.Wait()
 			got := out.String()
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
@@ -81,6 +86,9 @@ exit 7
 				if !strings.Contains(got, want) {
 					t.Errorf("program output lacks %q", want)
 				}
+			}
+			if !strings.Contains(string(list), "tcp 18090 -> guest port 8090") {
+				t.Errorf("gopasst ctl list during the program: %q", list)
 			}
 			if fwd != "fwd-ok" {
 				t.Errorf("forward into the namespace answered %q", fwd)

@@ -191,25 +191,11 @@ func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, s
 	if o.PidFile != "" {
 		defer os.Remove(o.PidFile)
 	}
-	cfg.Debug = o.Debug || o.Trace
-	cfg.Trace = o.Trace
-	cfg.Log = logger
-	eng, err := slirp.New(cfg.Config, lfd)
+	eng, cleanup, err := startEngine(o, cfg, lfd, logger)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
-	if err := addForwards(eng, &fwds); err != nil {
-		return fail(stderr, "%v", err)
-	}
-	if o.Control != "" {
-		l, err := listenControl(o.Control)
-		if err != nil {
-			return fail(stderr, "%v", err)
-		}
-		defer os.Remove(o.Control)
-		go serveControl(l, eng)
-	}
+	defer cleanup()
 	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
 	if cfg.Addr4.IsValid() {
 		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)
@@ -233,6 +219,32 @@ func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, s
 		return 1
 	}
 	return 0
+}
+
+// startEngine creates the engine for cfg (on listening socket lfd, or
+// none) with o's logging, forwards and control socket, for the daemon and
+// for namespace mode alike. cleanup removes the control socket.
+func startEngine(o *Options, cfg netSetup, lfd int, logger *log.Logger) (*slirp.Engine, func(), error) {
+	cfg.Debug = o.Debug || o.Trace
+	cfg.Trace = o.Trace
+	cfg.Log = logger
+	eng, err := slirp.New(cfg.Config, lfd)
+	if err != nil {
+		return nil, nil, err
+	}
+	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
+	if err := addForwards(eng, &fwds); err != nil {
+		return nil, nil, err
+	}
+	if o.Control == "" {
+		return eng, func() {}, nil
+	}
+	l, err := listenControl(o.Control)
+	if err != nil {
+		return nil, nil, err
+	}
+	go serveControl(l, eng)
+	return eng, func() { os.Remove(o.Control) }, nil
 }
 
 // openLog picks where messages go: the bounded log file, standard error in

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/netip"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/gopasst/gopasst/pkg/logfile"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
@@ -135,27 +133,19 @@ func startNSChild(setup nsSetup, command []string) (*exec.Cmd, int, error) {
 // serveNS runs the engine on the tap until the command exits, and returns
 // its exit status.
 func serveNS(o *Options, cfg netSetup, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
-	var out io.Writer = io.Discard // the command owns the terminal
-	if o.Debug || o.Trace {
-		out = stderr
-	}
-	if o.LogFile != "" {
-		f, err := logfile.Open(o.LogFile, o.LogSize, "gopasst "+version+" log")
-		if err != nil {
-			cmd.Process.Kill()
-			return fail(stderr, "--log-file: %v", err)
+	// The command owns the terminal: log to --log-file, or to stderr
+	// only with --debug.
+	lo := *o
+	lo.Foreground, lo.Quiet = true, !(o.Debug || o.Trace)
+	logger, closeLog, err := openLog(&lo, stderr)
+	var eng *slirp.Engine
+	if err == nil {
+		defer closeLog()
+		var cleanup func()
+		if eng, cleanup, err = startEngine(o, cfg, -1, logger); err == nil {
+			defer cleanup()
+			err = eng.AttachTap(tapFd)
 		}
-		defer f.Close()
-		out = f
-	}
-	cfg.Log = log.New(out, "", log.LstdFlags|log.Lmicroseconds)
-	cfg.Debug, cfg.Trace = o.Debug || o.Trace, o.Trace
-	eng, err := slirp.New(cfg.Config, -1)
-	if err == nil {
-		err = eng.AttachTap(tapFd)
-	}
-	if err == nil {
-		err = addForwards(eng, &ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd})
 	}
 	if err != nil {
 		cmd.Process.Kill()
