@@ -331,7 +331,7 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 	if err != nil {
 		return -1, false, err
 	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	e.tcp.hostSockOpts(fd)
 	err = unix.Connect(fd, e.setSA(dst))
 	if err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)

@@ -3,6 +3,9 @@ package slirp
 import (
 	"encoding/binary"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -103,6 +106,39 @@ func sendRoom(fd int) int {
 		return 0
 	}
 	return int(m[skMemSndbuf]) - int(max(m[skMemWmemQueued], m[skMemWmemAlloc]))
+}
+
+// fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max
+// when the kernel's doubling of it beats the autotuning limit (the third
+// field of net.ipv4.tcp_wmem), else 0. Setting SO_SNDBUF turns autotuning
+// off, so a smaller fixed buffer would only hurt.
+func fixedSndbuf() int {
+	limit, err := readSysctl("net/core/wmem_max")
+	if err != nil || len(limit) != 1 {
+		return 0
+	}
+	auto, err := readSysctl("net/ipv4/tcp_wmem")
+	if err != nil || len(auto) != 3 || 2*limit[0] <= auto[2] {
+		return 0
+	}
+	return limit[0]
+}
+
+// readSysctl reads the integers of a file under /proc/sys.
+func readSysctl(name string) ([]int, error) {
+	data, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return nil, err
+	}
+	var v []int
+	for _, f := range strings.Fields(string(data)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, err
+		}
+		v = append(v, n)
+	}
+	return v, nil
 }
 
 func sockError(fd int) error {
