@@ -1,6 +1,9 @@
 package header
 
-import "testing"
+import (
+	"math/bits"
+	"testing"
+)
 
 // The views must never panic on input that passed their IsValid check.
 
@@ -64,6 +67,22 @@ func FuzzARP(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if a := ARP(b); a.IsValid() {
 			_, _, _ = a.Op(), a.SenderIP(), a.TargetIP()
+		}
+	})
+}
+
+// FuzzChecksum holds the vector and portable sums to the textbook loop,
+// at every length and alignment the fuzzer finds.
+func FuzzChecksum(f *testing.F) {
+	f.Add(make([]byte, 200), uint8(1))
+	f.Add([]byte{0xff, 0xff, 0xff}, uint8(0))
+	f.Fuzz(func(t *testing.T, b []byte, off uint8) {
+		b = b[min(int(off), len(b)):]
+		if got, want := Fold(Checksum(b, 0)), refChecksum(b); got != want {
+			t.Fatalf("len %d: %#04x, want %#04x", len(b), got, want)
+		}
+		if got, want := ^fold16(sumLEGeneric(b)), bits.ReverseBytes16(refChecksum(b)); got != want {
+			t.Fatalf("portable sum, len %d: %#04x, want %#04x", len(b), got, want)
 		}
 	})
 }

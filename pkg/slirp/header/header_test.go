@@ -2,19 +2,20 @@ package header
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 	"testing"
 )
 
 // refChecksum is the textbook RFC 1071 loop, the oracle for Checksum.
 func refChecksum(b []byte) uint16 {
-	var sum uint32
+	var sum uint64
 	for len(b) >= 2 {
-		sum += uint32(binary.BigEndian.Uint16(b))
+		sum += uint64(binary.BigEndian.Uint16(b))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
+		sum += uint64(b[0]) << 8
 	}
 	for sum > 0xffff {
 		sum = sum>>16 + sum&0xffff
@@ -38,6 +39,34 @@ func TestChecksumMatchesReference(t *testing.T) {
 	}
 	if got, want := Fold(Checksum(all, 0)), refChecksum(all); got != want {
 		t.Fatalf("all ones: %#04x, want %#04x", got, want)
+	}
+}
+
+// TestChecksumLarge covers the vector path's chunking and lane limits:
+// all-ones words are the worst case for overflow, and odd lengths and
+// offsets leave tails for the portable loop.
+func TestChecksumLarge(t *testing.T) {
+	b := make([]byte, 3<<20+77)
+	for i := range b {
+		b[i] = 0xff
+	}
+	for _, n := range []int{63, 64, 65, 127, 1 << 20, 1<<20 + 64, 1<<20 + 1, 3 << 20, len(b)} {
+		for _, off := range []int{0, 1} {
+			if got, want := Fold(Checksum(b[off:n], 0)), refChecksum(b[off:n]); got != want {
+				t.Fatalf("all ones, [%d:%d]: %#04x, want %#04x", off, n, got, want)
+			}
+		}
+	}
+	for i := range b {
+		b[i] = byte(i*131 + i>>9)
+	}
+	for _, n := range []int{1<<20 - 1, 1<<20 + 3, 2<<20 + 640, len(b)} {
+		if got, want := Fold(Checksum(b[:n], 0)), refChecksum(b[:n]); got != want {
+			t.Fatalf("len %d: %#04x, want %#04x", n, got, want)
+		}
+		if got, want := ^fold16(sumLEGeneric(b[:n])), bits.ReverseBytes16(refChecksum(b[:n])); got != want {
+			t.Fatalf("portable sum, len %d: %#04x, want %#04x", n, got, want)
+		}
 	}
 }
 
