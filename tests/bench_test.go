@@ -152,6 +152,10 @@ func benchOne(t *testing.T, w *World, full bool) map[string]float64 {
 		cpu0 := procCPU(pid)
 		res := iperf(t, w, append([]string{"-t", "4"}, dir.args...)...)
 		m[dir.name] = res.End.SumReceived.BitsPerSecond / 1e9
+		// A backend that refuses data it has let the guest send costs the
+		// sender retransmissions, which show here before they show as
+		// a slow round.
+		m[strings.Replace(dir.name, "Gbit/s", "retransmits", 1)] = res.End.SumSent.Retransmits
 		if gb := res.End.SumReceived.Bytes / 1e9; gb > 0 {
 			m["CPU s/GB "+strings.Fields(dir.name)[1]] = (procCPU(pid) - cpu0) / gb
 		}
@@ -170,6 +174,9 @@ func benchOne(t *testing.T, w *World, full bool) map[string]float64 {
 
 type iperfResult struct {
 	End struct {
+		SumSent struct {
+			Retransmits float64 `json:"retransmits"`
+		} `json:"sum_sent"`
 		SumReceived struct {
 			Bytes         float64 `json:"bytes"`
 			BitsPerSecond float64 `json:"bits_per_second"`
@@ -350,6 +357,22 @@ func writeBenchReport(t *testing.T, results map[string]map[string][]float64, bac
 	}
 	if len(missing) > 0 {
 		md.WriteString("\n" + strings.Join(missing, "\n") + "\n")
+	}
+	md.WriteString("\nEvery round of the throughput figures, in the order run, since one bad round can move a median:\n\n")
+	fmt.Fprintf(&md, "| metric | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
+	for _, m := range metrics {
+		if !strings.Contains(m, "Gbit/s") {
+			continue
+		}
+		fmt.Fprintf(&md, "| %s |", m)
+		for _, n := range names {
+			var r []string
+			for _, v := range results[n][m] {
+				r = append(r, fmt.Sprintf("%.3g", v))
+			}
+			fmt.Fprintf(&md, " %s |", strings.Join(r, ", "))
+		}
+		md.WriteString("\n")
 	}
 	md.WriteString("\n![chart](results.png)\n")
 	dir := filepath.Join("..", "bench")
