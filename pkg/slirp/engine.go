@@ -218,7 +218,11 @@ func (e *Engine) Run() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for {
-		if done, err := e.turn(int(tick / time.Millisecond)); done || err != nil {
+		timeout := int(tick / time.Millisecond)
+		if len(e.tcp.ackDelayed) > 0 {
+			timeout = int(tcpAckDelay / time.Millisecond)
+		}
+		if done, err := e.turn(timeout); done || err != nil {
 			return err
 		}
 	}
@@ -264,6 +268,9 @@ func (e *Engine) turn(timeout int) (bool, error) {
 		e.udpInExpire()
 		e.reapChildren()
 		e.raTimer()
+	}
+	if len(e.tcp.ackDelayed) > 0 {
+		e.tcpDelayedAcks()
 	}
 	e.flush()
 	return false, nil

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -258,5 +259,50 @@ func TestHostSendBuffer(t *testing.T) {
 	})
 	if flows != 1 {
 		t.Fatalf("%d flows, want 1", flows)
+	}
+}
+
+// TestSmallSegmentAck: the ACK of a small segment waits for the reply to
+// carry it, and goes out alone once the wait is over.
+func TestSmallSegmentAck(t *testing.T) {
+	conns := make(chan net.Conn, 1)
+	h := newHotPath(t, func(c net.Conn) { conns <- c })
+	srv := <-conns
+	h.e.tcp.ackDelay = int64(time.Hour) // no ACK leaves by the clock
+	h.readFrames(func(header.TCP) {})
+
+	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
+	h.seq++
+	h.e.turn(10)
+	var got []header.TCP
+	collect := func(s header.TCP) { got = append(got, append(header.TCP(nil), s...)) }
+	h.readFrames(collect)
+	if len(got) != 0 {
+		t.Fatalf("%d segments before the reply, want none (flags %#x)", len(got), got[0].Flags())
+	}
+	buf := make([]byte, 1)
+	if _, err := srv.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	srv.Write(buf)
+	for i := 0; i < 100 && len(got) == 0; i++ {
+		h.e.turn(10)
+		h.readFrames(collect)
+	}
+	if len(got) != 1 || len(got[0].Payload()) != 1 || got[0].Ack() != h.seq {
+		t.Fatalf("got %d segments, want one reply carrying ack %d", len(got), h.seq)
+	}
+	h.ack += 1
+
+	h.e.tcp.ackDelay = 0 // now due at once
+	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
+	h.seq++
+	got = got[:0]
+	for i := 0; i < 100 && len(got) == 0; i++ {
+		h.e.turn(10)
+		h.readFrames(collect)
+	}
+	if len(got) != 1 || len(got[0].Payload()) != 0 || got[0].Ack() != h.seq {
+		t.Fatalf("got %d segments, want a lone ACK of %d", len(got), h.seq)
 	}
 }

@@ -35,6 +35,7 @@ const (
 	tcpHostRdhup               // the host peer shut down its sending side
 	tcpSynSent                 // inbound: our SYN is out, waiting for the guest
 	tcpNotTCP                  // host end is a unix socket or a command's pipe
+	tcpAckDelayed              // queued in ackDelayed, hoping to ride on a reply
 )
 
 const (
@@ -47,6 +48,7 @@ const (
 	tcpFinTimeout = 60_000_000_000
 	tcpIdle       = 7200_000_000_000
 	tcpDefaultMSS = 536
+	tcpAckDelay   = 1_000_000 // how long a small segment's ACK may wait, ns
 )
 
 type tcpKey struct {
@@ -73,6 +75,7 @@ type tcpFlow struct {
 
 	ackSent uint32 // last acknowledgement number sent
 	wndSent uint16 // last raw window sent
+	ackDue  int64  // when a delayed ACK must go out
 	rtoAt   int64  // retransmission deadline, 0 when nothing is in flight
 	lastAct int64
 	created int64
@@ -81,6 +84,8 @@ type tcpFlow struct {
 type tcpTable struct {
 	flowTable[tcpKey, tcpFlow]
 	ackList    []int32 // flows owing the guest an ACK after this batch
+	ackDelayed []int32 // flows whose ACK waits for a reply to carry it
+	ackDelay   int64   // tcpAckDelay; tests make it long or zero
 	tapWaiters []int32 // flows waiting for room in the output queue
 	iov        [tcpMaxSegs + 1]unix.Iovec
 	w          tcpWriteBatch
@@ -102,6 +107,7 @@ func (t *tcpTable) init() {
 	t.flowTable.init()
 	t.isn = 0x9e3779b9
 	t.sndbuf = fixedSndbuf()
+	t.ackDelay = tcpAckDelay
 }
 
 // hostSockOpts prepares a host TCP socket. Segments go out as the guest
@@ -454,11 +460,53 @@ func (e *Engine) tcpFlushAcks() {
 			continue
 		}
 		f.flags &^= tcpAckPending
-		if wnd := e.tcpWindow(f); f.ackSent != f.rcvNxt || f.wndSent != wnd {
+		wnd := e.tcpWindow(f)
+		switch {
+		case f.ackSent == f.rcvNxt && f.wndSent == wnd:
+		case f.rcvNxt-f.ackSent < uint32(f.mss/2) && f.ackSent != f.rcvNxt && wnd != 0 &&
+			f.flags&(tcpGuestFin|tcpShortWrite) == 0:
+			e.tcpDelayAck(f)
+		default:
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
 		}
 	}
 	e.tcp.ackList = e.tcp.ackList[:0]
+}
+
+// tcpDelayAck holds back the ACK of less than half a segment of data: that
+// is usually a request, and the reply that follows within microseconds
+// carries the ACK, which saves the guest a frame per exchange. More is
+// likely bulk data, whose sender wants its ACK now.
+// The wait is short (tcpAckDelay) because a guest using Nagle's algorithm
+// holds its next small segment until this ACK arrives.
+func (e *Engine) tcpDelayAck(f *tcpFlow) {
+	if f.flags&tcpAckDelayed == 0 {
+		f.flags |= tcpAckDelayed
+		f.ackDue = e.now + e.tcp.ackDelay
+		e.tcp.ackDelayed = append(e.tcp.ackDelayed, f.idx)
+	}
+}
+
+// tcpDelayedAcks sends the delayed ACKs that are due and no reply has
+// carried.
+func (e *Engine) tcpDelayedAcks() {
+	keep := e.tcp.ackDelayed[:0]
+	for _, idx := range e.tcp.ackDelayed {
+		f := e.tcp.flows[idx]
+		if !e.tcp.used[idx] || f.flags&tcpAckDelayed == 0 {
+			continue
+		}
+		switch {
+		case f.ackSent == f.rcvNxt:
+		case e.now >= f.ackDue:
+			e.tcpSendFlags(f, header.TCPAck)
+		default:
+			keep = append(keep, idx)
+			continue
+		}
+		f.flags &^= tcpAckDelayed
+	}
+	e.tcp.ackDelayed = keep
 }
 
 // tcpWindow is the raw window field to advertise: the room left in the
