@@ -263,7 +263,8 @@ func TestHostSendBuffer(t *testing.T) {
 }
 
 // TestSmallSegmentAck: the ACK of a small segment waits for the reply to
-// carry it, and goes out alone once the wait is over.
+// carry it, and goes out alone once the wait is over; two full segments
+// are acknowledged at once.
 func TestSmallSegmentAck(t *testing.T) {
 	conns := make(chan net.Conn, 1)
 	h := newHotPath(t, func(c net.Conn) { conns <- c })
@@ -293,6 +294,19 @@ func TestSmallSegmentAck(t *testing.T) {
 		t.Fatalf("got %d segments, want one reply carrying ack %d", len(got), h.seq)
 	}
 	h.ack += 1
+
+	// Two full segments are acknowledged at once.
+	mss := h.e.tcp.flows[0].mss
+	for range 2 {
+		h.send(h.segment(header.TCPAck, mss))
+		h.seq += uint32(mss)
+	}
+	got = got[:0]
+	h.e.turn(10)
+	h.readFrames(collect)
+	if len(got) == 0 || got[len(got)-1].Ack() != h.seq {
+		t.Fatalf("got %d segments, want an ACK of %d for two full segments", len(got), h.seq)
+	}
 
 	h.e.tcp.ackDelay = 0 // now due at once
 	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
