@@ -47,7 +47,7 @@ fuzz:
 # bench compares gopasst with passt, slirp4netns and gvproxy on the test
 # harness (never part of make test); gvproxy is installed with go install
 # into tests/.cache/bin. Rounds alternate between backends; results go to
-# bench/. GOPASST_BENCH_ROUNDS (default 3) and GOPASST_BENCH_ONLY=gopasst,passt
+# bench/. GOPASST_BENCH_ROUNDS (default 5) and GOPASST_BENCH_ONLY=gopasst,passt
 # narrow a run.
 BENCH_DEBS := slirp4netns librsvg2-bin
 

@@ -31,7 +31,7 @@ func TestBench(t *testing.T) {
 	}
 	rounds, _ := strconv.Atoi(os.Getenv("GOPASST_BENCH_ROUNDS"))
 	if rounds == 0 {
-		rounds = 3
+		rounds = 5
 	}
 	backends := benchBackends(t)
 	if only := os.Getenv("GOPASST_BENCH_ONLY"); only != "" {
