@@ -358,10 +358,10 @@ func writeBenchReport(t *testing.T, results map[string]map[string][]float64, bac
 	if len(missing) > 0 {
 		md.WriteString("\n" + strings.Join(missing, "\n") + "\n")
 	}
-	md.WriteString("\nEvery round of the throughput figures, in the order run, since one bad round can move a median:\n\n")
+	md.WriteString("\nEvery round of the throughput and retransmission figures, in the order run, since one bad round can move a median:\n\n")
 	fmt.Fprintf(&md, "| metric | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
 	for _, m := range metrics {
-		if !strings.Contains(m, "Gbit/s") {
+		if !strings.Contains(m, "Gbit/s") && !strings.Contains(m, "retransmits") {
 			continue
 		}
 		fmt.Fprintf(&md, "| %s |", m)
