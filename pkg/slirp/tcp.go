@@ -451,7 +451,8 @@ func (e *Engine) tcpScheduleAck(f *tcpFlow) {
 }
 
 // tcpFlushAcks sends one ACK per flow that received data in the last
-// batch of guest frames, instead of one per segment.
+// batch of guest frames, instead of one per segment, or delays it
+// (tcpDelayAck).
 func (e *Engine) tcpFlushAcks() {
 	e.tcpWriteFlush()
 	for _, idx := range e.tcp.ackList {
@@ -477,7 +478,7 @@ func (e *Engine) tcpFlushAcks() {
 // as RFC 5681 lets a receiver do: ACK at least every second full-sized
 // segment. A small segment is usually a request, and the reply that
 // follows within microseconds carries the ACK, which saves the guest a
-// frame per exchange; in bulk transfers it saves an ACK frame in five.
+// frame per exchange; in bulk transfers it saves about one ACK in six.
 // The wait is short (tcpAckDelay, not the 40 ms and more of a kernel)
 // because a guest using Nagle's algorithm holds its next small segment
 // until this ACK arrives.
