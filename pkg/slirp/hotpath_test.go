@@ -263,8 +263,8 @@ func TestHostSendBuffer(t *testing.T) {
 }
 
 // TestSmallSegmentAck: the ACK of a small segment waits for the reply to
-// carry it, and goes out alone once the wait is over; two full segments
-// are acknowledged at once.
+// carry it, and goes out alone once the wait is over, after which the flow
+// is acknowledged at once; two full segments are acknowledged at once.
 func TestSmallSegmentAck(t *testing.T) {
 	conns := make(chan net.Conn, 1)
 	h := newHotPath(t, func(c net.Conn) { conns <- c })
@@ -318,5 +318,17 @@ func TestSmallSegmentAck(t *testing.T) {
 	}
 	if len(got) != 1 || len(got[0].Payload()) != 0 || got[0].Ack() != h.seq {
 		t.Fatalf("got %d segments, want a lone ACK of %d", len(got), h.seq)
+	}
+
+	// No reply came in time, so the flow is no longer delayed: a guest
+	// using Nagle's algorithm must not wait for every small write.
+	h.e.tcp.ackDelay = int64(time.Hour)
+	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
+	h.seq++
+	got = got[:0]
+	h.e.turn(10)
+	h.readFrames(collect)
+	if len(got) != 1 || got[0].Ack() != h.seq {
+		t.Fatalf("got %d segments, want an immediate ACK of %d", len(got), h.seq)
 	}
 }

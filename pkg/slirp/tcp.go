@@ -48,7 +48,8 @@ const (
 	tcpFinTimeout = 60_000_000_000
 	tcpIdle       = 7200_000_000_000
 	tcpDefaultMSS = 536
-	tcpAckDelay   = 1_000_000 // how long a small segment's ACK may wait, ns
+	tcpAckDelay   = 1_000_000   // how long a small segment's ACK may wait, ns
+	tcpQuickAck   = 100_000_000 // no delaying for this long after one timed out
 )
 
 type tcpKey struct {
@@ -76,6 +77,7 @@ type tcpFlow struct {
 	ackSent uint32 // last acknowledgement number sent
 	wndSent uint16 // last raw window sent
 	ackDue  int64  // when a delayed ACK must go out
+	quickTo int64  // ACKs go out at once until then
 	rtoAt   int64  // retransmission deadline, 0 when nothing is in flight
 	lastAct int64
 	created int64
@@ -465,7 +467,7 @@ func (e *Engine) tcpFlushAcks() {
 		switch {
 		case f.ackSent == f.rcvNxt && f.wndSent == wnd:
 		case f.rcvNxt-f.ackSent <= uint32(f.mss) && f.ackSent != f.rcvNxt && wnd != 0 &&
-			f.flags&(tcpGuestFin|tcpShortWrite) == 0:
+			f.flags&(tcpGuestFin|tcpShortWrite) == 0 && e.now >= f.quickTo:
 			e.tcpDelayAck(f)
 		default:
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
@@ -479,9 +481,14 @@ func (e *Engine) tcpFlushAcks() {
 // segment. A small segment is usually a request, and the reply that
 // follows within microseconds carries the ACK, which saves the guest a
 // frame per exchange; in bulk transfers it saves about one ACK in six.
+//
 // The wait is short (tcpAckDelay, not the 40 ms and more of a kernel)
 // because a guest using Nagle's algorithm holds its next small segment
-// until this ACK arrives.
+// until this ACK arrives. After a wait that no reply cut short, the flow
+// is acknowledged at once for tcpQuickAck, so such a guest pays the wait
+// at most ten times a second, not once per write. (A kernel leaves its
+// "pingpong" mode the same way but re-enters it at the next reply, which
+// is how Nagle's algorithm and delayed ACKs cost 40 ms per exchange.)
 func (e *Engine) tcpDelayAck(f *tcpFlow) {
 	if f.flags&tcpAckDelayed == 0 {
 		f.flags |= tcpAckDelayed
@@ -503,6 +510,7 @@ func (e *Engine) tcpDelayedAcks() {
 		case f.ackSent == f.rcvNxt:
 		case e.now >= f.ackDue:
 			e.tcpSendFlags(f, header.TCPAck)
+			f.quickTo = e.now + tcpQuickAck
 		default:
 			keep = append(keep, idx)
 			continue
