@@ -121,6 +121,12 @@ func acceptLoop(l net.Listener, handle func(net.Conn)) {
 // echoPackets answers every datagram pc receives with prefix and the
 // datagram, until pc is closed.
 func echoPackets(pc net.PacketConn, prefix string) {
+	servePackets(pc, func(req []byte) []byte { return append([]byte(prefix), req...) })
+}
+
+// servePackets answers each datagram pc receives with reply's result (none
+// when it is nil), until pc is closed.
+func servePackets(pc net.PacketConn, reply func(req []byte) []byte) {
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -128,7 +134,9 @@ func echoPackets(pc net.PacketConn, prefix string) {
 			if err != nil {
 				return
 			}
-			pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+			if resp := reply(buf[:n]); resp != nil {
+				pc.WriteTo(resp, from)
+			}
 		}
 	}()
 }

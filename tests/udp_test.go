@@ -56,18 +56,7 @@ func udpEcho(t *testing.T, w *World, listen, gateway string) {
 // queries for name with addr.
 func startDNS(t *testing.T, w *World, name string, addr [4]byte) {
 	c := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			n, from, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if resp := dnsAnswer(buf[:n], name, addr); resp != nil {
-				c.WriteTo(resp, from)
-			}
-		}
-	}()
+	servePackets(c, func(q []byte) []byte { return dnsAnswer(q, name, addr) })
 }
 
 // dnsAnswer builds a reply to a single-question query: an A record for
