@@ -332,3 +332,73 @@ func TestSmallSegmentAck(t *testing.T) {
 		t.Fatalf("got %d segments, want an immediate ACK of %d", len(got), h.seq)
 	}
 }
+
+// TestKeepaliveProbeAnswered: a keepalive probe from the guest (no data,
+// one below the next expected sequence number) and an old duplicate are
+// each answered at once with an ACK of what we expect, as RFC 9293 asks;
+// the probe also turns on SO_KEEPALIVE on the host socket.
+func TestKeepaliveProbeAnswered(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	h.upload(100)
+	var acks []uint32
+	collect := func(s header.TCP) {
+		if s.Flags() == header.TCPAck && len(s.Payload()) == 0 {
+			acks = append(acks, s.Ack())
+		}
+	}
+	h.readFrames(collect)
+	acks = acks[:0]
+
+	h.seq--
+	h.send(h.segment(header.TCPAck, 0))
+	h.seq++
+	h.e.turn(10)
+	h.readFrames(collect)
+	if len(acks) != 1 || acks[0] != h.seq {
+		t.Fatalf("keepalive probe: ACKs %v, want one of %d", acks, h.seq)
+	}
+	var fd int
+	h.e.tcp.each(func(_ int32, f *tcpFlow) { fd = f.fd })
+	if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE); err != nil || on != 1 {
+		t.Errorf("SO_KEEPALIVE on the host socket = %d, %v; want 1", on, err)
+	}
+
+	acks = acks[:0]
+	h.seq -= 100
+	h.send(h.segment(header.TCPAck|header.TCPPsh, 100)) // the last segment again
+	h.seq += 100
+	h.e.turn(10)
+	h.readFrames(collect)
+	if len(acks) != 1 || acks[0] != h.seq {
+		t.Fatalf("old duplicate: ACKs %v, want one of %d", acks, h.seq)
+	}
+}
+
+// TestKeepaliveToIdleGuest: after tcpKeepIdle of guest silence the engine
+// probes the guest, and the guest's answer keeps the flow from expiring.
+func TestKeepaliveToIdleGuest(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	h.readFrames(func(header.TCP) {})
+	var probes []uint32
+	collect := func(s header.TCP) {
+		if len(s.Payload()) == 0 && s.Flags() == header.TCPAck {
+			probes = append(probes, s.Seq())
+		}
+	}
+	h.e.start = h.e.start.Add(-time.Duration(tcpKeepIdle) - time.Second) // the guest was silent for longer
+	h.e.lastTick = 0
+	h.e.turn(1)
+	h.readFrames(collect)
+	if len(probes) != 1 || probes[0] != h.ack-1 {
+		t.Fatalf("probes with seq %v, want one with %d", probes, h.ack-1)
+	}
+	h.send(h.segment(header.TCPAck, 0)) // the guest's answer
+	h.e.turn(10)
+	// Past tcpIdle since the handshake, within it since the answer.
+	h.e.start = h.e.start.Add(-time.Duration(tcpIdle) + 10*time.Second)
+	h.e.lastTick = 0
+	h.e.turn(1)
+	if h.e.tcp.count != 1 {
+		t.Fatal("the flow expired although the guest answered its keepalive")
+	}
+}

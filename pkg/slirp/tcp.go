@@ -17,6 +17,11 @@ import (
 //     kernel has it) directly into frames in the output queue, and stays in
 //     the socket until the guest acknowledges it; then it is discarded. A
 //     retransmission just peeks again from the acknowledged point.
+//   - Keepalives: a segment the guest sends outside what we expect (a
+//     keepalive probe, a duplicate) gets an ACK at once, and a guest
+//     probe turns SO_KEEPALIVE on for the host socket. A guest silent for
+//     tcpKeepIdle is probed in turn, so a flow lives as long as both ends
+//     know it and only an abandoned one reaches tcpIdle.
 
 // Flow state bits.
 const (
@@ -36,6 +41,8 @@ const (
 	tcpSynSent                 // inbound: our SYN is out, waiting for the guest
 	tcpNotTCP                  // host end is a unix socket or a command's pipe
 	tcpAckDelayed              // queued in ackDelayed, hoping to ride on a reply
+	tcpAckNow                  // the guest sent a segment that must be answered at once
+	tcpKeepalive               // SO_KEEPALIVE is on: the guest probes this connection
 )
 
 const (
@@ -47,6 +54,7 @@ const (
 	tcpSynTimeout = 10_000_000_000
 	tcpFinTimeout = 60_000_000_000
 	tcpIdle       = 7200_000_000_000
+	tcpKeepIdle   = 30_000_000_000 // guest silence before we probe it, as passt does
 	tcpDefaultMSS = 536
 	tcpAckDelay   = 1_000_000   // how long a small segment's ACK may wait, ns
 	tcpQuickAck   = 100_000_000 // no delaying for this long after one timed out
@@ -79,7 +87,8 @@ type tcpFlow struct {
 	ackDue  int64  // when a delayed ACK must go out
 	quickTo int64  // ACKs go out at once until then
 	rtoAt   int64  // retransmission deadline, 0 when nothing is in flight
-	lastAct int64
+	lastAct int64  // the guest's last segment
+	kaSent  int64  // our last keepalive probe to the guest
 	created int64
 }
 
@@ -177,9 +186,40 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	if !e.tcpAck(f, t.Ack(), t.Window(), len(payload) > 0 || fin) {
 		return
 	}
-	if len(payload) > 0 || fin {
+	switch next := e.tcpRcvNext(f); {
+	case len(payload) > 0 || fin:
 		e.tcpGuestData(f, t.Seq(), payload, fin)
+	case t.Seq() == next-1 && f.flags&tcpEstablished != 0:
+		// A keepalive (or zero-window) probe: one byte below what we
+		// expect, no data. Answer it, and let the host socket probe the
+		// host peer too, as passt does, so a dead peer ends the flow.
+		if f.flags&(tcpKeepalive|tcpNotTCP) == 0 {
+			f.flags |= tcpKeepalive
+			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		}
+		e.tcpAckNow(f)
+	case t.Seq() != next:
+		e.tcpAckNow(f) // outside the window
 	}
+}
+
+// tcpRcvNext is the next sequence number expected from the guest,
+// counting data gathered for a write but not yet written.
+func (e *Engine) tcpRcvNext(f *tcpFlow) uint32 {
+	if e.tcp.w.flow == f {
+		return f.rcvNxt + uint32(e.tcp.w.bytes)
+	}
+	return f.rcvNxt
+}
+
+// tcpAckNow answers, in this batch's ACKs, a segment that a TCP receiver
+// must acknowledge at once (RFC 9293, 3.10.7.4): a keepalive probe, an
+// old duplicate, a segment beyond a gap or outside the window. The ACK
+// tells the guest where we are; without it a guest's keepalives go
+// unanswered and it drops the connection.
+func (e *Engine) tcpAckNow(f *tcpFlow) {
+	f.flags |= tcpAckNow
+	e.tcpScheduleAck(f)
 }
 
 // tcpConnect starts the host side of a new guest connection. The guest
@@ -380,16 +420,20 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 // tcpGuestData writes the guest's payload to the host socket.
 func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) {
 	defer e.tcpScheduleAck(f)
-	if f.flags&tcpGuestFin != 0 || f.flags&tcpEstablished == 0 {
+	if f.flags&tcpEstablished == 0 {
+		return
+	}
+	if f.flags&tcpGuestFin != 0 {
+		e.tcpAckNow(f) // a retransmission: our ACK of the FIN was lost
 		return
 	}
 	if e.tcp.w.flow != f {
 		e.tcpWriteFlush() // another flow's batch
 	}
-	// Data gathered for this flow but not yet written counts as received.
-	off := int32(f.rcvNxt + uint32(e.tcp.w.bytes) - seq)
-	if off < 0 || int(off) > len(payload) {
-		return // a gap or an old duplicate: the ACK we send says where we are
+	off := int32(e.tcpRcvNext(f) - seq)
+	if off < 0 || int(off) > len(payload) || int(off) == len(payload) && !fin {
+		e.tcpAckNow(f) // a gap or an old duplicate: the ACK says where we are
+		return
 	}
 	data := payload[off:]
 	if len(data) > 0 {
@@ -462,9 +506,12 @@ func (e *Engine) tcpFlushAcks() {
 		if !e.tcp.used[idx] || f.flags&tcpAckPending == 0 {
 			continue
 		}
-		f.flags &^= tcpAckPending
+		now := f.flags&tcpAckNow != 0
+		f.flags &^= tcpAckPending | tcpAckNow
 		wnd := e.tcpWindow(f)
 		switch {
+		case now:
+			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
 		case f.ackSent == f.rcvNxt && f.wndSent == wnd:
 		case f.rcvNxt-f.ackSent <= uint32(f.mss) && f.ackSent != f.rcvNxt && wnd != 0 &&
 			f.flags&(tcpGuestFin|tcpShortWrite) == 0 && e.now >= f.quickTo:
@@ -718,6 +765,14 @@ func (e *Engine) tcpTimers() {
 		case f.flags&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
 			e.now-f.lastAct > tcpIdle:
 			e.tcpClose(f, true, true)
+		case f.flags&tcpEstablished != 0 && f.sndUna == f.sndNxt &&
+			e.now-max(f.lastAct, f.kaSent) > tcpKeepIdle:
+			// The guest has been silent: probe it, one byte below what
+			// it has acknowledged, as passt does. A guest that still has
+			// the connection answers, and its ACK counts as activity, so
+			// tcpIdle only ends connections the guest no longer knows.
+			f.kaSent = e.now
+			e.tcpSendSeg(f, header.TCPAck, f.sndNxt-1, e.tcpWindow(f))
 		}
 	})
 }
