@@ -35,12 +35,8 @@ func TestLibvirt(t *testing.T) {
 	}
 	// Everything libvirt's unprivileged QEMU and passt processes touch
 	// lives in a world-readable directory.
-	dir, err := os.MkdirTemp("", "gopasst-libvirt-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
+	needReachable(t)
+	dir := sharedDir(t)
 	shim := filepath.Join(dir, "bin")
 	os.Mkdir(shim, 0o755)
 	copyFile(t, gopasstBin, filepath.Join(shim, "passt"), 0o755)

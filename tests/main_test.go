@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,12 +12,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestMain builds gopasst once for all tests.
+// TestMain builds gopasst once for all tests, and fails the run if the
+// tests changed the mode or owner of /tmp or of any directory above
+// suiteDir: the suite runs on machines that stay in use.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "gopasst-test-")
 	if err != nil {
 		panic(err)
 	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		panic(err)
+	}
+	suiteDir = dir
+	before := statTree(dir)
 	gopasstBin = filepath.Join(dir, "gopasst")
 	version := "test"
 	if v, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
@@ -37,5 +45,11 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	for path, was := range before {
+		if now := statTree(dir)[path]; now != was {
+			fmt.Fprintf(os.Stderr, "FAIL: the tests changed %s from %s to %s\n", path, was, now)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }

@@ -3,7 +3,6 @@ package tests
 import (
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -44,16 +43,10 @@ echo hello6 | busybox nc ` + host6GW + ` ` + port(l6.Addr()) + ` | sed 's/^/ECHO
 wait
 exit 7
 `
-			ctl := filepath.Join(t.TempDir(), "ctl")
-			// nobody makes the control socket here.
-			os.Chmod(filepath.Dir(filepath.Dir(ctl)), 0o755)
-			os.Chmod(filepath.Dir(ctl), 0o777)
+			ctl := filepath.Join(sharedDir(t), "ctl") // nobody makes the control socket here
 			argv := []string{gopasstBin, "ns", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
 			if user == "nobody" {
-				// nobody must reach the binary the tests built.
-				for d := filepath.Dir(gopasstBin); d != "/"; d = filepath.Dir(d) {
-					os.Chmod(d, 0o755)
-				}
+				needReachable(t)
 				argv = append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, argv...)
 			}
 			cmd := h.Cmd(argv[0], argv[1:]...)

@@ -87,7 +87,7 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	t.Helper()
 	needRoot(t)
 	needBusybox(t)
-	w := &World{Dir: t.TempDir(), Log: &syncBuffer{}, HostVia: hostGW}
+	w := &World{Dir: sharedDir(t), Log: &syncBuffer{}, HostVia: hostGW}
 	if o.HostVia != "" {
 		w.HostVia = o.HostVia
 	}
@@ -96,10 +96,10 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	h := w.Host
 	argv := append([]string{gopasstBin, "-f", "-s", "{sock}"}, o.Args...)
 	if o.Backend != nil {
+		// passt drops root for nobody, who must reach and write the
+		// socket in w.Dir.
+		needReachable(t)
 		argv = append([]string(nil), o.Backend...)
-		// passt drops root for nobody, who must reach and write the socket.
-		os.Chmod(filepath.Dir(w.Dir), 0o755)
-		os.Chmod(w.Dir, 0o777)
 	}
 	ownTap := slices.ContainsFunc(argv, func(a string) bool { return strings.Contains(a, "{netns}") })
 	netnsPath := ""
