@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
@@ -44,7 +44,9 @@ type ctlResponse struct {
 
 // listenControl opens the control socket; serveControl answers on it.
 func listenControl(path string) (*net.UnixListener, error) {
-	os.Remove(path)
+	if err := qemusock.RemoveStale(path); err != nil {
+		return nil, fmt.Errorf("--control: %v", err)
+	}
 	old := unix.Umask(0o177)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	unix.Umask(old)

@@ -13,7 +13,7 @@ import (
 // that nobody listens on (left by a crashed instance) is replaced; one with
 // a live listener is an error, so two instances never share a path.
 func Listen(path string) (int, error) {
-	if err := checkStale(path); err != nil {
+	if err := RemoveStale(path); err != nil {
 		return -1, err
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
@@ -31,8 +31,10 @@ func Listen(path string) (int, error) {
 	return fd, nil
 }
 
-// checkStale removes path if it is a socket nobody accepts on.
-func checkStale(path string) error {
+// RemoveStale clears the way for a new socket at path: it removes a
+// socket that nobody accepts on (left by a crashed instance), and refuses
+// anything else there, so that no option ever deletes a file by mistake.
+func RemoveStale(path string) error {
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -67,7 +69,7 @@ func DefaultPath() (string, error) {
 	}
 	for i := 1; i <= 100; i++ {
 		p := filepath.Join(dir, fmt.Sprintf("gopasst_%d.socket", i))
-		if checkStale(p) == nil {
+		if RemoveStale(p) == nil {
 			if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 				return p, nil
 			}
