@@ -217,10 +217,16 @@ func TestDHCPv6(t *testing.T) {
 
 func TestPing6Gateway(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
-	w.waitIPv6(t)
+	_, route := w.waitIPv6(t)
 	out := w.Guest.Run(t, "busybox", "ping", "-6", "-c", "3", "-W", "5", host6GW)
 	if !strings.Contains(out, "3 packets received") {
 		t.Fatalf("ping: %s", out)
+	}
+	// The default router, gopasst's link-local address, answers too.
+	router := strings.Fields(route[strings.Index(route, "default via ")+len("default via "):])[0]
+	out = w.Guest.Run(t, "busybox", "ping", "-6", "-c", "3", "-W", "5", "-I", tapName, router)
+	if !strings.Contains(out, "3 packets received") {
+		t.Fatalf("ping to the router %s: %s", router, out)
 	}
 }
 

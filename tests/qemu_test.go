@@ -94,6 +94,8 @@ sleep 2 # duplicate address detection
 ip -6 addr show dev eth0 | sed 's/^/GOPASST-ADDR6 /'
 ip -6 route | sed 's/^/GOPASST-ROUTE6 /'
 ping -6 -c 2 -W 5 %[6]s | sed 's/^/GOPASST-PING6 /'
+rtr=$(ip -6 route | sed -n 's/^default via \([^ ]*\) .*/\1/p')
+ping -6 -c 2 -W 5 -I eth0 $rtr | sed 's/^/GOPASST-PINGLL /'
 echo "GOPASST-DOWN6 $(nc %[6]s %[7]s | sha256sum)"
 printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello
 nc -ll -p 8080 -e /bin/hello &
@@ -175,6 +177,9 @@ echo GOPASST-DONE
 	}
 	if ping := strings.Join(report["PING6"], "\n"); !strings.Contains(ping, "2 packets received") {
 		t.Errorf("ping -6 from the guest:\n%s", ping)
+	}
+	if ping := strings.Join(report["PINGLL"], "\n"); !strings.Contains(ping, "2 packets received") {
+		t.Errorf("ping -6 to the router's link-local address:\n%s", ping)
 	}
 	if got, want := strings.Join(report["DOWN6"], ""), hex.EncodeToString(sumStream(3, down6Size)); !strings.HasPrefix(got, want) {
 		t.Errorf("IPv6 download sha256 %q, want %s", got, want)

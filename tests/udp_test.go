@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"bytes"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -110,6 +112,45 @@ func TestDNSLoopbackResolver(t *testing.T) {
 	out := w.Guest.Run(t, "busybox", "nslookup", "test.gopasst.example", dns)
 	if !strings.Contains(out, "203.0.113.7") {
 		t.Fatalf("nslookup through %s:\n%s", dns, out)
+	}
+}
+
+// TestDNSOverTCP: a TCP query to the DNS stand-in (what a resolver does
+// after a truncated answer) reaches the loopback resolver, as UDP does,
+// and so does port 853 (DNS over TLS).
+func TestDNSOverTCP(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", net.JoinHostPort(hostDNS, "53"))
+	acceptLoop(l, func(c net.Conn) {
+		defer c.Close()
+		var n [2]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return
+		}
+		q := make([]byte, int(n[0])<<8|int(n[1]))
+		if _, err := io.ReadFull(c, q); err != nil {
+			return
+		}
+		r := dnsAnswer(q, "tcp.gopasst.example", [4]byte{203, 0, 113, 9})
+		c.Write(append([]byte{byte(len(r) >> 8), byte(len(r))}, r...))
+	})
+	dot := w.Host.Listen(t, "tcp", net.JoinHostPort(hostDNS, "853"))
+	acceptLoop(dot, func(c net.Conn) { c.Write([]byte("dot")); c.Close() })
+	dns := w.Lease["dns"]
+
+	c := w.guestConn(t, net.JoinHostPort(dns, "53"))
+	q := []byte{0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 't', 'c', 'p', 7, 'g', 'o', 'p', 'a', 's', 's', 't', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1}
+	c.Write(append([]byte{0, byte(len(q))}, q...))
+	var n [2]byte
+	if _, err := io.ReadFull(c, n[:]); err != nil {
+		t.Fatalf("TCP query to the stand-in %s: %v", dns, err)
+	}
+	r := make([]byte, int(n[0])<<8|int(n[1]))
+	if _, err := io.ReadFull(c, r); err != nil || !bytes.HasSuffix(r, []byte{203, 0, 113, 9}) {
+		t.Fatalf("TCP answer % x, %v; want the A record 203.0.113.9", r, err)
+	}
+	if got, err := io.ReadAll(w.guestConn(t, net.JoinHostPort(dns, "853"))); err != nil || string(got) != "dot" {
+		t.Fatalf("port 853 on the stand-in: %q, %v; want the resolver's", got, err)
 	}
 }
 

@@ -3,40 +3,14 @@ package slirp
 import (
 	"encoding/binary"
 	"errors"
-	"net/netip"
 )
 
 // DNS forwarding. Queries go to the host's resolvers over ordinary UDP
-// (udp.go); this file only decides where. When a host resolver lives on
-// host loopback the guest cannot reach it by its address, so the command
-// line advertises a reachable stand-in (the gateway, or --dns-forward) and
-// Config.DNSMap sends queries for the stand-in to the real resolver.
-// Replies from the resolver are given the stand-in's address again.
-
-const dnsPort = 53
-
-// dnsRedirect returns the host resolver for a guest query to dst, or the
-// zero AddrPort when dst is not a stand-in.
-func (e *Engine) dnsRedirect(dst netip.AddrPort) netip.AddrPort {
-	if dst.Port() != dnsPort || len(e.cfg.DNSMap) == 0 {
-		return netip.AddrPort{}
-	}
-	return e.cfg.DNSMap[dst.Addr()]
-}
-
-// dnsReverse returns the stand-in, of guest's family, for a reply from a
-// host resolver, or the zero AddrPort.
-func (e *Engine) dnsReverse(from netip.AddrPort, guest netip.Addr) netip.AddrPort {
-	if from.Port() != dnsPort {
-		return netip.AddrPort{}
-	}
-	for standIn, real := range e.cfg.DNSMap {
-		if real == from && standIn.Is4() == guest.Is4() {
-			return netip.AddrPortFrom(standIn, dnsPort)
-		}
-	}
-	return netip.AddrPort{}
-}
+// and TCP sockets (udp.go, tcp.go). When a host resolver lives on host
+// loopback the guest cannot reach it by its address, so the command line
+// advertises a reachable stand-in (the gateway, or --dns-forward) and
+// Config.DNSMap names the real resolver behind it; nat.go redirects. This
+// file only reads queries, to log what the guest asks.
 
 var errDNS = errors.New("malformed DNS message")
 

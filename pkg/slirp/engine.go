@@ -397,63 +397,6 @@ func (e *Engine) flush() {
 	}
 }
 
-// mapToHost turns a guest-visible destination into the host address to
-// use: the gateway address stands for the host itself (its loopback).
-func (e *Engine) mapToHost(a netip.Addr) netip.Addr {
-	switch {
-	case e.cfg.NoMapGW:
-	case a == e.cfg.Gateway4:
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	case a == e.cfg.Gateway6:
-		return netip.IPv6Loopback()
-	}
-	return a
-}
-
-// mapToGuest is the inverse of mapToHost for addresses seen on host
-// sockets: the host's loopback appears to the guest as the gateway.
-func (e *Engine) mapToGuest(a netip.Addr) netip.Addr {
-	if !e.cfg.NoMapGW && a.IsLoopback() {
-		return e.gateway(a)
-	}
-	return a
-}
-
-// gateway is the gateway address of a's family.
-func (e *Engine) gateway(a netip.Addr) netip.Addr {
-	if a.Is4() {
-		return e.cfg.Gateway4
-	}
-	return e.cfg.Gateway6
-}
-
-// inboundRoute picks, for a connection or datagram from the host side to
-// guest port gport, the guest's address and how the sender appears to
-// the guest. An IPv6 sender reaches the guest over IPv6 once the guest
-// uses IPv6 (it has sent from a global address, or taken the DHCPv6
-// lease), at the address it last used, as with passt; until then, or
-// without IPv6, it arrives over IPv4, so a guest that never configured
-// IPv6 is still reachable. The host itself (its loopback, or its own
-// address, which the guest shares) appears as the gateway, and so does a
-// sender the guest's family cannot address.
-func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest netip.AddrPort) {
-	a := from.Addr()
-	if a.Is6() && e.addrSeen6.IsValid() || !e.cfg.has4() {
-		if !a.Is6() || a.IsLoopback() || a == e.cfg.Addr6 || a.IsLinkLocalUnicast() {
-			a = e.cfg.Gateway6
-		}
-		to := e.addrSeen6
-		if !to.IsValid() {
-			to = e.cfg.Addr6 // an IPv6-only guest that has not spoken yet
-		}
-		return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(to, gport)
-	}
-	if !a.Is4() || a.IsLoopback() || a == e.cfg.Addr4 {
-		a = e.cfg.Gateway4
-	}
-	return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(e.cfg.Addr4, gport)
-}
-
 // setSA fills the reusable sockaddr of ap's family, without allocating.
 // A dual-stack IPv6 socket takes an IPv4 sockaddr too.
 func (e *Engine) setSA(ap netip.AddrPort) unix.Sockaddr {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
 
@@ -326,7 +327,10 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 		fd, err = e.startCommand(s.argv)
 		return fd, true, err
 	}
-	dst := netip.AddrPortFrom(e.mapToHost(key.remote.Addr()), key.remote.Port())
+	dst := e.natFromGuest(header.ProtoTCP, key.remote)
+	if !dst.IsValid() {
+		return -1, false, unix.ENETUNREACH
+	}
 	fd, err = unix.Socket(socketFamily(dst.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, false, err

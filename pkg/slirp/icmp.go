@@ -29,6 +29,7 @@ type icmpKey struct {
 
 type icmpFlow struct {
 	key     icmpKey
+	sent    netip.Addr // where the guest last sent an echo request
 	idx     int32
 	fd      int
 	lastAct int64
@@ -56,20 +57,30 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		}
 	}
 	f.lastAct = e.now
-	if err := unix.Sendto(f.fd, m, 0, e.setSA(netip.AddrPortFrom(e.mapToHost(dst), 0))); err != nil {
+	f.sent = dst
+	to := e.natFromGuest(header.ProtoICMP, netip.AddrPortFrom(dst, 0))
+	if !to.IsValid() {
+		e.sendUnreachable(unix.ENETUNREACH, src, dst, icmpProto(src), m)
+		return
+	}
+	if err := unix.Sendto(f.fd, m, 0, e.setSA(to)); err != nil {
 		e.debugf("ICMP echo to %v: %v", dst, err)
 	}
+}
+
+// icmpProto is the ICMP protocol of a's family.
+func icmpProto(a netip.Addr) uint8 {
+	if a.Is4() {
+		return header.ProtoICMP
+	}
+	return header.ProtoICMPv6
 }
 
 func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
 	if e.icmp.count >= icmpMaxFlows {
 		return nil
 	}
-	proto := unix.IPPROTO_ICMP
-	if key.guest.Is6() {
-		proto = unix.IPPROTO_ICMPV6
-	}
-	fd, err := unix.Socket(socketFamily(key.guest), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	fd, err := unix.Socket(socketFamily(key.guest), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(icmpProto(key.guest)))
 	if err != nil {
 		if !e.icmp.warned {
 			e.icmp.warned = true
@@ -105,7 +116,8 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 			continue
 		}
 		header.ICMP(b[off:]).SetIdent(f.key.id)
-		e.sendICMP(b, e.mapToGuest(from.Addr()), guest, n)
+		src := e.natToGuest(header.ProtoICMP, from, guest, netip.AddrPortFrom(f.sent, 0))
+		e.sendICMP(b, src.Addr(), guest, n)
 	}
 }
 

@@ -189,10 +189,9 @@ func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uin
 // place after fillIP, computing its checksum (ICMPv6's covers the
 // pseudo-header, ICMP's does not).
 func (e *Engine) sendICMP(b []byte, src, dst netip.Addr, l4len int) {
-	proto := uint8(header.ProtoICMP)
+	proto := icmpProto(dst)
 	var sum uint64
 	if dst.Is6() {
-		proto = header.ProtoICMPv6
 		sum = header.PseudoHeaderSum(proto, src, dst, l4len)
 	}
 	size := e.fillIP(b, src, dst, proto, l4len)

@@ -21,6 +21,7 @@ const (
 
 type udpFlow struct {
 	guest   netip.AddrPort
+	sent    netip.AddrPort // where the guest last sent, as it sees it
 	idx     int32
 	fd      int
 	lastAct int64
@@ -60,14 +61,16 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 		}
 	}
 	f.lastAct = e.now
-	if e.cfg.Trace && u.DstPort() == dnsPort {
+	if e.cfg.Trace && u.DstPort() == 53 {
 		if q, err := parseDNSQuery(u.Payload()); err == nil {
 			e.logf("DNS query %#04x from %v: %s type %d", q.ID, guest, q.Name, q.Type)
 		}
 	}
-	to := e.dnsRedirect(netip.AddrPortFrom(dst, u.DstPort()))
+	f.sent = netip.AddrPortFrom(dst, u.DstPort())
+	to := e.natFromGuest(header.ProtoUDP, f.sent)
 	if !to.IsValid() {
-		to = netip.AddrPortFrom(e.mapToHost(dst), u.DstPort())
+		e.sendUnreachable(unix.ENETUNREACH, src, dst, header.ProtoUDP, u)
+		return
 	}
 	e.udpQueue(f, to, u.Payload())
 }
@@ -149,18 +152,8 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 	off := l4Off(f.guest.Addr())
 	e.udpToGuest(f.fd, &off, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
 		f.lastAct = e.now
-		return e.udpGuestView(from, f.guest.Addr()), f.guest
+		return e.natToGuest(header.ProtoUDP, from, f.guest.Addr(), f.sent), f.guest
 	})
-}
-
-// udpGuestView is how a host peer appears to a guest address: a DNS
-// stand-in for a redirected resolver, the gateway for the host's
-// loopback, else itself.
-func (e *Engine) udpGuestView(peer netip.AddrPort, guest netip.Addr) netip.AddrPort {
-	if src := e.dnsReverse(peer, guest); src.IsValid() {
-		return src
-	}
-	return netip.AddrPortFrom(e.mapToGuest(peer.Addr()), peer.Port())
 }
 
 // udpErrors relays the ICMP errors queued on a flow's socket to the guest,
@@ -176,7 +169,7 @@ func (e *Engine) udpErrors(f *udpFlow) {
 		if errno == 0 {
 			continue // a local error, not one a peer sent
 		}
-		remote := e.udpGuestView(dst, f.guest.Addr())
+		remote := e.natToGuest(header.ProtoUDP, dst, f.guest.Addr(), f.sent)
 		quote := header.UDP(buf[:header.UDPLen+n])
 		quote.Encode(f.guest.Port(), remote.Port(), n)
 		e.debugf("UDP %v -> %v: %v", f.guest, dst, errno)

@@ -1,0 +1,98 @@
+package slirp
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+)
+
+// TestNAT is every translation nat.go makes, each way.
+func TestNAT(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	resolver := netip.MustParseAddr("127.0.0.53")
+	standIn6 := netip.MustParseAddr("2001:db8::53")
+	cfg := Config{
+		Addr4: testGuest4, Gateway4: testGW4,
+		Addr6: testGuest6, Gateway6: testGW6, OurLL6: testLL6,
+		DNSMap: map[netip.Addr]netip.AddrPort{
+			testGW4:  netip.AddrPortFrom(resolver, 53),
+			standIn6: netip.AddrPortFrom(resolver, 53),
+		},
+	}
+	const tcp, udp, icmp = header.ProtoTCP, header.ProtoUDP, header.ProtoICMP
+	from := []struct {
+		name   string
+		noMap  bool
+		proto  uint8
+		dst    string
+		want   string // "" for unreachable
+		toBack string // what a reply from want looks like, sent nowhere before
+	}{
+		{"gateway is host loopback", false, tcp, "192.0.2.1:80", "127.0.0.1:80", "192.0.2.1:80"},
+		{"IPv6 gateway is host loopback", false, tcp, "[2001:db8::1]:80", "[::1]:80", "[2001:db8::1]:80"},
+		{"our link-local address is the gateway", false, icmp, "[fe80::1]:0", "[::1]:0", "[2001:db8::1]:0"},
+		{"other link-local has no scope", false, udp, "[fe80::2]:53", "", ""},
+		{"DNS stand-in over UDP", false, udp, "192.0.2.1:53", "127.0.0.53:53", "192.0.2.1:53"},
+		{"DNS stand-in over TCP", false, tcp, "192.0.2.1:53", "127.0.0.53:53", "192.0.2.1:53"},
+		{"DNS over TLS to the stand-in", false, tcp, "192.0.2.1:853", "127.0.0.53:853", "192.0.2.1:853"},
+		{"IPv6 stand-in to an IPv4 resolver", false, udp, "[2001:db8::53]:53", "127.0.0.53:53", "192.0.2.1:53"},
+		{"ICMP is no DNS", false, icmp, "192.0.2.1:53", "127.0.0.1:53", "192.0.2.1:53"},
+		{"other addresses are themselves", false, udp, "198.51.100.1:123", "198.51.100.1:123", "198.51.100.1:123"},
+		{"no-map-gw: gateway is an address", true, tcp, "192.0.2.1:80", "192.0.2.1:80", "192.0.2.1:80"},
+		{"no-map-gw: our link-local is the IPv6 gateway", true, tcp, "[fe80::1]:80", "[2001:db8::1]:80", "[2001:db8::1]:80"},
+		{"no-map-gw: loopback stays loopback", true, tcp, "127.0.0.1:80", "127.0.0.1:80", "127.0.0.1:80"},
+	}
+	for _, c := range from {
+		cfg.NoMapGW = c.noMap
+		e := &Engine{cfg: cfg}
+		got := e.natFromGuest(c.proto, ap(c.dst))
+		if c.want == "" {
+			if got.IsValid() {
+				t.Errorf("%s: %s goes to %v, want unreachable", c.name, c.dst, got)
+			}
+			continue
+		}
+		if got != ap(c.want) {
+			t.Errorf("%s: %s goes to %v, want %s", c.name, c.dst, got, c.want)
+		}
+		guest := testGuest4
+		if ap(c.dst).Addr().Is6() {
+			guest = testGuest6
+		}
+		// A reply to where the guest sent comes from there; from an
+		// address the guest did not send to, by the reverse rules.
+		if back := e.natToGuest(c.proto, got, guest, ap(c.dst)); back != ap(c.dst) {
+			t.Errorf("%s: the reply from %v looks like %v to the guest, want %s", c.name, got, back, c.dst)
+		}
+		if back := e.natToGuest(c.proto, got, testGuest4, netip.AddrPort{}); back != ap(c.toBack) {
+			t.Errorf("%s: unsolicited %v looks like %v to an IPv4 guest, want %s", c.name, got, back, c.toBack)
+		}
+	}
+
+	cfg.NoMapGW = false
+	e := &Engine{cfg: cfg}
+	inbound := []struct {
+		name, from   string
+		seen6        bool
+		remote, dest string
+	}{
+		{"host loopback appears as the gateway", "127.0.0.1:4000", false, "192.0.2.1:4000", "192.0.2.2:22"},
+		{"the host's own address too", "192.0.2.2:4000", false, "192.0.2.1:4000", "192.0.2.2:22"},
+		{"a remote IPv4 sender is itself", "198.51.100.7:4000", false, "198.51.100.7:4000", "192.0.2.2:22"},
+		{"IPv6 before the guest uses IPv6 arrives over IPv4", "[2001:db8:5::7]:4000", false, "192.0.2.1:4000", "192.0.2.2:22"},
+		{"IPv6 once it does", "[2001:db8:5::7]:4000", true, "[2001:db8:5::7]:4000", "[2001:db8::2]:22"},
+		{"IPv6 loopback is the IPv6 gateway", "[::1]:4000", true, "[2001:db8::1]:4000", "[2001:db8::2]:22"},
+		{"link-local senders are the IPv6 gateway", "[fe80::9]:4000", true, "[2001:db8::1]:4000", "[2001:db8::2]:22"},
+	}
+	for _, c := range inbound {
+		e.addrSeen6 = netip.Addr{}
+		if c.seen6 {
+			e.addrSeen6 = testGuest6
+		}
+		remote, dest := e.inboundRoute(ap(c.from), 22)
+		if remote != ap(c.remote) || dest != ap(c.dest) {
+			t.Errorf("%s: %s -> %v to %v, want %s to %s", c.name, c.from, remote, dest, c.remote, c.dest)
+		}
+	}
+}
