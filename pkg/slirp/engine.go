@@ -94,7 +94,7 @@ var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // New creates an engine that accepts clients on the listening socket lfd,
 // or, with lfd < 0, one that serves the tap given to AttachTap.
-func New(cfg Config, lfd int) (*Engine, error) {
+func New(cfg Config, lfd int) (_ *Engine, err error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultMTU
 	}
@@ -107,42 +107,47 @@ func New(cfg Config, lfd int) (*Engine, error) {
 	if !cfg.has4() && !cfg.has6() {
 		return nil, errors.New("neither IPv4 nor IPv6 is configured")
 	}
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("epoll: %w", err)
-	}
-	stopFd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
 	e := &Engine{
-		cfg: cfg, epfd: epfd, stopFd: stopFd, listenFd: lfd, tapFd: -1,
+		cfg: cfg, epfd: -1, stopFd: -1, callFd: -1, listenFd: lfd, tapFd: -1,
 		rd:       qemusock.NewReader(4 << 20),
 		wr:       qemusock.NewWriter(8 << 20),
 		guestMAC: broadcastMAC,
 		start:    time.Now(),
+		calls:    make(chan func(), 16),
 	}
-	e.tcp.init()
-	e.udp.init()
-	e.icmp.init()
-	e.fwd.init()
-	e.calls = make(chan func(), 16)
+	defer func() {
+		if err != nil { // the listening socket stays the caller's
+			for _, fd := range []int{e.epfd, e.stopFd, e.callFd} {
+				if fd >= 0 {
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	if e.stopFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
 	if e.callFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	if err := e.epollAdd(e.callFd, unix.EPOLLIN, kindCall, 0); err != nil {
 		return nil, err
 	}
-	if err := e.epollAdd(stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
+	if err := e.epollAdd(e.stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
 		return nil, err
 	}
-	if lfd < 0 {
-		return e, nil
+	if lfd >= 0 {
+		if err := e.epollAdd(lfd, unix.EPOLLIN, kindListen, 0); err != nil {
+			return nil, err
+		}
 	}
-	if err := e.epollAdd(lfd, unix.EPOLLIN, kindListen, 0); err != nil {
-		return nil, err
-	}
+	e.tcp.init()
+	e.udp.init()
+	e.icmp.init()
+	e.fwd.init()
 	return e, nil
 }
 
@@ -150,8 +155,7 @@ func New(cfg Config, lfd int) (*Engine, error) {
 // information) the guest, for a program given its own network namespace.
 // Call it before Run.
 func (e *Engine) AttachTap(fd int) error {
-	e.packets = true
-	return e.attach(fd)
+	return e.attach(fd, true)
 }
 
 // Call runs fn on the engine's goroutine and waits for it: the control
@@ -286,21 +290,28 @@ func (e *Engine) acceptClient() {
 		unix.Close(fd)
 		return
 	}
-	if err := e.attach(fd); err != nil {
-		e.logf("%v", err)
+	if err := e.attach(fd, false); err != nil {
+		e.logf("client rejected: %v", err)
+		unix.Close(fd)
+		return
 	}
 	e.logf("client connected")
 }
 
-// attach makes fd the guest's link.
-func (e *Engine) attach(fd int) error {
-	e.tapFd = fd
+// attach makes fd the guest's link, framed as a stream or, with packets,
+// one frame per read and write (a tap). On failure nothing changes, so
+// the next client is served.
+func (e *Engine) attach(fd int, packets bool) error {
+	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0); err != nil {
+		return err
+	}
+	e.tapFd, e.packets = fd, packets
 	e.rd.Reset()
 	e.wr.Reset()
 	e.tapBlocked = false
 	e.nextRA = e.now // a new guest hears from its router at once
 	e.Stats.Clients++
-	return e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0)
+	return nil
 }
 
 // closeClient forgets the guest and every flow it had: a new client is a

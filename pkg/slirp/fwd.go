@@ -97,12 +97,15 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 		idx := int32(len(e.fwd.listeners))
 		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx
+		added = append(added, idx)
 		kind := int32(kindTCPListen)
 		if proto == UDP {
 			kind = kindUDPListen
 		}
-		e.epollAdd(fd, unix.EPOLLIN, kind, idx)
-		added = append(added, idx)
+		if err := e.epollAdd(fd, unix.EPOLLIN, kind, idx); err != nil {
+			e.removeListeners(added)
+			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
+		}
 	}
 	return nil
 }

@@ -91,7 +91,11 @@ func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
 	}
 	idx, f := e.icmp.add(key)
 	*f = icmpFlow{key: key, idx: idx, fd: fd, lastAct: e.now}
-	e.epollAdd(fd, unix.EPOLLIN, epollTag(kindICMP, e.icmp.gen(idx)), idx)
+	if err := e.epollAdd(fd, unix.EPOLLIN, epollTag(kindICMP, e.icmp.gen(idx)), idx); err != nil {
+		e.logf("ICMP %v: %v", key.guest, err)
+		e.icmpClose(f)
+		return nil
+	}
 	return f
 }
 

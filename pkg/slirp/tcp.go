@@ -246,7 +246,12 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	f.rcvNxt = t.Seq() + 1
 	f.guestWnd = uint32(t.Window())
 	f.synOptions(header.ParseSynOptions(t.Options()))
-	e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx) // until connected
+	// EPOLLOUT until connected, then tcpEvents.
+	if err := e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx); err != nil {
+		e.logf("TCP %v: %v", key.remote, err)
+		e.tcpClose(f, true, true)
+		return
+	}
 	if err == nil {
 		e.tcpConnected(f)
 	}
@@ -299,9 +304,13 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		e.tcp.hostSockOpts(fd)
 		f := e.tcpAddFlow(key, fd, tcpSynSent)
+		if err := e.epollAdd(fd, tcpEvents, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx); err != nil {
+			e.logf("TCP %v: %v", key.remote, err)
+			e.tcpClose(f, false, true)
+			continue
+		}
 		e.debugf("TCP %v: inbound on port %d", key.remote, l.fwd.HostPort)
 		e.tcpSendFlags(f, header.TCPSyn)
-		e.epollAdd(fd, tcpEvents, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
 	}
 }
 

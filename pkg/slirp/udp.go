@@ -135,7 +135,11 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
-	e.epollAdd(fd, unix.EPOLLIN, epollTag(kindUDP, e.udp.gen(idx)), idx)
+	if err := e.epollAdd(fd, unix.EPOLLIN, epollTag(kindUDP, e.udp.gen(idx)), idx); err != nil {
+		e.logf("UDP %v: %v", guest, err)
+		e.udpClose(f)
+		return nil
+	}
 	return f
 }
 

@@ -1,0 +1,151 @@
+package slirp
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// openFds counts this process's open descriptors.
+func openFds(t testing.TB) int {
+	t.Helper()
+	d, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(d)
+}
+
+// notPollable is a descriptor epoll refuses (EPERM): a regular file.
+func notPollable(t testing.TB) int {
+	t.Helper()
+	fd, err := unix.Open(filepath.Join(t.TempDir(), "file"), unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// TestNewLeaksNothing: New that fails after creating its descriptors
+// closes them all, and leaves the caller's listening socket alone.
+func TestNewLeaksNothing(t *testing.T) {
+	lfd := notPollable(t)
+	before := openFds(t)
+	if _, err := New(Config{Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd); err == nil {
+		t.Fatal("New with a listening socket epoll refuses succeeded")
+	}
+	if after := openFds(t); after != before {
+		t.Fatalf("%d descriptors open after the failed New, %d before", after, before)
+	}
+	if _, err := unix.FcntlInt(uintptr(lfd), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the caller's socket was closed: %v", err)
+	}
+}
+
+// TestFailedAttach: a client that cannot be attached leaves the engine
+// free for the next one, which is served.
+func TestFailedAttach(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AttachTap(notPollable(t)); err == nil {
+		t.Fatal("attaching a descriptor epoll refuses succeeded")
+	}
+	if e.tapFd >= 0 || e.packets {
+		t.Fatalf("after a failed attach: tapFd %d, packets %v; want -1, false", e.tapFd, e.packets)
+	}
+	g, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(g)
+	if err := unix.Connect(g, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	e.turn(100)
+	arp := seedFrames()[0]
+	unix.Write(g, append([]byte{0, 0, 0, byte(len(arp))}, arp...))
+	for range 10 {
+		e.turn(100)
+	}
+	unix.SetNonblock(g, true)
+	var reply []byte
+	drainFrames(qemusock.NewReader(1<<16), g, func(f []byte) { reply = append(reply, f...) })
+	if header.Ethernet(reply).Type() != header.EtherTypeARP {
+		t.Fatalf("the next client got % x, want an ARP reply", reply)
+	}
+}
+
+// TestEpollFailure: when the kernel refuses to watch a new socket, what
+// it was for is undone: a forward is not added and its port is free, a
+// guest connection is reset, a UDP or ICMP flow is not kept, and no
+// descriptor leaks. The engine's epoll descriptor is swapped for one the
+// kernel refuses, so every registration fails for real.
+func TestEpollFailure(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.NoICMP = false, false, false
+	ep := te.epfd
+	te.epfd = notPollable(t)
+	defer func() { te.epfd = ep }()
+	before := openFds(t)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	fwd := portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}
+	if err := te.AddForwards(TCP, []portspec.Forward{fwd}, false); err == nil {
+		t.Error("AddForwards succeeded without epoll")
+	}
+	if l, err := net.Listen("tcp", l.Addr().String()); err != nil {
+		t.Errorf("the forward's port stayed bound: %v", err)
+	} else {
+		l.Close()
+	}
+
+	syn := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
+	header.TCP(syn).Encode(40000, 80, 1000, 0, header.TCPSyn, 0xffff, len(syn))
+	header.EncodeSynOptions(syn[header.TCPMinLen:], 1440, 7)
+	echo := []byte{header.ICMPv6Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}
+	for _, f := range [][]byte{
+		frame6(testGuest6, testGW6, header.ProtoTCP, syn),
+		frame6(testGuest6, testGW6, header.ProtoUDP, udp6(5000, 9, []byte("x"))),
+		frame6(testGuest6, testGW6, header.ProtoICMPv6, echo),
+	} {
+		te.tapInput(f)
+	}
+	te.tcpFlushAcks()
+	te.udpFlush()
+	rst := false
+	for _, f := range te.output(t) {
+		if f[12] == 0x86 && f[20] == header.ProtoTCP && header.TCP(f[54:]).Flags()&header.TCPRst != 0 {
+			rst = true
+		}
+	}
+	if !rst {
+		t.Error("the guest's SYN got no reset")
+	}
+	if n := te.tcp.count + te.udp.count + te.icmp.count; n != 0 {
+		t.Errorf("%d flows kept without epoll", n)
+	}
+	if after := openFds(t); after != before {
+		t.Errorf("%d descriptors open, %d before", after, before)
+	}
+}
+
