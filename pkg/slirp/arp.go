@@ -22,17 +22,14 @@ func (e *Engine) arpInput(a header.ARP) {
 	if target == e.cfg.Addr4 || target == netip.AddrFrom4([4]byte(a.SenderIP())) {
 		return
 	}
-	const l = header.EthernetLen + header.ARPLen
-	b := e.wr.Reserve(ethOff + l)
-	if b == nil || e.tapFd < 0 {
+	b := e.reserve(ethOff + header.EthernetLen + header.ARPLen)
+	if b == nil {
 		return
 	}
 	var senderMAC [6]byte
 	copy(senderMAC[:], a.SenderMAC())
-	putFrameLen(b, l)
 	header.Ethernet(b[ethOff:]).Encode(senderMAC, e.cfg.OurMAC, header.EtherTypeARP)
 	header.ARP(b[ethOff+header.EthernetLen:]).Encode(header.ARPReply,
 		e.cfg.OurMAC[:], a.TargetIP(), senderMAC[:], a.SenderIP())
-	e.wr.Commit(ethOff + l)
-	e.Stats.FramesOut++
+	e.commit(pad(b, ethOff+header.EthernetLen+header.ARPLen))
 }

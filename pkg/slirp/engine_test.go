@@ -149,3 +149,13 @@ func TestEpollFailure(t *testing.T) {
 	}
 }
 
+// TestShortFramesPadded: a frame shorter than Ethernet's minimum (an ARP
+// reply is 42 bytes) goes out padded with zeros to 60.
+func TestShortFramesPadded(t *testing.T) {
+	te := newTestEngine(t)
+	te.tapInput(seedFrames()[0])
+	out := te.output(t)
+	if len(out) != 1 || len(out[0]) != minFrameLen || header.Ethernet(out[0]).Type() != header.EtherTypeARP {
+		t.Fatalf("got %d frames (first %d bytes), want one ARP reply of %d", len(out), len(out[0]), minFrameLen)
+	}
+}

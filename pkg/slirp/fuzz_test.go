@@ -3,6 +3,7 @@ package slirp
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"path/filepath"
 	"testing"
 
@@ -75,12 +76,21 @@ func (te *testEngine) output(t testing.TB) [][]byte {
 	return frames
 }
 
+// padded reports whether a frame whose packet ends at n is exactly that
+// long, or padded with zeros to Ethernet's minimum.
+func padded(f []byte, n int) bool {
+	if n >= minFrameLen || n > len(f) {
+		return n == len(f)
+	}
+	return len(f) == minFrameLen && !slices.ContainsFunc(f[n:], func(b byte) bool { return b != 0 })
+}
+
 // checkFrame verifies a frame the engine built: its IP header, and the
 // checksum of its L4 part, pseudo-header included where the protocol has
 // one.
 func checkFrame(f []byte) error {
-	if len(f) < header.EthernetLen {
-		return fmt.Errorf("%d bytes", len(f))
+	if len(f) < minFrameLen {
+		return fmt.Errorf("%d bytes, below Ethernet's minimum", len(f))
 	}
 	eth := header.Ethernet(f)
 	var src, dst netip.Addr
@@ -94,13 +104,14 @@ func checkFrame(f []byte) error {
 		return nil
 	case header.EtherTypeIPv4:
 		ip := header.IPv4(eth.Payload())
-		if !ip.IsValid() || int(ip.TotalLen()) != len(ip) || header.Fold(header.Checksum(ip[:ip.HeaderLen()], 0)) != 0 {
+		if !ip.IsValid() || !padded(f, header.EthernetLen+int(ip.TotalLen())) ||
+			header.Fold(header.Checksum(ip[:ip.HeaderLen()], 0)) != 0 {
 			return fmt.Errorf("bad IPv4 header")
 		}
 		src, dst, proto, l4 = ip.Src(), ip.Dst(), ip.Protocol(), ip.Payload()
 	case header.EtherTypeIPv6:
 		ip := header.IPv6(eth.Payload())
-		if !ip.IsValid() || header.IPv6Len+int(ip.PayloadLen()) != len(ip) {
+		if !ip.IsValid() || !padded(f, header.EthernetLen+header.IPv6Len+int(ip.PayloadLen())) {
 			return fmt.Errorf("bad IPv6 header")
 		}
 		src, dst, proto, l4 = ip.Src(), ip.Dst(), ip.NextHeader(), ip.Payload()

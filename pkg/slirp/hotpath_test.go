@@ -119,7 +119,8 @@ func (h *hotPath) send(b []byte) {
 func (h *hotPath) readFrames(fn func(header.TCP)) {
 	if err := drainFrames(h.rd, h.guest, func(f []byte) {
 		if len(f) > 34 && f[12] == 8 && f[13] == 0 && f[23] == header.ProtoTCP {
-			fn(header.TCP(f[34:]))
+			ip := header.IPv4(f[14:])
+			fn(header.TCP(f[34 : 14+int(ip.TotalLen())])) // without Ethernet padding
 		}
 	}); err != nil {
 		panic(err)

@@ -132,22 +132,37 @@ func (e *Engine) reserveIP(dst netip.Addr, l4len int) []byte {
 	return e.reserve(l4Off(dst) + l4len)
 }
 
-// reserve returns n bytes of queue space, or nil when the queue is full
-// or no guest is connected.
+// reserve returns n bytes of queue space, room for padding included, or
+// nil when the queue is full or no guest is connected.
 func (e *Engine) reserve(n int) []byte {
 	if e.tapFd < 0 {
 		return nil
 	}
-	return e.wr.Reserve(n)
+	return e.wr.Reserve(max(n, ethOff+minFrameLen))
+}
+
+// minFrameLen is Ethernet's minimum frame, without the FCS. Shorter
+// frames (an ARP reply, a small TCP segment) are padded with zeros, as
+// passt pads them, since a guest NIC model may expect it.
+const minFrameLen = 60
+
+// pad writes the length prefix of a frame of size bytes in the queue,
+// padding it to minFrameLen, and returns its padded size.
+func pad(b []byte, size int) int {
+	if size < ethOff+minFrameLen {
+		clear(b[size : ethOff+minFrameLen])
+		size = ethOff + minFrameLen
+	}
+	putFrameLen(b, size-ethOff)
+	return size
 }
 
 // fillIP writes the length prefix, Ethernet and IP headers of a frame whose
 // L4 part (l4len bytes) the caller has built or will build, and returns
-// the frame's size in the queue. ICMPv6 goes out with hop limit 255, which
-// Neighbor Discovery requires and nothing else minds.
+// the frame's size in the queue, padding included. ICMPv6 goes out with
+// hop limit 255, which Neighbor Discovery requires and nothing else minds.
 func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) int {
-	size := l4Off(dst) + l4len
-	putFrameLen(b, size-ethOff)
+	size := pad(b, l4Off(dst)+l4len)
 	eth := header.Ethernet(b[ethOff:])
 	if dst.Is4() {
 		eth.Encode(e.guestMAC, e.cfg.OurMAC, header.EtherTypeIPv4)
@@ -176,7 +191,7 @@ func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uin
 		return false
 	}
 	size := e.fillIP(b, src, dst, header.ProtoUDP, l4len)
-	u := header.UDP(b[l4Off(dst):size])
+	u := header.UDP(b[l4Off(dst) : l4Off(dst)+l4len])
 	u.Encode(sport, dport, len(payload))
 	copy(u[header.UDPLen:], payload)
 	sum := header.PseudoHeaderSum(header.ProtoUDP, src, dst, l4len)
@@ -195,7 +210,7 @@ func (e *Engine) sendICMP(b []byte, src, dst netip.Addr, l4len int) {
 		sum = header.PseudoHeaderSum(proto, src, dst, l4len)
 	}
 	size := e.fillIP(b, src, dst, proto, l4len)
-	m := header.ICMP(b[l4Off(dst):size])
+	m := header.ICMP(b[l4Off(dst) : l4Off(dst)+l4len])
 	m.SetChecksum(0)
 	m.SetChecksum(header.Fold(header.Checksum(m, sum)))
 	e.commit(size)

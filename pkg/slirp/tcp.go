@@ -56,6 +56,7 @@ const (
 	tcpIdle       = 7200_000_000_000
 	tcpKeepIdle   = 30_000_000_000 // guest silence before we probe it, as passt does
 	tcpDefaultMSS = 536
+	tcpMinMSS     = 48 // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
 	tcpAckDelay   = 1_000_000   // how long a small segment's ACK may wait, ns
 	tcpQuickAck   = 100_000_000 // no delaying for this long after one timed out
 )
@@ -278,7 +279,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, flags uint32) *tcpFlow {
 // synOptions applies the options of the guest's SYN or SYN-ACK.
 func (f *tcpFlow) synOptions(opts header.SynOptions) {
 	if opts.MSS != 0 {
-		f.mss = min(f.mss, int(opts.MSS))
+		f.mss = min(f.mss, max(int(opts.MSS), tcpMinMSS))
 	} else {
 		f.mss = min(f.mss, tcpDefaultMSS)
 	}
@@ -847,7 +848,7 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, 
 	l4len := header.TCPMinLen + optLen + payloadLen
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
 	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
-	t := header.TCP(b[l4Off(dst):size])
+	t := header.TCP(b[l4Off(dst) : l4Off(dst)+l4len])
 	ack := f.rcvNxt
 	if flags&header.TCPAck == 0 {
 		ack = 0
