@@ -80,8 +80,6 @@ type Engine struct {
 	callFd int         // eventfd: calls are queued for the loop
 	calls  chan func() // functions to run on the loop (control plane)
 
-	sa4      unix.SockaddrInet4 // reused for sendto without allocating
-	sa6      unix.SockaddrInet6
 	dhcpBuf  [576]byte
 	dhcp6Buf [1024]byte
 	duidBuf  [10]byte
@@ -406,19 +404,6 @@ func (e *Engine) flush() {
 		}
 		e.tcpResumeWaiters()
 	}
-}
-
-// setSA fills the reusable sockaddr of ap's family, without allocating.
-// A dual-stack IPv6 socket takes an IPv4 sockaddr too.
-func (e *Engine) setSA(ap netip.AddrPort) unix.Sockaddr {
-	if ap.Addr().Is4() {
-		e.sa4.Addr = ap.Addr().As4()
-		e.sa4.Port = int(ap.Port())
-		return &e.sa4
-	}
-	e.sa6.Addr = ap.Addr().As16()
-	e.sa6.Port = int(ap.Port())
-	return &e.sa6
 }
 
 // socketFamily is the address family of a host socket that reaches a.

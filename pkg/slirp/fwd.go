@@ -271,7 +271,7 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
 			return fail(fmt.Errorf("bind to %s: %w", f.Iface, err))
 		}
 	}
-	if err := unix.Bind(fd, sockaddr(a, f.HostPort)); err != nil {
+	if err := bind(fd, netip.AddrPortFrom(a, f.HostPort)); err != nil {
 		return fail(err)
 	}
 	if typ == unix.SOCK_STREAM {
@@ -280,32 +280,6 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
 		}
 	}
 	return fd, nil
-}
-
-// sockaddr converts for setup paths; the data path uses Engine.setSA.
-func sockaddr(a netip.Addr, port uint16) unix.Sockaddr {
-	if a.Is4() {
-		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(port)}
-	}
-	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(port)}
-}
-
-// wildcard is the any-address sockaddr of a socket family.
-func wildcard(family int, port uint16) unix.Sockaddr {
-	if family == unix.AF_INET {
-		return sockaddr(netip.IPv4Unspecified(), port)
-	}
-	return sockaddr(netip.IPv6Unspecified(), port)
-}
-
-func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // tcpDial opens the host end of a guest connection: a TCP connect, or for
@@ -339,7 +313,7 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 		return -1, false, err
 	}
 	e.tcp.hostSockOpts(fd)
-	err = unix.Connect(fd, e.setSA(dst))
+	err = connect(fd, dst)
 	if err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return -1, false, err

@@ -403,3 +403,4 @@ func TestKeepaliveToIdleGuest(t *testing.T) {
 		t.Fatal("the flow expired although the guest answered its keepalive")
 	}
 }
+

@@ -63,7 +63,7 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.sendUnreachable(unix.ENETUNREACH, src, dst, icmpProto(src), m)
 		return
 	}
-	if err := unix.Sendto(f.fd, m, 0, e.setSA(to)); err != nil {
+	if err := sendto(f.fd, m, to); err != nil {
 		e.debugf("ICMP echo to %v: %v", dst, err)
 	}
 }

@@ -60,10 +60,43 @@ func discard(fd int, n int) error {
 	return nil
 }
 
+// sockaddr is a kernel socket address of either family: a sockaddr_in6
+// is large enough to hold a sockaddr_in too. putSockaddr and
+// sockaddrAddrPort are the only conversions between it and
+// netip.AddrPort; they allocate nothing, and keep the port in network
+// byte order on any machine.
+type sockaddr = unix.RawSockaddrInet6
+
+// putSockaddr writes ap into sa, as a sockaddr of ap's family, and
+// returns its address and length for a system call. A dual-stack IPv6
+// socket takes an IPv4 sockaddr too.
+func putSockaddr(sa *sockaddr, ap netip.AddrPort) (unsafe.Pointer, uint32) {
+	if ap.Addr().Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], ap.Port())
+		return unsafe.Pointer(sa4), unix.SizeofSockaddrInet4
+	}
+	*sa = sockaddr{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	return unsafe.Pointer(sa), unix.SizeofSockaddrInet6
+}
+
+// sockaddrAddrPort reads a kernel sockaddr of either family; IPv4-mapped
+// addresses are unmapped.
+func sockaddrAddrPort(sa *sockaddr) netip.AddrPort {
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+}
+
 // recvfrom reads one datagram and its IPv4 or IPv6 source (IPv4-mapped
 // sources are unmapped).
 func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
-	var sa unix.RawSockaddrInet6 // large enough for either family
+	var sa sockaddr
 	salen := uint32(unix.SizeofSockaddrInet6)
 	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd),
 		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT,
@@ -71,18 +104,56 @@ func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
 	if errno != 0 {
 		return 0, netip.AddrPort{}, errno
 	}
-	return int(n), rawToAddrPort(&sa), nil
+	return int(n), sockaddrAddrPort(&sa), nil
 }
 
-// rawToAddrPort reads a kernel sockaddr of either family; IPv4-mapped
-// addresses are unmapped.
-func rawToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
-	port := uint16(sa.Port>>8 | sa.Port<<8)
-	if sa.Family == unix.AF_INET {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+// sendto sends p to ap.
+func sendto(fd int, p []byte, ap netip.AddrPort) error {
+	var sa sockaddr
+	ptr, l := putSockaddr(&sa, ap)
+	var base unsafe.Pointer
+	if len(p) > 0 {
+		base = unsafe.Pointer(&p[0])
 	}
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(base), uintptr(len(p)),
+		unix.MSG_DONTWAIT, uintptr(ptr), uintptr(l))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// bind binds fd to ap.
+func bind(fd int, ap netip.AddrPort) error {
+	return sockaddrCall(unix.SYS_BIND, fd, ap)
+}
+
+// connect starts connecting fd to ap; a non-blocking socket returns
+// EINPROGRESS.
+func connect(fd int, ap netip.AddrPort) error {
+	return sockaddrCall(unix.SYS_CONNECT, fd, ap)
+}
+
+func sockaddrCall(trap uintptr, fd int, ap netip.AddrPort) error {
+	var sa sockaddr
+	ptr, l := putSockaddr(&sa, ap)
+	_, _, errno := unix.Syscall(trap, uintptr(fd), uintptr(ptr), uintptr(l))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// accept takes one pending connection, non-blocking, and its peer.
+func accept(lfd int) (int, netip.AddrPort, error) {
+	var sa sockaddr
+	salen := uint32(unix.SizeofSockaddrInet6)
+	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&sa)),
+		uintptr(unsafe.Pointer(&salen)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, netip.AddrPort{}, errno
+	}
+	return int(fd), sockaddrAddrPort(&sa), nil
 }
 
 // Indices into SO_MEMINFO's array (linux/sock_diag.h).
@@ -164,7 +235,7 @@ const (
 // the error number when an ICMP or ICMPv6 message caused it (0 for a
 // local error).
 func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
-	var sa unix.RawSockaddrInet6 // large enough for either family
+	var sa sockaddr
 	var iov unix.Iovec
 	iov.Base, iov.Len = &p[0], uint64(len(p))
 	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Iovlen: 1}
@@ -174,7 +245,7 @@ func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
 	if errno != 0 {
 		return 0, netip.AddrPort{}, 0, errno
 	}
-	dst := rawToAddrPort(&sa)
+	dst := sockaddrAddrPort(&sa)
 	var ee unix.Errno
 	for c := oob[:msg.Controllen]; len(c) >= unix.SizeofCmsghdr; {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
@@ -215,19 +286,4 @@ func sendmmsg(fd int, msgs []mmsghdr) (int, error) {
 		}
 		return int(n), nil
 	}
-}
-
-// putRawSockaddr writes ap as a kernel sockaddr of its family into sa and
-// returns it for a msghdr, without allocating.
-func putRawSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) (*byte, uint32) {
-	port := ap.Port()
-	if ap.Addr().Is4() {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], port)
-		return (*byte)(unsafe.Pointer(sa4)), unix.SizeofSockaddrInet4
-	}
-	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
-	return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet6
 }

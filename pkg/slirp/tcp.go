@@ -293,12 +293,12 @@ func (f *tcpFlow) synOptions(opts header.SynOptions) {
 // waiting on a forwarded port.
 func (e *Engine) tcpAccept(l *listener) {
 	for {
-		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, from, err := accept(l.fd)
 		if err != nil {
 			return
 		}
 		var key tcpKey
-		key.remote, key.guest = e.inboundRoute(sockaddrToAddrPort(sa), l.fwd.GuestPort)
+		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
 		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.tapFd < 0 {
 			unix.Close(fd)
 			continue

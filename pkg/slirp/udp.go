@@ -45,7 +45,7 @@ type udpSendBatch struct {
 	n     int
 	msgs  [udpBatchMax]mmsghdr
 	iovs  [udpBatchMax]unix.Iovec
-	addrs [udpBatchMax]unix.RawSockaddrInet6 // either family fits
+	addrs [udpBatchMax]sockaddr
 }
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
@@ -88,8 +88,8 @@ func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
 	if len(payload) > 0 {
 		b.iovs[i].Base = &payload[0]
 	}
-	b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Iov: &b.iovs[i], Iovlen: 1}}
-	b.msgs[i].hdr.Name, b.msgs[i].hdr.Namelen = putRawSockaddr(&b.addrs[i], to)
+	name, namelen := putSockaddr(&b.addrs[i], to)
+	b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &b.iovs[i], Iovlen: 1}}
 	if b.n == udpBatchMax {
 		e.udpFlush()
 	}
@@ -130,8 +130,12 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
 	}
-	if unix.Bind(fd, wildcard(fam, guest.Port())) != nil {
-		unix.Bind(fd, wildcard(fam, 0))
+	wild := netip.IPv4Unspecified()
+	if fam == unix.AF_INET6 {
+		wild = netip.IPv6Unspecified()
+	}
+	if bind(fd, netip.AddrPortFrom(wild, guest.Port())) != nil {
+		bind(fd, netip.AddrPortFrom(wild, 0))
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
@@ -268,7 +272,7 @@ func (e *Engine) udpReply(f *udpInFlow, payload []byte) {
 	if int(f.listener) >= len(e.fwd.listeners) || e.fwd.listeners[f.listener] == nil {
 		return // the forward was removed
 	}
-	if err := unix.Sendto(e.fwd.listeners[f.listener].fd, payload, 0, e.setSA(f.peer)); err != nil {
+	if err := sendto(e.fwd.listeners[f.listener].fd, payload, f.peer); err != nil {
 		e.debugf("UDP reply to %v: %v", f.peer, err)
 	}
 }

@@ -1,0 +1,101 @@
+package slirp
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSockaddrRoundTrip drives every use of the one sockaddr conversion
+// (bind, connect, accept, sendto, recvfrom) against real loopback
+// sockets, with Go's net package reading the same sockets as an
+// independent check of addresses and ports, for both families.
+func TestSockaddrRoundTrip(t *testing.T) {
+	for _, lo := range []string{"127.0.0.1", "::1"} {
+		t.Run(lo, func(t *testing.T) {
+			ip := netip.MustParseAddr(lo)
+			fam := socketFamily(ip)
+
+			// bind + accept: Go dials our listener.
+			lfd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(lfd)
+			if err := bind(lfd, netip.AddrPortFrom(ip, 0)); err != nil {
+				t.Fatal(err)
+			}
+			unix.Listen(lfd, 1)
+			sa, _ := unix.Getsockname(lfd)
+			lport := sockPort(sa)
+			c, err := net.Dial("tcp", netip.AddrPortFrom(ip, lport).String())
+			if err != nil {
+				t.Fatalf("dial our listener on port %d: %v", lport, err)
+			}
+			defer c.Close()
+			var fd int
+			var peer netip.AddrPort
+			for fd, peer, err = accept(lfd); err == unix.EAGAIN; fd, peer, err = accept(lfd) {
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(fd)
+			if want := c.LocalAddr().(*net.TCPAddr).AddrPort(); peer != netip.AddrPortFrom(ip, want.Port()) {
+				t.Errorf("accept: peer %v, Go's end is %v", peer, want)
+			}
+
+			// connect: to a Go listener.
+			gl, err := net.Listen("tcp", net.JoinHostPort(lo, "0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer gl.Close()
+			cfd, _ := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			defer unix.Close(cfd)
+			if err := connect(cfd, gl.Addr().(*net.TCPAddr).AddrPort()); err != nil {
+				t.Fatalf("connect to %v: %v", gl.Addr(), err)
+			}
+
+			// sendto and recvfrom, with a Go UDP socket at the other end.
+			gu, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer gu.Close()
+			ufd, _ := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			defer unix.Close(ufd)
+			if err := bind(ufd, netip.AddrPortFrom(ip, 0)); err != nil {
+				t.Fatal(err)
+			}
+			usa, _ := unix.Getsockname(ufd)
+			ours := netip.AddrPortFrom(ip, sockPort(usa))
+			if err := sendto(ufd, []byte("hi"), gu.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 16)
+			n, from, err := gu.ReadFromUDPAddrPort(buf)
+			if err != nil || string(buf[:n]) != "hi" || from != ours {
+				t.Errorf("sendto: Go got %q from %v, %v; want \"hi\" from %v", buf[:n], from, err, ours)
+			}
+			gu.WriteToUDPAddrPort([]byte("yo"), ours)
+			n, src, err := recvfrom(ufd, buf)
+			if err != nil || string(buf[:n]) != "yo" || src != gu.LocalAddr().(*net.UDPAddr).AddrPort() {
+				t.Errorf("recvfrom: %q from %v, %v; want \"yo\" from %v", buf[:n], src, err, gu.LocalAddr())
+			}
+		})
+	}
+}
+
+// sockPort reads the port of x/sys's own sockaddr form.
+func sockPort(sa unix.Sockaddr) uint16 {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(sa.Port)
+	case *unix.SockaddrInet6:
+		return uint16(sa.Port)
+	}
+	return 0
+}
