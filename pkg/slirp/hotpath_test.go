@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -404,3 +405,65 @@ func TestKeepaliveToIdleGuest(t *testing.T) {
 	}
 }
 
+// TestPeekWithoutPeekOff runs host-to-guest on the path for kernels
+// without SO_PEEK_OFF (TCP has it since Linux 6.9), where each peek reads
+// the bytes in flight again: the stream arrives whole and in order, a
+// peek that finds nothing new sends no FIN, and the host's close does.
+func TestPeekWithoutPeekOff(t *testing.T) {
+	conns := make(chan net.Conn, 1)
+	h := newHotPath(t, func(c net.Conn) { conns <- c })
+	srv := <-conns
+	var f *tcpFlow
+	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
+	// Turn SO_PEEK_OFF off (qemu-user, for the big-endian run, lacks it).
+	if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
+		t.Fatal(err)
+	}
+	f.peekOff = false
+	data := make([]byte, 3000)
+	for i := range data {
+		data[i] = byte(i % 251)
+	}
+	var got []byte
+	fin := false
+	collect := func(s header.TCP) {
+		if s.Flags()&header.TCPFin != 0 {
+			fin = true
+		}
+		if p := s.Payload(); len(p) > 0 && s.Seq() == h.ack {
+			got = append(got, p...)
+			h.ack += uint32(len(p))
+		}
+	}
+	receive := func(want int) {
+		t.Helper()
+		for i := 0; i < 100 && len(got) < want; i++ {
+			h.e.turn(10)
+			h.readFrames(collect)
+		}
+	}
+
+	srv.Write(data[:1000])
+	receive(1000)
+	h.ack -= 500 // acknowledge half, leaving 500 bytes in flight
+	h.send(h.segment(header.TCPAck, 0))
+	h.ack += 500
+	h.e.turn(10)
+	h.e.tcpSendToGuest(f) // a wake-up with nothing new to send
+	h.readFrames(collect)
+	if fin || len(got) != 1000 {
+		t.Fatalf("after a peek with nothing new: %d bytes, FIN %v; want 1000 and no FIN", len(got), fin)
+	}
+	h.send(h.segment(header.TCPAck, 0))
+	srv.Write(data[1000:])
+	receive(len(data))
+	srv.Close()
+	for i := 0; i < 100 && !fin; i++ {
+		h.e.turn(10)
+		h.readFrames(collect)
+		h.send(h.segment(header.TCPAck, 0))
+	}
+	if !bytes.Equal(got, data) || !fin {
+		t.Fatalf("got %d bytes (equal %v), FIN %v; want the %d bytes sent, then FIN", len(got), bytes.Equal(got, data), fin, len(data))
+	}
+}

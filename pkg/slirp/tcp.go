@@ -641,8 +641,10 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		iov := e.tcp.iov[:0]
-		if !f.peekOff {
-			iov = append(iov, e.tcp.skipIov(int(inflight)))
+		skip := 0 // bytes already in flight that this peek reads again
+		if !f.peekOff && inflight > 0 {
+			skip = int(inflight)
+			iov = append(iov, e.tcp.skipIov(skip))
 		}
 		for i := range segs {
 			l := min(f.mss, want-i*f.mss)
@@ -657,10 +659,14 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			e.tcpClose(f, true, false)
 			return
 		}
-		if !f.peekOff {
-			n -= int(inflight)
-		}
-		if n <= 0 {
+		// Nothing at all is the end of the stream. Without SO_PEEK_OFF,
+		// only what is in flight is nothing new: the stream ends there
+		// only if the peer has shut down.
+		eof := n == 0 || n <= skip && f.flags&tcpHostRdhup != 0
+		if n -= skip; n <= 0 {
+			if !eof {
+				return
+			}
 			f.flags |= tcpHostEOF
 			if f.flags&tcpFinSent == 0 {
 				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
