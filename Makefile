@@ -7,10 +7,11 @@ LDFLAGS := -X main.version=$(VERSION)
 # Debian packages the tests use as real peers: the kernel in a network
 # namespace is the guest, busybox provides udhcpc, ping and nslookup,
 # dhclient is its DHCPv6 client (busybox-static has none), QEMU boots a
-# real guest with a Debian kernel.
-TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client
+# real guest with a Debian kernel, qemu-user runs the package tests as a
+# big-endian s390x machine.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static
 
-.PHONY: all build test deps fuzz bench lint clean install install-libvirt uninstall-libvirt
+.PHONY: all build test test-bigendian deps fuzz bench lint clean install install-libvirt uninstall-libvirt
 
 all: build
 
@@ -33,7 +34,15 @@ deps:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) test-bigendian
 	$(MAKE) fuzz FUZZTIME=50000x
+
+# test-bigendian runs the package tests again as s390x under qemu-user,
+# against this kernel: header views and socket addresses must not depend
+# on byte order, and qemu-user, having no SO_PEEK_OFF, also exercises the
+# path for kernels before 6.9.
+test-bigendian:
+	GOARCH=s390x $(GO) test -count=1 -exec qemu-s390x-static ./pkg/...
 
 FUZZTIME ?= 30s
 fuzz:
@@ -44,16 +53,21 @@ fuzz:
 		done; \
 	done
 
-# bench compares gopasst with passt, slirp4netns and gvproxy on the test
+# bench compares gopasst with passt (PASST=path), slirp4netns and gvproxy on the test
 # harness (never part of make test); gvproxy is installed with go install
 # into tests/.cache/bin. Rounds alternate between backends; results go to
 # bench/. GOPASST_BENCH_ROUNDS (default 5) and GOPASST_BENCH_ONLY=gopasst,passt
 # narrow a run.
 BENCH_DEBS := slirp4netns librsvg2-bin
 
+# PASST is the passt to beat: by default upstream passt (2026-03, with
+# vhost-user), built from the tarball in ../shared/peers into the test
+# cache. The report names it by its own --version.
+PASST ?= $(shell ../shared/peers/build-passt.sh $(CURDIR)/tests/.cache/passt)
+
 bench: deps
 	tests/deps.sh $(BENCH_DEBS)
-	GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench$$' -v ./tests | grep -v '^=== '
+	PASST="$(PASST)" GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench$$' -v ./tests | grep -v '^=== '
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 
 lint:
