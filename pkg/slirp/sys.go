@@ -173,10 +173,22 @@ func sendRoom(fd int) int {
 	l := uint32(unsafe.Sizeof(m))
 	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
 		uintptr(unsafe.Pointer(&m[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if errno != 0 {
+	if errno == 0 && m[skMemSndbuf] != 0 {
+		return int(m[skMemSndbuf]) - int(max(m[skMemWmemQueued], m[skMemWmemAlloc]))
+	}
+	// Without SO_MEMINFO (before Linux 4.6, gVisor; qemu-user answers
+	// with zeros: no real send buffer is empty), count
+	// bytes instead: the kernel doubles SO_SNDBUF to cover its overhead,
+	// so half of it is the data it takes, less what is still queued.
+	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
 		return 0
 	}
-	return int(m[skMemSndbuf]) - int(max(m[skMemWmemQueued], m[skMemWmemAlloc]))
+	queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	return sndbuf/2 - queued
 }
 
 // fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max
