@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -318,8 +319,8 @@ func TestSmallSegmentAck(t *testing.T) {
 		h.e.turn(10)
 		h.readFrames(collect)
 	}
-	if len(got) != 1 || len(got[0].Payload()) != 0 || got[0].Ack() != h.seq {
-		t.Fatalf("got %d segments, want a lone ACK of %d", len(got), h.seq)
+	if !pureAcksOf(got, h.seq) {
+		t.Fatalf("got %d segments, want a lone ACK of %d (and window updates)", len(got), h.seq)
 	}
 
 	// No reply came in time, so the flow is no longer delayed: a guest
@@ -330,9 +331,17 @@ func TestSmallSegmentAck(t *testing.T) {
 	got = got[:0]
 	h.e.turn(10)
 	h.readFrames(collect)
-	if len(got) != 1 || got[0].Ack() != h.seq {
+	if !pureAcksOf(got, h.seq) {
 		t.Fatalf("got %d segments, want an immediate ACK of %d", len(got), h.seq)
 	}
+}
+
+// pureAcksOf reports whether segs are one or more ACKs of seq without
+// data: an ACK, perhaps followed by window updates as the host drains.
+func pureAcksOf(segs []header.TCP, seq uint32) bool {
+	return len(segs) > 0 && !slices.ContainsFunc(segs, func(s header.TCP) bool {
+		return len(s.Payload()) != 0 || s.Ack() != seq
+	})
 }
 
 // TestKeepaliveProbeAnswered: a keepalive probe from the guest (no data,
@@ -356,8 +365,8 @@ func TestKeepaliveProbeAnswered(t *testing.T) {
 	h.seq++
 	h.e.turn(10)
 	h.readFrames(collect)
-	if len(acks) != 1 || acks[0] != h.seq {
-		t.Fatalf("keepalive probe: ACKs %v, want one of %d", acks, h.seq)
+	if !acksOf(acks, h.seq) {
+		t.Fatalf("keepalive probe: ACKs %v, want ACKs of %d", acks, h.seq)
 	}
 	var fd int
 	h.e.tcp.each(func(_ int32, f *tcpFlow) { fd = f.fd })
@@ -371,9 +380,15 @@ func TestKeepaliveProbeAnswered(t *testing.T) {
 	h.seq += 100
 	h.e.turn(10)
 	h.readFrames(collect)
-	if len(acks) != 1 || acks[0] != h.seq {
-		t.Fatalf("old duplicate: ACKs %v, want one of %d", acks, h.seq)
+	if !acksOf(acks, h.seq) {
+		t.Fatalf("old duplicate: ACKs %v, want ACKs of %d", acks, h.seq)
 	}
+}
+
+// acksOf reports whether acks holds at least one ACK and all are of seq
+// (a window update may follow the answer).
+func acksOf(acks []uint32, seq uint32) bool {
+	return len(acks) > 0 && !slices.ContainsFunc(acks, func(a uint32) bool { return a != seq })
 }
 
 // TestKeepaliveToIdleGuest: after tcpKeepIdle of guest silence the engine
@@ -381,18 +396,18 @@ func TestKeepaliveProbeAnswered(t *testing.T) {
 func TestKeepaliveToIdleGuest(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	h.readFrames(func(header.TCP) {})
-	var probes []uint32
+	probes := 0
 	collect := func(s header.TCP) {
-		if len(s.Payload()) == 0 && s.Flags() == header.TCPAck {
-			probes = append(probes, s.Seq())
+		if len(s.Payload()) == 0 && s.Flags() == header.TCPAck && s.Seq() == h.ack-1 {
+			probes++
 		}
 	}
 	h.e.start = h.e.start.Add(-time.Duration(tcpKeepIdle) - time.Second) // the guest was silent for longer
 	h.e.lastTick = 0
 	h.e.turn(1)
 	h.readFrames(collect)
-	if len(probes) != 1 || probes[0] != h.ack-1 {
-		t.Fatalf("probes with seq %v, want one with %d", probes, h.ack-1)
+	if probes != 1 {
+		t.Fatalf("%d probes with seq %d, want one", probes, h.ack-1)
 	}
 	h.send(h.segment(header.TCPAck, 0)) // the guest's answer
 	h.e.turn(10)
