@@ -98,11 +98,11 @@ func benchBackends(t *testing.T) []backend {
 	}
 	gopasstVer, _ := exec.Command(gopasstBin, "--version").Output()
 	bs := []backend{{name: "gopasst", version: strings.TrimSpace(string(gopasstVer)), hostVia: hostGW}}
-	if p, err := exec.LookPath("passt"); err == nil {
-		bs = append(bs, backend{name: "passt", version: "passt " + debVersion("passt") + " (Debian)",
+	if p, err := passtPath(); err == nil {
+		bs = append(bs, backend{name: "passt", version: passtVersion(p),
 			argv: []string{p, "-f", "-q", "-s", "{sock}", "-m", "{mtu}"}, hostVia: hostGW})
 	} else {
-		bs = append(bs, backend{name: "passt", missing: "not installed (Debian package passt)"})
+		bs = append(bs, backend{name: "passt", missing: err.Error()})
 	}
 	if p, err := exec.LookPath("slirp4netns"); err == nil {
 		bs = append(bs, backend{name: "slirp4netns", version: "slirp4netns " + debVersion("slirp4netns") + " (Debian)",
@@ -122,6 +122,37 @@ func benchBackends(t *testing.T) []backend {
 		}
 	}
 	return bs
+}
+
+// passtPath is the passt to measure: $PASST (make bench builds upstream
+// passt from ../shared/peers into it), else the one on PATH.
+func passtPath() (string, error) {
+	if p := os.Getenv("PASST"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("PASST=%s: %w", p, err)
+		}
+		return p, nil
+	}
+	p, err := exec.LookPath("passt")
+	if err != nil {
+		return "", fmt.Errorf("no PASST=path given and none on PATH")
+	}
+	return p, nil
+}
+
+// passtVersion is what the binary at p says of itself, with the Debian
+// package's version when a package owns p (Debian's build says "unknown
+// version").
+func passtVersion(p string) string {
+	out, _ := exec.Command(p, "--version").Output()
+	v, _, _ := strings.Cut(string(out), "\n")
+	v = fmt.Sprintf("%s (%s)", strings.TrimSpace(v), p)
+	if owner, err := exec.Command("dpkg-query", "-S", p).Output(); err == nil {
+		pkg, _, _ := strings.Cut(string(owner), ":")
+		ver, _ := exec.Command("dpkg-query", "-W", "-f", "${Version}", pkg).Output()
+		v += fmt.Sprintf(", Debian %s %s", pkg, ver)
+	}
+	return v
 }
 
 // installGvproxy puts the pinned gvproxy in tests/.cache/bin with go
