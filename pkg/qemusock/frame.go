@@ -1,11 +1,10 @@
-// Package qemusock carries Ethernet frames over QEMU's "stream" netdev
-// framing: each frame is preceded by its length as a 4-byte big-endian
-// integer. The same framing is used by passt, so any QEMU that can talk to
-// passt can talk to gopasst.
+// Package qemusock carries Ethernet frames between gopasst's engine and a
+// guest: the framings of a byte stream (QEMU's "stream" netdev, which
+// passt also speaks, and gvisor-tap-vsock's) and the transports that use
+// them, behind one Link interface.
 //
-// Reader and Writer work on non-blocking file descriptors and never copy a
-// frame more than once: the reader hands out slices of its buffer, and the
-// writer lets the caller build frames directly in its buffer.
+// Nothing here copies a frame more than once: a Reader hands out slices
+// of its buffer, and a Queue lets the engine build frames in place.
 package qemusock
 
 import (
@@ -16,27 +15,60 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LenSize is the size of the length prefix.
-const LenSize = 4
+// Framing is how a byte stream delimits frames: each one is preceded by
+// its length, LenSize bytes in Order.
+type Framing struct {
+	LenSize int
+	Order   binary.ByteOrder
+	Max     int // the largest frame the length can describe, and we accept
+}
 
 // MaxFrame is the largest frame accepted or sent: an Ethernet header plus a
 // 64 KiB packet, which covers passt's default MTU of 65520.
 const MaxFrame = 65536 + 14
 
+// QEMU is the framing of QEMU's stream netdev and of passt: a 4-byte
+// big-endian length.
+var QEMU = Framing{LenSize: 4, Order: binary.BigEndian, Max: MaxFrame}
+
+// Gvproxy is the framing of gvisor-tap-vsock's forwarder protocol: a
+// 2-byte little-endian length, so no frame is over 65535 bytes.
+var Gvproxy = Framing{LenSize: 2, Order: binary.LittleEndian, Max: 0xffff}
+
+// maxPrefix is the longest length prefix of any framing.
+const maxPrefix = 4
+
 // ErrFrameLength is returned for a zero or oversize length prefix. The stream
 // cannot be resynchronised after it, so the caller drops the client.
 var ErrFrameLength = errors.New("qemusock: bad frame length")
 
+func (f Framing) put(b []byte, n int) {
+	if f.LenSize == 2 {
+		f.Order.PutUint16(b, uint16(n))
+	} else {
+		f.Order.PutUint32(b, uint32(n))
+	}
+}
+
+func (f Framing) get(b []byte) int {
+	if f.LenSize == 2 {
+		return int(f.Order.Uint16(b))
+	}
+	return int(f.Order.Uint32(b))
+}
+
 // Reader reassembles frames from a byte stream.
 type Reader struct {
+	framing    Framing
 	buf        []byte
 	start, end int
 }
 
-// NewReader returns a Reader with a buffer of size bytes (at least two
-// maximum-size frames, so one read can always make progress).
-func NewReader(size int) *Reader {
-	return &Reader{buf: make([]byte, max(size, 2*(MaxFrame+LenSize)))}
+// NewReader returns a Reader of frames delimited by f, with a buffer of
+// size bytes (at least two maximum-size frames, so one read can always
+// make progress).
+func NewReader(f Framing, size int) *Reader {
+	return &Reader{framing: f, buf: make([]byte, max(size, 2*(MaxFrame+maxPrefix)))}
 }
 
 // Fill reads once from fd. It returns the number of bytes read; 0 with a nil
@@ -48,26 +80,19 @@ func (r *Reader) Fill(fd int) (int, error) {
 	return n, err
 }
 
-// FillPacket reads one frame from a packet device (a tap), which hands
-// over whole frames without a length prefix, and stores it with one, so
-// Next serves both transports. It returns the frame's size, and
-// unix.EAGAIN as is.
-func (r *Reader) FillPacket(fd int) (int, error) {
-	r.makeRoom()
-	n, err := read(fd, r.buf[r.end+LenSize:r.end+LenSize+MaxFrame])
-	if n > 0 {
-		PutLen(r.buf[r.end:], n)
-		r.end += LenSize + n
-	}
-	return n, err
-}
+// Buffered returns the bytes read but not yet taken by Next, for a
+// transport that looks at the start of a stream before framing it.
+func (r *Reader) Buffered() []byte { return r.buf[r.start:r.end] }
+
+// Skip drops n buffered bytes.
+func (r *Reader) Skip(n int) { r.start += n }
 
 // makeRoom moves buffered bytes to the front when a maximum-size frame
 // with its prefix would not fit after them.
 func (r *Reader) makeRoom() {
 	if r.start == r.end {
 		r.start, r.end = 0, 0
-	} else if len(r.buf)-r.end < MaxFrame+LenSize {
+	} else if len(r.buf)-r.end < MaxFrame+maxPrefix {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.start = 0
 	}
@@ -91,98 +116,121 @@ func read(fd int, p []byte) (int, error) {
 // The slice is valid until the next call to Fill.
 func (r *Reader) Next() ([]byte, error) {
 	avail := r.buf[r.start:r.end]
-	if len(avail) < LenSize {
+	p := r.framing.LenSize
+	if len(avail) < p {
 		return nil, nil
 	}
-	n := int(binary.BigEndian.Uint32(avail))
-	if n == 0 || n > MaxFrame {
+	n := r.framing.get(avail)
+	if n == 0 || n > r.framing.Max || n > MaxFrame {
 		return nil, fmt.Errorf("%w: %d", ErrFrameLength, n)
 	}
-	if len(avail) < LenSize+n {
+	if len(avail) < p+n {
 		return nil, nil
 	}
-	r.start += LenSize + n
-	return avail[LenSize : LenSize+n], nil
+	r.start += p + n
+	return avail[p : p+n], nil
 }
 
-// Reset discards buffered bytes, for a new client.
-func (r *Reader) Reset() { r.start, r.end = 0, 0 }
-
-// Writer queues frames for a non-blocking stream. Frames are built in place
-// with Reserve and Commit, then sent in as few write calls as possible.
-type Writer struct {
+// Queue holds frames on their way to the guest, each preceded by its
+// length prefix, which the queue writes: the engine builds frames in
+// place from the Ethernet header on. Reservations are handed out one
+// frame at a time and may stay open together (a TCP peek fills several
+// frames with one call); Commit closes them in order, and a frame
+// committed short of its reservation must be the last one kept.
+type Queue struct {
+	framing    Framing
 	buf        []byte
-	head, tail int // pending bytes are buf[head:tail]
+	head, tail int // committed frames are buf[head:tail]
+	open       int // end of the open reservations
 }
 
-// NewWriter returns a Writer with a buffer of size bytes.
-func NewWriter(size int) *Writer {
-	return &Writer{buf: make([]byte, max(size, 2*(MaxFrame+LenSize)))}
+// NewQueue returns a Queue of frames delimited by f, of size bytes.
+func NewQueue(f Framing, size int) *Queue {
+	return &Queue{framing: f, buf: make([]byte, max(size, 2*(MaxFrame+maxPrefix)))}
 }
 
-// Reserve returns n bytes of raw queue space, or nil if the queue is too
-// full. The caller writes one or more frames into it, each with its length
-// prefix (PutLen), and then commits what it wrote. Only the latest
-// reservation may be committed.
-func (w *Writer) Reserve(n int) []byte {
-	if len(w.buf)-w.tail < n && w.head > 0 {
-		w.tail = copy(w.buf, w.buf[w.head:w.tail])
-		w.head = 0
+// Reserve returns room for one frame of up to n bytes after the open
+// reservations, or nil when the queue is too full.
+func (q *Queue) Reserve(n int) []byte {
+	p := q.framing.LenSize
+	if q.open == q.tail && len(q.buf)-q.tail < p+n && q.head > 0 {
+		q.tail = copy(q.buf, q.buf[q.head:q.tail])
+		q.head, q.open = 0, q.tail
 	}
-	if len(w.buf)-w.tail < n {
+	if len(q.buf)-q.open < p+n {
 		return nil
 	}
-	return w.buf[w.tail : w.tail+n]
+	b := q.buf[q.open+p : q.open+p+n]
+	q.open += p + n
+	return b
 }
 
-// Commit queues the first n bytes of the latest reservation.
-func (w *Writer) Commit(n int) { w.tail += n }
+// Commit queues the oldest open reservation as a frame of size bytes.
+// When size is short of the reservation, the reservations after it are
+// dropped.
+func (q *Queue) Commit(size int) {
+	if q.tail+q.framing.LenSize+size > q.open {
+		panic("qemusock: commit beyond the open reservations")
+	}
+	q.framing.put(q.buf[q.tail:], size)
+	q.tail += q.framing.LenSize + size
+}
 
-// PutLen writes the length prefix of a frame of n bytes at b[0:LenSize].
-func PutLen(b []byte, n int) { binary.BigEndian.PutUint32(b, uint32(n)) }
+// Cancel drops the open reservations.
+func (q *Queue) Cancel() { q.open = q.tail }
 
 // Pending is the number of queued bytes.
-func (w *Writer) Pending() int { return w.tail - w.head }
+func (q *Queue) Pending() int { return q.tail - q.head }
 
-// Room is the largest reservation that could succeed now.
-func (w *Writer) Room() int { return len(w.buf) - w.Pending() }
+// Room is how many frames of n bytes could be reserved now.
+func (q *Queue) Room(n int) int {
+	return (len(q.buf) - (q.open - q.head)) / (q.framing.LenSize + n)
+}
 
-// Flush writes queued bytes until done or the stream would block. It
-// returns unix.EAGAIN in the latter case, with the rest still queued.
-func (w *Writer) Flush(fd int) error {
-	for w.head < w.tail {
-		n, err := unix.Write(fd, w.buf[w.head:w.tail])
+// Reset discards queued frames and reservations.
+func (q *Queue) Reset() { q.head, q.tail, q.open = 0, 0, 0 }
+
+// writeStream writes queued bytes, prefixes included, until done or the
+// stream would block (unix.EAGAIN, the rest still queued).
+func (q *Queue) writeStream(fd int) error {
+	for q.head < q.tail {
+		n, err := unix.Write(fd, q.buf[q.head:q.tail])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		w.head += n
+		q.head += n
 	}
-	w.head, w.tail = 0, 0
+	q.drained()
 	return nil
 }
 
-// FlushPackets writes queued frames to a packet device (a tap), one
-// write each and without their length prefixes, until done or the device
-// would block (unix.EAGAIN, the rest still queued). A frame the device
-// refuses is dropped, as a NIC drops what it cannot send.
-func (w *Writer) FlushPackets(fd int) error {
-	for w.head < w.tail {
-		n := int(binary.BigEndian.Uint32(w.buf[w.head:]))
-		_, err := unix.Write(fd, w.buf[w.head+LenSize:w.head+LenSize+n])
+// writePackets writes queued frames to a packet device (a tap), one
+// write each and without their prefixes, until done or the device would
+// block (unix.EAGAIN, the rest still queued). A frame the device refuses
+// is dropped, as a NIC drops what it cannot send.
+func (q *Queue) writePackets(fd int) error {
+	p := q.framing.LenSize
+	for q.head < q.tail {
+		n := q.framing.get(q.buf[q.head:])
+		_, err := unix.Write(fd, q.buf[q.head+p:q.head+p+n])
 		if err == unix.EINTR {
 			continue
 		}
 		if err == unix.EAGAIN {
 			return err
 		}
-		w.head += LenSize + n
+		q.head += p + n
 	}
-	w.head, w.tail = 0, 0
+	q.drained()
 	return nil
 }
 
-// Reset discards queued bytes, for a new client.
-func (w *Writer) Reset() { w.head, w.tail = 0, 0 }
+// drained rewinds an empty queue, unless reservations are open.
+func (q *Queue) drained() {
+	if q.open == q.tail {
+		q.head, q.tail, q.open = 0, 0, 0
+	}
+}

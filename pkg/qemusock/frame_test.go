@@ -50,7 +50,7 @@ func TestReaderSplitsPartialWrites(t *testing.T) {
 		stream = binary.BigEndian.AppendUint32(stream, uint32(i*100))
 		stream = append(stream, bytes.Repeat([]byte{byte(i)}, i*100)...)
 	}
-	r := NewReader(0)
+	r := NewReader(QEMU, 0)
 	var got [][]byte
 	for len(stream) > 0 { // dribble the stream in odd-sized pieces
 		n := min(len(stream), 777)
@@ -73,91 +73,129 @@ func TestReaderSplitsPartialWrites(t *testing.T) {
 }
 
 func TestReaderRejectsBadLengths(t *testing.T) {
-	for _, n := range []uint32{0, MaxFrame + 1, 0xffffffff} {
+	for _, c := range []struct {
+		f      Framing
+		prefix []byte
+	}{
+		{QEMU, []byte{0, 0, 0, 0}},
+		{QEMU, binary.BigEndian.AppendUint32(nil, MaxFrame+1)},
+		{QEMU, []byte{0xff, 0xff, 0xff, 0xff}},
+		{Gvproxy, []byte{0, 0}},
+	} {
 		rfd, wfd := pipePair(t)
-		unix.Write(wfd, binary.BigEndian.AppendUint32(nil, n))
-		if _, err := readAll(t, NewReader(0), rfd); !errors.Is(err, ErrFrameLength) {
-			t.Errorf("length %d: err %v", n, err)
+		unix.Write(wfd, c.prefix)
+		if _, err := readAll(t, NewReader(c.f, 0), rfd); !errors.Is(err, ErrFrameLength) {
+			t.Errorf("prefix % x: err %v", c.prefix, err)
 		}
 	}
 }
 
-func TestWriterRoundTrip(t *testing.T) {
-	rfd, wfd := pipePair(t)
-	w := NewWriter(0)
-	for i := 1; i <= 3; i++ {
-		b := w.Reserve(LenSize + i)
-		PutLen(b, i)
-		copy(b[LenSize:], bytes.Repeat([]byte{byte(i)}, i))
-		w.Commit(LenSize + i)
+// TestQueueRoundTrip: frames built in a queue come out of a reader of the
+// same framing, for each framing.
+func TestQueueRoundTrip(t *testing.T) {
+	for _, f := range []Framing{QEMU, Gvproxy} {
+		rfd, wfd := pipePair(t)
+		q := NewQueue(f, 0)
+		for i := 1; i <= 3; i++ {
+			copy(q.Reserve(i), bytes.Repeat([]byte{byte(i)}, i))
+			q.Commit(i)
+		}
+		if err := q.writeStream(wfd); err != nil || q.Pending() != 0 {
+			t.Fatal(err)
+		}
+		got, err := readAll(t, NewReader(f, 0), rfd)
+		if err != nil || len(got) != 3 || !bytes.Equal(got[2], []byte{3, 3, 3}) {
+			t.Fatalf("%d-byte framing: %v %v", f.LenSize, got, err)
+		}
 	}
-	if err := w.Flush(wfd); err != nil || w.Pending() != 0 {
+}
+
+// TestQueueReservations: several reservations open at once, as a TCP peek
+// fills them; a short frame is the last kept, and the rest are dropped.
+func TestQueueReservations(t *testing.T) {
+	rfd, wfd := pipePair(t)
+	q := NewQueue(QEMU, 0)
+	room := q.Room(100)
+	var open [][]byte
+	for range 4 {
+		open = append(open, q.Reserve(100))
+	}
+	if q.Room(100) != room-4 {
+		t.Errorf("room %d with four open, want %d", q.Room(100), room-4)
+	}
+	for i, size := range []int{100, 100, 60} {
+		copy(open[i], bytes.Repeat([]byte{byte(i + 1)}, size))
+		q.Commit(size)
+	}
+	q.Cancel()
+	copy(q.Reserve(10), "after")
+	q.Commit(5)
+	if err := q.writeStream(wfd); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readAll(t, NewReader(0), rfd)
-	if err != nil || len(got) != 3 || !bytes.Equal(got[2], []byte{3, 3, 3}) {
-		t.Fatalf("%v %v", got, err)
+	got, err := readAll(t, NewReader(QEMU, 0), rfd)
+	if err != nil || len(got) != 4 || len(got[2]) != 60 || got[2][59] != 3 || string(got[3]) != "after" {
+		t.Fatalf("frames %d, %v", len(got), err)
 	}
 }
 
 // FuzzReader: any byte stream yields frames within bounds or a clean
-// error, never a panic.
+// error, never a panic, in either framing.
 func FuzzReader(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 1, 9})
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		rfd, wfd := pipePair(t)
-		unix.Write(wfd, b)
-		frames, err := readAll(t, NewReader(0), rfd)
-		if err != nil && !errors.Is(err, ErrFrameLength) {
-			t.Fatal(err)
-		}
-		for _, fr := range frames {
-			if len(fr) == 0 || len(fr) > MaxFrame {
-				t.Fatalf("frame of %d bytes", len(fr))
+		for _, fr := range []Framing{QEMU, Gvproxy} {
+			rfd, wfd := pipePair(t)
+			unix.Write(wfd, b)
+			frames, err := readAll(t, NewReader(fr, 0), rfd)
+			if err != nil && !errors.Is(err, ErrFrameLength) {
+				t.Fatal(err)
+			}
+			for _, f := range frames {
+				if len(f) == 0 || len(f) > fr.Max {
+					t.Fatalf("frame of %d bytes", len(f))
+				}
 			}
 		}
 	})
 }
 
-// TestPacketTransport: frames from a packet device (here a SEQPACKET pair,
-// one frame per call like a tap) come out of Next like stream frames, and
-// queued frames go out one per write without their prefixes.
-func TestPacketTransport(t *testing.T) {
+// TestTapLink: frames from a packet device (here a SEQPACKET pair, one
+// frame per call like a tap) come out of Next like stream frames, and
+// queued frames go out one per write without any prefix.
+func TestTapLink(t *testing.T) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(pair[0])
 	defer unix.Close(pair[1])
+	l := NewTap(pair[0])
+	defer l.Close()
 	frames := [][]byte{[]byte("first frame"), bytes.Repeat([]byte{7}, 1500), {1}}
 	for _, f := range frames {
 		unix.Write(pair[1], f)
 	}
-	r := NewReader(0)
 	for _, want := range frames {
-		if n, err := r.FillPacket(pair[0]); err != nil || n != len(want) {
-			t.Fatalf("FillPacket: %d, %v", n, err)
+		if n, err := l.Read(); err != nil || n != len(want) {
+			t.Fatalf("Read: %d, %v", n, err)
 		}
-		got, err := r.Next()
+		got, err := l.Next()
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("Next: % x, %v", got, err)
 		}
 	}
-	if _, err := r.FillPacket(pair[0]); err != unix.EAGAIN {
+	if _, err := l.Read(); err != unix.EAGAIN {
 		t.Fatalf("empty device: %v", err)
 	}
 
-	w := NewWriter(0)
 	for _, f := range frames {
-		b := w.Reserve(LenSize + len(f))
-		PutLen(b, len(f))
-		copy(b[LenSize:], f)
-		w.Commit(LenSize + len(f))
+		copy(l.Reserve(len(f)), f)
+		l.Commit(len(f))
 	}
-	if err := w.FlushPackets(pair[0]); err != nil || w.Pending() != 0 {
-		t.Fatalf("FlushPackets: %v, %d pending", err, w.Pending())
+	if err := l.Flush(); err != nil || l.Pending() != 0 {
+		t.Fatalf("Flush: %v, %d pending", err, l.Pending())
 	}
 	buf := make([]byte, 2048)
 	for _, want := range frames {

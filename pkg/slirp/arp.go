@@ -22,14 +22,14 @@ func (e *Engine) arpInput(a header.ARP) {
 	if target == e.cfg.Addr4 || target == netip.AddrFrom4([4]byte(a.SenderIP())) {
 		return
 	}
-	b := e.reserve(ethOff + header.EthernetLen + header.ARPLen)
+	b := e.reserve(header.EthernetLen + header.ARPLen)
 	if b == nil {
 		return
 	}
 	var senderMAC [6]byte
 	copy(senderMAC[:], a.SenderMAC())
-	header.Ethernet(b[ethOff:]).Encode(senderMAC, e.cfg.OurMAC, header.EtherTypeARP)
-	header.ARP(b[ethOff+header.EthernetLen:]).Encode(header.ARPReply,
+	header.Ethernet(b).Encode(senderMAC, e.cfg.OurMAC, header.EtherTypeARP)
+	header.ARP(b[header.EthernetLen:]).Encode(header.ARPReply,
 		e.cfg.OurMAC[:], a.TargetIP(), senderMAC[:], a.SenderIP())
-	e.commit(pad(b, ethOff+header.EthernetLen+header.ARPLen))
+	e.commit(pad(b, header.EthernetLen+header.ARPLen))
 }

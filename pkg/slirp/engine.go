@@ -3,9 +3,10 @@
 // host sockets, the way passt does.
 //
 // One goroutine runs the whole engine around a single epoll instance. Guest
-// frames arrive on the QEMU stream socket and are dispatched to one file per
-// protocol (arp.go, dhcp.go, icmp.go, udp.go, tcp.go). Host sockets report
-// readiness through the same epoll set. No per-packet heap allocation
+// frames arrive on a link (qemusock.Link: QEMU's stream socket, a tap) and
+// are dispatched to one file per protocol (arp.go, dhcp.go, icmp.go,
+// udp.go, tcp.go). Host sockets report readiness through the same epoll
+// set. No per-packet heap allocation
 // happens in the steady state: frames are parsed through header views and
 // built in place in the output queue.
 package slirp
@@ -27,7 +28,7 @@ import (
 const (
 	kindStop = iota
 	kindListen
-	kindTap
+	kindLink
 	kindTCP
 	kindUDP
 	kindICMP
@@ -54,16 +55,10 @@ type Engine struct {
 	epfd     int
 	stopFd   int
 	listenFd int
-	tapFd    int
 
-	rd *qemusock.Reader
-	wr *qemusock.Writer
-	// packets is set when the guest is a tap device (AttachTap): frames
-	// come and go one per read or write, without length prefixes.
-	packets bool
-	// tapBlocked is set while the output queue waits for the socket to
-	// drain; flows that had data to send wait in tcp.tapWaiters.
-	tapBlocked bool
+	// link is the guest's, nil while no guest is attached. When it has
+	// no room, flows that had data to send wait in tcp.tapWaiters.
+	link qemusock.Link
 
 	guestMAC  [6]byte
 	addrSeen6 netip.Addr // the guest's global IPv6 address in use (seen6)
@@ -106,9 +101,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 		return nil, errors.New("neither IPv4 nor IPv6 is configured")
 	}
 	e := &Engine{
-		cfg: cfg, epfd: -1, stopFd: -1, callFd: -1, listenFd: lfd, tapFd: -1,
-		rd:       qemusock.NewReader(4 << 20),
-		wr:       qemusock.NewWriter(8 << 20),
+		cfg: cfg, epfd: -1, stopFd: -1, callFd: -1, listenFd: lfd,
 		guestMAC: broadcastMAC,
 		start:    time.Now(),
 		calls:    make(chan func(), 16),
@@ -153,7 +146,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 // information) the guest, for a program given its own network namespace.
 // Call it before Run.
 func (e *Engine) AttachTap(fd int) error {
-	return e.attach(fd, true)
+	return e.attach(qemusock.NewTap(fd))
 }
 
 // Call runs fn on the engine's goroutine and waits for it: the control
@@ -195,6 +188,19 @@ func (e *Engine) epollAdd(fd int, events uint32, kind int32, idx int32) error {
 		return fmt.Errorf("epoll add: %w", err)
 	}
 	return nil
+}
+
+// linkPoller is the engine's epoll set as the guest's link uses it: a
+// link's descriptors report as kindLink, with the link's own id.
+type linkPoller struct{ e *Engine }
+
+func (p linkPoller) Add(fd int, events uint32, id uint32) error {
+	return p.e.epollAdd(fd, events, kindLink, int32(id))
+}
+
+func (p linkPoller) Mod(fd int, events uint32, id uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: kindLink, Pad: int32(id)}
+	return unix.EpollCtl(p.e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
 
 func (e *Engine) epollMod(fd int, events uint32, kind int32, idx int32) {
@@ -246,8 +252,8 @@ func (e *Engine) turn(timeout int) (bool, error) {
 			return true, nil
 		case kindListen:
 			e.acceptClient()
-		case kindTap:
-			if done := e.tapEvent(ev.Events); done && e.cfg.OneOff {
+		case kindLink:
+			if done := e.linkEvent(uint32(ev.Pad), ev.Events); done && e.cfg.OneOff {
 				return true, nil
 			}
 		case kindTCP:
@@ -283,30 +289,27 @@ func (e *Engine) acceptClient() {
 	if err != nil {
 		return
 	}
-	if e.tapFd >= 0 {
+	if e.link != nil {
 		e.logf("rejecting a second client: one guest at a time")
 		unix.Close(fd)
 		return
 	}
-	if err := e.attach(fd, false); err != nil {
+	l := qemusock.NewStream(fd, qemusock.QEMU)
+	if err := e.attach(l); err != nil {
 		e.logf("client rejected: %v", err)
-		unix.Close(fd)
+		l.Close()
 		return
 	}
 	e.logf("client connected")
 }
 
-// attach makes fd the guest's link, framed as a stream or, with packets,
-// one frame per read and write (a tap). On failure nothing changes, so
-// the next client is served.
-func (e *Engine) attach(fd int, packets bool) error {
-	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0); err != nil {
+// attach makes l the guest's link. On failure nothing changes, so the
+// next client is served.
+func (e *Engine) attach(l qemusock.Link) error {
+	if err := l.Register(linkPoller{e}); err != nil {
 		return err
 	}
-	e.tapFd, e.packets = fd, packets
-	e.rd.Reset()
-	e.wr.Reset()
-	e.tapBlocked = false
+	e.link = l
 	e.nextRA = e.now // a new guest hears from its router at once
 	e.Stats.Clients++
 	return nil
@@ -317,8 +320,8 @@ func (e *Engine) attach(fd int, packets bool) error {
 func (e *Engine) closeClient(why string) {
 	e.logf("client disconnected: %s (frames in %d, out %d, malformed %d, unhandled %d)",
 		why, e.Stats.FramesIn, e.Stats.FramesOut, e.Stats.Malformed, e.Stats.Unhandled)
-	unix.Close(e.tapFd)
-	e.tapFd = -1
+	e.link.Close()
+	e.link = nil
 	e.guestMAC = broadcastMAC
 	e.addrSeen6 = netip.Addr{}
 	e.tcp.closeAll(e)
@@ -326,25 +329,22 @@ func (e *Engine) closeClient(why string) {
 	e.icmp.closeAll(e)
 }
 
-// tapEvent handles readiness on the guest's socket and reports whether the
-// client is gone.
-func (e *Engine) tapEvent(events uint32) bool {
-	if events&unix.EPOLLOUT != 0 {
-		e.flush()
-	}
-	if events&unix.EPOLLIN == 0 && events&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
-		e.closeClient("hang-up")
+// linkEvent handles readiness of the guest's link and reports whether
+// the guest is gone.
+func (e *Engine) linkEvent(id uint32, events uint32) bool {
+	in, out, err := e.link.Event(id, events)
+	if err != nil {
+		e.closeClient(err.Error())
 		return true
 	}
-	// Read a bounded number of times so host sockets get their turn.
-	for i := 0; i < 8; i++ {
-		var n int
-		var err error
-		if e.packets {
-			n, err = e.rd.FillPacket(e.tapFd)
-		} else {
-			n, err = e.rd.Fill(e.tapFd)
+	if out {
+		if e.flush(); e.link == nil {
+			return true
 		}
+	}
+	// Read a bounded number of times so host sockets get their turn.
+	for i := 0; in && i < 8; i++ {
+		n, err := e.link.Read()
 		if err == unix.EAGAIN {
 			break
 		}
@@ -356,7 +356,7 @@ func (e *Engine) tapEvent(events uint32) bool {
 			return true
 		}
 		for {
-			frame, err := e.rd.Next()
+			frame, err := e.link.Next()
 			if err != nil {
 				e.Stats.Malformed++
 				e.closeClient(err.Error())
@@ -375,31 +375,14 @@ func (e *Engine) tapEvent(events uint32) bool {
 }
 
 // flush sends queued frames, and lets flows that waited for room queue
-// more, until the socket would block or nobody waits.
+// more, until the link is full or nobody waits.
 func (e *Engine) flush() {
-	for e.tapFd >= 0 && e.wr.Pending() > 0 {
-		var err error
-		if e.packets {
-			err = e.wr.FlushPackets(e.tapFd)
-		} else {
-			err = e.wr.Flush(e.tapFd)
-		}
-		if err == unix.EAGAIN {
-			if !e.tapBlocked {
-				e.tapBlocked = true
-				e.epollMod(e.tapFd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLOUT, kindTap, 0)
-			}
-			return
-		}
-		if err != nil {
+	for e.link != nil && e.link.Pending() > 0 {
+		if err := e.link.Flush(); err != nil {
 			e.closeClient(err.Error())
 			return
 		}
-		if e.tapBlocked {
-			e.tapBlocked = false
-			e.epollMod(e.tapFd, unix.EPOLLIN|unix.EPOLLRDHUP, kindTap, 0)
-		}
-		if len(e.tcp.tapWaiters) == 0 {
+		if e.link.Pending() > 0 || len(e.tcp.tapWaiters) == 0 {
 			return
 		}
 		e.tcpResumeWaiters()

@@ -3,8 +3,8 @@ package slirp
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -52,8 +52,10 @@ func newTestEngine(t testing.TB) *testEngine {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
-	e.tapFd = pair[0]
-	return &testEngine{Engine: e, guest: pair[1], rd: qemusock.NewReader(1 << 20)}
+	if err := e.attach(qemusock.NewStream(pair[0], qemusock.QEMU)); err != nil {
+		t.Fatal(err)
+	}
+	return &testEngine{Engine: e, guest: pair[1], rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
 }
 
 // output sends what the engine queued and returns each frame, failing the
@@ -61,7 +63,7 @@ func newTestEngine(t testing.TB) *testEngine {
 func (te *testEngine) output(t testing.TB) [][]byte {
 	t.Helper()
 	var frames [][]byte
-	for te.wr.Pending() > 0 {
+	for te.link.Pending() > 0 {
 		te.flush()
 		err := drainFrames(te.rd, te.guest, func(f []byte) {
 			if err := checkFrame(f); err != nil {
@@ -171,7 +173,7 @@ func FuzzDHCPv6(f *testing.F) {
 			return
 		}
 		for _, fr := range out {
-			reply, err := parseDHCPv6(fr[l4Off6-ethOff+header.UDPLen:])
+			reply, err := parseDHCPv6(fr[l4Off6+header.UDPLen:])
 			if err != nil || string(reply.clientID) != string(m.clientID) || reply.xid != m.xid {
 				t.Fatalf("reply does not parse or lost the client's identity: %v", err)
 			}

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -62,8 +63,8 @@ func newHotPath(tb testing.TB, serve func(net.Conn)) *hotPath {
 	}
 	tb.Cleanup(func() { unix.Close(g) })
 	unix.SetNonblock(g, true)
-	h := &hotPath{e: e, guest: g, frame: make([]byte, qemusock.LenSize+qemusock.MaxFrame),
-		rd: qemusock.NewReader(4 << 20), seq: 1000, dport: uint16(sink.Addr().(*net.TCPAddr).Port)}
+	h := &hotPath{e: e, guest: g, frame: make([]byte, 4+qemusock.MaxFrame),
+		rd: qemusock.NewReader(qemusock.QEMU, 4<<20), seq: 1000, dport: uint16(sink.Addr().(*net.TCPAddr).Port)}
 	e.turn(100) // accept the guest
 
 	syn := h.segment(header.TCPSyn, 0)
@@ -90,8 +91,8 @@ func (h *hotPath) segment(flags uint8, n int) []byte {
 		optLen = header.TCPSynOptionLen
 	}
 	l4 := header.TCPMinLen + optLen + n
-	b := h.frame[:qemusock.LenSize+header.EthernetLen+header.IPv4MinLen+l4]
-	qemusock.PutLen(b, len(b)-qemusock.LenSize)
+	b := h.frame[:4+header.EthernetLen+header.IPv4MinLen+l4]
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4)) // QEMU's framing
 	header.Ethernet(b[4:]).Encode([6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, hpMAC, header.EtherTypeIPv4)
 	header.IPv4(b[18:]).Encode(hpGuest, hpGateway, header.ProtoTCP, 64, l4)
 	t := header.TCP(b[38:])

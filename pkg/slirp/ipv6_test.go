@@ -197,7 +197,7 @@ func exchange6(t *testing.T, e *testEngine, msg []byte) (*dhcpv6Msg, []byte) {
 	if len(out) == 0 {
 		return nil, nil
 	}
-	raw := out[0][l4Off6-ethOff+header.UDPLen:]
+	raw := out[0][l4Off6+header.UDPLen:]
 	m, err := parseDHCPv6(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +296,7 @@ func TestUnreachableQuotesThePacket(t *testing.T) {
 		if len(out) != 1 {
 			t.Fatalf("%v: %d frames", c.err, len(out))
 		}
-		l4 := out[0][l4Off(c.guest)-ethOff:]
+		l4 := out[0][l4Off(c.guest):]
 		m := header.ICMP(l4)
 		inner := l4[header.ICMPEchoLen+ipHdrLen(c.guest):]
 		if m.Type() != c.typ || m.Code() != c.code || string(inner) != string(quote) {

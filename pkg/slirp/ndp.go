@@ -151,7 +151,7 @@ func (e *Engine) sendRA(dst netip.Addr) {
 
 // raTimer sends the periodic unsolicited advertisement.
 func (e *Engine) raTimer() {
-	if e.cfg.has6() && !e.cfg.NoNDP && !e.cfg.NoRA && e.tapFd >= 0 && e.now >= e.nextRA {
+	if e.cfg.has6() && !e.cfg.NoNDP && !e.cfg.NoRA && e.link != nil && e.now >= e.nextRA {
 		e.sendRA(allNodes)
 	}
 }

@@ -3,21 +3,20 @@ package slirp
 import (
 	"net/netip"
 
-	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 )
 
-// Frame layout offsets for frames built in the output queue: the length
-// prefix, the Ethernet header, the IP header, then the L4 header.
+// Frame layout offsets for frames built for the guest: the Ethernet
+// header, the IP header, then the L4 header. What a transport puts before
+// a frame is the link's (qemusock.Link).
 const (
-	ethOff = qemusock.LenSize
-	ipOff  = ethOff + header.EthernetLen
+	ipOff  = header.EthernetLen
 	l4Off4 = ipOff + header.IPv4MinLen
 	l4Off6 = ipOff + header.IPv6Len
 )
 
-// l4Off is where the L4 header of a frame to or from a starts, length
-// prefix included: the room a frame needs before its L4 part.
+// l4Off is where the L4 header of a frame to or from a starts: the room a
+// frame needs before its L4 part.
 func l4Off(a netip.Addr) int {
 	if a.Is4() {
 		return l4Off4
@@ -126,19 +125,22 @@ func (e *Engine) seen6(src netip.Addr) {
 	}
 }
 
-// reserveIP returns queue space for one frame to dst with l4len bytes after
-// the IP header, length prefix included, or nil when the queue is full.
+// reserveIP returns room for one frame to dst with l4len bytes after the
+// IP header, or nil when the link is full.
 func (e *Engine) reserveIP(dst netip.Addr, l4len int) []byte {
 	return e.reserve(l4Off(dst) + l4len)
 }
 
-// reserve returns n bytes of queue space, room for padding included, or
-// nil when the queue is full or no guest is connected.
+// reserve returns room for one frame of n bytes, padding included, or
+// nil when the link is full or no guest is attached. Frames built one at
+// a time have no other reservation open: one that a caller gave up on
+// (a datagram read that failed) is dropped here.
 func (e *Engine) reserve(n int) []byte {
-	if e.tapFd < 0 {
+	if e.link == nil {
 		return nil
 	}
-	return e.wr.Reserve(max(n, ethOff+minFrameLen))
+	e.link.Cancel()
+	return e.link.Reserve(max(n, minFrameLen))
 }
 
 // minFrameLen is Ethernet's minimum frame, without the FCS. Shorter
@@ -146,24 +148,23 @@ func (e *Engine) reserve(n int) []byte {
 // passt pads them, since a guest NIC model may expect it.
 const minFrameLen = 60
 
-// pad writes the length prefix of a frame of size bytes in the queue,
-// padding it to minFrameLen, and returns its padded size.
+// pad pads a frame of size bytes with zeros to minFrameLen and returns
+// its padded size.
 func pad(b []byte, size int) int {
-	if size < ethOff+minFrameLen {
-		clear(b[size : ethOff+minFrameLen])
-		size = ethOff + minFrameLen
+	if size < minFrameLen {
+		clear(b[size:minFrameLen])
+		size = minFrameLen
 	}
-	putFrameLen(b, size-ethOff)
 	return size
 }
 
-// fillIP writes the length prefix, Ethernet and IP headers of a frame whose
-// L4 part (l4len bytes) the caller has built or will build, and returns
-// the frame's size in the queue, padding included. ICMPv6 goes out with
-// hop limit 255, which Neighbor Discovery requires and nothing else minds.
+// fillIP writes the Ethernet and IP headers of a frame whose L4 part
+// (l4len bytes) the caller has built or will build, and returns the
+// frame's size, padding included. ICMPv6 goes out with hop limit 255,
+// which Neighbor Discovery requires and nothing else minds.
 func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) int {
 	size := pad(b, l4Off(dst)+l4len)
-	eth := header.Ethernet(b[ethOff:])
+	eth := header.Ethernet(b)
 	if dst.Is4() {
 		eth.Encode(e.guestMAC, e.cfg.OurMAC, header.EtherTypeIPv4)
 		header.IPv4(b[ipOff:]).Encode(src, dst, proto, 64, l4len)
@@ -182,22 +183,26 @@ func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) i
 	return size
 }
 
-// sendUDP queues a UDP datagram to the guest. payload may already sit at
-// its place in the queue (then the copy is a no-op) or anywhere else.
-func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, payload []byte) bool {
-	l4len := header.UDPLen + len(payload)
-	b := e.reserveIP(dst, l4len)
+// sendUDP queues a UDP datagram to the guest.
+func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, payload []byte) {
+	b := e.reserveIP(dst, header.UDPLen+len(payload))
 	if b == nil {
-		return false
+		return
 	}
+	copy(b[l4Off(dst)+header.UDPLen:], payload)
+	e.commit(e.fillUDP(b, src, sport, dst, dport, len(payload)))
+}
+
+// fillUDP writes the headers of a datagram whose n bytes of payload sit
+// after them in b, and returns the frame's size.
+func (e *Engine) fillUDP(b []byte, src netip.Addr, sport uint16, dst netip.Addr, dport uint16, n int) int {
+	l4len := header.UDPLen + n
 	size := e.fillIP(b, src, dst, header.ProtoUDP, l4len)
 	u := header.UDP(b[l4Off(dst) : l4Off(dst)+l4len])
-	u.Encode(sport, dport, len(payload))
-	copy(u[header.UDPLen:], payload)
+	u.Encode(sport, dport, n)
 	sum := header.PseudoHeaderSum(header.ProtoUDP, src, dst, l4len)
 	u.SetChecksum(header.Fold(header.Checksum(u, sum)))
-	e.commit(size)
-	return true
+	return size
 }
 
 // sendICMP queues an ICMP or ICMPv6 message that the caller has built in
@@ -216,11 +221,9 @@ func (e *Engine) sendICMP(b []byte, src, dst netip.Addr, l4len int) {
 	e.commit(size)
 }
 
-// commit queues the frame of size bytes at the start of the latest
+// commit queues the frame of size bytes at the start of the oldest open
 // reservation.
 func (e *Engine) commit(size int) {
-	e.wr.Commit(size)
+	e.link.Commit(size)
 	e.Stats.FramesOut++
 }
-
-func putFrameLen(b []byte, n int) { qemusock.PutLen(b, n) }

@@ -56,7 +56,7 @@ const (
 	tcpIdle       = 7200_000_000_000
 	tcpKeepIdle   = 30_000_000_000 // guest silence before we probe it, as passt does
 	tcpDefaultMSS = 536
-	tcpMinMSS     = 48 // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
+	tcpMinMSS     = 48          // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
 	tcpAckDelay   = 1_000_000   // how long a small segment's ACK may wait, ns
 	tcpQuickAck   = 100_000_000 // no delaying for this long after one timed out
 )
@@ -100,6 +100,7 @@ type tcpTable struct {
 	ackDelay   int64   // tcpAckDelay; tests make it long or zero
 	tapWaiters []int32 // flows waiting for room in the output queue
 	iov        [tcpMaxSegs + 1]unix.Iovec
+	frames     [tcpMaxSegs][]byte // the frames a peek fills
 	w          tcpWriteBatch
 	discardBuf []byte // for kernels without SO_PEEK_OFF
 	isn        uint32
@@ -299,7 +300,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		var key tcpKey
 		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
-		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.tapFd < 0 {
+		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.link == nil {
 			unix.Close(fd)
 			continue
 		}
@@ -616,7 +617,7 @@ func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 // tcpSendToGuest peeks host data into segments for the guest, as far as
 // the guest's window and the output queue allow.
 func (e *Engine) tcpSendToGuest(f *tcpFlow) {
-	if f.flags&(tcpEstablished|tcpWaitTap) != tcpEstablished || f.flags&tcpFinSent != 0 {
+	if f.flags&(tcpEstablished|tcpWaitTap) != tcpEstablished || f.flags&tcpFinSent != 0 || e.link == nil {
 		return
 	}
 	hdr := l4Off(f.key.guest.Addr()) + header.TCPMinLen
@@ -629,17 +630,15 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*f.mss)))
-		if e.wr.Room() < slot*2 {
+		e.link.Cancel() // frames here are the only ones open
+		room := e.link.Room(slot)
+		if room < 2 {
 			f.flags |= tcpWaitTap
 			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
 			return
 		}
-		want = min(want, (e.wr.Room()/slot)*f.mss)
+		want = min(want, room*f.mss)
 		segs := (want + f.mss - 1) / f.mss
-		b := e.wr.Reserve(segs * slot)
-		if b == nil {
-			return
-		}
 		iov := e.tcp.iov[:0]
 		skip := 0 // bytes already in flight that this peek reads again
 		if !f.peekOff && inflight > 0 {
@@ -647,14 +646,18 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			iov = append(iov, e.tcp.skipIov(skip))
 		}
 		for i := range segs {
+			b := e.link.Reserve(slot)
+			e.tcp.frames[i] = b
 			l := min(f.mss, want-i*f.mss)
-			iov = append(iov, unix.Iovec{Base: &b[i*slot+hdr], Len: uint64(l)})
+			iov = append(iov, unix.Iovec{Base: &b[hdr], Len: uint64(l)})
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
+			e.link.Cancel()
 			return
 		}
 		if err != nil {
+			e.link.Cancel()
 			e.debugf("TCP %v: peek: %v", f.key.remote, err)
 			e.tcpClose(f, true, false)
 			return
@@ -664,6 +667,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		// only if the peer has shut down.
 		eof := n == 0 || n <= skip && f.flags&tcpHostRdhup != 0
 		if n -= skip; n <= 0 {
+			e.link.Cancel()
 			if !eof {
 				return
 			}
@@ -678,17 +682,16 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			}
 			return
 		}
-		used := 0
-		for sent := 0; sent < n; {
+		for i, sent := 0, 0; sent < n; i++ {
 			l := min(f.mss, n-sent)
 			fl := uint8(header.TCPAck)
 			if sent+l == n {
 				fl |= header.TCPPsh
 			}
-			used += e.tcpFill(b[used:], f, fl, f.sndNxt+uint32(sent), 0, l, wnd)
+			e.link.Commit(e.tcpFill(e.tcp.frames[i], f, fl, f.sndNxt+uint32(sent), 0, l, wnd))
 			sent += l
 		}
-		e.wr.Commit(used)
+		e.link.Cancel() // frames the peek did not fill
 		e.Stats.FramesOut += uint64((n + f.mss - 1) / f.mss)
 		f.sndNxt += uint32(n)
 		f.ackSent, f.wndSent = f.rcvNxt, wnd

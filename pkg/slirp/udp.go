@@ -193,11 +193,11 @@ func (e *Engine) udpErrors(f *udpFlow) {
 func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
 	for range udpMaxRead {
 		o := *off + header.UDPLen
-		b := e.reserve(o + udpMaxData)
+		b := e.reserve(l4Off6 + header.UDPLen + udpMaxData) // room for either family's headers
 		if b == nil {
 			return // queue full: level-triggered epoll calls again
 		}
-		n, from, err := recvfrom(fd, b[o:])
+		n, from, err := recvfrom(fd, b[o:o+udpMaxData])
 		if err != nil {
 			return
 		}
@@ -208,9 +208,8 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (s
 		if *off = l4Off(dst.Addr()); *off+header.UDPLen != o {
 			// Move the payload before the headers are written over it.
 			copy(b[*off+header.UDPLen:], b[o:o+n])
-			o = *off + header.UDPLen
 		}
-		e.sendUDP(src.Addr(), src.Port(), dst.Addr(), dst.Port(), b[o:o+n])
+		e.commit(e.fillUDP(b, src.Addr(), src.Port(), dst.Addr(), dst.Port(), n))
 	}
 }
 

@@ -1,0 +1,145 @@
+package qemusock
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+)
+
+// Link is the guest's end of the engine: one transport that carries
+// Ethernet frames both ways. The engine reads frames and builds frames
+// from the Ethernet header on; whatever goes before a frame on the wire
+// (a length prefix, a virtio-net header) and how the transport is polled
+// are the link's, so the protocol code never knows which one it talks to.
+type Link interface {
+	// Register adds the link's descriptors to the engine's poller.
+	Register(p Poller) error
+	// Event tells what the events the poller reported for the link's
+	// descriptor id allow: in, frames to read; out, room to send. An
+	// error means the guest is gone.
+	Event(id uint32, events uint32) (in, out bool, err error)
+	// Read takes in what arrived, once. It returns unix.EAGAIN when
+	// nothing did, and 0 with a nil error at the end of the stream.
+	Read() (int, error)
+	// Next returns the next frame read, or nil when there is none; the
+	// slice is valid until the next Read. An error means the guest broke
+	// the framing, and the link cannot go on.
+	Next() ([]byte, error)
+
+	// Reserve returns room for one frame of up to n bytes, after any
+	// reservations still open, or nil when there is none now.
+	Reserve(n int) []byte
+	// Commit queues the oldest open reservation as a frame of size bytes.
+	// A frame committed short of its reservation must be the last one
+	// kept: the open reservations after it are dropped.
+	Commit(size int)
+	// Cancel drops the open reservations.
+	Cancel()
+	// Room is how many frames of n bytes Reserve could hand out now.
+	Room(n int) int
+	// Flush sends queued frames. What cannot go yet stays queued
+	// (Pending), and the link watches for room, which Event reports.
+	Flush() error
+	// Pending is how many bytes wait to be sent.
+	Pending() int
+
+	Close() error
+}
+
+// Poller is the engine's event loop, as a link sees it: it watches a
+// descriptor for events and reports them back with the id given.
+type Poller interface {
+	Add(fd int, events uint32, id uint32) error
+	Mod(fd int, events uint32, id uint32) error
+}
+
+// ErrHangUp reports a guest that closed its end.
+var ErrHangUp = errors.New("hang-up")
+
+// NewStream is a link over a connected stream socket (unix or vsock),
+// with frames delimited by f.
+func NewStream(fd int, f Framing) Link {
+	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: NewQueue(f, 8<<20)}
+}
+
+// NewTap is a link over a tap device (opened with IFF_NO_PI), which reads
+// and writes one whole frame per call.
+func NewTap(fd int) Link {
+	// The buffers keep QEMU's prefix on each frame internally, as the
+	// boundary between frames; it never reaches the device.
+	return &fdLink{fd: fd, rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20), tap: true}
+}
+
+// fdLink is a link over one non-blocking descriptor: a stream socket or
+// a tap.
+type fdLink struct {
+	fd      int
+	rd      *Reader
+	q       *Queue
+	tap     bool
+	poller  Poller
+	blocked bool // EPOLLOUT is armed: the descriptor was full
+}
+
+const linkEvents = unix.EPOLLIN | unix.EPOLLRDHUP
+
+func (l *fdLink) Register(p Poller) error {
+	l.poller = p
+	return p.Add(l.fd, linkEvents, 0)
+}
+
+func (l *fdLink) Event(_ uint32, events uint32) (in, out bool, err error) {
+	if events&unix.EPOLLIN == 0 && events&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		return false, false, ErrHangUp
+	}
+	return events&unix.EPOLLIN != 0, events&unix.EPOLLOUT != 0, nil
+}
+
+func (l *fdLink) Read() (int, error) {
+	if !l.tap {
+		return l.rd.Fill(l.fd)
+	}
+	// A tap hands over one frame per read: store it behind a prefix, so
+	// that Next serves both kinds of link.
+	r := l.rd
+	r.makeRoom()
+	p := r.framing.LenSize
+	n, err := read(l.fd, r.buf[r.end+p:r.end+p+MaxFrame])
+	if n > 0 {
+		r.framing.put(r.buf[r.end:], n)
+		r.end += p + n
+	}
+	return n, err
+}
+
+func (l *fdLink) Next() ([]byte, error) { return l.rd.Next() }
+func (l *fdLink) Reserve(n int) []byte  { return l.q.Reserve(n) }
+func (l *fdLink) Commit(size int)       { l.q.Commit(size) }
+func (l *fdLink) Cancel()               { l.q.Cancel() }
+func (l *fdLink) Room(n int) int        { return l.q.Room(n) }
+func (l *fdLink) Pending() int          { return l.q.Pending() }
+
+func (l *fdLink) Flush() error {
+	var err error
+	if l.tap {
+		err = l.q.writePackets(l.fd)
+	} else {
+		err = l.q.writeStream(l.fd)
+	}
+	switch {
+	case err == unix.EAGAIN:
+		if !l.blocked {
+			l.blocked = true
+			return l.poller.Mod(l.fd, linkEvents|unix.EPOLLOUT, 0)
+		}
+		return nil
+	case err != nil:
+		return err
+	case l.blocked:
+		l.blocked = false
+		return l.poller.Mod(l.fd, linkEvents, 0)
+	}
+	return nil
+}
+
+func (l *fdLink) Close() error { return unix.Close(l.fd) }
