@@ -1,7 +1,9 @@
 package qemusock
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,6 +44,8 @@ type Link interface {
 	Flush() error
 	// Pending is how many bytes wait to be sent.
 	Pending() int
+	// MaxFrame is the largest frame the guest's end can take.
+	MaxFrame() int
 
 	Close() error
 }
@@ -59,26 +63,54 @@ var ErrHangUp = errors.New("hang-up")
 // NewStream is a link over a connected stream socket (unix or vsock),
 // with frames delimited by f.
 func NewStream(fd int, f Framing) Link {
-	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: NewQueue(f, 8<<20)}
+	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: NewQueue(f, 8<<20), maxFrame: MaxFrame}
 }
+
+// NewDetectStream is a stream link whose framing the client's first bytes
+// tell: gvisor-tap-vsock's forwarder (gvforwarder) starts with an HTTP
+// "POST /connect" request and then uses the Gvproxy framing; anything
+// else is QEMU's, whose first byte, the top of a frame length, is 0. No
+// frame goes to the guest before the client has spoken.
+func NewDetectStream(fd int) Link {
+	l := NewStream(fd, QEMU).(*fdLink)
+	l.detect = true
+	return l
+}
+
+// GvforwarderMTU is the MTU a gvforwarder client is given: its receive
+// buffer holds a frame of its -mtu (4000 by default) and no more.
+const GvforwarderMTU = 4000
+
+// connectRequest is what gvforwarder sends before its first frame (its
+// -url path, /connect by default); nothing is sent back.
+const connectRequest = "POST /connect HTTP/1."
+
+// maxRequest bounds the HTTP request a client may send before framing.
+const maxRequest = 4096
+
+// ErrBadRequest reports a client that began like gvforwarder but did not
+// send its request.
+var ErrBadRequest = errors.New("not a gvforwarder connect request")
 
 // NewTap is a link over a tap device (opened with IFF_NO_PI), which reads
 // and writes one whole frame per call.
 func NewTap(fd int) Link {
 	// The buffers keep QEMU's prefix on each frame internally, as the
 	// boundary between frames; it never reaches the device.
-	return &fdLink{fd: fd, rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20), tap: true}
+	return &fdLink{fd: fd, rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20), tap: true, maxFrame: MaxFrame}
 }
 
 // fdLink is a link over one non-blocking descriptor: a stream socket or
 // a tap.
 type fdLink struct {
-	fd      int
-	rd      *Reader
-	q       *Queue
-	tap     bool
-	poller  Poller
-	blocked bool // EPOLLOUT is armed: the descriptor was full
+	fd       int
+	rd       *Reader
+	q        *Queue
+	tap      bool
+	detect   bool // the framing is not known yet (NewDetectStream)
+	maxFrame int
+	poller   Poller
+	blocked  bool // EPOLLOUT is armed: the descriptor was full
 }
 
 const linkEvents = unix.EPOLLIN | unix.EPOLLRDHUP
@@ -112,12 +144,64 @@ func (l *fdLink) Read() (int, error) {
 	return n, err
 }
 
-func (l *fdLink) Next() ([]byte, error) { return l.rd.Next() }
-func (l *fdLink) Reserve(n int) []byte  { return l.q.Reserve(n) }
-func (l *fdLink) Commit(size int)       { l.q.Commit(size) }
-func (l *fdLink) Cancel()               { l.q.Cancel() }
-func (l *fdLink) Room(n int) int        { return l.q.Room(n) }
-func (l *fdLink) Pending() int          { return l.q.Pending() }
+func (l *fdLink) Next() ([]byte, error) {
+	if l.detect {
+		if done, err := l.detectFraming(); !done || err != nil {
+			return nil, err
+		}
+	}
+	return l.rd.Next()
+}
+
+// detectFraming looks at what the client sent first and settles the
+// framing both ways; done is false while that needs more bytes.
+func (l *fdLink) detectFraming() (done bool, err error) {
+	b := l.rd.Buffered()
+	switch {
+	case len(b) == 0:
+		return false, nil
+	case b[0] != connectRequest[0]:
+		l.detect = false // QEMU's framing, as set up
+		return true, nil
+	}
+	if n := min(len(b), len(connectRequest)); string(b[:n]) != connectRequest[:n] {
+		return false, fmt.Errorf("%w: %q", ErrBadRequest, b[:n])
+	}
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(b) >= maxRequest {
+			return false, fmt.Errorf("%w: no end in %d bytes", ErrBadRequest, maxRequest)
+		}
+		return false, nil
+	}
+	l.rd.Skip(end + 4)
+	l.rd.framing = Gvproxy
+	l.q = NewQueue(Gvproxy, len(l.q.buf))
+	l.maxFrame = GvforwarderMTU + 14
+	l.detect = false
+	return true, nil
+}
+
+// Until the framing is known there is no room for frames to the guest.
+
+func (l *fdLink) Reserve(n int) []byte {
+	if l.detect {
+		return nil
+	}
+	return l.q.Reserve(n)
+}
+
+func (l *fdLink) Room(n int) int {
+	if l.detect {
+		return 0
+	}
+	return l.q.Room(n)
+}
+
+func (l *fdLink) Commit(size int) { l.q.Commit(size) }
+func (l *fdLink) Cancel()         { l.q.Cancel() }
+func (l *fdLink) Pending() int    { return l.q.Pending() }
+func (l *fdLink) MaxFrame() int   { return l.maxFrame }
 
 func (l *fdLink) Flush() error {
 	var err error

@@ -182,7 +182,7 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 			o.add(optDNS, dns...)
 		}
 		var mtu [2]byte
-		binary.BigEndian.PutUint16(mtu[:], uint16(e.cfg.MTU))
+		binary.BigEndian.PutUint16(mtu[:], uint16(e.mtu()))
 		o.add(optMTU, mtu[:]...)
 		if len(e.cfg.Search) > 0 {
 			o.add(optDomainName, []byte(e.cfg.Search[0])...)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,6 +47,7 @@ type Stats struct {
 	FramesIn, FramesOut uint64
 	Malformed           uint64
 	Unhandled           uint64
+	Dropped             uint64 // host datagrams too large for the guest's MTU
 	Clients             uint64
 }
 
@@ -147,6 +149,34 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 // Call it before Run.
 func (e *Engine) AttachTap(fd int) error {
 	return e.attach(qemusock.NewTap(fd))
+}
+
+// AttachStream makes the connected stream socket fd (unix or vsock) the
+// guest's link, with the framing its first bytes tell, unless a guest is
+// already attached: then fd is closed. Call it on the engine's goroutine
+// (Call), as the listener does.
+func (e *Engine) AttachStream(fd int) {
+	if e.link != nil {
+		e.logf("rejecting a second client: one guest at a time")
+		unix.Close(fd)
+		return
+	}
+	l := qemusock.NewDetectStream(fd)
+	if err := e.attach(l); err != nil {
+		e.logf("client rejected: %v", err)
+		l.Close()
+		return
+	}
+	e.logf("client connected")
+}
+
+// mtu is the guest's MTU: the configured one, or less when the link
+// carries no larger frames (a gvforwarder client).
+func (e *Engine) mtu() int {
+	if e.link != nil {
+		return min(e.cfg.MTU, e.link.MaxFrame()-header.EthernetLen)
+	}
+	return e.cfg.MTU
 }
 
 // Call runs fn on the engine's goroutine and waits for it: the control
@@ -289,18 +319,7 @@ func (e *Engine) acceptClient() {
 	if err != nil {
 		return
 	}
-	if e.link != nil {
-		e.logf("rejecting a second client: one guest at a time")
-		unix.Close(fd)
-		return
-	}
-	l := qemusock.NewStream(fd, qemusock.QEMU)
-	if err := e.attach(l); err != nil {
-		e.logf("client rejected: %v", err)
-		l.Close()
-		return
-	}
-	e.logf("client connected")
+	e.AttachStream(fd)
 }
 
 // attach makes l the guest's link. On failure nothing changes, so the

@@ -108,7 +108,8 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	guest := f.key.guest
 	off := l4Off(guest)
 	for {
-		b := e.reserveIP(guest, udpMaxData)
+		room := e.mtu() - ipHdrLen(guest)
+		b := e.reserveIP(guest, room)
 		if b == nil {
 			return
 		}
@@ -116,7 +117,8 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 		if err != nil {
 			return
 		}
-		if n < header.ICMPEchoLen {
+		if n < header.ICMPEchoLen || n > room {
+			e.Stats.Dropped++ // a reply that does not fit the guest's MTU
 			continue
 		}
 		header.ICMP(b[off:]).SetIdent(f.key.id)

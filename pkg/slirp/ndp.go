@@ -126,7 +126,7 @@ func (e *Engine) sendRA(dst netip.Addr) {
 	o = o[32:]
 
 	o[0], o[1] = header.NDPOptMTU, 1
-	binary.BigEndian.PutUint32(o[4:], uint32(e.cfg.MTU))
+	binary.BigEndian.PutUint32(o[4:], uint32(e.mtu()))
 	o = o[8:]
 
 	if n := len(e.cfg.DNS6); n > 0 {

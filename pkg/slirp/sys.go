@@ -94,12 +94,13 @@ func sockaddrAddrPort(sa *sockaddr) netip.AddrPort {
 }
 
 // recvfrom reads one datagram and its IPv4 or IPv6 source (IPv4-mapped
-// sources are unmapped).
+// sources are unmapped). It returns the datagram's whole length, which
+// is more than len(p) when the datagram did not fit (MSG_TRUNC).
 func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
 	var sa sockaddr
 	salen := uint32(unix.SizeofSockaddrInet6)
 	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd),
-		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT,
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT|unix.MSG_TRUNC,
 		uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
 	if errno != 0 {
 		return 0, netip.AddrPort{}, errno

@@ -267,7 +267,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, flags uint32) *tcpFlow {
 	// handshake's last ACK triggers the first peek.
 	*f = tcpFlow{
 		key: key, idx: idx, fd: fd, flags: flags | tcpWndFull,
-		mss:     e.cfg.MTU - ipHdrLen(key.guest.Addr()) - header.TCPMinLen,
+		mss:     e.mtu() - ipHdrLen(key.guest.Addr()) - header.TCPMinLen,
 		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
 	}

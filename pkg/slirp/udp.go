@@ -16,7 +16,6 @@ const (
 	udpIdle     = 180_000_000_000 // passt's UDP flow timeout
 	udpMaxFlows = 1 << 14
 	udpMaxRead  = 32 // datagrams read per readiness event
-	udpMaxData  = 65507
 )
 
 type udpFlow struct {
@@ -193,16 +192,23 @@ func (e *Engine) udpErrors(f *udpFlow) {
 func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
 	for range udpMaxRead {
 		o := *off + header.UDPLen
-		b := e.reserve(l4Off6 + header.UDPLen + udpMaxData) // room for either family's headers
+		// Room for either family's headers and the largest payload the
+		// guest's MTU carries (IPv4's, whose header is smaller).
+		max4 := e.mtu() - header.IPv4MinLen - header.UDPLen
+		b := e.reserve(l4Off6 + header.UDPLen + max4)
 		if b == nil {
 			return // queue full: level-triggered epoll calls again
 		}
-		n, from, err := recvfrom(fd, b[o:o+udpMaxData])
+		n, from, err := recvfrom(fd, b[o:o+max4])
 		if err != nil {
 			return
 		}
 		src, dst := route(from)
 		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
+			continue
+		}
+		if n > e.mtu()-ipHdrLen(dst.Addr())-header.UDPLen {
+			e.Stats.Dropped++ // larger than the guest's MTU, as a router would drop it
 			continue
 		}
 		if *off = l4Off(dst.Addr()); *off+header.UDPLen != o {
