@@ -393,8 +393,12 @@ func guestResolvers(cfg *slirp.Config, host []netip.Addr, gateway, fwd netip.Add
 	}
 	var out []netip.Addr
 	for _, s := range reach {
+		// A resolver at the gateway's own address (a home router) is
+		// shadowed: to the guest that address is the host's loopback. As
+		// passt does, the gateway then stands in for the real resolver.
+		shadowed := s == gateway && !cfg.NoMapGW
 		switch {
-		case !s.IsLoopback():
+		case !s.IsLoopback() && !shadowed:
 			if s.Is6() == is6 {
 				out = append(out, s)
 			}

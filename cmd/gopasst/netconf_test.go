@@ -48,6 +48,11 @@ func TestGuestResolvers(t *testing.T) {
 			standIns: map[netip.Addr]string{gw6: "[::1]:53"}},
 		{name: "no gateway mapping", host: addrs("127.0.0.53", "2001:db8::53"), noMapGW: true,
 			want6: addrs("2001:db8::53"), standIns: map[netip.Addr]string{}},
+		{name: "the router is the resolver", host: addrs("192.0.2.1", "2001:db8::1"),
+			want4: addrs("192.0.2.1"), want6: addrs("2001:db8::1"),
+			standIns: map[netip.Addr]string{gw4: "192.0.2.1:53", gw6: "[2001:db8::1]:53"}},
+		{name: "the router is the resolver, no gateway mapping", host: addrs("192.0.2.1"), noMapGW: true,
+			want4: addrs("192.0.2.1"), standIns: map[netip.Addr]string{}},
 	} {
 		cfg := slirp.Config{Addr4: netip.MustParseAddr("192.0.2.2"), Gateway4: gw4,
 			Addr6: netip.MustParseAddr("2001:db8::2"), Gateway6: gw6, NoMapGW: c.noMapGW}
