@@ -15,7 +15,7 @@ import (
 // the child reports it is serving (or why it is not).
 
 const (
-	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket path
+	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket path, or "vsock"
 	childLfd  = 3                       // first ExtraFiles descriptor
 	childPipe = 4
 )
@@ -37,7 +37,11 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 		return fail(stderr, "%v", err)
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), envDaemon+"="+path)
+	marker := path
+	if marker == "" {
+		marker = "vsock"
+	}
+	cmd.Env = append(os.Environ(), envDaemon+"="+marker)
 	// The daemon must not hold our stdout and stderr: libvirt reads them
 	// until EOF before it looks at the PID file.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
@@ -73,6 +77,11 @@ func daemonChild(o *Options, cfg netSetup, path string) int {
 		return 1
 	}
 	defer closeLog()
-	syscall.CloseOnExec(childLfd)
-	return serve(o, cfg, childLfd, path, logger, ready, func() { ready.Close() })
+	lfd := childLfd
+	if o.Vsock != "" {
+		lfd, path = -1, "" // the daemon listens itself (startVsock)
+	} else {
+		syscall.CloseOnExec(childLfd)
+	}
+	return serve(o, cfg, lfd, path, logger, ready, func() { ready.Close() })
 }

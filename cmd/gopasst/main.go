@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 
 	"github.com/alecthomas/kong"
 	"github.com/gopasst/gopasst/pkg/logfile"
@@ -35,6 +36,7 @@ type Options struct {
 	Version    bool   `help:"Print the version and exit."`
 
 	Socket  string `short:"s" placeholder:"PATH" help:"Unix socket to listen on (default: first free gopasst_N.socket in the runtime directory)."`
+	Vsock   string `name:"vsock" placeholder:"[CID:]PORT" help:"Listen on AF_VSOCK (any CID by default) instead of a unix socket, for 'gopasst guest' or gvforwarder in a VM."`
 	OneOff  bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
 	PidFile string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
 
@@ -88,6 +90,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "ns" {
 		return runNS(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "guest" {
+		return runGuest(args[1:], stdout, stderr)
 	}
 	var o Options
 	if done, code := parseArgs(&o, "gopasst", "User-mode networking for virtual machines, compatible with passt.",
@@ -151,6 +156,9 @@ func isHelp(args []string) bool {
 // the socket to a daemon and exits once the daemon is ready: libvirt waits
 // for this process to exit 0 and then trusts the PID file.
 func start(o *Options, cfg netSetup, stderr io.Writer) int {
+	if o.Vsock != "" {
+		return startVsock(o, cfg, stderr)
+	}
 	path := o.Socket
 	if path == "" {
 		p, err := qemusock.DefaultPath()
@@ -183,6 +191,32 @@ func start(o *Options, cfg netSetup, stderr io.Writer) int {
 	return daemonize(o, lfd, path, stderr)
 }
 
+// startVsock is start for --vsock: the listener is made where the engine
+// runs (mdlayher/vsock keeps its descriptor), so a daemon reports a
+// failure to listen through its readiness pipe.
+func startVsock(o *Options, cfg netSetup, stderr io.Writer) int {
+	if o.Socket != "" {
+		return fail(stderr, "--vsock and --socket: one or the other")
+	}
+	if _, _, err := parseVsockAddr(o.Vsock, true); err != nil {
+		return fail(stderr, "%v", err)
+	}
+	fmt.Fprintf(stderr, "vsock: listening on port %s\n\n", o.Vsock)
+	fmt.Fprintf(stderr, "In the guest, run:\n    gopasst guest --vsock 2:%s\n", o.Vsock[strings.LastIndex(o.Vsock, ":")+1:])
+	if !o.Foreground {
+		return daemonize(o, -1, "", stderr)
+	}
+	if err := writePidFile(o.PidFile, os.Getpid()); err != nil {
+		return fail(stderr, "%v", err)
+	}
+	logger, closeLog, err := openLog(o, stderr)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	defer closeLog()
+	return serve(o, cfg, -1, "", logger, stderr, func() {})
+}
+
 // serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit.
 // It calls ready once the engine exists and signals are handled, so a
 // SIGTERM right after start-up still cleans up.
@@ -196,6 +230,13 @@ func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, s
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
+	if o.Vsock != "" {
+		closeVsock, err := listenVsock(o.Vsock, eng, logger)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		defer closeVsock()
+	}
 	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
 	if cfg.Addr4.IsValid() {
 		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)

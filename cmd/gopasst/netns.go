@@ -216,15 +216,9 @@ func nsConfigure(s *nsSetup) (int, error) {
 	if err := linkUp("lo", 0); err != nil {
 		return -1, err
 	}
-	tap, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	tap, err := openTap(nsTapName)
 	if err != nil {
 		return -1, err
-	}
-	ifr, _ := unix.NewIfreq(nsTapName)
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(tap, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(tap)
-		return -1, fmt.Errorf("TUNSETIFF: %w", err)
 	}
 	if err := linkUp(nsTapName, s.MTU); err != nil {
 		unix.Close(tap)
@@ -242,6 +236,27 @@ func nsConfigure(s *nsSetup) (int, error) {
 			unix.Close(tap)
 			return -1, err
 		}
+	}
+	return tap, nil
+}
+
+// openTap creates the tap device name in the current network namespace
+// (or opens it, if it exists) as a non-blocking descriptor, frames only
+// (no packet information).
+func openTap(name string) (int, error) {
+	tap, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(tap)
+		return -1, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(tap, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(tap)
+		return -1, fmt.Errorf("%s: TUNSETIFF: %w", name, err)
 	}
 	return tap, nil
 }
