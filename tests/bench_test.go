@@ -86,10 +86,6 @@ type backend struct {
 	missing string // why it is not measured
 }
 
-// gvproxyVersion is the gvisor-tap-vsock release the benchmark installs
-// into tests/.cache/bin, never into gopasst's module.
-const gvproxyVersion = "v0.8.9"
-
 // benchBackends finds every backend, reporting the ones that are missing.
 func benchBackends(t *testing.T) []backend {
 	debVersion := func(pkg string) string {
@@ -110,8 +106,8 @@ func benchBackends(t *testing.T) []backend {
 	} else {
 		bs = append(bs, backend{name: "slirp4netns", missing: "not installed (Debian package slirp4netns)"})
 	}
-	if p, err := installGvproxy(); err == nil {
-		bs = append(bs, backend{name: "gvproxy", version: "gvproxy " + gvproxyVersion,
+	if p, err := goInstall("github.com/containers/gvisor-tap-vsock/cmd/gvproxy", gvisorTapVsock); err == nil {
+		bs = append(bs, backend{name: "gvproxy", version: "gvproxy " + gvisorTapVsock,
 			argv: []string{p, "-listen-qemu", "unix://{sock}", "-mtu", "{mtu}", "-ssh-port", "-1"}, hostVia: "192.168.127.254"})
 	} else {
 		bs = append(bs, backend{name: "gvproxy", missing: err.Error()})
@@ -153,22 +149,6 @@ func passtVersion(p string) string {
 		v += fmt.Sprintf(", Debian %s %s", pkg, ver)
 	}
 	return v
-}
-
-// installGvproxy puts the pinned gvproxy in tests/.cache/bin with go
-// install, once, and returns its path.
-func installGvproxy() (string, error) {
-	dir, _ := filepath.Abs(filepath.Join(".cache", "bin"))
-	p := filepath.Join(dir, "gvproxy")
-	if _, err := os.Stat(p); err == nil {
-		return p, nil
-	}
-	cmd := exec.Command("go", "install", "github.com/containers/gvisor-tap-vsock/cmd/gvproxy@"+gvproxyVersion)
-	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go install gvproxy@%s failed: %v: %s", gvproxyVersion, err, strings.TrimSpace(string(out)))
-	}
-	return p, nil
 }
 
 // benchOne measures one backend instance; full adds the latency and

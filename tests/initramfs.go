@@ -120,15 +120,15 @@ func (c *cpioWriter) bytes() []byte {
 	return c.buf.Bytes()
 }
 
-// buildInitramfs writes an initramfs that loads virtio networking and runs
-// script as /init (under busybox sh). extra maps guest paths to host files
-// to include (test programs).
-func buildInitramfs(path, kver, script string, extra map[string]string) error {
+// buildInitramfs writes an initramfs that loads virtio networking (and
+// the modules named), then runs script as /init (under busybox sh). extra
+// maps guest paths to host files to include (test programs).
+func buildInitramfs(path, kver, script string, extra map[string]string, modules ...string) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("busybox: %w (Debian package busybox-static)", err)
 	}
-	mods, err := moduleClosure(kver, "virtio_pci", "virtio_net")
+	mods, err := moduleClosure(kver, append([]string{"virtio_pci", "virtio_net"}, modules...)...)
 	if err != nil {
 		return err
 	}

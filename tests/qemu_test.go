@@ -110,42 +110,13 @@ echo GOPASST-DONE
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, "-accel", "tcg", "-cpu", "max", "-m", "512",
-		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet",
-		"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+w.Sock,
-		"-device", "virtio-net-pci,netdev=n0,romfile=")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	report := map[string][]string{}
 	var inbound []string
-	var console strings.Builder
-	s := bufio.NewScanner(out)
-	for s.Scan() {
-		line := strings.TrimRight(s.Text(), "\r")
-		console.WriteString(line + "\n")
-		if i := strings.Index(line, "GOPASST-"); i >= 0 {
-			k, v, _ := strings.Cut(line[i+len("GOPASST-"):], " ")
-			report[k] = append(report[k], v)
-			if k == "READY" {
-				inbound = probeInbound(w)
-				close(release)
-			}
+	report := bootGuest(t, w, qemu, kernel, initrd, 512, func(k string) {
+		if k == "READY" {
+			inbound = probeInbound(w)
+			close(release)
 		}
-	}
-	cmd.Wait()
-	if t.Failed() || len(report["DONE"]) == 0 {
-		t.Fatalf("guest did not finish; console:\n%s", console.String())
-	}
+	})
 
 	lease := strings.Join(report["LEASE"], "")
 	for _, want := range []string{"ip=" + hostAddr, "mask=" + hostPrefix, "router=" + hostGW, "dns=" + hostGW, "mtu=65520"} {
@@ -186,6 +157,48 @@ echo GOPASST-DONE
 	}
 	t.Logf("guest report:\n  lease: %s\n  addr: %s\n  dns: %s\n  ip -6 addr:\n%s\n  ip -6 route:\n%s", lease,
 		strings.Join(report["ADDR"], "\n        "), strings.Join(report["DNS"], "\n       "), addr6, route6)
+}
+
+// bootGuest boots kernel and initrd under TCG with memory MiB, its
+// network on w's socket, and returns what the guest reported on its
+// console: each line "GOPASST-KEY value" adds value under KEY, and
+// onReport hears each KEY as it comes. It fails the test unless the
+// guest reported DONE.
+func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, onReport func(key string)) map[string][]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-accel", "tcg", "-cpu", "max", "-m", fmt.Sprint(memory),
+		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet",
+		"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+w.Sock,
+		"-device", "virtio-net-pci,netdev=n0,romfile=")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	report := map[string][]string{}
+	var console strings.Builder
+	s := bufio.NewScanner(out)
+	for s.Scan() {
+		line := strings.TrimRight(s.Text(), "\r")
+		console.WriteString(line + "\n")
+		if i := strings.Index(line, "GOPASST-"); i >= 0 {
+			k, v, _ := strings.Cut(line[i+len("GOPASST-"):], " ")
+			report[k] = append(report[k], v)
+			onReport(k)
+		}
+	}
+	cmd.Wait()
+	if t.Failed() || len(report["DONE"]) == 0 {
+		t.Fatalf("guest did not finish; console:\n%s", console.String())
+	}
+	return report
 }
 
 // probeInbound reaches the guest's services through gopasst's -t and -u

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,6 +57,8 @@ type World struct {
 	Proc        *exec.Cmd
 	Log         *syncBuffer
 	Bridge      *Bridge
+	Relay       *exec.Cmd // the guest's relay (WorldOpts.Relay), if any
+	RelayLog    *syncBuffer
 	Lease       map[string]string // udhcpc's variables from the last lease
 	// HostVia is the address through which the guest reaches the host's
 	// loopback: the gateway with gopasst and passt.
@@ -76,6 +79,10 @@ type WorldOpts struct {
 	// namespace, in which the backend makes and configures its own tap
 	// (slirp4netns): then there is no bridge and no DHCP.
 	Backend []string
+	// Relay replaces the test's bridge with a relay that runs in the
+	// guest namespace, makes the tap and carries its frames to {sock}
+	// ("gopasst guest", gvforwarder).
+	Relay []string
 	// HostVia is how the backend's guest reaches host loopback (default:
 	// the gateway).
 	HostVia string
@@ -142,17 +149,54 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 		return w
 	}
 	w.Guest = newNetns(t, "gpg")
-	b, err := NewBridge(w.Guest, tapName, w.Sock)
-	if err != nil {
-		t.Fatal(err)
+	if o.Relay != nil {
+		w.startRelay(t, o.Relay)
+	} else {
+		b, err := NewBridge(w.Guest, tapName, w.Sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Bridge = b
+		t.Cleanup(b.Close)
 	}
-	w.Bridge = b
-	t.Cleanup(b.Close)
 	w.Guest.Run(t, "ip", "link", "set", tapName, "up")
 	if !o.NoDHCP {
 		w.DHCP(t)
 	}
 	return w
+}
+
+// startRelay runs argv ({sock} and {tap} replaced) in the guest namespace
+// and waits for its tap; the relay must exit on SIGTERM when the test ends.
+func (w *World) startRelay(t testing.TB, argv []string) {
+	t.Helper()
+	argv = slices.Clone(argv)
+	for i, a := range argv {
+		argv[i] = strings.NewReplacer("{sock}", w.Sock, "{tap}", tapName).Replace(a)
+	}
+	w.RelayLog = &syncBuffer{}
+	w.Relay = w.Guest.Cmd(argv[0], argv[1:]...)
+	w.Relay.Stdout, w.Relay.Stderr = w.RelayLog, w.RelayLog
+	if err := w.Relay.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- w.Relay.Wait() }()
+	t.Cleanup(func() {
+		w.Relay.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			w.Relay.Process.Kill()
+			t.Errorf("%s did not exit on SIGTERM", argv[0])
+		}
+		if t.Failed() {
+			t.Logf("relay log:\n%s", w.RelayLog.String())
+		}
+	})
+	waitFor(t, "the relay's tap", func() bool {
+		return w.Guest.Cmd("ip", "link", "show", tapName).Run() == nil
+	})
 }
 
 // newHost makes the host namespace: the template interface with IPv4 and
