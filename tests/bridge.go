@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,7 +56,13 @@ func NewBridge(guest *Netns, tapName, sock string) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A backend's socket file appears at bind(), a moment before it
+	// listens: a refused connect right after start-up is tried again.
 	conn, err := net.Dial("unix", sock)
+	for i := 0; i < 100 && errors.Is(err, syscall.ECONNREFUSED); i++ {
+		time.Sleep(20 * time.Millisecond)
+		conn, err = net.Dial("unix", sock)
+	}
 	if err != nil {
 		tap.Close()
 		return nil, err
