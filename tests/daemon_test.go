@@ -116,3 +116,37 @@ func TestBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestFdOption starts gopasst as QEMU 10.1's -netdev passt does
+// ("--quiet --pid FILE --fd 3", daemonized, the connected socket on fd 3):
+// the launcher exits 0, the daemon serves the socket it was given, and
+// exits when QEMU's end closes (--fd implies --one-off).
+func TestFdOption(t *testing.T) {
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := os.NewFile(uintptr(pair[0]), "qemu")
+	theirs := os.NewFile(uintptr(pair[1]), "passt")
+	pid := filepath.Join(t.TempDir(), "pid")
+	cmd := exec.Command(gopasstBin, append([]string{"--quiet", "--pid", pid, "--fd", "3"}, hostArgs...)...)
+	cmd.ExtraFiles = []*os.File{theirs}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gopasst: %v\n%s", err, out)
+	}
+	theirs.Close()
+	data, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	c, err := net.FileConn(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours.Close()
+	c.Write(frame(arpRequest()))
+	expectARPReply(t, c)
+	c.Close()
+	waitFor(t, "the daemon to exit when its socket closes", func() bool { return syscall.Kill(p, 0) != nil })
+}

@@ -129,12 +129,7 @@ type CtlOptions struct {
 	CmdFwd  []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Gateway port to a command's stdin/stdout."`
 }
 
-func runCtl(args []string, stdout, stderr io.Writer) int {
-	var o CtlOptions
-	if done, code := parseArgs(&o, "gopasst ctl", "Change a running gopasst's forwards through its control socket.",
-		args, stdout, stderr); done {
-		return code
-	}
+func runCtl(o *CtlOptions, stdout, stderr io.Writer) int {
 	req := ctlRequest{Op: o.Op, TCP: o.TCP, UDP: o.UDP, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
 	resp, err := ctlCall(o.Path, &req)
 	if err != nil {

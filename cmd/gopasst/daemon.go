@@ -15,7 +15,7 @@ import (
 // the child reports it is serving (or why it is not).
 
 const (
-	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket path, or "vsock"
+	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket path, or "-"
 	childLfd  = 3                       // first ExtraFiles descriptor
 	childPipe = 4
 )
@@ -39,7 +39,7 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 	cmd := exec.Command(self, os.Args[1:]...)
 	marker := path
 	if marker == "" {
-		marker = "vsock"
+		marker = "-" // --vsock or --fd: no socket file
 	}
 	cmd.Env = append(os.Environ(), envDaemon+"="+marker)
 	// The daemon must not hold our stdout and stderr: libvirt reads them
@@ -71,17 +71,21 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 // parent it is ready by closing the pipe, and serves.
 func daemonChild(o *Options, cfg netSetup, path string) int {
 	ready := os.NewFile(childPipe, "ready")
-	logger, closeLog, err := openLog(o, os.Stderr)
+	logger, closeLog, err := openLog(&o.NetOptions, false, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(ready, "%v\n", err)
 		return 1
 	}
 	defer closeLog()
-	lfd := childLfd
-	if o.Vsock != "" {
-		lfd, path = -1, "" // the daemon listens itself (startVsock)
-	} else {
+	lfd, conn := childLfd, -1
+	switch {
+	case o.Vsock != "":
+		lfd, path = -1, "" // the daemon listens itself (startListenless)
+	case o.Fd >= 0:
+		lfd, conn, path = -1, childLfd, ""
+	}
+	if lfd >= 0 || conn >= 0 {
 		syscall.CloseOnExec(childLfd)
 	}
-	return serve(o, cfg, lfd, path, logger, ready, func() { ready.Close() })
+	return serve(o, cfg, lfd, conn, path, logger, ready, func() { ready.Close() })
 }

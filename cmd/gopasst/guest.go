@@ -33,13 +33,8 @@ type guestOptions struct {
 // guestRetry is how long the relay waits before it reconnects.
 const guestRetry = time.Second
 
-func runGuest(args []string, stdout, stderr io.Writer) int {
-	var o guestOptions
-	if done, code := parseArgs(&o, "gopasst guest",
-		"Relay a tap device to gopasst on the host over vsock or a unix socket.", args, stdout, stderr); done {
-		return code
-	}
-	dial, err := guestDialer(&o)
+func runGuest(o *guestOptions, stderr io.Writer) int {
+	dial, err := guestDialer(o)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}

@@ -23,22 +23,17 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
-// Options are passt's, spelled as passt spells them, plus gopasst's own
-// extensions. Lists are never split on commas: port specs contain commas.
-type Options struct {
-	Debug      bool   `short:"d" help:"Print debugging messages."`
-	Trace      bool   `help:"Print per-packet messages (implies --debug)."`
-	Quiet      bool   `short:"q" help:"Only print warnings and errors."`
-	Foreground bool   `short:"f" help:"Stay in the foreground instead of daemonizing."`
-	Stderr     bool   `short:"e" help:"Log to standard error even when daemonized."`
-	LogFile    string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
-	LogSize    int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
-	Version    bool   `help:"Print the version and exit."`
-
-	Socket  string `short:"s" placeholder:"PATH" help:"Unix socket to listen on (default: first free gopasst_N.socket in the runtime directory)."`
-	Vsock   string `name:"vsock" placeholder:"[CID:]PORT" help:"Listen on AF_VSOCK (any CID by default) instead of a unix socket, for 'gopasst guest' or gvforwarder in a VM."`
-	OneOff  bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
-	PidFile string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
+// NetOptions say what the guest's network is: passt's options, spelled as
+// passt spells them, plus gopasst's forwards, for a VM (serve) and for a
+// program in a namespace (ns) alike. Lists are never split on commas:
+// port specs contain commas.
+type NetOptions struct {
+	Debug   bool   `short:"d" help:"Print debugging messages."`
+	Trace   bool   `help:"Print per-packet messages (implies --debug)."`
+	Quiet   bool   `short:"q" help:"Only print warnings and errors."`
+	Stderr  bool   `short:"e" help:"Log to standard error even when daemonized."`
+	LogFile string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
+	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
 
 	MTU        int      `short:"m" default:"65520" help:"MTU given to the guest."`
 	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address, IPv4 or IPv6 (default: the host's). Repeatable."`
@@ -63,13 +58,35 @@ type Options struct {
 	IPv4     bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
 	IPv6     bool `short:"6" name:"ipv6-only" help:"IPv6 only."`
 
-	VhostUser bool `name:"vhost-user" help:"Not supported yet: exits with an error."`
-
 	TCPPorts []string `short:"t" name:"tcp-ports" sep:"none" placeholder:"SPEC" help:"Forward host TCP ports to the guest (passt's grammar). Repeatable."`
 	UDPPorts []string `short:"u" name:"udp-ports" sep:"none" placeholder:"SPEC" help:"Forward host UDP ports to the guest (passt's grammar). Repeatable."`
 	Control  string   `name:"control" placeholder:"PATH" help:"Unix socket (mode 0600) for changing forwards at runtime; see 'gopasst ctl'."`
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
+}
+
+// Options are the serve command's: the network, and how the guest
+// connects and the daemon runs.
+type Options struct {
+	NetOptions `embed:""`
+
+	Foreground bool   `short:"f" help:"Stay in the foreground instead of daemonizing."`
+	Socket     string `short:"s" placeholder:"PATH" help:"Unix socket to listen on (default: first free gopasst_N.socket in the runtime directory)."`
+	Vsock      string `name:"vsock" placeholder:"[CID:]PORT" help:"Listen on AF_VSOCK (any CID by default) instead of a unix socket, for 'gopasst guest' or gvforwarder in a VM."`
+	Fd         int    `short:"F" name:"fd" default:"-1" placeholder:"FD" help:"Serve the connected socket FD instead of listening (implies --one-off), as QEMU's -netdev passt asks."`
+	OneOff     bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
+	PidFile    string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
+	VhostUser  bool   `name:"vhost-user" help:"Not supported yet: exits with an error."`
+}
+
+// cli is gopasst's command line: passt's, as the default command, and
+// gopasst's own commands.
+type cli struct {
+	Serve   Options          `cmd:"" default:"withargs" help:"Serve a VM's network, as passt does (the default command)."`
+	NS      nsOptions        `cmd:"" name:"ns" help:"Run a program with a network stack of its own."`
+	Ctl     CtlOptions       `cmd:"" help:"Change a running gopasst's forwards through its control socket."`
+	Guest   guestOptions     `cmd:"" help:"In a VM: relay a tap to gopasst on the host over vsock or a unix socket."`
+	Version kong.VersionFlag `help:"Print the version and exit."`
 }
 
 func main() {
@@ -85,79 +102,70 @@ func fail(stderr io.Writer, format string, args ...any) int {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "ctl" {
-		return runCtl(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "ns" {
-		return runNS(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "guest" {
-		return runGuest(args[1:], stdout, stderr)
-	}
-	var o Options
-	if done, code := parseArgs(&o, "gopasst", "User-mode networking for virtual machines, compatible with passt.",
-		args, stdout, stderr); done {
+	var c cli
+	ctx, done, code := parseArgs(&c, args, stdout, stderr)
+	if done {
 		return code
 	}
-	if o.Version {
-		fmt.Fprintf(stdout, "gopasst %s\n", version)
-		return 0
+	switch cmd := ctx.Command(); {
+	case strings.HasPrefix(cmd, "ns"):
+		return runNS(&c.NS, stderr)
+	case strings.HasPrefix(cmd, "ctl"):
+		return runCtl(&c.Ctl, stdout, stderr)
+	case cmd == "guest":
+		return runGuest(&c.Guest, stderr)
 	}
+	return runServe(&c.Serve, stderr)
+}
+
+// parseArgs parses args into c with kong. It reports done, with the exit
+// code, after help or the version (kong printed them) or an error (one
+// line on stderr).
+func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Context, done bool, code int) {
+	exit := -1
+	parser, err := kong.New(c, kong.Name("gopasst"),
+		kong.Description("User-mode networking for virtual machines, compatible with passt."),
+		kong.Vars{"version": "gopasst " + version},
+		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exit = code }))
+	if err != nil {
+		return nil, true, fail(stderr, "%v", err)
+	}
+	ctx, err = parser.Parse(args)
+	switch {
+	case exit >= 0:
+		return nil, true, exit
+	case err != nil:
+		return nil, true, fail(stderr, "%v", err)
+	}
+	return ctx, false, 0
+}
+
+// runServe is passt's mode: serve one VM at a time.
+func runServe(o *Options, stderr io.Writer) int {
 	if o.VhostUser {
 		return fail(stderr, "--vhost-user: vhost-user is not supported yet")
 	}
-	cfg, err := buildConfig(&o, procFiles)
+	cfg, err := buildConfig(&o.NetOptions, procFiles)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	cfg.OneOff = o.OneOff || o.Fd >= 0
 	// Check every forward before binding anything.
 	if _, err := portSpecs(append(append([]string{}, o.TCPPorts...), o.UDPPorts...)); err != nil {
 		return fail(stderr, "%v", err)
 	}
 	if d := os.Getenv(envDaemon); d != "" {
-		return daemonChild(&o, cfg, d)
+		return daemonChild(o, cfg, d)
 	}
-	return start(&o, cfg, stderr)
-}
-
-// parseArgs parses args into target with kong. It reports done, with the
-// exit code, for a help request (kong has printed the help) or an error
-// (one line on stderr).
-func parseArgs(target any, name, desc string, args []string, stdout, stderr io.Writer) (done bool, code int) {
-	parser, err := kong.New(target, kong.Name(name), kong.Description(desc),
-		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
-	if err != nil {
-		return true, fail(stderr, "%v", err)
-	}
-	_, err = parser.Parse(args)
-	switch {
-	case isHelp(args):
-		return true, 0
-	case err != nil:
-		return true, fail(stderr, "%v", err)
-	}
-	return false, 0
-}
-
-// isHelp reports a help request; kong has printed the help by then.
-func isHelp(args []string) bool {
-	for _, a := range args {
-		if a == "-h" || a == "--help" {
-			return true
-		}
-		if a == "--" {
-			break
-		}
-	}
-	return false
+	return start(o, cfg, stderr)
 }
 
 // start binds the socket, then either serves in the foreground or hands
 // the socket to a daemon and exits once the daemon is ready: libvirt waits
 // for this process to exit 0 and then trusts the PID file.
 func start(o *Options, cfg netSetup, stderr io.Writer) int {
-	if o.Vsock != "" {
-		return startVsock(o, cfg, stderr)
+	if o.Vsock != "" || o.Fd >= 0 {
+		return startListenless(o, cfg, stderr)
 	}
 	path := o.Socket
 	if path == "" {
@@ -180,56 +188,67 @@ func start(o *Options, cfg netSetup, stderr io.Writer) int {
 			os.Remove(path)
 			return fail(stderr, "%v", err)
 		}
-		logger, closeLog, err := openLog(o, stderr)
+		logger, closeLog, err := openLog(&o.NetOptions, true, stderr)
 		if err != nil {
 			os.Remove(path)
 			return fail(stderr, "%v", err)
 		}
 		defer closeLog()
-		return serve(o, cfg, lfd, path, logger, stderr, func() {})
+		return serve(o, cfg, lfd, -1, path, logger, stderr, func() {})
 	}
 	return daemonize(o, lfd, path, stderr)
 }
 
-// startVsock is start for --vsock: the listener is made where the engine
-// runs (mdlayher/vsock keeps its descriptor), so a daemon reports a
-// failure to listen through its readiness pipe.
-func startVsock(o *Options, cfg netSetup, stderr io.Writer) int {
-	if o.Socket != "" {
-		return fail(stderr, "--vsock and --socket: one or the other")
+// startListenless is start without a unix socket to bind: for --vsock,
+// whose listener is made where the engine runs (mdlayher/vsock keeps its
+// descriptor), so a daemon reports a failure to listen through its
+// readiness pipe; and for --fd, whose connected socket goes to the
+// daemon as the listening one would.
+func startListenless(o *Options, cfg netSetup, stderr io.Writer) int {
+	if (o.Vsock != "") == (o.Fd >= 0) || o.Socket != "" {
+		return fail(stderr, "--socket, --vsock and --fd: one of them")
 	}
-	if _, _, err := parseVsockAddr(o.Vsock, true); err != nil {
-		return fail(stderr, "%v", err)
+	if o.Vsock != "" {
+		if _, _, err := parseVsockAddr(o.Vsock, true); err != nil {
+			return fail(stderr, "%v", err)
+		}
+		fmt.Fprintf(stderr, "vsock: listening on port %s\n\n", o.Vsock)
+		fmt.Fprintf(stderr, "In the guest, run:\n    gopasst guest --vsock 2:%s\n", o.Vsock[strings.LastIndex(o.Vsock, ":")+1:])
+	} else if _, err := unix.FcntlInt(uintptr(o.Fd), unix.F_GETFD, 0); err != nil {
+		return fail(stderr, "--fd %d: %v", o.Fd, err)
 	}
-	fmt.Fprintf(stderr, "vsock: listening on port %s\n\n", o.Vsock)
-	fmt.Fprintf(stderr, "In the guest, run:\n    gopasst guest --vsock 2:%s\n", o.Vsock[strings.LastIndex(o.Vsock, ":")+1:])
 	if !o.Foreground {
-		return daemonize(o, -1, "", stderr)
+		return daemonize(o, o.Fd, "", stderr)
 	}
 	if err := writePidFile(o.PidFile, os.Getpid()); err != nil {
 		return fail(stderr, "%v", err)
 	}
-	logger, closeLog, err := openLog(o, stderr)
+	logger, closeLog, err := openLog(&o.NetOptions, true, stderr)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer closeLog()
-	return serve(o, cfg, -1, "", logger, stderr, func() {})
+	return serve(o, cfg, -1, o.Fd, "", logger, stderr, func() {})
 }
 
-// serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit.
-// It calls ready once the engine exists and signals are handled, so a
-// SIGTERM right after start-up still cleans up.
-func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
+// serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit,
+// on the listening socket lfd or the connected socket conn (or neither:
+// --vsock). It calls ready once the engine exists and signals are
+// handled, so a SIGTERM right after start-up still cleans up.
+func serve(o *Options, cfg netSetup, lfd, conn int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
 	defer os.Remove(path)
 	if o.PidFile != "" {
 		defer os.Remove(o.PidFile)
 	}
-	eng, cleanup, err := startEngine(o, cfg, lfd, logger)
+	eng, cleanup, err := startEngine(&o.NetOptions, cfg, lfd, logger)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
+	if conn >= 0 {
+		unix.SetNonblock(conn, true)
+		eng.AttachStream(conn) // before Run, this goroutine is the engine's
+	}
 	if o.Vsock != "" {
 		closeVsock, err := listenVsock(o.Vsock, eng, logger)
 		if err != nil {
@@ -265,7 +284,7 @@ func serve(o *Options, cfg netSetup, lfd int, path string, logger *log.Logger, s
 // startEngine creates the engine for cfg (on listening socket lfd, or
 // none) with o's logging, forwards and control socket, for the daemon and
 // for namespace mode alike. cleanup removes the control socket.
-func startEngine(o *Options, cfg netSetup, lfd int, logger *log.Logger) (*slirp.Engine, func(), error) {
+func startEngine(o *NetOptions, cfg netSetup, lfd int, logger *log.Logger) (*slirp.Engine, func(), error) {
 	cfg.Debug = o.Debug || o.Trace
 	cfg.Trace = o.Trace
 	cfg.Log = logger
@@ -290,7 +309,7 @@ func startEngine(o *Options, cfg netSetup, lfd int, logger *log.Logger) (*slirp.
 
 // openLog picks where messages go: the bounded log file, standard error in
 // the foreground, otherwise syslog when it is there.
-func openLog(o *Options, stderr io.Writer) (*log.Logger, func(), error) {
+func openLog(o *NetOptions, foreground bool, stderr io.Writer) (*log.Logger, func(), error) {
 	var out io.Writer = io.Discard
 	closer := func() {}
 	switch {
@@ -300,7 +319,7 @@ func openLog(o *Options, stderr io.Writer) (*log.Logger, func(), error) {
 			return nil, nil, fmt.Errorf("--log-file: %v", err)
 		}
 		out, closer = f, func() { f.Close() }
-	case o.Foreground || o.Stderr:
+	case foreground || o.Stderr:
 		out = stderr
 	default:
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "gopasst"); err == nil {

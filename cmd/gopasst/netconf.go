@@ -249,13 +249,13 @@ type netSetup struct {
 }
 
 // buildConfig turns options and host state into the engine's Config.
-func buildConfig(o *Options, files hostFiles) (netSetup, error) {
+func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	var notes []string
 	cfg := slirp.Config{
 		MTU: o.MTU, Search: o.Search, Hostname: o.Hostname, FQDN: o.FQDN,
 		NoDHCP: o.NoDHCP, NoMapGW: o.NoMapGW, NoTCP: o.NoTCP, NoUDP: o.NoUDP,
-		NoICMP: o.NoICMP, OneOff: o.OneOff,
-		NoNDP: o.NoNDP, NoRA: o.NoRA, NoDHCPv6: o.NoDHCPv6,
+		NoICMP: o.NoICMP,
+		NoNDP:  o.NoNDP, NoRA: o.NoRA, NoDHCPv6: o.NoDHCPv6,
 	}
 	if o.MTU < 576 || o.MTU > slirp.DefaultMTU {
 		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 576-%d", o.MTU, slirp.DefaultMTU)
@@ -348,7 +348,7 @@ func ourLinkLocal(gw netip.Addr, ifname string) netip.Addr {
 // (--dns-forward, or the gateway) whose queries the engine redirects to
 // it. An IPv6 stand-in may lead to an IPv4 resolver: a guest with IPv6
 // alone still resolves through systemd-resolved's 127.0.0.53.
-func dnsConfig(cfg *slirp.Config, o *Options, rc resolvConf) error {
+func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 	cfg.DNSMap = map[netip.Addr]netip.AddrPort{}
 	fwd4, fwd6, err := parseAddrs("dns-forward", o.DNSForward)
 	if err != nil {

@@ -56,7 +56,7 @@ func TestGuestResolvers(t *testing.T) {
 	} {
 		cfg := slirp.Config{Addr4: netip.MustParseAddr("192.0.2.2"), Gateway4: gw4,
 			Addr6: netip.MustParseAddr("2001:db8::2"), Gateway6: gw6, NoMapGW: c.noMapGW}
-		if err := dnsConfig(&cfg, &Options{}, resolvConf{servers: c.host}); err != nil {
+		if err := dnsConfig(&cfg, &NetOptions{}, resolvConf{servers: c.host}); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Equal(cfg.DNS4, c.want4) || !slices.Equal(cfg.DNS6, c.want6) {
@@ -80,8 +80,8 @@ func TestGuestResolvers(t *testing.T) {
 // TestBuildConfigFamilies: addresses given for one family only, and -4/-6.
 func TestBuildConfigFamilies(t *testing.T) {
 	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent"}
-	base := func(args ...string) *Options {
-		o := &Options{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}
+	base := func(args ...string) *NetOptions {
+		o := &NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}
 		for i := 0; i+1 < len(args); i += 2 {
 			switch args[i] {
 			case "-a":

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -39,29 +40,24 @@ type nsSetup struct {
 	Resolv   string // what to mount over /etc/resolv.conf, or "" for the host's
 }
 
-// runNS parses "gopasst ns [OPTIONS] [-- COMMAND...]" and runs COMMAND (by
-// default $SHELL) in a namespace served by the engine. It returns the
-// command's exit status.
-func runNS(args []string, stdout, stderr io.Writer) int {
-	command := []string{os.Getenv("SHELL")}
-	if command[0] == "" {
-		command[0] = "/bin/sh"
+// nsOptions are the ns command's: the network, and the program.
+type nsOptions struct {
+	NetOptions `embed:""`
+
+	Command []string `arg:"" optional:"" passthrough:"partial" help:"The program and its arguments, after -- (default: $SHELL)."`
+}
+
+// runNS runs the program (by default $SHELL) in a namespace served by the
+// engine and returns its exit status.
+func runNS(o *nsOptions, stderr io.Writer) int {
+	command := o.Command
+	if len(command) > 0 && command[0] == "--" {
+		command = command[1:]
 	}
-	for i, a := range args {
-		if a == "--" {
-			if len(args) > i+1 {
-				command = args[i+1:]
-			}
-			args = args[:i]
-			break
-		}
+	if len(command) == 0 {
+		command = []string{cmp.Or(os.Getenv("SHELL"), "/bin/sh")}
 	}
-	var o Options
-	if done, code := parseArgs(&o, "gopasst ns", "Run COMMAND (after --) with a network stack of its own.",
-		args, stdout, stderr); done {
-		return code
-	}
-	cfg, err := buildConfig(&o, procFiles)
+	cfg, err := buildConfig(&o.NetOptions, procFiles)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -73,7 +69,7 @@ func runNS(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	return serveNS(&o, cfg, cmd, tapFd, stderr)
+	return serveNS(&o.NetOptions, cfg, cmd, tapFd, stderr)
 }
 
 // resolvConfFor is the resolv.conf the program sees: the resolvers and
@@ -132,12 +128,12 @@ func startNSChild(setup nsSetup, command []string) (*exec.Cmd, int, error) {
 
 // serveNS runs the engine on the tap until the command exits, and returns
 // its exit status.
-func serveNS(o *Options, cfg netSetup, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
+func serveNS(o *NetOptions, cfg netSetup, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
 	// The command owns the terminal: log to --log-file, or to stderr
 	// only with --debug.
 	lo := *o
-	lo.Foreground, lo.Quiet = true, !(o.Debug || o.Trace)
-	logger, closeLog, err := openLog(&lo, stderr)
+	lo.Quiet = !(o.Debug || o.Trace)
+	logger, closeLog, err := openLog(&lo, true, stderr)
 	var eng *slirp.Engine
 	if err == nil {
 		defer closeLog()

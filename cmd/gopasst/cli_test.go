@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestArgv parses every command line that libvirt, QEMU 10.1's
+// -netdev passt and the README give gopasst, and checks what each one
+// selects.
+func TestArgv(t *testing.T) {
+	for _, tc := range []struct {
+		from  string
+		argv  string
+		cmd   string
+		check func(*cli) bool
+	}{
+		{"libvirt <backend type='passt'/>", "--one-off --socket /run/libvirt/qemu/passt/1-vm-net0.socket " +
+			"--pid /run/libvirt/qemu/passt/1-vm-net0-passt.pid --log-file /var/log/passt.log --address 192.0.2.50 " +
+			"--netmask 24 --mtu 1500 --interface eth0 --hostname vm --fqdn vm.example --gateway 192.0.2.1 " +
+			"--tcp-ports 127.0.0.1/18080-18082:8080-8082,~18081 --tcp-ports 2222:22 --udp-ports 5353", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				return o.OneOff && o.Socket != "" && o.PidFile != "" && o.Address[0] == "192.0.2.50" && o.MTU == 1500 &&
+					slices.Equal(o.TCPPorts, []string{"127.0.0.1/18080-18082:8080-8082,~18081", "2222:22"})
+			}},
+		{"libvirt <interface type='vhostuser'><backend type='passt'/>", "--one-off --socket /run/s --pid /run/p --vhost-user", "serve",
+			func(c *cli) bool { return c.Serve.VhostUser }},
+		{"QEMU 10.1 -netdev passt", "--quiet --pid /tmp/passt-X.pid --fd 3", "serve",
+			func(c *cli) bool { return c.Serve.Quiet && c.Serve.Fd == 3 && c.Serve.PidFile == "/tmp/passt-X.pid" }},
+		{"QEMU 10.1 -netdev passt, with options", "--quiet --debug --trace --mtu 65520 --address 192.0.2.2 --netmask 24 " +
+			"--mac-addr 9a:55:9a:55:9a:55 --gateway 192.0.2.1 --interface eth0 --dns 192.0.2.53 --search example.test " +
+			"--fqdn vm.example.test --tcp-ports 8080 --udp-ports 5353 --pid /tmp/p --fd 3", "serve",
+			func(c *cli) bool { return c.Serve.Fd == 3 && c.Serve.Trace && c.Serve.DNS[0] == "192.0.2.53" }},
+		{"README: run for a guest", "--socket /tmp/gopasst.sock", "serve",
+			func(c *cli) bool { return c.Serve.Socket == "/tmp/gopasst.sock" && c.Serve.Fd == -1 }},
+		{"README: control socket", "--control /run/user/1000/gopasst.ctl -t 2222:22", "serve",
+			func(c *cli) bool { return c.Serve.Control != "" && c.Serve.TCPPorts[0] == "2222:22" }},
+		{"README: vsock host", "--vsock 1024", "serve", func(c *cli) bool { return c.Serve.Vsock == "1024" }},
+		{"README: hybrid vsock host", "-s /run/fc.vsock_1024", "serve", func(c *cli) bool { return c.Serve.Socket == "/run/fc.vsock_1024" }},
+		{"README: ns", "ns -- sh -c 'ip addr; ip route'", "ns <command>",
+			func(c *cli) bool { return slices.Equal(c.NS.Command, []string{"--", "sh", "-c", "ip addr; ip route"}) }},
+		{"README: ns with a forward", "ns -t 8080 -- python3 -m http.server 8080", "ns <command>",
+			func(c *cli) bool {
+				return c.NS.TCPPorts[0] == "8080" && strings.Join(c.NS.Command, " ") == "-- python3 -m http.server 8080"
+			}},
+		{"README: ctl add", "ctl /run/user/1000/gopasst.ctl add -t 8080:80 -u 5353", "ctl <path> <op>",
+			func(c *cli) bool { return c.Ctl.Op == "add" && c.Ctl.TCP[0] == "8080:80" && c.Ctl.UDP[0] == "5353" }},
+		{"README: ctl remove", "ctl /run/g.ctl remove -t 8080:80 --cmd-fwd 7000", "ctl <path> <op>",
+			func(c *cli) bool { return c.Ctl.Op == "remove" && c.Ctl.CmdFwd[0] == "7000" }},
+		{"README: guest", "guest --vsock 2:1024", "guest", func(c *cli) bool { return c.Guest.Vsock == "2:1024" && c.Guest.Tap == "tap0" }},
+	} {
+		var c cli
+		var out bytes.Buffer
+		ctx, done, code := parseArgs(&c, splitTest(tc.argv), &out, &out)
+		if done {
+			t.Errorf("%s: %q did not parse (exit %d): %s", tc.from, tc.argv, code, out.String())
+			continue
+		}
+		if ctx.Command() != tc.cmd || !tc.check(&c) {
+			t.Errorf("%s: %q selected %q with %+v", tc.from, tc.argv, ctx.Command(), c)
+		}
+	}
+}
+
+// splitTest splits a command line on spaces, keeping single-quoted words.
+func splitTest(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		s = strings.TrimLeft(s, " ")
+		if strings.HasPrefix(s, "'") {
+			end := strings.Index(s[1:], "'") + 1
+			out, s = append(out, s[1:end]), s[end+1:]
+			continue
+		}
+		w, rest, _ := strings.Cut(s, " ")
+		out, s = append(out, w), rest
+	}
+	return out
+}
+
+// TestHelp: gopasst's help lists its commands, and each command's help
+// shows its own flags, not the others'.
+func TestHelp(t *testing.T) {
+	help := func(args ...string) string {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, args, &out, &out); !done || code != 0 {
+			t.Fatalf("%v: done %v, exit %d", args, done, code)
+		}
+		return out.String()
+	}
+	top := help("--help")
+	for _, cmd := range []string{"serve", "ns", "ctl", "guest"} {
+		if !strings.Contains(top, "  "+cmd+" ") {
+			t.Errorf("gopasst --help does not list %s:\n%s", cmd, top)
+		}
+	}
+	ns := help("ns", "--help")
+	for _, serveOnly := range []string{"--socket", "--pid", "--one-off", "--vhost-user", "--fd"} {
+		if strings.Contains(ns, serveOnly) {
+			t.Errorf("gopasst ns --help offers %s", serveOnly)
+		}
+	}
+	if serve := help("serve", "--help"); !strings.Contains(serve, "--vhost-user") || !strings.Contains(serve, "--tcp-ports") {
+		t.Errorf("gopasst serve --help lacks its flags:\n%s", serve)
+	}
+}
+
