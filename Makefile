@@ -11,7 +11,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # big-endian s390x machine.
 TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static
 
-.PHONY: all build test test-bigendian deps fuzz bench lint clean install install-libvirt uninstall-libvirt
+.PHONY: all build test test-bigendian deps fuzz bench lint clean install install-libvirt uninstall-libvirt man
 
 all: build
 
@@ -75,8 +75,14 @@ lint:
 	$(GO) vet ./...
 	staticcheck ./...
 
+# The manual page is written from the command line's own model (gopasst
+# man); cmd/gopasst's TestManPage keeps the committed gopasst.1 current.
+man: build
+	./gopasst man > gopasst.1
+
 install: build
 	install -D -m 0755 gopasst $(DESTDIR)$(PREFIX)/bin/gopasst
+	install -D -m 0644 gopasst.1 $(DESTDIR)$(PREFIX)/share/man/man1/gopasst.1
 
 # install-libvirt makes libvirt's passt backend run gopasst: Debian's
 # /usr/bin/passt is diverted aside and replaced by a link to gopasst.

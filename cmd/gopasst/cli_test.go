@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -109,3 +111,27 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// TestManPage: the committed gopasst.1 is what "gopasst man" writes now
+// (run "make man" after changing an option), and groff renders it
+// without a warning.
+func TestManPage(t *testing.T) {
+	var c cli
+	var out bytes.Buffer
+	ctx, done, _ := parseArgs(&c, []string{"man"}, &out, &out)
+	if done {
+		t.Fatal(out.String())
+	}
+	writeMan(&out, ctx.Model)
+	committed, err := os.ReadFile("../../gopasst.1")
+	if err != nil || !bytes.Equal(committed, out.Bytes()) {
+		t.Errorf("gopasst.1 is not current (%v): run make man", err)
+	}
+	if _, err := exec.LookPath("groff"); err != nil {
+		t.Skip("no groff to render it")
+	}
+	render := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z")
+	render.Stdin = &out
+	if msg, err := render.CombinedOutput(); err != nil || len(msg) > 0 {
+		t.Errorf("groff: %v\n%s", err, msg)
+	}
+}
