@@ -24,20 +24,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Kinds of epoll registrations; the kind and an index are packed into the
-// epoll event's 64-bit user data.
-const (
-	kindStop = iota
-	kindListen
-	kindLink
-	kindTCP
-	kindUDP
-	kindICMP
-	kindTCPListen
-	kindUDPListen
-	kindCall
-)
-
 // tick is the timer granularity for retransmissions and expiry.
 const tick = 100 * time.Millisecond
 
@@ -63,11 +49,11 @@ type Engine struct {
 	link qemusock.Link
 
 	guestMAC  [6]byte
-	addrSeen6 netip.Addr // the guest's global IPv6 address in use (seen6)
-	nextRA    int64      // when the next unsolicited RA is due
-	now       int64      // monotonic nanoseconds, refreshed once per loop turn
+	addrSeen6 netip.Addr    // the guest's global IPv6 address in use (seen6)
+	nextRA    time.Duration // when the next unsolicited RA is due
+	now       time.Duration // since start, monotonic, refreshed once per loop turn
 	start     time.Time
-	lastTick  int64
+	lastTick  time.Duration
 
 	tcp  tcpTable
 	udp  udpTable
@@ -126,14 +112,14 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	if e.callFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	if err := e.epollAdd(e.callFd, unix.EPOLLIN, kindCall, 0); err != nil {
+	if err := e.epollAdd(e.callFd, unix.EPOLLIN, epollRef{kind: kindCall}); err != nil {
 		return nil, err
 	}
-	if err := e.epollAdd(e.stopFd, unix.EPOLLIN, kindStop, 0); err != nil {
+	if err := e.epollAdd(e.stopFd, unix.EPOLLIN, epollRef{kind: kindStop}); err != nil {
 		return nil, err
 	}
 	if lfd >= 0 {
-		if err := e.epollAdd(lfd, unix.EPOLLIN, kindListen, 0); err != nil {
+		if err := e.epollAdd(lfd, unix.EPOLLIN, epollRef{kind: kindListen}); err != nil {
 			return nil, err
 		}
 	}
@@ -212,32 +198,6 @@ func wake(fd int) {
 	unix.Write(fd, one[:])
 }
 
-func (e *Engine) epollAdd(fd int, events uint32, kind int32, idx int32) error {
-	ev := unix.EpollEvent{Events: events, Fd: kind, Pad: idx}
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll add: %w", err)
-	}
-	return nil
-}
-
-// linkPoller is the engine's epoll set as the guest's link uses it: a
-// link's descriptors report as kindLink, with the link's own id.
-type linkPoller struct{ e *Engine }
-
-func (p linkPoller) Add(fd int, events uint32, id uint32) error {
-	return p.e.epollAdd(fd, events, kindLink, int32(id))
-}
-
-func (p linkPoller) Mod(fd int, events uint32, id uint32) error {
-	ev := unix.EpollEvent{Events: events, Fd: kindLink, Pad: int32(id)}
-	return unix.EpollCtl(p.e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-}
-
-func (e *Engine) epollMod(fd int, events uint32, kind int32, idx int32) {
-	ev := unix.EpollEvent{Events: events, Fd: kind, Pad: idx}
-	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-}
-
 func (e *Engine) logf(format string, args ...any) {
 	if e.cfg.Log != nil {
 		e.cfg.Log.Printf(format, args...)
@@ -273,32 +233,31 @@ func (e *Engine) turn(timeout int) (bool, error) {
 	if err != nil && err != unix.EINTR {
 		return true, fmt.Errorf("epoll_wait: %w", err)
 	}
-	e.now = int64(time.Since(e.start))
+	e.now = time.Since(e.start)
 	for i := 0; i < n; i++ {
 		ev := &e.events[i]
-		gen := uint32(ev.Fd) >> 4
-		switch ev.Fd & 0xf {
+		switch ref := refOf(ev); ref.kind {
 		case kindStop:
 			return true, nil
 		case kindListen:
 			e.acceptClient()
 		case kindLink:
-			if done := e.linkEvent(uint32(ev.Pad), ev.Events); done && e.cfg.OneOff {
+			if done := e.linkEvent(uint32(ref.idx), ev.Events); done && e.cfg.OneOff {
 				return true, nil
 			}
 		case kindTCP:
-			e.tcpSockEvent(ev.Pad, gen, ev.Events)
+			e.tcpSockEvent(ref.idx, ref.gen, ev.Events)
 		case kindUDP:
-			e.udpSockEvent(ev.Pad, gen, ev.Events)
+			e.udpSockEvent(ref.idx, ref.gen, ev.Events)
 		case kindICMP:
-			e.icmpSockEvent(ev.Pad, gen)
+			e.icmpSockEvent(ref.idx, ref.gen)
 		case kindTCPListen, kindUDPListen:
-			e.listenerEvent(ev.Pad)
+			e.listenerEvent(ref.idx)
 		case kindCall:
 			e.runCalls()
 		}
 	}
-	if e.now-e.lastTick >= int64(tick) {
+	if e.now-e.lastTick >= tick {
 		e.lastTick = e.now
 		e.tcpTimers()
 		e.udpExpire()

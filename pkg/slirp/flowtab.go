@@ -74,7 +74,3 @@ func (t *flowTable[K, F]) each(fn func(i int32, f *F)) {
 
 // genMask keeps the generation within the bits left in epoll user data.
 const genMask = 1<<28 - 1
-
-// epollTag packs a registration kind and flow generation into the epoll
-// event's first 32 bits; the flow index fills the other 32.
-func epollTag(kind int32, gen uint32) int32 { return kind | int32(gen<<4) }

@@ -98,11 +98,11 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx
 		added = append(added, idx)
-		kind := int32(kindTCPListen)
+		ref := epollRef{kind: kindTCPListen, idx: idx}
 		if proto == UDP {
-			kind = kindUDPListen
+			ref.kind = kindUDPListen
 		}
-		if err := e.epollAdd(fd, unix.EPOLLIN, kind, idx); err != nil {
+		if err := e.epollAdd(fd, unix.EPOLLIN, ref); err != nil {
 			e.removeListeners(added)
 			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
 		}

@@ -273,7 +273,7 @@ func TestSmallSegmentAck(t *testing.T) {
 	conns := make(chan net.Conn, 1)
 	h := newHotPath(t, func(c net.Conn) { conns <- c })
 	srv := <-conns
-	h.e.tcp.ackDelay = int64(time.Hour) // no ACK leaves by the clock
+	h.e.tcp.ackDelay = time.Hour // no ACK leaves by the clock
 	h.readFrames(func(header.TCP) {})
 
 	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
@@ -326,7 +326,7 @@ func TestSmallSegmentAck(t *testing.T) {
 
 	// No reply came in time, so the flow is no longer delayed: a guest
 	// using Nagle's algorithm must not wait for every small write.
-	h.e.tcp.ackDelay = int64(time.Hour)
+	h.e.tcp.ackDelay = time.Hour
 	h.send(h.segment(header.TCPAck|header.TCPPsh, 1))
 	h.seq++
 	got = got[:0]
@@ -403,7 +403,7 @@ func TestKeepaliveToIdleGuest(t *testing.T) {
 			probes++
 		}
 	}
-	h.e.start = h.e.start.Add(-time.Duration(tcpKeepIdle) - time.Second) // the guest was silent for longer
+	h.e.start = h.e.start.Add(-tcpKeepIdle - time.Second) // the guest was silent for longer
 	h.e.lastTick = 0
 	h.e.turn(1)
 	h.readFrames(collect)
@@ -413,7 +413,7 @@ func TestKeepaliveToIdleGuest(t *testing.T) {
 	h.send(h.segment(header.TCPAck, 0)) // the guest's answer
 	h.e.turn(10)
 	// Past tcpIdle since the handshake, within it since the answer.
-	h.e.start = h.e.start.Add(-time.Duration(tcpIdle) + 10*time.Second)
+	h.e.start = h.e.start.Add(-tcpIdle + 10*time.Second)
 	h.e.lastTick = 0
 	h.e.turn(1)
 	if h.e.tcp.count != 1 {

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -18,7 +19,7 @@ import (
 // guest at once that a host socket could not reach where it asked.
 
 const (
-	icmpIdle     = 60_000_000_000
+	icmpIdle     = time.Minute
 	icmpMaxFlows = 1 << 10
 )
 
@@ -32,7 +33,7 @@ type icmpFlow struct {
 	sent    netip.Addr // where the guest last sent an echo request
 	idx     int32
 	fd      int
-	lastAct int64
+	lastAct time.Duration
 }
 
 type icmpTable struct {
@@ -91,7 +92,7 @@ func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
 	}
 	idx, f := e.icmp.add(key)
 	*f = icmpFlow{key: key, idx: idx, fd: fd, lastAct: e.now}
-	if err := e.epollAdd(fd, unix.EPOLLIN, epollTag(kindICMP, e.icmp.gen(idx)), idx); err != nil {
+	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindICMP, gen: e.icmp.gen(idx), idx: idx}); err != nil {
 		e.logf("ICMP %v: %v", key.guest, err)
 		e.icmpClose(f)
 		return nil

@@ -3,6 +3,7 @@ package slirp
 import (
 	"encoding/binary"
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 )
@@ -16,9 +17,9 @@ import (
 // address gopasst offers and the rest.
 
 const (
-	raRepeat      = 600_000_000_000 // RFC 4861's MaxRtrAdvInterval
-	raRouterLife  = 65535           // the longest RFC 8319 allows, in seconds
-	raInfinite    = 0xffffffff      // prefix and DNS lifetimes
+	raRepeat      = 10 * time.Minute // RFC 4861's MaxRtrAdvInterval
+	raRouterLife  = 65535            // the longest RFC 8319 allows, in seconds
+	raInfinite    = 0xffffffff       // prefix and DNS lifetimes
 	raFlagManaged = 0x80
 	raFlagOther   = 0x40
 	naFlags       = 0xe0 // router, solicited, override

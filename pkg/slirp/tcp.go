@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -49,16 +50,16 @@ const (
 	tcpMaxFlows   = 1 << 17
 	tcpOurWS      = 8 // our window scale towards the guest
 	tcpMaxSegs    = 16
-	tcpRTO        = 1_000_000_000 // first retransmission timeout, ns
+	tcpRTO        = time.Second // first retransmission timeout
 	tcpMaxRetries = 8
-	tcpSynTimeout = 10_000_000_000
-	tcpFinTimeout = 60_000_000_000
-	tcpIdle       = 7200_000_000_000
-	tcpKeepIdle   = 30_000_000_000 // guest silence before we probe it, as passt does
+	tcpSynTimeout = 10 * time.Second
+	tcpFinTimeout = time.Minute
+	tcpIdle       = 2 * time.Hour
+	tcpKeepIdle   = 30 * time.Second // guest silence before we probe it, as passt does
 	tcpDefaultMSS = 536
-	tcpMinMSS     = 48          // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
-	tcpAckDelay   = 1_000_000   // how long a small segment's ACK may wait, ns
-	tcpQuickAck   = 100_000_000 // no delaying for this long after one timed out
+	tcpMinMSS     = 48                     // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
+	tcpAckDelay   = time.Millisecond       // how long a small segment's ACK may wait
+	tcpQuickAck   = 100 * time.Millisecond // no delaying for this long after one timed out
 )
 
 type tcpKey struct {
@@ -83,22 +84,22 @@ type tcpFlow struct {
 	mss      int
 	peekOff  bool // SO_PEEK_OFF is in use
 
-	ackSent uint32 // last acknowledgement number sent
-	wndSent uint16 // last raw window sent
-	ackDue  int64  // when a delayed ACK must go out
-	quickTo int64  // ACKs go out at once until then
-	rtoAt   int64  // retransmission deadline, 0 when nothing is in flight
-	lastAct int64  // the guest's last segment
-	kaSent  int64  // our last keepalive probe to the guest
-	created int64
+	ackSent uint32        // last acknowledgement number sent
+	wndSent uint16        // last raw window sent
+	ackDue  time.Duration // when a delayed ACK must go out
+	quickTo time.Duration // ACKs go out at once until then
+	rtoAt   time.Duration // retransmission deadline, 0 when nothing is in flight
+	lastAct time.Duration // the guest's last segment
+	kaSent  time.Duration // our last keepalive probe to the guest
+	created time.Duration
 }
 
 type tcpTable struct {
 	flowTable[tcpKey, tcpFlow]
-	ackList    []int32 // flows owing the guest an ACK after this batch
-	ackDelayed []int32 // flows whose ACK waits for a reply to carry it
-	ackDelay   int64   // tcpAckDelay; tests make it long or zero
-	tapWaiters []int32 // flows waiting for room in the output queue
+	ackList    []int32       // flows owing the guest an ACK after this batch
+	ackDelayed []int32       // flows whose ACK waits for a reply to carry it
+	ackDelay   time.Duration // tcpAckDelay; tests make it long or zero
+	tapWaiters []int32       // flows waiting for room in the output queue
 	iov        [tcpMaxSegs + 1]unix.Iovec
 	frames     [tcpMaxSegs][]byte // the frames a peek fills
 	w          tcpWriteBatch
@@ -249,7 +250,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	f.guestWnd = uint32(t.Window())
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	// EPOLLOUT until connected, then tcpEvents.
-	if err := e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx); err != nil {
+	if err := e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, e.tcpRef(f)); err != nil {
 		e.logf("TCP %v: %v", key.remote, err)
 		e.tcpClose(f, true, true)
 		return
@@ -306,7 +307,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		e.tcp.hostSockOpts(fd)
 		f := e.tcpAddFlow(key, fd, tcpSynSent)
-		if err := e.epollAdd(fd, tcpEvents, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx); err != nil {
+		if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
 			e.logf("TCP %v: %v", key.remote, err)
 			e.tcpClose(f, false, true)
 			continue
@@ -603,7 +604,12 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 const tcpEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 func (e *Engine) tcpEpollMod(f *tcpFlow, events uint32) {
-	e.epollMod(f.fd, events, epollTag(kindTCP, e.tcp.gen(f.idx)), f.idx)
+	e.epollMod(f.fd, events, e.tcpRef(f))
+}
+
+// tcpRef is the epoll reference of a flow's host socket.
+func (e *Engine) tcpRef(f *tcpFlow) epollRef {
+	return epollRef{kind: kindTCP, gen: e.tcp.gen(f.idx), idx: f.idx}
 }
 
 // tcpWatchWrite arms EPOLLOUT to learn when the host socket has room.

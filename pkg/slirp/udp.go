@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -13,7 +14,7 @@ import (
 // to what the guest expects.
 
 const (
-	udpIdle     = 180_000_000_000 // passt's UDP flow timeout
+	udpIdle     = 3 * time.Minute // passt's UDP flow timeout
 	udpMaxFlows = 1 << 14
 	udpMaxRead  = 32 // datagrams read per readiness event
 )
@@ -23,7 +24,7 @@ type udpFlow struct {
 	sent    netip.AddrPort // where the guest last sent, as it sees it
 	idx     int32
 	fd      int
-	lastAct int64
+	lastAct time.Duration
 }
 
 type udpTable struct {
@@ -138,7 +139,7 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
-	if err := e.epollAdd(fd, unix.EPOLLIN, epollTag(kindUDP, e.udp.gen(idx)), idx); err != nil {
+	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindUDP, gen: e.udp.gen(idx), idx: idx}); err != nil {
 		e.logf("UDP %v: %v", guest, err)
 		e.udpClose(f)
 		return nil
@@ -251,7 +252,7 @@ type udpInFlow struct {
 	idx      int32
 	listener int32
 	peer     netip.AddrPort // the real sender
-	lastAct  int64
+	lastAct  time.Duration
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
