@@ -31,6 +31,7 @@ type hotPath struct {
 	guest    int // the guest's end of the stream socket
 	frame    []byte
 	seq, ack uint32
+	wnd      uint16 // the window the guest advertises (scaled by 2^7)
 	dport    uint16
 }
 
@@ -64,7 +65,7 @@ func newHotPath(tb testing.TB, serve func(net.Conn)) *hotPath {
 	tb.Cleanup(func() { unix.Close(g) })
 	unix.SetNonblock(g, true)
 	h := &hotPath{e: e, guest: g, frame: make([]byte, 4+qemusock.MaxFrame),
-		rd: qemusock.NewReader(qemusock.QEMU, 4<<20), seq: 1000, dport: uint16(sink.Addr().(*net.TCPAddr).Port)}
+		rd: qemusock.NewReader(qemusock.QEMU, 4<<20), seq: 1000, wnd: 0xffff, dport: uint16(sink.Addr().(*net.TCPAddr).Port)}
 	e.turn(100) // accept the guest
 
 	syn := h.segment(header.TCPSyn, 0)
@@ -96,7 +97,7 @@ func (h *hotPath) segment(flags uint8, n int) []byte {
 	header.Ethernet(b[4:]).Encode([6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, hpMAC, header.EtherTypeIPv4)
 	header.IPv4(b[18:]).Encode(hpGuest, hpGateway, header.ProtoTCP, 64, l4)
 	t := header.TCP(b[38:])
-	t.Encode(40000, h.dport, h.seq, h.ack, flags, 0xffff, header.TCPMinLen+optLen)
+	t.Encode(40000, h.dport, h.seq, h.ack, flags, h.wnd, header.TCPMinLen+optLen)
 	if optLen > 0 {
 		header.EncodeSynOptions(t[header.TCPMinLen:], 65480, 7)
 	}

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -9,41 +10,100 @@ import (
 )
 
 // TCP, translated the way passt does it: there is no TCP stack here and no
-// buffer of our own. Each guest connection is a host socket.
+// buffer of our own. Each guest connection is a host socket, and a flow
+// (tcpFlow) holds only sequence numbers, the guest's window, its state
+// and its timers.
 //
-//   - Guest to host: a segment's payload is written straight to the socket
-//     and acknowledged only as far as the kernel took it. The window we
-//     advertise is the room left in the socket's send buffer.
-//   - Host to guest: data is peeked (MSG_PEEK, with SO_PEEK_OFF where the
-//     kernel has it) directly into frames in the output queue, and stays in
-//     the socket until the guest acknowledges it; then it is discarded. A
-//     retransmission just peeks again from the acknowledged point.
-//   - Keepalives: a segment the guest sends outside what we expect (a
-//     keepalive probe, a duplicate) gets an ACK at once, and a guest
-//     probe turns SO_KEEPALIVE on for the host socket. A guest silent for
-//     tcpKeepIdle is probed in turn, so a flow lives as long as both ends
-//     know it and only an abandoned one reaches tcpIdle.
+// Handshake. A guest SYN starts a non-blocking connect(); the guest gets
+// its SYN-ACK only once the host side is connected, so a refused port is a
+// refused connection in the guest (RST) and an unreachable one an ICMP
+// error (tcpUnreachable). Inbound, at a forwarded port, the host
+// connection is accepted first and our SYN goes to the guest.
+//
+// Guest to host, and the window rule. A segment's payload is written
+// straight to the socket (consecutive segments of a batch in one writev)
+// and acknowledged only as far as the kernel took it. The window we
+// advertise is the room left in the socket's send buffer as the kernel
+// counts it (SO_MEMINFO), so a write does not come up short, which would
+// cost the guest a retransmission per round trip for all it sent after;
+// when there is no room, EPOLLOUT reopens the window.
+//
+// ACK policy. One ACK per flow per batch of guest frames, at least for
+// every second full segment (RFC 5681); less may wait tcpAckDelay for a
+// reply to carry it, after which the flow is acknowledged at once for
+// tcpQuickAck. A segment outside what we expect (a keepalive or window
+// probe, a duplicate, one past a gap) is answered at once (RFC 9293).
+//
+// Host to guest: peek and discard. Host data is peeked (MSG_PEEK, from
+// SO_PEEK_OFF where the kernel has it, else past a scratch read of what is
+// in flight) straight into frames, as far as the guest's window and the
+// link's room go, and stays in the socket until the guest acknowledges
+// it; then MSG_TRUNC discards it.
+//
+// Retransmission. Three duplicate ACKs, or tcpRTO without progress
+// (doubling, up to tcpMaxRetries, after which the flow is reset), rewind
+// to the oldest unacknowledged byte: peeking again from there is the
+// retransmission.
+//
+// Half-close. The guest's FIN shuts the socket for writing (tcpGuestFin);
+// the host's end of stream becomes our FIN (tcpHostEOF, tcpFinSent), sent
+// after all data before it. The flow ends once both FINs are acknowledged,
+// or tcpFinTimeout after either without activity. A RST either way resets
+// the other side (SO_LINGER 0 toward the host).
+//
+// Timers and keepalives. connect() gets tcpSynTimeout. A guest keepalive
+// probe is answered and turns SO_KEEPALIVE on for the host socket; a guest
+// silent for tcpKeepIdle is probed in turn, as passt does, and its answer
+// counts as activity, so tcpIdle only ends flows the guest no longer
+// knows.
 
-// Flow state bits.
+// tcpState is what has happened to a connection, as passt's TCP events
+// are: together they are its state. Changes go through tcpSetState, which
+// logs them at --trace.
+type tcpState uint16
+
 const (
-	tcpConnecting  = 1 << iota // guest SYN seen, host connect() under way
-	tcpSynAckSent              // waiting for the guest to ACK our SYN
-	tcpEstablished             // handshake done both ways
-	tcpGuestFin                // guest sent FIN; host socket shut for writing
-	tcpHostEOF                 // host socket reached end of stream
-	tcpFinSent                 // FIN sent to the guest
-	tcpFinAcked                // ... and acknowledged
-	tcpAckPending              // queued in ackList
-	tcpWaitTap                 // queued in tapWaiters for output room
-	tcpWaitWrite               // small window advertised; EPOLLOUT armed to reopen it
-	tcpShortWrite              // guest data was refused: ask for a fast retransmit
-	tcpWndFull                 // stopped sending at the guest's window
-	tcpHostRdhup               // the host peer shut down its sending side
-	tcpSynSent                 // inbound: our SYN is out, waiting for the guest
-	tcpNotTCP                  // host end is a unix socket or a command's pipe
-	tcpAckDelayed              // queued in ackDelayed, hoping to ride on a reply
-	tcpAckNow                  // the guest sent a segment that must be answered at once
-	tcpKeepalive               // SO_KEEPALIVE is on: the guest probes this connection
+	tcpConnecting  tcpState = 1 << iota // guest SYN seen, host connect() under way
+	tcpSynAckSent                       // waiting for the guest to ACK our SYN
+	tcpSynSent                          // inbound: our SYN is out, waiting for the guest
+	tcpEstablished                      // handshake done both ways
+	tcpGuestFin                         // guest sent FIN; host socket shut for writing
+	tcpHostRdhup                        // the host peer shut down its sending side
+	tcpHostEOF                          // ... and we read to the end of its stream
+	tcpFinSent                          // FIN sent to the guest
+	tcpFinAcked                         // ... and acknowledged
+)
+
+var tcpStateNames = []string{"CONNECTING", "SYN_ACK_SENT", "SYN_SENT", "ESTABLISHED",
+	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED"}
+
+func (s tcpState) String() string {
+	var names []string
+	for i, n := range tcpStateNames {
+		if s&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "CLOSED"
+	}
+	return strings.Join(names, "|")
+}
+
+// tcpFlags is a connection's bookkeeping: which queues it is on, what it
+// owes the guest, what it waits for.
+type tcpFlags uint16
+
+const (
+	tcpAckPending tcpFlags = 1 << iota // queued in ackList
+	tcpAckNow                          // the guest sent a segment that must be answered at once
+	tcpAckDelayed                      // queued in ackDelayed, hoping to ride on a reply
+	tcpWaitTap                         // queued in tapWaiters for output room
+	tcpWaitWrite                       // small window advertised; EPOLLOUT armed to reopen it
+	tcpShortWrite                      // guest data was refused: ask for a fast retransmit
+	tcpWndFull                         // stopped sending at the guest's window
+	tcpNotTCP                          // host end is a unix socket or a command's pipe
+	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
 )
 
 const (
@@ -71,7 +131,8 @@ type tcpFlow struct {
 	key   tcpKey
 	idx   int32
 	fd    int
-	flags uint32
+	state tcpState
+	flags tcpFlags
 
 	sndUna   uint32 // oldest byte sent to the guest and not acknowledged
 	sndNxt   uint32 // next byte to send to the guest
@@ -174,14 +235,14 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	}
 	if flags&header.TCPSyn != 0 {
 		switch {
-		case f.flags&tcpSynSent != 0 && flags&header.TCPAck != 0 && t.Ack() == f.sndUna+1:
+		case f.state&tcpSynSent != 0 && flags&header.TCPAck != 0 && t.Ack() == f.sndUna+1:
 			e.tcpSynAcked(f, t)
-		case f.flags&tcpSynAckSent != 0:
+		case f.state&tcpSynAckSent != 0:
 			e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
 		}
 		return
 	}
-	if f.flags&(tcpConnecting|tcpSynSent) != 0 || flags&header.TCPAck == 0 {
+	if f.state&(tcpConnecting|tcpSynSent) != 0 || flags&header.TCPAck == 0 {
 		return
 	}
 	payload := t.Payload()
@@ -192,7 +253,7 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	switch next := e.tcpRcvNext(f); {
 	case len(payload) > 0 || fin:
 		e.tcpGuestData(f, t.Seq(), payload, fin)
-	case t.Seq() == next-1 && f.flags&tcpEstablished != 0:
+	case t.Seq() == next-1 && f.state&tcpEstablished != 0:
 		// A keepalive (or zero-window) probe: one byte below what we
 		// expect, no data. Answer it, and let the host socket probe the
 		// host peer too, as passt does, so a dead peer ends the flow.
@@ -260,14 +321,24 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	}
 }
 
+// tcpSetState records what happened to a flow (set) and what no longer
+// holds (clear), and logs the change at --trace.
+func (e *Engine) tcpSetState(f *tcpFlow, set, clear tcpState) {
+	old := f.state
+	f.state = f.state&^clear | set
+	if e.cfg.Trace && f.state != old {
+		e.logf("TCP %v: %v -> %v", f.key.remote, old, f.state)
+	}
+}
+
 // tcpAddFlow registers a host socket as a new flow.
-func (e *Engine) tcpAddFlow(key tcpKey, fd int, flags uint32) *tcpFlow {
+func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 	idx, f := e.tcp.add(key)
 	// Host data may arrive before the handshake completes and its EPOLLIN
 	// edge would be lost: treat the flow as window-limited so the
 	// handshake's last ACK triggers the first peek.
 	*f = tcpFlow{
-		key: key, idx: idx, fd: fd, flags: flags | tcpWndFull,
+		key: key, idx: idx, fd: fd, state: state, flags: tcpWndFull,
 		mss:     e.mtu() - ipHdrLen(key.guest.Addr()) - header.TCPMinLen,
 		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
@@ -323,7 +394,7 @@ func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 	f.rcvNxt = t.Seq() + 1
 	f.sndUna = f.sndNxt
 	f.guestWnd = uint32(t.Window())
-	f.flags = f.flags&^tcpSynSent | tcpEstablished
+	e.tcpSetState(f, tcpEstablished, tcpSynSent)
 	f.rtoAt, f.retries = 0, 0
 	e.tcpSendFlags(f, header.TCPAck)
 	f.flags &^= tcpWndFull
@@ -332,7 +403,7 @@ func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 
 // tcpConnected answers the guest's SYN once the host side is up.
 func (e *Engine) tcpConnected(f *tcpFlow) {
-	f.flags = f.flags&^tcpConnecting | tcpSynAckSent
+	e.tcpSetState(f, tcpSynAckSent, tcpConnecting)
 	e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
 	e.tcpEpollMod(f, tcpEvents)
 }
@@ -343,7 +414,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	if f == nil {
 		return
 	}
-	if f.flags&tcpConnecting != 0 {
+	if f.state&tcpConnecting != 0 {
 		if err := sockError(f.fd); err != nil || events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			e.tcpConnectFailed(f, err)
 			return
@@ -374,7 +445,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		}
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-		f.flags |= tcpHostRdhup
+		e.tcpSetState(f, tcpHostRdhup, 0)
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSendToGuest(f)
@@ -392,12 +463,12 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 	switch {
 	case int32(acked) > 0:
 		n := int(acked)
-		if f.flags&tcpSynAckSent != 0 {
-			f.flags = f.flags&^tcpSynAckSent | tcpEstablished
+		if f.state&tcpSynAckSent != 0 {
+			e.tcpSetState(f, tcpEstablished, tcpSynAckSent)
 			n--
 		}
-		if f.flags&tcpFinSent != 0 && ack == f.sndNxt {
-			f.flags |= tcpFinAcked
+		if f.state&tcpFinSent != 0 && ack == f.sndNxt {
+			e.tcpSetState(f, tcpFinAcked, 0)
 			n--
 		}
 		if n > 0 {
@@ -418,11 +489,11 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 		}
 	}
 	f.guestWnd = wnd
-	if f.flags&tcpGuestFin != 0 && f.flags&tcpFinAcked != 0 {
+	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
 		e.tcpClose(f, false, false)
 		return false
 	}
-	if f.flags&tcpWndFull != 0 && f.flags&tcpEstablished != 0 {
+	if f.flags&tcpWndFull != 0 && f.state&tcpEstablished != 0 {
 		f.flags &^= tcpWndFull
 		e.tcpSendToGuest(f)
 	}
@@ -432,10 +503,10 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 // tcpGuestData writes the guest's payload to the host socket.
 func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) {
 	defer e.tcpScheduleAck(f)
-	if f.flags&tcpEstablished == 0 {
+	if f.state&tcpEstablished == 0 {
 		return
 	}
-	if f.flags&tcpGuestFin != 0 {
+	if f.state&tcpGuestFin != 0 {
 		e.tcpAckNow(f) // a retransmission: our ACK of the FIN was lost
 		return
 	}
@@ -463,9 +534,9 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 			return // the FIN comes again with the data we could not take
 		}
 		f.rcvNxt++
-		f.flags |= tcpGuestFin
+		e.tcpSetState(f, tcpGuestFin, 0)
 		unix.Shutdown(f.fd, unix.SHUT_WR)
-		if f.flags&tcpFinAcked != 0 {
+		if f.state&tcpFinAcked != 0 {
 			e.tcpSendFlags(f, header.TCPAck)
 			e.tcpClose(f, false, false)
 		}
@@ -526,7 +597,7 @@ func (e *Engine) tcpFlushAcks() {
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
 		case f.ackSent == f.rcvNxt && f.wndSent == wnd:
 		case f.rcvNxt-f.ackSent <= uint32(f.mss) && f.ackSent != f.rcvNxt && wnd != 0 &&
-			f.flags&(tcpGuestFin|tcpShortWrite) == 0 && e.now >= f.quickTo:
+			f.state&tcpGuestFin == 0 && f.flags&tcpShortWrite == 0 && e.now >= f.quickTo:
 			e.tcpDelayAck(f)
 		default:
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt, wnd)
@@ -586,7 +657,7 @@ func (e *Engine) tcpDelayedAcks() {
 // When there is no room, EPOLLOUT tells us when to reopen the window;
 // nothing else would, and the guest would sit in zero-window probing.
 func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
-	if f.flags&tcpGuestFin != 0 {
+	if f.state&tcpGuestFin != 0 {
 		return 0
 	}
 	// The room is counted with the kernel's per-buffer overhead, a few
@@ -623,7 +694,7 @@ func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 // tcpSendToGuest peeks host data into segments for the guest, as far as
 // the guest's window and the output queue allow.
 func (e *Engine) tcpSendToGuest(f *tcpFlow) {
-	if f.flags&(tcpEstablished|tcpWaitTap) != tcpEstablished || f.flags&tcpFinSent != 0 || e.link == nil {
+	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil {
 		return
 	}
 	hdr := l4Off(f.key.guest.Addr()) + header.TCPMinLen
@@ -671,16 +742,16 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		// Nothing at all is the end of the stream. Without SO_PEEK_OFF,
 		// only what is in flight is nothing new: the stream ends there
 		// only if the peer has shut down.
-		eof := n == 0 || n <= skip && f.flags&tcpHostRdhup != 0
+		eof := n == 0 || n <= skip && f.state&tcpHostRdhup != 0
 		if n -= skip; n <= 0 {
 			e.link.Cancel()
 			if !eof {
 				return
 			}
-			f.flags |= tcpHostEOF
-			if f.flags&tcpFinSent == 0 {
+			e.tcpSetState(f, tcpHostEOF, 0)
+			if f.state&tcpFinSent == 0 {
 				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
-				f.flags |= tcpFinSent
+				e.tcpSetState(f, tcpFinSent, 0)
 				f.sndNxt++
 				if f.rtoAt == 0 {
 					f.rtoAt = e.now + tcpRTO
@@ -704,7 +775,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
 		}
-		if n < want && f.flags&tcpHostRdhup == 0 {
+		if n < want && f.state&tcpHostRdhup == 0 {
 			return // drained; the next EPOLLIN edge brings more
 		}
 	}
@@ -758,7 +829,7 @@ func (e *Engine) tcpResumeWaiters() {
 // in the socket, so retransmitting is peeking again.
 func (e *Engine) tcpRewind(f *tcpFlow) {
 	f.sndNxt = f.sndUna
-	f.flags &^= tcpFinSent
+	e.tcpSetState(f, 0, tcpFinSent)
 	f.dupAcks = 0
 	if f.peekOff {
 		unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, 0)
@@ -770,7 +841,7 @@ func (e *Engine) tcpRewind(f *tcpFlow) {
 func (e *Engine) tcpTimers() {
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
-		case f.flags&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
+		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
 			e.tcpConnectFailed(f, unix.ETIMEDOUT)
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
@@ -780,17 +851,17 @@ func (e *Engine) tcpTimers() {
 			}
 			f.rtoAt = e.now + tcpRTO<<min(f.retries, 4)
 			switch {
-			case f.flags&tcpSynSent != 0:
+			case f.state&tcpSynSent != 0:
 				e.tcpSendFlags(f, header.TCPSyn)
-			case f.flags&tcpSynAckSent != 0:
+			case f.state&tcpSynAckSent != 0:
 				e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
 			default:
 				e.tcpRewind(f)
 			}
-		case f.flags&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
+		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
 			e.now-f.lastAct > tcpIdle:
 			e.tcpClose(f, true, true)
-		case f.flags&tcpEstablished != 0 && f.sndUna == f.sndNxt &&
+		case f.state&tcpEstablished != 0 && f.sndUna == f.sndNxt &&
 			e.now-max(f.lastAct, f.kaSent) > tcpKeepIdle:
 			// The guest has been silent: probe it, one byte below what
 			// it has acknowledged, as passt does. A guest that still has
@@ -806,7 +877,7 @@ func (e *Engine) tcpTimers() {
 // the host peer see a reset instead of an orderly close.
 func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	if rstGuest {
-		if f.flags&tcpConnecting != 0 {
+		if f.state&tcpConnecting != 0 {
 			e.tcpSendFlags(f, header.TCPRst|header.TCPAck)
 		} else {
 			e.tcpSendFlags(f, header.TCPRst)
@@ -823,7 +894,7 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	}
 	unix.Close(f.fd)
 	f.fd = -1
-	f.flags = 0
+	f.state, f.flags = 0, 0
 	e.tcp.remove(f.idx, f.key)
 }
 

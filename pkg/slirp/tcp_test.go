@@ -1,0 +1,184 @@
+package slirp
+
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+)
+
+// The TCP state machine, driven by raw frames from a guest (hotPath)
+// against a real host peer on loopback, one transition at a time.
+
+// tcpPeer opens a connection through the engine and returns the host
+// peer's end of it.
+func tcpPeer(t *testing.T) (*hotPath, net.Conn) {
+	conns := make(chan net.Conn, 1)
+	h := newHotPath(t, func(c net.Conn) { conns <- c })
+	c := <-conns
+	t.Cleanup(func() { c.Close() })
+	h.readFrames(func(header.TCP) {})
+	return h, c
+}
+
+// flow is the engine's only flow, or nil.
+func (h *hotPath) flow() *tcpFlow {
+	var f *tcpFlow
+	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
+	return f
+}
+
+// receive runs the engine until cond holds for what the guest got,
+// acknowledging data (and a FIN) as a guest would, unless noAck.
+func (h *hotPath) receive(t *testing.T, noAck bool, cond func(s header.TCP) bool) {
+	t.Helper()
+	for range 200 {
+		h.e.turn(5)
+		done := false
+		h.readFrames(func(s header.TCP) {
+			if n := len(s.Payload()); n > 0 && s.Seq() == h.ack && !noAck {
+				h.ack += uint32(n)
+			}
+			if s.Flags()&header.TCPFin != 0 && s.Seq() == h.ack && !noAck {
+				h.ack++
+			}
+			done = done || cond(s)
+		})
+		if !noAck {
+			h.send(h.segment(header.TCPAck, 0))
+		}
+		if done {
+			return
+		}
+	}
+	t.Fatal("the guest never got what it waited for")
+}
+
+func isFin(s header.TCP) bool { return s.Flags()&header.TCPFin != 0 }
+func isRst(s header.TCP) bool { return s.Flags()&header.TCPRst != 0 }
+
+func TestTCPHandshake(t *testing.T) {
+	h, _ := tcpPeer(t)
+	if f := h.flow(); f == nil || f.state != tcpEstablished {
+		t.Fatalf("after the handshake: %v", f)
+	}
+}
+
+// TestTCPGuestHalfClose: the guest's FIN is the host's end of stream;
+// the host can still send, and its close ends the flow.
+func TestTCPGuestHalfClose(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+	h.seq++
+	h.e.turn(10)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("host read %d, %v after the guest's FIN; want EOF", n, err)
+	}
+	if st := h.flow().state; st != tcpEstablished|tcpGuestFin {
+		t.Fatalf("state %v", st)
+	}
+	c.Write([]byte("still here"))
+	got := 0
+	h.receive(t, false, func(s header.TCP) bool { got += len(s.Payload()); return got == 10 })
+	c.Close()
+	h.receive(t, false, isFin)
+	h.e.turn(5)
+	if h.e.tcp.count != 0 {
+		t.Fatalf("flow left after both FINs: %v", h.flow().state)
+	}
+}
+
+// TestTCPHostHalfClose: the host's end of stream is our FIN to the guest;
+// the guest can still send, and its FIN ends the flow.
+func TestTCPHostHalfClose(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.(*net.TCPConn).CloseWrite()
+	h.receive(t, false, isFin)
+	h.e.turn(5)
+	if st := h.flow().state; st&(tcpHostEOF|tcpFinSent|tcpFinAcked) != tcpHostEOF|tcpFinSent|tcpFinAcked {
+		t.Fatalf("state %v", st)
+	}
+	h.upload(5)
+	buf := make([]byte, 16)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); n != 5 || err != nil {
+		t.Fatalf("host read %d, %v after its half-close", n, err)
+	}
+	h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+	h.seq++
+	h.e.turn(5)
+	if h.e.tcp.count != 0 {
+		t.Fatalf("flow left after both FINs: %v", h.flow().state)
+	}
+}
+
+// TestTCPGuestReset: the guest's RST resets the host connection.
+func TestTCPGuestReset(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.send(h.segment(header.TCPRst, 0))
+	h.e.turn(10)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("host read after the guest's RST: %v, want a reset", err)
+	}
+	if h.e.tcp.count != 0 {
+		t.Fatal("flow left after the guest's RST")
+	}
+}
+
+// TestTCPHostReset: the host's RST resets the guest's connection.
+func TestTCPHostReset(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	h.receive(t, true, isRst)
+	if h.e.tcp.count != 0 {
+		t.Fatal("flow left after the host's RST")
+	}
+}
+
+// TestTCPRetransmission: data the guest does not acknowledge is sent
+// again from the same sequence number after the retransmission timeout,
+// peeked again from the socket.
+func TestTCPRetransmission(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Write([]byte("lost once"))
+	var first uint32
+	h.receive(t, true, func(s header.TCP) bool { first = s.Seq(); return len(s.Payload()) == 9 })
+	h.e.start = h.e.start.Add(-tcpRTO - time.Second)
+	h.e.lastTick = 0
+	again := false
+	h.receive(t, true, func(s header.TCP) bool {
+		again = string(s.Payload()) == "lost once" && s.Seq() == first
+		return again
+	})
+	if f := h.flow(); f.retries != 1 {
+		t.Errorf("retries %d after one timeout, want 1", f.retries)
+	}
+}
+
+// TestTCPZeroWindow: nothing goes to a guest whose window is closed; its
+// window update lets the data through.
+func TestTCPZeroWindow(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	c.Write([]byte("wait for it"))
+	for range 20 {
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			if len(s.Payload()) > 0 {
+				t.Fatalf("data sent into a zero window: %q", s.Payload())
+			}
+		})
+	}
+	h.wnd = 0xffff
+	h.send(h.segment(header.TCPAck, 0))
+	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "wait for it" })
+}
