@@ -1,6 +1,8 @@
 package slirp
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"net/netip"
 	"strings"
 	"time"
@@ -164,9 +166,9 @@ type tcpTable struct {
 	iov        [tcpMaxSegs + 1]unix.Iovec
 	frames     [tcpMaxSegs][]byte // the frames a peek fills
 	w          tcpWriteBatch
-	discardBuf []byte // for kernels without SO_PEEK_OFF
-	isn        uint32
-	sndbuf     int // SO_SNDBUF for host sockets, 0 to leave it to the kernel
+	discardBuf []byte    // for kernels without SO_PEEK_OFF
+	isnKey     [2]uint64 // RFC 6528's secret, random per process
+	sndbuf     int       // SO_SNDBUF for host sockets, 0 to leave it to the kernel
 }
 
 // tcpWriteBatch gathers consecutive in-order guest segments of one flow,
@@ -180,7 +182,9 @@ type tcpWriteBatch struct {
 
 func (t *tcpTable) init() {
 	t.flowTable.init()
-	t.isn = 0x9e3779b9
+	var key [16]byte
+	rand.Read(key[:])
+	t.isnKey = [2]uint64{binary.LittleEndian.Uint64(key[:]), binary.LittleEndian.Uint64(key[8:])}
 	t.sndbuf = fixedSndbuf()
 	t.ackDelay = tcpAckDelay
 }
@@ -197,13 +201,19 @@ func (t *tcpTable) hostSockOpts(fd int) {
 	}
 }
 
-// nextISN is a cheap xorshift; the guest link is private, so initial
-// sequence numbers need variety, not secrecy.
-func (t *tcpTable) nextISN() uint32 {
-	t.isn ^= t.isn << 13
-	t.isn ^= t.isn >> 17
-	t.isn ^= t.isn << 5
-	return t.isn
+// isn is the initial sequence number of our side of a connection, as RFC
+// 6528 (and passt) make it: a clock ticking every 4 µs plus a keyed hash
+// of the connection's addresses and ports, so numbers neither repeat for
+// a reused 4-tuple nor can be guessed from other connections, by the
+// guest or by a host peer.
+func (t *tcpTable) isn(key tcpKey, now time.Duration) uint32 {
+	var b [36]byte
+	g, r := key.guest.Addr().As16(), key.remote.Addr().As16()
+	copy(b[:], g[:])
+	copy(b[16:], r[:])
+	binary.BigEndian.PutUint16(b[32:], key.guest.Port())
+	binary.BigEndian.PutUint16(b[34:], key.remote.Port())
+	return uint32(siphash(t.isnKey, b[:])) + uint32(now/(4*time.Microsecond))
 }
 
 func seqLT(a, b uint32) bool { return int32(a-b) < 0 }
@@ -343,7 +353,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
 	}
-	f.sndUna = e.tcp.nextISN()
+	f.sndUna = e.tcp.isn(key, time.Since(e.start))
 	f.sndNxt = f.sndUna
 	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
 	return f
