@@ -136,7 +136,7 @@ func (r *Reader) Next() ([]byte, error) {
 // place from the Ethernet header on. Reservations are handed out one
 // frame at a time and may stay open together (a TCP peek fills several
 // frames with one call); Commit closes them in order, and a frame
-// committed short of its reservation must be the last one kept.
+// committed short of its reservation must be the last before Cancel.
 type Queue struct {
 	framing    Framing
 	buf        []byte
@@ -165,9 +165,9 @@ func (q *Queue) Reserve(n int) []byte {
 	return b
 }
 
-// Commit queues the oldest open reservation as a frame of size bytes.
-// When size is short of the reservation, the reservations after it are
-// dropped.
+// Commit queues the oldest open reservation as a frame of size bytes. A
+// frame committed short of its reservation must be the last committed
+// before Cancel drops the reservations after it.
 func (q *Queue) Commit(size int) {
 	if q.tail+q.framing.LenSize+size > q.open {
 		panic("qemusock: commit beyond the open reservations")

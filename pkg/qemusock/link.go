@@ -33,7 +33,7 @@ type Link interface {
 	Reserve(n int) []byte
 	// Commit queues the oldest open reservation as a frame of size bytes.
 	// A frame committed short of its reservation must be the last one
-	// kept: the open reservations after it are dropped.
+	// committed before Cancel drops the reservations after it.
 	Commit(size int)
 	// Cancel drops the open reservations.
 	Cancel()
