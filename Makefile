@@ -8,8 +8,8 @@ LDFLAGS := -X main.version=$(VERSION)
 # namespace is the guest, busybox provides udhcpc, ping and nslookup,
 # dhclient is its DHCPv6 client (busybox-static has none), QEMU boots a
 # real guest with a Debian kernel, qemu-user runs the package tests as a
-# big-endian s390x machine.
-TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static
+# big-endian s390x machine, tcpdump reads the --pcap capture.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump
 
 .PHONY: all build test test-bigendian deps fuzz bench lint clean install install-libvirt uninstall-libvirt man
 

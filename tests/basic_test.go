@@ -1,7 +1,10 @@
 package tests
 
 import (
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,5 +76,27 @@ func TestLogFile(t *testing.T) {
 	if len(data) > 4096 || !strings.HasPrefix(string(data), "gopasst ") ||
 		!strings.Contains(string(data), "log.gopasst.example.") {
 		t.Fatalf("log file of %d bytes:\n%s", len(data), data)
+	}
+}
+
+// TestPcap: --pcap captures the guest's traffic both ways, in a file that
+// tcpdump reads: the DHCP exchange and a TCP handshake are there.
+func TestPcap(t *testing.T) {
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Skip("needs tcpdump (Debian package tcpdump)")
+	}
+	capture := filepath.Join(sharedDir(t), "guest.pcap")
+	w := newWorld(t, WorldOpts{Args: []string{"--pcap", capture}})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(l, func(c net.Conn) { c.Write([]byte("hi")); c.Close() })
+	io.ReadAll(w.guestConn(t, net.JoinHostPort(hostGW, port(l.Addr()))))
+	out, err := exec.Command("tcpdump", "-n", "-r", capture).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r: %v\n%s", err, out)
+	}
+	for _, want := range []string{"DHCP, Request", "DHCP, Reply", "Flags [S]", "Flags [S.]"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the capture lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -34,6 +34,7 @@ type NetOptions struct {
 	Stderr  bool   `short:"e" help:"Log to standard error even when daemonized."`
 	LogFile string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
+	Pcap    string `short:"p" name:"pcap" placeholder:"FILE" help:"Capture every frame to and from the guest in FILE (libpcap format)."`
 
 	MTU        int      `short:"m" default:"65520" help:"MTU given to the guest."`
 	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address, IPv4 or IPv6 (default: the host's). Repeatable."`
@@ -292,6 +293,13 @@ func startEngine(o *NetOptions, cfg netSetup, lfd int, logger *log.Logger) (*sli
 	cfg.Debug = o.Debug || o.Trace
 	cfg.Trace = o.Trace
 	cfg.Log = logger
+	if o.Pcap != "" {
+		p, err := qemusock.CreatePcap(o.Pcap)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--pcap: %w", err)
+		}
+		cfg.Pcap = p
+	}
 	eng, err := slirp.New(cfg.Config, lfd)
 	if err != nil {
 		return nil, nil, err

@@ -3,6 +3,8 @@ package slirp
 import (
 	"log"
 	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/qemusock"
 )
 
 // Config is what the engine needs to know about the guest's network. The
@@ -41,6 +43,9 @@ type Config struct {
 
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
+
+	// Pcap, when set, records every frame to and from the guest.
+	Pcap *qemusock.Pcap
 
 	Log          *log.Logger
 	Debug, Trace bool

@@ -287,6 +287,9 @@ func (e *Engine) attach(l qemusock.Link) error {
 	if err := l.Register(linkPoller{e}); err != nil {
 		return err
 	}
+	if e.cfg.Pcap != nil {
+		l = qemusock.WithPcap(l, e.cfg.Pcap)
+	}
 	e.link = l
 	e.nextRA = e.now // a new guest hears from its router at once
 	e.Stats.Clients++
