@@ -64,6 +64,10 @@ type NetOptions struct {
 	Control  string   `name:"control" placeholder:"PATH" help:"Unix socket (mode 0600) for changing forwards at runtime; see 'gopasst ctl'."`
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
+
+	MaxTCP  int `name:"max-tcp" default:"32768" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
+	MaxUDP  int `name:"max-udp" default:"4096" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
+	MaxICMP int `name:"max-icmp" default:"256" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
 }
 
 // Options are the serve command's: the network, and how the guest
@@ -293,6 +297,7 @@ func startEngine(o *NetOptions, cfg netSetup, lfd int, logger *log.Logger) (*sli
 	cfg.Debug = o.Debug || o.Trace
 	cfg.Trace = o.Trace
 	cfg.Log = logger
+	raiseFdLimit()
 	if o.Pcap != "" {
 		p, err := qemusock.CreatePcap(o.Pcap)
 		if err != nil {
@@ -317,6 +322,17 @@ func startEngine(o *NetOptions, cfg netSetup, lfd int, logger *log.Logger) (*sli
 	}
 	go serveControl(l, eng)
 	return eng, func() { os.Remove(o.Control) }, nil
+}
+
+// raiseFdLimit lets gopasst use every descriptor its hard limit allows,
+// as passt does: each guest flow is one, and the caps (--max-tcp, ...)
+// are what bounds them.
+func raiseFdLimit() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
 }
 
 // openLog picks where messages go: the bounded log file, standard error in

@@ -256,6 +256,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		NoDHCP: o.NoDHCP, NoMapGW: o.NoMapGW, NoTCP: o.NoTCP, NoUDP: o.NoUDP,
 		NoICMP: o.NoICMP,
 		NoNDP:  o.NoNDP, NoRA: o.NoRA, NoDHCPv6: o.NoDHCPv6,
+		MaxTCP: o.MaxTCP, MaxUDP: o.MaxUDP, MaxICMP: o.MaxICMP,
 	}
 	if o.MTU < 576 || o.MTU > slirp.DefaultMTU {
 		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 576-%d", o.MTU, slirp.DefaultMTU)

@@ -41,6 +41,11 @@ type Config struct {
 	NoDHCP, NoMapGW, NoTCP, NoUDP, NoICMP bool
 	NoNDP, NoRA, NoDHCPv6                 bool
 
+	// MaxTCP, MaxUDP and MaxICMP cap the flows a guest may have open at
+	// once (0: the defaults), each a host descriptor: past a cap, a new
+	// flow is refused with a RST or an ICMP error and a line in the log.
+	MaxTCP, MaxUDP, MaxICMP int
+
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
 
@@ -50,6 +55,14 @@ type Config struct {
 	Log          *log.Logger
 	Debug, Trace bool
 }
+
+// Default flow caps: far more than a VM uses, far less than the file
+// descriptors a host gives a process.
+const (
+	DefaultMaxTCP  = 32768
+	DefaultMaxUDP  = 4096
+	DefaultMaxICMP = 256
+)
 
 // DefaultMTU is passt's: the largest that fits a 64 KiB frame.
 const DefaultMTU = 65520

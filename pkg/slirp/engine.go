@@ -12,6 +12,7 @@
 package slirp
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -48,6 +49,8 @@ type Engine struct {
 	// no room, flows that had data to send wait in tcp.tapWaiters.
 	link qemusock.Link
 
+	capLogged [3]time.Duration // when each flow cap (capTCP...) was last logged
+
 	guestMAC  [6]byte
 	addrSeen6 netip.Addr    // the guest's global IPv6 address in use (seen6)
 	nextRA    time.Duration // when the next unsolicited RA is due
@@ -79,6 +82,9 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultMTU
 	}
+	cfg.MaxTCP = cmp.Or(cfg.MaxTCP, DefaultMaxTCP)
+	cfg.MaxUDP = cmp.Or(cfg.MaxUDP, DefaultMaxUDP)
+	cfg.MaxICMP = cmp.Or(cfg.MaxICMP, DefaultMaxICMP)
 	if cfg.MTU < 576 || cfg.MTU > 65520 {
 		return nil, fmt.Errorf("MTU %d out of range 576-65520", cfg.MTU)
 	}
@@ -154,6 +160,28 @@ func (e *Engine) AttachStream(fd int) {
 		return
 	}
 	e.logf("client connected")
+}
+
+// Flow caps, for atCap.
+const (
+	capTCP = iota
+	capUDP
+	capICMP
+)
+
+var capNames = [...]string{"TCP connections (--max-tcp)", "UDP flows (--max-udp)", "ICMP echo identifiers (--max-icmp)"}
+
+// atCap reports whether a guest with n flows of a kind may open no more,
+// and says so in the log, at most every 10 s per kind.
+func (e *Engine) atCap(kind, n, limit int) bool {
+	if n < limit {
+		return false
+	}
+	if e.capLogged[kind] == 0 || e.now-e.capLogged[kind] >= 10*time.Second {
+		e.capLogged[kind] = max(e.now, 1)
+		e.logf("the guest has %d %s, its cap: refusing new ones", n, capNames[kind])
+	}
+	return true
 }
 
 // mtu is the guest's MTU: the configured one, or less when the link

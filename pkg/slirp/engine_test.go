@@ -1,10 +1,12 @@
 package slirp
 
 import (
+	stdlog "log"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
@@ -157,5 +159,65 @@ func TestShortFramesPadded(t *testing.T) {
 	out := te.output(t)
 	if len(out) != 1 || len(out[0]) != minFrameLen || header.Ethernet(out[0]).Type() != header.EtherTypeARP {
 		t.Fatalf("got %d frames (first %d bytes), want one ARP reply of %d", len(out), len(out[0]), minFrameLen)
+	}
+}
+
+// TestFlowCaps: at its caps a guest's new TCP connection is reset and a
+// new UDP flow gets ICMPv6 "administratively prohibited", each with one
+// log line; the flows it has, and DHCPv6, go on working.
+func TestFlowCaps(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP = false, false
+	te.cfg.MaxTCP, te.cfg.MaxUDP = 2, 2
+	var log strings.Builder
+	te.cfg.Log = stdlog.New(&log, "", 0)
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	lport := uint16(l.Addr().(*net.TCPAddr).Port)
+	syn := func(sport uint16) []byte {
+		b := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
+		header.TCP(b).Encode(sport, lport, 1000, 0, header.TCPSyn, 0xffff, len(b))
+		header.EncodeSynOptions(b[header.TCPMinLen:], 1440, 7)
+		return frame6(testGuest6, testGW6, header.ProtoTCP, b)
+	}
+	dgram := func(sport uint16) []byte {
+		return frame6(testGuest6, testGW6, header.ProtoUDP, udp6(sport, 9, []byte("x")))
+	}
+	for _, f := range [][]byte{syn(40001), syn(40002), dgram(5001), dgram(5002)} {
+		te.tapInput(f)
+	}
+	te.tcpFlushAcks()
+	te.udpFlush()
+	te.output(t)
+	if te.tcp.count != 2 || te.udp.count != 2 {
+		t.Fatalf("%d TCP and %d UDP flows below the caps, want 2 and 2", te.tcp.count, te.udp.count)
+	}
+	te.tapInput(syn(40003))
+	te.tapInput(dgram(5003))
+	te.tapInput(frame6(testGuest6, testGW6, header.ProtoUDP, udp6(5001, 9, []byte("y")))) // an open flow
+	te.tcpFlushAcks()
+	te.udpFlush()
+	var rst, prohibited bool
+	for _, f := range te.output(t) {
+		switch f[20] {
+		case header.ProtoTCP:
+			rst = rst || header.TCP(f[54:]).Flags()&header.TCPRst != 0
+		case header.ProtoICMPv6:
+			m := header.ICMP(f[54:])
+			prohibited = prohibited || m.Type() == header.ICMPv6Unreachable && m.Code() == header.ICMPv6AdminProhibited
+		}
+	}
+	if !rst || !prohibited || te.tcp.count != 2 || te.udp.count != 2 {
+		t.Errorf("past the caps: RST %v, ICMPv6 prohibited %v, flows %d/%d", rst, prohibited, te.tcp.count, te.udp.count)
+	}
+	if n := strings.Count(log.String(), "its cap"); n != 2 {
+		t.Errorf("%d log lines about caps, want 2:\n%s", n, log.String())
+	}
+	te.tapInput(seedFrames()[4]) // a DHCPv6 solicit
+	if out := te.output(t); len(out) != 1 || out[0][20] != header.ProtoUDP {
+		t.Error("no DHCPv6 answer at the caps")
 	}
 }

@@ -19,8 +19,7 @@ import (
 // guest at once that a host socket could not reach where it asked.
 
 const (
-	icmpIdle     = time.Minute
-	icmpMaxFlows = 1 << 10
+	icmpIdle = time.Minute
 )
 
 type icmpKey struct {
@@ -53,6 +52,10 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 	key := icmpKey{src, m.Ident()}
 	_, f := e.icmp.lookup(key)
 	if f == nil {
+		if e.atCap(capICMP, e.icmp.count, e.cfg.MaxICMP) {
+			e.sendUnreachable(unix.EACCES, src, dst, icmpProto(src), m)
+			return
+		}
 		if f = e.icmpOpen(key); f == nil {
 			return
 		}
@@ -78,9 +81,6 @@ func icmpProto(a netip.Addr) uint8 {
 }
 
 func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
-	if e.icmp.count >= icmpMaxFlows {
-		return nil
-	}
 	fd, err := unix.Socket(socketFamily(key.guest), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(icmpProto(key.guest)))
 	if err != nil {
 		if !e.icmp.warned {

@@ -109,7 +109,6 @@ const (
 )
 
 const (
-	tcpMaxFlows   = 1 << 17
 	tcpOurWS      = 8 // our window scale towards the guest
 	tcpMaxSegs    = 16
 	tcpRTO        = time.Second // first retransmission timeout
@@ -301,7 +300,7 @@ func (e *Engine) tcpAckNow(f *tcpFlow) {
 // up in the guest as a refused connection, not as a reset after a
 // successful handshake.
 func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
-	if e.tcp.count >= tcpMaxFlows {
+	if e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
 		e.tcpRstReply(key, t)
 		return
 	}
@@ -382,7 +381,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		var key tcpKey
 		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
-		if _, old := e.tcp.lookup(key); old != nil || e.tcp.count >= tcpMaxFlows || e.link == nil {
+		if _, old := e.tcp.lookup(key); old != nil || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
 			unix.Close(fd)
 			continue
 		}

@@ -14,9 +14,8 @@ import (
 // to what the guest expects.
 
 const (
-	udpIdle     = 3 * time.Minute // passt's UDP flow timeout
-	udpMaxFlows = 1 << 14
-	udpMaxRead  = 32 // datagrams read per readiness event
+	udpIdle    = 3 * time.Minute // passt's UDP flow timeout
+	udpMaxRead = 32              // datagrams read per readiness event
 )
 
 type udpFlow struct {
@@ -56,6 +55,10 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
+		if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count, e.cfg.MaxUDP) {
+			e.sendUnreachable(unix.EACCES, src, dst, header.ProtoUDP, u)
+			return
+		}
 		if f = e.udpOpen(guest); f == nil {
 			return
 		}
@@ -116,9 +119,6 @@ func (e *Engine) udpFlush() {
 // DNS stand-in can go on to an IPv4 resolver. Errors the host receives
 // for the socket's datagrams (IP_RECVERR) go back to the guest as ICMP.
 func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
-	if e.udp.count >= udpMaxFlows {
-		return nil
-	}
 	fam := socketFamily(guest.Addr())
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -261,7 +261,7 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
-			if e.fwd.udpIn.count >= udpMaxFlows {
+			if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count, e.cfg.MaxUDP) {
 				return remote, netip.AddrPort{} // dropped
 			}
 			var idx int32
