@@ -126,9 +126,9 @@ func TestEpollFailure(t *testing.T) {
 	header.EncodeSynOptions(syn[header.TCPMinLen:], 1440, 7)
 	echo := []byte{header.ICMPv6Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}
 	for _, f := range [][]byte{
-		frame6(testGuest6, testGW6, header.ProtoTCP, syn),
-		frame6(testGuest6, testGW6, header.ProtoUDP, udp6(5000, 9, []byte("x"))),
-		frame6(testGuest6, testGW6, header.ProtoICMPv6, echo),
+		frameIP(testGuest6, testGW6, header.ProtoTCP, syn),
+		frameIP(testGuest6, testGW6, header.ProtoUDP, udp6(5000, 9, []byte("x"))),
+		frameIP(testGuest6, testGW6, header.ProtoICMPv6, echo),
 	} {
 		te.tapInput(f)
 	}
@@ -181,10 +181,10 @@ func TestFlowCaps(t *testing.T) {
 		b := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
 		header.TCP(b).Encode(sport, lport, 1000, 0, header.TCPSyn, 0xffff, len(b))
 		header.EncodeSynOptions(b[header.TCPMinLen:], 1440, 7)
-		return frame6(testGuest6, testGW6, header.ProtoTCP, b)
+		return frameIP(testGuest6, testGW6, header.ProtoTCP, b)
 	}
 	dgram := func(sport uint16) []byte {
-		return frame6(testGuest6, testGW6, header.ProtoUDP, udp6(sport, 9, []byte("x")))
+		return frameIP(testGuest6, testGW6, header.ProtoUDP, udp6(sport, 9, []byte("x")))
 	}
 	for _, f := range [][]byte{syn(40001), syn(40002), dgram(5001), dgram(5002)} {
 		te.tapInput(f)
@@ -197,7 +197,7 @@ func TestFlowCaps(t *testing.T) {
 	}
 	te.tapInput(syn(40003))
 	te.tapInput(dgram(5003))
-	te.tapInput(frame6(testGuest6, testGW6, header.ProtoUDP, udp6(5001, 9, []byte("y")))) // an open flow
+	te.tapInput(frameIP(testGuest6, testGW6, header.ProtoUDP, udp6(5001, 9, []byte("y")))) // an open flow
 	te.tcpFlushAcks()
 	te.udpFlush()
 	var rst, prohibited bool

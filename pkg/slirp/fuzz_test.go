@@ -1,10 +1,14 @@
 package slirp
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -141,6 +145,88 @@ func FuzzFrame(f *testing.F) {
 		e.tapInput(b)
 		e.output(t)
 	})
+}
+
+// Fixed loopback ports for FuzzFlows' peers, so that seeds reach them.
+const fuzzTCPPort, fuzzUDPPort = 18000, 18001
+
+// FuzzFlows feeds whole frames to the engine with TCP, UDP and ICMP on:
+// the TCP and UDP translation, their state and their host sockets see
+// fuzzed segments and datagrams, against peers on loopback. Anything a
+// fuzzed frame names must stay on this machine, so the target runs only
+// in a network namespace whose one interface is loopback ("make fuzz"
+// starts it under unshare) and skips elsewhere.
+func FuzzFlows(f *testing.F) {
+	if ifs, err := net.Interfaces(); err != nil || len(ifs) != 1 || ifs[0].Flags&net.FlagLoopback == 0 {
+		f.Skip("runs only in a network namespace with loopback alone (make fuzz: unshare -rn)")
+	}
+	// The fuzzing workers run this set-up too: the peers share their
+	// ports (SO_REUSEPORT).
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return nil
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", fuzzTCPPort))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf("127.0.0.1:%d", fuzzUDPPort))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer pc.Close()
+	go servePacketsEcho(pc)
+
+	tcp4 := func(flags uint8, seq uint32, payload string) []byte {
+		t := make([]byte, header.TCPMinLen+len(payload))
+		header.TCP(t).Encode(40000, fuzzTCPPort, seq, 1, flags, 0xffff, header.TCPMinLen)
+		copy(t[header.TCPMinLen:], payload)
+		return frameIP(testGuest4, testGW4, header.ProtoTCP, t)
+	}
+	f.Add(tcp4(header.TCPSyn, 1000, ""))
+	f.Add(tcp4(header.TCPAck|header.TCPPsh, 1001, "hello"))
+	f.Add(tcp4(header.TCPFin|header.TCPAck, 1006, ""))
+	f.Add(tcp4(header.TCPRst, 1006, ""))
+	u := make([]byte, header.UDPLen+4)
+	header.UDP(u).Encode(5000, fuzzUDPPort, 4)
+	copy(u[header.UDPLen:], "ping")
+	f.Add(frameIP(testGuest4, testGW4, header.ProtoUDP, u))
+	f.Add(frameIP(testGuest4, testGW4, header.ProtoICMP, []byte{header.ICMPv4Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}))
+	for _, s := range seedFrames() {
+		f.Add(s)
+	}
+	e := newTestEngine(f)
+	e.cfg.NoTCP, e.cfg.NoUDP, e.cfg.NoICMP = false, false, false
+	e.cfg.MaxTCP, e.cfg.MaxUDP, e.cfg.MaxICMP = 64, 64, 16 // bounded, and the caps fuzzed too
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e.tapInput(b)
+		e.tcpFlushAcks()
+		e.udpFlush()
+		e.turn(0) // host sockets' events: connects, replies, resets
+		e.output(t)
+	})
+}
+
+// servePacketsEcho sends each datagram back until pc is closed.
+func servePacketsEcho(pc net.PacketConn) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(buf[:n], from)
+	}
 }
 
 func FuzzDHCP(f *testing.F) {

@@ -11,22 +11,34 @@ import (
 
 var testGuestMAC = [6]byte{2, 0, 0, 0, 0, 1}
 
-// frame6 builds a guest IPv6 frame around an L4 payload, checksum
-// included.
-func frame6(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
-	b := make([]byte, header.EthernetLen+header.IPv6Len+len(l4))
-	header.Ethernet(b).Encode(header.MulticastMAC(dst), testGuestMAC, header.EtherTypeIPv6)
-	header.IPv6(b[header.EthernetLen:]).Encode(src, dst, proto, 255, len(l4))
-	p := b[header.EthernetLen+header.IPv6Len:]
+// frameIP builds a guest frame of either family around an L4 payload,
+// checksum included.
+func frameIP(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
+	ipLen, etype, dmac := header.IPv6Len, uint16(header.EtherTypeIPv6), header.MulticastMAC(dst)
+	if src.Is4() {
+		ipLen, etype, dmac = header.IPv4MinLen, header.EtherTypeIPv4, testMAC
+	}
+	b := make([]byte, header.EthernetLen+ipLen+len(l4))
+	header.Ethernet(b).Encode(dmac, testGuestMAC, etype)
+	if src.Is4() {
+		header.IPv4(b[header.EthernetLen:]).Encode(src, dst, proto, 64, len(l4))
+	} else {
+		header.IPv6(b[header.EthernetLen:]).Encode(src, dst, proto, 255, len(l4))
+	}
+	p := b[header.EthernetLen+ipLen:]
 	copy(p, l4)
-	sum := header.Fold(header.Checksum(p, header.PseudoHeaderSum(proto, src, dst, len(p))))
+	var sum uint64
+	if proto != header.ProtoICMP {
+		sum = header.PseudoHeaderSum(proto, src, dst, len(p))
+	}
+	c := header.Fold(header.Checksum(p, sum))
 	switch proto {
-	case header.ProtoICMPv6:
-		binary.BigEndian.PutUint16(p[2:], sum)
+	case header.ProtoICMP, header.ProtoICMPv6:
+		binary.BigEndian.PutUint16(p[2:], c)
 	case header.ProtoUDP:
-		header.UDP(p).SetChecksum(sum)
+		header.UDP(p).SetChecksum(c)
 	case header.ProtoTCP:
-		header.TCP(p).SetChecksum(sum)
+		header.TCP(p).SetChecksum(c)
 	}
 	return b
 }
@@ -92,11 +104,11 @@ func seedFrames() [][]byte {
 	echo := []byte{header.ICMPv6Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}
 	return [][]byte{
 		arp, append(append(eth, ip...), udp...),
-		frame6(ll, netip.MustParseAddr("ff02::1:ff00:1"), header.ProtoICMPv6, ndpSolicit(testGW6)),
-		frame6(ll, netip.MustParseAddr("ff02::2"), header.ProtoICMPv6, []byte{header.ICMPv6RouterSol, 0, 0, 0, 0, 0, 0, 0}),
-		frame6(ll, netip.MustParseAddr("ff02::1:2"), header.ProtoUDP, udp6(dhcpv6ClientPort, dhcpv6ServerPort, dhcpv6Solicit1())),
-		frame6(testGuest6, testGW6, header.ProtoICMPv6, echo),
-		frame6(testGuest6, testGW6, header.ProtoTCP, syn),
+		frameIP(ll, netip.MustParseAddr("ff02::1:ff00:1"), header.ProtoICMPv6, ndpSolicit(testGW6)),
+		frameIP(ll, netip.MustParseAddr("ff02::2"), header.ProtoICMPv6, []byte{header.ICMPv6RouterSol, 0, 0, 0, 0, 0, 0, 0}),
+		frameIP(ll, netip.MustParseAddr("ff02::1:2"), header.ProtoUDP, udp6(dhcpv6ClientPort, dhcpv6ServerPort, dhcpv6Solicit1())),
+		frameIP(testGuest6, testGW6, header.ProtoICMPv6, echo),
+		frameIP(testGuest6, testGW6, header.ProtoTCP, syn),
 	}
 }
 
