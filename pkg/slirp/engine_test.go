@@ -122,7 +122,7 @@ func TestEpollFailure(t *testing.T) {
 	}
 
 	syn := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
-	header.TCP(syn).Encode(40000, 80, 1000, 0, header.TCPSyn, 0xffff, len(syn))
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: 80, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
 	header.EncodeSynOptions(syn[header.TCPMinLen:], 1440, 7)
 	echo := []byte{header.ICMPv6Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}
 	for _, f := range [][]byte{
@@ -179,7 +179,7 @@ func TestFlowCaps(t *testing.T) {
 	lport := uint16(l.Addr().(*net.TCPAddr).Port)
 	syn := func(sport uint16) []byte {
 		b := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
-		header.TCP(b).Encode(sport, lport, 1000, 0, header.TCPSyn, 0xffff, len(b))
+		header.TCP(b).Encode(header.TCPFields{SrcPort: sport, DstPort: lport, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(b)})
 		header.EncodeSynOptions(b[header.TCPMinLen:], 1440, 7)
 		return frameIP(testGuest6, testGW6, header.ProtoTCP, b)
 	}

@@ -187,9 +187,9 @@ func FuzzFlows(f *testing.F) {
 	defer pc.Close()
 	go servePacketsEcho(pc)
 
-	tcp4 := func(flags uint8, seq uint32, payload string) []byte {
+	tcp4 := func(flags header.TCPFlags, seq uint32, payload string) []byte {
 		t := make([]byte, header.TCPMinLen+len(payload))
-		header.TCP(t).Encode(40000, fuzzTCPPort, seq, 1, flags, 0xffff, header.TCPMinLen)
+		header.TCP(t).Encode(header.TCPFields{SrcPort: 40000, DstPort: fuzzTCPPort, Seq: seq, Ack: 1, Flags: flags, Window: 0xffff, HeaderLen: header.TCPMinLen})
 		copy(t[header.TCPMinLen:], payload)
 		return frameIP(testGuest4, testGW4, header.ProtoTCP, t)
 	}

@@ -86,7 +86,7 @@ func newHotPath(tb testing.TB, serve func(net.Conn)) *hotPath {
 
 // segment builds a guest frame (length prefix included) with n bytes of
 // payload.
-func (h *hotPath) segment(flags uint8, n int) []byte {
+func (h *hotPath) segment(flags header.TCPFlags, n int) []byte {
 	optLen := 0
 	if flags&header.TCPSyn != 0 {
 		optLen = header.TCPSynOptionLen
@@ -97,7 +97,7 @@ func (h *hotPath) segment(flags uint8, n int) []byte {
 	header.Ethernet(b[4:]).Encode([6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, hpMAC, header.EtherTypeIPv4)
 	header.IPv4(b[18:]).Encode(hpGuest, hpGateway, header.ProtoTCP, 64, l4)
 	t := header.TCP(b[38:])
-	t.Encode(40000, h.dport, h.seq, h.ack, flags, h.wnd, header.TCPMinLen+optLen)
+	t.Encode(header.TCPFields{SrcPort: 40000, DstPort: h.dport, Seq: h.seq, Ack: h.ack, Flags: flags, Window: h.wnd, HeaderLen: header.TCPMinLen + optLen})
 	if optLen > 0 {
 		header.EncodeSynOptions(t[header.TCPMinLen:], 65480, 7)
 	}

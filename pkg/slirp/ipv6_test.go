@@ -99,7 +99,7 @@ func seedFrames() [][]byte {
 
 	ll := netip.MustParseAddr("fe80::2")
 	syn := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
-	header.TCP(syn).Encode(40000, 80, 1000, 0, header.TCPSyn, 0xffff, len(syn))
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: 80, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
 	header.EncodeSynOptions(syn[header.TCPMinLen:], 1440, 7)
 	echo := []byte{header.ICMPv6Echo, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}
 	return [][]byte{

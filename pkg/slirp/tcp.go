@@ -225,6 +225,10 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	}
 	key := tcpKey{netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())}
 	flags := t.Flags()
+	if e.cfg.Trace {
+		e.logf("TCP %v -> %v: %v seq %d ack %d win %d len %d", key.guest, key.remote, flags,
+			t.Seq(), t.Ack(), t.Window(), len(t.Payload()))
+	}
 	_, f := e.tcp.lookup(key)
 	if f == nil {
 		switch {
@@ -770,7 +774,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		for i, sent := 0, 0; sent < n; i++ {
 			l := min(f.mss, n-sent)
-			fl := uint8(header.TCPAck)
+			fl := header.TCPAck
 			if sent+l == n {
 				fl |= header.TCPPsh
 			}
@@ -908,7 +912,7 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 }
 
 // tcpSendFlags sends a segment without data, with the current window.
-func (e *Engine) tcpSendFlags(f *tcpFlow, flags uint8) {
+func (e *Engine) tcpSendFlags(f *tcpFlow, flags header.TCPFlags) {
 	seq := f.sndNxt
 	wnd := uint16(0xffff) // unscaled in a SYN; the real window follows
 	if flags&header.TCPSyn != 0 {
@@ -924,7 +928,7 @@ func (e *Engine) tcpSendFlags(f *tcpFlow, flags uint8) {
 }
 
 // tcpSendSeg queues a segment without data.
-func (e *Engine) tcpSendSeg(f *tcpFlow, flags uint8, seq uint32, wnd uint16) {
+func (e *Engine) tcpSendSeg(f *tcpFlow, flags header.TCPFlags, seq uint32, wnd uint16) {
 	optLen := 0
 	if flags&header.TCPSyn != 0 {
 		optLen = header.TCPSynOptionLen
@@ -939,7 +943,7 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags uint8, seq uint32, wnd uint16) {
 
 // tcpFill writes the headers of a segment whose payload (if any) already
 // sits after them in b, and returns the frame's size in the queue.
-func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, payloadLen int, wnd uint16) int {
+func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen, payloadLen int, wnd uint16) int {
 	l4len := header.TCPMinLen + optLen + payloadLen
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
 	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
@@ -948,7 +952,8 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, 
 	if flags&header.TCPAck == 0 {
 		ack = 0
 	}
-	t.Encode(f.key.remote.Port(), f.key.guest.Port(), seq, ack, flags, wnd, header.TCPMinLen+optLen)
+	t.Encode(header.TCPFields{SrcPort: f.key.remote.Port(), DstPort: f.key.guest.Port(),
+		Seq: seq, Ack: ack, Flags: flags, Window: wnd, HeaderLen: header.TCPMinLen + optLen})
 	if optLen > 0 {
 		header.EncodeSynOptions(t[header.TCPMinLen:], uint16(f.mss), f.ourWS)
 	}
@@ -960,7 +965,7 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags uint8, seq uint32, optLen, 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
 func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 	f := tcpFlow{key: key}
-	flags := uint8(header.TCPRst)
+	flags := header.TCPRst
 	if in.Flags()&header.TCPAck != 0 {
 		f.sndNxt = in.Ack()
 	} else {
@@ -997,7 +1002,8 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 		return false
 	}
 	var quote [header.TCPMinLen]byte
-	header.TCP(quote[:]).Encode(key.guest.Port(), key.remote.Port(), synSeq, 0, header.TCPSyn, 0, header.TCPMinLen)
+	header.TCP(quote[:]).Encode(header.TCPFields{SrcPort: key.guest.Port(), DstPort: key.remote.Port(),
+		Seq: synSeq, Flags: header.TCPSyn, HeaderLen: header.TCPMinLen})
 	return e.sendUnreachable(err, key.guest.Addr(), key.remote.Addr(), header.ProtoTCP, quote[:])
 }
 

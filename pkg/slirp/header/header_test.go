@@ -103,3 +103,20 @@ func BenchmarkChecksum64K(b *testing.B) {
 		Fold(Checksum(buf, 0))
 	}
 }
+
+func TestTCPFlagsString(t *testing.T) {
+	for f, want := range map[TCPFlags]string{TCPSyn | TCPAck: "SYN|ACK", TCPFin: "FIN", 0: "none", TCPRst | TCPAck | TCPPsh: "RST|PSH|ACK"} {
+		if got := f.String(); got != want {
+			t.Errorf("%#x: %q, want %q", uint8(f), got, want)
+		}
+	}
+}
+
+func TestTCPEncode(t *testing.T) {
+	b := make(TCP, TCPMinLen)
+	b.Encode(TCPFields{SrcPort: 1, DstPort: 2, Seq: 3, Ack: 4, Flags: TCPSyn, Window: 5, HeaderLen: TCPMinLen})
+	if b.SrcPort() != 1 || b.DstPort() != 2 || b.Seq() != 3 || b.Ack() != 4 || b.Flags() != TCPSyn ||
+		b.Window() != 5 || b.DataOffset() != TCPMinLen {
+		t.Fatalf("% x", []byte(b))
+	}
+}

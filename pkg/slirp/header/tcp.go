@@ -1,18 +1,53 @@
 package header
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"strings"
+)
 
 // TCPMinLen is the size of a TCP header without options.
 const TCPMinLen = 20
 
+// Offsets of the fixed header's fields (RFC 9293, 3.1).
+const (
+	tcpSrcPort  = 0
+	tcpDstPort  = 2
+	tcpSeq      = 4
+	tcpAck      = 8
+	tcpDataOff  = 12 // in 32-bit words, in the high nibble
+	tcpFlags    = 13
+	tcpWindow   = 14
+	tcpChecksum = 16
+	tcpUrgent   = 18
+)
+
+// TCPFlags are a segment's control bits.
+type TCPFlags uint8
+
 // TCP flags.
 const (
-	TCPFin = 0x01
-	TCPSyn = 0x02
-	TCPRst = 0x04
-	TCPPsh = 0x08
-	TCPAck = 0x10
+	TCPFin TCPFlags = 0x01
+	TCPSyn TCPFlags = 0x02
+	TCPRst TCPFlags = 0x04
+	TCPPsh TCPFlags = 0x08
+	TCPAck TCPFlags = 0x10
 )
+
+var tcpFlagNames = [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+
+// String names the flags set, as "SYN|ACK", for logs.
+func (f TCPFlags) String() string {
+	var names []string
+	for i, n := range tcpFlagNames {
+		if f&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, "|")
+}
 
 // TCP option kinds gopasst reads or writes.
 const (
@@ -39,25 +74,25 @@ func (t TCP) IsValid() bool {
 }
 
 // SrcPort is the source port.
-func (t TCP) SrcPort() uint16 { return binary.BigEndian.Uint16(t[0:]) }
+func (t TCP) SrcPort() uint16 { return binary.BigEndian.Uint16(t[tcpSrcPort:]) }
 
 // DstPort is the destination port.
-func (t TCP) DstPort() uint16 { return binary.BigEndian.Uint16(t[2:]) }
+func (t TCP) DstPort() uint16 { return binary.BigEndian.Uint16(t[tcpDstPort:]) }
 
 // Seq is the sequence number.
-func (t TCP) Seq() uint32 { return binary.BigEndian.Uint32(t[4:]) }
+func (t TCP) Seq() uint32 { return binary.BigEndian.Uint32(t[tcpSeq:]) }
 
 // Ack is the acknowledgement number.
-func (t TCP) Ack() uint32 { return binary.BigEndian.Uint32(t[8:]) }
+func (t TCP) Ack() uint32 { return binary.BigEndian.Uint32(t[tcpAck:]) }
 
 // DataOffset is the header length in bytes.
-func (t TCP) DataOffset() int { return int(t[12]>>4) * 4 }
+func (t TCP) DataOffset() int { return int(t[tcpDataOff]>>4) * 4 }
 
 // Flags are the control bits.
-func (t TCP) Flags() uint8 { return t[13] }
+func (t TCP) Flags() TCPFlags { return TCPFlags(t[tcpFlags]) }
 
 // Window is the raw, unscaled window field.
-func (t TCP) Window() uint16 { return binary.BigEndian.Uint16(t[14:]) }
+func (t TCP) Window() uint16 { return binary.BigEndian.Uint16(t[tcpWindow:]) }
 
 // Options are the bytes between the fixed header and the payload.
 func (t TCP) Options() []byte { return t[TCPMinLen:t.DataOffset()] }
@@ -108,18 +143,27 @@ func EncodeSynOptions(b []byte, mss uint16, ws uint8) {
 	b[4], b[5], b[6], b[7] = TCPOptNop, TCPOptWS, tcpOptWSLen, ws
 }
 
-// Encode fills the fixed header; hdrLen includes any options already
-// written after it. The checksum field is zeroed for the caller to fill.
-func (t TCP) Encode(src, dst uint16, seq, ack uint32, flags uint8, wnd uint16, hdrLen int) {
-	binary.BigEndian.PutUint16(t[0:], src)
-	binary.BigEndian.PutUint16(t[2:], dst)
-	binary.BigEndian.PutUint32(t[4:], seq)
-	binary.BigEndian.PutUint32(t[8:], ack)
-	t[12] = uint8(hdrLen/4) << 4
-	t[13] = flags
-	binary.BigEndian.PutUint16(t[14:], wnd)
-	t[16], t[17], t[18], t[19] = 0, 0, 0, 0
+// TCPFields are the fixed header's fields, for Encode.
+type TCPFields struct {
+	SrcPort, DstPort uint16
+	Seq, Ack         uint32
+	Flags            TCPFlags
+	Window           uint16 // raw, unscaled
+	HeaderLen        int    // with any options already written after the fixed header
+}
+
+// Encode fills the fixed header from f. The checksum is zeroed for the
+// caller to fill, and the urgent pointer is zero.
+func (t TCP) Encode(f TCPFields) {
+	binary.BigEndian.PutUint16(t[tcpSrcPort:], f.SrcPort)
+	binary.BigEndian.PutUint16(t[tcpDstPort:], f.DstPort)
+	binary.BigEndian.PutUint32(t[tcpSeq:], f.Seq)
+	binary.BigEndian.PutUint32(t[tcpAck:], f.Ack)
+	t[tcpDataOff] = uint8(f.HeaderLen/4) << 4
+	t[tcpFlags] = uint8(f.Flags)
+	binary.BigEndian.PutUint16(t[tcpWindow:], f.Window)
+	binary.BigEndian.PutUint32(t[tcpChecksum:], 0) // and the urgent pointer
 }
 
 // SetChecksum stores a checksum computed by the caller.
-func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[16:], c) }
+func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[tcpChecksum:], c) }
