@@ -153,9 +153,8 @@ func NewQueue(f Framing, size int) *Queue {
 // reservations, or nil when the queue is too full.
 func (q *Queue) Reserve(n int) []byte {
 	p := q.framing.LenSize
-	if q.open == q.tail && len(q.buf)-q.tail < p+n && q.head > 0 {
-		q.tail = copy(q.buf, q.buf[q.head:q.tail])
-		q.head, q.open = 0, q.tail
+	if len(q.buf)-q.open < p+n {
+		q.compact()
 	}
 	if len(q.buf)-q.open < p+n {
 		return nil
@@ -182,9 +181,24 @@ func (q *Queue) Cancel() { q.open = q.tail }
 // Pending is the number of queued bytes.
 func (q *Queue) Pending() int { return q.tail - q.head }
 
-// Room is how many frames of n bytes could be reserved now.
+// Room is how many frames of n bytes could be reserved now, one after
+// the other: reservations are contiguous, so the queue first moves what
+// it still holds to the front, when nothing is open, rather than promise
+// room split between its two ends.
 func (q *Queue) Room(n int) int {
-	return (len(q.buf) - (q.open - q.head)) / (q.framing.LenSize + n)
+	if q.open == q.tail && q.head > 0 && (len(q.buf)-q.open)/(q.framing.LenSize+n) < 2 {
+		q.compact()
+	}
+	return (len(q.buf) - q.open) / (q.framing.LenSize + n)
+}
+
+// compact moves the queued frames to the front of the buffer, when no
+// reservation is open.
+func (q *Queue) compact() {
+	if q.open == q.tail && q.head > 0 {
+		q.tail = copy(q.buf, q.buf[q.head:q.tail])
+		q.head, q.open = 0, q.tail
+	}
 }
 
 // Reset discards queued frames and reservations.

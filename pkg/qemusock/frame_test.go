@@ -205,3 +205,29 @@ func TestTapLink(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueRoomAfterPartialWrite: when a stream took only part of the
+// queue (the rest waits at an offset), every one of the Room(n) frames
+// Room promises can be reserved at once, as a TCP peek reserves them.
+func TestQueueRoomAfterPartialWrite(t *testing.T) {
+	rfd, wfd := pipePair(t)
+	unix.FcntlInt(uintptr(wfd), unix.F_SETPIPE_SZ, 1<<16)
+	q := NewQueue(QEMU, 1<<20)
+	for q.Room(60000) > 0 {
+		q.Reserve(60000)
+		q.Commit(60000)
+	}
+	if err := q.writeStream(wfd); err != unix.EAGAIN || q.head == 0 {
+		t.Fatalf("want a partial write: %v, head %d", err, q.head)
+	}
+	unix.Read(rfd, make([]byte, 1<<16)) // some room in the pipe, none in the queue's tail
+	room := q.Room(1500)
+	if room < 2 {
+		t.Fatalf("room for %d frames", room)
+	}
+	for i := range room {
+		if q.Reserve(1500) == nil {
+			t.Fatalf("Room said %d frames, Reserve refused the %d-th", room, i+1)
+		}
+	}
+}

@@ -737,9 +737,18 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		for i := range segs {
 			b := e.link.Reserve(slot)
+			if b == nil { // Room promised more: peek no further than what we have
+				segs, want = i, min(want, i*f.mss)
+				break
+			}
 			e.tcp.frames[i] = b
 			l := min(f.mss, want-i*f.mss)
 			iov = append(iov, unix.Iovec{Base: &b[hdr], Len: uint64(l)})
+		}
+		if segs == 0 {
+			f.flags |= tcpWaitTap
+			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
+			return
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
