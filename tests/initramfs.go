@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"testing"
 )
 
 // A minimal guest for QEMU: the host's Debian kernel plus an initramfs
@@ -118,6 +120,39 @@ func (c *cpioWriter) file(name string, mode uint32, data []byte) {
 func (c *cpioWriter) bytes() []byte {
 	c.entry("TRAILER!!!", 0, nil)
 	return c.buf.Bytes()
+}
+
+// guestDHCPScript, at the start of a guest's /init, writes /etc/dhcp.sh,
+// the script busybox udhcpc runs with a lease: it reports the lease on
+// the console as GOPASST-${TAG}LEASE, configures the interface (its MTU
+// too, when the lease has one) and a default route, and adds the
+// resolvers to $RESOLV when that is set.
+const guestDHCPScript = `cat > /etc/dhcp.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+echo "GOPASST-${TAG}LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu domain=$domain"
+ip addr add $ip/$mask dev $interface
+[ -n "$mtu" ] && ip link set $interface mtu $mtu
+ip route add default via $router
+[ -n "$RESOLV" ] && for d in $dns; do echo "nameserver $d" >> $RESOLV; done
+exit 0
+EOS
+chmod +x /etc/dhcp.sh
+`
+
+// needQEMU returns QEMU and the Debian kernel (image and version) that
+// guest tests boot, or skips the test.
+func needQEMU(t testing.TB) (qemu, kernel, kver string) {
+	t.Helper()
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("needs qemu-system-x86_64 (Debian package qemu-system-x86)")
+	}
+	kernel, kver, err = debianKernel()
+	if err != nil {
+		t.Skip(err)
+	}
+	return qemu, kernel, kver
 }
 
 // buildInitramfs writes an initramfs that loads virtio networking (and

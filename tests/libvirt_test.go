@@ -56,15 +56,7 @@ func TestLibvirt(t *testing.T) {
 	})
 	gw := defaultGateway(t)
 	script := fmt.Sprintf(`
-cat > /etc/dhcp.sh <<'EOS'
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-echo "GOPASST-LEASE ip=$ip mask=$mask router=$router"
-ip addr add $ip/$mask dev $interface
-ip route add default via $router
-EOS
-chmod +x /etc/dhcp.sh
-ip link set lo up
+`+guestDHCPScript+`ip link set lo up
 ip link set eth0 up
 udhcpc -i eth0 -f -q -n -t 20 -T 2 -s /etc/dhcp.sh
 printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello

@@ -20,14 +20,7 @@ import (
 // host's Debian kernel and a busybox initramfs, with "-netdev stream" on
 // gopasst's socket. The guest reports what it saw on its serial console.
 func TestQEMUGuest(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("needs qemu-system-x86_64 (Debian package qemu-system-x86)")
-	}
-	kernel, kver, err := debianKernel()
-	if err != nil {
-		t.Skip(err)
-	}
+	qemu, kernel, kver := needQEMU(t)
 	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"-t", "18080:8080", "-u", "15353:5353"}})
 	udpecho := filepath.Join(w.Dir, "udpecho")
 	build := exec.Command("go", "build", "-o", udpecho, "./cmd/udpecho")
@@ -71,19 +64,9 @@ func TestQEMUGuest(t *testing.T) {
 	})
 
 	script := fmt.Sprintf(`
-cat > /etc/dhcp.sh <<'EOS'
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-echo "GOPASST-LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu domain=$domain"
-ip addr add $ip/$mask dev $interface
-ip link set $interface mtu $mtu
-ip route add default via $router
-for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-EOS
-chmod +x /etc/dhcp.sh
-ip link set lo up
+`+guestDHCPScript+`ip link set lo up
 ip link set eth0 up
-udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh -O mtu -O search
+RESOLV=/etc/resolv.conf udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh -O mtu -O search
 ip addr show eth0 | sed 's/^/GOPASST-ADDR /'
 ping -c 2 -W 5 %[1]s | sed 's/^/GOPASST-PING /'
 echo "GOPASST-DOWN $(nc %[1]s %[2]s | sha256sum)"

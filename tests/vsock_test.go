@@ -21,14 +21,7 @@ import (
 // (checked with SHA-256), resolves a name, and serves a -t forward.
 // The inner gopasst also runs TCP on a kernel without SO_PEEK_OFF.
 func TestVsockGuest(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("needs qemu-system-x86_64 (Debian package qemu-system-x86)")
-	}
-	kernel, kver, err := debianKernel()
-	if err != nil {
-		t.Skip(err)
-	}
+	qemu, kernel, kver := needQEMU(t)
 	fwd, err := goInstall("github.com/containers/gvisor-tap-vsock/cmd/vm", gvisorTapVsock)
 	if err != nil {
 		t.Skip(err)
@@ -48,18 +41,7 @@ func TestVsockGuest(t *testing.T) {
 		{"GVFWD", "gvforwarder -url vsock://1:1025/connect -iface tap0 -preexisting -stop-if-exist ''", "8091"},
 	}
 	script := fmt.Sprintf(`
-cat > /etc/dhcp.sh <<'EOS'
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-echo "GOPASST-${TAG}LEASE ip=$ip router=$router dns=$dns mtu=$mtu"
-ip addr add $ip/$mask dev $interface
-[ -n "$mtu" ] && ip link set $interface mtu $mtu
-ip route add default via $router
-[ -n "$RESOLV" ] && for d in $dns; do echo "nameserver $d" >> $RESOLV; done
-exit 0
-EOS
-chmod +x /etc/dhcp.sh
-printf '#!/bin/sh\ncat /tmp/down.bin\n' > /bin/down
+`+guestDHCPScript+`printf '#!/bin/sh\ncat /tmp/down.bin\n' > /bin/down
 printf '#!/bin/sh\nhead -c %[1]d | sha256sum\n' > /bin/upsum
 printf '#!/bin/sh\necho hello-from-child\n' > /bin/hello
 chmod +x /bin/down /bin/upsum /bin/hello

@@ -21,17 +21,23 @@ func pipePair(t testing.TB) (r, w int) {
 
 // readAll drains what was written and returns the frames or the error.
 func readAll(t testing.TB, r *Reader, fd int) ([][]byte, error) {
+	return collect(t, func() (int, error) { return r.Fill(fd) }, r.Next)
+}
+
+// collect reads (fill) until there is nothing more and returns every
+// frame next hands out, or next's error.
+func collect(t testing.TB, fill func() (int, error), next func() ([]byte, error)) ([][]byte, error) {
 	var frames [][]byte
 	for {
-		n, err := r.Fill(fd)
-		if err == unix.EAGAIN || n == 0 {
+		n, err := fill()
+		if err == unix.EAGAIN || err == nil && n == 0 {
 			return frames, nil
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		for {
-			f, err := r.Next()
+			f, err := next()
 			if err != nil {
 				return frames, err
 			}

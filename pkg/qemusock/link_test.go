@@ -24,26 +24,7 @@ func streamPair(t testing.TB) (link, client int) {
 }
 
 // frames reads what the client sent and returns the frames, or the error.
-func frames(t testing.TB, l Link) ([][]byte, error) {
-	var out [][]byte
-	for {
-		if _, err := l.Read(); err == unix.EAGAIN {
-			return out, nil
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			f, err := l.Next()
-			if err != nil {
-				return out, err
-			}
-			if f == nil {
-				break
-			}
-			out = append(out, append([]byte(nil), f...))
-		}
-	}
-}
+func frames(t testing.TB, l Link) ([][]byte, error) { return collect(t, l.Read, l.Next) }
 
 // gvforwarderHello is what gvforwarder v0.8.9 writes first: Go's
 // http.Request.Write of a body-less POST to /connect.
