@@ -36,7 +36,7 @@ type NetOptions struct {
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
 	Pcap    string `short:"p" name:"pcap" placeholder:"FILE" help:"Capture every frame to and from the guest in FILE (libpcap format)."`
 
-	MTU        int      `short:"m" default:"65520" help:"MTU given to the guest."`
+	MTU        int      `short:"m" default:"${mtu}" help:"MTU given to the guest."`
 	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address, IPv4 or IPv6 (default: the host's). Repeatable."`
 	Netmask    string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
 	MAC        string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
@@ -65,9 +65,9 @@ type NetOptions struct {
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
 
-	MaxTCP  int `name:"max-tcp" default:"32768" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
-	MaxUDP  int `name:"max-udp" default:"4096" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
-	MaxICMP int `name:"max-icmp" default:"256" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
+	MaxTCP  int `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
+	MaxUDP  int `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
+	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
 }
 
 // Options are the serve command's: the network, and how the guest
@@ -134,7 +134,9 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	exit := -1
 	parser, err := kong.New(c, kong.Name("gopasst"),
 		kong.Description("User-mode networking for virtual machines, compatible with passt."),
-		kong.Vars{"version": "gopasst " + version},
+		kong.Vars{"version": "gopasst " + version, "mtu": strconv.Itoa(slirp.DefaultMTU),
+			"max_tcp": strconv.Itoa(slirp.DefaultMaxTCP), "max_udp": strconv.Itoa(slirp.DefaultMaxUDP),
+			"max_icmp": strconv.Itoa(slirp.DefaultMaxICMP)},
 		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exit = code }))
 	if err != nil {
 		return nil, true, fail(stderr, "%v", err)
