@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,17 +99,27 @@ func (r *Reader) makeRoom() {
 	}
 }
 
-// read is unix.Read retried on EINTR, with n = 0 on error.
-func read(fd int, p []byte) (int, error) {
+// read and write are read(2) and write(2) on the non-blocking
+// descriptor of a link, retried on EINTR, with n = 0 on error. They are
+// raw system calls: one that cannot wait needs none of the scheduler's
+// bookkeeping, which costs more than the call on a busy link.
+func read(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p) }
+func write(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
+
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
+	var base unsafe.Pointer
+	if len(p) > 0 {
+		base = unsafe.Pointer(&p[0])
+	}
 	for {
-		n, err := unix.Read(fd, p)
-		if err == unix.EINTR {
+		n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(base), uintptr(len(p)))
+		if errno == unix.EINTR {
 			continue
 		}
-		if err != nil {
-			return 0, err
+		if errno != 0 {
+			return 0, errno
 		}
-		return n, nil
+		return int(n), nil
 	}
 }
 
@@ -208,10 +219,7 @@ func (q *Queue) Reset() { q.head, q.tail, q.open = 0, 0, 0 }
 // stream would block (unix.EAGAIN, the rest still queued).
 func (q *Queue) writeStream(fd int) error {
 	for q.head < q.tail {
-		n, err := unix.Write(fd, q.buf[q.head:q.tail])
-		if err == unix.EINTR {
-			continue
-		}
+		n, err := write(fd, q.buf[q.head:q.tail])
 		if err != nil {
 			return err
 		}
@@ -229,10 +237,7 @@ func (q *Queue) writePackets(fd int) error {
 	p := q.framing.LenSize
 	for q.head < q.tail {
 		n := q.framing.get(q.buf[q.head:])
-		_, err := unix.Write(fd, q.buf[q.head+p:q.head+p+n])
-		if err == unix.EINTR {
-			continue
-		}
+		_, err := write(fd, q.buf[q.head+p:q.head+p+n])
 		if err == unix.EAGAIN {
 			return err
 		}
