@@ -356,7 +356,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 		ourWS:   tcpOurWS,
 		lastAct: e.now, created: e.now,
 	}
-	f.sndUna = e.tcp.isn(key, time.Since(e.start))
+	f.sndUna = e.tcp.isn(key, e.now)
 	f.sndNxt = f.sndUna
 	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
 	return f
