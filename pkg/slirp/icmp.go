@@ -118,8 +118,11 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 		if err != nil {
 			return
 		}
-		if n < header.ICMPEchoLen || n > room {
+		if n > room {
 			e.Stats.Dropped++ // a reply that does not fit the guest's MTU
+			continue
+		}
+		if n < header.ICMPEchoLen {
 			continue
 		}
 		header.ICMP(b[off:]).SetIdent(f.key.id)
