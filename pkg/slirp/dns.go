@@ -12,6 +12,12 @@ import (
 // Config.DNSMap names the real resolver behind it; nat.go redirects. This
 // file only reads queries, to log what the guest asks.
 
+// DNS ports: plain DNS, and DNS over TLS (RFC 7858).
+const (
+	dnsPort    = 53
+	dnsTLSPort = 853
+)
+
 var errDNS = errors.New("malformed DNS message")
 
 // dnsQuestion is the first question of a DNS message.

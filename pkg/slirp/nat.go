@@ -23,7 +23,7 @@ import (
 // isDNS reports whether a flow to port is DNS, which passt redirects: port
 // 53, or 853 for DNS over TLS, over UDP or TCP.
 func isDNS(proto uint8, port uint16) bool {
-	return (proto == header.ProtoUDP || proto == header.ProtoTCP) && (port == 53 || port == 853)
+	return (proto == header.ProtoUDP || proto == header.ProtoTCP) && (port == dnsPort || port == dnsTLSPort)
 }
 
 // natFromGuest returns the host address for a guest packet to dst, or the
