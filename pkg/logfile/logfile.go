@@ -28,11 +28,30 @@ type File struct {
 // what wrote it.
 func Open(path string, max int64, header string) (*File, error) {
 	if max < 1024 {
-		return nil, fmt.Errorf("log size %d is too small (at least 1024 bytes)", max)
+		return nil, sizeError(max)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	f, err := OpenFile(path)
 	if err != nil {
 		return nil, err
+	}
+	return New(f, max, header)
+}
+
+// OpenFile creates or truncates path for New, which may run in another
+// process: the sandboxed daemon gets the descriptor.
+func OpenFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+}
+
+func sizeError(max int64) error {
+	return fmt.Errorf("log size %d is too small (at least 1024 bytes)", max)
+}
+
+// New keeps the empty file f as Open does.
+func New(f *os.File, max int64, header string) (*File, error) {
+	if max < 1024 {
+		f.Close()
+		return nil, sizeError(max)
 	}
 	l := &File{f: f, max: max}
 	if header != "" {

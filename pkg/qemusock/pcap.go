@@ -25,10 +25,21 @@ const pcapSnaplen = MaxFrame
 // CreatePcap creates (or truncates) the capture file at path and writes
 // its header.
 func CreatePcap(path string) (*Pcap, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	f, err := OpenPcapFile(path)
 	if err != nil {
 		return nil, err
 	}
+	return NewPcap(f)
+}
+
+// OpenPcapFile creates (or truncates) a capture file for NewPcap, which
+// may run in another process: the sandboxed daemon gets the descriptor.
+func OpenPcapFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+}
+
+// NewPcap writes the capture header to the empty file f and records to it.
+func NewPcap(f *os.File) (*Pcap, error) {
 	var h [24]byte
 	binary.LittleEndian.PutUint32(h[0:], 0xa1b2c3d4) // microsecond timestamps
 	binary.LittleEndian.PutUint16(h[4:], 2)

@@ -49,6 +49,10 @@ type Config struct {
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
 
+	// Host binds forwarded ports, reaches host unix sockets and runs
+	// commands for the engine; nil means in this process (LocalHost).
+	Host Host
+
 	// Pcap, when set, records every frame to and from the guest.
 	Pcap *qemusock.Pcap
 

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"time"
 
@@ -62,6 +63,9 @@ type Engine struct {
 	udp  udpTable
 	icmp icmpTable
 	fwd  fwdTable
+	host Host // binds forwards and reaches what is outside the sandbox
+
+	fdDir *os.File // /proc/self/fd, for fdRoom; nil without /proc
 
 	callFd int         // eventfd: calls are queued for the loop
 	calls  chan func() // functions to run on the loop (control plane)
@@ -99,6 +103,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 		guestMAC: broadcastMAC,
 		start:    time.Now(),
 		calls:    make(chan func(), 16),
+		host:     cmp.Or[Host](cfg.Host, &LocalHost{}),
 	}
 	defer func() {
 		if err != nil { // the listening socket stays the caller's
@@ -129,6 +134,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 			return nil, err
 		}
 	}
+	e.fdDir, _ = os.Open("/proc/self/fd")
 	e.tcp.init()
 	e.udp.init()
 	e.icmp.init()
@@ -291,7 +297,6 @@ func (e *Engine) turn(timeout int) (bool, error) {
 		e.udpExpire()
 		e.icmpExpire()
 		e.udpInExpire()
-		e.reapChildren()
 		e.raTimer()
 	}
 	if len(e.tcp.ackDelayed) > 0 {

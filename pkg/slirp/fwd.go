@@ -3,9 +3,8 @@ package slirp
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
-	"os"
-	"os/exec"
 	"sort"
 	"strings"
 
@@ -55,14 +54,11 @@ type fwdTable struct {
 	byKey     map[fwdKey]int32
 	special   map[uint16]special
 	udpIn     flowTable[udpInKey, udpInFlow]
-	children  []int       // command forward processes to reap
-	cmdByFd   map[int]int // our end of a command's socket pair -> its PID
 }
 
 func (t *fwdTable) init() {
 	t.byKey = map[fwdKey]int32{}
 	t.special = map[uint16]special{}
-	t.cmdByFd = map[int]int{}
 	t.udpIn.init()
 }
 
@@ -71,7 +67,7 @@ func (t *fwdTable) init() {
 // bound are skipped instead.
 func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool) error {
 	if skipBusy {
-		if room := fdRoom(); len(fwds) > room {
+		if room := e.fdRoom(); len(fwds) > room {
 			e.logf("%s: forwarding only %d of %d ports: the open file limit leaves no room for more", proto, room, len(fwds))
 			fwds = fwds[:room]
 		}
@@ -86,7 +82,7 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 			e.removeListeners(added)
 			return fmt.Errorf("%s port %d is already forwarded", proto, f.HostPort)
 		}
-		fd, err := bindForward(proto, f)
+		fd, err := e.host.Bind(proto, f)
 		if err != nil {
 			if skipBusy {
 				continue
@@ -171,7 +167,7 @@ func (e *Engine) AddCmdForward(port uint16, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("empty command")
 	}
-	path, err := exec.LookPath(argv[0])
+	path, err := e.host.LookPath(argv[0])
 	if err != nil {
 		return err
 	}
@@ -202,13 +198,16 @@ func (e *Engine) RemoveSpecial(port uint16) error {
 // the guest's own connections.
 const fdReserve = 4096
 
-// fdRoom is how many more descriptors a wide forward may take.
-func fdRoom() int {
+// fdRoom is how many more descriptors a wide forward may take. It counts
+// the open ones in /proc/self/fd, opened by New: in the sandbox, /proc is
+// out of reach by path.
+func (e *Engine) fdRoom() int {
 	var lim unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil {
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil || e.fdDir == nil {
 		return 0
 	}
-	open, _ := os.ReadDir("/proc/self/fd")
+	e.fdDir.Seek(0, io.SeekStart)
+	open, _ := e.fdDir.Readdirnames(-1)
 	return max(int(lim.Cur)-len(open)-fdReserve, 0)
 }
 
@@ -223,85 +222,16 @@ func hostPortString(f portspec.Forward) string {
 	return s
 }
 
-// bindForward opens the host socket for one forward. Without an address
-// it binds the IPv6 wildcard with IPv4 mapped in, falling back to IPv4
-// alone where the host has no IPv6.
-func bindForward(proto Proto, f portspec.Forward) (int, error) {
-	typ := unix.SOCK_STREAM
-	if proto == UDP {
-		typ = unix.SOCK_DGRAM
-	}
-	addrs := []netip.Addr{f.Addr}
-	if !f.Addr.IsValid() {
-		addrs = []netip.Addr{netip.IPv6Unspecified(), netip.IPv4Unspecified()}
-	}
-	var err error
-	for _, a := range addrs {
-		var fd int
-		fd, err = bindOne(typ, a, f)
-		if err == nil {
-			return fd, nil
-		}
-	}
-	return -1, err
-}
-
-func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
-	family := unix.AF_INET
-	if a.Is6() {
-		family = unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	fail := func(err error) (int, error) { unix.Close(fd); return -1, err }
-	if typ == unix.SOCK_STREAM {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	}
-	if a.Is6() {
-		only := 0
-		if !a.IsUnspecified() {
-			only = 1
-		}
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only)
-	}
-	if f.Iface != "" {
-		if err := unix.BindToDevice(fd, f.Iface); err != nil {
-			return fail(fmt.Errorf("bind to %s: %w", f.Iface, err))
-		}
-	}
-	if err := bind(fd, netip.AddrPortFrom(a, f.HostPort)); err != nil {
-		return fail(err)
-	}
-	if typ == unix.SOCK_STREAM {
-		if err := unix.Listen(fd, 128); err != nil {
-			return fail(err)
-		}
-	}
-	return fd, nil
-}
-
 // tcpDial opens the host end of a guest connection: a TCP connect, or for
 // a diverted gateway port a unix socket or a command. notTCP tells the
 // data path it cannot use TCP-only socket calls.
 func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 	if s, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.gateway(key.remote.Addr()) {
 		if s.path != "" {
-			fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return -1, true, err
-			}
-			if err = unix.Connect(fd, &unix.SockaddrUnix{Name: s.path}); err != nil && err != unix.EINPROGRESS && err != unix.EAGAIN {
-				unix.Close(fd)
-				return -1, true, err
-			}
-			if err == unix.EAGAIN {
-				err = unix.EINPROGRESS
-			}
-			return fd, true, err
+			fd, err = e.host.DialUnix(s.path)
+		} else {
+			fd, err = e.host.Command(s.argv)
 		}
-		fd, err = e.startCommand(s.argv)
 		return fd, true, err
 	}
 	dst := e.natFromGuest(header.ProtoTCP, key.remote)
@@ -319,49 +249,6 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 		return -1, false, err
 	}
 	return fd, false, err
-}
-
-// startCommand runs argv with its stdin and stdout on one end of a socket
-// pair and returns the other end. stderr goes where gopasst's goes. The
-// command is never taken from the guest: only the host configures it.
-func (e *Engine) startCommand(argv []string) (int, error) {
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	child := os.NewFile(uintptr(pair[1]), "cmd")
-	defer child.Close()
-	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr}})
-	if err != nil {
-		unix.Close(pair[0])
-		return -1, err
-	}
-	e.fwd.children = append(e.fwd.children, p.Pid)
-	e.fwd.cmdByFd[pair[0]] = p.Pid
-	p.Release()
-	unix.SetNonblock(pair[0], true)
-	return pair[0], nil
-}
-
-// endCommand stops the command behind a closing flow, if any: a command
-// forward lives as long as its connection.
-func (e *Engine) endCommand(fd int) {
-	if pid, ok := e.fwd.cmdByFd[fd]; ok {
-		delete(e.fwd.cmdByFd, fd)
-		unix.Kill(pid, unix.SIGTERM)
-	}
-}
-
-// reapChildren collects command forwards that have exited.
-func (e *Engine) reapChildren() {
-	live := e.fwd.children[:0]
-	for _, pid := range e.fwd.children {
-		var ws unix.WaitStatus
-		if n, _ := unix.Wait4(pid, &ws, unix.WNOHANG, nil); n == 0 {
-			live = append(live, pid)
-		}
-	}
-	e.fwd.children = live
 }
 
 // listenerEvent dispatches readiness of a forwarded host port.

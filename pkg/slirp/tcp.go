@@ -906,7 +906,7 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 		}
 	}
 	if f.flags&tcpNotTCP != 0 {
-		e.endCommand(f.fd)
+		e.host.EndCommand(f.fd)
 	}
 	if rstHost {
 		unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
