@@ -211,6 +211,10 @@ func TestUnixForward(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	// gopasst connects as the user it runs as, nobody when we are root.
+	if err := os.Chmod(filepath.Join(w.Dir, "agent.sock"), 0o666); err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		c, err := l.Accept()
 		if err != nil {

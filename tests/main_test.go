@@ -30,7 +30,9 @@ func TestMain(m *testing.M) {
 	if v, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		version = strings.TrimSpace(string(v))
 	}
-	out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst").CombinedOutput()
+	build := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the sandbox's AllThreadsSyscall needs it
+	out, err := build.CombinedOutput()
 	if err != nil {
 		os.Stderr.Write(out)
 		panic(err)

@@ -81,7 +81,8 @@ sed "s/^/GOPASST-$1-LOG /" /tmp/relay-$1.log
 }
 child %[2]s "%[3]s" %[4]s
 child %[5]s "%[6]s" %[7]s
-sed 's/^/GOPASST-INNER /' /tmp/vsock-1024.log
+sed 's/^/GOPASST-INNER /' /tmp/vsock-1024.log /tmp/vsock-1025.log
+dmesg | grep 'type=1326' | sed 's/^/GOPASST-INNER seccomp: /'
 echo GOPASST-DONE
 `, size, relays[0].tag, relays[0].argv, relays[0].port, relays[1].tag, relays[1].argv, relays[1].port)
 	initrd := filepath.Join(w.Dir, "initrd.cpio")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -58,34 +57,24 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 		os.Remove(path)
 		return fail(stderr, "%s", strings.TrimSpace(string(msg)))
 	}
-	if err := writePidFile(o.PidFile, cmd.Process.Pid); err != nil {
-		cmd.Process.Kill()
-		os.Remove(path)
-		return fail(stderr, "%v", err)
-	}
 	cmd.Process.Release()
 	return 0
 }
 
-// daemonChild runs in the re-executed process: it opens the log, tells the
-// parent it is ready by closing the pipe, and serves.
-func daemonChild(o *Options, cfg netSetup, path string) int {
+// daemonChild runs in the re-executed process: it supervises the engine,
+// and tells the parent it is ready by closing the pipe.
+func daemonChild(o *Options, path string) int {
 	ready := os.NewFile(childPipe, "ready")
-	logger, closeLog, err := openLog(&o.NetOptions, false, os.Stderr)
-	if err != nil {
-		fmt.Fprintf(ready, "%v\n", err)
-		return 1
-	}
-	defer closeLog()
-	lfd, conn := childLfd, -1
+	syscall.CloseOnExec(childPipe) // the engine must not hold the parent's pipe
+	fd := childLfd
 	switch {
 	case o.Vsock != "":
-		lfd, path = -1, "" // the daemon listens itself (startListenless)
+		fd, path = -1, "" // the engine listens itself
 	case o.Fd >= 0:
-		lfd, conn, path = -1, childLfd, ""
+		path = ""
 	}
-	if lfd >= 0 || conn >= 0 {
-		syscall.CloseOnExec(childLfd)
+	if fd >= 0 {
+		syscall.CloseOnExec(fd)
 	}
-	return serve(o, cfg, lfd, conn, path, logger, ready, func() { ready.Close() })
+	return supervise(&o.NetOptions, o.engineRun(fd, path, false), ready, func() { ready.Close() })
 }

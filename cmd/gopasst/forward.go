@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
@@ -13,8 +14,11 @@ import (
 
 // Forwarding options shared by the command line and the control socket.
 
-// ephemeralPorts reads the host's ephemeral port range, which "all" skips.
-func ephemeralPorts() (lo, hi uint16) {
+// ephemeralPorts is the host's ephemeral port range, which "all" skips,
+// read once: the control socket asks again from inside the sandbox.
+var ephemeralPorts = sync.OnceValues(readEphemeralPorts)
+
+func readEphemeralPorts() (lo, hi uint16) {
 	lo, hi = 32768, 60999
 	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"log"
 	"log/syslog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 
@@ -65,8 +64,10 @@ type NetOptions struct {
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
 
-	MaxTCP  int `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
-	MaxUDP  int `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
+	MaxTCP int    `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
+	MaxUDP int    `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
+	RunAs  string `name:"runas" placeholder:"UID[:GID]" help:"Run as this user (default when started as root: nobody)."`
+
 	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
 }
 
@@ -165,18 +166,21 @@ func runServe(o *Options, stderr io.Writer) int {
 	if _, err := portSpecs(append(append([]string{}, o.TCPPorts...), o.UDPPorts...)); err != nil {
 		return fail(stderr, "%v", err)
 	}
-	if d := os.Getenv(envDaemon); d != "" {
-		return daemonChild(o, cfg, d)
+	if env, ok := engineEnvironment(); ok {
+		return runEngine(&o.NetOptions, cfg, env, o.Vsock)
 	}
-	return start(o, cfg, stderr)
+	if d := os.Getenv(envDaemon); d != "" {
+		return daemonChild(o, d)
+	}
+	return start(o, stderr)
 }
 
 // start binds the socket, then either serves in the foreground or hands
 // the socket to a daemon and exits once the daemon is ready: libvirt waits
 // for this process to exit 0 and then trusts the PID file.
-func start(o *Options, cfg netSetup, stderr io.Writer) int {
+func start(o *Options, stderr io.Writer) int {
 	if o.Vsock != "" || o.Fd >= 0 {
-		return startListenless(o, cfg, stderr)
+		return startListenless(o, stderr)
 	}
 	path := o.Socket
 	if path == "" {
@@ -195,17 +199,7 @@ func start(o *Options, cfg netSetup, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
 		"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
 	if o.Foreground {
-		if err := writePidFile(o.PidFile, os.Getpid()); err != nil {
-			os.Remove(path)
-			return fail(stderr, "%v", err)
-		}
-		logger, closeLog, err := openLog(&o.NetOptions, true, stderr)
-		if err != nil {
-			os.Remove(path)
-			return fail(stderr, "%v", err)
-		}
-		defer closeLog()
-		return serve(o, cfg, lfd, -1, path, logger, stderr, func() {})
+		return supervise(&o.NetOptions, o.engineRun(lfd, path, true), stderr, func() {})
 	}
 	return daemonize(o, lfd, path, stderr)
 }
@@ -215,7 +209,7 @@ func start(o *Options, cfg netSetup, stderr io.Writer) int {
 // descriptor), so a daemon reports a failure to listen through its
 // readiness pipe; and for --fd, whose connected socket goes to the
 // daemon as the listening one would.
-func startListenless(o *Options, cfg netSetup, stderr io.Writer) int {
+func startListenless(o *Options, stderr io.Writer) int {
 	if (o.Vsock != "") == (o.Fd >= 0) || o.Socket != "" {
 		return fail(stderr, "--socket, --vsock and --fd: one of them")
 	}
@@ -231,99 +225,20 @@ func startListenless(o *Options, cfg netSetup, stderr io.Writer) int {
 	if !o.Foreground {
 		return daemonize(o, o.Fd, "", stderr)
 	}
-	if err := writePidFile(o.PidFile, os.Getpid()); err != nil {
-		return fail(stderr, "%v", err)
-	}
-	logger, closeLog, err := openLog(&o.NetOptions, true, stderr)
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	defer closeLog()
-	return serve(o, cfg, -1, o.Fd, "", logger, stderr, func() {})
+	return supervise(&o.NetOptions, o.engineRun(o.Fd, "", true), stderr, func() {})
 }
 
-// serve runs the engine until SIGTERM, SIGINT, or a one-off client's exit,
-// on the listening socket lfd or the connected socket conn (or neither:
-// --vsock). It calls ready once the engine exists and signals are
-// handled, so a SIGTERM right after start-up still cleans up.
-func serve(o *Options, cfg netSetup, lfd, conn int, path string, logger *log.Logger, stderr io.Writer, ready func()) int {
-	defer os.Remove(path)
-	if o.PidFile != "" {
-		defer os.Remove(o.PidFile)
+// engineRun says how the engine serves the guest: on the listening
+// socket at path, on the connected socket --fd, or on --vsock.
+func (o *Options) engineRun(fd int, path string, foreground bool) engineRun {
+	r := engineRun{link: fd, kind: linkListen, path: path, pidFile: o.PidFile, foreground: foreground}
+	switch {
+	case o.Vsock != "":
+		r.link, r.kind = -1, linkNone
+	case o.Fd >= 0:
+		r.kind = linkStream
 	}
-	eng, cleanup, err := startEngine(&o.NetOptions, cfg, lfd, logger)
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	defer cleanup()
-	if conn >= 0 {
-		unix.SetNonblock(conn, true)
-		eng.AttachStream(conn) // before Run, this goroutine is the engine's
-	}
-	if o.Vsock != "" {
-		closeVsock, err := listenVsock(o.Vsock, eng, logger)
-		if err != nil {
-			return fail(stderr, "%v", err)
-		}
-		defer closeVsock()
-	}
-	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
-	if cfg.Addr4.IsValid() {
-		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)
-	}
-	if cfg.Addr6.IsValid() {
-		logger.Printf("IPv6: guest %v, gateway %v, link-local %v, DNS %v", cfg.Addr6, cfg.Gateway6, cfg.OurLL6, cfg.DNS6)
-	}
-	for _, n := range cfg.notes {
-		logger.Print(n)
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
-	go func() {
-		s := <-sig
-		logger.Printf("exiting on %v", s)
-		eng.Stop()
-	}()
-	ready()
-	if err := eng.Run(); err != nil {
-		logger.Printf("%v", err)
-		return 1
-	}
-	return 0
-}
-
-// startEngine creates the engine for cfg (on listening socket lfd, or
-// none) with o's logging, forwards and control socket, for the daemon and
-// for namespace mode alike. cleanup removes the control socket.
-func startEngine(o *NetOptions, cfg netSetup, lfd int, logger *log.Logger) (*slirp.Engine, func(), error) {
-	cfg.Debug = o.Debug || o.Trace
-	cfg.Trace = o.Trace
-	cfg.Log = logger
-	raiseFdLimit()
-	if o.Pcap != "" {
-		p, err := qemusock.CreatePcap(o.Pcap)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--pcap: %w", err)
-		}
-		cfg.Pcap = p
-	}
-	eng, err := slirp.New(cfg.Config, lfd)
-	if err != nil {
-		return nil, nil, err
-	}
-	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
-	if err := addForwards(eng, &fwds); err != nil {
-		return nil, nil, err
-	}
-	if o.Control == "" {
-		return eng, func() {}, nil
-	}
-	l, err := listenControl(o.Control)
-	if err != nil {
-		return nil, nil, err
-	}
-	go serveControl(l, eng)
-	return eng, func() { os.Remove(o.Control) }, nil
+	return r
 }
 
 // raiseFdLimit lets gopasst use every descriptor its hard limit allows,

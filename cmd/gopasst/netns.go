@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -61,6 +60,13 @@ func runNS(o *nsOptions, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	// The command owns the terminal: the engine logs to --log-file, or to
+	// stderr only with --debug.
+	lo := o.NetOptions
+	lo.Quiet = !(o.Debug || o.Trace)
+	if env, ok := engineEnvironment(); ok {
+		return runEngine(&lo, cfg, env, "")
+	}
 	setup := nsSetup{MTU: cfg.MTU, Gateway4: cfg.Gateway4, Resolv: resolvConfFor(&cfg.Config)}
 	if cfg.Addr4.IsValid() {
 		setup.Addr4 = netip.PrefixFrom(cfg.Addr4, cfg.Prefix4)
@@ -69,7 +75,7 @@ func runNS(o *nsOptions, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	return serveNS(&o.NetOptions, cfg, cmd, tapFd, stderr)
+	return serveNS(&lo, cmd, tapFd, stderr)
 }
 
 // resolvConfFor is the resolv.conf the program sees: the resolvers and
@@ -128,42 +134,28 @@ func startNSChild(setup nsSetup, command []string) (*exec.Cmd, int, error) {
 
 // serveNS runs the engine on the tap until the command exits, and returns
 // its exit status.
-func serveNS(o *NetOptions, cfg netSetup, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
-	// The command owns the terminal: log to --log-file, or to stderr
-	// only with --debug.
-	lo := *o
-	lo.Quiet = !(o.Debug || o.Trace)
-	logger, closeLog, err := openLog(&lo, true, stderr)
-	var eng *slirp.Engine
-	if err == nil {
-		defer closeLog()
-		var cleanup func()
-		if eng, cleanup, err = startEngine(o, cfg, -1, logger); err == nil {
-			defer cleanup()
-			err = eng.AttachTap(tapFd)
-		}
-	}
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		return fail(stderr, "%v", err)
-	}
-	// The terminal's ^C reaches the command itself; a signal aimed at us
-	// goes on to it, and its exit ends us.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	go func() {
-		for s := range sig {
+func serveNS(o *NetOptions, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
+	// The terminal's ^C reaches the command itself (the engine has a
+	// process group of its own); a signal aimed at us goes on to the
+	// command, and its exit ends the engine.
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	r := engineRun{link: tapFd, kind: linkTap, foreground: true, cmdDone: done,
+		signal: func(s os.Signal) {
 			if s != unix.SIGINT {
 				cmd.Process.Signal(s)
 			}
+		}}
+	if code := supervise(o, r, stderr, func() {}); code != 0 {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+			return code
 		}
-	}()
-	go func() { cmd.Wait(); eng.Stop() }()
-	if err := eng.Run(); err != nil {
-		cmd.Process.Kill()
-		return fail(stderr, "%v", err)
 	}
+	<-done
 	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return 128 + int(ws.Signal())
 	}
@@ -369,18 +361,9 @@ func netlinkDo(typ uint16, body []byte) error {
 
 // recvFd receives one descriptor passed with SCM_RIGHTS.
 func recvFd(sock int) (int, error) {
-	oob := make([]byte, unix.CmsgSpace(4))
-	_, oobn, _, _, err := unix.Recvmsg(sock, make([]byte, 1), oob, 0)
-	if err != nil {
-		return -1, err
+	_, fd, err := recvWithFd(sock, make([]byte, 1))
+	if err == nil && fd < 0 {
+		err = fmt.Errorf("no descriptor from the namespace")
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		return -1, fmt.Errorf("no descriptor from the namespace")
-	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return -1, fmt.Errorf("no descriptor from the namespace")
-	}
-	return fds[0], nil
+	return fd, err
 }

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"github.com/gopasst/gopasst/pkg/logfile"
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
+)
+
+// The two halves of a running gopasst (see sandbox.go): supervise runs in
+// the process that was started and becomes the helper; runEngine runs in
+// the sandboxed child, which the helper re-executes with the same
+// arguments and envEngine set.
+
+const envEngine = "GOPASST_ENGINE" // set in the engine: its engineEnv, as JSON
+
+// Kinds of guest link the engine is given.
+const (
+	linkListen = "listen" // a listening unix socket: QEMU connects
+	linkStream = "stream" // a connected stream socket (--fd)
+	linkTap    = "tap"    // a tap device (ns)
+	linkNone   = ""       // --vsock: the engine listens itself
+)
+
+// engineEnv tells the engine what it was given: descriptors (-1 for
+// none) and whether it runs in namespaces of its own.
+type engineEnv struct {
+	Link, Helper, Log, Pcap, Control int
+	Kind                             string
+	Isolated                         bool
+	Foreground                       bool
+}
+
+// engineRun is what the helper needs to know of the engine it starts.
+type engineRun struct {
+	link       int
+	kind       string
+	path       string // the socket file to remove at exit, if any
+	pidFile    string
+	foreground bool
+	cmdDone    <-chan struct{} // ns: the program has exited
+	signal     func(os.Signal) // where signals to us go (default: the engine)
+}
+
+// supervise starts the engine and serves as its helper until it exits,
+// then removes the files gopasst made. Errors before the engine is ready
+// go to stderr, and ready is called once it is.
+func supervise(o *NetOptions, r engineRun, stderr io.Writer, ready func()) int {
+	code, err := superviseErr(o, r, stderr, ready)
+	os.Remove(r.path)
+	if o.Control != "" {
+		os.Remove(o.Control)
+	}
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	return code
+}
+
+func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (int, error) {
+	id, err := runAsIdentity(o.RunAs)
+	if err != nil {
+		return 1, err
+	}
+	env := engineEnv{Link: -1, Log: -1, Pcap: -1, Control: -1, Kind: r.kind, Foreground: r.foreground}
+	var files []*os.File
+	pass := func(f *os.File) int {
+		files = append(files, f)
+		return 2 + len(files)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if r.link >= 0 {
+		env.Link = pass(os.NewFile(uintptr(r.link), "link"))
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 1, err
+	}
+	defer unix.Close(pair[0])
+	env.Helper = pass(os.NewFile(uintptr(pair[1]), "helper"))
+	if o.LogFile != "" {
+		f, err := logfile.OpenFile(o.LogFile)
+		if err != nil {
+			return 1, fmt.Errorf("--log-file: %v", err)
+		}
+		env.Log = pass(f)
+	}
+	if o.Pcap != "" {
+		f, err := qemusock.OpenPcapFile(o.Pcap)
+		if err != nil {
+			return 1, fmt.Errorf("--pcap: %v", err)
+		}
+		env.Pcap = pass(f)
+	}
+	if o.Control != "" {
+		l, err := listenControl(o.Control)
+		if err != nil {
+			return 1, err
+		}
+		l.SetUnlinkOnClose(false)
+		f, err := l.File()
+		l.Close()
+		if err != nil {
+			return 1, fmt.Errorf("--control: %v", err)
+		}
+		env.Control = pass(f)
+	}
+	// Descriptors we inherited and do not pass stay out of the engine.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	cmd, err := startEngineProcess(&env, files, id, stderr)
+	if err != nil {
+		return 1, err
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	files = nil
+
+	var failure string
+	isReady := false
+	srv := helperServer{
+		fd:        pair[0],
+		allowUnix: len(o.UnixFwd) > 0 || o.Control != "",
+		allowCmd:  len(o.CmdFwd) > 0 || o.Control != "",
+		onReady: func() error {
+			if err := writePidFile(r.pidFile, cmd.Process.Pid); err != nil {
+				return err
+			}
+			if err := dropThreadPrivileges(id); err != nil {
+				return err
+			}
+			isReady = true
+			ready()
+			return nil
+		},
+		onFail: func(msg string) { failure = msg },
+	}
+	served := make(chan struct{})
+	go func() { srv.serve(); close(served) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	go func() {
+		for {
+			select {
+			case s := <-sig:
+				if r.signal != nil {
+					r.signal(s)
+				} else {
+					cmd.Process.Signal(s)
+				}
+			case <-r.cmdDone:
+				cmd.Process.Signal(unix.SIGTERM)
+				r.cmdDone = nil
+			}
+		}
+	}()
+	cmd.Wait()
+	<-served
+	if r.pidFile != "" && isReady {
+		os.Remove(r.pidFile)
+	}
+	if !isReady {
+		if failure == "" {
+			failure = "the engine exited during set-up: " + cmd.ProcessState.String()
+		}
+		return 1, fmt.Errorf("%s", failure)
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return cmd.ProcessState.ExitCode(), nil
+}
+
+// startEngineProcess re-executes gopasst as the engine with files from
+// descriptor 3 on, in new namespaces where the host allows it.
+func startEngineProcess(env *engineEnv, files []*os.File, id identity, stderr io.Writer) (*exec.Cmd, error) {
+	var err error
+	var environ []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, envDaemon+"=") && !strings.HasPrefix(e, envEngine+"=") {
+			environ = append(environ, e)
+		}
+	}
+	for _, isolate := range []bool{true, false} {
+		env.Isolated = isolate
+		js, _ := json.Marshal(env)
+		// By /proc/self/exe: the engine's user may not be allowed to
+		// search the directories on the way to our executable.
+		cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+		cmd.Args[0] = os.Args[0]
+		cmd.Env = append(environ, envEngine+"="+string(js))
+		cmd.Stderr = os.Stderr
+		cmd.ExtraFiles = files
+		cmd.Dir = "/"
+		cmd.SysProcAttr = sandboxAttr(id, isolate)
+		err = cmd.Start()
+		if err == nil {
+			return cmd, nil
+		}
+		if !isolate || !isolationRefused(err) {
+			break
+		}
+		fmt.Fprintf(stderr, "gopasst: warning: no user namespace for the sandbox (%v): "+
+			"the engine runs without namespace isolation, with seccomp\n", err)
+	}
+	return nil, fmt.Errorf("starting the engine: %v", err)
+}
+
+// engineEnvironment returns the engine's engineEnv, if this process is
+// the engine.
+func engineEnvironment() (engineEnv, bool) {
+	js := os.Getenv(envEngine)
+	if js == "" {
+		return engineEnv{}, false
+	}
+	var env engineEnv
+	if err := json.Unmarshal([]byte(js), &env); err != nil {
+		fmt.Fprintf(os.Stderr, "gopasst: %s: %v\n", envEngine, err)
+		os.Exit(1)
+	}
+	return env, true
+}
+
+// runEngine is the engine: it sets up with what the helper gave it and
+// binds through the helper, enters the sandbox, tells the helper it is
+// ready, and serves until SIGTERM, SIGINT or a one-off client's exit.
+func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int {
+	// Started as /proc/self/exe: take back our name for ps, ss and the
+	// audit log, in every thread (threads made later inherit it).
+	if name, err := unix.BytePtrFromString(filepath.Base(os.Args[0])); err == nil {
+		syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0)
+	}
+	helper := newHelperClient(env.Helper)
+	eng, logger, err := setUpEngine(o, cfg, env, vsockAddr, helper)
+	if err == nil {
+		err = enterSandbox(env.Isolated)
+	}
+	if err == nil {
+		err = helper.ready()
+	}
+	if err != nil {
+		helper.fail(err.Error())
+		return 1
+	}
+	if err := eng.Run(); err != nil {
+		logger.Printf("%v", err)
+		return 1
+	}
+	return 0
+}
+
+// setUpEngine makes the engine and everything it serves, while the host's
+// file system is still there.
+func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, helper *helperClient) (*slirp.Engine, *log.Logger, error) {
+	logger, err := engineLog(o, env)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Debug = o.Debug || o.Trace
+	cfg.Trace = o.Trace
+	cfg.Log = logger
+	cfg.Host = helper
+	raiseFdLimit()
+	ephemeralPorts()
+	if env.Pcap >= 0 {
+		if cfg.Pcap, err = qemusock.NewPcap(os.NewFile(uintptr(env.Pcap), "pcap")); err != nil {
+			return nil, nil, fmt.Errorf("--pcap: %w", err)
+		}
+	}
+	lfd := -1
+	if env.Kind == linkListen {
+		lfd = env.Link
+	}
+	eng, err := slirp.New(cfg.Config, lfd)
+	if err != nil {
+		return nil, nil, err
+	}
+	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
+	if err := addForwards(eng, &fwds); err != nil {
+		return nil, nil, err
+	}
+	if env.Control >= 0 {
+		l, err := net.FileListener(os.NewFile(uintptr(env.Control), "control"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("--control: %v", err)
+		}
+		go serveControl(l.(*net.UnixListener), eng)
+	}
+	switch env.Kind {
+	case linkStream:
+		unix.SetNonblock(env.Link, true)
+		eng.AttachStream(env.Link) // before Run, this goroutine is the engine's
+	case linkTap:
+		if err := eng.AttachTap(env.Link); err != nil {
+			return nil, nil, err
+		}
+	}
+	if vsockAddr != "" {
+		if _, err := listenVsock(vsockAddr, eng, logger); err != nil {
+			return nil, nil, err
+		}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	go func() {
+		s := <-sig
+		logger.Printf("exiting on %v", s)
+		eng.Stop()
+	}()
+	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
+	if cfg.Addr4.IsValid() {
+		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)
+	}
+	if cfg.Addr6.IsValid() {
+		logger.Printf("IPv6: guest %v, gateway %v, link-local %v, DNS %v", cfg.Addr6, cfg.Gateway6, cfg.OurLL6, cfg.DNS6)
+	}
+	for _, n := range cfg.notes {
+		logger.Print(n)
+	}
+	return eng, logger, nil
+}
+
+// engineLog is the engine's logger: the log file the helper opened, else
+// standard error in the foreground, else syslog (connected now: the
+// sandbox has no /dev/log).
+func engineLog(o *NetOptions, env engineEnv) (*log.Logger, error) {
+	if env.Log >= 0 {
+		f, err := logfile.New(os.NewFile(uintptr(env.Log), "log"), o.LogSize, "gopasst "+version+" log")
+		if err != nil {
+			return nil, fmt.Errorf("--log-file: %v", err)
+		}
+		return log.New(f, "", log.LstdFlags|log.Lmicroseconds), nil
+	}
+	lo := *o
+	lo.LogFile = ""
+	logger, _, err := openLog(&lo, env.Foreground, os.Stderr)
+	return logger, err
+}

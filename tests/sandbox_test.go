@@ -1,0 +1,108 @@
+package tests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestSandbox checks, from /proc, what gopasst's engine gave up once it
+// serves: root (for nobody, or --runas), every capability, the host's
+// file system and its user, mount, IPC and UTS namespaces. It keeps the
+// network namespace it was started in, and runs under seccomp with
+// no_new_privs. The rest of the suite runs against the same sandbox.
+func TestSandbox(t *testing.T) {
+	t.Run("nobody", func(t *testing.T) {
+		// A guest on the sandboxed engine, as in every other test.
+		dir := sharedDir(t)
+		pid := filepath.Join(dir, "pid")
+		w := newWorld(t, WorldOpts{Args: []string{"-P", pid, "--log-file", filepath.Join(dir, "log")}})
+		if w.Lease["ip"] == "" {
+			t.Error("no DHCP lease from the sandboxed engine")
+		}
+		data, _ := os.ReadFile(pid)
+		checkSandboxed(t, strings.TrimSpace(string(data)), strconv.Itoa(w.Proc.Process.Pid), "65534")
+	})
+	t.Run("runas", func(t *testing.T) {
+		needRoot(t)
+		dir := sharedDir(t)
+		sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+		out, err := exec.Command(gopasstBin, append([]string{"-s", sock, "-P", pidFile, "--runas", "1:1"}, hostArgs...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		data, _ := os.ReadFile(pidFile)
+		pid := strings.TrimSpace(string(data))
+		checkSandboxed(t, pid, "self", "1")
+		p, _ := strconv.Atoi(pid)
+		syscall.Kill(p, syscall.SIGTERM)
+		waitFor(t, "daemon to exit", func() bool { return syscall.Kill(p, 0) != nil })
+		expectRemoved(t, sock, pidFile)
+	})
+}
+
+// checkSandboxed checks the engine pid against the process ref, which is
+// in the network namespace the engine was started from.
+func checkSandboxed(t *testing.T, pid, ref, uid string) {
+	t.Helper()
+	status := procStatus(t, pid)
+	for _, k := range []string{"Uid", "Gid"} {
+		for _, id := range strings.Fields(status[k]) {
+			if id != uid {
+				t.Errorf("%s: %q, want %s everywhere", k, status[k], uid)
+				break
+			}
+		}
+	}
+	zero := "0000000000000000"
+	want := map[string]string{"Groups": "", "Seccomp": "2", "NoNewPrivs": "1",
+		"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": zero, "CapAmb": zero}
+	for k, v := range want {
+		if status[k] != v {
+			t.Errorf("%s: %q, want %q", k, status[k], v)
+		}
+	}
+	for _, ns := range []string{"user", "mnt", "ipc", "uts", "net"} {
+		ours, _ := os.Readlink("/proc/" + ref + "/ns/" + ns)
+		its, err := os.Readlink("/proc/" + pid + "/ns/" + ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (ns == "net") != (ours == its) {
+			t.Errorf("%s namespace: the engine's %s, its starter's %s", ns, its, ours)
+		}
+	}
+	if ents, err := os.ReadDir("/proc/" + pid + "/root/"); err != nil || len(ents) != 0 {
+		t.Errorf("the engine's root holds %d entries (%v), want none", len(ents), err)
+	}
+	// Its descriptors: sockets, eventfds, epoll, the log file, /dev/null
+	// for stdio, its own /proc/PID/fd (to count descriptors) and the
+	// cgroup files the Go runtime keeps open.
+	fds, _ := os.ReadDir("/proc/" + pid + "/fd")
+	for _, fd := range fds {
+		l, _ := os.Readlink("/proc/" + pid + "/fd/" + fd.Name())
+		if strings.HasPrefix(l, "/") && l != "/dev/null" && !strings.HasSuffix(l, "/log") && l != "/"+pid+"/fd" && !strings.Contains(l, "/cpu") {
+			t.Errorf("the engine holds %s on descriptor %s", l, fd.Name())
+		}
+	}
+}
+
+// procStatus reads /proc/PID/status as a map.
+func procStatus(t *testing.T, pid string) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
