@@ -13,7 +13,7 @@ import (
 // it and keeps nothing: its descriptors go back to their count before.
 func TestFaults(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
-	pid := w.Proc.Process.Pid
+	pid := w.ServerPid(t)
 	fds0 := countFds(t, pid)
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	target := net.JoinHostPort(hostGW, port(l.Addr()))

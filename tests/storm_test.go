@@ -27,7 +27,7 @@ import (
 func TestStorm(t *testing.T) {
 	const frames, rssLimit = 1_000_000, 64 << 20
 	w := newWorld(t, WorldOpts{NoGuest: true})
-	pid := w.Proc.Process.Pid
+	pid := w.ServerPid(t)
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(l, func(c net.Conn) { c.Close() })
 	w.Host.ListenPacket(t, "udp", "127.0.0.1:0")

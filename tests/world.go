@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -63,6 +64,8 @@ type World struct {
 	// HostVia is the address through which the guest reaches the host's
 	// loopback: the gateway with gopasst and passt.
 	HostVia string
+
+	gopasst bool // w.Proc is gopasst, not another backend
 }
 
 // WorldOpts varies the set-up.
@@ -94,7 +97,7 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	t.Helper()
 	needRoot(t)
 	needBusybox(t)
-	w := &World{Dir: sharedDir(t), Log: &syncBuffer{}, HostVia: hostGW}
+	w := &World{Dir: sharedDir(t), Log: &syncBuffer{}, HostVia: hostGW, gopasst: o.Backend == nil}
 	if o.HostVia != "" {
 		w.HostVia = o.HostVia
 	}
@@ -283,4 +286,54 @@ func waitLong(t testing.TB, what string, d time.Duration, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// ServerPid is the process that serves the guest and holds its flows:
+// for gopasst, the sandboxed engine that w.Proc (its helper) started; for
+// a backend that runs as one process, w.Proc itself.
+func (w *World) ServerPid(t testing.TB) int {
+	t.Helper()
+	pid := w.Proc.Process.Pid
+	if !w.gopasst {
+		return pid
+	}
+	waitFor(t, "gopasst's engine", func() bool {
+		if kids := childPids(pid); len(kids) == 1 {
+			pid = kids[0]
+			return true
+		}
+		return false
+	})
+	return pid
+}
+
+// Pids is w.Proc and every process under it: what a backend costs.
+func (w *World) Pids() []int {
+	all := []int{w.Proc.Process.Pid}
+	for i := 0; i < len(all); i++ {
+		all = append(all, childPids(all[i])...)
+	}
+	return all
+}
+
+// childPids lists the children of pid, from /proc/*/stat.
+func childPids(pid int) []int {
+	var kids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			kids = append(kids, p)
+		}
+	}
+	return kids
 }
