@@ -151,8 +151,9 @@ func (r *Reader) Next() ([]byte, error) {
 type Queue struct {
 	framing    Framing
 	buf        []byte
-	head, tail int // committed frames are buf[head:tail]
-	open       int // end of the open reservations
+	head, tail int    // committed frames are buf[head:tail]
+	open       int    // end of the open reservations
+	refused    uint64 // frames a packet device refused (writePackets)
 }
 
 // NewQueue returns a Queue of frames delimited by f, of size bytes.
@@ -234,17 +235,33 @@ func (q *Queue) writeStream(fd int) error {
 // block (unix.EAGAIN, the rest still queued). A frame the device refuses
 // is dropped, as a NIC drops what it cannot send.
 func (q *Queue) writePackets(fd int) error {
-	p := q.framing.LenSize
-	for q.head < q.tail {
-		n := q.framing.get(q.buf[q.head:])
-		_, err := write(fd, q.buf[q.head+p:q.head+p+n])
-		if err == unix.EAGAIN {
+	for frame := q.front(); frame != nil; frame = q.front() {
+		if _, err := write(fd, frame); err == unix.EAGAIN {
 			return err
+		} else if err != nil {
+			q.refused++
 		}
-		q.head += p + n
+		q.pop()
 	}
-	q.drained()
 	return nil
+}
+
+// front is the oldest queued frame, without its prefix, or nil.
+func (q *Queue) front() []byte {
+	if q.head == q.tail {
+		return nil
+	}
+	p := q.framing.LenSize
+	n := q.framing.get(q.buf[q.head:])
+	return q.buf[q.head+p : q.head+p+n]
+}
+
+// pop drops the oldest queued frame.
+func (q *Queue) pop() {
+	q.head += q.framing.LenSize + q.framing.get(q.buf[q.head:])
+	if q.head == q.tail {
+		q.drained()
+	}
 }
 
 // drained rewinds an empty queue, unless reservations are open.

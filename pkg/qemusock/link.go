@@ -46,6 +46,10 @@ type Link interface {
 	Pending() int
 	// MaxFrame is the largest frame the guest's end can take.
 	MaxFrame() int
+	// Dropped counts frames the transport itself dropped: ones the
+	// guest's end refused, or vhost-user descriptor chains that broke
+	// the rules.
+	Dropped() uint64
 
 	Close() error
 }
@@ -202,6 +206,7 @@ func (l *fdLink) Commit(size int) { l.q.Commit(size) }
 func (l *fdLink) Cancel()         { l.q.Cancel() }
 func (l *fdLink) Pending() int    { return l.q.Pending() }
 func (l *fdLink) MaxFrame() int   { return l.maxFrame }
+func (l *fdLink) Dropped() uint64 { return l.q.refused }
 
 func (l *fdLink) Flush() error {
 	var err error

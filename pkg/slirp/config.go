@@ -49,6 +49,11 @@ type Config struct {
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
 
+	// NewLink makes the link for a client accepted on the listening socket
+	// (or given to AttachStream); nil means qemusock.NewDetectStream. The
+	// vhost-user back-end passes qemusock.NewVhostUser.
+	NewLink func(fd int) qemusock.Link
+
 	// Host binds forwarded ports, reaches host unix sockets and runs
 	// commands for the engine; nil means in this process (LocalHost).
 	Host Host

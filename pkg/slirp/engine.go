@@ -159,7 +159,11 @@ func (e *Engine) AttachStream(fd int) {
 		unix.Close(fd)
 		return
 	}
-	l := qemusock.NewDetectStream(fd)
+	newLink := e.cfg.NewLink
+	if newLink == nil {
+		newLink = qemusock.NewDetectStream
+	}
+	l := newLink(fd)
 	if err := e.attach(l); err != nil {
 		e.logf("client rejected: %v", err)
 		l.Close()
@@ -276,6 +280,9 @@ func (e *Engine) turn(timeout int) (bool, error) {
 		case kindListen:
 			e.acceptClient()
 		case kindLink:
+			if e.link == nil {
+				break // the guest left earlier in this batch
+			}
 			if done := e.linkEvent(uint32(ref.idx), ev.Events); done && e.cfg.OneOff {
 				return true, nil
 			}
@@ -332,8 +339,8 @@ func (e *Engine) attach(l qemusock.Link) error {
 // closeClient forgets the guest and every flow it had: a new client is a
 // new guest that knows none of them.
 func (e *Engine) closeClient(why string) {
-	e.logf("client disconnected: %s (frames in %d, out %d, malformed %d, unhandled %d)",
-		why, e.Stats.FramesIn, e.Stats.FramesOut, e.Stats.Malformed, e.Stats.Unhandled)
+	e.logf("client disconnected: %s (frames in %d, out %d, malformed %d, unhandled %d, dropped by the link %d)",
+		why, e.Stats.FramesIn, e.Stats.FramesOut, e.Stats.Malformed, e.Stats.Unhandled, e.link.Dropped())
 	e.link.Close()
 	e.link = nil
 	e.guestMAC = broadcastMAC
