@@ -18,10 +18,23 @@ import (
 
 // TestQEMUGuest boots a real QEMU guest under TCG (no KVM needed): the
 // host's Debian kernel and a busybox initramfs, with "-netdev stream" on
-// gopasst's socket. The guest reports what it saw on its serial console.
+// gopasst's socket, then with "-netdev vhost-user" (the guest's memory
+// shared through a memfd). The guest reports what it saw on its serial
+// console.
 func TestQEMUGuest(t *testing.T) {
+	for _, vhost := range []bool{false, true} {
+		t.Run(map[bool]string{false: "stream", true: "vhost-user"}[vhost], func(t *testing.T) { testQEMUGuest(t, vhost) })
+	}
+}
+
+func testQEMUGuest(t *testing.T, vhost bool) {
 	qemu, kernel, kver := needQEMU(t)
-	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"-t", "18080:8080", "-u", "15353:5353"}})
+	args := []string{"-t", "18080:8080", "-u", "15353:5353"}
+	if vhost {
+		args = append(args, "--vhost-user")
+	}
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: args})
+	w.VhostUser = vhost
 	udpecho := filepath.Join(w.Dir, "udpecho")
 	build := exec.Command("go", "build", "-o", udpecho, "./cmd/udpecho")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the guest has no libc
@@ -151,12 +164,10 @@ func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, "-accel", "tcg", "-cpu", "max", "-m", fmt.Sprint(memory),
+	cmd := exec.CommandContext(ctx, qemu, append([]string{"-accel", "tcg", "-cpu", "max", "-m", fmt.Sprint(memory),
 		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet",
-		"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+w.Sock,
-		"-device", "virtio-net-pci,netdev=n0,romfile=")
+		"-append", "console=ttyS0 panic=-1 quiet"}, qemuNetArgs(w, memory)...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +193,21 @@ func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, 
 		t.Fatalf("guest did not finish; console:\n%s", console.String())
 	}
 	return report
+}
+
+// qemuNetArgs are QEMU's options for a virtio-net device on w's socket:
+// "-netdev stream", or "-netdev vhost-user", for which the guest's memory
+// must be shareable (a memfd) and the chardev may reconnect.
+func qemuNetArgs(w *World, memory int) []string {
+	if !w.VhostUser {
+		return []string{"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path=" + w.Sock,
+			"-device", "virtio-net-pci,netdev=n0,romfile="}
+	}
+	return []string{"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", memory),
+		"-numa", "node,memdev=mem",
+		"-chardev", "socket,id=c0,path=" + w.Sock + ",reconnect-ms=1000",
+		"-netdev", "vhost-user,id=n0,chardev=c0",
+		"-device", "virtio-net-pci,netdev=n0,romfile="}
 }
 
 // probeInbound reaches the guest's services through gopasst's -t and -u

@@ -66,6 +66,8 @@ type World struct {
 	HostVia string
 
 	gopasst bool // w.Proc is gopasst, not another backend
+	// VhostUser says the socket is a vhost-user back-end's (bootGuest).
+	VhostUser bool
 }
 
 // WorldOpts varies the set-up.

@@ -82,7 +82,8 @@ type Options struct {
 	Fd         int    `short:"F" name:"fd" default:"-1" placeholder:"FD" help:"Serve the connected socket FD instead of listening (implies --one-off), as QEMU's -netdev passt asks."`
 	OneOff     bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
 	PidFile    string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
-	VhostUser  bool   `name:"vhost-user" help:"Not supported yet: exits with an error."`
+	VhostUser  bool   `name:"vhost-user" help:"Be a vhost-user back-end on the socket: QEMU connects with -chardev socket and -netdev vhost-user."`
+	PrintCaps  bool   `name:"print-capabilities" help:"Print the vhost-user back-end's capabilities (JSON) and exit."`
 }
 
 // cli is gopasst's command line: passt's, as the default command, and
@@ -125,7 +126,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		writeMan(stdout, ctx.Model)
 		return 0
 	}
-	return runServe(&c.Serve, stderr)
+	return runServe(&c.Serve, stdout, stderr)
 }
 
 // parseArgs parses args into c with kong. It reports done, with the exit
@@ -153,13 +154,18 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 }
 
 // runServe is passt's mode: serve one VM at a time.
-func runServe(o *Options, stderr io.Writer) int {
-	if o.VhostUser {
-		return fail(stderr, "--vhost-user: vhost-user is not supported yet")
+func runServe(o *Options, stdout, stderr io.Writer) int {
+	if o.PrintCaps {
+		// What the vhost-user specification asks of a back-end.
+		fmt.Fprint(stdout, "{\n  \"type\": \"net\"\n}\n")
+		return 0
 	}
 	cfg, err := buildConfig(&o.NetOptions, procFiles)
 	if err != nil {
 		return fail(stderr, "%v", err)
+	}
+	if o.VhostUser {
+		cfg.NewLink = qemusock.NewVhostUser
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
 	// Check every forward before binding anything.
@@ -196,8 +202,14 @@ func start(o *Options, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "UNIX domain socket bound at %s\n\n", path)
 	fmt.Fprintf(stderr, "You can now start qemu (>= 7.2) with:\n")
-	fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
-		"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
+	if o.VhostUser {
+		fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on "+
+			"-numa node,memdev=mem -chardev socket,id=c,path=%s -netdev vhost-user,id=v,chardev=c "+
+			"-device virtio-net-pci,netdev=v\n", path)
+	} else {
+		fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
+			"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
+	}
 	if o.Foreground {
 		return supervise(&o.NetOptions, o.engineRun(lfd, path, true), stderr, func() {})
 	}
