@@ -240,3 +240,50 @@ func probeInbound(w *World) []string {
 	}
 	return out
 }
+
+// TestVhostUserReconnect kills gopasst under a running vhost-user guest
+// and starts it again: QEMU reconnects (reconnect-ms, as libvirt sets
+// it), sets the rings up again, and the guest's TCP works again.
+func TestVhostUserReconnect(t *testing.T) {
+	qemu, kernel, kver := needQEMU(t)
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user"}})
+	w.VhostUser = true
+	const size = 4 << 20
+	want := hex.EncodeToString(sumStream(4, size))
+	down := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(down, func(c net.Conn) {
+		io.Copy(c, newStream(4, size))
+		c.Close()
+	})
+	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
+ip link set eth0 up
+RESOLV=/etc/resolv.conf udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh -O mtu
+echo "GOPASST-BEFORE $(nc %[1]s %[2]s | sha256sum)"
+echo GOPASST-RESTART
+sleep 1
+for i in $(seq 60); do
+	sum=$(timeout 10 nc %[1]s %[2]s | sha256sum)
+	case $sum in %[3]s*) break;; esac
+	sleep 1
+done
+echo "GOPASST-AFTER $sum"
+echo GOPASST-DONE
+`, hostGW, port(down.Addr()), want)
+	initrd := filepath.Join(w.Dir, "initrd.cpio")
+	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
+		t.Fatal(err)
+	}
+	report := bootGuest(t, w, qemu, kernel, initrd, 256, func(k string) {
+		if k == "RESTART" {
+			w.Restart(t)
+		}
+	})
+	for _, k := range []string{"BEFORE", "AFTER"} {
+		if got := strings.Join(report[k], ""); !strings.HasPrefix(got, want) {
+			t.Errorf("download %s the restart: sha256 %q, want %s", strings.ToLower(k), got, want)
+		}
+	}
+	if n := strings.Count(w.Log.String(), "client connected"); n < 2 {
+		t.Errorf("QEMU connected %d times, want a reconnection", n)
+	}
+}

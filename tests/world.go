@@ -65,7 +65,8 @@ type World struct {
 	// loopback: the gateway with gopasst and passt.
 	HostVia string
 
-	gopasst bool // w.Proc is gopasst, not another backend
+	gopasst bool     // w.Proc is gopasst, not another backend
+	argv    []string // how w.Proc was started
 	// VhostUser says the socket is a vhost-user back-end's (bootGuest).
 	VhostUser bool
 }
@@ -105,7 +106,6 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	}
 	w.Sock = filepath.Join(w.Dir, "gopasst.socket")
 	w.Host = newHost(t, o)
-	h := w.Host
 	argv := append([]string{gopasstBin, "-f", "-s", "{sock}"}, o.Args...)
 	if o.Backend != nil {
 		// passt drops root for nobody, who must reach and write the
@@ -122,11 +122,8 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	for i, a := range argv {
 		argv[i] = strings.NewReplacer("{dir}", w.Dir, "{sock}", w.Sock, "{netns}", netnsPath).Replace(a)
 	}
-	w.Proc = h.Cmd(argv[0], argv[1:]...)
-	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
-	if err := w.Proc.Start(); err != nil {
-		t.Fatal(err)
-	}
+	w.argv = argv
+	w.start(t)
 	t.Cleanup(func() {
 		w.Proc.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
@@ -338,4 +335,24 @@ func childPids(pid int) []int {
 		}
 	}
 	return kids
+}
+
+func (w *World) start(t testing.TB) {
+	t.Helper()
+	w.Proc = w.Host.Cmd(w.argv[0], w.argv[1:]...)
+	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
+	if err := w.Proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Restart kills the backend as a crash would (SIGKILL; gopasst's engine
+// follows its helper) and starts it again on the same socket.
+func (w *World) Restart(t testing.TB) {
+	t.Helper()
+	server := w.ServerPid(t)
+	w.Proc.Process.Kill()
+	w.Proc.Wait()
+	waitFor(t, "the backend to exit", func() bool { return syscall.Kill(server, 0) != nil })
+	w.start(t)
 }
