@@ -21,8 +21,16 @@ import (
 // as "passt" first in its PATH. A QEMU guest (TCG, direct kernel boot of
 // the busybox initramfs) gets the XML's address, reaches a host service
 // through the gateway and serves a forwarded port. The guest talks only
-// to the gateway, which is the host's loopback.
+// to the gateway, which is the host's loopback. It runs twice: with
+// <interface type='user'> (the stream socket) and with <interface
+// type='vhostuser'> and shared guest memory (libvirt ≥ 11.1).
 func TestLibvirt(t *testing.T) {
+	for _, vhost := range []bool{false, true} {
+		t.Run(map[bool]string{false: "user", true: "vhostuser"}[vhost], func(t *testing.T) { testLibvirt(t, vhost) })
+	}
+}
+
+func testLibvirt(t *testing.T, vhost bool) {
 	needRoot(t)
 	for _, bin := range []string{"virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -73,9 +81,14 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
 	console := filepath.Join(dir, "console.log")
 	passtLog := filepath.Join(dir, "passt.log")
 	name := fmt.Sprintf("gopasst-test-%d", os.Getpid())
+	iface, memory := "user", ""
+	if vhost {
+		iface, memory = "vhostuser", "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+	}
 	xml := fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
   <memory unit='MiB'>512</memory>
+  %s
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64'>hvm</type>
@@ -86,7 +99,7 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <serial type='file'><source path='%s'/><target port='0'/></serial>
-    <interface type='user'>
+    <interface type='%s'>
       <mac address='52:54:00:a8:33:fc'/>
       <ip address='192.0.2.50' family='ipv4' prefix='24'/>
       <model type='virtio'/>
@@ -98,7 +111,7 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
     </interface>
   </devices>
 </domain>
-`, name, kcopy, initrd, console, passtLog)
+`, name, memory, kcopy, initrd, console, iface, passtLog)
 	xmlPath := filepath.Join(dir, "domain.xml")
 	os.WriteFile(xmlPath, []byte(xml), 0o644)
 	virsh(t, "define", xmlPath)
@@ -145,12 +158,30 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
 		t.Fatalf("no passt command line in the libvirt log:\n%s", qlog)
 	}
 
-	// A crash: libvirt runs the same command again on the stale socket,
-	// QEMU reconnects, and the guest reaches the host again.
+	if vhost && !strings.Contains(cmdline, "--vhost-user") {
+		t.Errorf("libvirt did not ask for vhost-user: %s", cmdline)
+	}
 	pid := readPid(t, pidFile)
 	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe != filepath.Join(shim, "passt") {
 		t.Fatalf("libvirt's passt is %q, not gopasst", exe)
 	}
+	if !vhost {
+		libvirtCrash(t, pid, pidFile, console)
+	}
+
+	virsh(t, "destroy", name)
+	pid = readPidMaybe(pidFile)
+	waitLong(t, "gopasst to go away", 15*time.Second, func() bool {
+		_, errSock := os.Stat(sock)
+		_, errPid := os.Stat(pidFile)
+		return os.IsNotExist(errSock) && os.IsNotExist(errPid) && (pid == 0 || syscall.Kill(pid, 0) != nil)
+	})
+}
+
+// libvirtCrash kills libvirt's passt (gopasst) as a crash would: libvirt
+// runs the same command again on the stale socket, QEMU reconnects, and
+// the guest reaches the host again.
+func libvirtCrash(t *testing.T, pid int, pidFile, console string) {
 	syscall.Kill(pid, syscall.SIGKILL)
 	before := strings.Count(readFile(console), "GOPASST-HOST host-")
 	waitLong(t, "connectivity after kill -9", 2*time.Minute, func() bool {
@@ -162,14 +193,6 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
 	if again := readPidMaybe(pidFile); again == pid || again <= 0 || syscall.Kill(again, 0) != nil {
 		t.Fatalf("after kill -9 of %d, the PID file names %d", pid, again)
 	}
-
-	virsh(t, "destroy", name)
-	pid = readPidMaybe(pidFile)
-	waitLong(t, "gopasst to go away", 15*time.Second, func() bool {
-		_, errSock := os.Stat(sock)
-		_, errPid := os.Stat(pidFile)
-		return os.IsNotExist(errSock) && os.IsNotExist(errPid) && (pid == 0 || syscall.Kill(pid, 0) != nil)
-	})
 }
 
 func startLibvirtd(t *testing.T, shim string) {
