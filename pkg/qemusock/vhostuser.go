@@ -558,10 +558,13 @@ func (l *vhostLink) setMemTable(p []byte) error {
 		gpa, size := binary.LittleEndian.Uint64(r), binary.LittleEndian.Uint64(r[8:])
 		uva, off := binary.LittleEndian.Uint64(r[16:]), binary.LittleEndian.Uint64(r[24:])
 		fd := l.takeFd()
-		if size == 0 || size > 1<<46 || off > 1<<46 {
+		// Past the end of its file, a mapping faults (SIGBUS) when
+		// touched: the region must lie within the file.
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || size == 0 || size > 1<<46 || off > 1<<46 || off+size > uint64(st.Size) {
 			unix.Close(fd)
 			mem.unmap()
-			return fmt.Errorf("region %d: size %#x at offset %#x", i, size, off)
+			return fmt.Errorf("region %d: size %#x at offset %#x of a %d-byte file", i, size, off, st.Size)
 		}
 		m, err := unix.Mmap(fd, 0, int(size+off), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 		unix.Close(fd)

@@ -111,7 +111,24 @@ func (q *virtq) mapRings(mem *guestMemory) error {
 // availIdx is the driver's available index, loaded with acquire order:
 // the entries before it are complete when it is seen.
 func (q *virtq) availIdx() uint16 {
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.avail[0]))) >> 16)
+	_, idx := loadRingHead(q.avail)
+	return idx
+}
+
+// loadRingHead loads a ring's flags and index (little-endian 16-bit
+// fields at its start) in one atomic 32-bit load, on hosts of either
+// byte order; storeRingHead stores them so.
+func loadRingHead(ring []byte) (flags, idx uint16) {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], atomic.LoadUint32((*uint32)(unsafe.Pointer(&ring[0]))))
+	return binary.LittleEndian.Uint16(b[:]), binary.LittleEndian.Uint16(b[2:])
+}
+
+func storeRingHead(ring []byte, flags, idx uint16) {
+	var b [4]byte
+	binary.LittleEndian.PutUint16(b[:], flags)
+	binary.LittleEndian.PutUint16(b[2:], idx)
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&ring[0])), binary.NativeEndian.Uint32(b[:]))
 }
 
 // nextAvail takes the next available chain's head, if any.
@@ -142,9 +159,8 @@ func (q *virtq) publish() {
 	}
 	q.published = q.usedIdx
 	// used->flags is ours (0): store it with the index, in one word.
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.usedIdx)<<16)
-	flags := atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.avail[0]))) & 0xffff
-	if flags&availNoInterrupt == 0 && q.call >= 0 {
+	storeRingHead(q.used, 0, q.usedIdx)
+	if flags, _ := loadRingHead(q.avail); flags&availNoInterrupt == 0 && q.call >= 0 {
 		signalEventfd(q.call)
 	}
 }
