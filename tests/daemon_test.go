@@ -100,7 +100,7 @@ func TestStaleSocket(t *testing.T) {
 
 // TestBadOptions: an invalid option exits non-zero with one line naming it.
 func TestBadOptions(t *testing.T) {
-	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user"}, {"-a", "nonsense"}, {"-M", "xx"}} {
+	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"}} {
 		out, err := exec.Command(gopasstBin, append(append([]string{"-f"}, hostArgs...), args...)...).CombinedOutput()
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if err == nil || len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasst: ") {

@@ -296,12 +296,15 @@ func (w *World) ServerPid(t testing.TB) int {
 	if !w.gopasst {
 		return pid
 	}
+	// The engine is set up once it is under seccomp, its last step.
 	waitFor(t, "gopasst's engine", func() bool {
-		if kids := childPids(pid); len(kids) == 1 {
-			pid = kids[0]
-			return true
+		kids := childPids(w.Proc.Process.Pid)
+		if len(kids) != 1 {
+			return false
 		}
-		return false
+		pid = kids[0]
+		status, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		return strings.Contains(string(status), "\nSeccomp:\t2\n")
 	})
 	return pid
 }

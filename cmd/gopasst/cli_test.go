@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"slices"
@@ -133,5 +134,18 @@ func TestManPage(t *testing.T) {
 	render.Stdin = &out
 	if msg, err := render.CombinedOutput(); err != nil || len(msg) > 0 {
 		t.Errorf("groff: %v\n%s", err, msg)
+	}
+}
+
+// TestPrintCapabilities: what the vhost-user specification asks a
+// back-end to print, as JSON, before anything else happens.
+func TestPrintCapabilities(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--print-capabilities"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var caps map[string]any
+	if err := json.Unmarshal(out.Bytes(), &caps); err != nil || caps["type"] != "net" || len(caps) != 1 {
+		t.Errorf("%q (%v), want {\"type\": \"net\"}", out.String(), err)
 	}
 }

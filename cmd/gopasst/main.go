@@ -165,6 +165,9 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		return fail(stderr, "%v", err)
 	}
 	if o.VhostUser {
+		if o.Vsock != "" {
+			return fail(stderr, "--vhost-user: the front-end connects to a unix socket (-s) or is given as --fd, never over vsock")
+		}
 		cfg.NewLink = qemusock.NewVhostUser
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
