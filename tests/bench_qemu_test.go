@@ -2,7 +2,6 @@ package tests
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +19,7 @@ import (
 // vhost-user. Rounds alternate between the four; medians are reported in
 // bench/QEMU.md. It runs only under "make bench".
 func TestBenchQEMU(t *testing.T) {
-	if os.Getenv("GOPASST_BENCH") == "" {
-		t.Skip("benchmarks run with make bench")
-	}
+	needBench(t)
 	qemu, kernel, kver := needQEMU(t)
 	iperf3, err := exec.LookPath("iperf3")
 	if err != nil {
@@ -53,9 +50,7 @@ func TestBenchQEMU(t *testing.T) {
 		{name: "passt stream", backend: []string{passt, "-f", "-q", "-s", "{sock}"}},
 		{name: "passt vhost-user", backend: []string{passt, "-f", "-q", "--vhost-user", "-s", "{sock}"}, vhost: true},
 	}
-	if only := os.Getenv("GOPASST_BENCH_ONLY"); only != "" {
-		configs = slices.DeleteFunc(configs, func(c qemuConfig) bool { return !strings.Contains(","+only+",", ","+c.name+",") })
-	}
+	configs = slices.DeleteFunc(configs, func(c qemuConfig) bool { return !benchSelected(c.name) })
 	results := map[string]map[string][]float64{}
 	for r := range rounds {
 		for _, c := range configs {
@@ -90,17 +85,7 @@ func benchQEMUOne(t *testing.T, c qemuConfig, qemu, kernel, kver string, files m
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	echo := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	acceptLoop(echo, func(c net.Conn) {
-		b := make([]byte, 1)
-		for {
-			if _, err := c.Read(b); err != nil {
-				c.Close()
-				return
-			}
-			c.Write(b)
-		}
-	})
+	echo := byteEchoServer(t, w)
 	const secs = 5
 	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
 ip link set eth0 up

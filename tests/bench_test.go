@@ -22,9 +22,7 @@ import (
 // bench/RESULTS.md and bench/results.svg (and .png when rsvg-convert is
 // there). Rounds alternate between backends, and medians are reported.
 func TestBench(t *testing.T) {
-	if os.Getenv("GOPASST_BENCH") == "" {
-		t.Skip("benchmarks run with make bench")
-	}
+	needBench(t)
 	needRoot(t)
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("needs iperf3")
@@ -34,9 +32,7 @@ func TestBench(t *testing.T) {
 		rounds = 5
 	}
 	backends := benchBackends(t)
-	if only := os.Getenv("GOPASST_BENCH_ONLY"); only != "" {
-		backends = slices.DeleteFunc(backends, func(b backend) bool { return !strings.Contains(","+only+",", ","+b.name+",") })
-	}
+	backends = slices.DeleteFunc(backends, func(b backend) bool { return !benchSelected(b.name) })
 	results := map[string]map[string][]float64{} // backend -> metric -> samples
 	for r := 0; r < rounds; r++ {
 		for _, b := range backends {
@@ -73,6 +69,20 @@ func TestBench(t *testing.T) {
 		}
 	}
 	writeBenchReport(t, results, backends, rounds)
+}
+
+// needBench skips a benchmark outside make bench (GOPASST_BENCH=1).
+func needBench(t *testing.T) {
+	if os.Getenv("GOPASST_BENCH") == "" {
+		t.Skip("benchmarks run with make bench")
+	}
+}
+
+// benchSelected tells whether GOPASST_BENCH_ONLY (a comma-separated list
+// of names), if set, names what a benchmark would measure.
+func benchSelected(name string) bool {
+	only := os.Getenv("GOPASST_BENCH_ONLY")
+	return only == "" || strings.Contains(","+only+",", ","+name+",")
 }
 
 // testsStarted is when this test binary started.
@@ -225,9 +235,9 @@ func iperf(t *testing.T, w *World, args ...string) iperfResult {
 	return r
 }
 
-// requestResponse measures 1-byte request/response rates over one
-// connection (TCP_RR) and with a new connection each time (TCP_CRR).
-func requestResponse(t *testing.T, w *World) (rr, crr float64) {
+// byteEchoServer listens on host loopback and sends back each byte it
+// gets, for request/response measurements.
+func byteEchoServer(t *testing.T, w *World) net.Listener {
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(l, func(c net.Conn) {
 		b := make([]byte, 1)
@@ -239,6 +249,13 @@ func requestResponse(t *testing.T, w *World) (rr, crr float64) {
 			c.Write(b)
 		}
 	})
+	return l
+}
+
+// requestResponse measures 1-byte request/response rates over one
+// connection (TCP_RR) and with a new connection each time (TCP_CRR).
+func requestResponse(t *testing.T, w *World) (rr, crr float64) {
+	l := byteEchoServer(t, w)
 	addr := net.JoinHostPort(w.HostVia, port(l.Addr()))
 	b := make([]byte, 1)
 	c := w.guestConn(t, addr)

@@ -11,7 +11,7 @@ import (
 )
 
 // The engine's seccomp filter: an allow-list of what it and the Go runtime
-// call once they serve (seccomp_<arch>.go), built as classic BPF by hand.
+// call once they serve (seccomp_linux.go), built as classic BPF by hand.
 // Anything else fails with EPERM, and the kernel logs it (audit type 1326,
 // in dmesg) with the syscall's number: a call nobody foresaw fails like a
 // refused one, which gopasst reports and survives, where passt's

@@ -4,21 +4,5 @@ import "golang.org/x/sys/unix"
 
 const auditArch = unix.AUDIT_ARCH_X86_64
 
-// seccompAllowed: the engine's and the Go runtime's system calls, with
-// socket (checked apart). See seccomp.go.
-var seccompAllowed = []uint32{
-	// The data path.
-	unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_CTL,
-	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV,
-	unix.SYS_RECVFROM, unix.SYS_SENDTO, unix.SYS_RECVMSG, unix.SYS_SENDMSG,
-	unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
-	unix.SYS_CONNECT, unix.SYS_BIND, unix.SYS_ACCEPT4, unix.SYS_SHUTDOWN, unix.SYS_CLOSE,
-	unix.SYS_SETSOCKOPT, unix.SYS_GETSOCKOPT, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME,
-	unix.SYS_IOCTL, unix.SYS_FCNTL, unix.SYS_PRLIMIT64, unix.SYS_GETRANDOM,
-	// The Go runtime.
-	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
-	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT, unix.SYS_FSTAT,
-	unix.SYS_CLONE, unix.SYS_GETTID, unix.SYS_GETPID, unix.SYS_TGKILL,
-	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
-	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
-}
+// seccompArchOnly: what x86-64 has beside the common list (seccomp_linux.go).
+var seccompArchOnly = []uint32{unix.SYS_EPOLL_WAIT}

@@ -1,0 +1,29 @@
+//go:build amd64 || arm64
+
+package main
+
+import "golang.org/x/sys/unix"
+
+// seccompAllowed: the engine's and the Go runtime's system calls, with
+// socket (checked apart), on the architectures that have a list (see
+// seccomp.go); seccompArchOnly adds each one's own.
+var seccompAllowed = append(seccompArchOnly, []uint32{
+	// The data path.
+	unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_CTL,
+	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV,
+	unix.SYS_RECVFROM, unix.SYS_SENDTO, unix.SYS_RECVMSG, unix.SYS_SENDMSG,
+	unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
+	unix.SYS_CONNECT, unix.SYS_BIND, unix.SYS_ACCEPT4, unix.SYS_SHUTDOWN, unix.SYS_CLOSE,
+	unix.SYS_SETSOCKOPT, unix.SYS_GETSOCKOPT, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME,
+	unix.SYS_IOCTL, unix.SYS_FCNTL, unix.SYS_PRLIMIT64, unix.SYS_GETRANDOM,
+	// The log file and counting descriptors (fdRoom).
+	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
+	// vhost-user: a memory region's file must hold the region.
+	unix.SYS_FSTAT,
+	// The Go runtime.
+	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
+	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT,
+	unix.SYS_CLONE, unix.SYS_GETTID, unix.SYS_GETPID, unix.SYS_TGKILL,
+	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
+	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
+}...)
