@@ -269,7 +269,7 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int
 // setUpEngine makes the engine and everything it serves, while the host's
 // file system is still there.
 func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, helper *helperClient) (*slirp.Engine, *log.Logger, error) {
-	logger, err := engineLog(o, env)
+	logger, err := openLog(o, env.Log, env.Foreground)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -335,21 +335,4 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		logger.Print(n)
 	}
 	return eng, logger, nil
-}
-
-// engineLog is the engine's logger: the log file the helper opened, else
-// standard error in the foreground, else syslog (connected now: the
-// sandbox has no /dev/log).
-func engineLog(o *NetOptions, env engineEnv) (*log.Logger, error) {
-	if env.Log >= 0 {
-		f, err := logfile.New(os.NewFile(uintptr(env.Log), "log"), o.LogSize, "gopasst "+version+" log")
-		if err != nil {
-			return nil, fmt.Errorf("--log-file: %v", err)
-		}
-		return log.New(f, "", log.LstdFlags|log.Lmicroseconds), nil
-	}
-	lo := *o
-	lo.LogFile = ""
-	logger, _, err := openLog(&lo, env.Foreground, os.Stderr)
-	return logger, err
 }

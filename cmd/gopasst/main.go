@@ -267,29 +267,27 @@ func raiseFdLimit() {
 	}
 }
 
-// openLog picks where messages go: the bounded log file, standard error in
-// the foreground, otherwise syslog when it is there.
-func openLog(o *NetOptions, foreground bool, stderr io.Writer) (*log.Logger, func(), error) {
+// openLog is the engine's logger: the bounded log file the helper opened
+// (logFd, or -1), else standard error in the foreground, else syslog,
+// connected now: the sandbox has no /dev/log.
+func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	var out io.Writer = io.Discard
-	closer := func() {}
 	switch {
-	case o.LogFile != "":
-		f, err := logfile.Open(o.LogFile, o.LogSize, "gopasst "+version+" log")
+	case logFd >= 0:
+		f, err := logfile.New(os.NewFile(uintptr(logFd), "log"), o.LogSize, "gopasst "+version+" log")
 		if err != nil {
-			return nil, nil, fmt.Errorf("--log-file: %v", err)
+			return nil, fmt.Errorf("--log-file: %v", err)
 		}
-		out, closer = f, func() { f.Close() }
+		out = f
+	case o.Quiet:
 	case foreground || o.Stderr:
-		out = stderr
+		out = os.Stderr
 	default:
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "gopasst"); err == nil {
-			out, closer = w, func() { w.Close() }
+			out = w
 		}
 	}
-	if o.Quiet && o.LogFile == "" {
-		out = io.Discard
-	}
-	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), closer, nil
+	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), nil
 }
 
 func writePidFile(path string, pid int) error {
