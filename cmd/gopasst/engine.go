@@ -182,10 +182,16 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (i
 		}
 		return 1, fmt.Errorf("%s", failure)
 	}
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal()), nil
+	return exitStatus(cmd.ProcessState), nil
+}
+
+// exitStatus is a process's exit code as a shell gives it: 128 plus the
+// signal that killed it.
+func exitStatus(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
 	}
-	return cmd.ProcessState.ExitCode(), nil
+	return ps.ExitCode()
 }
 
 // startEngineProcess re-executes gopasst as the engine with files from

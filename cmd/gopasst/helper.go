@@ -222,10 +222,8 @@ func (s *helperServer) serve() {
 	s.procs = map[int]*os.Process{}
 	var buf [64 << 10]byte
 	for {
-		n, _, _, _, err := unix.Recvmsg(s.fd, buf[:], nil, 0)
-		if err == unix.EINTR {
-			continue
-		}
+		n, stray, err := recvWithFd(s.fd, buf[:])
+		closeFd(stray) // requests carry none
 		if err != nil || n == 0 {
 			break
 		}

@@ -64,11 +64,11 @@ type NetOptions struct {
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
 
-	MaxTCP int    `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
-	MaxUDP int    `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
-	RunAs  string `name:"runas" placeholder:"UID[:GID]" help:"Run as this user (default when started as root: nobody)."`
-
+	MaxTCP  int `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
+	MaxUDP  int `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
 	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
+
+	RunAs string `name:"runas" placeholder:"UID[:GID]" help:"Run as this user (default when started as root: nobody)."`
 }
 
 // Options are the serve command's: the network, and how the guest

@@ -156,10 +156,7 @@ func serveNS(o *NetOptions, cmd *exec.Cmd, tapFd int, stderr io.Writer) int {
 		}
 	}
 	<-done
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return cmd.ProcessState.ExitCode()
+	return exitStatus(cmd.ProcessState)
 }
 
 // nsChild runs in the new namespaces: it configures them, hands the tap to
