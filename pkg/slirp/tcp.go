@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -79,18 +78,7 @@ const (
 var tcpStateNames = []string{"CONNECTING", "SYN_ACK_SENT", "SYN_SENT", "ESTABLISHED",
 	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED"}
 
-func (s tcpState) String() string {
-	var names []string
-	for i, n := range tcpStateNames {
-		if s&(1<<i) != 0 {
-			names = append(names, n)
-		}
-	}
-	if len(names) == 0 {
-		return "CLOSED"
-	}
-	return strings.Join(names, "|")
-}
+func (s tcpState) String() string { return header.BitNames(uint32(s), tcpStateNames, "CLOSED") }
 
 // tcpFlags is a connection's bookkeeping: which queues it is on, what it
 // owes the guest, what it waits for.

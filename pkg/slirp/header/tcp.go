@@ -36,17 +36,21 @@ const (
 var tcpFlagNames = [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
 
 // String names the flags set, as "SYN|ACK", for logs.
-func (f TCPFlags) String() string {
-	var names []string
-	for i, n := range tcpFlagNames {
-		if f&(1<<i) != 0 {
-			names = append(names, n)
+func (f TCPFlags) String() string { return BitNames(uint32(f), tcpFlagNames[:], "none") }
+
+// BitNames names the bits set in v, bit i by names[i], as "A|B" for logs,
+// or none when no named bit is set.
+func BitNames(v uint32, names []string, none string) string {
+	var set []string
+	for i, n := range names {
+		if v&(1<<i) != 0 {
+			set = append(set, n)
 		}
 	}
-	if len(names) == 0 {
-		return "none"
+	if len(set) == 0 {
+		return none
 	}
-	return strings.Join(names, "|")
+	return strings.Join(set, "|")
 }
 
 // TCP option kinds gopasst reads or writes.
