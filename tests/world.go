@@ -69,6 +69,10 @@ type World struct {
 	argv    []string // how w.Proc was started
 	// VhostUser says the socket is a vhost-user back-end's (bootGuest).
 	VhostUser bool
+	// GuestChecksums has a QEMU guest verify every checksum it receives:
+	// virtio-net's guest_csum is turned off, so frames over vhost-user
+	// are never marked as already checked.
+	GuestChecksums bool
 }
 
 // WorldOpts varies the set-up.

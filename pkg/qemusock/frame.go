@@ -190,19 +190,11 @@ func (q *Queue) Commit(size int) {
 // Cancel drops the open reservations.
 func (q *Queue) Cancel() { q.open = q.tail }
 
+// reserved tells whether reservations are open.
+func (q *Queue) reserved() bool { return q.open > q.tail }
+
 // Pending is the number of queued bytes.
 func (q *Queue) Pending() int { return q.tail - q.head }
-
-// Room is how many frames of n bytes could be reserved now, one after
-// the other: reservations are contiguous, so the queue first moves what
-// it still holds to the front, when nothing is open, rather than promise
-// room split between its two ends.
-func (q *Queue) Room(n int) int {
-	if q.open == q.tail && q.head > 0 && (len(q.buf)-q.open)/(q.framing.LenSize+n) < 2 {
-		q.compact()
-	}
-	return (len(q.buf) - q.open) / (q.framing.LenSize + n)
-}
 
 // compact moves the queued frames to the front of the buffer, when no
 // reservation is open.

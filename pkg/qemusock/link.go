@@ -31,14 +31,21 @@ type Link interface {
 	// Reserve returns room for one frame of up to n bytes, after any
 	// reservations still open, or nil when there is none now.
 	Reserve(n int) []byte
+	// ReserveV is Reserve for a frame of n bytes whose headers (the
+	// first hdr bytes) the engine writes and whose payload a scattered
+	// read fills, as a TCP peek does: vhost-user takes the guest's own
+	// buffers for it, so the data is copied once. head is the frame's
+	// contiguous start, at least min(n, MinHead) bytes; the pieces that
+	// cover the frame from hdr to n are appended to iov, which must have
+	// room for one at least. head is nil, and iov as it was, when there
+	// is no room now. ReserveV and Reserve are not mixed in one batch.
+	ReserveV(hdr, n int, iov []unix.Iovec) (head []byte, _ []unix.Iovec)
 	// Commit queues the oldest open reservation as a frame of size bytes.
 	// A frame committed short of its reservation must be the last one
 	// committed before Cancel drops the reservations after it.
 	Commit(size int)
 	// Cancel drops the open reservations.
 	Cancel()
-	// Room is how many frames of n bytes Reserve could hand out now.
-	Room(n int) int
 	// Flush sends queued frames. What cannot go yet stays queued
 	// (Pending), and the link watches for room, which Event reports.
 	Flush() error
@@ -195,11 +202,24 @@ func (l *fdLink) Reserve(n int) []byte {
 	return l.q.Reserve(n)
 }
 
-func (l *fdLink) Room(n int) int {
-	if l.detect {
-		return 0
+func (l *fdLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
+	return splitV(l.Reserve(n), hdr, iov)
+}
+
+// MinHead is the least of a frame that ReserveV keeps contiguous: room
+// for the largest headers the engine writes (Ethernet, IPv6, TCP) and
+// for padding to Ethernet's minimum.
+const MinHead = 128
+
+// splitV serves ReserveV from one contiguous reservation b.
+func splitV(b []byte, hdr int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
+	if b == nil {
+		return nil, iov
 	}
-	return l.q.Room(n)
+	if len(b) > hdr {
+		iov = append(iov, unix.Iovec{Base: &b[hdr], Len: uint64(len(b) - hdr)})
+	}
+	return b, iov
 }
 
 func (l *fdLink) Commit(size int) { l.q.Commit(size) }

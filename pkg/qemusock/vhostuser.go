@@ -15,9 +15,13 @@ import (
 // (TX: the guest queued frames; RX: it added buffers) and one to
 // interrupt it. No frame crosses a socket.
 //
-// Frames are copied once each way, between guest buffers and the link's
-// own: the guest may rewrite a frame while it is parsed, so the engine
-// never reads guest memory directly.
+// Frames from the guest are copied once, into the link's own buffer:
+// the guest may rewrite a frame while it is parsed, so the engine never
+// parses guest memory. Frames to the guest that carry TCP data are built
+// in the guest's RX buffers (ReserveV): the engine writes the headers
+// there and peeks the payload from the host socket straight into them,
+// one copy in all. Other frames wait in the link's queue and are copied
+// in by Flush.
 
 // Front-end requests (the subset a vhost-user-net front-end sends with
 // the features we offer).
@@ -106,7 +110,42 @@ type vhostLink struct {
 	rd      *Reader
 	q       *Queue
 	dropped uint64
+	rx      rxDirect
 }
+
+// rxDirect holds the frames reserved in the guest's RX buffers and not
+// yet committed (ReserveV), and what was committed but not published.
+type rxDirect struct {
+	start       uint16 // the RX ring's next available entry before them
+	chains      [maxDirectChains]rxChain
+	frames      [maxDirectFrames]rxFrame
+	nChains     int
+	nFrames     int
+	committed   int // frames committed
+	chainsUsed  int // chains the committed frames took
+	unpublished int // bytes committed and not yet published
+}
+
+// rxChain is one RX chain taken for a frame, and how much of it is used.
+type rxChain struct {
+	head uint16
+	size uint32
+}
+
+// rxFrame is one frame reserved in RX chains: its chains in
+// rxDirect.chains, and its virtio-net header in the first buffer.
+type rxFrame struct {
+	first, n int
+	hdr      []byte
+}
+
+// A batch of frames built in guest buffers holds a TCP peek: 16 frames
+// of up to 64 KiB, in buffers of 4 KiB as Linux's mergeable ones are,
+// or of 1.5 KiB at worst.
+const (
+	maxDirectFrames = 16
+	maxDirectChains = 1024
+)
 
 // NewVhostUser is a link over a connected vhost-user socket.
 func NewVhostUser(fd int) Link {
@@ -206,12 +245,157 @@ func (l *vhostLink) readChain(q *virtq, head uint16, dst []byte) (int, error) {
 func (l *vhostLink) Next() ([]byte, error) { return l.rd.Next() }
 
 func (l *vhostLink) Reserve(n int) []byte { return l.q.Reserve(n) }
-func (l *vhostLink) Commit(size int)      { l.q.Commit(size) }
-func (l *vhostLink) Cancel()              { l.q.Cancel() }
-func (l *vhostLink) Room(n int) int       { return l.q.Room(n) }
-func (l *vhostLink) Pending() int         { return l.q.Pending() }
 func (l *vhostLink) MaxFrame() int        { return MaxFrame }
 func (l *vhostLink) Dropped() uint64      { return l.dropped }
+
+// Pending counts frames built in guest buffers until they are published.
+func (l *vhostLink) Pending() int { return l.q.Pending() + l.rx.unpublished }
+
+// ReserveV takes RX chains for the frame when it can: the ring runs
+// with mergeable buffers, no queued frame must go first, and the
+// guest's buffers are of a sane size. Otherwise the frame goes through
+// the queue (and is copied in by Flush). With no buffers at all it
+// reports no room: the data stays in the host socket until the guest
+// adds buffers and kicks.
+func (l *vhostLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
+	rx := &l.vq[rxQueue]
+	d := &l.rx
+	if d.nFrames > 0 && d.committed == d.nFrames {
+		l.closeDirect() // a batch committed and never cancelled
+	}
+	if d.nFrames == 0 && (l.q.reserved() || l.features&virtioNetFMrgRxbuf == 0 || !rx.ready()) {
+		return splitV(l.q.Reserve(n), hdr, iov)
+	}
+	if l.q.Pending() > 0 {
+		return nil, iov // the queue goes first, in order
+	}
+	head, out, ok := l.reserveDirect(rx, hdr, n, iov)
+	if !ok && d.nFrames == 0 {
+		return splitV(l.q.Reserve(n), hdr, iov)
+	}
+	return head, out
+}
+
+// reserveDirect takes RX chains for hdrLen+n bytes. ok is false when the
+// chains cannot take the frame as ReserveV promises (a first buffer too
+// small for the headers, too many pieces, a chain that breaks the
+// rules); they are given back, and so they are when there are too few.
+func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head []byte, _ []unix.Iovec, ok bool) {
+	d := &l.rx
+	if d.nFrames == 0 {
+		d.start = rx.lastAvail
+	}
+	if d.nFrames == len(d.frames) {
+		return nil, iov, true
+	}
+	fr := rxFrame{first: d.nChains}
+	avail, pieces := rx.lastAvail, len(iov)
+	undo := func(ok bool) ([]byte, []unix.Iovec, bool) {
+		rx.lastAvail, d.nChains = avail, fr.first
+		return nil, iov[:pieces], ok
+	}
+	need := l.hdrLen + n
+	for need > 0 {
+		h, more := rx.nextAvail()
+		if !more {
+			return undo(true)
+		}
+		if d.nChains == len(d.chains) {
+			return undo(false)
+		}
+		c := rx.chain(&l.mem, h)
+		size := 0
+		for need > 0 {
+			b, err := c.buffer(true)
+			if err != nil {
+				return undo(false)
+			}
+			if b == nil {
+				break
+			}
+			b = b[:min(len(b), need)]
+			switch {
+			case head == nil:
+				if len(b) < l.hdrLen+min(n, MinHead) {
+					return undo(false)
+				}
+				fr.hdr, head = b[:l.hdrLen], b[l.hdrLen:]
+				if len(head) > hdr {
+					iov = append(iov, unix.Iovec{Base: &head[hdr], Len: uint64(len(head) - hdr)})
+				}
+			case len(iov) == cap(iov):
+				return undo(false)
+			default:
+				iov = append(iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+			}
+			size += len(b)
+			need -= len(b)
+		}
+		if size == 0 {
+			return undo(false) // a chain with no room
+		}
+		d.chains[d.nChains] = rxChain{head: h, size: uint32(size)}
+		d.nChains++
+		fr.n++
+	}
+	d.frames[d.nFrames] = fr
+	d.nFrames++
+	return head, iov, true
+}
+
+// Commit commits the oldest open reservation: in guest buffers, it puts
+// the chains the frame fills on the used ring (the guest sees them at
+// the next Flush).
+func (l *vhostLink) Commit(size int) {
+	d := &l.rx
+	if d.committed == d.nFrames {
+		l.q.Commit(size)
+		return
+	}
+	fr := &d.frames[d.committed]
+	d.committed++
+	rx := &l.vq[rxQueue]
+	left, used := l.hdrLen+size, 0
+	for left > 0 && used < fr.n {
+		c := d.chains[fr.first+used]
+		k := min(int(c.size), left)
+		rx.putUsed(c.head, uint32(k))
+		left -= k
+		used++
+	}
+	d.chainsUsed = fr.first + used
+	l.netHeader(fr.hdr, uint16(used))
+	d.unpublished += size
+}
+
+// Cancel drops the open reservations; RX chains they took and did not
+// fill go back to the guest's ring, unused.
+func (l *vhostLink) Cancel() {
+	l.q.Cancel()
+	l.closeDirect()
+}
+
+func (l *vhostLink) closeDirect() {
+	d := &l.rx
+	if d.nFrames > 0 {
+		l.vq[rxQueue].lastAvail = d.start + uint16(d.chainsUsed)
+	}
+	d.nFrames, d.nChains, d.committed, d.chainsUsed = 0, 0, 0, 0
+}
+
+// netHeader writes the virtio-net header of a frame to the guest that
+// spans buffers RX chains.
+func (l *vhostLink) netHeader(h []byte, buffers uint16) {
+	clear(h)
+	if l.features&virtioNetFGuestCsum != 0 {
+		// Every checksum in our frames is complete: the guest need not
+		// check them (no small saving for a guest under emulation).
+		h[0] = virtioNetHdrDataValid
+	}
+	if len(h) == 12 {
+		binary.LittleEndian.PutUint16(h[10:], buffers) // num_buffers
+	}
+}
 
 // Flush copies queued frames into the guest's RX buffers, while it has
 // buffers; the rest waits for its next RX kick.
@@ -235,6 +419,7 @@ func (l *vhostLink) Flush() error {
 		l.q.pop()
 	}
 	rx.publish()
+	l.rx.unpublished = 0
 	return nil
 }
 
@@ -244,11 +429,7 @@ func (l *vhostLink) Flush() error {
 // rules drops the frame (with an error) and goes back to the guest.
 func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 	var hdr [12]byte
-	if l.features&virtioNetFGuestCsum != 0 {
-		// Every checksum in our frames is complete: the guest need not
-		// check them (no small saving for a guest under emulation).
-		hdr[0] = virtioNetHdrDataValid
-	}
+	l.netHeader(hdr[:l.hdrLen], 1)
 	src := [2][]byte{hdr[:l.hdrLen], frame}
 	mergeable := l.features&virtioNetFMrgRxbuf != 0
 	start := [2]uint16{rx.lastAvail, rx.usedIdx}
@@ -291,8 +472,8 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 		rx.putUsed(head, uint32(written))
 		buffers++
 	}
-	if l.hdrLen == 12 && len(firstBuf) >= 12 {
-		binary.LittleEndian.PutUint16(firstBuf[10:], buffers) // num_buffers
+	if len(firstBuf) >= l.hdrLen {
+		l.netHeader(firstBuf[:l.hdrLen], buffers)
 	}
 	return true, nil
 }
@@ -541,6 +722,9 @@ func (l *vhostLink) stopQueue(i int) {
 		q.kick = -1
 	}
 	q.started = false
+	if i == rxQueue {
+		l.rx.unpublished = 0 // the front-end takes the ring as it stands
+	}
 }
 
 // setMemTable maps the regions the front-end shares, replacing the old.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -259,6 +260,107 @@ func TestVhostUserFrames(t *testing.T) {
 	}
 }
 
+// rxBufs offers n RX chains of one size-byte buffer each, from
+// descriptor first on.
+func (f *frontEnd) rxBufs(first, n int, size uint32) {
+	for i := first; i < first+n; i++ {
+		f.desc(0, i, uint64(0x20000+0x1000*i), size, descWrite, 0)
+		f.offer(0, uint16(i))
+	}
+}
+
+// fillV writes data across the pieces of iov, as the engine's peek does.
+func fillV(iov []unix.Iovec, data []byte) {
+	for _, v := range iov {
+		data = data[copy(unsafe.Slice(v.Base, v.Len), data):]
+	}
+}
+
+// TestVhostUserDirect: a frame built straight in the guest's RX buffers
+// (ReserveV) spans the chains it needs, with num_buffers and the used
+// lengths right; the guest sees it at Flush. Chains a short frame and
+// cancelled frames did not fill go back to the ring, and with a queue
+// waiting, or buffers too small for headers, nothing jumps ahead.
+func TestVhostUserDirect(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.rxBufs(0, 4, 2048)
+	iov := make([]unix.Iovec, 0, 64)
+	const hdr = 54
+	frame := testFrame(hdr + 4000)
+	head, iov := f.l.ReserveV(hdr, len(frame), iov)
+	if head == nil || len(head) != 2048-12 || len(iov) != 2 || iov[0].Len+iov[1].Len != 4000 {
+		t.Fatalf("head of %d bytes and %d pieces", len(head), len(iov))
+	}
+	copy(head, frame[:hdr])
+	fillV(iov, frame[hdr:])
+	f.l.Commit(len(frame))
+	if f.usedIdx(0) != 0 || f.l.Pending() != len(frame) {
+		t.Fatalf("before Flush: used index %d, pending %d", f.usedIdx(0), f.l.Pending())
+	}
+	f.l.Cancel()
+	f.l.Flush()
+	if f.usedIdx(0) != 2 || f.l.Pending() != 0 {
+		t.Fatalf("after Flush: used index %d, pending %d", f.usedIdx(0), f.l.Pending())
+	}
+	id0, n0 := f.used(0, 0)
+	id1, n1 := f.used(0, 1)
+	if id0 != 0 || n0 != 2048 || id1 != 1 || n1 != 12+uint32(len(frame))-2048 {
+		t.Errorf("used entries (%d, %d), (%d, %d)", id0, n0, id1, n1)
+	}
+	if nb := binary.LittleEndian.Uint16(f.mem[0x20000+10:]); nb != 2 {
+		t.Errorf("num_buffers %d, want 2", nb)
+	}
+	got := append(append([]byte(nil), f.mem[0x20000+12:0x20000+2048]...), f.mem[0x21000:0x21000+int(n1)]...)
+	if !bytes.Equal(got, frame) {
+		t.Error("the frame in the guest's buffers differs")
+	}
+
+	// Two frames reserved, the first committed short of one chain: the
+	// rest goes back, and the next frame takes the chain after it.
+	iov = iov[:0]
+	h1, iov := f.l.ReserveV(hdr, 3000, iov)
+	h2, iov := f.l.ReserveV(hdr, 100, iov)
+	if h1 == nil || h2 != nil {
+		t.Fatalf("with two chains left: first %v, second %v", h1 != nil, h2 != nil)
+	}
+	f.l.Commit(1000)
+	f.l.Cancel()
+	f.l.Flush()
+	if id, n := f.used(0, 2); f.usedIdx(0) != 3 || id != 2 || n != 12+1000 {
+		t.Fatalf("short frame: used index %d, entry (%d, %d)", f.usedIdx(0), id, n)
+	}
+	if h, _ := f.l.ReserveV(hdr, 100, iov[:0]); h == nil || &h[0] != &f.l.mem.regions[0].mem[0x23000+12] {
+		t.Fatal("the chain the short frame left was not given back")
+	}
+	f.l.Cancel()
+
+	// A queued frame goes first: no frame is built in guest buffers
+	// until it has gone.
+	copy(f.l.Reserve(100), frame)
+	f.l.Commit(100)
+	if h, _ := f.l.ReserveV(hdr, 100, iov[:0]); h != nil {
+		t.Fatal("a frame jumped the queue")
+	}
+	f.l.Flush()
+	if h, _ := f.l.ReserveV(hdr, 100, iov[:0]); h != nil {
+		t.Fatal("room with no buffers left")
+	}
+
+	// Buffers too small for the headers: the frame goes through the
+	// queue, whole, and is copied in.
+	f.rxBufs(10, 2, 64)
+	h, iov := f.l.ReserveV(hdr, 100, iov[:0])
+	if len(h) != 100 || len(iov) != 1 {
+		t.Fatalf("small buffers: head of %d bytes, %d pieces", len(h), len(iov))
+	}
+	f.l.Commit(100)
+	f.l.Flush()
+	if f.usedIdx(0) != 6 || f.l.Pending() != 0 {
+		t.Errorf("small buffers: used index %d, pending %d", f.usedIdx(0), f.l.Pending())
+	}
+}
+
 // TestVhostUserRefuses: a front-end that breaks the protocol gets an
 // error that says what it did (and the connection is closed), never a
 // crash.
@@ -361,6 +463,7 @@ func TestVhostUserAllocs(t *testing.T) {
 	copy(f.mem[feBufs+12:], frame)
 	f.desc(1, 0, feBufs, 12+1500, 0, 0)
 	f.desc(0, 0, feBufs+0x10000, 4096, descWrite, 0)
+	iov := make([]unix.Iovec, 0, 8)
 	allocs := testing.AllocsPerRun(100, func() {
 		f.offer(1, 0)
 		f.l.Read()
@@ -369,6 +472,13 @@ func TestVhostUserAllocs(t *testing.T) {
 		f.offer(0, 0)
 		copy(f.l.Reserve(1500), frame)
 		f.l.Commit(1500)
+		f.l.Flush()
+		f.offer(0, 0) // and one built in the guest's buffer
+		head, v := f.l.ReserveV(54, 1500, iov)
+		copy(head, frame)
+		fillV(v, frame[54:])
+		f.l.Commit(1500)
+		f.l.Cancel()
 		f.l.Flush()
 	})
 	if allocs != 0 {
@@ -404,6 +514,23 @@ func FuzzVirtq(f *testing.F) {
 				fe.l.Commit(len(b))
 			}
 		}
+		fe.l.Flush()
+		// Frames built in the guest's buffers: every piece handed out
+		// must lie in guest memory, and the one short commit is kept.
+		iov := make([]unix.Iovec, 0, 64)
+		for i := range 3 {
+			head, v := fe.l.ReserveV(54, 20000, iov)
+			if head == nil {
+				break
+			}
+			clear(head)
+			fillV(v[len(iov):], make([]byte, 20000-54))
+			iov = v
+			if i == 0 {
+				fe.l.Commit(20000 - int(n%1000))
+			}
+		}
+		fe.l.Cancel()
 		fe.l.Flush()
 	})
 }

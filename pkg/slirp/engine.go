@@ -396,17 +396,27 @@ func (e *Engine) linkEvent(id uint32, events uint32) bool {
 }
 
 // flush sends queued frames, and lets flows that waited for room queue
-// more, until the link is full or nobody waits.
+// more, until the link is full or nobody waits. Flows resume even when
+// nothing was queued: over vhost-user, room is the guest's RX buffers,
+// which its kick announces, and frames built in them wait in no queue.
 func (e *Engine) flush() {
-	for e.link != nil && e.link.Pending() > 0 {
-		if err := e.link.Flush(); err != nil {
-			e.closeClient(err.Error())
-			return
+	for e.link != nil {
+		if e.link.Pending() > 0 {
+			if err := e.link.Flush(); err != nil {
+				e.closeClient(err.Error())
+				return
+			}
+			if e.link.Pending() > 0 {
+				return
+			}
 		}
-		if e.link.Pending() > 0 || len(e.tcp.tapWaiters) == 0 {
+		if len(e.tcp.tapWaiters) == 0 {
 			return
 		}
 		e.tcpResumeWaiters()
+		if e.link == nil || e.link.Pending() == 0 {
+			return // no room came, or the flows had nothing to send
+		}
 	}
 }
 

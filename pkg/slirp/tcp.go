@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -146,12 +147,13 @@ type tcpFlow struct {
 
 type tcpTable struct {
 	flowTable[tcpKey, tcpFlow]
-	ackList    []int32       // flows owing the guest an ACK after this batch
-	ackDelayed []int32       // flows whose ACK waits for a reply to carry it
-	ackDelay   time.Duration // tcpAckDelay; tests make it long or zero
-	tapWaiters []int32       // flows waiting for room in the output queue
-	iov        [tcpMaxSegs + 1]unix.Iovec
-	frames     [tcpMaxSegs][]byte // the frames a peek fills
+	ackList    []int32             // flows owing the guest an ACK after this batch
+	ackDelayed []int32             // flows whose ACK waits for a reply to carry it
+	ackDelay   time.Duration       // tcpAckDelay; tests make it long or zero
+	tapWaiters []int32             // flows waiting for room in the output queue
+	iov        [1024]unix.Iovec    // a peek's pieces (UIO_MAXIOV)
+	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
+	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
 	w          tcpWriteBatch
 	discardBuf []byte    // for kernels without SO_PEEK_OFF
 	isnKey     [2]uint64 // RFC 6528's secret, random per process
@@ -693,13 +695,13 @@ func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 }
 
 // tcpSendToGuest peeks host data into segments for the guest, as far as
-// the guest's window and the output queue allow.
+// the guest's window and the link's room allow. Over vhost-user the
+// frames are the guest's own RX buffers, so the peek is the only copy.
 func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil {
 		return
 	}
 	hdr := l4Off(f.key.guest.Addr()) + header.TCPMinLen
-	slot := hdr + f.mss
 	wnd := e.tcpWindow(f)
 	for {
 		inflight := f.sndNxt - f.sndUna
@@ -709,30 +711,27 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*f.mss)))
 		e.link.Cancel() // frames here are the only ones open
-		room := e.link.Room(slot)
-		if room < 2 {
-			f.flags |= tcpWaitTap
-			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
-			return
-		}
-		want = min(want, room*f.mss)
-		segs := (want + f.mss - 1) / f.mss
 		iov := e.tcp.iov[:0]
 		skip := 0 // bytes already in flight that this peek reads again
 		if !f.peekOff && inflight > 0 {
 			skip = int(inflight)
 			iov = append(iov, e.tcp.skipIov(skip))
 		}
-		for i := range segs {
-			b := e.link.Reserve(slot)
-			if b == nil { // Room promised more: peek no further than what we have
-				segs, want = i, min(want, i*f.mss)
+		// One frame per segment, its payload in one or more pieces (the
+		// guest's own buffers, over vhost-user), as many as there is room.
+		segs := 0
+		for ; segs*f.mss < want && len(iov) < cap(iov); segs++ {
+			l := min(f.mss, want-segs*f.mss)
+			e.tcp.segIov[segs] = len(iov)
+			b, more := e.link.ReserveV(hdr, max(hdr+l, minFrameLen), iov)
+			if b == nil {
+				want = segs * f.mss
 				break
 			}
-			e.tcp.frames[i] = b
-			l := min(f.mss, want-i*f.mss)
-			iov = append(iov, unix.Iovec{Base: &b[hdr], Len: uint64(l)})
+			e.tcp.frames[segs] = b
+			iov = trimIov(more, len(iov), l) // a frame padded to the minimum reads no more than l
 		}
+		e.tcp.segIov[segs] = len(iov)
 		if segs == 0 {
 			f.flags |= tcpWaitTap
 			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
@@ -775,7 +774,8 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			if sent+l == n {
 				fl |= header.TCPPsh
 			}
-			e.link.Commit(e.tcpFill(e.tcp.frames[i], f, fl, f.sndNxt+uint32(sent), 0, l, wnd))
+			sum := iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
+			e.link.Commit(e.tcpFill(e.tcp.frames[i], f, fl, f.sndNxt+uint32(sent), 0, l, sum, wnd))
 			sent += l
 		}
 		e.link.Cancel() // frames the peek did not fill
@@ -789,6 +789,29 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return // drained; the next EPOLLIN edge brings more
 		}
 	}
+}
+
+// trimIov cuts the pieces iov[from:] to n bytes.
+func trimIov(iov []unix.Iovec, from, n int) []unix.Iovec {
+	for i := from; i < len(iov); i++ {
+		if uint64(n) <= iov[i].Len {
+			iov[i].Len = uint64(n)
+			return iov[:i+1]
+		}
+		n -= int(iov[i].Len)
+	}
+	return iov
+}
+
+// iovSum is the checksum sum of the first n bytes in the pieces iov.
+func iovSum(iov []unix.Iovec, n int) uint64 {
+	var sum uint64
+	for off, i := 0, 0; off < n; i++ {
+		k := min(int(iov[i].Len), n-off)
+		sum = header.ChecksumAt(unsafe.Slice(iov[i].Base, k), sum, off)
+		off += k
+	}
+	return sum
 }
 
 // discard drops n acknowledged bytes from the host socket. TCP sockets
@@ -934,17 +957,18 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags header.TCPFlags, seq uint32, wnd u
 	if b == nil {
 		return
 	}
-	e.commit(e.tcpFill(b, f, flags, seq, optLen, 0, wnd))
+	e.commit(e.tcpFill(b, f, flags, seq, optLen, 0, 0, wnd))
 	f.ackSent, f.wndSent = f.rcvNxt, wnd
 }
 
-// tcpFill writes the headers of a segment whose payload (if any) already
-// sits after them in b, and returns the frame's size in the queue.
-func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen, payloadLen int, wnd uint16) int {
+// tcpFill writes the headers of a segment at the start of b, whose
+// payload of payloadLen bytes, summed to payloadSum, is already in place,
+// and returns the frame's size.
+func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen, payloadLen int, payloadSum uint64, wnd uint16) int {
 	l4len := header.TCPMinLen + optLen + payloadLen
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
 	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
-	t := header.TCP(b[l4Off(dst) : l4Off(dst)+l4len])
+	t := header.TCP(b[l4Off(dst) : l4Off(dst)+header.TCPMinLen+optLen])
 	ack := f.rcvNxt
 	if flags&header.TCPAck == 0 {
 		ack = 0
@@ -954,7 +978,7 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32
 	if optLen > 0 {
 		header.EncodeSynOptions(t[header.TCPMinLen:], uint16(f.mss), f.ourWS)
 	}
-	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len)
+	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len) + payloadSum
 	t.SetChecksum(header.Fold(header.Checksum(t, sum)))
 	return size
 }
@@ -979,7 +1003,7 @@ func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 	if b == nil {
 		return
 	}
-	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0))
+	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0, 0))
 }
 
 // tcpConnectFailed ends a flow whose host connect() failed with err: with

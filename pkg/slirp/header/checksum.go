@@ -13,8 +13,17 @@ import (
 // the one's-complement sum commutes with swapping (RFC 1071, "byte order
 // independence"), and this way the loads need no swapping. sumLE uses
 // AVX2 where the CPU has it.
-func Checksum(b []byte, initial uint64) uint64 {
-	return initial + uint64(bits.ReverseBytes16(fold16(sumLE(b))))
+func Checksum(b []byte, initial uint64) uint64 { return ChecksumAt(b, initial, 0) }
+
+// ChecksumAt is Checksum for b at offset off of the data summed, which
+// lies in pieces (a frame in scattered buffers): a piece at an odd offset
+// adds its sum byte-swapped.
+func ChecksumAt(b []byte, initial uint64, off int) uint64 {
+	s := fold16(sumLE(b))
+	if off&1 == 0 {
+		s = bits.ReverseBytes16(s)
+	}
+	return initial + uint64(s)
 }
 
 // sumLEGeneric is the portable sumLE: eight bytes per step with a 64-bit

@@ -72,7 +72,8 @@ func FuzzARP(f *testing.F) {
 }
 
 // FuzzChecksum holds the vector and portable sums to the textbook loop,
-// at every length and alignment the fuzzer finds.
+// at every length and alignment the fuzzer finds, and so a sum taken in
+// two pieces split anywhere.
 func FuzzChecksum(f *testing.F) {
 	f.Add(make([]byte, 200), uint8(1))
 	f.Add([]byte{0xff, 0xff, 0xff}, uint8(0))
@@ -83,6 +84,10 @@ func FuzzChecksum(f *testing.F) {
 		}
 		if got, want := ^fold16(sumLEGeneric(b)), bits.ReverseBytes16(refChecksum(b)); got != want {
 			t.Fatalf("portable sum, len %d: %#04x, want %#04x", len(b), got, want)
+		}
+		cut := int(off) * 7 % (len(b) + 1)
+		if got, want := Fold(ChecksumAt(b[cut:], Checksum(b[:cut], 0), cut)), refChecksum(b); got != want {
+			t.Fatalf("len %d in pieces cut at %d: %#04x, want %#04x", len(b), cut, got, want)
 		}
 	})
 }
