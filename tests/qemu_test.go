@@ -71,13 +71,16 @@ func testQEMUGuest(t *testing.T, vhost bool) {
 	// The guest uploads "yes gopasst | head -c upSize"; the host answers
 	// with the SHA-256 of what it received.
 	const upSize = 4 << 20
-	up := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	acceptLoop(up, func(c net.Conn) {
+	sumUpload := func(c net.Conn) {
 		h := sha256.New()
 		io.CopyN(h, c, upSize)
 		fmt.Fprintf(c, "%x\n", h.Sum(nil))
 		c.Close()
-	})
+	}
+	up := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(up, sumUpload)
+	up6 := w.Host.Listen(t, "tcp", "[::1]:0")
+	acceptLoop(up6, sumUpload)
 
 	script := fmt.Sprintf(`
 `+guestDHCPScript+`ip link set lo up
@@ -96,6 +99,7 @@ ping -6 -c 2 -W 5 %[6]s | sed 's/^/GOPASST-PING6 /'
 rtr=$(ip -6 route | sed -n 's/^default via \([^ ]*\) .*/\1/p')
 ping -6 -c 2 -W 5 -I eth0 $rtr | sed 's/^/GOPASST-PINGLL /'
 echo "GOPASST-DOWN6 $(nc %[6]s %[7]s | sha256sum)"
+echo "GOPASST-UP6 $(yes gopasst | head -c %[4]d | nc %[6]s %[8]s)"
 printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello
 nc -ll -p 8080 -e /bin/hello &
 /bin/udpecho 5353 &
@@ -103,7 +107,7 @@ sleep 1
 echo GOPASST-READY
 nc %[1]s %[5]s
 echo GOPASST-DONE
-`, hostGW, port(down.Addr()), port(up.Addr()), upSize, port(hold.Addr()), host6GW, port(down6.Addr()))
+`, hostGW, port(down.Addr()), port(up.Addr()), upSize, port(hold.Addr()), host6GW, port(down6.Addr()), port(up6.Addr()))
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
 	if err := buildInitramfs(initrd, kver, script, map[string]string{"/bin/udpecho": udpecho}); err != nil {
 		t.Fatal(err)
@@ -132,8 +136,10 @@ echo GOPASST-DONE
 	}
 	h := sha256.New()
 	io.CopyN(h, strings.NewReader(strings.Repeat("gopasst\n", upSize/8+1)), upSize)
-	if got, want := strings.Join(report["UP"], ""), hex.EncodeToString(h.Sum(nil)); got != want {
-		t.Errorf("upload sha256 as the host saw it %q, want %s", got, want)
+	for _, k := range []string{"UP", "UP6"} {
+		if got, want := strings.Join(report[k], ""), hex.EncodeToString(h.Sum(nil)); got != want {
+			t.Errorf("%s: upload sha256 as the host saw it %q, want %s", k, got, want)
+		}
 	}
 	if dns := strings.Join(report["DNS"], "\n"); !strings.Contains(dns, "203.0.113.7") {
 		t.Errorf("nslookup in the guest:\n%s", dns)

@@ -27,6 +27,13 @@ type Link interface {
 	// slice is valid until the next Read. An error means the guest broke
 	// the framing, and the link cannot go on.
 	Next() ([]byte, error)
+	// Tail is the rest of the frame Next last returned, when the link
+	// left it where it lay (vhost-user leaves all but a frame's first
+	// HeadCopy bytes in guest memory): the frame is what Next returned
+	// followed by these pieces. They are valid until the next Read or
+	// Event, and the guest may change them meanwhile, so they are data
+	// to pass on, never to parse.
+	Tail() []unix.Iovec
 
 	// Reserve returns room for one frame of up to n bytes, after any
 	// reservations still open, or nil when there is none now.
@@ -222,11 +229,12 @@ func splitV(b []byte, hdr int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
 	return b, iov
 }
 
-func (l *fdLink) Commit(size int) { l.q.Commit(size) }
-func (l *fdLink) Cancel()         { l.q.Cancel() }
-func (l *fdLink) Pending() int    { return l.q.Pending() }
-func (l *fdLink) MaxFrame() int   { return l.maxFrame }
-func (l *fdLink) Dropped() uint64 { return l.q.refused }
+func (l *fdLink) Tail() []unix.Iovec { return nil }
+func (l *fdLink) Commit(size int)    { l.q.Commit(size) }
+func (l *fdLink) Cancel()            { l.q.Cancel() }
+func (l *fdLink) Pending() int       { return l.q.Pending() }
+func (l *fdLink) MaxFrame() int      { return l.maxFrame }
+func (l *fdLink) Dropped() uint64    { return l.q.refused }
 
 func (l *fdLink) Flush() error {
 	var err error

@@ -16,7 +16,7 @@ import (
 type Pcap struct {
 	f   *os.File
 	hdr [16]byte
-	iov [2]unix.Iovec
+	iov []unix.Iovec
 }
 
 // pcapSnaplen is the largest frame recorded whole.
@@ -53,22 +53,30 @@ func NewPcap(f *os.File) (*Pcap, error) {
 	return &Pcap{f: f}, nil
 }
 
-// Write records one frame.
-func (p *Pcap) Write(frame []byte) {
+// Write records one frame: frame, then the pieces of its tail, if the
+// link left one in guest memory (Link.Tail).
+func (p *Pcap) Write(frame []byte, tail ...unix.Iovec) {
 	if len(frame) == 0 {
 		return
 	}
 	now := time.Now()
-	n := min(len(frame), pcapSnaplen)
+	size := len(frame)
+	for _, v := range tail {
+		size += int(v.Len)
+	}
 	binary.LittleEndian.PutUint32(p.hdr[0:], uint32(now.Unix()))
 	binary.LittleEndian.PutUint32(p.hdr[4:], uint32(now.Nanosecond()/1000))
-	binary.LittleEndian.PutUint32(p.hdr[8:], uint32(n))
-	binary.LittleEndian.PutUint32(p.hdr[12:], uint32(len(frame)))
-	p.iov[0] = unix.Iovec{Base: &p.hdr[0], Len: uint64(len(p.hdr))}
-	p.iov[1] = unix.Iovec{Base: &frame[0], Len: uint64(n)}
+	if size > pcapSnaplen {
+		return // no link carries such a frame
+	}
+	binary.LittleEndian.PutUint32(p.hdr[8:], uint32(size))
+	binary.LittleEndian.PutUint32(p.hdr[12:], uint32(size))
+	p.iov = append(p.iov[:0], unix.Iovec{Base: &p.hdr[0], Len: uint64(len(p.hdr))},
+		unix.Iovec{Base: &frame[0], Len: uint64(len(frame))})
+	p.iov = append(p.iov, tail...)
 	// A failed write (a full disk) loses that frame from the capture, not
 	// the frame itself.
-	unix.Syscall(unix.SYS_WRITEV, p.f.Fd(), uintptr(unsafe.Pointer(&p.iov[0])), 2)
+	unix.Syscall(unix.SYS_WRITEV, p.f.Fd(), uintptr(unsafe.Pointer(&p.iov[0])), uintptr(len(p.iov)))
 }
 
 // Close closes the capture file.
@@ -90,7 +98,7 @@ type pcapLink struct {
 func (l *pcapLink) Next() ([]byte, error) {
 	f, err := l.Link.Next()
 	if f != nil {
-		l.p.Write(f)
+		l.p.Write(f, l.Link.Tail()...)
 	}
 	return f, err
 }

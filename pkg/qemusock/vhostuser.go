@@ -15,13 +15,13 @@ import (
 // (TX: the guest queued frames; RX: it added buffers) and one to
 // interrupt it. No frame crosses a socket.
 //
-// Frames from the guest are copied once, into the link's own buffer:
-// the guest may rewrite a frame while it is parsed, so the engine never
-// parses guest memory. Frames to the guest that carry TCP data are built
-// in the guest's RX buffers (ReserveV): the engine writes the headers
-// there and peeks the payload from the host socket straight into them,
-// one copy in all. Other frames wait in the link's queue and are copied
-// in by Flush.
+// One copy each way, the kernel's. From the guest, a frame's first
+// HeadCopy bytes (its headers) are copied into the link's own buffer, so
+// that the engine parses what the guest can no longer change; the rest
+// stays in guest memory (Tail), and the engine writes TCP data from there
+// to the host socket. To the guest, TCP data is peeked from the host
+// socket straight into the guest's RX buffers (ReserveV); other frames
+// wait in the link's queue and Flush copies them in.
 
 // Front-end requests (the subset a vhost-user-net front-end sends with
 // the features we offer).
@@ -110,6 +110,7 @@ type vhostLink struct {
 	rd      *Reader
 	q       *Queue
 	dropped uint64
+	tx      txHeld
 	rx      rxDirect
 }
 
@@ -183,19 +184,47 @@ func drainEventfd(fd int) {
 	read(fd, b[:])
 }
 
-// Read takes the frames the guest queued on its TX ring into the link's
-// buffer, as many as fit, and returns their size, or EAGAIN if there
-// were none.
+// HeadCopy is how much of a frame from the guest vhost-user copies for
+// the engine to parse: all its headers, Ethernet, IP and TCP with
+// options, take at most 134 bytes. The rest of a larger frame stays in
+// guest memory (Tail), and the engine writes TCP data from there.
+const HeadCopy = 256
+
+// txHeld are the TX chains of the last Read: the frames in them, their
+// tails still in guest memory, are the engine's until the next Read or
+// Event, and only then go back to the guest.
+type txHeld struct {
+	heads   [maxTxFrames]uint16
+	tails   [maxTxFrames]struct{ first, n int } // each frame's pieces
+	pieces  [maxTxPieces]unix.Iovec
+	n       int // frames read
+	nPieces int
+	next    int // frames Next returned
+}
+
+// A Read takes at most this many frames, and their tails at most this
+// many pieces (a Linux guest's TSO frame has up to 17).
+const (
+	maxTxFrames = 256
+	maxTxPieces = 4096
+)
+
+// Read takes the frames the guest queued on its TX ring, their heads into
+// the link's buffer and their tails left in place, and returns their
+// size, or EAGAIN if there were none. The frames of the previous Read go
+// back to the guest first.
 func (l *vhostLink) Read() (int, error) {
 	tx := &l.vq[txQueue]
+	l.releaseTx()
 	if !tx.ready() {
 		drainEventfd(tx.kick)
 		return 0, unix.EAGAIN
 	}
 	r := l.rd
 	r.makeRoom()
+	h := &l.tx
 	total := 0
-	for len(r.buf)-r.end >= MaxFrame+maxPrefix {
+	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
 		head, ok := tx.nextAvail()
 		if !ok {
 			// Drain the kick, then look again: a frame queued in
@@ -205,15 +234,24 @@ func (l *vhostLink) Read() (int, error) {
 				break
 			}
 		}
-		n, err := l.readChain(tx, head, r.buf[r.end+QEMU.LenSize:r.end+QEMU.LenSize+MaxFrame])
-		tx.putUsed(head, 0)
+		pieces := h.nPieces
+		n, tail, err := l.readChain(tx, head, r.buf[r.end+QEMU.LenSize:r.end+QEMU.LenSize+HeadCopy])
+		if err == errPiecesFull && h.n > 0 {
+			tx.lastAvail-- // the next Read takes it
+			break
+		}
 		if err != nil || n == 0 {
+			h.nPieces = pieces
+			tx.putUsed(head, 0)
 			l.dropped++
 			continue
 		}
+		h.heads[h.n] = head
+		h.tails[h.n].first, h.tails[h.n].n = pieces, h.nPieces-pieces
+		h.n++
 		QEMU.put(r.buf[r.end:], n)
 		r.end += QEMU.LenSize + n
-		total += n
+		total += n + tail
 	}
 	tx.publish()
 	if total == 0 {
@@ -222,27 +260,79 @@ func (l *vhostLink) Read() (int, error) {
 	return total, nil
 }
 
-// readChain copies the frame in a TX chain, after its virtio-net header,
-// to dst and returns its size.
-func (l *vhostLink) readChain(q *virtq, head uint16, dst []byte) (int, error) {
+// releaseTx gives the chains of the last Read back to the guest.
+func (l *vhostLink) releaseTx() {
+	h := &l.tx
+	if h.n == 0 {
+		return
+	}
+	tx := &l.vq[txQueue]
+	if tx.used != nil {
+		for _, head := range h.heads[:h.n] {
+			tx.putUsed(head, 0)
+		}
+		tx.publish()
+	}
+	h.n, h.nPieces, h.next = 0, 0, 0
+}
+
+// readChain copies the first HeadCopy bytes of the frame in a TX chain,
+// after its virtio-net header, to dst and adds the rest to the link's
+// pieces. It returns the bytes copied and those left in place, and
+// errPiecesFull, taking nothing, when the pieces ran out.
+func (l *vhostLink) readChain(q *virtq, head uint16, dst []byte) (copied, left int, err error) {
 	c := q.chain(&l.mem, head)
-	skip, n := l.hdrLen, 0
+	h := &l.tx
+	first := h.nPieces
+	skip := l.hdrLen
 	for {
 		b, err := c.buffer(false)
 		if err != nil || b == nil {
-			return n, err
+			return copied, left, err
 		}
 		k := min(skip, len(b))
 		skip -= k
 		b = b[k:]
-		if len(b) > len(dst)-n {
-			return 0, errBadChain // a frame larger than any we take
+		if copied+left+len(b) > MaxFrame {
+			return 0, 0, errBadChain // a frame larger than any we take
 		}
-		n += copy(dst[n:], b)
+		if left == 0 {
+			k := copy(dst[copied:], b)
+			copied += k
+			b = b[k:]
+		}
+		if len(b) > 0 {
+			if h.nPieces == len(h.pieces) {
+				h.nPieces = first
+				return 0, 0, errPiecesFull
+			}
+			h.pieces[h.nPieces] = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+			h.nPieces++
+			left += len(b)
+		}
 	}
 }
 
-func (l *vhostLink) Next() ([]byte, error) { return l.rd.Next() }
+// errPiecesFull reports a chain with more pieces than a Read has room
+// for: it waits for the next Read, or is dropped if it has more than any.
+var errPiecesFull = errors.New("too many pieces")
+
+func (l *vhostLink) Next() ([]byte, error) {
+	f, err := l.rd.Next()
+	if f != nil {
+		l.tx.next++
+	}
+	return f, err
+}
+
+func (l *vhostLink) Tail() []unix.Iovec {
+	h := &l.tx
+	if h.next == 0 {
+		return nil
+	}
+	t := h.tails[h.next-1]
+	return h.pieces[t.first : t.first+t.n]
+}
 
 func (l *vhostLink) Reserve(n int) []byte { return l.q.Reserve(n) }
 func (l *vhostLink) MaxFrame() int        { return MaxFrame }
@@ -485,6 +575,7 @@ func (l *vhostLink) rewind(rx *virtq, start [2]uint16) {
 }
 
 func (l *vhostLink) Close() error {
+	l.releaseTx()
 	for i := range l.vq {
 		l.resetQueue(i)
 	}
@@ -513,6 +604,7 @@ func closeFds(fds []int) {
 // It never reads past the request at hand, so the descriptors that come
 // with a request (passed with its first bytes) are that request's.
 func (l *vhostLink) requests() error {
+	l.releaseTx() // a request may move the rings, or the memory under them
 	oob := make([]byte, unix.CmsgSpace(4*vuMaxFds))
 	for {
 		want := vuHeaderLen

@@ -70,6 +70,12 @@ type Engine struct {
 	callFd int         // eventfd: calls are queued for the loop
 	calls  chan func() // functions to run on the loop (control plane)
 
+	// tail is the data of the TCP segment at hand past the frame's head,
+	// left in guest memory (frameInput); whole is where any other frame
+	// with a tail is made whole.
+	tail  []unix.Iovec
+	whole [qemusock.MaxFrame]byte
+
 	dhcpBuf  [576]byte
 	dhcp6Buf [1024]byte
 	duidBuf  [10]byte
@@ -387,7 +393,7 @@ func (e *Engine) linkEvent(id uint32, events uint32) bool {
 				break
 			}
 			e.Stats.FramesIn++
-			e.tapInput(frame)
+			e.frameInput(frame, e.link.Tail())
 		}
 		e.tcpFlushAcks()
 		e.udpFlush()

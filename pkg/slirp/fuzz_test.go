@@ -142,9 +142,26 @@ func FuzzFrame(f *testing.F) {
 	}
 	e := newTestEngine(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e.tapInput(b)
+		fuzzInput(e.Engine, b)
 		e.output(t)
 	})
+}
+
+// fuzzInput hands b to the engine as a link would: an odd-sized frame
+// whole, an even-sized one past qemusock.HeadCopy bytes as vhost-user
+// does, its head copied and its tail in two pieces where it lies.
+func fuzzInput(e *Engine, b []byte) {
+	if len(b) <= qemusock.HeadCopy || len(b)%2 != 0 {
+		e.frameInput(b, nil)
+		return
+	}
+	head := append([]byte(nil), b[:qemusock.HeadCopy]...)
+	rest := b[qemusock.HeadCopy:]
+	tail := []unix.Iovec{{Base: &rest[0], Len: uint64(len(rest))}}
+	if cut := len(rest) / 3; cut > 0 {
+		tail = []unix.Iovec{{Base: &rest[0], Len: uint64(cut)}, {Base: &rest[cut], Len: uint64(len(rest) - cut)}}
+	}
+	e.frameInput(head, tail)
 }
 
 // Fixed loopback ports for FuzzFlows' peers, so that seeds reach them.
@@ -209,7 +226,7 @@ func FuzzFlows(f *testing.F) {
 	e.cfg.NoTCP, e.cfg.NoUDP, e.cfg.NoICMP = false, false, false
 	e.cfg.MaxTCP, e.cfg.MaxUDP, e.cfg.MaxICMP = 64, 64, 16 // bounded, and the caps fuzzed too
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e.tapInput(b)
+		fuzzInput(e.Engine, b)
 		e.tcpFlushAcks()
 		e.udpFlush()
 		e.turn(0) // host sockets' events: connects, replies, resets

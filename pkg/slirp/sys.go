@@ -8,6 +8,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
 
@@ -305,4 +306,36 @@ func sendmmsg(fd int, msgs []mmsghdr) (int, error) {
 		}
 		return int(n), nil
 	}
+}
+
+// trimIov cuts the pieces iov[from:] to n bytes.
+func trimIov(iov []unix.Iovec, from, n int) []unix.Iovec {
+	for i := from; i < len(iov); i++ {
+		if uint64(n) <= iov[i].Len {
+			iov[i].Len = uint64(n)
+			return iov[:i+1]
+		}
+		n -= int(iov[i].Len)
+	}
+	return iov
+}
+
+// iovSum is the checksum sum of the first n bytes in the pieces iov.
+func iovSum(iov []unix.Iovec, n int) uint64 {
+	var sum uint64
+	for off, i := 0, 0; off < n; i++ {
+		k := min(int(iov[i].Len), n-off)
+		sum = header.ChecksumAt(unsafe.Slice(iov[i].Base, k), sum, off)
+		off += k
+	}
+	return sum
+}
+
+// iovLen is the number of bytes in the pieces iov.
+func iovLen(iov []unix.Iovec) int {
+	n := 0
+	for _, v := range iov {
+		n += int(v.Len)
+	}
+	return n
 }

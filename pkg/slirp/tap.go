@@ -2,8 +2,10 @@ package slirp
 
 import (
 	"net/netip"
+	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // Frame layout offsets for frames built for the guest: the Ethernet
@@ -26,6 +28,67 @@ func l4Off(a netip.Addr) int {
 
 // ipHdrLen is the IP header size of a's family.
 func ipHdrLen(a netip.Addr) int { return l4Off(a) - ipOff }
+
+// frameInput dispatches a frame from the link. A frame with a tail (its
+// bytes past the head the link copied, left in guest memory by
+// vhost-user) is taken as it lies only if it is a TCP segment, whose data
+// goes from there to the host socket (splitTCP); any other is made whole
+// first. Nothing but TCP data is ever read from guest memory.
+func (e *Engine) frameInput(frame []byte, tail []unix.Iovec) {
+	if len(tail) > 0 {
+		var ok bool
+		if e.tail, ok = splitTCP(frame, tail); !ok {
+			n := copy(e.whole[:], frame)
+			for _, v := range tail {
+				n += copy(e.whole[n:], unsafe.Slice(v.Base, v.Len))
+			}
+			frame = e.whole[:n]
+		}
+	}
+	e.tapInput(frame)
+	e.tail = nil
+}
+
+// splitTCP readies a TCP segment whose data runs on into tail: its IP
+// length, in the head (the link's copy), is made to cover the head alone,
+// and the tail is cut to the rest of what it claimed (past that is
+// padding). The segment's headers must all be in the head. It reports
+// false for anything else, which is then made whole and parsed as such.
+func splitTCP(frame []byte, tail []unix.Iovec) ([]unix.Iovec, bool) {
+	if len(frame) < header.EthernetLen {
+		return nil, false
+	}
+	eth := header.Ethernet(frame)
+	ip := eth.Payload()
+	var l3, claimed int // the IP header's length, and the packet's
+	switch eth.Type() {
+	case header.EtherTypeIPv4:
+		if v4 := header.IPv4(ip); len(v4) >= header.IPv4MinLen && v4.Protocol() == header.ProtoTCP {
+			l3, claimed = v4.HeaderLen(), int(v4.TotalLen())
+		}
+	case header.EtherTypeIPv6:
+		if v6 := header.IPv6(ip); len(v6) >= header.IPv6Len && v6.NextHeader() == header.ProtoTCP {
+			l3, claimed = header.IPv6Len, header.IPv6Len+int(v6.PayloadLen())
+		}
+	}
+	if l3 < header.IPv4MinLen || l3+header.TCPMinLen > len(ip) ||
+		l3+header.TCP(ip[l3:]).DataOffset() > len(ip) || claimed < len(ip) {
+		return nil, false
+	}
+	rest := claimed - len(ip)
+	if rest == 0 {
+		return nil, true // the tail is all padding
+	}
+	if iovLen(tail) < rest {
+		return nil, false // truncated: parsed whole, and refused
+	}
+	if eth.Type() == header.EtherTypeIPv4 {
+		header.IPv4(ip).SetTotalLen(len(ip))
+	} else {
+		header.IPv6(ip).SetPayloadLen(len(ip) - header.IPv6Len)
+	}
+	return trimIov(tail, 0, rest), true
+}
 
 // tapInput dispatches one Ethernet frame from the guest.
 func (e *Engine) tapInput(frame []byte) {

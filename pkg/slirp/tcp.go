@@ -164,7 +164,7 @@ type tcpTable struct {
 // still in the input buffer, for one writev.
 type tcpWriteBatch struct {
 	flow  *tcpFlow
-	iov   [64]unix.Iovec
+	iov   [256]unix.Iovec
 	n     int
 	bytes int
 }
@@ -215,9 +215,11 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	}
 	key := tcpKey{netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())}
 	flags := t.Flags()
+	payload, tail := t.Payload(), e.tail
+	dataLen := len(payload) + iovLen(tail)
 	if e.cfg.Trace {
 		e.logf("TCP %v -> %v: %v seq %d ack %d win %d len %d", key.guest, key.remote, flags,
-			t.Seq(), t.Ack(), t.Window(), len(t.Payload()))
+			t.Seq(), t.Ack(), t.Window(), dataLen)
 	}
 	_, f := e.tcp.lookup(key)
 	if f == nil {
@@ -248,14 +250,13 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	if f.state&(tcpConnecting|tcpSynSent) != 0 || flags&header.TCPAck == 0 {
 		return
 	}
-	payload := t.Payload()
 	fin := flags&header.TCPFin != 0
-	if !e.tcpAck(f, t.Ack(), t.Window(), len(payload) > 0 || fin) {
+	if !e.tcpAck(f, t.Ack(), t.Window(), dataLen > 0 || fin) {
 		return
 	}
 	switch next := e.tcpRcvNext(f); {
-	case len(payload) > 0 || fin:
-		e.tcpGuestData(f, t.Seq(), payload, fin)
+	case dataLen > 0 || fin:
+		e.tcpGuestData(f, t.Seq(), payload, tail, fin)
 	case t.Seq() == next-1 && f.state&tcpEstablished != 0:
 		// A keepalive (or zero-window) probe: one byte below what we
 		// expect, no data. Answer it, and let the host socket probe the
@@ -503,8 +504,9 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 	return true
 }
 
-// tcpGuestData writes the guest's payload to the host socket.
-func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) {
+// tcpGuestData writes the guest's payload to the host socket: the bytes
+// in the frame, then its tail, the rest left in guest memory (vhost-user).
+func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []unix.Iovec, fin bool) {
 	defer e.tcpScheduleAck(f)
 	if f.state&tcpEstablished == 0 {
 		return
@@ -516,21 +518,29 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 	if e.tcp.w.flow != f {
 		e.tcpWriteFlush() // another flow's batch
 	}
-	off := int32(e.tcpRcvNext(f) - seq)
-	if off < 0 || int(off) > len(payload) || int(off) == len(payload) && !fin {
+	n := len(payload) + iovLen(tail)
+	off := int(int32(e.tcpRcvNext(f) - seq))
+	if off < 0 || off > n || off == n && !fin {
 		e.tcpAckNow(f) // a gap or an old duplicate: the ACK says where we are
 		return
 	}
-	data := payload[off:]
-	if len(data) > 0 {
-		w := &e.tcp.w
-		w.flow = f
-		w.iov[w.n] = unix.Iovec{Base: &data[0], Len: uint64(len(data))}
-		w.n++
-		w.bytes += len(data)
-		if w.n == len(w.iov) && !e.tcpWriteFlush() {
+	if off < len(payload) {
+		if !e.tcpGather(f, &payload[off], len(payload)-off) {
 			return
 		}
+		off = 0
+	} else {
+		off -= len(payload)
+	}
+	for _, v := range tail {
+		if uint64(off) >= v.Len {
+			off -= int(v.Len)
+			continue
+		}
+		if !e.tcpGather(f, (*byte)(unsafe.Add(unsafe.Pointer(v.Base), off)), int(v.Len)-off) {
+			return
+		}
+		off = 0
 	}
 	if fin {
 		if !e.tcpWriteFlush() {
@@ -544,6 +554,18 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, fin bool) 
 			e.tcpClose(f, false, false)
 		}
 	}
+}
+
+// tcpGather adds n bytes at p to the flow's write batch, writing the
+// batch when it is full. It reports false when that write came up short:
+// the rest of the segment is dropped, and the guest sends it again.
+func (e *Engine) tcpGather(f *tcpFlow, p *byte, n int) bool {
+	w := &e.tcp.w
+	w.flow = f
+	w.iov[w.n] = unix.Iovec{Base: p, Len: uint64(n)}
+	w.n++
+	w.bytes += n
+	return w.n < len(w.iov) || e.tcpWriteFlush()
 }
 
 // tcpWriteFlush writes the guest data gathered for one flow with a single
@@ -789,29 +811,6 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return // drained; the next EPOLLIN edge brings more
 		}
 	}
-}
-
-// trimIov cuts the pieces iov[from:] to n bytes.
-func trimIov(iov []unix.Iovec, from, n int) []unix.Iovec {
-	for i := from; i < len(iov); i++ {
-		if uint64(n) <= iov[i].Len {
-			iov[i].Len = uint64(n)
-			return iov[:i+1]
-		}
-		n -= int(iov[i].Len)
-	}
-	return iov
-}
-
-// iovSum is the checksum sum of the first n bytes in the pieces iov.
-func iovSum(iov []unix.Iovec, n int) uint64 {
-	var sum uint64
-	for off, i := 0, 0; off < n; i++ {
-		k := min(int(iov[i].Len), n-off)
-		sum = header.ChecksumAt(unsafe.Slice(iov[i].Base, k), sum, off)
-		off += k
-	}
-	return sum
 }
 
 // discard drops n acknowledged bytes from the host socket. TCP sockets

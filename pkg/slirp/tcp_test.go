@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
@@ -204,5 +205,51 @@ func TestIovSum(t *testing.T) {
 	}
 	if got := trimIov(iov, 2, 6); len(got) != 3 || got[2].Len != 6 {
 		t.Errorf("trimmed to 6 bytes from piece 2: %d pieces, the last of %d", len(got), got[len(got)-1].Len)
+	}
+}
+
+// TestTCPDataFromTail: a segment whose data runs on past the frame's
+// head into a tail (vhost-user leaves it in guest memory) reaches the
+// host whole, in order, without the padding after it; one whose IP
+// length claims more than head and tail hold is refused and writes
+// nothing.
+func TestTCPDataFromTail(t *testing.T) {
+	h, c := tcpPeer(t)
+	const n = 3000
+	split := func() ([]byte, []unix.Iovec) {
+		seg := h.segment(header.TCPAck|header.TCPPsh, n)[4:]
+		for i := range n {
+			seg[54+i] = byte(i * 7)
+		}
+		head := append([]byte(nil), seg[:qemusock.HeadCopy]...)
+		rest := append(append([]byte(nil), seg[qemusock.HeadCopy:]...), make([]byte, 11)...) // and padding
+		return head, []unix.Iovec{{Base: &rest[0], Len: 1001}, {Base: &rest[1001], Len: 998},
+			{Base: &rest[1999], Len: uint64(len(rest) - 1999)}}
+	}
+	head, tail := split()
+	h.e.frameInput(head, tail)
+	h.e.tcpFlushAcks()
+	h.seq += n
+	got := make([]byte, n)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if got[i] != byte(i*7) {
+			t.Fatalf("byte %d differs", i)
+		}
+	}
+
+	malformed := h.e.Stats.Malformed
+	head, tail = split()
+	h.e.frameInput(head, tail[:2])
+	h.e.tcpFlushAcks()
+	if h.e.Stats.Malformed != malformed+1 {
+		t.Error("a truncated segment was not refused")
+	}
+	c.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if k, _ := c.Read(got); k > 0 {
+		t.Errorf("%d bytes of a truncated segment reached the host", k)
 	}
 }

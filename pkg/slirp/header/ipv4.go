@@ -36,6 +36,10 @@ func (ip IPv4) HeaderLen() int { return int(ip[0]&0xf) * 4 }
 // TotalLen is the datagram length from the header.
 func (ip IPv4) TotalLen() uint16 { return binary.BigEndian.Uint16(ip[2:]) }
 
+// SetTotalLen rewrites the datagram length. The header checksum is left
+// as it was: gopasst never checks a guest's.
+func (ip IPv4) SetTotalLen(n int) { binary.BigEndian.PutUint16(ip[2:], uint16(n)) }
+
 // IsFragment reports a non-first fragment or a set More Fragments flag.
 func (ip IPv4) IsFragment() bool { return binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 }
 

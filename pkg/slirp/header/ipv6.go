@@ -28,6 +28,9 @@ func (ip IPv6) IsValid() bool {
 // PayloadLen is the length of everything after the fixed header.
 func (ip IPv6) PayloadLen() uint16 { return binary.BigEndian.Uint16(ip[4:]) }
 
+// SetPayloadLen rewrites the payload length.
+func (ip IPv6) SetPayloadLen(n int) { binary.BigEndian.PutUint16(ip[4:], uint16(n)) }
+
 // NextHeader is the protocol number of the first header after the fixed one.
 func (ip IPv6) NextHeader() uint8 { return ip[6] }
 
