@@ -16,8 +16,10 @@ import (
 // (the same kernel and initramfs as TestQEMUGuest, one vCPU, 512 MiB),
 // with iperf3 each way and TCP_RR to a host service through the gateway,
 // for gopasst and upstream passt, each over the stream socket and over
-// vhost-user. Rounds alternate between the four; medians are reported in
-// bench/QEMU.md. It runs only under "make bench".
+// vhost-user, and over vhost-user again with the guest at MTU 1500
+// (gopasst with and without large receive). Rounds alternate between
+// them; medians are reported in bench/QEMU.md. It runs only under "make
+// bench".
 func TestBenchQEMU(t *testing.T) {
 	needBench(t)
 	qemu, kernel, kver := needQEMU(t)
@@ -49,6 +51,10 @@ func TestBenchQEMU(t *testing.T) {
 		{name: "gopasst vhost-user", args: []string{"--vhost-user"}, vhost: true},
 		{name: "passt stream", backend: []string{passt, "-f", "-q", "-s", "{sock}"}},
 		{name: "passt vhost-user", backend: []string{passt, "-f", "-q", "--vhost-user", "-s", "{sock}"}, vhost: true},
+		{name: "gopasst vhost-user @1500", args: []string{"--vhost-user", "--mtu", "1500"}, vhost: true},
+		{name: "gopasst vhost-user @1500, no large receive", args: []string{"--vhost-user", "--mtu", "1500"}, vhost: true,
+			device: "guest_tso4=off,guest_tso6=off"},
+		{name: "passt vhost-user @1500", backend: []string{passt, "-f", "-q", "--vhost-user", "--mtu", "1500", "-s", "{sock}"}, vhost: true},
 	}
 	configs = slices.DeleteFunc(configs, func(c qemuConfig) bool { return !benchSelected(c.name) })
 	results := map[string]map[string][]float64{}
@@ -74,12 +80,13 @@ type qemuConfig struct {
 	args    []string // gopasst's options
 	backend []string // or another backend's argv
 	vhost   bool
+	device  string // options for the guest's virtio-net device
 }
 
 // benchQEMUOne boots the guest on c once and returns what it measured.
 func benchQEMUOne(t *testing.T, c qemuConfig, qemu, kernel, kver string, files map[string]string) map[string]float64 {
 	w := newWorld(t, WorldOpts{NoGuest: true, Args: c.args, Backend: c.backend})
-	w.VhostUser = c.vhost
+	w.VhostUser, w.Device = c.vhost, c.device
 	srv := w.Host.Cmd("iperf3", "-s", "-B", "127.0.0.1", "-p", "5201")
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -160,8 +167,18 @@ func writeQEMUReport(t *testing.T, configs []qemuConfig, results map[string]map[
 	for _, c := range configs {
 		b.WriteString(" " + c.name + " |")
 	}
-	b.WriteString(" gopasst ÷ passt, stream | gopasst ÷ passt, vhost-user | gopasst vhost-user ÷ stream |\n|---|")
-	for range len(configs) + 3 {
+	ratios := [][3]string{ // column, numerator, denominator
+		{"gopasst ÷ passt, stream", "gopasst stream", "passt stream"},
+		{"gopasst ÷ passt, vhost-user", "gopasst vhost-user", "passt vhost-user"},
+		{"gopasst vhost-user ÷ stream", "gopasst vhost-user", "gopasst stream"},
+		{"gopasst ÷ passt, vhost-user @1500", "gopasst vhost-user @1500", "passt vhost-user @1500"},
+		{"large receive: with ÷ without @1500", "gopasst vhost-user @1500", "gopasst vhost-user @1500, no large receive"},
+	}
+	for _, r := range ratios {
+		b.WriteString(" " + r[0] + " |")
+	}
+	b.WriteString("\n|---|")
+	for range len(configs) + len(ratios) {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
@@ -172,14 +189,14 @@ func writeQEMUReport(t *testing.T, configs []qemuConfig, results map[string]map[
 			med[c.name] = median(results[c.name][k])
 			fmt.Fprintf(&b, " %s |", fmtFigure(med[c.name], results[c.name][k]))
 		}
-		ratio := func(a, b float64) string {
-			if b == 0 {
-				return "–"
+		for _, r := range ratios {
+			if med[r[1]] == 0 || med[r[2]] == 0 {
+				b.WriteString(" – |")
+			} else {
+				fmt.Fprintf(&b, " %.2f |", med[r[1]]/med[r[2]])
 			}
-			return fmt.Sprintf("%.2f", a/b)
 		}
-		fmt.Fprintf(&b, " %s | %s | %s |\n", ratio(med["gopasst stream"], med["passt stream"]),
-			ratio(med["gopasst vhost-user"], med["passt vhost-user"]), ratio(med["gopasst vhost-user"], med["gopasst stream"]))
+		b.WriteString("\n")
 	}
 	b.WriteString("\nEach cell: the median, then the range of the rounds. CPU s/GB is the backend's own CPU time (gopasst's two processes) per GB moved; private memory is what the backend alone holds, so the guest memory a vhost-user backend maps is not counted.\n")
 	os.MkdirAll("../bench", 0o755)

@@ -37,7 +37,7 @@ func testQEMUGuest(t *testing.T, vhost bool) {
 	w.VhostUser = vhost
 	// The guest checks what it gets: over vhost-user, frames built in its
 	// buffers from scattered pieces must carry right checksums.
-	w.GuestChecksums = true
+	w.Device = "guest_csum=off"
 	udpecho := filepath.Join(w.Dir, "udpecho")
 	build := exec.Command("go", "build", "-o", udpecho, "./cmd/udpecho")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the guest has no libc
@@ -209,8 +209,8 @@ func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, 
 // must be shareable (a memfd) and the chardev may reconnect.
 func qemuNetArgs(w *World, memory int) []string {
 	device := "virtio-net-pci,netdev=n0,romfile="
-	if w.GuestChecksums {
-		device += ",guest_csum=off"
+	if w.Device != "" {
+		device += "," + w.Device
 	}
 	if !w.VhostUser {
 		return []string{"-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path=" + w.Sock,
@@ -256,10 +256,12 @@ func probeInbound(w *World) []string {
 
 // TestVhostUserReconnect kills gopasst under a running vhost-user guest
 // and starts it again: QEMU reconnects (reconnect-ms, as libvirt sets
-// it), sets the rings up again, and the guest's TCP works again.
+// it), sets the rings up again, and the guest's TCP works again. The
+// guest's MTU is 1500, so its downloads come as large-receive frames
+// (GUEST_TSO) that it cuts into segments itself.
 func TestVhostUserReconnect(t *testing.T) {
 	qemu, kernel, kver := needQEMU(t)
-	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user"}})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user", "--mtu", "1500"}})
 	w.VhostUser = true
 	const size = 4 << 20
 	want := hex.EncodeToString(sumStream(4, size))
@@ -291,6 +293,9 @@ echo GOPASST-DONE
 			w.Restart(t)
 		}
 	})
+	if lease := strings.Join(report["LEASE"], ""); !strings.Contains(lease, "mtu=1500") {
+		t.Errorf("lease %q: want the guest at MTU 1500", lease)
+	}
 	for _, k := range []string{"BEFORE", "AFTER"} {
 		if got := strings.Join(report[k], ""); !strings.HasPrefix(got, want) {
 			t.Errorf("download %s the restart: sha256 %q, want %s", strings.ToLower(k), got, want)

@@ -69,10 +69,10 @@ type World struct {
 	argv    []string // how w.Proc was started
 	// VhostUser says the socket is a vhost-user back-end's (bootGuest).
 	VhostUser bool
-	// GuestChecksums has a QEMU guest verify every checksum it receives:
-	// virtio-net's guest_csum is turned off, so frames over vhost-user
-	// are never marked as already checked.
-	GuestChecksums bool
+	// Device adds options to a QEMU guest's virtio-net device, as
+	// "guest_csum=off" makes the guest check every checksum it receives
+	// (frames over vhost-user are then never marked as checked).
+	Device string
 }
 
 // WorldOpts varies the set-up.

@@ -51,6 +51,14 @@ type Link interface {
 	// A frame committed short of its reservation must be the last one
 	// committed before Cancel drops the reservations after it.
 	Commit(size int)
+	// GuestTSO tells whether the guest takes TCP frames larger than its
+	// MSS, of IPv6 or IPv4, and cuts them into segments itself (large
+	// receive: vhost-user's GUEST_TSO4/6).
+	GuestTSO(ipv6 bool) bool
+	// CommitTSO is Commit for such a frame (a ReserveV reservation),
+	// whose TCP checksum holds the pseudo-header's sum alone: the guest
+	// completes it, or takes the data as checked.
+	CommitTSO(size int, t TSO)
 	// Cancel drops the open reservations.
 	Cancel()
 	// Flush sends queued frames. What cannot go yet stays queued
@@ -66,6 +74,13 @@ type Link interface {
 	Dropped() uint64
 
 	Close() error
+}
+
+// TSO describes a large TCP frame to the guest (Link.CommitTSO).
+type TSO struct {
+	IPv6 bool
+	L4   int // where the TCP header starts
+	MSS  int // the guest's segment size; 0 for a frame of one segment
 }
 
 // Poller is the engine's event loop, as a link sees it: it watches a
@@ -231,10 +246,15 @@ func splitV(b []byte, hdr int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
 
 func (l *fdLink) Tail() []unix.Iovec { return nil }
 func (l *fdLink) Commit(size int)    { l.q.Commit(size) }
-func (l *fdLink) Cancel()            { l.q.Cancel() }
-func (l *fdLink) Pending() int       { return l.q.Pending() }
-func (l *fdLink) MaxFrame() int      { return l.maxFrame }
-func (l *fdLink) Dropped() uint64    { return l.q.refused }
+
+// A stream or a tap carries no segmentation offload: frames to the guest
+// are of its MTU.
+func (l *fdLink) GuestTSO(bool) bool        { return false }
+func (l *fdLink) CommitTSO(size int, _ TSO) { l.q.Commit(size) }
+func (l *fdLink) Cancel()                   { l.q.Cancel() }
+func (l *fdLink) Pending() int              { return l.q.Pending() }
+func (l *fdLink) MaxFrame() int             { return l.maxFrame }
+func (l *fdLink) Dropped() uint64           { return l.q.refused }
 
 func (l *fdLink) Flush() error {
 	var err error

@@ -119,6 +119,12 @@ func (l *pcapLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec)
 	return splitV(l.Reserve(n), hdr, iov)
 }
 
+// GuestTSO is off: ReserveV goes through the queue, where frames carry
+// no segmentation.
+func (l *pcapLink) GuestTSO(bool) bool { return false }
+
+func (l *pcapLink) CommitTSO(size int, _ TSO) { l.Commit(size) }
+
 func (l *pcapLink) Commit(size int) {
 	l.Link.Commit(size)
 	if l.n > 0 {

@@ -53,8 +53,10 @@ const (
 
 // Feature bits.
 const (
-	virtioNetFCsum             = 1 << 0  // the guest may send partial checksums
-	virtioNetFGuestCsum        = 1 << 1  // we may send partial checksums (we never do)
+	virtioNetFCsum             = 1 << 0 // the guest may send partial checksums
+	virtioNetFGuestCsum        = 1 << 1 // we may send partial checksums (large receive does)
+	virtioNetFGuestTSO4        = 1 << 7 // we may send TCP frames over the guest's MTU, to be taken as segments
+	virtioNetFGuestTSO6        = 1 << 8
 	virtioNetFHostTSO4         = 1 << 11 // the guest may send TCP segments over its MTU
 	virtioNetFHostTSO6         = 1 << 12
 	virtioNetFMrgRxbuf         = 1 << 15 // a frame to the guest may span buffers
@@ -63,7 +65,11 @@ const (
 
 	vuProtocolReplyAck = 1 << 3
 
+	virtioNetHdrNeedsCsum = 1 // virtio-net header flag: the checksum from csum_start is partial
 	virtioNetHdrDataValid = 2 // virtio-net header flag: the checksums are good
+	virtioNetGSOTCPv4     = 1 // virtio-net header gso_type
+	virtioNetGSOTCPv6     = 4
+	tcpChecksumOffset     = 16 // where TCP's checksum lies in its header
 )
 
 // VhostUserFeatures are the virtio features gopasst offers: passt's
@@ -73,7 +79,8 @@ const (
 // checksum, and takes a TCP segment of any size) and spare the guest
 // both.
 const VhostUserFeatures = virtioFVersion1 | virtioNetFMrgRxbuf | virtioNetFGuestCsum |
-	virtioNetFCsum | virtioNetFHostTSO4 | virtioNetFHostTSO6 | vhostUserFProtocolFeatures
+	virtioNetFCsum | virtioNetFHostTSO4 | virtioNetFHostTSO6 |
+	virtioNetFGuestTSO4 | virtioNetFGuestTSO6 | vhostUserFProtocolFeatures
 
 const (
 	vuHeaderLen  = 12
@@ -112,6 +119,7 @@ type vhostLink struct {
 	dropped uint64
 	tx      txHeld
 	rx      rxDirect
+	noTSO   bool // a large frame went through the queue: no more (CommitTSO)
 }
 
 // rxDirect holds the frames reserved in the guest's RX buffers and not
@@ -134,10 +142,12 @@ type rxChain struct {
 }
 
 // rxFrame is one frame reserved in RX chains: its chains in
-// rxDirect.chains, and its virtio-net header in the first buffer.
+// rxDirect.chains, its virtio-net header in the first buffer, and the
+// length of the headers the engine writes.
 type rxFrame struct {
 	first, n int
 	hdr      []byte
+	hdrs     int
 }
 
 // A batch of frames built in guest buffers holds a TCP peek: 16 frames
@@ -378,7 +388,7 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 	if d.nFrames == len(d.frames) {
 		return nil, iov, true
 	}
-	fr := rxFrame{first: d.nChains}
+	fr := rxFrame{first: d.nChains, hdrs: hdr}
 	avail, pieces := rx.lastAvail, len(iov)
 	undo := func(ok bool) ([]byte, []unix.Iovec, bool) {
 		rx.lastAvail, d.nChains = avail, fr.first
@@ -436,10 +446,27 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 // Commit commits the oldest open reservation: in guest buffers, it puts
 // the chains the frame fills on the used ring (the guest sees them at
 // the next Flush).
-func (l *vhostLink) Commit(size int) {
+func (l *vhostLink) Commit(size int) { l.CommitTSO(size, TSO{}) }
+
+// GuestTSO tells whether the guest takes large TCP frames (GUEST_TSO4/6)
+// of the family, built in its buffers.
+func (l *vhostLink) GuestTSO(ipv6 bool) bool {
+	bit := uint64(virtioNetFGuestTSO4)
+	if ipv6 {
+		bit = virtioNetFGuestTSO6
+	}
+	return l.features&bit != 0 && l.features&virtioNetFMrgRxbuf != 0 && !l.noTSO && l.vq[rxQueue].ready()
+}
+
+// CommitTSO is Commit with the frame's segmentation in its virtio-net
+// header. A large frame that went through the queue (a guest whose
+// buffers are too small for headers) goes without: such a guest gets no
+// more of them (GuestTSO).
+func (l *vhostLink) CommitTSO(size int, t TSO) {
 	d := &l.rx
 	if d.committed == d.nFrames {
 		l.q.Commit(size)
+		l.noTSO = l.noTSO || t.MSS > 0
 		return
 	}
 	fr := &d.frames[d.committed]
@@ -455,6 +482,18 @@ func (l *vhostLink) Commit(size int) {
 	}
 	d.chainsUsed = fr.first + used
 	l.netHeader(fr.hdr, uint16(used))
+	if t.MSS > 0 {
+		h := fr.hdr
+		h[0] = virtioNetHdrNeedsCsum
+		h[1] = virtioNetGSOTCPv4
+		if t.IPv6 {
+			h[1] = virtioNetGSOTCPv6
+		}
+		binary.LittleEndian.PutUint16(h[2:], uint16(fr.hdrs))
+		binary.LittleEndian.PutUint16(h[4:], uint16(t.MSS))
+		binary.LittleEndian.PutUint16(h[6:], uint16(t.L4))
+		binary.LittleEndian.PutUint16(h[8:], tcpChecksumOffset)
+	}
 	d.unpublished += size
 }
 
@@ -689,7 +728,7 @@ func (l *vhostLink) request(m []byte) error {
 		if f&^VhostUserFeatures != 0 {
 			return bad("features %#x beyond those offered", f)
 		}
-		l.features = f
+		l.features, l.noTSO = f, false
 		l.hdrLen = 10
 		if f&(virtioFVersion1|virtioNetFMrgRxbuf) != 0 {
 			l.hdrLen = 12

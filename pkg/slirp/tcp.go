@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
@@ -723,7 +724,14 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil {
 		return
 	}
-	hdr := l4Off(f.key.guest.Addr()) + header.TCPMinLen
+	dst := f.key.guest.Addr()
+	hdr := l4Off(dst) + header.TCPMinLen
+	seg := f.mss // the payload of one frame
+	if e.link.GuestTSO(dst.Is6()) {
+		// Large receive: as many segments as a 64 KiB frame holds go as
+		// one, and the guest cuts them.
+		seg = max(1, (maxTSOFrame-hdr)/f.mss) * f.mss
+	}
 	wnd := e.tcpWindow(f)
 	for {
 		inflight := f.sndNxt - f.sndUna
@@ -731,7 +739,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			f.flags |= tcpWndFull // the guest's next ACK calls us again
 			return
 		}
-		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*f.mss)))
+		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*seg)))
 		e.link.Cancel() // frames here are the only ones open
 		iov := e.tcp.iov[:0]
 		skip := 0 // bytes already in flight that this peek reads again
@@ -742,12 +750,12 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		// One frame per segment, its payload in one or more pieces (the
 		// guest's own buffers, over vhost-user), as many as there is room.
 		segs := 0
-		for ; segs*f.mss < want && len(iov) < cap(iov); segs++ {
-			l := min(f.mss, want-segs*f.mss)
+		for ; segs*seg < want && len(iov) < cap(iov); segs++ {
+			l := min(seg, want-segs*seg)
 			e.tcp.segIov[segs] = len(iov)
 			b, more := e.link.ReserveV(hdr, max(hdr+l, minFrameLen), iov)
 			if b == nil {
-				want = segs * f.mss
+				want = segs * seg
 				break
 			}
 			e.tcp.frames[segs] = b
@@ -791,17 +799,24 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		for i, sent := 0, 0; sent < n; i++ {
-			l := min(f.mss, n-sent)
+			l := min(seg, n-sent)
 			fl := header.TCPAck
 			if sent+l == n {
 				fl |= header.TCPPsh
 			}
-			sum := iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
-			e.link.Commit(e.tcpFill(e.tcp.frames[i], f, fl, f.sndNxt+uint32(sent), 0, l, sum, wnd))
+			b, seq := e.tcp.frames[i], f.sndNxt+uint32(sent)
+			if l > f.mss {
+				size := e.tcpFill(b, f, fl, seq, 0, l, 0, wnd)
+				e.tcpPartialChecksum(b, f, l)
+				e.link.CommitTSO(size, qemusock.TSO{IPv6: dst.Is6(), L4: l4Off(dst), MSS: f.mss})
+			} else {
+				sum := iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
+				e.link.Commit(e.tcpFill(b, f, fl, seq, 0, l, sum, wnd))
+			}
 			sent += l
 		}
 		e.link.Cancel() // frames the peek did not fill
-		e.Stats.FramesOut += uint64((n + f.mss - 1) / f.mss)
+		e.Stats.FramesOut += uint64((n + seg - 1) / seg)
 		f.sndNxt += uint32(n)
 		f.ackSent, f.wndSent = f.rcvNxt, wnd
 		if f.rtoAt == 0 {
@@ -980,6 +995,20 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32
 	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len) + payloadSum
 	t.SetChecksum(header.Fold(header.Checksum(t, sum)))
 	return size
+}
+
+// maxTSOFrame bounds a large frame to the guest: the IP length field's
+// 64 KiB.
+const maxTSOFrame = header.EthernetLen + 0xffff
+
+// tcpPartialChecksum leaves the checksum of a large frame (payloadLen
+// bytes of data) for the guest to complete, as a NIC's large receive
+// does: the field holds the pseudo-header's sum alone, and the guest
+// takes the data as checked, or completes the sum if it forwards it.
+func (e *Engine) tcpPartialChecksum(b []byte, f *tcpFlow, payloadLen int) {
+	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
+	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, header.TCPMinLen+payloadLen)
+	header.TCP(b[l4Off(dst):]).SetChecksum(^header.Fold(sum))
 }
 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
