@@ -610,13 +610,14 @@ func FuzzVirtq(f *testing.F) {
 		// Frames built in the guest's buffers: every piece handed out
 		// must lie in guest memory, and the one short commit is kept.
 		iov := make([]unix.Iovec, 0, 64)
+		payload := make([]byte, 20000-54)
 		for i := range 3 {
 			head, v := fe.l.ReserveV(54, 20000, iov)
 			if head == nil {
 				break
 			}
 			clear(head)
-			fillV(v[len(iov):], make([]byte, 20000-54))
+			fillV(v[len(iov):], payload)
 			iov = v
 			if i == 0 {
 				fe.l.Commit(20000 - int(n%1000))
