@@ -1019,7 +1019,8 @@ func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 		f.sndNxt = in.Ack()
 	} else {
 		flags |= header.TCPAck
-		f.rcvNxt = in.Seq() + uint32(len(in.Payload()))
+		// The segment at hand is its payload and any tail (frameInput).
+		f.rcvNxt = in.Seq() + uint32(len(in.Payload())+iovLen(e.tail))
 		if in.Flags()&header.TCPSyn != 0 {
 			f.rcvNxt++
 		}

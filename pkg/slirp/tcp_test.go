@@ -241,6 +241,22 @@ func TestTCPDataFromTail(t *testing.T) {
 		}
 	}
 
+	// Data to no flow, without ACK: the reset acknowledges all of it,
+	// tail included.
+	head, tail = split()
+	header.TCP(head[34:]).Encode(header.TCPFields{SrcPort: 40001, DstPort: h.dport, Seq: 7000, Flags: header.TCPPsh, Window: 1, HeaderLen: header.TCPMinLen})
+	h.e.frameInput(head, tail)
+	h.e.turn(0)
+	var rst header.TCP
+	h.readFrames(func(s header.TCP) {
+		if isRst(s) {
+			rst = append(header.TCP(nil), s...)
+		}
+	})
+	if rst == nil || rst.Ack() != 7000+n {
+		t.Errorf("reset to data in a tail: %v", rst)
+	}
+
 	malformed := h.e.Stats.Malformed
 	head, tail = split()
 	h.e.frameInput(head, tail[:2])
