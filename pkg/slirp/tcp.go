@@ -804,15 +804,15 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			if sent+l == n {
 				fl |= header.TCPPsh
 			}
-			b, seq := e.tcp.frames[i], f.sndNxt+uint32(sent)
-			if l > f.mss {
-				size := e.tcpFill(b, f, fl, seq, 0, l, 0, wnd)
-				e.tcpPartialChecksum(b, f, l)
-				e.link.CommitTSO(size, qemusock.TSO{IPv6: dst.Is6(), L4: l4Off(dst), MSS: f.mss})
+			// A frame of several segments is a large receive: the guest
+			// cuts it and completes its checksum.
+			p, tso := tcpPayload{n: l, partial: l > f.mss}, qemusock.TSO{}
+			if p.partial {
+				tso = qemusock.TSO{IPv6: dst.Is6(), L4: l4Off(dst), MSS: f.mss}
 			} else {
-				sum := iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
-				e.link.Commit(e.tcpFill(b, f, fl, seq, 0, l, sum, wnd))
+				p.sum = iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
 			}
+			e.link.CommitTSO(e.tcpFill(e.tcp.frames[i], f, fl, f.sndNxt+uint32(sent), 0, p, wnd), tso)
 			sent += l
 		}
 		e.link.Cancel() // frames the peek did not fill
@@ -971,15 +971,24 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags header.TCPFlags, seq uint32, wnd u
 	if b == nil {
 		return
 	}
-	e.commit(e.tcpFill(b, f, flags, seq, optLen, 0, 0, wnd))
+	e.commit(e.tcpFill(b, f, flags, seq, optLen, tcpPayload{}, wnd))
 	f.ackSent, f.wndSent = f.rcvNxt, wnd
 }
 
-// tcpFill writes the headers of a segment at the start of b, whose
-// payload of payloadLen bytes, summed to payloadSum, is already in place,
-// and returns the frame's size.
-func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen, payloadLen int, payloadSum uint64, wnd uint16) int {
-	l4len := header.TCPMinLen + optLen + payloadLen
+// tcpPayload is the data of a segment whose headers tcpFill writes: n
+// bytes already in place, summed to sum; or, partial, left for the guest
+// to sum, as a NIC's large receive leaves it (the guest takes the data as
+// checked, or completes the sum if it forwards it).
+type tcpPayload struct {
+	n       int
+	sum     uint64
+	partial bool
+}
+
+// tcpFill writes the headers of a segment at the start of b and returns
+// the frame's size.
+func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen int, p tcpPayload, wnd uint16) int {
+	l4len := header.TCPMinLen + optLen + p.n
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
 	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
 	t := header.TCP(b[l4Off(dst) : l4Off(dst)+header.TCPMinLen+optLen])
@@ -992,24 +1001,18 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32
 	if optLen > 0 {
 		header.EncodeSynOptions(t[header.TCPMinLen:], uint16(f.mss), f.ourWS)
 	}
-	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len) + payloadSum
-	t.SetChecksum(header.Fold(header.Checksum(t, sum)))
+	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len)
+	if p.partial {
+		t.SetChecksum(^header.Fold(sum)) // the pseudo-header's sum alone
+	} else {
+		t.SetChecksum(header.Fold(header.Checksum(t, sum+p.sum)))
+	}
 	return size
 }
 
 // maxTSOFrame bounds a large frame to the guest: the IP length field's
 // 64 KiB.
 const maxTSOFrame = header.EthernetLen + 0xffff
-
-// tcpPartialChecksum leaves the checksum of a large frame (payloadLen
-// bytes of data) for the guest to complete, as a NIC's large receive
-// does: the field holds the pseudo-header's sum alone, and the guest
-// takes the data as checked, or completes the sum if it forwards it.
-func (e *Engine) tcpPartialChecksum(b []byte, f *tcpFlow, payloadLen int) {
-	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
-	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, header.TCPMinLen+payloadLen)
-	header.TCP(b[l4Off(dst):]).SetChecksum(^header.Fold(sum))
-}
 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
 func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
@@ -1032,7 +1035,7 @@ func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
 	if b == nil {
 		return
 	}
-	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, 0, 0, 0))
+	e.commit(e.tcpFill(b, &f, flags, f.sndNxt, 0, tcpPayload{}, 0))
 }
 
 // tcpConnectFailed ends a flow whose host connect() failed with err: with
