@@ -363,17 +363,16 @@ func (l *vhostLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec
 	if d.nFrames > 0 && d.committed == d.nFrames {
 		l.closeDirect() // a batch committed and never cancelled
 	}
-	if d.nFrames == 0 && (l.q.reserved() || l.features&virtioNetFMrgRxbuf == 0 || !rx.ready()) {
-		return splitV(l.q.Reserve(n), hdr, iov)
+	if d.nFrames > 0 || !l.q.reserved() && l.features&virtioNetFMrgRxbuf != 0 && rx.ready() {
+		if l.q.Pending() > 0 {
+			return nil, iov // the queue goes first, in order
+		}
+		head, out, ok := l.reserveDirect(rx, hdr, n, iov)
+		if ok || d.nFrames > 0 {
+			return head, out
+		}
 	}
-	if l.q.Pending() > 0 {
-		return nil, iov // the queue goes first, in order
-	}
-	head, out, ok := l.reserveDirect(rx, hdr, n, iov)
-	if !ok && d.nFrames == 0 {
-		return splitV(l.q.Reserve(n), hdr, iov)
-	}
-	return head, out
+	return splitV(l.q.Reserve(n), hdr, iov)
 }
 
 // reserveDirect takes RX chains for hdrLen+n bytes. ok is false when the
