@@ -110,7 +110,7 @@ func TestGvforwarder(t *testing.T) {
 		t.Skip(err)
 	}
 	w := newWorld(t, WorldOpts{Relay: []string{fwd, "-url", "unix://{sock}", "-iface", "{tap}",
-		"-preexisting", "-stop-if-exist", ""}})
+		"-preexisting", "-stop-if-exist", ""}, RelayTapFirst: true})
 	if w.Lease["mtu"] != "4000" {
 		t.Errorf("lease MTU %q, want 4000", w.Lease["mtu"])
 	}

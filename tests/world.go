@@ -93,6 +93,11 @@ type WorldOpts struct {
 	// guest namespace, makes the tap and carries its frames to {sock}
 	// ("gopasst guest", gvforwarder).
 	Relay []string
+	// RelayTapFirst makes and raises the tap before the relay starts, as
+	// gvforwarder's -preexisting requires: a frame it writes to a tap that
+	// is still down (our RA, sent on connect) fails with EIO and ends its
+	// session.
+	RelayTapFirst bool
 	// HostVia is how the backend's guest reaches host loopback (default:
 	// the gateway).
 	HostVia string
@@ -156,6 +161,10 @@ func newWorld(t testing.TB, o WorldOpts) *World {
 	}
 	w.Guest = newNetns(t, "gpg")
 	if o.Relay != nil {
+		if o.RelayTapFirst {
+			w.Guest.Run(t, "ip", "tuntap", "add", tapName, "mode", "tap")
+			w.Guest.Run(t, "ip", "link", "set", tapName, "up")
+		}
 		w.startRelay(t, o.Relay)
 	} else {
 		b, err := NewBridge(w.Guest, tapName, w.Sock)
