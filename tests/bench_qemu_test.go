@@ -36,12 +36,7 @@ func TestBenchQEMU(t *testing.T) {
 		rounds = 3
 	}
 	dir := t.TempDir()
-	tcprr := filepath.Join(dir, "tcprr")
-	build := exec.Command("go", "build", "-o", tcprr, "./cmd/tcprr")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	tcprr := buildForGuest(t, dir, "./cmd/tcprr")
 	files := map[string]string{"/bin/tcprr": tcprr}
 	if err := addWithLibraries(files, iperf3); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -153,6 +154,19 @@ func needQEMU(t testing.TB) (qemu, kernel, kver string) {
 		t.Skip(err)
 	}
 	return qemu, kernel, kver
+}
+
+// buildForGuest builds the Go package pkg (relative to tests/) into dir
+// as a static binary, since the guest has no libc, and returns its path.
+func buildForGuest(t testing.TB, dir, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, path.Base(pkg))
+	build := exec.Command("go", "build", "-o", out, pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building %s for the guest: %v\n%s", pkg, err, b)
+	}
+	return out
 }
 
 // buildInitramfs writes an initramfs that loads virtio networking (and

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -38,12 +37,7 @@ func testQEMUGuest(t *testing.T, vhost bool) {
 	// The guest checks what it gets: over vhost-user, frames built in its
 	// buffers from scattered pieces must carry right checksums.
 	w.Device = "guest_csum=off"
-	udpecho := filepath.Join(w.Dir, "udpecho")
-	build := exec.Command("go", "build", "-o", udpecho, "./cmd/udpecho")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: the guest has no libc
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the guest's UDP echo server: %v\n%s", err, out)
-	}
+	udpecho := buildForGuest(t, w.Dir, "./cmd/udpecho")
 	// The guest waits on this port while the host probes its forwards.
 	hold := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	release := make(chan struct{})

@@ -4,8 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,18 +26,14 @@ func TestVsockGuest(t *testing.T) {
 	}
 	w := newWorld(t, WorldOpts{NoGuest: true})
 	startDNS(t, w, "test.gopasst.example", [4]byte{203, 0, 113, 7})
-	static := filepath.Join(w.Dir, "gopasst-static")
-	build := exec.Command("go", "build", "-o", static, "../cmd/gopasst")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the guest has no libc
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building gopasst for the guest: %v\n%s", err, out)
-	}
+	static := buildForGuest(t, w.Dir, "../cmd/gopasst")
+	mktap := buildForGuest(t, w.Dir, "./cmd/mktap")
 
 	const size = 2 << 20
 	// The tap comes first for gvforwarder, as in WorldOpts.RelayTapFirst.
 	relays := []struct{ tag, pre, argv, port string }{
 		{"RELAY", "true", "gopasst guest --vsock 1:1024 --tap tap0", "8090"},
-		{"GVFWD", "ip tuntap add tap0 mode tap && ip link set tap0 up",
+		{"GVFWD", "mktap tap0 && ip link set tap0 up",
 			"gvforwarder -url vsock://1:1025/connect -iface tap0 -preexisting -stop-if-exist ''", "8091"},
 	}
 	script := fmt.Sprintf(`
@@ -55,14 +49,14 @@ yes vsock | head -c %[1]d > /tmp/down.bin
 nc -ll -p 7000 -e /bin/down &
 nc -ll -p 7001 -e /bin/upsum &
 # wait for SLAAC, so the inner gopasst always runs IPv6 and sends its RA on connect
-for i in $(seq 100); do ip -6 route | grep -q ^default && break; sleep 0.1; done
+for i in $(seq 100); do ip -6 route | grep -q ^default && ip -6 addr show eth0 scope global | grep -q inet6 && break; sleep 0.1; done
 gopasst --vsock 1024 -f -t 18090:8090 > /tmp/vsock-1024.log 2>&1 &
 gopasst --vsock 1025 -f -t 18091:8091 > /tmp/vsock-1025.log 2>&1 &
 sleep 1
 child() {
 cat > /tmp/child-$1.sh <<EOS
 ip link set lo up
-$4
+{ $4; } 2>&1 | sed 's/^/GOPASST-$1-PRE /'
 $2 > /tmp/relay-$1.log 2>&1 &
 for i in \$(seq 100); do ip link show tap0 > /dev/null 2>&1 && break; sleep 0.1; done
 ip link set tap0 up
@@ -92,7 +86,7 @@ echo GOPASST-DONE
 `, size, relays[0].tag, relays[0].argv, relays[0].port, relays[0].pre,
 		relays[1].tag, relays[1].argv, relays[1].port, relays[1].pre)
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
-	err = buildInitramfs(initrd, kver, script, map[string]string{"/bin/gopasst": static, "/bin/gvforwarder": fwd},
+	err = buildInitramfs(initrd, kver, script, map[string]string{"/bin/gopasst": static, "/bin/gvforwarder": fwd, "/bin/mktap": mktap},
 		"vsock_loopback", "tun")
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +99,9 @@ echo GOPASST-DONE
 	}
 	for _, r := range relays {
 		get := func(k string) string { return strings.Join(report[r.tag+"-"+k], "\n") }
+		if p := get("PRE"); p != "" {
+			t.Errorf("%s: making the tap: %s", r.tag, p)
+		}
 		if l := get("LEASE"); !strings.Contains(l, "ip="+hostAddr) || !strings.Contains(l, "router="+hostGW) {
 			t.Errorf("%s: lease %q", r.tag, l)
 		}
