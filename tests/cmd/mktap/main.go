@@ -1,4 +1,4 @@
-// Command mktap makes a persistent tap device and exits, for the QEMU
+// Command mktap makes persistent tap devices and exits, for the QEMU
 // test guest, whose busybox ip has no "tuntap": gvforwarder's -preexisting
 // wants its tap made, and raised, before it starts.
 package main
@@ -10,14 +10,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// main makes each tap named on the command line.
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: mktap NAME")
-		os.Exit(2)
-	}
-	if err := mktap(os.Args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, "mktap:", err)
-		os.Exit(1)
+	for _, name := range os.Args[1:] {
+		if err := mktap(name); err != nil {
+			fmt.Fprintln(os.Stderr, "mktap:", err)
+			os.Exit(1)
+		}
 	}
 }
 
