@@ -395,10 +395,18 @@ func (e *Engine) linkEvent(id uint32, events uint32) bool {
 			e.Stats.FramesIn++
 			e.frameInput(frame, e.link.Tail())
 		}
-		e.tcpFlushAcks()
-		e.udpFlush()
+		e.inputDone()
 	}
 	return false
+}
+
+// inputDone ends a batch of guest frames: what they acknowledged, and
+// what they owe an acknowledgement or a datagram, is acted on once per
+// flow rather than once per frame.
+func (e *Engine) inputDone() {
+	e.tcpAckedFlush()
+	e.tcpFlushAcks()
+	e.udpFlush()
 }
 
 // flush sends queued frames, and lets flows that waited for room queue

@@ -132,8 +132,7 @@ func TestEpollFailure(t *testing.T) {
 	} {
 		te.tapInput(f)
 	}
-	te.tcpFlushAcks()
-	te.udpFlush()
+	te.inputDone()
 	rst := false
 	for _, f := range te.output(t) {
 		if f[12] == 0x86 && f[20] == header.ProtoTCP && header.TCP(f[54:]).Flags()&header.TCPRst != 0 {
@@ -189,8 +188,7 @@ func TestFlowCaps(t *testing.T) {
 	for _, f := range [][]byte{syn(40001), syn(40002), dgram(5001), dgram(5002)} {
 		te.tapInput(f)
 	}
-	te.tcpFlushAcks()
-	te.udpFlush()
+	te.inputDone()
 	te.output(t)
 	if te.tcp.count != 2 || te.udp.count != 2 {
 		t.Fatalf("%d TCP and %d UDP flows below the caps, want 2 and 2", te.tcp.count, te.udp.count)
@@ -198,8 +196,7 @@ func TestFlowCaps(t *testing.T) {
 	te.tapInput(syn(40003))
 	te.tapInput(dgram(5003))
 	te.tapInput(frameIP(testGuest6, testGW6, header.ProtoUDP, udp6(5001, 9, []byte("y")))) // an open flow
-	te.tcpFlushAcks()
-	te.udpFlush()
+	te.inputDone()
 	var rst, prohibited bool
 	for _, f := range te.output(t) {
 		switch f[20] {

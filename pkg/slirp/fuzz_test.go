@@ -227,8 +227,7 @@ func FuzzFlows(f *testing.F) {
 	e.cfg.MaxTCP, e.cfg.MaxUDP, e.cfg.MaxICMP = 64, 64, 16 // bounded, and the caps fuzzed too
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fuzzInput(e.Engine, b)
-		e.tcpFlushAcks()
-		e.udpFlush()
+		e.inputDone()
 		e.turn(0) // host sockets' events: connects, replies, resets
 		e.output(t)
 	})

@@ -220,7 +220,7 @@ func TestGuestToHostTailAllocs(t *testing.T) {
 		tail[0] = unix.Iovec{Base: &rest[0], Len: 1000}
 		tail[1] = unix.Iovec{Base: &rest[1000], Len: uint64(len(rest) - 1000)}
 		h.e.frameInput(head, tail)
-		h.e.tcpFlushAcks()
+		h.e.inputDone()
 		h.seq += n
 		h.e.turn(0)
 		h.readFrames(func(header.TCP) {})
@@ -512,5 +512,55 @@ func TestPeekWithoutPeekOff(t *testing.T) {
 	}
 	if !bytes.Equal(got, data) || !fin {
 		t.Fatalf("got %d bytes (equal %v), FIN %v; want the %d bytes sent, then FIN", len(got), bytes.Equal(got, data), fin, len(data))
+	}
+}
+
+// TestAckedOncePerBatch: ACKs that arrive in one batch of guest frames
+// drop what they acknowledge from the host socket once, after the batch,
+// and a fast retransmit within the same batch still starts at the last
+// byte the guest acknowledged.
+func TestAckedOncePerBatch(t *testing.T) {
+	conns := make(chan net.Conn, 1)
+	h := newHotPath(t, func(c net.Conn) { conns <- c })
+	srv := <-conns
+	var f *tcpFlow
+	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
+	data := make([]byte, 3000)
+	for i := range data {
+		data[i] = byte(i % 253)
+	}
+	base := h.ack
+	srv.Write(data)
+	for i := 0; i < 100 && h.ack-base < 3000; i++ {
+		h.e.turn(10)
+		h.readFrames(func(s header.TCP) {
+			if p := s.Payload(); len(p) > 0 && s.Seq() == h.ack {
+				h.ack += uint32(len(p))
+			}
+		})
+	}
+	if h.ack-base != 3000 {
+		t.Fatalf("%d bytes arrived, want 3000", h.ack-base)
+	}
+	// One batch: two ACKs, then three duplicates of the second.
+	var batch []byte
+	for _, ack := range []uint32{1000, 2000, 2000, 2000, 2000} {
+		h.ack = base + ack
+		batch = append(batch, h.segment(header.TCPAck, 0)...)
+	}
+	h.send(batch)
+	h.e.turn(10)
+	if inq, _ := unix.IoctlGetInt(f.fd, unix.SIOCINQ); inq != 1000 || f.unread != 0 {
+		t.Errorf("after the batch the host socket holds %d bytes (%d unread), want the 1000 unacknowledged", inq, f.unread)
+	}
+	var resent []byte
+	h.readFrames(func(s header.TCP) {
+		if p := s.Payload(); len(p) > 0 && s.Seq() == base+2000+uint32(len(resent)) {
+			resent = append(resent, p...)
+		}
+	})
+	if !bytes.Equal(resent, data[2000:]) {
+		t.Errorf("fast retransmit sent %d bytes from the acknowledged point (equal %v), want the last 1000",
+			len(resent), bytes.Equal(resent, data[2000:]))
 	}
 }

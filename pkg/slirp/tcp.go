@@ -94,6 +94,7 @@ const (
 	tcpWaitWrite                       // small window advertised; EPOLLOUT armed to reopen it
 	tcpShortWrite                      // guest data was refused: ask for a fast retransmit
 	tcpWndFull                         // stopped sending at the guest's window
+	tcpAcked                           // queued in ackedList
 	tcpNotTCP                          // host end is a unix socket or a command's pipe
 	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
 )
@@ -134,7 +135,8 @@ type tcpFlow struct {
 	dupAcks  uint8
 	retries  uint8
 	mss      int
-	peekOff  bool // SO_PEEK_OFF is in use
+	peekOff  bool   // SO_PEEK_OFF is in use
+	unread   uint32 // acknowledged bytes still in the host socket, before sndUna
 
 	ackSent uint32        // last acknowledgement number sent
 	wndSent uint16        // last raw window sent
@@ -149,6 +151,7 @@ type tcpFlow struct {
 type tcpTable struct {
 	flowTable[tcpKey, tcpFlow]
 	ackList    []int32             // flows owing the guest an ACK after this batch
+	ackedList  []int32             // flows the guest acknowledged in this batch
 	ackDelayed []int32             // flows whose ACK waits for a reply to carry it
 	ackDelay   time.Duration       // tcpAckDelay; tests make it long or zero
 	tapWaiters []int32             // flows waiting for room in the output queue
@@ -476,12 +479,7 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 			e.tcpSetState(f, tcpFinAcked, 0)
 			n--
 		}
-		if n > 0 {
-			if err := e.tcp.discard(f, n); err != nil {
-				e.tcpClose(f, true, false)
-				return false
-			}
-		}
+		f.unread += uint32(max(n, 0))
 		f.sndUna = ack
 		f.dupAcks, f.retries = 0, 0
 		f.rtoAt = 0
@@ -498,10 +496,49 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 		e.tcpClose(f, false, false)
 		return false
 	}
-	if f.flags&tcpWndFull != 0 && f.state&tcpEstablished != 0 {
-		f.flags &^= tcpWndFull
-		e.tcpSendToGuest(f)
+	if (f.unread > 0 || f.flags&tcpWndFull != 0) && f.flags&tcpAcked == 0 {
+		f.flags |= tcpAcked
+		e.tcp.ackedList = append(e.tcp.ackedList, f.idx)
 	}
+	return true
+}
+
+// tcpAckedFlush serves the flows the guest acknowledged in the last batch
+// of frames: once per flow, not once per ACK, it drops the acknowledged
+// bytes from the host socket and sends what the window now allows, as
+// passt does. Each drop can send the host peer a window update; one per
+// ACK had a loopback sender see its segments out of order and resend
+// them needlessly, some hundred times in a 4 s download.
+func (e *Engine) tcpAckedFlush() {
+	for _, idx := range e.tcp.ackedList {
+		f := e.tcp.flows[idx]
+		if !e.tcp.used[idx] || f.flags&tcpAcked == 0 {
+			continue
+		}
+		f.flags &^= tcpAcked
+		if !e.tcpDiscardAcked(f) {
+			continue
+		}
+		if f.flags&tcpWndFull != 0 && f.state&tcpEstablished != 0 {
+			f.flags &^= tcpWndFull
+			e.tcpSendToGuest(f)
+		}
+	}
+	e.tcp.ackedList = e.tcp.ackedList[:0]
+}
+
+// tcpDiscardAcked drops the acknowledged bytes still in the host socket,
+// which a peek takes as starting at sndUna. It reports false when that
+// failed and the flow is gone.
+func (e *Engine) tcpDiscardAcked(f *tcpFlow) bool {
+	if f.unread == 0 {
+		return true
+	}
+	if err := e.tcp.discard(f, int(f.unread)); err != nil {
+		e.tcpClose(f, true, false)
+		return false
+	}
+	f.unread = 0
 	return true
 }
 
@@ -721,7 +758,8 @@ func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 // the guest's window and the link's room allow. Over vhost-user the
 // frames are the guest's own RX buffers, so the peek is the only copy.
 func (e *Engine) tcpSendToGuest(f *tcpFlow) {
-	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil {
+	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil ||
+		!e.tcpDiscardAcked(f) {
 		return
 	}
 	dst := f.key.guest.Addr()
@@ -1063,5 +1101,6 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 func (t *tcpTable) closeAll(e *Engine) {
 	t.each(func(_ int32, f *tcpFlow) { e.tcpClose(f, false, true) })
 	t.ackList = t.ackList[:0]
+	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]
 }

@@ -228,7 +228,7 @@ func TestTCPDataFromTail(t *testing.T) {
 	}
 	head, tail := split()
 	h.e.frameInput(head, tail)
-	h.e.tcpFlushAcks()
+	h.e.inputDone()
 	h.seq += n
 	got := make([]byte, n)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -260,7 +260,7 @@ func TestTCPDataFromTail(t *testing.T) {
 	malformed := h.e.Stats.Malformed
 	head, tail = split()
 	h.e.frameInput(head, tail[:2])
-	h.e.tcpFlushAcks()
+	h.e.inputDone()
 	if h.e.Stats.Malformed != malformed+1 {
 		t.Error("a truncated segment was not refused")
 	}
