@@ -550,7 +550,7 @@ func TestAckedOncePerBatch(t *testing.T) {
 	}
 	h.send(batch)
 	h.e.turn(10)
-	if inq, _ := unix.IoctlGetInt(f.fd, unix.SIOCINQ); inq != 1000 || f.unread != 0 {
+	if inq, _ := unix.IoctlGetUint32(f.fd, unix.SIOCINQ); inq != 1000 || f.unread != 0 { // a C int, as in sendRoom
 		t.Errorf("after the batch the host socket holds %d bytes (%d unread), want the 1000 unacknowledged", inq, f.unread)
 	}
 	var resent []byte

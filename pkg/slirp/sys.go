@@ -192,11 +192,13 @@ func sendRoom(fd int) int {
 	if err != nil {
 		return 0
 	}
-	queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	// The kernel writes a C int: IoctlGetInt would read 8 bytes, wrong on
+	// a 64-bit big-endian machine.
+	queued, err := unix.IoctlGetUint32(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return 0
 	}
-	return sndbuf/2 - queued
+	return sndbuf/2 - int(int32(queued))
 }
 
 // fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max
