@@ -457,11 +457,8 @@ func TestKeepaliveToIdleGuest(t *testing.T) {
 // the bytes in flight again: the stream arrives whole and in order, a
 // peek that finds nothing new sends no FIN, and the host's close does.
 func TestPeekWithoutPeekOff(t *testing.T) {
-	conns := make(chan net.Conn, 1)
-	h := newHotPath(t, func(c net.Conn) { conns <- c })
-	srv := <-conns
-	var f *tcpFlow
-	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
+	h, srv := tcpPeer(t)
+	f := h.flow()
 	// Turn SO_PEEK_OFF off (qemu-user, for the big-endian run, lacks it).
 	if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
 		t.Fatal(err)
@@ -520,11 +517,8 @@ func TestPeekWithoutPeekOff(t *testing.T) {
 // and a fast retransmit within the same batch still starts at the last
 // byte the guest acknowledged.
 func TestAckedOncePerBatch(t *testing.T) {
-	conns := make(chan net.Conn, 1)
-	h := newHotPath(t, func(c net.Conn) { conns <- c })
-	srv := <-conns
-	var f *tcpFlow
-	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
+	h, srv := tcpPeer(t)
+	f := h.flow()
 	data := make([]byte, 3000)
 	for i := range data {
 		data[i] = byte(i % 253)
