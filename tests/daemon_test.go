@@ -156,3 +156,105 @@ func expectRemoved(t *testing.T, files ...string) {
 		return true
 	})
 }
+
+// TestCleanupOwnership: at exit gopasst removes only the files it made,
+// and only while their paths still name them (issue 21). A file that was
+// at -s or --control before is refused and left as it was; a file put at
+// the path of the socket, the control socket or the PID file while
+// gopasst runs survives its exit; --pcap and --log-file are output and
+// stay; a PID file that was there is overwritten and stays.
+func TestCleanupOwnership(t *testing.T) {
+	precious := func(t *testing.T, path string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("precious"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	intact := func(t *testing.T, path string) {
+		t.Helper()
+		if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
+			t.Errorf("%s: now %q, %v", filepath.Base(path), b, err)
+		}
+	}
+	for _, opt := range []string{"-s", "--control"} {
+		t.Run("existing file at "+opt, func(t *testing.T) {
+			dir := t.TempDir()
+			f, sock := filepath.Join(dir, "f"), filepath.Join(dir, "s")
+			precious(t, f)
+			args := []string{"-f", "-s", sock, opt, f}
+			out, err := exec.Command(gopasstBin, append(args, hostArgs...)...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "not a socket") {
+				t.Errorf("err %v, output %s", err, out)
+			}
+			intact(t, f)
+			if _, err := os.Lstat(sock); opt != "-s" && !os.IsNotExist(err) {
+				t.Errorf("the socket gopasst made is still there: %v", err)
+			}
+		})
+	}
+	t.Run("replaced while running", func(t *testing.T) {
+		dir := t.TempDir()
+		p := func(n string) string { return filepath.Join(dir, n) }
+		cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", p("s"), "--control", p("ctl"),
+			"-P", p("pid"), "--pcap", p("pcap"), "--log-file", p("log")}, hostArgs...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the PID file", func() bool { _, err := os.Stat(p("pid")); return err == nil })
+		for _, n := range []string{"s", "ctl", "pid"} {
+			if err := os.Rename(p(n), p(n+".moved")); err != nil {
+				t.Fatal(err)
+			}
+			precious(t, p(n))
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		for _, n := range []string{"s", "ctl", "pid"} {
+			intact(t, p(n))
+		}
+		for _, n := range []string{"pcap", "log"} {
+			if st, err := os.Stat(p(n)); err != nil || st.Size() == 0 {
+				t.Errorf("--%s output: %v", n, err)
+			}
+		}
+	})
+	t.Run("daemon socket replaced", func(t *testing.T) {
+		dir := t.TempDir()
+		sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+		out, err := exec.Command(gopasstBin, append([]string{"-s", sock, "-P", pid}, hostArgs...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		data, _ := os.ReadFile(pid)
+		engine := strings.TrimSpace(string(data))
+		helper, _ := strconv.Atoi(procStatus(t, engine)["PPid"])
+		if err := os.Remove(sock); err != nil {
+			t.Fatal(err)
+		}
+		precious(t, sock)
+		p, _ := strconv.Atoi(engine)
+		syscall.Kill(p, syscall.SIGTERM)
+		waitFor(t, "the helper to exit", func() bool {
+			st, err := os.ReadFile("/proc/" + strconv.Itoa(helper) + "/stat")
+			return err != nil || strings.Contains(string(st), ") Z ")
+		})
+		intact(t, sock)
+		expectRemoved(t, pid)
+	})
+	t.Run("existing PID file", func(t *testing.T) {
+		dir := t.TempDir()
+		sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+		precious(t, pid)
+		cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", sock, "-P", pid}, hostArgs...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the PID in the PID file", func() bool { b, _ := os.ReadFile(pid); return string(b) != "precious" })
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if b, err := os.ReadFile(pid); err != nil || string(b) == "precious" {
+			t.Errorf("the PID file that was there: %q, %v", b, err)
+		}
+		expectRemoved(t, sock)
+	})
+}

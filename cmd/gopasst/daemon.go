@@ -1,11 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Daemonizing re-executes gopasst instead of forking: a Go process cannot
@@ -14,30 +18,30 @@ import (
 // the child reports it is serving (or why it is not).
 
 const (
-	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket path, or "-"
+	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket as ownedFile.String, or "-"
 	childLfd  = 3                       // first ExtraFiles descriptor
 	childPipe = 4
 )
 
-func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
+func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
 	self, err := os.Executable()
 	if err != nil {
-		os.Remove(path)
+		sock.remove()
 		return fail(stderr, "cannot find own executable: %v", err)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		os.Remove(path)
+		sock.remove()
 		return fail(stderr, "pipe: %v", err)
 	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
-		os.Remove(path)
+		sock.remove()
 		return fail(stderr, "%v", err)
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
-	marker := path
-	if marker == "" {
+	marker := sock.String()
+	if sock.path == "" {
 		marker = "-" // --vsock or --fd: no socket file
 	}
 	cmd.Env = append(os.Environ(), envDaemon+"="+marker)
@@ -48,13 +52,14 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
-		os.Remove(path)
+		sock.remove()
 		return fail(stderr, "starting daemon: %v", err)
 	}
 	w.Close()
 	msg, _ := io.ReadAll(r)
 	if len(msg) > 0 {
-		os.Remove(path)
+		// The daemon removed what it made; the socket is ours or its.
+		sock.remove()
 		return fail(stderr, "%s", strings.TrimSpace(string(msg)))
 	}
 	cmd.Process.Release()
@@ -63,18 +68,91 @@ func daemonize(o *Options, lfd int, path string, stderr io.Writer) int {
 
 // daemonChild runs in the re-executed process: it supervises the engine,
 // and tells the parent it is ready by closing the pipe.
-func daemonChild(o *Options, path string) int {
+func daemonChild(o *Options, marker string) int {
 	ready := os.NewFile(childPipe, "ready")
 	syscall.CloseOnExec(childPipe) // the engine must not hold the parent's pipe
+	sock := parseOwnedFile(marker)
 	fd := childLfd
 	switch {
 	case o.Vsock != "":
-		fd, path = -1, "" // the engine listens itself
+		fd, sock = -1, ownedFile{} // the engine listens itself
 	case o.Fd >= 0:
-		path = ""
+		sock = ownedFile{}
 	}
 	if fd >= 0 {
 		syscall.CloseOnExec(fd)
 	}
-	return supervise(&o.NetOptions, o.engineRun(fd, path, false), ready, func() { ready.Close() })
+	return supervise(&o.NetOptions, o.engineRun(fd, sock, false), ready, func() { ready.Close() })
+}
+
+// ownedFile is a file gopasst made, known by its device and inode as
+// well as its path: clean-up removes it only while the path still names
+// that file. A file that was there before gopasst started (which it
+// refused to use) or that someone put at the path since is left alone.
+type ownedFile struct {
+	path     string
+	dev, ino uint64
+}
+
+// own records the file at path as ours: call it right after making it.
+func own(path string) ownedFile {
+	var st unix.Stat_t
+	if path == "" || unix.Lstat(path, &st) != nil {
+		return ownedFile{}
+	}
+	return ownedFile{path, st.Dev, st.Ino}
+}
+
+// remove removes the file if the path still names the one we made.
+func (f ownedFile) remove() {
+	var st unix.Stat_t
+	if f.path != "" && unix.Lstat(f.path, &st) == nil && st.Dev == f.dev && st.Ino == f.ino {
+		unix.Unlink(f.path)
+	}
+}
+
+// String is how the daemon's parent hands the socket it made to the
+// daemon (envDaemon): "DEV:INO:PATH".
+func (f ownedFile) String() string { return fmt.Sprintf("%d:%d:%s", f.dev, f.ino, f.path) }
+
+// parseOwnedFile reads String's form; anything else owns nothing.
+func parseOwnedFile(s string) ownedFile {
+	dev, rest, _ := strings.Cut(s, ":")
+	ino, path, _ := strings.Cut(rest, ":")
+	d, err1 := strconv.ParseUint(dev, 10, 64)
+	i, err2 := strconv.ParseUint(ino, 10, 64)
+	if err1 != nil || err2 != nil || path == "" {
+		return ownedFile{}
+	}
+	return ownedFile{path, d, i}
+}
+
+// writePidFile writes pid to path, as passt does (an existing file is
+// overwritten), and returns the file as owned only if it made it.
+func writePidFile(path string, pid int) (ownedFile, error) {
+	if path == "" {
+		return ownedFile{}, nil
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	f, err := os.OpenFile(path, flags, 0o644)
+	made := err == nil
+	if os.IsExist(err) {
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	}
+	if err != nil {
+		return ownedFile{}, fmt.Errorf("--pid: %v", err)
+	}
+	var owned ownedFile
+	if made {
+		owned = own(path)
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		owned.remove()
+		return ownedFile{}, fmt.Errorf("--pid: %v", err)
+	}
+	return owned, nil
 }

@@ -48,7 +48,7 @@ type engineEnv struct {
 type engineRun struct {
 	link       int
 	kind       string
-	path       string // the socket file to remove at exit, if any
+	sock       ownedFile // the socket file to remove at exit, if any
 	pidFile    string
 	foreground bool
 	cmdDone    <-chan struct{} // ns: the program has exited
@@ -59,10 +59,10 @@ type engineRun struct {
 // then removes the files gopasst made. Errors before the engine is ready
 // go to stderr, and ready is called once it is.
 func supervise(o *NetOptions, r engineRun, stderr io.Writer, ready func()) int {
-	code, err := superviseErr(o, r, stderr, ready)
-	os.Remove(r.path)
-	if o.Control != "" {
-		os.Remove(o.Control)
+	var made []ownedFile
+	code, err := superviseErr(o, r, stderr, ready, &made)
+	for _, f := range append(made, r.sock) {
+		f.remove()
 	}
 	if err != nil {
 		return fail(stderr, "%v", err)
@@ -70,7 +70,8 @@ func supervise(o *NetOptions, r engineRun, stderr io.Writer, ready func()) int {
 	return code
 }
 
-func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (int, error) {
+// superviseErr adds each file it makes to made, for supervise to remove.
+func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), made *[]ownedFile) (int, error) {
 	id, err := runAsIdentity(o.RunAs)
 	if err != nil {
 		return 1, err
@@ -114,6 +115,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (i
 		if err != nil {
 			return 1, err
 		}
+		*made = append(*made, own(o.Control))
 		l.SetUnlinkOnClose(false)
 		f, err := l.File()
 		l.Close()
@@ -140,9 +142,11 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (i
 		allowUnix: len(o.UnixFwd) > 0 || o.Control != "",
 		allowCmd:  len(o.CmdFwd) > 0 || o.Control != "",
 		onReady: func() error {
-			if err := writePidFile(r.pidFile, cmd.Process.Pid); err != nil {
+			pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
+			if err != nil {
 				return err
 			}
+			*made = append(*made, pid)
 			if err := dropThreadPrivileges(id); err != nil {
 				return err
 			}
@@ -173,9 +177,6 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func()) (i
 	}()
 	cmd.Wait()
 	<-served
-	if r.pidFile != "" && isReady {
-		os.Remove(r.pidFile)
-	}
 	if !isReady {
 		if failure == "" {
 			failure = "the engine exited during set-up: " + cmd.ProcessState.String()

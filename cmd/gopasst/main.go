@@ -203,6 +203,7 @@ func start(o *Options, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	sock := own(path)
 	fmt.Fprintf(stderr, "UNIX domain socket bound at %s\n\n", path)
 	fmt.Fprintf(stderr, "You can now start qemu (>= 7.2) with:\n")
 	if o.VhostUser {
@@ -214,9 +215,9 @@ func start(o *Options, stderr io.Writer) int {
 			"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
 	}
 	if o.Foreground {
-		return supervise(&o.NetOptions, o.engineRun(lfd, path, true), stderr, func() {})
+		return supervise(&o.NetOptions, o.engineRun(lfd, sock, true), stderr, func() {})
 	}
-	return daemonize(o, lfd, path, stderr)
+	return daemonize(o, lfd, sock, stderr)
 }
 
 // startListenless is start without a unix socket to bind: for --vsock,
@@ -238,15 +239,15 @@ func startListenless(o *Options, stderr io.Writer) int {
 		return fail(stderr, "--fd %d: %v", o.Fd, err)
 	}
 	if !o.Foreground {
-		return daemonize(o, o.Fd, "", stderr)
+		return daemonize(o, o.Fd, ownedFile{}, stderr)
 	}
-	return supervise(&o.NetOptions, o.engineRun(o.Fd, "", true), stderr, func() {})
+	return supervise(&o.NetOptions, o.engineRun(o.Fd, ownedFile{}, true), stderr, func() {})
 }
 
 // engineRun says how the engine serves the guest: on the listening
-// socket at path, on the connected socket --fd, or on --vsock.
-func (o *Options) engineRun(fd int, path string, foreground bool) engineRun {
-	r := engineRun{link: fd, kind: linkListen, path: path, pidFile: o.PidFile, foreground: foreground}
+// socket sock, on the connected socket --fd, or on --vsock.
+func (o *Options) engineRun(fd int, sock ownedFile, foreground bool) engineRun {
+	r := engineRun{link: fd, kind: linkListen, sock: sock, pidFile: o.PidFile, foreground: foreground}
 	switch {
 	case o.Vsock != "":
 		r.link, r.kind = -1, linkNone
@@ -288,14 +289,4 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 		}
 	}
 	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), nil
-}
-
-func writePidFile(path string, pid int) error {
-	if path == "" {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-		return fmt.Errorf("--pid: %v", err)
-	}
-	return nil
 }
