@@ -26,6 +26,25 @@ type Config struct {
 	Gateway6 netip.Addr
 	OurLL6   netip.Addr
 
+	// MapHostLoopback4 and MapHostLoopback6 are the guest addresses that
+	// stand for the host's loopback (passt's --map-host-loopback); unset,
+	// the gateway does, unless NoMapGW (passt's --no-map-gw, which
+	// "--map-host-loopback none" implies). HostLoopback says which holds.
+	// MapGuestAddr4 and MapGuestAddr6 stand for the host's own address,
+	// Addr4 or Addr6, which the guest cannot reach by its address: that is
+	// its own (--map-guest-addr).
+	MapHostLoopback4, MapHostLoopback6 netip.Addr
+	NoMapGW                            bool
+	MapGuestAddr4, MapGuestAddr6       netip.Addr
+
+	// Outbound4 and Outbound6 are the source addresses of the host sockets
+	// that carry the guest's flows, and OutboundIf4 and OutboundIf6 the
+	// interfaces those sockets are bound to (passt's -o, --outbound-if4,
+	// --outbound-if6): unset, the routing table decides. Neither applies
+	// to a flow to the host's loopback, which no other interface reaches.
+	Outbound4, Outbound6     netip.Addr
+	OutboundIf4, OutboundIf6 string
+
 	// DNS4 and DNS6 are the resolvers advertised to the guest. DNSMap redirects
 	// guest queries sent to one of them to a host resolver: this is how a
 	// guest reaches a resolver on host loopback (systemd-resolved, dnsmasq)
@@ -38,8 +57,17 @@ type Config struct {
 	Hostname string
 	FQDN     string
 
-	NoDHCP, NoMapGW, NoTCP, NoUDP, NoICMP bool
-	NoNDP, NoRA, NoDHCPv6                 bool
+	NoDHCP, NoTCP, NoUDP, NoICMP bool
+	NoNDP, NoRA, NoDHCPv6        bool
+
+	// NoDHCPDNS and NoDHCPSearch leave the resolvers and the search list
+	// out of DHCP, DHCPv6 and RAs; NoMTUOption leaves the MTU out of DHCP
+	// and RAs (passt's -m 0), while the link keeps MTU.
+	NoDHCPDNS, NoDHCPSearch, NoMTUOption bool
+
+	// Freebind lets forwards bind addresses the host does not have
+	// (IP_FREEBIND), as passt's --freebind.
+	Freebind bool
 
 	// MaxTCP, MaxUDP and MaxICMP cap the flows a guest may have open at
 	// once (0: the defaults), each a host descriptor: past a cap, a new
@@ -82,3 +110,19 @@ const minMTU6 = 1280
 // has4 and has6 report whether the guest gets that family at all.
 func (c *Config) has4() bool { return c.Addr4.IsValid() }
 func (c *Config) has6() bool { return c.Addr6.IsValid() }
+
+// HostLoopback is the guest address of one family (IPv6 if v6) that
+// stands for the host's loopback, or none (invalid).
+func (c *Config) HostLoopback(v6 bool) netip.Addr {
+	m, gw, on := c.MapHostLoopback4, c.Gateway4, c.has4()
+	if v6 {
+		m, gw, on = c.MapHostLoopback6, c.Gateway6, c.has6()
+	}
+	switch {
+	case !on:
+		return netip.Addr{}
+	case m.IsValid() || c.NoMapGW:
+		return m
+	}
+	return gw
+}

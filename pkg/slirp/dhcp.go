@@ -173,7 +173,7 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 		binary.BigEndian.PutUint32(mb[:], ^uint32(0)<<(32-mask.Bits()))
 		o.add(optMask, mb[:]...)
 		o.add(optRouter, gw[:]...)
-		if len(e.cfg.DNS4) > 0 {
+		if len(e.cfg.DNS4) > 0 && !e.cfg.NoDHCPDNS {
 			var dns []byte
 			for _, d := range e.cfg.DNS4 {
 				a := d.As4()
@@ -181,10 +181,12 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 			}
 			o.add(optDNS, dns...)
 		}
-		var mtu [2]byte
-		binary.BigEndian.PutUint16(mtu[:], uint16(e.mtu()))
-		o.add(optMTU, mtu[:]...)
-		if len(e.cfg.Search) > 0 {
+		if !e.cfg.NoMTUOption {
+			var mtu [2]byte
+			binary.BigEndian.PutUint16(mtu[:], uint16(e.mtu()))
+			o.add(optMTU, mtu[:]...)
+		}
+		if len(e.cfg.Search) > 0 && !e.cfg.NoDHCPSearch {
 			o.add(optDomainName, []byte(e.cfg.Search[0])...)
 			o.addLong(optSearch, encodeDomains(e.cfg.Search))
 		}

@@ -1,7 +1,11 @@
 package slirp
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"testing"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 )
 
 // dhcpDiscover4 is a minimal DISCOVER from MAC 02:00:00:00:00:01.
@@ -46,5 +50,55 @@ func TestDHCPParsesRequestedIP(t *testing.T) {
 	m, err := parseDHCP(b)
 	if err != nil || m.requestedIP.String() != "10.9.8.7" {
 		t.Fatalf("parse: %+v %v", m, err)
+	}
+}
+
+// TestLeaveOut: passt's --no-dhcp-dns, --no-dhcp-search and -m 0 leave
+// the resolvers, the search list and the MTU out of DHCP, DHCPv6 and the
+// RA, and nothing else.
+func TestLeaveOut(t *testing.T) {
+	e := newTestEngine(t)
+	e.cfg.NoDHCPDNS, e.cfg.NoDHCPSearch, e.cfg.NoMTUOption = true, true, true
+	m, err := parseDHCP(dhcpDiscover4())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.buildDHCP(&m, dhcpOffer)
+	opts := map[byte]bool{}
+	for o := out[bootpLen+4:]; len(o) > 1 && o[0] != optEnd; o = o[2+int(o[1]):] {
+		opts[o[0]] = true
+	}
+	for _, gone := range []byte{optDNS, optSearch, optDomainName, optMTU} {
+		if opts[gone] {
+			t.Errorf("DHCP carries option %d", gone)
+		}
+	}
+	if !opts[optRouter] || !opts[optHostname] {
+		t.Errorf("DHCP lost its other options: %v", opts)
+	}
+
+	v6 := e.buildDHCPv6(&dhcpv6Msg{typ: dhcpv6Solicit}, dhcpv6Advertise, e.duid(), -1, true)
+	for o := v6[dhcpv6HdrLen:]; len(o) >= 4; o = o[4+int(binary.BigEndian.Uint16(o[2:])):] {
+		if c := binary.BigEndian.Uint16(o); c == opt6DNS || c == opt6DomainList {
+			t.Errorf("DHCPv6 carries option %d", c)
+		}
+	}
+
+	e.sendRA(netip.MustParseAddr("fe80::2"))
+	ras := icmp6Out(e.output(t))
+	if len(ras) != 1 {
+		t.Fatalf("%d RAs", len(ras))
+	}
+	o := ras[0][header.NDPRALen:]
+	if !header.NDPOptionsValid(o) {
+		t.Fatal("RA options do not parse")
+	}
+	for ; len(o) > 0; o = o[int(o[1])*8:] {
+		if o[0] == header.NDPOptMTU || o[0] == header.NDPOptRDNSS || o[0] == header.NDPOptDNSSL {
+			t.Errorf("RA carries option %d", o[0])
+		}
+	}
+	if e.mtu() != DefaultMTU {
+		t.Errorf("link MTU %d, want %d", e.mtu(), DefaultMTU)
 	}
 }

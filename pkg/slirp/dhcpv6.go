@@ -239,10 +239,10 @@ func (e *Engine) buildDHCPv6(m *dhcpv6Msg, typ uint8, serverID []byte, status in
 			a := d.As16()
 			dns = append(dns, a[:]...)
 		}
-		if len(dns) > 0 {
+		if len(dns) > 0 && !e.cfg.NoDHCPDNS {
 			w.add(opt6DNS, dns)
 		}
-		if len(e.cfg.Search) > 0 {
+		if len(e.cfg.Search) > 0 && !e.cfg.NoDHCPSearch {
 			w.add(opt6DomainList, encodeDomains(e.cfg.Search))
 		}
 		if e.cfg.FQDN != "" {

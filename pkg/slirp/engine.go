@@ -109,7 +109,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 		guestMAC: broadcastMAC,
 		start:    time.Now(),
 		calls:    make(chan func(), 16),
-		host:     cmp.Or[Host](cfg.Host, &LocalHost{}),
+		host:     cmp.Or[Host](cfg.Host, &LocalHost{Freebind: cfg.Freebind}),
 	}
 	defer func() {
 		if err != nil { // the listening socket stays the caller's

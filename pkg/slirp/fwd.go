@@ -243,6 +243,10 @@ func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
 		return -1, false, err
 	}
 	e.tcp.hostSockOpts(fd)
+	if err = e.bindOutbound(fd, dst.Addr().Is6(), dst.Addr(), 0); err != nil {
+		unix.Close(fd)
+		return -1, false, err
+	}
 	err = connect(fd, dst)
 	if err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)

@@ -34,6 +34,10 @@ type Host interface {
 
 // LocalHost does the Host's work in the calling process.
 type LocalHost struct {
+	// Freebind binds forwards to addresses the host may not have (yet),
+	// as passt's --freebind.
+	Freebind bool
+
 	mu    sync.Mutex
 	procs map[int]*os.Process // our end of a command's socket pair -> the command
 }
@@ -41,7 +45,7 @@ type LocalHost struct {
 // Bind binds fwd's host socket. Without an address it binds the IPv6
 // wildcard with IPv4 mapped in, falling back to IPv4 alone where the host
 // has no IPv6.
-func (*LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
+func (h *LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
 	typ := unix.SOCK_STREAM
 	if proto == UDP {
 		typ = unix.SOCK_DGRAM
@@ -53,7 +57,7 @@ func (*LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
 	var err error
 	for _, a := range addrs {
 		var fd int
-		fd, err = bindOne(typ, a, f)
+		fd, err = bindOne(typ, a, f, h.Freebind)
 		if err == nil {
 			return fd, nil
 		}
@@ -61,7 +65,7 @@ func (*LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
 	return -1, err
 }
 
-func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
+func bindOne(typ int, a netip.Addr, f portspec.Forward, freebind bool) (int, error) {
 	fd, err := unix.Socket(socketFamily(a), typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
@@ -76,6 +80,11 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
 			only = 1
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only)
+	}
+	if freebind && a.Is4() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+	} else if freebind {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
 	}
 	if f.Iface != "" {
 		if err := unix.BindToDevice(fd, f.Iface); err != nil {

@@ -49,6 +49,11 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.Stats.Unhandled++
 		return
 	}
+	to := e.natFromGuest(header.ProtoICMP, netip.AddrPortFrom(dst, 0))
+	if !to.IsValid() {
+		e.sendUnreachable(unix.ENETUNREACH, src, dst, icmpProto(src), m)
+		return
+	}
 	key := icmpKey{src, m.Ident()}
 	_, f := e.icmp.lookup(key)
 	if f == nil {
@@ -56,17 +61,12 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 			e.sendUnreachable(unix.EACCES, src, dst, icmpProto(src), m)
 			return
 		}
-		if f = e.icmpOpen(key); f == nil {
+		if f = e.icmpOpen(key, to.Addr()); f == nil {
 			return
 		}
 	}
 	f.lastAct = e.now
 	f.sent = dst
-	to := e.natFromGuest(header.ProtoICMP, netip.AddrPortFrom(dst, 0))
-	if !to.IsValid() {
-		e.sendUnreachable(unix.ENETUNREACH, src, dst, icmpProto(src), m)
-		return
-	}
 	if err := sendto(f.fd, m, to); err != nil {
 		e.debugf("ICMP echo to %v: %v", dst, err)
 	}
@@ -80,7 +80,9 @@ func icmpProto(a netip.Addr) uint8 {
 	return header.ProtoICMPv6
 }
 
-func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
+// icmpOpen opens the ping socket for a guest's echo identifier, bound
+// as outbound sockets are for dst, the first request's host address.
+func (e *Engine) icmpOpen(key icmpKey, dst netip.Addr) *icmpFlow {
 	fd, err := unix.Socket(socketFamily(key.guest), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(icmpProto(key.guest)))
 	if err != nil {
 		if !e.icmp.warned {
@@ -88,6 +90,11 @@ func (e *Engine) icmpOpen(key icmpKey) *icmpFlow {
 			e.logf("ICMP echo unavailable: cannot open a ping socket (%v); "+
 				"the host's net.ipv4.ping_group_range must include our group", err)
 		}
+		return nil
+	}
+	if err := e.bindOutbound(fd, key.guest.Is6(), dst, 0); err != nil {
+		e.logf("ICMP %v: %v", key.guest, err)
+		unix.Close(fd)
 		return nil
 	}
 	idx, f := e.icmp.add(key)

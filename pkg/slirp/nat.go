@@ -4,14 +4,17 @@ import (
 	"net/netip"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // Address translation, decided here and nowhere else, as passt decides it
 // in fwd_nat_from_tap and its way back:
 //
 //   - natFromGuest: where a guest packet to dst goes on the host. The
-//     gateway addresses (and gopasst's own link-local address, which the
-//     guest uses as its IPv6 router) stand for the host's loopback; a DNS
+//     --map-host-loopback addresses (the gateways by default, and
+//     gopasst's own link-local address, which the guest uses as its IPv6
+//     router) stand for the host's loopback; the --map-guest-addr ones
+//     for the host's own address, which the guest's shadows; a DNS
 //     stand-in leads to the host resolver behind it, for UDP and TCP, on
 //     port 53 and 853 (DNS over TLS); any other address is itself.
 //   - natToGuest: how a host peer appears to the guest: as the address
@@ -19,6 +22,8 @@ import (
 //     the reverse of the rules above.
 //   - inboundRoute: the same for traffic that starts on the host side, at
 //     a forwarded port.
+//   - outbound: the source address and interface of a host socket that
+//     carries a guest flow (-o, --outbound-if4, --outbound-if6).
 
 // isDNS reports whether a flow to port is DNS, which passt redirects: port
 // 53, or 853 for DNS over TLS, over UDP or TCP.
@@ -38,11 +43,14 @@ func (e *Engine) natFromGuest(proto uint8, dst netip.AddrPort) netip.AddrPort {
 		a = e.cfg.Gateway6 // our link-local address is the guest's router
 	}
 	switch {
-	case e.cfg.NoMapGW:
-	case a == e.cfg.Gateway4 && e.cfg.has4():
+	case a == e.cfg.HostLoopback(false):
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
-	case a == e.cfg.Gateway6 && e.cfg.has6():
+	case a == e.cfg.HostLoopback(true):
 		return netip.AddrPortFrom(netip.IPv6Loopback(), port)
+	case a == e.cfg.MapGuestAddr4:
+		return netip.AddrPortFrom(e.cfg.Addr4, port)
+	case a == e.cfg.MapGuestAddr6:
+		return netip.AddrPortFrom(e.cfg.Addr6, port)
 	}
 	if a.IsLinkLocalUnicast() {
 		return netip.AddrPort{}
@@ -65,10 +73,24 @@ func (e *Engine) natToGuest(proto uint8, from netip.AddrPort, guest netip.Addr, 
 			}
 		}
 	}
-	if !e.cfg.NoMapGW && from.Addr().IsLoopback() {
-		return netip.AddrPortFrom(e.gateway(from.Addr()), from.Port())
+	if m := e.hostStandIn(from.Addr()); m.IsValid() {
+		return netip.AddrPortFrom(m, from.Port())
 	}
 	return from
+}
+
+// hostStandIn is the guest address mapped to a, the host's loopback or
+// its own address, if there is one.
+func (e *Engine) hostStandIn(a netip.Addr) netip.Addr {
+	switch {
+	case a.IsLoopback():
+		return e.cfg.HostLoopback(a.Is6())
+	case a == e.cfg.Addr4:
+		return e.cfg.MapGuestAddr4
+	case a == e.cfg.Addr6:
+		return e.cfg.MapGuestAddr6
+	}
+	return netip.Addr{}
 }
 
 // gateway is the gateway address of a's family.
@@ -86,12 +108,16 @@ func (e *Engine) gateway(a netip.Addr) netip.Addr {
 // lease), at the address it last used, as with passt; until then, or
 // without IPv6, it arrives over IPv4, so a guest that never configured
 // IPv6 is still reachable. The host itself (its loopback, or its own
-// address, which the guest shares) appears as the gateway, and so does a
-// sender the guest's family cannot address.
+// address, which the guest shares) appears as the address mapped to it
+// (--map-host-loopback, --map-guest-addr), else as the gateway, and so
+// does a sender the guest's family cannot address.
 func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest netip.AddrPort) {
 	a := from.Addr()
 	if a.Is6() && e.addrSeen6.IsValid() || !e.cfg.has4() {
-		if !a.Is6() || a.IsLoopback() || a == e.cfg.Addr6 || a.IsLinkLocalUnicast() {
+		switch m := e.hostStandIn(a); {
+		case m.Is6():
+			a = m
+		case !a.Is6() || a.IsLoopback() || a == e.cfg.Addr6 || a.IsLinkLocalUnicast():
 			a = e.cfg.Gateway6
 		}
 		to := e.addrSeen6
@@ -100,8 +126,50 @@ func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest 
 		}
 		return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(to, gport)
 	}
-	if !a.Is4() || a.IsLoopback() || a == e.cfg.Addr4 {
+	switch m := e.hostStandIn(a); {
+	case m.Is4():
+		a = m
+	case !a.Is4() || a.IsLoopback() || a == e.cfg.Addr4:
 		a = e.cfg.Gateway4
 	}
 	return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(e.cfg.Addr4, gport)
+}
+
+// bindOutbound binds fd, a new host socket for a guest flow to dst, to
+// the outbound interface and source address of dst's family, keeping
+// source port port if it is free (0: any). It binds a wildcard address
+// only to keep a port. A flow to the host's loopback gets no interface
+// and no source address: no other interface reaches it. A UDP socket
+// serves one guest port whatever it sends to, so its first destination
+// decides. as6 says fd is an IPv6 socket, which takes an IPv4 source
+// mapped into IPv6.
+func (e *Engine) bindOutbound(fd int, as6 bool, dst netip.Addr, port uint16) error {
+	var src netip.Addr
+	var ifname string
+	switch {
+	case dst.IsLoopback():
+	case dst.Is4():
+		src, ifname = e.cfg.Outbound4, e.cfg.OutboundIf4
+	default:
+		src, ifname = e.cfg.Outbound6, e.cfg.OutboundIf6
+	}
+	if ifname != "" {
+		if err := unix.BindToDevice(fd, ifname); err != nil {
+			return err
+		}
+	}
+	switch {
+	case !src.IsValid() && port == 0:
+		return nil
+	case !src.IsValid() && as6:
+		src = netip.IPv6Unspecified()
+	case !src.IsValid():
+		src = netip.IPv4Unspecified()
+	case as6:
+		src = netip.AddrFrom16(src.As16())
+	}
+	if port != 0 && bind(fd, netip.AddrPortFrom(src, port)) == nil {
+		return nil
+	}
+	return bind(fd, netip.AddrPortFrom(src, 0))
 }

@@ -96,3 +96,53 @@ func TestNAT(t *testing.T) {
 		}
 	}
 }
+
+// TestNATMaps: --map-host-loopback moves host loopback off the gateway,
+// which becomes an ordinary address, and --map-guest-addr names the
+// host's own address, which the guest's shadows; both ways.
+func TestNATMaps(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	cfg := Config{
+		Addr4: testGuest4, Gateway4: testGW4, Addr6: testGuest6, Gateway6: testGW6, OurLL6: testLL6,
+		MapHostLoopback4: netip.MustParseAddr("192.0.2.77"), NoMapGW: true,
+		MapGuestAddr4: netip.MustParseAddr("192.0.2.88"), MapGuestAddr6: netip.MustParseAddr("2001:db8::88"),
+	}
+	e := &Engine{cfg: cfg}
+	for dst, want := range map[string]string{
+		"192.0.2.77:80":      "127.0.0.1:80",
+		"192.0.2.1:80":       "192.0.2.1:80",
+		"192.0.2.88:80":      "192.0.2.2:80",
+		"[2001:db8::88]:80":  "[2001:db8::2]:80",
+		"[2001:db8::1]:80":   "[2001:db8::1]:80", // "none" for IPv6 after --no-map-gw
+		"198.51.100.1:80":    "198.51.100.1:80",
+		"[2001:db8::77]:443": "[2001:db8::77]:443",
+	} {
+		if got := e.natFromGuest(header.ProtoTCP, ap(dst)); got != ap(want) {
+			t.Errorf("%s goes to %v, want %s", dst, got, want)
+		}
+	}
+	for from, want := range map[string]string{
+		"127.0.0.1:80":      "192.0.2.77:80",
+		"192.0.2.2:80":      "192.0.2.88:80",
+		"[2001:db8::2]:80":  "[2001:db8::88]:80",
+		"198.51.100.1:80":   "198.51.100.1:80",
+		"[::1]:80":          "[::1]:80",
+		"[2001:db8::9]:123": "[2001:db8::9]:123",
+	} {
+		if got := e.natToGuest(header.ProtoTCP, ap(from), testGuest4, netip.AddrPort{}); got != ap(want) {
+			t.Errorf("%s looks like %v to the guest, want %s", from, got, want)
+		}
+	}
+	for from, want := range map[string]string{
+		"127.0.0.1:4000": "192.0.2.77:4000",
+		"192.0.2.2:4000": "192.0.2.88:4000",
+	} {
+		if remote, _ := e.inboundRoute(ap(from), 22); remote != ap(want) {
+			t.Errorf("inbound from %s appears as %v, want %s", from, remote, want)
+		}
+	}
+	e.addrSeen6 = testGuest6
+	if remote, _ := e.inboundRoute(ap("[2001:db8::2]:4000"), 22); remote != ap("[2001:db8::88]:4000") {
+		t.Errorf("inbound from the host's IPv6 address appears as %v", remote)
+	}
+}

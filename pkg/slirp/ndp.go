@@ -94,12 +94,22 @@ func (e *Engine) putLLOption(b []byte, typ uint8) {
 // sendRA sends a Router Advertisement to dst.
 func (e *Engine) sendRA(dst netip.Addr) {
 	e.nextRA = e.now + raRepeat
-	dnssl := encodeDomains(e.cfg.Search)
+	var dnssl []byte
+	if !e.cfg.NoDHCPSearch {
+		dnssl = encodeDomains(e.cfg.Search)
+	}
 	if len(dnssl) > 254*8 {
 		dnssl = nil // more than the option's length field can say
 	}
-	l4len := header.NDPRALen + 32 + 8 + 8 // prefix, MTU, source link-layer
-	if n := len(e.cfg.DNS6); n > 0 {
+	var rdnss []netip.Addr
+	if !e.cfg.NoDHCPDNS {
+		rdnss = e.cfg.DNS6
+	}
+	l4len := header.NDPRALen + 32 + 8 // prefix, source link-layer
+	if !e.cfg.NoMTUOption {
+		l4len += 8
+	}
+	if n := len(rdnss); n > 0 {
 		l4len += 8 + 16*n
 	}
 	if len(dnssl) > 0 {
@@ -126,14 +136,16 @@ func (e *Engine) sendRA(dst netip.Addr) {
 	copy(o[16:32], p[:])
 	o = o[32:]
 
-	o[0], o[1] = header.NDPOptMTU, 1
-	binary.BigEndian.PutUint32(o[4:], uint32(e.mtu()))
-	o = o[8:]
+	if !e.cfg.NoMTUOption {
+		o[0], o[1] = header.NDPOptMTU, 1
+		binary.BigEndian.PutUint32(o[4:], uint32(e.mtu()))
+		o = o[8:]
+	}
 
-	if n := len(e.cfg.DNS6); n > 0 {
+	if n := len(rdnss); n > 0 {
 		o[0], o[1] = header.NDPOptRDNSS, uint8(1+2*n)
 		binary.BigEndian.PutUint32(o[4:], raInfinite)
-		for i, d := range e.cfg.DNS6 {
+		for i, d := range rdnss {
 			a := d.As16()
 			copy(o[8+16*i:], a[:])
 		}

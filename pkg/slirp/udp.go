@@ -53,13 +53,19 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 		e.udpReply(in, u.Payload())
 		return
 	}
+	sent := netip.AddrPortFrom(dst, u.DstPort())
+	to := e.natFromGuest(header.ProtoUDP, sent)
+	if !to.IsValid() {
+		e.sendUnreachable(unix.ENETUNREACH, src, dst, header.ProtoUDP, u)
+		return
+	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
 		if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count, e.cfg.MaxUDP) {
 			e.sendUnreachable(unix.EACCES, src, dst, header.ProtoUDP, u)
 			return
 		}
-		if f = e.udpOpen(guest); f == nil {
+		if f = e.udpOpen(guest, to.Addr()); f == nil {
 			return
 		}
 	}
@@ -69,12 +75,7 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 			e.logf("DNS query %#04x from %v: %s type %d", q.ID, guest, q.Name, q.Type)
 		}
 	}
-	f.sent = netip.AddrPortFrom(dst, u.DstPort())
-	to := e.natFromGuest(header.ProtoUDP, f.sent)
-	if !to.IsValid() {
-		e.sendUnreachable(unix.ENETUNREACH, src, dst, header.ProtoUDP, u)
-		return
-	}
+	f.sent = sent
 	e.udpQueue(f, to, u.Payload())
 }
 
@@ -118,7 +119,9 @@ func (e *Engine) udpFlush() {
 // ports see the same one. An IPv6 socket is dual-stack, so a query to a
 // DNS stand-in can go on to an IPv4 resolver. Errors the host receives
 // for the socket's datagrams (IP_RECVERR) go back to the guest as ICMP.
-func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
+// dst, the host address of the first datagram, picks the outbound
+// interface and source address.
+func (e *Engine) udpOpen(guest netip.AddrPort, dst netip.Addr) *udpFlow {
 	fam := socketFamily(guest.Addr())
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -130,12 +133,10 @@ func (e *Engine) udpOpen(guest netip.AddrPort) *udpFlow {
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
 	}
-	wild := netip.IPv4Unspecified()
-	if fam == unix.AF_INET6 {
-		wild = netip.IPv6Unspecified()
-	}
-	if bind(fd, netip.AddrPortFrom(wild, guest.Port())) != nil {
-		bind(fd, netip.AddrPortFrom(wild, 0))
+	if err := e.bindOutbound(fd, fam == unix.AF_INET6, dst, guest.Port()); err != nil {
+		e.logf("UDP %v: %v", guest, err)
+		unix.Close(fd)
+		return nil
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
