@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -33,10 +34,27 @@ func TestArgv(t *testing.T) {
 			func(c *cli) bool { return c.Serve.VhostUser }},
 		{"QEMU 10.1 -netdev passt", "--quiet --pid /tmp/passt-X.pid --fd 3", "serve",
 			func(c *cli) bool { return c.Serve.Quiet && c.Serve.Fd == 3 && c.Serve.PidFile == "/tmp/passt-X.pid" }},
-		{"QEMU 10.1 -netdev passt, with options", "--quiet --debug --trace --mtu 65520 --address 192.0.2.2 --netmask 24 " +
-			"--mac-addr 9a:55:9a:55:9a:55 --gateway 192.0.2.1 --interface eth0 --dns 192.0.2.53 --search example.test " +
-			"--fqdn vm.example.test --tcp-ports 8080 --udp-ports 5353 --pid /tmp/p --fd 3", "serve",
-			func(c *cli) bool { return c.Serve.Fd == 3 && c.Serve.Trace && c.Serve.DNS[0] == "192.0.2.53" }},
+		{"QEMU 10.1 -netdev passt, every option net/passt.c emits", qemuPasstArgv, "serve", func(c *cli) bool {
+			o := c.Serve
+			return o.VhostUser && o.Quiet && o.MTU == 1500 && o.Address[0] == "192.0.2.2" && o.Netmask == "24" &&
+				o.MAC == "9a:55:9a:55:9a:56" && o.Gateway[0] == "192.0.2.1" && o.Interface == "lo" &&
+				o.Outbound[0] == "192.0.2.9" && o.OutboundIf4 == "lo" && o.OutboundIf6 == "lo" &&
+				o.DNS[0] == "192.0.2.53" && o.FQDN == "vm.example.test" && o.NoDHCPDNS && o.NoDHCPSearch &&
+				o.MapHostLoopback[0] == "192.0.2.77" && o.MapGuestAddr[0] == "192.0.2.88" &&
+				o.DNSForward[0] == "192.0.2.3" && o.DNSHost[0] == "192.0.2.53" && o.NoTCP && o.NoUDP && o.NoICMP &&
+				o.NoDHCP && o.NoNDP && o.NoDHCPv6 && o.NoRA && o.Freebind && o.IPv6 && o.IPv4 &&
+				o.Search[0] == "example.test lab.example" && o.TCPPorts[0] == "8080,8443:443" &&
+				o.UDPPorts[0] == "5353,5354" && o.Debug && o.Pcap == "/tmp/q.pcap" &&
+				o.PidFile == "/tmp/passt-X.pid" && o.Fd == 3
+		}},
+		{"QEMU 10.1 -netdev passt, param= in passt's other spellings", "--quiet -o 2001:db8::9 -a 192.0.2.2/24 -m 0 " +
+			"--map-host-loopback=none --map-guest-addr=2001:db8::88 --stats 5 --pid /tmp/p --fd 3", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				return o.Outbound[0] == "2001:db8::9" && o.Address[0] == "192.0.2.2/24" && o.MTU == 0 &&
+					o.MapHostLoopback[0] == "none" && o.MapGuestAddr[0] == "2001:db8::88" && o.Stats == 5
+			}},
+		{"passt's --socket-path", "--socket-path /tmp/p.sock", "serve", func(c *cli) bool { return c.Serve.Socket == "/tmp/p.sock" }},
 		{"README: run for a guest", "--socket /tmp/gopasst.sock", "serve",
 			func(c *cli) bool { return c.Serve.Socket == "/tmp/gopasst.sock" && c.Serve.Fd == -1 }},
 		{"README: control socket", "--control /run/user/1000/gopasst.ctl -t 2222:22", "serve",
@@ -65,6 +83,54 @@ func TestArgv(t *testing.T) {
 		if ctx.Command() != tc.cmd || !tc.check(&c) {
 			t.Errorf("%s: %q selected %q with %+v", tc.from, tc.argv, ctx.Command(), c)
 		}
+	}
+}
+
+// qemuPasstArgv is what QEMU 10.1's net_passt_decode_args (net/passt.c)
+// gives passt for a -netdev passt with every option set, in its order:
+// the options QEMU names, then param= words (here --debug and --pcap),
+// then --pid and --fd. search= becomes one space-separated word, and
+// tcp-ports= and udp-ports= one comma-separated word each. QEMU passes
+// ipv4=off as --ipv6-only and ipv6=off as --ipv4-only; both at once
+// parse, and buildConfig refuses them.
+const qemuPasstArgv = "--vhost-user --quiet --mtu 1500 --address 192.0.2.2 --netmask 24 --mac-addr 9a:55:9a:55:9a:56 " +
+	"--gateway 192.0.2.1 --interface lo --outbound 192.0.2.9 --outbound-if4 lo --outbound-if6 lo " +
+	"--dns 192.0.2.53 --fqdn vm.example.test --no-dhcp-dns --no-dhcp-search --map-host-loopback 192.0.2.77 " +
+	"--map-guest-addr 192.0.2.88 --dns-forward 192.0.2.3 --dns-host 192.0.2.53 --no-tcp --no-udp --no-icmp " +
+	"--no-dhcp --no-ndp --no-dhcpv6 --no-ra --freebind --ipv6-only --ipv4-only --search 'example.test lab.example' " +
+	"--tcp-ports 8080,8443:443 --udp-ports 5353,5354 --debug --pcap /tmp/q.pcap --pid /tmp/passt-X.pid --fd 3"
+
+// TestQEMUArgvConfig: QEMU 10.1's options (qemuPasstArgv, less
+// --ipv6-only) become the engine's configuration with passt's meaning.
+func TestQEMUArgvConfig(t *testing.T) {
+	var c cli
+	var out bytes.Buffer
+	if _, done, _ := parseArgs(&c, splitTest(strings.Replace(qemuPasstArgv, "--ipv6-only ", "", 1)), &out, &out); done {
+		t.Fatal(out.String())
+	}
+	ns, err := buildConfig(&c.Serve.NetOptions, hostFiles{"/nonexistent", "/nonexistent", "/nonexistent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	cfg := ns.Config
+	if cfg.MTU != 1500 || cfg.Addr4 != a("192.0.2.2") || cfg.Prefix4 != 24 || cfg.Gateway4 != a("192.0.2.1") ||
+		cfg.Addr6.IsValid() || cfg.OurMAC != [6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x56} {
+		t.Errorf("addresses: %+v", cfg)
+	}
+	if cfg.Outbound4 != a("192.0.2.9") || cfg.OutboundIf4 != "lo" || cfg.OutboundIf6 != "lo" || !cfg.Freebind {
+		t.Errorf("outbound: %v %q %q, freebind %v", cfg.Outbound4, cfg.OutboundIf4, cfg.OutboundIf6, cfg.Freebind)
+	}
+	if cfg.HostLoopback(false) != a("192.0.2.77") || cfg.MapGuestAddr4 != a("192.0.2.88") {
+		t.Errorf("maps: host loopback %v, guest address %v", cfg.HostLoopback(false), cfg.MapGuestAddr4)
+	}
+	if !slices.Equal(cfg.DNS4, []netip.Addr{a("192.0.2.53")}) || cfg.DNSMap[a("192.0.2.3")] != netip.MustParseAddrPort("192.0.2.53:53") ||
+		!slices.Equal(cfg.Search, []string{"example.test", "lab.example"}) || cfg.FQDN != "vm.example.test" {
+		t.Errorf("DNS: %v, map %v, search %q", cfg.DNS4, cfg.DNSMap, cfg.Search)
+	}
+	if !(cfg.NoDHCPDNS && cfg.NoDHCPSearch && cfg.NoTCP && cfg.NoUDP && cfg.NoICMP && cfg.NoDHCP && cfg.NoNDP &&
+		cfg.NoDHCPv6 && cfg.NoRA) || cfg.NoMTUOption {
+		t.Errorf("switches: %+v", cfg)
 	}
 }
 

@@ -139,6 +139,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	isReady := false
 	srv := helperServer{
 		fd:        pair[0],
+		host:      slirp.LocalHost{Freebind: o.Freebind},
 		allowUnix: len(o.UnixFwd) > 0 || o.Control != "",
 		allowCmd:  len(o.CmdFwd) > 0 || o.Control != "",
 		onReady: func() error {

@@ -35,28 +35,38 @@ type NetOptions struct {
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
 	Pcap    string `short:"p" name:"pcap" placeholder:"FILE" help:"Capture every frame to and from the guest in FILE (libpcap format)."`
 
-	MTU        int      `short:"m" default:"${mtu}" help:"MTU given to the guest."`
-	Address    []string `short:"a" sep:"none" placeholder:"ADDR" help:"Guest address, IPv4 or IPv6 (default: the host's). Repeatable."`
-	Netmask    string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
-	MAC        string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
-	Gateway    []string `short:"g" sep:"none" placeholder:"ADDR" help:"Gateway given to the guest, IPv4 or IPv6 (default: the host's). Repeatable."`
-	Interface  string   `short:"i" placeholder:"NAME" help:"Template interface (default: the one with the default route)."`
-	DNS        []string `short:"D" name:"dns" sep:"none" placeholder:"ADDR" help:"Resolver given to the guest; 'none' for none. Repeatable."`
-	DNSForward []string `name:"dns-forward" sep:"none" placeholder:"ADDR" help:"Address whose DNS queries go to the host's first resolver; one per family."`
-	Search     []string `short:"S" sep:"none" placeholder:"DOMAIN" help:"Search domain given to the guest; 'none' for none. Repeatable."`
-	Hostname   string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP."`
-	FQDN       string   `name:"fqdn" placeholder:"NAME" help:"FQDN given to the guest by DHCP."`
+	MTU         int      `short:"m" default:"${mtu}" help:"MTU given to the guest by DHCP and RAs; 0 advertises none."`
+	Address     []string `short:"a" sep:"none" placeholder:"ADDR[/PLEN]" help:"Guest address, IPv4 or IPv6, with an optional prefix length (default: the host's). One per family."`
+	Netmask     string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
+	MAC         string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
+	Gateway     []string `short:"g" sep:"none" placeholder:"ADDR" help:"Gateway given to the guest, IPv4 or IPv6 (default: the host's). One per family."`
+	Interface   string   `short:"i" placeholder:"NAME" help:"Template interface (default: --outbound-if4/6, else the one with the default route)."`
+	Outbound    []string `short:"o" name:"outbound" sep:"none" placeholder:"ADDR" help:"Source address of outbound sockets (default: the routing table's choice). One per family."`
+	OutboundIf4 string   `name:"outbound-if4" placeholder:"NAME" help:"Bind IPv4 outbound sockets to this interface; also the IPv4 template interface unless -i."`
+	OutboundIf6 string   `name:"outbound-if6" placeholder:"NAME" help:"Bind IPv6 outbound sockets to this interface; also the IPv6 template interface unless -i."`
+	DNS         []string `short:"D" name:"dns" sep:"none" placeholder:"ADDR" help:"Resolver given to the guest; 'none' for none. Repeatable."`
+	DNSForward  []string `name:"dns-forward" sep:"none" placeholder:"ADDR" help:"Address whose DNS queries go to the host resolver (--dns-host); one per family."`
+	DNSHost     []string `name:"dns-host" sep:"none" placeholder:"ADDR" help:"Host resolver that redirected DNS queries go to (default: the first in resolv.conf); one per family."`
+	Search      []string `short:"S" sep:"none" placeholder:"LIST" help:"Space-separated search domains given to the guest; 'none' for none. Repeatable."`
+	Hostname    string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP."`
+	FQDN        string   `name:"fqdn" placeholder:"NAME" help:"FQDN given to the guest by DHCP."`
 
-	NoDHCP   bool `name:"no-dhcp" help:"Do not answer DHCP."`
-	NoMapGW  bool `name:"no-map-gw" help:"Do not map the gateway address to the host's loopback."`
-	NoTCP    bool `name:"no-tcp" help:"Disable TCP."`
-	NoUDP    bool `name:"no-udp" help:"Disable UDP."`
-	NoICMP   bool `name:"no-icmp" help:"Disable ICMP echo."`
-	NoNDP    bool `name:"no-ndp" help:"Do not answer NDP (neither solicitations nor RAs)."`
-	NoRA     bool `name:"no-ra" help:"Do not send Router Advertisements."`
-	NoDHCPv6 bool `name:"no-dhcpv6" help:"Do not answer DHCPv6."`
-	IPv4     bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
-	IPv6     bool `short:"6" name:"ipv6-only" help:"IPv6 only."`
+	MapHostLoopback []string `name:"map-host-loopback" sep:"none" placeholder:"ADDR" help:"Guest address that stands for the host's loopback (default: the gateway); 'none' for none. One per family."`
+	MapGuestAddr    []string `name:"map-guest-addr" sep:"none" placeholder:"ADDR" help:"Guest address that stands for the host's own address, which the guest's shadows; 'none' for none. One per family."`
+	Freebind        bool     `name:"freebind" help:"Bind forwarded ports (-t, -u) to addresses the host does not have (yet)."`
+
+	NoDHCP       bool `name:"no-dhcp" help:"Do not answer DHCP."`
+	NoDHCPDNS    bool `name:"no-dhcp-dns" help:"Give the guest no resolvers by DHCP, DHCPv6 or RA."`
+	NoDHCPSearch bool `name:"no-dhcp-search" help:"Give the guest no search domains by DHCP, DHCPv6 or RA."`
+	NoMapGW      bool `name:"no-map-gw" help:"Do not map the gateway address to the host's loopback (as --map-host-loopback none)."`
+	NoTCP        bool `name:"no-tcp" help:"Disable TCP."`
+	NoUDP        bool `name:"no-udp" help:"Disable UDP."`
+	NoICMP       bool `name:"no-icmp" help:"Disable ICMP echo."`
+	NoNDP        bool `name:"no-ndp" help:"Do not answer NDP (neither solicitations nor RAs)."`
+	NoRA         bool `name:"no-ra" help:"Do not send Router Advertisements."`
+	NoDHCPv6     bool `name:"no-dhcpv6" help:"Do not answer DHCPv6."`
+	IPv4         bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
+	IPv6         bool `short:"6" name:"ipv6-only" help:"IPv6 only."`
 
 	TCPPorts []string `short:"t" name:"tcp-ports" sep:"none" placeholder:"SPEC" help:"Forward host TCP ports to the guest (passt's grammar). Repeatable."`
 	UDPPorts []string `short:"u" name:"udp-ports" sep:"none" placeholder:"SPEC" help:"Forward host UDP ports to the guest (passt's grammar). Repeatable."`
@@ -69,6 +79,7 @@ type NetOptions struct {
 	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
 
 	RunAs string `name:"runas" placeholder:"UID[:GID]" help:"Run as this user (default when started as root: nobody)."`
+	Stats int    `name:"stats" placeholder:"DELAY" help:"Accepted for passt's command line; gopasst prints no event statistics."`
 }
 
 // Options are the serve command's: the network, and how the guest
@@ -77,7 +88,7 @@ type Options struct {
 	NetOptions `embed:""`
 
 	Foreground bool   `short:"f" help:"Stay in the foreground instead of daemonizing."`
-	Socket     string `short:"s" placeholder:"PATH" help:"Unix socket to listen on (default: first free gopasst_N.socket in the runtime directory)."`
+	Socket     string `short:"s" aliases:"socket-path" placeholder:"PATH" help:"Unix socket to listen on; also spelt --socket-path, as in passt (default: first free gopasst_N.socket in the runtime directory)."`
 	Vsock      string `name:"vsock" placeholder:"[CID:]PORT" help:"Listen on AF_VSOCK (any CID by default) instead of a unix socket, for 'gopasst guest' or gvforwarder in a VM."`
 	Fd         int    `short:"F" name:"fd" default:"-1" placeholder:"FD" help:"Serve the connected socket FD instead of listening (implies --one-off), as QEMU's -netdev passt asks."`
 	OneOff     bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`

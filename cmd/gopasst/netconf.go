@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -166,9 +167,9 @@ func parseNetmask(s string) (int, error) {
 	return ones, nil
 }
 
-// parseAddrs parses the values of an address option (--address,
-// --gateway, --dns, --dns-forward) into IPv4 and IPv6 addresses; the last
-// of each family wins where only one is wanted.
+// parseAddrs parses the values of an address option (--gateway, --dns,
+// --dns-forward, ...) into IPv4 and IPv6 addresses; the last of each
+// family wins where only one is wanted.
 func parseAddrs(opt string, vals []string) (v4, v6 []netip.Addr, err error) {
 	for _, s := range vals {
 		a, err := netip.ParseAddr(s)
@@ -182,6 +183,59 @@ func parseAddrs(opt string, vals []string) (v4, v6 []netip.Addr, err error) {
 		}
 	}
 	return v4, v6, nil
+}
+
+// parseAddress parses --address values, each ADDR or ADDR/PLEN as
+// passt takes them; bits4 is the last IPv4 prefix length given (0 if
+// none). An IPv6 prefix length is accepted and, as in passt, not used:
+// the guest's prefix is always a /64.
+func parseAddress(vals []string) (v4, v6 []netip.Addr, bits4 int, err error) {
+	for _, s := range vals {
+		a, plen, cidr := strings.Cut(s, "/")
+		got4, got6, err := parseAddrs("address", []string{a})
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if ad := append(got4, got6...)[0]; ad.IsUnspecified() || ad.IsMulticast() || ad.IsLoopback() {
+			return nil, nil, 0, fmt.Errorf("--address: invalid address %q", s)
+		}
+		if cidr {
+			bits, err := strconv.Atoi(plen)
+			if err != nil || bits < 0 || bits > map[bool]int{true: 32, false: 128}[len(got4) > 0] {
+				return nil, nil, 0, fmt.Errorf("--address: invalid prefix length in %q", s)
+			}
+			if len(got4) > 0 {
+				bits4 = bits
+			}
+		}
+		v4, v6 = append(v4, got4...), append(v6, got6...)
+	}
+	return v4, v6, bits4, nil
+}
+
+// parseMap parses --map-host-loopback or --map-guest-addr: the last
+// address of each family, in order, and "none", which unsets both and
+// says so.
+func parseMap(opt string, vals []string) (v4, v6 netip.Addr, none bool, err error) {
+	for _, s := range vals {
+		if s == "none" {
+			v4, v6, none = netip.Addr{}, netip.Addr{}, true
+			continue
+		}
+		a4, a6, err := parseAddrs(opt, []string{s})
+		if err != nil {
+			return v4, v6, none, err
+		}
+		if a := append(a4, a6...)[0]; a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() {
+			return v4, v6, none, fmt.Errorf("--%s: %v cannot stand for the host", opt, a)
+		}
+		if len(a4) > 0 {
+			v4 = a4[0]
+		} else {
+			v6 = a6[0]
+		}
+	}
+	return v4, v6, none, nil
 }
 
 func last(a []netip.Addr) netip.Addr {
@@ -252,14 +306,19 @@ type netSetup struct {
 func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	var notes []string
 	cfg := slirp.Config{
-		MTU: o.MTU, Search: o.Search, Hostname: o.Hostname, FQDN: o.FQDN,
-		NoDHCP: o.NoDHCP, NoMapGW: o.NoMapGW, NoTCP: o.NoTCP, NoUDP: o.NoUDP,
-		NoICMP: o.NoICMP,
-		NoNDP:  o.NoNDP, NoRA: o.NoRA, NoDHCPv6: o.NoDHCPv6,
+		MTU: o.MTU, Hostname: o.Hostname, FQDN: o.FQDN,
+		NoDHCP: o.NoDHCP, NoTCP: o.NoTCP, NoUDP: o.NoUDP, NoICMP: o.NoICMP,
+		NoNDP: o.NoNDP, NoRA: o.NoRA, NoDHCPv6: o.NoDHCPv6,
+		NoDHCPDNS: o.NoDHCPDNS, NoDHCPSearch: o.NoDHCPSearch, Freebind: o.Freebind,
+		OutboundIf4: o.OutboundIf4, OutboundIf6: o.OutboundIf6,
 		MaxTCP: o.MaxTCP, MaxUDP: o.MaxUDP, MaxICMP: o.MaxICMP,
 	}
-	if o.MTU < 576 || o.MTU > slirp.DefaultMTU {
-		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 576-%d", o.MTU, slirp.DefaultMTU)
+	if o.MTU == 0 {
+		// passt's -m 0: advertise no MTU; the link keeps the default.
+		cfg.MTU, cfg.NoMTUOption = slirp.DefaultMTU, true
+	}
+	if cfg.MTU < 576 || cfg.MTU > slirp.DefaultMTU {
+		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 576-%d (or 0: none advertised)", o.MTU, slirp.DefaultMTU)
 	}
 	if o.IPv4 && o.IPv6 {
 		return netSetup{}, errors.New("-4 and -6 leave no address family")
@@ -269,24 +328,44 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		return netSetup{}, fmt.Errorf("--mac-addr: invalid MAC address %q", o.MAC)
 	}
 	copy(cfg.OurMAC[:], mac)
-	if o.Interface != "" {
-		if _, err := net.InterfaceByName(o.Interface); err != nil {
-			return netSetup{}, fmt.Errorf("--interface: %v", err)
+	for _, i := range []struct{ opt, name string }{{"interface", o.Interface},
+		{"outbound-if4", o.OutboundIf4}, {"outbound-if6", o.OutboundIf6}} {
+		if i.name == "" {
+			continue
+		}
+		if _, err := net.InterfaceByName(i.name); err != nil {
+			return netSetup{}, fmt.Errorf("--%s: %v", i.opt, err)
 		}
 	}
-	addr4, addr6, err := parseAddrs("address", o.Address)
+	addr4, addr6, bits4, err := parseAddress(o.Address)
 	if err != nil {
 		return netSetup{}, err
+	}
+	if bits4 > 0 && o.Netmask != "" {
+		return netSetup{}, errors.New("--address with a prefix length and --netmask: one of them")
 	}
 	gw4, gw6, err := parseAddrs("gateway", o.Gateway)
 	if err != nil {
 		return netSetup{}, err
 	}
+	out4, out6, err := parseAddrs("outbound", o.Outbound)
+	if err != nil {
+		return netSetup{}, err
+	}
+	for _, a := range append(out4, out6...) {
+		if a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || a.Is6() && a.IsLoopback() {
+			return netSetup{}, fmt.Errorf("--outbound: %v cannot be a source address", a)
+		}
+	}
+	cfg.Outbound4, cfg.Outbound6 = last(out4), last(out6)
 
 	if !o.IPv6 {
 		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
 			addrs: addr4, gws: gw4, bits: 24}
-		p, gw, why := f.pick(o.Interface)
+		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
+		if bits4 > 0 && p.IsValid() {
+			p = netip.PrefixFrom(p.Addr(), bits4)
+		}
 		if o.Netmask != "" && p.IsValid() {
 			bits, err := parseNetmask(o.Netmask)
 			if err != nil {
@@ -303,8 +382,8 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	if !o.IPv4 {
 		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
 			addrs: addr6, gws: gw6, bits: 64}
-		p, gw, why := f.pick(o.Interface)
-		if why == nil && o.MTU < 1280 {
+		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
+		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
 		}
 		if why == nil {
@@ -318,8 +397,14 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		return netSetup{}, fmt.Errorf("cannot pick the guest's addresses and gateways (%s): use --address and --gateway",
 			strings.Join(notes, "; "))
 	}
+	if err := mapConfig(&cfg, o); err != nil {
+		return netSetup{}, err
+	}
 
 	rc := readResolvConf(files.resolv)
+	for _, l := range o.Search {
+		cfg.Search = append(cfg.Search, strings.Fields(l)...) // passt's -S takes a space-separated list
+	}
 	if len(cfg.Search) == 0 {
 		cfg.Search = rc.search
 	}
@@ -328,6 +413,24 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	}
 	err = dnsConfig(&cfg, o, rc)
 	return netSetup{cfg, notes}, err
+}
+
+// mapConfig sets the guest addresses that stand for the host, as passt
+// does: --map-host-loopback, by default the gateway of each family, none
+// with --no-map-gw or "none" (the same thing); --map-guest-addr, by
+// default none.
+func mapConfig(cfg *slirp.Config, o *NetOptions) error {
+	lo4, lo6, none, err := parseMap("map-host-loopback", o.MapHostLoopback)
+	if err != nil {
+		return err
+	}
+	g4, g6, _, err := parseMap("map-guest-addr", o.MapGuestAddr)
+	if err != nil {
+		return err
+	}
+	cfg.MapHostLoopback4, cfg.MapHostLoopback6, cfg.NoMapGW = lo4, lo6, none || o.NoMapGW
+	cfg.MapGuestAddr4, cfg.MapGuestAddr6 = g4, g6
+	return nil
 }
 
 // ourLinkLocal is gopasst's link-local address, as passt picks it: the
@@ -346,12 +449,17 @@ func ourLinkLocal(gw netip.Addr, ifname string) netip.Addr {
 // dnsConfig decides what resolvers the guest is told about, per family,
 // and where its queries really go. A loopback resolver is unreachable
 // from the guest by its own address, so the guest is given a stand-in
-// (--dns-forward, or the gateway) whose queries the engine redirects to
-// it. An IPv6 stand-in may lead to an IPv4 resolver: a guest with IPv6
-// alone still resolves through systemd-resolved's 127.0.0.53.
+// (--dns-forward, or the address mapped to host loopback) whose queries
+// the engine redirects to it, or to --dns-host. An IPv6 stand-in may lead
+// to an IPv4 resolver: a guest with IPv6 alone still resolves through
+// systemd-resolved's 127.0.0.53.
 func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 	cfg.DNSMap = map[netip.Addr]netip.AddrPort{}
 	fwd4, fwd6, err := parseAddrs("dns-forward", o.DNSForward)
+	if err != nil {
+		return err
+	}
+	host4, host6, err := parseAddrs("dns-host", o.DNSHost)
 	if err != nil {
 		return err
 	}
@@ -363,51 +471,66 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 		}
 	}
 	if cfg.Addr4.IsValid() {
-		cfg.DNS4 = guestResolvers(cfg, rc.servers, cfg.Gateway4, last(fwd4), dns4, explicit)
+		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: explicit}
+		cfg.DNS4 = r.forGuest(cfg, cfg.HostLoopback(false), false)
 	}
 	if cfg.Addr6.IsValid() {
-		cfg.DNS6 = guestResolvers(cfg, rc.servers, cfg.Gateway6, last(fwd6), dns6, explicit)
+		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: explicit}
+		cfg.DNS6 = r.forGuest(cfg, cfg.HostLoopback(true), true)
 	}
 	return nil
 }
 
-// guestResolvers picks the resolvers of gateway's family for the guest
-// and records the stand-ins it needs in cfg.DNSMap.
-func guestResolvers(cfg *slirp.Config, host []netip.Addr, gateway, fwd netip.Addr, given []netip.Addr, explicit bool) []netip.Addr {
-	is6 := gateway.Is6()
+// resolvers is what one family's guest resolvers are chosen from: the
+// host's (resolv.conf), --dns-host, --dns-forward, and --dns (given,
+// explicit if --dns was on the command line at all).
+type resolvers struct {
+	host         []netip.Addr
+	dnsHost, fwd netip.Addr
+	given        []netip.Addr
+	explicit     bool
+}
+
+// forGuest picks the resolvers of one family for the guest and records
+// the stand-ins it needs in cfg.DNSMap. hostLo is the address that stands
+// for host loopback in that family (invalid for none).
+func (r resolvers) forGuest(cfg *slirp.Config, hostLo netip.Addr, is6 bool) []netip.Addr {
 	// Resolvers a host socket of this family can reach: an IPv6 socket is
 	// dual-stack, an IPv4 one is not.
 	var reach []netip.Addr
-	for _, s := range host {
+	for _, s := range r.host {
 		if is6 || s.Is4() {
 			reach = append(reach, s)
 		}
 	}
-	if fwd.IsValid() && len(reach) > 0 {
-		cfg.DNSMap[fwd] = netip.AddrPortFrom(reach[0], 53)
+	// behind is where a stand-in's queries go: --dns-host, else s.
+	behind := func(s netip.Addr) netip.AddrPort { return netip.AddrPortFrom(cmp.Or(r.dnsHost, s), 53) }
+	if r.fwd.IsValid() && len(reach) > 0 {
+		cfg.DNSMap[r.fwd] = behind(reach[0])
+	} else if r.fwd.IsValid() && r.dnsHost.IsValid() {
+		cfg.DNSMap[r.fwd] = behind(r.dnsHost)
 	}
-	if explicit {
-		return given
+	if r.explicit {
+		return r.given
 	}
-	if fwd.IsValid() {
-		return []netip.Addr{fwd}
+	if r.fwd.IsValid() {
+		return []netip.Addr{r.fwd}
 	}
 	var out []netip.Addr
 	for _, s := range reach {
-		// A resolver at the gateway's own address (a home router) is
-		// shadowed: to the guest that address is the host's loopback. As
-		// passt does, the gateway then stands in for the real resolver.
-		shadowed := s == gateway && !cfg.NoMapGW
+		// A resolver at the address mapped to host loopback (a home
+		// router's, when that is the gateway) is shadowed. As passt does,
+		// that address then stands in for the real resolver.
 		switch {
-		case !s.IsLoopback() && !shadowed:
+		case !s.IsLoopback() && s != hostLo:
 			if s.Is6() == is6 {
 				out = append(out, s)
 			}
-		case cfg.NoMapGW:
+		case !hostLo.IsValid():
 			// unreachable without a stand-in
-		case cfg.DNSMap[gateway] == netip.AddrPort{}:
-			cfg.DNSMap[gateway] = netip.AddrPortFrom(s, 53)
-			out = append(out, gateway)
+		case cfg.DNSMap[hostLo] == netip.AddrPort{}:
+			cfg.DNSMap[hostLo] = behind(s)
+			out = append(out, hostLo)
 		}
 	}
 	return out

@@ -117,3 +117,86 @@ func TestBuildConfigFamilies(t *testing.T) {
 		t.Error("no family at all accepted")
 	}
 }
+
+// TestBuildConfigPasstOptions: passt's spellings of the address options,
+// and --no-map-gw and --map-host-loopback none being one thing.
+func TestBuildConfigPasstOptions(t *testing.T) {
+	files := hostFiles{"/nonexistent", "/nonexistent", "testdata/resolv.conf"}
+	build := func(o NetOptions) (slirp.Config, error) {
+		o.MAC = "9a:55:9a:55:9a:55"
+		o.Gateway = append(o.Gateway, "192.0.2.1", "2001:db8::1")
+		if o.Address == nil {
+			o.Address = []string{"192.0.2.2", "2001:db8::2"}
+		}
+		if o.MTU == -1 {
+			o.MTU = 0
+		} else if o.MTU == 0 {
+			o.MTU = 65520
+		}
+		ns, err := buildConfig(&o, files)
+		return ns.Config, err
+	}
+	a := netip.MustParseAddr
+	if cfg, err := build(NetOptions{Address: []string{"192.0.2.9/26", "2001:db8::9/96"}}); err != nil ||
+		cfg.Addr4 != a("192.0.2.9") || cfg.Prefix4 != 26 || cfg.Addr6 != a("2001:db8::9") {
+		t.Errorf("-a ADDR/PLEN: %v/%d %v, %v", cfg.Addr4, cfg.Prefix4, cfg.Addr6, err)
+	}
+	for _, bad := range []NetOptions{
+		{Address: []string{"192.0.2.9/24"}, Netmask: "24"},
+		{Address: []string{"192.0.2.9/33"}},
+		{Address: []string{"127.0.0.1"}},
+		{Outbound: []string{"224.0.0.1"}},
+		{MapHostLoopback: []string{"127.0.0.1"}},
+		{MapGuestAddr: []string{"::"}},
+		{DNSHost: []string{"resolver"}},
+		{OutboundIf4: "no-such-interface0"},
+		{MTU: 100},
+	} {
+		if _, err := build(bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	if cfg, err := build(NetOptions{MTU: -1}); err != nil || cfg.MTU != slirp.DefaultMTU || !cfg.NoMTUOption {
+		t.Errorf("-m 0: MTU %d, option left out %v, %v", cfg.MTU, cfg.NoMTUOption, err)
+	}
+
+	// The host's resolver is on loopback (testdata/resolv.conf): the
+	// address standing for host loopback stands in for it.
+	def, _ := build(NetOptions{})
+	if def.HostLoopback(false) != a("192.0.2.1") || def.HostLoopback(true) != a("2001:db8::1") ||
+		!slices.Equal(def.DNS4, addrs("192.0.2.1")) {
+		t.Errorf("default: host loopback at %v and %v, DNS %v", def.HostLoopback(false), def.HostLoopback(true), def.DNS4)
+	}
+	moved, _ := build(NetOptions{MapHostLoopback: []string{"192.0.2.77"}, MapGuestAddr: []string{"2001:db8::88"}})
+	if moved.HostLoopback(false) != a("192.0.2.77") || moved.HostLoopback(true) != a("2001:db8::1") ||
+		!slices.Equal(moved.DNS4, addrs("192.0.2.77")) || moved.MapGuestAddr6 != a("2001:db8::88") {
+		t.Errorf("--map-host-loopback 192.0.2.77: %v and %v, DNS %v", moved.HostLoopback(false), moved.HostLoopback(true), moved.DNS4)
+	}
+	noMap, _ := build(NetOptions{NoMapGW: true})
+	none, _ := build(NetOptions{MapHostLoopback: []string{"none"}})
+	for name, cfg := range map[string]slirp.Config{"--no-map-gw": noMap, "--map-host-loopback none": none} {
+		if cfg.HostLoopback(false).IsValid() || cfg.HostLoopback(true).IsValid() || len(cfg.DNS4) != 0 {
+			t.Errorf("%s: host loopback at %v and %v, DNS %v", name, cfg.HostLoopback(false), cfg.HostLoopback(true), cfg.DNS4)
+		}
+	}
+	// An address after "none" maps its family alone, as in passt.
+	if cfg, _ := build(NetOptions{MapHostLoopback: []string{"none", "192.0.2.77"}}); cfg.HostLoopback(false) != a("192.0.2.77") ||
+		cfg.HostLoopback(true).IsValid() {
+		t.Errorf("none, then 192.0.2.77: %v and %v", cfg.HostLoopback(false), cfg.HostLoopback(true))
+	}
+
+	cfg, _ := build(NetOptions{DNSForward: []string{"192.0.2.3"}, DNSHost: []string{"192.0.2.53"}, Search: []string{"a.example b.example", "c.example"}})
+	if cfg.DNSMap[a("192.0.2.3")] != netip.MustParseAddrPort("192.0.2.53:53") || !slices.Equal(cfg.DNS4, addrs("192.0.2.3")) {
+		t.Errorf("--dns-forward with --dns-host: DNS %v, map %v", cfg.DNS4, cfg.DNSMap)
+	}
+	if !slices.Equal(cfg.Search, []string{"a.example", "b.example", "c.example"}) {
+		t.Errorf("-S takes space-separated lists: %q", cfg.Search)
+	}
+	if cfg, _ := build(NetOptions{DNSHost: []string{"192.0.2.53"}}); cfg.DNSMap[a("192.0.2.1")] != netip.MustParseAddrPort("192.0.2.53:53") {
+		t.Errorf("--dns-host: the gateway's queries go to %v", cfg.DNSMap)
+	}
+	out, _ := build(NetOptions{Outbound: []string{"192.0.2.9", "2001:db8::9"}, OutboundIf4: "lo"})
+	if out.Outbound4 != a("192.0.2.9") || out.Outbound6 != a("2001:db8::9") || out.OutboundIf4 != "lo" {
+		t.Errorf("-o: %v %v %q", out.Outbound4, out.Outbound6, out.OutboundIf4)
+	}
+}
