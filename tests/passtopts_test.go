@@ -1,0 +1,161 @@
+package tests
+
+import (
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The options QEMU 10.1's -netdev passt can pass, each doing in the guest
+// what passt's does (passt.1).
+
+// whoServer answers each connection with the address it came from.
+func whoServer(t *testing.T, ns *Netns, addr string) string {
+	l := ns.Listen(t, "tcp", addr)
+	acceptLoop(l, func(c net.Conn) {
+		io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String())
+		c.Close()
+	})
+	return port(l.Addr())
+}
+
+// TestMapHostLoopback: --map-host-loopback X makes X the host's
+// loopback, seen there from loopback, and the stand-in for the host's
+// loopback resolver; the gateway is then an ordinary address.
+func TestMapHostLoopback(t *testing.T) {
+	const x = "198.51.100.77"
+	w := newWorld(t, WorldOpts{Args: []string{"--map-host-loopback", x}})
+	p := whoServer(t, w.Host, "127.0.0.1:0")
+	if got := guestAsk(t, w, net.JoinHostPort(x, p), ""); got != "127.0.0.1" {
+		t.Errorf("host loopback server at %s saw %q, want 127.0.0.1", x, got)
+	}
+	if w.Lease["dns"] != x {
+		t.Errorf("lease gives DNS %q; the loopback resolver's stand-in is %s", w.Lease["dns"], x)
+	}
+	startDNS(t, w, "map.gopasst.example", [4]byte{203, 0, 113, 7})
+	if out := w.Guest.Run(t, "busybox", "nslookup", "map.gopasst.example", x); !strings.Contains(out, "203.0.113.7") {
+		t.Errorf("DNS through %s:\n%s", x, out)
+	}
+}
+
+// TestMapGuestAddr: the guest has the host's address as its own, so it
+// reaches the host's (non-loopback) address through --map-guest-addr Y.
+func TestMapGuestAddr(t *testing.T) {
+	const y = "192.0.2.88"
+	w := newWorld(t, WorldOpts{Args: []string{"--map-guest-addr", y}})
+	if w.Lease["ip"] != hostAddr {
+		t.Fatalf("the guest has %s, not the host's address", w.Lease["ip"])
+	}
+	p := whoServer(t, w.Host, net.JoinHostPort(hostAddr, "0"))
+	if got := guestAsk(t, w, net.JoinHostPort(y, p), ""); got != hostAddr {
+		t.Errorf("server on the host's %s, through %s, saw %q", hostAddr, y, got)
+	}
+}
+
+// TestOutbound: -o sets the source address of the guest's flows on the
+// host, for TCP and UDP alike; without it the kernel picks the address
+// the server listens on.
+func TestOutbound(t *testing.T) {
+	const src, server = "198.51.100.3", "198.51.100.4"
+	w := newWorld(t, WorldOpts{Args: []string{"-o", src}, BeforeStart: func(h *Netns) {
+		h.Run(t, "ip", "addr", "add", src+"/24", "dev", "uplink")
+		h.Run(t, "ip", "addr", "add", server+"/24", "dev", "uplink")
+	}})
+	p := whoServer(t, w.Host, net.JoinHostPort(server, "0"))
+	if got := guestAsk(t, w, net.JoinHostPort(server, p), ""); got != src {
+		t.Errorf("TCP server at %s saw %q, want %s", server, got, src)
+	}
+	// A UDP server that answers with the source it saw.
+	pc := w.Host.ListenPacket(t, "udp", net.JoinHostPort(server, "0"))
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(from.(*net.UDPAddr).IP.String()), from)
+		}
+	}()
+	u := w.Guest.ListenPacket(t, "udp", ":0")
+	u.WriteTo([]byte("who"), pc.LocalAddr())
+	u.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	n, _, err := u.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != src {
+		t.Errorf("UDP server at %s saw %q (%v), want %s", server, buf[:n], err, src)
+	}
+}
+
+// TestOutboundIf: --outbound-if4 binds the guest's flows to an interface
+// (the host's sockets show it in ss as ADDR%IF), except flows to the
+// host's loopback, which no other interface reaches. The host namespace
+// gets a second link, "side0", to a namespace of the test's own.
+func TestOutboundIf(t *testing.T) {
+	var side *Netns
+	w := newWorld(t, WorldOpts{Args: []string{"-i", "uplink", "--outbound-if4", "side0"}, BeforeStart: func(h *Netns) {
+		side = newNetns(t, "gps")
+		h.Run(t, "ip", "link", "add", "side0", "type", "veth", "peer", "name", "side1", "netns", side.Name)
+		h.Run(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "side0")
+		h.Run(t, "ip", "link", "set", "side0", "up")
+		side.Run(t, "ip", "addr", "add", "203.0.113.1/24", "dev", "side1")
+		side.Run(t, "ip", "link", "set", "side1", "up")
+	}})
+	if w.Lease["ip"] != hostAddr || w.Lease["router"] != hostGW {
+		t.Fatalf("-i uplink: lease %v", w.Lease)
+	}
+	l := side.Listen(t, "tcp", "203.0.113.1:0")
+	held := make(chan net.Conn, 1)
+	acceptLoop(l, func(c net.Conn) { held <- c })
+	c := w.guestConn(t, net.JoinHostPort("203.0.113.1", port(l.Addr())))
+	c.Write([]byte("x"))
+	defer (<-held).Close()
+	out := w.Host.Run(t, "ss", "-tnH", "state", "established", "dst", "203.0.113.1")
+	if !strings.Contains(out, "203.0.113.2%side0:") {
+		t.Errorf("the host's socket is not bound to side0:\n%s", out)
+	}
+	p := whoServer(t, w.Host, "127.0.0.1:0")
+	if got := guestAsk(t, w, net.JoinHostPort(hostGW, p), ""); got != "127.0.0.1" {
+		t.Errorf("host loopback through the gateway: %q", got)
+	}
+}
+
+// TestLeaveOutOfLease: --no-dhcp-dns, --no-dhcp-search and -m 0 leave
+// the resolvers, the search list and the MTU out of the DHCP lease, and
+// the guest keeps the rest.
+func TestLeaveOutOfLease(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--no-dhcp-dns", "--no-dhcp-search", "-m", "0"}})
+	for _, k := range []string{"dns", "search", "domain", "mtu"} {
+		if v, ok := w.Lease[k]; ok {
+			t.Errorf("lease has %s=%q", k, v)
+		}
+	}
+	if w.Lease["ip"] != hostAddr || w.Lease["router"] != hostGW {
+		t.Errorf("lease %v", w.Lease)
+	}
+	// The link MTU is still the default: a 60000-byte datagram goes
+	// through whole to a host server, as it does without -m 0.
+	w.Guest.Run(t, "ip", "link", "set", tapName, "mtu", "65520")
+	pc := w.Host.ListenPacket(t, "udp", "127.0.0.1:0")
+	echoPackets(pc, "")
+	u := w.Guest.ListenPacket(t, "udp", ":0")
+	dst := &net.UDPAddr{IP: net.ParseIP(hostGW), Port: pc.LocalAddr().(*net.UDPAddr).Port}
+	u.WriteTo(make([]byte, 60000), dst)
+	u.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 65536)
+	if n, _, err := u.ReadFrom(buf); err != nil || n != 60000 {
+		t.Errorf("60000-byte datagram: %d back, %v", n, err)
+	}
+}
+
+// TestFreebind: --freebind binds a forward to an address the host does
+// not have yet; once the address is there, the forward works.
+func TestFreebind(t *testing.T) {
+	const later = "198.51.100.99"
+	w := newWorld(t, WorldOpts{Args: []string{"--freebind", "-t", later + "/18099:80"}})
+	guestServe(t, w, 80)
+	w.Host.Run(t, "ip", "addr", "add", later+"/24", "dev", "uplink")
+	expectAnswer(t, w, later+":18099", 80)
+}
