@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
+	"os"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -27,6 +27,7 @@ import (
 // "remove" takes the same fields; for unix_fwd and cmd_fwd only the port
 // matters. Errors come back as {"ok":false,"error":"..."} and change
 // nothing. The socket is created with mode 0600: only its owner may use it.
+// The helper serves it (ctlRelay), and the engine carries requests out.
 
 type ctlRequest struct {
 	Op      string   `json:"op"`
@@ -56,28 +57,127 @@ func listenControl(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
-// serveControl handles one request at a time; each is carried out on the
-// engine's goroutine through Engine.Call.
-func serveControl(l *net.UnixListener, eng *slirp.Engine) {
+// ctlRelay is the helper's side of the control socket. The helper reads
+// each request itself: an "add" goes into the helper's table first
+// (helperServer.allow), so the engine can only ever bind, connect to or
+// run what a real request named. The request then goes on to the engine,
+// which applies it, over a stream socket pair, one JSON line each way.
+type ctlRelay struct {
+	l      *net.UnixListener
+	engine *os.File
+	in     *bufio.Reader
+	srv    *helperServer
+	broken error // the engine's answers are out of step: no more requests
+}
+
+// Bounds of the relay: how long a client may take to send its request,
+// how long the engine may take to apply one ("all" binds tens of
+// thousands of ports through the helper, within the client's 30 s), and
+// how long its answer may be ("list" after "all").
+const (
+	ctlReadTimeout   = 10 * time.Second
+	ctlEngineTimeout = 25 * time.Second
+	ctlMaxAnswer     = 16 << 20
+)
+
+func newCtlRelay(l *net.UnixListener, engine *os.File, srv *helperServer) *ctlRelay {
+	return &ctlRelay{l: l, engine: engine, in: bufio.NewReader(engine), srv: srv}
+}
+
+// serve answers one client at a time until the listener is closed.
+func (c *ctlRelay) serve() {
 	for {
-		c, err := l.AcceptUnix()
+		conn, err := c.l.AcceptUnix()
 		if err != nil {
 			return
 		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		conn.SetDeadline(time.Now().Add(ctlReadTimeout))
 		var req ctlRequest
 		var resp ctlResponse
-		line, err := bufio.NewReader(io.LimitReader(c, 1<<20)).ReadBytes('\n')
+		line, err := bufio.NewReader(io.LimitReader(conn, 1<<20)).ReadBytes('\n')
 		if err == nil || (err == io.EOF && len(line) > 0) {
 			err = json.Unmarshal(line, &req)
 		}
 		if err != nil {
 			resp.Error = "bad request: " + err.Error()
 		} else {
-			eng.Call(func() { resp = handleControl(eng, &req) })
+			resp = c.handle(&req)
 		}
-		json.NewEncoder(c).Encode(resp)
-		c.Close()
+		conn.SetDeadline(time.Now().Add(ctlReadTimeout))
+		json.NewEncoder(conn).Encode(resp)
+		conn.Close()
+	}
+}
+
+func (c *ctlRelay) handle(req *ctlRequest) ctlResponse {
+	switch req.Op {
+	case "list":
+		return c.ask(&ctlRequest{Op: "list"})
+	case "add":
+		undo, err := c.srv.allowUndo(req)
+		if err != nil {
+			return ctlResponse{Error: err.Error()}
+		}
+		resp := c.ask(req)
+		if !resp.OK {
+			undo()
+		}
+		return resp
+	case "remove":
+		resp := c.ask(req)
+		if resp.OK {
+			c.srv.revoke(req)
+		}
+		return resp
+	}
+	return ctlResponse{Error: fmt.Sprintf("unknown op %q (want list, add or remove)", req.Op)}
+}
+
+// ask has the engine carry out req and returns its answer.
+func (c *ctlRelay) ask(req *ctlRequest) ctlResponse {
+	if c.broken == nil {
+		c.engine.SetDeadline(time.Now().Add(ctlEngineTimeout))
+		var resp ctlResponse
+		msg, _ := json.Marshal(req)
+		_, err := c.engine.Write(append(msg, '\n'))
+		var line []byte
+		for err == nil {
+			var part []byte
+			part, err = c.in.ReadSlice('\n')
+			line = append(line, part...)
+			if err == bufio.ErrBufferFull && len(line) <= ctlMaxAnswer {
+				err = nil
+			} else if err == nil {
+				break
+			}
+		}
+		if err == nil {
+			err = json.Unmarshal(line, &resp)
+		}
+		if err == nil {
+			return resp
+		}
+		c.broken = err
+	}
+	return ctlResponse{Error: "the engine does not answer: " + c.broken.Error()}
+}
+
+// serveControl is the engine's side: it carries out the requests the
+// helper relays, one at a time, on the engine's goroutine through
+// Engine.Call.
+func serveControl(f *os.File, eng *slirp.Engine) {
+	dec := json.NewDecoder(f)
+	enc := json.NewEncoder(f)
+	for {
+		var req ctlRequest
+		if err := dec.Decode(&req); err != nil {
+			return
+		}
+		var resp ctlResponse
+		eng.Call(func() { resp = handleControl(eng, &req) })
+		if err := enc.Encode(resp); err != nil {
+			return
+		}
 	}
 }
 
@@ -106,12 +206,11 @@ func ctlRemove(eng *slirp.Engine, req *ctlRequest) error {
 	if err := applySpecs(eng, slirp.UDP, req.UDP, false); err != nil {
 		return err
 	}
-	for _, s := range append(req.UnixFwd, req.CmdFwd...) {
-		p, _, _ := strings.Cut(s, ":") // only the port counts
-		port, err := parseGatewayPort(p)
-		if err != nil {
-			return err
-		}
+	ports, err := specialPorts(req)
+	if err != nil {
+		return err
+	}
+	for _, port := range ports {
 		if err := eng.RemoveSpecial(port); err != nil {
 			return err
 		}

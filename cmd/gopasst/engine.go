@@ -2,10 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -110,6 +110,14 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		}
 		env.Pcap = pass(f)
 	}
+	if o.CmdFwdMax < 1 {
+		return 1, errors.New("--cmd-fwd-max: at least 1")
+	}
+	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind}}
+	if err := srv.allow(&ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}); err != nil {
+		return 1, err
+	}
+	var relay *ctlRelay
 	if o.Control != "" {
 		l, err := listenControl(o.Control)
 		if err != nil {
@@ -117,12 +125,14 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		}
 		*made = append(*made, own(o.Control))
 		l.SetUnlinkOnClose(false)
-		f, err := l.File()
-		l.Close()
+		defer l.Close()
+		ch, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return 1, fmt.Errorf("--control: %v", err)
 		}
-		env.Control = pass(f)
+		relay = newCtlRelay(l, os.NewFile(uintptr(ch[0]), "control"), &srv)
+		defer relay.engine.Close()
+		env.Control = pass(os.NewFile(uintptr(ch[1]), "control"))
 	}
 	// Descriptors we inherited and do not pass stay out of the engine.
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
@@ -137,26 +147,23 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 
 	var failure string
 	isReady := false
-	srv := helperServer{
-		fd:        pair[0],
-		host:      slirp.LocalHost{Freebind: o.Freebind},
-		allowUnix: len(o.UnixFwd) > 0 || o.Control != "",
-		allowCmd:  len(o.CmdFwd) > 0 || o.Control != "",
-		onReady: func() error {
-			pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
-			if err != nil {
-				return err
-			}
-			*made = append(*made, pid)
-			if err := dropThreadPrivileges(id); err != nil {
-				return err
-			}
-			isReady = true
-			ready()
-			return nil
-		},
-		onFail: func(msg string) { failure = msg },
+	srv.onReady = func() error {
+		pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		*made = append(*made, pid)
+		if err := confineServingThread(id); err != nil {
+			return err
+		}
+		if relay != nil {
+			go relay.serve()
+		}
+		isReady = true
+		ready()
+		return nil
 	}
+	srv.onFail = func(msg string) { failure = msg }
 	served := make(chan struct{})
 	go func() { srv.serve(); close(served) }()
 	sig := make(chan os.Signal, 1)
@@ -257,6 +264,9 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int
 	}
 	helper := newHelperClient(env.Helper)
 	eng, logger, err := setUpEngine(o, cfg, env, vsockAddr, helper)
+	if err == nil && hostileEngine != nil {
+		hostileEngine("set-up", helper, logger)
+	}
 	if err == nil {
 		err = enterSandbox(env.Isolated)
 	}
@@ -266,6 +276,9 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int
 	if err != nil {
 		helper.fail(err.Error())
 		return 1
+	}
+	if hostileEngine != nil {
+		go hostileEngine("ready", helper, logger)
 	}
 	if err := eng.Run(); err != nil {
 		logger.Printf("%v", err)
@@ -305,11 +318,7 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		return nil, nil, err
 	}
 	if env.Control >= 0 {
-		l, err := net.FileListener(os.NewFile(uintptr(env.Control), "control"))
-		if err != nil {
-			return nil, nil, fmt.Errorf("--control: %v", err)
-		}
-		go serveControl(l.(*net.UnixListener), eng)
+		go serveControl(os.NewFile(uintptr(env.Control), "control"), eng)
 	}
 	switch env.Kind {
 	case linkStream:

@@ -49,24 +49,42 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 	return out, nil
 }
 
-// applySpecs adds or removes the forwards of specs. Adding is all or
-// nothing across the specs; "all" and exclusion-only lists skip ports
-// that are ephemeral or already bound, as passt does.
-func applySpecs(eng *slirp.Engine, proto slirp.Proto, specs []string, add bool) error {
+// expanded is one spec's forwards; a wide one ("all", or exclusions
+// only) skips ports that are ephemeral or already bound, as passt does.
+type expanded struct {
+	fwds []portspec.Forward
+	wide bool
+}
+
+// expandSpecs expands specs into the forwards they bind, the same in the
+// engine (applySpecs) and in the helper, which binds only those.
+func expandSpecs(specs []string) ([]expanded, error) {
 	parsed, err := portSpecs(specs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lo, hi := ephemeralPorts()
 	skip := func(p uint16) bool { return p >= lo && p <= hi }
-	var done [][]portspec.Forward
+	var out []expanded
 	for _, sp := range parsed {
-		fwds := sp.Forwards(skip)
-		wide := sp.All || len(sp.Include) == 0
+		out = append(out, expanded{sp.Forwards(skip), sp.All || len(sp.Include) == 0})
+	}
+	return out, nil
+}
+
+// applySpecs adds or removes the forwards of specs. Adding is all or
+// nothing across the specs.
+func applySpecs(eng *slirp.Engine, proto slirp.Proto, specs []string, add bool) error {
+	exp, err := expandSpecs(specs)
+	if err != nil {
+		return err
+	}
+	var done [][]portspec.Forward
+	for _, e := range exp {
 		if add {
-			err = eng.AddForwards(proto, fwds, wide)
+			err = eng.AddForwards(proto, e.fwds, e.wide)
 		} else {
-			err = eng.RemoveForwards(proto, fwds)
+			err = eng.RemoveForwards(proto, e.fwds)
 		}
 		if err != nil {
 			if add {
@@ -76,9 +94,24 @@ func applySpecs(eng *slirp.Engine, proto slirp.Proto, specs []string, add bool) 
 			}
 			return err
 		}
-		done = append(done, fwds)
+		done = append(done, e.fwds)
 	}
 	return nil
+}
+
+// specialPorts are the gateway ports of req's unix and command forwards,
+// for "remove": only the port counts.
+func specialPorts(req *ctlRequest) ([]uint16, error) {
+	var ports []uint16
+	for _, s := range append(append([]string{}, req.UnixFwd...), req.CmdFwd...) {
+		p, _, _ := strings.Cut(s, ":")
+		port, err := parseGatewayPort(p)
+		if err != nil {
+			return nil, err
+		}
+		ports = append(ports, port)
+	}
+	return ports, nil
 }
 
 // parseSpecial splits "PORT:REST" for --unix-fwd and --cmd-fwd; what
@@ -145,6 +178,8 @@ func splitCommand(s string) ([]string, error) {
 }
 
 // addSpecials applies --unix-fwd and --cmd-fwd options, all or nothing.
+// The engine keeps only the ports and what to list: the helper has
+// checked them, and knows where each port leads.
 func addSpecials(eng *slirp.Engine, unixFwd, cmdFwd []string) error {
 	var added []uint16
 	err := func() error {
@@ -163,11 +198,7 @@ func addSpecials(eng *slirp.Engine, unixFwd, cmdFwd []string) error {
 			if err != nil {
 				return err
 			}
-			argv, err := splitCommand(cmd)
-			if err == nil {
-				err = eng.AddCmdForward(port, argv)
-			}
-			if err != nil {
+			if err := eng.AddCmdForward(port, cmd); err != nil {
 				return fmt.Errorf("--cmd-fwd %s: %w", s, err)
 			}
 			added = append(added, port)

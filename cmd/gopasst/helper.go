@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"syscall"
@@ -22,15 +24,23 @@ import (
 // unix sockets and run commands (which need the host's file system). It
 // answers over a SOCK_SEQPACKET socket pair, one JSON request and one
 // reply at a time, with the descriptor passed as SCM_RIGHTS: the pattern
-// of passt-repair. Once the engine is ready the helper runs as the same
-// unprivileged user, and it refuses what the command line did not enable.
+// of passt-repair.
+//
+// The engine may be compromised, so the helper obeys only the command
+// line and the control socket, which it serves itself (ctlRelay): it
+// keeps its own table of the forwards they configured, binds only those,
+// and knows where each diverted gateway port leads. The engine names a
+// forward or a port, never a path or a command. Once the engine is ready,
+// the helper serves it from a thread with no privileges at all
+// (confineServingThread), and only then connects unix sockets and starts
+// commands.
 
 type helperRequest struct {
-	Op    string // bind, unix, lookpath, cmd, endcmd, ready, fail
+	Op    string // bind, dial, endcmd, ready, fail
 	Proto slirp.Proto
 	Fwd   portspec.Forward
-	Path  string
-	Argv  []string
+	Port  uint16 // dial: the diverted gateway port
+	Msg   string // fail: why
 	ID    int
 	Seq   uint64 // echoed in the reply
 }
@@ -38,7 +48,6 @@ type helperRequest struct {
 type helperReply struct {
 	Errno syscall.Errno // the call's errno (EINPROGRESS comes with a descriptor)
 	Err   string        // any other failure
-	Path  string
 	ID    int
 	Seq   uint64
 }
@@ -71,13 +80,19 @@ func (c *helperClient) call(req helperRequest) (helperReply, int, error) {
 	c.seq++
 	req.Seq = c.seq
 	msg, _ := json.Marshal(req)
-	if err := retryEINTR(func() error { return unix.Sendmsg(c.fd, msg, nil, nil, 0) }); err != nil {
+	return c.exchange(msg, nil, req.Seq)
+}
+
+// exchange sends msg, with the control message oob, and returns the reply
+// numbered seq; c.mu is held. A reply to an earlier request that timed
+// out is skipped.
+func (c *helperClient) exchange(msg, oob []byte, seq uint64) (helperReply, int, error) {
+	if err := retryEINTR(func() error { return unix.Sendmsg(c.fd, msg, oob, nil, 0) }); err != nil {
 		return helperReply{}, -1, fmt.Errorf("helper: %w", err)
 	}
-	// A reply to an earlier request that timed out is skipped.
 	for {
 		r, fd, err := c.receive()
-		if err != nil || r.Seq == req.Seq {
+		if err != nil || r.Seq == seq {
 			return r, fd, err
 		}
 		closeFd(fd)
@@ -88,10 +103,15 @@ func (c *helperClient) call(req helperRequest) (helperReply, int, error) {
 // none).
 func (c *helperClient) receive() (helperReply, int, error) {
 	var buf [4096]byte
-	n, fd, err := recvWithFd(c.fd, buf[:])
+	n, fds, err := recvMsg(c.fd, buf[:], 1)
 	if err == nil && n == 0 {
 		err = errors.New("gone")
 	}
+	fd := -1
+	if err == nil && len(fds) == 1 {
+		fd, fds = fds[0], nil
+	}
+	closeFds(fds)
 	if err != nil {
 		closeFd(fd)
 		return helperReply{}, -1, fmt.Errorf("helper: %w", err)
@@ -111,22 +131,31 @@ func (c *helperClient) receive() (helperReply, int, error) {
 	return r, fd, nil
 }
 
-// recvWithFd receives one message into buf, and the descriptor passed
-// with it as SCM_RIGHTS (-1 if none).
-func recvWithFd(sock int, buf []byte) (n, fd int, err error) {
-	oob := make([]byte, unix.CmsgSpace(4))
-	var oobn int
+// errCtrunc is a message whose descriptors did not fit: the kernel
+// closed those, and the message is refused.
+var errCtrunc = errors.New("more descriptors than the message may carry")
+
+// recvMsg receives one message into buf, with room for at most maxFds
+// descriptors (SCM_RIGHTS). Every descriptor received is returned, for
+// the caller to use or close: on error too. More than maxFds is
+// errCtrunc.
+func recvMsg(sock int, buf []byte, maxFds int) (n int, fds []int, err error) {
+	oob := make([]byte, unix.CmsgSpace(4*maxFds))
+	var oobn, flags int
 	err = retryEINTR(func() (err error) {
-		n, oobn, _, _, err = unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err = unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		return err
 	})
-	fd = -1
-	if cms, _ := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(cms) == 1 {
-		if fds, _ := unix.ParseUnixRights(&cms[0]); len(fds) == 1 {
-			fd = fds[0]
+	cms, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	for i := range cms {
+		if f, e := unix.ParseUnixRights(&cms[i]); e == nil {
+			fds = append(fds, f...)
 		}
 	}
-	return n, fd, err
+	if err == nil && (flags&unix.MSG_CTRUNC != 0 || len(fds) > maxFds) {
+		err = errCtrunc
+	}
+	return n, fds, err
 }
 
 // retryEINTR calls f until a signal (the Go runtime's preemption) does not
@@ -141,6 +170,12 @@ func retryEINTR(f func() error) error {
 
 func closeFd(fd int) {
 	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
 		unix.Close(fd)
 	}
 }
@@ -160,26 +195,21 @@ func (c *helperClient) Bind(proto slirp.Proto, f portspec.Forward) (int, error) 
 	return c.fdCall(helperRequest{Op: "bind", Proto: proto, Fwd: f})
 }
 
-func (c *helperClient) DialUnix(path string) (int, error) {
-	return c.fdCall(helperRequest{Op: "unix", Path: path})
-}
-
-func (c *helperClient) LookPath(name string) (string, error) {
-	r, _, err := c.call(helperRequest{Op: "lookpath", Path: name})
-	return r.Path, err
-}
-
-func (c *helperClient) Command(argv []string) (int, error) {
-	r, fd, err := c.call(helperRequest{Op: "cmd", Argv: argv})
-	if err != nil {
-		closeFd(fd)
+func (c *helperClient) DialSpecial(port uint16) (int, error) {
+	r, fd, err := c.call(helperRequest{Op: "dial", Port: port})
+	if fd < 0 {
+		if err == nil {
+			err = errors.New("helper: no descriptor in reply")
+		}
 		return -1, err
 	}
-	c.mu.Lock()
-	c.cmds[fd] = r.ID
-	c.mu.Unlock()
+	if r.ID != 0 {
+		c.mu.Lock()
+		c.cmds[fd] = r.ID
+		c.mu.Unlock()
+	}
 	unix.SetNonblock(fd, true)
-	return fd, nil
+	return fd, err
 }
 
 func (c *helperClient) EndCommand(fd int) {
@@ -201,39 +231,57 @@ func (c *helperClient) ready() error {
 
 // fail tells the helper why set-up failed, for whoever started gopasst.
 func (c *helperClient) fail(msg string) {
-	c.call(helperRequest{Op: "fail", Path: msg})
+	c.call(helperRequest{Op: "fail", Msg: msg})
 }
 
-// helperServer answers the engine on fd until the engine closes it.
+// helperServer answers the engine on fd until the engine closes it,
+// from its own table of what the command line and the control socket
+// configured (allow, revoke).
 type helperServer struct {
-	fd                  int
-	host                slirp.LocalHost
-	allowUnix, allowCmd bool
-	onReady             func() error
-	onFail              func(msg string)
-	procs               map[int]*os.Process
-	nextID              int
+	fd      int
+	cmdMax  int // --cmd-fwd-max
+	onReady func() error
+	onFail  func(msg string)
+
+	host  slirp.LocalHost // binds, and the table of diverted ports
+	mu    sync.Mutex
+	binds map[bindKey]bool // the forwards configured
+
+	// Only serve's goroutine uses these.
+	ready  bool
+	procs  map[int]*os.Process
+	nextID int
 }
 
-// serve answers on a thread of its own, which onReady makes the engine's
-// user (dropThreadPrivileges): the goroutine never unlocks it.
+// bindKey is a forward the helper may bind.
+type bindKey struct {
+	proto slirp.Proto
+	fwd   portspec.Forward
+}
+
+// serve answers on a thread of its own, which onReady confines
+// (confineServingThread): the goroutine never unlocks it, so binds,
+// connections and commands after ready come from that thread alone.
 func (s *helperServer) serve() {
 	runtime.LockOSThread()
 	s.procs = map[int]*os.Process{}
 	var buf [64 << 10]byte
 	for {
-		n, stray, err := recvWithFd(s.fd, buf[:])
-		closeFd(stray) // requests carry none
-		if err != nil || n == 0 {
+		// Requests carry no descriptor: room for none, so the kernel
+		// closes any that a request brings.
+		n, fds, err := recvMsg(s.fd, buf[:], 0)
+		closeFds(fds)
+		if (err != nil && err != errCtrunc) || n == 0 {
 			break
 		}
 		var req helperRequest
 		var r helperReply
 		fd := -1
-		if err := json.Unmarshal(buf[:n], &req); err != nil {
-			r.Err = "bad request: " + err.Error()
+		if jerr := json.Unmarshal(buf[:n], &req); jerr != nil {
+			r.Err = "bad request: " + jerr.Error()
+		} else if r.Seq = req.Seq; err != nil {
+			r.Err = "request refused: " + err.Error()
 		} else {
-			r.Seq = req.Seq
 			fd, err = s.handle(&req, &r)
 			if errno, ok := err.(syscall.Errno); ok {
 				r.Errno = errno
@@ -257,26 +305,19 @@ func (s *helperServer) serve() {
 func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 	switch req.Op {
 	case "bind":
+		s.mu.Lock()
+		ok := s.binds[bindKey{req.Proto, req.Fwd}]
+		s.mu.Unlock()
+		if !ok {
+			return -1, fmt.Errorf("%s port %d is not a configured forward", req.Proto, req.Fwd.HostPort)
+		}
 		return s.host.Bind(req.Proto, req.Fwd)
-	case "unix":
-		if !s.allowUnix {
-			return -1, errors.New("unix socket forwards are not enabled (--unix-fwd, --control)")
+	case "dial":
+		if !s.ready {
+			return -1, errors.New("no unix socket or command before the engine is ready")
 		}
-		return s.host.DialUnix(req.Path)
-	case "lookpath", "cmd":
-		if !s.allowCmd {
-			return -1, errors.New("command forwards are not enabled (--cmd-fwd, --control)")
-		}
-		if req.Op == "lookpath" {
-			p, err := s.host.LookPath(req.Path)
-			r.Path = p
-			return -1, err
-		}
-		if len(req.Argv) == 0 {
-			return -1, errors.New("empty command")
-		}
-		fd, p, err := slirp.StartCommand(req.Argv)
-		if err == nil {
+		fd, p, err := s.host.OpenSpecial(req.Port)
+		if p != nil {
 			s.nextID++
 			r.ID = s.nextID
 			s.procs[r.ID] = p
@@ -288,11 +329,209 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 			delete(s.procs, req.ID)
 		}
 		return -1, nil
-	case "ready":
-		return -1, s.onReady()
-	case "fail":
-		s.onFail(req.Path)
-		return -1, nil
+	case "ready", "fail":
+		if s.ready {
+			return -1, errors.New("the engine is ready already")
+		}
+		if req.Op == "fail" {
+			s.onFail(req.Msg)
+			return -1, nil
+		}
+		err := s.onReady()
+		s.ready = err == nil
+		return -1, err
 	}
 	return -1, fmt.Errorf("unknown request %q", req.Op)
 }
+
+// allow adds what req configures (the command line's forwards, or an
+// "add" that ctlRelay read) to the helper's table: the forwards it may
+// bind and where each diverted port leads, with commands resolved now.
+// It changes nothing and fails if a spec does not parse, a command is
+// not found or a gateway port is diverted already.
+func (s *helperServer) allow(req *ctlRequest) error {
+	_, err := s.allowUndo(req)
+	return err
+}
+
+// allowUndo is allow, and returns how to take back what it added.
+func (s *helperServer) allowUndo(req *ctlRequest) (undo func(), err error) {
+	binds, err := configuredBinds(req)
+	if err != nil {
+		return nil, err
+	}
+	specials := map[uint16]*slirp.Special{}
+	for _, u := range req.UnixFwd {
+		port, path, err := parseSpecial("--unix-fwd", "PATH", u)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.freePort(specials, port); err != nil {
+			return nil, fmt.Errorf("--unix-fwd %s: %w", u, err)
+		}
+		specials[port] = &slirp.Special{Path: path}
+	}
+	for _, c := range req.CmdFwd {
+		port, argv, err := resolveCmdFwd(c)
+		if err == nil {
+			err = s.freePort(specials, port)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--cmd-fwd %s: %w", c, err)
+		}
+		specials[port] = &slirp.Special{Argv: argv, Max: s.cmdMax}
+	}
+	var added []bindKey
+	s.mu.Lock()
+	if s.binds == nil {
+		s.binds = map[bindKey]bool{}
+	}
+	for _, b := range binds {
+		if !s.binds[b] {
+			s.binds[b] = true
+			added = append(added, b)
+		}
+	}
+	s.mu.Unlock()
+	for port, sp := range specials {
+		s.host.SetSpecial(port, sp)
+	}
+	return func() {
+		s.mu.Lock()
+		for _, b := range added {
+			delete(s.binds, b)
+		}
+		s.mu.Unlock()
+		for port := range specials {
+			s.host.SetSpecial(port, nil)
+		}
+	}, nil
+}
+
+// freePort fails if port is diverted already, in the table or in the
+// request.
+func (s *helperServer) freePort(specials map[uint16]*slirp.Special, port uint16) error {
+	if specials[port] != nil || s.host.HasSpecial(port) {
+		return fmt.Errorf("gateway port %d is already diverted", port)
+	}
+	return nil
+}
+
+// revoke takes out of the table what a "remove" that the engine carried
+// out removed.
+func (s *helperServer) revoke(req *ctlRequest) {
+	if binds, err := configuredBinds(req); err == nil {
+		s.mu.Lock()
+		for _, b := range binds {
+			delete(s.binds, b)
+		}
+		s.mu.Unlock()
+	}
+	if ports, err := specialPorts(req); err == nil {
+		for _, p := range ports {
+			s.host.SetSpecial(p, nil)
+		}
+	}
+}
+
+// configuredBinds is every forward req's -t and -u specs may bind.
+func configuredBinds(req *ctlRequest) ([]bindKey, error) {
+	var out []bindKey
+	for _, p := range []struct {
+		proto slirp.Proto
+		specs []string
+	}{{slirp.TCP, req.TCP}, {slirp.UDP, req.UDP}} {
+		exp, err := expandSpecs(p.specs)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range exp {
+			for _, f := range e.fwds {
+				out = append(out, bindKey{p.proto, f})
+			}
+		}
+	}
+	return out, nil
+}
+
+// resolveCmdFwd parses a --cmd-fwd PORT:COMMAND and resolves the command
+// once, here: resolving it on the engine's request would tell the engine
+// which files exist.
+func resolveCmdFwd(s string) (uint16, []string, error) {
+	port, cmd, err := parseSpecial("--cmd-fwd", "COMMAND", s)
+	if err != nil {
+		return 0, nil, err
+	}
+	argv, err := splitCommand(cmd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(argv) == 0 {
+		return 0, nil, errors.New("empty command")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return 0, nil, err
+	}
+	return port, append([]string{path}, argv[1:]...), nil
+}
+
+// confineServingThread leaves the thread that serves the engine, and so
+// every command it starts (they are forked from it), with nothing a
+// compromised engine could use, whoever started gopasst: the engine's
+// user, no supplementary groups, no capabilities in any set (ambient
+// ones included), an empty bounding set where we may drop it (root), and
+// no_new_privs. The process's limits, which commands inherit, lose core
+// dumps and are held to 1024 descriptors. The helper's other threads
+// keep the starter's rights, to remove at exit the files gopasst made.
+func confineServingThread(id identity) error {
+	lastCap, err := readInt("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		lastCap = 63
+	}
+	for c := 0; c <= lastCap; c++ {
+		_, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0)
+		if e == unix.EPERM {
+			break // no CAP_SETPCAP: no_new_privs keeps the set from mattering
+		}
+		if e != 0 {
+			return fmt.Errorf("dropping the bounding set: %w", e)
+		}
+	}
+	if err := dropThreadPrivileges(id); err != nil {
+		return err
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("dropping capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("dropping ambient capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	lim := syscall.Rlimit{}
+	if err := syscall.Setrlimit(syscall.RLIMIT_CORE, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_CORE: %w", err)
+	}
+	err = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if err == nil {
+		lim.Cur, lim.Max = min(lim.Cur, cmdNofile), min(lim.Max, cmdNofile)
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	if err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	return nil
+}
+
+// cmdNofile bounds the descriptors of commands (and of the helper, which
+// needs few once the engine is ready).
+const cmdNofile = 1024
+
+// hostileEngine is set only in test builds (hostile_engine.go, build tag
+// hostileengine), where the engine plays a compromised one: at "set-up",
+// before it is ready, and at "ready" after.
+var hostileEngine func(stage string, c *helperClient, log *log.Logger)

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
@@ -10,56 +15,240 @@ import (
 )
 
 // newHelperPair serves a helper on one end of a socket pair and returns a
-// client on the other.
+// client on the other. The helper's onReady does nothing here.
 func newHelperPair(t *testing.T, srv *helperServer) *helperClient {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.fd = pair[0]
+	if srv.onReady == nil {
+		srv.onReady = func() error { return nil }
+	}
 	done := make(chan struct{})
 	go func() { srv.serve(); close(done) }()
 	t.Cleanup(func() { unix.Close(pair[1]); <-done; unix.Close(pair[0]) })
 	return newHelperClient(pair[1])
 }
 
-// TestHelperRefuses: without --unix-fwd, --cmd-fwd or --control, the
-// helper does neither for the engine, whatever it asks.
-func TestHelperRefuses(t *testing.T) {
-	c := newHelperPair(t, &helperServer{})
-	if _, err := c.DialUnix("/run/any.sock"); err == nil || !strings.Contains(err.Error(), "not enabled") {
-		t.Errorf("unix: %v", err)
+// rawCall sends msg with the descriptors fds, as a compromised engine
+// could, and returns the helper's answer.
+func rawCall(t *testing.T, c *helperClient, msg string, fds ...int) error {
+	t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
-	if _, err := c.Command([]string{"/bin/true"}); err == nil || !strings.Contains(err.Error(), "not enabled") {
-		t.Errorf("cmd: %v", err)
-	}
-	if _, _, err := c.call(helperRequest{Op: "format-disk"}); err == nil || !strings.Contains(err.Error(), "unknown request") {
-		t.Errorf("unknown request: %v", err)
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, fd, err := c.exchange([]byte(msg), oob, 0)
+	closeFd(fd)
+	return err
 }
 
-// TestHelperBind: a bound descriptor comes back, and errors keep their
-// errno (the engine tells a busy port by it).
-func TestHelperBind(t *testing.T) {
-	c := newHelperPair(t, &helperServer{})
-	fd, err := c.Bind(slirp.TCP, portspec.Forward{})
+// freePort is a TCP port nothing listens on now.
+func freePort(t *testing.T) uint16 {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Skipf("cannot bind an ephemeral port here: %v", err)
+		t.Skipf("no loopback here: %v", err)
 	}
-	defer unix.Close(fd)
-	sa, err := unix.Getsockname(fd)
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestHelperRefuses: the helper does only what its own table allows,
+// whatever the engine asks (issue 22 items 1-3 and 9): no argv, no path,
+// no forward that was not configured, no unix socket or command before
+// ready, no second "ready".
+func TestHelperRefuses(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	srv := &helperServer{}
+	if err := srv.allow(&ctlRequest{TCP: []string{"127.0.0.1/" + strconv.Itoa(int(port))},
+		UnixFwd: []string{"6000:" + filepath.Join(dir, "agent")}, CmdFwd: []string{"7000:true"}}); err != nil {
+		t.Fatal(err)
+	}
+	c := newHelperPair(t, srv)
+	want := func(what string, err error, text string) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), text) {
+			t.Errorf("%s: %v, want %q", what, err, text)
+		}
+	}
+	_, err := c.DialSpecial(7000)
+	want("a command before ready", err, "before the engine is ready")
+	_, err = c.DialSpecial(6000)
+	want("a unix socket before ready", err, "before the engine is ready")
+	if err := c.ready(); err != nil {
+		t.Fatal(err)
+	}
+	want("ready again", c.ready(), "ready already")
+	for _, req := range []string{
+		`{"Op":"cmd","Argv":["/bin/sh","-c","touch ` + dir + `/pwned"]}`,
+		`{"Op":"unix","Path":"/run/dbus/system_bus_socket"}`,
+		`{"Op":"unix","Path":"@abstract"}`,
+		`{"Op":"lookpath","Path":"/root/.ssh/id_rsa"}`,
+		`{"Op":"format-disk"}`,
+	} {
+		want(req, rawCall(t, c, req), "unknown request")
+	}
+	want("garbage", rawCall(t, c, "{"), "bad request")
+	_, err = c.DialSpecial(7999)
+	want("a port not diverted", err, "not diverted")
+	for _, f := range []struct {
+		proto slirp.Proto
+		fwd   string
+	}{{slirp.TCP, "127.0.0.1/22222"}, {slirp.TCP, "22223"}, {slirp.UDP, "22224"}, {slirp.TCP, "80"},
+		{slirp.UDP, strconv.Itoa(int(port))}, {slirp.TCP, strconv.Itoa(int(port))}} {
+		sp, err := portspec.Parse(f.fwd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Bind(f.proto, sp.Forwards(nil)[0])
+		want(string(f.proto)+" "+f.fwd, err, "not a configured forward")
+	}
+	_, err = c.Bind(slirp.TCP, portspec.Forward{})
+	want("port 0", err, "not a configured forward")
+	if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+		t.Error("the helper ran the engine's argv")
+	}
+	// What was configured is served.
+	sp, _ := portspec.Parse("127.0.0.1/" + strconv.Itoa(int(port)))
+	fd, err := c.Bind(slirp.TCP, sp.Forwards(nil)[0])
+	if err != nil {
+		t.Fatalf("the configured forward: %v", err)
+	}
+	unix.Close(fd)
+	fd, err = c.DialSpecial(7000)
+	if err != nil {
+		t.Fatalf("the configured command: %v", err)
+	}
+	c.EndCommand(fd)
+	unix.Close(fd)
+}
+
+// TestHelperFds: descriptors that come with a request are closed, however
+// many (issue 22 item 7): the helper makes room for none, and refuses the
+// request.
+func TestHelperFds(t *testing.T) {
+	c := newHelperPair(t, &helperServer{})
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip(err)
+		}
+		return len(ents)
+	}
+	one, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := 0
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		port = a.Port
-	case *unix.SockaddrInet6:
-		port = a.Port
+	defer unix.Close(one)
+	many := make([]int, 253) // SCM_MAX_FD
+	for i := range many {
+		many[i] = one
 	}
-	_, err = c.Bind(slirp.TCP, portspec.Forward{HostPort: uint16(port)})
-	if err != unix.EADDRINUSE {
-		t.Errorf("binding port %d twice: %v, want EADDRINUSE", port, err)
+	before := count()
+	for range 200 {
+		if err := rawCall(t, c, `{"Op":"endcmd"}`, one, one); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("a request with 2 descriptors: %v", err)
+		}
+		if err := rawCall(t, c, `{"Op":"endcmd"}`, many...); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("a request with 253 descriptors: %v", err)
+		}
+	}
+	if after := count(); after != before {
+		t.Errorf("%d descriptors open before, %d after", before, after)
+	}
+}
+
+// TestHelperAllow: the table takes what the command line and the control
+// socket configure, all or nothing, and gives it back on revoke.
+func TestHelperAllow(t *testing.T) {
+	srv := &helperServer{}
+	if err := srv.allow(&ctlRequest{CmdFwd: []string{"7000:/nonexistent/cmd"}}); err == nil {
+		t.Error("a command that does not exist was allowed")
+	}
+	if err := srv.allow(&ctlRequest{CmdFwd: []string{"7000:sh -c 'unterminated"}}); err == nil {
+		t.Error("an unterminated quote was allowed")
+	}
+	if err := srv.allow(&ctlRequest{TCP: []string{"8080"}, UnixFwd: []string{"6000:/a", "6000:/b"}}); err == nil {
+		t.Error("a port diverted twice in one request was allowed")
+	}
+	if len(srv.binds) != 0 || srv.host.HasSpecial(6000) {
+		t.Errorf("a failed request left %v, port 6000 %v", srv.binds, srv.host.HasSpecial(6000))
+	}
+	undo, err := srv.allowUndo(&ctlRequest{TCP: []string{"8080"}, CmdFwd: []string{"7000:cat"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.allow(&ctlRequest{UnixFwd: []string{"7000:/a"}}); err == nil {
+		t.Error("a port already diverted was diverted again")
+	}
+	undo()
+	if len(srv.binds) != 0 || srv.host.HasSpecial(7000) {
+		t.Errorf("undo left %v, port 7000 %v", srv.binds, srv.host.HasSpecial(7000))
+	}
+	req := &ctlRequest{TCP: []string{"8080"}, CmdFwd: []string{"7000:cat"}}
+	if err := srv.allow(req); err != nil {
+		t.Fatal(err)
+	}
+	srv.revoke(&ctlRequest{TCP: []string{"8080"}, CmdFwd: []string{"7000"}})
+	if len(srv.binds) != 0 || srv.host.HasSpecial(7000) {
+		t.Errorf("revoke left %v, port 7000 %v", srv.binds, srv.host.HasSpecial(7000))
+	}
+}
+
+// TestHelperCmdMax: past --cmd-fwd-max instances of one command, the
+// helper refuses to start another (issue 22 item 10); the engine answers
+// the guest with a RST.
+func TestHelperCmdMax(t *testing.T) {
+	srv := &helperServer{cmdMax: 2}
+	if err := srv.allow(&ctlRequest{CmdFwd: []string{"7000:sleep 60", "7001:sleep 60"}}); err != nil {
+		t.Skip(err)
+	}
+	c := newHelperPair(t, srv)
+	if err := c.ready(); err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			c.EndCommand(fd)
+			unix.Close(fd)
+		}
+	}()
+	for range 2 {
+		fd, err := c.DialSpecial(7000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	if fd, err := c.DialSpecial(7000); err == nil || !strings.Contains(err.Error(), "already running") {
+		closeFd(fd)
+		t.Fatalf("a third command: %v", err)
+	}
+	// The cap is per forward.
+	fd, err := c.DialSpecial(7001)
+	if err != nil {
+		t.Fatalf("another forward's command: %v", err)
+	}
+	fds = append(fds, fd)
+	// Once one has exited, another may start.
+	c.EndCommand(fds[0])
+	unix.Close(fds[0])
+	fds = fds[1:]
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fd, err := c.DialSpecial(7000)
+		if err == nil {
+			fds = append(fds, fd)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no command after one exited: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

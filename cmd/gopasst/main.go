@@ -74,6 +74,8 @@ type NetOptions struct {
 	UnixFwd  []string `name:"unix-fwd" sep:"none" placeholder:"PORT:PATH" help:"Guest connections to the gateway on PORT go to the host unix socket PATH. Repeatable."`
 	CmdFwd   []string `name:"cmd-fwd" sep:"none" placeholder:"PORT:COMMAND" help:"Guest connections to the gateway on PORT run COMMAND on stdin/stdout. Repeatable."`
 
+	CmdFwdMax int `name:"cmd-fwd-max" default:"${cmd_max}" placeholder:"N" help:"Most instances of each --cmd-fwd command at once; past it, connections are reset."`
+
 	MaxTCP  int `name:"max-tcp" default:"${max_tcp}" placeholder:"N" help:"Most TCP connections the guest may have open; past it, new ones are reset."`
 	MaxUDP  int `name:"max-udp" default:"${max_udp}" placeholder:"N" help:"Most UDP flows (guest source ports and inbound peers); past it, ICMP 'prohibited'."`
 	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
@@ -149,7 +151,7 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 		kong.Description("User-mode networking for virtual machines, compatible with passt."),
 		kong.Vars{"version": "gopasst " + version, "mtu": strconv.Itoa(slirp.DefaultMTU),
 			"max_tcp": strconv.Itoa(slirp.DefaultMaxTCP), "max_udp": strconv.Itoa(slirp.DefaultMaxUDP),
-			"max_icmp": strconv.Itoa(slirp.DefaultMaxICMP)},
+			"max_icmp": strconv.Itoa(slirp.DefaultMaxICMP), "cmd_max": strconv.Itoa(slirp.DefaultCmdMax)},
 		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exit = code }))
 	if err != nil {
 		return nil, true, fail(stderr, "%v", err)

@@ -358,9 +358,13 @@ func netlinkDo(typ uint16, body []byte) error {
 
 // recvFd receives one descriptor passed with SCM_RIGHTS.
 func recvFd(sock int) (int, error) {
-	_, fd, err := recvWithFd(sock, make([]byte, 1))
-	if err == nil && fd < 0 {
+	_, fds, err := recvMsg(sock, make([]byte, 1), 1)
+	if err == nil && len(fds) == 1 {
+		return fds[0], nil
+	}
+	closeFds(fds)
+	if err == nil {
 		err = fmt.Errorf("no descriptor from the namespace")
 	}
-	return fd, err
+	return -1, err
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/netip"
 	"sort"
-	"strings"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -43,10 +42,11 @@ type fwdKey struct {
 }
 
 // special is a guest port on the gateway address that leads to a unix
-// socket (path) or a command (argv).
+// socket or a command. Where it leads is the Host's to know; the engine
+// keeps what to list.
 type special struct {
-	path string
-	argv []string
+	cmd  bool
+	what string // the socket's path or the command line
 }
 
 type fwdTable struct {
@@ -142,36 +142,33 @@ func (e *Engine) Forwards() []string {
 		}
 	}
 	for port, s := range e.fwd.special {
-		if s.path != "" {
-			out = append(out, fmt.Sprintf("unix gateway port %d -> %s", port, s.path))
-		} else {
-			out = append(out, fmt.Sprintf("cmd gateway port %d -> %s", port, strings.Join(s.argv, " ")))
+		kind := "unix"
+		if s.cmd {
+			kind = "cmd"
 		}
+		out = append(out, fmt.Sprintf("%s gateway port %d -> %s", kind, port, s.what))
 	}
 	sort.Strings(out)
 	return out
 }
 
 // AddUnixForward diverts guest connections to the gateway on port to the
-// host unix stream socket at path.
+// host unix stream socket at path, which the Host connects to.
 func (e *Engine) AddUnixForward(port uint16, path string) error {
 	if path == "" {
 		return errors.New("empty socket path")
 	}
-	return e.addSpecial(port, special{path: path})
+	return e.addSpecial(port, special{what: path})
 }
 
 // AddCmdForward diverts guest connections to the gateway on port to a new
-// instance of the command argv, wired through its stdin and stdout.
-func (e *Engine) AddCmdForward(port uint16, argv []string) error {
-	if len(argv) == 0 {
+// instance of the command, wired through its stdin and stdout, which the
+// Host starts.
+func (e *Engine) AddCmdForward(port uint16, command string) error {
+	if command == "" {
 		return errors.New("empty command")
 	}
-	path, err := e.host.LookPath(argv[0])
-	if err != nil {
-		return err
-	}
-	return e.addSpecial(port, special{argv: append([]string{path}, argv[1:]...)})
+	return e.addSpecial(port, special{cmd: true, what: command})
 }
 
 func (e *Engine) addSpecial(port uint16, s special) error {
@@ -226,12 +223,8 @@ func hostPortString(f portspec.Forward) string {
 // a diverted gateway port a unix socket or a command. notTCP tells the
 // data path it cannot use TCP-only socket calls.
 func (e *Engine) tcpDial(key tcpKey) (fd int, notTCP bool, err error) {
-	if s, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.gateway(key.remote.Addr()) {
-		if s.path != "" {
-			fd, err = e.host.DialUnix(s.path)
-		} else {
-			fd, err = e.host.Command(s.argv)
-		}
+	if _, ok := e.fwd.special[key.remote.Port()]; ok && key.remote.Addr() == e.gateway(key.remote.Addr()) {
+		fd, err = e.host.DialSpecial(key.remote.Port())
 		return fd, true, err
 	}
 	dst := e.natFromGuest(header.ProtoTCP, key.remote)

@@ -1,45 +1,85 @@
 package slirp
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"sync"
+	"syscall"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"golang.org/x/sys/unix"
 )
 
 // Host is what the engine needs from outside its sandbox: binding a
-// forwarded port (privileged ports need the caller's rights), reaching a
-// host unix socket by path and running a command (both need the host's
-// file system). The sandboxed daemon asks a helper process for these
-// (cmd/gopasst/helper.go); LocalHost does them in-process. Every
+// forwarded port (privileged ports need the caller's rights) and opening
+// a diverted gateway port, which leads to a host unix socket or a command
+// (both need the host's file system). The sandboxed daemon asks a helper
+// process for these (cmd/gopasst/helper.go), which keeps its own table of
+// what it may bind and where each diverted port leads: the engine names a
+// port, never a path or a command. LocalHost does them in-process. Every
 // descriptor returned is non-blocking and close-on-exec.
 type Host interface {
 	// Bind opens the listening (TCP) or bound (UDP) socket of a forward.
 	Bind(proto Proto, f portspec.Forward) (int, error)
-	// DialUnix starts connecting to the unix stream socket at path; the
-	// error is EINPROGRESS, with a valid descriptor, while it connects.
-	DialUnix(path string) (int, error)
-	// LookPath resolves a command's name as exec.LookPath does.
-	LookPath(name string) (string, error)
-	// Command runs argv (already resolved) with its stdin and stdout on
-	// one end of a socket pair and returns the other end.
-	Command(argv []string) (int, error)
-	// EndCommand stops the command behind fd, if Command made fd.
+	// DialSpecial opens the host end of a guest connection to the
+	// diverted gateway port: a unix socket connection (the error is
+	// EINPROGRESS, with a valid descriptor, while it connects) or one
+	// end of a socket pair on a new command's stdin and stdout.
+	DialSpecial(port uint16) (int, error)
+	// EndCommand stops the command behind fd, if DialSpecial made fd.
 	EndCommand(fd int)
 }
 
-// LocalHost does the Host's work in the calling process.
+// Special is where a diverted gateway port leads: the unix stream socket
+// at Path, or a new instance of the command Argv (resolved: Argv[0] is
+// a path) per connection, at most Max at once (DefaultCmdMax if 0).
+type Special struct {
+	Path    string
+	Argv    []string
+	Max     int
+	running int // instances that have not exited
+}
+
+// DefaultCmdMax is how many instances of one command forward may run at
+// once: a guest opening connections must not fill the host with
+// processes.
+const DefaultCmdMax = 16
+
+// LocalHost does the Host's work in the calling process, with the
+// credentials of the calling thread, from its own table of diverted
+// ports.
 type LocalHost struct {
 	// Freebind binds forwards to addresses the host may not have (yet),
 	// as passt's --freebind.
 	Freebind bool
 
-	mu    sync.Mutex
-	procs map[int]*os.Process // our end of a command's socket pair -> the command
+	mu      sync.Mutex
+	special map[uint16]*Special
+	procs   map[int]*os.Process // our end of a command's socket pair -> the command
+}
+
+// SetSpecial makes port lead to s; nil ends the diversion. Commands
+// already running go on.
+func (h *LocalHost) SetSpecial(port uint16, s *Special) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.special == nil {
+		h.special = map[uint16]*Special{}
+	}
+	if s == nil {
+		delete(h.special, port)
+	} else {
+		h.special[port] = s
+	}
+}
+
+// HasSpecial tells whether port is diverted.
+func (h *LocalHost) HasSpecial(port uint16) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.special[port] != nil
 }
 
 // Bind binds fwd's host socket. Without an address it binds the IPv6
@@ -102,8 +142,56 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward, freebind bool) (int, err
 	return fd, nil
 }
 
-// DialUnix starts a non-blocking connect to path.
-func (*LocalHost) DialUnix(path string) (int, error) {
+// OpenSpecial opens the host end of a connection to the diverted port,
+// as DialSpecial does, and returns the command it started, if any, for
+// the caller to keep.
+func (h *LocalHost) OpenSpecial(port uint16) (int, *os.Process, error) {
+	h.mu.Lock()
+	s := h.special[port]
+	if s == nil {
+		h.mu.Unlock()
+		return -1, nil, fmt.Errorf("gateway port %d is not diverted", port)
+	}
+	if s.Path != "" {
+		h.mu.Unlock()
+		fd, err := dialUnix(s.Path)
+		return fd, nil, err
+	}
+	if s.running >= cmp.Or(s.Max, DefaultCmdMax) {
+		h.mu.Unlock()
+		return -1, nil, fmt.Errorf("gateway port %d: %d commands already running (--cmd-fwd-max)", port, s.running)
+	}
+	s.running++
+	h.mu.Unlock()
+	fd, p, err := startCommand(s.Argv, func() {
+		h.mu.Lock()
+		s.running--
+		h.mu.Unlock()
+	})
+	if err != nil {
+		h.mu.Lock()
+		s.running--
+		h.mu.Unlock()
+	}
+	return fd, p, err
+}
+
+// DialSpecial is OpenSpecial, keeping the command until EndCommand.
+func (h *LocalHost) DialSpecial(port uint16) (int, error) {
+	fd, p, err := h.OpenSpecial(port)
+	if p != nil {
+		h.mu.Lock()
+		if h.procs == nil {
+			h.procs = map[int]*os.Process{}
+		}
+		h.procs[fd] = p
+		h.mu.Unlock()
+	}
+	return fd, err
+}
+
+// dialUnix starts a non-blocking connect to path.
+func dialUnix(path string) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
@@ -118,41 +206,26 @@ func (*LocalHost) DialUnix(path string) (int, error) {
 	return -1, err
 }
 
-// LookPath is exec.LookPath.
-func (*LocalHost) LookPath(name string) (string, error) { return exec.LookPath(name) }
-
-// Command starts argv and keeps it until EndCommand.
-func (h *LocalHost) Command(argv []string) (int, error) {
-	fd, p, err := StartCommand(argv)
-	if err != nil {
-		return -1, err
-	}
-	h.mu.Lock()
-	if h.procs == nil {
-		h.procs = map[int]*os.Process{}
-	}
-	h.procs[fd] = p
-	h.mu.Unlock()
-	return fd, nil
-}
-
-// StartCommand starts argv with its stdin and stdout on one end of a socket
-// pair and returns the other end; stderr goes where ours goes. A goroutine
-// waits for each command, so none is left a zombie: commands are few and
+// startCommand starts argv with its stdin and stdout on one end of a
+// socket pair and returns the other end; stderr goes where ours goes. It
+// runs in a session of its own, away from our terminal, and gets SIGTERM
+// if the thread that started it ends. A goroutine waits for each command,
+// so none is left a zombie, and calls exited then: commands are few and
 // slow to start, and the event loop stays free of them.
-func StartCommand(argv []string) (int, *os.Process, error) {
+func startCommand(argv []string, exited func()) (int, *os.Process, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, nil, err
 	}
 	child := os.NewFile(uintptr(pair[1]), "cmd")
 	defer child.Close()
-	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr}})
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr},
+		Sys: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}})
 	if err != nil {
 		unix.Close(pair[0])
 		return -1, nil, err
 	}
-	go p.Wait()
+	go func() { p.Wait(); exited() }()
 	unix.SetNonblock(pair[0], true)
 	return pair[0], p, nil
 }
