@@ -1,0 +1,378 @@
+// Package tcprepair moves a connected TCP socket from one process (or
+// host) to another with the kernel's TCP_REPAIR: the source reads what
+// the connection is (sequence numbers, windows, options, queued data)
+// from a socket in repair mode, the destination makes a socket that is
+// the same connection without a handshake. Setting repair mode needs
+// CAP_NET_ADMIN, which gopasst's engine never has: a helper sets it (see
+// helper.go), as passt-repair does for passt.
+//
+// The facts are the kernel's (net/ipv4/tcp.c, do_tcp_setsockopt and
+// do_tcp_getsockopt in repair mode), in the order passt uses them.
+package tcprepair
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxQueue bounds each queue a State carries: a stream from another
+// host that claims more is refused, and a source socket with more is not
+// moved. It is passt's bound, so a stream passt accepts, this accepts.
+const MaxQueue = 64 << 20
+
+// TCP states (include/net/tcp_states.h) that change what is dumped.
+const (
+	stateEstablished = 1
+	stateFinWait1    = 4
+	stateFinWait2    = 5
+	stateCloseWait   = 8
+	stateLastAck     = 9
+	stateClosing     = 11
+)
+
+// tcpi_options bits (include/uapi/linux/tcp.h).
+const (
+	OptTimestamps = 1
+	OptSACK       = 2
+)
+
+// Queues selected with TCP_REPAIR_QUEUE.
+const (
+	recvQueue = 1
+	sendQueue = 2
+)
+
+// State is one connection as a socket in repair mode tells it: passt's
+// struct tcp_tap_transfer_ext, plus the queued bytes. Sequence numbers
+// are those of the first queued byte, so the queues are re-sent from
+// there.
+type State struct {
+	TCPState  uint8 // tcpi_state; 0 means the source could not dump it
+	Options   uint8 // tcpi_options: OptTimestamps, OptSACK
+	SndWScale uint8
+	RcvWScale uint8
+	MSS       uint32 // the MSS clamp (TCP_MAXSEG)
+	Timestamp uint32 // RFC 7323 clock, if OptTimestamps
+
+	SndWL1, SndWnd, MaxWindow, RcvWnd, RcvWup uint32 // TCP_REPAIR_WINDOW
+
+	SeqSnd  uint32 // sequence of SendQ[0]
+	SeqRcv  uint32 // sequence of RecvQ[0]
+	NotSent uint32 // the tail of SendQ that was never sent
+	SendQ   []byte // sent but not acknowledged, then not sent
+	RecvQ   []byte // received, not read
+}
+
+// repairWindow is struct tcp_repair_window.
+type repairWindow struct {
+	SndWL1, SndWnd, MaxWindow, RcvWnd, RcvWup uint32
+}
+
+func getsockopt(fd, level, opt int, p unsafe.Pointer, size uintptr) (int, error) {
+	l := uint32(size)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(l), nil
+}
+
+func setsockopt(fd, level, opt int, p unsafe.Pointer, size uintptr) error {
+	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(p), size, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// ioctlUint32 reads a C int the kernel writes (SIOCINQ, SIOCOUTQ, ...).
+func ioctlUint32(fd int, req uint) (uint32, error) {
+	return unix.IoctlGetUint32(fd, req)
+}
+
+// Dump reads the connection of fd, which must be in repair mode, and
+// leaves it so: the caller then closes it (closing a socket in repair
+// mode sends nothing to the peer) or keeps it until the destination has
+// taken over. fd must not use SO_PEEK_OFF: the queues are peeked from
+// their start.
+func Dump(fd int) (*State, error) {
+	var st State
+	// struct tcp_info: state at 0, options at 5, the window scales at 6
+	// (snd in the low nibble, rcv in the high one).
+	var info [8]byte
+	if _, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, unsafe.Pointer(&info[0]), unsafe.Sizeof(info)); err != nil {
+		return nil, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	st.TCPState, st.Options = info[0], info[5]
+	st.SndWScale, st.RcvWScale = info[6]&0xf, info[6]>>4
+	mss, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG)
+	if err != nil {
+		return nil, fmt.Errorf("TCP_MAXSEG: %w", err)
+	}
+	st.MSS = uint32(mss)
+	if st.Options&OptTimestamps != 0 {
+		ts, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_TIMESTAMP)
+		if err != nil {
+			return nil, fmt.Errorf("TCP_TIMESTAMP: %w", err)
+		}
+		st.Timestamp = uint32(ts)
+	}
+	var w repairWindow
+	if _, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_REPAIR_WINDOW, unsafe.Pointer(&w), unsafe.Sizeof(w)); err != nil {
+		return nil, fmt.Errorf("TCP_REPAIR_WINDOW: %w", err)
+	}
+	st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup = w.SndWL1, w.SndWnd, w.MaxWindow, w.RcvWnd, w.RcvWup
+	// A FIN received counts in the window as it does in the sequence.
+	finIn := st.TCPState == stateCloseWait || st.TCPState == stateLastAck
+	if finIn {
+		st.RcvWup--
+		st.RcvWnd++
+	}
+
+	// The send queue: SIOCOUTQ and SIOCOUTQNSD count a FIN sent as a byte.
+	if err := selectQueue(fd, sendQueue); err != nil {
+		return nil, err
+	}
+	sndq, err := ioctlUint32(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return nil, fmt.Errorf("SIOCOUTQ: %w", err)
+	}
+	notsent, err := ioctlUint32(fd, unix.SIOCOUTQNSD)
+	if err != nil {
+		return nil, fmt.Errorf("SIOCOUTQNSD: %w", err)
+	}
+	switch st.TCPState {
+	case stateFinWait1, stateFinWait2, stateLastAck, stateClosing:
+		if sndq > 0 {
+			sndq--
+		}
+		if notsent > 0 {
+			notsent--
+		}
+	}
+	if notsent > sndq {
+		return nil, fmt.Errorf("send queue: %d bytes not sent of %d queued", notsent, sndq)
+	}
+	if st.SendQ, err = peekQueue(fd, sndq); err != nil {
+		return nil, fmt.Errorf("send queue: %w", err)
+	}
+	st.NotSent = notsent
+	if st.SeqSnd, err = queueSeq(fd); err != nil {
+		return nil, err
+	}
+
+	if err := selectQueue(fd, recvQueue); err != nil {
+		return nil, err
+	}
+	rcvq, err := ioctlUint32(fd, unix.SIOCINQ)
+	if err != nil {
+		return nil, fmt.Errorf("SIOCINQ: %w", err)
+	}
+	// Unlike SIOCOUTQ, SIOCINQ leaves a FIN received out (tcp_inq), so
+	// the count is the bytes queued (passt takes one more off, and loses
+	// the last unread byte before a FIN): TCP_QUEUE_SEQ is past the FIN,
+	// which shifts the queue's start by one, and the window by one above.
+	if st.RecvQ, err = peekQueue(fd, rcvq); err != nil {
+		return nil, fmt.Errorf("receive queue: %w", err)
+	}
+	if st.SeqRcv, err = queueSeq(fd); err != nil {
+		return nil, err
+	}
+	// TCP_QUEUE_SEQ is the sequence after each queue's end.
+	st.SeqSnd -= sndq
+	st.SeqRcv -= rcvq
+	return &st, nil
+}
+
+func selectQueue(fd, q int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR_QUEUE, q); err != nil {
+		return fmt.Errorf("TCP_REPAIR_QUEUE %d: %w", q, err)
+	}
+	return nil
+}
+
+func queueSeq(fd int) (uint32, error) {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUEUE_SEQ)
+	if err != nil {
+		return 0, fmt.Errorf("TCP_QUEUE_SEQ: %w", err)
+	}
+	return uint32(v), nil
+}
+
+// peekQueue reads the n bytes of the selected queue, which a socket in
+// repair mode gives only with MSG_PEEK.
+func peekQueue(fd int, n uint32) ([]byte, error) {
+	if n > MaxQueue {
+		return nil, fmt.Errorf("%d bytes queued, more than %d", n, MaxQueue)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, n)
+	got, _, err := unix.Recvfrom(fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if err != nil {
+		return nil, err
+	}
+	if got < int(n) {
+		return nil, fmt.Errorf("read %d of %d bytes", got, n)
+	}
+	return buf, nil
+}
+
+// NewSocket is the destination's socket for a connection of family
+// (AF_INET or AF_INET6): non-blocking, and SO_REUSEADDR so it binds
+// the address the source may still hold (with repair mode on, the kernel
+// then lets it bind even a port in use). Repair mode is to be set next.
+func NewSocket(family int) (int, error) {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// Check refuses a State no source could have made: it may come from
+// another host.
+func (st *State) Check() error {
+	switch {
+	case st.TCPState == 0:
+		return errors.New("the source could not dump this connection")
+	case len(st.SendQ) > MaxQueue || len(st.RecvQ) > MaxQueue:
+		return fmt.Errorf("queues of %d and %d bytes, more than %d", len(st.SendQ), len(st.RecvQ), MaxQueue)
+	case int(st.NotSent) > len(st.SendQ):
+		return fmt.Errorf("%d bytes not sent of a %d-byte send queue", st.NotSent, len(st.SendQ))
+	case st.SndWScale > 14 || st.RcvWScale > 14:
+		return fmt.Errorf("window scale %d/%d beyond 14", st.SndWScale, st.RcvWScale)
+	}
+	return nil
+}
+
+// Restore makes fd, from NewSocket and already in repair mode, the
+// connection st from local to remote, without a handshake: the kernel
+// takes the sequence numbers, queues, options and windows as they are.
+// The caller then turns repair mode off and calls Resume.
+func Restore(fd int, st *State, local, remote unix.Sockaddr) error {
+	if err := st.Check(); err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, local); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	if st.Options&OptTimestamps != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_TIMESTAMP, int(int32(st.Timestamp))); err != nil {
+			return fmt.Errorf("TCP_TIMESTAMP: %w", err)
+		}
+	}
+	for _, q := range []struct {
+		queue int
+		seq   uint32
+	}{{sendQueue, st.SeqSnd}, {recvQueue, st.SeqRcv}} {
+		if err := selectQueue(fd, q.queue); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUEUE_SEQ, int(int32(q.seq))); err != nil {
+			return fmt.Errorf("TCP_QUEUE_SEQ: %w", err)
+		}
+	}
+	// In repair mode connect sends nothing: the socket is established.
+	if err := unix.Connect(fd, remote); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	// The receive queue is still selected; writes to it are received data.
+	if err := fill(fd, st.RecvQ); err != nil {
+		return fmt.Errorf("receive queue: %w", err)
+	}
+	if err := selectQueue(fd, sendQueue); err != nil {
+		return err
+	}
+	// What was sent goes in now, as sent; what was not is written after
+	// repair mode, so the kernel sends it.
+	if err := fill(fd, st.SendQ[:len(st.SendQ)-int(st.NotSent)]); err != nil {
+		return fmt.Errorf("send queue: %w", err)
+	}
+	opts := []unix.TCPRepairOpt{
+		{Code: unix.TCPOPT_WINDOW, Val: uint32(st.SndWScale) | uint32(st.RcvWScale)<<16},
+		{Code: unix.TCPOPT_MAXSEG, Val: st.MSS},
+	}
+	if st.Options&OptSACK != 0 {
+		opts = append(opts, unix.TCPRepairOpt{Code: unix.TCPOPT_SACK_PERMITTED})
+	}
+	if st.Options&OptTimestamps != 0 {
+		opts = append(opts, unix.TCPRepairOpt{Code: unix.TCPOPT_TIMESTAMP})
+	}
+	if err := unix.SetsockoptTCPRepairOpt(fd, unix.SOL_TCP, unix.TCP_REPAIR_OPTIONS, opts); err != nil {
+		return fmt.Errorf("TCP_REPAIR_OPTIONS: %w", err)
+	}
+	// A FIN sent and acknowledged: shutdown in repair mode moves the
+	// socket on without sending one again.
+	if st.TCPState == stateFinWait2 {
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+	}
+	w := repairWindow{st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup}
+	if err := setsockopt(fd, unix.SOL_TCP, unix.TCP_REPAIR_WINDOW, unsafe.Pointer(&w), unsafe.Sizeof(w)); err != nil {
+		return fmt.Errorf("TCP_REPAIR_WINDOW: %w", err)
+	}
+	return nil
+}
+
+// Resume finishes Restore once repair mode is off: the data never sent
+// is sent now, and a FIN that may not have reached the peer is sent
+// again. The new socket's send buffer starts small (it grows as the
+// connection runs), so it may not take all that the old one held: Resume
+// returns what it did not take, which the caller writes as the socket
+// drains, and then shuts the socket down for writing if FINPending.
+func Resume(fd int, st *State) ([]byte, error) {
+	rest := st.SendQ[len(st.SendQ)-int(st.NotSent):]
+	for len(rest) > 0 {
+		n, err := unix.Write(fd, rest)
+		if err == unix.EAGAIN {
+			return rest, nil
+		}
+		if err != nil && err != unix.EINTR {
+			return nil, fmt.Errorf("unsent data: %w", err)
+		}
+		rest = rest[max(n, 0):]
+	}
+	if st.FINPending() {
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			return nil, fmt.Errorf("shutdown: %w", err)
+		}
+	}
+	return nil, nil
+}
+
+// FINPending says that the source had sent a FIN the peer may not have
+// had: the destination sends it (again) once the data is written.
+func (st *State) FINPending() bool { return st.TCPState == stateFinWait1 }
+
+// fill writes b whole: in repair mode a queue takes what it is given
+// (in smaller pieces if the kernel cannot allocate a large one); after
+// it, the send buffer has room for what the old socket held.
+func fill(fd int, b []byte) error {
+	chunk := len(b)
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b[:min(len(b), chunk)])
+		switch {
+		case (err == unix.ENOBUFS || err == unix.ENOMEM) && chunk > 1024:
+			chunk /= 2
+			continue
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

@@ -1,0 +1,336 @@
+package tcprepair
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// netns runs functions on one OS thread in a network namespace of its
+// own, with loopback up, so the sockets they make live there. The
+// namespace goes away with its last socket once the thread ends.
+type netns struct {
+	do   chan func()
+	done chan struct{}
+}
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace and sets TCP_REPAIR")
+	}
+	ns := &netns{do: make(chan func()), done: make(chan struct{})}
+	errc := make(chan error)
+	go func() {
+		// The thread is never unlocked: the runtime ends it with the
+		// goroutine, and the namespace with it.
+		runtime.LockOSThread()
+		defer close(ns.done)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- loopbackUp()
+		for f := range ns.do {
+			f()
+		}
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(ns.do); <-ns.done })
+	return ns
+}
+
+func (ns *netns) run(f func()) {
+	c := make(chan struct{})
+	ns.do <- func() { f(); close(c) }
+	<-c
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// pair is a connected pair of blocking TCP sockets over loopback in ns.
+func pair(t *testing.T, ns *netns, family int) (a, b int, aAddr, bAddr unix.Sockaddr) {
+	t.Helper()
+	var err error
+	ns.run(func() {
+		var l int
+		var any unix.Sockaddr = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+		if family == unix.AF_INET6 {
+			any = &unix.SockaddrInet6{Addr: [16]byte{15: 1}}
+		}
+		if l, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return
+		}
+		defer unix.Close(l)
+		if err = unix.Bind(l, any); err != nil {
+			return
+		}
+		unix.Listen(l, 1)
+		bAddr, _ = unix.Getsockname(l)
+		if a, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return
+		}
+		if err = unix.Connect(a, bAddr); err != nil {
+			return
+		}
+		aAddr, _ = unix.Getsockname(a)
+		b, _, err = unix.Accept4(l, unix.SOCK_CLOEXEC)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b, aAddr, bAddr
+}
+
+func setRepair(t *testing.T, fd, v int) {
+	t.Helper()
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, v); err != nil {
+		t.Fatalf("TCP_REPAIR %d: %v", v, err)
+	}
+}
+
+// stream is one direction of a test connection: pseudo-random bytes,
+// sent and received in pieces, compared at the end by SHA-256.
+type stream struct {
+	data     []byte
+	sent     int
+	received bytes.Buffer
+}
+
+func newStream(n int, seed uint64) *stream {
+	s := &stream{data: make([]byte, n)}
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range s.data {
+		s.data[i] = byte(r.Uint32())
+	}
+	return s
+}
+
+// push writes from fd without blocking until the kernel takes no more
+// (or max bytes went).
+func (s *stream) push(t *testing.T, fd, max int) {
+	t.Helper()
+	for s.sent < len(s.data) && max > 0 {
+		n, err := unix.SendmsgN(fd, s.data[s.sent:s.sent+min(max, len(s.data)-s.sent, 16<<10)], nil, nil, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		s.sent += n
+		max -= n
+	}
+}
+
+// pushAll writes the rest of the stream from fd, blocking.
+func (s *stream) pushAll(fd int) error {
+	for s.sent < len(s.data) {
+		n, err := unix.Write(fd, s.data[s.sent:])
+		if err != nil && err != unix.EINTR && err != unix.EAGAIN {
+			return err
+		}
+		s.sent += max(n, 0)
+	}
+	return nil
+}
+
+// pull reads on fd until the stream is whole or the peer closes.
+func (s *stream) pull(fd int) error {
+	buf := make([]byte, 64<<10)
+	for s.received.Len() < len(s.data) {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+		s.received.Write(buf[:n])
+	}
+	return nil
+}
+
+func (s *stream) check(t *testing.T, name string) {
+	t.Helper()
+	if got, want := sha256.Sum256(s.received.Bytes()), sha256.Sum256(s.data); got != want {
+		t.Errorf("%s: received %d bytes of %d, SHA-256 %x, want %x", name, s.received.Len(), len(s.data), got[:8], want[:8])
+	}
+}
+
+// moveSocket dumps a (in repair mode), closes it and makes a new socket
+// in ns that is the same connection. It returns the new socket, made
+// blocking, and what Resume left for the caller to write.
+func moveSocket(t *testing.T, ns *netns, a int, local, remote unix.Sockaddr, family int) (int, *State, []byte) {
+	t.Helper()
+	setRepair(t, a, unix.TCP_REPAIR_ON)
+	st, err := Dump(a)
+	if err != nil {
+		t.Fatalf("Dump: %v", err)
+	}
+	unix.Close(a)
+	var fd int
+	ns.run(func() { fd, err = NewSocket(family) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	setRepair(t, fd, unix.TCP_REPAIR_ON)
+	if err := Restore(fd, st, local, remote); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	setRepair(t, fd, unix.TCP_REPAIR_OFF)
+	rest, err := Resume(fd, st)
+	if err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	unix.SetNonblock(fd, false)
+	return fd, st, rest
+}
+
+// TestMoveWithDataInFlight moves one end of a loopback connection while
+// both directions have data queued: what a sent and b has not read, what
+// b sent and a has not read. Every byte arrives once, in order.
+func TestMoveWithDataInFlight(t *testing.T) {
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		ns := newNetns(t)
+		a, b, aAddr, bAddr := pair(t, ns, family)
+		// Small receive buffers, so a's writes back up into its send
+		// queue, some of them never sent.
+		unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10)
+		ab, ba := newStream(8<<20, 1), newStream(8<<20, 2)
+		ab.push(t, a, 4<<20)
+		ba.push(t, b, 4<<20)
+		// Read a little each way, so the streams are mid-way.
+		var buf [1000]byte
+		n, _ := unix.Read(b, buf[:])
+		ab.received.Write(buf[:n])
+		n, _ = unix.Read(a, buf[:])
+		ba.received.Write(buf[:n])
+
+		a2, st, rest := moveSocket(t, ns, a, aAddr, bAddr, family)
+		t.Logf("family %d: moved with %d bytes in the send queue (%d not sent, %d left to the caller), %d in the receive queue, state %d, options %#x, wscale %d/%d, mss %d",
+			family, len(st.SendQ), st.NotSent, len(rest), len(st.RecvQ), st.TCPState, st.Options, st.SndWScale, st.RcvWScale, st.MSS)
+		if len(st.SendQ) == 0 || len(st.RecvQ) == 0 {
+			t.Errorf("no data in flight: send queue %d, receive queue %d bytes", len(st.SendQ), len(st.RecvQ))
+		}
+		errc := make(chan error, 4)
+		go func() {
+			// What the new socket did not take first, as the peer drains it.
+			if _, err := unix.Write(a2, rest); err != nil {
+				errc <- err
+				return
+			}
+			errc <- ab.pushAll(a2)
+		}()
+		go func() { errc <- ba.pushAll(b) }()
+		go func() { errc <- ab.pull(b) }()
+		go func() { errc <- ba.pull(a2) }()
+		for range 4 {
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		}
+		ab.check(t, "a to b")
+		ba.check(t, "b to a")
+		unix.Close(a2)
+		unix.Close(b)
+	}
+}
+
+// TestMoveAfterFIN moves a connection whose peer has shut down its side
+// and one that has shut down its own: the data before the FIN arrives,
+// and the connection stays in step with the peer.
+func TestMoveAfterFIN(t *testing.T) {
+	ns := newNetns(t)
+	t.Run("peer FIN", func(t *testing.T) {
+		a, b, aAddr, bAddr := pair(t, ns, unix.AF_INET)
+		unix.Write(b, []byte("hello"))
+		unix.Shutdown(b, unix.SHUT_WR)
+		waitState(t, a, stateCloseWait)
+		a2, _, _ := moveSocket(t, ns, a, aAddr, bAddr, unix.AF_INET)
+		// The FIN itself is not replayed to the reader (repair mode
+		// cannot queue one; the flow's owner remembers it), but it stays
+		// counted: the connection goes on in step with the peer.
+		buf := make([]byte, 100)
+		if n, _ := unix.Read(a2, buf); string(buf[:n]) != "hello" {
+			t.Errorf("read %q, want hello", buf[:n])
+		}
+		unix.Write(a2, []byte("bye"))
+		unix.Close(a2)
+		n, _ := unix.Read(b, buf)
+		if string(buf[:n]) != "bye" {
+			t.Errorf("peer read %q, want bye", buf[:n])
+		}
+		unix.Close(b)
+	})
+	t.Run("own FIN", func(t *testing.T) {
+		a, b, aAddr, bAddr := pair(t, ns, unix.AF_INET)
+		unix.Write(a, []byte("hello"))
+		unix.Shutdown(a, unix.SHUT_WR)
+		waitState(t, a, stateFinWait2)
+		a2, _, _ := moveSocket(t, ns, a, aAddr, bAddr, unix.AF_INET)
+		var got bytes.Buffer
+		buf := make([]byte, 100)
+		for {
+			n, err := unix.Read(b, buf)
+			if err != nil || n == 0 {
+				break
+			}
+			got.Write(buf[:n])
+		}
+		if got.String() != "hello" {
+			t.Errorf("peer read %q before EOF, want hello", got.String())
+		}
+		unix.Write(b, []byte("bye"))
+		unix.Close(b)
+		n, _ := unix.Read(a2, buf)
+		if string(buf[:n]) != "bye" {
+			t.Errorf("read %q, want bye", buf[:n])
+		}
+		unix.Close(a2)
+	})
+}
+
+// waitState waits for fd's TCP state, which loopback reaches right after
+// the calls that led to it; the loop only covers the softirq's lag.
+func waitState(t *testing.T, fd int, want uint8) {
+	t.Helper()
+	for range 10000 {
+		var info [8]byte
+		if _, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, unsafe.Pointer(&info[0]), 8); err != nil {
+			t.Fatal(err)
+		}
+		if info[0] == want {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("socket never reached TCP state %d", want)
+}
