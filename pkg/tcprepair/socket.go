@@ -102,14 +102,18 @@ func ioctlUint32(fd int, req uint) (uint32, error) {
 // their start.
 func Dump(fd int) (*State, error) {
 	var st State
-	// struct tcp_info: state at 0, options at 5, the window scales at 6
-	// (snd in the low nibble, rcv in the high one).
+	// struct tcp_info: state at 0, options at 5, the window scales at 6,
+	// two 4-bit fields, snd first: the low nibble where bit-fields are
+	// laid out from the least significant bit (little-endian ABIs).
 	var info [8]byte
 	if _, err := getsockopt(fd, unix.SOL_TCP, unix.TCP_INFO, unsafe.Pointer(&info[0]), unsafe.Sizeof(info)); err != nil {
 		return nil, fmt.Errorf("TCP_INFO: %w", err)
 	}
 	st.TCPState, st.Options = info[0], info[5]
 	st.SndWScale, st.RcvWScale = info[6]&0xf, info[6]>>4
+	if one := uint16(1); *(*byte)(unsafe.Pointer(&one)) == 0 {
+		st.SndWScale, st.RcvWScale = st.RcvWScale, st.SndWScale
+	}
 	mss, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG)
 	if err != nil {
 		return nil, fmt.Errorf("TCP_MAXSEG: %w", err)

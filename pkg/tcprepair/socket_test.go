@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -25,6 +26,9 @@ func newNetns(t *testing.T) *netns {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: makes a network namespace and sets TCP_REPAIR")
+	}
+	if emulated() {
+		t.Skip("qemu-user does not translate TCP_INFO and TCP_REPAIR_WINDOW")
 	}
 	ns := &netns{do: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error)
@@ -47,6 +51,15 @@ func newNetns(t *testing.T) *netns {
 	}
 	t.Cleanup(func() { close(ns.do); <-ns.done })
 	return ns
+}
+
+// emulated says the test runs under qemu-user: the kernel is of another
+// architecture than the binary (qemu-user fakes uname, not this file).
+func emulated() bool {
+	b, _ := os.ReadFile("/proc/sys/kernel/arch")
+	machine := strings.TrimSpace(string(b))
+	native := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "s390x": "s390x"}[runtime.GOARCH]
+	return machine != "" && native != "" && native != machine
 }
 
 func (ns *netns) run(f func()) {
