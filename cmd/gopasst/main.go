@@ -106,6 +106,7 @@ type cli struct {
 	NS      nsOptions        `cmd:"" name:"ns" help:"Run a program with a network stack of its own."`
 	Ctl     CtlOptions       `cmd:"" help:"Change a running gopasst's forwards through its control socket."`
 	Guest   guestOptions     `cmd:"" help:"In a VM: relay a tap to gopasst on the host over vsock or a unix socket."`
+	Repair  repairOptions    `cmd:"" help:"Set TCP_REPAIR for a back-end's live migration, as passt-repair does (needs CAP_NET_ADMIN)."`
 	Man     struct{}         `cmd:"" hidden:"" help:"Print the manual page (roff)."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
@@ -135,6 +136,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCtl(&c.Ctl, stdout, stderr)
 	case cmd == "guest":
 		return runGuest(&c.Guest, stderr)
+	case strings.HasPrefix(cmd, "repair"):
+		return runRepair(&c.Repair, stderr)
 	case cmd == "man":
 		writeMan(stdout, ctx.Model)
 		return 0

@@ -119,10 +119,14 @@ func pair(t *testing.T, ns *netns, family int) (a, b int, aAddr, bAddr unix.Sock
 	return a, b, aAddr, bAddr
 }
 
-func setRepair(t *testing.T, fd, v int) {
+// repairer sets TCP_REPAIR on sockets: the test itself (it is root), or
+// a helper over the protocol.
+type repairer func(t *testing.T, cmd int8, fds ...int)
+
+func direct(t *testing.T, cmd int8, fds ...int) {
 	t.Helper()
-	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, v); err != nil {
-		t.Fatalf("TCP_REPAIR %d: %v", v, err)
+	if err := setRepair(cmd, fds); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -201,9 +205,9 @@ func (s *stream) check(t *testing.T, name string) {
 // moveSocket dumps a (in repair mode), closes it and makes a new socket
 // in ns that is the same connection. It returns the new socket, made
 // blocking, and what Resume left for the caller to write.
-func moveSocket(t *testing.T, ns *netns, a int, local, remote unix.Sockaddr, family int) (int, *State, []byte) {
+func moveSocket(t *testing.T, ns *netns, repair repairer, a int, local, remote unix.Sockaddr, family int) (int, *State, []byte) {
 	t.Helper()
-	setRepair(t, a, unix.TCP_REPAIR_ON)
+	repair(t, On, a)
 	st, err := Dump(a)
 	if err != nil {
 		t.Fatalf("Dump: %v", err)
@@ -214,11 +218,11 @@ func moveSocket(t *testing.T, ns *netns, a int, local, remote unix.Sockaddr, fam
 	if err != nil {
 		t.Fatal(err)
 	}
-	setRepair(t, fd, unix.TCP_REPAIR_ON)
+	repair(t, On, fd)
 	if err := Restore(fd, st, local, remote); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
-	setRepair(t, fd, unix.TCP_REPAIR_OFF)
+	repair(t, Off, fd)
 	rest, err := Resume(fd, st)
 	if err != nil {
 		t.Fatalf("Resume: %v", err)
@@ -231,8 +235,42 @@ func moveSocket(t *testing.T, ns *netns, a int, local, remote unix.Sockaddr, fam
 // both directions have data queued: what a sent and b has not read, what
 // b sent and a has not read. Every byte arrives once, in order.
 func TestMoveWithDataInFlight(t *testing.T) {
+	ns := newNetns(t)
+	moveWithDataInFlight(t, ns, direct)
+}
+
+// TestMoveThroughHelper is TestMoveWithDataInFlight with TCP_REPAIR set
+// by Serve, over the helper protocol.
+func TestMoveThroughHelper(t *testing.T) {
+	ns := newNetns(t)
+	c, done := startHelper(t)
+	moveWithDataInFlight(t, ns, func(t *testing.T, cmd int8, fds ...int) {
+		t.Helper()
+		if err := c.Set(cmd, fds); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// startHelper runs Serve on one end of a socket pair and returns a
+// Client on the other, and where Serve's result will come.
+func startHelper(t *testing.T) (*Client, chan error) {
+	t.Helper()
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Serve(sp[1]); unix.Close(sp[1]) }()
+	return NewClient(sp[0]), done
+}
+
+func moveWithDataInFlight(t *testing.T, ns *netns, repair repairer) {
 	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
-		ns := newNetns(t)
 		a, b, aAddr, bAddr := pair(t, ns, family)
 		// Small receive buffers, so a's writes back up into its send
 		// queue, some of them never sent.
@@ -247,7 +285,7 @@ func TestMoveWithDataInFlight(t *testing.T) {
 		n, _ = unix.Read(a, buf[:])
 		ba.received.Write(buf[:n])
 
-		a2, st, rest := moveSocket(t, ns, a, aAddr, bAddr, family)
+		a2, st, rest := moveSocket(t, ns, direct, a, aAddr, bAddr, family)
 		t.Logf("family %d: moved with %d bytes in the send queue (%d not sent, %d left to the caller), %d in the receive queue, state %d, options %#x, wscale %d/%d, mss %d",
 			family, len(st.SendQ), st.NotSent, len(rest), len(st.RecvQ), st.TCPState, st.Options, st.SndWScale, st.RcvWScale, st.MSS)
 		if len(st.SendQ) == 0 || len(st.RecvQ) == 0 {
@@ -287,7 +325,7 @@ func TestMoveAfterFIN(t *testing.T) {
 		unix.Write(b, []byte("hello"))
 		unix.Shutdown(b, unix.SHUT_WR)
 		waitState(t, a, stateCloseWait)
-		a2, _, _ := moveSocket(t, ns, a, aAddr, bAddr, unix.AF_INET)
+		a2, _, _ := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
 		// The FIN itself is not replayed to the reader (repair mode
 		// cannot queue one; the flow's owner remembers it), but it stays
 		// counted: the connection goes on in step with the peer.
@@ -308,7 +346,7 @@ func TestMoveAfterFIN(t *testing.T) {
 		unix.Write(a, []byte("hello"))
 		unix.Shutdown(a, unix.SHUT_WR)
 		waitState(t, a, stateFinWait2)
-		a2, _, _ := moveSocket(t, ns, a, aAddr, bAddr, unix.AF_INET)
+		a2, _, _ := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
 		var got bytes.Buffer
 		buf := make([]byte, 100)
 		for {
@@ -346,4 +384,73 @@ func waitState(t *testing.T, fd int, want uint8) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Fatalf("socket never reached TCP state %d", want)
+}
+
+// TestHelperBatches has the helper set repair mode on more sockets than
+// one message carries, and checks each.
+func TestHelperBatches(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: sets TCP_REPAIR")
+	}
+	c, done := startHelper(t)
+	var fds []int
+	for range MaxFds + 47 {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		fds = append(fds, fd)
+	}
+	for _, cmd := range []int8{On, Off} {
+		if err := c.Set(cmd, fds); err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			if v, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR); err != nil || v != int(cmd) {
+				t.Fatalf("TCP_REPAIR is %d (%v), want %d", v, err, cmd)
+			}
+		}
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestHelperRefuses sends the helper what passt-repair refuses: it ends
+// with an error, the client hears that it is gone, and the descriptors
+// passed are closed.
+func TestHelperRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cmd  byte
+		fds  int
+	}{{"unknown command", 7, 1}, {"no sockets", byte(On), 0}, {"not a TCP socket", byte(On), -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, done := startHelper(t)
+			defer c.Close()
+			var oob []byte
+			switch tc.fds {
+			case 1:
+				fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				defer unix.Close(fd)
+				oob = unix.UnixRights(fd)
+			case -1:
+				oob = unix.UnixRights(0)
+			}
+			if err := unix.Sendmsg(c.fd, []byte{tc.cmd}, oob, nil, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err == nil {
+				t.Error("Serve took it")
+			} else {
+				t.Log(err)
+			}
+			var b [1]byte
+			if n, _, _ := unix.Recvfrom(c.fd, b[:], 0); n != 0 {
+				t.Errorf("helper answered %d", b[0])
+			}
+		})
+	}
 }

@@ -1,0 +1,155 @@
+package tcprepair
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The repair helper protocol, passt's (passt-repair.c, repair.c): the
+// helper, which has CAP_NET_ADMIN, connects to the back-end's repair
+// socket. Each message from the back-end is one command byte with 1 to
+// MaxFds sockets as SCM_RIGHTS; the helper sets TCP_REPAIR to the command
+// on each, closes its copies and echoes the byte. Any other answer, or
+// none, means the helper failed. At EOF the helper exits.
+
+// Commands: the values of TCP_REPAIR.
+const (
+	On      int8 = unix.TCP_REPAIR_ON
+	Off     int8 = unix.TCP_REPAIR_OFF
+	OffNoWP int8 = unix.TCP_REPAIR_OFF_NO_WP // off, without a window probe
+)
+
+// MaxFds is the most descriptors one message carries: the kernel's
+// SCM_MAX_FD.
+const MaxFds = 253
+
+// replyTimeout bounds the wait for an echo: the helper only makes
+// setsockopt calls, so a slower answer means it is stuck or gone.
+const replyTimeout = 10 * time.Second
+
+// Client is the back-end's end of a connection from a repair helper.
+type Client struct {
+	fd int
+}
+
+// NewClient talks to the helper connected on fd, a unix stream socket.
+func NewClient(fd int) *Client {
+	tv := unix.NsecToTimeval(replyTimeout.Nanoseconds())
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return &Client{fd: fd}
+}
+
+// Close ends the connection: the helper exits.
+func (c *Client) Close() error { return unix.Close(c.fd) }
+
+// Set has the helper set TCP_REPAIR to cmd on every socket of fds, in
+// messages of at most MaxFds.
+func (c *Client) Set(cmd int8, fds []int) error {
+	for len(fds) > 0 {
+		n := min(len(fds), MaxFds)
+		if err := c.send(cmd, fds[:n]); err != nil {
+			return err
+		}
+		fds = fds[n:]
+	}
+	return nil
+}
+
+func (c *Client) send(cmd int8, fds []int) error {
+	if err := retry(func() error { return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds...), nil, 0) }); err != nil {
+		return fmt.Errorf("repair helper: %w", err)
+	}
+	var reply [1]byte
+	var n int
+	err := retry(func() (err error) { n, _, err = unix.Recvfrom(c.fd, reply[:], 0); return err })
+	switch {
+	case err == unix.EAGAIN:
+		return errors.New("repair helper: no answer")
+	case err != nil:
+		return fmt.Errorf("repair helper: %w", err)
+	case n == 0:
+		return errors.New("repair helper: gone (it could not set TCP_REPAIR: see its errors)")
+	case int8(reply[0]) != cmd:
+		return fmt.Errorf("repair helper: answered %d to %d", int8(reply[0]), cmd)
+	}
+	return nil
+}
+
+func retry(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// Serve is the helper: it answers the back-end on fd until the back-end
+// closes it (nil) or asks something it cannot do (the error; the
+// back-end sees the connection close, as with passt-repair).
+func Serve(fd int) error {
+	oob := make([]byte, unix.CmsgSpace(4*MaxFds))
+	for {
+		var cmd [1]byte
+		var n, oobn int
+		err := retry(func() (err error) {
+			n, oobn, _, _, err = unix.Recvmsg(fd, cmd[:], oob, unix.MSG_CMSG_CLOEXEC)
+			return err
+		})
+		if err == unix.ECONNRESET || err == nil && n == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading a request: %w", err)
+		}
+		fds, err := parseRights(oob[:oobn])
+		if err == nil {
+			err = setRepair(int8(cmd[0]), fds)
+		}
+		for _, s := range fds {
+			unix.Close(s)
+		}
+		if err != nil {
+			return err
+		}
+		if err := retry(func() error { _, err := unix.Write(fd, cmd[:]); return err }); err != nil {
+			return fmt.Errorf("answering: %w", err)
+		}
+	}
+}
+
+// parseRights returns the descriptors of the one SCM_RIGHTS message oob
+// must hold.
+func parseRights(oob []byte) ([]int, error) {
+	cms, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("bad ancillary data: %w", err)
+	}
+	var fds []int
+	for _, cm := range cms {
+		// Descriptors in any message are ours to close.
+		if f, err := unix.ParseUnixRights(&cm); err == nil {
+			fds = append(fds, f...)
+		}
+	}
+	if len(cms) != 1 || len(fds) == 0 || len(fds) > MaxFds {
+		return fds, fmt.Errorf("a request carries 1 to %d sockets, as one SCM_RIGHTS message", MaxFds)
+	}
+	return fds, nil
+}
+
+func setRepair(cmd int8, fds []int) error {
+	switch cmd {
+	case On, Off, OffNoWP:
+	default:
+		return fmt.Errorf("unknown command %d", cmd)
+	}
+	for _, s := range fds {
+		if err := unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_REPAIR, int(cmd)); err != nil {
+			return fmt.Errorf("setting TCP_REPAIR to %d: %w", cmd, err)
+		}
+	}
+	return nil
+}
