@@ -252,3 +252,13 @@ func TestHelperCmdMax(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRunAsRoot: --runas never makes the engine, or the helper's serving
+// thread, root (issue 22 item 9).
+func TestRunAsRoot(t *testing.T) {
+	for _, runas := range []string{"0", "root", "0:0", "65534:0", "root:65534"} {
+		if id, err := runAsIdentity(runas); err == nil {
+			t.Errorf("--runas %s: accepted as %+v", runas, id)
+		}
+	}
+}

@@ -40,6 +40,10 @@ func runAsIdentity(runas string) (identity, error) {
 	if err != nil {
 		return identity{}, fmt.Errorf("--runas %s: %v", runas, err)
 	}
+	if id.uid == 0 || id.gid == 0 {
+		// Root would undo the sandbox, and the helper's serving thread.
+		return identity{}, fmt.Errorf("--runas %s: gopasst does not run as root", runas)
+	}
 	if self.uid != 0 && id != self {
 		return identity{}, fmt.Errorf("--runas %s: only root can change user", runas)
 	}
