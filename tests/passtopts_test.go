@@ -159,3 +159,45 @@ func TestFreebind(t *testing.T) {
 	w.Host.Run(t, "ip", "addr", "add", later+"/24", "dev", "uplink")
 	expectAnswer(t, w, later+":18099", 80)
 }
+
+// TestQEMUOptions: gopasst starts with every option QEMU 10.1's
+// -netdev passt names (net/passt.c), less those that turn a protocol
+// off, and the guest gets what they say: passt once refused the lot.
+func TestQEMUOptions(t *testing.T) {
+	const out4, mapLo, mapGuest = "198.51.100.3", "198.51.100.77", "192.0.2.88"
+	w := newWorld(t, WorldOpts{Args: []string{"--quiet", "--mtu", "1500", "--address", hostAddr, "--netmask", "25",
+		"--mac-addr", "9a:55:9a:55:9a:56", "--gateway", hostGW, "--interface", "uplink", "--outbound", out4,
+		"--outbound-if4", "uplink", "--outbound-if6", "uplink", "--dns", "192.0.2.53", "--fqdn", "vm.example.test",
+		"--no-dhcp-search", "--map-host-loopback", mapLo, "--map-guest-addr", mapGuest,
+		"--dns-forward", "192.0.2.3", "--dns-host", hostDNS, "--freebind", "--ipv4-only",
+		"--search", "example.test lab.example", "--tcp-ports", "18077,18078:80", "--udp-ports", "15353",
+		"--pid", "{dir}/pid"},
+		BeforeStart: func(h *Netns) { h.Run(t, "ip", "addr", "add", out4+"/24", "dev", "uplink") }})
+	for k, v := range map[string]string{"ip": hostAddr, "mask": "25", "router": hostGW, "dns": "192.0.2.53", "mtu": "1500"} {
+		if w.Lease[k] != v {
+			t.Errorf("lease %s = %q, want %q", k, w.Lease[k], v)
+		}
+	}
+	if _, ok := w.Lease["search"]; ok {
+		t.Errorf("lease has search %q despite --no-dhcp-search", w.Lease["search"])
+	}
+	p := whoServer(t, w.Host, "127.0.0.1:0")
+	if got := guestAsk(t, w, net.JoinHostPort(mapLo, p), ""); got != "127.0.0.1" {
+		t.Errorf("host loopback through %s: %q", mapLo, got)
+	}
+	p = whoServer(t, w.Host, net.JoinHostPort(hostAddr, "0"))
+	if got := guestAsk(t, w, net.JoinHostPort(mapGuest, p), ""); got != out4 {
+		t.Errorf("the host's address through %s: server saw %q, want -o's %s", mapGuest, got, out4)
+	}
+	guestServe(t, w, 80)
+	expectAnswer(t, w, "127.0.0.1:18078", 80)
+}
+
+// TestAddressPrefix: -a ADDR/PLEN, passt's prefix form, sets the
+// lease's netmask.
+func TestAddressPrefix(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-a", hostAddr + "/26"}})
+	if w.Lease["ip"] != hostAddr || w.Lease["mask"] != "26" {
+		t.Errorf("lease %v, want %s/26", w.Lease, hostAddr)
+	}
+}
