@@ -201,3 +201,11 @@ func TestAddressPrefix(t *testing.T) {
 		t.Errorf("lease %v, want %s/26", w.Lease, hostAddr)
 	}
 }
+
+// TestStatsOption: --stats logs the engine's event counts, by kind.
+func TestStatsOption(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--stats", "1"}})
+	waitFor(t, "event counts in the log", func() bool {
+		return strings.Contains(w.Log.String(), "stats:") && strings.Contains(w.Log.String(), "guest")
+	})
+}

@@ -81,7 +81,7 @@ type NetOptions struct {
 	MaxICMP int `name:"max-icmp" default:"${max_icmp}" placeholder:"N" help:"Most ICMP echo identifiers; past it, ICMP 'prohibited'."`
 
 	RunAs string `name:"runas" placeholder:"UID[:GID]" help:"Run as this user (default when started as root: nobody)."`
-	Stats int    `name:"stats" placeholder:"DELAY" help:"Accepted for passt's command line; gopasst prints no event statistics."`
+	Stats int    `name:"stats" placeholder:"DELAY" help:"Log how many events of each kind gopasst has handled, at most every DELAY seconds (passt's --stats)."`
 }
 
 // Options are the serve command's: the network, and how the guest

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp"
 )
@@ -312,6 +313,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		NoDHCPDNS: o.NoDHCPDNS, NoDHCPSearch: o.NoDHCPSearch, Freebind: o.Freebind,
 		OutboundIf4: o.OutboundIf4, OutboundIf6: o.OutboundIf6,
 		MaxTCP: o.MaxTCP, MaxUDP: o.MaxUDP, MaxICMP: o.MaxICMP,
+		Stats: time.Duration(o.Stats) * time.Second,
 	}
 	if o.MTU == 0 {
 		// passt's -m 0: advertise no MTU; the link keeps the default.

@@ -3,6 +3,7 @@ package slirp
 import (
 	"log"
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
 )
@@ -91,6 +92,9 @@ type Config struct {
 
 	Log          *log.Logger
 	Debug, Trace bool
+	// Stats, when positive, logs event counts at most this often (passt's
+	// --stats).
+	Stats time.Duration
 }
 
 // Default flow caps: far more than a VM uses, far less than the file

@@ -80,6 +80,7 @@ type Engine struct {
 	dhcp6Buf [1024]byte
 	duidBuf  [10]byte
 	events   [128]unix.EpollEvent
+	evStats  eventStats // --stats
 
 	Stats Stats
 }
@@ -280,7 +281,9 @@ func (e *Engine) turn(timeout int) (bool, error) {
 	e.now = time.Since(e.start)
 	for i := 0; i < n; i++ {
 		ev := &e.events[i]
-		switch ref := refOf(ev); ref.kind {
+		ref := refOf(ev)
+		e.evStats.counts[ref.kind%uint8(len(kindNames))]++
+		switch ref.kind {
 		case kindStop:
 			return true, nil
 		case kindListen:
@@ -304,6 +307,7 @@ func (e *Engine) turn(timeout int) (bool, error) {
 			e.runCalls()
 		}
 	}
+	e.logStats(n)
 	if e.now-e.lastTick >= tick {
 		e.lastTick = e.now
 		e.tcpTimers()
