@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,6 +25,9 @@ func newHelperPair(t *testing.T, srv *helperServer) *helperClient {
 	srv.fd = pair[0]
 	if srv.onReady == nil {
 		srv.onReady = func() error { return nil }
+	}
+	if srv.onFail == nil {
+		srv.onFail = func(string) {}
 	}
 	done := make(chan struct{})
 	go func() { srv.serve(); close(done) }()
@@ -261,4 +265,63 @@ func TestRunAsRoot(t *testing.T) {
 			t.Errorf("--runas %s: accepted as %+v", runas, id)
 		}
 	}
+}
+
+// FuzzHelperRequest: whatever a compromised engine sends, the helper
+// answers it and goes on, and binds nothing but the configured forward.
+func FuzzHelperRequest(f *testing.F) {
+	for _, s := range []string{`{"Op":"bind","Proto":"tcp","Fwd":{"HostPort":22222}}`, `{"Op":"dial","Port":6000}`,
+		`{"Op":"endcmd","ID":1}`, `{"Op":"ready"}`, `{"Op":"fail","Msg":"x"}`, `{"Op":"cmd","Argv":["/bin/true"]}`, `{`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) == 0 {
+			return // on a SOCK_SEQPACKET socket, the same as the engine's end closing
+		}
+		srv := &helperServer{}
+		if err := srv.allow(&ctlRequest{UnixFwd: []string{"6000:/nonexistent/gopasst-fuzz.sock"}}); err != nil {
+			t.Fatal(err)
+		}
+		c := newHelperPair(t, srv)
+		if err := unix.Sendmsg(c.fd, msg, nil, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		_, fd, err := c.receive() // whatever its Seq
+		closeFd(fd)
+		if err != nil && strings.HasPrefix(err.Error(), "helper: ") {
+			t.Fatalf("%q: no answer: %v", msg, err)
+		}
+		if fd >= 0 {
+			t.Errorf("%q: the helper handed over a descriptor", msg)
+		}
+	})
+}
+
+// FuzzCtlAllow: a control request the helper reads either fails and
+// changes nothing, or goes into the table and comes out again.
+func FuzzCtlAllow(f *testing.F) {
+	for _, s := range []string{`{"op":"add","tcp":["8080:80"],"udp":["53"],"unix_fwd":["6000:/tmp/x"],"cmd_fwd":["7000:cat"]}`,
+		`{"op":"add","cmd_fwd":["7000:sh -c 'echo \"a b\"'"]}`, `{"op":"add","unix_fwd":["6000:/a","6000:/b"]}`,
+		`{"op":"add","tcp":["127.0.0.1%lo/2000-2010,~2005"]}`, `{"op":"remove","cmd_fwd":["7000"]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var req ctlRequest
+		if json.Unmarshal(msg, &req) != nil {
+			return
+		}
+		srv := &helperServer{}
+		undo, err := srv.allowUndo(&req)
+		if err == nil {
+			undo()
+		}
+		if len(srv.binds) != 0 {
+			t.Errorf("%q: %d forwards left in the table", msg, len(srv.binds))
+		}
+		for p := range 65536 {
+			if srv.host.HasSpecial(uint16(p)) {
+				t.Fatalf("%q: gateway port %d left diverted", msg, p)
+			}
+		}
+	})
 }
