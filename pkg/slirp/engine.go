@@ -52,6 +52,8 @@ type Engine struct {
 
 	capLogged [3]time.Duration // when each flow cap (capTCP...) was last logged
 
+	acceptPaused []epollRef // listeners out of the epoll set until the next tick (pauseAccept)
+
 	guestMAC  [6]byte
 	addrSeen6 netip.Addr    // the guest's global IPv6 address in use (seen6)
 	nextRA    time.Duration // when the next unsolicited RA is due
@@ -310,6 +312,7 @@ func (e *Engine) turn(timeout int) (bool, error) {
 	e.logStats(n)
 	if e.now-e.lastTick >= tick {
 		e.lastTick = e.now
+		e.resumeAccept()
 		e.tcpTimers()
 		e.udpExpire()
 		e.icmpExpire()
@@ -326,9 +329,41 @@ func (e *Engine) turn(timeout int) (bool, error) {
 func (e *Engine) acceptClient() {
 	fd, err := qemusock.Accept(e.listenFd)
 	if err != nil {
+		if outOfFds(err) {
+			e.pauseAccept(e.listenFd, epollRef{kind: kindListen})
+		}
 		return
 	}
 	e.AttachStream(fd)
+}
+
+// outOfFds tells whether an accept failed for want of a descriptor.
+func outOfFds(err error) bool { return err == unix.EMFILE || err == unix.ENFILE }
+
+// pauseAccept stops watching a listener whose accept found no descriptor
+// free (outOfFds) until the next tick (resumeAccept): its pending
+// connection stays queued, and the listener, reported ready at every turn
+// and failing each time, would spin the loop.
+func (e *Engine) pauseAccept(fd int, ref epollRef) {
+	e.debugf("accept: out of descriptors: trying again in %v", tick)
+	if e.epollMod(fd, 0, ref) == nil {
+		e.acceptPaused = append(e.acceptPaused, ref)
+	}
+}
+
+// resumeAccept watches the listeners pauseAccept left out again.
+func (e *Engine) resumeAccept() {
+	for _, ref := range e.acceptPaused {
+		fd := e.listenFd
+		if ref.kind == kindTCPListen {
+			if int(ref.idx) >= len(e.fwd.listeners) || e.fwd.listeners[ref.idx] == nil {
+				continue // the forward was removed meanwhile
+			}
+			fd = e.fwd.listeners[ref.idx].fd
+		}
+		e.epollMod(fd, unix.EPOLLIN, ref)
+	}
+	e.acceptPaused = e.acceptPaused[:0]
 }
 
 // attach makes l the guest's link. On failure nothing changes, so the

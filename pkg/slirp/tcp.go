@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -376,6 +377,9 @@ func (e *Engine) tcpAccept(l *listener) {
 	for {
 		fd, from, err := accept(l.fd)
 		if err != nil {
+			if outOfFds(err) {
+				e.pauseAccept(l.fd, epollRef{kind: kindTCPListen, idx: int32(slices.Index(e.fwd.listeners, l))})
+			}
 			return
 		}
 		var key tcpKey

@@ -1,0 +1,104 @@
+package slirp
+
+import (
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"golang.org/x/sys/unix"
+)
+
+// TestAcceptOutOfFds: an accept that finds no descriptor free (EMFILE)
+// takes its listener out of the epoll set until the next tick, rather
+// than leave it reported ready, and failing, at every turn, which spun
+// the engine; after the tick the pending connection is taken. Both the
+// engine's own listener and a TCP forward's.
+func TestAcceptOutOfFds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	fwd := portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}
+	if err := e.AddForwards(TCP, []portspec.Forward{fwd}, false); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	listeners := func() (n int) {
+		var ev [16]unix.EpollEvent
+		k, _ := unix.EpollWait(e.epfd, ev[:], 0)
+		for i := range ev[:k] {
+			if kind := refOf(&ev[i]).kind; kind == kindListen || kind == kindTCPListen {
+				n++
+			}
+		}
+		return n
+	}
+	if n := listeners(); n != 2 {
+		t.Fatalf("%d listeners ready, want 2", n)
+	}
+	e.lastTick = time.Duration(1 << 62) // no tick in the turns below
+	withoutFds(t, func() { e.turn(0) })
+	if e.link != nil {
+		t.Fatal("a client accepted without a descriptor")
+	}
+	if n := listeners(); n != 0 {
+		t.Fatalf("%d listeners still reported after EMFILE: the engine would spin", n)
+	}
+
+	e.lastTick = e.now - tick // the next turn ticks
+	e.turn(0)
+	if n := listeners(); n != 2 {
+		t.Fatalf("%d listeners ready after the tick, want 2", n)
+	}
+	e.turn(0)
+	if e.link == nil {
+		t.Fatal("the pending client was not taken after the tick")
+	}
+	e.closeClient("test over")
+}
+
+// withoutFds runs fn with the descriptor limit at the next free
+// descriptor: any descriptor fn opens fails with EMFILE.
+func withoutFds(t *testing.T, fn func()) {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	next, err := unix.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(next)
+	lim := old
+	lim.Cur = uint64(next)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	fn()
+}
