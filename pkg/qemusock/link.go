@@ -88,6 +88,9 @@ type TSO struct {
 type Poller interface {
 	Add(fd int, events uint32, id uint32) error
 	Mod(fd int, events uint32, id uint32) error
+	// Del stops watching fd. Closing fd is not enough when another
+	// process holds the same file (a vhost-user front-end its kicks).
+	Del(fd int) error
 }
 
 // ErrHangUp reports a guest that closed its end.

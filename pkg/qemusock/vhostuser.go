@@ -172,15 +172,20 @@ func (l *vhostLink) Register(p Poller) error {
 // Event handles requests on the socket (no frames come from it), and
 // turns a TX kick into frames to read and an RX kick into room to send.
 func (l *vhostLink) Event(id uint32, events uint32) (in, out bool, err error) {
+	if err := l.fault(); err != nil {
+		return false, false, err
+	}
 	switch id {
 	case vuIDSocket:
 		if events&unix.EPOLLIN == 0 && events&(unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 			return false, false, ErrHangUp
 		}
-		return false, true, l.requests()
+		if err := l.requests(); err != nil {
+			return false, false, err
+		}
+		return false, true, l.fault()
 	case vuIDKick + rxQueue:
-		drainEventfd(l.vq[rxQueue].kick)
-		return false, true, nil
+		return false, true, drainEventfd(l.vq[rxQueue].kick)
 	case vuIDKick + txQueue:
 		// The kick is drained only once the ring is found empty (Read):
 		// until then the eventfd stays readable and the engine comes back.
@@ -189,9 +194,14 @@ func (l *vhostLink) Event(id uint32, events uint32) (in, out bool, err error) {
 	return false, false, nil
 }
 
-func drainEventfd(fd int) {
-	var b [8]byte
-	read(fd, b[:])
+// fault is how the front-end broke a ring, if it did.
+func (l *vhostLink) fault() error {
+	for i := range l.vq {
+		if err := l.vq[i].err; err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // HeadCopy is how much of a frame from the guest vhost-user copies for
@@ -223,11 +233,23 @@ const (
 // the link's buffer and their tails left in place, and returns their
 // size, or EAGAIN if there were none. The frames of the previous Read go
 // back to the guest first.
+//
+// The kick is drained only by a Read that finds the ring empty and holds
+// no chains: while chains are held it stays readable, so the engine comes
+// back for another Read, which gives them back, however many Reads its
+// turn allows.
 func (l *vhostLink) Read() (int, error) {
 	tx := &l.vq[txQueue]
 	l.releaseTx()
+	if err := l.fault(); err != nil {
+		return 0, err
+	}
 	if !tx.ready() {
-		drainEventfd(tx.kick)
+		if tx.kick >= 0 {
+			if err := drainEventfd(tx.kick); err != nil {
+				return 0, err
+			}
+		}
 		return 0, unix.EAGAIN
 	}
 	r := l.rd
@@ -236,13 +258,20 @@ func (l *vhostLink) Read() (int, error) {
 	total := 0
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
 		head, ok := tx.nextAvail()
-		if !ok {
+		if !ok && h.n == 0 && tx.err == nil {
 			// Drain the kick, then look again: a frame queued in
-			// between would otherwise wait for the next kick.
-			drainEventfd(tx.kick)
-			if head, ok = tx.nextAvail(); !ok {
-				break
+			// between would otherwise wait for the next kick. If
+			// there is one, the kick is raised again for the Read
+			// that gives its chain back.
+			if err := drainEventfd(tx.kick); err != nil {
+				return 0, err
 			}
+			if head, ok = tx.nextAvail(); ok {
+				write(tx.kick, eventfdOne[:])
+			}
+		}
+		if !ok {
+			break
 		}
 		pieces := h.nPieces
 		n, tail, err := l.readChain(tx, head, r.buf[r.end+QEMU.LenSize:r.end+QEMU.LenSize+HeadCopy])
@@ -264,6 +293,9 @@ func (l *vhostLink) Read() (int, error) {
 		total += n + tail
 	}
 	tx.publish()
+	if err := tx.err; err != nil {
+		return 0, err
+	}
 	if total == 0 {
 		return 0, unix.EAGAIN
 	}
@@ -377,8 +409,11 @@ func (l *vhostLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec
 
 // reserveDirect takes RX chains for hdrLen+n bytes. ok is false when the
 // chains cannot take the frame as ReserveV promises (a first buffer too
-// small for the headers, too many pieces, a chain that breaks the
-// rules); they are given back, and so they are when there are too few.
+// small for the headers, too many pieces); they are given back, and so
+// they are when there are too few. A chain that breaks the rules, or has
+// no room, goes back to the guest used and empty (with the chains before
+// it in the batch, which have none of its frames yet), so that the ring
+// goes on.
 func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head []byte, _ []unix.Iovec, ok bool) {
 	d := &l.rx
 	if d.nFrames == 0 {
@@ -404,12 +439,10 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 		}
 		c := rx.chain(&l.mem, h)
 		size := 0
+		var err error
 		for need > 0 {
-			b, err := c.buffer(true)
-			if err != nil {
-				return undo(false)
-			}
-			if b == nil {
+			var b []byte
+			if b, err = c.buffer(true); err != nil || b == nil {
 				break
 			}
 			b = b[:min(len(b), need)]
@@ -430,8 +463,17 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			size += len(b)
 			need -= len(b)
 		}
-		if size == 0 {
-			return undo(false) // a chain with no room
+		if err != nil || size == 0 {
+			if d.nFrames > 0 {
+				// The batch ends here, and the next one starts with
+				// this frame.
+				return undo(true)
+			}
+			rx.discard(d.start)
+			l.dropped++
+			d.start, avail, d.nChains = rx.lastAvail, rx.lastAvail, 0
+			fr, head, iov, need = rxFrame{hdrs: hdr}, nil, iov[:pieces], l.hdrLen+n
+			continue
 		}
 		d.chains[d.nChains] = rxChain{head: h, size: uint32(size)}
 		d.nChains++
@@ -530,7 +572,7 @@ func (l *vhostLink) netHeader(h []byte, buffers uint16) {
 func (l *vhostLink) Flush() error {
 	rx := &l.vq[rxQueue]
 	if !rx.ready() {
-		return nil
+		return l.fault()
 	}
 	for {
 		frame := l.q.front()
@@ -548,13 +590,14 @@ func (l *vhostLink) Flush() error {
 	}
 	rx.publish()
 	l.rx.unpublished = 0
-	return nil
+	return l.fault()
 }
 
 // writeFrame copies frame, after a virtio-net header, into as many RX
 // chains as it needs (one without MRG_RXBUF). It reports false, taking
 // nothing, when the guest has too few buffers; a chain that breaks the
-// rules drops the frame (with an error) and goes back to the guest.
+// rules drops the frame (with an error) and goes back to the guest, as
+// used and empty.
 func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 	var hdr [12]byte
 	l.netHeader(hdr[:l.hdrLen], 1)
@@ -578,7 +621,10 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 		for len(src[0])+len(src[1]) > 0 {
 			b, err := c.buffer(true)
 			if err != nil {
-				l.rewind(rx, start)
+				// The chains the frame took, the broken one last, go
+				// back to the guest used and empty.
+				rx.usedIdx = start[1]
+				rx.discard(start[0])
 				return true, err
 			}
 			if b == nil {
@@ -624,12 +670,22 @@ func (l *vhostLink) Close() error {
 
 func (l *vhostLink) resetQueue(i int) {
 	q := &l.vq[i]
-	for _, fd := range []int{q.kick, q.call} {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+	l.closeKick(q)
+	if q.call >= 0 {
+		unix.Close(q.call)
 	}
 	l.vq[i] = newVirtq()
+}
+
+// closeKick stops watching a ring's kick and closes it. It leaves the
+// epoll set first: the front-end holds the same file, so closing ours
+// alone would leave it watched, and reported, for good.
+func (l *vhostLink) closeKick(q *virtq) {
+	if q.kick >= 0 {
+		l.poller.Del(q.kick)
+		unix.Close(q.kick)
+		q.kick = -1
+	}
 }
 
 func closeFds(fds []int) {
@@ -642,7 +698,7 @@ func closeFds(fds []int) {
 // It never reads past the request at hand, so the descriptors that come
 // with a request (passed with its first bytes) are that request's.
 func (l *vhostLink) requests() error {
-	l.releaseTx() // a request may move the rings, or the memory under them
+	l.settle()
 	oob := make([]byte, unix.CmsgSpace(4*vuMaxFds))
 	for {
 		want := vuHeaderLen
@@ -672,14 +728,36 @@ func (l *vhostLink) requests() error {
 		if n == 0 {
 			return ErrHangUp
 		}
+		// A request carries at most vuMaxFds descriptors; more, sent
+		// with its later pieces, are closed at once, or a request sent
+		// a byte at a time could take every descriptor we may open.
 		if cms, _ := unix.ParseSocketControlMessage(oob[:oobn]); len(cms) > 0 {
 			for i := range cms {
 				fds, _ := unix.ParseUnixRights(&cms[i])
-				l.fds = append(l.fds, fds...)
+				for _, fd := range fds {
+					if len(l.fds) < vuMaxFds {
+						l.fds = append(l.fds, fd)
+					} else {
+						unix.Close(fd)
+					}
+				}
 			}
 		}
 		l.have += n
 	}
+}
+
+// settle gives the guest what is its before a request may stop a ring,
+// move it, or unmap the memory under it: the chains of the last Read,
+// the RX chains reserved and not filled, and the RX buffers filled and
+// not yet published.
+func (l *vhostLink) settle() {
+	l.releaseTx()
+	l.closeDirect()
+	if rx := &l.vq[rxQueue]; rx.started && rx.used != nil {
+		rx.publish()
+	}
+	l.rx.unpublished = 0
 }
 
 // takeFd hands over the first descriptor that came with the request.
@@ -820,6 +898,11 @@ func (l *vhostLink) request(m []byte) error {
 				unix.Close(q.call)
 			}
 			q.call = fd
+			if fd >= 0 {
+				// An interrupt never waits: a call that cannot take
+				// one breaks the ring (publish).
+				err = unix.SetNonblock(fd, true)
+			}
 		default:
 			if fd >= 0 {
 				unix.Close(fd) // errors on the ring are never reported
@@ -847,14 +930,8 @@ func (l *vhostLink) request(m []byte) error {
 // SET_VRING_KICK.
 func (l *vhostLink) stopQueue(i int) {
 	q := &l.vq[i]
-	if q.kick >= 0 {
-		unix.Close(q.kick) // which also takes it out of epoll
-		q.kick = -1
-	}
+	l.closeKick(q)
 	q.started = false
-	if i == rxQueue {
-		l.rx.unpublished = 0 // the front-end takes the ring as it stands
-	}
 }
 
 // setMemTable maps the regions the front-end shares, replacing the old.
@@ -886,6 +963,7 @@ func (l *vhostLink) setMemTable(p []byte) error {
 			mem.unmap()
 			return fmt.Errorf("region %d: mmap: %v", i, err)
 		}
+		mappings.add(m)
 		mem.regions = append(mem.regions, memRegion{gpa: gpa, uva: uva, mem: m[off:], mapping: m})
 	}
 	old := l.mem

@@ -3,6 +3,9 @@ package qemusock
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -47,9 +50,58 @@ func (m *guestMemory) translate(addr, n uint64, byUVA bool) []byte {
 
 func (m *guestMemory) unmap() {
 	for _, r := range m.regions {
+		mappings.remove(r.mapping)
 		unix.Munmap(r.mapping)
 	}
 	m.regions = nil
+}
+
+// mappings are where guest memory is mapped, for every vhost-user link
+// in the process: GuestFault looks a fault's address up there.
+var mappings mappingSet
+
+type mappingSet struct {
+	sync.Mutex
+	ranges [][2]uintptr // start, end
+}
+
+func (s *mappingSet) add(m []byte) {
+	s.Lock()
+	s.ranges = append(s.ranges, [2]uintptr{addrOf(m), addrOf(m) + uintptr(len(m))})
+	s.Unlock()
+}
+
+func (s *mappingSet) remove(m []byte) {
+	s.Lock()
+	s.ranges = slices.DeleteFunc(s.ranges, func(r [2]uintptr) bool { return r[0] == addrOf(m) })
+	s.Unlock()
+}
+
+// GuestFault tells whether r, a value recovered from a panic, is a fault
+// in guest memory that a vhost-user front-end shares: what a front-end
+// that shrank the file under it, after SET_MEM_TABLE, brings about.
+// A fault is a panic, not a crash, only on a goroutine that called
+// debug.SetPanicOnFault(true), as the engine does.
+//
+// Why recover rather than require F_SEAL_SHRINK: QEMU seals the memfds it
+// creates, but guest memory may as well be a file (memory-backend-file,
+// libvirt's default memory_backing_dir, hugetlbfs), which cannot be sealed
+// against shrinking; refusing those would refuse legitimate front-ends,
+// while no seal check covers them all.
+func GuestFault(r any) bool {
+	f, ok := r.(interface{ Addr() uintptr })
+	if !ok {
+		return false
+	}
+	addr := f.Addr()
+	mappings.Lock()
+	defer mappings.Unlock()
+	for _, m := range mappings.ranges {
+		if addr >= m[0] && addr < m[1] {
+			return true
+		}
+	}
+	return false
 }
 
 // Descriptor flags.
@@ -83,12 +135,17 @@ type virtq struct {
 	kick, call int  // eventfds, -1 when none
 	started    bool // a kick descriptor was given (the ring runs)
 	enabled    bool // SET_VRING_ENABLE, or on from the start without protocol features
+
+	// err is how the front-end broke the ring (an available index that
+	// jumped, a call descriptor that took no interrupt); the link then
+	// ends the connection at its next Event, Read or Flush.
+	err error
 }
 
 func newVirtq() virtq { return virtq{kick: -1, call: -1} }
 
 // ready tells whether the ring can be used.
-func (q *virtq) ready() bool { return q.started && q.enabled && q.desc != nil }
+func (q *virtq) ready() bool { return q.started && q.enabled && q.desc != nil && q.err == nil }
 
 // mapRings translates the rings' addresses through mem; it fails when a
 // ring is not within guest memory.
@@ -101,7 +158,10 @@ func (q *virtq) mapRings(mem *guestMemory) error {
 	desc := mem.translate(q.descUVA, 16*n, true)
 	avail := mem.translate(q.availUVA, 6+2*n, true)
 	used := mem.translate(q.usedUVA, 6+8*n, true)
-	if desc == nil || avail == nil || used == nil || q.usedUVA%4 != 0 || q.availUVA%2 != 0 {
+	// The alignment virtio asks for, checked where the rings are mapped:
+	// a region's offset in its file moves them from where the front-end
+	// put them, and the index words are loaded atomically (availIdx).
+	if desc == nil || avail == nil || used == nil || addrOf(used)%4 != 0 || addrOf(avail)%2 != 0 {
 		return errors.New("a ring is outside guest memory or misaligned")
 	}
 	q.desc, q.avail, q.used = desc, avail, used
@@ -110,30 +170,49 @@ func (q *virtq) mapRings(mem *guestMemory) error {
 
 // availIdx is the driver's available index, loaded with acquire order:
 // the entries before it are complete when it is seen.
-func (q *virtq) availIdx() uint16 {
-	_, idx := loadRingHead(q.avail)
-	return idx
+func (q *virtq) availIdx() uint16 { return loadIdx(q.avail) }
+
+// addrOf is where b starts in memory.
+func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
+
+// loadIdx loads a ring's index, the little-endian 16-bit field after its
+// flags, atomically, on hosts of either byte order. An atomic load must
+// be aligned to its size (arm64 faults otherwise), and the avail ring is
+// only 2-byte aligned: the index is loaded as half of whichever aligned
+// 32-bit word holds it within the ring, the one at its start or the one
+// at the index itself.
+func loadIdx(ring []byte) uint16 {
+	at := 0
+	if addrOf(ring[2:])%4 == 0 {
+		at = 2
+	}
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], atomic.LoadUint32((*uint32)(unsafe.Pointer(&ring[at]))))
+	return binary.LittleEndian.Uint16(b[2-at:])
 }
 
-// loadRingHead loads a ring's flags and index (little-endian 16-bit
-// fields at its start) in one atomic 32-bit load, on hosts of either
-// byte order; storeRingHead stores them so.
-func loadRingHead(ring []byte) (flags, idx uint16) {
+// storeUsedIdx stores the used ring's flags (ours: 0) and index in one
+// atomic 32-bit store, which orders the entries before it; the used
+// ring is 4-byte aligned (mapRings).
+func storeUsedIdx(ring []byte, idx uint16) {
 	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], atomic.LoadUint32((*uint32)(unsafe.Pointer(&ring[0]))))
-	return binary.LittleEndian.Uint16(b[:]), binary.LittleEndian.Uint16(b[2:])
-}
-
-func storeRingHead(ring []byte, flags, idx uint16) {
-	var b [4]byte
-	binary.LittleEndian.PutUint16(b[:], flags)
 	binary.LittleEndian.PutUint16(b[2:], idx)
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&ring[0])), binary.NativeEndian.Uint32(b[:]))
 }
 
+// errAvailJump reports an available index more than a ring ahead of the
+// last one seen: entries the guest never wrote, or a driver that lost
+// count.
+var errAvailJump = fmt.Errorf("%w: the available index jumped past the ring's size", ErrVhostUser)
+
 // nextAvail takes the next available chain's head, if any.
 func (q *virtq) nextAvail() (uint16, bool) {
-	if q.lastAvail == q.availIdx() {
+	idx := q.availIdx()
+	if idx == q.lastAvail || q.err != nil {
+		return 0, false
+	}
+	if idx-q.lastAvail > q.num {
+		q.err = errAvailJump
 		return 0, false
 	}
 	slot := uint64(q.lastAvail & (q.num - 1))
@@ -151,23 +230,54 @@ func (q *virtq) putUsed(head uint16, n uint32) {
 	q.usedIdx++
 }
 
+// discard gives back the chains taken since the available index was
+// from, as used and empty: what their heads were is read again from the
+// available ring, where the guest may have changed it, which harms only
+// the guest.
+func (q *virtq) discard(from uint16) {
+	for i := from; i != q.lastAvail; i++ {
+		q.putUsed(binary.LittleEndian.Uint16(q.avail[4+2*uint64(i&(q.num-1)):]), 0)
+	}
+}
+
 // publish makes the used entries visible (the store orders the entries
 // before the index) and interrupts the guest unless it asked not to be.
+// A call descriptor that cannot take the interrupt now (non-blocking: a
+// counter at its maximum, a full pipe) or at all breaks the ring: only
+// the front-end could have made it so.
 func (q *virtq) publish() {
 	if q.usedIdx == q.published {
 		return
 	}
 	q.published = q.usedIdx
-	// used->flags is ours (0): store it with the index, in one word.
-	storeRingHead(q.used, 0, q.usedIdx)
-	if flags, _ := loadRingHead(q.avail); flags&availNoInterrupt == 0 && q.call >= 0 {
-		signalEventfd(q.call)
+	storeUsedIdx(q.used, q.usedIdx)
+	// The flags are a hint, read plainly: a driver that turns interrupts
+	// back on looks at the used ring itself afterwards.
+	if flags := binary.LittleEndian.Uint16(q.avail); flags&availNoInterrupt == 0 && q.call >= 0 && q.err == nil {
+		if _, err := write(q.call, eventfdOne[:]); err != nil {
+			q.err = fmt.Errorf("%w: interrupt: %v", ErrVhostUser, err)
+		}
 	}
 }
 
 var eventfdOne = [8]byte{1}
 
-func signalEventfd(fd int) { write(fd, eventfdOne[:]) }
+// drainEventfd clears a kick. A kick that cannot be read (not an eventfd,
+// or at its end) would be reported ready for ever: an error, for the
+// caller to end the connection with.
+func drainEventfd(fd int) error {
+	var b [8]byte
+	n, err := read(fd, b[:])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: kick: %v", ErrVhostUser, err)
+	case n != len(b):
+		return fmt.Errorf("%w: kick: a read of %d bytes: not an eventfd", ErrVhostUser, n)
+	}
+	return nil
+}
 
 // chain walks one descriptor chain.
 type chain struct {
@@ -185,27 +295,30 @@ func (q *virtq) chain(mem *guestMemory, head uint16) chain {
 // buffer returns the chain's next buffer, or nil at its end. write says
 // what the device does with it: buffers the device writes must follow
 // those it reads, and the walk fails otherwise, on a loop, on an indirect
-// table (not offered) or outside guest memory.
+// table (not offered) or outside guest memory. Buffers of no length are
+// skipped: no caller has a use for them.
 func (c *chain) buffer(write bool) ([]byte, error) {
-	if !c.more {
-		return nil, nil
+	for c.more {
+		if c.next >= c.q.num || c.steps >= c.q.num {
+			return nil, errBadChain
+		}
+		c.steps++
+		d := c.q.desc[16*uint64(c.next):]
+		addr := binary.LittleEndian.Uint64(d)
+		n := binary.LittleEndian.Uint32(d[8:])
+		flags := binary.LittleEndian.Uint16(d[12:])
+		c.next = binary.LittleEndian.Uint16(d[14:])
+		c.more = flags&descNext != 0
+		if flags&descIndirect != 0 || (flags&descWrite != 0) != write {
+			return nil, errBadChain
+		}
+		b := c.mem.translate(addr, uint64(n), false)
+		if b == nil {
+			return nil, errBadChain
+		}
+		if len(b) > 0 {
+			return b, nil
+		}
 	}
-	if c.next >= c.q.num || c.steps >= c.q.num {
-		return nil, errBadChain
-	}
-	c.steps++
-	d := c.q.desc[16*uint64(c.next):]
-	addr := binary.LittleEndian.Uint64(d)
-	n := binary.LittleEndian.Uint32(d[8:])
-	flags := binary.LittleEndian.Uint16(d[12:])
-	c.next = binary.LittleEndian.Uint16(d[14:])
-	c.more = flags&descNext != 0
-	if flags&descIndirect != 0 || (flags&descWrite != 0) != write {
-		return nil, errBadChain
-	}
-	b := c.mem.translate(addr, uint64(n), false)
-	if b == nil {
-		return nil, errBadChain
-	}
-	return b, nil
+	return nil, nil
 }

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -262,6 +263,10 @@ func (e *Engine) debugf(format string, args ...any) {
 func (e *Engine) Run() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	// A vhost-user front-end may shrink the file under guest memory: a
+	// touch of it then faults, which this makes a panic that turn
+	// recovers from, rather than a crash.
+	debug.SetPanicOnFault(true)
 	for {
 		timeout := int(tick / time.Millisecond)
 		if len(e.tcp.ackDelayed) > 0 {
@@ -275,7 +280,8 @@ func (e *Engine) Run() error {
 
 // turn waits up to timeout milliseconds for events, handles them, runs
 // due timers and sends queued frames. It reports whether Run should end.
-func (e *Engine) turn(timeout int) (bool, error) {
+func (e *Engine) turn(timeout int) (done bool, err error) {
+	defer e.guestFault(&done)
 	n, err := unix.EpollWait(e.epfd, e.events[:], timeout)
 	if err != nil && err != unix.EINTR {
 		return true, fmt.Errorf("epoll_wait: %w", err)
@@ -393,6 +399,18 @@ func (e *Engine) closeClient(why string) {
 	e.tcp.closeAll(e)
 	e.udp.closeAll(e)
 	e.icmp.closeAll(e)
+}
+
+// guestFault drops the client whose guest memory faulted under the engine
+// (qemusock.GuestFault); any other panic goes on.
+func (e *Engine) guestFault(done *bool) {
+	if r := recover(); r != nil {
+		if e.link == nil || !qemusock.GuestFault(r) {
+			panic(r)
+		}
+		e.closeClient(fmt.Sprint("guest memory: ", r))
+		*done = e.cfg.OneOff
+	}
 }
 
 // linkEvent handles readiness of the guest's link and reports whether

@@ -66,3 +66,7 @@ func (p linkPoller) Add(fd int, events uint32, id uint32) error {
 func (p linkPoller) Mod(fd int, events uint32, id uint32) error {
 	return p.e.epollMod(fd, events, epollRef{kind: kindLink, idx: int32(id)})
 }
+
+func (p linkPoller) Del(fd int) error {
+	return unix.EpollCtl(p.e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}

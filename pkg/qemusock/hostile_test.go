@@ -1,0 +1,514 @@
+package qemusock
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"runtime/debug"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A front-end, or the guest behind it, that misbehaves: each test plays
+// one way, found by playing a hostile front-end against gopasst, and
+// checks that the link neither crashes, hangs nor spins, and that the
+// rings go on.
+
+// epollPoller is a real epoll set, for tests that look at what the link
+// leaves watched.
+type epollPoller struct{ fd int }
+
+func newEpollPoller(t *testing.T) epollPoller {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return epollPoller{fd}
+}
+
+func (p epollPoller) Add(fd int, events uint32, id uint32) error {
+	return unix.EpollCtl(p.fd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: int32(id)})
+}
+
+func (p epollPoller) Mod(fd int, events uint32, id uint32) error {
+	return unix.EpollCtl(p.fd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: events, Fd: int32(id)})
+}
+
+func (p epollPoller) Del(fd int) error { return unix.EpollCtl(p.fd, unix.EPOLL_CTL_DEL, fd, nil) }
+
+// ready lists the ids the set reports now.
+func (p epollPoller) ready(t *testing.T) []int32 {
+	var ev [8]unix.EpollEvent
+	n, err := unix.EpollWait(p.fd, ev[:], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int32
+	for _, e := range ev[:n] {
+		ids = append(ids, e.Fd)
+	}
+	return ids
+}
+
+func signal(fd int) { unix.Write(fd, eventfdOne[:]) }
+
+// readable tells whether fd has something to read, without reading it.
+func readable(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, _ := unix.Poll(p, 0)
+	return n > 0
+}
+
+// openFds counts the test process's open descriptors.
+func openFds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+// rxFrame queues a frame for the guest and flushes it.
+func (f *frontEnd) sendFrame(frame []byte) error {
+	copy(f.l.Reserve(len(frame)), frame)
+	f.l.Commit(len(frame))
+	return f.l.Flush()
+}
+
+// Item 1: an RX chain with a buffer of no length, met while TCP data is
+// peeked into the guest's buffers, crashed the link (&b[0] of an empty
+// slice). Buffers of no length are skipped, both ways.
+func TestVhostUserZeroLength(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.desc(0, 0, 0x20000, 2048, descWrite|descNext, 1)
+	f.desc(0, 1, 0x21000, 0, descWrite|descNext, 2)
+	f.desc(0, 2, 0x22000, 2048, descWrite|descNext, 3)
+	f.desc(0, 3, 0x23000, 0, descWrite, 0)
+	f.offer(0, 0)
+	const hdr = 54
+	frame := testFrame(hdr + 3000)
+	head, iov := f.l.ReserveV(hdr, len(frame), make([]unix.Iovec, 0, 8))
+	if head == nil {
+		t.Fatal("no room")
+	}
+	for _, v := range iov {
+		if v.Len == 0 {
+			t.Fatal("a piece of no length")
+		}
+	}
+	copy(head, frame[:hdr])
+	fillV(iov, frame[hdr:])
+	f.l.Commit(len(frame))
+	f.l.Cancel()
+	if err := f.l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := append(append([]byte(nil), f.mem[0x20000+12:0x20000+2048]...), f.mem[0x22000:0x22000+12+len(frame)-2048]...)
+	if id, n := f.used(0, 0); f.usedIdx(0) != 1 || id != 0 || n != uint32(12+len(frame)) || !bytes.Equal(got, frame) {
+		t.Errorf("used index %d, entry (%d, %d), frame intact %v", f.usedIdx(0), id, n, bytes.Equal(got, frame))
+	}
+
+	// From the guest: a frame whose chain has empty buffers.
+	tx := testFrame(300)
+	copy(f.mem[feBufs+12:], tx[:100])
+	copy(f.mem[feBufs+0x1000:], tx[100:])
+	f.desc(1, 0, feBufs, 0, descNext, 1)
+	f.desc(1, 1, feBufs, 12+100, descNext, 2)
+	f.desc(1, 2, feBufs+0x800, 0, descNext, 3)
+	f.desc(1, 3, feBufs+0x1000, 200, 0, 0)
+	f.offer(1, 0)
+	if fr := f.readFrames(); len(fr) != 1 || !bytes.Equal(fr[0], tx) {
+		t.Errorf("read %d frames, want the one sent", len(fr))
+	}
+}
+
+// Item 2: the rings' indexes are loaded atomically, which arm64 allows
+// only at aligned addresses: an avail ring at a 2-byte boundary (virtio
+// allows it) is read without a fault (make test-arm64 runs this on
+// arm64), and alignment is checked where the rings are mapped, which a
+// region's offset in its file moves.
+func TestVhostUserMisaligned(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	const avail = 0x9002 // the TX avail ring, off a 4-byte boundary
+	desc, _, used := feRing(1)
+	f.must(vuSetVringAddr, append(u32s(1, 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
+	frame := testFrame(100)
+	copy(f.mem[feBufs+12:], frame)
+	f.desc(1, 0, feBufs, 12+100, 0, 0)
+	for i := range 3 {
+		binary.LittleEndian.PutUint16(f.mem[avail+4+2*i:], 0)
+		binary.LittleEndian.PutUint16(f.mem[avail+2:], uint16(i+1))
+		if got := f.readFrames(); len(got) != 1 || !bytes.Equal(got[0], frame) {
+			t.Fatalf("read %d frames, want the one sent", len(got))
+		}
+	}
+	if f.usedIdx(1) != 3 {
+		t.Errorf("used index %d, want 3", f.usedIdx(1))
+	}
+
+	// A region mapped from offset 1 of its file: rings at aligned
+	// addresses for the front-end are not aligned where we see them.
+	g := newFrontEnd(t)
+	g.must(vuSetMemTable, append(u32s(1, 0), u64s(0, feMemSize-1, feUVA, 1)...), g.memfd)
+	g.must(vuSetVringNum, u32s(0, feQueue))
+	d, a, u := feRing(0)
+	err := g.request(vuSetVringAddr, append(u32s(0, 0), u64s(feUVA+d, feUVA+u, feUVA+a, 0)...))
+	if !errors.Is(err, ErrVhostUser) {
+		t.Errorf("rings misaligned in our mapping: %v, want refused", err)
+	}
+}
+
+// Item 3: a front-end that shrinks its memory file after SET_MEM_TABLE
+// makes any touch of guest memory fault. The fault is a panic on a
+// goroutine that asked for it (the engine's), and GuestFault tells it
+// from any other, for the engine to drop the client.
+func TestVhostUserShrunkMemory(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.desc(1, 0, feBufs, 12+100, 0, 0)
+	f.offer(1, 0)
+	if err := unix.Ftruncate(f.memfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var r any
+	func() {
+		defer func() { r = recover() }()
+		f.l.Read()
+	}()
+	// qemu-user reports a SIGBUS without its address (arm64), or with one
+	// that no process has (s390x).
+	if a, ok := r.(interface{ Addr() uintptr }); r != nil && (!ok || uint64(a.Addr()) >= 1<<56) {
+		t.Skipf("%v: a fault without a usable address, as under qemu-user", r)
+	}
+	if r == nil || !GuestFault(r) {
+		t.Fatalf("recovered %v, want a fault in guest memory", r)
+	}
+	if GuestFault(errors.New("another panic")) {
+		t.Error("any panic taken for a guest memory fault")
+	}
+}
+
+// Item 4: a kick is taken out of epoll before it is closed: the
+// front-end holds the same file, so a kick replaced, stopped or reset
+// would otherwise stay watched (a spin when signalled), and the same
+// eventfd sent again would be refused (EEXIST).
+func TestVhostUserKicksLeaveEpoll(t *testing.T) {
+	f := newFrontEnd(t)
+	p := newEpollPoller(t)
+	f.l.Register(p)
+	f.setUp()
+	if ids := p.ready(t); len(ids) != 0 {
+		t.Fatalf("ready before any kick: %v", ids)
+	}
+	signal(f.kick[0])
+	if ids := p.ready(t); len(ids) != 1 || ids[0] != vuIDKick+rxQueue {
+		t.Fatalf("RX kick: ready %v", ids)
+	}
+	f.l.Event(vuIDKick+rxQueue, unix.EPOLLIN)
+
+	// Stopped, then started with the same eventfd.
+	f.must(vuGetVringBase, u32s(0, 0))
+	f.reply()
+	signal(f.kick[0])
+	if ids := p.ready(t); len(ids) != 0 {
+		t.Fatalf("a stopped ring's kick still watched: %v", ids)
+	}
+	f.must(vuSetVringKick, u64s(0), f.kick[0])
+	if ids := p.ready(t); len(ids) != 1 {
+		t.Fatalf("the same kick sent again: ready %v", ids)
+	}
+	f.l.Event(vuIDKick+rxQueue, unix.EPOLLIN)
+
+	// Replaced by another.
+	other, _ := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	defer unix.Close(other)
+	f.must(vuSetVringKick, u64s(0), other)
+	signal(f.kick[0])
+	if ids := p.ready(t); len(ids) != 0 {
+		t.Fatalf("a replaced kick still watched: %v", ids)
+	}
+
+	// Reset, and sent again.
+	f.must(vuResetOwner, nil)
+	signal(other)
+	signal(f.kick[1])
+	if ids := p.ready(t); len(ids) != 0 {
+		t.Fatalf("kicks still watched after RESET_OWNER: %v", ids)
+	}
+	f.setUp()
+}
+
+// Item 5: the call descriptor is made non-blocking, and one that cannot
+// take an interrupt (an eventfd at its maximum count) ends the
+// connection, where a blocking write hung the engine for good.
+func TestVhostUserCallFull(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	call, _ := unix.Eventfd(0, unix.EFD_CLOEXEC) // blocking
+	defer unix.Close(call)
+	var max [8]byte
+	binary.NativeEndian.PutUint64(max[:], 0xffff_ffff_ffff_fffe)
+	unix.Write(call, max[:])
+	f.must(vuSetVringCall, u64s(0), call)
+	f.rxBufs(0, 1, 2048)
+	if err := f.sendFrame(testFrame(100)); !errors.Is(err, ErrVhostUser) {
+		t.Fatalf("Flush: %v, want a vhost-user error", err)
+	}
+	if f.usedIdx(0) != 1 {
+		t.Errorf("used index %d: the frame is the guest's all the same", f.usedIdx(0))
+	}
+}
+
+// Item 6: a kick that is not an eventfd (here an epoll descriptor, which
+// is always readable once it holds something ready, and cannot be read;
+// or a pipe at its end) ends the connection instead of spinning.
+func TestVhostUserBadKick(t *testing.T) {
+	for _, q := range []int{rxQueue, txQueue} {
+		f := newFrontEnd(t)
+		f.setUp()
+		ep, _ := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		defer unix.Close(ep)
+		f.must(vuSetVringKick, u64s(uint64(q)), ep)
+		_, _, err := f.l.Event(vuIDKick+uint32(q), unix.EPOLLIN)
+		if q == txQueue && err == nil {
+			_, err = f.l.Read()
+		}
+		if !errors.Is(err, ErrVhostUser) {
+			t.Errorf("queue %d, an epoll descriptor for a kick: %v", q, err)
+		}
+
+		var pipe [2]int
+		unix.Pipe2(pipe[:], unix.O_CLOEXEC)
+		defer unix.Close(pipe[0])
+		unix.Close(pipe[1])
+		f.must(vuSetVringKick, u64s(uint64(q)), pipe[0])
+		_, _, err = f.l.Event(vuIDKick+uint32(q), unix.EPOLLIN)
+		if q == txQueue && err == nil {
+			_, err = f.l.Read()
+		}
+		if !errors.Is(err, ErrVhostUser) {
+			t.Errorf("queue %d, a pipe at its end for a kick: %v", q, err)
+		}
+	}
+}
+
+// Item 7: a request sent a byte at a time, descriptors with each byte,
+// keeps no more descriptors than a request can carry.
+func TestVhostUserDescriptorFlood(t *testing.T) {
+	f := newFrontEnd(t)
+	efd, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	defer unix.Close(efd)
+	base := openFds(t)
+	m := u32s(vuSetMemTable, vuVersion, 264)
+	for i := range m {
+		if err := unix.Sendmsg(f.sock, m[i:i+1], unix.UnixRights(efd, efd, efd, efd), nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := openFds(t) - base; n > vuMaxFds {
+		t.Errorf("%d descriptors kept for one unfinished request, want at most %d", n, vuMaxFds)
+	}
+}
+
+// Item 8: an RX chain that breaks the rules goes back to the guest,
+// used with length 0, and the ring goes on, for queued frames and for
+// frames built in the guest's buffers.
+func TestVhostUserRxBadChain(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.desc(0, 0, 0x20000, 2048, 0, 0) // the device cannot write it
+	f.desc(0, 1, 0x21000, 2048, descWrite, 0)
+	f.offer(0, 0)
+	f.offer(0, 1)
+	f.sendFrame(testFrame(100))
+	f.sendFrame(testFrame(200))
+	id0, n0 := f.used(0, 0)
+	id1, n1 := f.used(0, 1)
+	if f.usedIdx(0) != 2 || id0 != 0 || n0 != 0 || id1 != 1 || n1 != 12+200 || f.l.Dropped() != 1 {
+		t.Errorf("queued: used index %d, entries (%d, %d), (%d, %d), dropped %d",
+			f.usedIdx(0), id0, n0, id1, n1, f.l.Dropped())
+	}
+
+	// Built in the guest's buffers: a bad chain first, then one second
+	// in a frame's chains.
+	f.desc(0, 2, 0x22000, 2048, descWrite, 0)
+	f.desc(0, 3, 0x23000, 2048, descWrite|descIndirect, 0)
+	f.desc(0, 4, 0x24000, 2048, descWrite, 0)
+	f.desc(0, 5, 0x25000, 2048, descWrite, 0)
+	f.offer(0, 0)
+	for i := range 4 {
+		f.offer(0, uint16(2+i))
+	}
+	head, _ := f.l.ReserveV(54, 3000, make([]unix.Iovec, 0, 8))
+	if head == nil || &head[0] != &f.l.mem.regions[0].mem[0x24000+12] {
+		t.Fatal("the frame is not in the chains after the bad ones")
+	}
+	f.l.Commit(3000)
+	f.l.Cancel()
+	f.l.Flush()
+	want := [][2]uint32{{0, 0}, {2, 0}, {3, 0}, {4, 2048}, {5, 12 + 3000 - 2048}}
+	for i, w := range want {
+		if id, n := f.used(0, uint16(2+i)); id != w[0] || n != w[1] {
+			t.Errorf("used entry %d: (%d, %d), want %v", 2+i, id, n, w)
+		}
+	}
+	if f.usedIdx(0) != 7 || f.l.Dropped() != 3 {
+		t.Errorf("used index %d, dropped %d", f.usedIdx(0), f.l.Dropped())
+	}
+}
+
+// Item 9: TX chains are not left held when a Read empties the ring: the
+// kick stays readable, so the engine comes back for the Read that gives
+// them back, whatever the number of Reads in its turn.
+func TestVhostUserTxChainsReturned(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	copy(f.mem[feBufs+12:], testFrame(100))
+	f.desc(1, 0, feBufs, 12+100, 0, 0)
+	for range 3 {
+		f.offer(1, 0)
+	}
+	signal(f.kick[1])
+	if _, err := f.l.Read(); err != nil {
+		t.Fatal(err)
+	}
+	if f.usedIdx(1) != 0 || !readable(f.kick[1]) {
+		t.Fatalf("chains held (used index %d) and the kick drained", f.usedIdx(1))
+	}
+	if _, err := f.l.Read(); err != unix.EAGAIN {
+		t.Fatalf("second Read: %v", err)
+	}
+	if f.usedIdx(1) != 3 || readable(f.kick[1]) {
+		t.Errorf("after the ring was found empty: used index %d, kick readable %v", f.usedIdx(1), readable(f.kick[1]))
+	}
+}
+
+// Item 10: RX buffers filled and not yet published are published before
+// a request stops or pauses the ring; an available index more than a
+// ring ahead ends the connection.
+func TestVhostUserStopPublishes(t *testing.T) {
+	for _, req := range []uint32{vuGetVringBase, vuSetVringEnable} {
+		f := newFrontEnd(t)
+		f.setUp()
+		f.rxBufs(0, 1, 2048)
+		head, _ := f.l.ReserveV(54, 100, make([]unix.Iovec, 0, 8))
+		if head == nil {
+			t.Fatal("no room")
+		}
+		f.l.Commit(100)
+		f.l.Cancel()
+		f.must(req, u32s(0, 0))
+		if req == vuGetVringBase {
+			if base := f.reply() >> 32; base != 1 {
+				t.Errorf("base %d, want 1", base)
+			}
+		}
+		f.l.Flush()
+		if f.usedIdx(0) != 1 || f.l.Pending() != 0 {
+			t.Errorf("request %d: used index %d, pending %d", req, f.usedIdx(0), f.l.Pending())
+		}
+	}
+}
+
+func TestVhostUserAvailJump(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	_, a, _ := feRing(1)
+	binary.LittleEndian.PutUint16(f.mem[a+2:], feQueue+1)
+	if _, err := f.tryReadFrames(); !errors.Is(err, ErrVhostUser) {
+		t.Errorf("TX index a ring and one ahead: %v", err)
+	}
+	f = newFrontEnd(t)
+	f.setUp()
+	_, a, _ = feRing(0)
+	binary.LittleEndian.PutUint16(f.mem[a+2:], 0x8000)
+	if h, _ := f.l.ReserveV(54, 100, make([]unix.Iovec, 0, 8)); h != nil {
+		t.Error("room in a broken ring")
+	}
+	if err := f.l.Flush(); !errors.Is(err, ErrVhostUser) {
+		t.Errorf("RX index far ahead: Flush: %v", err)
+	}
+	if _, _, err := f.l.Event(vuIDKick+rxQueue, unix.EPOLLIN); !errors.Is(err, ErrVhostUser) {
+		t.Errorf("RX index far ahead: Event: %v", err)
+	}
+}
+
+// FuzzRxChains plays a guest's RX descriptors against the path TCP data
+// takes into them (ReserveV, the peek's pieces, Commit short or whole,
+// Cancel) mixed with queued frames (Flush): table is the RX descriptor
+// table, offered in order as chains 0, 1, ..., and sizes the frames'.
+// Every piece handed out must lie in guest memory (or the link's queue)
+// and be of some length,
+// and no chain may be given back more often than it was offered.
+func FuzzRxChains(f *testing.F) {
+	zero := make([]byte, 16*4)
+	for i, d := range [][3]uint64{{0x20000, 2048, descWrite | descNext<<16 | 1<<32}, {0x21000, 0, descWrite | descNext<<16 | 2<<32}, {0x22000, 4096, descWrite}, {0x23000, 0, descWrite}} {
+		binary.LittleEndian.PutUint64(zero[16*i:], d[0])
+		binary.LittleEndian.PutUint32(zero[16*i+8:], uint32(d[1]))
+		binary.LittleEndian.PutUint16(zero[16*i+12:], uint16(d[2])|uint16(d[2]>>16))
+		binary.LittleEndian.PutUint16(zero[16*i+14:], uint16(d[2]>>32))
+	}
+	f.Add(zero, []byte{60, 5, 200})
+	f.Add(zero[:32], []byte{0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, table, sizes []byte) {
+		fe := newFrontEnd(t)
+		fe.setUp()
+		d, _, _ := feRing(rxQueue)
+		table = table[:min(len(table), 16*feQueue)]
+		copy(fe.mem[d:], table)
+		offered := len(table) / 16
+		for i := range offered {
+			fe.offer(rxQueue, uint16(i))
+		}
+		// Where a piece may be: in guest memory, or in the link's
+		// queue, for a frame that goes through it.
+		inMem := func(v unix.Iovec) bool {
+			start := uintptr(unsafe.Pointer(v.Base))
+			for _, b := range [][]byte{fe.l.mem.regions[0].mem, fe.l.q.buf} {
+				if v.Len > 0 && start >= addrOf(b) && start+uintptr(v.Len) <= addrOf(b)+uintptr(len(b)) {
+					return true
+				}
+			}
+			return false
+		}
+		iov := make([]unix.Iovec, 0, 64)
+		for i, s := range sizes {
+			n := 54 + int(s)*100
+			if s%7 == 3 {
+				if err := fe.sendFrame(testFrame(n)); err != nil && !errors.Is(err, ErrVhostUser) {
+					t.Fatal(err)
+				}
+				continue
+			}
+			head, v := fe.l.ReserveV(54, n, iov)
+			if head == nil {
+				fe.l.Cancel()
+				fe.l.Flush()
+				continue
+			}
+			clear(head[:min(len(head), 54)])
+			for _, p := range v {
+				if !inMem(p) {
+					t.Fatalf("a piece outside guest memory, or empty: %+v", p)
+				}
+			}
+			fillV(v, testFrame(n))
+			fe.l.Commit(n - i%2*int(s))
+			fe.l.Cancel()
+			fe.l.Flush()
+		}
+		if used := fe.usedIdx(rxQueue); int(used) > offered {
+			t.Fatalf("%d chains given back of %d offered", used, offered)
+		}
+	})
+}
