@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestControlPath: --control replaces only a stale socket; a file or a
@@ -49,4 +53,76 @@ func TestControlPath(t *testing.T) {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	c.Close()
+}
+
+// TestCtlRelay: the helper reads control requests itself. What an add
+// allows goes into its table only while the engine accepts it; a remove
+// takes it out; an engine whose answers are not JSON lines, or are
+// endless, is not asked again.
+func TestCtlRelay(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctl")
+	l, err := listenControl(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &helperServer{}
+	go newCtlRelay(l, os.NewFile(uintptr(ch[0]), "relay"), srv).serve()
+	engine := os.NewFile(uintptr(ch[1]), "engine")
+	defer engine.Close()
+	in := bufio.NewReader(engine)
+	// answer plays the engine for one request.
+	answer := func(resp []byte) {
+		go func() {
+			in.ReadBytes('\n')
+			engine.Write(resp)
+		}()
+	}
+	call := func(req ctlRequest) ctlResponse {
+		t.Helper()
+		resp, err := ctlCall(path, &req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *resp
+	}
+	answer([]byte("{\"ok\":true}\n"))
+	if r := call(ctlRequest{Op: "add", TCP: []string{"18080"}, CmdFwd: []string{"7000:cat"}}); !r.OK {
+		t.Fatalf("add: %+v", r)
+	}
+	if len(srv.binds) != 1 || !srv.host.HasSpecial(7000) {
+		t.Fatalf("after add: %v, port 7000 %v", srv.binds, srv.host.HasSpecial(7000))
+	}
+	answer([]byte("{\"ok\":false,\"error\":\"busy\"}\n"))
+	if r := call(ctlRequest{Op: "add", TCP: []string{"18081"}, UnixFwd: []string{"6000:/x"}}); r.Error != "busy" {
+		t.Fatalf("add the engine refused: %+v", r)
+	}
+	if len(srv.binds) != 1 || srv.host.HasSpecial(6000) {
+		t.Fatalf("after a refused add: %v, port 6000 %v", srv.binds, srv.host.HasSpecial(6000))
+	}
+	// Refused by the helper: the engine is not asked.
+	if r := call(ctlRequest{Op: "add", CmdFwd: []string{"7000:cat"}}); !strings.Contains(r.Error, "already diverted") {
+		t.Fatalf("add of a diverted port: %+v", r)
+	}
+	if r := call(ctlRequest{Op: "chmod"}); !strings.Contains(r.Error, "unknown op") {
+		t.Fatalf("unknown op: %+v", r)
+	}
+	answer([]byte("{\"ok\":true}\n"))
+	if r := call(ctlRequest{Op: "remove", TCP: []string{"18080"}, CmdFwd: []string{"7000"}}); !r.OK {
+		t.Fatalf("remove: %+v", r)
+	}
+	if len(srv.binds) != 0 || srv.host.HasSpecial(7000) {
+		t.Fatalf("after remove: %v, port 7000 %v", srv.binds, srv.host.HasSpecial(7000))
+	}
+	answer(bytes.Repeat([]byte("x"), ctlMaxAnswer+(1<<20)))
+	if r := call(ctlRequest{Op: "list"}); !strings.Contains(r.Error, "does not answer") {
+		t.Fatalf("an endless answer: %+v", r)
+	}
+	if r := call(ctlRequest{Op: "list"}); !strings.Contains(r.Error, "does not answer") {
+		t.Fatalf("after an endless answer: %+v", r)
+	}
 }
