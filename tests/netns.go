@@ -33,9 +33,19 @@ func needRoot(t testing.TB) {
 	}
 }
 
-// Netns is a named network namespace created for one test.
+// Netns is a network namespace created for one test: a named one, or
+// one known by its file (Path, such as /proc/PID/ns/net).
 type Netns struct {
 	Name string
+	Path string
+}
+
+// file is the namespace's file, to join it.
+func (ns *Netns) file() string {
+	if ns.Path != "" {
+		return ns.Path
+	}
+	return filepath.Join("/run/netns", ns.Name)
 }
 
 // newNetns creates a namespace with loopback up and removes it, with its
@@ -66,6 +76,9 @@ func killNetns(name string) {
 
 // Cmd prepares a command to run inside the namespace.
 func (ns *Netns) Cmd(name string, args ...string) *exec.Cmd {
+	if ns.Path != "" {
+		return exec.Command("nsenter", append([]string{"--net=" + ns.Path, name}, args...)...)
+	}
 	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 }
 
@@ -97,7 +110,7 @@ func (ns *Netns) do(fn func()) error {
 		return err
 	}
 	defer orig.Close()
-	target, err := os.Open(filepath.Join("/run/netns", ns.Name))
+	target, err := os.Open(ns.file())
 	if err != nil {
 		runtime.UnlockOSThread()
 		return err

@@ -61,11 +61,13 @@ func TestArgv(t *testing.T) {
 			func(c *cli) bool { return c.Serve.Control != "" && c.Serve.TCPPorts[0] == "2222:22" }},
 		{"README: vsock host", "--vsock 1024", "serve", func(c *cli) bool { return c.Serve.Vsock == "1024" }},
 		{"README: hybrid vsock host", "-s /run/fc.vsock_1024", "serve", func(c *cli) bool { return c.Serve.Socket == "/run/fc.vsock_1024" }},
-		{"README: ns", "ns -- sh -c 'ip addr; ip route'", "ns <command>",
-			func(c *cli) bool { return slices.Equal(c.NS.Command, []string{"--", "sh", "-c", "ip addr; ip route"}) }},
-		{"README: ns with a forward", "ns -t 8080 -- python3 -m http.server 8080", "ns <command>",
+		{"README: ns", "ns -- sh -c 'ip addr; ip route'", "pasta <target>",
 			func(c *cli) bool {
-				return c.NS.TCPPorts[0] == "8080" && strings.Join(c.NS.Command, " ") == "-- python3 -m http.server 8080"
+				return slices.Equal(c.Pasta.Target, []string{"--", "sh", "-c", "ip addr; ip route"})
+			}},
+		{"README: ns with a forward", "ns -t 8080 -- python3 -m http.server 8080", "pasta <target>",
+			func(c *cli) bool {
+				return c.Pasta.TCPPorts[0] == "8080" && strings.Join(c.Pasta.Target, " ") == "-- python3 -m http.server 8080"
 			}},
 		{"README: ctl add", "ctl /run/user/1000/gopasst.ctl add -t 8080:80 -u 5353", "ctl <path> <op>",
 			func(c *cli) bool { return c.Ctl.Op == "add" && c.Ctl.TCP[0] == "8080:80" && c.Ctl.UDP[0] == "5353" }},
@@ -162,15 +164,15 @@ func TestHelp(t *testing.T) {
 		return out.String()
 	}
 	top := help("--help")
-	for _, cmd := range []string{"serve", "ns", "ctl", "guest"} {
+	for _, cmd := range []string{"serve", "pasta", "ctl", "guest"} {
 		if !strings.Contains(top, "  "+cmd+" ") {
 			t.Errorf("gopasst --help does not list %s:\n%s", cmd, top)
 		}
 	}
 	ns := help("ns", "--help")
-	for _, serveOnly := range []string{"--socket", "--pid", "--one-off", "--vhost-user", "--fd"} {
+	for _, serveOnly := range []string{"--socket", "--one-off", "--vhost-user", "--fd"} {
 		if strings.Contains(ns, serveOnly) {
-			t.Errorf("gopasst ns --help offers %s", serveOnly)
+			t.Errorf("gopasst ns (pasta) --help offers %s", serveOnly)
 		}
 	}
 	if serve := help("serve", "--help"); !strings.Contains(serve, "--vhost-user") || !strings.Contains(serve, "--tcp-ports") {

@@ -53,6 +53,7 @@ type engineRun struct {
 	foreground bool
 	cmdDone    <-chan struct{} // ns: the program has exited
 	signal     func(os.Signal) // where signals to us go (default: the engine)
+	ns         *pastaHelper    // pasta: the engine's requests for the namespace's side
 }
 
 // supervise starts the engine and serves as its helper until it exits,
@@ -113,7 +114,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	if o.CmdFwdMax < 1 {
 		return 1, errors.New("--cmd-fwd-max: at least 1")
 	}
-	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind}}
+	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind}, ns: r.ns}
 	if err := srv.allow(&ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}); err != nil {
 		return 1, err
 	}
@@ -256,7 +257,8 @@ func engineEnvironment() (engineEnv, bool) {
 // runEngine is the engine: it sets up with what the helper gave it and
 // binds through the helper, enters the sandbox, tells the helper it is
 // ready, and serves until SIGTERM, SIGINT or a one-off client's exit.
-func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int {
+// extra, if not nil, finishes the set-up (pasta's namespace side).
+func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, extra engineExtra) int {
 	// Started as /proc/self/exe: take back our name for ps, ss and the
 	// audit log, in every thread (threads made later inherit it).
 	if name, err := unix.BytePtrFromString(filepath.Base(os.Args[0])); err == nil {
@@ -266,6 +268,9 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string) int
 	eng, logger, err := setUpEngine(o, cfg, env, vsockAddr, helper)
 	if err == nil && hostileEngine != nil {
 		hostileEngine("set-up", helper, logger)
+	}
+	if err == nil && extra != nil {
+		err = extra(eng, helper, logger)
 	}
 	if err == nil {
 		err = enterSandbox(env.Isolated)

@@ -36,11 +36,12 @@ import (
 // commands.
 
 type helperRequest struct {
-	Op    string // bind, dial, endcmd, ready, fail
+	Op    string // bind, dial, endcmd, ready, fail; pasta: nsbind, nsproc
 	Proto slirp.Proto
 	Fwd   portspec.Forward
 	Port  uint16 // dial: the diverted gateway port
 	Msg   string // fail: why
+	Table string // pasta's nsproc: tcp, tcp6, udp or udp6
 	ID    int
 	Seq   uint64 // echoed in the reply
 }
@@ -242,6 +243,7 @@ type helperServer struct {
 	cmdMax  int // --cmd-fwd-max
 	onReady func() error
 	onFail  func(msg string)
+	ns      *pastaHelper // pasta's namespace side, or nil
 
 	host  slirp.LocalHost // binds, and the table of diverted ports
 	mu    sync.Mutex
@@ -306,7 +308,7 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 	switch req.Op {
 	case "bind":
 		s.mu.Lock()
-		ok := s.binds[bindKey{req.Proto, req.Fwd}]
+		ok := s.binds[bindKey{req.Proto, req.Fwd}] || s.ns.mayBind(req.Proto, req.Fwd)
 		s.mu.Unlock()
 		if !ok {
 			return -1, fmt.Errorf("%s port %d is not a configured forward", req.Proto, req.Fwd.HostPort)
@@ -329,6 +331,11 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 			delete(s.procs, req.ID)
 		}
 		return -1, nil
+	case "nsbind", "nsproc":
+		if s.ns == nil {
+			return -1, errors.New("no namespace (pasta mode only)")
+		}
+		return s.ns.handle(req)
 	case "ready", "fail":
 		if s.ready {
 			return -1, errors.New("the engine is ready already")

@@ -103,7 +103,7 @@ type Options struct {
 // gopasst's own commands.
 type cli struct {
 	Serve   Options          `cmd:"" default:"withargs" help:"Serve a VM's network, as passt does (the default command)."`
-	NS      nsOptions        `cmd:"" name:"ns" help:"Run a program with a network stack of its own."`
+	Pasta   pastaOptions     `cmd:"" name:"pasta" aliases:"ns" help:"Give a network namespace, or a program in a new one, its network, as pasta does (also run as 'pasta')."`
 	Ctl     CtlOptions       `cmd:"" help:"Change a running gopasst's forwards through its control socket."`
 	Guest   guestOptions     `cmd:"" help:"In a VM: relay a tap to gopasst on the host over vsock or a unix socket."`
 	Repair  repairOptions    `cmd:"" help:"Set TCP_REPAIR for a back-end's live migration, as passt-repair does (needs CAP_NET_ADMIN)."`
@@ -112,10 +112,14 @@ type cli struct {
 }
 
 func main() {
-	if js := os.Getenv(envNSChild); js != "" {
-		os.Exit(nsChild(js))
+	if code, ok := pastaChildren(); ok {
+		os.Exit(code)
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	if isPastaName(os.Args[0]) {
+		args = append([]string{"pasta"}, args...)
+	}
+	os.Exit(run(args, os.Stdout, os.Stderr))
 }
 
 func fail(stderr io.Writer, format string, args ...any) int {
@@ -130,8 +134,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	switch cmd := ctx.Command(); {
-	case strings.HasPrefix(cmd, "ns"):
-		return runNS(&c.NS, stderr)
+	case strings.HasPrefix(cmd, "pasta"):
+		return runPasta(&c.Pasta, stderr)
 	case strings.HasPrefix(cmd, "ctl"):
 		return runCtl(&c.Ctl, stdout, stderr)
 	case cmd == "guest":
@@ -163,6 +167,8 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	switch {
 	case exit >= 0:
 		return nil, true, exit
+	case err != nil && len(args) > 0 && (args[0] == "pasta" || args[0] == "ns"):
+		return nil, true, pastaUsageError(stderr, err)
 	case err != nil:
 		return nil, true, fail(stderr, "%v", err)
 	}
@@ -192,7 +198,7 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		return fail(stderr, "%v", err)
 	}
 	if env, ok := engineEnvironment(); ok {
-		return runEngine(&o.NetOptions, cfg, env, o.Vsock)
+		return runEngine(&o.NetOptions, cfg, env, o.Vsock, nil)
 	}
 	if d := os.Getenv(envDaemon); d != "" {
 		return daemonChild(o, d)

@@ -31,7 +31,9 @@ type identity struct{ uid, gid int }
 func runAsIdentity(runas string) (identity, error) {
 	self := identity{os.Geteuid(), os.Getegid()}
 	if runas == "" {
-		if self.uid != 0 {
+		// Root in a user namespace of its own (podman's, for pasta) stays
+		// itself, as passt does: nobody is often not mapped there.
+		if self.uid != 0 || !initUserNamespace() {
 			return self, nil
 		}
 		runas = "nobody"
@@ -48,6 +50,13 @@ func runAsIdentity(runas string) (identity, error) {
 		return identity{}, fmt.Errorf("--runas %s: only root can change user", runas)
 	}
 	return id, nil
+}
+
+// initUserNamespace tells whether we run in the initial user namespace,
+// whose uid_map maps every ID to itself.
+func initUserNamespace() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(b)), " ") == "0 0 4294967295"
 }
 
 // lookupIdentity parses UID[:GID], where either may be a name; without a
@@ -85,7 +94,9 @@ func lookupIdentity(s string) (identity, error) {
 // root, has no supplementary groups. With isolate false, where user
 // namespaces are not allowed, the engine only runs as id.
 func sandboxAttr(id identity, isolate bool) *syscall.SysProcAttr {
-	root := os.Geteuid() == 0
+	// Root in a user namespace of its own keeps its groups: setgroups is
+	// often denied there (unshare -r, podman).
+	root := os.Geteuid() == 0 && initUserNamespace()
 	// Signals reach the engine through the helper, not from the terminal.
 	attr := &syscall.SysProcAttr{Pdeathsig: unix.SIGTERM, Setpgid: true}
 	if !isolate {
@@ -114,7 +125,7 @@ func sandboxAttr(id identity, isolate bool) *syscall.SysProcAttr {
 // the runtime creates later are cloned from its template thread, never
 // from a locked one.
 func dropThreadPrivileges(id identity) error {
-	if os.Geteuid() != 0 {
+	if os.Geteuid() != 0 || id == (identity{os.Geteuid(), os.Getegid()}) {
 		return nil
 	}
 	for _, c := range []struct {

@@ -1,0 +1,394 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"syscall"
+	"unsafe"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/rtnl"
+	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
+)
+
+// The namespace agent: gopasst, run again inside the target namespaces.
+// Joining a user namespace takes a single-threaded process, which a Go
+// program never is, so util-linux's nsenter joins them and executes the
+// agent there: root in the namespace's user namespace, it makes the tap,
+// configures it (--config-net), and then stays, answering the helper's
+// requests for the namespace's side: sockets bound there (-T, -U) and its
+// /proc/net tables (auto). It keeps CAP_NET_BIND_SERVICE alone, and ends
+// with the helper.
+
+const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent: its nsPlan, as JSON
+
+const agentSock = 3 // the agent's end of its socket to the helper
+
+// nsPlan is what the agent sets up in the namespace.
+type nsPlan struct {
+	Ifname string
+	MAC    string // --ns-mac-addr, or "" for the kernel's
+	Config bool   // --config-net: the rest applies
+	MTU    int
+	Addrs  []rtnl.Addr  // Index is filled in by the agent
+	Routes []rtnl.Route // likewise; on-link routes come first
+}
+
+// planNS decides the namespace's interface, addresses and routes, from
+// the options and the host's template interfaces, as pasta does.
+func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
+	if4, _, _ := defaultRoute4(procFiles.route4)
+	if6, _, _ := defaultRoute6(procFiles.route6)
+	if o.Interface != "" {
+		if4, if6 = o.Interface, o.Interface
+	}
+	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
+		Config: o.ConfigNet, MTU: cfg.MTU}
+	if o.NSMAC != "" {
+		if _, err := net.ParseMAC(o.NSMAC); err != nil {
+			return p, fmt.Errorf("--ns-mac-addr: %v", err)
+		}
+	}
+	if !o.ConfigNet {
+		return p, nil
+	}
+	a4, a6, _ := parseAddrs("address", o.Address)
+	g4, g6, _ := parseAddrs("gateway", o.Gateway)
+	var nl *rtnl.Conn
+	if !o.NoCopyAddrs || !o.NoCopyRoutes {
+		c, err := rtnl.Open()
+		if err != nil {
+			return p, err
+		}
+		defer c.Close()
+		nl = c
+	}
+	families := []struct {
+		family     int
+		addr, gw   netip.Addr
+		bits       int
+		ifname     string
+		addrs, gws []netip.Addr
+	}{
+		{unix.AF_INET, cfg.Addr4, cfg.Gateway4, cfg.Prefix4, if4, a4, g4},
+		{unix.AF_INET6, cfg.Addr6, cfg.Gateway6, 64, if6, a6, g6},
+	}
+	for _, f := range families {
+		if !f.addr.IsValid() {
+			continue
+		}
+		index := 0
+		if ifi, err := net.InterfaceByName(f.ifname); err == nil {
+			index = ifi.Index
+		}
+		var addrs []rtnl.Addr
+		if !o.NoCopyAddrs && len(f.addrs) == 0 && index > 0 {
+			host, err := nl.Addrs(f.family, index)
+			if err != nil {
+				return p, fmt.Errorf("host addresses: %v", err)
+			}
+			for _, a := range host {
+				if !a.Prefix.Addr().IsLinkLocalUnicast() {
+					addrs = append(addrs, rtnl.Addr{Prefix: a.Prefix, Flags: unix.IFA_F_NODAD})
+				}
+			}
+		}
+		if len(addrs) == 0 {
+			addrs = []rtnl.Addr{{Prefix: netip.PrefixFrom(f.addr, f.bits), Flags: unix.IFA_F_NODAD}}
+		}
+		p.Addrs = append(p.Addrs, addrs...)
+		var routes []rtnl.Route
+		if !o.NoCopyRoutes && len(f.gws) == 0 && index > 0 {
+			host, err := nl.Routes(f.family, index)
+			if err != nil {
+				return p, fmt.Errorf("host routes: %v", err)
+			}
+			for _, r := range host {
+				if r.Protocol != unix.RTPROT_KERNEL && r.Type == unix.RTN_UNICAST {
+					r.PrefSrc = netip.Addr{}
+					routes = append(routes, r)
+				}
+			}
+		}
+		if len(routes) == 0 {
+			// On-link: the gateway may lie outside a narrow prefix, as it
+			// does when the host's address is a /32.
+			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
+			routes = []rtnl.Route{def}
+		}
+		p.Routes = append(p.Routes, routes...)
+	}
+	slices.SortStableFunc(p.Routes, func(a, b rtnl.Route) int {
+		return boolInt(a.Gateway.IsValid()) - boolInt(b.Gateway.IsValid())
+	})
+	return p, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// agentConn is the helper's end of the agent.
+type agentConn struct {
+	c   *helperClient
+	cmd *exec.Cmd
+}
+
+// startAgent starts the agent in t's namespaces and returns it with the
+// tap it made there.
+func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
+	args := []string{"--net=" + t.net}
+	if t.user != "" && !sameNamespace(t.user, "/proc/self/ns/user") {
+		args = append(args, "--user="+t.user, "--preserve-credentials")
+	}
+	if _, err := os.Stat(t.net); err != nil {
+		return nil, -1, fmt.Errorf("network namespace: %v", err)
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		nsenter = "/usr/bin/nsenter"
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, -1, err
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, err
+	}
+	child := os.NewFile(uintptr(pair[1]), "agent")
+	defer child.Close()
+	js, _ := json.Marshal(plan)
+	cmd := exec.Command(nsenter, append(args, "--", self)...)
+	cmd.Env = append(os.Environ(), envPastaAgent+"="+string(js))
+	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		unix.Close(pair[0])
+		return nil, -1, fmt.Errorf("joining the namespace (nsenter, from util-linux): %v", err)
+	}
+	a := &agentConn{c: newHelperClient(pair[0]), cmd: cmd}
+	tap, err := a.c.fdCall(helperRequest{Op: "tap"})
+	if err != nil {
+		a.close()
+		return nil, -1, fmt.Errorf("namespace set-up: %v", err)
+	}
+	return a, tap, nil
+}
+
+// sameNamespace tells whether two namespace files are the same namespace
+// (nsenter cannot join the user namespace it is in).
+func sameNamespace(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Ino == sb.Ino && sa.Dev == sb.Dev
+}
+
+func (a *agentConn) close() {
+	unix.Close(a.c.fd)
+	a.cmd.Wait()
+}
+
+// pastaHelper is the helper's part of pasta: it passes on to the agent
+// the namespace binds that -T and -U ask for, gives the engine the
+// namespace's /proc/net tables for -t/-u auto, and allows the engine to
+// bind on the host, for auto, only a port that listens in the namespace.
+type pastaHelper struct {
+	agent  *agentConn
+	fwds   pastaForwards
+	tables map[string]int // the namespace's /proc/net tables, by name
+	buf    []byte
+}
+
+// newPastaHelper opens the namespace's tables that auto needs.
+func newPastaHelper(a *agentConn, f pastaForwards) (*pastaHelper, error) {
+	p := &pastaHelper{agent: a, fwds: f, tables: map[string]int{}}
+	for _, d := range []struct {
+		proto slirp.Proto
+		auto  bool
+	}{{slirp.TCP, f.tcp.auto}, {slirp.UDP, f.udp.auto}} {
+		for _, name := range []string{string(d.proto), string(d.proto) + "6"} {
+			if !d.auto {
+				continue
+			}
+			fd, err := a.c.fdCall(helperRequest{Op: "proc", Table: name})
+			if err != nil {
+				p.close()
+				return nil, fmt.Errorf("/proc/net/%s in the namespace: %v", name, err)
+			}
+			p.tables[name] = fd
+		}
+	}
+	return p, nil
+}
+
+func (p *pastaHelper) close() {
+	for _, fd := range p.tables {
+		unix.Close(fd)
+	}
+}
+
+// handle answers nsbind and nsproc, for what the command line asked.
+func (p *pastaHelper) handle(req *helperRequest) (int, error) {
+	f := p.fwds
+	switch {
+	case req.Op == "nsbind" && req.Proto == slirp.TCP && (f.tcpNS.auto || len(f.tcpNS.specs) > 0),
+		req.Op == "nsbind" && req.Proto == slirp.UDP && (f.udpNS.auto || len(f.udpNS.specs) > 0):
+		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: req.Fwd})
+	case req.Op == "nsproc":
+		if fd, ok := p.tables[req.Table]; ok {
+			return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		}
+	}
+	return -1, fmt.Errorf("%s %s %s: not enabled by the command line", req.Op, req.Proto, req.Table)
+}
+
+// mayBind tells whether the engine may bind f on the host for -t or -u
+// auto: its port listens in the namespace now.
+func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
+	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort ||
+		!(proto == slirp.TCP && p.fwds.tcp.auto || proto == slirp.UDP && p.fwds.udp.auto) {
+		return false
+	}
+	found := false
+	for _, name := range []string{string(proto), string(proto) + "6"} {
+		parseProcNet(readTable(p.tables[name], &p.buf), proto == slirp.UDP, func(port uint16) {
+			found = found || port == f.HostPort
+		})
+	}
+	return found
+}
+
+// pastaAgent runs in the namespaces: it sets them up as planned, then
+// serves the helper until it goes.
+func pastaAgent(js string) int {
+	var plan nsPlan
+	tap, err := -1, json.Unmarshal([]byte(js), &plan)
+	if err == nil {
+		tap, err = configureNS(&plan)
+	}
+	if err == nil {
+		err = keepOnlyBindCap()
+	}
+	var host slirp.LocalHost
+	var buf [4096]byte
+	for {
+		n, stray, rerr := recvMsg(agentSock, buf[:], 0)
+		closeFds(stray)
+		if (rerr != nil && rerr != errCtrunc) || n == 0 {
+			return 0
+		}
+		var req helperRequest
+		var r helperReply
+		fd, ferr := -1, json.Unmarshal(buf[:n], &req)
+		r.Seq = req.Seq
+		switch {
+		case ferr != nil:
+		case req.Op == "tap":
+			fd, ferr, tap = tap, err, -1
+			if fd < 0 && ferr == nil {
+				ferr = errors.New("the tap was handed over already")
+			}
+		case req.Op == "bind":
+			fd, ferr = host.Bind(req.Proto, req.Fwd)
+		case req.Op == "proc" && slices.Contains([]string{"tcp", "tcp6", "udp", "udp6"}, req.Table):
+			fd, ferr = unix.Open("/proc/self/net/"+req.Table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		default:
+			ferr = fmt.Errorf("unknown request %q", req.Op)
+		}
+		if errno, ok := ferr.(syscall.Errno); ok {
+			r.Errno = errno
+		} else if ferr != nil {
+			r.Err = ferr.Error()
+		}
+		msg, _ := json.Marshal(r)
+		var oob []byte
+		if fd >= 0 {
+			oob = unix.UnixRights(fd)
+		}
+		retryEINTR(func() error { return unix.Sendmsg(agentSock, msg, oob, nil, 0) })
+		closeFd(fd)
+	}
+}
+
+// configureNS brings up loopback and makes the tap, configured as
+// planned, in the namespace the agent runs in.
+func configureNS(p *nsPlan) (int, error) {
+	if err := linkUp("lo", 0); err != nil {
+		return -1, err
+	}
+	tap, err := openTap(p.Ifname)
+	if err != nil {
+		return -1, err
+	}
+	err = configureTap(p)
+	if err != nil {
+		unix.Close(tap)
+		return -1, err
+	}
+	return tap, nil
+}
+
+func configureTap(p *nsPlan) error {
+	ifi, err := net.InterfaceByName(p.Ifname)
+	if err != nil {
+		return err
+	}
+	c, err := rtnl.Open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if p.MAC != "" {
+		mac, _ := net.ParseMAC(p.MAC)
+		if err := c.SetLink(ifi.Index, false, 0, mac); err != nil {
+			return fmt.Errorf("%s: MAC %s: %v", p.Ifname, p.MAC, err)
+		}
+	}
+	if !p.Config {
+		return nil
+	}
+	if err := c.SetLink(ifi.Index, true, p.MTU, nil); err != nil {
+		return fmt.Errorf("%s: MTU %d, up: %v", p.Ifname, p.MTU, err)
+	}
+	for _, a := range p.Addrs {
+		a.Index = ifi.Index
+		if err := c.AddAddr(a); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("%s: address %v: %v", p.Ifname, a.Prefix, err)
+		}
+	}
+	for _, r := range p.Routes {
+		r.Index = ifi.Index
+		if err := c.AddRoute(r); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("%s: route to %v via %v: %v", p.Ifname, r.Dst, r.Gateway, err)
+		}
+	}
+	return nil
+}
+
+// keepOnlyBindCap leaves the agent, in every thread, only the capability
+// to bind the namespace's low ports, and no way to regain the rest.
+func keepOnlyBindCap() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	data[0].Effective = 1 << unix.CAP_NET_BIND_SERVICE
+	data[0].Permitted = data[0].Effective
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return allThreadsError("dropping capabilities", e)
+	}
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
+		return allThreadsError("no_new_privs", e)
+	}
+	return nil
+}

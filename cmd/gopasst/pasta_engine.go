@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"golang.org/x/sys/unix"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp"
+)
+
+// The engine's part of pasta: the namespace's side of -T and -U, whose
+// sockets the agent binds in the namespace and whose connections and
+// datagrams go to the host's loopback, and "auto", which forwards what
+// listens on the other side, checked each second from /proc/net.
+
+// engineExtra finishes the engine's set-up before the sandbox.
+type engineExtra func(eng *slirp.Engine, h *helperClient, logger *log.Logger) error
+
+func (c *helperClient) nsBind(proto slirp.Proto, f portspec.Forward) (int, error) {
+	return c.fdCall(helperRequest{Op: "nsbind", Proto: proto, Fwd: f})
+}
+
+func (c *helperClient) nsProc(name string) (int, error) {
+	return c.fdCall(helperRequest{Op: "nsproc", Table: name})
+}
+
+// pastaState is what the engine's pasta part has open.
+type pastaState struct {
+	eng    *slirp.Engine
+	h      *helperClient
+	logger *log.Logger
+	maxUDP int
+
+	mu      sync.Mutex
+	nsSide  map[fwdPort]io.Closer // -T/-U listeners in the namespace, by port there
+	autoFwd map[fwdPort]bool      // -t/-u auto forwards bound on the host
+	autoNS  map[fwdPort]bool      // -T/-U auto listeners in the namespace
+}
+
+type fwdPort struct {
+	proto slirp.Proto
+	port  uint16
+}
+
+// pastaEngine binds -T and -U in the namespace and starts auto.
+func pastaEngine(o *pastaOptions, f pastaForwards) engineExtra {
+	return func(eng *slirp.Engine, h *helperClient, logger *log.Logger) error {
+		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP,
+			nsSide: map[fwdPort]io.Closer{}, autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}}
+		for _, d := range []struct {
+			proto slirp.Proto
+			specs []string
+		}{{slirp.TCP, f.tcpNS.specs}, {slirp.UDP, f.udpNS.specs}} {
+			specs, _ := portSpecs(d.specs)
+			for _, sp := range specs {
+				for _, fw := range sp.Forwards(nil) {
+					if err := s.bindNS(d.proto, fw); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return s.startAuto(f)
+	}
+}
+
+// bindNS listens on fw.HostPort in the namespace and forwards to the
+// host's loopback on fw.GuestPort.
+func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward) error {
+	fd, err := s.h.nsBind(proto, portspec.Forward{Addr: fw.Addr, Iface: fw.Iface, HostPort: fw.HostPort})
+	if err != nil {
+		return errors.New("namespace " + string(proto) + " port " + strconv.Itoa(int(fw.HostPort)) + ": " + err.Error())
+	}
+	f := os.NewFile(uintptr(fd), "ns")
+	defer f.Close()
+	var c io.Closer
+	if proto == slirp.TCP {
+		l, err := net.FileListener(f)
+		if err != nil {
+			return err
+		}
+		go s.proxyTCP(l, fw.GuestPort)
+		c = l
+	} else {
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return err
+		}
+		go s.proxyUDP(pc.(*net.UDPConn), fw.GuestPort)
+		c = pc
+	}
+	s.mu.Lock()
+	s.nsSide[fwdPort{proto, fw.HostPort}] = c
+	s.mu.Unlock()
+	return nil
+}
+
+// loopback is the host's loopback address of a's family.
+func loopback(a net.Addr) netip.Addr {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	}
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		return netip.IPv6Loopback()
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+}
+
+// proxyTCP joins each connection made to l with one to the host's
+// loopback port, until l is closed.
+func (s *pastaState) proxyTCP(l net.Listener, port uint16) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // out of descriptors: let others finish
+			continue
+		}
+		go func() {
+			defer c.Close()
+			up, err := net.Dial("tcp", netip.AddrPortFrom(loopback(c.LocalAddr()), port).String())
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			done := make(chan struct{})
+			go func() { copyHalf(up, c); close(done) }()
+			copyHalf(c, up)
+			<-done
+		}()
+	}
+}
+
+// copyHalf copies one direction and passes its end on.
+func copyHalf(dst, src net.Conn) {
+	io.Copy(dst, src)
+	if t, ok := dst.(*net.TCPConn); ok {
+		t.CloseWrite()
+	}
+}
+
+// proxyUDP relays datagrams to the host's loopback port, one host socket
+// per namespace peer (at most --max-udp), and the answers back.
+func (s *pastaState) proxyUDP(c *net.UDPConn, port uint16) {
+	peers := map[netip.AddrPort]*net.UDPConn{}
+	buf := make([]byte, 65536)
+	for {
+		n, peer, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				for _, p := range peers {
+					p.Close()
+				}
+				return
+			}
+			continue
+		}
+		up := peers[peer]
+		if up == nil && len(peers) < s.maxUDP {
+			to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback(c.LocalAddr()), port))
+			if up, err = net.DialUDP("udp", nil, to); err != nil {
+				continue
+			}
+			peers[peer] = up
+			go func() {
+				b := make([]byte, 65536)
+				for {
+					n, err := up.Read(b)
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					if err == nil {
+						c.WriteToUDPAddrPort(b[:n], peer)
+					}
+				}
+			}()
+		}
+		if up != nil {
+			up.Write(buf[:n])
+		}
+	}
+}
+
+// procTable is a /proc/net table auto reads.
+type procTable struct {
+	proto slirp.Proto
+	fd    int
+}
+
+// startAuto scans once, then each second, for -t/-u auto (the namespace's
+// listening sockets, bound on the host) and -T/-U auto (the host's, bound
+// in the namespace).
+func (s *pastaState) startAuto(f pastaForwards) error {
+	var toHost, toNS []procTable // what listens in the namespace, and on the host
+	for _, d := range []struct {
+		proto      slirp.Proto
+		auto, back bool
+	}{{slirp.TCP, f.tcp.auto, f.tcpNS.auto}, {slirp.UDP, f.udp.auto, f.udpNS.auto}} {
+		for _, name := range []string{string(d.proto), string(d.proto) + "6"} {
+			if d.auto {
+				fd, err := s.h.nsProc(name)
+				if err != nil {
+					return err
+				}
+				toHost = append(toHost, procTable{d.proto, fd})
+			}
+			if d.back {
+				fd, err := unix.Open("/proc/self/net/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				toNS = append(toNS, procTable{d.proto, fd})
+			}
+		}
+	}
+	if len(toHost)+len(toNS) == 0 {
+		return nil
+	}
+	a := &autoScan{}
+	// The first scan is the engine's own, before it runs: its forwards are
+	// bound when the caller is told we are ready.
+	s.scan(a, toHost, toNS, func(fn func()) { fn() })
+	go func() {
+		for {
+			time.Sleep(time.Second)
+			s.scan(a, toHost, toNS, s.eng.Call)
+		}
+	}()
+	return nil
+}
+
+// autoScan is one scan's scratch space, reused.
+type autoScan struct {
+	buf []byte
+}
+
+// scan binds what newly listens on either side and releases what no
+// longer does; call runs a function on the engine's goroutine.
+func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func())) {
+	nsListen := a.listening(toHost)
+	s.mu.Lock()
+	for p := range s.nsSide {
+		delete(nsListen, p) // our own -T/-U sockets
+	}
+	var add, del []fwdPort
+	for p := range nsListen {
+		if !s.autoFwd[p] {
+			add = append(add, p)
+		}
+	}
+	for p := range s.autoFwd {
+		if !nsListen[p] {
+			del = append(del, p)
+		}
+	}
+	s.mu.Unlock()
+	call(func() {
+		for _, p := range add {
+			fw := []portspec.Forward{{HostPort: p.port, GuestPort: p.port}}
+			if s.eng.AddForwards(p.proto, fw, false) == nil {
+				s.mu.Lock()
+				s.autoFwd[p] = true
+				s.mu.Unlock()
+			}
+		}
+		for _, p := range del {
+			s.eng.RemoveForwards(p.proto, []portspec.Forward{{HostPort: p.port, GuestPort: p.port}})
+			s.mu.Lock()
+			delete(s.autoFwd, p)
+			s.mu.Unlock()
+		}
+	})
+	if len(toNS) == 0 {
+		return
+	}
+	hostListen := a.listening(toNS)
+	s.mu.Lock()
+	for p := range s.autoFwd {
+		delete(hostListen, p) // our own -t/-u auto sockets
+	}
+	var bind []fwdPort
+	for p := range hostListen {
+		if s.nsSide[p] == nil {
+			bind = append(bind, p)
+		}
+	}
+	for p := range s.autoNS {
+		if !hostListen[p] {
+			s.nsSide[p].Close()
+			delete(s.nsSide, p)
+			delete(s.autoNS, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range bind {
+		if s.bindNS(p.proto, portspec.Forward{HostPort: p.port, GuestPort: p.port}) == nil {
+			s.mu.Lock()
+			s.autoNS[p] = true
+			s.mu.Unlock()
+		}
+	}
+}
+
+// listening reads tables into the set of listening ports.
+func (a *autoScan) listening(tables []procTable) map[fwdPort]bool {
+	ports := map[fwdPort]bool{}
+	for _, t := range tables {
+		parseProcNet(readTable(t.fd, &a.buf), t.proto == slirp.UDP, func(port uint16) { ports[fwdPort{t.proto, port}] = true })
+	}
+	return ports
+}
+
+// readTable reads a /proc/net table whole from its start, into *buf,
+// grown as needed (the kernel makes it afresh on each read).
+func readTable(fd int, buf *[]byte) []byte {
+	if len(*buf) == 0 {
+		*buf = make([]byte, 64<<10)
+	}
+	n := 0
+	for {
+		if n == len(*buf) {
+			*buf = append(*buf, make([]byte, len(*buf))...)
+		}
+		m, err := unix.Pread(fd, (*buf)[n:], int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m <= 0 {
+			return (*buf)[:n]
+		}
+		n += m
+	}
+}
+
+// parseProcNet calls fn with the local port of each listening socket in
+// a /proc/net/{tcp,udp}[6] table: TCP in state LISTEN, UDP unconnected.
+// Lines it cannot read are skipped.
+func parseProcNet(b []byte, udp bool, fn func(port uint16)) {
+	want := []byte("0A") // TCP_LISTEN
+	if udp {
+		want = []byte("07") // TCP_CLOSE: a UDP socket with no peer
+	}
+	for line := range bytes.Lines(b) {
+		f := bytes.Fields(line)
+		if len(f) < 4 || !bytes.Equal(f[3], want) {
+			continue
+		}
+		_, local, ok1 := bytes.Cut(f[1], []byte(":"))
+		remote, rport, ok2 := bytes.Cut(f[2], []byte(":"))
+		if !ok1 || !ok2 || (udp && len(bytes.Trim(remote, "0"))+len(bytes.Trim(rport, "0")) > 0) {
+			continue
+		}
+		p, err := strconv.ParseUint(string(local), 16, 16)
+		if err == nil && p != 0 {
+			fn(uint16(p))
+		}
+	}
+}

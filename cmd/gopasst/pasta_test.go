@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// Pasta's callers' exact command lines parse, as pasta's.
+func TestPastaCommandLines(t *testing.T) {
+	for _, tc := range []struct {
+		from, argv string
+		check      func(o *pastaOptions) bool
+	}{
+		{"rootlesskit v2.3.6", "--stderr --ns-ifname=tap0 --mtu=65520 --config-net --address=10.0.2.100 --netmask=24 " +
+			"--gateway=10.0.2.2 --dns-forward=10.0.2.3 --no-map-gw --ipv4-only --tcp-ports=auto --udp-ports=auto --host-lo-to-ns-lo 4242",
+			func(o *pastaOptions) bool {
+				return o.NSIfname == "tap0" && o.MTU == 65520 && o.ConfigNet && o.Netmask == "24" && o.NoMapGW && o.IPv4 &&
+					o.TCPPorts[0] == "auto" && o.HostLoToNsLo && slices.Equal(o.Target, []string{"4242"}) && !o.isCommand()
+			}},
+		{"rootlesskit --detach-netns", "--config-net --tcp-ports=none --udp-ports=none --userns=/proc/42/ns/user --netns=/run/user/1000/netns",
+			func(o *pastaOptions) bool { return o.Userns == "/proc/42/ns/user" && o.Netns != "" && !o.isCommand() }},
+		{"podman 5", "--config-net -t 18082-18082:80-80 --dns-forward 169.254.1.1 -u none -T none -U none --no-map-gw --quiet " +
+			"--netns /run/user/1000/netns/netns-x --pid /run/p.pid",
+			func(o *pastaOptions) bool {
+				return o.TCPPorts[0] == "18082-18082:80-80" && o.TCPNS[0] == "none" && o.Quiet && o.PidFile == "/run/p.pid"
+			}},
+		{"command mode", "-I tap0 -T 8080 -U none -f -- sh -c 'exit 3'",
+			func(o *pastaOptions) bool {
+				return o.isCommand() && o.Foreground && o.Target[len(o.Target)-1] == "exit 3"
+			}},
+		{"command without --", "--config-net ip addr show",
+			func(o *pastaOptions) bool { return o.isCommand() && strings.Join(o.Target, " ") == "ip addr show" }},
+	} {
+		var c cli
+		var out bytes.Buffer
+		ctx, done, code := parseArgs(&c, append([]string{"pasta"}, splitTest(tc.argv)...), &out, &out)
+		if done {
+			t.Errorf("%s: %q did not parse (exit %d): %s", tc.from, tc.argv, code, out.String())
+			continue
+		}
+		if !strings.HasPrefix(ctx.Command(), "pasta") || !tc.check(&c.Pasta) {
+			t.Errorf("%s: %q selected %q with %+v", tc.from, tc.argv, ctx.Command(), c.Pasta)
+		}
+	}
+}
+
+// An unknown option is reported in getopt's words, with exit status 1:
+// podman keys its retry without --map-guest-addr on them.
+func TestPastaUnknownOption(t *testing.T) {
+	for argv, want := range map[string]string{
+		"--config-net --no-such-option 1.2.3.4": "unrecognized option '--no-such-option'\n",
+		"-Z":                                    "invalid option -- 'Z'\n",
+	} {
+		var c cli
+		var out bytes.Buffer
+		_, done, code := parseArgs(&c, append([]string{"pasta"}, splitTest(argv)...), &out, &out)
+		if !done || code != 1 || !strings.HasSuffix(out.String(), want) {
+			t.Errorf("%q: exit %d, %q; want 1 and %q", argv, code, out.String(), want)
+		}
+	}
+}
+
+// -t, -u, -T and -U default to auto, and auto sits beside specs.
+func TestPastaPorts(t *testing.T) {
+	if m := pastaPorts(nil); !m.auto || m.specs != nil {
+		t.Errorf("default: %+v", m)
+	}
+	if m := pastaPorts([]string{"none"}); m.auto || len(m.specs) != 1 {
+		t.Errorf("none: %+v", m)
+	}
+	if m := pastaPorts([]string{"auto", "22"}); !m.auto || m.specs[0] != "22" {
+		t.Errorf("auto,22: %+v", m)
+	}
+}
+
+// The listening sockets of /proc/net tables: TCP in LISTEN, UDP with no
+// peer; established and connected ones are not.
+func TestParseProcNet(t *testing.T) {
+	tcp := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+`
+	udp := `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 00000000:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3 2 0000000000000000 0
+  2: 0100007F:D431 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 4 2 0000000000000000 0
+  3: 0100007F:D432 0100007F:0035 07 00000000:00000000 00:00000000 00000000     0        0 5 2 0000000000000000 0
+`
+	var got []uint16
+	parseProcNet([]byte(tcp), false, func(p uint16) { got = append(got, p) })
+	parseProcNet([]byte(udp), true, func(p uint16) { got = append(got, p) })
+	if !slices.Equal(got, []uint16{8080, 5353}) {
+		t.Errorf("listening ports %v, want [8080 5353]", got)
+	}
+}
+
+// FuzzProcNet: any table, never a panic; a port is never 0.
+func FuzzProcNet(f *testing.F) {
+	f.Add([]byte("   0: 0100007F:1F90 00000000:0000 0A 0\n"), false)
+	f.Add([]byte("  1: 00000000:14E9 00000000:0000 07 0\n"), true)
+	f.Fuzz(func(t *testing.T, b []byte, udp bool) {
+		parseProcNet(b, udp, func(p uint16) {
+			if p == 0 {
+				t.Fatal("port 0")
+			}
+		})
+	})
+}

@@ -1,0 +1,181 @@
+package tests
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pastaLink is gopasst linked as pasta, as podman and rootlesskit find
+// it, in a directory anyone can reach.
+func pastaLink(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(sharedDir(t), "pasta")
+	if err := os.Symlink(gopasstBin, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// readFileWait waits for a file the script writes, and returns it.
+func readFileWait(t testing.TB, what, path string) string {
+	t.Helper()
+	var b []byte
+	waitLong(t, what, 30*time.Second, func() bool {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+	return strings.TrimSpace(string(b))
+}
+
+// mentioning lists the processes whose command line names dir, a
+// directory of this test's own, and that run exe if not "".
+func mentioning(dir, exe string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		x, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if strings.Contains(string(cmdline), dir) && (exe == "" || x == exe) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// echoGreeting serves each connection a line and closes it.
+func echoGreeting(l net.Listener, greeting string) {
+	acceptLoop(l, func(c net.Conn) { io.WriteString(c, greeting+"\n"); c.Close() })
+}
+
+// readGreeting connects and reads what echoGreeting says.
+func readGreeting(dial func() (net.Conn, error)) string {
+	c, err := dial()
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	return strings.TrimSpace(string(b))
+}
+
+// podman 5 runs pasta, inside its rootless user namespace, on a network
+// namespace bound to a file, with exactly this command line for
+// "podman run -p 18082:80". Replayed: pasta exits 0 once ready, the
+// namespace has the host's address, routes and MTU, the host reaches the
+// container's port 80 through 127.0.0.1:18082, the container reaches the
+// host at --map-guest-addr, and pasta exits once the file is removed.
+func TestPastaPodman(t *testing.T) {
+	needRoot(t)
+	needReachable(t)
+	h := newHost(t, WorldOpts{})
+	pasta := pastaLink(t)
+	d := sharedDir(t)
+	script := `
+unshare -n sleep 600 & pid=$!
+while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do sleep 0.05; done
+echo $pid > D/sleep.pid
+touch D/netns && mount --bind /proc/$pid/ns/net D/netns || exit 1
+ARGS="--config-net -t 18082-18082:80-80 --dns-forward 169.254.1.1 -u none -T none -U none --no-map-gw --quiet --netns D/netns"
+PASTA $ARGS --map-guest-addr 169.254.1.2 > D/pasta.out 2>&1
+rc=$?
+# podman's own retry, for a pasta without --map-guest-addr
+if [ $rc = 1 ] && grep -q "unrecognized option '--map-guest-addr" D/pasta.out; then
+	touch D/retried
+	PASTA $ARGS > D/pasta.out 2>&1
+	rc=$?
+fi
+echo $rc > D/pasta.rc
+while [ ! -e D/remove ]; do sleep 0.1; done
+umount D/netns && rm D/netns
+while [ ! -e D/done ]; do sleep 0.1; done
+kill $pid
+`
+	script = strings.NewReplacer("D/", d+"/", "PASTA", pasta).Replace(script)
+	cmd := h.Cmd("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+		"unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(d, "remove"), nil, 0o644)
+		os.WriteFile(filepath.Join(d, "done"), nil, 0o644)
+		pids := mentioning(d, "")
+		if b, err := os.ReadFile(filepath.Join(d, "sleep.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
+		cmd.Wait()
+	})
+	pid := readFileWait(t, "the container's namespace", filepath.Join(d, "sleep.pid"))
+	rc := readFileWait(t, "pasta's exit", filepath.Join(d, "pasta.rc"))
+	msg, _ := os.ReadFile(filepath.Join(d, "pasta.out"))
+	if rc != "0" {
+		t.Fatalf("pasta exited %s: %s\nscript: %s", rc, msg, out.String())
+	}
+	ns := &Netns{Path: "/proc/" + pid + "/ns/net"}
+	addr := ns.Run(t, "ip", "addr", "show", "uplink")
+	route := ns.Run(t, "ip", "route")
+	for _, want := range []string{"inet " + hostAddr + "/" + hostPrefix, "mtu 65520", "inet6 " + host6Addr + "/64", ",UP,"} {
+		if !strings.Contains(addr, want) {
+			t.Errorf("the namespace's uplink lacks %q:\n%s", want, addr)
+		}
+	}
+	if !strings.Contains(route, "default via "+hostGW+" dev uplink") {
+		t.Errorf("the namespace's routes lack the default via %s:\n%s", hostGW, route)
+	}
+
+	// The host reaches the container's port 80 through its own 18082.
+	echoGreeting(ns.Listen(t, "tcp", ":80"), "container")
+	if got := readGreeting(func() (net.Conn, error) { return h.Dial("tcp", "127.0.0.1:18082", 5*time.Second) }); got != "container" {
+		t.Errorf("127.0.0.1:18082 on the host answered %q, want the container's server", got)
+	}
+	// The container reaches the host's own address at 169.254.1.2.
+	if _, err := os.Stat(filepath.Join(d, "retried")); err == nil {
+		t.Errorf("pasta refused --map-guest-addr, and podman retried without it")
+	} else {
+		l := h.Listen(t, "tcp", hostAddr+":0")
+		echoGreeting(l, "host")
+		if got := readGreeting(func() (net.Conn, error) {
+			return ns.Dial("tcp", "169.254.1.2:"+port(l.Addr()), 5*time.Second)
+		}); got != "host" {
+			t.Errorf("169.254.1.2 from the container answered %q, want the host's server", got)
+		}
+	}
+
+	// Removing the file ends pasta.
+	os.WriteFile(filepath.Join(d, "remove"), nil, 0o644)
+	waitLong(t, "pasta to exit once the namespace's file is gone", 30*time.Second, func() bool {
+		for _, p := range mentioning(d, gopasstBin) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p)); !strings.Contains(string(b), ") Z ") {
+				return false
+			}
+		}
+		return true
+	})
+	if c, err := h.Dial("tcp", "127.0.0.1:18082", time.Second); err == nil {
+		c.Close()
+		t.Errorf("127.0.0.1:18082 is still forwarded after pasta's exit")
+	}
+}
