@@ -260,7 +260,12 @@ func (q *virtq) publish() {
 	}
 }
 
-var eventfdOne = [8]byte{1}
+// eventfdOne is what signals an eventfd: 1, as a native-endian 64-bit
+// count.
+var eventfdOne = func() (b [8]byte) {
+	binary.NativeEndian.PutUint64(b[:], 1)
+	return b
+}()
 
 // drainEventfd clears a kick. A kick that cannot be read (not an eventfd,
 // or at its end) would be reported ready for ever: an error, for the
