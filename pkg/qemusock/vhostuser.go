@@ -658,8 +658,18 @@ func (l *vhostLink) rewind(rx *virtq, start [2]uint16) {
 	rx.lastAvail, rx.usedIdx = start[0], start[1]
 }
 
+// Close gives the guest back the TX chains the link holds, unless its
+// memory faults (a front-end that shrank it: GuestFault, recovered as the
+// engine does), then lets go of everything.
 func (l *vhostLink) Close() error {
-	l.releaseTx()
+	func() {
+		defer func() {
+			if r := recover(); r != nil && !GuestFault(r) {
+				panic(r)
+			}
+		}()
+		l.releaseTx()
+	}()
 	for i := range l.vq {
 		l.resetQueue(i)
 	}
