@@ -318,6 +318,12 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		if !s.ready {
 			return -1, errors.New("no unix socket or command before the engine is ready")
 		}
+		// Forget commands that have exited, which an engine need not end.
+		for id, p := range s.procs {
+			if errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {
+				delete(s.procs, id)
+			}
+		}
 		fd, p, err := s.host.OpenSpecial(req.Port)
 		if p != nil {
 			s.nextID++

@@ -161,7 +161,8 @@ func TestHelperFds(t *testing.T) {
 			t.Fatalf("a request with 253 descriptors: %v", err)
 		}
 	}
-	if after := count(); after != before {
+	// Earlier tests' commands may still be closing theirs: fewer is fine.
+	if after := count(); after > before {
 		t.Errorf("%d descriptors open before, %d after", before, after)
 	}
 }
