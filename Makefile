@@ -34,6 +34,7 @@ deps:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	GOPASST_CGO=1 $(GO) test -count=1 -timeout 10m -run '^(TestSandbox|TestDHCPLease|TestTCPTransfer)$$' ./tests
 	$(MAKE) test-bigendian
 	$(MAKE) test-arm64
 	$(MAKE) fuzz FUZZTIME=50000x

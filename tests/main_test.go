@@ -30,8 +30,16 @@ func TestMain(m *testing.M) {
 	if v, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		version = strings.TrimSpace(string(v))
 	}
-	build := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the sandbox's AllThreadsSyscall needs it
+	// The sandboxtest tag adds the engine's probes (TestSandbox) and
+	// GOPASST_SECCOMP=log, which the release build does not have.
+	build := exec.Command("go", "build", "-tags", "sandboxtest", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst")
+	// As make build does; GOPASST_CGO=1 builds as a plain go build or a
+	// distribution's packaging would where a C compiler exists, with cgo.
+	cgo := "0"
+	if os.Getenv("GOPASST_CGO") == "1" {
+		cgo = "1"
+	}
+	build.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 	out, err := build.CombinedOutput()
 	if err != nil {
 		os.Stderr.Write(out)

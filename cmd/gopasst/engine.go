@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/logfile"
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -42,6 +41,8 @@ type engineEnv struct {
 	Kind                             string
 	Isolated                         bool
 	Foreground                       bool
+	Step                             string // how far the start is (sandbox.go)
+	Keeper, KeeperPid                int    // the keeper's socket and pid, once started
 }
 
 // engineRun is what the helper needs to know of the engine it starts.
@@ -208,20 +209,14 @@ func exitStatus(ps *os.ProcessState) int {
 // descriptor 3 on, in new namespaces where the host allows it.
 func startEngineProcess(env *engineEnv, files []*os.File, id identity, stderr io.Writer) (*exec.Cmd, error) {
 	var err error
-	var environ []string
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, envDaemon+"=") && !strings.HasPrefix(e, envEngine+"=") {
-			environ = append(environ, e)
-		}
-	}
+	env.Keeper, env.KeeperPid = -1, 0
 	for _, isolate := range []bool{true, false} {
 		env.Isolated = isolate
-		js, _ := json.Marshal(env)
 		// By /proc/self/exe: the engine's user may not be allowed to
 		// search the directories on the way to our executable.
 		cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 		cmd.Args[0] = os.Args[0]
-		cmd.Env = append(environ, envEngine+"="+string(js))
+		cmd.Env = engineEnviron(*env)
 		cmd.Stderr = os.Stderr
 		cmd.ExtraFiles = files
 		cmd.Dir = "/"
@@ -237,6 +232,19 @@ func startEngineProcess(env *engineEnv, files []*os.File, id identity, stderr io
 			"the engine runs without namespace isolation, with seccomp\n", err)
 	}
 	return nil, fmt.Errorf("starting the engine: %v", err)
+}
+
+// engineEnviron is our environment for a step of the engine's start:
+// with env, without the daemon's.
+func engineEnviron(env engineEnv) []string {
+	js, _ := json.Marshal(env)
+	environ := []string{envEngine + "=" + string(js)}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, envDaemon+"=") && !strings.HasPrefix(e, envEngine+"=") {
+			environ = append(environ, e)
+		}
+	}
+	return environ
 }
 
 // engineEnvironment returns the engine's engineEnv, if this process is
@@ -259,11 +267,15 @@ func engineEnvironment() (engineEnv, bool) {
 // ready, and serves until SIGTERM, SIGINT or a one-off client's exit.
 // extra, if not nil, finishes the set-up (pasta's namespace side).
 func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, extra engineExtra) int {
-	// Started as /proc/self/exe: take back our name for ps, ss and the
-	// audit log, in every thread (threads made later inherit it).
-	if name, err := unix.BytePtrFromString(filepath.Base(os.Args[0])); err == nil {
-		syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0)
+	switch env.Step {
+	case stepConfine:
+		err := confineExec(env)
+		newHelperClient(env.Helper).fail(err.Error())
+		return 1
+	case stepKeeper:
+		return keepRoot()
 	}
+	nameThreads(filepath.Base(os.Args[0]))
 	helper := newHelperClient(env.Helper)
 	eng, logger, err := setUpEngine(o, cfg, env, vsockAddr, helper)
 	if err == nil && hostileEngine != nil {
@@ -273,7 +285,7 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, ext
 		err = extra(eng, helper, logger)
 	}
 	if err == nil {
-		err = enterSandbox(env.Isolated)
+		err = enterSandbox(env)
 	}
 	if err == nil {
 		err = helper.ready()
@@ -357,4 +369,24 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		logger.Print(n)
 	}
 	return eng, logger, nil
+}
+
+// nameThreads takes back our name for ps, ss and the audit log, after an
+// exec by /proc/self/exe named us "exe": in every thread, until no new one
+// appears (threads made later inherit it from the thread that makes them).
+func nameThreads(name string) {
+	done := map[string]bool{}
+	for {
+		tids, err := os.ReadDir("/proc/self/task")
+		more := false
+		for _, tid := range tids {
+			if !done[tid.Name()] {
+				os.WriteFile("/proc/self/task/"+tid.Name()+"/comm", []byte(name), 0)
+				done[tid.Name()], more = true, true
+			}
+		}
+		if err != nil || !more {
+			return
+		}
+	}
 }

@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -141,39 +142,82 @@ func dropThreadPrivileges(id identity) error {
 	return nil
 }
 
-// enterSandbox is the engine's last step before it serves: everything it
-// will use is open. isolated says it runs in namespaces of its own.
-func enterSandbox(isolated bool) error {
-	lastCap, err := readInt("/proc/sys/kernel/cap_last_cap")
-	if err != nil {
-		lastCap = 63
-	}
-	if isolated {
-		if err := emptyRoot(); err != nil {
+// The engine starts in three steps, so that no thread of the engine
+// that serves ever holds a capability, whether the Go runtime can change
+// every thread at once (syscall.AllThreadsSyscall, without cgo) or not
+// (with cgo, as a plain go build makes it):
+//   - the process the helper starts, root in its namespaces, starts the
+//     keeper (a copy of itself that keeps root there until the engine is
+//     set up), then, on one thread, empties its bounding set, sets
+//     no_new_privs and SECBIT_NOROOT (exec no longer makes root
+//     privileged) and execs itself: the new image starts with that one
+//     thread, and every thread the runtime makes inherits from it;
+//   - that image, the engine, sets up with the host's file system, then
+//     asks the keeper to empty the root: pivot_root moves the root of
+//     every process in the mount namespace, the engine's too;
+//   - the keeper exits, and the engine enters seccomp on every thread
+//     (SECCOMP_FILTER_FLAG_TSYNC).
+
+// Steps of the engine's start (engineEnv.Step).
+const (
+	stepConfine = ""       // as the helper started it: confineExec
+	stepServe   = "serve"  // the engine, with no capabilities
+	stepKeeper  = "keeper" // the keeper: keepRoot
+)
+
+// Securebits (linux/securebits.h): exec as root grants nothing, and
+// nothing raises an ambient capability, for good.
+const (
+	secbitNoroot                  = 1 << 0
+	secbitNorootLocked            = 1 << 1
+	secbitNoCapAmbientRaise       = 1 << 6
+	secbitNoCapAmbientRaiseLocked = 1 << 7
+)
+
+// confineExec is the first step: it never returns but with an error.
+func confineExec(env engineEnv) error {
+	runtime.LockOSThread() // for good: the exec keeps only this thread
+	if env.Isolated {
+		if err := makePivotable(); err != nil {
 			return err
 		}
-	}
-	// Capabilities and no_new_privs belong to each thread, and the Go
-	// runtime has several by now.
-	for c := 0; c <= lastCap && isolated; c++ {
-		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 {
-			return allThreadsError("dropping the capability bounding set", e)
+		pid, fd, err := startKeeper(env)
+		if err != nil {
+			return err
 		}
+		env.KeeperPid, env.Keeper = pid, fd
+		lastCap, err := readInt("/proc/sys/kernel/cap_last_cap")
+		if err != nil {
+			lastCap = 63
+		}
+		for c := 0; c <= lastCap; c++ {
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+				return fmt.Errorf("dropping the capability bounding set: %w", err)
+			}
+		}
+		bits := secbitNoroot | secbitNorootLocked | secbitNoCapAmbientRaise | secbitNoCapAmbientRaiseLocked
+		if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(bits), 0, 0, 0); err != nil {
+			return fmt.Errorf("securebits: %w", err)
+		}
+	}
+	// Not root (no user namespace): drop what an ambient or inheritable
+	// capability could carry through the exec.
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("ambient capabilities: %w", err)
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
-	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
-		return allThreadsError("dropping capabilities", e)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("dropping capabilities: %w", err)
 	}
-	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
-		return allThreadsError("no_new_privs", e)
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
 	}
-	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		return fmt.Errorf("not dumpable: %w", err)
-	}
-	return installSeccomp()
+	env.Step = stepServe
+	return syscall.Exec("/proc/self/exe", os.Args, engineEnviron(env))
 }
 
+// allThreadsError explains a syscall.AllThreadsSyscall that failed.
 func allThreadsError(what string, e syscall.Errno) error {
 	if e == unix.ENOTSUP {
 		return fmt.Errorf("%s: this gopasst was built with cgo; the sandbox needs CGO_ENABLED=0 (make build does that)", what)
@@ -181,46 +225,146 @@ func allThreadsError(what string, e syscall.Errno) error {
 	return fmt.Errorf("%s: %w", what, e)
 }
 
+// makePivotable lets the keeper pivot_root away from our root even where
+// that is not a mount with a parent: an initramfs (rootfs, the root of a
+// small VM), or a chroot. The host's tree is bound over it and made our
+// root, as switch_root does, before the engine and the keeper inherit it.
+func makePivotable() error {
+	const dir = "/tmp" // any directory: the mount is only seen here
+	return runSteps([]step{
+		{"private mounts", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }},
+		{"binding /", func() error { return unix.Mount("/", dir, "", unix.MS_BIND|unix.MS_REC, "") }},
+		{"chdir", func() error { return unix.Chdir(dir) }},
+		{"moving /", func() error { return unix.Mount(".", "/", "", unix.MS_MOVE, "") }},
+		{"chroot", func() error { return unix.Chroot(".") }},
+		{"chdir", func() error { return unix.Chdir("/") }},
+	})
+}
+
+// startKeeper starts the keeper with one end of a socket pair, and
+// returns its pid and the other end, open across the exec.
+func startKeeper(env engineEnv) (int, int, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, -1, fmt.Errorf("keeper: %w", err)
+	}
+	keeper := os.NewFile(uintptr(pair[1]), "keeper")
+	defer keeper.Close()
+	// What the engine was given stays out of the keeper.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	env.Step = stepKeeper
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = engineEnviron(env)
+	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = []*os.File{keeper}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	err = cmd.Start()
+	for _, fd := range []int{env.Link, env.Helper, env.Log, env.Pcap, env.Control, pair[0]} {
+		if fd >= 0 {
+			if _, e := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); e != nil && err == nil {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		return 0, -1, fmt.Errorf("keeper: %w", err)
+	}
+	return cmd.Process.Pid, pair[0], nil
+}
+
+// keepRoot is the keeper: on the engine's word, it empties the root of
+// the mount namespace, answers with the error if any, and exits.
+func keepRoot() int {
+	const fd = 3
+	runtime.LockOSThread()
+	var b [1]byte
+	if n, err := unix.Read(fd, b[:]); n != 1 || err != nil {
+		return 1 // the engine failed in set-up
+	}
+	msg := ""
+	if err := emptyRoot(); err != nil {
+		msg = err.Error()
+	}
+	unix.Write(fd, append([]byte{'.'}, msg...))
+	return 0
+}
+
+// enterSandbox is the engine's last step before it serves: everything it
+// will use is open. isolated says it runs in namespaces of its own.
+func enterSandbox(env engineEnv) error {
+	if env.Isolated {
+		if err := askKeeper(env.Keeper, env.KeeperPid); err != nil {
+			return err
+		}
+	}
+	// confineExec made sure of this; a mistake must not go unnoticed.
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil || data[0].Permitted|data[1].Permitted != 0 {
+		return fmt.Errorf("sandbox: the engine holds capabilities (%v)", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("not dumpable: %w", err)
+	}
+	// no_new_privs is already on every thread; TSYNC would carry it.
+	return installSeccomp()
+}
+
+// askKeeper has the keeper empty our root, and reaps it.
+func askKeeper(fd, pid int) error {
+	defer unix.Close(fd)
+	buf := make([]byte, 512)
+	_, err := unix.Write(fd, []byte{'.'})
+	n := 0
+	if err == nil {
+		n, err = unix.Read(fd, buf)
+	}
+	var ws unix.WaitStatus
+	unix.Wait4(pid, &ws, 0, nil)
+	switch {
+	case err != nil:
+		return fmt.Errorf("sandbox: keeper: %w", err)
+	case n == 0:
+		return fmt.Errorf("sandbox: the keeper exited: %v", ws)
+	case n > 1:
+		return fmt.Errorf("%s", buf[1:n])
+	}
+	return nil
+}
+
 // emptyRoot makes an empty, read-only tmpfs the root of our mount
 // namespace and lets go of the host's file system, as passt does.
+// pivot_root moves the root and working directory of every process in
+// the namespace that had the old ones: the engine's, from the keeper.
 func emptyRoot() error {
 	const dir = "/tmp" // any directory: the mount is only seen here
-	steps := []struct {
-		what string
-		err  func() error
-	}{
-		{"private mounts", func() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "") }},
+	return runSteps([]step{
 		{"tmpfs", func() error {
 			return unix.Mount("gopasst", dir, "tmpfs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_NOSUID, "nr_inodes=2")
 		}},
 		{"chdir", func() error { return unix.Chdir(dir) }},
-		{"pivot_root", pivotHere},
+		{"pivot_root", func() error { return unix.PivotRoot(".", ".") }},
+		{"unmounting the host's tree", func() error { return unix.Unmount(".", unix.MNT_DETACH) }},
 		{"chdir", func() error { return unix.Chdir("/") }},
-	}
+	})
+}
+
+// step is one step of the sandbox's set-up.
+type step struct {
+	what string
+	err  func() error
+}
+
+// runSteps runs set-up steps in order, up to the first that fails.
+func runSteps(steps []step) error {
 	for _, s := range steps {
 		if err := s.err(); err != nil {
 			return fmt.Errorf("sandbox: %s: %w", s.what, err)
 		}
 	}
 	return nil
-}
-
-// pivotHere makes the working directory, a mount point, the root. An
-// initramfs (the root of a small VM) cannot be pivoted away from; there,
-// as switch_root does, the new root is moved over it and chrooted into:
-// with no capabilities and no chroot call left, there is no way back.
-func pivotHere() error {
-	err := unix.PivotRoot(".", ".")
-	if err == nil {
-		return unix.Unmount(".", unix.MNT_DETACH)
-	}
-	if err != unix.EINVAL {
-		return err
-	}
-	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
-		return err
-	}
-	return unix.Chroot(".")
 }
 
 func readInt(path string) (int, error) {

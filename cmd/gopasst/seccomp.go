@@ -17,50 +17,93 @@ import (
 // refused one, which gopasst reports and survives, where passt's
 // kill-on-violation turns the same mistake into an outage. A system call
 // for the wrong architecture (x32, i386 on amd64) kills the process.
-// GOPASST_SECCOMP=log allows and logs instead: how the list was made.
 // Other architectures have no list yet (seccomp_other.go).
 
-// seccompSocket is the one call whose arguments are checked: the engine
-// opens only IPv4 and IPv6 sockets; unix sockets go through the helper.
-var seccompSocketFamilies = []uint32{unix.AF_INET, unix.AF_INET6}
+// seccompRule is what the filter does with one system call: action, or,
+// with check, allow it when its argument passes and take action if not.
+type seccompRule struct {
+	nr     uint32
+	action uint32
+	check  *argCheck
+}
+
+// argCheck checks argument arg of a call: its value must be one of
+// values (and its upper 32 bits zero, with wide), or, with mask, have
+// none of mask's bits set. An int argument is 32 bits to the kernel.
+type argCheck struct {
+	arg    int
+	values []uint32
+	wide   bool
+	mask   uint32
+}
 
 // BPF offsets into struct seccomp_data.
 const (
 	seccompNr   = 0
 	seccompArch = 4
-	seccompArg0 = 16
+	seccompArgs = 16
 )
 
-func seccompProgram(allowed []uint32, deny uint32) []unix.SockFilter {
+// seccompArg is the offset of the low (hi false) or high half of
+// argument i.
+func seccompArg(i int, hi bool) uint32 {
+	off := uint32(seccompArgs + 8*i)
+	bigEndian := binary.NativeEndian.Uint16([]byte{0, 1}) == 1
+	if hi != bigEndian {
+		off += 4
+	}
+	return off
+}
+
+// seccompProgram is rules, in order, then deny for everything else. Each
+// rule is one comparison of the call's number, then a block of its own
+// that ends in a return: every jump is short.
+func seccompProgram(rules []seccompRule, deny uint32) []unix.SockFilter {
 	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-	jeq := func(k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: jt, Jf: jf, K: k}
+	jmp := func(op uint16, k uint32, jt, jf uint8) unix.SockFilter {
+		return unix.SockFilter{Code: unix.BPF_JMP | op | unix.BPF_K, Jt: jt, Jf: jf, K: k}
 	}
 	ld := func(off uint32) unix.SockFilter { return stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, off) }
 	ret := func(k uint32) unix.SockFilter { return stmt(unix.BPF_RET|unix.BPF_K, k) }
 
 	p := []unix.SockFilter{
 		ld(seccompArch),
-		jeq(auditArch, 1, 0),
+		jmp(unix.BPF_JEQ, auditArch, 1, 0),
 		ret(unix.SECCOMP_RET_KILL_PROCESS),
 		ld(seccompNr),
 	}
-	// Each allowed number jumps to the ALLOW at the end; socket jumps to
-	// the check of its family after that.
-	n := len(allowed)
-	for i, nr := range allowed {
-		p = append(p, jeq(nr, uint8(n-i+1), 0))
+	for _, r := range rules {
+		block := []unix.SockFilter{ret(r.action)}
+		if c := r.check; c != nil {
+			block = nil
+			if c.wide {
+				block = append(block, ld(seccompArg(c.arg, true)), jmp(unix.BPF_JEQ, 0, 1, 0), ret(r.action))
+			}
+			block = append(block, ld(seccompArg(c.arg, false)))
+			if c.mask != 0 {
+				block = append(block, jmp(unix.BPF_JSET, c.mask, 0, 1))
+			}
+			for i, v := range c.values {
+				block = append(block, jmp(unix.BPF_JEQ, v, uint8(len(c.values)-i), 0))
+			}
+			block = append(block, ret(r.action), ret(unix.SECCOMP_RET_ALLOW))
+		}
+		// The number is reloaded after a block that loaded an argument;
+		// every block returns, so only the comparison needs the number.
+		p = append(p, jmp(unix.BPF_JEQ, r.nr, 0, uint8(len(block))))
+		p = append(p, block...)
 	}
-	p = append(p, jeq(unix.SYS_SOCKET, 2, 0), ret(deny), ret(unix.SECCOMP_RET_ALLOW))
-	arg0 := uint32(seccompArg0)
-	if binary.NativeEndian.Uint16([]byte{0, 1}) == 1 { // big-endian: the low half is second
-		arg0 += 4
+	return append(p, ret(deny))
+}
+
+// seccompRules is the engine's filter: seccompAllowed, then the calls
+// allowed with their arguments checked, then the ones that kill.
+func seccompRules(pid int) []seccompRule {
+	var rules []seccompRule
+	for _, nr := range seccompAllowed {
+		rules = append(rules, seccompRule{nr: nr, action: unix.SECCOMP_RET_ALLOW})
 	}
-	p = append(p, ld(arg0))
-	for i, fam := range seccompSocketFamilies {
-		p = append(p, jeq(fam, uint8(len(seccompSocketFamilies)-i), 0))
-	}
-	return append(p, ret(deny), ret(unix.SECCOMP_RET_ALLOW))
+	return append(rules, seccompChecked(pid)...)
 }
 
 func installSeccomp() error {
@@ -68,11 +111,7 @@ func installSeccomp() error {
 		fmt.Fprintf(os.Stderr, "gopasst: warning: no seccomp allow-list for %s; running without seccomp\n", runtime.GOARCH)
 		return nil
 	}
-	deny := uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM))
-	if os.Getenv("GOPASST_SECCOMP") == "log" {
-		deny = unix.SECCOMP_RET_LOG
-	}
-	prog := seccompProgram(seccompAllowed, deny)
+	prog := seccompProgram(seccompRules(os.Getpid()), seccompDeny())
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
 		unix.SECCOMP_FILTER_FLAG_TSYNC|unix.SECCOMP_FILTER_FLAG_LOG, uintptr(unsafe.Pointer(&fprog)))

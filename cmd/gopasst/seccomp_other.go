@@ -7,3 +7,5 @@ package main
 const auditArch = 0
 
 var seccompAllowed []uint32
+
+func seccompChecked(int) []seccompRule { return nil }
