@@ -273,7 +273,9 @@ func (s *helperServer) serve() {
 		// closes any that a request brings.
 		n, fds, err := recvMsg(s.fd, buf[:], 0)
 		closeFds(fds)
-		if (err != nil && err != errCtrunc) || n == 0 {
+		// An empty message is the engine's end closing, unless it
+		// came with descriptors.
+		if (err != nil && err != errCtrunc) || (n == 0 && err == nil) {
 			break
 		}
 		var req helperRequest

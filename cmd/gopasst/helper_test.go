@@ -160,6 +160,9 @@ func TestHelperFds(t *testing.T) {
 		if err := rawCall(t, c, `{"Op":"endcmd"}`, many...); err == nil || !strings.Contains(err.Error(), "refused") {
 			t.Fatalf("a request with 253 descriptors: %v", err)
 		}
+		if err := rawCall(t, c, "", one); err == nil || !strings.Contains(err.Error(), "bad request") {
+			t.Fatalf("an empty request with a descriptor: %v", err)
+		}
 	}
 	// Earlier tests' commands may still be closing theirs: fewer is fine.
 	if after := count(); after > before {
