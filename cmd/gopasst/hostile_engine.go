@@ -124,6 +124,7 @@ func hostileRound(c *helperClient, try func(string, error)) {
 	for i := range many {
 		many[i] = sock
 	}
+	raw("empty with a descriptor", "", sock)
 	for range 100 {
 		raw("2 descriptors", `{"Op":"endcmd"}`, sock, sock)
 		raw("253 descriptors", `{"Op":"endcmd"}`, many...)
