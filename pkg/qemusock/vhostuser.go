@@ -185,7 +185,12 @@ func (l *vhostLink) Event(id uint32, events uint32) (in, out bool, err error) {
 		}
 		return false, true, l.fault()
 	case vuIDKick + rxQueue:
-		return false, true, drainEventfd(l.vq[rxQueue].kick)
+		// An event can come late, from the epoll batch that stopped
+		// the ring: there is no kick to drain then.
+		if kick := l.vq[rxQueue].kick; kick >= 0 {
+			return false, true, drainEventfd(kick)
+		}
+		return false, true, nil
 	case vuIDKick + txQueue:
 		// The kick is drained only once the ring is found empty (Read):
 		// until then the eventfd stays readable and the engine comes back.
