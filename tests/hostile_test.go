@@ -23,6 +23,9 @@ func hostileBin(t *testing.T) string {
 	}
 	build := exec.Command("go", "build", "-tags", "hostileengine", "-o", bin, "../cmd/gopasst")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if os.Getenv("GOPASST_CGO") == "1" { // as TestMain builds gopasstBin
+		build.Env = append(build.Env, "CGO_ENABLED=1")
+	}
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build -tags hostileengine: %v\n%s", err, out)
 	}
