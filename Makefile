@@ -8,10 +8,11 @@ LDFLAGS := -X main.version=$(VERSION)
 # namespace is the guest, busybox provides udhcpc, ping and nslookup,
 # dhclient is its DHCPv6 client (busybox-static has none), QEMU boots a
 # real guest with a Debian kernel, qemu-user runs the package tests as a
-# big-endian s390x machine, tcpdump reads the --pcap capture.
-TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump
+# big-endian s390x machine, tcpdump reads the --pcap capture, uidmap
+# (newuidmap) lets rootlesskit map a subordinate ID range for pasta.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump uidmap
 
-.PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install install-libvirt uninstall-libvirt man
+.PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
 
 all: build
 
@@ -104,6 +105,7 @@ man: build
 install: build
 	install -D -m 0755 gopasst $(DESTDIR)$(PREFIX)/bin/gopasst
 	install -D -m 0644 gopasst.1 $(DESTDIR)$(PREFIX)/share/man/man1/gopasst.1
+	ln -sf gopasst $(DESTDIR)$(PREFIX)/bin/pasta
 
 # install-libvirt makes libvirt's passt backend run gopasst: Debian's
 # /usr/bin/passt is diverted aside and replaced by a link to gopasst.
@@ -114,6 +116,16 @@ install-libvirt: install
 uninstall-libvirt:
 	rm -f /usr/bin/passt
 	dpkg-divert --local --rename --divert /usr/bin/passt.distrib --remove /usr/bin/passt
+
+# install-pasta makes podman and rootlesskit, which run /usr/bin/pasta,
+# run gopasst: Debian's pasta is diverted aside as passt's is above.
+install-pasta: install
+	dpkg-divert --local --rename --divert /usr/bin/pasta.distrib --add /usr/bin/pasta
+	ln -sf $(PREFIX)/bin/gopasst /usr/bin/pasta
+
+uninstall-pasta:
+	rm -f /usr/bin/pasta
+	dpkg-divert --local --rename --divert /usr/bin/pasta.distrib --remove /usr/bin/pasta
 
 clean:
 	rm -f gopasst

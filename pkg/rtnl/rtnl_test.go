@@ -1,7 +1,13 @@
 package rtnl
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -58,4 +64,55 @@ func FuzzParse(f *testing.F) {
 		ParseAddrs(b)
 		ParseRoutes(b)
 	})
+}
+
+// The checked-in seeds, real dumps of a namespace, parse into what made
+// them: two IPv4 addresses, a /64, a default route and a route with a
+// metric per family, and the multipath route left out.
+func TestParseSeeds(t *testing.T) {
+	seed := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzParse", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(b), "\n")
+		q, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []byte(q)
+	}
+	var got []string
+	for _, name := range []string{"addr4", "addr6"} {
+		addrs, err := ParseAddrs(seed(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			got = append(got, a.Prefix.String())
+		}
+	}
+	for _, name := range []string{"route4", "route6"} {
+		routes, err := ParseRoutes(seed(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r.Protocol != unix.RTPROT_KERNEL && r.Type == unix.RTN_UNICAST {
+				got = append(got, fmt.Sprintf("%v via %v metric %d", r.Dst, r.Gateway, r.Metric))
+			}
+		}
+	}
+	want := []string{"127.0.0.1/8", "198.51.100.2/24", "203.0.113.9/32", "::1/128", "2001:db8:1::2/64",
+		"0.0.0.0/0 via 198.51.100.1 metric 0", "192.0.2.0/24 via 198.51.100.3 metric 50", "::/0 via 2001:db8:1::1 metric 1024"}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("the seeds parse into %q, without %q", got, w)
+		}
+	}
+	for _, g := range got {
+		if strings.HasPrefix(g, "10.9.") {
+			t.Errorf("the multipath route came back: %s", g)
+		}
+	}
 }
