@@ -45,6 +45,55 @@ func TestSandbox(t *testing.T) {
 	})
 }
 
+// TestSandboxProbes has the test build's engine try, once it serves,
+// what its sandbox must refuse (cmd/gopasst/sandbox_probe.go), each in an
+// engine of its own: a refusal may kill it.
+func TestSandboxProbes(t *testing.T) {
+	needRoot(t)
+	// Another process of the engine's user, which only the sandbox keeps
+	// the engine from signalling or limiting (another gopasst's engine).
+	other := exec.Command("sleep", "600")
+	other.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Wait()
+	defer other.Process.Kill()
+	for _, c := range []struct{ probe, want string }{
+		{"tgkill", "operation not permitted"},
+		{"prlimit", "operation not permitted"},
+	} {
+		t.Run(c.probe, func(t *testing.T) {
+			if got := probeEngine(t, c.probe, other.Process.Pid); got != c.want {
+				t.Errorf("%s: %s, want %s", c.probe, got, c.want)
+			}
+		})
+	}
+}
+
+// probeEngine runs gopasst in the foreground with the engine's probe,
+// aimed at the process other, and returns what the probe logged, or how
+// the engine died.
+func probeEngine(t *testing.T, probe string, other int) string {
+	t.Helper()
+	dir := sharedDir(t)
+	cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", filepath.Join(dir, "s")}, hostArgs...)...)
+	cmd.Env = append(os.Environ(), "GOPASST_PROBE="+probe, "GOPASST_PROBE_PID="+strconv.Itoa(other))
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 128+int(syscall.SIGSYS) {
+		return "killed by SIGSYS"
+	} else if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, res, ok := strings.Cut(line, "probe "+probe+": "); ok {
+			return res
+		}
+	}
+	t.Fatalf("no probe result:\n%s", out)
+	return ""
+}
+
 // checkSandboxed checks the engine pid against the process ref, which is
 // in the network namespace the engine was started from.
 func checkSandboxed(t *testing.T, pid, ref, uid string) {
@@ -71,7 +120,7 @@ func checkSandboxed(t *testing.T, pid, ref, uid string) {
 			}
 		}
 	}
-	for _, ns := range []string{"user", "mnt", "ipc", "uts", "net"} {
+	for _, ns := range []string{"user", "mnt", "ipc", "uts", "pid", "net"} {
 		ours, _ := os.Readlink("/proc/" + ref + "/ns/" + ns)
 		its, err := os.Readlink("/proc/" + pid + "/ns/" + ns)
 		if err != nil {

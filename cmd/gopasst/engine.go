@@ -297,6 +297,10 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, ext
 	if hostileEngine != nil {
 		go hostileEngine("ready", helper, logger)
 	}
+	if sandboxProbe != nil {
+		sandboxProbe(logger)
+		return 0
+	}
 	if err := eng.Run(); err != nil {
 		logger.Printf("%v", err)
 		return 1

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"os/user"
@@ -90,8 +91,8 @@ func lookupIdentity(s string) (identity, error) {
 	return id, nil
 }
 
-// sandboxAttr is how the engine is started: in new user, mount, IPC and
-// UTS namespaces where it is root, which outside is id and, when we are
+// sandboxAttr is how the engine is started: in new user, mount, IPC,
+// UTS and PID namespaces where it is root, which outside is id and, when we are
 // root, has no supplementary groups. With isolate false, where user
 // namespaces are not allowed, the engine only runs as id.
 func sandboxAttr(id identity, isolate bool) *syscall.SysProcAttr {
@@ -106,7 +107,9 @@ func sandboxAttr(id identity, isolate bool) *syscall.SysProcAttr {
 		}
 		return attr
 	}
-	attr.Cloneflags = unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS
+	// A PID namespace of its own: the engine sees no other process to
+	// signal or to change the limits of (seccomp also checks both).
+	attr.Cloneflags = unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWPID
 	attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: id.uid, Size: 1}}
 	attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: id.gid, Size: 1}}
 	if root {
@@ -216,6 +219,11 @@ func confineExec(env engineEnv) error {
 	env.Step = stepServe
 	return syscall.Exec("/proc/self/exe", os.Args, engineEnviron(env))
 }
+
+// sandboxProbe is set only in the test build (sandbox_probe.go, build
+// tag sandboxtest): once the engine serves, it tries what the sandbox
+// must refuse and logs what happened.
+var sandboxProbe func(log *log.Logger)
 
 // allThreadsError explains a syscall.AllThreadsSyscall that failed.
 func allThreadsError(what string, e syscall.Errno) error {

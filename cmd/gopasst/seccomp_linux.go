@@ -15,7 +15,7 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
 	unix.SYS_CONNECT, unix.SYS_BIND, unix.SYS_ACCEPT4, unix.SYS_SHUTDOWN, unix.SYS_CLOSE,
 	unix.SYS_SETSOCKOPT, unix.SYS_GETSOCKOPT, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME,
-	unix.SYS_IOCTL, unix.SYS_FCNTL, unix.SYS_PRLIMIT64, unix.SYS_GETRANDOM,
+	unix.SYS_IOCTL, unix.SYS_FCNTL, unix.SYS_GETRANDOM,
 	// The log file and counting descriptors (fdRoom).
 	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
 	// vhost-user: a memory region's file must hold the region.
@@ -23,7 +23,7 @@ var seccompAllowed = append([]uint32{
 	// The Go runtime.
 	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
 	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT,
-	unix.SYS_CLONE, unix.SYS_GETTID, unix.SYS_GETPID, unix.SYS_TGKILL,
+	unix.SYS_CLONE, unix.SYS_GETTID, unix.SYS_GETPID,
 	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
 	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
 	// glibc's new threads (a cgo build), which it aborts if rseq fails.
@@ -38,6 +38,10 @@ func seccompChecked(pid int) []seccompRule {
 		// The engine opens only IPv4 and IPv6 sockets; unix sockets go
 		// through the helper.
 		{nr: unix.SYS_SOCKET, action: deny, check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}}},
+		// The runtime signals its own threads (preemption), and raises
+		// its descriptor limit: no other process's.
+		{nr: unix.SYS_TGKILL, action: deny, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},
+		{nr: unix.SYS_PRLIMIT64, action: deny, check: &argCheck{arg: 0, values: []uint32{0}}},
 		// glibc's pthread_create (a cgo build) tries clone3 first, whose
 		// flags a filter cannot read, and falls back to clone on ENOSYS.
 		{nr: unix.SYS_CLONE3, action: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},

@@ -70,6 +70,10 @@ func TestSeccompProgram(t *testing.T) {
 		{"socket(AF_UNIX)", unix.SYS_SOCKET, []uint64{unix.AF_UNIX}, deny},
 		{"socket(AF_NETLINK)", unix.SYS_SOCKET, []uint64{unix.AF_NETLINK}, deny},
 		{"clone3", unix.SYS_CLONE3, nil, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"tgkill(self)", unix.SYS_TGKILL, []uint64{pid, 7, uint64(unix.SIGURG)}, unix.SECCOMP_RET_ALLOW},
+		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, deny},
+		{"prlimit64(0)", unix.SYS_PRLIMIT64, []uint64{0, unix.RLIMIT_NOFILE}, unix.SECCOMP_RET_ALLOW},
+		{"prlimit64(other)", unix.SYS_PRLIMIT64, []uint64{pid + 1, unix.RLIMIT_NOFILE}, deny},
 	} {
 		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)

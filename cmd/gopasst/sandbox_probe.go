@@ -1,0 +1,42 @@
+//go:build sandboxtest
+
+package main
+
+import (
+	"log"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test build's engine probes its own sandbox for TestSandbox: with
+// GOPASST_PROBE=NAME,... it tries each call once it serves, logs
+// "probe NAME: RESULT", and exits. GOPASST_PROBE_PID is another process.
+func init() {
+	if os.Getenv("GOPASST_PROBE") != "" {
+		sandboxProbe = probeSandbox
+	}
+}
+
+func probeSandbox(logger *log.Logger) {
+	other, _ := strconv.Atoi(os.Getenv("GOPASST_PROBE_PID"))
+	probes := map[string]func() error{
+		// Signal 0 only asks whether the process exists.
+		"tgkill": func() error { return unix.Tgkill(other, other, 0) },
+		"prlimit": func() error {
+			var lim unix.Rlimit
+			return unix.Prlimit(other, unix.RLIMIT_NOFILE, nil, &lim)
+		},
+	}
+	for _, name := range strings.Split(os.Getenv("GOPASST_PROBE"), ",") {
+		if probe := probes[name]; probe == nil {
+			logger.Printf("probe %s: no such probe", name)
+		} else if err := probe(); err != nil {
+			logger.Printf("probe %s: %v", name, err)
+		} else {
+			logger.Printf("probe %s: allowed", name)
+		}
+	}
+}
