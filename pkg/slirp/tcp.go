@@ -101,8 +101,8 @@ const (
 )
 
 const (
-	tcpOurWS      = 8 // our window scale towards the guest
-	tcpMaxSegs    = 16
+	tcpOurWS      = 8           // our window scale towards the guest
+	tcpMaxSegs    = 128         // frames one peek fills: at MTU 1500, 16 cost five times the peeks
 	tcpRTO        = time.Second // first retransmission timeout
 	tcpMaxRetries = 8
 	tcpSynTimeout = 10 * time.Second
