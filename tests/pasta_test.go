@@ -146,6 +146,9 @@ kill $pid
 	if !strings.Contains(route, "default via "+hostGW+" dev uplink") {
 		t.Errorf("the namespace's routes lack the default via %s:\n%s", hostGW, route)
 	}
+	if route6 := ns.Run(t, "ip", "-6", "route"); !strings.Contains(route6, "default via "+host6GW+" dev uplink") {
+		t.Errorf("the namespace's IPv6 routes lack the default via %s:\n%s", host6GW, route6)
+	}
 
 	// The host reaches the container's port 80 through its own 18082.
 	echoGreeting(ns.Listen(t, "tcp", ":80"), "container")
@@ -274,4 +277,79 @@ exec setpriv --reuid 65534 --regid 65534 --clear-groups env HOME=%[1]s XDG_RUNTI
 		}
 	}
 	waitLong(t, "pasta to exit with rootlesskit", 30*time.Second, func() bool { return len(mentioning(d, gopasstBin)) == 0 })
+}
+
+// -T and -U forward the namespace's ports to the host's loopback, given
+// as specs and as auto (a host server's port appears in the namespace),
+// for a PID's namespace joined with --netns-only; pasta goes to the
+// background once ready and exits when the PID does.
+func TestPastaNamespaceToHost(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	pasta := pastaLink(t)
+	sleep := h.Cmd("unshare", "--net", "sleep", "600")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { sleep.Wait(); close(exited) }()
+	t.Cleanup(func() { sleep.Process.Kill(); <-exited })
+	pid := strconv.Itoa(sleep.Process.Pid)
+	ns := &Netns{Path: "/proc/" + pid + "/ns/net"}
+	waitFor(t, "unshare's new namespace", func() bool {
+		a, _ := os.Readlink(ns.Path)
+		b, _ := os.Readlink("/proc/" + strconv.Itoa(os.Getpid()) + "/ns/net")
+		return a != b && a != ""
+	})
+	tcpSrv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(tcpSrv, "host tcp")
+	autoSrv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(autoSrv, "host auto")
+	udpSrv := h.ListenPacket(t, "udp", "127.0.0.1:0")
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := udpSrv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udpSrv.WriteTo(append([]byte("host udp: "), buf[:n]...), from)
+		}
+	}()
+	out, err := h.Cmd(pasta, "--config-net", "--netns-only", "-t", "none", "-u", "none",
+		"-T", "18301:"+port(tcpSrv.Addr()), "-T", "auto", "-U", "18302:"+port(udpSrv.LocalAddr()), pid).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	if got := readGreeting(func() (net.Conn, error) { return ns.Dial("tcp", "127.0.0.1:18301", 5*time.Second) }); got != "host tcp" {
+		t.Errorf("-T: the namespace's 127.0.0.1:18301 answered %q", got)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "127.0.0.1:"+port(autoSrv.Addr()), 5*time.Second)
+	}); got != "host auto" {
+		t.Errorf("-T auto: the namespace's 127.0.0.1:%s answered %q", port(autoSrv.Addr()), got)
+	}
+	c, err := ns.Dial("udp", "127.0.0.1:18302", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("ping"))
+	buf := make([]byte, 100)
+	n, _ := c.Read(buf)
+	if got := string(buf[:n]); got != "host udp: ping" {
+		t.Errorf("-U: the namespace's 127.0.0.1:18302 answered %q", got)
+	}
+	// The PID exits: so does pasta.
+	sleep.Process.Kill()
+	<-exited
+	waitLong(t, "pasta to exit with the PID", 30*time.Second, func() bool {
+		for _, p := range mentioning(pid, gopasstBin) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p)); !strings.Contains(string(b), ") Z ") {
+				return false
+			}
+		}
+		return true
+	})
 }

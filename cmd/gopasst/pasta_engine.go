@@ -105,15 +105,8 @@ func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward) error {
 }
 
 // loopback is the host's loopback address of a's family.
-func loopback(a net.Addr) netip.Addr {
-	var ap netip.AddrPort
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ap = a.AddrPort()
-	case *net.UDPAddr:
-		ap = a.AddrPort()
-	}
-	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+func loopback(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
 		return netip.IPv6Loopback()
 	}
 	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
@@ -133,8 +126,9 @@ func (s *pastaState) proxyTCP(l net.Listener, port uint16) {
 		}
 		go func() {
 			defer c.Close()
-			up, err := net.Dial("tcp", netip.AddrPortFrom(loopback(c.LocalAddr()), port).String())
+			up, err := net.Dial("tcp", netip.AddrPortFrom(loopback(c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()), port).String())
 			if err != nil {
+				s.logger.Printf("-T %d: %v", port, err)
 				return
 			}
 			defer up.Close()
@@ -146,9 +140,21 @@ func (s *pastaState) proxyTCP(l net.Listener, port uint16) {
 	}
 }
 
-// copyHalf copies one direction and passes its end on.
+// copyHalf copies one direction and passes its end on. It reads and
+// writes itself: io.Copy would try splice(2), which the sandbox refuses.
 func copyHalf(dst, src net.Conn) {
-	io.Copy(dst, src)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	if t, ok := dst.(*net.TCPConn); ok {
 		t.CloseWrite()
 	}
@@ -172,7 +178,7 @@ func (s *pastaState) proxyUDP(c *net.UDPConn, port uint16) {
 		}
 		up := peers[peer]
 		if up == nil && len(peers) < s.maxUDP {
-			to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback(c.LocalAddr()), port))
+			to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback(peer.Addr()), port))
 			if up, err = net.DialUDP("udp", nil, to); err != nil {
 				continue
 			}
