@@ -60,6 +60,9 @@ func TestSandboxProbes(t *testing.T) {
 	defer other.Wait()
 	defer other.Process.Kill()
 	for _, c := range []struct{ probe, want string }{
+		// A new user namespace, whose kernel attack surface (raw
+		// sockets, x_tables) an engine has no use for.
+		{"clone-ns", "operation not permitted"},
 		{"tgkill", "operation not permitted"},
 		{"prlimit", "operation not permitted"},
 	} {
@@ -129,6 +132,10 @@ func checkSandboxed(t *testing.T, pid, ref, uid string) {
 		if (ns == "net") != (ours == its) {
 			t.Errorf("%s namespace: the engine's %s, its starter's %s", ns, its, ours)
 		}
+	}
+	// Nor can one be made inside its user namespace.
+	if out, err := exec.Command("nsenter", "-t", pid, "-U", "cat", "/proc/sys/user/max_user_namespaces").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("max_user_namespaces in the engine's user namespace: %s (%v), want 0", out, err)
 	}
 	if ents, err := os.ReadDir("/proc/" + pid + "/root/"); err != nil || len(ents) != 0 {
 		t.Errorf("the engine's root holds %d entries (%v), want none", len(ents), err)

@@ -181,6 +181,12 @@ const (
 func confineExec(env engineEnv) error {
 	runtime.LockOSThread() // for good: the exec keeps only this thread
 	if env.Isolated {
+		// No user namespace can be made in ours: what the engine could
+		// reach through one (raw sockets, x_tables) stays out of reach
+		// even if the filter let a clone through.
+		if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0"), 0); err != nil {
+			return fmt.Errorf("sandbox: max_user_namespaces: %w", err)
+		}
 		if err := makePivotable(); err != nil {
 			return err
 		}

@@ -23,12 +23,16 @@ var seccompAllowed = append([]uint32{
 	// The Go runtime.
 	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
 	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT,
-	unix.SYS_CLONE, unix.SYS_GETTID, unix.SYS_GETPID,
+	unix.SYS_GETTID, unix.SYS_GETPID,
 	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
 	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
 	// glibc's new threads (a cgo build), which it aborts if rseq fails.
 	unix.SYS_RSEQ, unix.SYS_SET_ROBUST_LIST,
 }, seccompArchOnly...)
+
+// cloneThread is how the Go runtime makes a thread (runtime/os_linux.go).
+const cloneThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+	unix.CLONE_SYSVSEM | unix.CLONE_THREAD
 
 // seccompChecked: the calls whose arguments are checked, and those with
 // an answer of their own.
@@ -42,6 +46,13 @@ func seccompChecked(pid int) []seccompRule {
 		// its descriptor limit: no other process's.
 		{nr: unix.SYS_TGKILL, action: deny, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},
 		{nr: unix.SYS_PRLIMIT64, action: deny, check: &argCheck{arg: 0, values: []uint32{0}}},
+		// New threads, never processes or namespaces: the flags Go's
+		// runtime uses (with CLONE_SETTLS on amd64) and glibc's
+		// pthread_create (a cgo build).
+		{nr: unix.SYS_CLONE, action: deny, check: &argCheck{arg: 0, wide: true, values: []uint32{
+			cloneThread, cloneThread | unix.CLONE_SETTLS,
+			cloneThread | unix.CLONE_SETTLS | unix.CLONE_PARENT_SETTID | unix.CLONE_CHILD_CLEARTID,
+		}}},
 		// glibc's pthread_create (a cgo build) tries clone3 first, whose
 		// flags a filter cannot read, and falls back to clone on ENOSYS.
 		{nr: unix.SYS_CLONE3, action: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
