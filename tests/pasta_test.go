@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pastaLink is gopasst linked as pasta, as podman and rootlesskit find
@@ -279,6 +281,32 @@ exec setpriv --reuid 65534 --regid 65534 --clear-groups env HOME=%[1]s XDG_RUNTI
 	waitLong(t, "pasta to exit with rootlesskit", 30*time.Second, func() bool { return len(mentioning(d, gopasstBin)) == 0 })
 }
 
+// pidNetns starts a process in a new network namespace from h's, and
+// returns the namespace, the PID, and how to end it (at the test's end
+// at the latest).
+func pidNetns(t testing.TB, h *Netns) (*Netns, string, func()) {
+	t.Helper()
+	sleep := h.Cmd("unshare", "--net", "sleep", "600")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { sleep.Wait(); close(exited) }()
+	kill := func() { sleep.Process.Kill(); <-exited }
+	t.Cleanup(kill)
+	pid := strconv.Itoa(sleep.Process.Pid)
+	ns := &Netns{Path: "/proc/" + pid + "/ns/net"}
+	// The process is in our namespace first, then in h's, then in its own.
+	var hs, ours unix.Stat_t
+	unix.Stat(h.file(), &hs)
+	unix.Stat("/proc/self/ns/net", &ours)
+	waitFor(t, "unshare's new namespace", func() bool {
+		var st unix.Stat_t
+		return unix.Stat(ns.Path, &st) == nil && st.Ino != hs.Ino && st.Ino != ours.Ino
+	})
+	return ns, pid, kill
+}
+
 // -T and -U forward the namespace's ports to the host's loopback, given
 // as specs and as auto (a host server's port appears in the namespace),
 // for a PID's namespace joined with --netns-only; pasta goes to the
@@ -287,20 +315,7 @@ func TestPastaNamespaceToHost(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	pasta := pastaLink(t)
-	sleep := h.Cmd("unshare", "--net", "sleep", "600")
-	if err := sleep.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { sleep.Wait(); close(exited) }()
-	t.Cleanup(func() { sleep.Process.Kill(); <-exited })
-	pid := strconv.Itoa(sleep.Process.Pid)
-	ns := &Netns{Path: "/proc/" + pid + "/ns/net"}
-	waitFor(t, "unshare's new namespace", func() bool {
-		a, _ := os.Readlink(ns.Path)
-		b, _ := os.Readlink("/proc/" + strconv.Itoa(os.Getpid()) + "/ns/net")
-		return a != b && a != ""
-	})
+	ns, pid, kill := pidNetns(t, h)
 	tcpSrv := h.Listen(t, "tcp", "127.0.0.1:0")
 	echoGreeting(tcpSrv, "host tcp")
 	autoSrv := h.Listen(t, "tcp", "127.0.0.1:0")
@@ -342,8 +357,7 @@ func TestPastaNamespaceToHost(t *testing.T) {
 		t.Errorf("-U: the namespace's 127.0.0.1:18302 answered %q", got)
 	}
 	// The PID exits: so does pasta.
-	sleep.Process.Kill()
-	<-exited
+	kill()
 	waitLong(t, "pasta to exit with the PID", 30*time.Second, func() bool {
 		for _, p := range mentioning(pid, gopasstBin) {
 			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p)); !strings.Contains(string(b), ") Z ") {
@@ -352,4 +366,65 @@ func TestPastaNamespaceToHost(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// A host loopback client of a -t port goes socket to socket into the
+// namespace (pasta's loopback path): 100 MiB each way arrive whole, and
+// the namespace's server sees the connection come from its own address,
+// as pasta's; with --no-splice it comes through the tap, from elsewhere.
+func TestPastaSplice(t *testing.T) {
+	needRoot(t)
+	const size = 100 << 20
+	for _, mode := range []string{"splice", "no-splice"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			ns, pid, _ := pidNetns(t, h)
+			peers := make(chan string, 1)
+			up := ns.Listen(t, "tcp", ":8401")
+			acceptLoop(up, func(c net.Conn) {
+				defer c.Close()
+				sum, n, _ := hashCopy(c)
+				fmt.Fprintf(c, "%x %d\n", sum, n)
+				host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+				peers <- host
+			})
+			down := ns.Listen(t, "tcp", ":8402")
+			acceptLoop(down, func(c net.Conn) { io.Copy(c, newStream(2, size)); c.Close() })
+			argv := []string{"--config-net", "-t", "18401:8401,18402:8402", "-u", "none", "-T", "none", "-U", "none", pid}
+			if mode == "no-splice" {
+				argv = append([]string{"--no-splice"}, argv...)
+			}
+			if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+				t.Fatalf("pasta: %v: %s", err, out)
+			}
+			c, err := h.Dial("tcp", "127.0.0.1:18401", 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(120 * time.Second))
+			if _, err := io.Copy(c, newStream(1, size)); err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			got, _ := io.ReadAll(c)
+			if want := fmt.Sprintf("%x %d\n", sumStream(1, size), size); string(got) != want {
+				t.Errorf("host to namespace: the server read %q, want %q", got, want)
+			}
+			d, err := h.Dial("tcp", "127.0.0.1:18402", 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			d.SetDeadline(time.Now().Add(120 * time.Second))
+			sum, n, err := hashCopy(d)
+			if err != nil || n != size || string(sum) != string(sumStream(2, size)) {
+				t.Errorf("namespace to host: %d bytes (%v), SHA-256 equal: %v", n, err, string(sum) == string(sumStream(2, size)))
+			}
+			peer := <-peers
+			if spliced := peer == hostAddr; spliced != (mode == "splice") {
+				t.Errorf("%s: the namespace's server saw the connection from %s (its own address %s means spliced)", mode, peer, hostAddr)
+			}
+		})
+	}
 }

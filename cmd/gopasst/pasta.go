@@ -42,9 +42,9 @@ type pastaOptions struct {
 	NoCopyRoutes bool     `name:"no-copy-routes" help:"With --config-net, set the default route only, not the template interface's routes."`
 	NoCopyAddrs  bool     `name:"no-copy-addrs" help:"With --config-net, set one address only, not the template interface's addresses."`
 	NSMAC        string   `name:"ns-mac-addr" placeholder:"MAC" help:"MAC address of the tap in the namespace (default: the kernel's)."`
-	NoSplice     bool     `name:"no-splice" help:"Accepted for pasta's command line: gopasst has no splice path yet."`
+	NoSplice     bool     `name:"no-splice" help:"Forward -t connections from the host's loopback through the tap too, not socket to socket."`
 	SpliceOnly   bool     `name:"splice-only" help:"Not supported: gopasst always makes a tap."`
-	HostLoToNsLo bool     `name:"host-lo-to-ns-lo" help:"Accepted for pasta's command line: forwarded connections come from the host's address."`
+	HostLoToNsLo bool     `name:"host-lo-to-ns-lo" help:"Connections from the host's loopback go to the namespace's loopback, not its address."`
 	DHCPDNS      bool     `name:"dhcp-dns" help:"Accepted for pasta's command line: DHCP always names the resolvers."`
 	DHCPSearch   bool     `name:"dhcp-search" help:"Accepted for pasta's command line: DHCP always names the search domains."`
 
@@ -149,7 +149,12 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		if o.isCommand() {
 			lo.Quiet = !(o.Debug || o.Trace)
 		}
-		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds))
+		var sp *splicer
+		if !o.NoSplice {
+			sp = &splicer{addr4: cfg.Addr4, addr6: cfg.Addr6, hostLoToNsLo: o.HostLoToNsLo}
+			cfg.Splice = sp.splice
+		}
+		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds, sp))
 	}
 	t, command, err := o.target()
 	if err != nil {
@@ -272,7 +277,7 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	} else if !o.NoNetnsQuit {
 		run.cmdDone = watchTarget(t)
 	}
-	ph, err := newPastaHelper(agent, fwds)
+	ph, err := newPastaHelper(agent, fwds, o.NoSplice)
 	if err != nil {
 		unix.Close(tap)
 		return fail(stderr, "%v", err)

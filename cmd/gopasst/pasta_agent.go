@@ -201,19 +201,21 @@ func (a *agentConn) close() {
 }
 
 // pastaHelper is the helper's part of pasta: it passes on to the agent
-// the namespace binds that -T and -U ask for, gives the engine the
+// the namespace binds that -T and -U ask for, and the namespace sockets
+// of -t's loopback path (unless --no-splice), gives the engine the
 // namespace's /proc/net tables for -t/-u auto, and allows the engine to
 // bind on the host, for auto, only a port that listens in the namespace.
 type pastaHelper struct {
-	agent  *agentConn
-	fwds   pastaForwards
-	tables map[string]int // the namespace's /proc/net tables, by name
-	buf    []byte
+	agent    *agentConn
+	fwds     pastaForwards
+	noSplice bool
+	tables   map[string]int // the namespace's /proc/net tables, by name
+	buf      []byte
 }
 
 // newPastaHelper opens the namespace's tables that auto needs.
-func newPastaHelper(a *agentConn, f pastaForwards) (*pastaHelper, error) {
-	p := &pastaHelper{agent: a, fwds: f, tables: map[string]int{}}
+func newPastaHelper(a *agentConn, f pastaForwards, noSplice bool) (*pastaHelper, error) {
+	p := &pastaHelper{agent: a, fwds: f, noSplice: noSplice, tables: map[string]int{}}
 	for _, d := range []struct {
 		proto slirp.Proto
 		auto  bool
@@ -246,6 +248,8 @@ func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	case req.Op == "nsbind" && req.Proto == slirp.TCP && (f.tcpNS.auto || len(f.tcpNS.specs) > 0),
 		req.Op == "nsbind" && req.Proto == slirp.UDP && (f.udpNS.auto || len(f.udpNS.specs) > 0):
 		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: req.Fwd})
+	case req.Op == "nssocket" && !p.noSplice && (f.tcp.auto || len(f.tcp.specs) > 0):
+		return p.agent.c.fdCall(helperRequest{Op: "socket", Fwd: portspec.Forward{Addr: req.Fwd.Addr}})
 	case req.Op == "nsproc":
 		if fd, ok := p.tables[req.Table]; ok {
 			return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -302,6 +306,12 @@ func pastaAgent(js string) int {
 			}
 		case req.Op == "bind":
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
+		case req.Op == "socket":
+			family := unix.AF_INET6
+			if req.Fwd.Addr.Is4() {
+				family = unix.AF_INET
+			}
+			fd, ferr = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		case req.Op == "proc" && slices.Contains([]string{"tcp", "tcp6", "udp", "udp6"}, req.Table):
 			fd, ferr = unix.Open("/proc/self/net/"+req.Table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		default:

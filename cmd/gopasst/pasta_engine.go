@@ -51,9 +51,13 @@ type fwdPort struct {
 	port  uint16
 }
 
-// pastaEngine binds -T and -U in the namespace and starts auto.
-func pastaEngine(o *pastaOptions, f pastaForwards) engineExtra {
+// pastaEngine binds -T and -U in the namespace, starts auto, and gives
+// the loopback path (sp, if not nil) its way to the helper.
+func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 	return func(eng *slirp.Engine, h *helperClient, logger *log.Logger) error {
+		if sp != nil {
+			sp.h, sp.logger = h, logger
+		}
 		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP,
 			nsSide: map[fwdPort]io.Closer{}, autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}}
 		for _, d := range []struct {
@@ -132,29 +136,24 @@ func (s *pastaState) proxyTCP(l net.Listener, port uint16) {
 				return
 			}
 			defer up.Close()
-			done := make(chan struct{})
-			go func() { copyHalf(up, c); close(done) }()
-			copyHalf(c, up)
-			<-done
+			joinConns(c, up)
 		}()
 	}
 }
 
-// copyHalf copies one direction and passes its end on. It reads and
-// writes itself: io.Copy would try splice(2), which the sandbox refuses.
+// joinConns copies between a and b both ways until both ends are done,
+// passing each end on as it comes; between two TCP sockets io.Copy
+// splices.
+func joinConns(a, b net.Conn) {
+	done := make(chan struct{})
+	go func() { copyHalf(b, a); close(done) }()
+	copyHalf(a, b)
+	<-done
+}
+
+// copyHalf copies one direction and passes its end on.
 func copyHalf(dst, src net.Conn) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
-	}
+	io.Copy(dst, src)
 	if t, ok := dst.(*net.TCPConn); ok {
 		t.CloseWrite()
 	}

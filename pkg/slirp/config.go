@@ -87,6 +87,10 @@ type Config struct {
 	// commands for the engine; nil means in this process (LocalHost).
 	Host Host
 
+	// Splice, when set, takes the connections to forwarded TCP ports that
+	// come from the host's loopback (pasta's loopback path, splice.go).
+	Splice SpliceFunc
+
 	// Pcap, when set, records every frame to and from the guest.
 	Pcap *qemusock.Pcap
 

@@ -382,6 +382,9 @@ func (e *Engine) tcpAccept(l *listener) {
 			}
 			return
 		}
+		if e.spliceAccept(fd, from, l.fwd.GuestPort) {
+			continue
+		}
 		var key tcpKey
 		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
 		if _, old := e.tcp.lookup(key); old != nil || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
