@@ -558,3 +558,74 @@ func TestAckedOncePerBatch(t *testing.T) {
 			len(resent), bytes.Equal(resent, data[2000:]))
 	}
 }
+
+// TestUDPBurst: a burst of guest datagrams of one size, and a shorter one
+// after them, reach the host as the same datagrams in order, without an
+// allocation: sent as one with UDP_SEGMENT where the kernel has it, and
+// one by one once a segmented send fails (a socket that sends without
+// checksums, SO_NO_CHECK, cannot segment).
+func TestUDPBurst(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	var frames [][]byte
+	for i := range 10 {
+		size := 1000
+		if i == 9 {
+			size = 300
+		}
+		frames = append(frames, frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, port, bytes.Repeat([]byte{byte(i)}, size))))
+	}
+	burst := func() {
+		for _, f := range frames {
+			te.tapInput(f)
+		}
+		te.inputDone()
+	}
+	check := func() {
+		t.Helper()
+		buf := make([]byte, 2000)
+		for i := range frames {
+			pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("datagram %d: %v", i, err)
+			}
+			if want := len(frames[i]) - header.EthernetLen - header.IPv4MinLen - header.UDPLen; n != want || buf[0] != byte(i) || buf[n-1] != byte(i) {
+				t.Fatalf("datagram %d: %d bytes starting %d, want %d of %d", i, n, buf[0], want, i)
+			}
+		}
+	}
+	burst()
+	check()
+	if a := testing.AllocsPerRun(20, burst); a != 0 {
+		t.Errorf("%.1f allocations per burst", a)
+	}
+	drainPackets(pc)
+
+	_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, 5000))
+	if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+		t.Fatal(err)
+	}
+	burst()
+	check()
+	if te.udp.gso && !f.noGSO {
+		t.Error("a failed UDP_SEGMENT send went unnoticed")
+	}
+}
+
+// drainPackets reads what pc holds until it has nothing for a moment.
+func drainPackets(pc net.PacketConn) {
+	buf := make([]byte, 65536)
+	for {
+		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, _, err := pc.ReadFrom(buf); err != nil {
+			return
+		}
+	}
+}
