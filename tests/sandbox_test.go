@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestSandbox checks, from /proc, what gopasst's engine gave up once it
@@ -63,6 +66,8 @@ func TestSandboxProbes(t *testing.T) {
 		// A new user namespace, whose kernel attack surface (raw
 		// sockets, x_tables) an engine has no use for.
 		{"clone-ns", "operation not permitted"},
+		// A terminal request, which could queue input for a shell.
+		{"tiocsti", "operation not permitted"},
 		{"tgkill", "operation not permitted"},
 		{"prlimit", "operation not permitted"},
 	} {
@@ -72,6 +77,73 @@ func TestSandboxProbes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSandboxTerminal starts gopasst -f from a terminal, as at a shell:
+// the engine has neither that terminal as its controlling one nor on its
+// standard streams, where TIOCSTI could queue input for the shell.
+func TestSandboxTerminal(t *testing.T) {
+	needRoot(t)
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer ptmx.Close()
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ptsName := "/dev/pts/" + strconv.Itoa(n)
+	pts, err := os.OpenFile(ptsName, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pts.Close()
+	go io.Copy(io.Discard, ptmx)
+	cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", filepath.Join(sharedDir(t), "s")}, hostArgs...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	var engine string
+	waitFor(t, "the engine", func() bool {
+		kids := childPids(cmd.Process.Pid)
+		if len(kids) != 1 {
+			return false
+		}
+		engine = strconv.Itoa(kids[0])
+		return procStatus(t, engine)["Seccomp"] == "2"
+	})
+	helperStat, engineStat := procStat(t, strconv.Itoa(cmd.Process.Pid)), procStat(t, engine)
+	if helperStat[4] == "0" {
+		t.Fatal("the helper has no controlling terminal")
+	}
+	if engineStat[4] != "0" || engineStat[3] == helperStat[3] {
+		t.Errorf("the engine's session %s and terminal %s; the helper's %s and %s", engineStat[3], engineStat[4], helperStat[3], helperStat[4])
+	}
+	for fd := range 3 {
+		if l, _ := os.Readlink("/proc/" + engine + "/fd/" + strconv.Itoa(fd)); l == ptsName {
+			t.Errorf("the engine's descriptor %d is the terminal", fd)
+		}
+	}
+}
+
+// procStat is /proc/PID/stat after the command's name: state, ppid,
+// pgrp, session, tty_nr, ...
+func procStat(t *testing.T, pid string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	return strings.Fields(s[strings.LastIndex(s, ")")+2:])
 }
 
 // probeEngine runs gopasst in the foreground with the engine's probe,

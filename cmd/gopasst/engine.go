@@ -217,7 +217,9 @@ func startEngineProcess(env *engineEnv, files []*os.File, id identity, stderr io
 		cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 		cmd.Args[0] = os.Args[0]
 		cmd.Env = engineEnviron(*env)
-		cmd.Stderr = os.Stderr
+		// Standard error is a pipe that os/exec copies to ours, never
+		// the terminal itself; stdin and stdout are /dev/null.
+		cmd.Stderr = io.MultiWriter(os.Stderr)
 		cmd.ExtraFiles = files
 		cmd.Dir = "/"
 		cmd.SysProcAttr = sandboxAttr(id, isolate)

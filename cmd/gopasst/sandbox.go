@@ -99,8 +99,10 @@ func sandboxAttr(id identity, isolate bool) *syscall.SysProcAttr {
 	// Root in a user namespace of its own keeps its groups: setgroups is
 	// often denied there (unshare -r, podman).
 	root := os.Geteuid() == 0 && initUserNamespace()
-	// Signals reach the engine through the helper, not from the terminal.
-	attr := &syscall.SysProcAttr{Pdeathsig: unix.SIGTERM, Setpgid: true}
+	// A session of its own, with no controlling terminal: signals reach
+	// the engine through the helper, and TIOCSTI has no terminal to
+	// queue input on.
+	attr := &syscall.SysProcAttr{Pdeathsig: unix.SIGTERM, Setsid: true}
 	if !isolate {
 		if root {
 			attr.Credential = &syscall.Credential{Uid: uint32(id.uid), Gid: uint32(id.gid), Groups: []uint32{}}

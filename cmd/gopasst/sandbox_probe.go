@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +28,12 @@ func probeSandbox(logger *log.Logger) {
 		// with EINVAL if the filter lets it through: nothing is cloned.
 		"clone-ns": func() error {
 			_, _, e := unix.RawSyscall6(unix.SYS_CLONE, unix.CLONE_NEWUSER|unix.CLONE_FS, 0, 0, 0, 0, 0)
+			return errnoErr(e)
+		},
+		// Queue a newline as input on standard error's terminal, if any.
+		"tiocsti": func() error {
+			c := byte('\n')
+			_, _, e := unix.Syscall(unix.SYS_IOCTL, 2, unix.TIOCSTI, uintptr(unsafe.Pointer(&c)))
 			return errnoErr(e)
 		},
 		// Signal 0 only asks whether the process exists.

@@ -15,7 +15,7 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
 	unix.SYS_CONNECT, unix.SYS_BIND, unix.SYS_ACCEPT4, unix.SYS_SHUTDOWN, unix.SYS_CLOSE,
 	unix.SYS_SETSOCKOPT, unix.SYS_GETSOCKOPT, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME,
-	unix.SYS_IOCTL, unix.SYS_FCNTL, unix.SYS_GETRANDOM,
+	unix.SYS_FCNTL, unix.SYS_GETRANDOM,
 	// pasta's loopback path: socket to socket through a pipe.
 	unix.SYS_SPLICE, unix.SYS_PIPE2,
 	// The log file and counting descriptors (fdRoom).
@@ -44,6 +44,9 @@ func seccompChecked(pid int) []seccompRule {
 		// The engine opens only IPv4 and IPv6 sockets; unix sockets go
 		// through the helper.
 		{nr: unix.SYS_SOCKET, action: deny, check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}}},
+		// ioctl only to read a socket's queues (fdRoom, TCP repair): no
+		// terminal request (TIOCSTI), no device's.
+		{nr: unix.SYS_IOCTL, action: deny, check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
 		// The runtime signals its own threads (preemption), and raises
 		// its descriptor limit: no other process's.
 		{nr: unix.SYS_TGKILL, action: deny, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},

@@ -75,6 +75,8 @@ func TestSeccompProgram(t *testing.T) {
 		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, deny},
 		{"clone(NEWUSER)", unix.SYS_CLONE, []uint64{cloneThread | unix.CLONE_NEWUSER}, deny},
 		{"clone(high bits)", unix.SYS_CLONE, []uint64{1<<32 | cloneThread}, deny},
+		{"ioctl(SIOCOUTQ)", unix.SYS_IOCTL, []uint64{3, unix.SIOCOUTQ}, unix.SECCOMP_RET_ALLOW},
+		{"ioctl(TIOCSTI)", unix.SYS_IOCTL, []uint64{2, unix.TIOCSTI}, deny},
 		{"tgkill(self)", unix.SYS_TGKILL, []uint64{pid, 7, uint64(unix.SIGURG)}, unix.SECCOMP_RET_ALLOW},
 		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, deny},
 		{"prlimit64(0)", unix.SYS_PRLIMIT64, []uint64{0, unix.RLIMIT_NOFILE}, unix.SECCOMP_RET_ALLOW},
