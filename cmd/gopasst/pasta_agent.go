@@ -9,9 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
+	"strconv"
 	"syscall"
-	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/rtnl"
@@ -31,6 +32,8 @@ import (
 const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent: its nsPlan, as JSON
 
 const agentSock = 3 // the agent's end of its socket to the helper
+
+const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its tap
 
 // nsPlan is what the agent sets up in the namespace.
 type nsPlan struct {
@@ -277,13 +280,18 @@ func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
 // pastaAgent runs in the namespaces: it sets them up as planned, then
 // serves the helper until it goes.
 func pastaAgent(js string) int {
-	var plan nsPlan
-	tap, err := -1, json.Unmarshal([]byte(js), &plan)
-	if err == nil {
-		tap, err = configureNS(&plan)
-	}
-	if err == nil {
-		err = keepOnlyBindCap()
+	tap, err := -1, error(nil)
+	if t := os.Getenv(envAgentTap); t != "" {
+		tap, err = strconv.Atoi(t) // set up, and confined by keepOnlyBindCap
+		unix.CloseOnExec(tap)
+	} else {
+		var plan nsPlan
+		if err = json.Unmarshal([]byte(js), &plan); err == nil {
+			tap, err = configureNS(&plan)
+		}
+		if err == nil {
+			err = keepOnlyBindCap(tap) // returns only on failure
+		}
 	}
 	var host slirp.LocalHost
 	var buf [4096]byte
@@ -387,18 +395,35 @@ func configureTap(p *nsPlan) error {
 	return nil
 }
 
-// keepOnlyBindCap leaves the agent, in every thread, only the capability
-// to bind the namespace's low ports, and no way to regain the rest.
-func keepOnlyBindCap() error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	data[0].Effective = 1 << unix.CAP_NET_BIND_SERVICE
-	data[0].Permitted = data[0].Effective
-	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
-		return allThreadsError("dropping capabilities", e)
+// keepOnlyBindCap leaves the agent only the capability to bind the
+// namespace's low ports, and no way to regain the rest: on one thread,
+// it empties the bounding set but for that one and sets no_new_privs,
+// then executes itself again, with the tap: the new image has that one
+// thread's limits (root's capabilities on exec are the bounding set),
+// and every thread the runtime makes inherits them, with cgo or not.
+func keepOnlyBindCap(tap int) error {
+	runtime.LockOSThread() // for good: the exec keeps only this thread
+	lastCap, err := readInt("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		lastCap = 63
 	}
-	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
-		return allThreadsError("no_new_privs", e)
+	for c := 0; c <= lastCap; c++ {
+		if c == unix.CAP_NET_BIND_SERVICE {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			return fmt.Errorf("dropping the capability bounding set: %w", err)
+		}
 	}
-	return nil
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("ambient capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(tap), unix.F_SETFD, 0); err != nil {
+		return err
+	}
+	env := append(os.Environ(), fmt.Sprintf("%s=%d", envAgentTap, tap))
+	return syscall.Exec("/proc/self/exe", os.Args, env)
 }

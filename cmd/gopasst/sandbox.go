@@ -233,14 +233,6 @@ func confineExec(env engineEnv) error {
 // must refuse and logs what happened.
 var sandboxProbe func(log *log.Logger)
 
-// allThreadsError explains a syscall.AllThreadsSyscall that failed.
-func allThreadsError(what string, e syscall.Errno) error {
-	if e == unix.ENOTSUP {
-		return fmt.Errorf("%s: this gopasst was built with cgo; the sandbox needs CGO_ENABLED=0 (make build does that)", what)
-	}
-	return fmt.Errorf("%s: %w", what, e)
-}
-
 // makePivotable lets the keeper pivot_root away from our root even where
 // that is not a mount with a parent: an initramfs (rootfs, the root of a
 // small VM), or a chroot. The host's tree is bound over it and made our
