@@ -72,10 +72,13 @@ func openFds(t *testing.T) int {
 	return len(ents)
 }
 
-// rxFrame queues a frame for the guest and flushes it.
+// sendFrame queues a frame for the guest, if the queue has room, and
+// flushes the queue.
 func (f *frontEnd) sendFrame(frame []byte) error {
-	copy(f.l.Reserve(len(frame)), frame)
-	f.l.Commit(len(frame))
+	if b := f.l.Reserve(len(frame)); b != nil {
+		copy(b, frame)
+		f.l.Commit(len(frame))
+	}
 	return f.l.Flush()
 }
 
