@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,46 +25,58 @@ const (
 )
 
 func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
-	self, err := os.Executable()
-	if err != nil {
-		sock.remove()
-		return fail(stderr, "cannot find own executable: %v", err)
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		sock.remove()
-		return fail(stderr, "pipe: %v", err)
-	}
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		sock.remove()
-		return fail(stderr, "%v", err)
-	}
-	cmd := exec.Command(self, os.Args[1:]...)
 	marker := sock.String()
 	if sock.path == "" {
 		marker = "-" // --vsock or --fd: no socket file
 	}
-	cmd.Env = append(os.Environ(), envDaemon+"="+marker)
-	// The daemon must not hold our stdout and stderr: libvirt reads them
-	// until EOF before it looks at the PID file.
+	msg, err := spawnDaemon(envDaemon+"="+marker, []*os.File{os.NewFile(uintptr(lfd), "listen")})
+	if err == nil && msg != "" {
+		// The daemon removed what it made; the socket is ours or its.
+		err = errors.New(msg)
+	}
+	if err != nil {
+		sock.remove()
+		return fail(stderr, "%v", err)
+	}
+	return 0
+}
+
+// spawnDaemon re-executes gopasst in the background, with env added and
+// files from descriptor 3 on, then the readiness pipe, and waits: it
+// returns "" once the daemon is ready, else the daemon's reason. The
+// daemon must not hold our stdout and stderr: libvirt, podman and
+// rootlesskit read them to their end before they go on.
+func spawnDaemon(env string, files []*os.File) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("cannot find own executable: %v", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", fmt.Errorf("pipe: %v", err)
+	}
+	defer r.Close()
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		w.Close()
+		return "", err
+	}
+	defer devnull.Close()
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0] // pasta is told apart by its name
+	cmd.Env = append(os.Environ(), env)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(lfd), "listen"), w}
+	cmd.ExtraFiles = append(files, w)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		sock.remove()
-		return fail(stderr, "starting daemon: %v", err)
-	}
+	err = cmd.Start()
 	w.Close()
-	msg, _ := io.ReadAll(r)
-	if len(msg) > 0 {
-		// The daemon removed what it made; the socket is ours or its.
-		sock.remove()
-		return fail(stderr, "%s", strings.TrimSpace(string(msg)))
+	if err != nil {
+		return "", fmt.Errorf("starting daemon: %v", err)
 	}
+	msg, _ := io.ReadAll(r)
 	cmd.Process.Release()
-	return 0
+	return strings.TrimSpace(string(msg)), nil
 }
 
 // daemonChild runs in the re-executed process: it supervises the engine,

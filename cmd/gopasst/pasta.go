@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -223,39 +222,16 @@ func (o *pastaOptions) target() (nsTarget, []string, error) {
 }
 
 // pastaDaemonize runs gopasst again in the background and exits once it
-// is ready (0) or has failed (its message, and 1), as pasta's parent does:
-// podman and rootlesskit wait for that exit, reading our output to its end,
-// which the background process must not hold.
+// is ready (0) or has failed (its message, and 1), as pasta's parent does.
 func pastaDaemonize(stderr io.Writer) int {
-	self, err := os.Executable()
-	if err != nil {
-		return fail(stderr, "cannot find own executable: %v", err)
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return fail(stderr, "pipe: %v", err)
-	}
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	msg, err := spawnDaemon(envPastaDaemon+"=1", nil)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Args[0] = os.Args[0]
-	cmd.Env = append(os.Environ(), envPastaDaemon+"=1")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		return fail(stderr, "starting in the background: %v", err)
-	}
-	w.Close()
-	msg, _ := io.ReadAll(r)
-	if len(msg) > 0 {
-		fmt.Fprintf(stderr, "%s", msg)
+	if msg != "" {
+		fmt.Fprintln(stderr, msg)
 		return 1
 	}
-	cmd.Process.Release()
 	return 0
 }
 
