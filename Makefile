@@ -17,7 +17,7 @@ TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iper
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o gopasst ./cmd/gopasst
+	CGO_ENABLED=0 $(GO) build -buildmode=pie -ldflags "$(LDFLAGS)" -o gopasst ./cmd/gopasst
 
 # libvirt 11 and QEMU with stream reconnect come from bookworm-backports,
 # from the Debian mirror already configured.

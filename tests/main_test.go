@@ -30,9 +30,10 @@ func TestMain(m *testing.M) {
 	if v, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		version = strings.TrimSpace(string(v))
 	}
-	// The sandboxtest tag adds the engine's probes (TestSandbox) and
-	// GOPASST_SECCOMP=log, which the release build does not have.
-	build := exec.Command("go", "build", "-tags", "sandboxtest", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst")
+	// A PIE, as make build makes. The sandboxtest tag adds the engine's
+	// probes (TestSandbox) and GOPASST_SECCOMP=log, which the release
+	// build does not have.
+	build := exec.Command("go", "build", "-tags", "sandboxtest", "-buildmode=pie", "-ldflags", "-X main.version="+version, "-o", gopasstBin, "../cmd/gopasst")
 	// As make build does; GOPASST_CGO=1 builds as a plain go build or a
 	// distribution's packaging would where a C compiler exists, with cgo.
 	cgo := "0"

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"debug/elf"
 	"io"
 	"os"
 	"os/exec"
@@ -19,6 +20,12 @@ import (
 // network namespace it was started in, and runs under seccomp with
 // no_new_privs. The rest of the suite runs against the same sandbox.
 func TestSandbox(t *testing.T) {
+	// Position-independent, as make build makes it: ASLR moves its code.
+	if f, err := elf.Open(gopasstBin); err != nil || f.Type != elf.ET_DYN {
+		t.Errorf("%s is not a PIE (%v)", gopasstBin, err)
+	} else {
+		f.Close()
+	}
 	t.Run("nobody", func(t *testing.T) {
 		// A guest on the sandboxed engine, as in every other test.
 		dir := sharedDir(t)
@@ -68,6 +75,9 @@ func TestSandboxProbes(t *testing.T) {
 		{"clone-ns", "operation not permitted"},
 		// A terminal request, which could queue input for a shell.
 		{"tiocsti", "operation not permitted"},
+		// Executable memory, which nothing but an exploit needs.
+		{"mmap-exec", "operation not permitted"},
+		{"mprotect-exec", "operation not permitted"},
 		{"tgkill", "operation not permitted"},
 		{"prlimit", "operation not permitted"},
 	} {

@@ -36,6 +36,22 @@ func probeSandbox(logger *log.Logger) {
 			_, _, e := unix.Syscall(unix.SYS_IOCTL, 2, unix.TIOCSTI, uintptr(unsafe.Pointer(&c)))
 			return errnoErr(e)
 		},
+		// Executable memory, fresh or made so.
+		"mmap-exec": func() error {
+			b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANON)
+			if err == nil {
+				unix.Munmap(b)
+			}
+			return err
+		},
+		"mprotect-exec": func() error {
+			b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+			if err != nil {
+				return err
+			}
+			defer unix.Munmap(b)
+			return unix.Mprotect(b, unix.PROT_READ|unix.PROT_EXEC)
+		},
 		// Signal 0 only asks whether the process exists.
 		"tgkill": func() error { return unix.Tgkill(other, other, 0) },
 		"prlimit": func() error {

@@ -24,7 +24,7 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_FSTAT,
 	// The Go runtime.
 	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
-	unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT,
+	unix.SYS_MUNMAP, unix.SYS_MADVISE,
 	unix.SYS_GETTID, unix.SYS_GETPID,
 	unix.SYS_RT_SIGACTION, unix.SYS_RT_SIGPROCMASK, unix.SYS_RT_SIGRETURN, unix.SYS_SIGALTSTACK,
 	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
@@ -47,6 +47,11 @@ func seccompChecked(pid int) []seccompRule {
 		// ioctl only to read a socket's queues (fdRoom, TCP repair): no
 		// terminal request (TIOCSTI), no device's.
 		{nr: unix.SYS_IOCTL, action: deny, check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
+		// Memory, never executable: the Go runtime and glibc's threads
+		// map only data once the engine serves (the binary and the vDSO
+		// were mapped at exec).
+		{nr: unix.SYS_MMAP, action: deny, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
+		{nr: unix.SYS_MPROTECT, action: deny, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
 		// The runtime signals its own threads (preemption), and raises
 		// its descriptor limit: no other process's.
 		{nr: unix.SYS_TGKILL, action: deny, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},
