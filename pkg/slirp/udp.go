@@ -143,9 +143,20 @@ func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
 		b.n++
 		b.to, b.size, b.sum, b.ended = to, len(payload), len(payload), false
 	}
-	if b.nIov == udpBatchMax {
+	// A datagram made whole (frameInput) lies in a buffer that the next
+	// such frame overwrites: it cannot wait for the batch.
+	if b.nIov == udpBatchMax || e.inWhole(payload) {
 		e.udpFlush()
 	}
+}
+
+// inWhole tells whether b lies in e.whole.
+func (e *Engine) inWhole(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	p, w := uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&e.whole[0]))
+	return p >= w && p < w+uintptr(len(e.whole))
 }
 
 // udpFlush sends the batched datagrams. UDP may drop: a datagram the
