@@ -428,3 +428,57 @@ func TestPastaSplice(t *testing.T) {
 		})
 	}
 }
+
+// -u auto forwards a UDP port the namespace binds after pasta started,
+// and -U auto one the host had bound before; --pid names a process of
+// pasta's that lives as long as it does.
+func TestPastaAutoUDP(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	ns, pid, kill := pidNetns(t, h)
+	echo := func(c net.PacketConn, prefix string) {
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				n, from, err := c.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				c.WriteTo(append([]byte(prefix), buf[:n]...), from)
+			}
+		}()
+	}
+	hostSrv := h.ListenPacket(t, "udp", "127.0.0.1:0")
+	echo(hostSrv, "host: ")
+	pidFile := filepath.Join(sharedDir(t), "pasta.pid")
+	out, err := h.Cmd(pastaLink(t), "--config-net", "-t", "none", "-u", "auto", "-T", "none", "-U", "auto", "--pid", pidFile, pid).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	b, _ := os.ReadFile(pidFile)
+	if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || unix.Kill(p, 0) != nil {
+		t.Errorf("--pid file says %q, not a running process", b)
+	}
+	echo(ns.ListenPacket(t, "udp", ":8601"), "ns: ")
+	ask := func(dial func() (net.Conn, error), msg string) string {
+		c, err := dial()
+		if err != nil {
+			return ""
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		c.Write([]byte(msg))
+		buf := make([]byte, 100)
+		n, _ := c.Read(buf)
+		return string(buf[:n])
+	}
+	waitLong(t, "the namespace's UDP port 8601 on the host (-u auto)", 30*time.Second, func() bool {
+		return ask(func() (net.Conn, error) { return h.Dial("udp", "127.0.0.1:8601", time.Second) }, "hi") == "ns: hi"
+	})
+	waitLong(t, "the host's UDP port in the namespace (-U auto)", 30*time.Second, func() bool {
+		return ask(func() (net.Conn, error) {
+			return ns.Dial("udp", "127.0.0.1:"+port(hostSrv.LocalAddr()), time.Second)
+		}, "hi") == "host: hi"
+	})
+	kill()
+}
