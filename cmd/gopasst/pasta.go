@@ -44,8 +44,8 @@ type pastaOptions struct {
 	NoSplice     bool     `name:"no-splice" help:"Forward -t connections from the host's loopback through the tap too, not socket to socket."`
 	SpliceOnly   bool     `name:"splice-only" help:"Not supported: gopasst always makes a tap."`
 	HostLoToNsLo bool     `name:"host-lo-to-ns-lo" help:"Connections from the host's loopback go to the namespace's loopback, not its address."`
-	DHCPDNS      bool     `name:"dhcp-dns" help:"Accepted for pasta's command line: DHCP always names the resolvers."`
-	DHCPSearch   bool     `name:"dhcp-search" help:"Accepted for pasta's command line: DHCP always names the search domains."`
+	DHCPDNS      bool     `name:"dhcp-dns" help:"Name the resolvers in DHCP, DHCPv6 and RAs (pasta's default: not)."`
+	DHCPSearch   bool     `name:"dhcp-search" help:"Name the search domains in DHCP, DHCPv6 and RAs (pasta's default: not)."`
 
 	Target []string `arg:"" optional:"" passthrough:"partial" help:"PID of a process whose namespaces to join, or [--] COMMAND [ARGS...] to run in new ones (default: $SHELL)."`
 }
@@ -125,6 +125,9 @@ func (o *pastaOptions) forwards() (pastaForwards, error) {
 // pastaConfig is the engine's configuration in pasta mode.
 func pastaConfig(o *pastaOptions) (netSetup, error) {
 	cfg, err := buildConfig(&o.NetOptions, procFiles)
+	// DHCP, DHCPv6 and RAs name resolvers and search domains in pasta
+	// mode only when asked: the namespace has the host's resolv.conf.
+	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
 	if o.ConfigNet {
 		// The namespace has its addresses already, as pasta's does.
 		cfg.NoRA = true

@@ -107,3 +107,22 @@ func FuzzProcNet(f *testing.F) {
 		})
 	})
 }
+
+// In pasta mode DHCP names no resolvers or search domains unless
+// --dhcp-dns and --dhcp-search ask, as pasta's.
+func TestPastaDHCPDNS(t *testing.T) {
+	for argv, want := range map[string]bool{"": true, "--dhcp-dns --dhcp-search": false} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, _ := parseArgs(&c, append([]string{"pasta", "-a", "192.0.2.2", "-g", "192.0.2.1"}, splitTest(argv)...), &out, &out); done {
+			t.Fatal(out.String())
+		}
+		cfg, err := pastaConfig(&c.Pasta)
+		if err != nil {
+			t.Skip(err)
+		}
+		if cfg.NoDHCPDNS != want || cfg.NoDHCPSearch != want {
+			t.Errorf("%q: NoDHCPDNS %v, NoDHCPSearch %v; want %v", argv, cfg.NoDHCPDNS, cfg.NoDHCPSearch, want)
+		}
+	}
+}
