@@ -202,7 +202,8 @@ const rootlessKit = "v2.3.6"
 // /etc/subgid in a mount namespace of the test's own): tap0 gets
 // 10.0.2.100/24, the default route via 10.0.2.2 and MTU 65520, the
 // namespace reaches a host server through the gateway, and the host
-// reaches a server the namespace starts later, through -t auto.
+// reaches a server the namespace starts later, through -t auto; with
+// --detach-netns, pasta joins the namespace by --userns and --netns.
 func TestPastaRootlesskit(t *testing.T) {
 	needRoot(t)
 	needReachable(t)
@@ -216,76 +217,86 @@ func TestPastaRootlesskit(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	h := newHost(t, WorldOpts{})
-	pasta := pastaLink(t)
-	d := sharedDir(t)
-	for _, f := range []string{"subuid", "subgid"} {
-		if err := os.WriteFile(filepath.Join(d, f), []byte("nobody:200000:65536\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	hostSrv := h.Listen(t, "tcp", "127.0.0.1:0")
-	echoGreeting(hostSrv, "host")
-	inside := `
-busybox ip addr show tap0 | sed 's/^/ADDR /'
-busybox ip route | sed 's/^/ROUTE /'
-busybox nc 10.0.2.2 HOSTPORT < /dev/null | sed 's/^/HOST /'
-echo ns | busybox nc -l -p 8091 > /dev/null
-echo served > D/served
-`
-	inside = strings.NewReplacer("D/", d+"/", "HOSTPORT", port(hostSrv.Addr())).Replace(inside)
-	outside := fmt.Sprintf(`mount --bind %[1]s/subuid /etc/subuid && mount --bind %[1]s/subgid /etc/subgid &&
-exec setpriv --reuid 65534 --regid 65534 --clear-groups env HOME=%[1]s XDG_RUNTIME_DIR=%[1]s \
-	%[2]s --state-dir %[1]s/state --net=pasta --pasta-binary=%[3]s --port-driver=implicit busybox sh -c "$0"`, d, rk, pasta)
-	cmd := h.Cmd("unshare", "--mount", "--propagation", "private", "sh", "-c", outside, inside)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			for _, pid := range mentioning(d, "") {
-				if p, err := os.FindProcess(pid); err == nil {
-					p.Kill()
+	for _, detach := range []string{"", "--detach-netns"} {
+		t.Run(cmp.Or(detach, "pid"), func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			pasta := pastaLink(t)
+			d := sharedDir(t)
+			for _, f := range []string{"subuid", "subgid"} {
+				if err := os.WriteFile(filepath.Join(d, f), []byte("nobody:200000:65536\n"), 0o644); err != nil {
+					t.Fatal(err)
 				}
 			}
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("rootlesskit's output:\n%s", out.String())
-		}
-	})
-	// The namespace's server, started after pasta, through -t auto.
-	var got string
-	waitLong(t, "the namespace's port 8091 on the host (-t auto)", 60*time.Second, func() bool {
-		got = readGreeting(func() (net.Conn, error) { return h.Dial("tcp", "127.0.0.1:8091", time.Second) })
-		return got != ""
-	})
-	if got != "ns" {
-		t.Errorf("127.0.0.1:8091 answered %q, want the namespace's server", got)
+			hostSrv := h.Listen(t, "tcp", "127.0.0.1:0")
+			echoGreeting(hostSrv, "host")
+			inside := `
+		busybox ip addr show tap0 | sed 's/^/ADDR /'
+		busybox ip route | sed 's/^/ROUTE /'
+		busybox nc 10.0.2.2 HOSTPORT < /dev/null | sed 's/^/HOST /'
+		echo ns | busybox nc -l -p 8091 > /dev/null
+		echo served > D/served
+		`
+			inside = strings.NewReplacer("D/", d+"/", "HOSTPORT", port(hostSrv.Addr())).Replace(inside)
+			run := `busybox sh -c "$0"`
+			if detach != "" {
+				// The command stays in rootlesskit's first namespace; pasta
+				// serves the detached one, which it enters by --userns/--netns.
+				run = `nsenter --net=` + d + `/state/netns busybox sh -c "$0"`
+			}
+			outside := fmt.Sprintf(`mount --bind %[1]s/subuid /etc/subuid && mount --bind %[1]s/subgid /etc/subgid &&
+		exec setpriv --reuid 65534 --regid 65534 --clear-groups env HOME=%[1]s XDG_RUNTIME_DIR=%[1]s \
+			%[2]s --state-dir %[1]s/state --net=pasta --pasta-binary=%[3]s --port-driver=implicit %[4]s %[5]s`, d, rk, pasta, detach, run)
+			cmd := h.Cmd("unshare", "--mount", "--propagation", "private", "sh", "-c", outside, inside)
+			out := &syncBuffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			cmd.WaitDelay = 5 * time.Second
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			var waitErr error
+			go func() { waitErr = cmd.Wait(); close(exited) }()
+			t.Cleanup(func() {
+				select {
+				case <-exited:
+				default:
+					for _, pid := range mentioning(d, "") {
+						if p, err := os.FindProcess(pid); err == nil {
+							p.Kill()
+						}
+					}
+					<-exited
+				}
+				if t.Failed() {
+					t.Logf("rootlesskit's output:\n%s", out.String())
+				}
+			})
+			// The namespace's server, started after pasta, through -t auto.
+			var got string
+			waitLong(t, "the namespace's port 8091 on the host (-t auto)", 60*time.Second, func() bool {
+				got = readGreeting(func() (net.Conn, error) { return h.Dial("tcp", "127.0.0.1:8091", time.Second) })
+				return got != ""
+			})
+			if got != "ns" {
+				t.Errorf("127.0.0.1:8091 answered %q, want the namespace's server", got)
+			}
+			select {
+			case <-exited:
+				if waitErr != nil {
+					t.Errorf("rootlesskit: %v", waitErr)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("rootlesskit did not exit after its command")
+			}
+			o := out.String()
+			for _, want := range []string{"ADDR     inet 10.0.2.100/24", "mtu 65520", "ROUTE default via 10.0.2.2 dev tap0", "HOST host"} {
+				if !strings.Contains(o, want) {
+					t.Errorf("the namespace's output lacks %q", want)
+				}
+			}
+			waitLong(t, "pasta to exit with rootlesskit", 30*time.Second, func() bool { return len(mentioning(d, pastaExe())) == 0 })
+		})
 	}
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("rootlesskit: %v", waitErr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("rootlesskit did not exit after its command")
-	}
-	o := out.String()
-	for _, want := range []string{"ADDR     inet 10.0.2.100/24", "mtu 65520", "ROUTE default via 10.0.2.2 dev tap0", "HOST host"} {
-		if !strings.Contains(o, want) {
-			t.Errorf("the namespace's output lacks %q", want)
-		}
-	}
-	waitLong(t, "pasta to exit with rootlesskit", 30*time.Second, func() bool { return len(mentioning(d, pastaExe())) == 0 })
 }
 
 // pidNetns starts a process in a new network namespace from h's, and
