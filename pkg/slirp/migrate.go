@@ -1,0 +1,339 @@
+package slirp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/tcprepair"
+)
+
+// The migration stream is passt's, version 2 (migrate.c, flow.c, tcp.c),
+// so that a guest can move between passt and gopasst either way:
+//
+//	header     magic 0xB1BB1D1B0BB1D1B0 (u64), version, compat version (u32)
+//	addresses  IPv6, IPv6 link-local, IPv4, MAC the guest was seen using
+//	count      TCP flows that follow (u32)
+//	count ×    the flow's guest side: struct tcp_tap_transfer, 112 bytes
+//	count ×    its socket: struct tcp_tap_transfer_ext, 52 bytes, then
+//	           the send and the receive queue's bytes
+//
+// Numbers are big-endian, except the flows' ports, which passt copies
+// from its flow table in the host's byte order: NativeEndian here, which
+// is passt's on every machine it runs on. The stream comes from another
+// host: readMigration trusts no length, count or index in it.
+
+const (
+	migrateMagic   = 0xB1BB1D1B0BB1D1B0
+	migrateVersion = 2
+
+	migHeaderLen = 16
+	migSeenLen   = 16 + 16 + 4 + 6
+	migTCPLen    = 112 // struct tcp_tap_transfer, packed, 4-aligned
+	migExtLen    = 52  // struct tcp_tap_transfer_ext
+
+	// passt's interfaces (pif.h).
+	pifHost = 1
+	pifTap  = 2
+
+	// passt's TCP events (tcp_conn.h) that a moved flow can have.
+	evEstablished = 1 << 2
+	evSockFinRcvd = 1 << 3
+	evSockFinSent = 1 << 4
+	evTapFinRcvd  = 1 << 5
+	evTapFinSent  = 1 << 6
+	evTapFinAcked = 1 << 7
+)
+
+// migSeen is what the guest was seen using: struct migrate_seen_addrs_v2.
+// An address passt has not seen is all zeros.
+type migSeen struct {
+	addr6, addr6LL [16]byte
+	addr4          [4]byte
+	mac            [6]byte
+}
+
+// migSide is one side of a flow, struct flowside: its own (o) and the
+// far end's (e) address and port, as seen from that side.
+type migSide struct {
+	oaddr, eaddr netip.Addr
+	oport, eport uint16
+}
+
+// migTCP is a flow's guest side, struct tcp_tap_transfer: passt's state
+// of the connection with the guest.
+type migTCP struct {
+	pif                     [2]uint8
+	side                    [2]migSide
+	retries, wsFromTap      uint8
+	wsToTap, events         uint8
+	tapMSS                  uint32
+	sndbuf                  uint32 // passt's own encoding, carried as is
+	flags, dupAckApprox     uint8
+	wndFromTap, wndToTap    uint16
+	seqToTap, seqAckFromTap uint32
+	seqFromTap, seqAckToTap uint32
+	seqInitFromTap          uint32
+}
+
+// migFlow is one TCP flow: its guest side and its socket (sock.TCPState
+// 0 when the source could not dump it: the destination resets it).
+type migFlow struct {
+	tcp  migTCP
+	sock tcprepair.State
+}
+
+type migStream struct {
+	seen  migSeen
+	flows []migFlow
+}
+
+// tapSide and hostSide index a flow's sides: the side that opened the
+// flow is first, so a guest's connection has its guest side first and an
+// inbound one (-t) its host side.
+func (f *migTCP) tapSide() int {
+	if f.pif[1] == pifTap {
+		return 1
+	}
+	return 0
+}
+
+func (f *migTCP) hostSide() int { return 1 - f.tapSide() }
+
+func putAddr(b []byte, a netip.Addr) {
+	if a.Is4() {
+		a = netip.AddrFrom16(a.As16())
+	}
+	if a.IsValid() {
+		s := a.As16()
+		copy(b, s[:])
+	}
+}
+
+// getAddr reads passt's union inany_addr: IPv4 is mapped.
+func getAddr(b []byte) netip.Addr {
+	return netip.AddrFrom16([16]byte(b)).Unmap()
+}
+
+func appendMigration(b []byte, s *migStream) []byte {
+	b = binary.BigEndian.AppendUint64(b, migrateMagic)
+	b = binary.BigEndian.AppendUint32(b, migrateVersion)
+	b = binary.BigEndian.AppendUint32(b, migrateVersion)
+	b = append(b, s.seen.addr6[:]...)
+	b = append(b, s.seen.addr6LL[:]...)
+	b = append(b, s.seen.addr4[:]...)
+	b = append(b, s.seen.mac[:]...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s.flows)))
+	for i := range s.flows {
+		b = appendMigTCP(b, &s.flows[i].tcp)
+	}
+	for i := range s.flows {
+		b = appendMigExt(b, &s.flows[i].sock)
+	}
+	return b
+}
+
+func appendMigTCP(b []byte, f *migTCP) []byte {
+	b = append(b, f.pif[0], f.pif[1])
+	for _, sd := range f.side {
+		var a [32]byte
+		putAddr(a[:16], sd.oaddr)
+		putAddr(a[16:], sd.eaddr)
+		b = append(b, a[:]...)
+		b = binary.NativeEndian.AppendUint16(b, sd.oport)
+		b = binary.NativeEndian.AppendUint16(b, sd.eport)
+	}
+	b = append(b, f.retries, f.wsFromTap, f.wsToTap, f.events)
+	b = binary.BigEndian.AppendUint32(b, f.tapMSS)
+	b = binary.BigEndian.AppendUint32(b, f.sndbuf)
+	b = append(b, f.flags, f.dupAckApprox)
+	b = binary.BigEndian.AppendUint16(b, f.wndFromTap)
+	b = binary.BigEndian.AppendUint16(b, f.wndToTap)
+	for _, v := range []uint32{f.seqToTap, f.seqAckFromTap, f.seqFromTap, f.seqAckToTap, f.seqInitFromTap} {
+		b = binary.BigEndian.AppendUint32(b, v)
+	}
+	return b
+}
+
+func appendMigExt(b []byte, st *tcprepair.State) []byte {
+	for _, v := range []uint32{st.SeqSnd, st.SeqRcv, uint32(len(st.SendQ)), st.NotSent, uint32(len(st.RecvQ)),
+		st.MSS, st.Timestamp, st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup} {
+		b = binary.BigEndian.AppendUint32(b, v)
+	}
+	b = append(b, st.SndWScale, st.RcvWScale, st.TCPState, st.Options)
+	if st.TCPState == 0 {
+		return b // no queues follow a flow the source could not dump
+	}
+	b = append(b, st.SendQ...)
+	return append(b, st.RecvQ...)
+}
+
+// errMigration is wrapped by every reason a stream is refused.
+var errMigration = errors.New("migration stream")
+
+func migErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errMigration}, args...)...)
+}
+
+// readMigration reads a stream, refusing it whole at its first fault:
+// a magic or version not passt's, a count past maxFlows, a field out of
+// range, or an end before the stream's. Queue bytes are read as they
+// come, never allocated ahead on the stream's word.
+func readMigration(r io.Reader, maxFlows int) (*migStream, error) {
+	var h [migHeaderLen + migSeenLen + 4]byte
+	if _, err := io.ReadFull(r, h[:migHeaderLen]); err != nil {
+		return nil, migErr("header: %v", truncated(err))
+	}
+	magic := binary.BigEndian.Uint64(h[:])
+	version, compat := binary.BigEndian.Uint32(h[8:]), binary.BigEndian.Uint32(h[12:])
+	switch {
+	case magic != migrateMagic:
+		return nil, migErr("magic %#x is not passt's", magic)
+	case version == 0 || compat == 0:
+		return nil, migErr("version %d, compatible with %d: invalid", version, compat)
+	case version < migrateVersion || compat > migrateVersion:
+		// passt's rule: version 2 reads any stream that says it is
+		// readable as 2.
+		return nil, migErr("version %d (compatible with %d) is not supported: only %d", version, compat, migrateVersion)
+	}
+	if _, err := io.ReadFull(r, h[migHeaderLen:]); err != nil {
+		return nil, migErr("addresses: %v", truncated(err))
+	}
+	s := &migStream{}
+	p := h[migHeaderLen:]
+	copy(s.seen.addr6[:], p)
+	copy(s.seen.addr6LL[:], p[16:])
+	copy(s.seen.addr4[:], p[32:])
+	copy(s.seen.mac[:], p[36:])
+	n := binary.BigEndian.Uint32(p[42:])
+	if n > uint32(maxFlows) {
+		return nil, migErr("%d TCP flows, more than the %d this gopasst takes", n, maxFlows)
+	}
+	var buf [migTCPLen]byte
+	s.flows = make([]migFlow, 0, min(n, 1024))
+	for i := range n {
+		if _, err := io.ReadFull(r, buf[:]); err != nil {
+			return nil, migErr("flow %d: %v", i, truncated(err))
+		}
+		var f migFlow
+		if err := parseMigTCP(&f.tcp, buf[:]); err != nil {
+			return nil, migErr("flow %d: %v", i, err)
+		}
+		s.flows = append(s.flows, f)
+	}
+	for i := range s.flows {
+		if err := readMigExt(r, &s.flows[i].sock); err != nil {
+			return nil, migErr("flow %d's socket: %v", i, err)
+		}
+	}
+	return s, nil
+}
+
+func truncated(err error) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return errors.New("truncated")
+	}
+	return err
+}
+
+func parseMigTCP(f *migTCP, b []byte) error {
+	f.pif = [2]uint8{b[0], b[1]}
+	if f.pif != [2]uint8{pifTap, pifHost} && f.pif != [2]uint8{pifHost, pifTap} {
+		return fmt.Errorf("interfaces %d, %d: not one guest and one host side", f.pif[0], f.pif[1])
+	}
+	p := b[2:]
+	for i := range f.side {
+		f.side[i] = migSide{oaddr: getAddr(p[:16]), eaddr: getAddr(p[16:32]),
+			oport: binary.NativeEndian.Uint16(p[32:]), eport: binary.NativeEndian.Uint16(p[34:])}
+		p = p[36:]
+	}
+	is4 := f.side[0].eaddr.Is4()
+	for _, sd := range f.side {
+		if sd.oaddr.Is4() != is4 || sd.eaddr.Is4() != is4 {
+			return errors.New("IPv4 and IPv6 addresses mixed")
+		}
+	}
+	if g := f.side[f.tapSide()]; g.eport == 0 || g.oport == 0 || g.eaddr.IsUnspecified() {
+		return errors.New("no guest address or port")
+	}
+	if h := f.side[f.hostSide()]; h.eport == 0 || h.eaddr.IsUnspecified() {
+		return errors.New("no host peer address or port")
+	}
+	f.retries, f.wsFromTap, f.wsToTap, f.events = p[0], p[1], p[2], p[3]
+	f.tapMSS = binary.BigEndian.Uint32(p[4:])
+	f.sndbuf = binary.BigEndian.Uint32(p[8:])
+	f.flags, f.dupAckApprox = p[12], p[13]
+	f.wndFromTap = binary.BigEndian.Uint16(p[14:])
+	f.wndToTap = binary.BigEndian.Uint16(p[16:])
+	seq := p[18:]
+	f.seqToTap = binary.BigEndian.Uint32(seq)
+	f.seqAckFromTap = binary.BigEndian.Uint32(seq[4:])
+	f.seqFromTap = binary.BigEndian.Uint32(seq[8:])
+	f.seqAckToTap = binary.BigEndian.Uint32(seq[12:])
+	f.seqInitFromTap = binary.BigEndian.Uint32(seq[16:])
+	switch {
+	case f.wsFromTap > 14 || f.wsToTap > 14:
+		return fmt.Errorf("window scale %d/%d beyond 14", f.wsFromTap, f.wsToTap)
+	case f.events&evEstablished == 0:
+		return fmt.Errorf("events %#x: not an established connection", f.events)
+	case f.tapMSS > 65535:
+		return fmt.Errorf("MSS %d", f.tapMSS)
+	case f.seqToTap-f.seqAckFromTap > 1<<30:
+		return errors.New("the guest acknowledged data never sent to it")
+	}
+	return nil
+}
+
+func readMigExt(r io.Reader, st *tcprepair.State) error {
+	var b [migExtLen]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return truncated(err)
+	}
+	var v [12]uint32
+	for i := range v {
+		v[i] = binary.BigEndian.Uint32(b[4*i:])
+	}
+	st.SndWScale, st.RcvWScale, st.TCPState, st.Options = b[48], b[49], b[50], b[51]
+	if st.TCPState == 0 {
+		return nil // the source could not dump it; no queues follow
+	}
+	st.SeqSnd, st.SeqRcv, st.NotSent = v[0], v[1], v[3]
+	st.MSS, st.Timestamp = v[5], v[6]
+	st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup = v[7], v[8], v[9], v[10], v[11]
+	sndq, rcvq := v[2], v[4]
+	switch {
+	case st.TCPState > 11:
+		return fmt.Errorf("TCP state %d", st.TCPState)
+	case sndq > tcprepair.MaxQueue || rcvq > tcprepair.MaxQueue:
+		return fmt.Errorf("queues of %d and %d bytes, more than %d", sndq, rcvq, tcprepair.MaxQueue)
+	case st.NotSent > sndq:
+		return fmt.Errorf("%d bytes not sent of a %d-byte send queue", st.NotSent, sndq)
+	case st.SndWScale > 14 || st.RcvWScale > 14:
+		return fmt.Errorf("window scale %d/%d beyond 14", st.SndWScale, st.RcvWScale)
+	}
+	var err error
+	if st.SendQ, err = readQueue(r, sndq); err != nil {
+		return fmt.Errorf("send queue: %v", err)
+	}
+	if st.RecvQ, err = readQueue(r, rcvq); err != nil {
+		return fmt.Errorf("receive queue: %v", err)
+	}
+	return nil
+}
+
+// readQueue reads n bytes, growing the buffer as they arrive: a stream
+// that announces 64 MiB and ends costs what it sent.
+func readQueue(r io.Reader, n uint32) ([]byte, error) {
+	const chunk = 64 << 10
+	var b []byte
+	for len(b) < int(n) {
+		m := min(int(n)-len(b), chunk)
+		b = append(b, make([]byte, m)...)
+		if _, err := io.ReadFull(r, b[len(b)-m:]); err != nil {
+			return nil, truncated(err)
+		}
+	}
+	return b, nil
+}
