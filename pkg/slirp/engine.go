@@ -24,6 +24,7 @@ import (
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"github.com/gopasst/gopasst/pkg/tcprepair"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,6 +78,8 @@ type Engine struct {
 	icmp icmpTable
 	fwd  fwdTable
 	host Host // binds forwards and reaches what is outside the sandbox
+
+	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
 	fdDir *os.File // /proc/self/fd, for fdRoom; nil without /proc
 

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/netip"
 
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
+	"golang.org/x/sys/unix"
 )
 
 // The migration stream is passt's, version 2 (migrate.c, flow.c, tcp.c),
@@ -336,4 +338,243 @@ func readQueue(r io.Reader, n uint32) ([]byte, error) {
 		}
 	}
 	return b, nil
+}
+
+// Moving the engine's state: migrateSave writes it on the source when the
+// front-end asks for the device state, migrateLoad reads it on the
+// destination. Only established TCP connections to host sockets move;
+// with a repair helper (e.repair) each keeps its host socket's state and
+// queued data, without one the stream still names it, as not dumped, and
+// the destination resets it for the guest rather than leave it hanging.
+// Connections still opening or closing, and UDP and ICMP flows, are
+// dropped, as passt drops them: the guest's next segment on such a TCP
+// connection is answered with a reset.
+
+// migratable says whether f moves.
+func migratable(f *tcpFlow) bool {
+	return f.state == tcpEstablished && f.flags&tcpNotTCP == 0
+}
+
+// migrateSave writes the guest's state to w and lets go of the host
+// sockets of the connections it moved: the destination takes their
+// addresses, on this host too.
+func (e *Engine) migrateSave(w io.Writer) error {
+	var s migStream
+	if e.guestMAC != broadcastMAC {
+		s.seen.mac = e.guestMAC
+	}
+	if e.cfg.has4() {
+		s.seen.addr4 = e.cfg.Addr4.As4()
+	}
+	if e.addrSeen6.IsValid() {
+		s.seen.addr6 = e.addrSeen6.As16()
+	}
+	var flows []*tcpFlow
+	var fds []int
+	e.tcp.each(func(_ int32, f *tcpFlow) {
+		if !migratable(f) || !e.tcpDiscardAcked(f) {
+			return
+		}
+		// Dump peeks the queues from their start.
+		if f.peekOff {
+			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1)
+		}
+		flows = append(flows, f)
+		fds = append(fds, f.fd)
+	})
+	repaired := e.repair != nil
+	if repaired {
+		if err := e.repair.Set(tcprepair.On, fds); err != nil {
+			e.logf("migration: %v: the guest's connections will be reset", err)
+			repaired = false
+		}
+	}
+	s.flows = make([]migFlow, len(flows))
+	for i, f := range flows {
+		m := &s.flows[i]
+		e.migTCPOf(&m.tcp, f)
+		if repaired {
+			st, err := tcprepair.Dump(f.fd)
+			if err != nil {
+				e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
+			} else {
+				m.sock = *st
+				m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
+			}
+		}
+	}
+	_, err := w.Write(appendMigration(nil, &s))
+	for _, f := range flows {
+		// In repair mode, closing sends the peer nothing; without it, the
+		// peer learns that the connection is gone.
+		e.tcpClose(f, false, !repaired)
+	}
+	return err
+}
+
+// migTCPOf is f as passt keeps a flow's guest side.
+func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
+	local, _ := unix.Getsockname(f.fd)
+	peer, _ := unix.Getpeername(f.fd)
+	m.pif = [2]uint8{pifTap, pifHost}
+	m.side[0] = migSide{oaddr: f.key.remote.Addr(), oport: f.key.remote.Port(),
+		eaddr: f.key.guest.Addr(), eport: f.key.guest.Port()}
+	l, p := addrPortOf(local), addrPortOf(peer)
+	m.side[1] = migSide{oaddr: l.Addr(), oport: l.Port(), eaddr: p.Addr(), eport: p.Port()}
+	m.retries, m.wsFromTap, m.wsToTap, m.events = f.retries, f.guestWS, f.ourWS, evEstablished
+	m.tapMSS = uint32(f.mss)
+	if sb, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil {
+		m.sndbuf = uint32(sb) >> 8 // passt's SNDBUF_SET
+	}
+	m.dupAckApprox = uint8(f.ackSent)
+	m.wndFromTap = uint16(min(f.guestWnd>>f.guestWS, 0xffff))
+	m.wndToTap = f.wndSent
+	m.seqToTap, m.seqAckFromTap = f.sndNxt, f.sndUna
+	m.seqFromTap, m.seqAckToTap = f.rcvNxt, f.ackSent
+	m.seqInitFromTap = f.rcvNxt
+}
+
+// migrateLoad reads a stream from w and takes over its guest state and
+// connections.
+func (e *Engine) migrateLoad(r io.Reader) error {
+	s, err := readMigration(r, max(e.cfg.MaxTCP-e.tcp.count, 0))
+	if err != nil {
+		return err
+	}
+	if s.seen.mac != [6]byte{} {
+		e.guestMAC = s.seen.mac
+	}
+	if a := netip.AddrFrom16(s.seen.addr6); !a.IsUnspecified() && e.cfg.has6() {
+		e.addrSeen6 = a
+	}
+	type moved struct {
+		m    *migFlow
+		key  tcpKey
+		fd   int
+		rest []byte
+	}
+	var todo []moved
+	var fds []int
+	for i := range s.flows {
+		m := &s.flows[i]
+		g, h := m.tcp.side[m.tcp.tapSide()], m.tcp.side[m.tcp.hostSide()]
+		key := tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
+		if _, old := e.tcp.lookup(key); old != nil {
+			continue
+		}
+		if m.sock.TCPState == 0 || e.repair == nil {
+			e.tcpResetMoved(key, &m.tcp)
+			continue
+		}
+		family := unix.AF_INET6
+		if h.oaddr.Is4() {
+			family = unix.AF_INET
+		}
+		fd, err := tcprepair.NewSocket(family)
+		if err != nil {
+			e.logf("TCP %v: migration: %v: reset", key.remote, err)
+			e.tcpResetMoved(key, &m.tcp)
+			continue
+		}
+		e.tcp.hostSockOpts(fd)
+		todo = append(todo, moved{m: m, key: key, fd: fd})
+		fds = append(fds, fd)
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if err := e.repair.Set(tcprepair.On, fds); err != nil {
+		e.logf("migration: %v: the guest's connections are reset", err)
+		for _, t := range todo {
+			unix.Close(t.fd)
+			e.tcpResetMoved(t.key, &t.m.tcp)
+		}
+		return nil
+	}
+	fds = fds[:0]
+	for i := range todo {
+		t := &todo[i]
+		h := t.m.tcp.side[t.m.tcp.hostSide()]
+		local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
+		if err := tcprepair.Restore(t.fd, &t.m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
+			e.logf("TCP %v: migration: %v: reset", t.key.remote, err)
+			t.m.sock.TCPState = 0
+		}
+		fds = append(fds, t.fd)
+	}
+	if err := e.repair.Set(tcprepair.Off, fds); err != nil {
+		e.logf("migration: %v", err)
+	}
+	for i := range todo {
+		t := &todo[i]
+		if t.m.sock.TCPState == 0 {
+			unix.Close(t.fd)
+			e.tcpResetMoved(t.key, &t.m.tcp)
+			continue
+		}
+		e.tcpAddMoved(t.key, t.fd, t.m)
+	}
+	return nil
+}
+
+// tcpAddMoved makes a restored socket the flow m: its sequence numbers,
+// windows and MSS with the guest as they were on the source. What was
+// sent to the guest and not acknowledged goes again, peeked from the
+// restored receive queue.
+func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
+	rest, err := tcprepair.Resume(fd, &m.sock)
+	if err == nil && len(rest) > 0 {
+		// What the guest sent and we acknowledged must reach the peer;
+		// a socket that cannot take it now would lose it, as passt's does.
+		err = fmt.Errorf("%d bytes the new socket has no room for", len(rest))
+	}
+	if err != nil {
+		e.logf("TCP %v: migration: %v: reset", key.remote, err)
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		unix.Close(fd)
+		e.tcpResetMoved(key, &m.tcp)
+		return
+	}
+	t := &m.tcp
+	f := e.tcpAddFlow(key, fd, tcpEstablished)
+	f.flags = 0
+	f.sndUna, f.sndNxt = t.seqAckFromTap, t.seqAckFromTap
+	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap
+	f.guestWS, f.ourWS = t.wsFromTap, t.wsToTap
+	f.guestWnd = uint32(t.wndFromTap) << t.wsFromTap
+	f.mss = max(min(int(t.tapMSS), f.mss), tcpMinMSS)
+	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
+		e.logf("TCP %v: migration: %v", key.remote, err)
+		e.tcpClose(f, true, true)
+		return
+	}
+	e.tcpSendFlags(f, header.TCPAck)
+	e.tcpSendToGuest(f)
+}
+
+// tcpResetMoved tells the guest that a connection it had on the source
+// is gone.
+func (e *Engine) tcpResetMoved(key tcpKey, t *migTCP) {
+	e.debugf("TCP %v: not moved: reset", key.remote)
+	f := tcpFlow{key: key, sndNxt: t.seqToTap, rcvNxt: t.seqFromTap}
+	if b := e.reserveIP(key.guest.Addr(), header.TCPMinLen); b != nil {
+		e.commit(e.tcpFill(b, &f, header.TCPRst|header.TCPAck, f.sndNxt, 0, tcpPayload{}, 0))
+	}
+}
+
+func sockaddrOf(ap netip.AddrPort) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }

@@ -4,11 +4,19 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
+	"golang.org/x/sys/unix"
 )
 
 // testMigStream is a stream with one guest connection and one inbound
@@ -106,3 +114,117 @@ func FuzzMigration(f *testing.F) {
 	})
 }
 
+
+// startRepairHelper serves the repair protocol in-process (the test is
+// root) and returns the engine's end.
+func startRepairHelper(t *testing.T) *tcprepair.Client {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: sets TCP_REPAIR")
+	}
+	// qemu-user fakes uname, not this file.
+	if arch, _ := os.ReadFile("/proc/sys/kernel/arch"); runtime.GOARCH == "s390x" && string(arch) != "s390x\n" {
+		t.Skip("qemu-user does not translate TCP_INFO and TCP_REPAIR_WINDOW")
+	}
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tcprepair.Serve(sp[1]); unix.Close(sp[1]) }()
+	c := tcprepair.NewClient(sp[0])
+	t.Cleanup(func() {
+		c.Close()
+		if err := <-done; err != nil {
+			t.Errorf("repair helper: %v", err)
+		}
+	})
+	return c
+}
+
+// destination is h's guest moved to a new engine, as on the migration's
+// destination: same addresses, nothing else carried over; the guest is
+// attached at once, as a vhost-user guest is, with QEMU's framing.
+func (h *hotPath) destination(t *testing.T) *hotPath {
+	t.Helper()
+	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(h.e.cfg, lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
+	if err := e.attach(qemusock.NewStream(pair[0], qemusock.QEMU)); err != nil {
+		t.Fatal(err)
+	}
+	h2 := *h
+	h2.e, h2.guest, h2.rd = e, pair[1], qemusock.NewReader(qemusock.QEMU, 4<<20)
+	return &h2
+}
+
+// TestMigrateTCP moves an established connection from one engine to
+// another through the repair helper, with data the guest has not
+// acknowledged and data not yet read from the host: the guest gets it
+// all once, in order, and the connection carries on both ways.
+func TestMigrateTCP(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.e.repair = startRepairHelper(t)
+	c.Write([]byte("before,"))
+	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "before," })
+	c.Write([]byte("unacked,"))
+	h.receive(t, true, func(s header.TCP) bool { return string(s.Payload()) == "unacked," })
+	c.Write([]byte("unread,"))
+
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	if h.e.tcp.count != 0 {
+		t.Fatal("the source kept the flow")
+	}
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("after"))
+	var got []byte
+	d.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == d.ack-uint32(len(s.Payload())) {
+			got = append(got, s.Payload()...)
+		}
+		return string(got) == "unacked,unread,after"
+	})
+	d.upload(5)
+	buf := make([]byte, 16)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); n != 5 || err != nil {
+		t.Fatalf("host read %d, %v from the destination", n, err)
+	}
+}
+
+// TestMigrateWithoutHelper: with no repair helper the connection cannot
+// move; the destination resets it for the guest, at the sequence the
+// guest expects, and the host peer sees a reset.
+func TestMigrateWithoutHelper(t *testing.T) {
+	h, c := tcpPeer(t)
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	d := h.destination(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	d.receive(t, true, func(s header.TCP) bool { return isRst(s) && s.Seq() == d.ack })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("host read: %v, want a reset", err)
+	}
+}
