@@ -451,7 +451,6 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		m    *migFlow
 		key  tcpKey
 		fd   int
-		rest []byte
 	}
 	var todo []moved
 	var fds []int

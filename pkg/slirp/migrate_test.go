@@ -114,7 +114,6 @@ func FuzzMigration(f *testing.F) {
 	})
 }
 
-
 // startRepairHelper serves the repair protocol in-process (the test is
 // root) and returns the engine's end.
 func startRepairHelper(t *testing.T) *tcprepair.Client {
