@@ -448,9 +448,9 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		e.addrSeen6 = a
 	}
 	type moved struct {
-		m    *migFlow
-		key  tcpKey
-		fd   int
+		m   *migFlow
+		key tcpKey
+		fd  int
 	}
 	var todo []moved
 	var fds []int
