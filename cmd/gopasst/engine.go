@@ -38,6 +38,7 @@ const (
 // none) and whether it runs in namespaces of its own.
 type engineEnv struct {
 	Link, Helper, Log, Pcap, Control int
+	Repair                           int // the TCP_REPAIR helper's listening socket
 	Kind                             string
 	Isolated                         bool
 	Foreground                       bool
@@ -50,6 +51,7 @@ type engineRun struct {
 	link       int
 	kind       string
 	sock       ownedFile // the socket file to remove at exit, if any
+	repair     string    // where a TCP_REPAIR helper connects (--repair-path), if anywhere
 	pidFile    string
 	foreground bool
 	cmdDone    <-chan struct{} // ns: the program has exited
@@ -78,7 +80,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	if err != nil {
 		return 1, err
 	}
-	env := engineEnv{Link: -1, Log: -1, Pcap: -1, Control: -1, Kind: r.kind, Foreground: r.foreground}
+	env := engineEnv{Link: -1, Log: -1, Pcap: -1, Control: -1, Repair: -1, Kind: r.kind, Foreground: r.foreground}
 	var files []*os.File
 	pass := func(f *os.File) int {
 		files = append(files, f)
@@ -135,6 +137,14 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		relay = newCtlRelay(l, os.NewFile(uintptr(ch[0]), "control"), &srv)
 		defer relay.engine.Close()
 		env.Control = pass(os.NewFile(uintptr(ch[1]), "control"))
+	}
+	if r.repair != "" {
+		fd, err := qemusock.Listen(r.repair)
+		if err != nil {
+			return 1, fmt.Errorf("--repair-path: %v", err)
+		}
+		*made = append(*made, own(r.repair))
+		env.Repair = pass(os.NewFile(uintptr(fd), "repair"))
 	}
 	// Descriptors we inherited and do not pass stay out of the engine.
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
@@ -327,6 +337,9 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		if cfg.Pcap, err = qemusock.NewPcap(os.NewFile(uintptr(env.Pcap), "pcap")); err != nil {
 			return nil, nil, fmt.Errorf("--pcap: %w", err)
 		}
+	}
+	if env.Repair >= 0 {
+		cfg.RepairListen = os.NewFile(uintptr(env.Repair), "repair")
 	}
 	lfd := -1
 	if env.Kind == linkListen {

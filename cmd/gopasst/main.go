@@ -97,6 +97,10 @@ type Options struct {
 	PidFile    string `short:"P" name:"pid" placeholder:"FILE" help:"Write the daemon's PID to FILE."`
 	VhostUser  bool   `name:"vhost-user" help:"Be a vhost-user back-end on the socket: QEMU connects with -chardev socket and -netdev vhost-user."`
 	PrintCaps  bool   `name:"print-capabilities" help:"Print the vhost-user back-end's capabilities (JSON) and exit."`
+
+	RepairPath      string `name:"repair-path" placeholder:"PATH" help:"Unix socket for a TCP_REPAIR helper (passt-repair, gopasst repair), for live migration over vhost-user; 'none' for none. Default: <socket>.repair."`
+	MigrateExit     bool   `name:"migrate-exit" help:"Exit once the guest has migrated to the destination (vhost-user)."`
+	MigrateNoLinger bool   `name:"migrate-no-linger" help:"Close migrated connections' sockets at once, as gopasst always does (vhost-user)."`
 }
 
 // cli is gopasst's command line: passt's, as the default command, and
@@ -191,6 +195,7 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 			return fail(stderr, "--vhost-user: the front-end connects to a unix socket (-s) or is given as --fd, never over vsock")
 		}
 		cfg.NewLink = qemusock.NewVhostUser
+		cfg.MigrateExit = o.MigrateExit
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
 	// Check every forward before binding anything.
@@ -275,6 +280,15 @@ func (o *Options) engineRun(fd int, sock ownedFile, foreground bool) engineRun {
 		r.link, r.kind = -1, linkNone
 	case o.Fd >= 0:
 		r.kind = linkStream
+	}
+	// The TCP_REPAIR helper's socket: passt's default is beside the
+	// vhost-user socket; --fd has none to be beside.
+	switch {
+	case !o.VhostUser || o.RepairPath == "none":
+	case o.RepairPath != "":
+		r.repair = o.RepairPath
+	case sock.path != "":
+		r.repair = sock.path + ".repair"
 	}
 	return r
 }

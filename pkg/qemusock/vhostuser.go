@@ -74,13 +74,13 @@ const (
 
 // VhostUserFeatures are the virtio features gopasst offers: passt's
 // (VERSION_1, MRG_RXBUF, GUEST_CSUM, with which frames to the guest are
-// marked as checked) and the guest's checksum and TCP segmentation
+// marked as checked, LOG_ALL for live migration) and the guest's checksum and TCP segmentation
 // offloads, which cost gopasst nothing (it never checks a guest's L4
 // checksum, and takes a TCP segment of any size) and spare the guest
 // both.
 const VhostUserFeatures = virtioFVersion1 | virtioNetFMrgRxbuf | virtioNetFGuestCsum |
 	virtioNetFCsum | virtioNetFHostTSO4 | virtioNetFHostTSO6 |
-	virtioNetFGuestTSO4 | virtioNetFGuestTSO6 | vhostUserFProtocolFeatures
+	virtioNetFGuestTSO4 | virtioNetFGuestTSO6 | vhostUserFProtocolFeatures | vhostFLogAll
 
 const (
 	vuHeaderLen  = 12
@@ -120,6 +120,11 @@ type vhostLink struct {
 	tx      txHeld
 	rx      rxDirect
 	noTSO   bool // a large frame went through the queue: no more (CommitTSO)
+
+	log      dirtyLog // migrate.go
+	migrator Migrator
+	stateErr error // the last device state transfer's
+	saved    bool  // ... which saved the state, not yet checked
 }
 
 // rxDirect holds the frames reserved in the guest's RX buffers and not
@@ -160,7 +165,7 @@ const (
 
 // NewVhostUser is a link over a connected vhost-user socket.
 func NewVhostUser(fd int) Link {
-	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12,
+	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12, log: dirtyLog{call: -1},
 		rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20)}
 }
 
@@ -679,7 +684,8 @@ func (l *vhostLink) Close() error {
 		l.resetQueue(i)
 	}
 	l.mem.unmap()
-	closeFds(l.fds)
+	l.unmapLog()
+	closeFds(append(l.fds, l.log.call))
 	return unix.Close(l.fd)
 }
 
@@ -821,14 +827,15 @@ func (l *vhostLink) request(m []byte) error {
 			return bad("features %#x beyond those offered", f)
 		}
 		l.features, l.noTSO = f, false
+		l.updateLog()
 		l.hdrLen = 10
 		if f&(virtioFVersion1|virtioNetFMrgRxbuf) != 0 {
 			l.hdrLen = 12
 		}
 	case vuGetProtocolFeatures:
-		replied, err = true, l.reply(req, vuProtocolReplyAck)
+		replied, err = true, l.reply(req, vuProtocolFeatures)
 	case vuSetProtocolFeatures:
-		l.protocol = u64() & vuProtocolReplyAck
+		l.protocol = u64() & vuProtocolFeatures
 	case vuGetQueueNum:
 		replied, err = true, l.reply(req, 1)
 	case vuSetOwner:
@@ -863,6 +870,8 @@ func (l *vhostLink) request(m []byte) error {
 		q.descUVA = binary.LittleEndian.Uint64(p[8:])
 		q.usedUVA = binary.LittleEndian.Uint64(p[16:])
 		q.availUVA = binary.LittleEndian.Uint64(p[24:])
+		q.logUsed = binary.LittleEndian.Uint32(p[4:])&vhostVringFLog != 0
+		q.usedGPA = binary.LittleEndian.Uint64(p[32:])
 		if err = q.mapRings(&l.mem); err == nil && q.used != nil {
 			q.usedIdx = binary.LittleEndian.Uint16(q.used[2:])
 			q.published = q.usedIdx
@@ -929,6 +938,17 @@ func (l *vhostLink) request(m []byte) error {
 			return e
 		}
 		q.enabled = len(p) >= 8 && binary.LittleEndian.Uint32(p[4:]) != 0
+	case vuSetLogBase:
+		// Answered whether or not asked: the front-end waits for it.
+		if err = l.setLogBase(p); err == nil {
+			replied, err = true, l.reply(req, 0)
+		}
+	case vuSetLogFd:
+		err = l.setLogFd()
+	case vuSetDeviceStateFd:
+		replied, err = true, l.setDeviceStateFd(req, p)
+	case vuCheckDeviceState:
+		replied, err = true, l.checkDeviceState(req)
 	default:
 		return fmt.Errorf("%w: unsupported request %d", ErrVhostUser, req)
 	}

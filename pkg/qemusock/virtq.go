@@ -136,6 +136,13 @@ type virtq struct {
 	started    bool // a kick descriptor was given (the ring runs)
 	enabled    bool // SET_VRING_ENABLE, or on from the start without protocol features
 
+	// log, while the front-end asks for one (migration), gets every
+	// write to guest memory; the used ring is logged at usedGPA when
+	// SET_VRING_ADDR gave it (logUsed).
+	log     *dirtyLog
+	usedGPA uint64
+	logUsed bool
+
 	// err is how the front-end broke the ring (an available index that
 	// jumped, a call descriptor that took no interrupt); the link then
 	// ends the connection at its next Event, Read or Flush.
@@ -228,6 +235,9 @@ func (q *virtq) putUsed(head uint16, n uint32) {
 	binary.LittleEndian.PutUint32(q.used[4+8*slot:], uint32(head))
 	binary.LittleEndian.PutUint32(q.used[8+8*slot:], n)
 	q.usedIdx++
+	if q.log != nil {
+		q.log.logUsed(q, head, n, slot)
+	}
 }
 
 // discard gives back the chains taken since the available index was
@@ -251,6 +261,9 @@ func (q *virtq) publish() {
 	}
 	q.published = q.usedIdx
 	storeUsedIdx(q.used, q.usedIdx)
+	if q.log != nil {
+		q.log.logUsedIdx(q)
+	}
 	// The flags are a hint, read plainly: a driver that turns interrupts
 	// back on looks at the used ring itself afterwards.
 	if flags := binary.LittleEndian.Uint16(q.avail); flags&availNoInterrupt == 0 && q.call >= 0 && q.err == nil {

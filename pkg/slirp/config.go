@@ -3,6 +3,7 @@ package slirp
 import (
 	"log"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -77,6 +78,13 @@ type Config struct {
 
 	// OneOff ends Run when the first client disconnects.
 	OneOff bool
+
+	// RepairListen is the listening unix socket a TCP_REPAIR helper
+	// (passt-repair, gopasst repair) connects to, for live migration;
+	// nil for none. MigrateExit ends Run once the guest's state has
+	// moved to the destination (passt's --migrate-exit).
+	RepairListen *os.File
+	MigrateExit  bool
 
 	// NewLink makes the link for a client accepted on the listening socket
 	// (or given to AttachStream); nil means qemusock.NewDetectStream. The

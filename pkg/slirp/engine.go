@@ -152,6 +152,11 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	if err := e.epollAdd(e.stopFd, unix.EPOLLIN, epollRef{kind: kindStop}); err != nil {
 		return nil, err
 	}
+	if cfg.RepairListen != nil {
+		if err := e.epollAdd(int(cfg.RepairListen.Fd()), unix.EPOLLIN, epollRef{kind: kindRepair}); err != nil {
+			return nil, err
+		}
+	}
 	if lfd >= 0 {
 		if err := e.epollAdd(lfd, unix.EPOLLIN, epollRef{kind: kindListen}); err != nil {
 			return nil, err
@@ -335,6 +340,8 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 			e.listenerEvent(ref.idx)
 		case kindCall:
 			e.runCalls()
+		case kindRepair:
+			e.acceptRepair()
 		}
 	}
 	e.logStats(n)
@@ -399,6 +406,9 @@ func (e *Engine) resumeAccept() {
 func (e *Engine) attach(l qemusock.Link) error {
 	if err := l.Register(linkPoller{e}); err != nil {
 		return err
+	}
+	if m, ok := l.(qemusock.Migratable); ok {
+		m.SetMigrator(e)
 	}
 	if e.cfg.Pcap != nil {
 		l = qemusock.WithPcap(l, e.cfg.Pcap)

@@ -17,6 +17,7 @@ const (
 	kindTCPListen
 	kindUDPListen
 	kindCall
+	kindRepair // the TCP_REPAIR helper's listening socket (migrate.go)
 )
 
 // epollRef is what an epoll registration hands back with each event, in

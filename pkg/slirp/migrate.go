@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -385,7 +386,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	repaired := e.repair != nil
 	if repaired {
 		if err := e.repair.Set(tcprepair.On, fds); err != nil {
-			e.logf("migration: %v: the guest's connections will be reset", err)
+			e.dropRepair(fmt.Errorf("%v: the guest's connections will be reset", err))
 			repaired = false
 		}
 	}
@@ -483,7 +484,7 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		return nil
 	}
 	if err := e.repair.Set(tcprepair.On, fds); err != nil {
-		e.logf("migration: %v: the guest's connections are reset", err)
+		e.dropRepair(fmt.Errorf("%v: the guest's connections are reset", err))
 		for _, t := range todo {
 			unix.Close(t.fd)
 			e.tcpResetMoved(t.key, &t.m.tcp)
@@ -502,7 +503,7 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		fds = append(fds, t.fd)
 	}
 	if err := e.repair.Set(tcprepair.Off, fds); err != nil {
-		e.logf("migration: %v", err)
+		e.dropRepair(err)
 	}
 	for i := range todo {
 		t := &todo[i]
@@ -576,4 +577,88 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// acceptRepair takes a TCP_REPAIR helper's connection: one at a time, as
+// passt does; a second one is closed at once (the helper exits).
+func (e *Engine) acceptRepair() {
+	fd, _, err := unix.Accept4(int(e.cfg.RepairListen.Fd()), unix.SOCK_CLOEXEC)
+	if err != nil {
+		return
+	}
+	if e.repair != nil {
+		unix.Close(fd)
+		return
+	}
+	e.logf("TCP_REPAIR helper connected")
+	e.repair = tcprepair.NewClient(fd)
+}
+
+// dropRepair forgets a helper that failed: the next one may connect.
+func (e *Engine) dropRepair(err error) {
+	e.logf("TCP_REPAIR helper: %v", err)
+	e.repair.Close()
+	e.repair = nil
+}
+
+// SaveState writes the guest's state to fd, the front-end's pipe
+// (qemusock.Migrator), on the migration's source.
+func (e *Engine) SaveState(fd int) error {
+	w := fdWriter(fd)
+	err := e.migrateSave(&w)
+	e.logf("migration: state saved: %v", cmp.Or[any](err, "ok"))
+	return err
+}
+
+// LoadState reads the guest's state from fd on the destination.
+func (e *Engine) LoadState(fd int) error {
+	r := fdReader(fd)
+	err := e.migrateLoad(&r)
+	e.logf("migration: state loaded: %v (%d TCP connections)", cmp.Or[any](err, "ok"), e.tcp.count)
+	return err
+}
+
+// Migrated is told that the destination has the guest's state: with
+// MigrateExit, this gopasst is done.
+func (e *Engine) Migrated() {
+	e.logf("migration complete")
+	if e.cfg.MigrateExit {
+		e.Stop()
+	}
+}
+
+// fdWriter and fdReader are a blocking descriptor the engine does not
+// own, as an io.Writer and io.Reader.
+type fdWriter int
+
+func (w *fdWriter) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := unix.Write(int(*w), b[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += k
+	}
+	return n, nil
+}
+
+type fdReader int
+
+func (r *fdReader) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(*r), b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
 }

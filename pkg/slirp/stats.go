@@ -13,7 +13,8 @@ import (
 
 // kindNames label the counts, by epoll kind (epoll.go).
 var kindNames = [...]string{kindStop: "stop", kindListen: "accept", kindLink: "guest", kindTCP: "tcp",
-	kindUDP: "udp", kindICMP: "icmp", kindTCPListen: "tcp_listen", kindUDPListen: "udp_listen", kindCall: "control"}
+	kindUDP: "udp", kindICMP: "icmp", kindTCPListen: "tcp_listen", kindUDPListen: "udp_listen", kindCall: "control",
+	kindRepair: "repair_listen"}
 
 // eventStats are the counts and when they were last logged.
 type eventStats struct {
