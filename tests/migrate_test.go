@@ -1,15 +1,23 @@
 package tests
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/tcprepair"
 	"golang.org/x/sys/unix"
@@ -235,5 +243,305 @@ func readHash(fd int) ([32]byte, error) {
 			return [32]byte(h.Sum(nil)), nil
 		}
 		h.Write(buf[:n])
+	}
+}
+
+// TestQEMUMigrate migrates a running guest between two QEMU processes
+// (TCG, -incoming over loopback, started over QMP), each on its own
+// gopasst over vhost-user, in the same host namespace, while the guest
+// holds a TCP connection to a host server with data queued both ways:
+// the server stops reading and writing halfway and carries on once the
+// migration is over. With a repair helper (upstream passt-repair, or
+// gopasst repair) both streams end whole (SHA-256); without one the
+// guest's connection is reset, not left hanging. Either way the guest
+// then opens a new connection from the destination, and the source,
+// given --migrate-exit, exits.
+func TestQEMUMigrate(t *testing.T) {
+	for _, helper := range []string{"gopasst", "passt-repair", "none"} {
+		t.Run(helper, func(t *testing.T) {
+			var argv []string
+			switch helper {
+			case "gopasst":
+				argv = []string{gopasstBin, "repair"}
+			case "passt-repair":
+				argv = []string{passtRepairPath(t)}
+			}
+			testQEMUMigrate(t, argv)
+		})
+	}
+}
+
+func testQEMUMigrate(t *testing.T, repairArgv []string) {
+	qemu, kernel, kver := needQEMU(t)
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user", "--migrate-exit", "--debug"}})
+	w.VhostUser = true
+	dst := *w
+	dst.Sock = filepath.Join(w.Dir, "dst.socket")
+	dstLog := &syncBuffer{}
+	dstProc := w.Host.Cmd(gopasstBin, "-f", "-s", dst.Sock, "--vhost-user", "--debug")
+	dstProc.Stdout, dstProc.Stderr = dstLog, dstLog
+	if err := dstProc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dstProc.Process.Signal(os.Interrupt)
+		dstProc.Wait()
+		if t.Failed() {
+			t.Logf("destination gopasst log:\n%s", dstLog.String())
+		}
+	})
+	waitFor(t, "the destination's socket", func() bool { _, err := os.Stat(dst.Sock); return err == nil })
+	if repairArgv != nil {
+		for _, sock := range []string{w.Sock, dst.Sock} {
+			h := exec.Command(repairArgv[0], append(repairArgv[1:], sock+".repair")...)
+			var out syncBuffer
+			h.Stdout, h.Stderr = &out, &out
+			if err := h.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				h.Process.Kill()
+				h.Wait()
+				if t.Failed() {
+					t.Logf("%s: %s", repairArgv[0], out.String())
+				}
+			})
+		}
+		waitFor(t, "the repair helpers", func() bool {
+			return strings.Contains(w.Log.String(), "TCP_REPAIR helper connected") &&
+				strings.Contains(dstLog.String(), "TCP_REPAIR helper connected")
+		})
+	}
+
+	// The connection that moves: the server reads and writes half of
+	// each stream, then waits for the migration to be over.
+	const size = 4 << 20
+	upload := bytes.Repeat([]byte("gopasst\n"), size/8)
+	migrated := make(chan struct{})
+	halfway := make(chan struct{}, 2)
+	var upSum []byte
+	served := make(chan struct{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	go func() {
+		defer close(served)
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h := sha256.New()
+			io.CopyN(h, c, size/2)
+			halfway <- struct{}{}
+			<-migrated
+			io.CopyN(h, c, size/2)
+			upSum = h.Sum(nil)
+		}()
+		down := newStream(5, size)
+		io.CopyN(c, down, size/2)
+		halfway <- struct{}{}
+		<-migrated
+		io.Copy(c, down)
+		<-done
+	}()
+	after := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
+
+	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
+echo "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
+echo "GOPASST-AFTER $(nc %[1]s %[4]s)"
+echo GOPASST-DONE
+`, hostGW, port(l.Addr()), size, port(after.Addr()))
+	initrd := filepath.Join(w.Dir, "initrd.cpio")
+	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
+		t.Fatal(err)
+	}
+	incoming := freePort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	report := &guestReport{keys: map[string][]string{}}
+	src := startQEMU(ctx, t, qemu, kernel, initrd, w, filepath.Join(w.Dir, "src.qmp"), "", report)
+	dstQEMU := startQEMU(ctx, t, qemu, kernel, initrd, &dst, filepath.Join(w.Dir, "dst.qmp"), "tcp:127.0.0.1:"+incoming, report)
+
+	for range 2 {
+		select {
+		case <-halfway:
+		case <-ctx.Done():
+			t.Fatalf("the guest never got halfway; console:\n%s", report.console())
+		}
+	}
+	qmp := dialQMP(t, filepath.Join(w.Dir, "src.qmp"))
+	qmp.call(t, "migrate", map[string]any{"uri": "tcp:127.0.0.1:" + incoming})
+	for {
+		r := qmp.call(t, "query-migrate", nil)
+		status, _ := r["status"].(string)
+		if status == "completed" {
+			break
+		}
+		if status == "failed" || status == "cancelled" {
+			t.Fatalf("migration %s: %v; source gopasst:\n%s", status, r, w.Log.String())
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("migration still %s", status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(migrated)
+	qmp.call(t, "quit", nil)
+	src.Wait()
+	if err := dstQEMU.Wait(); err != nil && ctx.Err() != nil {
+		t.Fatalf("destination QEMU: %v; console:\n%s", err, report.console())
+	}
+	<-served
+	if len(report.get("DONE")) == 0 {
+		t.Fatalf("the guest did not finish; console:\n%s", report.console())
+	}
+	wantDown := hex.EncodeToString(sumStream(5, size))
+	gotDown := strings.Join(report.get("DOWN"), "")
+	upOK := bytes.Equal(upSum, sha256sum(upload))
+	if repairArgv != nil {
+		if !strings.HasPrefix(gotDown, wantDown) {
+			t.Errorf("download to the guest: sha256 %q, want %s", gotDown, wantDown)
+		}
+		if !upOK {
+			t.Errorf("upload from the guest: sha256 %x, want %x", upSum, sha256sum(upload))
+		}
+	} else if strings.HasPrefix(gotDown, wantDown) || upOK {
+		t.Errorf("without a repair helper the connection carried on (down %q, up %x)", gotDown, upSum)
+	}
+	if got := strings.Join(report.get("AFTER"), ""); got != "after migration" {
+		t.Errorf("a new connection from the destination got %q", got)
+	}
+	waitFor(t, "the source gopasst to exit (--migrate-exit)", func() bool { return w.Proc.ProcessState != nil || !alive(w.Proc.Process.Pid) })
+}
+
+func sha256sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// alive tells whether process pid still runs (and is not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(b), ") Z ")
+}
+
+// freePort is a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return port(l.Addr())
+}
+
+// guestReport gathers the GOPASST- lines of both QEMU consoles.
+type guestReport struct {
+	mu   sync.Mutex
+	keys map[string][]string
+	all  strings.Builder
+}
+
+func (r *guestReport) add(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.all.WriteString(line + "\n")
+	if i := strings.Index(line, "GOPASST-"); i >= 0 {
+		k, v, _ := strings.Cut(line[i+len("GOPASST-"):], " ")
+		r.keys[k] = append(r.keys[k], v)
+	}
+}
+
+func (r *guestReport) get(k string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.keys[k]
+}
+
+func (r *guestReport) console() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.all.String()
+}
+
+// startQEMU starts a guest on w's socket with a QMP socket, waiting for
+// a migration on incoming if given.
+func startQEMU(ctx context.Context, t *testing.T, qemu, kernel, initrd string, w *World, qmp, incoming string, r *guestReport) *exec.Cmd {
+	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "256",
+		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+		"-qmp", "unix:" + qmp + ",server=on,wait=off"}
+	args = append(args, qemuNetArgs(w, 256)...)
+	if incoming != "" {
+		args = append(args, "-incoming", incoming)
+	}
+	cmd := exec.CommandContext(ctx, qemu, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			r.add(strings.TrimRight(s.Text(), "\r"))
+		}
+	}()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+// qmpConn is a QMP client, one command at a time.
+type qmpConn struct {
+	c  net.Conn
+	rd *bufio.Reader
+}
+
+func dialQMP(t *testing.T, path string) *qmpConn {
+	t.Helper()
+	var c net.Conn
+	waitFor(t, "QMP", func() bool {
+		var err error
+		c, err = net.Dial("unix", path)
+		return err == nil
+	})
+	t.Cleanup(func() { c.Close() })
+	q := &qmpConn{c: c, rd: bufio.NewReader(c)}
+	q.rd.ReadBytes('\n') // the greeting
+	q.call(t, "qmp_capabilities", nil)
+	return q
+}
+
+// call runs a command and returns its result; events are skipped.
+func (q *qmpConn) call(t *testing.T, cmd string, args map[string]any) map[string]any {
+	t.Helper()
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
+	q.c.Write(append(b, '\n'))
+	for {
+		line, err := q.rd.ReadBytes('\n')
+		if err != nil {
+			if cmd == "quit" {
+				return nil
+			}
+			t.Fatalf("QMP %s: %v", cmd, err)
+		}
+		var m map[string]any
+		if json.Unmarshal(line, &m) != nil || m["event"] != nil {
+			continue
+		}
+		if e, ok := m["error"]; ok {
+			t.Fatalf("QMP %s: %v", cmd, e)
+		}
+		r, _ := m["return"].(map[string]any)
+		return r
 	}
 }

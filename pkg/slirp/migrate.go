@@ -343,17 +343,21 @@ func readQueue(r io.Reader, n uint32) ([]byte, error) {
 
 // Moving the engine's state: migrateSave writes it on the source when the
 // front-end asks for the device state, migrateLoad reads it on the
-// destination. Only established TCP connections to host sockets move;
-// with a repair helper (e.repair) each keeps its host socket's state and
-// queued data, without one the stream still names it, as not dumped, and
-// the destination resets it for the guest rather than leave it hanging.
-// Connections still opening or closing, and UDP and ICMP flows, are
-// dropped, as passt drops them: the guest's next segment on such a TCP
-// connection is answered with a reset.
+// destination. Established TCP connections to host sockets move, the
+// guest's half-closed ones too, with their host socket's state and
+// queued data, through the repair helper (e.repair). Every other
+// established connection (the host's end closing, a unix socket or a
+// command's pipe at the host's end), and every one when there is no
+// helper, is in the stream as not dumped: the destination resets it for
+// the guest, which would otherwise wait on it for ever, and the source
+// resets it for the host peer. Connections still opening, and UDP and
+// ICMP flows, are dropped as passt drops them: the guest's next segment
+// on them is answered with a reset or goes to a new flow.
 
-// migratable says whether f moves.
-func migratable(f *tcpFlow) bool {
-	return f.state == tcpEstablished && f.flags&tcpNotTCP == 0
+// movable says whether f's host socket can move: a TCP connection the
+// host has not closed (a FIN it sent could not be replayed).
+func movable(f *tcpFlow) bool {
+	return f.state&^tcpGuestFin == tcpEstablished && f.flags&tcpNotTCP == 0
 }
 
 // migrateSave writes the guest's state to w and lets go of the host
@@ -373,17 +377,21 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	var flows []*tcpFlow
 	var fds []int
 	e.tcp.each(func(_ int32, f *tcpFlow) {
-		if !migratable(f) || !e.tcpDiscardAcked(f) {
+		if f.state&tcpEstablished == 0 {
 			return
 		}
-		// Dump peeks the queues from their start.
-		if f.peekOff {
-			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1)
+		if movable(f) && e.tcpDiscardAcked(f) {
+			// Dump peeks the queues from their start.
+			if f.peekOff {
+				unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1)
+			}
+			fds = append(fds, f.fd)
+		} else if f.fd < 0 {
+			return // tcpDiscardAcked closed it
 		}
 		flows = append(flows, f)
-		fds = append(fds, f.fd)
 	})
-	repaired := e.repair != nil
+	repaired := e.repair != nil && len(fds) > 0
 	if repaired {
 		if err := e.repair.Set(tcprepair.On, fds); err != nil {
 			e.dropRepair(fmt.Errorf("%v: the guest's connections will be reset", err))
@@ -391,24 +399,27 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		}
 	}
 	s.flows = make([]migFlow, len(flows))
+	dumped := make([]bool, len(flows))
 	for i, f := range flows {
 		m := &s.flows[i]
 		e.migTCPOf(&m.tcp, f)
-		if repaired {
-			st, err := tcprepair.Dump(f.fd)
-			if err != nil {
-				e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
-			} else {
-				m.sock = *st
-				m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
-			}
+		if !repaired || !movable(f) {
+			e.debugf("TCP %v: %v: not moved, reset", f.key.remote, f.state)
+			continue
 		}
+		st, err := tcprepair.Dump(f.fd)
+		if err != nil {
+			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
+			continue
+		}
+		m.sock, dumped[i] = *st, true
+		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
 	_, err := w.Write(appendMigration(nil, &s))
-	for _, f := range flows {
-		// In repair mode, closing sends the peer nothing; without it, the
-		// peer learns that the connection is gone.
-		e.tcpClose(f, false, !repaired)
+	for i, f := range flows {
+		// In repair mode, closing sends the peer nothing; a connection
+		// that did not move is reset.
+		e.tcpClose(f, false, !dumped[i])
 	}
 	return err
 }
@@ -421,8 +432,23 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 	m.side[0] = migSide{oaddr: f.key.remote.Addr(), oport: f.key.remote.Port(),
 		eaddr: f.key.guest.Addr(), eport: f.key.guest.Port()}
 	l, p := addrPortOf(local), addrPortOf(peer)
+	if f.flags&tcpNotTCP != 0 {
+		// A unix socket or a pipe has no address in passt's terms: the
+		// flow is named by its guest side alone, to be reset.
+		l, p = f.key.remote, f.key.remote
+	}
 	m.side[1] = migSide{oaddr: l.Addr(), oport: l.Port(), eaddr: p.Addr(), eport: p.Port()}
-	m.retries, m.wsFromTap, m.wsToTap, m.events = f.retries, f.guestWS, f.ourWS, evEstablished
+	m.retries, m.wsFromTap, m.wsToTap = f.retries, f.guestWS, f.ourWS
+	m.events = evEstablished
+	for _, b := range []struct {
+		state tcpState
+		ev    uint8
+	}{{tcpGuestFin, evTapFinRcvd | evSockFinSent}, {tcpHostRdhup, evSockFinRcvd},
+		{tcpFinSent, evTapFinSent}, {tcpFinAcked, evTapFinAcked}} {
+		if f.state&b.state != 0 {
+			m.events |= b.ev
+		}
+	}
 	m.tapMSS = uint32(f.mss)
 	if sb, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil {
 		m.sndbuf = uint32(sb) >> 8 // passt's SNDBUF_SET
@@ -462,7 +488,7 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		if _, old := e.tcp.lookup(key); old != nil {
 			continue
 		}
-		if m.sock.TCPState == 0 || e.repair == nil {
+		if m.sock.TCPState == 0 || e.repair == nil || m.tcp.events&^(evTapFinRcvd|evSockFinSent) != evEstablished {
 			e.tcpResetMoved(key, &m.tcp)
 			continue
 		}
@@ -497,7 +523,7 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		h := t.m.tcp.side[t.m.tcp.hostSide()]
 		local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
 		if err := tcprepair.Restore(t.fd, &t.m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
-			e.logf("TCP %v: migration: %v: reset", t.key.remote, err)
+			e.logf("TCP %v: migration: %v (TCP state %d): reset", t.key.remote, err, t.m.sock.TCPState)
 			t.m.sock.TCPState = 0
 		}
 		fds = append(fds, t.fd)
@@ -529,7 +555,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 		err = fmt.Errorf("%d bytes the new socket has no room for", len(rest))
 	}
 	if err != nil {
-		e.logf("TCP %v: migration: %v: reset", key.remote, err)
+		e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
 		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		e.tcpResetMoved(key, &m.tcp)
@@ -537,6 +563,9 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	}
 	t := &m.tcp
 	f := e.tcpAddFlow(key, fd, tcpEstablished)
+	if t.events&evTapFinRcvd != 0 {
+		f.state |= tcpGuestFin
+	}
 	f.flags = 0
 	f.sndUna, f.sndNxt = t.seqAckFromTap, t.seqAckFromTap
 	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap

@@ -3,6 +3,7 @@ package slirp
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -226,4 +227,43 @@ func TestMigrateWithoutHelper(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("host read: %v, want a reset", err)
 	}
+}
+
+// TestMigrateGuestHalfClosed moves a connection the guest has shut down
+// for writing: the host peer still sends, and the guest gets it from the
+// destination.
+func TestMigrateGuestHalfClosed(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.e.repair = startRepairHelper(t)
+	h.upload(5)
+	h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+	h.seq++
+	h.e.turn(5)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(c); len(b) != 5 || err != nil {
+		t.Fatalf("host read %d bytes, %v before the guest's FIN", len(b), err)
+	}
+	// The host's ACK of the FIN must not be in flight when the socket
+	// moves: on one host, what arrives between the source's close and the
+	// destination's connect is answered with a reset by the kernel.
+	for f, i := h.flow(), 0; i < 5000; i++ {
+		if info, err := unix.GetsockoptTCPInfo(f.fd, unix.SOL_TCP, unix.TCP_INFO); err != nil || info.State == 5 {
+			break // FIN_WAIT2
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	if f := d.flow(); f == nil || f.state != tcpEstablished|tcpGuestFin {
+		t.Fatalf("moved flow %v", f)
+	}
+	c.Write([]byte("still open"))
+	d.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "still open" })
 }

@@ -150,8 +150,10 @@ func Dump(fd int) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("SIOCOUTQNSD: %w", err)
 	}
+	finOut := false
 	switch st.TCPState {
 	case stateFinWait1, stateFinWait2, stateLastAck, stateClosing:
+		finOut = true
 		if sndq > 0 {
 			sndq--
 		}
@@ -187,8 +189,14 @@ func Dump(fd int) (*State, error) {
 	if st.SeqRcv, err = queueSeq(fd); err != nil {
 		return nil, err
 	}
-	// TCP_QUEUE_SEQ is the sequence after each queue's end.
+	// TCP_QUEUE_SEQ is the sequence after each queue's end, past a FIN
+	// sent: the restored socket sends its FIN again (Resume, or Restore
+	// in repair mode) from where the first one was. (passt leaves the
+	// FIN's one in, and its FIN lands one past the first.)
 	st.SeqSnd -= sndq
+	if finOut {
+		st.SeqSnd--
+	}
 	st.SeqRcv -= rcvq
 	return &st, nil
 }

@@ -346,7 +346,8 @@ func TestMoveAfterFIN(t *testing.T) {
 		unix.Write(a, []byte("hello"))
 		unix.Shutdown(a, unix.SHUT_WR)
 		waitState(t, a, stateFinWait2)
-		a2, _, _ := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
+		a2, st, _ := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
+		t.Logf("state %d", st.TCPState)
 		var got bytes.Buffer
 		buf := make([]byte, 100)
 		for {
