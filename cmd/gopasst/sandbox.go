@@ -269,7 +269,7 @@ func startKeeper(env engineEnv) (int, int, error) {
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	err = cmd.Start()
-	for _, fd := range []int{env.Link, env.Helper, env.Log, env.Pcap, env.Control, pair[0]} {
+	for _, fd := range []int{env.Link, env.Helper, env.Log, env.Pcap, env.Control, env.Repair, pair[0]} {
 		if fd >= 0 {
 			if _, e := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); e != nil && err == nil {
 				err = e

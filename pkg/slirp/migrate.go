@@ -413,6 +413,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 			continue
 		}
 		m.sock, dumped[i] = *st, true
+		e.debugf("TCP %v: moves in TCP state %d with %d bytes to send (%d never sent), %d received", f.key.remote, st.TCPState, len(st.SendQ), st.NotSent, len(st.RecvQ))
 		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
 	_, err := w.Write(appendMigration(nil, &s))
