@@ -448,7 +448,8 @@ func TestPastaSplice(t *testing.T) {
 }
 
 // -u auto forwards a UDP port the namespace binds after pasta started,
-// and -U auto one the host had bound before; --pid names a process of
+// and -U auto one the host had bound before, but not pasta's own -u
+// port; --pid names a process of
 // pasta's that lives as long as it does.
 func TestPastaAutoUDP(t *testing.T) {
 	needRoot(t)
@@ -469,10 +470,14 @@ func TestPastaAutoUDP(t *testing.T) {
 	hostSrv := h.ListenPacket(t, "udp", "127.0.0.1:0")
 	echo(hostSrv, "host: ")
 	pidFile := filepath.Join(sharedDir(t), "pasta.pid")
-	out, err := h.Cmd(pastaLink(t), "--config-net", "-t", "none", "-u", "auto", "-T", "none", "-U", "auto", "--pid", pidFile, pid).CombinedOutput()
+	out, err := h.Cmd(pastaLink(t), "--config-net", "-t", "none", "-u", "auto", "-u", "18701:8701", "-T", "none", "-U", "auto",
+		"--pid", pidFile, pid).CombinedOutput()
 	if err != nil {
 		t.Fatalf("pasta: %v: %s", err, out)
 	}
+	// -U auto leaves alone the host port of pasta's own -u 18701: its
+	// first scan is done once pasta is ready.
+	ns.ListenPacket(t, "udp", ":18701")
 	b, _ := os.ReadFile(pidFile)
 	if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || unix.Kill(p, 0) != nil {
 		t.Errorf("--pid file says %q, not a running process", b)

@@ -44,6 +44,7 @@ type pastaState struct {
 	nsSide  map[fwdPort]io.Closer // -T/-U listeners in the namespace, by port there
 	autoFwd map[fwdPort]bool      // -t/-u auto forwards bound on the host
 	autoNS  map[fwdPort]bool      // -T/-U auto listeners in the namespace
+	hostFwd map[fwdPort]bool      // -t/-u forwards given as specs, bound on the host
 }
 
 type fwdPort struct {
@@ -58,23 +59,33 @@ func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 		if sp != nil {
 			sp.h, sp.logger = h, logger
 		}
-		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP,
-			nsSide: map[fwdPort]io.Closer{}, autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}}
+		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP, nsSide: map[fwdPort]io.Closer{},
+			autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}, hostFwd: map[fwdPort]bool{}}
 		for _, d := range []struct {
-			proto slirp.Proto
-			specs []string
-		}{{slirp.TCP, f.tcpNS.specs}, {slirp.UDP, f.udpNS.specs}} {
-			specs, _ := portSpecs(d.specs)
-			for _, sp := range specs {
-				for _, fw := range sp.Forwards(nil) {
-					if err := s.bindNS(d.proto, fw); err != nil {
-						return err
-					}
+			proto        slirp.Proto
+			toNS, fromNS []string
+		}{{slirp.TCP, f.tcp.specs, f.tcpNS.specs}, {slirp.UDP, f.udp.specs, f.udpNS.specs}} {
+			for _, fw := range specForwards(d.toNS) {
+				s.hostFwd[fwdPort{d.proto, fw.HostPort}] = true
+			}
+			for _, fw := range specForwards(d.fromNS) {
+				if err := s.bindNS(d.proto, fw); err != nil {
+					return err
 				}
 			}
 		}
 		return s.startAuto(f)
 	}
+}
+
+// specForwards is every forward of specs, which runPasta checked.
+func specForwards(specs []string) []portspec.Forward {
+	parsed, _ := portSpecs(specs)
+	var out []portspec.Forward
+	for _, sp := range parsed {
+		out = append(out, sp.Forwards(nil)...)
+	}
+	return out
 }
 
 // bindNS listens on fw.HostPort in the namespace and forwards to the
@@ -297,6 +308,9 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	s.mu.Lock()
 	for p := range s.autoFwd {
 		delete(hostListen, p) // our own -t/-u auto sockets
+	}
+	for p := range s.hostFwd {
+		delete(hostListen, p) // and the others: -T auto never loops back
 	}
 	var bind []fwdPort
 	for p := range hostListen {
