@@ -10,10 +10,10 @@ import (
 	"time"
 )
 
-// "gopasst ns" (pasta's command mode, with --config-net) gives a program
-// a network stack of its own: run as root and as nobody (then in a user
-// namespace of its own), the program sees
-// only loopback and tap0, configured like a guest, reaches the host's
+// "gopasst ns" (pasta's command mode, --config-net implied) gives a
+// program a network stack of its own: run as root and as nobody (then in
+// a user namespace of its own), the program sees only loopback and tap0
+// (-I), configured like a guest, reaches the host's
 // services through the gateway over IPv4 and IPv6, resolves names through
 // the resolv.conf gopasst gives it, is reached through a forward that the
 // control socket lists, and its exit status is gopasst's.
@@ -45,7 +45,7 @@ wait
 exit 7
 `
 			ctl := filepath.Join(sharedDir(t), "ctl") // nobody makes the control socket here
-			argv := []string{gopasstBin, "ns", "--config-net", "-I", "tap0", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
+			argv := []string{gopasstBin, "ns", "-I", "tap0", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
 			if user == "nobody" {
 				needReachable(t)
 				argv = append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, argv...)

@@ -139,6 +139,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd := ctx.Command(); {
 	case strings.HasPrefix(cmd, "pasta"):
+		// "gopasst ns", pasta's command mode under its old name, keeps
+		// its promise of a configured stack.
+		c.Pasta.ConfigNet = c.Pasta.ConfigNet || args[0] == "ns"
 		return runPasta(&c.Pasta, stderr)
 	case strings.HasPrefix(cmd, "ctl"):
 		return runCtl(&c.Ctl, stdout, stderr)
