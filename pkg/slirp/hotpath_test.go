@@ -559,11 +559,9 @@ func TestAckedOncePerBatch(t *testing.T) {
 	}
 }
 
-// TestUDPBurst: a burst of guest datagrams of one size, and a shorter one
-// after them, reach the host as the same datagrams in order, without an
-// allocation: sent as one with UDP_SEGMENT where the kernel has it, and
-// one by one once a segmented send fails (a socket that sends without
-// checksums, SO_NO_CHECK, cannot segment).
+// TestUDPBurst: a burst of guest datagrams reaches the host as the same
+// datagrams in order, without an allocation, whether the link left them
+// in its buffer or all but their heads in guest memory.
 func TestUDPBurst(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -620,27 +618,5 @@ func TestUDPBurst(t *testing.T) {
 	check()
 	if a := testing.AllocsPerRun(20, burst); a != 0 {
 		t.Errorf("%.1f allocations per burst", a)
-	}
-	drainPackets(pc)
-
-	_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, 5000))
-	if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
-		t.Fatal(err)
-	}
-	burst()
-	check()
-	if te.udp.gso && !f.noGSO {
-		t.Error("a failed UDP_SEGMENT send went unnoticed")
-	}
-}
-
-// drainPackets reads what pc holds until it has nothing for a moment.
-func drainPackets(pc net.PacketConn) {
-	buf := make([]byte, 65536)
-	for {
-		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, _, err := pc.ReadFrom(buf); err != nil {
-			return
-		}
 	}
 }

@@ -295,33 +295,6 @@ type mmsghdr struct {
 	_   [4]byte
 }
 
-// hasUDPSegment tells whether the kernel cuts a UDP send into datagrams
-// (UDP_SEGMENT, Linux 4.18). It sends itself two bytes to be cut in two
-// over loopback: a kernel, or an emulator in between, that ignored the
-// option would send one datagram of both.
-func hasUDPSegment() bool {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	if unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}) != nil {
-		return false
-	}
-	self, err := unix.Getsockname(fd)
-	if err != nil {
-		return false
-	}
-	c := udpSegment{hdr: unix.Cmsghdr{Level: unix.SOL_UDP, Type: unix.UDP_SEGMENT}, size: 1}
-	c.hdr.SetLen(unix.CmsgLen(2))
-	if _, err := unix.SendmsgN(fd, []byte{1, 2}, unsafe.Slice((*byte)(unsafe.Pointer(&c)), unix.CmsgSpace(2)), self, 0); err != nil {
-		return false
-	}
-	var buf [2]byte
-	n, _, _, _, err := unix.Recvmsg(fd, buf[:], nil, 0)
-	return err == nil && n == 1
-}
-
 // sendmmsg sends msgs with one system call and returns how many went.
 func sendmmsg(fd int, msgs []mmsghdr) (int, error) {
 	for {

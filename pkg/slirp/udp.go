@@ -25,7 +25,6 @@ type udpFlow struct {
 	idx     int32
 	fd      int
 	lastAct time.Duration
-	noGSO   bool // a UDP_SEGMENT send failed here: datagrams go one by one
 }
 
 type udpTable struct {
@@ -33,49 +32,20 @@ type udpTable struct {
 	errBuf [header.UDPLen + 1280]byte // an error's quoted datagram
 	oob    [256]byte                  // its control message
 	out    udpSendBatch
-	gso    bool // the kernel has UDP_SEGMENT
 }
 
-func (t *udpTable) init() {
-	t.flowTable.init()
-	t.gso = hasUDPSegment()
-}
-
-// udpBatchMax is how many datagrams one sendmmsg carries; it is also the
-// oldest kernels' UDP_MAX_SEGMENTS.
+// udpBatchMax is how many datagrams one sendmmsg carries.
 const udpBatchMax = 64
-
-// udpGSOMax bounds the datagrams sent as one with UDP_SEGMENT: what one
-// IPv4 datagram could carry.
-const udpGSOMax = 0xffff - header.IPv4MinLen - header.UDPLen
 
 // udpSendBatch gathers consecutive guest datagrams of one flow, still in
 // the input buffer, for one sendmmsg: a burst of small datagrams costs one
-// system call instead of one each. Consecutive datagrams of one size to
-// one destination go as one message with UDP_SEGMENT, which the kernel
-// routes and passes down its stack once, and cuts as late as it can: at
-// 1400 bytes a datagram, the sending cost most of the engine's CPU.
+// system call instead of one each.
 type udpSendBatch struct {
 	flow  *udpFlow
-	n     int // messages
-	nIov  int // datagrams
+	n     int
 	msgs  [udpBatchMax]mmsghdr
 	iovs  [udpBatchMax]unix.Iovec
 	addrs [udpBatchMax]sockaddr
-	segs  [udpBatchMax]udpSegment
-	// The last message: where it goes, its datagrams' size and their
-	// total, and whether a shorter one ended it.
-	to        netip.AddrPort
-	size, sum int
-	ended     bool
-	one       [1]mmsghdr // a datagram resent alone (udpSendEach)
-}
-
-// udpSegment is a UDP_SEGMENT control message.
-type udpSegment struct {
-	hdr  unix.Cmsghdr
-	size uint16
-	_    [6]byte // to CmsgSpace(2)
 }
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
@@ -117,35 +87,17 @@ func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
 		e.udpFlush()
 		b.flow = f
 	}
-	iov := &b.iovs[b.nIov]
-	b.nIov++
-	*iov = unix.Iovec{Len: uint64(len(payload))}
+	i := b.n
+	b.n++
+	b.iovs[i] = unix.Iovec{Len: uint64(len(payload))}
 	if len(payload) > 0 {
-		iov.Base = &payload[0]
+		b.iovs[i].Base = &payload[0]
 	}
-	if m := &b.msgs[max(b.n-1, 0)]; b.n > 0 && e.udp.gso && !f.noGSO && to == b.to && !b.ended &&
-		len(payload) > 0 && len(payload) <= b.size && b.sum+len(payload) <= udpGSOMax {
-		// Only the last datagram of a message may be shorter.
-		m.hdr.Iovlen++
-		b.sum += len(payload)
-		b.ended = len(payload) < b.size
-		if m.hdr.Iovlen == 2 {
-			c := &b.segs[b.n-1]
-			c.hdr = unix.Cmsghdr{Level: unix.SOL_UDP, Type: unix.UDP_SEGMENT}
-			c.hdr.SetLen(unix.CmsgLen(2))
-			c.size = uint16(b.size)
-			m.hdr.Control = (*byte)(unsafe.Pointer(c))
-			m.hdr.SetControllen(unix.CmsgSpace(2))
-		}
-	} else {
-		name, namelen := putSockaddr(&b.addrs[b.n], to)
-		b.msgs[b.n] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: iov, Iovlen: 1}}
-		b.n++
-		b.to, b.size, b.sum, b.ended = to, len(payload), len(payload), false
-	}
+	name, namelen := putSockaddr(&b.addrs[i], to)
+	b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &b.iovs[i], Iovlen: 1}}
 	// A datagram made whole (frameInput) lies in a buffer that the next
 	// such frame overwrites: it cannot wait for the batch.
-	if b.nIov == udpBatchMax || e.inWhole(payload) {
+	if b.n == udpBatchMax || e.inWhole(payload) {
 		e.udpFlush()
 	}
 }
@@ -160,38 +112,18 @@ func (e *Engine) inWhole(b []byte) bool {
 }
 
 // udpFlush sends the batched datagrams. UDP may drop: a datagram the
-// kernel refuses is skipped, and the rest still go. A message that
-// UDP_SEGMENT could not send for a reason other than a full buffer (a
-// datagram larger than the route's MTU, a device that cannot checksum)
-// goes again one datagram at a time, and the flow stops coalescing.
+// kernel refuses is skipped, and the rest still go.
 func (e *Engine) udpFlush() {
 	b := &e.udp.out
 	for sent := 0; sent < b.n; {
 		n, err := sendmmsg(b.flow.fd, b.msgs[sent:b.n])
 		if err != nil {
-			if m := &b.msgs[sent]; m.hdr.Iovlen > 1 && err != unix.EAGAIN && err != unix.ENOBUFS {
-				b.flow.noGSO = true
-				e.udpSendEach(b.flow, m)
-			} else {
-				e.debugf("UDP %v: send: %v", b.flow.guest, err)
-			}
+			e.debugf("UDP %v: send: %v", b.flow.guest, err)
 			n = 1
 		}
 		sent += n
 	}
-	b.flow, b.n, b.nIov = nil, 0, 0
-}
-
-// udpSendEach sends the datagrams of message m one by one.
-func (e *Engine) udpSendEach(f *udpFlow, m *mmsghdr) {
-	one := &e.udp.out.one[0]
-	iovs := unsafe.Slice(m.hdr.Iov, m.hdr.Iovlen)
-	for i := range iovs {
-		*one = mmsghdr{hdr: unix.Msghdr{Name: m.hdr.Name, Namelen: m.hdr.Namelen, Iov: &iovs[i], Iovlen: 1}}
-		if _, err := sendmmsg(f.fd, e.udp.out.one[:]); err != nil {
-			e.debugf("UDP %v: send: %v", f.guest, err)
-		}
-	}
+	b.flow, b.n = nil, 0
 }
 
 // udpOpen creates the host socket for a guest source. It keeps the guest's
