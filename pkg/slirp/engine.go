@@ -153,7 +153,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 		return nil, err
 	}
 	if cfg.RepairListen != nil {
-		if err := e.epollAdd(int(cfg.RepairListen.Fd()), unix.EPOLLIN, epollRef{kind: kindRepair}); err != nil {
+		if err := e.epollAdd(int(cfg.RepairListen.Fd()), unix.EPOLLIN, epollRef{kind: kindRepair, idx: repairListen}); err != nil {
 			return nil, err
 		}
 	}
@@ -341,7 +341,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		case kindCall:
 			e.runCalls()
 		case kindRepair:
-			e.acceptRepair()
+			e.repairEvent(ref.idx)
 		}
 	}
 	e.logStats(n)

@@ -609,14 +609,28 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// acceptRepair takes a TCP_REPAIR helper's connection: one at a time, as
-// passt does; a second one is closed at once (the helper exits).
-func (e *Engine) acceptRepair() {
+// Events of kindRepair: on the listening socket, and on the helper's
+// connection, watched for its end.
+const (
+	repairListen = 0
+	repairConn   = 1
+)
+
+// repairEvent takes a TCP_REPAIR helper's connection: one at a time, as
+// passt does, a second one is closed at once (the helper exits); and
+// forgets a helper that went away, so that the next one may connect.
+func (e *Engine) repairEvent(idx int32) {
+	if idx == repairConn {
+		if e.repair != nil {
+			e.dropRepair(errors.New("gone"))
+		}
+		return
+	}
 	fd, _, err := unix.Accept4(int(e.cfg.RepairListen.Fd()), unix.SOCK_CLOEXEC)
 	if err != nil {
 		return
 	}
-	if e.repair != nil {
+	if e.repair != nil || e.epollAdd(fd, unix.EPOLLRDHUP, epollRef{kind: kindRepair, idx: repairConn}) != nil {
 		unix.Close(fd)
 		return
 	}

@@ -267,3 +267,49 @@ func TestMigrateGuestHalfClosed(t *testing.T) {
 	c.Write([]byte("still open"))
 	d.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "still open" })
 }
+
+// TestRepairHelperReconnects: the engine takes one helper on its repair
+// socket, refuses a second while the first is there, and takes a new one
+// once the first has gone (KubeVirt restarts its helper).
+func TestRepairHelperReconnects(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "repair")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHotPath(t, sinkServer)
+	h.e.cfg.RepairListen = os.NewFile(uintptr(lfd), "repair")
+	defer h.e.cfg.RepairListen.Close()
+	if err := h.e.epollAdd(lfd, unix.EPOLLIN, epollRef{kind: kindRepair, idx: repairListen}); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() int {
+		fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		h.e.turn(10)
+		return fd
+	}
+	first := dial()
+	if h.e.repair == nil {
+		t.Fatal("the first helper was not taken")
+	}
+	taken := h.e.repair
+	second := dial()
+	var b [1]byte
+	if n, _ := unix.Read(second, b[:]); n != 0 || h.e.repair != taken {
+		t.Error("a second helper was not turned away")
+	}
+	unix.Close(second)
+	unix.Close(first)
+	h.e.turn(10)
+	if h.e.repair != nil {
+		t.Fatal("a helper that went away is still the engine's")
+	}
+	third := dial()
+	defer unix.Close(third)
+	if h.e.repair == nil {
+		t.Error("a new helper was not taken")
+	}
+}
