@@ -583,12 +583,20 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 }
 
 // tcpResetMoved tells the guest that a connection it had on the source
-// is gone.
+// is gone. A reset counts only at the exact sequence the guest expects,
+// which lies between what it acknowledged and what the source sent it
+// (frames still queued on the source were lost with it): the reset goes
+// at the latter, and an old segment, as a keepalive probe is, makes the
+// guest answer with where it stands, which the reset to a segment of no
+// flow then matches (tcpRstReply).
 func (e *Engine) tcpResetMoved(key tcpKey, t *migTCP) {
 	e.debugf("TCP %v: not moved: reset", key.remote)
 	f := tcpFlow{key: key, sndNxt: t.seqToTap, rcvNxt: t.seqFromTap}
 	if b := e.reserveIP(key.guest.Addr(), header.TCPMinLen); b != nil {
 		e.commit(e.tcpFill(b, &f, header.TCPRst|header.TCPAck, f.sndNxt, 0, tcpPayload{}, 0))
+	}
+	if b := e.reserveIP(key.guest.Addr(), header.TCPMinLen); b != nil {
+		e.commit(e.tcpFill(b, &f, header.TCPAck, t.seqAckFromTap-1, 0, tcpPayload{}, 0))
 	}
 }
 
