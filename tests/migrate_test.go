@@ -256,8 +256,9 @@ func readHash(fd int) ([32]byte, error) {
 // migration is over. With a repair helper (upstream passt-repair, or
 // gopasst repair) both streams end whole (SHA-256); without one the
 // guest's connection is reset, not left hanging. Either way the guest
-// then opens a new connection from the destination, and the source,
-// given --migrate-exit, exits.
+// then opens a new connection, gets a DHCP lease again and resolves a
+// name through the destination, and the source, given --migrate-exit,
+// exits.
 func TestQEMUMigrate(t *testing.T) {
 	for _, helper := range []string{"gopasst", "passt-repair", "none"} {
 		t.Run(helper, func(t *testing.T) {
@@ -400,6 +401,7 @@ func testQEMUMigrate(t *testing.T, repairArgv, srcArgv, dstArgv []string) {
 		io.Copy(c, down)
 		<-done
 	}()
+	startDNS(t, w, "migrated.gopasst.example", [4]byte{203, 0, 113, 9})
 	after := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
 
@@ -408,6 +410,8 @@ ip link set eth0 up
 udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
 echo "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
 echo "GOPASST-AFTER $(nc %[1]s %[4]s)"
+TAG=RENEWED udhcpc -i eth0 -f -q -n -t 5 -T 2 -s /etc/dhcp.sh 2>&1 | grep -v '^udhcpc'
+nslookup migrated.gopasst.example %[1]s | sed 's/^/GOPASST-DNS /'
 echo GOPASST-DONE
 `, hostGW, port(l.Addr()), upSize, port(after.Addr()))
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
@@ -486,6 +490,12 @@ echo GOPASST-DONE
 	}
 	if got := strings.Join(report.get("AFTER"), ""); got != "after migration" {
 		t.Errorf("a new connection from the destination got %q", got)
+	}
+	if lease := strings.Join(report.get("RENEWEDLEASE"), ""); !strings.Contains(lease, "ip="+hostAddr) {
+		t.Errorf("DHCP from the destination: lease %q", lease)
+	}
+	if dns := strings.Join(report.get("DNS"), "\n"); !strings.Contains(dns, "203.0.113.9") {
+		t.Errorf("DNS from the destination:\n%s", dns)
 	}
 	for _, line := range strings.Split(dstLog.String(), "\n") {
 		if strings.Contains(line, "migration") {
