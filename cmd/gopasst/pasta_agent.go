@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
@@ -213,7 +214,8 @@ type pastaHelper struct {
 	fwds     pastaForwards
 	noSplice bool
 	tables   map[string]int // the namespace's /proc/net tables, by name
-	buf      []byte
+	scan     autoScan
+	listen   map[fwdPort]bool // the namespace's listening ports, as last read
 }
 
 // newPastaHelper opens the namespace's tables that auto needs.
@@ -262,19 +264,25 @@ func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 }
 
 // mayBind tells whether the engine may bind f on the host for -t or -u
-// auto: its port listens in the namespace now.
+// auto: its port listens in the namespace. The tables are read again only
+// for a port that did not listen at the last read: a container that opens
+// thousands of ports has the engine ask for each, and one read of tables
+// that long takes tens of milliseconds. A port that listened may stay
+// allowed: the engine could have bound it then and kept it anyway.
 func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
 	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort ||
 		!(proto == slirp.TCP && p.fwds.tcp.auto || proto == slirp.UDP && p.fwds.udp.auto) {
 		return false
 	}
-	found := false
-	for _, name := range []string{string(proto), string(proto) + "6"} {
-		parseProcNet(readTable(p.tables[name], &p.buf), proto == slirp.UDP, func(port uint16) {
-			found = found || port == f.HostPort
-		})
+	k := fwdPort{proto, f.HostPort}
+	if !p.listen[k] {
+		var tables []procTable
+		for name, fd := range p.tables {
+			tables = append(tables, procTable{slirp.Proto(strings.TrimSuffix(name, "6")), fd})
+		}
+		p.listen = p.scan.listening(tables)
 	}
-	return found
+	return p.listen[k]
 }
 
 // pastaAgent runs in the namespaces: it sets them up as planned, then

@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp"
 )
 
 // Pasta's callers' exact command lines parse, as pasta's.
@@ -124,5 +128,40 @@ func TestPastaDHCPDNS(t *testing.T) {
 		if cfg.NoDHCPDNS != want || cfg.NoDHCPSearch != want {
 			t.Errorf("%q: NoDHCPDNS %v, NoDHCPSearch %v; want %v", argv, cfg.NoDHCPDNS, cfg.NoDHCPSearch, want)
 		}
+	}
+}
+
+// The helper reads the namespace's tables for -t auto once for a burst of
+// binds, not once a bind: only a port it did not see listening reads them
+// again. A container with thousands of ports made it read megabytes for
+// each of them, with the engine waiting.
+func TestPastaMayBindReadsOnMiss(t *testing.T) {
+	table := func(port string) []byte {
+		return []byte("  sl  local_address rem_address   st\n   0: 0100007F:" + port + " 00000000:0000 0A 0\n")
+	}
+	path := t.TempDir() + "/tcp"
+	if err := os.WriteFile(path, table("1F90"), 0o600); err != nil { // 8080
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := &pastaHelper{fwds: pastaForwards{tcp: portModes{auto: true}}, tables: map[string]int{"tcp": int(f.Fd())}}
+	may := func(port uint16) bool {
+		return p.mayBind(slirp.TCP, portspec.Forward{HostPort: port, GuestPort: port})
+	}
+	if !may(8080) || may(8081) || may(1) {
+		t.Fatal("8080 listens, 8081 and 1 do not")
+	}
+	if err := os.WriteFile(path, table("1F91"), 0o600); err != nil { // 8081
+		t.Fatal(err)
+	}
+	if !may(8080) {
+		t.Error("8080, seen listening, read the tables again")
+	}
+	if !may(8081) || may(8080) {
+		t.Error("a port not seen listening did not read the tables again")
 	}
 }
