@@ -69,17 +69,26 @@ func TestSandboxProbes(t *testing.T) {
 	}
 	defer other.Wait()
 	defer other.Process.Kill()
+	// What only an attacker asks kills the engine; the rest is refused.
+	const killed, refused = "killed by SIGSYS", "operation not permitted"
 	for _, c := range []struct{ probe, want string }{
 		// A new user namespace, whose kernel attack surface (raw
 		// sockets, x_tables) an engine has no use for.
-		{"clone-ns", "operation not permitted"},
-		// A terminal request, which could queue input for a shell.
-		{"tiocsti", "operation not permitted"},
+		{"clone-ns", killed},
+		{"execve", killed},
+		{"socket-netlink", killed},
+		// Another process, which the engine can neither signal nor limit.
+		{"tgkill", killed},
+		{"prlimit", killed},
 		// Executable memory, which nothing but an exploit needs.
-		{"mmap-exec", "operation not permitted"},
-		{"mprotect-exec", "operation not permitted"},
-		{"tgkill", "operation not permitted"},
-		{"prlimit", "operation not permitted"},
+		{"mmap-exec", killed},
+		{"mprotect-exec", killed},
+		// A terminal request, which could queue input for a shell.
+		{"tiocsti", refused},
+		// What a library may try on a rare path: unix sockets
+		// (log/syslog's redial), files (the time zone).
+		{"socket-unix", refused},
+		{"openat", refused},
 	} {
 		t.Run(c.probe, func(t *testing.T) {
 			if got := probeEngine(t, c.probe, other.Process.Pid); got != c.want {

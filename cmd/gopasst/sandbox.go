@@ -211,8 +211,8 @@ func confineExec(env engineEnv) error {
 			return fmt.Errorf("securebits: %w", err)
 		}
 	}
-	// Not root (no user namespace): drop what an ambient or inheritable
-	// capability could carry through the exec.
+	// Without a user namespace too: what an ambient or inheritable
+	// capability would carry through the exec.
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("ambient capabilities: %w", err)
 	}
@@ -286,7 +286,6 @@ func startKeeper(env engineEnv) (int, int, error) {
 // the mount namespace, answers with the error if any, and exits.
 func keepRoot() int {
 	const fd = 3
-	runtime.LockOSThread()
 	var b [1]byte
 	if n, err := unix.Read(fd, b[:]); n != 1 || err != nil {
 		return 1 // the engine failed in set-up
@@ -300,7 +299,8 @@ func keepRoot() int {
 }
 
 // enterSandbox is the engine's last step before it serves: everything it
-// will use is open. isolated says it runs in namespaces of its own.
+// will use is open. env says whether it runs in namespaces of its own,
+// with a keeper.
 func enterSandbox(env engineEnv) error {
 	if env.Isolated {
 		if err := askKeeper(env.Keeper, env.KeeperPid); err != nil {

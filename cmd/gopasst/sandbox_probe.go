@@ -52,6 +52,18 @@ func probeSandbox(logger *log.Logger) {
 			defer unix.Munmap(b)
 			return unix.Mprotect(b, unix.PROT_READ|unix.PROT_EXEC)
 		},
+		// Run a program; the path is the empty root's only directory.
+		"execve": func() error { return unix.Exec("/", []string{"/"}, nil) },
+		// Sockets of other families than IPv4 and IPv6.
+		"socket-netlink": func() error { return socketProbe(unix.AF_NETLINK) },
+		"socket-unix":    func() error { return socketProbe(unix.AF_UNIX) },
+		"openat": func() error {
+			fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		},
 		// Signal 0 only asks whether the process exists.
 		"tgkill": func() error { return unix.Tgkill(other, other, 0) },
 		"prlimit": func() error {
@@ -75,4 +87,12 @@ func errnoErr(e unix.Errno) error {
 		return nil
 	}
 	return e
+}
+
+func socketProbe(family int) error {
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err
 }

@@ -12,12 +12,14 @@ import (
 
 // The engine's seccomp filter: an allow-list of what it and the Go runtime
 // call once they serve (seccomp_linux.go), built as classic BPF by hand.
-// Anything else fails with EPERM, and the kernel logs it (audit type 1326,
-// in dmesg) with the syscall's number: a call nobody foresaw fails like a
-// refused one, which gopasst reports and survives, where passt's
-// kill-on-violation turns the same mistake into an outage. A system call
-// for the wrong architecture (x32, i386 on amd64) kills the process.
-// Other architectures have no list yet (seccomp_other.go).
+// A call that only an attacker makes (exec, ptrace, mounts, namespaces,
+// executable memory, another process: seccompKilled and the checked
+// calls' failures) kills the process. Anything else fails with EPERM, and
+// the kernel logs it (audit type 1326, in dmesg) with the syscall's
+// number: a call nobody foresaw on a rare path of the Go runtime or
+// library fails like a refused one, which gopasst reports and survives.
+// A system call for the wrong architecture (x32, i386 on amd64) kills the
+// process. Other architectures have no list yet (seccomp_other.go).
 
 // seccompRule is what the filter does with one system call: action, or,
 // with check, allow it when its argument passes and take action if not.
@@ -29,10 +31,13 @@ type seccompRule struct {
 
 // argCheck checks argument arg of a call: its value must be one of
 // values (and its upper 32 bits zero, with wide), or, with mask, have
-// none of mask's bits set. An int argument is 32 bits to the kernel.
+// none of mask's bits set. A value in denied gets the filter's default
+// answer rather than the rule's. An int argument is 32 bits to the
+// kernel.
 type argCheck struct {
 	arg    int
 	values []uint32
+	denied []uint32
 	wide   bool
 	mask   uint32
 }
@@ -83,10 +88,21 @@ func seccompProgram(rules []seccompRule, deny uint32) []unix.SockFilter {
 			if c.mask != 0 {
 				block = append(block, jmp(unix.BPF_JSET, c.mask, 0, 1))
 			}
-			for i, v := range c.values {
-				block = append(block, jmp(unix.BPF_JEQ, v, uint8(len(c.values)-i), 0))
+			// Then: ret action; ret deny, with denied; ret ALLOW.
+			tail := []unix.SockFilter{ret(r.action), ret(unix.SECCOMP_RET_ALLOW)}
+			if len(c.denied) > 0 {
+				tail = []unix.SockFilter{ret(r.action), ret(deny), ret(unix.SECCOMP_RET_ALLOW)}
 			}
-			block = append(block, ret(r.action), ret(unix.SECCOMP_RET_ALLOW))
+			left := len(c.values) + len(c.denied)
+			for _, v := range c.values {
+				left--
+				block = append(block, jmp(unix.BPF_JEQ, v, uint8(left+len(tail)-1), 0))
+			}
+			for _, v := range c.denied {
+				left--
+				block = append(block, jmp(unix.BPF_JEQ, v, uint8(left+1), 0))
+			}
+			block = append(block, tail...)
 		}
 		// The number is reloaded after a block that loaded an argument;
 		// every block returns, so only the comparison needs the number.
@@ -103,7 +119,11 @@ func seccompRules(pid int) []seccompRule {
 	for _, nr := range seccompAllowed {
 		rules = append(rules, seccompRule{nr: nr, action: unix.SECCOMP_RET_ALLOW})
 	}
-	return append(rules, seccompChecked(pid)...)
+	rules = append(rules, seccompChecked(pid)...)
+	for _, nr := range seccompKilled {
+		rules = append(rules, seccompRule{nr: nr, action: unix.SECCOMP_RET_KILL_PROCESS})
+	}
+	return rules
 }
 
 func installSeccomp() error {

@@ -32,6 +32,22 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_RSEQ, unix.SYS_SET_ROBUST_LIST,
 }, seccompArchOnly...)
 
+// seccompKilled: calls that only an attacker makes in the engine, which
+// never execs, debugs, mounts, changes namespace or loads anything into
+// the kernel once it serves. openat is not among them, only refused: the
+// Go library opens files lazily (the time zone, /etc/hosts), and the
+// empty root has nothing to open anyway.
+var seccompKilled = []uint32{
+	unix.SYS_EXECVE, unix.SYS_EXECVEAT,
+	unix.SYS_PTRACE, unix.SYS_PROCESS_VM_READV, unix.SYS_PROCESS_VM_WRITEV, unix.SYS_PIDFD_GETFD, unix.SYS_KCMP,
+	unix.SYS_MOUNT, unix.SYS_UMOUNT2, unix.SYS_PIVOT_ROOT, unix.SYS_CHROOT, unix.SYS_UNSHARE, unix.SYS_SETNS,
+	unix.SYS_OPEN_TREE, unix.SYS_MOVE_MOUNT, unix.SYS_FSOPEN, unix.SYS_FSCONFIG, unix.SYS_FSMOUNT, unix.SYS_FSPICK,
+	unix.SYS_MOUNT_SETATTR,
+	unix.SYS_BPF, unix.SYS_KEYCTL, unix.SYS_ADD_KEY, unix.SYS_REQUEST_KEY, unix.SYS_USERFAULTFD,
+	unix.SYS_PERF_EVENT_OPEN, unix.SYS_IO_URING_SETUP, unix.SYS_INIT_MODULE, unix.SYS_FINIT_MODULE,
+	unix.SYS_DELETE_MODULE, unix.SYS_KEXEC_LOAD, unix.SYS_KEXEC_FILE_LOAD,
+}
+
 // cloneThread is how the Go runtime makes a thread (runtime/os_linux.go).
 const cloneThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
 	unix.CLONE_SYSVSEM | unix.CLONE_THREAD
@@ -39,27 +55,29 @@ const cloneThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // seccompChecked: the calls whose arguments are checked, and those with
 // an answer of their own.
 func seccompChecked(pid int) []seccompRule {
-	deny := seccompDeny()
+	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
 	return []seccompRule{
 		// The engine opens only IPv4 and IPv6 sockets; unix sockets go
-		// through the helper.
-		{nr: unix.SYS_SOCKET, action: deny, check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}}},
+		// through the helper. A unix socket fails gently: log/syslog
+		// redials /dev/log when a write fails (the journal restarted).
+		{nr: unix.SYS_SOCKET, action: kill, check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}, denied: []uint32{unix.AF_UNIX}}},
 		// ioctl only to read a socket's queues (fdRoom, TCP repair): no
-		// terminal request (TIOCSTI), no device's.
+		// terminal request (TIOCSTI), no device's. Refused, not fatal: a
+		// library may ask a harmless one on a path nobody foresaw.
 		{nr: unix.SYS_IOCTL, action: deny, check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
 		// Memory, never executable: the Go runtime and glibc's threads
 		// map only data once the engine serves (the binary and the vDSO
 		// were mapped at exec).
-		{nr: unix.SYS_MMAP, action: deny, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
-		{nr: unix.SYS_MPROTECT, action: deny, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
+		{nr: unix.SYS_MMAP, action: kill, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
+		{nr: unix.SYS_MPROTECT, action: kill, check: &argCheck{arg: 2, mask: unix.PROT_EXEC}},
 		// The runtime signals its own threads (preemption), and raises
 		// its descriptor limit: no other process's.
-		{nr: unix.SYS_TGKILL, action: deny, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},
-		{nr: unix.SYS_PRLIMIT64, action: deny, check: &argCheck{arg: 0, values: []uint32{0}}},
+		{nr: unix.SYS_TGKILL, action: kill, check: &argCheck{arg: 0, values: []uint32{uint32(pid)}}},
+		{nr: unix.SYS_PRLIMIT64, action: kill, check: &argCheck{arg: 0, values: []uint32{0}}},
 		// New threads, never processes or namespaces: the flags Go's
 		// runtime uses (with CLONE_SETTLS on amd64) and glibc's
 		// pthread_create (a cgo build).
-		{nr: unix.SYS_CLONE, action: deny, check: &argCheck{arg: 0, wide: true, values: []uint32{
+		{nr: unix.SYS_CLONE, action: kill, check: &argCheck{arg: 0, wide: true, values: []uint32{
 			cloneThread, cloneThread | unix.CLONE_SETTLS,
 			cloneThread | unix.CLONE_SETTLS | unix.CLONE_PARENT_SETTID | unix.CLONE_CHILD_CLEARTID,
 		}}},

@@ -51,7 +51,7 @@ func TestSeccompProgram(t *testing.T) {
 		t.Skip("no allow-list for this architecture")
 	}
 	const pid = 1
-	deny := seccompDeny()
+	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
 	p := seccompProgram(seccompRules(pid), deny)
 	if len(p) > 0xffff {
 		t.Fatalf("%d instructions", len(p))
@@ -61,30 +61,37 @@ func TestSeccompProgram(t *testing.T) {
 			t.Errorf("syscall %d: %#x, want allowed", nr, got)
 		}
 	}
+	for _, nr := range seccompKilled {
+		if got := runBPF(t, p, auditArch, nr); got != kill {
+			t.Errorf("syscall %d: %#x, want the process killed", nr, got)
+		}
+	}
 	for _, c := range []seccompCase{
-		{"execve", unix.SYS_EXECVE, nil, deny},
+		{"execve", unix.SYS_EXECVE, nil, kill},
 		{"openat", unix.SYS_OPENAT, nil, deny},
-		{"mount", unix.SYS_MOUNT, nil, deny},
+		{"mount", unix.SYS_MOUNT, nil, kill},
+		{"kill", unix.SYS_KILL, []uint64{1, 9}, deny},
 		{"socket(AF_INET)", unix.SYS_SOCKET, []uint64{unix.AF_INET}, unix.SECCOMP_RET_ALLOW},
 		{"socket(AF_INET6)", unix.SYS_SOCKET, []uint64{unix.AF_INET6}, unix.SECCOMP_RET_ALLOW},
 		{"socket(AF_UNIX)", unix.SYS_SOCKET, []uint64{unix.AF_UNIX}, deny},
-		{"socket(AF_NETLINK)", unix.SYS_SOCKET, []uint64{unix.AF_NETLINK}, deny},
+		{"socket(AF_NETLINK)", unix.SYS_SOCKET, []uint64{unix.AF_NETLINK}, kill},
+		{"socket(AF_PACKET)", unix.SYS_SOCKET, []uint64{unix.AF_PACKET}, kill},
 		{"clone3", unix.SYS_CLONE3, nil, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
 		{"clone(thread)", unix.SYS_CLONE, []uint64{cloneThread | unix.CLONE_SETTLS}, unix.SECCOMP_RET_ALLOW},
 		{"clone(glibc thread)", unix.SYS_CLONE, []uint64{cloneThread | unix.CLONE_SETTLS | unix.CLONE_PARENT_SETTID | unix.CLONE_CHILD_CLEARTID}, unix.SECCOMP_RET_ALLOW},
-		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, deny},
-		{"clone(NEWUSER)", unix.SYS_CLONE, []uint64{cloneThread | unix.CLONE_NEWUSER}, deny},
-		{"clone(high bits)", unix.SYS_CLONE, []uint64{1<<32 | cloneThread}, deny},
+		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, kill},
+		{"clone(NEWUSER)", unix.SYS_CLONE, []uint64{cloneThread | unix.CLONE_NEWUSER}, kill},
+		{"clone(high bits)", unix.SYS_CLONE, []uint64{1<<32 | cloneThread}, kill},
 		{"ioctl(SIOCOUTQ)", unix.SYS_IOCTL, []uint64{3, unix.SIOCOUTQ}, unix.SECCOMP_RET_ALLOW},
 		{"ioctl(TIOCSTI)", unix.SYS_IOCTL, []uint64{2, unix.TIOCSTI}, deny},
 		{"mmap(RW)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE}, unix.SECCOMP_RET_ALLOW},
-		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, deny},
+		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, kill},
 		{"mprotect(R)", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_READ}, unix.SECCOMP_RET_ALLOW},
-		{"mprotect(X)", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_EXEC}, deny},
+		{"mprotect(X)", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_EXEC}, kill},
 		{"tgkill(self)", unix.SYS_TGKILL, []uint64{pid, 7, uint64(unix.SIGURG)}, unix.SECCOMP_RET_ALLOW},
-		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, deny},
+		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, kill},
 		{"prlimit64(0)", unix.SYS_PRLIMIT64, []uint64{0, unix.RLIMIT_NOFILE}, unix.SECCOMP_RET_ALLOW},
-		{"prlimit64(other)", unix.SYS_PRLIMIT64, []uint64{pid + 1, unix.RLIMIT_NOFILE}, deny},
+		{"prlimit64(other)", unix.SYS_PRLIMIT64, []uint64{pid + 1, unix.RLIMIT_NOFILE}, kill},
 	} {
 		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)
