@@ -182,6 +182,11 @@ const (
 // confineExec is the first step: it never returns but with an error.
 func confineExec(env engineEnv) error {
 	runtime.LockOSThread() // for good: the exec keeps only this thread
+	// The helper's Pdeathsig belongs to the thread it started, which need
+	// not be this one: the engine must still end with the helper.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGTERM), 0, 0, 0); err != nil {
+		return fmt.Errorf("parent death signal: %w", err)
+	}
 	if env.Isolated {
 		// No user namespace can be made in ours: what the engine could
 		// reach through one (raw sockets, x_tables) stays out of reach
