@@ -26,7 +26,7 @@ import (
 // Numbers are big-endian, except the flows' ports, which passt copies
 // from its flow table in the host's byte order: NativeEndian here, which
 // is passt's on every machine it runs on. The stream comes from another
-// host: readMigration trusts no length, count or index in it.
+// host: readMigHead and readMigExt trust no length, count or index in it.
 
 const (
 	migrateMagic   = 0xB1BB1D1B0BB1D1B0
@@ -180,11 +180,13 @@ func migErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errMigration}, args...)...)
 }
 
-// readMigration reads a stream, refusing it whole at its first fault:
-// a magic or version not passt's, a count past maxFlows, a field out of
-// range, or an end before the stream's. Queue bytes are read as they
-// come, never allocated ahead on the stream's word.
-func readMigration(r io.Reader, maxFlows int) (*migStream, error) {
+// readMigHead reads a stream up to its flows' sockets, refusing it at
+// its first fault: a magic or version not passt's, a count past
+// maxFlows, a field out of range, or an end before the stream's. The
+// flows' sockets, with their queues, follow one by one (readMigExt):
+// the destination restores each as it reads it, so that what it holds
+// at once is bounded by one flow's queues, whatever the stream claims.
+func readMigHead(r io.Reader, maxFlows int) (*migStream, error) {
 	var h [migHeaderLen + migSeenLen + 4]byte
 	if _, err := io.ReadFull(r, h[:migHeaderLen]); err != nil {
 		return nil, migErr("header: %v", truncated(err))
@@ -225,11 +227,6 @@ func readMigration(r io.Reader, maxFlows int) (*migStream, error) {
 			return nil, migErr("flow %d: %v", i, err)
 		}
 		s.flows = append(s.flows, f)
-	}
-	for i := range s.flows {
-		if err := readMigExt(r, &s.flows[i].sock); err != nil {
-			return nil, migErr("flow %d's socket: %v", i, err)
-		}
 	}
 	return s, nil
 }
@@ -289,6 +286,8 @@ func parseMigTCP(f *migTCP, b []byte) error {
 	return nil
 }
 
+// readMigExt reads a flow's socket. Its queues are read into st.SendQ
+// and st.RecvQ, whose storage is reused: one flow's queues at a time.
 func readMigExt(r io.Reader, st *tcprepair.State) error {
 	var b [migExtLen]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
@@ -317,20 +316,19 @@ func readMigExt(r io.Reader, st *tcprepair.State) error {
 		return fmt.Errorf("window scale %d/%d beyond 14", st.SndWScale, st.RcvWScale)
 	}
 	var err error
-	if st.SendQ, err = readQueue(r, sndq); err != nil {
+	if st.SendQ, err = readQueue(r, sndq, st.SendQ[:0]); err != nil {
 		return fmt.Errorf("send queue: %v", err)
 	}
-	if st.RecvQ, err = readQueue(r, rcvq); err != nil {
+	if st.RecvQ, err = readQueue(r, rcvq, st.RecvQ[:0]); err != nil {
 		return fmt.Errorf("receive queue: %v", err)
 	}
 	return nil
 }
 
-// readQueue reads n bytes, growing the buffer as they arrive: a stream
-// that announces 64 MiB and ends costs what it sent.
-func readQueue(r io.Reader, n uint32) ([]byte, error) {
+// readQueue reads n bytes appended to b, growing it as they arrive: a
+// stream that announces 64 MiB and ends costs what it sent.
+func readQueue(r io.Reader, n uint32, b []byte) ([]byte, error) {
 	const chunk = 64 << 10
-	var b []byte
 	for len(b) < int(n) {
 		m := min(int(n)-len(b), chunk)
 		b = append(b, make([]byte, m)...)
@@ -462,10 +460,14 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 	m.seqInitFromTap = f.rcvNxt
 }
 
-// migrateLoad reads a stream from w and takes over its guest state and
-// connections.
+// migrateLoad reads a stream from r and takes over its guest state and
+// connections. Each connection is restored as its socket is read, as
+// passt does: the stream comes from another host, and holding every
+// flow's queues until the end would let it claim up to 128 MiB a flow.
+// A stream refused part-way keeps the connections restored before the
+// fault.
 func (e *Engine) migrateLoad(r io.Reader) error {
-	s, err := readMigration(r, max(e.cfg.MaxTCP-e.tcp.count, 0))
+	s, err := readMigHead(r, max(e.cfg.MaxTCP-e.tcp.count, 0))
 	if err != nil {
 		return err
 	}
@@ -475,73 +477,65 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 	if a := netip.AddrFrom16(s.seen.addr6); !a.IsUnspecified() && e.cfg.has6() {
 		e.addrSeen6 = a
 	}
-	type moved struct {
-		m   *migFlow
-		key tcpKey
-		fd  int
-	}
-	var todo []moved
-	var fds []int
+	var sendQ, recvQ []byte // one flow's queues, reused for the next
 	for i := range s.flows {
 		m := &s.flows[i]
-		g, h := m.tcp.side[m.tcp.tapSide()], m.tcp.side[m.tcp.hostSide()]
-		key := tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
-		if _, old := e.tcp.lookup(key); old != nil {
-			continue
+		m.sock.SendQ, m.sock.RecvQ = sendQ[:0], recvQ[:0]
+		if err := readMigExt(r, &m.sock); err != nil {
+			return migErr("flow %d's socket: %v", i, err)
 		}
-		if m.sock.TCPState == 0 || e.repair == nil || m.tcp.events&^(evTapFinRcvd|evSockFinSent) != evEstablished {
-			e.tcpResetMoved(key, &m.tcp)
-			continue
-		}
-		family := unix.AF_INET6
-		if h.oaddr.Is4() {
-			family = unix.AF_INET
-		}
-		fd, err := tcprepair.NewSocket(family)
-		if err != nil {
-			e.logf("TCP %v: migration: %v: reset", key.remote, err)
-			e.tcpResetMoved(key, &m.tcp)
-			continue
-		}
-		e.tcp.hostSockOpts(fd)
-		todo = append(todo, moved{m: m, key: key, fd: fd})
-		fds = append(fds, fd)
+		sendQ, recvQ = m.sock.SendQ, m.sock.RecvQ
+		e.tcpLoadMoved(m)
+		m.sock.SendQ, m.sock.RecvQ = nil, nil
 	}
-	if len(todo) == 0 {
-		return nil
+	return nil
+}
+
+// tcpLoadMoved restores the flow m, or resets it for the guest. The
+// socket leaves repair mode before the next flow is read: the bytes
+// never sent (Resume) are written from m's queue, which is then reused.
+func (e *Engine) tcpLoadMoved(m *migFlow) {
+	g, h := m.tcp.side[m.tcp.tapSide()], m.tcp.side[m.tcp.hostSide()]
+	key := tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
+	if _, old := e.tcp.lookup(key); old != nil {
+		return
 	}
+	if m.sock.TCPState == 0 || e.repair == nil || m.tcp.events&^(evTapFinRcvd|evSockFinSent) != evEstablished {
+		e.tcpResetMoved(key, &m.tcp)
+		return
+	}
+	family := unix.AF_INET6
+	if h.oaddr.Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := tcprepair.NewSocket(family)
+	if err != nil {
+		e.logf("TCP %v: migration: %v: reset", key.remote, err)
+		e.tcpResetMoved(key, &m.tcp)
+		return
+	}
+	e.tcp.hostSockOpts(fd)
+	fds := []int{fd}
 	if err := e.repair.Set(tcprepair.On, fds); err != nil {
 		e.dropRepair(fmt.Errorf("%v: the guest's connections are reset", err))
-		for _, t := range todo {
-			unix.Close(t.fd)
-			e.tcpResetMoved(t.key, &t.m.tcp)
-		}
-		return nil
+		unix.Close(fd)
+		e.tcpResetMoved(key, &m.tcp)
+		return
 	}
-	fds = fds[:0]
-	for i := range todo {
-		t := &todo[i]
-		h := t.m.tcp.side[t.m.tcp.hostSide()]
-		local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
-		if err := tcprepair.Restore(t.fd, &t.m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
-			e.logf("TCP %v: migration: %v (TCP state %d): reset", t.key.remote, err, t.m.sock.TCPState)
-			t.m.sock.TCPState = 0
-		}
-		fds = append(fds, t.fd)
+	local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
+	if err := tcprepair.Restore(fd, &m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
+		e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
+		m.sock.TCPState = 0
 	}
 	if err := e.repair.Set(tcprepair.Off, fds); err != nil {
 		e.dropRepair(err)
 	}
-	for i := range todo {
-		t := &todo[i]
-		if t.m.sock.TCPState == 0 {
-			unix.Close(t.fd)
-			e.tcpResetMoved(t.key, &t.m.tcp)
-			continue
-		}
-		e.tcpAddMoved(t.key, t.fd, t.m)
+	if m.sock.TCPState == 0 {
+		unix.Close(fd)
+		e.tcpResetMoved(key, &m.tcp)
+		return
 	}
-	return nil
+	e.tcpAddMoved(key, fd, m)
 }
 
 // tcpAddMoved makes a restored socket the flow m: its sequence numbers,
