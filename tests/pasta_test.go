@@ -505,3 +505,26 @@ func TestPastaAutoUDP(t *testing.T) {
 	})
 	kill()
 }
+
+// pasta runs nsenter as root, before the agent drops its capabilities:
+// it takes it from the system's directories, never from PATH, whose
+// first nsenter here would leave a mark.
+func TestPastaNsenterNotFromPath(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	evil := t.TempDir()
+	mark := filepath.Join(evil, "ran")
+	script := "#!/bin/sh\ntouch " + mark + "\nexec /usr/bin/nsenter \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(evil, "nsenter"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := h.Cmd(pastaLink(t), "--config-net", "-f", "--", "sh", "-c", "echo ran in the namespace")
+	cmd.Env = append(os.Environ(), "PATH="+evil+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ran in the namespace") {
+		t.Errorf("pasta: %v: %s", err, out)
+	}
+	if _, err := os.Stat(mark); err == nil {
+		t.Errorf("pasta ran %s/nsenter, found through PATH", evil)
+	}
+}

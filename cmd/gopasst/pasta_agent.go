@@ -159,9 +159,8 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	if _, err := os.Stat(t.net); err != nil {
 		return nil, -1, fmt.Errorf("network namespace: %v", err)
 	}
-	nsenter, err := exec.LookPath("nsenter")
-	if err != nil {
-		nsenter = "/usr/bin/nsenter"
+	if nsenterPath == "" {
+		return nil, -1, errors.New("joining the namespace: nsenter (from util-linux) not found in " + strings.Join(systemDirs, ", "))
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -174,7 +173,7 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	child := os.NewFile(uintptr(pair[1]), "agent")
 	defer child.Close()
 	js, _ := json.Marshal(plan)
-	cmd := exec.Command(nsenter, append(args, "--", self)...)
+	cmd := exec.Command(nsenterPath, append(args, "--", self)...)
 	cmd.Env = append(os.Environ(), envPastaAgent+"="+string(js))
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = []*os.File{child}
@@ -190,6 +189,25 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 		return nil, -1, fmt.Errorf("namespace set-up: %v", err)
 	}
 	return a, tap, nil
+}
+
+// systemDirs are where nsenter is looked for: never PATH, which the
+// caller sets, as nsenter runs as root before the agent drops its
+// capabilities.
+var systemDirs = []string{"/usr/bin", "/bin", "/usr/sbin", "/sbin"}
+
+// nsenterPath is nsenter's path in systemDirs, "" if none has it, found
+// once when gopasst starts.
+var nsenterPath = findNsenter()
+
+func findNsenter() string {
+	for _, d := range systemDirs {
+		p := d + "/nsenter"
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }
 
 // sameNamespace tells whether two namespace files are the same namespace
