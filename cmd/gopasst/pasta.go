@@ -151,9 +151,8 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		if o.isCommand() {
 			lo.Quiet = !(o.Debug || o.Trace)
 		}
-		var sp *splicer
-		if !o.NoSplice {
-			sp = &splicer{addr4: cfg.Addr4, addr6: cfg.Addr6, hostLoToNsLo: o.HostLoToNsLo}
+		sp := newSplicer(o, cfg)
+		if sp != nil {
 			cfg.Splice = sp.splice
 		}
 		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds, sp))
@@ -256,7 +255,7 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	} else if !o.NoNetnsQuit {
 		run.cmdDone = watchTarget(t)
 	}
-	ph, err := newPastaHelper(agent, fwds, o.NoSplice)
+	ph, err := newPastaHelper(agent, fwds, newSplicer(o, cfg))
 	if err != nil {
 		unix.Close(tap)
 		return fail(stderr, "%v", err)

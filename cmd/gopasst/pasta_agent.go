@@ -223,27 +223,48 @@ func (a *agentConn) close() {
 }
 
 // pastaHelper is the helper's part of pasta: it passes on to the agent
-// the namespace binds that -T and -U ask for, and the namespace sockets
-// of -t's loopback path (unless --no-splice), gives the engine the
-// namespace's /proc/net tables for -t/-u auto, and allows the engine to
-// bind on the host, for auto, only a port that listens in the namespace.
+// the namespace binds that -T and -U ask for, and the namespace
+// connections of -t's loopback path (unless --no-splice), gives the
+// engine the namespace's /proc/net tables for -t/-u auto, and allows the
+// engine to bind on the host, for auto, only a port that listens in the
+// namespace. It checks each request against the command line: the agent
+// keeps CAP_NET_BIND_SERVICE, and the engine may be compromised.
 type pastaHelper struct {
-	agent    *agentConn
-	fwds     pastaForwards
-	noSplice bool
-	tables   map[string]int // the namespace's /proc/net tables, by name
-	scan     autoScan
-	listen   map[fwdPort]bool // the namespace's listening ports, as last read
+	agent      *agentConn
+	fwds       pastaForwards
+	splice     *splicer         // -t's loopback path, nil with --no-splice
+	nsPorts    map[fwdPort]bool // the namespace ports -T and -U name
+	tPorts     map[uint16]bool  // the namespace ports -t names
+	tables     map[string]int   // the namespace's /proc/net tables, by name
+	nsTables   []procTable      // the same, for auto's scan
+	hostTables []procTable      // the host's, for -T/-U auto
+	scan       autoScan
+	listen     map[fwdPort]bool // the namespace's listening ports, as last read
+	hostListen map[fwdPort]bool // the host's, as last read
 }
 
-// newPastaHelper opens the namespace's tables that auto needs.
-func newPastaHelper(a *agentConn, f pastaForwards, noSplice bool) (*pastaHelper, error) {
-	p := &pastaHelper{agent: a, fwds: f, noSplice: noSplice, tables: map[string]int{}}
+// newPastaHelper opens the namespace's and the host's tables that auto
+// needs.
+func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, error) {
+	p := &pastaHelper{agent: a, fwds: f, splice: sp, tables: map[string]int{},
+		nsPorts: map[fwdPort]bool{}, tPorts: map[uint16]bool{}}
 	for _, d := range []struct {
-		proto slirp.Proto
-		auto  bool
-	}{{slirp.TCP, f.tcp.auto}, {slirp.UDP, f.udp.auto}} {
+		proto    slirp.Proto
+		auto, ns bool
+		specs    []string
+	}{{slirp.TCP, f.tcp.auto, f.tcpNS.auto, f.tcpNS.specs}, {slirp.UDP, f.udp.auto, f.udpNS.auto, f.udpNS.specs}} {
+		for _, fw := range specForwards(d.specs) {
+			p.nsPorts[fwdPort{d.proto, fw.HostPort}] = true
+		}
 		for _, name := range []string{string(d.proto), string(d.proto) + "6"} {
+			if d.ns {
+				fd, err := unix.Open("/proc/self/net/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					p.close()
+					return nil, err
+				}
+				p.hostTables = append(p.hostTables, procTable{d.proto, fd})
+			}
 			if !d.auto {
 				continue
 			}
@@ -253,54 +274,67 @@ func newPastaHelper(a *agentConn, f pastaForwards, noSplice bool) (*pastaHelper,
 				return nil, fmt.Errorf("/proc/net/%s in the namespace: %v", name, err)
 			}
 			p.tables[name] = fd
+			p.nsTables = append(p.nsTables, procTable{d.proto, fd})
 		}
+	}
+	for _, fw := range specForwards(f.tcp.specs) {
+		p.tPorts[fw.GuestPort] = true
 	}
 	return p, nil
 }
 
 func (p *pastaHelper) close() {
-	for _, fd := range p.tables {
-		unix.Close(fd)
+	for _, t := range append(p.nsTables, p.hostTables...) {
+		unix.Close(t.fd)
 	}
 }
 
-// handle answers nsbind and nsproc, for what the command line asked.
+// handle answers nsbind, nssocket and nsproc, for what the command line
+// asked: a bind only on the namespace's loopback, of a port -T or -U
+// names or, for auto, one that listens on the host; a connection only
+// to where the loopback path goes (splicer.target), to a port -t names
+// or, for auto, one that listens in the namespace.
 func (p *pastaHelper) handle(req *helperRequest) (int, error) {
-	f := p.fwds
+	f := req.Fwd
+	k := fwdPort{req.Proto, f.HostPort}
 	switch {
-	case req.Op == "nsbind" && req.Proto == slirp.TCP && (f.tcpNS.auto || len(f.tcpNS.specs) > 0),
-		req.Op == "nsbind" && req.Proto == slirp.UDP && (f.udpNS.auto || len(f.udpNS.specs) > 0):
-		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: req.Fwd})
-	case req.Op == "nssocket" && !p.noSplice && (f.tcp.auto || len(f.tcp.specs) > 0):
-		return p.agent.c.fdCall(helperRequest{Op: "socket", Fwd: portspec.Forward{Addr: req.Fwd.Addr}})
+	case req.Op == "nsbind" && f.Addr == loopback(f.Addr) && f.Iface == "" && f.GuestPort == 0 &&
+		(p.nsPorts[k] || p.listens(&p.hostListen, p.hostTables, k)):
+		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: f})
+	case req.Op == "nssocket" && p.splice != nil && req.Proto == slirp.TCP && f.Iface == "" && f.HostPort == 0 &&
+		(f.Addr == p.splice.target(netip.AddrPortFrom(netip.IPv6Loopback(), 0)) ||
+			f.Addr == p.splice.target(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0))) &&
+		(p.tPorts[f.GuestPort] || p.fwds.tcp.auto && p.listens(&p.listen, p.nsTables, fwdPort{slirp.TCP, f.GuestPort})):
+		return p.agent.c.fdCall(helperRequest{Op: "socket", Fwd: portspec.Forward{Addr: f.Addr, GuestPort: f.GuestPort}})
 	case req.Op == "nsproc":
 		if fd, ok := p.tables[req.Table]; ok {
 			return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		}
 	}
-	return -1, fmt.Errorf("%s %s %s: not enabled by the command line", req.Op, req.Proto, req.Table)
+	return -1, fmt.Errorf("%s %s %s %+v: not enabled by the command line", req.Op, req.Proto, req.Table, f)
 }
 
 // mayBind tells whether the engine may bind f on the host for -t or -u
-// auto: its port listens in the namespace. The tables are read again only
-// for a port that did not listen at the last read: a container that opens
-// thousands of ports has the engine ask for each, and one read of tables
-// that long takes tens of milliseconds. A port that listened may stay
-// allowed: the engine could have bound it then and kept it anyway.
+// auto: its port listens in the namespace.
 func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
 	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort ||
 		!(proto == slirp.TCP && p.fwds.tcp.auto || proto == slirp.UDP && p.fwds.udp.auto) {
 		return false
 	}
-	k := fwdPort{proto, f.HostPort}
-	if !p.listen[k] {
-		var tables []procTable
-		for name, fd := range p.tables {
-			tables = append(tables, procTable{slirp.Proto(strings.TrimSuffix(name, "6")), fd})
-		}
-		p.listen = p.scan.listening(tables)
+	return p.listens(&p.listen, p.nsTables, fwdPort{proto, f.HostPort})
+}
+
+// listens tells whether k listens in tables. They are read again, into
+// *last, only for a port that did not listen at the last read: a
+// container that opens thousands of ports has the engine ask for each,
+// and one read of tables that long takes tens of milliseconds. A port
+// that listened may stay allowed: the engine could have used it then and
+// kept it anyway.
+func (p *pastaHelper) listens(last *map[fwdPort]bool, tables []procTable, k fwdPort) bool {
+	if !(*last)[k] && len(tables) > 0 {
+		*last = p.scan.listening(tables)
 	}
-	return p.listen[k]
+	return (*last)[k]
 }
 
 // pastaAgent runs in the namespaces: it sets them up as planned, then
@@ -319,10 +353,16 @@ func pastaAgent(js string) int {
 			err = keepOnlyBindCap(tap) // returns only on failure
 		}
 	}
+	return serveAgent(agentSock, tap, err)
+}
+
+// serveAgent answers the helper on sock; the tap, or why there is none,
+// goes to the first to ask.
+func serveAgent(sock, tap int, err error) int {
 	var host slirp.LocalHost
 	var buf [4096]byte
 	for {
-		n, stray, rerr := recvMsg(agentSock, buf[:], 0)
+		n, stray, rerr := recvMsg(sock, buf[:], 0)
 		closeFds(stray)
 		if (rerr != nil && rerr != errCtrunc) || n == 0 {
 			return 0
@@ -341,13 +381,9 @@ func pastaAgent(js string) int {
 		case req.Op == "bind":
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
 		case req.Op == "socket":
-			family := unix.AF_INET6
-			if req.Fwd.Addr.Is4() {
-				family = unix.AF_INET
-			}
-			fd, ferr = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			fd, ferr = connectNS(netip.AddrPortFrom(req.Fwd.Addr, req.Fwd.GuestPort))
 		case req.Op == "proc" && slices.Contains([]string{"tcp", "tcp6", "udp", "udp6"}, req.Table):
-			fd, ferr = unix.Open("/proc/self/net/"+req.Table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			fd, ferr = unix.Open("/proc/thread-self/net/"+req.Table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		default:
 			ferr = fmt.Errorf("unknown request %q", req.Op)
 		}
@@ -361,9 +397,27 @@ func pastaAgent(js string) int {
 		if fd >= 0 {
 			oob = unix.UnixRights(fd)
 		}
-		retryEINTR(func() error { return unix.Sendmsg(agentSock, msg, oob, nil, 0) })
+		retryEINTR(func() error { return unix.Sendmsg(sock, msg, oob, nil, 0) })
 		closeFd(fd)
 	}
+}
+
+// connectNS starts a connection to ap, for the loopback path: the engine
+// gets it connecting, not a socket it could aim elsewhere first.
+func connectNS(ap netip.AddrPort) (int, error) {
+	family := unix.AF_INET6
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, sockaddrOf(ap)); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // configureNS brings up loopback and makes the tap, configured as

@@ -88,35 +88,65 @@ func specForwards(specs []string) []portspec.Forward {
 	return out
 }
 
-// bindNS listens on fw.HostPort in the namespace and forwards to the
-// host's loopback on fw.GuestPort.
+// bindNS listens on fw.HostPort on the namespace's loopback, as pasta
+// (on fw.Addr if it is 127.0.0.1 or ::1, else on both, as far as the
+// namespace has them), and forwards to the host's loopback on
+// fw.GuestPort.
 func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward) error {
-	fd, err := s.h.nsBind(proto, portspec.Forward{Addr: fw.Addr, Iface: fw.Iface, HostPort: fw.HostPort})
-	if err != nil {
+	addrs := []netip.Addr{fw.Addr}
+	if !fw.Addr.IsValid() {
+		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+	}
+	var open closers
+	var err error
+	for _, a := range addrs {
+		var c io.Closer
+		if c, err = s.listenNS(proto, portspec.Forward{Addr: a, Iface: fw.Iface, HostPort: fw.HostPort}, fw.GuestPort); err == nil {
+			open = append(open, c)
+		}
+	}
+	if len(open) == 0 {
 		return errors.New("namespace " + string(proto) + " port " + strconv.Itoa(int(fw.HostPort)) + ": " + err.Error())
 	}
-	f := os.NewFile(uintptr(fd), "ns")
-	defer f.Close()
-	var c io.Closer
-	if proto == slirp.TCP {
-		l, err := net.FileListener(f)
-		if err != nil {
-			return err
-		}
-		go s.proxyTCP(l, fw.GuestPort)
-		c = l
-	} else {
-		pc, err := net.FilePacketConn(f)
-		if err != nil {
-			return err
-		}
-		go s.proxyUDP(pc.(*net.UDPConn), fw.GuestPort)
-		c = pc
-	}
 	s.mu.Lock()
-	s.nsSide[fwdPort{proto, fw.HostPort}] = c
+	s.nsSide[fwdPort{proto, fw.HostPort}] = open
 	s.mu.Unlock()
 	return nil
+}
+
+// closers are one port's listeners in the namespace, one per loopback.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	for _, c := range cs {
+		c.Close()
+	}
+	return nil
+}
+
+// listenNS has the helper bind f in the namespace, and forwards what
+// comes to the host's loopback port.
+func (s *pastaState) listenNS(proto slirp.Proto, f portspec.Forward, port uint16) (io.Closer, error) {
+	fd, err := s.h.nsBind(proto, f)
+	if err != nil {
+		return nil, err
+	}
+	file := os.NewFile(uintptr(fd), "ns")
+	defer file.Close()
+	if proto == slirp.TCP {
+		l, err := net.FileListener(file)
+		if err != nil {
+			return nil, err
+		}
+		go s.proxyTCP(l, port)
+		return l, nil
+	}
+	pc, err := net.FilePacketConn(file)
+	if err != nil {
+		return nil, err
+	}
+	go s.proxyUDP(pc.(*net.UDPConn), port)
+	return pc, nil
 }
 
 // loopback is the host's loopback address of a's family.

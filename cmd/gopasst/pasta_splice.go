@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,6 +24,15 @@ type splicer struct {
 	logger       *log.Logger
 	addr4, addr6 netip.Addr // the namespace's addresses
 	hostLoToNsLo bool
+}
+
+// newSplicer is the loopback path the options ask for, nil with
+// --no-splice; the helper allows the connections its targets make.
+func newSplicer(o *pastaOptions, cfg netSetup) *splicer {
+	if o.NoSplice {
+		return nil
+	}
+	return &splicer{addr4: cfg.Addr4, addr6: cfg.Addr6, hostLoToNsLo: o.HostLoToNsLo}
 }
 
 func (s *splicer) splice(fd int, from netip.AddrPort, port uint16) bool {
@@ -51,19 +61,15 @@ func (s *splicer) join(fd int, from netip.AddrPort, port uint16) {
 	}
 	defer c.Close()
 	to := netip.AddrPortFrom(s.target(from), port)
-	nfd, err := s.h.fdCall(helperRequest{Op: "nssocket", Fwd: portspec.Forward{Addr: to.Addr()}})
+	// The agent connects: a refused connection ends the copy, and the
+	// client sees its connection closed.
+	nfd, err := s.h.fdCall(helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: to.Addr(), GuestPort: port}})
 	if err != nil {
 		s.logger.Printf("-t %d from %v: %v", port, from, err)
 		return
 	}
 	nf := os.NewFile(uintptr(nfd), "ns")
 	defer nf.Close()
-	// Connect blocking: to the namespace's own address, it is immediate.
-	unix.SetNonblock(nfd, false)
-	if err := unix.Connect(nfd, sockaddrOf(to)); err != nil {
-		return // refused: the client sees its connection closed
-	}
-	unix.SetNonblock(nfd, true)
 	up, err := net.FileConn(nf)
 	if err != nil {
 		return

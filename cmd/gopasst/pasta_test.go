@@ -148,7 +148,7 @@ func TestPastaMayBindReadsOnMiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p := &pastaHelper{fwds: pastaForwards{tcp: portModes{auto: true}}, tables: map[string]int{"tcp": int(f.Fd())}}
+	p := &pastaHelper{fwds: pastaForwards{tcp: portModes{auto: true}}, nsTables: []procTable{{slirp.TCP, int(f.Fd())}}}
 	may := func(port uint16) bool {
 		return p.mayBind(slirp.TCP, portspec.Forward{HostPort: port, GuestPort: port})
 	}
