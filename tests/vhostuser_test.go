@@ -120,7 +120,11 @@ func (f *vuFrontEnd) send(req uint32, payload []byte, fds ...int) {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	if err := unix.Sendmsg(f.sock, append(m, payload...), oob, nil, 0); err != nil {
+	err := unix.Sendmsg(f.sock, append(m, payload...), oob, nil, 0)
+	for err == unix.EINTR {
+		err = unix.Sendmsg(f.sock, append(m, payload...), oob, nil, 0)
+	}
+	if err != nil {
 		f.t.Fatalf("request %d: %v", req, err)
 	}
 }
@@ -128,7 +132,11 @@ func (f *vuFrontEnd) send(req uint32, payload []byte, fds ...int) {
 func (f *vuFrontEnd) reply() uint64 {
 	f.t.Helper()
 	var b [20]byte
-	if n, err := unix.Read(f.sock, b[:]); n != len(b) {
+	n, err := unix.Read(f.sock, b[:])
+	for err == unix.EINTR { // SO_RCVTIMEO: a signal is never restarted
+		n, err = unix.Read(f.sock, b[:])
+	}
+	if n != len(b) {
 		f.t.Fatalf("reply: %d bytes, %v", n, err)
 	}
 	return binary.LittleEndian.Uint64(b[12:])
