@@ -35,11 +35,7 @@ var (
 )
 
 func newTestEngine(t testing.TB) *testEngine {
-	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Config{
+	e, guest := attachedEngine(t, Config{
 		OurMAC: testMAC,
 		Addr4:  testGuest4, Prefix4: 24, Gateway4: testGW4,
 		Addr6: testGuest6, Gateway6: testGW6, OurLL6: testLL6,
@@ -47,7 +43,19 @@ func newTestEngine(t testing.TB) *testEngine {
 		DNS6:   []netip.Addr{testGW6},
 		Search: []string{"example.test", "lab.example"}, Hostname: "h", FQDN: "h.example.test",
 		NoTCP: true, NoUDP: true, NoICMP: true,
-	}, lfd)
+	})
+	return &testEngine{Engine: e, guest: guest, rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
+}
+
+// attachedEngine is an engine for cfg with a guest already attached over
+// a socket pair, with QEMU's framing; it returns the guest's end.
+func attachedEngine(t testing.TB, cfg Config) (*Engine, int) {
+	t.Helper()
+	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(cfg, lfd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +67,7 @@ func newTestEngine(t testing.TB) *testEngine {
 	if err := e.attach(qemusock.NewStream(pair[0], qemusock.QEMU)); err != nil {
 		t.Fatal(err)
 	}
-	return &testEngine{Engine: e, guest: pair[1], rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
+	return e, pair[1]
 }
 
 // output sends what the engine queued and returns each frame, failing the

@@ -198,24 +198,9 @@ func startRepairHelper(t *testing.T) *tcprepair.Client {
 // attached at once, as a vhost-user guest is, with QEMU's framing.
 func (h *hotPath) destination(t *testing.T) *hotPath {
 	t.Helper()
-	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(h.e.cfg, lfd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
-	if err := e.attach(qemusock.NewStream(pair[0], qemusock.QEMU)); err != nil {
-		t.Fatal(err)
-	}
 	h2 := *h
-	h2.e, h2.guest, h2.rd = e, pair[1], qemusock.NewReader(qemusock.QEMU, 4<<20)
+	h2.e, h2.guest = attachedEngine(t, h.e.cfg)
+	h2.rd = qemusock.NewReader(qemusock.QEMU, 4<<20)
 	return &h2
 }
 
