@@ -134,6 +134,13 @@ func repairThroughHelper(t *testing.T, argv []string, dirMode bool) {
 	abSent, baSent := pushSome(a, ab), pushSome(b, ba)
 
 	set(tcprepair.On, a)
+	// Once it has answered, gopasst repair serves under its filter.
+	if argv[0] == gopasstBin {
+		st := procStatus(t, strconv.Itoa(helper.Process.Pid))
+		if st["Seccomp"] != "2" || st["NoNewPrivs"] != "1" {
+			t.Errorf("gopasst repair: Seccomp %q, NoNewPrivs %q, want 2 and 1", st["Seccomp"], st["NoNewPrivs"])
+		}
+	}
 	st, err := tcprepair.Dump(a)
 	if err != nil {
 		t.Fatal(err)

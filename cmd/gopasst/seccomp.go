@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The engine's seccomp filter: an allow-list of what it and the Go runtime
-// call once they serve (seccomp_linux.go), built as classic BPF by hand.
+// The engine's seccomp filter (and gopasst repair's, installRepairSeccomp):
+// an allow-list of what it and the Go runtime call once they serve
+// (seccomp_linux.go), built as classic BPF by hand.
 // A call that only an attacker makes (exec, ptrace, mounts, namespaces,
 // executable memory, another process: seccompKilled and the checked
 // calls' failures) kills the process. Anything else fails with EPERM, and
@@ -112,26 +113,39 @@ func seccompProgram(rules []seccompRule, deny uint32) []unix.SockFilter {
 	return append(p, ret(deny))
 }
 
-// seccompRules is the engine's filter: seccompAllowed, then the calls
-// allowed with their arguments checked, then the ones that kill.
-func seccompRules(pid int) []seccompRule {
+// seccompRules is a filter: allowed, then the calls allowed with their
+// arguments checked, then the ones that kill (seccompKilled, the same
+// for every filter).
+func seccompRules(allowed []uint32, checked []seccompRule) []seccompRule {
 	var rules []seccompRule
-	for _, nr := range seccompAllowed {
+	for _, nr := range allowed {
 		rules = append(rules, seccompRule{nr: nr, action: unix.SECCOMP_RET_ALLOW})
 	}
-	rules = append(rules, seccompChecked(pid)...)
+	rules = append(rules, checked...)
 	for _, nr := range seccompKilled {
 		rules = append(rules, seccompRule{nr: nr, action: unix.SECCOMP_RET_KILL_PROCESS})
 	}
 	return rules
 }
 
+// installSeccomp installs the engine's filter on every thread.
 func installSeccomp() error {
-	if seccompAllowed == nil {
+	return installFilter(seccompAllowed, seccompChecked(os.Getpid()))
+}
+
+// installRepairSeccomp installs gopasst repair's filter on every thread:
+// the runtime's calls and the repair loop's, nothing else. The caller
+// has set no_new_privs.
+func installRepairSeccomp() error {
+	return installFilter(seccompRepairAllowed, seccompRuntimeChecked(os.Getpid()))
+}
+
+func installFilter(allowed []uint32, checked []seccompRule) error {
+	if allowed == nil {
 		fmt.Fprintf(os.Stderr, "gopasst: warning: no seccomp allow-list for %s; running without seccomp\n", runtime.GOARCH)
 		return nil
 	}
-	prog := seccompProgram(seccompRules(os.Getpid()), seccompDeny())
+	prog := seccompProgram(seccompRules(allowed, checked), seccompDeny())
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
 		unix.SECCOMP_FILTER_FLAG_TSYNC|unix.SECCOMP_FILTER_FLAG_LOG, uintptr(unsafe.Pointer(&fprog)))

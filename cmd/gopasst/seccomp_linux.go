@@ -22,7 +22,11 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
 	// vhost-user: a memory region's file must hold the region.
 	unix.SYS_FSTAT,
-	// The Go runtime.
+}, append(seccompRuntime, seccompArchOnly...)...)
+
+// seccompRuntime: the Go runtime's calls, for the engine's list and gopasst
+// repair's.
+var seccompRuntime = []uint32{
 	unix.SYS_FUTEX, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_SCHED_YIELD,
 	unix.SYS_MUNMAP, unix.SYS_MADVISE,
 	unix.SYS_GETTID, unix.SYS_GETPID,
@@ -30,7 +34,14 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_SCHED_GETAFFINITY, unix.SYS_PREAD64, unix.SYS_EXIT, unix.SYS_EXIT_GROUP,
 	// glibc's new threads (a cgo build), which it aborts if rseq fails.
 	unix.SYS_RSEQ, unix.SYS_SET_ROBUST_LIST,
-}, seccompArchOnly...)
+}
+
+// seccompRepairAllowed: gopasst repair's list once it is connected: the
+// repair loop (tcprepair.Serve: receive sockets, set TCP_REPAIR, close
+// them, answer) and the Go runtime's calls.
+var seccompRepairAllowed = append([]uint32{
+	unix.SYS_RECVMSG, unix.SYS_SETSOCKOPT, unix.SYS_CLOSE, unix.SYS_WRITE,
+}, seccompRuntime...)
 
 // seccompKilled: calls that only an attacker makes in the engine, which
 // never execs, debugs, mounts, changes namespace or loads anything into
@@ -56,7 +67,7 @@ const cloneThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // an answer of their own.
 func seccompChecked(pid int) []seccompRule {
 	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
-	return []seccompRule{
+	return append([]seccompRule{
 		// The engine opens only IPv4 and IPv6 sockets; unix sockets go
 		// through the helper. A unix socket fails gently: log/syslog
 		// redials /dev/log when a write fails (the journal restarted).
@@ -65,6 +76,14 @@ func seccompChecked(pid int) []seccompRule {
 		// terminal request (TIOCSTI), no device's. Refused, not fatal: a
 		// library may ask a harmless one on a path nobody foresaw.
 		{nr: unix.SYS_IOCTL, action: deny, check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
+	}, seccompRuntimeChecked(pid)...)
+}
+
+// seccompRuntimeChecked: the Go runtime's (and glibc's) calls whose
+// arguments are checked, for the engine and gopasst repair.
+func seccompRuntimeChecked(pid int) []seccompRule {
+	kill := uint32(unix.SECCOMP_RET_KILL_PROCESS)
+	return []seccompRule{
 		// Memory, never executable: the Go runtime and glibc's threads
 		// map only data once the engine serves (the binary and the vDSO
 		// were mapped at exec).

@@ -52,7 +52,7 @@ func TestSeccompProgram(t *testing.T) {
 	}
 	const pid = 1
 	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
-	p := seccompProgram(seccompRules(pid), deny)
+	p := seccompProgram(seccompRules(seccompAllowed, seccompChecked(pid)), deny)
 	if len(p) > 0xffff {
 		t.Fatalf("%d instructions", len(p))
 	}
@@ -99,5 +99,38 @@ func TestSeccompProgram(t *testing.T) {
 	}
 	if got := runBPF(t, p, auditArch^1, unix.SYS_READ); got != unix.SECCOMP_RET_KILL_PROCESS {
 		t.Errorf("another ABI: %#x, want the process killed", got)
+	}
+}
+
+// TestRepairSeccompProgram: gopasst repair's filter allows the repair
+// loop and the runtime, refuses the rest of what the engine may do and
+// kills for what the engine's filter kills.
+func TestRepairSeccompProgram(t *testing.T) {
+	if seccompRepairAllowed == nil {
+		t.Skip("no allow-list for this architecture")
+	}
+	const pid = 1
+	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
+	p := seccompProgram(seccompRules(seccompRepairAllowed, seccompRuntimeChecked(pid)), deny)
+	for _, c := range []seccompCase{
+		{"recvmsg", unix.SYS_RECVMSG, nil, unix.SECCOMP_RET_ALLOW},
+		{"setsockopt", unix.SYS_SETSOCKOPT, nil, unix.SECCOMP_RET_ALLOW},
+		{"close", unix.SYS_CLOSE, nil, unix.SECCOMP_RET_ALLOW},
+		{"write", unix.SYS_WRITE, nil, unix.SECCOMP_RET_ALLOW},
+		{"futex", unix.SYS_FUTEX, nil, unix.SECCOMP_RET_ALLOW},
+		{"socket(AF_INET)", unix.SYS_SOCKET, []uint64{unix.AF_INET}, deny},
+		{"connect", unix.SYS_CONNECT, nil, deny},
+		{"sendmsg", unix.SYS_SENDMSG, nil, deny},
+		{"ioctl(SIOCOUTQ)", unix.SYS_IOCTL, []uint64{3, unix.SIOCOUTQ}, deny},
+		{"openat", unix.SYS_OPENAT, nil, deny},
+		{"execve", unix.SYS_EXECVE, nil, kill},
+		{"ptrace", unix.SYS_PTRACE, nil, kill},
+		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, kill},
+		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, kill},
+		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, kill},
+	} {
+		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
+			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)
+		}
 	}
 }
