@@ -280,30 +280,37 @@ func (s *helperServer) serve() {
 		}
 		var req helperRequest
 		var r helperReply
-		fd := -1
+		fd, herr := -1, error(nil)
 		if jerr := json.Unmarshal(buf[:n], &req); jerr != nil {
 			r.Err = "bad request: " + jerr.Error()
 		} else if r.Seq = req.Seq; err != nil {
 			r.Err = "request refused: " + err.Error()
 		} else {
-			fd, err = s.handle(&req, &r)
-			if errno, ok := err.(syscall.Errno); ok {
-				r.Errno = errno
-			} else if err != nil {
-				r.Err = err.Error()
-			}
+			fd, herr = s.handle(&req, &r)
 		}
-		msg, _ := json.Marshal(r)
-		var oob []byte
-		if fd >= 0 {
-			oob = unix.UnixRights(fd)
-		}
-		retryEINTR(func() error { return unix.Sendmsg(s.fd, msg, oob, nil, 0) })
-		closeFd(fd)
+		sendReply(s.fd, &r, fd, herr)
 	}
 	for _, p := range s.procs {
 		p.Signal(unix.SIGTERM)
 	}
+}
+
+// sendReply answers a request on sock with r, err recorded in it as an
+// errno or a message, and fd (if any) passed along; fd is then closed:
+// the peer has its own copy. The helper and pasta's agent answer alike.
+func sendReply(sock int, r *helperReply, fd int, err error) {
+	if errno, ok := err.(syscall.Errno); ok {
+		r.Errno = errno
+	} else if err != nil {
+		r.Err = err.Error()
+	}
+	msg, _ := json.Marshal(r)
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	retryEINTR(func() error { return unix.Sendmsg(sock, msg, oob, nil, 0) })
+	closeFd(fd)
 }
 
 func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {

@@ -387,18 +387,7 @@ func serveAgent(sock, tap int, err error) int {
 		default:
 			ferr = fmt.Errorf("unknown request %q", req.Op)
 		}
-		if errno, ok := ferr.(syscall.Errno); ok {
-			r.Errno = errno
-		} else if ferr != nil {
-			r.Err = ferr.Error()
-		}
-		msg, _ := json.Marshal(r)
-		var oob []byte
-		if fd >= 0 {
-			oob = unix.UnixRights(fd)
-		}
-		retryEINTR(func() error { return unix.Sendmsg(sock, msg, oob, nil, 0) })
-		closeFd(fd)
+		sendReply(sock, &r, fd, ferr)
 	}
 }
 
