@@ -496,8 +496,17 @@ func FuzzRxChains(f *testing.F) {
 		table = table[:min(len(table), 16*feQueue)]
 		copy(fe.mem[d:], table)
 		offered := len(table) / 16
+		// A guest whose buffers cover its own rings has the back-end
+		// write over them, as it asked: it corrupts only itself, and
+		// its used index then says nothing. Such input counts for the
+		// pieces' bounds below, not for the final count.
+		ringsEnd, _, _ := feRing(2)
+		selfHarm := false
 		for i := range offered {
 			fe.offer(rxQueue, uint16(i))
+			addr := binary.LittleEndian.Uint64(table[16*i:])
+			n := uint64(binary.LittleEndian.Uint32(table[16*i+8:]))
+			selfHarm = selfHarm || addr < ringsEnd || addr+n < addr
 		}
 		// Where a piece may be: in guest memory, or in the link's
 		// queue, for a frame that goes through it.
@@ -536,7 +545,7 @@ func FuzzRxChains(f *testing.F) {
 			fe.l.Cancel()
 			fe.l.Flush()
 		}
-		if used := fe.usedIdx(rxQueue); int(used) > offered {
+		if used := fe.usedIdx(rxQueue); !selfHarm && int(used) > offered {
 			t.Fatalf("%d chains given back of %d offered", used, offered)
 		}
 	})
