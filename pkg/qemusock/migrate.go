@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,12 +40,12 @@ const (
 const vuProtocolFeatures = vuProtocolReplyAck | vuProtocolLogShmfd | vuProtocolDevState
 
 // Migrator is what a link that carries the device state needs of the
-// engine. SaveState and LoadState have the stream in a blocking
-// descriptor they do not own; Migrated says that the front-end checked
-// a saved state: the guest now runs elsewhere.
+// engine. SaveState and LoadState have the stream, which fails rather
+// than wait for ever on the front-end (stateStream); Migrated says that
+// the front-end checked a saved state: the guest now runs elsewhere.
 type Migrator interface {
-	SaveState(fd int) error
-	LoadState(fd int) error
+	SaveState(w io.Writer) error
+	LoadState(r io.Reader) error
 	Migrated()
 }
 
@@ -208,12 +210,91 @@ func (l *vhostLink) setDeviceStateFd(req uint32, p []byte) error {
 	if l.migrator == nil {
 		return nil
 	}
-	unix.SetNonblock(fd, false)
+	s := &stateStream{fd: fd, ctl: l.fd, deadline: time.Now().Add(stateMax)}
+	if l.stateErr = unix.SetNonblock(fd, true); l.stateErr != nil {
+		return nil
+	}
 	if dir == transferSave {
-		l.stateErr = l.migrator.SaveState(fd)
+		l.stateErr = l.migrator.SaveState(s)
 		l.saved = l.stateErr == nil
 	} else {
-		l.stateErr = l.migrator.LoadState(fd)
+		l.stateErr = l.migrator.LoadState(s)
+	}
+	return nil
+}
+
+// The engine waits on the device state's pipe, but the front-end at its
+// other end is not trusted to keep it moving: a transfer fails when the
+// pipe stalls for stateIdle, when it takes longer than stateMax, or when
+// the front-end hangs up. The engine then goes on serving, and
+// CHECK_DEVICE_STATE reports the failure. A real transfer is the guest's
+// addresses and its connections' queues, moved in well under a second.
+var (
+	stateIdle = 10 * time.Second
+	stateMax  = 2 * time.Minute
+)
+
+// stateStream is the front-end's pipe, non-blocking, as an io.Reader and
+// io.Writer that wait for it within those bounds; ctl is the front-end's
+// control connection, watched for its hang-up.
+type stateStream struct {
+	fd, ctl  int
+	deadline time.Time
+}
+
+func (s *stateStream) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(s.fd, b)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			if err := s.wait(unix.POLLIN); err != nil {
+				return 0, err
+			}
+		case err != nil:
+			return 0, err
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		default:
+			return n, nil
+		}
+	}
+}
+
+func (s *stateStream) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := unix.Write(s.fd, b[n:])
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			if err := s.wait(unix.POLLOUT); err != nil {
+				return n, err
+			}
+		case err != nil:
+			return n, err
+		default:
+			n += k
+		}
+	}
+	return n, nil
+}
+
+// wait waits for the pipe to be ready for events.
+func (s *stateStream) wait(events int16) error {
+	timeout := min(stateIdle, time.Until(s.deadline))
+	if timeout <= 0 {
+		return fmt.Errorf("device state: not moved within %v", stateMax)
+	}
+	pfd := []unix.PollFd{{Fd: int32(s.fd), Events: events}, {Fd: int32(s.ctl), Events: unix.POLLRDHUP}}
+	n, err := unix.Poll(pfd, int(timeout.Milliseconds())+1)
+	switch {
+	case err == unix.EINTR:
+		return nil
+	case err != nil:
+		return err
+	case pfd[1].Revents != 0:
+		return errors.New("device state: the front-end hung up")
+	case n == 0:
+		return fmt.Errorf("device state: the front-end's pipe stalled for %v", timeout)
 	}
 	return nil
 }

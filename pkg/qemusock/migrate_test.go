@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -130,13 +132,13 @@ type testMigrator struct {
 	migrated bool
 }
 
-func (m *testMigrator) SaveState(fd int) error {
-	_, err := unix.Write(fd, m.state)
+func (m *testMigrator) SaveState(w io.Writer) error {
+	_, err := w.Write(m.state)
 	return err
 }
 
-func (m *testMigrator) LoadState(fd int) error {
-	b, err := io.ReadAll(os.NewFile(uintptr(dupFd(fd)), "state"))
+func (m *testMigrator) LoadState(r io.Reader) error {
+	b, err := io.ReadAll(r)
 	m.loaded = b
 	if err == nil {
 		err = m.loadErr
@@ -145,8 +147,6 @@ func (m *testMigrator) LoadState(fd int) error {
 }
 
 func (m *testMigrator) Migrated() { m.migrated = true }
-
-func dupFd(fd int) int { d, _ := unix.Dup(fd); return d }
 
 // TestVhostUserDeviceState: SET_DEVICE_STATE_FD hands the engine the
 // front-end's pipe to save or load through, answered with "no descriptor
@@ -195,5 +195,57 @@ func TestVhostUserDeviceState(t *testing.T) {
 	defer unix.Close(p[1])
 	if err := f.request(vuSetDeviceStateFd, u32s(transferSave, 1), p[1]); !errors.Is(err, ErrVhostUser) {
 		t.Errorf("a transfer in phase 1: %v", err)
+	}
+}
+
+// TestVhostUserDeviceStateStalled: a front-end that never moves its end
+// of the device state's pipe, or that hangs up during the transfer, makes
+// the transfer fail, reported by CHECK_DEVICE_STATE; it does not hold the
+// engine for ever.
+func TestVhostUserDeviceStateStalled(t *testing.T) {
+	defer func(idle time.Duration) { stateIdle = idle }(stateIdle)
+	stateIdle = 50 * time.Millisecond
+	big := make([]byte, 1<<20) // more than a pipe holds
+	for _, c := range []struct {
+		name   string
+		dir    uint32
+		hangUp bool
+	}{{"save, never read", transferSave, false}, {"load, never written", transferLoad, false},
+		{"load, front-end gone", transferLoad, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFrontEnd(t)
+			f.setUp()
+			m := &testMigrator{state: big}
+			f.l.SetMigrator(m)
+			var p [2]int
+			unix.Pipe2(p[:], unix.O_CLOEXEC)
+			defer unix.Close(p[0])
+			defer unix.Close(p[1])
+			give := p[1]
+			if c.dir == transferLoad {
+				give = p[0]
+			}
+			f.send(vuSetDeviceStateFd, u32s(c.dir, 0), give)
+			if c.hangUp {
+				stateIdle = 5 * time.Second
+				defer func() { stateIdle = 50 * time.Millisecond }()
+				unix.Shutdown(f.sock, unix.SHUT_WR)
+			}
+			_, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN)
+			if c.hangUp {
+				// The link then reads the front-end's end, and drops it.
+				if f.l.stateErr == nil || !strings.Contains(f.l.stateErr.Error(), "hung up") {
+					t.Fatalf("the front-end hung up during the transfer: %v", f.l.stateErr)
+				}
+				return
+			}
+			if r := f.reply(); err != nil || r != vuNoFd {
+				t.Fatalf("SET_DEVICE_STATE_FD answered %#x: %v", r, err)
+			}
+			f.must(vuCheckDeviceState, nil)
+			if r := f.reply(); r == 0 || m.migrated {
+				t.Fatalf("CHECK_DEVICE_STATE answered %d, migrated %v: %v", r, m.migrated, f.l.stateErr)
+			}
+		})
 	}
 }

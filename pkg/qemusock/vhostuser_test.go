@@ -78,6 +78,13 @@ func newFrontEnd(t *testing.T) *frontEnd {
 
 // request sends one request and lets the link handle it.
 func (f *frontEnd) request(req uint32, payload []byte, fds ...int) error {
+	f.send(req, payload, fds...)
+	_, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN)
+	return err
+}
+
+// send sends one request.
+func (f *frontEnd) send(req uint32, payload []byte, fds ...int) {
 	m := binary.LittleEndian.AppendUint32(nil, req)
 	m = binary.LittleEndian.AppendUint32(m, vuVersion)
 	m = binary.LittleEndian.AppendUint32(m, uint32(len(payload)))
@@ -89,8 +96,6 @@ func (f *frontEnd) request(req uint32, payload []byte, fds ...int) error {
 	if err := unix.Sendmsg(f.sock, m, oob, nil, 0); err != nil {
 		f.t.Fatal(err)
 	}
-	_, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN)
-	return err
 }
 
 func (f *frontEnd) must(req uint32, payload []byte, fds ...int) {

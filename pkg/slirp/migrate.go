@@ -647,19 +647,17 @@ func (e *Engine) dropRepair(err error) {
 	e.repair = nil
 }
 
-// SaveState writes the guest's state to fd, the front-end's pipe
+// SaveState writes the guest's state to w, the front-end's pipe
 // (qemusock.Migrator), on the migration's source.
-func (e *Engine) SaveState(fd int) error {
-	w := fdWriter(fd)
-	err := e.migrateSave(&w)
+func (e *Engine) SaveState(w io.Writer) error {
+	err := e.migrateSave(w)
 	e.logf("migration: state saved: %v", cmp.Or[any](err, "ok"))
 	return err
 }
 
-// LoadState reads the guest's state from fd on the destination.
-func (e *Engine) LoadState(fd int) error {
-	r := fdReader(fd)
-	err := e.migrateLoad(&r)
+// LoadState reads the guest's state from r on the destination.
+func (e *Engine) LoadState(r io.Reader) error {
+	err := e.migrateLoad(r)
 	e.logf("migration: state loaded: %v (%d TCP connections)", cmp.Or[any](err, "ok"), e.tcp.count)
 	return err
 }
@@ -670,41 +668,5 @@ func (e *Engine) Migrated() {
 	e.logf("migration complete")
 	if e.cfg.MigrateExit {
 		e.Stop()
-	}
-}
-
-// fdWriter and fdReader are a blocking descriptor the engine does not
-// own, as an io.Writer and io.Reader.
-type fdWriter int
-
-func (w *fdWriter) Write(b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		k, err := unix.Write(int(*w), b[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return n, err
-		}
-		n += k
-	}
-	return n, nil
-}
-
-type fdReader int
-
-func (r *fdReader) Read(b []byte) (int, error) {
-	for {
-		n, err := unix.Read(int(*r), b)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return 0, err
-		case n == 0 && len(b) > 0:
-			return 0, io.EOF
-		}
-		return n, nil
 	}
 }
