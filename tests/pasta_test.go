@@ -325,6 +325,26 @@ func pidNetns(t testing.TB, h *Netns) (*Netns, string, func()) {
 	return ns, pid, kill
 }
 
+// pastaAgent is the PID of the agent of the gopasst pasta whose command
+// line names pid: a child of it with a tap in its environment (its
+// command line is gopasst's path alone).
+func pastaAgent(t *testing.T, pid string) string {
+	t.Helper()
+	parents := map[string]bool{}
+	for _, p := range mentioning(pid, gopasstBin) {
+		parents[strconv.Itoa(p)] = true
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err == nil && strings.Contains(string(env), "\x00GOPASST_PASTA_AGENT_TAP=") && parents[procStatus(t, e.Name())["PPid"]] {
+			return e.Name()
+		}
+	}
+	t.Fatalf("no pasta agent among the children of %v", parents)
+	return ""
+}
+
 // -T and -U forward the namespace's ports to the host's loopback, given
 // as specs and as auto (a host server's port appears in the namespace),
 // for a PID's namespace joined with --netns-only; pasta goes to the
@@ -373,6 +393,13 @@ func TestPastaNamespaceToHost(t *testing.T) {
 	n, _ := c.Read(buf)
 	if got := string(buf[:n]); got != "host udp: ping" {
 		t.Errorf("-U: the namespace's 127.0.0.1:18302 answered %q", got)
+	}
+	// The agent served those binds under its filter.
+	if pastaExe() == gopasstBin {
+		st := procStatus(t, pastaAgent(t, pid))
+		if st["Seccomp"] != "2" || st["NoNewPrivs"] != "1" {
+			t.Errorf("the pasta agent: Seccomp %q, NoNewPrivs %q, want 2 and 1", st["Seccomp"], st["NoNewPrivs"])
+		}
 	}
 	// The PID exits: so does pasta.
 	kill()

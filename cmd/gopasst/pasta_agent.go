@@ -27,8 +27,8 @@ import (
 // agent there: root in the namespace's user namespace, it makes the tap,
 // configures it (--config-net), and then stays, answering the helper's
 // requests for the namespace's side: sockets bound there (-T, -U) and its
-// /proc/net tables (auto). It keeps CAP_NET_BIND_SERVICE alone, and ends
-// with the helper.
+// /proc/net tables (auto). It keeps CAP_NET_BIND_SERVICE alone, serves
+// under a seccomp filter of its own, and ends with the helper.
 
 const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent: its nsPlan, as JSON
 
@@ -341,9 +341,18 @@ func (p *pastaHelper) listens(last *map[fwdPort]bool, tables []procTable, k fwdP
 // serves the helper until it goes.
 func pastaAgent(js string) int {
 	tap, err := -1, error(nil)
+	var tables map[string]agentTable
 	if t := os.Getenv(envAgentTap); t != "" {
 		tap, err = strconv.Atoi(t) // set up, and confined by keepOnlyBindCap
 		unix.CloseOnExec(tap)
+		tables = openAgentTables()
+		if err == nil {
+			err = confineAgent()
+		}
+		if err != nil {
+			closeFd(tap)
+			tap = -1
+		}
 	} else {
 		var plan nsPlan
 		if err = json.Unmarshal([]byte(js), &plan); err == nil {
@@ -353,12 +362,41 @@ func pastaAgent(js string) int {
 			err = keepOnlyBindCap(tap) // returns only on failure
 		}
 	}
-	return serveAgent(agentSock, tap, err)
+	return serveAgent(agentSock, tap, err, tables)
+}
+
+// confineAgent leaves the agent, from here on, only its request loop's
+// calls: no_new_privs (set before the exec already, and needed by an
+// unprivileged filter), then its seccomp filter.
+func confineAgent() error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	return installAgentSeccomp()
+}
+
+// agentTable is one of the namespace's /proc/net tables, opened before
+// the filter (which allows no openat), or why it could not be.
+type agentTable struct {
+	fd  int
+	err error
+}
+
+// openAgentTables opens the namespace's tables that auto reads; the
+// calling thread must be in the namespace.
+func openAgentTables() map[string]agentTable {
+	tables := map[string]agentTable{}
+	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		fd, err := unix.Open("/proc/thread-self/net/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		tables[name] = agentTable{fd, err}
+	}
+	return tables
 }
 
 // serveAgent answers the helper on sock; the tap, or why there is none,
-// goes to the first to ask.
-func serveAgent(sock, tap int, err error) int {
+// goes to the first to ask; a table goes as a copy of its descriptor
+// (readers read it from the start, with pread).
+func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 	var host slirp.LocalHost
 	var buf [4096]byte
 	for {
@@ -371,6 +409,7 @@ func serveAgent(sock, tap int, err error) int {
 		var r helperReply
 		fd, ferr := -1, json.Unmarshal(buf[:n], &req)
 		r.Seq = req.Seq
+		table, isTable := tables[req.Table]
 		switch {
 		case ferr != nil:
 		case req.Op == "tap":
@@ -382,8 +421,10 @@ func serveAgent(sock, tap int, err error) int {
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
 		case req.Op == "socket":
 			fd, ferr = connectNS(netip.AddrPortFrom(req.Fwd.Addr, req.Fwd.GuestPort))
-		case req.Op == "proc" && slices.Contains([]string{"tcp", "tcp6", "udp", "udp6"}, req.Table):
-			fd, ferr = unix.Open("/proc/thread-self/net/"+req.Table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		case req.Op == "proc" && isTable && table.err != nil:
+			ferr = table.err
+		case req.Op == "proc" && isTable:
+			fd, ferr = unix.FcntlInt(uintptr(table.fd), unix.F_DUPFD_CLOEXEC, 0)
 		default:
 			ferr = fmt.Errorf("unknown request %q", req.Op)
 		}

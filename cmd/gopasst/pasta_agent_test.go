@@ -114,7 +114,11 @@ func startTestAgent(sock int, done chan struct{}) error {
 			}
 			up <- err
 			if err == nil {
-				serveAgent(sock, -1, errors.New("no tap in this test"))
+				tables := openAgentTables()
+				serveAgent(sock, -1, errors.New("no tap in this test"), tables)
+				for _, t := range tables {
+					closeFd(t.fd)
+				}
 				unix.Close(l)
 			}
 		}()

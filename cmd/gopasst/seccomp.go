@@ -10,7 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The engine's seccomp filter (and gopasst repair's, installRepairSeccomp):
+// The engine's seccomp filter (and gopasst repair's and the pasta
+// agent's, installRepairSeccomp, installAgentSeccomp):
 // an allow-list of what it and the Go runtime call once they serve
 // (seccomp_linux.go), built as classic BPF by hand.
 // A call that only an attacker makes (exec, ptrace, mounts, namespaces,
@@ -138,6 +139,13 @@ func installSeccomp() error {
 // has set no_new_privs.
 func installRepairSeccomp() error {
 	return installFilter(seccompRepairAllowed, seccompRuntimeChecked(os.Getpid()))
+}
+
+// installAgentSeccomp installs the pasta agent's filter on every thread:
+// the runtime's calls and its request loop's. The caller has set
+// no_new_privs.
+func installAgentSeccomp() error {
+	return installFilter(seccompAgentAllowed, seccompAgentChecked(os.Getpid()))
 }
 
 func installFilter(allowed []uint32, checked []seccompRule) error {

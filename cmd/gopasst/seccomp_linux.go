@@ -43,6 +43,15 @@ var seccompRepairAllowed = append([]uint32{
 	unix.SYS_RECVMSG, unix.SYS_SETSOCKOPT, unix.SYS_CLOSE, unix.SYS_WRITE,
 }, seccompRuntime...)
 
+// seccompAgentAllowed: the pasta agent's list once it serves: its request
+// loop (receive a request, make a socket bound or connecting in the
+// namespace, hand over a copy of a table opened before, answer, close)
+// and the Go runtime's calls.
+var seccompAgentAllowed = append([]uint32{
+	unix.SYS_RECVMSG, unix.SYS_SENDMSG, unix.SYS_CLOSE,
+	unix.SYS_SETSOCKOPT, unix.SYS_BIND, unix.SYS_LISTEN, unix.SYS_CONNECT, unix.SYS_FCNTL,
+}, seccompRuntime...)
+
 // seccompKilled: calls that only an attacker makes in the engine, which
 // never execs, debugs, mounts, changes namespace or loads anything into
 // the kernel once it serves. openat is not among them, only refused: the
@@ -66,17 +75,28 @@ const cloneThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // seccompChecked: the calls whose arguments are checked, and those with
 // an answer of their own.
 func seccompChecked(pid int) []seccompRule {
-	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
 	return append([]seccompRule{
-		// The engine opens only IPv4 and IPv6 sockets; unix sockets go
-		// through the helper. A unix socket fails gently: log/syslog
-		// redials /dev/log when a write fails (the journal restarted).
-		{nr: unix.SYS_SOCKET, action: kill, check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}, denied: []uint32{unix.AF_UNIX}}},
+		seccompSocket(),
 		// ioctl only to read a socket's queues (fdRoom, TCP repair): no
 		// terminal request (TIOCSTI), no device's. Refused, not fatal: a
 		// library may ask a harmless one on a path nobody foresaw.
-		{nr: unix.SYS_IOCTL, action: deny, check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
+		{nr: unix.SYS_IOCTL, action: seccompDeny(), check: &argCheck{arg: 1, values: []uint32{unix.SIOCINQ, unix.SIOCOUTQ, unix.SIOCOUTQNSD}}},
 	}, seccompRuntimeChecked(pid)...)
+}
+
+// seccompAgentChecked: the pasta agent's checked calls: the engine's
+// socket rule and the runtime's.
+func seccompAgentChecked(pid int) []seccompRule {
+	return append([]seccompRule{seccompSocket()}, seccompRuntimeChecked(pid)...)
+}
+
+// seccompSocket: the engine and the pasta agent open only IPv4 and IPv6
+// sockets; unix sockets go through the helper. A unix socket fails
+// gently: log/syslog redials /dev/log when a write fails (the journal
+// restarted).
+func seccompSocket() seccompRule {
+	return seccompRule{nr: unix.SYS_SOCKET, action: unix.SECCOMP_RET_KILL_PROCESS,
+		check: &argCheck{arg: 0, values: []uint32{unix.AF_INET, unix.AF_INET6}, denied: []uint32{unix.AF_UNIX}}}
 }
 
 // seccompRuntimeChecked: the Go runtime's (and glibc's) calls whose

@@ -6,8 +6,10 @@ package main
 // the engine runs without seccomp, the rest of the sandbox in place.
 const auditArch = 0
 
-var seccompAllowed, seccompRepairAllowed, seccompKilled []uint32
+var seccompAllowed, seccompRepairAllowed, seccompAgentAllowed, seccompKilled []uint32
 
 func seccompChecked(int) []seccompRule { return nil }
 
 func seccompRuntimeChecked(int) []seccompRule { return nil }
+
+func seccompAgentChecked(int) []seccompRule { return nil }

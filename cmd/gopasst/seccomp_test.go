@@ -46,6 +46,15 @@ type seccompCase struct {
 	want uint32
 }
 
+func checkSeccomp(t *testing.T, p []unix.SockFilter, cases []seccompCase) {
+	t.Helper()
+	for _, c := range cases {
+		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
+			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)
+		}
+	}
+}
+
 func TestSeccompProgram(t *testing.T) {
 	if seccompAllowed == nil {
 		t.Skip("no allow-list for this architecture")
@@ -66,7 +75,7 @@ func TestSeccompProgram(t *testing.T) {
 			t.Errorf("syscall %d: %#x, want the process killed", nr, got)
 		}
 	}
-	for _, c := range []seccompCase{
+	checkSeccomp(t, p, []seccompCase{
 		{"execve", unix.SYS_EXECVE, nil, kill},
 		{"openat", unix.SYS_OPENAT, nil, deny},
 		{"mount", unix.SYS_MOUNT, nil, kill},
@@ -92,11 +101,7 @@ func TestSeccompProgram(t *testing.T) {
 		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, kill},
 		{"prlimit64(0)", unix.SYS_PRLIMIT64, []uint64{0, unix.RLIMIT_NOFILE}, unix.SECCOMP_RET_ALLOW},
 		{"prlimit64(other)", unix.SYS_PRLIMIT64, []uint64{pid + 1, unix.RLIMIT_NOFILE}, kill},
-	} {
-		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
-			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)
-		}
-	}
+	})
 	if got := runBPF(t, p, auditArch^1, unix.SYS_READ); got != unix.SECCOMP_RET_KILL_PROCESS {
 		t.Errorf("another ABI: %#x, want the process killed", got)
 	}
@@ -112,7 +117,7 @@ func TestRepairSeccompProgram(t *testing.T) {
 	const pid = 1
 	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
 	p := seccompProgram(seccompRules(seccompRepairAllowed, seccompRuntimeChecked(pid)), deny)
-	for _, c := range []seccompCase{
+	checkSeccomp(t, p, []seccompCase{
 		{"recvmsg", unix.SYS_RECVMSG, nil, unix.SECCOMP_RET_ALLOW},
 		{"setsockopt", unix.SYS_SETSOCKOPT, nil, unix.SECCOMP_RET_ALLOW},
 		{"close", unix.SYS_CLOSE, nil, unix.SECCOMP_RET_ALLOW},
@@ -128,9 +133,38 @@ func TestRepairSeccompProgram(t *testing.T) {
 		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, kill},
 		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, kill},
 		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, kill},
-	} {
-		if got := runBPF(t, p, auditArch, c.nr, c.args...); got != c.want {
-			t.Errorf("%s: %#x, want %#x", c.name, got, c.want)
-		}
+	})
+}
+
+// TestAgentSeccompProgram: the pasta agent's filter allows its request
+// loop and the runtime, IPv4 and IPv6 sockets only, no file opened (its
+// tables are open already), and kills for what the engine's filter
+// kills, setns and unshare among them.
+func TestAgentSeccompProgram(t *testing.T) {
+	if seccompAgentAllowed == nil {
+		t.Skip("no allow-list for this architecture")
 	}
+	const pid = 1
+	deny, kill := seccompDeny(), uint32(unix.SECCOMP_RET_KILL_PROCESS)
+	p := seccompProgram(seccompRules(seccompAgentAllowed, seccompAgentChecked(pid)), deny)
+	checkSeccomp(t, p, []seccompCase{
+		{"recvmsg", unix.SYS_RECVMSG, nil, unix.SECCOMP_RET_ALLOW},
+		{"sendmsg", unix.SYS_SENDMSG, nil, unix.SECCOMP_RET_ALLOW},
+		{"bind", unix.SYS_BIND, nil, unix.SECCOMP_RET_ALLOW},
+		{"listen", unix.SYS_LISTEN, nil, unix.SECCOMP_RET_ALLOW},
+		{"connect", unix.SYS_CONNECT, nil, unix.SECCOMP_RET_ALLOW},
+		{"fcntl", unix.SYS_FCNTL, nil, unix.SECCOMP_RET_ALLOW},
+		{"socket(AF_INET6)", unix.SYS_SOCKET, []uint64{unix.AF_INET6}, unix.SECCOMP_RET_ALLOW},
+		{"socket(AF_UNIX)", unix.SYS_SOCKET, []uint64{unix.AF_UNIX}, deny},
+		{"socket(AF_NETLINK)", unix.SYS_SOCKET, []uint64{unix.AF_NETLINK}, kill},
+		{"openat", unix.SYS_OPENAT, nil, deny},
+		{"write", unix.SYS_WRITE, nil, deny},
+		{"ioctl(SIOCOUTQ)", unix.SYS_IOCTL, []uint64{3, unix.SIOCOUTQ}, deny},
+		{"setns", unix.SYS_SETNS, nil, kill},
+		{"unshare", unix.SYS_UNSHARE, nil, kill},
+		{"execve", unix.SYS_EXECVE, nil, kill},
+		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, kill},
+		{"clone(fork)", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, kill},
+		{"tgkill(other)", unix.SYS_TGKILL, []uint64{pid + 1, pid + 1, uint64(unix.SIGKILL)}, kill},
+	})
 }
