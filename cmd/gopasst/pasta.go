@@ -153,7 +153,7 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		}
 		sp := newSplicer(o, cfg)
 		if sp != nil {
-			cfg.Splice = sp.splice
+			cfg.SpliceDial = sp.dial
 		}
 		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds, sp))
 	}

@@ -57,7 +57,7 @@ type fwdPort struct {
 func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 	return func(eng *slirp.Engine, h *helperClient, logger *log.Logger) error {
 		if sp != nil {
-			sp.h, sp.logger = h, logger
+			sp.h = h
 		}
 		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP, nsSide: map[fwdPort]io.Closer{},
 			autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}, hostFwd: map[fwdPort]bool{}}
@@ -69,7 +69,7 @@ func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 				s.hostFwd[fwdPort{d.proto, fw.HostPort}] = true
 			}
 			for _, fw := range specForwards(d.fromNS) {
-				if err := s.bindNS(d.proto, fw); err != nil {
+				if err := s.bindNS(d.proto, fw, runNow); err != nil {
 					return err
 				}
 			}
@@ -88,11 +88,14 @@ func specForwards(specs []string) []portspec.Forward {
 	return out
 }
 
+// runNow runs fn here: the engine's goroutine, before it runs.
+func runNow(fn func()) { fn() }
+
 // bindNS listens on fw.HostPort on the namespace's loopback, as pasta
 // (on fw.Addr if it is 127.0.0.1 or ::1, else on both, as far as the
 // namespace has them), and forwards to the host's loopback on
-// fw.GuestPort.
-func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward) error {
+// fw.GuestPort; call runs a function on the engine's goroutine.
+func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward, call func(func())) error {
 	addrs := []netip.Addr{fw.Addr}
 	if !fw.Addr.IsValid() {
 		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
@@ -101,7 +104,7 @@ func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward) error {
 	var err error
 	for _, a := range addrs {
 		var c io.Closer
-		if c, err = s.listenNS(proto, portspec.Forward{Addr: a, Iface: fw.Iface, HostPort: fw.HostPort}, fw.GuestPort); err == nil {
+		if c, err = s.listenNS(proto, portspec.Forward{Addr: a, Iface: fw.Iface, HostPort: fw.HostPort}, fw.GuestPort, call); err == nil {
 			open = append(open, c)
 		}
 	}
@@ -125,22 +128,23 @@ func (cs closers) Close() error {
 }
 
 // listenNS has the helper bind f in the namespace, and forwards what
-// comes to the host's loopback port.
-func (s *pastaState) listenNS(proto slirp.Proto, f portspec.Forward, port uint16) (io.Closer, error) {
+// comes to the host's loopback port: TCP spliced by the engine, UDP
+// relayed here.
+func (s *pastaState) listenNS(proto slirp.Proto, f portspec.Forward, port uint16, call func(func())) (io.Closer, error) {
 	fd, err := s.h.nsBind(proto, f)
 	if err != nil {
 		return nil, err
 	}
-	file := os.NewFile(uintptr(fd), "ns")
-	defer file.Close()
 	if proto == slirp.TCP {
-		l, err := net.FileListener(file)
+		call(func() { err = s.eng.SpliceListen(fd, port) })
 		if err != nil {
+			unix.Close(fd)
 			return nil, err
 		}
-		go s.proxyTCP(l, port)
-		return l, nil
+		return spliceListener{fd, call, s.eng}, nil
 	}
+	file := os.NewFile(uintptr(fd), "ns")
+	defer file.Close()
 	pc, err := net.FilePacketConn(file)
 	if err != nil {
 		return nil, err
@@ -149,55 +153,24 @@ func (s *pastaState) listenNS(proto slirp.Proto, f portspec.Forward, port uint16
 	return pc, nil
 }
 
+// spliceListener is a -T listener the engine watches.
+type spliceListener struct {
+	fd   int
+	call func(func())
+	eng  *slirp.Engine
+}
+
+func (l spliceListener) Close() error {
+	l.call(func() { l.eng.SpliceUnlisten(l.fd) })
+	return nil
+}
+
 // loopback is the host's loopback address of a's family.
 func loopback(a netip.Addr) netip.Addr {
 	if a.Is6() && !a.Is4In6() {
 		return netip.IPv6Loopback()
 	}
 	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
-}
-
-// proxyTCP joins each connection made to l with one to the host's
-// loopback port, until l is closed.
-func (s *pastaState) proxyTCP(l net.Listener, port uint16) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // out of descriptors: let others finish
-			continue
-		}
-		go func() {
-			defer c.Close()
-			up, err := net.Dial("tcp", netip.AddrPortFrom(loopback(c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()), port).String())
-			if err != nil {
-				s.logger.Printf("-T %d: %v", port, err)
-				return
-			}
-			defer up.Close()
-			joinConns(c, up)
-		}()
-	}
-}
-
-// joinConns copies between a and b both ways until both ends are done,
-// passing each end on as it comes; between two TCP sockets io.Copy
-// splices.
-func joinConns(a, b net.Conn) {
-	done := make(chan struct{})
-	go func() { copyHalf(b, a); close(done) }()
-	copyHalf(a, b)
-	<-done
-}
-
-// copyHalf copies one direction and passes its end on.
-func copyHalf(dst, src net.Conn) {
-	io.Copy(dst, src)
-	if t, ok := dst.(*net.TCPConn); ok {
-		t.CloseWrite()
-	}
 }
 
 // proxyUDP relays datagrams to the host's loopback port, one host socket
@@ -357,7 +330,7 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	}
 	s.mu.Unlock()
 	for _, p := range bind {
-		if s.bindNS(p.proto, portspec.Forward{HostPort: p.port, GuestPort: p.port}) == nil {
+		if s.bindNS(p.proto, portspec.Forward{HostPort: p.port, GuestPort: p.port}, call) == nil {
 			s.mu.Lock()
 			s.autoNS[p] = true
 			s.mu.Unlock()

@@ -1,28 +1,23 @@
 package main
 
 import (
-	"log"
-	"net"
 	"net/netip"
-	"os"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
 
-// pasta's loopback path for -t: a connection from the host's loopback is
-// joined, socket to socket, to one the agent makes in the namespace,
-// connected to the namespace's address (its loopback with
-// --host-lo-to-ns-lo), as pasta does; Go's io.Copy between two TCP
-// sockets moves the data with splice(2) through a pipe, never through
-// the tap and the TCP translation.
+// pasta's loopback path for -t: the engine joins a connection from the
+// host's loopback, socket to socket, to one the agent makes in the
+// namespace, connected to the namespace's address (its loopback with
+// --host-lo-to-ns-lo), as pasta does, and splices between them
+// (slirp/splice.go).
 
-// splicer is the engine's slirp.SpliceFunc in pasta mode.
+// splicer is the engine's slirp.SpliceDial in pasta mode.
 type splicer struct {
 	h            *helperClient // set before the engine runs
-	logger       *log.Logger
-	addr4, addr6 netip.Addr // the namespace's addresses
+	addr4, addr6 netip.Addr    // the namespace's addresses
 	hostLoToNsLo bool
 }
 
@@ -35,9 +30,11 @@ func newSplicer(o *pastaOptions, cfg netSetup) *splicer {
 	return &splicer{addr4: cfg.Addr4, addr6: cfg.Addr6, hostLoToNsLo: o.HostLoToNsLo}
 }
 
-func (s *splicer) splice(fd int, from netip.AddrPort, port uint16) bool {
-	go s.join(fd, from, port)
-	return true
+// dial has the agent connect, in the namespace, the other end of a
+// connection to port from from.
+func (s *splicer) dial(from netip.AddrPort, port uint16) (int, error) {
+	to := s.target(from)
+	return s.h.fdCall(helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: to, GuestPort: port}})
 }
 
 // target is where a connection from from goes in the namespace.
@@ -50,32 +47,6 @@ func (s *splicer) target(from netip.AddrPort) netip.Addr {
 		return s.addr6
 	}
 	return s.addr4
-}
-
-func (s *splicer) join(fd int, from netip.AddrPort, port uint16) {
-	f := os.NewFile(uintptr(fd), "spliced")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	to := netip.AddrPortFrom(s.target(from), port)
-	// The agent connects: a refused connection ends the copy, and the
-	// client sees its connection closed.
-	nfd, err := s.h.fdCall(helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: to.Addr(), GuestPort: port}})
-	if err != nil {
-		s.logger.Printf("-t %d from %v: %v", port, from, err)
-		return
-	}
-	nf := os.NewFile(uintptr(nfd), "ns")
-	defer nf.Close()
-	up, err := net.FileConn(nf)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	joinConns(c, up)
 }
 
 func sockaddrOf(ap netip.AddrPort) unix.Sockaddr {

@@ -95,9 +95,10 @@ type Config struct {
 	// commands for the engine; nil means in this process (LocalHost).
 	Host Host
 
-	// Splice, when set, takes the connections to forwarded TCP ports that
-	// come from the host's loopback (pasta's loopback path, splice.go).
-	Splice SpliceFunc
+	// SpliceDial, when set, connects the namespace's end of a connection
+	// to a forwarded TCP port from the host's loopback, which the engine
+	// then splices (pasta's loopback path, splice.go).
+	SpliceDial SpliceDial
 
 	// Pcap, when set, records every frame to and from the guest.
 	Pcap *qemusock.Pcap

@@ -77,7 +77,10 @@ type Engine struct {
 	udp  udpTable
 	icmp icmpTable
 	fwd  fwdTable
-	host Host // binds forwards and reaches what is outside the sandbox
+	host Host
+
+	splice   flowTable[int, spliceConn] // pasta's loopback path, by its first descriptor (splice.go)
+	spliceLn []spliceListener           // -T listeners in the namespace; fd -1 when closed // binds forwards and reaches what is outside the sandbox
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
@@ -167,6 +170,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	e.udp.init()
 	e.icmp.init()
 	e.fwd.init()
+	e.splice.init()
 	return e, nil
 }
 
@@ -342,6 +346,10 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 			e.runCalls()
 		case kindRepair:
 			e.repairEvent(ref.idx)
+		case kindSplice:
+			e.spliceEvent(ref.idx, ref.gen, ev.Events)
+		case kindSpliceListen:
+			e.spliceListenEvent(ref.idx)
 		}
 	}
 	e.logStats(n)
@@ -390,11 +398,16 @@ func (e *Engine) pauseAccept(fd int, ref epollRef) {
 func (e *Engine) resumeAccept() {
 	for _, ref := range e.acceptPaused {
 		fd := e.listenFd
-		if ref.kind == kindTCPListen {
+		switch ref.kind {
+		case kindTCPListen:
 			if int(ref.idx) >= len(e.fwd.listeners) || e.fwd.listeners[ref.idx] == nil {
 				continue // the forward was removed meanwhile
 			}
 			fd = e.fwd.listeners[ref.idx].fd
+		case kindSpliceListen:
+			if fd = e.spliceLn[ref.idx].fd; fd < 0 {
+				continue
+			}
 		}
 		e.epollMod(fd, unix.EPOLLIN, ref)
 	}

@@ -17,7 +17,9 @@ const (
 	kindTCPListen
 	kindUDPListen
 	kindCall
-	kindRepair // the TCP_REPAIR helper's listening socket (migrate.go)
+	kindRepair       // the TCP_REPAIR helper's listening socket (migrate.go)
+	kindSplice       // one side of a spliced pair (splice.go)
+	kindSpliceListen // a -T listener in the namespace (splice.go)
 )
 
 // epollRef is what an epoll registration hands back with each event, in

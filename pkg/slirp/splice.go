@@ -1,20 +1,295 @@
 package slirp
 
-import "net/netip"
+import (
+	"net/netip"
 
-// pasta's loopback path: a connection to a forwarded TCP port from the
-// host's own loopback is not translated into the guest's TCP through
-// the link; Config.Splice takes the accepted socket and joins it, socket
-// to socket, to one on the namespace's loopback (cmd/gopasst's pasta,
-// with splice(2)). --no-splice leaves Splice nil.
+	"golang.org/x/sys/unix"
+)
 
-// SpliceFunc takes a connection accepted on a forwarded port whose
-// guest port is port, from the host's loopback address from, and
-// reports whether it took the descriptor. It runs on the engine's
-// goroutine and must not block.
-type SpliceFunc func(fd int, from netip.AddrPort, port uint16) bool
+// pasta's loopback path, as passt's tcp_splice.c: a TCP connection
+// between the host's loopback and the namespace is not translated into
+// the guest's TCP through the link, but joined, socket to socket, to
+// another, and its bytes move with splice(2) through a pipe for each
+// direction, in the engine's loop like every other flow:
+//
+//   - a connection to a -t port from the host's loopback is joined to one
+//     the helper connects in the namespace (Config.SpliceDial; nil with
+//     --no-splice);
+//   - a connection to a -T port in the namespace (SpliceListen) is
+//     joined to one the engine connects to the host's loopback.
+//
+// The pipes hold what the receiving socket did not take yet; a side
+// whose pipe is not empty is not read until it is, so nothing is kept
+// here but what the kernel holds.
 
-// spliceAccept offers an accepted connection to Config.Splice.
+// SpliceDial connects a socket in the namespace for a connection to the
+// forwarded port whose guest port is port, from the host's loopback
+// address from.
+type SpliceDial func(from netip.AddrPort, port uint16) (int, error)
+
+// spliceChunk bounds one splice(2): a pipe's default capacity is less.
+const spliceChunk = 1 << 20
+
+// splicePipeSize is what each pipe is asked to hold, so that one
+// splice moves as much as a TCP socket's receive queue usually holds.
+const splicePipeSize = 1 << 20
+
+// spliceConn is one joined pair: pipe[i] carries what fd[i] reads to
+// fd[1-i].
+type spliceConn struct {
+	fd   [2]int
+	pipe [2][2]int // read end, write end
+	held [2]int    // bytes in pipe[i]
+	eof  [2]bool   // fd[i] read its peer's FIN
+	shut [2]bool   // ... which went on to fd[1-i]
+	want [2]uint32 // what fd[i] is watched for
+}
+
+// spliceListener is a -T listening socket in the namespace, and the host
+// loopback port its connections go to.
+type spliceListener struct {
+	fd   int
+	port uint16
+}
+
+// spliceRef is the epoll reference of side of the pair in slot i.
+func (e *Engine) spliceRef(i int32, side int) epollRef {
+	return epollRef{kind: kindSplice, gen: e.splice.gen(i), idx: i<<1 | int32(side)}
+}
+
+// spliceAccept joins an accepted connection to a forwarded port from
+// the host's loopback to one in the namespace, and reports whether it
+// took the descriptor.
 func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
-	return e.cfg.Splice != nil && from.Addr().Unmap().IsLoopback() && e.cfg.Splice(fd, from, port)
+	if e.cfg.SpliceDial == nil || !from.Addr().Unmap().IsLoopback() {
+		return false
+	}
+	nfd, err := e.cfg.SpliceDial(from, port)
+	if err != nil {
+		// The client sees its connection closed.
+		e.debugf("-t %d from %v: %v", port, from, err)
+		unix.Close(fd)
+		return true
+	}
+	e.spliceJoin(fd, nfd)
+	return true
+}
+
+// SpliceListen watches fd, a -T listening socket in the namespace: each
+// connection to it is joined to one to the host's loopback on port, of
+// the address family of the namespace's end. It runs on the engine's
+// goroutine (Call), or before Run.
+func (e *Engine) SpliceListen(fd int, port uint16) error {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return err
+	}
+	i := int32(len(e.spliceLn))
+	for j, l := range e.spliceLn {
+		if l.fd < 0 {
+			i = int32(j)
+		}
+	}
+	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindSpliceListen, idx: i}); err != nil {
+		return err
+	}
+	if int(i) == len(e.spliceLn) {
+		e.spliceLn = append(e.spliceLn, spliceListener{})
+	}
+	e.spliceLn[i] = spliceListener{fd: fd, port: port}
+	return nil
+}
+
+// SpliceUnlisten closes fd, a listener SpliceListen watched; the
+// connections it made stay.
+func (e *Engine) SpliceUnlisten(fd int) {
+	for i, l := range e.spliceLn {
+		if l.fd == fd && fd >= 0 {
+			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			unix.Close(fd)
+			e.spliceLn[i].fd = -1
+		}
+	}
+}
+
+// spliceListenEvent accepts the connections waiting on a -T listener.
+func (e *Engine) spliceListenEvent(idx int32) {
+	if int(idx) >= len(e.spliceLn) || e.spliceLn[idx].fd < 0 {
+		return
+	}
+	l := e.spliceLn[idx]
+	for {
+		fd, _, err := accept(l.fd)
+		if err != nil {
+			if outOfFds(err) {
+				e.pauseAccept(l.fd, epollRef{kind: kindSpliceListen, idx: idx})
+			}
+			return
+		}
+		local, _ := unix.Getsockname(fd)
+		to := netip.AddrPortFrom(loopbackOf(addrPortOf(local).Addr()), l.port)
+		hfd, err := unix.Socket(familyOf(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			if err = unix.Connect(hfd, sockaddrOf(to)); err == unix.EINPROGRESS {
+				err = nil
+			}
+			if err != nil {
+				unix.Close(hfd)
+			}
+		}
+		if err != nil {
+			e.debugf("-T %d: %v", l.port, err)
+			unix.Close(fd)
+			continue
+		}
+		e.spliceJoin(fd, hfd)
+	}
+}
+
+func loopbackOf(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.IPv6Loopback()
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// spliceJoin makes a pair of a and b, both connected or connecting; on
+// failure both are closed.
+func (e *Engine) spliceJoin(a, b int) {
+	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
+	ok := unix.SetNonblock(a, true) == nil && unix.SetNonblock(b, true) == nil
+	for i := 0; ok && i < 2; i++ {
+		var p [2]int
+		if ok = unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC) == nil; ok {
+			c.pipe[i] = p
+			unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, splicePipeSize)
+		}
+	}
+	if !ok {
+		e.spliceFree(&c)
+		return
+	}
+	i, s := e.splice.add(a)
+	*s = c
+	for side := range 2 {
+		s.want[side] = unix.EPOLLIN
+		if e.epollAdd(s.fd[side], s.want[side], e.spliceRef(i, side)) != nil {
+			s.want[side] = 0
+			e.spliceClose(i, s, true)
+			return
+		}
+	}
+}
+
+// spliceEvent moves what the event on one side of a pair allows.
+func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
+	i, side := idx>>1, int(idx&1)
+	c := e.splice.get(i, gen)
+	if c == nil {
+		return
+	}
+	if events&unix.EPOLLERR != 0 {
+		e.spliceClose(i, c, true)
+		return
+	}
+	// What fd[side] may take now, then what it has to give.
+	for _, dir := range [2]int{1 - side, side} {
+		if !e.spliceMove(c, dir) {
+			e.spliceClose(i, c, true)
+			return
+		}
+	}
+	if c.shut[0] && c.shut[1] {
+		e.spliceClose(i, c, false)
+		return
+	}
+	for s := range 2 {
+		// fd[s] is read while its pipe is empty and its peer has not
+		// ended, and written while the other pipe holds anything. A side
+		// with nothing to wait for leaves the epoll set, which would
+		// report its hang-up at every turn.
+		var want uint32
+		if c.held[s] == 0 && !c.eof[s] {
+			want |= unix.EPOLLIN
+		}
+		if c.held[1-s] > 0 {
+			want |= unix.EPOLLOUT
+		}
+		switch {
+		case want == c.want[s]:
+		case want == 0:
+			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fd[s], nil)
+		case c.want[s] == 0:
+			e.epollAdd(c.fd[s], want, e.spliceRef(i, s))
+		default:
+			e.epollMod(c.fd[s], want, e.spliceRef(i, s))
+		}
+		c.want[s] = want
+	}
+}
+
+// spliceMove moves bytes from fd[dir] through its pipe to fd[1-dir] until
+// either end would block, passes its peer's FIN on, and reports false on
+// an error that ends the pair.
+func (e *Engine) spliceMove(c *spliceConn, dir int) bool {
+	src, dst, p := c.fd[dir], c.fd[1-dir], &c.pipe[dir]
+	for range 16 { // then the other flows' turn; epoll reports the rest
+		if c.held[dir] == 0 && !c.eof[dir] {
+			n, err := unix.Splice(src, nil, p[1], nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case err == unix.EAGAIN || err == unix.EINTR:
+			case err != nil:
+				return false
+			case n == 0:
+				c.eof[dir] = true
+			default:
+				c.held[dir] += int(n)
+			}
+		}
+		if c.held[dir] > 0 {
+			n, err := unix.Splice(p[0], nil, dst, nil, c.held[dir], unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case err == unix.EAGAIN || err == unix.EINTR:
+				return true // dst is full, or still connecting: EPOLLOUT
+			case err != nil:
+				return false
+			}
+			c.held[dir] -= int(n)
+			continue
+		}
+		if c.eof[dir] && !c.shut[dir] {
+			unix.Shutdown(dst, unix.SHUT_WR)
+			c.shut[dir] = true
+		}
+		return true
+	}
+	return true
+}
+
+// spliceClose ends a pair; reset says that one end failed, and the other
+// is reset, not closed in order.
+func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
+	for _, fd := range c.fd {
+		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		if reset {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		}
+	}
+	e.splice.remove(i, c.fd[0])
+	e.spliceFree(c)
+}
+
+// spliceFree closes a pair's descriptors.
+func (e *Engine) spliceFree(c *spliceConn) {
+	for _, fd := range []int{c.fd[0], c.fd[1], c.pipe[0][0], c.pipe[0][1], c.pipe[1][0], c.pipe[1][1]} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 }

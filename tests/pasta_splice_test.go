@@ -1,0 +1,95 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The loopback path under load, in the engine's own loop: 16 connections
+// each way at once, host to namespace through -t and namespace to host
+// through -T, each echoing 2 MiB whole through half-closes; a server that
+// resets its connection resets the client's instead of leaving it
+// waiting; and once all are closed, gopasst holds no more descriptors
+// than before (each pair is two sockets and two pipes).
+func TestPastaSpliceMany(t *testing.T) {
+	needRoot(t)
+	if pastaExe() != gopasstBin {
+		t.Skip("counts gopasst's own descriptors")
+	}
+	const size, conns = 2 << 20, 16
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	echo := func(c net.Conn) { io.Copy(c, c); c.Close() }
+	acceptLoop(ns.Listen(t, "tcp", ":8403"), echo)
+	hostSrv := h.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(hostSrv, echo)
+	acceptLoop(ns.Listen(t, "tcp", ":8405"), func(c net.Conn) {
+		c.Read(make([]byte, 1))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	argv := []string{"--config-net", "-t", "18403:8403,18405:8405", "-T", "18404:" + port(hostSrv.Addr()), "-u", "none", "-U", "none", pid}
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	fds := func() (n int) {
+		for _, p := range mentioning(pid, gopasstBin) {
+			n += countFds(t, p)
+		}
+		return n
+	}
+	before := fds()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*conns)
+	for i := range 2 * conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dial := func() (net.Conn, error) { return h.Dial("tcp", "127.0.0.1:18403", 5*time.Second) }
+			if i%2 == 1 {
+				dial = func() (net.Conn, error) { return ns.Dial("tcp", "127.0.0.1:18404", 5*time.Second) }
+			}
+			c, err := dial()
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(120 * time.Second))
+			go func() { io.Copy(c, newStream(byte(i), size)); c.(*net.TCPConn).CloseWrite() }()
+			sum, n, err := hashCopy(c)
+			if err != nil || n != size || !bytes.Equal(sum, sumStream(byte(i), size)) {
+				errs <- fmt.Errorf("connection %d: %d bytes back (%v), SHA-256 equal: %v", i, n, err, bytes.Equal(sum, sumStream(byte(i), size)))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	c, err := h.Dial("tcp", "127.0.0.1:18405", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.Write([]byte("x"))
+	if _, err := io.ReadAll(c); err == nil || isTimeout(err) {
+		t.Errorf("a connection its server reset: %v, want a reset", err)
+	}
+	c.Close()
+
+	waitLong(t, "gopasst's descriptors back to where they were", 10*time.Second, func() bool { return fds() <= before })
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
