@@ -93,3 +93,41 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// The namespace is as untrusted as a guest: spliced pairs count against
+// --max-tcp, and a connection past it is closed at once, not joined.
+func TestPastaSpliceCap(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	hostSrv := h.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(hostSrv, func(c net.Conn) { io.Copy(c, c); c.Close() })
+	argv := []string{"--config-net", "--max-tcp", "2", "-t", "none", "-T", "18406:" + port(hostSrv.Addr()), "-u", "none", "-U", "none", pid}
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	echoes := func(c net.Conn) bool {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("ping"))
+		b := make([]byte, 4)
+		_, err := io.ReadFull(c, b)
+		return err == nil && string(b) == "ping"
+	}
+	dial := func() net.Conn {
+		c, err := ns.Dial("tcp", "127.0.0.1:18406", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	first, second := dial(), dial()
+	if !echoes(first) || !echoes(second) {
+		t.Fatal("the connections within the cap are not joined")
+	}
+	if echoes(dial()) {
+		t.Error("a third connection with --max-tcp 2 was joined")
+	}
+	first.Close()
+	waitLong(t, "a connection to be joined once one closed", 10*time.Second, func() bool { return echoes(dial()) })
+}

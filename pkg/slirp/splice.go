@@ -64,6 +64,10 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 	if e.cfg.SpliceDial == nil || !from.Addr().Unmap().IsLoopback() {
 		return false
 	}
+	if e.spliceFull() {
+		unix.Close(fd)
+		return true
+	}
 	nfd, err := e.cfg.SpliceDial(from, port)
 	if err != nil {
 		// The client sees its connection closed.
@@ -125,6 +129,10 @@ func (e *Engine) spliceListenEvent(idx int32) {
 			}
 			return
 		}
+		if e.spliceFull() {
+			unix.Close(fd)
+			continue
+		}
 		local, _ := unix.Getsockname(fd)
 		to := netip.AddrPortFrom(loopbackOf(addrPortOf(local).Addr()), l.port)
 		hfd, err := unix.Socket(familyOf(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
@@ -143,6 +151,13 @@ func (e *Engine) spliceListenEvent(idx int32) {
 		}
 		e.spliceJoin(fd, hfd)
 	}
+}
+
+// spliceFull tells whether the spliced pairs and the guest's TCP
+// connections together reach --max-tcp: the namespace is as untrusted as
+// a guest, and each pair holds four descriptors and two pipes.
+func (e *Engine) spliceFull() bool {
+	return e.atCap(capTCP, e.tcp.count+e.splice.count, e.cfg.MaxTCP)
 }
 
 func loopbackOf(a netip.Addr) netip.Addr {
