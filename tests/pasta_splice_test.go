@@ -131,3 +131,47 @@ func TestPastaSpliceCap(t *testing.T) {
 	first.Close()
 	waitLong(t, "a connection to be joined once one closed", 10*time.Second, func() bool { return echoes(dial()) })
 }
+
+// -U in the engine's loop: each namespace sender has a host socket of
+// its own, so each gets its own replies, however many talk at once.
+func TestPastaSpliceUDP(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	srv := h.ListenPacket(t, "udp", "127.0.0.1:0")
+	echoPackets(srv, "host: ")
+	argv := []string{"--config-net", "-t", "none", "-T", "none", "-u", "none", "-U", "18407:" + port(srv.LocalAddr()), pid}
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := ns.Dial("udp", "127.0.0.1:18407", 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 100)
+			for k := range 5 {
+				msg := fmt.Sprintf("sender %d, datagram %d", i, k)
+				var got string
+				for try := 0; try < 5 && got == ""; try++ { // UDP may drop
+					c.SetDeadline(time.Now().Add(time.Second))
+					c.Write([]byte(msg))
+					if n, err := c.Read(buf); err == nil {
+						got = string(buf[:n])
+					}
+				}
+				if got != "host: "+msg {
+					t.Errorf("%s: got %q", msg, got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -3,18 +3,16 @@ package main
 import (
 	"bytes"
 	"errors"
-	"golang.org/x/sys/unix"
 	"io"
 	"log"
-	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
 )
 
 // The engine's part of pasta: the namespace's side of -T and -U, whose
@@ -37,8 +35,6 @@ func (c *helperClient) nsProc(name string) (int, error) {
 type pastaState struct {
 	eng    *slirp.Engine
 	h      *helperClient
-	logger *log.Logger
-	maxUDP int
 
 	mu      sync.Mutex
 	nsSide  map[fwdPort]io.Closer // -T/-U listeners in the namespace, by port there
@@ -59,7 +55,7 @@ func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 		if sp != nil {
 			sp.h = h
 		}
-		s := &pastaState{eng: eng, h: h, logger: logger, maxUDP: o.MaxUDP, nsSide: map[fwdPort]io.Closer{},
+		s := &pastaState{eng: eng, h: h, nsSide: map[fwdPort]io.Closer{},
 			autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}, hostFwd: map[fwdPort]bool{}}
 		for _, d := range []struct {
 			proto        slirp.Proto
@@ -127,33 +123,22 @@ func (cs closers) Close() error {
 	return nil
 }
 
-// listenNS has the helper bind f in the namespace, and forwards what
-// comes to the host's loopback port: TCP spliced by the engine, UDP
-// relayed here.
+// listenNS has the helper bind f in the namespace, and the engine
+// forwards what comes to the host's loopback port (slirp/splice.go).
 func (s *pastaState) listenNS(proto slirp.Proto, f portspec.Forward, port uint16, call func(func())) (io.Closer, error) {
 	fd, err := s.h.nsBind(proto, f)
 	if err != nil {
 		return nil, err
 	}
-	if proto == slirp.TCP {
-		call(func() { err = s.eng.SpliceListen(fd, port) })
-		if err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-		return spliceListener{fd, call, s.eng}, nil
-	}
-	file := os.NewFile(uintptr(fd), "ns")
-	defer file.Close()
-	pc, err := net.FilePacketConn(file)
+	call(func() { err = s.eng.SpliceListen(proto, fd, port) })
 	if err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
-	go s.proxyUDP(pc.(*net.UDPConn), port)
-	return pc, nil
+	return spliceListener{fd, call, s.eng}, nil
 }
 
-// spliceListener is a -T listener the engine watches.
+// spliceListener is a -T or -U socket the engine watches.
 type spliceListener struct {
 	fd   int
 	call func(func())
@@ -171,48 +156,6 @@ func loopback(a netip.Addr) netip.Addr {
 		return netip.IPv6Loopback()
 	}
 	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
-}
-
-// proxyUDP relays datagrams to the host's loopback port, one host socket
-// per namespace peer (at most --max-udp), and the answers back.
-func (s *pastaState) proxyUDP(c *net.UDPConn, port uint16) {
-	peers := map[netip.AddrPort]*net.UDPConn{}
-	buf := make([]byte, 65536)
-	for {
-		n, peer, err := c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				for _, p := range peers {
-					p.Close()
-				}
-				return
-			}
-			continue
-		}
-		up := peers[peer]
-		if up == nil && len(peers) < s.maxUDP {
-			to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback(peer.Addr()), port))
-			if up, err = net.DialUDP("udp", nil, to); err != nil {
-				continue
-			}
-			peers[peer] = up
-			go func() {
-				b := make([]byte, 65536)
-				for {
-					n, err := up.Read(b)
-					if errors.Is(err, net.ErrClosed) {
-						return
-					}
-					if err == nil {
-						c.WriteToUDPAddrPort(b[:n], peer)
-					}
-				}
-			}()
-		}
-		if up != nil {
-			up.Write(buf[:n])
-		}
-	}
 }
 
 // procTable is a /proc/net table auto reads.

@@ -80,7 +80,10 @@ type Engine struct {
 	host Host
 
 	splice   flowTable[int, spliceConn] // pasta's loopback path, by its first descriptor (splice.go)
-	spliceLn []spliceListener           // -T listeners in the namespace; fd -1 when closed // binds forwards and reaches what is outside the sandbox
+	spliceLn []spliceListener           // -T and -U sockets in the namespace; fd -1 when closed
+
+	spliceUDP flowTable[spliceUDPKey, spliceUDPFlow] // -U's senders (splice_udp.go)
+	spliceBuf [1 << 16]byte                          // one -U datagram // binds forwards and reaches what is outside the sandbox
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
@@ -171,6 +174,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	e.icmp.init()
 	e.fwd.init()
 	e.splice.init()
+	e.spliceUDP.init()
 	return e, nil
 }
 
@@ -350,6 +354,8 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 			e.spliceEvent(ref.idx, ref.gen, ev.Events)
 		case kindSpliceListen:
 			e.spliceListenEvent(ref.idx)
+		case kindSpliceUDP:
+			e.spliceUDPEvent(ref.idx, ref.gen)
 		}
 	}
 	e.logStats(n)
@@ -360,6 +366,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		e.udpExpire()
 		e.icmpExpire()
 		e.udpInExpire()
+		e.spliceUDPExpire(-1)
 		e.raTimer()
 	}
 	if len(e.tcp.ackDelayed) > 0 {

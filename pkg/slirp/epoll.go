@@ -19,7 +19,8 @@ const (
 	kindCall
 	kindRepair       // the TCP_REPAIR helper's listening socket (migrate.go)
 	kindSplice       // one side of a spliced pair (splice.go)
-	kindSpliceListen // a -T listener in the namespace (splice.go)
+	kindSpliceListen // a -T or -U socket in the namespace (splice.go)
+	kindSpliceUDP    // a -U sender's host socket (splice_udp.go)
 )
 
 // epollRef is what an epoll registration hands back with each event, in

@@ -45,11 +45,12 @@ type spliceConn struct {
 	want [2]uint32 // what fd[i] is watched for
 }
 
-// spliceListener is a -T listening socket in the namespace, and the host
-// loopback port its connections go to.
+// spliceListener is a -T or -U socket in the namespace, and the host
+// loopback port its connections or datagrams go to.
 type spliceListener struct {
 	fd   int
 	port uint16
+	udp  bool // -U (splice_udp.go)
 }
 
 // spliceRef is the epoll reference of side of the pair in slot i.
@@ -79,11 +80,12 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 	return true
 }
 
-// SpliceListen watches fd, a -T listening socket in the namespace: each
-// connection to it is joined to one to the host's loopback on port, of
-// the address family of the namespace's end. It runs on the engine's
-// goroutine (Call), or before Run.
-func (e *Engine) SpliceListen(fd int, port uint16) error {
+// SpliceListen watches fd, a -T listening socket in the namespace (or a
+// -U one, for UDP): each connection to it is joined to one to the host's
+// loopback on port, of the address family of the namespace's end (each
+// sender's datagrams relayed). It runs on the engine's goroutine (Call),
+// or before Run.
+func (e *Engine) SpliceListen(proto Proto, fd int, port uint16) error {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return err
 	}
@@ -99,28 +101,34 @@ func (e *Engine) SpliceListen(fd int, port uint16) error {
 	if int(i) == len(e.spliceLn) {
 		e.spliceLn = append(e.spliceLn, spliceListener{})
 	}
-	e.spliceLn[i] = spliceListener{fd: fd, port: port}
+	e.spliceLn[i] = spliceListener{fd: fd, port: port, udp: proto == UDP}
 	return nil
 }
 
-// SpliceUnlisten closes fd, a listener SpliceListen watched; the
-// connections it made stay.
+// SpliceUnlisten closes fd, a listener SpliceListen watched; the TCP
+// connections it made stay, the UDP senders it had are forgotten.
 func (e *Engine) SpliceUnlisten(fd int) {
 	for i, l := range e.spliceLn {
 		if l.fd == fd && fd >= 0 {
 			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 			unix.Close(fd)
 			e.spliceLn[i].fd = -1
+			e.spliceUDPExpire(int32(i))
 		}
 	}
 }
 
-// spliceListenEvent accepts the connections waiting on a -T listener.
+// spliceListenEvent accepts the connections waiting on a -T listener,
+// or relays the datagrams on a -U one.
 func (e *Engine) spliceListenEvent(idx int32) {
 	if int(idx) >= len(e.spliceLn) || e.spliceLn[idx].fd < 0 {
 		return
 	}
 	l := e.spliceLn[idx]
+	if l.udp {
+		e.spliceUDPIn(idx, l)
+		return
+	}
 	for {
 		fd, _, err := accept(l.fd)
 		if err != nil {

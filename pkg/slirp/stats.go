@@ -14,7 +14,8 @@ import (
 // kindNames label the counts, by epoll kind (epoll.go).
 var kindNames = [...]string{kindStop: "stop", kindListen: "accept", kindLink: "guest", kindTCP: "tcp",
 	kindUDP: "udp", kindICMP: "icmp", kindTCPListen: "tcp_listen", kindUDPListen: "udp_listen", kindCall: "control",
-	kindRepair: "repair_listen", kindSplice: "splice", kindSpliceListen: "splice_listen"}
+	kindRepair: "repair_listen", kindSplice: "splice", kindSpliceListen: "splice_listen",
+	kindSpliceUDP: "splice_udp"}
 
 // eventStats are the counts and when they were last logged.
 type eventStats struct {
