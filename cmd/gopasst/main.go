@@ -199,6 +199,7 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		}
 		cfg.NewLink = qemusock.NewVhostUser
 		cfg.MigrateExit = o.MigrateExit
+		cfg.Migration = true
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
 	// Check every forward before binding anything.

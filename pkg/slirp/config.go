@@ -86,6 +86,11 @@ type Config struct {
 	RepairListen *os.File
 	MigrateExit  bool
 
+	// Migration says the guest may arrive by live migration (vhost-user):
+	// a forwarded port busy at start, as the source's are on one host, is
+	// then held until the guest is here (fwd.go's holdForwards).
+	Migration bool
+
 	// NewLink makes the link for a client accepted on the listening socket
 	// (or given to AttachStream); nil means qemusock.NewDetectStream. The
 	// vhost-user back-end passes qemusock.NewVhostUser.

@@ -87,6 +87,9 @@ type Engine struct {
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
+	running bool  // Run was called: a forward busy now is the caller's error
+	fatal   error // ends Run: the guest is here and a held forward cannot be bound
+
 	fdDir *os.File // /proc/self/fd, for fdRoom; nil without /proc
 
 	callFd int         // eventfd: calls are queued for the loop
@@ -293,6 +296,7 @@ func (e *Engine) Run() error {
 	// touch of it then faults, which this makes a panic that turn
 	// recovers from, rather than a crash.
 	debug.SetPanicOnFault(true)
+	e.running = true
 	var yielded time.Duration
 	for {
 		// Only a turn that had events: an idle engine blocks in
@@ -357,6 +361,9 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		case kindSpliceUDP:
 			e.spliceUDPEvent(ref.idx, ref.gen)
 		}
+	}
+	if e.fatal != nil {
+		return true, e.fatal
 	}
 	e.logStats(n)
 	if e.now-e.lastTick >= tick {

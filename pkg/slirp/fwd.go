@@ -31,8 +31,17 @@ const (
 type listener struct {
 	proto Proto
 	fwd   portspec.Forward
+	wide  bool // from a wide spec ("all"): busy, it is skipped (AddForwards' skipBusy)
 	fd    int
 	off   int // UDP: where the last datagram's L4 header went (udpToGuest)
+}
+
+// heldForward is a forward whose host socket is closed until the guest
+// is here: see holdForwards.
+type heldForward struct {
+	proto Proto
+	fwd   portspec.Forward
+	wide  bool
 }
 
 type fwdKey struct {
@@ -54,6 +63,7 @@ type fwdTable struct {
 	byKey     map[fwdKey]int32
 	special   map[uint16]special
 	udpIn     flowTable[udpInKey, udpInFlow]
+	held      []heldForward
 }
 
 func (t *fwdTable) init() {
@@ -87,11 +97,17 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 			if skipBusy {
 				continue
 			}
+			if errors.Is(err, unix.EADDRINUSE) && e.cfg.Migration && !e.running {
+				e.logf("%s port %s is busy: it is bound when the guest arrives by migration, "+
+					"or when it starts here (gopasst exits then if the port is still busy)", proto, hostPortString(f))
+				e.fwd.held = append(e.fwd.held, heldForward{proto, f, false})
+				continue
+			}
 			e.removeListeners(added)
 			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
 		}
 		idx := int32(len(e.fwd.listeners))
-		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, fd: fd, off: l4Off4})
+		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, wide: skipBusy, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx
 		added = append(added, idx)
 		ref := epollRef{kind: kindTCPListen, idx: idx}
@@ -131,6 +147,55 @@ func (e *Engine) removeListeners(idx []int32) {
 		delete(e.fwd.byKey, fwdKey{l.proto, l.fwd.Addr, l.fwd.HostPort})
 		e.fwd.listeners[i] = nil
 	}
+}
+
+// Live migration on one host: the source and the destination want the
+// same forwarded ports, as passt's do (flow.c's "HACK"). The source lets
+// go of its forwards' sockets when it sends the guest's state, and a
+// destination started while they are still bound holds those forwards
+// (AddForwards, with Config.Migration, before Run). Held forwards are
+// bound when the guest is here: when its state is loaded, or at its
+// first frame, which is also how a source whose migration failed, and
+// whose guest goes on here, gets them back. Binding them then is binding
+// them at start, postponed: a failure is fatal (passt dies too when it
+// cannot listen again), and with a loaded state it fails the migration,
+// which leaves the guest on its source.
+
+// holdForwards closes every forward's host socket, to be bound again by
+// bindHeld.
+func (e *Engine) holdForwards() {
+	var idx []int32
+	for i, l := range e.fwd.listeners {
+		if l != nil {
+			e.fwd.held = append(e.fwd.held, heldForward{l.proto, l.fwd, l.wide})
+			idx = append(idx, int32(i))
+		}
+	}
+	e.removeListeners(idx)
+}
+
+// bindHeld binds the held forwards: the guest is here.
+func (e *Engine) bindHeld() error {
+	held := e.fwd.held
+	e.fwd.held = nil
+	for len(held) > 0 {
+		// One call for each run of the same kind: a wide forward's is
+		// thousands of ports, and each call counts descriptors.
+		n := 1
+		for n < len(held) && held[n].proto == held[0].proto && held[n].wide == held[0].wide {
+			n++
+		}
+		fwds := make([]portspec.Forward, n)
+		for i := range fwds {
+			fwds[i] = held[i].fwd
+		}
+		if err := e.AddForwards(held[0].proto, fwds, held[0].wide); err != nil {
+			return err
+		}
+		held = held[n:]
+	}
+	e.logf("forwarded ports bound again")
+	return nil
 }
 
 // Forwards describes the active forwards, one line each, sorted.

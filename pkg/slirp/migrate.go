@@ -359,9 +359,10 @@ func movable(f *tcpFlow) bool {
 }
 
 // migrateSave writes the guest's state to w and lets go of the host
-// sockets of the connections it moved: the destination takes their
-// addresses, on this host too.
+// sockets of the connections it moved and of its forwards: the
+// destination takes their addresses, on this host too.
 func (e *Engine) migrateSave(w io.Writer) error {
+	e.holdForwards()
 	var s migStream
 	if e.guestMAC != broadcastMAC {
 		s.seen.mac = e.guestMAC
@@ -427,8 +428,15 @@ func (e *Engine) migrateSave(w io.Writer) error {
 func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 	local, _ := unix.Getsockname(f.fd)
 	peer, _ := unix.Getpeername(f.fd)
+	// passt puts the side that opened the flow first: the host's for a
+	// connection through a forward.
+	tap, host := 0, 1
 	m.pif = [2]uint8{pifTap, pifHost}
-	m.side[0] = migSide{oaddr: f.key.remote.Addr(), oport: f.key.remote.Port(),
+	if f.flags&tcpInbound != 0 {
+		tap, host = 1, 0
+		m.pif = [2]uint8{pifHost, pifTap}
+	}
+	m.side[tap] = migSide{oaddr: f.key.remote.Addr(), oport: f.key.remote.Port(),
 		eaddr: f.key.guest.Addr(), eport: f.key.guest.Port()}
 	l, p := addrPortOf(local), addrPortOf(peer)
 	if f.flags&tcpNotTCP != 0 {
@@ -436,7 +444,7 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 		// flow is named by its guest side alone, to be reset.
 		l, p = f.key.remote, f.key.remote
 	}
-	m.side[1] = migSide{oaddr: l.Addr(), oport: l.Port(), eaddr: p.Addr(), eport: p.Port()}
+	m.side[host] = migSide{oaddr: l.Addr(), oport: l.Port(), eaddr: p.Addr(), eport: p.Port()}
 	m.retries, m.wsFromTap, m.wsToTap = f.retries, f.guestWS, f.ourWS
 	m.events = evEstablished
 	for _, b := range []struct {
@@ -460,13 +468,18 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 	m.seqInitFromTap = f.rcvNxt
 }
 
-// migrateLoad reads a stream from r and takes over its guest state and
-// connections. Each connection is restored as its socket is read, as
+// migrateLoad binds the forwards held for the guest (fwd.go), then reads
+// a stream from r and takes over its guest state and connections. Each connection is restored as its socket is read, as
 // passt does: the stream comes from another host, and holding every
 // flow's queues until the end would let it claim up to 128 MiB a flow.
 // A stream refused part-way keeps the connections restored before the
 // fault.
 func (e *Engine) migrateLoad(r io.Reader) error {
+	if len(e.fwd.held) > 0 {
+		if err := e.bindHeld(); err != nil {
+			return err
+		}
+	}
 	s, err := readMigHead(r, max(e.cfg.MaxTCP-e.tcp.count, 0))
 	if err != nil {
 		return err
@@ -562,6 +575,9 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 		f.state |= tcpGuestFin
 	}
 	f.flags = 0
+	if t.pif[0] == pifHost {
+		f.flags = tcpInbound
+	}
 	f.sndUna, f.sndNxt = t.seqAckFromTap, t.seqAckFromTap
 	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap
 	f.guestWS, f.ourWS = t.wsFromTap, t.wsToTap

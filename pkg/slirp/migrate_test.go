@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
@@ -352,5 +354,64 @@ func TestRepairHelperReconnects(t *testing.T) {
 	defer unix.Close(third)
 	if h.e.repair == nil {
 		t.Error("a new helper was not taken")
+	}
+}
+
+// TestMigrateForwards: on one host, the source lets go of its forwards
+// when it saves its state, and takes them back at its guest's next frame
+// if the guest goes on here; a destination started while they were
+// bound holds them, without failing, and binds them when it loads the
+// state. A source whose guest goes on here after that cannot bind them:
+// its engine ends, as one that cannot bind a forward at start does.
+func TestMigrateForwards(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	fwds := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}}
+	if err := h.e.AddForwards(TCP, fwds, false); err != nil {
+		t.Fatal(err)
+	}
+	save := func() *bytes.Buffer {
+		t.Helper()
+		var stream bytes.Buffer
+		if err := h.e.migrateSave(&stream); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.e.Forwards(); len(got) != 0 {
+			t.Fatalf("the source kept %q", got)
+		}
+		return &stream
+	}
+	frame := func() error {
+		h.send(h.segment(header.TCPAck, 0))
+		_, err := h.e.turn(10)
+		return err
+	}
+	save()
+	if err := frame(); err != nil || len(h.e.Forwards()) != 1 {
+		t.Fatalf("the guest went on at the source: %v, forwards %q", err, h.e.Forwards())
+	}
+
+	d := h.destination(t)
+	if err := d.e.AddForwards(TCP, fwds, false); err == nil {
+		t.Fatal("a busy port was taken without migration")
+	}
+	d.e.cfg.Migration = true
+	if err := d.e.AddForwards(TCP, fwds, false); err != nil {
+		t.Fatalf("a busy port at a destination's start: %v", err)
+	}
+	d.e.running = true
+	if err := d.e.migrateLoad(save()); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.e.Forwards(); len(got) != 1 {
+		t.Fatalf("the destination's forwards: %q", got)
+	}
+	if err := frame(); err == nil || !errors.Is(err, unix.EADDRINUSE) {
+		t.Fatalf("the source's guest went on with the port the destination's: %v", err)
 	}
 }

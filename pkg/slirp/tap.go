@@ -35,6 +35,9 @@ func ipHdrLen(a netip.Addr) int { return l4Off(a) - ipOff }
 // goes from there to the host socket (splitTCP); any other is made whole
 // first. Nothing but TCP data is ever read from guest memory.
 func (e *Engine) frameInput(frame []byte, tail []unix.Iovec) {
+	if len(e.fwd.held) > 0 && e.fatal == nil {
+		e.fatal = e.bindHeld() // the guest runs here
+	}
 	if len(tail) > 0 {
 		var ok bool
 		if e.tail, ok = splitTCP(frame, tail); !ok {

@@ -98,6 +98,7 @@ const (
 	tcpAcked                           // queued in ackedList
 	tcpNotTCP                          // host end is a unix socket or a command's pipe
 	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
+	tcpInbound                         // a host peer opened it through a forward (-t): migrate.go names it so
 )
 
 const (
@@ -393,6 +394,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		e.tcp.hostSockOpts(fd)
 		f := e.tcpAddFlow(key, fd, tcpSynSent)
+		f.flags |= tcpInbound
 		if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
 			e.logf("TCP %v: %v", key.remote, err)
 			e.tcpClose(f, false, true)
