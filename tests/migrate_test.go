@@ -258,14 +258,16 @@ func readHash(fd int) ([32]byte, error) {
 // TestQEMUMigrate migrates a running guest between two QEMU processes
 // (TCG, -incoming over loopback, started over QMP), each on its own
 // gopasst over vhost-user, in the same host namespace, while the guest
-// holds a TCP connection to a host server with data queued both ways:
-// the server stops reading and writing halfway and carries on once the
-// migration is over. With a repair helper (upstream passt-repair, or
-// gopasst repair) both streams end whole (SHA-256); without one the
-// guest's connection is reset, not left hanging. Either way the guest
-// then opens a new connection, gets a DHCP lease again and resolves a
-// name through the destination, and the source, given --migrate-exit,
-// exits.
+// holds two TCP connections with data queued both ways: one it opened
+// to a host server, and one a host client opened to the guest's server
+// through -t. The host ends stop reading and writing halfway and carry
+// on once the migration is over. With a repair helper (upstream
+// passt-repair, or gopasst repair) all four streams end whole (SHA-256);
+// without one the guest's connections are reset, not left hanging.
+// Either way the guest then opens a new connection, takes a new one
+// through -t (the destination bound the forwards the source let go of),
+// gets a DHCP lease again and resolves a name through the destination,
+// and the source, given --migrate-exit, exits.
 func TestQEMUMigrate(t *testing.T) {
 	for _, helper := range []string{"gopasst", "passt-repair", "none"} {
 		t.Run(helper, func(t *testing.T) {
@@ -276,100 +278,166 @@ func TestQEMUMigrate(t *testing.T) {
 			case "passt-repair":
 				argv = []string{passtRepairPath(t)}
 			}
-			testQEMUMigrate(t, argv, nil, nil)
+			testQEMUMigrate(t, migrateOpts{repair: argv})
 		})
 	}
+}
+
+// TestQEMUMigrateTwice is TestQEMUMigrate there and back: A to B, then
+// B to a new gopasst at A's socket, which holds its forwards (B has
+// them) until the guest's state comes; the connections survive both.
+func TestQEMUMigrateTwice(t *testing.T) {
+	testQEMUMigrate(t, migrateOpts{repair: []string{gopasstBin, "repair"}, twice: true})
 }
 
 // TestQEMUMigratePasst is TestQEMUMigrate between upstream passt and
 // gopasst, either way: each reads the other's stream; gopasst repair
-// serves passt too.
+// serves passt too. From passt, the inbound connection moves as well;
+// passt as the destination cannot bind the forwards its source has on
+// one host (it exits), so that way has none.
 func TestQEMUMigratePasst(t *testing.T) {
 	passt := []string{filepath.Join(filepath.Dir(passtRepairPath(t)), "passt"), "-f", "--vhost-user", "-s", "{sock}"}
 	t.Run("from passt", func(t *testing.T) {
-		testQEMUMigrate(t, []string{gopasstBin, "repair"}, append(passt, "--migrate-exit", "--migrate-no-linger"), nil)
+		testQEMUMigrate(t, migrateOpts{repair: []string{gopasstBin, "repair"}, src: append(passt, "--migrate-exit", "--migrate-no-linger")})
 	})
 	t.Run("to passt", func(t *testing.T) {
-		testQEMUMigrate(t, []string{gopasstBin, "repair"}, nil, passt)
+		testQEMUMigrate(t, migrateOpts{repair: []string{gopasstBin, "repair"}, dst: passt})
 	})
 }
 
-// testQEMUMigrate migrates from gopasst (or the backend srcArgv) to
-// gopasst (or dstArgv), with the repair helper repairArgv (nil: none).
-func testQEMUMigrate(t *testing.T, repairArgv, srcArgv, dstArgv []string) {
+// migrateOpts says what testQEMUMigrate moves between.
+type migrateOpts struct {
+	repair   []string // the repair helpers' argv; nil: none
+	src, dst []string // passt instead of gopasst, with "{sock}"
+	twice    bool     // and back, to a new gopasst at the source's socket
+}
+
+// migrateForwards are the source's and every gopasst destination's: the
+// connection that moves, and one made after.
+var migrateForwards = []string{"-t", "18080:8080", "-t", "18081:8081"}
+
+// startBackend starts argv ("{sock}": sock) in w's host namespace, logging
+// to the buffer it returns, and waits for it to listen on sock.
+func startBackend(t *testing.T, w *World, sock string, argv []string) (*exec.Cmd, *syncBuffer) {
+	log := &syncBuffer{}
+	argv = slices.Clone(argv)
+	for i, a := range argv {
+		argv[i] = strings.ReplaceAll(a, "{sock}", sock)
+	}
+	p := w.Host.Cmd(argv[0], argv[1:]...)
+	p.Stdout, p.Stderr = log, log
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Process.Signal(os.Interrupt)
+		p.Wait()
+		if t.Failed() {
+			t.Logf("%s at %s, log:\n%s", argv[0], sock, log.String())
+		}
+	})
+	waitFor(t, sock, func() bool { return listening(w.Host, sock) })
+	return p, log
+}
+
+// startRepair connects the repair helper argv to the back-end at sock,
+// whose log says when it took it.
+func startRepair(t *testing.T, w *World, argv []string, sock string, log *syncBuffer) {
+	waitFor(t, sock+".repair listening", func() bool { return listening(w.Host, sock+".repair") })
+	h := exec.Command(argv[0], append(argv[1:], sock+".repair")...)
+	var out syncBuffer
+	h.Stdout, h.Stderr = &out, &out
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.Process.Kill()
+		h.Wait()
+		if t.Failed() {
+			t.Logf("%s: %s", argv[0], out.String())
+		}
+	})
+	waitFor(t, "the repair helper at "+sock, func() bool { return strings.Contains(log.String(), "TCP_REPAIR helper") })
+}
+
+// rcvBufForce gives a socket room for a whole upload, unread.
+func rcvBufForce(n int) func(_, _ string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) })
+	}
+}
+
+// carryAcross is the host's end c of a connection that moves: it sends
+// the first half of the download (seed, downSize), and once that has
+// left its send queue and the guest's whole upload of upSize bytes is in
+// its receive queue, unread, says so (halfway): then neither end has a
+// segment to send, and on one host a segment sent between the source's
+// close and the destination's connect would be answered with a reset by
+// the kernel. Once migrated, it sends the rest and returns the upload's
+// SHA-256 (of what came, if the connection ended early).
+func carryAcross(c net.Conn, seed byte, upSize, downSize int64, halfway chan<- struct{}, migrated <-chan struct{}) []byte {
+	defer c.Close()
+	down := newStream(seed, downSize)
+	io.CopyN(c, down, downSize/2)
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	for quiet := false; !quiet; time.Sleep(10 * time.Millisecond) {
+		raw.Control(func(fd uintptr) {
+			out, _ := unix.IoctlGetUint32(int(fd), unix.SIOCOUTQ)
+			in, _ := unix.IoctlGetUint32(int(fd), unix.SIOCINQ)
+			quiet = out == 0 && int64(in) >= upSize
+		})
+	}
+	close(halfway)
+	<-migrated
+	sum := make(chan []byte)
+	go func() {
+		h := sha256.New()
+		io.CopyN(h, c, upSize)
+		sum <- h.Sum(nil)
+	}()
+	io.Copy(c, down)
+	return <-sum
+}
+
+// testQEMUMigrate migrates as o says. A gopasst destination holds its
+// forwards at start (the source has them) and gets an inbound
+// connection too.
+func testQEMUMigrate(t *testing.T, o migrateOpts) {
 	qemu, kernel, kver := needQEMU(t)
-	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user", "--migrate-exit", "--migrate-no-linger", "--debug"}, Backend: srcArgv})
+	inbound := o.dst == nil
+	srcArgv := o.src
+	if srcArgv != nil && inbound {
+		srcArgv = append(slices.Clone(srcArgv), migrateForwards...)
+	}
+	w := newWorld(t, WorldOpts{NoGuest: true, Backend: srcArgv,
+		Args: append([]string{"--vhost-user", "--migrate-exit", "--migrate-no-linger", "--debug"}, migrateForwards...)})
 	w.VhostUser = true
+	dstArgv := o.dst
 	if dstArgv != nil {
 		// The destination's QEMU takes only what its back-end offers:
 		// the guest keeps to passt's features (gopasst offers more).
 		w.Device = "csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off"
+	} else {
+		dstArgv = append([]string{gopasstBin, "-f", "-s", "{sock}", "--vhost-user", "--debug"}, migrateForwards...)
 	}
 	dst := *w
 	dst.Sock = filepath.Join(w.Dir, "dst.socket")
-	dstLog := &syncBuffer{}
-	if dstArgv == nil {
-		dstArgv = []string{gopasstBin, "-f", "-s", "{sock}", "--vhost-user", "--debug"}
-	}
-	dstArgv = slices.Clone(dstArgv)
-	for i, a := range dstArgv {
-		dstArgv[i] = strings.ReplaceAll(a, "{sock}", dst.Sock)
-	}
-	dstProc := w.Host.Cmd(dstArgv[0], dstArgv[1:]...)
-	dstProc.Stdout, dstProc.Stderr = dstLog, dstLog
-	if err := dstProc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dstProc.Process.Signal(os.Interrupt)
-		dstProc.Wait()
-		if t.Failed() {
-			t.Logf("destination gopasst log:\n%s", dstLog.String())
-		}
-	})
-	waitFor(t, "the destination's socket", func() bool { _, err := os.Stat(dst.Sock); return err == nil })
-	if repairArgv != nil {
-		for _, sock := range []string{w.Sock, dst.Sock} {
-			waitFor(t, sock+".repair listening", func() bool { return listening(w.Host, sock+".repair") })
-			h := exec.Command(repairArgv[0], append(repairArgv[1:], sock+".repair")...)
-			var out syncBuffer
-			h.Stdout, h.Stderr = &out, &out
-			if err := h.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				h.Process.Kill()
-				h.Wait()
-				if t.Failed() {
-					t.Logf("%s: %s", repairArgv[0], out.String())
-				}
-			})
-		}
-		waitFor(t, "the repair helpers", func() bool {
-			return strings.Contains(w.Log.String(), "TCP_REPAIR helper") &&
-				strings.Contains(dstLog.String(), "TCP_REPAIR helper")
-		})
+	_, dstLog := startBackend(t, w, dst.Sock, dstArgv)
+	if o.repair != nil {
+		startRepair(t, w, o.repair, w.Sock, w.Log)
+		startRepair(t, w, o.repair, dst.Sock, dstLog)
 	}
 
-	// The connection that moves. The server takes the guest's upload
-	// into a receive buffer that holds it all, unread, and sends half of
-	// the download; both wait for the migration to be over. Its window
-	// stays open, so it has nothing to send while the connection moves:
-	// on one host, a segment that arrived between the source's close and
-	// the destination's connect would be answered with a reset by the
-	// kernel. (The unit tests move sockets with data queued in them.)
 	const upSize, downSize = 2 << 20, 4 << 20
 	upload := bytes.Repeat([]byte("gopasst\n"), upSize/8)
 	migrated := make(chan struct{})
-	halfway := make(chan struct{})
-	var upSum []byte
-	served := make(chan struct{})
+	var sums [2][]byte // the uploads the host ends got: the guest's connection's, the inbound one's
+	halfway := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
+	served := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
 	var l net.Listener
 	var err error
 	w.Host.Do(t, func() {
-		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4*upSize) })
-		}}
+		lc := net.ListenConfig{Control: rcvBufForce(4 * upSize)}
 		l, err = lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	})
 	if err != nil {
@@ -377,56 +445,42 @@ func testQEMUMigrate(t *testing.T, repairArgv, srcArgv, dstArgv []string) {
 	}
 	t.Cleanup(func() { l.Close() })
 	go func() {
-		defer close(served)
-		c, err := l.Accept()
-		if err != nil {
-			return
+		defer close(served[0])
+		if c, err := l.Accept(); err == nil {
+			sums[0] = carryAcross(c, 5, upSize, downSize, halfway[0], migrated)
 		}
-		defer c.Close()
-		down := newStream(5, downSize)
-		io.CopyN(c, down, downSize/2)
-		// Halfway is when the download's first half has left the
-		// server's send queue and the whole upload is in its receive
-		// queue: then neither end has a segment to send.
-		raw, _ := c.(*net.TCPConn).SyscallConn()
-		for quiet := false; !quiet; time.Sleep(10 * time.Millisecond) {
-			raw.Control(func(fd uintptr) {
-				out, _ := unix.IoctlGetUint32(int(fd), unix.SIOCOUTQ)
-				in, _ := unix.IoctlGetUint32(int(fd), unix.SIOCINQ)
-				quiet = out == 0 && in >= upSize
-			})
-		}
-		close(halfway)
-		<-migrated
-		done := make(chan struct{})
-		go func() {
-			h := sha256.New()
-			io.CopyN(h, c, upSize)
-			upSum = h.Sum(nil)
-			close(done)
-		}()
-		io.Copy(c, down)
-		<-done
 	}()
 	startDNS(t, w, "migrated.gopasst.example", [4]byte{203, 0, 113, 9})
 	after := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
 
+	// The inbound connection's guest end runs beside the other, its
+	// upload "gopasst" too, and its download's hash in /tmp/in.
+	in, out := "", ""
+	if inbound {
+		in = fmt.Sprintf(`{ yes gopasst | head -c %d | nc -l -p 8080 | sha256sum > /tmp/in; } &
+while ! netstat -ltn | grep -q ':8080 '; do sleep 0.1; done
+echo GOPASST-LISTENING
+`, upSize)
+		out = `while [ ! -s /tmp/in ]; do sleep 0.1; done
+echo "GOPASST-INDOWN $(cat /tmp/in)"
+echo hello-from-guest | nc -l -p 8081
+`
+	}
 	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
 ip link set eth0 up
 udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
-echo "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
-echo "GOPASST-AFTER $(nc %[1]s %[4]s)"
+%[5]secho "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
+%[6]secho "GOPASST-AFTER $(nc %[1]s %[4]s)"
 TAG=RENEWED udhcpc -i eth0 -f -q -n -t 5 -T 2 -s /etc/dhcp.sh 2>&1 | grep -v '^udhcpc'
 nslookup migrated.gopasst.example %[1]s | sed 's/^/GOPASST-DNS /'
 echo GOPASST-DONE
-`, hostGW, port(l.Addr()), upSize, port(after.Addr()))
+`, hostGW, port(l.Addr()), upSize, port(after.Addr()), in, out)
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
 	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
 		t.Fatal(err)
 	}
-	incoming := freePort(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	report := &guestReport{keys: map[string][]string{}}
 	t.Cleanup(func() {
@@ -434,66 +488,99 @@ echo GOPASST-DONE
 			t.Logf("QEMU consoles:\n%s", report.console())
 		}
 	})
-	src := startQEMU(ctx, t, qemu, kernel, initrd, w, filepath.Join(w.Dir, "src.qmp"), "", report)
-	dstQEMU := startQEMU(ctx, t, qemu, kernel, initrd, &dst, filepath.Join(w.Dir, "dst.qmp"), "tcp:127.0.0.1:"+incoming, report)
+	incoming := freePort(t)
+	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
+	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
+	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
 
-	select {
-	case <-halfway:
-	case <-ctx.Done():
-		t.Fatalf("the guest never got halfway; console:\n%s", report.console())
+	if inbound {
+		waitLong(t, "the guest's server", 3*time.Minute, func() bool { return len(report.get("LISTENING")) > 0 })
+		var c net.Conn
+		w.Host.Do(t, func() {
+			d := net.Dialer{Control: rcvBufForce(4 * upSize)}
+			c, err = d.DialContext(ctx, "tcp", "127.0.0.1:18080")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			defer close(served[1])
+			sums[1] = carryAcross(c, 6, upSize, downSize, halfway[1], migrated)
+		}()
+	} else {
+		close(halfway[1])
+		close(served[1])
 	}
-	qmp := dialQMP(t, filepath.Join(w.Dir, "src.qmp"))
-	qmp.call(t, "migrate", map[string]any{"uri": "tcp:127.0.0.1:" + incoming})
-	for {
-		r := qmp.call(t, "query-migrate", nil)
-		status, _ := r["status"].(string)
-		if status == "completed" {
-			break
+	for _, h := range halfway {
+		select {
+		case <-h:
+		case <-ctx.Done():
+			t.Fatalf("the guest never got halfway; console:\n%s", report.console())
 		}
-		if status == "failed" || status == "cancelled" {
-			t.Fatalf("migration %s: %v; source gopasst:\n%s", status, r, w.Log.String())
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("migration still %s", status)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	// The source is done sending; the destination runs the guest once
-	// it has loaded everything, gopasst's state too: only then may the
-	// server carry on (before, its segments would find no socket).
-	dstQMP := dialQMP(t, filepath.Join(w.Dir, "dst.qmp"))
-	for {
-		if r := dstQMP.call(t, "query-status", nil); r["status"] == "running" {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the destination never ran the guest")
-		}
-		time.Sleep(100 * time.Millisecond)
+	migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	finalLog := dstLog
+	if o.twice {
+		// Back to A's socket, once A is gone: a new gopasst there, with
+		// A's forwards, which B holds.
+		waitFor(t, "the source to exit (--migrate-exit)", func() bool { return !alive(w.Proc.Process.Pid) })
+		_, finalLog = startBackend(t, w, w.Sock, dstArgv)
+		startRepair(t, w, o.repair, w.Sock, finalLog)
+		incoming = freePort(t)
+		backQMP := filepath.Join(w.Dir, "back.qmp")
+		last = startQEMU(ctx, t, qemu, kernel, initrd, w, backQMP, "tcp:127.0.0.1:"+incoming, report)
+		migrateGuest(ctx, t, dstQMP, backQMP, incoming, dstLog)
 	}
 	close(migrated)
-	qmp.call(t, "quit", nil)
-	src.Wait()
-	if err := dstQEMU.Wait(); err != nil && ctx.Err() != nil {
+	if inbound {
+		// A new connection through -t reaches the guest from the
+		// destination, once the guest listens again.
+		var got string
+		for got != "hello-from-guest\n" && ctx.Err() == nil {
+			if c, err := w.Host.Dial("tcp", "127.0.0.1:18081", 10*time.Second); err == nil {
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				b, _ := io.ReadAll(c)
+				c.Close()
+				got = string(b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got != "hello-from-guest\n" {
+			t.Errorf("a new connection through -t to the destination got %q", got)
+		}
+	}
+	if err := last.Wait(); err != nil && ctx.Err() != nil {
 		t.Fatalf("destination QEMU: %v; console:\n%s", err, report.console())
 	}
-	<-served
+	<-served[0]
+	<-served[1]
 	if len(report.get("DONE")) == 0 {
 		t.Fatalf("the guest did not finish; console:\n%s", report.console())
 	}
-	wantDown := hex.EncodeToString(sumStream(5, downSize))
-	gotDown := strings.Join(report.get("DOWN"), "")
-	upOK := bytes.Equal(upSum, sha256sum(upload))
-	if repairArgv != nil {
-		if !strings.HasPrefix(gotDown, wantDown) {
-			t.Errorf("download to the guest: sha256 %q, want %s", gotDown, wantDown)
+	type moved struct {
+		name, key string
+		seed      byte
+		up        []byte
+	}
+	conns := []moved{{"the guest's connection", "DOWN", 5, sums[0]}}
+	if inbound {
+		conns = append(conns, moved{"the inbound connection", "INDOWN", 6, sums[1]})
+	}
+	for _, m := range conns {
+		wantDown := hex.EncodeToString(sumStream(m.seed, downSize))
+		gotDown := strings.Join(report.get(m.key), "")
+		upOK := bytes.Equal(m.up, sha256sum(upload))
+		if o.repair != nil {
+			if !strings.HasPrefix(gotDown, wantDown) {
+				t.Errorf("%s, to the guest: sha256 %q, want %s", m.name, gotDown, wantDown)
+			}
+			if !upOK {
+				t.Errorf("%s, from the guest: sha256 %x, want %x", m.name, m.up, sha256sum(upload))
+			}
+		} else if strings.HasPrefix(gotDown, wantDown) {
+			// (The upload was all with the host before the migration.)
+			t.Errorf("without a repair helper %s carried on: %q", m.name, gotDown)
 		}
-		if !upOK {
-			t.Errorf("upload from the guest: sha256 %x, want %x", upSum, sha256sum(upload))
-		}
-	} else if strings.HasPrefix(gotDown, wantDown) {
-		// (The upload was all with the server before the migration.)
-		t.Errorf("without a repair helper the download carried on: %q", gotDown)
 	}
 	if got := strings.Join(report.get("AFTER"), ""); got != "after migration" {
 		t.Errorf("a new connection from the destination got %q", got)
@@ -504,12 +591,59 @@ echo GOPASST-DONE
 	if dns := strings.Join(report.get("DNS"), "\n"); !strings.Contains(dns, "203.0.113.9") {
 		t.Errorf("DNS from the destination:\n%s", dns)
 	}
-	for _, line := range strings.Split(dstLog.String(), "\n") {
-		if strings.Contains(line, "migration") {
+	for _, line := range strings.Split(finalLog.String(), "\n") {
+		if strings.Contains(line, "migration") || strings.Contains(line, "busy") || strings.Contains(line, "bound again") {
 			t.Log("destination: " + line)
 		}
 	}
 	waitFor(t, "the source to exit (--migrate-exit)", func() bool { return w.Proc.ProcessState != nil || !alive(w.Proc.Process.Pid) })
+}
+
+// migrateGuest moves the guest from the QEMU at srcQMP to the one waiting
+// on incoming at dstQMP, whose guest then runs: only then may the host
+// ends carry on (before, their segments would find no socket). The
+// source QEMU quits. It returns the source's last query-migrate.
+func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming string, srcLog *syncBuffer) map[string]any {
+	waitLong(t, "the destination QEMU to listen", time.Minute, func() bool { return loopbackListening(incoming) })
+	qmp := dialQMP(t, srcQMP)
+	qmp.call(t, "migrate", map[string]any{"uri": "tcp:127.0.0.1:" + incoming})
+	var r map[string]any
+	for {
+		r = qmp.call(t, "query-migrate", nil)
+		status, _ := r["status"].(string)
+		if status == "completed" {
+			break
+		}
+		if status == "failed" || status == "cancelled" {
+			t.Fatalf("migration %s: %v; source back-end:\n%s", status, r, srcLog.String())
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("migration still %s", status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	dst := dialQMP(t, dstQMP)
+	defer dst.c.Close() // QEMU serves one QMP client at a time: the next hop's
+	for {
+		if s := dst.call(t, "query-status", nil); s["status"] == "running" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the destination never ran the guest")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	qmp.call(t, "quit", nil)
+	return r
+}
+
+// loopbackListening tells whether a TCP socket listens on 127.0.0.1:port
+// here, from /proc/net/tcp: a connection to find out would be taken for
+// the migration's.
+func loopbackListening(port string) bool {
+	p, _ := strconv.Atoi(port)
+	b, _ := os.ReadFile("/proc/net/tcp")
+	return strings.Contains(string(b), fmt.Sprintf(" 0100007F:%04X 00000000:0000 0A ", p))
 }
 
 // listening tells whether a unix socket listens at path in ns, from
