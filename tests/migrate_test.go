@@ -599,6 +599,83 @@ echo GOPASST-DONE
 	waitFor(t, "the source to exit (--migrate-exit)", func() bool { return w.Proc.ProcessState != nil || !alive(w.Proc.Process.Pid) })
 }
 
+// TestQEMUMigrateStream migrates a guest on -netdev stream: QEMU moves
+// it without any state of the back-end's, to a QEMU connected to another
+// gopasst. That gopasst serves it at once: a new connection works, and
+// the guest's DHCP client renews its lease (a unicast request, from the
+// address the source's gopasst gave it) and keeps its address. Its
+// connections are lost, as with passt.
+func TestQEMUMigrateStream(t *testing.T) {
+	qemu, kernel, kver := needQEMU(t)
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--debug"}})
+	dst := *w
+	dst.Sock = filepath.Join(w.Dir, "dst.socket")
+	_, dstLog := startBackend(t, w, dst.Sock, []string{gopasstBin, "-f", "-s", "{sock}", "--debug"})
+	const afterPort = "17777" // listened on only once the guest has moved
+	// udhcpc stays, to renew its lease when told (SIGUSR1); until the
+	// migration is over the guest's connections to afterPort are refused.
+	script := guestDHCPScript + `cat > /etc/lease.sh <<'EOS'
+#!/bin/sh
+case $1 in
+bound) /etc/dhcp.sh bound ;;
+renew) echo "GOPASST-RENEW ip=$ip"; touch /tmp/renewed ;;
+*) echo "GOPASST-DHCP $1" ;;
+esac
+EOS
+chmod +x /etc/lease.sh
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -f -t 10 -T 2 -s /etc/lease.sh &
+dhcp=$!
+while ! ip -4 addr show eth0 | grep -q inet; do sleep 0.1; done
+echo GOPASST-READY
+while [ "$(nc ` + hostGW + ` ` + afterPort + ` 2>/dev/null)" != "after migration" ]; do sleep 0.2; done
+echo GOPASST-AFTER after migration
+kill -USR1 $dhcp
+for i in $(seq 300); do [ -e /tmp/renewed ] && break; sleep 0.1; done
+ip -4 addr show eth0 | sed -n 's/^ *inet /GOPASST-ADDR /p'
+echo GOPASST-DONE
+`
+	initrd := filepath.Join(w.Dir, "initrd.cpio")
+	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	report := &guestReport{keys: map[string][]string{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("QEMU consoles:\n%s\ndestination gopasst:\n%s", report.console(), dstLog.String())
+		}
+	})
+	incoming := freePort(t)
+	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
+	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
+	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
+	waitLong(t, "the guest's lease", 2*time.Minute, func() bool { return len(report.get("READY")) > 0 })
+	migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	after := w.Host.Listen(t, "tcp", "127.0.0.1:"+afterPort)
+	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
+	if err := last.Wait(); err != nil && ctx.Err() != nil {
+		t.Fatalf("destination QEMU: %v", err)
+	}
+	if len(report.get("DONE")) == 0 {
+		t.Fatal("the guest did not finish")
+	}
+	if len(report.get("AFTER")) == 0 {
+		t.Error("no new connection from the destination")
+	}
+	if got := strings.Join(report.get("RENEW"), ""); got != "ip="+hostAddr {
+		t.Errorf("the lease renewed at the destination: %q, want ip=%s", got, hostAddr)
+	}
+	if addr := strings.Join(report.get("ADDR"), ""); !strings.HasPrefix(addr, hostAddr+"/") {
+		t.Errorf("the guest's address after the renewal: %q", addr)
+	}
+	if !strings.Contains(dstLog.String(), "DHCP: type 3, answering 5") {
+		t.Errorf("the destination did not acknowledge the renewal:\n%s", dstLog.String())
+	}
+}
+
 // migrateGuest moves the guest from the QEMU at srcQMP to the one waiting
 // on incoming at dstQMP, whose guest then runs: only then may the host
 // ends carry on (before, their segments would find no socket). The
