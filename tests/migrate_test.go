@@ -676,19 +676,37 @@ echo GOPASST-DONE
 	}
 }
 
+// migration is what migrateGuest measured: QMP's total-time, downtime
+// and guest memory sent, and how long the guest was stopped, from the source's STOP
+// event to the destination's RESUME (QEMU's downtime ends before the
+// destination has loaded and runs the guest).
+type migration struct {
+	total, downtime, stopped time.Duration
+	ramSent                  float64 // bytes of guest memory sent
+}
+
 // migrateGuest moves the guest from the QEMU at srcQMP to the one waiting
 // on incoming at dstQMP, whose guest then runs: only then may the host
 // ends carry on (before, their segments would find no socket). The
-// source QEMU quits. It returns the source's last query-migrate.
-func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming string, srcLog *syncBuffer) map[string]any {
+// source QEMU quits.
+func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming string, srcLog *syncBuffer) migration {
 	waitLong(t, "the destination QEMU to listen", time.Minute, func() bool { return loopbackListening(incoming) })
+	dst := dialQMP(t, dstQMP)
+	defer dst.c.Close() // QEMU serves one QMP client at a time: the next hop's
 	qmp := dialQMP(t, srcQMP)
 	qmp.call(t, "migrate", map[string]any{"uri": "tcp:127.0.0.1:" + incoming})
-	var r map[string]any
+	var m migration
 	for {
-		r = qmp.call(t, "query-migrate", nil)
+		r := qmp.call(t, "query-migrate", nil)
 		status, _ := r["status"].(string)
 		if status == "completed" {
+			ms := func(k string) time.Duration {
+				v, _ := r[k].(float64)
+				return time.Duration(v * float64(time.Millisecond))
+			}
+			m.total, m.downtime = ms("total-time"), ms("downtime")
+			ram, _ := r["ram"].(map[string]any)
+			m.ramSent, _ = ram["transferred"].(float64)
 			break
 		}
 		if status == "failed" || status == "cancelled" {
@@ -699,8 +717,6 @@ func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming st
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	dst := dialQMP(t, dstQMP)
-	defer dst.c.Close() // QEMU serves one QMP client at a time: the next hop's
 	for {
 		if s := dst.call(t, "query-status", nil); s["status"] == "running" {
 			break
@@ -710,8 +726,9 @@ func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming st
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	m.stopped = dst.events["RESUME"].Sub(qmp.events["STOP"])
 	qmp.call(t, "quit", nil)
-	return r
+	return m
 }
 
 // loopbackListening tells whether a TCP socket listens on 127.0.0.1:port
@@ -816,8 +833,9 @@ func startQEMU(ctx context.Context, t *testing.T, qemu, kernel, initrd string, w
 
 // qmpConn is a QMP client, one command at a time.
 type qmpConn struct {
-	c  net.Conn
-	rd *bufio.Reader
+	c      net.Conn
+	rd     *bufio.Reader
+	events map[string]time.Time // when each event came last, by QEMU's clock
 }
 
 func dialQMP(t *testing.T, path string) *qmpConn {
@@ -829,7 +847,7 @@ func dialQMP(t *testing.T, path string) *qmpConn {
 		return err == nil
 	})
 	t.Cleanup(func() { c.Close() })
-	q := &qmpConn{c: c, rd: bufio.NewReader(c)}
+	q := &qmpConn{c: c, rd: bufio.NewReader(c), events: map[string]time.Time{}}
 	q.rd.ReadBytes('\n') // the greeting
 	q.call(t, "qmp_capabilities", nil)
 	return q
@@ -853,7 +871,15 @@ func (q *qmpConn) call(t *testing.T, cmd string, args map[string]any) map[string
 			t.Fatalf("QMP %s: %v", cmd, err)
 		}
 		var m map[string]any
-		if json.Unmarshal(line, &m) != nil || m["event"] != nil {
+		if json.Unmarshal(line, &m) != nil {
+			continue
+		}
+		if ev, ok := m["event"].(string); ok {
+			var e struct {
+				Timestamp struct{ Seconds, Microseconds int64 }
+			}
+			json.Unmarshal(line, &e)
+			q.events[ev] = time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
 			continue
 		}
 		if e, ok := m["error"]; ok {

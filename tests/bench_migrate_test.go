@@ -1,0 +1,222 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestBenchMigrate compares live migration over vhost-user on gopasst and
+// on upstream passt, in the same run, on one host: TCG guests, both QEMUs
+// and both back-ends in one network namespace, passt-repair serving
+// both. For each it reports QMP's total migration time; how long the
+// guest stood still, from the source's STOP event to the destination's
+// RESUME; the network's blackout as the guest's peer sees it, the
+// longest stall of a TCP stream the guest sends to a host server, and as
+// the guest sees it, the most of its pings (one each 0.1 s of guest time,
+// which stands still while the guest is stopped) lost in a row; and,
+// with 1,000 established connections held besides, the stop again, whose
+// growth over the first is the time the connections took to move, and
+// how many of them echo a byte afterwards. Not pass/fail: it runs under
+// make bench (GOPASST_BENCH=1) and logs its table.
+func TestBenchMigrate(t *testing.T) {
+	needBench(t)
+	qemu, kernel, kver := needQEMU(t)
+	passt, err := passtPath()
+	if err != nil {
+		t.Skip(err)
+	}
+	repair := []string{filepath.Join(filepath.Dir(passt), "passt-repair")}
+	if _, err := os.Stat(repair[0]); err != nil {
+		t.Skipf("no passt-repair beside passt: %v", err)
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("GOPASST_BENCH_MIGRATE_ROUNDS"))
+	if rounds == 0 {
+		rounds = 3
+	}
+	connhold := buildForGuest(t, t.TempDir(), "./cmd/connhold")
+	backends := [][]string{
+		{gopasstBin, "-f", "-s", "{sock}", "--vhost-user"},
+		{passt, "-f", "-s", "{sock}", "--vhost-user"},
+	}
+	names := []string{"gopasst", "passt"}
+	results := map[string]map[string][]float64{}
+	for r := range rounds {
+		for i, argv := range backends {
+			if !benchSelected(names[i]) {
+				continue
+			}
+			for _, flows := range []int{0, 1000} {
+				t.Run(fmt.Sprintf("%s/%dflows/round%d", names[i], flows, r), func(t *testing.T) {
+					if results[names[i]] == nil {
+						results[names[i]] = map[string][]float64{}
+					}
+					for k, v := range benchMigrateOne(t, qemu, kernel, kver, connhold, repair, argv, flows) {
+						results[names[i]][k] = append(results[names[i]][k], v)
+					}
+				})
+			}
+		}
+	}
+	for _, res := range results {
+		// Each round's stop with the connections, less the median stop
+		// without them.
+		base := median(res["guest stopped, ms"])
+		for _, v := range res["guest stopped with 1,000 connections, ms"] {
+			res["time to move 1,000 connections, ms"] = append(res["time to move 1,000 connections, ms"], v-base)
+		}
+	}
+	var b strings.Builder
+	gv, _ := exec.Command(gopasstBin, "--version").Output()
+	fmt.Fprintf(&b, "live migration, %d rounds, medians (range); QEMU %s, TCG, one vCPU, 256 MiB, guest kernel %s; gopasst %s; passt %s; passt-repair for both\n\n",
+		rounds, qemuVersion(qemu), kver, strings.TrimSpace(string(gv)), passtVersion(passt))
+	b.WriteString("| metric | gopasst | passt |\n|---|---|---|\n")
+	for _, k := range []string{"total migration time, ms", "guest memory sent, MiB", "TCP stream before, MB/s", "guest stopped, ms", "TCP stream's longest stall, ms",
+		"pings lost in a row", "total migration time with 1,000 connections, ms", "guest stopped with 1,000 connections, ms",
+		"time to move 1,000 connections, ms", "connections working after"} {
+		fmt.Fprintf(&b, "| %s |", k)
+		for _, n := range names {
+			fmt.Fprintf(&b, " %s |", fmtFigure(median(results[n][k]), results[n][k]))
+		}
+		b.WriteString("\n")
+	}
+	t.Log("\n" + b.String())
+}
+
+// benchMigrateOne migrates one guest from argv to argv once, holding
+// flows connections, and returns what it measured.
+func benchMigrateOne(t *testing.T, qemu, kernel, kver, connhold string, repair, argv []string, flows int) map[string]float64 {
+	w := newWorld(t, WorldOpts{NoGuest: true, Backend: append(slices.Clone(argv), "--migrate-exit", "--migrate-no-linger")})
+	w.VhostUser = true
+	dst := *w
+	dst.Sock = filepath.Join(w.Dir, "dst.socket")
+	_, dstLog := startBackend(t, w, dst.Sock, argv)
+	startRepair(t, w, repair, w.Sock, w.Log)
+	startRepair(t, w, repair, dst.Sock, dstLog)
+
+	// The stream's sink notes when each read returned.
+	sink := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	var mu sync.Mutex
+	var reads []time.Time
+	var got int // bytes
+	go func() {
+		c, err := sink.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			reads = append(reads, time.Now())
+			got += n
+			mu.Unlock()
+		}
+	}()
+	echo := byteEchoServer(t, w)
+	const afterPort = "17777" // listened on once the guest has moved
+	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
+[ %[5]d -gt 0 ] && { connhold %[1]s:%[2]s %[5]d & hold=$!; }
+ping -i 0.1 %[1]s > /tmp/ping 2>&1 &
+ping=$!
+yes gopasst | nc %[1]s %[3]s &
+echo GOPASST-READY
+while [ "$(nc %[1]s %[4]s 2>/dev/null)" != "after migration" ]; do sleep 0.2; done
+kill $ping
+[ -n "$hold" ] && kill -USR1 $hold && wait $hold
+echo "GOPASST-PINGS $(grep -c 'bytes from' /tmp/ping)"
+echo "GOPASST-PINGLOST $(sed -n 's/.*seq=\([0-9]*\).*/\1/p' /tmp/ping | awk 'NR > 1 && $1 - p - 1 > m { m = $1 - p - 1 } { p = $1 } END { print m + 0 }')"
+echo GOPASST-DONE
+`, hostGW, port(echo.Addr()), port(sink.Addr()), afterPort, flows)
+	initrd := filepath.Join(w.Dir, "initrd.cpio")
+	if err := buildInitramfs(initrd, kver, script, map[string]string{"/bin/connhold": connhold}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	report := &guestReport{keys: map[string][]string{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("QEMU consoles:\n%s", report.console())
+		}
+	})
+	incoming := freePort(t)
+	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
+	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
+	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
+	waitLong(t, "the guest's stream and connections", 3*time.Minute, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(report.get("READY")) > 0 && (flows == 0 || len(report.get("HELD")) > 0) && len(reads) > 0
+	})
+	time.Sleep(time.Second) // the stream runs steadily before
+	mu.Lock()
+	before := got
+	mu.Unlock()
+	time.Sleep(time.Second)
+	mu.Lock()
+	rate := float64(got-before) / 1e6
+	mu.Unlock()
+	started := time.Now()
+	m := migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	resumed := time.Now()
+	stall := -1.0 // the stream never came back
+	for ctx.Err() == nil && time.Since(resumed) < 30*time.Second {
+		mu.Lock()
+		if len(reads) > 0 && reads[len(reads)-1].After(resumed) {
+			stall = 0
+			for i := 1; i < len(reads); i++ {
+				if reads[i].After(started) {
+					stall = max(stall, float64(reads[i].Sub(reads[i-1]))/float64(time.Millisecond))
+				}
+			}
+		}
+		mu.Unlock()
+		if stall >= 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	after := w.Host.Listen(t, "tcp", "127.0.0.1:"+afterPort)
+	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
+	last.Wait()
+	if len(report.get("DONE")) == 0 {
+		t.Fatalf("the guest did not finish; destination log:\n%s", dstLog.String())
+	}
+	num := func(k string) float64 {
+		v, _ := strconv.ParseFloat(strings.TrimSpace(strings.Join(report.get(k), "")), 64)
+		return v
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	res := map[string]float64{}
+	if flows == 0 {
+		res["guest memory sent, MiB"] = m.ramSent / (1 << 20)
+		res["TCP stream before, MB/s"] = rate
+		res["total migration time, ms"] = ms(m.total)
+		res["guest stopped, ms"] = ms(m.stopped)
+		res["TCP stream's longest stall, ms"] = stall
+		res["pings lost in a row"] = num("PINGLOST")
+	} else {
+		res["total migration time with 1,000 connections, ms"] = ms(m.total)
+		res["guest stopped with 1,000 connections, ms"] = ms(m.stopped)
+		res["connections working after"] = num("ALIVE")
+	}
+	t.Logf("%v (QMP downtime %v; %v pings answered; stall %.0f ms)", res, m.downtime, num("PINGS"), stall)
+	return res
+}
