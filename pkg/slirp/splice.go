@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -241,8 +242,8 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 		if c.held[s] == 0 && !c.eof[s] {
 			want |= unix.EPOLLIN
 		}
-		if c.held[1-s] > 0 {
-			want |= unix.EPOLLOUT
+		if c.held[1-s] > 0 || c.eof[1-s] && !c.shut[1-s] {
+			want |= unix.EPOLLOUT // to write, or to pass a FIN on once connected
 		}
 		switch {
 		case want == c.want[s]:
@@ -287,12 +288,28 @@ func (e *Engine) spliceMove(c *spliceConn, dir int) bool {
 			continue
 		}
 		if c.eof[dir] && !c.shut[dir] {
+			if connecting(dst) {
+				// Shutting down a socket that is still connecting aborts
+				// the connection (inet_shutdown): the FIN waits for
+				// EPOLLOUT, which says dst is connected.
+				return true
+			}
 			unix.Shutdown(dst, unix.SHUT_WR)
 			c.shut[dir] = true
 		}
 		return true
 	}
 	return true
+}
+
+// connecting tells whether a TCP socket is still connecting: its state,
+// TCP_INFO's first byte, is TCP_SYN_SENT (2).
+func connecting(fd int) bool {
+	var state uint8
+	l := uint32(1)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&state)), uintptr(unsafe.Pointer(&l)), 0)
+	return errno == 0 && state == 2
 }
 
 // spliceClose ends a pair; reset says that one end failed, and the other

@@ -1,0 +1,420 @@
+package tests
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pasta's loopback path (pkg/slirp/splice.go, splice_udp.go) against a
+// hostile namespace and hostile clients on the host's loopback. After
+// each attack the engine serves a good connection each way, holds no
+// more descriptors than before it, and idles without spinning.
+
+// The servers behind the forwards, by port offset: -t 1850x goes to the
+// namespace's 850x, -T 1860x to the host's 860x.
+const (
+	srvEcho    = 1 // echoes
+	srvClosed  = 2 // nothing listens
+	srvBacklog = 3 // listens with a backlog of one, filled (fillBacklog)
+	srvSource  = 4 // writes for ever and never reads
+	srvScript  = 5 // what the attack sets (spliceWay.script)
+	rigMaxTCP  = 64
+	rigMaxUDP  = 64
+)
+
+// spliceWay is one direction of the loopback path: its clients' side,
+// and its servers' side.
+type spliceWay struct {
+	name           string
+	client, server *Netns
+	fwd, srv       int // ports of the forwards, and of the servers, without the offset
+	backlog        net.Listener
+	script         atomic.Pointer[func(net.Conn)]
+}
+
+func (w *spliceWay) dial(off int) (net.Conn, error) {
+	return w.client.Dial("tcp", "127.0.0.1:"+strconv.Itoa(w.fwd+off), 5*time.Second)
+}
+
+// serve has the scripted server run fn on each connection.
+func (w *spliceWay) serve(fn func(net.Conn)) { w.script.Store(&fn) }
+
+// fillBacklog makes the backlog listener's queue full: a connection to it
+// then waits in SYN_SENT, its SYNs dropped, until one is accepted. It
+// returns the connection that fills it.
+func (w *spliceWay) fillBacklog(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := w.server.Dial("tcp", "127.0.0.1:"+strconv.Itoa(w.srv+srvBacklog), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// acceptBacklog accepts from the backlog listener.
+func (w *spliceWay) acceptBacklog(t *testing.T) net.Conn {
+	t.Helper()
+	w.backlog.(*net.TCPListener).SetDeadline(time.Now().Add(20 * time.Second))
+	c, err := w.backlog.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type spliceRig struct {
+	h, ns  *Netns
+	pid    string
+	engine int
+	ways   [2]*spliceWay // -t, then -T
+	base   int           // the engine's descriptors before any attack
+}
+
+// newSpliceRig starts pasta with --max-tcp and --max-udp at rigMaxTCP and
+// rigMaxUDP, the servers of both ways, and -U 18611 to an echo of the
+// host's 8611 and 18612 to its 8612, where nothing listens.
+func newSpliceRig(t *testing.T) *spliceRig {
+	needRoot(t)
+	if pastaExe() != gopasstBin {
+		t.Skip("watches gopasst's engine")
+	}
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	r := &spliceRig{h: h, ns: ns, pid: pid, ways: [2]*spliceWay{
+		{name: "-t", client: h, server: ns, fwd: 18500, srv: 8500},
+		{name: "-T", client: ns, server: h, fwd: 18600, srv: 8600},
+	}}
+	var tcpSpecs [2]string
+	for i, w := range r.ways {
+		listen := func(off int) net.Listener { return w.server.Listen(t, "tcp", ":"+strconv.Itoa(w.srv+off)) }
+		acceptLoop(listen(srvEcho), func(c net.Conn) { io.Copy(c, c); c.Close() })
+		acceptLoop(listen(srvSource), func(c net.Conn) { io.Copy(c, zeros{}); c.Close() })
+		acceptLoop(listen(srvScript), func(c net.Conn) {
+			if fn := w.script.Load(); fn != nil {
+				(*fn)(c)
+			}
+			c.Close()
+		})
+		w.backlog = listen(srvBacklog)
+		raw, _ := w.backlog.(*net.TCPListener).SyscallConn()
+		raw.Control(func(fd uintptr) { unix.Listen(int(fd), 0) }) // a queue of one
+		for off := srvEcho; off <= srvScript; off++ {
+			if off > srvEcho {
+				tcpSpecs[i] += ","
+			}
+			tcpSpecs[i] += fmt.Sprintf("%d:%d", w.fwd+off, w.srv+off)
+		}
+	}
+	servePackets(h.ListenPacket(t, "udp", ":8611"), func(req []byte) []byte { return req })
+	argv := []string{"--config-net", "--max-tcp", strconv.Itoa(rigMaxTCP), "--max-udp", strconv.Itoa(rigMaxUDP),
+		"-t", tcpSpecs[0], "-T", tcpSpecs[1], "-u", "none", "-U", "18611:8611,18612:8612", pid}
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	r.engine = pastaEngineOf(t, pid)
+	r.good(t, "start")
+	r.base = r.fds(t)
+	return r
+}
+
+// pastaEngineOf is the PID of the engine of the pasta whose command line
+// names pid: the one of its processes under seccomp.
+func pastaEngineOf(t *testing.T, pid string) int {
+	t.Helper()
+	engine := 0
+	waitFor(t, "pasta's engine", func() bool {
+		for _, p := range mentioning(pid, gopasstBin) {
+			if procStatus(t, strconv.Itoa(p))["Seccomp"] == "2" {
+				engine = p
+				return true
+			}
+		}
+		return false
+	})
+	return engine
+}
+
+func (r *spliceRig) fds(t *testing.T) int { return countFds(t, r.engine) }
+
+// good checks that a good connection each way is served, waiting for
+// what an attack left to be closed.
+func (r *spliceRig) good(t *testing.T, after string) {
+	t.Helper()
+	for _, w := range r.ways {
+		waitLong(t, w.name+" to serve a good connection after "+after, 20*time.Second, func() bool {
+			c, err := w.dial(srvEcho)
+			if err != nil {
+				return false
+			}
+			defer c.Close()
+			return echoes(c, []byte("ping"))
+		})
+	}
+}
+
+// idle checks that the engine uses next to no CPU over a second.
+func (r *spliceRig) idle(t *testing.T, what string) {
+	t.Helper()
+	cpu := procCPU([]int{r.engine})
+	time.Sleep(time.Second)
+	if used := procCPU([]int{r.engine}) - cpu; used > 0.1 {
+		t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
+	}
+}
+
+// check is what must hold once an attack is over: a good connection
+// served each way, the engine's descriptors back to the baseline, and no
+// spin.
+func (r *spliceRig) check(t *testing.T, after string) {
+	t.Helper()
+	r.good(t, after)
+	waitLong(t, "the engine's descriptors back to "+strconv.Itoa(r.base)+" after "+after, 20*time.Second,
+		func() bool { return r.fds(t) <= r.base })
+	r.idle(t, "after "+after)
+}
+
+// echoes tells whether msg comes back on c.
+func echoes(c net.Conn, msg []byte) bool {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return false
+	}
+	b := make([]byte, len(msg))
+	_, err := io.ReadFull(c, b)
+	return err == nil && bytes.Equal(b, msg)
+}
+
+func reset(c net.Conn) {
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+// ended tells whether c's reads end (EOF or reset) rather than wait.
+func ended(c net.Conn) error {
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := io.Copy(io.Discard, c)
+	if isTimeout(err) {
+		return errors.New("the connection hangs")
+	}
+	return nil
+}
+
+// stall writes to c until its writes block: nobody reads at the other end.
+func stall(c net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// TestPastaHostileTCP: a hostile namespace, and hostile clients on the
+// host's loopback, against -T and -t, each way.
+func TestPastaHostileTCP(t *testing.T) {
+	r := newSpliceRig(t)
+	for _, a := range []struct {
+		name   string
+		attack func(t *testing.T, w *spliceWay)
+	}{
+		{"a flood past --max-tcp", func(t *testing.T, w *spliceWay) {
+			var conns []net.Conn
+			for range 3 * rigMaxTCP {
+				if c, err := w.dial(srvEcho); err == nil {
+					conns = append(conns, c)
+				}
+			}
+			// Each pair is two sockets and two pipes: six descriptors.
+			if n, most := r.fds(t), r.base+6*rigMaxTCP+16; n > most {
+				t.Errorf("%d connections held: the engine has %d descriptors, more than %d", len(conns), n, most)
+			}
+			r.idle(t, "while a flood is held")
+			for i, c := range conns {
+				if i%2 == 0 {
+					reset(c)
+				} else {
+					c.Close()
+				}
+			}
+		}},
+		{"peers that never read", func(t *testing.T, w *spliceWay) {
+			var conns []net.Conn
+			for range 8 {
+				c, err := w.dial(srvSource)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+			}
+			time.Sleep(time.Second) // the pipes and buffers fill
+			r.idle(t, "with every pipe full")
+			for _, c := range conns {
+				c.Close() // unread data: a reset
+			}
+		}},
+		{"both ends never read", func(t *testing.T, w *spliceWay) {
+			var conns []net.Conn
+			var wg sync.WaitGroup
+			for range 8 {
+				c, err := w.dial(srvEcho)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+				wg.Add(1)
+				go func() { defer wg.Done(); stall(c) }()
+			}
+			wg.Wait()
+			r.idle(t, "with both ends stalled")
+			for _, c := range conns {
+				c.Close()
+			}
+		}},
+		{"half-closes in every order", func(t *testing.T, w *spliceWay) {
+			readAll := func(c net.Conn) string {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, _ := io.ReadAll(c)
+				return string(b)
+			}
+			// Each end either writes msg, half-closes and reads to the end,
+			// or reads to the end and answers with what it read.
+			first := func(msg string) func(c net.Conn) string {
+				return func(c net.Conn) string {
+					io.WriteString(c, msg)
+					c.(*net.TCPConn).CloseWrite()
+					return readAll(c)
+				}
+			}
+			answer := func(c net.Conn) string {
+				msg := readAll(c)
+				io.WriteString(c, "got "+msg)
+				c.(*net.TCPConn).CloseWrite()
+				return msg
+			}
+			got := make(chan string, 1)
+			for _, h := range []struct {
+				name                   string
+				server, client         func(c net.Conn) string
+				wantServer, wantClient string
+			}{
+				{"client first", answer, first("abc"), "abc", "got abc"},
+				{"client first, no data", answer, first(""), "", "got "},
+				{"server first", first("hello"), answer, "got hello", "hello"},
+				{"both at once", first("from server"), first("from client"), "from client", "from server"},
+			} {
+				w.serve(func(c net.Conn) { got <- h.server(c) })
+				c, err := w.dial(srvScript)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s := h.client(c); s != h.wantClient {
+					t.Errorf("%s: the client read %q, want %q", h.name, s, h.wantClient)
+				}
+				select {
+				case s := <-got:
+					if s != h.wantServer {
+						t.Errorf("%s: the server read %q, want %q", h.name, s, h.wantServer)
+					}
+				case <-time.After(20 * time.Second):
+					t.Errorf("%s: the server never finished", h.name)
+				}
+				c.Close()
+			}
+		}},
+		{"a half-close while the other end connects", func(t *testing.T, w *spliceWay) {
+			filler := w.fillBacklog(t)
+			defer filler.Close()
+			c, err := w.dial(srvBacklog)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.(*net.TCPConn).CloseWrite()
+			time.Sleep(300 * time.Millisecond) // the FIN reaches the engine before the server accepts
+			w.acceptBacklog(t).Close()         // the filler's
+			s := w.acceptBacklog(t)            // the client's, once its SYN is sent again
+			io.WriteString(s, "late")
+			s.Close()
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if b, err := io.ReadAll(c); string(b) != "late" {
+				t.Errorf("a client that half-closed at once read %q (%v), want the server's answer", b, err)
+			}
+		}},
+		{"resets at every stage", func(t *testing.T, w *spliceWay) {
+			// Clients: at once, after data, while the server sends.
+			w.serve(func(c net.Conn) { io.Copy(c, c) })
+			for range 16 {
+				if c, err := w.dial(srvScript); err == nil {
+					reset(c)
+				}
+				if c, err := w.dial(srvScript); err == nil {
+					c.Write([]byte("data"))
+					reset(c)
+				}
+			}
+			w.serve(func(c net.Conn) { io.Copy(c, zeros{}) })
+			for range 4 {
+				if c, err := w.dial(srvScript); err == nil {
+					io.ReadFull(c, make([]byte, 1<<20))
+					reset(c)
+				}
+			}
+			// Servers: at once, after data, while the client sends.
+			for _, server := range []func(c net.Conn){
+				func(c net.Conn) { reset(c) },
+				func(c net.Conn) { c.Read(make([]byte, 4)); reset(c) },
+				func(c net.Conn) { io.CopyN(io.Discard, c, 1<<20); reset(c) },
+			} {
+				w.serve(server)
+				c, err := w.dial(srvScript)
+				if err != nil {
+					continue // reset before connect(2) returned
+				}
+				go func() {
+					for {
+						c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+						if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+							return
+						}
+					}
+				}()
+				if err := ended(c); err != nil {
+					t.Error("a server reset:", err)
+				}
+				c.Close()
+			}
+		}},
+		{"nothing listening", func(t *testing.T, w *spliceWay) {
+			for range 32 {
+				c, err := w.dial(srvClosed)
+				if err != nil {
+					continue
+				}
+				if err := ended(c); err != nil {
+					t.Fatal("a connection to a closed port:", err)
+				}
+				c.Close()
+			}
+		}},
+	} {
+		t.Run(a.name, func(t *testing.T) {
+			for _, w := range r.ways {
+				t.Run(w.name, func(t *testing.T) {
+					a.attack(t, w)
+					r.check(t, a.name)
+				})
+			}
+		})
+	}
+}
