@@ -351,6 +351,35 @@ func TestPastaHostileTCP(t *testing.T) {
 				t.Errorf("a client that half-closed at once read %q (%v), want the server's answer", b, err)
 			}
 		}},
+		{"a reset while the other end connects", func(t *testing.T, w *spliceWay) {
+			filler := w.fillBacklog(t)
+			defer func() { filler.Close(); w.acceptBacklog(t).Close() }()
+			for range 4 {
+				c, err := w.dial(srvBacklog)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte("never delivered"))
+				reset(c)
+			}
+			waitLong(t, "the connecting ends closed", 20*time.Second, func() bool { return r.fds(t) <= r.base })
+		}},
+		{"a reset while the server holds the data", func(t *testing.T, w *spliceWay) {
+			release := make(chan struct{})
+			defer close(release)
+			w.serve(func(c net.Conn) { <-release }) // never reads
+			var wg sync.WaitGroup
+			for range 2 {
+				c, err := w.dial(srvScript)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wg.Add(1)
+				go func() { defer wg.Done(); stall(c); reset(c) }()
+			}
+			wg.Wait()
+			waitLong(t, "the pairs closed while their servers hold them", 20*time.Second, func() bool { return r.fds(t) <= r.base })
+		}},
 		{"resets at every stage", func(t *testing.T, w *spliceWay) {
 			// Clients: at once, after data, while the server sends.
 			w.serve(func(c net.Conn) { io.Copy(c, c) })

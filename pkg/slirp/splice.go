@@ -44,6 +44,7 @@ type spliceConn struct {
 	eof  [2]bool   // fd[i] read its peer's FIN
 	shut [2]bool   // ... which went on to fd[1-i]
 	want [2]uint32 // what fd[i] is watched for
+	gone [2]bool   // fd[i] left the epoll set (spliceEvent)
 }
 
 // spliceListener is a -T or -U socket in the namespace, and the host
@@ -204,7 +205,6 @@ func (e *Engine) spliceJoin(a, b int) {
 	for side := range 2 {
 		s.want[side] = unix.EPOLLIN
 		if e.epollAdd(s.fd[side], s.want[side], e.spliceRef(i, side)) != nil {
-			s.want[side] = 0
 			e.spliceClose(i, s, true)
 			return
 		}
@@ -236,8 +236,11 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 	for s := range 2 {
 		// fd[s] is read while its pipe is empty and its peer has not
 		// ended, and written while the other pipe holds anything. A side
-		// with nothing to wait for leaves the epoll set, which would
-		// report its hang-up at every turn.
+		// with nothing to wait for stays in the epoll set, which reports
+		// a reset by its peer (a pair whose client went away while its
+		// data waits for a server still connecting, or not reading,
+		// would stay until that server ends), unless it hung up (both
+		// ways ended), which epoll would report at every turn.
 		var want uint32
 		if c.held[s] == 0 && !c.eof[s] {
 			want |= unix.EPOLLIN
@@ -246,12 +249,15 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 			want |= unix.EPOLLOUT // to write, or to pass a FIN on once connected
 		}
 		switch {
-		case want == c.want[s]:
-		case want == 0:
-			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fd[s], nil)
-		case c.want[s] == 0:
+		case want == 0 && s == side && events&unix.EPOLLHUP != 0:
+			if !c.gone[s] {
+				unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fd[s], nil)
+			}
+			c.gone[s] = true
+		case c.gone[s] && want != 0:
 			e.epollAdd(c.fd[s], want, e.spliceRef(i, s))
-		default:
+			c.gone[s] = false
+		case !c.gone[s] && want != c.want[s]:
 			e.epollMod(c.fd[s], want, e.spliceRef(i, s))
 		}
 		c.want[s] = want
