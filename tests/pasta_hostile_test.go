@@ -436,6 +436,35 @@ func TestPastaHostileTCP(t *testing.T) {
 				c.Close()
 			}
 		}},
+		{"urgent data", func(t *testing.T, w *spliceWay) {
+			c, err := w.dial(srvEcho)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("a"))
+			raw, _ := c.(*net.TCPConn).SyscallConn()
+			raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), []byte("!"), unix.MSG_OOB, nil); return true })
+			c.Write([]byte("bcd"))
+			// Every byte in the stream, the urgent one too.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 5)
+			if _, err := io.ReadFull(c, b); err != nil || string(b) != "a!bcd" {
+				t.Errorf("urgent data in the stream: read %q (%v), want %q", b, err, "a!bcd")
+			}
+			r.idle(t, "with urgent data passed")
+			if !echoes(c, []byte("more")) {
+				t.Error("the connection no longer echoes after urgent data")
+			}
+			// Urgent data, more, and the end of the stream at once.
+			raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), []byte("?"), unix.MSG_OOB, nil); return true })
+			c.Write([]byte("tail"))
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(c); err != nil || string(b) != "?tail" {
+				t.Errorf("urgent data before the end of the stream: read %q (%v), want %q", b, err, "?tail")
+			}
+		}},
 	} {
 		t.Run(a.name, func(t *testing.T) {
 			for _, w := range r.ways {

@@ -77,13 +77,13 @@ type Engine struct {
 	udp  udpTable
 	icmp icmpTable
 	fwd  fwdTable
-	host Host
+	host Host // binds forwards and reaches what is outside the sandbox
 
 	splice   flowTable[int, spliceConn] // pasta's loopback path, by its first descriptor (splice.go)
 	spliceLn []spliceListener           // -T and -U sockets in the namespace; fd -1 when closed
 
 	spliceUDP flowTable[spliceUDPKey, spliceUDPFlow] // -U's senders (splice_udp.go)
-	spliceBuf [1 << 16]byte                          // one -U datagram // binds forwards and reaches what is outside the sandbox
+	spliceBuf [1 << 16]byte                          // one -U datagram, or what spliceUrgent reads
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 

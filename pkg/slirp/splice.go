@@ -189,6 +189,9 @@ func familyOf(a netip.Addr) int {
 func (e *Engine) spliceJoin(a, b int) {
 	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
 	ok := unix.SetNonblock(a, true) == nil && unix.SetNonblock(b, true) == nil
+	for _, fd := range c.fd {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1) // spliceUrgent
+	}
 	for i := 0; ok && i < 2; i++ {
 		var p [2]int
 		if ok = unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC) == nil; ok {
@@ -224,7 +227,7 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 	}
 	// What fd[side] may take now, then what it has to give.
 	for _, dir := range [2]int{1 - side, side} {
-		if !e.spliceMove(c, dir) {
+		if !e.spliceMove(c, dir, dir == side && events&unix.EPOLLIN != 0) {
 			e.spliceClose(i, c, true)
 			return
 		}
@@ -266,12 +269,17 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 
 // spliceMove moves bytes from fd[dir] through its pipe to fd[1-dir] until
 // either end would block, passes its peer's FIN on, and reports false on
-// an error that ends the pair.
-func (e *Engine) spliceMove(c *spliceConn, dir int) bool {
+// an error that ends the pair; readable says that epoll reported fd[dir]
+// readable.
+func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 	src, dst, p := c.fd[dir], c.fd[1-dir], &c.pipe[dir]
 	for range 16 { // then the other flows' turn; epoll reports the rest
 		if c.held[dir] == 0 && !c.eof[dir] {
 			n, err := unix.Splice(src, nil, p[1], nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if err == unix.EAGAIN && readable || err == nil && n == 0 {
+				n, err = e.spliceUrgent(src, p[1])
+			}
+			readable = false
 			switch {
 			case err == unix.EAGAIN || err == unix.EINTR:
 			case err != nil:
@@ -306,6 +314,24 @@ func (e *Engine) spliceMove(c *spliceConn, dir int) bool {
 		return true
 	}
 	return true
+}
+
+// spliceUrgent reads src past TCP urgent data into the empty pipe w, for
+// splice(2), which stops at urgent data (tcp_read_sock) and, reporting
+// nothing to read from a socket epoll reports readable, would have the
+// loop spin and the stream stall for good; or which reports an end of
+// stream there if a FIN followed. A read(2) goes past it, and the byte
+// is in the stream (SO_OOBINLINE, spliceJoin), as a relay must keep it.
+// What it reads, at most PIPE_BUF bytes, goes whole into the empty pipe.
+func (e *Engine) spliceUrgent(src, w int) (int64, error) {
+	n, err := unix.Read(src, e.spliceBuf[:4096])
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	if m, err := unix.Write(w, e.spliceBuf[:n]); err != nil || m != n {
+		return 0, unix.EIO // the pipe is out of memory: what was read is lost
+	}
+	return int64(n), nil
 }
 
 // connecting tells whether a TCP socket is still connecting: its state,
