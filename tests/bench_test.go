@@ -22,17 +22,7 @@ import (
 // bench/RESULTS.md and bench/results.svg (and .png when rsvg-convert is
 // there). Rounds alternate between backends, and medians are reported.
 func TestBench(t *testing.T) {
-	needBench(t)
-	needRoot(t)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		t.Skip("needs iperf3")
-	}
-	rounds, _ := strconv.Atoi(os.Getenv("GOPASST_BENCH_ROUNDS"))
-	if rounds == 0 {
-		rounds = 5
-	}
-	backends := benchBackends(t)
-	backends = slices.DeleteFunc(backends, func(b backend) bool { return !benchSelected(b.name) })
+	rounds, backends := benchSetUp(t, benchBackends)
 	results := map[string]map[string][]float64{} // backend -> metric -> samples
 	for r := 0; r < rounds; r++ {
 		for _, b := range backends {
@@ -78,12 +68,32 @@ func needBench(t *testing.T) {
 	}
 }
 
+// benchSetUp skips a benchmark outside make bench, or without root or
+// iperf3, and returns its rounds (GOPASST_BENCH_ROUNDS, 5 by default)
+// and the backends found that GOPASST_BENCH_ONLY selects.
+func benchSetUp(t *testing.T, found func(*testing.T) []backend) (int, []backend) {
+	needBench(t)
+	needRoot(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3")
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("GOPASST_BENCH_ROUNDS"))
+	if rounds <= 0 {
+		rounds = 5
+	}
+	return rounds, slices.DeleteFunc(found(t), func(b backend) bool { return !benchSelected(b.name) })
+}
+
 // benchSelected tells whether GOPASST_BENCH_ONLY (a comma-separated list
 // of names), if set, names what a benchmark would measure.
 func benchSelected(name string) bool {
 	only := os.Getenv("GOPASST_BENCH_ONLY")
 	return only == "" || strings.Contains(","+only+",", ","+name+",")
 }
+
+// pastaReport is TestBenchPasta's report in bench/, which TestBench
+// includes in RESULTS.md.
+const pastaReport = "PASTA.md"
 
 // testsStarted is when this test binary started.
 var testsStarted = time.Now()
@@ -261,14 +271,21 @@ type iperfResult struct {
 // loopback, reached through w.HostVia.
 func iperf(t *testing.T, w *World, args ...string) iperfResult {
 	t.Helper()
-	port := "15201"
-	srv := w.Host.Cmd("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", port)
+	const port = "15201"
+	return iperfIn(t, w.Host, []string{"-B", "127.0.0.1", "-p", port}, w.Guest, append([]string{"-c", w.HostVia, "-p", port}, args...)...)
+}
+
+// iperfIn runs a one-off iperf3 server in srv and a client in cli, each
+// with its own arguments, and returns the client's report.
+func iperfIn(t *testing.T, srvNS *Netns, srvArgs []string, cli *Netns, args ...string) iperfResult {
+	t.Helper()
+	srv := srvNS.Cmd("iperf3", append([]string{"-s", "-1"}, srvArgs...)...)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Wait()
 	time.Sleep(300 * time.Millisecond)
-	out, err := w.Guest.Cmd("iperf3", append([]string{"-c", w.HostVia, "-p", port, "-J"}, args...)...).Output()
+	out, err := cli.Cmd("iperf3", append([]string{"-J"}, args...)...).Output()
 	if err != nil {
 		srv.Process.Kill()
 		t.Fatalf("iperf3 %v: %v\n%s", args, err, out)
@@ -284,6 +301,12 @@ func iperf(t *testing.T, w *World, args ...string) iperfResult {
 // gets, for request/response measurements.
 func byteEchoServer(t *testing.T, w *World) net.Listener {
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	byteEcho(l)
+	return l
+}
+
+// byteEcho serves each connection l accepts by sending back each byte.
+func byteEcho(l net.Listener) {
 	acceptLoop(l, func(c net.Conn) {
 		b := make([]byte, 1)
 		for {
@@ -294,7 +317,6 @@ func byteEchoServer(t *testing.T, w *World) net.Listener {
 			c.Write(b)
 		}
 	})
-	return l
 }
 
 // requestResponse measures 1-byte request/response rates over one
@@ -302,8 +324,19 @@ func byteEchoServer(t *testing.T, w *World) net.Listener {
 func requestResponse(t *testing.T, w *World) (rr, crr float64) {
 	l := byteEchoServer(t, w)
 	addr := net.JoinHostPort(w.HostVia, port(l.Addr()))
+	return requestResponseVia(t, func() (net.Conn, error) { return w.Guest.Dial("tcp", addr, 5*time.Second) })
+}
+
+// requestResponseVia measures them with the connections dial makes, to
+// a byteEcho server.
+func requestResponseVia(t *testing.T, dial func() (net.Conn, error)) (rr, crr float64) {
 	b := make([]byte, 1)
-	c := w.guestConn(t, addr)
+	c, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
 	n, start := 0, time.Now()
 	for time.Since(start) < 3*time.Second {
 		c.Write(b)
@@ -315,7 +348,7 @@ func requestResponse(t *testing.T, w *World) (rr, crr float64) {
 	rr = float64(n) / time.Since(start).Seconds()
 	n, start = 0, time.Now()
 	for time.Since(start) < 3*time.Second {
-		c, err := w.Guest.Dial("tcp", addr, 5*time.Second)
+		c, err := dial()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -353,13 +386,14 @@ func privateWithFlows(t *testing.T, w *World, pids []int, n int) float64 {
 	return procPrivate(pids)
 }
 
-// procCPU is the user+system time of processes, in seconds.
+// procCPU is the user+system time of processes, in seconds; one that
+// has gone (upstream pasta's short-lived children) counts nothing.
 func procCPU(pids []int) float64 {
 	var sum float64
 	for _, pid := range pids {
 		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		s := string(data)
-		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+		f := strings.Fields(s[strings.LastIndex(s, ")")+1:])
 		if len(f) < 13 {
 			continue
 		}
@@ -463,11 +497,13 @@ func writeBenchReport(t *testing.T, results map[string]map[string][]float64, bac
 	md.WriteString("\n![chart](results.png)\n")
 	dir := filepath.Join("..", "bench")
 	os.MkdirAll(dir, 0o755)
-	// TestBenchQEMU, run before this test in the same make bench, wrote
-	// the real guest's figures: they belong in the same report.
-	if st, err := os.Stat(filepath.Join(dir, "QEMU.md")); err == nil && st.ModTime().After(testsStarted) {
-		q, _ := os.ReadFile(filepath.Join(dir, "QEMU.md"))
-		md.WriteString("\n#" + string(q))
+	// TestBenchQEMU and TestBenchPasta, run before this test in the same
+	// make bench, wrote their figures: they belong in the same report.
+	for _, f := range []string{"QEMU.md", pastaReport} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err == nil && st.ModTime().After(testsStarted) {
+			q, _ := os.ReadFile(filepath.Join(dir, f))
+			md.WriteString("\n#" + string(q))
+		}
 	}
 	os.WriteFile(filepath.Join(dir, "RESULTS.md"), []byte(md.String()), 0o644)
 	svg := benchSVG(names, metrics, results)

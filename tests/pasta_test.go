@@ -299,12 +299,15 @@ func TestPastaRootlesskit(t *testing.T) {
 	}
 }
 
-// pidNetns starts a process in a new network namespace from h's, and
-// returns the namespace, the PID, and how to end it (at the test's end
-// at the latest).
-func pidNetns(t testing.TB, h *Netns) (*Netns, string, func()) {
+// pidNetns starts a process in a new network namespace from h's (with
+// the unshare command given, "unshare --net" if none), and returns the
+// namespace, the PID, and how to end it (at the test's end at the latest).
+func pidNetns(t testing.TB, h *Netns, unshare ...string) (*Netns, string, func()) {
 	t.Helper()
-	sleep := h.Cmd("unshare", "--net", "sleep", "600")
+	if len(unshare) == 0 {
+		unshare = []string{"unshare", "--net"}
+	}
+	sleep := h.Cmd(unshare[0], append(unshare[1:], "sleep", "600")...)
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)
 	}
