@@ -89,7 +89,7 @@ PASST ?= $(shell ../shared/peers/build-passt.sh $(CURDIR)/tests/.cache/passt)
 
 bench: deps
 	tests/deps.sh $(BENCH_DEBS)
-	PASST="$(PASST)" GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench(QEMU|Migrate)?$$' -v ./tests | grep -v '^=== '
+	PASST="$(PASST)" GOPASST_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench(QEMU|Migrate|Pasta)?$$' -v ./tests | grep -v '^=== '
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 
 lint:
