@@ -420,6 +420,9 @@ func testQEMUMigrate(t *testing.T, o migrateOpts) {
 	} else {
 		dstArgv = append([]string{gopasstBin, "-f", "-s", "{sock}", "--vhost-user", "--debug"}, migrateForwards...)
 	}
+	// The source's forwards first: a destination that took them would
+	// hold the source's, which then exits at the guest's first frame.
+	waitFor(t, "the source's forwards", func() bool { return tcpListens(w.Host, "18080") && tcpListens(w.Host, "18081") })
 	dst := *w
 	dst.Sock = filepath.Join(w.Dir, "dst.socket")
 	_, dstLog := startBackend(t, w, dst.Sock, dstArgv)
@@ -690,7 +693,7 @@ type migration struct {
 // ends carry on (before, their segments would find no socket). The
 // source QEMU quits.
 func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming string, srcLog *syncBuffer) migration {
-	waitLong(t, "the destination QEMU to listen", time.Minute, func() bool { return loopbackListening(incoming) })
+	waitLong(t, "the destination QEMU to listen", time.Minute, func() bool { return tcpListens(nil, incoming) })
 	dst := dialQMP(t, dstQMP)
 	defer dst.c.Close() // QEMU serves one QMP client at a time: the next hop's
 	qmp := dialQMP(t, srcQMP)
@@ -731,13 +734,25 @@ func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming st
 	return m
 }
 
-// loopbackListening tells whether a TCP socket listens on 127.0.0.1:port
-// here, from /proc/net/tcp: a connection to find out would be taken for
-// the migration's.
-func loopbackListening(port string) bool {
+// tcpListens tells whether a TCP socket listens on port in ns (nil:
+// here), from /proc/net/tcp and tcp6: a connection to find out would be
+// taken for a client (a migration's, or a forward's).
+func tcpListens(ns *Netns, port string) bool {
 	p, _ := strconv.Atoi(port)
-	b, _ := os.ReadFile("/proc/net/tcp")
-	return strings.Contains(string(b), fmt.Sprintf(" 0100007F:%04X 00000000:0000 0A ", p))
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		var b []byte
+		if ns == nil {
+			b, _ = os.ReadFile(f)
+		} else {
+			b, _ = ns.Cmd("cat", f).Output()
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 3 && f[3] == "0A" && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", p)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // listening tells whether a unix socket listens at path in ns, from
