@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
@@ -469,11 +470,13 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 }
 
 // migrateLoad binds the forwards held for the guest (fwd.go), then reads
-// a stream from r and takes over its guest state and connections. Each connection is restored as its socket is read, as
-// passt does: the stream comes from another host, and holding every
-// flow's queues until the end would let it claim up to 128 MiB a flow.
-// A stream refused part-way keeps the connections restored before the
-// fault.
+// a stream from r and takes over its guest state and connections. Each
+// connection is restored as its socket is read, as passt does: the
+// stream comes from another host, and holding every flow's queues until
+// the end would let it claim up to 128 MiB a flow. Only the bytes a flow
+// never sent wait, up to maxUnsent in all, for its batch to leave repair
+// mode. A stream refused part-way keeps the connections restored before
+// the fault.
 func (e *Engine) migrateLoad(r io.Reader) error {
 	if len(e.fwd.held) > 0 {
 		if err := e.bindHeld(); err != nil {
@@ -491,64 +494,154 @@ func (e *Engine) migrateLoad(r io.Reader) error {
 		e.addrSeen6 = a
 	}
 	var sendQ, recvQ []byte // one flow's queues, reused for the next
+	var b movedBatch
+	defer func() {
+		// A stream refused part-way: the flows restored before stay,
+		// and the sockets made for flows not read go.
+		e.tcpFlushMoved(&b)
+		for _, fd := range b.fds {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
 	for i := range s.flows {
+		if i%tcprepair.MaxFds == 0 {
+			e.tcpFlushMoved(&b)
+			e.tcpRepairSockets(&b, s.flows[i:min(i+tcprepair.MaxFds, len(s.flows))])
+		}
 		m := &s.flows[i]
 		m.sock.SendQ, m.sock.RecvQ = sendQ[:0], recvQ[:0]
 		if err := readMigExt(r, &m.sock); err != nil {
 			return migErr("flow %d's socket: %v", i, err)
 		}
 		sendQ, recvQ = m.sock.SendQ, m.sock.RecvQ
-		e.tcpLoadMoved(m)
+		e.tcpLoadMoved(&b, i%tcprepair.MaxFds, m)
 		m.sock.SendQ, m.sock.RecvQ = nil, nil
+		if len(b.unsent) > maxUnsent {
+			e.tcpFlushMoved(&b)
+		}
 	}
 	return nil
 }
 
-// tcpLoadMoved restores the flow m, or resets it for the guest. The
-// socket leaves repair mode before the next flow is read: the bytes
-// never sent (Resume) are written from m's queue, which is then reused.
-func (e *Engine) tcpLoadMoved(m *migFlow) {
+// maxUnsent bounds the bytes never sent that a batch of restored flows
+// holds until they leave repair mode.
+const maxUnsent = 4 << 20
+
+// movedBatch is up to MaxFds flows being restored: their sockets go into
+// repair mode together, and out of it together (tcpFlushMoved), one
+// message to the helper each way rather than two a flow, as passt
+// batches them. fds are the sockets, by index in the batch (-1: none, or
+// restored and moved to done); done are those restored, whose bytes
+// never sent wait in unsent.
+type movedBatch struct {
+	fds    []int
+	done   []movedFlow
+	unsent []byte
+}
+
+type movedFlow struct {
+	key tcpKey
+	fd  int
+	m   migFlow // its queues dropped: the bytes never sent are unsent[at:]
+	at  int
+}
+
+// tcpRepairSockets makes the sockets of the flows that may be restored
+// and has the helper put them all in repair mode.
+func (e *Engine) tcpRepairSockets(b *movedBatch, flows []migFlow) {
+	b.fds = b.fds[:0]
+	var on []int
+	for i := range flows {
+		fd := -1
+		t := &flows[i].tcp
+		if e.repair != nil && t.events&^(evTapFinRcvd|evSockFinSent) == evEstablished {
+			family := unix.AF_INET6
+			if t.side[t.hostSide()].oaddr.Is4() {
+				family = unix.AF_INET
+			}
+			var err error
+			if fd, err = tcprepair.NewSocket(family); err != nil {
+				e.logf("migration: %v", err)
+				fd = -1
+			} else {
+				e.tcp.hostSockOpts(fd)
+				on = append(on, fd)
+			}
+		}
+		b.fds = append(b.fds, fd)
+	}
+	if len(on) == 0 {
+		return
+	}
+	if err := e.repair.Set(tcprepair.On, on); err != nil {
+		e.dropRepair(fmt.Errorf("%v: the guest's connections are reset", err))
+		for i, fd := range b.fds {
+			if fd >= 0 {
+				unix.Close(fd)
+				b.fds[i] = -1
+			}
+		}
+	}
+}
+
+// tcpLoadMoved restores the flow m on the socket at index i of the
+// batch, in repair mode, or resets it for the guest.
+func (e *Engine) tcpLoadMoved(b *movedBatch, i int, m *migFlow) {
 	g, h := m.tcp.side[m.tcp.tapSide()], m.tcp.side[m.tcp.hostSide()]
 	key := tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
-	if _, old := e.tcp.lookup(key); old != nil {
+	fd := b.fds[i]
+	b.fds[i] = -1
+	_, old := e.tcp.lookup(key)
+	if old != nil || slices.ContainsFunc(b.done, func(d movedFlow) bool { return d.key == key }) {
+		if fd >= 0 {
+			unix.Close(fd) // in repair mode: the peer hears nothing
+		}
 		return
 	}
-	if m.sock.TCPState == 0 || e.repair == nil || m.tcp.events&^(evTapFinRcvd|evSockFinSent) != evEstablished {
+	if m.sock.TCPState != 0 && fd >= 0 {
+		local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
+		if err := tcprepair.Restore(fd, &m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
+			e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
+			m.sock.TCPState = 0
+		}
+	}
+	if m.sock.TCPState == 0 || fd < 0 {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		e.tcpResetMoved(key, &m.tcp)
 		return
 	}
-	family := unix.AF_INET6
-	if h.oaddr.Is4() {
-		family = unix.AF_INET
+	d := movedFlow{key: key, fd: fd, m: *m, at: len(b.unsent)}
+	b.unsent = append(b.unsent, m.sock.SendQ[len(m.sock.SendQ)-int(m.sock.NotSent):]...)
+	d.m.sock.SendQ, d.m.sock.RecvQ = nil, nil
+	b.done = append(b.done, d)
+}
+
+// tcpFlushMoved has the helper turn repair mode off for the flows the
+// batch restored, and makes them flows.
+func (e *Engine) tcpFlushMoved(b *movedBatch) {
+	var off []int
+	for _, d := range b.done {
+		off = append(off, d.fd)
 	}
-	fd, err := tcprepair.NewSocket(family)
-	if err != nil {
-		e.logf("TCP %v: migration: %v: reset", key.remote, err)
-		e.tcpResetMoved(key, &m.tcp)
-		return
+	if len(off) > 0 && e.repair != nil {
+		if err := e.repair.Set(tcprepair.Off, off); err != nil {
+			e.dropRepair(err)
+		}
 	}
-	e.tcp.hostSockOpts(fd)
-	fds := []int{fd}
-	if err := e.repair.Set(tcprepair.On, fds); err != nil {
-		e.dropRepair(fmt.Errorf("%v: the guest's connections are reset", err))
-		unix.Close(fd)
-		e.tcpResetMoved(key, &m.tcp)
-		return
+	for i := range b.done {
+		d := &b.done[i]
+		end := len(b.unsent)
+		if i+1 < len(b.done) {
+			end = b.done[i+1].at
+		}
+		d.m.sock.SendQ = b.unsent[d.at:end]
+		e.tcpAddMoved(d.key, d.fd, &d.m)
 	}
-	local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
-	if err := tcprepair.Restore(fd, &m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
-		e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
-		m.sock.TCPState = 0
-	}
-	if err := e.repair.Set(tcprepair.Off, fds); err != nil {
-		e.dropRepair(err)
-	}
-	if m.sock.TCPState == 0 {
-		unix.Close(fd)
-		e.tcpResetMoved(key, &m.tcp)
-		return
-	}
-	e.tcpAddMoved(key, fd, m)
+	b.done, b.unsent = b.done[:0], b.unsent[:0]
 }
 
 // tcpAddMoved makes a restored socket the flow m: its sequence numbers,
