@@ -122,8 +122,8 @@ func newSpliceRig(t *testing.T) *spliceRig {
 		t.Fatalf("pasta: %v: %s", err, out)
 	}
 	r.engine = pastaEngineOf(t, pid)
-	r.good(t, "start")
 	r.base = r.fds(t)
+	r.check(t, "start")
 	return r
 }
 
@@ -221,7 +221,10 @@ func stall(c net.Conn) {
 }
 
 // TestPastaHostileTCP: a hostile namespace, and hostile clients on the
-// host's loopback, against -T and -t, each way.
+// host's loopback, against -T and -t, each way: floods past --max-tcp,
+// peers that never read, half-closes and resets at every stage (with the
+// other end still connecting, or holding the data), closed ports, urgent
+// data, and an engine out of descriptors.
 func TestPastaHostileTCP(t *testing.T) {
 	r := newSpliceRig(t)
 	for _, a := range []struct {
@@ -465,6 +468,32 @@ func TestPastaHostileTCP(t *testing.T) {
 				t.Errorf("urgent data before the end of the stream: read %q (%v), want %q", b, err, "?tail")
 			}
 		}},
+		{"out of descriptors", func(t *testing.T, w *spliceWay) {
+			var lim unix.Rlimit
+			if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+				t.Fatal(err)
+			}
+			// Room for a connection and its other end, not their pipes.
+			low := lim
+			low.Cur = uint64(lowestFreeFd(t, r.engine) + 2)
+			if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &lim, nil)
+			var conns []net.Conn
+			for range 16 {
+				if c, err := w.dial(srvEcho); err == nil {
+					conns = append(conns, c)
+				}
+			}
+			r.idle(t, "out of descriptors")
+			for _, c := range conns {
+				if echoes(c, []byte("ping")) {
+					t.Error("a connection was joined without descriptors for its pipes")
+				}
+				c.Close()
+			}
+		}},
 	} {
 		t.Run(a.name, func(t *testing.T) {
 			for _, w := range r.ways {
@@ -475,4 +504,204 @@ func TestPastaHostileTCP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// udpAsk sends msg on c and reads the answer, sending again a few times
+// (UDP may drop).
+func udpAsk(c net.Conn, msg []byte) ([]byte, error) {
+	buf := make([]byte, 1<<16)
+	var err error
+	for range 5 {
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err = c.Write(msg); err != nil {
+			continue
+		}
+		var n int
+		if n, err = c.Read(buf); err == nil {
+			return buf[:n], nil
+		}
+	}
+	return nil, err
+}
+
+// TestPastaHostileUDP: a hostile namespace against -U. Senders stay for
+// three idle minutes, so after each attack the engine holds at most
+// --max-udp more descriptors than before any.
+func TestPastaHostileUDP(t *testing.T) {
+	r := newSpliceRig(t)
+	// A sender from before the attacks, which they must not starve.
+	old, err := r.ns.Dial("udp", "127.0.0.1:18611", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if b, err := udpAsk(old, []byte("hello")); string(b) != "hello" {
+		t.Fatalf("-U: %q (%v)", b, err)
+	}
+	rss0 := rss(t, r.engine)
+	// send sends msg n times from a new namespace socket to port, then
+	// closes it.
+	send := func(t *testing.T, port string, msg []byte, n int) {
+		c, err := r.ns.Dial("udp", "127.0.0.1:"+port, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			c.Write(msg)
+		}
+		c.Close()
+	}
+	for _, a := range []struct {
+		name   string
+		attack func(t *testing.T)
+	}{
+		{"empty and largest datagrams", func(t *testing.T) {
+			for _, d := range []struct {
+				addr string
+				size int
+			}{{"127.0.0.1:18611", 0}, {"[::1]:18611", 0}, {"127.0.0.1:18611", 65507}, {"[::1]:18611", 65527}} {
+				c, err := r.ns.Dial("udp", d.addr, 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				msg := bytes.Repeat([]byte{0xa5}, d.size)
+				if b, err := udpAsk(c, msg); err != nil || !bytes.Equal(b, msg) {
+					t.Errorf("%d bytes to %s: %d back (%v)", d.size, d.addr, len(b), err)
+				}
+				c.Close()
+			}
+		}},
+		{"nothing listening on the host's port", func(t *testing.T) {
+			send(t, "18612", []byte("anyone?"), 200) // each answered with ICMP port unreachable
+		}},
+		{"senders gone before the answer", func(t *testing.T) {
+			for range 16 {
+				send(t, "18611", []byte("gone"), 1) // the answer meets ICMP port unreachable
+			}
+		}},
+		{"a sender that never reads its answers", func(t *testing.T) {
+			send(t, "18611", make([]byte, 1400), 20000)
+		}},
+		{"a flood from thousands of ports", func(t *testing.T) {
+			for range 4000 {
+				send(t, "18611", []byte("flood"), 1)
+			}
+		}},
+	} {
+		t.Run(a.name, func(t *testing.T) {
+			a.attack(t)
+			r.good(t, a.name)
+			if b, err := udpAsk(old, []byte("still there?")); string(b) != "still there?" {
+				t.Errorf("after %s, a sender from before: %q (%v)", a.name, b, err)
+			}
+			if n, most := r.fds(t), r.base+rigMaxUDP; n > most {
+				t.Errorf("after %s: the engine has %d descriptors, more than %d", a.name, n, most)
+			}
+			r.idle(t, "after "+a.name)
+		})
+	}
+	if grown := rss(t, r.engine) - rss0; grown > 32<<20 {
+		t.Errorf("the engine's resident memory grew by %d MiB", grown>>20)
+	}
+}
+
+// -T auto and -U auto release a port in the namespace once the host
+// stops listening on it, while the namespace still has connections and
+// senders through it: the connections go on, the senders are forgotten,
+// and once the connections end the engine holds what it held before the
+// host listened; a port the host listens on again is forwarded again.
+func TestPastaHostileAuto(t *testing.T) {
+	needRoot(t)
+	if pastaExe() != gopasstBin {
+		t.Skip("watches gopasst's engine")
+	}
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	argv := []string{"--config-net", "-t", "none", "-u", "none", "-T", "auto", "-U", "auto", pid}
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	engine := pastaEngineOf(t, pid)
+	base := countFds(t, engine)
+	const tcpPort, udpPort = "8701", "8702"
+	listen := func() (net.Listener, net.PacketConn) {
+		l := h.Listen(t, "tcp", ":"+tcpPort)
+		acceptLoop(l, func(c net.Conn) { io.Copy(c, c); c.Close() })
+		pc := h.ListenPacket(t, "udp", ":"+udpPort)
+		servePackets(pc, func(req []byte) []byte { return req })
+		return l, pc
+	}
+	l, pc := listen()
+	var conn net.Conn
+	waitLong(t, "-T auto to forward the host's port", 20*time.Second, func() bool {
+		c, err := ns.Dial("tcp", "127.0.0.1:"+tcpPort, 5*time.Second)
+		if err == nil && echoes(c, []byte("ping")) {
+			conn = c
+			return true
+		}
+		if c != nil {
+			c.Close()
+		}
+		return false
+	})
+	defer conn.Close()
+	var senders []net.Conn
+	for i := range 8 {
+		c, err := ns.Dial("udp", "127.0.0.1:"+udpPort, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		senders = append(senders, c)
+		waitLong(t, "-U auto to forward the host's port", 20*time.Second, func() bool {
+			b, _ := udpAsk(c, []byte{byte(i)})
+			return bytes.Equal(b, []byte{byte(i)})
+		})
+	}
+
+	// The host stops listening; its accepted connection stays.
+	l.Close()
+	pc.Close()
+	waitLong(t, "the namespace's ports released", 20*time.Second, func() bool {
+		var err error
+		ns.Do(t, func() {
+			var tl net.Listener
+			var ul net.PacketConn
+			if tl, err = net.Listen("tcp", "127.0.0.1:"+tcpPort); err == nil {
+				tl.Close()
+				if ul, err = net.ListenPacket("udp", "127.0.0.1:"+udpPort); err == nil {
+					ul.Close()
+				}
+			}
+		})
+		return err == nil
+	})
+	if !echoes(conn, []byte("still here")) {
+		t.Error("a connection through a released -T auto port was cut")
+	}
+	for _, c := range senders {
+		c.Write([]byte("to a port gone")) // no longer relayed
+	}
+	conn.Close()
+	waitLong(t, "the engine's descriptors back to "+strconv.Itoa(base), 20*time.Second, func() bool { return countFds(t, engine) <= base })
+	cpu := procCPU([]int{engine})
+	time.Sleep(time.Second)
+	if used := procCPU([]int{engine}) - cpu; used > 0.1 {
+		t.Errorf("the engine used %.2f s of CPU in a second of idling", used)
+	}
+
+	// Listening again, the host's ports are forwarded again.
+	listen()
+	waitLong(t, "-T auto to forward the port again", 20*time.Second, func() bool {
+		c, err := ns.Dial("tcp", "127.0.0.1:"+tcpPort, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return echoes(c, []byte("again"))
+	})
+	waitLong(t, "-U auto to forward the port again", 20*time.Second, func() bool {
+		b, _ := udpAsk(senders[0], []byte("again"))
+		return string(b) == "again"
+	})
 }
