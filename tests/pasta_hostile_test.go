@@ -447,7 +447,10 @@ func TestPastaHostileTCP(t *testing.T) {
 			defer c.Close()
 			c.Write([]byte("a"))
 			raw, _ := c.(*net.TCPConn).SyscallConn()
-			raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), []byte("!"), unix.MSG_OOB, nil); return true })
+			urgent := func(b string) {
+				raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), []byte(b), unix.MSG_OOB, nil); return true })
+			}
+			urgent("!")
 			c.Write([]byte("bcd"))
 			// Every byte in the stream, the urgent one too.
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -459,8 +462,24 @@ func TestPastaHostileTCP(t *testing.T) {
 			if !echoes(c, []byte("more")) {
 				t.Error("the connection no longer echoes after urgent data")
 			}
+			// A storm of urgent bytes among data: the stream whole.
+			var want []byte
+			for i := range 2000 {
+				want = append(append(want, strconv.Itoa(i)...), '!')
+			}
+			go func() {
+				for i := range 2000 {
+					c.Write([]byte(strconv.Itoa(i)))
+					urgent("!")
+				}
+			}()
+			got := make([]byte, len(want))
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("a storm of urgent data: the stream came back changed, or not whole (%v)", err)
+			}
 			// Urgent data, more, and the end of the stream at once.
-			raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), []byte("?"), unix.MSG_OOB, nil); return true })
+			urgent("?")
 			c.Write([]byte("tail"))
 			c.(*net.TCPConn).CloseWrite()
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
