@@ -183,6 +183,22 @@ func (r *spliceRig) check(t *testing.T, after string) {
 	r.idle(t, "after "+after)
 }
 
+// starve leaves the engine room for n more descriptors, and returns what
+// gives it its limit back.
+func (r *spliceRig) starve(t *testing.T, n int) (restore func()) {
+	t.Helper()
+	var lim unix.Rlimit
+	if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(lowestFreeFd(t, r.engine) + n)
+	if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+		t.Fatal(err)
+	}
+	return func() { unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &lim, nil) }
+}
+
 // echoes tells whether msg comes back on c.
 func echoes(c net.Conn, msg []byte) bool {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -488,29 +504,35 @@ func TestPastaHostileTCP(t *testing.T) {
 			}
 		}},
 		{"out of descriptors", func(t *testing.T, w *spliceWay) {
-			var lim unix.Rlimit
-			if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
-				t.Fatal(err)
-			}
 			// Room for a connection and its other end, not their pipes.
-			low := lim
-			low.Cur = uint64(lowestFreeFd(t, r.engine) + 2)
-			if err := unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &low, nil); err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Prlimit(r.engine, unix.RLIMIT_NOFILE, &lim, nil)
+			restore := r.starve(t, 2)
+			defer restore()
 			var conns []net.Conn
 			for range 16 {
 				if c, err := w.dial(srvEcho); err == nil {
 					conns = append(conns, c)
 				}
 			}
-			r.idle(t, "out of descriptors")
+			r.idle(t, "out of descriptors for pipes")
 			for _, c := range conns {
 				if echoes(c, []byte("ping")) {
 					t.Error("a connection was joined without descriptors for its pipes")
 				}
 				c.Close()
+			}
+			// Without one to accept with, connections wait in the
+			// listener's backlog, and are served once there are.
+			restore()
+			restore = r.starve(t, 0)
+			waiting, err := w.dial(srvEcho)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer waiting.Close()
+			r.idle(t, "out of descriptors to accept with")
+			restore()
+			if !echoes(waiting, []byte("ping")) {
+				t.Error("a connection that waited for descriptors was not served once there were")
 			}
 		}},
 	} {
@@ -600,6 +622,13 @@ func TestPastaHostileUDP(t *testing.T) {
 		}},
 		{"a sender that never reads its answers", func(t *testing.T) {
 			send(t, "18611", make([]byte, 1400), 20000)
+		}},
+		{"out of descriptors", func(t *testing.T) {
+			defer r.starve(t, 0)()
+			for range 16 {
+				send(t, "18611", []byte("no socket for me"), 4)
+			}
+			r.idle(t, "out of descriptors")
 		}},
 		{"a flood from thousands of ports", func(t *testing.T) {
 			for range 4000 {
