@@ -292,9 +292,9 @@ func TestQEMUMigrateTwice(t *testing.T) {
 
 // TestQEMUMigratePasst is TestQEMUMigrate between upstream passt and
 // gopasst, either way: each reads the other's stream; gopasst repair
-// serves passt too. From passt, the inbound connection moves as well;
-// passt as the destination cannot bind the forwards its source has on
-// one host (it exits), so that way has none.
+// serves passt too. The inbound connection moves either way (passt
+// writes it host side first); passt as the destination exits on a port
+// its source has, so it forwards another for the new connection.
 func TestQEMUMigratePasst(t *testing.T) {
 	passt := []string{filepath.Join(filepath.Dir(passtRepairPath(t)), "passt"), "-f", "--vhost-user", "-s", "{sock}"}
 	t.Run("from passt", func(t *testing.T) {
@@ -400,23 +400,22 @@ func carryAcross(c net.Conn, seed byte, upSize, downSize int64, halfway chan<- s
 }
 
 // testQEMUMigrate migrates as o says. A gopasst destination holds its
-// forwards at start (the source has them) and gets an inbound
-// connection too.
+// forwards at start (the source has them).
 func testQEMUMigrate(t *testing.T, o migrateOpts) {
 	qemu, kernel, kver := needQEMU(t)
-	inbound := o.dst == nil
 	srcArgv := o.src
-	if srcArgv != nil && inbound {
+	if srcArgv != nil {
 		srcArgv = append(slices.Clone(srcArgv), migrateForwards...)
 	}
 	w := newWorld(t, WorldOpts{NoGuest: true, Backend: srcArgv,
 		Args: append([]string{"--vhost-user", "--migrate-exit", "--migrate-no-linger", "--debug"}, migrateForwards...)})
 	w.VhostUser = true
-	dstArgv := o.dst
+	dstArgv, probe := o.dst, "18081"
 	if dstArgv != nil {
 		// The destination's QEMU takes only what its back-end offers:
 		// the guest keeps to passt's features (gopasst offers more).
 		w.Device = "csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off"
+		dstArgv, probe = append(slices.Clone(dstArgv), "-t", "28081:8081"), "28081"
 	} else {
 		dstArgv = append([]string{gopasstBin, "-f", "-s", "{sock}", "--vhost-user", "--debug"}, migrateForwards...)
 	}
@@ -459,26 +458,21 @@ func testQEMUMigrate(t *testing.T, o migrateOpts) {
 
 	// The inbound connection's guest end runs beside the other, its
 	// upload "gopasst" too, and its download's hash in /tmp/in.
-	in, out := "", ""
-	if inbound {
-		in = fmt.Sprintf(`{ yes gopasst | head -c %d | nc -l -p 8080 | sha256sum > /tmp/in; } &
-while ! netstat -ltn | grep -q ':8080 '; do sleep 0.1; done
-echo GOPASST-LISTENING
-`, upSize)
-		out = `while [ ! -s /tmp/in ]; do sleep 0.1; done
-echo "GOPASST-INDOWN $(cat /tmp/in)"
-echo hello-from-guest | nc -l -p 8081
-`
-	}
 	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
 ip link set eth0 up
 udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
-%[5]secho "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
-%[6]secho "GOPASST-AFTER $(nc %[1]s %[4]s)"
+{ yes gopasst | head -c %[3]d | nc -l -p 8080 | sha256sum > /tmp/in; } &
+while ! netstat -ltn | grep -q ':8080 '; do sleep 0.1; done
+echo GOPASST-LISTENING
+echo "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
+while [ ! -s /tmp/in ]; do sleep 0.1; done
+echo "GOPASST-INDOWN $(cat /tmp/in)"
+echo hello-from-guest | nc -l -p 8081
+echo "GOPASST-AFTER $(nc %[1]s %[4]s)"
 TAG=RENEWED udhcpc -i eth0 -f -q -n -t 5 -T 2 -s /etc/dhcp.sh 2>&1 | grep -v '^udhcpc'
 nslookup migrated.gopasst.example %[1]s | sed 's/^/GOPASST-DNS /'
 echo GOPASST-DONE
-`, hostGW, port(l.Addr()), upSize, port(after.Addr()), in, out)
+`, hostGW, port(l.Addr()), upSize, port(after.Addr()))
 	initrd := filepath.Join(w.Dir, "initrd.cpio")
 	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
 		t.Fatal(err)
@@ -496,24 +490,19 @@ echo GOPASST-DONE
 	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
 	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
 
-	if inbound {
-		waitLong(t, "the guest's server", 3*time.Minute, func() bool { return len(report.get("LISTENING")) > 0 })
-		var c net.Conn
-		w.Host.Do(t, func() {
-			d := net.Dialer{Control: rcvBufForce(4 * upSize)}
-			c, err = d.DialContext(ctx, "tcp", "127.0.0.1:18080")
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			defer close(served[1])
-			sums[1] = carryAcross(c, 6, upSize, downSize, halfway[1], migrated)
-		}()
-	} else {
-		close(halfway[1])
-		close(served[1])
+	waitLong(t, "the guest's server", 3*time.Minute, func() bool { return len(report.get("LISTENING")) > 0 })
+	var c net.Conn
+	w.Host.Do(t, func() {
+		d := net.Dialer{Control: rcvBufForce(4 * upSize)}
+		c, err = d.DialContext(ctx, "tcp", "127.0.0.1:18080")
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	go func() {
+		defer close(served[1])
+		sums[1] = carryAcross(c, 6, upSize, downSize, halfway[1], migrated)
+	}()
 	for _, h := range halfway {
 		select {
 		case <-h:
@@ -535,22 +524,20 @@ echo GOPASST-DONE
 		migrateGuest(ctx, t, dstQMP, backQMP, incoming, dstLog)
 	}
 	close(migrated)
-	if inbound {
-		// A new connection through -t reaches the guest from the
-		// destination, once the guest listens again.
-		var got string
-		for got != "hello-from-guest\n" && ctx.Err() == nil {
-			if c, err := w.Host.Dial("tcp", "127.0.0.1:18081", 10*time.Second); err == nil {
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				b, _ := io.ReadAll(c)
-				c.Close()
-				got = string(b)
-			}
-			time.Sleep(100 * time.Millisecond)
+	// A new connection through -t reaches the guest from the
+	// destination, once the guest listens again.
+	var got string
+	for got != "hello-from-guest\n" && ctx.Err() == nil {
+		if c, err := w.Host.Dial("tcp", "127.0.0.1:"+probe, 10*time.Second); err == nil {
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got = string(b)
 		}
-		if got != "hello-from-guest\n" {
-			t.Errorf("a new connection through -t to the destination got %q", got)
-		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got != "hello-from-guest\n" {
+		t.Errorf("a new connection through -t to the destination got %q", got)
 	}
 	if err := last.Wait(); err != nil && ctx.Err() != nil {
 		t.Fatalf("destination QEMU: %v; console:\n%s", err, report.console())
@@ -565,11 +552,7 @@ echo GOPASST-DONE
 		seed      byte
 		up        []byte
 	}
-	conns := []moved{{"the guest's connection", "DOWN", 5, sums[0]}}
-	if inbound {
-		conns = append(conns, moved{"the inbound connection", "INDOWN", 6, sums[1]})
-	}
-	for _, m := range conns {
+	for _, m := range []moved{{"the guest's connection", "DOWN", 5, sums[0]}, {"the inbound connection", "INDOWN", 6, sums[1]}} {
 		wantDown := hex.EncodeToString(sumStream(m.seed, downSize))
 		gotDown := strings.Join(report.get(m.key), "")
 		upOK := bytes.Equal(m.up, sha256sum(upload))
