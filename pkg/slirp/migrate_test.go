@@ -415,3 +415,81 @@ func TestMigrateForwards(t *testing.T) {
 		t.Fatalf("the source's guest went on with the port the destination's: %v", err)
 	}
 }
+
+// TestMigrateManyFlows moves more connections than one message to the
+// helper carries: the destination puts them in and out of repair mode by
+// batches, and each one carries on, both ways, from its restored socket.
+func TestMigrateManyFlows(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	h.e.repair = startRepairHelper(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const n = 2*tcprepair.MaxFds + 7
+	peers := make(map[tcpKey]net.Conn, n)
+	for i := range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The accepted end becomes a flow's host socket.
+		var fd int
+		raw, _ := s.(*net.TCPConn).SyscallConn()
+		raw.Control(func(sfd uintptr) { fd, err = unix.Dup(int(sfd)) })
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.SetNonblock(fd, true)
+		key := tcpKey{guest: netip.AddrPortFrom(hpGuest, uint16(20000+i)), remote: netip.AddrPortFrom(hpGateway, 8080)}
+		f := h.e.tcpAddFlow(key, fd, tcpEstablished)
+		f.flags, f.guestWnd = 0, 64<<10
+		if err := h.e.epollAdd(fd, tcpEvents, h.e.tcpRef(f)); err != nil {
+			t.Fatal(err)
+		}
+		peers[key] = c
+	}
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	d.e.tcp.each(func(_ int32, f *tcpFlow) {
+		c := peers[f.key]
+		if c == nil {
+			return // the hot path's own connection
+		}
+		moved++
+		c.Write([]byte("to"))
+		if _, err := unix.Write(f.fd, []byte("from")); err != nil {
+			t.Errorf("%v: write: %v", f.key, err)
+		}
+		buf := make([]byte, 8)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if k, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:k]) != "from" {
+			t.Errorf("%v: the peer read %q, %v", f.key, buf[:k], err)
+		}
+		for i := 0; i < 500; i++ {
+			if k, _ := unix.Read(f.fd, buf); k == 2 && string(buf[:2]) == "to" {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Errorf("%v: nothing from the peer", f.key)
+	})
+	if moved != n {
+		t.Errorf("%d of %d connections moved", moved, n)
+	}
+}
