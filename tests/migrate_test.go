@@ -887,3 +887,26 @@ func (q *qmpConn) call(t *testing.T, cmd string, args map[string]any) map[string
 		return r
 	}
 }
+
+// TestVhostUserBusyForward: a forwarded port another socket has when a
+// --vhost-user gopasst starts (on one host, a migration's source) is
+// held, not fatal; a guest that then starts there without a migration
+// makes gopasst bind it, and gopasst exits with the error it would have
+// given at start. Without --vhost-user the start fails, as ever.
+func TestVhostUserBusyForward(t *testing.T) {
+	const busy = "127.0.0.1:18412"
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user", "-t", "127.0.0.1/18412"},
+		BeforeStart: func(host *Netns) { host.Listen(t, "tcp", busy) }})
+	waitFor(t, "the forward held", func() bool { return strings.Contains(w.Log.String(), "is busy") })
+	out, err := w.Host.Cmd(gopasstBin, "-f", "-s", filepath.Join(w.Dir, "plain.socket"), "-t", "127.0.0.1/18412").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "address already in use") {
+		t.Errorf("without --vhost-user a busy port at start: %v\n%s", err, out)
+	}
+	f := dialVhostUser(t, w.Sock)
+	f.setUp()
+	f.sendARP()
+	waitFor(t, "gopasst to exit at the guest's first frame", func() bool { return !alive(w.Proc.Process.Pid) })
+	if !strings.Contains(w.Log.String(), "address already in use") {
+		t.Errorf("gopasst's log:\n%s", w.Log.String())
+	}
+}
