@@ -296,7 +296,7 @@ func TestQEMUMigrateTwice(t *testing.T) {
 // writes it host side first); passt as the destination exits on a port
 // its source has, so it forwards another for the new connection.
 func TestQEMUMigratePasst(t *testing.T) {
-	passt := []string{filepath.Join(filepath.Dir(passtRepairPath(t)), "passt"), "-f", "--vhost-user", "-s", "{sock}"}
+	passt := []string{filepath.Join(filepath.Dir(passtRepairPath(t)), "passt"), "-f", "--debug", "--vhost-user", "-s", "{sock}"}
 	t.Run("from passt", func(t *testing.T) {
 		testQEMUMigrate(t, migrateOpts{repair: []string{gopasstBin, "repair"}, src: append(passt, "--migrate-exit", "--migrate-no-linger")})
 	})
@@ -370,10 +370,10 @@ func rcvBufForce(n int) func(_, _ string, c syscall.RawConn) error {
 // carryAcross is the host's end c of a connection that moves: it sends
 // the first half of the download (seed, downSize), and once that has
 // left its send queue and the guest's whole upload of upSize bytes is in
-// its receive queue, unread, says so (halfway): then neither end has a
-// segment to send, and on one host a segment sent between the source's
-// close and the destination's connect would be answered with a reset by
-// the kernel. Once migrated, it sends the rest and returns the upload's
+// its receive queue, unread, and acknowledged, says so (halfway): then
+// neither end has a segment to send, and on one host a segment sent
+// between the source's close and the destination's connect would be
+// answered with a reset by the kernel. Once migrated, it sends the rest and returns the upload's
 // SHA-256 (of what came, if the connection ended early).
 func carryAcross(c net.Conn, seed byte, upSize, downSize int64, halfway chan<- struct{}, migrated <-chan struct{}) []byte {
 	defer c.Close()
@@ -382,6 +382,9 @@ func carryAcross(c net.Conn, seed byte, upSize, downSize int64, halfway chan<- s
 	raw, _ := c.(*net.TCPConn).SyscallConn()
 	for quiet := false; !quiet; time.Sleep(10 * time.Millisecond) {
 		raw.Control(func(fd uintptr) {
+			// An ACK the kernel delays would go out later, maybe
+			// in between: quick ACKs send it now.
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
 			out, _ := unix.IoctlGetUint32(int(fd), unix.SIOCOUTQ)
 			in, _ := unix.IoctlGetUint32(int(fd), unix.SIOCINQ)
 			quiet = out == 0 && int64(in) >= upSize
