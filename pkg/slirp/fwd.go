@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
@@ -122,18 +123,27 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 	return nil
 }
 
-// RemoveForwards closes the listeners for fwds. Connections already made
-// through them go on.
+// RemoveForwards closes the listeners for fwds, or forgets them if they
+// are held. Connections already made through them go on.
 func (e *Engine) RemoveForwards(proto Proto, fwds []portspec.Forward) error {
 	var idx []int32
+	held := slices.Clone(e.fwd.held)
 	for _, f := range fwds {
 		i, ok := e.fwd.byKey[fwdKey{proto, f.Addr, f.HostPort}]
-		if !ok {
+		if ok {
+			idx = append(idx, i)
+			continue
+		}
+		n := len(held)
+		held = slices.DeleteFunc(held, func(h heldForward) bool {
+			return h.proto == proto && h.fwd.Addr == f.Addr && h.fwd.HostPort == f.HostPort
+		})
+		if len(held) == n {
 			return fmt.Errorf("%s port %s is not forwarded", proto, hostPortString(f))
 		}
-		idx = append(idx, i)
 	}
 	e.removeListeners(idx)
+	e.fwd.held = held
 	return nil
 }
 
@@ -198,13 +208,16 @@ func (e *Engine) bindHeld() error {
 	return nil
 }
 
-// Forwards describes the active forwards, one line each, sorted.
+// Forwards describes the forwards, active or held, one line each, sorted.
 func (e *Engine) Forwards() []string {
 	var out []string
 	for _, l := range e.fwd.listeners {
 		if l != nil {
 			out = append(out, fmt.Sprintf("%s %s -> guest port %d", l.proto, hostPortString(l.fwd), l.fwd.GuestPort))
 		}
+	}
+	for _, h := range e.fwd.held {
+		out = append(out, fmt.Sprintf("%s %s -> guest port %d (held: bound when the guest is here)", h.proto, hostPortString(h.fwd), h.fwd.GuestPort))
 	}
 	for port, s := range e.fwd.special {
 		kind := "unix"

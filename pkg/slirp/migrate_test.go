@@ -362,7 +362,8 @@ func TestRepairHelperReconnects(t *testing.T) {
 // if the guest goes on here; a destination started while they were
 // bound holds them, without failing, and binds them when it loads the
 // state. A source whose guest goes on here after that cannot bind them:
-// its engine ends, as one that cannot bind a forward at start does.
+// its engine ends, as one that cannot bind a forward at start does. Held
+// forwards are listed as such, and one removed is not bound later.
 func TestMigrateForwards(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -381,8 +382,8 @@ func TestMigrateForwards(t *testing.T) {
 		if err := h.e.migrateSave(&stream); err != nil {
 			t.Fatal(err)
 		}
-		if got := h.e.Forwards(); len(got) != 0 {
-			t.Fatalf("the source kept %q", got)
+		if got := h.e.Forwards(); len(got) != 1 || !strings.HasSuffix(got[0], "(held: bound when the guest is here)") {
+			t.Fatalf("the source's forwards: %q", got)
 		}
 		return &stream
 	}
@@ -408,11 +409,20 @@ func TestMigrateForwards(t *testing.T) {
 	if err := d.e.migrateLoad(save()); err != nil {
 		t.Fatal(err)
 	}
-	if got := d.e.Forwards(); len(got) != 1 {
+	if got := d.e.Forwards(); len(got) != 1 || strings.Contains(got[0], "held") {
 		t.Fatalf("the destination's forwards: %q", got)
 	}
 	if err := frame(); err == nil || !errors.Is(err, unix.EADDRINUSE) {
 		t.Fatalf("the source's guest went on with the port the destination's: %v", err)
+	}
+	// A held forward removed is not bound later.
+	e := h.destination(t).e
+	e.cfg.Migration = true
+	if err := e.AddForwards(TCP, fwds, false); err != nil || len(e.fwd.held) != 1 {
+		t.Fatalf("held: %v, %d", err, len(e.fwd.held))
+	}
+	if err := e.RemoveForwards(TCP, fwds); err != nil || len(e.fwd.held) != 0 || len(e.Forwards()) != 0 {
+		t.Fatalf("a held forward removed: %v, %q", err, e.Forwards())
 	}
 }
 
