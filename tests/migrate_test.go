@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -912,4 +913,37 @@ func TestVhostUserBusyForward(t *testing.T) {
 	if !strings.Contains(w.Log.String(), "address already in use") {
 		t.Errorf("gopasst's log:\n%s", w.Log.String())
 	}
+}
+
+// The sandboxed engine waits on the device state's pipe (ppoll, in its
+// seccomp list): a destination whose front-end writes the state only
+// after a pause loads it; then the engine serves on. A state larger than
+// a pipe holds, as 400 idle connections make, meets the same wait.
+func TestVhostUserDeviceStateWaits(t *testing.T) {
+	const setDeviceStateFd, checkDeviceState, load = 42, 43, 1
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--vhost-user"}})
+	f := dialVhostUser(t, w.Sock)
+	f.setUp()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	f.send(setDeviceStateFd, binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, load), 0), p[0])
+	unix.Close(p[0])
+	if r := f.reply(); r != 0x100 {
+		t.Fatalf("SET_DEVICE_STATE_FD answered %#x", r)
+	}
+	time.Sleep(200 * time.Millisecond) // the engine is waiting on the pipe now
+	// passt's stream, version 2, with no address seen and no flow.
+	state := binary.BigEndian.AppendUint64(nil, 0xB1BB1D1B0BB1D1B0)
+	state = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(state, 2), 2)
+	state = append(state, make([]byte, 16+16+4+6+4)...)
+	unix.Write(p[1], state)
+	unix.Close(p[1])
+	f.send(checkDeviceState, nil)
+	if r := f.reply(); r != 0 {
+		t.Fatalf("CHECK_DEVICE_STATE answered %d: the load failed\n%s", r, w.Log.String())
+	}
+	f.sendARP()
+	waitFor(t, "an ARP reply after the load", f.gotARPReply)
 }

@@ -33,8 +33,8 @@ func (c *helperClient) nsProc(name string) (int, error) {
 
 // pastaState is what the engine's pasta part has open.
 type pastaState struct {
-	eng    *slirp.Engine
-	h      *helperClient
+	eng *slirp.Engine
+	h   *helperClient
 
 	mu      sync.Mutex
 	nsSide  map[fwdPort]io.Closer // -T/-U listeners in the namespace, by port there

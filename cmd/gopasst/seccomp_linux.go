@@ -20,8 +20,9 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_SPLICE, unix.SYS_PIPE2,
 	// The log file and counting descriptors (fdRoom).
 	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
-	// vhost-user: a memory region's file must hold the region.
-	unix.SYS_FSTAT,
+	// vhost-user: a memory region's file must hold the region; the
+	// device state's pipe is waited on, within bounds (qemusock).
+	unix.SYS_FSTAT, unix.SYS_PPOLL,
 }, append(seccompRuntime, seccompArchOnly...)...)
 
 // seccompRuntime: the Go runtime's calls, for the engine's list and gopasst
