@@ -193,7 +193,7 @@ func (s *pastaState) startAuto(f pastaForwards) error {
 	if len(toHost)+len(toNS) == 0 {
 		return nil
 	}
-	a := &autoScan{}
+	a := &autoScan{retry: [2]map[fwdPort]retry{{}, {}}}
 	// The first scan is the engine's own, before it runs: its forwards are
 	// bound when the caller is told we are ready.
 	s.scan(a, toHost, toNS, func(fn func()) { fn() })
@@ -206,22 +206,65 @@ func (s *pastaState) startAuto(f pastaForwards) error {
 	return nil
 }
 
-// autoScan is one scan's scratch space, reused.
+// autoScan is what a scan keeps for the next: its scratch space, and
+// when to try again the binds that failed, on the host (-t/-u auto) and
+// in the namespace (-T/-U auto).
 type autoScan struct {
-	buf []byte
+	buf   []byte
+	n     int // scans so far
+	retry [2]map[fwdPort]retry
+}
+
+const (
+	bindHost = iota
+	bindNS
+)
+
+// retry is when a bind that failed is tried again. A port someone else
+// holds tends to stay held, and a container that holds a thousand of
+// them would otherwise cost a thousand binds each second: the wait
+// doubles from one scan to 32.
+type retry struct{ at, wait int }
+
+func (a *autoScan) due(side int, p fwdPort) bool {
+	r, ok := a.retry[side][p]
+	return !ok || a.n >= r.at
+}
+
+// bound notes how a bind of p went.
+func (a *autoScan) bound(side int, p fwdPort, err error) {
+	if err == nil {
+		delete(a.retry[side], p)
+		return
+	}
+	r := a.retry[side][p]
+	r.wait = min(max(2*r.wait, 1), 32)
+	r.at = a.n + r.wait
+	a.retry[side][p] = r
+}
+
+// forget drops the retries of ports that no longer listen.
+func (a *autoScan) forget(side int, listening map[fwdPort]bool) {
+	for p := range a.retry[side] {
+		if !listening[p] {
+			delete(a.retry[side], p)
+		}
+	}
 }
 
 // scan binds what newly listens on either side and releases what no
 // longer does; call runs a function on the engine's goroutine.
 func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func())) {
+	a.n++
 	nsListen := a.listening(toHost)
+	a.forget(bindHost, nsListen)
 	s.mu.Lock()
 	for p := range s.nsSide {
 		delete(nsListen, p) // our own -T/-U sockets
 	}
 	var add, del []fwdPort
 	for p := range nsListen {
-		if !s.autoFwd[p] {
+		if !s.autoFwd[p] && a.due(bindHost, p) {
 			add = append(add, p)
 		}
 	}
@@ -234,7 +277,8 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	call(func() {
 		for _, p := range add {
 			fw := []portspec.Forward{{HostPort: p.port, GuestPort: p.port}}
-			if s.eng.AddForwards(p.proto, fw, false) == nil {
+			err := s.eng.AddForwards(p.proto, fw, false)
+			if a.bound(bindHost, p, err); err == nil {
 				s.mu.Lock()
 				s.autoFwd[p] = true
 				s.mu.Unlock()
@@ -251,6 +295,7 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 		return
 	}
 	hostListen := a.listening(toNS)
+	a.forget(bindNS, hostListen)
 	s.mu.Lock()
 	for p := range s.autoFwd {
 		delete(hostListen, p) // our own -t/-u auto sockets
@@ -260,7 +305,7 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	}
 	var bind []fwdPort
 	for p := range hostListen {
-		if s.nsSide[p] == nil {
+		if s.nsSide[p] == nil && a.due(bindNS, p) {
 			bind = append(bind, p)
 		}
 	}
@@ -273,7 +318,8 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	}
 	s.mu.Unlock()
 	for _, p := range bind {
-		if s.bindNS(p.proto, portspec.Forward{HostPort: p.port, GuestPort: p.port}, call) == nil {
+		err := s.bindNS(p.proto, portspec.Forward{HostPort: p.port, GuestPort: p.port}, call)
+		if a.bound(bindNS, p, err); err == nil {
 			s.mu.Lock()
 			s.autoNS[p] = true
 			s.mu.Unlock()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"slices"
 	"strings"
@@ -163,5 +164,35 @@ func TestPastaMayBindReadsOnMiss(t *testing.T) {
 	}
 	if !may(8081) || may(8080) {
 		t.Error("a port not seen listening did not read the tables again")
+	}
+}
+
+// auto tries a bind that failed again after 1, 2, 4 ... 32 scans, at once
+// once it worked, and forgets a port that no longer listens.
+func TestAutoRetry(t *testing.T) {
+	a := &autoScan{retry: [2]map[fwdPort]retry{{}, {}}}
+	p := fwdPort{slirp.TCP, 8080}
+	var tried []int
+	for a.n = 1; a.n <= 120; a.n++ {
+		if a.due(bindNS, p) {
+			tried = append(tried, a.n)
+			a.bound(bindNS, p, errors.New("busy"))
+		}
+	}
+	want := []int{1, 2, 4, 8, 16, 32, 64, 96}
+	if !slices.Equal(tried, want) {
+		t.Errorf("tried at scans %v, want %v", tried, want)
+	}
+	if a.due(bindHost, p) != true || a.due(bindNS, p) {
+		t.Error("the two sides' retries are not apart")
+	}
+	a.forget(bindNS, map[fwdPort]bool{})
+	if !a.due(bindNS, p) {
+		t.Error("a port that stopped listening is still waited for")
+	}
+	a.bound(bindNS, p, errors.New("busy"))
+	a.bound(bindNS, p, nil)
+	if !a.due(bindNS, p) {
+		t.Error("a bind that worked is still waited for")
 	}
 }
