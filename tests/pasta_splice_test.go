@@ -175,3 +175,74 @@ func TestPastaSpliceUDP(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// -u from the host's loopback goes socket to socket too, as pasta's: each
+// host sender gets a socket of its own in the namespace, connected from
+// the namespace's own address, and its own replies; with --no-splice the
+// datagrams come through the tap, from elsewhere.
+func TestPastaSpliceUDPIn(t *testing.T) {
+	needRoot(t)
+	for _, mode := range []string{"splice", "no-splice"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			ns, pid, _ := pidNetns(t, h)
+			seen := make(chan string, 64)
+			srv := ns.ListenPacket(t, "udp", ":8408")
+			go func() {
+				buf := make([]byte, 1500)
+				for {
+					n, from, err := srv.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					host, _, _ := net.SplitHostPort(from.String())
+					select {
+					case seen <- host:
+					default:
+					}
+					srv.WriteTo(append([]byte("ns: "), buf[:n]...), from)
+				}
+			}()
+			argv := []string{"--config-net", "-t", "none", "-u", "18408:8408", "-T", "none", "-U", "none", pid}
+			if mode == "no-splice" {
+				argv = append([]string{"--no-splice"}, argv...)
+			}
+			if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+				t.Fatalf("pasta: %v: %s", err, out)
+			}
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, err := h.Dial("udp", "127.0.0.1:18408", 5*time.Second)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer c.Close()
+					buf := make([]byte, 100)
+					for k := range 5 {
+						msg := fmt.Sprintf("sender %d, datagram %d", i, k)
+						var got string
+						for try := 0; try < 5 && got == ""; try++ { // UDP may drop
+							c.SetDeadline(time.Now().Add(time.Second))
+							c.Write([]byte(msg))
+							if n, err := c.Read(buf); err == nil {
+								got = string(buf[:n])
+							}
+						}
+						if got != "ns: "+msg {
+							t.Errorf("%s: got %q", msg, got)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if spliced := <-seen == hostAddr; spliced != (mode == "splice") {
+				t.Errorf("%s: the namespace's server saw datagrams from another address (its own, %s, means spliced)", mode, hostAddr)
+			}
+		})
+	}
+}

@@ -234,7 +234,7 @@ type pastaHelper struct {
 	fwds       pastaForwards
 	splice     *splicer         // -t's loopback path, nil with --no-splice
 	nsPorts    map[fwdPort]bool // the namespace ports -T and -U name
-	tPorts     map[uint16]bool  // the namespace ports -t names
+	toPorts    map[fwdPort]bool // the namespace ports -t and -u name
 	tables     map[string]int   // the namespace's /proc/net tables, by name
 	nsTables   []procTable      // the same, for auto's scan
 	hostTables []procTable      // the host's, for -T/-U auto
@@ -247,7 +247,7 @@ type pastaHelper struct {
 // needs.
 func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, error) {
 	p := &pastaHelper{agent: a, fwds: f, splice: sp, tables: map[string]int{},
-		nsPorts: map[fwdPort]bool{}, tPorts: map[uint16]bool{}}
+		nsPorts: map[fwdPort]bool{}, toPorts: map[fwdPort]bool{}}
 	for _, d := range []struct {
 		proto    slirp.Proto
 		auto, ns bool
@@ -277,8 +277,13 @@ func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, e
 			p.nsTables = append(p.nsTables, procTable{d.proto, fd})
 		}
 	}
-	for _, fw := range specForwards(f.tcp.specs) {
-		p.tPorts[fw.GuestPort] = true
+	for _, d := range []struct {
+		proto slirp.Proto
+		specs []string
+	}{{slirp.TCP, f.tcp.specs}, {slirp.UDP, f.udp.specs}} {
+		for _, fw := range specForwards(d.specs) {
+			p.toPorts[fwdPort{d.proto, fw.GuestPort}] = true
+		}
 	}
 	return p, nil
 }
@@ -292,8 +297,8 @@ func (p *pastaHelper) close() {
 // handle answers nsbind, nssocket and nsproc, for what the command line
 // asked: a bind only on the namespace's loopback, of a port -T or -U
 // names or, for auto, one that listens on the host; a connection only
-// to where the loopback path goes (splicer.target), to a port -t names
-// or, for auto, one that listens in the namespace.
+// to where the loopback path goes (splicer.target), to a port -t (TCP)
+// or -u (UDP) names or, for auto, one that listens in the namespace.
 func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	f := req.Fwd
 	k := fwdPort{req.Proto, f.HostPort}
@@ -301,11 +306,11 @@ func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	case req.Op == "nsbind" && f.Addr == loopback(f.Addr) && f.Iface == "" && f.GuestPort == 0 &&
 		(p.nsPorts[k] || p.listens(&p.hostListen, p.hostTables, k)):
 		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: f})
-	case req.Op == "nssocket" && p.splice != nil && req.Proto == slirp.TCP && f.Iface == "" && f.HostPort == 0 &&
+	case req.Op == "nssocket" && p.splice != nil && f.Iface == "" && f.HostPort == 0 &&
 		(f.Addr == p.splice.target(netip.AddrPortFrom(netip.IPv6Loopback(), 0)) ||
 			f.Addr == p.splice.target(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0))) &&
-		(p.tPorts[f.GuestPort] || p.fwds.tcp.auto && p.listens(&p.listen, p.nsTables, fwdPort{slirp.TCP, f.GuestPort})):
-		return p.agent.c.fdCall(helperRequest{Op: "socket", Fwd: portspec.Forward{Addr: f.Addr, GuestPort: f.GuestPort}})
+		(p.toPorts[fwdPort{req.Proto, f.GuestPort}] || p.auto(req.Proto) && p.listens(&p.listen, p.nsTables, fwdPort{req.Proto, f.GuestPort})):
+		return p.agent.c.fdCall(helperRequest{Op: "socket", Proto: req.Proto, Fwd: portspec.Forward{Addr: f.Addr, GuestPort: f.GuestPort}})
 	case req.Op == "nsproc":
 		if fd, ok := p.tables[req.Table]; ok {
 			return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -314,11 +319,15 @@ func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	return -1, fmt.Errorf("%s %s %s %+v: not enabled by the command line", req.Op, req.Proto, req.Table, f)
 }
 
+// auto tells whether -t (TCP) or -u (UDP) is auto.
+func (p *pastaHelper) auto(proto slirp.Proto) bool {
+	return proto == slirp.TCP && p.fwds.tcp.auto || proto == slirp.UDP && p.fwds.udp.auto
+}
+
 // mayBind tells whether the engine may bind f on the host for -t or -u
 // auto: its port listens in the namespace.
 func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
-	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort ||
-		!(proto == slirp.TCP && p.fwds.tcp.auto || proto == slirp.UDP && p.fwds.udp.auto) {
+	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort || !p.auto(proto) {
 		return false
 	}
 	return p.listens(&p.listen, p.nsTables, fwdPort{proto, f.HostPort})
@@ -420,7 +429,7 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 		case req.Op == "bind":
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
 		case req.Op == "socket":
-			fd, ferr = connectNS(netip.AddrPortFrom(req.Fwd.Addr, req.Fwd.GuestPort))
+			fd, ferr = connectNS(req.Proto, netip.AddrPortFrom(req.Fwd.Addr, req.Fwd.GuestPort))
 		case req.Op == "proc" && isTable && table.err != nil:
 			ferr = table.err
 		case req.Op == "proc" && isTable:
@@ -432,14 +441,18 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 	}
 }
 
-// connectNS starts a connection to ap, for the loopback path: the engine
-// gets it connecting, not a socket it could aim elsewhere first.
-func connectNS(ap netip.AddrPort) (int, error) {
-	family := unix.AF_INET6
+// connectNS starts a connection to ap (TCP), or connects a UDP socket to
+// it, for the loopback path: the engine gets it aimed, not a socket it
+// could aim elsewhere first.
+func connectNS(proto slirp.Proto, ap netip.AddrPort) (int, error) {
+	family, typ := unix.AF_INET6, unix.SOCK_STREAM
 	if ap.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if proto == slirp.UDP {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}

@@ -38,7 +38,7 @@ func TestPastaHelperChecks(t *testing.T) {
 	defer hostL.Close()
 	hostPort := uint16(hostL.Addr().(*net.TCPAddr).Port)
 	fwds := pastaForwards{tcp: portModes{auto: true, specs: []string{"18511"}},
-		tcpNS: portModes{auto: true, specs: []string{"18521"}}}
+		tcpNS: portModes{auto: true, specs: []string{"18521"}}, udp: portModes{specs: []string{"18512"}}}
 	sp := &splicer{addr4: netip.MustParseAddr("192.0.2.1"), hostLoToNsLo: true}
 	p, err := newPastaHelper(&agentConn{c: newHelperClient(pair[0])}, fwds, sp)
 	if err != nil {
@@ -73,7 +73,9 @@ func TestPastaHelperChecks(t *testing.T) {
 		{"-t auto: a port listening in the namespace", conn(slirp.TCP, lo6, 18531), true},
 		{"-t port, not the loopback path's address", conn(slirp.TCP, sp.addr4, 18511), false},
 		{"port -t does not forward", conn(slirp.TCP, lo4, 22), false},
-		{"UDP", conn(slirp.UDP, lo4, 18511), false},
+		{"UDP to a -t port", conn(slirp.UDP, lo4, 18511), false},
+		{"-u port on the loopback", conn(slirp.UDP, lo4, 18512), true},
+		{"TCP to a -u port", conn(slirp.TCP, lo4, 18512), false},
 	} {
 		fd, err := p.handle(&tc.req)
 		closeFd(fd)

@@ -31,10 +31,10 @@ func newSplicer(o *pastaOptions, cfg netSetup) *splicer {
 }
 
 // dial has the agent connect, in the namespace, the other end of a
-// connection to port from from.
-func (s *splicer) dial(from netip.AddrPort, port uint16) (int, error) {
+// connection or of a UDP sender's datagrams to port from from.
+func (s *splicer) dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int, error) {
 	to := s.target(from)
-	return s.h.fdCall(helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: to, GuestPort: port}})
+	return s.h.fdCall(helperRequest{Op: "nssocket", Proto: proto, Fwd: portspec.Forward{Addr: to, GuestPort: port}})
 }
 
 // target is where a connection from from goes in the namespace.

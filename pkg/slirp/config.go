@@ -101,8 +101,8 @@ type Config struct {
 	Host Host
 
 	// SpliceDial, when set, connects the namespace's end of a connection
-	// to a forwarded TCP port from the host's loopback, which the engine
-	// then splices (pasta's loopback path, splice.go).
+	// or a UDP sender to a forwarded port from the host's loopback, which
+	// the engine then splices (pasta's loopback path, splice.go).
 	SpliceDial SpliceDial
 
 	// Pcap, when set, records every frame to and from the guest.

@@ -153,6 +153,7 @@ func (e *Engine) removeListeners(idx []int32) {
 		if l == nil {
 			continue
 		}
+		e.spliceUDPExpire(l.fd)
 		unix.Close(l.fd)
 		delete(e.fwd.byKey, fwdKey{l.proto, l.fwd.Addr, l.fwd.HostPort})
 		e.fwd.listeners[i] = nil

@@ -23,10 +23,10 @@ import (
 // whose pipe is not empty is not read until it is, so nothing is kept
 // here but what the kernel holds.
 
-// SpliceDial connects a socket in the namespace for a connection to the
-// forwarded port whose guest port is port, from the host's loopback
-// address from.
-type SpliceDial func(from netip.AddrPort, port uint16) (int, error)
+// SpliceDial connects a socket in the namespace for a connection (TCP)
+// or a sender (UDP, splice_udp.go) to the forwarded port whose guest
+// port is port, from the host's loopback address from.
+type SpliceDial func(proto Proto, from netip.AddrPort, port uint16) (int, error)
 
 // spliceChunk bounds one splice(2): a pipe's default capacity is less.
 const spliceChunk = 1 << 20
@@ -71,7 +71,7 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 		unix.Close(fd)
 		return true
 	}
-	nfd, err := e.cfg.SpliceDial(from, port)
+	nfd, err := e.cfg.SpliceDial(TCP, from, port)
 	if err != nil {
 		// The client sees its connection closed.
 		e.debugf("-t %d from %v: %v", port, from, err)
@@ -115,7 +115,7 @@ func (e *Engine) SpliceUnlisten(fd int) {
 			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 			unix.Close(fd)
 			e.spliceLn[i].fd = -1
-			e.spliceUDPExpire(int32(i))
+			e.spliceUDPExpire(fd)
 		}
 	}
 }
@@ -128,7 +128,7 @@ func (e *Engine) spliceListenEvent(idx int32) {
 	}
 	l := e.spliceLn[idx]
 	if l.udp {
-		e.spliceUDPIn(idx, l)
+		e.spliceUDPIn(l)
 		return
 	}
 	for {

@@ -7,55 +7,83 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// -U, pasta's namespace-to-host UDP: a datagram to a namespace loopback
-// port (SpliceListen) goes to the host's loopback port, each namespace
-// sender through a host socket of its own, connected, whose replies go
-// back to that sender from the namespace's port. Senders count against
-// --max-udp with the guest's UDP flows, and are forgotten after udpIdle,
-// as those are.
+// pasta's UDP between the host's loopback and the namespace, socket to
+// socket, both ways alike: a sender's datagrams to a socket of ours (lfd)
+// go on through a socket of the sender's own, connected to where they
+// go, whose replies go back to the sender from lfd.
+//
+//   - -U: lfd is a namespace loopback port (SpliceListen); the sender's
+//     socket is the engine's, connected to the host's loopback port.
+//   - -u from the host's loopback: lfd is the forward's host socket; the
+//     sender's socket is the helper's, made in the namespace and
+//     connected to where -t's loopback path goes (Config.SpliceDial).
+//
+// Senders count against --max-udp with the guest's UDP flows, and are
+// forgotten after udpIdle, as those are, or when lfd is closed.
 
 type spliceUDPKey struct {
-	ln   int32          // its listener, in e.spliceLn
-	peer netip.AddrPort // the namespace's sender
+	lfd  int            // the socket the sender sent to
+	peer netip.AddrPort // the sender
 }
 
 type spliceUDPFlow struct {
 	key     spliceUDPKey
 	idx     int32
-	fd      int // connected to the host's loopback port
+	fd      int // connected to where the sender's datagrams go
 	lastAct time.Duration
 }
 
 // spliceUDPIn relays what namespace senders sent to a -U listener.
-func (e *Engine) spliceUDPIn(lidx int32, l spliceListener) {
+func (e *Engine) spliceUDPIn(l spliceListener) {
 	for range udpMaxRead {
 		n, from, err := recvfrom(l.fd, e.spliceBuf[:])
 		if err != nil {
 			return
 		}
-		key := spliceUDPKey{lidx, from}
-		_, f := e.spliceUDP.lookup(key)
-		if f == nil {
-			if f = e.spliceUDPOpen(key, netip.AddrPortFrom(loopbackOf(from.Addr()), l.port)); f == nil {
-				continue
-			}
+		if n <= len(e.spliceBuf) {
+			e.spliceUDPSend(l.fd, from, e.spliceBuf[:n], l.port, false)
 		}
-		f.lastAct = e.now
-		unix.Write(f.fd, e.spliceBuf[:n]) // UDP may drop
 	}
 }
 
-// spliceUDPOpen connects a host socket to to for the sender key.
-func (e *Engine) spliceUDPOpen(key spliceUDPKey, to netip.AddrPort) *spliceUDPFlow {
+// spliceUDPSend sends payload, which from sent to lfd, on through from's
+// own socket, opened first if need be: to port on the host's loopback,
+// or with the helper to the namespace's port (ns).
+func (e *Engine) spliceUDPSend(lfd int, from netip.AddrPort, payload []byte, port uint16, ns bool) {
+	key := spliceUDPKey{lfd, from}
+	_, f := e.spliceUDP.lookup(key)
+	if f == nil {
+		if f = e.spliceUDPOpen(key, port, ns); f == nil {
+			return
+		}
+	}
+	f.lastAct = e.now
+	unix.Write(f.fd, payload) // UDP may drop
+}
+
+// spliceUDPOpen connects a socket for the sender key, to port on the
+// host's loopback or in the namespace (ns).
+func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUDPFlow {
 	if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count+e.spliceUDP.count, e.cfg.MaxUDP) {
 		return nil
 	}
-	fd, err := unix.Socket(familyOf(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil
+	fd, err := -1, error(nil)
+	if ns {
+		fd, err = e.cfg.SpliceDial(UDP, key.peer, port)
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+		}
+	} else {
+		to := netip.AddrPortFrom(loopbackOf(key.peer.Addr()), port)
+		if fd, err = unix.Socket(familyOf(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {
+			err = connect(fd, to)
+		}
 	}
-	if err := connect(fd, to); err != nil {
-		unix.Close(fd)
+	if err != nil {
+		e.debugf("UDP %v to port %d: %v", key.peer, port, err)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil
 	}
 	idx, f := e.spliceUDP.add(key)
@@ -74,7 +102,6 @@ func (e *Engine) spliceUDPEvent(idx int32, gen uint32) {
 	if f == nil {
 		return
 	}
-	l := e.spliceLn[f.key.ln]
 	for range udpMaxRead {
 		n, err := unix.Read(f.fd, e.spliceBuf[:])
 		if err == unix.EAGAIN {
@@ -84,7 +111,7 @@ func (e *Engine) spliceUDPEvent(idx int32, gen uint32) {
 			continue // an ICMP error for an earlier datagram: UDP may drop
 		}
 		f.lastAct = e.now
-		sendto(l.fd, e.spliceBuf[:n], f.key.peer)
+		sendto(f.key.lfd, e.spliceBuf[:n], f.key.peer)
 	}
 }
 
@@ -93,11 +120,11 @@ func (e *Engine) spliceUDPClose(f *spliceUDPFlow) {
 	e.spliceUDP.remove(f.idx, f.key)
 }
 
-// spliceUDPExpire forgets idle senders, and those of listener ln when it
-// is closed (ln >= 0).
-func (e *Engine) spliceUDPExpire(ln int32) {
+// spliceUDPExpire forgets idle senders, and those that sent to lfd, which
+// is being closed (lfd >= 0).
+func (e *Engine) spliceUDPExpire(lfd int) {
 	e.spliceUDP.each(func(_ int32, f *spliceUDPFlow) {
-		if f.key.ln == ln || e.now-f.lastAct > udpIdle {
+		if f.key.lfd == lfd || e.now-f.lastAct > udpIdle {
 			e.spliceUDPClose(f)
 		}
 	})

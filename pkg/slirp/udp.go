@@ -171,7 +171,7 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 		e.udpErrors(f)
 	}
 	off := l4Off(f.guest.Addr())
-	e.udpToGuest(f.fd, &off, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
+	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ []byte) (netip.AddrPort, netip.AddrPort) {
 		f.lastAct = e.now
 		return e.natToGuest(header.ProtoUDP, from, f.guest.Addr(), f.sent), f.guest
 	})
@@ -203,7 +203,9 @@ func (e *Engine) udpErrors(f *udpFlow) {
 // source and destination that route picks for each sender. *off predicts
 // where the L4 header goes (it depends on the guest family route picks);
 // a wrong guess costs one move of the payload and updates the guess.
-func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (src, dst netip.AddrPort)) {
+// route sees the payload too (nil if it was cut short), and may take it
+// elsewhere itself (splice_udp.go), giving no destination.
+func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort)) {
 	for range udpMaxRead {
 		o := *off + header.UDPLen
 		// Room for either family's headers and the largest payload the
@@ -217,7 +219,11 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort) (s
 		if err != nil {
 			return
 		}
-		src, dst := route(from)
+		var payload []byte // nil: cut short
+		if n <= max4 {
+			payload = b[o : o+n]
+		}
+		src, dst := route(from, payload)
 		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
 			continue
 		}
@@ -269,7 +275,13 @@ type udpInFlow struct {
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
-	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort) (netip.AddrPort, netip.AddrPort) {
+	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (netip.AddrPort, netip.AddrPort) {
+		if e.cfg.SpliceDial != nil && from.Addr().IsLoopback() {
+			if payload != nil {
+				e.spliceUDPSend(l.fd, from, payload, l.fwd.GuestPort, true)
+			}
+			return from, netip.AddrPort{} // not the guest's
+		}
 		remote, guest := e.inboundRoute(from, l.fwd.GuestPort)
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
