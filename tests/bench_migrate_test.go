@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -144,22 +143,8 @@ echo "GOPASST-PINGS $(grep -c 'bytes from' /tmp/ping)"
 echo "GOPASST-PINGLOST $(sed -n 's/.*seq=\([0-9]*\).*/\1/p' /tmp/ping | awk 'NR > 1 && $1 - p - 1 > m { m = $1 - p - 1 } { p = $1 } END { print m + 0 }')"
 echo GOPASST-DONE
 `, hostGW, port(echo.Addr()), port(sink.Addr()), afterPort, flows)
-	initrd := filepath.Join(w.Dir, "initrd.cpio")
-	if err := buildInitramfs(initrd, kver, script, map[string]string{"/bin/connhold": connhold}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	report := &guestReport{keys: map[string][]string{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("QEMU consoles:\n%s", report.console())
-		}
-	})
-	incoming := freePort(t)
-	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
-	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
-	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
+	q := startMigration(t, w, &dst, qemu, kernel, kver, script, map[string]string{"/bin/connhold": connhold}, 4*time.Minute, func() string { return "" })
+	ctx, report, last := q.ctx, q.report, q.dst
 	waitLong(t, "the guest's stream and connections", 3*time.Minute, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -174,7 +159,7 @@ echo GOPASST-DONE
 	rate := float64(got-before) / 1e6
 	mu.Unlock()
 	started := time.Now()
-	m := migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	m := migrateGuest(ctx, t, q.srcQMP, q.dstQMP, q.incoming, w.Log)
 	resumed := time.Now()
 	stall := -1.0 // the stream never came back
 	for ctx.Err() == nil && time.Since(resumed) < 30*time.Second {

@@ -477,22 +477,8 @@ TAG=RENEWED udhcpc -i eth0 -f -q -n -t 5 -T 2 -s /etc/dhcp.sh 2>&1 | grep -v '^u
 nslookup migrated.gopasst.example %[1]s | sed 's/^/GOPASST-DNS /'
 echo GOPASST-DONE
 `, hostGW, port(l.Addr()), upSize, port(after.Addr()))
-	initrd := filepath.Join(w.Dir, "initrd.cpio")
-	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	report := &guestReport{keys: map[string][]string{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("QEMU consoles:\n%s", report.console())
-		}
-	})
-	incoming := freePort(t)
-	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
-	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
-	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
+	q := startMigration(t, w, &dst, qemu, kernel, kver, script, nil, 4*time.Minute, func() string { return "" })
+	ctx, report, last := q.ctx, q.report, q.dst
 
 	waitLong(t, "the guest's server", 3*time.Minute, func() bool { return len(report.get("LISTENING")) > 0 })
 	var c net.Conn
@@ -514,7 +500,7 @@ echo GOPASST-DONE
 			t.Fatalf("the guest never got halfway; console:\n%s", report.console())
 		}
 	}
-	migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	migrateGuest(ctx, t, q.srcQMP, q.dstQMP, q.incoming, w.Log)
 	finalLog := dstLog
 	if o.twice {
 		// Back to A's socket, once A is gone: a new gopasst there, with
@@ -522,10 +508,10 @@ echo GOPASST-DONE
 		waitFor(t, "the source to exit (--migrate-exit)", func() bool { return !alive(w.Proc.Process.Pid) })
 		_, finalLog = startBackend(t, w, w.Sock, dstArgv)
 		startRepair(t, w, o.repair, w.Sock, finalLog)
-		incoming = freePort(t)
+		incoming := freePort(t)
 		backQMP := filepath.Join(w.Dir, "back.qmp")
-		last = startQEMU(ctx, t, qemu, kernel, initrd, w, backQMP, "tcp:127.0.0.1:"+incoming, report)
-		migrateGuest(ctx, t, dstQMP, backQMP, incoming, dstLog)
+		last = startQEMU(ctx, t, qemu, kernel, q.initrd, w, backQMP, "tcp:127.0.0.1:"+incoming, report)
+		migrateGuest(ctx, t, q.dstQMP, backQMP, incoming, dstLog)
 	}
 	close(migrated)
 	// A new connection through -t reaches the guest from the
@@ -626,24 +612,11 @@ for i in $(seq 300); do [ -e /tmp/renewed ] && break; sleep 0.1; done
 ip -4 addr show eth0 | sed -n 's/^ *inet /GOPASST-ADDR /p'
 echo GOPASST-DONE
 `
-	initrd := filepath.Join(w.Dir, "initrd.cpio")
-	if err := buildInitramfs(initrd, kver, script, nil); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	report := &guestReport{keys: map[string][]string{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("QEMU consoles:\n%s\ndestination gopasst:\n%s", report.console(), dstLog.String())
-		}
-	})
-	incoming := freePort(t)
-	srcQMP, dstQMP := filepath.Join(w.Dir, "src.qmp"), filepath.Join(w.Dir, "dst.qmp")
-	startQEMU(ctx, t, qemu, kernel, initrd, w, srcQMP, "", report)
-	last := startQEMU(ctx, t, qemu, kernel, initrd, &dst, dstQMP, "tcp:127.0.0.1:"+incoming, report)
+	q := startMigration(t, w, &dst, qemu, kernel, kver, script, nil, 3*time.Minute,
+		func() string { return "\ndestination gopasst:\n" + dstLog.String() })
+	ctx, report, last := q.ctx, q.report, q.dst
 	waitLong(t, "the guest's lease", 2*time.Minute, func() bool { return len(report.get("READY")) > 0 })
-	migrateGuest(ctx, t, srcQMP, dstQMP, incoming, w.Log)
+	migrateGuest(ctx, t, q.srcQMP, q.dstQMP, q.incoming, w.Log)
 	after := w.Host.Listen(t, "tcp", "127.0.0.1:"+afterPort)
 	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
 	if err := last.Wait(); err != nil && ctx.Err() != nil {
@@ -804,6 +777,41 @@ func (r *guestReport) console() string {
 }
 
 // startQEMU starts a guest on w's socket with a QMP socket, waiting for
+
+// qemuMigration is a migration's two QEMUs: the source booted on one
+// World with the guest's script, the destination on another, waiting
+// for it (-incoming); both end when the test does, or at its limit.
+type qemuMigration struct {
+	ctx            context.Context
+	report         *guestReport
+	srcQMP, dstQMP string
+	incoming       string
+	dst            *exec.Cmd // the destination QEMU
+	initrd         string
+}
+
+// startMigration builds the guest's initramfs (script, and files) and
+// starts both QEMUs; a failed test logs their consoles, and what
+// extraLog adds.
+func startMigration(t *testing.T, src, dst *World, qemu, kernel, kver, script string, files map[string]string, limit time.Duration, extraLog func() string) *qemuMigration {
+	m := &qemuMigration{report: &guestReport{keys: map[string][]string{}}, incoming: freePort(t),
+		srcQMP: filepath.Join(src.Dir, "src.qmp"), dstQMP: filepath.Join(src.Dir, "dst.qmp"), initrd: filepath.Join(src.Dir, "initrd.cpio")}
+	if err := buildInitramfs(m.initrd, kver, script, files); err != nil {
+		t.Fatal(err)
+	}
+	var cancel context.CancelFunc
+	m.ctx, cancel = context.WithTimeout(context.Background(), limit)
+	t.Cleanup(cancel)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("QEMU consoles:\n%s%s", m.report.console(), extraLog())
+		}
+	})
+	startQEMU(m.ctx, t, qemu, kernel, m.initrd, src, m.srcQMP, "", m.report)
+	m.dst = startQEMU(m.ctx, t, qemu, kernel, m.initrd, dst, m.dstQMP, "tcp:127.0.0.1:"+m.incoming, m.report)
+	return m
+}
+
 // a migration on incoming if given.
 func startQEMU(ctx context.Context, t *testing.T, qemu, kernel, initrd string, w *World, qmp, incoming string, r *guestReport) *exec.Cmd {
 	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "256",

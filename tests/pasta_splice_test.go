@@ -144,12 +144,18 @@ func TestPastaSpliceUDP(t *testing.T) {
 	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
 		t.Fatalf("pasta: %v: %s", err, out)
 	}
+	udpSenders(t, func() (net.Conn, error) { return ns.Dial("udp", "127.0.0.1:18407", 5*time.Second) }, "host: ")
+}
+
+// udpSenders has eight senders at once, from sockets of their own, each
+// send five datagrams and get each back with prefix.
+func udpSenders(t *testing.T, dial func() (net.Conn, error), prefix string) {
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := ns.Dial("udp", "127.0.0.1:18407", 5*time.Second)
+			c, err := dial()
 			if err != nil {
 				t.Error(err)
 				return
@@ -166,7 +172,7 @@ func TestPastaSpliceUDP(t *testing.T) {
 						got = string(buf[:n])
 					}
 				}
-				if got != "host: "+msg {
+				if got != prefix+msg {
 					t.Errorf("%s: got %q", msg, got)
 					return
 				}
@@ -210,36 +216,7 @@ func TestPastaSpliceUDPIn(t *testing.T) {
 			if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
 				t.Fatalf("pasta: %v: %s", err, out)
 			}
-			var wg sync.WaitGroup
-			for i := range 8 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					c, err := h.Dial("udp", "127.0.0.1:18408", 5*time.Second)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					defer c.Close()
-					buf := make([]byte, 100)
-					for k := range 5 {
-						msg := fmt.Sprintf("sender %d, datagram %d", i, k)
-						var got string
-						for try := 0; try < 5 && got == ""; try++ { // UDP may drop
-							c.SetDeadline(time.Now().Add(time.Second))
-							c.Write([]byte(msg))
-							if n, err := c.Read(buf); err == nil {
-								got = string(buf[:n])
-							}
-						}
-						if got != "ns: "+msg {
-							t.Errorf("%s: got %q", msg, got)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
+			udpSenders(t, func() (net.Conn, error) { return h.Dial("udp", "127.0.0.1:18408", 5*time.Second) }, "ns: ")
 			if spliced := <-seen == hostAddr; spliced != (mode == "splice") {
 				t.Errorf("%s: the namespace's server saw datagrams from another address (its own, %s, means spliced)", mode, hostAddr)
 			}

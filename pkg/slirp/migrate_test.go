@@ -206,6 +206,24 @@ func (h *hotPath) destination(t *testing.T) *hotPath {
 	return &h2
 }
 
+// migrate saves h's state and loads it into a destination, with a
+// repair helper when repair, as a migration does.
+func (h *hotPath) migrate(t *testing.T, repair bool) *hotPath {
+	t.Helper()
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	d := h.destination(t)
+	if repair {
+		d.e.repair = startRepairHelper(t)
+	}
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // TestMigrateTCP moves an established connection from one engine to
 // another through the repair helper, with data the guest has not
 // acknowledged and data not yet read from the host: the guest gets it
@@ -219,17 +237,9 @@ func TestMigrateTCP(t *testing.T) {
 	h.receive(t, true, func(s header.TCP) bool { return string(s.Payload()) == "unacked," })
 	c.Write([]byte("unread,"))
 
-	var stream bytes.Buffer
-	if err := h.e.migrateSave(&stream); err != nil {
-		t.Fatal(err)
-	}
+	d := h.migrate(t, true)
 	if h.e.tcp.count != 0 {
 		t.Fatal("the source kept the flow")
-	}
-	d := h.destination(t)
-	d.e.repair = startRepairHelper(t)
-	if err := d.e.migrateLoad(&stream); err != nil {
-		t.Fatal(err)
 	}
 	c.Write([]byte("after"))
 	var got []byte
@@ -252,14 +262,7 @@ func TestMigrateTCP(t *testing.T) {
 // guest expects, and the host peer sees a reset.
 func TestMigrateWithoutHelper(t *testing.T) {
 	h, c := tcpPeer(t)
-	var stream bytes.Buffer
-	if err := h.e.migrateSave(&stream); err != nil {
-		t.Fatal(err)
-	}
-	d := h.destination(t)
-	if err := d.e.migrateLoad(&stream); err != nil {
-		t.Fatal(err)
-	}
+	d := h.migrate(t, false)
 	d.receive(t, true, func(s header.TCP) bool { return isRst(s) && s.Seq() == d.ack })
 	// The guest answers the probe after it with where it stands, and a
 	// guest that missed frames of the source gets its reset then.
@@ -295,15 +298,7 @@ func TestMigrateGuestHalfClosed(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	var stream bytes.Buffer
-	if err := h.e.migrateSave(&stream); err != nil {
-		t.Fatal(err)
-	}
-	d := h.destination(t)
-	d.e.repair = startRepairHelper(t)
-	if err := d.e.migrateLoad(&stream); err != nil {
-		t.Fatal(err)
-	}
+	d := h.migrate(t, true)
 	if f := d.flow(); f == nil || f.state != tcpEstablished|tcpGuestFin {
 		t.Fatalf("moved flow %v", f)
 	}
@@ -466,15 +461,7 @@ func TestMigrateManyFlows(t *testing.T) {
 		}
 		peers[key] = c
 	}
-	var stream bytes.Buffer
-	if err := h.e.migrateSave(&stream); err != nil {
-		t.Fatal(err)
-	}
-	d := h.destination(t)
-	d.e.repair = startRepairHelper(t)
-	if err := d.e.migrateLoad(&stream); err != nil {
-		t.Fatal(err)
-	}
+	d := h.migrate(t, true)
 	moved := 0
 	d.e.tcp.each(func(_ int32, f *tcpFlow) {
 		c := peers[f.key]
