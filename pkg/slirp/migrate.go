@@ -557,12 +557,8 @@ func (e *Engine) tcpRepairSockets(b *movedBatch, flows []migFlow) {
 		fd := -1
 		t := &flows[i].tcp
 		if e.repair != nil && t.events&^(evTapFinRcvd|evSockFinSent) == evEstablished {
-			family := unix.AF_INET6
-			if t.side[t.hostSide()].oaddr.Is4() {
-				family = unix.AF_INET
-			}
 			var err error
-			if fd, err = tcprepair.NewSocket(family); err != nil {
+			if fd, err = tcprepair.NewSocket(socketFamily(t.side[t.hostSide()].oaddr)); err != nil {
 				e.logf("migration: %v", err)
 				fd = -1
 			} else {

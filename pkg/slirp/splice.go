@@ -145,7 +145,7 @@ func (e *Engine) spliceListenEvent(idx int32) {
 		}
 		local, _ := unix.Getsockname(fd)
 		to := netip.AddrPortFrom(loopbackOf(addrPortOf(local).Addr()), l.port)
-		hfd, err := unix.Socket(familyOf(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		hfd, err := unix.Socket(socketFamily(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err == nil {
 			if err = unix.Connect(hfd, sockaddrOf(to)); err == unix.EINPROGRESS {
 				err = nil
@@ -175,13 +175,6 @@ func loopbackOf(a netip.Addr) netip.Addr {
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	return netip.IPv6Loopback()
-}
-
-func familyOf(a netip.Addr) int {
-	if a.Is4() {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
 }
 
 // spliceJoin makes a pair of a and b, both connected or connecting; on

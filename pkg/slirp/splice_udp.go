@@ -75,7 +75,7 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 		}
 	} else {
 		to := netip.AddrPortFrom(loopbackOf(key.peer.Addr()), port)
-		if fd, err = unix.Socket(familyOf(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {
+		if fd, err = unix.Socket(socketFamily(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {
 			err = connect(fd, to)
 		}
 	}
