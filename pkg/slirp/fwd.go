@@ -29,20 +29,18 @@ const (
 	UDP Proto = "udp"
 )
 
-type listener struct {
+// forward is one forwarded port, as given: bound (listener), or held,
+// its host socket closed until the guest is here (holdForwards).
+type forward struct {
 	proto Proto
 	fwd   portspec.Forward
 	wide  bool // from a wide spec ("all"): busy, it is skipped (AddForwards' skipBusy)
-	fd    int
-	off   int // UDP: where the last datagram's L4 header went (udpToGuest)
 }
 
-// heldForward is a forward whose host socket is closed until the guest
-// is here: see holdForwards.
-type heldForward struct {
-	proto Proto
-	fwd   portspec.Forward
-	wide  bool
+type listener struct {
+	forward
+	fd  int
+	off int // UDP: where the last datagram's L4 header went (udpToGuest)
 }
 
 type fwdKey struct {
@@ -64,7 +62,7 @@ type fwdTable struct {
 	byKey     map[fwdKey]int32
 	special   map[uint16]special
 	udpIn     flowTable[udpInKey, udpInFlow]
-	held      []heldForward
+	held      []forward
 }
 
 func (t *fwdTable) init() {
@@ -101,14 +99,14 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 			if errors.Is(err, unix.EADDRINUSE) && e.cfg.Migration && !e.running {
 				e.logf("%s port %s is busy: it is bound when the guest arrives by migration, "+
 					"or when it starts here (gopasst exits then if the port is still busy)", proto, hostPortString(f))
-				e.fwd.held = append(e.fwd.held, heldForward{proto, f, false})
+				e.fwd.held = append(e.fwd.held, forward{proto, f, false})
 				continue
 			}
 			e.removeListeners(added)
 			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
 		}
 		idx := int32(len(e.fwd.listeners))
-		e.fwd.listeners = append(e.fwd.listeners, &listener{proto: proto, fwd: f, wide: skipBusy, fd: fd, off: l4Off4})
+		e.fwd.listeners = append(e.fwd.listeners, &listener{forward: forward{proto, f, skipBusy}, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx
 		added = append(added, idx)
 		ref := epollRef{kind: kindTCPListen, idx: idx}
@@ -135,7 +133,7 @@ func (e *Engine) RemoveForwards(proto Proto, fwds []portspec.Forward) error {
 			continue
 		}
 		n := len(held)
-		held = slices.DeleteFunc(held, func(h heldForward) bool {
+		held = slices.DeleteFunc(held, func(h forward) bool {
 			return h.proto == proto && h.fwd.Addr == f.Addr && h.fwd.HostPort == f.HostPort
 		})
 		if len(held) == n {
@@ -178,7 +176,7 @@ func (e *Engine) holdForwards() {
 	var idx []int32
 	for i, l := range e.fwd.listeners {
 		if l != nil {
-			e.fwd.held = append(e.fwd.held, heldForward{l.proto, l.fwd, l.wide})
+			e.fwd.held = append(e.fwd.held, l.forward)
 			idx = append(idx, int32(i))
 		}
 	}
