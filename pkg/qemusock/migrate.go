@@ -134,10 +134,12 @@ func (m *guestMemory) gpaOf(b []byte) uint64 {
 // setLogBase maps the log the front-end shares.
 func (l *vhostLink) setLogBase(p []byte) error {
 	fd := l.takeFd()
+	if fd >= 0 {
+		defer unix.Close(fd)
+	}
 	if fd < 0 || len(p) < 16 {
 		return errors.New("a log needs its size, offset and descriptor")
 	}
-	defer unix.Close(fd)
 	size, off := binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || size == 0 || size > maxLogSize || off > maxLogSize || off+size > uint64(st.Size) || off%uint64(unix.Getpagesize()) != 0 {
@@ -194,10 +196,12 @@ func (l *vhostLink) setLogFd() error {
 // stopped. The result waits for CHECK_DEVICE_STATE.
 func (l *vhostLink) setDeviceStateFd(req uint32, p []byte) error {
 	fd := l.takeFd()
+	if fd >= 0 {
+		defer unix.Close(fd)
+	}
 	if fd < 0 || len(p) < 8 {
 		return errors.New("a transfer needs its direction, phase and descriptor")
 	}
-	defer unix.Close(fd)
 	dir, phase := binary.LittleEndian.Uint32(p), binary.LittleEndian.Uint32(p[4:])
 	if phase != 0 || dir != transferSave && dir != transferLoad {
 		return fmt.Errorf("transfer direction %d, phase %d: only saving or loading a stopped device", dir, phase)
