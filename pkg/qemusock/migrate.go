@@ -303,6 +303,10 @@ func (s *stateStream) wait(events int16) error {
 	return nil
 }
 
+// errNoTransfer is CHECK_DEVICE_STATE's answer before any transfer:
+// a failure, as passt's, not a state nobody moved taken as moved.
+var errNoTransfer = errors.New("no device state transfer")
+
 // checkDeviceState answers CHECK_DEVICE_STATE with the transfer's
 // result; a source whose state the front-end took is done.
 func (l *vhostLink) checkDeviceState(req uint32) error {

@@ -168,7 +168,8 @@ func TestVhostUserLogShrunk(t *testing.T) {
 	f.l = NewVhostUser(-1).(*vhostLink)
 }
 
-// TestVhostUserDeviceStateHostile: transfers through descriptors that are no pipe, or a
+// TestVhostUserDeviceStateHostile: CHECK_DEVICE_STATE before any
+// transfer, and transfers through descriptors that are no pipe, or a
 // pipe whose other end is gone: each is reported, none holds the link
 // past its bounds, and the link goes on.
 func TestVhostUserDeviceStateHostile(t *testing.T) {
@@ -232,6 +233,10 @@ func TestVhostUserDeviceStateHostile(t *testing.T) {
 			f.setUp()
 			m := &wholeMigrator{testMigrator{state: state}}
 			f.l.SetMigrator(m)
+			f.must(vuCheckDeviceState, nil)
+			if r := f.reply(); r == 0 {
+				t.Error("CHECK_DEVICE_STATE before any transfer answered success")
+			}
 			dir, fd, done := c.play(f)
 			f.send(vuSetDeviceStateFd, u32s(dir, 0), fd)
 			done()

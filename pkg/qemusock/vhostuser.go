@@ -166,7 +166,7 @@ const (
 // NewVhostUser is a link over a connected vhost-user socket.
 func NewVhostUser(fd int) Link {
 	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12, log: dirtyLog{call: -1},
-		rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20)}
+		rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20), stateErr: errNoTransfer}
 }
 
 func (l *vhostLink) Register(p Poller) error {
