@@ -36,7 +36,7 @@ import (
 // commands.
 
 type helperRequest struct {
-	Op    string // bind, dial, endcmd, ready, fail; pasta: nsbind, nsproc, nssocket
+	Op    string // bind, dial, endcmd, ready, fail; pasta: nsbind, nsproc, nssplice
 	Proto slirp.Proto
 	Fwd   portspec.Forward
 	Port  uint16 // dial: the diverted gateway port
@@ -346,7 +346,7 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 			delete(s.procs, req.ID)
 		}
 		return -1, nil
-	case "nsbind", "nsproc", "nssocket":
+	case "nsbind", "nsproc", "nssplice":
 		if s.ns == nil {
 			return -1, errors.New("no namespace (pasta mode only)")
 		}

@@ -151,7 +151,7 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		if o.isCommand() {
 			lo.Quiet = !(o.Debug || o.Trace)
 		}
-		sp := newSplicer(o, cfg)
+		sp := newSplicer(o)
 		if sp != nil {
 			cfg.SpliceDial = sp.dial
 		}
@@ -244,6 +244,7 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	plan.Splice = newSpliceRules(o, cfg, fwds)
 	agent, tap, err := startAgent(t, plan)
 	if err != nil {
 		return fail(stderr, "%v", err)
@@ -255,7 +256,7 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	} else if !o.NoNetnsQuit {
 		run.cmdDone = watchTarget(t)
 	}
-	ph, err := newPastaHelper(agent, fwds, newSplicer(o, cfg))
+	ph, err := newPastaHelper(agent, fwds)
 	if err != nil {
 		unix.Close(tap)
 		return fail(stderr, "%v", err)

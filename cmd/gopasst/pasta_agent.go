@@ -34,6 +34,8 @@ const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent: its nsPlan, as 
 
 const agentSock = 3 // the agent's end of its socket to the helper
 
+const agentSpliceSock = 4 // the agent's end of its socket to the engine, for the loopback path
+
 const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its tap
 
 // nsPlan is what the agent sets up in the namespace.
@@ -44,6 +46,7 @@ type nsPlan struct {
 	MTU    int
 	Addrs  []rtnl.Addr  // Index is filled in by the agent
 	Routes []rtnl.Route // likewise; on-link routes come first
+	Splice *spliceRules // the loopback path's, nil with --no-splice
 }
 
 // planNS decides the namespace's interface, addresses and routes, from
@@ -145,8 +148,9 @@ func boolInt(b bool) int {
 
 // agentConn is the helper's end of the agent.
 type agentConn struct {
-	c   *helperClient
-	cmd *exec.Cmd
+	c      *helperClient
+	cmd    *exec.Cmd
+	splice int // the engine's end of the agent's splice socket, until handed over; -1
 }
 
 // startAgent starts the agent in t's namespaces and returns it with the
@@ -172,17 +176,29 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	}
 	child := os.NewFile(uintptr(pair[1]), "agent")
 	defer child.Close()
+	files, splice := []*os.File{child}, -1
+	if plan.Splice != nil {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(pair[0])
+			return nil, -1, err
+		}
+		f := os.NewFile(uintptr(sp[1]), "agent splice")
+		defer f.Close()
+		files, splice = append(files, f), sp[0]
+	}
 	js, _ := json.Marshal(plan)
 	cmd := exec.Command(nsenterPath, append(args, "--", self)...)
 	cmd.Env = append(os.Environ(), envPastaAgent+"="+string(js))
 	cmd.Stderr = os.Stderr
-	cmd.ExtraFiles = []*os.File{child}
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		unix.Close(pair[0])
+		closeFd(splice)
 		return nil, -1, fmt.Errorf("joining the namespace (nsenter, from util-linux): %v", err)
 	}
-	a := &agentConn{c: newHelperClient(pair[0]), cmd: cmd}
+	a := &agentConn{c: newHelperClient(pair[0]), cmd: cmd, splice: splice}
 	tap, err := a.c.fdCall(helperRequest{Op: "tap"})
 	if err != nil {
 		a.close()
@@ -219,35 +235,30 @@ func sameNamespace(a, b string) bool {
 
 func (a *agentConn) close() {
 	unix.Close(a.c.fd)
+	closeFd(a.splice)
 	a.cmd.Wait()
 }
 
 // pastaHelper is the helper's part of pasta: it passes on to the agent
-// the namespace binds that -T and -U ask for, and the namespace
-// connections of -t's loopback path (unless --no-splice), gives the
-// engine the namespace's /proc/net tables for -t/-u auto, and allows the
-// engine to bind on the host, for auto, only a port that listens in the
-// namespace. It checks each request against the command line: the agent
-// keeps CAP_NET_BIND_SERVICE, and the engine may be compromised.
+// the namespace binds that -T and -U ask for, hands the engine its end of
+// the agent's splice socket (pasta_splice.go) once, gives the engine the
+// namespace's /proc/net tables for -t/-u auto, and allows the engine to
+// bind on the host, for auto, only a port that listens in the namespace.
+// It checks each request against the command line: the agent keeps
+// CAP_NET_BIND_SERVICE, and the engine may be compromised.
 type pastaHelper struct {
 	agent      *agentConn
 	fwds       pastaForwards
-	splice     *splicer         // -t's loopback path, nil with --no-splice
 	nsPorts    map[fwdPort]bool // the namespace ports -T and -U name
-	toPorts    map[fwdPort]bool // the namespace ports -t and -u name
 	tables     map[string]int   // the namespace's /proc/net tables, by name
-	nsTables   []procTable      // the same, for auto's scan
-	hostTables []procTable      // the host's, for -T/-U auto
-	scan       autoScan
-	listen     map[fwdPort]bool // the namespace's listening ports, as last read
-	hostListen map[fwdPort]bool // the host's, as last read
+	listen     listenCache      // the same, for auto
+	hostListen listenCache      // the host's, for -T/-U auto
 }
 
 // newPastaHelper opens the namespace's and the host's tables that auto
 // needs.
-func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, error) {
-	p := &pastaHelper{agent: a, fwds: f, splice: sp, tables: map[string]int{},
-		nsPorts: map[fwdPort]bool{}, toPorts: map[fwdPort]bool{}}
+func newPastaHelper(a *agentConn, f pastaForwards) (*pastaHelper, error) {
+	p := &pastaHelper{agent: a, fwds: f, tables: map[string]int{}, nsPorts: map[fwdPort]bool{}}
 	for _, d := range []struct {
 		proto    slirp.Proto
 		auto, ns bool
@@ -263,7 +274,7 @@ func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, e
 					p.close()
 					return nil, err
 				}
-				p.hostTables = append(p.hostTables, procTable{d.proto, fd})
+				p.hostListen.tables = append(p.hostListen.tables, procTable{d.proto, fd})
 			}
 			if !d.auto {
 				continue
@@ -274,43 +285,33 @@ func newPastaHelper(a *agentConn, f pastaForwards, sp *splicer) (*pastaHelper, e
 				return nil, fmt.Errorf("/proc/net/%s in the namespace: %v", name, err)
 			}
 			p.tables[name] = fd
-			p.nsTables = append(p.nsTables, procTable{d.proto, fd})
-		}
-	}
-	for _, d := range []struct {
-		proto slirp.Proto
-		specs []string
-	}{{slirp.TCP, f.tcp.specs}, {slirp.UDP, f.udp.specs}} {
-		for _, fw := range specForwards(d.specs) {
-			p.toPorts[fwdPort{d.proto, fw.GuestPort}] = true
+			p.listen.tables = append(p.listen.tables, procTable{d.proto, fd})
 		}
 	}
 	return p, nil
 }
 
 func (p *pastaHelper) close() {
-	for _, t := range append(p.nsTables, p.hostTables...) {
+	for _, t := range append(p.listen.tables, p.hostListen.tables...) {
 		unix.Close(t.fd)
 	}
 }
 
-// handle answers nsbind, nssocket and nsproc, for what the command line
+// handle answers nsbind, nssplice and nsproc, for what the command line
 // asked: a bind only on the namespace's loopback, of a port -T or -U
-// names or, for auto, one that listens on the host; a connection only
-// to where the loopback path goes (splicer.target), to a port -t (TCP)
-// or -u (UDP) names or, for auto, one that listens in the namespace.
+// names or, for auto, one that listens on the host; the splice socket
+// once, unless --no-splice (the agent checks what the engine asks on it).
 func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	f := req.Fwd
 	k := fwdPort{req.Proto, f.HostPort}
 	switch {
 	case req.Op == "nsbind" && f.Addr == loopback(f.Addr) && f.Iface == "" && f.GuestPort == 0 &&
-		(p.nsPorts[k] || p.listens(&p.hostListen, p.hostTables, k)):
+		(p.nsPorts[k] || p.hostListen.listens(k)):
 		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: f})
-	case req.Op == "nssocket" && p.splice != nil && f.Iface == "" && f.HostPort == 0 &&
-		(f.Addr == p.splice.target(netip.AddrPortFrom(netip.IPv6Loopback(), 0)) ||
-			f.Addr == p.splice.target(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0))) &&
-		(p.toPorts[fwdPort{req.Proto, f.GuestPort}] || p.auto(req.Proto) && p.listens(&p.listen, p.nsTables, fwdPort{req.Proto, f.GuestPort})):
-		return p.agent.c.fdCall(helperRequest{Op: "socket", Proto: req.Proto, Fwd: portspec.Forward{Addr: f.Addr, GuestPort: f.GuestPort}})
+	case req.Op == "nssplice" && p.agent.splice >= 0:
+		fd := p.agent.splice
+		p.agent.splice = -1
+		return fd, nil
 	case req.Op == "nsproc":
 		if fd, ok := p.tables[req.Table]; ok {
 			return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -330,28 +331,37 @@ func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
 	if p == nil || f.Addr.IsValid() || f.Iface != "" || f.HostPort != f.GuestPort || !p.auto(proto) {
 		return false
 	}
-	return p.listens(&p.listen, p.nsTables, fwdPort{proto, f.HostPort})
+	return p.listen.listens(fwdPort{proto, f.HostPort})
 }
 
-// listens tells whether k listens in tables. They are read again, into
-// *last, only for a port that did not listen at the last read: a
-// container that opens thousands of ports has the engine ask for each,
-// and one read of tables that long takes tens of milliseconds. A port
-// that listened may stay allowed: the engine could have used it then and
-// kept it anyway.
-func (p *pastaHelper) listens(last *map[fwdPort]bool, tables []procTable, k fwdPort) bool {
-	if !(*last)[k] && len(tables) > 0 {
-		*last = p.scan.listening(tables)
+// listenCache is what listens on one side, as its tables said at the
+// last read. They are read again only for a port that did not listen
+// then: a container that opens thousands of ports has the engine ask for
+// each, and one read of tables that long takes tens of milliseconds. A
+// port that listened may stay allowed: the engine could have used it
+// then and kept it anyway.
+type listenCache struct {
+	tables []procTable
+	scan   autoScan
+	last   map[fwdPort]bool
+}
+
+// listens tells whether k listens in c's tables.
+func (c *listenCache) listens(k fwdPort) bool {
+	if !c.last[k] && len(c.tables) > 0 {
+		c.last = c.scan.listening(c.tables)
 	}
-	return (*last)[k]
+	return c.last[k]
 }
 
 // pastaAgent runs in the namespaces: it sets them up as planned, then
-// serves the helper until it goes.
+// serves the helper until it goes, and the engine's loopback path.
 func pastaAgent(js string) int {
-	tap, err := -1, error(nil)
+	var plan nsPlan
+	err := json.Unmarshal([]byte(js), &plan)
+	tap := -1
 	var tables map[string]agentTable
-	if t := os.Getenv(envAgentTap); t != "" {
+	if t := os.Getenv(envAgentTap); t != "" && err == nil {
 		tap, err = strconv.Atoi(t) // set up, and confined by keepOnlyBindCap
 		unix.CloseOnExec(tap)
 		tables = openAgentTables()
@@ -361,17 +371,29 @@ func pastaAgent(js string) int {
 		if err != nil {
 			closeFd(tap)
 			tap = -1
+		} else if plan.Splice != nil {
+			unix.CloseOnExec(agentSpliceSock)
+			go serveSplice(agentSpliceSock, plan.Splice, spliceTables(plan.Splice, tables))
 		}
-	} else {
-		var plan nsPlan
-		if err = json.Unmarshal([]byte(js), &plan); err == nil {
-			tap, err = configureNS(&plan)
-		}
-		if err == nil {
+	} else if err == nil {
+		if tap, err = configureNS(&plan); err == nil {
 			err = keepOnlyBindCap(tap) // returns only on failure
 		}
 	}
 	return serveAgent(agentSock, tap, err, tables)
+}
+
+// spliceTables are the tables of the protocols whose loopback path is
+// auto.
+func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
+	var out []procTable
+	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		proto := slirp.Proto(strings.TrimSuffix(name, "6"))
+		if t := tables[name]; r.auto(proto) && t.err == nil {
+			out = append(out, procTable{proto, t.fd})
+		}
+	}
+	return out
 }
 
 // confineAgent leaves the agent, from here on, only its request loop's
@@ -428,8 +450,6 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 			}
 		case req.Op == "bind":
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
-		case req.Op == "socket":
-			fd, ferr = connectNS(req.Proto, netip.AddrPortFrom(req.Fwd.Addr, req.Fwd.GuestPort))
 		case req.Op == "proc" && isTable && table.err != nil:
 			ferr = table.err
 		case req.Op == "proc" && isTable:
@@ -439,28 +459,6 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 		}
 		sendReply(sock, &r, fd, ferr)
 	}
-}
-
-// connectNS starts a connection to ap (TCP), or connects a UDP socket to
-// it, for the loopback path: the engine gets it aimed, not a socket it
-// could aim elsewhere first.
-func connectNS(proto slirp.Proto, ap netip.AddrPort) (int, error) {
-	family, typ := unix.AF_INET6, unix.SOCK_STREAM
-	if ap.Addr().Is4() {
-		family = unix.AF_INET
-	}
-	if proto == slirp.UDP {
-		typ = unix.SOCK_DGRAM
-	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Connect(fd, sockaddrOf(ap)); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
 }
 
 // configureNS brings up loopback and makes the tap, configured as

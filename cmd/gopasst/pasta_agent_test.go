@@ -15,22 +15,13 @@ import (
 
 // The helper passes on to the agent only what the command line asks
 // for: a compromised engine binds no other port in the namespace, no
-// address but its loopback, no interface, and gets no connection there
-// but the loopback path's. The agent is the real one, serving on a
+// address but its loopback, no interface, and gets the loopback path's
+// socket to the agent once. The agent is the real one, serving on a
 // thread in a network namespace of its own, where port 18531 listens.
 func TestPastaHelperChecks(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root, for a network namespace")
-	}
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	defer func() { unix.Close(pair[0]); <-done }()
-	if err := startTestAgent(pair[1], done); err != nil {
-		t.Fatal(err)
-	}
+	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
+		serveAgent(sock, -1, errors.New("no tap in this test"), tables)
+	})
 	hostL, err := net.Listen("tcp", "127.0.0.1:0") // -T auto may bind its port
 	if err != nil {
 		t.Fatal(err)
@@ -39,8 +30,11 @@ func TestPastaHelperChecks(t *testing.T) {
 	hostPort := uint16(hostL.Addr().(*net.TCPAddr).Port)
 	fwds := pastaForwards{tcp: portModes{auto: true, specs: []string{"18511"}},
 		tcpNS: portModes{auto: true, specs: []string{"18521"}}, udp: portModes{specs: []string{"18512"}}}
-	sp := &splicer{addr4: netip.MustParseAddr("192.0.2.1"), hostLoToNsLo: true}
-	p, err := newPastaHelper(&agentConn{c: newHelperClient(pair[0])}, fwds, sp)
+	spliceFd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0) // stands for the splice socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPastaHelper(&agentConn{c: newHelperClient(sock), splice: spliceFd}, fwds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +42,6 @@ func TestPastaHelperChecks(t *testing.T) {
 	lo4, lo6 := netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
 	bind := func(proto slirp.Proto, a netip.Addr, port uint16) helperRequest {
 		return helperRequest{Op: "nsbind", Proto: proto, Fwd: portspec.Forward{Addr: a, HostPort: port}}
-	}
-	conn := func(proto slirp.Proto, a netip.Addr, port uint16) helperRequest {
-		return helperRequest{Op: "nssocket", Proto: proto, Fwd: portspec.Forward{Addr: a, GuestPort: port}}
 	}
 	withIface := bind(slirp.TCP, lo4, 18521)
 	withIface.Fwd.Iface = "lo"
@@ -69,13 +60,9 @@ func TestPastaHelperChecks(t *testing.T) {
 		{"low port", bind(slirp.TCP, lo4, 80), false},
 		{"port not named, not listening on the host", bind(slirp.TCP, lo4, 18599), false},
 		{"-U, not given", bind(slirp.UDP, lo4, 18521), false},
-		{"-t port on the loopback", conn(slirp.TCP, lo4, 18511), true},
-		{"-t auto: a port listening in the namespace", conn(slirp.TCP, lo6, 18531), true},
-		{"-t port, not the loopback path's address", conn(slirp.TCP, sp.addr4, 18511), false},
-		{"port -t does not forward", conn(slirp.TCP, lo4, 22), false},
-		{"UDP to a -t port", conn(slirp.UDP, lo4, 18511), false},
-		{"-u port on the loopback", conn(slirp.UDP, lo4, 18512), true},
-		{"TCP to a -u port", conn(slirp.TCP, lo4, 18512), false},
+		{"the splice socket", helperRequest{Op: "nssplice"}, true},
+		{"the splice socket again", helperRequest{Op: "nssplice"}, false},
+		{"a connection through the helper", helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: lo4, GuestPort: 18511}}, false},
 	} {
 		fd, err := p.handle(&tc.req)
 		closeFd(fd)
@@ -83,18 +70,129 @@ func TestPastaHelperChecks(t *testing.T) {
 			t.Errorf("%s: served %v (%v), want %v", tc.name, served, err, tc.served)
 		}
 	}
-	p.splice = nil // --no-splice
-	fd, err := p.handle(&helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: lo4, GuestPort: 18511}})
-	closeFd(fd)
-	if err == nil {
-		t.Error("--no-splice: a connection in the namespace was served")
+}
+
+// The agent connects, for the engine's loopback path, only what the
+// command line asks for: to the loopback path's address, on a port -t
+// (TCP) or -u (UDP) names or, with auto, one that listens in the
+// namespace; anything else, a malformed request included, is refused and
+// the agent goes on serving.
+func TestPastaSpliceChecks(t *testing.T) {
+	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: []uint16{18511}, UDP: []uint16{18512}, AutoTCP: true}
+	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
+		if l, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:18511")); err == nil {
+			defer unix.Close(l)
+		}
+		serveSplice(sock, r, spliceTables(r, tables))
+	})
+	s := &splicer{fd: sock}
+	lo4, lo6 := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("[::1]:40000")
+	for _, tc := range []struct {
+		name   string
+		proto  slirp.Proto
+		from   netip.AddrPort
+		port   uint16
+		served netip.AddrPort // where the socket goes; invalid if refused
+	}{
+		{"-t port", slirp.TCP, lo4, 18511, netip.MustParseAddrPort("127.0.0.1:18511")},
+		{"-t auto: a port listening in the namespace", slirp.TCP, lo6, 18531, netip.MustParseAddrPort("[::1]:18531")},
+		{"port -t does not forward, not listening", slirp.TCP, lo4, 22, netip.AddrPort{}},
+		{"UDP to a -t port", slirp.UDP, lo4, 18511, netip.AddrPort{}},
+		{"-u port", slirp.UDP, lo6, 18512, netip.MustParseAddrPort("[::1]:18512")},
+		{"TCP to a -u port", slirp.TCP, lo4, 18512, netip.AddrPort{}},
+		{"UDP, not auto, to a port listening", slirp.UDP, lo6, 18531, netip.AddrPort{}},
+	} {
+		fd, err := s.dial(tc.proto, tc.from, tc.port)
+		if !tc.served.IsValid() {
+			closeFd(fd)
+			if err != unix.EPERM {
+				t.Errorf("%s: %v, want EPERM", tc.name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		unix.Close(fd)
+		var to netip.AddrPort
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			to = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			to = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+		}
+		if err != nil || to != tc.served {
+			t.Errorf("%s: connected to %v (%v), want %v", tc.name, to, err, tc.served)
+		}
+	}
+	// A malformed request is answered, refused, and the agent serves on.
+	for _, b := range [][]byte{{0, 5, 0x48, 0x4f, 0, 0, 0, 9}, {2, 4, 0x48, 0x4f, 0, 0, 0, 9}, {0, 4, 0x48}} {
+		unix.Sendmsg(sock, b, nil, nil, 0)
+		var reply [spliceMsgLen]byte
+		n, fds, err := recvMsg(sock, reply[:], 1)
+		closeFds(fds)
+		if err != nil || n != spliceMsgLen || len(fds) != 0 || reply[7] != byte(unix.EPERM) {
+			t.Errorf("request %v: answer %v (%d bytes, %d descriptors, %v), want EPERM", b, reply, n, len(fds), err)
+		}
+	}
+	if fd, err := s.dial(slirp.TCP, lo4, 18511); err != nil {
+		t.Errorf("after malformed requests: %v", err)
+	} else {
+		unix.Close(fd)
 	}
 }
 
-// startTestAgent serves the agent on sock, on a thread in a new network
-// namespace that ends with it (never unlocked), and closes done then. The
-// process's main thread must stay in the host's: /proc/self/net is its.
-func startTestAgent(sock int, done chan struct{}) error {
+func TestSpliceTarget(t *testing.T) {
+	a4, a6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	lo4, lo6 := netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	for _, tc := range []struct {
+		r            spliceRules
+		want4, want6 netip.Addr
+	}{
+		{spliceRules{Addr4: a4, Addr6: a6}, a4, a6},
+		{spliceRules{Addr4: a4, Addr6: a6, HostLoToNsLo: true}, lo4, lo6},
+		{spliceRules{Addr4: a4}, a4, lo6},
+		{spliceRules{Addr6: a6}, lo4, a6},
+	} {
+		if got4, got6 := tc.r.target(false), tc.r.target(true); got4 != tc.want4 || got6 != tc.want6 {
+			t.Errorf("%+v: %v, %v; want %v, %v", tc.r, got4, got6, tc.want4, tc.want6)
+		}
+	}
+}
+
+// serveInTestNS runs serve, with one end of a socket pair and the agent's
+// tables, on a thread in a new network namespace where port 18531 listens
+// on ::1, which ends with it (never unlocked), and returns the other end,
+// which the test's end closes, ending serve. It skips without root.
+func serveInTestNS(t *testing.T, serve func(sock int, tables map[string]agentTable)) int {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, for a network namespace")
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	err = startInTestNS(done, func(tables map[string]agentTable) {
+		serve(pair[1], tables)
+		unix.Close(pair[1])
+	})
+	if err != nil {
+		unix.Close(pair[0])
+		unix.Close(pair[1])
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(pair[0]); <-done })
+	return pair[0]
+}
+
+// startInTestNS runs serve on a thread in a new network namespace where
+// port 18531 listens on ::1, which ends with it (never unlocked), and
+// closes done then. The process's main thread must stay in the host's:
+// /proc/self/net is its.
+func startInTestNS(done chan struct{}, serve func(map[string]agentTable)) error {
 	for {
 		up := make(chan error)
 		go func() {
@@ -105,7 +203,6 @@ func startTestAgent(sock int, done chan struct{}) error {
 				return
 			}
 			defer close(done)
-			defer unix.Close(sock)
 			err := unix.Unshare(unix.CLONE_NEWNET)
 			if err == nil {
 				err = linkUp("lo", 0)
@@ -117,7 +214,7 @@ func startTestAgent(sock int, done chan struct{}) error {
 			up <- err
 			if err == nil {
 				tables := openAgentTables()
-				serveAgent(sock, -1, errors.New("no tap in this test"), tables)
+				serve(tables)
 				for _, t := range tables {
 					closeFd(t.fd)
 				}
@@ -133,7 +230,11 @@ func startTestAgent(sock int, done chan struct{}) error {
 var errMainThread = errors.New("on the main thread")
 
 func listenTCP(ap netip.AddrPort) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	family := unix.AF_INET6
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}

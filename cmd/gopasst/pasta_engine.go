@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/netip"
@@ -49,11 +50,13 @@ type fwdPort struct {
 }
 
 // pastaEngine binds -T and -U in the namespace, starts auto, and gives
-// the loopback path (sp, if not nil) its way to the helper.
+// the loopback path (sp, if not nil) its way to the agent.
 func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 	return func(eng *slirp.Engine, h *helperClient, logger *log.Logger) error {
 		if sp != nil {
-			sp.h = h
+			if err := sp.start(h); err != nil {
+				return fmt.Errorf("the loopback path: %v", err)
+			}
 		}
 		s := &pastaState{eng: eng, h: h, nsSide: map[fwdPort]io.Closer{},
 			autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}, hostFwd: map[fwdPort]bool{}}

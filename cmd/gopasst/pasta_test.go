@@ -149,7 +149,7 @@ func TestPastaMayBindReadsOnMiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p := &pastaHelper{fwds: pastaForwards{tcp: portModes{auto: true}}, nsTables: []procTable{{slirp.TCP, int(f.Fd())}}}
+	p := &pastaHelper{fwds: pastaForwards{tcp: portModes{auto: true}}, listen: listenCache{tables: []procTable{{slirp.TCP, int(f.Fd())}}}}
 	may := func(port uint16) bool {
 		return p.mayBind(slirp.TCP, portspec.Forward{HostPort: port, GuestPort: port})
 	}
