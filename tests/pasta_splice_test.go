@@ -14,7 +14,9 @@ import (
 // each way at once, host to namespace through -t and namespace to host
 // through -T, each echoing 2 MiB whole through half-closes; a server that
 // resets its connection resets the client's instead of leaving it
-// waiting; and once all are closed, gopasst holds no more descriptors
+// waiting; 64 short connections after, each its own bytes back through
+// pipes the earlier ones left (the engine keeps up to 16 empty ones for
+// a second); and once all are closed, gopasst holds no more descriptors
 // than before (each pair is two sockets and two pipes).
 func TestPastaSpliceMany(t *testing.T) {
 	needRoot(t)
@@ -85,6 +87,21 @@ func TestPastaSpliceMany(t *testing.T) {
 		t.Errorf("a connection its server reset: %v, want a reset", err)
 	}
 	c.Close()
+
+	for i := range 64 {
+		c, err := h.Dial("tcp", "127.0.0.1:18403", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		msg := fmt.Sprintf("short connection %d", i)
+		c.Write([]byte(msg))
+		c.(*net.TCPConn).CloseWrite()
+		if got, err := io.ReadAll(c); string(got) != msg {
+			t.Errorf("%q came back %q (%v)", msg, got, err)
+		}
+		c.Close()
+	}
 
 	waitLong(t, "gopasst's descriptors back to where they were", 10*time.Second, func() bool { return fds() <= before })
 }

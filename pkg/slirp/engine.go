@@ -82,8 +82,9 @@ type Engine struct {
 	splice   flowTable[int, spliceConn] // pasta's loopback path, by its first descriptor (splice.go)
 	spliceLn []spliceListener           // -T and -U sockets in the namespace; fd -1 when closed
 
-	spliceUDP flowTable[spliceUDPKey, spliceUDPFlow] // -U's senders (splice_udp.go)
-	spliceBuf [1 << 16]byte                          // one -U datagram, or what spliceUrgent reads
+	spliceUDP   flowTable[spliceUDPKey, spliceUDPFlow] // -U's senders (splice_udp.go)
+	spliceBuf   [1 << 16]byte                          // one -U datagram, or what spliceUrgent reads
+	splicePipes splicePool                             // empty pipes closed pairs left, for the next
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
@@ -374,6 +375,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		e.icmpExpire()
 		e.udpInExpire()
 		e.spliceUDPExpire(-1)
+		e.splicePipesExpire()
 		e.raTimer()
 	}
 	if len(e.tcp.ackDelayed) > 0 {

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +26,8 @@ import (
 
 // SpliceDial connects a socket in the namespace for a connection (TCP)
 // or a sender (UDP, splice_udp.go) to the forwarded port whose guest
-// port is port, from the host's loopback address from.
+// port is port, from the host's loopback address from. The socket is
+// non-blocking.
 type SpliceDial func(proto Proto, from netip.AddrPort, port uint16) (int, error)
 
 // spliceChunk bounds one splice(2): a pipe's default capacity is less.
@@ -34,6 +36,34 @@ const spliceChunk = 1 << 20
 // splicePipeSize is what each pipe is asked to hold, so that one
 // splice moves as much as a TCP socket's receive queue usually holds.
 const splicePipeSize = 1 << 20
+
+// splicePool is the empty pipes that pairs which ended left, for the
+// next pairs: making and sizing two pipes, and closing them, was a tenth
+// of a short connection's cost to the engine (pasta keeps a pool too). It
+// holds at most splicePipesKept, and is emptied once the loopback path
+// has opened or closed no pair for splicePipesIdle.
+type splicePool struct {
+	pipes [][2]int
+	used  time.Duration // when a pair last took or left pipes
+}
+
+const (
+	splicePipesKept = 16
+	splicePipesIdle = time.Second
+)
+
+// splicePipesExpire closes the kept pipes once they idled long enough.
+func (e *Engine) splicePipesExpire() {
+	p := &e.splicePipes
+	if len(p.pipes) == 0 || e.now-p.used < splicePipesIdle {
+		return
+	}
+	for _, fds := range p.pipes {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+	}
+	p.pipes = p.pipes[:0]
+}
 
 // spliceConn is one joined pair: pipe[i] carries what fd[i] reads to
 // fd[1-i].
@@ -177,24 +207,27 @@ func loopbackOf(a netip.Addr) netip.Addr {
 	return netip.IPv6Loopback()
 }
 
-// spliceJoin makes a pair of a and b, both connected or connecting; on
-// failure both are closed.
+// spliceJoin makes a pair of a and b, both non-blocking and connected or
+// connecting; on failure both are closed.
 func (e *Engine) spliceJoin(a, b int) {
 	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
-	ok := unix.SetNonblock(a, true) == nil && unix.SetNonblock(b, true) == nil
 	for _, fd := range c.fd {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1) // spliceUrgent
 	}
-	for i := 0; ok && i < 2; i++ {
-		var p [2]int
-		if ok = unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC) == nil; ok {
-			c.pipe[i] = p
-			unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, splicePipeSize)
+	pool := &e.splicePipes
+	pool.used = e.now
+	for i := range 2 {
+		if n := len(pool.pipes); n > 0 {
+			c.pipe[i], pool.pipes = pool.pipes[n-1], pool.pipes[:n-1]
+			continue
 		}
-	}
-	if !ok {
-		e.spliceFree(&c)
-		return
+		var p [2]int
+		if unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC) != nil {
+			e.spliceFree(&c, false)
+			return
+		}
+		c.pipe[i] = p
+		unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, splicePipeSize)
 	}
 	i, s := e.splice.add(a)
 	*s = c
@@ -347,11 +380,21 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 		}
 	}
 	e.splice.remove(i, c.fd[0])
-	e.spliceFree(c)
+	e.spliceFree(c, !reset)
 }
 
-// spliceFree closes a pair's descriptors.
-func (e *Engine) spliceFree(c *spliceConn) {
+// spliceFree closes a pair's sockets, and its pipes, unless kept (the
+// pair ended in order, both ways: its pipes are empty) for the next
+// pairs.
+func (e *Engine) spliceFree(c *spliceConn, keep bool) {
+	pool := &e.splicePipes
+	for i, p := range c.pipe {
+		if keep && p[0] >= 0 && c.held[i] == 0 && len(pool.pipes) < splicePipesKept {
+			pool.pipes = append(pool.pipes, p)
+			pool.used = e.now
+			c.pipe[i] = [2]int{-1, -1}
+		}
+	}
 	for _, fd := range []int{c.fd[0], c.fd[1], c.pipe[0][0], c.pipe[0][1], c.pipe[1][0], c.pipe[1][1]} {
 		if fd >= 0 {
 			unix.Close(fd)

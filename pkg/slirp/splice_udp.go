@@ -70,9 +70,6 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 	fd, err := -1, error(nil)
 	if ns {
 		fd, err = e.cfg.SpliceDial(UDP, key.peer, port)
-		if err == nil {
-			err = unix.SetNonblock(fd, true)
-		}
 	} else {
 		to := netip.AddrPortFrom(loopbackOf(key.peer.Addr()), port)
 		if fd, err = unix.Socket(socketFamily(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {
