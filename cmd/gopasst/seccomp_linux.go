@@ -16,8 +16,9 @@ var seccompAllowed = append([]uint32{
 	unix.SYS_CONNECT, unix.SYS_BIND, unix.SYS_ACCEPT4, unix.SYS_SHUTDOWN, unix.SYS_CLOSE,
 	unix.SYS_SETSOCKOPT, unix.SYS_GETSOCKOPT, unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME,
 	unix.SYS_FCNTL, unix.SYS_GETRANDOM,
-	// pasta's loopback path: socket to socket through a pipe.
-	unix.SYS_SPLICE, unix.SYS_PIPE2,
+	// pasta's loopback path: socket to socket through a pipe; a stream
+	// link lends its queue's pages to a pipe (qemusock's zeroCopy).
+	unix.SYS_SPLICE, unix.SYS_PIPE2, unix.SYS_VMSPLICE,
 	// The log file and counting descriptors (fdRoom).
 	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
 	// vhost-user: a memory region's file must hold the region; the

@@ -93,6 +93,7 @@ func TestSeccompProgram(t *testing.T) {
 		{"clone(high bits)", unix.SYS_CLONE, []uint64{1<<32 | cloneThread}, kill},
 		{"ioctl(SIOCOUTQ)", unix.SYS_IOCTL, []uint64{3, unix.SIOCOUTQ}, unix.SECCOMP_RET_ALLOW},
 		{"ioctl(TIOCSTI)", unix.SYS_IOCTL, []uint64{2, unix.TIOCSTI}, deny},
+		{"vmsplice", unix.SYS_VMSPLICE, nil, unix.SECCOMP_RET_ALLOW},
 		{"mmap(RW)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE}, unix.SECCOMP_RET_ALLOW},
 		{"mmap(RWX)", unix.SYS_MMAP, []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE | unix.PROT_EXEC}, kill},
 		{"mprotect(R)", unix.SYS_MPROTECT, []uint64{0, 4096, unix.PROT_READ}, unix.SECCOMP_RET_ALLOW},

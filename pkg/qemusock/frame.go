@@ -148,71 +148,137 @@ func (r *Reader) Next() ([]byte, error) {
 // frame at a time and may stay open together (a TCP peek fills several
 // frames with one call); Commit closes them in order, and a frame
 // committed short of its reservation must be the last before Cancel.
+//
+// The buffer is a ring, so that nothing queued is ever moved: a frame
+// that would not fit before the buffer's end starts over at its
+// beginning, and the end left over is a gap that is never sent. Offsets
+// only grow; an offset's place in the buffer is the offset modulo its
+// size.
 type Queue struct {
 	framing    Framing
 	buf        []byte
-	head, tail int    // committed frames are buf[head:tail]
+	head, tail int    // committed frames are [head, tail)
 	open       int    // end of the open reservations
+	gap, gapAt int    // the gap [gap, gapAt) before a frame that starts over; gap == gapAt when none
 	refused    uint64 // frames a packet device refused (writePackets)
+	zc         *zeroCopy
 }
 
 // NewQueue returns a Queue of frames delimited by f, of size bytes.
 func NewQueue(f Framing, size int) *Queue {
-	return &Queue{framing: f, buf: make([]byte, max(size, 2*(MaxFrame+maxPrefix)))}
+	return &Queue{framing: f, buf: make([]byte, queueSize(size))}
 }
+
+// queueSize is the least a queue holds: two of the largest frames.
+func queueSize(size int) int { return max(size, 2*(MaxFrame+maxPrefix)) }
 
 // Reserve returns room for one frame of up to n bytes after the open
 // reservations, or nil when the queue is too full.
 func (q *Queue) Reserve(n int) []byte {
-	p := q.framing.LenSize
-	if len(q.buf)-q.open < p+n {
-		q.compact()
+	p, size := q.framing.LenSize, len(q.buf)
+	at := q.open
+	if o := at % size; o+p+n > size {
+		at += size - o // the frame starts over at the buffer's beginning
 	}
-	if len(q.buf)-q.open < p+n {
+	if !q.fits(at + p + n) {
 		return nil
 	}
-	b := q.buf[q.open+p : q.open+p+n]
-	q.open += p + n
-	return b
+	if at != q.open {
+		q.gap, q.gapAt = q.open, at
+	}
+	o := at % size
+	q.open = at + p + n
+	return q.buf[o+p : o+p+n]
+}
+
+// fits tells whether the buffer may be written up to offset end: what
+// was there a buffer's length before has been sent, and the kernel does
+// not read it from there any more (zeroCopy).
+func (q *Queue) fits(end int) bool {
+	if q.zc != nil {
+		return q.zc.fits(q, end)
+	}
+	return end <= q.head+len(q.buf)
+}
+
+// skipGap is where the frame at offset at really starts: past the gap,
+// when one lies there.
+func (q *Queue) skipGap(at int) int {
+	if at == q.gap {
+		return q.gapAt
+	}
+	return at
 }
 
 // Commit queues the oldest open reservation as a frame of size bytes. A
 // frame committed short of its reservation must be the last committed
 // before Cancel drops the reservations after it.
 func (q *Queue) Commit(size int) {
-	if q.tail+q.framing.LenSize+size > q.open {
+	at := q.skipGap(q.tail)
+	if at+q.framing.LenSize+size > q.open {
 		panic("qemusock: commit beyond the open reservations")
 	}
-	q.framing.put(q.buf[q.tail:], size)
-	q.tail += q.framing.LenSize + size
+	q.framing.put(q.buf[at%len(q.buf):], size)
+	q.tail = at + q.framing.LenSize + size
 }
 
-// Cancel drops the open reservations.
-func (q *Queue) Cancel() { q.open = q.tail }
+// Cancel drops the open reservations, and the gap before them.
+func (q *Queue) Cancel() {
+	q.open = q.tail
+	if q.gap >= q.tail {
+		q.gap, q.gapAt = 0, 0
+	}
+}
 
 // reserved tells whether reservations are open.
 func (q *Queue) reserved() bool { return q.open > q.tail }
 
 // Pending is the number of queued bytes.
-func (q *Queue) Pending() int { return q.tail - q.head }
-
-// compact moves the queued frames to the front of the buffer, when no
-// reservation is open.
-func (q *Queue) compact() {
-	if q.open == q.tail && q.head > 0 {
-		q.tail = copy(q.buf, q.buf[q.head:q.tail])
-		q.head, q.open = 0, q.tail
+func (q *Queue) Pending() int {
+	n := q.tail - q.head
+	if q.head <= q.gap && q.gapAt <= q.tail {
+		n -= q.gapAt - q.gap
 	}
+	if q.zc != nil {
+		n += q.zc.inPipe
+	}
+	return n
 }
 
-// Reset discards queued frames and reservations.
-func (q *Queue) Reset() { q.head, q.tail, q.open = 0, 0, 0 }
+// next is the queued bytes from head that lie together in the buffer:
+// up to the tail, the gap or the buffer's end. It moves head past a gap.
+func (q *Queue) next() []byte {
+	q.head = q.skipGap(q.head)
+	end := min(q.tail, q.head-q.head%len(q.buf)+len(q.buf))
+	if q.gap > q.head {
+		end = min(end, q.gap)
+	}
+	o := q.head % len(q.buf)
+	return q.buf[o : o+end-q.head]
+}
+
+// drained starts an empty queue over at the buffer's beginning, where
+// its bytes are still in the cache, unless reservations are open or the
+// kernel may still read what was sent from the buffer.
+func (q *Queue) drained() {
+	if q.open == q.tail && q.zc == nil {
+		q.head, q.tail, q.open, q.gap, q.gapAt = 0, 0, 0, 0, 0
+	}
+}
 
 // writeStream writes queued bytes, prefixes included, until done or the
 // stream would block (unix.EAGAIN, the rest still queued).
 func (q *Queue) writeStream(fd int) error {
+	if q.zc != nil {
+		return q.zc.flush(q)
+	}
+	return q.writeCopy(fd)
+}
+
+// writeCopy is writeStream by write(2), which copies.
+func (q *Queue) writeCopy(fd int) error {
 	for q.head < q.tail {
-		n, err := write(fd, q.buf[q.head:q.tail])
+		n, err := write(fd, q.next())
 		if err != nil {
 			return err
 		}
@@ -243,22 +309,15 @@ func (q *Queue) front() []byte {
 	if q.head == q.tail {
 		return nil
 	}
-	p := q.framing.LenSize
-	n := q.framing.get(q.buf[q.head:])
-	return q.buf[q.head+p : q.head+p+n]
+	q.head = q.skipGap(q.head)
+	p, o := q.framing.LenSize, q.head%len(q.buf)
+	return q.buf[o+p : o+p+q.framing.get(q.buf[o:])]
 }
 
-// pop drops the oldest queued frame.
+// pop drops the oldest queued frame, which front returned.
 func (q *Queue) pop() {
-	q.head += q.framing.LenSize + q.framing.get(q.buf[q.head:])
+	q.head += q.framing.LenSize + q.framing.get(q.buf[q.head%len(q.buf):])
 	if q.head == q.tail {
 		q.drained()
-	}
-}
-
-// drained rewinds an empty queue, unless reservations are open.
-func (q *Queue) drained() {
-	if q.open == q.tail {
-		q.head, q.tail, q.open = 0, 0, 0
 	}
 }

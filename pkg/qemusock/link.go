@@ -99,7 +99,11 @@ var ErrHangUp = errors.New("hang-up")
 // NewStream is a link over a connected stream socket (unix or vsock),
 // with frames delimited by f.
 func NewStream(fd int, f Framing) Link {
-	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: NewQueue(f, 8<<20), maxFrame: MaxFrame}
+	q := newZeroCopyQueue(f, 8<<20, fd)
+	if q == nil {
+		q = NewQueue(f, 8<<20)
+	}
+	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: q, maxFrame: MaxFrame}
 }
 
 // NewDetectStream is a stream link whose framing the client's first bytes
@@ -212,7 +216,7 @@ func (l *fdLink) detectFraming() (done bool, err error) {
 	}
 	l.rd.Skip(end + 4)
 	l.rd.framing = Gvproxy
-	l.q = NewQueue(Gvproxy, len(l.q.buf))
+	l.q.framing = Gvproxy // nothing is queued before the framing is known
 	l.maxFrame = GvforwarderMTU + 14
 	l.detect = false
 	return true, nil
@@ -282,4 +286,9 @@ func (l *fdLink) Flush() error {
 	return nil
 }
 
-func (l *fdLink) Close() error { return unix.Close(l.fd) }
+func (l *fdLink) Close() error {
+	if l.q.zc != nil {
+		l.q.zc.close(l.q)
+	}
+	return unix.Close(l.fd)
+}

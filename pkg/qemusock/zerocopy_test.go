@@ -1,0 +1,245 @@
+package qemusock
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// zeroCopyPair is a zero-copy queue on a unix stream socket, and the
+// peer's end, non-blocking.
+func zeroCopyPair(t *testing.T, f Framing, size int) (q *Queue, link, peer int) {
+	link, peer = streamPair(t)
+	unix.SetNonblock(peer, true)
+	if q = newZeroCopyQueue(f, size, link); q == nil {
+		t.Fatal("no zero-copy queue on a unix socket")
+	}
+	return q, link, peer
+}
+
+// numbered fills frame b as the n-th: its number, then bytes that
+// follow from it, so that a frame overwritten by a later one shows.
+func numbered(b []byte, n int) {
+	for i := range b {
+		b[i] = byte(n + i)
+	}
+	if len(b) >= 4 {
+		binary.BigEndian.PutUint32(b, uint32(n))
+	}
+}
+
+// queueStress builds frames in q as the engine does (several
+// reservations open at once, the last committed short, the rest
+// cancelled), of sizes that make the ring wrap at every place, flushes
+// now and then to wfd, and reads rfd behind it: every frame committed
+// must come out whole and in order.
+func queueStress(t *testing.T, q *Queue, wfd, rfd int, batches int) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	r := NewReader(q.framing, 0)
+	made, got := 0, 0
+	read := func() {
+		for {
+			if n, err := r.Fill(rfd); n <= 0 || err != nil {
+				return
+			}
+			for {
+				f, err := r.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f == nil {
+					break
+				}
+				want := make([]byte, len(f))
+				numbered(want, got)
+				if string(f) != string(want) {
+					t.Fatalf("frame %d of %d bytes arrived changed", got, len(f))
+				}
+				got++
+			}
+		}
+	}
+	flush := func() {
+		if err := q.writeStream(wfd); err != nil && err != unix.EAGAIN {
+			t.Fatal(err)
+		}
+	}
+	size := func() int {
+		switch rng.IntN(3) {
+		case 0:
+			return 1 + rng.IntN(200)
+		case 1:
+			return 1514
+		}
+		return 1 + rng.IntN(q.framing.Max)
+	}
+	for range batches {
+		var open [][]byte
+		for range 1 + rng.IntN(8) {
+			b := q.Reserve(size())
+			if b == nil {
+				break
+			}
+			open = append(open, b)
+		}
+		commit := rng.IntN(len(open) + 1)
+		for i, b := range open[:commit] {
+			if i == commit-1 && rng.IntN(2) == 0 {
+				b = b[:1+rng.IntN(len(b))]
+			}
+			numbered(b, made)
+			q.Commit(len(b))
+			made++
+		}
+		q.Cancel()
+		if rng.IntN(3) == 0 {
+			flush()
+		}
+		if rng.IntN(4) == 0 {
+			read()
+		}
+	}
+	for range 10000 {
+		if got == made {
+			if q.Pending() != 0 {
+				t.Fatalf("all frames arrived, %d bytes still pending", q.Pending())
+			}
+			return
+		}
+		flush()
+		read()
+	}
+	t.Fatalf("%d frames of %d arrived", got, made)
+}
+
+// TestQueueRing: frames survive the ring's wraps and gaps, written by
+// copy to a pipe.
+func TestQueueRing(t *testing.T) {
+	for _, f := range []Framing{QEMU, Gvproxy} {
+		rfd, wfd := pipePair(t)
+		queueStress(t, NewQueue(f, 0), wfd, rfd, 3000)
+	}
+}
+
+// TestZeroCopyQueue: a queue that lends its pages to a unix socket
+// writes none of them again before the peer has read them, with the
+// reader far behind and the ring small enough to wrap under it, and
+// starts over at the beginning only when the peer has read everything.
+func TestZeroCopyQueue(t *testing.T) {
+	for _, f := range []Framing{QEMU, Gvproxy} {
+		q, a, b := zeroCopyPair(t, f, 2*hugePage)
+		queueStress(t, q, a, b, 3000)
+		if q.zc.copy {
+			t.Error("the kernel did not lend the pages")
+		}
+		q.zc.close(q)
+	}
+}
+
+// TestZeroCopyQueueClosed: frames lent to the socket and not yet read
+// when the link closes reach the peer unchanged: the buffer goes with
+// the link, its pages with the kernel.
+func TestZeroCopyQueueClosed(t *testing.T) {
+	q, a, b := zeroCopyPair(t, QEMU, 0)
+	n := 0
+	for ; n < 3; n++ {
+		numbered(q.Reserve(1000), n)
+		q.Commit(1000)
+	}
+	if err := q.writeStream(a); err != nil || q.Pending() != 0 {
+		t.Fatalf("flush: %v, %d pending", err, q.Pending())
+	}
+	at := fmt.Sprintf("%x-", unsafe.Pointer(&q.buf[0]))
+	q.zc.close(q)
+	if maps, _ := os.ReadFile("/proc/self/maps"); strings.Contains(string(maps), "\n"+at) {
+		t.Fatalf("the buffer is still mapped:\n%s", maps)
+	}
+	big := make([][]byte, 64) // new heap objects, where the buffer was
+	for i := range big {
+		big[i] = make([]byte, 1<<16)
+	}
+	got, err := readAll(t, NewReader(QEMU, 0), b)
+	if err != nil || len(got) != n {
+		t.Fatalf("%d frames, %v", len(got), err)
+	}
+	for i, f := range got {
+		want := make([]byte, len(f))
+		numbered(want, i)
+		if string(f) != string(want) {
+			t.Fatalf("frame %d changed", i)
+		}
+	}
+}
+
+// TestZeroCopyOnlyUnix: other descriptors are written by copy.
+func TestZeroCopyOnlyUnix(t *testing.T) {
+	_, w := pipePair(t)
+	if newZeroCopyQueue(QEMU, 0, w) != nil {
+		t.Fatal("a pipe got a zero-copy queue")
+	}
+}
+
+// TestZeroCopyRewind: an empty queue past its first huge page starts over
+// at the beginning only when the peer has read all it was lent; until
+// then the frames that follow go round the ring, clear of the one unread.
+func TestZeroCopyRewind(t *testing.T) {
+	q, a, b := zeroCopyPair(t, QEMU, 2*hugePage)
+	r := NewReader(QEMU, 0)
+	made, got := 0, 0
+	add := func() bool {
+		fr := q.Reserve(60000)
+		if fr == nil {
+			return false
+		}
+		numbered(fr, made)
+		q.Commit(60000)
+		made++
+		return true
+	}
+	flush := func() {
+		if err := q.writeStream(a); err != nil && err != unix.EAGAIN {
+			t.Fatal(err)
+		}
+	}
+	read := func() {
+		frames, err := readAll(t, r, b)
+		if err != nil {
+			t.Fatalf("after frame %d: %v", got+len(frames), err)
+		}
+		for _, f := range frames {
+			want := make([]byte, len(f))
+			numbered(want, got)
+			if string(f) != string(want) {
+				t.Fatalf("frame %d arrived changed", got)
+			}
+			got++
+		}
+	}
+	// Past the first huge page, empty, the last frames lent and unread.
+	for {
+		add()
+		flush()
+		if made*60004 > hugePage {
+			break
+		}
+		read()
+	}
+	if q.Pending() != 0 {
+		t.Fatalf("%d bytes not lent", q.Pending())
+	}
+	for add() {
+	}
+	for range 1000 {
+		flush()
+		if read(); got == made {
+			return
+		}
+	}
+	t.Fatalf("%d frames of %d arrived", got, made)
+}
