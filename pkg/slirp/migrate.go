@@ -363,6 +363,9 @@ func movable(f *tcpFlow) bool {
 // sockets of the connections it moved and of its forwards: the
 // destination takes their addresses, on this host too.
 func (e *Engine) migrateSave(w io.Writer) error {
+	if e.repair != nil {
+		e.repair.Begin()
+	}
 	e.holdForwards()
 	var s migStream
 	if e.guestMAC != broadcastMAC {
@@ -478,6 +481,9 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 // mode. A stream refused part-way keeps the connections restored before
 // the fault.
 func (e *Engine) migrateLoad(r io.Reader) error {
+	if e.repair != nil {
+		e.repair.Begin()
+	}
 	if len(e.fwd.held) > 0 {
 		if err := e.bindHeld(); err != nil {
 			return err

@@ -26,21 +26,28 @@ const (
 // SCM_MAX_FD.
 const MaxFds = 253
 
-// replyTimeout bounds the wait for an echo: the helper only makes
-// setsockopt calls, so a slower answer means it is stuck or gone.
-const replyTimeout = 10 * time.Second
+// replyTimeout is the time a helper has, in all, to take and answer the
+// messages of one migration (Begin): it only makes setsockopt calls, so
+// a slower one is stuck, gone, or not a helper at all.
+var replyTimeout = 10 * time.Second
 
 // Client is the back-end's end of a connection from a repair helper.
 type Client struct {
-	fd int
+	fd   int
+	left time.Duration // of the helper's time (Begin)
 }
 
 // NewClient talks to the helper connected on fd, a unix stream socket.
 func NewClient(fd int) *Client {
-	tv := unix.NsecToTimeval(replyTimeout.Nanoseconds())
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	return &Client{fd: fd}
+	return &Client{fd: fd, left: replyTimeout}
 }
+
+// Begin gives the helper replyTimeout, in all, for the messages that
+// follow: the back-end calls it as a migration starts. Whoever can reach
+// the repair socket may be the helper, and one that answers each message
+// just in time would otherwise hold the back-end for a timeout per
+// message.
+func (c *Client) Begin() { c.left = replyTimeout }
 
 // Close ends the connection: the helper exits.
 func (c *Client) Close() error { return unix.Close(c.fd) }
@@ -59,14 +66,18 @@ func (c *Client) Set(cmd int8, fds []int) error {
 }
 
 func (c *Client) send(cmd int8, fds []int) error {
-	if err := retry(func() error { return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds...), nil, 0) }); err != nil {
+	// A helper that never reads, its answers sent ahead, fills the socket
+	// with messages: the send waits within the helper's time too.
+	if err := c.wait(unix.POLLOUT, func() error {
+		return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds...), nil, unix.MSG_DONTWAIT)
+	}); err != nil {
 		return fmt.Errorf("repair helper: %w", err)
 	}
 	var reply [1]byte
 	var n int
-	err := retry(func() (err error) { n, _, err = unix.Recvfrom(c.fd, reply[:], 0); return err })
+	err := c.wait(unix.POLLIN, func() (err error) { n, _, err = unix.Recvfrom(c.fd, reply[:], unix.MSG_DONTWAIT); return err })
 	switch {
-	case err == unix.EAGAIN:
+	case err == errNoTime:
 		return errors.New("repair helper: no answer")
 	case err != nil:
 		return fmt.Errorf("repair helper: %w", err)
@@ -76,6 +87,29 @@ func (c *Client) send(cmd int8, fds []int) error {
 		return fmt.Errorf("repair helper: answered %d to %d", int8(reply[0]), cmd)
 	}
 	return nil
+}
+
+// errNoTime reports a helper whose time is up.
+var errNoTime = errors.New("no time left")
+
+// wait runs op until it does not find the socket busy, waiting for
+// events in between within what is left of the helper's time.
+func (c *Client) wait(events int16, op func() error) error {
+	for {
+		err := op()
+		if err != unix.EAGAIN && err != unix.EINTR {
+			return err
+		}
+		if c.left <= 0 {
+			return errNoTime
+		}
+		start := time.Now()
+		_, err = unix.Poll([]unix.PollFd{{Fd: int32(c.fd), Events: events}}, int(c.left.Milliseconds())+1)
+		c.left -= time.Since(start)
+		if err != nil && err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func retry(f func() error) error {
