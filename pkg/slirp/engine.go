@@ -424,6 +424,8 @@ func (e *Engine) resumeAccept() {
 			if fd = e.spliceLn[ref.idx].fd; fd < 0 {
 				continue
 			}
+		case kindRepair:
+			fd = int(e.cfg.RepairListen.Fd())
 		}
 		e.epollMod(fd, unix.EPOLLIN, ref)
 	}

@@ -731,19 +731,25 @@ const (
 
 // repairEvent takes a TCP_REPAIR helper's connection: one at a time, as
 // passt does, a second one is closed at once (the helper exits); and
-// forgets a helper that went away, so that the next one may connect.
+// forgets a helper that went away, or that sent what nobody asked (it
+// answers only during a migration, within Set), so that the next one
+// may connect.
 func (e *Engine) repairEvent(idx int32) {
 	if idx == repairConn {
 		if e.repair != nil {
-			e.dropRepair(errors.New("gone"))
+			e.dropRepair(errors.New("gone, or sent what was not asked"))
 		}
 		return
 	}
-	fd, _, err := unix.Accept4(int(e.cfg.RepairListen.Fd()), unix.SOCK_CLOEXEC)
+	lfd := int(e.cfg.RepairListen.Fd())
+	fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
 	if err != nil {
+		if outOfFds(err) {
+			e.pauseAccept(lfd, epollRef{kind: kindRepair, idx: repairListen})
+		}
 		return
 	}
-	if e.repair != nil || e.epollAdd(fd, unix.EPOLLRDHUP, epollRef{kind: kindRepair, idx: repairConn}) != nil {
+	if e.repair != nil || e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, epollRef{kind: kindRepair, idx: repairConn}) != nil {
 		unix.Close(fd)
 		return
 	}

@@ -1,0 +1,102 @@
+package slirp
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"golang.org/x/sys/unix"
+)
+
+// Whatever reaches the repair socket, and streams and timings a
+// migration may meet: each case is played against the engine, which
+// must neither crash, hang nor spin, and must serve a good helper or
+// guest after it.
+
+// repairSocket gives h's engine a repair socket, as the helper does,
+// and returns a dial to it that lets the engine take the connection.
+func repairSocket(t *testing.T, h *hotPath) (path string, dial func() int) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "repair")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.e.cfg.RepairListen = os.NewFile(uintptr(lfd), "repair")
+	t.Cleanup(func() { h.e.cfg.RepairListen.Close() })
+	if err := h.e.epollAdd(lfd, unix.EPOLLIN, epollRef{kind: kindRepair, idx: repairListen}); err != nil {
+		t.Fatal(err)
+	}
+	return path, func() int {
+		fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		h.e.turn(10)
+		return fd
+	}
+}
+
+// TestRepairHostileGarbage: a helper that sends what nobody asked, while
+// no migration runs, is dropped at once, so that the real one, which
+// KubeVirt starts when it migrates, is not turned away as a second.
+func TestRepairHostileGarbage(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	_, dial := repairSocket(t, h)
+	bad := dial()
+	if h.e.repair == nil {
+		t.Fatal("no helper taken")
+	}
+	unix.Write(bad, []byte{1, 2, 3})
+	h.e.turn(10)
+	if h.e.repair != nil {
+		t.Fatal("a helper that sent what nobody asked is still the engine's")
+	}
+	var b [1]byte
+	if _, _, err := unix.Recvfrom(bad, b[:], unix.MSG_DONTWAIT); err == unix.EAGAIN {
+		t.Error("its connection is still open")
+	}
+	dial()
+	if h.e.repair == nil {
+		t.Error("the next helper was turned away")
+	}
+}
+
+// TestRepairAcceptOutOfFds: a helper's connection that the engine has no
+// descriptor to accept waits in the backlog, the listener out of the
+// epoll set until the next tick, instead of being reported, and failing,
+// at every turn.
+func TestRepairAcceptOutOfFds(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	path, _ := repairSocket(t, h)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(c)
+	next, _ := unix.Dup(0)
+	unix.Close(next)
+	low := lim
+	low.Cur = uint64(next) // every descriptor below the next free one is open: none left
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	unix.Connect(c, &unix.SockaddrUnix{Name: path})
+	before := h.e.evStats.counts[kindRepair]
+	for range 50 {
+		h.e.turn(1)
+	}
+	reported := h.e.evStats.counts[kindRepair] - before
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	if reported > 2 {
+		t.Errorf("the repair socket was reported in %d of 50 turns while no descriptor was free", reported)
+	}
+	h.e.resumeAccept()
+	h.e.turn(10)
+	if h.e.repair == nil {
+		t.Error("the waiting helper was not taken once descriptors were free")
+	}
+}
