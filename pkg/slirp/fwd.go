@@ -183,7 +183,8 @@ func (e *Engine) holdForwards() {
 	e.removeListeners(idx)
 }
 
-// bindHeld binds the held forwards: the guest is here.
+// bindHeld binds the held forwards: the guest is here. Those it could
+// not bind stay held.
 func (e *Engine) bindHeld() error {
 	held := e.fwd.held
 	e.fwd.held = nil
@@ -199,6 +200,7 @@ func (e *Engine) bindHeld() error {
 			fwds[i] = held[i].fwd
 		}
 		if err := e.AddForwards(held[0].proto, fwds, held[0].wide); err != nil {
+			e.fwd.held = append(e.fwd.held, held...)
 			return err
 		}
 		held = held[n:]

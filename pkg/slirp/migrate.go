@@ -479,12 +479,18 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 // the end would let it claim up to 128 MiB a flow. Only the bytes a flow
 // never sent wait, up to maxUnsent in all, for its batch to leave repair
 // mode. A stream refused part-way keeps the connections restored before
-// the fault.
-func (e *Engine) migrateLoad(r io.Reader) error {
+// the fault. A load that fails gives back the forwards it bound: the
+// guest goes on at its source, which binds them again, on one host too.
+func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	if e.repair != nil {
 		e.repair.Begin()
 	}
 	if len(e.fwd.held) > 0 {
+		defer func() {
+			if err != nil {
+				e.holdForwards()
+			}
+		}()
 		if err := e.bindHeld(); err != nil {
 			return err
 		}

@@ -1,11 +1,18 @@
 package slirp
 
 import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,5 +105,69 @@ func TestRepairAcceptOutOfFds(t *testing.T) {
 	h.e.turn(10)
 	if h.e.repair == nil {
 		t.Error("the waiting helper was not taken once descriptors were free")
+	}
+}
+
+// TestMigrateLoadFailsForwards: on one host, a destination that binds
+// the forwards it held and then fails to load the state (a stream cut
+// short, from a source that failed or from anyone) gives them back: the
+// migration fails, the guest goes on at its source, which binds them at
+// its next frame, where it died of EADDRINUSE. Forwards the destination
+// could not bind, or had not tried when one failed, stay held rather than
+// forgotten.
+func TestMigrateLoadFailsForwards(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: uint16(l.Addr().(*net.TCPAddr).Port), GuestPort: 22}}
+	l.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: uint16(pc.LocalAddr().(*net.UDPAddr).Port), GuestPort: 53}}
+	pc.Close()
+	add := func(e *Engine) error {
+		if err := e.AddForwards(TCP, tcp, false); err != nil {
+			return err
+		}
+		return e.AddForwards(UDP, udp, false)
+	}
+	if err := add(h.e); err != nil {
+		t.Fatal(err)
+	}
+	d := h.destination(t)
+	d.e.cfg.Migration = true
+	if err := add(d.e); err != nil || len(d.e.fwd.held) != 2 {
+		t.Fatalf("a destination's busy ports: %v, %d held", err, len(d.e.fwd.held))
+	}
+	d.e.running = true
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&stream); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.e.migrateLoad(bytes.NewReader(stream.Bytes()[:20])); err == nil {
+		t.Fatal("a stream cut short loaded")
+	}
+	if len(d.e.fwd.held) != 2 {
+		t.Errorf("the destination holds %d forwards after a failed load, want 2: %q", len(d.e.fwd.held), d.e.Forwards())
+	}
+	h.send(h.segment(header.TCPAck, 0))
+	if _, err := h.e.turn(10); err != nil {
+		t.Fatalf("the source's guest went on after the failed migration: %v", err)
+	}
+	if len(h.e.fwd.held) != 0 {
+		t.Fatalf("the source's forwards: %q", h.e.Forwards())
+	}
+
+	// The source has its ports again: the destination's load fails on
+	// the TCP one, and holds the UDP one, not tried, with it.
+	if err := d.e.migrateLoad(&stream); err == nil || !errors.Is(err, unix.EADDRINUSE) {
+		t.Fatalf("a load whose forward is busy: %v", err)
+	}
+	if got := d.e.Forwards(); len(got) != 2 || !strings.Contains(got[0], "held") || !strings.Contains(got[1], "held") {
+		t.Errorf("the destination's forwards after a load that could not bind one: %q", got)
 	}
 }
