@@ -55,9 +55,12 @@ type Link interface {
 	// MSS, of IPv6 or IPv4, and cuts them into segments itself (large
 	// receive: vhost-user's GUEST_TSO4/6).
 	GuestTSO(ipv6 bool) bool
-	// CommitTSO is Commit for such a frame (a ReserveV reservation),
-	// whose TCP checksum holds the pseudo-header's sum alone: the guest
-	// completes it, or takes the data as checked.
+	// GuestCsum tells whether the guest completes TCP checksums itself
+	// (vhost-user's GUEST_CSUM), a frame of one segment's too.
+	GuestCsum() bool
+	// CommitTSO is Commit for a frame (a ReserveV reservation) whose TCP
+	// checksum holds the pseudo-header's sum alone, as large frames'
+	// always do: the guest completes it, or takes the data as checked.
 	CommitTSO(size int, t TSO)
 	// Cancel drops the open reservations.
 	Cancel()
@@ -76,7 +79,8 @@ type Link interface {
 	Close() error
 }
 
-// TSO describes a large TCP frame to the guest (Link.CommitTSO).
+// TSO describes a TCP frame to the guest whose checksum the guest
+// completes (Link.CommitTSO); the zero TSO, one with a complete checksum.
 type TSO struct {
 	IPv6 bool
 	L4   int // where the TCP header starts
@@ -257,6 +261,7 @@ func (l *fdLink) Commit(size int)    { l.q.Commit(size) }
 // A stream or a tap carries no segmentation offload: frames to the guest
 // are of its MTU.
 func (l *fdLink) GuestTSO(bool) bool        { return false }
+func (l *fdLink) GuestCsum() bool           { return false }
 func (l *fdLink) CommitTSO(size int, _ TSO) { l.q.Commit(size) }
 func (l *fdLink) Cancel()                   { l.q.Cancel() }
 func (l *fdLink) Pending() int              { return l.q.Pending() }

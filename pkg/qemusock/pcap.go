@@ -123,6 +123,9 @@ func (l *pcapLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec)
 // no segmentation.
 func (l *pcapLink) GuestTSO(bool) bool { return false }
 
+// GuestCsum is off, so that a capture shows every checksum complete.
+func (l *pcapLink) GuestCsum() bool { return false }
+
 func (l *pcapLink) CommitTSO(size int, _ TSO) { l.Commit(size) }
 
 func (l *pcapLink) Commit(size int) {

@@ -509,15 +509,22 @@ func (l *vhostLink) GuestTSO(ipv6 bool) bool {
 	return l.features&bit != 0 && l.features&virtioNetFMrgRxbuf != 0 && !l.noTSO && l.vq[rxQueue].ready()
 }
 
-// CommitTSO is Commit with the frame's segmentation in its virtio-net
-// header. A large frame that went through the queue (a guest whose
-// buffers are too small for headers) goes without: such a guest gets no
-// more of them (GuestTSO).
+// GuestCsum tells whether the guest takes frames whose TCP checksum it
+// completes (GUEST_CSUM), built in its buffers.
+func (l *vhostLink) GuestCsum() bool {
+	return l.features&virtioNetFGuestCsum != 0 && !l.noTSO && l.vq[rxQueue].ready()
+}
+
+// CommitTSO is Commit with the frame's partial checksum, and its
+// segmentation, in its virtio-net header. Such a frame that went through
+// the queue (a guest whose buffers are too small for headers) goes
+// without, marked as checked: such a guest gets no more of them
+// (GuestTSO, GuestCsum).
 func (l *vhostLink) CommitTSO(size int, t TSO) {
 	d := &l.rx
 	if d.committed == d.nFrames {
 		l.q.Commit(size)
-		l.noTSO = l.noTSO || t.MSS > 0
+		l.noTSO = l.noTSO || t.L4 > 0
 		return
 	}
 	fr := &d.frames[d.committed]
@@ -533,17 +540,19 @@ func (l *vhostLink) CommitTSO(size int, t TSO) {
 	}
 	d.chainsUsed = fr.first + used
 	l.netHeader(fr.hdr, uint16(used))
-	if t.MSS > 0 {
+	if t.L4 > 0 {
 		h := fr.hdr
 		h[0] = virtioNetHdrNeedsCsum
-		h[1] = virtioNetGSOTCPv4
-		if t.IPv6 {
-			h[1] = virtioNetGSOTCPv6
-		}
-		binary.LittleEndian.PutUint16(h[2:], uint16(fr.hdrs))
-		binary.LittleEndian.PutUint16(h[4:], uint16(t.MSS))
 		binary.LittleEndian.PutUint16(h[6:], uint16(t.L4))
 		binary.LittleEndian.PutUint16(h[8:], tcpChecksumOffset)
+		if t.MSS > 0 {
+			h[1] = virtioNetGSOTCPv4
+			if t.IPv6 {
+				h[1] = virtioNetGSOTCPv6
+			}
+			binary.LittleEndian.PutUint16(h[2:], uint16(fr.hdrs))
+			binary.LittleEndian.PutUint16(h[4:], uint16(t.MSS))
+		}
 	}
 	d.unpublished += size
 }

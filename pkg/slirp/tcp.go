@@ -780,6 +780,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		seg = max(1, (maxTSOFrame-hdr)/f.mss) * f.mss
 	}
 	wnd := e.tcpWindow(f)
+	guestCsum := e.link.GuestCsum()
 	for {
 		inflight := f.sndNxt - f.sndUna
 		if inflight >= f.guestWnd {
@@ -852,10 +853,14 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 				fl |= header.TCPPsh
 			}
 			// A frame of several segments is a large receive: the guest
-			// cuts it and completes its checksum.
-			p, tso := tcpPayload{n: l, partial: l > f.mss}, qemusock.TSO{}
+			// cuts it and completes its checksum, as it completes any
+			// frame's that can (vhost-user's GUEST_CSUM).
+			p, tso := tcpPayload{n: l, partial: l > f.mss || guestCsum}, qemusock.TSO{}
 			if p.partial {
-				tso = qemusock.TSO{IPv6: dst.Is6(), L4: l4Off(dst), MSS: f.mss}
+				tso = qemusock.TSO{IPv6: dst.Is6(), L4: l4Off(dst)}
+				if l > f.mss {
+					tso.MSS = f.mss
+				}
 			} else {
 				p.sum = iovSum(iov[e.tcp.segIov[i]:e.tcp.segIov[i+1]], l)
 			}
