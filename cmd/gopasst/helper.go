@@ -141,10 +141,15 @@ var errCtrunc = errors.New("more descriptors than the message may carry")
 // the caller to use or close: on error too. More than maxFds is
 // errCtrunc.
 func recvMsg(sock int, buf []byte, maxFds int) (n int, fds []int, err error) {
+	return recvMsgVia(unix.Recvmsg, sock, buf, maxFds)
+}
+
+// recvMsgVia is recvMsg with recv in unix.Recvmsg's place.
+func recvMsgVia(recv recvmsgFunc, sock int, buf []byte, maxFds int) (n int, fds []int, err error) {
 	oob := make([]byte, unix.CmsgSpace(4*maxFds))
 	var oobn, flags int
 	err = retryEINTR(func() (err error) {
-		n, oobn, flags, _, err = unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err = recv(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		return err
 	})
 	cms, _ := unix.ParseSocketControlMessage(oob[:oobn])
@@ -158,6 +163,8 @@ func recvMsg(sock int, buf []byte, maxFds int) (n int, fds []int, err error) {
 	}
 	return n, fds, err
 }
+
+type recvmsgFunc func(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from unix.Sockaddr, err error)
 
 // retryEINTR calls f until a signal (the Go runtime's preemption) does not
 // interrupt it.

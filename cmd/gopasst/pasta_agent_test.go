@@ -248,3 +248,41 @@ func listenTCP(ap netip.AddrPort) (int, error) {
 	}
 	return fd, nil
 }
+
+// A raw wait for the agent's answer holds its goroutine's processor, but
+// the runtime's signal ends it: a collection, which stops the world,
+// completes while the engine waits, before any answer.
+func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	tv := unix.NsecToTimeval(helperTimeout.Nanoseconds())
+	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	s := &splicer{fd: pair[0]}
+	answered := make(chan error, 1)
+	go func() {
+		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
+		closeFd(fd)
+		answered <- err
+	}()
+	var req [spliceMsgLen]byte
+	if n, _, err := recvMsg(pair[1], req[:], 0); err != nil || n != spliceMsgLen {
+		t.Fatalf("request: %d bytes, %v", n, err)
+	}
+	runtime.GC()
+	select {
+	case err := <-answered:
+		t.Fatalf("the wait ended (%v) before the collection did", err)
+	default:
+	}
+	reply := make([]byte, spliceMsgLen)
+	copy(reply, req[4:8])
+	reply[7] = byte(unix.EPERM)
+	unix.Sendmsg(pair[1], reply, nil, nil, 0)
+	if err := <-answered; err != unix.EPERM {
+		t.Errorf("answer: %v, want EPERM", err)
+	}
+}

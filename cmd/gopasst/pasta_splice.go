@@ -3,7 +3,10 @@ package main
 import (
 	"encoding/binary"
 	"net/netip"
+	"runtime"
 	"slices"
+	"time"
+	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
@@ -152,7 +155,7 @@ func (s *splicer) dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int
 	}
 	for {
 		var b [spliceMsgLen]byte
-		n, fds, err := recvMsg(s.fd, b[:], 1)
+		n, fds, err := recvMsgVia(recvmsgRaw, s.fd, b[:], 1)
 		fd := -1
 		if len(fds) == 1 && err == nil {
 			fd, fds = fds[0], nil
@@ -187,10 +190,11 @@ func (s *splicer) dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int
 // EPERM. ns are the namespace's /proc/net tables, for auto.
 func serveSplice(sock int, r *spliceRules, ns []procTable) {
 	listen := listenCache{tables: ns}
+	w := &spliceWaiter{fd: sock}
 	var b [spliceMsgLen]byte
 	reply := make([]byte, spliceMsgLen)
 	for {
-		n, stray, err := recvMsg(sock, b[:], 0)
+		n, stray, err := recvMsgVia(w.recvmsg, sock, b[:], 0)
 		closeFds(stray)
 		if (err != nil && err != errCtrunc) || n == 0 {
 			return
@@ -216,6 +220,77 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 		}
 		retryEINTR(func() error { return unix.Sendmsg(sock, reply, oob, nil, 0) })
 		closeFd(fd)
+	}
+}
+
+// A request and its answer are each waited for with a raw system call,
+// which the Go runtime does not see: its machinery for a blocking call
+// (its monitor thread taking the processor back and handing it off,
+// waking threads) cost as much CPU per connection as the agent's own
+// work. A signal (the runtime's preemption, for the garbage collector
+// too) ends such a wait with EINTR, as both ends' sockets have a receive
+// timeout, and the goroutine yields to let the runtime have its way.
+
+// recvmsgRaw is unix.Recvmsg by a raw system call, retried after a
+// signal; the socket must have a receive timeout, which is EAGAIN.
+func recvmsgRaw(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from unix.Sockaddr, err error) {
+	var iov unix.Iovec
+	if len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
+	}
+	msg := unix.Msghdr{Iov: &iov}
+	msg.SetIovlen(1)
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	for {
+		r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+		if errno == unix.EINTR {
+			runtime.Gosched()
+			continue
+		}
+		if errno != 0 {
+			return 0, 0, 0, nil, errno
+		}
+		return int(r), int(msg.Controllen), int(msg.Flags), nil, nil
+	}
+}
+
+// spliceWaiter is the agent's wait for the engine's requests: raw while
+// they come (a connection's set-up each millisecond or so), with a
+// receive timeout of spliceHot; after that long with none, as any call,
+// with no timeout, so that an idle agent sleeps.
+type spliceWaiter struct {
+	fd  int
+	hot bool
+}
+
+const spliceHot = 5 * time.Millisecond
+
+func (w *spliceWaiter) recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from unix.Sockaddr, err error) {
+	if w.hot {
+		n, oobn, recvflags, from, err = recvmsgRaw(fd, p, oob, flags)
+		if err != unix.EAGAIN {
+			return
+		}
+		w.setHot(false)
+	}
+	n, oobn, recvflags, from, err = unix.Recvmsg(fd, p, oob, flags)
+	if err == nil {
+		w.setHot(true)
+	}
+	return
+}
+
+func (w *spliceWaiter) setHot(hot bool) {
+	var tv unix.Timeval
+	if hot {
+		tv = unix.NsecToTimeval(spliceHot.Nanoseconds())
+	}
+	if unix.SetsockoptTimeval(w.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) == nil {
+		w.hot = hot
 	}
 }
 
