@@ -171,3 +171,22 @@ func TestMigrateLoadFailsForwards(t *testing.T) {
 		t.Errorf("the destination's forwards after a load that could not bind one: %q", got)
 	}
 }
+
+// FuzzMigrateLoad has an engine load any stream, as a destination with
+// no repair helper does (one would make sockets to whatever the stream
+// names, and a window probe leaves as they leave repair mode): it
+// refuses or takes it, resets what it names for the guest, and never
+// panics.
+func FuzzMigrateLoad(f *testing.F) {
+	f.Add(appendMigration(nil, testMigStream()))
+	dup := testMigStream()
+	dup.flows = append(dup.flows, dup.flows...)
+	f.Add(appendMigration(nil, dup))
+	e, guest := attachedEngine(f, Config{Addr4: hpGuest, Prefix4: 24, Gateway4: hpGateway, Addr6: testGuest6, Gateway6: testGW6})
+	rd := qemusock.NewReader(qemusock.QEMU, 1<<20)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e.migrateLoad(bytes.NewReader(b))
+		e.flush()
+		drainFrames(rd, guest, func([]byte) {})
+	})
+}
