@@ -22,6 +22,7 @@ type zeroCopy struct {
 	fd     int // the socket
 	pipe   [2]int
 	inPipe int  // bytes lent to the pipe, not yet on the socket
+	asked  int  // the queue's head when rewind last asked the kernel
 	copy   bool // the kernel refused to lend: the queue is written by copy
 	free   int  // the queue's offset up to which the kernel is done with the buffer
 	iov    [1]unix.Iovec
@@ -156,13 +157,15 @@ func rawCall(trap, a1, a2, a3, a4, a5, a6 uintptr) (int, error) {
 // rewind starts an empty queue over at the buffer's beginning when the
 // kernel is done with all of it, as a queue that copies does whenever it
 // is empty: light traffic then keeps to the first huge page rather than
-// going round all of them. It asks only once the queue is past that
-// page.
+// going round all of them. It asks once the queue is past that page, and
+// then once a page further on at most, since a busy socket is seldom
+// empty.
 func (z *zeroCopy) rewind(q *Queue) {
 	at := q.head % len(q.buf)
-	if q.open != q.tail || at <= hugePage {
+	if q.open != q.tail || at <= hugePage || q.head-z.asked < hugePage {
 		return
 	}
+	z.asked = q.head
 	if outq, err := unix.IoctlGetInt(z.fd, unix.SIOCOUTQ); err == nil && outq == 0 {
 		q.head += len(q.buf) - at
 		q.tail, q.open, z.free = q.head, q.head, q.head
