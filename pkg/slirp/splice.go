@@ -33,6 +33,11 @@ type SpliceDial func(proto Proto, from netip.AddrPort, port uint16) (int, error)
 // spliceChunk bounds one splice(2): a pipe's default capacity is less.
 const spliceChunk = 1 << 20
 
+// spliceShort is a read short enough to take as all there was for now
+// (spliceMove), as pasta does below a tenth of its pipe: request and
+// response traffic, one message a read.
+const spliceShort = 16 << 10
+
 // splicePipeSize is what each pipe is asked to hold, so that one
 // splice moves as much as a TCP socket's receive queue usually holds.
 const splicePipeSize = 1 << 20
@@ -251,8 +256,12 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 		e.spliceClose(i, c, true)
 		return
 	}
-	// What fd[side] may take now, then what it has to give.
+	// What fd[side] may take now, if anything waits for it (fd[1-side]
+	// is read on events of its own), then what it has to give.
 	for _, dir := range [2]int{1 - side, side} {
+		if dir != side && c.held[dir] == 0 && (!c.eof[dir] || c.shut[dir]) {
+			continue
+		}
 		if !e.spliceMove(c, dir, dir == side && events&unix.EPOLLIN != 0) {
 			e.spliceClose(i, c, true)
 			return
@@ -299,7 +308,9 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 // readable.
 func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 	src, dst, p := c.fd[dir], c.fd[1-dir], &c.pipe[dir]
-	for range 16 { // then the other flows' turn; epoll reports the rest
+	moved := int64(spliceShort) // by the last read
+	// At most 16 rounds, then the other flows' turn; epoll reports the rest.
+	for range 16 {
 		if c.held[dir] == 0 && !c.eof[dir] {
 			n, err := unix.Splice(src, nil, p[1], nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			if err == unix.EAGAIN && readable || err == nil && n == 0 {
@@ -314,6 +325,7 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 				c.eof[dir] = true
 			default:
 				c.held[dir] += int(n)
+				moved = n
 			}
 		}
 		if c.held[dir] > 0 {
@@ -325,6 +337,12 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 				return false
 			}
 			c.held[dir] -= int(n)
+			if c.held[dir] == 0 && moved < spliceShort {
+				// A short message, passed on whole: the sender has
+				// nothing more for now, or epoll (level-triggered) says
+				// so; trying again would mostly meet EAGAIN.
+				return true
+			}
 			continue
 		}
 		if c.eof[dir] && !c.shut[dir] {
