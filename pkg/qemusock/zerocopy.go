@@ -1,6 +1,7 @@
 package qemusock
 
 import (
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -59,10 +60,22 @@ func newZeroCopyQueue(f Framing, size, fd int) *Queue {
 // 4 KiB granule.
 const hugePage = 2 << 20
 
+// maxHugeRings is how many queues an engine maps on huge pages. A
+// client may splice what it is lent into a pipe of its own and keep it
+// after it leaves, and any piece of a huge page keeps all 2 MiB from the
+// system, where the pipe counts 4 KiB: a client that reconnected in a
+// loop would take 2 MiB a connection. Later queues are on small pages,
+// whose cost a pipe counts.
+const maxHugeRings = 8
+
+// hugeRings counts the queues mapped on huge pages.
+var hugeRings atomic.Int32
+
 // hugeMap maps size bytes of anonymous memory (rounded up to huge
-// pages) aligned to a huge page, and asks for huge pages there: lending
-// a huge page to a pipe takes one reference where 512 small pages take
-// one each, which cost as much as half the copy saved.
+// pages) aligned to a huge page, and asks for huge pages there, for the
+// first maxHugeRings maps: lending a huge page to a pipe takes one
+// reference where 512 small pages take one each, which cost as much as
+// half the copy saved.
 func hugeMap(size int) ([]byte, error) {
 	size = (size + hugePage - 1) &^ (hugePage - 1)
 	p, err := unix.MmapPtr(-1, 0, nil, uintptr(size+hugePage), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -75,7 +88,11 @@ func hugeMap(size int) ([]byte, error) {
 	}
 	unix.MunmapPtr(unsafe.Add(p, skip+uintptr(size)), hugePage-skip)
 	buf := unsafe.Slice((*byte)(unsafe.Add(p, skip)), size)
-	unix.Madvise(buf, unix.MADV_HUGEPAGE) // best effort: the kernel may have none
+	advice := unix.MADV_NOHUGEPAGE // where the kernel gives huge pages unasked
+	if hugeRings.Add(1) <= maxHugeRings {
+		advice = unix.MADV_HUGEPAGE
+	}
+	unix.Madvise(buf, advice) // best effort: the kernel may have no huge pages
 	return buf, nil
 }
 
