@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -230,4 +232,157 @@ func expectReply(t *testing.T, fd int) {
 	if binary.BigEndian.Uint32(b) != arpReplyLen-4 || b[16] != 0x08 || b[17] != 0x06 {
 		t.Fatalf("not an ARP reply: %x", b)
 	}
+}
+
+// arpStorm is n ARP requests from distinct MACs, framed.
+func arpStorm(n int) []byte {
+	var b bytes.Buffer
+	for i := range n {
+		b.Write(arpFrom(uint32(i)))
+	}
+	return b.Bytes()
+}
+
+// sendSome writes what the socket takes of b within its send timeout.
+func sendSome(fd int, b []byte) {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			return
+		}
+		b = b[n:]
+	}
+}
+
+// TestStreamHostileClients plays stream clients that read their frames
+// in every wrong way while making the engine answer a lot: never, a
+// byte at a time, not at all once shut for reading, only after shutting
+// their own sending side, with urgent data in between, or in
+// gvforwarder's framing. During and after each the engine idles, and
+// after each it serves a good client and is back to its descriptors and
+// mappings.
+func TestStreamHostileClients(t *testing.T) {
+	w := newWorld(t, WorldOpts{NoGuest: true})
+	pid := w.ServerPid(t)
+	good := func(after string) {
+		t.Helper()
+		// The engine serves one client at a time: the last must be gone.
+		waitFor(t, "the engine done with the client before", func() bool {
+			l := w.Log.String()
+			return strings.Count(l, "client connected") == strings.Count(l, "client disconnected")
+		})
+		c, err := net.Dial("unix", w.Sock)
+		if err != nil {
+			t.Fatalf("after %s: %v", after, err)
+		}
+		c.Write(frame(arpRequest()))
+		expectARPReply(t, c)
+		c.Close()
+	}
+	good("start")
+	waitFor(t, "the first client gone", func() bool { return strings.Contains(w.Log.String(), "client disconnected") })
+	fds0, maps0 := countFds(t, pid), mappings(t, pid)
+	idle := func(what string) {
+		t.Helper()
+		cpu := procCPU([]int{pid})
+		time.Sleep(time.Second)
+		if used := procCPU([]int{pid}) - cpu; used > 0.1 {
+			t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
+		}
+	}
+	check := func(after string) {
+		t.Helper()
+		good(after)
+		waitFor(t, "the engine's descriptors back after "+after, func() bool { return countFds(t, pid) <= fds0 })
+		waitFor(t, "the engine's mappings back after "+after, func() bool { return mappings(t, pid) <= maps0+8 })
+		idle("after " + after)
+	}
+	storm := arpStorm(300000) // 19 MiB of answers, twice the ring
+
+	t.Run("never reads", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		sendSome(fd, storm)
+		idle("a client that never reads, its queue full")
+		unix.Close(fd)
+		check("a client that never read")
+	})
+	t.Run("byte at a time", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		go sendSome(fd, storm)
+		var b [1]byte
+		for range 100000 {
+			if n, err := unix.Read(fd, b[:]); n != 1 || err != nil {
+				t.Fatalf("read %d, %v", n, err)
+			}
+		}
+		unix.Shutdown(fd, unix.SHUT_RDWR)
+		unix.Close(fd)
+		check("a client that read a byte at a time")
+	})
+	t.Run("shut for reading", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		unix.Shutdown(fd, unix.SHUT_RD)
+		sendSome(fd, storm)
+		idle("a client shut for reading")
+		unix.Close(fd)
+		check("a client shut for reading")
+	})
+	t.Run("half-closed", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		sendAll(t, fd, storm[:1000*len(arpFrom(0))])
+		unix.Shutdown(fd, unix.SHUT_WR)
+		b := make([]byte, 1<<16)
+		for {
+			if n, err := unix.Read(fd, b); n <= 0 || err != nil {
+				break
+			}
+		}
+		unix.Close(fd)
+		check("a half-closed client")
+	})
+	t.Run("urgent data", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		req := arpFrom(1)
+		for i := range 100 {
+			unix.Sendmsg(fd, req[:5], nil, nil, 0)
+			unix.Sendmsg(fd, req[5:6], nil, nil, unix.MSG_OOB) // the stream goes on without it
+			if i%50 == 0 {
+				idle("a client that sent urgent data")
+			}
+		}
+		unix.Close(fd)
+		check("a client that sent urgent data")
+	})
+	t.Run("gvforwarder", func(t *testing.T) {
+		fd := streamDial(t, w.Sock)
+		sendAll(t, fd, []byte("POST /connect HTTP/1.1\r\nHost: x\r\n\r\n"))
+		// Every answer comes whole and in order, in gvforwarder's framing,
+		// round the ring and more.
+		var reqs bytes.Buffer
+		next := uint32(0)
+		for round := range 200 {
+			reqs.Reset()
+			for i := range 1000 {
+				f := arpFrom(uint32(round*1000 + i))[4:]
+				reqs.Write(binary.LittleEndian.AppendUint16(nil, uint16(len(f))))
+				reqs.Write(f)
+			}
+			sendAll(t, fd, reqs.Bytes())
+			for next < uint32(round+1)*1000 {
+				var hdr [2]byte
+				readFull(t, fd, hdr[:])
+				b := make([]byte, binary.LittleEndian.Uint16(hdr[:]))
+				readFull(t, fd, b)
+				if len(b) < 42 || b[12] != 0x08 || b[13] != 0x06 {
+					continue // a router advertisement
+				}
+				if got := binary.BigEndian.Uint32(b[2:]); got != next {
+					t.Fatalf("reply to request %d where %d was due", got, next)
+				}
+				next++
+			}
+		}
+		unix.Close(fd)
+		check("a gvforwarder client")
+	})
 }
