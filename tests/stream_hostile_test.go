@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -385,4 +387,62 @@ func TestStreamHostileClients(t *testing.T) {
 		unix.Close(fd)
 		check("a gvforwarder client")
 	})
+}
+
+// oddConn reads the engine's stream in pieces of every size, from a
+// byte to a buffer's worth, and now and then stops a moment, as a slow
+// guest's end does.
+type oddConn struct {
+	net.Conn
+	rng *rand.Rand
+}
+
+func (c *oddConn) Read(p []byte) (int, error) {
+	switch c.rng.IntN(20) {
+	case 0:
+		time.Sleep(time.Millisecond)
+	case 1, 2, 3, 4, 5:
+		p = p[:min(len(p), 1+c.rng.IntN(7))]
+	case 6, 7, 8, 9, 10, 11:
+		p = p[:min(len(p), 8+c.rng.IntN(1500))]
+	case 12, 13, 14, 15, 16, 17, 18:
+		p = p[:min(len(p), 1500+c.rng.IntN(1<<16))]
+	}
+	return c.Conn.Read(p)
+}
+
+// TestStreamOddReader: downloads through a guest whose end of the
+// socket reads the engine's frames in odd pieces, between pauses, arrive
+// intact.
+func TestStreamOddReader(t *testing.T) {
+	const size = 64 << 20
+	w := newWorld(t, WorldOpts{NoGuest: true})
+	g := newNetns(t, "gpg")
+	var tap *os.File
+	var err error
+	if nsErr := g.do(func() { tap, err = openTap(tapName) }); nsErr != nil || err != nil {
+		t.Fatal(nsErr, err)
+	}
+	c, err := net.Dial("unix", w.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Bridge{tap: tap, conn: &oddConn{Conn: c, rng: rand.New(rand.NewPCG(3, 4))}}
+	b.wg.Add(2)
+	go b.tapToSock()
+	go b.sockToTap()
+	t.Cleanup(b.Close)
+	w.Guest, w.Bridge = g, b
+	g.Run(t, "ip", "link", "set", tapName, "up")
+	w.DHCP(t)
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	acceptLoop(l, func(c net.Conn) { io.Copy(c, newStream(7, size)); c.Close() })
+	for i := range 3 {
+		conn := w.guestConn(t, net.JoinHostPort(hostGW, port(l.Addr())))
+		conn.SetDeadline(time.Now().Add(60 * time.Second))
+		sum, n, err := hashCopy(conn)
+		if err != nil || n != size || !bytes.Equal(sum, sumStream(7, size)) {
+			t.Fatalf("download %d: %d bytes of %d, %v, SHA-256 %x", i, n, size, err, sum)
+		}
+	}
 }
