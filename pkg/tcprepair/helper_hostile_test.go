@@ -82,7 +82,12 @@ func TestClientHostileHelper(t *testing.T) {
 	})
 	t.Run("answers each message just in time", func(t *testing.T) {
 		c, helper, fds := hostileHelper(t)
+		// The helper ends before the test closes its socket: a number
+		// reused by a later test's socket would be read and written.
+		ended := make(chan struct{})
+		defer func() { unix.Shutdown(c.fd, unix.SHUT_RDWR); <-ended }()
 		go func() {
+			defer close(ended)
 			var b [1]byte
 			oob := make([]byte, unix.CmsgSpace(4*MaxFds))
 			for {
