@@ -22,7 +22,8 @@ import (
 // guest after it.
 
 // repairSocket gives h's engine a repair socket, as the helper does,
-// and returns a dial to it that lets the engine take the connection.
+// and returns a dial to it that lets the engine take the connection
+// (the caller closes it).
 func repairSocket(t *testing.T, h *hotPath) (path string, dial func() int) {
 	t.Helper()
 	path = filepath.Join(t.TempDir(), "repair")
@@ -40,7 +41,6 @@ func repairSocket(t *testing.T, h *hotPath) (path string, dial func() int) {
 		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { unix.Close(fd) })
 		h.e.turn(10)
 		return fd
 	}
@@ -53,6 +53,7 @@ func TestRepairHostileGarbage(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	_, dial := repairSocket(t, h)
 	bad := dial()
+	defer unix.Close(bad)
 	if h.e.repair == nil {
 		t.Fatal("no helper taken")
 	}
@@ -65,7 +66,7 @@ func TestRepairHostileGarbage(t *testing.T) {
 	if _, _, err := unix.Recvfrom(bad, b[:], unix.MSG_DONTWAIT); err == unix.EAGAIN {
 		t.Error("its connection is still open")
 	}
-	dial()
+	defer unix.Close(dial())
 	if h.e.repair == nil {
 		t.Error("the next helper was turned away")
 	}
@@ -117,18 +118,7 @@ func TestRepairAcceptOutOfFds(t *testing.T) {
 // forgotten.
 func TestMigrateLoadFailsForwards(t *testing.T) {
 	h := newHotPath(t, sinkServer)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: uint16(l.Addr().(*net.TCPAddr).Port), GuestPort: 22}}
-	l.Close()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: uint16(pc.LocalAddr().(*net.UDPAddr).Port), GuestPort: 53}}
-	pc.Close()
+	tcp, udp := freeForward(t, TCP, 22), freeForward(t, UDP, 53)
 	add := func(e *Engine) error {
 		if err := e.AddForwards(TCP, tcp, false); err != nil {
 			return err
@@ -189,4 +179,26 @@ func FuzzMigrateLoad(f *testing.F) {
 		e.flush()
 		drainFrames(rd, guest, func([]byte) {})
 	})
+}
+
+// freeForward is a forward of a port of 127.0.0.1 free for proto now.
+func freeForward(t *testing.T, proto Proto, guestPort uint16) []portspec.Forward {
+	t.Helper()
+	var port int
+	if proto == TCP {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	} else {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = c.LocalAddr().(*net.UDPAddr).Port
+		c.Close()
+	}
+	return []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: uint16(port), GuestPort: guestPort}}
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
@@ -310,25 +308,8 @@ func TestMigrateGuestHalfClosed(t *testing.T) {
 // socket, refuses a second while the first is there, and takes a new one
 // once the first has gone (KubeVirt restarts its helper).
 func TestRepairHelperReconnects(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "repair")
-	lfd, err := qemusock.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := newHotPath(t, sinkServer)
-	h.e.cfg.RepairListen = os.NewFile(uintptr(lfd), "repair")
-	defer h.e.cfg.RepairListen.Close()
-	if err := h.e.epollAdd(lfd, unix.EPOLLIN, epollRef{kind: kindRepair, idx: repairListen}); err != nil {
-		t.Fatal(err)
-	}
-	dial := func() int {
-		fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-			t.Fatal(err)
-		}
-		h.e.turn(10)
-		return fd
-	}
+	_, dial := repairSocket(t, h)
 	first := dial()
 	if h.e.repair == nil {
 		t.Fatal("the first helper was not taken")
@@ -361,13 +342,7 @@ func TestRepairHelperReconnects(t *testing.T) {
 // forwards are listed as such, and one removed is not bound later.
 func TestMigrateForwards(t *testing.T) {
 	h := newHotPath(t, sinkServer)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	fwds := []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}}
+	fwds := freeForward(t, TCP, 22)
 	if err := h.e.AddForwards(TCP, fwds, false); err != nil {
 		t.Fatal(err)
 	}
