@@ -308,21 +308,24 @@ func TestMigrateHostileRepair(t *testing.T) {
 		return v
 	}
 	connected := func() int { return strings.Count(r.w.Log.String(), "TCP_REPAIR helper connected") }
+	// take connects a helper and waits for the engine to take it.
+	take := func() int {
+		n := connected()
+		fd := dial()
+		waitFor(t, "the helper taken", func() bool { return connected() > n })
+		return fd
+	}
 	for _, round := range []struct {
 		name string
 		play func()
 	}{
 		{"a helper that sends junk, descriptors with it", func() {
-			n := connected()
-			fd := dial()
-			waitFor(t, "the helper taken", func() bool { return connected() > n })
+			fd := take()
 			unix.Sendmsg(fd, junk(64), unix.UnixRights(fd, fd), nil, 0)
 			waitFor(t, "the junk sender dropped", func() bool { return closed(fd) })
 		}},
 		{"a second helper", func() {
-			n := connected()
-			first := dial()
-			waitFor(t, "the helper taken", func() bool { return connected() > n })
+			first := take()
 			second := dial()
 			waitFor(t, "the second turned away", func() bool { return closed(second) })
 			if closed(first) {
@@ -331,18 +334,14 @@ func TestMigrateHostileRepair(t *testing.T) {
 			unix.Close(first)
 		}},
 		{"a helper that never answers, in a migration of 300 flows", func() {
-			n := connected()
-			fd := dial()
-			waitFor(t, "the helper taken", func() bool { return connected() > n })
+			fd := take()
 			if v := load(300); v != 0 {
 				t.Errorf("CHECK_DEVICE_STATE answered %d", v)
 			}
 			waitFor(t, "the silent helper dropped", func() bool { return closed(fd) })
 		}},
 		{"a helper that answered ahead and never reads, in a migration of 600 flows", func() {
-			n := connected()
-			fd := dial()
-			waitFor(t, "the helper taken", func() bool { return connected() > n })
+			fd := take()
 			// Answers sent now would be dropped at once as junk: they go
 			// as the first message arrives.
 			go func() {
@@ -356,9 +355,7 @@ func TestMigrateHostileRepair(t *testing.T) {
 			waitFor(t, "the helper dropped", func() bool { return closed(fd) })
 		}},
 		{"a helper that answers with another byte", func() {
-			n := connected()
-			fd := dial()
-			waitFor(t, "the helper taken", func() bool { return connected() > n })
+			fd := take()
 			go func() {
 				var b [1]byte
 				oob := make([]byte, unix.CmsgSpace(4*253))
