@@ -193,7 +193,7 @@ func TestStreamReconnectHolding(t *testing.T) {
 	expectReply(t, fd)
 	unix.Close(fd)
 	waitFor(t, "the first client gone", func() bool { return strings.Count(w.Log.String(), "client disconnected") == 1 })
-	fds0, maps0 := countFds(t, pid), mappings(t, pid)
+	fds0, maps0, rss0 := countFds(t, pid), mappings(t, pid), rss(t, pid)
 
 	var hold [2]int
 	if err := unix.Pipe2(hold[:], unix.O_CLOEXEC); err != nil {
@@ -216,6 +216,11 @@ func TestStreamReconnectHolding(t *testing.T) {
 	// The Go runtime's own mappings vary by a few; a ring left behind
 	// would be one for each connection.
 	waitFor(t, "the engine's mappings back to about "+strconv.Itoa(maps0), func() bool { return mappings(t, pid) <= maps0+8 })
+	if r := rss(t, pid); r > rss0+16<<20 {
+		t.Errorf("the engine's RSS grew from %d to %d MiB over %d connections", rss0>>20, r>>20, conns)
+	} else {
+		t.Logf("the engine's RSS: %d MiB, then %d MiB after %d connections", rss0>>20, r>>20, conns)
+	}
 	before := memAvailable(t)
 	unix.Close(hold[0])
 	unix.Close(hold[1])
