@@ -419,13 +419,42 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		e.debugf("TCP %v: moves in TCP state %d with %d bytes to send (%d never sent), %d received", f.key.remote, st.TCPState, len(st.SendQ), st.NotSent, len(st.RecvQ))
 		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
-	_, err := w.Write(appendMigration(nil, &s))
+	if _, err := w.Write(appendMigration(nil, &s)); err != nil {
+		// A stream cut short serves no destination, and the guest goes
+		// on here: its connections too, as they were.
+		e.migrateRollback(flows, fds, repaired)
+		return err
+	}
 	for i, f := range flows {
 		// In repair mode, closing sends the peer nothing; a connection
 		// that did not move is reset.
 		e.tcpClose(f, false, !dumped[i])
 	}
-	return err
+	return nil
+}
+
+// migrateRollback takes back, after a save that could not be written,
+// the connections it was to move: out of repair mode, each peeks again
+// past what is in flight to the guest. The forwards come back with the
+// guest's next frame (bindHeld).
+func (e *Engine) migrateRollback(flows []*tcpFlow, fds []int, repaired bool) {
+	if repaired {
+		if err := e.repair.Set(tcprepair.Off, fds); err != nil {
+			// A socket left in repair mode sends nothing: reset them.
+			e.dropRepair(fmt.Errorf("%v: the guest's connections will be reset", err))
+			for _, f := range flows {
+				if movable(f) {
+					e.tcpClose(f, true, true)
+				}
+			}
+			return
+		}
+	}
+	for _, f := range flows {
+		if movable(f) && f.peekOff {
+			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, int(f.sndNxt-f.sndUna))
+		}
+	}
 }
 
 // migTCPOf is f as passt keeps a flow's guest side.

@@ -255,6 +255,61 @@ func TestMigrateTCP(t *testing.T) {
 	}
 }
 
+// failingWriter takes nothing, as a device state pipe whose reader went
+// away.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, unix.EPIPE }
+
+// TestMigrateSaveFails: when the state cannot be written, the source
+// keeps its connections as they were: out of repair mode, the guest gets
+// what it had not acknowledged again and what came since, once and in
+// order, and its data reaches the host.
+func TestMigrateSaveFails(t *testing.T) {
+	for _, repair := range []bool{true, false} {
+		t.Run(map[bool]string{true: "helper", false: "no helper"}[repair], func(t *testing.T) {
+			h, c := tcpPeer(t)
+			if repair {
+				h.e.repair = startRepairHelper(t)
+			}
+			c.Write([]byte("before,"))
+			h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "before," })
+			c.Write([]byte("unacked,"))
+			h.receive(t, true, func(s header.TCP) bool { return string(s.Payload()) == "unacked," })
+			c.Write([]byte("unread,"))
+
+			if err := h.e.migrateSave(failingWriter{}); err == nil {
+				t.Fatal("a save that could not be written succeeded")
+			}
+			if h.e.tcp.count != 1 {
+				t.Fatal("the source let go of the flow")
+			}
+			c.Write([]byte("after"))
+			const want = "unacked,unread,after"
+			var got []byte
+			base := h.ack
+			h.receive(t, false, func(s header.TCP) bool {
+				// Every segment must carry the stream's bytes at its
+				// sequence: a guest keeps one out of order for later.
+				p, off := s.Payload(), int(s.Seq()-base)
+				if len(p) > 0 && (off < 0 || off+len(p) > len(want) || string(p) != want[off:off+len(p)]) {
+					t.Fatalf("a segment at %d carries %q", off, p)
+				}
+				if s.Seq() == h.ack-uint32(len(p)) {
+					got = append(got, p...)
+				}
+				return string(got) == want
+			})
+			h.upload(5)
+			buf := make([]byte, 16)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if n, err := c.Read(buf); n != 5 || err != nil {
+				t.Fatalf("host read %d, %v after the failed save", n, err)
+			}
+		})
+	}
+}
+
 // TestMigrateWithoutHelper: with no repair helper the connection cannot
 // move; the destination resets it for the guest, at the sequence the
 // guest expects, and the host peer sees a reset.
