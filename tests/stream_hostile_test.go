@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
@@ -128,7 +129,7 @@ func mappings(t *testing.T, pid int) int {
 // gone round its ring, another frame, where a copy would have stayed as
 // it was. The ring is on huge pages.
 func TestStreamLendsPages(t *testing.T) {
-	w := newWorld(t, WorldOpts{NoGuest: true})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--lend-pages"}})
 	pid := w.ServerPid(t)
 	fd := streamDial(t, w.Sock)
 	defer unix.Close(fd)
@@ -186,7 +187,7 @@ func memAvailable(t *testing.T) int {
 // not a huge page for each frame: closing the pipe gives back little.
 func TestStreamReconnectHolding(t *testing.T) {
 	const conns, limit = 200, 100 << 20
-	w := newWorld(t, WorldOpts{NoGuest: true})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--lend-pages"}})
 	pid := w.ServerPid(t)
 	fd := streamDial(t, w.Sock)
 	sendAll(t, fd, arpFrom(0))
@@ -269,7 +270,7 @@ func sendSome(fd int, b []byte) {
 // after each it serves a good client and is back to its descriptors and
 // mappings.
 func TestStreamHostileClients(t *testing.T) {
-	w := newWorld(t, WorldOpts{NoGuest: true})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--lend-pages"}})
 	pid := w.ServerPid(t)
 	good := func(after string) {
 		t.Helper()
@@ -421,7 +422,7 @@ func (c *oddConn) Read(p []byte) (int, error) {
 // intact.
 func TestStreamOddReader(t *testing.T) {
 	const size = 64 << 20
-	w := newWorld(t, WorldOpts{NoGuest: true})
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--lend-pages"}})
 	g := newNetns(t, "gpg")
 	var tap *os.File
 	var err error
@@ -450,4 +451,121 @@ func TestStreamOddReader(t *testing.T) {
 			t.Fatalf("download %d: %d bytes of %d, %v, SHA-256 %x", i, n, size, err, sum)
 		}
 	}
+}
+
+// spliceRelay is a relay between stream clients and the engine's socket
+// that moves the engine's bytes on with splice(2), as
+// systemd-socket-proxyd does: through a pipe, without reading them.
+func spliceRelay(t *testing.T, sock string) (path string) {
+	t.Helper()
+	path = sock + ".relay"
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("unix", sock)
+			if err != nil {
+				c.Close()
+				return
+			}
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() {
+				defer c.Close()
+				defer up.Close()
+				var p [2]int
+				if unix.Pipe2(p[:], unix.O_CLOEXEC) != nil {
+					return
+				}
+				defer unix.Close(p[0])
+				defer unix.Close(p[1])
+				ufd, _ := up.(*net.UnixConn).File()
+				cfd, _ := c.(*net.UnixConn).File()
+				defer ufd.Close()
+				defer cfd.Close()
+				for {
+					n, err := unix.Splice(int(ufd.Fd()), nil, p[1], nil, 1<<16, 0)
+					if n <= 0 || err != nil {
+						return
+					}
+					for n > 0 {
+						m, err := unix.Splice(p[0], nil, int(cfd.Fd()), nil, int(n), 0)
+						if m <= 0 || err != nil {
+							return
+						}
+						n -= m
+					}
+				}
+			}()
+		}
+	}()
+	return path
+}
+
+// TestStreamSpliceRelay: behind a relay that splices the engine's bytes
+// on, as systemd-socket-proxyd does, a client that reads late still
+// gets every frame whole and in order: without --lend-pages the engine
+// copies its frames into the socket. (With it, the relay's pipe and
+// socket keep the pages after the engine's socket lets them go, and the
+// client gets frames written there since: the option is for a client
+// that reads the socket itself.)
+func TestStreamSpliceRelay(t *testing.T) {
+	const n = 200000 // 12 MiB of answers: round the ring
+	w := newWorld(t, WorldOpts{NoGuest: true})
+	fd := streamDial(t, spliceRelay(t, w.Sock))
+	defer unix.Close(fd)
+	sendAll(t, fd, arpStorm(n))
+	// Replies the engine had no room for are dropped; the rest come in
+	// order, until none has come for a second.
+	tv := unix.Timeval{Sec: 1}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	next, bad, got := uint32(0), 0, 0
+	r := bufio.NewReader(fdReader(fd))
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			break
+		}
+		size := binary.BigEndian.Uint32(hdr[:])
+		if size < 14 || size > 65550 {
+			t.Fatalf("after the reply to request %d: a frame of %d bytes (%x)", next, size, hdr)
+		}
+		b := make([]byte, size)
+		if _, err := io.ReadFull(r, b); err != nil {
+			t.Fatal(err)
+		}
+		if b[12] != 0x08 || b[13] != 0x06 {
+			continue // a router advertisement
+		}
+		got++
+		to := binary.BigEndian.Uint32(b[2:])
+		if to < next || !bytes.Equal(b[2:6], b[34:38]) {
+			bad++
+			if bad < 5 {
+				t.Errorf("reply to request %d (target %x) where %d or later was due", to, b[34:38], next)
+			}
+		}
+		next = to + 1
+	}
+	t.Logf("%d replies to %d requests, %d out of order", got, n, bad)
+	if bad > 0 || got == 0 {
+		t.Fatalf("%d of %d replies wrong", bad, got)
+	}
+}
+
+// fdReader reads a blocking descriptor.
+type fdReader int
+
+func (f fdReader) Read(p []byte) (int, error) {
+	n, err := unix.Read(int(f), p)
+	if n == 0 && err == nil {
+		return 0, io.EOF
+	}
+	return max(n, 0), err
 }

@@ -101,9 +101,21 @@ type Poller interface {
 var ErrHangUp = errors.New("hang-up")
 
 // NewStream is a link over a connected stream socket (unix or vsock),
-// with frames delimited by f.
-func NewStream(fd int, f Framing) Link {
-	q := newZeroCopyQueue(f, 8<<20, fd)
+// with frames delimited by f, which it writes to the socket.
+func NewStream(fd int, f Framing) Link { return newStream(fd, f, false) }
+
+// NewLendingStream is NewStream that lends its frames' pages to a unix
+// socket rather than copying them (zeroCopy), for a client that reads
+// the socket itself, as QEMU does: a relay that splice(2)s what it reads
+// on keeps the pages after the socket lets them go, and would pass on
+// frames written there since.
+func NewLendingStream(fd int, f Framing) Link { return newStream(fd, f, true) }
+
+func newStream(fd int, f Framing, lend bool) Link {
+	var q *Queue
+	if lend {
+		q = newZeroCopyQueue(f, 8<<20, fd)
+	}
 	if q == nil {
 		q = NewQueue(f, 8<<20)
 	}
@@ -115,9 +127,13 @@ func NewStream(fd int, f Framing) Link {
 // "POST /connect" request and then uses the Gvproxy framing; anything
 // else is QEMU's, whose first byte, the top of a frame length, is 0. No
 // frame goes to the guest before the client has spoken.
-func NewDetectStream(fd int) Link {
-	l := NewStream(fd, QEMU).(*fdLink)
-	l.detect = true
+func NewDetectStream(fd int) Link { return detectStream(NewStream(fd, QEMU)) }
+
+// NewDetectLendingStream is NewDetectStream with NewLendingStream's queue.
+func NewDetectLendingStream(fd int) Link { return detectStream(NewLendingStream(fd, QEMU)) }
+
+func detectStream(l Link) Link {
+	l.(*fdLink).detect = true
 	return l
 }
 
