@@ -28,12 +28,14 @@ func TestArgv(t *testing.T) {
 			func(c *cli) bool {
 				o := c.Serve
 				return o.OneOff && o.Socket != "" && o.PidFile != "" && o.Address[0] == "192.0.2.50" && o.MTU == 1500 &&
-					slices.Equal(o.TCPPorts, []string{"127.0.0.1/18080-18082:8080-8082,~18081", "2222:22"})
+					slices.Equal(o.TCPPorts, []string{"127.0.0.1/18080-18082:8080-8082,~18081", "2222:22"}) && !lendPages(&o)
 			}},
 		{"libvirt <interface type='vhostuser'><backend type='passt'/>", "--one-off --socket /run/s --pid /run/p --vhost-user", "serve",
 			func(c *cli) bool { return c.Serve.VhostUser }},
 		{"QEMU 10.1 -netdev passt", "--quiet --pid /tmp/passt-X.pid --fd 3", "serve",
-			func(c *cli) bool { return c.Serve.Quiet && c.Serve.Fd == 3 && c.Serve.PidFile == "/tmp/passt-X.pid" }},
+			func(c *cli) bool {
+				return c.Serve.Quiet && c.Serve.Fd == 3 && c.Serve.PidFile == "/tmp/passt-X.pid" && lendPages(&c.Serve)
+			}},
 		{"QEMU 10.1 -netdev passt, every option net/passt.c emits", qemuPasstArgv, "serve", func(c *cli) bool {
 			o := c.Serve
 			return o.VhostUser && o.Quiet && o.MTU == 1500 && o.Address[0] == "192.0.2.2" && o.Netmask == "24" &&

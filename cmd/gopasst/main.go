@@ -183,6 +183,11 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	return ctx, false, 0
 }
 
+// lendPages tells whether the stream client's frames are lent to its
+// socket: asked for, or --fd's client, which is QEMU's own socket pair
+// and reads it itself (never a relay that splices it on).
+func lendPages(o *Options) bool { return !o.VhostUser && (o.LendPages || o.Fd >= 0) }
+
 // runServe is passt's mode: serve one VM at a time.
 func runServe(o *Options, stdout, stderr io.Writer) int {
 	if o.PrintCaps {
@@ -203,7 +208,7 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		cfg.Migration = true
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
-	if !o.VhostUser && (o.LendPages || o.Fd >= 0) {
+	if lendPages(o) {
 		cfg.NewLink = qemusock.NewDetectLendingStream
 	}
 	// Check every forward before binding anything.
