@@ -36,7 +36,7 @@ func TestBench(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/mtu%s/round%d", b.name, mtu, r), func(t *testing.T) {
 					o := WorldOpts{HostVia: b.hostVia}
 					if b.argv == nil {
-						o.Args = []string{"-m", mtu}
+						o.Args = append([]string{"-m", mtu}, gopasstBenchArgs...)
 					}
 					for _, a := range b.argv {
 						o.Backend = append(o.Backend, strings.ReplaceAll(a, "{mtu}", mtu))
@@ -109,6 +109,11 @@ type backend struct {
 	missing string // why it is not measured
 }
 
+// gopasstBenchArgs run gopasst on the bridge's socket as QEMU 10.1's
+// -netdev passt runs it on its own socket pair (--fd): lending its frames'
+// pages, which -s does only when asked.
+var gopasstBenchArgs = []string{"--lend-pages"}
+
 // benchBackends finds every backend, reporting the ones that are missing.
 func benchBackends(t *testing.T) []backend {
 	debVersion := func(pkg string) string {
@@ -116,7 +121,7 @@ func benchBackends(t *testing.T) []backend {
 		return string(out)
 	}
 	gopasstVer, _ := exec.Command(gopasstBin, "--version").Output()
-	bs := []backend{{name: "gopasst", version: strings.TrimSpace(string(gopasstVer)), hostVia: hostGW}}
+	bs := []backend{{name: "gopasst", version: strings.TrimSpace(string(gopasstVer)) + " " + strings.Join(gopasstBenchArgs, " "), hostVia: hostGW}}
 	if p, err := passtPath(); err == nil {
 		bs = append(bs, backend{name: "passt", version: passtVersion(p),
 			argv: []string{p, "-f", "-q", "-s", "{sock}", "-m", "{mtu}"}, hostVia: hostGW})
