@@ -222,19 +222,28 @@ func (h *hotPath) migrate(t *testing.T, repair bool) *hotPath {
 	return d
 }
 
-// TestMigrateTCP moves an established connection from one engine to
-// another through the repair helper, with data the guest has not
-// acknowledged and data not yet read from the host: the guest gets it
-// all once, in order, and the connection carries on both ways.
-func TestMigrateTCP(t *testing.T) {
+// inFlight is a connection, with a repair helper when repair, whose host
+// peer c sent "before," (the guest acknowledged it), "unacked," (the
+// guest has it, unacknowledged) and "unread," (still in the host socket).
+func inFlight(t *testing.T, repair bool) (*hotPath, net.Conn) {
 	h, c := tcpPeer(t)
-	h.e.repair = startRepairHelper(t)
+	if repair {
+		h.e.repair = startRepairHelper(t)
+	}
 	c.Write([]byte("before,"))
 	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "before," })
 	c.Write([]byte("unacked,"))
 	h.receive(t, true, func(s header.TCP) bool { return string(s.Payload()) == "unacked," })
 	c.Write([]byte("unread,"))
+	return h, c
+}
 
+// TestMigrateTCP moves an established connection from one engine to
+// another through the repair helper, with data the guest has not
+// acknowledged and data not yet read from the host: the guest gets it
+// all once, in order, and the connection carries on both ways.
+func TestMigrateTCP(t *testing.T) {
+	h, c := inFlight(t, true)
 	d := h.migrate(t, true)
 	if h.e.tcp.count != 0 {
 		t.Fatal("the source kept the flow")
@@ -268,16 +277,7 @@ func (failingWriter) Write([]byte) (int, error) { return 0, unix.EPIPE }
 func TestMigrateSaveFails(t *testing.T) {
 	for _, repair := range []bool{true, false} {
 		t.Run(map[bool]string{true: "helper", false: "no helper"}[repair], func(t *testing.T) {
-			h, c := tcpPeer(t)
-			if repair {
-				h.e.repair = startRepairHelper(t)
-			}
-			c.Write([]byte("before,"))
-			h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "before," })
-			c.Write([]byte("unacked,"))
-			h.receive(t, true, func(s header.TCP) bool { return string(s.Payload()) == "unacked," })
-			c.Write([]byte("unread,"))
-
+			h, c := inFlight(t, repair)
 			if err := h.e.migrateSave(failingWriter{}); err == nil {
 				t.Fatal("a save that could not be written succeeded")
 			}
