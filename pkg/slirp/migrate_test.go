@@ -226,6 +226,7 @@ func (h *hotPath) migrate(t *testing.T, repair bool) *hotPath {
 // peer c sent "before," (the guest acknowledged it), "unacked," (the
 // guest has it, unacknowledged) and "unread," (still in the host socket).
 func inFlight(t *testing.T, repair bool) (*hotPath, net.Conn) {
+	t.Helper()
 	h, c := tcpPeer(t)
 	if repair {
 		h.e.repair = startRepairHelper(t)
