@@ -111,8 +111,14 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) > 0 {
 		base = unsafe.Pointer(&p[0])
 	}
+	return rawCall(trap, uintptr(fd), uintptr(base), uintptr(len(p)), 0, 0, 0)
+}
+
+// rawCall is a raw system call that cannot wait, retried on EINTR, with
+// n = 0 on error.
+func rawCall(trap, a1, a2, a3, a4, a5, a6 uintptr) (int, error) {
 	for {
-		n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(base), uintptr(len(p)))
+		n, _, errno := unix.RawSyscall6(trap, a1, a2, a3, a4, a5, a6)
 		if errno == unix.EINTR {
 			continue
 		}

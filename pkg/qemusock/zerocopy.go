@@ -156,21 +156,6 @@ func (z *zeroCopy) flush(q *Queue) error {
 	}
 }
 
-// rawCall is a system call that cannot wait, retried on EINTR (see
-// rawIO).
-func rawCall(trap, a1, a2, a3, a4, a5, a6 uintptr) (int, error) {
-	for {
-		n, _, errno := unix.RawSyscall6(trap, a1, a2, a3, a4, a5, a6)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(n), nil
-	}
-}
-
 // rewind starts an empty queue over at the buffer's beginning when the
 // kernel is done with all of it, as a queue that copies does whenever it
 // is empty: light traffic then keeps to the first huge page rather than
