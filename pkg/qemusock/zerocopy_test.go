@@ -34,6 +34,13 @@ func numbered(b []byte, n int) {
 	}
 }
 
+// isNumbered tells whether f is the n-th frame as numbered fills it.
+func isNumbered(f []byte, n int) bool {
+	want := make([]byte, len(f))
+	numbered(want, n)
+	return string(f) == string(want)
+}
+
 // queueStress builds frames in q as the engine does (several
 // reservations open at once, the last committed short, the rest
 // cancelled), of sizes that make the ring wrap at every place, flushes
@@ -56,9 +63,7 @@ func queueStress(t *testing.T, q *Queue, wfd, rfd int, batches int) {
 				if f == nil {
 					break
 				}
-				want := make([]byte, len(f))
-				numbered(want, got)
-				if string(f) != string(want) {
+				if !isNumbered(f, got) {
 					t.Fatalf("frame %d of %d bytes arrived changed", got, len(f))
 				}
 				got++
@@ -169,9 +174,7 @@ func TestZeroCopyQueueClosed(t *testing.T) {
 		t.Fatalf("%d frames, %v", len(got), err)
 	}
 	for i, f := range got {
-		want := make([]byte, len(f))
-		numbered(want, i)
-		if string(f) != string(want) {
+		if !isNumbered(f, i) {
 			t.Fatalf("frame %d changed", i)
 		}
 	}
@@ -213,9 +216,7 @@ func TestZeroCopyRewind(t *testing.T) {
 			t.Fatalf("after frame %d: %v", got+len(frames), err)
 		}
 		for _, f := range frames {
-			want := make([]byte, len(f))
-			numbered(want, got)
-			if string(f) != string(want) {
+			if !isNumbered(f, got) {
 				t.Fatalf("frame %d arrived changed", got)
 			}
 			got++
