@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -234,10 +235,33 @@ func libvirtCrash(t *testing.T, pid int, pidFile, console string) {
 	}
 }
 
+// stopLibvirtd stops libvirtd and virtlogd and waits until they are gone:
+// one still exiting holds its PID file, and the next one fails to start
+// ("Unable to obtain pidfile").
+func stopLibvirtd(t *testing.T) {
+	for _, d := range []string{"libvirtd", "virtlogd"} {
+		exec.Command("pkill", "-x", d).Run()
+		waitLong(t, d+" to exit", 30*time.Second, func() bool { return !running(d) })
+	}
+}
+
+// running tells whether a live process (not a zombie, which holds no
+// file) has the command name comm.
+func running(comm string) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, _ := os.ReadFile(p)
+		// pid (comm) state ...
+		open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+		if open >= 0 && end+2 < len(b) && string(b[open+1:end]) == comm && b[end+2] != 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
 func startLibvirtd(t *testing.T, shim string) {
-	exec.Command("pkill", "-x", "libvirtd").Run()
-	exec.Command("pkill", "-x", "virtlogd").Run()
-	time.Sleep(500 * time.Millisecond)
+	stopLibvirtd(t)
 	if out, err := exec.Command("virtlogd", "-d").CombinedOutput(); err != nil {
 		t.Fatalf("virtlogd: %v\n%s", err, out)
 	}
@@ -246,10 +270,7 @@ func startLibvirtd(t *testing.T, shim string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("libvirtd: %v\n%s", err, out)
 	}
-	t.Cleanup(func() {
-		exec.Command("pkill", "-x", "libvirtd").Run()
-		exec.Command("pkill", "-x", "virtlogd").Run()
-	})
+	t.Cleanup(func() { stopLibvirtd(t) })
 	waitLong(t, "libvirtd", 30*time.Second, func() bool { return exec.Command("virsh", "version").Run() == nil })
 }
 
