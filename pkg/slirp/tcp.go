@@ -99,6 +99,7 @@ const (
 	tcpNotTCP                          // host end is a unix socket or a command's pipe
 	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
 	tcpInbound                         // a host peer opened it through a forward (-t): migrate.go names it so
+	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
 )
 
 const (
@@ -422,7 +423,7 @@ func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 func (e *Engine) tcpConnected(f *tcpFlow) {
 	e.tcpSetState(f, tcpSynAckSent, tcpConnecting)
 	e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
-	e.tcpEpollMod(f, tcpEvents)
+	e.tcpEpollMod(f)
 }
 
 // tcpSockEvent handles readiness of a flow's host socket.
@@ -452,7 +453,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		// retransmits it at once (fast retransmit), as passt does,
 		// instead of waiting for its retransmission timer.
 		f.flags &^= tcpWaitWrite
-		e.tcpEpollMod(f, tcpEvents)
+		e.tcpEpollMod(f)
 		e.tcpSendFlags(f, header.TCPAck)
 		if f.flags&tcpShortWrite != 0 {
 			f.flags &^= tcpShortWrite
@@ -743,11 +744,34 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 
 // tcpEvents are what a connected flow's socket reports, edge-triggered:
 // data and the peer's FIN. EPOLLOUT joins them only while a window
-// update waits for room (tcpWatchWrite).
+// update waits for room (tcpWatchWrite), and EPOLLIN leaves them while
+// the flow cannot send (tcpHoldIn).
 const tcpEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
-func (e *Engine) tcpEpollMod(f *tcpFlow, events uint32) {
-	e.epollMod(f.fd, events, e.tcpRef(f))
+// tcpEpollMod tells epoll what the flow's flags say it waits for.
+func (e *Engine) tcpEpollMod(f *tcpFlow) {
+	ev := uint32(tcpEvents)
+	if f.flags&tcpInOff != 0 {
+		ev &^= unix.EPOLLIN
+	}
+	if f.flags&tcpWaitWrite != 0 {
+		ev |= unix.EPOLLOUT
+	}
+	e.epollMod(f.fd, ev, e.tcpRef(f))
+}
+
+// tcpHoldIn stops or restarts EPOLLIN. A flow stopped at the guest's
+// window or the link's room has nothing to do with new host data until
+// the guest acknowledges or the link drains, and both call
+// tcpSendToGuest, which reads what came meanwhile. Watching it anyway
+// woke the engine for every segment the host peer sent: on a download,
+// twice as often as passt, which stops watching too. Restarting re-arms
+// the edge: epoll reports data already there.
+func (e *Engine) tcpHoldIn(f *tcpFlow, hold bool) {
+	if (f.flags&tcpInOff != 0) != hold {
+		f.flags ^= tcpInOff
+		e.tcpEpollMod(f)
+	}
 }
 
 // tcpRef is the epoll reference of a flow's host socket.
@@ -759,7 +783,7 @@ func (e *Engine) tcpRef(f *tcpFlow) epollRef {
 func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 	if f.flags&tcpWaitWrite == 0 {
 		f.flags |= tcpWaitWrite
-		e.tcpEpollMod(f, tcpEvents|unix.EPOLLOUT)
+		e.tcpEpollMod(f)
 	}
 }
 
@@ -785,6 +809,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		inflight := f.sndNxt - f.sndUna
 		if inflight >= f.guestWnd {
 			f.flags |= tcpWndFull // the guest's next ACK calls us again
+			e.tcpHoldIn(f, true)
 			return
 		}
 		want := int(min(f.guestWnd-inflight, uint32(tcpMaxSegs*seg)))
@@ -813,11 +838,13 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if segs == 0 {
 			f.flags |= tcpWaitTap
 			e.tcp.tapWaiters = append(e.tcp.tapWaiters, f.idx)
+			e.tcpHoldIn(f, true)
 			return
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
 			e.link.Cancel()
+			e.tcpHoldIn(f, false)
 			return
 		}
 		if err != nil {
@@ -833,6 +860,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if n -= skip; n <= 0 {
 			e.link.Cancel()
 			if !eof {
+				e.tcpHoldIn(f, false)
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
@@ -875,7 +903,8 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			f.rtoAt = e.now + tcpRTO
 		}
 		if n < want && f.state&tcpHostRdhup == 0 {
-			return // drained; the next EPOLLIN edge brings more
+			e.tcpHoldIn(f, false) // drained; the next EPOLLIN edge brings more
+			return
 		}
 	}
 }

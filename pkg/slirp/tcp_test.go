@@ -185,6 +185,35 @@ func TestTCPZeroWindow(t *testing.T) {
 	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "wait for it" })
 }
 
+// TestTCPHoldIn: a flow stopped at the guest's window stops watching its
+// host socket, so host data does not wake the engine; the guest's ACK
+// sends what came meanwhile, and once drained the flow watches again.
+func TestTCPHoldIn(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.wnd = 8 // 1 KiB at the guest's window scale (7)
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	start := h.ack
+	c.Write(make([]byte, 4000))
+	h.receive(t, true, func(s header.TCP) bool { return len(s.Payload()) > 0 })
+	f := h.flow()
+	if f.flags&tcpInOff == 0 {
+		t.Fatal("a flow at the guest's window still watches its host socket")
+	}
+	c.Write(make([]byte, 4000))
+	time.Sleep(20 * time.Millisecond)
+	if h.e.turn(5); h.e.busy {
+		t.Error("host data woke the engine while the guest's window was full")
+	}
+	h.wnd = 0xffff
+	h.receive(t, false, func(header.TCP) bool { return h.ack == start+8000 })
+	if f.flags&tcpInOff != 0 {
+		t.Error("the flow still ignores its host socket after draining it")
+	}
+	c.Write([]byte("more"))
+	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "more" })
+}
+
 // TestIovSum: a payload summed in pieces of odd and even sizes, cut
 // short in its last piece, as a peek into guest buffers leaves it, sums
 // as the bytes would in one run.
