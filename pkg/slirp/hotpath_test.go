@@ -186,6 +186,30 @@ func (h *hotPath) download() int {
 	return got
 }
 
+// TestSpinAfterBulk: a turn that moved bulk data makes the next ones poll
+// without waiting, for spinAfterBulk; light traffic and an idle engine
+// wait.
+func TestSpinAfterBulk(t *testing.T) {
+	const size = 1 << 20
+	h := newHotPath(t, func(c net.Conn) { c.Write(make([]byte, size)) })
+	if h.e.pollTimeout() == 0 {
+		t.Error("polls after a handshake")
+	}
+	got, spun := 0, false
+	for got < size {
+		got += h.download()
+		spun = spun || h.e.pollTimeout() == 0
+	}
+	if !spun {
+		t.Error("never polled during a 1 MiB download")
+	}
+	time.Sleep(2 * spinAfterBulk)
+	h.e.turn(0)
+	if h.e.pollTimeout() == 0 {
+		t.Error("still polls once the transfer is over")
+	}
+}
+
 // upload sends one data segment and lets the engine write it to the sink.
 func (h *hotPath) upload(n int) {
 	h.send(h.segment(header.TCPAck|header.TCPPsh, n))

@@ -636,6 +636,7 @@ func (e *Engine) tcpWriteFlush() bool {
 		return false
 	}
 	f.rcvNxt += uint32(n)
+	e.moved += n
 	if n < want {
 		// The rest will come again once the window reopens.
 		f.flags |= tcpShortWrite
@@ -897,6 +898,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		e.link.Cancel() // frames the peek did not fill
 		e.Stats.FramesOut += uint64((n + seg - 1) / seg)
+		e.moved += n
 		f.sndNxt += uint32(n)
 		f.ackSent, f.wndSent = f.rcvNxt, wnd
 		if f.rtoAt == 0 {
