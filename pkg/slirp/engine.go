@@ -38,16 +38,59 @@ import (
 const yieldEvery = 9 * time.Millisecond
 
 // After a turn that moved bulkTurn bytes of TCP payload or more, the loop
-// polls epoll without blocking for spinAfterBulk before it sleeps. In a
-// bulk transfer the next segment or ACK mostly comes sooner, and a sleep
-// and wake-up costs the engine more CPU than the polling does: at MTU
-// 65520, host to guest, 21,000 sleeps in 4 s became 5,000, and CPU per GB
-// fell by a fifth (docs/benchmarks.md). 300 µs cost more than it saved.
-// Light traffic never polls.
+// may poll epoll without blocking, for up to spinMax, before it sleeps.
+// Where the next segment or ACK mostly comes sooner, polling costs the
+// engine less CPU than a sleep and a wake-up: on the netns harness at MTU
+// 65520, host to guest, 21,000 sleeps in 4 s became 5,000 and CPU per GB
+// fell by a fifth; 300 µs cost more than it saved. Where it mostly does
+// not, polling is CPU thrown away: a TCG guest's uploads cost twice the
+// CPU with it. So a poll that catches an event scores one, one that runs
+// out loses two, and the loop polls only while the score is at least
+// spinOn, that is while two thirds or more catch one; below it, one bulk
+// turn in spinProbe polls, to learn whether that has changed. The score
+// starts at nothing: an engine polls once probes show that it pays (see
+// docs/benchmarks.md). Light traffic never polls.
 const (
-	bulkTurn      = 16 << 10
-	spinAfterBulk = 100 * time.Microsecond
+	bulkTurn     = 16 << 10
+	spinMax      = 100 * time.Microsecond
+	spinOn       = 4
+	spinScoreMax = 16
+	spinProbe    = 64
 )
+
+// spin is the loop's polling state.
+type spin struct {
+	bulkAt  time.Duration // the last turn that moved bulkTurn bytes
+	polling bool          // since then, turns poll
+	score   int
+	skipped int // bulk turns that did not poll since the last that did
+}
+
+// poll tells whether the next turn polls rather than waits. A poll that
+// has run out is a miss.
+func (s *spin) poll(now time.Duration) bool {
+	if s.polling && now-s.bulkAt >= spinMax {
+		s.polling = false
+		s.score = max(s.score-2, 0)
+	}
+	return s.polling
+}
+
+// turned records a turn: whether it had events, how much it moved. A poll
+// that had events is a hit.
+func (s *spin) turned(now time.Duration, events bool, moved int) {
+	if s.polling && events {
+		s.polling = false
+		s.score = min(s.score+1, spinScoreMax)
+	}
+	if moved < bulkTurn {
+		return
+	}
+	s.bulkAt = now
+	if s.skipped++; s.score >= spinOn || s.skipped >= spinProbe {
+		s.polling, s.skipped = true, 0
+	}
+}
 
 // tick is the timer granularity for retransmissions and expiry.
 const tick = 100 * time.Millisecond
@@ -83,9 +126,9 @@ type Engine struct {
 	now       time.Duration // since start, monotonic, refreshed once per loop turn
 	start     time.Time
 	lastTick  time.Duration
-	busy      bool          // the last loop turn had events
-	moved     int           // TCP payload this turn moved, either way
-	bulkAt    time.Duration // the last turn that moved bulkTurn bytes
+	busy      bool // the last loop turn had events
+	moved     int  // TCP payload this turn moved, either way
+	spin      spin
 
 	tcp  tcpTable
 	udp  udpTable
@@ -329,10 +372,10 @@ func (e *Engine) Run() error {
 
 // pollTimeout is how long, in milliseconds, the next turn may wait for
 // events: until the next tick, a delayed ACK, or not at all right after
-// bulk (spinAfterBulk).
+// bulk (spin).
 func (e *Engine) pollTimeout() int {
 	switch {
-	case e.now-e.bulkAt < spinAfterBulk:
+	case e.spin.poll(e.now):
 		return 0
 	case len(e.tcp.ackDelayed) > 0:
 		return int(tcpAckDelay / time.Millisecond)
@@ -405,9 +448,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		e.tcpDelayedAcks()
 	}
 	e.flush()
-	if e.moved >= bulkTurn {
-		e.bulkAt = e.now
-	}
+	e.spin.turned(e.now, n > 0, e.moved)
 	e.moved = 0
 	return false, nil
 }

@@ -187,11 +187,12 @@ func (h *hotPath) download() int {
 }
 
 // TestSpinAfterBulk: a turn that moved bulk data makes the next ones poll
-// without waiting, for spinAfterBulk; light traffic and an idle engine
+// without waiting, for up to spinMax; light traffic and an idle engine
 // wait.
 func TestSpinAfterBulk(t *testing.T) {
 	const size = 1 << 20
 	h := newHotPath(t, func(c net.Conn) { c.Write(make([]byte, size)) })
+	h.e.spin.score = spinOn // as after polls that paid
 	if h.e.pollTimeout() == 0 {
 		t.Error("polls after a handshake")
 	}
@@ -203,10 +204,43 @@ func TestSpinAfterBulk(t *testing.T) {
 	if !spun {
 		t.Error("never polled during a 1 MiB download")
 	}
-	time.Sleep(2 * spinAfterBulk)
+	time.Sleep(2 * spinMax)
 	h.e.turn(0)
 	if h.e.pollTimeout() == 0 {
 		t.Error("still polls once the transfer is over")
+	}
+}
+
+// TestSpinScore: bulk turns poll only while polls pay; with no score
+// yet, or after misses, one bulk turn in spinProbe polls.
+func TestSpinScore(t *testing.T) {
+	var s spin
+	now := time.Duration(0)
+	bulk := func() bool { // a bulk turn: does the next turn poll?
+		now += time.Millisecond
+		s.turned(now, true, bulkTurn)
+		return s.poll(now)
+	}
+	for i := 1; i < spinProbe; i++ {
+		if bulk() {
+			t.Fatalf("bulk turn %d polls with no score", i)
+		}
+	}
+	for i := 0; i < spinOn; i++ {
+		if !bulk() {
+			t.Fatalf("probe %d does not poll", i)
+		}
+		s.turned(now, true, 0) // a hit
+		for j := 1; j < spinProbe && s.score < spinOn; j++ {
+			bulk()
+		}
+	}
+	if !bulk() {
+		t.Fatalf("does not poll at score %d", s.score)
+	}
+	s.turned(now, false, 0)
+	if s.poll(now + spinMax); s.score >= spinOn || bulk() {
+		t.Errorf("polls after a miss (score %d)", s.score)
 	}
 }
 
