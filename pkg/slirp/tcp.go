@@ -765,9 +765,11 @@ func (e *Engine) tcpEpollMod(f *tcpFlow) {
 // window or the link's room has nothing to do with new host data until
 // the guest acknowledges or the link drains, and both call
 // tcpSendToGuest, which reads what came meanwhile. Watching it anyway
-// woke the engine for every segment the host peer sent: on a download,
-// twice as often as passt, which stops watching too. Restarting re-arms
-// the edge: epoll reports data already there.
+// would wake the engine for every segment the host peer sent meanwhile;
+// passt stops watching too. It restarts only once a peek drains the
+// socket, so a flow held by the guest's window stays held from one ACK
+// to the next. Restarting re-arms the edge: epoll reports data already
+// there.
 func (e *Engine) tcpHoldIn(f *tcpFlow, hold bool) {
 	if (f.flags&tcpInOff != 0) != hold {
 		f.flags ^= tcpInOff
