@@ -40,7 +40,7 @@ func newZeroCopyQueue(f Framing, size, fd int) *Queue {
 	if d, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || d != unix.AF_UNIX {
 		return nil
 	}
-	if _, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil {
+	if _, err := unsent(fd); err != nil {
 		return nil // no telling when the kernel is done with a page
 	}
 	z := &zeroCopy{fd: fd}
@@ -108,7 +108,7 @@ func (z *zeroCopy) fits(q *Queue, end int) bool {
 		return true
 	}
 	held := z.inPipe
-	if outq, err := unix.IoctlGetInt(z.fd, unix.SIOCOUTQ); err == nil {
+	if outq, err := unsent(z.fd); err == nil {
 		held += outq
 	} else {
 		held = len(q.buf) // unknown: wait until the stream is empty
@@ -168,10 +168,19 @@ func (z *zeroCopy) rewind(q *Queue) {
 		return
 	}
 	z.asked = q.head
-	if outq, err := unix.IoctlGetInt(z.fd, unix.SIOCOUTQ); err == nil && outq == 0 {
+	if outq, err := unsent(z.fd); err == nil && outq == 0 {
 		q.head += len(q.buf) - at
 		q.tail, q.open, z.free = q.head, q.head, q.head
 	}
+}
+
+// unsent is what the socket counts as unread by its peer (SIOCOUTQ). The
+// kernel writes a C int: IoctlGetInt would read 8 bytes, the count in
+// the upper half on a 64-bit big-endian machine (as slirp's sendRoom
+// knows).
+func unsent(fd int) (int, error) {
+	n, err := unix.IoctlGetUint32(fd, unix.SIOCOUTQ)
+	return int(int32(n)), err
 }
 
 func (z *zeroCopy) closePipe() {

@@ -244,3 +244,24 @@ func TestZeroCopyRewind(t *testing.T) {
 	}
 	t.Fatalf("%d frames of %d arrived", got, made)
 }
+
+// TestUnsent: SIOCOUTQ's count is read as the C int the kernel writes,
+// on a big-endian machine too (make test-bigendian), where an 8-byte
+// read put it in the upper half and the queue saw its pages held for ever.
+func TestUnsent(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	unix.Write(fds[0], make([]byte, 1000))
+	sndbuf, _ := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if n, err := unsent(fds[0]); err != nil || n < 1000 || n > sndbuf {
+		t.Errorf("unsent after writing 1000 bytes: %d, %v (SO_SNDBUF %d)", n, err, sndbuf)
+	}
+	unix.Read(fds[1], make([]byte, 1000))
+	if n, err := unsent(fds[0]); err != nil || n != 0 {
+		t.Errorf("unsent once read: %d, %v", n, err)
+	}
+}
