@@ -215,6 +215,11 @@ echo GOPASST-DONE
 		res["total migration time with 1,000 connections, ms"] = ms(m.total)
 		res["guest stopped with 1,000 connections, ms"] = ms(m.stopped)
 		res["connections working after"] = num("ALIVE")
+		if lost := float64(flows) - num("ALIVE"); lost > 0 {
+			// Rare, with either back-end, and not reproduced on its own
+			// (docs/benchmarks.md): keep what the back-ends said.
+			t.Logf("%.0f connections did not echo after the move; source log:\n%s\ndestination log:\n%s", lost, w.Log.String(), dstLog.String())
+		}
 	}
 	t.Logf("%v (QMP downtime %v; %v pings answered; stall %.0f ms)", res, m.downtime, num("PINGS"), stall)
 	return res
