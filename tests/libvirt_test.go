@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -237,13 +238,25 @@ func libvirtCrash(t *testing.T, pid int, pidFile, console string) {
 
 // stopLibvirtd stops libvirtd and virtlogd and waits until they are gone:
 // one still exiting holds its PID file, and the next one fails to start
-// ("Unable to obtain pidfile").
+// ("Unable to obtain pidfile"). libvirtd may take its own shutdown
+// timeout, 30 s, to exit (it once took longer than that in CI), so
+// whatever is left after stopTimeout is killed.
 func stopLibvirtd(t *testing.T) {
-	for _, d := range []string{"libvirtd", "virtlogd"} {
+	daemons := []string{"libvirtd", "virtlogd"}
+	gone := func() bool { return !slices.ContainsFunc(daemons, running) }
+	for _, d := range daemons {
 		exec.Command("pkill", "-x", d).Run()
-		waitLong(t, d+" to exit", 30*time.Second, func() bool { return !running(d) })
 	}
+	for deadline := time.Now().Add(stopTimeout); !gone() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, d := range daemons {
+		exec.Command("pkill", "-KILL", "-x", d).Run()
+	}
+	waitLong(t, "libvirtd and virtlogd to exit", stopTimeout, gone)
 }
+
+const stopTimeout = 10 * time.Second
 
 // running tells whether a live process (not a zombie, which holds no
 // file) has the command name comm.
