@@ -90,6 +90,40 @@ func TestArgv(t *testing.T) {
 	}
 }
 
+// TestPasstModeOptions: every option that upstream passt 2026.03 takes
+// in passt mode (conf.c's table, each tried on its binary) parses, since
+// a caller's option we refuse is a start-up failure. Its pasta-only
+// options are refused there, as passt refuses them.
+func TestPasstModeOptions(t *testing.T) {
+	for _, argv := range []string{
+		"-d", "--debug", "-q", "--quiet", "-f", "--foreground", "-e", "--stderr", "-l /tmp/l", "--log-file /tmp/l",
+		"-s /tmp/s", "--socket /tmp/s", "--socket-path /tmp/s", "-F 3", "--fd 3", "-p /tmp/p", "--pcap /tmp/p",
+		"-P /tmp/p", "--pid /tmp/p", "-m 1500", "--mtu 1500", "-a 192.0.2.2", "--address 192.0.2.2", "-n 24",
+		"--netmask 24", "-M 9a:55:9a:55:9a:56", "--mac-addr 9a:55:9a:55:9a:56", "-g 192.0.2.1", "--gateway 192.0.2.1",
+		"-i lo", "--interface lo", "-o 192.0.2.9", "--outbound 192.0.2.9", "-D 192.0.2.53", "--dns 192.0.2.53",
+		"-S ex.test", "--search ex.test", "-H vm", "--hostname vm", "--no-tcp", "--no-udp", "--no-icmp", "--no-dhcp",
+		"--no-dhcpv6", "--no-ndp", "--no-ra", "--no-splice", "--freebind", "--no-map-gw", "-4", "--ipv4-only", "-6",
+		"--ipv6-only", "-1", "--one-off", "-t 80", "--tcp-ports 80", "-u 53", "--udp-ports 53", "--no-dhcp-dns",
+		"--no-dhcp-search", "--dns-forward 192.0.2.3", "--trace", "--runas 0", "--log-size 100000",
+		"--outbound-if4 lo", "--outbound-if6 lo", "--map-host-loopback 192.0.2.7", "--map-guest-addr 192.0.2.8",
+		"--dns-host 192.0.2.53", "--vhost-user", "--fqdn vm.test", "--repair-path none", "--migrate-exit",
+		"--migrate-no-linger", "--stats 5",
+	} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, splitTest(argv), &out, &out); done {
+			t.Errorf("%q did not parse (exit %d): %s", argv, code, out.String())
+		}
+	}
+	for _, argv := range []string{"-I tap0", "--splice-only", "-T none", "--config-net", "--netns /run/n"} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, _ := parseArgs(&c, splitTest(argv), &out, &out); !done {
+			t.Errorf("%q, pasta's only, parsed in passt mode", argv)
+		}
+	}
+}
+
 // qemuPasstArgv is what QEMU 10.1's net_passt_decode_args (net/passt.c)
 // gives passt for a -netdev passt with every option set, in its order:
 // the options QEMU names, then param= words (here --debug and --pcap),

@@ -102,6 +102,9 @@ type Options struct {
 	RepairPath      string `name:"repair-path" placeholder:"PATH" help:"Unix socket for a TCP_REPAIR helper (passt-repair, gopasst repair), for live migration over vhost-user; 'none' for none. Default: <socket>.repair."`
 	MigrateExit     bool   `name:"migrate-exit" help:"Exit once the guest has migrated to the destination (vhost-user)."`
 	MigrateNoLinger bool   `name:"migrate-no-linger" help:"Close migrated connections' sockets at once, as gopasst always does (vhost-user)."`
+
+	// passt takes --no-splice in passt mode too, where nothing is spliced.
+	NoSplice bool `name:"no-splice" help:"Accepted, as passt does: a VM's connections are never spliced."`
 }
 
 // cli is gopasst's command line: passt's, as the default command, and
