@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -238,5 +239,36 @@ func TestFlowCaps(t *testing.T) {
 	te.tapInput(seedFrames()[4]) // a DHCPv6 solicit
 	if out := te.output(t); len(out) != 1 || out[0][20] != header.ProtoUDP {
 		t.Error("no DHCPv6 answer at the caps")
+	}
+}
+
+// TestQuietEngine: an engine with nothing due within idleTick waits for
+// events that long, and one with a TCP flow, a paused listener or an RA
+// due waits no longer than tick.
+func TestQuietEngine(t *testing.T) {
+	te := newTestEngine(t)
+	ms := func(d time.Duration) int { return int(d / time.Millisecond) }
+	if got := te.pollTimeout(); got != ms(tick) {
+		t.Errorf("with the first RA due: waits %d ms, want %d", got, ms(tick))
+	}
+	te.raTimer()
+	te.output(t)
+	if got := te.pollTimeout(); got != ms(idleTick) {
+		t.Errorf("quiet: waits %d ms, want %d", got, ms(idleTick))
+	}
+	te.acceptPaused = append(te.acceptPaused, epollRef{kind: kindListen})
+	if got := te.pollTimeout(); got != ms(tick) {
+		t.Errorf("with a listener paused: waits %d ms, want %d", got, ms(tick))
+	}
+	te.acceptPaused = te.acceptPaused[:0]
+	key := tcpKey{netip.AddrPortFrom(testGuest4, 40000), netip.AddrPortFrom(testGW4, 80)}
+	idx, _ := te.tcp.add(key)
+	if got := te.pollTimeout(); got != ms(tick) {
+		t.Errorf("with a TCP flow: waits %d ms, want %d", got, ms(tick))
+	}
+	te.tcp.remove(idx, key)
+	te.now += raRepeat
+	if got := te.pollTimeout(); got != ms(tick) {
+		t.Errorf("with the next RA due: waits %d ms, want %d", got, ms(tick))
 	}
 }

@@ -164,7 +164,12 @@ func (e *Engine) sendRA(dst netip.Addr) {
 
 // raTimer sends the periodic unsolicited advertisement.
 func (e *Engine) raTimer() {
-	if e.cfg.has6() && !e.cfg.NoNDP && !e.cfg.NoRA && e.link != nil && e.now >= e.nextRA {
+	if e.sendsRA() && e.now >= e.nextRA {
 		e.sendRA(allNodes)
 	}
+}
+
+// sendsRA tells whether a guest is there to hear unsolicited RAs.
+func (e *Engine) sendsRA() bool {
+	return e.cfg.has6() && !e.cfg.NoNDP && !e.cfg.NoRA && e.link != nil
 }
