@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"time"
+	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -132,8 +133,9 @@ type Engine struct {
 	now       time.Duration // since start, monotonic, refreshed once per loop turn
 	start     time.Time
 	lastTick  time.Duration
-	busy      bool // the last loop turn had events
-	moved     int  // TCP payload this turn moved, either way
+	busy      bool          // the last loop turn had events
+	lastBusy  time.Duration // when a turn last had events
+	moved     int           // TCP payload this turn moved, either way
 	spin      spin
 
 	tcp  tcpTable
@@ -402,12 +404,14 @@ func (e *Engine) quiet() bool {
 // due timers and sends queued frames. It reports whether Run should end.
 func (e *Engine) turn(timeout int) (done bool, err error) {
 	defer e.guestFault(&done)
-	n, err := unix.EpollWait(e.epfd, e.events[:], timeout)
+	n, err := e.wait(timeout)
 	if err != nil && err != unix.EINTR {
 		return true, fmt.Errorf("epoll_wait: %w", err)
 	}
 	e.now = time.Since(e.start)
-	e.busy = n > 0
+	if e.busy = n > 0; e.busy {
+		e.lastBusy = e.now
+	}
 	for i := 0; i < n; i++ {
 		ev := &e.events[i]
 		ref := refOf(ev)
@@ -466,6 +470,29 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 	e.spin.turned(e.now, n > 0, e.moved)
 	e.moved = 0
 	return false, nil
+}
+
+// wait is epoll_wait. While traffic is recent (within a tick) it is a raw
+// system call, which the Go runtime does not see as one. Seen, a wait of
+// more than 10 ms since the engine's goroutine last passed through the
+// scheduler had the runtime's monitor thread (sysmon) take the engine's
+// processor and then poll every 20 µs for a millisecond and more: a
+// sender paced at 50 Mbit/s, which pauses 10-20 ms between bursts, had
+// that happen at each pause, and the monitor thread took two thirds of
+// gopasst's CPU, five times passt's. Unseen, the runtime at worst
+// preempts the engine after 10 ms with a signal, which ends the wait
+// early (EINTR). An idle engine waits as a system call, so that the
+// monitor thread, with nothing to do, sleeps too.
+func (e *Engine) wait(timeout int) (int, error) {
+	if e.now-e.lastBusy >= tick {
+		return unix.EpollWait(e.epfd, e.events[:], timeout)
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(e.epfd), uintptr(unsafe.Pointer(&e.events[0])),
+		uintptr(len(e.events)), uintptr(timeout), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 func (e *Engine) acceptClient() {
