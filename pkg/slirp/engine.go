@@ -404,9 +404,11 @@ func (e *Engine) quiet() bool {
 // due timers and sends queued frames. It reports whether Run should end.
 func (e *Engine) turn(timeout int) (done bool, err error) {
 	defer e.guestFault(&done)
-	n, err := e.wait(timeout)
-	if err != nil && err != unix.EINTR {
-		return true, fmt.Errorf("epoll_wait: %w", err)
+	// Its own error: a guest fault recovered later in the turn returns
+	// err as it is, and an interrupted wait is no reason to stop.
+	n, werr := e.wait(timeout)
+	if werr != nil && werr != unix.EINTR {
+		return true, fmt.Errorf("epoll_wait: %w", werr)
 	}
 	e.now = time.Since(e.start)
 	if e.busy = n > 0; e.busy {
