@@ -189,24 +189,28 @@ func passtVersion(p string) string {
 	return v
 }
 
+// benchDirs are the two directions of a TCP measurement: iperf3's
+// client is the guest, and -R has the host send.
+var benchDirs = []struct {
+	name string
+	args []string
+}{{"guest→host", nil}, {"host→guest", []string{"-R"}}}
+
 // benchOne measures one backend instance; full adds the latency and
 // memory figures, taken once per round at the default MTU.
 func benchOne(t *testing.T, w *World, full bool) map[string]float64 {
 	m := map[string]float64{}
 	pids := w.Pids() // gopasst is two processes: the helper and the engine
-	for _, dir := range []struct {
-		name string
-		args []string
-	}{{"TCP guest→host Gbit/s", nil}, {"TCP host→guest Gbit/s", []string{"-R"}}} {
+	for _, dir := range benchDirs {
 		cpu0 := procCPU(pids)
 		res := iperf(t, w, append([]string{"-t", "4"}, dir.args...)...)
-		m[dir.name] = res.End.SumReceived.BitsPerSecond / 1e9
+		m["TCP "+dir.name+" Gbit/s"] = res.End.SumReceived.BitsPerSecond / 1e9
 		// A backend that refuses data it has let the guest send costs the
 		// sender retransmissions, which show here before they show as
 		// a slow round.
-		m[strings.Replace(dir.name, "Gbit/s", "retransmits", 1)] = res.End.SumSent.Retransmits
+		m["TCP "+dir.name+" retransmits"] = res.End.SumSent.Retransmits
 		if gb := res.End.SumReceived.Bytes / 1e9; gb > 0 {
-			m["CPU s/GB "+strings.Fields(dir.name)[1]] = (procCPU(pids) - cpu0) / gb
+			m["CPU s/GB "+dir.name] = (procCPU(pids) - cpu0) / gb
 		}
 	}
 	const udpSeconds, udpLen = 3, 1400
@@ -228,10 +232,7 @@ func benchOne(t *testing.T, w *World, full bool) map[string]float64 {
 	}
 	// Most guests' traffic is light: a sender paced at 50 Mbit/s pauses
 	// between bursts, and what a backend spends waking up shows.
-	for _, dir := range []struct {
-		name string
-		args []string
-	}{{"guest→host", nil}, {"host→guest", []string{"-R"}}} {
+	for _, dir := range benchDirs {
 		cpu0 := procCPU(pids)
 		iperf(t, w, append([]string{"-b", "50M", "-t", "5"}, dir.args...)...)
 		m["CPU s in 5 s at 50 Mbit/s "+dir.name] = procCPU(pids) - cpu0

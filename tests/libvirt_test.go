@@ -247,8 +247,8 @@ func stopLibvirtd(t *testing.T) {
 	for _, d := range daemons {
 		exec.Command("pkill", "-x", d).Run()
 	}
-	for deadline := time.Now().Add(stopTimeout); !gone() && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
+	if pollUntil(stopTimeout, gone) {
+		return
 	}
 	for _, d := range daemons {
 		exec.Command("pkill", "-KILL", "-x", d).Run()

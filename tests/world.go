@@ -291,13 +291,21 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // waitLong polls cond until it holds; it fails the test after d.
 func waitLong(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
+	if !pollUntil(d, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// pollUntil polls cond until it holds or d has passed, and tells which.
+func pollUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }
 
 // ServerPid is the process that serves the guest and holds its flows:
