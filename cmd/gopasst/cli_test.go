@@ -253,3 +253,25 @@ func TestPrintCapabilities(t *testing.T) {
 		t.Errorf("%q (%v), want {\"type\": \"net\"}", out.String(), err)
 	}
 }
+
+// TestPastaNameModes: as pasta, --vhost-user is passt's vhost-user mode
+// and --print-capabilities prints them, as upstream; anything else, even
+// those words after "--" (the command's own), is pasta's.
+func TestPastaNameModes(t *testing.T) {
+	for argv, pasta := range map[string]bool{
+		"--vhost-user -s /tmp/s": false, "--print-capabilities": false, "-f --vhost-user": false,
+		"-f": true, "-- sh --vhost-user": true, "--config-net -- env --print-capabilities": true,
+	} {
+		args := modeArgs("/usr/bin/pasta", splitTest(argv))
+		if got := len(args) > 0 && args[0] == "pasta"; got != pasta {
+			t.Errorf("pasta %s: pasta mode %v, want %v", argv, got, pasta)
+		}
+		if got := modeArgs("/usr/bin/passt", splitTest(argv)); slices.Contains(got, "pasta") {
+			t.Errorf("passt %s: %q", argv, got)
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run(modeArgs("pasta", []string{"--print-capabilities"}), &out, &errOut); code != 0 || !strings.Contains(out.String(), `"net"`) {
+		t.Errorf("pasta --print-capabilities: exit %d, %q %q", code, out.String(), errOut.String())
+	}
+}

@@ -123,11 +123,7 @@ func main() {
 	if code, ok := pastaChildren(); ok {
 		os.Exit(code)
 	}
-	args := os.Args[1:]
-	if isPastaName(os.Args[0]) {
-		args = append([]string{"pasta"}, args...)
-	}
-	os.Exit(run(args, os.Stdout, os.Stderr))
+	os.Exit(run(modeArgs(os.Args[0], os.Args[1:]), os.Stdout, os.Stderr))
 }
 
 func fail(stderr io.Writer, format string, args ...any) int {

@@ -59,6 +59,25 @@ func isPastaName(argv0 string) bool {
 	return b == "pasta" || strings.HasPrefix(b, "pasta.")
 }
 
+// modeArgs picks the mode as passt's conf_mode does: pasta's under that
+// name, unless an option before "--" asks for vhost-user, which is passt
+// mode whatever the name, or for the back-end's capabilities, which pasta
+// prints too.
+func modeArgs(argv0 string, args []string) []string {
+	if !isPastaName(argv0) {
+		return args
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "--vhost-user" || a == "--print-capabilities" {
+			return args
+		}
+	}
+	return append([]string{"pasta"}, args...)
+}
+
 // pastaUsageError reports a command line error as pasta's getopt does:
 // podman retries without --map-guest-addr only when it reads
 // "unrecognized option '--map-guest-addr'".
