@@ -383,7 +383,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		if f.state&tcpEstablished == 0 {
 			return
 		}
-		if movable(f) && e.tcpDiscardAcked(f) {
+		if movable(f) && e.tcpDiscardAcked(f, false) {
 			// Dump peeks the queues from their start.
 			if f.peekOff {
 				unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1)

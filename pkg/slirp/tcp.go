@@ -100,21 +100,23 @@ const (
 	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
 	tcpInbound                         // a host peer opened it through a forward (-t): migrate.go names it so
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
+	tcpRoomKnown                       // room is still a safe window: nothing written since it was read
 )
 
 const (
-	tcpOurWS      = 8           // our window scale towards the guest
-	tcpMaxSegs    = 128         // frames one peek fills: at MTU 1500, 16 cost five times the peeks
-	tcpRTO        = time.Second // first retransmission timeout
-	tcpMaxRetries = 8
-	tcpSynTimeout = 10 * time.Second
-	tcpFinTimeout = time.Minute
-	tcpIdle       = 2 * time.Hour
-	tcpKeepIdle   = 30 * time.Second // guest silence before we probe it, as passt does
-	tcpDefaultMSS = 536
-	tcpMinMSS     = 48                     // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
-	tcpAckDelay   = time.Millisecond       // how long a small segment's ACK may wait
-	tcpQuickAck   = 100 * time.Millisecond // no delaying for this long after one timed out
+	tcpOurWS        = 8           // our window scale towards the guest
+	tcpMaxSegs      = 128         // frames one peek fills: at MTU 1500, 16 cost five times the peeks
+	tcpDiscardBatch = 256 << 10   // acknowledged bytes left in a host socket until a peek (tcpDiscardAcked)
+	tcpRTO          = time.Second // first retransmission timeout
+	tcpMaxRetries   = 8
+	tcpSynTimeout   = 10 * time.Second
+	tcpFinTimeout   = time.Minute
+	tcpIdle         = 2 * time.Hour
+	tcpKeepIdle     = 30 * time.Second // guest silence before we probe it, as passt does
+	tcpDefaultMSS   = 536
+	tcpMinMSS       = 48                     // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
+	tcpAckDelay     = time.Millisecond       // how long a small segment's ACK may wait
+	tcpQuickAck     = 100 * time.Millisecond // no delaying for this long after one timed out
 )
 
 type tcpKey struct {
@@ -143,6 +145,7 @@ type tcpFlow struct {
 
 	ackSent uint32        // last acknowledgement number sent
 	wndSent uint16        // last raw window sent
+	room    uint16        // the raw window last read from the send buffer (tcpRoomKnown)
 	ackDue  time.Duration // when a delayed ACK must go out
 	quickTo time.Duration // ACKs go out at once until then
 	rtoAt   time.Duration // retransmission deadline, 0 when nothing is in flight
@@ -526,7 +529,9 @@ func (e *Engine) tcpAckedFlush() {
 			continue
 		}
 		f.flags &^= tcpAcked
-		if !e.tcpDiscardAcked(f) {
+		// A flow stopped at the window or the link's room peeks again
+		// soon, and drops what was acknowledged then.
+		if !e.tcpDiscardAcked(f, f.flags&(tcpWndFull|tcpWaitTap) != 0) {
 			continue
 		}
 		if f.flags&tcpWndFull != 0 && f.state&tcpEstablished != 0 {
@@ -537,11 +542,18 @@ func (e *Engine) tcpAckedFlush() {
 	e.tcp.ackedList = e.tcp.ackedList[:0]
 }
 
-// tcpDiscardAcked drops the acknowledged bytes still in the host socket,
-// which a peek takes as starting at sndUna. It reports false when that
-// failed and the flow is gone.
-func (e *Engine) tcpDiscardAcked(f *tcpFlow) bool {
-	if f.unread == 0 {
+// tcpDiscardAcked drops the acknowledged bytes still in the host socket.
+// It reports false when that failed and the flow is gone.
+//
+// Lazily, before a peek, it leaves up to tcpDiscardBatch of them where
+// the kernel's peek offset (SO_PEEK_OFF) reads past them anyway: a drop
+// costs a system call and, as it opens the socket's window, often a
+// window update to the host peer, and a download had twice as many
+// drops as peeks. Without the offset a peek starts at sndUna, so nothing
+// waits. A peek that finds no new data drops what waits (tcpSendToGuest):
+// the bytes must not keep the host peer from sending.
+func (e *Engine) tcpDiscardAcked(f *tcpFlow, lazy bool) bool {
+	if f.unread == 0 || lazy && f.peekOff && f.unread < tcpDiscardBatch && f.state&tcpFinSent == 0 {
 		return true
 	}
 	if err := e.tcp.discard(f, int(f.unread)); err != nil {
@@ -627,6 +639,7 @@ func (e *Engine) tcpWriteFlush() bool {
 	}
 	n, err := writev(f.fd, w.iov[:w.n])
 	w.flow, w.n, w.bytes = nil, 0, 0
+	f.flags &^= tcpRoomKnown
 	if err == unix.EAGAIN {
 		n, err = 0, nil
 	}
@@ -736,9 +749,21 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	}
 	// The room is counted with the kernel's per-buffer overhead, a few
 	// percent for the large buffers a busy flow writes: offer 15/16.
+	if f.flags&tcpRoomKnown != 0 {
+		return f.room
+	}
 	w := uint16(min(max(sendRoom(f.fd)*15/16, 0)>>f.ourWS, 0xffff))
 	if w == 0 {
 		e.tcpWatchWrite(f)
+	}
+	// Until we write to the socket again its room can only grow, so
+	// what we read stays safe to offer, and a download, which writes
+	// nothing, asks the kernel once instead of once per peek. A window
+	// under a segment is read each time, since the guest may wait for it
+	// to grow without sending anything that would make us read it.
+	if int(w)<<f.ourWS >= f.mss {
+		f.room = w
+		f.flags |= tcpRoomKnown
 	}
 	return w
 }
@@ -795,7 +820,7 @@ func (e *Engine) tcpWatchWrite(f *tcpFlow) {
 // frames are the guest's own RX buffers, so the peek is the only copy.
 func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 	if f.state&(tcpEstablished|tcpFinSent) != tcpEstablished || f.flags&tcpWaitTap != 0 || e.link == nil ||
-		!e.tcpDiscardAcked(f) {
+		!e.tcpDiscardAcked(f, true) {
 		return
 	}
 	dst := f.key.guest.Addr()
@@ -847,7 +872,9 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
 			e.link.Cancel()
-			e.tcpHoldIn(f, false)
+			if e.tcpDiscardAcked(f, false) {
+				e.tcpHoldIn(f, false)
+			}
 			return
 		}
 		if err != nil {
@@ -863,7 +890,9 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if n -= skip; n <= 0 {
 			e.link.Cancel()
 			if !eof {
-				e.tcpHoldIn(f, false)
+				if e.tcpDiscardAcked(f, false) {
+					e.tcpHoldIn(f, false)
+				}
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
@@ -907,7 +936,10 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			f.rtoAt = e.now + tcpRTO
 		}
 		if n < want && f.state&tcpHostRdhup == 0 {
-			e.tcpHoldIn(f, false) // drained; the next EPOLLIN edge brings more
+			// Drained; the next EPOLLIN edge brings more.
+			if e.tcpDiscardAcked(f, false) {
+				e.tcpHoldIn(f, false)
+			}
 			return
 		}
 	}
@@ -960,6 +992,9 @@ func (e *Engine) tcpResumeWaiters() {
 // tcpRewind goes back to the oldest unacknowledged byte: the data is still
 // in the socket, so retransmitting is peeking again.
 func (e *Engine) tcpRewind(f *tcpFlow) {
+	if !e.tcpDiscardAcked(f, false) { // the peek starts over at the queue's head
+		return
+	}
 	f.sndNxt = f.sndUna
 	e.tcpSetState(f, 0, tcpFinSent)
 	f.dupAcks = 0
