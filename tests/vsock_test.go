@@ -52,7 +52,8 @@ nc -ll -p 7001 -e /bin/upsum &
 for i in $(seq 100); do ip -6 route | grep -q ^default && ip -6 addr show eth0 scope global | grep -q inet6 && break; sleep 0.1; done
 gopasst --vsock 1024 -f -t 18090:8090 > /tmp/vsock-1024.log 2>&1 &
 gopasst --vsock 1025 -f -t 18091:8091 > /tmp/vsock-1025.log 2>&1 &
-sleep 1
+# each listens before it logs its MTU
+for i in $(seq 100); do grep -q ': MTU' /tmp/vsock-1024.log && grep -q ': MTU' /tmp/vsock-1025.log && break; sleep 0.1; done
 child() {
 cat > /tmp/child-$1.sh <<EOS
 ip link set lo up
