@@ -747,11 +747,11 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	if f.state&tcpGuestFin != 0 {
 		return 0
 	}
-	// The room is counted with the kernel's per-buffer overhead, a few
-	// percent for the large buffers a busy flow writes: offer 15/16.
 	if f.flags&tcpRoomKnown != 0 {
 		return f.room
 	}
+	// The room is counted with the kernel's per-buffer overhead, a few
+	// percent for the large buffers a busy flow writes: offer 15/16.
 	w := uint16(min(max(sendRoom(f.fd)*15/16, 0)>>f.ourWS, 0xffff))
 	if w == 0 {
 		e.tcpWatchWrite(f)
@@ -872,9 +872,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == unix.EAGAIN {
 			e.link.Cancel()
-			if e.tcpDiscardAcked(f, false) {
-				e.tcpHoldIn(f, false)
-			}
+			e.tcpDrained(f)
 			return
 		}
 		if err != nil {
@@ -890,9 +888,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if n -= skip; n <= 0 {
 			e.link.Cancel()
 			if !eof {
-				if e.tcpDiscardAcked(f, false) {
-					e.tcpHoldIn(f, false)
-				}
+				e.tcpDrained(f)
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
@@ -936,12 +932,18 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			f.rtoAt = e.now + tcpRTO
 		}
 		if n < want && f.state&tcpHostRdhup == 0 {
-			// Drained; the next EPOLLIN edge brings more.
-			if e.tcpDiscardAcked(f, false) {
-				e.tcpHoldIn(f, false)
-			}
+			e.tcpDrained(f)
 			return
 		}
+	}
+}
+
+// tcpDrained follows a peek that emptied the host socket: no peek comes
+// to drop what the guest acknowledged, so it goes now, and the next
+// EPOLLIN edge brings more.
+func (e *Engine) tcpDrained(f *tcpFlow) {
+	if e.tcpDiscardAcked(f, false) {
+		e.tcpHoldIn(f, false)
 	}
 }
 
