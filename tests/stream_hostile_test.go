@@ -29,7 +29,11 @@ func arpFrom(n uint32) []byte {
 // arpReplyLen is an ARP reply on the wire: 60 bytes, padded, and a prefix.
 const arpReplyLen = 64
 
-// streamDial is a raw, blocking client of the engine's socket.
+// streamDial is a raw, blocking client of the engine's socket. Its send
+// and receive timeouts keep the kernel from restarting a call that a
+// signal interrupts (socket(7)), and the Go runtime preempts this test's
+// goroutines with signals: the helpers that read and write it try again
+// on EINTR.
 func streamDial(t *testing.T, sock string) int {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -50,6 +54,9 @@ func sendAll(t *testing.T, fd int, b []byte) {
 	t.Helper()
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue // a signal, not restarted (streamDial)
+		}
 		if err != nil {
 			t.Fatalf("write to gopasst: %v", err)
 		}
@@ -61,6 +68,9 @@ func readFull(t *testing.T, fd int, b []byte) {
 	t.Helper()
 	for len(b) > 0 {
 		n, err := unix.Read(fd, b)
+		if err == unix.EINTR {
+			continue // a signal, not restarted (streamDial)
+		}
 		if err != nil || n == 0 {
 			t.Fatalf("read from gopasst: %d, %v", n, err)
 		}
@@ -74,6 +84,9 @@ func spliceIn(t *testing.T, fd, p, n int) {
 	t.Helper()
 	for n > 0 {
 		m, err := unix.Splice(fd, nil, p, nil, n, 0)
+		if err == unix.EINTR {
+			continue // a signal, not restarted (streamDial)
+		}
 		if err != nil || m == 0 {
 			t.Fatalf("splice from gopasst: %d, %v", m, err)
 		}
@@ -255,6 +268,9 @@ func arpStorm(n int) []byte {
 func sendSome(fd int, b []byte) {
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue // a signal, not restarted (streamDial)
+		}
 		if err != nil {
 			return
 		}
@@ -319,9 +335,7 @@ func TestStreamHostileClients(t *testing.T) {
 		go sendSome(fd, storm)
 		var b [1]byte
 		for range 100000 {
-			if n, err := unix.Read(fd, b[:]); n != 1 || err != nil {
-				t.Fatalf("read %d, %v", n, err)
-			}
+			readFull(t, fd, b[:])
 		}
 		unix.Shutdown(fd, unix.SHUT_RDWR)
 		unix.Close(fd)
@@ -341,7 +355,7 @@ func TestStreamHostileClients(t *testing.T) {
 		unix.Shutdown(fd, unix.SHUT_WR)
 		b := make([]byte, 1<<16)
 		for {
-			if n, err := unix.Read(fd, b); n <= 0 || err != nil {
+			if n, err := unix.Read(fd, b); err != unix.EINTR && (n <= 0 || err != nil) {
 				break
 			}
 		}
