@@ -127,8 +127,16 @@ func (c *cpioWriter) bytes() []byte {
 // the script busybox udhcpc runs with a lease: it reports the lease on
 // the console as GOPASST-${TAG}LEASE, configures the interface (its MTU
 // too, when the lease has one) and a default route, and adds the
-// resolvers to $RESOLV when that is set.
-const guestDHCPScript = `cat > /etc/dhcp.sh <<'EOS'
+// resolvers to $RESOLV when that is set. It also writes /bin/listening,
+// for a guest's scripts to wait until their servers listen: "listening t
+// PORT" (TCP) or "listening u PORT" (UDP) waits up to 10 s.
+const guestDHCPScript = `cat > /bin/listening <<'EOS'
+#!/bin/sh
+for i in $(seq 100); do netstat -ln$1 | grep -q ":$2 " && exit 0; sleep 0.1; done
+exit 1
+EOS
+chmod +x /bin/listening
+cat > /etc/dhcp.sh <<'EOS'
 #!/bin/sh
 [ "$1" = bound ] || exit 0
 echo "GOPASST-${TAG}LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu domain=$domain"

@@ -466,7 +466,7 @@ func testQEMUMigrate(t *testing.T, o migrateOpts) {
 ip link set eth0 up
 udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
 { yes gopasst | head -c %[3]d | nc -l -p 8080 | sha256sum > /tmp/in; } &
-while ! netstat -ltn | grep -q ':8080 '; do sleep 0.1; done
+listening t 8080
 echo GOPASST-LISTENING
 echo "GOPASST-DOWN $(yes gopasst | head -c %[3]d | nc %[1]s %[2]s | sha256sum)"
 while [ ! -s /tmp/in ]; do sleep 0.1; done

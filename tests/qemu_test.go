@@ -108,7 +108,7 @@ echo "GOPASST-UP6 $(yes gopasst | head -c %[4]d | nc %[6]s %[8]s)"
 printf '#!/bin/sh\necho hello-from-guest\n' > /bin/hello; chmod +x /bin/hello
 nc -ll -p 8080 -e /bin/hello &
 /bin/udpecho 5353 &
-for i in $(seq 100); do netstat -ltn | grep -q ':8080 ' && netstat -lun | grep -q ':5353 ' && break; sleep 0.1; done
+listening t 8080; listening u 5353
 echo GOPASST-READY
 nc %[1]s %[5]s
 echo GOPASST-DONE

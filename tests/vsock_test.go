@@ -69,7 +69,7 @@ echo "GOPASST-$1-UP \$(yes up | head -c %[1]d | nc \$gw 7001)"
 nslookup test.gopasst.example \$gw | sed 's/^/GOPASST-$1-DNS /'
 nc -l -p $3 -e /bin/hello &
 # ready only once it listens: a probe before that would be refused
-for i in \$(seq 100); do netstat -ltn | grep -q ':$3 ' && break; sleep 0.1; done
+listening t $3
 touch /tmp/ready-$1
 while [ ! -e /tmp/probed-$1 ]; do sleep 0.1; done
 EOS
