@@ -120,11 +120,46 @@ type vhostLink struct {
 	tx      txHeld
 	rx      rxDirect
 	noTSO   bool // a large frame went through the queue: no more (CommitTSO)
+	rxKick  rxKick
 
 	log      dirtyLog // migrate.go
 	migrator Migrator
 	stateErr error // the last device state transfer's
 	saved    bool  // ... which saved the state, not yet checked
+}
+
+// rxKick is whether the RX ring's kick is watched, and whether anything
+// waits for it. The guest kicks each time it adds RX buffers, which, as
+// it takes our frames, is about as often as we send it one: guest to
+// host, one wake-up of ours in two was for buffers nobody needed.
+// passt never watches the RX kick. We watch it while a frame waits in
+// the queue, or room was refused (short), for want of buffers; the
+// first kick that finds nobody waiting stops the watch, and the next
+// want of buffers restarts it. A kick meanwhile stays counted in the
+// eventfd, which epoll then reports at once.
+type rxKick struct {
+	watched, short bool
+}
+
+// rxShort notes that something waits for RX buffers, and watches the
+// RX kick.
+func (l *vhostLink) rxShort() {
+	l.rxKick.short = true
+	l.watchRxKick(true)
+}
+
+func (l *vhostLink) watchRxKick(on bool) {
+	kick := l.vq[rxQueue].kick
+	if kick < 0 || l.rxKick.watched == on {
+		return
+	}
+	events := uint32(0)
+	if on {
+		events = unix.EPOLLIN
+	}
+	if l.poller.Mod(kick, events, vuIDKick+rxQueue) == nil {
+		l.rxKick.watched = on
+	}
 }
 
 // rxDirect holds the frames reserved in the guest's RX buffers and not
@@ -192,10 +227,17 @@ func (l *vhostLink) Event(id uint32, events uint32) (in, out bool, err error) {
 	case vuIDKick + rxQueue:
 		// An event can come late, from the epoll batch that stopped
 		// the ring: there is no kick to drain then.
-		if kick := l.vq[rxQueue].kick; kick >= 0 {
-			return false, true, drainEventfd(kick)
+		kick := l.vq[rxQueue].kick
+		if kick < 0 {
+			return false, true, nil
 		}
-		return false, true, nil
+		err := drainEventfd(kick)
+		if !l.rxKick.short {
+			l.watchRxKick(false)
+			return false, false, err
+		}
+		l.rxKick.short = false // until the engine, trying again, is short again
+		return false, true, err
 	case vuIDKick + txQueue:
 		// The kick is drained only once the ring is found empty (Read):
 		// until then the eventfd stays readable and the engine comes back.
@@ -386,9 +428,16 @@ func (l *vhostLink) Tail() []unix.Iovec {
 	return h.pieces[t.first : t.first+t.n]
 }
 
-func (l *vhostLink) Reserve(n int) []byte { return l.q.Reserve(n) }
-func (l *vhostLink) MaxFrame() int        { return MaxFrame }
-func (l *vhostLink) Dropped() uint64      { return l.dropped }
+func (l *vhostLink) Reserve(n int) []byte {
+	b := l.q.Reserve(n)
+	if b == nil {
+		l.rxShort()
+	}
+	return b
+}
+
+func (l *vhostLink) MaxFrame() int   { return MaxFrame }
+func (l *vhostLink) Dropped() uint64 { return l.dropped }
 
 // Pending counts frames built in guest buffers until they are published.
 func (l *vhostLink) Pending() int { return l.q.Pending() + l.rx.unpublished }
@@ -400,6 +449,14 @@ func (l *vhostLink) Pending() int { return l.q.Pending() + l.rx.unpublished }
 // reports no room: the data stays in the host socket until the guest
 // adds buffers and kicks.
 func (l *vhostLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
+	head, iov := l.reserveV(hdr, n, iov)
+	if head == nil {
+		l.rxShort()
+	}
+	return head, iov
+}
+
+func (l *vhostLink) reserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
 	rx := &l.vq[rxQueue]
 	d := &l.rx
 	if d.nFrames > 0 && d.committed == d.nFrames {
@@ -600,6 +657,7 @@ func (l *vhostLink) Flush() error {
 		}
 		ok, err := l.writeFrame(rx, frame)
 		if !ok {
+			l.rxShort()
 			break
 		}
 		if err != nil {
@@ -926,6 +984,9 @@ func (l *vhostLink) request(m []byte) error {
 			}
 			unix.SetNonblock(fd, true)
 			err = l.poller.Add(fd, unix.EPOLLIN, vuIDKick+uint32(i))
+			if i == rxQueue {
+				l.rxKick.watched = err == nil
+			}
 		case vuSetVringCall:
 			if q.call >= 0 {
 				unix.Close(q.call)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 	"unsafe"
 
@@ -681,4 +682,71 @@ func FuzzVirtq(f *testing.F) {
 		fe.l.Cancel()
 		fe.l.Flush()
 	})
+}
+
+// The RX kick is watched only while something waits for the guest's RX
+// buffers; guest to host, the kick that follows each frame we send would
+// otherwise wake us for nothing. A kick while unwatched is not lost.
+func TestVhostUserRxKickWatch(t *testing.T) {
+	f := newFrontEnd(t)
+	p := newEpollPoller(t)
+	f.l.Register(p)
+	f.setUp()
+	rxReady := func() bool { return slices.Contains(p.ready(t), vuIDKick+rxQueue) }
+	event := func() bool {
+		t.Helper()
+		_, out, err := f.l.Event(vuIDKick+rxQueue, unix.EPOLLIN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	signal(f.kick[0])
+	if !rxReady() {
+		t.Fatal("the RX kick is not watched at first")
+	}
+	if event() {
+		t.Error("a kick nobody waited for reported room")
+	}
+	signal(f.kick[0])
+	if rxReady() {
+		t.Fatal("the RX kick is still watched, with nothing waiting")
+	}
+
+	// A frame, and no buffers: the frame waits, the kick is watched
+	// again, and the one that came meanwhile is reported.
+	copy(f.l.Reserve(60), "frame")
+	f.l.Commit(60)
+	if f.l.Flush(); f.l.Pending() == 0 {
+		t.Fatal("a frame went to a ring with no buffers")
+	}
+	if !rxReady() || !event() {
+		t.Fatal("the kick that came while the frame had no buffers was lost")
+	}
+	if f.l.Flush(); rxReady() {
+		t.Fatal("a drained kick was reported again")
+	}
+	f.rxBufs(0, 1, 2048)
+	signal(f.kick[0])
+	if !rxReady() || !event() {
+		t.Fatal("the guest's buffers were not reported to the waiting frame")
+	}
+	if f.l.Flush(); f.l.Pending() != 0 || f.usedIdx(0) != 1 {
+		t.Fatalf("pending %d, used index %d", f.l.Pending(), f.usedIdx(0))
+	}
+	signal(f.kick[0])
+	if !rxReady() || event() {
+		t.Fatal("with nothing waiting, a kick still reports room")
+	}
+	if signal(f.kick[0]); rxReady() {
+		t.Fatal("the RX kick is still watched, with nothing waiting")
+	}
+
+	// Room refused (the queue full) watches the kick too.
+	for f.l.Reserve(MaxFrame) != nil {
+		f.l.Commit(MaxFrame)
+	}
+	if !rxReady() || !event() {
+		t.Fatal("room refused, and the kick not watched")
+	}
 }
