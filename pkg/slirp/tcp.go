@@ -1052,6 +1052,12 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 			e.tcpSendFlags(f, header.TCPRst)
 		}
 	}
+	if !rstHost && f.unread > 0 {
+		// Closing a socket with bytes left unread resets the peer and
+		// throws away what the socket has not sent yet: the guest's
+		// data, which we acknowledged. The guest acknowledged these.
+		e.tcp.discard(f, int(f.unread))
+	}
 	if f.flags&tcpNotTCP != 0 {
 		e.host.EndCommand(f.fd)
 	}
