@@ -2,12 +2,18 @@ package slirp
 
 import (
 	"bytes"
+	"fmt"
 	"io"
+	"log"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // pattern is n bytes that differ from their neighbours, so a byte lost,
@@ -96,6 +102,264 @@ func TestTCPOrderlyCloseKeepsUpload(t *testing.T) {
 				t.Fatalf("the host peer read %d of %d bytes (equal %v), then %v; want all, then EOF",
 					len(got), len(up), bytes.Equal(got, up), err)
 			}
+		})
+	}
+}
+
+// hostileGuest receives a host stream through a hotPath as an unusual
+// guest would: it loses frames, leaves them unread so the link fills,
+// acknowledges part of what it got, repeats ACKs, sends ACKs from the
+// past and the future, shrinks its window to nothing or under a segment
+// and opens it again, uploads now and then, and lets the retransmission
+// timer run out. It checks every byte it gets against the stream.
+type hostileGuest struct {
+	t     *testing.T
+	h     *hotPath
+	f     *tcpFlow
+	rng   *rand.Rand
+	want  []byte
+	base  uint32 // sequence number of the stream's first byte
+	rcv   uint32 // next in-order byte
+	edge  uint32 // the window's right edge, as the engine keeps to it
+	fin   bool
+	lossy bool
+
+	parked, waitTap int // checks that found bytes parked, the flow waiting for the link
+}
+
+func (g *hostileGuest) take(s header.TCP) {
+	p := s.Payload()
+	off := int(int32(s.Seq() - g.base))
+	if len(p) > 0 {
+		if off < 0 || off+len(p) > len(g.want) {
+			g.t.Fatalf("segment at stream offset %d, %d bytes, outside the %d-byte stream", off, len(p), len(g.want))
+		}
+		if !bytes.Equal(p, g.want[off:off+len(p)]) {
+			g.t.Fatalf("segment at stream offset %d, %d bytes, differs from the stream", off, len(p))
+		}
+	}
+	if g.lossy && g.rng.IntN(8) == 0 {
+		return // lost
+	}
+	// In order, as far as the window goes: the guest drops what lies
+	// past it, as a guest whose window shrank does.
+	if end := s.Seq() + uint32(len(p)); len(p) > 0 && !seqLT(g.rcv, s.Seq()) && seqLT(g.rcv, end) {
+		if seqLT(g.edge, end) {
+			end = g.edge
+		}
+		if seqLT(g.rcv, end) {
+			g.rcv = end
+		}
+	}
+	if isFin(s) {
+		if int(s.Seq()-g.base) != len(g.want) {
+			g.t.Fatalf("FIN at stream offset %d, want %d", int(s.Seq()-g.base), len(g.want))
+		}
+		if s.Seq() == g.rcv && g.rcv != g.edge {
+			g.rcv++
+			g.fin = true
+		}
+	}
+	if isRst(s) {
+		g.t.Fatalf("reset at stream offset %d", int(s.Seq()-g.base))
+	}
+}
+
+// check holds the engine's bookkeeping against the kernel's: the peek
+// offset is where the guest's stream goes on, past the bytes parked.
+func (g *hostileGuest) check() {
+	f := g.f
+	if f.fd < 0 || f.state == 0 {
+		return
+	}
+	if !f.peekOff {
+		if f.unread != 0 {
+			g.t.Fatalf("%d bytes parked without SO_PEEK_OFF", f.unread)
+		}
+		return
+	}
+	off, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	inflight := f.sndNxt - f.sndUna
+	if f.state&tcpFinSent != 0 {
+		inflight--
+	}
+	if uint32(off) != f.unread+inflight {
+		g.t.Fatalf("peek offset %d, want %d parked + %d in flight (state %v, flags %#x)", off, f.unread, inflight, f.state, f.flags)
+	}
+	if f.unread > 0 {
+		g.parked++
+	}
+	if f.flags&tcpWaitTap != 0 {
+		g.waitTap++
+	}
+	if f.unread >= tcpDiscardBatch {
+		g.t.Fatalf("%d bytes parked", f.unread)
+	}
+	if f.unread > 0 && f.flags&(tcpWndFull|tcpWaitTap) == 0 && f.state&tcpFinSent == 0 {
+		g.t.Fatalf("%d bytes parked in a flow that peeks nothing soon (state %v, flags %#x)", f.unread, f.state, f.flags)
+	}
+}
+
+// ackSeg is an ACK from the guest. It may acknowledge less than the
+// guest got, or come from the past or the future; its window is any,
+// but never shrinks below what the guest already took: a guest that
+// takes bytes and then says they were past its window leaves the engine
+// no way to tell what it has, and stalls itself.
+func (g *hostileGuest) ackSeg() []byte {
+	h, r := g.h, g.rng
+	switch r.IntN(10) {
+	case 0:
+		h.ack = g.rcv - uint32(r.IntN(70000)) // the past, maybe before what it acknowledged
+	case 1:
+		h.ack = g.f.sndNxt + 1<<30 + uint32(r.IntN(70000)) // never sent, even after this turn's peeks
+	case 2, 3:
+		h.ack = g.rcv - uint32(r.IntN(int(g.rcv-g.f.sndUna)+1)) // part of what it got
+	default:
+		h.ack = g.rcv
+	}
+	switch r.IntN(8) {
+	case 0:
+		h.wnd = 0
+	case 1:
+		h.wnd = uint16(1 + r.IntN(600)) // under a segment
+	case 2:
+		h.wnd = uint16(1 + r.IntN(0xffff))
+	case 3: // as it was: maybe a duplicate
+	case 4:
+		h.wnd = 0xffff
+	default:
+		h.wnd = uint16(8 + r.IntN(1024)) // 1 to 128 KiB: the flow stops at it
+	}
+	if got := int32(g.rcv - h.ack); got > 0 && int32(h.wnd)<<7 < got {
+		h.wnd = uint16((got + 127) >> 7)
+	}
+	return append([]byte(nil), h.segment(header.TCPAck, 0)...)
+}
+
+func (g *hostileGuest) step(hostile bool) {
+	h, r := g.h, g.rng
+	g.lossy = hostile
+	if hostile && r.IntN(4) == 0 {
+		h.e.turn(0) // leave the frames unread: the link fills
+	} else {
+		h.e.turn(1)
+		if g.f.fd >= 0 {
+			g.edge = g.f.sndUna + g.f.guestWnd
+		}
+		h.readFrames(g.take)
+	}
+	g.check()
+	if !hostile {
+		h.ack, h.wnd = g.rcv, 0xffff
+		h.send(h.segment(header.TCPAck, 0))
+		return
+	}
+	var batch []byte
+	for range 1 + r.IntN(5) {
+		batch = append(batch, g.ackSeg()...)
+	}
+	if r.IntN(3) == 0 { // the same ACK again, thrice
+		for range 3 {
+			batch = append(batch, h.segment(header.TCPAck, 0)...)
+		}
+	}
+	h.send(batch)
+	switch r.IntN(20) {
+	case 0:
+		if g.f.retries >= 4 {
+			break // not so often that the engine gives up on the guest
+		}
+		h.e.start = h.e.start.Add(-tcpRTO << 2) // the retransmission timer runs out
+		h.e.lastTick = 0
+	case 1: // an upload: a write between peeks
+		n := 1 + r.IntN(3000)
+		h.ack = g.rcv
+		h.send(h.segment(header.TCPAck|header.TCPPsh, n))
+		h.seq += uint32(n)
+	}
+}
+
+// shrinkLink makes the engine's end of the guest's socket hold little,
+// so a guest that reads slowly fills the link.
+func shrinkLink(t *testing.T, h *hotPath) {
+	peer, err := unix.Getpeername(h.guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir("/proc/self/fd")
+	for _, d := range entries {
+		fd, _ := strconv.Atoi(d.Name())
+		sa, err := unix.Getsockname(fd)
+		if fd == h.guest || err != nil {
+			continue
+		}
+		if u, ok := sa.(*unix.SockaddrUnix); !ok || u.Name != peer.(*unix.SockaddrUnix).Name {
+			continue
+		}
+		if l, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); l == 0 {
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+			return
+		}
+	}
+	t.Fatal("no engine end of the guest's socket")
+}
+
+// TestTCPHostileGuestDownload: whatever the guest does with its ACKs,
+// windows and frames, a download reaches it byte for byte, then the
+// FIN, and the engine's peek offset keeps track of the bytes it parks.
+func TestTCPHostileGuestDownload(t *testing.T) {
+	for seed := range uint64(24) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			h, c := tcpPeer(t)
+			f := h.flow()
+			var logBuf bytes.Buffer
+			h.e.cfg.Log, h.e.cfg.Debug = log.New(&logBuf, "", 0), true
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Log(logBuf.String())
+				}
+			})
+			if seed%4 == 3 {
+				if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
+					t.Fatal(err)
+				}
+				f.peekOff = false
+			}
+			if seed%2 == 1 {
+				shrinkLink(t, h)
+			}
+			g := &hostileGuest{t: t, h: h, f: f, rng: rand.New(rand.NewPCG(seed, 7)),
+				want: pattern(8<<20+12345, int(seed)), base: h.ack, rcv: h.ack, edge: h.ack + 0xffff<<7}
+			go func() {
+				c.Write(g.want)
+				c.(*net.TCPConn).CloseWrite()
+				io.Copy(io.Discard, c) // what the guest uploads
+			}()
+			steps := 0
+			for range 3000 {
+				steps++
+				g.step(true)
+				if g.fin {
+					break
+				}
+			}
+			for i := 0; !g.fin; i++ {
+				if i == 20000 {
+					t.Fatalf("stuck at stream offset %d of %d (state %v, flags %#x, in flight %d, parked %d)",
+						int(g.rcv-g.base), len(g.want), f.state, f.flags, f.sndNxt-f.sndUna, f.unread)
+				}
+				if i%2000 == 1999 {
+					t.Logf("good guest stuck at %d: state %v flags %#x inflight %d parked %d wnd %d retries %d rcv-sndUna %d",
+						int(g.rcv-g.base), f.state, f.flags, f.sndNxt-f.sndUna, f.unread, f.guestWnd, f.retries, int32(g.rcv-f.sndUna))
+					h.e.start = h.e.start.Add(-tcpRTO << 4)
+					h.e.lastTick = 0
+				}
+				g.step(false)
+			}
+			t.Logf("%d hostile steps; parked in %d checks, waiting for the link in %d", steps, g.parked, g.waitTap)
 		})
 	}
 }
