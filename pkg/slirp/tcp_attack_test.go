@@ -363,3 +363,63 @@ func TestTCPHostileGuestDownload(t *testing.T) {
 		})
 	}
 }
+
+// TestMigrateParked moves, or fails to move, a connection whose flow
+// stopped at the guest's window with acknowledged bytes parked in the
+// host socket (lazy discard): the queues the destination restores, or
+// the peek offset the source takes back, start at the first byte the
+// guest has not acknowledged, and the guest gets the rest of the stream
+// once, in order, byte for byte.
+func TestMigrateParked(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		t.Run(map[bool]string{false: "moved", true: "save fails"}[fail], func(t *testing.T) {
+			h, c := tcpPeer(t)
+			h.e.repair = startRepairHelper(t)
+			want := pattern(600<<10, 5)
+			go c.Write(want)
+			base := h.ack
+			var got []byte
+			take := func(d *hotPath) func(header.TCP) {
+				return func(s header.TCP) {
+					p, off := s.Payload(), int(int32(s.Seq()-base))
+					if len(p) > 0 && (off < 0 || off+len(p) > len(want) || !bytes.Equal(p, want[off:off+len(p)])) {
+						t.Fatalf("a segment at stream offset %d, %d bytes, differs from the stream", off, len(p))
+					}
+					if len(p) > 0 && s.Seq() == d.ack {
+						got = append(got, p...)
+						d.ack += uint32(len(p))
+					}
+				}
+			}
+			h.wnd = 64 // 8 KiB at the guest's scale
+			f := h.flow()
+			for i := 0; f.unread == 0 || f.sndNxt == f.sndUna; i++ {
+				if i == 1000 {
+					t.Fatalf("nothing parked: %d bytes received", len(got))
+				}
+				h.e.turn(5)
+				h.readFrames(take(h))
+				h.send(h.segment(header.TCPAck, 0))
+				h.e.turn(0)
+			}
+			t.Logf("%d bytes parked, %d in flight, %d received", f.unread, f.sndNxt-f.sndUna, len(got))
+			d := h
+			if fail {
+				if err := h.e.migrateSave(failingWriter{}); err == nil {
+					t.Fatal("a save that could not be written succeeded")
+				}
+			} else {
+				d = h.migrate(t, true)
+			}
+			d.wnd = 0xffff
+			for i := 0; len(got) < len(want); i++ {
+				if i == 2000 {
+					t.Fatalf("%d of %d bytes received", len(got), len(want))
+				}
+				d.e.turn(5)
+				d.readFrames(take(d))
+				d.send(d.segment(header.TCPAck, 0))
+			}
+		})
+	}
+}
