@@ -57,14 +57,32 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 }
 
 // discard drops n bytes from a TCP socket's receive queue without copying
-// them: MSG_TRUNC on TCP means "throw away".
+// them: MSG_TRUNC on TCP means "throw away". A read stops short at urgent
+// data (the host peer's MSG_OOB) and goes past it when it starts there,
+// so it takes two.
 func discard(fd int, n int) error {
-	_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(n),
-		unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
-	if errno != 0 {
-		return errno
+	for n > 0 {
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(n),
+			unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 {
+			return errno
+		}
+		if r == 0 {
+			return unix.EIO // the stream ended before bytes the guest acknowledged
+		}
+		n -= int(r)
 	}
 	return nil
+}
+
+// inq is how many bytes a TCP socket has to read (SIOCINQ), 0 if unknown.
+func inq(fd int) int {
+	// The kernel writes a C int, as for SIOCOUTQ (sendRoom).
+	n, err := unix.IoctlGetUint32(fd, unix.SIOCINQ)
+	if err != nil {
+		return 0
+	}
+	return int(int32(n))
 }
 
 // sockaddr is a kernel socket address of either family: a sockaddr_in6

@@ -101,6 +101,7 @@ const (
 	tcpInbound                         // a host peer opened it through a forward (-t): migrate.go names it so
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
 	tcpRoomKnown                       // room is still a safe window: nothing written since it was read
+	tcpUrgent                          // the host peer sent urgent data: a peek may stop short at it
 )
 
 const (
@@ -195,6 +196,10 @@ func (t *tcpTable) init() {
 // waiting for window.
 func (t *tcpTable) hostSockOpts(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	// Urgent data (MSG_OOB) stays in the stream, as a relay must keep it:
+	// out of line, a peek skips the byte but SO_PEEK_OFF does not count
+	// it, and the next peek repeats a byte.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
 	if t.sndbuf > 0 {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, t.sndbuf)
 	}
@@ -467,6 +472,9 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSetState(f, tcpHostRdhup, 0)
+	}
+	if events&unix.EPOLLPRI != 0 {
+		f.flags |= tcpUrgent
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSendToGuest(f)
@@ -769,16 +777,18 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 }
 
 // tcpEvents are what a connected flow's socket reports, edge-triggered:
-// data and the peer's FIN. EPOLLOUT joins them only while a window
-// update waits for room (tcpWatchWrite), and EPOLLIN leaves them while
-// the flow cannot send (tcpHoldIn).
-const tcpEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+// data, urgent data (tcpUrgent) and the peer's FIN. EPOLLOUT joins them
+// only while a window update waits for room (tcpWatchWrite), and EPOLLIN
+// leaves them while the flow cannot send (tcpHoldIn), with EPOLLPRI, for
+// which the kernel would wake the engine at every segment; urgent data
+// that came meanwhile is reported when they come back.
+const tcpEvents = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLET
 
 // tcpEpollMod tells epoll what the flow's flags say it waits for.
 func (e *Engine) tcpEpollMod(f *tcpFlow) {
 	ev := uint32(tcpEvents)
 	if f.flags&tcpInOff != 0 {
-		ev &^= unix.EPOLLIN
+		ev &^= unix.EPOLLIN | unix.EPOLLPRI
 	}
 	if f.flags&tcpWaitWrite != 0 {
 		ev |= unix.EPOLLOUT
@@ -786,7 +796,7 @@ func (e *Engine) tcpEpollMod(f *tcpFlow) {
 	e.epollMod(f.fd, ev, e.tcpRef(f))
 }
 
-// tcpHoldIn stops or restarts EPOLLIN. A flow stopped at the guest's
+// tcpHoldIn stops or restarts EPOLLIN (and EPOLLPRI). A flow stopped at the guest's
 // window or the link's room has nothing to do with new host data until
 // the guest acknowledges or the link drains, and both call
 // tcpSendToGuest, which reads what came meanwhile. Watching it anyway
@@ -883,12 +893,13 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		// Nothing at all is the end of the stream. Without SO_PEEK_OFF,
 		// only what is in flight is nothing new: the stream ends there
-		// only if the peer has shut down.
-		eof := n == 0 || n <= skip && f.state&tcpHostRdhup != 0
+		// only if the peer has shut down, and if no urgent data stopped
+		// the peek short of the rest.
+		eof := n == 0 || n <= skip && f.state&tcpHostRdhup != 0 && inq(f.fd) <= skip
 		if n -= skip; n <= 0 {
 			e.link.Cancel()
 			if !eof {
-				e.tcpDrained(f)
+				e.tcpShortPeek(f)
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
@@ -931,20 +942,45 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
 		}
-		if n < want && f.state&tcpHostRdhup == 0 {
-			e.tcpDrained(f)
-			return
+		if n < want {
+			switch {
+			case f.flags&tcpUrgent != 0 && f.peekOff:
+				// Maybe stopped at urgent data: the next peek starts
+				// there and goes past it, or finds nothing.
+			case f.flags&tcpUrgent != 0, f.state&tcpHostRdhup == 0:
+				e.tcpShortPeek(f)
+				return
+			}
 		}
 	}
+}
+
+// tcpShortPeek follows a peek that found less than it asked for: the
+// host socket is drained, unless the peek stopped at urgent data. Then,
+// with SO_PEEK_OFF, the next peek starts there and goes past it
+// (tcpSendToGuest peeks again); without, each peek from the queue's head
+// stops there until the guest acknowledges the bytes before it, and its
+// ACK peeks again.
+func (e *Engine) tcpShortPeek(f *tcpFlow) {
+	if f.flags&tcpUrgent != 0 && !f.peekOff {
+		f.flags |= tcpWndFull
+		e.tcpHoldIn(f, true)
+		return
+	}
+	e.tcpDrained(f)
 }
 
 // tcpDrained follows a peek that emptied the host socket: no peek comes
 // to drop what the guest acknowledged, so it goes now, and the next
 // EPOLLIN edge brings more.
 func (e *Engine) tcpDrained(f *tcpFlow) {
-	if e.tcpDiscardAcked(f, false) {
-		e.tcpHoldIn(f, false)
+	if !e.tcpDiscardAcked(f, false) {
+		return
 	}
+	if f.sndUna == f.sndNxt {
+		f.flags &^= tcpUrgent // dropped: no peek goes back to it
+	}
+	e.tcpHoldIn(f, false)
 }
 
 // discard drops n acknowledged bytes from the host socket. TCP sockets

@@ -312,56 +312,88 @@ func shrinkLink(t *testing.T, h *hotPath) {
 // FIN, and the engine's peek offset keeps track of the bytes it parks.
 func TestTCPHostileGuestDownload(t *testing.T) {
 	for seed := range uint64(24) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			h, c := tcpPeer(t)
-			f := h.flow()
-			var logBuf bytes.Buffer
-			h.e.cfg.Log, h.e.cfg.Debug = log.New(&logBuf, "", 0), true
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Log(logBuf.String())
-				}
-			})
-			if seed%4 == 3 {
-				if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
-					t.Fatal(err)
-				}
-				f.peekOff = false
-			}
-			if seed%2 == 1 {
-				shrinkLink(t, h)
-			}
-			g := &hostileGuest{t: t, h: h, f: f, rng: rand.New(rand.NewPCG(seed, 7)),
-				want: pattern(8<<20+12345, int(seed)), base: h.ack, rcv: h.ack, edge: h.ack + 0xffff<<7}
-			go func() {
-				c.Write(g.want)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c) // what the guest uploads
-			}()
-			steps := 0
-			for range 3000 {
-				steps++
-				g.step(true)
-				if g.fin {
-					break
-				}
-			}
-			for i := 0; !g.fin; i++ {
-				if i == 20000 {
-					t.Fatalf("stuck at stream offset %d of %d (state %v, flags %#x, in flight %d, parked %d)",
-						int(g.rcv-g.base), len(g.want), f.state, f.flags, f.sndNxt-f.sndUna, f.unread)
-				}
-				if i%2000 == 1999 {
-					t.Logf("good guest stuck at %d: state %v flags %#x inflight %d parked %d wnd %d retries %d rcv-sndUna %d",
-						int(g.rcv-g.base), f.state, f.flags, f.sndNxt-f.sndUna, f.unread, f.guestWnd, f.retries, int32(g.rcv-f.sndUna))
-					h.e.start = h.e.start.Add(-tcpRTO << 4)
-					h.e.lastTick = 0
-				}
-				g.step(false)
-			}
-			t.Logf("%d hostile steps; parked in %d checks, waiting for the link in %d", steps, g.parked, g.waitTap)
-		})
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { hostileDownload(t, seed, 0) })
 	}
+}
+
+// TestTCPHostUrgentData: urgent data from the host peer (MSG_OOB) is
+// part of the stream the guest gets, in place, as a relay keeps it
+// (SO_OOBINLINE): a peek or a drop that stops at the urgent mark must
+// neither stall the flow, nor repeat, skip or shift a byte.
+func TestTCPHostUrgentData(t *testing.T) {
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { hostileDownload(t, seed, 100<<10+int(seed)*777) })
+	}
+}
+
+// hostileDownload runs a hostileGuest on a download of 8 MiB, whose
+// host peer sends every urgent-th byte as urgent data, unless urgent is
+// 0. Seeds 3 and 7 (mod 4) peek without SO_PEEK_OFF; odd seeds have a
+// small link.
+func hostileDownload(t *testing.T, seed uint64, urgent int) {
+	h, c := tcpPeer(t)
+	f := h.flow()
+	var logBuf bytes.Buffer
+	h.e.cfg.Log, h.e.cfg.Debug = log.New(&logBuf, "", 0), true
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logBuf.String())
+		}
+	})
+	if seed%4 == 3 {
+		if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
+			t.Fatal(err)
+		}
+		f.peekOff = false
+	}
+	if seed%2 == 1 {
+		shrinkLink(t, h)
+	}
+	g := &hostileGuest{t: t, h: h, f: f, rng: rand.New(rand.NewPCG(seed, 7)),
+		want: pattern(8<<20+12345, int(seed)), base: h.ack, rcv: h.ack, edge: h.ack + 0xffff<<7}
+	go func() {
+		defer io.Copy(io.Discard, c) // what the guest uploads
+		defer c.(*net.TCPConn).CloseWrite()
+		if urgent == 0 {
+			c.Write(g.want)
+			return
+		}
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		for off := 0; off < len(g.want); off += urgent {
+			end := min(off+urgent, len(g.want))
+			if _, err := c.Write(g.want[off : end-1]); err != nil {
+				return
+			}
+			var err error
+			raw.Write(func(fd uintptr) bool {
+				err = unix.Sendto(int(fd), g.want[end-1:end], unix.MSG_OOB, nil)
+				return err != unix.EAGAIN
+			})
+			if err != nil {
+				return
+			}
+		}
+	}()
+	steps := 0
+	for range 3000 {
+		steps++
+		g.step(true)
+		if g.fin {
+			break
+		}
+	}
+	for i := 0; !g.fin; i++ {
+		if i == 20000 {
+			t.Fatalf("stuck at stream offset %d of %d (state %v, flags %#x, in flight %d, parked %d)",
+				int(g.rcv-g.base), len(g.want), f.state, f.flags, f.sndNxt-f.sndUna, f.unread)
+		}
+		if i%2000 == 1999 { // the retransmission timer runs out
+			h.e.start = h.e.start.Add(-tcpRTO << 4)
+			h.e.lastTick = 0
+		}
+		g.step(false)
+	}
+	t.Logf("%d hostile steps; parked in %d checks, waiting for the link in %d", steps, g.parked, g.waitTap)
 }
 
 // TestMigrateParked moves, or fails to move, a connection whose flow
