@@ -872,6 +872,9 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			e.tcp.frames[segs] = b
 			iov = trimIov(more, len(iov), l) // a frame padded to the minimum reads no more than l
 		}
+		// Frames whose pieces filled the peek's iovecs hold less than
+		// the window: a peek that fills them is not a drained socket.
+		want = min(want, segs*seg)
 		e.tcp.segIov[segs] = len(iov)
 		if segs == 0 {
 			f.flags |= tcpWaitTap

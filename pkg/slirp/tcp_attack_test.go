@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
@@ -453,5 +455,60 @@ func TestMigrateParked(t *testing.T) {
 				d.send(d.segment(header.TCPAck, 0))
 			}
 		})
+	}
+}
+
+// piecesLink hands out each frame's payload in pieces, as vhost-user does
+// with a guest's small RX buffers.
+type piecesLink struct {
+	qemusock.Link
+	pieces int
+}
+
+func (l *piecesLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
+	if len(iov)+l.pieces > cap(iov) {
+		return nil, iov // no room for its pieces: vhost-user gives the chains back
+	}
+	head, out := l.Link.ReserveV(hdr, n, iov)
+	if head == nil || len(out) == len(iov) {
+		return head, out
+	}
+	p := out[len(iov)]
+	out = out[:len(iov)]
+	step := (p.Len + uint64(l.pieces) - 1) / uint64(l.pieces)
+	for off := uint64(0); off < p.Len; off += step {
+		out = append(out, unix.Iovec{Base: (*byte)(unsafe.Add(unsafe.Pointer(p.Base), off)), Len: min(step, p.Len-off)})
+	}
+	return head, out
+}
+
+// TestTCPPeekIovFull: a peek whose frames took all the pieces a peek
+// has room for (UIO_MAXIOV) before the window was full is not a
+// drained socket: the rest of what the host sent reaches the guest,
+// with no new data from the host to wake the flow.
+func TestTCPPeekIovFull(t *testing.T) {
+	h, c := tcpPeer(t)
+	// 1024 pieces are 64 frames, 4 MiB: less than the window, and than
+	// what the host sends.
+	h.e.link = &piecesLink{Link: h.e.link, pieces: 16}
+	want := pattern(6<<20, 1)
+	go c.Write(want)
+	base := h.ack
+	for i := 0; h.ack-base < uint32(len(want)); i++ {
+		if i == 500 {
+			f := h.flow()
+			t.Fatalf("%d of %d bytes arrived (state %v, flags %#x, in flight %d)", h.ack-base, len(want), f.state, f.flags, f.sndNxt-f.sndUna)
+		}
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			p, off := s.Payload(), int(s.Seq()-base)
+			if len(p) > 0 && s.Seq() == h.ack {
+				if !bytes.Equal(p, want[off:off+len(p)]) {
+					t.Fatalf("a segment at %d differs from the stream", off)
+				}
+				h.ack += uint32(len(p))
+			}
+		})
+		h.send(h.segment(header.TCPAck, 0))
 	}
 }
