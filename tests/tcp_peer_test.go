@@ -81,3 +81,52 @@ func TestTCPCloseKeepsUpload(t *testing.T) {
 			r.n, size, bytes.Equal(r.sum, sumStream(7, size)), r.err)
 	}
 }
+
+// TestTCPHostUrgentData: urgent data (MSG_OOB) from a host server reaches
+// a guest with a real kernel in its place in the stream, and what follows
+// it too, while the server waits; so do many urgent bytes among bulk
+// data.
+func TestTCPHostUrgentData(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	target := net.JoinHostPort(hostGW, port(l.Addr()))
+	const bulk = 4 << 20
+	want := make([]byte, 0, bulk+16)
+	want = append(want, "abc!def"...)
+	rest, _ := io.ReadAll(newStream(9, bulk))
+	want = append(want, rest...)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		urgent := func(b []byte) {
+			raw.Write(func(fd uintptr) bool { return unix.Sendto(int(fd), b, unix.MSG_OOB, nil) != unix.EAGAIN })
+		}
+		c.Write(want[:3])
+		urgent(want[3:4])
+		c.Write(want[4:7])
+		// The guest reads up to here before there is more.
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			return
+		}
+		for off := 7; off < len(want); off += 50000 {
+			end := min(off+50000, len(want))
+			c.Write(want[off : end-1])
+			urgent(want[end-1 : end])
+		}
+	}()
+	c := w.guestConn(t, target)
+	got := make([]byte, 7)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "abc!def" {
+		t.Fatalf("guest read %q, %v; want %q", got, err, "abc!def")
+	}
+	c.Write([]byte("k"))
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, want[7:]) {
+		t.Fatalf("guest read %d of %d bytes (equal %v), then %v", len(got), len(want)-7, bytes.Equal(got, want[7:]), err)
+	}
+}
