@@ -512,3 +512,96 @@ func TestTCPPeekIovFull(t *testing.T) {
 		h.send(h.segment(header.TCPAck, 0))
 	}
 }
+
+// TestTCPUploadWindow: a guest uploads to a host peer that reads in
+// bursts, while the host sends too, so peeks come between the guest's
+// writes (the send buffer's room, tcpRoomKnown, is read once between
+// writes). A guest that keeps to the window we offer never has a segment
+// refused; one that does not gets its data through all the same, byte for
+// byte, by sending again from our ACK.
+func TestTCPUploadWindow(t *testing.T) {
+	for _, respect := range []bool{true, false} {
+		t.Run(map[bool]string{true: "keeps to the window", false: "ignores the window"}[respect], func(t *testing.T) {
+			h, c := tcpPeer(t)
+			f := h.flow()
+			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 128<<10)
+			raw, _ := c.(*net.TCPConn).SyscallConn()
+			raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 256<<10) })
+			rng := rand.New(rand.NewPCG(1, 2))
+			up := pattern(6<<20, 11)
+			base := h.seq
+			next, acked, edge := base, base, base+uint32(f.wndSent)<<f.ourWS
+			var got []byte
+			buf := make([]byte, 256<<10)
+			stale, refused, small := 0, 0, 0
+			for step := 0; len(got) < len(up); step++ {
+				if step == 20000 {
+					t.Fatalf("the host got %d of %d bytes (engine took %d, guest next %d, acked %d, edge %d; state %v flags %#x, room %d)",
+						len(got), len(up), f.rcvNxt-base, next-base, acked-base, int32(edge-base), f.state, f.flags, sendRoom(f.fd))
+				}
+				// The guest sends a few segments.
+				for range rng.IntN(6) {
+					off := int(next - base)
+					n := min(1+rng.IntN(32000), len(up)-off)
+					if respect {
+						n = min(n, int(int32(edge-next)))
+					}
+					if n <= 0 {
+						break
+					}
+					h.seq = next
+					h.ack = f.sndNxt // all the host sent: the guest takes it
+					seg := h.segment(header.TCPAck|header.TCPPsh, n)
+					copy(seg[len(seg)-n:], up[off:off+n])
+					h.send(seg)
+					next += uint32(n)
+				}
+				h.ack = f.sndNxt
+				h.send(h.segment(header.TCPAck, 0))
+				if rng.IntN(4) == 0 { // the host talks too
+					raw.Write(func(fd uintptr) bool {
+						unix.Sendto(int(fd), up[:1+rng.IntN(20000)], unix.MSG_DONTWAIT, nil)
+						return true
+					})
+				}
+				h.e.turn(1)
+				if f.flags&tcpShortWrite != 0 {
+					refused++
+				}
+				progress := false
+				h.readFrames(func(s header.TCP) {
+					if seqLT(acked, s.Ack()) {
+						acked, progress = s.Ack(), true
+					}
+					if s.Ack() == acked && s.Window() < 8 {
+						small++
+					}
+					if s.Ack() == acked {
+						edge = acked + uint32(s.Window())<<f.ourWS
+					}
+				})
+				if progress {
+					stale = 0
+				} else if stale++; stale > 10 || seqLT(next, acked) {
+					next, stale = acked, 0 // send again from what the engine took
+				}
+				if rng.IntN(3) == 0 { // the host reads a burst
+					raw.Read(func(fd uintptr) bool {
+						n, _, _ := unix.Recvfrom(int(fd), buf[:rng.IntN(len(buf))+1], unix.MSG_DONTWAIT)
+						if n > 0 {
+							if !bytes.Equal(buf[:n], up[len(got):len(got)+n]) {
+								t.Fatalf("the host read %d bytes at %d that differ from the upload", n, len(got))
+							}
+							got = append(got, buf[:n]...)
+						}
+						return true
+					})
+				}
+			}
+			t.Logf("segments refused in %d turns; windows under 2 KiB offered %d times", refused, small)
+			if respect && refused > 0 {
+				t.Errorf("a guest that kept to the window had data refused in %d turns", refused)
+			}
+		})
+	}
+}
