@@ -796,15 +796,15 @@ func (e *Engine) tcpEpollMod(f *tcpFlow) {
 	e.epollMod(f.fd, ev, e.tcpRef(f))
 }
 
-// tcpHoldIn stops or restarts EPOLLIN (and EPOLLPRI). A flow stopped at the guest's
-// window or the link's room has nothing to do with new host data until
-// the guest acknowledges or the link drains, and both call
+// tcpHoldIn stops or restarts EPOLLIN (and EPOLLPRI). A flow stopped at
+// the guest's window or the link's room has nothing to do with new host
+// data until the guest acknowledges or the link drains, and both call
 // tcpSendToGuest, which reads what came meanwhile. Watching it anyway
 // would wake the engine for every segment the host peer sent meanwhile;
 // passt stops watching too. It restarts only once a peek drains the
 // socket, so a flow held by the guest's window stays held from one ACK
 // to the next. Restarting re-arms the edge: epoll reports data already
-// there.
+// there, and urgent data too.
 func (e *Engine) tcpHoldIn(f *tcpFlow, hold bool) {
 	if (f.flags&tcpInOff != 0) != hold {
 		f.flags ^= tcpInOff
