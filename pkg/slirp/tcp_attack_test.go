@@ -374,8 +374,10 @@ func hostileDownload(t *testing.T, seed uint64, urgent int) {
 	}
 	g := &hostileGuest{t: t, h: h, f: f, rng: rand.New(rand.NewPCG(seed, 7)),
 		want: pattern(8<<20+12345, int(seed)), base: h.ack, rcv: h.ack, edge: h.ack + 0xffff<<7}
+	written := make(chan struct{})
 	go func() {
 		defer io.Copy(io.Discard, c) // what the guest uploads
+		defer close(written)
 		defer c.(*net.TCPConn).CloseWrite()
 		if urgent == 0 {
 			c.Write(g.want)
@@ -405,12 +407,21 @@ func hostileDownload(t *testing.T, seed uint64, urgent int) {
 			break
 		}
 	}
-	for i := 0; !g.fin; i++ {
-		if i == 20000 {
+	// A well-behaved guest then, until the FIN; stuck is turns without
+	// progress once the host wrote all, not time.
+	for idle, last := 0, g.rcv; !g.fin; last = g.rcv {
+		select {
+		case <-written:
+			if idle++; g.rcv != last {
+				idle = 0
+			}
+		default:
+		}
+		if idle == 10000 {
 			t.Fatalf("stuck at stream offset %d of %d (state %v, flags %#x, in flight %d, parked %d)",
 				int(g.rcv-g.base), len(g.want), f.state, f.flags, f.sndNxt-f.sndUna, f.unread)
 		}
-		if i%2000 == 1999 { // the retransmission timer runs out
+		if idle%2000 == 1999 { // the retransmission timer runs out
 			h.e.start = h.e.start.Add(-tcpRTO << 4)
 			h.e.lastTick = 0
 		}
