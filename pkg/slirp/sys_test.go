@@ -99,3 +99,54 @@ func sockPort(sa unix.Sockaddr) uint16 {
 	}
 	return 0
 }
+
+// Dropping more than a stream holds before its end is an error, never a
+// loop: with a TCP socket (MSG_TRUNC) and with a unix socket or a
+// command's (a read).
+func TestDiscardPastTheEnd(t *testing.T) {
+	var tcp tcpTable
+	for _, unixFlow := range []bool{false, true} {
+		var a, b int
+		if unixFlow {
+			pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b = pair[0], pair[1]
+		} else {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := l.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, _ := c.(*net.TCPConn).File()
+			g, _ := s.(*net.TCPConn).File()
+			c.Close()
+			s.Close()
+			a, b = int(f.Fd()), int(g.Fd())
+			defer f.Close()
+			defer g.Close()
+		}
+		unix.Write(b, []byte("four"))
+		unix.Shutdown(b, unix.SHUT_WR)
+		f := &tcpFlow{fd: a}
+		if unixFlow {
+			f.flags |= tcpNotTCP
+			defer unix.Close(a)
+			defer unix.Close(b)
+		}
+		// The data and the end are there before the drop.
+		unix.Poll([]unix.PollFd{{Fd: int32(a), Events: unix.POLLRDHUP}}, 5000)
+		if err := tcp.discard(f, 8); err != unix.EIO {
+			t.Errorf("unix socket %v: %v, want EIO", unixFlow, err)
+		}
+	}
+}

@@ -1000,6 +1000,9 @@ func (t *tcpTable) discard(f *tcpFlow, n int) error {
 		if err != nil {
 			return err
 		}
+		if r == 0 {
+			return unix.EIO // as discard: the stream ended before bytes the guest acknowledged
+		}
 		n -= r
 	}
 	return nil
