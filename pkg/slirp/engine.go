@@ -108,7 +108,7 @@ type Stats struct {
 	FramesIn, FramesOut uint64
 	Malformed           uint64
 	Unhandled           uint64
-	Dropped             uint64 // host datagrams too large for the guest's MTU
+	Dropped             uint64 // host datagrams too large for the guest's MTU, or with no room on the link
 	Clients             uint64
 }
 

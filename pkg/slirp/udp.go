@@ -213,7 +213,13 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, pa
 		max4 := e.mtu() - header.IPv4MinLen - header.UDPLen
 		b := e.reserve(l4Off6 + header.UDPLen + max4)
 		if b == nil {
-			return // queue full: level-triggered epoll calls again
+			// No room, or no guest: the datagram is dropped, as a full
+			// link drops it. Left in the socket, it would have epoll
+			// report the socket at every turn with nothing to take it.
+			if !e.udpDrop(fd, route) {
+				return
+			}
+			continue
 		}
 		n, from, err := recvfrom(fd, b[o:o+max4])
 		if err != nil {
@@ -237,6 +243,24 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, pa
 		}
 		e.commit(e.fillUDP(b, src.Addr(), src.Port(), dst.Addr(), dst.Port(), n))
 	}
+}
+
+// udpDrop reads one datagram from fd for which the guest has no room,
+// and drops it if route gives it a destination in the guest (it may take
+// it elsewhere itself). It reports false once fd has nothing to read.
+func (e *Engine) udpDrop(fd int, route func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort)) bool {
+	n, from, err := recvfrom(fd, e.spliceBuf[:])
+	if err != nil {
+		return false
+	}
+	var payload []byte // nil: cut short
+	if n <= len(e.spliceBuf) {
+		payload = e.spliceBuf[:n]
+	}
+	if _, dst := route(from, payload); dst.IsValid() {
+		e.Stats.Dropped++
+	}
+	return true
 }
 
 func (e *Engine) udpExpire() {

@@ -1,0 +1,195 @@
+package slirp
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// fillLink fills the guest's link until it takes no more: the guest never
+// reads, so the queue stays full.
+func fillLink(t *testing.T, te *testEngine) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if i > 1<<16 {
+			t.Fatal("the link never filled")
+		}
+		b := te.reserve(1500)
+		if b == nil {
+			return
+		}
+		te.commit(len(b))
+		te.flush()
+	}
+}
+
+// udpReady tells whether epoll reports any UDP flow's socket ready now.
+func udpReady(te *testEngine) bool {
+	var evs [64]unix.EpollEvent
+	n, _ := unix.EpollWait(te.epfd, evs[:], 0)
+	for i := range n {
+		if refOf(&evs[i]).kind == kindUDP {
+			return true
+		}
+	}
+	return false
+}
+
+// udpFlowTo opens a guest UDP flow from sport to the loopback peer pc
+// (through the gateway) and returns the flow and the address of its host
+// socket as pc sees it.
+func udpFlowTo(t *testing.T, te *testEngine, pc net.PacketConn, sport uint16) (*udpFlow, net.Addr) {
+	t.Helper()
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(sport, port, []byte("hi"))))
+	te.inputDone()
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	_, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, sport))
+	if f == nil {
+		t.Fatal("no flow")
+	}
+	return f, from
+}
+
+// TestUDPLinkFull: a host peer keeps sending to a guest flow while the
+// guest reads nothing and the link is full. Its datagrams are dropped and
+// counted, as a full link drops them; they are not left in the socket,
+// which epoll would report ready at every turn, with nothing to consume
+// them: a spin for as long as the guest stalls.
+func TestUDPLinkFull(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	f, from := udpFlowTo(t, te, pc, 5000)
+	fillLink(t, te)
+	const sent = 10
+	for range sent {
+		if _, err := pc.WriteTo(bytes.Repeat([]byte{'x'}, 1000), from); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropped := te.Stats.Dropped
+	for i := 0; udpReady(te); i++ {
+		if i == 4 {
+			t.Fatalf("the flow's socket is still ready after %d turns with the link full: nothing consumes it", i)
+		}
+		te.turn(0)
+	}
+	if got := te.Stats.Dropped - dropped; got != sent {
+		t.Errorf("%d datagrams counted as dropped, want %d", got, sent)
+	}
+	var b [1]byte
+	if _, _, err := unix.Recvfrom(f.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT); err != unix.EAGAIN {
+		t.Errorf("the flow's socket is not drained: %v", err)
+	}
+}
+
+// TestUDPLinkFullError: an ICMP error that finds the flow's receive
+// buffer full sets the socket's error without queueing it (IP_RECVERR),
+// so the error queue reads empty while epoll reports EPOLLERR. With the
+// link full too, the engine must still clear it, or it spins.
+func TestUDPLinkFullError(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	closed, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cport := uint16(closed.LocalAddr().(*net.UDPAddr).Port)
+	closed.Close()
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	f, from := udpFlowTo(t, te, pc, 5001)
+	fillLink(t, te)
+	if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 { // more than the smallest receive buffer holds
+		pc.WriteTo(bytes.Repeat([]byte{'x'}, 1000), from)
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5001, cport, []byte("refused"))))
+	te.inputDone()
+	for i := 0; udpReady(te); i++ {
+		if i == 8 {
+			t.Fatalf("the flow's socket is still ready after %d turns with the link full: nothing consumes it", i)
+		}
+		te.turn(0)
+	}
+	if e, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || e != 0 {
+		t.Errorf("socket error %d left (%v)", e, err)
+	}
+}
+
+// TestUDPForwardNoGuest: datagrams to a -u port while no guest is
+// attached are dropped and counted, not left in the forward's socket for
+// epoll to report at every turn until a guest comes.
+func TestUDPForwardNoGuest(t *testing.T) {
+	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	pc.Close()
+	fwd := portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 53}
+	if err := e.AddForwards(UDP, []portspec.Forward{fwd}, false); err != nil {
+		t.Fatal(err)
+	}
+	defer e.RemoveForwards(UDP, []portspec.Forward{fwd})
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 5 {
+		if _, err := c.Write([]byte("query")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready := func() bool {
+		var evs [16]unix.EpollEvent
+		n, _ := unix.EpollWait(e.epfd, evs[:], 0)
+		for i := range n {
+			if refOf(&evs[i]).kind == kindUDPListen {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; ready(); i++ {
+		if i == 4 {
+			t.Fatalf("the -u socket is still ready after %d turns with no guest: nothing consumes it", i)
+		}
+		e.turn(0)
+	}
+	if e.Stats.Dropped != 5 {
+		t.Errorf("%d datagrams counted as dropped, want 5", e.Stats.Dropped)
+	}
+}
