@@ -115,11 +115,18 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	}
 	guest := f.key.guest
 	off := l4Off(guest)
-	for {
+	for range udpMaxRead {
 		room := e.mtu() - ipHdrLen(guest)
 		b := e.reserveIP(guest, room)
 		if b == nil {
-			return
+			// No room, or no guest: the reply is dropped, as a full link
+			// drops it, rather than left for epoll to report at every
+			// turn with nothing to take it.
+			if _, _, err := recvfrom(f.fd, e.spliceBuf[:]); err != nil {
+				return
+			}
+			e.Stats.Dropped++
+			continue
 		}
 		n, from, err := recvfrom(f.fd, b[off:])
 		if err != nil {

@@ -140,6 +140,47 @@ func TestUDPLinkFullError(t *testing.T) {
 	}
 }
 
+// TestICMPLinkFull: an echo reply that finds the link full is dropped
+// and counted, not left in the ping socket for epoll to report at every
+// turn. It needs ping sockets (net.ipv4.ping_group_range).
+func TestICMPLinkFull(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		t.Skipf("no ping sockets here: %v", err)
+	}
+	unix.Close(fd)
+	te := newTestEngine(t)
+	te.cfg.NoICMP = false
+	fillLink(t, te)
+	dropped := te.Stats.Dropped
+	for seq := range 3 {
+		echo := []byte{header.ICMPv4Echo, 0, 0, 0, 0xff, 0xff, 0xff, byte(0xfd + seq), 'p', 'i', 'n', 'g'}
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echo)) // the gateway: host loopback
+	}
+	if te.icmp.count != 1 {
+		t.Fatalf("%d ICMP flows, want 1", te.icmp.count)
+	}
+	ready := func() bool {
+		var evs [64]unix.EpollEvent
+		n, _ := unix.EpollWait(te.epfd, evs[:], 0)
+		for i := range n {
+			if refOf(&evs[i]).kind == kindICMP {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; ready(); i++ {
+		if i == 4 {
+			t.Fatalf("the ping socket is still ready after %d turns with the link full: nothing consumes it", i)
+		}
+		te.turn(0)
+	}
+	if got := te.Stats.Dropped - dropped; got != 3 {
+		t.Errorf("%d replies counted as dropped, want 3", got)
+	}
+}
+
 // TestUDPForwardNoGuest: datagrams to a -u port while no guest is
 // attached are dropped and counted, not left in the forward's socket for
 // epoll to report at every turn until a guest comes.
