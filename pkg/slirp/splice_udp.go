@@ -64,7 +64,7 @@ func (e *Engine) spliceUDPSend(lfd int, from netip.AddrPort, payload []byte, por
 // spliceUDPOpen connects a socket for the sender key, to port on the
 // host's loopback or in the namespace (ns).
 func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUDPFlow {
-	if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count+e.spliceUDP.count, e.cfg.MaxUDP) {
+	if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 		return nil
 	}
 	fd, err := -1, error(nil)

@@ -62,7 +62,7 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
-		if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count, e.cfg.MaxUDP) {
+		if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 			e.sendUnreachable(unix.EACCES, src, dst, header.ProtoUDP, u)
 			return
 		}
@@ -79,6 +79,10 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	f.sent = sent
 	e.udpQueue(f, to, u.Payload())
 }
+
+// udpFlows is what --max-udp caps: the guest's flows, the inbound peers
+// and pasta's loopback senders (splice_udp.go) together.
+func (e *Engine) udpFlows() int { return e.udp.count + e.fwd.udpIn.count + e.spliceUDP.count }
 
 // udpQueue adds a datagram for to to the flow's batch.
 func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
@@ -310,7 +314,7 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
-			if e.atCap(capUDP, e.udp.count+e.fwd.udpIn.count, e.cfg.MaxUDP) {
+			if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 				return remote, netip.AddrPort{} // dropped
 			}
 			var idx int32

@@ -234,3 +234,45 @@ func TestUDPForwardNoGuest(t *testing.T) {
 		t.Errorf("%d datagrams counted as dropped, want 5", e.Stats.Dropped)
 	}
 }
+
+// TestUDPCapCountsSpliceSenders: --max-udp bounds the host sockets of
+// the guest's flows and of pasta's loopback senders together, as
+// documented: with the senders at the cap, a guest's new flow is refused
+// with "administratively prohibited".
+func TestUDPCapCountsSpliceSenders(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	te.cfg.MaxUDP = 2
+	defer te.udp.closeAll(te.Engine)
+	defer te.spliceUDPExpire(lfd)
+	for sport := range uint16(2) {
+		te.spliceUDPSend(lfd, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 40000+sport), []byte("x"), port, false)
+	}
+	if te.spliceUDP.count != 2 {
+		t.Fatalf("%d loopback senders, want 2", te.spliceUDP.count)
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, port, []byte("y"))))
+	te.inputDone()
+	prohibited := false
+	for _, f := range te.output(t) {
+		if f[23] == header.ProtoICMP {
+			m := header.ICMP(f[l4Off4:])
+			prohibited = prohibited || m.Type() == header.ICMPv4Unreachable && m.Code() == header.ICMPv4AdminProhibited
+		}
+	}
+	if te.udp.count != 0 || !prohibited {
+		t.Errorf("with %d loopback senders at --max-udp %d: %d guest flows opened, refused %v",
+			te.spliceUDP.count, te.cfg.MaxUDP, te.udp.count, prohibited)
+	}
+}
