@@ -276,3 +276,53 @@ func TestUDPCapCountsSpliceSenders(t *testing.T) {
 			te.spliceUDP.count, te.cfg.MaxUDP, te.udp.count, prohibited)
 	}
 }
+
+// TestUDPNotUnicast: a guest datagram to or from an address that is not
+// unicast (multicast, broadcast, unspecified), or from or to port 0,
+// opens no flow and no host socket: it is counted as unhandled, as
+// IPv6's multicast is, and never sent on, as passt does. Its flow would
+// have sent the guest's multicast (mDNS, SSDP) onto the host's network
+// from the host's address. The flows' sockets are bound to loopback here,
+// so that nothing leaves this machine even when the test fails.
+func TestUDPNotUnicast(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	te.cfg.OutboundIf4 = "lo"
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.BindToDevice(fd, "lo")
+	unix.Close(fd)
+	if err != nil {
+		t.Skipf("cannot bind a socket to lo: %v", err)
+	}
+	defer te.udp.closeAll(te.Engine)
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		name         string
+		src, dst     netip.Addr
+		sport, dport uint16
+	}{
+		{"to multicast", testGuest4, a("224.0.0.251"), 5353, 5353},
+		{"to broadcast", testGuest4, a("255.255.255.255"), 5000, 9},
+		{"to unspecified", testGuest4, a("0.0.0.0"), 5001, 9},
+		{"to port 0", testGuest4, a("192.0.2.77"), 5002, 0},
+		{"from multicast", a("224.0.0.1"), testGW4, 5003, 9},
+		{"from broadcast", a("255.255.255.255"), testGW4, 5004, 9},
+		{"from unspecified", a("0.0.0.0"), testGW4, 5005, 9},
+		{"from port 0", testGuest4, testGW4, 0, 9},
+		{"to IPv4-mapped unspecified", testGuest6, a("::ffff:0.0.0.0"), 5006, 9},
+		{"to IPv4-mapped broadcast", testGuest6, a("::ffff:255.255.255.255"), 5007, 9},
+		{"to IPv6 unspecified", testGuest6, a("::"), 5008, 9},
+	} {
+		unhandled := te.Stats.Unhandled
+		te.tapInput(frameIP(c.src, c.dst, header.ProtoUDP, udp6(c.sport, c.dport, []byte("x"))))
+		te.inputDone()
+		te.output(t)
+		if te.udp.count != 0 || te.Stats.Unhandled != unhandled+1 {
+			t.Errorf("%s: %d flows, %d unhandled, want none and 1", c.name, te.udp.count, te.Stats.Unhandled-unhandled)
+			te.udp.closeAll(te.Engine)
+		}
+	}
+}
