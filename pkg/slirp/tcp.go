@@ -259,6 +259,11 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 			e.tcpSynAcked(f, t)
 		case f.state&tcpSynAckSent != 0:
 			e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
+		case f.state&tcpEstablished != 0:
+			// A challenge ACK (RFC 9293, 3.10.7.4): a guest that lost the
+			// connection and reuses its port resets the flow it names,
+			// and its next SYN connects.
+			e.tcpAckNow(f)
 		}
 		return
 	}

@@ -245,3 +245,68 @@ func hostileUpload(t *testing.T, seed uint64) {
 		t.Fatalf("after the FIN: state %v, rcvNxt at %d", st, off(f.rcvNxt))
 	}
 }
+
+// TestTCPSynOnEstablished: a guest that lost a connection (it rebooted,
+// say) and opens a new one from the same port sends a SYN that lands on
+// the old flow. The engine must answer it with an ACK (RFC 9293,
+// 3.10.7.4: a challenge ACK) so the guest resets the old flow and its
+// next SYN connects; silently dropped, every SYN retry also counts as
+// activity and holds off the keepalive that would find the flow stale,
+// so the guest cannot connect for a minute or more, or never.
+func TestTCPSynOnEstablished(t *testing.T) {
+	for _, state := range []string{"established", "guest FIN", "host FIN"} {
+		t.Run(state, func(t *testing.T) {
+			h, c := tcpPeer(t)
+			f := h.flow()
+			switch state {
+			case "guest FIN":
+				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+				h.seq++
+			case "host FIN":
+				c.(*net.TCPConn).CloseWrite()
+				h.receive(t, false, isFin)
+			}
+			h.e.turn(5)
+			h.readFrames(func(header.TCP) {})
+			isn := h.seq + 1<<20
+			syn := h.raw(rawSeg{flags: header.TCPSyn, seq: isn, wnd: 0xffff})
+			var challenge header.TCP
+			for range 3 { // the SYN and its retries
+				h.send(syn)
+				h.e.turn(5)
+				h.readFrames(func(s header.TCP) {
+					if s.Flags()&(header.TCPSyn|header.TCPRst) == 0 && s.Flags()&header.TCPAck != 0 {
+						challenge = append(header.TCP(nil), s...)
+					}
+				})
+				if challenge != nil {
+					break
+				}
+			}
+			if challenge == nil {
+				t.Fatalf("a SYN on a flow in state %v got no answer", f.state)
+			}
+			if challenge.Ack() != f.rcvNxt {
+				t.Errorf("challenge ACK acknowledges %d, want %d", challenge.Ack(), f.rcvNxt)
+			}
+			// The guest, in SYN-SENT, resets what the ACK names; its next
+			// SYN opens a new connection.
+			h.send(h.raw(rawSeg{flags: header.TCPRst, seq: challenge.Ack()}))
+			h.e.turn(5)
+			if h.e.tcp.count != 0 {
+				t.Fatalf("flow left after the guest's reset: %v", h.flow().state)
+			}
+			h.send(syn)
+			var synAck bool
+			for i := 0; i < 200 && !synAck; i++ {
+				h.e.turn(5)
+				h.readFrames(func(s header.TCP) {
+					synAck = synAck || s.Flags()&(header.TCPSyn|header.TCPAck) == header.TCPSyn|header.TCPAck && s.Ack() == isn+1
+				})
+			}
+			if !synAck {
+				t.Fatal("the new connection got no SYN-ACK")
+			}
+		})
+	}
+}
