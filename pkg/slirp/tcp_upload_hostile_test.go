@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -28,6 +30,8 @@ type rawSeg struct {
 	payload  []byte
 	ipLen    int
 	pad      int
+	sport    uint16 // 40000 if 0
+	dport    uint16 // h.dport if 0
 }
 
 func (h *hotPath) raw(s rawSeg) []byte {
@@ -46,7 +50,13 @@ func (h *hotPath) raw(s rawSeg) []byte {
 		ip.SetTotalLen(s.ipLen)
 	}
 	t := header.TCP(b[38:])
-	t.Encode(header.TCPFields{SrcPort: 40000, DstPort: h.dport, Seq: s.seq, Ack: s.ack, Flags: s.flags, Window: s.wnd, HeaderLen: hl})
+	if s.sport == 0 {
+		s.sport = 40000
+	}
+	if s.dport == 0 {
+		s.dport = h.dport
+	}
+	t.Encode(header.TCPFields{SrcPort: s.sport, DstPort: s.dport, Seq: s.seq, Ack: s.ack, Flags: s.flags, Window: s.wnd, HeaderLen: hl})
 	copy(t[header.TCPMinLen:], opts)
 	copy(t[hl:], s.payload)
 	for i := range s.pad {
@@ -308,5 +318,165 @@ func TestTCPSynOnEstablished(t *testing.T) {
 				t.Fatal("the new connection got no SYN-ACK")
 			}
 		})
+	}
+}
+
+// TestTCPChurn: a guest opens connections as fast as it can, to a
+// listening port, a closed one and past the flow cap, and ends each
+// badly: never completes the handshake, resets it, sends data on the SYN
+// or a FIN before the handshake completes, closes and forgets, or
+// abandons it with data in flight. Every SYN is answered, the cap holds,
+// and once the timers run out no flow and no descriptor is left.
+func TestTCPChurn(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	const maxTCP = 40
+	h.e.cfg.MaxTCP = maxTCP
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			conns = append(conns, c)
+		}
+	}()
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedPort := uint16(closed.Addr().(*net.TCPAddr).Port)
+	closed.Close()
+	open := uint16(l.Addr().(*net.TCPAddr).Port)
+	// The flow of the handshake above ends on its own, with the rest.
+	before := openFds(t)
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	type conn struct {
+		port     uint16
+		isn, ack uint32
+		how      int
+	}
+	var pending []conn
+	answered := map[uint16]bool{}
+	sport := uint16(20000)
+	atCap, most := 0, 0
+	for round := range 150 {
+		var batch []byte
+		for range 1 + rng.IntN(12) {
+			sport++
+			c := conn{port: sport, isn: rng.Uint32(), how: rng.IntN(7)}
+			dport := open
+			if rng.IntN(5) == 0 {
+				dport = closedPort
+			}
+			var data []byte
+			if c.how == 6 {
+				data = []byte("data on the SYN")
+			}
+			batch = append(batch, h.raw(rawSeg{flags: header.TCPSyn, seq: c.isn, wnd: 0xffff, sport: sport, dport: dport,
+				opts:    []byte{header.TCPOptMSS, 4, byte(rng.IntN(256)), byte(rng.IntN(256)), header.TCPOptNop, header.TCPOptWS, 3, byte(rng.IntN(256))},
+				payload: data})...)
+			if dport == open {
+				pending = append(pending, c)
+			} else {
+				answered[sport] = false
+			}
+		}
+		h.send(batch)
+		for range 3 {
+			h.e.turn(2)
+		}
+		most = max(most, h.e.tcp.count)
+		if h.e.tcp.count > maxTCP {
+			t.Fatalf("%d flows, past the cap of %d", h.e.tcp.count, maxTCP)
+		}
+		// The guest answers what came back.
+		batch = batch[:0]
+		h.readFrames(func(s header.TCP) {
+			p := s.DstPort()
+			if _, ok := answered[p]; ok {
+				if !isRst(s) {
+					t.Fatalf("port %d: %v to a SYN to a closed port", p, s.Flags())
+				}
+				answered[p] = true
+				return
+			}
+			i := slices.IndexFunc(pending, func(c conn) bool { return c.port == p })
+			if i < 0 {
+				return // a connection the guest is done with
+			}
+			c := &pending[i]
+			switch {
+			case isRst(s): // at the cap
+				atCap++
+				pending = slices.Delete(pending, i, i+1)
+				return
+			case s.Flags()&header.TCPSyn == 0:
+				return
+			}
+			c.ack = s.Seq() + 1
+			seq := c.isn + 1
+			ack := func(fl header.TCPFlags, data string) {
+				batch = append(batch, h.raw(rawSeg{flags: fl, seq: seq, ack: c.ack, wnd: 0xffff, sport: p, dport: open, payload: []byte(data)})...)
+				seq += uint32(len(data))
+			}
+			switch c.how {
+			case 0: // never completes the handshake
+			case 1:
+				ack(header.TCPRst, "")
+			case 2: // a FIN with data before the handshake's ACK
+				batch = append(batch, h.raw(rawSeg{flags: header.TCPFin, seq: seq, wnd: 0xffff, sport: p, dport: open, payload: []byte("early")})...)
+			case 3: // closes, then forgets: never acknowledges the host's FIN
+				ack(header.TCPAck, "")
+				ack(header.TCPAck|header.TCPPsh, "bye")
+				ack(header.TCPAck|header.TCPFin, "")
+			case 4: // abandons it with the host's data unacknowledged
+				ack(header.TCPAck, "")
+				ack(header.TCPAck|header.TCPPsh, "then silence")
+			case 5: // acknowledges the SYN-ACK, then resets with data
+				ack(header.TCPAck, "")
+				ack(header.TCPRst|header.TCPAck, "reset")
+			case 6:
+				ack(header.TCPAck, "")
+			}
+			pending = slices.Delete(pending, i, i+1)
+		})
+		h.send(batch)
+		h.e.turn(2)
+		if round%3 == 2 { // time passes: timers run out
+			h.e.start = h.e.start.Add(-20 * time.Second)
+			h.e.lastTick = 0
+		}
+	}
+	t.Logf("%d SYNs, %d reset at the cap, %d flows at most", sport-20000, atCap, most)
+	for p, ok := range answered {
+		if !ok {
+			t.Errorf("a SYN from port %d to a closed port got no reset", p)
+		}
+	}
+	// Time passes: every flow ends, whatever its state.
+	for i := 0; h.e.tcp.count > 0; i++ {
+		if i == 200 {
+			h.e.tcp.each(func(_ int32, f *tcpFlow) { t.Errorf("flow %v left: %v", f.key, f.state) })
+			t.Fatalf("%d flows left", h.e.tcp.count)
+		}
+		h.e.start = h.e.start.Add(-time.Minute)
+		h.e.lastTick = 0
+		h.e.turn(1)
+		h.readFrames(func(header.TCP) {})
+	}
+	l.Close()
+	<-accepted
+	for _, c := range conns {
+		c.Close()
+	}
+	if leaked := leakedFds(t, before); len(leaked) > 0 {
+		t.Errorf("descriptors left: %v", leaked)
 	}
 }
