@@ -480,3 +480,133 @@ func TestTCPChurn(t *testing.T) {
 		t.Errorf("descriptors left: %v", leaked)
 	}
 }
+
+// TestTCPUploadPeerEnds: a guest uploads to a host peer that stops
+// reading until the window closes, then half-closes, or resets, or
+// closes without reading the rest, or reads on. A half-close is our FIN
+// and the upload goes on, whole; a reset, or a close with data unread,
+// resets the guest's connection, at once, with nothing left behind.
+func TestTCPUploadPeerEnds(t *testing.T) {
+	for _, end := range []string{"half-close", "reset", "close unread", "read on"} {
+		t.Run(end, func(t *testing.T) {
+			h, c := tcpPeer(t)
+			f := h.flow()
+			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+			raw, _ := c.(*net.TCPConn).SyscallConn()
+			raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10) })
+			before := openFds(t)
+			up := pattern(2<<20, 3)
+			base := h.seq
+			next, acked := base, base
+			var got []byte
+			buf := make([]byte, 128<<10)
+			read := func() {
+				raw.Read(func(fd uintptr) bool {
+					n, _, _ := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+					if n > 0 {
+						if !bytes.Equal(buf[:n], up[len(got):len(got)+n]) {
+							t.Fatalf("the host read %d bytes at %d that differ", n, len(got))
+						}
+						got = append(got, buf[:n]...)
+					}
+					return true
+				})
+			}
+			reading, ended, rst, fin := false, false, false, false
+			stale := 0
+			for step := 0; int(acked-base) < len(up); step++ {
+				if step == 20000 || stale > 2000 {
+					t.Fatalf("stuck at %d of %d (state %v, flags %#x)", acked-base, len(up), f.state, f.flags)
+				}
+				// The guest fills what it thinks the window is, and more.
+				var batch []byte
+				for range 4 {
+					o := int(next - base)
+					n := min(1400*(1+(step*7919+step/3)%20), len(up)-o)
+					if n <= 0 {
+						break
+					}
+					h.seq = next
+					s := h.segment(header.TCPAck|header.TCPPsh, n)
+					copy(s[len(s)-n:], up[o:o+n])
+					batch = append(batch, s...)
+					next += uint32(n)
+				}
+				h.send(batch)
+				h.e.turn(1)
+				progress := false
+				h.readFrames(func(s header.TCP) {
+					if isRst(s) {
+						rst = true
+					}
+					if isFin(s) && s.Seq() == h.ack {
+						fin = true
+						h.ack++
+					}
+					if seqLT(acked, s.Ack()) && !isRst(s) {
+						acked, progress = s.Ack(), true
+					}
+				})
+				if rst {
+					break
+				}
+				if progress {
+					stale = 0
+				} else if stale++; stale%4 == 0 {
+					next = acked
+				}
+				if seqLT(next, acked) {
+					next = acked
+				}
+				if !ended && f.flags&tcpWaitWrite != 0 && stale > 10 {
+					// The window is closed and the peer has not read: now it ends.
+					ended = true
+					switch end {
+					case "half-close":
+						c.(*net.TCPConn).CloseWrite()
+						reading = true
+					case "reset":
+						c.(*net.TCPConn).SetLinger(0)
+						c.Close()
+					case "close unread":
+						c.Close()
+					case "read on":
+						reading = true
+					}
+				}
+				if reading {
+					read()
+				}
+			}
+			switch end {
+			case "half-close", "read on":
+				if rst {
+					t.Fatal("reset")
+				}
+				if fin != (end == "half-close") {
+					t.Errorf("FIN to the guest: %v", fin)
+				}
+				for range 1000 {
+					if len(got) == len(up) {
+						break
+					}
+					h.e.turn(1)
+					read()
+				}
+				if !bytes.Equal(got, up) {
+					t.Fatalf("the host read %d bytes, want %d", len(got), len(up))
+				}
+			default:
+				if !ended || !rst {
+					t.Fatalf("ended %v, reset to the guest %v", ended, rst)
+				}
+				if h.e.tcp.count != 0 {
+					t.Fatalf("flow left: %v", f.state)
+				}
+				if leaked := leakedFds(t, before); len(leaked) > 0 {
+					t.Errorf("descriptors left: %v", leaked)
+				}
+			}
+		})
+	}
+}
