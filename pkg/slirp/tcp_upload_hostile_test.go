@@ -3,13 +3,16 @@ package slirp
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
@@ -608,5 +611,62 @@ func TestTCPUploadPeerEnds(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTCPInboundSynAckAgain: at a forwarded port, the guest's SYN-ACK
+// completes the handshake, but the ACK we send for it is lost (the link
+// was full). The guest sends its SYN-ACK again; it must get an ACK, or a
+// server that speaks first (its banner waits for the handshake) never
+// gets going, and the guest gives up on the connection.
+func TestTCPInboundSynAckAgain(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	if err := h.e.AddForwards(TCP, []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}}, false); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var syn header.TCP
+	for i := 0; i < 200 && syn == nil; i++ {
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			if s.Flags() == header.TCPSyn && s.DstPort() == 22 {
+				syn = append(header.TCP(nil), s...)
+			}
+		})
+	}
+	if syn == nil {
+		t.Fatal("no SYN to the guest")
+	}
+	synAck := h.raw(rawSeg{flags: header.TCPSyn | header.TCPAck, seq: 5000, ack: syn.Seq() + 1, wnd: 0xffff, sport: 22, dport: syn.SrcPort(),
+		opts: []byte{header.TCPOptMSS, 4, 5, 0xb4, header.TCPOptNop, header.TCPOptWS, 3, 7}})
+	h.send(synAck)
+	h.e.turn(5)
+	h.readFrames(func(header.TCP) {}) // our ACK, lost
+	h.send(synAck)
+	h.e.turn(5)
+	var acked bool
+	h.readFrames(func(s header.TCP) {
+		acked = acked || s.Flags()&(header.TCPSyn|header.TCPRst) == 0 && s.Flags()&header.TCPAck != 0 && s.Ack() == 5001
+	})
+	if !acked {
+		t.Fatal("the guest's SYN-ACK, sent again, got no ACK")
+	}
+	h.send(h.raw(rawSeg{flags: header.TCPAck | header.TCPPsh, seq: 5001, ack: syn.Seq() + 1, wnd: 0xffff, sport: 22, dport: syn.SrcPort(), payload: []byte("SSH-2.0-x\r\n")}))
+	h.e.turn(5)
+	client.SetDeadline(time.Now().Add(5 * time.Second))
+	banner := make([]byte, 11)
+	if _, err := io.ReadFull(client, banner); err != nil || string(banner) != "SSH-2.0-x\r\n" {
+		t.Fatalf("the client read %q, %v", banner, err)
 	}
 }
