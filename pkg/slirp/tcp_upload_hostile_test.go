@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -669,4 +670,148 @@ func TestTCPInboundSynAckAgain(t *testing.T) {
 	if _, err := io.ReadFull(client, banner); err != nil || string(banner) != "SSH-2.0-x\r\n" {
 		t.Fatalf("the client read %q, %v", banner, err)
 	}
+}
+
+// TestTCPHostileUploadInterleaved: three guest connections upload at
+// once, their segments interleaved in each batch of frames, so a flow's
+// gathered writes are cut by another's; each sends again what it sent
+// (what the engine took comes back different), junk past a gap, and more
+// than the window. Each host peer reads exactly its own stream.
+func TestTCPHostileUploadInterleaved(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	lport := uint16(l.Addr().(*net.TCPAddr).Port)
+	type upFlow struct {
+		sport            uint16
+		f                *tcpFlow
+		peer             syscall.RawConn
+		conn             net.Conn
+		up, got          []byte
+		base, next, sent uint32
+		acked            uint32
+	}
+	rng := rand.New(rand.NewPCG(1, 9))
+	var flows []*upFlow
+	for i := range 3 {
+		u := &upFlow{sport: uint16(30001 + i), up: pattern(512<<10+rng.IntN(1000), 20+i)}
+		u.base = 7000 + uint32(i)<<28
+		h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: u.base - 1, wnd: 0xffff, sport: u.sport, dport: lport,
+			opts: []byte{header.TCPOptMSS, 4, 5, 0xb4, header.TCPOptNop, header.TCPOptWS, 3, 7}}))
+		var ack uint32
+		for j := 0; j < 200 && ack == 0; j++ {
+			h.e.turn(5)
+			h.readFrames(func(s header.TCP) {
+				if s.DstPort() == u.sport && s.Flags()&header.TCPSyn != 0 {
+					ack = s.Seq() + 1
+				}
+			})
+		}
+		if ack == 0 {
+			t.Fatal("no SYN-ACK")
+		}
+		h.send(h.raw(rawSeg{flags: header.TCPAck, seq: u.base, ack: ack, wnd: 0xffff, sport: u.sport, dport: lport}))
+		h.e.turn(5)
+		if u.conn, err = l.Accept(); err != nil {
+			t.Fatal(err)
+		}
+		defer u.conn.Close()
+		u.peer, _ = u.conn.(*net.TCPConn).SyscallConn()
+		_, u.f = h.e.tcp.lookup(tcpKey{netip.AddrPortFrom(hpGuest, u.sport), netip.AddrPortFrom(hpGateway, lport)})
+		if u.f == nil {
+			t.Fatal("no flow")
+		}
+		unix.SetsockoptInt(u.f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, (16+rng.IntN(64))<<10)
+		u.next, u.sent, u.acked = u.base, u.base, u.base
+		flows = append(flows, u)
+	}
+	buf := make([]byte, 64<<10)
+	done := func() bool {
+		for _, u := range flows {
+			if len(u.got) < len(u.up) {
+				return false
+			}
+		}
+		return true
+	}
+	stale, step, refused := 0, 0, 0
+	for ; !done(); step++ {
+		if step == 40000 || stale > 3000 {
+			for _, u := range flows {
+				t.Errorf("port %d: host read %d of %d, engine took %d", u.sport, len(u.got), len(u.up), u.f.rcvNxt-u.base)
+			}
+			t.Fatal("stuck")
+		}
+		var batch []byte
+		for range 1 + rng.IntN(12) {
+			u := flows[rng.IntN(len(flows))]
+			from, taken := int(u.next-u.base), int(u.f.rcvNxt-u.base)
+			seg := func(seq uint32, p []byte) {
+				batch = append(batch, h.raw(rawSeg{flags: header.TCPAck, seq: seq, ack: u.f.sndNxt, wnd: 0xffff, sport: u.sport, dport: lport, payload: p})...)
+			}
+			switch k := rng.IntN(8); {
+			case k < 5 && from < len(u.up):
+				n := min(1+rng.IntN(6000), len(u.up)-from)
+				seg(u.next, u.up[from:from+n])
+				u.next += uint32(n)
+			case k == 5 && from > 0:
+				start := max(0, from-1-rng.IntN(5000))
+				n := min(from-start+rng.IntN(2000), len(u.up)-start)
+				p := append([]byte(nil), u.up[start:start+n]...)
+				copy(p, junk(p[:max(0, min(n, taken-start))]))
+				seg(u.base+uint32(start), p)
+				if e := u.base + uint32(start+n); seqLT(u.next, e) {
+					u.next = e
+				}
+			case k == 6:
+				seg(u.sent+1+uint32(rng.IntN(9000)), make([]byte, 1+rng.IntN(1500)))
+			}
+			if seqLT(u.sent, u.next) {
+				u.sent = u.next
+			}
+		}
+		h.send(batch)
+		h.e.turn(1)
+		for _, u := range flows {
+			if u.f.flags&tcpShortWrite != 0 {
+				refused++
+			}
+		}
+		progress := false
+		h.readFrames(func(s header.TCP) {
+			for _, u := range flows {
+				if s.DstPort() == u.sport && seqLT(u.acked, s.Ack()) {
+					u.acked, progress = s.Ack(), true
+				}
+			}
+		})
+		if progress {
+			stale = 0
+		} else {
+			stale++
+		}
+		for _, u := range flows {
+			if stale%4 == 3 || seqLT(u.next, u.acked) {
+				u.next = u.acked
+			}
+			if rng.IntN(3) != 0 && stale < 20 {
+				continue
+			}
+			u.peer.Read(func(fd uintptr) bool {
+				n, _, _ := unix.Recvfrom(int(fd), buf[:1+rng.IntN(len(buf))], unix.MSG_DONTWAIT)
+				if n > 0 {
+					if len(u.got)+n > len(u.up) || !bytes.Equal(buf[:n], u.up[len(u.got):len(u.got)+n]) {
+						t.Fatalf("port %d: the host read %d bytes at %d that differ from the upload", u.sport, n, len(u.got))
+					}
+					u.got = append(u.got, buf[:n]...)
+				}
+				return true
+			})
+		}
+	}
+	t.Logf("%d steps, %d flows refused data", step, refused)
 }
