@@ -512,7 +512,11 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 		if f.sndUna != f.sndNxt {
 			f.rtoAt = e.now + tcpRTO
 		}
-	case acked == 0 && !hasData && wnd == f.guestWnd && f.sndUna != f.sndNxt:
+	case acked == 0 && !hasData && wnd == f.guestWnd && f.sndUna != f.sndNxt && f.state&tcpEstablished != 0:
+		// A duplicate ACK, counted once established: in the handshake
+		// what is in flight is our SYN, and a rewind would take it back,
+		// so the guest's right ACK would then acknowledge what was never
+		// sent and be ignored, with its data, until the SYN-ACK went again.
 		if f.dupAcks++; f.dupAcks == 3 {
 			e.tcpRewind(f)
 		}

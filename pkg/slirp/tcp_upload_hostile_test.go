@@ -929,3 +929,51 @@ func TestTCPSynOptionExtremes(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPBadAcksInHandshake: ACKs in the handshake that acknowledge
+// nothing (our SYN's own sequence number), or what was never sent, do
+// not spoil it: the guest's right ACK then completes it at once.
+func TestTCPBadAcksInHandshake(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	lport := uint16(l.Addr().(*net.TCPAddr).Port)
+	for i, bad := range []func(isn uint32) uint32{
+		func(isn uint32) uint32 { return isn },
+		func(isn uint32) uint32 { return isn + 2 },
+		func(isn uint32) uint32 { return isn - 1000 },
+	} {
+		sport := uint16(32000 + i)
+		h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 100, wnd: 0xffff, sport: sport, dport: lport}))
+		var isn uint32
+		var got bool
+		for j := 0; j < 200 && !got; j++ {
+			h.e.turn(5)
+			h.readFrames(func(s header.TCP) {
+				if s.DstPort() == sport && s.Flags()&header.TCPSyn != 0 {
+					isn, got = s.Seq(), true
+				}
+			})
+		}
+		if !got {
+			t.Fatal("no SYN-ACK")
+		}
+		var batch []byte
+		for range 4 {
+			batch = append(batch, h.raw(rawSeg{flags: header.TCPAck, seq: 101, ack: bad(isn), wnd: 0xffff, sport: sport, dport: lport})...)
+		}
+		h.send(batch)
+		h.e.turn(1)
+		h.readFrames(func(header.TCP) {})
+		h.send(h.raw(rawSeg{flags: header.TCPAck | header.TCPPsh, seq: 101, ack: isn + 1, wnd: 0xffff, sport: sport, dport: lport, payload: []byte("hi")}))
+		h.e.turn(1)
+		_, f := h.e.tcp.lookup(tcpKey{netip.AddrPortFrom(hpGuest, sport), netip.AddrPortFrom(hpGateway, lport)})
+		if f == nil || f.state != tcpEstablished || f.rcvNxt != 103 {
+			t.Errorf("bad ACK %d: after the right one, the flow is %+v", i, f)
+		}
+	}
+}
