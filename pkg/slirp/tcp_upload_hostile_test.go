@@ -977,3 +977,126 @@ func TestTCPBadAcksInHandshake(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPUploadIPv6Lengths: over IPv6, guest segments behind extension
+// headers, with a payload length short of the frame (junk after it), one
+// past the frame, a truncated extension chain, or a long TCP header:
+// the host reads exactly the stream.
+func TestTCPUploadIPv6Lengths(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoTCP = false
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conns := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			conns <- c
+		}
+	}()
+	lport := uint16(l.Addr().(*net.TCPAddr).Port)
+	// frame is a TCP segment behind ext (extension headers, their next
+	// header fields filled in here), with the payload length plen, or
+	// the true one if plen < 0, and junk bytes after it.
+	frame := func(fl header.TCPFlags, seq, ack uint32, opts, data []byte, ext [][]byte, plen, junkLen int) []byte {
+		tcp := make([]byte, header.TCPMinLen+len(opts)+len(data))
+		header.TCP(tcp).Encode(header.TCPFields{SrcPort: 45000, DstPort: lport, Seq: seq, Ack: ack, Flags: fl, Window: 0xffff, HeaderLen: header.TCPMinLen + len(opts)})
+		copy(tcp[header.TCPMinLen:], opts)
+		copy(tcp[header.TCPMinLen+len(opts):], data)
+		var l4 []byte
+		first := uint8(header.ProtoTCP)
+		for i := len(ext) - 1; i >= 0; i-- {
+			h := append([]byte(nil), ext[i]...)
+			h[0] = first
+			first = []uint8{0, 60}[i%2] // hop-by-hop first, then destination options
+			l4 = append(h, l4...)
+		}
+		l4 = append(l4, tcp...)
+		b := make([]byte, header.EthernetLen+header.IPv6Len+len(l4)+junkLen)
+		header.Ethernet(b).Encode(testMAC, testGuestMAC, header.EtherTypeIPv6)
+		ip := header.IPv6(b[header.EthernetLen:])
+		ip.Encode(testGuest6, testGW6, first, 64, len(l4))
+		if plen >= 0 {
+			ip.SetPayloadLen(plen)
+		}
+		copy(ip[header.IPv6Len:], l4)
+		for i := range junkLen {
+			b[len(b)-junkLen+i] = 0xee
+		}
+		return b
+	}
+	opt8 := []byte{0, 0, 1, 4, 0, 0, 0, 0} // a PadN filling 8 bytes
+	out := func() [][]byte {               // what the engine queued or sent already
+		frames := te.output(t)
+		drainFrames(te.rd, te.guest, func(f []byte) { frames = append(frames, append([]byte(nil), f...)) })
+		return frames
+	}
+	var isn uint32
+	te.tapInput(frame(header.TCPSyn, 999, 0, nil, nil, nil, -1, 0))
+	te.inputDone()
+	for i := 0; i < 200 && isn == 0; i++ {
+		te.turn(5)
+		for _, f := range out() {
+			if s := header.TCP(f[54:]); f[20] == header.ProtoTCP && s.Flags()&header.TCPSyn != 0 {
+				isn = s.Seq()
+			}
+		}
+	}
+	if isn == 0 {
+		t.Fatal("no SYN-ACK")
+	}
+	te.tapInput(frame(header.TCPAck, 1000, isn+1, nil, nil, nil, -1, 0))
+	te.inputDone()
+	te.turn(5)
+	c := <-conns
+	defer c.Close()
+	up := pattern(64<<10, 5)
+	rng := rand.New(rand.NewPCG(6, 6))
+	seq := uint32(1000)
+	for step := 0; int(seq-1000) < len(up); step++ {
+		if step == 10000 {
+			t.Fatalf("stuck at %d", seq-1000)
+		}
+		off := int(seq - 1000)
+		n := min(1+rng.IntN(1400), len(up)-off)
+		data := append([]byte(nil), up[off:off+n]...)
+		ack := isn + 1
+		var f []byte
+		switch rng.IntN(6) {
+		case 0:
+			f = frame(header.TCPAck, seq, ack, nil, data, nil, -1, rng.IntN(30))
+		case 1: // behind hop-by-hop and destination options
+			f = frame(header.TCPAck, seq, ack, nil, data, [][]byte{opt8, opt8}, -1, 0)
+		case 2: // the payload length covers part of the data: the rest is junk
+			k := 1 + rng.IntN(n)
+			copy(data[k:], junk(data[k:]))
+			f = frame(header.TCPAck, seq, ack, nil, data, [][]byte{opt8}, 8+header.TCPMinLen+k, 0)
+		case 3: // the payload length claims more than the frame holds
+			f = frame(header.TCPAck, seq, ack, nil, junk(data), nil, header.TCPMinLen+n+1+rng.IntN(500), 0)
+		case 4: // an extension header longer than what follows
+			bad := append([]byte(nil), opt8...)
+			bad[1] = 200
+			f = frame(header.TCPAck, seq, ack, nil, junk(data), [][]byte{bad}, -1, 0)
+		case 5: // a long TCP header
+			f = frame(header.TCPAck, seq, ack, bytes.Repeat([]byte{header.TCPOptNop}, 40), data, nil, -1, 0)
+		}
+		te.tapInput(f)
+		te.inputDone()
+		te.turn(0)
+		for _, fr := range out() {
+			if s := header.TCP(fr[54:]); fr[20] == header.ProtoTCP && seqLT(seq, s.Ack()) {
+				seq = s.Ack()
+			}
+		}
+	}
+	got := make([]byte, len(up))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, up) {
+		t.Fatal("the host read bytes that differ from the upload")
+	}
+}
