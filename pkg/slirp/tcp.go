@@ -262,7 +262,8 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		case f.state&tcpEstablished != 0:
 			// A challenge ACK (RFC 9293, 3.10.7.4): a guest that lost the
 			// connection and reuses its port resets the flow it names,
-			// and its next SYN connects.
+			// and its next SYN connects; a guest whose SYN-ACK comes
+			// again because our ACK was lost gets it.
 			e.tcpAckNow(f)
 		}
 		return
