@@ -1100,3 +1100,64 @@ func TestTCPUploadIPv6Lengths(t *testing.T) {
 		t.Fatal("the host read bytes that differ from the upload")
 	}
 }
+
+// TestTCPUploadStalledQuiet: an upload stalled on a host peer that does
+// not read, then the guest's FIN, then the peer's FIN: in each state the
+// engine, with nothing new from either side, has no events to handle. A
+// flow that woke it for nothing would spin.
+func TestTCPUploadStalledQuiet(t *testing.T) {
+	h, c := tcpPeer(t)
+	f := h.flow()
+	unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 32<<10)
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10) })
+	quiet := func(what string) {
+		t.Helper()
+		for range 20 { // settle
+			h.e.turn(0)
+			h.readFrames(func(header.TCP) {})
+		}
+		busy := 0
+		for range 200 {
+			if h.e.turn(0); h.e.busy {
+				busy++
+			}
+			h.readFrames(func(header.TCP) {})
+		}
+		if busy > 0 {
+			t.Errorf("%s: %d of 200 turns had events (state %v, flags %#x)", what, busy, f.state, f.flags)
+		}
+	}
+	up := pattern(4<<20, 1)
+	sent := 0
+	for step := 0; f.flags&tcpWaitWrite == 0; step++ {
+		if step == 5000 {
+			t.Fatal("the window never closed")
+		}
+		h.seq = f.rcvNxt
+		sent = int(h.seq - 1001)
+		n := 1400
+		s := h.segment(header.TCPAck|header.TCPPsh, n)
+		copy(s[len(s)-n:], up[sent:sent+n])
+		h.send(s)
+		h.e.turn(0)
+		h.readFrames(func(header.TCP) {})
+	}
+	quiet("window closed")
+	h.seq = f.rcvNxt
+	h.send(h.segment(header.TCPAck|header.TCPFin, 0))
+	h.e.turn(0)
+	if f.state&tcpGuestFin == 0 {
+		t.Fatalf("the guest's FIN was not taken: %v", f.state)
+	}
+	h.seq++
+	quiet("guest FIN")
+	c.(*net.TCPConn).CloseWrite()
+	quiet("both FINs, ours unacknowledged")
+	// The peer reads it all: the upload is whole.
+	got := make([]byte, int(f.rcvNxt-1001-1))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, up[:len(got)]) {
+		t.Fatalf("the host read %d bytes, %v, that differ from the upload", len(got), err)
+	}
+}
