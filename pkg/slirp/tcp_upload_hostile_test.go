@@ -80,6 +80,15 @@ func junk(p []byte) []byte {
 	return j
 }
 
+// TestTCPHostileUpload: a guest uploads a stream, in batches mixing new
+// data (within the window we offer or past it) with retransmissions that
+// reach into new data and carry different bytes where the engine already
+// took them, junk past a gap, junk in segments without ACK or with SYN,
+// zero-length segments with odd flags and any sequence number, one-byte
+// keepalives of junk, long headers with random options, IP lengths short
+// of the frame (junk after) or past it, and ACKs of what was never sent.
+// The host peer, reading in bursts, gets exactly the stream; a FIN, junk
+// after it and a FIN carrying old bytes then give it EOF.
 func TestTCPHostileUpload(t *testing.T) {
 	for seed := range uint64(16) {
 		t.Run(strconv.Itoa(int(seed)), func(t *testing.T) { hostileUpload(t, seed) })
