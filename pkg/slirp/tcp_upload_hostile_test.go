@@ -1170,3 +1170,62 @@ func TestTCPUploadStalledQuiet(t *testing.T) {
 		t.Fatalf("the host read %d bytes, %v, that differ from the upload", len(got), err)
 	}
 }
+
+// TestTCPHalfClosedIdle: a connection half-closed either way, then
+// silent for minutes (a server thinking over its answer), lives on while
+// the guest answers our keepalive probes, and carries the answer; a guest
+// that stops answering loses it.
+func TestTCPHalfClosedIdle(t *testing.T) {
+	for _, who := range []string{"guest", "host"} {
+		t.Run(who, func(t *testing.T) {
+			h, c := tcpPeer(t)
+			if who == "guest" {
+				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+				h.seq++
+			} else {
+				c.(*net.TCPConn).CloseWrite()
+				h.receive(t, false, isFin)
+			}
+			h.e.turn(5)
+			h.readFrames(func(header.TCP) {})
+			probes := 0
+			for range 30 { // five minutes, in ten seconds
+				h.e.start = h.e.start.Add(-10 * time.Second)
+				h.e.lastTick = 0
+				h.e.turn(1)
+				h.readFrames(func(s header.TCP) {
+					if isRst(s) {
+						t.Fatalf("reset after %d probes", probes)
+					}
+					if s.Seq() == h.ack-1 && len(s.Payload()) == 0 {
+						probes++
+						h.send(h.segment(header.TCPAck, 0)) // a guest answers
+					}
+				})
+			}
+			if h.e.tcp.count != 1 || probes == 0 {
+				t.Fatalf("%d flows after five silent minutes, %d probes", h.e.tcp.count, probes)
+			}
+			if who == "guest" {
+				c.Write([]byte("the answer"))
+				h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "the answer" })
+			} else {
+				h.upload(10)
+				buf := make([]byte, 10)
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(c, buf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range 30 { // the guest is gone
+				h.e.start = h.e.start.Add(-10 * time.Second)
+				h.e.lastTick = 0
+				h.e.turn(1)
+				h.readFrames(func(header.TCP) {})
+			}
+			if h.e.tcp.count != 0 {
+				t.Fatalf("flow left after the guest went silent: %v", h.flow().state)
+			}
+		})
+	}
+}
