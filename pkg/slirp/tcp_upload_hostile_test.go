@@ -1229,3 +1229,228 @@ func TestTCPHalfClosedIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPStateRandom walks many connections through random events on
+// both sides: the guest connects, sends (in order, again, past gaps),
+// acknowledges, half-closes, resets, sends SYNs on live flows; host peers
+// write, read, half-close, close and reset; time jumps. Whatever happens,
+// every byte either side reads is its peer's stream at its offset, the
+// cap holds, and once time has run out no flow and no descriptor is left.
+func TestTCPStateRandom(t *testing.T) {
+	for seed := range uint64(2) {
+		t.Run(strconv.Itoa(int(seed)), func(t *testing.T) { tcpStateRandom(t, seed) })
+	}
+}
+
+func tcpStateRandom(t *testing.T, seed uint64) {
+	h, c0 := tcpPeer(t)
+	c0.Close()
+	h.e.cfg.MaxTCP = 8
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lport := uint16(l.Addr().(*net.TCPAddr).Port)
+	accepted := make(chan *net.TCPConn, 64)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c.(*net.TCPConn)
+		}
+	}()
+	before := openFds(t)
+	type conn struct {
+		sport     uint16
+		isn, next uint32 // the guest's first byte's sequence number, and where it sends on
+		sent      uint32 // the end of what it sent in order
+		ack       uint32 // the next byte it expects from us (0 before the SYN-ACK)
+		peer      *net.TCPConn
+		up, down  []byte // the guest's stream, the host peer's
+		upGot     int    // read by the host peer
+		downOff   int    // written by the host peer
+		downGot   int    // received in order by the guest
+		finSent   bool
+		peerGone  bool
+	}
+	rng := rand.New(rand.NewPCG(seed, 1234))
+	var conns []*conn
+	byPort := map[uint16]*conn{}
+	var peers []*net.TCPConn
+	sport := uint16(50000)
+	buf := make([]byte, 64<<10)
+	seg := func(c *conn, fl header.TCPFlags, seq uint32, p []byte) []byte {
+		return h.raw(rawSeg{flags: fl, seq: seq, ack: c.ack, wnd: uint16(rng.IntN(0x10000)), sport: c.sport, dport: lport, payload: p})
+	}
+	for range 2000 {
+		var batch []byte
+		for range 1 + rng.IntN(6) {
+			if len(conns) == 0 || rng.IntN(10) == 0 {
+				sport++
+				c := &conn{sport: sport, isn: rng.Uint32(), up: pattern(200<<10, int(sport)), down: pattern(200<<10, int(sport)+99)}
+				c.next, c.sent = c.isn+1, c.isn+1
+				conns = append(conns, c)
+				byPort[sport] = c
+				batch = append(batch, h.raw(rawSeg{flags: header.TCPSyn, seq: c.isn, wnd: 0xffff, sport: sport, dport: lport,
+					opts: []byte{header.TCPOptMSS, 4, 5, 0xb4, header.TCPOptNop, header.TCPOptWS, 3, 7}})...)
+				continue
+			}
+			c := conns[rng.IntN(len(conns))]
+			if c.ack == 0 {
+				continue
+			}
+			off := int(c.next - c.isn - 1)
+			switch k := rng.IntN(20); {
+			case k < 8 && off < len(c.up) && !c.finSent:
+				n := min(1+rng.IntN(4000), len(c.up)-off)
+				batch = append(batch, seg(c, header.TCPAck|header.TCPPsh, c.next, c.up[off:off+n])...)
+				c.next += uint32(n)
+				if seqLT(c.sent, c.next) {
+					c.sent = c.next
+				}
+			case k < 10: // again, from before
+				back := min(off, rng.IntN(5000))
+				n := min(back+rng.IntN(2000), len(c.up)-(off-back))
+				if n > 0 && !c.finSent {
+					batch = append(batch, seg(c, header.TCPAck, c.next-uint32(back), c.up[off-back:off-back+n])...)
+				}
+			case k == 10: // past a gap
+				g := off + 1 + rng.IntN(3000)
+				if g < len(c.up)-10 {
+					batch = append(batch, seg(c, header.TCPAck, c.isn+1+uint32(g), c.up[g:g+10])...)
+				}
+			case k == 11 && rng.IntN(3) == 0:
+				batch = append(batch, seg(c, header.TCPAck|header.TCPFin, c.sent, nil)...)
+				c.finSent = true
+			case k == 12 && rng.IntN(4) == 0:
+				batch = append(batch, seg(c, header.TCPRst, c.sent, nil)...)
+			case k == 13:
+				batch = append(batch, h.raw(rawSeg{flags: header.TCPSyn, seq: rng.Uint32(), wnd: 0xffff, sport: c.sport, dport: lport})...)
+			default:
+				batch = append(batch, seg(c, header.TCPAck, c.sent, nil)...)
+			}
+		}
+		h.send(batch)
+		h.e.turn(1)
+		if h.e.tcp.count > 8 {
+			t.Fatalf("%d flows past the cap of 8", h.e.tcp.count)
+		}
+		h.readFrames(func(s header.TCP) {
+			c := byPort[s.DstPort()]
+			if c == nil {
+				return
+			}
+			if s.Flags()&header.TCPSyn != 0 && c.ack == 0 {
+				c.ack = s.Seq() + 1
+				batch = append(batch[:0], seg(c, header.TCPAck, c.next, nil)...)
+				h.send(batch)
+				return
+			}
+			if p := s.Payload(); len(p) > 0 && c.ack != 0 && s.Seq() == c.ack {
+				if c.downGot+len(p) > len(c.down) || !bytes.Equal(p, c.down[c.downGot:c.downGot+len(p)]) {
+					t.Fatalf("port %d: the guest got %d bytes at %d that differ from the host's stream", c.sport, len(p), c.downGot)
+				}
+				c.downGot += len(p)
+				c.ack += uint32(len(p))
+			}
+			if isFin(s) && s.Seq() == c.ack {
+				c.ack++
+			}
+			if !isRst(s) && seqLT(c.next, s.Ack()) && seqLT(s.Ack(), c.sent+2) {
+				c.next = s.Ack() // a guest sends on from what was acknowledged
+			}
+			if rng.IntN(4) == 0 && !seqLT(s.Ack(), c.next) {
+				c.next = s.Ack()
+			}
+		})
+		// New host peers: match them by the engine's socket's port.
+	match:
+		for {
+			select {
+			case p := <-accepted:
+				if p == nil {
+					break match
+				}
+				peers = append(peers, p)
+				port := p.RemoteAddr().(*net.TCPAddr).Port
+				h.e.tcp.each(func(_ int32, f *tcpFlow) {
+					if sa, err := unix.Getsockname(f.fd); err == nil && sa.(*unix.SockaddrInet4).Port == port {
+						if c := byPort[f.key.guest.Port()]; c != nil && c.peer == nil {
+							c.peer = p
+						}
+					}
+				})
+			default:
+				break match
+			}
+		}
+		// The host peers act.
+		for _, c := range conns {
+			if c.peer == nil || c.peerGone {
+				continue
+			}
+			raw, _ := c.peer.SyscallConn()
+			switch k := rng.IntN(40); {
+			case k < 12:
+				raw.Read(func(fd uintptr) bool {
+					n, _, _ := unix.Recvfrom(int(fd), buf[:1+rng.IntN(len(buf))], unix.MSG_DONTWAIT)
+					if n > 0 {
+						if c.upGot+n > len(c.up) || !bytes.Equal(buf[:n], c.up[c.upGot:c.upGot+n]) {
+							t.Fatalf("port %d: the host read %d bytes at %d that differ from the guest's stream", c.sport, n, c.upGot)
+						}
+						c.upGot += n
+					}
+					return true
+				})
+			case k < 18 && c.downOff < len(c.down):
+				raw.Write(func(fd uintptr) bool {
+					n, _ := unix.SendmsgN(int(fd), c.down[c.downOff:min(len(c.down), c.downOff+1+rng.IntN(20000))], nil, nil, unix.MSG_DONTWAIT)
+					c.downOff += max(n, 0)
+					return true
+				})
+			case k == 18:
+				c.peer.CloseWrite()
+			case k == 19 && rng.IntN(3) == 0:
+				c.peer.SetLinger(0)
+				c.peer.Close()
+				c.peerGone = true
+			case k == 20 && rng.IntN(3) == 0:
+				c.peer.Close()
+				c.peerGone = true
+			}
+		}
+		if rng.IntN(50) == 0 {
+			h.e.start = h.e.start.Add(-time.Duration(1+rng.IntN(20)) * time.Second)
+			h.e.lastTick = 0
+		}
+	}
+	for i := 0; h.e.tcp.count > 0; i++ {
+		if i == 300 {
+			h.e.tcp.each(func(_ int32, f *tcpFlow) { t.Errorf("flow %v left: %v", f.key, f.state) })
+			t.Fatalf("%d flows left", h.e.tcp.count)
+		}
+		h.e.start = h.e.start.Add(-time.Minute)
+		h.e.lastTick = 0
+		h.e.turn(1)
+		h.readFrames(func(header.TCP) {})
+	}
+	l.Close()
+	for p := range accepted {
+		p.Close()
+	}
+	for _, p := range peers {
+		p.Close()
+	}
+	if leaked := leakedFds(t, before); len(leaked) > 0 {
+		t.Errorf("descriptors left: %v", leaked)
+	}
+	up, down := 0, 0
+	for _, c := range conns {
+		up += c.upGot
+		down += c.downGot
+	}
+	t.Logf("%d connections; the host read %d bytes, the guest %d", len(conns), up, down)
+}
