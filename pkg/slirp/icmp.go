@@ -45,7 +45,10 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.Stats.Malformed++
 		return
 	}
-	if m.Type() != header.ICMPv4Echo && m.Type() != header.ICMPv6Echo {
+	// Echoes between unicast addresses only, as UDP's flows (udpInput):
+	// a guest's ping to multicast or broadcast would go on to the host's
+	// network.
+	if m.Type() != header.ICMPv4Echo && m.Type() != header.ICMPv6Echo || !isUnicast(src) || !isUnicast(dst) {
 		e.Stats.Unhandled++
 		return
 	}

@@ -326,3 +326,36 @@ func TestUDPNotUnicast(t *testing.T) {
 		}
 	}
 }
+
+// TestICMPNotUnicast: a guest's echo request to or from an address that
+// is not unicast opens no flow and no ping socket, and is counted as
+// unhandled, as its UDP is (TestUDPNotUnicast).
+func TestICMPNotUnicast(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoICMP = false
+	defer te.icmp.closeAll(te.Engine)
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		name     string
+		src, dst netip.Addr
+	}{
+		{"to multicast", testGuest4, a("224.0.0.1")},
+		{"to broadcast", testGuest4, a("255.255.255.255")},
+		{"to unspecified", testGuest4, a("0.0.0.0")},
+		{"from multicast", a("224.0.0.1"), testGW4},
+		{"to IPv6 multicast", testGuest6, a("ff02::1")},
+		{"to IPv4-mapped broadcast", testGuest6, a("::ffff:255.255.255.255")},
+	} {
+		typ, proto := byte(header.ICMPv4Echo), uint8(header.ProtoICMP)
+		if c.src.Is6() && !c.src.Is4In6() {
+			typ, proto = header.ICMPv6Echo, header.ProtoICMPv6
+		}
+		unhandled := te.Stats.Unhandled
+		te.tapInput(frameIP(c.src, c.dst, proto, []byte{typ, 0, 0, 0, 0, 7, 0, 1, 'p', 'i', 'n', 'g'}))
+		te.inputDone()
+		te.output(t)
+		if te.icmp.count != 0 || te.Stats.Unhandled != unhandled+1 {
+			t.Errorf("%s: %d flows, %d unhandled, want none and 1", c.name, te.icmp.count, te.Stats.Unhandled-unhandled)
+		}
+	}
+}
