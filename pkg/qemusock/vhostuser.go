@@ -977,12 +977,16 @@ func (l *vhostLink) request(m []byte) error {
 		}
 		switch req {
 		case vuSetVringKick:
+			unix.SetNonblock(fd, true)
+			if err = probeKick(fd); err != nil {
+				unix.Close(fd)
+				break
+			}
 			l.stopQueue(i)
 			q.kick, q.started = fd, true
 			if l.features&vhostUserFProtocolFeatures == 0 {
 				q.enabled = true
 			}
-			unix.SetNonblock(fd, true)
 			err = l.poller.Add(fd, unix.EPOLLIN, vuIDKick+uint32(i))
 			if i == rxQueue {
 				l.rxKick.watched = err == nil
