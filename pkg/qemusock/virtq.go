@@ -297,28 +297,29 @@ func drainEventfd(fd int) error {
 	return nil
 }
 
-// probeKick refuses a kick that is an eventfd in semaphore mode: each
-// read gives 1 and takes 1, so that one with a count (up to 2^64-2, from
-// a single write of the front-end's) stays readable through as many
-// reads, and the engine would drain it for ever. In counting mode a read
-// takes the whole count, so that, after one, a write of 2 reads back as
-// 2 or more (a kick meanwhile); a semaphore's reads back as 1, or takes
-// no write (a count near its maximum). The kicks the probe read are
-// given back as one. A descriptor that is not an eventfd at all is left
-// to drainEventfd.
+// probeKick refuses a kick that is not an eventfd counting kicks. One in
+// semaphore mode gives 1 at each read and takes 1, so that with a count
+// (up to 2^64-2, from a single write of the front-end's) it stays
+// readable through as many reads; a timer (timerfd) reads as a count and
+// can fire every nanosecond: drained one read per event, either would
+// be reported for ever. In counting mode a read takes the whole count,
+// so that, after one, a write of 2 reads back as 2, or more with a kick
+// meanwhile; a semaphore's reads back as 1, or takes no write (a count
+// near its maximum), and a timer takes none. The kicks the probe read
+// are given back as one.
 func probeKick(fd int) error {
 	var b [8]byte
 	n, err := read(fd, b[:])
 	kicked := err == nil && n == len(b)
 	binary.NativeEndian.PutUint64(b[:], 2)
-	write(fd, b[:])
-	if n, err = read(fd, b[:]); err != nil || n != len(b) {
-		return nil
+	if n, err = write(fd, b[:]); err == nil && n == len(b) {
+		n, err = read(fd, b[:])
 	}
-	switch v := binary.NativeEndian.Uint64(b[:]); {
-	case v == 1:
-		return fmt.Errorf("%w: kick: an eventfd in semaphore mode", ErrVhostUser)
-	case kicked || v > 2:
+	v := binary.NativeEndian.Uint64(b[:])
+	if err != nil || n != len(b) || v < 2 {
+		return errors.New("the kick is not an eventfd that counts (a semaphore, a timer, a pipe?)")
+	}
+	if kicked || v > 2 {
 		write(fd, eventfdOne[:])
 	}
 	return nil
