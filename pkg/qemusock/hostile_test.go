@@ -5,8 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -616,5 +619,71 @@ func TestVhostUserSpinningKick(t *testing.T) {
 				t.Errorf("queue %d, a kick that is a %s: %v, kick readable %v", q, name, err, readable(kick))
 			}
 		}
+	}
+}
+
+// Item 12: a guest that offers broken RX chains as fast as ReserveV gives
+// them back (one store of the available index for a ring's worth) kept
+// it taking them for as long as it cared to: the engine, in one call,
+// never came back to its other work (here 200 ms; tens of thousands of
+// chains). A ReserveV gives back at most a
+// ring's worth of broken chains, then reports no room.
+func TestVhostUserRxBadChainFlood(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.desc(0, 0, 0x20000, 2048, 0, 0) // read-only: broken for RX
+	_, a, u := feRing(0)
+	used := f.mem[u+4 : u+4+8*feQueue]
+	for s := range feQueue {
+		binary.LittleEndian.PutUint32(used[8*s:], 0xffff)
+	}
+	// The avail ring's entries all name chain 0; its index moves on by
+	// as many as the link gave back.
+	idx := (*uint32)(unsafe.Pointer(&f.mem[a]))
+	stop := make(chan struct{})
+	done := make(chan int)
+	started := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		close(started)
+		n := uint16(feQueue)
+		atomic.StoreUint32(idx, uint32(n)<<16)
+		taken := uint16(0)
+		for {
+			select {
+			case <-stop:
+				done <- int(taken)
+				return
+			default:
+			}
+			for range feQueue {
+				slot := used[8*(taken%feQueue):]
+				if binary.LittleEndian.Uint32(slot) == 0xffff {
+					break
+				}
+				binary.LittleEndian.PutUint32(slot, 0xffff)
+				taken++
+				n++
+			}
+			atomic.StoreUint32(idx, uint32(n)<<16)
+		}
+	}()
+	<-started
+	// Call after call while the guest goes on, as the engine would for a
+	// flow waiting for room: none takes more than a ring's worth.
+	most := uint64(0)
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+		var iov [4]unix.Iovec
+		before := f.l.Dropped()
+		if head, _ := f.l.ReserveV(54, 200, iov[:0]); head != nil {
+			t.Error("room in broken chains")
+			break
+		}
+		most = max(most, f.l.Dropped()-before)
+	}
+	close(stop)
+	<-done
+	if most > feQueue {
+		t.Errorf("one ReserveV took %d broken chains, while the guest offered them", most)
 	}
 }

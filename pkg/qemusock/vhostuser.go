@@ -496,6 +496,7 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 		return nil, iov[:pieces], ok
 	}
 	need := l.hdrLen + n
+	given := 0 // broken chains given back, at most a ring's worth
 	for need > 0 {
 		h, more := rx.nextAvail()
 		if !more {
@@ -538,7 +539,13 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			}
 			rx.discard(d.start)
 			l.dropped++
+			given += int(rx.lastAvail - d.start)
 			d.start, avail, d.nChains = rx.lastAvail, rx.lastAvail, 0
+			if given >= int(rx.num) {
+				// A guest that offers broken chains as fast as they go
+				// back would keep us here: no room, for now.
+				return nil, iov[:pieces], true
+			}
 			fr, head, iov, need = rxFrame{hdrs: hdr}, nil, iov[:pieces], l.hdrLen+n
 			continue
 		}
