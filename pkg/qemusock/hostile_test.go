@@ -622,28 +622,61 @@ func TestVhostUserSpinningKick(t *testing.T) {
 	}
 }
 
-// Item 12: a guest that offers broken RX chains as fast as ReserveV gives
-// them back (one store of the available index for a ring's worth) kept
-// it taking them for as long as it cared to: the engine, in one call,
-// never came back to its other work (here 200 ms; tens of thousands of
-// chains). A ReserveV gives back at most a
-// ring's worth of broken chains, then reports no room.
-func TestVhostUserRxBadChainFlood(t *testing.T) {
-	f := newFrontEnd(t)
-	f.setUp()
-	f.desc(0, 0, 0x20000, 2048, 0, 0) // read-only: broken for RX
-	_, a, u := feRing(0)
+// Item 12: a guest that offers broken chains as fast as the link gives
+// them back (one store of the available index buys a ring's worth) kept
+// one ReserveV (RX), or one Read (TX), taking them for as long as it
+// cared to: the engine never came back to its other work (here 200 ms;
+// tens of thousands of chains). Either gives back at most a ring's
+// worth of broken chains in one call.
+func TestVhostUserBadChainFlood(t *testing.T) {
+	for _, q := range []int{rxQueue, txQueue} {
+		f := newFrontEnd(t)
+		f.setUp()
+		flags := uint16(0) // read-only: broken for RX
+		if q == txQueue {
+			flags = descWrite // write-only: broken for TX
+		}
+		f.desc(q, 0, 0x20000, 2048, flags, 0)
+		stop, done := floodChains(f, q)
+		// Call after call while the guest goes on, as the engine would:
+		// none takes more than a ring's worth.
+		most := uint64(0)
+		for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+			before := f.l.Dropped()
+			if q == rxQueue {
+				var iov [4]unix.Iovec
+				if head, _ := f.l.ReserveV(54, 200, iov[:0]); head != nil {
+					t.Error("room in broken chains")
+					break
+				}
+			} else if _, err := f.l.Read(); err != unix.EAGAIN {
+				t.Errorf("Read of broken chains: %v", err)
+				break
+			}
+			most = max(most, f.l.Dropped()-before)
+		}
+		close(stop)
+		<-done
+		if most > feQueue {
+			t.Errorf("queue %d: one call took %d broken chains, while the guest offered them", q, most)
+		}
+	}
+}
+
+// floodChains plays a guest that offers chain 0 on queue q again each
+// time the link gives it back (it watches the used ring), until stop.
+func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
+	_, a, u := feRing(q)
 	used := f.mem[u+4 : u+4+8*feQueue]
 	for s := range feQueue {
 		binary.LittleEndian.PutUint32(used[8*s:], 0xffff)
 	}
-	// The avail ring's entries all name chain 0; its index moves on by
-	// as many as the link gave back.
+	// The avail ring's entries all name chain 0 (the memfd's zeroes).
 	idx := (*uint32)(unsafe.Pointer(&f.mem[a]))
-	stop := make(chan struct{})
-	done := make(chan int)
+	stop, done = make(chan struct{}), make(chan struct{})
 	started := make(chan struct{})
 	go func() {
+		defer close(done)
 		runtime.LockOSThread()
 		close(started)
 		n := uint16(feQueue)
@@ -652,7 +685,6 @@ func TestVhostUserRxBadChainFlood(t *testing.T) {
 		for {
 			select {
 			case <-stop:
-				done <- int(taken)
 				return
 			default:
 			}
@@ -669,21 +701,5 @@ func TestVhostUserRxBadChainFlood(t *testing.T) {
 		}
 	}()
 	<-started
-	// Call after call while the guest goes on, as the engine would for a
-	// flow waiting for room: none takes more than a ring's worth.
-	most := uint64(0)
-	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
-		var iov [4]unix.Iovec
-		before := f.l.Dropped()
-		if head, _ := f.l.ReserveV(54, 200, iov[:0]); head != nil {
-			t.Error("room in broken chains")
-			break
-		}
-		most = max(most, f.l.Dropped()-before)
-	}
-	close(stop)
-	<-done
-	if most > feQueue {
-		t.Errorf("one ReserveV took %d broken chains, while the guest offered them", most)
-	}
+	return stop, done
 }

@@ -307,7 +307,7 @@ func (l *vhostLink) Read() (int, error) {
 	r := l.rd
 	r.makeRoom()
 	h := &l.tx
-	total := 0
+	total, broken := 0, 0
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
 		head, ok := tx.nextAvail()
 		if !ok && h.n == 0 && tx.err == nil {
@@ -335,6 +335,13 @@ func (l *vhostLink) Read() (int, error) {
 			h.nPieces = pieces
 			tx.putUsed(head, 0)
 			l.dropped++
+			if broken++; broken == int(tx.num) {
+				// A guest that offers broken chains as fast as they go
+				// back would keep us here: the rest waits for the
+				// kick, raised again, at the engine's next turn.
+				write(tx.kick, eventfdOne[:])
+				break
+			}
 			continue
 		}
 		h.heads[h.n] = head
