@@ -550,7 +550,10 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			d.start, avail, d.nChains = rx.lastAvail, rx.lastAvail, 0
 			if given >= int(rx.num) {
 				// A guest that offers broken chains as fast as they go
-				// back would keep us here: no room, for now.
+				// back would keep us here: no room, for now, and the
+				// kick raised again for the rest (rxShort watches it),
+				// at the engine's next turn.
+				write(rx.kick, eventfdOne[:])
 				return nil, iov[:pieces], true
 			}
 			fr, head, iov, need = rxFrame{hdrs: hdr}, nil, iov[:pieces], l.hdrLen+n
