@@ -1,0 +1,353 @@
+package slirp
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// Connection set-up and tear-down under attack, on both sides: inbound
+// connections through a forward that the guest answers wrongly or not at
+// all, or that the host client gives up on first; and guest connections
+// whose host connect() fails, hangs, or is abandoned.
+
+// inbound adds a forward to guest port 22 on an engine with a guest
+// connection already open (tcpPeer), and returns a dialer for it.
+func inbound(t *testing.T) (*hotPath, func() *net.TCPConn) {
+	h, c := tcpPeer(t)
+	c.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	if err := h.e.AddForwards(TCP, []portspec.Forward{{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}}, false); err != nil {
+		t.Fatal(err)
+	}
+	return h, func() *net.TCPConn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c.(*net.TCPConn)
+	}
+}
+
+// inFlow is the engine's flow for an inbound connection whose SYN is syn.
+func (h *hotPath) inFlow(syn header.TCP) *tcpFlow {
+	var f *tcpFlow
+	h.e.tcp.each(func(_ int32, fl *tcpFlow) {
+		if fl.key.guest.Port() == 22 && fl.key.remote.Port() == syn.SrcPort() {
+			f = fl
+		}
+	})
+	return f
+}
+
+// guestSegs runs the engine until fn, which sees every segment to the
+// guest, reports that it has what it waited for.
+func (h *hotPath) guestSegs(t *testing.T, fn func(s header.TCP) bool) {
+	t.Helper()
+	for range 200 {
+		h.e.turn(5)
+		done := false
+		h.readFrames(func(s header.TCP) { done = fn(s) || done })
+		if done {
+			return
+		}
+	}
+	t.Fatal("the guest never got what it waited for")
+}
+
+// inSyn waits for the engine's SYN to the guest at port 22.
+func (h *hotPath) inSyn(t *testing.T) header.TCP {
+	t.Helper()
+	var syn header.TCP
+	h.guestSegs(t, func(s header.TCP) bool {
+		if s.Flags() == header.TCPSyn && s.DstPort() == 22 && syn == nil {
+			syn = append(header.TCP(nil), s...)
+		}
+		return syn != nil
+	})
+	return syn
+}
+
+// fromPort22 is a guest segment of the inbound connection that syn opens.
+func (h *hotPath) fromPort22(syn header.TCP, flags header.TCPFlags, seq, ack uint32, payload string) []byte {
+	return h.raw(rawSeg{flags: flags, seq: seq, ack: ack, wnd: 0xffff, sport: 22, dport: syn.SrcPort(), payload: []byte(payload)})
+}
+
+// jump moves the engine's clock d forward and makes its next turn tick.
+func (h *hotPath) jump(d time.Duration) {
+	h.e.start = h.e.start.Add(-d)
+	h.e.lastTick = 0
+}
+
+// TestTCPInboundGuestResets: the guest answers our SYN with a reset; the
+// host client sees the connection reset, and the flow is gone.
+func TestTCPInboundGuestResets(t *testing.T) {
+	h, dial := inbound(t)
+	c := dial()
+	syn := h.inSyn(t)
+	h.send(h.fromPort22(syn, header.TCPRst|header.TCPAck, 0, syn.Seq()+1, ""))
+	h.e.turn(5)
+	if h.inFlow(syn) != nil {
+		t.Fatal("flow left after the guest reset it")
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client read %v, want a reset", err)
+	}
+}
+
+// TestTCPInboundBadSynAck: a SYN-ACK acknowledging what we never sent is
+// ignored; the right one, with data on it, completes the handshake; the
+// data, taken only when sent again, reaches the client once; the client's
+// data and close that came before the handshake reach the guest.
+func TestTCPInboundBadSynAck(t *testing.T) {
+	h, dial := inbound(t)
+	c := dial()
+	syn := h.inSyn(t)
+	c.Write([]byte("early"))
+	c.CloseWrite()
+	for range 5 {
+		h.e.turn(5)
+	}
+	for _, ack := range []uint32{syn.Seq(), syn.Seq() + 2, syn.Seq() + 1<<31} {
+		h.send(h.fromPort22(syn, header.TCPSyn|header.TCPAck, 5000, ack, ""))
+	}
+	h.send(h.fromPort22(syn, header.TCPAck, 5001, syn.Seq()+1, "junk")) // before any SYN-ACK took
+	h.e.turn(5)
+	if f := h.inFlow(syn); f == nil || f.state&(tcpSynSent|tcpEstablished) != tcpSynSent {
+		t.Fatalf("after wrong SYN-ACKs: %v", f)
+	}
+	h.send(h.fromPort22(syn, header.TCPSyn|header.TCPAck, 5000, syn.Seq()+1, "hello"))
+	var got []byte
+	fin := false
+	h.guestSegs(t, func(s header.TCP) bool {
+		if s.SrcPort() == syn.SrcPort() && s.DstPort() == 22 {
+			got = append(got, s.Payload()...)
+			fin = fin || isFin(s)
+		}
+		return fin
+	})
+	if string(got) != "early" {
+		t.Fatalf("the guest got %q, want the client's early data", got)
+	}
+	h.send(h.fromPort22(syn, header.TCPAck, 5001, syn.Seq()+1+5+1, "hello"))
+	h.send(h.fromPort22(syn, header.TCPAck|header.TCPFin, 5001, syn.Seq()+1+5+1, "hello"))
+	h.e.turn(5)
+	b, err := io.ReadAll(c)
+	if string(b) != "hello" || err != nil {
+		t.Fatalf("the client read %q, %v; want the guest's data once", b, err)
+	}
+	h.e.turn(5)
+	if f := h.inFlow(syn); f != nil {
+		t.Fatalf("flow left after both FINs: %v", f.state)
+	}
+}
+
+// TestTCPInboundGuestSilent: a guest that never answers gets our SYN
+// again with the timeout doubling, up to the retry limit; then the
+// client sees a reset, the flow is gone, and a new client gets a new SYN.
+func TestTCPInboundGuestSilent(t *testing.T) {
+	h, dial := inbound(t)
+	c := dial()
+	syn := h.inSyn(t)
+	syns := 1
+	for i := 0; i < 4*tcpMaxRetries && h.inFlow(syn) != nil; i++ {
+		h.jump(tcpRTO << 4)
+		h.e.turn(0)
+		h.readFrames(func(s header.TCP) {
+			if s.Flags() == header.TCPSyn && s.DstPort() == 22 {
+				if s.Seq() != syn.Seq() {
+					t.Fatalf("SYN again with seq %d, was %d", s.Seq(), syn.Seq())
+				}
+				syns++
+			}
+		})
+	}
+	if h.inFlow(syn) != nil {
+		t.Fatal("flow still waiting for a silent guest")
+	}
+	if syns != 1+tcpMaxRetries {
+		t.Errorf("%d SYNs, want %d", syns, 1+tcpMaxRetries)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client read %v, want a reset", err)
+	}
+	dial()
+	if h.inSyn(t).SrcPort() == syn.SrcPort() {
+		t.Fatal("the second client has the first one's port")
+	}
+}
+
+// TestTCPInboundClientResets: the client resets before the guest
+// answered; the guest gets a reset, its late SYN-ACK a reset too, and
+// the flow is gone.
+func TestTCPInboundClientResets(t *testing.T) {
+	h, dial := inbound(t)
+	c := dial()
+	syn := h.inSyn(t)
+	c.SetLinger(0)
+	c.Close()
+	h.guestSegs(t, func(s header.TCP) bool { return isRst(s) && s.SrcPort() == syn.SrcPort() && s.DstPort() == 22 })
+	if h.inFlow(syn) != nil {
+		t.Fatal("flow left after the client's reset")
+	}
+	h.send(h.fromPort22(syn, header.TCPSyn|header.TCPAck, 5000, syn.Seq()+1, ""))
+	h.guestSegs(t, func(s header.TCP) bool {
+		return isRst(s) && s.SrcPort() == syn.SrcPort() && s.DstPort() == 22 && s.Seq() == syn.Seq()+1
+	})
+	if h.inFlow(syn) != nil {
+		t.Fatal("a late SYN-ACK made a flow")
+	}
+}
+
+// TestTCPInboundAtCap: clients past --max-tcp are accepted and closed,
+// without spinning; once the guest resets the flows, new clients get
+// through again.
+func TestTCPInboundAtCap(t *testing.T) {
+	h, dial := inbound(t)
+	base := h.e.tcp.count
+	h.e.cfg.MaxTCP = base + 3
+	var cs []*net.TCPConn
+	for range 40 {
+		cs = append(cs, dial())
+	}
+	var syns []header.TCP
+	for i := 0; i < 50; i++ {
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			if s.Flags() == header.TCPSyn && s.DstPort() == 22 {
+				syns = append(syns, append(header.TCP(nil), s...))
+			}
+		})
+	}
+	if len(syns) != 3 || h.e.tcp.count != base+3 {
+		t.Fatalf("%d SYNs, %d flows at a cap of %d", len(syns), h.e.tcp.count, base+3)
+	}
+	closed := 0
+	for _, c := range cs {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			closed++
+		}
+	}
+	if closed != len(cs)-3 {
+		t.Fatalf("%d clients closed, want %d", closed, len(cs)-3)
+	}
+	if n, _ := unix.EpollWait(h.e.epfd, make([]unix.EpollEvent, 8), 0); n != 0 {
+		t.Fatalf("%d events still pending at the cap: the engine would spin", n)
+	}
+	for _, syn := range syns {
+		h.send(h.fromPort22(syn, header.TCPRst|header.TCPAck, 0, syn.Seq()+1, ""))
+	}
+	h.e.turn(5)
+	if h.e.tcp.count != base {
+		t.Fatalf("%d flows after the resets, want %d", h.e.tcp.count, base)
+	}
+	dial()
+	h.inSyn(t)
+}
+
+// pendingListener is a listener whose accept queue is full, so a
+// connect() to it stays in progress: the kernel drops its SYNs.
+func pendingListener(t *testing.T) uint16 {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	port := sa.(*unix.SockaddrInet4).Port
+	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return uint16(port)
+}
+
+// TestTCPOutboundSetupFails: a guest connection to a closed port gets a
+// reset acknowledging its SYN; one whose connect() hangs ignores the
+// guest's SYN sent again, with the same or another sequence number, and
+// ends at the SYN timeout with an ICMP error; one the guest resets while
+// connect() is pending ends at once. No flow is left.
+func TestTCPOutboundSetupFails(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	base := h.e.tcp.count
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := uint16(closed.Addr().(*net.TCPAddr).Port)
+	closed.Close()
+	h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 7000, wnd: 0xffff, sport: 41000, dport: refused}))
+	h.guestSegs(t, func(s header.TCP) bool {
+		return s.DstPort() == 41000 && s.Flags() == header.TCPRst|header.TCPAck && s.Ack() == 7001
+	})
+	if h.e.tcp.count != base {
+		t.Fatal("flow left after a refused connect")
+	}
+
+	pend := pendingListener(t)
+	for i, sport := range []uint16{41001, 41002} {
+		h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 8000, wnd: 0xffff, sport: sport, dport: pend}))
+		for range 3 {
+			h.e.turn(5)
+		}
+		h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 8000, wnd: 0xffff, sport: sport, dport: pend}))
+		h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 9000, wnd: 0xffff, sport: sport, dport: pend}))
+		h.send(h.raw(rawSeg{flags: header.TCPAck, seq: 8001, ack: 1, wnd: 0xffff, sport: sport, dport: pend, payload: []byte("x")}))
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			if s.DstPort() == sport {
+				t.Fatalf("the guest got %v while connect() is pending", s.Flags())
+			}
+		})
+		if h.e.tcp.count != base+1 || h.flowOn(sport).state != tcpConnecting {
+			t.Fatalf("connect %d: %d flows", i, h.e.tcp.count-base)
+		}
+		if i == 0 {
+			h.send(h.raw(rawSeg{flags: header.TCPRst, seq: 8001, sport: sport, dport: pend}))
+			h.e.turn(5)
+		} else {
+			h.jump(tcpSynTimeout + time.Second)
+			h.e.turn(0)
+		}
+		if h.e.tcp.count != base {
+			t.Fatalf("connect %d: flow left", i)
+		}
+	}
+}
+
+// flowOn is the flow of the guest's port p.
+func (h *hotPath) flowOn(p uint16) *tcpFlow {
+	var f *tcpFlow
+	h.e.tcp.each(func(_ int32, fl *tcpFlow) {
+		if fl.key.guest.Port() == p {
+			f = fl
+		}
+	})
+	return f
+}
