@@ -1078,6 +1078,13 @@ func (e *Engine) tcpTimers() {
 				e.tcpSendFlags(f, header.TCPSyn|header.TCPAck)
 			default:
 				e.tcpRewind(f)
+				if f.sndNxt == f.sndUna && f.guestWnd == 0 {
+					// Nothing fits in the guest's closed window: no
+					// retransmission is due, and none unanswered counts
+					// against it. The keepalive probes its window instead
+					// (RFC 9293, 3.8.6.1), and its update sends again.
+					f.rtoAt, f.retries = 0, 0
+				}
 			}
 		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
 			e.now-f.lastAct > tcpIdle:

@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -350,4 +351,48 @@ func (h *hotPath) flowOn(p uint16) *tcpFlow {
 		}
 	})
 	return f
+}
+
+// TestTCPZeroWindowUnacked: the guest closes its window without
+// acknowledging what is in flight (a receiver that shrinks its window,
+// or drops what it has no memory for) and then answers every probe, its
+// window still closed, for minutes. The retransmission timer finds no
+// room to send in; it must not count that against the guest, which is
+// alive (RFC 9293, 3.8.6.1: a sender keeps probing a zero window as long
+// as the receiver answers). When the window opens, the data arrives
+// once, in order.
+func TestTCPZeroWindowUnacked(t *testing.T) {
+	h, c := tcpPeer(t)
+	data := pattern(3000, 7)
+	c.Write(data)
+	start := h.ack
+	got := 0
+	h.receive(t, true, func(s header.TCP) bool { got += len(s.Payload()); return got >= len(data) })
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0)) // acknowledges nothing, window closed
+	for i := 0; i < 20; i++ {
+		h.jump(17 * time.Second)
+		h.e.turn(0)
+		answer := false
+		h.readFrames(func(s header.TCP) { answer = true })
+		if answer {
+			h.send(h.segment(header.TCPAck, 0))
+		}
+		h.e.turn(0)
+		if h.flow() == nil {
+			t.Fatalf("the flow was reset after %v at a zero window, the guest answering", time.Duration(i+1)*17*time.Second)
+		}
+	}
+	h.wnd = 0xffff
+	h.send(h.segment(header.TCPAck, 0))
+	var stream []byte
+	h.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == start+uint32(len(stream)) {
+			stream = append(stream, s.Payload()...)
+		}
+		return len(stream) >= len(data)
+	})
+	if !bytes.Equal(stream, data) {
+		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
+	}
 }
