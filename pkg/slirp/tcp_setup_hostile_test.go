@@ -450,3 +450,85 @@ func TestTCPInboundMany(t *testing.T) {
 		t.Fatalf("%d descriptors left", n-before)
 	}
 }
+
+// TestTCPReuseSameBatch: the guest resets a connection whose host peer
+// has just sent data and, in the same batch of frames, opens a new one
+// from the same port to the same server: the new flow takes the old
+// one's slot (and likely its descriptor number) while the old socket's
+// event is still queued. The new connection gets its own handshake and
+// none of the old data; the old peer sees a reset.
+func TestTCPReuseSameBatch(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	seg := func(flags header.TCPFlags, seq, ack uint32, p string) []byte {
+		return h.raw(rawSeg{flags: flags, seq: seq, ack: ack, wnd: 0xffff, sport: 41000, dport: port, payload: []byte(p)})
+	}
+	synAckFor := func(seq uint32) header.TCP {
+		var synAck header.TCP
+		h.guestSegs(t, func(s header.TCP) bool {
+			if s.DstPort() != 41000 {
+				return false
+			}
+			if len(s.Payload()) > 0 || isRst(s) {
+				t.Fatalf("the guest got %v with %q on the new connection", s.Flags(), s.Payload())
+			}
+			if s.Flags() == header.TCPSyn|header.TCPAck && s.Ack() == seq+1 {
+				synAck = append(header.TCP(nil), s...)
+			}
+			return synAck != nil
+		})
+		return synAck
+	}
+	h.send(seg(header.TCPSyn, 7000, 0, ""))
+	sa := synAckFor(7000)
+	h.send(seg(header.TCPAck, 7001, sa.Seq()+1, ""))
+	h.e.turn(5)
+	old, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	idx := h.flowOn(41000).idx
+	for range 3 {
+		old.Write([]byte("stale"))
+	}
+	h.send(append(seg(header.TCPRst, 7001, 0, ""), seg(header.TCPSyn, 90000, 0, "")...))
+	sa = synAckFor(90000)
+	if f := h.flowOn(41000); f == nil || f.idx != idx || f.state != tcpSynAckSent {
+		t.Fatalf("new flow %+v, want the old slot %d", f, idx)
+	}
+	old.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(old); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the old peer read %v, want a reset", err)
+	}
+	h.send(seg(header.TCPAck, 90001, sa.Seq()+1, "new"))
+	h.e.turn(5)
+	nc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(nc, buf); err != nil || string(buf) != "new" {
+		t.Fatalf("the new peer read %q, %v", buf, err)
+	}
+	nc.Write([]byte("fresh"))
+	var got []byte
+	h.guestSegs(t, func(s header.TCP) bool {
+		if s.DstPort() == 41000 {
+			got = append(got, s.Payload()...)
+		}
+		return len(got) >= 5
+	})
+	if string(got) != "fresh" {
+		t.Fatalf("the guest got %q on the new connection", got)
+	}
+}
