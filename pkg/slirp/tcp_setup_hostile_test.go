@@ -532,3 +532,47 @@ func TestTCPReuseSameBatch(t *testing.T) {
 		t.Fatalf("the guest got %q on the new connection", got)
 	}
 }
+
+// TestTCPTimeJump: the clock jumps three hours with a flow in every
+// stage of set-up and tear-down (an inbound SYN unanswered, a connect()
+// pending, data in flight, a half-closed flow): each ends, with a reset
+// to its peers, within a few ticks, and the engine goes quiet.
+func TestTCPTimeJump(t *testing.T) {
+	h, dial := inbound(t)
+	base := h.e.tcp.count
+	client := dial()
+	h.inSyn(t)
+	pend := pendingListener(t)
+	h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: 8000, wnd: 0xffff, sport: 41001, dport: pend}))
+	h.e.turn(5)
+
+	up, c := tcpPeer(t) // a second engine: data in flight, then half-closed
+	c.Write([]byte("in flight"))
+	up.receive(t, true, func(s header.TCP) bool { return len(s.Payload()) > 0 })
+	h.send(h.segment(header.TCPFin|header.TCPAck, 0)) // the first engine's own flow, half-closed
+	h.e.turn(5)
+	if h.e.tcp.count < base+2 {
+		t.Fatalf("%d flows before the jump", h.e.tcp.count)
+	}
+	for _, hp := range []*hotPath{h, up} {
+		hp.jump(3 * time.Hour)
+		for i := 0; i < 2*tcpMaxRetries+2 && hp.e.tcp.count > 0; i++ {
+			hp.jump(tick)
+			hp.e.turn(0)
+			hp.readFrames(func(header.TCP) {})
+		}
+		if hp.e.tcp.count != 0 {
+			t.Fatalf("%d flows left after the jump", hp.e.tcp.count)
+		}
+		if !hp.e.quiet() {
+			t.Fatal("the engine is not quiet with no flow left")
+		}
+	}
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the inbound client read %v, want a reset", err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the peer with data in flight read %v, want a reset", err)
+	}
+}
