@@ -18,31 +18,13 @@ import (
 // the engine; after the tick the pending connection is taken. Both the
 // engine's own listener and a TCP forward's.
 func TestAcceptOutOfFds(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s")
-	lfd, err := qemusock.Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	fwd := portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 22}
-	if err := e.AddForwards(TCP, []portspec.Forward{fwd}, false); err != nil {
-		t.Fatal(err)
-	}
+	e, path, fwd := forwardEngine(t, TCP, 22)
 	client, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	conn, err := net.Dial("tcp", l.Addr().String())
+	conn, err := net.Dial("tcp", netip.AddrPortFrom(fwd.Addr, fwd.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,4 +83,38 @@ func withoutFds(t *testing.T, fn func()) {
 	}
 	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
 	fn()
+}
+
+// forwardEngine is an engine that serves a unix socket at path, with no
+// guest yet, and forwards proto from a free port of the host's loopback
+// to guestPort.
+func forwardEngine(t *testing.T, proto Proto, guestPort uint16) (e *Engine, path string, fwd portspec.Forward) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "s")
+	lfd, err := qemusock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err = New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd); err != nil {
+		t.Fatal(err)
+	}
+	var free net.Addr
+	if proto == UDP {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		free = pc.LocalAddr()
+		pc.Close()
+	} else {
+		l := listenLoopback(t)
+		free = l.Addr()
+		l.Close()
+	}
+	port := uint16(netip.MustParseAddrPort(free.String()).Port())
+	fwd = portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: guestPort}
+	if err := e.AddForwards(proto, []portspec.Forward{fwd}, false); err != nil {
+		t.Fatal(err)
+	}
+	return e, path, fwd
 }

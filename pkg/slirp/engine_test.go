@@ -272,3 +272,15 @@ func TestQuietEngine(t *testing.T) {
 		t.Errorf("with the next RA due: waits %d ms, want %d", got, ms(tick))
 	}
 }
+
+// listenLoopback is a TCP listener on the host's loopback, closed when
+// the test ends.
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}

@@ -458,11 +458,7 @@ func TestMigrateForwards(t *testing.T) {
 func TestMigrateManyFlows(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	h.e.repair = startRepairHelper(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenLoopback(t)
 	const n = 2*tcprepair.MaxFds + 7
 	peers := make(map[tcpKey]net.Conn, n)
 	for i := range n {

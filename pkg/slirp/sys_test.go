@@ -114,11 +114,7 @@ func TestDiscardPastTheEnd(t *testing.T) {
 			}
 			a, b = pair[0], pair[1]
 		} else {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
+			l := listenLoopback(t)
 			c, err := net.Dial("tcp", l.Addr().String())
 			if err != nil {
 				t.Fatal(err)

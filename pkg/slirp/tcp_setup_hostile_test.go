@@ -460,11 +460,7 @@ func TestTCPInboundMany(t *testing.T) {
 func TestTCPReuseSameBatch(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenLoopback(t)
 	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 	port := uint16(l.Addr().(*net.TCPAddr).Port)
 	seg := func(flags header.TCPFlags, seq, ack uint32, p string) []byte {

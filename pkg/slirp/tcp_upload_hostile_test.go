@@ -475,16 +475,7 @@ func TestTCPChurn(t *testing.T) {
 		}
 	}
 	// Time passes: every flow ends, whatever its state.
-	for i := 0; h.e.tcp.count > 0; i++ {
-		if i == 200 {
-			h.e.tcp.each(func(_ int32, f *tcpFlow) { t.Errorf("flow %v left: %v", f.key, f.state) })
-			t.Fatalf("%d flows left", h.e.tcp.count)
-		}
-		h.e.start = h.e.start.Add(-time.Minute)
-		h.e.lastTick = 0
-		h.e.turn(1)
-		h.readFrames(func(header.TCP) {})
-	}
+	h.expireFlows(t, 200)
 	l.Close()
 	<-accepted
 	for _, c := range conns {
@@ -690,11 +681,7 @@ func TestTCPInboundSynAckAgain(t *testing.T) {
 func TestTCPHostileUploadInterleaved(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenLoopback(t)
 	lport := uint16(l.Addr().(*net.TCPAddr).Port)
 	type upFlow struct {
 		sport            uint16
@@ -726,6 +713,7 @@ func TestTCPHostileUploadInterleaved(t *testing.T) {
 		}
 		h.send(h.raw(rawSeg{flags: header.TCPAck, seq: u.base, ack: ack, wnd: 0xffff, sport: u.sport, dport: lport}))
 		h.e.turn(5)
+		var err error
 		if u.conn, err = l.Accept(); err != nil {
 			t.Fatal(err)
 		}
@@ -835,11 +823,7 @@ func TestTCPHostileUploadInterleaved(t *testing.T) {
 func TestTCPSynOptionExtremes(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenLoopback(t)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -945,11 +929,7 @@ func TestTCPSynOptionExtremes(t *testing.T) {
 func TestTCPBadAcksInHandshake(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenLoopback(t)
 	lport := uint16(l.Addr().(*net.TCPAddr).Port)
 	for i, bad := range []func(isn uint32) uint32{
 		func(isn uint32) uint32 { return isn },
@@ -1427,16 +1407,7 @@ func tcpStateRandom(t *testing.T, seed uint64) {
 			h.e.lastTick = 0
 		}
 	}
-	for i := 0; h.e.tcp.count > 0; i++ {
-		if i == 300 {
-			h.e.tcp.each(func(_ int32, f *tcpFlow) { t.Errorf("flow %v left: %v", f.key, f.state) })
-			t.Fatalf("%d flows left", h.e.tcp.count)
-		}
-		h.e.start = h.e.start.Add(-time.Minute)
-		h.e.lastTick = 0
-		h.e.turn(1)
-		h.readFrames(func(header.TCP) {})
-	}
+	h.expireFlows(t, 300)
 	l.Close()
 	for p := range accepted {
 		p.Close()
@@ -1453,4 +1424,20 @@ func tcpStateRandom(t *testing.T, seed uint64) {
 		down += c.downGot
 	}
 	t.Logf("%d connections; the host read %d bytes, the guest %d", len(conns), up, down)
+}
+
+// expireFlows lets time pass, a minute a turn, until every flow has
+// ended, in at most turns turns: whatever its state, none lives for ever.
+func (h *hotPath) expireFlows(t *testing.T, turns int) {
+	t.Helper()
+	for i := 0; h.e.tcp.count > 0; i++ {
+		if i == turns {
+			h.e.tcp.each(func(_ int32, f *tcpFlow) { t.Errorf("flow %v left: %v", f.key, f.state) })
+			t.Fatalf("%d flows left", h.e.tcp.count)
+		}
+		h.e.start = h.e.start.Add(-time.Minute)
+		h.e.lastTick = 0
+		h.e.turn(1)
+		h.readFrames(func(header.TCP) {})
+	}
 }

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
-	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
@@ -185,26 +183,9 @@ func TestICMPLinkFull(t *testing.T) {
 // attached are dropped and counted, not left in the forward's socket for
 // epoll to report at every turn until a guest comes.
 func TestUDPForwardNoGuest(t *testing.T) {
-	lfd, err := qemusock.Listen(filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, lfd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	pc.Close()
-	fwd := portspec.Forward{Addr: netip.MustParseAddr("127.0.0.1"), HostPort: port, GuestPort: 53}
-	if err := e.AddForwards(UDP, []portspec.Forward{fwd}, false); err != nil {
-		t.Fatal(err)
-	}
+	e, _, fwd := forwardEngine(t, UDP, 53)
 	defer e.RemoveForwards(UDP, []portspec.Forward{fwd})
-	c, err := net.Dial("udp", pc.LocalAddr().String())
+	c, err := net.Dial("udp", netip.AddrPortFrom(fwd.Addr, fwd.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
 	}
