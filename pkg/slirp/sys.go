@@ -77,12 +77,19 @@ func discard(fd int, n int) error {
 
 // inq is how many bytes a TCP socket has to read (SIOCINQ), 0 if unknown.
 func inq(fd int) int {
-	// The kernel writes a C int, as for SIOCOUTQ (sendRoom).
-	n, err := unix.IoctlGetUint32(fd, unix.SIOCINQ)
+	n, _ := sockQueued(fd, unix.SIOCINQ)
+	return n
+}
+
+// sockQueued reads a socket's queue (SIOCINQ, SIOCOUTQ). The kernel
+// writes a C int: IoctlGetInt would read 8 bytes, wrong on a 64-bit
+// big-endian machine.
+func sockQueued(fd int, req uint) (int, error) {
+	n, err := unix.IoctlGetUint32(fd, req)
 	if err != nil {
-		return 0
+		return 0, err
 	}
-	return int(int32(n))
+	return int(int32(n)), nil
 }
 
 // sockaddr is a kernel socket address of either family: a sockaddr_in6
@@ -210,13 +217,11 @@ func sendRoom(fd int) int {
 	if err != nil {
 		return 0
 	}
-	// The kernel writes a C int: IoctlGetInt would read 8 bytes, wrong on
-	// a 64-bit big-endian machine.
-	queued, err := unix.IoctlGetUint32(fd, unix.SIOCOUTQ)
+	queued, err := sockQueued(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return 0
 	}
-	return sndbuf/2 - int(int32(queued))
+	return sndbuf/2 - queued
 }
 
 // fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max
