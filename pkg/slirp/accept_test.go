@@ -100,10 +100,7 @@ func forwardEngine(t *testing.T, proto Proto, guestPort uint16) (e *Engine, path
 	}
 	var free net.Addr
 	if proto == UDP {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		pc := listenUDPLoopback(t)
 		free = pc.LocalAddr()
 		pc.Close()
 	} else {

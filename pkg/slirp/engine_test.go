@@ -284,3 +284,15 @@ func listenLoopback(t *testing.T) net.Listener {
 	t.Cleanup(func() { l.Close() })
 	return l
 }
+
+// listenUDPLoopback is a UDP socket on the host's loopback, closed when
+// the test ends.
+func listenUDPLoopback(t *testing.T) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}

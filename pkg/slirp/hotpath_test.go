@@ -629,11 +629,7 @@ func TestAckedOncePerBatch(t *testing.T) {
 // datagrams in order, without an allocation, whether the link left them
 // in its buffer or all but their heads in guest memory.
 func TestUDPBurst(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	pc := listenUDPLoopback(t)
 	te := newTestEngine(t)
 	te.cfg.NoUDP = false
 	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)

@@ -29,12 +29,13 @@ func fillLink(t *testing.T, te *testEngine) {
 	}
 }
 
-// udpReady tells whether epoll reports any UDP flow's socket ready now.
-func udpReady(te *testEngine) bool {
+// epollReady tells whether e's epoll set reports a descriptor of kind
+// ready now.
+func epollReady(e *Engine, kind uint8) bool {
 	var evs [64]unix.EpollEvent
-	n, _ := unix.EpollWait(te.epfd, evs[:], 0)
+	n, _ := unix.EpollWait(e.epfd, evs[:], 0)
 	for i := range n {
-		if refOf(&evs[i]).kind == kindUDP {
+		if refOf(&evs[i]).kind == kind {
 			return true
 		}
 	}
@@ -68,11 +69,7 @@ func udpFlowTo(t *testing.T, te *testEngine, pc net.PacketConn, sport uint16) (*
 // which epoll would report ready at every turn, with nothing to consume
 // them: a spin for as long as the guest stalls.
 func TestUDPLinkFull(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	pc := listenUDPLoopback(t)
 	te := newTestEngine(t)
 	te.cfg.NoUDP = false
 	f, from := udpFlowTo(t, te, pc, 5000)
@@ -84,7 +81,7 @@ func TestUDPLinkFull(t *testing.T) {
 		}
 	}
 	dropped := te.Stats.Dropped
-	for i := 0; udpReady(te); i++ {
+	for i := 0; epollReady(te.Engine, kindUDP); i++ {
 		if i == 4 {
 			t.Fatalf("the flow's socket is still ready after %d turns with the link full: nothing consumes it", i)
 		}
@@ -104,15 +101,8 @@ func TestUDPLinkFull(t *testing.T) {
 // so the error queue reads empty while epoll reports EPOLLERR. With the
 // link full too, the engine must still clear it, or it spins.
 func TestUDPLinkFullError(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	closed, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc := listenUDPLoopback(t)
+	closed := listenUDPLoopback(t)
 	cport := uint16(closed.LocalAddr().(*net.UDPAddr).Port)
 	closed.Close()
 	te := newTestEngine(t)
@@ -127,7 +117,7 @@ func TestUDPLinkFullError(t *testing.T) {
 	}
 	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5001, cport, []byte("refused"))))
 	te.inputDone()
-	for i := 0; udpReady(te); i++ {
+	for i := 0; epollReady(te.Engine, kindUDP); i++ {
 		if i == 8 {
 			t.Fatalf("the flow's socket is still ready after %d turns with the link full: nothing consumes it", i)
 		}
@@ -158,17 +148,7 @@ func TestICMPLinkFull(t *testing.T) {
 	if te.icmp.count != 1 {
 		t.Fatalf("%d ICMP flows, want 1", te.icmp.count)
 	}
-	ready := func() bool {
-		var evs [64]unix.EpollEvent
-		n, _ := unix.EpollWait(te.epfd, evs[:], 0)
-		for i := range n {
-			if refOf(&evs[i]).kind == kindICMP {
-				return true
-			}
-		}
-		return false
-	}
-	for i := 0; ready(); i++ {
+	for i := 0; epollReady(te.Engine, kindICMP); i++ {
 		if i == 4 {
 			t.Fatalf("the ping socket is still ready after %d turns with the link full: nothing consumes it", i)
 		}
@@ -195,17 +175,7 @@ func TestUDPForwardNoGuest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ready := func() bool {
-		var evs [16]unix.EpollEvent
-		n, _ := unix.EpollWait(e.epfd, evs[:], 0)
-		for i := range n {
-			if refOf(&evs[i]).kind == kindUDPListen {
-				return true
-			}
-		}
-		return false
-	}
-	for i := 0; ready(); i++ {
+	for i := 0; epollReady(e, kindUDPListen); i++ {
 		if i == 4 {
 			t.Fatalf("the -u socket is still ready after %d turns with no guest: nothing consumes it", i)
 		}
@@ -221,11 +191,7 @@ func TestUDPForwardNoGuest(t *testing.T) {
 // documented: with the senders at the cap, a guest's new flow is refused
 // with "administratively prohibited".
 func TestUDPCapCountsSpliceSenders(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	pc := listenUDPLoopback(t)
 	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
