@@ -718,6 +718,33 @@ func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming st
 // taken for a client (a migration's, or a forward's).
 func tcpListens(ns *Netns, port string) bool {
 	p, _ := strconv.Atoi(port)
+	for _, f := range procTCP(ns) {
+		if len(f) > 3 && f[3] == "0A" && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", p)) {
+			return true
+		}
+	}
+	return false
+}
+
+// tcpRecvQ is the receive queue of the TCP socket in ns from local to
+// remote (ports, as port gives them); -1 if there is none.
+func tcpRecvQ(ns *Netns, local, remote string) int {
+	l, _ := strconv.Atoi(local)
+	r, _ := strconv.Atoi(remote)
+	for _, f := range procTCP(ns) {
+		if len(f) > 4 && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", l)) && strings.HasSuffix(f[2], fmt.Sprintf(":%04X", r)) {
+			_, q, _ := strings.Cut(f[4], ":")
+			n, _ := strconv.ParseInt(q, 16, 64)
+			return int(n)
+		}
+	}
+	return -1
+}
+
+// procTCP is /proc/net/tcp and tcp6 in ns (nil: ours), split into
+// fields, a row a socket (and the headings).
+func procTCP(ns *Netns) [][]string {
+	var rows [][]string
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		var b []byte
 		if ns == nil {
@@ -726,30 +753,10 @@ func tcpListens(ns *Netns, port string) bool {
 			b, _ = ns.Cmd("cat", f).Output()
 		}
 		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) > 3 && f[3] == "0A" && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", p)) {
-				return true
-			}
+			rows = append(rows, strings.Fields(line))
 		}
 	}
-	return false
-}
-
-// tcpRecvQ is the receive queue of the TCP socket in ns from local to
-// remote (ports, as port gives them), from /proc/net/tcp; -1 if there
-// is none.
-func tcpRecvQ(ns *Netns, local, remote string) int {
-	l, _ := strconv.Atoi(local)
-	r, _ := strconv.Atoi(remote)
-	b, _ := ns.Cmd("cat", "/proc/net/tcp").Output()
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", l)) && strings.HasSuffix(f[2], fmt.Sprintf(":%04X", r)) {
-			_, q, _ := strings.Cut(f[4], ":")
-			n, _ := strconv.ParseInt(q, 16, 64)
-			return int(n)
-		}
-	}
-	return -1
+	return rows
 }
 
 // listening tells whether a unix socket listens at path in ns, from
