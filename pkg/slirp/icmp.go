@@ -47,8 +47,13 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 	}
 	// Echoes between unicast addresses only, as UDP's flows (udpInput):
 	// a guest's ping to multicast or broadcast would go on to the host's
-	// network.
-	if m.Type() != header.ICMPv4Echo && m.Type() != header.ICMPv6Echo || !isUnicast(src) || !isUnicast(dst) {
+	// network. The echo type is its own family's: the other's would take
+	// a ping socket the kernel then sends nothing on.
+	echo := uint8(header.ICMPv4Echo)
+	if src.Is6() {
+		echo = header.ICMPv6Echo
+	}
+	if m.Type() != echo || !isUnicast(src) || !isUnicast(dst) {
 		e.Stats.Unhandled++
 		return
 	}

@@ -1,0 +1,141 @@
+package slirp
+
+import (
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// pingNetns moves the test's goroutine, for good, into a network
+// namespace of its own whose loopback is up and whose ping_group_range
+// lets anyone open ping sockets: the engine's echo sockets then reach
+// nothing but that loopback. The thread is never unlocked, so the
+// runtime ends it, and the namespace with it, when the test is over.
+func pingNetns(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace")
+	}
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("no network namespace: %v", err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		t.Fatal(err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		t.Fatal(err)
+	}
+	// /proc/sys/net is the opening thread's namespace's.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoRequest is an ICMP (typ 8) or ICMPv6 (typ 128) echo request.
+func echoRequest(typ uint8, id, seq uint16) []byte {
+	return []byte{typ, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'p', 'i', 'n', 'g'}
+}
+
+// TestICMPEchoTypeOfOtherFamily: ICMPv6's echo type (128) in an ICMP
+// message, or ICMP's (8) in an ICMPv6 one, is no echo request. It is
+// counted as unhandled and opens no ping socket: a socket opened for it
+// took a descriptor and a place under --max-icmp for a minute, for a
+// request the kernel then refuses to send (EINVAL), counted nowhere.
+func TestICMPEchoTypeOfOtherFamily(t *testing.T) {
+	pingNetns(t)
+	te := newTestEngine(t)
+	te.cfg.NoICMP = false
+	unhandled := te.Stats.Unhandled
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echoRequest(header.ICMPv6Echo, 1, 1)))
+	te.tapInput(frameIP(testGuest6, testGW6, header.ProtoICMPv6, echoRequest(header.ICMPv4Echo, 2, 1)))
+	te.inputDone()
+	if te.icmp.count != 0 {
+		t.Errorf("%d ICMP flows opened for echo types of the other family, want 0", te.icmp.count)
+	}
+	if got := te.Stats.Unhandled - unhandled; got != 2 {
+		t.Errorf("%d messages counted as unhandled, want 2", got)
+	}
+}
+
+// TestICMPEchoFlood: a guest that pings with ever new identifiers, from
+// both families, gets at most --max-icmp ping sockets, one descriptor
+// each; past the cap each new identifier gets an "administratively
+// prohibited" error. An echo to a link-local address not ours gets
+// "unreachable" and no socket. When the flows expire every socket is
+// closed, replies still in them or not, and the guest may ping again.
+func TestICMPEchoFlood(t *testing.T) {
+	pingNetns(t)
+	te := newTestEngine(t)
+	te.cfg.NoICMP = false
+	te.cfg.MaxICMP = 8
+	before := openFds(t)
+
+	te.tapInput(frameIP(testGuest6, netip.MustParseAddr("fe80::99"), header.ProtoICMPv6, echoRequest(header.ICMPv6Echo, 7, 1)))
+	if te.icmp.count != 0 {
+		t.Fatalf("%d ICMP flows for an echo to a link-local address not ours, want 0", te.icmp.count)
+	}
+	te.output(t)
+
+	const ids = 64
+	for id := range uint16(ids) {
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echoRequest(header.ICMPv4Echo, id, 1)))
+		te.tapInput(frameIP(testGuest6, testGW6, header.ProtoICMPv6, echoRequest(header.ICMPv6Echo, id, 1)))
+	}
+	te.inputDone()
+	if te.icmp.count != te.cfg.MaxICMP {
+		t.Fatalf("%d ICMP flows, want the cap, %d", te.icmp.count, te.cfg.MaxICMP)
+	}
+	if n := len(leakedFds(t, before)); n != te.cfg.MaxICMP {
+		t.Errorf("%d new descriptors, want one a flow, %d", n, te.cfg.MaxICMP)
+	}
+	prohibited := 0
+	for _, f := range te.output(t) {
+		eth := header.Ethernet(f)
+		var m header.ICMP
+		if eth.Type() == header.EtherTypeIPv4 {
+			m = header.ICMP(header.IPv4(eth.Payload()).Payload())
+			if m.Type() == header.ICMPv4Unreachable && m.Code() == header.ICMPv4AdminProhibited {
+				prohibited++
+			}
+		} else if ip := header.IPv6(eth.Payload()); ip.NextHeader() == header.ProtoICMPv6 {
+			m = header.ICMP(ip.Payload())
+			if m.Type() == header.ICMPv6Unreachable && m.Code() == header.ICMPv6AdminProhibited {
+				prohibited++
+			}
+		}
+	}
+	if want := 2*ids - te.cfg.MaxICMP; prohibited != want {
+		t.Errorf("%d prohibited errors, want one for each identifier past the cap, %d", prohibited, want)
+	}
+
+	// The replies wait in the sockets; the flows expire first.
+	te.start = te.start.Add(-2 * icmpIdle)
+	te.lastTick = 0
+	te.turn(0)
+	if te.icmp.count != 0 {
+		t.Fatalf("%d ICMP flows left after they expired", te.icmp.count)
+	}
+	if leaked := leakedFds(t, before); len(leaked) != 0 {
+		t.Errorf("descriptors left after the flows expired: %v", leaked)
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echoRequest(header.ICMPv4Echo, 1000, 1)))
+	te.inputDone()
+	if te.icmp.count != 1 {
+		t.Errorf("%d ICMP flows after the guest pinged again, want 1", te.icmp.count)
+	}
+}
