@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"github.com/mdlayher/vsock"
@@ -56,26 +57,47 @@ func listenVsock(addr string, eng *slirp.Engine, logger *log.Logger) (func(), er
 	if err != nil {
 		return nil, fmt.Errorf("--vsock: %w", err)
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					logger.Printf("vsock: %v", err)
-				}
-				return
-			}
-			fd, err := dupConn(c)
-			c.Close()
-			if err != nil {
-				logger.Printf("vsock: %v", err)
-				continue
-			}
-			eng.Call(func() { eng.AttachStream(fd) })
-		}
-	}()
+	go serveVsock(l, eng, logger)
 	return func() { l.Close() }, nil
 }
+
+// serveVsock hands each guest that connects to l to eng until l is
+// closed. A failed accept is not the end: out of descriptors (EMFILE,
+// which a guest's flows can bring about) or of memory, the listener
+// waits, up to acceptRetryMax, and tries again, rather than take no
+// guest ever after. A run of failures is logged once.
+func serveVsock(l net.Listener, eng *slirp.Engine, logger *log.Logger) {
+	var wait time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if wait == 0 {
+				logger.Printf("vsock: %v", err)
+			}
+			wait = min(max(2*wait, acceptRetryMin), acceptRetryMax)
+			time.Sleep(wait)
+			continue
+		}
+		wait = 0
+		fd, err := dupConn(c)
+		c.Close()
+		if err != nil {
+			logger.Printf("vsock: %v", err)
+			continue
+		}
+		eng.Call(func() { eng.AttachStream(fd) })
+	}
+}
+
+// The wait after a failed accept doubles from acceptRetryMin to
+// acceptRetryMax.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+)
 
 // dupConn returns a non-blocking duplicate of a connection's descriptor,
 // for the engine's own event loop.
