@@ -79,7 +79,7 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	f.lastAct = e.now
 	if e.cfg.Trace && u.DstPort() == dnsPort {
 		if q, err := parseDNSQuery(u.Payload()); err == nil {
-			e.logf("DNS query %#04x from %v: %s type %d", q.ID, guest, q.Name, q.Type)
+			e.logf("DNS query %#04x from %v: %q type %d", q.ID, guest, q.Name, q.Type)
 		}
 	}
 	f.sent = sent
