@@ -46,6 +46,17 @@ func pingNetns(t *testing.T) {
 	}
 }
 
+// needPing makes sure the engine can open ping sockets: where the host
+// allows none, it moves the test into a namespace that does (pingNetns).
+func needPing(t *testing.T) {
+	t.Helper()
+	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP); err == nil {
+		unix.Close(fd)
+		return
+	}
+	pingNetns(t)
+}
+
 // echoRequest is an ICMP (typ 8) or ICMPv6 (typ 128) echo request.
 func echoRequest(typ uint8, id, seq uint16) []byte {
 	return []byte{typ, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'p', 'i', 'n', 'g'}
