@@ -57,8 +57,10 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.Stats.Unhandled++
 		return
 	}
+	// An ICMPv6 ping socket sends nothing to an IPv4-mapped address
+	// (EINVAL): no route, as for a link-local address not ours.
 	to := e.natFromGuest(header.ProtoICMP, netip.AddrPortFrom(dst, 0))
-	if !to.IsValid() {
+	if !to.IsValid() || to.Addr().Is4In6() {
 		e.sendUnreachable(unix.ENETUNREACH, src, dst, icmpProto(src), m)
 		return
 	}

@@ -150,3 +150,30 @@ func TestICMPEchoFlood(t *testing.T) {
 		t.Errorf("%d ICMP flows after the guest pinged again, want 1", te.icmp.count)
 	}
 }
+
+// TestICMPEchoToMappedAddress: an ICMPv6 echo to an IPv4-mapped address,
+// which an ICMPv6 ping socket refuses to send to (EINVAL), gets "no
+// route" at once, as one to a link-local address not ours does, and
+// opens no ping socket: one opened took a descriptor and a place under
+// --max-icmp for a minute, and the guest heard nothing.
+func TestICMPEchoToMappedAddress(t *testing.T) {
+	needPing(t)
+	te := newTestEngine(t)
+	te.cfg.NoICMP = false
+	for _, dst := range []string{"::ffff:127.0.0.1", "::ffff:198.51.100.1"} {
+		te.tapInput(frameIP(testGuest6, netip.MustParseAddr(dst), header.ProtoICMPv6, echoRequest(header.ICMPv6Echo, 3, 1)))
+		te.inputDone()
+		if te.icmp.count != 0 {
+			t.Fatalf("%s: %d ICMP flows, want 0", dst, te.icmp.count)
+		}
+		out := te.output(t)
+		if len(out) != 1 {
+			t.Fatalf("%s: %d frames to the guest, want one error", dst, len(out))
+		}
+		ip := header.IPv6(header.Ethernet(out[0]).Payload())
+		if m := header.ICMP(ip.Payload()); ip.NextHeader() != header.ProtoICMPv6 ||
+			m.Type() != header.ICMPv6Unreachable || m.Code() != header.ICMPv6NoRoute {
+			t.Errorf("%s: the guest got % x, want ICMPv6 no route", dst, ip.Payload())
+		}
+	}
+}
