@@ -1,8 +1,10 @@
 package slirp
 
 import (
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 )
@@ -41,7 +43,6 @@ func TestNAT(t *testing.T) {
 		{"other addresses are themselves", false, udp, "198.51.100.1:123", "198.51.100.1:123", "198.51.100.1:123"},
 		{"no-map-gw: gateway is an address", true, tcp, "192.0.2.1:80", "192.0.2.1:80", "192.0.2.1:80"},
 		{"no-map-gw: our link-local is the IPv6 gateway", true, tcp, "[fe80::1]:80", "[2001:db8::1]:80", "[2001:db8::1]:80"},
-		{"no-map-gw: loopback stays loopback", true, tcp, "127.0.0.1:80", "127.0.0.1:80", "127.0.0.1:80"},
 	}
 	for _, c := range from {
 		cfg.NoMapGW = c.noMap
@@ -144,5 +145,53 @@ func TestNATMaps(t *testing.T) {
 	e.addrSeen6 = testGuest6
 	if remote, _ := e.inboundRoute(ap("[2001:db8::2]:4000"), 22); remote != ap("[2001:db8::88]:4000") {
 		t.Errorf("inbound from the host's IPv6 address appears as %v", remote)
+	}
+}
+
+// TestGuestLoopbackDropped: a guest that addresses the host's loopback
+// itself (127/8, ::1, or IPv4's mapped into IPv6), or claims it as its
+// source, reaches nothing, with --no-map-gw or not: its frames are
+// dropped and counted, as passt drops them, and no flow opens. The
+// gateway, mapped to loopback, still reaches the same listener.
+func TestGuestLoopbackDropped(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	l := listenLoopback(t)
+	uport := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	tport := uint16(l.Addr().(*net.TCPAddr).Port)
+	syn := make([]byte, header.TCPMinLen)
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: tport, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
+	a := netip.MustParseAddr
+	frames := [][]byte{
+		frameIP(testGuest4, a("127.0.0.1"), header.ProtoUDP, udp6(5000, uport, []byte("x"))),
+		frameIP(testGuest4, a("127.1.2.3"), header.ProtoUDP, udp6(5001, uport, []byte("x"))),
+		frameIP(testGuest6, a("::ffff:127.0.0.1"), header.ProtoUDP, udp6(5002, uport, []byte("x"))),
+		frameIP(testGuest6, a("::1"), header.ProtoUDP, udp6(5003, uport, []byte("x"))),
+		frameIP(a("127.0.0.1"), testGW4, header.ProtoUDP, udp6(5004, uport, []byte("x"))),
+		frameIP(testGuest4, a("127.0.0.1"), header.ProtoTCP, syn),
+		frameIP(testGuest6, a("::ffff:127.0.0.1"), header.ProtoTCP, syn),
+	}
+	buf := make([]byte, 16)
+	for _, noMap := range []bool{true, false} {
+		te := newTestEngine(t)
+		te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.NoMapGW = false, false, noMap
+		for _, f := range frames {
+			te.tapInput(f)
+		}
+		te.inputDone()
+		if te.Stats.Unhandled != uint64(len(frames)) {
+			t.Errorf("no-map-gw %v: %d frames counted unhandled, want %d", noMap, te.Stats.Unhandled, len(frames))
+		}
+		if n := te.tcp.count + te.udp.count; n != 0 {
+			t.Errorf("no-map-gw %v: %d flows opened", noMap, n)
+		}
+		// Anything sent would be there at once: the wait only bounds
+		// the read of nothing.
+		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, from, err := pc.ReadFrom(buf); err == nil {
+			t.Errorf("no-map-gw %v: the loopback listener got %q from %v", noMap, buf[:n], from)
+		}
+		if !noMap {
+			udpFlowTo(t, te, pc, 5005) // through the gateway: reached
+		}
 	}
 }

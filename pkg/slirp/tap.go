@@ -163,9 +163,14 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 }
 
 // l4Input hands a unicast TCP, UDP or ICMP packet of either family to its
-// protocol's translation.
+// protocol's translation. A loopback address, either way, is dropped, as
+// passt's tap.c drops it: a host socket would take it for the host's own
+// loopback, which the guest reaches only through the address mapped to
+// it (--map-host-loopback, none with --no-map-gw).
 func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
 	switch {
+	case src.Unmap().IsLoopback() || dst.Unmap().IsLoopback():
+		e.Stats.Unhandled++
 	case proto == header.ProtoTCP && !e.cfg.NoTCP:
 		e.tcpInput(src, dst, header.TCP(payload))
 	case proto == header.ProtoUDP && !e.cfg.NoUDP:
