@@ -36,3 +36,41 @@ func TestFlowOpenFailureLogBounded(t *testing.T) {
 		t.Errorf("%d log lines for 200 frames, want at most one per protocol:\n%.400s", n, log.String())
 	}
 }
+
+// TestGuestStateFollowsLastFrame: a guest that changes its source MAC and
+// its global IPv6 source address with every frame is answered at the
+// last of each, as passt answers it: an NA goes to the last unicast MAC,
+// and a connection from the host side to the last global address, in
+// the guest's prefix or not. A multicast source MAC, and a link-local,
+// unspecified or multicast source address, change neither.
+func TestGuestStateFollowsLastFrame(t *testing.T) {
+	te := newTestEngine(t)
+	solicit := func(mac [6]byte, src netip.Addr) {
+		f := frameIP(src, testLL6, header.ProtoICMPv6, ndpSolicit(testLL6))
+		copy(f[6:12], mac[:])
+		te.tapInput(f)
+	}
+	var last [6]byte
+	var lastAddr netip.Addr
+	for i := range 200 {
+		last = [6]byte{0x02, 0, 0, 0, byte(i >> 8), byte(i)}
+		lastAddr = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i), 15: byte(i)})
+		solicit(last, lastAddr)
+		te.output(t)
+	}
+	for _, src := range []netip.Addr{
+		netip.MustParseAddr("fe80::99"), netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1"),
+	} {
+		solicit([6]byte{0x01, 0, 0x5e, 0, 0, 1}, src)
+	}
+	te.output(t)
+	_, guest := te.inboundRoute(netip.MustParseAddrPort("[2001:db8:ff::9]:1234"), 22)
+	if guest.Addr() != lastAddr {
+		t.Errorf("an inbound connection goes to %v, want the last global source %v", guest.Addr(), lastAddr)
+	}
+	solicit(last, testGuest6)
+	out := te.output(t)
+	if len(out) != 1 || [6]byte(out[0][0:6]) != last {
+		t.Fatalf("%d answers to a solicitation, want one, to %x", len(out), last)
+	}
+}
