@@ -284,6 +284,7 @@ const (
 	capTCP = iota
 	capUDP
 	capICMP
+	openTCP
 	openUDP
 	openICMP
 	logKinds

@@ -74,3 +74,33 @@ func TestGuestStateFollowsLastFrame(t *testing.T) {
 		t.Fatalf("%d answers to a solicitation, want one, to %x", len(out), last)
 	}
 }
+
+// TestEpollFailureLogBounded: when the kernel refuses to watch a new
+// flow's socket (TestEpollFailure), every frame that would open one says
+// so in the log at most once per protocol, not once per frame.
+func TestEpollFailureLogBounded(t *testing.T) {
+	pingNetns(t)
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.NoICMP = false, false, false
+	var log strings.Builder
+	te.cfg.Log = stdlog.New(&log, "", 0)
+	ep := te.epfd
+	te.epfd = notPollable(t)
+	defer func() { te.epfd = ep }()
+	for i := range 50 {
+		syn := make([]byte, header.TCPMinLen+header.TCPSynOptionLen)
+		header.TCP(syn).Encode(header.TCPFields{SrcPort: uint16(40000 + i), DstPort: 80, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
+		header.EncodeSynOptions(syn[header.TCPMinLen:], 1440, 7)
+		te.tapInput(frameIP(testGuest6, testGW6, header.ProtoTCP, syn))
+		te.tapInput(frameIP(testGuest6, testGW6, header.ProtoUDP, udp6(uint16(5000+i), 9, []byte("x"))))
+		te.tapInput(frameIP(testGuest6, testGW6, header.ProtoICMPv6, echoRequest(header.ICMPv6Echo, uint16(i), 1)))
+		te.inputDone()
+		te.output(t)
+	}
+	if n := te.tcp.count + te.udp.count + te.icmp.count; n != 0 {
+		t.Errorf("%d flows kept without epoll", n)
+	}
+	if n := strings.Count(log.String(), "\n"); n > 3 {
+		t.Errorf("%d log lines for 150 frames, want at most one per protocol:\n%.400s", n, log.String())
+	}
+}
