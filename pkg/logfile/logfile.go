@@ -86,31 +86,47 @@ func (l *File) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// dropOldest rewrites the file keeping the header and the newest lines,
-// leaving room for need bytes plus a quarter of the bound, so that
-// rewrites are rare.
+// dropOldest moves the newest lines to just after the header, leaving
+// room for need bytes plus a quarter of the bound, so that rewrites are
+// rare. It moves them a piece at a time, as passt's log.c does, so that
+// a large bound costs no memory.
 func (l *File) dropOldest(need int64) error {
-	body := make([]byte, l.size-int64(len(l.header)))
-	if _, err := l.f.ReadAt(body, int64(len(l.header))); err != nil {
-		return err
-	}
-	keep := l.max - int64(len(l.header)) - need - l.max/4
-	keep = max(keep, 0)
-	cut := int64(len(body)) - keep
-	if cut > 0 {
-		body = body[cut:]
-		if i := bytes.IndexByte(body, '\n'); i >= 0 {
-			body = body[i+1:]
-		} else {
-			body = nil
+	start := int64(len(l.header))
+	keep := max(l.max-start-need-l.max/4, 0)
+	from := start // the first byte kept
+	buf := make([]byte, moveChunk)
+	if cut := l.size - start - keep; cut > 0 {
+		// Keep whole lines: from the first after the cut.
+		for from = start + cut; from < l.size; {
+			n, err := l.f.ReadAt(buf[:min(moveChunk, l.size-from)], from)
+			if err != nil {
+				return err
+			}
+			if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+				from += int64(i) + 1
+				break
+			}
+			from += int64(n)
 		}
 	}
-	if _, err := l.f.WriteAt(body, int64(len(l.header))); err != nil {
-		return err
+	to := start
+	for from < l.size {
+		n, err := l.f.ReadAt(buf[:min(moveChunk, l.size-from)], from)
+		if err != nil {
+			return err
+		}
+		if _, err := l.f.WriteAt(buf[:n], to); err != nil {
+			return err
+		}
+		from += int64(n)
+		to += int64(n)
 	}
-	l.size = int64(len(l.header) + len(body))
+	l.size = to
 	return l.f.Truncate(l.size)
 }
+
+// moveChunk is how much of the log dropOldest moves at a time.
+const moveChunk = 64 << 10
 
 // Close closes the file.
 func (l *File) Close() error { return l.f.Close() }

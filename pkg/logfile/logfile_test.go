@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -52,5 +53,36 @@ func TestHugeWriteKeepsTail(t *testing.T) {
 func TestTooSmallBound(t *testing.T) {
 	if _, err := Open(filepath.Join(t.TempDir(), "log"), 10, ""); err == nil {
 		t.Fatal("accepted a 10-byte bound")
+	}
+}
+
+// TestDropOldestMemory: dropping the oldest lines of a large log moves
+// the rest a piece at a time, without reading it all into memory: a
+// --log-size of gigabytes would otherwise cost as much memory each time
+// the log (which a guest can fill, at --debug) reaches its bound.
+func TestDropOldestMemory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	const bound = 16 << 20
+	l, err := Open(path, bound, "header line")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	line := []byte(strings.Repeat("x", 1023) + "\n")
+	for l.size+int64(len(line)) <= bound {
+		l.Write(line)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	newest := strings.Repeat("n", 1023) + "\n"
+	l.Write([]byte(newest))
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("dropping old lines allocated %d bytes", n)
+	}
+	data, _ := os.ReadFile(path)
+	s := string(data)
+	if !strings.HasPrefix(s, "header line\nxxx") || !strings.HasSuffix(s, "\n"+string(line)+newest) || len(s) > bound || len(s) < bound/2 {
+		t.Fatalf("after dropping: %d bytes, starting %.20q, ending %.20q", len(s), s, s[max(len(s)-20, 0):])
 	}
 }

@@ -123,7 +123,7 @@ type Engine struct {
 	// no room, flows that had data to send wait in tcp.tapWaiters.
 	link qemusock.Link
 
-	capLogged [3]time.Duration // when each flow cap (capTCP...) was last logged
+	logged [logKinds]time.Duration // when each message logged at most every 10 s (capTCP...) last was
 
 	acceptPaused []epollRef // listeners out of the epoll set until the next tick (pauseAccept)
 
@@ -277,11 +277,17 @@ func (e *Engine) AttachStream(fd int) {
 	e.logf("client connected")
 }
 
-// Flow caps, for atCap.
+// Messages a guest can set off again and again, so logged at most every
+// 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
+// socket could not be opened.
 const (
 	capTCP = iota
 	capUDP
 	capICMP
+	openTCP
+	openUDP
+	openICMP
+	logKinds
 )
 
 var capNames = [...]string{"TCP connections (--max-tcp)", "UDP flows (--max-udp)", "ICMP echo identifiers (--max-icmp)"}
@@ -292,11 +298,16 @@ func (e *Engine) atCap(kind, n, limit int) bool {
 	if n < limit {
 		return false
 	}
-	if e.capLogged[kind] == 0 || e.now-e.capLogged[kind] >= 10*time.Second {
-		e.capLogged[kind] = max(e.now, 1)
-		e.logf("the guest has %d %s, its cap: refusing new ones", n, capNames[kind])
-	}
+	e.logLimited(kind, "the guest has %d %s, its cap: refusing new ones", n, capNames[kind])
 	return true
+}
+
+// logLimited logs a message of a kind at most every 10 s.
+func (e *Engine) logLimited(kind int, format string, args ...any) {
+	if e.logged[kind] == 0 || e.now-e.logged[kind] >= 10*time.Second {
+		e.logged[kind] = max(e.now, 1)
+		e.logf(format, args...)
+	}
 }
 
 // mtu is the guest's MTU: the configured one, or less when the link

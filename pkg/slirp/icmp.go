@@ -103,14 +103,14 @@ func (e *Engine) icmpOpen(key icmpKey, dst netip.Addr) *icmpFlow {
 		return nil
 	}
 	if err := e.bindOutbound(fd, key.guest.Is6(), dst, 0); err != nil {
-		e.logf("ICMP %v: %v", key.guest, err)
+		e.logLimited(openICMP, "ICMP %v: %v", key.guest, err)
 		unix.Close(fd)
 		return nil
 	}
 	idx, f := e.icmp.add(key)
 	*f = icmpFlow{key: key, idx: idx, fd: fd, lastAct: e.now}
 	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindICMP, gen: e.icmp.gen(idx), idx: idx}); err != nil {
-		e.logf("ICMP %v: %v", key.guest, err)
+		e.logLimited(openICMP, "ICMP %v: %v", key.guest, err)
 		e.icmpClose(f)
 		return nil
 	}

@@ -337,7 +337,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	// EPOLLOUT until connected, then tcpEvents.
 	if err := e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, e.tcpRef(f)); err != nil {
-		e.logf("TCP %v: %v", key.remote, err)
+		e.logLimited(openTCP, "TCP %v: %v", key.remote, err)
 		e.tcpClose(f, true, true)
 		return
 	}

@@ -155,7 +155,7 @@ func (e *Engine) udpOpen(guest netip.AddrPort, dst netip.Addr) *udpFlow {
 	fam := socketFamily(guest.Addr())
 	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		e.logf("UDP: socket: %v", err)
+		e.logLimited(openUDP, "UDP: socket: %v", err)
 		return nil
 	}
 	unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
@@ -164,14 +164,14 @@ func (e *Engine) udpOpen(guest netip.AddrPort, dst netip.Addr) *udpFlow {
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
 	}
 	if err := e.bindOutbound(fd, fam == unix.AF_INET6, dst, guest.Port()); err != nil {
-		e.logf("UDP %v: %v", guest, err)
+		e.logLimited(openUDP, "UDP %v: %v", guest, err)
 		unix.Close(fd)
 		return nil
 	}
 	idx, f := e.udp.add(guest)
 	*f = udpFlow{guest: guest, idx: idx, fd: fd, lastAct: e.now}
 	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindUDP, gen: e.udp.gen(idx), idx: idx}); err != nil {
-		e.logf("UDP %v: %v", guest, err)
+		e.logLimited(openUDP, "UDP %v: %v", guest, err)
 		e.udpClose(f)
 		return nil
 	}
