@@ -195,3 +195,64 @@ func TestGuestLoopbackDropped(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestUnspecifiedDropped: a guest that addresses 0.0.0.0 or ::,
+// which a host socket's connect() takes for the host itself, reaches
+// nothing, with --no-map-gw: its frames are dropped and counted, as
+// passt drops a SYN or datagram between endpoints that are not unicast,
+// and no flow opens. So is a SYN from such a source, or from port 0, to
+// the address mapped to the host's loopback.
+func TestGuestUnspecifiedDropped(t *testing.T) {
+	l := listenLoopback(t)
+	l6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { l6.Close() })
+	pc := listenUDPLoopback(t)
+	a := netip.MustParseAddr
+	port, port6 := uint16(l.Addr().(*net.TCPAddr).Port), uint16(l6.Addr().(*net.TCPAddr).Port)
+	uport := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	mapped := a("192.0.2.77") // --map-host-loopback: a way in, for bad sources
+	syn := func(sport, dport uint16) []byte {
+		b := make([]byte, header.TCPMinLen)
+		header.TCP(b).Encode(header.TCPFields{SrcPort: sport, DstPort: dport, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(b)})
+		return b
+	}
+	frames := [][]byte{
+		frameIP(testGuest4, a("0.0.0.0"), header.ProtoTCP, syn(40000, port)),
+		frameIP(testGuest6, a("::"), header.ProtoTCP, syn(40001, port6)),
+		frameIP(testGuest6, a("::ffff:0.0.0.0"), header.ProtoTCP, syn(40002, port)),
+		frameIP(a("0.0.0.0"), mapped, header.ProtoTCP, syn(40003, port)),
+		frameIP(a("224.0.0.1"), mapped, header.ProtoTCP, syn(40004, port)),
+		frameIP(testGuest4, mapped, header.ProtoTCP, syn(0, port)),
+		frameIP(testGuest4, a("0.0.0.0"), header.ProtoUDP, udp6(5000, uport, []byte("x"))),
+		frameIP(testGuest6, a("::"), header.ProtoUDP, udp6(5001, uport, []byte("x"))),
+	}
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.NoMapGW = false, false, true
+	te.cfg.MapHostLoopback4 = mapped
+	for _, f := range frames {
+		te.tapInput(f)
+	}
+	te.inputDone()
+	if te.Stats.Unhandled != uint64(len(frames)) {
+		t.Errorf("%d frames counted unhandled, want %d", te.Stats.Unhandled, len(frames))
+	}
+	if n := te.tcp.count + te.udp.count; n != 0 {
+		t.Errorf("%d flows opened", n)
+	}
+	// Anything sent would be there at once: the wait only bounds the
+	// wait for nothing.
+	for _, l := range []net.Listener{l, l6} {
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if c, err := l.Accept(); err == nil {
+			t.Errorf("the host's %v accepted %v", l.Addr(), c.RemoteAddr())
+			c.Close()
+		}
+	}
+	pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, from, err := pc.ReadFrom(make([]byte, 16)); err == nil {
+		t.Errorf("the loopback listener got %d bytes from %v", n, from)
+	}
+}
