@@ -1,12 +1,14 @@
 package slirp
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // TestNAT is every translation nat.go makes, each way.
@@ -254,5 +256,69 @@ func TestGuestUnspecifiedDropped(t *testing.T) {
 	pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if n, from, err := pc.ReadFrom(make([]byte, 16)); err == nil {
 		t.Errorf("the loopback listener got %d bytes from %v", n, from)
+	}
+}
+
+// TestOutboundMapped: a guest's IPv6 flow to an IPv4-mapped address
+// leaves the host over IPv4, so -o and --outbound-if4, which say how IPv4
+// leaves, apply to it, as passt applies them: it does not go out as the
+// kernel likes instead. It runs in a network namespace of its own, whose
+// loopback has the addresses the flows reach and leave from.
+func TestOutboundMapped(t *testing.T) {
+	pingNetns(t)
+	a := netip.MustParseAddr
+	peer, out := a("198.51.100.1"), a("198.51.100.2")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for i, addr := range []netip.Addr{peer, out} {
+		ifr, err := unix.NewIfreq(fmt.Sprintf("lo:%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ifr.SetInet4Addr(addr.AsSlice()); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.IoctlIfreq(fd, unix.SIOCSIFADDR, ifr); err != nil {
+			t.Skipf("cannot add %v to lo: %v", addr, err)
+		}
+	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(peer, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(peer, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	mapped := netip.AddrFrom16(peer.As16())
+	syn := make([]byte, header.TCPMinLen)
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: uint16(l.Addr().(*net.TCPAddr).Port),
+		Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.Outbound4 = false, false, out
+	defer te.tcp.closeAll(te.Engine)
+	defer te.udp.closeAll(te.Engine)
+	te.tapInput(frameIP(testGuest6, mapped, header.ProtoTCP, syn))
+	te.tapInput(frameIP(testGuest6, mapped, header.ProtoUDP, udp6(5000, uint16(pc.LocalAddr().(*net.UDPAddr).Port), []byte("x"))))
+	te.inputDone()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Second))
+	if c, err := l.Accept(); err != nil {
+		t.Errorf("TCP: %v", err)
+	} else {
+		if from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); from != out {
+			t.Errorf("TCP to %v came from %v, want %v (-o)", mapped, from, out)
+		}
+		c.Close()
+	}
+	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, from, err := pc.ReadFrom(make([]byte, 16)); err != nil {
+		t.Errorf("UDP: %v", err)
+	} else if from := from.(*net.UDPAddr).AddrPort().Addr().Unmap(); from != out {
+		t.Errorf("UDP to %v came from %v, want %v (-o)", mapped, from, out)
 	}
 }
