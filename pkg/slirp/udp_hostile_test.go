@@ -306,3 +306,52 @@ func TestICMPNotUnicast(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPUnsolicitedPeer: a guest flow's host socket hears only the peers
+// the guest sent to, as passt's connected flow sockets do. Anyone else
+// who sends to its port, which is the host's on all its addresses, is
+// dropped and counted: a guest that sent one datagram from a port is not
+// open on it to the host's whole network. A flow remembers a bounded
+// number of peers, the most recent.
+func TestUDPUnsolicitedPeer(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	f, hostSide := udpFlowTo(t, te, pc, 5000)
+	other, err := net.DialUDP("udp", nil, hostSide.(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	received := func() (got []string) {
+		te.udpSockEvent(f.idx, te.udp.gen(f.idx), unix.EPOLLIN)
+		for _, fr := range te.output(t) {
+			if ip := header.IPv4(fr[header.EthernetLen:]); ip.Protocol() == header.ProtoUDP {
+				got = append(got, string(header.UDP(ip.Payload()).Payload()))
+			}
+		}
+		return got
+	}
+	if _, err := other.Write([]byte("unsolicited")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.WriteTo([]byte("reply"), hostSide); err != nil {
+		t.Fatal(err)
+	}
+	// Both are queued on the socket at once, on loopback: read in order.
+	dropped := te.Stats.Dropped
+	if got := received(); len(got) != 1 || got[0] != "reply" {
+		t.Errorf("the guest got %q, want only the reply", got)
+	}
+	if te.Stats.Dropped != dropped+1 {
+		t.Errorf("%d datagrams counted dropped, want 1", te.Stats.Dropped-dropped)
+	}
+
+	for i := range 2 * udpMaxPeers {
+		f.addPeer(netip.AddrPortFrom(testGW4, uint16(1000+i)))
+	}
+	if len(f.peers) != udpMaxPeers || f.hears(netip.AddrPortFrom(testGW4, 1000)) || !f.hears(netip.AddrPortFrom(testGW4, uint16(999+2*udpMaxPeers))) {
+		t.Errorf("after %d peers the flow keeps %d, the first heard %v", 2*udpMaxPeers, len(f.peers), f.hears(netip.AddrPortFrom(testGW4, 1000)))
+	}
+}
