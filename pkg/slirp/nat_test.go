@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -320,5 +321,68 @@ func TestOutboundMapped(t *testing.T) {
 		t.Errorf("UDP: %v", err)
 	} else if from := from.(*net.UDPAddr).AddrPort().Addr().Unmap(); from != out {
 		t.Errorf("UDP to %v came from %v, want %v (-o)", mapped, from, out)
+	}
+}
+
+// TestGuestFragmentsDropped: IPv4 fragments, first or not, an IPv6
+// fragment header and an IPv6 jumbogram (payload length 0) reach
+// nothing and open no flow, as passt drops them: they are counted as
+// malformed or unhandled. Extension headers gopasst skips (hop-by-hop,
+// destination options) do not hide a datagram, which goes where it would
+// without them.
+func TestGuestFragmentsDropped(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	pc6, err := net.ListenPacket("udp", "[::1]:0")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { pc6.Close() })
+	uport, uport6 := uint16(pc.LocalAddr().(*net.UDPAddr).Port), uint16(pc6.LocalAddr().(*net.UDPAddr).Port)
+	frag4 := func(flags uint16) []byte {
+		f := frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, uport, []byte("frag")))
+		binary.BigEndian.PutUint16(f[header.EthernetLen+6:], flags)
+		return f
+	}
+	u := udp6(5001, uport6, []byte("frag"))
+	fragHdr := []byte{header.ProtoUDP, 0, 0, 1, 0, 0, 0, 7} // offset 0, more fragments
+	jumbo := []byte{header.ProtoUDP, 0, 0xc2, 4, 0, 0, 0, byte(8 + len(u))}
+	jf := frameIP(testGuest6, testGW6, 0, append(jumbo, u...))
+	binary.BigEndian.PutUint16(jf[header.EthernetLen+4:], 0)
+	frames := [][]byte{
+		frag4(0x2000), // more fragments
+		frag4(0x0001), // offset 8
+		frag4(0x6000), // don't fragment and more fragments
+		frameIP(testGuest6, testGW6, 44, append(fragHdr, u...)),
+		jf,
+	}
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	for _, f := range frames {
+		te.tapInput(f)
+	}
+	te.inputDone()
+	if n := te.Stats.Malformed + te.Stats.Unhandled; n != uint64(len(frames)) {
+		t.Errorf("%d frames counted malformed or unhandled, want %d", n, len(frames))
+	}
+	if te.udp.count != 0 {
+		t.Errorf("%d flows opened", te.udp.count)
+	}
+	buf := make([]byte, 16)
+	// Anything sent would be there at once: the wait only bounds the
+	// wait for nothing.
+	for _, pc := range []net.PacketConn{pc, pc6} {
+		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, from, err := pc.ReadFrom(buf); err == nil {
+			t.Errorf("%v got %q from %v", pc.LocalAddr(), buf[:n], from)
+		}
+	}
+
+	opts := []byte{60, 0, 1, 4, 0, 0, 0, 0, header.ProtoUDP, 0, 1, 4, 0, 0, 0, 0} // hop-by-hop, destination options: PadN
+	te.tapInput(frameIP(testGuest6, testGW6, 0, append(opts, u...)))
+	te.inputDone()
+	pc6.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc6.ReadFrom(buf); err != nil || string(buf[:n]) != "frag" {
+		t.Errorf("behind extension headers: got %q, %v", buf[:n], err)
 	}
 }
