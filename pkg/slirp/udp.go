@@ -241,8 +241,8 @@ func (e *Engine) udpErrors(f *udpFlow) {
 		if err != nil {
 			return
 		}
-		if errno == 0 {
-			continue // a local error, not one a peer sent
+		if errno == 0 || !f.hears(dst) {
+			continue // a local error, or one about a peer never sent to: forged
 		}
 		remote := e.natToGuest(header.ProtoUDP, dst, f.guest.Addr(), f.sent)
 		quote := header.UDP(buf[:header.UDPLen+n])
