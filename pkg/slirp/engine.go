@@ -108,7 +108,7 @@ type Stats struct {
 	FramesIn, FramesOut uint64
 	Malformed           uint64
 	Unhandled           uint64
-	Dropped             uint64 // host datagrams too large for the guest's MTU, or with no room on the link
+	Dropped             uint64 // host datagrams too large for the guest's MTU, with no room on the link, or from a peer the guest never sent to
 	Clients             uint64
 }
 

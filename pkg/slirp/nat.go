@@ -142,8 +142,10 @@ func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest 
 // and no source address: no other interface reaches it. A UDP socket
 // serves one guest port whatever it sends to, so its first destination
 // decides. as6 says fd is an IPv6 socket, which takes an IPv4 source
-// mapped into IPv6.
+// mapped into IPv6. An IPv4-mapped dst is IPv4's, as it is to passt: the
+// flow leaves over IPv4.
 func (e *Engine) bindOutbound(fd int, as6 bool, dst netip.Addr, port uint16) error {
+	dst = dst.Unmap()
 	var src netip.Addr
 	var ifname string
 	switch {

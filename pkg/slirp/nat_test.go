@@ -1,12 +1,15 @@
 package slirp
 
 import (
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // TestNAT is every translation nat.go makes, each way.
@@ -193,5 +196,193 @@ func TestGuestLoopbackDropped(t *testing.T) {
 		if !noMap {
 			udpFlowTo(t, te, pc, 5005) // through the gateway: reached
 		}
+	}
+}
+
+// TestGuestUnspecifiedDropped: a guest that addresses 0.0.0.0 or ::,
+// which a host socket's connect() takes for the host itself, reaches
+// nothing, with --no-map-gw: its frames are dropped and counted, as
+// passt drops a SYN or datagram between endpoints that are not unicast,
+// and no flow opens. So is a SYN from such a source, or from port 0, to
+// the address mapped to the host's loopback.
+func TestGuestUnspecifiedDropped(t *testing.T) {
+	l := listenLoopback(t)
+	l6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { l6.Close() })
+	pc := listenUDPLoopback(t)
+	a := netip.MustParseAddr
+	port, port6 := uint16(l.Addr().(*net.TCPAddr).Port), uint16(l6.Addr().(*net.TCPAddr).Port)
+	uport := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	mapped := a("192.0.2.77") // --map-host-loopback: a way in, for bad sources
+	syn := func(sport, dport uint16) []byte {
+		b := make([]byte, header.TCPMinLen)
+		header.TCP(b).Encode(header.TCPFields{SrcPort: sport, DstPort: dport, Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(b)})
+		return b
+	}
+	frames := [][]byte{
+		frameIP(testGuest4, a("0.0.0.0"), header.ProtoTCP, syn(40000, port)),
+		frameIP(testGuest6, a("::"), header.ProtoTCP, syn(40001, port6)),
+		frameIP(testGuest6, a("::ffff:0.0.0.0"), header.ProtoTCP, syn(40002, port)),
+		frameIP(a("0.0.0.0"), mapped, header.ProtoTCP, syn(40003, port)),
+		frameIP(a("224.0.0.1"), mapped, header.ProtoTCP, syn(40004, port)),
+		frameIP(testGuest4, mapped, header.ProtoTCP, syn(0, port)),
+		frameIP(testGuest4, a("0.0.0.0"), header.ProtoUDP, udp6(5000, uport, []byte("x"))),
+		frameIP(testGuest6, a("::"), header.ProtoUDP, udp6(5001, uport, []byte("x"))),
+	}
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.NoMapGW = false, false, true
+	te.cfg.MapHostLoopback4 = mapped
+	for _, f := range frames {
+		te.tapInput(f)
+	}
+	te.inputDone()
+	if te.Stats.Unhandled != uint64(len(frames)) {
+		t.Errorf("%d frames counted unhandled, want %d", te.Stats.Unhandled, len(frames))
+	}
+	if n := te.tcp.count + te.udp.count; n != 0 {
+		t.Errorf("%d flows opened", n)
+	}
+	// Anything sent would be there at once: the wait only bounds the
+	// wait for nothing.
+	for _, l := range []net.Listener{l, l6} {
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if c, err := l.Accept(); err == nil {
+			t.Errorf("the host's %v accepted %v", l.Addr(), c.RemoteAddr())
+			c.Close()
+		}
+	}
+	pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, from, err := pc.ReadFrom(make([]byte, 16)); err == nil {
+		t.Errorf("the loopback listener got %d bytes from %v", n, from)
+	}
+}
+
+// TestOutboundMapped: a guest's IPv6 flow to an IPv4-mapped address
+// leaves the host over IPv4, so -o and --outbound-if4, which say how IPv4
+// leaves, apply to it, as passt applies them: it does not go out as the
+// kernel likes instead. It runs in a network namespace of its own, whose
+// loopback has the addresses the flows reach and leave from.
+func TestOutboundMapped(t *testing.T) {
+	pingNetns(t)
+	a := netip.MustParseAddr
+	peer, out := a("198.51.100.1"), a("198.51.100.2")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for i, addr := range []netip.Addr{peer, out} {
+		ifr, err := unix.NewIfreq(fmt.Sprintf("lo:%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ifr.SetInet4Addr(addr.AsSlice()); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.IoctlIfreq(fd, unix.SIOCSIFADDR, ifr); err != nil {
+			t.Skipf("cannot add %v to lo: %v", addr, err)
+		}
+	}
+	l, err := net.Listen("tcp", netip.AddrPortFrom(peer, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(peer, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	mapped := netip.AddrFrom16(peer.As16())
+	syn := make([]byte, header.TCPMinLen)
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: uint16(l.Addr().(*net.TCPAddr).Port),
+		Seq: 1000, Flags: header.TCPSyn, Window: 0xffff, HeaderLen: len(syn)})
+	te := newTestEngine(t)
+	te.cfg.NoTCP, te.cfg.NoUDP, te.cfg.Outbound4 = false, false, out
+	defer te.tcp.closeAll(te.Engine)
+	defer te.udp.closeAll(te.Engine)
+	te.tapInput(frameIP(testGuest6, mapped, header.ProtoTCP, syn))
+	te.tapInput(frameIP(testGuest6, mapped, header.ProtoUDP, udp6(5000, uint16(pc.LocalAddr().(*net.UDPAddr).Port), []byte("x"))))
+	te.inputDone()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Second))
+	if c, err := l.Accept(); err != nil {
+		t.Errorf("TCP: %v", err)
+	} else {
+		if from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); from != out {
+			t.Errorf("TCP to %v came from %v, want %v (-o)", mapped, from, out)
+		}
+		c.Close()
+	}
+	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, from, err := pc.ReadFrom(make([]byte, 16)); err != nil {
+		t.Errorf("UDP: %v", err)
+	} else if from := from.(*net.UDPAddr).AddrPort().Addr().Unmap(); from != out {
+		t.Errorf("UDP to %v came from %v, want %v (-o)", mapped, from, out)
+	}
+}
+
+// TestGuestFragmentsDropped: IPv4 fragments, first or not, an IPv6
+// fragment header and an IPv6 jumbogram (payload length 0) reach
+// nothing and open no flow, as passt drops them: they are counted as
+// malformed or unhandled. Extension headers gopasst skips (hop-by-hop,
+// destination options) do not hide a datagram, which goes where it would
+// without them.
+func TestGuestFragmentsDropped(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	pc6, err := net.ListenPacket("udp", "[::1]:0")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { pc6.Close() })
+	uport, uport6 := uint16(pc.LocalAddr().(*net.UDPAddr).Port), uint16(pc6.LocalAddr().(*net.UDPAddr).Port)
+	frag4 := func(flags uint16) []byte {
+		f := frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, uport, []byte("frag")))
+		binary.BigEndian.PutUint16(f[header.EthernetLen+6:], flags)
+		return f
+	}
+	u := udp6(5001, uport6, []byte("frag"))
+	fragHdr := []byte{header.ProtoUDP, 0, 0, 1, 0, 0, 0, 7} // offset 0, more fragments
+	jumbo := []byte{header.ProtoUDP, 0, 0xc2, 4, 0, 0, 0, byte(8 + len(u))}
+	jf := frameIP(testGuest6, testGW6, 0, append(jumbo, u...))
+	binary.BigEndian.PutUint16(jf[header.EthernetLen+4:], 0)
+	frames := [][]byte{
+		frag4(0x2000), // more fragments
+		frag4(0x0001), // offset 8
+		frag4(0x6000), // don't fragment and more fragments
+		frameIP(testGuest6, testGW6, 44, append(fragHdr, u...)),
+		jf,
+	}
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	for _, f := range frames {
+		te.tapInput(f)
+	}
+	te.inputDone()
+	if n := te.Stats.Malformed + te.Stats.Unhandled; n != uint64(len(frames)) {
+		t.Errorf("%d frames counted malformed or unhandled, want %d", n, len(frames))
+	}
+	if te.udp.count != 0 {
+		t.Errorf("%d flows opened", te.udp.count)
+	}
+	buf := make([]byte, 16)
+	// Anything sent would be there at once: the wait only bounds the
+	// wait for nothing.
+	for _, pc := range []net.PacketConn{pc, pc6} {
+		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, from, err := pc.ReadFrom(buf); err == nil {
+			t.Errorf("%v got %q from %v", pc.LocalAddr(), buf[:n], from)
+		}
+	}
+
+	opts := []byte{60, 0, 1, 4, 0, 0, 0, 0, header.ProtoUDP, 0, 1, 4, 0, 0, 0, 0} // hop-by-hop, destination options: PadN
+	te.tapInput(frameIP(testGuest6, testGW6, 0, append(opts, u...)))
+	te.inputDone()
+	pc6.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc6.ReadFrom(buf); err != nil || string(buf[:n]) != "frag" {
+		t.Errorf("behind extension headers: got %q, %v", buf[:n], err)
 	}
 }

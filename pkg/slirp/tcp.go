@@ -228,6 +228,13 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		e.Stats.Malformed++
 		return
 	}
+	// Connections are between unicast addresses and ports, as passt's
+	// (tcp_conn_from_tap): connect() takes 0.0.0.0 or :: for the host
+	// itself, which would reach its loopback.
+	if !isUnicast(src) || !isUnicast(dst) || t.SrcPort() == 0 || t.DstPort() == 0 {
+		e.Stats.Unhandled++
+		return
+	}
 	key := tcpKey{netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())}
 	flags := t.Flags()
 	payload, tail := t.Payload(), e.tail

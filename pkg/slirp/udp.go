@@ -12,19 +12,50 @@ import (
 // UDP: one host socket per guest source address and port. The socket is
 // not connected, so one guest socket can talk to many peers (a resolver
 // and a NTP server, say); replies carry their source, which is mapped back
-// to what the guest expects.
+// to what the guest expects. Only the peers the guest sent to are heard,
+// as passt, whose flow sockets are connected, hears only them: anyone
+// else who reaches the host's port is dropped, or a guest that sent from
+// a port would be open on it to the host's whole network.
 
 const (
-	udpIdle    = 3 * time.Minute // passt's UDP flow timeout
-	udpMaxRead = 32              // datagrams read per readiness event
+	udpIdle     = 3 * time.Minute // passt's UDP flow timeout
+	udpMaxRead  = 32              // datagrams read per readiness event
+	udpMaxPeers = 64              // peers a flow hears; the oldest goes first
 )
 
 type udpFlow struct {
-	guest   netip.AddrPort
-	sent    netip.AddrPort // where the guest last sent, as it sees it
-	idx     int32
-	fd      int
-	lastAct time.Duration
+	guest    netip.AddrPort
+	sent     netip.AddrPort   // where the guest last sent, as it sees it
+	peers    []netip.AddrPort // the host peers it sent to, unmapped
+	nextPeer int              // the peer replaced next once peers is full
+	idx      int32
+	fd       int
+	lastAct  time.Duration
+}
+
+// addPeer records that the flow sent to the host peer to.
+func (f *udpFlow) addPeer(to netip.AddrPort) {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	if f.hears(to) {
+		return
+	}
+	if len(f.peers) < udpMaxPeers {
+		f.peers = append(f.peers, to)
+		return
+	}
+	f.peers[f.nextPeer] = to
+	f.nextPeer = (f.nextPeer + 1) % udpMaxPeers
+}
+
+// hears tells whether the flow sent to from (unmapped), most recent
+// first.
+func (f *udpFlow) hears(from netip.AddrPort) bool {
+	for i := len(f.peers) - 1; i >= 0; i-- {
+		if f.peers[i] == from {
+			return true
+		}
+	}
+	return false
 }
 
 type udpTable struct {
@@ -83,6 +114,7 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 		}
 	}
 	f.sent = sent
+	f.addPeer(to)
 	e.udpQueue(f, to, u.Payload())
 }
 
@@ -190,6 +222,10 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 	}
 	off := l4Off(f.guest.Addr())
 	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ []byte) (netip.AddrPort, netip.AddrPort) {
+		if !f.hears(from) {
+			e.Stats.Dropped++ // a peer the guest never sent to
+			return from, netip.AddrPort{}
+		}
 		f.lastAct = e.now
 		return e.natToGuest(header.ProtoUDP, from, f.guest.Addr(), f.sent), f.guest
 	})
@@ -205,8 +241,8 @@ func (e *Engine) udpErrors(f *udpFlow) {
 		if err != nil {
 			return
 		}
-		if errno == 0 {
-			continue // a local error, not one a peer sent
+		if errno == 0 || !f.hears(dst) {
+			continue // a local error, or one about a peer never sent to: forged
 		}
 		remote := e.natToGuest(header.ProtoUDP, dst, f.guest.Addr(), f.sent)
 		quote := header.UDP(buf[:header.UDPLen+n])

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -304,5 +305,103 @@ func TestICMPNotUnicast(t *testing.T) {
 		if te.icmp.count != 0 || te.Stats.Unhandled != unhandled+1 {
 			t.Errorf("%s: %d flows, %d unhandled, want none and 1", c.name, te.icmp.count, te.Stats.Unhandled-unhandled)
 		}
+	}
+}
+
+// TestUDPUnsolicitedPeer: a guest flow's host socket hears only the peers
+// the guest sent to, as passt's connected flow sockets do. Anyone else
+// who sends to its port, which is the host's on all its addresses, is
+// dropped and counted: a guest that sent one datagram from a port is not
+// open on it to the host's whole network. A flow remembers a bounded
+// number of peers, the most recent.
+func TestUDPUnsolicitedPeer(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	f, hostSide := udpFlowTo(t, te, pc, 5000)
+	other, err := net.DialUDP("udp", nil, hostSide.(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	received := func() (got []string) {
+		te.udpSockEvent(f.idx, te.udp.gen(f.idx), unix.EPOLLIN)
+		for _, fr := range te.output(t) {
+			if ip := header.IPv4(fr[header.EthernetLen:]); ip.Protocol() == header.ProtoUDP {
+				got = append(got, string(header.UDP(ip.Payload()).Payload()))
+			}
+		}
+		return got
+	}
+	if _, err := other.Write([]byte("unsolicited")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.WriteTo([]byte("reply"), hostSide); err != nil {
+		t.Fatal(err)
+	}
+	// Both are queued on the socket at once, on loopback: read in order.
+	dropped := te.Stats.Dropped
+	if got := received(); len(got) != 1 || got[0] != "reply" {
+		t.Errorf("the guest got %q, want only the reply", got)
+	}
+	if te.Stats.Dropped != dropped+1 {
+		t.Errorf("%d datagrams counted dropped, want 1", te.Stats.Dropped-dropped)
+	}
+
+	for i := range 2 * udpMaxPeers {
+		f.addPeer(netip.AddrPortFrom(testGW4, uint16(1000+i)))
+	}
+	if len(f.peers) != udpMaxPeers || f.hears(netip.AddrPortFrom(testGW4, 1000)) || !f.hears(netip.AddrPortFrom(testGW4, uint16(999+2*udpMaxPeers))) {
+		t.Errorf("after %d peers the flow keeps %d, the first heard %v", 2*udpMaxPeers, len(f.peers), f.hears(netip.AddrPortFrom(testGW4, 1000)))
+	}
+}
+
+// TestUDPErrorAboutUnknownPeer: an ICMP error about a datagram to a peer
+// the guest never sent to, which anyone can forge for a flow's port, is
+// not relayed to the guest (TestUDPUnsolicitedPeer); one about a peer it
+// sent to is. The errors are sent from a raw socket on loopback.
+func TestUDPErrorAboutUnknownPeer(t *testing.T) {
+	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		t.Skipf("no raw socket: %v", err)
+	}
+	defer unix.Close(raw)
+	pc := listenUDPLoopback(t)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	f, hostSide := udpFlowTo(t, te, pc, 5000)
+	sport := uint16(hostSide.(*net.UDPAddr).Port)
+	peer := netip.MustParseAddrPort(pc.LocalAddr().String())
+	unreachable := func(about netip.AddrPort) int {
+		quote := make([]byte, header.IPv4MinLen+header.UDPLen)
+		header.IPv4(quote).Encode(netip.MustParseAddr("127.0.0.1"), about.Addr(), header.ProtoUDP, 64, header.UDPLen)
+		header.UDP(quote[header.IPv4MinLen:]).Encode(sport, about.Port(), 0)
+		m := append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, quote...) // port unreachable
+		binary.BigEndian.PutUint16(m[2:], header.Fold(header.Checksum(m, 0)))
+		if err := unix.Sendto(raw, m, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		for range 100 { // the error is queued as the loopback delivers it
+			if epollReady(te.Engine, kindUDP) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		te.udpSockEvent(f.idx, te.udp.gen(f.idx), unix.EPOLLERR)
+		n := 0
+		for _, fr := range te.output(t) {
+			if header.IPv4(fr[header.EthernetLen:]).Protocol() == header.ProtoICMP {
+				n++
+			}
+		}
+		return n
+	}
+	if n := unreachable(netip.MustParseAddrPort("127.0.0.9:9999")); n != 0 {
+		t.Errorf("%d ICMP errors about a peer the guest never sent to", n)
+	}
+	if n := unreachable(peer); n != 1 {
+		t.Errorf("%d ICMP errors about the guest's peer, want 1", n)
 	}
 }
