@@ -121,7 +121,9 @@ func getAddr(b []byte) netip.Addr {
 	return netip.AddrFrom16([16]byte(b)).Unmap()
 }
 
-func appendMigration(b []byte, s *migStream) []byte {
+// appendMigHead is the stream up to the flows' sockets: the header, the
+// addresses and every flow's guest side.
+func appendMigHead(b []byte, s *migStream) []byte {
 	b = binary.BigEndian.AppendUint64(b, migrateMagic)
 	b = binary.BigEndian.AppendUint32(b, migrateVersion)
 	b = binary.BigEndian.AppendUint32(b, migrateVersion)
@@ -132,9 +134,6 @@ func appendMigration(b []byte, s *migStream) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(s.flows)))
 	for i := range s.flows {
 		b = appendMigTCP(b, &s.flows[i].tcp)
-	}
-	for i := range s.flows {
-		b = appendMigExt(b, &s.flows[i].sock)
 	}
 	return b
 }
@@ -419,18 +418,79 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		e.debugf("TCP %v: moves in TCP state %d with %d bytes to send (%d never sent), %d received", f.key.remote, st.TCPState, len(st.SendQ), st.NotSent, len(st.RecvQ))
 		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
-	if _, err := w.Write(appendMigration(nil, &s)); err != nil {
+	if _, err := w.Write(appendMigHead(nil, &s)); err != nil {
 		// A stream cut short serves no destination, and the guest goes
 		// on here: its connections too, as they were.
 		e.migrateRollback(flows, fds, repaired)
 		return err
 	}
+	// Then each socket, closed before it is written: a socket in repair
+	// mode still takes and acknowledges what its peer sends, which a
+	// dump taken earlier lacks and the peer never sends again. So each is
+	// dumped again if it took more (migrateSeal), and closed at once; in
+	// repair mode, closing sends the peer nothing, and a connection that
+	// did not move is reset. The destination, on this host too, then
+	// takes its address.
+	var b []byte
 	for i, f := range flows {
-		// In repair mode, closing sends the peer nothing; a connection
-		// that did not move is reset.
+		m := &s.flows[i]
+		if dumped[i] {
+			dumped[i] = e.migrateSeal(f, m)
+		}
 		e.tcpClose(f, false, !dumped[i])
+		b = appendMigExt(b, &m.sock)
+		if len(b) < migWriteAt && i+1 < len(flows) {
+			continue
+		}
+		if _, err := w.Write(b); err != nil {
+			// The guest goes on here, without the connections closed so
+			// far: it hears they are reset. The others stay as they were.
+			for j := range flows[:i+1] {
+				e.tcpResetMoved(flows[j].key, &s.flows[j].tcp)
+			}
+			rest := flows[i+1:]
+			e.migrateRollback(rest, repairedFds(rest), repaired)
+			return err
+		}
+		b = b[:0]
 	}
 	return nil
+}
+
+// migWriteAt is how many bytes of sockets the source gathers before it
+// writes them.
+const migWriteAt = 64 << 10
+
+// migrateSeal dumps f's socket again, into m, while it took more from
+// its peer since m was dumped, and tells whether m holds it all: else
+// the connection is reset.
+func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
+	for range 4 {
+		grew, err := tcprepair.Grew(f.fd, &m.sock)
+		if err == nil && !grew {
+			return true
+		}
+		st, derr := tcprepair.Dump(f.fd)
+		if err = cmp.Or(err, derr); err != nil {
+			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
+			break
+		}
+		m.sock = *st
+	}
+	m.sock = tcprepair.State{}
+	return false
+}
+
+// repairedFds are the sockets of the flows that the source put in repair
+// mode, which a rollback takes out of it.
+func repairedFds(flows []*tcpFlow) []int {
+	var fds []int
+	for _, f := range flows {
+		if movable(f) {
+			fds = append(fds, f.fd)
+		}
+	}
+	return fds
 }
 
 // migrateRollback takes back, after a save that could not be written,

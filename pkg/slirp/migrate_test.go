@@ -22,6 +22,15 @@ import (
 
 // testMigStream is a stream with one guest connection and one inbound
 // one, the first with data queued both ways, the second not dumped.
+// appendMigration is a whole stream: its head, then every flow's socket.
+func appendMigration(b []byte, s *migStream) []byte {
+	b = appendMigHead(b, s)
+	for i := range s.flows {
+		b = appendMigExt(b, &s.flows[i].sock)
+	}
+	return b
+}
+
 func testMigStream() *migStream {
 	s := &migStream{}
 	copy(s.seen.addr4[:], testGuest4.AsSlice())
@@ -311,6 +320,37 @@ func TestMigrateSaveFails(t *testing.T) {
 	}
 }
 
+// headOnlyWriter takes the stream's head, every flow's guest side, and
+// fails after: a front-end that went away once the sockets were closed.
+type headOnlyWriter struct{ n int }
+
+func (w *headOnlyWriter) Write(p []byte) (int, error) {
+	if w.n++; w.n > 1 {
+		return 0, unix.EPIPE
+	}
+	return len(p), nil
+}
+
+// TestMigrateSaveFailsLate: a stream that breaks after its head, when the
+// connection's socket was already closed to be moved, leaves the guest
+// here with a reset for it, at the sequence it expects, and no flow or
+// descriptor behind.
+func TestMigrateSaveFailsLate(t *testing.T) {
+	h, c := inFlight(t, true)
+	before := openFds(t)
+	if err := h.e.migrateSave(&headOnlyWriter{}); err == nil {
+		t.Fatal("a save that could not be written succeeded")
+	}
+	if h.e.tcp.count != 0 {
+		t.Fatal("the source kept a flow whose socket it closed")
+	}
+	h.receive(t, true, func(s header.TCP) bool { return isRst(s) && s.Seq() == h.ack+uint32(len("unacked,")) })
+	if leaked := leakedFds(t, before); len(leaked) > 0 {
+		t.Errorf("descriptors left open: %v", leaked)
+	}
+	c.Close()
+}
+
 // TestMigrateWithoutHelper: with no repair helper the connection cannot
 // move; the destination resets it for the guest, at the sequence the
 // guest expects, and the host peer sees a reset.
@@ -516,4 +556,62 @@ func TestMigrateManyFlows(t *testing.T) {
 	if moved != n {
 		t.Errorf("%d of %d connections moved", moved, n)
 	}
+}
+
+// hookWriter runs hook once, before its first write to w.
+type hookWriter struct {
+	w    io.Writer
+	hook func()
+}
+
+func (h *hookWriter) Write(p []byte) (int, error) {
+	if h.hook != nil {
+		h.hook()
+		h.hook = nil
+	}
+	return h.w.Write(p)
+}
+
+// TestMigrateDataDuringSave: the host peer sends while the source saves.
+// A socket in repair mode still takes and acknowledges what arrives, so
+// bytes that came after its dump were acknowledged to the peer and not
+// in the stream: lost, and the moved connection stalled for good at the
+// hole. Each socket is now checked, and dumped again if it took more,
+// just before it is closed: the guest gets every byte, once, in order.
+func TestMigrateDataDuringSave(t *testing.T) {
+	h, c := inFlight(t, true)
+	var cfd int
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Control(func(fd uintptr) { cfd = int(fd) })
+	var stream bytes.Buffer
+	sent := false
+	during := func() {
+		c.Write([]byte("during,"))
+		for range 2000 { // until the source's kernel acknowledged it
+			if q, err := unix.IoctlGetInt(cfd, unix.SIOCOUTQ); err == nil && q == 0 {
+				sent = true
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := h.e.migrateSave(&hookWriter{w: &stream, hook: during}); err != nil {
+		t.Fatal(err)
+	}
+	if !sent {
+		t.Fatal("the source's socket never acknowledged what the peer sent during the save")
+	}
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("after"))
+	var got []byte
+	d.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == d.ack-uint32(len(s.Payload())) {
+			got = append(got, s.Payload()...)
+		}
+		return string(got) == "unacked,unread,during,after"
+	})
 }

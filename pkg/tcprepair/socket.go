@@ -201,6 +201,20 @@ func Dump(fd int) (*State, error) {
 	return &st, nil
 }
 
+// Grew tells whether fd, dumped as st and still in repair mode, has
+// taken more from its peer since: a socket in repair mode still receives
+// and acknowledges what arrives, which st lacks.
+func Grew(fd int, st *State) (bool, error) {
+	if err := selectQueue(fd, recvQueue); err != nil {
+		return false, err
+	}
+	seq, err := queueSeq(fd)
+	if err != nil {
+		return false, err
+	}
+	return seq != st.SeqRcv+uint32(len(st.RecvQ)), nil
+}
+
 func selectQueue(fd, q int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR_QUEUE, q); err != nil {
 		return fmt.Errorf("TCP_REPAIR_QUEUE %d: %w", q, err)
