@@ -46,14 +46,7 @@ func TestVsockListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	arp := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6,
-		0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 2, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1}
-	c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(arp))), arp...))
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	reply := make([]byte, 4+60)
-	if _, err := io.ReadFull(c, reply); err != nil || reply[4+12] != 8 || reply[4+13] != 6 {
-		t.Fatalf("reply % x, %v; want an ARP reply", reply, err)
-	}
+	wantARPReply(t, c, "")
 }
 
 // TestVsockAcceptOutOfFds: an accept that finds no descriptor free
@@ -112,13 +105,20 @@ func TestVsockAcceptOutOfFds(t *testing.T) {
 		t.Fatalf("logged %q, want the accept's EMFILE", msg)
 	}
 
+	wantARPReply(t, c, ": the listener took no client after EMFILE")
+}
+
+// wantARPReply sends an ARP request for the gateway on c, QEMU's framing,
+// and fails the test, saying why, unless an ARP reply comes back.
+func wantARPReply(t *testing.T, c net.Conn, why string) {
+	t.Helper()
 	arp := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6,
 		0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 2, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1}
 	c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(arp))), arp...))
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	reply := make([]byte, 4+60)
 	if _, err := io.ReadFull(c, reply); err != nil || reply[4+12] != 8 || reply[4+13] != 6 {
-		t.Fatalf("reply % x, %v; want an ARP reply: the listener took no client after EMFILE", reply, err)
+		t.Fatalf("reply % x, %v; want an ARP reply%s", reply, err, why)
 	}
 }
 
