@@ -764,6 +764,12 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	if t.events&evTapFinRcvd != 0 {
 		f.state |= tcpGuestFin
 	}
+	if m.sock.FINReceived() {
+		// The peer's FIN came after the source last looked at its
+		// socket (it does not move one it saw): the guest gets it where
+		// the restored queue ends (tcpSendToGuest).
+		f.state |= tcpHostRdhup
+	}
 	f.flags = 0
 	if t.pif[0] == pifHost {
 		f.flags = tcpInbound

@@ -3,6 +3,7 @@ package slirp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -614,4 +615,75 @@ func TestMigrateDataDuringSave(t *testing.T) {
 		}
 		return string(got) == "unacked,unread,during,after"
 	})
+}
+
+// TestMigrateFinDuringSave: the host peer shuts down its side while the
+// source saves, after the socket's dump and before its close, with data
+// before its FIN or none. The source's socket, in repair mode, takes the
+// FIN and acknowledges it, and the guest's side in the stream, written
+// first, does not have it: the guest still gets every byte, then the FIN,
+// once, from the destination, and its own data and FIN reach the peer.
+func TestMigrateFinDuringSave(t *testing.T) {
+	for _, during := range []string{"", "during,"} {
+		t.Run(fmt.Sprintf("%q", during), func(t *testing.T) {
+			h, c := inFlight(t, true)
+			fd := h.flow().fd
+			var stream bytes.Buffer
+			hook := func() {
+				if during != "" {
+					c.Write([]byte(during))
+				}
+				c.(*net.TCPConn).CloseWrite()
+				for range 5000 {
+					if info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO); err != nil || info.State == 8 {
+						return // CLOSE_WAIT
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if err := h.e.migrateSave(&hookWriter{w: &stream, hook: hook}); err != nil {
+				t.Fatal(err)
+			}
+			d := h.destination(t)
+			d.e.repair = startRepairHelper(t)
+			if err := d.e.migrateLoad(&stream); err != nil {
+				t.Fatal(err)
+			}
+			want := "unacked,unread," + during
+			var got []byte
+			fins := 0
+			d.receive(t, false, func(s header.TCP) bool {
+				if isRst(s) {
+					t.Fatal("the guest got a reset")
+				}
+				if n := len(s.Payload()); n > 0 && s.Seq() == d.ack-uint32(n) {
+					got = append(got, s.Payload()...)
+				}
+				if isFin(s) {
+					if string(got) != want {
+						t.Fatalf("FIN after %q, want after %q", got, want)
+					}
+					fins++
+				}
+				return fins > 0
+			})
+			for range 5 {
+				d.e.turn(5)
+				d.readFrames(func(s header.TCP) {
+					if isFin(s) || len(s.Payload()) > 0 {
+						t.Errorf("after the FIN: flags %#x, %d bytes at %d", s.Flags(), len(s.Payload()), s.Seq())
+					}
+				})
+			}
+			d.upload(5)
+			d.send(d.segment(header.TCPFin|header.TCPAck, 0))
+			d.seq++
+			d.e.turn(5)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(c); len(b) != 5 || err != nil {
+				t.Fatalf("host read %d bytes, %v, then the guest's FIN", len(b), err)
+			}
+			c.Close()
+		})
+	}
 }

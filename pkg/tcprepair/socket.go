@@ -132,8 +132,7 @@ func Dump(fd int) (*State, error) {
 	}
 	st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup = w.SndWL1, w.SndWnd, w.MaxWindow, w.RcvWnd, w.RcvWup
 	// A FIN received counts in the window as it does in the sequence.
-	finIn := st.TCPState == stateCloseWait || st.TCPState == stateLastAck
-	if finIn {
+	if st.FINReceived() {
 		st.RcvWup--
 		st.RcvWnd++
 	}
@@ -376,6 +375,14 @@ func Resume(fd int, st *State) ([]byte, error) {
 		}
 	}
 	return nil, nil
+}
+
+// FINReceived says that the source's socket had its peer's FIN. A
+// restored socket does not: repair mode cannot queue one, though its
+// sequence counts it. The flow's owner ends the stream where the
+// restored receive queue ends.
+func (st *State) FINReceived() bool {
+	return st.TCPState == stateCloseWait || st.TCPState == stateLastAck
 }
 
 // FINPending says that the source had sent a FIN the peer may not have
