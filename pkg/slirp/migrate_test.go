@@ -499,15 +499,35 @@ func TestMigrateForwards(t *testing.T) {
 func TestMigrateManyFlows(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	h.e.repair = startRepairHelper(t)
-	l := listenLoopback(t)
 	const n = 2*tcprepair.MaxFds + 7
+	peers := manyFlows(t, h, n)
+	d := h.migrate(t, true)
+	moved := 0
+	d.e.tcp.each(func(_ int32, f *tcpFlow) {
+		c := peers[f.key]
+		if c == nil {
+			return // the hot path's own connection
+		}
+		moved++
+		bothWays(t, f, c, "to")
+	})
+	if moved != n {
+		t.Errorf("%d of %d connections moved", moved, n)
+	}
+}
+
+// manyFlows adds n established flows to h's engine, each on a loopback
+// connection to its host peer, by the flow's key.
+func manyFlows(t *testing.T, h *hotPath, n int) map[tcpKey]net.Conn {
+	t.Helper()
+	l := listenLoopback(t)
 	peers := make(map[tcpKey]net.Conn, n)
 	for i := range n {
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		s, err := l.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -529,33 +549,33 @@ func TestMigrateManyFlows(t *testing.T) {
 		}
 		peers[key] = c
 	}
-	d := h.migrate(t, true)
-	moved := 0
-	d.e.tcp.each(func(_ int32, f *tcpFlow) {
-		c := peers[f.key]
-		if c == nil {
-			return // the hot path's own connection
-		}
-		moved++
-		c.Write([]byte("to"))
-		if _, err := unix.Write(f.fd, []byte("from")); err != nil {
-			t.Errorf("%v: write: %v", f.key, err)
-		}
-		buf := make([]byte, 8)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if k, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:k]) != "from" {
-			t.Errorf("%v: the peer read %q, %v", f.key, buf[:k], err)
-		}
-		for i := 0; i < 500; i++ {
-			if k, _ := unix.Read(f.fd, buf); k == 2 && string(buf[:2]) == "to" {
-				return
-			}
+	return peers
+}
+
+// bothWays checks that f's host socket and its peer c talk both ways:
+// f reads what c had sent (queued), then "to"; c reads "from".
+func bothWays(t *testing.T, f *tcpFlow, c net.Conn, queued string) {
+	t.Helper()
+	c.Write([]byte("to"))
+	if _, err := unix.Write(f.fd, []byte("from")); err != nil {
+		t.Errorf("%v: write: %v", f.key, err)
+	}
+	buf := make([]byte, 8)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if k, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:k]) != "from" {
+		t.Errorf("%v: the peer read %q, %v", f.key, buf[:k], err)
+	}
+	var got []byte
+	for i := 0; i < 500 && len(got) < len(queued); i++ {
+		b := make([]byte, len(queued)-len(got))
+		if k, _ := unix.Read(f.fd, b); k > 0 {
+			got = append(got, b[:k]...)
+		} else {
 			time.Sleep(time.Millisecond)
 		}
-		t.Errorf("%v: nothing from the peer", f.key)
-	})
-	if moved != n {
-		t.Errorf("%d of %d connections moved", moved, n)
+	}
+	if string(got) != queued {
+		t.Errorf("%v: read %d bytes from the peer, want %d", f.key, len(got), len(queued))
 	}
 }
 
@@ -684,6 +704,96 @@ func TestMigrateFinDuringSave(t *testing.T) {
 				t.Fatalf("host read %d bytes, %v, then the guest's FIN", len(b), err)
 			}
 			c.Close()
+		})
+	}
+}
+
+// failAtWriter takes writes until its nth, which fails.
+type failAtWriter struct{ n, at int }
+
+func (w *failAtWriter) Write(p []byte) (int, error) {
+	if w.n++; w.n >= w.at {
+		return 0, unix.EPIPE
+	}
+	return len(p), nil
+}
+
+// TestMigrateManyFlowsFailLate: a save of more flows than one helper
+// message and one chunk of sockets carry, whose peers send during it,
+// breaks at its second chunk or later. The flows closed so far are reset
+// for the guest, once each; the others are out of repair mode, with
+// every byte their peers sent, and work both ways; no descriptor is
+// left behind. If the helper died after the head, the others cannot
+// leave repair mode: they are reset for the guest too, once each.
+func TestMigrateManyFlowsFailLate(t *testing.T) {
+	for _, tc := range []struct {
+		at   int // the failing write; the head is the first
+		dies bool
+	}{{3, false}, {5, false}, {3, true}} {
+		t.Run(fmt.Sprintf("write %d, helper dies %v", tc.at, tc.dies), func(t *testing.T) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root: sets TCP_REPAIR")
+			}
+			h := newHotPath(t, sinkServer)
+			// The helper, in-process, which the hook may stop.
+			sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- tcprepair.Serve(sp[1]) }()
+			t.Cleanup(func() {
+				unix.Shutdown(sp[1], unix.SHUT_RDWR)
+				<-done
+				unix.Close(sp[1])
+			})
+			h.e.repair = tcprepair.NewClient(sp[0])
+			const n = tcprepair.MaxFds + 47
+			peers := manyFlows(t, h, n)
+			before := strings.Repeat("x", 1000) // a chunk is some 60 flows
+			for _, c := range peers {
+				c.Write([]byte(before))
+			}
+			hook := func() {
+				for _, c := range peers {
+					c.Write([]byte("during,"))
+				}
+				if tc.dies {
+					unix.Shutdown(sp[1], unix.SHUT_RDWR)
+				}
+				time.Sleep(20 * time.Millisecond) // for the source's kernel to take it
+			}
+			fds := openFds(t)
+			if err := h.e.migrateSave(&hookWriter{w: &failAtWriter{at: tc.at}, hook: hook}); err == nil {
+				t.Fatal("a save that could not be written succeeded")
+			}
+			kept := map[tcpKey]bool{}
+			h.e.tcp.each(func(_ int32, f *tcpFlow) {
+				if c := peers[f.key]; c != nil {
+					kept[f.key] = true
+					bothWays(t, f, c, before+"during,to")
+				}
+			})
+			if tc.dies && len(kept) > 0 || !tc.dies && (len(kept) == 0 || len(kept) == n) {
+				t.Fatalf("%d of %d flows kept", len(kept), n)
+			}
+			rst := map[uint16]int{}
+			for range 3 {
+				h.e.turn(5)
+				h.readFrames(func(s header.TCP) {
+					if isRst(s) {
+						rst[s.DstPort()]++
+					}
+				})
+			}
+			for key := range peers {
+				if got, want := rst[key.guest.Port()], map[bool]int{true: 0, false: 1}[kept[key]]; got != want {
+					t.Errorf("%v: %d resets to the guest, want %d", key, got, want)
+				}
+			}
+			if leaked := leakedFds(t, fds); len(leaked) > 0 {
+				t.Errorf("descriptors left open: %v", leaked)
+			}
 		})
 	}
 }
