@@ -475,6 +475,13 @@ func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
 			break
 		}
+		// The guest's side, written, counts the send queue from where
+		// it started (seqInitFromTap): what the peer acknowledged since
+		// stays in it, sent again, which the peer ignores.
+		if acked := st.SeqSnd - m.sock.SeqSnd; acked > 0 && acked <= uint32(len(m.sock.SendQ)) {
+			st.SendQ = append(m.sock.SendQ[:acked:acked], st.SendQ...)
+			st.SeqSnd = m.sock.SeqSnd
+		}
 		m.sock = *st
 	}
 	m.sock = tcprepair.State{}

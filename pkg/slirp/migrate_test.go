@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"reflect"
 	"runtime"
 	"strings"
@@ -795,5 +796,97 @@ func TestMigrateManyFlowsFailLate(t *testing.T) {
 				t.Errorf("descriptors left open: %v", leaked)
 			}
 		})
+	}
+}
+
+// TestMigrateAckedDuringSave: the host peer acknowledges, during the
+// save, data the source's socket had sent it, and sends more, so that
+// the socket is dumped again with a shorter send queue. The guest's side,
+// written first, says where that queue starts in the guest's sequence
+// (seqInitFromTap: passt's destination counts what its restored socket
+// has acknowledged from there): the socket's record must start there
+// too. The peer's ACKs are held back by a firewall rule, in a network
+// namespace, until the save.
+func TestMigrateAckedDuringSave(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	h.e.repair = startRepairHelper(t)
+	pingNetns(t) // this thread's network namespace, loopback up
+	peers := manyFlows(t, h, 1)
+	var f *tcpFlow
+	var c net.Conn
+	for key, conn := range peers {
+		_, f = h.e.tcp.lookup(key)
+		c = conn
+	}
+	port := fmt.Sprint(c.RemoteAddr().(*net.TCPAddr).Port)
+	iptables := func(op string) {
+		t.Helper()
+		if out, err := exec.Command("iptables", op, "INPUT", "-p", "tcp", "--dport", port, "-j", "DROP").CombinedOutput(); err != nil {
+			t.Skipf("iptables: %v: %s", err, out)
+		}
+	}
+	iptables("-A")
+	if _, err := unix.Write(f.fd, []byte("sent, not yet acknowledged")); err != nil {
+		t.Fatal(err)
+	}
+	var cfd int
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Control(func(fd uintptr) { cfd = int(fd) })
+	hook := func() {
+		iptables("-D")
+		c.Write([]byte("during,")) // with the ACK of what the source sent
+		for range 2000 {           // until the source's kernel took it
+			if q, err := unix.IoctlGetInt(cfd, unix.SIOCOUTQ); err == nil && q == 0 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Error("the source's socket never acknowledged what the peer sent during the save")
+	}
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&hookWriter{w: &stream, hook: hook}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := readMigration(bytes.NewReader(stream.Bytes()), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range s.flows {
+		if m.tcp.side[m.tcp.tapSide()].eport != 20000 {
+			continue
+		}
+		found = true
+		if string(m.sock.RecvQ) != "during," {
+			t.Errorf("receive queue %q", m.sock.RecvQ)
+		}
+		if start := m.tcp.seqFromTap - uint32(len(m.sock.SendQ)); start != m.tcp.seqInitFromTap {
+			t.Errorf("the send queue (%d bytes) starts at %d in the guest's sequence, the guest's side says %d",
+				len(m.sock.SendQ), start, m.tcp.seqInitFromTap)
+		}
+	}
+	if !found {
+		t.Fatal("the flow is not in the stream")
+	}
+	// The destination sends again what the peer acknowledged: the peer
+	// reads it once, then what follows.
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	_, f = d.e.tcp.lookup(f.key)
+	if f == nil {
+		t.Fatal("the flow did not move")
+	}
+	buf := make([]byte, 100)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := io.ReadFull(c, buf[:26]); string(buf[:n]) != "sent, not yet acknowledged" {
+		t.Fatalf("the peer read %q, %v", buf[:n], err)
+	}
+	bothWays(t, f, c, "during,to")
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, _ := c.Read(buf); n > 0 {
+		t.Errorf("the peer read %q again", buf[:n])
 	}
 }
