@@ -427,9 +427,12 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	// Then each socket, closed before it is written: a socket in repair
 	// mode still takes and acknowledges what its peer sends, which a
 	// dump taken earlier lacks and the peer never sends again. So each is
-	// dumped again if it took more (migrateSeal), and closed at once; in
-	// repair mode, closing sends the peer nothing, and a connection that
-	// did not move is reset. The destination, on this host too, then
+	// dumped again if it took more (migrateSeal), and closed at once. In
+	// repair mode, closing sends the peer nothing, even a reset (the
+	// kernel's tcp_disconnect): a connection that did not move is reset
+	// for its peer only if it was not in repair mode (not movable);
+	// one whose dump failed is closed silently, and the peer hears a
+	// reset when it next sends. The destination, on this host too, then
 	// takes its address.
 	var b []byte
 	for i, f := range flows {
@@ -463,7 +466,7 @@ const migWriteAt = 64 << 10
 
 // migrateSeal dumps f's socket again, into m, while it took more from
 // its peer since m was dumped, and tells whether m holds it all: else
-// the connection is reset.
+// the destination resets the connection for the guest.
 func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 	for range 4 {
 		grew, err := tcprepair.Grew(f.fd, &m.sock)

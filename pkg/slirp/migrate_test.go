@@ -22,8 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// testMigStream is a stream with one guest connection and one inbound
-// one, the first with data queued both ways, the second not dumped.
 // appendMigration is a whole stream: its head, then every flow's socket.
 func appendMigration(b []byte, s *migStream) []byte {
 	b = appendMigHead(b, s)
@@ -33,6 +31,8 @@ func appendMigration(b []byte, s *migStream) []byte {
 	return b
 }
 
+// testMigStream is a stream with one guest connection and one inbound
+// one, the first with data queued both ways, the second not dumped.
 func testMigStream() *migStream {
 	s := &migStream{}
 	copy(s.seen.addr4[:], testGuest4.AsSlice())
