@@ -704,6 +704,9 @@ func TestMigrateFinDuringSave(t *testing.T) {
 			if b, err := io.ReadAll(c); len(b) != 5 || err != nil {
 				t.Fatalf("host read %d bytes, %v, then the guest's FIN", len(b), err)
 			}
+			if f := d.flow(); f != nil {
+				t.Errorf("the flow stays after both FINs: %v", f.state)
+			}
 			c.Close()
 		})
 	}
