@@ -427,9 +427,12 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	// Then each socket, closed before it is written: a socket in repair
 	// mode still takes and acknowledges what its peer sends, which a
 	// dump taken earlier lacks and the peer never sends again. So each is
-	// dumped again if it took more (migrateSeal), and closed at once; in
-	// repair mode, closing sends the peer nothing, and a connection that
-	// did not move is reset. The destination, on this host too, then
+	// dumped again if it took more (migrateSeal), and closed at once. In
+	// repair mode, closing sends the peer nothing, even a reset (the
+	// kernel's tcp_disconnect): a connection that did not move is reset
+	// for its peer only if it was not in repair mode (not movable);
+	// one whose dump failed is closed silently, and the peer hears a
+	// reset when it next sends. The destination, on this host too, then
 	// takes its address.
 	var b []byte
 	for i, f := range flows {
@@ -463,7 +466,7 @@ const migWriteAt = 64 << 10
 
 // migrateSeal dumps f's socket again, into m, while it took more from
 // its peer since m was dumped, and tells whether m holds it all: else
-// the connection is reset.
+// the destination resets the connection for the guest.
 func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 	for range 4 {
 		grew, err := tcprepair.Grew(f.fd, &m.sock)
@@ -474,6 +477,13 @@ func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 		if err = cmp.Or(err, derr); err != nil {
 			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
 			break
+		}
+		// The guest's side, written, counts the send queue from where
+		// it started (seqInitFromTap): what the peer acknowledged since
+		// stays in it, sent again, which the peer ignores.
+		if acked := st.SeqSnd - m.sock.SeqSnd; acked > 0 && acked <= uint32(len(m.sock.SendQ)) {
+			st.SendQ = append(m.sock.SendQ[:acked:acked], st.SendQ...)
+			st.SeqSnd = m.sock.SeqSnd
 		}
 		m.sock = *st
 	}
@@ -763,6 +773,12 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	f := e.tcpAddFlow(key, fd, tcpEstablished)
 	if t.events&evTapFinRcvd != 0 {
 		f.state |= tcpGuestFin
+	}
+	if m.sock.FINReceived() {
+		// The peer's FIN came after the source last looked at its
+		// socket (it does not move one it saw): the guest gets it where
+		// the restored queue ends (tcpSendToGuest).
+		f.state |= tcpHostRdhup
 	}
 	f.flags = 0
 	if t.pif[0] == pifHost {

@@ -3,10 +3,12 @@ package slirp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"reflect"
 	"runtime"
 	"strings"
@@ -20,8 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// testMigStream is a stream with one guest connection and one inbound
-// one, the first with data queued both ways, the second not dumped.
 // appendMigration is a whole stream: its head, then every flow's socket.
 func appendMigration(b []byte, s *migStream) []byte {
 	b = appendMigHead(b, s)
@@ -31,6 +31,8 @@ func appendMigration(b []byte, s *migStream) []byte {
 	return b
 }
 
+// testMigStream is a stream with one guest connection and one inbound
+// one, the first with data queued both ways, the second not dumped.
 func testMigStream() *migStream {
 	s := &migStream{}
 	copy(s.seen.addr4[:], testGuest4.AsSlice())
@@ -498,15 +500,35 @@ func TestMigrateForwards(t *testing.T) {
 func TestMigrateManyFlows(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	h.e.repair = startRepairHelper(t)
-	l := listenLoopback(t)
 	const n = 2*tcprepair.MaxFds + 7
+	peers := manyFlows(t, h, n)
+	d := h.migrate(t, true)
+	moved := 0
+	d.e.tcp.each(func(_ int32, f *tcpFlow) {
+		c := peers[f.key]
+		if c == nil {
+			return // the hot path's own connection
+		}
+		moved++
+		bothWays(t, f, c, "to")
+	})
+	if moved != n {
+		t.Errorf("%d of %d connections moved", moved, n)
+	}
+}
+
+// manyFlows adds n established flows to h's engine, each on a loopback
+// connection to its host peer, by the flow's key.
+func manyFlows(t *testing.T, h *hotPath, n int) map[tcpKey]net.Conn {
+	t.Helper()
+	l := listenLoopback(t)
 	peers := make(map[tcpKey]net.Conn, n)
 	for i := range n {
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		s, err := l.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -528,33 +550,33 @@ func TestMigrateManyFlows(t *testing.T) {
 		}
 		peers[key] = c
 	}
-	d := h.migrate(t, true)
-	moved := 0
-	d.e.tcp.each(func(_ int32, f *tcpFlow) {
-		c := peers[f.key]
-		if c == nil {
-			return // the hot path's own connection
-		}
-		moved++
-		c.Write([]byte("to"))
-		if _, err := unix.Write(f.fd, []byte("from")); err != nil {
-			t.Errorf("%v: write: %v", f.key, err)
-		}
-		buf := make([]byte, 8)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if k, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:k]) != "from" {
-			t.Errorf("%v: the peer read %q, %v", f.key, buf[:k], err)
-		}
-		for i := 0; i < 500; i++ {
-			if k, _ := unix.Read(f.fd, buf); k == 2 && string(buf[:2]) == "to" {
-				return
-			}
+	return peers
+}
+
+// bothWays checks that f's host socket and its peer c talk both ways:
+// f reads what c had sent (queued), then "to"; c reads "from".
+func bothWays(t *testing.T, f *tcpFlow, c net.Conn, queued string) {
+	t.Helper()
+	c.Write([]byte("to"))
+	if _, err := unix.Write(f.fd, []byte("from")); err != nil {
+		t.Errorf("%v: write: %v", f.key, err)
+	}
+	buf := make([]byte, 8)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if k, err := io.ReadFull(c, buf[:4]); err != nil || string(buf[:k]) != "from" {
+		t.Errorf("%v: the peer read %q, %v", f.key, buf[:k], err)
+	}
+	var got []byte
+	for i := 0; i < 500 && len(got) < len(queued); i++ {
+		b := make([]byte, len(queued)-len(got))
+		if k, _ := unix.Read(f.fd, b); k > 0 {
+			got = append(got, b[:k]...)
+		} else {
 			time.Sleep(time.Millisecond)
 		}
-		t.Errorf("%v: nothing from the peer", f.key)
-	})
-	if moved != n {
-		t.Errorf("%d of %d connections moved", moved, n)
+	}
+	if string(got) != queued {
+		t.Errorf("%v: read %d bytes from the peer, want %d", f.key, len(got), len(queued))
 	}
 }
 
@@ -614,4 +636,260 @@ func TestMigrateDataDuringSave(t *testing.T) {
 		}
 		return string(got) == "unacked,unread,during,after"
 	})
+}
+
+// TestMigrateFinDuringSave: the host peer shuts down its side while the
+// source saves, after the socket's dump and before its close, with data
+// before its FIN or none. The source's socket, in repair mode, takes the
+// FIN and acknowledges it, and the guest's side in the stream, written
+// first, does not have it: the guest still gets every byte, then the FIN,
+// once, from the destination, and its own data and FIN reach the peer.
+func TestMigrateFinDuringSave(t *testing.T) {
+	for _, during := range []string{"", "during,"} {
+		t.Run(fmt.Sprintf("%q", during), func(t *testing.T) {
+			h, c := inFlight(t, true)
+			fd := h.flow().fd
+			var stream bytes.Buffer
+			hook := func() {
+				if during != "" {
+					c.Write([]byte(during))
+				}
+				c.(*net.TCPConn).CloseWrite()
+				for range 5000 {
+					if info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO); err != nil || info.State == 8 {
+						return // CLOSE_WAIT
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if err := h.e.migrateSave(&hookWriter{w: &stream, hook: hook}); err != nil {
+				t.Fatal(err)
+			}
+			d := h.destination(t)
+			d.e.repair = startRepairHelper(t)
+			if err := d.e.migrateLoad(&stream); err != nil {
+				t.Fatal(err)
+			}
+			want := "unacked,unread," + during
+			var got []byte
+			fins := 0
+			d.receive(t, false, func(s header.TCP) bool {
+				if isRst(s) {
+					t.Fatal("the guest got a reset")
+				}
+				if n := len(s.Payload()); n > 0 && s.Seq() == d.ack-uint32(n) {
+					got = append(got, s.Payload()...)
+				}
+				if isFin(s) {
+					if string(got) != want {
+						t.Fatalf("FIN after %q, want after %q", got, want)
+					}
+					fins++
+				}
+				return fins > 0
+			})
+			for range 5 {
+				d.e.turn(5)
+				d.readFrames(func(s header.TCP) {
+					if isFin(s) || len(s.Payload()) > 0 {
+						t.Errorf("after the FIN: flags %#x, %d bytes at %d", s.Flags(), len(s.Payload()), s.Seq())
+					}
+				})
+			}
+			d.upload(5)
+			d.send(d.segment(header.TCPFin|header.TCPAck, 0))
+			d.seq++
+			d.e.turn(5)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(c); len(b) != 5 || err != nil {
+				t.Fatalf("host read %d bytes, %v, then the guest's FIN", len(b), err)
+			}
+			if f := d.flow(); f != nil {
+				t.Errorf("the flow stays after both FINs: %v", f.state)
+			}
+			c.Close()
+		})
+	}
+}
+
+// failAtWriter takes writes until its nth, which fails.
+type failAtWriter struct{ n, at int }
+
+func (w *failAtWriter) Write(p []byte) (int, error) {
+	if w.n++; w.n >= w.at {
+		return 0, unix.EPIPE
+	}
+	return len(p), nil
+}
+
+// TestMigrateManyFlowsFailLate: a save of more flows than one helper
+// message and one chunk of sockets carry, whose peers send during it,
+// breaks at its second chunk or later. The flows closed so far are reset
+// for the guest, once each; the others are out of repair mode, with
+// every byte their peers sent, and work both ways; no descriptor is
+// left behind. If the helper died after the head, the others cannot
+// leave repair mode: they are reset for the guest too, once each.
+func TestMigrateManyFlowsFailLate(t *testing.T) {
+	for _, tc := range []struct {
+		at   int // the failing write; the head is the first
+		dies bool
+	}{{3, false}, {5, false}, {3, true}} {
+		t.Run(fmt.Sprintf("write %d, helper dies %v", tc.at, tc.dies), func(t *testing.T) {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root: sets TCP_REPAIR")
+			}
+			h := newHotPath(t, sinkServer)
+			// The helper, in-process, which the hook may stop.
+			sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- tcprepair.Serve(sp[1]) }()
+			t.Cleanup(func() {
+				unix.Shutdown(sp[1], unix.SHUT_RDWR)
+				<-done
+				unix.Close(sp[1])
+			})
+			h.e.repair = tcprepair.NewClient(sp[0])
+			const n = tcprepair.MaxFds + 47
+			peers := manyFlows(t, h, n)
+			before := strings.Repeat("x", 1000) // a chunk is some 60 flows
+			for _, c := range peers {
+				c.Write([]byte(before))
+			}
+			hook := func() {
+				for _, c := range peers {
+					c.Write([]byte("during,"))
+				}
+				if tc.dies {
+					unix.Shutdown(sp[1], unix.SHUT_RDWR)
+				}
+				time.Sleep(20 * time.Millisecond) // for the source's kernel to take it
+			}
+			fds := openFds(t)
+			if err := h.e.migrateSave(&hookWriter{w: &failAtWriter{at: tc.at}, hook: hook}); err == nil {
+				t.Fatal("a save that could not be written succeeded")
+			}
+			kept := map[tcpKey]bool{}
+			h.e.tcp.each(func(_ int32, f *tcpFlow) {
+				if c := peers[f.key]; c != nil {
+					kept[f.key] = true
+					bothWays(t, f, c, before+"during,to")
+				}
+			})
+			if tc.dies && len(kept) > 0 || !tc.dies && (len(kept) == 0 || len(kept) == n) {
+				t.Fatalf("%d of %d flows kept", len(kept), n)
+			}
+			rst := map[uint16]int{}
+			for range 3 {
+				h.e.turn(5)
+				h.readFrames(func(s header.TCP) {
+					if isRst(s) {
+						rst[s.DstPort()]++
+					}
+				})
+			}
+			for key := range peers {
+				if got, want := rst[key.guest.Port()], map[bool]int{true: 0, false: 1}[kept[key]]; got != want {
+					t.Errorf("%v: %d resets to the guest, want %d", key, got, want)
+				}
+			}
+			if leaked := leakedFds(t, fds); len(leaked) > 0 {
+				t.Errorf("descriptors left open: %v", leaked)
+			}
+		})
+	}
+}
+
+// TestMigrateAckedDuringSave: the host peer acknowledges, during the
+// save, data the source's socket had sent it, and sends more, so that
+// the socket is dumped again with a shorter send queue. The guest's side,
+// written first, says where that queue starts in the guest's sequence
+// (seqInitFromTap: passt's destination counts what its restored socket
+// has acknowledged from there): the socket's record must start there
+// too. The peer's ACKs are held back by a firewall rule, in a network
+// namespace, until the save.
+func TestMigrateAckedDuringSave(t *testing.T) {
+	h := newHotPath(t, sinkServer)
+	h.e.repair = startRepairHelper(t)
+	pingNetns(t) // this thread's network namespace, loopback up
+	peers := manyFlows(t, h, 1)
+	var f *tcpFlow
+	var c net.Conn
+	for key, conn := range peers {
+		_, f = h.e.tcp.lookup(key)
+		c = conn
+	}
+	port := fmt.Sprint(c.RemoteAddr().(*net.TCPAddr).Port)
+	iptables := func(op string) {
+		t.Helper()
+		if out, err := exec.Command("iptables", op, "INPUT", "-p", "tcp", "--dport", port, "-j", "DROP").CombinedOutput(); err != nil {
+			t.Skipf("iptables: %v: %s", err, out)
+		}
+	}
+	iptables("-A")
+	if _, err := unix.Write(f.fd, []byte("sent, not yet acknowledged")); err != nil {
+		t.Fatal(err)
+	}
+	var cfd int
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Control(func(fd uintptr) { cfd = int(fd) })
+	hook := func() {
+		iptables("-D")
+		c.Write([]byte("during,")) // with the ACK of what the source sent
+		for range 2000 {           // until the source's kernel took it
+			if q, err := unix.IoctlGetInt(cfd, unix.SIOCOUTQ); err == nil && q == 0 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Error("the source's socket never acknowledged what the peer sent during the save")
+	}
+	var stream bytes.Buffer
+	if err := h.e.migrateSave(&hookWriter{w: &stream, hook: hook}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := readMigration(bytes.NewReader(stream.Bytes()), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range s.flows {
+		if m.tcp.side[m.tcp.tapSide()].eport != 20000 {
+			continue
+		}
+		found = true
+		if string(m.sock.RecvQ) != "during," {
+			t.Errorf("receive queue %q", m.sock.RecvQ)
+		}
+		if start := m.tcp.seqFromTap - uint32(len(m.sock.SendQ)); start != m.tcp.seqInitFromTap {
+			t.Errorf("the send queue (%d bytes) starts at %d in the guest's sequence, the guest's side says %d",
+				len(m.sock.SendQ), start, m.tcp.seqInitFromTap)
+		}
+	}
+	if !found {
+		t.Fatal("the flow is not in the stream")
+	}
+	// The destination sends again what the peer acknowledged: the peer
+	// reads it once, then what follows.
+	d := h.destination(t)
+	d.e.repair = startRepairHelper(t)
+	if err := d.e.migrateLoad(&stream); err != nil {
+		t.Fatal(err)
+	}
+	_, f = d.e.tcp.lookup(f.key)
+	if f == nil {
+		t.Fatal("the flow did not move")
+	}
+	buf := make([]byte, 100)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := io.ReadFull(c, buf[:26]); string(buf[:n]) != "sent, not yet acknowledged" {
+		t.Fatalf("the peer read %q, %v", buf[:n], err)
+	}
+	bothWays(t, f, c, "during,to")
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, _ := c.Read(buf); n > 0 {
+		t.Errorf("the peer read %q again", buf[:n])
+	}
 }

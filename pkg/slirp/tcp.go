@@ -900,6 +900,12 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN && f.state&tcpHostRdhup != 0 {
+			// A socket that had its peer's FIN gives the end of the
+			// stream (0), except one restored after it (tcpAddMoved),
+			// which cannot hold the FIN: its queue's end is the stream's.
+			n, err = 0, nil
+		}
 		if err == unix.EAGAIN {
 			e.link.Cancel()
 			e.tcpDrained(f)

@@ -100,7 +100,34 @@ func ioctlUint32(fd int, req uint) (uint32, error) {
 // mode sends nothing to the peer) or keeps it until the destination has
 // taken over. fd must not use SO_PEEK_OFF: the queues are peeked from
 // their start.
+//
+// A socket in repair mode still takes what its peer sends, between the
+// calls a dump makes: the receive queue's sequence, read last, would then
+// be past the bytes peeked, and the TCP state and windows, read first,
+// before a FIN. So a dump is taken again, a few times at most, until the
+// receive sequence did not move while it was taken.
 func Dump(fd int) (*State, error) {
+	for range 8 {
+		if err := selectQueue(fd, recvQueue); err != nil {
+			return nil, err
+		}
+		start, err := queueSeq(fd)
+		if err != nil {
+			return nil, err
+		}
+		st, err := dump(fd)
+		if err != nil || st.SeqRcv+uint32(len(st.RecvQ)) == start {
+			return st, err
+		}
+	}
+	return nil, errors.New("the peer kept sending while the socket was dumped")
+}
+
+// afterInfo, for tests, runs in each dump once it has read the TCP
+// state: what the peer sends then arrives in the dump's midst.
+var afterInfo func()
+
+func dump(fd int) (*State, error) {
 	var st State
 	// struct tcp_info: state at 0, options at 5, the window scales at 6,
 	// two 4-bit fields, snd first: the low nibble where bit-fields are
@@ -110,6 +137,9 @@ func Dump(fd int) (*State, error) {
 		return nil, fmt.Errorf("TCP_INFO: %w", err)
 	}
 	st.TCPState, st.Options = info[0], info[5]
+	if afterInfo != nil {
+		afterInfo()
+	}
 	st.SndWScale, st.RcvWScale = info[6]&0xf, info[6]>>4
 	if one := uint16(1); *(*byte)(unsafe.Pointer(&one)) == 0 {
 		st.SndWScale, st.RcvWScale = st.RcvWScale, st.SndWScale
@@ -132,8 +162,7 @@ func Dump(fd int) (*State, error) {
 	}
 	st.SndWL1, st.SndWnd, st.MaxWindow, st.RcvWnd, st.RcvWup = w.SndWL1, w.SndWnd, w.MaxWindow, w.RcvWnd, w.RcvWup
 	// A FIN received counts in the window as it does in the sequence.
-	finIn := st.TCPState == stateCloseWait || st.TCPState == stateLastAck
-	if finIn {
+	if st.FINReceived() {
 		st.RcvWup--
 		st.RcvWnd++
 	}
@@ -376,6 +405,14 @@ func Resume(fd int, st *State) ([]byte, error) {
 		}
 	}
 	return nil, nil
+}
+
+// FINReceived says that the source's socket had its peer's FIN. A
+// restored socket does not: repair mode cannot queue one, though its
+// sequence counts it. The flow's owner ends the stream where the
+// restored receive queue ends.
+func (st *State) FINReceived() bool {
+	return st.TCPState == stateCloseWait || st.TCPState == stateLastAck
 }
 
 // FINPending says that the source had sent a FIN the peer may not have

@@ -455,3 +455,41 @@ func TestHelperRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestDumpWhilePeerSends: the peer sends data and its FIN while the
+// socket is being dumped, after its TCP state was read. The dump must
+// still agree with itself: the state has the FIN, which the sequence
+// counts (Dump starts the queue one byte later for it), and every byte.
+// A dump with the state from before the FIN and the sequence from after
+// loses the FIN, as one with the queue's length from before data and the
+// sequence from after loses the data.
+func TestDumpWhilePeerSends(t *testing.T) {
+	ns := newNetns(t)
+	a, b, _, _ := pair(t, ns, unix.AF_INET)
+	defer unix.Close(a)
+	defer unix.Close(b)
+	unix.Write(b, []byte("before,"))
+	direct(t, On, a)
+	st0, err := Dump(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterInfo = func() {
+		afterInfo = nil
+		unix.Write(b, []byte("during"))
+		unix.Shutdown(b, unix.SHUT_WR)
+		waitState(t, b, stateFinWait2) // a took both
+	}
+	defer func() { afterInfo = nil }()
+	st, err := Dump(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SeqRcv != st0.SeqRcv+1 || string(st.RecvQ) != "before,during" || !st.FINReceived() {
+		t.Errorf("dumped %q from %d, state %d; want the queue from %d+1 and the FIN",
+			st.RecvQ, st.SeqRcv, st.TCPState, st0.SeqRcv)
+	}
+	if grew, err := Grew(a, st); grew || err != nil {
+		t.Errorf("Grew: %v, %v right after the dump", grew, err)
+	}
+}
