@@ -177,9 +177,9 @@ func TestMigrateLoadMemory(t *testing.T) {
 	}
 }
 
-// startRepairHelper serves the repair protocol in-process (the test is
-// root) and returns the engine's end.
-func startRepairHelper(t *testing.T) *tcprepair.Client {
+// needRepair skips a test that moves sockets where they cannot be
+// repaired.
+func needRepair(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sets TCP_REPAIR")
@@ -188,6 +188,13 @@ func startRepairHelper(t *testing.T) *tcprepair.Client {
 	if arch, _ := os.ReadFile("/proc/sys/kernel/arch"); runtime.GOARCH == "s390x" && string(arch) != "s390x\n" {
 		t.Skip("qemu-user does not translate TCP_INFO and TCP_REPAIR_WINDOW")
 	}
+}
+
+// startRepairHelper serves the repair protocol in-process (the test is
+// root) and returns the engine's end.
+func startRepairHelper(t *testing.T) *tcprepair.Client {
+	t.Helper()
+	needRepair(t)
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -735,9 +742,7 @@ func TestMigrateManyFlowsFailLate(t *testing.T) {
 		dies bool
 	}{{3, false}, {5, false}, {3, true}} {
 		t.Run(fmt.Sprintf("write %d, helper dies %v", tc.at, tc.dies), func(t *testing.T) {
-			if os.Geteuid() != 0 {
-				t.Skip("needs root: sets TCP_REPAIR")
-			}
+			needRepair(t)
 			h := newHotPath(t, sinkServer)
 			// The helper, in-process, which the hook may stop.
 			sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
