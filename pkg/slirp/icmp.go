@@ -45,15 +45,14 @@ func (e *Engine) icmpInput(src, dst netip.Addr, m header.ICMP) {
 		e.Stats.Malformed++
 		return
 	}
-	// Echoes between unicast addresses only, as UDP's flows (udpInput):
-	// a guest's ping to multicast or broadcast would go on to the host's
-	// network. The echo type is its own family's: the other's would take
-	// a ping socket the kernel then sends nothing on.
+	// Echoes only, between unicast addresses (l4Input). The echo type is
+	// its own family's: the other's would take a ping socket the kernel
+	// then sends nothing on.
 	echo := uint8(header.ICMPv4Echo)
 	if src.Is6() {
 		echo = header.ICMPv6Echo
 	}
-	if m.Type() != echo || !isUnicast(src) || !isUnicast(dst) {
+	if m.Type() != echo {
 		e.Stats.Unhandled++
 		return
 	}

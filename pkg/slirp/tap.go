@@ -155,21 +155,19 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 			return
 		}
 	}
-	if dst.IsMulticast() {
-		e.Stats.Unhandled++ // MLD reports, mDNS: nothing to translate
-		return
-	}
 	e.l4Input(src, dst, proto, payload)
 }
 
-// l4Input hands a unicast TCP, UDP or ICMP packet of either family to its
-// protocol's translation. A loopback address, either way, is dropped, as
-// passt's tap.c drops it: a host socket would take it for the host's own
-// loopback, which the guest reaches only through the address mapped to
-// it (--map-host-loopback, none with --no-map-gw).
+// l4Input hands a TCP, UDP or ICMP packet of either family to its
+// protocol's translation, between unicast addresses only, neither of
+// them loopback, as passt's tap.c and flows take them. A guest's
+// multicast or broadcast (MLD reports, mDNS) would go on to the host's
+// network; a host socket takes an unspecified destination, or a loopback
+// one, for the host itself, which the guest reaches only through the
+// address mapped to it (--map-host-loopback, none with --no-map-gw).
 func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
 	switch {
-	case src.Unmap().IsLoopback() || dst.Unmap().IsLoopback():
+	case !isUnicast(src) || !isUnicast(dst) || src.Unmap().IsLoopback() || dst.Unmap().IsLoopback():
 		e.Stats.Unhandled++
 	case proto == header.ProtoTCP && !e.cfg.NoTCP:
 		e.tcpInput(src, dst, header.TCP(payload))
@@ -185,6 +183,14 @@ func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
 	default:
 		e.Stats.Unhandled++
 	}
+}
+
+// isUnicast tells whether a is an address one host has: neither
+// unspecified, multicast nor the limited broadcast address, even mapped
+// into IPv6.
+func isUnicast(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // seen6 records the global address the guest last used, as passt does:

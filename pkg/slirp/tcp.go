@@ -228,10 +228,9 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		e.Stats.Malformed++
 		return
 	}
-	// Connections are between unicast addresses and ports, as passt's
-	// (tcp_conn_from_tap): connect() takes 0.0.0.0 or :: for the host
-	// itself, which would reach its loopback.
-	if !isUnicast(src) || !isUnicast(dst) || t.SrcPort() == 0 || t.DstPort() == 0 {
+	// Connections are between ports, as passt's (tcp_conn_from_tap),
+	// and unicast addresses (l4Input).
+	if t.SrcPort() == 0 || t.DstPort() == 0 {
 		e.Stats.Unhandled++
 		return
 	}

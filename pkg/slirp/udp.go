@@ -80,9 +80,9 @@ type udpSendBatch struct {
 }
 
 func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
-	// Flows are between unicast addresses and ports, as passt's: a
-	// guest's multicast would go on to the host's network.
-	if !isUnicast(src) || !isUnicast(dst) || u.SrcPort() == 0 || u.DstPort() == 0 {
+	// Flows are between ports, as passt's (and unicast addresses,
+	// l4Input).
+	if u.SrcPort() == 0 || u.DstPort() == 0 {
 		e.Stats.Unhandled++
 		return
 	}
@@ -116,14 +116,6 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 	f.sent = sent
 	f.addPeer(to)
 	e.udpQueue(f, to, u.Payload())
-}
-
-// isUnicast tells whether a is an address one host has: neither
-// unspecified, multicast nor the limited broadcast address, even mapped
-// into IPv6.
-func isUnicast(a netip.Addr) bool {
-	a = a.Unmap()
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // udpFlows is what --max-udp caps: the guest's flows, the inbound peers
