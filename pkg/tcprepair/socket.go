@@ -108,15 +108,12 @@ func ioctlUint32(fd int, req uint) (uint32, error) {
 // receive sequence did not move while it was taken.
 func Dump(fd int) (*State, error) {
 	for range 8 {
-		if err := selectQueue(fd, recvQueue); err != nil {
-			return nil, err
-		}
-		start, err := queueSeq(fd)
+		start, err := recvSeq(fd)
 		if err != nil {
 			return nil, err
 		}
 		st, err := dump(fd)
-		if err != nil || st.SeqRcv+uint32(len(st.RecvQ)) == start {
+		if err != nil || st.rcvEnd() == start {
 			return st, err
 		}
 	}
@@ -234,15 +231,21 @@ func dump(fd int) (*State, error) {
 // taken more from its peer since: a socket in repair mode still receives
 // and acknowledges what arrives, which st lacks.
 func Grew(fd int, st *State) (bool, error) {
-	if err := selectQueue(fd, recvQueue); err != nil {
-		return false, err
-	}
-	seq, err := queueSeq(fd)
-	if err != nil {
-		return false, err
-	}
-	return seq != st.SeqRcv+uint32(len(st.RecvQ)), nil
+	seq, err := recvSeq(fd)
+	return err == nil && seq != st.rcvEnd(), err
 }
+
+// recvSeq is the sequence after what fd has received, in repair mode.
+func recvSeq(fd int) (uint32, error) {
+	if err := selectQueue(fd, recvQueue); err != nil {
+		return 0, err
+	}
+	return queueSeq(fd)
+}
+
+// rcvEnd is the sequence after what st received: what a socket dumped
+// as st reports (recvSeq) until it takes more.
+func (st *State) rcvEnd() uint32 { return st.SeqRcv + uint32(len(st.RecvQ)) }
 
 func selectQueue(fd, q int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR_QUEUE, q); err != nil {
