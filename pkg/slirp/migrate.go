@@ -466,17 +466,25 @@ const migWriteAt = 64 << 10
 
 // migrateSeal dumps f's socket again, into m, while it took more from
 // its peer since m was dumped, and tells whether m holds it all: else
-// the destination resets the connection for the guest.
+// the destination resets the connection for the guest. A peer that keeps
+// sending through migSealDumps dumps is given up on.
 func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
-	for range 4 {
+	for dumps := 0; ; dumps++ {
 		grew, err := tcprepair.Grew(f.fd, &m.sock)
 		if err == nil && !grew {
 			return true
 		}
-		st, derr := tcprepair.Dump(f.fd)
-		if err = cmp.Or(err, derr); err != nil {
+		if err == nil && dumps == migSealDumps {
+			err = errors.New("its peer kept sending")
+		}
+		var st *tcprepair.State
+		if err == nil {
+			st, err = tcprepair.Dump(f.fd)
+		}
+		if err != nil {
 			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
-			break
+			m.sock = tcprepair.State{}
+			return false
 		}
 		// The guest's side, written, counts the send queue from where
 		// it started (seqInitFromTap): what the peer acknowledged since
@@ -487,9 +495,10 @@ func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 		}
 		m.sock = *st
 	}
-	m.sock = tcprepair.State{}
-	return false
 }
+
+// migSealDumps is how many times migrateSeal dumps a socket again.
+const migSealDumps = 4
 
 // repairedFds are the sockets of the flows that the source put in repair
 // mode, which a rollback takes out of it.
