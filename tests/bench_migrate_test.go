@@ -149,7 +149,7 @@ udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh
 [ %[5]d -gt 0 ] && { connhold %[1]s:%[2]s %[5]d & hold=$!; }
 ping -i 0.1 %[1]s > /tmp/ping 2>&1 &
 ping=$!
-yes gopasst | nc %[1]s %[3]s &
+{ yes gopasst | nc %[1]s %[3]s; echo "GOPASST-STREAMEND $?"; } &
 echo GOPASST-READY
 while [ "$(nc %[1]s %[4]s 2>/dev/null)" != "after migration" ]; do sleep 0.2; done
 kill $ping
@@ -196,6 +196,11 @@ echo GOPASST-DONE
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	if stall < 0 {
+		// Rare (docs/benchmarks.md): keep what each side knew.
+		ss, _ := w.Host.Cmd("ss", "-tnie").CombinedOutput()
+		t.Logf("the stream did not come back; sockets:\n%s\nsource log:\n%s\ndestination log:\n%s", ss, w.Log.String(), dstLog.String())
+	}
 	after := w.Host.Listen(t, "tcp", "127.0.0.1:"+afterPort)
 	acceptLoop(after, func(c net.Conn) { io.WriteString(c, "after migration\n"); c.Close() })
 	last.Wait()
@@ -224,6 +229,9 @@ echo GOPASST-DONE
 			// (docs/benchmarks.md): keep what the back-ends said.
 			t.Logf("%.0f connections did not echo after the move; source log:\n%s\ndestination log:\n%s", lost, w.Log.String(), dstLog.String())
 		}
+	}
+	if stall < 0 {
+		t.Logf("QEMU consoles:\n%s", report.console())
 	}
 	t.Logf("%v (QMP downtime %v; %v pings answered; stall %.0f ms)", res, m.downtime, num("PINGS"), stall)
 	return res
