@@ -193,3 +193,86 @@ func TestNoMapGW(t *testing.T) {
 	default:
 	}
 }
+
+// TestTraceroute: a traceroute from the guest over UDP, IPv4 and IPv6,
+// through a router of the test's own to a host behind it, lists the
+// router and then the host: gopasst sends each datagram with the guest's
+// TTL or hop limit, and relays the router's "time exceeded" from the
+// router, as passt does. Before, every probe left with the host's
+// default TTL and the first hop was already the far host.
+func TestTraceroute(t *testing.T) {
+	var router, far *Netns
+	w := newWorld(t, WorldOpts{BeforeStart: func(h *Netns) {
+		router, far = newNetns(t, "gpr"), newNetns(t, "gpf")
+		h.Run(t, "ip", "link", "add", "trace0", "type", "veth", "peer", "name", "trace1", "netns", router.Name)
+		router.Run(t, "ip", "link", "add", "trace2", "type", "veth", "peer", "name", "trace3", "netns", far.Name)
+		for _, c := range [][]string{
+			{"addr", "add", "203.0.113.1/30", "dev", "trace0"},
+			{"-6", "addr", "add", "2001:db8:7::1/64", "dev", "trace0", "nodad"},
+			{"link", "set", "trace0", "up"},
+			{"route", "add", "203.0.113.8/30", "via", "203.0.113.2"},
+			{"-6", "route", "add", "2001:db8:8::/64", "via", "2001:db8:7::2"},
+		} {
+			h.Run(t, "ip", c...)
+		}
+		for _, c := range [][]string{
+			{"addr", "add", "203.0.113.2/30", "dev", "trace1"},
+			{"-6", "addr", "add", "2001:db8:7::2/64", "dev", "trace1", "nodad"},
+			{"addr", "add", "203.0.113.9/30", "dev", "trace2"},
+			{"-6", "addr", "add", "2001:db8:8::1/64", "dev", "trace2", "nodad"},
+			{"link", "set", "trace1", "up"},
+			{"link", "set", "trace2", "up"},
+		} {
+			router.Run(t, "ip", c...)
+		}
+		router.Run(t, "ip", "link", "set", "trace2", "mtu", "1280")
+		router.Sysctl(t, "net.ipv4.ip_forward", "1")
+		router.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
+		for _, c := range [][]string{
+			{"addr", "add", "203.0.113.10/30", "dev", "trace3"},
+			{"-6", "addr", "add", "2001:db8:8::2/64", "dev", "trace3", "nodad"},
+			{"link", "set", "trace3", "up"},
+			{"route", "add", "default", "via", "203.0.113.9"},
+			{"-6", "route", "add", "default", "via", "2001:db8:8::1"},
+		} {
+			far.Run(t, "ip", c...)
+		}
+	}})
+	w.waitIPv6(t)
+	for _, c := range []struct{ cmd, router, far string }{
+		{"traceroute", "203.0.113.2", "203.0.113.10"},
+		{"traceroute6", "2001:db8:7::2", "2001:db8:8::2"},
+	} {
+		out, _ := w.Guest.Cmd("busybox", c.cmd, "-n", "-q", "1", "-w", "2", "-m", "4", c.far).CombinedOutput()
+		hops := map[string]string{}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 {
+				hops[f[0]] = f[1]
+			}
+		}
+		if hops["1"] != c.router || hops["2"] != c.far {
+			t.Errorf("%s %s: hop 1 %q, hop 2 %q, want %s then %s:\n%s", c.cmd, c.far, hops["1"], hops["2"], c.router, c.far, out)
+		}
+		// The router's link to the far host takes 1280 bytes: a larger
+		// datagram meets "fragmentation needed" or "packet too big",
+		// whose MTU the guest then keeps for the far host.
+		// The guest's stack takes the error through the socket that
+		// sent the datagram: it stays open.
+		var u net.Conn
+		w.Guest.Do(t, func() {
+			var err error
+			if u, err = net.Dial("udp", net.JoinHostPort(c.far, "9")); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer u.Close()
+		u.Write(make([]byte, 1400))
+		var route string
+		if !pollUntil(5*time.Second, func() bool {
+			route = w.Guest.Run(t, "ip", "route", "get", c.far)
+			return strings.Contains(route, "mtu 1280")
+		}) {
+			t.Errorf("after 1,400 bytes to %s, the guest's route has no MTU of 1280:\n%s", c.far, route)
+		}
+	}
+}

@@ -205,23 +205,39 @@ func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint
 	if errno == unix.ECONNREFUSED {
 		from = remote
 	}
+	ie := icmpErr{v6: guest.Is6(), typ: header.ICMPv4Unreachable, code: codes[0]}
+	if ie.v6 {
+		ie.typ, ie.code = header.ICMPv6Unreachable, codes[1]
+	}
+	e.sendICMPError(&ie, from, guest, remote, proto, l4)
+	return true
+}
+
+// sendICMPError sends the guest, from from, the ICMP or ICMPv6 error ie
+// about a packet it sent from guest to remote, whose L4 part began with
+// l4. ie is of guest's family.
+func (e *Engine) sendICMPError(ie *icmpErr, from, guest, remote netip.Addr, proto uint8, l4 []byte) {
 	l4 = l4[:min(len(l4), icmpQuoteMax(guest))]
 	iplen := ipHdrLen(guest)
 	l4len := header.ICMPEchoLen + iplen + len(l4)
 	b := e.reserveIP(guest, l4len)
 	if b == nil {
-		return true
+		return
 	}
 	m := header.ICMP(b[l4Off(guest):])
+	m.Encode(ie.typ, ie.code)
 	quote := m[header.ICMPEchoLen:]
 	if guest.Is4() {
-		m.Encode(header.ICMPv4Unreachable, codes[0])
+		if ie.typ == header.ICMPv4Unreachable && ie.code == header.ICMPv4FragNeeded {
+			m.SetMTU4(uint16(min(ie.mtu, 0xffff)))
+		}
 		header.IPv4(quote).Encode(guest, remote, proto, 64, len(l4))
 	} else {
-		m.Encode(header.ICMPv6Unreachable, codes[1])
+		if ie.typ == header.ICMPv6TooBig {
+			m.SetMTU6(ie.mtu)
+		}
 		header.IPv6(quote).Encode(guest, remote, proto, 64, len(l4))
 	}
 	copy(quote[iplen:], l4)
 	e.sendICMP(b, from, guest, l4len)
-	return true
 }

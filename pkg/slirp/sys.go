@@ -275,23 +275,32 @@ const (
 	soEEOriginICMP6 = 3
 )
 
+// icmpErr is an ICMP or ICMPv6 error that a socket's datagram met, as
+// the kernel queues it (IP_RECVERR): its type and code, the router or
+// host that sent it (unspecified if the kernel does not know), and the
+// MTU of a "too big" error.
+type icmpErr struct {
+	v6        bool // ICMPv6, else ICMP
+	typ, code uint8
+	offender  netip.Addr
+	mtu       uint32
+}
+
 // recvErr reads one error from a socket's error queue (IP_RECVERR): the
 // payload of the datagram it is about, that datagram's destination, and
-// the error number when an ICMP or ICMPv6 message caused it (0 for a
-// local error).
-func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
+// into ie the ICMP or ICMPv6 message that caused it; ok is false for a
+// local error.
+func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok bool, err error) {
 	var sa sockaddr
 	var iov unix.Iovec
 	iov.Base, iov.Len = &p[0], uint64(len(p))
 	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Iovlen: 1}
 	msg.Control = &oob[0]
 	msg.SetControllen(len(oob))
-	n, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+	r, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 	if errno != 0 {
-		return 0, netip.AddrPort{}, 0, errno
+		return 0, netip.AddrPort{}, false, errno
 	}
-	dst := sockaddrAddrPort(&sa)
-	var ee unix.Errno
 	for c := oob[:msg.Controllen]; len(c) >= unix.SizeofCmsghdr; {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
 		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(c) {
@@ -300,15 +309,30 @@ func recvErr(fd int, p, oob []byte) (int, netip.AddrPort, unix.Errno, error) {
 		data := c[unix.SizeofCmsghdr:h.Len]
 		recverr := h.Level == unix.IPPROTO_IP && h.Type == unix.IP_RECVERR ||
 			h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_RECVERR
-		if recverr && len(data) >= int(unsafe.Sizeof(unix.SockExtendedErr{})) {
+		const extLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
+		if recverr && len(data) >= extLen {
 			ext := (*unix.SockExtendedErr)(unsafe.Pointer(&data[0]))
 			if ext.Origin == soEEOriginICMP || ext.Origin == soEEOriginICMP6 {
-				ee = unix.Errno(ext.Errno)
+				*ie = icmpErr{v6: ext.Origin == soEEOriginICMP6, typ: ext.Type, code: ext.Code, mtu: ext.Info}
+				ie.offender = offender(data[extLen:])
+				ok = true
 			}
 		}
 		c = c[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(c)):]
 	}
-	return int(n), dst, ee, nil
+	return int(r), sockaddrAddrPort(&sa), ok, nil
+}
+
+// offender is the address in the sockaddr that follows an extended
+// error (SO_EE_OFFENDER), unmapped; unspecified if there is none.
+func offender(b []byte) netip.Addr {
+	var sa sockaddr
+	copy((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&sa))[:], b)
+	switch sa.Family {
+	case unix.AF_INET, unix.AF_INET6:
+		return sockaddrAddrPort(&sa).Addr()
+	}
+	return netip.IPv4Unspecified()
 }
 
 // mmsghdr is the kernel's struct mmsghdr (x/sys has no type for it).

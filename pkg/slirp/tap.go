@@ -128,7 +128,7 @@ func (e *Engine) ipv4Input(ip header.IPv4) {
 			return
 		}
 	}
-	e.l4Input(ip.Src(), ip.Dst(), ip.Protocol(), ip.Payload())
+	e.l4Input(ip.Src(), ip.Dst(), ip.Protocol(), ip.TTL(), ip.Payload())
 }
 
 func (e *Engine) ipv6Input(ip header.IPv6) {
@@ -155,7 +155,7 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 			return
 		}
 	}
-	e.l4Input(src, dst, proto, payload)
+	e.l4Input(src, dst, proto, ip.HopLimit(), payload)
 }
 
 // l4Input hands a TCP, UDP or ICMP packet of either family to its
@@ -165,7 +165,8 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 // network; a host socket takes an unspecified destination, or a loopback
 // one, for the host itself, which the guest reaches only through the
 // address mapped to it (--map-host-loopback, none with --no-map-gw).
-func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
+// ttl is the packet's TTL or hop limit, which UDP passes on.
+func (e *Engine) l4Input(src, dst netip.Addr, proto, ttl uint8, payload []byte) {
 	switch {
 	case !isUnicast(src) || !isUnicast(dst) || src.Unmap().IsLoopback() || dst.Unmap().IsLoopback():
 		e.Stats.Unhandled++
@@ -177,7 +178,7 @@ func (e *Engine) l4Input(src, dst netip.Addr, proto uint8, payload []byte) {
 			e.Stats.Malformed++
 			return
 		}
-		e.udpInput(src, dst, u)
+		e.udpInput(src, dst, ttl, u)
 	case (proto == header.ProtoICMP && src.Is4() || proto == header.ProtoICMPv6 && src.Is6()) && !e.cfg.NoICMP:
 		e.icmpInput(src, dst, header.ICMP(payload))
 	default:

@@ -28,6 +28,7 @@ type udpFlow struct {
 	sent     netip.AddrPort   // where the guest last sent, as it sees it
 	peers    []netip.AddrPort // the host peers it sent to, unmapped
 	nextPeer int              // the peer replaced next once peers is full
+	ttl      uint8            // the TTL or hop limit the socket sends with, the guest's (0: the kernel's)
 	idx      int32
 	fd       int
 	lastAct  time.Duration
@@ -79,7 +80,7 @@ type udpSendBatch struct {
 	addrs [udpBatchMax]sockaddr
 }
 
-func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
+func (e *Engine) udpInput(src, dst netip.Addr, ttl uint8, u header.UDP) {
 	// Flows are between ports, as passt's (and unicast addresses,
 	// l4Input).
 	if u.SrcPort() == 0 || u.DstPort() == 0 {
@@ -113,9 +114,30 @@ func (e *Engine) udpInput(src, dst netip.Addr, u header.UDP) {
 			e.logf("DNS query %#04x from %v: %q type %d", q.ID, guest, q.Name, q.Type)
 		}
 	}
+	if ttl != f.ttl {
+		e.udpSetTTL(f, ttl)
+	}
 	f.sent = sent
 	f.addPeer(to)
 	e.udpQueue(f, to, u.Payload())
+}
+
+// udpSetTTL has f's socket send with the TTL (or hop limit) the guest's
+// datagrams came with, as passt does: a guest's traceroute then meets
+// the routers it means to (udpErrors relays their answers). Datagrams
+// batched before go first, with the TTL they came with.
+func (e *Engine) udpSetTTL(f *udpFlow, ttl uint8) {
+	if e.udp.out.flow == f {
+		e.udpFlush()
+	}
+	level, opt := unix.IPPROTO_IP, unix.IP_TTL
+	if f.guest.Addr().Is6() {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS
+	}
+	if err := unix.SetsockoptInt(f.fd, level, opt, int(ttl)); err != nil {
+		e.debugf("UDP %v: TTL %d: %v", f.guest, ttl, err)
+	}
+	f.ttl = ttl
 }
 
 // udpFlows is what --max-udp caps: the guest's flows, the inbound peers
@@ -225,22 +247,39 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 
 // udpErrors relays the ICMP errors queued on a flow's socket to the guest,
 // as errors about the datagrams the guest sent: a closed port on the host
-// side becomes "connection refused" in the guest instead of silence.
+// side becomes "connection refused" in the guest instead of silence, and
+// a router's "time exceeded" comes from that router, as passt relays it,
+// so that traceroute works from the guest.
 func (e *Engine) udpErrors(f *udpFlow) {
 	buf := e.udp.errBuf[:]
+	var ie icmpErr
 	for {
-		n, dst, errno, err := recvErr(f.fd, buf[header.UDPLen:], e.udp.oob[:])
+		n, dst, ok, err := recvErr(f.fd, buf[header.UDPLen:], e.udp.oob[:], &ie)
 		if err != nil {
 			return
 		}
-		if errno == 0 || !f.hears(dst) {
+		if !ok || !f.hears(dst) {
 			continue // a local error, or one about a peer never sent to: forged
 		}
 		remote := e.natToGuest(header.ProtoUDP, dst, f.guest.Addr(), f.sent)
 		quote := header.UDP(buf[:header.UDPLen+n])
 		quote.Encode(f.guest.Port(), remote.Port(), n)
-		e.debugf("UDP %v -> %v: %v", f.guest, dst, errno)
-		e.sendUnreachable(errno, f.guest.Addr(), remote.Addr(), header.ProtoUDP, quote)
+		e.debugf("UDP %v -> %v: ICMP type %d code %d from %v", f.guest, dst, ie.typ, ie.code, ie.offender)
+		// The peer's own error comes from the address the guest sent
+		// to; a router's from that router, as the guest would see it;
+		// the host's own, for want of a mapped address, from the
+		// gateway, as a router between them would send it.
+		from := remote.Addr()
+		if ie.offender != dst.Addr() {
+			from = e.natToGuest(header.ProtoUDP, netip.AddrPortFrom(ie.offender, 0), f.guest.Addr(), netip.AddrPort{}).Addr()
+			if from == f.guest.Addr() {
+				from = e.gateway(from)
+			}
+		}
+		if ie.v6 != f.guest.Addr().Is6() || !isUnicast(from) || from.Is4() != f.guest.Addr().Is4() {
+			continue // no form the guest's family has, or no sender to give
+		}
+		e.sendICMPError(&ie, from, f.guest.Addr(), remote.Addr(), header.ProtoUDP, quote)
 	}
 }
 

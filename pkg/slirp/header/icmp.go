@@ -15,12 +15,14 @@ const (
 	ICMPv4NetUnreachable  = 0
 	ICMPv4HostUnreachable = 1
 	ICMPv4PortUnreachable = 3
+	ICMPv4FragNeeded      = 4
 	ICMPv4AdminProhibited = 13
 )
 
 // ICMPv6 types and destination-unreachable codes gopasst handles.
 const (
 	ICMPv6Unreachable = 1
+	ICMPv6TooBig      = 2
 	ICMPv6Echo        = 128
 	ICMPv6EchoReply   = 129
 	ICMPv6RouterSol   = 133
@@ -57,6 +59,13 @@ func (i ICMP) Seq() uint16 { return binary.BigEndian.Uint16(i[6:]) }
 
 // SetChecksum stores the checksum field.
 func (i ICMP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(i[2:], c) }
+
+// SetMTU4 stores the next hop's MTU of an ICMP "fragmentation needed"
+// error (RFC 1191).
+func (i ICMP) SetMTU4(mtu uint16) { binary.BigEndian.PutUint16(i[6:], mtu) }
+
+// SetMTU6 stores the MTU of an ICMPv6 "packet too big" error.
+func (i ICMP) SetMTU6(mtu uint32) { binary.BigEndian.PutUint32(i[4:], mtu) }
 
 // Encode writes type and code, and zeroes the checksum and the four bytes
 // after it (the unused field of an error message).
