@@ -252,10 +252,10 @@ type family struct {
 	route  func(string) (string, netip.Addr, error)
 	file   string
 	keep   func(netip.Addr) bool
-	addrs  []netip.Addr // from --address
-	gws    []netip.Addr // from --gateway
-	bits   int          // prefix when --address gives the only address
-	ifname string       // the template interface, filled by pick
+	addrs  []netip.Addr         // from --address
+	gws    []netip.Addr         // from --gateway
+	bits   func(netip.Addr) int // the prefix of an --address given without one
+	ifname string               // the template interface, filled by pick
 }
 
 // pick chooses the guest's address and gateway for one family: the
@@ -275,11 +275,7 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 		addr = ifaceAddr(ifname, f.keep)
 	}
 	if a := last(f.addrs); a.IsValid() {
-		bits := f.bits
-		if addr.IsValid() {
-			bits = addr.Bits()
-		}
-		addr = netip.PrefixFrom(a, bits)
+		addr = netip.PrefixFrom(a, f.bits(a))
 	}
 	if g := last(f.gws); g.IsValid() {
 		gw = g
@@ -294,6 +290,21 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 		why = "interface " + ifname + " has no " + f.name + " address"
 	}
 	return addr, gw, errors.New(why)
+}
+
+// classBits is the prefix length of an IPv4 address's network class (A,
+// B, C, else 32), which passt gives an --address without one, whatever
+// the host's.
+func classBits(a netip.Addr) int {
+	switch b := a.As4()[0]; {
+	case b < 128:
+		return 8
+	case b < 192:
+		return 16
+	case b < 224:
+		return 24
+	}
+	return 32
 }
 
 // netSetup is the engine's Config and what the daemon should log about
@@ -363,7 +374,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 
 	if !o.IPv6 {
 		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
-			addrs: addr4, gws: gw4, bits: 24}
+			addrs: addr4, gws: gw4, bits: classBits}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
 		if bits4 > 0 && p.IsValid() {
 			p = netip.PrefixFrom(p.Addr(), bits4)
@@ -383,7 +394,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	}
 	if !o.IPv4 {
 		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
-			addrs: addr6, gws: gw6, bits: 64}
+			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)

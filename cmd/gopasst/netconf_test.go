@@ -141,6 +141,12 @@ func TestBuildConfigPasstOptions(t *testing.T) {
 		cfg.Addr4 != a("192.0.2.9") || cfg.Prefix4 != 26 || cfg.Addr6 != a("2001:db8::9") {
 		t.Errorf("-a ADDR/PLEN: %v/%d %v, %v", cfg.Addr4, cfg.Prefix4, cfg.Addr6, err)
 	}
+	// Without a prefix length, passt gives an IPv4 address its class's.
+	for addr, bits := range map[string]int{"10.1.2.3": 8, "172.16.1.2": 16, "192.0.2.9": 24, "240.0.0.1": 32} {
+		if cfg, err := build(NetOptions{Address: []string{addr}}); err != nil || cfg.Prefix4 != bits {
+			t.Errorf("-a %s: prefix %d, want %d (%v)", addr, cfg.Prefix4, bits, err)
+		}
+	}
 	for _, bad := range []NetOptions{
 		{Address: []string{"192.0.2.9/24"}, Netmask: "24"},
 		{Address: []string{"192.0.2.9/33"}},
