@@ -67,7 +67,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	if !o.ConfigNet {
 		return p, nil
 	}
-	a4, a6, _ := parseAddrs("address", o.Address)
+	a4, a6, _, _ := parseAddress(o.Address) // ADDR/PLEN too, as buildConfig took it
 	g4, g6, _ := parseAddrs("gateway", o.Gateway)
 	var nl *rtnl.Conn
 	if !o.NoCopyAddrs || !o.NoCopyRoutes {
@@ -118,8 +118,10 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			if err != nil {
 				return p, fmt.Errorf("host routes: %v", err)
 			}
+			// The kernel's prefix routes too, as pasta copies them: with
+			// -a in another subnet, they keep the gateway reachable.
 			for _, r := range host {
-				if r.Protocol != unix.RTPROT_KERNEL && r.Type == unix.RTN_UNICAST {
+				if r.Type == unix.RTN_UNICAST {
 					r.PrefSrc = netip.Addr{}
 					routes = append(routes, r)
 				}

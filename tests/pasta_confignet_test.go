@@ -1,0 +1,69 @@
+package tests
+
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+// nsAddrRoutes lists the IPv4 addresses (ADDR/PLEN) of dev in ns and its
+// IPv4 routes (DST or DST via GW).
+func nsAddrRoutes(t *testing.T, ns *Netns, dev string) (addrs, routes []string) {
+	t.Helper()
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-4", "addr", "show", "dev", dev)), &links); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			addrs = append(addrs, a.Local+"/"+strconv.Itoa(a.PrefixLen))
+		}
+	}
+	var rs []struct{ Dst, Gateway string }
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-4", "route", "show", "dev", dev)), &rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Gateway != "" {
+			r.Dst += " via " + r.Gateway
+		}
+		routes = append(routes, r.Dst)
+	}
+	return addrs, routes
+}
+
+// --config-net with -a: the namespace gets that address alone, with the
+// prefix length given, else its class's (pasta's -n default), and still
+// the host's routes, the kernel's prefix route among them, so that the
+// host's gateway stays reachable from another subnet, as with pasta.
+func TestPastaConfigNetAddress(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct{ addr, want string }{
+		{"192.0.2.5/28", "192.0.2.5/28"},
+		{"10.1.2.3", "10.1.2.3/8"},
+		{"172.16.1.2", "172.16.1.2/16"},
+	} {
+		t.Run(c.addr, func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			pasta := pastaLink(t)
+			ns, pid, _ := pidNetns(t, h)
+			if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-4", "-a", c.addr, "-t", "none", "-u", "none",
+				"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+				t.Fatalf("pasta: %v: %s", err, out)
+			}
+			addrs, routes := nsAddrRoutes(t, ns, "uplink")
+			if !slices.Equal(addrs, []string{c.want}) {
+				t.Errorf("-a %s: addresses %q, want %s alone", c.addr, addrs, c.want)
+			}
+			if !slices.Contains(routes, "default via "+hostGW) || !slices.Contains(routes, "198.51.100.0/24") {
+				t.Errorf("-a %s: routes %q, want the host's default and prefix routes", c.addr, routes)
+			}
+		})
+	}
+}
