@@ -67,3 +67,23 @@ func TestPastaConfigNetAddress(t *testing.T) {
 		})
 	}
 }
+
+// --config-net with -m 0 assigns no MTU: the tap keeps the kernel's
+// (1500), as pasta's, rather than gopasst's default.
+func TestPastaConfigNetMTUZero(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-m", "0", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	var links []struct{ MTU int }
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "link", "show", "dev", "uplink")), &links); err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].MTU != 1500 {
+		t.Errorf("-m 0: the tap's %+v, want MTU 1500", links)
+	}
+}

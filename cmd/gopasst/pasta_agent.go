@@ -41,9 +41,9 @@ const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its 
 // nsPlan is what the agent sets up in the namespace.
 type nsPlan struct {
 	Ifname string
-	MAC    string // --ns-mac-addr, or "" for the kernel's
-	Config bool   // --config-net: the rest applies
-	MTU    int
+	MAC    string       // --ns-mac-addr, or "" for the kernel's
+	Config bool         // --config-net: the rest applies
+	MTU    int          // 0 (-m 0) leaves the kernel's, as pasta does
 	Addrs  []rtnl.Addr  // Index is filled in by the agent
 	Routes []rtnl.Route // likewise; on-link routes come first
 	Splice *spliceRules // the loopback path's, nil with --no-splice
@@ -59,6 +59,9 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	}
 	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
 		Config: o.ConfigNet, MTU: cfg.MTU}
+	if cfg.NoMTUOption {
+		p.MTU = 0
+	}
 	if o.NSMAC != "" {
 		if _, err := net.ParseMAC(o.NSMAC); err != nil {
 			return p, fmt.Errorf("--ns-mac-addr: %v", err)
