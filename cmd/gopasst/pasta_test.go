@@ -196,3 +196,30 @@ func TestAutoRetry(t *testing.T) {
 		t.Error("a bind that worked is still waited for")
 	}
 }
+
+// With -u auto as well as -t auto, a TCP port listening is forwarded for
+// UDP too, as pasta's; with -t auto alone, it is not.
+func TestAutoUDPFollowsTCP(t *testing.T) {
+	open := func(name, content string) procTable {
+		path := t.TempDir() + "/" + name
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return procTable{slirp.Proto(name), int(f.Fd())}
+	}
+	tcp := open("tcp", "  sl  local_address rem_address   st\n   0: 00000000:1F90 00000000:0000 0A 0\n") // 8080
+	udp := open("udp", "  sl  local_address rem_address   st\n")
+	var a autoScan
+	got := a.listening([]procTable{tcp, udp})
+	if !got[fwdPort{slirp.TCP, 8080}] || !got[fwdPort{slirp.UDP, 8080}] || len(got) != 2 {
+		t.Errorf("-t auto -u auto: %v, want TCP and UDP 8080", got)
+	}
+	if got := a.listening([]procTable{tcp}); len(got) != 1 {
+		t.Errorf("-t auto alone: %v, want TCP 8080 alone", got)
+	}
+}
