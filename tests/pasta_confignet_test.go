@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -85,5 +86,43 @@ func TestPastaConfigNetMTUZero(t *testing.T) {
 	}
 	if len(links) != 1 || links[0].MTU != 1500 {
 		t.Errorf("-m 0: the tap's %+v, want MTU 1500", links)
+	}
+}
+
+// --config-net marks the tap's link-local address NODAD, having brought
+// the link up without duplicate address detection, as pasta does.
+func TestPastaConfigNetLinkLocalNoDAD(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local string `json:"local"`
+			NoDAD bool   `json:"nodad"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-6", "addr", "show", "dev", "uplink", "scope", "link")), &links); err != nil {
+		t.Fatal(err)
+	}
+	ll := 0
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			if strings.HasPrefix(a.Local, "fe80:") {
+				if ll++; !a.NoDAD {
+					t.Errorf("the tap's link-local address %s is not NODAD", a.Local)
+				}
+			}
+		}
+	}
+	if ll != 1 {
+		t.Errorf("the tap's link-local addresses: %+v, want one", links)
+	}
+	if flags := ns.Run(t, "ip", "-o", "link", "show", "dev", "uplink"); strings.Contains(flags, "NOARP") {
+		t.Errorf("the tap is left NOARP: %s", flags)
 	}
 }

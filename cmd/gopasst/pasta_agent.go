@@ -503,8 +503,22 @@ func configureTap(p *nsPlan) error {
 	if !p.Config {
 		return nil
 	}
+	// With IPv6, the link comes up with ARP, and so duplicate address
+	// detection, off, and its link-local address is marked NODAD, as
+	// pasta's: usable, not tentative, once the caller is told we are ready.
+	v6 := slices.ContainsFunc(p.Addrs, func(a rtnl.Addr) bool { return a.Prefix.Addr().Is6() })
+	if v6 {
+		if err := c.SetFlags(ifi.Index, unix.IFF_NOARP, unix.IFF_NOARP); err != nil {
+			return fmt.Errorf("%s: NOARP: %v", p.Ifname, err)
+		}
+	}
 	if err := c.SetLink(ifi.Index, true, p.MTU, nil); err != nil {
 		return fmt.Errorf("%s: MTU %d, up: %v", p.Ifname, p.MTU, err)
+	}
+	if v6 {
+		if err := linkLocalNoDAD(c, ifi.Index); err != nil {
+			return fmt.Errorf("%s: link-local address: %v", p.Ifname, err)
+		}
 	}
 	for _, a := range p.Addrs {
 		a.Index = ifi.Index
@@ -519,6 +533,24 @@ func configureTap(p *nsPlan) error {
 		}
 	}
 	return nil
+}
+
+// linkLocalNoDAD marks the link-local addresses of interface index
+// NODAD, then turns ARP (neighbour solicitation) back on.
+func linkLocalNoDAD(c *rtnl.Conn, index int) error {
+	addrs, err := c.Addrs(unix.AF_INET6, index)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if a.Prefix.Addr().IsLinkLocalUnicast() {
+			a.Flags |= unix.IFA_F_NODAD
+			if err := c.ReplaceAddr(a); err != nil {
+				return err
+			}
+		}
+	}
+	return c.SetFlags(index, 0, unix.IFF_NOARP)
 }
 
 // keepOnlyBindCap leaves the agent only the capability to bind the

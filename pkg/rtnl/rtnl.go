@@ -98,12 +98,11 @@ func (c *Conn) Routes(family, index int) ([]Route, error) {
 // SetLink sets interface index's MTU (unless 0) and MAC (unless nil),
 // and brings it up if up.
 func (c *Conn) SetLink(index int, up bool, mtu int, mac net.HardwareAddr) error {
-	msg := make([]byte, unix.SizeofIfInfomsg)
-	m := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(index)}
+	var flags uint32
 	if up {
-		m.Flags, m.Change = unix.IFF_UP, unix.IFF_UP
+		flags = unix.IFF_UP
 	}
-	*(*unix.IfInfomsg)(unsafe.Pointer(&msg[0])) = m
+	msg := ifinfomsg(index, flags, flags)
 	if mtu != 0 {
 		msg = attr(msg, unix.IFLA_MTU, binary.NativeEndian.AppendUint32(nil, uint32(mtu)))
 	}
@@ -113,8 +112,29 @@ func (c *Conn) SetLink(index int, up bool, mtu int, mac net.HardwareAddr) error 
 	return c.do(unix.RTM_NEWLINK, 0, msg)
 }
 
+// SetFlags sets interface index's flags (IFF_*) that change selects to
+// their values in flags.
+func (c *Conn) SetFlags(index int, flags, change uint32) error {
+	return c.do(unix.RTM_NEWLINK, 0, ifinfomsg(index, flags, change))
+}
+
+func ifinfomsg(index int, flags, change uint32) []byte {
+	msg := make([]byte, unix.SizeofIfInfomsg)
+	*(*unix.IfInfomsg)(unsafe.Pointer(&msg[0])) = unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(index), Flags: flags, Change: change}
+	return msg
+}
+
 // AddAddr adds a.
 func (c *Conn) AddAddr(a Addr) error {
+	return c.newAddr(a, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+}
+
+// ReplaceAddr sets the flags of a, which exists already.
+func (c *Conn) ReplaceAddr(a Addr) error {
+	return c.newAddr(a, unix.NLM_F_REPLACE)
+}
+
+func (c *Conn) newAddr(a Addr, nlflags uint16) error {
 	family := unix.AF_INET6
 	if a.Prefix.Addr().Is4() {
 		family = unix.AF_INET
@@ -124,7 +144,7 @@ func (c *Conn) AddAddr(a Addr) error {
 	msg = attr(msg, unix.IFA_LOCAL, ip)
 	msg = attr(msg, unix.IFA_ADDRESS, ip)
 	msg = attr(msg, unix.IFA_FLAGS, binary.NativeEndian.AppendUint32(nil, a.Flags))
-	return c.do(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, msg)
+	return c.do(unix.RTM_NEWADDR, nlflags, msg)
 }
 
 // AddRoute adds r to the main table.
