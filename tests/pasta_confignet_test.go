@@ -2,10 +2,12 @@ package tests
 
 import (
 	"encoding/json"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // nsAddrRoutes lists the IPv4 addresses (ADDR/PLEN) of dev in ns and its
@@ -124,5 +126,36 @@ func TestPastaConfigNetLinkLocalNoDAD(t *testing.T) {
 	}
 	if flags := ns.Run(t, "ip", "-o", "link", "show", "dev", "uplink"); strings.Contains(flags, "NOARP") {
 		t.Errorf("the tap is left NOARP: %s", flags)
+	}
+}
+
+// A host with no IPv4 (its template has IPv6 alone) gives the namespace
+// passt's local mode for IPv4, as pasta does: 169.254.2.1/16 via
+// 169.254.2.2, which stands for the host's loopback.
+func TestPastaConfigNetLocalMode4(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
+	srv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(srv, "host loopback")
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	addrs, routes := nsAddrRoutes(t, ns, "uplink")
+	if !slices.Equal(addrs, []string{"169.254.2.1/16"}) || !slices.Contains(routes, "default via 169.254.2.2") {
+		t.Errorf("IPv4 without a template: addresses %q, routes %q; want 169.254.2.1/16 via 169.254.2.2", addrs, routes)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "169.254.2.2:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("169.254.2.2 answered %q, not the host's loopback", got)
 	}
 }

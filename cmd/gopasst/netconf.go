@@ -20,8 +20,10 @@ import (
 // Network configuration, copied from the host the way passt does it: for
 // each family, the guest gets the address and default gateway of the
 // host's template interface (the one with that family's default route, or
-// --interface), and the host's resolvers. A family the host does not have
-// is left out; only a host with neither is an error.
+// --interface), and the host's resolvers. Without an IPv4 template, the
+// guest gets passt's local mode (169.254.2.1/16 via 169.254.2.2); IPv6 the
+// host does not have is left out (passt's local mode for IPv6, the
+// guest's link-local address alone, is not done).
 
 // hostFiles are where the host's routes and resolvers are read from
 // (replaced in tests).
@@ -386,9 +388,19 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 			}
 			p = netip.PrefixFrom(p.Addr(), bits)
 		}
-		if why == nil {
+		switch {
+		case why == nil:
 			cfg.Addr4, cfg.Prefix4, cfg.Gateway4 = p.Addr(), p.Bits(), gw
-		} else {
+		case o.OutboundIf4 == "":
+			// passt's local mode: with no template, the guest gets a
+			// link-local address and gateway, where options give none.
+			if !p.IsValid() {
+				p = netip.MustParsePrefix("169.254.2.1/16")
+			}
+			cfg.Addr4, cfg.Prefix4 = p.Addr(), p.Bits()
+			cfg.Gateway4 = cmp.Or(gw, netip.AddrFrom4([4]byte{169, 254, 2, 2}))
+			notes = append(notes, "IPv4 in local mode: "+why.Error())
+		default:
 			notes = append(notes, "IPv4 off: "+why.Error())
 		}
 	}
