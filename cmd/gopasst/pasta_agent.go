@@ -168,6 +168,9 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	if _, err := os.Stat(t.net); err != nil {
 		return nil, -1, fmt.Errorf("network namespace: %v", err)
 	}
+	if _, err := os.Stat(t.user); t.user != "" && err != nil {
+		return nil, -1, fmt.Errorf("user namespace: %v", err)
+	}
 	if nsenterPath == "" {
 		return nil, -1, errors.New("joining the namespace: nsenter (from util-linux) not found in " + strings.Join(systemDirs, ", "))
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
@@ -284,5 +285,14 @@ func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
 	unix.Sendmsg(pair[1], reply, nil, nil, 0)
 	if err := <-answered; err != unix.EPERM {
 		t.Errorf("answer: %v, want EPERM", err)
+	}
+}
+
+// A --userns that does not exist is reported as such, before nsenter
+// fails on it with a message of its own that the helper loses.
+func TestStartAgentMissingUserns(t *testing.T) {
+	_, _, err := startAgent(nsTarget{net: "/proc/self/ns/net", user: "/nonexistent/userns"}, nsPlan{})
+	if err == nil || !strings.Contains(err.Error(), "user namespace") || !strings.Contains(err.Error(), "/nonexistent/userns") {
+		t.Errorf("--userns /nonexistent/userns: %v", err)
 	}
 }
