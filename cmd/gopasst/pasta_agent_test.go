@@ -79,7 +79,7 @@ func TestPastaHelperChecks(t *testing.T) {
 // namespace; anything else, a malformed request included, is refused and
 // the agent goes on serving.
 func TestPastaSpliceChecks(t *testing.T) {
-	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: []uint16{18511}, UDP: []uint16{18512}, AutoTCP: true}
+	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: portRanges{{18511, 18511}}, UDP: portRanges{{18512, 18512}}, AutoTCP: true}
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		if l, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:18511")); err == nil {
 			defer unix.Close(l)
