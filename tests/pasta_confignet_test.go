@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"io"
 	"net"
 	"slices"
 	"strconv"
@@ -157,5 +158,35 @@ func TestPastaConfigNetLocalMode4(t *testing.T) {
 		return ns.Dial("tcp", "169.254.2.2:"+port(srv.Addr()), 5*time.Second)
 	}); got != "host loopback" {
 		t.Errorf("169.254.2.2 answered %q, not the host's loopback", got)
+	}
+}
+
+// An IPv6 client of a -t port, from outside the namespace's prefix,
+// reaches the namespace over IPv6 with its own address, as with pasta,
+// which configured the namespace's IPv6: not over IPv4 from the gateway
+// until the namespace first sends over IPv6.
+func TestPastaConfigNetInboundIPv6(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:99::5/128", "dev", "lo")
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	srv := ns.Listen(t, "tcp", ":18095")
+	acceptLoop(srv, func(c net.Conn) { io.WriteString(c, c.RemoteAddr().String()+"\n"); c.Close() })
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "18095", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	got := readGreeting(func() (net.Conn, error) {
+		var c net.Conn
+		var err error
+		h.Do(t, func() {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("2001:db8:99::5")}}
+			c, err = d.Dial("tcp", "["+host6Addr+"]:18095")
+		})
+		return c, err
+	})
+	if host, _, _ := net.SplitHostPort(got); host != "2001:db8:99::5" {
+		t.Errorf("the namespace's server saw the client as %q, want 2001:db8:99::5", got)
 	}
 }
