@@ -190,3 +190,43 @@ func TestPastaConfigNetInboundIPv6(t *testing.T) {
 		t.Errorf("the namespace's server saw the client as %q, want 2001:db8:99::5", got)
 	}
 }
+
+// --config-net copies the host's addresses as pasta does: not a
+// deprecated one (an old temporary address), and with their flags, so
+// that a noprefixroute address brings no prefix route the host lacks.
+func TestPastaConfigNetAddressFlags(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "addr", "add", "203.0.113.5/24", "dev", "uplink", "noprefixroute")
+	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:3::5/64", "dev", "uplink", "nodad", "preferred_lft", "0")
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local         string `json:"local"`
+			NoPrefixRoute bool   `json:"noprefixroute"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "addr", "show", "dev", "uplink")), &links); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			got[a.Local] = a.NoPrefixRoute
+		}
+	}
+	if npr, ok := got["203.0.113.5"]; !ok || !npr {
+		t.Errorf("203.0.113.5 copied %v, noprefixroute %v; want both", ok, npr)
+	}
+	if _, ok := got["2001:db8:3::5"]; ok {
+		t.Error("the deprecated 2001:db8:3::5 was copied")
+	}
+	if _, routes := nsAddrRoutes(t, ns, "uplink"); slices.Contains(routes, "203.0.113.0/24") {
+		t.Errorf("routes %q: a prefix route for the noprefixroute address", routes)
+	}
+}

@@ -105,9 +105,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			if err != nil {
 				return p, fmt.Errorf("host addresses: %v", err)
 			}
+			// As pasta: not the link-local ones nor the deprecated ones
+			// (old temporary addresses), with their flags (noprefixroute).
 			for _, a := range host {
-				if !a.Prefix.Addr().IsLinkLocalUnicast() {
-					addrs = append(addrs, rtnl.Addr{Prefix: a.Prefix, Flags: unix.IFA_F_NODAD})
+				if !a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_DEPRECATED == 0 {
+					addrs = append(addrs, rtnl.Addr{Prefix: a.Prefix, Flags: a.Flags | unix.IFA_F_NODAD})
 				}
 			}
 		}
