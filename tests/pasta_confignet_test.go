@@ -230,3 +230,24 @@ func TestPastaConfigNetAddressFlags(t *testing.T) {
 		t.Errorf("routes %q: a prefix route for the noprefixroute address", routes)
 	}
 }
+
+// --config-net copies a host route's metrics (its MTU) and IPv6 router
+// preference, as pasta does.
+func TestPastaConfigNetRouteAttributes(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.3", "mtu", "1400")
+	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", "2001:db8:1::99", "pref", "high")
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	if got := ns.Run(t, "ip", "route", "show", "192.0.2.0/24"); !strings.Contains(got, "mtu 1400") {
+		t.Errorf("the route to 192.0.2.0/24 in the namespace: %q, want mtu 1400", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "2001:db8:77::/48"); !strings.Contains(got, "pref high") {
+		t.Errorf("the route to 2001:db8:77::/48 in the namespace: %q, want pref high", got)
+	}
+}

@@ -36,6 +36,8 @@ type Route struct {
 	Scope    uint8
 	Type     uint8
 	Flags    uint32 // RTNH_F_*
+	Metrics  []byte // RTA_METRICS as the kernel gave them: mtu, advmss...
+	Pref     uint8  // RTA_PREF, IPv6's router preference (0: medium)
 }
 
 // Conn is a route netlink socket in the network namespace of the thread
@@ -165,6 +167,12 @@ func (c *Conn) AddRoute(r Route) error {
 	}
 	if r.Metric != 0 {
 		msg = attr(msg, unix.RTA_PRIORITY, binary.NativeEndian.AppendUint32(nil, r.Metric))
+	}
+	if len(r.Metrics) > 0 {
+		msg = attr(msg, unix.RTA_METRICS, r.Metrics)
+	}
+	if r.Pref != 0 {
+		msg = attr(msg, unix.RTA_PREF, []byte{r.Pref})
 	}
 	msg = attr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(r.Index)))
 	return c.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, msg)
@@ -407,6 +415,12 @@ func ParseRoutes(b []byte) ([]Route, error) {
 				}
 			case unix.RTA_MULTIPATH:
 				multipath = true
+			case unix.RTA_METRICS:
+				r.Metrics = append([]byte(nil), d...)
+			case unix.RTA_PREF:
+				if len(d) == 1 {
+					r.Pref = d[0]
+				}
 			}
 		}); err != nil {
 			bad = err
