@@ -251,3 +251,20 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 		t.Errorf("the route to 2001:db8:77::/48 in the namespace: %q, want pref high", got)
 	}
 }
+
+// A host whose default route is multipath (not copied) still gives the
+// namespace a default route, through the first gateway.
+func TestPastaConfigNetMultipathDefault(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
+	pasta := pastaLink(t)
+	ns, pid, _ := pidNetns(t, h)
+	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-4", "-t", "none", "-u", "none",
+		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
+		t.Fatalf("pasta: %v: %s", err, out)
+	}
+	if got := ns.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "default") {
+		t.Errorf("no default route in the namespace: %q", got)
+	}
+}

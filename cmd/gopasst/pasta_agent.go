@@ -132,11 +132,13 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 				}
 			}
 		}
-		if len(routes) == 0 {
-			// On-link: the gateway may lie outside a narrow prefix, as it
-			// does when the host's address is a /32.
+		if !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
+			// Without a default route to copy (none asked for, or the
+			// host's is multipath, which is not copied), one through the
+			// gateway. On-link: the gateway may lie outside a narrow
+			// prefix, as it does when the host's address is a /32.
 			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
-			routes = []rtnl.Route{def}
+			routes = append(routes, def)
 		}
 		p.Routes = append(p.Routes, routes...)
 	}
