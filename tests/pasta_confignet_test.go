@@ -42,6 +42,23 @@ func nsAddrRoutes(t *testing.T, ns *Netns, dev string) (addrs, routes []string) 
 	return addrs, routes
 }
 
+// configNet runs pasta --config-net on pid's network namespace from h,
+// with args, and forwards nothing that args do not name: it returns once
+// pasta is ready.
+func configNet(t *testing.T, h *Netns, pid string, args ...string) {
+	t.Helper()
+	argv := []string{"--config-net", "--quiet"}
+	for _, opt := range []string{"-t", "-u", "-T", "-U"} {
+		if !slices.Contains(args, opt) {
+			argv = append(argv, opt, "none")
+		}
+	}
+	argv = append(append(argv, args...), "--netns-only", pid)
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta %q: %v: %s", argv, err, out)
+	}
+}
+
 // --config-net with -a: the namespace gets that address alone, with the
 // prefix length given, else its class's (pasta's -n default), and still
 // the host's routes, the kernel's prefix route among them, so that the
@@ -55,12 +72,8 @@ func TestPastaConfigNetAddress(t *testing.T) {
 	} {
 		t.Run(c.addr, func(t *testing.T) {
 			h := newHost(t, WorldOpts{})
-			pasta := pastaLink(t)
 			ns, pid, _ := pidNetns(t, h)
-			if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-4", "-a", c.addr, "-t", "none", "-u", "none",
-				"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-				t.Fatalf("pasta: %v: %s", err, out)
-			}
+			configNet(t, h, pid, "-4", "-a", c.addr)
 			addrs, routes := nsAddrRoutes(t, ns, "uplink")
 			if !slices.Equal(addrs, []string{c.want}) {
 				t.Errorf("-a %s: addresses %q, want %s alone", c.addr, addrs, c.want)
@@ -77,12 +90,8 @@ func TestPastaConfigNetAddress(t *testing.T) {
 func TestPastaConfigNetMTUZero(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-m", "0", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid, "-m", "0")
 	var links []struct{ MTU int }
 	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "link", "show", "dev", "uplink")), &links); err != nil {
 		t.Fatal(err)
@@ -97,12 +106,8 @@ func TestPastaConfigNetMTUZero(t *testing.T) {
 func TestPastaConfigNetLinkLocalNoDAD(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid)
 	var links []struct {
 		AddrInfo []struct {
 			Local string `json:"local"`
@@ -144,12 +149,8 @@ func TestPastaConfigNetLocalMode4(t *testing.T) {
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
 	srv := h.Listen(t, "tcp", "127.0.0.1:0")
 	echoGreeting(srv, "host loopback")
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid)
 	addrs, routes := nsAddrRoutes(t, ns, "uplink")
 	if !slices.Equal(addrs, []string{"169.254.2.1/16"}) || !slices.Contains(routes, "default via 169.254.2.2") {
 		t.Errorf("IPv4 without a template: addresses %q, routes %q; want 169.254.2.1/16 via 169.254.2.2", addrs, routes)
@@ -169,14 +170,10 @@ func TestPastaConfigNetInboundIPv6(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:99::5/128", "dev", "lo")
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
 	srv := ns.Listen(t, "tcp", ":18095")
 	acceptLoop(srv, func(c net.Conn) { io.WriteString(c, c.RemoteAddr().String()+"\n"); c.Close() })
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "18095", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid, "-t", "18095")
 	got := readGreeting(func() (net.Conn, error) {
 		var c net.Conn
 		var err error
@@ -199,12 +196,8 @@ func TestPastaConfigNetAddressFlags(t *testing.T) {
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "addr", "add", "203.0.113.5/24", "dev", "uplink", "noprefixroute")
 	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:3::5/64", "dev", "uplink", "nodad", "preferred_lft", "0")
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid)
 	var links []struct {
 		AddrInfo []struct {
 			Local         string `json:"local"`
@@ -238,12 +231,8 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.3", "mtu", "1400")
 	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", "2001:db8:1::99", "pref", "high")
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid)
 	if got := ns.Run(t, "ip", "route", "show", "192.0.2.0/24"); !strings.Contains(got, "mtu 1400") {
 		t.Errorf("the route to 192.0.2.0/24 in the namespace: %q, want mtu 1400", got)
 	}
@@ -258,12 +247,8 @@ func TestPastaConfigNetMultipathDefault(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
-	pasta := pastaLink(t)
 	ns, pid, _ := pidNetns(t, h)
-	if out, err := h.Cmd(pasta, "--config-net", "--quiet", "-4", "-t", "none", "-u", "none",
-		"-T", "none", "-U", "none", "--netns-only", pid).CombinedOutput(); err != nil {
-		t.Fatalf("pasta: %v: %s", err, out)
-	}
+	configNet(t, h, pid, "-4")
 	if got := ns.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "default") {
 		t.Errorf("no default route in the namespace: %q", got)
 	}
