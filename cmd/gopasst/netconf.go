@@ -20,8 +20,10 @@ import (
 // Network configuration, copied from the host the way passt does it: for
 // each family, the guest gets the address and default gateway of the
 // host's template interface (the one with that family's default route, or
-// --interface), and the host's resolvers. A family the host does not have
-// is left out; only a host with neither is an error.
+// --interface), and the host's resolvers. Without an IPv4 template, the
+// guest gets passt's local mode (169.254.2.1/16 via 169.254.2.2); IPv6 the
+// host does not have is left out (passt's local mode for IPv6, the
+// guest's link-local address alone, is not done).
 
 // hostFiles are where the host's routes and resolvers are read from
 // (replaced in tests).
@@ -252,10 +254,10 @@ type family struct {
 	route  func(string) (string, netip.Addr, error)
 	file   string
 	keep   func(netip.Addr) bool
-	addrs  []netip.Addr // from --address
-	gws    []netip.Addr // from --gateway
-	bits   int          // prefix when --address gives the only address
-	ifname string       // the template interface, filled by pick
+	addrs  []netip.Addr         // from --address
+	gws    []netip.Addr         // from --gateway
+	bits   func(netip.Addr) int // the prefix of an --address given without one
+	ifname string               // the template interface, filled by pick
 }
 
 // pick chooses the guest's address and gateway for one family: the
@@ -275,11 +277,7 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 		addr = ifaceAddr(ifname, f.keep)
 	}
 	if a := last(f.addrs); a.IsValid() {
-		bits := f.bits
-		if addr.IsValid() {
-			bits = addr.Bits()
-		}
-		addr = netip.PrefixFrom(a, bits)
+		addr = netip.PrefixFrom(a, f.bits(a))
 	}
 	if g := last(f.gws); g.IsValid() {
 		gw = g
@@ -294,6 +292,21 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 		why = "interface " + ifname + " has no " + f.name + " address"
 	}
 	return addr, gw, errors.New(why)
+}
+
+// classBits is the prefix length of an IPv4 address's network class (A,
+// B, C, else 32), which passt gives an --address without one, whatever
+// the host's.
+func classBits(a netip.Addr) int {
+	switch b := a.As4()[0]; {
+	case b < 128:
+		return 8
+	case b < 192:
+		return 16
+	case b < 224:
+		return 24
+	}
+	return 32
 }
 
 // netSetup is the engine's Config and what the daemon should log about
@@ -363,7 +376,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 
 	if !o.IPv6 {
 		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
-			addrs: addr4, gws: gw4, bits: 24}
+			addrs: addr4, gws: gw4, bits: classBits}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
 		if bits4 > 0 && p.IsValid() {
 			p = netip.PrefixFrom(p.Addr(), bits4)
@@ -375,15 +388,25 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 			}
 			p = netip.PrefixFrom(p.Addr(), bits)
 		}
-		if why == nil {
+		switch {
+		case why == nil:
 			cfg.Addr4, cfg.Prefix4, cfg.Gateway4 = p.Addr(), p.Bits(), gw
-		} else {
+		case o.OutboundIf4 == "":
+			// passt's local mode: with no template, the guest gets a
+			// link-local address and gateway, where options give none.
+			if !p.IsValid() {
+				p = netip.MustParsePrefix("169.254.2.1/16")
+			}
+			cfg.Addr4, cfg.Prefix4 = p.Addr(), p.Bits()
+			cfg.Gateway4 = cmp.Or(gw, netip.AddrFrom4([4]byte{169, 254, 2, 2}))
+			notes = append(notes, "IPv4 in local mode: "+why.Error())
+		default:
 			notes = append(notes, "IPv4 off: "+why.Error())
 		}
 	}
 	if !o.IPv4 {
 		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
-			addrs: addr6, gws: gw6, bits: 64}
+			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)

@@ -93,11 +93,18 @@ func TestBuildConfigFamilies(t *testing.T) {
 		return o
 	}
 	ns, err := buildConfig(base("-a", "2001:db8::5", "-g", "fe80::1"), files)
-	if err != nil || ns.Addr4.IsValid() || ns.Addr6.String() != "2001:db8::5" || ns.OurLL6.String() != "fe80::1" {
+	if err != nil || ns.Addr6.String() != "2001:db8::5" || ns.OurLL6.String() != "fe80::1" {
 		t.Fatalf("IPv6 from options: %+v, %v", ns.Config, err)
 	}
-	if len(ns.notes) != 1 || !strings.HasPrefix(ns.notes[0], "IPv4 off:") {
+	// No IPv4 template: passt's local mode.
+	if ns.Addr4.String() != "169.254.2.1" || ns.Prefix4 != 16 || ns.Gateway4.String() != "169.254.2.2" {
+		t.Errorf("IPv4 without a template: %v/%d via %v, want 169.254.2.1/16 via 169.254.2.2", ns.Addr4, ns.Prefix4, ns.Gateway4)
+	}
+	if len(ns.notes) != 1 || !strings.HasPrefix(ns.notes[0], "IPv4 in local mode:") {
 		t.Errorf("notes %q", ns.notes)
+	}
+	if ns, err := buildConfig(base("-a", "192.0.2.9"), files); err != nil || ns.Addr4.String() != "192.0.2.9" || ns.Gateway4.String() != "169.254.2.2" {
+		t.Errorf("-a without a template: %v via %v, %v; want 192.0.2.9 via local mode's gateway", ns.Addr4, ns.Gateway4, err)
 	}
 	o := base("-a", "192.0.2.9", "-g", "192.0.2.1", "-a", "2001:db8::5", "-g", "2001:db8::1")
 	o.IPv4 = true
@@ -109,12 +116,14 @@ func TestBuildConfigFamilies(t *testing.T) {
 		t.Error("-4 with -6 accepted")
 	}
 	o = base("-a", "2001:db8::5", "-g", "2001:db8::1")
-	o.MTU = 1000
+	o.MTU, o.IPv6 = 1000, true
 	if _, err := buildConfig(o, files); err == nil || !strings.Contains(err.Error(), "1280") {
 		t.Errorf("IPv6 alone below its minimum MTU: %v", err)
 	}
-	if _, err := buildConfig(base(), files); err == nil {
-		t.Error("no family at all accepted")
+	o = base()
+	o.IPv6 = true
+	if _, err := buildConfig(o, files); err == nil {
+		t.Error("-6 without IPv6 accepted")
 	}
 }
 
@@ -140,6 +149,12 @@ func TestBuildConfigPasstOptions(t *testing.T) {
 	if cfg, err := build(NetOptions{Address: []string{"192.0.2.9/26", "2001:db8::9/96"}}); err != nil ||
 		cfg.Addr4 != a("192.0.2.9") || cfg.Prefix4 != 26 || cfg.Addr6 != a("2001:db8::9") {
 		t.Errorf("-a ADDR/PLEN: %v/%d %v, %v", cfg.Addr4, cfg.Prefix4, cfg.Addr6, err)
+	}
+	// Without a prefix length, passt gives an IPv4 address its class's.
+	for addr, bits := range map[string]int{"10.1.2.3": 8, "172.16.1.2": 16, "192.0.2.9": 24, "240.0.0.1": 32} {
+		if cfg, err := build(NetOptions{Address: []string{addr}}); err != nil || cfg.Prefix4 != bits {
+			t.Errorf("-a %s: prefix %d, want %d (%v)", addr, cfg.Prefix4, bits, err)
+		}
 	}
 	for _, bad := range []NetOptions{
 		{Address: []string{"192.0.2.9/24"}, Netmask: "24"},

@@ -149,7 +149,7 @@ func pastaConfig(o *pastaOptions) (netSetup, error) {
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
 	if o.ConfigNet {
 		// The namespace has its addresses already, as pasta's does.
-		cfg.NoRA = true
+		cfg.NoRA, cfg.Configured6 = true, true
 	}
 	return cfg, err
 }

@@ -41,9 +41,9 @@ const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its 
 // nsPlan is what the agent sets up in the namespace.
 type nsPlan struct {
 	Ifname string
-	MAC    string // --ns-mac-addr, or "" for the kernel's
-	Config bool   // --config-net: the rest applies
-	MTU    int
+	MAC    string       // --ns-mac-addr, or "" for the kernel's
+	Config bool         // --config-net: the rest applies
+	MTU    int          // 0 (-m 0) leaves the kernel's, as pasta does
 	Addrs  []rtnl.Addr  // Index is filled in by the agent
 	Routes []rtnl.Route // likewise; on-link routes come first
 	Splice *spliceRules // the loopback path's, nil with --no-splice
@@ -59,6 +59,9 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	}
 	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
 		Config: o.ConfigNet, MTU: cfg.MTU}
+	if cfg.NoMTUOption {
+		p.MTU = 0
+	}
 	if o.NSMAC != "" {
 		if _, err := net.ParseMAC(o.NSMAC); err != nil {
 			return p, fmt.Errorf("--ns-mac-addr: %v", err)
@@ -67,7 +70,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	if !o.ConfigNet {
 		return p, nil
 	}
-	a4, a6, _ := parseAddrs("address", o.Address)
+	a4, a6, _, _ := parseAddress(o.Address) // ADDR/PLEN too, as buildConfig took it
 	g4, g6, _ := parseAddrs("gateway", o.Gateway)
 	var nl *rtnl.Conn
 	if !o.NoCopyAddrs || !o.NoCopyRoutes {
@@ -102,9 +105,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			if err != nil {
 				return p, fmt.Errorf("host addresses: %v", err)
 			}
+			// As pasta: not the link-local ones nor the deprecated ones
+			// (old temporary addresses), with their flags (noprefixroute).
 			for _, a := range host {
-				if !a.Prefix.Addr().IsLinkLocalUnicast() {
-					addrs = append(addrs, rtnl.Addr{Prefix: a.Prefix, Flags: unix.IFA_F_NODAD})
+				if !a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_DEPRECATED == 0 {
+					addrs = append(addrs, rtnl.Addr{Prefix: a.Prefix, Flags: a.Flags | unix.IFA_F_NODAD})
 				}
 			}
 		}
@@ -118,18 +123,22 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			if err != nil {
 				return p, fmt.Errorf("host routes: %v", err)
 			}
+			// The kernel's prefix routes too, as pasta copies them: with
+			// -a in another subnet, they keep the gateway reachable.
 			for _, r := range host {
-				if r.Protocol != unix.RTPROT_KERNEL && r.Type == unix.RTN_UNICAST {
+				if r.Type == unix.RTN_UNICAST {
 					r.PrefSrc = netip.Addr{}
 					routes = append(routes, r)
 				}
 			}
 		}
-		if len(routes) == 0 {
-			// On-link: the gateway may lie outside a narrow prefix, as it
-			// does when the host's address is a /32.
+		if !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
+			// Without a default route to copy (none asked for, or the
+			// host's is multipath, which is not copied), one through the
+			// gateway. On-link: the gateway may lie outside a narrow
+			// prefix, as it does when the host's address is a /32.
 			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
-			routes = []rtnl.Route{def}
+			routes = append(routes, def)
 		}
 		p.Routes = append(p.Routes, routes...)
 	}
@@ -162,6 +171,9 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	}
 	if _, err := os.Stat(t.net); err != nil {
 		return nil, -1, fmt.Errorf("network namespace: %v", err)
+	}
+	if _, err := os.Stat(t.user); t.user != "" && err != nil {
+		return nil, -1, fmt.Errorf("user namespace: %v", err)
 	}
 	if nsenterPath == "" {
 		return nil, -1, errors.New("joining the namespace: nsenter (from util-linux) not found in " + strings.Join(systemDirs, ", "))
@@ -498,8 +510,22 @@ func configureTap(p *nsPlan) error {
 	if !p.Config {
 		return nil
 	}
+	// With IPv6, the link comes up with ARP, and so duplicate address
+	// detection, off, and its link-local address is marked NODAD, as
+	// pasta's: usable, not tentative, once the caller is told we are ready.
+	v6 := slices.ContainsFunc(p.Addrs, func(a rtnl.Addr) bool { return a.Prefix.Addr().Is6() })
+	if v6 {
+		if err := c.SetFlags(ifi.Index, unix.IFF_NOARP, unix.IFF_NOARP); err != nil {
+			return fmt.Errorf("%s: NOARP: %v", p.Ifname, err)
+		}
+	}
 	if err := c.SetLink(ifi.Index, true, p.MTU, nil); err != nil {
 		return fmt.Errorf("%s: MTU %d, up: %v", p.Ifname, p.MTU, err)
+	}
+	if v6 {
+		if err := linkLocalNoDAD(c, ifi.Index); err != nil {
+			return fmt.Errorf("%s: link-local address: %v", p.Ifname, err)
+		}
 	}
 	for _, a := range p.Addrs {
 		a.Index = ifi.Index
@@ -514,6 +540,24 @@ func configureTap(p *nsPlan) error {
 		}
 	}
 	return nil
+}
+
+// linkLocalNoDAD marks the link-local addresses of interface index
+// NODAD, then turns ARP (neighbour solicitation) back on.
+func linkLocalNoDAD(c *rtnl.Conn, index int) error {
+	addrs, err := c.Addrs(unix.AF_INET6, index)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if a.Prefix.Addr().IsLinkLocalUnicast() {
+			a.Flags |= unix.IFA_F_NODAD
+			if err := c.ReplaceAddr(a); err != nil {
+				return err
+			}
+		}
+	}
+	return c.SetFlags(index, 0, unix.IFF_NOARP)
 }
 
 // keepOnlyBindCap leaves the agent only the capability to bind the

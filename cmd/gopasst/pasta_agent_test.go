@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
@@ -78,7 +79,7 @@ func TestPastaHelperChecks(t *testing.T) {
 // namespace; anything else, a malformed request included, is refused and
 // the agent goes on serving.
 func TestPastaSpliceChecks(t *testing.T) {
-	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: []uint16{18511}, UDP: []uint16{18512}, AutoTCP: true}
+	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: portRanges{{18511, 18511}}, UDP: portRanges{{18512, 18512}}, AutoTCP: true}
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		if l, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:18511")); err == nil {
 			defer unix.Close(l)
@@ -284,5 +285,14 @@ func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
 	unix.Sendmsg(pair[1], reply, nil, nil, 0)
 	if err := <-answered; err != unix.EPERM {
 		t.Errorf("answer: %v, want EPERM", err)
+	}
+}
+
+// A --userns that does not exist is reported as such, before nsenter
+// fails on it with a message of its own that the helper loses.
+func TestStartAgentMissingUserns(t *testing.T) {
+	_, _, err := startAgent(nsTarget{net: "/proc/self/ns/net", user: "/nonexistent/userns"}, nsPlan{})
+	if err == nil || !strings.Contains(err.Error(), "user namespace") || !strings.Contains(err.Error(), "/nonexistent/userns") {
+		t.Errorf("--userns /nonexistent/userns: %v", err)
 	}
 }

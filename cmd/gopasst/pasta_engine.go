@@ -7,6 +7,7 @@ import (
 	"io"
 	"log"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -330,11 +331,20 @@ func (s *pastaState) scan(a *autoScan, toHost, toNS []procTable, call func(func(
 	}
 }
 
-// listening reads tables into the set of listening ports.
+// listening reads tables into the set of listening ports. With UDP's
+// tables among them (UDP auto), a listening TCP port counts for UDP too,
+// as pasta forwards it: a TCP control port often sets up transfers on
+// the same UDP port (iperf3).
 func (a *autoScan) listening(tables []procTable) map[fwdPort]bool {
 	ports := map[fwdPort]bool{}
+	udp := slices.ContainsFunc(tables, func(t procTable) bool { return t.proto == slirp.UDP })
 	for _, t := range tables {
-		parseProcNet(readTable(t.fd, &a.buf), t.proto == slirp.UDP, func(port uint16) { ports[fwdPort{t.proto, port}] = true })
+		parseProcNet(readTable(t.fd, &a.buf), t.proto == slirp.UDP, func(port uint16) {
+			ports[fwdPort{t.proto, port}] = true
+			if udp && t.proto == slirp.TCP {
+				ports[fwdPort{slirp.UDP, port}] = true
+			}
+		})
 	}
 	return ports
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
@@ -31,8 +32,34 @@ import (
 type spliceRules struct {
 	Addr4, Addr6     netip.Addr // the namespace's addresses
 	HostLoToNsLo     bool
-	TCP, UDP         []uint16 // the namespace ports -t and -u forward to
-	AutoTCP, AutoUDP bool     // -t, -u auto: also what listens there
+	TCP, UDP         portRanges // the namespace ports -t and -u forward to
+	AutoTCP, AutoUDP bool       // -t, -u auto: also what listens there
+}
+
+// portRanges is a set of ports, as ranges, first and last: in the
+// agent's environment, the list of what -t ~80 names would not fit.
+type portRanges [][2]uint16
+
+// newPortRanges is the set of the guest ports of fwds.
+func newPortRanges(fwds []portspec.Forward) portRanges {
+	ports := make([]uint16, 0, len(fwds))
+	for _, fw := range fwds {
+		ports = append(ports, fw.GuestPort)
+	}
+	slices.Sort(ports)
+	var r portRanges
+	for _, p := range slices.Compact(ports) {
+		if n := len(r); n > 0 && r[n-1][1]+1 == p {
+			r[n-1][1] = p
+		} else {
+			r = append(r, [2]uint16{p, p})
+		}
+	}
+	return r
+}
+
+func (r portRanges) contains(port uint16) bool {
+	return slices.ContainsFunc(r, func(x [2]uint16) bool { return port >= x[0] && port <= x[1] })
 }
 
 // newSpliceRules is the loopback path the options ask for, nil with
@@ -41,15 +68,9 @@ func newSpliceRules(o *pastaOptions, cfg netSetup, f pastaForwards) *spliceRules
 	if o.NoSplice {
 		return nil
 	}
-	r := &spliceRules{Addr4: cfg.Addr4, Addr6: cfg.Addr6, HostLoToNsLo: o.HostLoToNsLo,
+	return &spliceRules{Addr4: cfg.Addr4, Addr6: cfg.Addr6, HostLoToNsLo: o.HostLoToNsLo,
+		TCP: newPortRanges(specForwards(f.tcp.specs)), UDP: newPortRanges(specForwards(f.udp.specs)),
 		AutoTCP: f.tcp.auto, AutoUDP: f.udp.auto}
-	for _, fw := range specForwards(f.tcp.specs) {
-		r.TCP = append(r.TCP, fw.GuestPort)
-	}
-	for _, fw := range specForwards(f.udp.specs) {
-		r.UDP = append(r.UDP, fw.GuestPort)
-	}
-	return r
 }
 
 // target is where a connection from the host's loopback of family v6
@@ -70,9 +91,9 @@ func (r *spliceRules) target(v6 bool) netip.Addr {
 // named tells whether -t (TCP) or -u (UDP) names port.
 func (r *spliceRules) named(proto slirp.Proto, port uint16) bool {
 	if proto == slirp.UDP {
-		return slices.Contains(r.UDP, port)
+		return r.UDP.contains(port)
 	}
-	return slices.Contains(r.TCP, port)
+	return r.TCP.contains(port)
 }
 
 // auto tells whether -t (TCP) or -u (UDP) is auto.

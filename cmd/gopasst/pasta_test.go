@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"slices"
@@ -194,5 +195,54 @@ func TestAutoRetry(t *testing.T) {
 	a.bound(bindNS, p, nil)
 	if !a.due(bindNS, p) {
 		t.Error("a bind that worked is still waited for")
+	}
+}
+
+// With -u auto as well as -t auto, a TCP port listening is forwarded for
+// UDP too, as pasta's; with -t auto alone, it is not.
+func TestAutoUDPFollowsTCP(t *testing.T) {
+	open := func(name, content string) procTable {
+		path := t.TempDir() + "/" + name
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return procTable{slirp.Proto(name), int(f.Fd())}
+	}
+	tcp := open("tcp", "  sl  local_address rem_address   st\n   0: 00000000:1F90 00000000:0000 0A 0\n") // 8080
+	udp := open("udp", "  sl  local_address rem_address   st\n")
+	var a autoScan
+	got := a.listening([]procTable{tcp, udp})
+	if !got[fwdPort{slirp.TCP, 8080}] || !got[fwdPort{slirp.UDP, 8080}] || len(got) != 2 {
+		t.Errorf("-t auto -u auto: %v, want TCP and UDP 8080", got)
+	}
+	if got := a.listening([]procTable{tcp}); len(got) != 1 {
+		t.Errorf("-t auto alone: %v, want TCP 8080 alone", got)
+	}
+}
+
+// -t ~8000 names 65534 ports: the agent's plan keeps them as ranges,
+// small enough for its environment (a list of them made nsenter's exec
+// fail with E2BIG), and the loopback path still finds each.
+func TestSpliceRulesWideSpec(t *testing.T) {
+	o := &pastaOptions{}
+	r := newSpliceRules(o, netSetup{}, pastaForwards{tcp: portModes{specs: []string{"~8000"}}, udp: portModes{specs: []string{"53,5353-5355"}}})
+	js, err := json.Marshal(nsPlan{Splice: r})
+	if err != nil || len(js) > 4096 {
+		t.Fatalf("the plan for -t ~8000 takes %d bytes (%v)", len(js), err)
+	}
+	for port, want := range map[uint16]bool{1: true, 7999: true, 8000: false, 8001: true, 65535: true} {
+		if r.named(slirp.TCP, port) != want {
+			t.Errorf("-t ~8000 names %d: %v, want %v", port, !want, want)
+		}
+	}
+	for port, want := range map[uint16]bool{53: true, 54: false, 5353: true, 5355: true, 5356: false} {
+		if r.named(slirp.UDP, port) != want {
+			t.Errorf("-u 53,5353-5355 names %d: %v, want %v", port, !want, want)
+		}
 	}
 }

@@ -74,6 +74,10 @@ func Parse(s string) (Spec, error) {
 			sp.Iface = iface
 		}
 		if addr != "" {
+			// passt takes an address in brackets too: [::1], [127.0.0.1].
+			if in, ok := strings.CutPrefix(addr, "["); ok && strings.HasSuffix(in, "]") {
+				addr = strings.TrimSuffix(in, "]")
+			}
 			a, err := netip.ParseAddr(addr)
 			if err != nil || a.Zone() != "" {
 				return bad(addr, "invalid address")

@@ -68,6 +68,22 @@ func TestLibvirtSpecs(t *testing.T) {
 	}
 }
 
+// An address in brackets, as passt takes it, IPv6 or IPv4, with an
+// interface too.
+func TestBracketedAddress(t *testing.T) {
+	for spec, want := range map[string]string{"[::1]/8081": "::1", "[127.0.0.1]/80": "127.0.0.1", "[2001:db8::1]%lo/22": "2001:db8::1"} {
+		s, err := Parse(spec)
+		if err != nil || s.Addr != netip.MustParseAddr(want) {
+			t.Errorf("%s: address %v, want %s (%v)", spec, s.Addr, want, err)
+		}
+	}
+	for _, bad := range []string{"[::1/80", "::1]/80", "[]/80"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
 func TestKeywordsAndExclusionsOnly(t *testing.T) {
 	if s, err := Parse("none"); err != nil || len(s.Forwards(nil)) != 0 {
 		t.Fatalf("none: %v %v", s, err)

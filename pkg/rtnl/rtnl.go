@@ -36,6 +36,8 @@ type Route struct {
 	Scope    uint8
 	Type     uint8
 	Flags    uint32 // RTNH_F_*
+	Metrics  []byte // RTA_METRICS as the kernel gave them: mtu, advmss...
+	Pref     uint8  // RTA_PREF, IPv6's router preference (0: medium)
 }
 
 // Conn is a route netlink socket in the network namespace of the thread
@@ -98,12 +100,11 @@ func (c *Conn) Routes(family, index int) ([]Route, error) {
 // SetLink sets interface index's MTU (unless 0) and MAC (unless nil),
 // and brings it up if up.
 func (c *Conn) SetLink(index int, up bool, mtu int, mac net.HardwareAddr) error {
-	msg := make([]byte, unix.SizeofIfInfomsg)
-	m := unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(index)}
+	var flags uint32
 	if up {
-		m.Flags, m.Change = unix.IFF_UP, unix.IFF_UP
+		flags = unix.IFF_UP
 	}
-	*(*unix.IfInfomsg)(unsafe.Pointer(&msg[0])) = m
+	msg := ifinfomsg(index, flags, flags)
 	if mtu != 0 {
 		msg = attr(msg, unix.IFLA_MTU, binary.NativeEndian.AppendUint32(nil, uint32(mtu)))
 	}
@@ -113,8 +114,29 @@ func (c *Conn) SetLink(index int, up bool, mtu int, mac net.HardwareAddr) error 
 	return c.do(unix.RTM_NEWLINK, 0, msg)
 }
 
+// SetFlags sets interface index's flags (IFF_*) that change selects to
+// their values in flags.
+func (c *Conn) SetFlags(index int, flags, change uint32) error {
+	return c.do(unix.RTM_NEWLINK, 0, ifinfomsg(index, flags, change))
+}
+
+func ifinfomsg(index int, flags, change uint32) []byte {
+	msg := make([]byte, unix.SizeofIfInfomsg)
+	*(*unix.IfInfomsg)(unsafe.Pointer(&msg[0])) = unix.IfInfomsg{Family: unix.AF_UNSPEC, Index: int32(index), Flags: flags, Change: change}
+	return msg
+}
+
 // AddAddr adds a.
 func (c *Conn) AddAddr(a Addr) error {
+	return c.newAddr(a, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+}
+
+// ReplaceAddr sets the flags of a, which exists already.
+func (c *Conn) ReplaceAddr(a Addr) error {
+	return c.newAddr(a, unix.NLM_F_REPLACE)
+}
+
+func (c *Conn) newAddr(a Addr, nlflags uint16) error {
 	family := unix.AF_INET6
 	if a.Prefix.Addr().Is4() {
 		family = unix.AF_INET
@@ -124,7 +146,7 @@ func (c *Conn) AddAddr(a Addr) error {
 	msg = attr(msg, unix.IFA_LOCAL, ip)
 	msg = attr(msg, unix.IFA_ADDRESS, ip)
 	msg = attr(msg, unix.IFA_FLAGS, binary.NativeEndian.AppendUint32(nil, a.Flags))
-	return c.do(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, msg)
+	return c.do(unix.RTM_NEWADDR, nlflags, msg)
 }
 
 // AddRoute adds r to the main table.
@@ -145,6 +167,12 @@ func (c *Conn) AddRoute(r Route) error {
 	}
 	if r.Metric != 0 {
 		msg = attr(msg, unix.RTA_PRIORITY, binary.NativeEndian.AppendUint32(nil, r.Metric))
+	}
+	if len(r.Metrics) > 0 {
+		msg = attr(msg, unix.RTA_METRICS, r.Metrics)
+	}
+	if r.Pref != 0 {
+		msg = attr(msg, unix.RTA_PREF, []byte{r.Pref})
 	}
 	msg = attr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(r.Index)))
 	return c.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, msg)
@@ -387,6 +415,12 @@ func ParseRoutes(b []byte) ([]Route, error) {
 				}
 			case unix.RTA_MULTIPATH:
 				multipath = true
+			case unix.RTA_METRICS:
+				r.Metrics = append([]byte(nil), d...)
+			case unix.RTA_PREF:
+				if len(d) == 1 {
+					r.Pref = d[0]
+				}
 			}
 		}); err != nil {
 			bad = err

@@ -27,6 +27,10 @@ type Config struct {
 	Addr6    netip.Addr
 	Gateway6 netip.Addr
 	OurLL6   netip.Addr
+	// Configured6 says the guest has Addr6 from the start (pasta's
+	// --config-net): an IPv6 sender reaches it over IPv6 at once, not
+	// over IPv4 until the guest is seen to use IPv6.
+	Configured6 bool
 
 	// MapHostLoopback4 and MapHostLoopback6 are the guest addresses that
 	// stand for the host's loopback (passt's --map-host-loopback); unset,

@@ -99,6 +99,12 @@ func TestNAT(t *testing.T) {
 			t.Errorf("%s: %s -> %v to %v, want %s to %s", c.name, c.from, remote, dest, c.remote, c.dest)
 		}
 	}
+	// A guest given Addr6 from the start (pasta's --config-net) is
+	// reached over IPv6 by an IPv6 sender, which keeps its address.
+	e.addrSeen6, e.cfg.Configured6 = netip.Addr{}, true
+	if remote, dest := e.inboundRoute(ap("[2001:db8:5::7]:4000"), 22); remote != ap("[2001:db8:5::7]:4000") || dest != ap("[2001:db8::2]:22") {
+		t.Errorf("IPv6 to a guest configured with it: %v to %v, want [2001:db8:5::7]:4000 to [2001:db8::2]:22", remote, dest)
+	}
 }
 
 // TestNATMaps: --map-host-loopback moves host loopback off the gateway,

@@ -1,0 +1,255 @@
+package tests
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// nsAddrRoutes lists the IPv4 addresses (ADDR/PLEN) of dev in ns and its
+// IPv4 routes (DST or DST via GW).
+func nsAddrRoutes(t *testing.T, ns *Netns, dev string) (addrs, routes []string) {
+	t.Helper()
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-4", "addr", "show", "dev", dev)), &links); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			addrs = append(addrs, a.Local+"/"+strconv.Itoa(a.PrefixLen))
+		}
+	}
+	var rs []struct{ Dst, Gateway string }
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-4", "route", "show", "dev", dev)), &rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Gateway != "" {
+			r.Dst += " via " + r.Gateway
+		}
+		routes = append(routes, r.Dst)
+	}
+	return addrs, routes
+}
+
+// configNet runs pasta --config-net on pid's network namespace from h,
+// with args, and forwards nothing that args do not name: it returns once
+// pasta is ready.
+func configNet(t *testing.T, h *Netns, pid string, args ...string) {
+	t.Helper()
+	argv := []string{"--config-net", "--quiet"}
+	for _, opt := range []string{"-t", "-u", "-T", "-U"} {
+		if !slices.Contains(args, opt) {
+			argv = append(argv, opt, "none")
+		}
+	}
+	argv = append(append(argv, args...), "--netns-only", pid)
+	if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
+		t.Fatalf("pasta %q: %v: %s", argv, err, out)
+	}
+}
+
+// --config-net with -a: the namespace gets that address alone, with the
+// prefix length given, else its class's (pasta's -n default), and still
+// the host's routes, the kernel's prefix route among them, so that the
+// host's gateway stays reachable from another subnet, as with pasta.
+func TestPastaConfigNetAddress(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct{ addr, want string }{
+		{"192.0.2.5/28", "192.0.2.5/28"},
+		{"10.1.2.3", "10.1.2.3/8"},
+		{"172.16.1.2", "172.16.1.2/16"},
+	} {
+		t.Run(c.addr, func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			ns, pid, _ := pidNetns(t, h)
+			configNet(t, h, pid, "-4", "-a", c.addr)
+			addrs, routes := nsAddrRoutes(t, ns, "uplink")
+			if !slices.Equal(addrs, []string{c.want}) {
+				t.Errorf("-a %s: addresses %q, want %s alone", c.addr, addrs, c.want)
+			}
+			if !slices.Contains(routes, "default via "+hostGW) || !slices.Contains(routes, "198.51.100.0/24") {
+				t.Errorf("-a %s: routes %q, want the host's default and prefix routes", c.addr, routes)
+			}
+		})
+	}
+}
+
+// --config-net with -m 0 assigns no MTU: the tap keeps the kernel's
+// (1500), as pasta's, rather than gopasst's default.
+func TestPastaConfigNetMTUZero(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid, "-m", "0")
+	var links []struct{ MTU int }
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "link", "show", "dev", "uplink")), &links); err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].MTU != 1500 {
+		t.Errorf("-m 0: the tap's %+v, want MTU 1500", links)
+	}
+}
+
+// --config-net marks the tap's link-local address NODAD, having brought
+// the link up without duplicate address detection, as pasta does.
+func TestPastaConfigNetLinkLocalNoDAD(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	var links []struct {
+		AddrInfo []struct {
+			Local string `json:"local"`
+			NoDAD bool   `json:"nodad"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "-6", "addr", "show", "dev", "uplink", "scope", "link")), &links); err != nil {
+		t.Fatal(err)
+	}
+	ll := 0
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			if strings.HasPrefix(a.Local, "fe80:") {
+				if ll++; !a.NoDAD {
+					t.Errorf("the tap's link-local address %s is not NODAD", a.Local)
+				}
+			}
+		}
+	}
+	if ll != 1 {
+		t.Errorf("the tap's link-local addresses: %+v, want one", links)
+	}
+	if flags := ns.Run(t, "ip", "-o", "link", "show", "dev", "uplink"); strings.Contains(flags, "NOARP") {
+		t.Errorf("the tap is left NOARP: %s", flags)
+	}
+}
+
+// A host with no IPv4 (its template has IPv6 alone) gives the namespace
+// passt's local mode for IPv4, as pasta does: 169.254.2.1/16 via
+// 169.254.2.2, which stands for the host's loopback.
+func TestPastaConfigNetLocalMode4(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
+	srv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(srv, "host loopback")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	addrs, routes := nsAddrRoutes(t, ns, "uplink")
+	if !slices.Equal(addrs, []string{"169.254.2.1/16"}) || !slices.Contains(routes, "default via 169.254.2.2") {
+		t.Errorf("IPv4 without a template: addresses %q, routes %q; want 169.254.2.1/16 via 169.254.2.2", addrs, routes)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "169.254.2.2:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("169.254.2.2 answered %q, not the host's loopback", got)
+	}
+}
+
+// An IPv6 client of a -t port, from outside the namespace's prefix,
+// reaches the namespace over IPv6 with its own address, as with pasta,
+// which configured the namespace's IPv6: not over IPv4 from the gateway
+// until the namespace first sends over IPv6.
+func TestPastaConfigNetInboundIPv6(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:99::5/128", "dev", "lo")
+	ns, pid, _ := pidNetns(t, h)
+	srv := ns.Listen(t, "tcp", ":18095")
+	acceptLoop(srv, func(c net.Conn) { io.WriteString(c, c.RemoteAddr().String()+"\n"); c.Close() })
+	configNet(t, h, pid, "-t", "18095")
+	got := readGreeting(func() (net.Conn, error) {
+		var c net.Conn
+		var err error
+		h.Do(t, func() {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("2001:db8:99::5")}}
+			c, err = d.Dial("tcp", "["+host6Addr+"]:18095")
+		})
+		return c, err
+	})
+	if host, _, _ := net.SplitHostPort(got); host != "2001:db8:99::5" {
+		t.Errorf("the namespace's server saw the client as %q, want 2001:db8:99::5", got)
+	}
+}
+
+// --config-net copies the host's addresses as pasta does: not a
+// deprecated one (an old temporary address), and with their flags, so
+// that a noprefixroute address brings no prefix route the host lacks.
+func TestPastaConfigNetAddressFlags(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "addr", "add", "203.0.113.5/24", "dev", "uplink", "noprefixroute")
+	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:3::5/64", "dev", "uplink", "nodad", "preferred_lft", "0")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	var links []struct {
+		AddrInfo []struct {
+			Local         string `json:"local"`
+			NoPrefixRoute bool   `json:"noprefixroute"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ns.Run(t, "ip", "-j", "addr", "show", "dev", "uplink")), &links); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			got[a.Local] = a.NoPrefixRoute
+		}
+	}
+	if npr, ok := got["203.0.113.5"]; !ok || !npr {
+		t.Errorf("203.0.113.5 copied %v, noprefixroute %v; want both", ok, npr)
+	}
+	if _, ok := got["2001:db8:3::5"]; ok {
+		t.Error("the deprecated 2001:db8:3::5 was copied")
+	}
+	if _, routes := nsAddrRoutes(t, ns, "uplink"); slices.Contains(routes, "203.0.113.0/24") {
+		t.Errorf("routes %q: a prefix route for the noprefixroute address", routes)
+	}
+}
+
+// --config-net copies a host route's metrics (its MTU) and IPv6 router
+// preference, as pasta does.
+func TestPastaConfigNetRouteAttributes(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.3", "mtu", "1400")
+	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", "2001:db8:1::99", "pref", "high")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	if got := ns.Run(t, "ip", "route", "show", "192.0.2.0/24"); !strings.Contains(got, "mtu 1400") {
+		t.Errorf("the route to 192.0.2.0/24 in the namespace: %q, want mtu 1400", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "2001:db8:77::/48"); !strings.Contains(got, "pref high") {
+		t.Errorf("the route to 2001:db8:77::/48 in the namespace: %q, want pref high", got)
+	}
+}
+
+// A host whose default route is multipath (not copied) still gives the
+// namespace a default route, through the first gateway.
+func TestPastaConfigNetMultipathDefault(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid, "-4")
+	if got := ns.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "default") {
+		t.Errorf("no default route in the namespace: %q", got)
+	}
+}
