@@ -105,12 +105,13 @@ func (e *Engine) gateway(a netip.Addr) netip.Addr {
 // guest port gport, the guest's address and how the sender appears to
 // the guest. An IPv6 sender reaches the guest over IPv6 once the guest
 // uses IPv6 (it has sent from a global address, or taken the DHCPv6
-// lease, or has had Addr6 from the start: Configured6), at the address it
-// last used, as with passt; until then, or without IPv6, it arrives over
-// IPv4, so a guest that never configured IPv6 is still reachable. The host itself (its loopback, or its own
-// address, which the guest shares) appears as the address mapped to it
-// (--map-host-loopback, --map-guest-addr), else as the gateway, and so
-// does a sender the guest's family cannot address.
+// lease, or has had Addr6 from the start: Configured6), at the address
+// it last used, as with passt; until then, or without IPv6, it arrives
+// over IPv4, so a guest that never configured IPv6 is still reachable.
+// The host itself (its loopback, or its own address, which the guest
+// shares) appears as the address mapped to it (--map-host-loopback,
+// --map-guest-addr), else as the gateway, and so does a sender the
+// guest's family cannot address.
 func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest netip.AddrPort) {
 	a := from.Addr()
 	if a.Is6() && (e.addrSeen6.IsValid() || e.cfg.Configured6 && e.cfg.has6()) || !e.cfg.has4() {
