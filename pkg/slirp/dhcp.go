@@ -44,10 +44,15 @@ const (
 	optServerID    = 54
 	optFQDN        = 81
 	optSearch      = 119
+	optRoutes      = 121 // classless static routes (RFC 3442)
 	optEnd         = 255
 )
 
 var dhcpMagic = [4]byte{99, 130, 83, 99}
+
+// dhcpBroadcast is the flag a client sets when it cannot take a unicast
+// reply before it has its address (RFC 2131 4.1).
+const dhcpBroadcast = 0x8000
 
 // dhcpMsg holds what gopasst reads from a client message.
 type dhcpMsg struct {
@@ -136,8 +141,14 @@ func (e *Engine) dhcpInput(payload []byte) {
 	}
 	e.debugf("DHCP: type %d, answering %d", m.msgType, reply)
 	out := e.buildDHCP(&m, reply)
-	dst := netip.AddrFrom4([4]byte{255, 255, 255, 255})
-	if m.ciaddr != netip.IPv4Unspecified() && m.ciaddr.IsValid() && reply != dhcpNak {
+	// RFC 2131 4.1: a NAK is broadcast; a client with an address gets
+	// the reply there, one that asked for a broadcast gets one, and any
+	// other gets it at the address it is given.
+	dst := e.cfg.Addr4
+	switch {
+	case reply == dhcpNak || m.ciaddr.IsUnspecified() && m.flags&dhcpBroadcast != 0:
+		dst = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	case !m.ciaddr.IsUnspecified():
 		dst = m.ciaddr
 	}
 	e.sendUDP(e.cfg.Gateway4, dhcpServerPort, dst, dhcpClientPort, out)
@@ -173,6 +184,13 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 		binary.BigEndian.PutUint32(mb[:], ^uint32(0)<<(32-mask.Bits()))
 		o.add(optMask, mb[:]...)
 		o.add(optRouter, gw[:]...)
+		if !mask.Contains(e.cfg.Gateway4) {
+			// A router off the guest's subnet is reached through a
+			// route to it on the link; a client that takes this
+			// option ignores the router option, so the default route
+			// comes with it (RFC 3442).
+			o.add(optRoutes, 32, gw[0], gw[1], gw[2], gw[3], 0, 0, 0, 0, 0, gw[0], gw[1], gw[2], gw[3])
+		}
 		if len(e.cfg.DNS4) > 0 && !e.cfg.NoDHCPDNS {
 			var dns []byte
 			for _, d := range e.cfg.DNS4 {
