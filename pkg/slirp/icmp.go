@@ -180,14 +180,16 @@ var unreachableCodes = map[unix.Errno][2]uint8{
 	unix.EPERM:        {header.ICMPv4AdminProhibited, header.ICMPv6AdminProhibited},
 }
 
-// icmpQuoteMax is how much of the offending packet an error quotes: as
-// much as keeps the error within the minimum MTU (576 bytes for IPv4,
-// RFC 1812; 1280 for IPv6, RFC 4443).
-func icmpQuoteMax(a netip.Addr) int {
+// icmpQuoteMax is how much of the offending packet an error to a quotes:
+// as much as keeps the error within the minimum MTU (576 bytes for IPv4,
+// RFC 1812; 1280 for IPv6, RFC 4443), and within the guest's, which
+// IPv4 allows down to 68 bytes.
+func (e *Engine) icmpQuoteMax(a netip.Addr) int {
+	limit := 1280
 	if a.Is4() {
-		return 576 - 2*header.IPv4MinLen - header.ICMPEchoLen
+		limit = min(576, e.mtu())
 	}
-	return 1280 - 2*header.IPv6Len - header.ICMPEchoLen
+	return limit - 2*ipHdrLen(a) - header.ICMPEchoLen
 }
 
 // sendUnreachable sends the guest a destination-unreachable error for a
@@ -205,7 +207,7 @@ func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint
 	if errno == unix.ECONNREFUSED {
 		from = remote
 	}
-	l4 = l4[:min(len(l4), icmpQuoteMax(guest))]
+	l4 = l4[:min(len(l4), e.icmpQuoteMax(guest))]
 	iplen := ipHdrLen(guest)
 	l4len := header.ICMPEchoLen + iplen + len(l4)
 	b := e.reserveIP(guest, l4len)
