@@ -63,6 +63,7 @@ type dhcpMsg struct {
 	msgType     uint8
 	requestedIP netip.Addr // invalid when absent
 	serverID    netip.Addr // invalid when absent
+	askUpdate   bool       // its FQDN option asks us to update DNS (S)
 }
 
 var errDHCP = errors.New("malformed DHCP message")
@@ -100,6 +101,8 @@ func parseDHCP(b []byte) (dhcpMsg, error) {
 			m.requestedIP = netip.AddrFrom4([4]byte(val))
 		case code == optServerID && len(val) == 4:
 			m.serverID = netip.AddrFrom4([4]byte(val))
+		case code == optFQDN && len(val) > 0:
+			m.askUpdate = val[0]&fqdnServerUpdate != 0
 		}
 		opts = opts[2+len(val):]
 	}
@@ -212,13 +215,30 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 			o.add(optHostname, []byte(e.cfg.Hostname)...)
 		}
 		if e.cfg.FQDN != "" {
-			// Flags: S=1 (server updates DNS), E=1 (wire-format name).
-			o.add(optFQDN, append([]byte{0x05, 0xff, 0xff}, encodeDomains([]string{e.cfg.FQDN})...)...)
+			// A name in wire format (E), deprecated RCODEs of 255
+			// (RFC 4702).
+			o.add(optFQDN, append([]byte{fqdnFlags(m.askUpdate) | 0x04, 0xff, 0xff}, encodeDomains([]string{e.cfg.FQDN})...)...)
 		}
 	}
 	o.b[o.n] = optEnd
 	o.n++
 	return b[:max(o.n, 300)] // BOOTP's minimum message size
+}
+
+// The client FQDN option's flags (RFC 4702, RFC 4704).
+const (
+	fqdnServerUpdate = 0x01 // S: the server updates the name's address records
+	fqdnOverride     = 0x02 // O: the server overrode the client's S
+)
+
+// fqdnFlags are the flags of our answer to a client FQDN option: we
+// update no DNS records (S clear), which overrides a client that asked
+// us to (O).
+func fqdnFlags(askUpdate bool) uint8 {
+	if askUpdate {
+		return fqdnOverride
+	}
+	return 0
 }
 
 // optWriter appends DHCP options and silently drops what does not fit.

@@ -169,3 +169,45 @@ func TestLeaveOut(t *testing.T) {
 		t.Errorf("link MTU %d, want %d", e.mtu(), DefaultMTU)
 	}
 }
+
+// TestFQDNFlags: the client FQDN option, in DHCP and DHCPv6, says we
+// update no DNS records (S clear, as passt says), and that we overrode a
+// client that asked us to (O); the DHCP one gives the name in wire
+// format (E).
+func TestFQDNFlags(t *testing.T) {
+	e := newTestEngine(t)
+	for _, askUpdate := range []bool{false, true} {
+		b := dhcpDiscover4()
+		if askUpdate {
+			b = append(b[:len(b)-1], optFQDN, 3, fqdnServerUpdate, 0, 0, optEnd)
+		}
+		m, err := parseDHCP(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint8(0x04)
+		if askUpdate {
+			want |= fqdnOverride
+		}
+		if f := dhcpOptions(e.buildDHCP(&m, dhcpOffer))[optFQDN]; len(f) < 3 || f[0] != want {
+			t.Errorf("DHCP, client asks for updates %v: option % x, want flags %#x", askUpdate, f, want)
+		}
+
+		var extra [][]byte
+		if askUpdate {
+			extra = append(extra, opt6(opt6FQDN, fqdnServerUpdate, 0))
+		}
+		_, raw := exchange6(t, e, dhcpv6Msg1(dhcpv6Solicit, extra...))
+		want &^= 0x04
+		var got []byte
+		dhcpv6Options(raw[dhcpv6HdrLen:], func(code uint16, val []byte) error {
+			if code == opt6FQDN {
+				got = val
+			}
+			return nil
+		})
+		if len(got) < 1 || got[0] != want {
+			t.Errorf("DHCPv6, client asks for updates %v: option % x, want flags %#x", askUpdate, got, want)
+		}
+	}
+}
