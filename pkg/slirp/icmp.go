@@ -126,7 +126,10 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	off := l4Off(guest)
 	for range udpMaxRead {
 		room := e.mtu() - ipHdrLen(guest)
-		b := e.reserveIP(guest, room)
+		// A byte past the room: a ping socket cuts a longer reply to
+		// the buffer and reports the length it cut it to, MSG_TRUNC
+		// or not, so only a full buffer tells that it did not fit.
+		b := e.reserveIP(guest, room+1)
 		if b == nil {
 			// No room, or no guest: the reply is dropped, as a full link
 			// drops it, rather than left for epoll to report at every
@@ -137,7 +140,7 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 			e.Stats.Dropped++
 			continue
 		}
-		n, from, err := recvfrom(f.fd, b[off:])
+		n, from, err := recvfrom(f.fd, b[off:off+room+1])
 		if err != nil {
 			return
 		}
