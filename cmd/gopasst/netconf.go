@@ -319,10 +319,9 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		// passt's -m 0: advertise no MTU; the link keeps the default.
 		cfg.MTU, cfg.NoMTUOption = slirp.DefaultMTU, true
 	}
-	// IPv4 takes an MTU down to 68 (RFC 791, and DHCP's option 26), as
-	// passt does; IPv6 is left out below its 1280.
-	if cfg.MTU < 68 || cfg.MTU > slirp.DefaultMTU {
-		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 68-%d (or 0: none advertised)", o.MTU, slirp.DefaultMTU)
+	// IPv6 is left out below its 1280 (below).
+	if cfg.MTU < slirp.MinMTU || cfg.MTU > slirp.DefaultMTU {
+		return netSetup{}, fmt.Errorf("--mtu: %d is out of range %d-%d (or 0: none advertised)", o.MTU, slirp.MinMTU, slirp.DefaultMTU)
 	}
 	if o.IPv4 && o.IPv6 {
 		return netSetup{}, errors.New("-4 and -6 leave no address family")
