@@ -26,6 +26,8 @@ var (
 	any4      = netip.IPv4Unspecified()
 	dhcp6Mcst = netip.MustParseAddr("ff02::1:2")
 	allRtrs   = netip.MustParseAddr("ff02::2")
+	fwd4      = netip.MustParseAddr("198.51.100.53") // --dns-forward, in the dns-forward case
+	fwd6      = netip.MustParseAddr("2001:db8:1::53")
 )
 
 // sum16 is the Internet checksum of b, starting from s.
@@ -283,10 +285,6 @@ func guestProbes() []probe {
 		}},
 		{"ping4-big", one(guestFrame(ourMAC, ipPacket(guestIP4, gw4, 1, 64, append(echoMsg(false, 0x4246), make([]byte, 1400)...), 2)))},
 		{"ping6-big", one(guestFrame(ourMAC, ipPacket(host6, gw6, 58, 64, append(echoMsg(true, 0x4247), make([]byte, 1400)...), 2)))},
-		{"ping4-77", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.77"), 1, 64, echoMsg(false, 0x4248), 2)))},
-		{"tcp4-77-closed", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.77"), 6, 64, tcpSyn(40003, 9), 16)))},
-		{"tcp4-88-closed", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.88"), 6, 64, tcpSyn(40004, 9), 16)))},
-		{"tcp6-77-closed", one(guestFrame(ourMAC, ipPacket(host6, netip.MustParseAddr("2001:db8:1::77"), 6, 64, tcpSyn(40005, 9), 16)))},
 		{"ping4-offlink", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("203.0.113.9"), 1, 64, echoMsg(false, 0x4244), 2)))},
 		{"udp4-gw-closed", one(guestFrame(ourMAC, udpPacket(guestIP4, 40000, gw4, 9, []byte("x"))))},
 		{"udp6-gw-closed", one(guestFrame(ourMAC, udpPacket(host6, 40000, gw6, 9, []byte("x"))))},
@@ -294,6 +292,16 @@ func guestProbes() []probe {
 		{"tcp6-gw-closed", one(guestFrame(ourMAC, ipPacket(host6, gw6, 6, 64, tcpSyn(40001, 9), 16)))},
 		{"udp6-ll-other", one(guestFrame(ourMAC, udpPacket(guestLL6, 40000, netip.MustParseAddr("fe80::77"), 9, []byte("x"))))},
 		{"udp4-offlink", one(guestFrame(ourMAC, udpPacket(guestIP4, 40002, netip.MustParseAddr("203.0.113.9"), 9, []byte("x"))))},
+		{"dns4-gw", one(guestFrame(ourMAC, udpPacket(guestIP4, 40010, gw4, 53, []byte("query"))))},
+		{"dns6-gw", one(guestFrame(ourMAC, udpPacket(host6, 40010, gw6, 53, []byte("query"))))},
+		{"dns4-fwd", one(guestFrame(ourMAC, udpPacket(guestIP4, 40011, fwd4, 53, []byte("query"))))},
+		{"dns6-fwd", one(guestFrame(ourMAC, udpPacket(host6, 40011, fwd6, 53, []byte("query"))))},
+		// Last: an address on the host's link that nobody has answers
+		// late, if at all (ARP gives up after seconds), unless mapped.
+		{"ping4-77", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.77"), 1, 64, echoMsg(false, 0x4248), 2)))},
+		{"tcp4-77-closed", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.77"), 6, 64, tcpSyn(40003, 9), 16)))},
+		{"tcp4-88-closed", one(guestFrame(ourMAC, ipPacket(guestIP4, netip.MustParseAddr("198.51.100.88"), 6, 64, tcpSyn(40004, 9), 16)))},
+		{"tcp6-77-closed", one(guestFrame(ourMAC, ipPacket(host6, netip.MustParseAddr("2001:db8:1::77"), 6, 64, tcpSyn(40005, 9), 16)))},
 	}
 }
 
@@ -303,6 +311,9 @@ func runProbes(t *testing.T, argv []string, o WorldOpts) map[string][]string {
 	o.NoGuest = true
 	o.Backend = argv
 	w := newWorld(t, o)
+	// The host's loopback resolvers, which answer with what they got.
+	echoPackets(w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53")), "from "+hostDNS+": ")
+	echoPackets(w.Host.ListenPacket(t, "udp", "[::1]:53"), "from ::1: ")
 	c, err := net.Dial("unix", w.Sock)
 	for i := 0; i < 100 && err != nil; i++ {
 		time.Sleep(20 * time.Millisecond)
@@ -612,6 +623,7 @@ var diffCases = []diffCase{
 	{name: "mtu68", args: []string{"--mtu", "68"}},
 	{name: "mtu1280", args: []string{"--mtu", "1280"}},
 	{name: "mtu0", args: []string{"-m", "0"}},
+	{name: "dns-forward", args: []string{"--dns-forward", fwd4.String(), "--dns-forward", fwd6.String()}},
 	{name: "dns", args: []string{"-D", "192.0.2.53", "-D", "2001:db8:5::53", "-S", "one.example", "-S", "two.example"}},
 	{name: "no-dhcp-dns", args: []string{"--no-dhcp-dns", "--no-dhcp-search"}},
 	{name: "names", args: []string{"-H", "guest1", "--fqdn", "guest1.example.test"}},
@@ -629,12 +641,15 @@ var diffCases = []diffCase{
 }
 
 // diffHost is every case's host: resolvers on host loopback for both
-// families, and the gateways' MACs known, so that nothing waits for
-// neighbour resolution and no error comes late, in another probe's turn.
+// families (runProbes answers there), and the gateways' MACs known, so
+// that nothing routed waits for neighbour resolution and no error comes
+// late, in another probe's turn. (Other neighbours would change passt's
+// answers: it gives the guest the host's neighbours' MACs.)
 func diffHost(t *testing.T, h *Netns) {
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nnameserver ::1\nsearch example.test lab.example\n")
 	h.Run(t, "ip", "neigh", "add", hostGW, "lladdr", "02:00:00:00:00:01", "dev", "uplink", "nud", "permanent")
 	h.Run(t, "ip", "neigh", "add", host6GW, "lladdr", "02:00:00:00:00:01", "dev", "uplink", "nud", "permanent")
+
 }
 
 // harmless are differences in every answer that no guest minds: the
@@ -670,6 +685,8 @@ var knownDiffs = map[string]string{
 	"dhcp6-info":             "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
 	"dhcp6-release":          "gopasst answers a RELEASE with Success (RFC 8415 18.3.7); passt ignores it",
 	"dhcp6-decline":          "gopasst answers a DECLINE with Success (RFC 8415 18.3.8); passt ignores it",
+	"dns6-gw":                "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
+	"dns-forward/dns6-fwd":   "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
 	"udp6-ll-other":          "gopasst: no route to a link-local address not its own; passt drops the datagram",
 	"mtu1280/ping4-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
 	"mtu1280/ping6-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
