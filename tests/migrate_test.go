@@ -26,12 +26,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// passtRepairPath is upstream's passt-repair, built (once, into the test
-// cache) from the tarball in ../shared/peers beside passt.
+// passtRepairPath is upstream's passt-repair, beside upstreamPasst.
 func passtRepairPath(t *testing.T) string {
 	t.Helper()
+	return filepath.Join(filepath.Dir(upstreamPasst(t)), "passt-repair")
+}
+
+// upstreamPasst is upstream passt 2026.03: $PASST, or built (once, into
+// the test cache) from the tarball in ../shared/peers.
+func upstreamPasst(t *testing.T) string {
+	t.Helper()
 	if p := os.Getenv("PASST"); p != "" {
-		return filepath.Join(filepath.Dir(p), "passt-repair")
+		return p
 	}
 	script, _ := filepath.Abs("../../shared/peers/build-passt.sh")
 	if _, err := os.Stat(script); err != nil {
@@ -42,7 +48,7 @@ func passtRepairPath(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("building upstream passt: %v", err)
 	}
-	return filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "passt-repair")
+	return strings.TrimSpace(string(out))
 }
 
 // TestRepairHelper moves one end of a TCP connection, with data queued

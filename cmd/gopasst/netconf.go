@@ -332,8 +332,9 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		// passt's -m 0: advertise no MTU; the link keeps the default.
 		cfg.MTU, cfg.NoMTUOption = slirp.DefaultMTU, true
 	}
-	if cfg.MTU < 576 || cfg.MTU > slirp.DefaultMTU {
-		return netSetup{}, fmt.Errorf("--mtu: %d is out of range 576-%d (or 0: none advertised)", o.MTU, slirp.DefaultMTU)
+	// IPv6 is left out below its 1280 (below).
+	if cfg.MTU < slirp.MinMTU || cfg.MTU > slirp.DefaultMTU {
+		return netSetup{}, fmt.Errorf("--mtu: %d is out of range %d-%d (or 0: none advertised)", o.MTU, slirp.MinMTU, slirp.DefaultMTU)
 	}
 	if o.IPv4 && o.IPv6 {
 		return netSetup{}, errors.New("-4 and -6 leave no address family")

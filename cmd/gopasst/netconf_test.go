@@ -165,11 +165,14 @@ func TestBuildConfigPasstOptions(t *testing.T) {
 		{MapGuestAddr: []string{"::"}},
 		{DNSHost: []string{"resolver"}},
 		{OutboundIf4: "no-such-interface0"},
-		{MTU: 100},
+		{MTU: 67},
 	} {
 		if _, err := build(bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+	if cfg, err := build(NetOptions{MTU: 68}); err != nil || cfg.MTU != 68 || !cfg.Addr4.IsValid() || cfg.Addr6.IsValid() {
+		t.Errorf("--mtu 68: MTU %d, IPv4 %v, IPv6 %v, %v", cfg.MTU, cfg.Addr4, cfg.Addr6, err)
 	}
 	if cfg, err := build(NetOptions{MTU: -1}); err != nil || cfg.MTU != slirp.DefaultMTU || !cfg.NoMTUOption {
 		t.Errorf("-m 0: MTU %d, option left out %v, %v", cfg.MTU, cfg.NoMTUOption, err)

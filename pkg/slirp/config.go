@@ -130,6 +130,10 @@ const (
 // DefaultMTU is passt's: the largest that fits a 64 KiB frame.
 const DefaultMTU = 65520
 
+// MinMTU is the smallest MTU IPv4 works with (RFC 791), and DHCP may
+// give (option 26); passt takes it too.
+const MinMTU = 68
+
 // minMTU6 is the smallest MTU IPv6 works with (RFC 8200).
 const minMTU6 = 1280
 

@@ -44,10 +44,15 @@ const (
 	optServerID    = 54
 	optFQDN        = 81
 	optSearch      = 119
+	optRoutes      = 121 // classless static routes (RFC 3442)
 	optEnd         = 255
 )
 
 var dhcpMagic = [4]byte{99, 130, 83, 99}
+
+// dhcpBroadcast is the flag a client sets when it cannot take a unicast
+// reply before it has its address (RFC 2131 4.1).
+const dhcpBroadcast = 0x8000
 
 // dhcpMsg holds what gopasst reads from a client message.
 type dhcpMsg struct {
@@ -58,6 +63,7 @@ type dhcpMsg struct {
 	msgType     uint8
 	requestedIP netip.Addr // invalid when absent
 	serverID    netip.Addr // invalid when absent
+	askUpdate   bool       // its FQDN option asks us to update DNS (S)
 }
 
 var errDHCP = errors.New("malformed DHCP message")
@@ -95,6 +101,8 @@ func parseDHCP(b []byte) (dhcpMsg, error) {
 			m.requestedIP = netip.AddrFrom4([4]byte(val))
 		case code == optServerID && len(val) == 4:
 			m.serverID = netip.AddrFrom4([4]byte(val))
+		case code == optFQDN && len(val) > 0:
+			m.askUpdate = val[0]&fqdnServerUpdate != 0
 		}
 		opts = opts[2+len(val):]
 	}
@@ -136,8 +144,14 @@ func (e *Engine) dhcpInput(payload []byte) {
 	}
 	e.debugf("DHCP: type %d, answering %d", m.msgType, reply)
 	out := e.buildDHCP(&m, reply)
-	dst := netip.AddrFrom4([4]byte{255, 255, 255, 255})
-	if m.ciaddr != netip.IPv4Unspecified() && m.ciaddr.IsValid() && reply != dhcpNak {
+	// RFC 2131 4.1: a NAK is broadcast; a client with an address gets
+	// the reply there, one that asked for a broadcast gets one, and any
+	// other gets it at the address it is given.
+	dst := e.cfg.Addr4
+	switch {
+	case reply == dhcpNak || m.ciaddr.IsUnspecified() && m.flags&dhcpBroadcast != 0:
+		dst = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	case !m.ciaddr.IsUnspecified():
 		dst = m.ciaddr
 	}
 	e.sendUDP(e.cfg.Gateway4, dhcpServerPort, dst, dhcpClientPort, out)
@@ -173,6 +187,13 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 		binary.BigEndian.PutUint32(mb[:], ^uint32(0)<<(32-mask.Bits()))
 		o.add(optMask, mb[:]...)
 		o.add(optRouter, gw[:]...)
+		if !mask.Contains(e.cfg.Gateway4) {
+			// A router off the guest's subnet is reached through a
+			// route to it on the link; a client that takes this
+			// option ignores the router option, so the default route
+			// comes with it (RFC 3442).
+			o.add(optRoutes, 32, gw[0], gw[1], gw[2], gw[3], 0, 0, 0, 0, 0, gw[0], gw[1], gw[2], gw[3])
+		}
 		if len(e.cfg.DNS4) > 0 && !e.cfg.NoDHCPDNS {
 			var dns []byte
 			for _, d := range e.cfg.DNS4 {
@@ -194,13 +215,30 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 			o.add(optHostname, []byte(e.cfg.Hostname)...)
 		}
 		if e.cfg.FQDN != "" {
-			// Flags: S=1 (server updates DNS), E=1 (wire-format name).
-			o.add(optFQDN, append([]byte{0x05, 0xff, 0xff}, encodeDomains([]string{e.cfg.FQDN})...)...)
+			// A name in wire format (E), deprecated RCODEs of 255
+			// (RFC 4702).
+			o.add(optFQDN, append([]byte{fqdnFlags(m.askUpdate) | 0x04, 0xff, 0xff}, encodeDomains([]string{e.cfg.FQDN})...)...)
 		}
 	}
 	o.b[o.n] = optEnd
 	o.n++
 	return b[:max(o.n, 300)] // BOOTP's minimum message size
+}
+
+// The client FQDN option's flags (RFC 4702, RFC 4704).
+const (
+	fqdnServerUpdate = 0x01 // S: the server updates the name's address records
+	fqdnOverride     = 0x02 // O: the server overrode the client's S
+)
+
+// fqdnFlags are the flags of our answer to a client FQDN option: we
+// update no DNS records (S clear), which overrides a client that asked
+// us to (O).
+func fqdnFlags(askUpdate bool) uint8 {
+	if askUpdate {
+		return fqdnOverride
+	}
+	return 0
 }
 
 // optWriter appends DHCP options and silently drops what does not fit.

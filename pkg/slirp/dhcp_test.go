@@ -43,6 +43,73 @@ func TestDHCPReplyCarriesConfig(t *testing.T) {
 	}
 }
 
+// dhcpOptions maps a reply's options by code.
+func dhcpOptions(out []byte) map[byte][]byte {
+	opts := map[byte][]byte{}
+	for o := out[bootpLen+4:]; len(o) > 1 && o[0] != optEnd; o = o[2+int(o[1]):] {
+		opts[o[0]] = o[2 : 2+int(o[1])]
+	}
+	return opts
+}
+
+// TestDHCPRouterOffSubnet: a gateway outside the guest's subnet (-g with
+// -a/-n, or a /32 address) comes with classless static routes to it and
+// through it, as passt sends them; one on the subnet does not.
+func TestDHCPRouterOffSubnet(t *testing.T) {
+	e := newTestEngine(t)
+	m, err := parseDHCP(dhcpDiscover4())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := dhcpOptions(e.buildDHCP(&m, dhcpOffer))[optRoutes]; ok {
+		t.Errorf("routes %v for a gateway on the subnet", r)
+	}
+	e.cfg.Gateway4 = netip.MustParseAddr("198.51.100.1")
+	want := []byte{32, 198, 51, 100, 1, 0, 0, 0, 0, 0, 198, 51, 100, 1}
+	if r := dhcpOptions(e.buildDHCP(&m, dhcpAck))[optRoutes]; string(r) != string(want) {
+		t.Errorf("routes %v, want %v", r, want)
+	}
+}
+
+// TestDHCPReplyDestination: replies go where RFC 2131 4.1 says, as
+// passt sends them: to the address given unless the client asked for a
+// broadcast, to the client's address when it has one, and NAKs to all.
+func TestDHCPReplyDestination(t *testing.T) {
+	e := newTestEngine(t)
+	bcast := netip.MustParseAddr("255.255.255.255")
+	renew := func(ciaddr netip.Addr) []byte {
+		b := dhcpDiscover4()
+		b[len(b)-2] = dhcpRequest
+		c := ciaddr.As4()
+		copy(b[12:16], c[:])
+		return b
+	}
+	for _, c := range []struct {
+		name string
+		msg  []byte
+		bc   bool
+		want netip.Addr
+	}{
+		{"discover", dhcpDiscover4(), false, testGuest4},
+		{"discover, broadcast flag", dhcpDiscover4(), true, bcast},
+		{"renew", renew(testGuest4), false, testGuest4},
+		{"renew, broadcast flag", renew(testGuest4), true, testGuest4},
+		{"nak", renew(netip.MustParseAddr("192.0.2.99")), false, bcast},
+	} {
+		if c.bc {
+			c.msg[10] = 0x80
+		}
+		e.dhcpInput(c.msg)
+		out := e.output(t)
+		if len(out) != 1 {
+			t.Fatalf("%s: %d replies", c.name, len(out))
+		}
+		if dst := header.IPv4(out[0][header.EthernetLen:]).Dst(); dst != c.want {
+			t.Errorf("%s: reply to %v, want %v", c.name, dst, c.want)
+		}
+	}
+}
+
 func TestDHCPParsesRequestedIP(t *testing.T) {
 	b := dhcpDiscover4()
 	b[len(b)-2] = dhcpRequest
@@ -100,5 +167,47 @@ func TestLeaveOut(t *testing.T) {
 	}
 	if e.mtu() != DefaultMTU {
 		t.Errorf("link MTU %d, want %d", e.mtu(), DefaultMTU)
+	}
+}
+
+// TestFQDNFlags: the client FQDN option, in DHCP and DHCPv6, says we
+// update no DNS records (S clear, as passt says), and that we overrode a
+// client that asked us to (O); the DHCP one gives the name in wire
+// format (E).
+func TestFQDNFlags(t *testing.T) {
+	e := newTestEngine(t)
+	for _, askUpdate := range []bool{false, true} {
+		b := dhcpDiscover4()
+		if askUpdate {
+			b = append(b[:len(b)-1], optFQDN, 3, fqdnServerUpdate, 0, 0, optEnd)
+		}
+		m, err := parseDHCP(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint8(0x04)
+		if askUpdate {
+			want |= fqdnOverride
+		}
+		if f := dhcpOptions(e.buildDHCP(&m, dhcpOffer))[optFQDN]; len(f) < 3 || f[0] != want {
+			t.Errorf("DHCP, client asks for updates %v: option % x, want flags %#x", askUpdate, f, want)
+		}
+
+		var extra [][]byte
+		if askUpdate {
+			extra = append(extra, opt6(opt6FQDN, fqdnServerUpdate, 0))
+		}
+		_, raw := exchange6(t, e, dhcpv6Msg1(dhcpv6Solicit, extra...))
+		want &^= 0x04
+		var got []byte
+		dhcpv6Options(raw[dhcpv6HdrLen:], func(code uint16, val []byte) error {
+			if code == opt6FQDN {
+				got = val
+			}
+			return nil
+		})
+		if len(got) < 1 || got[0] != want {
+			t.Errorf("DHCPv6, client asks for updates %v: option % x, want flags %#x", askUpdate, got, want)
+		}
 	}
 }

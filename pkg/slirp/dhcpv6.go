@@ -68,6 +68,7 @@ type dhcpv6Msg struct {
 	addrs       []netip.Addr
 	iaTA        bool
 	rapidCommit bool
+	askUpdate   bool // its FQDN option asks us to update DNS (S)
 }
 
 var errDHCPv6 = errors.New("malformed DHCPv6 message")
@@ -92,6 +93,8 @@ func parseDHCPv6(b []byte) (dhcpv6Msg, error) {
 			m.iaTA = true
 		case opt6RapidCommit:
 			m.rapidCommit = true
+		case opt6FQDN:
+			m.askUpdate = len(val) > 0 && val[0]&fqdnServerUpdate != 0
 		case opt6IANA:
 			if m.iaid != nil {
 				return nil
@@ -246,8 +249,7 @@ func (e *Engine) buildDHCPv6(m *dhcpv6Msg, typ uint8, serverID []byte, status in
 			w.add(opt6DomainList, encodeDomains(e.cfg.Search))
 		}
 		if e.cfg.FQDN != "" {
-			// Flags: S=1, the server updates the AAAA record.
-			w.add(opt6FQDN, append([]byte{0x01}, encodeDomains([]string{e.cfg.FQDN})...))
+			w.add(opt6FQDN, append([]byte{fqdnFlags(m.askUpdate)}, encodeDomains([]string{e.cfg.FQDN})...))
 		}
 	}
 	return w.b[:w.n]

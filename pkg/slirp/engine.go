@@ -187,8 +187,8 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	cfg.MaxTCP = cmp.Or(cfg.MaxTCP, DefaultMaxTCP)
 	cfg.MaxUDP = cmp.Or(cfg.MaxUDP, DefaultMaxUDP)
 	cfg.MaxICMP = cmp.Or(cfg.MaxICMP, DefaultMaxICMP)
-	if cfg.MTU < 576 || cfg.MTU > 65520 {
-		return nil, fmt.Errorf("MTU %d out of range 576-65520", cfg.MTU)
+	if cfg.MTU < MinMTU || cfg.MTU > DefaultMTU {
+		return nil, fmt.Errorf("MTU %d out of range %d-%d", cfg.MTU, MinMTU, DefaultMTU)
 	}
 	if cfg.has6() && cfg.MTU < minMTU6 {
 		return nil, fmt.Errorf("MTU %d is below IPv6's minimum of %d", cfg.MTU, minMTU6)

@@ -75,6 +75,24 @@ func TestNewLeaksNothing(t *testing.T) {
 	}
 }
 
+// TestMTURange: an IPv4 guest takes an MTU down to IPv4's 68, as with
+// passt; one below, or past 65520, is refused, and so is IPv6 below 1280.
+func TestMTURange(t *testing.T) {
+	for _, c := range []struct {
+		mtu int
+		v6  bool
+		ok  bool
+	}{{68, false, true}, {67, false, false}, {65521, false, false}, {1279, true, false}, {1280, true, true}} {
+		cfg := Config{MTU: c.mtu, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}
+		if c.v6 {
+			cfg.Addr6, cfg.Gateway6, cfg.OurLL6 = testGuest6, testGW6, testLL6
+		}
+		if _, err := New(cfg, -1); (err == nil) != c.ok {
+			t.Errorf("MTU %d, IPv6 %v: %v", c.mtu, c.v6, err)
+		}
+	}
+}
+
 // TestFailedAttach: a client that cannot be attached leaves the engine
 // free for the next one, which is served.
 func TestFailedAttach(t *testing.T) {

@@ -126,7 +126,10 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	off := l4Off(guest)
 	for range udpMaxRead {
 		room := e.mtu() - ipHdrLen(guest)
-		b := e.reserveIP(guest, room)
+		// A byte past the room: a ping socket cuts a longer reply to
+		// the buffer and reports the length it cut it to, MSG_TRUNC
+		// or not, so only a full buffer tells that it did not fit.
+		b := e.reserveIP(guest, room+1)
 		if b == nil {
 			// No room, or no guest: the reply is dropped, as a full link
 			// drops it, rather than left for epoll to report at every
@@ -137,7 +140,7 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 			e.Stats.Dropped++
 			continue
 		}
-		n, from, err := recvfrom(f.fd, b[off:])
+		n, from, err := recvfrom(f.fd, b[off:off+room+1])
 		if err != nil {
 			return
 		}
@@ -180,14 +183,16 @@ var unreachableCodes = map[unix.Errno][2]uint8{
 	unix.EPERM:        {header.ICMPv4AdminProhibited, header.ICMPv6AdminProhibited},
 }
 
-// icmpQuoteMax is how much of the offending packet an error quotes: as
-// much as keeps the error within the minimum MTU (576 bytes for IPv4,
-// RFC 1812; 1280 for IPv6, RFC 4443).
-func icmpQuoteMax(a netip.Addr) int {
+// icmpQuoteMax is how much of the offending packet an error to a quotes:
+// as much as keeps the error within the minimum MTU (576 bytes for IPv4,
+// RFC 1812; 1280 for IPv6, RFC 4443), and within the guest's, which
+// IPv4 allows down to 68 bytes.
+func (e *Engine) icmpQuoteMax(a netip.Addr) int {
+	limit := 1280
 	if a.Is4() {
-		return 576 - 2*header.IPv4MinLen - header.ICMPEchoLen
+		limit = min(576, e.mtu())
 	}
-	return 1280 - 2*header.IPv6Len - header.ICMPEchoLen
+	return limit - 2*ipHdrLen(a) - header.ICMPEchoLen
 }
 
 // sendUnreachable sends the guest a destination-unreachable error for a
@@ -217,7 +222,7 @@ func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint
 // about a packet it sent from guest to remote, whose L4 part began with
 // l4. ie is of guest's family.
 func (e *Engine) sendICMPError(ie *icmpErr, from, guest, remote netip.Addr, proto uint8, l4 []byte) {
-	l4 = l4[:min(len(l4), icmpQuoteMax(guest))]
+	l4 = l4[:min(len(l4), e.icmpQuoteMax(guest))]
 	iplen := ipHdrLen(guest)
 	l4len := header.ICMPEchoLen + iplen + len(l4)
 	b := e.reserveIP(guest, l4len)

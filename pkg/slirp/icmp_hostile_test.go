@@ -177,3 +177,35 @@ func TestICMPEchoToMappedAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestICMPEchoPastMTU: an echo reply longer than the guest's MTU is
+// dropped and counted, as one from a router would be, not cut to the
+// MTU (a ping socket reports the length it cut a reply to); one that
+// fits arrives whole.
+func TestICMPEchoPastMTU(t *testing.T) {
+	needPing(t)
+	te := newTestEngine(t)
+	te.cfg.NoICMP, te.cfg.MTU = false, 576
+	for _, size := range []int{576 - header.IPv4MinLen, 577 - header.IPv4MinLen} {
+		echo := append(echoRequest(header.ICMPv4Echo, 7, uint16(size)), make([]byte, size-12)...)
+		dropped := te.Stats.Dropped
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echo)) // the gateway: host loopback
+		te.inputDone()
+		var replies []int
+		for i := 0; i < 50 && len(replies) == 0 && te.Stats.Dropped == dropped; i++ {
+			te.turn(10)
+			drainFrames(te.rd, te.guest, func(f []byte) {
+				if ip := header.IPv4(f[header.EthernetLen:]); header.Ethernet(f).Type() == header.EtherTypeIPv4 && ip.Protocol() == header.ProtoICMP {
+					replies = append(replies, len(ip.Payload()))
+				}
+			})
+		}
+		fits := size+header.IPv4MinLen <= 576
+		if fits && (len(replies) != 1 || replies[0] != size) {
+			t.Errorf("echo of %d bytes: replies of %v bytes, want one whole", size, replies)
+		}
+		if !fits && (len(replies) != 0 || te.Stats.Dropped != dropped+1) {
+			t.Errorf("echo of %d bytes past an MTU of 576: replies of %v bytes, %d dropped", size, replies, te.Stats.Dropped-dropped)
+		}
+	}
+}

@@ -318,4 +318,17 @@ func TestUnreachableQuotesThePacket(t *testing.T) {
 	if e.sendUnreachable(unix.EIO, testGuest4, testGW4, header.ProtoTCP, nil) {
 		t.Error("EIO has no ICMP form")
 	}
+
+	// An IPv4 guest's MTU may be as small as 68 bytes: the error, quote
+	// and all, still fits it.
+	e.cfg.MTU = 68
+	quote := make([]byte, 200)
+	e.sendUnreachable(unix.EHOSTUNREACH, testGuest4, testGW4, header.ProtoUDP, quote)
+	out := e.output(t)
+	if len(out) != 1 {
+		t.Fatalf("%d frames", len(out))
+	}
+	if n := header.IPv4(out[0][header.EthernetLen:]).TotalLen(); n > 68 {
+		t.Errorf("error of %d bytes to a guest whose MTU is 68", n)
+	}
 }
