@@ -706,7 +706,7 @@ var knownDiffs = map[string]string{
 	"no-map-gw/ns-*":         neighbourMirror,
 	"map/arp-*":              neighbourMirror,
 	"no-map-gw/rs":           "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
-	"host-v6only/*":          "a host without IPv4: passt gives the guest link-local IPv4 (its local mode), gopasst none",
+	"host-v6only/*":          "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
 }
 
 // noIPv6Below1280: with an MTU below IPv6's minimum, gopasst leaves IPv6
