@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,19 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 		out = append(out, sp)
 	}
 	return out, nil
+}
+
+// forwardFamilies refuses a forward bound to an address of the family
+// that -4 or -6 turned off, as passt does: no guest could be reached
+// through it.
+func forwardFamilies(o *NetOptions) error {
+	for _, s := range slices.Concat(o.TCPPorts, o.UDPPorts) {
+		sp, err := portspec.Parse(s)
+		if err == nil && (o.IPv4 && sp.Addr.Is6() || o.IPv6 && sp.Addr.Is4()) {
+			return fmt.Errorf("%s: the forward's address family is disabled (-4, -6)", s)
+		}
+	}
+	return nil
 }
 
 // expanded is one spec's forwards; a wide one ("all", or exclusions
