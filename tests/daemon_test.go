@@ -72,6 +72,21 @@ func TestSIGTERM(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestQuiet: with --quiet, as with passt's, starting prints nothing: no
+// socket path, no QEMU command line.
+func TestQuiet(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	out, err := exec.Command(gopasstBin, append([]string{"--quiet", "-s", sock, "-P", pid}, hostArgs...)...).CombinedOutput()
+	if err != nil || len(out) != 0 {
+		t.Errorf("exit %v, output %q; want exit 0 and no output", err, out)
+	}
+	data, _ := os.ReadFile(pid)
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	syscall.Kill(p, syscall.SIGTERM)
+	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+}
+
 // TestStaleSocket: a socket file nobody listens on (a crashed instance) is
 // replaced; a live one is refused with a clear error.
 func TestStaleSocket(t *testing.T) {
