@@ -87,6 +87,37 @@ func TestQuiet(t *testing.T) {
 	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
 }
 
+// TestOutputFileModes: the PID file, the log and the capture that
+// gopasst creates are their owner's alone (0600), as passt's, whatever
+// the umask.
+func TestOutputFileModes(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s")
+	files := map[string]string{"-P": "pid", "-l": "log", "--pcap": "pcap"}
+	args := []string{"-f", "-1", "-s", sock}
+	for opt, name := range files {
+		args = append(args, opt, filepath.Join(dir, name))
+	}
+	cmd := exec.Command(gopasstBin, append(args, hostArgs...)...)
+	old := syscall.Umask(0)
+	err := cmd.Start()
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the PID file", func() bool { _, err := os.Stat(filepath.Join(dir, "pid")); return err == nil })
+	for _, name := range files {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Error(err)
+		} else if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", name, st.Mode())
+		}
+	}
+}
+
 // TestStaleSocket: a socket file nobody listens on (a crashed instance) is
 // replaced; a live one is refused with a clear error.
 func TestStaleSocket(t *testing.T) {

@@ -141,13 +141,14 @@ func parseOwnedFile(s string) ownedFile {
 }
 
 // writePidFile writes pid to path, as passt does (an existing file is
-// overwritten), and returns the file as owned only if it made it.
+// overwritten, a new one made 0600), and returns the file as owned only
+// if it made it.
 func writePidFile(path string, pid int) (ownedFile, error) {
 	if path == "" {
 		return ownedFile{}, nil
 	}
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	f, err := os.OpenFile(path, flags, 0o644)
+	f, err := os.OpenFile(path, flags, 0o600)
 	made := err == nil
 	if os.IsExist(err) {
 		f, err = os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
