@@ -72,6 +72,32 @@ func TestSIGTERM(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestSIGQUIT: gopasst in the foreground takes SIGQUIT as SIGTERM, as
+// passt's handler does: it exits 0 and removes its socket.
+func TestSIGQUIT(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", sock, "-P", pid}, hostArgs...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The PID file is written once the engine serves.
+	waitFor(t, "the PID file", func() bool { _, err := os.Stat(pid); return err == nil })
+	cmd.Process.Signal(syscall.SIGQUIT)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit on SIGQUIT: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("still running 10 s after SIGQUIT")
+	}
+	expectRemoved(t, sock, pid)
+}
+
 // TestQuiet: with --quiet, as with passt's, starting prints nothing: no
 // socket path, no QEMU command line.
 func TestQuiet(t *testing.T) {

@@ -179,7 +179,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	served := make(chan struct{})
 	go func() { srv.serve(); close(served) }()
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	signal.Notify(sig, stopSignals...)
 	go func() {
 		for {
 			select {
@@ -205,6 +205,11 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	}
 	return exitStatus(cmd.ProcessState), nil
 }
+
+// stopSignals end gopasst cleanly. passt's handler takes SIGQUIT as
+// SIGTERM: left to Go's default, it would dump goroutines and exit 2,
+// leaving the socket behind.
+var stopSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT}
 
 // exitStatus is a process's exit code as a shell gives it: 128 plus the
 // signal that killed it.
@@ -371,7 +376,7 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		}
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	signal.Notify(sig, stopSignals...)
 	go func() {
 		s := <-sig
 		logger.Printf("exiting on %v", s)
