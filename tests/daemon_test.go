@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -172,8 +173,17 @@ func TestStaleSocket(t *testing.T) {
 
 // TestBadOptions: an invalid option exits non-zero with one line naming it.
 func TestBadOptions(t *testing.T) {
-	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"}} {
-		out, err := exec.Command(gopasstBin, append(append([]string{"-f"}, hostArgs...), args...)...).CombinedOutput()
+	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"},
+		// Forwards passt refuses: of a disabled protocol or family (on
+		// loopback: there is no namespace here).
+		{"--no-tcp", "-t", "127.0.0.1/18080"}, {"-u", "127.0.0.1/15353", "--no-udp"}, {"-4", "-t", "::1/18080"}} {
+		// Accepted by mistake, it would serve: stop it, and its socket
+		// is in a directory of the test's own.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, gopasstBin, append(append([]string{"-f", "-s", filepath.Join(t.TempDir(), "s")}, hostArgs...), args...)...)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		out, err := cmd.CombinedOutput()
+		cancel()
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if err == nil || len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasst: ") {
 			t.Errorf("%v: err %v, output %q", args, err, out)

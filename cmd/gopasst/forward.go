@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,14 +49,24 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 	return out, nil
 }
 
-// forwardFamilies refuses a forward bound to an address of the family
-// that -4 or -6 turned off, as passt does: no guest could be reached
-// through it.
-func forwardFamilies(o *NetOptions) error {
-	for _, s := range slices.Concat(o.TCPPorts, o.UDPPorts) {
-		sp, err := portspec.Parse(s)
-		if err == nil && (o.IPv4 && sp.Addr.Is6() || o.IPv6 && sp.Addr.Is4()) {
-			return fmt.Errorf("%s: the forward's address family is disabled (-4, -6)", s)
+// forwardsOff refuses a forward that options turned off, as passt does,
+// since nothing could carry it to the guest: one of a protocol --no-tcp
+// or --no-udp disabled (no host side connection is accepted then), or
+// bound to an address of the family -4 or -6 disabled.
+func forwardsOff(o *NetOptions) error {
+	for _, p := range []struct {
+		off   bool
+		name  string
+		specs []string
+	}{{o.NoTCP, "TCP", o.TCPPorts}, {o.NoUDP, "UDP", o.UDPPorts}} {
+		for _, s := range p.specs {
+			if p.off && s != "none" {
+				return fmt.Errorf("%s: %s forwarding requested, but %s is disabled", s, p.name, p.name)
+			}
+			sp, err := portspec.Parse(s)
+			if err == nil && (o.IPv4 && sp.Addr.Is6() || o.IPv6 && sp.Addr.Is4()) {
+				return fmt.Errorf("%s: the forward's address family is disabled (-4, -6)", s)
+			}
 		}
 	}
 	return nil

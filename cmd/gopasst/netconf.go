@@ -338,7 +338,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	if o.IPv4 && o.IPv6 {
 		return netSetup{}, errors.New("-4 and -6 leave no address family")
 	}
-	if err := forwardFamilies(o); err != nil {
+	if err := forwardsOff(o); err != nil {
 		return netSetup{}, err
 	}
 	mac, err := net.ParseMAC(o.MAC)

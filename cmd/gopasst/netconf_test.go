@@ -131,6 +131,19 @@ func TestBuildConfigFamilies(t *testing.T) {
 	if _, err := buildConfig(o, files); err == nil {
 		t.Error("-4 with -6 accepted")
 	}
+	// As passt: no forward of a disabled protocol, though "none" goes.
+	o = base("-a", "192.0.2.9", "-g", "192.0.2.1")
+	o.NoTCP, o.NoUDP = true, true
+	for _, f := range []struct{ tcp, udp []string }{{[]string{"8080"}, nil}, {nil, []string{"none", "5353"}}} {
+		o.TCPPorts, o.UDPPorts = f.tcp, f.udp
+		if _, err := buildConfig(o, files); err == nil {
+			t.Errorf("--no-tcp --no-udp -t %q -u %q accepted", f.tcp, f.udp)
+		}
+	}
+	o.TCPPorts, o.UDPPorts = []string{"none"}, []string{"none"}
+	if _, err := buildConfig(o, files); err != nil {
+		t.Errorf("--no-tcp -t none: %v", err)
+	}
 	o = base("-a", "2001:db8::5", "-g", "2001:db8::1")
 	o.MTU, o.IPv6 = 1000, true
 	if _, err := buildConfig(o, files); err == nil || !strings.Contains(err.Error(), "1280") {
