@@ -58,6 +58,33 @@ func TestDaemonize(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestDaemonRelativePaths: relative paths name files in the caller's
+// directory, as with passt, though the daemon runs in "/": the socket,
+// PID file, log, capture and control socket are made there, and those
+// gopasst removes at exit are removed from there.
+func TestDaemonRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"-s", "rel.sock", "--pid", "rel.pid", "-l", "rel.log", "--pcap", "rel.pcap", "--control", "rel.ctl"}
+	cmd := exec.Command(gopasstBin, append(args, hostArgs...)...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, name := range []string{"rel.sock", "rel.pid", "rel.log", "rel.pcap", "rel.ctl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "rel.pid"))
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if p <= 0 {
+		t.Fatalf("PID file %q", data)
+	}
+	syscall.Kill(p, syscall.SIGTERM)
+	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+	expectRemoved(t, filepath.Join(dir, "rel.sock"), filepath.Join(dir, "rel.pid"), filepath.Join(dir, "rel.ctl"))
+}
+
 // TestSIGTERM: a daemon stopped by SIGTERM removes its socket and PID file.
 func TestSIGTERM(t *testing.T) {
 	dir := t.TempDir()
