@@ -203,7 +203,9 @@ func TestBadOptions(t *testing.T) {
 	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"},
 		// Forwards passt refuses: of a disabled protocol or family (on
 		// loopback: there is no namespace here).
-		{"--no-tcp", "-t", "127.0.0.1/18080"}, {"-u", "127.0.0.1/15353", "--no-udp"}, {"-4", "-t", "::1/18080"}} {
+		{"--no-tcp", "-t", "127.0.0.1/18080"}, {"-u", "127.0.0.1/15353", "--no-udp"}, {"-4", "-t", "::1/18080"},
+		// Migration options without --vhost-user, as passt.
+		{"--repair-path", "r"}, {"--migrate-exit"}, {"--migrate-no-linger"}} {
 		// Accepted by mistake, it would serve: stop it, and its socket
 		// is in a directory of the test's own.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

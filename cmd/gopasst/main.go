@@ -182,6 +182,20 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	return ctx, false, 0
 }
 
+// migrationOption names a migration option given, if any: "--repair-path
+// none" asks for nothing.
+func migrationOption(o *Options) string {
+	switch {
+	case o.RepairPath != "" && o.RepairPath != "none":
+		return "--repair-path"
+	case o.MigrateExit:
+		return "--migrate-exit"
+	case o.MigrateNoLinger:
+		return "--migrate-no-linger"
+	}
+	return ""
+}
+
 // lendPages tells whether the stream client's frames are lent to its
 // socket: asked for, or --fd's client, which is QEMU's own socket pair
 // and reads it itself (never a relay that splices it on).
@@ -205,6 +219,9 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		cfg.NewLink = qemusock.NewVhostUser
 		cfg.MigrateExit = o.MigrateExit
 		cfg.Migration = true
+	} else if opt := migrationOption(o); opt != "" {
+		// As passt: only a vhost-user back-end migrates.
+		return fail(stderr, "%s is for vhost-user mode only", opt)
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
 	if lendPages(o) {
