@@ -126,6 +126,31 @@ func TestSIGQUIT(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestStopDuringSetup: SIGTERM at any moment of start-up ends gopasst,
+// as passt's handler, set first thing, ends passt: one that reached the
+// engine before it could hear it was lost, and gopasst served on.
+func TestStopDuringSetup(t *testing.T) {
+	for i := 0; i < 10; i++ {
+		sock := filepath.Join(t.TempDir(), "s")
+		cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", sock}, hostArgs...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		time.Sleep(time.Duration(i) * 5 * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGTERM)
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("still running 5 s after SIGTERM, %d ms after its socket appeared", i*5)
+		}
+	}
+}
+
 // TestQuiet: with --quiet, as with passt's, starting prints nothing: no
 // socket path, no QEMU command line.
 func TestQuiet(t *testing.T) {

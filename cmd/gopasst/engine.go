@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gopasst/gopasst/pkg/logfile"
@@ -158,7 +159,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	files = nil
 
 	var failure string
-	isReady := false
+	var serving atomic.Bool
 	srv.onReady = func() error {
 		pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
 		if err != nil {
@@ -171,7 +172,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		if relay != nil {
 			go relay.serve()
 		}
-		isReady = true
+		serving.Store(true)
 		ready()
 		return nil
 	}
@@ -184,10 +185,16 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		for {
 			select {
 			case s := <-sig:
-				if r.signal != nil {
+				switch {
+				case r.signal != nil:
 					r.signal(s)
-				} else {
+				case serving.Load():
 					cmd.Process.Signal(s)
+				default:
+					// An engine in set-up may not hear it: just exec'd
+					// as its PID namespace's init, it ignores a signal
+					// it has no handler for yet.
+					cmd.Process.Kill()
 				}
 			case <-r.cmdDone:
 				cmd.Process.Signal(unix.SIGTERM)
@@ -197,7 +204,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	}()
 	cmd.Wait()
 	<-served
-	if !isReady {
+	if !serving.Load() {
 		if failure == "" {
 			failure = "the engine exited during set-up: " + cmd.ProcessState.String()
 		}
