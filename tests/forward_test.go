@@ -163,6 +163,21 @@ func TestForwardFamily(t *testing.T) {
 	}
 }
 
+// TestForwardOutOfDescriptors: more forwards than the open file limit
+// allows fail to start, and say why, as passt says "Too many open files".
+func TestForwardOutOfDescriptors(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("needs util-linux's prlimit")
+	}
+	h := newHost(t, WorldOpts{})
+	sock := filepath.Join(t.TempDir(), "s")
+	out, err := h.Cmd("prlimit", "--nofile=200:200", gopasstBin, "-f", "-q", "-s", sock, "-t", "127.0.0.1/20000-20300").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "too many open files") {
+		t.Errorf("exit %v, output %q; want a failure for too many open files", err, out)
+	}
+}
+
 func ctl(t *testing.T, w *World, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(gopasstBin, append([]string{"ctl", filepath.Join(w.Dir, "ctl")}, args...)...).CombinedOutput()
