@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -57,6 +58,33 @@ func TestDaemonize(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestDaemonRelativePaths: relative paths name files in the caller's
+// directory, as with passt, though the daemon runs in "/": the socket,
+// PID file, log, capture and control socket are made there, and those
+// gopasst removes at exit are removed from there.
+func TestDaemonRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"-s", "rel.sock", "--pid", "rel.pid", "-l", "rel.log", "--pcap", "rel.pcap", "--control", "rel.ctl"}
+	cmd := exec.Command(gopasstBin, append(args, hostArgs...)...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, name := range []string{"rel.sock", "rel.pid", "rel.log", "rel.pcap", "rel.ctl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "rel.pid"))
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if p <= 0 {
+		t.Fatalf("PID file %q", data)
+	}
+	syscall.Kill(p, syscall.SIGTERM)
+	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+	expectRemoved(t, filepath.Join(dir, "rel.sock"), filepath.Join(dir, "rel.pid"), filepath.Join(dir, "rel.ctl"))
+}
+
 // TestSIGTERM: a daemon stopped by SIGTERM removes its socket and PID file.
 func TestSIGTERM(t *testing.T) {
 	dir := t.TempDir()
@@ -70,6 +98,103 @@ func TestSIGTERM(t *testing.T) {
 	syscall.Kill(p, syscall.SIGTERM)
 	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
 	expectRemoved(t, sock, pid)
+}
+
+// TestSIGQUIT: gopasst in the foreground takes SIGQUIT as SIGTERM, as
+// passt's handler does: it exits 0 and removes its socket.
+func TestSIGQUIT(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", sock, "-P", pid}, hostArgs...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The PID file is written once the engine serves.
+	waitFor(t, "the PID file", func() bool { _, err := os.Stat(pid); return err == nil })
+	cmd.Process.Signal(syscall.SIGQUIT)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit on SIGQUIT: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("still running 10 s after SIGQUIT")
+	}
+	expectRemoved(t, sock, pid)
+}
+
+// TestStopDuringSetup: SIGTERM at any moment of start-up ends gopasst,
+// as passt's handler, set first thing, ends passt: one that reached the
+// engine before it could hear it was lost, and gopasst served on.
+func TestStopDuringSetup(t *testing.T) {
+	for i := 0; i < 10; i++ {
+		sock := filepath.Join(t.TempDir(), "s")
+		cmd := exec.Command(gopasstBin, append([]string{"-f", "-s", sock}, hostArgs...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the socket", func() bool { _, err := os.Stat(sock); return err == nil })
+		time.Sleep(time.Duration(i) * 5 * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGTERM)
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("still running 5 s after SIGTERM, %d ms after its socket appeared", i*5)
+		}
+	}
+}
+
+// TestQuiet: with --quiet, as with passt's, starting prints nothing: no
+// socket path, no QEMU command line.
+func TestQuiet(t *testing.T) {
+	dir := t.TempDir()
+	sock, pid := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+	out, err := exec.Command(gopasstBin, append([]string{"--quiet", "-s", sock, "-P", pid}, hostArgs...)...).CombinedOutput()
+	if err != nil || len(out) != 0 {
+		t.Errorf("exit %v, output %q; want exit 0 and no output", err, out)
+	}
+	data, _ := os.ReadFile(pid)
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	syscall.Kill(p, syscall.SIGTERM)
+	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+}
+
+// TestOutputFileModes: the PID file, the log and the capture that
+// gopasst creates are their owner's alone (0600), as passt's, whatever
+// the umask.
+func TestOutputFileModes(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s")
+	files := map[string]string{"-P": "pid", "-l": "log", "--pcap": "pcap"}
+	args := []string{"-f", "-1", "-s", sock}
+	for opt, name := range files {
+		args = append(args, opt, filepath.Join(dir, name))
+	}
+	cmd := exec.Command(gopasstBin, append(args, hostArgs...)...)
+	old := syscall.Umask(0)
+	err := cmd.Start()
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the PID file", func() bool { _, err := os.Stat(filepath.Join(dir, "pid")); return err == nil })
+	for _, name := range files {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Error(err)
+		} else if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", name, st.Mode())
+		}
+	}
 }
 
 // TestStaleSocket: a socket file nobody listens on (a crashed instance) is
@@ -100,8 +225,19 @@ func TestStaleSocket(t *testing.T) {
 
 // TestBadOptions: an invalid option exits non-zero with one line naming it.
 func TestBadOptions(t *testing.T) {
-	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"}} {
-		out, err := exec.Command(gopasstBin, append(append([]string{"-f"}, hostArgs...), args...)...).CombinedOutput()
+	for _, args := range [][]string{{"--bogus"}, {"--mtu", "12"}, {"--vhost-user", "--vsock", "1024"}, {"-a", "nonsense"}, {"-M", "xx"},
+		// Forwards passt refuses: of a disabled protocol or family (on
+		// loopback: there is no namespace here).
+		{"--no-tcp", "-t", "127.0.0.1/18080"}, {"-u", "127.0.0.1/15353", "--no-udp"}, {"-4", "-t", "::1/18080"},
+		// Migration options without --vhost-user, as passt.
+		{"--repair-path", "r"}, {"--migrate-exit"}, {"--migrate-no-linger"}} {
+		// Accepted by mistake, it would serve: stop it, and its socket
+		// is in a directory of the test's own.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, gopasstBin, append(append([]string{"-f", "-s", filepath.Join(t.TempDir(), "s")}, hostArgs...), args...)...)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		out, err := cmd.CombinedOutput()
+		cancel()
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if err == nil || len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasst: ") {
 			t.Errorf("%v: err %v, output %q", args, err, out)

@@ -141,6 +141,43 @@ func TestForwardAll(t *testing.T) {
 	}
 }
 
+// TestForwardFamily: with -4 a forward without an address binds the
+// IPv4 wildcard alone and with -6 the IPv6 one, as passt does, so the
+// other family's clients are refused, not carried to the guest.
+func TestForwardFamily(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-4", "-t", "18400:8080"}})
+	guestServe(t, w, 8080)
+	expectAnswer(t, w, "127.0.0.1:18400", 8080)
+	expectRefused(t, w, "[::1]:18400")
+
+	w = newWorld(t, WorldOpts{NoGuest: true, Args: []string{"-6", "-t", "18401"}})
+	waitFor(t, "the forward on [::1]:18401", func() bool {
+		c, err := w.Host.Dial("tcp", "[::1]:18401", time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if _, err := w.Host.Dial("tcp", "127.0.0.1:18401", 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("-6: 127.0.0.1:18401: %v, want connection refused", err)
+	}
+}
+
+// TestForwardOutOfDescriptors: more forwards than the open file limit
+// allows fail to start, and say why, as passt says "Too many open files".
+func TestForwardOutOfDescriptors(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("needs util-linux's prlimit")
+	}
+	h := newHost(t, WorldOpts{})
+	sock := filepath.Join(t.TempDir(), "s")
+	out, err := h.Cmd("prlimit", "--nofile=200:200", gopasstBin, "-f", "-q", "-s", sock, "-t", "127.0.0.1/20000-20300").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "too many open files") {
+		t.Errorf("exit %v, output %q; want a failure for too many open files", err, out)
+	}
+}
+
 func ctl(t *testing.T, w *World, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(gopasstBin, append([]string{"ctl", filepath.Join(w.Dir, "ctl")}, args...)...).CombinedOutput()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,9 +20,10 @@ import (
 // the child reports it is serving (or why it is not).
 
 const (
-	envDaemon = "GOPASST_DAEMON_SOCKET" // set in the child: the socket as ownedFile.String, or "-"
-	childLfd  = 3                       // first ExtraFiles descriptor
-	childPipe = 4
+	envDaemon    = "GOPASST_DAEMON_SOCKET" // set in the child: the socket as ownedFile.String, or "-"
+	envDaemonDir = "GOPASST_DAEMON_DIR"    // set in the child: the caller's directory
+	childLfd     = 3                       // first ExtraFiles descriptor
+	childPipe    = 4
 )
 
 func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
@@ -29,7 +31,13 @@ func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
 	if sock.path == "" {
 		marker = "-" // --vsock or --fd: no socket file
 	}
-	msg, err := spawnDaemon(envDaemon+"="+marker, []*os.File{os.NewFile(uintptr(lfd), "listen")})
+	dir, err := os.Getwd()
+	if err != nil {
+		sock.remove()
+		return fail(stderr, "%v", err)
+	}
+	msg, err := spawnDaemon([]string{envDaemon + "=" + marker, envDaemonDir + "=" + dir},
+		[]*os.File{os.NewFile(uintptr(lfd), "listen")})
 	if err == nil && msg != "" {
 		// The daemon removed what it made; the socket is ours or its.
 		err = errors.New(msg)
@@ -46,7 +54,7 @@ func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
 // returns "" once the daemon is ready, else the daemon's reason. The
 // daemon must not hold our stdout and stderr: libvirt, podman and
 // rootlesskit read them to their end before they go on.
-func spawnDaemon(env string, files []*os.File) (string, error) {
+func spawnDaemon(env []string, files []*os.File) (string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("cannot find own executable: %v", err)
@@ -64,7 +72,7 @@ func spawnDaemon(env string, files []*os.File) (string, error) {
 	defer devnull.Close()
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0] // pasta is told apart by its name
-	cmd.Env = append(os.Environ(), env)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	cmd.ExtraFiles = append(files, w)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -85,6 +93,9 @@ func daemonChild(o *Options, marker string) int {
 	ready := os.NewFile(childPipe, "ready")
 	syscall.CloseOnExec(childPipe) // the engine must not hold the parent's pipe
 	sock := parseOwnedFile(marker)
+	dir := os.Getenv(envDaemonDir)
+	o.inDir(dir)
+	sock.path = inDir(dir, sock.path)
 	fd := childLfd
 	switch {
 	case o.Vsock != "":
@@ -96,6 +107,30 @@ func daemonChild(o *Options, marker string) int {
 		syscall.CloseOnExec(fd)
 	}
 	return supervise(&o.NetOptions, o.engineRun(fd, sock, false), ready, func() { ready.Close() })
+}
+
+// inDir makes the daemon's relative paths name what they named for its
+// caller, whose directory is dir: the daemon runs in "/".
+func (o *Options) inDir(dir string) {
+	for _, p := range []*string{&o.PidFile, &o.LogFile, &o.Pcap, &o.Control} {
+		*p = inDir(dir, *p)
+	}
+	if o.RepairPath != "none" {
+		o.RepairPath = inDir(dir, o.RepairPath)
+	}
+	for i, s := range o.UnixFwd {
+		if port, path, ok := strings.Cut(s, ":"); ok {
+			o.UnixFwd[i] = port + ":" + inDir(dir, path)
+		}
+	}
+}
+
+// inDir is path relative to dir, if it is a relative path.
+func inDir(dir, path string) string {
+	if path == "" || filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(dir, path)
 }
 
 // ownedFile is a file gopasst made, known by its device and inode as
@@ -141,13 +176,14 @@ func parseOwnedFile(s string) ownedFile {
 }
 
 // writePidFile writes pid to path, as passt does (an existing file is
-// overwritten), and returns the file as owned only if it made it.
+// overwritten, a new one made 0600), and returns the file as owned only
+// if it made it.
 func writePidFile(path string, pid int) (ownedFile, error) {
 	if path == "" {
 		return ownedFile{}, nil
 	}
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	f, err := os.OpenFile(path, flags, 0o644)
+	f, err := os.OpenFile(path, flags, 0o600)
 	made := err == nil
 	if os.IsExist(err) {
 		f, err = os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gopasst/gopasst/pkg/logfile"
@@ -117,7 +118,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	if o.CmdFwdMax < 1 {
 		return 1, errors.New("--cmd-fwd-max: at least 1")
 	}
-	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind}, ns: r.ns}
+	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind, Only4: o.IPv4, Only6: o.IPv6}, ns: r.ns}
 	if err := srv.allow(&ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}); err != nil {
 		return 1, err
 	}
@@ -158,7 +159,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	files = nil
 
 	var failure string
-	isReady := false
+	var serving atomic.Bool
 	srv.onReady = func() error {
 		pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
 		if err != nil {
@@ -171,7 +172,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		if relay != nil {
 			go relay.serve()
 		}
-		isReady = true
+		serving.Store(true)
 		ready()
 		return nil
 	}
@@ -179,15 +180,21 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	served := make(chan struct{})
 	go func() { srv.serve(); close(served) }()
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	signal.Notify(sig, stopSignals...)
 	go func() {
 		for {
 			select {
 			case s := <-sig:
-				if r.signal != nil {
+				switch {
+				case r.signal != nil:
 					r.signal(s)
-				} else {
+				case serving.Load():
 					cmd.Process.Signal(s)
+				default:
+					// An engine in set-up may not hear it: just exec'd
+					// as its PID namespace's init, it ignores a signal
+					// it has no handler for yet.
+					cmd.Process.Kill()
 				}
 			case <-r.cmdDone:
 				cmd.Process.Signal(unix.SIGTERM)
@@ -197,7 +204,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	}()
 	cmd.Wait()
 	<-served
-	if !isReady {
+	if !serving.Load() {
 		if failure == "" {
 			failure = "the engine exited during set-up: " + cmd.ProcessState.String()
 		}
@@ -205,6 +212,11 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	}
 	return exitStatus(cmd.ProcessState), nil
 }
+
+// stopSignals end gopasst cleanly. passt's handler takes SIGQUIT as
+// SIGTERM: left to Go's default, it would dump goroutines and exit 2,
+// leaving the socket behind.
+var stopSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT}
 
 // exitStatus is a process's exit code as a shell gives it: 128 plus the
 // signal that killed it.
@@ -371,7 +383,7 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		}
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	signal.Notify(sig, stopSignals...)
 	go func() {
 		s := <-sig
 		logger.Printf("exiting on %v", s)

@@ -49,6 +49,29 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 	return out, nil
 }
 
+// forwardsOff refuses a forward that options turned off, as passt does,
+// since nothing could carry it to the guest: one of a protocol --no-tcp
+// or --no-udp disabled (no host side connection is accepted then), or
+// bound to an address of the family -4 or -6 disabled.
+func forwardsOff(o *NetOptions) error {
+	for _, p := range []struct {
+		off   bool
+		name  string
+		specs []string
+	}{{o.NoTCP, "TCP", o.TCPPorts}, {o.NoUDP, "UDP", o.UDPPorts}} {
+		for _, s := range p.specs {
+			if p.off && s != "none" {
+				return fmt.Errorf("%s: %s forwarding requested, but %s is disabled", s, p.name, p.name)
+			}
+			sp, err := portspec.Parse(s)
+			if err == nil && (o.IPv4 && sp.Addr.Is6() || o.IPv6 && sp.Addr.Is4()) {
+				return fmt.Errorf("%s: the forward's address family is disabled (-4, -6)", s)
+			}
+		}
+	}
+	return nil
+}
+
 // expanded is one spec's forwards; a wide one ("all", or exclusions
 // only) skips ports that are ephemeral or already bound, as passt does.
 type expanded struct {

@@ -105,7 +105,12 @@ func (c *helperClient) exchange(msg, oob []byte, seq uint64) (helperReply, int, 
 func (c *helperClient) receive() (helperReply, int, error) {
 	var buf [4096]byte
 	n, fds, err := recvMsg(c.fd, buf[:], 1)
-	if err == nil && n == 0 {
+	switch {
+	case err == errCtrunc:
+		// The helper sends one descriptor at most: one that did not
+		// fit is one the kernel could not install, past our limit.
+		err = unix.EMFILE
+	case err == nil && n == 0:
 		err = errors.New("gone")
 	}
 	fd := -1

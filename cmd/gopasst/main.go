@@ -182,6 +182,20 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	return ctx, false, 0
 }
 
+// migrationOption names a migration option given, if any: "--repair-path
+// none" asks for nothing.
+func migrationOption(o *Options) string {
+	switch {
+	case o.RepairPath != "" && o.RepairPath != "none":
+		return "--repair-path"
+	case o.MigrateExit:
+		return "--migrate-exit"
+	case o.MigrateNoLinger:
+		return "--migrate-no-linger"
+	}
+	return ""
+}
+
 // lendPages tells whether the stream client's frames are lent to its
 // socket: asked for, or --fd's client, which is QEMU's own socket pair
 // and reads it itself (never a relay that splices it on).
@@ -205,6 +219,9 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		cfg.NewLink = qemusock.NewVhostUser
 		cfg.MigrateExit = o.MigrateExit
 		cfg.Migration = true
+	} else if opt := migrationOption(o); opt != "" {
+		// As passt: only a vhost-user back-end migrates.
+		return fail(stderr, "%s is for vhost-user mode only", opt)
 	}
 	cfg.OneOff = o.OneOff || o.Fd >= 0
 	if lendPages(o) {
@@ -243,20 +260,30 @@ func start(o *Options, stderr io.Writer) int {
 		return fail(stderr, "%v", err)
 	}
 	sock := own(path)
-	fmt.Fprintf(stderr, "UNIX domain socket bound at %s\n\n", path)
-	fmt.Fprintf(stderr, "You can now start qemu (>= 7.2) with:\n")
+	info := o.info(stderr)
+	fmt.Fprintf(info, "UNIX domain socket bound at %s\n\n", path)
+	fmt.Fprintf(info, "You can now start qemu (>= 7.2) with:\n")
 	if o.VhostUser {
-		fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on "+
+		fmt.Fprintf(info, "    qemu-system-x86_64 ... -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on "+
 			"-numa node,memdev=mem -chardev socket,id=c,path=%s -netdev vhost-user,id=v,chardev=c "+
 			"-device virtio-net-pci,netdev=v\n", path)
 	} else {
-		fmt.Fprintf(stderr, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
+		fmt.Fprintf(info, "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "+
 			"-netdev stream,id=s,server=off,addr.type=unix,addr.path=%s\n", path)
 	}
 	if o.Foreground {
 		return supervise(&o.NetOptions, o.engineRun(lfd, sock, true), stderr, func() {})
 	}
 	return daemonize(o, lfd, sock, stderr)
+}
+
+// info is where start-up messages go: standard error, unless --quiet,
+// which passt's leave out too.
+func (o *Options) info(stderr io.Writer) io.Writer {
+	if o.Quiet {
+		return io.Discard
+	}
+	return stderr
 }
 
 // startListenless is start without a unix socket to bind: for --vsock,
@@ -272,8 +299,8 @@ func startListenless(o *Options, stderr io.Writer) int {
 		if _, _, err := parseVsockAddr(o.Vsock, true); err != nil {
 			return fail(stderr, "%v", err)
 		}
-		fmt.Fprintf(stderr, "vsock: listening on port %s\n\n", o.Vsock)
-		fmt.Fprintf(stderr, "In the guest, run:\n    gopasst guest --vsock 2:%s\n", o.Vsock[strings.LastIndex(o.Vsock, ":")+1:])
+		fmt.Fprintf(o.info(stderr), "vsock: listening on port %s\n\n", o.Vsock)
+		fmt.Fprintf(o.info(stderr), "In the guest, run:\n    gopasst guest --vsock 2:%s\n", o.Vsock[strings.LastIndex(o.Vsock, ":")+1:])
 	} else if _, err := unix.FcntlInt(uintptr(o.Fd), unix.F_GETFD, 0); err != nil {
 		return fail(stderr, "--fd %d: %v", o.Fd, err)
 	}

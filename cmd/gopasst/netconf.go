@@ -339,6 +339,9 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	if o.IPv4 && o.IPv6 {
 		return netSetup{}, errors.New("-4 and -6 leave no address family")
 	}
+	if err := forwardsOff(o); err != nil {
+		return netSetup{}, err
+	}
 	mac, err := net.ParseMAC(o.MAC)
 	if err != nil || len(mac) != 6 {
 		return netSetup{}, fmt.Errorf("--mac-addr: invalid MAC address %q", o.MAC)

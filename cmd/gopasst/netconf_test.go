@@ -111,9 +111,38 @@ func TestBuildConfigFamilies(t *testing.T) {
 	if ns, err := buildConfig(o, files); err != nil || ns.Addr6.IsValid() || ns.Addr4.String() != "192.0.2.9" {
 		t.Errorf("-4: %+v, %v", ns.Config, err)
 	}
-	o.IPv6 = true
+	// As passt: a forward bound to the other family's address is refused.
+	for _, spec := range []string{"::1/8080", "[2001:db8::5]/22"} {
+		o.TCPPorts = []string{spec}
+		if _, err := buildConfig(o, files); err == nil {
+			t.Errorf("-4 -t %s accepted", spec)
+		}
+	}
+	o.TCPPorts = []string{"127.0.0.1/8080"}
+	if _, err := buildConfig(o, files); err != nil {
+		t.Errorf("-4 -t 127.0.0.1/8080: %v", err)
+	}
+	o.IPv4, o.IPv6 = false, true
+	if _, err := buildConfig(o, files); err == nil {
+		t.Error("-6 -t 127.0.0.1/8080 accepted")
+	}
+	o.TCPPorts = nil
+	o.IPv4 = true
 	if _, err := buildConfig(o, files); err == nil {
 		t.Error("-4 with -6 accepted")
+	}
+	// As passt: no forward of a disabled protocol, though "none" goes.
+	o = base("-a", "192.0.2.9", "-g", "192.0.2.1")
+	o.NoTCP, o.NoUDP = true, true
+	for _, f := range []struct{ tcp, udp []string }{{[]string{"8080"}, nil}, {nil, []string{"none", "5353"}}} {
+		o.TCPPorts, o.UDPPorts = f.tcp, f.udp
+		if _, err := buildConfig(o, files); err == nil {
+			t.Errorf("--no-tcp --no-udp -t %q -u %q accepted", f.tcp, f.udp)
+		}
+	}
+	o.TCPPorts, o.UDPPorts = []string{"none"}, []string{"none"}
+	if _, err := buildConfig(o, files); err != nil {
+		t.Errorf("--no-tcp -t none: %v", err)
 	}
 	o = base("-a", "2001:db8::5", "-g", "2001:db8::1")
 	o.MTU, o.IPv6 = 1000, true

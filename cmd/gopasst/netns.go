@@ -55,13 +55,13 @@ func pastaCommand(o *pastaOptions, fwds pastaForwards, cfg netSetup, command []s
 	if os.Geteuid() != 0 {
 		t.user = fmt.Sprintf("/proc/%d/ns/user", pid)
 	}
-	// The terminal's ^C reaches the command itself (the engine has a
-	// process group of its own); a signal aimed at us goes on to the
+	// The terminal's ^C and ^\ reach the command itself (the engine has
+	// a process group of its own); a signal aimed at us goes on to the
 	// command, and its exit ends the engine.
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	r := engineRun{foreground: true, cmdDone: done, signal: func(s os.Signal) {
-		if s != unix.SIGINT {
+		if s != unix.SIGINT && s != unix.SIGQUIT {
 			cmd.Process.Signal(s)
 		}
 	}}

@@ -245,7 +245,7 @@ func (o *pastaOptions) target() (nsTarget, []string, error) {
 // pastaDaemonize runs gopasst again in the background and exits once it
 // is ready (0) or has failed (its message, and 1), as pasta's parent does.
 func pastaDaemonize(stderr io.Writer) int {
-	msg, err := spawnDaemon(envPastaDaemon+"=1", nil)
+	msg, err := spawnDaemon([]string{envPastaDaemon + "=1"}, nil)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}

@@ -38,9 +38,10 @@ func Open(path string, max int64, header string) (*File, error) {
 }
 
 // OpenFile creates or truncates path for New, which may run in another
-// process: the sandboxed daemon gets the descriptor.
+// process: the sandboxed daemon gets the descriptor. A new file is its
+// owner's alone (0600), as passt's: a log can name the guest's peers.
 func OpenFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	return os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
 }
 
 func sizeError(max int64) error {

@@ -54,6 +54,10 @@ type LocalHost struct {
 	// Freebind binds forwards to addresses the host may not have (yet),
 	// as passt's --freebind.
 	Freebind bool
+	// Only4 and Only6 bind a forward without an address to one family's
+	// wildcard alone, as passt's -4 and -6 do: the other family's clients
+	// are refused, not carried to the guest.
+	Only4, Only6 bool
 
 	mu      sync.Mutex
 	special map[uint16]*Special
@@ -84,20 +88,26 @@ func (h *LocalHost) HasSpecial(port uint16) bool {
 
 // Bind binds fwd's host socket. Without an address it binds the IPv6
 // wildcard with IPv4 mapped in, falling back to IPv4 alone where the host
-// has no IPv6.
+// has no IPv6; with Only4 or Only6, that family's wildcard alone.
 func (h *LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
 	typ := unix.SOCK_STREAM
 	if proto == UDP {
 		typ = unix.SOCK_DGRAM
 	}
 	addrs := []netip.Addr{f.Addr}
-	if !f.Addr.IsValid() {
+	switch {
+	case f.Addr.IsValid():
+	case h.Only4:
+		addrs = []netip.Addr{netip.IPv4Unspecified()}
+	case h.Only6:
+		addrs = []netip.Addr{netip.IPv6Unspecified()}
+	default:
 		addrs = []netip.Addr{netip.IPv6Unspecified(), netip.IPv4Unspecified()}
 	}
 	var err error
 	for _, a := range addrs {
 		var fd int
-		fd, err = bindOne(typ, a, f, h.Freebind)
+		fd, err = h.bindOne(typ, a, f)
 		if err == nil {
 			return fd, nil
 		}
@@ -105,7 +115,7 @@ func (h *LocalHost) Bind(proto Proto, f portspec.Forward) (int, error) {
 	return -1, err
 }
 
-func bindOne(typ int, a netip.Addr, f portspec.Forward, freebind bool) (int, error) {
+func (h *LocalHost) bindOne(typ int, a netip.Addr, f portspec.Forward) (int, error) {
 	fd, err := unix.Socket(socketFamily(a), typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
@@ -116,14 +126,14 @@ func bindOne(typ int, a netip.Addr, f portspec.Forward, freebind bool) (int, err
 	}
 	if a.Is6() {
 		only := 0
-		if !a.IsUnspecified() {
+		if !a.IsUnspecified() || h.Only6 {
 			only = 1
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only)
 	}
-	if freebind && a.Is4() {
+	if h.Freebind && a.Is4() {
 		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
-	} else if freebind {
+	} else if h.Freebind {
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
 	}
 	if f.Iface != "" {
