@@ -85,6 +85,30 @@ func TestDaemonRelativePaths(t *testing.T) {
 	expectRemoved(t, filepath.Join(dir, "rel.sock"), filepath.Join(dir, "rel.pid"), filepath.Join(dir, "rel.ctl"))
 }
 
+// TestPastaDaemonRelativePaths: the same for pasta, whose relative
+// --pid and --log-file name files in the caller's directory too.
+func TestPastaDaemonRelativePaths(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	_, pid, kill := pidNetns(t, h)
+	dir := t.TempDir()
+	cmd := h.Cmd(pastaLink(t), "-t", "none", "-u", "none", "-T", "none", "-U", "none", "--pid", "rel.pid", "-l", "rel.log", pid)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "rel.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rel.log")); err != nil {
+		t.Error(err)
+	}
+	p, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	kill() // pasta exits with the namespace's process
+	waitFor(t, "pasta to exit with its namespace", func() bool { return p <= 0 || syscall.Kill(p, 0) != nil })
+}
+
 // TestSIGTERM: a daemon stopped by SIGTERM removes its socket and PID file.
 func TestSIGTERM(t *testing.T) {
 	dir := t.TempDir()

@@ -112,7 +112,8 @@ func daemonChild(o *Options, marker string) int {
 // inDir makes the daemon's relative paths name what they named for its
 // caller, whose directory is dir: the daemon runs in "/".
 func (o *Options) inDir(dir string) {
-	for _, p := range []*string{&o.PidFile, &o.LogFile, &o.Pcap, &o.Control} {
+	o.NetOptions.inDir(dir)
+	for _, p := range []*string{&o.PidFile, &o.Control} {
 		*p = inDir(dir, *p)
 	}
 	if o.RepairPath != "none" {
@@ -123,6 +124,12 @@ func (o *Options) inDir(dir string) {
 			o.UnixFwd[i] = port + ":" + inDir(dir, path)
 		}
 	}
+}
+
+// inDir does for the options passt and pasta share what Options.inDir
+// does.
+func (o *NetOptions) inDir(dir string) {
+	o.LogFile, o.Pcap = inDir(dir, o.LogFile), inDir(dir, o.Pcap)
 }
 
 // inDir is path relative to dir, if it is a relative path.

@@ -176,6 +176,9 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		}
 		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds, sp))
 	}
+	if os.Getenv(envPastaDaemon) != "" {
+		o.inDir(os.Getenv(envDaemonDir))
+	}
 	t, command, err := o.target()
 	if err != nil {
 		return fail(stderr, "%v", err)
@@ -192,6 +195,16 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 	ready := os.NewFile(3, "ready")
 	syscall.CloseOnExec(3) // the engine must not hold the parent's pipe
 	return pastaServe(o, fwds, cfg, t, nil, ready, func() { ready.Close() })
+}
+
+// inDir makes the daemon's relative paths name what they named for its
+// caller, whose directory is dir, as Options.inDir does for passt's.
+func (o *pastaOptions) inDir(dir string) {
+	o.NetOptions.inDir(dir)
+	o.PidFile, o.Userns = inDir(dir, o.PidFile), inDir(dir, o.Userns)
+	if strings.Contains(o.Netns, "/") { // else a name in /run/netns
+		o.Netns = inDir(dir, o.Netns)
+	}
 }
 
 func (o *pastaOptions) isCommand() bool {
@@ -245,7 +258,11 @@ func (o *pastaOptions) target() (nsTarget, []string, error) {
 // pastaDaemonize runs gopasst again in the background and exits once it
 // is ready (0) or has failed (its message, and 1), as pasta's parent does.
 func pastaDaemonize(stderr io.Writer) int {
-	msg, err := spawnDaemon([]string{envPastaDaemon + "=1"}, nil)
+	dir, err := os.Getwd()
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	msg, err := spawnDaemon([]string{envPastaDaemon + "=1", envDaemonDir + "=" + dir}, nil)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
