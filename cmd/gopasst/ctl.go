@@ -67,7 +67,8 @@ type ctlRelay struct {
 	engine *os.File
 	in     *bufio.Reader
 	srv    *helperServer
-	broken error // the engine's answers are out of step: no more requests
+	opts   *NetOptions // what the command line turned off (forwardsOff)
+	broken error       // the engine's answers are out of step: no more requests
 }
 
 // Bounds of the relay: how long a client may take to send its request,
@@ -80,8 +81,8 @@ const (
 	ctlMaxAnswer     = 16 << 20
 )
 
-func newCtlRelay(l *net.UnixListener, engine *os.File, srv *helperServer) *ctlRelay {
-	return &ctlRelay{l: l, engine: engine, in: bufio.NewReader(engine), srv: srv}
+func newCtlRelay(l *net.UnixListener, engine *os.File, srv *helperServer, o *NetOptions) *ctlRelay {
+	return &ctlRelay{l: l, engine: engine, in: bufio.NewReader(engine), srv: srv, opts: o}
 }
 
 // serve answers one client at a time until the listener is closed.
@@ -114,6 +115,13 @@ func (c *ctlRelay) handle(req *ctlRequest) ctlResponse {
 	case "list":
 		return c.ask(&ctlRequest{Op: "list"})
 	case "add":
+		// What the command line refuses at start, the control socket
+		// refuses later.
+		o := *c.opts
+		o.TCPPorts, o.UDPPorts = req.TCP, req.UDP
+		if err := forwardsOff(&o); err != nil {
+			return ctlResponse{Error: err.Error()}
+		}
 		undo, err := c.srv.allowUndo(req)
 		if err != nil {
 			return ctlResponse{Error: err.Error()}

@@ -71,7 +71,7 @@ func TestCtlRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &helperServer{}
-	go newCtlRelay(l, os.NewFile(uintptr(ch[0]), "relay"), srv).serve()
+	go newCtlRelay(l, os.NewFile(uintptr(ch[0]), "relay"), srv, &NetOptions{NoUDP: true, IPv4: true}).serve()
 	engine := os.NewFile(uintptr(ch[1]), "engine")
 	defer engine.Close()
 	in := bufio.NewReader(engine)
@@ -103,6 +103,13 @@ func TestCtlRelay(t *testing.T) {
 	}
 	if len(srv.binds) != 1 || srv.host.HasSpecial(6000) {
 		t.Fatalf("after a refused add: %v, port 6000 %v", srv.binds, srv.host.HasSpecial(6000))
+	}
+	// Refused as the command line refuses them (--no-udp, -4): the
+	// engine is not asked.
+	for _, req := range []ctlRequest{{Op: "add", UDP: []string{"5353"}}, {Op: "add", TCP: []string{"::1/18082"}}} {
+		if r := call(req); !strings.Contains(r.Error, "disabled") {
+			t.Fatalf("add of a forward turned off: %+v", r)
+		}
 	}
 	// Refused by the helper: the engine is not asked.
 	if r := call(ctlRequest{Op: "add", CmdFwd: []string{"7000:cat"}}); !strings.Contains(r.Error, "already diverted") {

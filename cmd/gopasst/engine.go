@@ -135,7 +135,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 		if err != nil {
 			return 1, fmt.Errorf("--control: %v", err)
 		}
-		relay = newCtlRelay(l, os.NewFile(uintptr(ch[0]), "control"), &srv)
+		relay = newCtlRelay(l, os.NewFile(uintptr(ch[0]), "control"), &srv, o)
 		defer relay.engine.Close()
 		env.Control = pass(os.NewFile(uintptr(ch[1]), "control"))
 	}
