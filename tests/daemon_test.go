@@ -150,6 +150,39 @@ func TestSIGQUIT(t *testing.T) {
 	expectRemoved(t, sock, pid)
 }
 
+// TestPasstDefaultSocket: run as passt without -s, gopasst listens where
+// passt would, on the first free /tmp/passt_N.socket, which passt's
+// documentation has QEMU connect to; run as gopasst, on gopasst_N.socket
+// in the runtime directory.
+func TestPasstDefaultSocket(t *testing.T) {
+	dir := t.TempDir()
+	passt := filepath.Join(dir, "passt")
+	if err := os.Symlink(gopasstBin, passt); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ exe, want string }{{passt, "/tmp/passt_"}, {gopasstBin, dir + "/gopasst_"}} {
+		var out syncBuffer
+		cmd := exec.Command(c.exe, append([]string{"-f"}, hostArgs...)...)
+		cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
+		cmd.Stderr = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var sock string
+		waitFor(t, "the socket's path", func() bool {
+			_, rest, ok := strings.Cut(out.String(), "UNIX domain socket bound at ")
+			sock, _, _ = strings.Cut(rest, "\n")
+			return ok && strings.HasSuffix(sock, ".socket")
+		})
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if !strings.HasPrefix(sock, c.want) {
+			t.Errorf("%s listened on %s, want %sN.socket", filepath.Base(c.exe), sock, c.want)
+		}
+		expectRemoved(t, sock)
+	}
+}
+
 // TestStopDuringSetup: SIGTERM at any moment of start-up ends gopasst,
 // as passt's handler, set first thing, ends passt: one that reached the
 // engine before it could hear it was lost, and gopasst served on.

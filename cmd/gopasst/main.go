@@ -4,11 +4,13 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"log"
 	"log/syslog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -90,7 +92,7 @@ type Options struct {
 	NetOptions `embed:""`
 
 	Foreground bool   `short:"f" help:"Stay in the foreground instead of daemonizing."`
-	Socket     string `short:"s" aliases:"socket-path" placeholder:"PATH" help:"Unix socket to listen on; also spelt --socket-path, as in passt (default: first free gopasst_N.socket in the runtime directory)."`
+	Socket     string `short:"s" aliases:"socket-path" placeholder:"PATH" help:"Unix socket to listen on; also spelt --socket-path, as in passt (default: the first free gopasst_N.socket in $XDG_RUNTIME_DIR, else /tmp; run as passt, /tmp/passt_N.socket, as passt)."`
 	Vsock      string `name:"vsock" placeholder:"[CID:]PORT" help:"Listen on AF_VSOCK (any CID by default) instead of a unix socket, for 'gopasst guest' or gvforwarder in a VM."`
 	Fd         int    `short:"F" name:"fd" default:"-1" placeholder:"FD" help:"Serve the connected socket FD instead of listening (implies --one-off), as QEMU's -netdev passt asks."`
 	OneOff     bool   `short:"1" name:"one-off" help:"Exit when the first client disconnects."`
@@ -249,7 +251,7 @@ func start(o *Options, stderr io.Writer) int {
 	}
 	path := o.Socket
 	if path == "" {
-		p, err := qemusock.DefaultPath()
+		p, err := qemusock.DefaultPath(defaultSocket(os.Args[0]))
 		if err != nil {
 			return fail(stderr, "%v", err)
 		}
@@ -284,6 +286,18 @@ func (o *Options) info(stderr io.Writer) io.Writer {
 		return io.Discard
 	}
 	return stderr
+}
+
+// defaultSocket is where the socket goes when -s names none: run as
+// passt, where passt puts its own, /tmp/passt_N.socket, which passt's
+// documentation and its users' QEMU command lines name; else
+// gopasst_N.socket in the runtime directory ($XDG_RUNTIME_DIR, else
+// /tmp).
+func defaultSocket(argv0 string) (dir, pattern string) {
+	if b := filepath.Base(argv0); b == "passt" || strings.HasPrefix(b, "passt.") {
+		return "/tmp", "passt_%d.socket"
+	}
+	return cmp.Or(os.Getenv("XDG_RUNTIME_DIR"), os.TempDir()), "gopasst_%d.socket"
 }
 
 // startListenless is start without a unix socket to bind: for --vsock,

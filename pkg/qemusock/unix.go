@@ -60,15 +60,11 @@ func RemoveStale(path string) error {
 	return os.Remove(path)
 }
 
-// DefaultPath picks the first free gopasst_N.socket in the runtime
-// directory ($XDG_RUNTIME_DIR, else /tmp), as passt numbers its sockets.
-func DefaultPath() (string, error) {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = os.TempDir()
-	}
+// DefaultPath picks the first free socket in dir named by pattern (with
+// %d for 1, 2 ... 100), as passt numbers its sockets.
+func DefaultPath(dir, pattern string) (string, error) {
 	for i := 1; i <= 100; i++ {
-		p := filepath.Join(dir, fmt.Sprintf("gopasst_%d.socket", i))
+		p := filepath.Join(dir, fmt.Sprintf(pattern, i))
 		if RemoveStale(p) == nil {
 			if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 				return p, nil
