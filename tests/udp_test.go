@@ -206,37 +206,24 @@ func TestTraceroute(t *testing.T) {
 		router, far = newNetns(t, "gpr"), newNetns(t, "gpf")
 		h.Run(t, "ip", "link", "add", "trace0", "type", "veth", "peer", "name", "trace1", "netns", router.Name)
 		router.Run(t, "ip", "link", "add", "trace2", "type", "veth", "peer", "name", "trace3", "netns", far.Name)
-		for _, c := range [][]string{
-			{"addr", "add", "203.0.113.1/30", "dev", "trace0"},
-			{"-6", "addr", "add", "2001:db8:7::1/64", "dev", "trace0", "nodad"},
-			{"link", "set", "trace0", "up"},
-			{"route", "add", "203.0.113.8/30", "via", "203.0.113.2"},
-			{"-6", "route", "add", "2001:db8:8::/64", "via", "2001:db8:7::2"},
-		} {
-			h.Run(t, "ip", c...)
-		}
-		for _, c := range [][]string{
-			{"addr", "add", "203.0.113.2/30", "dev", "trace1"},
-			{"-6", "addr", "add", "2001:db8:7::2/64", "dev", "trace1", "nodad"},
-			{"addr", "add", "203.0.113.9/30", "dev", "trace2"},
-			{"-6", "addr", "add", "2001:db8:8::1/64", "dev", "trace2", "nodad"},
-			{"link", "set", "trace1", "up"},
-			{"link", "set", "trace2", "up"},
-		} {
-			router.Run(t, "ip", c...)
-		}
-		router.Run(t, "ip", "link", "set", "trace2", "mtu", "1280")
+		ipBatch(t, h, `addr add 203.0.113.1/30 dev trace0
+addr add 2001:db8:7::1/64 dev trace0 nodad
+link set trace0 up
+route add 203.0.113.8/30 via 203.0.113.2
+route add 2001:db8:8::/64 via 2001:db8:7::2`)
+		ipBatch(t, router, `addr add 203.0.113.2/30 dev trace1
+addr add 2001:db8:7::2/64 dev trace1 nodad
+addr add 203.0.113.9/30 dev trace2
+addr add 2001:db8:8::1/64 dev trace2 nodad
+link set trace1 up
+link set trace2 up mtu 1280`)
 		router.Sysctl(t, "net.ipv4.ip_forward", "1")
 		router.Sysctl(t, "net.ipv6.conf.all.forwarding", "1")
-		for _, c := range [][]string{
-			{"addr", "add", "203.0.113.10/30", "dev", "trace3"},
-			{"-6", "addr", "add", "2001:db8:8::2/64", "dev", "trace3", "nodad"},
-			{"link", "set", "trace3", "up"},
-			{"route", "add", "default", "via", "203.0.113.9"},
-			{"-6", "route", "add", "default", "via", "2001:db8:8::1"},
-		} {
-			far.Run(t, "ip", c...)
-		}
+		ipBatch(t, far, `addr add 203.0.113.10/30 dev trace3
+addr add 2001:db8:8::2/64 dev trace3 nodad
+link set trace3 up
+route add default via 203.0.113.9
+route add default via 2001:db8:8::1`)
 	}})
 	w.waitIPv6(t)
 	for _, c := range []struct{ cmd, router, far string }{
@@ -274,5 +261,15 @@ func TestTraceroute(t *testing.T) {
 		}) {
 			t.Errorf("after 1,400 bytes to %s, the guest's route has no MTU of 1280:\n%s", c.far, route)
 		}
+	}
+}
+
+// ipBatch runs ip's commands, one a line, in ns.
+func ipBatch(t testing.TB, ns *Netns, cmds string) {
+	t.Helper()
+	cmd := ns.Cmd("ip", "-batch", "-")
+	cmd.Stdin = strings.NewReader(cmds + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ip -batch in %s: %v\n%s", ns.Name, err, out)
 	}
 }
