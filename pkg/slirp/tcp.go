@@ -528,6 +528,9 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 			e.tcpRewind(f)
 		}
 	}
+	if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
+		f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
+	}
 	f.guestWnd = wnd
 	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
 		e.tcpClose(f, false, false)
@@ -863,6 +866,9 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		inflight := f.sndNxt - f.sndUna
 		if inflight >= f.guestWnd {
 			f.flags |= tcpWndFull // the guest's next ACK calls us again
+			if f.guestWnd == 0 && f.rtoAt == 0 {
+				f.rtoAt = e.now + tcpRTO // tcpProbeWindow
+			}
 			e.tcpHoldIn(f, true)
 			return
 		}
@@ -1076,6 +1082,9 @@ func (e *Engine) tcpTimers() {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
 			e.tcpConnectFailed(f, unix.ETIMEDOUT)
+		case f.rtoAt != 0 && e.now >= f.rtoAt && f.sndNxt == f.sndUna && f.guestWnd == 0 &&
+			f.state&tcpEstablished != 0:
+			e.tcpProbeWindow(f)
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
 				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
@@ -1093,9 +1102,9 @@ func (e *Engine) tcpTimers() {
 				if f.sndNxt == f.sndUna && f.guestWnd == 0 {
 					// Nothing fits in the guest's closed window: no
 					// retransmission is due, and none unanswered counts
-					// against it. The keepalive probes its window instead
-					// (RFC 9293, 3.8.6.1), and its update sends again.
-					f.rtoAt, f.retries = 0, 0
+					// against it. Its window is probed instead.
+					f.retries = 0
+					e.tcpProbeWindow(f)
 				}
 			}
 		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
@@ -1111,6 +1120,18 @@ func (e *Engine) tcpTimers() {
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt-1, e.tcpWindow(f))
 		}
 	})
+}
+
+// tcpProbeWindow probes the guest's closed window (RFC 9293, 3.8.6.1):
+// its update that opens it may be lost, and only its answer would tell.
+// As Linux does, the probe is a segment just below the window, which the
+// guest acknowledges with its window. Probes back off as retransmissions
+// do, up to tcpRTO<<4, and never end the flow: a guest that answers is
+// alive, and one that does not idles out (tcpIdle).
+func (e *Engine) tcpProbeWindow(f *tcpFlow) {
+	f.retries = min(f.retries+1, 4)
+	f.rtoAt = e.now + tcpRTO<<f.retries
+	e.tcpSendSeg(f, header.TCPAck, f.sndNxt-1, e.tcpWindow(f))
 }
 
 // tcpClose ends a flow. rstGuest tells the guest with a RST; rstHost makes

@@ -572,3 +572,41 @@ func TestTCPTimeJump(t *testing.T) {
 		t.Fatalf("the peer with data in flight read %v, want a reset", err)
 	}
 }
+
+// TestTCPZeroWindowProbe: the host sends while the guest's window is
+// closed, and the guest's update that opens it is lost. The closed window
+// is probed after a retransmission timeout (RFC 9293, 3.8.6.1), backing
+// off, so the guest's answer, with its window, lets the data through
+// within seconds, not at the next keepalive, as with upstream passt.
+func TestTCPZeroWindowProbe(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	c.Write([]byte("held"))
+	h.e.turn(5)
+	h.readFrames(func(s header.TCP) {})
+	h.wnd = 0xffff // opened, but the guest says so only when asked
+	probes := 0
+	for i := 0; i < 4; i++ {
+		h.jump(tcpRTO << i)
+		h.e.turn(0)
+		got := ""
+		h.readFrames(func(s header.TCP) {
+			if len(s.Payload()) == 0 && s.Seq() == h.ack-1 {
+				probes++
+				h.send(h.segment(header.TCPAck, 0))
+			}
+			got += string(s.Payload())
+		})
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) { got += string(s.Payload()) })
+		if got == "held" {
+			if probes != 1 {
+				t.Errorf("%d probes before the data, want 1", probes)
+			}
+			return
+		}
+	}
+	t.Fatalf("no data %v after the window opened, %d probes", tcpRTO*15, probes)
+}
