@@ -533,6 +533,11 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 	}
 	f.guestWnd = wnd
 	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
+		if f.ackSent != f.rcvNxt {
+			// The guest's FIN crossed ours and came in this batch: its
+			// ACK is still owed, or the guest sends it again for a reset.
+			e.tcpSendFlags(f, header.TCPAck)
+		}
 		e.tcpClose(f, false, false)
 		return false
 	}
