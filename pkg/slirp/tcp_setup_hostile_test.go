@@ -610,3 +610,49 @@ func TestTCPZeroWindowProbe(t *testing.T) {
 	}
 	t.Fatalf("no data %v after the window opened, %d probes", tcpRTO*15, probes)
 }
+
+// TestTCPAckPastRewind: the guest has what we sent but its ACK comes
+// only after a retransmission timeout took us back to its last ACK, and
+// before we could send that far again (here its window had closed; a full
+// link does the same). The ACK is for data we sent, and we go on from
+// there, as passt does; ignoring it, we waited for ACKs that the guest
+// would never send, until the retransmissions gave up and reset. With
+// SO_PEEK_OFF and without.
+func TestTCPAckPastRewind(t *testing.T) {
+	for _, peekOff := range []bool{true, false} {
+		t.Run(map[bool]string{true: "peekoff", false: "nopeekoff"}[peekOff], func(t *testing.T) { ackPastRewind(t, peekOff) })
+	}
+}
+
+func ackPastRewind(t *testing.T, peekOff bool) {
+	h, c := tcpPeer(t)
+	if f := h.flow(); !peekOff {
+		if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
+			t.Fatal(err)
+		}
+		f.peekOff = false
+	}
+	data := pattern(6000, 3)
+	c.Write(data[:3000])
+	start := h.ack
+	got := 0
+	h.receive(t, true, func(s header.TCP) bool { got += len(s.Payload()); return got >= 3000 })
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0)) // nothing acknowledged yet, window closed
+	h.jump(tcpRTO + time.Millisecond)
+	h.e.turn(5)
+	h.readFrames(func(header.TCP) {})
+	h.ack, h.wnd = start+3000, 0xffff
+	h.send(h.segment(header.TCPAck, 0)) // everything, at last
+	c.Write(data[3000:])
+	stream := data[:3000]
+	h.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == start+uint32(len(stream)) {
+			stream = append(stream, s.Payload()...)
+		}
+		return len(stream) >= len(data)
+	})
+	if !bytes.Equal(stream, data) {
+		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
+	}
+}
