@@ -564,11 +564,46 @@ var tcpKnown = map[string]string{
 		"then drops the guest's data; gopasst sends its SYN-ACK again, and a challenge ACK once established",
 	"host-stops-reading": "passt takes less than the window it offers and waits for the guest to send the rest again, " +
 		"which this scripted guest never does; gopasst offers what its socket takes",
+	"in-early-data": "upstream: passt's SYN sent again takes the next sequence number, and its data then starts one past " +
+		"what the guest's SYN-ACK acknowledged, so the guest never gets it (nor the FIN); gopasst sends the same SYN again",
 	"odd-segments": "passt takes data from a segment without ACK; gopasst drops it (RFC 9293 3.10.7.4)",
 	"udp":          "a 65507-byte datagram, past the guest's MTU of 65520: gopasst drops it, passt sends a frame longer than the MTU",
 }
 
 var tcpScripts = []tcpScript{
+	{name: "in-early-data", run: func(s *script) {
+		// The host client sends and half-closes before the guest
+		// accepts; the guest then sends and closes.
+		c, dial := s.inbound("c", inPort)
+		h := dial()
+		h.Write([]byte("early"))
+		h.CloseWrite()
+		c.quiet(200 * time.Millisecond)
+		if !c.accept(synOpts(1460, 7, false, false)) {
+			return
+		}
+		c.quiet(300 * time.Millisecond)
+		c.send(fAck|fPsh, []byte("late"))
+		c.send(fAck|fFin, nil)
+		c.quiet(300 * time.Millisecond)
+		s.note("host read %s", readFor(h, 300*time.Millisecond))
+	}},
+	{name: "v6", run: func(s *script) {
+		l := s.w.Host.Listen(s.t, "tcp", "[::1]:0")
+		p, _ := strconv.Atoi(port(l.Addr()))
+		c := s.conn("c", netip.MustParseAddrPort("["+host6Addr+"]:41800"), netip.AddrPortFrom(netip.MustParseAddr(host6GW), uint16(p)))
+		c.connect(synOpts(1440, 7, true, true))
+		h := accept(s.t, l)
+		c.send(fAck|fPsh, []byte("hello"))
+		c.quiet(300 * time.Millisecond)
+		s.note("host read %s", readFor(h, 300*time.Millisecond))
+		h.Write(make([]byte, 3000))
+		c.quiet(300 * time.Millisecond)
+		h.Close()
+		c.quiet(300 * time.Millisecond)
+		c.send(fAck|fFin, nil)
+		c.quiet(300 * time.Millisecond)
+	}},
 	{name: "ack-past-rewind", run: func(s *script) {
 		// The guest's ACK of what it got comes after a retransmission
 		// timeout, when its window had closed in between.
