@@ -314,30 +314,7 @@ func runProbes(t *testing.T, argv []string, o WorldOpts) map[string][]string {
 	// The host's loopback resolvers, which answer with what they got.
 	echoPackets(w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53")), "from "+hostDNS+": ")
 	echoPackets(w.Host.ListenPacket(t, "udp", "[::1]:53"), "from ::1: ")
-	c, err := net.Dial("unix", w.Sock)
-	for i := 0; i < 100 && err != nil; i++ {
-		time.Sleep(20 * time.Millisecond)
-		c, err = net.Dial("unix", w.Sock)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	frames := make(chan []byte, 256)
-	go func() {
-		defer close(frames)
-		for {
-			var hdr [4]byte
-			if _, err := io.ReadFull(c, hdr[:]); err != nil {
-				return
-			}
-			b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-			if _, err := io.ReadFull(c, b); err != nil {
-				return
-			}
-			frames <- b
-		}
-	}()
+	c, frames := attachGuest(t, w)
 	hungUp := false
 	gather := func(d time.Duration) [][]byte {
 		var out [][]byte
@@ -374,6 +351,38 @@ func runProbes(t *testing.T, argv []string, o WorldOpts) map[string][]string {
 		t.Errorf("%s hung up:\n%s", argv[0], w.Log.String())
 	}
 	return res
+}
+
+// attachGuest connects to the backend's stream socket as the guest and
+// returns the connection and the frames the backend sends on it, until
+// it hangs up. The connection closes when the test ends.
+func attachGuest(t *testing.T, w *World) (net.Conn, <-chan []byte) {
+	t.Helper()
+	c, err := net.Dial("unix", w.Sock)
+	for i := 0; i < 100 && err != nil; i++ {
+		time.Sleep(20 * time.Millisecond)
+		c, err = net.Dial("unix", w.Sock)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	frames := make(chan []byte, 256)
+	go func() {
+		defer close(frames)
+		for {
+			var hdr [4]byte
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+				return
+			}
+			b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+			if _, err := io.ReadFull(c, b); err != nil {
+				return
+			}
+			frames <- b
+		}
+	}()
+	return c, frames
 }
 
 // unsolicited matches what a backend sends of its own accord: its ARP

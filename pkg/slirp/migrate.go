@@ -793,7 +793,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	if t.pif[0] == pifHost {
 		f.flags = tcpInbound
 	}
-	f.sndUna, f.sndNxt = t.seqAckFromTap, t.seqAckFromTap
+	f.sndUna, f.sndNxt, f.sndMax = t.seqAckFromTap, t.seqAckFromTap, t.seqAckFromTap
 	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap
 	f.guestWS, f.ourWS = t.wsFromTap, t.wsToTap
 	f.guestWnd = uint32(t.wndFromTap) << t.wsFromTap

@@ -47,7 +47,8 @@ import (
 // Retransmission. Three duplicate ACKs, or tcpRTO without progress
 // (doubling, up to tcpMaxRetries, after which the flow is reset), rewind
 // to the oldest unacknowledged byte: peeking again from there is the
-// retransmission.
+// retransmission. An ACK of what was sent before the rewind moves past
+// it. A closed window is probed on the same timer (tcpProbeWindow).
 //
 // Half-close. The guest's FIN shuts the socket for writing (tcpGuestFin);
 // the host's end of stream becomes our FIN (tcpHostEOF, tcpFinSent), sent
@@ -134,6 +135,7 @@ type tcpFlow struct {
 
 	sndUna   uint32 // oldest byte sent to the guest and not acknowledged
 	sndNxt   uint32 // next byte to send to the guest
+	sndMax   uint32 // past the last byte ever sent: sndNxt, unless a rewind took it back
 	rcvNxt   uint32 // next byte expected from the guest
 	guestWnd uint32 // guest's receive window, in bytes
 	guestWS  uint8
@@ -375,7 +377,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 		lastAct: e.now, created: e.now,
 	}
 	f.sndUna = e.tcp.isn(key, e.now)
-	f.sndNxt = f.sndUna
+	f.sndNxt, f.sndMax = f.sndUna, f.sndUna
 	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
 	return f
 }
@@ -493,12 +495,31 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	}
 }
 
+// advance moves sndNxt past n bytes (or a SYN or FIN) just sent.
+func (f *tcpFlow) advance(n uint32) {
+	f.sndNxt += n
+	if seqLT(f.sndMax, f.sndNxt) {
+		f.sndMax = f.sndNxt
+	}
+}
+
 // tcpAck processes the guest's acknowledgement and window. It reports
 // false when the flow is gone.
 func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) bool {
 	wnd := uint32(rawWnd) << f.guestWS
-	if seqLT(f.sndNxt, ack) {
-		return true // acknowledges what we never sent: ignore the ACK
+	skip := seqLT(f.sndNxt, ack)
+	if skip && (seqLT(f.sndMax, ack) || ack == f.sndMax && f.state&tcpHostEOF != 0) {
+		// Acknowledges what we never sent (or a FIN that a rewind took
+		// back, which goes again): ignore the ACK.
+		return true
+	}
+	if skip {
+		// Acknowledges what we sent before a rewind (tcpRewind), which
+		// the guest had: go on from there, as passt does, rather than
+		// wait for ACKs of what we send again, which the guest cannot
+		// give before we get that far, and which a full link or a
+		// smaller window can keep us from.
+		f.sndNxt = ack
 	}
 	acked := ack - f.sndUna
 	switch {
@@ -528,8 +549,21 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 			e.tcpRewind(f)
 		}
 	}
+	if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
+		f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
+	}
 	f.guestWnd = wnd
+	if skip && f.peekOff {
+		// The next peek starts at the new sndNxt, past what the guest
+		// acknowledged and we have not dropped yet.
+		unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, int(f.unread))
+	}
 	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
+		if f.ackSent != f.rcvNxt {
+			// The guest's FIN crossed ours and came in this batch: its
+			// ACK is still owed, or the guest sends it again for a reset.
+			e.tcpSendFlags(f, header.TCPAck)
+		}
 		e.tcpClose(f, false, false)
 		return false
 	}
@@ -863,6 +897,9 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		inflight := f.sndNxt - f.sndUna
 		if inflight >= f.guestWnd {
 			f.flags |= tcpWndFull // the guest's next ACK calls us again
+			if f.guestWnd == 0 && f.rtoAt == 0 {
+				f.rtoAt = e.now + tcpRTO // tcpProbeWindow
+			}
 			e.tcpHoldIn(f, true)
 			return
 		}
@@ -931,7 +968,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			if f.state&tcpFinSent == 0 {
 				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
 				e.tcpSetState(f, tcpFinSent, 0)
-				f.sndNxt++
+				f.advance(1)
 				if f.rtoAt == 0 {
 					f.rtoAt = e.now + tcpRTO
 				}
@@ -962,7 +999,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		e.link.Cancel() // frames the peek did not fill
 		e.Stats.FramesOut += uint64((n + seg - 1) / seg)
 		e.moved += n
-		f.sndNxt += uint32(n)
+		f.advance(uint32(n))
 		f.ackSent, f.wndSent = f.rcvNxt, wnd
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
@@ -1076,6 +1113,9 @@ func (e *Engine) tcpTimers() {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
 			e.tcpConnectFailed(f, unix.ETIMEDOUT)
+		case f.rtoAt != 0 && e.now >= f.rtoAt && f.sndNxt == f.sndUna && f.guestWnd == 0 &&
+			f.state&tcpEstablished != 0:
+			e.tcpProbeWindow(f)
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
 				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
@@ -1093,9 +1133,9 @@ func (e *Engine) tcpTimers() {
 				if f.sndNxt == f.sndUna && f.guestWnd == 0 {
 					// Nothing fits in the guest's closed window: no
 					// retransmission is due, and none unanswered counts
-					// against it. The keepalive probes its window instead
-					// (RFC 9293, 3.8.6.1), and its update sends again.
-					f.rtoAt, f.retries = 0, 0
+					// against it. Its window is probed instead.
+					f.retries = 0
+					e.tcpProbeWindow(f)
 				}
 			}
 		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
@@ -1111,6 +1151,18 @@ func (e *Engine) tcpTimers() {
 			e.tcpSendSeg(f, header.TCPAck, f.sndNxt-1, e.tcpWindow(f))
 		}
 	})
+}
+
+// tcpProbeWindow probes the guest's closed window (RFC 9293, 3.8.6.1):
+// its update that opens it may be lost, and only its answer would tell.
+// As Linux does, the probe is a segment just below the window, which the
+// guest acknowledges with its window. Probes back off as retransmissions
+// do, up to tcpRTO<<4, and never end the flow: a guest that answers is
+// alive, and one that does not idles out (tcpIdle).
+func (e *Engine) tcpProbeWindow(f *tcpFlow) {
+	f.retries = min(f.retries+1, 4)
+	f.rtoAt = e.now + tcpRTO<<f.retries
+	e.tcpSendSeg(f, header.TCPAck, f.sndNxt-1, e.tcpWindow(f))
 }
 
 // tcpClose ends a flow. rstGuest tells the guest with a RST; rstHost makes
@@ -1150,7 +1202,8 @@ func (e *Engine) tcpSendFlags(f *tcpFlow, flags header.TCPFlags) {
 	wnd := uint16(0xffff) // unscaled in a SYN; the real window follows
 	if flags&header.TCPSyn != 0 {
 		seq = f.sndUna
-		f.sndNxt = f.sndUna + 1
+		f.sndNxt = f.sndUna
+		f.advance(1)
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
 		}

@@ -572,3 +572,87 @@ func TestTCPTimeJump(t *testing.T) {
 		t.Fatalf("the peer with data in flight read %v, want a reset", err)
 	}
 }
+
+// TestTCPZeroWindowProbe: the host sends while the guest's window is
+// closed, and the guest's update that opens it is lost. The closed window
+// is probed after a retransmission timeout (RFC 9293, 3.8.6.1), backing
+// off, so the guest's answer, with its window, lets the data through
+// within seconds, not at the next keepalive, as with upstream passt.
+func TestTCPZeroWindowProbe(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	c.Write([]byte("held"))
+	h.e.turn(5)
+	h.readFrames(func(s header.TCP) {})
+	h.wnd = 0xffff // opened, but the guest says so only when asked
+	probes := 0
+	for i := 0; i < 4; i++ {
+		h.jump(tcpRTO << i)
+		h.e.turn(0)
+		got := ""
+		h.readFrames(func(s header.TCP) {
+			if len(s.Payload()) == 0 && s.Seq() == h.ack-1 {
+				probes++
+				h.send(h.segment(header.TCPAck, 0))
+			}
+			got += string(s.Payload())
+		})
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) { got += string(s.Payload()) })
+		if got == "held" {
+			if probes != 1 {
+				t.Errorf("%d probes before the data, want 1", probes)
+			}
+			return
+		}
+	}
+	t.Fatalf("no data %v after the window opened, %d probes", tcpRTO*15, probes)
+}
+
+// TestTCPAckPastRewind: the guest has what we sent but its ACK comes
+// only after a retransmission timeout took us back to its last ACK, and
+// before we could send that far again (here its window had closed; a full
+// link does the same). The ACK is for data we sent, and we go on from
+// there, as passt does; ignoring it, we waited for ACKs that the guest
+// would never send, until the retransmissions gave up and reset. With
+// SO_PEEK_OFF and without.
+func TestTCPAckPastRewind(t *testing.T) {
+	for _, peekOff := range []bool{true, false} {
+		t.Run(map[bool]string{true: "peekoff", false: "nopeekoff"}[peekOff], func(t *testing.T) { ackPastRewind(t, peekOff) })
+	}
+}
+
+func ackPastRewind(t *testing.T, peekOff bool) {
+	h, c := tcpPeer(t)
+	if f := h.flow(); !peekOff {
+		if err := unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, -1); err != nil && err != unix.ENOPROTOOPT {
+			t.Fatal(err)
+		}
+		f.peekOff = false
+	}
+	data := pattern(6000, 3)
+	c.Write(data[:3000])
+	start := h.ack
+	got := 0
+	h.receive(t, true, func(s header.TCP) bool { got += len(s.Payload()); return got >= 3000 })
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0)) // nothing acknowledged yet, window closed
+	h.jump(tcpRTO + time.Millisecond)
+	h.e.turn(5)
+	h.readFrames(func(header.TCP) {})
+	h.ack, h.wnd = start+3000, 0xffff
+	h.send(h.segment(header.TCPAck, 0)) // everything, at last
+	c.Write(data[3000:])
+	stream := data[:3000]
+	h.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == start+uint32(len(stream)) {
+			stream = append(stream, s.Payload()...)
+		}
+		return len(stream) >= len(data)
+	})
+	if !bytes.Equal(stream, data) {
+		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
+	}
+}

@@ -298,3 +298,27 @@ func TestTCPDataFromTail(t *testing.T) {
 		t.Errorf("%d bytes of a truncated segment reached the host", k)
 	}
 }
+
+// TestTCPSimultaneousClose: the host peer closes and the guest sends its
+// FIN before it has our FIN; its ACK of our FIN follows in the same batch.
+// The guest's FIN is acknowledged before the flow ends: a guest left in
+// CLOSING would send it again and get a reset.
+func TestTCPSimultaneousClose(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.Close()
+	var finSeq uint32
+	h.receive(t, true, func(s header.TCP) bool { finSeq = s.Seq(); return isFin(s) })
+	h.send(h.segment(header.TCPFin|header.TCPAck, 0)) // crosses our FIN
+	h.seq++
+	h.ack = finSeq + 1
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(10)
+	acked := false
+	h.readFrames(func(s header.TCP) { acked = acked || s.Flags()&header.TCPAck != 0 && s.Ack() == h.seq })
+	if !acked {
+		t.Error("the guest's FIN was never acknowledged")
+	}
+	if h.e.tcp.count != 0 {
+		t.Errorf("flow left after both FINs: %v", h.flow().state)
+	}
+}

@@ -18,7 +18,7 @@ import (
 // a port would be open on it to the host's whole network.
 
 const (
-	udpIdle     = 3 * time.Minute // passt's UDP flow timeout
+	udpIdle     = 3 * time.Minute // older passt's UDP flow timeout; 2026.03 takes conntrack's: 30 s, 120 s once answered
 	udpMaxRead  = 32              // datagrams read per readiness event
 	udpMaxPeers = 64              // peers a flow hears; the oldest goes first
 )
