@@ -258,6 +258,18 @@ func TestFlowCaps(t *testing.T) {
 	if out := te.output(t); len(out) != 1 || out[0][20] != header.ProtoUDP {
 		t.Error("no DHCPv6 answer at the caps")
 	}
+	// A UDP flow idle udpEvictAfter gives its place to a new one, the
+	// one idle longest: 5002, as 5001 sends again first.
+	te.now += udpEvictAfter
+	te.tapInput(dgram(5001))
+	te.tapInput(dgram(5003))
+	te.inputDone()
+	te.output(t)
+	for port, open := range map[uint16]bool{5001: true, 5002: false, 5003: true} {
+		if _, f := te.udp.lookup(netip.AddrPortFrom(testGuest6, port)); (f != nil) != open {
+			t.Errorf("after %v idle at --max-udp, UDP flow from port %d open: %v, want %v", udpEvictAfter, port, f != nil, open)
+		}
+	}
 }
 
 // TestQuietEngine: an engine with nothing due within idleTick waits for

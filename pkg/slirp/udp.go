@@ -18,9 +18,10 @@ import (
 // a port would be open on it to the host's whole network.
 
 const (
-	udpIdle     = 3 * time.Minute // older passt's UDP flow timeout; 2026.03 takes conntrack's: 30 s, 120 s once answered
-	udpMaxRead  = 32              // datagrams read per readiness event
-	udpMaxPeers = 64              // peers a flow hears; the oldest goes first
+	udpIdle       = 3 * time.Minute  // older passt's UDP flow timeout; 2026.03 takes conntrack's: 30 s, 120 s once answered
+	udpEvictAfter = 30 * time.Second // idle this long, a flow gives its place at --max-udp (udpEvictIdle)
+	udpMaxRead    = 32               // datagrams read per readiness event
+	udpMaxPeers   = 64               // peers a flow hears; the oldest goes first
 )
 
 type udpFlow struct {
@@ -100,6 +101,9 @@ func (e *Engine) udpInput(src, dst netip.Addr, ttl uint8, u header.UDP) {
 	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
+		if e.udpFlows() >= e.cfg.MaxUDP {
+			e.udpEvictIdle()
+		}
 		if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 			e.sendUnreachable(unix.EACCES, src, dst, header.ProtoUDP, u)
 			return
@@ -346,6 +350,23 @@ func (e *Engine) udpDrop(fd int, route func(from netip.AddrPort, payload []byte)
 		e.Stats.Dropped++
 	}
 	return true
+}
+
+// udpEvictIdle makes room at --max-udp for a new flow by closing the
+// guest's flow idle longest, if it has been idle udpEvictAfter (passt's
+// timeout for a flow never answered): a guest that resolves names from a
+// new port each time, as most do, leaves a flow a query, and would be
+// refused for minutes at the cap.
+func (e *Engine) udpEvictIdle() {
+	var oldest *udpFlow
+	e.udp.each(func(_ int32, f *udpFlow) {
+		if oldest == nil || f.lastAct < oldest.lastAct {
+			oldest = f
+		}
+	})
+	if oldest != nil && e.now-oldest.lastAct >= udpEvictAfter {
+		e.udpClose(oldest)
+	}
 }
 
 func (e *Engine) udpExpire() {
