@@ -381,6 +381,14 @@ func (s *script) gwConn(name string) (*conn, net.Listener) {
 	return s.conn(name, netip.AddrPortFrom(guestIP4, uint16(tcpPort)), netip.AddrPortFrom(gw4, uint16(p))), l
 }
 
+// established is a guest connection to a host server through the
+// gateway, after a plain handshake, and the server's end.
+func (s *script) established() (*conn, *net.TCPConn) {
+	c, l := s.gwConn("c")
+	c.connect(synOpts(1460, 7, false, false))
+	return c, accept(s.t, l)
+}
+
 // inbound is a guest connection that a host client opens through the
 // forward of port p: dial starts it.
 func (s *script) inbound(name string, p uint16) (c *conn, dial func() *net.TCPConn) {
@@ -607,9 +615,7 @@ var tcpScripts = []tcpScript{
 	{name: "ack-past-rewind", run: func(s *script) {
 		// The guest's ACK of what it got comes after a retransmission
 		// timeout, when its window had closed in between.
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.quiet(100 * time.Millisecond)
 		c.autoAck = false
 		h.Write(make([]byte, 3000))
@@ -634,9 +640,7 @@ var tcpScripts = []tcpScript{
 		s.note("new data after the ACK: %v", sg != nil)
 	}},
 	{name: "host-stops-reading", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		// Send within the window the backend offers until it closes.
 		una, wnd, sent := c.sndNxt, uint32(0xffff), 0
 		for i := 0; i < 40000; i++ {
@@ -679,9 +683,7 @@ var tcpScripts = []tcpScript{
 		s.lines = slices.DeleteFunc(s.lines, func(l string) bool { return strings.HasPrefix(l, "c A ") })
 	}},
 	{name: "odd-segments", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.sendRaw(seg{seq: c.sndNxt, flags: fPsh, win: c.win, data: []byte("noack")})
 		c.quiet(200 * time.Millisecond)
 		c.sendRaw(seg{seq: c.sndNxt + 100000, ack: c.rcvNxt, flags: fRst | fAck, win: c.win})
@@ -803,9 +805,7 @@ var tcpScripts = []tcpScript{
 		s.udp(41005, netip.AddrPortFrom(gw4, p), []byte("closed"), 300*time.Millisecond)
 	}},
 	{name: "zero-window", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.win = 0
 		c.send(fAck, nil)
 		c.quiet(100 * time.Millisecond)
@@ -819,9 +819,7 @@ var tcpScripts = []tcpScript{
 	{name: "zero-window-update-lost", run: func(s *script) {
 		// The guest's window opens but its update is lost: only a
 		// probe from the backend finds out.
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.win = 0
 		c.send(fAck, nil)
 		c.quiet(100 * time.Millisecond)
@@ -840,9 +838,7 @@ var tcpScripts = []tcpScript{
 		}
 	}},
 	{name: "drop-all", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.autoAck = false
 		h.Write([]byte("lost"))
 		start := time.Now()
@@ -855,9 +851,7 @@ var tcpScripts = []tcpScript{
 		c.quiet(300 * time.Millisecond)
 	}},
 	{name: "ack-unsent", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.sendRaw(seg{seq: c.sndNxt, ack: c.rcvNxt + 1000, flags: fAck | fPsh, win: c.win, data: []byte("data")})
 		c.quiet(300 * time.Millisecond)
 		s.note("host read %s", readFor(h, 300*time.Millisecond))
@@ -866,9 +860,7 @@ var tcpScripts = []tcpScript{
 		c.quiet(500 * time.Millisecond)
 	}},
 	{name: "dup-data", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		seq := c.sndNxt
 		c.send(fAck|fPsh, []byte("abc"))
 		c.quiet(100 * time.Millisecond)
@@ -925,9 +917,7 @@ var tcpScripts = []tcpScript{
 		}
 	}},
 	{name: "guest-fin-first", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.send(fAck|fPsh, []byte("hello"))
 		c.send(fAck|fFin, nil)
 		c.quiet(300 * time.Millisecond)
@@ -943,9 +933,7 @@ var tcpScripts = []tcpScript{
 		c.quiet(300 * time.Millisecond)
 	}},
 	{name: "host-fin-first", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		h.Write([]byte("x"))
 		h.CloseWrite()
 		if sg := c.wait(2*time.Second, hasFlag(fFin)); sg != nil {
@@ -1006,9 +994,7 @@ var tcpScripts = []tcpScript{
 		}
 	}},
 	{name: "host-rst-queued", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.win = 0
 		c.send(fAck, nil)
 		c.quiet(200 * time.Millisecond)
@@ -1022,9 +1008,7 @@ var tcpScripts = []tcpScript{
 		c.quiet(500 * time.Millisecond)
 	}},
 	{name: "host-close-unread", run: func(s *script) {
-		c, l := s.gwConn("c")
-		c.connect(synOpts(1460, 7, false, false))
-		h := accept(s.t, l)
+		c, h := s.established()
 		c.send(fAck|fPsh, []byte("unread"))
 		c.quiet(300 * time.Millisecond)
 		h.Close()

@@ -1,7 +1,6 @@
 package slirp
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -386,16 +385,7 @@ func TestTCPZeroWindowUnacked(t *testing.T) {
 	}
 	h.wnd = 0xffff
 	h.send(h.segment(header.TCPAck, 0))
-	var stream []byte
-	h.receive(t, false, func(s header.TCP) bool {
-		if s.Seq() == start+uint32(len(stream)) {
-			stream = append(stream, s.Payload()...)
-		}
-		return len(stream) >= len(data)
-	})
-	if !bytes.Equal(stream, data) {
-		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
-	}
+	h.receiveStream(t, start, nil, data)
 }
 
 // TestTCPInboundMany: two thousand clients, a hundred at a time, each
@@ -645,14 +635,5 @@ func ackPastRewind(t *testing.T, peekOff bool) {
 	h.ack, h.wnd = start+3000, 0xffff
 	h.send(h.segment(header.TCPAck, 0)) // everything, at last
 	c.Write(data[3000:])
-	stream := data[:3000]
-	h.receive(t, false, func(s header.TCP) bool {
-		if s.Seq() == start+uint32(len(stream)) {
-			stream = append(stream, s.Payload()...)
-		}
-		return len(stream) >= len(data)
-	})
-	if !bytes.Equal(stream, data) {
-		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
-	}
+	h.receiveStream(t, start, data[:3000:3000], data)
 }

@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -32,6 +33,22 @@ func (h *hotPath) flow() *tcpFlow {
 	var f *tcpFlow
 	h.e.tcp.each(func(_ int32, fl *tcpFlow) { f = fl })
 	return f
+}
+
+// receiveStream receives, in order, the stream from start on, after the
+// part had, until it is as long as data, and checks it is data.
+func (h *hotPath) receiveStream(t *testing.T, start uint32, had, data []byte) {
+	t.Helper()
+	stream := had
+	h.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == start+uint32(len(stream)) {
+			stream = append(stream, s.Payload()...)
+		}
+		return len(stream) >= len(data)
+	})
+	if !bytes.Equal(stream, data) {
+		t.Fatalf("the guest got %d bytes, not the stream", len(stream))
+	}
 }
 
 // receive runs the engine until cond holds for what the guest got,
