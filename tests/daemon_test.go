@@ -160,9 +160,10 @@ func TestPasstDefaultSocket(t *testing.T) {
 	if err := os.Symlink(gopasstBin, passt); err != nil {
 		t.Fatal(err)
 	}
+	pid := filepath.Join(dir, "pid")
 	for _, c := range []struct{ exe, want string }{{passt, "/tmp/passt_"}, {gopasstBin, dir + "/gopasst_"}} {
 		var out syncBuffer
-		cmd := exec.Command(c.exe, append([]string{"-f"}, hostArgs...)...)
+		cmd := exec.Command(c.exe, append([]string{"-f", "-P", pid}, hostArgs...)...)
 		cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
 		cmd.Stderr = &out
 		if err := cmd.Start(); err != nil {
@@ -174,12 +175,15 @@ func TestPasstDefaultSocket(t *testing.T) {
 			sock, _, _ = strings.Cut(rest, "\n")
 			return ok && strings.HasSuffix(sock, ".socket")
 		})
+		// The PID file is written once the engine serves: a signal
+		// before gopasst can handle it would leave the socket, as passt's.
+		waitFor(t, "the PID file", func() bool { _, err := os.Stat(pid); return err == nil })
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
 		if !strings.HasPrefix(sock, c.want) {
 			t.Errorf("%s listened on %s, want %sN.socket", filepath.Base(c.exe), sock, c.want)
 		}
-		expectRemoved(t, sock)
+		expectRemoved(t, sock, pid)
 	}
 }
 
