@@ -10,7 +10,6 @@ import (
 	"log"
 	"log/syslog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -294,7 +293,7 @@ func (o *Options) info(stderr io.Writer) io.Writer {
 // gopasst_N.socket in the runtime directory ($XDG_RUNTIME_DIR, else
 // /tmp).
 func defaultSocket(argv0 string) (dir, pattern string) {
-	if b := filepath.Base(argv0); b == "passt" || strings.HasPrefix(b, "passt.") {
+	if runAs(argv0, "passt") {
 		return "/tmp", "passt_%d.socket"
 	}
 	return cmp.Or(os.Getenv("XDG_RUNTIME_DIR"), os.TempDir()), "gopasst_%d.socket"

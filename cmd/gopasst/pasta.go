@@ -52,11 +52,14 @@ type pastaOptions struct {
 
 const envPastaDaemon = "GOPASST_PASTA_DAEMON" // set in the background process
 
-// isPastaName tells whether gopasst was run as pasta: a link named pasta,
-// or pasta.avx2 as Debian's pasta re-executes itself.
-func isPastaName(argv0 string) bool {
+// isPastaName tells whether gopasst was run as pasta.
+func isPastaName(argv0 string) bool { return runAs(argv0, "pasta") }
+
+// runAs tells whether gopasst was run as name: a link named so, or
+// name.avx2, as Debian's passt and pasta re-execute themselves.
+func runAs(argv0, name string) bool {
 	b := filepath.Base(argv0)
-	return b == "pasta" || strings.HasPrefix(b, "pasta.")
+	return b == name || strings.HasPrefix(b, name+".")
 }
 
 // modeArgs picks the mode as passt's conf_mode does: pasta's under that
