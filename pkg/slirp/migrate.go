@@ -797,6 +797,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap
 	f.guestWS, f.ourWS = t.wsFromTap, t.wsToTap
 	f.guestWnd = uint32(t.wndFromTap) << t.wsFromTap
+	f.wndSeq = f.rcvNxt - 1 // any segment the guest sends next may set the window
 	f.mss = max(min(int(t.tapMSS), f.mss), tcpMinMSS)
 	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
 		e.logf("TCP %v: migration: %v", key.remote, err)

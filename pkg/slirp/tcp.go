@@ -138,6 +138,7 @@ type tcpFlow struct {
 	sndMax   uint32 // past the last byte ever sent: sndNxt, unless a rewind took it back
 	rcvNxt   uint32 // next byte expected from the guest
 	guestWnd uint32 // guest's receive window, in bytes
+	wndSeq   uint32 // sequence number of the guest segment guestWnd came from (SND.WL1)
 	guestWS  uint8
 	ourWS    uint8
 	dupAcks  uint8
@@ -280,7 +281,7 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		return
 	}
 	fin := flags&header.TCPFin != 0
-	if !e.tcpAck(f, t.Ack(), t.Window(), dataLen > 0 || fin) {
+	if !e.tcpAck(f, t.Seq(), t.Ack(), t.Window(), dataLen > 0 || fin) {
 		return
 	}
 	switch next := e.tcpRcvNext(f); {
@@ -341,7 +342,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 		f.flags |= tcpNotTCP
 	}
 	f.rcvNxt = t.Seq() + 1
-	f.guestWnd = uint32(t.Window())
+	f.guestWnd, f.wndSeq = uint32(t.Window()), t.Seq()
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	// EPOLLOUT until connected, then tcpEvents.
 	if err := e.epollAdd(fd, unix.EPOLLOUT|unix.EPOLLET, e.tcpRef(f)); err != nil {
@@ -433,7 +434,7 @@ func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	f.rcvNxt = t.Seq() + 1
 	f.sndUna = f.sndNxt
-	f.guestWnd = uint32(t.Window())
+	f.guestWnd, f.wndSeq = uint32(t.Window()), t.Seq()
 	e.tcpSetState(f, tcpEstablished, tcpSynSent)
 	f.rtoAt, f.retries = 0, 0
 	e.tcpSendFlags(f, header.TCPAck)
@@ -503,9 +504,9 @@ func (f *tcpFlow) advance(n uint32) {
 	}
 }
 
-// tcpAck processes the guest's acknowledgement and window. It reports
-// false when the flow is gone.
-func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) bool {
+// tcpAck processes the guest's acknowledgement and window, from a segment
+// starting at seq. It reports false when the flow is gone.
+func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool) bool {
 	wnd := uint32(rawWnd) << f.guestWS
 	skip := seqLT(f.sndNxt, ack)
 	if skip && (seqLT(f.sndMax, ack) || ack == f.sndMax && f.state&tcpHostEOF != 0) {
@@ -549,10 +550,12 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 			e.tcpRewind(f)
 		}
 	}
-	if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
-		f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
+	if f.newWindow(seq, acked) {
+		if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
+			f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
+		}
+		f.guestWnd, f.wndSeq = wnd, seq
 	}
-	f.guestWnd = wnd
 	if skip && f.peekOff {
 		// The next peek starts at the new sndNxt, past what the guest
 		// acknowledged and we have not dropped yet.
@@ -572,6 +575,16 @@ func (e *Engine) tcpAck(f *tcpFlow, ack uint32, rawWnd uint16, hasData bool) boo
 		e.tcp.ackedList = append(e.tcp.ackedList, f.idx)
 	}
 	return true
+}
+
+// newWindow tells whether a segment's window is newer than the one we
+// have (RFC 9293, 3.10.7.4, SND.WL1 and SND.WL2): its ACK moved on, or
+// it has the same ACK and does not come earlier in the guest's stream. An
+// older ACK, reordered behind a newer one, would otherwise take back the
+// window the newer one opened, and a closed one would hold the flow until
+// a probe.
+func (f *tcpFlow) newWindow(seq, acked uint32) bool {
+	return int32(acked) > 0 || acked == 0 && !seqLT(seq, f.wndSeq)
 }
 
 // tcpAckedFlush serves the flows the guest acknowledged in the last batch

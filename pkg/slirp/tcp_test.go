@@ -202,6 +202,31 @@ func TestTCPZeroWindow(t *testing.T) {
 	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "wait for it" })
 }
 
+// TestTCPStaleWindow: an older ACK, reordered behind a newer one, does
+// not take back the window the newer one gave; the newer segment again
+// can.
+func TestTCPStaleWindow(t *testing.T) {
+	h, c := tcpPeer(t)
+	old := h.ack
+	c.Write([]byte("first"))
+	h.receive(t, false, func(s header.TCP) bool { return string(s.Payload()) == "first" })
+	want := h.flow().guestWnd
+	ack, wnd := h.ack, h.wnd
+	h.ack, h.wnd = old, 0
+	h.send(h.segment(header.TCPAck, 0))
+	h.ack, h.wnd = ack, wnd
+	h.e.turn(5)
+	if got := h.flow().guestWnd; got != want {
+		t.Fatalf("window %d after an older ACK, want %d", got, want)
+	}
+	h.wnd = 0
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	if got := h.flow().guestWnd; got != 0 {
+		t.Fatalf("window %d after the guest closed it, want 0", got)
+	}
+}
+
 // TestTCPHoldIn: a flow stopped at the guest's window stops watching its
 // host socket, so host data does not wake the engine; the guest's ACK
 // sends what came meanwhile, and once drained the flow watches again.
