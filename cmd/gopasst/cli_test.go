@@ -44,7 +44,7 @@ func TestArgv(t *testing.T) {
 				o.DNS[0] == "192.0.2.53" && o.FQDN == "vm.example.test" && o.NoDHCPDNS && o.NoDHCPSearch &&
 				o.MapHostLoopback[0] == "192.0.2.77" && o.MapGuestAddr[0] == "192.0.2.88" &&
 				o.DNSForward[0] == "192.0.2.3" && o.DNSHost[0] == "192.0.2.53" && o.NoTCP && o.NoUDP && o.NoICMP &&
-				o.NoDHCP && o.NoNDP && o.NoDHCPv6 && o.NoRA && o.Freebind && o.IPv6 && o.IPv4 &&
+				o.NoDHCP && o.NoNDP && o.NoDHCPv6 && o.NoRA && o.Freebind && !o.IPv6 && o.IPv4 &&
 				o.Search[0] == "example.test lab.example" && o.TCPPorts[0] == "8080,8443:443" &&
 				o.UDPPorts[0] == "5353,5354" && o.Debug && o.Pcap == "/tmp/q.pcap" &&
 				o.PidFile == "/tmp/passt-X.pid" && o.Fd == 3
@@ -129,8 +129,8 @@ func TestPasstModeOptions(t *testing.T) {
 // the options QEMU names, then param= words (here --debug and --pcap),
 // then --pid and --fd. search= becomes one space-separated word, and
 // tcp-ports= and udp-ports= one comma-separated word each. QEMU passes
-// ipv4=off as --ipv6-only and ipv6=off as --ipv4-only; both at once
-// parse, and buildConfig refuses them.
+// ipv4=off as --ipv6-only and ipv6=off as --ipv4-only; of both at once,
+// the last counts, as in passt.
 const qemuPasstArgv = "--vhost-user --quiet --mtu 1500 --address 192.0.2.2 --netmask 24 --mac-addr 9a:55:9a:55:9a:56 " +
 	"--gateway 192.0.2.1 --interface lo --outbound 192.0.2.9 --outbound-if4 lo --outbound-if6 lo " +
 	"--dns 192.0.2.53 --fqdn vm.example.test --no-dhcp-dns --no-dhcp-search --map-host-loopback 192.0.2.77 " +
@@ -138,13 +138,13 @@ const qemuPasstArgv = "--vhost-user --quiet --mtu 1500 --address 192.0.2.2 --net
 	"--no-dhcp --no-ndp --no-dhcpv6 --no-ra --freebind --ipv6-only --ipv4-only --search 'example.test lab.example' " +
 	"--tcp-ports 8080,8443:443 --udp-ports 5353,5354 --debug --pcap /tmp/q.pcap --pid /tmp/passt-X.pid --fd 3"
 
-// TestQEMUArgvConfig: QEMU 10.1's options (qemuPasstArgv, less
-// --ipv6-only, and less the forwards, which passt refuses with --no-tcp
-// and --no-udp) become the engine's configuration with passt's meaning.
+// TestQEMUArgvConfig: QEMU 10.1's options (qemuPasstArgv, less the
+// forwards, which passt refuses with --no-tcp and --no-udp) become the
+// engine's configuration with passt's meaning.
 func TestQEMUArgvConfig(t *testing.T) {
 	var c cli
 	var out bytes.Buffer
-	argv := strings.NewReplacer("--ipv6-only ", "", "--tcp-ports 8080,8443:443 --udp-ports 5353,5354 ", "").Replace(qemuPasstArgv)
+	argv := strings.NewReplacer("--tcp-ports 8080,8443:443 --udp-ports 5353,5354 ", "").Replace(qemuPasstArgv)
 	if _, done, _ := parseArgs(&c, splitTest(argv), &out, &out); done {
 		t.Fatal(out.String())
 	}
@@ -171,6 +171,26 @@ func TestQEMUArgvConfig(t *testing.T) {
 	if !(cfg.NoDHCPDNS && cfg.NoDHCPSearch && cfg.NoTCP && cfg.NoUDP && cfg.NoICMP && cfg.NoDHCP && cfg.NoNDP &&
 		cfg.NoDHCPv6 && cfg.NoRA) || cfg.NoMTUOption {
 		t.Errorf("switches: %+v", cfg)
+	}
+}
+
+// TestFamilyLastWins: of -4 and -6, the last given counts, as in passt,
+// whose getopt loop sets one and clears the other.
+func TestFamilyLastWins(t *testing.T) {
+	for argv, only4 := range map[string]bool{"-4 -6": false, "-6 -4": true, "--ipv4-only -f --ipv6-only": false,
+		"--ipv6-only --ipv4-only": true, "pasta --config-net -6 -4 -f 1": true} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, _ := parseArgs(&c, splitTest(argv), &out, &out); done {
+			t.Fatalf("%q: %s", argv, out.String())
+		}
+		o := &c.Serve.NetOptions
+		if strings.HasPrefix(argv, "pasta") {
+			o = &c.Pasta.NetOptions
+		}
+		if o.IPv4 != only4 || o.IPv6 == only4 {
+			t.Errorf("%q: IPv4 only %v, IPv6 only %v", argv, o.IPv4, o.IPv6)
+		}
 	}
 }
 

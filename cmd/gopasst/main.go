@@ -66,8 +66,8 @@ type NetOptions struct {
 	NoNDP        bool `name:"no-ndp" help:"Do not answer NDP (neither solicitations nor RAs)."`
 	NoRA         bool `name:"no-ra" help:"Do not send Router Advertisements."`
 	NoDHCPv6     bool `name:"no-dhcpv6" help:"Do not answer DHCPv6."`
-	IPv4         bool `short:"4" name:"ipv4-only" help:"IPv4 only."`
-	IPv6         bool `short:"6" name:"ipv6-only" help:"IPv6 only."`
+	IPv4         bool `short:"4" name:"ipv4-only" lastwins:"family" help:"IPv4 only."`
+	IPv6         bool `short:"6" name:"ipv6-only" lastwins:"family" help:"IPv6 only (of -4 and -6, the last given counts)."`
 
 	TCPPorts []string `short:"t" name:"tcp-ports" sep:"none" placeholder:"SPEC" help:"Forward host TCP ports to the guest (passt's grammar). Repeatable."`
 	UDPPorts []string `short:"u" name:"udp-ports" sep:"none" placeholder:"SPEC" help:"Forward host UDP ports to the guest (passt's grammar). Repeatable."`

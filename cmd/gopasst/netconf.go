@@ -336,9 +336,6 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	if cfg.MTU < slirp.MinMTU || cfg.MTU > slirp.DefaultMTU {
 		return netSetup{}, fmt.Errorf("--mtu: %d is out of range %d-%d (or 0: none advertised)", o.MTU, slirp.MinMTU, slirp.DefaultMTU)
 	}
-	if o.IPv4 && o.IPv6 {
-		return netSetup{}, errors.New("-4 and -6 leave no address family")
-	}
 	if err := forwardsOff(o); err != nil {
 		return netSetup{}, err
 	}
