@@ -678,12 +678,10 @@ var harmless = []*regexp.Regexp{
 // knownDiffs are the differences judged and kept, by probe, or by case
 // and probe ("*": every probe of the case), with the reason.
 var knownDiffs = map[string]string{
-	"dhcp-discover-rapid":    "passt answers RFC 4039 rapid commit with an ACK; gopasst offers (rapid commit is optional)",
 	"dhcp-discover-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4702 2.1); passt never does",
 	"dhcp6-solicit-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4704 4.1); passt only for a client option as long as its own",
 	"dhcp-request-other":     "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
 	"dhcp-inform":            "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
-	"bootp":                  "passt answers BOOTP requests; gopasst only DHCP",
 	"rs-unspec":              "passt answers an RS from :: to :: (RFC 4861 6.2.6: to all-nodes)",
 	"ns-own":                 "passt answers an NS for the guest's own address",
 	"dhcp6-solicit-rapid":    "gopasst takes rapid commit (RFC 8415 18.3.1); passt advertises",

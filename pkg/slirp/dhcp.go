@@ -42,6 +42,7 @@ const (
 	optLeaseTime   = 51
 	optMsgType     = 53
 	optServerID    = 54
+	optRapidCommit = 80 // RFC 4039
 	optFQDN        = 81
 	optSearch      = 119
 	optRoutes      = 121 // classless static routes (RFC 3442)
@@ -60,7 +61,8 @@ type dhcpMsg struct {
 	flags       uint16
 	ciaddr      netip.Addr
 	chaddr      [6]byte
-	msgType     uint8
+	msgType     uint8      // 0: a BOOTP request, without option 53
+	rapid       bool       // it asks for rapid commit (RFC 4039)
 	requestedIP netip.Addr // invalid when absent
 	serverID    netip.Addr // invalid when absent
 	askUpdate   bool       // its FQDN option asks us to update DNS (S)
@@ -103,11 +105,10 @@ func parseDHCP(b []byte) (dhcpMsg, error) {
 			m.serverID = netip.AddrFrom4([4]byte(val))
 		case code == optFQDN && len(val) > 0:
 			m.askUpdate = val[0]&fqdnServerUpdate != 0
+		case code == optRapidCommit:
+			m.rapid = true
 		}
 		opts = opts[2+len(val):]
-	}
-	if m.msgType == 0 {
-		return m, errDHCP
 	}
 	return m, nil
 }
@@ -122,6 +123,12 @@ func (e *Engine) dhcpInput(payload []byte) {
 	switch m.msgType {
 	case dhcpDiscover:
 		reply = dhcpOffer
+		if m.rapid {
+			reply = dhcpAck // the lease in one exchange, as passt gives it
+		}
+	case 0:
+		// A BOOTP client: its reply is its address, as passt gives it.
+		reply = dhcpAck
 	case dhcpRequest:
 		if m.serverID.IsValid() && m.serverID != e.cfg.Gateway4 {
 			return // the client chose another server
@@ -176,6 +183,9 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 	copy(b[bootpLen:], dhcpMagic[:])
 	o := optWriter{b: b, n: bootpLen + 4}
 	o.add(optMsgType, typ)
+	if m.rapid && m.msgType == dhcpDiscover && typ == dhcpAck {
+		o.add(optRapidCommit)
+	}
 	gw := e.cfg.Gateway4.As4()
 	o.add(optServerID, gw[:]...)
 	if typ != dhcpNak {

@@ -211,3 +211,29 @@ func TestFQDNFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestDHCPRapidCommitAndBOOTP: a DISCOVER asking for rapid commit (RFC
+// 4039) gets its lease at once, an ACK that says so, and a BOOTP request
+// (no option 53) gets its address, as passt answers both.
+func TestDHCPRapidCommitAndBOOTP(t *testing.T) {
+	e := newTestEngine(t)
+	rapid := append(dhcpDiscover4()[:bootpLen+7], optRapidCommit, 0, optEnd)
+	bootp := dhcpDiscover4()[:bootpLen+4]
+	for name, c := range map[string]struct {
+		msg   []byte
+		typ   byte
+		rapid bool
+	}{"discover": {dhcpDiscover4(), dhcpOffer, false}, "rapid commit": {rapid, dhcpAck, true}, "bootp": {bootp, dhcpAck, false}} {
+		e.dhcpInput(c.msg)
+		out := e.output(t)
+		if len(out) != 1 {
+			t.Fatalf("%s: %d replies", name, len(out))
+		}
+		msg := out[0][header.EthernetLen+header.IPv4MinLen+header.UDPLen:]
+		opts := dhcpOptions(msg)
+		_, rc := opts[optRapidCommit]
+		if string(opts[optMsgType]) != string([]byte{c.typ}) || rc != c.rapid || string(msg[16:20]) != string([]byte{192, 0, 2, 2}) {
+			t.Errorf("%s: type %v, rapid commit %v, yiaddr %v", name, opts[optMsgType], rc, msg[16:20])
+		}
+	}
+}
