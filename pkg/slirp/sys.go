@@ -201,27 +201,41 @@ const (
 // before the kernel refuses a write: SO_SNDBUF less what is queued, both
 // as the kernel counts them (with per-buffer overhead). TCP counts its
 // queue in wmem_queued, unix sockets in wmem_alloc; one call reads both.
-func sendRoom(fd int) int {
+//
+// full tells that the kernel would not report EPOLLOUT now, so that it
+// will when the buffer drains: with less than a third of a TCP socket's
+// buffer free (sk_stream_is_writeable), or of a unix socket's, less than
+// three quarters (unix_writable). Only then may EPOLLOUT be awaited;
+// awaited on a socket that is writable already, it would come at once,
+// again and again.
+func sendRoom(fd int, unixSock bool) (room int, full bool) {
 	var m [skMemVars]uint32
 	l := uint32(unsafe.Sizeof(m))
 	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
 		uintptr(unsafe.Pointer(&m[0])), uintptr(unsafe.Pointer(&l)), 0)
 	if errno == 0 && m[skMemSndbuf] != 0 {
-		return int(m[skMemSndbuf]) - int(max(m[skMemWmemQueued], m[skMemWmemAlloc]))
+		sndbuf, queued, alloc := int(m[skMemSndbuf]), int(m[skMemWmemQueued]), int(m[skMemWmemAlloc])
+		if unixSock {
+			full = 4*alloc > sndbuf
+		} else {
+			full = 3*queued > 2*sndbuf
+		}
+		return sndbuf - max(queued, alloc), full
 	}
 	// Without SO_MEMINFO (before Linux 4.6, gVisor; qemu-user answers
 	// with zeros: no real send buffer is empty), count
 	// bytes instead: the kernel doubles SO_SNDBUF to cover its overhead,
 	// so half of it is the data it takes, less what is still queued.
+	// Its count is no measure of the kernel's: an empty buffer is full.
 	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	if err != nil {
-		return 0
+		return 0, false
 	}
 	queued, err := sockQueued(fd, unix.SIOCOUTQ)
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	return sndbuf/2 - queued
+	return sndbuf/2 - queued, sndbuf/2 <= queued
 }
 
 // fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max

@@ -823,8 +823,11 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	}
 	// The room is counted with the kernel's per-buffer overhead, a few
 	// percent for the large buffers a busy flow writes: offer 15/16.
-	w := uint16(min(max(sendRoom(f.fd)*15/16, 0)>>f.ourWS, 0xffff))
-	if w == 0 {
+	room, full := sendRoom(f.fd, f.flags&tcpNotTCP != 0)
+	w := uint16(min(max(room*15/16, 0)>>f.ourWS, 0xffff))
+	if full && int(w)<<f.ourWS < f.mss {
+		// A window closed, or too small for the guest to send a segment
+		// into: it waits for an update, which EPOLLOUT brings.
 		e.tcpWatchWrite(f)
 	}
 	// Until we write to the socket again its room can only grow, so

@@ -592,8 +592,9 @@ func TestTCPUploadWindow(t *testing.T) {
 			stale, refused, small := 0, 0, 0
 			for step := 0; len(got) < len(up); step++ {
 				if step == 20000 {
+					room, _ := sendRoom(f.fd, false)
 					t.Fatalf("the host got %d of %d bytes (engine took %d, guest next %d, acked %d, edge %d; state %v flags %#x, room %d)",
-						len(got), len(up), f.rcvNxt-base, next-base, acked-base, int32(edge-base), f.state, f.flags, sendRoom(f.fd))
+						len(got), len(up), f.rcvNxt-base, next-base, acked-base, int32(edge-base), f.state, f.flags, room)
 				}
 				// The guest sends a few segments.
 				for range rng.IntN(6) {

@@ -227,6 +227,34 @@ func TestTCPStaleWindow(t *testing.T) {
 	}
 }
 
+// TestTCPSmallWindowUpdate: a window smaller than a segment, offered
+// because the host socket's buffer is nearly full, is updated once the
+// buffer drains, with nothing from the guest to answer. A guest does not
+// send a segment that its window cannot take whole; it would wait for
+// its persist timer, 200 ms and more, each time.
+func TestTCPSmallWindowUpdate(t *testing.T) {
+	h, c := tcpPeer(t)
+	f := h.flow()
+	unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 256<<10)
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	wnd := func(s header.TCP) int { return int(s.Window()) << f.ourWS }
+	last := f.mss
+	for range 10000 {
+		if last < f.mss {
+			break
+		}
+		h.send(h.segment(header.TCPAck|header.TCPPsh, 1400))
+		h.seq += 1400
+		h.e.turn(0)
+		h.readFrames(func(s header.TCP) { last = wnd(s) })
+	}
+	if last == 0 || last >= f.mss {
+		t.Skipf("the window went from a segment to %d at once", last)
+	}
+	go io.Copy(io.Discard, c)
+	h.receive(t, true, func(s header.TCP) bool { return wnd(s) >= f.mss })
+}
+
 // TestTCPHoldIn: a flow stopped at the guest's window stops watching its
 // host socket, so host data does not wake the engine; the guest's ACK
 // sends what came meanwhile, and once drained the flow watches again.
