@@ -241,15 +241,21 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 	}
 }
 
-// A host whose default route is multipath (not copied) still gives the
-// namespace a default route, through the first gateway.
+// A host's multipath default route is copied with its paths and their
+// weights, as pasta copies it, for each family.
 func TestPastaConfigNetMultipathDefault(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
+	h.Run(t, "ip", "-6", "route", "replace", "default", "nexthop", "via", host6GW, "weight", "1", "nexthop", "via", "2001:db8:1::5", "weight", "2")
 	ns, pid, _ := pidNetns(t, h)
-	configNet(t, h, pid, "-4")
-	if got := ns.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "default") {
-		t.Errorf("no default route in the namespace: %q", got)
+	configNet(t, h, pid)
+	for _, c := range []struct{ family, gw1, gw2 string }{{"-4", hostGW, "198.51.100.5"}, {"-6", host6GW, "2001:db8:1::5"}} {
+		got := ns.Run(t, "ip", c.family, "route", "show", "default")
+		for _, hop := range []string{"nexthop via " + c.gw1 + " dev uplink weight 1", "nexthop via " + c.gw2 + " dev uplink weight 2"} {
+			if !strings.Contains(got, hop) {
+				t.Errorf("the namespace's %s default route: %q, want %q", c.family, got, hop)
+			}
+		}
 	}
 }

@@ -124,9 +124,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 				return p, fmt.Errorf("host routes: %v", err)
 			}
 			// The kernel's prefix routes too, as pasta copies them: with
-			// -a in another subnet, they keep the gateway reachable.
+			// -a in another subnet, they keep the gateway reachable. A
+			// multipath route, with all its paths, if they all leave
+			// through the template, as pasta copies it.
 			for _, r := range host {
-				if r.Type == unix.RTN_UNICAST {
+				if r.Type == unix.RTN_UNICAST && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index != index }) {
 					r.PrefSrc = netip.Addr{}
 					routes = append(routes, r)
 				}
@@ -134,8 +136,8 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		}
 		if !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
 			// Without a default route to copy (none asked for, or the
-			// host's is multipath, which is not copied), one through the
-			// gateway. On-link: the gateway may lie outside a narrow
+			// host's has a path through another interface), one through
+			// the gateway. On-link: the gateway may lie outside a narrow
 			// prefix, as it does when the host's address is a /32.
 			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
 			routes = append(routes, def)
@@ -143,7 +145,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		p.Routes = append(p.Routes, routes...)
 	}
 	slices.SortStableFunc(p.Routes, func(a, b rtnl.Route) int {
-		return boolInt(a.Gateway.IsValid()) - boolInt(b.Gateway.IsValid())
+		return boolInt(a.Gateway.IsValid() || len(a.Nexthops) > 0) - boolInt(b.Gateway.IsValid() || len(b.Nexthops) > 0)
 	})
 	return p, nil
 }
