@@ -162,6 +162,35 @@ func TestPastaConfigNetLocalMode4(t *testing.T) {
 	}
 }
 
+// A host with no default route takes, as pasta does, the interface with
+// routes as the template: the namespace gets its name, addresses and
+// routes, and no default route.
+func TestPastaConfigNetNoDefaultRoute(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
+	h.Run(t, "ip", "route", "add", "203.0.113.0/24", "via", hostGW)
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", host6GW)
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	addrs, routes := nsAddrRoutes(t, ns, "uplink")
+	if !slices.Equal(addrs, []string{hostAddr + "/24"}) || !slices.Contains(routes, "203.0.113.0/24 via "+hostGW) {
+		t.Errorf("IPv4: addresses %q, routes %q; want %s/24 and the route to 203.0.113.0/24", addrs, routes, hostAddr)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "dev", "uplink"); !strings.Contains(got, "2001:db8:77::/48 via "+host6GW) {
+		t.Errorf("IPv6 routes %q, want the route to 2001:db8:77::/48", got)
+	}
+	for _, family := range []string{"-4", "-6"} {
+		if got := ns.Run(t, "ip", family, "route", "show", "default"); got != "" {
+			t.Errorf("a default route the host lacks: %q", got)
+		}
+	}
+}
+
 // An IPv6 client of a -t port, from outside the namespace's prefix,
 // reaches the namespace over IPv6 with its own address, as with pasta,
 // which configured the namespace's IPv6: not over IPv4 from the gateway

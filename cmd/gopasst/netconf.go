@@ -14,24 +14,48 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/rtnl"
 	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
 )
 
 // Network configuration, copied from the host the way passt does it: for
 // each family, the guest gets the address and default gateway of the
 // host's template interface (the one with that family's default route, or
-// --interface), and the host's resolvers. Without an IPv4 template, the
+// --interface, else the first with a route: then the guest has no
+// gateway), and the host's resolvers. Without an IPv4 template, the
 // guest gets passt's local mode (169.254.2.1/16 via 169.254.2.2); IPv6 the
 // host does not have is left out (passt's local mode for IPv6, the
 // guest's link-local address alone, is not done).
 
-// hostFiles are where the host's routes and resolvers are read from
-// (replaced in tests).
+// hostFiles are where the host's routes and resolvers are read from, and
+// routed finds the template without a default route (replaced in tests).
 type hostFiles struct {
 	route4, route6, resolv string
+	routed                 func(family int) string
 }
 
-var procFiles = hostFiles{"/proc/net/route", "/proc/net/ipv6_route", "/etc/resolv.conf"}
+var procFiles = hostFiles{"/proc/net/route", "/proc/net/ipv6_route", "/etc/resolv.conf", routedIface}
+
+// routedIface is the interface passt takes as a family's template when
+// none has a default route through a gateway: the first one, but
+// loopback, with a route to other than link-local addresses, "" if none.
+func routedIface(family int) string {
+	c, err := rtnl.Open()
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	routes, _ := c.Routes(family, 0)
+	for _, r := range routes {
+		if r.Type == unix.RTN_UNICAST && r.Index > 1 && !(r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()) {
+			if ifi, err := net.InterfaceByIndex(r.Index); err == nil {
+				return ifi.Name
+			}
+		}
+	}
+	return ""
+}
 
 // defaultRoute4 reads the IPv4 default route from /proc/net/route.
 func defaultRoute4(routeFile string) (ifname string, gw netip.Addr, err error) {
@@ -257,19 +281,24 @@ type family struct {
 	addrs  []netip.Addr         // from --address
 	gws    []netip.Addr         // from --gateway
 	bits   func(netip.Addr) int // the prefix of an --address given without one
+	routed func() string        // the template without a default route
 	ifname string               // the template interface, filled by pick
 }
 
 // pick chooses the guest's address and gateway for one family: the
-// options where given, else the template interface's. It returns why the
-// family is unavailable, or nil.
+// options where given, else the template interface's; a template with
+// no default route leaves the guest without a gateway, as passt does. It
+// returns why the family is unavailable, or nil.
 func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 	ifname, gw, routeErr := f.route(f.file)
-	if iface != "" {
+	switch {
+	case iface != "":
 		if ifname != iface {
 			gw = netip.Addr{}
 		}
 		ifname = iface
+	case routeErr != nil && f.routed != nil:
+		ifname = f.routed()
 	}
 	f.ifname = ifname
 	var addr netip.Prefix
@@ -282,11 +311,11 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 	if g := last(f.gws); g.IsValid() {
 		gw = g
 	}
-	if addr.IsValid() && gw.IsValid() {
+	if addr.IsValid() && (gw.IsValid() || ifname != "") {
 		return addr, gw, nil
 	}
 	why := "no template interface"
-	if routeErr != nil && iface == "" {
+	if routeErr != nil && ifname == "" {
 		why = routeErr.Error()
 	} else if !addr.IsValid() {
 		why = "interface " + ifname + " has no " + f.name + " address"
@@ -313,7 +342,8 @@ func classBits(a netip.Addr) int {
 // how it was chosen (a family left out, and why).
 type netSetup struct {
 	slirp.Config
-	notes []string
+	notes            []string
+	ifname4, ifname6 string // the template interfaces, "" for none
 }
 
 // buildConfig turns options and host state into the engine's Config.
@@ -377,10 +407,17 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		}
 	}
 	cfg.Outbound4, cfg.Outbound6 = last(out4), last(out6)
+	routed := func(af int) func() string {
+		if files.routed == nil {
+			return nil
+		}
+		return func() string { return files.routed(af) }
+	}
+	var ifname4, ifname6 string
 
 	if !o.IPv6 {
 		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
-			addrs: addr4, gws: gw4, bits: classBits}
+			addrs: addr4, gws: gw4, bits: classBits, routed: routed(unix.AF_INET)}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
 		if bits4 > 0 && p.IsValid() {
 			p = netip.PrefixFrom(p.Addr(), bits4)
@@ -395,6 +432,9 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		switch {
 		case why == nil:
 			cfg.Addr4, cfg.Prefix4, cfg.Gateway4 = p.Addr(), p.Bits(), gw
+			ifname4 = f.ifname
+			// As passt: no gateway, no DHCP (its answer names a router).
+			cfg.NoDHCP = cfg.NoDHCP || !gw.IsValid()
 		case o.OutboundIf4 == "":
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
@@ -410,7 +450,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 	}
 	if !o.IPv4 {
 		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
-			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
+			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }, routed: routed(unix.AF_INET6)}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
@@ -418,6 +458,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		if why == nil {
 			cfg.Addr6, cfg.Gateway6 = p.Addr(), gw
 			cfg.OurLL6 = ourLinkLocal(gw, f.ifname)
+			ifname6 = f.ifname
 		} else {
 			notes = append(notes, "IPv6 off: "+why.Error())
 		}
@@ -441,7 +482,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		cfg.Search = nil
 	}
 	err = dnsConfig(&cfg, o, rc)
-	return netSetup{cfg, notes}, err
+	return netSetup{cfg, notes, ifname4, ifname6}, err
 }
 
 // mapConfig sets the guest addresses that stand for the host, as passt

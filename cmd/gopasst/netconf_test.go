@@ -77,9 +77,20 @@ func TestGuestResolvers(t *testing.T) {
 	}
 }
 
+// Without a default route, the template passt falls back to gives the
+// guest its address and no gateway, and so no DHCP.
+func TestBuildConfigRoutedTemplate(t *testing.T) {
+	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent", func(int) string { return "lo" }}
+	ns, err := buildConfig(&NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}, files)
+	if err != nil || ns.Addr4.String() != "127.0.0.1" || ns.Prefix4 != 8 || ns.Gateway4.IsValid() || !ns.NoDHCP || ns.ifname4 != "lo" {
+		t.Errorf("template lo without a default route: %v/%d via %v, DHCP off %v, template %q, %v; want 127.0.0.1/8, no gateway, no DHCP, lo",
+			ns.Addr4, ns.Prefix4, ns.Gateway4, ns.NoDHCP, ns.ifname4, err)
+	}
+}
+
 // TestBuildConfigFamilies: addresses given for one family only, and -4/-6.
 func TestBuildConfigFamilies(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent"}
+	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent", nil}
 	base := func(args ...string) *NetOptions {
 		o := &NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}
 		for i := 0; i+1 < len(args); i += 2 {
@@ -159,7 +170,7 @@ func TestBuildConfigFamilies(t *testing.T) {
 // TestBuildConfigPasstOptions: passt's spellings of the address options,
 // and --no-map-gw and --map-host-loopback none being one thing.
 func TestBuildConfigPasstOptions(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "testdata/resolv.conf"}
+	files := hostFiles{"/nonexistent", "/nonexistent", "testdata/resolv.conf", nil}
 	build := func(o NetOptions) (slirp.Config, error) {
 		o.MAC = "9a:55:9a:55:9a:55"
 		o.Gateway = append(o.Gateway, "192.0.2.1", "2001:db8::1")

@@ -52,11 +52,7 @@ type nsPlan struct {
 // planNS decides the namespace's interface, addresses and routes, from
 // the options and the host's template interfaces, as pasta does.
 func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
-	if4, _, _ := defaultRoute4(procFiles.route4)
-	if6, _, _ := defaultRoute6(procFiles.route6)
-	if o.Interface != "" {
-		if4, if6 = o.Interface, o.Interface
-	}
+	if4, if6 := cfg.ifname4, cfg.ifname6
 	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
 		Config: o.ConfigNet, MTU: cfg.MTU}
 	if cfg.NoMTUOption {
@@ -134,10 +130,10 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 				}
 			}
 		}
-		if !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
+		if f.gw.IsValid() && !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
 			// Without a default route to copy (none asked for, or the
 			// host's has a path through another interface), one through
-			// the gateway. On-link: the gateway may lie outside a narrow
+			// the gateway, if there is one. On-link: the gateway may lie outside a narrow
 			// prefix, as it does when the host's address is a /32.
 			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
 			routes = append(routes, def)
