@@ -191,6 +191,38 @@ func TestPastaConfigNetNoDefaultRoute(t *testing.T) {
 	}
 }
 
+// A host with no IPv6 gives the namespace passt's local mode for IPv6,
+// as pasta does: its link-local address alone, and a default route via
+// fe80::1, which stands for the host's loopback.
+func TestPastaConfigNetLocalMode6(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
+	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
+	srv := h.Listen(t, "tcp", "[::1]:0")
+	echoGreeting(srv, "host loopback")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	if got := ns.Run(t, "ip", "-6", "addr", "show", "dev", "uplink", "scope", "global"); got != "" {
+		t.Errorf("IPv6 without a template: global addresses %q", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "addr", "show", "dev", "uplink", "scope", "link"); !strings.Contains(got, "nodad") {
+		t.Errorf("IPv6 without a template: link-local address %q, want it NODAD", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "default"); !strings.HasPrefix(got, "default via fe80::1 dev uplink ") || strings.Contains(got, "onlink") {
+		t.Errorf("IPv6 without a template: default route %q, want via fe80::1, as pasta says it", got)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "[fe80::1%uplink]:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("fe80::1 answered %q, not the host's loopback", got)
+	}
+}
+
 // An IPv6 client of a -t port, from outside the namespace's prefix,
 // reaches the namespace over IPv6 with its own address, as with pasta,
 // which configured the namespace's IPv6: not over IPv4 from the gateway

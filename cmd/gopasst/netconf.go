@@ -23,10 +23,9 @@ import (
 // each family, the guest gets the address and default gateway of the
 // host's template interface (the one with that family's default route, or
 // --interface, else the first with a route: then the guest has no
-// gateway), and the host's resolvers. Without an IPv4 template, the
-// guest gets passt's local mode (169.254.2.1/16 via 169.254.2.2); IPv6 the
-// host does not have is left out (passt's local mode for IPv6, the
-// guest's link-local address alone, is not done).
+// gateway), and the host's resolvers. Without a template, the guest gets
+// passt's local mode: 169.254.2.1/16 via 169.254.2.2 for IPv4, its
+// link-local address via fe80::1 for IPv6.
 
 // hostFiles are where the host's routes and resolvers are read from, and
 // routed finds the template without a default route (replaced in tests).
@@ -455,15 +454,25 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
 		}
-		if why == nil {
+		switch {
+		case why == nil:
 			cfg.Addr6, cfg.Gateway6 = p.Addr(), gw
 			cfg.OurLL6 = ourLinkLocal(gw, f.ifname)
 			ifname6 = f.ifname
-		} else {
+		case o.OutboundIf6 == "" && cfg.MTU >= 1280:
+			// passt's local mode: the guest keeps its link-local
+			// address, and fe80::1, standing for the host's loopback,
+			// is its router.
+			cfg.Addr6, cfg.Local6 = p.Addr(), true
+			cfg.Gateway6 = cmp.Or(gw, netip.MustParseAddr("fe80::1"))
+			cfg.OurLL6 = ourLinkLocal(cfg.Gateway6, "")
+			cfg.NoDHCPv6 = cfg.NoDHCPv6 || !p.IsValid()
+			notes = append(notes, "IPv6 in local mode: "+why.Error())
+		default:
 			notes = append(notes, "IPv6 off: "+why.Error())
 		}
 	}
-	if !cfg.Addr4.IsValid() && !cfg.Addr6.IsValid() {
+	if !cfg.Addr4.IsValid() && !cfg.Addr6.IsValid() && !cfg.Local6 {
 		return netSetup{}, fmt.Errorf("cannot pick the guest's addresses and gateways (%s): use --address and --gateway",
 			strings.Join(notes, "; "))
 	}

@@ -160,10 +160,13 @@ func TestBuildConfigFamilies(t *testing.T) {
 	if _, err := buildConfig(o, files); err == nil || !strings.Contains(err.Error(), "1280") {
 		t.Errorf("IPv6 alone below its minimum MTU: %v", err)
 	}
+	// -6 without IPv6: passt's local mode, the guest's link-local
+	// address via fe80::1, and no DHCPv6, which would have none to give.
 	o = base()
 	o.IPv6 = true
-	if _, err := buildConfig(o, files); err == nil {
-		t.Error("-6 without IPv6 accepted")
+	if ns, err := buildConfig(o, files); err != nil || !ns.Local6 || ns.Addr6.IsValid() || ns.Gateway6.String() != "fe80::1" ||
+		ns.OurLL6.String() != "fe80::1" || !ns.NoDHCPv6 {
+		t.Errorf("-6 without IPv6: %+v, %v; want local mode via fe80::1", ns.Config, err)
 	}
 }
 
