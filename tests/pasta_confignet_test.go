@@ -303,12 +303,15 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 }
 
 // A host's multipath default route is copied with its paths and their
-// weights, as pasta copies it, for each family.
+// weights, as pasta copies it, for each family, and the gateway that
+// stands for the host's loopback is pasta's: the path of greatest weight.
 func TestPastaConfigNetMultipathDefault(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
 	h.Run(t, "ip", "-6", "route", "replace", "default", "nexthop", "via", host6GW, "weight", "1", "nexthop", "via", "2001:db8:1::5", "weight", "2")
+	srv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(srv, "host loopback")
 	ns, pid, _ := pidNetns(t, h)
 	configNet(t, h, pid)
 	for _, c := range []struct{ family, gw1, gw2 string }{{"-4", hostGW, "198.51.100.5"}, {"-6", host6GW, "2001:db8:1::5"}} {
@@ -318,5 +321,10 @@ func TestPastaConfigNetMultipathDefault(t *testing.T) {
 				t.Errorf("the namespace's %s default route: %q, want %q", c.family, got, hop)
 			}
 		}
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "198.51.100.5:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("198.51.100.5 answered %q, not the host's loopback", got)
 	}
 }

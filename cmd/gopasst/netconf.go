@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,81 +27,55 @@ import (
 // passt's local mode: 169.254.2.1/16 via 169.254.2.2 for IPv4, its
 // link-local address via fe80::1 for IPv6.
 
-// hostFiles are where the host's routes and resolvers are read from, and
-// routed finds the template without a default route (replaced in tests).
-type hostFiles struct {
-	route4, route6, resolv string
-	routed                 func(family int) string
+// hostState is where the host's resolvers are read from and how a
+// family's template interface and gateway are found (replaced in tests;
+// no template without one).
+type hostState struct {
+	resolv   string
+	template func(family int, ifname string) (string, netip.Addr)
 }
 
-var procFiles = hostFiles{"/proc/net/route", "/proc/net/ipv6_route", "/etc/resolv.conf", routedIface}
+var thisHost = hostState{"/etc/resolv.conf", hostTemplate}
 
-// routedIface is the interface passt takes as a family's template when
-// none has a default route through a gateway: the first one, but
-// loopback, with a route to other than link-local addresses, "" if none.
-func routedIface(family int) string {
+// hostTemplate finds a family's template as passt does, unless ifname
+// names it: the interface of the first default route, else the first
+// with a route (loopback and routes to link-local addresses aside). The
+// gateway is that of the template's first default route (of a multipath
+// one, the last path of the greatest weight), or none.
+func hostTemplate(family int, ifname string) (string, netip.Addr) {
 	c, err := rtnl.Open()
 	if err != nil {
-		return ""
+		return ifname, netip.Addr{}
 	}
 	defer c.Close()
 	routes, _ := c.Routes(family, 0)
+	routes = slices.DeleteFunc(routes, func(r rtnl.Route) bool {
+		return r.Type != unix.RTN_UNICAST || r.Index <= 1 || r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()
+	})
+	index := 0
+	if ifi, err := net.InterfaceByName(ifname); err == nil {
+		index = ifi.Index
+	} else if i := slices.IndexFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }); i >= 0 {
+		index = routes[i].Index
+	} else if len(routes) > 0 {
+		index = routes[0].Index
+	}
+	if ifi, err := net.InterfaceByIndex(index); err == nil && ifname == "" {
+		ifname = ifi.Name
+	}
 	for _, r := range routes {
-		if r.Type == unix.RTN_UNICAST && r.Index > 1 && !(r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()) {
-			if ifi, err := net.InterfaceByIndex(r.Index); err == nil {
-				return ifi.Name
+		if r.Dst.Bits() > 0 || r.Index != index && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index == index }) {
+			continue
+		}
+		gw, weight := r.Gateway, -1
+		for _, h := range r.Nexthops {
+			if int(h.Hops) >= weight && h.Gateway.IsValid() {
+				gw, weight = h.Gateway, int(h.Hops)
 			}
 		}
+		return ifname, gw
 	}
-	return ""
-}
-
-// defaultRoute4 reads the IPv4 default route from /proc/net/route.
-func defaultRoute4(routeFile string) (ifname string, gw netip.Addr, err error) {
-	err = scanFields(routeFile, func(fl []string) bool {
-		if len(fl) < 8 || fl[1] != "00000000" || fl[7] != "00000000" {
-			return false
-		}
-		b, err := hex.DecodeString(fl[2])
-		if err != nil || len(b) != 4 {
-			return false
-		}
-		var a [4]byte
-		binary.LittleEndian.PutUint32(a[:], binary.BigEndian.Uint32(b))
-		ifname, gw = fl[0], netip.AddrFrom4(a)
-		return true
-	})
-	if err == nil && !gw.IsValid() {
-		err = errors.New("no IPv4 default route")
-	}
-	return ifname, gw, err
-}
-
-// rtfGateway is RTF_GATEWAY: the route goes through a next hop.
-const rtfGateway = 0x2
-
-// defaultRoute6 reads the IPv6 default route with the lowest metric from
-// /proc/net/ipv6_route (the kernel's own unreachable defaults on lo have
-// no next hop and are skipped).
-func defaultRoute6(routeFile string) (ifname string, gw netip.Addr, err error) {
-	best := uint64(1 << 32)
-	err = scanFields(routeFile, func(fl []string) bool {
-		if len(fl) < 10 || fl[0] != strings.Repeat("0", 32) || fl[1] != "00" {
-			return false
-		}
-		flags, err1 := strconv.ParseUint(fl[8], 16, 32)
-		metric, err2 := strconv.ParseUint(fl[5], 16, 32)
-		hop, err3 := hex.DecodeString(fl[4])
-		if err1 != nil || err2 != nil || err3 != nil || len(hop) != 16 || flags&rtfGateway == 0 || metric >= best {
-			return false
-		}
-		best, ifname, gw = metric, fl[9], netip.AddrFrom16([16]byte(hop))
-		return false // keep looking for a lower metric
-	})
-	if err == nil && !gw.IsValid() {
-		err = errors.New("no IPv6 default route")
-	}
-	return ifname, gw, err
+	return ifname, netip.Addr{}
 }
 
 // scanFields calls fn with the fields of each line of path until fn
@@ -273,15 +247,13 @@ func last(a []netip.Addr) netip.Addr {
 
 // family is what one address family needs from the host and options.
 type family struct {
-	name   string
-	route  func(string) (string, netip.Addr, error)
-	file   string
-	keep   func(netip.Addr) bool
-	addrs  []netip.Addr         // from --address
-	gws    []netip.Addr         // from --gateway
-	bits   func(netip.Addr) int // the prefix of an --address given without one
-	routed func() string        // the template without a default route
-	ifname string               // the template interface, filled by pick
+	name     string
+	template func(ifname string) (string, netip.Addr)
+	keep     func(netip.Addr) bool
+	addrs    []netip.Addr         // from --address
+	gws      []netip.Addr         // from --gateway
+	bits     func(netip.Addr) int // the prefix of an --address given without one
+	ifname   string               // the template interface, filled by pick
 }
 
 // pick chooses the guest's address and gateway for one family: the
@@ -289,16 +261,7 @@ type family struct {
 // no default route leaves the guest without a gateway, as passt does. It
 // returns why the family is unavailable, or nil.
 func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
-	ifname, gw, routeErr := f.route(f.file)
-	switch {
-	case iface != "":
-		if ifname != iface {
-			gw = netip.Addr{}
-		}
-		ifname = iface
-	case routeErr != nil && f.routed != nil:
-		ifname = f.routed()
-	}
+	ifname, gw := f.template(iface)
 	f.ifname = ifname
 	var addr netip.Prefix
 	if ifname != "" {
@@ -314,9 +277,7 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 		return addr, gw, nil
 	}
 	why := "no template interface"
-	if routeErr != nil && ifname == "" {
-		why = routeErr.Error()
-	} else if !addr.IsValid() {
+	if ifname != "" {
 		why = "interface " + ifname + " has no " + f.name + " address"
 	}
 	return addr, gw, errors.New(why)
@@ -346,7 +307,7 @@ type netSetup struct {
 }
 
 // buildConfig turns options and host state into the engine's Config.
-func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
+func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 	var notes []string
 	cfg := slirp.Config{
 		MTU: o.MTU, Hostname: o.Hostname, FQDN: o.FQDN,
@@ -406,17 +367,19 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		}
 	}
 	cfg.Outbound4, cfg.Outbound6 = last(out4), last(out6)
-	routed := func(af int) func() string {
-		if files.routed == nil {
-			return nil
+	template := func(af int) func(string) (string, netip.Addr) {
+		return func(ifname string) (string, netip.Addr) {
+			if host.template == nil {
+				return ifname, netip.Addr{}
+			}
+			return host.template(af, ifname)
 		}
-		return func() string { return files.routed(af) }
 	}
 	var ifname4, ifname6 string
 
 	if !o.IPv6 {
-		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
-			addrs: addr4, gws: gw4, bits: classBits, routed: routed(unix.AF_INET)}
+		f := family{name: "IPv4", template: template(unix.AF_INET), keep: netip.Addr.Is4,
+			addrs: addr4, gws: gw4, bits: classBits}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
 		if bits4 > 0 && p.IsValid() {
 			p = netip.PrefixFrom(p.Addr(), bits4)
@@ -448,8 +411,8 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		}
 	}
 	if !o.IPv4 {
-		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
-			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }, routed: routed(unix.AF_INET6)}
+		f := family{name: "IPv6", template: template(unix.AF_INET6), keep: isGlobal6,
+			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
@@ -480,7 +443,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		return netSetup{}, err
 	}
 
-	rc := readResolvConf(files.resolv)
+	rc := readResolvConf(host.resolv)
 	for _, l := range o.Search {
 		cfg.Search = append(cfg.Search, strings.Fields(l)...) // passt's -S takes a space-separated list
 	}

@@ -9,17 +9,6 @@ import (
 	"github.com/gopasst/gopasst/pkg/slirp"
 )
 
-func TestDefaultRoute6(t *testing.T) {
-	ifname, gw, err := defaultRoute6("testdata/ipv6_route")
-	// The lowest metric wins; lo's unreachable default has no next hop.
-	if err != nil || ifname != "wlan0" || gw != netip.MustParseAddr("fe80::1") {
-		t.Fatalf("got %s via %v, %v; want wlan0 via fe80::1", ifname, gw, err)
-	}
-	if _, _, err := defaultRoute6("/nonexistent"); err == nil {
-		t.Fatal("no error for a missing route file")
-	}
-}
-
 func addrs(s ...string) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range s {
@@ -80,7 +69,7 @@ func TestGuestResolvers(t *testing.T) {
 // Without a default route, the template passt falls back to gives the
 // guest its address and no gateway, and so no DHCP.
 func TestBuildConfigRoutedTemplate(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent", func(int) string { return "lo" }}
+	files := hostState{"/nonexistent", func(int, string) (string, netip.Addr) { return "lo", netip.Addr{} }}
 	ns, err := buildConfig(&NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}, files)
 	if err != nil || ns.Addr4.String() != "127.0.0.1" || ns.Prefix4 != 8 || ns.Gateway4.IsValid() || !ns.NoDHCP || ns.ifname4 != "lo" {
 		t.Errorf("template lo without a default route: %v/%d via %v, DHCP off %v, template %q, %v; want 127.0.0.1/8, no gateway, no DHCP, lo",
@@ -90,7 +79,7 @@ func TestBuildConfigRoutedTemplate(t *testing.T) {
 
 // TestBuildConfigFamilies: addresses given for one family only, and -4/-6.
 func TestBuildConfigFamilies(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent", nil}
+	files := hostState{"/nonexistent", nil}
 	base := func(args ...string) *NetOptions {
 		o := &NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}
 		for i := 0; i+1 < len(args); i += 2 {
@@ -173,7 +162,7 @@ func TestBuildConfigFamilies(t *testing.T) {
 // TestBuildConfigPasstOptions: passt's spellings of the address options,
 // and --no-map-gw and --map-host-loopback none being one thing.
 func TestBuildConfigPasstOptions(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "testdata/resolv.conf", nil}
+	files := hostState{"testdata/resolv.conf", nil}
 	build := func(o NetOptions) (slirp.Config, error) {
 		o.MAC = "9a:55:9a:55:9a:55"
 		o.Gateway = append(o.Gateway, "192.0.2.1", "2001:db8::1")
