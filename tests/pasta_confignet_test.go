@@ -162,6 +162,67 @@ func TestPastaConfigNetLocalMode4(t *testing.T) {
 	}
 }
 
+// A host with no default route takes, as pasta does, the interface with
+// routes as the template: the namespace gets its name, addresses and
+// routes, and no default route.
+func TestPastaConfigNetNoDefaultRoute(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
+	h.Run(t, "ip", "route", "add", "203.0.113.0/24", "via", hostGW)
+	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
+	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", host6GW)
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	addrs, routes := nsAddrRoutes(t, ns, "uplink")
+	if !slices.Equal(addrs, []string{hostAddr + "/24"}) || !slices.Contains(routes, "203.0.113.0/24 via "+hostGW) {
+		t.Errorf("IPv4: addresses %q, routes %q; want %s/24 and the route to 203.0.113.0/24", addrs, routes, hostAddr)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "dev", "uplink"); !strings.Contains(got, "2001:db8:77::/48 via "+host6GW) {
+		t.Errorf("IPv6 routes %q, want the route to 2001:db8:77::/48", got)
+	}
+	for _, family := range []string{"-4", "-6"} {
+		if got := ns.Run(t, "ip", family, "route", "show", "default"); got != "" {
+			t.Errorf("a default route the host lacks: %q", got)
+		}
+	}
+}
+
+// A host with no IPv6 gives the namespace passt's local mode for IPv6,
+// as pasta does: its link-local address alone, and a default route via
+// fe80::1, which stands for the host's loopback.
+func TestPastaConfigNetLocalMode6(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
+	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
+	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
+	srv := h.Listen(t, "tcp", "[::1]:0")
+	echoGreeting(srv, "host loopback")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	if got := ns.Run(t, "ip", "-6", "addr", "show", "dev", "uplink", "scope", "global"); got != "" {
+		t.Errorf("IPv6 without a template: global addresses %q", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "addr", "show", "dev", "uplink", "scope", "link"); !strings.Contains(got, "nodad") {
+		t.Errorf("IPv6 without a template: link-local address %q, want it NODAD", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "default"); !strings.HasPrefix(got, "default via fe80::1 dev uplink ") || strings.Contains(got, "onlink") {
+		t.Errorf("IPv6 without a template: default route %q, want via fe80::1, as pasta says it", got)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "[fe80::1%uplink]:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("fe80::1 answered %q, not the host's loopback", got)
+	}
+}
+
 // An IPv6 client of a -t port, from outside the namespace's prefix,
 // reaches the namespace over IPv6 with its own address, as with pasta,
 // which configured the namespace's IPv6: not over IPv4 from the gateway
@@ -241,15 +302,29 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 	}
 }
 
-// A host whose default route is multipath (not copied) still gives the
-// namespace a default route, through the first gateway.
+// A host's multipath default route is copied with its paths and their
+// weights, as pasta copies it, for each family, and the gateway that
+// stands for the host's loopback is pasta's: the path of greatest weight.
 func TestPastaConfigNetMultipathDefault(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "replace", "default", "nexthop", "via", hostGW, "weight", "1", "nexthop", "via", "198.51.100.5", "weight", "2")
+	h.Run(t, "ip", "-6", "route", "replace", "default", "nexthop", "via", host6GW, "weight", "1", "nexthop", "via", "2001:db8:1::5", "weight", "2")
+	srv := h.Listen(t, "tcp", "127.0.0.1:0")
+	echoGreeting(srv, "host loopback")
 	ns, pid, _ := pidNetns(t, h)
-	configNet(t, h, pid, "-4")
-	if got := ns.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "default") {
-		t.Errorf("no default route in the namespace: %q", got)
+	configNet(t, h, pid)
+	for _, c := range []struct{ family, gw1, gw2 string }{{"-4", hostGW, "198.51.100.5"}, {"-6", host6GW, "2001:db8:1::5"}} {
+		got := ns.Run(t, "ip", c.family, "route", "show", "default")
+		for _, hop := range []string{"nexthop via " + c.gw1 + " dev uplink weight 1", "nexthop via " + c.gw2 + " dev uplink weight 2"} {
+			if !strings.Contains(got, hop) {
+				t.Errorf("the namespace's %s default route: %q, want %q", c.family, got, hop)
+			}
+		}
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "198.51.100.5:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host loopback" {
+		t.Errorf("198.51.100.5 answered %q, not the host's loopback", got)
 	}
 }

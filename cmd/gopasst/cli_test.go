@@ -148,7 +148,7 @@ func TestQEMUArgvConfig(t *testing.T) {
 	if _, done, _ := parseArgs(&c, splitTest(argv), &out, &out); done {
 		t.Fatal(out.String())
 	}
-	ns, err := buildConfig(&c.Serve.NetOptions, hostFiles{"/nonexistent", "/nonexistent", "/nonexistent"})
+	ns, err := buildConfig(&c.Serve.NetOptions, hostState{"/nonexistent", nil})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,7 +209,7 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, "{\n  \"type\": \"net\"\n}\n")
 		return 0
 	}
-	cfg, err := buildConfig(&o.NetOptions, procFiles)
+	cfg, err := buildConfig(&o.NetOptions, thisHost)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}

@@ -4,81 +4,78 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/rtnl"
 	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
 )
 
 // Network configuration, copied from the host the way passt does it: for
 // each family, the guest gets the address and default gateway of the
 // host's template interface (the one with that family's default route, or
-// --interface), and the host's resolvers. Without an IPv4 template, the
-// guest gets passt's local mode (169.254.2.1/16 via 169.254.2.2); IPv6 the
-// host does not have is left out (passt's local mode for IPv6, the
-// guest's link-local address alone, is not done).
+// --interface, else the first with a route: then the guest has no
+// gateway), and the host's resolvers. Without a template, the guest gets
+// passt's local mode: 169.254.2.1/16 via 169.254.2.2 for IPv4, its
+// link-local address via fe80::1 for IPv6.
 
-// hostFiles are where the host's routes and resolvers are read from
-// (replaced in tests).
-type hostFiles struct {
-	route4, route6, resolv string
+// hostState is where the host's resolvers are read from and how a
+// family's template interface and gateway are found (replaced in tests;
+// no template without one).
+type hostState struct {
+	resolv   string
+	template func(family int, ifname string) (string, netip.Addr)
 }
 
-var procFiles = hostFiles{"/proc/net/route", "/proc/net/ipv6_route", "/etc/resolv.conf"}
+var thisHost = hostState{"/etc/resolv.conf", hostTemplate}
 
-// defaultRoute4 reads the IPv4 default route from /proc/net/route.
-func defaultRoute4(routeFile string) (ifname string, gw netip.Addr, err error) {
-	err = scanFields(routeFile, func(fl []string) bool {
-		if len(fl) < 8 || fl[1] != "00000000" || fl[7] != "00000000" {
-			return false
-		}
-		b, err := hex.DecodeString(fl[2])
-		if err != nil || len(b) != 4 {
-			return false
-		}
-		var a [4]byte
-		binary.LittleEndian.PutUint32(a[:], binary.BigEndian.Uint32(b))
-		ifname, gw = fl[0], netip.AddrFrom4(a)
-		return true
-	})
-	if err == nil && !gw.IsValid() {
-		err = errors.New("no IPv4 default route")
+// hostTemplate finds a family's template as passt does, unless ifname
+// names it: the interface of the first default route, else the first
+// with a route (loopback and routes to link-local addresses aside). The
+// gateway is that of the template's first default route (of a multipath
+// one, the last path of the greatest weight), or none.
+func hostTemplate(family int, ifname string) (string, netip.Addr) {
+	c, err := rtnl.Open()
+	if err != nil {
+		return ifname, netip.Addr{}
 	}
-	return ifname, gw, err
-}
-
-// rtfGateway is RTF_GATEWAY: the route goes through a next hop.
-const rtfGateway = 0x2
-
-// defaultRoute6 reads the IPv6 default route with the lowest metric from
-// /proc/net/ipv6_route (the kernel's own unreachable defaults on lo have
-// no next hop and are skipped).
-func defaultRoute6(routeFile string) (ifname string, gw netip.Addr, err error) {
-	best := uint64(1 << 32)
-	err = scanFields(routeFile, func(fl []string) bool {
-		if len(fl) < 10 || fl[0] != strings.Repeat("0", 32) || fl[1] != "00" {
-			return false
-		}
-		flags, err1 := strconv.ParseUint(fl[8], 16, 32)
-		metric, err2 := strconv.ParseUint(fl[5], 16, 32)
-		hop, err3 := hex.DecodeString(fl[4])
-		if err1 != nil || err2 != nil || err3 != nil || len(hop) != 16 || flags&rtfGateway == 0 || metric >= best {
-			return false
-		}
-		best, ifname, gw = metric, fl[9], netip.AddrFrom16([16]byte(hop))
-		return false // keep looking for a lower metric
+	defer c.Close()
+	routes, _ := c.Routes(family, 0)
+	routes = slices.DeleteFunc(routes, func(r rtnl.Route) bool {
+		return r.Type != unix.RTN_UNICAST || r.Index <= 1 || r.Dst.Bits() > 0 && r.Dst.Addr().IsLinkLocalUnicast()
 	})
-	if err == nil && !gw.IsValid() {
-		err = errors.New("no IPv6 default route")
+	index := 0
+	if ifi, err := net.InterfaceByName(ifname); err == nil {
+		index = ifi.Index
+	} else if i := slices.IndexFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }); i >= 0 {
+		index = routes[i].Index
+	} else if len(routes) > 0 {
+		index = routes[0].Index
 	}
-	return ifname, gw, err
+	if ifi, err := net.InterfaceByIndex(index); err == nil && ifname == "" {
+		ifname = ifi.Name
+	}
+	for _, r := range routes {
+		if r.Dst.Bits() > 0 || r.Index != index && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index == index }) {
+			continue
+		}
+		gw, weight := r.Gateway, -1
+		for _, h := range r.Nexthops {
+			if int(h.Hops) >= weight && h.Gateway.IsValid() {
+				gw, weight = h.Gateway, int(h.Hops)
+			}
+		}
+		return ifname, gw
+	}
+	return ifname, netip.Addr{}
 }
 
 // scanFields calls fn with the fields of each line of path until fn
@@ -250,27 +247,21 @@ func last(a []netip.Addr) netip.Addr {
 
 // family is what one address family needs from the host and options.
 type family struct {
-	name   string
-	route  func(string) (string, netip.Addr, error)
-	file   string
-	keep   func(netip.Addr) bool
-	addrs  []netip.Addr         // from --address
-	gws    []netip.Addr         // from --gateway
-	bits   func(netip.Addr) int // the prefix of an --address given without one
-	ifname string               // the template interface, filled by pick
+	name     string
+	template func(ifname string) (string, netip.Addr)
+	keep     func(netip.Addr) bool
+	addrs    []netip.Addr         // from --address
+	gws      []netip.Addr         // from --gateway
+	bits     func(netip.Addr) int // the prefix of an --address given without one
+	ifname   string               // the template interface, filled by pick
 }
 
 // pick chooses the guest's address and gateway for one family: the
-// options where given, else the template interface's. It returns why the
-// family is unavailable, or nil.
+// options where given, else the template interface's; a template with
+// no default route leaves the guest without a gateway, as passt does. It
+// returns why the family is unavailable, or nil.
 func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
-	ifname, gw, routeErr := f.route(f.file)
-	if iface != "" {
-		if ifname != iface {
-			gw = netip.Addr{}
-		}
-		ifname = iface
-	}
+	ifname, gw := f.template(iface)
 	f.ifname = ifname
 	var addr netip.Prefix
 	if ifname != "" {
@@ -282,13 +273,11 @@ func (f *family) pick(iface string) (netip.Prefix, netip.Addr, error) {
 	if g := last(f.gws); g.IsValid() {
 		gw = g
 	}
-	if addr.IsValid() && gw.IsValid() {
+	if addr.IsValid() && (gw.IsValid() || ifname != "") {
 		return addr, gw, nil
 	}
 	why := "no template interface"
-	if routeErr != nil && iface == "" {
-		why = routeErr.Error()
-	} else if !addr.IsValid() {
+	if ifname != "" {
 		why = "interface " + ifname + " has no " + f.name + " address"
 	}
 	return addr, gw, errors.New(why)
@@ -313,11 +302,12 @@ func classBits(a netip.Addr) int {
 // how it was chosen (a family left out, and why).
 type netSetup struct {
 	slirp.Config
-	notes []string
+	notes            []string
+	ifname4, ifname6 string // the template interfaces, "" for none
 }
 
 // buildConfig turns options and host state into the engine's Config.
-func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
+func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 	var notes []string
 	cfg := slirp.Config{
 		MTU: o.MTU, Hostname: o.Hostname, FQDN: o.FQDN,
@@ -374,9 +364,18 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		}
 	}
 	cfg.Outbound4, cfg.Outbound6 = last(out4), last(out6)
+	template := func(af int) func(string) (string, netip.Addr) {
+		return func(ifname string) (string, netip.Addr) {
+			if host.template == nil {
+				return ifname, netip.Addr{}
+			}
+			return host.template(af, ifname)
+		}
+	}
+	var ifname4, ifname6 string
 
 	if !o.IPv6 {
-		f := family{name: "IPv4", route: defaultRoute4, file: files.route4, keep: netip.Addr.Is4,
+		f := family{name: "IPv4", template: template(unix.AF_INET), keep: netip.Addr.Is4,
 			addrs: addr4, gws: gw4, bits: classBits}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
 		if bits4 > 0 && p.IsValid() {
@@ -392,6 +391,9 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		switch {
 		case why == nil:
 			cfg.Addr4, cfg.Prefix4, cfg.Gateway4 = p.Addr(), p.Bits(), gw
+			ifname4 = f.ifname
+			// As passt: no gateway, no DHCP (its answer names a router).
+			cfg.NoDHCP = cfg.NoDHCP || !gw.IsValid()
 		case o.OutboundIf4 == "":
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
@@ -406,20 +408,31 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		}
 	}
 	if !o.IPv4 {
-		f := family{name: "IPv6", route: defaultRoute6, file: files.route6, keep: isGlobal6,
+		f := family{name: "IPv6", template: template(unix.AF_INET6), keep: isGlobal6,
 			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
 		}
-		if why == nil {
+		switch {
+		case why == nil:
 			cfg.Addr6, cfg.Gateway6 = p.Addr(), gw
 			cfg.OurLL6 = ourLinkLocal(gw, f.ifname)
-		} else {
+			ifname6 = f.ifname
+		case o.OutboundIf6 == "" && cfg.MTU >= 1280:
+			// passt's local mode: the guest keeps its link-local
+			// address, and fe80::1, standing for the host's loopback,
+			// is its router.
+			cfg.Addr6, cfg.Local6 = p.Addr(), true
+			cfg.Gateway6 = cmp.Or(gw, netip.MustParseAddr("fe80::1"))
+			cfg.OurLL6 = ourLinkLocal(cfg.Gateway6, "")
+			cfg.NoDHCPv6 = cfg.NoDHCPv6 || !p.IsValid()
+			notes = append(notes, "IPv6 in local mode: "+why.Error())
+		default:
 			notes = append(notes, "IPv6 off: "+why.Error())
 		}
 	}
-	if !cfg.Addr4.IsValid() && !cfg.Addr6.IsValid() {
+	if !cfg.Addr4.IsValid() && !cfg.Addr6.IsValid() && !cfg.Local6 {
 		return netSetup{}, fmt.Errorf("cannot pick the guest's addresses and gateways (%s): use --address and --gateway",
 			strings.Join(notes, "; "))
 	}
@@ -427,7 +440,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		return netSetup{}, err
 	}
 
-	rc := readResolvConf(files.resolv)
+	rc := readResolvConf(host.resolv)
 	for _, l := range o.Search {
 		cfg.Search = append(cfg.Search, strings.Fields(l)...) // passt's -S takes a space-separated list
 	}
@@ -438,7 +451,7 @@ func buildConfig(o *NetOptions, files hostFiles) (netSetup, error) {
 		cfg.Search = nil
 	}
 	err = dnsConfig(&cfg, o, rc)
-	return netSetup{cfg, notes}, err
+	return netSetup{cfg, notes, ifname4, ifname6}, err
 }
 
 // mapConfig sets the guest addresses that stand for the host, as passt

@@ -9,17 +9,6 @@ import (
 	"github.com/gopasst/gopasst/pkg/slirp"
 )
 
-func TestDefaultRoute6(t *testing.T) {
-	ifname, gw, err := defaultRoute6("testdata/ipv6_route")
-	// The lowest metric wins; lo's unreachable default has no next hop.
-	if err != nil || ifname != "wlan0" || gw != netip.MustParseAddr("fe80::1") {
-		t.Fatalf("got %s via %v, %v; want wlan0 via fe80::1", ifname, gw, err)
-	}
-	if _, _, err := defaultRoute6("/nonexistent"); err == nil {
-		t.Fatal("no error for a missing route file")
-	}
-}
-
 func addrs(s ...string) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range s {
@@ -77,9 +66,20 @@ func TestGuestResolvers(t *testing.T) {
 	}
 }
 
+// Without a default route, the template passt falls back to gives the
+// guest its address and no gateway, and so no DHCP.
+func TestBuildConfigRoutedTemplate(t *testing.T) {
+	files := hostState{"/nonexistent", func(int, string) (string, netip.Addr) { return "lo", netip.Addr{} }}
+	ns, err := buildConfig(&NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}, files)
+	if err != nil || ns.Addr4.String() != "127.0.0.1" || ns.Prefix4 != 8 || ns.Gateway4.IsValid() || !ns.NoDHCP || ns.ifname4 != "lo" {
+		t.Errorf("template lo without a default route: %v/%d via %v, DHCP off %v, template %q, %v; want 127.0.0.1/8, no gateway, no DHCP, lo",
+			ns.Addr4, ns.Prefix4, ns.Gateway4, ns.NoDHCP, ns.ifname4, err)
+	}
+}
+
 // TestBuildConfigFamilies: addresses given for one family only, and -4/-6.
 func TestBuildConfigFamilies(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "/nonexistent"}
+	files := hostState{"/nonexistent", nil}
 	base := func(args ...string) *NetOptions {
 		o := &NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55"}
 		for i := 0; i+1 < len(args); i += 2 {
@@ -149,17 +149,20 @@ func TestBuildConfigFamilies(t *testing.T) {
 	if _, err := buildConfig(o, files); err == nil || !strings.Contains(err.Error(), "1280") {
 		t.Errorf("IPv6 alone below its minimum MTU: %v", err)
 	}
+	// -6 without IPv6: passt's local mode, the guest's link-local
+	// address via fe80::1, and no DHCPv6, which would have none to give.
 	o = base()
 	o.IPv6 = true
-	if _, err := buildConfig(o, files); err == nil {
-		t.Error("-6 without IPv6 accepted")
+	if ns, err := buildConfig(o, files); err != nil || !ns.Local6 || ns.Addr6.IsValid() || ns.Gateway6.String() != "fe80::1" ||
+		ns.OurLL6.String() != "fe80::1" || !ns.NoDHCPv6 {
+		t.Errorf("-6 without IPv6: %+v, %v; want local mode via fe80::1", ns.Config, err)
 	}
 }
 
 // TestBuildConfigPasstOptions: passt's spellings of the address options,
 // and --no-map-gw and --map-host-loopback none being one thing.
 func TestBuildConfigPasstOptions(t *testing.T) {
-	files := hostFiles{"/nonexistent", "/nonexistent", "testdata/resolv.conf"}
+	files := hostState{"testdata/resolv.conf", nil}
 	build := func(o NetOptions) (slirp.Config, error) {
 		o.MAC = "9a:55:9a:55:9a:55"
 		o.Gateway = append(o.Gateway, "192.0.2.1", "2001:db8::1")

@@ -146,7 +146,7 @@ func (o *pastaOptions) forwards() (pastaForwards, error) {
 
 // pastaConfig is the engine's configuration in pasta mode.
 func pastaConfig(o *pastaOptions) (netSetup, error) {
-	cfg, err := buildConfig(&o.NetOptions, procFiles)
+	cfg, err := buildConfig(&o.NetOptions, thisHost)
 	// DHCP, DHCPv6 and RAs name resolvers and search domains in pasta
 	// mode only when asked: the namespace has the host's resolv.conf.
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch

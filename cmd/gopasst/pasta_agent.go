@@ -52,11 +52,7 @@ type nsPlan struct {
 // planNS decides the namespace's interface, addresses and routes, from
 // the options and the host's template interfaces, as pasta does.
 func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
-	if4, _, _ := defaultRoute4(procFiles.route4)
-	if6, _, _ := defaultRoute6(procFiles.route6)
-	if o.Interface != "" {
-		if4, if6 = o.Interface, o.Interface
-	}
+	if4, if6 := cfg.ifname4, cfg.ifname6
 	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
 		Config: o.ConfigNet, MTU: cfg.MTU}
 	if cfg.NoMTUOption {
@@ -83,16 +79,17 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	}
 	families := []struct {
 		family     int
+		on         bool
 		addr, gw   netip.Addr
 		bits       int
 		ifname     string
 		addrs, gws []netip.Addr
 	}{
-		{unix.AF_INET, cfg.Addr4, cfg.Gateway4, cfg.Prefix4, if4, a4, g4},
-		{unix.AF_INET6, cfg.Addr6, cfg.Gateway6, 64, if6, a6, g6},
+		{unix.AF_INET, cfg.Addr4.IsValid(), cfg.Addr4, cfg.Gateway4, cfg.Prefix4, if4, a4, g4},
+		{unix.AF_INET6, cfg.Addr6.IsValid() || cfg.Local6, cfg.Addr6, cfg.Gateway6, 64, if6, a6, g6},
 	}
 	for _, f := range families {
-		if !f.addr.IsValid() {
+		if !f.on {
 			continue
 		}
 		index := 0
@@ -113,7 +110,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 				}
 			}
 		}
-		if len(addrs) == 0 {
+		if len(addrs) == 0 && f.addr.IsValid() { // none in IPv6 local mode: the link-local one
 			addrs = []rtnl.Addr{{Prefix: netip.PrefixFrom(f.addr, f.bits), Flags: unix.IFA_F_NODAD}}
 		}
 		p.Addrs = append(p.Addrs, addrs...)
@@ -124,26 +121,33 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 				return p, fmt.Errorf("host routes: %v", err)
 			}
 			// The kernel's prefix routes too, as pasta copies them: with
-			// -a in another subnet, they keep the gateway reachable.
+			// -a in another subnet, they keep the gateway reachable. A
+			// multipath route, with all its paths, if they all leave
+			// through the template, as pasta copies it.
 			for _, r := range host {
-				if r.Type == unix.RTN_UNICAST {
+				if r.Type == unix.RTN_UNICAST && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index != index }) {
 					r.PrefSrc = netip.Addr{}
 					routes = append(routes, r)
 				}
 			}
 		}
-		if !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
+		if f.gw.IsValid() && !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
 			// Without a default route to copy (none asked for, or the
-			// host's is multipath, which is not copied), one through the
-			// gateway. On-link: the gateway may lie outside a narrow
-			// prefix, as it does when the host's address is a /32.
-			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw, Flags: unix.RTNH_F_ONLINK}
+			// host's has a path through another interface), one through
+			// the gateway, if there is one. On-link: the gateway may lie
+			// outside a narrow prefix, as it does when the host's address
+			// is a /32 (a link-local one is on-link anyway, and pasta
+			// does not say it).
+			def := rtnl.Route{Dst: netip.PrefixFrom(f.gw, 0).Masked(), Gateway: f.gw}
+			if !f.gw.IsLinkLocalUnicast() {
+				def.Flags = unix.RTNH_F_ONLINK
+			}
 			routes = append(routes, def)
 		}
 		p.Routes = append(p.Routes, routes...)
 	}
 	slices.SortStableFunc(p.Routes, func(a, b rtnl.Route) int {
-		return boolInt(a.Gateway.IsValid()) - boolInt(b.Gateway.IsValid())
+		return boolInt(a.Gateway.IsValid() || len(a.Nexthops) > 0) - boolInt(b.Gateway.IsValid() || len(b.Nexthops) > 0)
 	})
 	return p, nil
 }
@@ -513,7 +517,9 @@ func configureTap(p *nsPlan) error {
 	// With IPv6, the link comes up with ARP, and so duplicate address
 	// detection, off, and its link-local address is marked NODAD, as
 	// pasta's: usable, not tentative, once the caller is told we are ready.
-	v6 := slices.ContainsFunc(p.Addrs, func(a rtnl.Addr) bool { return a.Prefix.Addr().Is6() })
+	// In IPv6 local mode, a default route alone says IPv6 is on.
+	v6 := slices.ContainsFunc(p.Addrs, func(a rtnl.Addr) bool { return a.Prefix.Addr().Is6() }) ||
+		slices.ContainsFunc(p.Routes, func(r rtnl.Route) bool { return r.Dst.Addr().Is6() })
 	if v6 {
 		if err := c.SetFlags(ifi.Index, unix.IFF_NOARP, unix.IFF_NOARP); err != nil {
 			return fmt.Errorf("%s: NOARP: %v", p.Ifname, err)

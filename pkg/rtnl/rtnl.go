@@ -38,6 +38,17 @@ type Route struct {
 	Flags    uint32 // RTNH_F_*
 	Metrics  []byte // RTA_METRICS as the kernel gave them: mtu, advmss...
 	Pref     uint8  // RTA_PREF, IPv6's router preference (0: medium)
+	// Nexthops are a multipath route's paths; Gateway is then unset and
+	// Index is the first path's interface, as passt takes it.
+	Nexthops []Nexthop
+}
+
+// Nexthop is one path of a multipath route.
+type Nexthop struct {
+	Gateway netip.Addr
+	Index   int
+	Hops    uint8 // the path's weight, less one
+	Flags   uint8 // RTNH_F_*
 }
 
 // Conn is a route netlink socket in the network namespace of the thread
@@ -81,7 +92,7 @@ func (c *Conn) Addrs(family, index int) ([]Addr, error) {
 }
 
 // Routes returns the routes of family in the main table through interface
-// index.
+// index, or through any with index 0.
 func (c *Conn) Routes(family, index int) ([]Route, error) {
 	b, err := c.dump(unix.RTM_GETROUTE, rtmsg(family, 0, 0, 0, 0, 0))
 	if err != nil {
@@ -90,7 +101,7 @@ func (c *Conn) Routes(family, index int) ([]Route, error) {
 	all, err := ParseRoutes(b)
 	var out []Route
 	for _, r := range all {
-		if r.Index == index {
+		if index == 0 || r.Index == index {
 			out = append(out, r)
 		}
 	}
@@ -149,7 +160,8 @@ func (c *Conn) newAddr(a Addr, nlflags uint16) error {
 	return c.do(unix.RTM_NEWADDR, nlflags, msg)
 }
 
-// AddRoute adds r to the main table.
+// AddRoute adds r to the main table, through interface r.Index, every
+// path of it for a multipath route.
 func (c *Conn) AddRoute(r Route) error {
 	family := unix.AF_INET6
 	if r.Dst.Addr().Is4() {
@@ -174,7 +186,22 @@ func (c *Conn) AddRoute(r Route) error {
 	if r.Pref != 0 {
 		msg = attr(msg, unix.RTA_PREF, []byte{r.Pref})
 	}
-	msg = attr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(r.Index)))
+	if len(r.Nexthops) == 0 {
+		msg = attr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(r.Index)))
+	} else {
+		var hops []byte
+		for _, h := range r.Nexthops {
+			var gw []byte
+			if h.Gateway.IsValid() {
+				gw = attr(nil, unix.RTA_GATEWAY, h.Gateway.AsSlice())
+			}
+			hops = binary.NativeEndian.AppendUint16(hops, uint16(unix.SizeofRtNexthop+len(gw)))
+			hops = append(hops, h.Flags&unix.RTNH_F_ONLINK, h.Hops)
+			hops = binary.NativeEndian.AppendUint32(hops, uint32(r.Index))
+			hops = append(hops, gw...)
+		}
+		msg = attr(msg, unix.RTA_MULTIPATH, hops)
+	}
 	return c.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, msg)
 }
 
@@ -373,7 +400,7 @@ func ParseAddrs(b []byte) ([]Addr, error) {
 }
 
 // ParseRoutes reads the RTM_NEWROUTE messages of a dump for the main
-// table, as ParseAddrs does addresses. Multipath routes are skipped.
+// table, as ParseAddrs does addresses.
 func ParseRoutes(b []byte) ([]Route, error) {
 	var out []Route
 	var bad error
@@ -390,7 +417,6 @@ func ParseRoutes(b []byte) ([]Route, error) {
 		} else if m.Family != unix.AF_INET {
 			return
 		}
-		multipath := false
 		if err := attrs(body[unix.SizeofRtMsg:], func(t uint16, d []byte) {
 			switch t {
 			case unix.RTA_DST:
@@ -414,7 +440,10 @@ func ParseRoutes(b []byte) ([]Route, error) {
 					table = binary.NativeEndian.Uint32(d)
 				}
 			case unix.RTA_MULTIPATH:
-				multipath = true
+				r.Nexthops = nexthops(m.Family, d)
+				if len(r.Nexthops) > 0 {
+					r.Index = r.Nexthops[0].Index
+				}
 			case unix.RTA_METRICS:
 				r.Metrics = append([]byte(nil), d...)
 			case unix.RTA_PREF:
@@ -427,7 +456,7 @@ func ParseRoutes(b []byte) ([]Route, error) {
 			return
 		}
 		p, err := dst.Prefix(int(m.Dst_len))
-		if err != nil || multipath || table != unix.RT_TABLE_MAIN {
+		if err != nil || table != unix.RT_TABLE_MAIN {
 			return
 		}
 		r.Dst = p
@@ -437,4 +466,24 @@ func ParseRoutes(b []byte) ([]Route, error) {
 		err = bad
 	}
 	return out, err
+}
+
+// nexthops reads an RTA_MULTIPATH attribute's paths, up to a malformed one.
+func nexthops(family uint8, b []byte) []Nexthop {
+	var out []Nexthop
+	for len(b) >= unix.SizeofRtNexthop {
+		l := int(binary.NativeEndian.Uint16(b))
+		if l < unix.SizeofRtNexthop || l > len(b) {
+			break
+		}
+		h := Nexthop{Flags: b[2], Hops: b[3], Index: int(binary.NativeEndian.Uint32(b[4:]))}
+		attrs(b[unix.SizeofRtNexthop:l], func(t uint16, d []byte) {
+			if t == unix.RTA_GATEWAY {
+				h.Gateway = ip(family, d)
+			}
+		})
+		out = append(out, h)
+		b = b[min((l+3)&^3, len(b)):]
+	}
+	return out
 }

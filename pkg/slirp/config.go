@@ -27,6 +27,10 @@ type Config struct {
 	Addr6    netip.Addr
 	Gateway6 netip.Addr
 	OurLL6   netip.Addr
+	// Local6 is passt's local mode for IPv6: the host has none to copy,
+	// the guest has its link-local address (and Addr6, if given) and
+	// OurLL6 as its router, which stands for the host's loopback.
+	Local6 bool
 	// Configured6 says the guest has Addr6 from the start (pasta's
 	// --config-net): an IPv6 sender reaches it over IPv6 at once, not
 	// over IPv4 until the guest is seen to use IPv6.
@@ -139,7 +143,7 @@ const minMTU6 = 1280
 
 // has4 and has6 report whether the guest gets that family at all.
 func (c *Config) has4() bool { return c.Addr4.IsValid() }
-func (c *Config) has6() bool { return c.Addr6.IsValid() }
+func (c *Config) has6() bool { return c.Addr6.IsValid() || c.Local6 }
 
 // HostLoopback is the guest address of one family (IPv6 if v6) that
 // stands for the host's loopback, or none (invalid).

@@ -210,6 +210,9 @@ func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint
 	if errno == unix.ECONNREFUSED {
 		from = remote
 	}
+	if !from.IsValid() {
+		return false // no gateway to send it from
+	}
 	ie := icmpErr{v6: guest.Is6(), typ: header.ICMPv4Unreachable, code: codes[0]}
 	if ie.v6 {
 		ie.typ, ie.code = header.ICMPv6Unreachable, codes[1]

@@ -39,7 +39,7 @@ func (e *Engine) natFromGuest(proto uint8, dst netip.AddrPort) netip.AddrPort {
 	if r, ok := e.cfg.DNSMap[a]; ok && isDNS(proto, port) {
 		return netip.AddrPortFrom(r.Addr(), port)
 	}
-	if a == e.cfg.OurLL6 && e.cfg.has6() {
+	if a == e.cfg.OurLL6 && e.cfg.has6() && e.cfg.Gateway6.IsValid() {
 		a = e.cfg.Gateway6 // our link-local address is the guest's router
 	}
 	switch {
@@ -111,10 +111,11 @@ func (e *Engine) gateway(a netip.Addr) netip.Addr {
 // The host itself (its loopback, or its own address, which the guest
 // shares) appears as the address mapped to it (--map-host-loopback,
 // --map-guest-addr), else as the gateway, and so does a sender the
-// guest's family cannot address.
+// guest's family cannot address; without a gateway, or a guest address
+// to reach, remote is invalid and, as in passt, the flow is not forwarded.
 func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest netip.AddrPort) {
 	a := from.Addr()
-	if a.Is6() && (e.addrSeen6.IsValid() || e.cfg.Configured6 && e.cfg.has6()) || !e.cfg.has4() {
+	if a.Is6() && (e.addrSeen6.IsValid() || e.cfg.Configured6 && e.cfg.Addr6.IsValid()) || !e.cfg.has4() {
 		switch m := e.hostStandIn(a); {
 		case m.Is6():
 			a = m
@@ -124,6 +125,9 @@ func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest 
 		to := e.addrSeen6
 		if !to.IsValid() {
 			to = e.cfg.Addr6 // an IPv6-only guest that has not spoken yet
+		}
+		if !to.IsValid() {
+			return netip.AddrPort{}, netip.AddrPort{} // a link-local guest, not seen yet
 		}
 		return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(to, gport)
 	}

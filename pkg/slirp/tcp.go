@@ -412,7 +412,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		}
 		var key tcpKey
 		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
-		if _, old := e.tcp.lookup(key); old != nil || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
+		if _, old := e.tcp.lookup(key); old != nil || !key.remote.IsValid() || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
 			unix.Close(fd)
 			continue
 		}

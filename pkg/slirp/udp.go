@@ -413,6 +413,9 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 			return from, netip.AddrPort{} // not the guest's
 		}
 		remote, guest := e.inboundRoute(from, l.fwd.GuestPort)
+		if !remote.IsValid() {
+			return remote, netip.AddrPort{} // no address stands for the sender
+		}
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
