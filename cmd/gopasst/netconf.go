@@ -424,7 +424,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 			// address, and fe80::1, standing for the host's loopback,
 			// is its router.
 			cfg.Addr6, cfg.Local6 = p.Addr(), true
-			cfg.Gateway6 = cmp.Or(gw, netip.MustParseAddr("fe80::1"))
+			cfg.Gateway6 = cmp.Or(last(gw6), netip.MustParseAddr("fe80::1")) // not the template's: no route leads there
 			cfg.OurLL6 = ourLinkLocal(cfg.Gateway6, "")
 			cfg.NoDHCPv6 = cfg.NoDHCPv6 || !p.IsValid()
 			notes = append(notes, "IPv6 in local mode: "+why.Error())
@@ -513,7 +513,7 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: explicit}
 		cfg.DNS4 = r.forGuest(cfg, cfg.HostLoopback(false), false)
 	}
-	if cfg.Addr6.IsValid() {
+	if cfg.Addr6.IsValid() || cfg.Local6 {
 		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: explicit}
 		cfg.DNS6 = r.forGuest(cfg, cfg.HostLoopback(true), true)
 	}

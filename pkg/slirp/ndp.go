@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"cmp"
 	"encoding/binary"
 	"net/netip"
 	"time"
@@ -91,19 +92,23 @@ func (e *Engine) putLLOption(b []byte, typ uint8) {
 	copy(b[2:8], e.cfg.OurMAC[:])
 }
 
+// linkLocal6 is the link-local prefix, fe80::/64.
+var linkLocal6 = netip.MustParseAddr("fe80::")
+
 // sendRA sends a Router Advertisement to dst.
 func (e *Engine) sendRA(dst netip.Addr) {
 	e.nextRA = e.now + raRepeat
+	var rdnss []netip.Addr
+	if !e.cfg.NoDHCPDNS {
+		rdnss = e.cfg.DNS6
+	}
 	var dnssl []byte
-	if !e.cfg.NoDHCPSearch {
+	if !e.cfg.NoDHCPSearch && len(rdnss) > 0 {
+		// Search domains only with resolvers to search, as passt.
 		dnssl = encodeDomains(e.cfg.Search)
 	}
 	if len(dnssl) > 254*8 {
 		dnssl = nil // more than the option's length field can say
-	}
-	var rdnss []netip.Addr
-	if !e.cfg.NoDHCPDNS {
-		rdnss = e.cfg.DNS6
 	}
 	l4len := header.NDPRALen + 32 + 8 // prefix, source link-layer
 	if !e.cfg.NoMTUOption {
@@ -132,7 +137,9 @@ func (e *Engine) sendRA(dst netip.Addr) {
 	o[0], o[1], o[2], o[3] = header.NDPOptPrefix, 4, 64, prefixFlags
 	binary.BigEndian.PutUint32(o[4:], raInfinite)
 	binary.BigEndian.PutUint32(o[8:], raInfinite)
-	p := netip.PrefixFrom(e.cfg.Addr6, 64).Masked().Addr().As16()
+	// In local mode, with no address to give, the prefix is the link's
+	// own, as passt's: a guest makes no address from it.
+	p := netip.PrefixFrom(cmp.Or(e.cfg.Addr6, linkLocal6), 64).Masked().Addr().As16()
 	copy(o[16:32], p[:])
 	o = o[32:]
 
