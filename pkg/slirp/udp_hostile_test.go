@@ -14,7 +14,8 @@ import (
 )
 
 // fillLink fills the guest's link until it takes no more: the guest never
-// reads, so the queue stays full.
+// reads, so the queue stays full. Its frames are zeros (EtherType 0), so
+// that a guest that reads later tells them from the engine's.
 func fillLink(t *testing.T, te *testEngine) {
 	t.Helper()
 	for i := 0; ; i++ {
@@ -25,6 +26,7 @@ func fillLink(t *testing.T, te *testEngine) {
 		if b == nil {
 			return
 		}
+		clear(b)
 		te.commit(len(b))
 		te.flush()
 	}
