@@ -114,17 +114,7 @@ func udpICMPRandom(t *testing.T, seed uint64) {
 			}
 			te.turn(1)
 			if !stalled {
-				drainFrames(te.rd, te.guest, func(f []byte) {
-					if header.Ethernet(f).Type() == 0 {
-						return // fillLink's
-					}
-					if err := checkFrame(f); err != nil {
-						t.Fatalf("step %d: a bad frame of %d bytes: %v\n% x", step, len(f), err, f[:min(len(f), 120)])
-					}
-					if n := len(f) - header.EthernetLen; n > te.mtu() {
-						t.Fatalf("step %d: a frame of %d bytes past the MTU, %d", step, n, te.mtu())
-					}
-				})
+				checkedFrames(t, te, func([]byte) {})
 			}
 		}
 		if te.udpFlows() > te.cfg.MaxUDP || te.icmp.count > te.cfg.MaxICMP {

@@ -43,22 +43,34 @@ func withTTL(f []byte, ttl uint8) []byte {
 	return f
 }
 
+// checkedFrames drains what the engine sent the guest, failing the test
+// for a frame that is not well formed or is past the guest's MTU, and
+// hands fn the others; fillLink's frames are skipped.
+func checkedFrames(t *testing.T, te *testEngine, fn func(f []byte)) {
+	t.Helper()
+	drainFrames(te.rd, te.guest, func(f []byte) {
+		if header.Ethernet(f).Type() == 0 {
+			return // fillLink's
+		}
+		if err := checkFrame(f); err != nil {
+			t.Fatalf("engine sent a bad frame of %d bytes: %v\n% x", len(f), err, f[:min(len(f), 120)])
+		}
+		if n := len(f) - header.EthernetLen; n > te.mtu() {
+			t.Fatalf("a frame of %d bytes to a guest whose MTU is %d", n, te.mtu())
+		}
+		fn(f)
+	})
+}
+
 // hostErrors runs the engine until the guest got an ICMP error from the
 // host side, or a few turns passed, and returns the L4 part of each
-// ICMP and ICMPv6 message the guest got (the frames are checked too).
+// ICMP and ICMPv6 message the guest got (checkedFrames).
 func hostErrors(t *testing.T, te *testEngine) []header.ICMP {
 	t.Helper()
 	var msgs []header.ICMP
 	for i := 0; i < 20 && len(msgs) == 0; i++ {
 		te.turn(10)
-		drainFrames(te.rd, te.guest, func(f []byte) {
-			if err := checkFrame(f); err != nil {
-				t.Errorf("engine sent a bad frame: %v\n% x", err, f)
-				return
-			}
-			if n := len(f) - header.EthernetLen; n > te.mtu() {
-				t.Errorf("a frame of %d bytes to a guest whose MTU is %d", n, te.mtu())
-			}
+		checkedFrames(t, te, func(f []byte) {
 			eth := header.Ethernet(f)
 			switch {
 			case eth.Type() == header.EtherTypeIPv4 && header.IPv4(eth.Payload()).Protocol() == header.ProtoICMP:
