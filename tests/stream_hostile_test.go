@@ -278,6 +278,17 @@ func sendSome(fd int, b []byte) {
 	}
 }
 
+// idleEngine fails the test if the engine pid uses CPU through a second
+// in which nothing asks it for anything: it spins.
+func idleEngine(t *testing.T, pid int, what string) {
+	t.Helper()
+	cpu := procCPU([]int{pid})
+	time.Sleep(time.Second)
+	if used := procCPU([]int{pid}) - cpu; used > 0.1 {
+		t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
+	}
+}
+
 // TestStreamHostileClients plays stream clients that read their frames
 // in every wrong way while making the engine answer a lot: never, a
 // byte at a time, not at all once shut for reading, only after shutting
@@ -306,14 +317,7 @@ func TestStreamHostileClients(t *testing.T) {
 	good("start")
 	waitFor(t, "the first client gone", func() bool { return strings.Contains(w.Log.String(), "client disconnected") })
 	fds0, maps0 := countFds(t, pid), mappings(t, pid)
-	idle := func(what string) {
-		t.Helper()
-		cpu := procCPU([]int{pid})
-		time.Sleep(time.Second)
-		if used := procCPU([]int{pid}) - cpu; used > 0.1 {
-			t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
-		}
-	}
+	idle := func(what string) { t.Helper(); idleEngine(t, pid, what) }
 	check := func(after string) {
 		t.Helper()
 		good(after)
@@ -611,21 +615,13 @@ func TestStreamHostileUDPErrors(t *testing.T) {
 	cport := uint16(closed.LocalAddr().(*net.UDPAddr).Port)
 	closed.Close()
 	fds0 := countFds(t, pid)
-	idle := func(what string) {
-		t.Helper()
-		cpu := procCPU([]int{pid})
-		time.Sleep(time.Second)
-		if used := procCPU([]int{pid}) - cpu; used > 0.1 {
-			t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
-		}
-	}
 	fd := streamDial(t, w.Sock)
 	var b bytes.Buffer
 	for i := range 20000 {
 		b.Write(udpFrom(uint16(40000+i%64), cport, uint8(i%3), bytes.Repeat([]byte{'x'}, i%100)))
 	}
 	sendSome(fd, b.Bytes())
-	idle("a guest flooding closed ports that never reads")
+	idleEngine(t, pid, "a guest flooding closed ports that never reads")
 	if !strings.Contains(w.Log.String(), "UDP flows (--max-udp), its cap") {
 		t.Errorf("the flood never reached the cap of UDP flows:\n%s", w.Log.String())
 	}
@@ -639,5 +635,5 @@ func TestStreamHostileUDPErrors(t *testing.T) {
 	expectARPReply(t, c)
 	c.Close()
 	waitFor(t, "the engine's descriptors back", func() bool { return countFds(t, pid) <= fds0 })
-	idle("after the flood")
+	idleEngine(t, pid, "after the flood")
 }
