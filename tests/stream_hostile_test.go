@@ -278,6 +278,17 @@ func sendSome(fd int, b []byte) {
 	}
 }
 
+// idleEngine fails the test if the engine pid uses CPU through a second
+// in which nothing asks it for anything: it spins.
+func idleEngine(t *testing.T, pid int, what string) {
+	t.Helper()
+	cpu := procCPU([]int{pid})
+	time.Sleep(time.Second)
+	if used := procCPU([]int{pid}) - cpu; used > 0.1 {
+		t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
+	}
+}
+
 // TestStreamHostileClients plays stream clients that read their frames
 // in every wrong way while making the engine answer a lot: never, a
 // byte at a time, not at all once shut for reading, only after shutting
@@ -306,14 +317,7 @@ func TestStreamHostileClients(t *testing.T) {
 	good("start")
 	waitFor(t, "the first client gone", func() bool { return strings.Contains(w.Log.String(), "client disconnected") })
 	fds0, maps0 := countFds(t, pid), mappings(t, pid)
-	idle := func(what string) {
-		t.Helper()
-		cpu := procCPU([]int{pid})
-		time.Sleep(time.Second)
-		if used := procCPU([]int{pid}) - cpu; used > 0.1 {
-			t.Errorf("%s: the engine used %.2f s of CPU in a second of idling", what, used)
-		}
-	}
+	idle := func(what string) { t.Helper(); idleEngine(t, pid, what) }
 	check := func(after string) {
 		t.Helper()
 		good(after)
@@ -582,4 +586,54 @@ func (f fdReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return max(n, 0), err
+}
+
+// udpFrom is a UDP datagram from the guest (198.51.100.2) to the gateway,
+// host loopback, with the TTL given, framed for the socket. The IPv4
+// header's checksum is left zero: gopasst checks none.
+func udpFrom(sport, dport uint16, ttl uint8, payload []byte) []byte {
+	b := append([]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, testMAC...)
+	b = append(b, 0x08, 0x00, 0x45, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(28+len(payload)))
+	b = append(b, 0, 0, 0x40, 0, ttl, 17, 0, 0, 198, 51, 100, 2, 198, 51, 100, 1)
+	b = binary.BigEndian.AppendUint16(b, sport)
+	b = binary.BigEndian.AppendUint16(b, dport)
+	b = binary.BigEndian.AppendUint16(b, uint16(8+len(payload)))
+	return frame(append(append(b, 0, 0), payload...))
+}
+
+// TestStreamHostileUDPErrors: a guest at the smallest MTU (68) that
+// floods closed ports on the host from many source ports, its TTLs
+// flipping between 0, 1 and 2, past its cap of UDP flows, and never
+// reads what it is sent: every datagram has an ICMP error for it, or
+// none for want of room. The engine idles while the guest stalls, and
+// after it leaves, serves the next guest with its descriptors back.
+func TestStreamHostileUDPErrors(t *testing.T) {
+	w := newWorld(t, WorldOpts{NoGuest: true, Args: []string{"--mtu", "68", "--max-udp", "32"}})
+	pid := w.ServerPid(t)
+	closed := w.Host.ListenPacket(t, "udp", "127.0.0.1:0")
+	cport := uint16(closed.LocalAddr().(*net.UDPAddr).Port)
+	closed.Close()
+	fds0 := countFds(t, pid)
+	fd := streamDial(t, w.Sock)
+	var b bytes.Buffer
+	for i := range 20000 {
+		b.Write(udpFrom(uint16(40000+i%64), cport, uint8(i%3), bytes.Repeat([]byte{'x'}, i%100)))
+	}
+	sendSome(fd, b.Bytes())
+	idleEngine(t, pid, "a guest flooding closed ports that never reads")
+	if !strings.Contains(w.Log.String(), "UDP flows (--max-udp), its cap") {
+		t.Errorf("the flood never reached the cap of UDP flows:\n%s", w.Log.String())
+	}
+	unix.Close(fd)
+	waitFor(t, "the guest gone", func() bool { return strings.Contains(w.Log.String(), "client disconnected") })
+	c, err := net.Dial("unix", w.Sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(frame(arpRequest()))
+	expectARPReply(t, c)
+	c.Close()
+	waitFor(t, "the engine's descriptors back", func() bool { return countFds(t, pid) <= fds0 })
+	idleEngine(t, pid, "after the flood")
 }

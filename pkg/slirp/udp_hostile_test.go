@@ -14,7 +14,8 @@ import (
 )
 
 // fillLink fills the guest's link until it takes no more: the guest never
-// reads, so the queue stays full.
+// reads, so the queue stays full. Its frames are zeros (EtherType 0), so
+// that a guest that reads later tells them from the engine's.
 func fillLink(t *testing.T, te *testEngine) {
 	t.Helper()
 	for i := 0; ; i++ {
@@ -25,6 +26,7 @@ func fillLink(t *testing.T, te *testEngine) {
 		if b == nil {
 			return
 		}
+		clear(b)
 		te.commit(len(b))
 		te.flush()
 	}
@@ -403,5 +405,47 @@ func TestUDPErrorAboutUnknownPeer(t *testing.T) {
 	}
 	if n := unreachable(peer); n != 1 {
 		t.Errorf("%d ICMP errors about the guest's peer, want 1", n)
+	}
+}
+
+// TestUDPEvictAtCap: a guest at --max-udp that sends from a new port
+// every second gets each new flow refused until its flow idle longest
+// has idled udpEvictAfter, and then, one a datagram, the flows that
+// have, oldest first; a flow that sent meanwhile keeps its place until
+// its own time, to the second, as does the first flow let in. (udpEvictIdle searches only when a flow
+// can be idle enough, not at each refused datagram.)
+func TestUDPEvictAtCap(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP, te.cfg.MaxUDP = false, 4
+	sec := 0
+	send := func(port uint16) {
+		te.now = time.Duration(sec) * time.Second
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(port, 9, []byte("x"))))
+		te.inputDone()
+		te.output(t)
+	}
+	open := func(port uint16) bool {
+		_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, port))
+		return f != nil
+	}
+	for p := range uint16(4) {
+		send(100 + p) // 100-103 at 0 s
+	}
+	next := uint16(200)
+	for sec = 1; sec <= 60; sec++ {
+		if sec == 20 {
+			send(100) // 100 idles from 20 s on
+		}
+		send(next)
+		want := map[int]uint16{30: 101, 31: 102, 32: 103, 50: 100, 60: 200}
+		if gone, ok := want[sec]; ok != open(next) || ok && open(gone) {
+			t.Fatalf("at %d s: the new flow open: %v, want %v (flow %d evicted)", sec, open(next), ok, gone)
+		}
+		if open(next) {
+			next++
+		}
+		if te.udp.count != 4 {
+			t.Fatalf("at %d s: %d flows at a cap of 4", sec, te.udp.count)
+		}
 	}
 }

@@ -120,3 +120,21 @@ func TestTCPEncode(t *testing.T) {
 		t.Fatalf("% x", []byte(b))
 	}
 }
+
+// TestICMPErrorMTU: an error's MTU goes where each family's guest reads
+// it: the low 16 bits of the unused word for "fragmentation needed"
+// (RFC 1191), the whole word for "packet too big" (RFC 4443); Encode
+// clears what a previous message left there.
+func TestICMPErrorMTU(t *testing.T) {
+	m := ICMP{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	m.Encode(ICMPv4Unreachable, ICMPv4FragNeeded)
+	m.SetMTU4(1400)
+	if want := (ICMP{3, 4, 0, 0, 0, 0, 0x05, 0x78}); string(m) != string(want) {
+		t.Errorf("fragmentation needed: % x, want % x", []byte(m), []byte(want))
+	}
+	m.Encode(ICMPv6TooBig, 0)
+	m.SetMTU6(0x10500)
+	if want := (ICMP{2, 0, 0, 0, 0, 1, 0x05, 0}); string(m) != string(want) {
+		t.Errorf("packet too big: % x, want % x", []byte(m), []byte(want))
+	}
+}
