@@ -582,8 +582,13 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 // it has the same ACK and does not come earlier in the guest's stream. An
 // older ACK, reordered behind a newer one, would otherwise take back the
 // window the newer one opened, and a closed one would hold the flow until
-// a probe.
+// a probe. A segment past the window we offered is no segment of the
+// guest's stream (RFC 9293 checks it before the ACK): its sequence
+// number would leave every later window behind.
 func (f *tcpFlow) newWindow(seq, acked uint32) bool {
+	if seqLT(f.ackSent+uint32(f.wndSent)<<f.ourWS, seq) {
+		return false
+	}
 	return int32(acked) > 0 || acked == 0 && !seqLT(seq, f.wndSeq)
 }
 
