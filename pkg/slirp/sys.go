@@ -197,6 +197,16 @@ const (
 	skMemVars       = 9
 )
 
+// sockMeminfo reads a socket's memory counters (SO_MEMINFO). It reports
+// false where there are none: before Linux 4.6, gVisor, and qemu-user,
+// which answers with zeros (no real send buffer is empty).
+func sockMeminfo(fd int) (m [skMemVars]uint32, ok bool) {
+	l := uint32(unsafe.Sizeof(m))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
+		uintptr(unsafe.Pointer(&m[0])), uintptr(unsafe.Pointer(&l)), 0)
+	return m, errno == 0 && m[skMemSndbuf] != 0
+}
+
 // sendRoom is how many more bytes of memory a socket's send buffer takes
 // before the kernel refuses a write: SO_SNDBUF less what is queued, both
 // as the kernel counts them (with per-buffer overhead). TCP counts its
@@ -209,11 +219,7 @@ const (
 // awaited on a socket that is writable already, it would come at once,
 // again and again.
 func sendRoom(fd int, unixSock bool) (room int, full bool) {
-	var m [skMemVars]uint32
-	l := uint32(unsafe.Sizeof(m))
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
-		uintptr(unsafe.Pointer(&m[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if errno == 0 && m[skMemSndbuf] != 0 {
+	if m, ok := sockMeminfo(fd); ok {
 		sndbuf, queued, alloc := int(m[skMemSndbuf]), int(m[skMemWmemQueued]), int(m[skMemWmemAlloc])
 		if unixSock {
 			full = 4*alloc > sndbuf
@@ -222,11 +228,12 @@ func sendRoom(fd int, unixSock bool) (room int, full bool) {
 		}
 		return sndbuf - max(queued, alloc), full
 	}
-	// Without SO_MEMINFO (before Linux 4.6, gVisor; qemu-user answers
-	// with zeros: no real send buffer is empty), count
-	// bytes instead: the kernel doubles SO_SNDBUF to cover its overhead,
-	// so half of it is the data it takes, less what is still queued.
-	// Its count is no measure of the kernel's: an empty buffer is full.
+	// Without the counters, count bytes instead: the kernel doubles
+	// SO_SNDBUF to cover its overhead, so half of it is the data it
+	// takes, less what is still queued. The bytes queued are fewer than
+	// the kernel counts, so past two thirds of SO_SNDBUF, by either
+	// rule, no EPOLLOUT is due; short of that, one may be, and none is
+	// awaited: the guest's window probe asks for the window instead.
 	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	if err != nil {
 		return 0, false
@@ -235,7 +242,7 @@ func sendRoom(fd int, unixSock bool) (room int, full bool) {
 	if err != nil {
 		return 0, false
 	}
-	return sndbuf/2 - queued, sndbuf/2 <= queued
+	return sndbuf/2 - queued, 3*queued > 2*sndbuf
 }
 
 // fixedSndbuf is the SO_SNDBUF to set on host TCP sockets: net.core.wmem_max
