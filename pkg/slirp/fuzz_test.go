@@ -47,6 +47,20 @@ func newTestEngine(t testing.TB) *testEngine {
 	return &testEngine{Engine: e, guest: guest, rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
 }
 
+// newTemplatelessEngine is an engine as a host without a template gives
+// it: an IPv4 address with no gateway (a host with no default route) and
+// IPv6's local mode, the guest's link-local address alone with fe80::1
+// for the host. Many paths take a gateway or a guest address as given.
+func newTemplatelessEngine(t testing.TB) *testEngine {
+	ll := netip.MustParseAddr("fe80::1")
+	e, guest := attachedEngine(t, Config{
+		OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, NoDHCP: true,
+		Local6: true, Gateway6: ll, OurLL6: ll, DNS6: []netip.Addr{ll}, NoDHCPv6: true,
+		NoTCP: true, NoUDP: true, NoICMP: true,
+	})
+	return &testEngine{Engine: e, guest: guest, rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
+}
+
 // attachedEngine is an engine for cfg with a guest already attached over
 // a socket pair, with QEMU's framing; it returns the guest's end.
 func attachedEngine(t testing.TB, cfg Config) (*Engine, int) {
@@ -142,16 +156,19 @@ func checkFrame(f []byte) error {
 	return nil
 }
 
-// FuzzFrame feeds whole Ethernet frames to the engine's input path: none
-// may crash it, and whatever it answers must be well formed.
+// FuzzFrame feeds whole Ethernet frames to the engine's input path, as
+// configured from a host with a template and from one without: none may
+// crash it, and whatever it answers must be well formed.
 func FuzzFrame(f *testing.F) {
 	for _, s := range seedFrames() {
 		f.Add(s)
 	}
-	e := newTestEngine(f)
+	engines := []*testEngine{newTestEngine(f), newTemplatelessEngine(f)}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fuzzInput(e.Engine, b)
-		e.output(t)
+		for _, e := range engines {
+			fuzzInput(e.Engine, b)
+			e.output(t)
+		}
 	})
 }
 
@@ -175,8 +192,9 @@ func fuzzInput(e *Engine, b []byte) {
 // Fixed loopback ports for FuzzFlows' peers, so that seeds reach them.
 const fuzzTCPPort, fuzzUDPPort = 18000, 18001
 
-// FuzzFlows feeds whole frames to the engine with TCP, UDP and ICMP on:
-// the TCP and UDP translation, their state and their host sockets see
+// FuzzFlows feeds whole frames to the engine with TCP, UDP and ICMP on,
+// configured with a template and without (newTemplatelessEngine): the
+// TCP and UDP translation, their state and their host sockets see
 // fuzzed segments and datagrams, against peers on loopback. Anything a
 // fuzzed frame names must stay on this machine, so the target runs only
 // in a network namespace whose one interface is loopback ("make fuzz"
@@ -230,14 +248,18 @@ func FuzzFlows(f *testing.F) {
 	for _, s := range seedFrames() {
 		f.Add(s)
 	}
-	e := newTestEngine(f)
-	e.cfg.NoTCP, e.cfg.NoUDP, e.cfg.NoICMP = false, false, false
-	e.cfg.MaxTCP, e.cfg.MaxUDP, e.cfg.MaxICMP = 64, 64, 16 // bounded, and the caps fuzzed too
+	engines := []*testEngine{newTestEngine(f), newTemplatelessEngine(f)}
+	for _, e := range engines {
+		e.cfg.NoTCP, e.cfg.NoUDP, e.cfg.NoICMP = false, false, false
+		e.cfg.MaxTCP, e.cfg.MaxUDP, e.cfg.MaxICMP = 64, 64, 16 // bounded, and the caps fuzzed too
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fuzzInput(e.Engine, b)
-		e.inputDone()
-		e.turn(0) // host sockets' events: connects, replies, resets
-		e.output(t)
+		for _, e := range engines {
+			fuzzInput(e.Engine, b)
+			e.inputDone()
+			e.turn(0) // host sockets' events: connects, replies, resets
+			e.output(t)
+		}
 	})
 }
 
