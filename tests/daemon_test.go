@@ -304,6 +304,12 @@ func TestBadOptions(t *testing.T) {
 			t.Errorf("%v: err %v, output %q", args, err, out)
 		}
 	}
+	// A daemon's failure reaches its parent's stderr in its own words,
+	// once prefixed.
+	out, err := exec.Command(gopasstBin, "-s", filepath.Join(t.TempDir(), "s"), "-l", "/nonexistent/dir/log").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "gopasst: --log-file") || strings.Contains(string(out), "gopasst: gopasst:") {
+		t.Errorf("a daemon that cannot open its log: err %v, output %q", err, out)
+	}
 }
 
 // TestFdOption starts gopasst as QEMU 10.1's -netdev passt does

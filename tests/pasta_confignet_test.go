@@ -140,10 +140,7 @@ func TestPastaConfigNetLinkLocalNoDAD(t *testing.T) {
 // 169.254.2.2, which stands for the host's loopback.
 func TestPastaConfigNetLocalMode4(t *testing.T) {
 	needRoot(t)
-	h := newNetns(t, "gph")
-	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
-	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
-	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h := newUplinkHost(t)
 	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
 	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")
@@ -167,10 +164,7 @@ func TestPastaConfigNetLocalMode4(t *testing.T) {
 // routes, and no default route.
 func TestPastaConfigNetNoDefaultRoute(t *testing.T) {
 	needRoot(t)
-	h := newNetns(t, "gph")
-	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
-	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
-	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h := newUplinkHost(t)
 	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
 	h.Run(t, "ip", "route", "add", "203.0.113.0/24", "via", hostGW)
 	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
@@ -196,10 +190,7 @@ func TestPastaConfigNetNoDefaultRoute(t *testing.T) {
 // fe80::1, which stands for the host's loopback.
 func TestPastaConfigNetLocalMode6(t *testing.T) {
 	needRoot(t)
-	h := newNetns(t, "gph")
-	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
-	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
-	h.Run(t, "ip", "link", "set", "uplink", "up")
+	h := newUplinkHost(t)
 	h.Run(t, "ip", "addr", "add", hostAddr+"/24", "dev", "uplink")
 	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\n")

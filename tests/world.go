@@ -214,16 +214,24 @@ func (w *World) startRelay(t testing.TB, argv []string) {
 	})
 }
 
+// newUplinkHost makes a host namespace whose template interface,
+// uplink, is up, with neither address nor route.
+func newUplinkHost(t testing.TB) *Netns {
+	t.Helper()
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
+	h.Run(t, "ip", "link", "set", "uplink", "up")
+	return h
+}
+
 // newHost makes the host namespace: the template interface with IPv4 and
 // IPv6 default routes, ping sockets allowed (unless o.NoPing), a loopback
 // resolver in resolv.conf, then o.BeforeStart.
 func newHost(t testing.TB, o WorldOpts) *Netns {
 	t.Helper()
-	h := newNetns(t, "gph")
-	h.Run(t, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer")
+	h := newUplinkHost(t)
 	h.Run(t, "ip", "addr", "add", hostAddr+"/"+hostPrefix, "dev", "uplink")
-	h.Run(t, "ip", "link", "set", "uplink-peer", "up")
-	h.Run(t, "ip", "link", "set", "uplink", "up")
 	h.Run(t, "ip", "route", "add", "default", "via", hostGW)
 	h.Run(t, "ip", "-6", "addr", "add", host6Addr+"/64", "dev", "uplink", "nodad")
 	h.Run(t, "ip", "-6", "route", "add", "default", "via", host6GW, "dev", "uplink")

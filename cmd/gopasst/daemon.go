@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,13 +37,16 @@ func daemonize(o *Options, lfd int, sock ownedFile, stderr io.Writer) int {
 	}
 	msg, err := spawnDaemon([]string{envDaemon + "=" + marker, envDaemonDir + "=" + dir},
 		[]*os.File{os.NewFile(uintptr(lfd), "listen")})
-	if err == nil && msg != "" {
+	if err != nil || msg != "" {
 		// The daemon removed what it made; the socket is ours or its.
-		err = errors.New(msg)
-	}
-	if err != nil {
 		sock.remove()
+	}
+	switch {
+	case err != nil:
 		return fail(stderr, "%v", err)
+	case msg != "":
+		fmt.Fprintln(stderr, msg) // the daemon's own words, already "gopasst: ..."
+		return 1
 	}
 	return 0
 }
