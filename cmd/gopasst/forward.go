@@ -49,6 +49,26 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 	return out, nil
 }
 
+// checkModes refuses what passt refuses across the repeats of one option,
+// opt: a keyword (none, all, auto) beside anything else, "all" in pasta
+// mode, "auto" outside it, and an address or interface for the
+// namespace's side (-T, -U), which always binds its loopback.
+func checkModes(opt string, specs []string, pasta, nsSide bool) error {
+	for _, s := range specs {
+		switch {
+		case (s == "none" || s == "all" || s == "auto") && len(specs) > 1:
+			return fmt.Errorf("%s %s: conflicts with the option's other forwards", opt, s)
+		case s == "all" && pasta:
+			return fmt.Errorf("%s all: only in passt mode", opt)
+		case s == "auto" && !pasta:
+			return fmt.Errorf("%s auto: only in pasta mode", opt)
+		case nsSide && strings.Contains(s, "/"):
+			return fmt.Errorf("%s %s: no address or interface on the namespace's side", opt, s)
+		}
+	}
+	return nil
+}
+
 // forwardsOff refuses a forward that options turned off, as passt does,
 // since nothing could carry it to the guest: one of a protocol --no-tcp
 // or --no-udp disabled (no host side connection is accepted then), or
