@@ -217,6 +217,7 @@ var passtFwdCases = []struct{ name, args string }{
 	{"addr4", "-t 127.0.0.1/18080"},
 	{"addr6", "-t [::1]/18080"},
 	{"addr4-brackets", "-t [127.0.0.1]/18080"},
+	{"any-addr", "-t [::]/18080 -t 0.0.0.0/18080 -u ::/18081"},
 	{"iface", "-t %lo/18080"},
 	{"addr-iface", "-t 127.0.0.1%lo/18080 -u ::1%lo/18080"},
 	{"list", "-t 18080,18081:80 -t 18082 --tcp-ports 18083"},
