@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,13 +51,14 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 }
 
 // checkModes refuses what passt refuses across the repeats of one option,
-// opt: a keyword (none, all, auto) beside anything else, "all" in pasta
-// mode, "auto" outside it, and an address or interface for the
-// namespace's side (-T, -U), which always binds its loopback.
+// opt: "none" or "all" beside anything else, "all" in pasta mode, "auto"
+// outside it, and an address or interface for the namespace's side (-T,
+// -U), which always binds its loopback. Unlike pasta, gopasst takes auto
+// beside ports, to forward some of them to other ports.
 func checkModes(opt string, specs []string, pasta, nsSide bool) error {
 	for _, s := range specs {
 		switch {
-		case (s == "none" || s == "all" || s == "auto") && len(specs) > 1:
+		case (s == "none" || s == "all") && len(specs) > 1, s == "auto" && slices.Contains(specs, "none"):
 			return fmt.Errorf("%s %s: conflicts with the option's other forwards", opt, s)
 		case s == "all" && pasta:
 			return fmt.Errorf("%s all: only in passt mode", opt)

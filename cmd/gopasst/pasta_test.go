@@ -68,7 +68,7 @@ func TestPastaUnknownOption(t *testing.T) {
 	}
 }
 
-// -t, -u, -T and -U default to auto.
+// -t, -u, -T and -U default to auto, and auto sits beside specs.
 func TestPastaPorts(t *testing.T) {
 	if m := pastaPorts(nil); !m.auto || m.specs != nil {
 		t.Errorf("default: %+v", m)
@@ -76,15 +76,16 @@ func TestPastaPorts(t *testing.T) {
 	if m := pastaPorts([]string{"none"}); m.auto || len(m.specs) != 1 {
 		t.Errorf("none: %+v", m)
 	}
-	if m := pastaPorts([]string{"auto"}); !m.auto || m.specs != nil {
-		t.Errorf("auto: %+v", m)
+	if m := pastaPorts([]string{"auto", "22"}); !m.auto || m.specs[0] != "22" {
+		t.Errorf("auto,22: %+v", m)
 	}
 }
 
 // What passt and pasta refuse of one option's forwards before binding
 // anything (tests/diffforward_test.go compares them with upstream): a
-// keyword beside other forwards, all in pasta mode, auto in passt mode,
-// an address or interface for -T or -U.
+// keyword beside other forwards (but auto beside ports, gopasst's own),
+// all in pasta mode, auto in passt mode, an address or interface for -T
+// or -U.
 func TestCheckModes(t *testing.T) {
 	for _, c := range []struct {
 		specs         string
@@ -93,10 +94,10 @@ func TestCheckModes(t *testing.T) {
 	}{
 		{"none 80", false, false, false}, {"80 none", false, false, false}, {"none none", false, false, false},
 		{"all 80", false, false, false}, {"auto", false, false, false}, {"all", true, false, false},
-		{"auto 80", true, false, false}, {"53 none", true, true, false}, {"127.0.0.1/9000", true, true, false},
+		{"auto none", true, false, false}, {"53 none", true, true, false}, {"127.0.0.1/9000", true, true, false},
 		{"%lo/53", true, true, false},
 		{"all", false, false, true}, {"none", false, false, true}, {"80 81 127.0.0.1/82", false, false, true},
-		{"auto", true, true, true}, {"127.0.0.1/80 %lo/81", true, false, true}, {"9000 9001:9002", true, true, true},
+		{"auto", true, true, true}, {"auto 80", true, false, true}, {"127.0.0.1/80 %lo/81", true, false, true}, {"9000 9001:9002", true, true, true},
 	} {
 		err := checkModes("-x", strings.Fields(c.specs), c.pasta, c.nsSide)
 		if (err == nil) != c.ok {
