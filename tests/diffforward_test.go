@@ -193,12 +193,12 @@ func configured(ns *Netns) bool {
 // fwdKnownDiffs are the differences judged harmless, by case, with the
 // reason.
 var fwdKnownDiffs = map[string]string{
-	"passt/space":      "passt reads ports with strtoul, which skips leading blanks; no caller writes them",
-	"passt/plus":       "passt reads ports with strtoul, which takes a sign; no caller writes one",
-	"passt/to-port-0":  "passt forwards to guest port 0, where nothing can listen; gopasst refuses",
-	"pasta/ns-side":    "pasta binds -T/-U to any address on lo (dual-stack), gopasst to 127.0.0.1 and ::1: only a connection to the namespace's own non-loopback address differs",
-	"pasta/ns-side-v4": "with -4, pasta binds -T to 0.0.0.0 on lo; gopasst to both loopbacks",
-	"pasta/ns-side-v6": "with -6, pasta binds -T to :: on lo; gopasst to both loopbacks",
+	"passt/space":          "passt reads ports with strtoul, which skips leading blanks; no caller writes them",
+	"passt/plus":           "passt reads ports with strtoul, which takes a sign; no caller writes one",
+	"passt/to-port-0":      "passt forwards to guest port 0, where nothing can listen; gopasst refuses",
+	"pasta/auto-then-port": "gopasst takes auto beside ports, to map some (its tests use it); pasta refuses",
+	// Needs the datagram's destination (IP_PKTINFO) in pkg/slirp/splice_udp.go.
+	"pasta-connect/udp-ns-lo4-other": "gopasst relays a -U datagram to the host's 127.0.0.1 or ::1, pasta to the loopback address it was sent to; they differ for 127.0.0.2 and such only",
 }
 
 // passtFwdCases are passt-mode command lines: the forwards of -t and -u,
@@ -395,18 +395,19 @@ func errString(err error) string {
 // serveFwd answers each TCP connection and UDP datagram on port in ns
 // with "PORT:" and the echo of what came.
 func serveFwd(t *testing.T, ns *Netns, port int) {
-	p := fmt.Sprintf(":%d", port)
-	guestEcho(ns.Listen(t, "tcp", p), port)
-	echoPackets(ns.ListenPacket(t, "udp", p), fmt.Sprintf("%d:", port))
+	serveFwdAt(t, ns, "", port, fmt.Sprint(port))
 }
 
-func guestEcho(l net.Listener, port int) {
-	acceptLoop(l, func(c net.Conn) {
+// serveFwdAt is serveFwd on one address, answering with "TAG:".
+func serveFwdAt(t *testing.T, ns *Netns, addr string, port int, tag string) {
+	p := net.JoinHostPort(addr, fmt.Sprint(port))
+	acceptLoop(ns.Listen(t, "tcp", p), func(c net.Conn) {
 		defer c.Close()
 		b := make([]byte, 100)
 		n, _ := c.Read(b)
-		fmt.Fprintf(c, "%d:%s", port, b[:n])
+		fmt.Fprintf(c, "%s:%s", tag, b[:n])
 	})
+	echoPackets(ns.ListenPacket(t, "udp", p), tag+":")
 }
 
 // TestDiffForwardPastaConnect: where connections and datagrams through
@@ -430,6 +431,7 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 		{"udp-ns-lo6", "ns", "udp", "[::1]:19091"},
 		{"tcp-ns-own", "ns", "tcp", hostAddr + ":19090"},
 		{"tcp-ns-lo4-other", "ns", "tcp", "127.0.0.2:19090"},
+		{"udp-ns-lo4-other", "ns", "udp", "127.0.0.2:19091"},
 	}
 	var got [2]map[string]string
 	for i, bin := range []string{upstreamPasta(t), pastaLink(t)} {
@@ -438,8 +440,11 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 		for _, p := range []int{8080, 18081, 5353} {
 			serveFwd(t, ns, p)
 		}
+		// Which loopback address of the host a forward reaches.
 		for _, p := range []int{9090, 9091} {
-			serveFwd(t, host, p)
+			for _, a := range []string{"127.0.0.1", "127.0.0.2", "::1"} {
+				serveFwdAt(t, host, a, p, fmt.Sprint(p, "@", a))
+			}
 		}
 		argv := []string{"-f", "--config-net", "--netns", "/run/netns/" + ns.Name}
 		if i == 0 {
