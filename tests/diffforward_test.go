@@ -168,12 +168,12 @@ func passtFwd(t *testing.T, host *Netns, bin string, args []string) fwdOutcome {
 // namespace with args, from a new host namespace; prepare sets up both
 // before pasta starts. Upstream's pasta, started as root, runs as root
 // with --runas 0; without it, as nobody, it may not join the namespace.
-func pastaFwd(t *testing.T, pasta string, upstream bool, args []string, prepare func(host, ns *Netns)) fwdOutcome {
+func pastaFwd(t *testing.T, pasta string, upstream bool, args []string, prepare func(t *testing.T, host, ns *Netns)) fwdOutcome {
 	host := fwdHost(t)
 	ns := newNetns(t, "gpn")
 	ns.Sysctl(t, "net.ipv4.ip_unprivileged_port_start", "0")
 	if prepare != nil {
-		prepare(host, ns)
+		prepare(t, host, ns)
 	}
 	argv := []string{"-f", "--config-net", "--netns", "/run/netns/" + ns.Name}
 	if upstream {
@@ -270,12 +270,16 @@ var passtFwdCases = []struct{ name, args string }{
 func TestDiffForwardPasst(t *testing.T) {
 	needRoot(t)
 	needReachable(t)
-	passt := upstreamPasst(t)
-	host := fwdHost(t)
-	// The port of case "busy" is taken.
-	busy := host.Listen(t, "tcp", ":18099")
-	defer busy.Close()
-	base := listeners(t, host)
+	bins := [2]string{upstreamPasst(t), gopasstBin}
+	var hosts [2]*Netns
+	var base [2][]string
+	for i := range hosts {
+		hosts[i] = fwdHost(t)
+		// The port of case "busy" is taken.
+		busy := hosts[i].Listen(t, "tcp", ":18099")
+		defer busy.Close()
+		base[i] = listeners(t, hosts[i])
+	}
 	for _, c := range passtFwdCases {
 		if sel := os.Getenv("GOPASST_DIFF"); sel != "" && !slices.Contains(strings.Split(sel, ","), c.name) {
 			continue
@@ -284,13 +288,30 @@ func TestDiffForwardPasst(t *testing.T) {
 		if c.name == "space" {
 			args = []string{"-t", " 18080"}
 		}
-		var got [2]fwdOutcome
-		for i, bin := range []string{passt, gopasstBin} {
-			got[i] = passtFwd(t, host, bin, args)
-			got[i].host = slices.DeleteFunc(got[i].host, func(l string) bool { return slices.Contains(base, l) })
-		}
-		compareFwd(t, "passt/"+c.name, c.args, got)
+		t.Run(c.name, func(t *testing.T) {
+			got := bothWays(t, func(t *testing.T, i int) fwdOutcome {
+				o := passtFwd(t, hosts[i], bins[i], args)
+				o.host = slices.DeleteFunc(o.host, func(l string) bool { return slices.Contains(base[i], l) })
+				return o
+			})
+			compareFwd(t, "passt/"+c.name, c.args, got)
+		})
 	}
+}
+
+// bothWays runs a case for upstream (0) and gopasst (1) at once, each in
+// a subtest of its own, and returns what each made of it.
+func bothWays(t *testing.T, run func(t *testing.T, i int) fwdOutcome) [2]fwdOutcome {
+	var got [2]fwdOutcome
+	t.Run("run", func(t *testing.T) {
+		for i, name := range []string{"upstream", "gopasst"} {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				got[i] = run(t, i)
+			})
+		}
+	})
+	return got
 }
 
 // compareFwd fails on a difference that is not known, and logs one that is.
@@ -337,7 +358,7 @@ func TestDiffForwardPasta(t *testing.T) {
 	needRoot(t)
 	upstream := upstreamPasta(t)
 	ours := pastaLink(t)
-	servers := func(host, ns *Netns) {
+	servers := func(t *testing.T, host, ns *Netns) {
 		for _, s := range []struct {
 			ns   *Netns
 			addr string
@@ -350,14 +371,16 @@ func TestDiffForwardPasta(t *testing.T) {
 		if sel := os.Getenv("GOPASST_DIFF"); sel != "" && !slices.Contains(strings.Split(sel, ","), c.name) {
 			continue
 		}
-		var got [2]fwdOutcome
-		for i, bin := range []string{upstream, ours} {
-			got[i] = pastaFwd(t, bin, i == 0, strings.Split(c.args, " "), servers)
-			// Our own servers.
-			got[i].host = slices.DeleteFunc(got[i].host, func(l string) bool { return strings.HasSuffix(l, ":17071") })
-			got[i].ns = slices.DeleteFunc(got[i].ns, func(l string) bool { return l == "tcp *:17070" })
-		}
-		compareFwd(t, "pasta/"+c.name, c.args, got)
+		t.Run(c.name, func(t *testing.T) {
+			got := bothWays(t, func(t *testing.T, i int) fwdOutcome {
+				o := pastaFwd(t, []string{upstream, ours}[i], i == 0, strings.Split(c.args, " "), servers)
+				// Our own servers.
+				o.host = slices.DeleteFunc(o.host, func(l string) bool { return strings.HasSuffix(l, ":17071") })
+				o.ns = slices.DeleteFunc(o.ns, func(l string) bool { return l == "tcp *:17070" })
+				return o
+			})
+			compareFwd(t, "pasta/"+c.name, c.args, got)
+		})
 	}
 }
 
