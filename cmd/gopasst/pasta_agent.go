@@ -314,9 +314,10 @@ func (p *pastaHelper) close() {
 }
 
 // handle answers nsbind, nssplice and nsproc, for what the command line
-// asked: a bind only on the namespace's loopback interface, of a port -T or -U
-// names or, for auto, one that listens on the host; the splice socket
-// once, unless --no-splice (the agent checks what the engine asks on it).
+// asked: a bind only on the namespace's loopback interface, of a port -T
+// or -U names or, for auto, one that listens on the host; the splice
+// socket once, unless --no-splice (the agent checks what the engine asks
+// on it).
 func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	f := req.Fwd
 	k := fwdPort{req.Proto, f.HostPort}

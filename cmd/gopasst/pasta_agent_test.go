@@ -16,9 +16,9 @@ import (
 
 // The helper passes on to the agent only what the command line asks
 // for: a compromised engine binds no other port in the namespace, only
-// on the loopback interface (any address there), and gets the loopback path's
-// socket to the agent once. The agent is the real one, serving on a
-// thread in a network namespace of its own, where port 18531 listens.
+// on the loopback interface (any address there), and gets the loopback
+// path's socket to the agent once. The agent is the real one, serving on
+// a thread in a network namespace of its own, where port 18531 listens.
 func TestPastaHelperChecks(t *testing.T) {
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		serveAgent(sock, -1, errors.New("no tap in this test"), tables)

@@ -107,8 +107,9 @@ func runNow(fn func()) { fn() }
 
 // bindNS listens on fw.HostPort on the namespace's loopback interface,
 // on any address of the families in use (s.nsAny), as pasta: 127.0.0.2
-// is forwarded too. What comes goes to the host's loopback on
-// fw.GuestPort; call runs a function on the engine's goroutine.
+// is forwarded too. What comes goes to the host's loopback, port
+// fw.GuestPort (slirp/splice.go); call runs a function on the engine's
+// goroutine.
 func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward, call func(func())) error {
 	c, err := s.listenNS(proto, portspec.Forward{Addr: s.nsAny, Iface: "lo", HostPort: fw.HostPort}, fw.GuestPort, call)
 	if err != nil {
