@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,27 @@ func portSpecs(specs []string) ([]portspec.Spec, error) {
 		out = append(out, sp)
 	}
 	return out, nil
+}
+
+// checkModes refuses what passt refuses across the repeats of one option,
+// opt: "none" or "all" beside anything else, "all" in pasta mode, "auto"
+// outside it, and an address or interface for the namespace's side (-T,
+// -U), which always binds its loopback. Unlike pasta, gopasst takes auto
+// beside ports, to forward some of them to other ports.
+func checkModes(opt string, specs []string, pasta, nsSide bool) error {
+	for _, s := range specs {
+		switch {
+		case (s == "none" || s == "all") && len(specs) > 1, s == "auto" && slices.Contains(specs, "none"):
+			return fmt.Errorf("%s %s: conflicts with the option's other forwards", opt, s)
+		case s == "all" && pasta:
+			return fmt.Errorf("%s all: only in passt mode", opt)
+		case s == "auto" && !pasta:
+			return fmt.Errorf("%s auto: only in pasta mode", opt)
+		case nsSide && strings.Contains(s, "/"):
+			return fmt.Errorf("%s %s: no address or interface on the namespace's side", opt, s)
+		}
+	}
+	return nil
 }
 
 // forwardsOff refuses a forward that options turned off, as passt does,

@@ -229,6 +229,14 @@ func runServe(o *Options, stdout, stderr io.Writer) int {
 		cfg.NewLink = qemusock.NewDetectLendingStream
 	}
 	// Check every forward before binding anything.
+	for _, c := range []struct {
+		opt   string
+		specs []string
+	}{{"-t", o.TCPPorts}, {"-u", o.UDPPorts}} {
+		if err := checkModes(c.opt, c.specs, false, false); err != nil {
+			return fail(stderr, "%v", err)
+		}
+	}
 	if _, err := portSpecs(append(append([]string{}, o.TCPPorts...), o.UDPPorts...)); err != nil {
 		return fail(stderr, "%v", err)
 	}

@@ -134,6 +134,15 @@ type pastaForwards struct{ tcp, udp, tcpNS, udpNS portModes }
 // forwards normalizes the options: -t and -u keep their specs, and the
 // engine binds them as in serve mode; auto and -T/-U are pasta's.
 func (o *pastaOptions) forwards() (pastaForwards, error) {
+	for _, c := range []struct {
+		opt    string
+		specs  []string
+		nsSide bool
+	}{{"-t", o.TCPPorts, false}, {"-u", o.UDPPorts, false}, {"-T", o.TCPNS, true}, {"-U", o.UDPNS, true}} {
+		if err := checkModes(c.opt, c.specs, true, c.nsSide); err != nil {
+			return pastaForwards{}, err
+		}
+	}
 	f := pastaForwards{pastaPorts(o.TCPPorts), pastaPorts(o.UDPPorts), pastaPorts(o.TCPNS), pastaPorts(o.UDPNS)}
 	o.TCPPorts, o.UDPPorts = f.tcp.specs, f.udp.specs
 	var all []string

@@ -314,14 +314,15 @@ func (p *pastaHelper) close() {
 }
 
 // handle answers nsbind, nssplice and nsproc, for what the command line
-// asked: a bind only on the namespace's loopback, of a port -T or -U
-// names or, for auto, one that listens on the host; the splice socket
-// once, unless --no-splice (the agent checks what the engine asks on it).
+// asked: a bind only on the namespace's loopback interface, of a port -T
+// or -U names or, for auto, one that listens on the host; the splice
+// socket once, unless --no-splice (the agent checks what the engine asks
+// on it).
 func (p *pastaHelper) handle(req *helperRequest) (int, error) {
 	f := req.Fwd
 	k := fwdPort{req.Proto, f.HostPort}
 	switch {
-	case req.Op == "nsbind" && f.Addr == loopback(f.Addr) && f.Iface == "" && f.GuestPort == 0 &&
+	case req.Op == "nsbind" && f.Iface == "lo" && (!f.Addr.IsValid() || f.Addr.IsUnspecified()) && f.GuestPort == 0 &&
 		(p.nsPorts[k] || p.hostListen.listens(k)):
 		return p.agent.c.fdCall(helperRequest{Op: "bind", Proto: req.Proto, Fwd: f})
 	case req.Op == "nssplice" && p.agent.splice >= 0:

@@ -15,10 +15,10 @@ import (
 )
 
 // The helper passes on to the agent only what the command line asks
-// for: a compromised engine binds no other port in the namespace, no
-// address but its loopback, no interface, and gets the loopback path's
-// socket to the agent once. The agent is the real one, serving on a
-// thread in a network namespace of its own, where port 18531 listens.
+// for: a compromised engine binds no other port in the namespace, only
+// on the loopback interface (any address there), and gets the loopback
+// path's socket to the agent once. The agent is the real one, serving on
+// a thread in a network namespace of its own, where port 18531 listens.
 func TestPastaHelperChecks(t *testing.T) {
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		serveAgent(sock, -1, errors.New("no tap in this test"), tables)
@@ -40,27 +40,27 @@ func TestPastaHelperChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.close()
-	lo4, lo6 := netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
-	bind := func(proto slirp.Proto, a netip.Addr, port uint16) helperRequest {
-		return helperRequest{Op: "nsbind", Proto: proto, Fwd: portspec.Forward{Addr: a, HostPort: port}}
+	lo4 := netip.MustParseAddr("127.0.0.1")
+	bindOn := func(proto slirp.Proto, a netip.Addr, iface string, port uint16) helperRequest {
+		return helperRequest{Op: "nsbind", Proto: proto, Fwd: portspec.Forward{Addr: a, Iface: iface, HostPort: port}}
 	}
-	withIface := bind(slirp.TCP, lo4, 18521)
-	withIface.Fwd.Iface = "lo"
+	bind := func(proto slirp.Proto, port uint16) helperRequest { return bindOn(proto, netip.Addr{}, "lo", port) }
 	for _, tc := range []struct {
 		name   string
 		req    helperRequest
 		served bool
 	}{
-		{"-T port on 127.0.0.1", bind(slirp.TCP, lo4, 18521), true},
-		{"-T port on ::1", bind(slirp.TCP, lo6, 18521), true},
-		{"-T auto: a port listening on the host", bind(slirp.TCP, lo4, hostPort), true},
-		{"-T port on every address", bind(slirp.TCP, netip.Addr{}, 18521), false},
-		{"-T port on 0.0.0.0", bind(slirp.TCP, netip.IPv4Unspecified(), 18521), false},
-		{"-T port on 127.0.0.2", bind(slirp.TCP, netip.MustParseAddr("127.0.0.2"), 18521), false},
-		{"-T port on an interface", withIface, false},
-		{"low port", bind(slirp.TCP, lo4, 80), false},
-		{"port not named, not listening on the host", bind(slirp.TCP, lo4, 18599), false},
-		{"-U, not given", bind(slirp.UDP, lo4, 18521), false},
+		{"-T port on lo", bind(slirp.TCP, 18521), true},
+		{"-T port on lo, -4", bindOn(slirp.TCP, netip.IPv4Unspecified(), "lo", 18521), true},
+		{"-T port on lo, -6", bindOn(slirp.TCP, netip.IPv6Unspecified(), "lo", 18521), true},
+		{"-T auto: a port listening on the host", bind(slirp.TCP, hostPort), true},
+		{"-T port on every interface", bindOn(slirp.TCP, netip.Addr{}, "", 18521), false},
+		{"-T port on 127.0.0.1, any interface", bindOn(slirp.TCP, lo4, "", 18521), false},
+		{"-T port on 127.0.0.2 on lo", bindOn(slirp.TCP, netip.MustParseAddr("127.0.0.2"), "lo", 18521), false},
+		{"-T port on another interface", bindOn(slirp.TCP, netip.Addr{}, "eth0", 18521), false},
+		{"low port", bind(slirp.TCP, 80), false},
+		{"port not named, not listening on the host", bind(slirp.TCP, 18599), false},
+		{"-U, not given", bind(slirp.UDP, 18521), false},
 		{"the splice socket", helperRequest{Op: "nssplice"}, true},
 		{"the splice socket again", helperRequest{Op: "nssplice"}, false},
 		{"a connection through the helper", helperRequest{Op: "nssocket", Proto: slirp.TCP, Fwd: portspec.Forward{Addr: lo4, GuestPort: 18511}}, false},

@@ -37,6 +37,9 @@ func (c *helperClient) nsProc(name string) (int, error) {
 type pastaState struct {
 	eng *slirp.Engine
 	h   *helperClient
+	// nsAny is the address -T and -U bind on the namespace's lo: none
+	// (both families), or the wildcard of the one -4 or -6 leaves.
+	nsAny netip.Addr
 
 	mu      sync.Mutex
 	nsSide  map[fwdPort]io.Closer // -T/-U listeners in the namespace, by port there
@@ -59,7 +62,7 @@ func pastaEngine(o *pastaOptions, f pastaForwards, sp *splicer) engineExtra {
 				return fmt.Errorf("the loopback path: %v", err)
 			}
 		}
-		s := &pastaState{eng: eng, h: h, nsSide: map[fwdPort]io.Closer{},
+		s := &pastaState{eng: eng, h: h, nsAny: nsWildcard(&o.NetOptions), nsSide: map[fwdPort]io.Closer{},
 			autoFwd: map[fwdPort]bool{}, autoNS: map[fwdPort]bool{}, hostFwd: map[fwdPort]bool{}}
 		for _, d := range []struct {
 			proto        slirp.Proto
@@ -88,42 +91,33 @@ func specForwards(specs []string) []portspec.Forward {
 	return out
 }
 
+// nsWildcard is pastaState.nsAny for the family options.
+func nsWildcard(o *NetOptions) netip.Addr {
+	switch {
+	case o.IPv4:
+		return netip.IPv4Unspecified()
+	case o.IPv6:
+		return netip.IPv6Unspecified()
+	}
+	return netip.Addr{}
+}
+
 // runNow runs fn here: the engine's goroutine, before it runs.
 func runNow(fn func()) { fn() }
 
-// bindNS listens on fw.HostPort on the namespace's loopback, as pasta
-// (on fw.Addr if it is 127.0.0.1 or ::1, else on both, as far as the
-// namespace has them), and forwards to the host's loopback on
-// fw.GuestPort; call runs a function on the engine's goroutine.
+// bindNS listens on fw.HostPort on the namespace's loopback interface,
+// on any address of the families in use (s.nsAny), as pasta: 127.0.0.2
+// is forwarded too. What comes goes to the host's loopback, port
+// fw.GuestPort (slirp/splice.go); call runs a function on the engine's
+// goroutine.
 func (s *pastaState) bindNS(proto slirp.Proto, fw portspec.Forward, call func(func())) error {
-	addrs := []netip.Addr{fw.Addr}
-	if !fw.Addr.IsValid() {
-		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
-	}
-	var open closers
-	var err error
-	for _, a := range addrs {
-		var c io.Closer
-		if c, err = s.listenNS(proto, portspec.Forward{Addr: a, Iface: fw.Iface, HostPort: fw.HostPort}, fw.GuestPort, call); err == nil {
-			open = append(open, c)
-		}
-	}
-	if len(open) == 0 {
+	c, err := s.listenNS(proto, portspec.Forward{Addr: s.nsAny, Iface: "lo", HostPort: fw.HostPort}, fw.GuestPort, call)
+	if err != nil {
 		return errors.New("namespace " + string(proto) + " port " + strconv.Itoa(int(fw.HostPort)) + ": " + err.Error())
 	}
 	s.mu.Lock()
-	s.nsSide[fwdPort{proto, fw.HostPort}] = open
+	s.nsSide[fwdPort{proto, fw.HostPort}] = c
 	s.mu.Unlock()
-	return nil
-}
-
-// closers are one port's listeners in the namespace, one per loopback.
-type closers []io.Closer
-
-func (cs closers) Close() error {
-	for _, c := range cs {
-		c.Close()
-	}
 	return nil
 }
 
@@ -152,14 +146,6 @@ type spliceListener struct {
 func (l spliceListener) Close() error {
 	l.call(func() { l.eng.SpliceUnlisten(l.fd) })
 	return nil
-}
-
-// loopback is the host's loopback address of a's family.
-func loopback(a netip.Addr) netip.Addr {
-	if a.Is6() && !a.Is4In6() {
-		return netip.IPv6Loopback()
-	}
-	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 }
 
 // procTable is a /proc/net table auto reads.

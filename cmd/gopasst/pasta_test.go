@@ -81,6 +81,31 @@ func TestPastaPorts(t *testing.T) {
 	}
 }
 
+// What passt and pasta refuse of one option's forwards before binding
+// anything (tests/diffforward_test.go compares them with upstream): a
+// keyword beside other forwards (but auto beside ports, gopasst's own),
+// all in pasta mode, auto in passt mode, an address or interface for -T
+// or -U.
+func TestCheckModes(t *testing.T) {
+	for _, c := range []struct {
+		specs         string
+		pasta, nsSide bool
+		ok            bool
+	}{
+		{"none 80", false, false, false}, {"80 none", false, false, false}, {"none none", false, false, false},
+		{"all 80", false, false, false}, {"auto", false, false, false}, {"all", true, false, false},
+		{"auto none", true, false, false}, {"53 none", true, true, false}, {"127.0.0.1/9000", true, true, false},
+		{"%lo/53", true, true, false},
+		{"all", false, false, true}, {"none", false, false, true}, {"80 81 127.0.0.1/82", false, false, true},
+		{"auto", true, true, true}, {"auto 80", true, false, true}, {"127.0.0.1/80 %lo/81", true, false, true}, {"9000 9001:9002", true, true, true},
+	} {
+		err := checkModes("-x", strings.Fields(c.specs), c.pasta, c.nsSide)
+		if (err == nil) != c.ok {
+			t.Errorf("%q (pasta %v, namespace side %v): %v", c.specs, c.pasta, c.nsSide, err)
+		}
+	}
+}
+
 // The listening sockets of /proc/net tables: TCP in LISTEN, UDP with no
 // peer; established and connected ones are not.
 func TestParseProcNet(t *testing.T) {

@@ -12,6 +12,7 @@
 package portspec
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -98,12 +99,19 @@ func Parse(s string) (Spec, error) {
 		if err != nil {
 			return bad(tok, err.Error())
 		}
+		// Port 0 may be excluded, as passt allows, but never forwarded.
+		if first == 0 && !exclude {
+			return bad(tok, "port 0 cannot be forwarded")
+		}
 		r := Range{First: first, Last: last, Guest: first}
 		if mapped {
 			if exclude {
 				return bad(tok, "an exclusion cannot map to a guest port")
 			}
 			gf, gl, err := parseRange(guest)
+			if err == nil && gf == 0 {
+				err = errors.New("port 0 cannot be forwarded to")
+			}
 			if err != nil {
 				return bad(tok, "guest "+err.Error())
 			}
@@ -116,6 +124,12 @@ func Parse(s string) (Spec, error) {
 			r.Guest = gf
 		}
 		if exclude {
+			// As passt: an exclusion overlapping another is a mistake.
+			for _, x := range sp.Exclude {
+				if r.First <= x.Last && x.First <= r.Last {
+					return bad(tok, "overlaps another exclusion")
+				}
+			}
 			sp.Exclude = append(sp.Exclude, r)
 		} else {
 			sp.Include = append(sp.Include, r)
@@ -124,7 +138,7 @@ func Parse(s string) (Spec, error) {
 	return sp, nil
 }
 
-// parseRange reads PORT or FIRST-LAST, ports 1 to 65535.
+// parseRange reads PORT or FIRST-LAST, ports 0 to 65535.
 func parseRange(s string) (first, last uint16, err error) {
 	a, b, isRange := strings.Cut(s, "-")
 	f, err := parsePort(a)
@@ -146,7 +160,7 @@ func parseRange(s string) (first, last uint16, err error) {
 
 func parsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil || n == 0 {
+	if err != nil {
 		return 0, fmt.Errorf("invalid port %q", s)
 	}
 	return uint16(n), nil

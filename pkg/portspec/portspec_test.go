@@ -97,6 +97,10 @@ func TestKeywordsAndExclusionsOnly(t *testing.T) {
 	if fs := s.Forwards(nil); len(fs) != 65535-11 {
 		t.Fatalf("exclusions only: %d forwards", len(fs))
 	}
+	// Excluding port 0, as passt takes it, excludes nothing.
+	if s, err := Parse("~0,5"); err != nil || !reflect.DeepEqual(pairs(s.Forwards(nil)), span(5, 5, 5)) {
+		t.Fatalf("~0,5: %+v %v", s, err)
+	}
 	s, err := Parse("%lo/8080")
 	if err != nil || s.Iface != "lo" || s.Addr.IsValid() {
 		t.Fatalf("%%lo/8080: %+v %v", s, err)
@@ -118,6 +122,10 @@ func TestInvalidSpecs(t *testing.T) {
 		"/80":         "/",
 		"1.2.3.4%/80": "1.2.3.4%",
 		"1.2.3.4/":    "1.2.3.4/",
+		"0-5":         "0-5",
+		"8080:0":      "8080:0",
+		// passt refuses overlapping exclusions.
+		"1-9,~2-4,~4": "~4",
 	} {
 		_, err := Parse(spec)
 		var pe *Error
@@ -143,8 +151,13 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
+		for _, r := range sp.Include {
+			if r.First == 0 {
+				t.Fatalf("%q: forwards port 0", s)
+			}
+		}
 		for _, r := range append(sp.Include, sp.Exclude...) {
-			if r.First == 0 || r.Last < r.First {
+			if r.Last < r.First {
 				t.Fatalf("%q: bad range %+v", s, r)
 			}
 		}

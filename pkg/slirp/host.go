@@ -125,8 +125,10 @@ func (h *LocalHost) bindOne(typ int, a netip.Addr, f portspec.Forward) (int, err
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	}
 	if a.Is6() {
+		// Only the wildcard of a forward without an address takes IPv4
+		// too: "::" given, as passt, means IPv6 alone.
 		only := 0
-		if !a.IsUnspecified() || h.Only6 {
+		if f.Addr.IsValid() || h.Only6 {
 			only = 1
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only)

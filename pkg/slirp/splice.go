@@ -118,9 +118,9 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 }
 
 // SpliceListen watches fd, a -T listening socket in the namespace (or a
-// -U one, for UDP): each connection to it is joined to one to the host's
-// loopback on port, of the address family of the namespace's end (each
-// sender's datagrams relayed). It runs on the engine's goroutine (Call),
+// -U one, for UDP): each connection to it is joined to one to the same
+// loopback address on the host, on port (each sender's datagrams relayed
+// to the host's loopback of its family). It runs on the engine's goroutine (Call),
 // or before Run.
 func (e *Engine) SpliceListen(proto Proto, fd int, port uint16) error {
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -178,8 +178,15 @@ func (e *Engine) spliceListenEvent(idx int32) {
 			unix.Close(fd)
 			continue
 		}
+		// To the loopback address it was for, as pasta: the namespace's
+		// 127.0.0.53 is the host's. The socket is on lo: nothing else
+		// comes.
 		local, _ := unix.Getsockname(fd)
-		to := netip.AddrPortFrom(loopbackOf(addrPortOf(local).Addr()), l.port)
+		to := netip.AddrPortFrom(addrPortOf(local).Addr(), l.port)
+		if !to.Addr().IsLoopback() {
+			unix.Close(fd)
+			continue
+		}
 		hfd, err := unix.Socket(socketFamily(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err == nil {
 			if err = unix.Connect(hfd, sockaddrOf(to)); err == unix.EINPROGRESS {
@@ -205,8 +212,10 @@ func (e *Engine) spliceFull() bool {
 	return e.atCap(capTCP, e.tcp.count+e.splice.count, e.cfg.MaxTCP)
 }
 
+// loopbackOf is the loopback of a's family; an IPv4 sender to a -U
+// socket that takes both families comes mapped.
 func loopbackOf(a netip.Addr) netip.Addr {
-	if a.Is4() {
+	if a.Unmap().Is4() {
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	return netip.IPv6Loopback()
