@@ -197,8 +197,6 @@ var fwdKnownDiffs = map[string]string{
 	"passt/plus":           "passt reads ports with strtoul, which takes a sign; no caller writes one",
 	"passt/to-port-0":      "passt forwards to guest port 0, where nothing can listen; gopasst refuses",
 	"pasta/auto-then-port": "gopasst takes auto beside ports, to map some (its tests use it); pasta refuses",
-	// Needs the datagram's destination (IP_PKTINFO) in pkg/slirp/splice_udp.go.
-	"pasta-connect/udp-ns-lo4-other": "gopasst relays a -U datagram to the host's 127.0.0.1 or ::1, pasta to the loopback address it was sent to; they differ for 127.0.0.2 and such only",
 }
 
 // passtFwdCases are passt-mode command lines: the forwards of -t and -u,

@@ -120,11 +120,16 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 // SpliceListen watches fd, a -T listening socket in the namespace (or a
 // -U one, for UDP): each connection to it is joined to one to the same
 // loopback address on the host, on port (each sender's datagrams relayed
-// to the host's loopback of its family). It runs on the engine's goroutine (Call),
-// or before Run.
+// to the address they were sent to, splice_udp.go). It runs on the
+// engine's goroutine (Call), or before Run.
 func (e *Engine) SpliceListen(proto Proto, fd int, port uint16) error {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return err
+	}
+	if proto == UDP {
+		if err := recvPktinfo(fd); err != nil {
+			return err
+		}
 	}
 	i := int32(len(e.spliceLn))
 	for j, l := range e.spliceLn {
@@ -210,15 +215,6 @@ func (e *Engine) spliceListenEvent(idx int32) {
 // a guest, and each pair holds four descriptors and two pipes.
 func (e *Engine) spliceFull() bool {
 	return e.atCap(capTCP, e.tcp.count+e.splice.count, e.cfg.MaxTCP)
-}
-
-// loopbackOf is the loopback of a's family; an IPv4 sender to a -U
-// socket that takes both families comes mapped.
-func loopbackOf(a netip.Addr) netip.Addr {
-	if a.Unmap().Is4() {
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	}
-	return netip.IPv6Loopback()
 }
 
 // spliceJoin makes a pair of a and b, both non-blocking and connected or

@@ -13,7 +13,9 @@ import (
 // go, whose replies go back to the sender from lfd.
 //
 //   - -U: lfd is a namespace loopback port (SpliceListen); the sender's
-//     socket is the engine's, connected to the host's loopback port.
+//     socket is the engine's, connected to the port on the host's
+//     loopback address the sender sent to, as pasta: 127.0.0.2 is the
+//     host's 127.0.0.2. The replies go back from that address.
 //   - -u from the host's loopback: lfd is the forward's host socket; the
 //     sender's socket is the helper's, made in the namespace and
 //     connected to where -t's loopback path goes (Config.SpliceDial).
@@ -22,8 +24,9 @@ import (
 // forgotten after udpIdle, as those are, or when lfd is closed.
 
 type spliceUDPKey struct {
-	lfd  int            // the socket the sender sent to
-	peer netip.AddrPort // the sender
+	lfd   int            // the socket the sender sent to
+	local netip.Addr     // -U: the address it sent to on lfd; else invalid
+	peer  netip.AddrPort // the sender
 }
 
 type spliceUDPFlow struct {
@@ -36,21 +39,22 @@ type spliceUDPFlow struct {
 // spliceUDPIn relays what namespace senders sent to a -U listener.
 func (e *Engine) spliceUDPIn(l spliceListener) {
 	for range udpMaxRead {
-		n, from, err := recvfrom(l.fd, e.spliceBuf[:])
+		n, from, to, err := recvfromTo(l.fd, e.spliceBuf[:])
 		if err != nil {
 			return
 		}
-		if n <= len(e.spliceBuf) {
-			e.spliceUDPSend(l.fd, from, e.spliceBuf[:n], l.port, false)
+		// Datagrams to the namespace's own addresses come through lo
+		// too: only loopback ones are the host's, as spliceListenEvent.
+		if n <= len(e.spliceBuf) && to.IsLoopback() {
+			e.spliceUDPSend(spliceUDPKey{l.fd, to, from}, e.spliceBuf[:n], l.port, false)
 		}
 	}
 }
 
-// spliceUDPSend sends payload, which from sent to lfd, on through from's
-// own socket, opened first if need be: to port on the host's loopback,
-// or with the helper to the namespace's port (ns).
-func (e *Engine) spliceUDPSend(lfd int, from netip.AddrPort, payload []byte, port uint16, ns bool) {
-	key := spliceUDPKey{lfd, from}
+// spliceUDPSend sends payload, which key's sender sent to its lfd, on
+// through the sender's own socket, opened first if need be: to port on
+// the host's key.local, or with the helper to the namespace's port (ns).
+func (e *Engine) spliceUDPSend(key spliceUDPKey, payload []byte, port uint16, ns bool) {
 	_, f := e.spliceUDP.lookup(key)
 	if f == nil {
 		if f = e.spliceUDPOpen(key, port, ns); f == nil {
@@ -62,7 +66,7 @@ func (e *Engine) spliceUDPSend(lfd int, from netip.AddrPort, payload []byte, por
 }
 
 // spliceUDPOpen connects a socket for the sender key, to port on the
-// host's loopback or in the namespace (ns).
+// host's key.local or in the namespace (ns).
 func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUDPFlow {
 	if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 		return nil
@@ -71,7 +75,7 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 	if ns {
 		fd, err = e.cfg.SpliceDial(UDP, key.peer, port)
 	} else {
-		to := netip.AddrPortFrom(loopbackOf(key.peer.Addr()), port)
+		to := netip.AddrPortFrom(key.local, port)
 		if fd, err = unix.Socket(socketFamily(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {
 			err = connect(fd, to)
 		}
@@ -108,7 +112,11 @@ func (e *Engine) spliceUDPEvent(idx int32, gen uint32) {
 			continue // an ICMP error for an earlier datagram: UDP may drop
 		}
 		f.lastAct = e.now
-		sendto(f.key.lfd, e.spliceBuf[:n], f.key.peer)
+		if f.key.local.IsValid() {
+			sendtoFrom(f.key.lfd, e.spliceBuf[:n], f.key.local, f.key.peer)
+		} else {
+			sendto(f.key.lfd, e.spliceBuf[:n], f.key.peer)
+		}
 	}
 }
 

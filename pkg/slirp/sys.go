@@ -322,12 +322,7 @@ func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok 
 	if errno != 0 {
 		return 0, netip.AddrPort{}, false, errno
 	}
-	for c := oob[:msg.Controllen]; len(c) >= unix.SizeofCmsghdr; {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
-		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(c) {
-			break
-		}
-		data := c[unix.SizeofCmsghdr:h.Len]
+	for h, data, c := cmsgNext(oob[:msg.Controllen]); h != nil; h, data, c = cmsgNext(c) {
 		recverr := h.Level == unix.IPPROTO_IP && h.Type == unix.IP_RECVERR ||
 			h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_RECVERR
 		const extLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
@@ -339,9 +334,98 @@ func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok 
 				ok = true
 			}
 		}
-		c = c[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(c)):]
 	}
 	return int(r), sockaddrAddrPort(&sa), ok, nil
+}
+
+// cmsgNext splits the first control message off c: its header, its data
+// and the messages after it; h is nil at the end, or where c is
+// malformed.
+func cmsgNext(c []byte) (h *unix.Cmsghdr, data, rest []byte) {
+	if len(c) < unix.SizeofCmsghdr {
+		return nil, nil, nil
+	}
+	h = (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+	if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(c) {
+		return nil, nil, nil
+	}
+	return h, c[unix.SizeofCmsghdr:h.Len], c[min(unix.CmsgSpace(int(h.Len)-unix.SizeofCmsghdr), len(c)):]
+}
+
+// pktinfoSpace holds one IP_PKTINFO or IPV6_PKTINFO control message.
+const pktinfoSpace = 64
+
+// recvPktinfo has the kernel tell each datagram's destination on fd
+// (recvfromTo): on a socket bound to a wildcard, it is only known so. A
+// dual-stack socket's IPV6_RECVPKTINFO tells IPv4 ones too, mapped.
+func recvPktinfo(fd int) error {
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return err
+	}
+	if domain == unix.AF_INET6 {
+		return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+}
+
+// recvfromTo is recvfrom, and also returns the address the datagram was
+// sent to (recvPktinfo), unmapped; invalid if the kernel did not tell.
+func recvfromTo(fd int, p []byte) (int, netip.AddrPort, netip.Addr, error) {
+	var sa sockaddr
+	var oob [pktinfoSpace]byte
+	var iov unix.Iovec
+	iov.Base = &p[0]
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Control: &oob[0]}
+	msg.SetIovlen(1)
+	msg.SetControllen(len(oob))
+	n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	if errno != 0 {
+		return 0, netip.AddrPort{}, netip.Addr{}, errno
+	}
+	var to netip.Addr
+	for h, data, c := cmsgNext(oob[:msg.Controllen]); h != nil; h, data, c = cmsgNext(c) {
+		switch {
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			to = netip.AddrFrom4((*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0])).Addr)
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			to = netip.AddrFrom16((*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0])).Addr).Unmap()
+		}
+	}
+	return int(n), sockaddrAddrPort(&sa), to, nil
+}
+
+// sendtoFrom sends p to ap from src, an address of ap's family the
+// socket, bound to a wildcard, would not choose itself (IP_PKTINFO,
+// IPV6_PKTINFO; a dual-stack socket takes the IPv4 one too).
+func sendtoFrom(fd int, p []byte, src netip.Addr, ap netip.AddrPort) error {
+	var sa sockaddr
+	name, namelen := putSockaddr(&sa, ap)
+	var oob [pktinfoSpace]byte
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	info := unsafe.Pointer(&oob[unix.CmsgLen(0)])
+	size := unix.SizeofInet6Pktinfo
+	if src.Is4() {
+		size = unix.SizeofInet4Pktinfo
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+		(*unix.Inet4Pktinfo)(info).Spec_dst = src.As4()
+	} else {
+		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+		(*unix.Inet6Pktinfo)(info).Addr = src.As16()
+	}
+	h.SetLen(unix.CmsgLen(size))
+	var iov unix.Iovec
+	iov.Base = unsafe.SliceData(p)
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &iov, Control: &oob[0]}
+	msg.SetIovlen(1)
+	msg.SetControllen(unix.CmsgSpace(size))
+	_, _, errno := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // offender is the address in the sockaddr that follows an extended

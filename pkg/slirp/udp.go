@@ -421,7 +421,7 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (netip.AddrPort, netip.AddrPort) {
 		if e.cfg.SpliceDial != nil && from.Addr().IsLoopback() {
 			if payload != nil {
-				e.spliceUDPSend(l.fd, from, payload, l.fwd.GuestPort, true)
+				e.spliceUDPSend(spliceUDPKey{lfd: l.fd, peer: from}, payload, l.fwd.GuestPort, true)
 			}
 			return from, netip.AddrPort{} // not the guest's
 		}

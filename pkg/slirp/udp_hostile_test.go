@@ -203,8 +203,9 @@ func TestUDPCapCountsSpliceSenders(t *testing.T) {
 	te.cfg.MaxUDP = 2
 	defer te.udp.closeAll(te.Engine)
 	defer te.spliceUDPExpire(lfd)
+	lo := netip.MustParseAddr("127.0.0.1")
 	for sport := range uint16(2) {
-		te.spliceUDPSend(lfd, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 40000+sport), []byte("x"), port, false)
+		te.spliceUDPSend(spliceUDPKey{lfd, lo, netip.AddrPortFrom(lo, 40000+sport)}, []byte("x"), port, false)
 	}
 	if te.spliceUDP.count != 2 {
 		t.Fatalf("%d loopback senders, want 2", te.spliceUDP.count)

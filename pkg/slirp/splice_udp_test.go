@@ -1,0 +1,87 @@
+package slirp
+
+import (
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpSocket is a non-blocking UDP socket of ap's family bound to ap,
+// closed at the test's end unless keep.
+func udpSocket(t *testing.T, ap netip.AddrPort, keep bool) int {
+	t.Helper()
+	fd, err := unix.Socket(socketFamily(ap.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !keep {
+		t.Cleanup(func() { unix.Close(fd) })
+	}
+	if err := bind(fd, ap); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// boundPort is the port fd is bound to.
+func boundPort(t *testing.T, fd int) uint16 {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addrPortOf(sa).Port()
+}
+
+// TestSpliceUDPToAddressSentTo: a -U datagram to 127.0.0.2 goes to the
+// host's 127.0.0.2, not 127.0.0.1, as pasta, through a dual-stack socket;
+// one sender's datagrams to 127.0.0.1 and 127.0.0.2 are two flows, and
+// each reply comes back from the address its datagram went to. Neither
+// way allocates.
+func TestSpliceUDPToAddressSentTo(t *testing.T) {
+	te := newTestEngine(t)
+	lo1, lo2 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	srv1 := udpSocket(t, netip.AddrPortFrom(lo1, 0), false)
+	port := boundPort(t, srv1)
+	srv2 := udpSocket(t, netip.AddrPortFrom(lo2, port), false)
+	lfd := udpSocket(t, netip.AddrPortFrom(netip.IPv6Unspecified(), 0), true)
+	if err := te.SpliceListen(UDP, lfd, port); err != nil {
+		unix.Close(lfd)
+		t.Fatal(err)
+	}
+	defer te.SpliceUnlisten(lfd)
+	lport := boundPort(t, lfd)
+	client := udpSocket(t, netip.AddrPortFrom(lo1, 0), false)
+	var buf [64]byte
+	for _, c := range []struct {
+		to  netip.Addr
+		srv int
+	}{{lo1, srv1}, {lo2, srv2}} {
+		to := netip.AddrPortFrom(c.to, lport)
+		round := func() {
+			if err := sendto(client, []byte("q"), to); err != nil {
+				t.Fatal(err)
+			}
+			te.spliceListenEvent(0)
+			n, from, err := recvfrom(c.srv, buf[:])
+			if err != nil || n != 1 {
+				t.Fatalf("to %v: the host's %v got %d bytes: %v", to, c.to, n, err)
+			}
+			if err := sendto(c.srv, []byte("r"), from); err != nil {
+				t.Fatal(err)
+			}
+			te.spliceUDP.each(func(i int32, f *spliceUDPFlow) { te.spliceUDPEvent(i, te.spliceUDP.gen(i)) })
+			if n, from, err = recvfrom(client, buf[:]); err != nil || n != 1 || from != to {
+				t.Fatalf("to %v: reply of %d bytes from %v: %v", to, n, from, err)
+			}
+		}
+		round()
+		if a := testing.AllocsPerRun(100, round); a != 0 {
+			t.Errorf("to %v: %v allocations a round", to, a)
+		}
+	}
+	if te.spliceUDP.count != 2 {
+		t.Errorf("%d flows, want 2", te.spliceUDP.count)
+	}
+}
