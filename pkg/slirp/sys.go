@@ -312,17 +312,11 @@ type icmpErr struct {
 // into ie the ICMP or ICMPv6 message that caused it; ok is false for a
 // local error.
 func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok bool, err error) {
-	var sa sockaddr
-	var iov unix.Iovec
-	iov.Base, iov.Len = &p[0], uint64(len(p))
-	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Iovlen: 1}
-	msg.Control = &oob[0]
-	msg.SetControllen(len(oob))
-	r, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-	if errno != 0 {
-		return 0, netip.AddrPort{}, false, errno
+	n, dst, ctl, err := recvmsg(fd, p, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+	if err != nil {
+		return 0, netip.AddrPort{}, false, err
 	}
-	for h, data, c := cmsgNext(oob[:msg.Controllen]); h != nil; h, data, c = cmsgNext(c) {
+	for h, data, c := cmsgNext(ctl); h != nil; h, data, c = cmsgNext(c) {
 		recverr := h.Level == unix.IPPROTO_IP && h.Type == unix.IP_RECVERR ||
 			h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_RECVERR
 		const extLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
@@ -335,7 +329,25 @@ func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok 
 			}
 		}
 	}
-	return int(r), sockaddrAddrPort(&sa), ok, nil
+	return n, dst, ok, nil
+}
+
+// recvmsg reads one datagram into p and its control messages into oob,
+// with flags: its length (MSG_TRUNC: its whole length), its source
+// (unmapped) and the control messages it came with.
+func recvmsg(fd int, p, oob []byte, flags int) (int, netip.AddrPort, []byte, error) {
+	var sa sockaddr
+	var iov unix.Iovec
+	iov.Base = &p[0]
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Control: &oob[0]}
+	msg.SetIovlen(1)
+	msg.SetControllen(len(oob))
+	n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if errno != 0 {
+		return 0, netip.AddrPort{}, nil, errno
+	}
+	return int(n), sockaddrAddrPort(&sa), oob[:msg.Controllen], nil
 }
 
 // cmsgNext splits the first control message off c: its header, its data
@@ -372,20 +384,13 @@ func recvPktinfo(fd int) error {
 // recvfromTo is recvfrom, and also returns the address the datagram was
 // sent to (recvPktinfo), unmapped; invalid if the kernel did not tell.
 func recvfromTo(fd int, p []byte) (int, netip.AddrPort, netip.Addr, error) {
-	var sa sockaddr
 	var oob [pktinfoSpace]byte
-	var iov unix.Iovec
-	iov.Base = &p[0]
-	iov.SetLen(len(p))
-	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Control: &oob[0]}
-	msg.SetIovlen(1)
-	msg.SetControllen(len(oob))
-	n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-	if errno != 0 {
-		return 0, netip.AddrPort{}, netip.Addr{}, errno
+	n, from, ctl, err := recvmsg(fd, p, oob[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	if err != nil {
+		return 0, netip.AddrPort{}, netip.Addr{}, err
 	}
 	var to netip.Addr
-	for h, data, c := cmsgNext(oob[:msg.Controllen]); h != nil; h, data, c = cmsgNext(c) {
+	for h, data, c := cmsgNext(ctl); h != nil; h, data, c = cmsgNext(c) {
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
 			to = netip.AddrFrom4((*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0])).Addr)
@@ -393,7 +398,7 @@ func recvfromTo(fd int, p []byte) (int, netip.AddrPort, netip.Addr, error) {
 			to = netip.AddrFrom16((*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0])).Addr).Unmap()
 		}
 	}
-	return int(n), sockaddrAddrPort(&sa), to, nil
+	return n, from, to, nil
 }
 
 // sendtoFrom sends p to ap from src, an address of ap's family the
