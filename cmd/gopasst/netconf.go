@@ -378,6 +378,9 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		f := family{name: "IPv4", template: template(unix.AF_INET), keep: netip.Addr.Is4,
 			addrs: addr4, gws: gw4, bits: classBits}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf4))
+		if why != nil && o.OutboundIf4 != "" {
+			return netSetup{}, outboundUnusable("4", o.OutboundIf4, why)
+		}
 		if bits4 > 0 && p.IsValid() {
 			p = netip.PrefixFrom(p.Addr(), bits4)
 		}
@@ -394,7 +397,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 			ifname4 = f.ifname
 			// As passt: no gateway, no DHCP (its answer names a router).
 			cfg.NoDHCP = cfg.NoDHCP || !gw.IsValid()
-		case o.OutboundIf4 == "":
+		default:
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
 			if !p.IsValid() {
@@ -403,14 +406,15 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 			cfg.Addr4, cfg.Prefix4 = p.Addr(), p.Bits()
 			cfg.Gateway4 = cmp.Or(gw, netip.AddrFrom4([4]byte{169, 254, 2, 2}))
 			notes = append(notes, "IPv4 in local mode: "+why.Error())
-		default:
-			notes = append(notes, "IPv4 off: "+why.Error())
 		}
 	}
 	if !o.IPv4 {
 		f := family{name: "IPv6", template: template(unix.AF_INET6), keep: isGlobal6,
 			addrs: addr6, gws: gw6, bits: func(netip.Addr) int { return 64 }}
 		p, gw, why := f.pick(cmp.Or(o.Interface, o.OutboundIf6))
+		if why != nil && o.OutboundIf6 != "" {
+			return netSetup{}, outboundUnusable("6", o.OutboundIf6, why)
+		}
 		if why == nil && cfg.MTU < 1280 {
 			why = fmt.Errorf("--mtu %d is below IPv6's minimum of 1280", o.MTU)
 		}
@@ -419,7 +423,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 			cfg.Addr6, cfg.Gateway6 = p.Addr(), gw
 			cfg.OurLL6 = ourLinkLocal(gw, f.ifname)
 			ifname6 = f.ifname
-		case o.OutboundIf6 == "" && cfg.MTU >= 1280:
+		case cfg.MTU >= 1280:
 			// passt's local mode: the guest keeps its link-local
 			// address, and fe80::1, standing for the host's loopback,
 			// is its router.
@@ -573,4 +577,12 @@ func (r resolvers) forGuest(cfg *slirp.Config, hostLo netip.Addr, is6 bool) []ne
 		}
 	}
 	return out
+}
+
+// outboundUnusable is passt's refusal of an --outbound-if4 or -6 whose
+// interface has no address or route of that family to give the guest:
+// the user asked for that interface, so its family is not quietly left
+// out (or put in local mode) instead.
+func outboundUnusable(family, ifname string, why error) error {
+	return fmt.Errorf("--outbound-if%s %s: external interface not usable for IPv%s: %v", family, ifname, family, why)
 }

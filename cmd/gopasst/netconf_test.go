@@ -157,6 +157,17 @@ func TestBuildConfigFamilies(t *testing.T) {
 		ns.OurLL6.String() != "fe80::1" || !ns.NoDHCPv6 {
 		t.Errorf("-6 without IPv6: %+v, %v; want local mode via fe80::1", ns.Config, err)
 	}
+	// As passt: an --outbound-if6 with no IPv6 to give is an error, not
+	// local mode, unless IPv6 is off anyway.
+	o = base()
+	o.OutboundIf6 = "lo"
+	if _, err := buildConfig(o, files); err == nil || !strings.Contains(err.Error(), "not usable") {
+		t.Errorf("--outbound-if6 lo: %v, want not usable", err)
+	}
+	o.IPv4 = true
+	if _, err := buildConfig(o, files); err != nil {
+		t.Errorf("-4 --outbound-if6 lo: %v", err)
+	}
 }
 
 // TestBuildConfigPasstOptions: passt's spellings of the address options,
