@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -230,4 +231,68 @@ func TestDiffNeighbours(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDiffNeighboursPasta: in pasta mode, the namespace's kernel learns
+// the MACs gopasst and upstream pasta give it for the LAN host, an entry
+// alone, the gateway and an address without an entry, by default and
+// with --no-map-gw, after a datagram to each (the LAN host echoes it).
+func TestDiffNeighboursPasta(t *testing.T) {
+	needRoot(t)
+	upstream := upstreamPasta(t)
+	targets := []string{lan4.String(), lan6.String(), ent4.String(), hostGW, "198.51.100.60", host6GW}
+	for _, c := range []struct {
+		name string
+		args []string
+	}{{"default", nil}, {"no-map-gw", []string{"--no-map-gw"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			var got [2][]string
+			for i, bin := range []string{upstream, pastaLink(t)} {
+				host := newHost(t, WorldOpts{})
+				neighHost(t, host)
+				ns := newNetns(t, "gpn")
+				argv := []string{"-f", "--config-net", "--netns", "/run/netns/" + ns.Name, "-t", "none", "-u", "none", "-T", "none", "-U", "none"}
+				if i == 0 {
+					argv = append(argv, "--runas", "0")
+				}
+				got[i] = runFwdThen(t, host.Cmd(bin, append(argv, c.args...)...), ns, func() []string {
+					// A datagram to each address has the namespace
+					// resolve it; the LAN host's come back.
+					for _, a := range targets[2:] {
+						if c, err := ns.Dial("udp", net.JoinHostPort(a, "9"), time.Second); err == nil {
+							c.Write([]byte("hi"))
+							c.Close()
+						}
+					}
+					out := []string{"echo " + fwdAnswer(ns, "udp", net.JoinHostPort(lan4.String(), "7")),
+						"echo6 " + fwdAnswer(ns, "udp", net.JoinHostPort(lan6.String(), "7"))}
+					time.Sleep(500 * time.Millisecond)
+					for _, a := range targets {
+						out = append(out, a+" "+nsNeigh(ns, a))
+					}
+					return out
+				})
+			}
+			t.Logf("upstream pasta: %q", got[0])
+			t.Logf("gopasst:        %q", got[1])
+			if !slices.Equal(got[0], got[1]) {
+				t.Errorf("the namespace's neighbours differ:\n  pasta:   %q\n  gopasst: %q", got[0], got[1])
+			}
+			for _, want := range []string{"echo hi", "echo6 hi", lan4.String() + " " + lanMAC, lan6.String() + " " + lanMAC} {
+				if !slices.Contains(got[1], want) {
+					t.Errorf("gopasst: %q, without %q", got[1], want)
+				}
+			}
+		})
+	}
+}
+
+// nsNeigh is the MAC ns's neighbour table has for a, or its state.
+func nsNeigh(ns *Netns, a string) string {
+	out, _ := ns.Cmd("ip", "neigh", "show", a).Output()
+	f := strings.Fields(string(out))
+	if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) {
+		return f[i+1]
+	}
+	return strings.Join(f, " ")
 }
