@@ -282,7 +282,8 @@ func (e *Engine) AttachStream(fd int) {
 
 // Messages a guest can set off again and again, so logged at most every
 // 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
-// socket could not be opened.
+// socket could not be opened; and the host's neighbour changes lost or
+// unread, which a busy link can set off as often.
 const (
 	capTCP = iota
 	capUDP
@@ -290,6 +291,7 @@ const (
 	openTCP
 	openUDP
 	openICMP
+	neighLost
 	logKinds
 )
 

@@ -83,7 +83,7 @@ func (e *Engine) neighRead() {
 			return
 		default:
 			// ENOBUFS: changes were lost; what comes next is still right.
-			e.logf("neighbour table: %v", err)
+			e.logLimited(neighLost, "the host's neighbour table: %v", err)
 			if err != unix.ENOBUFS {
 				return
 			}

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
 	"testing"
 	"time"
 
@@ -389,5 +392,64 @@ func TestNeighEchoMAC(t *testing.T) {
 			t.Errorf("echo reply %d from %x, want %x", i, got, want)
 		}
 		te.neighEvent(hostNeigh(testGW4, macB))
+	}
+}
+
+// WatchNeighbours with the kernel's own socket, in a network namespace of
+// the test's: the dump's entries are there before Run, and a change made
+// while the engine runs reaches it through the epoll loop, announced.
+func TestWatchNeighbours(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	// Never unlocked: the thread goes with the test's goroutine, never
+	// back to our namespace. ip, started from it, runs in its namespace.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("no network namespace: %v", err)
+	}
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ip("link", "set", "v0", "up")
+	ip("addr", "add", "192.0.2.100/24", "dev", "v0")
+	ip("neigh", "replace", "192.0.2.50", "lladdr", "02:00:00:00:00:0a", "dev", "v0", "nud", "permanent")
+	ifi, err := net.InterfaceByName("v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	te := neighEngine(t, nil)
+	c, err := rtnl.OpenNeigh()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := te.WatchNeighbours(c, ifi.Index, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := te.neighMAC(netip.MustParseAddr("192.0.2.50")); got != macA {
+		t.Errorf("after the dump: %x, want %x", got, macA)
+	}
+	te.output(t) // the guest is attached already, so the dump's entry was announced: not the point here
+	ip("neigh", "replace", "192.0.2.51", "lladdr", "02:00:00:00:00:0b", "dev", "v0", "nud", "reachable")
+	var got []string
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
+		te.turn(10)
+		drainFrames(te.rd, te.guest, func(f []byte) {
+			if header.Ethernet(f).Type() == header.EtherTypeARP {
+				a := header.ARP(header.Ethernet(f).Payload())
+				got = append(got, fmt.Sprintf("%v %x", netip.AddrFrom4([4]byte(a.SenderIP())), a.SenderMAC()))
+			}
+		})
+	}
+	if want := "192.0.2.51 02000000000b"; len(got) != 1 || got[0] != want {
+		t.Errorf("announced %q, want %q", got, want)
 	}
 }
