@@ -662,8 +662,8 @@ var diffCases = []diffCase{
 // diffHost is every case's host: resolvers on host loopback for both
 // families (runProbes answers there), and the gateways' MACs known, so
 // that nothing routed waits for neighbour resolution and no error comes
-// late, in another probe's turn. (Other neighbours would change passt's
-// answers: it gives the guest the host's neighbours' MACs.)
+// late, in another probe's turn. (Both give the guest the host's
+// neighbours' MACs: TestDiffNeighbours.)
 func diffHost(t *testing.T, h *Netns) {
 	h.WriteEtc(t, "resolv.conf", "nameserver "+hostDNS+"\nnameserver ::1\nsearch example.test lab.example\n")
 	h.Run(t, "ip", "neigh", "add", hostGW, "lladdr", "02:00:00:00:00:01", "dev", "uplink", "nud", "permanent")
@@ -688,58 +688,46 @@ var harmless = []*regexp.Regexp{
 // knownDiffs are the differences judged and kept, by probe, or by case
 // and probe ("*": every probe of the case), with the reason.
 var knownDiffs = map[string]string{
-	"dhcp-discover-fqdn-s":      "gopasst sets O when it overrides the client's S (RFC 4702 2.1); passt never does",
-	"dhcp6-solicit-fqdn-s":      "gopasst sets O when it overrides the client's S (RFC 4704 4.1); passt only for a client option as long as its own",
-	"dhcp-request-other":        "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
-	"dhcp-inform":               "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
-	"rs-unspec":                 "passt answers an RS from :: to :: (RFC 4861 6.2.6: to all-nodes)",
-	"ns-own":                    "passt answers an NS for the guest's own address",
-	"dhcp6-solicit-rapid":       "gopasst takes rapid commit (RFC 8415 18.3.1); passt advertises",
-	"dhcp6-request-other":       "passt says NotOnLink for an on-link address not its own; gopasst gives its address",
-	"dhcp6-rebind":              "passt ignores a REBIND without server ID, as RFC 8415 18.2.5 sends it",
-	"dhcp6-confirm":             "gopasst answers a CONFIRM with a status alone (RFC 8415 18.3.3); passt with the lease",
-	"dhcp6-confirm-other":       "gopasst's NotOnLink is the message's (RFC 8415 18.3.3); passt's the IA's",
-	"dhcp6-info":                "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
-	"dhcp6-release":             "gopasst answers a RELEASE with Success (RFC 8415 18.3.7); passt ignores it",
-	"dhcp6-decline":             "gopasst answers a DECLINE with Success (RFC 8415 18.3.8); passt ignores it",
-	"dns6-gw":                   "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
-	"dns-forward/dns6-fwd":      "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
-	"udp6-ll-other":             "gopasst: no route to a link-local address not its own; passt drops the datagram",
-	"host-noroute/arp-gateway":  "passt answers for an address that does not stand for the host with the host's neighbour's MAC; gopasst with its own",
-	"host-noroute/arp-probe-gw": "passt answers for an address that does not stand for the host with the host's neighbour's MAC; gopasst with its own",
-	"host-noroute/ns-gateway":   "passt answers for an address that does not stand for the host with the host's neighbour's MAC; gopasst with its own",
-	"host-noroute/ping6-ll":     "with no IPv6 gateway, passt sends a ping to its link-local address to the host's own on the template; gopasst has no host address for it",
-	"mtu1280/ping4-big":         "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu1280/ping6-big":         "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu68/ping4-big":           "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu68/rs":                  noIPv6Below1280,
-	"mtu68/ns-*":                noIPv6Below1280,
-	"mtu68/dhcp6-*":             noIPv6Below1280,
-	"mtu68/ping6-*":             noIPv6Below1280,
-	"mtu68/udp6-*":              noIPv6Below1280,
-	"mtu68/tcp6-*":              noIPv6Below1280,
-	"no-map-gw/ping6-ll":        "our link-local address is the IPv6 gateway to gopasst, an address like any with --no-map-gw; passt's is the host's own",
-	"resolver-v4lo/rs":          "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
-	"resolver-v4lo/dhcp6-*":     "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
-	"gw-offnet/dhcp-request":    "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
-	"gw-offnet/dhcp-renew":      "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
-	"no-map-gw/arp-*":           neighbourMirror,
-	"no-map-gw/ns-*":            neighbourMirror,
-	"map/arp-*":                 neighbourMirror,
-	"no-map-gw/rs":              "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
-	"host-v6only/*":             "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
+	"dhcp-discover-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4702 2.1); passt never does",
+	"dhcp6-solicit-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4704 4.1); passt only for a client option as long as its own",
+	"dhcp-request-other":     "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"dhcp-inform":            "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
+	"rs-unspec":              "passt answers an RS from :: to :: (RFC 4861 6.2.6: to all-nodes)",
+	"ns-own":                 "passt answers an NS for the guest's own address",
+	"dhcp6-solicit-rapid":    "gopasst takes rapid commit (RFC 8415 18.3.1); passt advertises",
+	"dhcp6-request-other":    "passt says NotOnLink for an on-link address not its own; gopasst gives its address",
+	"dhcp6-rebind":           "passt ignores a REBIND without server ID, as RFC 8415 18.2.5 sends it",
+	"dhcp6-confirm":          "gopasst answers a CONFIRM with a status alone (RFC 8415 18.3.3); passt with the lease",
+	"dhcp6-confirm-other":    "gopasst's NotOnLink is the message's (RFC 8415 18.3.3); passt's the IA's",
+	"dhcp6-info":             "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
+	"dhcp6-release":          "gopasst answers a RELEASE with Success (RFC 8415 18.3.7); passt ignores it",
+	"dhcp6-decline":          "gopasst answers a DECLINE with Success (RFC 8415 18.3.8); passt ignores it",
+	"dns6-gw":                "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
+	"dns-forward/dns6-fwd":   "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
+	"udp6-ll-other":          "gopasst: no route to a link-local address not its own; passt drops the datagram",
+	"host-noroute/ping6-ll":  "with no IPv6 gateway, passt sends a ping to its link-local address to the host's own on the template; gopasst has no host address for it",
+	"mtu1280/ping4-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
+	"mtu1280/ping6-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
+	"mtu68/ping4-big":        "gopasst drops an echo reply past the guest's MTU; passt sends it",
+	"mtu68/rs":               noIPv6Below1280,
+	"mtu68/ns-*":             noIPv6Below1280,
+	"mtu68/dhcp6-*":          noIPv6Below1280,
+	"mtu68/ping6-*":          noIPv6Below1280,
+	"mtu68/udp6-*":           noIPv6Below1280,
+	"mtu68/tcp6-*":           noIPv6Below1280,
+	"no-map-gw/ping6-ll":     "our link-local address is the IPv6 gateway to gopasst, an address like any with --no-map-gw; passt's is the host's own",
+	"resolver-v4lo/rs":       "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
+	"resolver-v4lo/dhcp6-*":  "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
+	"gw-offnet/dhcp-request": "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"gw-offnet/dhcp-renew":   "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
+	"no-map-gw/rs":           "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
+	"host-v6only/*":          "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
 }
 
 // noIPv6Below1280: with an MTU below IPv6's minimum, gopasst leaves IPv6
 // out; passt keeps it, and advertises the MTU in RAs, which a guest then
 // ignores (RFC 4861 6.3.4).
 const noIPv6Below1280 = "an MTU below IPv6's 1280: gopasst leaves IPv6 out, passt keeps it"
-
-// neighbourMirror: passt answers ARP and NDP for any address with the
-// MAC the host's neighbour table has for it, or else for the gateway,
-// unless the gateway stands for host loopback; gopasst always with its
-// own.
-const neighbourMirror = "passt answers with the host's neighbour's MAC (the gateway's here), once the gateway no longer stands for host loopback; gopasst with its own"
 
 // knownDiff is the reason a probe of a case may differ, or "".
 func knownDiff(c, probe string) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/gopasst/gopasst/pkg/logfile"
 	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/rtnl"
 	"github.com/gopasst/gopasst/pkg/slirp"
 	"golang.org/x/sys/unix"
 )
@@ -361,6 +363,7 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 	if err != nil {
 		return nil, nil, err
 	}
+	watchNeighbours(eng, cfg, logger)
 	fwds := ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}
 	if err := addForwards(eng, &fwds); err != nil {
 		return nil, nil, err
@@ -400,6 +403,36 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		logger.Print(n)
 	}
 	return eng, logger, nil
+}
+
+// watchNeighbours has the engine mirror the host's neighbours on the
+// template interfaces to the guest, as passt does, before the guest is
+// there: what the dump finds is not announced. Where the host refuses
+// the netlink socket, a warning: the guest then knows every address by
+// our MAC, as it did before passt 2026.03.
+func watchNeighbours(eng *slirp.Engine, cfg netSetup, logger *log.Logger) {
+	index := func(name string) int {
+		if name == "" {
+			return 0
+		}
+		if ifi, err := net.InterfaceByName(name); err == nil {
+			return ifi.Index
+		}
+		return 0
+	}
+	if4, if6 := index(cfg.ifname4), index(cfg.ifname6)
+	if if4 == 0 && if6 == 0 {
+		return // local mode: no template, no neighbours
+	}
+	c, err := rtnl.OpenNeigh()
+	if err == nil {
+		if err = eng.WatchNeighbours(c, if4, if6); err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		logger.Printf("warning: the host's neighbours will not reach the guest: %v", err)
+	}
 }
 
 // nameThreads takes back our name for ps, ss and the audit log, after an

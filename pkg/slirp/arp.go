@@ -8,8 +8,9 @@ import (
 
 // arpInput answers every ARP request except those for the guest's own
 // address: gopasst stands for the whole network, so every other address is
-// reachable through our MAC. Not answering for the guest's address keeps
-// the guest's duplicate address detection quiet.
+// reachable through it, at the MAC the host's neighbour table has for the
+// address, else ours (neigh.go). Not answering for the guest's address
+// keeps the guest's duplicate address detection quiet.
 func (e *Engine) arpInput(a header.ARP) {
 	if !a.IsValid() {
 		e.Stats.Malformed++
@@ -28,8 +29,9 @@ func (e *Engine) arpInput(a header.ARP) {
 	}
 	var senderMAC [6]byte
 	copy(senderMAC[:], a.SenderMAC())
+	mac := e.neighMAC(target)
 	header.Ethernet(b).Encode(senderMAC, e.cfg.OurMAC, header.EtherTypeARP)
 	header.ARP(b[header.EthernetLen:]).Encode(header.ARPReply,
-		e.cfg.OurMAC[:], a.TargetIP(), senderMAC[:], a.SenderIP())
+		mac[:], a.TargetIP(), senderMAC[:], a.SenderIP())
 	e.commit(pad(b, header.EthernetLen+header.ARPLen))
 }

@@ -153,6 +153,8 @@ type Engine struct {
 
 	repair *tcprepair.Client // the TCP_REPAIR helper, nil when none is connected
 
+	neigh neighTable // the host's neighbours' MACs, as the guest should see them (neigh.go)
+
 	running bool  // Run was called: a forward busy now is the caller's error
 	fatal   error // ends Run: the guest is here and a held forward cannot be bound
 
@@ -244,6 +246,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	e.fwd.init()
 	e.splice.init()
 	e.spliceUDP.init()
+	e.neighInit()
 	return e, nil
 }
 
@@ -279,7 +282,8 @@ func (e *Engine) AttachStream(fd int) {
 
 // Messages a guest can set off again and again, so logged at most every
 // 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
-// socket could not be opened.
+// socket could not be opened; and the host's neighbour changes lost or
+// unread, which a busy link can set off as often.
 const (
 	capTCP = iota
 	capUDP
@@ -287,6 +291,7 @@ const (
 	openTCP
 	openUDP
 	openICMP
+	neighLost
 	logKinds
 )
 
@@ -459,6 +464,8 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 			e.spliceListenEvent(ref.idx)
 		case kindSpliceUDP:
 			e.spliceUDPEvent(ref.idx, ref.gen)
+		case kindNeigh:
+			e.neighRead()
 		}
 	}
 	if e.fatal != nil {

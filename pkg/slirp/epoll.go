@@ -21,6 +21,7 @@ const (
 	kindSplice       // one side of a spliced pair (splice.go)
 	kindSpliceListen // a -T or -U socket in the namespace (splice.go)
 	kindSpliceUDP    // a -U sender's host socket (splice_udp.go)
+	kindNeigh        // the host's neighbour table changes (neigh.go)
 )
 
 // epollRef is what an epoll registration hands back with each event, in

@@ -33,6 +33,11 @@ type icmpFlow struct {
 	idx     int32
 	fd      int
 	lastAct time.Duration
+	// mac is the source MAC of replies from macOf (flowMAC): a flow that
+	// pings another address looks its MAC up anew, as passt, whose
+	// echo flows are per address, would.
+	mac   [6]byte
+	macOf netip.Addr
 }
 
 type icmpTable struct {
@@ -153,7 +158,10 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 		}
 		header.ICMP(b[off:]).SetIdent(f.key.id)
 		src := e.natToGuest(header.ProtoICMP, from, guest, netip.AddrPortFrom(f.sent, 0))
-		e.sendICMP(b, src.Addr(), guest, n)
+		if src.Addr() != f.macOf {
+			f.mac, f.macOf = zeroMAC, src.Addr()
+		}
+		e.sendICMP(b, e.flowMAC(&f.mac, src.Addr()), src.Addr(), guest, n)
 	}
 }
 
@@ -221,9 +229,10 @@ func (e *Engine) sendUnreachable(err error, guest, remote netip.Addr, proto uint
 	return true
 }
 
-// sendICMPError sends the guest, from from, the ICMP or ICMPv6 error ie
-// about a packet it sent from guest to remote, whose L4 part began with
-// l4. ie is of guest's family.
+// sendICMPError sends the guest, from from (and from's MAC as the guest
+// should know it), the ICMP or ICMPv6 error ie about a packet it sent
+// from guest to remote, whose L4 part began with l4. ie is of guest's
+// family.
 func (e *Engine) sendICMPError(ie *icmpErr, from, guest, remote netip.Addr, proto uint8, l4 []byte) {
 	l4 = l4[:min(len(l4), e.icmpQuoteMax(guest))]
 	iplen := ipHdrLen(guest)
@@ -247,5 +256,5 @@ func (e *Engine) sendICMPError(ie *icmpErr, from, guest, remote netip.Addr, prot
 		header.IPv6(quote).Encode(guest, remote, proto, 64, len(l4))
 	}
 	copy(quote[iplen:], l4)
-	e.sendICMP(b, from, guest, l4len)
+	e.sendICMP(b, e.neighMAC(from), from, guest, l4len)
 }

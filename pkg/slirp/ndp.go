@@ -11,11 +11,12 @@ import (
 
 // Neighbor Discovery (RFC 4861), as passt answers it. gopasst stands for
 // every address on the link but the guest's own, so it answers every
-// Neighbor Solicitation except duplicate address detection, with its own
-// MAC. Router Advertisements, solicited and every raRepeat, give the guest
-// the /64 of its address to autoconfigure in, the MTU, and the resolvers
-// and search list (RFC 8106); the M and O flags send it to DHCPv6 for the
-// address gopasst offers and the rest.
+// Neighbor Solicitation except duplicate address detection, with the MAC
+// the host's neighbour table has for the target, else its own
+// (neigh.go). Router Advertisements, solicited and every raRepeat, give
+// the guest the /64 of its address to autoconfigure in, the MTU, and the
+// resolvers and search list (RFC 8106); the M and O flags send it to
+// DHCPv6 for the address gopasst offers and the rest.
 
 const (
 	raRepeat      = 10 * time.Minute // RFC 4861's MaxRtrAdvInterval
@@ -70,7 +71,8 @@ func (e *Engine) ndpInput(src netip.Addr, m header.ICMP, hopLimit uint8) {
 	}
 }
 
-// sendNA advertises our MAC for target to dst.
+// sendNA advertises target's MAC as the guest should know it (neighMAC)
+// to dst.
 func (e *Engine) sendNA(dst, target netip.Addr) {
 	const l4len = header.NDPNALen + 8
 	b := e.reserveIP(dst, l4len)
@@ -82,14 +84,14 @@ func (e *Engine) sendNA(dst, target netip.Addr) {
 	m[4] = naFlags
 	t := target.As16()
 	copy(m[8:24], t[:])
-	e.putLLOption(m[header.NDPNALen:], header.NDPOptTgtLL)
-	e.sendICMP(b, e.cfg.OurLL6, dst, l4len)
+	putLLOption(m[header.NDPNALen:], header.NDPOptTgtLL, e.neighMAC(target))
+	e.sendICMP(b, e.cfg.OurMAC, e.cfg.OurLL6, dst, l4len)
 }
 
-// putLLOption writes a link-layer address option with our MAC.
-func (e *Engine) putLLOption(b []byte, typ uint8) {
+// putLLOption writes a link-layer address option with mac.
+func putLLOption(b []byte, typ uint8, mac [6]byte) {
 	b[0], b[1] = typ, 1
-	copy(b[2:8], e.cfg.OurMAC[:])
+	copy(b[2:8], mac[:])
 }
 
 // linkLocal6 is the link-local prefix, fe80::/64.
@@ -165,8 +167,8 @@ func (e *Engine) sendRA(dst netip.Addr) {
 		copy(o[8:], dnssl)
 		o = o[units*8:]
 	}
-	e.putLLOption(o, header.NDPOptSrcLL)
-	e.sendICMP(b, e.cfg.OurLL6, dst, l4len)
+	putLLOption(o, header.NDPOptSrcLL, e.cfg.OurMAC)
+	e.sendICMP(b, e.cfg.OurMAC, e.cfg.OurLL6, dst, l4len)
 }
 
 // raTimer sends the periodic unsolicited advertisement.

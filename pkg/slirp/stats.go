@@ -15,7 +15,7 @@ import (
 var kindNames = [...]string{kindStop: "stop", kindListen: "accept", kindLink: "guest", kindTCP: "tcp",
 	kindUDP: "udp", kindICMP: "icmp", kindTCPListen: "tcp_listen", kindUDPListen: "udp_listen", kindCall: "control",
 	kindRepair: "repair_listen", kindSplice: "splice", kindSpliceListen: "splice_listen",
-	kindSpliceUDP: "splice_udp"}
+	kindSpliceUDP: "splice_udp", kindNeigh: "neighbour"}
 
 // eventStats are the counts and when they were last logged.
 type eventStats struct {

@@ -238,13 +238,15 @@ func pad(b []byte, size int) int {
 
 // fillIP writes the Ethernet and IP headers of a frame whose L4 part
 // (l4len bytes) the caller has built or will build, and returns the
-// frame's size, padding included. ICMPv6 goes out with hop limit 255,
-// which Neighbor Discovery requires and nothing else minds.
-func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) int {
+// frame's size, padding included. smac is the frame's source MAC: ours
+// for what gopasst itself says, the remote's as the guest should know it
+// for a flow's (flowMAC). ICMPv6 goes out with hop limit 255, which
+// Neighbor Discovery requires and nothing else minds.
+func (e *Engine) fillIP(b []byte, smac [6]byte, src, dst netip.Addr, proto uint8, l4len int) int {
 	size := pad(b, l4Off(dst)+l4len)
 	eth := header.Ethernet(b)
 	if dst.Is4() {
-		eth.Encode(e.guestMAC, e.cfg.OurMAC, header.EtherTypeIPv4)
+		eth.Encode(e.guestMAC, smac, header.EtherTypeIPv4)
 		header.IPv4(b[ipOff:]).Encode(src, dst, proto, 64, l4len)
 		return size
 	}
@@ -252,7 +254,7 @@ func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) i
 	if dst.IsMulticast() {
 		dmac = header.MulticastMAC(dst)
 	}
-	eth.Encode(dmac, e.cfg.OurMAC, header.EtherTypeIPv6)
+	eth.Encode(dmac, smac, header.EtherTypeIPv6)
 	hop := uint8(64)
 	if proto == header.ProtoICMPv6 {
 		hop = 255
@@ -261,21 +263,21 @@ func (e *Engine) fillIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) i
 	return size
 }
 
-// sendUDP queues a UDP datagram to the guest.
+// sendUDP queues a UDP datagram of gopasst's own (DHCP) to the guest.
 func (e *Engine) sendUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, payload []byte) {
 	b := e.reserveIP(dst, header.UDPLen+len(payload))
 	if b == nil {
 		return
 	}
 	copy(b[l4Off(dst)+header.UDPLen:], payload)
-	e.commit(e.fillUDP(b, src, sport, dst, dport, len(payload)))
+	e.commit(e.fillUDP(b, e.cfg.OurMAC, src, sport, dst, dport, len(payload)))
 }
 
-// fillUDP writes the headers of a datagram whose n bytes of payload sit
-// after them in b, and returns the frame's size.
-func (e *Engine) fillUDP(b []byte, src netip.Addr, sport uint16, dst netip.Addr, dport uint16, n int) int {
+// fillUDP writes the headers of a datagram from smac whose n bytes of
+// payload sit after them in b, and returns the frame's size.
+func (e *Engine) fillUDP(b []byte, smac [6]byte, src netip.Addr, sport uint16, dst netip.Addr, dport uint16, n int) int {
 	l4len := header.UDPLen + n
-	size := e.fillIP(b, src, dst, header.ProtoUDP, l4len)
+	size := e.fillIP(b, smac, src, dst, header.ProtoUDP, l4len)
 	u := header.UDP(b[l4Off(dst) : l4Off(dst)+l4len])
 	u.Encode(sport, dport, n)
 	sum := header.PseudoHeaderSum(header.ProtoUDP, src, dst, l4len)
@@ -283,16 +285,16 @@ func (e *Engine) fillUDP(b []byte, src netip.Addr, sport uint16, dst netip.Addr,
 	return size
 }
 
-// sendICMP queues an ICMP or ICMPv6 message that the caller has built in
-// place after fillIP, computing its checksum (ICMPv6's covers the
-// pseudo-header, ICMP's does not).
-func (e *Engine) sendICMP(b []byte, src, dst netip.Addr, l4len int) {
+// sendICMP queues an ICMP or ICMPv6 message from smac that the caller
+// has built in place after fillIP, computing its checksum (ICMPv6's
+// covers the pseudo-header, ICMP's does not).
+func (e *Engine) sendICMP(b []byte, smac [6]byte, src, dst netip.Addr, l4len int) {
 	proto := icmpProto(dst)
 	var sum uint64
 	if dst.Is6() {
 		sum = header.PseudoHeaderSum(proto, src, dst, l4len)
 	}
-	size := e.fillIP(b, src, dst, proto, l4len)
+	size := e.fillIP(b, smac, src, dst, proto, l4len)
 	m := header.ICMP(b[l4Off(dst) : l4Off(dst)+l4len])
 	m.SetChecksum(0)
 	m.SetChecksum(header.Fold(header.Checksum(m, sum)))

@@ -156,6 +156,8 @@ type tcpFlow struct {
 	lastAct time.Duration // the guest's last segment
 	kaSent  time.Duration // our last keepalive probe to the guest
 	created time.Duration
+
+	mac [6]byte // the remote's MAC to the guest, set by the first segment (flowMAC)
 }
 
 type tcpTable struct {
@@ -1263,7 +1265,7 @@ type tcpPayload struct {
 func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32, optLen int, p tcpPayload, wnd uint16) int {
 	l4len := header.TCPMinLen + optLen + p.n
 	src, dst := f.key.remote.Addr(), f.key.guest.Addr()
-	size := e.fillIP(b, src, dst, header.ProtoTCP, l4len)
+	size := e.fillIP(b, e.flowMAC(&f.mac, src), src, dst, header.ProtoTCP, l4len)
 	t := header.TCP(b[l4Off(dst) : l4Off(dst)+header.TCPMinLen+optLen])
 	ack := f.rcvNxt
 	if flags&header.TCPAck == 0 {
@@ -1289,7 +1291,7 @@ const maxTSOFrame = header.EthernetLen + 0xffff
 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
 func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
-	f := tcpFlow{key: key}
+	f := tcpFlow{key: key, mac: e.cfg.OurMAC} // from us, as passt's, not from the remote
 	flags := header.TCPRst
 	if in.Flags()&header.TCPAck != 0 {
 		f.sndNxt = in.Ack()

@@ -26,13 +26,19 @@ const (
 
 type udpFlow struct {
 	guest    netip.AddrPort
-	sent     netip.AddrPort   // where the guest last sent, as it sees it
-	peers    []netip.AddrPort // the host peers it sent to, unmapped
-	nextPeer int              // the peer replaced next once peers is full
-	ttl      uint8            // the TTL or hop limit the socket sends with, the guest's (0: the kernel's)
+	sent     netip.AddrPort // where the guest last sent, as it sees it
+	peers    []udpPeer      // the host peers it sent to
+	nextPeer int            // the peer replaced next once peers is full
+	ttl      uint8          // the TTL or hop limit the socket sends with, the guest's (0: the kernel's)
 	idx      int32
 	fd       int
 	lastAct  time.Duration
+}
+
+// udpPeer is a host peer a flow sent to: what passt makes a flow of.
+type udpPeer struct {
+	addr netip.AddrPort // unmapped
+	mac  [6]byte        // its MAC to the guest, set by its first reply (flowMAC)
 }
 
 // addPeer records that the flow sent to the host peer to.
@@ -42,23 +48,26 @@ func (f *udpFlow) addPeer(to netip.AddrPort) {
 		return
 	}
 	if len(f.peers) < udpMaxPeers {
-		f.peers = append(f.peers, to)
+		f.peers = append(f.peers, udpPeer{addr: to})
 		return
 	}
-	f.peers[f.nextPeer] = to
+	f.peers[f.nextPeer] = udpPeer{addr: to}
 	f.nextPeer = (f.nextPeer + 1) % udpMaxPeers
 }
 
-// hears tells whether the flow sent to from (unmapped), most recent
-// first.
-func (f *udpFlow) hears(from netip.AddrPort) bool {
+// peer is the flow's peer from (unmapped), most recent first, or nil if
+// it never sent there.
+func (f *udpFlow) peer(from netip.AddrPort) *udpPeer {
 	for i := len(f.peers) - 1; i >= 0; i-- {
-		if f.peers[i] == from {
-			return true
+		if f.peers[i].addr == from {
+			return &f.peers[i]
 		}
 	}
-	return false
+	return nil
 }
+
+// hears tells whether the flow sent to from (unmapped).
+func (f *udpFlow) hears(from netip.AddrPort) bool { return f.peer(from) != nil }
 
 type udpTable struct {
 	flowTable[netip.AddrPort, udpFlow]
@@ -240,13 +249,15 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 		e.udpErrors(f)
 	}
 	off := l4Off(f.guest.Addr())
-	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ []byte) (netip.AddrPort, netip.AddrPort) {
-		if !f.hears(from) {
+	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ []byte) (src, dst netip.AddrPort, mac [6]byte) {
+		p := f.peer(from)
+		if p == nil {
 			e.Stats.Dropped++ // a peer the guest never sent to
-			return from, netip.AddrPort{}
+			return from, netip.AddrPort{}, mac
 		}
 		f.lastAct = e.now
-		return e.natToGuest(header.ProtoUDP, from, f.guest.Addr(), f.sent), f.guest
+		src = e.natToGuest(header.ProtoUDP, from, f.guest.Addr(), f.sent)
+		return src, f.guest, e.flowMAC(&p.mac, src.Addr())
 	})
 }
 
@@ -290,12 +301,12 @@ func (e *Engine) udpErrors(f *udpFlow) {
 
 // udpToGuest reads up to udpMaxRead datagrams from fd, each straight into
 // its frame in the output queue, and sends them to the guest with the
-// source and destination that route picks for each sender. *off predicts
+// source, destination and source MAC that route picks for each sender. *off predicts
 // where the L4 header goes (it depends on the guest family route picks);
 // a wrong guess costs one move of the payload and updates the guess.
 // route sees the payload too (nil if it was cut short), and may take it
 // elsewhere itself (splice_udp.go), giving no destination.
-func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort)) {
+func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 	for range udpMaxRead {
 		o := *off + header.UDPLen
 		// Room for either family's headers and the largest payload the
@@ -319,7 +330,7 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, pa
 		if n <= max4 {
 			payload = b[o : o+n]
 		}
-		src, dst := route(from, payload)
+		src, dst, mac := route(from, payload)
 		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
 			continue
 		}
@@ -331,14 +342,18 @@ func (e *Engine) udpToGuest(fd int, off *int, route func(from netip.AddrPort, pa
 			// Move the payload before the headers are written over it.
 			copy(b[*off+header.UDPLen:], b[o:o+n])
 		}
-		e.commit(e.fillUDP(b, src.Addr(), src.Port(), dst.Addr(), dst.Port(), n))
+		e.commit(e.fillUDP(b, mac, src.Addr(), src.Port(), dst.Addr(), dst.Port(), n))
 	}
 }
+
+// udpRoute is where a datagram from a host sender goes: src, dst and the
+// source MAC of its frame to the guest; an invalid dst for none.
+type udpRoute func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort, mac [6]byte)
 
 // udpDrop reads one datagram from fd for which the guest has no room,
 // and drops it if route gives it a destination in the guest (it may take
 // it elsewhere itself). It reports false once fd has nothing to read.
-func (e *Engine) udpDrop(fd int, route func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort)) bool {
+func (e *Engine) udpDrop(fd int, route udpRoute) bool {
 	n, from, err := recvfrom(fd, e.spliceBuf[:])
 	if err != nil {
 		return false
@@ -347,7 +362,7 @@ func (e *Engine) udpDrop(fd int, route func(from netip.AddrPort, payload []byte)
 	if n <= len(e.spliceBuf) {
 		payload = e.spliceBuf[:n]
 	}
-	if _, dst := route(from, payload); dst.IsValid() {
+	if _, dst, _ := route(from, payload); dst.IsValid() {
 		e.Stats.Dropped++
 	}
 	return true
@@ -415,32 +430,33 @@ type udpInFlow struct {
 	listener int32
 	peer     netip.AddrPort // the real sender
 	lastAct  time.Duration
+	mac      [6]byte // the sender's MAC to the guest, set by its first datagram (flowMAC)
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
-	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (netip.AddrPort, netip.AddrPort) {
+	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (_, _ netip.AddrPort, mac [6]byte) {
 		if e.cfg.SpliceDial != nil && from.Addr().IsLoopback() {
 			if payload != nil {
 				e.spliceUDPSend(spliceUDPKey{lfd: l.fd, peer: from}, payload, l.fwd.GuestPort, true)
 			}
-			return from, netip.AddrPort{} // not the guest's
+			return from, netip.AddrPort{}, mac // not the guest's
 		}
 		remote, guest := e.inboundRoute(from, l.fwd.GuestPort)
 		if !remote.IsValid() {
-			return remote, netip.AddrPort{} // no address stands for the sender
+			return remote, netip.AddrPort{}, mac // no address stands for the sender
 		}
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
 			if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
-				return remote, netip.AddrPort{} // dropped
+				return remote, netip.AddrPort{}, mac // dropped
 			}
 			var idx int32
 			idx, f = e.fwd.udpIn.add(key)
 			*f = udpInFlow{key: key, idx: idx}
 		}
 		f.listener, f.peer, f.lastAct = lidx, from, e.now
-		return remote, guest
+		return remote, guest, e.flowMAC(&f.mac, remote.Addr())
 	})
 }
 

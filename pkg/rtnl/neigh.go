@@ -1,0 +1,124 @@
+package rtnl
+
+import (
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Neigh is one entry of the kernel's neighbour table (ARP, NDP), as a
+// dump or a change (RTM_NEWNEIGH, RTM_DELNEIGH) tells it.
+type Neigh struct {
+	Addr    netip.Addr
+	Index   int
+	State   uint16 // NUD_*
+	Type    uint8  // ndm_type: the address's route type (RTN_*)
+	MAC     [6]byte
+	MACLen  int  // NDA_LLADDR's length, 0 without one; MAC holds it only at 6
+	Deleted bool // RTM_DELNEIGH
+}
+
+// nudValid are the states whose link-layer address holds (the kernel's
+// NUD_VALID).
+const nudValid = unix.NUD_PERMANENT | unix.NUD_NOARP | unix.NUD_REACHABLE |
+	unix.NUD_PROBE | unix.NUD_STALE | unix.NUD_DELAY
+
+// Gone tells whether the entry is no more: deleted, or in a state whose
+// link-layer address does not hold (failed, incomplete).
+func (n *Neigh) Gone() bool { return n.Deleted || n.State&nudValid == 0 }
+
+// Ethernet returns the entry's MAC if it is one to use: the entry is not
+// Gone, of route type unicast, with six bytes of link-layer address.
+// (passt compares the type with ARPHRD_ETHER, which is 1 as RTN_UNICAST
+// is: the kernel puts the route type there.)
+func (n *Neigh) Ethernet() ([6]byte, bool) {
+	return n.MAC, !n.Gone() && n.Type == unix.RTN_UNICAST && n.MACLen == 6
+}
+
+// OpenNeigh opens a route netlink socket that hears every change to the
+// neighbour tables of its namespace (RTMGRP_NEIGH), which an unprivileged
+// process may join.
+func OpenNeigh() (*Conn, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_NEIGH}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Conn{fd: fd}, nil
+}
+
+// Fd is the socket's descriptor, to poll and read changes from.
+func (c *Conn) Fd() int { return c.fd }
+
+// DumpNeighs calls fn with family's neighbours on interface index, and
+// with every change the socket heard meanwhile, in the order they came.
+func (c *Conn) DumpNeighs(family, index int, fn func(Neigh)) error {
+	msg := make([]byte, unix.SizeofNdMsg)
+	*(*unix.NdMsg)(unsafe.Pointer(&msg[0])) = unix.NdMsg{Family: uint8(family), Ifindex: int32(index)}
+	b, err := c.dump(unix.RTM_GETNEIGH, msg)
+	if err != nil {
+		return err
+	}
+	_, err = ParseNeighs(b, fn)
+	return err
+}
+
+// ParseNeighs calls fn with each neighbour message of b, a dump's answer
+// or changes heard, of family AF_INET or AF_INET6 with an address of that
+// family; it skips other messages, and reports whether b ends a dump
+// (NLMSG_DONE, or an error, which it returns). A malformed stream ends
+// the parse with ErrTruncated.
+func ParseNeighs(b []byte, fn func(Neigh)) (done bool, err error) {
+	var bad error
+	done, err = scan(b, 0, func(typ uint16, body []byte) {
+		if typ != unix.RTM_NEWNEIGH && typ != unix.RTM_DELNEIGH || len(body) < unix.SizeofNdMsg {
+			return
+		}
+		m := (*unix.NdMsg)(unsafe.Pointer(&body[0]))
+		n := Neigh{Index: int(m.Ifindex), State: m.State, Type: m.Type, Deleted: typ == unix.RTM_DELNEIGH}
+		if err := attrs(body[unix.SizeofNdMsg:], func(t uint16, d []byte) {
+			switch t {
+			case unix.NDA_DST:
+				n.Addr = ip(m.Family, d)
+			case unix.NDA_LLADDR:
+				n.MACLen, n.MAC = len(d), [6]byte{} // the last one counts
+				if len(d) == 6 {
+					n.MAC = [6]byte(d)
+				}
+			}
+		}); err != nil {
+			bad = err
+			return
+		}
+		if n.Addr.IsValid() {
+			fn(n)
+		}
+	})
+	if err == nil {
+		err = bad
+	}
+	return done, err
+}
+
+// ReadNeighs reads what changes the socket has heard, without waiting,
+// into buf, and calls fn with each; it returns unix.EAGAIN once there is
+// nothing more to read. Only the kernel's messages are taken: another
+// process with the right to send to our port is not the neighbour table.
+// unix.ENOBUFS says changes were lost: the kernel had more than the
+// socket's buffer holds.
+func (c *Conn) ReadNeighs(buf []byte, fn func(Neigh)) error {
+	n, from, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
+	if err != nil {
+		return err
+	}
+	if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+		return nil
+	}
+	_, err = ParseNeighs(buf[:n], fn)
+	return err
+}

@@ -1,0 +1,204 @@
+package slirp
+
+import (
+	"net/netip"
+
+	"github.com/gopasst/gopasst/pkg/rtnl"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// The host's neighbours, mirrored to the guest as passt 2026.03 mirrors
+// them: a host on the template interface's link has, to the guest, the
+// MAC the host's neighbour table has for it, so that a guest that sees
+// its network's hosts (by ARP, NDP, or the source of the frames it gets
+// from them) sees them as they are. The table is keyed by the address as
+// the guest sees it (neighGuestAddr), and is heard from the kernel
+// (WatchNeighbours): a dump at start, then every change.
+//
+// Lookups (neighMAC) fall back to the gateway's entry, then to our MAC.
+// The addresses that stand for the host (--map-host-loopback, by default
+// the gateway, and --map-guest-addr) have a permanent entry with our MAC,
+// a blocker: what the guest sends there is the host's, not the router's
+// or that of whoever has the address on the host's link. A flow keeps
+// the MAC it first sent with (flowMAC).
+
+// neighMax bounds the table, as passt's: entries past it are ignored.
+const neighMax = 512
+
+type neighEntry struct {
+	mac       [6]byte
+	permanent bool // a blocker: no change touches it
+}
+
+type neighTable struct {
+	entries  map[netip.Addr]neighEntry
+	conn     *rtnl.Conn // nil unless watching
+	if4, if6 int        // the template interfaces whose neighbours count
+	buf      []byte     // what one read of conn takes
+}
+
+// neighInit puts in the blockers.
+func (e *Engine) neighInit() {
+	e.neigh.entries = map[netip.Addr]neighEntry{}
+	for _, a := range []netip.Addr{e.cfg.HostLoopback(false), e.cfg.MapGuestAddr4,
+		e.cfg.HostLoopback(true), e.cfg.MapGuestAddr6} {
+		if a.IsValid() && !a.IsUnspecified() {
+			e.neighUpdate(a, e.cfg.OurMAC, true)
+		}
+	}
+}
+
+// WatchNeighbours mirrors to the guest the neighbours of the template
+// interfaces, if4 for IPv4 and if6 for IPv6 (0: none), as c hears them
+// (rtnl.OpenNeigh), starting with a dump of both tables: call it before
+// Run, and before the sandbox, which allows no netlink request. The
+// engine owns c from then on, unless this fails.
+func (e *Engine) WatchNeighbours(c *rtnl.Conn, if4, if6 int) error {
+	e.neigh.if4, e.neigh.if6 = if4, if6
+	for _, d := range []struct{ family, index int }{{unix.AF_INET, if4}, {unix.AF_INET6, if6}} {
+		if d.index == 0 {
+			continue
+		}
+		if err := c.DumpNeighs(d.family, d.index, e.neighEvent); err != nil {
+			return err
+		}
+	}
+	// Changes heard during the dump wait in the socket: epoll reports
+	// them at once.
+	if err := e.epollAdd(c.Fd(), unix.EPOLLIN, epollRef{kind: kindNeigh}); err != nil {
+		return err
+	}
+	e.neigh.conn, e.neigh.buf = c, make([]byte, 32<<10)
+	return nil
+}
+
+// neighRead takes in the changes heard, a bounded number of reads at a
+// time so that the guest gets its turn.
+func (e *Engine) neighRead() {
+	for range 64 {
+		switch err := e.neigh.conn.ReadNeighs(e.neigh.buf, e.neighEvent); err {
+		case nil, unix.EINTR:
+		case unix.EAGAIN:
+			return
+		default:
+			// ENOBUFS: changes were lost; what comes next is still right.
+			e.logLimited(neighLost, "the host's neighbour table: %v", err)
+			if err != unix.ENOBUFS {
+				return
+			}
+		}
+	}
+}
+
+// neighEvent takes one entry of the host's table, of the template
+// interface of its family, into ours, or takes it out.
+func (e *Engine) neighEvent(n rtnl.Neigh) {
+	ifi := e.neigh.if6
+	if n.Addr.Is4() {
+		ifi = e.neigh.if4
+	}
+	if ifi == 0 || n.Index != ifi {
+		return
+	}
+	a, ok := e.neighGuestAddr(n.Addr)
+	if !ok {
+		return
+	}
+	if mac, ok := n.Ethernet(); ok {
+		e.neighUpdate(a, mac, false)
+	} else if n.Gone() {
+		e.neighRemove(a)
+	}
+}
+
+// neighGuestAddr is how the guest sees a host neighbour at a, as passt's
+// nat_inbound maps it: the host's loopback (127.0.0.1 or ::1) and its own
+// address are the addresses mapped to them, if any; any other address
+// the guest could reach is itself; the guest's own, an unspecified or a
+// loopback address is none (ok false).
+func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
+	if a.Is4() && a.IsLoopback() && a != loopback4 {
+		return netip.Addr{}, false // not 127.0.0.1, the one passt maps
+	}
+	if m := e.hostStandIn(a); m.IsValid() {
+		return m, true
+	}
+	if a.IsUnspecified() || a.IsLoopback() || a == e.cfg.Addr4 || a == e.cfg.Addr6 || a == e.addrSeen6 {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+var (
+	loopback4 = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	zeroMAC   [6]byte
+)
+
+// neighUpdate sets a's MAC, unless a's entry is a blocker. A new entry
+// whose MAC is not ours is announced to the guest: an ARP announcement
+// or an unsolicited Neighbor Advertisement, as passt sends them, which a
+// guest that knew a with our MAC takes.
+func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
+	if n, ok := e.neigh.entries[a]; ok {
+		if !n.permanent {
+			e.neigh.entries[a] = neighEntry{mac: mac}
+		}
+		return
+	}
+	if len(e.neigh.entries) >= neighMax {
+		e.debugf("neighbour table full (%d entries): %v left out", neighMax, a)
+		return
+	}
+	e.neigh.entries[a] = neighEntry{mac, permanent}
+	if mac == e.cfg.OurMAC {
+		return
+	}
+	if a.Is4() {
+		e.arpAnnounce(a, mac)
+	} else {
+		e.sendNA(allNodes, a)
+	}
+}
+
+// neighRemove forgets a's entry, unless it is a blocker.
+func (e *Engine) neighRemove(a netip.Addr) {
+	if n, ok := e.neigh.entries[a]; ok && !n.permanent {
+		delete(e.neigh.entries, a)
+	}
+}
+
+// neighMAC is the MAC the guest should know a by: its entry's, else the
+// gateway's entry's, else ours.
+func (e *Engine) neighMAC(a netip.Addr) [6]byte {
+	if n, ok := e.neigh.entries[a]; ok {
+		return n.mac
+	}
+	if n, ok := e.neigh.entries[e.gateway(a)]; ok {
+		return n.mac
+	}
+	return e.cfg.OurMAC
+}
+
+// flowMAC is the source MAC of a flow's frames from remote a: *mac, which
+// the first frame sets (neighMAC) and the flow keeps, as passt's flows
+// keep theirs. The zero MAC is unset.
+func (e *Engine) flowMAC(mac *[6]byte, a netip.Addr) [6]byte {
+	if *mac == zeroMAC {
+		*mac = e.neighMAC(a)
+	}
+	return *mac
+}
+
+// arpAnnounce tells the guest that a is at mac: an ARP request from a
+// for a itself (RFC 5227's announcement), from mac, broadcast.
+func (e *Engine) arpAnnounce(a netip.Addr, mac [6]byte) {
+	b := e.reserve(header.EthernetLen + header.ARPLen)
+	if b == nil {
+		return
+	}
+	ip := a.As4()
+	header.Ethernet(b).Encode(broadcastMAC, mac, header.EtherTypeARP)
+	header.ARP(b[header.EthernetLen:]).Encode(header.ARPRequest, mac[:], ip[:], zeroMAC[:], ip[:])
+	e.commit(pad(b, header.EthernetLen+header.ARPLen))
+}

@@ -1,0 +1,455 @@
+package slirp
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/gopasst/gopasst/pkg/qemusock"
+	"github.com/gopasst/gopasst/pkg/rtnl"
+	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
+)
+
+// The host's neighbours as the guest sees them (neigh.go): entries fed
+// in as the kernel's messages would bring them, then what ARP, NDP and
+// flows tell the guest.
+
+const testIfi = 7 // the template interface of both families
+
+var (
+	macA = [6]byte{2, 0, 0, 0, 0, 0xa}
+	macB = [6]byte{2, 0, 0, 0, 0, 0xb}
+	macR = [6]byte{2, 0, 0, 0, 0, 0x1} // the router's
+)
+
+// neighEngine is newTestEngine with cfg changed by set (if not nil), its
+// neighbours heard on testIfi, and what it sent on attach read.
+func neighEngine(t *testing.T, set func(*Config)) *testEngine {
+	cfg := Config{
+		OurMAC: testMAC,
+		Addr4:  testGuest4, Prefix4: 24, Gateway4: testGW4,
+		Addr6: testGuest6, Gateway6: testGW6, OurLL6: testLL6,
+		NoTCP: true, NoUDP: true, NoICMP: true, NoRA: true,
+	}
+	if set != nil {
+		set(&cfg)
+	}
+	e, guest := attachedEngine(t, cfg)
+	e.neigh.if4, e.neigh.if6 = testIfi, testIfi
+	te := &testEngine{Engine: e, guest: guest, rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
+	te.output(t)
+	return te
+}
+
+// hostNeigh is the kernel's message for a reachable neighbour a at mac
+// on the template interface.
+func hostNeigh(a netip.Addr, mac [6]byte) rtnl.Neigh {
+	return rtnl.Neigh{Addr: a, Index: testIfi, State: unix.NUD_REACHABLE, Type: unix.RTN_UNICAST, MAC: mac, MACLen: 6}
+}
+
+// arpFor asks the engine for target's MAC and returns its answer's
+// sender MAC, failing the test on no answer or one not from our MAC.
+func (te *testEngine) arpFor(t *testing.T, target netip.Addr) [6]byte {
+	t.Helper()
+	b := make([]byte, header.EthernetLen+header.ARPLen)
+	header.Ethernet(b).Encode(broadcastMAC, testGuestMAC, header.EtherTypeARP)
+	g, tgt := testGuest4.As4(), target.As4()
+	header.ARP(b[header.EthernetLen:]).Encode(header.ARPRequest, testGuestMAC[:], g[:], zeroMAC[:], tgt[:])
+	te.tapInput(b)
+	out := te.output(t)
+	if len(out) != 1 || header.Ethernet(out[0]).Type() != header.EtherTypeARP {
+		t.Fatalf("ARP for %v: %d frames", target, len(out))
+	}
+	if src := [6]byte(header.Ethernet(out[0]).Src()); src != testMAC {
+		t.Errorf("ARP reply for %v from %x, not our MAC", target, src)
+	}
+	return [6]byte(header.ARP(header.Ethernet(out[0]).Payload()).SenderMAC())
+}
+
+// naFor sends a Neighbor Solicitation for target and returns the
+// advertisement's target link-layer address.
+func (te *testEngine) naFor(t *testing.T, target netip.Addr) [6]byte {
+	t.Helper()
+	te.tapInput(frameIP(testGuest6, target, header.ProtoICMPv6, ndpSolicit(target)))
+	nas := icmp6Out(te.output(t))
+	if len(nas) != 1 || nas[0].Type() != header.ICMPv6NeighAdv || header.NDPTarget(nas[0]) != target {
+		t.Fatalf("NS for %v: %d answers", target, len(nas))
+	}
+	return [6]byte(nas[0][header.NDPNALen+2 : header.NDPNALen+8])
+}
+
+// announced returns the ARP announcements and unsolicited NAs the engine
+// sent, as "address MAC" lines.
+func (te *testEngine) announced(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, f := range te.output(t) {
+		eth := header.Ethernet(f)
+		switch eth.Type() {
+		case header.EtherTypeARP:
+			a := header.ARP(eth.Payload())
+			if a.Op() != header.ARPRequest || [6]byte(eth.Dst()) != broadcastMAC ||
+				[6]byte(eth.Src()) != [6]byte(a.SenderMAC()) || string(a.SenderIP()) != string(a.TargetIP()) {
+				t.Errorf("not an ARP announcement: % x", f)
+			}
+			out = append(out, fmt.Sprintf("%v %x", netip.AddrFrom4([4]byte(a.SenderIP())), a.SenderMAC()))
+		case header.EtherTypeIPv6:
+			ip := header.IPv6(eth.Payload())
+			m := header.ICMP(ip.Payload())
+			if ip.Dst() != allNodes || m.Type() != header.ICMPv6NeighAdv || [6]byte(eth.Src()) != testMAC {
+				t.Errorf("not an unsolicited NA from us: % x", f)
+			}
+			out = append(out, fmt.Sprintf("%v %x", header.NDPTarget(m), m[header.NDPNALen+2:header.NDPNALen+8]))
+		default:
+			t.Errorf("unexpected frame % x", f)
+		}
+	}
+	return out
+}
+
+// awaitIPv4 runs the engine until it sends the guest an IPv4 frame that
+// match accepts, and returns it, or nil after five seconds.
+func (te *testEngine) awaitIPv4(t *testing.T, match func(header.IPv4) bool) []byte {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		te.turn(10)
+		var found []byte
+		err := drainFrames(te.rd, te.guest, func(f []byte) {
+			eth := header.Ethernet(f)
+			if found == nil && eth.Type() == header.EtherTypeIPv4 && match(header.IPv4(eth.Payload())) {
+				found = append([]byte(nil), f...)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found != nil {
+			return found
+		}
+	}
+	return nil
+}
+
+func srcMAC(f []byte) [6]byte { return [6]byte(header.Ethernet(f).Src()) }
+
+// By default the gateway stands for the host: its entry is a blocker with
+// our MAC, which the router's real MAC does not change, and the fallback
+// for addresses the host has no entry for. A host neighbour the guest
+// asks for comes with its own MAC, announced when it appears, changed
+// silently, and gone with the entry.
+func TestNeighARP(t *testing.T) {
+	te := neighEngine(t, nil)
+	other := netip.MustParseAddr("192.0.2.50")
+
+	te.neighEvent(hostNeigh(testGW4, macR))
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("the blocked gateway was announced: %q", got)
+	}
+	if got := te.arpFor(t, testGW4); got != testMAC {
+		t.Errorf("gateway at %x, want ours", got)
+	}
+
+	te.neighEvent(hostNeigh(other, macA))
+	if got, want := te.announced(t), []string{"192.0.2.50 02000000000a"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("announced %q, want %q", got, want)
+	}
+	if got := te.arpFor(t, other); got != macA {
+		t.Errorf("neighbour at %x, want %x", got, macA)
+	}
+	if got := te.arpFor(t, netip.MustParseAddr("192.0.2.60")); got != testMAC {
+		t.Errorf("an address without an entry at %x, want the gateway's (ours)", got)
+	}
+
+	te.neighEvent(hostNeigh(other, macB))
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("a changed MAC was announced: %q", got)
+	}
+	if got := te.arpFor(t, other); got != macB {
+		t.Errorf("neighbour at %x after the change, want %x", got, macB)
+	}
+
+	// Not the template interface, not unicast, not six bytes: ignored.
+	for _, n := range []rtnl.Neigh{
+		{Addr: other, Index: testIfi + 1, State: unix.NUD_REACHABLE, Type: unix.RTN_UNICAST, MAC: macA, MACLen: 6},
+		{Addr: other, Index: testIfi, State: unix.NUD_REACHABLE, Type: unix.RTN_BROADCAST, MAC: macA, MACLen: 6},
+		{Addr: other, Index: testIfi, State: unix.NUD_REACHABLE, Type: unix.RTN_UNICAST, MACLen: 8},
+	} {
+		te.neighEvent(n)
+	}
+	if got := te.arpFor(t, other); got != macB {
+		t.Errorf("neighbour at %x after messages to ignore, want %x", got, macB)
+	}
+
+	// Failed, then deleted: our MAC (the gateway's) again.
+	te.neighEvent(rtnl.Neigh{Addr: other, Index: testIfi, State: unix.NUD_FAILED})
+	if got := te.arpFor(t, other); got != testMAC {
+		t.Errorf("a failed neighbour at %x, want ours", got)
+	}
+	te.neighEvent(hostNeigh(other, macA))
+	te.announced(t)
+	te.neighEvent(rtnl.Neigh{Addr: other, Index: testIfi, Deleted: true})
+	if got := te.arpFor(t, other); got != testMAC {
+		t.Errorf("a deleted neighbour at %x, want ours", got)
+	}
+	// A deletion or failure never removes a blocker.
+	te.neighEvent(rtnl.Neigh{Addr: testGW4, Index: testIfi, Deleted: true})
+	if n, ok := te.neigh.entries[testGW4]; !ok || !n.permanent {
+		t.Error("the gateway's blocker went with the host's entry")
+	}
+}
+
+// With --no-map-gw the gateway is the router: the guest gets its real
+// MAC, for it and for any address the host has no entry for, by ARP and
+// by NDP, and each appearance is announced.
+func TestNeighNoMapGW(t *testing.T) {
+	te := neighEngine(t, func(c *Config) { c.NoMapGW = true })
+	if len(te.neigh.entries) != 0 {
+		t.Fatalf("blockers with --no-map-gw: %v", te.neigh.entries)
+	}
+	te.neighEvent(hostNeigh(testGW4, macR))
+	te.neighEvent(hostNeigh(testGW6, macR))
+	te.neighEvent(hostNeigh(testLL6, macA))
+	want := []string{"192.0.2.1 020000000001", "2001:db8::1 020000000001", "fe80::1 02000000000a"}
+	if got := te.announced(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("announced %q, want %q", got, want)
+	}
+	for _, c := range []struct {
+		a    netip.Addr
+		want [6]byte
+	}{{testGW4, macR}, {netip.MustParseAddr("192.0.2.60"), macR}} {
+		if got := te.arpFor(t, c.a); got != c.want {
+			t.Errorf("ARP for %v: %x, want %x", c.a, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		a    netip.Addr
+		want [6]byte
+	}{{testGW6, macR}, {testLL6, macA}, {netip.MustParseAddr("2001:db8::99"), macR}} {
+		if got := te.naFor(t, c.a); got != c.want {
+			t.Errorf("NA for %v: %x, want %x", c.a, got, c.want)
+		}
+	}
+}
+
+// --map-host-loopback and --map-guest-addr get blockers; the gateway,
+// no longer standing for the host, does not. The host's own address and
+// the guest's, which are one, are no neighbour of the guest's.
+func TestNeighBlockers(t *testing.T) {
+	lo4, ga4 := netip.MustParseAddr("192.0.2.77"), netip.MustParseAddr("192.0.2.88")
+	lo6, ga6 := netip.MustParseAddr("2001:db8::77"), netip.MustParseAddr("2001:db8::88")
+	te := neighEngine(t, func(c *Config) {
+		c.MapHostLoopback4, c.MapGuestAddr4, c.MapHostLoopback6, c.MapGuestAddr6 = lo4, ga4, lo6, ga6
+	})
+	for _, a := range []netip.Addr{lo4, ga4, lo6, ga6} {
+		te.neighEvent(hostNeigh(a, macA))
+		if n := te.neigh.entries[a]; !n.permanent || n.mac != testMAC {
+			t.Errorf("%v: %+v, want a blocker with our MAC", a, n)
+		}
+	}
+	// The host's loopback and own address map onto the blockers.
+	te.neighEvent(hostNeigh(netip.MustParseAddr("127.0.0.1"), macA))
+	te.neighEvent(hostNeigh(testGuest4, macA))
+	te.neighEvent(hostNeigh(testGuest6, macA))
+	te.neighEvent(hostNeigh(netip.MustParseAddr("127.0.0.2"), macA))
+	te.neighEvent(hostNeigh(netip.IPv4Unspecified(), macA))
+	if len(te.neigh.entries) != 4 {
+		t.Errorf("entries %v, want the four blockers alone", te.neigh.entries)
+	}
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("announced %q", got)
+	}
+	te.neighEvent(hostNeigh(testGW4, macR))
+	te.announced(t)
+	if got := te.arpFor(t, testGW4); got != macR {
+		t.Errorf("gateway at %x, want the router's %x", got, macR)
+	}
+	if got := te.arpFor(t, lo4); got != testMAC {
+		t.Errorf("the host's loopback at %x, want ours", got)
+	}
+}
+
+// The table holds neighMax entries, blockers included: the rest are left
+// out (and fall back to the gateway's entry, ours).
+func TestNeighBound(t *testing.T) {
+	te := neighEngine(t, nil)
+	base := netip.MustParseAddr("10.0.0.1")
+	a := base
+	for range neighMax + 10 {
+		te.neighEvent(hostNeigh(a, macA))
+		a = a.Next()
+	}
+	if len(te.neigh.entries) != neighMax {
+		t.Errorf("%d entries, want %d", len(te.neigh.entries), neighMax)
+	}
+	if got := len(te.announced(t)); got != neighMax-2 {
+		t.Errorf("%d announced, want %d (the blockers are the gateways)", got, neighMax-2)
+	}
+	if got := te.arpFor(t, a.Prev()); got != testMAC {
+		t.Errorf("an entry past the bound at %x, want ours", got)
+	}
+	// A removal makes room.
+	te.neighEvent(rtnl.Neigh{Addr: base, Index: testIfi, Deleted: true})
+	te.neighEvent(hostNeigh(a.Prev(), macB))
+	te.announced(t)
+	if got := te.arpFor(t, a.Prev()); got != macB {
+		t.Errorf("after a removal, the new entry at %x, want %x", got, macB)
+	}
+}
+
+// No guest, no announcement, and no trouble.
+func TestNeighNoGuest(t *testing.T) {
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4, NoMapGW: true}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.neigh.if4 = testIfi
+	e.neighEvent(hostNeigh(testGW4, macR))
+	if e.neighMAC(testGW4) != macR {
+		t.Error("the entry was not taken")
+	}
+}
+
+// A flow's frames come from the MAC its remote had when the flow sent
+// its first: a change of the entry reaches new flows, not that one. An
+// ICMP error comes from its sender's MAC at the time. The remote here is
+// the gateway, which stands for the host's loopback, so its blocker is
+// replaced by hand with what the host's table could have for an address
+// on its link.
+func TestNeighFlowMAC(t *testing.T) {
+	te := neighEngine(t, func(c *Config) { c.NoUDP, c.NoTCP = false, false })
+	te.neigh.entries[testGW4] = neighEntry{mac: macA}
+	isProto := func(p uint8) func(header.IPv4) bool { return func(ip header.IPv4) bool { return ip.Protocol() == p } }
+
+	pc := listenUDPLoopback(t)
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	udpReply := func(sport uint16, want [6]byte) {
+		t.Helper()
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(sport, port, []byte("hi"))))
+		te.inputDone()
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc.WriteTo([]byte("back"), from)
+		if f := te.awaitIPv4(t, isProto(header.ProtoUDP)); f == nil {
+			t.Fatalf("no UDP reply to port %d", sport)
+		} else if got := srcMAC(f); got != want {
+			t.Errorf("UDP reply to port %d from %x, want %x", sport, got, want)
+		}
+	}
+	udpReply(5000, macA)
+	te.neighEvent(hostNeigh(testGW4, macB)) // not a blocker now: taken
+	udpReply(5000, macA)                    // the flow keeps its MAC
+	udpReply(5001, macB)                    // a new one takes the new MAC
+
+	// TCP: the SYN-ACK.
+	l := listenLoopback(t)
+	s := make([]byte, header.TCPMinLen)
+	header.TCP(s).Encode(header.TCPFields{SrcPort: 6000, DstPort: uint16(l.Addr().(*net.TCPAddr).Port),
+		Seq: 1, Flags: header.TCPSyn, Window: 65535, HeaderLen: header.TCPMinLen})
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoTCP, s))
+	if f := te.awaitIPv4(t, isProto(header.ProtoTCP)); f == nil {
+		t.Fatal("no SYN-ACK")
+	} else if got := srcMAC(f); got != macB {
+		t.Errorf("SYN-ACK from %x, want %x", got, macB)
+	}
+
+	// An ICMP error about a datagram to a closed port: from the
+	// gateway's MAC of the moment.
+	closed := listenUDPLoopback(t)
+	cport := uint16(closed.LocalAddr().(*net.UDPAddr).Port)
+	closed.Close()
+	te.neighEvent(hostNeigh(testGW4, macR))
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5002, cport, []byte("x"))))
+	te.inputDone()
+	if f := te.awaitIPv4(t, isProto(header.ProtoICMP)); f == nil {
+		t.Fatal("no ICMP error for a closed port")
+	} else if got := srcMAC(f); got != macR {
+		t.Errorf("ICMP error from %x, want %x", got, macR)
+	}
+}
+
+// An echo reply comes from the MAC its source had at the flow's first
+// reply from it.
+func TestNeighEchoMAC(t *testing.T) {
+	needPing(t)
+	te := neighEngine(t, func(c *Config) { c.NoICMP = false })
+	te.neigh.entries[testGW4] = neighEntry{mac: macA} // as TestNeighFlowMAC
+	isEcho := func(ip header.IPv4) bool { return ip.Protocol() == header.ProtoICMP }
+	for i, want := range [][6]byte{macA, macA} {
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoICMP, echoRequest(header.ICMPv4Echo, 7, uint16(i))))
+		if f := te.awaitIPv4(t, isEcho); f == nil {
+			t.Fatal("no echo reply")
+		} else if got := srcMAC(f); got != want {
+			t.Errorf("echo reply %d from %x, want %x", i, got, want)
+		}
+		te.neighEvent(hostNeigh(testGW4, macB))
+	}
+}
+
+// WatchNeighbours with the kernel's own socket, in a network namespace of
+// the test's: the dump's entries are there before Run, and a change made
+// while the engine runs reaches it through the epoll loop, announced.
+func TestWatchNeighbours(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	// Never unlocked: the thread goes with the test's goroutine, never
+	// back to our namespace. ip, started from it, runs in its namespace.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("no network namespace: %v", err)
+	}
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ip("link", "set", "v0", "up")
+	ip("addr", "add", "192.0.2.100/24", "dev", "v0")
+	ip("neigh", "replace", "192.0.2.50", "lladdr", "02:00:00:00:00:0a", "dev", "v0", "nud", "permanent")
+	ifi, err := net.InterfaceByName("v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	te := neighEngine(t, nil)
+	c, err := rtnl.OpenNeigh()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := te.WatchNeighbours(c, ifi.Index, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := te.neighMAC(netip.MustParseAddr("192.0.2.50")); got != macA {
+		t.Errorf("after the dump: %x, want %x", got, macA)
+	}
+	te.output(t) // the guest is attached already, so the dump's entry was announced: not the point here
+	ip("neigh", "replace", "192.0.2.51", "lladdr", "02:00:00:00:00:0b", "dev", "v0", "nud", "reachable")
+	var got []string
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
+		te.turn(10)
+		drainFrames(te.rd, te.guest, func(f []byte) {
+			if header.Ethernet(f).Type() == header.EtherTypeARP {
+				a := header.ARP(header.Ethernet(f).Payload())
+				got = append(got, fmt.Sprintf("%v %x", netip.AddrFrom4([4]byte(a.SenderIP())), a.SenderMAC()))
+			}
+		})
+	}
+	if want := "192.0.2.51 02000000000b"; len(got) != 1 || got[0] != want {
+		t.Errorf("announced %q, want %q", got, want)
+	}
+}
