@@ -33,11 +33,7 @@ type icmpFlow struct {
 	idx     int32
 	fd      int
 	lastAct time.Duration
-	// mac is the source MAC of replies from macOf (flowMAC): a flow that
-	// pings another address looks its MAC up anew, as passt, whose
-	// echo flows are per address, would.
-	mac   [6]byte
-	macOf netip.Addr
+	mac     remoteMAC // the source MAC of replies (flowMAC)
 }
 
 type icmpTable struct {
@@ -158,9 +154,6 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 		}
 		header.ICMP(b[off:]).SetIdent(f.key.id)
 		src := e.natToGuest(header.ProtoICMP, from, guest, netip.AddrPortFrom(f.sent, 0))
-		if src.Addr() != f.macOf {
-			f.mac, f.macOf = zeroMAC, src.Addr()
-		}
 		e.sendICMP(b, e.flowMAC(&f.mac, src.Addr()), src.Addr(), guest, n)
 	}
 }

@@ -180,14 +180,23 @@ func (e *Engine) neighMAC(a netip.Addr) [6]byte {
 	return e.cfg.OurMAC
 }
 
-// flowMAC is the source MAC of a flow's frames from remote a: *mac, which
-// the first frame sets (neighMAC) and the flow keeps, as passt's flows
-// keep theirs. The zero MAC is unset.
-func (e *Engine) flowMAC(mac *[6]byte, a netip.Addr) [6]byte {
-	if *mac == zeroMAC {
-		*mac = e.neighMAC(a)
+// remoteMAC is a flow's remote's MAC to the guest, and the address it
+// is for (invalid: not looked up yet).
+type remoteMAC struct {
+	mac [6]byte
+	of  netip.Addr
+}
+
+// flowMAC is the source MAC of a flow's frames from remote a: m's, which
+// the first frame from a sets (neighMAC) and the flow keeps, as passt's
+// flows keep theirs. A frame from another address looks it up anew: a
+// UDP or echo flow's replies come from where the guest last sent, and
+// to passt each of those is a flow of its own.
+func (e *Engine) flowMAC(m *remoteMAC, a netip.Addr) [6]byte {
+	if m.of != a {
+		m.mac, m.of = e.neighMAC(a), a
 	}
-	return *mac
+	return m.mac
 }
 
 // arpAnnounce tells the guest that a is at mac: an ARP request from a

@@ -117,12 +117,28 @@ func (te *testEngine) announced(t *testing.T) []string {
 // match accepts, and returns it, or nil after five seconds.
 func (te *testEngine) awaitIPv4(t *testing.T, match func(header.IPv4) bool) []byte {
 	t.Helper()
+	return te.awaitFrame(t, func(eth header.Ethernet) bool {
+		return eth.Type() == header.EtherTypeIPv4 && match(header.IPv4(eth.Payload()))
+	})
+}
+
+// awaitIPv6 is awaitIPv4 for IPv6.
+func (te *testEngine) awaitIPv6(t *testing.T, match func(header.IPv6) bool) []byte {
+	t.Helper()
+	return te.awaitFrame(t, func(eth header.Ethernet) bool {
+		return eth.Type() == header.EtherTypeIPv6 && match(header.IPv6(eth.Payload()))
+	})
+}
+
+// awaitFrame runs the engine until it sends the guest a frame that match
+// accepts, and returns it, or nil after five seconds.
+func (te *testEngine) awaitFrame(t *testing.T, match func(header.Ethernet) bool) []byte {
+	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		te.turn(10)
 		var found []byte
 		err := drainFrames(te.rd, te.guest, func(f []byte) {
-			eth := header.Ethernet(f)
-			if found == nil && eth.Type() == header.EtherTypeIPv4 && match(header.IPv4(eth.Payload())) {
+			if found == nil && match(header.Ethernet(f)) {
 				found = append([]byte(nil), f...)
 			}
 		})
@@ -451,5 +467,46 @@ func TestWatchNeighbours(t *testing.T) {
 	}
 	if want := "192.0.2.51 02000000000b"; len(got) != 1 || got[0] != want {
 		t.Errorf("announced %q, want %q", got, want)
+	}
+}
+
+// One UDP flow reaches the host's loopback both by the gateway and by our
+// link-local address, which both stand for it: a reply comes from the
+// address the guest last sent to, and from that address's MAC, not from
+// the MAC of whichever the peer's first reply came from. (The entries are
+// put in by hand, as in TestNeighFlowMAC.)
+func TestNeighUDPPeerMAC(t *testing.T) {
+	te := neighEngine(t, func(c *Config) { c.NoUDP = false })
+	te.neigh.entries[testGW6] = neighEntry{mac: macA}
+	te.neigh.entries[testLL6] = neighEntry{mac: macB}
+	pc, err := net.ListenPacket("udp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	for _, c := range []struct {
+		to   netip.Addr
+		want [6]byte
+	}{{testGW6, macA}, {testLL6, macB}, {testGW6, macA}} {
+		te.tapInput(frameIP(testGuest6, c.to, header.ProtoUDP, udp6(5000, port, []byte("hi"))))
+		te.inputDone()
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc.WriteTo([]byte("back"), from)
+		f := te.awaitIPv6(t, func(ip header.IPv6) bool { return ip.NextHeader() == header.ProtoUDP })
+		if f == nil {
+			t.Fatalf("no reply to the datagram to %v", c.to)
+		}
+		if src := header.IPv6(header.Ethernet(f).Payload()).Src(); src != c.to {
+			t.Errorf("reply from %v, want %v", src, c.to)
+		}
+		if got := srcMAC(f); got != c.want {
+			t.Errorf("reply from %v at %x, want %x", c.to, got, c.want)
+		}
 	}
 }

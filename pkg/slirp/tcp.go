@@ -157,7 +157,7 @@ type tcpFlow struct {
 	kaSent  time.Duration // our last keepalive probe to the guest
 	created time.Duration
 
-	mac [6]byte // the remote's MAC to the guest, set by the first segment (flowMAC)
+	mac remoteMAC // the remote's MAC to the guest, set by the first segment (flowMAC)
 }
 
 type tcpTable struct {
@@ -1291,7 +1291,7 @@ const maxTSOFrame = header.EthernetLen + 0xffff
 
 // tcpRstReply answers a segment that belongs to no flow, per RFC 793.
 func (e *Engine) tcpRstReply(key tcpKey, in header.TCP) {
-	f := tcpFlow{key: key, mac: e.cfg.OurMAC} // from us, as passt's, not from the remote
+	f := tcpFlow{key: key, mac: remoteMAC{e.cfg.OurMAC, key.remote.Addr()}} // from us, as passt's, not from the remote
 	flags := header.TCPRst
 	if in.Flags()&header.TCPAck != 0 {
 		f.sndNxt = in.Ack()

@@ -38,7 +38,7 @@ type udpFlow struct {
 // udpPeer is a host peer a flow sent to: what passt makes a flow of.
 type udpPeer struct {
 	addr netip.AddrPort // unmapped
-	mac  [6]byte        // its MAC to the guest, set by its first reply (flowMAC)
+	mac  remoteMAC      // its MAC to the guest, set by its first reply (flowMAC)
 }
 
 // addPeer records that the flow sent to the host peer to.
@@ -430,7 +430,7 @@ type udpInFlow struct {
 	listener int32
 	peer     netip.AddrPort // the real sender
 	lastAct  time.Duration
-	mac      [6]byte // the sender's MAC to the guest, set by its first datagram (flowMAC)
+	mac      remoteMAC // the sender's MAC to the guest, set by its first datagram (flowMAC)
 }
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
