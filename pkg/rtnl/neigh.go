@@ -57,14 +57,18 @@ func (c *Conn) Fd() int { return c.fd }
 
 // DumpNeighs calls fn with family's neighbours on interface index, and
 // with every change the socket heard meanwhile, in the order they came.
+// unix.ENOBUFS, after all that, says changes were lost before or during
+// the dump (which may then hold an entry since gone): dump again.
 func (c *Conn) DumpNeighs(family, index int, fn func(Neigh)) error {
 	msg := make([]byte, unix.SizeofNdMsg)
 	*(*unix.NdMsg)(unsafe.Pointer(&msg[0])) = unix.NdMsg{Family: uint8(family), Ifindex: int32(index)}
 	b, err := c.dump(unix.RTM_GETNEIGH, msg)
-	if err != nil {
+	if err != nil && err != unix.ENOBUFS {
 		return err
 	}
-	_, err = ParseNeighs(b, fn)
+	if _, perr := ParseNeighs(b, fn); perr != nil {
+		return perr
+	}
 	return err
 }
 

@@ -257,3 +257,46 @@ func runIP(t *testing.T, args ...string) {
 		t.Errorf("ip %v: %v\n%s", args, err, out)
 	}
 }
+
+// Changes the socket could not hold before a dump (ENOBUFS, which the
+// first read reports) do not end the dump: it is read to its end, its
+// entries given, and the loss reported after them.
+func TestNeighDumpOverrun(t *testing.T) {
+	inNetns(t, func(ifi int) {
+		c, err := OpenNeigh()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The smallest buffer the kernel allows: a few changes fill it.
+		if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 0); err != nil {
+			t.Fatal(err)
+		}
+		const n = 90 // below d0's own 192.0.2.100
+		var batch strings.Builder
+		for i := range n {
+			fmt.Fprintf(&batch, "neigh replace 192.0.2.%d lladdr 02:00:00:00:00:%02x dev d0 nud permanent\n", i+1, i+1)
+		}
+		ip := exec.Command("ip", "-batch", "-")
+		ip.Stdin = strings.NewReader(batch.String())
+		if out, err := ip.CombinedOutput(); err != nil {
+			t.Fatalf("ip -batch: %v\n%s", err, out)
+		}
+		got := map[netip.Addr]bool{}
+		err = c.DumpNeighs(unix.AF_INET, ifi, func(nb Neigh) {
+			if _, ok := nb.Ethernet(); ok && nb.Index == ifi {
+				got[nb.Addr] = true
+			}
+		})
+		if err != unix.ENOBUFS {
+			t.Errorf("the dump after an overrun: %v, want ENOBUFS", err)
+		}
+		if len(got) != n {
+			t.Errorf("the dump gave %d entries, want %d", len(got), n)
+		}
+		// The dump is over: another works.
+		if err := c.DumpNeighs(unix.AF_INET, ifi, func(Neigh) {}); err != nil {
+			t.Errorf("the next dump: %v", err)
+		}
+	})
+}

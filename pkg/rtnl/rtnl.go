@@ -266,16 +266,26 @@ func (c *Conn) do(typ uint16, flags uint16, body []byte) error {
 }
 
 // dump sends a dump request and returns every message of the answer, up
-// to and without NLMSG_DONE.
+// to and without NLMSG_DONE. On a socket that hears a group (OpenNeigh),
+// a read may fail with unix.ENOBUFS: changes the socket could not hold
+// were lost, not the dump, which the kernel goes on with as the socket
+// is read. The dump is then read to its end, and returned with
+// unix.ENOBUFS: left unread, it would hold the socket (a dump at a time)
+// and its answer would mix with what is read next.
 func (c *Conn) dump(typ uint16, body []byte) ([]byte, error) {
 	seq, err := c.send(typ, unix.NLM_F_DUMP, body)
 	if err != nil {
 		return nil, err
 	}
 	var out []byte
+	var lost error
 	buf := make([]byte, 32<<10)
 	for {
 		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if err == unix.ENOBUFS {
+			lost = err
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -285,7 +295,7 @@ func (c *Conn) dump(typ uint16, body []byte) ([]byte, error) {
 		}
 		out = append(out, buf[:n]...)
 		if done {
-			return out, nil
+			return out, lost
 		}
 	}
 }

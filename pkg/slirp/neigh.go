@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/rtnl"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -14,7 +15,8 @@ import (
 // its network's hosts (by ARP, NDP, or the source of the frames it gets
 // from them) sees them as they are. The table is keyed by the address as
 // the guest sees it (neighGuestAddr), and is heard from the kernel
-// (WatchNeighbours): a dump at start, then every change.
+// (WatchNeighbours): a dump at start, then every change, and a dump
+// again when changes were lost (neighResync).
 //
 // Lookups (neighMAC) fall back to the gateway's entry, then to our MAC.
 // The addresses that stand for the host (--map-host-loopback, by default
@@ -26,21 +28,33 @@ import (
 // neighMax bounds the table, as passt's: entries past it are ignored.
 const neighMax = 512
 
+// neighDumpTries bounds the dumps at start while changes are lost
+// during them (ENOBUFS): a link churned that fast is not waited for.
+const neighDumpTries = 3
+
 type neighEntry struct {
 	mac       [6]byte
 	permanent bool // a blocker: no change touches it
+	unseen    bool // not in the dump under way (neighDump)
 }
+
+// neighResyncEvery spaces the dumps that make up for lost changes
+// (neighResync): a link churned faster than the engine reads costs a
+// dump every 10 s at most.
+const neighResyncEvery = 10 * time.Second
 
 type neighTable struct {
 	entries  map[netip.Addr]neighEntry
-	conn     *rtnl.Conn // nil unless watching
-	if4, if6 int        // the template interfaces whose neighbours count
-	buf      []byte     // what one read of conn takes
+	conn     *rtnl.Conn    // nil unless watching
+	if4, if6 int           // the template interfaces whose neighbours count
+	buf      []byte        // what one read of conn takes
+	lost     bool          // changes were lost since the last dump
+	nextDump time.Duration // when neighResync may dump again
 }
 
-// neighInit puts in the blockers.
+// neighInit puts in the blockers, in a table sized for its bound.
 func (e *Engine) neighInit() {
-	e.neigh.entries = map[netip.Addr]neighEntry{}
+	e.neigh.entries = make(map[netip.Addr]neighEntry, neighMax)
 	for _, a := range []netip.Addr{e.cfg.HostLoopback(false), e.cfg.MapGuestAddr4,
 		e.cfg.HostLoopback(true), e.cfg.MapGuestAddr6} {
 		if a.IsValid() && !a.IsUnspecified() {
@@ -51,18 +65,25 @@ func (e *Engine) neighInit() {
 
 // WatchNeighbours mirrors to the guest the neighbours of the template
 // interfaces, if4 for IPv4 and if6 for IPv6 (0: none), as c hears them
-// (rtnl.OpenNeigh), starting with a dump of both tables: call it before
-// Run, and before the sandbox, which allows no netlink request. The
-// engine owns c from then on, unless this fails.
+// (rtnl.OpenNeigh), starting with a dump of both tables, dumped again
+// while changes are lost: call it before Run, and before the sandbox,
+// which opens no netlink socket. The engine owns c from then on, unless
+// this fails.
 func (e *Engine) WatchNeighbours(c *rtnl.Conn, if4, if6 int) error {
 	e.neigh.if4, e.neigh.if6 = if4, if6
-	for _, d := range []struct{ family, index int }{{unix.AF_INET, if4}, {unix.AF_INET6, if6}} {
-		if d.index == 0 {
-			continue
-		}
-		if err := c.DumpNeighs(d.family, d.index, e.neighEvent); err != nil {
-			return err
-		}
+	err := e.neighDump(c)
+	for try := 1; err == unix.ENOBUFS && try < neighDumpTries; try++ {
+		err = e.neighDump(c)
+	}
+	switch err {
+	case nil:
+	case unix.ENOBUFS: // neighResync tries again
+		e.logLimited(neighLost, "the host's neighbour table: %v", err)
+		e.neigh.lost = true
+	default:
+		e.neighMark() // no change will update what the dump brought
+		e.neighSweep()
+		return err
 	}
 	// Changes heard during the dump wait in the socket: epoll reports
 	// them at once.
@@ -71,6 +92,48 @@ func (e *Engine) WatchNeighbours(c *rtnl.Conn, if4, if6 int) error {
 	}
 	e.neigh.conn, e.neigh.buf = c, make([]byte, 32<<10)
 	return nil
+}
+
+// neighDump reads both tables afresh: an entry in neither is gone, and
+// those in them come in, announced if new. unix.ENOBUFS says changes
+// were lost meanwhile: an entry may be wrong, or gone.
+func (e *Engine) neighDump(c *rtnl.Conn) error {
+	e.neighMark()
+	var lost error
+	for _, d := range []struct{ family, index int }{{unix.AF_INET, e.neigh.if4}, {unix.AF_INET6, e.neigh.if6}} {
+		if d.index == 0 {
+			continue
+		}
+		switch err := c.DumpNeighs(d.family, d.index, e.neighEvent); err {
+		case nil:
+		case unix.ENOBUFS:
+			lost = err
+		default:
+			return err
+		}
+	}
+	e.neighSweep()
+	return lost
+}
+
+// neighMark marks every entry but the blockers unseen; an update clears
+// the mark.
+func (e *Engine) neighMark() {
+	for a, n := range e.neigh.entries {
+		if !n.permanent {
+			n.unseen = true
+			e.neigh.entries[a] = n
+		}
+	}
+}
+
+// neighSweep forgets the entries still unseen.
+func (e *Engine) neighSweep() {
+	for a, n := range e.neigh.entries {
+		if n.unseen {
+			delete(e.neigh.entries, a)
+		}
+	}
 }
 
 // neighRead takes in the changes heard, a bounded number of reads at a
@@ -82,12 +145,27 @@ func (e *Engine) neighRead() {
 		case unix.EAGAIN:
 			return
 		default:
-			// ENOBUFS: changes were lost; what comes next is still right.
+			// ENOBUFS: changes were lost, which the next tick's
+			// dump makes up for; what comes next is still right.
 			e.logLimited(neighLost, "the host's neighbour table: %v", err)
 			if err != unix.ENOBUFS {
 				return
 			}
+			e.neigh.lost = true
 		}
+	}
+}
+
+// neighResync dumps the host's tables again once changes were lost, so
+// that no entry stays wrong, or outlives the host's, for long.
+func (e *Engine) neighResync() {
+	if !e.neigh.lost || e.now < e.neigh.nextDump {
+		return
+	}
+	e.neigh.nextDump = e.now + neighResyncEvery
+	err := e.neighDump(e.neigh.conn)
+	if e.neigh.lost = err != nil; err != nil {
+		e.logLimited(neighLost, "the host's neighbour table: %v", err)
 	}
 }
 
@@ -150,7 +228,7 @@ func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 		e.debugf("neighbour table full (%d entries): %v left out", neighMax, a)
 		return
 	}
-	e.neigh.entries[a] = neighEntry{mac, permanent}
+	e.neigh.entries[a] = neighEntry{mac: mac, permanent: permanent}
 	if mac == e.cfg.OurMAC {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -415,46 +416,22 @@ func TestNeighEchoMAC(t *testing.T) {
 // the test's: the dump's entries are there before Run, and a change made
 // while the engine runs reaches it through the epoll loop, announced.
 func TestWatchNeighbours(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: makes a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip")
-	}
-	// Never unlocked: the thread goes with the test's goroutine, never
-	// back to our namespace. ip, started from it, runs in its namespace.
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Skipf("no network namespace: %v", err)
-	}
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v\n%s", args, err, out)
-		}
-	}
-	ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
-	ip("link", "set", "v0", "up")
-	ip("addr", "add", "192.0.2.100/24", "dev", "v0")
-	ip("neigh", "replace", "192.0.2.50", "lladdr", "02:00:00:00:00:0a", "dev", "v0", "nud", "permanent")
-	ifi, err := net.InterfaceByName("v0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ip, ifi := neighNetns(t)
+	ip("neigh replace 192.0.2.50 lladdr 02:00:00:00:00:0a dev v0 nud permanent")
 	te := neighEngine(t, nil)
 	c, err := rtnl.OpenNeigh()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if err := te.WatchNeighbours(c, ifi.Index, 0); err != nil {
+	if err := te.WatchNeighbours(c, ifi, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := te.neighMAC(netip.MustParseAddr("192.0.2.50")); got != macA {
 		t.Errorf("after the dump: %x, want %x", got, macA)
 	}
 	te.output(t) // the guest is attached already, so the dump's entry was announced: not the point here
-	ip("neigh", "replace", "192.0.2.51", "lladdr", "02:00:00:00:00:0b", "dev", "v0", "nud", "reachable")
+	ip("neigh replace 192.0.2.51 lladdr 02:00:00:00:00:0b dev v0 nud reachable")
 	var got []string
 	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
 		te.turn(10)
@@ -508,5 +485,108 @@ func TestNeighUDPPeerMAC(t *testing.T) {
 		if got := srcMAC(f); got != c.want {
 			t.Errorf("reply from %v at %x, want %x", c.to, got, c.want)
 		}
+	}
+}
+
+// neighNetns moves the test's goroutine, for good, to a new network
+// namespace with an interface v0 (a veth) up at 192.0.2.100/24, and
+// returns v0's index and a function that runs ip -batch there (a
+// command a line).
+func neighNetns(t *testing.T) (ip func(cmds ...string), ifi int) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	// Never unlocked: the thread goes with the test's goroutine, never
+	// back to our namespace. ip, started from it, runs in its namespace.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("no network namespace: %v", err)
+	}
+	ip = func(cmds ...string) {
+		t.Helper()
+		c := exec.Command("ip", "-batch", "-")
+		c.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("ip -batch: %v\n%s", err, out)
+		}
+	}
+	ip("link add v0 type veth peer name v1", "link set v0 up", "addr add 192.0.2.100/24 dev v0")
+	v0, err := net.InterfaceByName("v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ip, v0.Index
+}
+
+// Changes lost before the first dump, as a link churned faster than the
+// socket is read loses them, cost no neighbour: the dump is read to its
+// end and taken, and the engine watches on.
+func TestWatchNeighboursOverrun(t *testing.T) {
+	ip, ifi := neighNetns(t)
+	c, err := rtnl.OpenNeigh()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	// The smallest buffer the kernel allows: a few changes fill it.
+	if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 0); err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for i := range 90 {
+		cmds = append(cmds, fmt.Sprintf("neigh replace 192.0.2.%d lladdr 02:00:00:00:00:%02x dev v0 nud permanent", i+10, i+10))
+	}
+	ip(append(cmds, "neigh del 192.0.2.10 dev v0")...)
+	te := neighEngine(t, nil)
+	if err := te.WatchNeighbours(c, ifi, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := te.neighMAC(netip.MustParseAddr("192.0.2.99")), [6]byte{2, 0, 0, 0, 0, 99}; got != want {
+		t.Errorf("the last entry at %x, want %x", got, want)
+	}
+	if got := te.neighMAC(netip.MustParseAddr("192.0.2.10")); got != testMAC {
+		t.Errorf("the deleted entry at %x, want ours", got)
+	}
+}
+
+// Changes lost while the engine runs (the socket overran) are made up for
+// by a dump at the next tick: an entry deleted meanwhile goes, one added
+// comes, announced.
+func TestNeighResync(t *testing.T) {
+	ip, ifi := neighNetns(t)
+	ip("neigh replace 192.0.2.9 lladdr 02:00:00:00:00:09 dev v0 nud permanent")
+	te := neighEngine(t, nil)
+	c, err := rtnl.OpenNeigh()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := te.WatchNeighbours(c, ifi, 0); err != nil {
+		t.Fatal(err)
+	}
+	te.output(t)
+	if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 0); err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for i := range 90 {
+		cmds = append(cmds, fmt.Sprintf("neigh replace 192.0.2.%d lladdr 02:00:00:00:00:%02x dev v0 nud permanent", i+10, i+10))
+	}
+	ip(append(cmds, "neigh del 192.0.2.9 dev v0")...) // the last changes are lost
+	gone, last, lastMAC := netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("192.0.2.99"), [6]byte{2, 0, 0, 0, 0, 99}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		te.turn(10)
+		if te.neighMAC(gone) == testMAC && te.neighMAC(last) == lastMAC && !te.neigh.lost {
+			break
+		}
+	}
+	if got := te.neighMAC(gone); got != testMAC {
+		t.Errorf("the entry deleted at %x, want ours", got)
+	}
+	if got := te.neighMAC(last); got != lastMAC {
+		t.Errorf("the last entry added at %x, want %x", got, lastMAC)
 	}
 }
