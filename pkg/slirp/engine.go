@@ -283,7 +283,8 @@ func (e *Engine) AttachStream(fd int) {
 // Messages a guest can set off again and again, so logged at most every
 // 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
 // socket could not be opened; and the host's neighbour changes lost or
-// unread, which a busy link can set off as often.
+// unread, and its neighbours past our table's bound, which a busy link
+// can set off as often.
 const (
 	capTCP = iota
 	capUDP
@@ -292,6 +293,7 @@ const (
 	openUDP
 	openICMP
 	neighLost
+	neighFull
 	logKinds
 )
 
@@ -309,10 +311,20 @@ func (e *Engine) atCap(kind, n, limit int) bool {
 
 // logLimited logs a message of a kind at most every 10 s.
 func (e *Engine) logLimited(kind int, format string, args ...any) {
-	if e.logged[kind] == 0 || e.now-e.logged[kind] >= 10*time.Second {
-		e.logged[kind] = max(e.now, 1)
+	if e.logDue(kind) {
 		e.logf(format, args...)
 	}
+}
+
+// logDue tells whether a message of a kind may be logged now, and counts
+// it logged if so. A caller whose arguments would be boxed, allocating
+// on every call, asks it first.
+func (e *Engine) logDue(kind int) bool {
+	if e.logged[kind] == 0 || e.now-e.logged[kind] >= 10*time.Second {
+		e.logged[kind] = max(e.now, 1)
+		return true
+	}
+	return false
 }
 
 // mtu is the guest's MTU: the configured one, or less when the link

@@ -225,7 +225,10 @@ func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 		return
 	}
 	if len(e.neigh.entries) >= neighMax {
-		e.debugf("neighbour table full (%d entries): %v left out", neighMax, a)
+		// A link with more neighbours sets this off with each change.
+		if e.cfg.Debug && e.logDue(neighFull) {
+			e.logf("neighbour table full (%d entries): %v left out", neighMax, a)
+		}
 		return
 	}
 	e.neigh.entries[a] = neighEntry{mac: mac, permanent: permanent}

@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"fmt"
+	"log"
 	"net"
 	"net/netip"
 	"os"
@@ -588,5 +589,56 @@ func TestNeighResync(t *testing.T) {
 	}
 	if got := te.neighMAC(last); got != lastMAC {
 		t.Errorf("the last entry added at %x, want %x", got, lastMAC)
+	}
+}
+
+// The host's table churned at its bound, or asked about for every
+// address, allocates nothing: the table is sized for its bound, "table
+// full" is logged (with --debug) once, and an answer is built in the
+// output queue.
+func TestNeighAllocs(t *testing.T) {
+	var logged strings.Builder
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4,
+		Debug: true, Log: log.New(&logged, "", 0)}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.neigh.if4 = testIfi
+	a := netip.MustParseAddr("10.0.0.1")
+	churn := func() {
+		for range neighMax + 10 {
+			e.neighEvent(hostNeigh(a, macA))
+			e.neighEvent(rtnl.Neigh{Addr: a, Index: testIfi, State: unix.NUD_FAILED})
+			e.neighEvent(hostNeigh(a, macB))
+			a = a.Next()
+		}
+		for range neighMax {
+			a = a.Prev()
+			e.neighEvent(rtnl.Neigh{Addr: a, Index: testIfi, Deleted: true})
+		}
+		a = a.Next()
+	}
+	churn() // the table at its largest once
+	if n := testing.AllocsPerRun(20, churn); n != 0 {
+		t.Errorf("churning the table: %v allocations", n)
+	}
+	if n := strings.Count(logged.String(), "neighbour table full"); n != 1 {
+		t.Errorf("the full table logged %d times, want once", n)
+	}
+
+	te := neighEngine(t, nil)
+	req := make([]byte, header.EthernetLen+header.ARPLen)
+	header.Ethernet(req).Encode(broadcastMAC, testGuestMAC, header.EtherTypeARP)
+	g := testGuest4.As4()
+	ask := func() {
+		for i := range 256 {
+			header.ARP(req[header.EthernetLen:]).Encode(header.ARPRequest, testGuestMAC[:], g[:], zeroMAC[:], []byte{10, 1, byte(i), 1})
+			te.tapInput(req)
+		}
+		te.flush()
+	}
+	ask()
+	if n := testing.AllocsPerRun(20, ask); n != 0 {
+		t.Errorf("ARP for every address: %v allocations", n)
 	}
 }
