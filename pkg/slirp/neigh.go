@@ -170,7 +170,9 @@ func (e *Engine) neighResync() {
 }
 
 // neighEvent takes one entry of the host's table, of the template
-// interface of its family, into ours, or takes it out.
+// interface of its family, into ours, or takes it out: gone, or at a MAC
+// no frame may come from (zero, or a group's: the host's table takes
+// what its link says, or root sets), which the guest is not to see.
 func (e *Engine) neighEvent(n rtnl.Neigh) {
 	ifi := e.neigh.if6
 	if n.Addr.Is4() {
@@ -183,9 +185,10 @@ func (e *Engine) neighEvent(n rtnl.Neigh) {
 	if !ok {
 		return
 	}
-	if mac, ok := n.Ethernet(); ok {
+	switch mac, ok := n.Ethernet(); {
+	case ok && mac[0]&1 == 0 && mac != zeroMAC:
 		e.neighUpdate(a, mac, false)
-	} else if n.Gone() {
+	case ok || n.Gone():
 		e.neighRemove(a)
 	}
 }
@@ -193,11 +196,11 @@ func (e *Engine) neighEvent(n rtnl.Neigh) {
 // neighGuestAddr is how the guest sees a host neighbour at a, as passt's
 // nat_inbound maps it: the host's loopback (127.0.0.1 or ::1) and its own
 // address are the addresses mapped to them, if any; any other address
-// the guest could reach is itself; the guest's own, an unspecified or a
-// loopback address is none (ok false).
+// the guest could reach is itself; the guest's own, an unspecified, a
+// loopback or an IPv4-mapped address is none (ok false).
 func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
-	if a.Is4() && a.IsLoopback() && a != loopback4 {
-		return netip.Addr{}, false // not 127.0.0.1, the one passt maps
+	if a.Is4() && a.IsLoopback() && a != loopback4 || a.Is4In6() {
+		return netip.Addr{}, false // not 127.0.0.1, the one passt maps; no IPv6 neighbour
 	}
 	if m := e.hostStandIn(a); m.IsValid() {
 		return m, true

@@ -642,3 +642,28 @@ func TestNeighAllocs(t *testing.T) {
 		t.Errorf("ARP for every address: %v allocations", n)
 	}
 }
+
+// What the host's table may hold but no frame to the guest may carry: a
+// MAC no frame comes from (zero, multicast, broadcast), which takes an
+// entry out; an IPv6 entry at an IPv4-mapped address, which is no IPv6
+// neighbour and no IPv4 one either.
+func TestNeighOddEntries(t *testing.T) {
+	te := neighEngine(t, func(c *Config) { c.NoMapGW = true })
+	a := netip.MustParseAddr("192.0.2.50")
+	for _, mac := range [][6]byte{zeroMAC, broadcastMAC, {1, 0, 0x5e, 0, 0, 1}, {0x33, 0x33, 0, 0, 0, 1}} {
+		te.neighEvent(hostNeigh(a, mac))
+	}
+	te.neighEvent(hostNeigh(netip.MustParseAddr("::ffff:192.0.2.51"), macA))
+	if len(te.neigh.entries) != 0 {
+		t.Errorf("entries taken: %v", te.neigh.entries)
+	}
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("announced %q", got)
+	}
+	te.neighEvent(hostNeigh(a, macA))
+	te.announced(t)
+	te.neighEvent(hostNeigh(a, broadcastMAC))
+	if got := te.arpFor(t, a); got != testMAC {
+		t.Errorf("an entry now at the broadcast MAC at %x, want ours", got)
+	}
+}
