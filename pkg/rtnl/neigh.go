@@ -1,6 +1,7 @@
 package rtnl
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"unsafe"
@@ -39,17 +40,50 @@ func (n *Neigh) Ethernet() ([6]byte, bool) {
 
 // OpenNeigh opens a route netlink socket that hears every change to the
 // neighbour tables of its namespace (RTMGRP_NEIGH), which an unprivileged
-// process may join.
+// process may join. The socket takes in nothing but neighbour messages
+// and the ends of answers (neighFilter), for good: the engine keeps it in
+// its sandbox, where a compromised engine could ask it, or join it to a
+// group, for the host's links, addresses and routes.
 func OpenNeigh() (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_NEIGH}); err != nil {
+	prog := neighFilter()
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err == nil {
+		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 1)
+	}
+	if err == nil {
+		err = unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_NEIGH})
+	}
+	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	return &Conn{fd: fd}, nil
+}
+
+// neighFilter is a socket filter that keeps a datagram whose first
+// message is RTM_NEWNEIGH, RTM_DELNEIGH, NLMSG_DONE or NLMSG_ERROR, and
+// drops any other: a dump's or a change's datagram holds messages of one
+// type, and a dump's last may end with NLMSG_DONE. Classic BPF loads in
+// network order, netlink is in the host's: the types are loaded as such.
+func neighFilter() []unix.SockFilter {
+	typ := func(t uint16) uint32 {
+		var b [2]byte
+		binary.NativeEndian.PutUint16(b[:], t)
+		return uint32(binary.BigEndian.Uint16(b[:]))
+	}
+	return []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 4}, // nlmsg_type
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 4, K: typ(unix.RTM_NEWNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 3, K: typ(unix.RTM_DELNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: typ(unix.NLMSG_DONE)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: typ(unix.NLMSG_ERROR)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+	}
 }
 
 // Fd is the socket's descriptor, to poll and read changes from.

@@ -300,3 +300,41 @@ func TestNeighDumpOverrun(t *testing.T) {
 		}
 	})
 }
+
+// The socket takes in neighbour messages and the ends of answers alone,
+// for good: a compromised engine that asks it for the host's links or
+// addresses, or joins it to their groups, hears nothing of them, and
+// cannot take the filter off.
+func TestNeighOnlyNeighbours(t *testing.T) {
+	inNetns(t, func(ifi int) {
+		c, err := OpenNeigh()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := unix.SetsockoptInt(c.Fd(), unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, unix.RTNLGRP_LINK); err != nil {
+			t.Fatal(err)
+		}
+		for _, typ := range []uint16{unix.RTM_GETLINK, unix.RTM_GETADDR} {
+			if _, err := c.send(typ, unix.NLM_F_DUMP, make([]byte, unix.SizeofIfInfomsg)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runIP(t, "link", "set", "d0", "mtu", "1400")
+		buf := make([]byte, 32<<10)
+		for {
+			n, _, err := unix.Recvfrom(c.Fd(), buf, unix.MSG_DONTWAIT)
+			if err != nil {
+				break
+			}
+			scan(buf[:n], 0, func(typ uint16, _ []byte) {
+				if typ != unix.RTM_NEWNEIGH && typ != unix.RTM_DELNEIGH {
+					t.Errorf("heard message type %d", typ)
+				}
+			})
+		}
+		if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != unix.EPERM {
+			t.Errorf("taking the filter off: %v, want EPERM", err)
+		}
+	})
+}
