@@ -130,7 +130,7 @@ func TestNDPAnswersSolicitations(t *testing.T) {
 	e.ndpInput(ll, ndpSolicit(testGW6), 255)
 	out := e.output(t)
 	na := icmp6Out(out)
-	if len(na) != 1 || na[0].Type() != header.ICMPv6NeighAdv || na[0][4] != naFlags ||
+	if len(na) != 1 || na[0].Type() != header.ICMPv6NeighAdv || na[0][4] != naRouter|naSolicited|naOverride ||
 		header.NDPTarget(na[0]) != testGW6 || [6]byte(na[0][26:32]) != testMAC {
 		t.Fatalf("answer to NS: % x", out)
 	}

@@ -24,7 +24,9 @@ const (
 	raInfinite    = 0xffffffff       // prefix and DNS lifetimes
 	raFlagManaged = 0x80
 	raFlagOther   = 0x40
-	naFlags       = 0xe0 // router, solicited, override
+	naRouter      = 0x80
+	naSolicited   = 0x40
+	naOverride    = 0x20
 	prefixFlags   = 0xc0 // on-link, autonomous
 )
 
@@ -72,7 +74,10 @@ func (e *Engine) ndpInput(src netip.Addr, m header.ICMP, hopLimit uint8) {
 }
 
 // sendNA advertises target's MAC as the guest should know it (neighMAC)
-// to dst.
+// to dst: an answer to a solicitation, or, to a multicast dst, an
+// unsolicited one, whose solicited flag a guest requires clear (RFC 4861
+// 7.1.2: it drops the advertisement otherwise). Either says router,
+// which the gateway is to the guest.
 func (e *Engine) sendNA(dst, target netip.Addr) {
 	const l4len = header.NDPNALen + 8
 	b := e.reserveIP(dst, l4len)
@@ -81,7 +86,10 @@ func (e *Engine) sendNA(dst, target netip.Addr) {
 	}
 	m := header.ICMP(b[l4Off6 : l4Off6+l4len])
 	m.Encode(header.ICMPv6NeighAdv, 0)
-	m[4] = naFlags
+	m[4] = naRouter | naOverride
+	if !dst.IsMulticast() {
+		m[4] |= naSolicited
+	}
 	t := target.As16()
 	copy(m[8:24], t[:])
 	putLLOption(m[header.NDPNALen:], header.NDPOptTgtLL, e.neighMAC(target))

@@ -667,3 +667,53 @@ func TestNeighOddEntries(t *testing.T) {
 		t.Errorf("an entry now at the broadcast MAC at %x, want ours", got)
 	}
 }
+
+// An announcement reaches a real guest: the engine's ARP announcement
+// and unsolicited NA, written into a tap in a namespace whose kernel
+// knew each address by our MAC, change its entry to the neighbour's. (An
+// NA to a multicast address with the solicited flag set is dropped, as
+// RFC 4861 7.1.2 has it.)
+func TestNeighAnnounceKernel(t *testing.T) {
+	ip, _ := neighNetns(t)
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no tap: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	ifr, err := unix.NewIfreq("g0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		t.Skipf("no tap: %v", err)
+	}
+	n4, n6 := netip.MustParseAddr("192.0.2.50"), netip.MustParseAddr("2001:db8::50")
+	guestMAC := net.HardwareAddr(testGuestMAC[:]).String()
+	ip("link set g0 address "+guestMAC, "addr add 192.0.2.2/24 dev g0", "addr add 2001:db8::2/64 dev g0 nodad",
+		"link set g0 up", "neigh replace 192.0.2.50 lladdr 9a:55:9a:55:9a:55 dev g0 nud stale",
+		"neigh replace 2001:db8::50 lladdr 9a:55:9a:55:9a:55 dev g0 nud stale")
+
+	te := neighEngine(t, nil)
+	te.neighEvent(hostNeigh(n4, macA))
+	te.neighEvent(hostNeigh(n6, macA))
+	frames := te.output(t)
+	if len(frames) != 2 {
+		t.Fatalf("%d announcements, want 2", len(frames))
+	}
+	for _, f := range frames {
+		if _, err := unix.Write(fd, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := net.HardwareAddr(macA[:]).String()
+	for _, a := range []netip.Addr{n4, n6} {
+		out, err := exec.Command("ip", "neigh", "show", a.String(), "dev", "g0").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the kernel has %q for %v, want %s", out, a, want)
+		}
+	}
+}
