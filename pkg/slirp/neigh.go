@@ -196,8 +196,8 @@ func (e *Engine) neighEvent(n rtnl.Neigh) {
 // neighGuestAddr is how the guest sees a host neighbour at a, as passt's
 // nat_inbound maps it: the host's loopback (127.0.0.1 or ::1) and its own
 // address are the addresses mapped to them, if any; any other address
-// the guest could reach is itself; the guest's own, an unspecified, a
-// loopback or an IPv4-mapped address is none (ok false).
+// the guest could reach is itself; the guest's own (guestEUI64 too), an
+// unspecified, a loopback or an IPv4-mapped address is none (ok false).
 func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
 	if a.Is4() && a.IsLoopback() && a != loopback4 || a.Is4In6() {
 		return netip.Addr{}, false // not 127.0.0.1, the one passt maps; no IPv6 neighbour
@@ -205,10 +205,21 @@ func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
 	if m := e.hostStandIn(a); m.IsValid() {
 		return m, true
 	}
-	if a.IsUnspecified() || a.IsLoopback() || a == e.cfg.Addr4 || a == e.cfg.Addr6 || a == e.addrSeen6 {
+	if a.IsUnspecified() || a.IsLoopback() || a == e.cfg.Addr4 || a == e.cfg.Addr6 || a == e.addrSeen6 || e.guestEUI64(a) {
 		return netip.Addr{}, false
 	}
 	return a, true
+}
+
+// guestEUI64 tells whether a's interface identifier is the one the guest
+// makes of its MAC (RFC 4291 2.5.1), in the link-local prefix and in
+// ours, unless it autoconfigures otherwise. A host on the host's link
+// that knows the guest's MAC (QEMU's default is one) can have the host's
+// table hold such an address: announced while the guest checks it for
+// duplicates, it would have the guest give it up (RFC 4862 5.4.5).
+func (e *Engine) guestEUI64(a netip.Addr) bool {
+	m, b := e.guestMAC, a.As16()
+	return a.Is6() && [8]byte(b[8:]) == [8]byte{m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]}
 }
 
 var (

@@ -717,3 +717,27 @@ func TestNeighAnnounceKernel(t *testing.T) {
 		}
 	}
 }
+
+// A guest autoconfigures its addresses from its MAC (EUI-64), in the
+// link-local prefix and in ours, and a hostile host on the host's link
+// can have the host's table hold an entry for either: announced to the
+// guest while it checks the address for duplicates, it would give the
+// address up (RFC 4862 5.4.5). Such an entry is not taken.
+func TestNeighGuestEUI64(t *testing.T) {
+	te := neighEngine(t, nil)
+	te.arpFor(t, testGW4) // the engine learns the guest's MAC
+	iid := [8]byte{testGuestMAC[0] ^ 2, testGuestMAC[1], testGuestMAC[2], 0xff, 0xfe, testGuestMAC[3], testGuestMAC[4], testGuestMAC[5]}
+	for _, prefix := range []netip.Addr{netip.MustParseAddr("fe80::"), netip.MustParseAddr("2001:db8::")} {
+		a := prefix.As16()
+		copy(a[8:], iid[:])
+		te.neighEvent(hostNeigh(netip.AddrFrom16(a), macA))
+	}
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("announced %q", got)
+	}
+	other := netip.MustParseAddr("2001:db8::50")
+	te.neighEvent(hostNeigh(other, macA))
+	if got := te.announced(t); len(got) != 1 {
+		t.Errorf("another address: announced %q, want it", got)
+	}
+}
