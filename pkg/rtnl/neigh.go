@@ -65,22 +65,30 @@ func OpenNeigh() (*Conn, error) {
 }
 
 // neighFilter is a socket filter that keeps a datagram whose first
-// message is RTM_NEWNEIGH, RTM_DELNEIGH, NLMSG_DONE or NLMSG_ERROR, and
-// drops any other: a dump's or a change's datagram holds messages of one
-// type, and a dump's last may end with NLMSG_DONE. Classic BPF loads in
-// network order, netlink is in the host's: the types are loaded as such.
+// message is NLMSG_DONE, NLMSG_ERROR, or RTM_NEWNEIGH or RTM_DELNEIGH of
+// family AF_INET or AF_INET6, and drops any other: a dump's or a
+// change's datagram holds messages of one type and family, and a dump's
+// last may end with NLMSG_DONE. A bridge's forwarding entries (family
+// AF_BRIDGE) share the neighbour group: a host on a bridged link sets
+// one off with every source MAC it makes up, and they never wake us.
+// Classic BPF loads in network order, netlink is in the host's: the
+// types are loaded as such.
 func neighFilter() []unix.SockFilter {
 	typ := func(t uint16) uint32 {
 		var b [2]byte
 		binary.NativeEndian.PutUint16(b[:], t)
 		return uint32(binary.BigEndian.Uint16(b[:]))
 	}
+	const family = unix.SizeofNlMsghdr // ndm_family, the body's first byte
 	return []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 4}, // nlmsg_type
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 4, K: typ(unix.RTM_NEWNEIGH)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 3, K: typ(unix.RTM_DELNEIGH)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: typ(unix.NLMSG_DONE)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: typ(unix.NLMSG_ERROR)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 7, K: typ(unix.NLMSG_DONE)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 6, K: typ(unix.NLMSG_ERROR)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: typ(unix.RTM_NEWNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 3, K: typ(unix.RTM_DELNEIGH)},
+		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: family},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: unix.AF_INET},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: unix.AF_INET6},
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
 	}

@@ -301,10 +301,12 @@ func TestNeighDumpOverrun(t *testing.T) {
 	})
 }
 
-// The socket takes in neighbour messages and the ends of answers alone,
-// for good: a compromised engine that asks it for the host's links or
-// addresses, or joins it to their groups, hears nothing of them, and
-// cannot take the filter off.
+// The socket takes in IPv4 and IPv6 neighbour messages and the ends of
+// answers alone, for good: a compromised engine that asks it for the
+// host's links or addresses, or joins it to their groups, hears nothing
+// of them, and cannot take the filter off; and a bridge's forwarding
+// entries, which share the neighbour group and which a host on a bridged
+// link sets off with every source MAC it makes up, never wake it.
 func TestNeighOnlyNeighbours(t *testing.T) {
 	inNetns(t, func(ifi int) {
 		c, err := OpenNeigh()
@@ -321,15 +323,24 @@ func TestNeighOnlyNeighbours(t *testing.T) {
 			}
 		}
 		runIP(t, "link", "set", "d0", "mtu", "1400")
+		runIP(t, "link", "add", "br0", "type", "bridge")
+		runIP(t, "link", "add", "d2", "master", "br0", "type", "veth", "peer", "name", "d3")
+		for i := range 10 {
+			if out, err := exec.Command("bridge", "fdb", "add", fmt.Sprintf("02:00:00:00:01:%02x", i), "dev", "d2", "master", "static").CombinedOutput(); err != nil {
+				t.Fatalf("bridge fdb add: %v\n%s", err, out)
+			}
+		}
 		buf := make([]byte, 32<<10)
 		for {
 			n, _, err := unix.Recvfrom(c.Fd(), buf, unix.MSG_DONTWAIT)
 			if err != nil {
 				break
 			}
-			scan(buf[:n], 0, func(typ uint16, _ []byte) {
+			scan(buf[:n], 0, func(typ uint16, body []byte) {
 				if typ != unix.RTM_NEWNEIGH && typ != unix.RTM_DELNEIGH {
 					t.Errorf("heard message type %d", typ)
+				} else if body[0] != unix.AF_INET && body[0] != unix.AF_INET6 {
+					t.Errorf("heard a neighbour of family %d", body[0])
 				}
 			})
 		}
