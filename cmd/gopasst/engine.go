@@ -424,7 +424,7 @@ func watchNeighbours(eng *slirp.Engine, cfg netSetup, logger *log.Logger) {
 	if if4 == 0 && if6 == 0 {
 		return // local mode: no template, no neighbours
 	}
-	c, err := rtnl.OpenNeigh()
+	c, err := rtnl.OpenNeigh(if4, if6)
 	if err == nil {
 		if err = eng.WatchNeighbours(c, if4, if6); err != nil {
 			c.Close()

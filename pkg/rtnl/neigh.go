@@ -38,18 +38,19 @@ func (n *Neigh) Ethernet() ([6]byte, bool) {
 	return n.MAC, !n.Gone() && n.Type == unix.RTN_UNICAST && n.MACLen == 6
 }
 
-// OpenNeigh opens a route netlink socket that hears every change to the
-// neighbour tables of its namespace (RTMGRP_NEIGH), which an unprivileged
-// process may join. The socket takes in nothing but neighbour messages
-// and the ends of answers (neighFilter), for good: the engine keeps it in
-// its sandbox, where a compromised engine could ask it, or join it to a
-// group, for the host's links, addresses and routes.
-func OpenNeigh() (*Conn, error) {
+// OpenNeigh opens a route netlink socket that hears the changes to the
+// neighbour tables of interfaces if4 and if6 (the neighbour group,
+// RTMGRP_NEIGH, which an unprivileged process may join, filtered). The
+// socket takes in nothing but their neighbour messages and the ends of
+// answers (neighFilter), for good: the engine keeps it in its sandbox,
+// where a compromised engine could ask it, or join it to a group, for
+// the host's links, addresses and routes.
+func OpenNeigh(if4, if6 int) (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	prog := neighFilter()
+	prog := neighFilter(if4, if6)
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
 		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err == nil {
 		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 1)
@@ -66,29 +67,35 @@ func OpenNeigh() (*Conn, error) {
 
 // neighFilter is a socket filter that keeps a datagram whose first
 // message is NLMSG_DONE, NLMSG_ERROR, or RTM_NEWNEIGH or RTM_DELNEIGH of
-// family AF_INET or AF_INET6, and drops any other: a dump's or a
-// change's datagram holds messages of one type and family, and a dump's
-// last may end with NLMSG_DONE. A bridge's forwarding entries (family
-// AF_BRIDGE) share the neighbour group: a host on a bridged link sets
-// one off with every source MAC it makes up, and they never wake us.
-// Classic BPF loads in network order, netlink is in the host's: the
-// types are loaded as such.
-func neighFilter() []unix.SockFilter {
-	typ := func(t uint16) uint32 {
-		var b [2]byte
-		binary.NativeEndian.PutUint16(b[:], t)
-		return uint32(binary.BigEndian.Uint16(b[:]))
+// family AF_INET or AF_INET6 on interface if4 or if6, and drops any
+// other: a change's datagram holds one message, a dump's messages of one
+// type, family and (asked for one, as DumpNeighs does) interface, and a
+// dump's last may end with NLMSG_DONE. A bridge's forwarding entries
+// (family AF_BRIDGE) share the neighbour group: a host on a bridged link
+// sets one off with every source MAC it makes up. Those, and another
+// interface's changes, never wake us nor fill the socket. Classic BPF
+// loads in network order, netlink is in the host's: the values are
+// compared as loaded.
+func neighFilter(if4, if6 int) []unix.SockFilter {
+	u16 := func(v uint16) uint32 {
+		return uint32(binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)))
 	}
-	const family = unix.SizeofNlMsghdr // ndm_family, the body's first byte
+	u32 := func(v int) uint32 {
+		return binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, uint32(v)))
+	}
+	const family, index = unix.SizeofNlMsghdr, unix.SizeofNlMsghdr + 4 // ndm_family, ndm_ifindex
 	return []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 4}, // nlmsg_type
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 7, K: typ(unix.NLMSG_DONE)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 6, K: typ(unix.NLMSG_ERROR)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: typ(unix.RTM_NEWNEIGH)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 3, K: typ(unix.RTM_DELNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 10, K: u16(unix.NLMSG_DONE)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 9, K: u16(unix.NLMSG_ERROR)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: u16(unix.RTM_NEWNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 6, K: u16(unix.RTM_DELNEIGH)},
 		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: family},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: unix.AF_INET},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: unix.AF_INET6},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: unix.AF_INET},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 3, K: unix.AF_INET6},
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: index},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: u32(if4)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: u32(if6)},
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
 	}
@@ -97,13 +104,16 @@ func neighFilter() []unix.SockFilter {
 // Fd is the socket's descriptor, to poll and read changes from.
 func (c *Conn) Fd() int { return c.fd }
 
-// DumpNeighs calls fn with family's neighbours on interface index, and
-// with every change the socket heard meanwhile, in the order they came.
+// DumpNeighs calls fn with family's neighbours on interface index, one
+// the socket hears (OpenNeigh), and with every change the socket heard
+// meanwhile, in the order they came. The kernel takes the interface from
+// the NDA_IFINDEX attribute, not from the header.
 // unix.ENOBUFS, after all that, says changes were lost before or during
 // the dump (which may then hold an entry since gone): dump again.
 func (c *Conn) DumpNeighs(family, index int, fn func(Neigh)) error {
 	msg := make([]byte, unix.SizeofNdMsg)
 	*(*unix.NdMsg)(unsafe.Pointer(&msg[0])) = unix.NdMsg{Family: uint8(family), Ifindex: int32(index)}
+	msg = attr(msg, unix.NDA_IFINDEX, binary.NativeEndian.AppendUint32(nil, uint32(index)))
 	b, err := c.dump(unix.RTM_GETNEIGH, msg)
 	if err != nil && err != unix.ENOBUFS {
 		return err

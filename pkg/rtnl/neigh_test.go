@@ -165,7 +165,7 @@ func neighLine(n Neigh) string {
 // an entry deleted.
 func TestNeighLive(t *testing.T) {
 	inNetns(t, func(ifi int) {
-		c, err := OpenNeigh()
+		c, err := OpenNeigh(ifi, ifi)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -263,7 +263,7 @@ func runIP(t *testing.T, args ...string) {
 // entries given, and the loss reported after them.
 func TestNeighDumpOverrun(t *testing.T) {
 	inNetns(t, func(ifi int) {
-		c, err := OpenNeigh()
+		c, err := OpenNeigh(ifi, ifi)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +309,7 @@ func TestNeighDumpOverrun(t *testing.T) {
 // link sets off with every source MAC it makes up, never wake it.
 func TestNeighOnlyNeighbours(t *testing.T) {
 	inNetns(t, func(ifi int) {
-		c, err := OpenNeigh()
+		c, err := OpenNeigh(ifi, ifi)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,6 +346,41 @@ func TestNeighOnlyNeighbours(t *testing.T) {
 		}
 		if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != unix.EPERM {
 			t.Errorf("taking the filter off: %v, want EPERM", err)
+		}
+	})
+}
+
+// The socket hears the template interfaces alone: a dump gives their
+// entries, and neither it nor a change brings another interface's, which
+// a busy host (containers' veths) would otherwise wake the engine for,
+// and overrun its socket with.
+func TestNeighOtherInterface(t *testing.T) {
+	inNetns(t, func(ifi int) {
+		runIP(t, "link", "set", "d1", "up")
+		c, err := OpenNeigh(ifi, ifi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		runIP(t, "neigh", "replace", "192.0.2.1", "lladdr", "02:00:00:00:00:01", "dev", "d0", "nud", "permanent")
+		runIP(t, "neigh", "replace", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "d1", "nud", "permanent")
+		runIP(t, "neigh", "replace", "2001:db8::2", "lladdr", "02:00:00:00:00:02", "dev", "d1", "nud", "permanent")
+		var got []string
+		heard := func(n Neigh) { got = append(got, fmt.Sprintf("%v %d", n.Addr, n.Index)) }
+		for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+			if err := c.DumpNeighs(family, ifi, heard); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for c.ReadNeighs(make([]byte, 32<<10), heard) == nil {
+		}
+		for _, l := range got {
+			if !strings.HasSuffix(l, fmt.Sprintf(" %d", ifi)) {
+				t.Errorf("heard another interface's entry: %s", l)
+			}
+		}
+		if !slices.Contains(got, fmt.Sprintf("192.0.2.1 %d", ifi)) {
+			t.Errorf("heard %q, without d0's entry", got)
 		}
 	})
 }

@@ -420,7 +420,7 @@ func TestWatchNeighbours(t *testing.T) {
 	ip, ifi := neighNetns(t)
 	ip("neigh replace 192.0.2.50 lladdr 02:00:00:00:00:0a dev v0 nud permanent")
 	te := neighEngine(t, nil)
-	c, err := rtnl.OpenNeigh()
+	c, err := rtnl.OpenNeigh(ifi, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -527,7 +527,7 @@ func neighNetns(t *testing.T) (ip func(cmds ...string), ifi int) {
 // end and taken, and the engine watches on.
 func TestWatchNeighboursOverrun(t *testing.T) {
 	ip, ifi := neighNetns(t)
-	c, err := rtnl.OpenNeigh()
+	c, err := rtnl.OpenNeigh(ifi, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,7 +560,7 @@ func TestNeighResync(t *testing.T) {
 	ip, ifi := neighNetns(t)
 	ip("neigh replace 192.0.2.9 lladdr 02:00:00:00:00:09 dev v0 nud permanent")
 	te := neighEngine(t, nil)
-	c, err := rtnl.OpenNeigh()
+	c, err := rtnl.OpenNeigh(ifi, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
