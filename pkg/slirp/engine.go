@@ -494,7 +494,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		e.spliceUDPExpire(-1)
 		e.splicePipesExpire()
 		e.raTimer()
-		e.neighResync()
+		e.neighTick()
 	}
 	if len(e.tcp.ackDelayed) > 0 {
 		e.tcpDelayedAcks()

@@ -43,6 +43,12 @@ type neighEntry struct {
 // dump every 10 s at most.
 const neighResyncEvery = 10 * time.Second
 
+// neighAnnounceMax bounds the announcements a tick: a link that churns
+// its neighbours as fast as a host on it can have it (made-up addresses,
+// forced out of the host's table as fast) costs the guest 640 frames a
+// second at most. An entry left unannounced is still given in answers.
+const neighAnnounceMax = 64
+
 type neighTable struct {
 	entries  map[netip.Addr]neighEntry
 	conn     *rtnl.Conn    // nil unless watching
@@ -50,11 +56,13 @@ type neighTable struct {
 	buf      []byte        // what one read of conn takes
 	lost     bool          // changes were lost since the last dump
 	nextDump time.Duration // when neighResync may dump again
+	budget   int           // announcements left this tick
 }
 
 // neighInit puts in the blockers, in a table sized for its bound.
 func (e *Engine) neighInit() {
 	e.neigh.entries = make(map[netip.Addr]neighEntry, neighMax)
+	e.neigh.budget = neighAnnounceMax
 	for _, a := range []netip.Addr{e.cfg.HostLoopback(false), e.cfg.MapGuestAddr4,
 		e.cfg.HostLoopback(true), e.cfg.MapGuestAddr6} {
 		if a.IsValid() && !a.IsUnspecified() {
@@ -156,6 +164,13 @@ func (e *Engine) neighRead() {
 	}
 }
 
+// neighTick renews the announcements' budget, and dumps the tables again
+// if changes were lost.
+func (e *Engine) neighTick() {
+	e.neigh.budget = neighAnnounceMax
+	e.neighResync()
+}
+
 // neighResync dumps the host's tables again once changes were lost, so
 // that no entry stays wrong, or outlives the host's, for long.
 func (e *Engine) neighResync() {
@@ -228,9 +243,9 @@ var (
 )
 
 // neighUpdate sets a's MAC, unless a's entry is a blocker. A new entry
-// whose MAC is not ours is announced to the guest: an ARP announcement
-// or an unsolicited Neighbor Advertisement, as passt sends them, which a
-// guest that knew a with our MAC takes.
+// whose MAC is not ours is announced to the guest, within the tick's
+// budget: an ARP announcement or an unsolicited Neighbor Advertisement,
+// as passt sends them, which a guest that knew a with our MAC takes.
 func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 	if n, ok := e.neigh.entries[a]; ok {
 		if !n.permanent {
@@ -246,9 +261,10 @@ func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 		return
 	}
 	e.neigh.entries[a] = neighEntry{mac: mac, permanent: permanent}
-	if mac == e.cfg.OurMAC {
+	if mac == e.cfg.OurMAC || e.neigh.budget == 0 {
 		return
 	}
+	e.neigh.budget--
 	if a.Is4() {
 		e.arpAnnounce(a, mac)
 	} else {

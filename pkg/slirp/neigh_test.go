@@ -293,20 +293,27 @@ func TestNeighBlockers(t *testing.T) {
 }
 
 // The table holds neighMax entries, blockers included: the rest are left
-// out (and fall back to the gateway's entry, ours).
+// out (and fall back to the gateway's entry, ours). Announcements come a
+// tick's worth at a time (TestNeighAnnounceBound).
 func TestNeighBound(t *testing.T) {
 	te := neighEngine(t, nil)
 	base := netip.MustParseAddr("10.0.0.1")
 	a := base
-	for range neighMax + 10 {
+	announced := 0
+	for i := range neighMax + 10 {
 		te.neighEvent(hostNeigh(a, macA))
 		a = a.Next()
+		if i%neighAnnounceMax == 0 {
+			announced += len(te.announced(t))
+			te.neighTick()
+		}
 	}
+	announced += len(te.announced(t))
 	if len(te.neigh.entries) != neighMax {
 		t.Errorf("%d entries, want %d", len(te.neigh.entries), neighMax)
 	}
-	if got := len(te.announced(t)); got != neighMax-2 {
-		t.Errorf("%d announced, want %d (the blockers are the gateways)", got, neighMax-2)
+	if announced != neighMax-2 {
+		t.Errorf("%d announced, want %d (the blockers are the gateways)", announced, neighMax-2)
 	}
 	if got := te.arpFor(t, a.Prev()); got != testMAC {
 		t.Errorf("an entry past the bound at %x, want ours", got)
@@ -739,5 +746,34 @@ func TestNeighGuestEUI64(t *testing.T) {
 	te.neighEvent(hostNeigh(other, macA))
 	if got := te.announced(t); len(got) != 1 {
 		t.Errorf("another address: announced %q, want it", got)
+	}
+}
+
+// A host's link that churns its neighbours (entries made and forced out
+// again, as a host flooding the link with made-up addresses has them)
+// costs the guest at most neighAnnounceMax announcements a tick; an
+// entry left unannounced is still given in answers.
+func TestNeighAnnounceBound(t *testing.T) {
+	te := neighEngine(t, nil)
+	a := netip.MustParseAddr("10.0.0.1")
+	churn := func() {
+		for range 1000 {
+			te.neighEvent(hostNeigh(a, macA))
+			te.neighEvent(rtnl.Neigh{Addr: a, Index: testIfi, Deleted: true})
+			a = a.Next()
+		}
+		te.neighEvent(hostNeigh(a, macB))
+	}
+	churn()
+	if got := len(te.announced(t)); got != neighAnnounceMax {
+		t.Errorf("%d announced in a tick, want %d", got, neighAnnounceMax)
+	}
+	if got := te.arpFor(t, a); got != macB {
+		t.Errorf("the entry left unannounced at %x, want %x", got, macB)
+	}
+	te.neighTick()
+	churn()
+	if got := len(te.announced(t)); got != neighAnnounceMax {
+		t.Errorf("%d announced in the next tick, want %d", got, neighAnnounceMax)
 	}
 }
