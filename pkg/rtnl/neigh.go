@@ -67,15 +67,17 @@ func OpenNeigh(if4, if6 int) (*Conn, error) {
 
 // neighFilter is a socket filter that keeps a datagram whose first
 // message is NLMSG_DONE, NLMSG_ERROR, or RTM_NEWNEIGH or RTM_DELNEIGH of
-// family AF_INET or AF_INET6 on interface if4 or if6, and drops any
-// other: a change's datagram holds one message, a dump's messages of one
-// type, family and (asked for one, as DumpNeighs does) interface, and a
-// dump's last may end with NLMSG_DONE. A bridge's forwarding entries
-// (family AF_BRIDGE) share the neighbour group: a host on a bridged link
-// sets one off with every source MAC it makes up. Those, and another
-// interface's changes, never wake us nor fill the socket. Classic BPF
-// loads in network order, netlink is in the host's: the values are
-// compared as loaded.
+// family AF_INET or AF_INET6, on interface if4 or if6 if it is a change
+// (sequence number 0), and drops any other. A change's datagram holds one
+// message, a dump's messages of one type and family, and a dump's last
+// may end with NLMSG_DONE: a dump is kept whole whatever interface it
+// brings (DumpNeighs asks for one, which a kernel before 4.20 or so does
+// not honour), or its end could be dropped and the dump wait for it for
+// ever. A bridge's forwarding entries (family AF_BRIDGE) share the
+// neighbour group: a host on a bridged link sets one off with every
+// source MAC it makes up. Those, and another interface's changes, never
+// wake us nor fill the socket. Classic BPF loads in network order,
+// netlink is in the host's: the values are compared as loaded.
 func neighFilter(if4, if6 int) []unix.SockFilter {
 	u16 := func(v uint16) uint32 {
 		return uint32(binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)))
@@ -86,13 +88,15 @@ func neighFilter(if4, if6 int) []unix.SockFilter {
 	const family, index = unix.SizeofNlMsghdr, unix.SizeofNlMsghdr + 4 // ndm_family, ndm_ifindex
 	return []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 4}, // nlmsg_type
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 10, K: u16(unix.NLMSG_DONE)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 9, K: u16(unix.NLMSG_ERROR)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 12, K: u16(unix.NLMSG_DONE)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 11, K: u16(unix.NLMSG_ERROR)},
 		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: u16(unix.RTM_NEWNEIGH)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 6, K: u16(unix.RTM_DELNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 8, K: u16(unix.RTM_DELNEIGH)},
 		{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: family},
 		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: unix.AF_INET},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 3, K: unix.AF_INET6},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 5, K: unix.AF_INET6},
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 8}, // nlmsg_seq
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jf: 4, K: 0},
 		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: index},
 		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: u32(if4)},
 		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: u32(if6)},

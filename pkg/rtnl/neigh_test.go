@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -381,6 +382,43 @@ func TestNeighOtherInterface(t *testing.T) {
 		}
 		if !slices.Contains(got, fmt.Sprintf("192.0.2.1 %d", ifi)) {
 			t.Errorf("heard %q, without d0's entry", got)
+		}
+	})
+}
+
+// A dump is read to its end whatever interface it brings, as one from a
+// kernel that does not filter dumps by interface would: the filter keeps
+// answers to our requests whole, or the datagram holding NLMSG_DONE
+// could be dropped and the dump wait for it for ever.
+func TestNeighDumpEnds(t *testing.T) {
+	inNetns(t, func(ifi int) {
+		runIP(t, "link", "set", "d1", "up")
+		for i := range 50 {
+			runIP(t, "neigh", "replace", fmt.Sprintf("192.0.2.%d", i+1), "lladdr", "02:00:00:00:00:01", "dev", "d1", "nud", "permanent")
+		}
+		other, err := net.InterfaceByName("d1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := OpenNeigh(ifi, ifi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		done := make(chan int)
+		go func() {
+			n := 0
+			c.DumpNeighs(unix.AF_INET, other.Index, func(Neigh) { n++ })
+			done <- n
+		}()
+		select {
+		case n := <-done:
+			if n != 50 {
+				t.Errorf("the dump gave %d entries, want 50", n)
+			}
+		case <-time.After(5 * time.Second):
+			c.Close() // ends the read
+			t.Fatal("the dump never ended")
 		}
 	})
 }
