@@ -2,12 +2,15 @@ package tests
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The host's neighbours as the guest sees them, gopasst beside upstream
@@ -49,11 +52,11 @@ func neighHost(t *testing.T, h *Netns) *Netns {
 	return lan
 }
 
-// neighStep is one step: what the host does, then the frames the guest
-// sends.
+// neighStep is one step: what the host (w.Host) does, then the frames
+// the guest sends.
 type neighStep struct {
 	name   string
-	host   func(t *testing.T, h, lan *Netns)
+	host   func(t *testing.T, w *World, lan *Netns)
 	frames [][]byte
 }
 
@@ -89,34 +92,35 @@ func neighSteps() []neighStep {
 		{name: "udp4-lan-closed", frames: [][]byte{neighUDP(guestIP4, lan4, 40023, 9)}},
 		// The LAN host's MAC changes, and the host's entry with it: a
 		// flow keeps the MAC it started with, a new one takes the new.
-		{name: "lan-changes", host: func(t *testing.T, h, lan *Netns) {
+		{name: "lan-changes", host: func(t *testing.T, w *World, lan *Netns) {
 			lan.Run(t, "ip", "link", "set", "uplink-peer", "address", lanMAC2)
-			h.Run(t, "ip", "neigh", "replace", lan4.String(), "lladdr", lanMAC2, "dev", "uplink", "nud", "permanent")
+			w.Host.Run(t, "ip", "neigh", "replace", lan4.String(), "lladdr", lanMAC2, "dev", "uplink", "nud", "permanent")
 		}},
 		{name: "arp-lan-changed", frames: arp(lan4)},
 		{name: "udp4-lan-same-flow", frames: [][]byte{neighUDP(guestIP4, lan4, 40020, 7)}},
 		{name: "udp4-lan-new-flow", frames: [][]byte{neighUDP(guestIP4, lan4, 40024, 7)}},
 		// A change of an entry is silent; a new entry is announced; a
 		// deleted one falls back to the gateway's.
-		{name: "entry-changes", host: func(t *testing.T, h, _ *Netns) {
-			h.Run(t, "ip", "neigh", "replace", ent4.String(), "lladdr", "02:00:00:00:00:7a", "dev", "uplink", "nud", "permanent")
+		{name: "entry-changes", host: func(t *testing.T, w *World, _ *Netns) {
+			w.Host.Run(t, "ip", "neigh", "replace", ent4.String(), "lladdr", "02:00:00:00:00:7a", "dev", "uplink", "nud", "permanent")
 		}},
 		{name: "arp-entry-changed", frames: arp(ent4)},
-		{name: "entries-added", host: func(t *testing.T, h, _ *Netns) {
-			h.Run(t, "ip", "neigh", "replace", new4.String(), "lladdr", "02:00:00:00:00:71", "dev", "uplink", "nud", "reachable")
-			h.Run(t, "ip", "neigh", "replace", new6.String(), "lladdr", "02:00:00:00:00:71", "dev", "uplink", "nud", "reachable")
+		{name: "entries-added", host: func(t *testing.T, w *World, _ *Netns) {
+			w.Host.Run(t, "ip", "neigh", "replace", new4.String(), "lladdr", "02:00:00:00:00:71", "dev", "uplink", "nud", "reachable")
+			w.Host.Run(t, "ip", "neigh", "replace", new6.String(), "lladdr", "02:00:00:00:00:71", "dev", "uplink", "nud", "reachable")
 		}},
 		{name: "arp-entry-added", frames: arp(new4)},
-		{name: "entry-deleted", host: func(t *testing.T, h, _ *Netns) {
-			h.Run(t, "ip", "neigh", "del", ent4.String(), "dev", "uplink")
+		{name: "entry-deleted", host: func(t *testing.T, w *World, _ *Netns) {
+			w.Host.Run(t, "ip", "neigh", "del", ent4.String(), "dev", "uplink")
 		}},
 		{name: "arp-entry-deleted", frames: arp(ent4)},
 	}
 }
 
-// runNeighSteps starts one backend on argv in a world with neighHost and
-// returns, by step, the frames it sent the guest, decoded.
-func runNeighSteps(t *testing.T, argv []string) map[string][]string {
+// runNeighSteps starts one backend on argv in a world with neighHost,
+// runs steps, and returns, by step, the frames it sent the guest,
+// decoded, and the backend's log.
+func runNeighSteps(t *testing.T, argv []string, steps []neighStep) (map[string][]string, string) {
 	var lan *Netns
 	w := newWorld(t, WorldOpts{NoGuest: true, Backend: argv, BeforeStart: func(h *Netns) { lan = neighHost(t, h) }})
 	c, frames := attachGuest(t, w)
@@ -138,9 +142,9 @@ func runNeighSteps(t *testing.T, argv []string) map[string][]string {
 	gather(300 * time.Millisecond) // what comes on connect
 	res := map[string][]string{}
 	st := &probeState{}
-	for _, s := range neighSteps() {
+	for _, s := range steps {
 		if s.host != nil {
-			s.host(t, w.Host, lan)
+			s.host(t, w, lan)
 		}
 		for _, f := range s.frames {
 			c.Write(frame(f))
@@ -151,7 +155,7 @@ func runNeighSteps(t *testing.T, argv []string) map[string][]string {
 			}
 		}
 	}
-	return res
+	return res, w.Log.String()
 }
 
 // unsolicitedNA takes passt's unsolicited Neighbor Advertisements as
@@ -192,11 +196,11 @@ func TestDiffNeighbours(t *testing.T) {
 			t.Run("run", func(t *testing.T) {
 				t.Run("passt", func(t *testing.T) {
 					t.Parallel()
-					up = runNeighSteps(t, append([]string{passt, "-f", "-s", "{sock}"}, c.args...))
+					up, _ = runNeighSteps(t, append([]string{passt, "-f", "-s", "{sock}"}, c.args...), neighSteps())
 				})
 				t.Run("gopasst", func(t *testing.T) {
 					t.Parallel()
-					gp = runNeighSteps(t, append([]string{gopasstBin, "-f", "-s", "{sock}"}, c.args...))
+					gp, _ = runNeighSteps(t, append([]string{gopasstBin, "-f", "-s", "{sock}"}, c.args...), neighSteps())
 				})
 			})
 			if up == nil || gp == nil {
@@ -242,6 +246,51 @@ func TestDiffNeighbours(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNeighboursOverrun: the host's table changes while gopasst is
+// stopped, far more than its socket holds, so that changes are lost
+// (ENOBUFS); once it runs again, the sandboxed engine dumps the table
+// again, and the guest's answers are the table as it is: an entry
+// deleted meanwhile gone, one added there.
+func TestNeighboursOverrun(t *testing.T) {
+	needRoot(t)
+	arp := func(a netip.Addr) [][]byte { return [][]byte{arpFrame(1, testMAC, guestIP4, a)} }
+	churn := func(t *testing.T, w *World, _ *Netns) {
+		pids := w.Pids()
+		for _, p := range pids {
+			unix.Kill(p, unix.SIGSTOP)
+		}
+		var cmds strings.Builder
+		for round := range 10 {
+			for i := range 100 {
+				fmt.Fprintf(&cmds, "neigh replace 198.51.100.%d lladdr 02:00:00:00:%02x:%02x dev uplink nud permanent\n", i+100, round, i)
+			}
+		}
+		fmt.Fprintf(&cmds, "neigh del %v dev uplink\nneigh replace %v lladdr 02:00:00:00:00:71 dev uplink nud permanent\n", ent4, new4)
+		ip := w.Host.Cmd("ip", "-batch", "-")
+		ip.Stdin = strings.NewReader(cmds.String())
+		if out, err := ip.CombinedOutput(); err != nil {
+			t.Errorf("ip -batch: %v\n%s", err, out)
+		}
+		for _, p := range pids {
+			unix.Kill(p, unix.SIGCONT)
+		}
+		time.Sleep(time.Second) // the engine's next ticks: not what passes or fails
+	}
+	res, log := runNeighSteps(t, []string{gopasstBin, "-f", "-s", "{sock}"}, []neighStep{
+		{name: "churn", host: churn},
+		{name: "arp-deleted", frames: arp(ent4)},
+		{name: "arp-added", frames: arp(new4)},
+	})
+	if !strings.Contains(log, "no buffer space available") {
+		t.Errorf("no change was lost; the log:\n%s", log)
+	}
+	for step, want := range map[string]string{"arp-deleted": "ARP op=2 sha=ours", "arp-added": "ARP op=2 sha=02:00:00:00:00:71"} {
+		if !slices.ContainsFunc(res[step], func(l string) bool { return strings.Contains(l, want) }) {
+			t.Errorf("%s: %q, without %q", step, res[step], want)
+		}
 	}
 }
 
