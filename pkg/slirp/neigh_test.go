@@ -600,7 +600,7 @@ func TestNeighResync(t *testing.T) {
 }
 
 // The host's table churned at its bound, or asked about for every
-// address, allocates nothing: the table is sized for its bound, "table
+// address (ARP, NS), allocates nothing: the table is sized for its bound, "table
 // full" is logged (with --debug) once, and an answer is built in the
 // output queue.
 func TestNeighAllocs(t *testing.T) {
@@ -647,6 +647,21 @@ func TestNeighAllocs(t *testing.T) {
 	ask()
 	if n := testing.AllocsPerRun(20, ask); n != 0 {
 		t.Errorf("ARP for every address: %v allocations", n)
+	}
+	var nss [][]byte
+	for i := range 256 {
+		target := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i)})
+		nss = append(nss, frameIP(testGuest6, target, header.ProtoICMPv6, ndpSolicit(target)))
+	}
+	solicit := func() {
+		for _, f := range nss {
+			te.tapInput(f)
+		}
+		te.flush()
+	}
+	solicit()
+	if n := testing.AllocsPerRun(20, solicit); n != 0 {
+		t.Errorf("NS for every address: %v allocations", n)
 	}
 }
 
@@ -775,5 +790,26 @@ func TestNeighAnnounceBound(t *testing.T) {
 	churn()
 	if got := len(te.announced(t)); got != neighAnnounceMax {
 		t.Errorf("%d announced in the next tick, want %d", got, neighAnnounceMax)
+	}
+}
+
+// A dump that fails leaves the blockers alone: no entry stays that no
+// change would ever update.
+func TestWatchNeighboursFails(t *testing.T) {
+	te := neighEngine(t, nil)
+	te.neighEvent(hostNeigh(netip.MustParseAddr("192.0.2.50"), macA)) // as a first family's dump would
+	te.output(t)
+	c, err := rtnl.OpenNeigh(testIfi, testIfi)
+	if err != nil {
+		t.Skipf("no netlink socket: %v", err)
+	}
+	c.Close()
+	if err := te.WatchNeighbours(c, testIfi, testIfi); err == nil {
+		t.Fatal("watching with a closed socket worked")
+	}
+	for a, n := range te.neigh.entries {
+		if !n.permanent {
+			t.Errorf("%v stayed after the failure", a)
+		}
 	}
 }
