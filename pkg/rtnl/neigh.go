@@ -41,10 +41,11 @@ func (n *Neigh) Ethernet() ([6]byte, bool) {
 // OpenNeigh opens a route netlink socket that hears the changes to the
 // neighbour tables of interfaces if4 and if6 (the neighbour group,
 // RTMGRP_NEIGH, which an unprivileged process may join, filtered). The
-// socket takes in nothing but their neighbour messages and the ends of
-// answers (neighFilter), for good: the engine keeps it in its sandbox,
-// where a compromised engine could ask it, or join it to a group, for
-// the host's links, addresses and routes.
+// socket takes in nothing but IPv4 and IPv6 neighbour messages, of
+// changes only those of if4 and if6, and the ends of answers
+// (neighFilter), for good: the engine keeps it in its sandbox, where a
+// compromised engine could ask it, or join it to a group, for the host's
+// links, addresses and routes.
 func OpenNeigh(if4, if6 int) (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -71,8 +72,8 @@ func OpenNeigh(if4, if6 int) (*Conn, error) {
 // (sequence number 0), and drops any other. A change's datagram holds one
 // message, a dump's messages of one type and family, and a dump's last
 // may end with NLMSG_DONE: a dump is kept whole whatever interface it
-// brings (DumpNeighs asks for one, which a kernel before 4.20 or so does
-// not honour), or its end could be dropped and the dump wait for it for
+// brings (DumpNeighs asks for one, which an older kernel may not
+// honour), or its end could be dropped and the dump wait for it for
 // ever. A bridge's forwarding entries (family AF_BRIDGE) share the
 // neighbour group: a host on a bridged link sets one off with every
 // source MAC it makes up. Those, and another interface's changes, never
