@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -250,7 +252,7 @@ func TestDiffNeighbours(t *testing.T) {
 }
 
 // TestNeighboursOverrun: the host's table changes while gopasst is
-// stopped, far more than its socket holds, so that changes are lost
+// stopped, far more than its socket holds (by net.core.rmem_default), so that changes are lost
 // (ENOBUFS); once it runs again, the sandboxed engine dumps the table
 // again, and the guest's answers are the table as it is: an entry
 // deleted meanwhile gone, one added there.
@@ -262,10 +264,16 @@ func TestNeighboursOverrun(t *testing.T) {
 		for _, p := range pids {
 			unix.Kill(p, unix.SIGSTOP)
 		}
+		// Each change costs the socket's buffer more than 256 bytes.
+		rounds := 10
+		if b, err := os.ReadFile("/proc/sys/net/core/rmem_default"); err == nil {
+			n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			rounds = max(rounds, n/256/100+1)
+		}
 		var cmds strings.Builder
-		for round := range 10 {
+		for round := range rounds {
 			for i := range 100 {
-				fmt.Fprintf(&cmds, "neigh replace 198.51.100.%d lladdr 02:00:00:00:%02x:%02x dev uplink nud permanent\n", i+100, round, i)
+				fmt.Fprintf(&cmds, "neigh replace 198.51.100.%d lladdr 02:00:00:%02x:%02x:%02x dev uplink nud permanent\n", i+100, round>>8, round&0xff, i)
 			}
 		}
 		fmt.Fprintf(&cmds, "neigh del %v dev uplink\nneigh replace %v lladdr 02:00:00:00:00:71 dev uplink nud permanent\n", ent4, new4)
