@@ -259,9 +259,10 @@ func runIP(t *testing.T, args ...string) {
 	}
 }
 
-// Changes the socket could not hold before a dump (ENOBUFS, which the
-// first read reports) do not end the dump: it is read to its end, its
-// entries given, and the loss reported after them.
+// Changes the socket could not hold before a dump (ENOBUFS, which a read
+// reports once the queue is empty, amid the dump's answer) do not end
+// the dump: it is read to its end, its entries given, and the loss
+// reported after them.
 func TestNeighDumpOverrun(t *testing.T) {
 	inNetns(t, func(ifi int) {
 		c, err := OpenNeigh(ifi, ifi)
