@@ -83,22 +83,21 @@ func (e *Engine) WatchNeighbours(c *rtnl.Conn, if4, if6 int) error {
 	for try := 1; err == unix.ENOBUFS && try < neighDumpTries; try++ {
 		err = e.neighDump(c)
 	}
-	switch err {
-	case nil:
-	case unix.ENOBUFS: // neighResync tries again
-		e.logLimited(neighLost, "the host's neighbour table: %v", err)
-		e.neigh.lost = true
-	default:
+	lost := err == unix.ENOBUFS // neighResync tries again
+	if err == nil || lost {
+		// Changes heard during the dump wait in the socket: epoll
+		// reports them at once.
+		err = e.epollAdd(c.Fd(), unix.EPOLLIN, epollRef{kind: kindNeigh})
+	}
+	if err != nil {
 		e.neighMark() // no change will update what the dump brought
 		e.neighSweep()
 		return err
 	}
-	// Changes heard during the dump wait in the socket: epoll reports
-	// them at once.
-	if err := e.epollAdd(c.Fd(), unix.EPOLLIN, epollRef{kind: kindNeigh}); err != nil {
-		return err
+	if lost {
+		e.logLimited(neighLost, "the host's neighbour table: %v", unix.ENOBUFS)
 	}
-	e.neigh.conn, e.neigh.buf = c, make([]byte, 32<<10)
+	e.neigh.conn, e.neigh.buf, e.neigh.lost = c, make([]byte, 32<<10), lost
 	return nil
 }
 

@@ -813,3 +813,29 @@ func TestWatchNeighboursFails(t *testing.T) {
 		}
 	}
 }
+
+// Watching that fails once the dump is in (epoll refuses the socket)
+// leaves the blockers alone too, and nothing for the ticks after it to
+// dump again with.
+func TestWatchNeighboursEpollFails(t *testing.T) {
+	ip, ifi := neighNetns(t)
+	ip("neigh replace 192.0.2.50 lladdr 02:00:00:00:00:0a dev v0 nud permanent")
+	te := neighEngine(t, nil)
+	c, err := rtnl.OpenNeigh(ifi, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ep := te.epfd
+	te.epfd = notPollable(t)
+	defer func() { te.epfd = ep }()
+	if err := te.WatchNeighbours(c, ifi, 0); err == nil {
+		t.Fatal("watching worked without epoll")
+	}
+	te.neighTick()
+	for a, n := range te.neigh.entries {
+		if !n.permanent {
+			t.Errorf("%v stayed after the failure", a)
+		}
+	}
+}
