@@ -446,8 +446,17 @@ func (l *vhostLink) Reserve(n int) []byte {
 func (l *vhostLink) MaxFrame() int   { return MaxFrame }
 func (l *vhostLink) Dropped() uint64 { return l.dropped }
 
-// Pending counts frames built in guest buffers until they are published.
-func (l *vhostLink) Pending() int { return l.q.Pending() + l.rx.unpublished }
+// Pending counts frames built in guest buffers until they are published,
+// and one more while either ring owes the guest an interrupt that it
+// would now take (virtq.interruptOwed), which the engine's next Flush
+// sends: the engine flushes at every turn, a tick apart at most.
+func (l *vhostLink) Pending() int {
+	n := l.q.Pending() + l.rx.unpublished
+	if l.vq[rxQueue].interruptOwed() || l.vq[txQueue].interruptOwed() {
+		n++
+	}
+	return n
+}
 
 // ReserveV takes RX chains for the frame when it can: the ring runs
 // with mergeable buffers, no queued frame must go first, and the
@@ -663,6 +672,9 @@ func (l *vhostLink) netHeader(h []byte, buffers uint16) {
 // Flush copies queued frames into the guest's RX buffers, while it has
 // buffers; the rest waits for its next RX kick.
 func (l *vhostLink) Flush() error {
+	if tx := &l.vq[txQueue]; tx.interruptOwed() {
+		tx.publish()
+	}
 	rx := &l.vq[rxQueue]
 	if !rx.ready() {
 		return l.fault()

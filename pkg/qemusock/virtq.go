@@ -131,6 +131,7 @@ type virtq struct {
 	lastAvail uint16 // the next available entry we take
 	usedIdx   uint16 // the next used entry we write
 	published uint16 // usedIdx as the guest last saw it
+	owed      bool   // published while the guest took no interrupts (publish)
 
 	kick, call int  // eventfds, -1 when none
 	started    bool // a kick descriptor was given (the ring runs)
@@ -256,21 +257,43 @@ func (q *virtq) discard(from uint16) {
 // counter at its maximum, a full pipe) or at all breaks the ring: only
 // the front-end could have made it so.
 func (q *virtq) publish() {
-	if q.usedIdx == q.published {
+	if q.usedIdx != q.published {
+		q.published = q.usedIdx
+		storeUsedIdx(q.used, q.usedIdx)
+		if q.log != nil {
+			q.log.logUsedIdx(q)
+		}
+		q.owed = true
+	}
+	if !q.owed || !q.mayInterrupt() {
 		return
 	}
-	q.published = q.usedIdx
-	storeUsedIdx(q.used, q.usedIdx)
-	if q.log != nil {
-		q.log.logUsedIdx(q)
-	}
-	// The flags are a hint, read plainly: a driver that turns interrupts
-	// back on looks at the used ring itself afterwards.
-	if flags := binary.LittleEndian.Uint16(q.avail); flags&availNoInterrupt == 0 && q.call >= 0 && q.err == nil {
+	q.owed = false
+	if q.call >= 0 && q.err == nil {
 		if _, err := write(q.call, eventfdOne[:]); err != nil {
 			q.err = fmt.Errorf("%w: interrupt: %v", ErrVhostUser, err)
 		}
 	}
+}
+
+// mayInterrupt tells whether the guest takes interrupts now. The flag is
+// a hint, read plainly: a driver that turns interrupts back on looks at
+// the used ring itself afterwards, and so finds what was published while
+// they were off. Should that look and our read of the flag cross (its
+// store of the flag not yet seen here, our store of the index not yet
+// seen there), the guest would wait for an interrupt that never comes,
+// and a guest whose RX buffers are all used sends nothing that would end
+// the wait. So what was published while its interrupts were off stays
+// owed (q.owed), and interruptOwed has it sent once they are on again:
+// at worst, one interrupt the guest did not need.
+func (q *virtq) mayInterrupt() bool {
+	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
+}
+
+// interruptOwed tells whether the ring owes the guest an interrupt
+// (publish) that it would take now.
+func (q *virtq) interruptOwed() bool {
+	return q.owed && q.ready() && q.mayInterrupt()
 }
 
 // eventfdOne is what signals an eventfd: 1, as a native-endian 64-bit
