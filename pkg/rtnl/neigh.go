@@ -52,8 +52,9 @@ func OpenNeigh(if4, if6 int) (*Conn, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	prog := neighFilter(if4, if6)
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err == nil {
+	err = unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	if err == nil {
 		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 1)
 	}
 	if err == nil {
