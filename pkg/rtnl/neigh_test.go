@@ -109,9 +109,9 @@ func TestParseNeigh(t *testing.T) {
 	}
 }
 
-// seed reads a checked-in seed of FuzzNeigh.
-func seed(t *testing.T, name string) []byte {
-	b, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzNeigh", name))
+// seed reads the checked-in seed name of the fuzz target target.
+func seed(t *testing.T, target, name string) []byte {
+	b, err := os.ReadFile(filepath.Join("testdata", "fuzz", target, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestParseNeighSeeds(t *testing.T) {
 		{"dump6", []string{"2001:db8::1 02:00:00:00:00:03 true", "fe80::1 02:00:00:00:00:04 true"}},
 		{"changes", []string{"192.0.2.1 02:00:00:00:00:05 true", "192.0.2.2 00:00:00:00:00:00 false"}},
 	} {
-		got := neighLines(t, seed(t, c.name))
+		got := neighLines(t, seed(t, "FuzzNeigh", c.name))
 		for _, w := range c.want {
 			if !slices.Contains(got, w) {
 				t.Errorf("%s parses into %q, without %q", c.name, got, w)

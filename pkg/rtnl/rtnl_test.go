@@ -4,11 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -74,21 +70,9 @@ func TestParseSeeds(t *testing.T) {
 	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
 		t.Skip("the seeds were dumped on a little-endian machine; netlink is in the host's byte order")
 	}
-	seed := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzParse", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines := strings.Split(string(b), "\n")
-		q, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return []byte(q)
-	}
 	var got []string
 	for _, name := range []string{"addr4", "addr6"} {
-		addrs, err := ParseAddrs(seed(name))
+		addrs, err := ParseAddrs(seed(t, "FuzzParse", name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +81,7 @@ func TestParseSeeds(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"route4", "route6"} {
-		routes, err := ParseRoutes(seed(name))
+		routes, err := ParseRoutes(seed(t, "FuzzParse", name))
 		if err != nil {
 			t.Fatal(err)
 		}

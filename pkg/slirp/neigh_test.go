@@ -352,17 +352,9 @@ func TestNeighFlowMAC(t *testing.T) {
 	isProto := func(p uint8) func(header.IPv4) bool { return func(ip header.IPv4) bool { return ip.Protocol() == p } }
 
 	pc := listenUDPLoopback(t)
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	udpReply := func(sport uint16, want [6]byte) {
 		t.Helper()
-		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(sport, port, []byte("hi"))))
-		te.inputDone()
-		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 16)
-		_, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, from := udpFlowTo(t, te, pc, sport)
 		pc.WriteTo([]byte("back"), from)
 		if f := te.awaitIPv4(t, isProto(header.ProtoUDP)); f == nil {
 			t.Fatalf("no UDP reply to port %d", sport)
@@ -427,11 +419,7 @@ func TestWatchNeighbours(t *testing.T) {
 	ip, ifi := neighNetns(t)
 	ip("neigh replace 192.0.2.50 lladdr 02:00:00:00:00:0a dev v0 nud permanent")
 	te := neighEngine(t, nil)
-	c, err := rtnl.OpenNeigh(ifi, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := openNeigh(t, ifi)
 	if err := te.WatchNeighbours(c, ifi, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -534,11 +522,7 @@ func neighNetns(t *testing.T) (ip func(cmds ...string), ifi int) {
 // end and taken, and the engine watches on.
 func TestWatchNeighboursOverrun(t *testing.T) {
 	ip, ifi := neighNetns(t)
-	c, err := rtnl.OpenNeigh(ifi, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := openNeigh(t, ifi)
 	// The smallest buffer the kernel allows: a few changes fill it.
 	if err := unix.SetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 0); err != nil {
 		t.Fatal(err)
@@ -567,11 +551,7 @@ func TestNeighResync(t *testing.T) {
 	ip, ifi := neighNetns(t)
 	ip("neigh replace 192.0.2.9 lladdr 02:00:00:00:00:09 dev v0 nud permanent")
 	te := neighEngine(t, nil)
-	c, err := rtnl.OpenNeigh(ifi, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := openNeigh(t, ifi)
 	if err := te.WatchNeighbours(c, ifi, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -821,11 +801,7 @@ func TestWatchNeighboursEpollFails(t *testing.T) {
 	ip, ifi := neighNetns(t)
 	ip("neigh replace 192.0.2.50 lladdr 02:00:00:00:00:0a dev v0 nud permanent")
 	te := neighEngine(t, nil)
-	c, err := rtnl.OpenNeigh(ifi, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := openNeigh(t, ifi)
 	ep := te.epfd
 	te.epfd = notPollable(t)
 	defer func() { te.epfd = ep }()
@@ -838,4 +814,15 @@ func TestWatchNeighboursEpollFails(t *testing.T) {
 			t.Errorf("%v stayed after the failure", a)
 		}
 	}
+}
+
+// openNeigh opens a socket that hears interface ifi's neighbours, closed
+// when the test ends.
+func openNeigh(t *testing.T, ifi int) *rtnl.Conn {
+	c, err := rtnl.OpenNeigh(ifi, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
