@@ -317,20 +317,9 @@ func runProbes(t *testing.T, argv []string, o WorldOpts) map[string][]string {
 	c, frames := attachGuest(t, w)
 	hungUp := false
 	gather := func(d time.Duration) [][]byte {
-		var out [][]byte
-		timer := time.After(d)
-		for {
-			select {
-			case f, ok := <-frames:
-				if !ok {
-					hungUp = true
-					return out
-				}
-				out = append(out, f)
-			case <-timer:
-				return out
-			}
-		}
+		out, open := gatherFrames(frames, d)
+		hungUp = hungUp || !open
+		return out
 	}
 	gather(300 * time.Millisecond) // what comes on connect
 	res := map[string][]string{}
@@ -796,5 +785,21 @@ func TestDiffGuest(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// gatherFrames collects the frames that come from frames within d, and
+// tells whether the backend still had the guest attached at the end.
+func gatherFrames(frames <-chan []byte, d time.Duration) (out [][]byte, open bool) {
+	for timer := time.After(d); ; {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				return out, false
+			}
+			out = append(out, f)
+		case <-timer:
+			return out, true
+		}
 	}
 }

@@ -127,19 +127,11 @@ func runNeighSteps(t *testing.T, argv []string, steps []neighStep) (map[string][
 	w := newWorld(t, WorldOpts{NoGuest: true, Backend: argv, BeforeStart: func(h *Netns) { lan = neighHost(t, h) }})
 	c, frames := attachGuest(t, w)
 	gather := func(d time.Duration) [][]byte {
-		var out [][]byte
-		for timer := time.After(d); ; {
-			select {
-			case f, ok := <-frames:
-				if !ok {
-					t.Errorf("%s hung up:\n%s", argv[0], w.Log.String())
-					return out
-				}
-				out = append(out, f)
-			case <-timer:
-				return out
-			}
+		out, open := gatherFrames(frames, d)
+		if !open {
+			t.Errorf("%s hung up:\n%s", argv[0], w.Log.String())
 		}
+		return out
 	}
 	gather(300 * time.Millisecond) // what comes on connect
 	res := map[string][]string{}
