@@ -142,10 +142,15 @@ type rxKick struct {
 }
 
 // rxShort notes that something waits for RX buffers, and watches the
-// RX kick.
+// RX kick. It also owes the guest an interrupt (virtq.mayInterrupt): a
+// guest out of buffers that takes interrupts may have missed the one for
+// the frames that used them up, however it was lost, and would then
+// never give more. So while it stays so, it gets one a turn, a tick
+// apart once nothing else happens: at most ten a second, only then.
 func (l *vhostLink) rxShort() {
 	l.rxKick.short = true
 	l.watchRxKick(true)
+	l.vq[rxQueue].owed = true
 }
 
 func (l *vhostLink) watchRxKick(on bool) {
@@ -1029,6 +1034,10 @@ func (l *vhostLink) request(m []byte) error {
 				// An interrupt never waits: a call that cannot take
 				// one breaks the ring (publish).
 				err = unix.SetNonblock(fd, true)
+				// One may have gone to the old descriptor after the
+				// front-end last looked at it: the new one gets one,
+				// as passt and libvhost-user give it.
+				q.owed = true
 			}
 		default:
 			if fd >= 0 {

@@ -148,6 +148,7 @@ func (f *frontEnd) setUp() {
 		f.must(vuSetVringCall, u64s(uint64(i)), f.call[i])
 		f.must(vuSetVringKick, u64s(uint64(i)), f.kick[i])
 	}
+	f.l.Flush() // the interrupt each new call descriptor gets
 }
 
 // desc writes descriptor n of queue q.
@@ -788,5 +789,29 @@ func TestVhostUserInterruptOwed(t *testing.T) {
 	f.l.Flush()
 	if n := interrupts(); n != 0 {
 		t.Errorf("%d more interrupts for nothing new", n)
+	}
+
+	// Out of buffers, with interrupts on: one a flush, however the one
+	// for the frames that used them up was lost.
+	f.l.Reserve(64)
+	f.l.Commit(64)
+	f.l.Reserve(64)
+	f.l.Commit(64)
+	f.l.Flush() // the second frame finds no buffer
+	interrupts()
+	for i := range 3 {
+		if f.l.Pending() == 0 {
+			t.Fatal("nothing pending with a frame queued")
+		}
+		f.l.Flush()
+		if n := interrupts(); n != 1 {
+			t.Fatalf("flush %d out of buffers: %d interrupts, want 1", i, n)
+		}
+	}
+	// A new call descriptor gets one too.
+	f.must(vuSetVringCall, u64s(0), f.call[0])
+	f.l.Flush()
+	if n := interrupts(); n != 1 {
+		t.Errorf("a new call descriptor: %d interrupts, want 1", n)
 	}
 }
