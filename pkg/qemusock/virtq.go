@@ -131,7 +131,7 @@ type virtq struct {
 	lastAvail uint16 // the next available entry we take
 	usedIdx   uint16 // the next used entry we write
 	published uint16 // usedIdx as the guest last saw it
-	owed      bool   // published while the guest took no interrupts (publish)
+	owed      bool   // an interrupt to send once the guest takes them (publish, rxShort, a new call descriptor)
 
 	kick, call int  // eventfds, -1 when none
 	started    bool // a kick descriptor was given (the ring runs)
