@@ -763,12 +763,14 @@ func TestVhostUserInterruptOwed(t *testing.T) {
 	f.rxBufs(0, 2, 2048)
 	_, avail, _ := feRing(0)
 	flags := func(v uint16) { binary.LittleEndian.PutUint16(f.mem[avail:], v) }
+	// Whether the guest was interrupted since the last look: the count
+	// itself is not read, as qemu-user (make test-bigendian) swaps it.
 	interrupts := func() uint64 {
 		var b [8]byte
 		if n, err := unix.Read(f.call[0], b[:]); err != nil || n != len(b) {
 			return 0
 		}
-		return binary.NativeEndian.Uint64(b[:])
+		return 1
 	}
 	interrupts()
 	flags(availNoInterrupt)

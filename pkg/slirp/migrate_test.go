@@ -184,10 +184,17 @@ func needRepair(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sets TCP_REPAIR")
 	}
-	// qemu-user fakes uname, not this file.
-	if arch, _ := os.ReadFile("/proc/sys/kernel/arch"); runtime.GOARCH == "s390x" && string(arch) != "s390x\n" {
+	if emulated() {
 		t.Skip("qemu-user does not translate TCP_INFO and TCP_REPAIR_WINDOW")
 	}
+}
+
+// emulated says the test runs under qemu-user (make test-bigendian): the
+// kernel is of another architecture than the binary (qemu-user fakes
+// uname, not this file).
+func emulated() bool {
+	arch, _ := os.ReadFile("/proc/sys/kernel/arch")
+	return runtime.GOARCH == "s390x" && string(arch) != "s390x\n"
 }
 
 // startRepairHelper serves the repair protocol in-process (the test is
