@@ -1,8 +1,9 @@
 // Package rtnl speaks the few rtnetlink requests pasta's --config-net
 // needs: dump a host interface's addresses and routes, and set a link's
 // state, MTU and MAC, add addresses and add routes; and it hears the
-// neighbour table (neigh.go), whose MACs the engine mirrors to the guest. The messages are
-// written by hand on golang.org/x/sys/unix, as passt writes its own: the
+// neighbour table (neigh.go), whose MACs the engine mirrors to the
+// guest. The messages are written by hand on golang.org/x/sys/unix, as
+// passt writes its own: the
 // handful of fixed layouts does not justify a dependency, and the parser
 // of the kernel's answers is fuzzed like every other parser in gopasst.
 package rtnl

@@ -457,20 +457,11 @@ func TestNeighUDPPeerMAC(t *testing.T) {
 		t.Skipf("no IPv6 loopback: %v", err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	for _, c := range []struct {
 		to   netip.Addr
 		want [6]byte
 	}{{testGW6, macA}, {testLL6, macB}, {testGW6, macA}} {
-		te.tapInput(frameIP(testGuest6, c.to, header.ProtoUDP, udp6(5000, port, []byte("hi"))))
-		te.inputDone()
-		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 16)
-		_, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pc.WriteTo([]byte("back"), from)
+		pc.WriteTo([]byte("back"), udpSendVia(t, te, pc, testGuest6, c.to, 5000))
 		f := te.awaitIPv6(t, func(ip header.IPv6) bool { return ip.NextHeader() == header.ProtoUDP })
 		if f == nil {
 			t.Fatalf("no reply to the datagram to %v", c.to)

@@ -50,8 +50,21 @@ func epollReady(e *Engine, kind uint8) bool {
 // socket as pc sees it.
 func udpFlowTo(t *testing.T, te *testEngine, pc net.PacketConn, sport uint16) (*udpFlow, net.Addr) {
 	t.Helper()
+	from := udpSendVia(t, te, pc, testGuest4, testGW4, sport)
+	_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, sport))
+	if f == nil {
+		t.Fatal("no flow")
+	}
+	return f, from
+}
+
+// udpSendVia sends a datagram from the guest at src, port sport, to
+// the loopback peer pc through dst, which must lead there, and returns
+// the address of the flow's host socket as pc sees it.
+func udpSendVia(t *testing.T, te *testEngine, pc net.PacketConn, src, dst netip.Addr, sport uint16) net.Addr {
+	t.Helper()
 	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(sport, port, []byte("hi"))))
+	te.tapInput(frameIP(src, dst, header.ProtoUDP, udp6(sport, port, []byte("hi"))))
 	te.inputDone()
 	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 16)
@@ -59,11 +72,7 @@ func udpFlowTo(t *testing.T, te *testEngine, pc net.PacketConn, sport uint16) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, sport))
-	if f == nil {
-		t.Fatal("no flow")
-	}
-	return f, from
+	return from
 }
 
 // TestUDPLinkFull: a host peer keeps sending to a guest flow while the
