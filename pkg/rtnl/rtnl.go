@@ -3,9 +3,9 @@
 // state, MTU and MAC, add addresses and add routes; and it hears the
 // neighbour table (neigh.go), whose MACs the engine mirrors to the
 // guest. The messages are written by hand on golang.org/x/sys/unix, as
-// passt writes its own: the
-// handful of fixed layouts does not justify a dependency, and the parser
-// of the kernel's answers is fuzzed like every other parser in gopasst.
+// passt writes its own: the handful of fixed layouts does not justify a
+// dependency, and the parser of the kernel's answers is fuzzed like
+// every other parser in gopasst.
 package rtnl
 
 import (
