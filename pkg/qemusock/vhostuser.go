@@ -145,12 +145,12 @@ type rxKick struct {
 // RX kick. It also owes the guest an interrupt (virtq.mayInterrupt): a
 // guest out of buffers that takes interrupts may have missed the one for
 // the frames that used them up, however it was lost, and would then
-// never give more. So while it stays so, it gets one a turn, a tick
-// apart once nothing else happens: at most ten a second, only then.
+// never give more. So while it stays so, it gets one once owedDelay
+// passed with no other.
 func (l *vhostLink) rxShort() {
 	l.rxKick.short = true
 	l.watchRxKick(true)
-	l.vq[rxQueue].owed = true
+	l.vq[rxQueue].owe(owedDelay)
 }
 
 func (l *vhostLink) watchRxKick(on bool) {
@@ -452,9 +452,10 @@ func (l *vhostLink) MaxFrame() int   { return MaxFrame }
 func (l *vhostLink) Dropped() uint64 { return l.dropped }
 
 // Pending counts frames built in guest buffers until they are published,
-// and one more while either ring owes the guest an interrupt that it
-// would now take (virtq.interruptOwed), which the engine's next Flush
-// sends: the engine flushes at every turn, a tick apart at most.
+// and one more while either ring owes the guest an interrupt that is
+// due and that it would now take (virtq.interruptOwed), which the
+// engine's next Flush sends: the engine flushes at every turn, a tick
+// apart at most while it has flows.
 func (l *vhostLink) Pending() int {
 	n := l.q.Pending() + l.rx.unpublished
 	if l.vq[rxQueue].interruptOwed() || l.vq[txQueue].interruptOwed() {
@@ -1037,7 +1038,7 @@ func (l *vhostLink) request(m []byte) error {
 				// One may have gone to the old descriptor after the
 				// front-end last looked at it: the new one gets one,
 				// as passt and libvhost-user give it.
-				q.owed = true
+				q.owed, q.owedAt = true, 0
 			}
 		default:
 			if fd >= 0 {
