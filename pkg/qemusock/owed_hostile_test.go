@@ -100,3 +100,18 @@ func TestVhostUserOwedNoSpin(t *testing.T) {
 
 // engineTick is slirp's tick, a turn's longest wait.
 const engineTick = 100 * time.Millisecond
+
+// TestVhostUserOwedCallIsKick: a front-end that gives the RX ring's kick
+// as its call descriptor too, with no RX buffers and a frame waiting for
+// one. Each interrupt the guest is owed for want of buffers is a kick,
+// which has the engine flush again at once, and the flush owes another:
+// the engine must not spin, turn after turn.
+func TestVhostUserOwedCallIsKick(t *testing.T) {
+	e := newKickEngine(t)
+	e.req(vuSetVringCall, u64s(0), e.f.kick[0])
+	e.queue()
+	if e.f.l.Pending() == 0 {
+		t.Fatal("a frame went to a ring with no buffers")
+	}
+	e.run() // fails on a spin
+}
