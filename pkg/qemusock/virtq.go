@@ -287,8 +287,11 @@ func (q *virtq) publish() {
 }
 
 // owedDelay is how long an owed interrupt waits for one that would make
-// it needless (mayInterrupt).
-const owedDelay = 50 * time.Millisecond
+// it needless (mayInterrupt): the engine's tick, so that a guest out of
+// RX buffers (rxShort) is interrupted at most ten times a second however
+// fast the engine turns, and a kick that each interrupt caused could not
+// make it spin (TestVhostUserOwedNoSpin, TestVhostUserOwedCallIsKick).
+const owedDelay = 100 * time.Millisecond
 
 // owe makes the ring owe the guest an interrupt, due after d if it owed
 // none.
