@@ -779,22 +779,27 @@ func TestVhostUserInterruptOwed(t *testing.T) {
 	flags(availNoInterrupt)
 	f.l.Reserve(64)
 	f.l.Commit(64)
+	owed := time.Now()
 	f.l.Flush()
 	if n, p := interrupts(), f.l.Pending(); n != 0 || p != 0 || f.usedIdx(0) != 1 {
 		t.Fatalf("published while the guest polls: %d interrupts, pending %d, used index %d", n, p, f.usedIdx(0))
 	}
 	flags(0)
 	f.l.Flush()
-	if n, p := interrupts(), f.l.Pending(); n != 0 || p != 0 {
-		t.Fatalf("the guest stopped polling: %d interrupts, pending %d before the owed one is due", n, p)
+	early := interrupts()
+	// Unless this ran slower than owedDelay (qemu-user, a loaded machine).
+	if early != 0 && time.Since(owed) < owedDelay {
+		t.Fatal("the guest stopped polling: interrupted before the owed one was due")
 	}
-	time.Sleep(owedDelay)
-	if f.l.Pending() == 0 {
-		t.Fatal("the owed interrupt is not pending once due")
-	}
-	f.l.Flush()
-	if n, p := interrupts(), f.l.Pending(); n != 1 || p != 0 {
-		t.Fatalf("after the flush: %d interrupts, pending %d; want 1, 0", n, p)
+	if early == 0 {
+		time.Sleep(owedDelay)
+		if f.l.Pending() == 0 {
+			t.Fatal("the owed interrupt is not pending once due")
+		}
+		f.l.Flush()
+		if n, p := interrupts(), f.l.Pending(); n != 1 || p != 0 {
+			t.Fatalf("after the flush: %d interrupts, pending %d; want 1, 0", n, p)
+		}
 	}
 	f.l.Flush()
 	if n := interrupts(); n != 0 {
