@@ -317,8 +317,8 @@ func (q *virtq) owedDue() bool {
 // an interrupt owed (q.owed), which interruptOwed has sent once they are
 // on again and owedDelay has passed with no other: at worst, one the
 // guest did not need. Sent at once, it would be one more interrupt each
-// time the guest stops polling: in a download, five times the interrupts
-// a TCG guest must take, and a quarter of its throughput.
+// time the guest stops polling: in a download, four times the interrupts
+// a TCG guest takes otherwise (docs/benchmarks.md).
 func (q *virtq) mayInterrupt() bool {
 	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
 }
@@ -326,7 +326,7 @@ func (q *virtq) mayInterrupt() bool {
 // interruptOwed tells whether the ring owes the guest an interrupt
 // (publish) that is due and that it would take now.
 func (q *virtq) interruptOwed() bool {
-	return q.owed && q.ready() && q.mayInterrupt() && q.owedDue()
+	return q.owedDue() && q.ready() && q.mayInterrupt()
 }
 
 // clockStart and clock time owed interrupts.
