@@ -150,7 +150,7 @@ type rxKick struct {
 func (l *vhostLink) rxShort() {
 	l.rxKick.short = true
 	l.watchRxKick(true)
-	l.vq[rxQueue].owe(owedDelay)
+	l.vq[rxQueue].owe()
 }
 
 func (l *vhostLink) watchRxKick(on bool) {

@@ -272,7 +272,7 @@ func (q *virtq) publish() {
 	switch {
 	case !q.mayInterrupt():
 		if fresh {
-			q.owe(owedDelay)
+			q.owe()
 		}
 		return
 	case !fresh && !q.owedDue():
@@ -293,11 +293,11 @@ func (q *virtq) publish() {
 // make it spin (TestVhostUserOwedNoSpin, TestVhostUserOwedCallIsKick).
 const owedDelay = 100 * time.Millisecond
 
-// owe makes the ring owe the guest an interrupt, due after d if it owed
-// none.
-func (q *virtq) owe(d time.Duration) {
+// owe makes the ring owe the guest an interrupt, due after owedDelay if
+// it owed none.
+func (q *virtq) owe() {
 	if !q.owed {
-		q.owed, q.owedAt = true, clock()+d
+		q.owed, q.owedAt = true, clock()+owedDelay
 	}
 }
 
