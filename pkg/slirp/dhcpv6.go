@@ -65,7 +65,7 @@ type dhcpv6Msg struct {
 	clientID    []byte
 	serverID    []byte
 	iaid        []byte // of the first IA_NA, nil when there is none
-	addrs       []netip.Addr
+	iaOpts      []byte // the first IA_NA's options, well formed (eachAddr)
 	iaTA        bool
 	rapidCommit bool
 	askUpdate   bool // its FQDN option asks us to update DNS (S)
@@ -102,13 +102,10 @@ func parseDHCPv6(b []byte) (dhcpv6Msg, error) {
 			if len(val) < iaNALen {
 				return errDHCPv6
 			}
-			m.iaid = val[:4]
-			return dhcpv6Options(val[iaNALen:], func(code uint16, val []byte) error {
-				if code == opt6IAAddr {
-					if len(val) < iaAddrLen {
-						return errDHCPv6
-					}
-					m.addrs = append(m.addrs, netip.AddrFrom16([16]byte(val)))
+			m.iaid, m.iaOpts = val[:4], val[iaNALen:]
+			return dhcpv6Options(m.iaOpts, func(code uint16, val []byte) error {
+				if code == opt6IAAddr && len(val) < iaAddrLen {
+					return errDHCPv6
 				}
 				return nil
 			})
@@ -119,6 +116,17 @@ func parseDHCPv6(b []byte) (dhcpv6Msg, error) {
 		return m, errDHCPv6
 	}
 	return m, nil
+}
+
+// eachAddr calls fn with each address of the first IA_NA, read where it
+// lies: a message may hold thousands, which are not worth a copy.
+func (m *dhcpv6Msg) eachAddr(fn func(netip.Addr)) {
+	dhcpv6Options(m.iaOpts, func(code uint16, val []byte) error {
+		if code == opt6IAAddr {
+			fn(netip.AddrFrom16([16]byte(val)))
+		}
+		return nil
+	})
 }
 
 // dhcpv6Options calls fn for each option in b, stopping at fn's error or
@@ -173,11 +181,11 @@ func (e *Engine) dhcpv6Input(src netip.Addr, payload []byte) {
 	case dhcpv6Confirm:
 		status = status6Success
 		onLink := netip.PrefixFrom(e.cfg.Addr6, 64).Masked()
-		for _, a := range m.addrs {
+		m.eachAddr(func(a netip.Addr) {
 			if !onLink.Contains(a) {
 				status = status6NotOnLink
 			}
-		}
+		})
 	case dhcpv6InfoRequest:
 		if !forUs || m.iaid != nil || m.iaTA {
 			return

@@ -265,8 +265,10 @@ func TestDHCPv6Exchanges(t *testing.T) {
 		if string(r.serverID) != string(e.duid()) {
 			t.Errorf("%s: server ID % x", c.name, r.serverID)
 		}
-		if got := len(r.addrs) == 1 && r.addrs[0] == testGuest6; got != c.withAddr {
-			t.Errorf("%s: addresses %v", c.name, r.addrs)
+		var addrs []netip.Addr
+		r.eachAddr(func(a netip.Addr) { addrs = append(addrs, a) })
+		if got := len(addrs) == 1 && addrs[0] == testGuest6; got != c.withAddr {
+			t.Errorf("%s: addresses %v", c.name, addrs)
 		}
 		if c.msg[0] == dhcpv6Solicit && r.rapidCommit != (c.reply == dhcpv6Reply) {
 			t.Errorf("%s: rapid commit %v", c.name, r.rapidCommit)
