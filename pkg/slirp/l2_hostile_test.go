@@ -51,3 +51,23 @@ func TestDHCPv6ConfirmManyAddresses(t *testing.T) {
 		t.Errorf("a CONFIRM with 2300 addresses: %v allocations, one with one address %v", n, base)
 	}
 }
+
+// TestDHCPv6Unicast: a DHCPv6 message sent by unicast, to our link-local
+// address or to a server past us, gets no answer, as from passt: RFC
+// 8415 has a server that gives no Server Unicast option drop it. Only a
+// message to a group is ours to answer.
+func TestDHCPv6Unicast(t *testing.T) {
+	e := newTestEngine(t)
+	ll := netip.MustParseAddr("fe80::2")
+	solicit := udp6(dhcpv6ClientPort, dhcpv6ServerPort, dhcpv6Solicit1())
+	for _, dst := range []netip.Addr{testLL6, netip.MustParseAddr("2001:db8:1::547")} {
+		e.tapInput(frameIP(ll, dst, header.ProtoUDP, solicit))
+		if out := e.output(t); len(out) != 0 {
+			t.Errorf("SOLICIT to %v answered: % x", dst, out[0])
+		}
+	}
+	e.tapInput(frameIP(ll, netip.MustParseAddr("ff02::1:2"), header.ProtoUDP, solicit))
+	if out := e.output(t); len(out) != 1 {
+		t.Errorf("SOLICIT to the servers' group: %d answers, want 1", len(out))
+	}
+}

@@ -151,7 +151,14 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 		}
 	case header.ProtoUDP:
 		if u := header.UDP(payload); u.IsValid() && u.DstPort() == dhcpv6ServerPort && !e.cfg.NoDHCPv6 {
-			e.dhcpv6Input(src, u.Payload())
+			// Clients send to a group; a server that gives no Server
+			// Unicast option drops what comes by unicast (RFC 8415
+			// 16, 18.4), as passt does.
+			if dst.IsMulticast() {
+				e.dhcpv6Input(src, u.Payload())
+			} else {
+				e.Stats.Unhandled++
+			}
 			return
 		}
 	}
