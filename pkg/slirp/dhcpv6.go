@@ -179,6 +179,9 @@ func (e *Engine) dhcpv6Input(src netip.Addr, payload []byte) {
 		}
 		giveAddr = true
 	case dhcpv6Confirm:
+		if m.serverID != nil {
+			return // RFC 8415 16.5: a CONFIRM is for any server, never one
+		}
 		status = status6Success
 		onLink := netip.PrefixFrom(e.cfg.Addr6, 64).Masked()
 		m.eachAddr(func(a netip.Addr) {

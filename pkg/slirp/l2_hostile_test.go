@@ -71,3 +71,15 @@ func TestDHCPv6Unicast(t *testing.T) {
 		t.Errorf("SOLICIT to the servers' group: %d answers, want 1", len(out))
 	}
 }
+
+// TestDHCPv6ConfirmWithServerID: a CONFIRM that names a server, ours or
+// another, gets no answer. RFC 8415 (16.5) has servers drop it, as passt
+// does; it was answered, and one that named another server got ours.
+func TestDHCPv6ConfirmWithServerID(t *testing.T) {
+	e := newTestEngine(t)
+	for _, id := range [][]byte{e.duid(), {0, 3, 0, 1, 1, 2, 3, 4, 5, 6}} {
+		if r, _ := exchange6(t, e, dhcpv6Msg1(dhcpv6Confirm, opt6(opt6ServerID, id...))); r != nil {
+			t.Errorf("CONFIRM for server % x answered: type %d", id, r.typ)
+		}
+	}
+}
