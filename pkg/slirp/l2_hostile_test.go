@@ -20,9 +20,8 @@ func dhcpv6Confirm1(n int) []byte {
 		copy(val, a.AsSlice())
 		ia = append(ia, opt6(opt6IAAddr, val...)...)
 	}
-	msg := []byte{dhcpv6Confirm, 1, 2, 3}
-	msg = append(msg, opt6(opt6ClientID, 0, 3, 0, 1, 2, 0, 0, 0, 0, 1)...)
-	return append(msg, opt6(opt6IANA, ia...)...)
+	m := dhcpv6Msg1(dhcpv6Confirm)
+	return append(m[:len(m)-iaNALen-4], opt6(opt6IANA, ia...)...) // its IA_NA filled
 }
 
 // TestDHCPv6ConfirmManyAddresses: a CONFIRM of the largest size a frame
