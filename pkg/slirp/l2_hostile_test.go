@@ -82,3 +82,28 @@ func TestDHCPv6ConfirmWithServerID(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6FromMappedSource: an IPv6 packet from an IPv4-mapped address,
+// which is never a source on the wire (RFC 6890), is dropped as
+// malformed. It was taken: its source became the guest's address, where
+// inbound connections went, and a flow from or to it made the migration
+// stream one the destination refuses (IPv4 and IPv6 mixed in a flow).
+func TestIPv6FromMappedSource(t *testing.T) {
+	e := newTestEngine(t)
+	mapped := netip.MustParseAddr("::ffff:192.0.2.2")
+	e.tapInput(frameIP(testGuest6, testGW6, header.ProtoICMPv6, ndpSolicit(testGW6)))
+	if out := e.output(t); len(out) != 1 || e.addrSeen6 != testGuest6 {
+		t.Fatalf("NS from %v: %d answers, seen %v", testGuest6, len(out), e.addrSeen6)
+	}
+	malformed := e.Stats.Malformed
+	e.tapInput(frameIP(mapped, testGW6, header.ProtoICMPv6, ndpSolicit(testGW6)))
+	if out := e.output(t); len(out) != 0 {
+		t.Errorf("NS from %v answered", mapped)
+	}
+	if e.addrSeen6 != testGuest6 {
+		t.Errorf("the guest's address is now %v, want %v", e.addrSeen6, testGuest6)
+	}
+	if e.Stats.Malformed != malformed+1 {
+		t.Errorf("%d frames counted malformed, want 1", e.Stats.Malformed-malformed)
+	}
+}

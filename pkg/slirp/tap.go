@@ -142,6 +142,15 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 		return
 	}
 	src, dst := ip.Src(), ip.Dst()
+	if src.Is4In6() {
+		// An IPv4-mapped source is none on the wire (RFC 6890).
+		// Taken, it became the guest's address (seen6) and its flows'
+		// guest side, which passt's migration stream, IPv4 mapped
+		// into IPv6, reads back as IPv4 beside an IPv6 peer, and
+		// refuses whole.
+		e.Stats.Malformed++
+		return
+	}
 	e.seen6(src)
 	switch proto {
 	case header.ProtoICMPv6:
@@ -175,7 +184,7 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 // ttl is the packet's TTL or hop limit, which UDP passes on.
 func (e *Engine) l4Input(src, dst netip.Addr, proto, ttl uint8, payload []byte) {
 	switch {
-	case !isUnicast(src) || !isUnicast(dst) || src.Unmap().IsLoopback() || dst.Unmap().IsLoopback():
+	case !isUnicast(src) || !isUnicast(dst) || src.IsLoopback() || dst.Unmap().IsLoopback():
 		e.Stats.Unhandled++
 	case proto == header.ProtoTCP && !e.cfg.NoTCP:
 		e.tcpInput(src, dst, header.TCP(payload))
