@@ -350,7 +350,9 @@ func readQueue(r io.Reader, n uint32, b []byte) ([]byte, error) {
 // the guest, which would otherwise wait on it for ever, and the source
 // resets it for the host peer. Connections still opening, and UDP and
 // ICMP flows, are dropped as passt drops them: the guest's next segment
-// on them is answered with a reset or goes to a new flow.
+// on them is answered with a reset or goes to a new flow. So are an IPv6
+// guest's connections to IPv4-mapped addresses, which the stream cannot
+// hold.
 
 // movable says whether f's host socket can move: a TCP connection the
 // host has not closed (a FIN it sent could not be replayed).
@@ -379,7 +381,11 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	var flows []*tcpFlow
 	var fds []int
 	e.tcp.each(func(_ int32, f *tcpFlow) {
-		if f.state&tcpEstablished == 0 {
+		if f.state&tcpEstablished == 0 || f.key.remote.Addr().Is4In6() {
+			// An IPv6 guest's connection to an IPv4-mapped address
+			// has no place in the stream, which holds IPv4 mapped
+			// into IPv6: it would read back as IPv4 beside an IPv6
+			// guest, and the destination refuse it whole.
 			return
 		}
 		if movable(f) && e.tcpDiscardAcked(f, false) {
