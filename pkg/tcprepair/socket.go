@@ -124,6 +124,11 @@ func Dump(fd int) (*State, error) {
 // state: what the peer sends then arrives in the dump's midst.
 var afterInfo func()
 
+// afterSendQueue, for tests, runs in each dump once the send queue is
+// selected: what the peer acknowledges then makes the kernel take the
+// whole queue as sent.
+var afterSendQueue func()
+
 func dump(fd int) (*State, error) {
 	var st State
 	// struct tcp_info: state at 0, options at 5, the window scales at 6,
@@ -164,17 +169,35 @@ func dump(fd int) (*State, error) {
 		st.RcvWnd++
 	}
 
-	// The send queue: SIOCOUTQ and SIOCOUTQNSD count a FIN sent as a byte.
+	// The send queue: SIOCOUTQ and the bytes not sent count a FIN sent
+	// as a byte. With the send queue selected, an acknowledgement that
+	// comes has the kernel take all it has not sent as sent, sending
+	// none of it (tcp_write_xmit in repair mode), and a new socket in
+	// repair mode takes no more as sent than its small send buffer
+	// holds. So the bytes not sent are counted before the queue is
+	// selected too, less what the kernel sent in between: whichever
+	// count is larger is right (retransmissions only make the earlier
+	// one smaller: more is restored as sent, and sent again anyway).
+	notsent0, sent0, err := unsent(fd)
+	if err != nil {
+		return nil, err
+	}
 	if err := selectQueue(fd, sendQueue); err != nil {
 		return nil, err
+	}
+	if afterSendQueue != nil {
+		afterSendQueue()
 	}
 	sndq, err := ioctlUint32(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return nil, fmt.Errorf("SIOCOUTQ: %w", err)
 	}
-	notsent, err := ioctlUint32(fd, unix.SIOCOUTQNSD)
+	notsent, sent, err := unsent(fd)
 	if err != nil {
-		return nil, fmt.Errorf("SIOCOUTQNSD: %w", err)
+		return nil, err
+	}
+	if sent -= sent0; uint64(notsent0) > sent {
+		notsent = max(notsent, notsent0-uint32(sent))
 	}
 	finOut := false
 	switch st.TCPState {
@@ -233,6 +256,17 @@ func dump(fd int) (*State, error) {
 func Grew(fd int, st *State) (bool, error) {
 	seq, err := recvSeq(fd)
 	return err == nil && seq != st.rcvEnd(), err
+}
+
+// unsent reads, in one TCP_INFO, the bytes fd has queued and not sent,
+// and the bytes it has sent in all, retransmissions included (a kernel
+// before 4.19 leaves that count zero).
+func unsent(fd int) (notsent uint32, sent uint64, err error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, 0, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	return info.Notsent_bytes, info.Bytes_sent, nil
 }
 
 // recvSeq is the sequence after what fd has received, in repair mode.
