@@ -388,8 +388,9 @@ func Restore(fd int, st *State, local, remote unix.Sockaddr) error {
 	}
 	// What was sent goes in now, as sent; what was not is written after
 	// repair mode, so the kernel sends it.
-	if err := fill(fd, st.SendQ[:len(st.SendQ)-int(st.NotSent)]); err != nil {
-		return fmt.Errorf("send queue: %w", err)
+	sent := st.SendQ[:len(st.SendQ)-int(st.NotSent)]
+	if err := fill(fd, sent); err != nil {
+		return fmt.Errorf("send queue, %d bytes as sent: %w", len(sent), err)
 	}
 	opts := []unix.TCPRepairOpt{
 		{Code: unix.TCPOPT_WINDOW, Val: uint32(st.SndWScale) | uint32(st.RcvWScale)<<16},
