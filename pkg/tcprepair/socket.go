@@ -107,12 +107,18 @@ func ioctlUint32(fd int, req uint) (uint32, error) {
 // before a FIN. So a dump is taken again, a few times at most, until the
 // receive sequence did not move while it was taken.
 func Dump(fd int) (*State, error) {
+	// The bytes not sent, counted before a dump selects the send queue
+	// (see dump).
+	notsent, sent, err := unsent(fd)
+	if err != nil {
+		return nil, err
+	}
 	for range 8 {
 		start, err := recvSeq(fd)
 		if err != nil {
 			return nil, err
 		}
-		st, err := dump(fd)
+		st, err := dump(fd, notsent, sent)
 		if err != nil || st.rcvEnd() == start {
 			return st, err
 		}
@@ -129,7 +135,9 @@ var afterInfo func()
 // whole queue as sent.
 var afterSendQueue func()
 
-func dump(fd int) (*State, error) {
+// dump takes the connection once; notsent0 and sent0 are what unsent
+// read before any dump.
+func dump(fd int, notsent0 uint32, sent0 uint64) (*State, error) {
 	var st State
 	// struct tcp_info: state at 0, options at 5, the window scales at 6,
 	// two 4-bit fields, snd first: the low nibble where bit-fields are
@@ -174,14 +182,11 @@ func dump(fd int) (*State, error) {
 	// comes has the kernel take all it has not sent as sent, sending
 	// none of it (tcp_write_xmit in repair mode), and a new socket in
 	// repair mode takes no more as sent than its small send buffer
-	// holds. So the bytes not sent are counted before the queue is
-	// selected too, less what the kernel sent in between: whichever
-	// count is larger is right (retransmissions only make the earlier
-	// one smaller: more is restored as sent, and sent again anyway).
-	notsent0, sent0, err := unsent(fd)
-	if err != nil {
-		return nil, err
-	}
+	// holds. So Dump counted the bytes not sent before any dump selected
+	// the queue: that count less what the kernel sent since, or the
+	// count now, whichever is larger, is right (retransmissions only
+	// make the first smaller: more is restored as sent, and sent again
+	// anyway).
 	if err := selectQueue(fd, sendQueue); err != nil {
 		return nil, err
 	}

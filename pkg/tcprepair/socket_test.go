@@ -497,8 +497,9 @@ func TestDumpWhilePeerSends(t *testing.T) {
 // TestDumpWhilePeerAcks: the peer acknowledges while the send queue is
 // selected, which in repair mode has the kernel take every byte queued
 // as sent, none of them sent (tcp_write_xmit). The dump must still count
-// them as never sent: restored as sent, the megabytes a's queue holds do
-// not fit the new socket's send buffer, and the move fails.
+// them as never sent, taken again too (the peer sent as well): restored
+// as sent, the megabytes a's queue holds do not fit the new socket's
+// send buffer, and the move fails.
 func TestDumpWhilePeerAcks(t *testing.T) {
 	ns := newNetns(t)
 	a, b, aAddr, bAddr := pair(t, ns, unix.AF_INET)
@@ -506,10 +507,12 @@ func TestDumpWhilePeerAcks(t *testing.T) {
 	ab.push(t, a, 8<<20) // b reads none of it yet: most is never sent
 	afterSendQueue = func() {
 		afterSendQueue = nil
-		// What b reads opens its window, and a takes the update.
+		// What b reads opens its window, and a takes the update; what b
+		// sends has the dump taken again.
 		buf := make([]byte, 1<<20)
 		n, _ := unix.Read(b, buf)
 		ab.received.Write(buf[:n])
+		unix.Write(b, []byte("during"))
 		for range 1000 {
 			if info, err := unix.GetsockoptTCPInfo(a, unix.SOL_TCP, unix.TCP_INFO); err != nil || info.Notsent_bytes == 0 {
 				return
