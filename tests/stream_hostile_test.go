@@ -336,12 +336,16 @@ func TestStreamHostileClients(t *testing.T) {
 	})
 	t.Run("byte at a time", func(t *testing.T) {
 		fd := streamDial(t, w.Sock)
-		go sendSome(fd, storm)
+		sent := make(chan struct{})
+		go func() { sendSome(fd, storm); close(sent) }()
 		var b [1]byte
 		for range 100000 {
 			readFull(t, fd, b[:])
 		}
+		// The writer stops at the shutdown; closed before, its next
+		// write could go to a descriptor opened since.
 		unix.Shutdown(fd, unix.SHUT_RDWR)
+		<-sent
 		unix.Close(fd)
 		check("a client that read a byte at a time")
 	})

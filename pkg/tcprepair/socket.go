@@ -107,12 +107,18 @@ func ioctlUint32(fd int, req uint) (uint32, error) {
 // before a FIN. So a dump is taken again, a few times at most, until the
 // receive sequence did not move while it was taken.
 func Dump(fd int) (*State, error) {
+	// The bytes not sent, counted before a dump selects the send queue
+	// (see dump).
+	notsent, sent, err := unsent(fd)
+	if err != nil {
+		return nil, err
+	}
 	for range 8 {
 		start, err := recvSeq(fd)
 		if err != nil {
 			return nil, err
 		}
-		st, err := dump(fd)
+		st, err := dump(fd, notsent, sent)
 		if err != nil || st.rcvEnd() == start {
 			return st, err
 		}
@@ -124,7 +130,14 @@ func Dump(fd int) (*State, error) {
 // state: what the peer sends then arrives in the dump's midst.
 var afterInfo func()
 
-func dump(fd int) (*State, error) {
+// afterSendQueue, for tests, runs in each dump once the send queue is
+// selected: what the peer acknowledges then makes the kernel take the
+// whole queue as sent.
+var afterSendQueue func()
+
+// dump takes the connection once; notsent0 and sent0 are what unsent
+// read before any dump.
+func dump(fd int, notsent0 uint32, sent0 uint64) (*State, error) {
 	var st State
 	// struct tcp_info: state at 0, options at 5, the window scales at 6,
 	// two 4-bit fields, snd first: the low nibble where bit-fields are
@@ -164,17 +177,32 @@ func dump(fd int) (*State, error) {
 		st.RcvWnd++
 	}
 
-	// The send queue: SIOCOUTQ and SIOCOUTQNSD count a FIN sent as a byte.
+	// The send queue: SIOCOUTQ and the bytes not sent count a FIN sent
+	// as a byte. With the send queue selected, an acknowledgement that
+	// comes has the kernel take all it has not sent as sent, sending
+	// none of it (tcp_write_xmit in repair mode), and a new socket in
+	// repair mode takes no more as sent than its small send buffer
+	// holds. So Dump counted the bytes not sent before any dump selected
+	// the queue: that count less what the kernel sent since, or the
+	// count now, whichever is larger, is right (retransmissions only
+	// make the first smaller: more is restored as sent, and sent again
+	// anyway).
 	if err := selectQueue(fd, sendQueue); err != nil {
 		return nil, err
+	}
+	if afterSendQueue != nil {
+		afterSendQueue()
 	}
 	sndq, err := ioctlUint32(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return nil, fmt.Errorf("SIOCOUTQ: %w", err)
 	}
-	notsent, err := ioctlUint32(fd, unix.SIOCOUTQNSD)
+	notsent, sent, err := unsent(fd)
 	if err != nil {
-		return nil, fmt.Errorf("SIOCOUTQNSD: %w", err)
+		return nil, err
+	}
+	if sent -= sent0; uint64(notsent0) > sent {
+		notsent = max(notsent, notsent0-uint32(sent))
 	}
 	finOut := false
 	switch st.TCPState {
@@ -233,6 +261,17 @@ func dump(fd int) (*State, error) {
 func Grew(fd int, st *State) (bool, error) {
 	seq, err := recvSeq(fd)
 	return err == nil && seq != st.rcvEnd(), err
+}
+
+// unsent reads, in one TCP_INFO, the bytes fd has queued and not sent,
+// and the bytes it has sent in all, retransmissions included (a kernel
+// before 4.19 leaves that count zero).
+func unsent(fd int) (notsent uint32, sent uint64, err error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, 0, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	return info.Notsent_bytes, info.Bytes_sent, nil
 }
 
 // recvSeq is the sequence after what fd has received, in repair mode.
@@ -354,8 +393,9 @@ func Restore(fd int, st *State, local, remote unix.Sockaddr) error {
 	}
 	// What was sent goes in now, as sent; what was not is written after
 	// repair mode, so the kernel sends it.
-	if err := fill(fd, st.SendQ[:len(st.SendQ)-int(st.NotSent)]); err != nil {
-		return fmt.Errorf("send queue: %w", err)
+	sent := st.SendQ[:len(st.SendQ)-int(st.NotSent)]
+	if err := fill(fd, sent); err != nil {
+		return fmt.Errorf("send queue, %d bytes as sent: %w", len(sent), err)
 	}
 	opts := []unix.TCPRepairOpt{
 		{Code: unix.TCPOPT_WINDOW, Val: uint32(st.SndWScale) | uint32(st.RcvWScale)<<16},

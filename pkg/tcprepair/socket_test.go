@@ -493,3 +493,52 @@ func TestDumpWhilePeerSends(t *testing.T) {
 		t.Errorf("Grew: %v, %v right after the dump", grew, err)
 	}
 }
+
+// TestDumpWhilePeerAcks: the peer acknowledges while the send queue is
+// selected, which in repair mode has the kernel take every byte queued
+// as sent, none of them sent (tcp_write_xmit). The dump must still count
+// them as never sent, taken again too (the peer sent as well): restored
+// as sent, the megabytes a's queue holds do not fit the new socket's
+// send buffer, and the move fails.
+func TestDumpWhilePeerAcks(t *testing.T) {
+	ns := newNetns(t)
+	a, b, aAddr, bAddr := pair(t, ns, unix.AF_INET)
+	ab := newStream(8<<20, 3)
+	ab.push(t, a, 8<<20) // b reads none of it yet: most is never sent
+	afterSendQueue = func() {
+		afterSendQueue = nil
+		// What b reads opens its window, and a takes the update; what b
+		// sends has the dump taken again.
+		buf := make([]byte, 1<<20)
+		n, _ := unix.Read(b, buf)
+		ab.received.Write(buf[:n])
+		unix.Write(b, []byte("during"))
+		for range 1000 {
+			if info, err := unix.GetsockoptTCPInfo(a, unix.SOL_TCP, unix.TCP_INFO); err != nil || info.Notsent_bytes == 0 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Log("the kernel kept the queue as not sent")
+	}
+	defer func() { afterSendQueue = nil }()
+	a2, st, rest := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
+	defer unix.Close(a2)
+	defer unix.Close(b)
+	t.Logf("moved with %d bytes in the send queue, %d not sent", len(st.SendQ), st.NotSent)
+	errc := make(chan error, 2)
+	go func() {
+		if _, err := unix.Write(a2, rest); err != nil {
+			errc <- err
+			return
+		}
+		errc <- ab.pushAll(a2)
+	}()
+	go func() { errc <- ab.pull(b) }()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ab.check(t, "a to b")
+}
