@@ -485,7 +485,7 @@ func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 		}
 		var st *tcprepair.State
 		if err == nil {
-			st, err = tcprepair.Dump(f.fd)
+			st, err = tcprepair.Redump(f.fd, &m.sock)
 		}
 		if err != nil {
 			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)

@@ -64,6 +64,11 @@ type State struct {
 	NotSent uint32 // the tail of SendQ that was never sent
 	SendQ   []byte // sent but not acknowledged, then not sent
 	RecvQ   []byte // received, not read
+
+	// What Dump counted before its first dump (unsent), which Redump
+	// counts from too.
+	notsent0 uint32
+	sent0    uint64
 }
 
 // repairWindow is struct tcp_repair_window.
@@ -113,6 +118,17 @@ func Dump(fd int) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
+	return dumpFrom(fd, notsent, sent)
+}
+
+// Redump reads fd's connection again, as Dump read it into prev: the
+// bytes not sent count from what Dump counted before prev's dumps, which
+// may have had the kernel take them as sent (see dump).
+func Redump(fd int, prev *State) (*State, error) {
+	return dumpFrom(fd, prev.notsent0, prev.sent0)
+}
+
+func dumpFrom(fd int, notsent uint32, sent uint64) (*State, error) {
 	for range 8 {
 		start, err := recvSeq(fd)
 		if err != nil {
@@ -138,7 +154,7 @@ var afterSendQueue func()
 // dump takes the connection once; notsent0 and sent0 are what unsent
 // read before any dump.
 func dump(fd int, notsent0 uint32, sent0 uint64) (*State, error) {
-	var st State
+	st := State{notsent0: notsent0, sent0: sent0}
 	// struct tcp_info: state at 0, options at 5, the window scales at 6,
 	// two 4-bit fields, snd first: the low nibble where bit-fields are
 	// laid out from the least significant bit (little-endian ABIs).
