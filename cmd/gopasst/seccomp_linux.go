@@ -38,21 +38,27 @@ var seccompRuntime = []uint32{
 	unix.SYS_RSEQ, unix.SYS_SET_ROBUST_LIST,
 }
 
+// seccompPoller: the Go runtime's network poller, which the engine uses
+// anyway, and which the runtime's timers wait in (a helper's own sleeps,
+// the GC's scavenger): the wait, and the read and write of the eventfd
+// that wakes it. installFilter starts the poller before the filter.
+var seccompPoller = []uint32{unix.SYS_EPOLL_PWAIT, unix.SYS_READ, unix.SYS_WRITE}
+
 // seccompRepairAllowed: gopasst repair's list once it is connected: the
 // repair loop (tcprepair.Serve: receive sockets, set TCP_REPAIR, close
-// them, answer) and the Go runtime's calls.
-var seccompRepairAllowed = append([]uint32{
-	unix.SYS_RECVMSG, unix.SYS_SETSOCKOPT, unix.SYS_CLOSE, unix.SYS_WRITE,
-}, seccompRuntime...)
+// them, answer), the Go runtime's calls and its poller's.
+var seccompRepairAllowed = append(append([]uint32{
+	unix.SYS_RECVMSG, unix.SYS_SETSOCKOPT, unix.SYS_CLOSE,
+}, seccompRuntime...), seccompPoller...)
 
 // seccompAgentAllowed: the pasta agent's list once it serves: its request
 // loop (receive a request, make a socket bound or connecting in the
 // namespace, hand over a copy of a table opened before, answer, close)
-// and the Go runtime's calls.
-var seccompAgentAllowed = append([]uint32{
+// and the Go runtime's calls and its poller's.
+var seccompAgentAllowed = append(append([]uint32{
 	unix.SYS_RECVMSG, unix.SYS_SENDMSG, unix.SYS_CLOSE,
 	unix.SYS_SETSOCKOPT, unix.SYS_BIND, unix.SYS_LISTEN, unix.SYS_CONNECT, unix.SYS_FCNTL,
-}, seccompRuntime...)
+}, seccompRuntime...), seccompPoller...)
 
 // seccompKilled: calls that only an attacker makes in the engine, which
 // never execs, debugs, mounts, changes namespace or loads anything into
