@@ -55,6 +55,7 @@ type neighTable struct {
 	if4, if6 int           // the template interfaces whose neighbours count
 	buf      []byte        // what one read of conn takes
 	lost     bool          // changes were lost since the last dump
+	unseen   int           // entries marked unseen (neighMark)
 	nextDump time.Duration // when neighResync may dump again
 	budget   int           // announcements left this tick
 }
@@ -127,9 +128,10 @@ func (e *Engine) neighDump(c *rtnl.Conn) error {
 // the mark.
 func (e *Engine) neighMark() {
 	for a, n := range e.neigh.entries {
-		if !n.permanent {
+		if !n.permanent && !n.unseen {
 			n.unseen = true
 			e.neigh.entries[a] = n
+			e.neigh.unseen++
 		}
 	}
 }
@@ -141,6 +143,26 @@ func (e *Engine) neighSweep() {
 			delete(e.neigh.entries, a)
 		}
 	}
+	e.neigh.unseen = 0
+}
+
+// neighEvict makes room in a full table, during a dump, by forgetting
+// an entry the dump has not brought yet: the sweep would forget it
+// anyway, unless the dump brings it later. Without, a table full of
+// entries the host had dropped while changes were lost refused the ones
+// it has now, which then stayed out after the sweep.
+func (e *Engine) neighEvict() bool {
+	if e.neigh.unseen == 0 {
+		return false
+	}
+	for a, n := range e.neigh.entries {
+		if n.unseen {
+			delete(e.neigh.entries, a)
+			e.neigh.unseen--
+			return true
+		}
+	}
+	return false
 }
 
 // neighRead takes in the changes heard, a bounded number of reads at a
@@ -249,10 +271,13 @@ func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 	if n, ok := e.neigh.entries[a]; ok {
 		if !n.permanent {
 			e.neigh.entries[a] = neighEntry{mac: mac}
+			if n.unseen {
+				e.neigh.unseen--
+			}
 		}
 		return
 	}
-	if len(e.neigh.entries) >= neighMax {
+	if len(e.neigh.entries) >= neighMax && !e.neighEvict() {
 		// A link with more neighbours sets this off with each change.
 		if e.cfg.Debug && e.logDue(neighFull) {
 			e.logf("neighbour table full (%d entries): %v left out", neighMax, a)
@@ -275,6 +300,9 @@ func (e *Engine) neighUpdate(a netip.Addr, mac [6]byte, permanent bool) {
 func (e *Engine) neighRemove(a netip.Addr) {
 	if n, ok := e.neigh.entries[a]; ok && !n.permanent {
 		delete(e.neigh.entries, a)
+		if n.unseen {
+			e.neigh.unseen--
+		}
 	}
 }
 

@@ -327,6 +327,40 @@ func TestNeighBound(t *testing.T) {
 	}
 }
 
+// A dump while the table is full, after changes were lost, takes in the
+// host's neighbours of now: entries the dump has not brought yet make
+// room for them, as the sweep at its end forgets those anyway. Before,
+// the new entries were refused, and stayed out after the sweep.
+func TestNeighDumpFull(t *testing.T) {
+	te := neighEngine(t, nil)
+	old := netip.MustParseAddr("10.0.0.1")
+	for a := old; len(te.neigh.entries) < neighMax; a = a.Next() {
+		te.neighEvent(hostNeigh(a, macA))
+	}
+	te.neighMark() // a dump starts: the host has other neighbours now
+	fresh := netip.MustParseAddr("10.1.0.1")
+	b := fresh
+	for range 100 {
+		te.neighEvent(hostNeigh(b, macB))
+		b = b.Next()
+	}
+	te.neighSweep()
+	for b := fresh; b != fresh.Next().Next(); b = b.Next() {
+		if got := te.neighMAC(b); got != macB {
+			t.Errorf("%v, new in the dump, at %x, want %x", b, got, macB)
+		}
+	}
+	if got := te.neighMAC(b.Prev()); got != macB {
+		t.Errorf("%v, last in the dump, at %x, want %x", b.Prev(), got, macB)
+	}
+	if got := te.neighMAC(old); got != testMAC {
+		t.Errorf("%v, gone from the host, at %x, want ours", old, got)
+	}
+	if len(te.neigh.entries) > neighMax {
+		t.Errorf("%d entries after the sweep", len(te.neigh.entries))
+	}
+}
+
 // No guest, no announcement, and no trouble.
 func TestNeighNoGuest(t *testing.T) {
 	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4, NoMapGW: true}, -1)
