@@ -331,7 +331,7 @@ func readQueue(r io.Reader, n uint32, b []byte) ([]byte, error) {
 	const chunk = 64 << 10
 	for len(b) < int(n) {
 		m := min(int(n)-len(b), chunk)
-		b = append(b, make([]byte, m)...)
+		b = slices.Grow(b, m)[:len(b)+m] // not append(make): the race detector allocates that
 		if _, err := io.ReadFull(r, b[len(b)-m:]); err != nil {
 			return nil, truncated(err)
 		}
