@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/rtnl"
@@ -550,22 +551,37 @@ func configureTap(p *nsPlan) error {
 }
 
 // linkLocalNoDAD marks the link-local addresses of interface index
-// NODAD, then turns ARP (neighbour solicitation) back on.
+// NODAD, then turns ARP (neighbour solicitation) back on once the kernel
+// has let them out of duplicate address detection. Its check runs from
+// a work queue after the link comes up, and with ARP off ends at once;
+// run after ARP is back on (a loaded machine), it checked for a second,
+// the address tentative meanwhile, and a connect from it failed
+// (EADDRNOTAVAIL) though we had said the namespace was ready.
 func linkLocalNoDAD(c *rtnl.Conn, index int) error {
-	addrs, err := c.Addrs(unix.AF_INET6, index)
-	if err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		if a.Prefix.Addr().IsLinkLocalUnicast() {
-			a.Flags |= unix.IFA_F_NODAD
-			if err := c.ReplaceAddr(a); err != nil {
-				return err
+	for wait := time.Now().Add(dadWait); ; time.Sleep(time.Millisecond) {
+		addrs, err := c.Addrs(unix.AF_INET6, index)
+		if err != nil {
+			return err
+		}
+		tentative := false
+		for _, a := range addrs {
+			if a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_NODAD == 0 {
+				a.Flags |= unix.IFA_F_NODAD
+				if err := c.ReplaceAddr(a); err != nil {
+					return err
+				}
 			}
+			tentative = tentative || a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE != 0
+		}
+		if !tentative || time.Now().After(wait) {
+			break
 		}
 	}
 	return c.SetFlags(index, 0, unix.IFF_NOARP)
 }
+
+// dadWait bounds linkLocalNoDAD's wait for the kernel's work queue.
+const dadWait = 2 * time.Second
 
 // keepOnlyBindCap leaves the agent only the capability to bind the
 // namespace's low ports, and no way to regain the rest: on one thread,
