@@ -176,6 +176,16 @@ func (s *stream) pushAll(fd int) error {
 	return nil
 }
 
+// pushRest writes on fd, a moved socket, what Resume left for the caller
+// (rest: what the new socket did not take first), then the rest of s, as
+// the peer drains it.
+func (s *stream) pushRest(fd int, rest []byte) error {
+	if _, err := unix.Write(fd, rest); err != nil {
+		return err
+	}
+	return s.pushAll(fd)
+}
+
 // pull reads on fd until the stream is whole or the peer closes.
 func (s *stream) pull(fd int) error {
 	buf := make([]byte, 64<<10)
@@ -292,14 +302,7 @@ func moveWithDataInFlight(t *testing.T, ns *netns, repair repairer) {
 			t.Errorf("no data in flight: send queue %d, receive queue %d bytes", len(st.SendQ), len(st.RecvQ))
 		}
 		errc := make(chan error, 4)
-		go func() {
-			// What the new socket did not take first, as the peer drains it.
-			if _, err := unix.Write(a2, rest); err != nil {
-				errc <- err
-				return
-			}
-			errc <- ab.pushAll(a2)
-		}()
+		go func() { errc <- ab.pushRest(a2, rest) }()
 		go func() { errc <- ba.pushAll(b) }()
 		go func() { errc <- ab.pull(b) }()
 		go func() { errc <- ba.pull(a2) }()
@@ -511,13 +514,7 @@ func TestDumpWhilePeerAcks(t *testing.T) {
 	defer unix.Close(b)
 	t.Logf("moved with %d bytes in the send queue, %d not sent", len(st.SendQ), st.NotSent)
 	errc := make(chan error, 2)
-	go func() {
-		if _, err := unix.Write(a2, rest); err != nil {
-			errc <- err
-			return
-		}
-		errc <- ab.pushAll(a2)
-	}()
+	go func() { errc <- ab.pushRest(a2, rest) }()
 	go func() { errc <- ab.pull(b) }()
 	for range 2 {
 		if err := <-errc; err != nil {
