@@ -161,8 +161,13 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	files = nil
 
 	var failure string
-	var serving atomic.Bool
+	// handles: the engine has said it is ready, so it has its signal
+	// handler, set up before; serving: the helper has done its part too.
+	// A signal between the two, to a caller that saw the PID file, is
+	// the engine's to hear: killed, it made the helper exit 137.
+	var handles, serving atomic.Bool
 	srv.onReady = func() error {
+		handles.Store(true)
 		pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
 		if err != nil {
 			return err
@@ -190,7 +195,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 				switch {
 				case r.signal != nil:
 					r.signal(s)
-				case serving.Load():
+				case handles.Load():
 					cmd.Process.Signal(s)
 				default:
 					// An engine in set-up may not hear it: just exec'd
