@@ -38,8 +38,6 @@ busybox ip link | grep -c '^[0-9]' | sed 's/^/LINKS /'
 echo hello | busybox nc ` + hostGW + ` ` + port(l4.Addr()) + ` | sed 's/^/ECHO /'
 busybox nslookup ns.gopasst.example | sed 's/^/DNS /'
 echo fwd-ok | busybox nc -l -p 8090 &
-for i in $(seq 50); do busybox ip -6 addr show tap0 | grep -q 'scope global' && break; sleep 0.2; done
-sleep 2 # duplicate address detection
 echo hello6 | busybox nc ` + host6GW + ` ` + port(l6.Addr()) + ` | sed 's/^/ECHO6 /'
 wait
 exit 7
@@ -56,7 +54,15 @@ exit 7
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			// The program serves one connection on its port 8090.
+			// The program runs until it has served one connection on its
+			// port 8090: the control socket lists the forward meanwhile.
+			var list []byte
+			if !pollUntil(20*time.Second, func() bool {
+				list, _ = h.Cmd(gopasstBin, "ctl", ctl, "list").CombinedOutput()
+				return strings.Contains(string(list), "tcp 18090 -> guest port 8090")
+			}) {
+				t.Errorf("gopasst ctl list during the program: %q", list)
+			}
 			var fwd string
 			waitLong(t, "the forward into the namespace", 20*time.Second, func() bool {
 				c, err := h.Dial("tcp", "127.0.0.1:18090", time.Second)
@@ -69,7 +75,6 @@ exit 7
 				fwd = strings.TrimSpace(string(b))
 				return fwd != ""
 			})
-			list, _ := h.Cmd(gopasstBin, "ctl", ctl, "list").CombinedOutput()
 			err := cmd.Wait()
 			got := out.String()
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
@@ -80,9 +85,6 @@ exit 7
 				if !strings.Contains(got, want) {
 					t.Errorf("program output lacks %q", want)
 				}
-			}
-			if !strings.Contains(string(list), "tcp 18090 -> guest port 8090") {
-				t.Errorf("gopasst ctl list during the program: %q", list)
 			}
 			if fwd != "fwd-ok" {
 				t.Errorf("forward into the namespace answered %q", fwd)
