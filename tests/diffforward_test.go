@@ -472,7 +472,7 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 			argv = append(argv, "--runas", "0")
 		}
 		cmd := host.Cmd(bin, append(argv, args...)...)
-		out := runFwdThen(t, cmd, ns, func() map[string]string {
+		out := runFwdThen(t, cmd, func() map[string]string {
 			m := map[string]string{}
 			for _, p := range probes {
 				from := host
@@ -499,12 +499,15 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 	}
 }
 
-// runFwdThen starts pasta, waits for it to configure ns and for its
-// listeners, and returns what probe saw then.
-func runFwdThen[T any](t *testing.T, cmd *exec.Cmd, ns *Netns, probe func() T) T {
+// runFwdThen starts pasta, waits until it is ready (its PID file, which
+// both write once the namespace is configured and the forwards bound),
+// and returns what probe saw then.
+func runFwdThen[T any](t *testing.T, cmd *exec.Cmd, probe func() T) T {
 	t.Helper()
 	var log syncBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
+	pid := filepath.Join(t.TempDir(), "pid")
+	cmd.Args = append(cmd.Args, "--pid", pid)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -519,8 +522,10 @@ func runFwdThen[T any](t *testing.T, cmd *exec.Cmd, ns *Netns, probe func() T) T
 			<-done
 		}
 	}()
-	waitLong(t, "pasta to configure the namespace", 20*time.Second, func() bool { return configured(ns) })
-	time.Sleep(time.Second)
+	waitLong(t, "pasta to be ready", 20*time.Second, func() bool {
+		b, _ := os.ReadFile(pid)
+		return len(b) > 0 && b[len(b)-1] == '\n'
+	})
 	return probe()
 }
 

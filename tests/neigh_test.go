@@ -316,7 +316,7 @@ func TestDiffNeighboursPasta(t *testing.T) {
 				if i == 0 {
 					argv = append(argv, "--runas", "0")
 				}
-				got[i] = runFwdThen(t, host.Cmd(bin, append(argv, c.args...)...), ns, func() []string {
+				got[i] = runFwdThen(t, host.Cmd(bin, append(argv, c.args...)...), func() []string {
 					// A datagram to each address has the namespace
 					// resolve it; the LAN host's come back.
 					for _, a := range targets[2:] {
