@@ -565,13 +565,16 @@ func linkLocalNoDAD(c *rtnl.Conn, index int) error {
 		}
 		tentative := false
 		for _, a := range addrs {
-			if a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_NODAD == 0 {
+			if !a.Prefix.Addr().IsLinkLocalUnicast() {
+				continue
+			}
+			tentative = tentative || a.Flags&unix.IFA_F_TENTATIVE != 0
+			if a.Flags&unix.IFA_F_NODAD == 0 {
 				a.Flags |= unix.IFA_F_NODAD
 				if err := c.ReplaceAddr(a); err != nil {
 					return err
 				}
 			}
-			tentative = tentative || a.Prefix.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE != 0
 		}
 		if !tentative || time.Now().After(wait) {
 			break
