@@ -34,6 +34,16 @@ var (
 	testMAC    = [6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
 )
 
+// setMTU gives the guest MTU mtu, with the configuration New would
+// take with it: none for IPv6 below IPv6's minimum. An engine left with
+// IPv6 there sends its periodic RA, larger than the MTU.
+func (te *testEngine) setMTU(mtu int) {
+	te.cfg.MTU = mtu
+	if mtu < minMTU6 {
+		te.cfg.Addr6 = netip.Addr{}
+	}
+}
+
 func newTestEngine(t testing.TB) *testEngine {
 	e, guest := attachedEngine(t, Config{
 		OurMAC: testMAC,

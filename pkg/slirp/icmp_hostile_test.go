@@ -185,7 +185,8 @@ func TestICMPEchoToMappedAddress(t *testing.T) {
 func TestICMPEchoPastMTU(t *testing.T) {
 	needPing(t)
 	te := newTestEngine(t)
-	te.cfg.NoICMP, te.cfg.MTU = false, 576
+	te.cfg.NoICMP = false
+	te.setMTU(576)
 	for _, size := range []int{576 - header.IPv4MinLen, 577 - header.IPv4MinLen} {
 		echo := append(echoRequest(header.ICMPv4Echo, 7, uint16(size)), make([]byte, size-12)...)
 		dropped := te.Stats.Dropped

@@ -323,7 +323,7 @@ func TestUnreachableQuotesThePacket(t *testing.T) {
 
 	// An IPv4 guest's MTU may be as small as 68 bytes: the error, quote
 	// and all, still fits it.
-	e.cfg.MTU = 68
+	e.setMTU(68)
 	quote := make([]byte, 200)
 	e.sendUnreachable(unix.EHOSTUNREACH, testGuest4, testGW4, header.ProtoUDP, quote)
 	out := e.output(t)

@@ -34,11 +34,8 @@ func udpICMPRandom(t *testing.T, seed uint64) {
 	te := newTestEngine(t)
 	te.cfg.NoUDP, te.cfg.NoICMP = false, false
 	te.cfg.MaxUDP, te.cfg.MaxICMP = 12, 4
-	te.cfg.MTU = []int{MinMTU, 576, 1500}[seed%3]
-	has6 := te.cfg.MTU >= minMTU6
-	if !has6 {
-		te.cfg.Addr6 = netip.Addr{}
-	}
+	te.setMTU([]int{MinMTU, 576, 1500}[seed%3])
+	has6 := te.cfg.has6()
 	type fam struct {
 		guest, gw, unreachable netip.Addr
 		echo, closed           uint16

@@ -103,9 +103,10 @@ type ttlFamily struct {
 func TestUDPOddTTL(t *testing.T) {
 	for _, mtu := range []int{MinMTU, 1500} {
 		te := newTestEngine(t)
-		te.cfg.NoUDP, te.cfg.MTU = false, mtu
+		te.cfg.NoUDP = false
+		te.setMTU(mtu)
 		fams := []ttlFamily{{testGuest4, testGW4, closedUDPPort(t, "udp4"), unix.IPPROTO_IP, unix.IP_TTL}}
-		if mtu >= minMTU6 {
+		if te.cfg.has6() {
 			fams = append(fams, ttlFamily{testGuest6, testGW6, closedUDPPort(t, "udp6"), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS})
 		}
 		for _, fam := range fams {
