@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -59,11 +60,16 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 // discard drops n bytes from a TCP socket's receive queue without copying
 // them: MSG_TRUNC on TCP means "throw away". A read stops short at urgent
 // data (the host peer's MSG_OOB) and goes past it when it starts there,
-// so it takes two.
+// so it takes two. The bytes are there: EAGAIN can only be a read that
+// started at urgent data with a signal pending (blockSignals).
 func discard(fd int, n int) error {
 	for n > 0 {
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(n),
-			unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		r, errno := recvTrunc(fd, n)
+		if errno == unix.EAGAIN {
+			old := blockSignals()
+			r, errno = recvTrunc(fd, n)
+			unblockSignals(old)
+		}
 		if errno != 0 {
 			return errno
 		}
@@ -73,6 +79,34 @@ func discard(fd int, n int) error {
 		n -= int(r)
 	}
 	return nil
+}
+
+// recvTrunc drops up to n bytes from a TCP socket (discard).
+func recvTrunc(fd, n int) (uintptr, unix.Errno) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(n),
+		unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	return r, errno
+}
+
+// blockSignals pins the goroutine to its thread and blocks the thread's
+// signals, until unblockSignals(old). A read or a peek that starts at
+// urgent data (the host peer's MSG_OOB, kept in line) fails with EAGAIN,
+// having read nothing, while a signal is pending (tcp_recvmsg), and the
+// runtime signals its threads to preempt them: the read is tried again
+// with none pending.
+func blockSignals() (old unix.Sigset_t) {
+	runtime.LockOSThread()
+	all := unix.Sigset_t{}
+	for i := range all.Val {
+		all.Val[i] = ^all.Val[i]
+	}
+	unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old)
+	return old
+}
+
+func unblockSignals(old unix.Sigset_t) {
+	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	runtime.UnlockOSThread()
 }
 
 // inq is how many bytes a TCP socket has to read (SIOCINQ), 0 if unknown.

@@ -3,6 +3,7 @@ package slirp
 import (
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -144,5 +145,73 @@ func TestDiscardPastTheEnd(t *testing.T) {
 		if err := tcp.discard(f, 8); err != unix.EIO {
 			t.Errorf("unix socket %v: %v, want EIO", unixFlow, err)
 		}
+	}
+}
+
+// TestDiscardAtUrgentMarkWithSignal: a read that starts at urgent data
+// (SO_OOBINLINE) fails with EAGAIN, having read nothing, if a signal is
+// pending meanwhile (tcp_recvmsg), and the Go runtime signals its threads
+// (SIGURG, to preempt). discard drops bytes the guest acknowledged, which
+// are there: it must try again, not report the flow broken (it was reset).
+func TestDiscardAtUrgentMarkWithSignal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sf, _ := s.(*net.TCPConn).File()
+	defer sf.Close()
+	fd := int(sf.Fd())
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+	craw, _ := c.(*net.TCPConn).SyscallConn()
+
+	defer signalThread()()
+	for i := range 2000 {
+		c.Write([]byte("abc"))
+		craw.Write(func(cfd uintptr) bool { unix.Sendto(int(cfd), []byte("d"), unix.MSG_OOB, nil); return true })
+		for inq(fd) < 4 {
+			runtime.Gosched()
+		}
+		// The first read stops at the mark; the second starts there.
+		if err := discard(fd, 3); err != nil {
+			t.Fatalf("round %d: dropping the bytes before the mark: %v", i, err)
+		}
+		if err := discard(fd, 1); err != nil {
+			t.Fatalf("round %d: dropping the urgent byte: %v", i, err)
+		}
+	}
+}
+
+// signalThread pins the calling goroutine to its thread and has another
+// send that thread SIGURG, the runtime's preemption signal, without
+// pause, so that a system call on it often finds a signal pending, until
+// the function it returns is called.
+func signalThread() (stop func()) {
+	runtime.LockOSThread()
+	pid, tid := unix.Getpid(), unix.Gettid()
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				unix.Tgkill(pid, tid, unix.SIGURG)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		runtime.UnlockOSThread()
 	}
 }

@@ -959,6 +959,14 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN && f.flags&tcpUrgent != 0 {
+			// Perhaps at urgent data with a signal pending (blockSignals):
+			// taken for drained, or for the end of the stream, the rest
+			// would wait for a segment that may never come, or be lost.
+			old := blockSignals()
+			n, err = recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			unblockSignals(old)
+		}
 		if err == unix.EAGAIN && f.state&tcpHostRdhup != 0 {
 			// A socket that had its peer's FIN gives the end of the
 			// stream (0), except one restored after it (tcpAddMoved),

@@ -349,6 +349,19 @@ func TestTCPHostUrgentData(t *testing.T) {
 	}
 }
 
+// TestTCPHostUrgentDataSignals: as TestTCPHostUrgentData, while the
+// engine's thread takes signals without pause. A read or a peek that
+// starts at urgent data fails while one is pending (signalThread): the
+// flow must neither be reset nor stall.
+func TestTCPHostUrgentDataSignals(t *testing.T) {
+	for _, seed := range []uint64{0, 3} { // with SO_PEEK_OFF, and without
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			defer signalThread()()
+			hostileDownload(t, seed, 30<<10+int(seed)*777)
+		})
+	}
+}
+
 // hostileDownload runs a hostileGuest on a download of 8 MiB, whose
 // host peer sends every urgent-th byte as urgent data, unless urgent is
 // 0. Seeds 3 and 7 (mod 4) peek without SO_PEEK_OFF; odd seeds have a
