@@ -326,10 +326,33 @@ func peekQueue(fd int, n uint32) ([]byte, error) {
 	if n == 0 {
 		return nil, nil
 	}
+	// A peek stops short at urgent data the peer sent (MSG_OOB), kept in
+	// line, and the next one from the queue's start stops there again:
+	// the rest is peeked from a peek offset (TCP has them since Linux
+	// 6.9), which each peek moves on. One that starts at the urgent mark
+	// fails (EAGAIN) while a signal is pending: it is tried again. A
+	// socket has one urgent mark at most, so few peeks are needed.
 	buf := make([]byte, n)
-	got, _, err := unix.Recvfrom(fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	if err != nil {
-		return nil, err
+	got, offset := 0, false
+	for tries := 0; got < int(n) && tries < 100; tries++ {
+		if got > 0 && !offset {
+			if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, got) != nil {
+				break
+			}
+			offset = true
+			defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, -1)
+		}
+		m, _, err := unix.Recvfrom(fd, buf[got:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			break
+		}
+		got += m
 	}
 	if got < int(n) {
 		return nil, fmt.Errorf("read %d of %d bytes", got, n)

@@ -373,6 +373,37 @@ func TestMoveAfterFIN(t *testing.T) {
 	})
 }
 
+// TestMoveUrgentInRecvQueue moves a socket whose receive queue holds
+// urgent data its peer sent (MSG_OOB), kept in line (SO_OOBINLINE, as a
+// relay keeps it): a peek stops short at the urgent mark, and the dump
+// must still take the whole queue.
+func TestMoveUrgentInRecvQueue(t *testing.T) {
+	ns := newNetns(t)
+	a, b, aAddr, bAddr := pair(t, ns, unix.AF_INET)
+	unix.SetsockoptInt(a, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+	unix.Write(b, []byte("hello"))
+	unix.Sendto(b, []byte("!"), unix.MSG_OOB, nil)
+	unix.Write(b, []byte("world"))
+	for i := 0; ; i++ {
+		if n, _ := ioctlUint32(a, unix.SIOCINQ); n == 11 {
+			break
+		} else if i == 10000 {
+			t.Fatalf("%d bytes queued, want 11", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a2, st, _ := moveSocket(t, ns, direct, a, aAddr, bAddr, unix.AF_INET)
+	defer unix.Close(a2)
+	defer unix.Close(b)
+	if string(st.RecvQ) != "hello!world" {
+		t.Fatalf("dumped the receive queue as %q, want hello!world", st.RecvQ)
+	}
+	buf := make([]byte, 100)
+	if n, _ := unix.Read(a2, buf); string(buf[:n]) != "hello!world" {
+		t.Errorf("read %q after the move, want hello!world", buf[:n])
+	}
+}
+
 // waitState waits for fd's TCP state, which loopback reaches right after
 // the calls that led to it; the loop only covers the softirq's lag.
 func waitState(t *testing.T, fd int, want uint8) {
