@@ -6,25 +6,29 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
 )
 
 // closedUDPPort is a loopback UDP port of network ("udp4", "udp6") that
-// nothing listens on: a datagram to it gets "port unreachable".
+// nothing listens on: a datagram to it gets "port unreachable". A socket
+// connected elsewhere (port 9) holds it for the test, so that no other
+// takes it, and hears none of the test's datagrams.
 func closedUDPPort(t *testing.T, network string) uint16 {
 	t.Helper()
-	addr := "127.0.0.1:0"
+	addr := "127.0.0.1:9"
 	if network == "udp6" {
-		addr = "[::1]:0"
+		addr = "[::1]:9"
 	}
-	pc, err := net.ListenPacket(network, addr)
+	raddr, _ := net.ResolveUDPAddr(network, addr)
+	c, err := net.DialUDP(network, nil, raddr)
 	if err != nil {
 		t.Skipf("no %s loopback: %v", network, err)
 	}
-	defer pc.Close()
-	return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	t.Cleanup(func() { c.Close() })
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
 // withTTL sets the TTL (hop limit) of a frame frameIP built, and its
@@ -63,12 +67,13 @@ func checkedFrames(t *testing.T, te *testEngine, fn func(f []byte)) {
 }
 
 // hostErrors runs the engine until the guest got an ICMP error from the
-// host side, or a few turns passed, and returns the L4 part of each
+// host side, or 5 s passed (loopback may deliver the host's error late,
+// from the kernel's softirq thread), and returns the L4 part of each
 // ICMP and ICMPv6 message the guest got (checkedFrames).
 func hostErrors(t *testing.T, te *testEngine) []header.ICMP {
 	t.Helper()
 	var msgs []header.ICMP
-	for i := 0; i < 20 && len(msgs) == 0; i++ {
+	for deadline := time.Now().Add(5 * time.Second); len(msgs) == 0 && time.Now().Before(deadline); {
 		te.turn(10)
 		checkedFrames(t, te, func(f []byte) {
 			eth := header.Ethernet(f)
