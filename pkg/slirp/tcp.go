@@ -959,10 +959,13 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 			return
 		}
 		n, err := recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err == unix.EAGAIN && f.flags&tcpUrgent != 0 {
+		if err == unix.EAGAIN && (f.flags&tcpUrgent != 0 || f.state&tcpHostRdhup != 0) {
 			// Perhaps at urgent data with a signal pending (blockSignals):
 			// taken for drained, or for the end of the stream, the rest
 			// would wait for a segment that may never come, or be lost.
+			// After the peer's FIN, urgent data may be there unflagged:
+			// a held flow (tcpHoldIn) does not watch EPOLLPRI, and
+			// epoll reports the FIN alone.
 			old := blockSignals()
 			n, err = recvmsgIov(f.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 			unblockSignals(old)

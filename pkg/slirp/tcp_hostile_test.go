@@ -362,6 +362,74 @@ func TestTCPHostUrgentDataSignals(t *testing.T) {
 	}
 }
 
+// TestTCPHostUrgentWhileHeld: urgent data and the host peer's FIN that
+// come while the flow is held at the guest's window (tcpHoldIn, with
+// EPOLLPRI unwatched) are reported as the FIN alone. Peeks at the urgent
+// mark then fail (EAGAIN) while the engine's thread has a signal pending,
+// and must not be taken for the end of the stream, or the guest has the
+// FIN before the urgent byte and the bytes after it. The guest's
+// duplicate ACKs at the mark rewind the flow there, again and again, so
+// that some peek meets a signal (signalThread).
+func TestTCPHostUrgentWhileHeld(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.wnd = 8 // 1 KiB at the guest's window scale (7)
+	h.send(h.segment(header.TCPAck, 0))
+	h.e.turn(5)
+	start := h.ack
+	want := pattern(4000, 0)
+	var got []byte
+	inOrder := func(s header.TCP) {
+		if s.Seq() == start+uint32(len(got)) {
+			got = append(got, s.Payload()...)
+		}
+	}
+	c.Write(want[:3000])
+	h.receive(t, true, func(s header.TCP) bool { inOrder(s); return len(got) >= 1024 })
+	f := h.flow()
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Write(func(fd uintptr) bool { unix.Sendto(int(fd), want[3000:3001], unix.MSG_OOB, nil); return true })
+	c.Write(want[3001:])
+	c.(*net.TCPConn).CloseWrite()
+	for deadline := time.Now().Add(5 * time.Second); f.state&tcpHostRdhup == 0; h.e.turn(5) {
+		if time.Now().After(deadline) {
+			t.Fatal("the host peer's FIN never came")
+		}
+	}
+	if f.flags&(tcpInOff|tcpUrgent) != tcpInOff {
+		t.Fatalf("flags %#x: the flow should be held, the urgent data unseen", f.flags)
+	}
+	defer signalThread()()
+	fin, fins := start+uint32(len(want)), 0
+	checkFin := func(s header.TCP) {
+		if !isFin(s) {
+			return
+		}
+		if s.Seq() != fin {
+			t.Fatalf("the guest had the FIN at byte %d of %d", s.Seq()-start, len(want))
+		}
+		fins++
+	}
+	h.ack, h.wnd = start+uint32(len(got)), 0xffff
+	h.send(h.segment(header.TCPAck, 0))
+	h.receive(t, true, func(s header.TCP) bool { inOrder(s); checkFin(s); return isFin(s) })
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the guest had %d bytes of %d", len(got), len(want))
+	}
+	h.ack = start + 3000 // the urgent mark
+	h.send(h.segment(header.TCPAck, 0))
+	dups := bytes.Repeat(h.segment(header.TCPAck, 0), 3)
+	// Each three are a rewind to the mark, and a peek there, then on to
+	// the FIN.
+	for deadline := time.Now().Add(5 * time.Second); fins < 15000 && time.Now().Before(deadline); {
+		h.send(dups)
+		h.e.turn(0)
+		h.readFrames(checkFin)
+	}
+	if fins < 10 {
+		t.Fatalf("%d rewinds to the urgent mark", fins)
+	}
+}
+
 // hostileDownload runs a hostileGuest on a download of 8 MiB, whose
 // host peer sends every urgent-th byte as urgent data, unless urgent is
 // 0. Seeds 3 and 7 (mod 4) peek without SO_PEEK_OFF; odd seeds have a
