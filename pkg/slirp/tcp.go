@@ -201,13 +201,19 @@ func (t *tcpTable) init() {
 // waiting for window.
 func (t *tcpTable) hostSockOpts(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	// Urgent data (MSG_OOB) stays in the stream, as a relay must keep it:
-	// out of line, a peek skips the byte but SO_PEEK_OFF does not count
-	// it, and the next peek repeats a byte.
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+	urgentInline(fd)
 	if t.sndbuf > 0 {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, t.sndbuf)
 	}
+}
+
+// urgentInline keeps a host socket's urgent data (the peer's MSG_OOB) in
+// the stream, as a relay must. Out of line, a TCP peek skips the byte but
+// SO_PEEK_OFF does not count it, and the next peek repeats a byte; a unix
+// socket's peek from an offset reads the byte but a read drops it, so the
+// drop of what the guest acknowledged takes a byte it never had.
+func urgentInline(fd int) {
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
 }
 
 // isn is the initial sequence number of our side of a connection, as RFC
@@ -342,6 +348,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 	f := e.tcpAddFlow(key, fd, tcpConnecting)
 	if notTCP {
 		f.flags |= tcpNotTCP
+		urgentInline(fd) // a unix socket's or a command's, which hostSockOpts is not for
 	}
 	f.rcvNxt = t.Seq() + 1
 	f.guestWnd, f.wndSeq = uint32(t.Window()), t.Seq()

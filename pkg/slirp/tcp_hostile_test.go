@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -427,6 +428,75 @@ func TestTCPHostUrgentWhileHeld(t *testing.T) {
 	}
 	if fins < 10 {
 		t.Fatalf("%d rewinds to the urgent mark", fins)
+	}
+}
+
+// TestTCPUnixForwardUrgentData: the unix socket behind a diverted
+// gateway port (AddUnixForward) is a host peer too, and may send urgent
+// data (MSG_OOB, which unix stream sockets take since Linux 5.15). Out of
+// line, a peek from an offset reads the urgent byte, but a read drops it:
+// the drop of the bytes the guest acknowledged came up short and reset
+// the flow, or, with more queued, took a byte the guest never had. The
+// byte must come in place, as from a TCP peer.
+func TestTCPUnixForwardUrgentData(t *testing.T) {
+	h, _ := tcpPeer(t)
+	path := filepath.Join(t.TempDir(), "svc")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const port = 2222
+	h.e.host.(*LocalHost).SetSpecial(port, &Special{Path: path})
+	if err := h.e.AddUnixForward(port, path); err != nil {
+		t.Fatal(err)
+	}
+	u := &hotPath{e: h.e, rd: h.rd, guest: h.guest, frame: h.frame, seq: 7000, wnd: 0xffff, dport: port}
+	u.send(u.segment(header.TCPSyn, 0))
+	for deadline := time.Now().Add(5 * time.Second); u.ack == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no SYN-ACK from the diverted port")
+		}
+		u.e.turn(10)
+		u.readFrames(func(s header.TCP) {
+			if s.SrcPort() == port && s.Flags()&header.TCPSyn != 0 {
+				u.ack = s.Seq() + 1
+			}
+		})
+	}
+	u.seq++
+	u.send(u.segment(header.TCPAck, 0))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	want := []byte("abcdefghij")
+	start := u.ack
+	var got []byte
+	take := func(s header.TCP) {
+		if isRst(s) {
+			t.Fatalf("the flow was reset after %q", got)
+		}
+		if s.Seq() == start+uint32(len(got)) {
+			got = append(got, s.Payload()...)
+		}
+	}
+	c.Write(want[:3])
+	raw, _ := c.(*net.UnixConn).SyscallConn()
+	raw.Write(func(fd uintptr) bool { err = unix.Sendto(int(fd), want[3:4], unix.MSG_OOB, nil); return true })
+	if err != nil {
+		t.Skipf("no urgent data on unix sockets: %v", err)
+	}
+	c.Write(want[4:7])
+	u.receive(t, false, func(s header.TCP) bool { take(s); return len(got) >= 7 })
+	u.e.turn(10) // the guest's ACK drops what it acknowledged
+	c.Write(want[7:])
+	c.(*net.UnixConn).CloseWrite()
+	u.receive(t, false, func(s header.TCP) bool { take(s); return isFin(s) })
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the guest had %q, want %q", got, want)
 	}
 }
 
