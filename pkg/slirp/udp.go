@@ -191,10 +191,18 @@ func (e *Engine) inWhole(b []byte) bool {
 
 // udpFlush sends the batched datagrams. UDP may drop: a datagram the
 // kernel refuses is skipped, and the rest still go.
+//
+// A refusal may be an earlier datagram's: an ICMP error about it sets the
+// socket's error (IP_RECVERR), which the next send returns, and clears,
+// instead of sending, whatever its peer. That datagram gets another try;
+// the ICMP error stays queued for udpErrors.
 func (e *Engine) udpFlush() {
 	b := &e.udp.out
 	for sent := 0; sent < b.n; {
 		n, err := sendmmsg(b.flow.fd, b.msgs[sent:b.n])
+		if err != nil && err != unix.EAGAIN {
+			n, err = sendmmsg(b.flow.fd, b.msgs[sent:b.n])
+		}
 		if err != nil {
 			e.debugf("UDP %v: send: %v", b.flow.guest, err)
 			n = 1

@@ -130,6 +130,32 @@ func TestUDPLinkFullError(t *testing.T) {
 	}
 }
 
+// TestUDPSendAfterError: with IP_RECVERR, an ICMP error about a flow's
+// datagram sets its socket's error, which the next send returns (and
+// clears) instead of sending, even to another peer: that datagram is no
+// less the guest's, and must go; the error stays queued for udpErrors.
+func TestUDPSendAfterError(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	cport := closedUDPPort(t, "udp4")
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	f, _ := udpFlowTo(t, te, pc, 5001)
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5001, cport, []byte("refused"))))
+	te.inputDone()
+	pfd := []unix.PollFd{{Fd: int32(f.fd)}}
+	if n, _ := unix.Poll(pfd, 5000); n != 1 || pfd[0].Revents&unix.POLLERR == 0 {
+		t.Fatal("no error for the datagram to a closed port")
+	}
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5001, port, []byte("after"))))
+	te.inputDone()
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "after" {
+		t.Fatalf("the datagram after the error: %q, %v", buf[:n], err)
+	}
+}
+
 // TestICMPLinkFull: an echo reply that finds the link full is dropped
 // and counted, not left in the ping socket for epoll to report at every
 // turn. It needs ping sockets (net.ipv4.ping_group_range): where the
