@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
@@ -285,6 +286,37 @@ func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
 	unix.Sendmsg(pair[1], reply, nil, nil, 0)
 	if err := <-answered; err != unix.EPERM {
 		t.Errorf("answer: %v, want EPERM", err)
+	}
+}
+
+// An agent that never answers is given up on when the socket's receive
+// timeout runs out, though the runtime signals the waiting thread (its
+// preemption, every 10 ms or so, of a goroutine in a raw call it takes
+// for running): each signal ended the wait with EINTR, and the wait that
+// followed had the whole timeout again, so the engine waited for good.
+func TestSpliceWaitTimesOut(t *testing.T) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	s := &splicer{fd: pair[0]}
+	answered := make(chan error, 1)
+	go func() {
+		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
+		closeFd(fd)
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if err != unix.EAGAIN {
+			t.Errorf("no answer: %v, want EAGAIN", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still waiting for an agent that never answers, past its 200 ms timeout")
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/binary"
 	"net/netip"
-	"runtime"
 	"slices"
 	"time"
 	"unsafe"
@@ -250,10 +249,13 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 // waking threads) cost as much CPU per connection as the agent's own
 // work. A signal (the runtime's preemption, for the garbage collector
 // too) ends such a wait with EINTR, as both ends' sockets have a receive
-// timeout, and the goroutine yields to let the runtime have its way.
+// timeout, and the rest of the wait is a call the runtime knows of: it
+// signals a goroutine it takes for running every 10 ms or so, and a raw
+// wait taken up again would have the whole timeout again each time, and
+// never run out.
 
-// recvmsgRaw is unix.Recvmsg by a raw system call, retried after a
-// signal; the socket must have a receive timeout, which is EAGAIN.
+// recvmsgRaw is unix.Recvmsg by a raw system call until a signal; the
+// socket must have a receive timeout, which is EAGAIN.
 func recvmsgRaw(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from unix.Sockaddr, err error) {
 	var iov unix.Iovec
 	if len(p) > 0 {
@@ -266,17 +268,14 @@ func recvmsgRaw(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from 
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
 	}
-	for {
-		r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
-		if errno == unix.EINTR {
-			runtime.Gosched()
-			continue
-		}
-		if errno != 0 {
-			return 0, 0, 0, nil, errno
-		}
-		return int(r), int(msg.Controllen), int(msg.Flags), nil, nil
+	r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if errno == unix.EINTR {
+		return unix.Recvmsg(fd, p, oob, flags)
 	}
+	if errno != 0 {
+		return 0, 0, 0, nil, errno
+	}
+	return int(r), int(msg.Controllen), int(msg.Flags), nil, nil
 }
 
 // spliceWaiter is the agent's wait for the engine's requests: raw while
