@@ -373,6 +373,11 @@ func TestTCPHostUrgentDataSignals(t *testing.T) {
 // that some peek meets a signal (signalThread).
 func TestTCPHostUrgentWhileHeld(t *testing.T) {
 	h, c := tcpPeer(t)
+	if !h.flow().peekOff {
+		// Without, the flow peeks from the queue's head, and goes past
+		// the mark only once the guest acknowledged what lies before.
+		t.Skip("the rewind to the urgent mark needs SO_PEEK_OFF (qemu-user has none)")
+	}
 	h.wnd = 8 // 1 KiB at the guest's window scale (7)
 	h.send(h.segment(header.TCPAck, 0))
 	h.e.turn(5)
@@ -421,7 +426,7 @@ func TestTCPHostUrgentWhileHeld(t *testing.T) {
 	dups := bytes.Repeat(h.segment(header.TCPAck, 0), 3)
 	// Each three are a rewind to the mark, and a peek there, then on to
 	// the FIN.
-	for deadline := time.Now().Add(5 * time.Second); fins < 15000 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2 * time.Second); fins < 15000 && time.Now().Before(deadline); {
 		h.send(dups)
 		h.e.turn(0)
 		h.readFrames(checkFin)
