@@ -202,20 +202,18 @@ func (h *LocalHost) DialSpecial(port uint16) (int, error) {
 	return fd, err
 }
 
-// dialUnix starts a non-blocking connect to path.
+// dialUnix connects to path without waiting. A full backlog fails with
+// EAGAIN, leaving the socket unconnected: the caller tries again later.
 func dialUnix(path string) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
-	switch err = unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err {
-	case nil, unix.EINPROGRESS:
-		return fd, err
-	case unix.EAGAIN: // a full backlog: the connection completes later
-		return fd, unix.EINPROGRESS
+	if err = unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, err
 	}
-	unix.Close(fd)
-	return -1, err
+	return fd, nil
 }
 
 // startCommand starts argv with its stdin and stdout on one end of a

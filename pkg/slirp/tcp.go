@@ -338,6 +338,13 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 		return
 	}
 	fd, notTCP, err := e.tcpDial(key)
+	if err == unix.EAGAIN {
+		// A unix socket's full backlog (dialUnix): the SYN is dropped,
+		// as a host's full backlog drops one, and the guest's next
+		// tries again.
+		e.debugf("TCP %v: connect: %v", key.remote, err)
+		return
+	}
 	if err != nil && err != unix.EINPROGRESS {
 		e.debugf("TCP %v: connect: %v", key.remote, err)
 		if !e.tcpUnreachable(key, t.Seq(), err) {

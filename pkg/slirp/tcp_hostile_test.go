@@ -451,23 +451,10 @@ func TestTCPUnixForwardUrgentData(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	const port = 2222
-	h.e.host.(*LocalHost).SetSpecial(port, &Special{Path: path})
-	if err := h.e.AddUnixForward(port, path); err != nil {
-		t.Fatal(err)
-	}
-	u := &hotPath{e: h.e, rd: h.rd, guest: h.guest, frame: h.frame, seq: 7000, wnd: 0xffff, dport: port}
+	u := divertedPort(t, h, path)
 	u.send(u.segment(header.TCPSyn, 0))
-	for deadline := time.Now().Add(5 * time.Second); u.ack == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("no SYN-ACK from the diverted port")
-		}
-		u.e.turn(10)
-		u.readFrames(func(s header.TCP) {
-			if s.SrcPort() == port && s.Flags()&header.TCPSyn != 0 {
-				u.ack = s.Seq() + 1
-			}
-		})
+	if acked, _ := u.synAnswer(5 * time.Second); !acked {
+		t.Fatal("no SYN-ACK from the diverted port")
 	}
 	u.seq++
 	u.send(u.segment(header.TCPAck, 0))
@@ -502,6 +489,76 @@ func TestTCPUnixForwardUrgentData(t *testing.T) {
 	u.receive(t, false, func(s header.TCP) bool { take(s); return isFin(s) })
 	if !bytes.Equal(got, want) {
 		t.Fatalf("the guest had %q, want %q", got, want)
+	}
+}
+
+// divertedPort diverts the gateway's port 2222 to the unix socket path
+// (AddUnixForward), and returns a guest's connection to it, not yet
+// opened, beside h's.
+func divertedPort(t *testing.T, h *hotPath, path string) *hotPath {
+	t.Helper()
+	const port = 2222
+	h.e.host.(*LocalHost).SetSpecial(port, &Special{Path: path})
+	if err := h.e.AddUnixForward(port, path); err != nil {
+		t.Fatal(err)
+	}
+	return &hotPath{e: h.e, rd: h.rd, guest: h.guest, frame: h.frame, seq: 7000, wnd: 0xffff, dport: port}
+}
+
+// synAnswer runs the engine until the guest's SYN to u's port is
+// answered, for at most d: a SYN-ACK (acked, which sets u.ack) or a
+// reset (refused).
+func (u *hotPath) synAnswer(d time.Duration) (acked, refused bool) {
+	for deadline := time.Now().Add(d); !acked && !refused && time.Now().Before(deadline); {
+		u.e.turn(10)
+		u.readFrames(func(s header.TCP) {
+			switch {
+			case s.SrcPort() != u.dport:
+			case isRst(s):
+				refused = true
+			case s.Flags()&header.TCPSyn != 0:
+				u.ack, acked = s.Seq()+1, true
+			}
+		})
+	}
+	return acked, refused
+}
+
+// TestTCPUnixForwardBacklogFull: a guest's SYN to a diverted gateway port
+// whose unix socket has its backlog full (connect fails, EAGAIN) is
+// dropped, as a host's full backlog drops a SYN, not refused: the guest's
+// next SYN gets through once the service has taken the waiting client.
+func TestTCPUnixForwardBacklogFull(t *testing.T) {
+	h, _ := tcpPeer(t)
+	path := filepath.Join(t.TempDir(), "svc")
+	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(l)
+	if err := unix.Bind(l, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Listen(l, 0) // room for one waiting client
+	waiting, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(waiting)
+	if err := unix.Connect(waiting, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	u := divertedPort(t, h, path)
+	flows := h.e.tcp.count
+	u.send(u.segment(header.TCPSyn, 0))
+	if acked, refused := u.synAnswer(200 * time.Millisecond); acked || refused || h.e.tcp.count != flows {
+		t.Fatalf("a SYN to a full backlog: answered %v, refused %v, %d flows more", acked, refused, h.e.tcp.count-flows)
+	}
+	c, _, err := unix.Accept(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(c)
+	u.send(u.segment(header.TCPSyn, 0)) // the guest's retransmission
+	if acked, refused := u.synAnswer(5 * time.Second); !acked {
+		t.Fatalf("no SYN-ACK once the backlog had room (refused %v)", refused)
 	}
 }
 
