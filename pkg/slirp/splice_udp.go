@@ -62,7 +62,12 @@ func (e *Engine) spliceUDPSend(key spliceUDPKey, payload []byte, port uint16, ns
 		}
 	}
 	f.lastAct = e.now
-	unix.Write(f.fd, payload) // UDP may drop
+	// UDP may drop. A refusal may be an earlier datagram's (ICMP), which
+	// a connected socket keeps for its next send, and returns instead of
+	// sending: this one gets another try, as in udpFlush.
+	if _, err := unix.Write(f.fd, payload); err != nil && err != unix.EAGAIN {
+		unix.Write(f.fd, payload)
+	}
 }
 
 // spliceUDPOpen connects a socket for the sender key, to port on the

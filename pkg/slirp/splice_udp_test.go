@@ -85,3 +85,42 @@ func TestSpliceUDPToAddressSentTo(t *testing.T) {
 		t.Errorf("%d flows, want 2", te.spliceUDP.count)
 	}
 }
+
+// TestSpliceUDPAfterRefusal: a -U datagram to a port nobody listens on
+// is refused (ICMP), and its connected socket keeps the refusal for its
+// next send, which returns it instead of sending. The sender's next
+// datagram, to a service that came up meanwhile, must still go.
+func TestSpliceUDPAfterRefusal(t *testing.T) {
+	te := newTestEngine(t)
+	lo := netip.MustParseAddr("127.0.0.1")
+	srv := udpSocket(t, netip.AddrPortFrom(lo, 0), true)
+	port := boundPort(t, srv)
+	unix.Close(srv) // down, for the first datagram
+	lfd := udpSocket(t, netip.AddrPortFrom(lo, 0), true)
+	if err := te.SpliceListen(UDP, lfd, port); err != nil {
+		unix.Close(lfd)
+		t.Fatal(err)
+	}
+	defer te.SpliceUnlisten(lfd)
+	to := netip.AddrPortFrom(lo, boundPort(t, lfd))
+	client := udpSocket(t, netip.AddrPortFrom(lo, 0), false)
+	if err := sendto(client, []byte("a"), to); err != nil {
+		t.Fatal(err)
+	}
+	te.spliceListenEvent(0)
+	var flow int
+	te.spliceUDP.each(func(_ int32, f *spliceUDPFlow) { flow = f.fd })
+	if n, _ := unix.Poll([]unix.PollFd{{Fd: int32(flow), Events: unix.POLLERR}}, 5000); n != 1 {
+		t.Fatal("the first datagram was not refused")
+	}
+	srv = udpSocket(t, netip.AddrPortFrom(lo, port), false) // up again
+	if err := sendto(client, []byte("b"), to); err != nil {
+		t.Fatal(err)
+	}
+	te.spliceListenEvent(0)
+	var buf [8]byte
+	unix.Poll([]unix.PollFd{{Fd: int32(srv), Events: unix.POLLIN}}, 5000)
+	if n, _, err := recvfrom(srv, buf[:]); err != nil || string(buf[:n]) != "b" {
+		t.Fatalf("the service got %q: %v", buf[:n], err)
+	}
+}
