@@ -255,23 +255,9 @@ func listenTCP(ap netip.AddrPort) (int, error) {
 // the runtime's signal ends it: a collection, which stops the world,
 // completes while the engine waits, before any answer.
 func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pair[0])
-	defer unix.Close(pair[1])
-	tv := unix.NsecToTimeval(helperTimeout.Nanoseconds())
-	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	s := &splicer{fd: pair[0]}
-	answered := make(chan error, 1)
-	go func() {
-		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
-		closeFd(fd)
-		answered <- err
-	}()
+	agent, answered := spliceWaiting(t, helperTimeout)
 	var req [spliceMsgLen]byte
-	if n, _, err := recvMsg(pair[1], req[:], 0); err != nil || n != spliceMsgLen {
+	if n, _, err := recvMsg(agent, req[:], 0); err != nil || n != spliceMsgLen {
 		t.Fatalf("request: %d bytes, %v", n, err)
 	}
 	runtime.GC()
@@ -283,7 +269,7 @@ func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
 	reply := make([]byte, spliceMsgLen)
 	copy(reply, req[4:8])
 	reply[7] = byte(unix.EPERM)
-	unix.Sendmsg(pair[1], reply, nil, nil, 0)
+	unix.Sendmsg(agent, reply, nil, nil, 0)
 	if err := <-answered; err != unix.EPERM {
 		t.Errorf("answer: %v, want EPERM", err)
 	}
@@ -295,21 +281,7 @@ func TestSpliceWaitLetsTheWorldStop(t *testing.T) {
 // for running): each signal ended the wait with EINTR, and the wait that
 // followed had the whole timeout again, so the engine waited for good.
 func TestSpliceWaitTimesOut(t *testing.T) {
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pair[0])
-	defer unix.Close(pair[1])
-	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
-	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	s := &splicer{fd: pair[0]}
-	answered := make(chan error, 1)
-	go func() {
-		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
-		closeFd(fd)
-		answered <- err
-	}()
+	_, answered := spliceWaiting(t, 200*time.Millisecond)
 	select {
 	case err := <-answered:
 		if err != unix.EAGAIN {
@@ -318,6 +290,34 @@ func TestSpliceWaitTimesOut(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("still waiting for an agent that never answers, past its 200 ms timeout")
 	}
+}
+
+// spliceWaiting has the engine's splicer ask for a connection, waiting
+// for the answer at most timeout, and returns the agent's end of their
+// socket pair, and where the answer will come.
+func spliceWaiting(t *testing.T, timeout time.Duration) (agent int, answered chan error) {
+	t.Helper()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	s := &splicer{fd: pair[0]}
+	answered = make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
+		closeFd(fd)
+		answered <- err
+	}()
+	t.Cleanup(func() {
+		unix.Close(pair[1]) // ends a wait still under way
+		<-done
+		unix.Close(pair[0])
+	})
+	return pair[1], answered
 }
 
 // A --userns that does not exist is reported as such, before nsenter
