@@ -9,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -146,11 +145,7 @@ func (r *migrateRig) check(t *testing.T, after string) {
 	waitFor(t, "the engine's descriptors back to "+strconv.Itoa(r.base)+" after "+after, func() bool {
 		return openFdsOf(t, r.engine) == r.base
 	})
-	cpu := procCPU([]int{r.engine})
-	time.Sleep(time.Second)
-	if used := procCPU([]int{r.engine}) - cpu; used > 0.1 {
-		t.Errorf("after %s: the engine used %.2f s of CPU in a second of idling", after, used)
-	}
+	idleEngine(t, r.engine, "after "+after)
 	if !tcpListens(r.w.Host, migFwdPort) {
 		t.Errorf("after %s: the forward is not bound again", after)
 	}
