@@ -127,6 +127,14 @@ type script struct {
 	start  time.Time
 	lines  []string
 	conns  []*conn
+	// lastAck is the last line if it is a bare ACK and the guest sent
+	// nothing since, which a later one from the same connection may
+	// replace (noteSeg).
+	lastAck struct {
+		c        *conn
+		seq, ack uint32
+		line     int
+	}
 }
 
 func (s *script) note(format string, a ...any) {
@@ -134,6 +142,7 @@ func (s *script) note(format string, a ...any) {
 }
 
 func (s *script) sendIP(p []byte) {
+	s.lastAck.c = nil
 	if _, err := s.c.Write(frame(guestFrame(ourMAC, p))); err != nil {
 		s.t.Fatal(err)
 	}
@@ -280,7 +289,7 @@ func (c *conn) wait(d time.Duration, match func(seg) bool) *seg {
 		if c.irs == 0 && sg.flags&fSyn != 0 {
 			c.irs = sg.seq
 		}
-		c.s.note("%s", c.line(sg))
+		c.noteSeg(sg)
 		if sg.flags&fSyn != 0 && c.rcvNxt == 0 {
 			c.rcvNxt = sg.seq + 1
 		}
@@ -291,6 +300,25 @@ func (c *conn) wait(d time.Duration, match func(seg) bool) *seg {
 		if match(sg) {
 			return &sg
 		}
+	}
+}
+
+// noteSeg notes a segment from the backend. A bare ACK that moves on
+// from the bare ACK just noted, of the same connection and with nothing
+// sent by the guest between, replaces it: whether a backend read the
+// guest's data and FIN in one turn or two, and so acknowledged them
+// once or twice, is the scheduler's doing.
+func (c *conn) noteSeg(sg seg) {
+	s := c.s
+	bare := sg.flags == fAck && len(sg.data) == 0 && len(sg.opts) == 0 && !(c.showWin && sg.win == 0)
+	last := &s.lastAck
+	if bare && last.c == c && last.line == len(s.lines)-1 && last.seq == sg.seq && int32(sg.ack-last.ack) > 0 {
+		s.lines = s.lines[:last.line]
+	}
+	s.note("%s", c.line(sg))
+	last.c = nil
+	if bare {
+		last.c, last.seq, last.ack, last.line = c, sg.seq, sg.ack, len(s.lines)-1
 	}
 }
 
