@@ -2,7 +2,9 @@ package tests
 
 import (
 	"debug/elf"
+	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,10 +248,13 @@ func checkSandboxed(t *testing.T, pid, ref, uid string) {
 	}
 }
 
-// procStatus reads /proc/PID/status as a map.
+// procStatus reads /proc/PID/status as a map, empty if PID has gone.
 func procStatus(t *testing.T, pid string) map[string]string {
 	t.Helper()
 	data, err := os.ReadFile("/proc/" + pid + "/status")
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return map[string]string{} // gone: a process or thread met in passing
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
