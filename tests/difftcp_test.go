@@ -133,7 +133,8 @@ type script struct {
 	lastAck struct {
 		c        *conn
 		seq, ack uint32
-		line     int
+		line     int    // its index in lines
+		text     string // and its text: a script that cut lines moved the index
 	}
 }
 
@@ -312,13 +313,15 @@ func (c *conn) noteSeg(sg seg) {
 	s := c.s
 	bare := sg.flags == fAck && len(sg.data) == 0 && len(sg.opts) == 0 && !(c.showWin && sg.win == 0)
 	last := &s.lastAck
-	if bare && last.c == c && last.line == len(s.lines)-1 && last.seq == sg.seq && int32(sg.ack-last.ack) > 0 {
+	if bare && last.c == c && last.line == len(s.lines)-1 && s.lines[last.line] == last.text &&
+		last.seq == sg.seq && int32(sg.ack-last.ack) > 0 {
 		s.lines = s.lines[:last.line]
 	}
 	s.note("%s", c.line(sg))
 	last.c = nil
 	if bare {
 		last.c, last.seq, last.ack, last.line = c, sg.seq, sg.ack, len(s.lines)-1
+		last.text = s.lines[last.line]
 	}
 }
 
