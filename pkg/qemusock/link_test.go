@@ -105,3 +105,40 @@ func TestDetectBadRequest(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDetectStream: whatever a client sends first, in one piece or two,
+// a detecting link settles on a framing and yields frames within its
+// limit, or refuses the client with an error that says why; nothing goes
+// to the client before its framing is known.
+func FuzzDetectStream(f *testing.F) {
+	f.Add([]byte(gvforwarderHello+"\x05\x00hello"), uint16(10))
+	f.Add([]byte{0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o'}, uint16(2))
+	f.Add([]byte("POST /connect HTTP/1.1\r\n\r\n\xff\xff"), uint16(0))
+	f.Add([]byte("POST /conn"), uint16(4))
+	f.Fuzz(func(t *testing.T, b []byte, split uint16) {
+		lfd, cfd := streamPair(t)
+		l := NewDetectStream(lfd)
+		cut := min(int(split), len(b))
+		for _, part := range [][]byte{b[:cut], b[cut:]} {
+			unix.Write(cfd, part)
+			got, err := frames(t, l)
+			if err != nil {
+				if !errors.Is(err, ErrBadRequest) && !errors.Is(err, ErrFrameLength) {
+					t.Fatal(err)
+				}
+				return
+			}
+			for _, fr := range got {
+				if len(fr) == 0 || len(fr) > l.MaxFrame() {
+					t.Fatalf("frame of %d bytes, limit %d", len(fr), l.MaxFrame())
+				}
+			}
+		}
+		switch room := l.Reserve(10) != nil; {
+		case len(b) == 0 && room:
+			t.Fatal("room for frames before the client spoke")
+		case len(b) > 0 && b[0] != connectRequest[0] && !room:
+			t.Fatal("no room once the client spoke with QEMU's framing")
+		}
+	})
+}
