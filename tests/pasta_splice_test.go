@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -165,7 +166,10 @@ func TestPastaSpliceUDP(t *testing.T) {
 }
 
 // udpSenders has eight senders at once, from sockets of their own, each
-// send five datagrams and get each back with prefix.
+// send five datagrams and get each back with prefix. A datagram whose
+// answer is late is sent again, so its first answer may come while the
+// sender waits for the next one's: such a late answer is passed over,
+// and any other is an error.
 func udpSenders(t *testing.T, dial func() (net.Conn, error), prefix string) {
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -179,14 +183,27 @@ func udpSenders(t *testing.T, dial func() (net.Conn, error), prefix string) {
 			}
 			defer c.Close()
 			buf := make([]byte, 100)
+			owed := map[string]int{} // answers still to come, by what was sent
 			for k := range 5 {
 				msg := fmt.Sprintf("sender %d, datagram %d", i, k)
 				var got string
 				for try := 0; try < 5 && got == ""; try++ { // UDP may drop
 					c.SetDeadline(time.Now().Add(time.Second))
 					c.Write([]byte(msg))
-					if n, err := c.Read(buf); err == nil {
-						got = string(buf[:n])
+					owed[msg]++
+					for got == "" {
+						n, err := c.Read(buf)
+						if err != nil {
+							break
+						}
+						answer, ok := strings.CutPrefix(string(buf[:n]), prefix)
+						late := ok && answer != msg && owed[answer] > 0
+						if ok && owed[answer] > 0 {
+							owed[answer]--
+						}
+						if !late {
+							got = string(buf[:n])
+						}
 					}
 				}
 				if got != prefix+msg {
