@@ -24,7 +24,7 @@ import (
 //
 // Each step is an op byte, then its operands (missing bytes read as 0):
 //
-//	fuzzRequest: selector (fuzzRequests), descriptors (fuzzFds), flags,
+//	fuzzRequest: selector (fuzzRequests), descriptors (fuzzFdSets), flags,
 //	             payload length (u16), payload
 //	fuzzRaw:     descriptors, length (u16), bytes sent as they are
 //	fuzzPoke:    guest memory offset (u16), length, bytes written there
@@ -41,6 +41,7 @@ func FuzzVhostUserRequests(f *testing.F) {
 	defer func(idle time.Duration) { stateIdle = idle }(stateIdle)
 	stateIdle = time.Millisecond
 	f.Fuzz(func(t *testing.T, script []byte) {
+		// A hang is a crash, with its input, not a fuzzer that stops.
 		hung := time.AfterFunc(10*time.Second, func() {
 			debug.SetTraceback("all")
 			panic("FuzzVhostUserRequests: one input ran for 10 s")
@@ -69,7 +70,7 @@ func FuzzVhostUserRequests(f *testing.F) {
 // started. Counting goroutines would not do: the fuzzing machinery's
 // come and go.
 func linkGoroutines() string {
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, 1<<18)
 	stacks := strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
 	var left []string
 	for _, s := range stacks {
