@@ -203,10 +203,12 @@ const (
 	maxDirectChains = 1024
 )
 
-// NewVhostUser is a link over a connected vhost-user socket.
+// NewVhostUser is a link over a connected vhost-user socket. Its reader
+// holds only the heads of one Read's frames (maxTxFrames of HeadCopy),
+// so the least a reader is does.
 func NewVhostUser(fd int) Link {
 	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12, log: dirtyLog{call: -1},
-		rd: NewReader(QEMU, 4<<20), q: NewQueue(QEMU, 8<<20), stateErr: errNoTransfer}
+		rd: NewReader(QEMU, 0), q: NewQueue(QEMU, 8<<20), stateErr: errNoTransfer}
 }
 
 func (l *vhostLink) Register(p Poller) error {
