@@ -213,7 +213,7 @@ func TestVhostUserShrunkMemory(t *testing.T) {
 	if r != nil {
 		t.Errorf("Close after a fault: %v", r)
 	}
-	f.l = NewVhostUser(-1).(*vhostLink) // closed already
+	f.l = newVhostLink(-1, 0) // closed already
 }
 
 // Item 4: a kick is taken out of epoll before it is closed: the
@@ -489,6 +489,7 @@ func TestVhostUserAvailJump(t *testing.T) {
 // and be of some length,
 // and no chain may be given back more often than it was offered.
 func FuzzRxChains(f *testing.F) {
+	fuzzQueue(f)
 	zero := make([]byte, 16*4)
 	for i, d := range [][3]uint64{{0x20000, 2048, descWrite | descNext<<16 | 1<<32}, {0x21000, 0, descWrite | descNext<<16 | 2<<32}, {0x22000, 4096, descWrite}, {0x23000, 0, descWrite}} {
 		binary.LittleEndian.PutUint64(zero[16*i:], d[0])

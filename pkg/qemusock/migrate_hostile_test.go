@@ -124,7 +124,7 @@ func TestVhostUserMigrateHostileRequests(t *testing.T) {
 				}
 			}
 			f.l.Close()
-			f.l = NewVhostUser(-1).(*vhostLink)
+			f.l = newVhostLink(-1, 0)
 			if n := openFds(t) - base; n != 6 { // the front-end's own
 				t.Errorf("%d descriptors open once the link closed, want the front-end's 6", n)
 			}
@@ -165,7 +165,7 @@ func TestVhostUserLogShrunk(t *testing.T) {
 	if r != nil {
 		t.Errorf("Close after a fault in the log: %v", r)
 	}
-	f.l = NewVhostUser(-1).(*vhostLink)
+	f.l = newVhostLink(-1, 0)
 }
 
 // TestVhostUserDeviceStateHostile: CHECK_DEVICE_STATE before any
@@ -255,7 +255,7 @@ func TestVhostUserDeviceStateHostile(t *testing.T) {
 				t.Errorf("a frame after it: %v, used index %d", err, f.usedIdx(0))
 			}
 			f.l.Close()
-			f.l = NewVhostUser(-1).(*vhostLink)
+			f.l = newVhostLink(-1, 0)
 			if n := openFds(t) - base; n != 6 {
 				t.Errorf("%d descriptors open once the link closed, want the front-end's 6", n)
 			}

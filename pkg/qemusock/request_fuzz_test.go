@@ -36,6 +36,7 @@ import (
 //	fuzzKick:    queue: the guest kicks, the engine takes the event
 //	fuzzHangUp:  events: the front-end hangs up, epoll reports events
 func FuzzVhostUserRequests(f *testing.F) {
+	fuzzQueue(f)
 	// No transfer of the device state waits for a stalled descriptor
 	// (an eventfd, say) longer than this.
 	defer func(idle time.Duration) { stateIdle = idle }(stateIdle)
@@ -53,7 +54,7 @@ func FuzzVhostUserRequests(f *testing.F) {
 		h.f.l.SetMigrator(&testMigrator{state: testFrame(100)})
 		h.play()
 		h.f.l.Close()
-		h.f.l = NewVhostUser(-1).(*vhostLink)
+		h.f.l = newVhostLink(-1, 0)
 		if n := openFds(t) - fds; n != 7 {
 			t.Errorf("%d descriptors open once the link closed, want the front-end's 6 and the epoll set", n)
 		}

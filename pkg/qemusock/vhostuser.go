@@ -203,12 +203,16 @@ const (
 	maxDirectChains = 1024
 )
 
-// NewVhostUser is a link over a connected vhost-user socket. Its reader
-// holds only the heads of one Read's frames (maxTxFrames of HeadCopy),
-// so the least a reader is does.
-func NewVhostUser(fd int) Link {
+// NewVhostUser is a link over a connected vhost-user socket, with room
+// for 8 MiB of frames that wait for the guest's RX buffers.
+func NewVhostUser(fd int) Link { return newVhostLink(fd, 8<<20) }
+
+// newVhostLink is a vhost-user link whose queue holds queue bytes. Its
+// reader holds only the heads of one Read's frames (maxTxFrames of
+// HeadCopy), so the least a reader is does.
+func newVhostLink(fd, queue int) *vhostLink {
 	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12, log: dirtyLog{call: -1},
-		rd: NewReader(QEMU, 0), q: NewQueue(QEMU, 8<<20), stateErr: errNoTransfer}
+		rd: NewReader(QEMU, 0), q: NewQueue(QEMU, queue), stateErr: errNoTransfer}
 }
 
 func (l *vhostLink) Register(p Poller) error {
