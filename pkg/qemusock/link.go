@@ -102,24 +102,27 @@ var ErrHangUp = errors.New("hang-up")
 
 // NewStream is a link over a connected stream socket (unix or vsock),
 // with frames delimited by f, which it writes to the socket.
-func NewStream(fd int, f Framing) Link { return newStream(fd, f, false) }
+func NewStream(fd int, f Framing) Link { return newStream(fd, f, false, streamQueue) }
 
 // NewLendingStream is NewStream that lends its frames' pages to a unix
 // socket rather than copying them (zeroCopy), for a client that reads
 // the socket itself, as QEMU does: a relay that splice(2)s what it reads
 // on keeps the pages after the socket lets them go, and would pass on
 // frames written there since.
-func NewLendingStream(fd int, f Framing) Link { return newStream(fd, f, true) }
+func NewLendingStream(fd int, f Framing) Link { return newStream(fd, f, true, streamQueue) }
 
-func newStream(fd int, f Framing, lend bool) Link {
+// streamQueue is what a stream link's queue holds; its reader holds half.
+const streamQueue = 8 << 20
+
+func newStream(fd int, f Framing, lend bool, queue int) Link {
 	var q *Queue
 	if lend {
-		q = newZeroCopyQueue(f, 8<<20, fd)
+		q = newZeroCopyQueue(f, queue, fd)
 	}
 	if q == nil {
-		q = NewQueue(f, 8<<20)
+		q = NewQueue(f, queue)
 	}
-	return &fdLink{fd: fd, rd: NewReader(f, 4<<20), q: q, maxFrame: MaxFrame}
+	return &fdLink{fd: fd, rd: NewReader(f, queue/2), q: q, maxFrame: MaxFrame}
 }
 
 // NewDetectStream is a stream link whose framing the client's first bytes
