@@ -481,6 +481,12 @@ func TestVhostUserAvailJump(t *testing.T) {
 	}
 }
 
+// pieceIn tells whether v is of some length and lies within b.
+func pieceIn(v unix.Iovec, b []byte) bool {
+	start := uintptr(unsafe.Pointer(v.Base))
+	return v.Len > 0 && start >= addrOf(b) && start+uintptr(v.Len) <= addrOf(b)+uintptr(len(b))
+}
+
 // FuzzRxChains plays a guest's RX descriptors against the path TCP data
 // takes into them (ReserveV, the peek's pieces, Commit short or whole,
 // Cancel) mixed with queued frames (Flush): table is the RX descriptor
@@ -521,13 +527,7 @@ func FuzzRxChains(f *testing.F) {
 		// Where a piece may be: in guest memory, or in the link's
 		// queue, for a frame that goes through it.
 		inMem := func(v unix.Iovec) bool {
-			start := uintptr(unsafe.Pointer(v.Base))
-			for _, b := range [][]byte{fe.l.mem.regions[0].mem, fe.l.q.buf} {
-				if v.Len > 0 && start >= addrOf(b) && start+uintptr(v.Len) <= addrOf(b)+uintptr(len(b)) {
-					return true
-				}
-			}
-			return false
+			return pieceIn(v, fe.l.mem.regions[0].mem) || pieceIn(v, fe.l.q.buf)
 		}
 		iov := make([]unix.Iovec, 0, 64)
 		for i, s := range sizes {

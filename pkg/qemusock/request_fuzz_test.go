@@ -4,6 +4,7 @@ import (
 	"errors"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -349,13 +350,7 @@ func (h *reqFuzz) read() bool {
 
 // inGuest tells whether v lies in one region of guest memory.
 func (h *reqFuzz) inGuest(v unix.Iovec) bool {
-	start := uintptr(unsafe.Pointer(v.Base))
-	for _, r := range h.f.l.mem.regions {
-		if v.Len > 0 && start >= addrOf(r.mem) && start+uintptr(v.Len) <= addrOf(r.mem)+uintptr(len(r.mem)) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(h.f.l.mem.regions, func(r memRegion) bool { return pieceIn(v, r.mem) })
 }
 
 // sendV builds up to two frames of 54+n bytes in the guest's buffers, as
