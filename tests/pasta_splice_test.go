@@ -196,14 +196,13 @@ func udpSenders(t *testing.T, dial func() (net.Conn, error), prefix string) {
 						if err != nil {
 							break
 						}
-						answer, ok := strings.CutPrefix(string(buf[:n]), prefix)
-						late := ok && answer != msg && owed[answer] > 0
-						if ok && owed[answer] > 0 {
+						if answer, ok := strings.CutPrefix(string(buf[:n]), prefix); ok && owed[answer] > 0 {
 							owed[answer]--
+							if answer != msg {
+								continue // late, to one sent again
+							}
 						}
-						if !late {
-							got = string(buf[:n])
-						}
+						got = string(buf[:n])
 					}
 				}
 				if got != prefix+msg {
