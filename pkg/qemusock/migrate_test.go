@@ -104,6 +104,47 @@ func TestVhostUserDirtyLog(t *testing.T) {
 	}
 }
 
+// TestVhostUserDirtyLogAfterResetOwner: RESET_OWNER drops the rings but
+// not the features, so rings set up again while LOG_ALL stands log what
+// is written to them, without another SET_FEATURES.
+func TestVhostUserDirtyLogAfterResetOwner(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	f.must(vuSetProtocolFeatures, u64s(vuProtocolReplyAck|vuProtocolLogShmfd))
+	logfd, _ := unix.MemfdCreate("log", unix.MFD_CLOEXEC)
+	defer unix.Close(logfd)
+	unix.Ftruncate(logfd, 4096)
+	log, err := unix.Mmap(logfd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(log)
+	f.must(vuSetLogBase, u64s(4096, 0), logfd)
+	f.reply()
+	f.must(vuSetFeatures, u64s(virtioFVersion1|virtioNetFMrgRxbuf|vhostFLogAll))
+
+	f.must(vuResetOwner, nil)
+	for i := range 2 {
+		desc, avail, used := feRing(i)
+		f.must(vuSetVringNum, u32s(uint32(i), feQueue))
+		f.must(vuSetVringAddr, append(u32s(uint32(i), vhostVringFLog), u64s(feUVA+desc, feUVA+used, feUVA+avail, used)...))
+		f.must(vuSetVringBase, u32s(uint32(i), 0))
+		f.must(vuSetVringCall, u64s(uint64(i)), f.call[i])
+		f.must(vuSetVringKick, u64s(uint64(i)), f.kick[i])
+	}
+	f.rxBufs(0, 1, 2048)
+	f.l.Reserve(100)
+	f.l.Commit(100)
+	if err := f.l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, rxUsed := feRing(0)
+	want := map[uint64]bool{0x20: true, rxUsed / logPage: true}
+	if got := logPages(log); !equalSets(got, want) {
+		t.Errorf("pages marked %v, want %v", keys(got), keys(want))
+	}
+}
+
 func equalSets(a, b map[uint64]bool) bool {
 	if len(a) != len(b) {
 		return false

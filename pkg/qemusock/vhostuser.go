@@ -951,6 +951,9 @@ func (l *vhostLink) request(m []byte) error {
 		for i := range l.vq {
 			l.resetQueue(i)
 		}
+		// The features stand until the next SET_FEATURES, LOG_ALL with
+		// them: rings set up again must log what they write.
+		l.updateLog()
 	case vuSetMemTable:
 		err = l.setMemTable(p)
 	case vuSetVringNum:
@@ -1071,11 +1074,11 @@ func (l *vhostLink) request(m []byte) error {
 	default:
 		return fmt.Errorf("%w: unsupported request %d", ErrVhostUser, req)
 	}
+	if err == nil && !replied && flags&vuNeedReply != 0 && l.protocol&vuProtocolReplyAck != 0 {
+		err = l.reply(req, 0)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: request %d: %v", ErrVhostUser, req, err)
-	}
-	if !replied && flags&vuNeedReply != 0 && l.protocol&vuProtocolReplyAck != 0 {
-		return l.reply(req, 0)
 	}
 	return nil
 }

@@ -100,8 +100,13 @@ func (f *frontEnd) request(req uint32, payload []byte, fds ...int) error {
 
 // send sends one request.
 func (f *frontEnd) send(req uint32, payload []byte, fds ...int) {
+	f.sendFlags(req, 0, payload, fds...)
+}
+
+// sendFlags sends one request with flags beside the version.
+func (f *frontEnd) sendFlags(req, flags uint32, payload []byte, fds ...int) {
 	m := binary.LittleEndian.AppendUint32(nil, req)
-	m = binary.LittleEndian.AppendUint32(m, vuVersion)
+	m = binary.LittleEndian.AppendUint32(m, vuVersion|flags)
 	m = binary.LittleEndian.AppendUint32(m, uint32(len(payload)))
 	m = append(m, payload...)
 	var oob []byte
@@ -110,6 +115,31 @@ func (f *frontEnd) send(req uint32, payload []byte, fds ...int) {
 	}
 	if err := unix.Sendmsg(f.sock, m, oob, nil, 0); err != nil {
 		f.t.Fatal(err)
+	}
+}
+
+// TestVhostUserReplyAck: with REPLY_ACK, a request that asks for an
+// answer gets one, and only then; a front-end that will not read it ends
+// the link with ErrVhostUser, as any other broken request does.
+func TestVhostUserReplyAck(t *testing.T) {
+	f := newFrontEnd(t)
+	f.must(vuSetProtocolFeatures, u64s(vuProtocolReplyAck))
+	f.sendFlags(vuSetOwner, vuNeedReply, nil)
+	if _, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.reply(); r != 0 {
+		t.Fatalf("SET_OWNER answered %d", r)
+	}
+	f.must(vuSetOwner, nil)
+	var b [1]byte
+	if n, _, err := unix.Recvfrom(f.sock, b[:], unix.MSG_DONTWAIT); err != unix.EAGAIN {
+		t.Fatalf("%d bytes (%v) after a request that asked for no answer", n, err)
+	}
+	unix.Shutdown(f.sock, unix.SHUT_RD)
+	f.sendFlags(vuSetOwner, vuNeedReply, nil)
+	if _, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); !errors.Is(err, ErrVhostUser) {
+		t.Fatalf("answer to a front-end that shut its read side: %v, want ErrVhostUser", err)
 	}
 }
 
