@@ -76,6 +76,7 @@ type spliceConn struct {
 	fd   [2]int
 	pipe [2][2]int // read end, write end
 	held [2]int    // bytes in pipe[i]
+	up   [2]bool   // bytes went through fd[i]: it is connected (spliceMove)
 	eof  [2]bool   // fd[i] read its peer's FIN
 	shut [2]bool   // ... which went on to fd[1-i]
 	want [2]uint32 // what fd[i] is watched for
@@ -160,8 +161,8 @@ func (e *Engine) SpliceUnlisten(fd int) {
 	}
 }
 
-// spliceListenEvent accepts the connections waiting on a -T listener,
-// or relays the datagrams on a -U one.
+// spliceListenEvent accepts a connection waiting on a -T listener, or
+// relays the datagrams on a -U one.
 func (e *Engine) spliceListenEvent(idx int32) {
 	if int(idx) >= len(e.spliceLn) || e.spliceLn[idx].fd < 0 {
 		return
@@ -171,43 +172,42 @@ func (e *Engine) spliceListenEvent(idx int32) {
 		e.spliceUDPIn(l)
 		return
 	}
-	for {
-		fd, _, err := accept(l.fd)
-		if err != nil {
-			if outOfFds(err) {
-				e.pauseAccept(l.fd, epollRef{kind: kindSpliceListen, idx: idx})
-			}
-			return
+	// One connection an event, as tcpAccept.
+	fd, _, err := accept(l.fd)
+	if err != nil {
+		if outOfFds(err) {
+			e.pauseAccept(l.fd, epollRef{kind: kindSpliceListen, idx: idx})
 		}
-		if e.spliceFull() {
-			unix.Close(fd)
-			continue
-		}
-		// To the loopback address it was for, as pasta: the namespace's
-		// 127.0.0.53 is the host's. The socket is on lo: nothing else
-		// comes.
-		local, _ := unix.Getsockname(fd)
-		to := netip.AddrPortFrom(addrPortOf(local).Addr(), l.port)
-		if !to.Addr().IsLoopback() {
-			unix.Close(fd)
-			continue
-		}
-		hfd, err := unix.Socket(socketFamily(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err == nil {
-			if err = unix.Connect(hfd, sockaddrOf(to)); err == unix.EINPROGRESS {
-				err = nil
-			}
-			if err != nil {
-				unix.Close(hfd)
-			}
-		}
-		if err != nil {
-			e.debugf("-T %d: %v", l.port, err)
-			unix.Close(fd)
-			continue
-		}
-		e.spliceJoin(fd, hfd)
+		return
 	}
+	if e.spliceFull() {
+		unix.Close(fd)
+		return
+	}
+	// To the loopback address it was for, as pasta: the namespace's
+	// 127.0.0.53 is the host's. The socket is on lo: nothing else
+	// comes.
+	local, _ := unix.Getsockname(fd)
+	to := netip.AddrPortFrom(addrPortOf(local).Addr(), l.port)
+	if !to.Addr().IsLoopback() {
+		unix.Close(fd)
+		return
+	}
+	hfd, err := unix.Socket(socketFamily(to.Addr()), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		if err = unix.Connect(hfd, sockaddrOf(to)); err == unix.EINPROGRESS {
+			err = nil
+		}
+		if err != nil {
+			unix.Close(hfd)
+		}
+	}
+	if err != nil {
+		e.debugf("-T %d: %v", l.port, err)
+		unix.Close(fd)
+		return
+	}
+	e.spliceJoin(fd, hfd)
 }
 
 // spliceFull tells whether the spliced pairs and the guest's TCP
@@ -330,6 +330,7 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 				c.eof[dir] = true
 			default:
 				c.held[dir] += int(n)
+				c.up[dir] = true
 				moved = n
 			}
 		}
@@ -342,6 +343,7 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 				return false
 			}
 			c.held[dir] -= int(n)
+			c.up[1-dir] = c.up[1-dir] || n > 0
 			if c.held[dir] == 0 && moved < spliceShort {
 				// A short message, passed on whole: the sender has
 				// nothing more for now, or epoll (level-triggered) says
@@ -351,7 +353,7 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 			continue
 		}
 		if c.eof[dir] && !c.shut[dir] {
-			if connecting(dst) {
+			if !c.up[1-dir] && connecting(dst) {
 				// Shutting down a socket that is still connecting aborts
 				// the connection (inet_shutdown): the FIN waits for
 				// EPOLLOUT, which says dst is connected.

@@ -412,37 +412,37 @@ func (f *tcpFlow) synOptions(opts header.SynOptions) {
 	}
 }
 
-// tcpAccept opens a connection into the guest for each host connection
-// waiting on a forwarded port.
+// tcpAccept opens a connection into the guest for a host connection
+// waiting on a forwarded port. One an event, as passt: epoll, level-
+// triggered, reports the next, and a loop would end at each event in an
+// accept that fails (EAGAIN), a system call a connection.
 func (e *Engine) tcpAccept(l *listener) {
-	for {
-		fd, from, err := accept(l.fd)
-		if err != nil {
-			if outOfFds(err) {
-				e.pauseAccept(l.fd, epollRef{kind: kindTCPListen, idx: int32(slices.Index(e.fwd.listeners, l))})
-			}
-			return
+	fd, from, err := accept(l.fd)
+	if err != nil {
+		if outOfFds(err) {
+			e.pauseAccept(l.fd, epollRef{kind: kindTCPListen, idx: int32(slices.Index(e.fwd.listeners, l))})
 		}
-		if e.spliceAccept(fd, from, l.fwd.GuestPort) {
-			continue
-		}
-		var key tcpKey
-		key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
-		if _, old := e.tcp.lookup(key); old != nil || !key.remote.IsValid() || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
-			unix.Close(fd)
-			continue
-		}
-		e.tcp.hostSockOpts(fd)
-		f := e.tcpAddFlow(key, fd, tcpSynSent)
-		f.flags |= tcpInbound
-		if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
-			e.logf("TCP %v: %v", key.remote, err)
-			e.tcpClose(f, false, true)
-			continue
-		}
-		e.debugf("TCP %v: inbound on port %d", key.remote, l.fwd.HostPort)
-		e.tcpSendFlags(f, header.TCPSyn)
+		return
 	}
+	if e.spliceAccept(fd, from, l.fwd.GuestPort) {
+		return
+	}
+	var key tcpKey
+	key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
+	if _, old := e.tcp.lookup(key); old != nil || !key.remote.IsValid() || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
+		unix.Close(fd)
+		return
+	}
+	e.tcp.hostSockOpts(fd)
+	f := e.tcpAddFlow(key, fd, tcpSynSent)
+	f.flags |= tcpInbound
+	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
+		e.logf("TCP %v: %v", key.remote, err)
+		e.tcpClose(f, false, true)
+		return
+	}
+	e.debugf("TCP %v: inbound on port %d", key.remote, l.fwd.HostPort)
+	e.tcpSendFlags(f, header.TCPSyn)
 }
 
 // tcpSynAcked completes an inbound handshake on the guest's SYN-ACK.

@@ -406,7 +406,7 @@ func TestTCPInboundMany(t *testing.T) {
 		for range 100 {
 			cs = append(cs, dial())
 		}
-		for i := 0; i < 50 && syns < 100*(round+1); i++ {
+		for i := 0; i < 300 && syns < 100*(round+1); i++ { // a connection a turn (tcpAccept)
 			h.e.turn(5)
 			h.readFrames(func(s header.TCP) {
 				if s.Flags() != header.TCPSyn || s.DstPort() != 22 {
