@@ -105,6 +105,9 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 			e.removeListeners(added)
 			return fmt.Errorf("%s port %s: %w", proto, hostPortString(f), err)
 		}
+		if proto == TCP {
+			e.tcp.hostSockOpts(fd) // for the connections it accepts (tcpAccept, spliceAccept)
+		}
 		idx := int32(len(e.fwd.listeners))
 		e.fwd.listeners = append(e.fwd.listeners, &listener{forward: forward{proto, f, skipBusy}, fd: fd, off: l4Off4})
 		e.fwd.byKey[k] = idx

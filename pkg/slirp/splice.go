@@ -131,6 +131,8 @@ func (e *Engine) SpliceListen(proto Proto, fd int, port uint16) error {
 		if err := recvPktinfo(fd); err != nil {
 			return err
 		}
+	} else {
+		urgentInline(fd) // for the connections it accepts (spliceJoin)
 	}
 	i := int32(len(e.spliceLn))
 	for j, l := range e.spliceLn {
@@ -217,13 +219,12 @@ func (e *Engine) spliceFull() bool {
 	return e.atCap(capTCP, e.tcp.count+e.splice.count, e.cfg.MaxTCP)
 }
 
-// spliceJoin makes a pair of a and b, both non-blocking and connected or
-// connecting; on failure both are closed.
+// spliceJoin makes a pair of a, accepted, and b, connected or connecting,
+// both non-blocking; on failure both are closed. a has SO_OOBINLINE
+// (spliceUrgent) from its listener, as sockets inherit it on accept.
 func (e *Engine) spliceJoin(a, b int) {
 	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
-	for _, fd := range c.fd {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1) // spliceUrgent
-	}
+	urgentInline(b)
 	pool := &e.splicePipes
 	pool.used = e.now
 	for i := range 2 {

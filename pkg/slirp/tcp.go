@@ -198,7 +198,8 @@ func (t *tcpTable) init() {
 // sent them (TCP_NODELAY), and the send buffer is as large as the system
 // allows, because its free room is the window the guest may fill: with
 // the kernel's autotuned buffer the guest spent a fifth of an upload
-// waiting for window.
+// waiting for window. A listening socket passes all three on to the
+// connections it accepts, which then need no system call for them.
 func (t *tcpTable) hostSockOpts(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	urgentInline(fd)
@@ -433,8 +434,7 @@ func (e *Engine) tcpAccept(l *listener) {
 		unix.Close(fd)
 		return
 	}
-	e.tcp.hostSockOpts(fd)
-	f := e.tcpAddFlow(key, fd, tcpSynSent)
+	f := e.tcpAddFlow(key, fd, tcpSynSent) // its options from the listener (AddForwards)
 	f.flags |= tcpInbound
 	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
 		e.logf("TCP %v: %v", key.remote, err)

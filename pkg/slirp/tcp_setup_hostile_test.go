@@ -98,6 +98,25 @@ func (h *hotPath) jump(d time.Duration) {
 	h.e.lastTick = 0
 }
 
+// TestTCPInboundSockOpts: an accepted connection has hostSockOpts'
+// options, which tcpAccept no longer sets: its listener passes them on.
+func TestTCPInboundSockOpts(t *testing.T) {
+	h, dial := inbound(t)
+	dial()
+	f := h.inFlow(h.inSyn(t))
+	if f == nil {
+		t.Fatal("no flow for the connection")
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+	}{{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY}, {"SO_OOBINLINE", unix.SOL_SOCKET, unix.SO_OOBINLINE}} {
+		if v, err := unix.GetsockoptInt(f.fd, o.level, o.opt); v == 0 || err != nil {
+			t.Errorf("%s: %d, %v", o.name, v, err)
+		}
+	}
+}
+
 // TestTCPInboundGuestResets: the guest answers our SYN with a reset; the
 // host client sees the connection reset, and the flow is gone.
 func TestTCPInboundGuestResets(t *testing.T) {
