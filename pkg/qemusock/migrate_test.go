@@ -25,6 +25,23 @@ func logPages(log []byte) map[uint64]bool {
 	return out
 }
 
+// newDirtyLog is a one-page dirty log, as a front-end shares it: its
+// descriptor, to send, and the front-end's view of it.
+func newDirtyLog(t *testing.T) (int, []byte) {
+	fd, err := unix.MemfdCreate("log", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	unix.Ftruncate(fd, 4096)
+	log, err := unix.Mmap(fd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(log) })
+	return fd, log
+}
+
 // TestVhostUserDirtyLog plays a migrating front-end: it turns logging on
 // (LOG_ALL, SET_LOG_BASE with a memfd, the used rings' log addresses) and
 // checks that exactly the pages gopasst wrote are marked: RX buffers as
@@ -39,14 +56,7 @@ func TestVhostUserDirtyLog(t *testing.T) {
 		t.Fatalf("protocol features %#x lack LOG_SHMFD and DEVICE_STATE", got)
 	}
 	f.must(vuSetProtocolFeatures, u64s(vuProtocolReplyAck|vuProtocolLogShmfd|vuProtocolDevState))
-	logfd, _ := unix.MemfdCreate("log", unix.MFD_CLOEXEC)
-	defer unix.Close(logfd)
-	unix.Ftruncate(logfd, 4096)
-	log, err := unix.Mmap(logfd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(log)
+	logfd, log := newDirtyLog(t)
 
 	// A frame before logging is on marks nothing.
 	f.rxBufs(0, 1, 2048)
@@ -111,14 +121,7 @@ func TestVhostUserDirtyLogAfterResetOwner(t *testing.T) {
 	f := newFrontEnd(t)
 	f.setUp()
 	f.must(vuSetProtocolFeatures, u64s(vuProtocolReplyAck|vuProtocolLogShmfd))
-	logfd, _ := unix.MemfdCreate("log", unix.MFD_CLOEXEC)
-	defer unix.Close(logfd)
-	unix.Ftruncate(logfd, 4096)
-	log, err := unix.Mmap(logfd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(log)
+	logfd, log := newDirtyLog(t)
 	f.must(vuSetLogBase, u64s(4096, 0), logfd)
 	f.reply()
 	f.must(vuSetFeatures, u64s(virtioFVersion1|virtioNetFMrgRxbuf|vhostFLogAll))
