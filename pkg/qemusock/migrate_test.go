@@ -73,8 +73,7 @@ func TestVhostUserDirtyLog(t *testing.T) {
 	}
 	f.must(vuSetFeatures, u64s(virtioFVersion1|virtioNetFMrgRxbuf|vhostFLogAll))
 	for i := range 2 {
-		desc, avail, used := feRing(i)
-		f.must(vuSetVringAddr, append(u32s(uint32(i), vhostVringFLog), u64s(feUVA+desc, feUVA+used, feUVA+avail, used)...))
+		f.setRingAddr(i, true)
 	}
 
 	// A frame across two buffers, the first straddling a page boundary,
@@ -127,14 +126,7 @@ func TestVhostUserDirtyLogAfterResetOwner(t *testing.T) {
 	f.must(vuSetFeatures, u64s(virtioFVersion1|virtioNetFMrgRxbuf|vhostFLogAll))
 
 	f.must(vuResetOwner, nil)
-	for i := range 2 {
-		desc, avail, used := feRing(i)
-		f.must(vuSetVringNum, u32s(uint32(i), feQueue))
-		f.must(vuSetVringAddr, append(u32s(uint32(i), vhostVringFLog), u64s(feUVA+desc, feUVA+used, feUVA+avail, used)...))
-		f.must(vuSetVringBase, u32s(uint32(i), 0))
-		f.must(vuSetVringCall, u64s(uint64(i)), f.call[i])
-		f.must(vuSetVringKick, u64s(uint64(i)), f.kick[i])
-	}
+	f.setRings(true)
 	f.rxBufs(0, 1, 2048)
 	f.l.Reserve(100)
 	f.l.Commit(100)

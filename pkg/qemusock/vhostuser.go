@@ -209,7 +209,7 @@ func NewVhostUser(fd int) Link { return newVhostLink(fd, 8<<20) }
 
 // newVhostLink is a vhost-user link whose queue holds queue bytes. Its
 // reader holds only the heads of one Read's frames (maxTxFrames of
-// HeadCopy), so the least a reader is does.
+// HeadCopy), so the least reader NewReader makes is enough.
 func newVhostLink(fd, queue int) *vhostLink {
 	return &vhostLink{fd: fd, vq: [2]virtq{newVirtq(), newVirtq()}, hdrLen: 12, log: dirtyLog{call: -1},
 		rd: NewReader(QEMU, 0), q: NewQueue(QEMU, queue), stateErr: errNoTransfer}

@@ -184,15 +184,31 @@ func (f *frontEnd) setUp() {
 	}
 	f.must(vuSetFeatures, u64s(virtioFVersion1|virtioNetFMrgRxbuf))
 	f.must(vuSetMemTable, append(u32s(1, 0), u64s(0, feMemSize, feUVA, 0)...), f.memfd)
+	f.setRings(false)
+	f.l.Flush() // the interrupt each new call descriptor gets
+}
+
+// setRings sets both rings up: size, addresses, base, call and kick;
+// logged as setRingAddr.
+func (f *frontEnd) setRings(logged bool) {
 	for i := range 2 {
-		desc, avail, used := feRing(i)
 		f.must(vuSetVringNum, u32s(uint32(i), feQueue))
-		f.must(vuSetVringAddr, append(u32s(uint32(i), 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
+		f.setRingAddr(i, logged)
 		f.must(vuSetVringBase, u32s(uint32(i), 0))
 		f.must(vuSetVringCall, u64s(uint64(i)), f.call[i])
 		f.must(vuSetVringKick, u64s(uint64(i)), f.kick[i])
 	}
-	f.l.Flush() // the interrupt each new call descriptor gets
+}
+
+// setRingAddr gives ring i its addresses; logged asks that what is
+// written to its used ring be logged, at the used ring's own address.
+func (f *frontEnd) setRingAddr(i int, logged bool) {
+	desc, avail, used := feRing(i)
+	flags, logAt := uint32(0), uint64(0)
+	if logged {
+		flags, logAt = vhostVringFLog, used
+	}
+	f.must(vuSetVringAddr, append(u32s(uint32(i), flags), u64s(feUVA+desc, feUVA+used, feUVA+avail, logAt)...))
 }
 
 // desc writes descriptor n of queue q.
