@@ -165,8 +165,9 @@ func FuzzReader(f *testing.F) {
 }
 
 // TestTapLink: frames from a packet device (here a SEQPACKET pair, one
-// frame per call like a tap) come out of Next like stream frames, and
-// queued frames go out one per write without any prefix.
+// frame per call like a tap) come out of Next like stream frames, all
+// that waited taken by one Read, and queued frames go out one per write
+// without any prefix.
 func TestTapLink(t *testing.T) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -179,14 +180,34 @@ func TestTapLink(t *testing.T) {
 	for _, f := range frames {
 		unix.Write(pair[1], f)
 	}
+	if n, err := l.Read(); err != nil || n != 1512 {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
 	for _, want := range frames {
-		if n, err := l.Read(); err != nil || n != len(want) {
-			t.Fatalf("Read: %d, %v", n, err)
-		}
 		got, err := l.Next()
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("Next: % x, %v", got, err)
 		}
+	}
+	if _, err := l.Read(); err != unix.EAGAIN {
+		t.Fatalf("empty device: %v", err)
+	}
+	// More than one batch: the rest waits for the next Read.
+	for range tapBatch + 6 {
+		unix.Write(pair[1], frames[0])
+	}
+	for _, want := range []int{tapBatch, 6} {
+		if n, err := l.Read(); err != nil || n != want*len(frames[0]) {
+			t.Fatalf("Read: %d, %v; want %d frames", n, err, want)
+		}
+		for range want {
+			if got, err := l.Next(); err != nil || !bytes.Equal(got, frames[0]) {
+				t.Fatalf("Next: % x, %v", got, err)
+			}
+		}
+	}
+	if f, err := l.Next(); f != nil || err != nil {
+		t.Fatalf("Next after the batch: % x, %v", f, err)
 	}
 	if _, err := l.Read(); err != unix.EAGAIN {
 		t.Fatalf("empty device: %v", err)

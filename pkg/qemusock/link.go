@@ -174,6 +174,7 @@ type fdLink struct {
 	maxFrame int
 	poller   Poller
 	blocked  bool // EPOLLOUT is armed: the descriptor was full
+	drained  bool // a tap's last read found nothing more
 }
 
 const linkEvents = unix.EPOLLIN | unix.EPOLLRDHUP
@@ -194,18 +195,45 @@ func (l *fdLink) Read() (int, error) {
 	if !l.tap {
 		return l.rd.Fill(l.fd)
 	}
-	// A tap hands over one frame per read: store it behind a prefix, so
-	// that Next serves both kinds of link.
+	if l.drained {
+		// The last Read emptied the device. Epoll, level-triggered,
+		// reports it again once a frame comes.
+		l.drained = false
+		return 0, unix.EAGAIN
+	}
+	// A tap hands over one frame per read(2). Read until it has no more,
+	// as pasta does, so that the frames of one wake-up are one batch: a
+	// flow's segments go to its socket in one writev, and the guest gets
+	// one ACK for them, not one per frame. Each frame is stored behind a
+	// prefix, so that Next serves both kinds of link.
 	r := l.rd
 	r.makeRoom()
 	p := r.framing.LenSize
-	n, err := read(l.fd, r.buf[r.end+p:r.end+p+MaxFrame])
-	if n > 0 {
+	total := 0
+	for range tapBatch {
+		if len(r.buf)-r.end < p+MaxFrame {
+			break // Next takes these first
+		}
+		n, err := read(l.fd, r.buf[r.end+p:r.end+p+MaxFrame])
+		if n <= 0 {
+			if total == 0 {
+				return n, err
+			}
+			// The frames go first; an error other than EAGAIN comes
+			// again at the next read.
+			l.drained = err == unix.EAGAIN
+			break
+		}
 		r.framing.put(r.buf[r.end:], n)
 		r.end += p + n
+		total += n
 	}
-	return n, err
+	return total, nil
 }
+
+// tapBatch bounds the frames one Read takes from a tap, so that a busy
+// guest leaves host sockets their turn.
+const tapBatch = 64
 
 func (l *fdLink) Next() ([]byte, error) {
 	if l.detect {
