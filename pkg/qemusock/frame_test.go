@@ -209,9 +209,16 @@ func TestTapLink(t *testing.T) {
 	if f, err := l.Next(); f != nil || err != nil {
 		t.Fatalf("Next after the batch: % x, %v", f, err)
 	}
+	// That Read found the device empty: the next says so without a
+	// read(2), even though a frame came since, and the one after reads.
+	unix.Write(pair[1], frames[0])
 	if _, err := l.Read(); err != unix.EAGAIN {
-		t.Fatalf("empty device: %v", err)
+		t.Fatalf("Read after the device ran dry: %v, want EAGAIN", err)
 	}
+	if n, err := l.Read(); err != nil || n != len(frames[0]) {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+	l.Next()
 
 	for _, f := range frames {
 		copy(l.Reserve(len(f)), f)
