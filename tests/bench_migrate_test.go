@@ -61,8 +61,7 @@ func TestBenchMigrate(t *testing.T) {
 	for r := range rounds {
 		// Each back-end goes first in every other round, so that neither
 		// always follows the other's teardown.
-		for k := range backends {
-			i := (k + r) % len(backends)
+		for _, i := range inTurn([]int{0, 1}, r) {
 			argv := backends[i]
 			if !benchSelected(names[i]) {
 				continue

@@ -24,9 +24,9 @@ import (
 // TCP_CRR from a host loopback client (pasta's splice path) and from a
 // host address that is not loopback (its tap path), iperf3 from the
 // namespace to a host server, and the backend's CPU time per GB and per
-// TCP_CRR connection. Rounds alternate between backends; medians go to
-// bench/PASTA.md and into bench/RESULTS.md. It runs only under "make
-// bench" (GOPASST_BENCH=1). GOPASST_BENCH_PASTA_ROWS, a regular expression, measures only the
+// TCP_CRR connection. Rounds alternate between backends, each first in
+// turn; medians go to bench/PASTA.md and into bench/RESULTS.md. It runs
+// only under "make bench" (GOPASST_BENCH=1). GOPASST_BENCH_PASTA_ROWS, a regular expression, measures only the
 // rows whose name it matches, and writes no report: to look at one path
 // again without the quarter hour of the whole table.
 func TestBenchPasta(t *testing.T) {
@@ -34,7 +34,7 @@ func TestBenchPasta(t *testing.T) {
 	found := slices.DeleteFunc(slices.Clone(backends), func(b backend) bool { return b.missing != "" })
 	results := map[string]map[string][]float64{} // backend -> metric -> samples
 	for r := range rounds {
-		for _, b := range found {
+		for _, b := range inTurn(found, r) {
 			t.Run(fmt.Sprintf("%s/round%d", b.name, r), func(t *testing.T) {
 				for k, v := range benchPastaOne(t, b) {
 					if results[b.name] == nil {
@@ -268,7 +268,7 @@ func writePastaReport(t *testing.T, results map[string]map[string][]float64, bac
 	fmt.Fprintf(&md, "# gopasst as pasta\n\n%s; %s, %d cores, %s; Linux %s; %s.\n\nBackends: %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), memTotal(),
 		strings.TrimSpace(string(kernel)), runtime.Version(), strings.Join(versions, "; "))
-	fmt.Fprintf(&md, "Medians of %d rounds, alternating between backends, with the range of the rounds. "+
+	fmt.Fprintf(&md, "Medians of %d rounds, alternating between backends, each first in turn, with the range of the rounds. "+
 		"Each backend serves a namespace of its own, rootless: the namespace belongs to a user namespace of "+
 		"nobody's, which the backend, run as nobody, joins. Host ports are published to it (pasta's -t; "+
 		"slirp4netns's add_hostfwd on its API socket, podman's port_handler=slirp4netns; MTU 65520 for all); "+

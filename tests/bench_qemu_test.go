@@ -18,7 +18,7 @@ import (
 // for gopasst and upstream passt, each over the stream socket and over
 // vhost-user, and over vhost-user again with the guest at MTU 1500
 // (gopasst with and without large receive). Rounds alternate between
-// them; medians are reported in bench/QEMU.md. It runs only under "make
+// them, each first in turn; medians are reported in bench/QEMU.md. It runs only under "make
 // bench".
 func TestBenchQEMU(t *testing.T) {
 	needBench(t)
@@ -54,7 +54,7 @@ func TestBenchQEMU(t *testing.T) {
 	configs = slices.DeleteFunc(configs, func(c qemuConfig) bool { return !benchSelected(c.name) })
 	results := map[string]map[string][]float64{}
 	for r := range rounds {
-		for _, c := range configs {
+		for _, c := range inTurn(configs, r) {
 			t.Run(fmt.Sprintf("%s/round%d", c.name, r), func(t *testing.T) {
 				m := benchQEMUOne(t, c, qemu, kernel, kver, files)
 				if results[c.name] == nil {
