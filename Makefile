@@ -77,9 +77,9 @@ fuzz-targets:
 
 # bench compares gopasst with passt (PASST=path), slirp4netns and gvproxy on the test
 # harness (never part of make test); gvproxy is installed with go install
-# into tests/.cache/bin. Rounds alternate between backends; results go to
-# bench/. GOPASST_BENCH_ROUNDS (default 5) and GOPASST_BENCH_ONLY=gopasst,passt
-# narrow a run.
+# into tests/.cache/bin. Rounds alternate between backends, each first in
+# turn; results go to bench/. GOPASST_BENCH_ROUNDS (default 5) and
+# GOPASST_BENCH_ONLY=gopasst,passt narrow a run.
 BENCH_DEBS := slirp4netns librsvg2-bin
 
 # PASST is the passt to beat: by default upstream passt (2026-03, with
