@@ -18,8 +18,8 @@ import (
 // for gopasst and upstream passt, each over the stream socket and over
 // vhost-user, and over vhost-user again with the guest at MTU 1500
 // (gopasst with and without large receive). Rounds alternate between
-// them, each first in turn; medians are reported in bench/QEMU.md. It runs only under "make
-// bench".
+// them, each first in turn; medians are reported in bench/QEMU.md. It
+// runs only under "make bench".
 func TestBenchQEMU(t *testing.T) {
 	needBench(t)
 	qemu, kernel, kver := needQEMU(t)

@@ -100,9 +100,9 @@ const pastaReport = "PASTA.md"
 var testsStarted = time.Now()
 
 // inTurn is s in round r's order: each element goes first in turn. A
-// backend that always ran first was measured differently: two builds of
-// nearly the same code, each always in the same place, read 0.93 of each
-// other's TCP_RR over the tap in 10 rounds, whichever was first.
+// backend that always ran first was measured differently: of two builds
+// of nearly the same engine, the one run first read 0.93 of the other's
+// TCP_RR over the tap in 10 rounds, twice, whichever build it was.
 func inTurn[T any](s []T, r int) []T {
 	if len(s) == 0 {
 		return s
