@@ -26,12 +26,13 @@ import (
 // namespace to a host server, and the backend's CPU time per GB and per
 // TCP_CRR connection. Rounds alternate between backends, each first in
 // turn; medians go to bench/PASTA.md and into bench/RESULTS.md. It runs
-// only under "make bench" (GOPASST_BENCH=1). GOPASST_BENCH_PASTA_ROWS, a regular expression, measures only the
-// rows whose name it matches, and writes no report: to look at one path
-// again without the quarter hour of the whole table.
+// only under "make bench" (GOPASST_BENCH=1). GOPASST_BENCH_PASTA_ROWS, a
+// regular expression, measures only the rows whose name it matches, and
+// writes no report: to look at one path again without the quarter hour
+// of the whole table.
 func TestBenchPasta(t *testing.T) {
 	rounds, backends := benchSetUp(t, pastaBackends)
-	found := slices.DeleteFunc(slices.Clone(backends), func(b backend) bool { return b.missing != "" })
+	found := present(backends)
 	results := map[string]map[string][]float64{} // backend -> metric -> samples
 	for r := range rounds {
 		for _, b := range inTurn(found, r) {
