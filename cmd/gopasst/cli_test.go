@@ -297,3 +297,15 @@ func TestPastaNameModes(t *testing.T) {
 		t.Errorf("pasta --print-capabilities: exit %d, %q %q", code, out.String(), errOut.String())
 	}
 }
+
+// TestPasstNameHelp: "passt --help" lists passt's options, as passt's
+// does, not gopasst's commands.
+func TestPasstNameHelp(t *testing.T) {
+	for _, h := range []string{"-h", "--help"} {
+		var out, errOut bytes.Buffer
+		code := run(modeArgs("/usr/bin/passt", []string{h}), &out, &errOut)
+		if code != 0 || !strings.Contains(out.String(), "--vhost-user") || !strings.Contains(out.String(), "--tcp-ports") {
+			t.Errorf("passt %s: exit %d, %q %q", h, code, out.String(), errOut.String())
+		}
+	}
+}

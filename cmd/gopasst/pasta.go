@@ -65,8 +65,11 @@ func runAs(argv0, name string) bool {
 // modeArgs picks the mode as passt's conf_mode does: pasta's under that
 // name, unless an option before "--" asks for vhost-user, which is passt
 // mode whatever the name, or for the back-end's capabilities, which pasta
-// prints too.
+// prints too. Under passt's name, help is passt's options, as passt's is.
 func modeArgs(argv0 string, args []string) []string {
+	if runAs(argv0, "passt") && len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		return []string{"serve", "--help"}
+	}
 	if !isPastaName(argv0) {
 		return args
 	}
