@@ -236,6 +236,58 @@ func TestTapLink(t *testing.T) {
 	}
 }
 
+// TestStreamLinkDrained: a Read that leaves room in the reader took all
+// the socket had, so the next says EAGAIN without a read(2), even though
+// a frame came since, and the one after reads; a Read that filled the
+// reader leaves the next to read on.
+func TestStreamLinkDrained(t *testing.T) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[1])
+	// The smallest reader, which the socket's buffer can overfill.
+	l := &fdLink{fd: pair[0], rd: NewReader(QEMU, 0), q: NewQueue(QEMU, 0), maxFrame: MaxFrame}
+	defer l.Close()
+	frame := []byte{0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o'}
+	unix.Write(pair[1], frame)
+	if n, err := l.Read(); err != nil || n != len(frame) {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+	unix.Write(pair[1], frame)
+	if _, err := l.Read(); err != unix.EAGAIN {
+		t.Fatalf("Read after a short read: %v, want EAGAIN", err)
+	}
+	if n, err := l.Read(); err != nil || n != len(frame) {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+	for range 2 {
+		if got, err := l.Next(); err != nil || string(got) != "hello" {
+			t.Fatalf("Next: %q, %v", got, err)
+		}
+	}
+	l.Read() // that Read was short too
+	// More than the reader holds: the Read that fills it is not short.
+	big := make([]byte, 4+MaxFrame)
+	binary.BigEndian.PutUint32(big, MaxFrame)
+	for range 3 {
+		if n, err := unix.Write(pair[1], big); n != len(big) {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	if n, err := l.Read(); err != nil || n != len(l.rd.buf) {
+		t.Fatalf("Read: %d, %v; want the reader's %d", n, err, len(l.rd.buf))
+	}
+	for i := 0; i < 3; {
+		for f, _ := l.Next(); f != nil; f, _ = l.Next() {
+			i++
+		}
+		if _, err := l.Read(); i < 3 && err != nil {
+			t.Fatalf("Read with frame %d of 3 waiting: %v", i+1, err)
+		}
+	}
+}
+
 // TestQueueReserveAfterPartialWrite: when a stream took only part of the
 // queue (the rest waits at an offset) and the tail has no room left, a
 // reservation moves what waits to the front rather than fail.

@@ -174,7 +174,7 @@ type fdLink struct {
 	maxFrame int
 	poller   Poller
 	blocked  bool // EPOLLOUT is armed: the descriptor was full
-	drained  bool // a tap's last read found nothing more
+	drained  bool // the last read found nothing more
 }
 
 const linkEvents = unix.EPOLLIN | unix.EPOLLRDHUP
@@ -192,14 +192,19 @@ func (l *fdLink) Event(_ uint32, events uint32) (in, out bool, err error) {
 }
 
 func (l *fdLink) Read() (int, error) {
-	if !l.tap {
-		return l.rd.Fill(l.fd)
-	}
 	if l.drained {
-		// The last Read emptied the device. Epoll, level-triggered,
-		// reports it again once a frame comes.
+		// The last Read emptied the descriptor. Epoll, level-triggered,
+		// reports it again once more comes.
 		l.drained = false
 		return 0, unix.EAGAIN
+	}
+	if !l.tap {
+		// A read that left room in the buffer took all the socket had:
+		// the engine's next Read would only be told EAGAIN, a system
+		// call a wake-up in light traffic.
+		n, err := l.rd.Fill(l.fd)
+		l.drained = n > 0 && l.rd.end < len(l.rd.buf)
+		return n, err
 	}
 	// A tap hands over one frame per read(2). Read until it has no more,
 	// as pasta does, so that the frames of one wake-up are one batch: a
