@@ -32,6 +32,11 @@ type zeroCopy struct {
 // zeroCopySize is how much the pipe holds: a batch of 64 KiB frames.
 const zeroCopySize = 1 << 20
 
+// copyBelow is the most a flush copies rather than lends: one write(2)
+// for the guest's ACKs of an upload, where lending takes two calls and
+// a reference on each page, which cost more than copying a few frames.
+const copyBelow = 4 << 10
+
 // newZeroCopyQueue is a queue for unix stream socket fd that it sends
 // from without copying, or nil where the kernel cannot (fd is not a unix
 // socket, SIOCOUTQ fails, no pipe can be made, the memory cannot be
@@ -141,6 +146,15 @@ func (z *zeroCopy) flush(q *Queue) error {
 			return q.writeCopy(z.fd)
 		}
 		b := q.next()
+		if len(b) <= copyBelow {
+			// The pipe is empty, so a write keeps the stream's order.
+			n, err := write(z.fd, b)
+			if err != nil {
+				return err
+			}
+			q.head += n
+			continue
+		}
 		z.iov[0] = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
 		n, err := rawCall(unix.SYS_VMSPLICE, uintptr(z.pipe[1]), uintptr(unsafe.Pointer(&z.iov[0])), 1,
 			unix.SPLICE_F_NONBLOCK, 0, 0)
