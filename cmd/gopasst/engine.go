@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -307,6 +308,10 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, ext
 		return keepRoot()
 	}
 	nameThreads(filepath.Base(os.Args[0]))
+	// One processor: the engine's loop passes through the scheduler every
+	// few milliseconds (slirp.Engine.Run), and with a second one idle each
+	// pass woke another thread to take the goroutine or its processor.
+	runtime.GOMAXPROCS(1)
 	helper := newHelperClient(env.Helper)
 	eng, logger, err := setUpEngine(o, cfg, env, vsockAddr, helper)
 	if err == nil && hostileEngine != nil {

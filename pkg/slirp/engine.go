@@ -29,13 +29,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// yieldEvery is how often a busy engine passes through the Go scheduler:
-// just under the runtime's 10 ms bound (forcePreemptNS) on a goroutine's
-// turn. A goroutine past it is preempted by a signal, or, found in
-// epoll_wait, loses its P, and each such retake sets the runtime's
-// monitor thread (sysmon) polling every 20 µs again: that thread cost
-// 10-15% of the engine's CPU during a download. Yielding first keeps it
-// at one wake-up per 10 ms.
+// yieldEvery is how often an engine with recent traffic passes through
+// the Go scheduler: just under the runtime's 10 ms bound (forcePreemptNS)
+// on a goroutine's turn. A goroutine past it is preempted by a signal, or,
+// found in epoll_wait, loses its processor, and each such retake sets the
+// runtime's monitor thread (sysmon) polling every 20 µs again: that thread
+// cost 10-15% of the engine's CPU during a download. The engine's process
+// has one processor (cmd/gopasst), so a yield with nothing else to run
+// hands the goroutine back to its own thread: on a thread of its own
+// (LockOSThread), each yield and each preemption took four futex calls
+// and two other threads' wake-ups, a third of the CPU gopasst spent at
+// 50 Mbit/s.
 const yieldEvery = 9 * time.Millisecond
 
 // After a turn that moved bulkTurn bytes of TCP payload or more, the loop
@@ -135,6 +139,7 @@ type Engine struct {
 	lastTick  time.Duration
 	busy      bool          // the last loop turn had events
 	lastBusy  time.Duration // when a turn last had events
+	yielded   time.Duration // when the loop last passed through the scheduler
 	moved     int           // TCP payload this turn moved, either way
 	spin      spin
 
@@ -384,22 +389,12 @@ func (e *Engine) debugf(format string, args ...any) {
 // Run serves clients until Stop is called or, in one-off mode, the first
 // client goes away.
 func (e *Engine) Run() error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	// A vhost-user front-end may shrink the file under guest memory: a
 	// touch of it then faults, which this makes a panic that turn
 	// recovers from, rather than a crash.
 	debug.SetPanicOnFault(true)
 	e.running = true
-	var yielded time.Duration
 	for {
-		// Only a turn that had events: an idle engine blocks in
-		// epoll_wait, which is what lets the runtime rest, and a yield
-		// per idle tick cost ten times the context switches.
-		if e.busy && e.now-yielded >= yieldEvery {
-			runtime.Gosched()
-			yielded = e.now
-		}
 		if done, err := e.turn(e.pollTimeout()); done || err != nil {
 			return err
 		}
@@ -512,14 +507,20 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 // processor and then poll every 20 µs for a millisecond and more: a
 // sender paced at 50 Mbit/s, which pauses 10-20 ms between bursts, had
 // that happen at each pause, and the monitor thread took two thirds of
-// gopasst's CPU, five times passt's. Unseen, the runtime at worst
-// preempts the engine after 10 ms with a signal, which ends the wait
-// early (EINTR). An idle engine waits as a system call, so that the
-// monitor thread, with nothing to do, sleeps too.
+// gopasst's CPU, five times passt's. Unseen, a wait that outlasted 10 ms
+// had the runtime preempt the engine with a signal, which cost as much:
+// so a raw wait ends in time for the loop to yield first (yieldEvery).
+// An idle engine waits as a system call, so that the monitor thread,
+// with nothing to do, sleeps too.
 func (e *Engine) wait(timeout int) (int, error) {
 	if e.now-e.lastBusy >= tick {
 		return unix.EpollWait(e.epfd, e.events[:], timeout)
 	}
+	if e.now-e.yielded >= yieldEvery {
+		runtime.Gosched()
+		e.yielded = e.now
+	}
+	timeout = min(timeout, int((e.yielded+yieldEvery-e.now+time.Millisecond-1)/time.Millisecond))
 	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(e.epfd), uintptr(unsafe.Pointer(&e.events[0])),
 		uintptr(len(e.events)), uintptr(timeout), 0, 0)
 	if errno != 0 {
