@@ -137,7 +137,6 @@ type Engine struct {
 	now       time.Duration // since start, monotonic, refreshed once per loop turn
 	start     time.Time
 	lastTick  time.Duration
-	busy      bool          // the last loop turn had events
 	lastBusy  time.Duration // when a turn last had events
 	yielded   time.Duration // when the loop last passed through the scheduler
 	moved     int           // TCP payload this turn moved, either way
@@ -434,7 +433,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		return true, fmt.Errorf("epoll_wait: %w", werr)
 	}
 	e.now = time.Since(e.start)
-	if e.busy = n > 0; e.busy {
+	if n > 0 {
 		e.lastBusy = e.now
 	}
 	for i := 0; i < n; i++ {

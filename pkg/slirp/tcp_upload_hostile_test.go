@@ -1108,7 +1108,7 @@ func TestTCPUploadStalledQuiet(t *testing.T) {
 		}
 		busy := 0
 		for range 200 {
-			if h.e.turn(0); h.e.busy {
+			if h.e.turn(0); h.e.hadEvents() {
 				busy++
 			}
 			h.readFrames(func(header.TCP) {})
