@@ -266,17 +266,29 @@ func startEngineProcess(env *engineEnv, files []*os.File, id identity, stderr io
 	return nil, fmt.Errorf("starting the engine: %v", err)
 }
 
+// engineGODEBUG is the Go runtime setting the engine runs with: no
+// preemption signals. The runtime signals a goroutine that has not passed
+// through the scheduler for 10 ms, and the engine's loop waits for
+// traffic in raw system calls (slirp.Engine.wait), which a signal would
+// only cut short, waking the engine for nothing. Without the signal, the
+// runtime still marks the goroutine, which yields at its next call.
+const engineGODEBUG = "asyncpreemptoff=1"
+
 // engineEnviron is our environment for a step of the engine's start:
-// with env, without the daemon's.
+// with env and engineGODEBUG, without the daemon's.
 func engineEnviron(env engineEnv) []string {
 	js, _ := json.Marshal(env)
 	environ := []string{envEngine + "=" + string(js)}
+	godebug := "GODEBUG=" + engineGODEBUG
 	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, envDaemon+"=") && !strings.HasPrefix(e, envEngine+"=") {
+		switch {
+		case strings.HasPrefix(e, "GODEBUG="):
+			godebug = e + "," + engineGODEBUG // the last setting of a name wins
+		case !strings.HasPrefix(e, envDaemon+"=") && !strings.HasPrefix(e, envEngine+"="):
 			environ = append(environ, e)
 		}
 	}
-	return environ
+	return append(environ, godebug)
 }
 
 // engineEnvironment returns the engine's engineEnv, if this process is

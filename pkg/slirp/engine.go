@@ -31,7 +31,7 @@ import (
 
 // yieldEvery is how often an engine with recent traffic passes through
 // the Go scheduler: just under the runtime's 10 ms bound (forcePreemptNS)
-// on a goroutine's turn. A goroutine past it is preempted by a signal, or,
+// on a goroutine's turn. A goroutine past it is preempted (wait), or,
 // found in epoll_wait, loses its processor, and each such retake sets the
 // runtime's monitor thread (sysmon) polling every 20 µs again: that thread
 // cost 10-15% of the engine's CPU during a download. The engine's process
@@ -41,6 +41,14 @@ import (
 // and two other threads' wake-ups, a third of the CPU gopasst spent at
 // 50 Mbit/s.
 const yieldEvery = 9 * time.Millisecond
+
+// rawWaitMax bounds a raw wait (wait), which keeps the engine's process's
+// one processor: the control socket's goroutines and the signal handler
+// run only when the loop yields, so while traffic is recent, a control
+// request or a SIGTERM waits this long at most. Bursts at 50 Mbit/s come
+// 10-20 ms apart: a raw wait that ended every yieldEvery woke the engine
+// twice for nothing for each wake-up with traffic.
+const rawWaitMax = 50 * time.Millisecond
 
 // After a turn that moved bulkTurn bytes of TCP payload or more, the loop
 // may poll epoll without blocking, for up to spinMax, before it sleeps.
@@ -349,6 +357,9 @@ func (e *Engine) Call(fn func()) {
 	<-done
 }
 
+// runCalls runs the functions Call queued. Their callers' goroutines run
+// at once after, not at the loop's next yield, which a raw wait can put
+// off by rawWaitMax.
 func (e *Engine) runCalls() {
 	var buf [8]byte
 	unix.Read(e.callFd, buf[:])
@@ -357,6 +368,7 @@ func (e *Engine) runCalls() {
 		case fn := <-e.calls:
 			fn()
 		default:
+			runtime.Gosched()
 			return
 		}
 	}
@@ -433,7 +445,10 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		return true, fmt.Errorf("epoll_wait: %w", werr)
 	}
 	e.now = time.Since(e.start)
-	if n > 0 {
+	// Traffic keeps the waits raw (wait); a control request alone does
+	// not, so that in an engine without traffic the next one finds the
+	// processor free.
+	if n > 1 || n == 1 && refOf(&e.events[0]).kind != kindCall {
 		e.lastBusy = e.now
 	}
 	for i := 0; i < n; i++ {
@@ -506,11 +521,14 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 // processor and then poll every 20 µs for a millisecond and more: a
 // sender paced at 50 Mbit/s, which pauses 10-20 ms between bursts, had
 // that happen at each pause, and the monitor thread took two thirds of
-// gopasst's CPU, five times passt's. Unseen, a wait that outlasted 10 ms
-// had the runtime preempt the engine with a signal, which cost as much:
-// so a raw wait ends in time for the loop to yield first (yieldEvery).
-// An idle engine waits as a system call, so that the monitor thread,
-// with nothing to do, sleeps too.
+// gopasst's CPU, five times passt's. Unseen, a wait that outlasts 10 ms
+// has the runtime ask for the goroutine's preemption: the engine's
+// process turns the preemption signal off (cmd/gopasst), so the wait goes
+// on, and the goroutine yields at its next call after it. (With the
+// signal, the wait ends early, as if interrupted, and the loop goes on.)
+// No other goroutine of the process runs meanwhile, so a raw wait lasts
+// rawWaitMax at most. An idle engine waits as a system call, so that the
+// monitor thread, with nothing to do, sleeps too.
 func (e *Engine) wait(timeout int) (int, error) {
 	if e.now-e.lastBusy >= tick {
 		return unix.EpollWait(e.epfd, e.events[:], timeout)
@@ -519,7 +537,7 @@ func (e *Engine) wait(timeout int) (int, error) {
 		runtime.Gosched()
 		e.yielded = e.now
 	}
-	timeout = min(timeout, int((e.yielded+yieldEvery-e.now+time.Millisecond-1)/time.Millisecond))
+	timeout = min(timeout, int(rawWaitMax/time.Millisecond))
 	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(e.epfd), uintptr(unsafe.Pointer(&e.events[0])),
 		uintptr(len(e.events)), uintptr(timeout), 0, 0)
 	if errno != 0 {
