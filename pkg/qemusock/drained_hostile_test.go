@@ -231,19 +231,7 @@ func TestZeroCopyShortWrites(t *testing.T) {
 				}
 				r.end += n
 				most -= n
-				for {
-					fr, err := r.Next()
-					if err != nil {
-						t.Fatal(err)
-					}
-					if fr == nil {
-						break
-					}
-					if !isNumbered(fr, got) {
-						t.Fatalf("frame %d of %d bytes arrived changed", got, len(fr))
-					}
-					got++
-				}
+				takeNumbered(t, r, &got)
 			}
 		}
 		flush := func() {

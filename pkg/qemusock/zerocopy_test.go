@@ -41,6 +41,25 @@ func isNumbered(f []byte, n int) bool {
 	return string(f) == string(want)
 }
 
+// takeNumbered takes every whole frame r holds, each of which must be
+// the next numbered one, and counts them in got.
+func takeNumbered(t *testing.T, r *Reader, got *int) {
+	t.Helper()
+	for {
+		f, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == nil {
+			return
+		}
+		if !isNumbered(f, *got) {
+			t.Fatalf("frame %d of %d bytes arrived changed", *got, len(f))
+		}
+		*got++
+	}
+}
+
 // queueStress builds frames in q as the engine does (several
 // reservations open at once, the last committed short, the rest
 // cancelled), of sizes that make the ring wrap at every place, flushes
@@ -55,19 +74,7 @@ func queueStress(t *testing.T, q *Queue, wfd, rfd int, batches int) {
 			if n, err := r.Fill(rfd); n <= 0 || err != nil {
 				return
 			}
-			for {
-				f, err := r.Next()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if f == nil {
-					break
-				}
-				if !isNumbered(f, got) {
-					t.Fatalf("frame %d of %d bytes arrived changed", got, len(f))
-				}
-				got++
-			}
+			takeNumbered(t, r, &got)
 		}
 	}
 	flush := func() {
