@@ -24,14 +24,10 @@ func TestGuestRelay(t *testing.T) {
 	tcpTransfer(t, w, "127.0.0.1:0", hostGW, 16<<20)
 	udpEcho(t, w, "127.0.0.1:0", hostGW)
 
-	// gopasst dies and comes back on the same (now stale) socket.
-	w.Proc.Process.Kill()
-	w.Proc.Wait()
-	w.Proc = w.Host.Cmd(gopasstBin, "-f", "-s", w.Sock)
-	w.Proc.Stdout, w.Proc.Stderr = w.Log, w.Log
-	if err := w.Proc.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// gopasst dies and comes back on the same (now stale) socket. Restart
+	// waits for the engine, which ends on its helper's death signal, to
+	// be gone: until then the relay's connection still reaches it.
+	w.Restart(t)
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	acceptLoop(l, func(c net.Conn) { c.Write([]byte("back")); c.Close() })
 	waitLong(t, "the guest's network after gopasst restarted", 20*time.Second, func() bool {
