@@ -118,6 +118,7 @@ func ctlTimes(t *testing.T, w *World, n int) []time.Duration {
 	return d
 }
 
+// durations sums up the times ctlTimes took, for the log.
 func durations(d []time.Duration) string {
 	s := slices.Clone(d)
 	slices.Sort(s)

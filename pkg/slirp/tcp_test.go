@@ -396,5 +396,6 @@ func TestTCPSimultaneousClose(t *testing.T) {
 	}
 }
 
-// hadEvents tells whether the engine's last turn had events.
+// hadEvents tells whether the engine's last turn had events other than a
+// control call alone (turn's lastBusy).
 func (e *Engine) hadEvents() bool { return e.lastBusy == e.now }
