@@ -619,6 +619,7 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	if a := netip.AddrFrom16(s.seen.addr6); !a.IsUnspecified() && e.cfg.has6() {
 		e.addrSeen6 = a
 	}
+	e.fdRoomAhead(len(s.flows))
 	var sendQ, recvQ []byte // one flow's queues, reused for the next
 	var b movedBatch
 	defer func() {

@@ -3,7 +3,10 @@ package slirp
 import (
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -214,4 +217,52 @@ func signalThread() (stop func()) {
 		close(done)
 		runtime.UnlockOSThread()
 	}
+}
+
+// TestFdRoomAhead checks that the engine grows the descriptor table
+// ahead, at its start and by as many as it is asked for, and keeps no
+// descriptor open for it. The table's size is the kernel's FDSize.
+func TestFdRoomAhead(t *testing.T) {
+	e, err := New(Config{OurMAC: testMAC, Addr4: testGuest4, Prefix4: 24, Gateway4: testGW4}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fdSize(t); got < fdTableAhead {
+		t.Errorf("after New, the table holds %d descriptors, want %d or more", got, fdTableAhead)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	n := 2 * fdSize(t)
+	if uint64(n) > lim.Cur {
+		t.Skipf("RLIMIT_NOFILE %d is below %d", lim.Cur, n)
+	}
+	before := openFds(t)
+	e.fdRoomAhead(n)
+	if got := fdSize(t); got < n {
+		t.Errorf("after fdRoomAhead(%d), the table holds %d", n, got)
+	}
+	if leaked := leakedFds(t, before); len(leaked) > 0 {
+		t.Errorf("left open: %v", leaked)
+	}
+}
+
+// fdSize is the size of the process's descriptor table.
+func fdSize(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "FDSize:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no FDSize in /proc/self/status")
+	return 0
 }
