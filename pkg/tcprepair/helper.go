@@ -33,13 +33,21 @@ var replyTimeout = 10 * time.Second
 
 // Client is the back-end's end of a connection from a repair helper.
 type Client struct {
-	fd   int
-	left time.Duration // of the helper's time (Begin)
+	fd      int
+	left    time.Duration // of the helper's time (Begin)
+	most    int           // descriptors a message may carry (Send)
+	pending []request     // sent and not yet answered, oldest first
+}
+
+// request is a Send: cmd, in msgs messages.
+type request struct {
+	cmd  int8
+	msgs int
 }
 
 // NewClient talks to the helper connected on fd, a unix stream socket.
 func NewClient(fd int) *Client {
-	return &Client{fd: fd, left: replyTimeout}
+	return &Client{fd: fd, left: replyTimeout, most: MaxFds}
 }
 
 // Begin gives the helper replyTimeout, in all, for the messages that
@@ -52,41 +60,83 @@ func (c *Client) Begin() { c.left = replyTimeout }
 // Close ends the connection: the helper exits.
 func (c *Client) Close() error { return unix.Close(c.fd) }
 
-// Set has the helper set TCP_REPAIR to cmd on every socket of fds, in
-// messages of at most MaxFds.
+// Set has the helper set TCP_REPAIR to cmd on every socket of fds, and
+// waits for its answers, those to requests sent before (Send) first.
 func (c *Client) Set(cmd int8, fds []int) error {
+	if err := c.Send(cmd, fds); err != nil {
+		return err
+	}
+	return c.WaitAll()
+}
+
+// Send asks the helper to set TCP_REPAIR to cmd on every socket of fds
+// and returns without its answer: the helper works while the back-end
+// does, and Wait takes the answers in the order asked.
+//
+// No message carries more descriptors than one before it on the
+// connection. Upstream passt-repair (2026.03) receives each message with
+// the control buffer's length that the one before left (it never resets
+// msg_controllen), so the descriptors of a larger message past that
+// length are dropped by the kernel, unseen, and their sockets never
+// change mode. passt never sends a larger message after a smaller one.
+func (c *Client) Send(cmd int8, fds []int) error {
+	r := request{cmd: cmd}
 	for len(fds) > 0 {
-		n := min(len(fds), MaxFds)
-		if err := c.send(cmd, fds[:n]); err != nil {
-			return err
+		n := min(len(fds), c.most)
+		// A helper that never reads, its answers sent ahead, fills the
+		// socket with messages: the send waits within the helper's time
+		// too.
+		if err := c.wait(unix.POLLOUT, func() error {
+			return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds[:n]...), nil, unix.MSG_DONTWAIT)
+		}); err != nil {
+			return fmt.Errorf("repair helper: %w", err)
 		}
+		r.msgs++
+		c.most = n
 		fds = fds[n:]
+	}
+	if r.msgs > 0 {
+		c.pending = append(c.pending, r)
 	}
 	return nil
 }
 
-func (c *Client) send(cmd int8, fds []int) error {
-	// A helper that never reads, its answers sent ahead, fills the socket
-	// with messages: the send waits within the helper's time too.
-	if err := c.wait(unix.POLLOUT, func() error {
-		return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds...), nil, unix.MSG_DONTWAIT)
-	}); err != nil {
-		return fmt.Errorf("repair helper: %w", err)
+// Wait waits for the answers to the oldest request sent and not
+// answered.
+func (c *Client) Wait() error {
+	if len(c.pending) == 0 {
+		return errors.New("repair helper: no request to answer")
 	}
-	var reply [1]byte
-	var n int
-	err := c.wait(unix.POLLIN, func() (err error) { n, _, err = unix.Recvfrom(c.fd, reply[:], unix.MSG_DONTWAIT); return err })
-	switch {
-	case err == errNoTime:
-		return errors.New("repair helper: no answer")
-	case err != nil:
-		return fmt.Errorf("repair helper: %w", err)
-	case n == 0:
-		return errors.New("repair helper: gone (it could not set TCP_REPAIR: see its errors)")
-	case int8(reply[0]) != cmd:
-		return fmt.Errorf("repair helper: answered %d to %d", int8(reply[0]), cmd)
+	r := c.pending[0]
+	c.pending = c.pending[1:]
+	for range r.msgs {
+		var reply [1]byte
+		var n int
+		err := c.wait(unix.POLLIN, func() (err error) { n, _, err = unix.Recvfrom(c.fd, reply[:], unix.MSG_DONTWAIT); return err })
+		switch {
+		case err == errNoTime:
+			return errors.New("repair helper: no answer")
+		case err != nil:
+			return fmt.Errorf("repair helper: %w", err)
+		case n == 0:
+			return errors.New("repair helper: gone (it could not set TCP_REPAIR: see its errors)")
+		case int8(reply[0]) != r.cmd:
+			return fmt.Errorf("repair helper: answered %d to %d", int8(reply[0]), r.cmd)
+		}
 	}
 	return nil
+}
+
+// WaitAll waits for the answers to every request sent; the first
+// failure is the result.
+func (c *Client) WaitAll() error {
+	var first error
+	for len(c.pending) > 0 {
+		if err := c.Wait(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // errNoTime reports a helper whose time is up.

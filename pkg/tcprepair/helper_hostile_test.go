@@ -138,3 +138,46 @@ func countFds(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestClientPasstRepairControlLength plays upstream passt-repair, which
+// receives each message with the control buffer's length that the one
+// before left: the kernel drops the descriptors past it. Every socket
+// must still reach the helper, in requests that grow and shrink, sent
+// ahead of their answers as a migration's destination sends them.
+func TestClientPasstRepairControlLength(t *testing.T) {
+	c, helper, fds := hostileHelper(t)
+	got := make(chan int, 1)
+	go func() {
+		oob := make([]byte, unix.CmsgSpace(4*MaxFds))
+		ctl, total := len(oob), 0
+		for {
+			var cmd [1]byte
+			n, oobn, _, _, err := unix.Recvmsg(helper, cmd[:], oob[:ctl], unix.MSG_CMSG_CLOEXEC)
+			if err != nil || n == 0 {
+				got <- total
+				return
+			}
+			ctl = oobn // passt-repair never sets msg_controllen again
+			received, _ := parseRights(oob[:oobn])
+			for _, fd := range received {
+				unix.Close(fd)
+			}
+			total += len(received)
+			unix.Write(helper, cmd[:])
+		}
+	}()
+	sent := 0
+	for _, n := range []int{MaxFds, 7, MaxFds, 3, 40, MaxFds} {
+		if err := c.Send(On, fds[:n]); err != nil {
+			t.Fatal(err)
+		}
+		sent += n
+	}
+	if err := within(t, "answers", c.WaitAll); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if total := <-got; total != sent {
+		t.Errorf("the helper had %d of %d sockets", total, sent)
+	}
+}
