@@ -514,7 +514,7 @@ func TestMigrateForwards(t *testing.T) {
 func TestMigrateManyFlows(t *testing.T) {
 	h := newHotPath(t, sinkServer)
 	h.e.repair = startRepairHelper(t)
-	const n = 2*tcprepair.MaxFds + 7
+	const n = 3*tcprepair.MaxFds + 241 // four batches: the ring of three wraps
 	peers := manyFlows(t, h, n)
 	d := h.migrate(t, true)
 	moved := 0
