@@ -592,9 +592,10 @@ func (e *Engine) migTCPOf(m *migTCP, f *tcpFlow) {
 // stream comes from another host, and holding every flow's queues until
 // the end would let it claim up to 128 MiB a flow. Only the bytes a flow
 // never sent wait, up to maxUnsent in all, for their batch to leave
-// repair mode. A stream refused part-way keeps the connections restored before
-// the fault. A load that fails gives back the forwards it bound: the
-// guest goes on at its source, which binds them again, on one host too.
+// repair mode. A stream refused part-way keeps the connections restored
+// before the fault. A load that fails gives back the forwards it bound:
+// the guest goes on at its source, which binds them again, on one host
+// too.
 func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	if e.repair != nil {
 		e.repair.Begin()
