@@ -234,7 +234,12 @@ func (l *vhostLink) Event(id uint32, events uint32) (in, out bool, err error) {
 		if err := l.requests(); err != nil {
 			return false, false, err
 		}
-		return false, true, l.fault()
+		// A ring may start with frames queued: at a migration's
+		// destination, those the guest kicked the source for, which
+		// stopped before it took them. The guest kicks again only for
+		// frames it adds, and its TCP may wait on those for a timer:
+		// the engine reads the ring after any request, as if kicked.
+		return l.vq[txQueue].kick >= 0, true, l.fault()
 	case vuIDKick + rxQueue:
 		// An event can come late, from the epoll batch that stopped
 		// the ring: there is no kick to drain then.

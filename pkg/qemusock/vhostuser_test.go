@@ -888,3 +888,24 @@ func TestVhostUserInterruptOwed(t *testing.T) {
 		t.Errorf("a new call descriptor: %d interrupts, want 1", n)
 	}
 }
+
+// TestVhostUserStartsWithQueuedFrames: a migration's destination gets
+// its rings with frames the guest queued and kicked for the source,
+// which stopped before it took them; the guest kicks again only for
+// frames it adds. So the link reports its TX ring readable after the
+// front-end's requests, and a Read finds the frame with no kick.
+func TestVhostUserStartsWithQueuedFrames(t *testing.T) {
+	f := newFrontEnd(t)
+	frame := testFrame(200)
+	copy(f.mem[feBufs+12:], frame)
+	f.desc(1, 0, feBufs, 12+uint32(len(frame)), 0, 0)
+	f.offer(1, 0)
+	f.setUp()
+	f.send(vuSetVringEnable, u32s(txQueue, 1))
+	if in, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); err != nil || !in {
+		t.Fatal("the TX ring is not reported readable after a request")
+	}
+	if got := f.readFrames(); len(got) != 1 || !bytes.Equal(got[0], frame) {
+		t.Fatalf("read %d frames, want the one queued before the ring started", len(got))
+	}
+}
