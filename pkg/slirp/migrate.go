@@ -821,16 +821,25 @@ func (e *Engine) tcpMovedOff(b *movedBatch) {
 }
 
 // tcpMovedAdd takes the helper's answer for b's flows and makes them
-// flows.
+// flows. Without that answer, their sockets may still be in repair mode,
+// where they send nothing: those flows are reset instead.
 func (e *Engine) tcpMovedAdd(b *movedBatch) {
-	if b.off && e.repair != nil {
+	off := b.off && e.repair != nil
+	if off {
 		if err := e.repair.Wait(); err != nil {
 			e.dropRepair(err)
+			off = false
 		}
 	}
 	b.off = false
 	for i := range b.done {
 		d := &b.done[i]
+		if !off {
+			unix.SetsockoptLinger(d.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			unix.Close(d.fd)
+			e.tcpResetMoved(d.key, &d.m.tcp)
+			continue
+		}
 		end := len(b.unsent)
 		if i+1 < len(b.done) {
 			end = b.done[i+1].at

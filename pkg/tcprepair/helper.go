@@ -35,7 +35,6 @@ var replyTimeout = 10 * time.Second
 type Client struct {
 	fd      int
 	left    time.Duration // of the helper's time (Begin)
-	most    int           // descriptors a message may carry (Send)
 	pending []request     // sent and not yet answered, oldest first
 }
 
@@ -47,7 +46,7 @@ type request struct {
 
 // NewClient talks to the helper connected on fd, a unix stream socket.
 func NewClient(fd int) *Client {
-	return &Client{fd: fd, left: replyTimeout, most: MaxFds}
+	return &Client{fd: fd, left: replyTimeout}
 }
 
 // Begin gives the helper replyTimeout, in all, for the messages that
@@ -73,31 +72,52 @@ func (c *Client) Set(cmd int8, fds []int) error {
 // and returns without its answer: the helper works while the back-end
 // does, and Wait takes the answers in the order asked.
 //
-// No message carries more descriptors than one before it on the
-// connection. Upstream passt-repair (2026.03) receives each message with
-// the control buffer's length that the one before left (it never resets
-// msg_controllen), so the descriptors of a larger message past that
-// length are dropped by the kernel, unseen, and their sockets never
-// change mode. passt never sends a larger message after a smaller one.
+// Every message carries MaxFds descriptors, the last one's rest filled
+// with a socket never connected, on which TCP_REPAIR changes nothing
+// (and sends no window probe). Upstream passt-repair (2026.03) receives
+// each message with the control buffer's length that the one before left
+// (it never resets msg_controllen), so the descriptors of a larger
+// message past that length would be dropped by the kernel, unseen, and
+// their sockets never change mode; and messages that shrank for good
+// would be many, each answered by a blocking send the helper makes
+// while the back-end, sending, does not read. passt never sends a larger
+// message after a smaller one.
 func (c *Client) Send(cmd int8, fds []int) error {
+	if len(fds) == 0 {
+		return nil
+	}
+	spare := -1 // the filling socket: a message in flight holds it
+	defer func() {
+		if spare >= 0 {
+			unix.Close(spare)
+		}
+	}()
 	r := request{cmd: cmd}
+	var msg [MaxFds]int
 	for len(fds) > 0 {
-		n := min(len(fds), c.most)
+		n := copy(msg[:], fds)
+		if n < MaxFds && spare < 0 {
+			s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("repair helper: a socket to fill messages: %w", err)
+			}
+			spare = s
+		}
+		for i := n; i < MaxFds; i++ {
+			msg[i] = spare
+		}
 		// A helper that never reads, its answers sent ahead, fills the
 		// socket with messages: the send waits within the helper's time
 		// too.
 		if err := c.wait(unix.POLLOUT, func() error {
-			return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(fds[:n]...), nil, unix.MSG_DONTWAIT)
+			return unix.Sendmsg(c.fd, []byte{byte(cmd)}, unix.UnixRights(msg[:]...), nil, unix.MSG_DONTWAIT)
 		}); err != nil {
 			return fmt.Errorf("repair helper: %w", err)
 		}
 		r.msgs++
-		c.most = n
 		fds = fds[n:]
 	}
-	if r.msgs > 0 {
-		c.pending = append(c.pending, r)
-	}
+	c.pending = append(c.pending, r)
 	return nil
 }
 
