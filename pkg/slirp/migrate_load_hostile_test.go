@@ -245,17 +245,17 @@ func hostileDestination(t *testing.T, h *hotPath) *hotPath {
 
 // loadWithin loads r into d's engine, failing the test rather than
 // hanging: the helper's time bounds any wait on it.
-func loadWithin(t *testing.T, d *hotPath, r io.Reader) (error, time.Duration) {
+func loadWithin(t *testing.T, d *hotPath, r io.Reader) (time.Duration, error) {
 	t.Helper()
 	start := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- d.e.migrateLoad(r) }()
 	select {
 	case err := <-done:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(time.Minute):
 		t.Fatal("the load still runs after a minute")
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -357,14 +357,14 @@ func stillServes(t *testing.T, d *hotPath) {
 	t.Helper()
 	h := newHotPath(t, sinkServer)
 	h.e.repair = startRepairHelper(t)
-	peers := peersAt(t, h, 30000, 1)
+	peers := manyFlowsFrom(t, h, 30000, 1)
 	var stream bytes.Buffer
 	if err := h.e.migrateSave(&stream); err != nil {
 		t.Fatal(err)
 	}
 	d.e.repair = startRepairHelper(t)
 	t.Cleanup(func() { d.e.repair = nil }) // startRepairHelper closes it
-	if err, _ := loadWithin(t, d, &stream); err != nil {
+	if _, err := loadWithin(t, d, &stream); err != nil {
 		t.Fatalf("a good load after the hostile one: %v", err)
 	}
 	for key, c := range peers {
@@ -374,40 +374,6 @@ func stillServes(t *testing.T, d *hotPath) {
 		}
 		bothWays(t, f, c, "to")
 	}
-}
-
-// peersAt is manyFlows with guest ports from base on.
-func peersAt(t *testing.T, h *hotPath, base uint16, n int) map[tcpKey]net.Conn {
-	t.Helper()
-	l := listenLoopback(t)
-	peers := make(map[tcpKey]net.Conn, n)
-	for i := range n {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		s, err := l.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fd int
-		raw, _ := s.(*net.TCPConn).SyscallConn()
-		raw.Control(func(sfd uintptr) { fd, err = unix.Dup(int(sfd)) })
-		s.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		unix.SetNonblock(fd, true)
-		key := tcpKey{guest: netip.AddrPortFrom(hpGuest, base+uint16(i)), remote: netip.AddrPortFrom(hpGateway, 8080)}
-		f := h.e.tcpAddFlow(key, fd, tcpEstablished)
-		f.flags, f.guestWnd = 0, 64<<10
-		if err := h.e.epollAdd(fd, tcpEvents, h.e.tcpRef(f)); err != nil {
-			t.Fatal(err)
-		}
-		peers[key] = c
-	}
-	return peers
 }
 
 // fourBatches is the flows, beside the hot path's own, of a stream of
@@ -459,7 +425,7 @@ func helperFaults(t *testing.T, acts []helperAct) {
 				})
 				d.e.repair = helper.c
 				before := openFds(t)
-				err, took := loadWithin(t, d, bytes.NewReader(stream))
+				took, err := loadWithin(t, d, bytes.NewReader(stream))
 				if err != nil {
 					t.Fatalf("the load failed: %v", err)
 				}
@@ -543,7 +509,7 @@ func TestMigrateLoadHostileDuplicates(t *testing.T) {
 			helper := goodHelper(t)
 			d.e.repair = helper.c
 			before := openFds(t)
-			if err, _ := loadWithin(t, d, bytes.NewReader(stream)); err != nil {
+			if _, err := loadWithin(t, d, bytes.NewReader(stream)); err != nil {
 				t.Fatalf("the load failed: %v", err)
 			}
 			helper.stop(t, d.e)
@@ -589,7 +555,7 @@ func TestMigrateLoadHostileTruncated(t *testing.T) {
 			helper := goodHelper(t)
 			d.e.repair = helper.c
 			before := openFds(t)
-			if err, _ := loadWithin(t, d, bytes.NewReader(stream)); err == nil {
+			if _, err := loadWithin(t, d, bytes.NewReader(stream)); err == nil {
 				t.Fatal("a stream cut short loaded")
 			}
 			if d.e.repair != helper.c {
@@ -656,7 +622,7 @@ func TestMigrateLoadHostileUnsent(t *testing.T) {
 			})
 			d.e.repair = helper.c
 			before := openFds(t)
-			if err, _ := loadWithin(t, d, bytes.NewReader(stream)); err != nil {
+			if _, err := loadWithin(t, d, bytes.NewReader(stream)); err != nil {
 				t.Fatalf("the load failed: %v", err)
 			}
 			helper.stop(t, d.e)
@@ -683,7 +649,7 @@ func TestMigrateLoadHostileNoHelper(t *testing.T) {
 	stream := appendMigration(nil, s)
 	d := hostileDestination(t, h)
 	before := openFds(t)
-	if err, took := loadWithin(t, d, bytes.NewReader(stream)); err != nil || took > 5*time.Second {
+	if took, err := loadWithin(t, d, bytes.NewReader(stream)); err != nil || took > 5*time.Second {
 		t.Fatalf("the load: %v, in %v", err, took)
 	}
 	o := checkLoad(t, d, peers, before, false, nil)
@@ -746,7 +712,7 @@ func TestMigrateLoadHostileOneSocketMessages(t *testing.T) {
 				}
 			}
 			before := openFds(t)
-			err, took := loadWithin(t, d, bytes.NewReader(stream))
+			took, err := loadWithin(t, d, bytes.NewReader(stream))
 			if err != nil {
 				t.Fatalf("the load failed: %v", err)
 			}

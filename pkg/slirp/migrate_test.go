@@ -534,6 +534,11 @@ func TestMigrateManyFlows(t *testing.T) {
 // manyFlows adds n established flows to h's engine, each on a loopback
 // connection to its host peer, by the flow's key.
 func manyFlows(t *testing.T, h *hotPath, n int) map[tcpKey]net.Conn {
+	return manyFlowsFrom(t, h, 20000, n)
+}
+
+// manyFlowsFrom is manyFlows with the guest's ports from base on.
+func manyFlowsFrom(t *testing.T, h *hotPath, base uint16, n int) map[tcpKey]net.Conn {
 	t.Helper()
 	l := listenLoopback(t)
 	peers := make(map[tcpKey]net.Conn, n)
@@ -556,7 +561,7 @@ func manyFlows(t *testing.T, h *hotPath, n int) map[tcpKey]net.Conn {
 			t.Fatal(err)
 		}
 		unix.SetNonblock(fd, true)
-		key := tcpKey{guest: netip.AddrPortFrom(hpGuest, uint16(20000+i)), remote: netip.AddrPortFrom(hpGateway, 8080)}
+		key := tcpKey{guest: netip.AddrPortFrom(hpGuest, base+uint16(i)), remote: netip.AddrPortFrom(hpGateway, 8080)}
 		f := h.e.tcpAddFlow(key, fd, tcpEstablished)
 		f.flags, f.guestWnd = 0, 64<<10
 		if err := h.e.epollAdd(fd, tcpEvents, h.e.tcpRef(f)); err != nil {
