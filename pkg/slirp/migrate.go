@@ -106,6 +106,12 @@ func (f *migTCP) tapSide() int {
 
 func (f *migTCP) hostSide() int { return 1 - f.tapSide() }
 
+// key is the flow's key on the destination, from its guest side.
+func (f *migTCP) key() tcpKey {
+	g := f.side[f.tapSide()]
+	return tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
+}
+
 func putAddr(b []byte, a netip.Addr) {
 	if a.Is4() {
 		a = netip.AddrFrom16(a.As16())
@@ -765,8 +771,8 @@ func (e *Engine) tcpHelperDone(prev, next *movedBatch) {
 // batch b, in repair mode, or resets it for the guest. A flow restored
 // already, in b or in the batch before it, is not restored twice.
 func (e *Engine) tcpLoadMoved(b, prev *movedBatch, i int, m *migFlow) {
-	g, h := m.tcp.side[m.tcp.tapSide()], m.tcp.side[m.tcp.hostSide()]
-	key := tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
+	h := m.tcp.side[m.tcp.hostSide()]
+	key := m.tcp.key()
 	fd := b.fds[i]
 	b.fds[i] = -1
 	_, old := e.tcp.lookup(key)

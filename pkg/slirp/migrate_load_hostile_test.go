@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -223,12 +222,6 @@ func moveSource(t *testing.T, n int) (*hotPath, *migStream, map[tcpKey]net.Conn)
 	return h, s, peers
 }
 
-// migKey is the key a flow of the stream has on the destination.
-func migKey(m *migFlow) tcpKey {
-	g := m.tcp.side[m.tcp.tapSide()]
-	return tcpKey{guest: netip.AddrPortFrom(g.eaddr, g.eport), remote: netip.AddrPortFrom(g.oaddr, g.oport)}
-}
-
 // hostileDestination is the destination for h's guest, its flows'
 // sockets closed when the test ends: the engine is never closed, and
 // tests of a thousand connections each would run out of descriptors.
@@ -441,7 +434,7 @@ func helperFaults(t *testing.T, acts []helperAct) {
 				}
 				o := checkLoad(t, d, peers, before, false, nil)
 				for i := range p.keptLead {
-					if key := migKey(&s.flows[i]); peers[key] != nil && !o.kept[key] {
+					if key := s.flows[i].tcp.key(); peers[key] != nil && !o.kept[key] {
 						t.Errorf("flow %d of the stream, whose batch left repair mode before the fault, was not kept", i)
 						break
 					}
@@ -501,7 +494,7 @@ func TestMigrateLoadHostileDuplicates(t *testing.T) {
 					g := &c.tcp.side[c.tcp.tapSide()]
 					g.eport += 10000
 				}
-				copies = append(copies, migKey(&c))
+				copies = append(copies, c.tcp.key())
 				flows = slices.Insert(flows, tc.to[i], c)
 			}
 			stream := appendMigration(nil, withFlows(s, flows))
@@ -564,7 +557,7 @@ func TestMigrateLoadHostileTruncated(t *testing.T) {
 			helper.stop(t, d.e)
 			o := checkLoad(t, d, peers, before, true, nil)
 			for i := range s.flows {
-				key := migKey(&s.flows[i])
+				key := s.flows[i].tcp.key()
 				if peers[key] != nil && o.kept[key] != (i < at) {
 					t.Errorf("flow %d of the stream, cut at %d: kept %v", i, at, o.kept[key])
 				}
@@ -595,7 +588,7 @@ func TestMigrateLoadHostileUnsent(t *testing.T) {
 			want := map[tcpKey][]byte{}
 			for i := range s.flows {
 				m := &s.flows[i]
-				key := migKey(m)
+				key := m.tcp.key()
 				if peers[key] == nil {
 					continue
 				}
@@ -689,7 +682,7 @@ func TestMigrateLoadHostileOneSocketMessages(t *testing.T) {
 			if tc.closedOne {
 				m := &s.flows[1]
 				m.tcp.events |= evSockFinRcvd // not restored: reset for the guest
-				closed = migKey(m)
+				closed = m.tcp.key()
 			}
 			stream := appendMigration(nil, s)
 			d := hostileDestination(t, h)
