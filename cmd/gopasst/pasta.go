@@ -185,9 +185,9 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 		if o.isCommand() {
 			lo.Quiet = !(o.Debug || o.Trace)
 		}
-		sp := newSplicer(o)
+		sp := newSplicer(newSpliceRules(o, cfg, fwds))
 		if sp != nil {
-			cfg.SpliceDial = sp.dial
+			cfg.Splicer = sp
 		}
 		return runEngine(&lo, cfg, env, "", pastaEngine(o, fwds, sp))
 	}

@@ -401,14 +401,12 @@ func pastaAgent(js string) int {
 	return serveAgent(agentSock, tap, err, tables)
 }
 
-// spliceTables are the tables of the protocols whose loopback path is
-// auto.
+// spliceTables are the UDP tables, if the loopback path is -u auto.
 func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
 	var out []procTable
-	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
-		proto := slirp.Proto(strings.TrimSuffix(name, "6"))
-		if t := tables[name]; r.auto(proto) && t.err == nil {
-			out = append(out, procTable{proto, t.fd})
+	for _, name := range []string{"udp", "udp6"} {
+		if t := tables[name]; r.AutoUDP && t.err == nil {
+			out = append(out, procTable{slirp.UDP, t.fd})
 		}
 	}
 	return out

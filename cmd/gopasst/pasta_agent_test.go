@@ -74,20 +74,23 @@ func TestPastaHelperChecks(t *testing.T) {
 	}
 }
 
-// The agent connects, for the engine's loopback path, only what the
-// command line asks for: to the loopback path's address, on a port -t
-// (TCP) or -u (UDP) names or, with auto, one that listens in the
-// namespace; anything else, a malformed request included, is refused and
+// The agent gives the engine's loopback path only what the command line
+// asks for: TCP sockets of the namespace, unconnected, which the engine
+// connects to the loopback path's address; and UDP sockets connected
+// there, on a port -u names or, with auto, one that listens in the
+// namespace. Anything else, a malformed request included, is refused and
 // the agent goes on serving.
 func TestPastaSpliceChecks(t *testing.T) {
-	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, TCP: portRanges{{18511, 18511}}, UDP: portRanges{{18512, 18512}}, AutoTCP: true}
+	r := &spliceRules{Addr4: netip.MustParseAddr("192.0.2.1"), HostLoToNsLo: true, UDP: portRanges{{18512, 18512}}}
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		if l, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:18511")); err == nil {
 			defer unix.Close(l)
 		}
 		serveSplice(sock, r, spliceTables(r, tables))
 	})
-	s := &splicer{fd: sock}
+	s := newSplicer(r)
+	s.fd = sock
+	defer s.Idle()
 	lo4, lo6 := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("[::1]:40000")
 	for _, tc := range []struct {
 		name   string
@@ -96,15 +99,13 @@ func TestPastaSpliceChecks(t *testing.T) {
 		port   uint16
 		served netip.AddrPort // where the socket goes; invalid if refused
 	}{
-		{"-t port", slirp.TCP, lo4, 18511, netip.MustParseAddrPort("127.0.0.1:18511")},
-		{"-t auto: a port listening in the namespace", slirp.TCP, lo6, 18531, netip.MustParseAddrPort("[::1]:18531")},
-		{"port -t does not forward, not listening", slirp.TCP, lo4, 22, netip.AddrPort{}},
-		{"UDP to a -t port", slirp.UDP, lo4, 18511, netip.AddrPort{}},
+		{"TCP", slirp.TCP, lo4, 18511, netip.MustParseAddrPort("127.0.0.1:18511")},
+		{"TCP over IPv6", slirp.TCP, lo6, 18531, netip.MustParseAddrPort("[::1]:18531")},
 		{"-u port", slirp.UDP, lo6, 18512, netip.MustParseAddrPort("[::1]:18512")},
-		{"TCP to a -u port", slirp.TCP, lo4, 18512, netip.AddrPort{}},
+		{"UDP to a port -u does not name", slirp.UDP, lo4, 18511, netip.AddrPort{}},
 		{"UDP, not auto, to a port listening", slirp.UDP, lo6, 18531, netip.AddrPort{}},
 	} {
-		fd, err := s.dial(tc.proto, tc.from, tc.port)
+		fd, err := s.Dial(tc.proto, tc.from, tc.port)
 		if !tc.served.IsValid() {
 			closeFd(fd)
 			if err != unix.EPERM {
@@ -116,21 +117,23 @@ func TestPastaSpliceChecks(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
 		}
-		sa, err := unix.Getpeername(fd)
+		to, err := peerOf(fd)
 		unix.Close(fd)
-		var to netip.AddrPort
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			to = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-		case *unix.SockaddrInet6:
-			to = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-		}
 		if err != nil || to != tc.served {
 			t.Errorf("%s: connected to %v (%v), want %v", tc.name, to, err, tc.served)
 		}
 	}
+	if n := len(s.spares[0]); n != spliceSpares-1 {
+		t.Errorf("%d IPv4 sockets kept after one connection, want %d", n, spliceSpares-1)
+	}
+	for _, fd := range s.spares[0] {
+		if _, err := peerOf(fd); err != unix.ENOTCONN {
+			t.Errorf("a kept socket: %v, want ENOTCONN", err)
+		}
+	}
 	// A malformed request is answered, refused, and the agent serves on.
-	for _, b := range [][]byte{{0, 5, 0x48, 0x4f, 0, 0, 0, 9}, {2, 4, 0x48, 0x4f, 0, 0, 0, 9}, {0, 4, 0x48}} {
+	for _, b := range [][]byte{{0, 5, 0, 1, 0, 0, 0, 9}, {2, 4, 0x48, 0x4f, 0, 0, 0, 9}, {0, 4, 0x48},
+		{0, 4, 0, 0, 0, 0, 0, 9}, {0, 4, 0, spliceSpares + 1, 0, 0, 0, 9}} {
 		unix.Sendmsg(sock, b, nil, nil, 0)
 		var reply [spliceMsgLen]byte
 		n, fds, err := recvMsg(sock, reply[:], 1)
@@ -139,11 +142,24 @@ func TestPastaSpliceChecks(t *testing.T) {
 			t.Errorf("request %v: answer %v (%d bytes, %d descriptors, %v), want EPERM", b, reply, n, len(fds), err)
 		}
 	}
-	if fd, err := s.dial(slirp.TCP, lo4, 18511); err != nil {
+	s.Idle()
+	if fd, err := s.Dial(slirp.TCP, lo4, 18511); err != nil {
 		t.Errorf("after malformed requests: %v", err)
 	} else {
 		unix.Close(fd)
 	}
+}
+
+// peerOf is where fd is connected.
+func peerOf(fd int) (netip.AddrPort, error) {
+	sa, err := unix.Getpeername(fd)
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), err
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)), err
+	}
+	return netip.AddrPort{}, err
 }
 
 func TestSpliceTarget(t *testing.T) {
@@ -292,7 +308,7 @@ func TestSpliceWaitTimesOut(t *testing.T) {
 	}
 }
 
-// spliceWaiting has the engine's splicer ask for a connection, waiting
+// spliceWaiting has the engine's splicer ask for sockets, waiting
 // for the answer at most timeout, and returns the agent's end of their
 // socket pair, and where the answer will come.
 func spliceWaiting(t *testing.T, timeout time.Duration) (agent int, answered chan error) {
@@ -303,12 +319,13 @@ func spliceWaiting(t *testing.T, timeout time.Duration) (agent int, answered cha
 	}
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	s := &splicer{fd: pair[0]}
+	s := newSplicer(&spliceRules{})
+	s.fd = pair[0]
 	answered = make(chan error, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		fd, err := s.dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
+		fd, err := s.Dial(slirp.TCP, netip.MustParseAddrPort("127.0.0.1:40000"), 18511)
 		closeFd(fd)
 		answered <- err
 	}()

@@ -13,26 +13,33 @@ import (
 )
 
 // pasta's loopback path for -t and -u: the engine joins a connection (or
-// a UDP sender) from the host's loopback, socket to socket, to one the
-// agent makes in the namespace, connected to the namespace's address (its
-// loopback with --host-lo-to-ns-lo), as pasta does, and splices between
-// them (slirp/splice.go).
+// a UDP sender) from the host's loopback, socket to socket, to one of the
+// namespace, connected to the namespace's address (its loopback with
+// --host-lo-to-ns-lo), as pasta does, and splices between them
+// (slirp/splice.go).
 //
 // The engine asks the agent directly, on a socket pair of their own that
 // the helper hands it at set-up: one 8-byte request and reply, with the
-// socket as SCM_RIGHTS, per connection. The engine names only the
-// protocol, the family and the port; the agent decides the address and
-// checks the port against the spliceRules the command line gave it,
-// through the helper. Relayed by the helper, in JSON, a connection cost
-// two round trips and three processes' wake-ups (#24's TCP_CRR).
+// sockets as SCM_RIGHTS.
+//   - TCP: the agent hands over spliceSpares sockets of the namespace, not
+//     connected, which the engine keeps and connects one a connection, as
+//     pasta keeps a pool of sockets opened in the namespace. One round
+//     trip to the agent per connection held TCP_CRR on this path under
+//     pasta's (#24). The agent checks nothing there: a connected socket
+//     could be aimed anywhere again anyway (connect with AF_UNSPEC, then
+//     connect), docs/security.md.
+//   - UDP: a socket connected to a port the agent checks against the
+//     spliceRules the command line gave it, through the helper: one a
+//     sender, which are few.
 
 // spliceRules is where the loopback path connects in the namespace, and
-// to which ports: from the command line, in the agent's plan.
+// to which UDP ports: from the command line, in the agent's plan and the
+// engine's splicer.
 type spliceRules struct {
-	Addr4, Addr6     netip.Addr // the namespace's addresses
-	HostLoToNsLo     bool
-	TCP, UDP         portRanges // the namespace ports -t and -u forward to
-	AutoTCP, AutoUDP bool       // -t, -u auto: also what listens there
+	Addr4, Addr6 netip.Addr // the namespace's addresses
+	HostLoToNsLo bool
+	UDP          portRanges // the namespace ports -u forwards to
+	AutoUDP      bool       // -u auto: also what listens there
 }
 
 // portRanges is a set of ports, as ranges, first and last: in the
@@ -68,8 +75,7 @@ func newSpliceRules(o *pastaOptions, cfg netSetup, f pastaForwards) *spliceRules
 		return nil
 	}
 	return &spliceRules{Addr4: cfg.Addr4, Addr6: cfg.Addr6, HostLoToNsLo: o.HostLoToNsLo,
-		TCP: newPortRanges(specForwards(f.tcp.specs)), UDP: newPortRanges(specForwards(f.udp.specs)),
-		AutoTCP: f.tcp.auto, AutoUDP: f.udp.auto}
+		UDP: newPortRanges(specForwards(f.udp.specs)), AutoUDP: f.udp.auto}
 }
 
 // target is where a connection from the host's loopback of family v6
@@ -87,42 +93,39 @@ func (r *spliceRules) target(v6 bool) netip.Addr {
 	return r.Addr4
 }
 
-// named tells whether -t (TCP) or -u (UDP) names port.
-func (r *spliceRules) named(proto slirp.Proto, port uint16) bool {
-	if proto == slirp.UDP {
-		return r.UDP.contains(port)
-	}
-	return r.TCP.contains(port)
+// allows tells whether a UDP sender may reach port: -u names it, or it
+// listens in the namespace (ns) with -u auto.
+func (r *spliceRules) allows(port uint16, ns *listenCache) bool {
+	return r.UDP.contains(port) || r.AutoUDP && ns.listens(fwdPort{slirp.UDP, port})
 }
 
-// auto tells whether -t (TCP) or -u (UDP) is auto.
-func (r *spliceRules) auto(proto slirp.Proto) bool {
-	return proto == slirp.TCP && r.AutoTCP || proto == slirp.UDP && r.AutoUDP
-}
-
-// spliceRequest is the engine's request to the agent: a socket of proto
-// and family (v6) connected to port in the namespace. On the wire: the
-// protocol (0 TCP, 1 UDP), the family (4 or 6), the port and the
-// sequence number, big-endian; the reply is the sequence number and an
-// errno (0 with the socket).
+// spliceRequest is the engine's request to the agent: n TCP sockets of
+// family v6, or (udp) a UDP one connected to port in the namespace. On
+// the wire: the protocol (0 TCP, 1 UDP), the family (4 or 6), n or the
+// port, and the sequence number, big-endian; the reply is the sequence
+// number and an errno (0 with the sockets).
 type spliceRequest struct {
 	udp, v6 bool
-	port    uint16
+	n, port uint16
 	seq     uint32
 }
 
-const spliceMsgLen = 8
+const (
+	spliceMsgLen = 8
+	spliceSpares = 32 // TCP sockets a request, as pasta's pool for each family
+)
 
 func (q spliceRequest) marshal() []byte {
 	b := make([]byte, spliceMsgLen)
 	b[0], b[1] = 0, 4
-	if q.udp {
-		b[0] = 1
-	}
 	if q.v6 {
 		b[1] = 6
 	}
-	binary.BigEndian.PutUint16(b[2:], q.port)
+	binary.BigEndian.PutUint16(b[2:], q.n)
+	if q.udp {
+		b[0] = 1
+		binary.BigEndian.PutUint16(b[2:], q.port)
+	}
 	binary.BigEndian.PutUint32(b[4:], q.seq)
 	return b
 }
@@ -131,24 +134,31 @@ func parseSpliceRequest(b []byte) (spliceRequest, bool) {
 	if len(b) != spliceMsgLen || b[0] > 1 || (b[1] != 4 && b[1] != 6) {
 		return spliceRequest{}, false
 	}
-	return spliceRequest{udp: b[0] == 1, v6: b[1] == 6, port: binary.BigEndian.Uint16(b[2:]),
-		seq: binary.BigEndian.Uint32(b[4:])}, true
+	q := spliceRequest{udp: b[0] == 1, v6: b[1] == 6, seq: binary.BigEndian.Uint32(b[4:])}
+	if q.udp {
+		q.port = binary.BigEndian.Uint16(b[2:])
+		return q, true
+	}
+	q.n = binary.BigEndian.Uint16(b[2:])
+	return q, q.n >= 1 && q.n <= spliceSpares
 }
 
-// splicer is the engine's slirp.SpliceDial in pasta mode: its end of the
-// agent's splice socket. Only the engine's goroutine calls it.
+// splicer is the engine's slirp.Splicer in pasta mode: its end of the
+// agent's splice socket, and the TCP sockets the agent gave it. Only the
+// engine's goroutine calls it.
 type splicer struct {
-	fd  int // set before the engine runs
-	seq uint32
+	fd     int // set before the engine runs
+	seq    uint32
+	rules  *spliceRules
+	spares [2][]int // IPv4, IPv6
 }
 
-// newSplicer is the loopback path the options ask for, nil with
-// --no-splice.
-func newSplicer(o *pastaOptions) *splicer {
-	if o.NoSplice {
+// newSplicer is the loopback path r asks for, nil with --no-splice.
+func newSplicer(r *spliceRules) *splicer {
+	if r == nil {
 		return nil
 	}
-	return &splicer{fd: -1}
+	return &splicer{fd: -1, rules: r}
 }
 
 // start takes the engine's end of the splice socket from the helper.
@@ -165,54 +175,95 @@ func (s *splicer) start(h *helperClient) error {
 	return nil
 }
 
-// dial has the agent connect, in the namespace, the other end of a
-// connection or of a UDP sender's datagrams to port from from.
-func (s *splicer) dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int, error) {
-	s.seq++
-	q := spliceRequest{udp: proto == slirp.UDP, v6: from.Addr().Is6() && !from.Addr().Is4In6(), port: port, seq: s.seq}
-	if err := retryEINTR(func() error { return unix.Sendmsg(s.fd, q.marshal(), nil, nil, 0) }); err != nil {
+// Dial connects, in the namespace, the other end of a connection or of a
+// UDP sender's datagrams to port from from.
+func (s *splicer) Dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int, error) {
+	v6 := from.Addr().Is6() && !from.Addr().Is4In6()
+	if proto == slirp.UDP {
+		fds, err := s.ask(spliceRequest{udp: true, v6: v6, port: port})
+		if err != nil {
+			return -1, err
+		}
+		return fds[0], nil
+	}
+	spares := &s.spares[0]
+	if v6 {
+		spares = &s.spares[1]
+	}
+	if len(*spares) == 0 {
+		fds, err := s.ask(spliceRequest{v6: v6, n: spliceSpares})
+		if err != nil {
+			return -1, err
+		}
+		*spares = fds
+	}
+	n := len(*spares) - 1
+	fd := (*spares)[n]
+	*spares = (*spares)[:n]
+	if err := unix.Connect(fd, sockaddrOf(netip.AddrPortFrom(s.rules.target(v6), port))); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
 		return -1, err
 	}
-	for {
-		var b [spliceMsgLen]byte
-		n, fds, err := recvMsgVia(recvmsgRaw, s.fd, b[:], 1)
-		fd := -1
-		if len(fds) == 1 && err == nil {
-			fd, fds = fds[0], nil
-		}
-		closeFds(fds)
-		switch {
-		case err != nil:
-			closeFd(fd)
-			return -1, err
-		case n != spliceMsgLen:
-			closeFd(fd)
-			return -1, unix.EPROTO
-		case binary.BigEndian.Uint32(b[:]) != s.seq:
-			closeFd(fd) // the answer to a request that timed out
-			continue
-		}
-		errno := unix.Errno(binary.BigEndian.Uint32(b[4:]))
-		if errno == 0 && fd < 0 {
-			errno = unix.EPROTO
-		}
-		if errno != 0 {
-			closeFd(fd)
-			return -1, errno
-		}
-		return fd, nil
+	return fd, nil
+}
+
+// Idle closes the TCP sockets kept: the loopback path has been idle a
+// while (slirp.Splicer).
+func (s *splicer) Idle() {
+	for i := range s.spares {
+		closeFds(s.spares[i])
+		s.spares[i] = nil
 	}
 }
 
-// serveSplice answers the engine's requests on sock until it goes, each
-// checked against r: a socket of the protocol and family asked for,
-// connected (or connecting) to r's target and a port r allows, or
-// EPERM. ns are the namespace's /proc/net tables, for auto.
+// ask sends q to the agent and returns the sockets it answers with, at
+// least one. A TCP request whose answer brought fewer sockets than sent,
+// the engine out of descriptors, keeps those that came.
+func (s *splicer) ask(q spliceRequest) ([]int, error) {
+	s.seq++
+	q.seq = s.seq
+	if err := retryEINTR(func() error { return unix.Sendmsg(s.fd, q.marshal(), nil, nil, 0) }); err != nil {
+		return nil, err
+	}
+	for {
+		var b [spliceMsgLen]byte
+		n, fds, err := recvMsgVia(recvmsgRaw, s.fd, b[:], max(int(q.n), 1))
+		if err == errCtrunc && !q.udp && len(fds) > 0 && len(fds) <= int(q.n) {
+			err = nil
+		}
+		switch {
+		case err != nil:
+			closeFds(fds)
+			return nil, err
+		case n != spliceMsgLen:
+			closeFds(fds)
+			return nil, unix.EPROTO
+		case binary.BigEndian.Uint32(b[:]) != s.seq:
+			closeFds(fds) // the answer to a request that timed out
+			continue
+		}
+		errno := unix.Errno(binary.BigEndian.Uint32(b[4:]))
+		if errno == 0 && (len(fds) == 0 || q.udp && len(fds) != 1) {
+			errno = unix.EPROTO
+		}
+		if errno != 0 {
+			closeFds(fds)
+			return nil, errno
+		}
+		return fds, nil
+	}
+}
+
+// serveSplice answers the engine's requests on sock until it goes: TCP
+// sockets of the family asked for, not connected, or a UDP socket
+// connected to r's target on a port r allows, or EPERM. ns are the
+// namespace's /proc/net tables, for -u auto.
 func serveSplice(sock int, r *spliceRules, ns []procTable) {
 	listen := listenCache{tables: ns}
 	w := &spliceWaiter{fd: sock}
 	var b [spliceMsgLen]byte
 	reply := make([]byte, spliceMsgLen)
+	fds := make([]int, 0, spliceSpares)
 	for {
 		n, stray, err := recvMsgVia(w.recvmsg, sock, b[:], 0)
 		closeFds(stray)
@@ -220,13 +271,16 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 			return
 		}
 		q, ok := parseSpliceRequest(b[:n])
-		proto := slirp.TCP
-		if q.udp {
-			proto = slirp.UDP
-		}
-		fd, cerr := -1, error(unix.EPERM)
-		if ok && err == nil && (r.named(proto, q.port) || r.auto(proto) && listen.listens(fwdPort{proto, q.port})) {
-			fd, cerr = connectNS(proto, netip.AddrPortFrom(r.target(q.v6), q.port))
+		cerr := error(unix.EPERM)
+		switch {
+		case !ok || err != nil:
+		case !q.udp:
+			fds, cerr = spares(fds[:0], q)
+		case r.allows(q.port, &listen):
+			var fd int
+			if fd, cerr = connectUDP(netip.AddrPortFrom(r.target(q.v6), q.port)); cerr == nil {
+				fds = append(fds[:0], fd)
+			}
 		}
 		errno, _ := cerr.(unix.Errno)
 		if cerr != nil && errno == 0 {
@@ -235,12 +289,34 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 		binary.BigEndian.PutUint32(reply, q.seq)
 		binary.BigEndian.PutUint32(reply[4:], uint32(errno))
 		var oob []byte
-		if fd >= 0 {
-			oob = unix.UnixRights(fd)
+		if cerr == nil {
+			oob = unix.UnixRights(fds...)
 		}
 		retryEINTR(func() error { return unix.Sendmsg(sock, reply, oob, nil, 0) })
-		closeFd(fd)
+		if cerr == nil {
+			closeFds(fds)
+		}
 	}
+}
+
+// spares appends q.n TCP sockets of q's family to fds, fewer if the
+// namespace runs out, an error if none.
+func spares(fds []int, q spliceRequest) ([]int, error) {
+	family := unix.AF_INET
+	if q.v6 {
+		family = unix.AF_INET6
+	}
+	for range q.n {
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			if len(fds) == 0 {
+				return fds, err
+			}
+			break
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
 }
 
 // A request and its answer are each waited for with a raw system call,
@@ -314,22 +390,17 @@ func (w *spliceWaiter) setHot(hot bool) {
 	}
 }
 
-// connectNS starts a connection to ap (TCP), or connects a UDP socket to
-// it, for the loopback path: the engine gets it aimed, not a socket it
-// could aim elsewhere first.
-func connectNS(proto slirp.Proto, ap netip.AddrPort) (int, error) {
-	family, typ := unix.AF_INET6, unix.SOCK_STREAM
+// connectUDP is a UDP socket connected to ap.
+func connectUDP(ap netip.AddrPort) (int, error) {
+	family := unix.AF_INET6
 	if ap.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	if proto == slirp.UDP {
-		typ = unix.SOCK_DGRAM
-	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
-	if err := unix.Connect(fd, sockaddrOf(ap)); err != nil && err != unix.EINPROGRESS {
+	if err := unix.Connect(fd, sockaddrOf(ap)); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}

@@ -250,24 +250,25 @@ func TestAutoUDPFollowsTCP(t *testing.T) {
 	}
 }
 
-// -t ~8000 names 65534 ports: the agent's plan keeps them as ranges,
+// -u ~8000 names 65534 ports: the agent's plan keeps them as ranges,
 // small enough for its environment (a list of them made nsenter's exec
 // fail with E2BIG), and the loopback path still finds each.
 func TestSpliceRulesWideSpec(t *testing.T) {
 	o := &pastaOptions{}
-	r := newSpliceRules(o, netSetup{}, pastaForwards{tcp: portModes{specs: []string{"~8000"}}, udp: portModes{specs: []string{"53,5353-5355"}}})
-	js, err := json.Marshal(nsPlan{Splice: r})
-	if err != nil || len(js) > 4096 {
-		t.Fatalf("the plan for -t ~8000 takes %d bytes (%v)", len(js), err)
-	}
-	for port, want := range map[uint16]bool{1: true, 7999: true, 8000: false, 8001: true, 65535: true} {
-		if r.named(slirp.TCP, port) != want {
-			t.Errorf("-t ~8000 names %d: %v, want %v", port, !want, want)
+	for _, spec := range []string{"~8000", "53,5353-5355"} {
+		r := newSpliceRules(o, netSetup{}, pastaForwards{udp: portModes{specs: []string{spec}}})
+		js, err := json.Marshal(nsPlan{Splice: r})
+		if err != nil || len(js) > 4096 {
+			t.Fatalf("the plan for -u %s takes %d bytes (%v)", spec, len(js), err)
 		}
-	}
-	for port, want := range map[uint16]bool{53: true, 54: false, 5353: true, 5355: true, 5356: false} {
-		if r.named(slirp.UDP, port) != want {
-			t.Errorf("-u 53,5353-5355 names %d: %v, want %v", port, !want, want)
+		want := map[uint16]bool{1: true, 7999: true, 8000: false, 8001: true, 65535: true}
+		if spec != "~8000" {
+			want = map[uint16]bool{53: true, 54: false, 5353: true, 5355: true, 5356: false}
+		}
+		for port, named := range want {
+			if r.UDP.contains(port) != named {
+				t.Errorf("-u %s names %d: %v, want %v", spec, port, !named, named)
+			}
 		}
 	}
 }

@@ -108,10 +108,10 @@ type Config struct {
 	// commands for the engine; nil means in this process (LocalHost).
 	Host Host
 
-	// SpliceDial, when set, connects the namespace's end of a connection
+	// Splicer, when set, connects the namespace's end of a connection
 	// or a UDP sender to a forwarded port from the host's loopback, which
 	// the engine then splices (pasta's loopback path, splice.go).
-	SpliceDial SpliceDial
+	Splicer Splicer
 
 	// Pcap, when set, records every frame to and from the guest.
 	Pcap *qemusock.Pcap

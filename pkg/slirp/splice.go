@@ -15,8 +15,7 @@ import (
 // direction, in the engine's loop like every other flow:
 //
 //   - a connection to a -t port from the host's loopback is joined to one
-//     the helper connects in the namespace (Config.SpliceDial; nil with
-//     --no-splice);
+//     connected in the namespace (Config.Splicer; nil with --no-splice);
 //   - a connection to a -T port in the namespace (SpliceListen) is
 //     joined to one the engine connects to the host's loopback.
 //
@@ -24,11 +23,17 @@ import (
 // whose pipe is not empty is not read until it is, so nothing is kept
 // here but what the kernel holds.
 
-// SpliceDial connects a socket in the namespace for a connection (TCP)
-// or a sender (UDP, splice_udp.go) to the forwarded port whose guest
-// port is port, from the host's loopback address from. The socket is
-// non-blocking.
-type SpliceDial func(proto Proto, from netip.AddrPort, port uint16) (int, error)
+// Splicer gives the loopback path its sockets in the namespace.
+type Splicer interface {
+	// Dial connects a socket in the namespace for a connection (TCP) or
+	// a sender (UDP, splice_udp.go) to the forwarded port whose guest
+	// port is port, from the host's loopback address from. The socket
+	// is non-blocking.
+	Dial(proto Proto, from netip.AddrPort, port uint16) (int, error)
+	// Idle tells that the loopback path has joined no pair for a while:
+	// what Dial keeps for the next ones may go.
+	Idle()
+}
 
 // spliceChunk bounds one splice(2): a pipe's default capacity is less.
 const spliceChunk = 1 << 20
@@ -45,11 +50,13 @@ const splicePipeSize = 1 << 20
 // splicePool is the empty pipes that pairs which ended left, for the
 // next pairs: making and sizing two pipes, and closing them, was a tenth
 // of a short connection's cost to the engine (pasta keeps a pool too). It
-// holds at most splicePipesKept, and is emptied once the loopback path
-// has opened or closed no pair for splicePipesIdle.
+// holds at most splicePipesKept, and is emptied, with what the Splicer
+// keeps, once the loopback path has opened or closed no pair for
+// splicePipesIdle.
 type splicePool struct {
 	pipes [][2]int
 	used  time.Duration // when a pair last took or left pipes
+	idle  bool          // emptied since
 }
 
 const (
@@ -57,10 +64,11 @@ const (
 	splicePipesIdle = time.Second
 )
 
-// splicePipesExpire closes the kept pipes once they idled long enough.
+// splicePipesExpire empties the pool, and has the Splicer let go of what
+// it keeps, once they idled long enough.
 func (e *Engine) splicePipesExpire() {
 	p := &e.splicePipes
-	if len(p.pipes) == 0 || e.now-p.used < splicePipesIdle {
+	if p.idle || e.now-p.used < splicePipesIdle {
 		return
 	}
 	for _, fds := range p.pipes {
@@ -68,6 +76,10 @@ func (e *Engine) splicePipesExpire() {
 		unix.Close(fds[1])
 	}
 	p.pipes = p.pipes[:0]
+	if e.cfg.Splicer != nil {
+		e.cfg.Splicer.Idle()
+	}
+	p.idle = true
 }
 
 // spliceConn is one joined pair: pipe[i] carries what fd[i] reads to
@@ -100,14 +112,14 @@ func (e *Engine) spliceRef(i int32, side int) epollRef {
 // the host's loopback to one in the namespace, and reports whether it
 // took the descriptor.
 func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
-	if e.cfg.SpliceDial == nil || !from.Addr().Unmap().IsLoopback() {
+	if e.cfg.Splicer == nil || !from.Addr().Unmap().IsLoopback() {
 		return false
 	}
 	if e.spliceFull() {
 		unix.Close(fd)
 		return true
 	}
-	nfd, err := e.cfg.SpliceDial(TCP, from, port)
+	nfd, err := e.cfg.Splicer.Dial(TCP, from, port)
 	if err != nil {
 		// The client sees its connection closed.
 		e.debugf("-t %d from %v: %v", port, from, err)
@@ -226,7 +238,7 @@ func (e *Engine) spliceJoin(a, b int) {
 	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
 	urgentInline(b)
 	pool := &e.splicePipes
-	pool.used = e.now
+	pool.used, pool.idle = e.now, false
 	for i := range 2 {
 		if n := len(pool.pipes); n > 0 {
 			c.pipe[i], pool.pipes = pool.pipes[n-1], pool.pipes[:n-1]
@@ -417,7 +429,7 @@ func (e *Engine) spliceFree(c *spliceConn, keep bool) {
 	for i, p := range c.pipe {
 		if keep && p[0] >= 0 && c.held[i] == 0 && len(pool.pipes) < splicePipesKept {
 			pool.pipes = append(pool.pipes, p)
-			pool.used = e.now
+			pool.used, pool.idle = e.now, false
 			c.pipe[i] = [2]int{-1, -1}
 		}
 	}

@@ -18,7 +18,7 @@ import (
 //     host's 127.0.0.2. The replies go back from that address.
 //   - -u from the host's loopback: lfd is the forward's host socket; the
 //     sender's socket is the helper's, made in the namespace and
-//     connected to where -t's loopback path goes (Config.SpliceDial).
+//     connected to where -t's loopback path goes (Config.Splicer).
 //
 // Senders count against --max-udp with the guest's UDP flows, and are
 // forgotten after udpIdle, as those are, or when lfd is closed.
@@ -78,7 +78,7 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 	}
 	fd, err := -1, error(nil)
 	if ns {
-		fd, err = e.cfg.SpliceDial(UDP, key.peer, port)
+		fd, err = e.cfg.Splicer.Dial(UDP, key.peer, port)
 	} else {
 		to := netip.AddrPortFrom(key.local, port)
 		if fd, err = unix.Socket(socketFamily(to.Addr()), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err == nil {

@@ -443,7 +443,7 @@ type udpInFlow struct {
 
 func (e *Engine) udpInbound(lidx int32, l *listener) {
 	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (_, _ netip.AddrPort, mac [6]byte) {
-		if e.cfg.SpliceDial != nil && from.Addr().IsLoopback() {
+		if e.cfg.Splicer != nil && from.Addr().IsLoopback() {
 			if payload != nil {
 				e.spliceUDPSend(spliceUDPKey{lfd: l.fd, peer: from}, payload, l.fwd.GuestPort, true)
 			}
