@@ -670,7 +670,8 @@ echo GOPASST-DONE
 // destination has loaded and runs the guest).
 type migration struct {
 	total, downtime, stopped time.Duration
-	ramSent                  float64 // bytes of guest memory sent
+	resume                   time.Time // the destination's RESUME event
+	ramSent                  float64   // bytes of guest memory sent
 }
 
 // migrateGuest moves the guest from the QEMU at srcQMP to the one waiting
@@ -714,7 +715,8 @@ func migrateGuest(ctx context.Context, t *testing.T, srcQMP, dstQMP, incoming st
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	m.stopped = dst.events["RESUME"].Sub(qmp.events["STOP"])
+	m.resume = dst.events["RESUME"]
+	m.stopped = m.resume.Sub(qmp.events["STOP"])
 	qmp.call(t, "quit", nil)
 	return m
 }
