@@ -149,6 +149,7 @@ func parseSpliceRequest(b []byte) (spliceRequest, bool) {
 type splicer struct {
 	fd     int // set before the engine runs
 	seq    uint32
+	late   int // requests given up on, whose answers may still come
 	rules  *spliceRules
 	spares [2][]int // IPv4, IPv6
 }
@@ -179,6 +180,27 @@ func (s *splicer) start(h *helperClient) error {
 // UDP sender's datagrams to port from from.
 func (s *splicer) Dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int, error) {
 	v6 := from.Addr().Is6() && !from.Addr().Is4In6()
+	fd, err := s.socket(proto, v6, port)
+	if err != nil {
+		return -1, err
+	}
+	if proto == slirp.UDP {
+		err = agentSocket(fd, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	} else if err = agentSocket(fd, unix.SOCK_STREAM, unix.IPPROTO_TCP); err == nil {
+		if err = unix.Connect(fd, sockaddrOf(netip.AddrPortFrom(s.rules.target(v6), port))); err == unix.EINPROGRESS {
+			err = nil
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// socket is a UDP socket the agent connects to port, or one of the TCP
+// sockets it gave, asked for when none is left.
+func (s *splicer) socket(proto slirp.Proto, v6 bool, port uint16) (int, error) {
 	if proto == slirp.UDP {
 		fds, err := s.ask(spliceRequest{udp: true, v6: v6, port: port})
 		if err != nil {
@@ -200,11 +222,22 @@ func (s *splicer) Dial(proto slirp.Proto, from netip.AddrPort, port uint16) (int
 	n := len(*spares) - 1
 	fd := (*spares)[n]
 	*spares = (*spares)[:n]
-	if err := unix.Connect(fd, sockaddrOf(netip.AddrPortFrom(s.rules.target(v6), port))); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, err
-	}
 	return fd, nil
+}
+
+// agentSocket makes fd, from the agent, fit for the engine's loop, or
+// tells why not: a socket of typ and proto, which a descriptor of any
+// other kind (a UDP socket connects too) would not be, and non-blocking
+// (a blocking one would stall the loop). One the agent already connected
+// or listens on fails connect.
+func agentSocket(fd, typ, proto int) error {
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || v != typ {
+		return unix.EPROTO
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || v != proto {
+		return unix.EPROTO
+	}
+	return unix.SetNonblock(fd, true)
 }
 
 // Idle closes the TCP sockets kept: the loopback path has been idle a
@@ -216,9 +249,11 @@ func (s *splicer) Idle() {
 	}
 }
 
-// ask sends q to the agent and returns the sockets it answers with, at
-// least one. A TCP request whose answer brought fewer sockets than sent,
-// the engine out of descriptors, keeps those that came.
+// ask sends q to the agent and returns the descriptors it answers with,
+// at least one. A TCP answer cut short (MSG_CTRUNC: the engine out of
+// descriptors, or more sent than asked for, which the kernel closes)
+// keeps those that came. The answers to requests that timed out are
+// skipped, no more of them than there were.
 func (s *splicer) ask(q spliceRequest) ([]int, error) {
 	s.seq++
 	q.seq = s.seq
@@ -233,13 +268,20 @@ func (s *splicer) ask(q spliceRequest) ([]int, error) {
 		}
 		switch {
 		case err != nil:
+			if err == unix.EAGAIN {
+				s.late++ // its answer may come yet
+			}
 			closeFds(fds)
 			return nil, err
 		case n != spliceMsgLen:
 			closeFds(fds)
 			return nil, unix.EPROTO
 		case binary.BigEndian.Uint32(b[:]) != s.seq:
-			closeFds(fds) // the answer to a request that timed out
+			closeFds(fds)
+			if s.late == 0 {
+				return nil, unix.EPROTO
+			}
+			s.late--
 			continue
 		}
 		errno := unix.Errno(binary.BigEndian.Uint32(b[4:]))
