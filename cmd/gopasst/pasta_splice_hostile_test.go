@@ -523,3 +523,29 @@ func TestPastaSpliceIdleExpiry(t *testing.T) {
 		t.Errorf("the connection after the engine let go of its sockets: %v", err)
 	}
 }
+
+// A connection whose socket from the agent was bad fails, and the good
+// sockets that came with it still go once the path idles: they were
+// kept for good when no pair came of that connection, none after.
+func TestPastaSpliceIdleAfterBadSocket(t *testing.T) {
+	s := fakeAgent(t, func(q spliceRequest) []agentMsg {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Error(err)
+			return nil
+		}
+		unix.Close(p[1])
+		return []agentMsg{{answerOf(q.seq, 0), append(tcp4s(t, int(q.n)-1), p[0])}}
+	})
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	hostPort := spliceEngine(t, s, 18541)
+	time.Sleep(1500 * time.Millisecond) // the engine idle, its pool emptied
+	base := openFds(t)
+	if err := echoOnce(hostPort); err == nil {
+		t.Fatal("a connection spliced to a pipe")
+	}
+	if n := settles(t, base, 3*time.Second); n != base {
+		t.Errorf("%d descriptors open a while after, %d before", n, base)
+	}
+}

@@ -51,12 +51,17 @@ const splicePipeSize = 1 << 20
 // next pairs: making and sizing two pipes, and closing them, was a tenth
 // of a short connection's cost to the engine (pasta keeps a pool too). It
 // holds at most splicePipesKept, and is emptied, with what the Splicer
-// keeps, once the loopback path has opened or closed no pair for
+// keeps, once the loopback path has dialled, opened or closed no pair for
 // splicePipesIdle.
 type splicePool struct {
 	pipes [][2]int
-	used  time.Duration // when a pair last took or left pipes
+	used  time.Duration // when a pair last took or left pipes, or a Dial was made
 	idle  bool          // emptied since
+}
+
+// use notes that the loopback path is in use at now.
+func (p *splicePool) use(now time.Duration) {
+	p.used, p.idle = now, false
 }
 
 const (
@@ -119,6 +124,8 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 		unix.Close(fd)
 		return true
 	}
+	// What Dial keeps expires too when no pair comes of it.
+	e.splicePipes.use(e.now)
 	nfd, err := e.cfg.Splicer.Dial(TCP, from, port)
 	if err != nil {
 		// The client sees its connection closed.
@@ -238,7 +245,7 @@ func (e *Engine) spliceJoin(a, b int) {
 	c := spliceConn{fd: [2]int{a, b}, pipe: [2][2]int{{-1, -1}, {-1, -1}}}
 	urgentInline(b)
 	pool := &e.splicePipes
-	pool.used, pool.idle = e.now, false
+	pool.use(e.now)
 	for i := range 2 {
 		if n := len(pool.pipes); n > 0 {
 			c.pipe[i], pool.pipes = pool.pipes[n-1], pool.pipes[:n-1]
@@ -429,7 +436,7 @@ func (e *Engine) spliceFree(c *spliceConn, keep bool) {
 	for i, p := range c.pipe {
 		if keep && p[0] >= 0 && c.held[i] == 0 && len(pool.pipes) < splicePipesKept {
 			pool.pipes = append(pool.pipes, p)
-			pool.used, pool.idle = e.now, false
+			pool.use(e.now)
 			c.pipe[i] = [2]int{-1, -1}
 		}
 	}
