@@ -309,7 +309,7 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 	for {
 		n, stray, err := recvMsgVia(w.recvmsg, sock, b[:], 0)
 		closeFds(stray)
-		if (err != nil && err != errCtrunc) || n == 0 {
+		if err != nil && err != errCtrunc {
 			return
 		}
 		q, ok := parseSpliceRequest(b[:n])
@@ -334,9 +334,14 @@ func serveSplice(sock int, r *spliceRules, ns []procTable) {
 		if cerr == nil {
 			oob = unix.UnixRights(fds...)
 		}
-		retryEINTR(func() error { return unix.Sendmsg(sock, reply, oob, nil, 0) })
+		// A read of nothing is an empty request, or the engine's end
+		// closed: the answer, refused, fails then.
+		err = retryEINTR(func() error { return unix.Sendmsg(sock, reply, oob, nil, unix.MSG_NOSIGNAL) })
 		if cerr == nil {
 			closeFds(fds)
+		}
+		if err == unix.EPIPE {
+			return
 		}
 	}
 }

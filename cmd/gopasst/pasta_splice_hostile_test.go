@@ -549,3 +549,29 @@ func TestPastaSpliceIdleAfterBadSocket(t *testing.T) {
 		t.Errorf("%d descriptors open a while after, %d before", n, base)
 	}
 }
+
+// An empty request is malformed too: refused, and the agent serves on.
+// It read as the engine's end closed, and the agent stopped.
+func TestPastaSpliceEmptyRequest(t *testing.T) {
+	r := &spliceRules{HostLoToNsLo: true}
+	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
+		serveSplice(sock, r, nil)
+	})
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	unix.Sendmsg(sock, nil, nil, nil, 0)
+	var reply [spliceMsgLen]byte
+	n, fds, err := recvMsg(sock, reply[:], 1)
+	closeFds(fds)
+	if err != nil || n != spliceMsgLen || binary.BigEndian.Uint32(reply[4:]) != uint32(unix.EPERM) {
+		t.Errorf("an empty request: answer %v (%d bytes, %d descriptors, %v), want EPERM", reply, n, len(fds), err)
+	}
+	s := newSplicer(r)
+	s.fd = sock
+	defer s.Idle()
+	if fd, err := s.Dial(slirp.TCP, netip.MustParseAddrPort("[::1]:40000"), 18531); err != nil {
+		t.Errorf("after an empty request: %v", err)
+	} else {
+		unix.Close(fd)
+	}
+}
