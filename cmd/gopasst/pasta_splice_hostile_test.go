@@ -244,9 +244,10 @@ func TestPastaSpliceHostileAgentStale(t *testing.T) {
 	from := netip.MustParseAddrPort("127.0.0.1:40000")
 	before := openFds(t)
 	t.Run("late", func(t *testing.T) {
+		timedOut := make(chan struct{}, 2)
 		s := fakeAgent(t, func(q spliceRequest) []agentMsg {
 			if q.seq <= 2 {
-				time.Sleep(400 * time.Millisecond) // past the splicer's wait
+				<-timedOut // answered once the splicer gave up
 			}
 			return []agentMsg{{answerOf(q.seq, 0), tcp4s(t, int(q.n))}}
 		})
@@ -254,6 +255,7 @@ func TestPastaSpliceHostileAgentStale(t *testing.T) {
 			if _, err := s.Dial(slirp.TCP, from, port); err != unix.EAGAIN {
 				t.Fatalf("an answer that comes late: %v, want EAGAIN", err)
 			}
+			timedOut <- struct{}{}
 		}
 		fd, err := s.Dial(slirp.TCP, from, port)
 		if err != nil {
