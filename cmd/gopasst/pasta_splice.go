@@ -237,7 +237,10 @@ func agentSocket(fd, typ, proto int) error {
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || v != proto {
 		return unix.EPROTO
 	}
-	return unix.SetNonblock(fd, true)
+	// F_SETFL sets only status flags, of which these sockets need no
+	// other: one call, where SetNonblock reads them first.
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, unix.O_NONBLOCK)
+	return err
 }
 
 // Idle closes the TCP sockets kept: the loopback path has been idle a
