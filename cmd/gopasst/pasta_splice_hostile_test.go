@@ -116,17 +116,8 @@ func tcp4s(t *testing.T, n int) []int {
 }
 
 func TestPastaSpliceHostileAgentTCP(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
-	other, err := net.Listen("tcp", "127.0.0.1:0") // where an already connected socket goes
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	l, port := listenLoopback(t)
+	other, _ := listenLoopback(t) // where an already connected socket goes
 	connected := func() (int, error) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err == nil {
@@ -235,12 +226,7 @@ func wantTCPTo(t *testing.T, name string, fd int, l net.Listener) {
 // an agent that answers only with stale sequence numbers is not waited
 // on through them all.
 func TestPastaSpliceHostileAgentStale(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l, port := listenLoopback(t)
 	from := netip.MustParseAddrPort("127.0.0.1:40000")
 	before := openFds(t)
 	t.Run("late", func(t *testing.T) {
@@ -334,12 +320,7 @@ func TestPastaSpliceHostileAgentUDP(t *testing.T) {
 // keeps those that came, the kernel closes the rest, and it asks again
 // once it has room.
 func TestPastaSpliceOutOfFds(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l, port := listenLoopback(t)
 	from := netip.MustParseAddrPort("127.0.0.1:40000")
 	var old unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
@@ -414,11 +395,7 @@ func TestPastaSpliceOutOfFds(t *testing.T) {
 // that host port.
 func spliceEngine(t *testing.T, s *splicer, port uint16) uint16 {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostPort := uint16(l.Addr().(*net.TCPAddr).Port)
+	l, hostPort := listenLoopback(t)
 	l.Close()
 	eng, err := slirp.New(slirp.Config{OurMAC: [6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55},
 		Addr4: netip.MustParseAddr("192.0.2.2"), Prefix4: 24, Gateway4: netip.MustParseAddr("192.0.2.1"), Splicer: s}, -1)
@@ -576,4 +553,16 @@ func TestPastaSpliceEmptyRequest(t *testing.T) {
 	} else {
 		unix.Close(fd)
 	}
+}
+
+// listenLoopback is a TCP listener on the host's loopback, closed when
+// the test ends, and its port.
+func listenLoopback(t *testing.T) (net.Listener, uint16) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, uint16(l.Addr().(*net.TCPAddr).Port)
 }
