@@ -89,7 +89,7 @@ func TestPastaSpliceChecks(t *testing.T) {
 		serveSplice(sock, r, spliceTables(r, tables))
 	})
 	s := newSplicer(r)
-	s.fd = sock
+	s.take(sock, helperTimeout)
 	defer s.Idle()
 	lo4, lo6 := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("[::1]:40000")
 	for _, tc := range []struct {
@@ -317,10 +317,8 @@ func spliceWaiting(t *testing.T, timeout time.Duration) (agent int, answered cha
 	if err != nil {
 		t.Fatal(err)
 	}
-	tv := unix.NsecToTimeval(timeout.Nanoseconds())
-	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	s := newSplicer(&spliceRules{})
-	s.fd = pair[0]
+	s.take(pair[0], timeout)
 	answered = make(chan error, 1)
 	done := make(chan struct{})
 	go func() {

@@ -169,11 +169,19 @@ func (s *splicer) start(h *helperClient) error {
 		return err
 	}
 	// A request waits for its answer, as long as the helper's at most.
+	s.take(fd, helperTimeout)
+	return nil
+}
+
+// take makes fd the socket requests go on: blocking, with a receive
+// timeout, without which a signal would not end recvmsgRaw's wait (the
+// kernel restarts it), and a stop of the world, for the garbage
+// collector, would wait on it for good.
+func (s *splicer) take(fd int, timeout time.Duration) {
 	unix.SetNonblock(fd, false)
-	tv := unix.NsecToTimeval(helperTimeout.Nanoseconds())
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	s.fd = fd
-	return nil
 }
 
 // Dial connects, in the namespace, the other end of a connection or of a

@@ -37,7 +37,6 @@ func fakeAgent(t *testing.T, answer func(q spliceRequest) []agentMsg) *splicer {
 		t.Fatal(err)
 	}
 	tv := unix.NsecToTimeval((300 * time.Millisecond).Nanoseconds())
-	unix.SetsockoptTimeval(pair[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	unix.SetsockoptTimeval(pair[1], unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	done := make(chan struct{})
 	go func() {
@@ -62,7 +61,7 @@ func fakeAgent(t *testing.T, answer func(q spliceRequest) []agentMsg) *splicer {
 		}
 	}()
 	s := newSplicer(&spliceRules{HostLoToNsLo: true})
-	s.fd = pair[0]
+	s.take(pair[0], 300*time.Millisecond)
 	t.Cleanup(func() {
 		s.Idle()
 		unix.Close(pair[0])
@@ -193,7 +192,7 @@ func TestPastaSpliceHostileAgentTCP(t *testing.T) {
 				wantTCPTo(t, tc.name, fd, l)
 			}
 		})
-		if after := openFds(t); after != before {
+		if after := openFds(t); after > before {
 			t.Errorf("%s: %d descriptors open after, %d before", tc.name, after, before)
 		}
 	}
@@ -253,7 +252,7 @@ func TestPastaSpliceHostileAgentStale(t *testing.T) {
 			t.Errorf("%d answers still due, %d sockets kept; want 0, %d", s.late, len(s.spares[0]), spliceSpares-1)
 		}
 	})
-	if after := openFds(t); after != before {
+	if after := openFds(t); after > before {
 		t.Errorf("%d descriptors open after, %d before", after, before)
 	}
 	t.Run("stale only", func(t *testing.T) {
@@ -275,7 +274,7 @@ func TestPastaSpliceHostileAgentStale(t *testing.T) {
 			t.Errorf("stale answers only: the splicer waited %v", d)
 		}
 	})
-	if after := openFds(t); after != before {
+	if after := openFds(t); after > before {
 		t.Errorf("stale answers: %d descriptors open after, %d before", after, before)
 	}
 }
@@ -310,7 +309,7 @@ func TestPastaSpliceHostileAgentUDP(t *testing.T) {
 				t.Errorf("%s: the socket is blocking", tc.name)
 			}
 		})
-		if after := openFds(t); after != before {
+		if after := openFds(t); after > before {
 			t.Errorf("%s: %d descriptors open after, %d before", tc.name, after, before)
 		}
 	}
@@ -373,8 +372,10 @@ func TestPastaSpliceOutOfFds(t *testing.T) {
 			}
 			wantTCPTo(t, "room for some", fd, l)
 			unix.Close(fd)
-			if n := len(s.spares[0]); n != room-1 {
-				t.Errorf("room for %d: %d kept, want %d", room, n, room-1)
+			// At most what room was left: other goroutines of the
+			// test process may take some of it meanwhile.
+			if n := len(s.spares[0]); n > room-1 {
+				t.Errorf("room for %d: %d kept, want at most %d", room, n, room-1)
 			}
 			s.Idle()
 		}
@@ -385,7 +386,7 @@ func TestPastaSpliceOutOfFds(t *testing.T) {
 		wantTCPTo(t, "room again", fd, l)
 		unix.Close(fd)
 	})
-	if after := openFds(t); after != before {
+	if after := openFds(t); after > before {
 		t.Errorf("%d descriptors open after, %d before", after, before)
 	}
 }
@@ -429,12 +430,14 @@ func echoOnce(port uint16) error {
 	return err
 }
 
-// settles waits until the process has want descriptors open, or a while,
-// and returns how many it has.
+// settles waits until the process has at most want descriptors open, or
+// a while, and returns how many it has. Fewer is no leak: the test
+// process's other goroutines (an earlier test's agent thread, ending)
+// may close theirs meanwhile.
 func settles(t *testing.T, want int, within time.Duration) int {
 	t.Helper()
 	n := openFds(t)
-	for end := time.Now().Add(within); n != want && time.Now().Before(end); n = openFds(t) {
+	for end := time.Now().Add(within); n > want && time.Now().Before(end); n = openFds(t) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return n
@@ -476,10 +479,8 @@ func TestPastaSpliceIdleExpiry(t *testing.T) {
 		serveSplice(sock, r, nil)
 		l.Close()
 	})
-	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
-	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	s := newSplicer(r)
-	s.fd = sock
+	s.take(sock, 2*time.Second)
 	t.Cleanup(s.Idle) // once the engine stopped
 	hostPort := spliceEngine(t, s, nsPort)
 	if err := echoOnce(hostPort); err != nil {
@@ -495,7 +496,7 @@ func TestPastaSpliceIdleExpiry(t *testing.T) {
 	if n := openFds(t); n < base+spliceSpares/2 {
 		t.Errorf("%d descriptors open after the burst, %d before: nothing kept?", n, base)
 	}
-	if n := settles(t, base, 3*time.Second); n != base {
+	if n := settles(t, base, 3*time.Second); n > base {
 		t.Errorf("%d descriptors open a while after the burst, %d before", n, base)
 	}
 	if err := echoOnce(hostPort); err != nil {
@@ -516,15 +517,14 @@ func TestPastaSpliceIdleAfterBadSocket(t *testing.T) {
 		unix.Close(p[1])
 		return []agentMsg{{answerOf(q.seq, 0), append(tcp4s(t, int(q.n)-1), p[0])}}
 	})
-	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
-	unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	s.take(s.fd, 2*time.Second)
 	hostPort := spliceEngine(t, s, 18541)
 	time.Sleep(1500 * time.Millisecond) // the engine idle, its pool emptied
 	base := openFds(t)
 	if err := echoOnce(hostPort); err == nil {
 		t.Fatal("a connection spliced to a pipe")
 	}
-	if n := settles(t, base, 3*time.Second); n != base {
+	if n := settles(t, base, 3*time.Second); n > base {
 		t.Errorf("%d descriptors open a while after, %d before", n, base)
 	}
 }
@@ -536,8 +536,9 @@ func TestPastaSpliceEmptyRequest(t *testing.T) {
 	sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
 		serveSplice(sock, r, nil)
 	})
-	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
-	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	s := newSplicer(r)
+	s.take(sock, 2*time.Second)
+	defer s.Idle()
 	unix.Sendmsg(sock, nil, nil, nil, 0)
 	var reply [spliceMsgLen]byte
 	n, fds, err := recvMsg(sock, reply[:], 1)
@@ -545,9 +546,6 @@ func TestPastaSpliceEmptyRequest(t *testing.T) {
 	if err != nil || n != spliceMsgLen || binary.BigEndian.Uint32(reply[4:]) != uint32(unix.EPERM) {
 		t.Errorf("an empty request: answer %v (%d bytes, %d descriptors, %v), want EPERM", reply, n, len(fds), err)
 	}
-	s := newSplicer(r)
-	s.fd = sock
-	defer s.Idle()
 	if fd, err := s.Dial(slirp.TCP, netip.MustParseAddrPort("[::1]:40000"), 18531); err != nil {
 		t.Errorf("after an empty request: %v", err)
 	} else {
