@@ -121,11 +121,11 @@ func (q spliceRequest) marshal() []byte {
 	if q.v6 {
 		b[1] = 6
 	}
-	binary.BigEndian.PutUint16(b[2:], q.n)
+	arg := q.n
 	if q.udp {
-		b[0] = 1
-		binary.BigEndian.PutUint16(b[2:], q.port)
+		b[0], arg = 1, q.port
 	}
+	binary.BigEndian.PutUint16(b[2:], arg)
 	binary.BigEndian.PutUint32(b[4:], q.seq)
 	return b
 }
