@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -342,4 +343,73 @@ func TestStartAgentMissingUserns(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "user namespace") || !strings.Contains(err.Error(), "/nonexistent/userns") {
 		t.Errorf("--userns /nonexistent/userns: %v", err)
 	}
+}
+
+// FuzzSpliceRequest: whatever the engine sends, the agent answers it
+// with its sequence number, and hands over only what the command line
+// allows: TCP sockets, unconnected, no more than asked for; a UDP socket
+// connected to a port -u names; else nothing. A request it takes comes
+// out of marshal as it went in. An answer to a request it refuses
+// carries the sequence number of none.
+func FuzzSpliceRequest(f *testing.F) {
+	for _, q := range []spliceRequest{{n: spliceSpares, seq: 1}, {v6: true, n: 1, seq: 2},
+		{udp: true, port: 18512, seq: 3}, {udp: true, v6: true, port: 53, seq: 4}} {
+		f.Add(q.marshal())
+	}
+	f.Add([]byte{0, 4, 0, 0, 0, 0, 0, 9})
+	f.Add([]byte{2, 6, 0, 1})
+	r := &spliceRules{Addr4: netip.MustParseAddr("127.0.0.1"), Addr6: netip.IPv6Loopback(), UDP: portRanges{{18512, 18512}}}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) == 0 {
+			return // on a SOCK_SEQPACKET socket, the same as the engine's end closing
+		}
+		q, ok := parseSpliceRequest(msg)
+		if ok && string(q.marshal()) != string(msg) {
+			t.Fatalf("%x: parsed as %+v, which marshals to %x", msg, q, q.marshal())
+		}
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { serveSplice(pair[1], r, nil); unix.Close(pair[1]); close(done) }()
+		defer func() { unix.Close(pair[0]); <-done }()
+		if err := unix.Sendmsg(pair[0], msg, nil, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		var reply [spliceMsgLen]byte
+		n, fds, err := recvMsg(pair[0], reply[:], spliceSpares+1)
+		defer closeFds(fds)
+		if err != nil || n != spliceMsgLen {
+			t.Fatalf("%x: answer of %d bytes, %v", msg, n, err)
+		}
+		if ok && string(reply[:4]) != string(msg[4:spliceMsgLen]) {
+			t.Errorf("%x: answered for sequence number %x", msg, reply[:4])
+		}
+		errno := unix.Errno(binary.BigEndian.Uint32(reply[4:]))
+		switch {
+		case !ok || q.udp && !r.UDP.contains(q.port):
+			if errno != unix.EPERM || len(fds) != 0 {
+				t.Errorf("%x: answered %v with %d descriptors, want EPERM", msg, errno, len(fds))
+			}
+		case errno != 0:
+			if len(fds) != 0 {
+				t.Errorf("%x: %v with %d descriptors", msg, errno, len(fds))
+			}
+		case q.udp:
+			to, err := peerOf(fds[0])
+			if len(fds) != 1 || err != nil || to != netip.AddrPortFrom(r.target(q.v6), q.port) {
+				t.Errorf("%x: %d descriptors, the first connected to %v (%v)", msg, len(fds), to, err)
+			}
+		default:
+			if len(fds) == 0 || len(fds) > int(q.n) {
+				t.Errorf("%x: %d sockets for %d", msg, len(fds), q.n)
+			}
+			for _, fd := range fds {
+				if _, err := peerOf(fd); err != unix.ENOTCONN {
+					t.Errorf("%x: a socket given: %v, want ENOTCONN", msg, err)
+				}
+			}
+		}
+	})
 }

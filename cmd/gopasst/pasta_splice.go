@@ -272,7 +272,7 @@ func (s *splicer) ask(q spliceRequest) ([]int, error) {
 		return nil, err
 	}
 	for {
-		var b [spliceMsgLen]byte
+		var b [spliceMsgLen + 1]byte // one more: a longer answer is not cut to size
 		n, fds, err := recvMsgVia(recvmsgRaw, s.fd, b[:], max(int(q.n), 1))
 		if err == errCtrunc && !q.udp && len(fds) > 0 && len(fds) <= int(q.n) {
 			err = nil
@@ -314,7 +314,7 @@ func (s *splicer) ask(q spliceRequest) ([]int, error) {
 func serveSplice(sock int, r *spliceRules, ns []procTable) {
 	listen := listenCache{tables: ns}
 	w := &spliceWaiter{fd: sock}
-	var b [spliceMsgLen]byte
+	var b [spliceMsgLen + 1]byte // one more: a longer request is not cut to size
 	reply := make([]byte, spliceMsgLen)
 	fds := make([]int, 0, spliceSpares)
 	for {
