@@ -101,7 +101,7 @@ const (
 	tcpKeepalive                       // SO_KEEPALIVE is on: the guest probes this connection
 	tcpInbound                         // a host peer opened it through a forward (-t): migrate.go names it so
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
-	tcpRoomKnown                       // room is still a safe window: nothing written since it was read
+	tcpRoomKnown                       // room is still a safe window: read, less what was written since (spendRoom)
 	tcpUrgent                          // the host peer sent urgent data: a peek may stop short at it
 )
 
@@ -147,15 +147,16 @@ type tcpFlow struct {
 	peekOff  bool   // SO_PEEK_OFF is in use
 	unread   uint32 // acknowledged bytes still in the host socket, before sndUna
 
-	ackSent uint32        // last acknowledgement number sent
-	wndSent uint16        // last raw window sent
-	room    uint16        // the raw window last read from the send buffer (tcpRoomKnown)
-	ackDue  time.Duration // when a delayed ACK must go out
-	quickTo time.Duration // ACKs go out at once until then
-	rtoAt   time.Duration // retransmission deadline, 0 when nothing is in flight
-	lastAct time.Duration // the guest's last segment
-	kaSent  time.Duration // our last keepalive probe to the guest
-	created time.Duration
+	ackSent  uint32        // last acknowledgement number sent
+	wndSent  uint16        // last raw window sent
+	room     uint16        // the raw window the send buffer still has room for (tcpRoomKnown)
+	roomRead uint16        // room as last read, before writes spent it (spendRoom)
+	ackDue   time.Duration // when a delayed ACK must go out
+	quickTo  time.Duration // ACKs go out at once until then
+	rtoAt    time.Duration // retransmission deadline, 0 when nothing is in flight
+	lastAct  time.Duration // the guest's last segment
+	kaSent   time.Duration // our last keepalive probe to the guest
+	created  time.Duration
 
 	mac remoteMAC // the remote's MAC to the guest, set by the first segment (flowMAC)
 }
@@ -731,7 +732,6 @@ func (e *Engine) tcpWriteFlush() bool {
 	}
 	n, err := writev(f.fd, w.iov[:w.n])
 	w.flow, w.n, w.bytes = nil, 0, 0
-	f.flags &^= tcpRoomKnown
 	if err == unix.EAGAIN {
 		n, err = 0, nil
 	}
@@ -744,11 +744,43 @@ func (e *Engine) tcpWriteFlush() bool {
 	e.moved += n
 	if n < want {
 		// The rest will come again once the window reopens.
+		f.flags &^= tcpRoomKnown
 		f.flags |= tcpShortWrite
 		e.tcpWatchWrite(f)
 		return false
 	}
+	f.spendRoom(n)
 	return true
+}
+
+// Small writes keep the room known (tcpRoomKnown) up to what they cost.
+const (
+	tcpSmallWrite = 4 << 10 // larger writes have the room read again
+	tcpSkbCost    = 2 << 10 // the kernel's memory for one send buffer past its data: 832 bytes on Linux 6.18, x86-64
+)
+
+// spendRoom takes a write of n bytes from the room last read (tcpWindow)
+// so that a flow of small writes (requests and answers, keystrokes) reads
+// its send buffer once in many writes, not once a write, which was a
+// system call in nine of a request and answer's. A write costs the kernel
+// its bytes and, for each buffer it starts (one a segment, no smaller
+// than tcpDefaultMSS where there is no segmentation offload, and one it
+// may not append to), tcpSkbCost: charged that, the room left is still a
+// safe window. Past a quarter of what was read, or under a segment, the
+// room is read again, which also reopens the window as the host peer
+// acknowledges; a large write, or one to a unix socket, whose buffers
+// cost as the allocator rounds them, has it read at once.
+func (f *tcpFlow) spendRoom(n int) {
+	if f.flags&tcpRoomKnown == 0 {
+		return
+	}
+	cost := n + (n/tcpDefaultMSS+2)*tcpSkbCost
+	room := int(f.room)<<f.ourWS - cost
+	if n > tcpSmallWrite || f.flags&tcpNotTCP != 0 || 4*room < 3*int(f.roomRead)<<f.ourWS || room < f.mss {
+		f.flags &^= tcpRoomKnown
+		return
+	}
+	f.room = uint16(room >> f.ourWS)
 }
 
 func (e *Engine) tcpScheduleAck(f *tcpFlow) {
@@ -857,7 +889,7 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 	// under a segment is read each time, since the guest may wait for it
 	// to grow without sending anything that would make us read it.
 	if int(w)<<f.ourWS >= f.mss {
-		f.room = w
+		f.room, f.roomRead = w, w
 		f.flags |= tcpRoomKnown
 	}
 	return w

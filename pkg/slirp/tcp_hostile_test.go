@@ -785,24 +785,37 @@ func TestTCPPeekIovFull(t *testing.T) {
 // TestTCPUploadWindow: a guest uploads to a host peer that reads in
 // bursts, while the host sends too, so peeks come between the guest's
 // writes (the send buffer's room, tcpRoomKnown, is read once between
-// writes). A guest that keeps to the window we offer never has a segment
-// refused; one that does not gets its data through all the same, byte for
-// byte, by sending again from our ACK.
+// large writes, and small ones spend it: spendRoom). A guest that keeps
+// to the window we offer never has a segment refused; one that does not
+// gets its data through all the same, byte for byte, by sending again
+// from our ACK.
 func TestTCPUploadWindow(t *testing.T) {
-	for _, respect := range []bool{true, false} {
-		t.Run(map[bool]string{true: "keeps to the window", false: "ignores the window"}[respect], func(t *testing.T) {
+	// With small segments the host reads less than comes, so that the
+	// send buffer fills while small writes spend its room.
+	for _, tc := range []struct {
+		name                  string
+		respect               bool
+		size, maxSeg, maxRead int
+	}{
+		{"keeps to the window", true, 6 << 20, 32000, 256 << 10},
+		{"ignores the window", false, 6 << 20, 32000, 256 << 10},
+		{"keeps to the window, small segments", true, 1 << 20, tcpSmallWrite, 8 << 10},
+		{"ignores the window, small segments", false, 1 << 20, tcpSmallWrite, 8 << 10},
+	} {
+		respect := tc.respect
+		t.Run(tc.name, func(t *testing.T) {
 			h, c := tcpPeer(t)
 			f := h.flow()
 			unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 128<<10)
 			raw, _ := c.(*net.TCPConn).SyscallConn()
 			raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 256<<10) })
 			rng := rand.New(rand.NewPCG(1, 2))
-			up := pattern(6<<20, 11)
+			up := pattern(tc.size, 11)
 			base := h.seq
 			next, acked, edge := base, base, base+uint32(f.wndSent)<<f.ourWS
 			var got []byte
-			buf := make([]byte, 256<<10)
-			stale, refused, small := 0, 0, 0
+			buf := make([]byte, tc.maxRead)
+			stale, refused, small, spent := 0, 0, 0, 0
 			for step := 0; len(got) < len(up); step++ {
 				if step == 20000 {
 					room, _ := sendRoom(f.fd, false)
@@ -812,7 +825,7 @@ func TestTCPUploadWindow(t *testing.T) {
 				// The guest sends a few segments.
 				for range rng.IntN(6) {
 					off := int(next - base)
-					n := min(1+rng.IntN(32000), len(up)-off)
+					n := min(1+rng.IntN(tc.maxSeg), len(up)-off)
 					if respect {
 						n = min(n, int(int32(edge-next)))
 					}
@@ -837,6 +850,14 @@ func TestTCPUploadWindow(t *testing.T) {
 				h.e.turn(1)
 				if f.flags&tcpShortWrite != 0 {
 					refused++
+				}
+				if f.flags&tcpRoomKnown != 0 {
+					if room, _ := sendRoom(f.fd, false); int(f.room)<<f.ourWS > room {
+						t.Fatalf("room kept as %d, but the send buffer has room for %d", int(f.room)<<f.ourWS, room)
+					}
+					if f.room != f.roomRead {
+						spent++
+					}
 				}
 				progress := false
 				h.readFrames(func(s header.TCP) {
@@ -868,9 +889,12 @@ func TestTCPUploadWindow(t *testing.T) {
 					})
 				}
 			}
-			t.Logf("segments refused in %d turns; windows under 2 KiB offered %d times", refused, small)
+			t.Logf("segments refused in %d turns; windows under 2 KiB offered %d times; room kept past writes in %d turns", refused, small, spent)
 			if respect && refused > 0 {
 				t.Errorf("a guest that kept to the window had data refused in %d turns", refused)
+			}
+			if tc.maxSeg == tcpSmallWrite && spent == 0 {
+				t.Error("small writes never kept the room known")
 			}
 		})
 	}
