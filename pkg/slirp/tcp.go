@@ -401,6 +401,21 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 	return f
 }
 
+// advMSS is the MSS our SYN or SYN-ACK offers the guest for mss: past a
+// page, whole pages, as passt offers. Through a TCG QEMU on -netdev
+// stream, where the guest's device has no offloads, its upload ran 1.22
+// times as fast, at 0.89 of the CPU per GB, offered 61,440 bytes rather
+// than 65,480 (MTU 65520), probably as each segment is then built in
+// 64 KiB rather than the allocator's next size; over vhost-user and
+// pasta's tap it made no difference beyond the noise.
+func advMSS(mss int) uint16 {
+	const page = 4096 // x86-64's, and arm64's usual
+	if mss > page {
+		mss -= mss % page
+	}
+	return uint16(mss)
+}
+
 // synOptions applies the options of the guest's SYN or SYN-ACK.
 func (f *tcpFlow) synOptions(opts header.SynOptions) {
 	if opts.MSS != 0 {
@@ -1331,7 +1346,7 @@ func (e *Engine) tcpFill(b []byte, f *tcpFlow, flags header.TCPFlags, seq uint32
 	t.Encode(header.TCPFields{SrcPort: f.key.remote.Port(), DstPort: f.key.guest.Port(),
 		Seq: seq, Ack: ack, Flags: flags, Window: wnd, HeaderLen: header.TCPMinLen + optLen})
 	if optLen > 0 {
-		header.EncodeSynOptions(t[header.TCPMinLen:], uint16(f.mss), f.ourWS)
+		header.EncodeSynOptions(t[header.TCPMinLen:], advMSS(f.mss), f.ourWS)
 	}
 	sum := header.PseudoHeaderSum(header.ProtoTCP, src, dst, l4len)
 	if p.partial {

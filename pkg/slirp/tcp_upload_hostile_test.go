@@ -814,12 +814,21 @@ func TestTCPHostileUploadInterleaved(t *testing.T) {
 	t.Logf("%d steps, %d flows refused data", step, refused)
 }
 
+// TestAdvMSS: past a page, the MSS we offer is whole pages.
+func TestAdvMSS(t *testing.T) {
+	for _, c := range [][2]int{{65480, 61440}, {65460, 61440}, {8960, 8192}, {4096, 4096}, {1460, 1460}, {536, 536}, {48, 48}} {
+		if got := advMSS(c[0]); int(got) != c[1] {
+			t.Errorf("advMSS(%d) = %d, want %d", c[0], got, c[1])
+		}
+	}
+}
+
 // TestTCPSynOptionExtremes: a guest's MSS of 0, 1 or 65535, window scale
 // of 14, 255 or none, in any mix, still gives a connection that carries
 // an echo both ways byte for byte, in segments no larger than the MSS
 // allows (Linux's floor of 48 for a tiny one, the link's MTU for a huge
 // one), with our window unscaled when the guest did not offer scaling
-// and its own scaled by no more than 14.
+// and its own scaled by no more than 14; our SYN-ACK offers advMSS.
 func TestTCPSynOptionExtremes(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
@@ -860,16 +869,20 @@ func TestTCPSynOptionExtremes(t *testing.T) {
 			isn := uint32(sport) << 16
 			h.send(h.raw(rawSeg{flags: header.TCPSyn, seq: isn, wnd: 0xffff, sport: sport, dport: lport, opts: opts}))
 			var ack uint32
+			var offered uint16
 			for i := 0; i < 200 && ack == 0; i++ {
 				h.e.turn(5)
 				h.readFrames(func(s header.TCP) {
 					if s.DstPort() == sport && s.Flags()&header.TCPSyn != 0 {
-						ack = s.Seq() + 1
+						ack, offered = s.Seq()+1, header.ParseSynOptions(s.Options()).MSS
 					}
 				})
 			}
 			if ack == 0 {
 				t.Fatalf("%s: no SYN-ACK", name)
+			}
+			if offered != advMSS(wantMSS) {
+				t.Fatalf("%s: SYN-ACK offers MSS %d, want %d", name, offered, advMSS(wantMSS))
 			}
 			_, f := h.e.tcp.lookup(tcpKey{netip.AddrPortFrom(hpGuest, sport), netip.AddrPortFrom(hpGateway, lport)})
 			if wantOurs := map[bool]uint8{true: 0, false: tcpOurWS}[ws < 0]; f == nil || f.mss != wantMSS || f.guestWS != uint8(scale) || f.ourWS != wantOurs {
