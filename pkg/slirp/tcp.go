@@ -898,9 +898,10 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 		// into: it waits for an update, which EPOLLOUT brings.
 		e.tcpWatchWrite(f)
 	}
-	// Until we write to the socket again its room can only grow, so
-	// what we read stays safe to offer, and a download, which writes
-	// nothing, asks the kernel once instead of once per peek. A window
+	// Only our writes take room, and each takes what it costs off what
+	// we keep (spendRoom) or has it read again, so what we keep stays
+	// safe to offer, and a download, which writes nothing, asks the
+	// kernel once instead of once per peek. A window
 	// under a segment is read each time, since the guest may wait for it
 	// to grow without sending anything that would make us read it.
 	if int(w)<<f.ourWS >= f.mss {
