@@ -27,12 +27,19 @@ import (
 // returns what "ip -6 addr" and "ip -6 route" show in the guest.
 func (w *World) waitIPv6(t testing.TB) (addr, route string) {
 	t.Helper()
-	waitFor(t, "SLAAC address and IPv6 default route in the guest", func() bool {
+	// Usually the guest's first Router Solicitation, a second after its
+	// link comes up, gets the answer. Once in a loaded CI run it did not,
+	// and Linux solicits again only 4 s later, then 8 s: so wait for
+	// three solicitations, and show the guest's state if none worked.
+	ok := pollUntil(30*time.Second, func() bool {
 		addr = w.Guest.Run(t, "ip", "-6", "addr", "show", "dev", tapName)
 		route = w.Guest.Run(t, "ip", "-6", "route")
 		return strings.Contains(addr, "2001:db8:1:0:") && strings.Contains(addr, "scope global dynamic") &&
 			!strings.Contains(addr, "tentative") && strings.Contains(route, "default via fe80::")
 	})
+	if !ok {
+		t.Fatalf("timed out waiting for a SLAAC address and an IPv6 default route in the guest:\n%s\n%s", addr, route)
+	}
 	return addr, route
 }
 
