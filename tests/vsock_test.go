@@ -48,7 +48,7 @@ RESOLV=/etc/resolv.conf udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /etc/dhcp.sh -O mt
 yes vsock | head -c %[1]d > /tmp/down.bin
 nc -ll -p 7000 -e /bin/down &
 nc -ll -p 7001 -e /bin/upsum &
-# wait for SLAAC, so the inner gopasst always runs IPv6 and sends its RA on connect
+# wait for SLAAC, so the inner gopasst always runs IPv6 and sends a new guest its first RA
 for i in $(seq 100); do ip -6 route | grep -q ^default && ip -6 addr show eth0 scope global | grep -q inet6 && break; sleep 0.1; done
 gopasst --vsock 1024 -f -t 18090:8090 > /tmp/vsock-1024.log 2>&1 &
 gopasst --vsock 1025 -f -t 18091:8091 > /tmp/vsock-1025.log 2>&1 &
@@ -129,7 +129,7 @@ echo GOPASST-DONE
 	}
 	inner := strings.Join(report["INNER"], "\n")
 	if strings.Count(inner, "IPv6: guest") != 2 {
-		t.Error("an inner gopasst runs without IPv6, so its RA on connect went untested")
+		t.Error("an inner gopasst runs without IPv6, so its first RA to a new guest went untested")
 	}
 	if t.Failed() {
 		t.Logf("inner gopasst's log:\n%s", inner)

@@ -95,8 +95,7 @@ type WorldOpts struct {
 	Relay []string
 	// RelayTapFirst makes and raises the tap before the relay starts, as
 	// gvforwarder's -preexisting requires: a frame it writes to a tap that
-	// is still down (our RA, sent on connect) fails with EIO and ends its
-	// session.
+	// is still down fails with EIO and ends its session.
 	RelayTapFirst bool
 	// HostVia is how the backend's guest reaches host loopback (default:
 	// the gateway).

@@ -607,7 +607,12 @@ func (e *Engine) attach(l qemusock.Link) error {
 		l = qemusock.WithPcap(l, e.cfg.Pcap)
 	}
 	e.link = l
-	e.nextRA = e.now // a new guest hears from its router at once
+	// A new guest hears from its router once it shows itself (tapInput),
+	// not before: a frame queued for a link not yet running reaches the
+	// guest only when it starts, which at a migration's destination is
+	// the moment the moved guest resumes, and it has no use for an RA
+	// then (docs/benchmarks.md).
+	e.nextRA = e.now + raRepeat
 	e.Stats.Clients++
 	return nil
 }

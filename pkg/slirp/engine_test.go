@@ -278,6 +278,7 @@ func TestFlowCaps(t *testing.T) {
 func TestQuietEngine(t *testing.T) {
 	te := newTestEngine(t)
 	ms := func(d time.Duration) int { return int(d / time.Millisecond) }
+	te.nextRA = te.now // a guest's first frame came
 	if got := te.pollTimeout(); got != ms(tick) {
 		t.Errorf("with the first RA due: waits %d ms, want %d", got, ms(tick))
 	}

@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -197,6 +198,37 @@ func TestRouterAdvertisement(t *testing.T) {
 	out = e.output(t)
 	if len(out) != 1 || header.IPv6(out[0][header.EthernetLen:]).Dst() != allNodes || [6]byte(out[0][:6]) != header.MulticastMAC(allNodes) {
 		t.Fatalf("periodic RA: % x", out)
+	}
+}
+
+// TestFirstRA: a new guest gets its first unsolicited RA once it sends
+// a frame, not when it attaches; a guest whose MAC a migration brought
+// is no new guest, and resumes with no RA ahead of its own frames.
+func TestFirstRA(t *testing.T) {
+	hello := make([]byte, 60) // a frame of no protocol served: no answer
+	header.Ethernet(hello).Encode(testMAC, testGuestMAC, 0x88b5)
+
+	e := newTestEngine(t)
+	e.raTimer()
+	if out := e.output(t); len(out) != 0 {
+		t.Fatalf("before the guest's first frame: % x", out)
+	}
+	e.tapInput(hello)
+	e.raTimer()
+	if ras := icmp6Out(e.output(t)); len(ras) != 1 || ras[0].Type() != header.ICMPv6RouterAdv {
+		t.Fatalf("after the guest's first frame: %d frames, want an RA", len(ras))
+	}
+
+	moved := newTestEngine(t)
+	var s migStream
+	s.seen.mac = testGuestMAC
+	if err := moved.migrateLoad(bytes.NewReader(appendMigration(nil, &s))); err != nil {
+		t.Fatal(err)
+	}
+	moved.tapInput(hello)
+	moved.raTimer()
+	if out := moved.output(t); len(out) != 0 {
+		t.Errorf("a migrated guest's first frame: % x", out)
 	}
 }
 

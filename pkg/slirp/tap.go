@@ -103,6 +103,9 @@ func (e *Engine) tapInput(frame []byte) {
 	// Learn the guest's MAC from its frames, as passt does, so replies go
 	// to whatever address the guest chose.
 	if src := eth.Src(); src[0]&1 == 0 {
+		if e.guestMAC == broadcastMAC {
+			e.nextRA = e.now // a new guest: its first RA (attach)
+		}
 		copy(e.guestMAC[:], src)
 	}
 	switch {
