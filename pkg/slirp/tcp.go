@@ -582,7 +582,7 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 			e.tcpRewind(f)
 		}
 	}
-	if f.newWindow(seq, acked) {
+	if f.newWindow(seq, acked, e.tcpRcvNext(f)) {
 		if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
 			f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
 		}
@@ -616,9 +616,14 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 // window the newer one opened, and a closed one would hold the flow until
 // a probe. A segment past the window we offered is no segment of the
 // guest's stream (RFC 9293 checks it before the ACK): its sequence
-// number would leave every later window behind.
-func (f *tcpFlow) newWindow(seq, acked uint32) bool {
-	if seqLT(f.ackSent+uint32(f.wndSent)<<f.ourWS, seq) {
+// number would leave every later window behind. The window counts from
+// rcvNxt, what we received, as RFC 9293's does, not from our last ACK:
+// a small write shrinks the window we offer (spendRoom), and from there
+// the guest's data still on its way, sent into the window it had, would
+// be past it, with the ACK that follows it, opening the guest's window:
+// its download would wait for a probe.
+func (f *tcpFlow) newWindow(seq, acked, rcvNxt uint32) bool {
+	if seqLT(rcvNxt+uint32(f.wndSent)<<f.ourWS, seq) {
 		return false
 	}
 	return int32(acked) > 0 || acked == 0 && !seqLT(seq, f.wndSeq)
