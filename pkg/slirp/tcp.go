@@ -149,6 +149,7 @@ type tcpFlow struct {
 
 	ackSent  uint32        // last acknowledgement number sent
 	wndSent  uint16        // last raw window sent
+	edgeSent uint32        // the furthest right edge a window we sent reached (sentAck)
 	room     uint16        // the raw window the send buffer still has room for (tcpRoomKnown)
 	roomRead uint16        // room as last read, before writes spent it (spendRoom)
 	ackDue   time.Duration // when a delayed ACK must go out
@@ -360,6 +361,7 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 		urgentInline(fd) // a unix socket's or a command's, which hostSockOpts is not for
 	}
 	f.rcvNxt = t.Seq() + 1
+	f.edgeSent = f.rcvNxt
 	f.guestWnd, f.wndSeq = uint32(t.Window()), t.Seq()
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	// EPOLLOUT until connected, then tcpEvents.
@@ -465,6 +467,7 @@ func (e *Engine) tcpAccept(l *listener) {
 func (e *Engine) tcpSynAcked(f *tcpFlow, t header.TCP) {
 	f.synOptions(header.ParseSynOptions(t.Options()))
 	f.rcvNxt = t.Seq() + 1
+	f.edgeSent = f.rcvNxt
 	f.sndUna = f.sndNxt
 	f.guestWnd, f.wndSeq = uint32(t.Window()), t.Seq()
 	e.tcpSetState(f, tcpEstablished, tcpSynSent)
@@ -582,7 +585,7 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 			e.tcpRewind(f)
 		}
 	}
-	if f.newWindow(seq, acked, e.tcpRcvNext(f)) {
+	if f.newWindow(seq, acked) {
 		if f.guestWnd == 0 && wnd != 0 && f.sndUna == f.sndNxt {
 			f.rtoAt, f.retries = 0, 0 // no probe due (tcpProbeWindow), and what goes next is timed afresh
 		}
@@ -616,14 +619,12 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 // window the newer one opened, and a closed one would hold the flow until
 // a probe. A segment past the window we offered is no segment of the
 // guest's stream (RFC 9293 checks it before the ACK): its sequence
-// number would leave every later window behind. The window counts from
-// rcvNxt, what we received, as RFC 9293's does, not from our last ACK:
-// a small write shrinks the window we offer (spendRoom), and from there
-// the guest's data still on its way, sent into the window it had, would
-// be past it, with the ACK that follows it, opening the guest's window:
-// its download would wait for a probe.
-func (f *tcpFlow) newWindow(seq, acked, rcvNxt uint32) bool {
-	if seqLT(rcvNxt+uint32(f.wndSent)<<f.ourWS, seq) {
+// number would leave every later window behind. That window is the
+// furthest we offered (sentAck), not the last: had it shrunk since, the
+// ACK behind data sent into the larger one would open the guest's window
+// in vain, and its download would wait for a probe.
+func (f *tcpFlow) newWindow(seq, acked uint32) bool {
+	if seqLT(f.edgeSent, seq) {
 		return false
 	}
 	return int32(acked) > 0 || acked == 0 && !seqLT(seq, f.wndSeq)
@@ -1101,7 +1102,7 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		e.Stats.FramesOut += uint64((n + seg - 1) / seg)
 		e.moved += n
 		f.advance(uint32(n))
-		f.ackSent, f.wndSent = f.rcvNxt, wnd
+		f.sentAck(wnd)
 		if f.rtoAt == 0 {
 			f.rtoAt = e.now + tcpRTO
 		}
@@ -1325,7 +1326,19 @@ func (e *Engine) tcpSendSeg(f *tcpFlow, flags header.TCPFlags, seq uint32, wnd u
 		return
 	}
 	e.commit(e.tcpFill(b, f, flags, seq, optLen, tcpPayload{}, wnd))
+	f.sentAck(wnd)
+}
+
+// sentAck notes the acknowledgement and the window of a segment we sent,
+// and how far the window let the guest send. Our window can shrink (a
+// small write takes more room than its bytes, spendRoom), and data the
+// guest sent into the larger one, and the ACKs behind it, may still come:
+// they are the guest's stream up to the furthest edge we offered.
+func (f *tcpFlow) sentAck(wnd uint16) {
 	f.ackSent, f.wndSent = f.rcvNxt, wnd
+	if edge := f.rcvNxt + uint32(wnd)<<f.ourWS; seqLT(f.edgeSent, edge) {
+		f.edgeSent = edge
+	}
 }
 
 // tcpPayload is the data of a segment whose headers tcpFill writes: n
