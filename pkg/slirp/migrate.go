@@ -895,7 +895,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	f.edgeSent = f.ackSent + uint32(f.wndSent)<<f.ourWS
 	f.guestWnd = uint32(t.wndFromTap) << t.wsFromTap
 	f.wndSeq = f.rcvNxt - 1 // any segment the guest sends next may set the window
-	f.mss = max(min(int(t.tapMSS), f.mss), tcpMinMSS)
+	f.limitMSS(int(t.tapMSS))
 	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
 		e.logf("TCP %v: migration: %v", key.remote, err)
 		e.tcpClose(f, true, true)

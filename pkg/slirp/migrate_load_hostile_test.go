@@ -741,3 +741,28 @@ func TestMigrateLoadHostileOneSocketMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestMigrateLoadHostileMSS: a stream's MSS, whatever it says, leaves a
+// moved flow's segments within the destination's link, even one whose
+// MTU is the least IPv4 allows (a segment of 28 bytes, under the 48 a
+// guest may otherwise ask for at the least).
+func TestMigrateLoadHostileMSS(t *testing.T) {
+	for _, mss := range []uint32{0, 1, 1460, 0xffff} { // past 0xffff, refused (TestMigrationRefused)
+		h, s, _ := moveSource(t, 1)
+		h.e.cfg.MTU = MinMTU // the destination's
+		for i := range s.flows {
+			s.flows[i].tcp.tapMSS = mss
+		}
+		d := hostileDestination(t, h)
+		d.e.repair = startRepairHelper(t)
+		if _, err := loadWithin(t, d, bytes.NewReader(appendMigration(nil, s))); err != nil {
+			t.Fatal(err)
+		}
+		link := MinMTU - header.IPv4MinLen - header.TCPMinLen
+		d.e.tcp.each(func(_ int32, f *tcpFlow) {
+			if f.mss > link || f.mss <= 0 {
+				t.Errorf("a stream's MSS %d: the flow's %d, on a link that carries %d", mss, f.mss, link)
+			}
+		})
+	}
+}

@@ -418,10 +418,17 @@ func advMSS(mss int) uint16 {
 	return uint16(mss)
 }
 
+// limitMSS takes the MSS the guest asked for (its SYN, or a migration's
+// stream): no more than the link carries, and no less than Linux lets a
+// peer ask for, unless the link carries less.
+func (f *tcpFlow) limitMSS(asked int) {
+	f.mss = min(f.mss, max(asked, tcpMinMSS))
+}
+
 // synOptions applies the options of the guest's SYN or SYN-ACK.
 func (f *tcpFlow) synOptions(opts header.SynOptions) {
 	if opts.MSS != 0 {
-		f.mss = min(f.mss, max(int(opts.MSS), tcpMinMSS))
+		f.limitMSS(int(opts.MSS))
 	} else {
 		f.mss = min(f.mss, tcpDefaultMSS)
 	}
