@@ -892,7 +892,9 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	f.sndUna, f.sndNxt, f.sndMax = t.seqAckFromTap, t.seqAckFromTap, t.seqAckFromTap
 	f.rcvNxt, f.ackSent, f.wndSent = t.seqFromTap, t.seqAckToTap, t.wndToTap
 	f.guestWS, f.ourWS = t.wsFromTap, t.wsToTap
-	f.edgeSent = f.ackSent + uint32(f.wndSent)<<f.ourWS
+	// The edge as far as the window reaches from what we received, not
+	// from the stream's last ACK, which a hostile stream may put anywhere.
+	f.edgeSent = f.rcvNxt + uint32(f.wndSent)<<f.ourWS
 	f.guestWnd = uint32(t.wndFromTap) << t.wsFromTap
 	f.wndSeq = f.rcvNxt - 1 // any segment the guest sends next may set the window
 	f.limitMSS(int(t.tapMSS))
