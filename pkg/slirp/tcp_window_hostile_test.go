@@ -69,9 +69,9 @@ func TestTCPClosedWindowPersists(t *testing.T) {
 // shrinks the window we offer (spendRoom charges what the kernel may
 // take past its bytes), while the rest of what it sent into the window
 // it had, and then the ACK that opens its own window, are on their way.
-// That ACK lies past the right edge we last offered, but not past what
-// we received: it opens the window, and the download goes on at once,
-// not at our next probe, a second later.
+// That ACK lies past the right edge we last offered, but not past the
+// furthest we offered (sentAck): it opens the window, and the download
+// goes on at once, not at our next probe, a second later.
 func TestTCPWindowUpdateAfterShrink(t *testing.T) {
 	h, c := tcpPeer(t)
 	f := h.flow()
