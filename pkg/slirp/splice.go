@@ -337,13 +337,13 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 	// At most 16 rounds, then the other flows' turn; epoll reports the rest.
 	for range 16 {
 		if c.held[dir] == 0 && !c.eof[dir] {
-			n, err := unix.Splice(src, nil, p[1], nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, err := splice(src, p[1], spliceChunk)
 			if err == unix.EAGAIN && readable || err == nil && n == 0 {
 				n, err = e.spliceUrgent(src, p[1])
 			}
 			readable = false
 			switch {
-			case err == unix.EAGAIN || err == unix.EINTR:
+			case err == unix.EAGAIN:
 			case err != nil:
 				return false
 			case n == 0:
@@ -355,9 +355,9 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 			}
 		}
 		if c.held[dir] > 0 {
-			n, err := unix.Splice(p[0], nil, dst, nil, c.held[dir], unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, err := splice(p[0], dst, c.held[dir])
 			switch {
-			case err == unix.EAGAIN || err == unix.EINTR:
+			case err == unix.EAGAIN:
 				return true // dst is full, or still connecting: EPOLLOUT
 			case err != nil:
 				return false
