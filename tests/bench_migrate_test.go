@@ -28,8 +28,11 @@ import (
 // which stands still while the guest is stopped) lost in a row; and,
 // with 1,000 established connections held besides, the stop again, whose
 // growth over the first is the time the connections took to move, and
-// how many of them echo a byte afterwards. Not pass/fail: it runs under
-// make bench (GOPASST_BENCH=1) and logs its table.
+// how many of them echo a byte afterwards. It also reports the source
+// back-end's CPU: per MB of the stream before, and during the migration,
+// which competes with QEMU's copy of guest memory for the same two
+// cores. Not pass/fail: it runs under make bench (GOPASST_BENCH=1) and
+// logs its table.
 //
 // QEMU's downtime limit is set to benchDowntimeLimit for both back-ends.
 // At QEMU's default of 300 ms the stop swung between about 30 and 300 ms
@@ -93,7 +96,8 @@ func TestBenchMigrate(t *testing.T) {
 	fmt.Fprintf(&b, "live migration, %d rounds, medians (range); QEMU %s, TCG, one vCPU, 256 MiB, downtime-limit %d ms, guest kernel %s; gopasst %s; passt %s; passt-repair for both\n\n",
 		rounds, qemuVersion(qemu), benchDowntimeLimit, kver, strings.TrimSpace(string(gv)), passtVersion(passt))
 	b.WriteString("| metric | gopasst | passt |\n|---|---|---|\n")
-	for _, k := range []string{"total migration time, ms", "guest memory sent, MiB", "TCP stream before, MB/s", "guest stopped, ms", "TCP stream's longest stall, ms",
+	for _, k := range []string{"total migration time, ms", "guest memory sent, MiB", "TCP stream before, MB/s",
+		"source back-end's CPU for the stream before, ms/MB", "source back-end's CPU during the migration, ms", "guest stopped, ms", "TCP stream's longest stall, ms",
 		"TCP stream's first read after RESUME, ms", "pings lost in a row", "total migration time with 1,000 connections, ms", "guest stopped with 1,000 connections, ms",
 		"time to move 1,000 connections, ms", "connections working after"} {
 		fmt.Fprintf(&b, "| %s |", k)
@@ -167,19 +171,47 @@ echo GOPASST-DONE
 		return len(report.get("READY")) > 0 && (flows == 0 || len(report.get("HELD")) > 0) && len(reads) > 0
 	})
 	time.Sleep(time.Second) // the stream runs steadily before
+	pids := w.Pids()
 	mu.Lock()
-	before := got
+	before, cpu0 := got, procCPU(pids)
 	mu.Unlock()
-	time.Sleep(time.Second)
+	time.Sleep(2 * time.Second)
 	mu.Lock()
-	rate := float64(got-before) / 1e6
+	mb, cpu := float64(got-before)/1e6, procCPU(pids)-cpu0
 	mu.Unlock()
 	src := dialQMP(t, q.srcQMP)
 	src.call(t, "migrate-set-parameters", map[string]any{"downtime-limit": benchDowntimeLimit})
 	src.c.Close() // migrateGuest has its own
+	// The source exits once it has migrated: sample its processes' CPU
+	// until then.
+	seen := make([]float64, len(pids))
+	for i, pid := range pids {
+		seen[i] = procCPU([]int{pid})
+	}
+	first := slices.Clone(seen)
+	done, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			for i, pid := range pids {
+				seen[i] = max(seen[i], procCPU([]int{pid}))
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
 	started := time.Now()
 	m := migrateGuest(ctx, t, q.srcQMP, q.dstQMP, q.incoming, w.Log)
 	resumed := time.Now()
+	close(done)
+	<-sampled
+	var migCPU float64
+	for i := range seen {
+		migCPU += seen[i] - first[i]
+	}
 	stall, back := -1.0, -1.0 // the stream never came back
 	for ctx.Err() == nil && time.Since(resumed) < 30*time.Second {
 		mu.Lock()
@@ -219,8 +251,10 @@ echo GOPASST-DONE
 	res := map[string]float64{}
 	if flows == 0 {
 		res["guest memory sent, MiB"] = m.ramSent / (1 << 20)
-		res["TCP stream before, MB/s"] = rate
+		res["TCP stream before, MB/s"] = mb / 2
+		res["source back-end's CPU for the stream before, ms/MB"] = cpu * 1e3 / mb
 		res["total migration time, ms"] = ms(m.total)
+		res["source back-end's CPU during the migration, ms"] = migCPU * 1e3
 		res["guest stopped, ms"] = ms(m.stopped)
 		res["TCP stream's longest stall, ms"] = stall
 		res["TCP stream's first read after RESUME, ms"] = back
