@@ -99,7 +99,7 @@ func TestBenchMigrate(t *testing.T) {
 	for _, k := range []string{"total migration time, ms", "guest memory sent, MiB", "TCP stream before, MB/s",
 		"source back-end's CPU for the stream before, ms/MB", "source back-end's CPU during the migration, ms", "guest stopped, ms", "TCP stream's longest stall, ms",
 		"TCP stream's first read after RESUME, ms", "pings lost in a row", "total migration time with 1,000 connections, ms", "guest stopped with 1,000 connections, ms",
-		"time to move 1,000 connections, ms", "connections working after"} {
+		"time to move 1,000 connections, ms", "source back-end's CPU during the migration with 1,000 connections, ms", "connections working after"} {
 		fmt.Fprintf(&b, "| %s |", k)
 		for _, n := range names {
 			fmt.Fprintf(&b, " %s |", fmtFigure(median(results[n][k]), results[n][k]))
@@ -261,6 +261,7 @@ echo GOPASST-DONE
 		res["pings lost in a row"] = num("PINGLOST")
 	} else {
 		res["total migration time with 1,000 connections, ms"] = ms(m.total)
+		res["source back-end's CPU during the migration with 1,000 connections, ms"] = migCPU * 1e3
 		res["guest stopped with 1,000 connections, ms"] = ms(m.stopped)
 		res["connections working after"] = num("ALIVE")
 		if lost := float64(flows) - num("ALIVE"); lost > 0 {

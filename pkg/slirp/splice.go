@@ -235,7 +235,7 @@ func (e *Engine) spliceListenEvent(idx int32) {
 // peer's kernel sent them (TCP_NODELAY), as pasta's do: the sender made
 // its own choice about small segments, and Nagle's algorithm here would
 // hold one that follows another not yet acknowledged, for as long as the
-// receiver delays its ACK (up to 40 ms on Linux), where a direct
+// receiver delays its ACK (40 ms and more on Linux), where a direct
 // connection would not. Urgent data stays in the stream (spliceUrgent).
 func spliceSockOpts(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
