@@ -292,38 +292,43 @@ func TestPastaSpliceNoDelay(t *testing.T) {
 		defer c.Close()
 		c.Write([]byte("x")) // the pair is joined, its far side connected
 	}
-	ports := map[string]bool{"18406": true, "8406": true, "18407": true, hostPort: true}
-	var socks map[string]bool // each connected socket of the pairs: TCP_NODELAY
+	hp, _ := strconv.Atoi(hostPort)
+	ports := map[uint16]bool{18406: true, 8406: true, 18407: true, uint16(hp): true}
+	var socks []tcpSocket
 	waitLong(t, "the two pairs' four sockets", 10*time.Second, func() bool {
-		socks = map[string]bool{}
+		socks = nil
 		for _, p := range mentioning(pid, pastaExe()) {
-			for name, nodelay := range tcpNoDelay(p) {
-				_, lport, _ := net.SplitHostPort(strings.Fields(name)[0])
-				_, rport, _ := net.SplitHostPort(strings.Fields(name)[2])
-				if ports[lport] || ports[rport] {
-					socks[name] = nodelay
+			for _, s := range connectedTCPSockets(p) {
+				if ports[s.local.Port()] || ports[s.peer.Port()] {
+					socks = append(socks, s)
 				}
 			}
 		}
 		return len(socks) == 4
 	})
-	for name, nodelay := range socks {
-		if !nodelay {
-			t.Errorf("%s: no TCP_NODELAY", name)
+	for _, s := range socks {
+		if !s.nodelay {
+			t.Errorf("%v -> %v: no TCP_NODELAY", s.local, s.peer)
 		}
 	}
 }
 
-// tcpNoDelay is the connected TCP sockets process pid holds, each
-// named "local -> peer", and whether each has TCP_NODELAY.
-func tcpNoDelay(pid int) map[string]bool {
+// tcpSocket is a connected TCP socket of another process.
+type tcpSocket struct {
+	local, peer netip.AddrPort
+	nodelay     bool // TCP_NODELAY
+}
+
+// connectedTCPSockets is the connected TCP sockets process pid holds,
+// each taken with pidfd_getfd to read its addresses and options.
+func connectedTCPSockets(pid int) []tcpSocket {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil // gone
 	}
 	defer unix.Close(pidfd)
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	socks := map[string]bool{}
+	var socks []tcpSocket
 	for _, e := range ents {
 		n, _ := strconv.Atoi(e.Name())
 		fd, err := unix.PidfdGetfd(pidfd, n, 0)
@@ -336,19 +341,19 @@ func tcpNoDelay(pid int) map[string]bool {
 		nodelay, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
 		unix.Close(fd)
 		if proto == unix.IPPROTO_TCP && perr == nil {
-			socks[fmt.Sprintf("%v -> %v", sockaddrString(local), sockaddrString(peer))] = nodelay == 1
+			socks = append(socks, tcpSocket{addrPortOf(local), addrPortOf(peer), nodelay == 1})
 		}
 	}
 	return socks
 }
 
-// sockaddrString is an inet socket address as host:port.
-func sockaddrString(sa unix.Sockaddr) string {
+// addrPortOf is an inet socket address as a netip.AddrPort.
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
 	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
 	}
-	return fmt.Sprint(sa)
+	return netip.AddrPort{}
 }
