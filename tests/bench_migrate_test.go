@@ -146,7 +146,8 @@ func benchMigrateOne(t *testing.T, qemu, kernel, kver, connhold string, repair, 
 			mu.Unlock()
 		}
 	}()
-	echo := byteEchoServer(t, w)
+	echo := w.Host.Listen(t, "tcp", "127.0.0.1:0") // for connhold's idle connections
+	byteEcho(echo)
 	const afterPort = "17777" // listened on once the guest has moved
 	script := fmt.Sprintf(guestDHCPScript+`ip link set lo up
 ip link set eth0 up

@@ -105,7 +105,7 @@ func benchPastaOne(t *testing.T, b backend) map[string]float64 {
 	// namespace of its own, and the backend, as that user, joins it.
 	ns, pid, kill := pidNetns(t, h, append(asNobody, "unshare", "--user", "--map-root-user", "--net")...)
 	pids := startPastaPeer(t, b, h, pid, kill)
-	byteEcho(ns.Listen(t, "tcp", ":5202"))
+	rrEcho(ns.Listen(t, "tcp", ":5202"))
 
 	m := map[string]float64{}
 	measure := func(name string, srv *Netns, srvArgs []string, cli *Netns, args ...string) {
@@ -139,9 +139,13 @@ func benchPastaOne(t *testing.T, b backend) map[string]float64 {
 			dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(c.bind)}
 		}
 		// The first connection is TCP_RR's, the others TCP_CRR's.
-		var conns, cpu0 float64
+		var conns, cpu0, cpuRR float64
 		rr, crr := requestResponseVia(t, func() (conn net.Conn, err error) {
-			if conns++; conns == 2 {
+			switch conns++; conns {
+			case 1:
+				cpu0 = procCPU(pids)
+			case 2:
+				cpuRR = procCPU(pids) - cpu0
 				cpu0 = procCPU(pids)
 			}
 			h.Do(t, func() { conn, err = dialer.Dial("tcp", target) })
@@ -149,8 +153,10 @@ func benchPastaOne(t *testing.T, b backend) map[string]float64 {
 		})
 		m[name+"RR trans/s"] = rr
 		m[name+"CRR trans/s"] = crr
-		// CPU per connection holds better than the rate on a loaded
-		// machine: the backend's own work, not the time it waited.
+		// CPU per transaction or connection holds better than the rate
+		// on a loaded machine: the backend's own work, not the time it
+		// waited.
+		m[name+"RR CPU µs/trans"] = cpuRR * 1e6 / (rr * rrTime.Seconds())
 		m[name+"CRR CPU µs/conn"] = (procCPU(pids) - cpu0) * 1e6 / (conns - 1)
 	}
 	measure("outbound: ns→host", h, []string{"-B", benchClientAddr, "-p", "15201"}, ns, "-c", benchClientAddr, "-p", "15201")

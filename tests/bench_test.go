@@ -12,8 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestBench compares gopasst with other user-mode backends on the same
@@ -338,11 +341,13 @@ func iperfIn(t *testing.T, srvNS *Netns, srvArgs []string, cli *Netns, args ...s
 // gets, for request/response measurements.
 func byteEchoServer(t *testing.T, w *World) net.Listener {
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	byteEcho(l)
+	rrEcho(l)
 	return l
 }
 
-// byteEcho serves each connection l accepts by sending back each byte.
+// byteEcho serves each connection l accepts by sending back each byte,
+// through Go's poller: for many idle connections, where rrEcho would
+// hold a thread for each.
 func byteEcho(l net.Listener) {
 	acceptLoop(l, func(c net.Conn) {
 		b := make([]byte, 1)
@@ -356,6 +361,66 @@ func byteEcho(l net.Listener) {
 	})
 }
 
+// rrEcho serves each connection l accepts by sending back each byte, on
+// a blocking descriptor (blocking): the server end of TCP_RR and TCP_CRR.
+func rrEcho(l net.Listener) {
+	acceptLoop(l, func(c net.Conn) {
+		defer c.Close()
+		blocking(c, func(fd int) error {
+			b := make([]byte, 1)
+			for {
+				if n, err := readRetry(fd, b); err != nil || n == 0 {
+					return err
+				}
+				if _, err := unix.Write(fd, b); err != nil {
+					return err
+				}
+			}
+		})
+	})
+}
+
+// blocking runs f on c's descriptor in blocking mode, on a thread of its
+// own, as netperf's ends run: each read sleeps in the kernel and wakes
+// when the byte comes. Through Go's poller every transaction would add
+// the runtime's own wake-ups on both ends, which cost more than a
+// backend's whole turn and leave every backend at the same rate. A read
+// gives up after 20 s, so a backend that stops answering fails the run
+// instead of hanging it.
+func blocking(c net.Conn, f func(fd int) error) error {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		if ferr = unix.SetNonblock(int(fd), false); ferr != nil {
+			return
+		}
+		tv := unix.Timeval{Sec: 20}
+		if ferr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); ferr != nil {
+			return
+		}
+		ferr = f(int(fd))
+	}); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// readRetry reads from a blocking descriptor, again when a signal (the Go
+// runtime's own) cut the read short.
+func readRetry(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
 // requestResponse measures 1-byte request/response rates over one
 // connection (TCP_RR) and with a new connection each time (TCP_CRR).
 func requestResponse(t *testing.T, w *World) (rr, crr float64) {
@@ -364,8 +429,11 @@ func requestResponse(t *testing.T, w *World) (rr, crr float64) {
 	return requestResponseVia(t, func() (net.Conn, error) { return w.Guest.Dial("tcp", addr, 5*time.Second) })
 }
 
+// rrTime is how long each of TCP_RR and TCP_CRR runs.
+const rrTime = 3 * time.Second
+
 // requestResponseVia measures them with the connections dial makes, to
-// a byteEcho server.
+// an rrEcho server.
 func requestResponseVia(t *testing.T, dial func() (net.Conn, error)) (rr, crr float64) {
 	b := make([]byte, 1)
 	c, err := dial()
@@ -373,18 +441,24 @@ func requestResponseVia(t *testing.T, dial func() (net.Conn, error)) (rr, crr fl
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
 	n, start := 0, time.Now()
-	for time.Since(start) < 3*time.Second {
-		c.Write(b)
-		if _, err := io.ReadFull(c, b); err != nil {
-			t.Fatal(err)
+	if err := blocking(c, func(fd int) error {
+		for time.Since(start) < rrTime {
+			if _, err := unix.Write(fd, b); err != nil {
+				return err
+			}
+			if m, err := readRetry(fd, b); err != nil || m == 0 {
+				return fmt.Errorf("after %d transactions: %d bytes, %v", n, m, err)
+			}
+			n++
 		}
-		n++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	rr = float64(n) / time.Since(start).Seconds()
 	n, start = 0, time.Now()
-	for time.Since(start) < 3*time.Second {
+	for time.Since(start) < rrTime {
 		c, err := dial()
 		if err != nil {
 			t.Fatal(err)
