@@ -186,16 +186,30 @@ func (h *hotPath) download() int {
 	return got
 }
 
-// TestSpinAfterBulk: a turn that moved bulk data makes the next ones poll
-// without waiting, for up to spinMax; light traffic and an idle engine
-// wait.
-func TestSpinAfterBulk(t *testing.T) {
+// TestSpinAfterPayload: a turn that moved payload, one byte as well as
+// bulk, makes the next ones poll without waiting, for up to spinMax; a
+// handshake and an idle engine wait.
+func TestSpinAfterPayload(t *testing.T) {
 	const size = 1 << 20
-	h := newHotPath(t, func(c net.Conn) { c.Write(make([]byte, size)) })
+	answer, more := make(chan struct{}), make(chan struct{})
+	h := newHotPath(t, func(c net.Conn) {
+		<-answer
+		c.Write([]byte{1}) // as in request/response traffic
+		<-more
+		c.Write(make([]byte, size))
+	})
 	h.e.spin.score = spinOn // as after polls that paid
 	if h.e.pollTimeout() == 0 {
 		t.Error("polls after a handshake")
 	}
+	close(answer)
+	for got := 0; got == 0; {
+		got = h.download()
+	}
+	if h.e.pollTimeout() != 0 {
+		t.Error("does not poll after a one-byte answer")
+	}
+	close(more)
 	got, spun := 0, false
 	for got < size {
 		got += h.download()
@@ -211,35 +225,35 @@ func TestSpinAfterBulk(t *testing.T) {
 	}
 }
 
-// TestSpinScore: bulk turns poll only while polls pay; with no score
-// yet, or after misses, one bulk turn in spinProbe polls.
+// TestSpinScore: turns that move payload poll only while polls pay; with
+// no score yet, or after misses, one such turn in spinProbe polls.
 func TestSpinScore(t *testing.T) {
 	var s spin
 	now := time.Duration(0)
-	bulk := func() bool { // a bulk turn: does the next turn poll?
+	moving := func() bool { // a turn that moved a byte: does the next one poll?
 		now += time.Millisecond
-		s.turned(now, true, bulkTurn)
+		s.turned(now, true, 1)
 		return s.poll(now)
 	}
 	for i := 1; i < spinProbe; i++ {
-		if bulk() {
-			t.Fatalf("bulk turn %d polls with no score", i)
+		if moving() {
+			t.Fatalf("turn %d polls with no score", i)
 		}
 	}
 	for i := 0; i < spinOn; i++ {
-		if !bulk() {
+		if !moving() {
 			t.Fatalf("probe %d does not poll", i)
 		}
 		s.turned(now, true, 0) // a hit
 		for j := 1; j < spinProbe && s.score < spinOn; j++ {
-			bulk()
+			moving()
 		}
 	}
-	if !bulk() {
+	if !moving() {
 		t.Fatalf("does not poll at score %d", s.score)
 	}
 	s.turned(now, false, 0)
-	if s.poll(now + spinMax); s.score >= spinOn || bulk() {
+	if s.poll(now + spinMax); s.score >= spinOn || moving() {
 		t.Errorf("polls after a miss (score %d)", s.score)
 	}
 }

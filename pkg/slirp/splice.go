@@ -375,6 +375,7 @@ func (e *Engine) spliceMove(c *spliceConn, dir int, readable bool) bool {
 				return false
 			}
 			c.held[dir] -= int(n)
+			e.spliced += int(n)
 			c.up[1-dir] = c.up[1-dir] || n > 0
 			if c.held[dir] == 0 && moved < spliceShort {
 				// A short message, passed on whole: the sender has
