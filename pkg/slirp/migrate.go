@@ -386,12 +386,14 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	}
 	var flows []*tcpFlow
 	var fds []int
+	left := 0 // flows not in the stream
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		if f.state&tcpEstablished == 0 || f.key.remote.Addr().Is4In6() {
 			// An IPv6 guest's connection to an IPv4-mapped address
 			// has no place in the stream, which holds IPv4 mapped
 			// into IPv6: it would read back as IPv4 beside an IPv6
 			// guest, and the destination refuse it whole.
+			left++
 			return
 		}
 		if movable(f) && e.tcpDiscardAcked(f, false) {
@@ -414,6 +416,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	}
 	s.flows = make([]migFlow, len(flows))
 	dumped := make([]bool, len(flows))
+	moving := 0
 	for i, f := range flows {
 		m := &s.flows[i]
 		e.migTCPOf(&m.tcp, f)
@@ -427,9 +430,12 @@ func (e *Engine) migrateSave(w io.Writer) error {
 			continue
 		}
 		m.sock, dumped[i] = *st, true
+		moving++
 		e.debugf("TCP %v: moves in TCP state %d with %d bytes to send (%d never sent), %d received", f.key.remote, st.TCPState, len(st.SendQ), st.NotSent, len(st.RecvQ))
 		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
+	// What a guest whose connections come back reset asks first.
+	e.logf("migration: %d TCP connections move, %d are reset, %d are left out (not established, or IPv4-mapped)", moving, len(flows)-moving, left)
 	if _, err := w.Write(appendMigHead(nil, &s)); err != nil {
 		// A stream cut short serves no destination, and the guest goes
 		// on here: its connections too, as they were.
@@ -627,6 +633,7 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 		e.addrSeen6 = a
 	}
 	e.fdRoomAhead(len(s.flows))
+	e.logf("migration: the stream holds %d TCP connections", len(s.flows))
 	var sendQ, recvQ []byte // one flow's queues, reused for the next
 	// The helper works while the engine does: while batch k (cur, in
 	// ring[k%3]) is restored, the helper takes batch k-1 (prev) out of
@@ -703,6 +710,13 @@ type movedFlow struct {
 	at  int
 }
 
+// restorable says whether a flow of the stream can have its socket
+// restored: one established, whose host side may have been shut for
+// writing by the guest's FIN.
+func restorable(t *migTCP) bool {
+	return t.events&^(evTapFinRcvd|evSockFinSent) == evEstablished
+}
+
 // tcpRepairSockets makes the sockets of the flows that may be restored
 // and asks the helper to put them all in repair mode (tcpRepairWait).
 func (e *Engine) tcpRepairSockets(b *movedBatch, flows []migFlow) {
@@ -711,7 +725,7 @@ func (e *Engine) tcpRepairSockets(b *movedBatch, flows []migFlow) {
 	for i := range flows {
 		fd := -1
 		t := &flows[i].tcp
-		if e.repair != nil && t.events&^(evTapFinRcvd|evSockFinSent) == evEstablished {
+		if e.repair != nil && restorable(t) {
 			var err error
 			if fd, err = tcprepair.NewSocket(socketFamily(t.side[t.hostSide()].oaddr)); err != nil {
 				e.logf("migration: %v", err)
@@ -793,6 +807,9 @@ func (e *Engine) tcpLoadMoved(b, prev *movedBatch, i int, m *migFlow) {
 	if m.sock.TCPState == 0 || fd < 0 {
 		if fd >= 0 {
 			unix.Close(fd)
+		}
+		if m.sock.TCPState != 0 && !restorable(&m.tcp) {
+			e.logf("TCP %v: migration: dumped, but its events (%#x) are not an established connection's: reset", key.remote, m.tcp.events)
 		}
 		e.tcpResetMoved(key, &m.tcp)
 		return
