@@ -2,44 +2,8 @@ package slirp
 
 import (
 	"io"
-	"net"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
-
-// loopbackPair connects a TCP pair on loopback: one end for the test,
-// the other's descriptor, non-blocking, for the engine to own.
-func loopbackPair(t *testing.T) (net.Conn, int) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	f, err := s.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd, err := unix.Dup(int(f.Fd()))
-	if err == nil {
-		err = unix.SetNonblock(fd, true)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, fd
-}
 
 // TestSpinAfterSplicedMessage: on the loopback path, a turn that spliced
 // a short message polls, as a request or an answer is mostly followed by

@@ -151,12 +151,9 @@ func TestDiscardPastTheEnd(t *testing.T) {
 	}
 }
 
-// TestDiscardAtUrgentMarkWithSignal: a read that starts at urgent data
-// (SO_OOBINLINE) fails with EAGAIN, having read nothing, if a signal is
-// pending meanwhile (tcp_recvmsg), and the Go runtime signals its threads
-// (SIGURG, to preempt). discard drops bytes the guest acknowledged, which
-// are there: it must try again, not report the flow broken (it was reset).
-func TestDiscardAtUrgentMarkWithSignal(t *testing.T) {
+// loopbackPair connects a TCP pair on loopback: one end for the test,
+// the other's descriptor, non-blocking, for the engine to own.
+func loopbackPair(t *testing.T) (net.Conn, int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -166,15 +163,35 @@ func TestDiscardAtUrgentMarkWithSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	sf, _ := s.(*net.TCPConn).File()
-	defer sf.Close()
-	fd := int(sf.Fd())
+	f, err := s.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := unix.Dup(int(f.Fd()))
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, fd
+}
+
+// TestDiscardAtUrgentMarkWithSignal: a read that starts at urgent data
+// (SO_OOBINLINE) fails with EAGAIN, having read nothing, if a signal is
+// pending meanwhile (tcp_recvmsg), and the Go runtime signals its threads
+// (SIGURG, to preempt). discard drops bytes the guest acknowledged, which
+// are there: it must try again, not report the flow broken (it was reset).
+func TestDiscardAtUrgentMarkWithSignal(t *testing.T) {
+	c, fd := loopbackPair(t)
+	defer unix.Close(fd)
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
 	craw, _ := c.(*net.TCPConn).SyscallConn()
 
