@@ -145,8 +145,8 @@ func benchPastaOne(t *testing.T, b backend) map[string]float64 {
 			case 1:
 				cpu0 = procCPU(pids)
 			case 2:
-				cpuRR = procCPU(pids) - cpu0
-				cpu0 = procCPU(pids)
+				now := procCPU(pids)
+				cpuRR, cpu0 = now-cpu0, now
 			}
 			h.Do(t, func() { conn, err = dialer.Dial("tcp", target) })
 			return conn, err
