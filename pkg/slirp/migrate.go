@@ -386,7 +386,8 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	}
 	var flows []*tcpFlow
 	var fds []int
-	left := 0 // flows not in the stream
+	left := 0   // flows not in the stream, still open here
+	closed := 0 // flows reset before the stream: their host socket failed
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		if f.state&tcpEstablished == 0 || f.key.remote.Addr().Is4In6() {
 			// An IPv6 guest's connection to an IPv4-mapped address
@@ -403,7 +404,8 @@ func (e *Engine) migrateSave(w io.Writer) error {
 			}
 			fds = append(fds, f.fd)
 		} else if f.fd < 0 {
-			return // tcpDiscardAcked closed it
+			closed++ // tcpDiscardAcked reset it
+			return
 		}
 		flows = append(flows, f)
 	})
@@ -435,7 +437,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		m.tcp.seqInitFromTap = f.rcvNxt - uint32(len(st.SendQ))
 	}
 	// What a guest whose connections come back reset asks first.
-	e.logf("migration: %d TCP connections move, %d are reset, %d are left out (not established, or IPv4-mapped)", moving, len(flows)-moving, left)
+	e.logf("migration: %d TCP connections move, %d are reset, %d are left out (not established, or IPv4-mapped)", moving, len(flows)-moving+closed, left)
 	if _, err := w.Write(appendMigHead(nil, &s)); err != nil {
 		// A stream cut short serves no destination, and the guest goes
 		// on here: its connections too, as they were.
