@@ -52,6 +52,16 @@ func (e *Engine) frameInput(frame []byte, tail []unix.Iovec) {
 	e.tail = nil
 }
 
+// inWhole tells whether b lies in e.whole: a frame made whole there
+// (frameInput) is gone at the next such frame, before its batch ends.
+func (e *Engine) inWhole(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	p, w := uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&e.whole[0]))
+	return p >= w && p < w+uintptr(len(e.whole))
+}
+
 // splitTCP readies a TCP segment whose data runs on into tail: its IP
 // length, in the head (the link's copy), is made to cover the head alone,
 // and the tail is cut to the rest of what it claimed (past that is

@@ -738,15 +738,17 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 }
 
 // tcpGather adds n bytes at p to the flow's write batch, writing the
-// batch when it is full. It reports false when that write came up short:
-// the rest of the segment is dropped, and the guest sends it again.
+// batch when it is full, or when the bytes lie in a frame made whole
+// (frameInput), whose buffer the next such frame overwrites before the
+// batch ends. It reports false when that write came up short: the rest
+// of the segment is dropped, and the guest sends it again.
 func (e *Engine) tcpGather(f *tcpFlow, p *byte, n int) bool {
 	w := &e.tcp.w
 	w.flow = f
 	w.iov[w.n] = unix.Iovec{Base: p, Len: uint64(n)}
 	w.n++
 	w.bytes += n
-	return w.n < len(w.iov) || e.tcpWriteFlush()
+	return w.n < len(w.iov) && !e.inWhole(unsafe.Slice(p, n)) || e.tcpWriteFlush()
 }
 
 // tcpWriteFlush writes the guest data gathered for one flow with a single

@@ -3,7 +3,6 @@ package slirp
 import (
 	"net/netip"
 	"time"
-	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -178,15 +177,6 @@ func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
 	if b.n == udpBatchMax || e.inWhole(payload) {
 		e.udpFlush()
 	}
-}
-
-// inWhole tells whether b lies in e.whole.
-func (e *Engine) inWhole(b []byte) bool {
-	if len(b) == 0 {
-		return false
-	}
-	p, w := uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&e.whole[0]))
-	return p >= w && p < w+uintptr(len(e.whole))
 }
 
 // udpFlush sends the batched datagrams. UDP may drop: a datagram the
