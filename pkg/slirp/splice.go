@@ -290,6 +290,11 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 		return
 	}
 	if events&unix.EPOLLERR != 0 {
+		// A peer that answered and reset (a close with input unread does)
+		// before this turn: its answer is read before the error, and
+		// goes on as far as the other end takes it at once, as a direct
+		// connection's client reads it before the reset.
+		e.spliceMove(c, side, events&unix.EPOLLIN != 0)
 		e.spliceClose(i, c, true)
 		return
 	}
