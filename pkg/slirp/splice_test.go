@@ -2,11 +2,15 @@ package slirp
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/portspec"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,18 +61,163 @@ func TestSpliceAnswerBeforeReset(t *testing.T) {
 	te := newTestEngine(t)
 	client, server, b := splicedPair(t, te)
 	server.Write([]byte("answer"))
-	server.(*net.TCPConn).SetLinger(0)
-	server.Close()
+	reset(server)
 	// No events asked for: poll reports the error alone.
 	if n, _ := unix.Poll([]unix.PollFd{{Fd: int32(b)}}, 10000); n != 1 {
 		t.Fatal("the reset never reached the engine's socket")
 	}
-	for deadline := time.Now().Add(10 * time.Second); te.splice.count > 0 && time.Now().Before(deadline); {
-		te.turn(100)
-	}
+	turnUntil(t, te, "the pair closed", func() bool { return te.splice.count == 0 })
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(client)
 	if string(got) != "answer" || !errors.Is(err, unix.ECONNRESET) {
 		t.Errorf("the client read %q (%v), want %q and a reset", got, err, "answer")
 	}
+}
+
+// dialSplicer is a Splicer whose "namespace" is the host's loopback: it
+// connects, without waiting, to to, or fails with err; it counts the
+// Idle calls.
+type dialSplicer struct {
+	to    netip.AddrPort
+	err   error
+	idles int
+}
+
+func (d *dialSplicer) Dial(proto Proto, from netip.AddrPort, port uint16) (int, error) {
+	if d.err != nil {
+		return -1, d.err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		if err = connect(fd, d.to); err == nil || err == unix.EINPROGRESS {
+			return fd, nil
+		}
+		unix.Close(fd)
+	}
+	return -1, err
+}
+
+func (d *dialSplicer) Idle() { d.idles++ }
+
+// spliceEchoes is a Splicer whose connections go to an echo server.
+func spliceEchoes(t *testing.T) *dialSplicer {
+	l := listenLoopback(t)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			// Not io.Copy from the connection to itself: Go splices it,
+			// and keeps the pipes, which a count of descriptors sees.
+			go func() { io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}); c.Close() }()
+		}
+	}()
+	return &dialSplicer{to: netip.MustParseAddrPort(l.Addr().String())}
+}
+
+// spliceForward gives te the Splicer sp and a -t forward on the host's
+// 127.0.0.1, and returns the forward's address.
+func spliceForward(t *testing.T, te *testEngine, sp Splicer) string {
+	t.Helper()
+	te.cfg.Splicer = sp
+	lo := netip.MustParseAddr("127.0.0.1")
+	if err := te.AddForwards(TCP, []portspec.Forward{{Addr: lo, GuestPort: 1}}, false); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(te.fwd.listeners[0].fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(lo, addrPortOf(sa).Port()).String()
+}
+
+// TestSpliceChurn: thousands of loopback clients of a -t port that come
+// and go (reset at once, reset after a request, end in order after their
+// echo, or close at once) leave no pair, no more pipes than the pool
+// keeps, and once the loopback path idles, not those either: the
+// process's descriptors are back where they were, and the Splicer was
+// told to let its own go. Every echo comes back whole.
+func TestSpliceChurn(t *testing.T) {
+	te := newTestEngine(t)
+	sp := spliceEchoes(t)
+	to := spliceForward(t, te, sp)
+	te.cfg.MaxTCP = 1 << 16
+	before := openFds(t)
+	const clients, each = 8, 250
+	done := make(chan struct{})
+	errs := make(chan error, clients*each)
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for g := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					c, err := net.DialTimeout("tcp", to, 10*time.Second)
+					if err != nil {
+						errs <- err
+						return
+					}
+					switch (g + i) % 4 {
+					case 0:
+						reset(c)
+					case 1:
+						c.Write([]byte("request"))
+						reset(c)
+					case 2:
+						msg := fmt.Sprintf("client %d, connection %d", g, i)
+						c.Write([]byte(msg))
+						c.(*net.TCPConn).CloseWrite()
+						c.SetReadDeadline(time.Now().Add(10 * time.Second))
+						if got, err := io.ReadAll(c); string(got) != msg {
+							errs <- fmt.Errorf("%q came back %q (%v)", msg, got, err)
+						}
+						c.Close()
+					case 3:
+						c.Close()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+	turnUntil(t, te, "the clients done, their pairs closed", func() bool {
+		select {
+		case <-done:
+			return te.splice.count == 0
+		default:
+			return false
+		}
+	})
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(te.splicePipes.pipes); n > splicePipesKept {
+		t.Errorf("%d pipes kept, at most %d", n, splicePipesKept)
+	}
+	turnUntil(t, te, "the loopback path idle", func() bool { return te.splicePipes.idle })
+	if len(te.splicePipes.pipes) > 0 || sp.idles != 1 {
+		t.Errorf("idle: %d pipes kept, the Splicer told %d times", len(te.splicePipes.pipes), sp.idles)
+	}
+	turnUntil(t, te, "the servers' ends closed", func() bool { return len(leakedFds(t, before)) == 0 })
+}
+
+// turnUntil runs the engine's turns until cond holds, failing the test
+// after 20 s.
+func turnUntil(t *testing.T, te *testEngine, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); te.turn(10) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 20 s", what)
+		}
+	}
+}
+
+// reset closes c with a reset.
+func reset(c net.Conn) {
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
 }
