@@ -205,6 +205,101 @@ func TestSpliceChurn(t *testing.T) {
 	turnUntil(t, te, "the servers' ends closed", func() bool { return len(leakedFds(t, before)) == 0 })
 }
 
+// TestSpliceRefusedIsReset: a connection the loopback path cannot join,
+// for want of its other end (--max-tcp reached, -t or -T; the Splicer
+// failed, as on an agent's late answer; no descriptor for its pipes), is
+// reset, as one whose other end is refused (nothing listening there) is:
+// closed in order, it read as an empty answer, to a client that reads to
+// the end all the server had.
+func TestSpliceRefusedIsReset(t *testing.T) {
+	te := newTestEngine(t)
+	sp := spliceEchoes(t)
+	to := spliceForward(t, te, sp)
+	te.cfg.MaxTCP = 1
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = bind(lfd, netip.MustParseAddrPort("127.0.0.1:0"))
+	}
+	if err == nil {
+		err = unix.Listen(lfd, 8)
+	}
+	if err == nil {
+		err = te.SpliceListen(TCP, lfd, sp.to.Port())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer te.SpliceUnlisten(lfd)
+	sa, _ := unix.Getsockname(lfd)
+	toNS := addrPortOf(sa).String() // -T, from the namespace
+	dial := func(to string) net.Conn {
+		c, err := net.DialTimeout("tcp", to, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	held := dial(to)
+	turnUntil(t, te, "a pair joined", func() bool { return te.splice.count == 1 })
+	// starve leaves the process room for the accepted connection and its
+	// other end, not their pipes, the pool emptied.
+	starve := func() (restore func()) {
+		te.splicePipes.used = te.now - splicePipesIdle
+		te.splicePipesExpire()
+		var old unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Dup(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(next)
+		low := old
+		low.Cur = uint64(next + 2)
+		restore = func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &old) }
+		t.Cleanup(restore) // should the test fail before
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+			t.Fatal(err)
+		}
+		return restore
+	}
+	for _, tc := range []struct {
+		name   string
+		to     string
+		err    error         // the Splicer's
+		starve func() func() // before the engine accepts
+	}{
+		{"-t at --max-tcp", to, nil, nil},
+		{"-T at --max-tcp", toNS, nil, nil},
+		{"the Splicer failed", to, unix.EAGAIN, nil},
+		{"no descriptor for pipes", to, nil, starve}, // the last: the echo server's accept may fail
+	} {
+		if tc.name == "the Splicer failed" {
+			held.Close()
+			turnUntil(t, te, "the pair closed", func() bool { return te.splice.count == 0 })
+		}
+		sp.err = tc.err
+		c := dial(tc.to)
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		restore := func() {}
+		if tc.starve != nil {
+			restore = tc.starve()
+		}
+		turnUntil(t, te, tc.name+": the client's connection ended", func() bool {
+			n := 0
+			raw.Control(func(fd uintptr) { n, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0) })
+			return n > 0
+		})
+		restore()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+			t.Errorf("%s: the client read %v, want a reset", tc.name, err)
+		}
+	}
+}
+
 // turnUntil runs the engine's turns until cond holds, failing the test
 // after 20 s.
 func turnUntil(t *testing.T, te *testEngine, what string, cond func() bool) {
