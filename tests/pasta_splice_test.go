@@ -118,7 +118,7 @@ func isTimeout(err error) bool {
 }
 
 // The namespace is as untrusted as a guest: spliced pairs count against
-// --max-tcp, and a connection past it is closed at once, not joined.
+// --max-tcp, and a connection past it is reset at once, not joined.
 func TestPastaSpliceCap(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
