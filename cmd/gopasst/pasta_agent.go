@@ -401,12 +401,20 @@ func pastaAgent(js string) int {
 	return serveAgent(agentSock, tap, err, tables)
 }
 
-// spliceTables are the UDP tables, if the loopback path is -u auto.
+// spliceTables are the UDP tables, if the loopback path is -u auto, and
+// with -t auto too the TCP ones: the auto scan then forwards a port
+// listening for TCP for UDP as well, whose senders the agent must serve.
 func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
+	protos := []slirp.Proto{slirp.UDP}
+	if r.AutoTCP {
+		protos = append(protos, slirp.TCP)
+	}
 	var out []procTable
-	for _, name := range []string{"udp", "udp6"} {
-		if t := tables[name]; r.AutoUDP && t.err == nil {
-			out = append(out, procTable{slirp.UDP, t.fd})
+	for _, proto := range protos {
+		for _, name := range []string{string(proto), string(proto) + "6"} {
+			if t := tables[name]; r.AutoUDP && t.err == nil {
+				out = append(out, procTable{proto, t.fd})
+			}
 		}
 	}
 	return out

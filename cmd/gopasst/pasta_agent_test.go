@@ -151,6 +151,44 @@ func TestPastaSpliceChecks(t *testing.T) {
 	}
 }
 
+// With -t auto and -u auto (pasta's default), a port listening in the
+// namespace for TCP alone is forwarded on the host for UDP too
+// (TestAutoUDPFollowsTCP): the agent gives its loopback path's senders
+// their socket. It refused them, and each datagram of a sender from the
+// host's loopback then cost the engine a wait on the agent, which read the
+// namespace's tables again each time: 10 ms each with 4,000 UDP sockets
+// there, so that a flood of them on such a port stalled the engine. With
+// -u auto alone that port is not forwarded for UDP, and is refused.
+func TestPastaSpliceAutoUDPFollowsTCP(t *testing.T) {
+	auto := portModes{auto: true}
+	for _, tc := range []struct {
+		name string
+		f    pastaForwards
+		want error
+	}{
+		{"-t auto -u auto", pastaForwards{tcp: auto, udp: auto}, nil},
+		{"-u auto", pastaForwards{udp: auto}, unix.EPERM},
+	} {
+		r := newSpliceRules(&pastaOptions{HostLoToNsLo: true}, netSetup{}, tc.f)
+		sock := serveInTestNS(t, func(sock int, tables map[string]agentTable) {
+			serveSplice(sock, r, spliceTables(r, tables))
+		})
+		s := newSplicer(r)
+		s.take(sock, helperTimeout)
+		fd, err := s.Dial(slirp.UDP, netip.MustParseAddrPort("[::1]:40000"), 18531) // TCP listens there
+		if err == nil {
+			to, perr := peerOf(fd)
+			unix.Close(fd)
+			if want := netip.MustParseAddrPort("[::1]:18531"); perr != nil || to != want {
+				t.Errorf("%s: connected to %v (%v), want %v", tc.name, to, perr, want)
+			}
+		}
+		if err != tc.want {
+			t.Errorf("%s: a sender to a port listening for TCP: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
 // peerOf is where fd is connected.
 func peerOf(fd int) (netip.AddrPort, error) {
 	sa, err := unix.Getpeername(fd)

@@ -40,6 +40,7 @@ type spliceRules struct {
 	HostLoToNsLo bool
 	UDP          portRanges // the namespace ports -u forwards to
 	AutoUDP      bool       // -u auto: also what listens there
+	AutoTCP      bool       // -t auto too: what listens there for TCP counts for UDP, as auto forwards it (autoScan.listening)
 }
 
 // portRanges is a set of ports, as ranges, first and last: in the
@@ -75,7 +76,7 @@ func newSpliceRules(o *pastaOptions, cfg netSetup, f pastaForwards) *spliceRules
 		return nil
 	}
 	return &spliceRules{Addr4: cfg.Addr4, Addr6: cfg.Addr6, HostLoToNsLo: o.HostLoToNsLo,
-		UDP: newPortRanges(specForwards(f.udp.specs)), AutoUDP: f.udp.auto}
+		UDP: newPortRanges(specForwards(f.udp.specs)), AutoUDP: f.udp.auto, AutoTCP: f.tcp.auto}
 }
 
 // target is where a connection from the host's loopback of family v6

@@ -121,16 +121,15 @@ func (e *Engine) spliceAccept(fd int, from netip.AddrPort, port uint16) bool {
 		return false
 	}
 	if e.spliceFull() {
-		unix.Close(fd)
+		refuse(fd)
 		return true
 	}
 	// What Dial keeps expires too when no pair comes of it.
 	e.splicePipes.use(e.now)
 	nfd, err := e.cfg.Splicer.Dial(TCP, from, port)
 	if err != nil {
-		// The client sees its connection closed.
 		e.debugf("-t %d from %v: %v", port, from, err)
-		unix.Close(fd)
+		refuse(fd)
 		return true
 	}
 	e.spliceJoin(fd, nfd)
@@ -202,7 +201,7 @@ func (e *Engine) spliceListenEvent(idx int32) {
 		return
 	}
 	if e.spliceFull() {
-		unix.Close(fd)
+		refuse(fd)
 		return
 	}
 	// To the loopback address it was for, as pasta: the namespace's
@@ -225,7 +224,7 @@ func (e *Engine) spliceListenEvent(idx int32) {
 	}
 	if err != nil {
 		e.debugf("-T %d: %v", l.port, err)
-		unix.Close(fd)
+		refuse(fd)
 		return
 	}
 	e.spliceJoin(fd, hfd)
@@ -265,6 +264,7 @@ func (e *Engine) spliceJoin(a, b int) {
 		}
 		var p [2]int
 		if unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC) != nil {
+			resetOnClose(a)
 			e.spliceFree(&c, false)
 			return
 		}
@@ -290,6 +290,11 @@ func (e *Engine) spliceEvent(idx int32, gen uint32, events uint32) {
 		return
 	}
 	if events&unix.EPOLLERR != 0 {
+		// A peer that answered and reset (a close with input unread does)
+		// before this turn: its answer is read before the error, and
+		// goes on as far as the other end takes it at once, as a direct
+		// connection's client reads it before the reset.
+		e.spliceMove(c, side, events&unix.EPOLLIN != 0)
 		e.spliceClose(i, c, true)
 		return
 	}
@@ -434,11 +439,25 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 	for _, fd := range c.fd {
 		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		if reset {
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			resetOnClose(fd)
 		}
 	}
 	e.splice.remove(i, c.fd[0])
 	e.spliceFree(c, !reset)
+}
+
+// refuse closes fd, a connection the loopback path cannot join for want
+// of its other end, with a reset, as when that end is refused
+// (spliceClose): closed in order, it read as an empty answer, all there
+// was to a client that reads to the end.
+func refuse(fd int) {
+	resetOnClose(fd)
+	unix.Close(fd)
+}
+
+// resetOnClose makes fd's close reset its connection.
+func resetOnClose(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 }
 
 // spliceFree closes a pair's sockets, and its pipes, unless kept (the
