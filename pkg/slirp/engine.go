@@ -492,9 +492,9 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		case kindSplice:
 			e.spliceEvent(ref.idx, ref.gen, ev.Events)
 		case kindSpliceListen:
-			e.spliceListenEvent(ref.idx)
+			e.spliceListenEvent(ref.idx, ev.Events)
 		case kindSpliceUDP:
-			e.spliceUDPEvent(ref.idx, ref.gen)
+			e.spliceUDPEvent(ref.idx, ref.gen, ev.Events)
 		case kindNeigh:
 			e.neighRead()
 		}

@@ -158,7 +158,7 @@ func (e *Engine) SpliceListen(proto Proto, fd int, port uint16) error {
 			i = int32(j)
 		}
 	}
-	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindSpliceListen, idx: i}); err != nil {
+	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, epollRef{kind: kindSpliceListen, idx: i}); err != nil {
 		return err
 	}
 	if int(i) == len(e.spliceLn) {
@@ -183,11 +183,18 @@ func (e *Engine) SpliceUnlisten(fd int) {
 
 // spliceListenEvent accepts a connection waiting on a -T listener, or
 // relays the datagrams on a -U one.
-func (e *Engine) spliceListenEvent(idx int32) {
+func (e *Engine) spliceListenEvent(idx int32, events uint32) {
 	if int(idx) >= len(e.spliceLn) || e.spliceLn[idx].fd < 0 {
 		return
 	}
 	l := e.spliceLn[idx]
+	if shutDown(events) {
+		// The namespace's agent, which bound it, shut it down through
+		// a copy: readable for ever, with nothing to accept or read.
+		e.logf("-T/-U port %d: its socket was shut down: no longer forwarded", l.port)
+		e.SpliceUnlisten(l.fd)
+		return
+	}
 	if l.udp {
 		e.spliceUDPIn(l)
 		return
@@ -446,18 +453,12 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 	e.spliceFree(c, !reset)
 }
 
-// refuse closes fd, a connection the loopback path cannot join for want
-// of its other end, with a reset, as when that end is refused
-// (spliceClose): closed in order, it read as an empty answer, all there
-// was to a client that reads to the end.
-func refuse(fd int) {
-	resetOnClose(fd)
-	unix.Close(fd)
-}
-
-// resetOnClose makes fd's close reset its connection.
-func resetOnClose(fd int) {
-	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+// shutDown tells whether events, on a socket watched for EPOLLIN and
+// EPOLLRDHUP, say that its reading side was shut down: a listening TCP
+// socket so shut is closed (EPOLLHUP), a UDP one reads as empty
+// (EPOLLRDHUP), and either is reported readable for ever.
+func shutDown(events uint32) bool {
+	return events&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0
 }
 
 // spliceFree closes a pair's sockets, and its pipes, unless kept (the

@@ -216,17 +216,8 @@ func TestSpliceRefusedIsReset(t *testing.T) {
 	sp := spliceEchoes(t)
 	to := spliceForward(t, te, sp)
 	te.cfg.MaxTCP = 1
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err == nil {
-		err = bind(lfd, netip.MustParseAddrPort("127.0.0.1:0"))
-	}
-	if err == nil {
-		err = unix.Listen(lfd, 8)
-	}
-	if err == nil {
-		err = te.SpliceListen(TCP, lfd, sp.to.Port())
-	}
-	if err != nil {
+	lfd := tcpListener(t)
+	if err := te.SpliceListen(TCP, lfd, sp.to.Port()); err != nil {
 		t.Fatal(err)
 	}
 	defer te.SpliceUnlisten(lfd)
@@ -300,6 +291,23 @@ func TestSpliceRefusedIsReset(t *testing.T) {
 	}
 }
 
+// tcpListener is a TCP socket listening on 127.0.0.1, for SpliceListen,
+// which closes it.
+func tcpListener(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = bind(fd, netip.MustParseAddrPort("127.0.0.1:0"))
+	}
+	if err == nil {
+		err = unix.Listen(fd, 8)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
 // turnUntil runs the engine's turns until cond holds, failing the test
 // after 20 s.
 func turnUntil(t *testing.T, te *testEngine, what string, cond func() bool) {
@@ -315,4 +323,62 @@ func turnUntil(t *testing.T, te *testEngine, what string, cond func() bool) {
 func reset(c net.Conn) {
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close()
+}
+
+// TestSpliceListenerShutDown: a -T or -U socket, or one a -U sender's
+// datagrams go on through, that whoever else holds it (the namespace's
+// agent hands the engine these) shuts down reports readable for ever,
+// with nothing to accept or read: the engine lets it go instead of
+// waking for it on every turn.
+func TestSpliceListenerShutDown(t *testing.T) {
+	lo := netip.MustParseAddrPort("127.0.0.1:0")
+	for _, c := range []struct {
+		name  string
+		proto Proto
+		fd    func(te *testEngine, lfd int) int // the socket shut down
+	}{
+		{"TCP", TCP, func(_ *testEngine, lfd int) int { return lfd }},
+		{"UDP", UDP, func(_ *testEngine, lfd int) int { return lfd }},
+		{"UDP sender", UDP, func(te *testEngine, lfd int) int {
+			client := udpSocket(t, lo, false)
+			if err := sendto(client, []byte("q"), netip.AddrPortFrom(lo.Addr(), boundPort(t, lfd))); err != nil {
+				t.Fatal(err)
+			}
+			fd := -1
+			turnUntil(t, te, "a sender's socket", func() bool {
+				te.spliceUDP.each(func(_ int32, f *spliceUDPFlow) { fd = f.fd })
+				return fd >= 0
+			})
+			return fd
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			te := newTestEngine(t)
+			lfd := udpSocket(t, lo, true)
+			if c.proto == TCP {
+				unix.Close(lfd)
+				lfd = tcpListener(t)
+			}
+			if err := te.SpliceListen(c.proto, lfd, boundPort(t, udpSocket(t, lo, false))); err != nil {
+				t.Fatal(err)
+			}
+			defer te.SpliceUnlisten(lfd)
+			other, err := unix.Dup(c.fd(te, lfd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(other)
+			unix.Shutdown(other, unix.SHUT_RD)
+			busy := 0
+			for range 100 {
+				te.turn(1)
+				if te.hadEvents() {
+					busy++
+				}
+			}
+			if busy > 2 {
+				t.Errorf("%d of 100 turns had events", busy)
+			}
+		})
+	}
 }

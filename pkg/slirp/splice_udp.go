@@ -94,7 +94,7 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 	}
 	idx, f := e.spliceUDP.add(key)
 	*f = spliceUDPFlow{key: key, idx: idx, fd: fd}
-	if err := e.epollAdd(fd, unix.EPOLLIN, epollRef{kind: kindSpliceUDP, gen: e.spliceUDP.gen(idx), idx: idx}); err != nil {
+	if err := e.epollAdd(fd, unix.EPOLLIN|unix.EPOLLRDHUP, epollRef{kind: kindSpliceUDP, gen: e.spliceUDP.gen(idx), idx: idx}); err != nil {
 		e.spliceUDPClose(f)
 		return nil
 	}
@@ -103,9 +103,15 @@ func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUD
 
 // spliceUDPEvent sends a host service's replies back to the namespace's
 // sender.
-func (e *Engine) spliceUDPEvent(idx int32, gen uint32) {
+func (e *Engine) spliceUDPEvent(idx int32, gen uint32, events uint32) {
 	f := e.spliceUDP.get(idx, gen)
 	if f == nil {
+		return
+	}
+	if shutDown(events) {
+		// One from the namespace's agent, shut down through a copy it
+		// kept: the sender gets a new one with its next datagram.
+		e.spliceUDPClose(f)
 		return
 	}
 	for range udpMaxRead {
@@ -125,7 +131,11 @@ func (e *Engine) spliceUDPEvent(idx int32, gen uint32) {
 	}
 }
 
+// spliceUDPClose forgets f and closes its socket, out of epoll first: a
+// socket from the namespace's agent may have a copy there, which would
+// keep it watched.
 func (e *Engine) spliceUDPClose(f *spliceUDPFlow) {
+	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 	unix.Close(f.fd)
 	e.spliceUDP.remove(f.idx, f.key)
 }

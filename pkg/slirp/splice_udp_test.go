@@ -63,7 +63,7 @@ func TestSpliceUDPToAddressSentTo(t *testing.T) {
 			if err := sendto(client, []byte("q"), to); err != nil {
 				t.Fatal(err)
 			}
-			te.spliceListenEvent(0)
+			te.spliceListenEvent(0, unix.EPOLLIN)
 			n, from, err := recvfrom(c.srv, buf[:])
 			if err != nil || n != 1 {
 				t.Fatalf("to %v: the host's %v got %d bytes: %v", to, c.to, n, err)
@@ -71,7 +71,7 @@ func TestSpliceUDPToAddressSentTo(t *testing.T) {
 			if err := sendto(c.srv, []byte("r"), from); err != nil {
 				t.Fatal(err)
 			}
-			te.spliceUDP.each(func(i int32, f *spliceUDPFlow) { te.spliceUDPEvent(i, te.spliceUDP.gen(i)) })
+			te.spliceUDP.each(func(i int32, f *spliceUDPFlow) { te.spliceUDPEvent(i, te.spliceUDP.gen(i), unix.EPOLLIN) })
 			if n, from, err = recvfrom(client, buf[:]); err != nil || n != 1 || from != to {
 				t.Fatalf("to %v: reply of %d bytes from %v: %v", to, n, from, err)
 			}
@@ -107,7 +107,7 @@ func TestSpliceUDPAfterRefusal(t *testing.T) {
 	if err := sendto(client, []byte("a"), to); err != nil {
 		t.Fatal(err)
 	}
-	te.spliceListenEvent(0)
+	te.spliceListenEvent(0, unix.EPOLLIN)
 	var flow int
 	te.spliceUDP.each(func(_ int32, f *spliceUDPFlow) { flow = f.fd })
 	if n, _ := unix.Poll([]unix.PollFd{{Fd: int32(flow), Events: unix.POLLERR}}, 5000); n != 1 {
@@ -117,7 +117,7 @@ func TestSpliceUDPAfterRefusal(t *testing.T) {
 	if err := sendto(client, []byte("b"), to); err != nil {
 		t.Fatal(err)
 	}
-	te.spliceListenEvent(0)
+	te.spliceListenEvent(0, unix.EPOLLIN)
 	var buf [8]byte
 	unix.Poll([]unix.PollFd{{Fd: int32(srv), Events: unix.POLLIN}}, 5000)
 	if n, _, err := recvfrom(srv, buf[:]); err != nil || string(buf[:n]) != "b" {

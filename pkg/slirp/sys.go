@@ -583,3 +583,17 @@ func iovLen(iov []unix.Iovec) int {
 	}
 	return n
 }
+
+// refuse closes fd, an accepted connection that cannot be joined to its
+// other end (a cap reached, no guest, the loopback path's Dial failed),
+// with a reset, as when that end is refused: closed in order, it read as
+// an empty answer, all there was, to a client that reads to the end.
+func refuse(fd int) {
+	resetOnClose(fd)
+	unix.Close(fd)
+}
+
+// resetOnClose makes fd's close reset its connection.
+func resetOnClose(fd int) {
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+}
