@@ -456,7 +456,7 @@ func (e *Engine) tcpAccept(l *listener) {
 	var key tcpKey
 	key.remote, key.guest = e.inboundRoute(from, l.fwd.GuestPort)
 	if _, old := e.tcp.lookup(key); old != nil || !key.remote.IsValid() || e.link == nil || e.atCap(capTCP, e.tcp.count, e.cfg.MaxTCP) {
-		unix.Close(fd)
+		refuse(fd)
 		return
 	}
 	f := e.tcpAddFlow(key, fd, tcpSynSent) // its options from the listener (AddForwards)

@@ -237,8 +237,8 @@ func TestTCPInboundClientResets(t *testing.T) {
 	}
 }
 
-// TestTCPInboundAtCap: clients past --max-tcp are accepted and closed,
-// without spinning; once the guest resets the flows, new clients get
+// TestTCPInboundAtCap: clients past --max-tcp are accepted and reset
+// (refuse), without spinning; once the guest resets the flows, new clients get
 // through again.
 func TestTCPInboundAtCap(t *testing.T) {
 	h, dial := inbound(t)
@@ -263,15 +263,15 @@ func TestTCPInboundAtCap(t *testing.T) {
 	if len(syns) != 3 || h.e.tcp.count != base+3 {
 		t.Fatalf("%d SYNs, %d flows at a cap of %d", len(syns), h.e.tcp.count, base+3)
 	}
-	closed := 0
+	refused := 0
 	for _, c := range cs {
 		c.SetReadDeadline(time.Now().Add(time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
-			closed++
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, unix.ECONNRESET) {
+			refused++
 		}
 	}
-	if closed != len(cs)-3 {
-		t.Fatalf("%d clients closed, want %d", closed, len(cs)-3)
+	if refused != len(cs)-3 {
+		t.Fatalf("%d clients reset, want %d", refused, len(cs)-3)
 	}
 	if n, _ := unix.EpollWait(h.e.epfd, make([]unix.EpollEvent, 8), 0); n != 0 {
 		t.Fatalf("%d events still pending at the cap: the engine would spin", n)
