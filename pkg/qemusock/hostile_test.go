@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -703,4 +705,97 @@ func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
 	}()
 	<-started
 	return stop, done
+}
+
+// TestVhostUserTxChainShapes: TX chains of random shapes, offered in
+// random order and some more than once: buffers of no length, a
+// virtio-net header cut across buffers, a head (HeadCopy) that ends
+// inside a buffer or at its end, and frames either side of MaxFrame. Each
+// frame the engine is handed is exactly its chain's bytes past the
+// header, from head and tail together, nothing before, after or between
+// its buffers; a chain with no frame or too large a one is dropped; and
+// every chain offered goes back to the guest once, as used and empty.
+func TestVhostUserTxChainShapes(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := feBufs; i < feMemSize; i++ {
+		f.mem[i] = byte(rng.Uint32())
+	}
+	offered := uint16(0)
+	for round := range 60 {
+		// Chains over the ring's descriptors, each over its own memory;
+		// one round in three has a chain near MaxFrame.
+		type chain struct {
+			head  uint16
+			frame []byte // its bytes past the header; nil when dropped
+		}
+		var chains []chain
+		at := uint64(feBufs)
+		for d := 0; d < feQueue && at < feMemSize-MaxFrame-4096; {
+			c := chain{head: uint16(d)}
+			n := 1 + rng.IntN(min(12, feQueue-d))
+			big := round%3 == 0 && len(chains) == 0
+			var all []byte
+			for k := range n {
+				size := uint32(rng.IntN(3) * rng.IntN(300))
+				switch {
+				case big && k == 0:
+					size = uint32(12 + MaxFrame - 1 + rng.IntN(3)) // one under, at or over
+				case rng.IntN(8) == 0:
+					size = uint32(1 + rng.IntN(12)) // within the header
+				}
+				flags, next := uint16(descNext), uint16(d+1)
+				if k == n-1 {
+					flags, next = 0, 0
+				}
+				f.desc(1, d, at, size, flags, next)
+				all = append(all, f.mem[at:at+uint64(size)]...)
+				at += uint64(size) + uint64(rng.IntN(64)) // gaps the frame must not read
+				d++
+			}
+			if len(all) > 12 && len(all)-12 <= MaxFrame {
+				c.frame = all[12:]
+			}
+			chains = append(chains, c)
+		}
+		var want [][]byte
+		var heads []uint16
+		dropped := f.l.Dropped()
+		for range 1 + rng.IntN(40) {
+			c := chains[rng.IntN(len(chains))]
+			f.offer(1, c.head)
+			heads = append(heads, c.head)
+			if c.frame != nil {
+				want = append(want, c.frame)
+			} else {
+				dropped++
+			}
+		}
+		got := f.readFrames()
+		if len(got) != len(want) || f.l.Dropped() != dropped {
+			t.Fatalf("round %d: %d frames, %d dropped; want %d, %d", round, len(got), f.l.Dropped(), len(want), dropped)
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("round %d: frame %d of %d bytes differs from its chain's %d", round, i, len(got[i]), len(want[i]))
+			}
+		}
+		// Dropped chains go back at once, the others a Read later: as a
+		// multiset, the used entries are the heads offered.
+		var used []uint16
+		for i := offered; i != f.usedIdx(1); i++ {
+			id, n := f.used(1, i)
+			if n != 0 {
+				t.Fatalf("round %d: a TX chain used with %d bytes", round, n)
+			}
+			used = append(used, uint16(id))
+		}
+		slices.Sort(used)
+		slices.Sort(heads)
+		if !slices.Equal(used, heads) {
+			t.Fatalf("round %d: chains %v offered, %v given back", round, heads, used)
+		}
+		offered = f.usedIdx(1)
+	}
 }
