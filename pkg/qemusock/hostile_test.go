@@ -799,3 +799,39 @@ func TestVhostUserTxChainShapes(t *testing.T) {
 		offered = f.usedIdx(1)
 	}
 }
+
+// TestVhostUserMemoryTableTooLarge: a memory table whose mappings, the
+// file offsets before its regions included, would take more address
+// space than maxMapped is refused and leaves nothing mapped, in one
+// region or in two, the second within bounds alone: a front-end that had
+// the process's address space all mapped made the Go runtime die for
+// want of room to grow its heap (fatal error: out of memory), which no
+// recover catches. Nothing large is mapped unless the test fails (under
+// qemu-user, that would take memory for each page).
+func TestVhostUserMemoryTableTooLarge(t *testing.T) {
+	const half = maxMapped / 2
+	for _, table := range [][]uint64{
+		{half, half + 4096},   // one region (size, offset), its offset past half of it
+		{4096, 0, half, half}, // two regions, the second of maxMapped alone
+	} {
+		f := newFrontEnd(t)
+		if err := unix.Ftruncate(f.memfd, 2*half+4096); err != nil {
+			t.Skip(err) // a file system that will not have so large a file
+		}
+		n := len(table) / 2
+		p := u32s(uint32(n), 0)
+		fds := make([]int, n)
+		for i := range n {
+			p = append(p, u64s(uint64(i)*half, table[2*i], feUVA+uint64(i)*half, table[2*i+1])...)
+			fds[i] = f.memfd
+		}
+		before := len(mappings.ranges)
+		if err := f.request(vuSetMemTable, p, fds...); !errors.Is(err, ErrVhostUser) {
+			t.Errorf("table %#x: %v, want refused", table, err)
+		}
+		if len(mappings.ranges) != before {
+			t.Errorf("table %#x: %d mappings left", table, len(mappings.ranges)-before)
+		}
+		unix.Ftruncate(f.memfd, feMemSize)
+	}
+}

@@ -1096,6 +1096,17 @@ func (l *vhostLink) stopQueue(i int) {
 	q.started = false
 }
 
+// maxMapped bounds what one memory table maps: its regions and, mapped
+// with them, the file offsets before them. Go cannot do without address
+// space: a front-end that had nearly all of it mapped (eight regions
+// of up to 2^47 bytes each with its offset, where a process has 2^47
+// with 4-level page tables) left the runtime none to grow its heap in,
+// and the process died (fatal error: out of memory), which no recover
+// catches. A table that replaces another is mapped before the old one
+// goes: the two then take at most half the space. 32 TiB is as much
+// memory as the largest machines have.
+const maxMapped = 1 << 45
+
 // setMemTable maps the regions the front-end shares, replacing the old.
 func (l *vhostLink) setMemTable(p []byte) error {
 	if len(p) < 8 {
@@ -1106,6 +1117,7 @@ func (l *vhostLink) setMemTable(p []byte) error {
 		return fmt.Errorf("memory table of %d regions with %d descriptors", n, len(l.fds))
 	}
 	var mem guestMemory
+	mapped := uint64(0)
 	for i := range n {
 		r := p[8+32*i:]
 		gpa, size := binary.LittleEndian.Uint64(r), binary.LittleEndian.Uint64(r[8:])
@@ -1118,6 +1130,11 @@ func (l *vhostLink) setMemTable(p []byte) error {
 			unix.Close(fd)
 			mem.unmap()
 			return fmt.Errorf("region %d: size %#x at offset %#x of a %d-byte file", i, size, off, st.Size)
+		}
+		if mapped += size + off; mapped > maxMapped {
+			unix.Close(fd)
+			mem.unmap()
+			return fmt.Errorf("regions of %#x bytes in all with their offsets, over %#x", mapped, uint64(maxMapped))
 		}
 		m, err := unix.Mmap(fd, 0, int(size+off), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 		unix.Close(fd)
