@@ -835,3 +835,58 @@ func TestVhostUserMemoryTableTooLarge(t *testing.T) {
 		unix.Ftruncate(f.memfd, feMemSize)
 	}
 }
+
+// TestVhostUserLongChains: a chain may be as long as its ring, and
+// buffers of no length cost a step each: one Read of a ring of 32768
+// whose chains each take all its descriptors, offered by one store of
+// the available index, walked 2^30 of them, seven seconds in which the
+// engine did nothing else. A Read walks at most maxWalk descriptors
+// past its first chain, broken chains or good; the rest waits for the
+// next Read, and no chain is lost.
+func TestVhostUserLongChains(t *testing.T) {
+	const num, desc, avail, used, buf = maxQueueSize, 0, 0x80000, 0x92000, 0xf0000
+	for _, broken := range []bool{false, true} {
+		f := newFrontEnd(t)
+		f.setUp()
+		f.must(vuSetVringNum, u32s(txQueue, num))
+		f.must(vuSetVringAddr, append(u32s(txQueue, 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
+		for i := range num {
+			d := f.mem[desc+16*i:]
+			binary.LittleEndian.PutUint64(d, buf)
+			binary.LittleEndian.PutUint32(d[8:], 0)
+			binary.LittleEndian.PutUint16(d[12:], descNext)
+			binary.LittleEndian.PutUint16(d[14:], uint16(i+1))
+		}
+		last := f.mem[desc+16*(num-1):]
+		if broken {
+			binary.LittleEndian.PutUint16(last[14:], 0) // loops
+		} else {
+			binary.LittleEndian.PutUint32(last[8:], 12+100) // ends in a frame
+			binary.LittleEndian.PutUint16(last[12:], 0)
+		}
+		const chains = 4 // all chain 0: the available ring's zeroes
+		binary.LittleEndian.PutUint16(f.mem[avail+2:], chains)
+		usedIdx := func() uint16 { return binary.LittleEndian.Uint16(f.mem[used+2:]) }
+		frames := 0
+		for reads := 1; usedIdx() != chains; reads++ {
+			if reads > 2*chains {
+				t.Fatalf("broken %v: %d Reads gave back %d chains of %d", broken, reads, usedIdx(), chains)
+			}
+			dropped := f.l.Dropped()
+			if _, err := f.l.Read(); err != nil && err != unix.EAGAIN {
+				t.Fatal(err)
+			}
+			n := 0
+			for fr, _ := f.l.Next(); fr != nil; fr, _ = f.l.Next() {
+				n++
+			}
+			if took := n + int(f.l.Dropped()-dropped); took > 1+maxWalk/num {
+				t.Fatalf("broken %v: one Read took %d chains of %d descriptors", broken, took, num)
+			}
+			frames += n
+		}
+		if want := map[bool]int{false: chains, true: 0}[broken]; frames != want || int(f.l.Dropped()) != chains-want {
+			t.Errorf("broken %v: %d frames, %d dropped", broken, frames, f.l.Dropped())
+		}
+	}
+}

@@ -297,6 +297,14 @@ const (
 	maxTxPieces = 4096
 )
 
+// maxWalk is how many descriptors a Read walks before it leaves the rest
+// for the next. A chain may be as long as its ring, and buffers of no
+// length cost a step each: a guest whose chains each took all of a ring
+// of 32768 kept one Read walking 2^30 descriptors for seven seconds, for
+// one store of its available index. A Linux guest's 256 frames take some
+// 5000.
+const maxWalk = 1 << 14
+
 // Read takes the frames the guest queued on its TX ring, their heads into
 // the link's buffer and their tails left in place, and returns their
 // size, or EAGAIN if there were none. The frames of the previous Read go
@@ -324,7 +332,12 @@ func (l *vhostLink) Read() (int, error) {
 	r.makeRoom()
 	h := &l.tx
 	total, broken := 0, 0
+	tx.walked = 0
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
+		if tx.walked >= maxWalk {
+			write(tx.kick, eventfdOne[:]) // as for broken chains, below
+			break
+		}
 		head, ok := tx.nextAvail()
 		if !ok && h.n == 0 && tx.err == nil {
 			// Drain the kick, then look again: a frame queued in
