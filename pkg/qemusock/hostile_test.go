@@ -844,33 +844,12 @@ func TestVhostUserMemoryTableTooLarge(t *testing.T) {
 // past its first chain, broken chains or good; the rest waits for the
 // next Read, and no chain is lost.
 func TestVhostUserLongChains(t *testing.T) {
-	const num, desc, avail, used, buf = maxQueueSize, 0, 0x80000, 0x92000, 0xf0000
 	for _, broken := range []bool{false, true} {
-		f := newFrontEnd(t)
-		f.setUp()
-		f.must(vuSetVringNum, u32s(txQueue, num))
-		f.must(vuSetVringAddr, append(u32s(txQueue, 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
-		for i := range num {
-			d := f.mem[desc+16*i:]
-			binary.LittleEndian.PutUint64(d, buf)
-			binary.LittleEndian.PutUint32(d[8:], 0)
-			binary.LittleEndian.PutUint16(d[12:], descNext)
-			binary.LittleEndian.PutUint16(d[14:], uint16(i+1))
-		}
-		last := f.mem[desc+16*(num-1):]
-		if broken {
-			binary.LittleEndian.PutUint16(last[14:], 0) // loops
-		} else {
-			binary.LittleEndian.PutUint32(last[8:], 12+100) // ends in a frame
-			binary.LittleEndian.PutUint16(last[12:], 0)
-		}
-		const chains = 4 // all chain 0: the available ring's zeroes
-		binary.LittleEndian.PutUint16(f.mem[avail+2:], chains)
-		usedIdx := func() uint16 { return binary.LittleEndian.Uint16(f.mem[used+2:]) }
+		f, used := longChains(t, txQueue, broken)
 		frames := 0
-		for reads := 1; usedIdx() != chains; reads++ {
-			if reads > 2*chains {
-				t.Fatalf("broken %v: %d Reads gave back %d chains of %d", broken, reads, usedIdx(), chains)
+		for reads := 1; used() != longChainsOffered; reads++ {
+			if reads > 2*longChainsOffered {
+				t.Fatalf("broken %v: %d Reads gave back %d chains of %d", broken, reads, used(), longChainsOffered)
 			}
 			dropped := f.l.Dropped()
 			if _, err := f.l.Read(); err != nil && err != unix.EAGAIN {
@@ -880,13 +859,81 @@ func TestVhostUserLongChains(t *testing.T) {
 			for fr, _ := f.l.Next(); fr != nil; fr, _ = f.l.Next() {
 				n++
 			}
-			if took := n + int(f.l.Dropped()-dropped); took > 1+maxWalk/num {
-				t.Fatalf("broken %v: one Read took %d chains of %d descriptors", broken, took, num)
+			if took := n + int(f.l.Dropped()-dropped); took > 1+maxWalk/maxQueueSize {
+				t.Fatalf("broken %v: one Read took %d chains of %d descriptors", broken, took, maxQueueSize)
 			}
 			frames += n
 		}
-		if want := map[bool]int{false: chains, true: 0}[broken]; frames != want || int(f.l.Dropped()) != chains-want {
+		if want := map[bool]int{false: longChainsOffered, true: 0}[broken]; frames != want || int(f.l.Dropped()) != longChainsOffered-want {
 			t.Errorf("broken %v: %d frames, %d dropped", broken, frames, f.l.Dropped())
 		}
 	}
+}
+
+// TestVhostUserLongRxChains: so with RX chains, which one ReserveV, or
+// one Flush, walked 2^30 of when broken. A frame to the guest whose
+// chains take more than maxWalk descriptors is dropped, its chains given
+// back empty, as broken ones are, and one call walks no more.
+func TestVhostUserLongRxChains(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		f, used := longChains(t, rxQueue, broken)
+		for call := 0; used() != longChainsOffered; call++ {
+			if call > 2*longChainsOffered {
+				t.Fatalf("broken %v: %d calls gave back %d chains of %d", broken, call, used(), longChainsOffered)
+			}
+			dropped := f.l.Dropped()
+			if call%2 == 0 {
+				if head, _ := f.l.ReserveV(54, 1000, make([]unix.Iovec, 0, 8)); head != nil {
+					t.Fatalf("broken %v: a frame in chains of %d descriptors", broken, maxQueueSize)
+				}
+			} else {
+				for range 2 {
+					f.l.Reserve(100)
+					f.l.Commit(100)
+				}
+				if err := f.l.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if took := f.l.Dropped() - dropped; took > 1+maxWalk/maxQueueSize {
+				t.Fatalf("broken %v: one call dropped %d frames over chains of %d descriptors", broken, took, maxQueueSize)
+			}
+		}
+	}
+}
+
+// longChainsOffered is how many chains longChains offers.
+const longChainsOffered = 4
+
+// longChains sets queue q up as a ring of maxQueueSize descriptors, all
+// of them in chain 0: of no length, but for the last, which takes a frame
+// or, broken, leads back to the first. It offers chain 0
+// longChainsOffered times, by one store of the available index, and
+// returns the front-end and the used index.
+func longChains(t *testing.T, q int, broken bool) (*frontEnd, func() uint16) {
+	const num, desc, avail, used, buf = maxQueueSize, 0, 0x80000, 0x92000, 0xf0000
+	f := newFrontEnd(t)
+	f.setUp()
+	f.must(vuSetVringNum, u32s(uint32(q), num))
+	f.must(vuSetVringAddr, append(u32s(uint32(q), 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
+	flags := uint16(0)
+	if q == rxQueue {
+		flags = descWrite
+	}
+	for i := range num {
+		d := f.mem[desc+16*i:]
+		binary.LittleEndian.PutUint64(d, buf)
+		binary.LittleEndian.PutUint32(d[8:], 0)
+		binary.LittleEndian.PutUint16(d[12:], flags|descNext)
+		binary.LittleEndian.PutUint16(d[14:], uint16(i+1))
+	}
+	last := f.mem[desc+16*(num-1):]
+	if broken {
+		binary.LittleEndian.PutUint16(last[14:], 0) // loops
+	} else {
+		binary.LittleEndian.PutUint32(last[8:], 4096) // ends in a buffer
+		binary.LittleEndian.PutUint16(last[12:], flags)
+	}
+	binary.LittleEndian.PutUint16(f.mem[avail+2:], longChainsOffered) // the ring's zeroes: chain 0
+	return f, func() uint16 { return binary.LittleEndian.Uint16(f.mem[used+2:]) }
 }

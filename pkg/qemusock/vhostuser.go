@@ -297,12 +297,16 @@ const (
 	maxTxPieces = 4096
 )
 
-// maxWalk is how many descriptors a Read walks before it leaves the rest
-// for the next. A chain may be as long as its ring, and buffers of no
-// length cost a step each: a guest whose chains each took all of a ring
-// of 32768 kept one Read walking 2^30 descriptors for seven seconds, for
-// one store of its available index. A Linux guest's 256 frames take some
-// 5000.
+// maxWalk bounds the descriptors walked at a time. A chain may be as
+// long as its ring, and buffers of no length cost a step each: a guest
+// whose chains each took all of a ring of 32768 kept one Read walking
+// 2^30 descriptors for seven seconds, for one store of its available
+// index, and so did one ReserveV or Flush over such broken RX chains. A
+// Read, or a Flush, walks no more past its first chain, or frame, and
+// leaves the rest for later, the kick raised again; a frame to the guest
+// whose RX chains take more is dropped, its chains given back empty, as
+// broken ones are. A Linux guest's 256 frames take some 5000, and a
+// frame to it, 16 at most.
 const maxWalk = 1 << 14
 
 // Read takes the frames the guest queued on its TX ring, their heads into
@@ -331,10 +335,9 @@ func (l *vhostLink) Read() (int, error) {
 	r := l.rd
 	r.makeRoom()
 	h := &l.tx
-	total, broken := 0, 0
-	tx.walked = 0
+	total, broken, walked := 0, 0, tx.walked
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
-		if tx.walked >= maxWalk {
+		if tx.walked-walked >= maxWalk {
 			write(tx.kick, eventfdOne[:]) // as for broken chains, below
 			break
 		}
@@ -542,7 +545,8 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 		return nil, iov[:pieces], ok
 	}
 	need := l.hdrLen + n
-	given := 0 // broken chains given back, at most a ring's worth
+	given := 0                           // broken chains given back, at most a ring's worth
+	walked, from := rx.walked, rx.walked // where the call, and the frame's chains, started walking
 	for need > 0 {
 		h, more := rx.nextAvail()
 		if !more {
@@ -577,6 +581,9 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			size += len(b)
 			need -= len(b)
 		}
+		if rx.walked-from > maxWalk {
+			err = errBadChain
+		}
 		if err != nil || size == 0 {
 			if d.nFrames > 0 {
 				// The batch ends here, and the next one starts with
@@ -586,8 +593,8 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			rx.discard(d.start)
 			l.dropped++
 			given += int(rx.lastAvail - d.start)
-			d.start, avail, d.nChains = rx.lastAvail, rx.lastAvail, 0
-			if given >= int(rx.num) {
+			d.start, avail, d.nChains, from = rx.lastAvail, rx.lastAvail, 0, rx.walked
+			if given >= int(rx.num) || rx.walked-walked > maxWalk {
 				// A guest that offers broken chains as fast as they go
 				// back would keep us here: no room, for now, and the
 				// kick raised again for the rest (rxShort watches it),
@@ -709,9 +716,17 @@ func (l *vhostLink) Flush() error {
 	if !rx.ready() {
 		return l.fault()
 	}
+	walked := rx.walked
 	for {
 		frame := l.q.front()
 		if frame == nil {
+			break
+		}
+		if rx.walked-walked >= maxWalk {
+			// The rest at the engine's next turn: the kick it watches
+			// now is raised again.
+			l.rxShort()
+			write(rx.kick, eventfdOne[:])
 			break
 		}
 		ok, err := l.writeFrame(rx, frame)
@@ -740,6 +755,7 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 	src := [2][]byte{hdr[:l.hdrLen], frame}
 	mergeable := l.features&virtioNetFMrgRxbuf != 0
 	start := [2]uint16{rx.lastAvail, rx.usedIdx}
+	walked := rx.walked
 	buffers := uint16(0)
 	var firstBuf []byte
 	for len(src[0])+len(src[1]) > 0 {
@@ -756,6 +772,9 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 		written := 0
 		for len(src[0])+len(src[1]) > 0 {
 			b, err := c.buffer(true)
+			if err == nil && rx.walked-walked > maxWalk {
+				err = errBadChain // chains too long to walk for one frame (maxWalk)
+			}
 			if err != nil {
 				// The chains the frame took, the broken one last, go
 				// back to the guest used and empty.

@@ -130,7 +130,7 @@ type virtq struct {
 	desc, avail, used          []byte // the rings, in guest memory; nil until translated
 
 	lastAvail uint16        // the next available entry we take
-	walked    int           // descriptors walked since a caller last counted from 0 (maxWalk)
+	walked    int           // descriptors walked, ever: a call bounds what it walks by the difference (maxWalk)
 	usedIdx   uint16        // the next used entry we write
 	published uint16        // usedIdx as the guest last saw it
 	owed      bool          // an interrupt to send once the guest takes them (publish, rxShort, a new call descriptor)
