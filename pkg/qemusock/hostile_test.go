@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -703,4 +705,235 @@ func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
 	}()
 	<-started
 	return stop, done
+}
+
+// TestVhostUserTxChainShapes: TX chains of random shapes, offered in
+// random order and some more than once: buffers of no length, a
+// virtio-net header cut across buffers, a head (HeadCopy) that ends
+// inside a buffer or at its end, and frames either side of MaxFrame. Each
+// frame the engine is handed is exactly its chain's bytes past the
+// header, from head and tail together, nothing before, after or between
+// its buffers; a chain with no frame or too large a one is dropped; and
+// every chain offered goes back to the guest once, as used and empty.
+func TestVhostUserTxChainShapes(t *testing.T) {
+	f := newFrontEnd(t)
+	f.setUp()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := feBufs; i < feMemSize; i++ {
+		f.mem[i] = byte(rng.Uint32())
+	}
+	offered := uint16(0)
+	for round := range 60 {
+		// Chains over the ring's descriptors, each over its own memory;
+		// one round in three has a chain near MaxFrame.
+		type chain struct {
+			head  uint16
+			frame []byte // its bytes past the header; nil when dropped
+		}
+		var chains []chain
+		at := uint64(feBufs)
+		for d := 0; d < feQueue && at < feMemSize-MaxFrame-4096; {
+			c := chain{head: uint16(d)}
+			n := 1 + rng.IntN(min(12, feQueue-d))
+			big := round%3 == 0 && len(chains) == 0
+			var all []byte
+			for k := range n {
+				size := uint32(rng.IntN(3) * rng.IntN(300))
+				switch {
+				case big && k == 0:
+					size = uint32(12 + MaxFrame - 1 + rng.IntN(3)) // one under, at or over
+				case rng.IntN(8) == 0:
+					size = uint32(1 + rng.IntN(12)) // within the header
+				}
+				flags, next := uint16(descNext), uint16(d+1)
+				if k == n-1 {
+					flags, next = 0, 0
+				}
+				f.desc(1, d, at, size, flags, next)
+				all = append(all, f.mem[at:at+uint64(size)]...)
+				at += uint64(size) + uint64(rng.IntN(64)) // gaps the frame must not read
+				d++
+			}
+			if len(all) > 12 && len(all)-12 <= MaxFrame {
+				c.frame = all[12:]
+			}
+			chains = append(chains, c)
+		}
+		var want [][]byte
+		var heads []uint16
+		dropped := f.l.Dropped()
+		for range 1 + rng.IntN(40) {
+			c := chains[rng.IntN(len(chains))]
+			f.offer(1, c.head)
+			heads = append(heads, c.head)
+			if c.frame != nil {
+				want = append(want, c.frame)
+			} else {
+				dropped++
+			}
+		}
+		got := f.readFrames()
+		if len(got) != len(want) || f.l.Dropped() != dropped {
+			t.Fatalf("round %d: %d frames, %d dropped; want %d, %d", round, len(got), f.l.Dropped(), len(want), dropped)
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("round %d: frame %d of %d bytes differs from its chain's %d", round, i, len(got[i]), len(want[i]))
+			}
+		}
+		// Dropped chains go back at once, the others a Read later: as a
+		// multiset, the used entries are the heads offered.
+		var used []uint16
+		for i := offered; i != f.usedIdx(1); i++ {
+			id, n := f.used(1, i)
+			if n != 0 {
+				t.Fatalf("round %d: a TX chain used with %d bytes", round, n)
+			}
+			used = append(used, uint16(id))
+		}
+		slices.Sort(used)
+		slices.Sort(heads)
+		if !slices.Equal(used, heads) {
+			t.Fatalf("round %d: chains %v offered, %v given back", round, heads, used)
+		}
+		offered = f.usedIdx(1)
+	}
+}
+
+// TestVhostUserMemoryTableTooLarge: a memory table whose mappings, the
+// file offsets before its regions included, would take more address
+// space than maxMapped is refused and leaves nothing mapped, in one
+// region or in two, the second within bounds alone: a front-end that had
+// the process's address space all mapped made the Go runtime die for
+// want of room to grow its heap (fatal error: out of memory), which no
+// recover catches. Nothing large is mapped unless the test fails (under
+// qemu-user, that would take memory for each page).
+func TestVhostUserMemoryTableTooLarge(t *testing.T) {
+	const half = maxMapped / 2
+	for _, table := range [][]uint64{
+		{half, half + 4096},   // one region (size, offset), its offset past half of it
+		{4096, 0, half, half}, // two regions, the second of maxMapped alone
+	} {
+		f := newFrontEnd(t)
+		if err := unix.Ftruncate(f.memfd, 2*half+4096); err != nil {
+			t.Skip(err) // a file system that will not have so large a file
+		}
+		n := len(table) / 2
+		p := u32s(uint32(n), 0)
+		fds := make([]int, n)
+		for i := range n {
+			p = append(p, u64s(uint64(i)*half, table[2*i], feUVA+uint64(i)*half, table[2*i+1])...)
+			fds[i] = f.memfd
+		}
+		before := len(mappings.ranges)
+		if err := f.request(vuSetMemTable, p, fds...); !errors.Is(err, ErrVhostUser) {
+			t.Errorf("table %#x: %v, want refused", table, err)
+		}
+		if len(mappings.ranges) != before {
+			t.Errorf("table %#x: %d mappings left", table, len(mappings.ranges)-before)
+		}
+		unix.Ftruncate(f.memfd, feMemSize)
+	}
+}
+
+// TestVhostUserLongChains: a chain may be as long as its ring, and
+// buffers of no length cost a step each: one Read of a ring of 32768
+// whose chains each take all its descriptors, offered by one store of
+// the available index, walked 2^30 of them, seven seconds in which the
+// engine did nothing else. A Read walks at most maxWalk descriptors
+// past its first chain, broken chains or good; the rest waits for the
+// next Read, and no chain is lost.
+func TestVhostUserLongChains(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		f, used := longChains(t, txQueue, broken)
+		frames := 0
+		for reads := 1; used() != longChainsOffered; reads++ {
+			if reads > 2*longChainsOffered {
+				t.Fatalf("broken %v: %d Reads gave back %d chains of %d", broken, reads, used(), longChainsOffered)
+			}
+			dropped := f.l.Dropped()
+			if _, err := f.l.Read(); err != nil && err != unix.EAGAIN {
+				t.Fatal(err)
+			}
+			n := 0
+			for fr, _ := f.l.Next(); fr != nil; fr, _ = f.l.Next() {
+				n++
+			}
+			if took := n + int(f.l.Dropped()-dropped); took > 1+maxWalk/maxQueueSize {
+				t.Fatalf("broken %v: one Read took %d chains of %d descriptors", broken, took, maxQueueSize)
+			}
+			frames += n
+		}
+		if want := map[bool]int{false: longChainsOffered, true: 0}[broken]; frames != want || int(f.l.Dropped()) != longChainsOffered-want {
+			t.Errorf("broken %v: %d frames, %d dropped", broken, frames, f.l.Dropped())
+		}
+	}
+}
+
+// TestVhostUserLongRxChains: so with RX chains, which one ReserveV, or
+// one Flush, walked 2^30 of when broken. A frame to the guest whose
+// chains take more than maxWalk descriptors is dropped, its chains given
+// back empty, as broken ones are, and one call walks no more.
+func TestVhostUserLongRxChains(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		f, used := longChains(t, rxQueue, broken)
+		for call := 0; used() != longChainsOffered; call++ {
+			if call > 2*longChainsOffered {
+				t.Fatalf("broken %v: %d calls gave back %d chains of %d", broken, call, used(), longChainsOffered)
+			}
+			dropped := f.l.Dropped()
+			if call%2 == 0 {
+				if head, _ := f.l.ReserveV(54, 1000, make([]unix.Iovec, 0, 8)); head != nil {
+					t.Fatalf("broken %v: a frame in chains of %d descriptors", broken, maxQueueSize)
+				}
+			} else {
+				for range 2 {
+					f.l.Reserve(100)
+					f.l.Commit(100)
+				}
+				if err := f.l.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if took := f.l.Dropped() - dropped; took > 1+maxWalk/maxQueueSize {
+				t.Fatalf("broken %v: one call dropped %d frames over chains of %d descriptors", broken, took, maxQueueSize)
+			}
+		}
+	}
+}
+
+// longChainsOffered is how many chains longChains offers.
+const longChainsOffered = 4
+
+// longChains sets queue q up as a ring of maxQueueSize descriptors, all
+// of them in chain 0: of no length, but for the last, which takes a frame
+// or, broken, leads back to the first. It offers chain 0
+// longChainsOffered times, by one store of the available index, and
+// returns the front-end and the used index.
+func longChains(t *testing.T, q int, broken bool) (*frontEnd, func() uint16) {
+	const num, desc, avail, used, buf = maxQueueSize, 0, 0x80000, 0x92000, 0xf0000
+	f := newFrontEnd(t)
+	f.setUp()
+	f.must(vuSetVringNum, u32s(uint32(q), num))
+	f.must(vuSetVringAddr, append(u32s(uint32(q), 0), u64s(feUVA+desc, feUVA+used, feUVA+avail, 0)...))
+	flags := uint16(0)
+	if q == rxQueue {
+		flags = descWrite
+	}
+	for i := range num {
+		d := f.mem[desc+16*i:]
+		binary.LittleEndian.PutUint64(d, buf)
+		binary.LittleEndian.PutUint32(d[8:], 0)
+		binary.LittleEndian.PutUint16(d[12:], flags|descNext)
+		binary.LittleEndian.PutUint16(d[14:], uint16(i+1))
+	}
+	last := f.mem[desc+16*(num-1):]
+	if broken {
+		binary.LittleEndian.PutUint16(last[14:], 0) // loops
+	} else {
+		binary.LittleEndian.PutUint32(last[8:], 4096) // ends in a buffer
+		binary.LittleEndian.PutUint16(last[12:], flags)
+	}
+	binary.LittleEndian.PutUint16(f.mem[avail+2:], longChainsOffered) // the ring's zeroes: chain 0
+	return f, func() uint16 { return binary.LittleEndian.Uint16(f.mem[used+2:]) }
 }

@@ -11,13 +11,19 @@ import (
 
 // Pcap writes frames to a capture file in the classic libpcap format
 // (Ethernet, microsecond timestamps), which tcpdump, tshark and Wireshark
-// read. Each frame is one writev, straight from where the frame lies, so
-// a capture loses nothing if gopasst dies and costs no allocation.
+// read. Each frame is one writev, straight from where the frame lies
+// (but for a tail in more pieces than a writev takes, copied once into
+// flat), so a capture loses nothing if gopasst dies and costs no
+// allocation.
 type Pcap struct {
-	f   *os.File
-	hdr [16]byte
-	iov []unix.Iovec
+	f    *os.File
+	hdr  [16]byte
+	iov  []unix.Iovec
+	flat []byte
 }
+
+// maxIov is the most pieces one writev takes (the kernel's UIO_MAXIOV).
+const maxIov = 1024
 
 // pcapSnaplen is the largest frame recorded whole.
 const pcapSnaplen = MaxFrame
@@ -73,7 +79,21 @@ func (p *Pcap) Write(frame []byte, tail ...unix.Iovec) {
 	binary.LittleEndian.PutUint32(p.hdr[12:], uint32(size))
 	p.iov = append(p.iov[:0], unix.Iovec{Base: &p.hdr[0], Len: uint64(len(p.hdr))},
 		unix.Iovec{Base: &frame[0], Len: uint64(len(frame))})
-	p.iov = append(p.iov, tail...)
+	if len(p.iov)+len(tail) <= maxIov {
+		p.iov = append(p.iov, tail...)
+	} else {
+		// A vhost-user guest's chain may have thousands of buffers: the
+		// writev would fail, and the frame would be missing from the
+		// capture though the engine took it.
+		if p.flat == nil {
+			p.flat = make([]byte, pcapSnaplen)
+		}
+		n := 0
+		for _, v := range tail {
+			n += copy(p.flat[n:], unsafe.Slice(v.Base, v.Len))
+		}
+		p.iov = append(p.iov, unix.Iovec{Base: &p.flat[0], Len: uint64(n)})
+	}
 	// A failed write (a full disk) loses that frame from the capture, not
 	// the frame itself.
 	unix.Syscall(unix.SYS_WRITEV, p.f.Fd(), uintptr(unsafe.Pointer(&p.iov[0])), uintptr(len(p.iov)))

@@ -297,6 +297,18 @@ const (
 	maxTxPieces = 4096
 )
 
+// maxWalk bounds the descriptors walked at a time. A chain may be as
+// long as its ring, and buffers of no length cost a step each: a guest
+// whose chains each took all of a ring of 32768 kept one Read walking
+// 2^30 descriptors for seven seconds, for one store of its available
+// index, and so did one ReserveV or Flush over such broken RX chains. A
+// Read, or a Flush, walks no more past its first chain, or frame, and
+// leaves the rest for later, the kick raised again; a frame to the guest
+// whose RX chains take more is dropped, its chains given back empty, as
+// broken ones are. A Linux guest's 256 frames take some 5000, and a
+// frame to it, 16 at most.
+const maxWalk = 1 << 14
+
 // Read takes the frames the guest queued on its TX ring, their heads into
 // the link's buffer and their tails left in place, and returns their
 // size, or EAGAIN if there were none. The frames of the previous Read go
@@ -323,8 +335,12 @@ func (l *vhostLink) Read() (int, error) {
 	r := l.rd
 	r.makeRoom()
 	h := &l.tx
-	total, broken := 0, 0
+	total, broken, walked := 0, 0, tx.walked
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
+		if tx.walked-walked >= maxWalk {
+			write(tx.kick, eventfdOne[:]) // as for broken chains, below
+			break
+		}
 		head, ok := tx.nextAvail()
 		if !ok && h.n == 0 && tx.err == nil {
 			// Drain the kick, then look again: a frame queued in
@@ -529,7 +545,8 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 		return nil, iov[:pieces], ok
 	}
 	need := l.hdrLen + n
-	given := 0 // broken chains given back, at most a ring's worth
+	given := 0                           // broken chains given back, at most a ring's worth
+	walked, from := rx.walked, rx.walked // where the call, and the frame's chains, started walking
 	for need > 0 {
 		h, more := rx.nextAvail()
 		if !more {
@@ -564,6 +581,9 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			size += len(b)
 			need -= len(b)
 		}
+		if rx.walked-from > maxWalk {
+			err = errBadChain
+		}
 		if err != nil || size == 0 {
 			if d.nFrames > 0 {
 				// The batch ends here, and the next one starts with
@@ -573,8 +593,8 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 			rx.discard(d.start)
 			l.dropped++
 			given += int(rx.lastAvail - d.start)
-			d.start, avail, d.nChains = rx.lastAvail, rx.lastAvail, 0
-			if given >= int(rx.num) {
+			d.start, avail, d.nChains, from = rx.lastAvail, rx.lastAvail, 0, rx.walked
+			if given >= int(rx.num) || rx.walked-walked > maxWalk {
 				// A guest that offers broken chains as fast as they go
 				// back would keep us here: no room, for now, and the
 				// kick raised again for the rest (rxShort watches it),
@@ -696,9 +716,17 @@ func (l *vhostLink) Flush() error {
 	if !rx.ready() {
 		return l.fault()
 	}
+	walked := rx.walked
 	for {
 		frame := l.q.front()
 		if frame == nil {
+			break
+		}
+		if rx.walked-walked >= maxWalk {
+			// The rest at the engine's next turn: the kick it watches
+			// now is raised again.
+			l.rxShort()
+			write(rx.kick, eventfdOne[:])
 			break
 		}
 		ok, err := l.writeFrame(rx, frame)
@@ -727,6 +755,7 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 	src := [2][]byte{hdr[:l.hdrLen], frame}
 	mergeable := l.features&virtioNetFMrgRxbuf != 0
 	start := [2]uint16{rx.lastAvail, rx.usedIdx}
+	walked := rx.walked
 	buffers := uint16(0)
 	var firstBuf []byte
 	for len(src[0])+len(src[1]) > 0 {
@@ -743,6 +772,9 @@ func (l *vhostLink) writeFrame(rx *virtq, frame []byte) (bool, error) {
 		written := 0
 		for len(src[0])+len(src[1]) > 0 {
 			b, err := c.buffer(true)
+			if err == nil && rx.walked-walked > maxWalk {
+				err = errBadChain // chains too long to walk for one frame (maxWalk)
+			}
 			if err != nil {
 				// The chains the frame took, the broken one last, go
 				// back to the guest used and empty.
@@ -1096,6 +1128,17 @@ func (l *vhostLink) stopQueue(i int) {
 	q.started = false
 }
 
+// maxMapped bounds what one memory table maps: its regions and, mapped
+// with them, the file offsets before them. Go cannot do without address
+// space: a front-end that had nearly all of it mapped (eight regions
+// of up to 2^47 bytes each with its offset, where a process has 2^47
+// with 4-level page tables) left the runtime none to grow its heap in,
+// and the process died (fatal error: out of memory), which no recover
+// catches. A table that replaces another is mapped before the old one
+// goes: the two then take at most half the space. 32 TiB is as much
+// memory as the largest machines have.
+const maxMapped = 1 << 45
+
 // setMemTable maps the regions the front-end shares, replacing the old.
 func (l *vhostLink) setMemTable(p []byte) error {
 	if len(p) < 8 {
@@ -1106,6 +1149,7 @@ func (l *vhostLink) setMemTable(p []byte) error {
 		return fmt.Errorf("memory table of %d regions with %d descriptors", n, len(l.fds))
 	}
 	var mem guestMemory
+	mapped := uint64(0)
 	for i := range n {
 		r := p[8+32*i:]
 		gpa, size := binary.LittleEndian.Uint64(r), binary.LittleEndian.Uint64(r[8:])
@@ -1118,6 +1162,11 @@ func (l *vhostLink) setMemTable(p []byte) error {
 			unix.Close(fd)
 			mem.unmap()
 			return fmt.Errorf("region %d: size %#x at offset %#x of a %d-byte file", i, size, off, st.Size)
+		}
+		if mapped += size + off; mapped > maxMapped {
+			unix.Close(fd)
+			mem.unmap()
+			return fmt.Errorf("regions of %#x bytes in all with their offsets, over %#x", mapped, uint64(maxMapped))
 		}
 		m, err := unix.Mmap(fd, 0, int(size+off), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 		unix.Close(fd)

@@ -130,6 +130,7 @@ type virtq struct {
 	desc, avail, used          []byte // the rings, in guest memory; nil until translated
 
 	lastAvail uint16        // the next available entry we take
+	walked    int           // descriptors walked, ever: a call bounds what it walks by the difference (maxWalk)
 	usedIdx   uint16        // the next used entry we write
 	published uint16        // usedIdx as the guest last saw it
 	owed      bool          // an interrupt to send once the guest takes them (publish, rxShort, a new call descriptor)
@@ -416,6 +417,7 @@ func (c *chain) buffer(write bool) ([]byte, error) {
 			return nil, errBadChain
 		}
 		c.steps++
+		c.q.walked++
 		d := c.q.desc[16*uint64(c.next):]
 		addr := binary.LittleEndian.Uint64(d)
 		n := binary.LittleEndian.Uint32(d[8:])

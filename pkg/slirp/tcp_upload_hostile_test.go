@@ -679,7 +679,21 @@ func TestTCPInboundSynAckAgain(t *testing.T) {
 // gathered writes are cut by another's; each sends again what it sent
 // (what the engine took comes back different), junk past a gap, and more
 // than the window. Each host peer reads exactly its own stream.
-func TestTCPHostileUploadInterleaved(t *testing.T) {
+func TestTCPHostileUploadInterleaved(t *testing.T) { hostileUploadInterleaved(t, false) }
+
+// TestTCPHostileUploadInterleavedTails is TestTCPHostileUploadInterleaved
+// with frames as vhost-user hands them over: a frame past
+// qemusock.HeadCopy bytes is its head, copied, and its tail in guest
+// memory, cut in pieces anywhere, and some frames are padded past their
+// IP length, so that they are made whole in one buffer, in turn
+// (frameInput). Data from heads, tails and frames made whole is gathered
+// into one write, and must reach each host peer as it was sent.
+func TestTCPHostileUploadInterleavedTails(t *testing.T) { hostileUploadInterleaved(t, true) }
+
+// hostileUploadInterleaved runs TestTCPHostileUploadInterleaved, its
+// frames through the stream socket, or, with tails, handed to the engine
+// as vhost-user does (vhostFrames).
+func hostileUploadInterleaved(t *testing.T, tails bool) {
 	h, c := tcpPeer(t)
 	c.Close()
 	l := listenLoopback(t)
@@ -745,12 +759,16 @@ func TestTCPHostileUploadInterleaved(t *testing.T) {
 			}
 			t.Fatal("stuck")
 		}
-		var batch []byte
+		var batch [][]byte
 		for range 1 + rng.IntN(12) {
 			u := flows[rng.IntN(len(flows))]
 			from, taken := int(u.next-u.base), int(u.f.rcvNxt-u.base)
 			seg := func(seq uint32, p []byte) {
-				batch = append(batch, h.raw(rawSeg{flags: header.TCPAck, seq: seq, ack: u.f.sndNxt, wnd: 0xffff, sport: u.sport, dport: lport, payload: p})...)
+				pad := 0
+				if tails && rng.IntN(4) == 0 {
+					pad = qemusock.HeadCopy
+				}
+				batch = append(batch, h.raw(rawSeg{flags: header.TCPAck, seq: seq, ack: u.f.sndNxt, wnd: 0xffff, sport: u.sport, dport: lport, payload: p, pad: pad}))
 			}
 			switch k := rng.IntN(8); {
 			case k < 5 && from < len(u.up):
@@ -773,7 +791,11 @@ func TestTCPHostileUploadInterleaved(t *testing.T) {
 				u.sent = u.next
 			}
 		}
-		h.send(batch)
+		if tails {
+			h.vhostFrames(batch, rng)
+		} else {
+			h.send(bytes.Join(batch, nil))
+		}
 		h.e.turn(1)
 		for _, u := range flows {
 			if u.f.flags&tcpShortWrite != 0 {
@@ -1482,4 +1504,31 @@ func TestTCPUploadWholeFrames(t *testing.T) {
 	if !bytes.Equal(got, up) {
 		t.Fatalf("the host read %x, want %x", got, up)
 	}
+}
+
+// vhostFrames hands the engine a batch of frames (length prefixes
+// included) as one read of a vhost-user link does: each past
+// qemusock.HeadCopy bytes as its head, copied, and its tail, left where
+// it lies, in up to four pieces cut at random.
+func (h *hotPath) vhostFrames(batch [][]byte, rng *rand.Rand) {
+	for _, b := range batch {
+		b = b[4:]
+		if len(b) <= qemusock.HeadCopy {
+			h.e.frameInput(b, nil)
+			continue
+		}
+		head := append([]byte(nil), b[:qemusock.HeadCopy]...)
+		rest := b[qemusock.HeadCopy:]
+		var tail []unix.Iovec
+		for len(rest) > 0 {
+			n := len(rest)
+			if len(tail) < 3 {
+				n = 1 + rng.IntN(n)
+			}
+			tail = append(tail, unix.Iovec{Base: &rest[0], Len: uint64(n)})
+			rest = rest[n:]
+		}
+		h.e.frameInput(head, tail)
+	}
+	h.e.inputDone()
 }
