@@ -67,6 +67,15 @@ func TestAcceptOutOfFds(t *testing.T) {
 // withoutFds runs fn with the descriptor limit at the next free
 // descriptor: any descriptor fn opens fails with EMFILE.
 func withoutFds(t *testing.T, fn func()) {
+	defer fdLimit(t, 0)()
+	fn()
+}
+
+// fdLimit lowers the descriptor limit so that spare more descriptors
+// can be opened, and returns what restores it, which the test's end
+// does too, should it fail before.
+func fdLimit(t *testing.T, spare int) (restore func()) {
+	t.Helper()
 	var old unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
 		t.Fatal(err)
@@ -77,12 +86,13 @@ func withoutFds(t *testing.T, fn func()) {
 	}
 	unix.Close(next)
 	lim := old
-	lim.Cur = uint64(next)
+	lim.Cur = uint64(next + spare)
+	restore = func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &old) }
+	t.Cleanup(restore)
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
-	fn()
+	return restore
 }
 
 // forwardEngine is an engine that serves a unix socket at path, with no

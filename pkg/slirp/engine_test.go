@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"io"
 	stdlog "log"
 	"net"
 	"net/netip"
@@ -314,6 +315,27 @@ func listenLoopback(t *testing.T) net.Listener {
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// echoLoopback is a TCP echo server on the host's loopback, for the
+// test's length.
+func echoLoopback(t *testing.T) net.Listener {
+	l := listenLoopback(t)
+	go echo(l)
+	return l
+}
+
+// echo answers each connection l accepts with what it reads, until l
+// closes. Not io.Copy from a connection to itself: Go splices that, and
+// keeps the pipes, which a count of descriptors sees.
+func echo(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() { io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}); c.Close() }()
+	}
 }
 
 // listenUDPLoopback is a UDP socket on the host's loopback, closed when

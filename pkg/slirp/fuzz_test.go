@@ -3,7 +3,6 @@ package slirp
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -224,15 +223,7 @@ func FuzzFlows(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go echo(l)
 	pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf("127.0.0.1:%d", fuzzUDPPort))
 	if err != nil {
 		f.Fatal(err)

@@ -101,18 +101,7 @@ func (d *dialSplicer) Idle() { d.idles++ }
 
 // spliceEchoes is a Splicer whose connections go to an echo server.
 func spliceEchoes(t *testing.T) *dialSplicer {
-	l := listenLoopback(t)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			// Not io.Copy from the connection to itself: Go splices it,
-			// and keeps the pipes, which a count of descriptors sees.
-			go func() { io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}); c.Close() }()
-		}
-	}()
+	l := echoLoopback(t)
 	return &dialSplicer{to: netip.MustParseAddrPort(l.Addr().String())}
 }
 
@@ -238,23 +227,7 @@ func TestSpliceRefusedIsReset(t *testing.T) {
 	starve := func() (restore func()) {
 		te.splicePipes.used = te.now - splicePipesIdle
 		te.splicePipesExpire()
-		var old unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-			t.Fatal(err)
-		}
-		next, err := unix.Dup(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(next)
-		low := old
-		low.Cur = uint64(next + 2)
-		restore = func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &old) }
-		t.Cleanup(restore) // should the test fail before
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-			t.Fatal(err)
-		}
-		return restore
+		return fdLimit(t, 2)
 	}
 	for _, tc := range []struct {
 		name   string

@@ -855,16 +855,7 @@ func TestAdvMSS(t *testing.T) {
 func TestTCPSynOptionExtremes(t *testing.T) {
 	h, c := tcpPeer(t)
 	c.Close()
-	l := listenLoopback(t)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	l := echoLoopback(t)
 	lport := uint16(l.Addr().(*net.TCPAddr).Port)
 	sport := uint16(31000)
 	for _, mss := range []int{-1, 0, 1, 47, 65535} {
