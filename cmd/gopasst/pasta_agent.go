@@ -405,6 +405,9 @@ func pastaAgent(js string) int {
 // with -t auto too the TCP ones: the auto scan then forwards a port
 // listening for TCP for UDP as well, whose senders the agent must serve.
 func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
+	if !r.AutoUDP {
+		return nil
+	}
 	protos := []slirp.Proto{slirp.UDP}
 	if r.AutoTCP {
 		protos = append(protos, slirp.TCP)
@@ -412,7 +415,7 @@ func spliceTables(r *spliceRules, tables map[string]agentTable) []procTable {
 	var out []procTable
 	for _, proto := range protos {
 		for _, name := range []string{string(proto), string(proto) + "6"} {
-			if t := tables[name]; r.AutoUDP && t.err == nil {
+			if t := tables[name]; t.err == nil {
 				out = append(out, procTable{proto, t.fd})
 			}
 		}
