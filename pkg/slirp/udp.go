@@ -367,31 +367,40 @@ func (e *Engine) udpDrop(fd int, route udpRoute) bool {
 }
 
 // udpEvictIdle makes room at --max-udp for a new flow by closing the
-// guest's flow idle longest, if it has been idle udpEvictAfter (passt's
-// timeout for a flow never answered): a guest that resolves names from a
-// new port each time, as most do, leaves a flow a query, and would be
-// refused for minutes at the cap. A search that finds none tells when
-// the first could be (evictAt: flows only grow younger), and none runs
-// before: one per datagram, a guest sending from new ports at the cap
-// cost the engine a scan of every flow each, 17 times the datagram's
-// own cost at 4000 flows.
+// flow idle longest, the guest's or a host sender's to a -u port, if it
+// has been idle udpEvictAfter (passt's timeout for a flow never
+// answered): a guest that resolves names from a new port each time, as
+// most do, leaves a flow a query, and would be refused for minutes at
+// the cap; so would one whose -u port heard once from thousands of
+// ports. A search that finds none tells when the first could be
+// (evictAt: flows only grow younger), and none runs before: one per
+// datagram, a guest sending from new ports at the cap cost the engine a
+// scan of every flow each, 17 times the datagram's own cost at 4000
+// flows.
 func (e *Engine) udpEvictIdle() {
 	if e.now < e.udp.evictAt {
 		return
 	}
-	var oldest *udpFlow
+	last := e.now // the oldest activity found
+	var out *udpFlow
 	e.udp.each(func(_ int32, f *udpFlow) {
-		if oldest == nil || f.lastAct < oldest.lastAct {
-			oldest = f
+		if f.lastAct < last {
+			out, last = f, f.lastAct
+		}
+	})
+	var in *udpInFlow
+	e.fwd.udpIn.each(func(_ int32, f *udpInFlow) {
+		if f.lastAct < last {
+			in, last = f, f.lastAct
 		}
 	})
 	switch {
-	case oldest == nil:
-		e.udp.evictAt = e.now + udpEvictAfter // a flow opened from now on
-	case e.now-oldest.lastAct >= udpEvictAfter:
-		e.udpClose(oldest)
+	case e.now-last < udpEvictAfter:
+		e.udp.evictAt = last + udpEvictAfter // none yet; from now on, a flow opened
+	case in != nil:
+		e.fwd.udpIn.remove(in.idx, in.key)
 	default:
-		e.udp.evictAt = oldest.lastAct + udpEvictAfter
+		e.udpClose(out)
 	}
 }
 
@@ -446,6 +455,9 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
+			if e.udpFlows() >= e.cfg.MaxUDP {
+				e.udpEvictIdle()
+			}
 			if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 				return remote, netip.AddrPort{}, mac // dropped
 			}

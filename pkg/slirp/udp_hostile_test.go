@@ -490,3 +490,80 @@ func TestUDPEvictAtCap(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPInboundEvictAtCap: host senders to a -u port that fill
+// --max-udp and go quiet give their places as the guest's own idle
+// flows do: after udpEvictAfter, the guest's new flow, and a new sender,
+// each takes the place of the one idle longest. They held it for
+// udpIdle (three minutes), during which the guest could open no UDP
+// flow at all: one datagram from each of 4096 ports denied a guest its
+// DNS for three minutes.
+func TestUDPInboundEvictAtCap(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP, te.cfg.MaxUDP = false, 4
+	fwd := freeForward(t, UDP, 53)
+	if err := te.AddForwards(UDP, fwd, false); err != nil {
+		t.Fatal(err)
+	}
+	lidx := te.fwd.byKey[fwdKey{UDP, fwd[0].Addr, fwd[0].HostPort}]
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(fwd[0].HostPort)}
+	dial := func() *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// A new sender's datagram, then one from the first sender, whose
+	// arrival in the guest tells that the new one was read.
+	var first *net.UDPConn
+	hostSends := func(sec int) bool {
+		te.now = time.Duration(sec) * time.Second
+		c := dial()
+		c.Write([]byte("new"))
+		if first == nil {
+			first = c
+		} else {
+			first.Write([]byte("mark"))
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			te.listenerEvent(lidx)
+			for _, f := range te.output(t) {
+				if f[23] != header.ProtoUDP {
+					continue
+				}
+				if p := header.UDP(f[l4Off4:]).Payload(); string(p) == "mark" || first == c && string(p) == "new" {
+					from := netip.MustParseAddrPort(c.LocalAddr().String())
+					_, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())})
+					return f != nil
+				}
+			}
+		}
+		t.Fatalf("at %d s: the datagrams were never read", sec)
+		return false
+	}
+	for range 4 {
+		if !hostSends(0) {
+			t.Fatal("a host sender below the cap was dropped")
+		}
+	}
+	if hostSends(10) {
+		t.Fatal("a fifth host sender got past --max-udp 4")
+	}
+	peer := listenUDPLoopback(t)
+	te.now = 40 * time.Second
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, uint16(peer.LocalAddr().(*net.UDPAddr).Port), []byte("x"))))
+	te.inputDone()
+	te.output(t)
+	defer te.udp.closeAll(te.Engine)
+	if te.udp.count != 1 {
+		t.Errorf("at 40 s, host senders idle since 0 s at the cap: the guest's new flow refused")
+	}
+	if !hostSends(40) {
+		t.Errorf("at 40 s, host senders idle since 0 s at the cap: a new sender dropped")
+	}
+	if n := te.udpFlows(); n != 4 {
+		t.Errorf("%d UDP flows at --max-udp 4", n)
+	}
+}
