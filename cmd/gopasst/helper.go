@@ -303,7 +303,7 @@ func (s *helperServer) serve() {
 		sendReply(s.fd, &r, fd, herr)
 	}
 	for _, p := range s.procs {
-		p.Signal(unix.SIGTERM)
+		slirp.StopCommand(p)
 	}
 }
 
@@ -354,7 +354,7 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		return fd, err
 	case "endcmd":
 		if p := s.procs[req.ID]; p != nil {
-			p.Signal(unix.SIGTERM)
+			slirp.StopCommand(p)
 			delete(s.procs, req.ID)
 		}
 		return -1, nil
