@@ -434,13 +434,13 @@ type udpInKey struct {
 type udpInFlow struct {
 	key      udpInKey
 	idx      int32
-	listener int32
+	listener *listener      // the forward it came through, whose socket replies go out of
 	peer     netip.AddrPort // the real sender
 	lastAct  time.Duration
 	mac      remoteMAC // the sender's MAC to the guest, set by its first datagram (flowMAC)
 }
 
-func (e *Engine) udpInbound(lidx int32, l *listener) {
+func (e *Engine) udpInbound(l *listener) {
 	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (_, _ netip.AddrPort, mac [6]byte) {
 		if e.cfg.Splicer != nil && from.Addr().IsLoopback() {
 			if payload != nil {
@@ -465,17 +465,17 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 			idx, f = e.fwd.udpIn.add(key)
 			*f = udpInFlow{key: key, idx: idx}
 		}
-		f.listener, f.peer, f.lastAct = lidx, from, e.now
+		f.listener, f.peer, f.lastAct = l, from, e.now
 		return remote, guest, e.flowMAC(&f.mac, remote.Addr())
 	})
 }
 
 func (e *Engine) udpReply(f *udpInFlow, payload []byte) {
 	f.lastAct = e.now
-	if int(f.listener) >= len(e.fwd.listeners) || e.fwd.listeners[f.listener] == nil {
+	if f.listener.fd < 0 {
 		return // the forward was removed
 	}
-	if err := sendto(e.fwd.listeners[f.listener].fd, payload, f.peer); err != nil {
+	if err := sendto(f.listener.fd, payload, f.peer); err != nil {
 		e.debugf("UDP reply to %v: %v", f.peer, err)
 	}
 }

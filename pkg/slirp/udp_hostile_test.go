@@ -567,3 +567,60 @@ func TestUDPInboundEvictAtCap(t *testing.T) {
 		t.Errorf("%d UDP flows at --max-udp 4", n)
 	}
 }
+
+// TestForwardSlotsReused: forwards added and removed without end (pasta's
+// -t/-u auto follows ports a container binds and closes, each second)
+// take no more room than those bound at once; each added took a slot for
+// good. A host sender's flow outlives its forward, and the guest's
+// answer then goes nowhere, not out of the forward that took its slot.
+func TestForwardSlotsReused(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	a, b := freeForward(t, UDP, 53), freeForward(t, UDP, 54)
+	for range 1000 {
+		if err := te.AddForwards(TCP, a, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := te.RemoveForwards(TCP, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(te.fwd.listeners); n > 1 {
+		t.Errorf("%d listener slots after 1000 forwards added and removed one at a time", n)
+	}
+	if err := te.AddForwards(UDP, a, false); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(a[0].HostPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("q"))
+	from := netip.MustParseAddrPort(c.LocalAddr().String())
+	key := udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}
+	lidx := te.fwd.byKey[fwdKey{UDP, a[0].Addr, a[0].HostPort}]
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		te.listenerEvent(lidx)
+		te.output(t)
+		if _, f := te.fwd.udpIn.lookup(key); f != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host sender's datagram never reached the guest")
+		}
+	}
+	if err := te.RemoveForwards(UDP, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := te.AddForwards(UDP, b, false); err != nil {
+		t.Fatal(err)
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
+	te.inputDone()
+	te.output(t)
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, src, err := c.ReadFromUDP(make([]byte, 64)); err == nil {
+		t.Errorf("the answer through a removed forward: %d bytes from %v (the forward now in its slot: port %d)", n, src, b[0].HostPort)
+	}
+}
