@@ -108,6 +108,8 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 		}
 		if proto == TCP {
 			e.tcp.hostSockOpts(fd) // for the connections it accepts (tcpAccept, spliceAccept)
+		} else if !f.Addr.IsValid() {
+			recvPktinfo(fd) // to answer from where each sender sent (udpReply)
 		}
 		l := &listener{forward: forward{proto, f, skipBusy}, fd: fd, off: l4Off4}
 		idx := int32(len(e.fwd.listeners))

@@ -624,3 +624,50 @@ func TestForwardSlotsReused(t *testing.T) {
 		t.Errorf("the answer through a removed forward: %d bytes from %v (the forward now in its slot: port %d)", n, src, b[0].HostPort)
 	}
 }
+
+// TestUDPInboundReplySource: the guest's answer to a host sender of a -u
+// port bound to no address leaves from the address the sender sent to,
+// not from the one the host's routes would pick, which a sender's
+// connected socket (any resolver's, or NTP client's) drops: a host with
+// more than one address on a link (IPv6's temporary and stable ones),
+// or a loopback client of 127.0.0.2, heard nothing back.
+func TestUDPInboundReplySource(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	fwd := freeForward(t, UDP, 53)
+	fwd[0].Addr = netip.Addr{}
+	h := LocalHost{Only4: true}
+	fd, err := h.Bind(UDP, fwd[0])
+	if err != nil {
+		t.Skip(err) // the port, free on 127.0.0.1, is busy on another address
+	}
+	unix.Close(fd)
+	if err := te.AddForwards(UDP, fwd, false); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(fwd[0].HostPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("q"))
+	from := netip.MustParseAddrPort(c.LocalAddr().String())
+	lidx := te.fwd.byKey[fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}]
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		te.listenerEvent(lidx)
+		te.output(t)
+		if _, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}); f != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host sender's datagram never reached the guest")
+		}
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
+	te.inputDone()
+	te.output(t)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 64)); err != nil || n != len("answer") {
+		t.Errorf("the answer to a sender of 127.0.0.2: %d bytes, %v", n, err)
+	}
+}
