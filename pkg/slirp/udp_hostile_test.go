@@ -630,44 +630,59 @@ func TestForwardSlotsReused(t *testing.T) {
 // not from the one the host's routes would pick, which a sender's
 // connected socket (any resolver's, or NTP client's) drops: a host with
 // more than one address on a link (IPv6's temporary and stable ones),
-// or a loopback client of 127.0.0.2, heard nothing back.
+// or a loopback client of 127.0.0.2, heard nothing back. So does the
+// answer on pasta's loopback path (a Splicer's socket, here to an echo
+// server).
 func TestUDPInboundReplySource(t *testing.T) {
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	fwd := freeForward(t, UDP, 53)
-	fwd[0].Addr = netip.Addr{}
-	h := LocalHost{Only4: true}
-	fd, err := h.Bind(UDP, fwd[0])
-	if err != nil {
-		t.Skip(err) // the port, free on 127.0.0.1, is busy on another address
-	}
-	unix.Close(fd)
-	if err := te.AddForwards(UDP, fwd, false); err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(fwd[0].HostPort)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte("q"))
-	from := netip.MustParseAddrPort(c.LocalAddr().String())
-	lidx := te.fwd.byKey[fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}]
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		te.listenerEvent(lidx)
+	for _, splice := range []bool{false, true} {
+		te := newTestEngine(t)
+		te.cfg.NoUDP = false
+		if splice {
+			pc := listenUDPLoopback(t)
+			go servePacketsEcho(pc)
+			te.cfg.Splicer = &dialSplicer{to: netip.MustParseAddrPort(pc.LocalAddr().String())}
+		}
+		fwd := freeForward(t, UDP, 53)
+		fwd[0].Addr = netip.Addr{}
+		if err := te.AddForwards(UDP, fwd, false); err != nil {
+			t.Skip(err) // the port, free on 127.0.0.1, is busy on another address
+		}
+		c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(fwd[0].HostPort)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("answer"))
+		if splice {
+			n := 0
+			for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
+				te.turn(10)
+				c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+				n, _ = c.Read(make([]byte, 64))
+			}
+			if n != len("answer") {
+				t.Errorf("the answer to a sender of 127.0.0.2, spliced: %d bytes (%d spliced senders)", n, te.spliceUDP.count)
+			}
+			continue
+		}
+		from := netip.MustParseAddrPort(c.LocalAddr().String())
+		lidx := te.fwd.byKey[fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}]
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			te.listenerEvent(lidx)
+			te.output(t)
+			if _, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}); f != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the host sender's datagram never reached the guest")
+			}
+		}
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
+		te.inputDone()
 		te.output(t)
-		if _, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}); f != nil {
-			break
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 64)); err != nil || n != len("answer") {
+			t.Errorf("the answer to a sender of 127.0.0.2: %d bytes, %v", n, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the host sender's datagram never reached the guest")
-		}
-	}
-	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
-	te.inputDone()
-	te.output(t)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 64)); err != nil || n != len("answer") {
-		t.Errorf("the answer to a sender of 127.0.0.2: %d bytes, %v", n, err)
 	}
 }
