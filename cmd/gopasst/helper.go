@@ -303,7 +303,7 @@ func (s *helperServer) serve() {
 		sendReply(s.fd, &r, fd, herr)
 	}
 	for _, p := range s.procs {
-		p.Signal(unix.SIGTERM)
+		slirp.StopCommand(p)
 	}
 }
 
@@ -339,9 +339,11 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		if !s.ready {
 			return -1, errors.New("no unix socket or command before the engine is ready")
 		}
-		// Forget commands that have exited, which an engine need not end.
+		// Forget commands that have exited, which an engine need not
+		// end, once nothing they started lives on in their group
+		// either: ending the connection stops that too.
 		for id, p := range s.procs {
-			if errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone) {
+			if unix.Kill(-p.Pid, 0) == unix.ESRCH {
 				delete(s.procs, id)
 			}
 		}
@@ -354,7 +356,7 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		return fd, err
 	case "endcmd":
 		if p := s.procs[req.ID]; p != nil {
-			p.Signal(unix.SIGTERM)
+			slirp.StopCommand(p)
 			delete(s.procs, req.ID)
 		}
 		return -1, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -328,4 +329,54 @@ func FuzzCtlAllow(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestHelperEndCmdAfterLeaderExits: a command that left a child behind
+// and exited is not forgotten by the helper while the child lives, so
+// the end of its connection still stops the child (slirp.StopCommand),
+// though another connection came meanwhile.
+func TestHelperEndCmdAfterLeaderExits(t *testing.T) {
+	srv := &helperServer{}
+	if err := srv.allow(&ctlRequest{CmdFwd: []string{"7000:sh -c 'sleep 600 & echo $$ $!'"}}); err != nil {
+		t.Skip(err)
+	}
+	c := newHelperPair(t, srv)
+	if err := c.ready(); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() (fd, leader, child int) {
+		fd, err := c.DialSpecial(7000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		var pids [2]int
+		unix.SetNonblock(fd, false)
+		buf := make([]byte, 64)
+		n, err := unix.Read(fd, buf) // one line, one write
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fmt.Sscan(string(buf[:n]), &pids[0], &pids[1]); err != nil {
+			t.Fatalf("the command's pids: %q: %v", buf[:n], err)
+		}
+		t.Cleanup(func() { unix.Kill(pids[1], unix.SIGKILL) })
+		return fd, pids[0], pids[1]
+	}
+	gone := func(pid int) bool {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	}
+	fd, leader, child := dial()
+	waitUntil := func(what string, cond func() bool) {
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+		}
+	}
+	waitUntil("the command did not exit", func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", leader)); return err != nil })
+	dial()
+	c.EndCommand(fd)
+	waitUntil("the child of an exited command still runs 10 s after its connection ended", func() bool { return gone(child) })
 }

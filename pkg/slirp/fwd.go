@@ -59,6 +59,7 @@ type special struct {
 
 type fwdTable struct {
 	listeners []*listener // indexed as in epoll; nil when removed
+	free      []int32     // slots removed, for the next added: pasta's auto adds and removes without end
 	byKey     map[fwdKey]int32
 	special   map[uint16]special
 	udpIn     flowTable[udpInKey, udpInFlow]
@@ -107,9 +108,17 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 		}
 		if proto == TCP {
 			e.tcp.hostSockOpts(fd) // for the connections it accepts (tcpAccept, spliceAccept)
+		} else if !f.Addr.IsValid() {
+			recvPktinfo(fd) // to answer from where each sender sent (udpReply)
 		}
+		l := &listener{forward: forward{proto, f, skipBusy}, fd: fd, off: l4Off4}
 		idx := int32(len(e.fwd.listeners))
-		e.fwd.listeners = append(e.fwd.listeners, &listener{forward: forward{proto, f, skipBusy}, fd: fd, off: l4Off4})
+		if n := len(e.fwd.free); n > 0 {
+			idx, e.fwd.free = e.fwd.free[n-1], e.fwd.free[:n-1]
+			e.fwd.listeners[idx] = l
+		} else {
+			e.fwd.listeners = append(e.fwd.listeners, l)
+		}
 		e.fwd.byKey[k] = idx
 		added = append(added, idx)
 		ref := epollRef{kind: kindTCPListen, idx: idx}
@@ -156,8 +165,10 @@ func (e *Engine) removeListeners(idx []int32) {
 		}
 		e.spliceUDPExpire(l.fd)
 		unix.Close(l.fd)
+		l.fd = -1 // for the host senders' flows that outlive it (udpReply)
 		delete(e.fwd.byKey, fwdKey{l.proto, l.fwd.Addr, l.fwd.HostPort})
 		e.fwd.listeners[i] = nil
+		e.fwd.free = append(e.fwd.free, i)
 	}
 }
 
@@ -339,6 +350,6 @@ func (e *Engine) listenerEvent(idx int32) {
 	if l.proto == TCP {
 		e.tcpAccept(l)
 	} else {
-		e.udpInbound(idx, l)
+		e.udpInbound(l)
 	}
 }

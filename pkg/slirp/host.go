@@ -240,14 +240,24 @@ func startCommand(argv []string, exited func()) (int, *os.Process, error) {
 	return pair[0], p, nil
 }
 
-// EndCommand sends the command behind fd SIGTERM: a command forward lives
-// as long as its connection.
+// EndCommand stops the command behind fd (StopCommand): a command
+// forward lives as long as its connection.
 func (h *LocalHost) EndCommand(fd int) {
 	h.mu.Lock()
 	p := h.procs[fd]
 	delete(h.procs, fd)
 	h.mu.Unlock()
 	if p != nil {
-		p.Signal(unix.SIGTERM)
+		StopCommand(p)
 	}
+}
+
+// StopCommand sends SIGTERM to a command startCommand started and to its
+// process group, which it leads (its own session): a shell's children
+// would outlive it, uncounted by --cmd-fwd-max, and a guest that opened
+// and closed connections piled them up without bound. The group's
+// number is not reused while a member lives.
+func StopCommand(p *os.Process) {
+	p.Signal(unix.SIGTERM)
+	unix.Kill(-p.Pid, unix.SIGTERM)
 }

@@ -1,8 +1,13 @@
 package slirp
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"golang.org/x/sys/unix"
@@ -34,4 +39,39 @@ func TestBindV6Only(t *testing.T) {
 			t.Errorf("%s: IPV6_V6ONLY %d (%v), want %d", c.name, only, err, c.want)
 		}
 	}
+}
+
+// TestEndCommandStopsItsChildren: a command forward's connection that
+// ends stops what the command started too, not the command alone. A
+// shell's child outlived it, out of --cmd-fwd-max's count: a guest
+// opening and closing connections to `sh -c 'sleep 600; ...'` piled up
+// sleeps without bound.
+func TestEndCommandStopsItsChildren(t *testing.T) {
+	h := &LocalHost{}
+	h.SetSpecial(7000, &Special{Argv: []string{"/bin/sh", "-c", "sleep 600 & echo $!; wait"}})
+	fd, err := h.DialSpecial(7000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	unix.SetNonblock(fd, false)
+	buf := make([]byte, 32)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	if err != nil {
+		t.Fatalf("the command's child: %q: %v", buf[:n], err)
+	}
+	defer unix.Kill(child, unix.SIGKILL)
+	h.EndCommand(fd)
+	// Gone, or a zombie its new parent has not reaped yet.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			return
+		}
+	}
+	t.Fatal("the command's child still runs 10 s after its connection ended")
 }

@@ -75,8 +75,8 @@ func TestSpliceAnswerBeforeReset(t *testing.T) {
 }
 
 // dialSplicer is a Splicer whose "namespace" is the host's loopback: it
-// connects, without waiting, to to, or fails with err; it counts the
-// Idle calls.
+// connects, without waiting, to to (with a socket of the protocol
+// asked), or fails with err; it counts the Idle calls.
 type dialSplicer struct {
 	to    netip.AddrPort
 	err   error
@@ -87,7 +87,11 @@ func (d *dialSplicer) Dial(proto Proto, from netip.AddrPort, port uint16) (int, 
 	if d.err != nil {
 		return -1, d.err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	typ := unix.SOCK_STREAM
+	if proto == UDP {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err == nil {
 		if err = connect(fd, d.to); err == nil || err == unix.EINPROGRESS {
 			return fd, nil

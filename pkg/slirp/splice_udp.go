@@ -25,7 +25,7 @@ import (
 
 type spliceUDPKey struct {
 	lfd   int            // the socket the sender sent to
-	local netip.Addr     // -U: the address it sent to on lfd; else invalid
+	local netip.Addr     // the address it sent to on lfd, where the kernel tells (recvPktinfo); else invalid
 	peer  netip.AddrPort // the sender
 }
 

@@ -247,7 +247,7 @@ func (e *Engine) udpSockEvent(idx int32, gen uint32, events uint32) {
 		e.udpErrors(f)
 	}
 	off := l4Off(f.guest.Addr())
-	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ []byte) (src, dst netip.AddrPort, mac [6]byte) {
+	e.udpToGuest(f.fd, &off, func(from netip.AddrPort, _ netip.Addr, _ []byte) (src, dst netip.AddrPort, mac [6]byte) {
 		p := f.peer(from)
 		if p == nil {
 			e.Stats.Dropped++ // a peer the guest never sent to
@@ -320,7 +320,7 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 			}
 			continue
 		}
-		n, from, err := recvfrom(fd, b[o:o+max4])
+		n, from, to, err := recvfromTo(fd, b[o:o+max4])
 		if err != nil {
 			return
 		}
@@ -328,7 +328,7 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 		if n <= max4 {
 			payload = b[o : o+n]
 		}
-		src, dst, mac := route(from, payload)
+		src, dst, mac := route(from, to, payload)
 		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
 			continue
 		}
@@ -345,14 +345,16 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 }
 
 // udpRoute is where a datagram from a host sender goes: src, dst and the
-// source MAC of its frame to the guest; an invalid dst for none.
-type udpRoute func(from netip.AddrPort, payload []byte) (src, dst netip.AddrPort, mac [6]byte)
+// source MAC of its frame to the guest; an invalid dst for none. to is
+// the address it was sent to, where the socket asked the kernel to tell
+// (recvPktinfo).
+type udpRoute func(from netip.AddrPort, to netip.Addr, payload []byte) (src, dst netip.AddrPort, mac [6]byte)
 
 // udpDrop reads one datagram from fd for which the guest has no room,
 // and drops it if route gives it a destination in the guest (it may take
 // it elsewhere itself). It reports false once fd has nothing to read.
 func (e *Engine) udpDrop(fd int, route udpRoute) bool {
-	n, from, err := recvfrom(fd, e.spliceBuf[:])
+	n, from, to, err := recvfromTo(fd, e.spliceBuf[:])
 	if err != nil {
 		return false
 	}
@@ -360,38 +362,47 @@ func (e *Engine) udpDrop(fd int, route udpRoute) bool {
 	if n <= len(e.spliceBuf) {
 		payload = e.spliceBuf[:n]
 	}
-	if _, dst, _ := route(from, payload); dst.IsValid() {
+	if _, dst, _ := route(from, to, payload); dst.IsValid() {
 		e.Stats.Dropped++
 	}
 	return true
 }
 
 // udpEvictIdle makes room at --max-udp for a new flow by closing the
-// guest's flow idle longest, if it has been idle udpEvictAfter (passt's
-// timeout for a flow never answered): a guest that resolves names from a
-// new port each time, as most do, leaves a flow a query, and would be
-// refused for minutes at the cap. A search that finds none tells when
-// the first could be (evictAt: flows only grow younger), and none runs
-// before: one per datagram, a guest sending from new ports at the cap
-// cost the engine a scan of every flow each, 17 times the datagram's
-// own cost at 4000 flows.
+// flow idle longest, the guest's or a host sender's to a -u port, if it
+// has been idle udpEvictAfter (passt's timeout for a flow never
+// answered): a guest that resolves names from a new port each time, as
+// most do, leaves a flow a query, and would be refused for minutes at
+// the cap; so would one whose -u port heard once from thousands of
+// ports. A search that finds none tells when the first could be
+// (evictAt: flows only grow younger), and none runs before: one per
+// datagram, a guest sending from new ports at the cap cost the engine a
+// scan of every flow each, 17 times the datagram's own cost at 4000
+// flows.
 func (e *Engine) udpEvictIdle() {
 	if e.now < e.udp.evictAt {
 		return
 	}
-	var oldest *udpFlow
+	last := e.now // the oldest activity found
+	var out *udpFlow
 	e.udp.each(func(_ int32, f *udpFlow) {
-		if oldest == nil || f.lastAct < oldest.lastAct {
-			oldest = f
+		if f.lastAct < last {
+			out, last = f, f.lastAct
+		}
+	})
+	var in *udpInFlow
+	e.fwd.udpIn.each(func(_ int32, f *udpInFlow) {
+		if f.lastAct < last {
+			in, last = f, f.lastAct
 		}
 	})
 	switch {
-	case oldest == nil:
-		e.udp.evictAt = e.now + udpEvictAfter // a flow opened from now on
-	case e.now-oldest.lastAct >= udpEvictAfter:
-		e.udpClose(oldest)
+	case e.now-last < udpEvictAfter:
+		e.udp.evictAt = last + udpEvictAfter // none yet; from now on, a flow opened
+	case in != nil:
+		e.fwd.udpIn.remove(in.idx, in.key)
 	default:
-		e.udp.evictAt = oldest.lastAct + udpEvictAfter
+		e.udpClose(out)
 	}
 }
 
@@ -425,17 +436,18 @@ type udpInKey struct {
 type udpInFlow struct {
 	key      udpInKey
 	idx      int32
-	listener int32
+	listener *listener      // the forward it came through, whose socket replies go out of
 	peer     netip.AddrPort // the real sender
+	local    netip.Addr     // the address it sent to, if the forward has none (udpReply)
 	lastAct  time.Duration
 	mac      remoteMAC // the sender's MAC to the guest, set by its first datagram (flowMAC)
 }
 
-func (e *Engine) udpInbound(lidx int32, l *listener) {
-	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, payload []byte) (_, _ netip.AddrPort, mac [6]byte) {
+func (e *Engine) udpInbound(l *listener) {
+	e.udpToGuest(l.fd, &l.off, func(from netip.AddrPort, to netip.Addr, payload []byte) (_, _ netip.AddrPort, mac [6]byte) {
 		if e.cfg.Splicer != nil && from.Addr().IsLoopback() {
 			if payload != nil {
-				e.spliceUDPSend(spliceUDPKey{lfd: l.fd, peer: from}, payload, l.fwd.GuestPort, true)
+				e.spliceUDPSend(spliceUDPKey{l.fd, to, from}, payload, l.fwd.GuestPort, true)
 			}
 			return from, netip.AddrPort{}, mac // not the guest's
 		}
@@ -446,6 +458,9 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
+			if e.udpFlows() >= e.cfg.MaxUDP {
+				e.udpEvictIdle()
+			}
 			if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
 				return remote, netip.AddrPort{}, mac // dropped
 			}
@@ -453,17 +468,26 @@ func (e *Engine) udpInbound(lidx int32, l *listener) {
 			idx, f = e.fwd.udpIn.add(key)
 			*f = udpInFlow{key: key, idx: idx}
 		}
-		f.listener, f.peer, f.lastAct = lidx, from, e.now
+		f.listener, f.peer, f.local, f.lastAct = l, from, to, e.now
 		return remote, guest, e.flowMAC(&f.mac, remote.Addr())
 	})
 }
 
 func (e *Engine) udpReply(f *udpInFlow, payload []byte) {
 	f.lastAct = e.now
-	if int(f.listener) >= len(e.fwd.listeners) || e.fwd.listeners[f.listener] == nil {
+	if f.listener.fd < 0 {
 		return // the forward was removed
 	}
-	if err := sendto(e.fwd.listeners[f.listener].fd, payload, f.peer); err != nil {
+	// From the address the sender sent to: a socket bound to a
+	// wildcard would pick its own by the host's routes, and a sender's
+	// connected socket drops what comes from another.
+	var err error
+	if f.local.IsValid() {
+		err = sendtoFrom(f.listener.fd, payload, f.local, f.peer)
+	} else {
+		err = sendto(f.listener.fd, payload, f.peer)
+	}
+	if err != nil {
 		e.debugf("UDP reply to %v: %v", f.peer, err)
 	}
 }

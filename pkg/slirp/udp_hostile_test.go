@@ -490,3 +490,199 @@ func TestUDPEvictAtCap(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPInboundEvictAtCap: host senders to a -u port that fill
+// --max-udp and go quiet give their places as the guest's own idle
+// flows do: after udpEvictAfter, the guest's new flow, and a new sender,
+// each takes the place of the one idle longest. They held it for
+// udpIdle (three minutes), during which the guest could open no UDP
+// flow at all: one datagram from each of 4096 ports denied a guest its
+// DNS for three minutes.
+func TestUDPInboundEvictAtCap(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP, te.cfg.MaxUDP = false, 4
+	fwd := freeForward(t, UDP, 53)
+	if err := te.AddForwards(UDP, fwd, false); err != nil {
+		t.Fatal(err)
+	}
+	lidx := te.fwd.byKey[fwdKey{UDP, fwd[0].Addr, fwd[0].HostPort}]
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(fwd[0].HostPort)}
+	dial := func() *net.UDPConn {
+		c, err := net.DialUDP("udp", nil, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// A new sender's datagram, then one from the first sender, whose
+	// arrival in the guest tells that the new one was read.
+	var first *net.UDPConn
+	hostSends := func(sec int) bool {
+		te.now = time.Duration(sec) * time.Second
+		c := dial()
+		c.Write([]byte("new"))
+		if first == nil {
+			first = c
+		} else {
+			first.Write([]byte("mark"))
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			te.listenerEvent(lidx)
+			for _, f := range te.output(t) {
+				if f[23] != header.ProtoUDP {
+					continue
+				}
+				if p := header.UDP(f[l4Off4:]).Payload(); string(p) == "mark" || first == c && string(p) == "new" {
+					from := netip.MustParseAddrPort(c.LocalAddr().String())
+					_, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())})
+					return f != nil
+				}
+			}
+		}
+		t.Fatalf("at %d s: the datagrams were never read", sec)
+		return false
+	}
+	for range 4 {
+		if !hostSends(0) {
+			t.Fatal("a host sender below the cap was dropped")
+		}
+	}
+	if hostSends(10) {
+		t.Fatal("a fifth host sender got past --max-udp 4")
+	}
+	peer := listenUDPLoopback(t)
+	te.now = 40 * time.Second
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, uint16(peer.LocalAddr().(*net.UDPAddr).Port), []byte("x"))))
+	te.inputDone()
+	te.output(t)
+	defer te.udp.closeAll(te.Engine)
+	if te.udp.count != 1 {
+		t.Errorf("at 40 s, host senders idle since 0 s at the cap: the guest's new flow refused")
+	}
+	if !hostSends(40) {
+		t.Errorf("at 40 s, host senders idle since 0 s at the cap: a new sender dropped")
+	}
+	if n := te.udpFlows(); n != 4 {
+		t.Errorf("%d UDP flows at --max-udp 4", n)
+	}
+}
+
+// TestForwardSlotsReused: forwards added and removed without end (pasta's
+// -t/-u auto follows ports a container binds and closes, each second)
+// take no more room than those bound at once; each added took a slot for
+// good. A host sender's flow outlives its forward, and the guest's
+// answer then goes nowhere, not out of the forward that took its slot.
+func TestForwardSlotsReused(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	a, b := freeForward(t, UDP, 53), freeForward(t, UDP, 54)
+	for range 1000 {
+		if err := te.AddForwards(TCP, a, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := te.RemoveForwards(TCP, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(te.fwd.listeners); n > 1 {
+		t.Errorf("%d listener slots after 1000 forwards added and removed one at a time", n)
+	}
+	if err := te.AddForwards(UDP, a, false); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(a[0].HostPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("q"))
+	from := netip.MustParseAddrPort(c.LocalAddr().String())
+	key := udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}
+	lidx := te.fwd.byKey[fwdKey{UDP, a[0].Addr, a[0].HostPort}]
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		te.listenerEvent(lidx)
+		te.output(t)
+		if _, f := te.fwd.udpIn.lookup(key); f != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host sender's datagram never reached the guest")
+		}
+	}
+	if err := te.RemoveForwards(UDP, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := te.AddForwards(UDP, b, false); err != nil {
+		t.Fatal(err)
+	}
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
+	te.inputDone()
+	te.output(t)
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, src, err := c.ReadFromUDP(make([]byte, 64)); err == nil {
+		t.Errorf("the answer through a removed forward: %d bytes from %v (the forward now in its slot: port %d)", n, src, b[0].HostPort)
+	}
+}
+
+// TestUDPInboundReplySource: the guest's answer to a host sender of a -u
+// port bound to no address leaves from the address the sender sent to,
+// not from the one the host's routes would pick, which a sender's
+// connected socket (any resolver's, or NTP client's) drops: a host with
+// more than one address on a link (IPv6's temporary and stable ones),
+// or a loopback client of 127.0.0.2, heard nothing back. So does the
+// answer on pasta's loopback path (a Splicer's socket, here to an echo
+// server).
+func TestUDPInboundReplySource(t *testing.T) {
+	for _, splice := range []bool{false, true} {
+		te := newTestEngine(t)
+		te.cfg.NoUDP = false
+		if splice {
+			pc := listenUDPLoopback(t)
+			go servePacketsEcho(pc)
+			te.cfg.Splicer = &dialSplicer{to: netip.MustParseAddrPort(pc.LocalAddr().String())}
+		}
+		fwd := freeForward(t, UDP, 53)
+		fwd[0].Addr = netip.Addr{}
+		if err := te.AddForwards(UDP, fwd, false); err != nil {
+			t.Skip(err) // the port, free on 127.0.0.1, is busy on another address
+		}
+		c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(fwd[0].HostPort)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("answer"))
+		if splice {
+			n := 0
+			for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
+				te.turn(10)
+				c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+				n, _ = c.Read(make([]byte, 64))
+			}
+			if n != len("answer") {
+				t.Errorf("the answer to a sender of 127.0.0.2, spliced: %d bytes (%d spliced senders)", n, te.spliceUDP.count)
+			}
+			continue
+		}
+		from := netip.MustParseAddrPort(c.LocalAddr().String())
+		lidx := te.fwd.byKey[fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}]
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			te.listenerEvent(lidx)
+			te.output(t)
+			if _, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}); f != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the host sender's datagram never reached the guest")
+			}
+		}
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
+		te.inputDone()
+		te.output(t)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 64)); err != nil || n != len("answer") {
+			t.Errorf("the answer to a sender of 127.0.0.2: %d bytes, %v", n, err)
+		}
+	}
+}
