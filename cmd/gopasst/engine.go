@@ -167,6 +167,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	// A signal between the two, to a caller that saw the PID file, is
 	// the engine's to hear: killed, it made the helper exit 137.
 	var handles, serving atomic.Bool
+	var gone atomic.Bool // the namespace went during set-up
 	srv.onReady = func() error {
 		handles.Store(true)
 		pid, err := writePidFile(r.pidFile, cmd.Process.Pid)
@@ -205,7 +206,14 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 					cmd.Process.Kill()
 				}
 			case <-r.cmdDone:
-				cmd.Process.Signal(unix.SIGTERM)
+				if handles.Load() {
+					cmd.Process.Signal(unix.SIGTERM)
+				} else {
+					// As above: a SIGTERM now may be lost, and the
+					// engine would serve a namespace gone for good.
+					gone.Store(true)
+					cmd.Process.Kill()
+				}
 				r.cmdDone = nil
 			}
 		}
@@ -213,7 +221,11 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	cmd.Wait()
 	<-served
 	if !serving.Load() {
-		if failure == "" {
+		switch {
+		case failure != "":
+		case gone.Load():
+			failure = "the namespace went away during set-up"
+		default:
 			failure = "the engine exited during set-up: " + cmd.ProcessState.String()
 		}
 		return 1, fmt.Errorf("%s", failure)

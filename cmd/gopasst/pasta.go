@@ -162,6 +162,10 @@ func pastaConfig(o *pastaOptions) (netSetup, error) {
 	// DHCP, DHCPv6 and RAs name resolvers and search domains in pasta
 	// mode only when asked: the namespace has the host's resolv.conf.
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
+	// The tap is the only guest there will be: once the namespace deletes
+	// it, the engine ends, as pasta does, rather than holding the host's
+	// ports for nobody.
+	cfg.OneOff = true
 	if o.ConfigNet {
 		// The namespace has its addresses already, as pasta's does.
 		cfg.NoRA, cfg.Configured6 = true, true

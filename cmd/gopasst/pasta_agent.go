@@ -357,17 +357,26 @@ func (p *pastaHelper) mayBind(proto slirp.Proto, f portspec.Forward) bool {
 // then: a container that opens thousands of ports has the engine ask for
 // each, and one read of tables that long takes tens of milliseconds. A
 // port that listened may stay allowed: the engine could have used it
-// then and kept it anyway.
+// then and kept it anyway. Nor are they read again within
+// listenReread of the last read: a container that keeps thousands of
+// ports open and churns a thousand more, each gone before the engine
+// asks for it, had each ask read them all, a CPU's worth each second,
+// while the engine waited for the answers.
 type listenCache struct {
 	tables []procTable
 	scan   autoScan
 	last   map[fwdPort]bool
+	next   time.Time // when the tables may be read again
 }
+
+// listenReread is half of auto's period: a port that starts to listen
+// is still seen at the engine's next scan, or soon after.
+const listenReread = 500 * time.Millisecond
 
 // listens tells whether k listens in c's tables.
 func (c *listenCache) listens(k fwdPort) bool {
-	if !c.last[k] && len(c.tables) > 0 {
-		c.last = c.scan.listening(c.tables)
+	if now := time.Now(); !c.last[k] && len(c.tables) > 0 && !now.Before(c.next) {
+		c.last, c.next = c.scan.listening(c.tables), now.Add(listenReread)
 	}
 	return c.last[k]
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
@@ -160,8 +161,9 @@ func TestPastaDHCPDNS(t *testing.T) {
 
 // The helper reads the namespace's tables for -t auto once for a burst of
 // binds, not once a bind: only a port it did not see listening reads them
-// again. A container with thousands of ports made it read megabytes for
-// each of them, with the engine waiting.
+// again, and not within listenReread of the last read. A container with
+// thousands of ports made it read megabytes for each of them, with the
+// engine waiting, and one that also churned ports, for each of those.
 func TestPastaMayBindReadsOnMiss(t *testing.T) {
 	table := func(port string) []byte {
 		return []byte("  sl  local_address rem_address   st\n   0: 0100007F:" + port + " 00000000:0000 0A 0\n")
@@ -188,6 +190,11 @@ func TestPastaMayBindReadsOnMiss(t *testing.T) {
 	if !may(8080) {
 		t.Error("8080, seen listening, read the tables again")
 	}
+	p.listen.next = time.Now().Add(time.Hour) // as if just read
+	if may(8081) {
+		t.Error("a port not seen listening read the tables again within listenReread of the last read")
+	}
+	p.listen.next = time.Time{}
 	if !may(8081) || may(8080) {
 		t.Error("a port not seen listening did not read the tables again")
 	}
