@@ -167,6 +167,40 @@ func TestDNSForwardAddress(t *testing.T) {
 	}
 }
 
+// TestDNSLargeAnswer: at MTU 1500, a 4000-byte answer from the loopback
+// resolver (EDNS, DNSSEC) reaches the guest's kernel in fragments it
+// reassembles, through the IPv4 and the IPv6 stand-in. gopasst dropped
+// it, so the guest's resolver timed out where passt's answered.
+func TestDNSLargeAnswer(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--mtu", "1500"}})
+	w.waitIPv6(t)
+	answer := bytes.Repeat([]byte("large answer "), 300)
+	srv := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
+	servePackets(srv, func([]byte) []byte { return answer })
+	for _, dns := range []string{w.Lease["dns"], host6GW} {
+		var c net.PacketConn
+		w.Guest.Do(t, func() {
+			var err error
+			if c, err = net.ListenPacket("udp", ":0"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer c.Close()
+		dst, _ := net.ResolveUDPAddr("udp", net.JoinHostPort(dns, "53"))
+		buf := make([]byte, 65536)
+		var n int
+		var err error
+		for try := 0; try < 3 && n == 0; try++ {
+			c.WriteTo([]byte("query"), dst)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, _, err = c.ReadFrom(buf)
+		}
+		if !bytes.Equal(buf[:n], answer) {
+			t.Errorf("through %s: %d bytes (%v), want the resolver's %d", dns, n, err, len(answer))
+		}
+	}
+}
+
 // TestNoMapGW: with --no-map-gw the gateway address is just an address on
 // the host's network, not the host itself.
 func TestNoMapGW(t *testing.T) {

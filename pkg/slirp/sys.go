@@ -225,6 +225,22 @@ func recvfrom(fd int, p []byte) (int, netip.AddrPort, error) {
 	return int(n), sockaddrAddrPort(&sa), nil
 }
 
+// recvfromSpill is recvfrom with a second buffer, spill, for what of the
+// datagram does not fit p.
+func recvfromSpill(fd int, p, spill []byte) (int, netip.AddrPort, error) {
+	var sa sockaddr
+	iov := [2]unix.Iovec{{Base: &p[0]}, {Base: &spill[0]}}
+	iov[0].SetLen(len(p))
+	iov[1].SetLen(len(spill))
+	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov[0]}
+	msg.SetIovlen(len(iov))
+	n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	if errno != 0 {
+		return 0, netip.AddrPort{}, errno
+	}
+	return int(n), sockaddrAddrPort(&sa), nil
+}
+
 // sendto sends p to ap.
 func sendto(fd int, p []byte, ap netip.AddrPort) error {
 	var sa sockaddr
