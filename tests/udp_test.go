@@ -57,7 +57,12 @@ func udpEcho(t *testing.T, w *World, listen, gateway string) {
 // loopback resolver address (what resolv.conf there names), answering A
 // queries for name with addr.
 func startDNS(t *testing.T, w *World, name string, addr [4]byte) {
-	c := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
+	startDNSAt(t, w, net.JoinHostPort(hostDNS, "53"), name, addr)
+}
+
+// startDNSAt is startDNS at listen.
+func startDNSAt(t *testing.T, w *World, listen, name string, addr [4]byte) {
+	c := w.Host.ListenPacket(t, "udp", listen)
 	servePackets(c, func(q []byte) []byte { return dnsAnswer(q, name, addr) })
 }
 

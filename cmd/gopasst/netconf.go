@@ -133,11 +133,23 @@ func readResolvConf(path string) resolvConf {
 		}
 		switch fl[0] {
 		case "nameserver":
-			// A scoped address (fe80::1%eth0) names the host's link,
-			// which the guest's is not: leave it out.
-			if a, err := netip.ParseAddr(fl[1]); err == nil && a.Zone() == "" {
-				rc.servers = append(rc.servers, a.Unmap())
+			// A link-local address names its interface (fe80::1%eth0,
+			// as NetworkManager writes a router's), kept by index for
+			// the queries a stand-in leads there (forGuest).
+			a, err := netip.ParseAddr(fl[1])
+			if err != nil {
+				break
 			}
+			if z := a.Zone(); z != "" && a.IsLinkLocalUnicast() {
+				if ifi, err := net.InterfaceByName(z); err == nil {
+					a = a.WithZone(strconv.Itoa(ifi.Index))
+				} else if _, err := strconv.ParseUint(z, 10, 32); err != nil {
+					break
+				}
+			} else {
+				a = a.WithZone("")
+			}
+			rc.servers = append(rc.servers, a.Unmap())
 		case "search", "domain":
 			rc.search = fl[1:]
 		}
@@ -562,10 +574,12 @@ func (r resolvers) forGuest(cfg *slirp.Config, hostLo netip.Addr, is6 bool) []ne
 	var out []netip.Addr
 	for _, s := range reach {
 		// A resolver at the address mapped to host loopback (a home
-		// router's, when that is the gateway) is shadowed. As passt does,
-		// that address then stands in for the real resolver.
+		// router's, when that is the gateway) is shadowed, and one at a
+		// link-local address of the host's link (its zone) is not on
+		// the guest's. As passt does, that address then stands in for
+		// the real resolver.
 		switch {
-		case !s.IsLoopback() && s != hostLo:
+		case !s.IsLoopback() && s.Zone() == "" && s != hostLo:
 			if s.Is6() == is6 {
 				out = append(out, s)
 			}

@@ -196,6 +196,10 @@ func putSockaddr(sa *sockaddr, ap netip.AddrPort) (unsafe.Pointer, uint32) {
 	}
 	*sa = sockaddr{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	if z := ap.Addr().Zone(); z != "" {
+		id, _ := strconv.ParseUint(z, 10, 32) // an interface's index: a link-local resolver's (Config.DNSMap)
+		sa.Scope_id = uint32(id)
+	}
 	return unsafe.Pointer(sa), unix.SizeofSockaddrInet6
 }
 

@@ -42,7 +42,7 @@ type udpPeer struct {
 
 // addPeer records that the flow sent to the host peer to.
 func (f *udpFlow) addPeer(to netip.AddrPort) {
-	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	to = withoutZone(netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
 	if f.hears(to) {
 		return
 	}
