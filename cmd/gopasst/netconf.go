@@ -518,6 +518,19 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 	if err != nil {
 		return err
 	}
+	// As passt refuses them: no guest query reaches a stand-in on its
+	// own loopback, and no resolver answers at these.
+	bcast := netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	for _, a := range append(fwd4, fwd6...) {
+		if a.IsUnspecified() || a.IsLoopback() || a == bcast {
+			return fmt.Errorf("--dns-forward: %v cannot stand for a resolver", a)
+		}
+	}
+	for _, a := range append(host4, host6...) {
+		if a.IsUnspecified() || a == bcast {
+			return fmt.Errorf("--dns-host: %v is no resolver's address", a)
+		}
+	}
 	explicit := len(o.DNS) > 0
 	var dns4, dns6 []netip.Addr
 	if explicit && !(len(o.DNS) == 1 && o.DNS[0] == "none") {

@@ -239,6 +239,12 @@ func TestBuildConfigPasstOptions(t *testing.T) {
 		{MapHostLoopback: []string{"127.0.0.1"}},
 		{MapGuestAddr: []string{"::"}},
 		{DNSHost: []string{"resolver"}},
+		{DNSHost: []string{"0.0.0.0"}},
+		{DNSHost: []string{"255.255.255.255"}},
+		{DNSForward: []string{"127.0.0.1"}},
+		{DNSForward: []string{"::1"}},
+		{DNSForward: []string{"::"}},
+		{DNSForward: []string{"255.255.255.255"}},
 		{OutboundIf4: "no-such-interface0"},
 		{MTU: 67},
 	} {
