@@ -531,19 +531,28 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 			return fmt.Errorf("--dns-host: %v is no resolver's address", a)
 		}
 	}
-	explicit := len(o.DNS) > 0
+	// As in passt, --dns none gives no resolver of either family, and
+	// addresses after it those given, of their family: the other
+	// family's come from the host.
 	var dns4, dns6 []netip.Addr
-	if explicit && !(len(o.DNS) == 1 && o.DNS[0] == "none") {
-		if dns4, dns6, err = parseAddrs("dns", o.DNS); err != nil {
+	none := false
+	for _, s := range o.DNS {
+		if s == "none" {
+			dns4, dns6, none = nil, nil, true
+			continue
+		}
+		a4, a6, err := parseAddrs("dns", []string{s})
+		if err != nil {
 			return err
 		}
+		dns4, dns6, none = append(dns4, a4...), append(dns6, a6...), false
 	}
 	if cfg.Addr4.IsValid() {
-		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: explicit}
+		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: none || len(dns4) > 0}
 		cfg.DNS4 = r.forGuest(cfg, cfg.HostLoopback(false), false)
 	}
 	if cfg.Addr6.IsValid() || cfg.Local6 {
-		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: explicit}
+		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: none || len(dns6) > 0}
 		cfg.DNS6 = r.forGuest(cfg, cfg.HostLoopback(true), true)
 	}
 	return nil
@@ -551,7 +560,7 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 
 // resolvers is what one family's guest resolvers are chosen from: the
 // host's (resolv.conf), --dns-host, --dns-forward, and --dns (given,
-// explicit if --dns was on the command line at all).
+// explicit if --dns gave this family's or none).
 type resolvers struct {
 	host         []netip.Addr
 	dnsHost, fwd netip.Addr

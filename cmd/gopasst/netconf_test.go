@@ -71,6 +71,30 @@ func TestGuestResolvers(t *testing.T) {
 	}
 }
 
+// TestDNSOptionPerFamily: --dns gives the resolvers of the families it
+// names, and "none" of both until an address follows; the other family
+// gets the host's, as in passt. The first of these left the guest no
+// IPv6 resolver, and "none" followed by an address was refused.
+func TestDNSOptionPerFamily(t *testing.T) {
+	gw4, gw6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	for _, c := range []struct {
+		dns          []string
+		want4, want6 []netip.Addr
+	}{
+		{[]string{"192.0.2.53"}, addrs("192.0.2.53"), addrs("2001:db8::1", "2001:db8::53")},
+		{[]string{"none"}, nil, nil},
+		{[]string{"none", "2001:db8::99"}, addrs("192.0.2.1"), addrs("2001:db8::99")},
+		{[]string{"2001:db8::99", "none"}, nil, nil},
+	} {
+		cfg := slirp.Config{Addr4: netip.MustParseAddr("192.0.2.2"), Gateway4: gw4,
+			Addr6: netip.MustParseAddr("2001:db8::2"), Gateway6: gw6}
+		err := dnsConfig(&cfg, &NetOptions{DNS: c.dns}, resolvConf{servers: addrs("127.0.0.53", "2001:db8::53")})
+		if err != nil || !slices.Equal(cfg.DNS4, c.want4) || !slices.Equal(cfg.DNS6, c.want6) {
+			t.Errorf("--dns %q: DNS4 %v DNS6 %v (%v), want %v %v", c.dns, cfg.DNS4, cfg.DNS6, err, c.want4, c.want6)
+		}
+	}
+}
+
 // TestReadResolvConf: resolv.conf as hosts write it, with comments,
 // options and lines that name nothing; a link-local resolver keeps its
 // interface, by index, and an unknown interface leaves it out.
