@@ -120,6 +120,22 @@ func TestDNSLoopbackResolver(t *testing.T) {
 	}
 }
 
+// TestDNSHostAddressResolver: the host's resolver serves on the host's
+// own address (a BIND or dnsmasq of its own, and resolv.conf names that
+// address), which the guest shares: the guest is given the stand-in, not
+// its own address, whose queries never leave it (passt gives it that).
+func TestDNSHostAddressResolver(t *testing.T) {
+	w := newWorld(t, WorldOpts{BeforeStart: func(h *Netns) {
+		h.WriteEtc(t, "resolv.conf", "nameserver "+hostAddr+"\n")
+	}})
+	startDNSAt(t, w, net.JoinHostPort(hostAddr, "53"), "own.gopasst.example", [4]byte{203, 0, 113, 2})
+	dns := w.Lease["dns"]
+	out := w.Guest.Run(t, "busybox", "nslookup", "own.gopasst.example", dns)
+	if dns != hostGW || !strings.Contains(out, "203.0.113.2") {
+		t.Fatalf("lease DNS %q (want the stand-in %s); nslookup through it:\n%s", dns, hostGW, out)
+	}
+}
+
 // TestDNSOverTCP: a TCP query to the DNS stand-in (what a resolver does
 // after a truncated answer) reaches the loopback resolver, as UDP does,
 // and so does port 853 (DNS over TLS).

@@ -596,12 +596,14 @@ func (r resolvers) forGuest(cfg *slirp.Config, hostLo netip.Addr, is6 bool) []ne
 	var out []netip.Addr
 	for _, s := range reach {
 		// A resolver at the address mapped to host loopback (a home
-		// router's, when that is the gateway) is shadowed, and one at a
-		// link-local address of the host's link (its zone) is not on
-		// the guest's. As passt does, that address then stands in for
-		// the real resolver.
+		// router's, when that is the gateway) is shadowed, and so is
+		// one at the guest's own address (the host's, which it shares:
+		// a resolver serving there); one at a link-local address of the
+		// host's link (its zone) is not on the guest's. As passt does
+		// for the first, that address then stands in for the real
+		// resolver.
 		switch {
-		case !s.IsLoopback() && s.Zone() == "" && s != hostLo:
+		case !s.IsLoopback() && s.Zone() == "" && s != hostLo && s != cfg.Addr4 && s != cfg.Addr6:
 			if s.Is6() == is6 {
 				out = append(out, s)
 			}
