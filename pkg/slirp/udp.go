@@ -354,8 +354,8 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 // udpFragments sends the guest a datagram too large for its MTU (nil:
 // cut short, dropped) in IP fragments, as the host's own stack sends one
 // over a link of that MTU: a DNS answer of a few KiB (EDNS, DNSSEC)
-// reaches a guest at 1500, as through passt, which sends it as one frame
-// past the MTU, and one at 576 too, whose NIC may drop such a frame.
+// reaches a guest at 1500. passt sends it as one frame past the MTU,
+// which a NIC that keeps to its MTU drops.
 func (e *Engine) udpFragments(mac [6]byte, src, dst netip.AddrPort, payload []byte) {
 	if payload == nil {
 		e.Stats.Dropped++
