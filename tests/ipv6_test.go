@@ -264,6 +264,33 @@ func TestDNS6LoopbackResolver(t *testing.T) {
 	}
 }
 
+// TestDNSLinkLocalResolver: the host's resolver at a link-local address
+// of one of its interfaces, as NetworkManager writes a router's
+// (nameserver fe80::53%lan0), which the guest's link does not have: the
+// guest is told the IPv6 stand-in, whose queries, over UDP and TCP, reach
+// the resolver on that interface. gopasst left such a resolver out: a
+// host with no other IPv6 resolver gave the guest none.
+func TestDNSLinkLocalResolver(t *testing.T) {
+	w := newWorld(t, WorldOpts{BeforeStart: func(h *Netns) {
+		ipBatch(t, h, `link add lan0 type veth peer name lan1
+link set lan0 up
+link set lan1 up
+addr add fe80::53/64 dev lan0 nodad`)
+		h.WriteEtc(t, "resolv.conf", "nameserver fe80::53%lan0\n")
+	}})
+	w.waitIPv6(t)
+	startDNSAt(t, w, "[fe80::53%lan0]:53", "ll.gopasst.example", [4]byte{203, 0, 113, 53})
+	out := w.Guest.Run(t, "busybox", "nslookup", "ll.gopasst.example", host6GW)
+	if !strings.Contains(out, "203.0.113.53") {
+		t.Fatalf("nslookup through %s:\n%s", host6GW, out)
+	}
+	dot := w.Host.Listen(t, "tcp", "[fe80::53%lan0]:853")
+	acceptLoop(dot, func(c net.Conn) { c.Write([]byte("dot")); c.Close() })
+	if got, err := io.ReadAll(w.guestConn(t, net.JoinHostPort(host6GW, "853"))); err != nil || string(got) != "dot" {
+		t.Fatalf("TCP to port 853 on the stand-in: %q, %v; want the resolver's", got, err)
+	}
+}
+
 // TestForward6: inbound forwards reach the guest over IPv6 from IPv6
 // senders, for an unbound forward and one bound to ::1 (ADDR/ with an
 // IPv6 address); the guest sees the host as the IPv6 gateway.

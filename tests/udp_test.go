@@ -57,7 +57,12 @@ func udpEcho(t *testing.T, w *World, listen, gateway string) {
 // loopback resolver address (what resolv.conf there names), answering A
 // queries for name with addr.
 func startDNS(t *testing.T, w *World, name string, addr [4]byte) {
-	c := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
+	startDNSAt(t, w, net.JoinHostPort(hostDNS, "53"), name, addr)
+}
+
+// startDNSAt is startDNS at listen.
+func startDNSAt(t *testing.T, w *World, listen, name string, addr [4]byte) {
+	c := w.Host.ListenPacket(t, "udp", listen)
 	servePackets(c, func(q []byte) []byte { return dnsAnswer(q, name, addr) })
 }
 
@@ -115,6 +120,22 @@ func TestDNSLoopbackResolver(t *testing.T) {
 	}
 }
 
+// TestDNSHostAddressResolver: the host's resolver serves on the host's
+// own address (a BIND or dnsmasq of its own, and resolv.conf names that
+// address), which the guest shares: the guest is given the stand-in, not
+// its own address, whose queries never leave it (passt gives it that).
+func TestDNSHostAddressResolver(t *testing.T) {
+	w := newWorld(t, WorldOpts{BeforeStart: func(h *Netns) {
+		h.WriteEtc(t, "resolv.conf", "nameserver "+hostAddr+"\n")
+	}})
+	startDNSAt(t, w, net.JoinHostPort(hostAddr, "53"), "own.gopasst.example", [4]byte{203, 0, 113, 2})
+	dns := w.Lease["dns"]
+	out := w.Guest.Run(t, "busybox", "nslookup", "own.gopasst.example", dns)
+	if dns != hostGW || !strings.Contains(out, "203.0.113.2") {
+		t.Fatalf("lease DNS %q (want the stand-in %s); nslookup through it:\n%s", dns, hostGW, out)
+	}
+}
+
 // TestDNSOverTCP: a TCP query to the DNS stand-in (what a resolver does
 // after a truncated answer) reaches the loopback resolver, as UDP does,
 // and so does port 853 (DNS over TLS).
@@ -164,6 +185,40 @@ func TestDNSForwardAddress(t *testing.T) {
 	out := w.Guest.Run(t, "busybox", "nslookup", "fwd.gopasst.example", "198.51.100.53")
 	if !strings.Contains(out, "203.0.113.8") {
 		t.Fatalf("nslookup:\n%s", out)
+	}
+}
+
+// TestDNSLargeAnswer: at MTU 1500, a 4000-byte answer from the loopback
+// resolver (EDNS, DNSSEC) reaches the guest's kernel in fragments it
+// reassembles, through the IPv4 and the IPv6 stand-in. gopasst dropped
+// it, so the guest's resolver timed out where passt's answered.
+func TestDNSLargeAnswer(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"--mtu", "1500"}})
+	w.waitIPv6(t)
+	answer := bytes.Repeat([]byte("large answer "), 300)
+	srv := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
+	servePackets(srv, func([]byte) []byte { return answer })
+	for _, dns := range []string{w.Lease["dns"], host6GW} {
+		var c net.PacketConn
+		w.Guest.Do(t, func() {
+			var err error
+			if c, err = net.ListenPacket("udp", ":0"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer c.Close()
+		dst, _ := net.ResolveUDPAddr("udp", net.JoinHostPort(dns, "53"))
+		buf := make([]byte, 65536)
+		var n int
+		var err error
+		for try := 0; try < 3 && n == 0; try++ {
+			c.WriteTo([]byte("query"), dst)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, _, err = c.ReadFrom(buf)
+		}
+		if !bytes.Equal(buf[:n], answer) {
+			t.Errorf("through %s: %d bytes (%v), want the resolver's %d", dns, n, err, len(answer))
+		}
 	}
 }
 

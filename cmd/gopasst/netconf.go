@@ -133,11 +133,23 @@ func readResolvConf(path string) resolvConf {
 		}
 		switch fl[0] {
 		case "nameserver":
-			// A scoped address (fe80::1%eth0) names the host's link,
-			// which the guest's is not: leave it out.
-			if a, err := netip.ParseAddr(fl[1]); err == nil && a.Zone() == "" {
-				rc.servers = append(rc.servers, a.Unmap())
+			// A link-local address names its interface (fe80::1%eth0,
+			// as NetworkManager writes a router's), kept by index for
+			// the queries a stand-in leads there (forGuest).
+			a, err := netip.ParseAddr(fl[1])
+			if err != nil {
+				break
 			}
+			if z := a.Zone(); z != "" && a.IsLinkLocalUnicast() {
+				if ifi, err := net.InterfaceByName(z); err == nil {
+					a = a.WithZone(strconv.Itoa(ifi.Index))
+				} else if _, err := strconv.ParseUint(z, 10, 32); err != nil {
+					break
+				}
+			} else {
+				a = a.WithZone("")
+			}
+			rc.servers = append(rc.servers, a.Unmap())
 		case "search", "domain":
 			rc.search = fl[1:]
 		}
@@ -506,19 +518,41 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 	if err != nil {
 		return err
 	}
-	explicit := len(o.DNS) > 0
-	var dns4, dns6 []netip.Addr
-	if explicit && !(len(o.DNS) == 1 && o.DNS[0] == "none") {
-		if dns4, dns6, err = parseAddrs("dns", o.DNS); err != nil {
-			return err
+	// As passt refuses them: no guest query reaches a stand-in on its
+	// own loopback, and no resolver answers at these.
+	bcast := netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	for _, a := range append(fwd4, fwd6...) {
+		if a.IsUnspecified() || a.IsLoopback() || a == bcast {
+			return fmt.Errorf("--dns-forward: %v cannot stand for a resolver", a)
 		}
 	}
+	for _, a := range append(host4, host6...) {
+		if a.IsUnspecified() || a == bcast {
+			return fmt.Errorf("--dns-host: %v is no resolver's address", a)
+		}
+	}
+	// As in passt, --dns none gives no resolver of either family, and
+	// addresses after it those given, of their family: the other
+	// family's come from the host.
+	var dns4, dns6 []netip.Addr
+	none := false
+	for _, s := range o.DNS {
+		if s == "none" {
+			dns4, dns6, none = nil, nil, true
+			continue
+		}
+		a4, a6, err := parseAddrs("dns", []string{s})
+		if err != nil {
+			return err
+		}
+		dns4, dns6, none = append(dns4, a4...), append(dns6, a6...), false
+	}
 	if cfg.Addr4.IsValid() {
-		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: explicit}
+		r := resolvers{host: rc.servers, dnsHost: last(host4), fwd: last(fwd4), given: dns4, explicit: none || len(dns4) > 0}
 		cfg.DNS4 = r.forGuest(cfg, cfg.HostLoopback(false), false)
 	}
 	if cfg.Addr6.IsValid() || cfg.Local6 {
-		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: explicit}
+		r := resolvers{host: rc.servers, dnsHost: cmp.Or(last(host6), last(host4)), fwd: last(fwd6), given: dns6, explicit: none || len(dns6) > 0}
 		cfg.DNS6 = r.forGuest(cfg, cfg.HostLoopback(true), true)
 	}
 	return nil
@@ -526,7 +560,7 @@ func dnsConfig(cfg *slirp.Config, o *NetOptions, rc resolvConf) error {
 
 // resolvers is what one family's guest resolvers are chosen from: the
 // host's (resolv.conf), --dns-host, --dns-forward, and --dns (given,
-// explicit if --dns was on the command line at all).
+// explicit if --dns gave this family's or none).
 type resolvers struct {
 	host         []netip.Addr
 	dnsHost, fwd netip.Addr
@@ -562,10 +596,14 @@ func (r resolvers) forGuest(cfg *slirp.Config, hostLo netip.Addr, is6 bool) []ne
 	var out []netip.Addr
 	for _, s := range reach {
 		// A resolver at the address mapped to host loopback (a home
-		// router's, when that is the gateway) is shadowed. As passt does,
-		// that address then stands in for the real resolver.
+		// router's, when that is the gateway) is shadowed, and so is
+		// one at the guest's own address (the host's, which it shares:
+		// a resolver serving there); one at a link-local address of the
+		// host's link (its zone) is not on the guest's. As passt does
+		// for the first, that address then stands in for the real
+		// resolver.
 		switch {
-		case !s.IsLoopback() && s != hostLo:
+		case !s.IsLoopback() && s.Zone() == "" && s != hostLo && s != cfg.Addr4 && s != cfg.Addr6:
 			if s.Is6() == is6 {
 				out = append(out, s)
 			}

@@ -57,8 +57,9 @@ type Config struct {
 
 	// DNS4 and DNS6 are the resolvers advertised to the guest. DNSMap redirects
 	// guest queries sent to one of them to a host resolver: this is how a
-	// guest reaches a resolver on host loopback (systemd-resolved, dnsmasq)
-	// that it could never reach directly.
+	// guest reaches a resolver on host loopback (systemd-resolved, dnsmasq),
+	// or at a link-local address of the host's link, whose zone is its
+	// interface's index, that it could never reach directly.
 	DNS4   []netip.Addr
 	DNS6   []netip.Addr
 	DNSMap map[netip.Addr]netip.AddrPort

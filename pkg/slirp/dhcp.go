@@ -219,7 +219,6 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 		}
 		if len(e.cfg.Search) > 0 && !e.cfg.NoDHCPSearch {
 			o.add(optDomainName, []byte(e.cfg.Search[0])...)
-			o.addLong(optSearch, encodeDomains(e.cfg.Search))
 		}
 		if e.cfg.Hostname != "" {
 			o.add(optHostname, []byte(e.cfg.Hostname)...)
@@ -228,6 +227,14 @@ func (e *Engine) buildDHCP(m *dhcpMsg, typ uint8) []byte {
 			// A name in wire format (E), deprecated RCODEs of 255
 			// (RFC 4702).
 			o.add(optFQDN, append([]byte{fqdnFlags(m.askUpdate) | 0x04, 0xff, 0xff}, encodeDomains([]string{e.cfg.FQDN})...)...)
+		}
+		// Last, in the room left: as many whole names as fit, as passt
+		// sends them. A list cut mid-name is one a client drops whole.
+		if !e.cfg.NoDHCPSearch {
+			names := e.cfg.Search
+			for len(names) > 0 && !o.addLong(optSearch, encodeDomains(names)) {
+				names = names[:len(names)-1]
+			}
 		}
 	}
 	o.b[o.n] = optEnd
@@ -272,13 +279,18 @@ func (o *optWriter) add32(code uint8, v uint32) {
 }
 
 // addLong splits a value over several instances of the option, which
-// clients concatenate (RFC 3396).
-func (o *optWriter) addLong(code uint8, val []byte) {
+// clients concatenate (RFC 3396): all of it, or, if that does not fit,
+// nothing, and it reports false.
+func (o *optWriter) addLong(code uint8, val []byte) bool {
+	if o.n+len(val)+2*((len(val)+254)/255) >= len(o.b)-1 {
+		return false
+	}
 	for len(val) > 0 {
 		n := min(len(val), 255)
 		o.add(code, val[:n]...)
 		val = val[n:]
 	}
+	return true
 }
 
 // encodeDomains writes names in DNS wire format, uncompressed.

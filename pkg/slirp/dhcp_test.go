@@ -2,7 +2,10 @@ package slirp
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
@@ -235,5 +238,51 @@ func TestDHCPRapidCommitAndBOOTP(t *testing.T) {
 		if string(opts[optMsgType]) != string([]byte{c.typ}) || rc != c.rapid || string(msg[16:20]) != string([]byte{192, 0, 2, 2}) {
 			t.Errorf("%s: type %v, rapid commit %v, yiaddr %v", name, opts[optMsgType], rc, msg[16:20])
 		}
+	}
+}
+
+// TestDHCPLongSearchList: a search list longer than the room a DHCP
+// reply has left goes in whole names, as many as fit, and the host name
+// and FQDN still go. It was cut wherever the room ended, mid-name, which
+// a client drops whole (udhcpc), and what came after it went missing.
+func TestDHCPLongSearchList(t *testing.T) {
+	e := newTestEngine(t)
+	e.cfg.Hostname, e.cfg.FQDN = "guest", "guest.example"
+	e.cfg.Search = nil
+	for i := range 8 {
+		e.cfg.Search = append(e.cfg.Search, fmt.Sprintf("d%d.%s.example", i, strings.Repeat("x", 40)))
+	}
+	m, err := parseDHCP(dhcpDiscover4())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.buildDHCP(&m, dhcpOffer)
+	var list []byte
+	got := map[byte]bool{}
+	for o := out[bootpLen+4:]; len(o) > 1 && o[0] != optEnd; o = o[2+int(o[1]):] {
+		got[o[0]] = true
+		if o[0] == optSearch {
+			list = append(list, o[2:2+int(o[1])]...)
+		}
+	}
+	var names []string
+	for p := 0; p < len(list); {
+		var labels []string
+		for list[p] != 0 {
+			l := int(list[p])
+			if l > 63 || p+1+l >= len(list) {
+				t.Fatalf("the search list is cut: % x", list)
+			}
+			labels = append(labels, string(list[p+1:p+1+l]))
+			p += 1 + l
+		}
+		names = append(names, strings.Join(labels, "."))
+		p++
+	}
+	if len(names) == 0 || !slices.Equal(names, e.cfg.Search[:len(names)]) {
+		t.Errorf("search list %q, want the first of %q", names, e.cfg.Search)
+	}
+	if !got[optHostname] || !got[optFQDN] || len(out) > len(e.dhcpBuf) {
+		t.Errorf("host name %v, FQDN %v, %d bytes; want both within %d", got[optHostname], got[optFQDN], len(out), len(e.dhcpBuf))
 	}
 }

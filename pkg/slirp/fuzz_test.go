@@ -141,6 +141,14 @@ func checkFrame(f []byte) error {
 		return nil
 	case header.EtherTypeIPv4:
 		ip := header.IPv4(eth.Payload())
+		if len(ip) >= header.IPv4MinLen && ip.IsFragment() {
+			// The L4 checksum is the reassembled datagram's (reassemble).
+			if ip[0] != 0x45 || !padded(f, header.EthernetLen+int(ip.TotalLen())) ||
+				header.Fold(header.Checksum(ip[:header.IPv4MinLen], 0)) != 0 {
+				return fmt.Errorf("bad IPv4 fragment header")
+			}
+			return nil
+		}
 		if !ip.IsValid() || !padded(f, header.EthernetLen+int(ip.TotalLen())) ||
 			header.Fold(header.Checksum(ip[:ip.HeaderLen()], 0)) != 0 {
 			return fmt.Errorf("bad IPv4 header")
@@ -152,6 +160,9 @@ func checkFrame(f []byte) error {
 			return fmt.Errorf("bad IPv6 header")
 		}
 		src, dst, proto, l4 = ip.Src(), ip.Dst(), ip.NextHeader(), ip.Payload()
+		if proto == header.IPv6Fragment {
+			return nil // the L4 checksum is the reassembled datagram's (reassemble)
+		}
 	default:
 		return fmt.Errorf("EtherType %#04x", eth.Type())
 	}

@@ -63,12 +63,12 @@ func (e *Engine) natFromGuest(proto uint8, dst netip.AddrPort) netip.AddrPort {
 // anywhere: a reply from what sent stands for comes from sent, so the
 // guest sees its answer come from where it asked.
 func (e *Engine) natToGuest(proto uint8, from netip.AddrPort, guest netip.Addr, sent netip.AddrPort) netip.AddrPort {
-	if sent.IsValid() && e.natFromGuest(proto, sent) == from {
+	if sent.IsValid() && withoutZone(e.natFromGuest(proto, sent)) == from {
 		return sent
 	}
 	if isDNS(proto, from.Port()) {
 		for standIn, r := range e.cfg.DNSMap {
-			if r.Addr() == from.Addr() && standIn.Is4() == guest.Is4() {
+			if r.Addr().WithZone("") == from.Addr() && standIn.Is4() == guest.Is4() {
 				return netip.AddrPortFrom(standIn, from.Port())
 			}
 		}
@@ -77,6 +77,12 @@ func (e *Engine) natToGuest(proto uint8, from netip.AddrPort, guest netip.Addr, 
 		return netip.AddrPortFrom(m, from.Port())
 	}
 	return from
+}
+
+// withoutZone is ap as a host peer's address comes, without the zone
+// of a link-local resolver's (Config.DNSMap).
+func withoutZone(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
 }
 
 // hostStandIn is the guest address mapped to a, the host's loopback or

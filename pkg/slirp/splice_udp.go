@@ -39,7 +39,7 @@ type spliceUDPFlow struct {
 // spliceUDPIn relays what namespace senders sent to a -U listener.
 func (e *Engine) spliceUDPIn(l spliceListener) {
 	for range udpMaxRead {
-		n, from, to, err := recvfromTo(l.fd, e.spliceBuf[:])
+		n, from, to, err := recvfromTo(l.fd, e.spliceBuf[:], nil)
 		if err != nil {
 			return
 		}

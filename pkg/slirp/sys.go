@@ -196,6 +196,10 @@ func putSockaddr(sa *sockaddr, ap netip.AddrPort) (unsafe.Pointer, uint32) {
 	}
 	*sa = sockaddr{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	if z := ap.Addr().Zone(); z != "" {
+		id, _ := strconv.ParseUint(z, 10, 32) // an interface's index: a link-local resolver's (Config.DNSMap)
+		sa.Scope_id = uint32(id)
+	}
 	return unsafe.Pointer(sa), unix.SizeofSockaddrInet6
 }
 
@@ -397,7 +401,7 @@ type icmpErr struct {
 // into ie the ICMP or ICMPv6 message that caused it; ok is false for a
 // local error.
 func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok bool, err error) {
-	n, dst, ctl, err := recvmsg(fd, p, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+	n, dst, ctl, err := recvmsg(fd, p, nil, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 	if err != nil {
 		return 0, netip.AddrPort{}, false, err
 	}
@@ -420,13 +424,17 @@ func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok 
 // recvmsg reads one datagram into p and its control messages into oob,
 // with flags: its length (MSG_TRUNC: its whole length), its source
 // (unmapped) and the control messages it came with.
-func recvmsg(fd int, p, oob []byte, flags int) (int, netip.AddrPort, []byte, error) {
+func recvmsg(fd int, p, spill, oob []byte, flags int) (int, netip.AddrPort, []byte, error) {
 	var sa sockaddr
-	var iov unix.Iovec
-	iov.Base = &p[0]
-	iov.SetLen(len(p))
-	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov, Control: &oob[0]}
+	iov := [2]unix.Iovec{{Base: &p[0]}}
+	iov[0].SetLen(len(p))
+	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov[0], Control: &oob[0]}
 	msg.SetIovlen(1)
+	if len(spill) > 0 {
+		iov[1].Base = &spill[0]
+		iov[1].SetLen(len(spill))
+		msg.SetIovlen(2)
+	}
 	msg.SetControllen(len(oob))
 	n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
 	if errno != 0 {
@@ -468,9 +476,10 @@ func recvPktinfo(fd int) error {
 
 // recvfromTo is recvfrom, and also returns the address the datagram was
 // sent to (recvPktinfo), unmapped; invalid if the kernel did not tell.
-func recvfromTo(fd int, p []byte) (int, netip.AddrPort, netip.Addr, error) {
+// What of the datagram p cannot hold goes on in spill, if any.
+func recvfromTo(fd int, p, spill []byte) (int, netip.AddrPort, netip.Addr, error) {
 	var oob [pktinfoSpace]byte
-	n, from, ctl, err := recvmsg(fd, p, oob[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	n, from, ctl, err := recvmsg(fd, p, spill, oob[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
 	if err != nil {
 		return 0, netip.AddrPort{}, netip.Addr{}, err
 	}

@@ -42,7 +42,7 @@ type udpPeer struct {
 
 // addPeer records that the flow sent to the host peer to.
 func (f *udpFlow) addPeer(to netip.AddrPort) {
-	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	to = withoutZone(netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
 	if f.hears(to) {
 		return
 	}
@@ -73,6 +73,7 @@ type udpTable struct {
 	errBuf  [header.UDPLen + 1280]byte // an error's quoted datagram
 	oob     [256]byte                  // its control message
 	evictAt time.Duration              // no flow is idle enough for udpEvictIdle before this
+	fragID  uint32                     // the identification of the last datagram sent in fragments
 	out     udpSendBatch
 }
 
@@ -320,20 +321,26 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 			}
 			continue
 		}
-		n, from, to, err := recvfromTo(fd, b[o:o+max4])
+		// What the frame cannot hold goes on in spliceBuf, after room
+		// for the head and a UDP header (udpFragments).
+		n, from, to, err := recvfromTo(fd, b[o:o+max4], e.spliceBuf[header.UDPLen+max4:])
 		if err != nil {
 			return
 		}
 		var payload []byte // nil: cut short
-		if n <= max4 {
+		switch {
+		case n <= max4:
 			payload = b[o : o+n]
+		case header.UDPLen+n <= len(e.spliceBuf):
+			copy(e.spliceBuf[header.UDPLen:], b[o:o+max4])
+			payload = e.spliceBuf[header.UDPLen : header.UDPLen+n]
 		}
 		src, dst, mac := route(from, to, payload)
 		if !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
 			continue
 		}
 		if n > e.mtu()-ipHdrLen(dst.Addr())-header.UDPLen {
-			e.Stats.Dropped++ // larger than the guest's MTU, as a router would drop it
+			e.udpFragments(mac, src, dst, payload)
 			continue
 		}
 		if *off = l4Off(dst.Addr()); *off+header.UDPLen != o {
@@ -341,6 +348,48 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 			copy(b[*off+header.UDPLen:], b[o:o+n])
 		}
 		e.commit(e.fillUDP(b, mac, src.Addr(), src.Port(), dst.Addr(), dst.Port(), n))
+	}
+}
+
+// udpFragments sends the guest a datagram too large for its MTU (nil:
+// cut short, dropped) in IP fragments, as the host's own stack sends one
+// over a link of that MTU: a DNS answer of a few KiB (EDNS, DNSSEC)
+// reaches a guest at 1500. passt sends it as one frame past the MTU,
+// which a NIC that keeps to its MTU drops.
+func (e *Engine) udpFragments(mac [6]byte, src, dst netip.AddrPort, payload []byte) {
+	if payload == nil {
+		e.Stats.Dropped++
+		return
+	}
+	d := e.spliceBuf[:header.UDPLen+len(payload)]
+	copy(d[header.UDPLen:], payload)
+	u := header.UDP(d)
+	u.Encode(src.Port(), dst.Port(), len(payload))
+	u.SetChecksum(header.Fold(header.Checksum(u, header.PseudoHeaderSum(header.ProtoUDP, src.Addr(), dst.Addr(), len(d)))))
+	e.udp.fragID++
+	data := l4Off(dst.Addr()) // where a fragment's data starts in its frame
+	if dst.Addr().Is6() {
+		data += header.IPv6FragmentLen
+	}
+	step := (e.mtu() - (data - ipOff)) &^ 7
+	for off := 0; off < len(d); off += step {
+		chunk := d[off:min(off+step, len(d))]
+		more := off+len(chunk) < len(d)
+		b := e.reserve(data + len(chunk))
+		if b == nil {
+			e.Stats.Dropped++
+			return
+		}
+		copy(b[data:], chunk)
+		var size int
+		if dst.Addr().Is4() {
+			size = e.fillIP(b, mac, src.Addr(), dst.Addr(), header.ProtoUDP, len(chunk))
+			header.IPv4(b[ipOff:]).SetFragment(uint16(e.udp.fragID), off, more)
+		} else {
+			size = e.fillIP(b, mac, src.Addr(), dst.Addr(), header.IPv6Fragment, header.IPv6FragmentLen+len(chunk))
+			header.EncodeFragment(b[l4Off6:], header.ProtoUDP, off, more, e.udp.fragID)
+		}
+		e.commit(size)
 	}
 }
 
@@ -354,7 +403,7 @@ type udpRoute func(from netip.AddrPort, to netip.Addr, payload []byte) (src, dst
 // and drops it if route gives it a destination in the guest (it may take
 // it elsewhere itself). It reports false once fd has nothing to read.
 func (e *Engine) udpDrop(fd int, route udpRoute) bool {
-	n, from, to, err := recvfromTo(fd, e.spliceBuf[:])
+	n, from, to, err := recvfromTo(fd, e.spliceBuf[:], nil)
 	if err != nil {
 		return false
 	}

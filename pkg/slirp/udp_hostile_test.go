@@ -686,3 +686,108 @@ func TestUDPInboundReplySource(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPPastMTUFragmented: a host peer's datagram too large for the
+// guest's MTU (a DNS answer of 4000 bytes, with EDNS, at 1500; the
+// largest UDP takes at 65520) reaches the guest in IP fragments, each
+// within the MTU, that make it up again, over IPv4 and IPv6. It was
+// dropped: a resolver asking over UDP never got a large answer, and
+// never a truncated one to retry over TCP.
+func TestUDPPastMTUFragmented(t *testing.T) {
+	for _, c := range []struct {
+		mtu  int
+		gw   netip.Addr
+		size int
+	}{
+		{1500, testGW4, 4000}, {MinMTU, testGW4, 4000}, {576, testGW4, 4000}, {DefaultMTU, testGW4, 65507},
+		{1500, testGW6, 4000}, {1280, testGW6, 4000}, {DefaultMTU, testGW6, 65500},
+	} {
+		pc, err := net.ListenPacket("udp", netip.AddrPortFrom(natFromGuestLoopback(c.gw), 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		te := newTestEngine(t)
+		te.cfg.NoUDP = false
+		te.setMTU(c.mtu)
+		guest := testGuest4
+		if c.gw.Is6() {
+			guest = testGuest6
+		}
+		from := udpSendVia(t, te, pc, guest, c.gw, 5300)
+		want := make([]byte, c.size)
+		for i := range want {
+			want[i] = byte(i * 7)
+		}
+		if _, err := pc.WriteTo(want, from); err != nil {
+			t.Fatal(err)
+		}
+		var frames [][]byte
+		var got []byte
+		for deadline := time.Now().Add(5 * time.Second); got == nil && time.Now().Before(deadline); {
+			te.turn(10)
+			checkedFrames(t, te, func(f []byte) { frames = append(frames, append([]byte(nil), f...)) })
+			got = reassembleUDP(t, frames, c.gw, guest)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("MTU %d, %v: %d frames made up %d bytes, want the peer's %d", c.mtu, c.gw, len(frames), len(got), len(want))
+		}
+		te.udp.closeAll(te.Engine)
+	}
+}
+
+// natFromGuestLoopback is the host loopback address a guest reaches at
+// the gateway gw.
+func natFromGuestLoopback(gw netip.Addr) netip.Addr {
+	if gw.Is4() {
+		return netip.MustParseAddr("127.0.0.1")
+	}
+	return netip.IPv6Loopback()
+}
+
+// reassembleUDP puts the UDP fragments among frames, from src to dst,
+// together as a guest's stack would, and returns the datagram's payload
+// once it is whole and its checksum right, else nil.
+func reassembleUDP(t *testing.T, frames [][]byte, src, dst netip.Addr) []byte {
+	t.Helper()
+	var d []byte
+	have, total := 0, -1
+	for _, f := range frames {
+		var off int
+		var more bool
+		var data []byte
+		switch eth := header.Ethernet(f); eth.Type() {
+		case header.EtherTypeIPv4:
+			ip := header.IPv4(eth.Payload())
+			if ip.Src() != src || ip.Dst() != dst || ip.Protocol() != header.ProtoUDP {
+				continue
+			}
+			fo := binary.BigEndian.Uint16(ip[6:])
+			off, more, data = int(fo&0x1fff)*8, fo&0x2000 != 0, ip.Payload()
+		case header.EtherTypeIPv6:
+			ip := header.IPv6(eth.Payload())
+			if ip.Src() != src || ip.Dst() != dst || ip.NextHeader() != header.IPv6Fragment || ip[header.IPv6Len] != header.ProtoUDP {
+				continue
+			}
+			fo := binary.BigEndian.Uint16(ip[header.IPv6Len+2:])
+			off, more, data = int(fo&^7), fo&1 != 0, ip.Payload()[header.IPv6FragmentLen:]
+		default:
+			continue
+		}
+		if len(d) < off+len(data) {
+			d = append(d, make([]byte, off+len(data)-len(d))...)
+		}
+		copy(d[off:], data)
+		have += len(data)
+		if !more {
+			total = off + len(data)
+		}
+	}
+	if total < header.UDPLen || have != total || len(d) != total {
+		return nil
+	}
+	if header.Fold(header.Checksum(d, header.PseudoHeaderSum(header.ProtoUDP, src, dst, len(d)))) != 0 {
+		t.Fatalf("the reassembled datagram's checksum is wrong")
+	}
+	return header.UDP(d).Payload()
+}

@@ -73,3 +73,17 @@ func (ip IPv4) Encode(src, dst netip.Addr, proto uint8, ttl uint8, payloadLen in
 	copy(ip[16:20], d[:])
 	binary.BigEndian.PutUint16(ip[10:], Fold(Checksum(ip[:IPv4MinLen], 0)))
 }
+
+// SetFragment makes an encoded header a fragment's: identification id,
+// data at byte offset off (a multiple of 8) of the whole datagram, more
+// if fragments follow. The header checksum is computed again.
+func (ip IPv4) SetFragment(id uint16, off int, more bool) {
+	fo := uint16(off / 8)
+	if more {
+		fo |= 0x2000 // MF
+	}
+	binary.BigEndian.PutUint16(ip[4:], id)
+	binary.BigEndian.PutUint16(ip[6:], fo)
+	ip[10], ip[11] = 0, 0
+	binary.BigEndian.PutUint16(ip[10:], Fold(Checksum(ip[:IPv4MinLen], 0)))
+}

@@ -8,13 +8,34 @@ import (
 // IPv6Len is the size of the fixed IPv6 header.
 const IPv6Len = 40
 
-// IPv6 extension headers that Transport walks past. A fragment header (44)
-// is not among them: gopasst's guest knows the MTU and never fragments.
+// IPv6 extension headers that Transport walks past. A fragment header
+// (IPv6Fragment) is not among them: gopasst's guest knows the MTU and
+// never fragments.
 const (
 	ipv6HopByHop = 0
 	ipv6Routing  = 43
 	ipv6DestOpts = 60
 )
+
+// IPv6Fragment is the fragment header's protocol number, and
+// IPv6FragmentLen its size.
+const (
+	IPv6Fragment    = 44
+	IPv6FragmentLen = 8
+)
+
+// EncodeFragment writes a fragment header at b: the fragments carry
+// proto, this one its data at byte offset off (a multiple of 8) of what
+// was fragmented, more if fragments follow, all of them identification id.
+func EncodeFragment(b []byte, proto uint8, off int, more bool, id uint32) {
+	fo := uint16(off)
+	if more {
+		fo |= 1 // M
+	}
+	b[0], b[1] = proto, 0
+	binary.BigEndian.PutUint16(b[2:], fo)
+	binary.BigEndian.PutUint32(b[4:], id)
+}
 
 // IPv6 is a view of an IPv6 header followed by its payload.
 type IPv6 []byte
