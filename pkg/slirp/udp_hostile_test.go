@@ -597,19 +597,7 @@ func TestForwardSlotsReused(t *testing.T) {
 	}
 	defer c.Close()
 	c.Write([]byte("q"))
-	from := netip.MustParseAddrPort(c.LocalAddr().String())
-	key := udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}
-	lidx := te.fwd.byKey[fwdKey{UDP, a[0].Addr, a[0].HostPort}]
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		te.listenerEvent(lidx)
-		te.output(t)
-		if _, f := te.fwd.udpIn.lookup(key); f != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the host sender's datagram never reached the guest")
-		}
-	}
+	from := hostSenderSeen(t, te, fwdKey{UDP, a[0].Addr, a[0].HostPort}, c)
 	if err := te.RemoveForwards(UDP, a); err != nil {
 		t.Fatal(err)
 	}
@@ -622,6 +610,25 @@ func TestForwardSlotsReused(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, src, err := c.ReadFromUDP(make([]byte, 64)); err == nil {
 		t.Errorf("the answer through a removed forward: %d bytes from %v (the forward now in its slot: port %d)", n, src, b[0].HostPort)
+	}
+}
+
+// hostSenderSeen has the engine read the -u forward k, to guest port
+// 53, until the datagram c sent reached the guest, and returns c's
+// address.
+func hostSenderSeen(t *testing.T, te *testEngine, k fwdKey, c *net.UDPConn) netip.AddrPort {
+	t.Helper()
+	from := netip.MustParseAddrPort(c.LocalAddr().String())
+	key := udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		te.listenerEvent(te.fwd.byKey[k])
+		te.output(t)
+		if _, f := te.fwd.udpIn.lookup(key); f != nil {
+			return from
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host sender's datagram never reached the guest")
+		}
 	}
 }
 
@@ -665,18 +672,7 @@ func TestUDPInboundReplySource(t *testing.T) {
 			}
 			continue
 		}
-		from := netip.MustParseAddrPort(c.LocalAddr().String())
-		lidx := te.fwd.byKey[fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}]
-		for deadline := time.Now().Add(5 * time.Second); ; {
-			te.listenerEvent(lidx)
-			te.output(t)
-			if _, f := te.fwd.udpIn.lookup(udpInKey{53, netip.AddrPortFrom(testGW4, from.Port())}); f != nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the host sender's datagram never reached the guest")
-			}
-		}
+		from := hostSenderSeen(t, te, fwdKey{UDP, netip.Addr{}, fwd[0].HostPort}, c)
 		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(53, from.Port(), []byte("answer"))))
 		te.inputDone()
 		te.output(t)
