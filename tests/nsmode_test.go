@@ -95,3 +95,31 @@ exit 7
 		})
 	}
 }
+
+// pastaShell runs pasta in command mode as nobody (upstream's needs a
+// user namespace of its own) from a new host namespace, with args and
+// script on its standard input, SHELL=/bin/sh, and returns its output.
+func pastaShell(t *testing.T, script string, args ...string) string {
+	t.Helper()
+	needReachable(t)
+	h := newHost(t, WorldOpts{})
+	argv := []string{"--reuid", "65534", "--regid", "65534", "--clear-groups", "env", "SHELL=/bin/sh", pastaLink(t), "--config-net", "-q"}
+	cmd := h.Cmd("setpriv", append(argv, args...)...)
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pasta %q: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// Without a command, pasta starts $SHELL as a login shell (its argv[0]
+// with a leading dash), so that it reads the user's profile.
+func TestPastaCommandLoginShell(t *testing.T) {
+	needRoot(t)
+	for _, args := range [][]string{nil, {"--"}} {
+		if out := pastaShell(t, `echo "argv0=$0"`, args...); !strings.Contains(out, "argv0=-/bin/sh\n") {
+			t.Errorf("pasta %q: the shell says %q, want argv0=-/bin/sh", args, out)
+		}
+	}
+}

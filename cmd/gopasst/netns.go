@@ -28,6 +28,7 @@ const nsFdSock = 3 // the child's end of the socket gopasst says "go" on
 // nsSetup is what the child does before it waits.
 type nsSetup struct {
 	Resolv string // what to mount over /etc/resolv.conf, or "" for the host's
+	Login  bool   // the command is $SHELL, started as a login shell
 }
 
 // pastaChildren runs the process gopasst re-executed itself as, if it is
@@ -45,7 +46,7 @@ func pastaChildren() (int, bool) {
 // pastaCommand runs the command in new namespaces served by the engine
 // and returns its exit status.
 func pastaCommand(o *pastaOptions, fwds pastaForwards, cfg netSetup, command []string, stderr io.Writer) int {
-	cmd, sock, err := startNSChild(nsSetup{Resolv: resolvConfFor(&cfg.Config)}, command)
+	cmd, sock, err := startNSChild(nsSetup{Resolv: resolvConfFor(&cfg.Config), Login: o.isShell()}, command)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -167,7 +168,11 @@ func nsChild(js string) int {
 			env = append(env, e)
 		}
 	}
-	err = unix.Exec(path, os.Args, env)
+	argv := os.Args
+	if s.Login { // a leading dash, as login(1) and pasta start the shell
+		argv = append([]string{"-" + argv[0]}, argv[1:]...)
+	}
+	err = unix.Exec(path, argv, env)
 	return fail(os.Stderr, "%s: %v", os.Args[0], err)
 }
 
