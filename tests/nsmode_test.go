@@ -3,6 +3,7 @@ package tests
 import (
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -120,6 +121,21 @@ func TestPastaCommandLoginShell(t *testing.T) {
 	for _, args := range [][]string{nil, {"--"}} {
 		if out := pastaShell(t, `echo "argv0=$0"`, args...); !strings.Contains(out, "argv0=-/bin/sh\n") {
 			t.Errorf("pasta %q: the shell says %q, want argv0=-/bin/sh", args, out)
+		}
+	}
+}
+
+// The command has a hostname of its own, as pasta's: -H, else the host's
+// with "pasta-" before it.
+func TestPastaCommandHostname(t *testing.T) {
+	needRoot(t)
+	host, _ := os.Hostname()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{{nil, "pasta-" + host}, {[]string{"-H", "box.example"}, "box.example"}} {
+		if out := pastaShell(t, "hostname", c.args...); strings.TrimSpace(out) != c.want {
+			t.Errorf("pasta %q: hostname %q, want %q", c.args, out, c.want)
 		}
 	}
 }

@@ -15,8 +15,8 @@ import (
 )
 
 // Pasta's command mode ("gopasst ns" is its old name): the command runs
-// in new network and mount namespaces, and a new user namespace when not
-// run as root, so it needs no privilege. The child that becomes the
+// in new network, mount and UTS namespaces, and a new user namespace
+// when not run as root, so it needs no privilege. The child that becomes the
 // command waits until gopasst has joined its namespaces as it would join
 // any process's (pastaServe), and execs the command once the engine is
 // ready; its exit status is gopasst's.
@@ -25,10 +25,15 @@ const envNSChild = "GOPASST_NS_CHILD" // set in the child: its nsSetup, as JSON
 
 const nsFdSock = 3 // the child's end of the socket gopasst says "go" on
 
+const hostNameMax = 64 // HOST_NAME_MAX: sethostname's limit
+
 // nsSetup is what the child does before it waits.
 type nsSetup struct {
 	Resolv string // what to mount over /etc/resolv.conf, or "" for the host's
 	Login  bool   // the command is $SHELL, started as a login shell
+	// Hostname is the namespace's (a UTS namespace of its own), as
+	// pasta's: -H, else the host's with "pasta-" before it.
+	Hostname string
 }
 
 // pastaChildren runs the process gopasst re-executed itself as, if it is
@@ -46,7 +51,13 @@ func pastaChildren() (int, bool) {
 // pastaCommand runs the command in new namespaces served by the engine
 // and returns its exit status.
 func pastaCommand(o *pastaOptions, fwds pastaForwards, cfg netSetup, command []string, stderr io.Writer) int {
-	cmd, sock, err := startNSChild(nsSetup{Resolv: resolvConfFor(&cfg.Config), Login: o.isShell()}, command)
+	setup := nsSetup{Resolv: resolvConfFor(&cfg.Config), Login: o.isShell(), Hostname: o.Hostname}
+	if setup.Hostname == "" {
+		host, _ := os.Hostname()
+		setup.Hostname = "pasta-" + host
+		setup.Hostname = setup.Hostname[:min(len(setup.Hostname), hostNameMax)]
+	}
+	cmd, sock, err := startNSChild(setup, command)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -118,7 +129,7 @@ func startNSChild(setup nsSetup, command []string) (*exec.Cmd, int, error) {
 	cmd.Env = append(os.Environ(), envNSChild+"="+string(js))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{child}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET | unix.CLONE_NEWNS}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET | unix.CLONE_NEWNS | unix.CLONE_NEWUTS}
 	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
 		// Root in a user namespace of our own: enough to make a tap and
 		// configure it, and nothing outside it.
@@ -150,6 +161,10 @@ func nsChild(js string) int {
 		if err := mountResolv(s.Resolv); err != nil {
 			return fail(os.Stderr, "namespace set-up: %v", err)
 		}
+	}
+	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
+		// As pasta: the command runs all the same, under the host's name.
+		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: hostname %q: %v\n", s.Hostname, err)
 	}
 	if _, err := unix.Write(nsFdSock, []byte{1}); err != nil {
 		return fail(os.Stderr, "namespace set-up: %v", err)
