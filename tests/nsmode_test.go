@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ exit 7
 			argv := []string{gopasstBin, "ns", "-I", "tap0", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
 			if user == "nobody" {
 				needReachable(t)
-				argv = append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, argv...)
+				argv = append(slices.Clip(asNobody), argv...)
 			}
 			cmd := h.Cmd(argv[0], argv[1:]...)
 			out := &syncBuffer{}
@@ -97,15 +98,19 @@ exit 7
 	}
 }
 
-// pastaShell runs pasta in command mode as nobody (upstream's needs a
-// user namespace of its own) from a new host namespace, with args and
-// script on its standard input, SHELL=/bin/sh, and returns its output.
-func pastaShell(t *testing.T, script string, args ...string) string {
+// pastaShell runs pasta in command mode through run (asNobody, as
+// upstream's command mode needs a user namespace of its own, which it
+// makes only when not root; or nil for root) from a new host namespace,
+// with args and script on its standard input, SHELL=/bin/sh, and returns
+// its output.
+func pastaShell(t *testing.T, run []string, script string, args ...string) string {
 	t.Helper()
-	needReachable(t)
+	if len(run) > 0 {
+		needReachable(t)
+	}
 	h := newHost(t, WorldOpts{})
-	argv := []string{"--reuid", "65534", "--regid", "65534", "--clear-groups", "env", "SHELL=/bin/sh", pastaLink(t), "--config-net", "-q"}
-	cmd := h.Cmd("setpriv", append(argv, args...)...)
+	argv := append(append(slices.Clip(run), "env", "SHELL=/bin/sh", pastaLink(t), "--config-net", "-q"), args...)
+	cmd := h.Cmd(argv[0], argv[1:]...)
 	cmd.Stdin = strings.NewReader(script)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -119,7 +124,7 @@ func pastaShell(t *testing.T, script string, args ...string) string {
 func TestPastaCommandLoginShell(t *testing.T) {
 	needRoot(t)
 	for _, args := range [][]string{nil, {"--"}} {
-		if out := pastaShell(t, `echo "argv0=$0"`, args...); !strings.Contains(out, "argv0=-/bin/sh\n") {
+		if out := pastaShell(t, asNobody, `echo "argv0=$0"`, args...); !strings.Contains(out, "argv0=-/bin/sh\n") {
 			t.Errorf("pasta %q: the shell says %q, want argv0=-/bin/sh", args, out)
 		}
 	}
@@ -134,8 +139,19 @@ func TestPastaCommandHostname(t *testing.T) {
 		args []string
 		want string
 	}{{nil, "pasta-" + host}, {[]string{"-H", "box.example"}, "box.example"}} {
-		if out := pastaShell(t, "hostname", c.args...); strings.TrimSpace(out) != c.want {
+		if out := pastaShell(t, asNobody, "hostname", c.args...); strings.TrimSpace(out) != c.want {
 			t.Errorf("pasta %q: hostname %q, want %q", c.args, out, c.want)
 		}
+	}
+}
+
+// The command's root group may open ping sockets (icmp(7)), which some
+// programs use rather than raw ones: net.ipv4.ping_group_range is "0 0"
+// in its namespace, as pasta sets it, where a new namespace's excludes
+// every group.
+func TestPastaCommandPingSockets(t *testing.T) {
+	needRoot(t)
+	if out := pastaShell(t, asNobody, "cat /proc/sys/net/ipv4/ping_group_range"); !slices.Equal(strings.Fields(out), []string{"0", "0"}) {
+		t.Errorf("the command's net.ipv4.ping_group_range is %q, want 0 0", out)
 	}
 }

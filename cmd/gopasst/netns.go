@@ -162,6 +162,11 @@ func nsChild(js string) int {
 			return fail(os.Stderr, "namespace set-up: %v", err)
 		}
 	}
+	// As pasta: ping sockets (icmp(7)) for the namespace's root group,
+	// whose programs may not fall back to raw sockets.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 0"), 0); err != nil {
+		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: ping sockets: %v\n", err)
+	}
 	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
 		// As pasta: the command runs all the same, under the host's name.
 		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: hostname %q: %v\n", s.Hostname, err)
