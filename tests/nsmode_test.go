@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -154,4 +155,23 @@ func TestPastaCommandPingSockets(t *testing.T) {
 	if out := pastaShell(t, asNobody, "cat /proc/sys/net/ipv4/ping_group_range"); !slices.Equal(strings.Fields(out), []string{"0", "0"}) {
 		t.Errorf("the command's net.ipv4.ping_group_range is %q, want 0 0", out)
 	}
+}
+
+// The command runs in a PID namespace of its own, as pasta's: it sees
+// none of the host's processes, an orphan is reaped there (by gopasst,
+// its init), and what it leaves running ends with it.
+func TestPastaCommandPIDNamespace(t *testing.T) {
+	needRoot(t)
+	script := fmt.Sprintf(`test -e /proc/%d && echo SEES-HOST
+orphan=$(sh -c 'true & echo $!')
+timeout 20 sh -c "while test -e /proc/$orphan; do sleep 0.1; done" && echo REAPED
+sleep 7013 >/dev/null 2>&1 &
+echo STARTED`, os.Getpid())
+	leftover := func() bool { return exec.Command("pgrep", "-f", "^sleep 7013$").Run() == nil }
+	t.Cleanup(func() { exec.Command("pkill", "-KILL", "-f", "^sleep 7013$").Run() })
+	out := pastaShell(t, asNobody, script)
+	if !strings.Contains(out, "REAPED\nSTARTED") || strings.Contains(out, "SEES-HOST") {
+		t.Errorf("the command's output: %q, want REAPED and STARTED, not SEES-HOST", out)
+	}
+	waitLong(t, "the command's background process to end", 20*time.Second, func() bool { return !leftover() })
 }
