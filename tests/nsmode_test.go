@@ -1,10 +1,13 @@
 package tests
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +49,7 @@ exit 7
 			argv := []string{gopasstBin, "ns", "-I", "tap0", "-t", "18090:8090", "--control", ctl, "--", "busybox", "sh", "-c", script}
 			if user == "nobody" {
 				needReachable(t)
-				argv = append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"}, argv...)
+				argv = append(slices.Clip(asNobody), argv...)
 			}
 			cmd := h.Cmd(argv[0], argv[1:]...)
 			out := &syncBuffer{}
@@ -94,4 +97,81 @@ exit 7
 			}
 		})
 	}
+}
+
+// pastaShell runs pasta in command mode through run (asNobody, as
+// upstream's command mode needs a user namespace of its own, which it
+// makes only when not root; or nil for root) from a new host namespace,
+// with args and script on its standard input, SHELL=/bin/sh, and returns
+// its output.
+func pastaShell(t *testing.T, run []string, script string, args ...string) string {
+	t.Helper()
+	if len(run) > 0 {
+		needReachable(t)
+	}
+	h := newHost(t, WorldOpts{})
+	argv := append(append(slices.Clip(run), "env", "SHELL=/bin/sh", pastaLink(t), "--config-net", "-q"), args...)
+	cmd := h.Cmd(argv[0], argv[1:]...)
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pasta %q: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// Without a command, pasta starts $SHELL as a login shell (its argv[0]
+// with a leading dash), so that it reads the user's profile.
+func TestPastaCommandLoginShell(t *testing.T) {
+	needRoot(t)
+	for _, args := range [][]string{nil, {"--"}} {
+		if out := pastaShell(t, asNobody, `echo "argv0=$0"`, args...); !strings.Contains(out, "argv0=-/bin/sh\n") {
+			t.Errorf("pasta %q: the shell says %q, want argv0=-/bin/sh", args, out)
+		}
+	}
+}
+
+// The command has a hostname of its own, as pasta's: -H, else the host's
+// with "pasta-" before it.
+func TestPastaCommandHostname(t *testing.T) {
+	needRoot(t)
+	host, _ := os.Hostname()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{{nil, "pasta-" + host}, {[]string{"-H", "box.example"}, "box.example"}} {
+		if out := pastaShell(t, asNobody, "hostname", c.args...); strings.TrimSpace(out) != c.want {
+			t.Errorf("pasta %q: hostname %q, want %q", c.args, out, c.want)
+		}
+	}
+}
+
+// The command's root group may open ping sockets (icmp(7)), which some
+// programs use rather than raw ones: net.ipv4.ping_group_range is "0 0"
+// in its namespace, as pasta sets it, where a new namespace's excludes
+// every group.
+func TestPastaCommandPingSockets(t *testing.T) {
+	needRoot(t)
+	if out := pastaShell(t, asNobody, "cat /proc/sys/net/ipv4/ping_group_range"); !slices.Equal(strings.Fields(out), []string{"0", "0"}) {
+		t.Errorf("the command's net.ipv4.ping_group_range is %q, want 0 0", out)
+	}
+}
+
+// The command runs in a PID namespace of its own, as pasta's: it sees
+// none of the host's processes, an orphan is reaped there (by gopasst,
+// its init), and what it leaves running ends with it.
+func TestPastaCommandPIDNamespace(t *testing.T) {
+	needRoot(t)
+	script := fmt.Sprintf(`test -e /proc/%d && echo SEES-HOST
+orphan=$(sh -c 'true & echo $!')
+timeout 20 sh -c "while test -e /proc/$orphan; do sleep 0.1; done" && echo REAPED
+sleep 7013 >/dev/null 2>&1 &
+echo STARTED`, os.Getpid())
+	leftover := func() bool { return exec.Command("pgrep", "-f", "^sleep 7013$").Run() == nil }
+	t.Cleanup(func() { exec.Command("pkill", "-KILL", "-f", "^sleep 7013$").Run() })
+	out := pastaShell(t, asNobody, script)
+	if !strings.Contains(out, "REAPED\nSTARTED") || strings.Contains(out, "SEES-HOST") {
+		t.Errorf("the command's output: %q, want REAPED and STARTED, not SEES-HOST", out)
+	}
+	waitLong(t, "the command's background process to end", 20*time.Second, func() bool { return !leftover() })
 }

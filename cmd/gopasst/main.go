@@ -49,7 +49,7 @@ type NetOptions struct {
 	DNSForward  []string `name:"dns-forward" sep:"none" placeholder:"ADDR" help:"Address whose DNS queries go to the host resolver (--dns-host); one per family."`
 	DNSHost     []string `name:"dns-host" sep:"none" placeholder:"ADDR" help:"Host resolver that redirected DNS queries go to (default: the first in resolv.conf); one per family."`
 	Search      []string `short:"S" sep:"none" placeholder:"LIST" help:"Space-separated search domains given to the guest; 'none' for none. Repeatable."`
-	Hostname    string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP."`
+	Hostname    string   `short:"H" placeholder:"NAME" help:"Hostname given to the guest by DHCP (pasta: and a command's, else pasta-HOST)."`
 	FQDN        string   `name:"fqdn" placeholder:"NAME" help:"FQDN given to the guest by DHCP."`
 
 	MapHostLoopback []string `name:"map-host-loopback" sep:"none" placeholder:"ADDR" help:"Guest address that stands for the host's loopback (default: the gateway); 'none' for none. One per family."`

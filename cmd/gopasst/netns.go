@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"syscall"
 
@@ -15,19 +16,25 @@ import (
 )
 
 // Pasta's command mode ("gopasst ns" is its old name): the command runs
-// in new network and mount namespaces, and a new user namespace when not
-// run as root, so it needs no privilege. The child that becomes the
-// command waits until gopasst has joined its namespaces as it would join
-// any process's (pastaServe), and execs the command once the engine is
-// ready; its exit status is gopasst's.
+// in new network, mount, UTS, IPC and PID namespaces, and a new user
+// namespace when not run as root, so it needs no privilege. The child,
+// the PID namespace's init, waits until gopasst has joined its
+// namespaces as it would join any process's (pastaServe), and starts the
+// command once the engine is ready; its exit status is gopasst's.
 
 const envNSChild = "GOPASST_NS_CHILD" // set in the child: its nsSetup, as JSON
 
 const nsFdSock = 3 // the child's end of the socket gopasst says "go" on
 
+const hostNameMax = 64 // HOST_NAME_MAX: sethostname's limit
+
 // nsSetup is what the child does before it waits.
 type nsSetup struct {
 	Resolv string // what to mount over /etc/resolv.conf, or "" for the host's
+	Login  bool   // the command is $SHELL, started as a login shell
+	// Hostname is the namespace's (a UTS namespace of its own), as
+	// pasta's: -H, else the host's with "pasta-" before it.
+	Hostname string
 }
 
 // pastaChildren runs the process gopasst re-executed itself as, if it is
@@ -45,7 +52,13 @@ func pastaChildren() (int, bool) {
 // pastaCommand runs the command in new namespaces served by the engine
 // and returns its exit status.
 func pastaCommand(o *pastaOptions, fwds pastaForwards, cfg netSetup, command []string, stderr io.Writer) int {
-	cmd, sock, err := startNSChild(nsSetup{Resolv: resolvConfFor(&cfg.Config)}, command)
+	setup := nsSetup{Resolv: resolvConfFor(&cfg.Config), Login: o.isShell(), Hostname: o.Hostname}
+	if setup.Hostname == "" {
+		host, _ := os.Hostname()
+		setup.Hostname = "pasta-" + host
+		setup.Hostname = setup.Hostname[:min(len(setup.Hostname), hostNameMax)]
+	}
+	cmd, sock, err := startNSChild(setup, command)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -117,7 +130,8 @@ func startNSChild(setup nsSetup, command []string) (*exec.Cmd, int, error) {
 	cmd.Env = append(os.Environ(), envNSChild+"="+string(js))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{child}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET | unix.CLONE_NEWNS}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET | unix.CLONE_NEWNS | unix.CLONE_NEWUTS |
+		unix.CLONE_NEWPID | unix.CLONE_NEWIPC}
 	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
 		// Root in a user namespace of our own: enough to make a tap and
 		// configure it, and nothing outside it.
@@ -145,10 +159,27 @@ func nsChild(js string) int {
 	if err := json.Unmarshal([]byte(js), &s); err != nil {
 		return fail(os.Stderr, "namespace set-up: %v", err)
 	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fail(os.Stderr, "namespace set-up: mount namespace: %v", err)
+	}
 	if s.Resolv != "" {
 		if err := mountResolv(s.Resolv); err != nil {
 			return fail(os.Stderr, "namespace set-up: %v", err)
 		}
+	}
+	// Our PID namespace's /proc, as pasta mounts it: ps and kill see
+	// only the command's processes.
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: /proc: %v\n", err)
+	}
+	// As pasta: ping sockets (icmp(7)) for the namespace's root group,
+	// whose programs may not fall back to raw sockets.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 0"), 0); err != nil {
+		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: ping sockets: %v\n", err)
+	}
+	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
+		// As pasta: the command runs all the same, under the host's name.
+		fmt.Fprintf(os.Stderr, "gopasst: namespace set-up: hostname %q: %v\n", s.Hostname, err)
 	}
 	if _, err := unix.Write(nsFdSock, []byte{1}); err != nil {
 		return fail(os.Stderr, "namespace set-up: %v", err)
@@ -167,8 +198,44 @@ func nsChild(js string) int {
 			env = append(env, e)
 		}
 	}
-	err = unix.Exec(path, os.Args, env)
-	return fail(os.Stderr, "%s: %v", os.Args[0], err)
+	argv := os.Args
+	if s.Login { // a leading dash, as login(1) and pasta start the shell
+		argv = append([]string{"-" + argv[0]}, argv[1:]...)
+	}
+	// The command runs under us, its PID namespace's init: when it
+	// exits, we do, and the kernel ends whatever it left running there,
+	// as pasta's namespace ends with its command. A signal gopasst passes
+	// on goes on to the command; the terminal's ^C and ^\ reach it
+	// itself, and must not end us (Go's default would).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, stopSignals...)
+	cmd := exec.Command(path)
+	cmd.Args, cmd.Env = argv, env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fail(os.Stderr, "%s: %v", os.Args[0], err)
+	}
+	go func() {
+		for v := range sig {
+			if v != unix.SIGINT && v != unix.SIGQUIT {
+				cmd.Process.Signal(v)
+			}
+		}
+	}()
+	// As an init, reap the orphans that the kernel gives us meanwhile.
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case err == unix.EINTR:
+		case err != nil:
+			return fail(os.Stderr, "%s: %v", os.Args[0], err)
+		case pid == cmd.Process.Pid && ws.Signaled():
+			return 128 + int(ws.Signal())
+		case pid == cmd.Process.Pid:
+			return ws.ExitStatus()
+		}
+	}
 }
 
 // openTap creates the tap device name in the current network namespace
@@ -192,14 +259,12 @@ func openTap(name string) (int, error) {
 	return tap, nil
 }
 
-// mountResolv puts content over /etc/resolv.conf in our mount namespace.
+// mountResolv puts content over /etc/resolv.conf in our mount namespace,
+// which nsChild made private.
 // The file lives on a tmpfs mounted over /tmp just long enough to bind it
 // in place: nothing is written to the host's disk, and /tmp is as before.
 func mountResolv(content string) error {
 	const scratch = "/tmp"
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("mount namespace: %w", err)
-	}
 	if err := unix.Mount("tmpfs", scratch, "tmpfs", 0, "size=64k"); err != nil {
 		return fmt.Errorf("tmpfs: %w", err)
 	}

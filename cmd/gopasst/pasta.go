@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -228,6 +229,12 @@ func (o *pastaOptions) inDir(dir string) {
 
 func (o *pastaOptions) isCommand() bool {
 	return o.Netns == "" && !(len(o.Target) == 1 && isPID(o.Target[0]))
+}
+
+// isShell tells whether the command is the default, $SHELL, which pasta
+// starts as a login shell: no command given.
+func (o *pastaOptions) isShell() bool {
+	return o.isCommand() && (len(o.Target) == 0 || slices.Equal(o.Target, []string{"--"}))
 }
 
 func isPID(s string) bool {
