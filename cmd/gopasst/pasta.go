@@ -328,15 +328,29 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	return supervise(&o.NetOptions, run, stderr, ready)
 }
 
+// pidfdOpen is pidfd_open(2), which a test makes fail.
+var pidfdOpen = unix.PidfdOpen
+
 // watchTarget is closed when the namespace goes: the PID exits, or the
 // file is removed or unmounted (checked each second, as pasta's timer).
 func watchTarget(t nsTarget) <-chan struct{} {
 	gone := make(chan struct{})
 	switch {
 	case t.pid > 0:
-		fd, err := unix.PidfdOpen(t.pid, 0)
-		if err != nil {
+		fd, err := pidfdOpen(t.pid, 0)
+		if err == unix.ESRCH {
 			close(gone)
+			break
+		}
+		if err != nil {
+			// No pidfd (a kernel before 5.3, or a container's seccomp
+			// profile that denies it): the PID is looked for each second.
+			go func() {
+				for unix.Kill(t.pid, 0) != unix.ESRCH {
+					time.Sleep(time.Second)
+				}
+				close(gone)
+			}()
 			break
 		}
 		go func() {

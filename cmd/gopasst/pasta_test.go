@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/gopasst/gopasst/pkg/portspec"
 	"github.com/gopasst/gopasst/pkg/slirp"
+	"golang.org/x/sys/unix"
 )
 
 // Pasta's callers' exact command lines parse, as pasta's.
@@ -277,5 +279,31 @@ func TestSpliceRulesWideSpec(t *testing.T) {
 				t.Errorf("-u %s names %d: %v, want %v", spec, port, !named, named)
 			}
 		}
+	}
+}
+
+// TestWatchTargetWithoutPidfd: where pidfd_open(2) fails (a kernel before
+// 5.3, or a container's seccomp profile denying it), the PID is still
+// watched, by looking for it: it was taken for gone at once, and a
+// rootlesskit start failed.
+func TestWatchTargetWithoutPidfd(t *testing.T) {
+	defer func(f func(int, int) (int, error)) { pidfdOpen = f }(pidfdOpen)
+	pidfdOpen = func(int, int) (int, error) { return -1, unix.ENOSYS }
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	gone := watchTarget(nsTarget{pid: cmd.Process.Pid})
+	select {
+	case <-gone:
+		t.Fatal("a PID that lives taken for gone")
+	case <-time.After(1500 * time.Millisecond):
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	select {
+	case <-gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a PID that exited still watched after 10 s")
 	}
 }
