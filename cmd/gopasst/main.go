@@ -28,9 +28,12 @@ var version = "0.1.0-dev"
 // program in a namespace (ns) alike. Lists are never split on commas:
 // port specs contain commas.
 type NetOptions struct {
-	Debug   bool   `short:"d" help:"Print debugging messages."`
-	Trace   bool   `help:"Print per-packet messages (implies --debug)."`
-	Quiet   bool   `short:"q" help:"Only print warnings and errors."`
+	Debug bool `short:"d" help:"Print debugging messages."`
+	Trace bool `help:"Print per-packet messages (implies --debug)."`
+	Quiet bool `short:"q" help:"Only print warnings and errors."`
+	// Silent leaves the engine no log but --log-file: set where a
+	// command owns the terminal (pasta's and ns's command modes).
+	Silent  bool   `kong:"-"`
 	Stderr  bool   `short:"e" help:"Log to standard error even when daemonized."`
 	LogFile string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
@@ -376,7 +379,7 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 			return nil, fmt.Errorf("--log-file: %v", err)
 		}
 		out = f
-	case o.Quiet:
+	case o.Silent:
 	case foreground || o.Stderr:
 		out = os.Stderr
 	default:
