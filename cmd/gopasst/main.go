@@ -367,6 +367,18 @@ func raiseFdLimit() {
 	}
 }
 
+// logName is the name gopasst logs to syslog under: passt's or pasta's
+// when installed as one of them, where their messages are looked for
+// (journalctl -t passt), else its own.
+func logName(argv0 string) string {
+	for _, name := range []string{"passt", "pasta"} {
+		if runAs(argv0, name) {
+			return name
+		}
+	}
+	return "gopasst"
+}
+
 // openLog is the engine's logger: the bounded log file the helper opened
 // (logFd, or -1), else standard error in the foreground, else syslog,
 // connected now: the sandbox has no /dev/log.
@@ -383,7 +395,7 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	case foreground || o.Stderr:
 		out = os.Stderr
 	default:
-		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "gopasst"); err == nil {
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, logName(os.Args[0])); err == nil {
 			out = w
 		}
 	}
