@@ -47,17 +47,31 @@ func TestPingGateway(t *testing.T) {
 
 // TestPingForbidden: when the host's ping_group_range forbids ping
 // sockets, ICMP echo fails quietly with one clear log line, and the rest
-// of the network still works.
+// of the network still works. With --quiet, as with passt's, that
+// warning is still logged, and the informational messages are not,
+// unless --debug is given too.
 func TestPingForbidden(t *testing.T) {
-	w := newWorld(t, WorldOpts{NoPing: true})
-	for range 2 {
-		w.Guest.Cmd("busybox", "ping", "-c", "1", "-W", "1", hostGW).Run()
-	}
-	if n := strings.Count(w.Log.String(), "ICMP echo unavailable"); n != 1 {
-		t.Errorf("%d log lines about ping sockets, want 1:\n%s", n, w.Log.String())
-	}
-	if w.Proc.ProcessState != nil {
-		t.Fatal("gopasst exited")
+	for _, tc := range []struct {
+		args []string
+		info bool // the informational messages logged too
+	}{{nil, true}, {[]string{"--quiet"}, false}, {[]string{"--quiet", "--debug"}, true}} {
+		t.Run(strings.Join(append([]string{"opts"}, tc.args...), " "), func(t *testing.T) {
+			w := newWorld(t, WorldOpts{NoPing: true, Args: tc.args})
+			for range 2 {
+				w.Guest.Cmd("busybox", "ping", "-c", "1", "-W", "1", hostGW).Run()
+			}
+			if n := strings.Count(w.Log.String(), "ICMP echo unavailable"); n != 1 {
+				t.Errorf("%d log lines about ping sockets, want 1:\n%s", n, w.Log.String())
+			}
+			// --quiet, as passt's, leaves out what is not a warning,
+			// unless --debug (QEMU's param=--debug) asks for more.
+			if strings.Contains(w.Log.String(), "client connected") != tc.info {
+				t.Errorf("informational messages wanted: %v; log:\n%s", tc.info, w.Log.String())
+			}
+			if w.Proc.ProcessState != nil {
+				t.Fatal("gopasst exited")
+			}
+		})
 	}
 }
 

@@ -227,6 +227,52 @@ func TestQuiet(t *testing.T) {
 	waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
 }
 
+// TestSyslogName: a daemon without --log-file logs to syslog under the
+// name it runs as, passt's when installed as passt (as libvirt runs it),
+// as passt's own messages are found: journalctl -t passt. The daemon
+// runs in a mount namespace whose /run holds the test's syslog socket,
+// one of the paths log/syslog tries.
+func TestSyslogName(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	logSock := filepath.Join(dir, "syslog")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: logSock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Chmod(dir, 0o755)
+	os.Chmod(logSock, 0o666) // the engine logs as nobody
+	passt := filepath.Join(dir, "passt")
+	if err := os.Symlink(gopasstBin, passt); err != nil {
+		t.Fatal(err)
+	}
+	pid := filepath.Join(dir, "pid")
+	script := `mount -t tmpfs tmpfs /run && touch /run/syslog && mount --bind "$0" /run/syslog && exec "$@"`
+	args := append([]string{"-m", "--propagation", "private", "sh", "-c", script, logSock,
+		passt, "-s", filepath.Join(dir, "s"), "-P", pid}, hostArgs...)
+	if out, err := exec.Command("unshare", args...).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	defer func() {
+		data, _ := os.ReadFile(pid)
+		if p, _ := strconv.Atoi(strings.TrimSpace(string(data))); p > 0 {
+			syscall.Kill(p, syscall.SIGTERM)
+			waitFor(t, "daemon to exit on SIGTERM", func() bool { return syscall.Kill(p, 0) != nil })
+		}
+	}()
+	l.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := l.Read(buf)
+	if err != nil {
+		t.Fatalf("no syslog message: %v", err)
+	}
+	// "<PRI>TIMESTAMP TAG[PID]: MESSAGE"
+	if msg := string(buf[:n]); !strings.Contains(msg, " passt[") {
+		t.Errorf("syslog message %q, want passt's name", msg)
+	}
+}
+
 // TestOutputFileModes: the PID file, the log and the capture that
 // gopasst creates are their owner's alone (0600), as passt's, whatever
 // the umask.

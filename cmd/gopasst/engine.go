@@ -377,6 +377,7 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 	}
 	cfg.Debug = o.Debug || o.Trace
 	cfg.Trace = o.Trace
+	cfg.Quiet = o.Quiet && !cfg.Debug // passt's --debug outranks --quiet
 	cfg.Log = logger
 	cfg.Host = helper
 	raiseFdLimit()
@@ -423,9 +424,17 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 	signal.Notify(sig, stopSignals...)
 	go func() {
 		s := <-sig
-		logger.Printf("exiting on %v", s)
+		if !cfg.Quiet {
+			logger.Printf("exiting on %v", s)
+		}
 		eng.Stop()
 	}()
+	for _, w := range cfg.warnings {
+		logger.Print(w)
+	}
+	if cfg.Quiet {
+		return eng, logger, nil
+	}
 	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
 	if cfg.Addr4.IsValid() {
 		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)

@@ -28,9 +28,12 @@ var version = "0.1.0-dev"
 // program in a namespace (ns) alike. Lists are never split on commas:
 // port specs contain commas.
 type NetOptions struct {
-	Debug   bool   `short:"d" help:"Print debugging messages."`
-	Trace   bool   `help:"Print per-packet messages (implies --debug)."`
-	Quiet   bool   `short:"q" help:"Only print warnings and errors."`
+	Debug bool `short:"d" help:"Print debugging messages."`
+	Trace bool `help:"Print per-packet messages (implies --debug)."`
+	Quiet bool `short:"q" help:"Only print warnings and errors."`
+	// Silent leaves the engine no log but --log-file: set where a
+	// command owns the terminal (pasta's and ns's command modes).
+	Silent  bool   `kong:"-"`
 	Stderr  bool   `short:"e" help:"Log to standard error even when daemonized."`
 	LogFile string `short:"l" name:"log-file" placeholder:"PATH" help:"Log to PATH, kept under --log-size."`
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
@@ -364,6 +367,18 @@ func raiseFdLimit() {
 	}
 }
 
+// logName is the name gopasst logs to syslog under: passt's or pasta's
+// when installed as one of them, where their messages are looked for
+// (journalctl -t passt), else its own.
+func logName(argv0 string) string {
+	for _, name := range []string{"passt", "pasta"} {
+		if runAs(argv0, name) {
+			return name
+		}
+	}
+	return "gopasst"
+}
+
 // openLog is the engine's logger: the bounded log file the helper opened
 // (logFd, or -1), else standard error in the foreground, else syslog,
 // connected now: the sandbox has no /dev/log.
@@ -376,11 +391,11 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 			return nil, fmt.Errorf("--log-file: %v", err)
 		}
 		out = f
-	case o.Quiet:
+	case o.Silent:
 	case foreground || o.Stderr:
 		out = os.Stderr
 	default:
-		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "gopasst"); err == nil {
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, logName(os.Args[0])); err == nil {
 			out = w
 		}
 	}

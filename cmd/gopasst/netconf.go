@@ -311,16 +311,17 @@ func classBits(a netip.Addr) int {
 }
 
 // netSetup is the engine's Config and what the daemon should log about
-// how it was chosen (a family left out, and why).
+// how it was chosen: notes (a family in local mode, and why), and
+// warnings, which --quiet keeps (a family left out, and why).
 type netSetup struct {
 	slirp.Config
-	notes            []string
+	notes, warnings  []string
 	ifname4, ifname6 string // the template interfaces, "" for none
 }
 
 // buildConfig turns options and host state into the engine's Config.
 func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
-	var notes []string
+	var notes, warnings []string
 	cfg := slirp.Config{
 		MTU: o.MTU, Hostname: o.Hostname, FQDN: o.FQDN,
 		NoDHCP: o.NoDHCP, NoTCP: o.NoTCP, NoUDP: o.NoUDP, NoICMP: o.NoICMP,
@@ -445,12 +446,12 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 			cfg.NoDHCPv6 = cfg.NoDHCPv6 || !p.IsValid()
 			notes = append(notes, "IPv6 in local mode: "+why.Error())
 		default:
-			notes = append(notes, "IPv6 off: "+why.Error())
+			warnings = append(warnings, "IPv6 off: "+why.Error())
 		}
 	}
 	if !cfg.Addr4.IsValid() && !cfg.Addr6.IsValid() && !cfg.Local6 {
 		return netSetup{}, fmt.Errorf("cannot pick the guest's addresses and gateways (%s): use --address and --gateway",
-			strings.Join(notes, "; "))
+			strings.Join(append(notes, warnings...), "; "))
 	}
 	if err := mapConfig(&cfg, o); err != nil {
 		return netSetup{}, err
@@ -467,7 +468,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		cfg.Search = nil
 	}
 	err = dnsConfig(&cfg, o, rc)
-	return netSetup{cfg, notes, ifname4, ifname6}, err
+	return netSetup{cfg, notes, warnings, ifname4, ifname6}, err
 }
 
 // mapConfig sets the guest addresses that stand for the host, as passt

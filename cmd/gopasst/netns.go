@@ -81,7 +81,7 @@ func pastaCommand(o *pastaOptions, fwds pastaForwards, cfg netSetup, command []s
 	// The command owns the terminal: the engine logs to --log-file, or to
 	// stderr only with --debug.
 	lo := *o
-	lo.Quiet = !(o.Debug || o.Trace)
+	lo.Silent = !(o.Debug || o.Trace)
 	code := pastaServe(&lo, fwds, cfg, t, &r, stderr, func() { unix.Write(sock, []byte{1}) })
 	if code != 0 {
 		select {

@@ -188,7 +188,7 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 	if env, ok := engineEnvironment(); ok {
 		lo := o.NetOptions
 		if o.isCommand() {
-			lo.Quiet = !(o.Debug || o.Trace)
+			lo.Silent = !(o.Debug || o.Trace)
 		}
 		sp := newSplicer(newSpliceRules(o, cfg, fwds))
 		if sp != nil {

@@ -119,6 +119,9 @@ type Config struct {
 
 	Log          *log.Logger
 	Debug, Trace bool
+	// Quiet leaves informational messages out of Log, keeping warnings
+	// and errors, as passt's --quiet does.
+	Quiet bool
 	// Stats, when positive, logs event counts at most this often (passt's
 	// --stats).
 	Stats time.Duration

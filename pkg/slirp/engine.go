@@ -295,7 +295,7 @@ func (e *Engine) AttachStream(fd int) {
 	}
 	l := newLink(fd)
 	if err := e.attach(l); err != nil {
-		e.logf("client rejected: %v", err)
+		e.warnf("client rejected: %v", err)
 		l.Close()
 		return
 	}
@@ -334,7 +334,7 @@ func (e *Engine) atCap(kind, n, limit int) bool {
 // logLimited logs a message of a kind at most every 10 s.
 func (e *Engine) logLimited(kind int, format string, args ...any) {
 	if e.logDue(kind) {
-		e.logf(format, args...)
+		e.warnf(format, args...)
 	}
 }
 
@@ -395,7 +395,16 @@ func wake(fd int) {
 	unix.Write(fd, one[:])
 }
 
+// logf logs an informational message, which Quiet leaves out.
 func (e *Engine) logf(format string, args ...any) {
+	if !e.cfg.Quiet {
+		e.warnf(format, args...)
+	}
+}
+
+// warnf logs what --quiet keeps: a warning or an error (something the
+// guest lost), or what was asked for (--stats).
+func (e *Engine) warnf(format string, args ...any) {
 	if e.cfg.Log != nil {
 		e.cfg.Log.Printf(format, args...)
 	}

@@ -78,7 +78,7 @@ func (t *fwdTable) init() {
 func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool) error {
 	if skipBusy {
 		if room := e.fdRoom(); len(fwds) > room {
-			e.logf("%s: forwarding only %d of %d ports: the open file limit leaves no room for more", proto, room, len(fwds))
+			e.warnf("%s: forwarding only %d of %d ports: the open file limit leaves no room for more", proto, room, len(fwds))
 			fwds = fwds[:room]
 		}
 	}
@@ -98,7 +98,7 @@ func (e *Engine) AddForwards(proto Proto, fwds []portspec.Forward, skipBusy bool
 				continue
 			}
 			if errors.Is(err, unix.EADDRINUSE) && e.cfg.Migration && !e.running {
-				e.logf("%s port %s is busy: it is bound when the guest arrives by migration, "+
+				e.warnf("%s port %s is busy: it is bound when the guest arrives by migration, "+
 					"or when it starts here (gopasst exits then if the port is still busy)", proto, hostPortString(f))
 				e.fwd.held = append(e.fwd.held, forward{proto, f, false})
 				continue

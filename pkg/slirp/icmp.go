@@ -97,7 +97,7 @@ func (e *Engine) icmpOpen(key icmpKey, dst netip.Addr) *icmpFlow {
 	if err != nil {
 		if !e.icmp.warned {
 			e.icmp.warned = true
-			e.logf("ICMP echo unavailable: cannot open a ping socket (%v); "+
+			e.warnf("ICMP echo unavailable: cannot open a ping socket (%v); "+
 				"the host's net.ipv4.ping_group_range must include our group", err)
 		}
 		return nil

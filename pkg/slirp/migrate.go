@@ -428,7 +428,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		}
 		st, err := tcprepair.Dump(f.fd)
 		if err != nil {
-			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
+			e.warnf("TCP %v: migration: %v: reset", f.key.remote, err)
 			continue
 		}
 		m.sock, dumped[i] = *st, true
@@ -502,7 +502,7 @@ func (e *Engine) migrateSeal(f *tcpFlow, m *migFlow) bool {
 			st, err = tcprepair.Redump(f.fd, &m.sock)
 		}
 		if err != nil {
-			e.logf("TCP %v: migration: %v: reset", f.key.remote, err)
+			e.warnf("TCP %v: migration: %v: reset", f.key.remote, err)
 			m.sock = tcprepair.State{}
 			return false
 		}
@@ -730,7 +730,7 @@ func (e *Engine) tcpRepairSockets(b *movedBatch, flows []migFlow) {
 		if e.repair != nil && restorable(t) {
 			var err error
 			if fd, err = tcprepair.NewSocket(socketFamily(t.side[t.hostSide()].oaddr)); err != nil {
-				e.logf("migration: %v", err)
+				e.warnf("migration: %v", err)
 				fd = -1
 			} else {
 				e.tcp.hostSockOpts(fd)
@@ -802,7 +802,7 @@ func (e *Engine) tcpLoadMoved(b, prev *movedBatch, i int, m *migFlow) {
 	if m.sock.TCPState != 0 && fd >= 0 {
 		local, peer := netip.AddrPortFrom(h.oaddr, h.oport), netip.AddrPortFrom(h.eaddr, h.eport)
 		if err := tcprepair.Restore(fd, &m.sock, sockaddrOf(local), sockaddrOf(peer)); err != nil {
-			e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
+			e.warnf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
 			m.sock.TCPState = 0
 		}
 	}
@@ -811,7 +811,7 @@ func (e *Engine) tcpLoadMoved(b, prev *movedBatch, i int, m *migFlow) {
 			unix.Close(fd)
 		}
 		if m.sock.TCPState != 0 && !restorable(&m.tcp) {
-			e.logf("TCP %v: migration: dumped, but its events (%#x) are not an established connection's: reset", key.remote, m.tcp.events)
+			e.warnf("TCP %v: migration: dumped, but its events (%#x) are not an established connection's: reset", key.remote, m.tcp.events)
 		}
 		e.tcpResetMoved(key, &m.tcp)
 		return
@@ -887,7 +887,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 		err = fmt.Errorf("%d bytes the new socket has no room for", len(rest))
 	}
 	if err != nil {
-		e.logf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
+		e.warnf("TCP %v: migration: %v (TCP state %d): reset", key.remote, err, m.sock.TCPState)
 		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		e.tcpResetMoved(key, &m.tcp)
@@ -918,7 +918,7 @@ func (e *Engine) tcpAddMoved(key tcpKey, fd int, m *migFlow) {
 	f.wndSeq = f.rcvNxt - 1 // any segment the guest sends next may set the window
 	f.limitMSS(int(t.tapMSS))
 	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
-		e.logf("TCP %v: migration: %v", key.remote, err)
+		e.warnf("TCP %v: migration: %v", key.remote, err)
 		e.tcpClose(f, true, true)
 		return
 	}
@@ -998,7 +998,7 @@ func (e *Engine) repairEvent(idx int32) {
 
 // dropRepair forgets a helper that failed: the next one may connect.
 func (e *Engine) dropRepair(err error) {
-	e.logf("TCP_REPAIR helper: %v", err)
+	e.warnf("TCP_REPAIR helper: %v", err)
 	e.repair.Close()
 	e.repair = nil
 }

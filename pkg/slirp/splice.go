@@ -191,7 +191,7 @@ func (e *Engine) spliceListenEvent(idx int32, events uint32) {
 	if shutDown(events) {
 		// The namespace's agent, which bound it, shut it down through
 		// a copy: readable for ever, with nothing to accept or read.
-		e.logf("-T/-U port %d: its socket was shut down: no longer forwarded", l.port)
+		e.warnf("-T/-U port %d: its socket was shut down: no longer forwarded", l.port)
 		e.SpliceUnlisten(l.fd)
 		return
 	}

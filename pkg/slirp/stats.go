@@ -37,12 +37,12 @@ func (e *Engine) logStats(n int) {
 		for _, name := range kindNames[kindListen:] {
 			fmt.Fprintf(&b, " %10s", name)
 		}
-		e.logf("stats:%s", b.String())
+		e.warnf("stats:%s", b.String()) // asked for: --quiet keeps it, as passt's
 		b.Reset()
 	}
 	s.lines++
 	for _, c := range s.counts[kindListen:] {
 		fmt.Fprintf(&b, " %10d", c)
 	}
-	e.logf("stats:%s", b.String())
+	e.warnf("stats:%s", b.String())
 }

@@ -462,7 +462,7 @@ func (e *Engine) tcpAccept(l *listener) {
 	f := e.tcpAddFlow(key, fd, tcpSynSent) // its options from the listener (AddForwards)
 	f.flags |= tcpInbound
 	if err := e.epollAdd(fd, tcpEvents, e.tcpRef(f)); err != nil {
-		e.logf("TCP %v: %v", key.remote, err)
+		e.warnf("TCP %v: %v", key.remote, err)
 		e.tcpClose(f, false, true)
 		return
 	}
