@@ -16,12 +16,8 @@ func TestUDPEcho(t *testing.T) {
 	udpEcho(t, w, "127.0.0.1:0", hostGW)
 }
 
-// udpEcho runs an echo server on host loopback at listen and checks that
-// the guest, sending through gateway, gets every datagram back from there.
-func udpEcho(t *testing.T, w *World, listen, gateway string) {
-	srv := w.Host.ListenPacket(t, "udp", listen)
-	echoPackets(srv, "")
-	target := net.JoinHostPort(gateway, port(srv.LocalAddr()))
+// guestUDP is a UDP socket of the guest's on any port, closed with t.
+func guestUDP(t *testing.T, w *World) net.PacketConn {
 	var c net.PacketConn
 	w.Guest.Do(t, func() {
 		var err error
@@ -29,7 +25,17 @@ func udpEcho(t *testing.T, w *World, listen, gateway string) {
 			t.Fatal(err)
 		}
 	})
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// udpEcho runs an echo server on host loopback at listen and checks that
+// the guest, sending through gateway, gets every datagram back from there.
+func udpEcho(t *testing.T, w *World, listen, gateway string) {
+	srv := w.Host.ListenPacket(t, "udp", listen)
+	echoPackets(srv, "")
+	target := net.JoinHostPort(gateway, port(srv.LocalAddr()))
+	c := guestUDP(t, w)
 	dst, _ := net.ResolveUDPAddr("udp", target)
 	buf := make([]byte, 65536)
 	for _, size := range []int{1, 100, 1472, 9000, 60000} {
@@ -199,14 +205,7 @@ func TestDNSLargeAnswer(t *testing.T) {
 	srv := w.Host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
 	servePackets(srv, func([]byte) []byte { return answer })
 	for _, dns := range []string{w.Lease["dns"], host6GW} {
-		var c net.PacketConn
-		w.Guest.Do(t, func() {
-			var err error
-			if c, err = net.ListenPacket("udp", ":0"); err != nil {
-				t.Fatal(err)
-			}
-		})
-		defer c.Close()
+		c := guestUDP(t, w)
 		dst, _ := net.ResolveUDPAddr("udp", net.JoinHostPort(dns, "53"))
 		buf := make([]byte, 65536)
 		var n int
