@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
 	"golang.org/x/sys/unix"
 )
@@ -43,7 +44,7 @@ func runRepair(o *repairOptions, stderr io.Writer) int {
 		return fail(stderr, "repair: %v", err)
 	}
 	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: qemusock.FileName(path)})
 		// A socket that just appeared may not listen yet.
 		if err != unix.ECONNREFUSED || path == o.Path {
 			break
