@@ -36,7 +36,14 @@ func runRepair(o *repairOptions, stderr io.Writer) int {
 		if path, err = awaitRepairSocket(path); err != nil {
 			return fail(stderr, "repair: %v", err)
 		}
-	} else if st.Mode().Type() != os.ModeSocket {
+		// What appeared may be anything: connecting to a file that is
+		// not a socket is refused, as to one that does not listen yet,
+		// and would be tried again for ever.
+		if st, err = os.Stat(path); err != nil {
+			return fail(stderr, "repair: %v", err)
+		}
+	}
+	if st.Mode().Type() != os.ModeSocket {
 		return fail(stderr, "repair: %s is not a socket", path)
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
