@@ -46,13 +46,16 @@ func RemoveStale(path string) error {
 	if st.Mode()&os.ModeSocket == 0 {
 		return fmt.Errorf("%s exists and is not a socket", path)
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	// Without waiting: a listener whose backlog is full, which anyone
+	// who may connect to it can fill, would hold a blocking connect for
+	// ever. It is in use, as passt takes it.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
 	err = unix.Connect(fd, &unix.SockaddrUnix{Name: FileName(path)})
-	if err == nil {
+	if err == nil || err == unix.EAGAIN {
 		return fmt.Errorf("%s is in use by another process", path)
 	}
 	if err != unix.ECONNREFUSED {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,5 +35,44 @@ func TestListenAtSign(t *testing.T) {
 		if err == nil {
 			t.Fatalf("an abstract socket %s listens", name)
 		}
+	}
+}
+
+// TestRemoveStaleFullBacklog: a socket whose listener's backlog is full
+// (anyone who may connect can fill it) is in use: the probe does not
+// wait for room, which a listener that never accepts never makes.
+func TestRemoveStaleFullBacklog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "full")
+	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(l)
+	if err := unix.Bind(l, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Listen(l, 0)
+	for { // fill the backlog
+		c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(c)
+		if unix.Connect(c, &unix.SockaddrUnix{Name: path}) == unix.EAGAIN {
+			break
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- RemoveStale(path) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a socket in use taken for stale")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the probe waits for room in the backlog")
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatal(err)
 	}
 }
