@@ -22,7 +22,8 @@ type repairOptions struct {
 // runRepair is gopasst's passt-repair: it sets TCP_REPAIR on the sockets
 // a back-end (gopasst or passt) passes it, for live migration. It needs
 // CAP_NET_ADMIN over the user namespace that owns the back-end's network
-// namespace: root, or the file capability (setcap cap_net_admin+ep).
+// namespace: root, or the file capability (setcap cap_net_admin+ep), on
+// a copy of gopasst, which then runs as nothing else (runPrivileged).
 func runRepair(o *repairOptions, stderr io.Writer) int {
 	// Sockets of another process pass through here: keep them from
 	// ptrace and core dumps.
