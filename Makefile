@@ -9,8 +9,9 @@ LDFLAGS := -X main.version=$(VERSION)
 # dhclient is its DHCPv6 client (busybox-static has none), QEMU boots a
 # real guest with a Debian kernel, qemu-user runs the package tests as a
 # big-endian s390x machine, tcpdump reads the --pcap capture, uidmap
-# (newuidmap) lets rootlesskit map a subordinate ID range for pasta.
-TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump uidmap
+# (newuidmap) lets rootlesskit map a subordinate ID range for pasta,
+# libcap2-bin's setcap gives a copy of gopasst a file capability.
+TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump uidmap libcap2-bin
 
 .PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -265,4 +266,71 @@ func procStatus(t *testing.T, pid string) map[string]string {
 		}
 	}
 	return m
+}
+
+// TestFileCapabilities: a copy of gopasst given cap_net_admin, as
+// docs/vhost-user.md has for gopasst repair, runs for another user only
+// as repair. As the pasta agent, whose plan comes from the environment,
+// nobody made an interface with an address in a network namespace it
+// has no rights in and was handed its tap; in every other mode gopasst
+// served with the capability.
+func TestFileCapabilities(t *testing.T) {
+	needRoot(t)
+	needReachable(t)
+	for _, tool := range []string{"setcap", "setpriv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	dir := sharedDir(t)
+	bin := filepath.Join(dir, "gopasst")
+	copyFile(t, gopasstBin, bin, 0o755)
+	mustRun(t, "setcap", "cap_net_admin+ep", bin)
+	ns := newNetns(t, "fcaps")
+	// start runs bin as nobody in ns and says what it printed, once it
+	// exits, or "" if it still runs after 2 s or made the interface.
+	start := func(env string, args ...string) string {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(sp[0]) // the agent hands the tap over here
+		cmd := ns.Cmd(asNobody[0], append(append(asNobody[1:], "env", env, bin), args...)...)
+		out := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(sp[1]), "agent")}
+		err = cmd.Start()
+		cmd.ExtraFiles[0].Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		defer func() { cmd.Process.Kill(); <-exited }()
+		for range 40 {
+			select {
+			case <-exited:
+				return out.String()
+			case <-time.After(50 * time.Millisecond):
+			}
+			if strings.Contains(ns.Run(t, "ip", "link", "show"), "fcaps0") {
+				t.Errorf("%s %v as nobody made fcaps0", env, args)
+				return ""
+			}
+		}
+		t.Errorf("%s %v as nobody still runs: %s", env, args, out)
+		return ""
+	}
+	plan := `GOPASST_PASTA_AGENT={"Ifname":"fcaps0","Config":true,"Addrs":[{"Prefix":"10.9.9.1/24"}]}`
+	for _, c := range []struct {
+		env  string
+		args []string
+	}{{plan, nil}, {"X=", []string{"-f", "-s", filepath.Join(dir, "sock")}}} {
+		if out := start(c.env, c.args...); out != "" && !strings.Contains(out, "privileges its caller lacks") {
+			t.Errorf("%s %v: %s", c.env, c.args, out)
+		}
+	}
+	if out := start(plan, "repair", filepath.Join(dir, "none")); !strings.Contains(out, "repair: stat") {
+		t.Errorf("repair did not run: %s", out)
+	}
 }

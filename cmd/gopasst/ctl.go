@@ -49,7 +49,7 @@ func listenControl(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("--control: %v", err)
 	}
 	old := unix.Umask(0o177)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: qemusock.FileName(path), Net: "unix"})
 	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("--control: %v", err)
@@ -252,7 +252,7 @@ func runCtl(o *CtlOptions, stdout, stderr io.Writer) int {
 }
 
 func ctlCall(path string, req *ctlRequest) (*ctlResponse, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	c, err := net.DialTimeout("unix", qemusock.FileName(path), 5*time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -133,3 +133,31 @@ func TestCtlRelay(t *testing.T) {
 		t.Fatalf("after an endless answer: %+v", r)
 	}
 }
+
+// TestControlPathAtSign: a --control path that begins with '@' is a file
+// of mode 0600, as any other, where ctl finds it: not an abstract socket,
+// which every local user could connect to and add commands through.
+func TestControlPathAtSign(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	name := "@" + filepath.Base(filepath.Dir(dir))
+	l, err := listenControl(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	st, err := os.Lstat(filepath.Join(dir, name))
+	if err != nil || st.Mode() != os.ModeSocket|0o600 {
+		t.Fatalf("control socket file %s: %v, %v", name, st, err)
+	}
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Write([]byte(`{"ok":true,"forwards":["here"]}` + "\n"))
+			c.Close()
+		}
+	}()
+	resp, err := ctlCall(name, &ctlRequest{Op: "list"})
+	if err != nil || len(resp.Forwards) != 1 {
+		t.Fatalf("ctl at %s: %v, %v", name, resp, err)
+	}
+}

@@ -195,7 +195,12 @@ func writePidFile(path string, pid int) (ownedFile, error) {
 	f, err := os.OpenFile(path, flags, 0o600)
 	made := err == nil
 	if os.IsExist(err) {
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+		// O_CREAT again, as passt's one open has it: with it the
+		// kernel's fs.protected_regular and protected_fifos refuse
+		// another user's file in a sticky directory such as /tmp,
+		// which that user could write a PID of its choice into later,
+		// for whoever stops gopasst by the file to kill.
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	}
 	if err != nil {
 		return ownedFile{}, fmt.Errorf("--pid: %v", err)

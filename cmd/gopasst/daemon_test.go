@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -65,5 +66,34 @@ func TestPidFileOwnership(t *testing.T) {
 	f.remove()
 	if b, err := os.ReadFile(was); string(b) != "42\n" {
 		t.Errorf("the PID file that was there: %q, %v", b, err)
+	}
+}
+
+// TestPidFileProtected: a PID file another user made in a sticky
+// directory is refused where fs.protected_regular asks it, as passt's
+// is: that user could write another PID into it later.
+func TestPidFileProtected(t *testing.T) {
+	if b, err := os.ReadFile("/proc/sys/fs/protected_regular"); err != nil || strings.TrimSpace(string(b)) == "0" {
+		t.Skip("needs fs.protected_regular")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to make a file another user's")
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	theirs := filepath.Join(dir, "theirs")
+	if err := os.WriteFile(theirs, []byte("1\n"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writePidFile(theirs, 42); err == nil {
+		t.Error("took another user's file in a sticky directory")
+	}
+	if b, _ := os.ReadFile(theirs); string(b) != "1\n" {
+		t.Errorf("their file is now %q", b)
 	}
 }

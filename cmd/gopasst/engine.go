@@ -325,6 +325,7 @@ func engineEnvironment() (engineEnv, bool) {
 func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, extra engineExtra) int {
 	switch env.Step {
 	case stepConfine:
+		notDumpable()
 		err := confineExec(env)
 		newHelperClient(env.Helper).fail(err.Error())
 		return 1
@@ -332,6 +333,7 @@ func runEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, ext
 		return keepRoot()
 	}
 	nameThreads(filepath.Base(os.Args[0]))
+	notDumpable() // after naming: it can make /proc/self/task/*/comm root's
 	// One processor: the engine's loop passes through the scheduler every
 	// few milliseconds (slirp.Engine.Run), and with a second one idle each
 	// pass woke another thread to take the goroutine or its processor.
@@ -477,6 +479,15 @@ func watchNeighbours(eng *slirp.Engine, cfg netSetup, logger *log.Logger) {
 		logger.Printf("warning: the host's neighbours will not reach the guest: %v", err)
 	}
 }
+
+// notDumpable keeps other processes of the engine's user from tracing it
+// or reading its memory from the start of each image, not only from its
+// sandbox on: an exec made it dumpable again, and it holds the guest's
+// link and the helper's socket through set-up. Without namespaces of its
+// own (where the host refuses them) it is nobody in the host's, where
+// any other process of nobody could attach to it; passt is not dumpable
+// once it is nobody.
+func notDumpable() { unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0) }
 
 // nameThreads takes back our name for ps, ss and the audit log, after an
 // exec by /proc/self/exe named us "exe": in every thread, until no new one

@@ -75,7 +75,7 @@ func guestDialer(o *guestOptions) (func() (net.Conn, error), error) {
 	case (o.Vsock == "") == (o.Socket == ""):
 		return nil, errors.New("give one of --vsock CID:PORT or --socket PATH")
 	case o.Socket != "":
-		return func() (net.Conn, error) { return net.Dial("unix", o.Socket) }, nil
+		return func() (net.Conn, error) { return net.Dial("unix", qemusock.FileName(o.Socket)) }, nil
 	}
 	cid, port, err := parseVsockAddr(o.Vsock, false)
 	if err != nil {

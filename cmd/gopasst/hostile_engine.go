@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"log"
 	"os"
 	"os/signal"
@@ -35,6 +36,11 @@ func hostile(stage string, c *helperClient, l *log.Logger) {
 		}
 	}
 	if stage == "set-up" {
+		d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+		if err == nil && d == 0 {
+			err = errors.New("not dumpable")
+		}
+		try("traced before the sandbox", err)
 		hostileBinds(c, try)
 		for _, port := range []uint16{6000, 7000} {
 			fd, err := c.DialSpecial(port)

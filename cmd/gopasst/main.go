@@ -124,10 +124,53 @@ type cli struct {
 }
 
 func main() {
+	if privilegedExec() {
+		os.Exit(runPrivileged(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	if code, ok := pastaChildren(); ok {
 		os.Exit(code)
 	}
 	os.Exit(run(modeArgs(os.Args[0], os.Args[1:]), os.Stdout, os.Stderr))
+}
+
+// privilegedExec says whether the kernel started us with privileges our
+// caller lacks: setuid or setgid, or, for a user other than root,
+// capabilities from a file capability, such as the cap_net_admin that
+// gopasst repair may be given. Each of these sets AT_SECURE; so does an
+// SELinux domain change, which grants nothing (a policy may have passt
+// run in a domain of its own).
+func privilegedExec() bool {
+	auxv, _ := unix.Auxv()
+	secure := false
+	for _, kv := range auxv {
+		secure = secure || kv[0] == atSecure && kv[1] != 0
+	}
+	switch {
+	case !secure:
+		return false
+	case os.Getuid() != os.Geteuid() || os.Getgid() != os.Getegid():
+		return true
+	case os.Getuid() == 0:
+		return false
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var caps [2]unix.CapUserData
+	err := unix.Capget(&hdr, &caps[0])
+	return err != nil || caps[0].Permitted|caps[1].Permitted != 0
+}
+
+const atSecure = 23 // AT_SECURE, linux/auxvec.h
+
+// runPrivileged runs gopasst repair alone, which takes nothing but its
+// path: every other mode, and the processes gopasst re-executes itself
+// as, act on the caller's options and environment, and would use the
+// privileges with them (the pasta agent's plan, for one, would make and
+// configure an interface in the caller's network namespace).
+func runPrivileged(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "repair" {
+		return fail(stderr, "started with privileges its caller lacks (setuid or a file capability): only 'gopasst repair' runs so")
+	}
+	return run(args, stdout, stderr)
 }
 
 func fail(stderr io.Writer, format string, args ...any) int {

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/tcprepair"
 	"golang.org/x/sys/unix"
 )
@@ -21,7 +22,8 @@ type repairOptions struct {
 // runRepair is gopasst's passt-repair: it sets TCP_REPAIR on the sockets
 // a back-end (gopasst or passt) passes it, for live migration. It needs
 // CAP_NET_ADMIN over the user namespace that owns the back-end's network
-// namespace: root, or the file capability (setcap cap_net_admin+ep).
+// namespace: root, or the file capability (setcap cap_net_admin+ep), on
+// a copy of gopasst, which then runs as nothing else (runPrivileged).
 func runRepair(o *repairOptions, stderr io.Writer) int {
 	// Sockets of another process pass through here: keep them from
 	// ptrace and core dumps.
@@ -35,7 +37,14 @@ func runRepair(o *repairOptions, stderr io.Writer) int {
 		if path, err = awaitRepairSocket(path); err != nil {
 			return fail(stderr, "repair: %v", err)
 		}
-	} else if st.Mode().Type() != os.ModeSocket {
+		// What appeared may be anything: connecting to a file that is
+		// not a socket is refused, as to one that does not listen yet,
+		// and would be tried again for ever.
+		if st, err = os.Stat(path); err != nil {
+			return fail(stderr, "repair: %v", err)
+		}
+	}
+	if st.Mode().Type() != os.ModeSocket {
 		return fail(stderr, "repair: %s is not a socket", path)
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -43,7 +52,7 @@ func runRepair(o *repairOptions, stderr io.Writer) int {
 		return fail(stderr, "repair: %v", err)
 	}
 	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: qemusock.FileName(path)})
 		// A socket that just appeared may not listen yet.
 		if err != unix.ECONNREFUSED || path == o.Path {
 			break

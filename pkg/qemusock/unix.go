@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,7 +21,7 @@ func Listen(path string) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: FileName(path)}); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("bind %s: %w", path, err)
 	}
@@ -45,13 +46,16 @@ func RemoveStale(path string) error {
 	if st.Mode()&os.ModeSocket == 0 {
 		return fmt.Errorf("%s exists and is not a socket", path)
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	// Without waiting: a listener whose backlog is full, which anyone
+	// who may connect to it can fill, would hold a blocking connect for
+	// ever. It is in use, as passt takes it.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-	if err == nil {
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: FileName(path)})
+	if err == nil || err == unix.EAGAIN {
 		return fmt.Errorf("%s is in use by another process", path)
 	}
 	if err != unix.ECONNREFUSED {
@@ -84,4 +88,15 @@ func Accept(lfd int) (int, error) {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 8<<20)
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	return fd, nil
+}
+
+// FileName is path as a unix socket address that names the file at path,
+// as passt and the kernel take it: Go makes a name that begins with '@'
+// an abstract socket, which has no file mode, so that any local user
+// could bind it first or connect to it, and clean-up would miss it.
+func FileName(path string) string {
+	if strings.HasPrefix(path, "@") {
+		return "./" + path
+	}
+	return path
 }

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/gopasst/gopasst/pkg/portspec"
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"golang.org/x/sys/unix"
 )
 
@@ -209,7 +210,7 @@ func dialUnix(path string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	if err = unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err = unix.Connect(fd, &unix.SockaddrUnix{Name: qemusock.FileName(path)}); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
