@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -23,6 +24,100 @@ type Bridge struct {
 	conn net.Conn
 	wg   sync.WaitGroup
 	once sync.Once
+	// ToGuest and ToHost spoil each direction of the link when set
+	// (Impair); by default every frame passes, in order, once.
+	ToGuest, ToHost impairer
+}
+
+// Impairment spoils one direction of a bridge's link as netem would,
+// which this kernel lacks, from its own seeded random source, so a
+// failure can be run again.
+type Impairment struct {
+	Seed      uint64
+	Drop      float64 // fraction of frames lost
+	Dup       float64 // fraction of frames sent twice
+	Reorder   float64 // fraction of frames held back behind the next ReorderBy
+	ReorderBy int     // frames a held-back one waits for (at most 10 ms)
+	Burst     float64 // fraction of frames that start a total loss...
+	BurstLen  int     // ...of this many frames
+}
+
+// impairer applies an Impairment to the frames one direction writes.
+type impairer struct {
+	mu    sync.Mutex
+	imp   Impairment
+	rng   *rand.Rand
+	write func([]byte) error
+	burst int      // frames left to lose in this burst
+	held  [][]byte // frames held back, oldest first
+	wait  int      // frames to pass before the held ones go
+	timer *time.Timer
+}
+
+// Impair sets the impairment of one direction of the link.
+func (i *impairer) Impair(imp Impairment) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.imp, i.rng, i.burst = imp, rand.New(rand.NewPCG(imp.Seed, 0x9e3779b97f4a7c15)), 0
+}
+
+// send writes frame (which the caller may reuse) as the impairment has it.
+func (i *impairer) send(frame []byte) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.rng == nil {
+		return i.write(frame)
+	}
+	imp := i.imp
+	if i.burst == 0 && i.rng.Float64() < imp.Burst {
+		i.burst = imp.BurstLen
+	}
+	if i.burst > 0 {
+		i.burst--
+		return nil
+	}
+	if i.rng.Float64() < imp.Drop {
+		return nil
+	}
+	if len(i.held) == 0 && i.rng.Float64() < imp.Reorder {
+		i.held, i.wait = append(i.held, append([]byte(nil), frame...)), max(imp.ReorderBy, 1)
+		i.timer = time.AfterFunc(10*time.Millisecond, i.flush)
+		return nil
+	}
+	n := 1
+	if i.rng.Float64() < imp.Dup {
+		n = 2
+	}
+	for range n {
+		if err := i.write(frame); err != nil {
+			return err
+		}
+	}
+	if len(i.held) > 0 {
+		if i.wait--; i.wait == 0 {
+			i.timer.Stop()
+			return i.release()
+		}
+	}
+	return nil
+}
+
+// flush sends what is held back when no frames came to pass it.
+func (i *impairer) flush() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.release()
+}
+
+func (i *impairer) release() error {
+	held := i.held
+	i.held = nil
+	for _, f := range held {
+		if err := i.write(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // openTap creates a tap device (no packet information header) in the
@@ -68,6 +163,15 @@ func NewBridge(guest *Netns, tapName, sock string) (*Bridge, error) {
 		return nil, err
 	}
 	b := &Bridge{tap: tap, conn: conn}
+	b.ToHost.write = func(f []byte) error { _, err := conn.Write(f); return err }
+	b.ToGuest.write = func(f []byte) error {
+		// A tap write fails for a malformed frame or a down link; the
+		// frame is dropped, as a NIC would drop it.
+		if _, err := tap.Write(f); errors.Is(err, os.ErrClosed) {
+			return err
+		}
+		return nil
+	}
 	b.wg.Add(2)
 	go b.tapToSock()
 	go b.sockToTap()
@@ -85,7 +189,7 @@ func (b *Bridge) tapToSock() {
 			return
 		}
 		binary.BigEndian.PutUint32(buf, uint32(n))
-		if _, err := b.conn.Write(buf[:4+n]); err != nil {
+		if err := b.ToHost.send(buf[:4+n]); err != nil {
 			return
 		}
 	}
@@ -109,9 +213,7 @@ func (b *Bridge) sockToTap() {
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return
 		}
-		// A tap write fails for a malformed frame or a down link; the
-		// frame is dropped, as a NIC would drop it.
-		if _, err := b.tap.Write(buf[:n]); errors.Is(err, os.ErrClosed) {
+		if err := b.ToGuest.send(buf[:n]); err != nil {
 			return
 		}
 	}

@@ -186,9 +186,11 @@ type Engine struct {
 
 	// tail is the data of the TCP segment at hand past the frame's head,
 	// left in guest memory (frameInput); whole is where any other frame
-	// with a tail is made whole.
+	// with a tail is made whole. frame is the frame at hand (tapInput): a
+	// segment past a gap keeps for the end of the batch (tcpRetryAhead).
 	tail  []unix.Iovec
 	whole [qemusock.MaxFrame]byte
+	frame []byte
 
 	dhcpBuf  [576]byte
 	dhcp6Buf [1024]byte
@@ -713,6 +715,7 @@ func (e *Engine) linkEvent(id uint32, events uint32) bool {
 // what they owe an acknowledgement or a datagram, is acted on once per
 // flow rather than once per frame.
 func (e *Engine) inputDone() {
+	e.tcpRetryAhead()
 	e.tcpAckedFlush()
 	e.tcpFlushAcks()
 	e.udpFlush()

@@ -105,6 +105,7 @@ func splitTCP(frame []byte, tail []unix.Iovec) ([]unix.Iovec, bool) {
 
 // tapInput dispatches one Ethernet frame from the guest.
 func (e *Engine) tapInput(frame []byte) {
+	e.frame = frame
 	if len(frame) < header.EthernetLen {
 		e.Stats.Malformed++
 		return

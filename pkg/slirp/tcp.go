@@ -173,6 +173,7 @@ type tcpTable struct {
 	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
 	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
 	w          tcpWriteBatch
+	ahead      [][]byte  // frames of this batch whose data lies past a gap (tcpRetryAhead)
 	discardBuf []byte    // for kernels without SO_PEEK_OFF
 	isnKey     [2]uint64 // RFC 6528's secret, random per process
 	sndbuf     int       // SO_SNDBUF for host sockets, 0 to leave it to the kernel
@@ -194,6 +195,34 @@ func (t *tcpTable) init() {
 	t.isnKey = [2]uint64{binary.LittleEndian.Uint64(key[:]), binary.LittleEndian.Uint64(key[8:])}
 	t.sndbuf = fixedSndbuf()
 	t.ackDelay = tcpAckDelay
+	t.ahead = make([][]byte, 0, 2*tcpAheadMax) // a retry's round appends past what it reads
+}
+
+// tcpAheadMax bounds the frames of a batch kept for tcpRetryAhead.
+const tcpAheadMax = 64
+
+// tcpRetryAhead takes again, at the end of a batch, the segments that
+// came past a gap in it, once frames after them have filled the gap, as
+// passt does. A guest in loss recovery sends what it retransmits and
+// what it marked lost out of order in one burst; dropped, the segments
+// past the gap are lost again, the guest ignores our duplicate ACKs in
+// that state, and each costs it a retransmission timeout, which it keeps
+// doubling (Karn's algorithm): an upload after a 3 s outage stalled for
+// minutes. The frames are still in the link's input buffer.
+func (e *Engine) tcpRetryAhead() {
+	for n := len(e.tcp.ahead); n > 0; {
+		frames := e.tcp.ahead
+		e.tcp.ahead = frames[n:n]
+		for _, f := range frames[:n] {
+			e.tapInput(f)
+		}
+		if len(e.tcp.ahead) == n {
+			break // no gap filled
+		}
+		n = copy(frames, e.tcp.ahead)
+		e.tcp.ahead = frames[:n]
+	}
+	e.tcp.ahead = e.tcp.ahead[:0]
 }
 
 // hostSockOpts prepares a host TCP socket. Segments go out as the guest
@@ -702,6 +731,9 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 	n := len(payload) + iovLen(tail)
 	off := int(int32(e.tcpRcvNext(f) - seq))
 	if off < 0 || off > n || off == n && !fin {
+		if off < 0 && tail == nil && !e.inWhole(e.frame) && len(e.tcp.ahead) < tcpAheadMax {
+			e.tcp.ahead = append(e.tcp.ahead, e.frame)
+		}
 		e.tcpAckNow(f) // a gap or an old duplicate: the ACK says where we are
 		return
 	}
