@@ -577,11 +577,14 @@ func TestForwardSlotsReused(t *testing.T) {
 	te := newTestEngine(t)
 	te.cfg.NoUDP = false
 	a, b := freeForward(t, UDP, 53), freeForward(t, UDP, 54)
+	// A port free for TCP: one free for UDP may be another TCP socket's
+	// (a client's, of another package's tests running meanwhile).
+	tcp := freeForward(t, TCP, 53)
 	for range 1000 {
-		if err := te.AddForwards(TCP, a, false); err != nil {
+		if err := te.AddForwards(TCP, tcp, false); err != nil {
 			t.Fatal(err)
 		}
-		if err := te.RemoveForwards(TCP, a); err != nil {
+		if err := te.RemoveForwards(TCP, tcp); err != nil {
 			t.Fatal(err)
 		}
 	}
