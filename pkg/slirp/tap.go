@@ -49,7 +49,7 @@ func (e *Engine) frameInput(frame []byte, tail []unix.Iovec) {
 		}
 	}
 	e.tapInput(frame)
-	e.tail = nil
+	e.tail, e.frame = nil, nil // nothing of the link's buffers kept past its life
 }
 
 // inWhole tells whether b lies in e.whole: a frame made whole there

@@ -210,8 +210,12 @@ const tcpAheadMax = 64
 // doubling (Karn's algorithm): an upload after a 3 s outage stalled for
 // minutes. The frames are still in the link's input buffer.
 func (e *Engine) tcpRetryAhead() {
+	if len(e.tcp.ahead) == 0 {
+		return
+	}
+	all := e.tcp.ahead[:cap(e.tcp.ahead)]
 	for n := len(e.tcp.ahead); n > 0; {
-		frames := e.tcp.ahead
+		frames := e.tcp.ahead // at all's start
 		e.tcp.ahead = frames[n:n]
 		for _, f := range frames[:n] {
 			e.tapInput(f)
@@ -222,7 +226,10 @@ func (e *Engine) tcpRetryAhead() {
 		n = copy(frames, e.tcp.ahead)
 		e.tcp.ahead = frames[:n]
 	}
-	e.tcp.ahead = e.tcp.ahead[:0]
+	// Nothing kept past the batch (a closed link's buffers go with it),
+	// and all the room for the next.
+	clear(all)
+	e.tcp.ahead, e.frame = all[:0], nil
 }
 
 // hostSockOpts prepares a host TCP socket. Segments go out as the guest
