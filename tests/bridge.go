@@ -162,6 +162,11 @@ func NewBridge(guest *Netns, tapName, sock string) (*Bridge, error) {
 		tap.Close()
 		return nil, err
 	}
+	return startBridge(tap, conn), nil
+}
+
+// startBridge relays between tap and conn until either ends.
+func startBridge(tap *os.File, conn net.Conn) *Bridge {
 	b := &Bridge{tap: tap, conn: conn}
 	b.ToHost.write = func(f []byte) error { _, err := conn.Write(f); return err }
 	b.ToGuest.write = func(f []byte) error {
@@ -175,7 +180,7 @@ func NewBridge(guest *Netns, tapName, sock string) (*Bridge, error) {
 	b.wg.Add(2)
 	go b.tapToSock()
 	go b.sockToTap()
-	return b, nil
+	return b
 }
 
 // tapToSock frames each packet read from the tap.

@@ -469,10 +469,7 @@ func TestStreamOddReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &Bridge{tap: tap, conn: &oddConn{Conn: c, rng: rand.New(rand.NewPCG(3, 4))}}
-	b.wg.Add(2)
-	go b.tapToSock()
-	go b.sockToTap()
+	b := startBridge(tap, &oddConn{Conn: c, rng: rand.New(rand.NewPCG(3, 4))})
 	t.Cleanup(b.Close)
 	w.Guest, w.Bridge = g, b
 	g.Run(t, "ip", "link", "set", tapName, "up")
