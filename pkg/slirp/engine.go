@@ -128,7 +128,7 @@ type Stats struct {
 	FramesIn, FramesOut uint64
 	Malformed           uint64
 	Unhandled           uint64
-	Dropped             uint64 // host datagrams too large for the guest's MTU, with no room on the link, or from a peer the guest never sent to
+	Dropped             uint64 // host datagrams too large for the guest's MTU, with no room on the link, or from a peer the guest never sent to; guest datagrams whose fragments timed out or gave their place
 	Clients             uint64
 }
 
@@ -162,6 +162,7 @@ type Engine struct {
 	tcp  tcpTable
 	udp  udpTable
 	icmp icmpTable
+	frag fragPool // the guest's fragments in reassembly (frag.go)
 	fwd  fwdTable
 	host Host // binds forwards and reaches what is outside the sandbox
 
@@ -267,6 +268,7 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	e.tcp.init()
 	e.udp.init()
 	e.icmp.init()
+	e.frag.init()
 	e.fwd.init()
 	e.splice.init()
 	e.spliceUDP.init()
@@ -521,6 +523,7 @@ func (e *Engine) turn(timeout int) (done bool, err error) {
 		e.udpExpire()
 		e.icmpExpire()
 		e.udpInExpire()
+		e.fragExpire()
 		e.spliceUDPExpire(-1)
 		e.splicePipesExpire()
 		e.raTimer()

@@ -125,12 +125,10 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 	}
 	guest := f.key.guest
 	off := l4Off(guest)
+	var oob [8]byte
 	for range udpMaxRead {
 		room := e.mtu() - ipHdrLen(guest)
-		// A byte past the room: a ping socket cuts a longer reply to
-		// the buffer and reports the length it cut it to, MSG_TRUNC
-		// or not, so only a full buffer tells that it did not fit.
-		b := e.reserveIP(guest, room+1)
+		b := e.reserveIP(guest, room)
 		if b == nil {
 			// No room, or no guest: the reply is dropped, as a full link
 			// drops it, rather than left for epoll to report at every
@@ -141,21 +139,46 @@ func (e *Engine) icmpSockEvent(idx int32, gen uint32) {
 			e.Stats.Dropped++
 			continue
 		}
-		n, from, err := recvfrom(f.fd, b[off:off+room+1])
+		// What the frame cannot hold goes on in spliceBuf, after room
+		// for the head. A ping socket cuts a longer reply to the
+		// buffers and reports the length it cut it to, MSG_TRUNC or
+		// not, so only full buffers tell that it did not fit.
+		n, from, _, err := recvmsg(f.fd, b[off:off+room], e.spliceBuf[room:], oob[:], unix.MSG_DONTWAIT)
 		if err != nil {
 			return
-		}
-		if n > room {
-			e.Stats.Dropped++ // a reply that does not fit the guest's MTU
-			continue
 		}
 		if n < header.ICMPEchoLen {
 			continue
 		}
-		header.ICMP(b[off:]).SetIdent(f.key.id)
 		src := e.natToGuest(header.ProtoICMP, from, guest, netip.AddrPortFrom(f.sent, 0))
-		e.sendICMP(b, e.flowMAC(&f.mac, src.Addr()), src.Addr(), guest, n)
+		mac := e.flowMAC(&f.mac, src.Addr())
+		if n <= room {
+			header.ICMP(b[off:]).SetIdent(f.key.id)
+			e.sendICMP(b, mac, src.Addr(), guest, n)
+			continue
+		}
+		// Past the guest's MTU: in fragments, as a router would send it.
+		if n >= len(e.spliceBuf) {
+			e.Stats.Dropped++ // cut short
+			continue
+		}
+		m := header.ICMP(e.spliceBuf[:n])
+		copy(m, b[off:off+room])
+		m.SetIdent(f.key.id)
+		setICMPChecksum(m, src.Addr(), guest)
+		e.sendFragments(mac, src.Addr(), guest, icmpProto(guest), m)
 	}
+}
+
+// setICMPChecksum computes the checksum of m, from src to dst: ICMPv6's
+// covers the pseudo-header, ICMP's does not.
+func setICMPChecksum(m header.ICMP, src, dst netip.Addr) {
+	var sum uint64
+	if dst.Is6() {
+		sum = header.PseudoHeaderSum(header.ProtoICMPv6, src, dst, len(m))
+	}
+	m.SetChecksum(0)
+	m.SetChecksum(header.Fold(header.Checksum(m, sum)))
 }
 
 func (e *Engine) icmpExpire() {

@@ -330,10 +330,11 @@ func TestOutboundMapped(t *testing.T) {
 	}
 }
 
-// TestGuestFragmentsDropped: IPv4 fragments, first or not, an IPv6
-// fragment header and an IPv6 jumbogram (payload length 0) reach
-// nothing and open no flow, as passt drops them: they are counted as
-// malformed or unhandled. Extension headers gopasst skips (hop-by-hop,
+// TestGuestFragmentsDropped: TCP's fragments, IPv4's first or not and
+// IPv6's, an IPv4 fragment that says both "don't fragment" and "more
+// fragments", and an IPv6 jumbogram (payload length 0) reach nothing
+// and open no flow, as passt drops them: they are counted as malformed
+// or unhandled. (UDP's and ICMP's are reassembled: frag_test.go.) Extension headers gopasst skips (hop-by-hop,
 // destination options) do not hide a datagram, which goes where it would
 // without them.
 func TestGuestFragmentsDropped(t *testing.T) {
@@ -344,25 +345,31 @@ func TestGuestFragmentsDropped(t *testing.T) {
 	}
 	t.Cleanup(func() { pc6.Close() })
 	uport, uport6 := uint16(pc.LocalAddr().(*net.UDPAddr).Port), uint16(pc6.LocalAddr().(*net.UDPAddr).Port)
-	frag4 := func(flags uint16) []byte {
-		f := frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000, uport, []byte("frag")))
+	syn := make([]byte, header.TCPMinLen)
+	header.TCP(syn).Encode(header.TCPFields{SrcPort: 40000, DstPort: 80, Seq: 1, Flags: header.TCPSyn, Window: 100, HeaderLen: header.TCPMinLen})
+	frag4 := func(proto uint8, flags uint16) []byte {
+		l4 := syn
+		if proto == header.ProtoUDP {
+			l4 = udp6(5000, uport, []byte("frag"))
+		}
+		f := frameIP(testGuest4, testGW4, proto, l4)
 		binary.BigEndian.PutUint16(f[header.EthernetLen+6:], flags)
 		return f
 	}
 	u := udp6(5001, uport6, []byte("frag"))
-	fragHdr := []byte{header.ProtoUDP, 0, 0, 1, 0, 0, 0, 7} // offset 0, more fragments
+	fragHdr := []byte{header.ProtoTCP, 0, 0, 1, 0, 0, 0, 7} // offset 0, more fragments
 	jumbo := []byte{header.ProtoUDP, 0, 0xc2, 4, 0, 0, 0, byte(8 + len(u))}
 	jf := frameIP(testGuest6, testGW6, 0, append(jumbo, u...))
 	binary.BigEndian.PutUint16(jf[header.EthernetLen+4:], 0)
 	frames := [][]byte{
-		frag4(0x2000), // more fragments
-		frag4(0x0001), // offset 8
-		frag4(0x6000), // don't fragment and more fragments
-		frameIP(testGuest6, testGW6, 44, append(fragHdr, u...)),
+		frag4(header.ProtoTCP, 0x2000), // more fragments
+		frag4(header.ProtoTCP, 0x0001), // offset 8
+		frag4(header.ProtoUDP, 0x6000), // don't fragment and more fragments
+		frameIP(testGuest6, testGW6, 44, append(fragHdr, syn...)),
 		jf,
 	}
 	te := newTestEngine(t)
-	te.cfg.NoUDP = false
+	te.cfg.NoUDP, te.cfg.NoTCP = false, false
 	defer te.udp.closeAll(te.Engine)
 	for _, f := range frames {
 		te.tapInput(f)
@@ -371,8 +378,8 @@ func TestGuestFragmentsDropped(t *testing.T) {
 	if n := te.Stats.Malformed + te.Stats.Unhandled; n != uint64(len(frames)) {
 		t.Errorf("%d frames counted malformed or unhandled, want %d", n, len(frames))
 	}
-	if te.udp.count != 0 {
-		t.Errorf("%d flows opened", te.udp.count)
+	if te.udp.count != 0 || te.tcp.count != 0 || te.frag.count != 0 {
+		t.Errorf("%d UDP flows, %d TCP connections, %d reassemblies", te.udp.count, te.tcp.count, te.frag.count)
 	}
 	buf := make([]byte, 16)
 	// Anything sent would be there at once: the wait only bounds the

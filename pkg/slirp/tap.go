@@ -136,6 +136,10 @@ func (e *Engine) ipv4Input(ip header.IPv4) {
 		e.Stats.Malformed++
 		return
 	}
+	if ip.IsFragment() {
+		e.frag4Input(ip)
+		return
+	}
 	if ip.Protocol() == header.ProtoUDP && !e.cfg.NoDHCP {
 		if u := header.UDP(ip.Payload()); u.IsValid() && u.DstPort() == dhcpServerPort {
 			e.dhcpInput(u.Payload())
@@ -167,6 +171,9 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 	}
 	e.seen6(src)
 	switch proto {
+	case header.IPv6Fragment:
+		e.frag6Input(src, dst, ip.HopLimit(), header.IPv6Frag(payload))
+		return
 	case header.ProtoICMPv6:
 		if m := header.ICMP(payload); m.IsValid() && isNDP(m.Type()) {
 			e.ndpInput(src, m, ip.HopLimit())
@@ -316,18 +323,10 @@ func (e *Engine) fillUDP(b []byte, smac [6]byte, src netip.Addr, sport uint16, d
 }
 
 // sendICMP queues an ICMP or ICMPv6 message from smac that the caller
-// has built in place after fillIP, computing its checksum (ICMPv6's
-// covers the pseudo-header, ICMP's does not).
+// has built in place after fillIP, computing its checksum.
 func (e *Engine) sendICMP(b []byte, smac [6]byte, src, dst netip.Addr, l4len int) {
-	proto := icmpProto(dst)
-	var sum uint64
-	if dst.Is6() {
-		sum = header.PseudoHeaderSum(proto, src, dst, l4len)
-	}
-	size := e.fillIP(b, smac, src, dst, proto, l4len)
-	m := header.ICMP(b[l4Off(dst) : l4Off(dst)+l4len])
-	m.SetChecksum(0)
-	m.SetChecksum(header.Fold(header.Checksum(m, sum)))
+	size := e.fillIP(b, smac, src, dst, icmpProto(dst), l4len)
+	setICMPChecksum(header.ICMP(b[l4Off(dst):l4Off(dst)+l4len]), src, dst)
 	e.commit(size)
 }
 

@@ -73,7 +73,6 @@ type udpTable struct {
 	errBuf  [header.UDPLen + 1280]byte // an error's quoted datagram
 	oob     [256]byte                  // its control message
 	evictAt time.Duration              // no flow is idle enough for udpEvictIdle before this
-	fragID  uint32                     // the identification of the last datagram sent in fragments
 	out     udpSendBatch
 }
 
@@ -352,10 +351,7 @@ func (e *Engine) udpToGuest(fd int, off *int, route udpRoute) {
 }
 
 // udpFragments sends the guest a datagram too large for its MTU (nil:
-// cut short, dropped) in IP fragments, as the host's own stack sends one
-// over a link of that MTU: a DNS answer of a few KiB (EDNS, DNSSEC)
-// reaches a guest at 1500. passt sends it as one frame past the MTU,
-// which a NIC that keeps to its MTU drops.
+// cut short, dropped) in IP fragments (sendFragments).
 func (e *Engine) udpFragments(mac [6]byte, src, dst netip.AddrPort, payload []byte) {
 	if payload == nil {
 		e.Stats.Dropped++
@@ -366,31 +362,7 @@ func (e *Engine) udpFragments(mac [6]byte, src, dst netip.AddrPort, payload []by
 	u := header.UDP(d)
 	u.Encode(src.Port(), dst.Port(), len(payload))
 	u.SetChecksum(header.Fold(header.Checksum(u, header.PseudoHeaderSum(header.ProtoUDP, src.Addr(), dst.Addr(), len(d)))))
-	e.udp.fragID++
-	data := l4Off(dst.Addr()) // where a fragment's data starts in its frame
-	if dst.Addr().Is6() {
-		data += header.IPv6FragmentLen
-	}
-	step := (e.mtu() - (data - ipOff)) &^ 7
-	for off := 0; off < len(d); off += step {
-		chunk := d[off:min(off+step, len(d))]
-		more := off+len(chunk) < len(d)
-		b := e.reserve(data + len(chunk))
-		if b == nil {
-			e.Stats.Dropped++
-			return
-		}
-		copy(b[data:], chunk)
-		var size int
-		if dst.Addr().Is4() {
-			size = e.fillIP(b, mac, src.Addr(), dst.Addr(), header.ProtoUDP, len(chunk))
-			header.IPv4(b[ipOff:]).SetFragment(uint16(e.udp.fragID), off, more)
-		} else {
-			size = e.fillIP(b, mac, src.Addr(), dst.Addr(), header.IPv6Fragment, header.IPv6FragmentLen+len(chunk))
-			header.EncodeFragment(b[l4Off6:], header.ProtoUDP, off, more, e.udp.fragID)
-		}
-		e.commit(size)
-	}
+	e.sendFragments(mac, src.Addr(), dst.Addr(), header.ProtoUDP, d)
 }
 
 // udpRoute is where a datagram from a host sender goes: src, dst and the

@@ -749,44 +749,8 @@ func natFromGuestLoopback(gw netip.Addr) netip.Addr {
 // once it is whole and its checksum right, else nil.
 func reassembleUDP(t *testing.T, frames [][]byte, src, dst netip.Addr) []byte {
 	t.Helper()
-	var d []byte
-	have, total := 0, -1
-	for _, f := range frames {
-		var off int
-		var more bool
-		var data []byte
-		switch eth := header.Ethernet(f); eth.Type() {
-		case header.EtherTypeIPv4:
-			ip := header.IPv4(eth.Payload())
-			if ip.Src() != src || ip.Dst() != dst || ip.Protocol() != header.ProtoUDP {
-				continue
-			}
-			fo := binary.BigEndian.Uint16(ip[6:])
-			off, more, data = int(fo&0x1fff)*8, fo&0x2000 != 0, ip.Payload()
-		case header.EtherTypeIPv6:
-			ip := header.IPv6(eth.Payload())
-			if ip.Src() != src || ip.Dst() != dst || ip.NextHeader() != header.IPv6Fragment || ip[header.IPv6Len] != header.ProtoUDP {
-				continue
-			}
-			fo := binary.BigEndian.Uint16(ip[header.IPv6Len+2:])
-			off, more, data = int(fo&^7), fo&1 != 0, ip.Payload()[header.IPv6FragmentLen:]
-		default:
-			continue
-		}
-		if len(d) < off+len(data) {
-			d = append(d, make([]byte, off+len(data)-len(d))...)
-		}
-		copy(d[off:], data)
-		have += len(data)
-		if !more {
-			total = off + len(data)
-		}
+	if d := reassemble(t, frames, src, dst, header.ProtoUDP); d != nil {
+		return header.UDP(d).Payload()
 	}
-	if total < header.UDPLen || have != total || len(d) != total {
-		return nil
-	}
-	if header.Fold(header.Checksum(d, header.PseudoHeaderSum(header.ProtoUDP, src, dst, len(d)))) != 0 {
-		t.Fatalf("the reassembled datagram's checksum is wrong")
-	}
-	return header.UDP(d).Payload()
+	return nil
 }

@@ -19,15 +19,15 @@ const (
 // IPv4 is a view of an IPv4 header followed by its payload.
 type IPv4 []byte
 
-// IsValid reports whether the header is complete, self-consistent and not a
-// fragment; gopasst's guest never needs to fragment because it knows the MTU.
+// IsValid reports whether the header is complete and self-consistent. A
+// fragment may be valid: IsFragment tells it.
 func (ip IPv4) IsValid() bool {
 	if len(ip) < IPv4MinLen || ip[0]>>4 != 4 {
 		return false
 	}
 	hl := ip.HeaderLen()
 	tl := int(ip.TotalLen())
-	return hl >= IPv4MinLen && tl >= hl && tl <= len(ip) && !ip.IsFragment()
+	return hl >= IPv4MinLen && tl >= hl && tl <= len(ip)
 }
 
 // HeaderLen is the header length in bytes, options included.
@@ -42,6 +42,18 @@ func (ip IPv4) SetTotalLen(n int) { binary.BigEndian.PutUint16(ip[2:], uint16(n)
 
 // IsFragment reports a non-first fragment or a set More Fragments flag.
 func (ip IPv4) IsFragment() bool { return binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 }
+
+// ID is the identification, which a datagram's fragments share.
+func (ip IPv4) ID() uint16 { return binary.BigEndian.Uint16(ip[4:]) }
+
+// DontFragment reports the Don't Fragment flag.
+func (ip IPv4) DontFragment() bool { return ip[6]&0x40 != 0 }
+
+// MoreFragments reports the More Fragments flag.
+func (ip IPv4) MoreFragments() bool { return ip[6]&0x20 != 0 }
+
+// FragmentOffset is where the payload lies in its datagram, in bytes.
+func (ip IPv4) FragmentOffset() int { return int(binary.BigEndian.Uint16(ip[6:])&0x1fff) * 8 }
 
 // TTL is the time to live.
 func (ip IPv4) TTL() uint8 { return ip[8] }

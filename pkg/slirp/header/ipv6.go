@@ -9,8 +9,7 @@ import (
 const IPv6Len = 40
 
 // IPv6 extension headers that Transport walks past. A fragment header
-// (IPv6Fragment) is not among them: gopasst's guest knows the MTU and
-// never fragments.
+// (IPv6Fragment) is not among them: it ends the walk, for reassembly.
 const (
 	ipv6HopByHop = 0
 	ipv6Routing  = 43
@@ -36,6 +35,27 @@ func EncodeFragment(b []byte, proto uint8, off int, more bool, id uint32) {
 	binary.BigEndian.PutUint16(b[2:], fo)
 	binary.BigEndian.PutUint32(b[4:], id)
 }
+
+// IPv6Frag is a view of a fragment header followed by its fragment.
+type IPv6Frag []byte
+
+// IsValid reports whether the header is complete.
+func (f IPv6Frag) IsValid() bool { return len(f) >= IPv6FragmentLen }
+
+// NextHeader is the protocol of what was fragmented.
+func (f IPv6Frag) NextHeader() uint8 { return f[0] }
+
+// Offset is where the fragment lies in what was fragmented, in bytes.
+func (f IPv6Frag) Offset() int { return int(binary.BigEndian.Uint16(f[2:]) &^ 7) }
+
+// More reports the M flag: fragments follow.
+func (f IPv6Frag) More() bool { return f[3]&1 != 0 }
+
+// ID is the identification, which the fragments share.
+func (f IPv6Frag) ID() uint32 { return binary.BigEndian.Uint32(f[4:]) }
+
+// Payload is the fragment.
+func (f IPv6Frag) Payload() []byte { return f[IPv6FragmentLen:] }
 
 // IPv6 is a view of an IPv6 header followed by its payload.
 type IPv6 []byte
@@ -71,8 +91,14 @@ func (ip IPv6) Payload() []byte { return ip[IPv6Len : IPv6Len+int(ip.PayloadLen(
 // guest's MLD reports carry a hop-by-hop header) and returns the upper
 // layer protocol and its bytes. ok is false for a truncated chain.
 func (ip IPv6) Transport() (proto uint8, payload []byte, ok bool) {
-	proto, payload = ip.NextHeader(), ip.Payload()
-	for proto == ipv6HopByHop || proto == ipv6Routing || proto == ipv6DestOpts {
+	return SkipExtensions(ip.NextHeader(), ip.Payload())
+}
+
+// SkipExtensions walks past the extension headers Transport skips, from
+// proto's at payload: a reassembled datagram's may have some before its
+// upper layer.
+func SkipExtensions(proto uint8, payload []byte) (uint8, []byte, bool) {
+	for IsExtension(proto) {
 		if len(payload) < 8 {
 			return 0, nil, false
 		}
@@ -83,6 +109,12 @@ func (ip IPv6) Transport() (proto uint8, payload []byte, ok bool) {
 		proto, payload = payload[0], payload[l:]
 	}
 	return proto, payload, true
+}
+
+// IsExtension tells whether proto is an extension header that Transport
+// skips.
+func IsExtension(proto uint8) bool {
+	return proto == ipv6HopByHop || proto == ipv6Routing || proto == ipv6DestOpts
 }
 
 // Encode writes the fixed header for a payload of payloadLen bytes.
