@@ -243,12 +243,16 @@ func (e *Engine) fragFree(s *fragSlot) {
 }
 
 // fragExpire drops the reassemblies older than fragTimeout.
-func (e *Engine) fragExpire() {
+func (e *Engine) fragExpire() { e.fragDropOlder(fragTimeout) }
+
+// fragDropOlder drops the reassemblies older than age, counted; a
+// negative age drops them all.
+func (e *Engine) fragDropOlder(age time.Duration) {
 	if e.frag.count == 0 {
 		return
 	}
 	for i := range e.frag.slots {
-		if s := &e.frag.slots[i]; s.used && e.now-s.start > fragTimeout {
+		if s := &e.frag.slots[i]; s.used && e.now-s.start > age {
 			e.fragFree(s)
 			e.Stats.Dropped++
 		}

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // fragFrames cuts the whole frame f (frameIP's) into IP fragments of
@@ -341,6 +343,43 @@ func TestGuestFragmentsExpire(t *testing.T) {
 	}
 	marker(t, te, pc, testGW4, "the oldest, after its place was taken")
 }
+
+// TestGuestFragmentsForgottenWithGuest: a client that leaves takes its
+// reassemblies with it. The next guest's last fragment of a datagram of
+// the same identification, kept, completed the datagram with the bytes
+// the guest before it sent.
+func TestGuestFragmentsForgottenWithGuest(t *testing.T) {
+	pc := fragPeer(t, testGW4)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	fs := fragFrames(fragDatagram(pc, testGW4, 5000, 3000, 'o'), fragSize(testGW4), 1)
+	te.tapInput(fs[0])
+	te.tapInput(fs[1])
+	te.inputDone()
+	te.link = keptOpen{te.link} // its descriptor is the test's to close
+	te.closeClient("test")
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	if err := te.attach(keptOpen{qemusock.NewStream(pair[0], qemusock.QEMU)}); err != nil {
+		t.Fatal(err)
+	}
+	if te.frag.count != 0 {
+		t.Errorf("%d reassemblies kept for the next guest", te.frag.count)
+	}
+	te.tapInput(fs[2])
+	te.inputDone()
+	marker(t, te, pc, testGW4, "the last fragment from the next guest")
+}
+
+// keptOpen is a link whose Close leaves its descriptor open.
+type keptOpen struct{ qemusock.Link }
+
+func (keptOpen) Close() error { return nil }
 
 // TestGuestFragmentsAllocs: a datagram put together from its fragments
 // costs no allocation.
