@@ -160,14 +160,18 @@ func (e *Engine) fragWanted(proto uint8, v6 bool) bool {
 	return v6 && header.IsExtension(proto) // checked again at the first fragment
 }
 
-// fragDeliver passes a whole datagram on as any other: UDP and echo
-// requests only (NDP and DHCP never come in fragments, RFC 6980).
+// fragDeliver passes a whole datagram on as any other, DHCP's and
+// DHCPv6's to their servers too: UDP and ICMP only, and of ICMPv6 no NDP
+// (RFC 6980), which l4Input leaves alone.
 func (e *Engine) fragDeliver(src, dst netip.Addr, proto, ttl uint8, payload []byte) {
-	if proto != header.ProtoUDP && proto != icmpProto(src) {
+	switch {
+	case proto != header.ProtoUDP && proto != icmpProto(src):
 		e.Stats.Unhandled++
-		return
+	case src.Is4():
+		e.ip4Deliver(src, dst, proto, ttl, payload)
+	default:
+		e.ip6Deliver(src, dst, proto, ttl, payload)
 	}
-	e.l4Input(src, dst, proto, ttl, payload)
 }
 
 // fragOverlaps tells whether data, at off in s's datagram, falls on

@@ -376,6 +376,45 @@ func TestGuestFragmentsForgottenWithGuest(t *testing.T) {
 	marker(t, te, pc, testGW4, "the last fragment from the next guest")
 }
 
+// TestGuestFragmentsServed: a DHCP or DHCPv6 message in fragments goes
+// where the whole one goes: to gopasst's server, answered the same, or,
+// DHCPv6's by unicast, nowhere. It went on to l4Input, which dropped
+// those to a group or broadcast and sent those to the gateway's address
+// to the host's port 67 or 547.
+func TestGuestFragmentsServed(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	ll := netip.MustParseAddr("fe80::2")
+	for _, c := range []struct {
+		name     string
+		frame    []byte
+		answered bool
+	}{
+		{"DHCP, broadcast", frameIP(netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255}), header.ProtoUDP, udp6(68, dhcpServerPort, dhcpDiscover4())), true},
+		{"DHCP, to the gateway", frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(68, dhcpServerPort, dhcpDiscover4())), true},
+		{"DHCPv6, to the group", frameIP(ll, netip.MustParseAddr("ff02::1:2"), header.ProtoUDP, udp6(546, dhcpv6ServerPort, dhcpv6Solicit1())), true},
+		{"DHCPv6, to the gateway", frameIP(ll, testGW6, header.ProtoUDP, udp6(546, dhcpv6ServerPort, dhcpv6Solicit1())), false},
+	} {
+		te.tapInput(c.frame)
+		te.inputDone()
+		want := te.output(t)
+		if len(want) > 0 != c.answered {
+			t.Fatalf("%s: %d frames in answer to the whole message", c.name, len(want))
+		}
+		for _, f := range fragFrames(c.frame, 64, 1) {
+			te.tapInput(f)
+		}
+		te.inputDone()
+		if got := te.output(t); len(got) != len(want) || len(got) > 0 && !bytes.Equal(got[0], want[0]) {
+			t.Errorf("%s: %d frames in answer to the fragments, %d to the whole message", c.name, len(got), len(want))
+		}
+		if te.udp.count != 0 || te.frag.count != 0 {
+			t.Errorf("%s: %d UDP flows, %d reassemblies", c.name, te.udp.count, te.frag.count)
+		}
+	}
+}
+
 // keptOpen is a link whose Close leaves its descriptor open.
 type keptOpen struct{ qemusock.Link }
 
