@@ -20,13 +20,14 @@ import (
 // buffer of the pool New allocates, none older than fragTimeout; a
 // fragment that overlaps another (RFC 5722; for IPv4 too, where RFC 791
 // would let the later one win: the safest reading), changes the
-// datagram's length or protocol, or runs past 65,535 bytes drops its
-// datagram whole. A fragment identical to bytes already in place (a
-// duplicate) changes nothing and is let be.
+// datagram's length or protocol, or runs past what IP carries (65,535
+// bytes, IPv4's header included) drops its datagram whole. A fragment
+// identical to bytes already in place (a duplicate) changes nothing and
+// is let be.
 
 const (
 	fragSlots   = 32               // reassemblies in progress; a new one past them takes the oldest's place
-	fragMaxLen  = 0xffff           // what is reassembled: IPv4's largest payload, IPv6's fragmentable part without jumbograms
+	fragMaxLen  = 0xffff           // what is reassembled: IPv6's largest fragmentable part without jumbograms; IPv4's is its header less
 	fragTimeout = 30 * time.Second // RFC 791 and 8200 allow up to 60 s
 	fragBlock   = 8                // fragments start, and all but the last end, on multiples of this
 )
@@ -97,8 +98,12 @@ func (e *Engine) fragInput(src, dst netip.Addr, id uint32, proto, ttl uint8, off
 		return
 	}
 	end := off + len(data)
+	limit := fragMaxLen
+	if src.Is4() {
+		limit -= header.IPv4MinLen // IPv4's total length counts its header
+	}
 	switch {
-	case more && (len(data) == 0 || len(data)%fragBlock != 0), end > fragMaxLen,
+	case more && (len(data) == 0 || len(data)%fragBlock != 0), end > limit,
 		s != nil && s.proto != proto,
 		s != nil && !more && (s.total >= 0 && s.total != end || s.end > end),
 		s != nil && more && s.total >= 0 && end > s.total:

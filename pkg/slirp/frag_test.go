@@ -415,6 +415,45 @@ func TestGuestFragmentsServed(t *testing.T) {
 	}
 }
 
+// TestGuestFragmentsIPv4Largest: IPv4's total length, 16 bits, counts
+// its header, so the guest's fragments make up 65,515 bytes after it at
+// most: a UDP datagram of 65,507 bytes reaches the peer, and one more
+// byte drops the datagram, counted. Reassembled up to 65,535, such a
+// datagram, which IPv4 cannot carry, opened a flow and then failed to
+// leave it (EMSGSIZE), unseen.
+func TestGuestFragmentsIPv4Largest(t *testing.T) {
+	pc := fragPeer(t, testGW4)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	for _, n := range []int{65507, 65508, 65527} {
+		d := udp6(uint16(n), port, bytes.Repeat([]byte{'l'}, n))
+		u := header.UDP(d)
+		u.SetChecksum(header.Fold(header.Checksum(u, header.PseudoHeaderSum(header.ProtoUDP, testGuest4, testGW4, len(d)))))
+		malformed := te.Stats.Malformed
+		for off := 0; off < len(d); off += 1480 {
+			chunk := d[off:min(off+1480, len(d))]
+			f := frameIP(testGuest4, testGW4, 253, chunk) // no checksum put in the chunk
+			ip := header.IPv4(f[header.EthernetLen:])
+			ip[9] = header.ProtoUDP
+			ip.SetFragment(uint16(n), off, off+len(chunk) < len(d))
+			te.tapInput(f)
+		}
+		te.inputDone()
+		if n == 65507 {
+			if got := recvUDP(t, pc); len(got) != n {
+				t.Errorf("%d bytes: the peer got %d", n, len(got))
+			}
+			continue
+		}
+		if _, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, uint16(n))); te.Stats.Malformed != malformed+1 || f != nil || te.frag.count != 0 {
+			t.Errorf("%d bytes: %d counted malformed, a flow %v, %d reassemblies", n, te.Stats.Malformed-malformed, f != nil, te.frag.count)
+		}
+		marker(t, te, pc, testGW4, "past IPv4's largest")
+	}
+}
+
 // keptOpen is a link whose Close leaves its descriptor open.
 type keptOpen struct{ qemusock.Link }
 
