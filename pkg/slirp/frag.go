@@ -281,12 +281,16 @@ func (e *Engine) sendFragments(mac [6]byte, src, dst netip.Addr, proto uint8, d 
 		data += header.IPv6FragmentLen
 	}
 	step := (e.mtu() - (data - ipOff)) &^ (fragBlock - 1)
+	if !e.fragsFit(data, step, len(d)) {
+		e.Stats.Dropped++
+		return
+	}
 	for off := 0; off < len(d); off += step {
 		chunk := d[off:min(off+step, len(d))]
 		more := off+len(chunk) < len(d)
 		b := e.reserve(data + len(chunk))
 		if b == nil {
-			e.Stats.Dropped++
+			e.Stats.Dropped++ // not expected: fragsFit saw the room
 			return
 		}
 		copy(b[data:], chunk)
@@ -300,4 +304,23 @@ func (e *Engine) sendFragments(mac [6]byte, src, dst netip.Addr, proto uint8, d 
 		}
 		e.commit(size)
 	}
+}
+
+// fragsFit tells whether the link takes every fragment of a datagram of
+// n bytes, step bytes each after data bytes of headers: some of them
+// alone (the link full midway) the guest could never put together, and
+// they would take the room of what comes next. It reserves them all,
+// and leaves no reservation open.
+func (e *Engine) fragsFit(data, step, n int) bool {
+	if e.link == nil {
+		return false
+	}
+	e.link.Cancel()
+	defer e.link.Cancel()
+	for off := 0; off < n; off += step {
+		if e.link.Reserve(max(data+min(step, n-off), minFrameLen)) == nil {
+			return false
+		}
+	}
+	return true
 }

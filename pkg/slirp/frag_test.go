@@ -454,6 +454,33 @@ func TestGuestFragmentsIPv4Largest(t *testing.T) {
 	}
 }
 
+// TestFragmentsLinkFull: a datagram to the guest in fragments goes
+// whole or not at all. With room on the link for 3 of its 10 fragments
+// (IPv4 at MTU 68), the first 3 went, which the guest could never make
+// into a datagram, and which took the room of what came next.
+func TestFragmentsLinkFull(t *testing.T) {
+	te := newTestEngine(t)
+	te.setMTU(MinMTU)
+	const frame = l4Off4 + 48 // a fragment's frame at MTU 68
+	k := 0                    // how many such frames the queue takes, never flushed
+	for ; te.link.Reserve(frame) != nil; k++ {
+	}
+	te.link.Cancel()
+	for range k - 3 {
+		clear(te.reserve(frame))
+		te.commit(frame)
+	}
+	pending, dropped := te.link.Pending(), te.Stats.Dropped
+	te.sendFragments(testMAC, testGW4, testGuest4, header.ProtoUDP, make([]byte, 10*48))
+	if got := te.link.Pending() - pending; got != 0 || te.Stats.Dropped != dropped+1 {
+		t.Errorf("%d bytes of fragments queued, %d dropped", got, te.Stats.Dropped-dropped)
+	}
+	te.sendFragments(testMAC, testGW4, testGuest4, header.ProtoUDP, make([]byte, 3*48))
+	if got := te.link.Pending() - pending; got == 0 {
+		t.Errorf("3 fragments that fit not queued")
+	}
+}
+
 // keptOpen is a link whose Close leaves its descriptor open.
 type keptOpen struct{ qemusock.Link }
 
