@@ -656,6 +656,7 @@ func (e *Engine) closeClient(why string) {
 	e.tcp.closeAll(e)
 	e.udp.closeAll(e)
 	e.icmp.closeAll(e)
+	e.fragDropOlder(-1) // the next guest's fragments would complete them
 }
 
 // guestFault drops the client whose guest memory faulted under the engine

@@ -20,13 +20,14 @@ import (
 // buffer of the pool New allocates, none older than fragTimeout; a
 // fragment that overlaps another (RFC 5722; for IPv4 too, where RFC 791
 // would let the later one win: the safest reading), changes the
-// datagram's length or protocol, or runs past 65,535 bytes drops its
-// datagram whole. A fragment identical to bytes already in place (a
-// duplicate) changes nothing and is let be.
+// datagram's length or protocol, or runs past what IP carries (65,535
+// bytes, IPv4's header included) drops its datagram whole. A fragment
+// identical to bytes already in place (a duplicate) changes nothing and
+// is let be.
 
 const (
 	fragSlots   = 32               // reassemblies in progress; a new one past them takes the oldest's place
-	fragMaxLen  = 0xffff           // what is reassembled: IPv4's largest payload, IPv6's fragmentable part without jumbograms
+	fragMaxLen  = 0xffff           // what is reassembled: IPv6's largest fragmentable part without jumbograms; IPv4's is its header less
 	fragTimeout = 30 * time.Second // RFC 791 and 8200 allow up to 60 s
 	fragBlock   = 8                // fragments start, and all but the last end, on multiples of this
 )
@@ -97,8 +98,12 @@ func (e *Engine) fragInput(src, dst netip.Addr, id uint32, proto, ttl uint8, off
 		return
 	}
 	end := off + len(data)
+	limit := fragMaxLen
+	if src.Is4() {
+		limit -= header.IPv4MinLen // IPv4's total length counts its header
+	}
 	switch {
-	case more && (len(data) == 0 || len(data)%fragBlock != 0), end > fragMaxLen,
+	case more && (len(data) == 0 || len(data)%fragBlock != 0), end > limit,
 		s != nil && s.proto != proto,
 		s != nil && !more && (s.total >= 0 && s.total != end || s.end > end),
 		s != nil && more && s.total >= 0 && end > s.total:
@@ -160,14 +165,18 @@ func (e *Engine) fragWanted(proto uint8, v6 bool) bool {
 	return v6 && header.IsExtension(proto) // checked again at the first fragment
 }
 
-// fragDeliver passes a whole datagram on as any other: UDP and echo
-// requests only (NDP and DHCP never come in fragments, RFC 6980).
+// fragDeliver passes a whole datagram on as any other, DHCP's and
+// DHCPv6's to their servers too: UDP and ICMP only, and of ICMPv6 no NDP
+// (RFC 6980), which l4Input leaves alone.
 func (e *Engine) fragDeliver(src, dst netip.Addr, proto, ttl uint8, payload []byte) {
-	if proto != header.ProtoUDP && proto != icmpProto(src) {
+	switch {
+	case proto != header.ProtoUDP && proto != icmpProto(src):
 		e.Stats.Unhandled++
-		return
+	case src.Is4():
+		e.ip4Deliver(src, dst, proto, ttl, payload)
+	default:
+		e.ip6Deliver(src, dst, proto, ttl, payload)
 	}
-	e.l4Input(src, dst, proto, ttl, payload)
 }
 
 // fragOverlaps tells whether data, at off in s's datagram, falls on
@@ -243,12 +252,16 @@ func (e *Engine) fragFree(s *fragSlot) {
 }
 
 // fragExpire drops the reassemblies older than fragTimeout.
-func (e *Engine) fragExpire() {
+func (e *Engine) fragExpire() { e.fragDropOlder(fragTimeout) }
+
+// fragDropOlder drops the reassemblies older than age, counted; a
+// negative age drops them all.
+func (e *Engine) fragDropOlder(age time.Duration) {
 	if e.frag.count == 0 {
 		return
 	}
 	for i := range e.frag.slots {
-		if s := &e.frag.slots[i]; s.used && e.now-s.start > fragTimeout {
+		if s := &e.frag.slots[i]; s.used && e.now-s.start > age {
 			e.fragFree(s)
 			e.Stats.Dropped++
 		}
@@ -268,12 +281,16 @@ func (e *Engine) sendFragments(mac [6]byte, src, dst netip.Addr, proto uint8, d 
 		data += header.IPv6FragmentLen
 	}
 	step := (e.mtu() - (data - ipOff)) &^ (fragBlock - 1)
+	if !e.fragsFit(data, step, len(d)) {
+		e.Stats.Dropped++
+		return
+	}
 	for off := 0; off < len(d); off += step {
 		chunk := d[off:min(off+step, len(d))]
 		more := off+len(chunk) < len(d)
 		b := e.reserve(data + len(chunk))
 		if b == nil {
-			e.Stats.Dropped++
+			e.Stats.Dropped++ // not expected: fragsFit saw the room
 			return
 		}
 		copy(b[data:], chunk)
@@ -287,4 +304,23 @@ func (e *Engine) sendFragments(mac [6]byte, src, dst netip.Addr, proto uint8, d 
 		}
 		e.commit(size)
 	}
+}
+
+// fragsFit tells whether the link takes every fragment of a datagram of
+// n bytes, step bytes each after data bytes of headers: some of them
+// alone (the link full midway) the guest could never put together, and
+// they would take the room of what comes next. It reserves them all,
+// and leaves no reservation open.
+func (e *Engine) fragsFit(data, step, n int) bool {
+	if e.link == nil {
+		return false
+	}
+	e.link.Cancel()
+	defer e.link.Cancel()
+	for off := 0; off < n; off += step {
+		if e.link.Reserve(max(data+min(step, n-off), minFrameLen)) == nil {
+			return false
+		}
+	}
+	return true
 }

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/pkg/qemusock"
 	"github.com/gopasst/gopasst/pkg/slirp/header"
+	"golang.org/x/sys/unix"
 )
 
 // fragFrames cuts the whole frame f (frameIP's) into IP fragments of
@@ -341,6 +343,148 @@ func TestGuestFragmentsExpire(t *testing.T) {
 	}
 	marker(t, te, pc, testGW4, "the oldest, after its place was taken")
 }
+
+// TestGuestFragmentsForgottenWithGuest: a client that leaves takes its
+// reassemblies with it. The next guest's last fragment of a datagram of
+// the same identification, kept, completed the datagram with the bytes
+// the guest before it sent.
+func TestGuestFragmentsForgottenWithGuest(t *testing.T) {
+	pc := fragPeer(t, testGW4)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	fs := fragFrames(fragDatagram(pc, testGW4, 5000, 3000, 'o'), fragSize(testGW4), 1)
+	te.tapInput(fs[0])
+	te.tapInput(fs[1])
+	te.inputDone()
+	te.link = keptOpen{te.link} // its descriptor is the test's to close
+	te.closeClient("test")
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	if err := te.attach(keptOpen{qemusock.NewStream(pair[0], qemusock.QEMU)}); err != nil {
+		t.Fatal(err)
+	}
+	if te.frag.count != 0 {
+		t.Errorf("%d reassemblies kept for the next guest", te.frag.count)
+	}
+	te.tapInput(fs[2])
+	te.inputDone()
+	marker(t, te, pc, testGW4, "the last fragment from the next guest")
+}
+
+// TestGuestFragmentsServed: a DHCP or DHCPv6 message in fragments goes
+// where the whole one goes: to gopasst's server, answered the same, or,
+// DHCPv6's by unicast, nowhere. It went on to l4Input, which dropped
+// those to a group or broadcast and sent those to the gateway's address
+// to the host's port 67 or 547.
+func TestGuestFragmentsServed(t *testing.T) {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	ll := netip.MustParseAddr("fe80::2")
+	for _, c := range []struct {
+		name     string
+		frame    []byte
+		answered bool
+	}{
+		{"DHCP, broadcast", frameIP(netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255}), header.ProtoUDP, udp6(68, dhcpServerPort, dhcpDiscover4())), true},
+		{"DHCP, to the gateway", frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(68, dhcpServerPort, dhcpDiscover4())), true},
+		{"DHCPv6, to the group", frameIP(ll, netip.MustParseAddr("ff02::1:2"), header.ProtoUDP, udp6(546, dhcpv6ServerPort, dhcpv6Solicit1())), true},
+		{"DHCPv6, to the gateway", frameIP(ll, testGW6, header.ProtoUDP, udp6(546, dhcpv6ServerPort, dhcpv6Solicit1())), false},
+	} {
+		te.tapInput(c.frame)
+		te.inputDone()
+		want := te.output(t)
+		if len(want) > 0 != c.answered {
+			t.Fatalf("%s: %d frames in answer to the whole message", c.name, len(want))
+		}
+		for _, f := range fragFrames(c.frame, 64, 1) {
+			te.tapInput(f)
+		}
+		te.inputDone()
+		if got := te.output(t); len(got) != len(want) || len(got) > 0 && !bytes.Equal(got[0], want[0]) {
+			t.Errorf("%s: %d frames in answer to the fragments, %d to the whole message", c.name, len(got), len(want))
+		}
+		if te.udp.count != 0 || te.frag.count != 0 {
+			t.Errorf("%s: %d UDP flows, %d reassemblies", c.name, te.udp.count, te.frag.count)
+		}
+	}
+}
+
+// TestGuestFragmentsIPv4Largest: IPv4's total length, 16 bits, counts
+// its header, so the guest's fragments make up 65,515 bytes after it at
+// most: a UDP datagram of 65,507 bytes reaches the peer, and one more
+// byte drops the datagram, counted. Reassembled up to 65,535, such a
+// datagram, which IPv4 cannot carry, opened a flow and then failed to
+// leave it (EMSGSIZE), unseen.
+func TestGuestFragmentsIPv4Largest(t *testing.T) {
+	pc := fragPeer(t, testGW4)
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	defer te.udp.closeAll(te.Engine)
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	for _, n := range []int{65507, 65508, 65527} {
+		d := udp6(uint16(n), port, bytes.Repeat([]byte{'l'}, n))
+		u := header.UDP(d)
+		u.SetChecksum(header.Fold(header.Checksum(u, header.PseudoHeaderSum(header.ProtoUDP, testGuest4, testGW4, len(d)))))
+		malformed := te.Stats.Malformed
+		for off := 0; off < len(d); off += 1480 {
+			chunk := d[off:min(off+1480, len(d))]
+			f := frameIP(testGuest4, testGW4, 253, chunk) // no checksum put in the chunk
+			ip := header.IPv4(f[header.EthernetLen:])
+			ip[9] = header.ProtoUDP
+			ip.SetFragment(uint16(n), off, off+len(chunk) < len(d))
+			te.tapInput(f)
+		}
+		te.inputDone()
+		if n == 65507 {
+			if got := recvUDP(t, pc); len(got) != n {
+				t.Errorf("%d bytes: the peer got %d", n, len(got))
+			}
+			continue
+		}
+		if _, f := te.udp.lookup(netip.AddrPortFrom(testGuest4, uint16(n))); te.Stats.Malformed != malformed+1 || f != nil || te.frag.count != 0 {
+			t.Errorf("%d bytes: %d counted malformed, a flow %v, %d reassemblies", n, te.Stats.Malformed-malformed, f != nil, te.frag.count)
+		}
+		marker(t, te, pc, testGW4, "past IPv4's largest")
+	}
+}
+
+// TestFragmentsLinkFull: a datagram to the guest in fragments goes
+// whole or not at all. With room on the link for 3 of its 10 fragments
+// (IPv4 at MTU 68), the first 3 went, which the guest could never make
+// into a datagram, and which took the room of what came next.
+func TestFragmentsLinkFull(t *testing.T) {
+	te := newTestEngine(t)
+	te.setMTU(MinMTU)
+	const frame = l4Off4 + 48 // a fragment's frame at MTU 68
+	k := 0                    // how many such frames the queue takes, never flushed
+	for ; te.link.Reserve(frame) != nil; k++ {
+	}
+	te.link.Cancel()
+	for range k - 3 {
+		clear(te.reserve(frame))
+		te.commit(frame)
+	}
+	pending, dropped := te.link.Pending(), te.Stats.Dropped
+	te.sendFragments(testMAC, testGW4, testGuest4, header.ProtoUDP, make([]byte, 10*48))
+	if got := te.link.Pending() - pending; got != 0 || te.Stats.Dropped != dropped+1 {
+		t.Errorf("%d bytes of fragments queued, %d dropped", got, te.Stats.Dropped-dropped)
+	}
+	te.sendFragments(testMAC, testGW4, testGuest4, header.ProtoUDP, make([]byte, 3*48))
+	if got := te.link.Pending() - pending; got == 0 {
+		t.Errorf("3 fragments that fit not queued")
+	}
+}
+
+// keptOpen is a link whose Close leaves its descriptor open.
+type keptOpen struct{ qemusock.Link }
+
+func (keptOpen) Close() error { return nil }
 
 // TestGuestFragmentsAllocs: a datagram put together from its fragments
 // costs no allocation.

@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -260,6 +261,15 @@ func FuzzFlows(f *testing.F) {
 	for _, s := range seedFrames() {
 		f.Add(s)
 	}
+	// A datagram's IP fragments, each its own input (the engines keep
+	// reassemblies from one input to the next), and an IPv6 atomic one.
+	u = udp6(5000, fuzzUDPPort, bytes.Repeat([]byte("frag"), 100))
+	for i, gw := range []netip.Addr{testGW4, testGW6} {
+		for _, fr := range fragFrames(frameIP(guestOf(gw), gw, header.ProtoUDP, u), 256, uint32(i)) {
+			f.Add(fr)
+		}
+	}
+	f.Add(fragFrames(frameIP(testGuest6, testGW6, header.ProtoUDP, u), 1<<16, 2)[0])
 	engines := []*testEngine{newTestEngine(f), newTemplatelessEngine(f)}
 	for _, e := range engines {
 		e.cfg.NoTCP, e.cfg.NoUDP, e.cfg.NoICMP = false, false, false

@@ -140,13 +140,20 @@ func (e *Engine) ipv4Input(ip header.IPv4) {
 		e.frag4Input(ip)
 		return
 	}
-	if ip.Protocol() == header.ProtoUDP && !e.cfg.NoDHCP {
-		if u := header.UDP(ip.Payload()); u.IsValid() && u.DstPort() == dhcpServerPort {
+	e.ip4Deliver(ip.Src(), ip.Dst(), ip.Protocol(), ip.TTL(), ip.Payload())
+}
+
+// ip4Deliver takes the upper layer of an IPv4 packet, whole or put
+// together from fragments (frag.go), which must go the same way: what
+// gopasst serves itself (DHCP), else on to l4Input.
+func (e *Engine) ip4Deliver(src, dst netip.Addr, proto, ttl uint8, payload []byte) {
+	if proto == header.ProtoUDP && !e.cfg.NoDHCP {
+		if u := header.UDP(payload); u.IsValid() && u.DstPort() == dhcpServerPort {
 			e.dhcpInput(u.Payload())
 			return
 		}
 	}
-	e.l4Input(ip.Src(), ip.Dst(), ip.Protocol(), ip.TTL(), ip.Payload())
+	e.l4Input(src, dst, proto, ttl, payload)
 }
 
 func (e *Engine) ipv6Input(ip header.IPv6) {
@@ -179,8 +186,17 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 			e.ndpInput(src, m, ip.HopLimit())
 			return
 		}
-	case header.ProtoUDP:
-		if u := header.UDP(payload); u.IsValid() && u.DstPort() == dhcpv6ServerPort && !e.cfg.NoDHCPv6 {
+	}
+	e.ip6Deliver(src, dst, proto, ip.HopLimit(), payload)
+}
+
+// ip6Deliver takes the upper layer of an IPv6 packet, whole or put
+// together from fragments (frag.go), which must go the same way: what
+// gopasst serves itself (DHCPv6), else on to l4Input. NDP is the
+// caller's: in fragments it is ignored (RFC 6980).
+func (e *Engine) ip6Deliver(src, dst netip.Addr, proto, hop uint8, payload []byte) {
+	if proto == header.ProtoUDP && !e.cfg.NoDHCPv6 {
+		if u := header.UDP(payload); u.IsValid() && u.DstPort() == dhcpv6ServerPort {
 			// Clients send to a group; a server that gives no Server
 			// Unicast option drops what comes by unicast (RFC 8415
 			// 16, 18.4), as passt does.
@@ -192,7 +208,7 @@ func (e *Engine) ipv6Input(ip header.IPv6) {
 			return
 		}
 	}
-	e.l4Input(src, dst, proto, ip.HopLimit(), payload)
+	e.l4Input(src, dst, proto, hop, payload)
 }
 
 // l4Input hands a TCP, UDP or ICMP packet of either family to its
