@@ -297,9 +297,7 @@ func TestGuestFragmentsHostile(t *testing.T) {
 // kept past its bound.
 func TestGuestFragmentsExpire(t *testing.T) {
 	pc := fragPeer(t, testGW4)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	fs := fragFrames(fragDatagram(pc, testGW4, 5000, 3000, 'x'), fragSize(testGW4), 1)
 	te.now = time.Second
 	te.tapInput(fs[0])
@@ -350,9 +348,7 @@ func TestGuestFragmentsExpire(t *testing.T) {
 // the guest before it sent.
 func TestGuestFragmentsForgottenWithGuest(t *testing.T) {
 	pc := fragPeer(t, testGW4)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	fs := fragFrames(fragDatagram(pc, testGW4, 5000, 3000, 'o'), fragSize(testGW4), 1)
 	te.tapInput(fs[0])
 	te.tapInput(fs[1])
@@ -382,9 +378,7 @@ func TestGuestFragmentsForgottenWithGuest(t *testing.T) {
 // those to a group or broadcast and sent those to the gateway's address
 // to the host's port 67 or 547.
 func TestGuestFragmentsServed(t *testing.T) {
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	ll := netip.MustParseAddr("fe80::2")
 	for _, c := range []struct {
 		name     string
@@ -423,9 +417,7 @@ func TestGuestFragmentsServed(t *testing.T) {
 // leave it (EMSGSIZE), unseen.
 func TestGuestFragmentsIPv4Largest(t *testing.T) {
 	pc := fragPeer(t, testGW4)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	for _, n := range []int{65507, 65508, 65527} {
 		d := udp6(uint16(n), port, bytes.Repeat([]byte{'l'}, n))
@@ -490,9 +482,7 @@ func (keptOpen) Close() error { return nil }
 // costs no allocation.
 func TestGuestFragmentsAllocs(t *testing.T) {
 	pc := fragPeer(t, testGW4)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	fs := fragFrames(fragDatagram(pc, testGW4, 5000, 4000, 'a'), fragSize(testGW4), 1)
 	send := func() {
 		for _, f := range fs {

@@ -57,6 +57,15 @@ func newTestEngine(t testing.TB) *testEngine {
 	return &testEngine{Engine: e, guest: guest, rd: qemusock.NewReader(qemusock.QEMU, 1<<20)}
 }
 
+// newUDPTestEngine is newTestEngine with UDP on, its flows closed when
+// the test ends.
+func newUDPTestEngine(t testing.TB) *testEngine {
+	te := newTestEngine(t)
+	te.cfg.NoUDP = false
+	t.Cleanup(func() { te.udp.closeAll(te.Engine) })
+	return te
+}
+
 // newTemplatelessEngine is an engine as a host without a template gives
 // it: an IPv4 address with no gateway (a host with no default route) and
 // IPv6's local mode, the guest's link-local address alone with fe80::1

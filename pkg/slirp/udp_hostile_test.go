@@ -354,9 +354,7 @@ func TestICMPNotUnicast(t *testing.T) {
 // number of peers, the most recent.
 func TestUDPUnsolicitedPeer(t *testing.T) {
 	pc := listenUDPLoopback(t)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	f, hostSide := udpFlowTo(t, te, pc, 5000)
 	other, err := net.DialUDP("udp", nil, hostSide.(*net.UDPAddr))
 	if err != nil {
@@ -411,9 +409,7 @@ func TestUDPErrorAboutUnknownPeer(t *testing.T) {
 	}
 	defer unix.Close(raw)
 	pc := listenUDPLoopback(t)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	defer te.udp.closeAll(te.Engine)
+	te := newUDPTestEngine(t)
 	f, hostSide := udpFlowTo(t, te, pc, 5000)
 	sport := uint16(hostSide.(*net.UDPAddr).Port)
 	peer := netip.MustParseAddrPort(pc.LocalAddr().String())
