@@ -319,3 +319,53 @@ func TestPastaConfigNetMultipathDefault(t *testing.T) {
 		t.Errorf("198.51.100.5 answered %q, not the host's loopback", got)
 	}
 }
+
+// A template without carrier (a cable unplugged, a VPN's tun that no
+// process holds) has routes the kernel marks linkdown, a flag it reports
+// but refuses in a new route: pasta copies them without it, as upstream
+// does, instead of failing to start.
+func TestPastaConfigNetLinkDown(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	h.Run(t, "ip", "link", "set", "uplink-peer", "down")
+	if got := h.Run(t, "ip", "route", "show", "default"); !strings.Contains(got, "linkdown") {
+		t.Fatalf("the host's default route %q is not linkdown", got)
+	}
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	addrs, routes := nsAddrRoutes(t, ns, "uplink")
+	if !slices.Equal(addrs, []string{hostAddr + "/" + hostPrefix}) || !slices.Contains(routes, "default via "+hostGW) {
+		t.Errorf("addresses %q, routes %q; want %s/%s via %s", addrs, routes, hostAddr, hostPrefix, hostGW)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "default"); !strings.Contains(got, "via "+host6GW) {
+		t.Errorf("IPv6 default route %q, want via %s", got, host6GW)
+	}
+}
+
+// A point-to-point template (WireGuard, a VPN's tun, PPP) has a default
+// route with no gateway: the namespace gets it as it is, as with pasta,
+// and reaches the host's addresses through it, every one answered for.
+func TestPastaConfigNetPointToPoint(t *testing.T) {
+	needRoot(t)
+	h := newNetns(t, "gph")
+	h.Run(t, "ip", "tuntap", "add", "tun0", "mode", "tun")
+	h.Run(t, "ip", "link", "set", "tun0", "up")
+	h.Run(t, "ip", "addr", "add", "10.8.0.2/32", "peer", "10.8.0.1", "dev", "tun0")
+	h.Run(t, "ip", "-6", "addr", "add", "fd00:8::2/128", "dev", "tun0")
+	h.Run(t, "ip", "route", "add", "default", "dev", "tun0")
+	h.Run(t, "ip", "-6", "route", "add", "default", "dev", "tun0")
+	h.Run(t, "ip", "addr", "add", "192.0.2.77/32", "dev", "lo")
+	srv := h.Listen(t, "tcp", "192.0.2.77:0")
+	echoGreeting(srv, "host")
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	addrs, routes := nsAddrRoutes(t, ns, "tun0")
+	if !slices.Equal(addrs, []string{"10.8.0.2/32"}) || !slices.Contains(routes, "default") {
+		t.Errorf("addresses %q, routes %q; want 10.8.0.2/32 and a default route without a gateway", addrs, routes)
+	}
+	if got := readGreeting(func() (net.Conn, error) {
+		return ns.Dial("tcp", "192.0.2.77:"+port(srv.Addr()), 5*time.Second)
+	}); got != "host" {
+		t.Errorf("192.0.2.77 answered %q, not the host", got)
+	}
+}

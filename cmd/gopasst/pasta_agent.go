@@ -127,7 +127,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			// through the template, as pasta copies it.
 			for _, r := range host {
 				if r.Type == unix.RTN_UNICAST && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index != index }) {
-					r.PrefSrc = netip.Addr{}
+					// Of the flags, onlink alone means something to a
+					// new route: the kernel reports the others (linkdown
+					// and dead, where the template has no carrier) and
+					// refuses a route that carries them.
+					r.PrefSrc, r.Flags = netip.Addr{}, r.Flags&unix.RTNH_F_ONLINK
 					routes = append(routes, r)
 				}
 			}
