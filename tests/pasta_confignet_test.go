@@ -2,8 +2,11 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -367,5 +370,37 @@ func TestPastaConfigNetPointToPoint(t *testing.T) {
 		return ns.Dial("tcp", "192.0.2.77:"+port(srv.Addr()), 5*time.Second)
 	}); got != "host" {
 		t.Errorf("192.0.2.77 answered %q, not the host", got)
+	}
+}
+
+// A template with thousands of routes (a BGP-fed or docker-heavy host)
+// has them all in the namespace: the agent's plan went in its
+// environment, where nsenter's exec refused it past 128 KiB (E2BIG,
+// from about 850 routes). Upstream's pasta fails from about 500 ("Too
+// many routes to duplicate").
+func TestPastaConfigNetManyRoutes(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	const n = 1500
+	var b4, b6 strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b4, "route add 10.%d.%d.0/24 via 198.51.100.%d\n", i/250, i%250, 3+i%200)
+		fmt.Fprintf(&b6, "route add 2001:db8:8:%x::/64 via 2001:db8:1::%x\n", i, 3+i%200)
+	}
+	dir := t.TempDir()
+	for _, b := range []struct{ family, name, text string }{{"-4", "routes4", b4.String()}, {"-6", "routes6", b6.String()}} {
+		path := filepath.Join(dir, b.name)
+		if err := os.WriteFile(path, []byte(b.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h.Run(t, "ip", b.family, "-batch", path)
+	}
+	ns, pid, _ := pidNetns(t, h)
+	configNet(t, h, pid)
+	for _, c := range []struct{ family, prefix, gw string }{{"-4", "10.", hostGW}, {"-6", "2001:db8:8:", host6GW}} {
+		got := ns.Run(t, "ip", c.family, "route", "show", "dev", "uplink")
+		if m := strings.Count("\n"+got, "\n"+c.prefix); m != n || !strings.Contains(got, "default via "+c.gw) {
+			t.Errorf("%s: %d of the host's %d routes, default route %v", c.family, m, n, strings.Contains(got, "default via "+c.gw))
+		}
 	}
 }
