@@ -220,26 +220,35 @@ func TestPastaConfigNetLocalMode6(t *testing.T) {
 // An IPv6 client of a -t port, from outside the namespace's prefix,
 // reaches the namespace over IPv6 with its own address, as with pasta,
 // which configured the namespace's IPv6: not over IPv4 from the gateway
-// until the namespace first sends over IPv6.
+// until the namespace first sends over IPv6. So it does where the
+// template lists a deprecated address first (an old temporary one), which
+// pasta does not copy: the guest's address is not that one, as in passt.
 func TestPastaConfigNetInboundIPv6(t *testing.T) {
 	needRoot(t)
-	h := newHost(t, WorldOpts{})
-	h.Run(t, "ip", "-6", "addr", "add", "2001:db8:99::5/128", "dev", "lo")
-	ns, pid, _ := pidNetns(t, h)
-	srv := ns.Listen(t, "tcp", ":18095")
-	acceptLoop(srv, func(c net.Conn) { io.WriteString(c, c.RemoteAddr().String()+"\n"); c.Close() })
-	configNet(t, h, pid, "-t", "18095")
-	got := readGreeting(func() (net.Conn, error) {
-		var c net.Conn
-		var err error
-		h.Do(t, func() {
-			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("2001:db8:99::5")}}
-			c, err = d.Dial("tcp", "["+host6Addr+"]:18095")
+	for _, deprecated := range []bool{false, true} {
+		t.Run(fmt.Sprint("deprecated=", deprecated), func(t *testing.T) {
+			h := newHost(t, WorldOpts{})
+			h.Run(t, "ip", "-6", "addr", "add", "2001:db8:99::5/128", "dev", "lo")
+			if deprecated {
+				h.Run(t, "ip", "-6", "addr", "add", "2001:db8:1::3/64", "dev", "uplink", "nodad", "preferred_lft", "0")
+			}
+			ns, pid, _ := pidNetns(t, h)
+			srv := ns.Listen(t, "tcp", ":18095")
+			acceptLoop(srv, func(c net.Conn) { io.WriteString(c, c.RemoteAddr().String()+"\n"); c.Close() })
+			configNet(t, h, pid, "-t", "18095")
+			got := readGreeting(func() (net.Conn, error) {
+				var c net.Conn
+				var err error
+				h.Do(t, func() {
+					d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("2001:db8:99::5")}}
+					c, err = d.Dial("tcp", "["+host6Addr+"]:18095")
+				})
+				return c, err
+			})
+			if host, _, _ := net.SplitHostPort(got); host != "2001:db8:99::5" {
+				t.Errorf("the namespace's server saw the client as %q, want 2001:db8:99::5", got)
+			}
 		})
-		return c, err
-	})
-	if host, _, _ := net.SplitHostPort(got); host != "2001:db8:99::5" {
-		t.Errorf("the namespace's server saw the client as %q, want 2001:db8:99::5", got)
 	}
 }
 
