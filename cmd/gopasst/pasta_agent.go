@@ -66,6 +66,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	if cfg.NoMTUOption {
 		p.MTU = 0
 	}
+	if len(o.NSIfname) >= unix.IFNAMSIZ {
+		// As upstream refuses it, named: the tap's ioctl said only
+		// "invalid argument", from the namespace's set-up.
+		return p, fmt.Errorf("--ns-ifname: invalid interface name %q: longer than %d characters", o.NSIfname, unix.IFNAMSIZ-1)
+	}
 	if o.NSMAC != "" {
 		if _, err := net.ParseMAC(o.NSMAC); err != nil {
 			return p, fmt.Errorf("--ns-mac-addr: %v", err)
