@@ -419,6 +419,9 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		default:
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
+			// Upstream (2026.03) gives them even over -a and -g: on an
+			// offline host, rootlesskit's -a 10.0.2.100 -g 10.0.2.2
+			// became 169.254.2.1 via 169.254.2.2; gopasst keeps them.
 			if !p.IsValid() {
 				p = netip.MustParsePrefix("169.254.2.1/16")
 			}
