@@ -151,7 +151,9 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		if f.gw.IsValid() && !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
 			// Without a default route to copy (none asked for, or the
 			// host's has a path through another interface), one through
-			// the gateway, if there is one. On-link: the gateway may lie
+			// the gateway, if there is one: upstream's pasta leaves the
+			// namespace of a host whose default route spreads over two
+			// interfaces with none at all. On-link: the gateway may lie
 			// outside a narrow prefix, as it does when the host's address
 			// is a /32 (a link-local one is on-link anyway, and pasta
 			// does not say it).
