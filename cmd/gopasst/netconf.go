@@ -99,9 +99,9 @@ func scanFields(path string, fn func([]string) bool) error {
 // accepts, as the kernel lists them (IPv4's primary first), but not a
 // deprecated one (an old temporary address), as passt: pasta does not
 // copy those into the namespace, where inbound connections then went to
-// an address it lacked. passt takes the one of the longest prefix, a /32
-// alias over the address of the interface's own subnet, which leaves a
-// DHCP client its gateway off-link: gopasst keeps the primary.
+// an address it lacked. passt takes the one of the longest prefix: a /32
+// alias (a floating address a cluster moves between hosts) over the
+// address of the interface's own subnet; gopasst keeps the primary.
 func ifaceAddr(name string, keep func(netip.Addr) bool) netip.Prefix {
 	ifi, err := net.InterfaceByName(name)
 	if err != nil {
