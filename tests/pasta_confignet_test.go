@@ -288,13 +288,15 @@ func TestPastaConfigNetAddressFlags(t *testing.T) {
 	}
 }
 
-// --config-net copies a host route's metrics (its MTU) and IPv6 router
-// preference, as pasta does.
+// --config-net copies a host route's metrics (its MTU), IPv6 router
+// preference and IPv6 source prefix ("from", which was dropped, and the
+// route widened), as pasta does.
 func TestPastaConfigNetRouteAttributes(t *testing.T) {
 	needRoot(t)
 	h := newHost(t, WorldOpts{})
 	h.Run(t, "ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.3", "mtu", "1400")
 	h.Run(t, "ip", "-6", "route", "add", "2001:db8:77::/48", "via", "2001:db8:1::99", "pref", "high")
+	h.Run(t, "ip", "-6", "route", "add", "2001:db8:66::/48", "from", "2001:db8:1::/64", "via", "2001:db8:1::98")
 	ns, pid, _ := pidNetns(t, h)
 	configNet(t, h, pid)
 	if got := ns.Run(t, "ip", "route", "show", "192.0.2.0/24"); !strings.Contains(got, "mtu 1400") {
@@ -302,6 +304,9 @@ func TestPastaConfigNetRouteAttributes(t *testing.T) {
 	}
 	if got := ns.Run(t, "ip", "-6", "route", "show", "2001:db8:77::/48"); !strings.Contains(got, "pref high") {
 		t.Errorf("the route to 2001:db8:77::/48 in the namespace: %q, want pref high", got)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "2001:db8:66::/48"); !strings.Contains(got, "from 2001:db8:1::/64") {
+		t.Errorf("the route to 2001:db8:66::/48 in the namespace: %q, want from 2001:db8:1::/64", got)
 	}
 }
 
