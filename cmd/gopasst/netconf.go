@@ -95,21 +95,27 @@ func scanFields(path string, fn func([]string) bool) error {
 	return s.Err()
 }
 
-// ifaceAddrs returns the first address of an interface that keep accepts.
+// ifaceAddr returns the first address of an interface that keep
+// accepts, as the kernel lists them (IPv4's primary first), but not a
+// deprecated one (an old temporary address), as passt: pasta does not
+// copy those into the namespace, where inbound connections then went to
+// an address it lacked. passt takes the one of the longest prefix: a /32
+// alias (a floating address a cluster moves between hosts) over the
+// address of the interface's own subnet; gopasst keeps the primary.
 func ifaceAddr(name string, keep func(netip.Addr) bool) netip.Prefix {
 	ifi, err := net.InterfaceByName(name)
 	if err != nil {
 		return netip.Prefix{}
 	}
-	addrs, err := ifi.Addrs()
+	c, err := rtnl.Open()
 	if err != nil {
 		return netip.Prefix{}
 	}
+	defer c.Close()
+	addrs, _ := c.Addrs(unix.AF_UNSPEC, ifi.Index)
 	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if p, err := netip.ParsePrefix(n.String()); err == nil && keep(p.Addr()) {
-				return p
-			}
+		if a.Flags&unix.IFA_F_DEPRECATED == 0 && keep(a.Prefix.Addr()) {
+			return a.Prefix
 		}
 	}
 	return netip.Prefix{}
@@ -413,6 +419,9 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		default:
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
+			// Upstream (2026.03) gives them even over -a and -g: on an
+			// offline host, rootlesskit's -a 10.0.2.100 -g 10.0.2.2
+			// became 169.254.2.1 via 169.254.2.2; gopasst keeps them.
 			if !p.IsValid() {
 				p = netip.MustParsePrefix("169.254.2.1/16")
 			}

@@ -43,8 +43,8 @@ func pastaChildren() (int, bool) {
 	if js := os.Getenv(envNSChild); js != "" {
 		return nsChild(js), true
 	}
-	if js := os.Getenv(envPastaAgent); js != "" {
-		return pastaAgent(js), true
+	if os.Getenv(envPastaAgent) != "" {
+		return pastaAgent(), true
 	}
 	return 0, false
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -31,11 +32,17 @@ import (
 // /proc/net tables (auto). It keeps CAP_NET_BIND_SERVICE alone, serves
 // under a seccomp filter of its own, and ends with the helper.
 
-const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent: its nsPlan, as JSON
+const envPastaAgent = "GOPASST_PASTA_AGENT" // set in the agent
 
 const agentSock = 3 // the agent's end of its socket to the helper
 
-const agentSpliceSock = 4 // the agent's end of its socket to the engine, for the loopback path
+// agentPlan is the agent's nsPlan, as JSON, in a memfd: not in its
+// environment, where one string may take 128 KiB, which a host's
+// template with a thousand routes passed, and nsenter's exec failed
+// (E2BIG).
+const agentPlan = 4
+
+const agentSpliceSock = 5 // the agent's end of its socket to the engine, for the loopback path
 
 const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its tap
 
@@ -58,6 +65,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		Config: o.ConfigNet, MTU: cfg.MTU}
 	if cfg.NoMTUOption {
 		p.MTU = 0
+	}
+	if len(o.NSIfname) >= unix.IFNAMSIZ {
+		// As upstream refuses it, named: the tap's ioctl said only
+		// "invalid argument", from the namespace's set-up.
+		return p, fmt.Errorf("--ns-ifname: invalid interface name %q: longer than %d characters", o.NSIfname, unix.IFNAMSIZ-1)
 	}
 	if o.NSMAC != "" {
 		if _, err := net.ParseMAC(o.NSMAC); err != nil {
@@ -127,7 +139,11 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			// through the template, as pasta copies it.
 			for _, r := range host {
 				if r.Type == unix.RTN_UNICAST && !slices.ContainsFunc(r.Nexthops, func(h rtnl.Nexthop) bool { return h.Index != index }) {
-					r.PrefSrc = netip.Addr{}
+					// Of the flags, onlink alone means something to a
+					// new route: the kernel reports the others (linkdown
+					// and dead, where the template has no carrier) and
+					// refuses a route that carries them.
+					r.PrefSrc, r.Flags = netip.Addr{}, r.Flags&unix.RTNH_F_ONLINK
 					routes = append(routes, r)
 				}
 			}
@@ -135,7 +151,9 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		if f.gw.IsValid() && !slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst.Bits() == 0 }) {
 			// Without a default route to copy (none asked for, or the
 			// host's has a path through another interface), one through
-			// the gateway, if there is one. On-link: the gateway may lie
+			// the gateway, if there is one: upstream's pasta leaves the
+			// namespace of a host whose default route spreads over two
+			// interfaces with none at all. On-link: the gateway may lie
 			// outside a narrow prefix, as it does when the host's address
 			// is a /32 (a link-local one is on-link anyway, and pasta
 			// does not say it).
@@ -193,7 +211,19 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 	}
 	child := os.NewFile(uintptr(pair[1]), "agent")
 	defer child.Close()
-	files, splice := []*os.File{child}, -1
+	planFd, err := unix.MemfdCreate("gopasst-agent-plan", unix.MFD_CLOEXEC)
+	if err != nil {
+		unix.Close(pair[0])
+		return nil, -1, fmt.Errorf("the agent's plan: %v", err)
+	}
+	planFile := os.NewFile(uintptr(planFd), "agent plan")
+	defer planFile.Close()
+	js, _ := json.Marshal(plan)
+	if _, err := planFile.Write(js); err != nil {
+		unix.Close(pair[0])
+		return nil, -1, fmt.Errorf("the agent's plan: %v", err)
+	}
+	files, splice := []*os.File{child, planFile}, -1
 	if plan.Splice != nil {
 		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -204,9 +234,8 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 		defer f.Close()
 		files, splice = append(files, f), sp[0]
 	}
-	js, _ := json.Marshal(plan)
 	cmd := exec.Command(nsenterPath, append(args, "--", self)...)
-	cmd.Env = append(os.Environ(), envPastaAgent+"="+string(js))
+	cmd.Env = append(os.Environ(), envPastaAgent+"=1")
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
@@ -383,13 +412,15 @@ func (c *listenCache) listens(k fwdPort) bool {
 
 // pastaAgent runs in the namespaces: it sets them up as planned, then
 // serves the helper until it goes, and the engine's loopback path.
-func pastaAgent(js string) int {
-	var plan nsPlan
-	err := json.Unmarshal([]byte(js), &plan)
+func pastaAgent() int {
+	plan, err := readPlan(agentPlan)
 	tap := -1
 	var tables map[string]agentTable
 	if t := os.Getenv(envAgentTap); t != "" && err == nil {
-		tap, err = strconv.Atoi(t) // set up, and confined by keepOnlyBindCap
+		// Set up, and confined by keepOnlyBindCap; the plan, read
+		// again, is closed.
+		unix.Close(agentPlan)
+		tap, err = strconv.Atoi(t)
 		unix.CloseOnExec(tap)
 		tables = openAgentTables()
 		if err == nil {
@@ -408,6 +439,27 @@ func pastaAgent(js string) int {
 		}
 	}
 	return serveAgent(agentSock, tap, err, tables)
+}
+
+// readPlan reads the agent's plan from fd, from its start.
+func readPlan(fd int) (nsPlan, error) {
+	var plan nsPlan
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return plan, fmt.Errorf("the agent's plan: %v", err)
+	}
+	b := make([]byte, st.Size)
+	for off := 0; off < len(b); {
+		n, err := unix.Pread(fd, b[off:], int64(off))
+		if n <= 0 {
+			return plan, fmt.Errorf("the agent's plan: %v", cmp.Or(err, io.ErrUnexpectedEOF))
+		}
+		off += n
+	}
+	if err := json.Unmarshal(b, &plan); err != nil {
+		return plan, fmt.Errorf("the agent's plan: %v", err)
+	}
+	return plan, nil
 }
 
 // spliceTables are the UDP tables, if the loopback path is -u auto, and

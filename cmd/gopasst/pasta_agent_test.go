@@ -451,3 +451,18 @@ func FuzzSpliceRequest(f *testing.F) {
 		}
 	})
 }
+
+// An -I name longer than an interface name may be is refused before the
+// agent starts, naming the option, as upstream refuses it; 15 characters
+// are taken.
+func TestPlanNSIfnameLength(t *testing.T) {
+	for name, ok := range map[string]bool{"abcdefghijklmno": true, "abcdefghijklmnop": false} {
+		p, err := planNS(&pastaOptions{NSIfname: name}, netSetup{})
+		if ok && (err != nil || p.Ifname != name) {
+			t.Errorf("-I %s: %q, %v; want it taken", name, p.Ifname, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "--ns-ifname") || !strings.Contains(err.Error(), name)) {
+			t.Errorf("-I %s: %v; want it refused, named", name, err)
+		}
+	}
+}

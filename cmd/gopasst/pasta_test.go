@@ -260,8 +260,8 @@ func TestAutoUDPFollowsTCP(t *testing.T) {
 }
 
 // -u ~8000 names 65534 ports: the agent's plan keeps them as ranges,
-// small enough for its environment (a list of them made nsenter's exec
-// fail with E2BIG), and the loopback path still finds each.
+// small (a list of them, in the agent's environment then, made
+// nsenter's exec fail with E2BIG), and the loopback path still finds each.
 func TestSpliceRulesWideSpec(t *testing.T) {
 	o := &pastaOptions{}
 	for _, spec := range []string{"~8000", "53,5353-5355"} {

@@ -30,6 +30,7 @@ type Addr struct {
 // Route is one route of the main table.
 type Route struct {
 	Dst      netip.Prefix // the family's zero-length prefix for a default route
+	Src      netip.Prefix // an IPv6 source-specific route's source prefix ("from"), or invalid
 	Gateway  netip.Addr   // invalid when on-link
 	PrefSrc  netip.Addr
 	Index    int
@@ -172,6 +173,10 @@ func (c *Conn) AddRoute(r Route) error {
 	msg := rtmsg(family, r.Dst.Bits(), r.Protocol, r.Scope, r.Type, r.Flags)
 	if r.Dst.Bits() > 0 {
 		msg = attr(msg, unix.RTA_DST, r.Dst.Addr().AsSlice())
+	}
+	if r.Src.IsValid() {
+		(*unix.RtMsg)(unsafe.Pointer(&msg[0])).Src_len = uint8(r.Src.Bits())
+		msg = attr(msg, unix.RTA_SRC, r.Src.Addr().AsSlice())
 	}
 	if r.Gateway.IsValid() {
 		msg = attr(msg, unix.RTA_GATEWAY, r.Gateway.AsSlice())
@@ -434,6 +439,10 @@ func ParseRoutes(b []byte) ([]Route, error) {
 			case unix.RTA_DST:
 				if a := ip(m.Family, d); a.IsValid() {
 					dst = a
+				}
+			case unix.RTA_SRC:
+				if a := ip(m.Family, d); a.IsValid() && int(m.Src_len) <= a.BitLen() {
+					r.Src = netip.PrefixFrom(a, int(m.Src_len))
 				}
 			case unix.RTA_GATEWAY:
 				r.Gateway = ip(m.Family, d)
