@@ -1,6 +1,8 @@
 package slirp
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"net/netip"
 	"time"
 
@@ -53,12 +55,18 @@ type fragPool struct {
 	outID uint32 // the identification of the last datagram sent the guest in fragments
 }
 
-// init gives each slot its buffer, at start: reassembly allocates nothing.
+// init gives each slot its buffer, at start: reassembly allocates
+// nothing. The identifications of what goes to the guest in fragments
+// start at random (RFC 7739), not where the engine before, whose
+// fragments a migrated or reconnected guest may still hold, started.
 func (p *fragPool) init() {
 	mem := make([]byte, fragSlots*fragMaxLen)
 	for i := range p.slots {
 		p.slots[i].buf = mem[i*fragMaxLen : (i+1)*fragMaxLen : (i+1)*fragMaxLen]
 	}
+	var id [4]byte
+	rand.Read(id[:])
+	p.outID = binary.LittleEndian.Uint32(id[:])
 }
 
 // frag4Input takes an IPv4 fragment from the guest.
