@@ -424,9 +424,12 @@ func logName(argv0 string) string {
 
 // openLog is the engine's logger: the bounded log file the helper opened
 // (logFd, or -1), else standard error in the foreground, else syslog,
-// connected now: the sandbox has no /dev/log.
+// connected now: the sandbox has no /dev/log. Standard error has no
+// timestamps but with --debug or --trace, as passt's: callers read its
+// lines (startSummary).
 func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	var out io.Writer = io.Discard
+	flags := log.LstdFlags | log.Lmicroseconds
 	switch {
 	case logFd >= 0:
 		f, err := logfile.New(os.NewFile(uintptr(logFd), "log"), o.LogSize, "gopasst "+version+" log")
@@ -437,10 +440,13 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	case o.Silent:
 	case foreground || o.Stderr:
 		out = os.Stderr
+		if !o.Debug && !o.Trace {
+			flags = 0
+		}
 	default:
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, logName(os.Args[0])); err == nil {
 			out = w
 		}
 	}
-	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), nil
+	return log.New(out, "", flags), nil
 }
