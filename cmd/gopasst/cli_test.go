@@ -12,8 +12,9 @@ import (
 )
 
 // TestArgv parses every command line that libvirt, QEMU 10.1's
-// -netdev passt and the README give gopasst, and checks what each one
-// selects.
+// -netdev passt, the other programs that start passt (muvm, krunai,
+// virtual-dsm's network.sh) and the README give gopasst, and checks what
+// each one selects.
 func TestArgv(t *testing.T) {
 	for _, tc := range []struct {
 		from  string
@@ -55,6 +56,39 @@ func TestArgv(t *testing.T) {
 				o := c.Serve
 				return o.Outbound[0] == "2001:db8::9" && o.Address[0] == "192.0.2.2/24" && o.MTU == 0 &&
 					o.MapHostLoopback[0] == "none" && o.MapGuestAddr[0] == "2001:db8::88" && o.Stats == 5
+			}},
+		// muvm (AsahiLinux/muvm crates/muvm/src/net.rs, 2026-07): one end
+		// of a socketpair, dup'ed to any number; -p 8080:80 and
+		// -p 127.0.0.1:5353:53/udp; then --passt-args, here its help's
+		// example.
+		{"muvm", "-q -f --fd 5 -t 8080-8080:80-80 -u 127.0.0.1/5353-5353:53-53 -l 'my log file.txt'", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				_, err := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return o.Quiet && o.Foreground && o.Fd == 5 && o.LogFile == "my log file.txt" && err == nil &&
+					o.UDPPorts[0] == "127.0.0.1/5353-5353:53-53"
+			}},
+		// krunai (slp/krunai src/passt.rs, 2026): IPv4 only, SSH forwarded;
+		// it parses the start-up summary (tests/ TestKrunaiStartup).
+		{"krunai", "--fd 7 --foreground -4 -t 2222:22", "serve",
+			func(c *cli) bool {
+				return c.Serve.Fd == 7 && c.Serve.Foreground && c.Serve.IPv4 && c.Serve.TCPPorts[0] == "2222:22"
+			}},
+		// virtual-dsm, qemus/qemu, dockur/windows (src/network.sh,
+		// configurePasst, 2026): PASST_OPTS (empty) first, a dotted
+		// netmask, forwards bound to the container's interface, the MAC
+		// of their gateway; daemonized, and run again without -q to show
+		// why if that fails.
+		{"virtual-dsm network.sh", "-4 -a 172.30.0.2 -g 172.30.0.1 -n 255.255.255.0 -m 1500 -t %eth0/22,5000,5001 " +
+			"-u %eth0/514 -H VirtualDSM -M 02:42:ac:1e:00:01 -P /var/run/passt.pid -s /tmp/passt.socket -l /var/log/passt.log -q", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				ns, err := buildConfig(&o.NetOptions, hostState{"/nonexistent", nil})
+				_, perr := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return err == nil && perr == nil && checkModes("-t", o.TCPPorts, false, false) == nil && ns.Addr4 == netip.MustParseAddr("172.30.0.2") && ns.Prefix4 == 24 &&
+					ns.Gateway4 == netip.MustParseAddr("172.30.0.1") && ns.MTU == 1500 && ns.Hostname == "VirtualDSM" &&
+					ns.OurMAC == [6]byte{2, 0x42, 0xac, 0x1e, 0, 1} && o.PidFile == "/var/run/passt.pid" && o.Quiet &&
+					slices.Equal(o.TCPPorts, []string{"%eth0/22,5000,5001"})
 			}},
 		{"passt's --socket-path", "--socket-path /tmp/p.sock", "serve", func(c *cli) bool { return c.Serve.Socket == "/tmp/p.sock" }},
 		{"README: run for a guest", "--socket /tmp/gopasst.sock", "serve",

@@ -157,9 +157,9 @@ func (o *pastaOptions) forwards() (pastaForwards, error) {
 	return f, err
 }
 
-// pastaConfig is the engine's configuration in pasta mode.
-func pastaConfig(o *pastaOptions) (netSetup, error) {
-	cfg, err := buildConfig(&o.NetOptions, thisHost)
+// pastaConfig is the engine's configuration in pasta mode, on host.
+func pastaConfig(o *pastaOptions, host hostState) (netSetup, error) {
+	cfg, err := buildConfig(&o.NetOptions, host)
 	// DHCP, DHCPv6 and RAs name resolvers and search domains in pasta
 	// mode only when asked: the namespace has the host's resolv.conf.
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
@@ -181,7 +181,7 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	cfg, err := pastaConfig(o)
+	cfg, err := pastaConfig(o, thisHost)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
