@@ -12,8 +12,8 @@ import (
 )
 
 // TestArgv parses every command line that libvirt, QEMU 10.1's
-// -netdev passt, the other programs that start passt (muvm, krunai,
-// virtual-dsm's network.sh) and the README give gopasst, and checks what
+// -netdev passt, the other programs that start passt (KubeVirt through
+// libvirt, muvm, krunai, virtual-dsm's network.sh) and the README give gopasst, and checks what
 // each one selects.
 func TestArgv(t *testing.T) {
 	for _, tc := range []struct {
@@ -56,6 +56,28 @@ func TestArgv(t *testing.T) {
 				o := c.Serve
 				return o.Outbound[0] == "2001:db8::9" && o.Address[0] == "192.0.2.2/24" && o.MTU == 0 &&
 					o.MapHostLoopback[0] == "none" && o.MapGuestAddr[0] == "2001:db8::88" && o.Stats == 5
+			}},
+		// KubeVirt's passt binding (cmd/sidecars/network-passt-binding
+		// domain/configurator.go) gives libvirt <source dev='eth0'/>, a
+		// logFile, and <portForward proto='tcp|udp' dev='eth0'/>: without
+		// ports, no ranges, which libvirt writes as "all" (its dev only
+		// with an address); with Istio, its reserved ports excluded
+		// before the VM's own.
+		{"KubeVirt passt binding, no ports", "--one-off --socket /var/run/libvirt/qemu/run/passt/1-default_vmi-net0.socket " +
+			"--pid /var/run/libvirt/qemu/run/passt/1-default_vmi-net0-passt.pid --log-file /var/run/kubevirt/passt.log " +
+			"--interface eth0 --tcp-ports all --udp-ports all", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				return o.Interface == "eth0" && o.LogFile == "/var/run/kubevirt/passt.log" &&
+					checkModes("-t", o.TCPPorts, false, false) == nil && o.UDPPorts[0] == "all"
+			}},
+		{"KubeVirt passt binding, Istio and ports", "--one-off --socket /var/run/libvirt/qemu/run/passt/1-default_vmi-net0.socket " +
+			"--pid /var/run/libvirt/qemu/run/passt/1-default_vmi-net0-passt.pid --log-file /var/run/kubevirt/passt.log " +
+			"--interface eth0 --tcp-ports ~15000,~15001,~15004,~15006,~15008,~15009,~15020,~15021,~15053,~15090,8080 --udp-ports 5353", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				_, err := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return err == nil && checkModes("-t", o.TCPPorts, false, false) == nil && strings.HasSuffix(o.TCPPorts[0], ",8080")
 			}},
 		// muvm (AsahiLinux/muvm crates/muvm/src/net.rs, 2026-07): one end
 		// of a socketpair, dup'ed to any number; -p 8080:80 and

@@ -66,6 +66,17 @@ func TestPastaCommandLines(t *testing.T) {
 			func(f pastaForwards, c slirp.Config) bool {
 				return f.tcp.auto && f.udp.auto && !c.HostLoopback(false).IsValid() && dnsTo(c, "10.0.2.3")
 			}},
+		// nerdctl (extras/rootless/containerd-rootless.sh) with
+		// CONTAINERD_ROOTLESS_ROOTLESSKIT_NET=pasta: MTU 1500 (65520 only
+		// for slirp4netns), the builtin port driver, host loopback
+		// disabled, --detach-netns.
+		{"nerdctl containerd-rootless.sh", "--stderr --ns-ifname=tap0 --mtu=1500 --config-net --address=10.0.2.100 --netmask=24 " +
+			"--gateway=10.0.2.2 --dns-forward=10.0.2.3 --no-map-gw --ipv4-only --tcp-ports=none --udp-ports=none --host-lo-to-ns-lo " +
+			"--userns=/proc/4242/ns/user --netns=/run/user/1000/containerd-rootless/netns",
+			func(o *pastaOptions) bool { return o.MTU == 1500 && o.Netns != "" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return c.MTU == 1500 && !f.tcp.auto && !f.udp.auto && !c.HostLoopback(false).IsValid()
+			}},
 		{"podman 5", "--config-net -t 18082-18082:80-80 --dns-forward 169.254.1.1 -u none -T none -U none --no-map-gw --quiet " +
 			"--netns /run/user/1000/netns/netns-x --pid /run/p.pid",
 			func(o *pastaOptions) bool {
