@@ -148,6 +148,19 @@ func TestPastaCommandLines(t *testing.T) {
 			}, nil},
 		{"command without --", "--config-net ip addr show",
 			func(o *pastaOptions) bool { return o.isCommand() && strings.Join(o.Target, " ") == "ip addr show" }, nil},
+		// getopt takes the "--" that ends the options: a PID after it is
+		// a PID still, and --netns with nothing after "--" is --netns
+		// alone. gopasst ran "4242" as a command, and refused the other.
+		{"-- PID", "--config-net -t none -- 4242",
+			func(o *pastaOptions) bool {
+				t, cmd, err := o.target()
+				return err == nil && cmd == nil && t.net == "/proc/4242/ns/net" && t.pid == 4242
+			}, nil},
+		{"--netns then --", "--config-net --netns /run/user/1000/netns/x --",
+			func(o *pastaOptions) bool {
+				t, cmd, err := o.target()
+				return err == nil && cmd == nil && t.file == "/run/user/1000/netns/x"
+			}, nil},
 		// getopt's "+": options stop at the first word that is not one,
 		// so those after a PID make it a command.
 		{"options after the PID", "--config-net 4242 -t 80",
