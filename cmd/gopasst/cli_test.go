@@ -180,6 +180,45 @@ func TestPasstModeOptions(t *testing.T) {
 	}
 }
 
+// TestAbbreviations: a long option may be shortened to any prefix that
+// names it alone, as passt's and pasta's getopt_long take it ("--ipv4"
+// for --ipv4-only, each tried on upstream's 2026.03 binaries); gopasst
+// refused them all. A prefix of several is refused; words after the
+// options are the command's, untouched.
+func TestAbbreviations(t *testing.T) {
+	for _, tc := range []struct {
+		argv  string
+		check func(*cli) bool
+	}{
+		{"pasta --ipv4 --config --ns-if tap0 --map-guest 169.254.1.2 --host-lo --quie --fore --trac --log-f /tmp/l --no-map",
+			func(c *cli) bool {
+				o := c.Pasta
+				return o.IPv4 && o.ConfigNet && o.NSIfname == "tap0" && o.MapGuestAddr[0] == "169.254.1.2" && o.HostLoToNsLo &&
+					o.Quiet && o.Foreground && o.Trace && o.LogFile == "/tmp/l" && o.NoMapGW
+			}},
+		{"pasta --ipv6 --ns-mac=02:00:00:00:00:01 -fP/tmp/p --dns-f 10.0.2.3 -- sh --ipv4",
+			func(c *cli) bool {
+				o := c.Pasta
+				return o.IPv6 && o.NSMAC == "02:00:00:00:00:01" && o.PidFile == "/tmp/p" && o.DNSForward[0] == "10.0.2.3" &&
+					slices.Equal(o.Target, []string{"--", "sh", "--ipv4"})
+			}},
+		{"--sock /tmp/s --one --vhost", func(c *cli) bool { return c.Serve.Socket == "/tmp/s" && c.Serve.OneOff && c.Serve.VhostUser }},
+	} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, splitTest(tc.argv), &out, &out); done || !tc.check(&c) {
+			t.Errorf("%q: done %v, exit %d, %s, %+v", tc.argv, done, code, out.String(), c)
+		}
+	}
+	for _, argv := range []string{"pasta --tcp auto", "--map 192.0.2.7", "pasta --no-dhcp-"} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, splitTest(argv), &out, &out); !done || code != 1 || !strings.Contains(out.String(), "is ambiguous") {
+			t.Errorf("%q: done %v, exit %d, %q; want ambiguous", argv, done, code, out.String())
+		}
+	}
+}
+
 // qemuPasstArgv is what QEMU 10.1's net_passt_decode_args (net/passt.c)
 // gives passt for a -netdev passt with every option set, in its order:
 // the options QEMU names, then param= words (here --debug and --pcap),
