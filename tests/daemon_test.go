@@ -243,6 +243,25 @@ func TestSyslogName(t *testing.T) {
 	defer l.Close()
 	os.Chmod(dir, 0o755)
 	os.Chmod(logSock, 0o666) // the engine logs as nobody
+	// Read as a syslog daemon does, from the start: the engine logs its
+	// start-up summary a line a message, as passt, more than the socket
+	// queues (net.unix.max_dgram_qlen, 10), and waits for room before it
+	// is ready.
+	first := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := l.Read(buf)
+			if err != nil {
+				close(first)
+				return
+			}
+			select {
+			case first <- string(buf[:n]):
+			default:
+			}
+		}
+	}()
 	passt := filepath.Join(dir, "passt")
 	if err := os.Symlink(gopasstBin, passt); err != nil {
 		t.Fatal(err)
@@ -262,13 +281,12 @@ func TestSyslogName(t *testing.T) {
 		}
 	}()
 	l.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4096)
-	n, err := l.Read(buf)
-	if err != nil {
-		t.Fatalf("no syslog message: %v", err)
+	msg, ok := <-first
+	if !ok {
+		t.Fatal("no syslog message")
 	}
 	// "<PRI>TIMESTAMP TAG[PID]: MESSAGE"
-	if msg := string(buf[:n]); !strings.Contains(msg, " passt[") {
+	if !strings.Contains(msg, " passt[") {
 		t.Errorf("syslog message %q, want passt's name", msg)
 	}
 }
