@@ -243,6 +243,25 @@ func TestSyslogName(t *testing.T) {
 	defer l.Close()
 	os.Chmod(dir, 0o755)
 	os.Chmod(logSock, 0o666) // the engine logs as nobody
+	// Read as a syslog daemon does, from the start: the engine logs its
+	// start-up summary a line a message, as passt, more than the socket
+	// queues (net.unix.max_dgram_qlen, 10), and waits for room before it
+	// is ready.
+	first := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := l.Read(buf)
+			if err != nil {
+				close(first)
+				return
+			}
+			select {
+			case first <- string(buf[:n]):
+			default:
+			}
+		}
+	}()
 	passt := filepath.Join(dir, "passt")
 	if err := os.Symlink(gopasstBin, passt); err != nil {
 		t.Fatal(err)
@@ -262,13 +281,12 @@ func TestSyslogName(t *testing.T) {
 		}
 	}()
 	l.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4096)
-	n, err := l.Read(buf)
-	if err != nil {
-		t.Fatalf("no syslog message: %v", err)
+	msg, ok := <-first
+	if !ok {
+		t.Fatal("no syslog message")
 	}
 	// "<PRI>TIMESTAMP TAG[PID]: MESSAGE"
-	if msg := string(buf[:n]); !strings.Contains(msg, " passt[") {
+	if !strings.Contains(msg, " passt[") {
 		t.Errorf("syslog message %q, want passt's name", msg)
 	}
 }
@@ -390,6 +408,100 @@ func TestFdOption(t *testing.T) {
 	expectARPReply(t, c)
 	c.Close()
 	waitFor(t, "the daemon to exit when its socket closes", func() bool { return syscall.Kill(p, 0) != nil })
+}
+
+// TestKrunaiStartup starts passt as krunai (github.com/slp/krunai,
+// src/passt.rs) does: "--fd N --foreground -4 -t PORT:22" with one end
+// of a socketpair, standard error piped. krunai takes the guest's
+// address, router and mask from the "DHCP:" block passt prints there,
+// and fails to start the VM without it: gopasst printed its own summary,
+// with timestamps, which krunai could not parse. Where there is an
+// upstream passt, its blocks (from "MAC:" on) are gopasst's. (With IPv6
+// they differ where the host has only IPv4 resolvers: gopasst gives the
+// IPv6 guest a stand-in, as TestDiffGuest's knownDiffs say.)
+func TestKrunaiStartup(t *testing.T) {
+	needRoot(t)
+	h := newHost(t, WorldOpts{})
+	start := func(bin string, args ...string) string {
+		pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs := os.NewFile(uintptr(pair[1]), "passt")
+		cmd := h.Cmd(bin, append([]string{"--fd", "3", "--foreground"}, args...)...)
+		cmd.ExtraFiles = []*os.File{theirs}
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		theirs.Close()
+		// krunai reads the block while passt serves; here the VM's end
+		// closes first, so that passt (--fd implies --one-off) exits and
+		// its whole output is read.
+		syscall.Close(pair[0])
+		cmd.Wait()
+		return stderr.String()
+	}
+	out := start(gopasstBin, "-4", "-t", "2222:22")
+	if ip, router, mask := krunaiParse(out); ip != hostAddr || router != hostGW || mask != "255.255.255.0" {
+		t.Errorf("krunai parses guest %q, router %q, mask %q; want %s, %s, 255.255.255.0 from:\n%s",
+			ip, router, mask, hostAddr, hostGW, out)
+	}
+	passt := os.Getenv("PASST")
+	if passt == "" {
+		return
+	}
+	if want := summaryBlocks(start(passt, "-4", "-t", "2222:22")); summaryBlocks(out) != want || want == "" {
+		t.Errorf("gopasst prints\n%s\nupstream passt\n%s", summaryBlocks(out), want)
+	}
+}
+
+// summaryBlocks is passt's start-up summary: from "MAC:", the titles
+// (ending in ':') and lines indented by four, up to the forwards.
+func summaryBlocks(out string) string {
+	var b []string
+	for _, l := range strings.Split(out, "\n") {
+		if l == "MAC:" || len(b) > 0 && (strings.HasPrefix(l, "    ") || strings.HasSuffix(l, ":") && !strings.HasPrefix(l, "Inbound")) {
+			b = append(b, l)
+		} else if len(b) > 0 {
+			break
+		}
+	}
+	return strings.Join(b, "\n")
+}
+
+// krunaiParse is krunai's parse_passt_dhcp_info: after a line containing
+// "DHCP:", the trimmed lines that start with "assign:", "router:" and
+// "mask:", until a line that is none of those, "search:" or "dns:".
+func krunaiParse(out string) (ip, router, mask string) {
+	in := false
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "DHCP:") {
+			in = true
+			continue
+		}
+		if !in {
+			continue
+		}
+		tr := strings.TrimSpace(line)
+		key, val, _ := strings.Cut(tr, ":")
+		switch key {
+		case "assign":
+			ip = strings.TrimSpace(val)
+		case "router":
+			router = strings.TrimSpace(val)
+		case "mask":
+			mask = strings.TrimSpace(val)
+		case "search", "dns":
+		default:
+			in = false
+		}
+		if ip != "" && router != "" {
+			break
+		}
+	}
+	return ip, router, mask
 }
 
 // expectRemoved waits for gopasst's helper, which outlives the engine by

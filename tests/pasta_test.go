@@ -204,6 +204,10 @@ const rootlessKit = "v2.3.6"
 // namespace reaches a host server through the gateway, and the host
 // reaches a server the namespace starts later, through -t auto; with
 // --detach-netns, pasta joins the namespace by --userns and --netns.
+// Docker rootless's flags (moby contrib/dockerd-rootless.sh, 2026-08, its
+// defaults for --net=pasta) add --disable-host-loopback, which rootlesskit
+// passes on as --no-map-gw: the gateway no longer reaches the host's
+// loopback, and the rest works.
 func TestPastaRootlesskit(t *testing.T) {
 	needRoot(t)
 	needReachable(t)
@@ -217,8 +221,11 @@ func TestPastaRootlesskit(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	for _, detach := range []string{"", "--detach-netns"} {
-		t.Run(cmp.Or(detach, "pid"), func(t *testing.T) {
+	const docker = "--mtu=65520 --slirp4netns-sandbox=auto --slirp4netns-seccomp=auto --disable-host-loopback " +
+		"--copy-up=/etc --copy-up=/run --propagation=rslave --detach-netns"
+	for _, detach := range []string{"", "--detach-netns", docker} {
+		name := map[string]string{"": "pid", docker: "dockerd-rootless"}[detach]
+		t.Run(cmp.Or(name, detach), func(t *testing.T) {
 			h := newHost(t, WorldOpts{})
 			pasta := pastaLink(t)
 			d := sharedDir(t)
@@ -289,10 +296,13 @@ func TestPastaRootlesskit(t *testing.T) {
 				t.Fatalf("rootlesskit did not exit after its command")
 			}
 			o := out.String()
-			for _, want := range []string{"ADDR     inet 10.0.2.100/24", "mtu 65520", "ROUTE default via 10.0.2.2 dev tap0", "HOST host"} {
+			for _, want := range []string{"ADDR     inet 10.0.2.100/24", "mtu 65520", "ROUTE default via 10.0.2.2 dev tap0"} {
 				if !strings.Contains(o, want) {
 					t.Errorf("the namespace's output lacks %q", want)
 				}
+			}
+			if reached := strings.Contains(o, "HOST host"); reached != (detach != docker) {
+				t.Errorf("the host's loopback server reached through the gateway: %v, want %v", reached, detach != docker)
 			}
 			waitLong(t, "pasta to exit with rootlesskit", 30*time.Second, func() bool { return len(mentioning(d, pastaExe())) == 0 })
 		})

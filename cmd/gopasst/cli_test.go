@@ -12,8 +12,9 @@ import (
 )
 
 // TestArgv parses every command line that libvirt, QEMU 10.1's
-// -netdev passt and the README give gopasst, and checks what each one
-// selects.
+// -netdev passt, the other programs that start passt (KubeVirt through
+// libvirt, muvm, krunai, virtual-dsm's network.sh) and the README give gopasst, and checks what
+// each one selects.
 func TestArgv(t *testing.T) {
 	for _, tc := range []struct {
 		from  string
@@ -55,6 +56,61 @@ func TestArgv(t *testing.T) {
 				o := c.Serve
 				return o.Outbound[0] == "2001:db8::9" && o.Address[0] == "192.0.2.2/24" && o.MTU == 0 &&
 					o.MapHostLoopback[0] == "none" && o.MapGuestAddr[0] == "2001:db8::88" && o.Stats == 5
+			}},
+		// KubeVirt's passt binding (cmd/sidecars/network-passt-binding
+		// domain/configurator.go) gives libvirt <source dev='eth0'/>, a
+		// logFile, and <portForward proto='tcp|udp' dev='eth0'/>: without
+		// ports, no ranges, which libvirt writes as "all" (its dev only
+		// with an address); with Istio, its reserved ports excluded
+		// before the VM's own.
+		{"KubeVirt passt binding, no ports", "--one-off --socket /var/run/libvirt/qemu/run/passt/1-default_vmi-net0.socket " +
+			"--pid /var/run/libvirt/qemu/run/passt/1-default_vmi-net0-passt.pid --log-file /var/run/kubevirt/passt.log " +
+			"--interface eth0 --tcp-ports all --udp-ports all", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				return o.Interface == "eth0" && o.LogFile == "/var/run/kubevirt/passt.log" &&
+					checkModes("-t", o.TCPPorts, false, false) == nil && o.UDPPorts[0] == "all"
+			}},
+		{"KubeVirt passt binding, Istio and ports", "--one-off --socket /var/run/libvirt/qemu/run/passt/1-default_vmi-net0.socket " +
+			"--pid /var/run/libvirt/qemu/run/passt/1-default_vmi-net0-passt.pid --log-file /var/run/kubevirt/passt.log " +
+			"--interface eth0 --tcp-ports ~15000,~15001,~15004,~15006,~15008,~15009,~15020,~15021,~15053,~15090,8080 --udp-ports 5353", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				_, err := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return err == nil && checkModes("-t", o.TCPPorts, false, false) == nil && strings.HasSuffix(o.TCPPorts[0], ",8080")
+			}},
+		// muvm (AsahiLinux/muvm crates/muvm/src/net.rs, 2026-07): one end
+		// of a socketpair, dup'ed to any number; -p 8080:80 and
+		// -p 127.0.0.1:5353:53/udp; then --passt-args, here its help's
+		// example.
+		{"muvm", "-q -f --fd 5 -t 8080-8080:80-80 -u 127.0.0.1/5353-5353:53-53 -l 'my log file.txt'", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				_, err := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return o.Quiet && o.Foreground && o.Fd == 5 && o.LogFile == "my log file.txt" && err == nil &&
+					o.UDPPorts[0] == "127.0.0.1/5353-5353:53-53"
+			}},
+		// krunai (slp/krunai src/passt.rs, 2026): IPv4 only, SSH forwarded;
+		// it parses the start-up summary (tests/ TestKrunaiStartup).
+		{"krunai", "--fd 7 --foreground -4 -t 2222:22", "serve",
+			func(c *cli) bool {
+				return c.Serve.Fd == 7 && c.Serve.Foreground && c.Serve.IPv4 && c.Serve.TCPPorts[0] == "2222:22"
+			}},
+		// virtual-dsm, qemus/qemu, dockur/windows (src/network.sh,
+		// configurePasst, 2026): PASST_OPTS (empty) first, a dotted
+		// netmask, forwards bound to the container's interface, the MAC
+		// of their gateway; daemonized, and run again without -q to show
+		// why if that fails.
+		{"virtual-dsm network.sh", "-4 -a 172.30.0.2 -g 172.30.0.1 -n 255.255.255.0 -m 1500 -t %eth0/22,5000,5001 " +
+			"-u %eth0/514 -H VirtualDSM -M 02:42:ac:1e:00:01 -P /var/run/passt.pid -s /tmp/passt.socket -l /var/log/passt.log -q", "serve",
+			func(c *cli) bool {
+				o := c.Serve
+				ns, err := buildConfig(&o.NetOptions, hostState{"/nonexistent", nil})
+				_, perr := portSpecs(append(o.TCPPorts, o.UDPPorts...))
+				return err == nil && perr == nil && checkModes("-t", o.TCPPorts, false, false) == nil && ns.Addr4 == netip.MustParseAddr("172.30.0.2") && ns.Prefix4 == 24 &&
+					ns.Gateway4 == netip.MustParseAddr("172.30.0.1") && ns.MTU == 1500 && ns.Hostname == "VirtualDSM" &&
+					ns.OurMAC == [6]byte{2, 0x42, 0xac, 0x1e, 0, 1} && o.PidFile == "/var/run/passt.pid" && o.Quiet &&
+					slices.Equal(o.TCPPorts, []string{"%eth0/22,5000,5001"})
 			}},
 		{"passt's --socket-path", "--socket-path /tmp/p.sock", "serve", func(c *cli) bool { return c.Serve.Socket == "/tmp/p.sock" }},
 		{"README: run for a guest", "--socket /tmp/gopasst.sock", "serve",
@@ -120,6 +176,45 @@ func TestPasstModeOptions(t *testing.T) {
 		var out bytes.Buffer
 		if _, done, _ := parseArgs(&c, splitTest(argv), &out, &out); !done {
 			t.Errorf("%q, pasta's only, parsed in passt mode", argv)
+		}
+	}
+}
+
+// TestAbbreviations: a long option may be shortened to any prefix that
+// names it alone, as passt's and pasta's getopt_long take it ("--ipv4"
+// for --ipv4-only, each tried on upstream's 2026.03 binaries); gopasst
+// refused them all. A prefix of several is refused; words after the
+// options are the command's, untouched.
+func TestAbbreviations(t *testing.T) {
+	for _, tc := range []struct {
+		argv  string
+		check func(*cli) bool
+	}{
+		{"pasta --ipv4 --config --ns-if tap0 --map-guest 169.254.1.2 --host-lo --quie --fore --trac --log-f /tmp/l --no-map",
+			func(c *cli) bool {
+				o := c.Pasta
+				return o.IPv4 && o.ConfigNet && o.NSIfname == "tap0" && o.MapGuestAddr[0] == "169.254.1.2" && o.HostLoToNsLo &&
+					o.Quiet && o.Foreground && o.Trace && o.LogFile == "/tmp/l" && o.NoMapGW
+			}},
+		{"pasta --ipv6 --ns-mac=02:00:00:00:00:01 -fP/tmp/p --dns-f 10.0.2.3 -- sh --ipv4",
+			func(c *cli) bool {
+				o := c.Pasta
+				return o.IPv6 && o.NSMAC == "02:00:00:00:00:01" && o.PidFile == "/tmp/p" && o.DNSForward[0] == "10.0.2.3" &&
+					slices.Equal(o.Target, []string{"--", "sh", "--ipv4"})
+			}},
+		{"--sock /tmp/s --one --vhost", func(c *cli) bool { return c.Serve.Socket == "/tmp/s" && c.Serve.OneOff && c.Serve.VhostUser }},
+	} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, splitTest(tc.argv), &out, &out); done || !tc.check(&c) {
+			t.Errorf("%q: done %v, exit %d, %s, %+v", tc.argv, done, code, out.String(), c)
+		}
+	}
+	for _, argv := range []string{"pasta --tcp auto", "--map 192.0.2.7", "pasta --no-dhcp-"} {
+		var c cli
+		var out bytes.Buffer
+		if _, done, code := parseArgs(&c, splitTest(argv), &out, &out); !done || code != 1 || !strings.Contains(out.String(), "is ambiguous") {
+			t.Errorf("%q: done %v, exit %d, %q; want ambiguous", argv, done, code, out.String())
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -444,10 +445,66 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 	if cfg.Addr6.IsValid() {
 		logger.Printf("IPv6: guest %v, gateway %v, link-local %v, DNS %v", cfg.Addr6, cfg.Gateway6, cfg.OurLL6, cfg.DNS6)
 	}
+	for _, l := range startSummary(cfg.Config) {
+		logger.Print(l)
+	}
 	for _, n := range cfg.notes {
 		logger.Print(n)
 	}
 	return eng, logger, nil
+}
+
+// startSummary is what passt prints at start, in its layout (conf.c's
+// conf_print): callers parse it, as krunai takes the guest's address,
+// mask and router from the "DHCP:" block on passt's standard error.
+func startSummary(c slirp.Config) []string {
+	l := []string{"MAC:", "    host: " + net.HardwareAddr(c.OurMAC[:]).String()}
+	list := func(title string, items []string) {
+		if len(items) > 0 {
+			l = append(l, title)
+			for _, it := range items {
+				l = append(l, "    "+it)
+			}
+		}
+	}
+	strs := func(as []netip.Addr) []string {
+		var s []string
+		for _, a := range as {
+			s = append(s, a.String())
+		}
+		return s
+	}
+	if c.Addr4.IsValid() {
+		if m := c.HostLoopback(false); m.IsValid() {
+			l = append(l, "    NAT to host 127.0.0.1: "+m.String())
+		}
+		if !c.NoDHCP {
+			mask := net.IP(net.CIDRMask(c.Prefix4, 32)).String()
+			l = append(l, "DHCP:", "    assign: "+c.Addr4.String(), "    mask: "+mask, "    router: "+c.Gateway4.String())
+		}
+		list("DNS:", strs(c.DNS4))
+		list("DNS search list:", c.Search)
+	}
+	if c.Addr6.IsValid() {
+		if m := c.HostLoopback(true); m.IsValid() {
+			l = append(l, "    NAT to host ::1: "+m.String())
+		}
+		title := ""
+		switch {
+		case !c.NoNDP && !c.NoDHCPv6:
+			title = "NDP/DHCPv6:"
+		case !c.NoDHCPv6:
+			title = "DHCPv6:"
+		case !c.NoNDP:
+			title = "NDP:"
+		}
+		if title != "" {
+			l = append(l, title, "    assign: "+c.Addr6.String(), "    router: "+c.Gateway6.String(), "    our link-local: "+c.OurLL6.String())
+		}
+		list("DNS:", strs(c.DNS6))
+		list("DNS search list:", c.Search)
+	}
+	return l
 }
 
 // watchNeighbours has the engine mirror the host's neighbours on the

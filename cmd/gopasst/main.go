@@ -10,6 +10,7 @@ import (
 	"log"
 	"log/syslog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -217,7 +218,10 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 	if err != nil {
 		return nil, true, fail(stderr, "%v", err)
 	}
-	ctx, err = parser.Parse(args)
+	args, err = expandAbbreviations(parser.Model, args)
+	if err == nil {
+		ctx, err = parser.Parse(args)
+	}
 	switch {
 	case exit >= 0:
 		return nil, true, exit
@@ -227,6 +231,78 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 		return nil, true, fail(stderr, "%v", err)
 	}
 	return ctx, false, 0
+}
+
+// expandAbbreviations spells out long options as passt's getopt_long
+// takes them: a prefix of one option's name, or of names of one option
+// ("--sock" for --socket and --socket-path), stands for it ("--ipv4" is
+// --ipv4-only), a prefix of several options' is refused as ambiguous.
+// It reads passt's and pasta's options as getopt does, up to "--" or the
+// first operand, and leaves gopasst's other commands alone.
+func expandAbbreviations(app *kong.Application, args []string) ([]string, error) {
+	cmd, skip := "serve", 0 // the default command
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, skip = args[0], 1
+	}
+	var node *kong.Node
+	for _, c := range app.Children {
+		if (c.Name == "serve" || c.Name == "pasta") && (c.Name == cmd || slices.Contains(c.Aliases, cmd)) {
+			node = c
+		}
+	}
+	if node == nil {
+		return args, nil
+	}
+	long, short := map[string]*kong.Flag{}, map[rune]*kong.Flag{}
+	for _, group := range node.AllFlags(false) {
+		for _, f := range group {
+			for _, n := range append([]string{f.Name}, f.Aliases...) {
+				long[n] = f
+			}
+			if f.Short != 0 {
+				short[f.Short] = f
+			}
+		}
+	}
+	out := slices.Clone(args)
+	for i := skip; i < len(out); i++ {
+		a := out[i]
+		if a == "--" || a == "-" || !strings.HasPrefix(a, "-") {
+			break
+		}
+		if !strings.HasPrefix(a, "--") {
+			// Bundled short options: a value is the word's rest, or the
+			// next word.
+			for j, r := range a[1:] {
+				if f := short[r]; f == nil || !f.IsBool() {
+					if f != nil && j+2 == len(a) {
+						i++
+					}
+					break
+				}
+			}
+			continue
+		}
+		name, _, inline := strings.Cut(a[2:], "=")
+		f := long[name]
+		if f == nil {
+			for n, g := range long {
+				if strings.HasPrefix(n, name) && (f == nil || g == f) {
+					f = g
+				} else if strings.HasPrefix(n, name) {
+					return nil, fmt.Errorf("option '--%s' is ambiguous", name)
+				}
+			}
+			if f == nil {
+				continue // unknown: the parser says so
+			}
+			out[i] = "--" + f.Name + strings.TrimPrefix(a, "--"+name)
+		}
+		if !f.IsBool() && !inline {
+			i++
+		}
+	}
+	return out, nil
 }
 
 // migrationOption names a migration option given, if any: "--repair-path
@@ -424,9 +500,12 @@ func logName(argv0 string) string {
 
 // openLog is the engine's logger: the bounded log file the helper opened
 // (logFd, or -1), else standard error in the foreground, else syslog,
-// connected now: the sandbox has no /dev/log.
+// connected now: the sandbox has no /dev/log. Standard error has no
+// timestamps but with --debug or --trace, as passt's: callers read its
+// lines (startSummary).
 func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	var out io.Writer = io.Discard
+	flags := log.LstdFlags | log.Lmicroseconds
 	switch {
 	case logFd >= 0:
 		f, err := logfile.New(os.NewFile(uintptr(logFd), "log"), o.LogSize, "gopasst "+version+" log")
@@ -437,10 +516,13 @@ func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
 	case o.Silent:
 	case foreground || o.Stderr:
 		out = os.Stderr
+		if !o.Debug && !o.Trace {
+			flags = 0
+		}
 	default:
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, logName(os.Args[0])); err == nil {
 			out = w
 		}
 	}
-	return log.New(out, "", log.LstdFlags|log.Lmicroseconds), nil
+	return log.New(out, "", flags), nil
 }

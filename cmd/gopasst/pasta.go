@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -157,9 +156,9 @@ func (o *pastaOptions) forwards() (pastaForwards, error) {
 	return f, err
 }
 
-// pastaConfig is the engine's configuration in pasta mode.
-func pastaConfig(o *pastaOptions) (netSetup, error) {
-	cfg, err := buildConfig(&o.NetOptions, thisHost)
+// pastaConfig is the engine's configuration in pasta mode, on host.
+func pastaConfig(o *pastaOptions, host hostState) (netSetup, error) {
+	cfg, err := buildConfig(&o.NetOptions, host)
 	// DHCP, DHCPv6 and RAs name resolvers and search domains in pasta
 	// mode only when asked: the namespace has the host's resolv.conf.
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
@@ -181,7 +180,7 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	cfg, err := pastaConfig(o)
+	cfg, err := pastaConfig(o, thisHost)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -227,14 +226,24 @@ func (o *pastaOptions) inDir(dir string) {
 	}
 }
 
+// operands are the words after the options, less the "--" that ends
+// them: pasta's getopt takes it, so that "-- 4242" is a PID as "4242" is.
+func (o *pastaOptions) operands() []string {
+	if len(o.Target) > 0 && o.Target[0] == "--" {
+		return o.Target[1:]
+	}
+	return o.Target
+}
+
 func (o *pastaOptions) isCommand() bool {
-	return o.Netns == "" && !(len(o.Target) == 1 && isPID(o.Target[0]))
+	ops := o.operands()
+	return o.Netns == "" && !(len(ops) == 1 && isPID(ops[0]))
 }
 
 // isShell tells whether the command is the default, $SHELL, which pasta
 // starts as a login shell: no command given.
 func (o *pastaOptions) isShell() bool {
-	return o.isCommand() && (len(o.Target) == 0 || slices.Equal(o.Target, []string{"--"}))
+	return o.isCommand() && len(o.operands()) == 0
 }
 
 func isPID(s string) bool {
@@ -251,7 +260,7 @@ func (o *pastaOptions) target() (nsTarget, []string, error) {
 	case (o.NoCopyAddrs || o.NoCopyRoutes) && !o.ConfigNet:
 		return nsTarget{}, nil, errors.New("--no-copy-addrs and --no-copy-routes need --config-net")
 	case o.Netns != "":
-		if len(o.Target) > 0 {
+		if len(o.operands()) > 0 {
 			return nsTarget{}, nil, errors.New("--netns: no PID or command with it")
 		}
 		p := o.Netns
@@ -264,17 +273,14 @@ func (o *pastaOptions) target() (nsTarget, []string, error) {
 		}
 		return t, nil, nil
 	case !o.isCommand():
-		pid, _ := strconv.Atoi(o.Target[0])
+		pid, _ := strconv.Atoi(o.operands()[0])
 		t := nsTarget{net: fmt.Sprintf("/proc/%d/ns/net", pid), pid: pid}
 		if !o.NetnsOnly {
 			t.user = cmp.Or(o.Userns, fmt.Sprintf("/proc/%d/ns/user", pid))
 		}
 		return t, nil, nil
 	}
-	command := o.Target
-	if len(command) > 0 && command[0] == "--" {
-		command = command[1:]
-	}
+	command := o.operands()
 	if len(command) == 0 {
 		command = []string{cmp.Or(os.Getenv("SHELL"), "/bin/sh")}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -16,31 +17,156 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Pasta's callers' exact command lines parse, as pasta's.
+// Pasta's callers' exact command lines parse, as pasta's, and configure
+// what they ask for (effect: the forwards and the engine's
+// configuration, on a host with testdata's resolv.conf and no routes,
+// where passt takes local mode).
 func TestPastaCommandLines(t *testing.T) {
+	a := netip.MustParseAddr
+	dnsTo := func(c slirp.Config, fwd string) bool {
+		return c.DNSMap[a(fwd)] == netip.MustParseAddrPort("127.0.0.53:53")
+	}
 	for _, tc := range []struct {
 		from, argv string
 		check      func(o *pastaOptions) bool
+		effect     func(f pastaForwards, c slirp.Config) bool // nil: parsed only
 	}{
 		{"rootlesskit v2.3.6", "--stderr --ns-ifname=tap0 --mtu=65520 --config-net --address=10.0.2.100 --netmask=24 " +
 			"--gateway=10.0.2.2 --dns-forward=10.0.2.3 --no-map-gw --ipv4-only --tcp-ports=auto --udp-ports=auto --host-lo-to-ns-lo 4242",
 			func(o *pastaOptions) bool {
 				return o.NSIfname == "tap0" && o.MTU == 65520 && o.ConfigNet && o.Netmask == "24" && o.NoMapGW && o.IPv4 &&
 					o.TCPPorts[0] == "auto" && o.HostLoToNsLo && slices.Equal(o.Target, []string{"4242"}) && !o.isCommand()
+			},
+			func(f pastaForwards, c slirp.Config) bool {
+				return f.tcp.auto && f.udp.auto && f.tcpNS.auto && c.Addr4 == a("10.0.2.100") && c.Prefix4 == 24 &&
+					c.Gateway4 == a("10.0.2.2") && dnsTo(c, "10.0.2.3") && !c.HostLoopback(false).IsValid() && !c.Addr6.IsValid()
 			}},
 		{"rootlesskit --detach-netns", "--config-net --tcp-ports=none --udp-ports=none --userns=/proc/42/ns/user --netns=/run/user/1000/netns",
-			func(o *pastaOptions) bool { return o.Userns == "/proc/42/ns/user" && o.Netns != "" && !o.isCommand() }},
+			func(o *pastaOptions) bool { return o.Userns == "/proc/42/ns/user" && o.Netns != "" && !o.isCommand() }, nil},
+		// rootlesskit v3.0.1 (main, pkg/network/pasta/pasta.go, the same
+		// argv as v2.3.6) with --port-driver=builtin, --ipv6 and without
+		// --disable-host-loopback: ports none, IPv6 on, the gateway
+		// reaches host loopback.
+		{"rootlesskit v3.0.1 --port-driver=builtin --ipv6", "--stderr --ns-ifname=tap0 --mtu=65520 --config-net --address=10.0.2.100 " +
+			"--netmask=24 --gateway=10.0.2.2 --dns-forward=10.0.2.3 --tcp-ports=none --udp-ports=none --host-lo-to-ns-lo 4242",
+			func(o *pastaOptions) bool { return !o.IPv4 && !o.NoMapGW && o.TCPPorts[0] == "none" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return !f.tcp.auto && f.tcp.specs[0] == "none" && f.tcpNS.auto && c.HostLoopback(false) == a("10.0.2.2")
+			}},
+		// Docker rootless (moby contrib/dockerd-rootless.sh, 2026-08): its
+		// defaults, --disable-host-loopback --port-driver=implicit
+		// --detach-netns --mtu=65520, as rootlesskit v3.0.1 passes them.
+		{"dockerd-rootless.sh, rootlesskit v3.0.1", "--stderr --ns-ifname=tap0 --mtu=65520 --config-net --address=10.0.2.100 " +
+			"--netmask=24 --gateway=10.0.2.2 --dns-forward=10.0.2.3 --no-map-gw --ipv4-only --tcp-ports=auto --udp-ports=auto " +
+			"--host-lo-to-ns-lo --userns=/proc/4242/ns/user --netns=/run/user/1000/dockerd-rootless/netns",
+			func(o *pastaOptions) bool {
+				t, cmd, err := o.target()
+				return err == nil && cmd == nil && t.user == "/proc/4242/ns/user" && t.net == "/run/user/1000/dockerd-rootless/netns"
+			},
+			func(f pastaForwards, c slirp.Config) bool {
+				return f.tcp.auto && f.udp.auto && !c.HostLoopback(false).IsValid() && dnsTo(c, "10.0.2.3")
+			}},
+		// nerdctl (extras/rootless/containerd-rootless.sh) with
+		// CONTAINERD_ROOTLESS_ROOTLESSKIT_NET=pasta: MTU 1500 (65520 only
+		// for slirp4netns), the builtin port driver, host loopback
+		// disabled, --detach-netns.
+		{"nerdctl containerd-rootless.sh", "--stderr --ns-ifname=tap0 --mtu=1500 --config-net --address=10.0.2.100 --netmask=24 " +
+			"--gateway=10.0.2.2 --dns-forward=10.0.2.3 --no-map-gw --ipv4-only --tcp-ports=none --udp-ports=none --host-lo-to-ns-lo " +
+			"--userns=/proc/4242/ns/user --netns=/run/user/1000/containerd-rootless/netns",
+			func(o *pastaOptions) bool { return o.MTU == 1500 && o.Netns != "" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return c.MTU == 1500 && !f.tcp.auto && !f.udp.auto && !c.HostLoopback(false).IsValid()
+			}},
 		{"podman 5", "--config-net -t 18082-18082:80-80 --dns-forward 169.254.1.1 -u none -T none -U none --no-map-gw --quiet " +
 			"--netns /run/user/1000/netns/netns-x --pid /run/p.pid",
 			func(o *pastaOptions) bool {
 				return o.TCPPorts[0] == "18082-18082:80-80" && o.TCPNS[0] == "none" && o.Quiet && o.PidFile == "/run/p.pid"
+			}, nil},
+		// podman 5.0 (containers/common v0.58.0 libnetwork/pasta/pasta.go):
+		// the ports first, no --dns-forward but --dns none.
+		{"podman 5.0", "--config-net -t 8080-8081:80-81 -u 127.0.0.1/5353-5353:53-53 -T none -U none --no-map-gw --dns none " +
+			"--quiet --netns /run/user/1000/netns/netns-1",
+			func(o *pastaOptions) bool { return o.DNS[0] == "none" && o.Netns != "" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return f.tcp.specs[0] == "8080-8081:80-81" && f.udp.specs[0] == "127.0.0.1/5353-5353:53-53" && !f.tcpNS.auto &&
+					len(c.DNS4) == 0 && len(c.DNS6) == 0 && len(c.DNSMap) == 0 && !c.HostLoopback(false).IsValid()
+			}},
+		// podman 5.1 (containers/common v0.59.0 pasta_linux.go): the
+		// --dns-forward address 169.254.0.1; an IPv6 host address as
+		// podman writes it, without brackets.
+		{"podman 5.1", "--config-net -t ::1/8080-8080:80-80 --dns-forward 169.254.0.1 -u none -T none -U none --no-map-gw --quiet " +
+			"--netns /run/user/1000/netns/netns-1",
+			func(o *pastaOptions) bool { return o.DNSForward[0] == "169.254.0.1" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return f.tcp.specs[0] == "::1/8080-8080:80-80" && dnsTo(c, "169.254.0.1")
+			}},
+		// podman 5.2 (containers/common v0.60.0): no --quiet once the
+		// user's options (pasta_options, --network pasta:...) ask for
+		// --debug or --trace; here c/common's own test case.
+		{"podman 5.2 verbose", "--config-net --log-file=/tmp/log --trace --debug --dns-forward 169.254.0.1 -t none -u none -T none " +
+			"-U none --no-map-gw --netns netns123",
+			func(o *pastaOptions) bool { return o.LogFile == "/tmp/log" && o.Trace && o.Debug && !o.Quiet }, nil},
+		// podman 5.3 to main (containers/container-libs common, 2026-04):
+		// --map-guest-addr last, so that podman can drop it for a pasta
+		// that lacks it (TestPastaUnknownOption).
+		{"podman 5.3+, container-libs main", "--config-net --dns-forward 169.254.1.1 -t none -u none -T none -U none --no-map-gw " +
+			"--quiet --netns netns123 --map-guest-addr 169.254.1.2",
+			func(o *pastaOptions) bool { return o.MapGuestAddr[0] == "169.254.1.2" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return c.MapGuestAddr4 == a("169.254.1.2") && dnsTo(c, "169.254.1.1") && !f.tcp.auto && !f.udpNS.auto
+			}},
+		// podman's rootless bridge networks (container-libs
+		// rootlessnetns/netns_linux.go setupPasta): --pid, which podman
+		// reads to move pasta to the user's slice.
+		{"podman rootless-netns", "--config-net --pid /run/user/1000/containers/networks/rootless-netns/rootless-netns-conn.pid " +
+			"--dns-forward 169.254.1.1 -t none -u none -T none -U none --no-map-gw --quiet " +
+			"--netns /run/user/1000/containers/networks/rootless-netns/rootless-netns --map-guest-addr 169.254.1.2",
+			func(o *pastaOptions) bool {
+				return strings.HasSuffix(o.PidFile, "rootless-netns-conn.pid") && o.Netns != ""
+			}, nil},
+		// --network pasta:--map-gw,-T,80 (c/common's test case): podman
+		// drops --map-gw, so no --no-map-gw, and -T 80 keeps -T none out.
+		{"podman --map-gw -T 80", "--config-net -T 80 --dns-forward 169.254.1.1 -t none -u none -U none --quiet --netns netns123 " +
+			"--map-guest-addr 169.254.1.2",
+			func(o *pastaOptions) bool { return !o.NoMapGW && o.TCPNS[0] == "80" },
+			func(f pastaForwards, c slirp.Config) bool {
+				return !f.tcpNS.auto && f.tcpNS.specs[0] == "80" && c.HostLoopback(false).IsValid()
+			}},
+		// Options users put in pasta_options (containers.conf) or
+		// --network pasta:...: passt.1's, in getopt's spellings.
+		{"pasta_options", "--config-net -a 10.0.2.15 -n 24 -g 10.0.2.2 -I eth0 -m1500 -4 -D 10.0.2.3 -S example.test " +
+			"--no-ndp --no-dhcpv6 --no-ra --no-icmp --dns-forward 10.0.2.3 --netns netns123",
+			func(o *pastaOptions) bool { return o.NSIfname == "eth0" && o.MTU == 1500 && o.IPv4 && o.NoICMP },
+			func(f pastaForwards, c slirp.Config) bool {
+				return c.Addr4 == a("10.0.2.15") && c.Gateway4 == a("10.0.2.2") && c.MTU == 1500 && !c.Addr6.IsValid() &&
+					slices.Equal(c.DNS4, []netip.Addr{a("10.0.2.3")}) && slices.Equal(c.Search, []string{"example.test"}) &&
+					c.NoNDP && c.NoDHCPv6 && c.NoICMP
 			}},
 		{"command mode", "-I tap0 -T 8080 -U none -f -- sh -c 'exit 3'",
 			func(o *pastaOptions) bool {
 				return o.isCommand() && o.Foreground && o.Target[len(o.Target)-1] == "exit 3"
-			}},
+			}, nil},
 		{"command without --", "--config-net ip addr show",
-			func(o *pastaOptions) bool { return o.isCommand() && strings.Join(o.Target, " ") == "ip addr show" }},
+			func(o *pastaOptions) bool { return o.isCommand() && strings.Join(o.Target, " ") == "ip addr show" }, nil},
+		// getopt takes the "--" that ends the options: a PID after it is
+		// a PID still, and --netns with nothing after "--" is --netns
+		// alone. gopasst ran "4242" as a command, and refused the other.
+		{"-- PID", "--config-net -t none -- 4242",
+			func(o *pastaOptions) bool {
+				t, cmd, err := o.target()
+				return err == nil && cmd == nil && t.net == "/proc/4242/ns/net" && t.pid == 4242
+			}, nil},
+		{"--netns then --", "--config-net --netns /run/user/1000/netns/x --",
+			func(o *pastaOptions) bool {
+				t, cmd, err := o.target()
+				return err == nil && cmd == nil && t.file == "/run/user/1000/netns/x"
+			}, nil},
+		// getopt's "+": options stop at the first word that is not one,
+		// so those after a PID make it a command.
+		{"options after the PID", "--config-net 4242 -t 80",
+			func(o *pastaOptions) bool {
+				return o.isCommand() && slices.Equal(o.Target, []string{"4242", "-t", "80"}) && o.TCPPorts == nil
+			}, nil},
 	} {
 		var c cli
 		var out bytes.Buffer
@@ -51,6 +177,32 @@ func TestPastaCommandLines(t *testing.T) {
 		}
 		if !strings.HasPrefix(ctx.Command(), "pasta") || !tc.check(&c.Pasta) {
 			t.Errorf("%s: %q selected %q with %+v", tc.from, tc.argv, ctx.Command(), c.Pasta)
+			continue
+		}
+		if tc.effect == nil {
+			continue
+		}
+		f, err := c.Pasta.forwards()
+		if err != nil {
+			t.Errorf("%s: forwards: %v", tc.from, err)
+			continue
+		}
+		ns, err := pastaConfig(&c.Pasta, hostState{"testdata/resolv.conf", nil})
+		if err != nil || !tc.effect(f, ns.Config) {
+			t.Errorf("%s: %q: %+v, %+v (%v)", tc.from, tc.argv, f, ns.Config, err)
+		}
+	}
+}
+
+// rootlesskit (pkg/network/pasta DetectFeatures, v2.3.6 to main) runs
+// "pasta --version" and "pasta --host-lo-to-ns-lo --version" and needs
+// exit 0 from both; the second decides whether it passes
+// --host-lo-to-ns-lo.
+func TestPastaVersionProbe(t *testing.T) {
+	for _, argv := range [][]string{{"--version"}, {"--host-lo-to-ns-lo", "--version"}} {
+		var out, errOut bytes.Buffer
+		if code := run(modeArgs("pasta", argv), &out, &errOut); code != 0 || !strings.Contains(out.String(), version) {
+			t.Errorf("pasta %v: exit %d, %q %q", argv, code, out.String(), errOut.String())
 		}
 	}
 }
@@ -151,7 +303,7 @@ func TestPastaDHCPDNS(t *testing.T) {
 		if _, done, _ := parseArgs(&c, append([]string{"pasta", "-a", "192.0.2.2", "-g", "192.0.2.1"}, splitTest(argv)...), &out, &out); done {
 			t.Fatal(out.String())
 		}
-		cfg, err := pastaConfig(&c.Pasta)
+		cfg, err := pastaConfig(&c.Pasta, thisHost)
 		if err != nil {
 			t.Skip(err)
 		}
