@@ -150,7 +150,7 @@ while true; do echo "GOPASST-HOST $(nc -w 3 %s %s)"; sleep 2; done
 	}
 	// The example's logFile directory works as copied: gopasst, run by
 	// libvirt as the QEMU user, logs there.
-	if log := readFile(passtLog); !strings.HasPrefix(log, "gopasst ") || !strings.Contains(log, "IPv4: guest 192.0.2.50/24") {
+	if log := readFile(passtLog); !strings.HasPrefix(log, "gopasst ") || !strings.Contains(log, "    assign: 192.0.2.50\n") {
 		t.Errorf("log file %s:\n%s", passtLog, log)
 	}
 	qlog, _ := os.ReadFile(filepath.Join("/var/log/libvirt/qemu", name+".log"))

@@ -128,7 +128,7 @@ echo GOPASST-DONE
 		}
 	}
 	inner := strings.Join(report["INNER"], "\n")
-	if strings.Count(inner, "IPv6: guest") != 2 {
+	if strings.Count(inner, "our link-local: ") != 2 {
 		t.Error("an inner gopasst runs without IPv6, so its first RA to a new guest went untested")
 	}
 	if t.Failed() {

@@ -439,12 +439,6 @@ func setUpEngine(o *NetOptions, cfg netSetup, env engineEnv, vsockAddr string, h
 		return eng, logger, nil
 	}
 	logger.Printf("gopasst %s: MTU %d", version, cfg.MTU)
-	if cfg.Addr4.IsValid() {
-		logger.Printf("IPv4: guest %v/%d, gateway %v, DNS %v", cfg.Addr4, cfg.Prefix4, cfg.Gateway4, cfg.DNS4)
-	}
-	if cfg.Addr6.IsValid() {
-		logger.Printf("IPv6: guest %v, gateway %v, link-local %v, DNS %v", cfg.Addr6, cfg.Gateway6, cfg.OurLL6, cfg.DNS6)
-	}
 	for _, l := range startSummary(cfg.Config) {
 		logger.Print(l)
 	}
