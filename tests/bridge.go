@@ -22,7 +22,6 @@ import (
 type Bridge struct {
 	tap  *os.File
 	conn net.Conn
-	wg   sync.WaitGroup
 	once sync.Once
 	// ToGuest and ToHost spoil each direction of the link when set
 	// (Impair); by default every frame passes, in order, once.
@@ -177,7 +176,6 @@ func startBridge(tap *os.File, conn net.Conn) *Bridge {
 		}
 		return nil
 	}
-	b.wg.Add(2)
 	go b.tapToSock()
 	go b.sockToTap()
 	return b
@@ -185,7 +183,6 @@ func startBridge(tap *os.File, conn net.Conn) *Bridge {
 
 // tapToSock frames each packet read from the tap.
 func (b *Bridge) tapToSock() {
-	defer b.wg.Done()
 	defer b.Close()
 	buf := make([]byte, 4+65536+14)
 	for {
@@ -202,7 +199,6 @@ func (b *Bridge) tapToSock() {
 
 // sockToTap unframes the stream into tap writes.
 func (b *Bridge) sockToTap() {
-	defer b.wg.Done()
 	defer b.Close()
 	r := bufio.NewReaderSize(b.conn, 1<<20)
 	buf := make([]byte, 65536+14)
@@ -231,6 +227,3 @@ func (b *Bridge) Close() {
 		b.tap.Close()
 	})
 }
-
-// Wait returns when both directions have stopped.
-func (b *Bridge) Wait() { b.wg.Wait() }
