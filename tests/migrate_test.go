@@ -613,6 +613,16 @@ func TestQEMUMigrateStream(t *testing.T) {
 	dst.Sock = filepath.Join(w.Dir, "dst.socket")
 	_, dstLog := startBackend(t, w, dst.Sock, []string{gopasstBin, "-f", "-s", "{sock}", "--debug"})
 	const afterPort = "17777" // listened on only once the guest has moved
+	// The guest holds a connection to held across the move, which is
+	// lost, as with passt: the host's end closes with the source, and the
+	// guest's next segment, which the destination knows nothing of, is
+	// reset.
+	held := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	heldEnded := make(chan error, 1)
+	acceptLoop(held, func(c net.Conn) {
+		_, err := io.Copy(io.Discard, c)
+		heldEnded <- err
+	})
 	// udhcpc stays, to renew its lease when told (SIGUSR1); until the
 	// migration is over the guest's connections to afterPort are refused.
 	script := guestDHCPScript + `cat > /etc/lease.sh <<'EOS'
@@ -629,8 +639,11 @@ ip link set eth0 up
 udhcpc -i eth0 -f -t 10 -T 2 -s /etc/lease.sh &
 dhcp=$!
 while ! ip -4 addr show eth0 | grep -q inet; do sleep 0.1; done
+(while :; do echo held; sleep 0.2; done | nc ` + hostGW + ` ` + port(held.Addr()) + `; echo GOPASST-HELDEND) &
+held=$!
 echo GOPASST-READY
 while [ "$(nc ` + hostGW + ` ` + afterPort + ` 2>/dev/null)" != "after migration" ]; do sleep 0.2; done
+for i in $(seq 100); do kill -0 $held 2>/dev/null || break; sleep 0.1; done
 echo GOPASST-AFTER after migration
 kill -USR1 $dhcp
 for i in $(seq 300); do [ -e /tmp/renewed ] && break; sleep 0.1; done
@@ -652,6 +665,14 @@ echo GOPASST-DONE
 	}
 	if len(report.get("AFTER")) == 0 {
 		t.Error("no new connection from the destination")
+	}
+	if len(report.get("HELDEND")) == 0 {
+		t.Error("the connection held across the move was not reset for the guest")
+	}
+	select {
+	case <-heldEnded:
+	default:
+		t.Error("the host's end of the connection held across the move is still open")
 	}
 	if got := strings.Join(report.get("RENEW"), ""); got != "ip="+hostAddr {
 		t.Errorf("the lease renewed at the destination: %q, want ip=%s", got, hostAddr)
