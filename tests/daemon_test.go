@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -447,6 +448,15 @@ func TestKrunaiStartup(t *testing.T) {
 	if ip, router, mask := krunaiParse(out); ip != hostAddr || router != hostGW || mask != "255.255.255.0" {
 		t.Errorf("krunai parses guest %q, router %q, mask %q; want %s, %s, 255.255.255.0 from:\n%s",
 			ip, router, mask, hostAddr, hostGW, out)
+	}
+	// With a log file too, as passt's, standard error still has every
+	// line, and the file has them after their time.
+	logFile := filepath.Join(t.TempDir(), "log")
+	if both := start(gopasstBin, "-4", "-t", "2222:22", "--log-file", logFile); summaryBlocks(both) != summaryBlocks(out) {
+		t.Errorf("with --log-file, standard error has\n%s\nwant\n%s", both, summaryBlocks(out))
+	}
+	if log := readFile(logFile); !regexp.MustCompile(`(?m)^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6}     assign: ` + regexp.QuoteMeta(hostAddr) + `$`).MatchString(log) {
+		t.Errorf("the log file lacks the summary's timestamped lines:\n%s", log)
 	}
 	passt := os.Getenv("PASST")
 	if passt == "" {

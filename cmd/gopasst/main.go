@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/alecthomas/kong"
 	"github.com/gopasst/gopasst/pkg/logfile"
@@ -499,30 +500,44 @@ func logName(argv0 string) string {
 }
 
 // openLog is the engine's logger: the bounded log file the helper opened
-// (logFd, or -1), else standard error in the foreground, else syslog,
-// connected now: the sandbox has no /dev/log. Standard error has no
-// timestamps but with --debug or --trace, as passt's: callers read its
-// lines (startSummary).
+// (logFd, or -1), else syslog, connected now (the sandbox has no
+// /dev/log); and, in the foreground, standard error too, as passt's.
+// Standard error has no timestamps but with --debug or --trace, as
+// passt's: callers read its lines (startSummary).
 func openLog(o *NetOptions, logFd int, foreground bool) (*log.Logger, error) {
-	var out io.Writer = io.Discard
-	flags := log.LstdFlags | log.Lmicroseconds
+	var outs []io.Writer
 	switch {
 	case logFd >= 0:
 		f, err := logfile.New(os.NewFile(uintptr(logFd), "log"), o.LogSize, "gopasst "+version+" log")
 		if err != nil {
 			return nil, fmt.Errorf("--log-file: %v", err)
 		}
-		out = f
-	case o.Silent:
-	case foreground || o.Stderr:
-		out = os.Stderr
-		if !o.Debug && !o.Trace {
-			flags = 0
-		}
+		outs = append(outs, stamped{f})
+	case o.Silent || foreground || o.Stderr:
 	default:
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, logName(os.Args[0])); err == nil {
-			out = w
+			outs = append(outs, w)
 		}
 	}
-	return log.New(out, "", flags), nil
+	switch {
+	case o.Silent || !foreground && !o.Stderr:
+	case o.Debug || o.Trace:
+		outs = append(outs, stamped{os.Stderr})
+	default:
+		outs = append(outs, os.Stderr)
+	}
+	return log.New(io.MultiWriter(outs...), "", 0), nil
+}
+
+// stamped writes each line the logger gives it after the time, to the
+// microsecond.
+type stamped struct{ w io.Writer }
+
+func (s stamped) Write(p []byte) (int, error) {
+	var b [64]byte
+	line := append(time.Now().AppendFormat(b[:0], "2006/01/02 15:04:05.000000 "), p...)
+	if _, err := s.w.Write(line); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
