@@ -711,6 +711,8 @@ var knownDiffs = map[string]string{
 	"gw-offnet/dhcp-renew":   "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
 	"no-map-gw/rs":           "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
 	"host-v6only/*":          "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
+	"host-noroute/dhcp-*":    "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers DHCP; passt turns DHCP off",
+	"host-noroute/bootp":     "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers BOOTP; passt turns DHCP off",
 }
 
 // noIPv6Below1280: with an MTU below IPv6's minimum, gopasst leaves IPv6

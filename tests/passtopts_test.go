@@ -209,3 +209,30 @@ func TestStatsOption(t *testing.T) {
 		return strings.Contains(w.Log.String(), "stats:") && strings.Contains(w.Log.String(), "guest")
 	})
 }
+
+// TestPointToPointHost: on a host whose default route names no gateway
+// (a VPN's tun, PPP), the guest still gets its IPv4 over DHCP: the
+// template's address, and local mode's gateway, 169.254.2.2, reached
+// through a classless route (RFC 3442), which stands for the host's
+// loopback as a gateway does. passt turns DHCP off there.
+func TestPointToPointHost(t *testing.T) {
+	w := newWorld(t, WorldOpts{BeforeStart: func(h *Netns) {
+		h.Run(t, "ip", "route", "del", "default")
+		h.Run(t, "ip", "tuntap", "add", "tun0", "mode", "tun")
+		h.Run(t, "ip", "link", "set", "tun0", "up")
+		h.Run(t, "ip", "addr", "add", "10.8.0.2/32", "peer", "10.8.0.1", "dev", "tun0")
+		h.Run(t, "ip", "route", "add", "default", "dev", "tun0")
+		h.Run(t, "ip", "addr", "add", "192.0.2.77/32", "dev", "lo")
+	}})
+	if l := w.Lease; l["ip"] != "10.8.0.2" || l["mask"] != "32" || l["router"] != "169.254.2.2" || l["staticroutes"] == "" {
+		t.Fatalf("lease %v: want 10.8.0.2/32 via 169.254.2.2, with classless routes", l)
+	}
+	p := whoServer(t, w.Host, "192.0.2.77:0")
+	if got := guestAsk(t, w, net.JoinHostPort("192.0.2.77", p), ""); got == "" {
+		t.Error("a server on the host's 192.0.2.77 was not reached")
+	}
+	p = whoServer(t, w.Host, "127.0.0.1:0")
+	if got := guestAsk(t, w, net.JoinHostPort("169.254.2.2", p), ""); got != "127.0.0.1" {
+		t.Errorf("the host's loopback through the gateway: %q", got)
+	}
+}

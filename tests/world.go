@@ -249,11 +249,25 @@ func newHost(t testing.TB, o WorldOpts) *Netns {
 const udhcpcScript = `#!/bin/busybox sh
 case "$1" in
 bound|renew)
-	env | grep -E '^(ip|mask|subnet|router|dns|mtu|domain|search|lease|serverid|hostname|opt81|interface)=' > "$LEASE"
+	env | grep -E '^(ip|mask|subnet|router|staticroutes|dns|mtu|domain|search|lease|serverid|hostname|opt81|interface)=' > "$LEASE"
 	busybox ip -4 addr flush dev "$interface"
 	busybox ip addr add "$ip/$mask" dev "$interface"
 	[ -n "$mtu" ] && busybox ip link set "$interface" mtu "$mtu"
-	for r in $router; do busybox ip route add default via "$r" dev "$interface"; done
+	if [ -n "$staticroutes" ]; then
+		# Classless routes (RFC 3442) stand for the router option; a
+		# route via 0.0.0.0 is on the link.
+		set -- $staticroutes
+		while [ $# -ge 2 ]; do
+			if [ "$2" = 0.0.0.0 ]; then
+				busybox ip route add "$1" dev "$interface"
+			else
+				busybox ip route add "$1" via "$2" dev "$interface"
+			fi
+			shift 2
+		done
+	else
+		for r in $router; do busybox ip route add default via "$r" dev "$interface"; done
+	fi
 	;;
 esac
 exit 0
@@ -268,7 +282,7 @@ func (w *World) DHCP(t testing.TB, extra ...string) {
 		t.Fatal(err)
 	}
 	args := []string{"LEASE=" + lease, "busybox", "udhcpc", "-i", tapName, "-f", "-q", "-n",
-		"-t", "5", "-T", "1", "-s", script, "-O", "mtu", "-O", "search", "-O", "hostname"}
+		"-t", "5", "-T", "1", "-s", script, "-O", "mtu", "-O", "search", "-O", "hostname", "-O", "staticroutes"}
 	w.Guest.Run(t, "env", append(args, extra...)...)
 	data, err := os.ReadFile(lease)
 	if err != nil {

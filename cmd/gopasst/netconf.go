@@ -323,6 +323,7 @@ type netSetup struct {
 	slirp.Config
 	notes, warnings  []string
 	ifname4, ifname6 string // the template interfaces, "" for none
+	gw4Local         bool   // Gateway4 is local mode's, the template having none
 }
 
 // buildConfig turns options and host state into the engine's Config.
@@ -392,6 +393,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		}
 	}
 	var ifname4, ifname6 string
+	var gw4Local bool
 
 	if !o.IPv6 {
 		f := family{name: "IPv4", template: template(unix.AF_INET), keep: netip.Addr.Is4,
@@ -414,8 +416,23 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		case why == nil:
 			cfg.Addr4, cfg.Prefix4, cfg.Gateway4 = p.Addr(), p.Bits(), gw
 			ifname4 = f.ifname
-			// As passt: no gateway, no DHCP (its answer names a router).
-			cfg.NoDHCP = cfg.NoDHCP || !gw.IsValid()
+			switch {
+			case gw.IsValid():
+			case p.Addr().IsGlobalUnicast():
+				// The template's default route names no gateway (a
+				// point-to-point link: a VPN's tun, PPP), or it has none
+				// (-i). passt then turns DHCP off, and its guest has no
+				// IPv4 unless configured by hand; gopasst gives it local
+				// mode's gateway, which no host on a real link holds,
+				// reached through a classless route.
+				cfg.Gateway4, gw4Local = netip.AddrFrom4([4]byte{169, 254, 2, 2}), true
+				notes = append(notes, "IPv4: "+f.ifname+" has no gateway: the guest's is 169.254.2.2")
+			default:
+				// As passt: no gateway, no DHCP (its answer names a
+				// router), for an address no guest should be offered
+				// (the host's loopback, as the last template).
+				cfg.NoDHCP = true
+			}
 		default:
 			// passt's local mode: with no template, the guest gets a
 			// link-local address and gateway, where options give none.
@@ -477,7 +494,7 @@ func buildConfig(o *NetOptions, host hostState) (netSetup, error) {
 		cfg.Search = nil
 	}
 	err = dnsConfig(&cfg, o, rc)
-	return netSetup{cfg, notes, warnings, ifname4, ifname6}, err
+	return netSetup{cfg, notes, warnings, ifname4, ifname6, gw4Local}, err
 }
 
 // mapConfig sets the guest addresses that stand for the host, as passt

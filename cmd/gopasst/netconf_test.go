@@ -136,6 +136,18 @@ func TestBuildConfigRoutedTemplate(t *testing.T) {
 	}
 }
 
+// A template whose default route names no gateway (a VPN's tun, PPP)
+// gives the guest local mode's gateway, and DHCP stays on; passt turns
+// DHCP off there.
+func TestBuildConfigPointToPointTemplate(t *testing.T) {
+	files := hostState{"/nonexistent", func(int, string) (string, netip.Addr) { return "tun0", netip.Addr{} }}
+	ns, err := buildConfig(&NetOptions{MTU: 65520, MAC: "9a:55:9a:55:9a:55", Address: []string{"10.8.0.2/32"}}, files)
+	if err != nil || ns.Addr4.String() != "10.8.0.2" || ns.Prefix4 != 32 || ns.Gateway4.String() != "169.254.2.2" || ns.NoDHCP || ns.ifname4 != "tun0" {
+		t.Errorf("template tun0 without a gateway: %v/%d via %v, DHCP off %v, template %q, %v; want 10.8.0.2/32 via 169.254.2.2, DHCP on, tun0",
+			ns.Addr4, ns.Prefix4, ns.Gateway4, ns.NoDHCP, ns.ifname4, err)
+	}
+}
+
 // TestBuildConfigFamilies: addresses given for one family only, and -4/-6.
 func TestBuildConfigFamilies(t *testing.T) {
 	files := hostState{"/nonexistent", nil}

@@ -90,6 +90,10 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		defer c.Close()
 		nl = c
 	}
+	gw4 := cfg.Gateway4
+	if cfg.gw4Local {
+		gw4 = netip.Addr{} // the namespace mirrors the host, which routes through no gateway
+	}
 	families := []struct {
 		family     int
 		on         bool
@@ -98,7 +102,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 		ifname     string
 		addrs, gws []netip.Addr
 	}{
-		{unix.AF_INET, cfg.Addr4.IsValid(), cfg.Addr4, cfg.Gateway4, cfg.Prefix4, if4, a4, g4},
+		{unix.AF_INET, cfg.Addr4.IsValid(), cfg.Addr4, gw4, cfg.Prefix4, if4, a4, g4},
 		{unix.AF_INET6, cfg.Addr6.IsValid() || cfg.Local6, cfg.Addr6, cfg.Gateway6, 64, if6, a6, g6},
 	}
 	for _, f := range families {
