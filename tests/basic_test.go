@@ -114,3 +114,44 @@ func TestPcap(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestChangesIPv4: a guest that leaves the DHCP address for one of
+// its own (a router VM's static WAN address) still gets the host's
+// forwarded connections and datagrams, at the address it now sends from,
+// as passt follows it (addr_seen); upstream passt runs the same steps.
+func TestGuestChangesIPv4(t *testing.T) {
+	needRoot(t)
+	needReachable(t)
+	const static = "198.51.100.123"
+	args := []string{"-t", "18080:8080", "-u", "15353:5353"}
+	for _, o := range []WorldOpts{
+		{Args: args},
+		{Backend: append([]string{upstreamPasst(t), "-f", "-s", "{sock}"}, args...)},
+	} {
+		w := newWorld(t, o)
+		name := filepath.Base(w.argv[0])
+		acceptLoop(w.Guest.Listen(t, "tcp", "0.0.0.0:8080"), func(c net.Conn) {
+			io.ReadAll(c) // all of it, so that closing sends no reset
+			c.Write([]byte(c.LocalAddr().(*net.TCPAddr).IP.String()))
+			c.Close()
+		})
+		echoPackets(w.Guest.ListenPacket(t, "udp", "0.0.0.0:5353"), "")
+		if got := fwdAnswer(w.Host, "tcp", "127.0.0.1:18080"); got != hostAddr {
+			t.Fatalf("%s: before the change, the guest answered at %q, want %s", name, got, hostAddr)
+		}
+		w.Guest.Run(t, "ip", "-4", "addr", "flush", "dev", tapName)
+		w.Guest.Run(t, "ip", "-4", "addr", "add", static+"/24", "dev", tapName)
+		w.Guest.Run(t, "ip", "-4", "route", "replace", "default", "via", hostGW)
+		// The backend learns the address from what the guest sends.
+		out := w.Guest.Run(t, "busybox", "ping", "-c", "1", "-W", "5", hostGW)
+		if !strings.Contains(out, "1 packets received") {
+			t.Fatalf("%s: ping from %s: %s", name, static, out)
+		}
+		if got := fwdAnswer(w.Host, "tcp", "127.0.0.1:18080"); got != static {
+			t.Errorf("%s: a forwarded connection after the change: %q, want the guest at %s", name, got, static)
+		}
+		if got := fwdAnswer(w.Host, "udp", "127.0.0.1:15353"); got != "hi" {
+			t.Errorf("%s: a forwarded datagram after the change: %q, want its echo", name, got)
+		}
+	}
+}

@@ -198,6 +198,54 @@ func tcpSyn(sport, dport uint16) []byte {
 	return b
 }
 
+// oddName is a Windows-like host name: long, with characters a DNS
+// label may not hold.
+var oddName = []byte("DESKTOP-Ünïcode_name with spaces.and.dots-" + strings.Repeat("x", 40))
+
+// tmp6 is a temporary (RFC 8981) address in the guest's prefix.
+var tmp6 = netip.MustParseAddr("2001:db8:1:0:9d3c:41e2:7a0b:15f3")
+
+var allNodes6 = netip.MustParseAddr("ff02::1")
+
+// prlAll is a parameter request list asking for every option.
+func prlAll() []byte {
+	b := []byte{55, 254}
+	for i := 1; i <= 254; i++ {
+		b = append(b, byte(i))
+	}
+	return b
+}
+
+// withGiaddr sets a DHCP message's relay agent address.
+func withGiaddr(m []byte) []byte {
+	copy(m[24:28], []byte{192, 0, 2, 7})
+	return m
+}
+
+// iaNAid is an empty IA_NA with the given IAID.
+func iaNAid(id byte) []byte {
+	return opt6(3, []byte{0, 0, 0, id, 0, 0, 0, 0, 0, 0, 0, 0})
+}
+
+// iaPD is an IA_PD (RFC 8415 21.21) hinting at a /56.
+func iaPD() []byte {
+	p := append([]byte{0, 0, 0, 0, 0, 0, 0, 0, 56}, make([]byte, 16)...)
+	return opt6(25, append([]byte{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}, opt6(26, p)...))
+}
+
+// solNode is a's solicited-node multicast address, solNodeMAC its MAC.
+func solNode(a netip.Addr) netip.Addr {
+	b := netip.MustParseAddr("ff02::1:ff00:0").As16()
+	s := a.As16()
+	copy(b[13:], s[13:])
+	return netip.AddrFrom16(b)
+}
+
+func solNodeMAC(a netip.Addr) []byte {
+	s := a.As16()
+	return []byte{0x33, 0x33, 0xff, s[13], s[14], s[15]}
+}
+
 // probe is one exchange: the frames the guest sends, given what the
 // backend answered so far (DHCPv6's server identifier).
 type probe struct {
@@ -278,6 +326,59 @@ func guestProbes() []probe {
 		{"dhcp6-info", one(dhcp6Frame(11, clientDUID))},
 		{"dhcp6-release", withSID(8, iaNA(host6))},
 		{"dhcp6-decline", withSID(9, iaNA(host6))},
+		{"dhcp-discover-prl-huge", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4, prlAll())))},
+		{"dhcp-discover-windows", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4,
+			[]byte{61, 7, 1, 2, 0, 0, 0, 0, 0x42}, append([]byte{12, byte(len(oddName))}, oddName...),
+			append([]byte{81, byte(3 + len(oddName)), 0, 0, 0}, oddName...),
+			[]byte{55, 14, 1, 3, 6, 15, 31, 33, 43, 44, 46, 47, 119, 121, 249, 252})))},
+		{"dhcp-discover-fqdn-n", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4, []byte{81, 8, 0x08 | 0x04, 0, 0, 3, 'v', 'm', '1', 0})))},
+		{"dhcp-discover-v6only", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4, []byte{55, 4, 1, 3, 6, 108})))},
+		{"dhcp-discover-overload", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4, []byte{52, 1, 3})))},
+		{"dhcp-discover-want-other", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 1, 0, any4, []byte{50, 4, 198, 51, 100, 99})))},
+		{"dhcp-request-giaddr", one(dhcpFrame(testMAC, any4, withGiaddr(dhcpMsg(testMAC, 3, 0, any4,
+			append([]byte{50, 4}, guestIP4.AsSlice()...), append([]byte{54, 4}, gw4.AsSlice()...)))))},
+		{"dhcp-request-cid1", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 3, 0, any4,
+			append([]byte{50, 4}, guestIP4.AsSlice()...), []byte{61, 3, 0, 'a', 'b'})))},
+		{"dhcp-request-cid2", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 3, 0x8000, any4,
+			append([]byte{50, 4}, guestIP4.AsSlice()...), []byte{61, 3, 0, 'c', 'd'})))},
+		{"dhcp-request-sid-other", one(dhcpFrame(testMAC, any4, dhcpMsg(testMAC, 3, 0, any4,
+			append([]byte{50, 4}, guestIP4.AsSlice()...), []byte{54, 4, 192, 0, 2, 1})))},
+		{"dhcp-inform-bcast", one(dhcpFrame(testMAC, guestIP4, dhcpMsg(testMAC, 8, 0x8000, guestIP4)))},
+		{"dhcp6-solicit-pd", one(dhcp6Frame(1, clientDUID, iaNA(), iaPD(), opt6(20, nil),
+			opt6(6, []byte{0, 23, 0, 24, 0, 17, 0, 82, 0, 64, 0, 94}), opt6(8, []byte{0, 0})))},
+		{"dhcp6-solicit-pd-only", one(dhcp6Frame(1, clientDUID, iaPD(), opt6(8, []byte{0, 0})))},
+		{"dhcp6-solicit-many-ia", one(dhcp6Frame(1, clientDUID, iaNA(), iaNAid(8), iaNAid(9), opt6(4, []byte{0, 0, 0, 10}), iaPD()))},
+		{"dhcp6-solicit-no-ia", one(dhcp6Frame(1, clientDUID, opt6(6, []byte{0, 23})))},
+		{"dhcp6-request-pd", withSID(3, iaNA(host6), iaPD(), opt6(20, nil))},
+		{"dhcp6-renew-pd", withSID(5, iaNA(host6), iaPD())},
+		{"dhcp6-rebind-pd", one(dhcp6Frame(6, clientDUID, iaNA(host6), iaPD()))},
+		{"dhcp6-request-sid-other", one(dhcp6Frame(3, clientDUID, opt6(2, []byte{0, 3, 0, 1, 2, 0, 0, 0, 0, 1}), iaNA(host6)))},
+		{"dhcp6-info-sid", withSID(11)},
+		{"dhcp6-info-sid-other", one(dhcp6Frame(11, clientDUID, opt6(2, []byte{0, 3, 0, 1, 2, 0, 0, 0, 0, 1})))},
+		{"dhcp6-info-oro", one(dhcp6Frame(11, clientDUID, opt6(6, []byte{0, 23, 0, 24, 0, 31, 0, 32, 0, 56, 0, 82}), opt6(8, []byte{0, 0})))},
+		{"dhcp6-release-sid-other", one(dhcp6Frame(8, clientDUID, opt6(2, []byte{0, 3, 0, 1, 2, 0, 0, 0, 0, 1}), iaNA(host6)))},
+		{"ns-dad-gw", one(icmp6Frame(netip.IPv6Unspecified(), solNode(gw6), solNodeMAC(gw6), nsMsg(gw6)[:24]))},
+		{"ns-dad-ll", func(st *probeState) [][]byte {
+			if !st.routerLL.IsValid() {
+				return nil // no IPv6 from the backend (mtu68)
+			}
+			return [][]byte{icmp6Frame(netip.IPv6Unspecified(), solNode(st.routerLL), solNodeMAC(st.routerLL), nsMsg(st.routerLL)[:24])}
+		}},
+		{"ns-temp", one(icmp6Frame(tmp6, gw6, ourMAC, nsMsg(gw6)))},
+		{"ns-offprefix", one(icmp6Frame(netip.MustParseAddr("2001:db8:9::5"), gw6, ourMAC, nsMsg(gw6)))},
+		{"na-unsol-gw", one(icmp6Frame(guestLL6, allNodes6, []byte{0x33, 0x33, 0, 0, 0, 1},
+			append(append([]byte{136, 0, 0, 0, 0x20, 0, 0, 0}, gw6.AsSlice()...), 2, 1, 2, 0, 0, 0, 0, 0x42)))},
+		{"ra-from-guest", one(icmp6Frame(guestLL6, allNodes6, []byte{0x33, 0x33, 0, 0, 0, 1},
+			append([]byte{134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 3, 4, 64, 0xc0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0},
+				netip.MustParseAddr("2001:db8:77::").AsSlice()...)))},
+		{"mld-report", one(guestFrame([]byte{0x33, 0x33, 0, 0, 0, 0x16}, ipPacket(guestLL6, netip.MustParseAddr("ff02::16"), 58, 1,
+			append([]byte{143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0}, solNode(host6).AsSlice()...), 2)))},
+		{"rs-storm", func(*probeState) [][]byte { return [][]byte{rs, rs, rs, rs, rs} }},
+		{"ping6-temp", one(guestFrame(ourMAC, ipPacket(tmp6, gw6, 58, 64, echoMsg(true, 0x4249), 2)))},
+		{"ping6-offprefix", one(guestFrame(ourMAC, ipPacket(netip.MustParseAddr("2001:db8:9::5"), gw6, 58, 64, echoMsg(true, 0x424a), 2)))},
+		{"ping4-other-src", one(guestFrame(ourMAC, ipPacket(netip.MustParseAddr("198.51.100.123"), gw4, 1, 64, echoMsg(false, 0x424b), 2)))},
+		{"ping4-other-mac", one(ethFrame(ourMAC, mac2, 0x0800, ipPacket(guestIP4, gw4, 1, 64, echoMsg(false, 0x424c), 2)))},
+		{"arp-after-mac", one(arpFrame(1, testMAC, guestIP4, gw4))},
 		{"ping4-gw", one(guestFrame(ourMAC, ipPacket(guestIP4, gw4, 1, 64, echoMsg(false, 0x4242), 2)))},
 		{"ping6-gw", one(guestFrame(ourMAC, ipPacket(host6, gw6, 58, 64, echoMsg(true, 0x4243), 2)))},
 		{"ping6-ll", func(st *probeState) [][]byte {
@@ -677,42 +778,56 @@ var harmless = []*regexp.Regexp{
 // knownDiffs are the differences judged and kept, by probe, or by case
 // and probe ("*": every probe of the case), with the reason.
 var knownDiffs = map[string]string{
-	"dhcp-discover-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4702 2.1); passt never does",
-	"dhcp6-solicit-fqdn-s":   "gopasst sets O when it overrides the client's S (RFC 4704 4.1); passt only for a client option as long as its own",
-	"dhcp-request-other":     "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
-	"dhcp-inform":            "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
-	"rs-unspec":              "passt answers an RS from :: to :: (RFC 4861 6.2.6: to all-nodes)",
-	"ns-own":                 "passt answers an NS for the guest's own address",
-	"dhcp6-solicit-rapid":    "gopasst takes rapid commit (RFC 8415 18.3.1); passt advertises",
-	"dhcp6-request-other":    "passt says NotOnLink for an on-link address not its own; gopasst gives its address",
-	"dhcp6-rebind":           "passt ignores a REBIND without server ID, as RFC 8415 18.2.5 sends it",
-	"dhcp6-confirm":          "gopasst answers a CONFIRM with a status alone (RFC 8415 18.3.3); passt with the lease",
-	"dhcp6-confirm-other":    "gopasst's NotOnLink is the message's (RFC 8415 18.3.3); passt's the IA's",
-	"dhcp6-info":             "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
-	"dhcp6-release":          "gopasst answers a RELEASE with Success (RFC 8415 18.3.7); passt ignores it",
-	"dhcp6-decline":          "gopasst answers a DECLINE with Success (RFC 8415 18.3.8); passt ignores it",
-	"dns6-gw":                "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
-	"dns-forward/dns6-fwd":   "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
-	"udp6-ll-other":          "gopasst: no route to a link-local address not its own; passt drops the datagram",
-	"host-noroute/ping6-ll":  "with no IPv6 gateway, passt sends a ping to its link-local address to the host's own on the template; gopasst has no host address for it",
-	"mtu1280/ping4-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu1280/ping6-big":      "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu68/ping4-big":        "gopasst drops an echo reply past the guest's MTU; passt sends it",
-	"mtu68/rs":               noIPv6Below1280,
-	"mtu68/ns-*":             noIPv6Below1280,
-	"mtu68/dhcp6-*":          noIPv6Below1280,
-	"mtu68/ping6-*":          noIPv6Below1280,
-	"mtu68/udp6-*":           noIPv6Below1280,
-	"mtu68/tcp6-*":           noIPv6Below1280,
-	"no-map-gw/ping6-ll":     "our link-local address is the IPv6 gateway to gopasst, an address like any with --no-map-gw; passt's is the host's own",
-	"resolver-v4lo/rs":       "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
-	"resolver-v4lo/dhcp6-*":  "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
-	"gw-offnet/dhcp-request": "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
-	"gw-offnet/dhcp-renew":   "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
-	"no-map-gw/rs":           "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
-	"host-v6only/*":          "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
-	"host-noroute/dhcp-*":    "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers DHCP; passt turns DHCP off",
-	"host-noroute/bootp":     "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers BOOTP; passt turns DHCP off",
+	"dhcp-discover-fqdn-s":          "gopasst sets O when it overrides the client's S (RFC 4702 2.1); passt never does",
+	"dhcp6-solicit-fqdn-s":          "gopasst sets O when it overrides the client's S (RFC 4704 4.1); passt only for a client option as long as its own",
+	"dhcp-request-other":            "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"dhcp-inform":                   "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
+	"rs-unspec":                     "passt answers an RS from :: to :: (RFC 4861 6.2.6: to all-nodes)",
+	"ns-own":                        "passt answers an NS for the guest's own address",
+	"dhcp6-solicit-rapid":           "gopasst takes rapid commit (RFC 8415 18.3.1); passt advertises",
+	"dhcp-request-sid-other":        "gopasst leaves a REQUEST for another server's offer alone (RFC 2131 4.3.2); passt ACKs it",
+	"dhcp-inform-bcast":             "gopasst ACKs an INFORM (RFC 2131 4.3.5); passt ignores it",
+	"dhcp6-solicit-pd-only":         "passt puts an IA_NA the client did not ask for, with the IAID of an earlier message, in its answer; gopasst none",
+	"dhcp6-solicit-no-ia":           "passt puts an IA_NA the client did not ask for, with the IAID of an earlier message, in its answer; gopasst none",
+	"dhcp6-rebind-pd":               "passt ignores a REBIND without server ID, as RFC 8415 18.2.5 sends it",
+	"dhcp6-info-sid":                "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
+	"dhcp6-info-oro":                "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
+	"dhcp6-info-sid-other":          "gopasst drops an INFORMATION-REQUEST for another server (RFC 8415 16.12); passt answers it",
+	"dhcp6-request-other":           "passt says NotOnLink for an on-link address not its own; gopasst gives its address",
+	"dhcp6-rebind":                  "passt ignores a REBIND without server ID, as RFC 8415 18.2.5 sends it",
+	"dhcp6-confirm":                 "gopasst answers a CONFIRM with a status alone (RFC 8415 18.3.3); passt with the lease",
+	"dhcp6-confirm-other":           "gopasst's NotOnLink is the message's (RFC 8415 18.3.3); passt's the IA's",
+	"dhcp6-info":                    "passt puts an IA_NA in its answer to an INFORMATION-REQUEST",
+	"dhcp6-release":                 "gopasst answers a RELEASE with Success (RFC 8415 18.3.7); passt ignores it",
+	"dhcp6-decline":                 "gopasst answers a DECLINE with Success (RFC 8415 18.3.8); passt ignores it",
+	"dns6-gw":                       "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
+	"dns-forward/dns6-fwd":          "gopasst's IPv6 stand-in leads to the host's first loopback resolver, of either family; passt's to its first IPv6 one",
+	"udp6-ll-other":                 "gopasst: no route to a link-local address not its own; passt drops the datagram",
+	"host-noroute/ping6-ll":         "with no IPv6 gateway, passt sends a ping to its link-local address to the host's own on the template; gopasst has no host address for it",
+	"mtu1280/ping4-big":             "gopasst sends an echo reply past the guest's MTU in fragments within it; passt as one frame past it",
+	"mtu1280/ping6-big":             "gopasst sends an echo reply past the guest's MTU in fragments within it; passt as one frame past it",
+	"mtu68/ping4-big":               "gopasst sends an echo reply past the guest's MTU in fragments within it; passt as one frame past it",
+	"mtu68/rs":                      noIPv6Below1280,
+	"mtu68/rs-*":                    noIPv6Below1280,
+	"mtu68/ns-*":                    noIPv6Below1280,
+	"mtu68/dhcp6-*":                 noIPv6Below1280,
+	"mtu68/ping6-*":                 noIPv6Below1280,
+	"mtu68/udp6-*":                  noIPv6Below1280,
+	"mtu68/tcp6-*":                  noIPv6Below1280,
+	"no-map-gw/ping6-ll":            "our link-local address is the IPv6 gateway to gopasst, an address like any with --no-map-gw; passt's is the host's own",
+	"resolver-v4lo/rs":              "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
+	"resolver-v4lo/rs-*":            "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
+	"resolver-v4lo/dhcp6-*":         "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
+	"gw-offnet/dhcp-request":        "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"gw-offnet/dhcp-renew":          "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
+	"gw-offnet/dhcp-request-giaddr": "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"gw-offnet/dhcp-request-cid1":   "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"gw-offnet/dhcp-request-cid2":   "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"no-map-gw/rs":                  "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
+	"no-map-gw/rs-*":                "no resolver is reachable: gopasst still sends the search list (DNSSL), passt only with RDNSS",
+	"host-v6only/*":                 "a host without IPv4, both in local mode (169.254.2.1): the probes' addresses are the other cases', which gopasst refuses (a NAK, no route) and passt takes",
+	"host-noroute/dhcp-*":           "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers DHCP; passt turns DHCP off",
+	"host-noroute/bootp":            "a template without a gateway: gopasst gives the guest local mode's, 169.254.2.2, and answers BOOTP; passt turns DHCP off",
 }
 
 // noIPv6Below1280: with an MTU below IPv6's minimum, gopasst leaves IPv6

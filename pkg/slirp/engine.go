@@ -148,6 +148,7 @@ type Engine struct {
 	acceptPaused []epollRef // listeners out of the epoll set until the next tick (pauseAccept)
 
 	guestMAC  [6]byte
+	addrSeen4 netip.Addr    // the guest's IPv4 address in use (seen4)
 	addrSeen6 netip.Addr    // the guest's global IPv6 address in use (seen6)
 	nextRA    time.Duration // when the next unsolicited RA is due
 	now       time.Duration // since start, monotonic, refreshed once per loop turn
@@ -224,10 +225,11 @@ func New(cfg Config, lfd int) (_ *Engine, err error) {
 	}
 	e := &Engine{
 		cfg: cfg, epfd: -1, stopFd: -1, callFd: -1, listenFd: lfd,
-		guestMAC: broadcastMAC,
-		start:    time.Now(),
-		calls:    make(chan func(), 16),
-		host:     cmp.Or[Host](cfg.Host, &LocalHost{Freebind: cfg.Freebind}),
+		guestMAC:  broadcastMAC,
+		addrSeen4: cfg.Addr4,
+		start:     time.Now(),
+		calls:     make(chan func(), 16),
+		host:      cmp.Or[Host](cfg.Host, &LocalHost{Freebind: cfg.Freebind}),
 	}
 	defer func() {
 		if err != nil { // the listening socket stays the caller's
@@ -652,6 +654,7 @@ func (e *Engine) closeClient(why string) {
 	e.link.Close()
 	e.link = nil
 	e.guestMAC = broadcastMAC
+	e.addrSeen4 = e.cfg.Addr4
 	e.addrSeen6 = netip.Addr{}
 	e.tcp.closeAll(e)
 	e.udp.closeAll(e)

@@ -379,7 +379,7 @@ func (e *Engine) migrateSave(w io.Writer) error {
 		s.seen.mac = e.guestMAC
 	}
 	if e.cfg.has4() {
-		s.seen.addr4 = e.cfg.Addr4.As4()
+		s.seen.addr4 = e.addrSeen4.As4()
 	}
 	if e.addrSeen6.IsValid() {
 		s.seen.addr6 = e.addrSeen6.As16()
@@ -630,6 +630,9 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	}
 	if s.seen.mac != [6]byte{} {
 		e.guestMAC = s.seen.mac
+	}
+	if a := netip.AddrFrom4(s.seen.addr4); !a.IsUnspecified() && e.cfg.has4() {
+		e.addrSeen4 = a
 	}
 	if a := netip.AddrFrom16(s.seen.addr6); !a.IsUnspecified() && e.cfg.has6() {
 		e.addrSeen6 = a

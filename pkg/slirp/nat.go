@@ -111,9 +111,10 @@ func (e *Engine) gateway(a netip.Addr) netip.Addr {
 // guest port gport, the guest's address and how the sender appears to
 // the guest. An IPv6 sender reaches the guest over IPv6 once the guest
 // uses IPv6 (it has sent from a global address, or taken the DHCPv6
-// lease, or has had Addr6 from the start: Configured6), at the address
-// it last used, as with passt; until then, or without IPv6, it arrives
-// over IPv4, so a guest that never configured IPv6 is still reachable.
+// lease, or has had Addr6 from the start: Configured6); until then, or
+// without IPv6, it arrives over IPv4, so a guest that never configured
+// IPv6 is still reachable. Either family reaches the address the guest
+// last sent from (seen4, seen6), as with passt.
 // The host itself (its loopback, or its own address, which the guest
 // shares) appears as the address mapped to it (--map-host-loopback,
 // --map-guest-addr), else as the gateway, and so does a sender the
@@ -143,7 +144,7 @@ func (e *Engine) inboundRoute(from netip.AddrPort, gport uint16) (remote, guest 
 	case !a.Is4() || a.IsLoopback() || a == e.cfg.Addr4:
 		a = e.cfg.Gateway4
 	}
-	return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(e.cfg.Addr4, gport)
+	return netip.AddrPortFrom(a, from.Port()), netip.AddrPortFrom(e.addrSeen4, gport)
 }
 
 // bindOutbound binds fd, a new host socket for a guest flow to dst, to

@@ -75,7 +75,7 @@ func TestNAT(t *testing.T) {
 	}
 
 	cfg.NoMapGW = false
-	e := &Engine{cfg: cfg}
+	e := &Engine{cfg: cfg, addrSeen4: cfg.Addr4}
 	inbound := []struct {
 		name, from   string
 		seen6        bool
@@ -104,6 +104,11 @@ func TestNAT(t *testing.T) {
 	e.addrSeen6, e.cfg.Configured6 = netip.Addr{}, true
 	if remote, dest := e.inboundRoute(ap("[2001:db8:5::7]:4000"), 22); remote != ap("[2001:db8:5::7]:4000") || dest != ap("[2001:db8::2]:22") {
 		t.Errorf("IPv6 to a guest configured with it: %v to %v, want [2001:db8:5::7]:4000 to [2001:db8::2]:22", remote, dest)
+	}
+	// A guest that sends from an IPv4 address of its own is reached there.
+	e.addrSeen4 = netip.MustParseAddr("192.0.2.123")
+	if _, dest := e.inboundRoute(ap("198.51.100.7:4000"), 22); dest != ap("192.0.2.123:22") {
+		t.Errorf("IPv4 to a guest that left its address: to %v, want 192.0.2.123:22", dest)
 	}
 }
 

@@ -136,6 +136,7 @@ func (e *Engine) ipv4Input(ip header.IPv4) {
 		e.Stats.Malformed++
 		return
 	}
+	e.seen4(ip.Src())
 	if ip.IsFragment() {
 		e.frag4Input(ip)
 		return
@@ -245,6 +246,16 @@ func (e *Engine) l4Input(src, dst netip.Addr, proto, ttl uint8, payload []byte) 
 func isUnicast(a netip.Addr) bool {
 	a = a.Unmap()
 	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// seen4 records the address the guest last sent from, as passt does:
+// inbound connections go there, since the guest may have left the DHCP
+// address for one of its own (a router VM's static WAN address). A
+// DHCP client's 0.0.0.0 is none.
+func (e *Engine) seen4(src netip.Addr) {
+	if isUnicast(src) && !src.IsLoopback() {
+		e.addrSeen4 = src
+	}
 }
 
 // seen6 records the global address the guest last used, as passt does:
