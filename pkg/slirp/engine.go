@@ -194,7 +194,7 @@ type Engine struct {
 	whole [qemusock.MaxFrame]byte
 	frame []byte
 
-	dhcpBuf  [576]byte
+	dhcpBuf  [576 - header.IPv4MinLen - header.UDPLen]byte // a reply fits the 576-byte datagram every client takes (RFC 2131 2), as passt's
 	dhcp6Buf [1024]byte
 	duidBuf  [10]byte
 	events   [128]unix.EpollEvent
