@@ -854,3 +854,33 @@ func openNeigh(t *testing.T, ifi int) *rtnl.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// TestARPProbe: a probe (RFC 5227, from 0.0.0.0) is answered for an
+// address someone holds, the gateway or a host neighbour, and for no
+// other, which the guest may then take; a request from the guest's
+// address is answered for any, as gopasst stands for the network.
+func TestARPProbe(t *testing.T) {
+	te := neighEngine(t, nil)
+	held, free := netip.MustParseAddr("192.0.2.50"), netip.MustParseAddr("192.0.2.60")
+	te.neighEvent(hostNeigh(held, macA))
+	te.announced(t)
+	probe := func(target netip.Addr) int {
+		b := make([]byte, header.EthernetLen+header.ARPLen)
+		header.Ethernet(b).Encode(broadcastMAC, testGuestMAC, header.EtherTypeARP)
+		tgt := target.As4()
+		header.ARP(b[header.EthernetLen:]).Encode(header.ARPRequest, testGuestMAC[:], make([]byte, 4), zeroMAC[:], tgt[:])
+		te.tapInput(b)
+		return len(te.output(t))
+	}
+	for _, c := range []struct {
+		target  netip.Addr
+		replies int
+	}{{testGW4, 1}, {held, 1}, {free, 0}, {testGuest4, 0}} {
+		if got := probe(c.target); got != c.replies {
+			t.Errorf("a probe for %v: %d replies, want %d", c.target, got, c.replies)
+		}
+	}
+	if got := te.arpFor(t, free); got != testMAC {
+		t.Errorf("a request for %v from the guest's address: %x, want ours", free, got)
+	}
+}
