@@ -26,6 +26,80 @@ type Bridge struct {
 	// ToGuest and ToHost spoil each direction of the link when set
 	// (Impair); by default every frame passes, in order, once.
 	ToGuest, ToHost impairer
+	blackout        blackout
+}
+
+// blackout cuts both ways of a link from a point in the guest's frames
+// until the guest has retransmitted a number of segments, not for a
+// time, so that a run sees the same outage whatever the machine's load:
+// the guest's retransmission timer has backed off as far each time.
+type blackout struct {
+	mu      sync.Mutex
+	from    int               // the guest's frames, counted from Blackout's call, that pass first
+	retrans int               // the guest's retransmissions lost before its next passes
+	n       int               // the guest's frames so far
+	sent    map[uint32]uint32 // the furthest sequence number each of the guest's flows sent, by ports
+	on      bool              // the link is cut
+}
+
+// Blackout drops every frame both ways after the guest's from'th frame
+// from this call, until retrans of the guest's TCP segments that repeat
+// data it sent before have been dropped: the next one passes, and with
+// it the link.
+func (b *Bridge) Blackout(from, retrans int) {
+	o := &b.blackout
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.from, o.retrans, o.n, o.sent, o.on = from, retrans, 0, map[uint32]uint32{}, false
+}
+
+// cut tells whether the link is blacked out for frame, counting the
+// guest's frames and retransmissions.
+func (o *blackout) cut(frame []byte, fromGuest bool) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.sent == nil {
+		return false
+	}
+	if !fromGuest {
+		return o.on
+	}
+	if o.n++; o.n == o.from+1 {
+		o.on = true
+	}
+	if o.on && o.isRetransmission(frame) {
+		if o.retrans--; o.retrans < 0 {
+			o.on, o.sent = false, nil
+		}
+	}
+	return o.on
+}
+
+// isRetransmission tells whether frame is an IPv4 TCP segment whose data
+// its flow sent before, and notes how far the flow sent.
+func (o *blackout) isRetransmission(frame []byte) bool {
+	if len(frame) < 14+20 || binary.BigEndian.Uint16(frame[12:]) != 0x0800 || frame[14+9] != 6 {
+		return false
+	}
+	ip := frame[14:]
+	ihl := int(ip[0]&15) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if total > len(ip) || ihl+20 > total {
+		return false
+	}
+	tcp := ip[ihl:total]
+	data := len(tcp) - int(tcp[12]>>4)*4
+	if data <= 0 {
+		return false
+	}
+	ports := binary.BigEndian.Uint32(tcp)
+	end := binary.BigEndian.Uint32(tcp[4:]) + uint32(data)
+	last, seen := o.sent[ports]
+	if !seen || int32(end-last) > 0 {
+		o.sent[ports] = end
+		return false
+	}
+	return true
 }
 
 // Impairment spoils one direction of a bridge's link as netem would,
@@ -167,8 +241,17 @@ func NewBridge(guest *Netns, tapName, sock string) (*Bridge, error) {
 // startBridge relays between tap and conn until either ends.
 func startBridge(tap *os.File, conn net.Conn) *Bridge {
 	b := &Bridge{tap: tap, conn: conn}
-	b.ToHost.write = func(f []byte) error { _, err := conn.Write(f); return err }
+	b.ToHost.write = func(f []byte) error {
+		if b.blackout.cut(f[4:], true) { // past the stream's length
+			return nil
+		}
+		_, err := conn.Write(f)
+		return err
+	}
 	b.ToGuest.write = func(f []byte) error {
+		if b.blackout.cut(f, false) {
+			return nil
+		}
 		// A tap write fails for a malformed frame or a down link; the
 		// frame is dropped, as a NIC would drop it.
 		if _, err := tap.Write(f); errors.Is(err, os.ErrClosed) {

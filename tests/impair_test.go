@@ -248,3 +248,43 @@ func TestTCPImpaired(t *testing.T) {
 		impairedUDP(t, w)
 	})
 }
+
+// TestTCPImpairedBlackout runs TestTCPImpaired's transfers through a link
+// that passes the guest's first 30 frames and then nothing either way
+// until the guest has retransmitted 8 segments (Bridge.Blackout): about
+// 6.5 s, both flows' timers backed off to 6.4 s. It is left out of the
+// suite (GOPASST_BLACKOUT=1 runs it; =passt runs upstream passt, from
+// $PASST): it passes, but the guest's upload then stalls for one or two
+// more of its backed-off timeouts (15-29 s in all over five runs; passt
+// 12-29 s over three), and within passt's design (nothing of the guest's
+// kept past a gap, no SACK) nothing the engine could send gets it out.
+// The captures show why. The guest, Linux without SACK, retransmits its
+// first lost segment at its timeout; our ACK of it opens the window past
+// what the guest had sent, which nothing has told us yet, and F-RTO (RFC
+// 5682) has the guest send two new segments there. They lie past the
+// gap and are dropped. The guest sends everything lost again, in order,
+// in slow start, and we take it, up to exactly where it stood at the
+// timeout; without SACK it leaves loss recovery only when data past that
+// point is acknowledged (RFC 6582), so it counts none of our duplicate
+// ACKs, and the two segments go again only at its next timeout, kept
+// backed off (Karn's algorithm), where F-RTO sends two new ones again.
+// A window ending where the guest had sent would keep F-RTO from
+// sending, but at the end of a blackout the first segment the engine
+// sees is that retransmission. See docs/benchmarks.md's lossy-link stall.
+func TestTCPImpairedBlackout(t *testing.T) {
+	backend := os.Getenv("GOPASST_BLACKOUT")
+	if backend == "" {
+		t.Skip("the guest stalls at its backed-off timeout (see the comment); GOPASST_BLACKOUT=1 or =passt runs it")
+	}
+	o := WorldOpts{Args: []string{"-t", strconv.Itoa(impairFwd)}}
+	if backend == "passt" {
+		p, err := passtPath()
+		if err != nil {
+			t.Skip(err)
+		}
+		o.Backend = []string{"setsid", p, "-f", "-q", "-s", "{sock}", "-t", strconv.Itoa(impairFwd)}
+	}
+	w := newWorld(t, o)
+	w.Bridge.Blackout(30, 8)
+	impairedBulk(t, w, 1, 4<<20)
+}
