@@ -317,7 +317,15 @@ func pidNetns(t testing.TB, h *Netns, unshare ...string) (*Netns, string, func()
 	if len(unshare) == 0 {
 		unshare = []string{"unshare", "--net"}
 	}
-	sleep := h.Cmd(unshare[0], append(unshare[1:], "sleep", "600")...)
+	// It lives as long as the test binary may run (-timeout), which a soak
+	// test's pasta needs past 10 minutes, and not for ever after a panic.
+	life := 600 * time.Second
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			life = max(life, time.Until(dl))
+		}
+	}
+	sleep := h.Cmd(unshare[0], append(unshare[1:], "sleep", strconv.Itoa(int(life.Seconds())))...)
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)
 	}
