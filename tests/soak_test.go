@@ -37,8 +37,7 @@ const (
 
 // soakDuration is GOPASST_SOAK; unset, the test skips: it still finds
 // an upload that stalls for good after loss recovery (about one in 400
-// transfers) and pasta's loopback UDP refused at --max-udp, which are
-// not fixed yet (docs/testing.md).
+// transfers), which is not fixed yet (docs/testing.md).
 func soakDuration(t *testing.T) time.Duration {
 	s := os.Getenv("GOPASST_SOAK")
 	if s == "" {

@@ -390,12 +390,13 @@ func (e *Engine) udpDrop(fd int, route udpRoute) bool {
 }
 
 // udpEvictIdle makes room at --max-udp for a new flow by closing the
-// flow idle longest, the guest's or a host sender's to a -u port, if it
-// has been idle udpEvictAfter (passt's timeout for a flow never
-// answered): a guest that resolves names from a new port each time, as
-// most do, leaves a flow a query, and would be refused for minutes at
-// the cap; so would one whose -u port heard once from thousands of
-// ports. A search that finds none tells when the first could be
+// flow idle longest, the guest's, a host sender's to a -u port or a
+// loopback sender's on pasta's splice path, if it has been idle
+// udpEvictAfter (passt's timeout for a flow never answered): a guest
+// that resolves names from a new port each time, as most do, leaves a
+// flow a query, and would be refused for minutes at the cap; so would
+// one whose -u port heard once from thousands of ports, and the host's
+// loopback senders to a container's -u port. A search that finds none tells when the first could be
 // (evictAt: flows only grow younger), and none runs before: one per
 // datagram, a guest sending from new ports at the cap cost the engine a
 // scan of every flow each, 17 times the datagram's own cost at 4000
@@ -414,12 +415,20 @@ func (e *Engine) udpEvictIdle() {
 	var in *udpInFlow
 	e.fwd.udpIn.each(func(_ int32, f *udpInFlow) {
 		if f.lastAct < last {
-			in, last = f, f.lastAct
+			in, out, last = f, nil, f.lastAct
+		}
+	})
+	var sp *spliceUDPFlow
+	e.spliceUDP.each(func(_ int32, f *spliceUDPFlow) {
+		if f.lastAct < last {
+			sp, in, out, last = f, nil, nil, f.lastAct
 		}
 	})
 	switch {
 	case e.now-last < udpEvictAfter:
 		e.udp.evictAt = last + udpEvictAfter // none yet; from now on, a flow opened
+	case sp != nil:
+		e.spliceUDPClose(sp)
 	case in != nil:
 		e.fwd.udpIn.remove(in.idx, in.key)
 	default:

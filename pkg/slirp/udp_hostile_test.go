@@ -260,6 +260,45 @@ func TestUDPCapCountsSpliceSenders(t *testing.T) {
 	}
 }
 
+// TestUDPSpliceEvictAtCap: at --max-udp, pasta's loopback senders and
+// the guest's flows give way to each other once idle udpEvictAfter, as
+// the guest's and the -u port's senders do: a host client to a
+// container's -u port was refused for minutes once the container's own
+// DNS queries held every place.
+func TestUDPSpliceEvictAtCap(t *testing.T) {
+	pc := listenUDPLoopback(t)
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	te := newUDPTestEngine(t)
+	te.cfg.MaxUDP = 2
+	defer te.spliceUDPExpire(lfd)
+	lo := netip.MustParseAddr("127.0.0.1")
+	sender := func(sport uint16) spliceUDPKey { return spliceUDPKey{lfd, lo, netip.AddrPortFrom(lo, sport)} }
+	for sport := range uint16(2) {
+		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000+sport, port, []byte("guest"))))
+	}
+	te.inputDone()
+	te.now += udpEvictAfter + time.Second
+	te.spliceUDPSend(sender(40000), []byte("splice"), port, false)
+	if te.udp.count != 1 || te.spliceUDP.count != 1 {
+		t.Fatalf("a loopback sender at the cap, the guest's flows idle: %d guest flows, %d loopback senders; want 1 and 1", te.udp.count, te.spliceUDP.count)
+	}
+	te.spliceUDPSend(sender(40001), []byte("splice"), port, false)
+	if te.spliceUDP.count != 2 || te.udp.count != 0 {
+		t.Fatalf("a second: %d guest flows, %d loopback senders; want 0 and 2", te.udp.count, te.spliceUDP.count)
+	}
+	te.now += udpEvictAfter + time.Second
+	te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5002, port, []byte("guest"))))
+	te.inputDone()
+	if te.udp.count != 1 || te.spliceUDP.count != 1 {
+		t.Errorf("the guest at the cap, the loopback senders idle: %d guest flows, %d loopback senders; want 1 and 1", te.udp.count, te.spliceUDP.count)
+	}
+}
+
 // TestUDPNotUnicast: a guest datagram to or from an address that is not
 // unicast (multicast, broadcast, unspecified), or from or to port 0,
 // opens no flow and no host socket: it is counted as unhandled, as
