@@ -221,26 +221,34 @@ func TestUDPForwardNoGuest(t *testing.T) {
 	}
 }
 
+// spliceUDPCapEngine is an engine with UDP on and --max-udp 2, the port
+// of a loopback peer, and the key of a loopback sender from sport on
+// pasta's splice path, whose flows close when the test ends.
+func spliceUDPCapEngine(t *testing.T) (te *testEngine, port uint16, sender func(sport uint16) spliceUDPKey) {
+	pc := listenUDPLoopback(t)
+	port = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	te = newUDPTestEngine(t)
+	te.cfg.MaxUDP = 2
+	t.Cleanup(func() {
+		te.spliceUDPExpire(lfd)
+		unix.Close(lfd)
+	})
+	lo := netip.MustParseAddr("127.0.0.1")
+	return te, port, func(sport uint16) spliceUDPKey { return spliceUDPKey{lfd, lo, netip.AddrPortFrom(lo, sport)} }
+}
+
 // TestUDPCapCountsSpliceSenders: --max-udp bounds the host sockets of
 // the guest's flows and of pasta's loopback senders together, as
 // documented: with the senders at the cap, a guest's new flow is refused
 // with "administratively prohibited".
 func TestUDPCapCountsSpliceSenders(t *testing.T) {
-	pc := listenUDPLoopback(t)
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(lfd)
-	te := newTestEngine(t)
-	te.cfg.NoUDP = false
-	te.cfg.MaxUDP = 2
-	defer te.udp.closeAll(te.Engine)
-	defer te.spliceUDPExpire(lfd)
-	lo := netip.MustParseAddr("127.0.0.1")
+	te, port, sender := spliceUDPCapEngine(t)
 	for sport := range uint16(2) {
-		te.spliceUDPSend(spliceUDPKey{lfd, lo, netip.AddrPortFrom(lo, 40000+sport)}, []byte("x"), port, false)
+		te.spliceUDPSend(sender(40000+sport), []byte("x"), port, false)
 	}
 	if te.spliceUDP.count != 2 {
 		t.Fatalf("%d loopback senders, want 2", te.spliceUDP.count)
@@ -266,18 +274,7 @@ func TestUDPCapCountsSpliceSenders(t *testing.T) {
 // container's -u port was refused for minutes once the container's own
 // DNS queries held every place.
 func TestUDPSpliceEvictAtCap(t *testing.T) {
-	pc := listenUDPLoopback(t)
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(lfd)
-	te := newUDPTestEngine(t)
-	te.cfg.MaxUDP = 2
-	defer te.spliceUDPExpire(lfd)
-	lo := netip.MustParseAddr("127.0.0.1")
-	sender := func(sport uint16) spliceUDPKey { return spliceUDPKey{lfd, lo, netip.AddrPortFrom(lo, sport)} }
+	te, port, sender := spliceUDPCapEngine(t)
 	for sport := range uint16(2) {
 		te.tapInput(frameIP(testGuest4, testGW4, header.ProtoUDP, udp6(5000+sport, port, []byte("guest"))))
 	}
