@@ -37,7 +37,12 @@ const (
 
 // soakDuration is GOPASST_SOAK; unset, the test skips: it still finds
 // an upload that stalls for good after loss recovery (about one in 400
-// transfers), which is not fixed yet (docs/testing.md).
+// transfers), which is not fixed yet (docs/testing.md). The upload's
+// segments are lost in the guest's tap (TX drops: its ring full while the
+// engine is busy); the guest's timeout, backed off through the recovery,
+// stays so while its ACKs cover only retransmitted data: without
+// timestamps (passt offers none either) those give no round-trip sample
+// (Karn), and each later loss costs 30 s and more.
 func soakDuration(t *testing.T) time.Duration {
 	s := os.Getenv("GOPASST_SOAK")
 	if s == "" {
@@ -418,7 +423,11 @@ func (r *soakRig) workers() []soakWorker {
 				// Where each end's TCP stands tells who stalled it.
 				guest, _ := g.Cmd("ss", "-tinoem").CombinedOutput()
 				host, _ := r.host.Cmd("ss", "-tinoem").CombinedOutput()
-				return fmt.Errorf("%v\nthe guest's sockets:\n%s\nthe host's:\n%s", err, guest, host)
+				// Where the guest's segments were lost: a tap's TX
+				// drops are frames its ring had no room for, before
+				// the engine could read them.
+				link, _ := g.Cmd("ip", "-s", "link").CombinedOutput()
+				return fmt.Errorf("%v\nthe guest's sockets:\n%s\nthe host's:\n%s\nthe guest's links:\n%s", err, guest, host, link)
 			}
 			return nil
 		}},
