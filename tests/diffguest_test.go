@@ -821,6 +821,7 @@ var knownDiffs = map[string]string{
 	"resolver-v4lo/rs-*":            "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
 	"resolver-v4lo/dhcp6-*":         "an IPv6 stand-in for the host's IPv4 loopback resolver: gopasst advertises one, passt none",
 	"gw-offnet/dhcp-request":        "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
+	"gw-offnet/arp-own":             "the probes' guest address is not this case's guest's: gopasst leaves a probe (RFC 5227) for an address nobody holds unanswered; passt answers it",
 	"gw-offnet/dhcp-renew":          "gopasst NAKs a renewal from an address that is not the guest's; passt ACKs its own",
 	"gw-offnet/dhcp-request-giaddr": "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
 	"gw-offnet/dhcp-request-cid1":   "gopasst NAKs a requested address that is not the guest's (RFC 2131 4.3.2); passt ACKs its own",
