@@ -73,10 +73,7 @@ func (e *Engine) spliceUDPSend(key spliceUDPKey, payload []byte, port uint16, ns
 // spliceUDPOpen connects a socket for the sender key, to port on the
 // host's key.local or in the namespace (ns).
 func (e *Engine) spliceUDPOpen(key spliceUDPKey, port uint16, ns bool) *spliceUDPFlow {
-	if e.udpFlows() >= e.cfg.MaxUDP {
-		e.udpEvictIdle()
-	}
-	if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
+	if e.udpAtCap() {
 		return nil
 	}
 	fd, err := -1, error(nil)

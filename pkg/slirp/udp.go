@@ -110,10 +110,7 @@ func (e *Engine) udpInput(src, dst netip.Addr, ttl uint8, u header.UDP) {
 	}
 	_, f := e.udp.lookup(guest)
 	if f == nil {
-		if e.udpFlows() >= e.cfg.MaxUDP {
-			e.udpEvictIdle()
-		}
-		if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
+		if e.udpAtCap() {
 			e.sendUnreachable(unix.EACCES, src, dst, header.ProtoUDP, u)
 			return
 		}
@@ -389,6 +386,15 @@ func (e *Engine) udpDrop(fd int, route udpRoute) bool {
 	return true
 }
 
+// udpAtCap tells whether --max-udp refuses a new flow, once the flow
+// idle longest has given its place, if it may (udpEvictIdle).
+func (e *Engine) udpAtCap() bool {
+	if e.udpFlows() >= e.cfg.MaxUDP {
+		e.udpEvictIdle()
+	}
+	return e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP)
+}
+
 // udpEvictIdle makes room at --max-udp for a new flow by closing the
 // flow idle longest, the guest's, a host sender's to a -u port or a
 // loopback sender's on pasta's splice path, if it has been idle
@@ -488,10 +494,7 @@ func (e *Engine) udpInbound(l *listener) {
 		key := udpInKey{l.fwd.GuestPort, remote}
 		_, f := e.fwd.udpIn.lookup(key)
 		if f == nil {
-			if e.udpFlows() >= e.cfg.MaxUDP {
-				e.udpEvictIdle()
-			}
-			if e.atCap(capUDP, e.udpFlows(), e.cfg.MaxUDP) {
+			if e.udpAtCap() {
 				return remote, netip.AddrPort{}, mac // dropped
 			}
 			var idx int32
