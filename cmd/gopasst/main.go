@@ -10,6 +10,7 @@ import (
 	"log"
 	"log/syslog"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ type NetOptions struct {
 	LogSize int64  `name:"log-size" default:"1048576" placeholder:"BYTES" help:"Bound for --log-file."`
 	Pcap    string `short:"p" name:"pcap" placeholder:"FILE" help:"Capture every frame to and from the guest in FILE (libpcap format)."`
 
-	MTU         int      `short:"m" default:"${mtu}" help:"MTU given to the guest by DHCP and RAs; 0 advertises none."`
+	MTU         int      `short:"m" type:"mtu" default:"${mtu}" help:"MTU given to the guest by DHCP and RAs; 0 advertises none."`
 	Address     []string `short:"a" sep:"none" placeholder:"ADDR[/PLEN]" help:"Guest address, IPv4 or IPv6, with an optional prefix length (default: the host's). One per family."`
 	Netmask     string   `short:"n" placeholder:"MASK" help:"IPv4 prefix length or dotted mask."`
 	MAC         string   `short:"M" name:"mac-addr" default:"9a:55:9a:55:9a:55" placeholder:"MAC" help:"gopasst's own MAC address."`
@@ -215,6 +216,7 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 		kong.Vars{"version": "gopasst " + version, "mtu": strconv.Itoa(slirp.DefaultMTU),
 			"max_tcp": strconv.Itoa(slirp.DefaultMaxTCP), "max_udp": strconv.Itoa(slirp.DefaultMaxUDP),
 			"max_icmp": strconv.Itoa(slirp.DefaultMaxICMP), "cmd_max": strconv.Itoa(slirp.DefaultCmdMax)},
+		kong.NamedMapper("mtu", kong.MapperFunc(decodeMTU)),
 		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exit = code }))
 	if err != nil {
 		return nil, true, fail(stderr, "%v", err)
@@ -232,6 +234,24 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 		return nil, true, fail(stderr, "%v", err)
 	}
 	return ctx, false, 0
+}
+
+// decodeMTU reads --mtu as passt's strtoul does: decimal, 0x hex or 0
+// octal, and an empty value ("--mtu=$UNSET") as 0.
+func decodeMTU(ctx *kong.DecodeContext, target reflect.Value) error {
+	var s string
+	if err := ctx.Scan.PopValueInto("mtu", &s); err != nil {
+		return err
+	}
+	n := int64(0)
+	if s != "" {
+		var err error
+		if n, err = strconv.ParseInt(s, 0, 32); err != nil || n < 0 {
+			return fmt.Errorf("invalid MTU: %s", s)
+		}
+	}
+	target.SetInt(n)
+	return nil
 }
 
 // expandAbbreviations spells out long options as passt's getopt_long

@@ -46,6 +46,7 @@ type pastaOptions struct {
 	HostLoToNsLo bool     `name:"host-lo-to-ns-lo" help:"Connections from the host's loopback go to the namespace's loopback, not its address."`
 	DHCPDNS      bool     `name:"dhcp-dns" help:"Name the resolvers in DHCP, DHCPv6 and RAs (pasta's default: not)."`
 	DHCPSearch   bool     `name:"dhcp-search" help:"Name the search domains in DHCP, DHCPv6 and RAs (pasta's default: not)."`
+	RepairPath   string   `name:"repair-path" placeholder:"none" help:"Accepted as 'none' only, as pasta does: live migration is vhost-user's."`
 
 	Target []string `arg:"" optional:"" passthrough:"partial" help:"PID of a process whose namespaces to join, or [--] COMMAND [ARGS...] to run in new ones (default: $SHELL)."`
 }
@@ -176,6 +177,9 @@ func pastaConfig(o *pastaOptions, host hostState) (netSetup, error) {
 // runPasta is pasta's mode: it checks the command line, goes to the
 // background (except for a command or with -f) and serves the namespace.
 func runPasta(o *pastaOptions, stderr io.Writer) int {
+	if o.RepairPath != "" && o.RepairPath != "none" {
+		return fail(stderr, "--repair-path is for vhost-user mode only")
+	}
 	fwds, err := o.forwards()
 	if err != nil {
 		return fail(stderr, "%v", err)
