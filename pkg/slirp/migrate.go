@@ -631,11 +631,13 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	if s.seen.mac != [6]byte{} {
 		e.guestMAC = s.seen.mac
 	}
-	if a := netip.AddrFrom4(s.seen.addr4); !a.IsUnspecified() && e.cfg.has4() {
-		e.addrSeen4 = a
+	// The addresses pass the checks a guest's frame would: the stream
+	// comes from another host.
+	if e.cfg.has4() {
+		e.seen4(netip.AddrFrom4(s.seen.addr4))
 	}
-	if a := netip.AddrFrom16(s.seen.addr6); !a.IsUnspecified() && e.cfg.has6() {
-		e.addrSeen6 = a
+	if e.cfg.has6() {
+		e.seen6(netip.AddrFrom16(s.seen.addr6))
 	}
 	e.fdRoomAhead(len(s.flows))
 	e.logf("migration: the stream holds %d TCP connections", len(s.flows))

@@ -263,3 +263,34 @@ func TestMigrateMappedPeer(t *testing.T) {
 		t.Errorf("the destination has %d connections", d.tcp.count)
 	}
 }
+
+// TestMigrateLoadSeenAddresses: the guest's addresses in a stream pass the
+// checks its frames' do, since the stream comes from another host: a
+// broadcast, multicast or loopback IPv4 address, or a link-local IPv6
+// one, leaves the destination's as they were; good ones are taken.
+func TestMigrateLoadSeenAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		a4, a6 string
+		take   bool
+	}{
+		{"255.255.255.255", "fe80::1", false},
+		{"224.0.0.1", "ff02::1", false},
+		{"127.0.0.1", "::1", false},
+		{"192.0.2.77", "2001:db8::77", true},
+	} {
+		te := newTestEngine(t)
+		s := &migStream{}
+		copy(s.seen.addr4[:], netip.MustParseAddr(tc.a4).AsSlice())
+		copy(s.seen.addr6[:], netip.MustParseAddr(tc.a6).AsSlice())
+		want4, want6 := te.addrSeen4, te.addrSeen6
+		if tc.take {
+			want4, want6 = netip.MustParseAddr(tc.a4), netip.MustParseAddr(tc.a6)
+		}
+		if err := te.migrateLoad(bytes.NewReader(appendMigration(nil, s))); err != nil {
+			t.Fatal(err)
+		}
+		if te.addrSeen4 != want4 || te.addrSeen6 != want6 {
+			t.Errorf("seen %s, %s loaded: %v, %v, want %v, %v", tc.a4, tc.a6, te.addrSeen4, te.addrSeen6, want4, want6)
+		}
+	}
+}
