@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"os/exec"
 	"runtime"
 	"sync"
@@ -263,7 +262,7 @@ type helperServer struct {
 
 	// Only serve's goroutine uses these.
 	ready  bool
-	procs  map[int]*os.Process
+	procs  map[int]*slirp.Command
 	nextID int
 }
 
@@ -278,7 +277,7 @@ type bindKey struct {
 // connections and commands after ready come from that thread alone.
 func (s *helperServer) serve() {
 	runtime.LockOSThread()
-	s.procs = map[int]*os.Process{}
+	s.procs = map[int]*slirp.Command{}
 	var buf [64 << 10]byte
 	for {
 		// Requests carry no descriptor: room for none, so the kernel
@@ -303,7 +302,7 @@ func (s *helperServer) serve() {
 		sendReply(s.fd, &r, fd, herr)
 	}
 	for _, p := range s.procs {
-		slirp.StopCommand(p)
+		p.Stop()
 	}
 }
 
@@ -343,7 +342,8 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		// end, once nothing they started lives on in their group
 		// either: ending the connection stops that too.
 		for id, p := range s.procs {
-			if unix.Kill(-p.Pid, 0) == unix.ESRCH {
+			if p.Gone() {
+				p.Release()
 				delete(s.procs, id)
 			}
 		}
@@ -356,7 +356,7 @@ func (s *helperServer) handle(req *helperRequest, r *helperReply) (int, error) {
 		return fd, err
 	case "endcmd":
 		if p := s.procs[req.ID]; p != nil {
-			slirp.StopCommand(p)
+			p.Stop()
 			delete(s.procs, req.ID)
 		}
 		return -1, nil

@@ -333,7 +333,7 @@ func FuzzCtlAllow(f *testing.F) {
 
 // TestHelperEndCmdAfterLeaderExits: a command that left a child behind
 // and exited is not forgotten by the helper while the child lives, so
-// the end of its connection still stops the child (slirp.StopCommand),
+// the end of its connection still stops the child (slirp.Command.Stop),
 // though another connection came meanwhile.
 func TestHelperEndCmdAfterLeaderExits(t *testing.T) {
 	srv := &helperServer{}

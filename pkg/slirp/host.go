@@ -62,7 +62,7 @@ type LocalHost struct {
 
 	mu      sync.Mutex
 	special map[uint16]*Special
-	procs   map[int]*os.Process // our end of a command's socket pair -> the command
+	procs   map[int]*Command // our end of a command's socket pair -> the command
 }
 
 // SetSpecial makes port lead to s; nil ends the diversion. Commands
@@ -158,7 +158,7 @@ func (h *LocalHost) bindOne(typ int, a netip.Addr, f portspec.Forward) (int, err
 // OpenSpecial opens the host end of a connection to the diverted port,
 // as DialSpecial does, and returns the command it started, if any, for
 // the caller to keep.
-func (h *LocalHost) OpenSpecial(port uint16) (int, *os.Process, error) {
+func (h *LocalHost) OpenSpecial(port uint16) (int, *Command, error) {
 	h.mu.Lock()
 	s := h.special[port]
 	if s == nil {
@@ -195,7 +195,7 @@ func (h *LocalHost) DialSpecial(port uint16) (int, error) {
 	if p != nil {
 		h.mu.Lock()
 		if h.procs == nil {
-			h.procs = map[int]*os.Process{}
+			h.procs = map[int]*Command{}
 		}
 		h.procs[fd] = p
 		h.mu.Unlock()
@@ -223,42 +223,76 @@ func dialUnix(path string) (int, error) {
 // if the thread that started it ends. A goroutine waits for each command,
 // so none is left a zombie, and calls exited then: commands are few and
 // slow to start, and the event loop stays free of them.
-func startCommand(argv []string, exited func()) (int, *os.Process, error) {
+func startCommand(argv []string, exited func()) (int, *Command, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, nil, err
 	}
 	child := os.NewFile(uintptr(pair[1]), "cmd")
 	defer child.Close()
+	c := &Command{pidfd: -1}
 	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr},
-		Sys: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}})
+		Sys: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM, PidFD: &c.pidfd}})
 	if err != nil {
 		unix.Close(pair[0])
 		return -1, nil, err
 	}
+	c.pid = p.Pid
 	go func() { p.Wait(); exited() }()
 	unix.SetNonblock(pair[0], true)
-	return pair[0], p, nil
+	return pair[0], c, nil
 }
 
-// EndCommand stops the command behind fd (StopCommand): a command
+// EndCommand stops the command behind fd (Command.Stop): a command
 // forward lives as long as its connection.
 func (h *LocalHost) EndCommand(fd int) {
 	h.mu.Lock()
-	p := h.procs[fd]
+	c := h.procs[fd]
 	delete(h.procs, fd)
 	h.mu.Unlock()
-	if p != nil {
-		StopCommand(p)
+	if c != nil {
+		c.Stop()
 	}
 }
 
-// StopCommand sends SIGTERM to a command startCommand started and to its
+// Command is a command that a --cmd-fwd connection started, with its
 // process group, which it leads (its own session): a shell's children
 // would outlive it, uncounted by --cmd-fwd-max, and a guest that opened
-// and closed connections piled them up without bound. The group's
-// number is not reused while a member lives.
-func StopCommand(p *os.Process) {
-	p.Signal(unix.SIGTERM)
-	unix.Kill(-p.Pid, unix.SIGTERM)
+// and closed connections piled them up without bound. The group is
+// named by a pidfd of its leader, not by its number: once the last
+// member is gone the number is free for another process to lead a group
+// by (pid_max is often 32768), and a signal sent by number would then
+// reach that stranger's group.
+type Command struct {
+	pid   int
+	pidfd int // -1 when the kernel gave none
+}
+
+// signalGroup signals the command's group. A kernel before 6.9 cannot
+// signal a group through a pidfd: by number, then.
+func (c *Command) signalGroup(sig unix.Signal) error {
+	if c.pidfd >= 0 {
+		err := unix.PidfdSendSignal(c.pidfd, sig, nil, unix.PIDFD_SIGNAL_PROCESS_GROUP)
+		if err != unix.EINVAL && err != unix.ENOSYS {
+			return err
+		}
+	}
+	return unix.Kill(-c.pid, sig)
+}
+
+// Gone says whether nothing of the command's group is left.
+func (c *Command) Gone() bool { return c.signalGroup(0) == unix.ESRCH }
+
+// Stop sends SIGTERM to the command's group and lets go of it.
+func (c *Command) Stop() {
+	c.signalGroup(unix.SIGTERM)
+	c.Release()
+}
+
+// Release lets go of the command without a signal.
+func (c *Command) Release() {
+	if c.pidfd >= 0 {
+		unix.Close(c.pidfd)
+		c.pidfd = -1
+	}
 }

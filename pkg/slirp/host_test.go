@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,4 +75,60 @@ func TestEndCommandStopsItsChildren(t *testing.T) {
 		}
 	}
 	t.Fatal("the command's child still runs 10 s after its connection ended")
+}
+
+// TestEndCommandAfterItsNumberIsReused: a command forward's command that
+// has exited, with nothing left of its group, leaves its number free; a
+// stranger that then leads a group by that number (pid_max is often
+// 32768) must not get the SIGTERM that the connection's end sends.
+// gopasst signalled the group by number, and ended the stranger's. The
+// stranger gets the number through ns_last_pid, which needs root.
+func TestEndCommandAfterItsNumberIsReused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: writes /proc/sys/kernel/ns_last_pid")
+	}
+	h := &LocalHost{}
+	h.SetSpecial(7000, &Special{Argv: []string{"/bin/true"}})
+	fd, err := h.DialSpecial(7000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	c := h.procs[fd]
+	for deadline := time.Now().Add(10 * time.Second); !c.Gone(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("/bin/true's group still there after 10 s")
+		}
+	}
+	// The stranger leads a session of its own, as a login's shell does.
+	var stranger *os.Process
+	for try := 0; try < 50 && stranger == nil; try++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(c.pid-1)), 0); err != nil {
+			t.Skipf("ns_last_pid: %v", err)
+		}
+		p, err := os.StartProcess("/bin/sleep", []string{"sleep", "60"},
+			&os.ProcAttr{Sys: &syscall.SysProcAttr{Setsid: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Pid == c.pid {
+			stranger = p
+			break
+		}
+		p.Kill()
+		p.Wait()
+	}
+	if stranger == nil {
+		t.Skipf("no process got the number %d again in 50 tries", c.pid)
+	}
+	defer func() { stranger.Kill(); stranger.Wait() }()
+	if !c.Gone() {
+		t.Error("the command's group counts as there: its number leads a stranger's")
+	}
+	h.EndCommand(fd)
+	time.Sleep(100 * time.Millisecond)
+	var ws unix.WaitStatus
+	if pid, _ := unix.Wait4(stranger.Pid, &ws, unix.WNOHANG, nil); pid == stranger.Pid {
+		t.Fatalf("the stranger, %d, ended with the command's connection: %v", stranger.Pid, ws.Signal())
+	}
 }
