@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # libcap2-bin's setcap gives a copy of gopasst a file capability.
 TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump uidmap libcap2-bin
 
-.PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
+.PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install uninstall install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
 
 all: build
 
@@ -108,25 +108,46 @@ install: build
 	install -D -m 0644 gopasst.1 $(DESTDIR)$(PREFIX)/share/man/man1/gopasst.1
 	ln -sf gopasst $(DESTDIR)$(PREFIX)/bin/pasta
 
+# uninstall takes back what install made (run uninstall-libvirt and
+# uninstall-pasta first if you ran their install).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/gopasst $(DESTDIR)$(PREFIX)/share/man/man1/gopasst.1
+	[ "$$(readlink $(DESTDIR)$(PREFIX)/bin/pasta)" != gopasst ] || rm -f $(DESTDIR)$(PREFIX)/bin/pasta
+
 # install-libvirt makes libvirt's passt backend run gopasst: Debian's
 # /usr/bin/passt is diverted aside and replaced by a link to gopasst.
+# Debian's /usr/bin/pasta is a link to passt, so pasta runs gopasst too.
+# DESTDIR, if set, is the root whose dpkg database and /usr/bin change.
+DIVERT = dpkg-divert $(if $(DESTDIR),--root=$(DESTDIR))
+
+# divert(NAME) sets Debian's /usr/bin/NAME aside and links gopasst there;
+# undivert(NAME) undoes it, and only it: without the diversion it leaves
+# /usr/bin/NAME, which is then Debian's own, alone.
+define divert
+	$(DIVERT) --local --rename --divert /usr/bin/$(1).distrib --add /usr/bin/$(1)
+	ln -sf $(PREFIX)/bin/gopasst $(DESTDIR)/usr/bin/$(1)
+endef
+define undivert
+	@if [ "$$($(DIVERT) --truename /usr/bin/$(1))" = /usr/bin/$(1).distrib ]; then \
+		rm -f $(DESTDIR)/usr/bin/$(1) && $(DIVERT) --local --rename --divert /usr/bin/$(1).distrib --remove /usr/bin/$(1); \
+	else \
+		echo "/usr/bin/$(1) is not diverted (make install-$(2)): left alone"; \
+	fi
+endef
+
 install-libvirt: install
-	dpkg-divert --local --rename --divert /usr/bin/passt.distrib --add /usr/bin/passt
-	ln -sf $(PREFIX)/bin/gopasst /usr/bin/passt
+	$(call divert,passt)
 
 uninstall-libvirt:
-	rm -f /usr/bin/passt
-	dpkg-divert --local --rename --divert /usr/bin/passt.distrib --remove /usr/bin/passt
+	$(call undivert,passt,libvirt)
 
 # install-pasta makes podman and rootlesskit, which run /usr/bin/pasta,
 # run gopasst: Debian's pasta is diverted aside as passt's is above.
 install-pasta: install
-	dpkg-divert --local --rename --divert /usr/bin/pasta.distrib --add /usr/bin/pasta
-	ln -sf $(PREFIX)/bin/gopasst /usr/bin/pasta
+	$(call divert,pasta)
 
 uninstall-pasta:
-	rm -f /usr/bin/pasta
-	dpkg-divert --local --rename --divert /usr/bin/pasta.distrib --remove /usr/bin/pasta
+	$(call undivert,pasta,pasta)
 
 clean:
 	rm -f gopasst

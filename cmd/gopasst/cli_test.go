@@ -328,8 +328,10 @@ func TestHelp(t *testing.T) {
 			t.Errorf("gopasst ns (pasta) --help offers %s", serveOnly)
 		}
 	}
-	if serve := help("serve", "--help"); !strings.Contains(serve, "--vhost-user") || !strings.Contains(serve, "--tcp-ports") {
-		t.Errorf("gopasst serve --help lacks its flags:\n%s", serve)
+	for _, args := range [][]string{{"serve", "--help"}, {"-f", "--help"}, {"-t", "22", "-h"}} {
+		if serve := help(args...); !strings.Contains(serve, "--vhost-user") || !strings.Contains(serve, "--tcp-ports") {
+			t.Errorf("gopasst %v lacks serve's flags:\n%s", args, serve)
+		}
 	}
 }
 

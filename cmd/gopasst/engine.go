@@ -122,7 +122,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	if o.CmdFwdMax < 1 {
 		return 1, errors.New("--cmd-fwd-max: at least 1")
 	}
-	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, host: slirp.LocalHost{Freebind: o.Freebind, Only4: o.IPv4, Only6: o.IPv6}, ns: r.ns}
+	srv := helperServer{fd: pair[0], cmdMax: o.CmdFwdMax, id: &id, host: slirp.LocalHost{Freebind: o.Freebind, Only4: o.IPv4, Only6: o.IPv6}, ns: r.ns}
 	if err := srv.allow(&ctlRequest{TCP: o.TCPPorts, UDP: o.UDPPorts, UnixFwd: o.UnixFwd, CmdFwd: o.CmdFwd}); err != nil {
 		return 1, err
 	}

@@ -7,6 +7,7 @@ import (
 	"log"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -251,7 +252,8 @@ func (c *helperClient) fail(msg string) {
 // configured (allow, revoke).
 type helperServer struct {
 	fd      int
-	cmdMax  int // --cmd-fwd-max
+	cmdMax  int       // --cmd-fwd-max
+	id      *identity // the engine's user, whose rights --unix-fwd connects with
 	onReady func() error
 	onFail  func(msg string)
 	ns      *pastaHelper // pasta's namespace side, or nil
@@ -405,6 +407,11 @@ func (s *helperServer) allowUndo(req *ctlRequest) (undo func(), err error) {
 		if err := s.freePort(specials, port); err != nil {
 			return nil, fmt.Errorf("--unix-fwd %s: %w", u, err)
 		}
+		if s.id != nil {
+			if err := reachableAs(*s.id, path); err != nil {
+				return nil, fmt.Errorf("--unix-fwd %s: %w", u, err)
+			}
+		}
 		specials[port] = &slirp.Special{Path: path}
 	}
 	for _, c := range req.CmdFwd {
@@ -442,6 +449,33 @@ func (s *helperServer) allowUndo(req *ctlRequest) (undo func(), err error) {
 			s.host.SetSpecial(port, nil)
 		}
 	}, nil
+}
+
+// reachableAs fails if the user id, whose rights the confined thread
+// connects with, may not connect to the unix socket at path: a guest's
+// connections would all be refused, and the engine logs why only with
+// --debug. A path that does not exist yet passes: the server may start
+// later. The check runs on a thread of its own that takes id's
+// credentials and ends with its goroutine.
+func reachableAs(id identity, path string) error {
+	if strings.HasPrefix(path, "@") {
+		return nil // abstract: no permissions
+	}
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with us
+		err := dropThreadPrivileges(id)
+		if err == nil {
+			err = unix.Access(path, unix.W_OK)
+		}
+		done <- err
+	}()
+	if err := <-done; err == unix.EACCES {
+		return fmt.Errorf("uid %d, gid %d (gopasst's engine's user, --runas) may not connect to %s: make it writable for them, or choose another --runas", id.uid, id.gid, path)
+	} else if err != nil && err != unix.ENOENT {
+		return err
+	}
+	return nil
 }
 
 // freePort fails if port is diverted already, in the table or in the

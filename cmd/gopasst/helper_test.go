@@ -380,3 +380,32 @@ func TestHelperEndCmdAfterLeaderExits(t *testing.T) {
 	c.EndCommand(fd)
 	waitUntil("the child of an exited command still runs 10 s after its connection ended", func() bool { return gone(child) })
 }
+
+// TestHelperUnixFwdReachable: a --unix-fwd socket that the engine's user
+// may not connect to is refused when configured, with what to do, rather
+// than every guest connection to it being refused later; one that does
+// not exist yet is allowed.
+func TestHelperUnixFwdReachable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run the engine as nobody")
+	}
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755) // t.TempDir's parent, made 0700
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Chmod(sock, 0o755)
+	srv := &helperServer{id: &identity{65534, 65534}}
+	err = srv.allow(&ctlRequest{UnixFwd: []string{"6000:" + sock}})
+	if err == nil || !strings.Contains(err.Error(), "--runas") || srv.host.HasSpecial(6000) {
+		t.Errorf("a socket nobody may not connect to: %v, port 6000 %v", err, srv.host.HasSpecial(6000))
+	}
+	os.Chmod(sock, 0o777)
+	if err := srv.allow(&ctlRequest{UnixFwd: []string{"6000:" + sock, "6001:" + filepath.Join(dir, "later.sock")}}); err != nil {
+		t.Errorf("a socket nobody may connect to, or one not there yet: %v", err)
+	}
+}

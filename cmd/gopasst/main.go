@@ -222,6 +222,13 @@ func parseArgs(c *cli, args []string, stdout, stderr io.Writer) (ctx *kong.Conte
 		return nil, true, fail(stderr, "%v", err)
 	}
 	args, err = expandAbbreviations(parser.Model, args)
+	if err == nil && len(args) > 1 && strings.HasPrefix(args[0], "-") && args[0] != "--" &&
+		slices.ContainsFunc(args, func(a string) bool { return a == "--help" || a == "-h" }) {
+		// Options before --help are serve's (the default command), as
+		// "passt -f --help" is passt's: show serve's help, not the
+		// commands'.
+		args = append([]string{"serve"}, args...)
+	}
 	if err == nil {
 		ctx, err = parser.Parse(args)
 	}
