@@ -47,7 +47,10 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	return fmt.Sprintf("invalid port spec %q: %q: %s", e.Spec, e.Token, e.Reason)
+	if e.Token == e.Spec {
+		return fmt.Sprintf("invalid port spec %q: %s", e.Spec, e.Reason)
+	}
+	return fmt.Sprintf("invalid port spec %q, at %q: %s", e.Spec, e.Token, e.Reason)
 }
 
 // Parse reads one specification. "none" yields the zero Spec.
@@ -113,7 +116,7 @@ func Parse(s string) (Spec, error) {
 				err = errors.New("port 0 cannot be forwarded to")
 			}
 			if err != nil {
-				return bad(tok, "guest "+err.Error())
+				return bad(tok, "guest side: "+err.Error())
 			}
 			if gf != gl && gl-gf != last-first {
 				return bad(tok, "host and guest ranges differ in size")
@@ -160,8 +163,13 @@ func parseRange(s string) (first, last uint16, err error) {
 
 func parsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil {
-		return 0, fmt.Errorf("invalid port %q", s)
+	switch {
+	case s == "":
+		return 0, errors.New("a port number is missing")
+	case errors.Is(err, strconv.ErrRange):
+		return 0, fmt.Errorf("port %s is past 65535", s)
+	case err != nil:
+		return 0, fmt.Errorf("%q is not a port number", s)
 	}
 	return uint16(n), nil
 }

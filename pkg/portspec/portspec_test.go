@@ -163,3 +163,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestErrorMessages: a bad spec's error says what is wrong in words a
+// user acts on, naming the token once, and the token apart from the spec
+// only where it is a part of it.
+func TestErrorMessages(t *testing.T) {
+	for spec, want := range map[string]string{
+		"22a":      `invalid port spec "22a": "22a" is not a port number`,
+		"22:":      `invalid port spec "22:": guest side: a port number is missing`,
+		"70000":    `invalid port spec "70000": port 70000 is past 65535`,
+		"80,1-":    `invalid port spec "80,1-", at "1-": a port number is missing`,
+		"90-80":    `invalid port spec "90-80": range 90-80 runs backwards`,
+		"x/80":     `invalid port spec "x/80", at "x": invalid address`,
+		"80:90-91": `invalid port spec "80:90-91": host and guest ranges differ in size`,
+	} {
+		if _, err := Parse(spec); err == nil || err.Error() != want {
+			t.Errorf("Parse(%q): %v, want %s", spec, err, want)
+		}
+	}
+}
