@@ -266,8 +266,8 @@ func TestMigrateMappedPeer(t *testing.T) {
 
 // TestMigrateLoadSeenAddresses: the guest's addresses in a stream pass the
 // checks its frames' do, since the stream comes from another host: a
-// broadcast, multicast or loopback IPv4 address, or a link-local IPv6
-// one, leaves the destination's as they were; good ones are taken.
+// broadcast, multicast or loopback IPv4 address, or a link-local or
+// IPv4-mapped IPv6 one, leaves the destination's as they were; good ones are taken.
 func TestMigrateLoadSeenAddresses(t *testing.T) {
 	for _, tc := range []struct {
 		a4, a6 string
@@ -276,6 +276,7 @@ func TestMigrateLoadSeenAddresses(t *testing.T) {
 		{"255.255.255.255", "fe80::1", false},
 		{"224.0.0.1", "ff02::1", false},
 		{"127.0.0.1", "::1", false},
+		{"0.0.0.0", "::ffff:192.0.2.77", false},
 		{"192.0.2.77", "2001:db8::77", true},
 	} {
 		te := newTestEngine(t)
