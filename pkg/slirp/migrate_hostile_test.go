@@ -294,4 +294,21 @@ func TestMigrateLoadSeenAddresses(t *testing.T) {
 			t.Errorf("seen %s, %s loaded: %v, %v, want %v, %v", tc.a4, tc.a6, te.addrSeen4, te.addrSeen6, want4, want6)
 		}
 	}
+	// So does its MAC: a group's is none, a unicast one is taken.
+	for _, tc := range []struct {
+		mac  [6]byte
+		take bool
+	}{{broadcastMAC, false}, {[6]byte{1, 0, 0x5e, 0, 0, 1}, false}, {[6]byte{2, 0, 0, 0, 0, 7}, true}} {
+		te := newTestEngine(t)
+		want := te.guestMAC
+		if tc.take {
+			want = tc.mac
+		}
+		if err := te.migrateLoad(bytes.NewReader(appendMigration(nil, &migStream{seen: migSeen{mac: tc.mac}}))); err != nil {
+			t.Fatal(err)
+		}
+		if te.guestMAC != want {
+			t.Errorf("MAC %x loaded: %x, want %x", tc.mac, te.guestMAC, want)
+		}
+	}
 }
