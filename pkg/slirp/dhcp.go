@@ -150,6 +150,12 @@ func (e *Engine) dhcpInput(payload []byte) {
 		return
 	}
 	e.debugf("DHCP: type %d, answering %d", m.msgType, reply)
+	if reply == dhcpAck && m.msgType != dhcpInform {
+		// The guest now uses the lease, as after DHCPv6's: one that
+		// left an address of its own for it (seen4), and then only
+		// listens, is reached there, not where it sent from last.
+		e.addrSeen4 = e.cfg.Addr4
+	}
 	out := e.buildDHCP(&m, reply)
 	// RFC 2131 4.1: a NAK is broadcast; a client with an address gets
 	// the reply there, one that asked for a broadcast gets one, and any

@@ -113,6 +113,45 @@ func TestDHCPReplyDestination(t *testing.T) {
 	}
 }
 
+// TestDHCPLeaseSeen4: a guest that sent from an address of its own and
+// then takes the lease (an ACK to a REQUEST, a rapid DISCOVER or BOOTP)
+// is reached at the lease's address, as after DHCPv6's; an INFORM, from
+// a client that keeps its own, and a NAK leave it be.
+func TestDHCPLeaseSeen4(t *testing.T) {
+	own := netip.MustParseAddr("192.0.2.77")
+	msg := func(typ uint8, opts ...byte) []byte {
+		b := dhcpDiscover4()
+		b[len(b)-2] = typ
+		return append(b[:len(b)-1], append(opts, optEnd)...)
+	}
+	for _, c := range []struct {
+		name string
+		msg  []byte
+		take bool
+	}{
+		{"request", msg(dhcpRequest, optRequestedIP, 4, 192, 0, 2, 2), true},
+		{"rapid discover", msg(dhcpDiscover, optRapidCommit, 0), true},
+		{"bootp", msg(0), true}, // option 53 of 0: none
+		{"discover", msg(dhcpDiscover), false},
+		{"inform", msg(dhcpInform), false},
+		{"nak", msg(dhcpRequest, optRequestedIP, 4, 192, 0, 2, 99), false},
+	} {
+		e := newTestEngine(t)
+		u := make([]byte, header.UDPLen+1)
+		header.UDP(u).Encode(40000, 9, 1)
+		e.tapInput(frameIP(own, netip.MustParseAddr("198.51.100.1"), header.ProtoUDP, u))
+		e.dhcpInput(c.msg)
+		e.output(t)
+		want := own
+		if c.take {
+			want = testGuest4
+		}
+		if _, to := e.inboundRoute(netip.MustParseAddrPort("198.51.100.7:4000"), 22); to.Addr() != want {
+			t.Errorf("%s: inbound to %v, want %v", c.name, to.Addr(), want)
+		}
+	}
+}
+
 func TestDHCPParsesRequestedIP(t *testing.T) {
 	b := dhcpDiscover4()
 	b[len(b)-2] = dhcpRequest

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -306,16 +307,44 @@ func servePacketsEcho(pc net.PacketConn) {
 	}
 }
 
+// FuzzDHCP feeds client messages to the DHCP server, of an engine as
+// the tests configure it and of one whose gateway is off the guest's
+// subnet (classless routes) with a search list, host name and FQDN past
+// the room a reply has: every reply is a well formed message of 300 to
+// 548 bytes (a 576-byte datagram), its options whole up to their end.
 func FuzzDHCP(f *testing.F) {
 	f.Add(dhcpDiscover4())
-	e := newTestEngine(f)
+	long := newTestEngine(f)
+	long.cfg.Gateway4 = netip.MustParseAddr("198.51.100.1")
+	long.cfg.Hostname = strings.Repeat("h", 63)
+	long.cfg.FQDN = strings.Repeat("f", 63) + "." + strings.Repeat("e", 63) + ".test"
+	long.cfg.Search = nil
+	for i := range 12 {
+		long.cfg.Search = append(long.cfg.Search, fmt.Sprintf("%s%d.example.test", strings.Repeat("s", 40), i))
+	}
+	engines := []*testEngine{newTestEngine(f), long}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := parseDHCP(b)
-		if err != nil {
-			return
-		}
-		if out := e.buildDHCP(&m, dhcpAck); len(out) < 300 {
-			t.Fatalf("reply of %d bytes", len(out))
+		for _, e := range engines {
+			e.dhcpInput(b)
+			for _, fr := range e.output(t) {
+				ip := header.IPv4(header.Ethernet(fr).Payload())
+				u := header.UDP(ip.Payload())
+				d := u.Payload()
+				if ip.Src() != e.cfg.Gateway4 || u.SrcPort() != dhcpServerPort || u.DstPort() != dhcpClientPort ||
+					len(d) < 300 || len(d) > len(e.dhcpBuf) || d[0] != 2 || [4]byte(d[bootpLen:]) != dhcpMagic {
+					t.Fatalf("a reply of %d bytes from %v:%d to port %d", len(d), ip.Src(), u.SrcPort(), u.DstPort())
+				}
+				o := d[bootpLen+4:]
+				for len(o) > 0 && o[0] != optEnd {
+					if len(o) < 2 || 2+int(o[1]) > len(o) {
+						t.Fatalf("an option cut short: % x", o)
+					}
+					o = o[2+int(o[1]):]
+				}
+				if len(o) == 0 {
+					t.Fatal("a reply without its end option")
+				}
+			}
 		}
 	})
 }

@@ -628,11 +628,12 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	if err != nil {
 		return err
 	}
-	if s.seen.mac != [6]byte{} {
-		e.guestMAC = s.seen.mac
+	// The MAC and addresses pass the checks a guest's frame's would
+	// (tapInput: a group's MAC is none): the stream comes from another
+	// host.
+	if m := s.seen.mac; m != [6]byte{} && m[0]&1 == 0 {
+		e.guestMAC = m
 	}
-	// The addresses pass the checks a guest's frame would: the stream
-	// comes from another host.
 	if e.cfg.has4() {
 		e.seen4(netip.AddrFrom4(s.seen.addr4))
 	}

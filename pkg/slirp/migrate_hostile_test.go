@@ -266,8 +266,8 @@ func TestMigrateMappedPeer(t *testing.T) {
 
 // TestMigrateLoadSeenAddresses: the guest's addresses in a stream pass the
 // checks its frames' do, since the stream comes from another host: a
-// broadcast, multicast or loopback IPv4 address, or a link-local IPv6
-// one, leaves the destination's as they were; good ones are taken.
+// broadcast, multicast or loopback IPv4 address, or a link-local or
+// IPv4-mapped IPv6 one, leaves the destination's as they were; good ones are taken.
 func TestMigrateLoadSeenAddresses(t *testing.T) {
 	for _, tc := range []struct {
 		a4, a6 string
@@ -276,6 +276,7 @@ func TestMigrateLoadSeenAddresses(t *testing.T) {
 		{"255.255.255.255", "fe80::1", false},
 		{"224.0.0.1", "ff02::1", false},
 		{"127.0.0.1", "::1", false},
+		{"0.0.0.0", "::ffff:192.0.2.77", false},
 		{"192.0.2.77", "2001:db8::77", true},
 	} {
 		te := newTestEngine(t)
@@ -291,6 +292,23 @@ func TestMigrateLoadSeenAddresses(t *testing.T) {
 		}
 		if te.addrSeen4 != want4 || te.addrSeen6 != want6 {
 			t.Errorf("seen %s, %s loaded: %v, %v, want %v, %v", tc.a4, tc.a6, te.addrSeen4, te.addrSeen6, want4, want6)
+		}
+	}
+	// So does its MAC: a group's is none, a unicast one is taken.
+	for _, tc := range []struct {
+		mac  [6]byte
+		take bool
+	}{{broadcastMAC, false}, {[6]byte{1, 0, 0x5e, 0, 0, 1}, false}, {[6]byte{2, 0, 0, 0, 0, 7}, true}} {
+		te := newTestEngine(t)
+		want := te.guestMAC
+		if tc.take {
+			want = tc.mac
+		}
+		if err := te.migrateLoad(bytes.NewReader(appendMigration(nil, &migStream{seen: migSeen{mac: tc.mac}}))); err != nil {
+			t.Fatal(err)
+		}
+		if te.guestMAC != want {
+			t.Errorf("MAC %x loaded: %x, want %x", tc.mac, te.guestMAC, want)
 		}
 	}
 }

@@ -232,8 +232,9 @@ func (e *Engine) neighEvent(n rtnl.Neigh) {
 // neighGuestAddr is how the guest sees a host neighbour at a, as passt's
 // nat_inbound maps it: the host's loopback (127.0.0.1 or ::1) and its own
 // address are the addresses mapped to them, if any; any other address
-// the guest could reach is itself; the guest's own (guestEUI64 too), an
-// unspecified, a loopback or an IPv4-mapped address is none (ok false).
+// the guest could reach is itself; the guest's own (the address it
+// sends from, seen4 and seen6, and guestEUI64 too), an unspecified, a
+// loopback or an IPv4-mapped address is none (ok false).
 func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
 	if a.Is4() && a.IsLoopback() && a != loopback4 || a.Is4In6() {
 		return netip.Addr{}, false // not 127.0.0.1, the one passt maps; no IPv6 neighbour
@@ -241,7 +242,7 @@ func (e *Engine) neighGuestAddr(a netip.Addr) (_ netip.Addr, ok bool) {
 	if m := e.hostStandIn(a); m.IsValid() {
 		return m, true
 	}
-	if a.IsUnspecified() || a.IsLoopback() || a == e.cfg.Addr4 || a == e.cfg.Addr6 || a == e.addrSeen6 || e.guestEUI64(a) {
+	if a.IsUnspecified() || a.IsLoopback() || a == e.cfg.Addr4 || a == e.addrSeen4 || a == e.cfg.Addr6 || a == e.addrSeen6 || e.guestEUI64(a) {
 		return netip.Addr{}, false
 	}
 	return a, true

@@ -772,6 +772,25 @@ func TestNeighGuestEUI64(t *testing.T) {
 	}
 }
 
+// The address the guest sends from is its own, as its DHCP address is
+// (seen4): a host neighbour there, announced, had the guest see its
+// address taken (RFC 5227's conflict), as one at its IPv6 address would.
+func TestNeighGuestSeen4(t *testing.T) {
+	te := neighEngine(t, nil)
+	own := netip.MustParseAddr("192.0.2.77")
+	u := make([]byte, header.UDPLen+1)
+	header.UDP(u).Encode(40000, 9, 1)
+	te.tapInput(frameIP(own, netip.MustParseAddr("198.51.100.1"), header.ProtoUDP, u))
+	te.output(t)
+	te.neighEvent(hostNeigh(own, macA))
+	if got := te.announced(t); len(got) != 0 {
+		t.Errorf("announced %q", got)
+	}
+	if _, ok := te.neigh.entries[own]; ok {
+		t.Errorf("the guest's address %v taken as a neighbour's", own)
+	}
+}
+
 // A host's link that churns its neighbours (entries made and forced out
 // again, as a host flooding the link with made-up addresses has them)
 // costs the guest at most neighAnnounceMax announcements a tick; an

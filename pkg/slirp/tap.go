@@ -260,9 +260,10 @@ func (e *Engine) seen4(src netip.Addr) {
 
 // seen6 records the global address the guest last used, as passt does:
 // inbound connections go there, since the guest may have picked an
-// address by SLAAC rather than take ours by DHCPv6.
+// address by SLAAC rather than take ours by DHCPv6. An IPv4-mapped
+// address, global to netip, is none (ipv6Input).
 func (e *Engine) seen6(src netip.Addr) {
-	if src.IsGlobalUnicast() { // link-local is not global
+	if src.IsGlobalUnicast() && !src.Is4In6() { // link-local is not global
 		e.addrSeen6 = src
 	}
 }
