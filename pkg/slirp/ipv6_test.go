@@ -366,3 +366,37 @@ func TestUnreachableQuotesThePacket(t *testing.T) {
 		t.Errorf("error of %d bytes to a guest whose MTU is 68", n)
 	}
 }
+
+// TestRAManyResolvers: a host with more resolvers than an RA carries
+// (the RDNSS option's length counts to 127 of them; the guest's MTU may
+// hold fewer) gets a well-formed RA within the MTU, with as many as fit.
+// The length field wrapped at 128, and the RA ran past a small MTU.
+func TestRAManyResolvers(t *testing.T) {
+	for _, mtu := range []int{1280, 9000, DefaultMTU} {
+		e := newTestEngine(t)
+		e.setMTU(mtu)
+		e.cfg.DNS6 = nil
+		for i := range 200 {
+			e.cfg.DNS6 = append(e.cfg.DNS6, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i)}))
+		}
+		e.ndpInput(netip.MustParseAddr("fe80::2"), []byte{header.ICMPv6RouterSol, 0, 0, 0, 0, 0, 0, 0}, 255)
+		out := e.output(t)
+		ras := icmp6Out(out)
+		if len(ras) != 1 || len(out[0])-header.EthernetLen > mtu {
+			t.Fatalf("MTU %d: %d RAs, frame of %d bytes", mtu, len(ras), len(out[0]))
+		}
+		o := ras[0][header.NDPRALen:]
+		if !header.NDPOptionsValid(o) {
+			t.Fatalf("MTU %d: RA options do not parse", mtu)
+		}
+		n := 0
+		for ; len(o) > 0; o = o[int(o[1])*8:] {
+			if o[0] == header.NDPOptRDNSS {
+				n = (int(o[1]) - 1) / 2
+			}
+		}
+		if want := min(127, (mtu-header.IPv6Len-header.NDPRALen-32-8-8-8)/16); n != want {
+			t.Errorf("MTU %d: %d resolvers, want %d", mtu, n, want)
+		}
+	}
+}

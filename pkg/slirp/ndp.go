@@ -117,18 +117,25 @@ func (e *Engine) sendRA(dst netip.Addr) {
 		// Search domains only with resolvers to search, as passt.
 		dnssl = encodeDomains(e.cfg.Search)
 	}
-	if len(dnssl) > 254*8 {
-		dnssl = nil // more than the option's length field can say
-	}
 	l4len := header.NDPRALen + 32 + 8 // prefix, source link-layer
 	if !e.cfg.NoMTUOption {
 		l4len += 8
 	}
-	if n := len(rdnss); n > 0 {
+	// The resolvers, then the search list, as many as the guest's MTU
+	// and the options' length fields take: a host may name any number
+	// of resolvers, and a guest drops an RA past its MTU whole.
+	room := e.mtu() - header.IPv6Len - l4len
+	if n := min(len(rdnss), 127, (room-8)/16); n > 0 {
+		rdnss = rdnss[:n]
 		l4len += 8 + 16*n
+		room -= 8 + 16*n
+	} else {
+		rdnss, dnssl = nil, nil
 	}
-	if len(dnssl) > 0 {
+	if len(dnssl) > 0 && len(dnssl) <= 254*8 && 8+(len(dnssl)+7)/8*8 <= room {
 		l4len += 8 + (len(dnssl)+7)/8*8
+	} else {
+		dnssl = nil
 	}
 	b := e.reserveIP(dst, l4len)
 	if b == nil {
