@@ -310,7 +310,8 @@ func (e *Engine) AttachStream(fd int) {
 
 // Messages a guest can set off again and again, so logged at most every
 // 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
-// socket could not be opened; and the host's neighbour changes lost or
+// socket could not be opened, or whose --unix-fwd or --cmd-fwd could not
+// be reached; and the host's neighbour changes lost or
 // unread, and its neighbours past our table's bound, which a busy link
 // can set off as often.
 const (
@@ -320,6 +321,7 @@ const (
 	openTCP
 	openUDP
 	openICMP
+	dialSpecial
 	neighLost
 	neighFull
 	logKinds

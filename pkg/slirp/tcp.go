@@ -385,6 +385,12 @@ func (e *Engine) tcpConnect(key tcpKey, t header.TCP) {
 		return
 	}
 	if err != nil && err != unix.EINPROGRESS {
+		if notTCP && e.logDue(dialSpecial) {
+			// A unix socket or command the host named and gopasst
+			// cannot reach (a socket's mode, a missing program):
+			// the host's mistake, which no guest can cure.
+			e.warnf("TCP port %d of the gateway (--unix-fwd, --cmd-fwd): %v", key.remote.Port(), err)
+		}
 		e.debugf("TCP %v: connect: %v", key.remote, err)
 		if !e.tcpUnreachable(key, t.Seq(), err) {
 			e.tcpRstReply(key, t)
