@@ -230,14 +230,18 @@ func startCommand(argv []string, exited func()) (int, *Command, error) {
 	}
 	child := os.NewFile(uintptr(pair[1]), "cmd")
 	defer child.Close()
-	c := &Command{pidfd: -1}
 	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{child, child, os.Stderr},
-		Sys: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM, PidFD: &c.pidfd}})
+		Sys: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}})
 	if err != nil {
 		unix.Close(pair[0])
 		return -1, nil, err
 	}
-	c.pid = p.Pid
+	// Opened before the command can be reaped, so that its number is
+	// still its own. (SysProcAttr.PidFD fails the start under qemu-user.)
+	c := &Command{pid: p.Pid}
+	if c.pidfd, err = unix.PidfdOpen(p.Pid, unix.PIDFD_NONBLOCK); err != nil {
+		c.pidfd = -1
+	}
 	go func() { p.Wait(); exited() }()
 	unix.SetNonblock(pair[0], true)
 	return pair[0], c, nil

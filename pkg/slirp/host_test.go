@@ -95,6 +95,9 @@ func TestEndCommandAfterItsNumberIsReused(t *testing.T) {
 	}
 	defer unix.Close(fd)
 	c := h.procs[fd]
+	if c.pidfd < 0 {
+		t.Skip("no pidfd here (qemu-user): a group is signalled by number")
+	}
 	for deadline := time.Now().Add(10 * time.Second); !c.Gone(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("/bin/true's group still there after 10 s")
