@@ -50,7 +50,9 @@ func duplex(c net.Conn, out, in byte, size int64) error {
 		sent <- err
 	}()
 	sum, n, err := hashCopy(c)
-	if err == nil && (n != size || !bytes.Equal(sum, sumStream(in, size))) {
+	if err != nil {
+		err = fmt.Errorf("after %d of %d bytes: %w", n, size, err)
+	} else if n != size || !bytes.Equal(sum, sumStream(in, size)) {
 		err = fmt.Errorf("got %d of %d bytes, sha256 match %v", n, size, bytes.Equal(sum, sumStream(in, size)))
 	}
 	if e := <-sent; err == nil && e != nil {
@@ -67,7 +69,23 @@ func impairedBulk(t *testing.T, w *World, flows int, size int64) {
 	hl := w.Host.Listen(t, "tcp", "127.0.0.1:0")
 	gl := w.Guest.Listen(t, "tcp", fmt.Sprintf(":%d", impairFwd))
 	served := make(chan error, 2*flows)
-	serve := func(c net.Conn) { served <- duplex(c, 2, 1, size); c.Close() }
+	var mu sync.Mutex
+	serving := map[string]bool{} // the servers' connections not ended, by peer
+	serve := func(c net.Conn) {
+		name := fmt.Sprintf("%v <- %v", c.LocalAddr(), c.RemoteAddr())
+		mu.Lock()
+		serving[name] = true
+		mu.Unlock()
+		err := duplex(c, 2, 1, size)
+		mu.Lock()
+		delete(serving, name)
+		mu.Unlock()
+		if err != nil {
+			err = fmt.Errorf("%s: %w", name, err)
+		}
+		served <- err
+		c.Close()
+	}
 	acceptLoop(hl, serve)
 	acceptLoop(gl, serve)
 	var wg sync.WaitGroup
@@ -98,8 +116,11 @@ func impairedBulk(t *testing.T, w *World, flows int, size int64) {
 				t.Errorf("server: %v", err)
 			}
 		case <-time.After(time.Minute):
-			t.Fatalf("a server never ended; host:\n%s\nguest:\n%s",
-				w.Host.Run(t, "ss", "-tanoi"), w.Guest.Run(t, "ss", "-tanoi"))
+			mu.Lock()
+			pending := fmt.Sprint(serving)
+			mu.Unlock()
+			t.Fatalf("a server never ended (%s, still serving); host:\n%s\nguest:\n%s",
+				pending, w.Host.Run(t, "ss", "-tanoi"), w.Guest.Run(t, "ss", "-tanoi"))
 		}
 	}
 	if t.Failed() {
