@@ -112,8 +112,15 @@ type Impairment struct {
 	Reorder   float64 // fraction of frames held back behind the next ReorderBy
 	ReorderBy int     // frames a held-back one waits for (at most 10 ms)
 	Burst     float64 // fraction of frames that start a total loss...
-	BurstLen  int     // ...of this many frames
+	BurstLen  int     // ...of this many frames, within burstSpan
 }
+
+// burstSpan ends a burst that its frames have not ended: a burst of loss
+// is an event in time. Counted in frames alone, one that began at a
+// flow's last frames went on to swallow its retransmissions, which come
+// ever further apart, for a minute and more: a blackout that no sender
+// comes out of, not a burst.
+const burstSpan = 100 * time.Millisecond
 
 // impairer applies an Impairment to the frames one direction writes.
 type impairer struct {
@@ -121,9 +128,10 @@ type impairer struct {
 	imp   Impairment
 	rng   *rand.Rand
 	write func([]byte) error
-	burst int      // frames left to lose in this burst
-	held  [][]byte // frames held back, oldest first
-	wait  int      // frames to pass before the held ones go
+	burst int       // frames left to lose in this burst
+	until time.Time // when this burst ends, if its frames have not ended it
+	held  [][]byte  // frames held back, oldest first
+	wait  int       // frames to pass before the held ones go
 	timer *time.Timer
 }
 
@@ -142,8 +150,12 @@ func (i *impairer) send(frame []byte) error {
 		return i.write(frame)
 	}
 	imp := i.imp
+	now := time.Now()
+	if i.burst > 0 && now.After(i.until) {
+		i.burst = 0
+	}
 	if i.burst == 0 && i.rng.Float64() < imp.Burst {
-		i.burst = imp.BurstLen
+		i.burst, i.until = imp.BurstLen, now.Add(burstSpan)
 	}
 	if i.burst > 0 {
 		i.burst--

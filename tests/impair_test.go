@@ -140,7 +140,10 @@ func impairedBulk(t *testing.T, w *World, flows int, size int64) {
 // waiting: every read ends within two minutes, and then the engine holds
 // no connection and idles.
 func shortExchanges(t *testing.T, w *World, n, conc int) {
+	var servers sync.WaitGroup // each ends within its deadline, and before the test
 	answer := func(c net.Conn) {
+		servers.Add(1)
+		defer servers.Done()
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Minute))
 		req := make([]byte, 5)
@@ -203,6 +206,7 @@ func shortExchanges(t *testing.T, w *World, n, conc int) {
 		}()
 	}
 	wg.Wait()
+	servers.Wait()
 	pid := w.ServerPid(t)
 	if !pollUntil(2*time.Minute, func() bool { return connectedTCP(pid) == 0 }) {
 		t.Errorf("%d host connections left", connectedTCP(pid))
