@@ -453,8 +453,8 @@ func (s *helperServer) allowUndo(req *ctlRequest) (undo func(), err error) {
 
 // reachableAs fails if the user id, whose rights the confined thread
 // connects with, may not connect to the unix socket at path: a guest's
-// connections would all be refused, and the engine logs why only with
-// --debug. A path that does not exist yet passes: the server may start
+// connections would all be refused, which the user would learn only
+// from the log. A path that does not exist yet passes: the server may start
 // later. The check runs on a thread of its own that takes id's
 // credentials and ends with its goroutine.
 func reachableAs(id identity, path string) error {
