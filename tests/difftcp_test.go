@@ -308,9 +308,15 @@ func (c *conn) wait(d time.Duration, match func(seg) bool) *seg {
 // from the bare ACK just noted, of the same connection and with nothing
 // sent by the guest between, replaces it: whether a backend read the
 // guest's data and FIN in one turn or two, and so acknowledged them
-// once or twice, is the scheduler's doing.
+// once or twice, is the scheduler's doing. A RST the same as the line
+// just noted is not noted again: the guest drops a copy, and gopasst
+// sends a reset established connection's RST again (tcpReset in
+// pkg/slirp), as passt does not.
 func (c *conn) noteSeg(sg seg) {
 	s := c.s
+	if sg.flags&fRst != 0 && len(s.lines) > 0 && s.lines[len(s.lines)-1] == c.line(sg) {
+		return
+	}
 	bare := sg.flags == fAck && len(sg.data) == 0 && len(sg.opts) == 0 && !(c.showWin && sg.win == 0)
 	last := &s.lastAck
 	if bare && last.c == c && last.line == len(s.lines)-1 && s.lines[last.line] == last.text &&

@@ -119,6 +119,8 @@ const (
 	tcpMinMSS       = 48                     // Linux's tcp_min_snd_mss: a guest cannot ask for tinier segments
 	tcpAckDelay     = time.Millisecond       // how long a small segment's ACK may wait
 	tcpQuickAck     = 100 * time.Millisecond // no delaying for this long after one timed out
+	tcpResetCopies  = 3                      // a RST to the guest is sent again this often (tcpReset)
+	tcpResetGap     = 200 * time.Millisecond // ... first after this, each gap four times the one before
 )
 
 type tcpKey struct {
@@ -169,6 +171,8 @@ type tcpTable struct {
 	ackDelayed []int32             // flows whose ACK waits for a reply to carry it
 	ackDelay   time.Duration       // tcpAckDelay; tests make it long or zero
 	tapWaiters []int32             // flows waiting for room in the output queue
+	resets     [64]tcpReset        // RSTs sent to the guest, to send again (tcpReset)
+	resetsOwed int                 // resets with copies left
 	iov        [1024]unix.Iovec    // a peek's pieces (UIO_MAXIOV)
 	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
 	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
@@ -441,6 +445,7 @@ func (e *Engine) tcpAddFlow(key tcpKey, fd int, state tcpState) *tcpFlow {
 	}
 	f.sndUna = e.tcp.isn(key, e.now)
 	f.sndNxt, f.sndMax = f.sndUna, f.sndUna
+	e.tcp.forgetReset(key)
 	f.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, soPeekOff, 0) == nil
 	return f
 }
@@ -1265,6 +1270,7 @@ func (e *Engine) tcpRewind(f *tcpFlow) {
 
 // tcpTimers runs retransmissions and expiry for every flow.
 func (e *Engine) tcpTimers() {
+	e.tcpRepeatResets()
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
@@ -1326,9 +1332,12 @@ func (e *Engine) tcpProbeWindow(f *tcpFlow) {
 func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	if rstGuest {
 		if f.state&tcpConnecting != 0 {
-			e.tcpSendFlags(f, header.TCPRst|header.TCPAck)
+			e.tcpSendFlags(f, header.TCPRst|header.TCPAck) // a lost one: the guest's SYN comes again
 		} else {
 			e.tcpSendFlags(f, header.TCPRst)
+			if f.state&tcpEstablished != 0 { // before, the guest sends again until answered
+				e.tcp.keepReset(f, e.now)
+			}
 		}
 	}
 	if !rstHost && f.unread > 0 {
@@ -1350,6 +1359,62 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	f.fd = -1
 	f.state, f.flags = 0, 0
 	e.tcp.remove(f.idx, f.key)
+}
+
+// tcpReset is a RST sent to the guest for a flow that is gone, kept to be
+// sent again: nothing acknowledges a RST, and the guest's connection
+// would outlive one lost on the way (a full ring, a lossy link) for as
+// long as the guest only waits to read, since only its own segments
+// would meet our answer to a segment of no flow. A guest that got the
+// first drops the copies (RFC 9293, 3.10.7.1), and a new flow on the
+// same addresses cancels them. Kept in a small table: when it is full, a
+// new RST takes the place of the one with the fewest copies left.
+type tcpReset struct {
+	key  tcpKey
+	mac  remoteMAC
+	seq  uint32
+	due  time.Duration
+	left uint8 // copies still to send; the slot is free at 0
+}
+
+// keepReset keeps the RST just sent for f (tcpReset).
+func (t *tcpTable) keepReset(f *tcpFlow, now time.Duration) {
+	slot := &t.resets[0]
+	for i := range t.resets {
+		if r := &t.resets[i]; r.left < slot.left {
+			slot = r
+		}
+	}
+	if slot.left == 0 {
+		t.resetsOwed++
+	}
+	*slot = tcpReset{key: f.key, mac: f.mac, seq: f.sndNxt, due: now + tcpResetGap, left: tcpResetCopies}
+}
+
+// forgetReset drops the copies of a RST for key: a new flow has it.
+func (t *tcpTable) forgetReset(key tcpKey) {
+	for i := 0; t.resetsOwed > 0 && i < len(t.resets); i++ {
+		if r := &t.resets[i]; r.left > 0 && r.key == key {
+			r.left = 0
+			t.resetsOwed--
+		}
+	}
+}
+
+// tcpRepeatResets sends the kept RSTs that are due again.
+func (e *Engine) tcpRepeatResets() {
+	for i := 0; e.tcp.resetsOwed > 0 && i < len(e.tcp.resets); i++ {
+		r := &e.tcp.resets[i]
+		if r.left == 0 || e.now < r.due {
+			continue
+		}
+		f := tcpFlow{key: r.key, mac: r.mac}
+		e.tcpSendSeg(&f, header.TCPRst, r.seq, 0)
+		if r.left--; r.left == 0 {
+			e.tcp.resetsOwed--
+		}
+		r.due = e.now + tcpResetGap<<(2*(tcpResetCopies-r.left))
+	}
 }
 
 // tcpSendFlags sends a segment without data, with the current window.
@@ -1485,4 +1550,5 @@ func (t *tcpTable) closeAll(e *Engine) {
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]
+	t.resets, t.resetsOwed = [len(t.resets)]tcpReset{}, 0
 }

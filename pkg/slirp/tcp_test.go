@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -424,5 +425,48 @@ func TestTCPGapFilledInBatch(t *testing.T) {
 	got := make([]byte, 12)
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "first second" {
 		t.Fatalf("the host read %q, %v", got, err)
+	}
+}
+
+// TestTCPHostResetRepeated: the host's RST reaches the guest again, with
+// the same sequence number, tcpResetCopies times at growing gaps, as one
+// lost would leave a guest that only reads waiting; then no more. A new
+// connection on the same addresses gets none of the old one's.
+func TestTCPHostResetRepeated(t *testing.T) {
+	h, c := tcpPeer(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	var seq uint32
+	h.receive(t, true, func(s header.TCP) bool { seq = s.Seq(); return isRst(s) })
+	resets := func(d time.Duration) (n int) {
+		h.jump(d)
+		h.e.turn(5)
+		h.readFrames(func(s header.TCP) {
+			if !isRst(s) || s.Seq() != seq || s.Flags()&header.TCPAck != 0 {
+				t.Fatalf("after the RST: %v seq %d, want the RST again at %d", s.Flags(), s.Seq(), seq)
+			}
+			n++
+		})
+		return n
+	}
+	if n := resets(tcpResetGap / 2); n != 0 {
+		t.Fatalf("%d RSTs again before tcpResetGap", n)
+	}
+	for i := range tcpResetCopies {
+		if n := resets(tcpResetGap << (2 * i)); n != 1 {
+			t.Fatalf("copy %d: %d RSTs, want 1", i+1, n)
+		}
+	}
+	if n := resets(time.Minute); n != 0 || h.e.tcp.resetsOwed != 0 {
+		t.Fatalf("%d RSTs after the last copy, %d owed", n, h.e.tcp.resetsOwed)
+	}
+
+	h.e.tcp.keepReset(&tcpFlow{key: tcpKey{guest: netip.AddrPortFrom(hpGuest, 40000),
+		remote: netip.AddrPortFrom(hpGateway, h.dport)}, sndNxt: seq}, h.e.now)
+	h.seq += 1000
+	h.send(h.segment(header.TCPSyn, 0))
+	h.e.turn(20)
+	if h.flow() == nil || h.e.tcp.resetsOwed != 0 {
+		t.Fatalf("a new flow on the same addresses: flow %v, %d RSTs still owed", h.flow(), h.e.tcp.resetsOwed)
 	}
 }
