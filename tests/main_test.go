@@ -16,7 +16,8 @@ import (
 // tests changed the mode or owner of /tmp or of any directory above
 // suiteDir: the suite runs on machines that stay in use.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "gopasst-test-")
+	sweepLeftovers()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("gopasst-test-%d-", os.Getpid()))
 	if err != nil {
 		panic(err)
 	}

@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -49,21 +51,58 @@ func (ns *Netns) file() string {
 }
 
 // newNetns creates a namespace with loopback up and removes it, with its
-// /etc/netns files, when the test ends.
+// /etc/netns files, when the test ends. Its name carries the test
+// binary's PID, for sweepNetns.
 func newNetns(t testing.TB, prefix string) *Netns {
 	t.Helper()
 	var r [4]byte
 	rand.Read(r[:])
-	ns := &Netns{Name: prefix + "-" + hex.EncodeToString(r[:])}
+	ns := &Netns{Name: fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), hex.EncodeToString(r[:]))}
 	mustRun(t, "ip", "netns", "add", ns.Name)
-	t.Cleanup(func() {
-		exec.Command("ip", "netns", "pids", ns.Name).Run()
-		killNetns(ns.Name)
-		exec.Command("ip", "netns", "del", ns.Name).Run()
-		os.RemoveAll(filepath.Join("/etc/netns", ns.Name))
-	})
+	t.Cleanup(func() { delNetns(ns.Name) })
 	ns.Run(t, "ip", "link", "set", "lo", "up")
 	return ns
+}
+
+// delNetns ends the processes in a named namespace and deletes it, with
+// its /etc/netns files.
+func delNetns(name string) {
+	killNetns(name)
+	exec.Command("ip", "netns", "del", name).Run()
+	os.RemoveAll(filepath.Join("/etc/netns", name))
+}
+
+// leftBy matches what a test binary names by its PID: namespaces
+// (newNetns) and the suite's directory (TestMain).
+var leftBy = regexp.MustCompile(`^(?:gp[gh]|gopasst-test)-([0-9]+)-`)
+
+// sweepLeftovers deletes what an earlier test binary that is gone (a
+// panic, a timeout, a kill) named by its PID and could not clean up: the
+// machine is left as it was found even after a failed run.
+func sweepLeftovers() {
+	gone := func(name string) bool {
+		m := leftBy.FindStringSubmatch(name)
+		if m == nil {
+			return false
+		}
+		pid, _ := strconv.Atoi(m[1])
+		return pid != os.Getpid() && unix.Kill(pid, 0) == unix.ESRCH
+	}
+	if os.Geteuid() == 0 {
+		out, _ := exec.Command("ip", "netns", "list").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) > 0 && gone(f[0]) {
+				fmt.Fprintf(os.Stderr, "deleting namespace %s, left by a test binary that is gone\n", f[0])
+				delNetns(f[0])
+			}
+		}
+	}
+	dirs, _ := os.ReadDir(os.TempDir())
+	for _, d := range dirs {
+		if gone(d.Name()) {
+			os.RemoveAll(filepath.Join(os.TempDir(), d.Name()))
+		}
+	}
 }
 
 // killNetns ends processes left in a namespace, so it can be deleted.
