@@ -52,7 +52,7 @@ func (ns *Netns) file() string {
 
 // newNetns creates a namespace with loopback up and removes it, with its
 // /etc/netns files, when the test ends. Its name carries the test
-// binary's PID, for sweepNetns.
+// binary's PID, for sweepLeftovers.
 func newNetns(t testing.TB, prefix string) *Netns {
 	t.Helper()
 	var r [4]byte
