@@ -54,7 +54,8 @@ import (
 // the host's end of stream becomes our FIN (tcpHostEOF, tcpFinSent), sent
 // after all data before it. The flow ends once both FINs are acknowledged,
 // or tcpFinTimeout after either without activity. A RST either way resets
-// the other side (SO_LINGER 0 toward the host).
+// the other side (SO_LINGER 0 toward the host); the guest first gets
+// what the host peer sent before its reset (tcpHostError).
 //
 // Timers and keepalives. connect() gets tcpSynTimeout. A guest keepalive
 // probe is answered and turns SO_KEEPALIVE on for the host socket; a guest
@@ -77,10 +78,11 @@ const (
 	tcpHostEOF                          // ... and we read to the end of its stream
 	tcpFinSent                          // FIN sent to the guest
 	tcpFinAcked                         // ... and acknowledged
+	tcpHostReset                        // the host peer reset: what it sent goes to the guest, then our RST
 )
 
 var tcpStateNames = []string{"CONNECTING", "SYN_ACK_SENT", "SYN_SENT", "ESTABLISHED",
-	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED"}
+	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED", "HOST_RST"}
 
 func (s tcpState) String() string { return header.BitNames(uint32(s), tcpStateNames, "CLOSED") }
 
@@ -554,9 +556,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		}
 		return
 	}
-	if events&unix.EPOLLERR != 0 {
-		e.debugf("TCP %v: host socket error: %v", f.key.remote, sockError(f.fd))
-		e.tcpClose(f, true, false)
+	if events&unix.EPOLLERR != 0 && !e.tcpHostError(f) {
 		return
 	}
 	if events&unix.EPOLLOUT != 0 && f.flags&tcpWaitWrite != 0 {
@@ -583,6 +583,38 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSendToGuest(f)
 	}
+}
+
+// tcpHostError handles an error on a flow's host socket, and reports
+// whether the flow goes on. A reset by the host peer ends its stream, but
+// what it sent before, which the socket acknowledged, is still in the
+// socket, as a client of the peer's own would read it before the reset:
+// the guest gets it, and our RST once it has acknowledged it all
+// (tcpResetDelivered). Any other error, or a reset before the
+// handshake, ends the flow now.
+func (e *Engine) tcpHostError(f *tcpFlow) bool {
+	err := sockError(f.fd) // taken, or a peek would return it
+	if f.state&tcpHostReset != 0 {
+		return true // reported again at each change of the flow's epoll events
+	}
+	if err != unix.ECONNRESET && err != unix.EPIPE || f.state&tcpEstablished == 0 || f.flags&tcpNotTCP != 0 {
+		e.debugf("TCP %v: host socket error: %v", f.key.remote, err)
+		e.tcpClose(f, true, false)
+		return false
+	}
+	// EPIPE is a reset after the peer's FIN. The reset also shut the
+	// socket down both ways: EPOLLHUP peeks what is left.
+	e.debugf("TCP %v: reset by the host peer", f.key.remote)
+	e.tcpSetState(f, tcpHostReset|tcpHostRdhup, 0)
+	return true
+}
+
+// tcpResetDelivered tells whether the guest acknowledged all that a
+// reset host peer sent (tcpHostError): then our RST is due. The socket
+// holds no more than what it acknowledged; sndUna == sndNxt alone holds
+// after a rewind too.
+func (e *Engine) tcpResetDelivered(f *tcpFlow) bool {
+	return f.state&tcpHostReset != 0 && f.sndUna == f.sndNxt && inq(f.fd) <= int(f.unread)
 }
 
 // advance moves sndNxt past n bytes (or a SYN or FIN) just sent.
@@ -649,6 +681,10 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 		// The next peek starts at the new sndNxt, past what the guest
 		// acknowledged and we have not dropped yet.
 		unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, int(f.unread))
+	}
+	if e.tcpResetDelivered(f) {
+		e.tcpClose(f, true, false)
+		return false
 	}
 	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
 		if f.ackSent != f.rcvNxt {
@@ -742,6 +778,9 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 	if f.state&tcpGuestFin != 0 {
 		e.tcpAckNow(f) // a retransmission: our ACK of the FIN was lost
 		return
+	}
+	if f.state&tcpHostReset != 0 {
+		return // no one to take it: the guest gets our RST (tcpHostError)
 	}
 	if e.tcp.w.flow != f {
 		e.tcpWriteFlush() // another flow's batch
@@ -948,7 +987,7 @@ func (e *Engine) tcpDelayedAcks() {
 // When there is no room, EPOLLOUT tells us when to reopen the window;
 // nothing else would, and the guest would sit in zero-window probing.
 func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
-	if f.state&tcpGuestFin != 0 {
+	if f.state&(tcpGuestFin|tcpHostReset) != 0 {
 		return 0
 	}
 	if f.flags&tcpRoomKnown != 0 {
@@ -1126,6 +1165,12 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
+			if f.state&tcpHostReset != 0 {
+				if e.tcpResetDelivered(f) {
+					e.tcpClose(f, true, false)
+				}
+				return
+			}
 			if f.state&tcpFinSent == 0 {
 				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
 				e.tcpSetState(f, tcpFinSent, 0)
