@@ -54,8 +54,8 @@ import (
 // the host's end of stream becomes our FIN (tcpHostEOF, tcpFinSent), sent
 // after all data before it. The flow ends once both FINs are acknowledged,
 // or tcpFinTimeout after either without activity. A RST either way resets
-// the other side (SO_LINGER 0 toward the host); the guest first gets
-// what the host peer sent before its reset (tcpHostError).
+// the other side (SO_LINGER 0 toward the host), once it has what we took
+// from the side that reset before its reset (tcpHostError, tcpLinger).
 //
 // Timers and keepalives. connect() gets tcpSynTimeout. A guest keepalive
 // probe is answered and turns SO_KEEPALIVE on for the host socket; a guest
@@ -105,6 +105,7 @@ const (
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
 	tcpRoomKnown                       // room is still a safe window: read, less what was written since (spendRoom)
 	tcpUrgent                          // the host peer sent urgent data: a peek may stop short at it
+	tcpGuestReset                      // the guest reset it: its socket may linger (tcpLinger)
 )
 
 const (
@@ -175,6 +176,7 @@ type tcpTable struct {
 	tapWaiters []int32             // flows waiting for room in the output queue
 	resets     [64]tcpReset        // RSTs sent to the guest, to send again (tcpReset)
 	resetsOwed int                 // resets with copies left
+	lingers    []tcpLinger         // sockets of flows the guest reset, until their peer has the data
 	iov        [1024]unix.Iovec    // a peek's pieces (UIO_MAXIOV)
 	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
 	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
@@ -312,6 +314,13 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	f.lastAct = e.now
 	if flags&header.TCPRst != 0 {
 		e.debugf("TCP %v: reset by guest", key.remote)
+		if e.tcp.w.flow == f {
+			// What the guest sent before, in this batch, goes first.
+			if e.tcpWriteFlush(); f.fd < 0 {
+				return // the write failed: the flow is reset
+			}
+		}
+		f.flags |= tcpGuestReset
 		e.tcpClose(f, false, true)
 		return
 	}
@@ -1316,6 +1325,7 @@ func (e *Engine) tcpRewind(f *tcpFlow) {
 // tcpTimers runs retransmissions and expiry for every flow.
 func (e *Engine) tcpTimers() {
 	e.tcpRepeatResets()
+	e.tcpLingerExpire(false)
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
@@ -1400,10 +1410,58 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	if e.tcp.w.flow == f {
 		e.tcp.w = tcpWriteBatch{}
 	}
-	unix.Close(f.fd)
+	if f.flags&(tcpGuestReset|tcpNotTCP) != tcpGuestReset || !e.tcpLingerAdd(f.fd) {
+		unix.Close(f.fd)
+	}
 	f.fd = -1
 	f.state, f.flags = 0, 0
 	e.tcp.remove(f.idx, f.key)
+}
+
+// tcpLinger is the host socket of a flow the guest reset while the
+// socket still held data the guest sent, which we acknowledged. A peer
+// of the guest's own would have had that data, and read it before the
+// reset; closed at once, the socket would throw it away. So it stays
+// open, out of the flow table and out of epoll, until its peer has
+// acknowledged it all, or does not for tcpFinTimeout; then closing it
+// resets the peer (SO_LINGER 0, set by tcpClose). Kept in a small table:
+// when it is full, the oldest is reset at once.
+type tcpLinger struct {
+	fd  int
+	end time.Duration
+}
+
+const tcpLingerMax = 64
+
+// tcpLingerAdd keeps fd (tcpLinger) if it still has data to send, and
+// reports whether it did.
+func (e *Engine) tcpLingerAdd(fd int) bool {
+	if q, err := sockQueued(fd, unix.SIOCOUTQ); err != nil || q <= 0 {
+		return false
+	}
+	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	t := &e.tcp
+	if len(t.lingers) == tcpLingerMax {
+		unix.Close(t.lingers[0].fd)
+		t.lingers = slices.Delete(t.lingers, 0, 1)
+	}
+	t.lingers = append(t.lingers, tcpLinger{fd: fd, end: e.now + tcpFinTimeout})
+	return true
+}
+
+// tcpLingerExpire closes the lingering sockets whose peer has all their
+// data, or whose time is up; all of them when closeAll.
+func (e *Engine) tcpLingerExpire(closeAll bool) {
+	keep := e.tcp.lingers[:0]
+	for _, l := range e.tcp.lingers {
+		if q, err := sockQueued(l.fd, unix.SIOCOUTQ); !closeAll && err == nil && q > 0 && e.now < l.end {
+			keep = append(keep, l)
+			continue
+		}
+		unix.Close(l.fd)
+	}
+	clear(e.tcp.lingers[len(keep):])
+	e.tcp.lingers = keep
 }
 
 // tcpReset is a RST sent to the guest for a flow that is gone, kept to be
@@ -1592,6 +1650,7 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 
 func (t *tcpTable) closeAll(e *Engine) {
 	t.each(func(_ int32, f *tcpFlow) { e.tcpClose(f, false, true) })
+	e.tcpLingerExpire(true)
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]

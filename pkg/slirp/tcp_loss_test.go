@@ -1,7 +1,11 @@
 package slirp
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,5 +75,77 @@ func TestTCPHostResetDelivers(t *testing.T) {
 	}
 	if h.e.tcp.count != 0 {
 		t.Fatal("flow left after the RST")
+	}
+}
+
+// TestTCPGuestResetDelivers: the guest uploads to a host peer that does
+// not read yet, so most of it waits in the host socket, acknowledged,
+// then sends its last segment and a reset in one batch (a server closing
+// with a request's rest unread). A peer of the guest's own would have
+// had the data and read it before the reset: the host peer reads every
+// byte, then the reset, which comes once it has them. The flow is gone
+// at once, its socket lingering out of the table.
+func TestTCPGuestResetDelivers(t *testing.T) {
+	h, c := tcpPeer(t)
+	up := pattern(1<<20+1000, 9)
+	h.uploadData(t, up[:1<<20])
+	// The last segment and the RST in one batch, as a guest's close
+	// sends them.
+	last := h.segment(header.TCPAck|header.TCPPsh, 1000)
+	copy(last[len(last)-1000:], up[1<<20:])
+	batch := append([]byte(nil), last...)
+	h.seq += 1000
+	h.send(append(batch, h.segment(header.TCPRst|header.TCPAck, 0)...))
+	h.e.turn(5)
+	if h.e.tcp.count != 0 || len(h.e.tcp.lingers) != 1 {
+		t.Fatalf("after the guest's RST: %d flows, %d sockets lingering; want 0 and 1", h.e.tcp.count, len(h.e.tcp.lingers))
+	}
+	type result struct {
+		got []byte
+		err error
+	}
+	read := make(chan result)
+	go func() {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		got, err := io.ReadAll(c)
+		read <- result{got, err}
+	}()
+	var r result
+	for done := false; !done; {
+		h.e.turn(20) // its ticks close the socket once the peer has all
+		select {
+		case r = <-read:
+			done = true
+		default:
+		}
+	}
+	if !bytes.Equal(r.got, up) || !errors.Is(r.err, syscall.ECONNRESET) {
+		t.Fatalf("the host peer read %d of %d bytes (equal %v), then %v; want all, then a reset",
+			len(r.got), len(up), bytes.Equal(r.got, up), r.err)
+	}
+	if len(h.e.tcp.lingers) != 0 {
+		t.Fatalf("%d sockets still lingering", len(h.e.tcp.lingers))
+	}
+}
+
+// TestTCPGuestResetLingerBounded: the socket of a flow the guest reset
+// lingers no longer than tcpFinTimeout for a host peer that does not
+// read: then the peer is reset.
+func TestTCPGuestResetLingerBounded(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.uploadData(t, pattern(1<<20, 13))
+	h.send(h.segment(header.TCPRst|header.TCPAck, 0))
+	h.e.turn(5)
+	if len(h.e.tcp.lingers) != 1 {
+		t.Fatalf("%d sockets lingering, want 1", len(h.e.tcp.lingers))
+	}
+	h.jump(tcpFinTimeout)
+	h.e.turn(5)
+	if len(h.e.tcp.lingers) != 0 {
+		t.Fatal("the socket still lingers past tcpFinTimeout")
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the host peer read to %v, want a reset", err)
 	}
 }
