@@ -149,3 +149,36 @@ func TestTCPGuestResetLingerBounded(t *testing.T) {
 		t.Fatalf("the host peer read to %v, want a reset", err)
 	}
 }
+
+// TestTCPSequenceWrap: both sides' sequence numbers start just below
+// 2^32, as any initial ones may, and 1 MiB each way crosses the wrap:
+// the host peer reads the upload, and the guest gets the download, byte
+// for byte.
+func TestTCPSequenceWrap(t *testing.T) {
+	h, c := tcpPeer(t)
+	f := h.flow()
+	// As if both had chosen these initial sequence numbers: nothing
+	// moved yet, so the numbers are all relative to them.
+	up, down := uint32(1<<32-300000)-h.seq, uint32(1<<32-200000)-f.sndNxt
+	h.seq += up
+	f.rcvNxt, f.ackSent, f.edgeSent, f.wndSeq = f.rcvNxt+up, f.ackSent+up, f.edgeSent+up, f.wndSeq+up
+	h.ack += down
+	f.sndUna, f.sndNxt, f.sndMax = f.sndUna+down, f.sndNxt+down, f.sndMax+down
+
+	data := pattern(1<<20, 11)
+	read := make(chan []byte)
+	go func() {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		got, _ := io.ReadAll(io.LimitReader(c, int64(len(data))))
+		read <- got
+	}()
+	h.uploadData(t, data)
+	if got := <-read; !bytes.Equal(got, data) {
+		t.Fatalf("the host peer read %d of %d bytes (equal %v)", len(got), len(data), bytes.Equal(got, data))
+	}
+	go c.Write(data)
+	h.receiveStream(t, h.ack, nil, data)
+	if f.rcvNxt >= 1<<20 || f.sndNxt >= 1<<20 {
+		t.Fatalf("the numbers did not wrap: %d from the guest, %d to it", f.rcvNxt, f.sndNxt)
+	}
+}
