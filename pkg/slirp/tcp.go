@@ -606,13 +606,14 @@ func (e *Engine) tcpHostError(f *tcpFlow) bool {
 	if f.state&tcpHostReset != 0 {
 		return true // reported again at each change of the flow's epoll events
 	}
-	if err != unix.ECONNRESET && err != unix.EPIPE || f.state&tcpEstablished == 0 || f.flags&tcpNotTCP != 0 {
+	if err != unix.ECONNRESET && err != unix.EPIPE || f.state&tcpEstablished == 0 {
 		e.debugf("TCP %v: host socket error: %v", f.key.remote, err)
 		e.tcpClose(f, true, false)
 		return false
 	}
-	// EPIPE is a reset after the peer's FIN. The reset also shut the
-	// socket down both ways: EPOLLHUP peeks what is left.
+	// EPIPE is a reset after the peer's FIN; a unix socket's peer that
+	// closes with data unread resets it too. Either shuts the socket
+	// down both ways: EPOLLHUP peeks what is left.
 	e.debugf("TCP %v: reset by the host peer", f.key.remote)
 	e.tcpSetState(f, tcpHostReset|tcpHostRdhup, 0)
 	return true

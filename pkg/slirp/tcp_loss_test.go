@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -180,5 +181,51 @@ func TestTCPSequenceWrap(t *testing.T) {
 	h.receiveStream(t, h.ack, nil, data)
 	if f.rcvNxt >= 1<<20 || f.sndNxt >= 1<<20 {
 		t.Fatalf("the numbers did not wrap: %d from the guest, %d to it", f.rcvNxt, f.sndNxt)
+	}
+}
+
+// TestTCPUnixForwardResetDelivers: a unix socket's peer (--unix-fwd)
+// answers past the guest's window and closes with the request unread,
+// which resets the socket: the guest still gets the whole answer, then
+// the RST, as TestTCPHostResetDelivers.
+func TestTCPUnixForwardResetDelivers(t *testing.T) {
+	h, _ := tcpPeer(t)
+	path := filepath.Join(t.TempDir(), "svc")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u := divertedPort(t, h, path)
+	u.send(u.segment(header.TCPSyn, 0))
+	if acked, _ := u.synAnswer(5 * time.Second); !acked {
+		t.Fatal("no SYN-ACK from the diverted port")
+	}
+	u.seq++
+	u.wnd = 8 // 1 KiB, scaled by 2^7
+	u.send(u.segment(header.TCPAck, 0))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := u.segment(header.TCPAck|header.TCPPsh, 3) // never read
+	u.send(req)
+	u.seq += 3
+	want := pattern(20<<10, 3)
+	c.Write(want)
+	u.e.turn(10)
+	c.Close()
+	u.e.turn(10)
+	u.wnd = 0xffff
+	var got []byte
+	start := u.ack
+	u.receive(t, false, func(s header.TCP) bool {
+		if s.Seq() == start+uint32(len(got)) {
+			got = append(got, s.Payload()...)
+		}
+		return isRst(s)
+	})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the guest got %d of %d bytes (equal %v) before the RST", len(got), len(want), bytes.Equal(got, want))
 	}
 }
