@@ -105,7 +105,7 @@ const (
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
 	tcpRoomKnown                       // room is still a safe window: read, less what was written since (spendRoom)
 	tcpUrgent                          // the host peer sent urgent data: a peek may stop short at it
-	tcpGuestReset                      // the guest reset it: its socket may linger (tcpLinger)
+	tcpLingerHost                      // the guest is gone: its socket may linger (tcpLinger)
 )
 
 const (
@@ -320,8 +320,7 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 				return // the write failed: the flow is reset
 			}
 		}
-		f.flags |= tcpGuestReset
-		e.tcpClose(f, false, true)
+		e.tcpGuestGone(f, false)
 		return
 	}
 	if flags&header.TCPSyn != 0 {
@@ -1337,7 +1336,7 @@ func (e *Engine) tcpTimers() {
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
 				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
-				e.tcpClose(f, true, true)
+				e.tcpGuestGone(f, true)
 				return
 			}
 			f.rtoAt = e.now + tcpRTO<<min(f.retries, 4)
@@ -1358,7 +1357,7 @@ func (e *Engine) tcpTimers() {
 			}
 		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
 			e.now-f.lastAct > tcpIdle:
-			e.tcpClose(f, true, true)
+			e.tcpGuestGone(f, true)
 		case f.state&tcpEstablished != 0 && f.sndUna == f.sndNxt &&
 			e.now-max(f.lastAct, f.kaSent) > tcpKeepIdle:
 			// The guest has been silent: probe it, one byte below what
@@ -1411,7 +1410,7 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	if e.tcp.w.flow == f {
 		e.tcp.w = tcpWriteBatch{}
 	}
-	if f.flags&(tcpGuestReset|tcpNotTCP) != tcpGuestReset || !e.tcpLingerAdd(f.fd) {
+	if f.flags&(tcpLingerHost|tcpNotTCP) != tcpLingerHost || !e.tcpLingerAdd(f.fd, f.state&tcpGuestFin != 0) {
 		unix.Close(f.fd)
 	}
 	f.fd = -1
@@ -1419,10 +1418,13 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	e.tcp.remove(f.idx, f.key)
 }
 
-// tcpLinger is the host socket of a flow the guest reset while the
-// socket still held data the guest sent, which we acknowledged. A peer
-// of the guest's own would have had that data, and read it before the
-// reset; closed at once, the socket would throw it away. So it stays
+// tcpLinger is the host socket of a flow the guest reset, or that ended
+// as the guest no longer answered (tcpGuestGone), while the socket still
+// held data the guest sent, which we acknowledged. A peer of the guest's
+// own would have had that data, and read it before the reset; closed at
+// once, the socket would throw it away. A guest's kernel forgets a
+// connection it closed a minute after our ACK of its FIN, which comes
+// long before a slow peer has read an upload from our socket. So it stays
 // open, out of the flow table and out of epoll, until its peer has
 // acknowledged it all, or does not for tcpFinTimeout; then closing it
 // resets the peer (SO_LINGER 0, set by tcpClose). Kept in a small table:
@@ -1430,14 +1432,28 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 type tcpLinger struct {
 	fd  int
 	end time.Duration
+	fin bool // the socket is shut for writing: its FIN counts in SIOCOUTQ
+}
+
+// unsent is how much of the guest's data l's peer has not acknowledged.
+func (l tcpLinger) unsent() int {
+	q, err := sockQueued(l.fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	if l.fin {
+		q--
+	}
+	return q
 }
 
 const tcpLingerMax = 64
 
-// tcpLingerAdd keeps fd (tcpLinger) if it still has data to send, and
-// reports whether it did.
-func (e *Engine) tcpLingerAdd(fd int) bool {
-	if q, err := sockQueued(fd, unix.SIOCOUTQ); err != nil || q <= 0 {
+// tcpLingerAdd keeps fd (tcpLinger), shut for writing if fin, if it
+// still has data to send, and reports whether it did.
+func (e *Engine) tcpLingerAdd(fd int, fin bool) bool {
+	l := tcpLinger{fd: fd, end: e.now + tcpFinTimeout, fin: fin}
+	if l.unsent() <= 0 {
 		return false
 	}
 	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
@@ -1446,7 +1462,7 @@ func (e *Engine) tcpLingerAdd(fd int) bool {
 		unix.Close(t.lingers[0].fd)
 		t.lingers = slices.Delete(t.lingers, 0, 1)
 	}
-	t.lingers = append(t.lingers, tcpLinger{fd: fd, end: e.now + tcpFinTimeout})
+	t.lingers = append(t.lingers, l)
 	return true
 }
 
@@ -1455,7 +1471,7 @@ func (e *Engine) tcpLingerAdd(fd int) bool {
 func (e *Engine) tcpLingerExpire(closeAll bool) {
 	keep := e.tcp.lingers[:0]
 	for _, l := range e.tcp.lingers {
-		if q, err := sockQueued(l.fd, unix.SIOCOUTQ); !closeAll && err == nil && q > 0 && e.now < l.end {
+		if !closeAll && l.unsent() > 0 && e.now < l.end {
 			keep = append(keep, l)
 			continue
 		}
@@ -1463,6 +1479,14 @@ func (e *Engine) tcpLingerExpire(closeAll bool) {
 	}
 	clear(e.tcp.lingers[len(keep):])
 	e.tcp.lingers = keep
+}
+
+// tcpGuestGone ends a flow that the guest reset, or that it stopped
+// answering; its host socket lingers (tcpLinger), and the peer gets the
+// reset after what the guest sent.
+func (e *Engine) tcpGuestGone(f *tcpFlow, rstGuest bool) {
+	f.flags |= tcpLingerHost
+	e.tcpClose(f, rstGuest, true)
 }
 
 // tcpReset is a RST sent to the guest for a flow that is gone, kept to be

@@ -229,3 +229,46 @@ func TestTCPUnixForwardResetDelivers(t *testing.T) {
 		t.Fatalf("the guest got %d of %d bytes (equal %v) before the RST", len(got), len(want), bytes.Equal(got, want))
 	}
 }
+
+// TestTCPGuestGoneKeepsUpload: the guest uploads to a host peer that
+// reads slowly, closes its side, and is then gone (its kernel forgets a
+// closed connection after a minute, a stopped guest answers nothing):
+// the flow ends at tcpFinTimeout, or tcpIdle, or when our data goes
+// unacknowledged, but what the guest sent, which we acknowledged, still
+// reaches the host peer, then the guest's end of stream.
+func TestTCPGuestGoneKeepsUpload(t *testing.T) {
+	for _, how := range []string{"fin timeout", "idle", "retries"} {
+		t.Run(how, func(t *testing.T) {
+			h, c := tcpPeer(t)
+			up := pattern(1<<20, 17)
+			h.uploadData(t, up)
+			if how != "idle" {
+				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+				h.seq++
+			}
+			if how == "retries" {
+				c.Write([]byte("never acknowledged"))
+			}
+			h.e.turn(10)
+			for i := 0; h.e.tcp.count != 0; i++ {
+				if i == 100 {
+					t.Fatalf("the flow outlived %d jumps", i)
+				}
+				h.jump(tcpIdle / 10)
+				h.e.turn(5)
+				h.readFrames(func(header.TCP) {})
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(io.LimitReader(c, int64(len(up))))
+			if !bytes.Equal(got, up) {
+				t.Fatalf("the host peer read %d of %d bytes (equal %v), then %v", len(got), len(up), bytes.Equal(got, up), err)
+			}
+			if how == "idle" {
+				return // no FIN from the guest
+			}
+			if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("after the upload the host peer read %d bytes, %v; want the guest's FIN", n, err)
+			}
+		})
+	}
+}
