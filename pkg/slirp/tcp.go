@@ -176,7 +176,7 @@ type tcpTable struct {
 	tapWaiters []int32             // flows waiting for room in the output queue
 	resets     [64]tcpReset        // RSTs sent to the guest, to send again (tcpReset)
 	resetsOwed int                 // resets with copies left
-	lingers    []tcpLinger         // sockets of flows the guest reset, until their peer has the data
+	lingers    []tcpLinger         // sockets of flows whose guest is gone, until their peer has its data
 	iov        [1024]unix.Iovec    // a peek's pieces (UIO_MAXIOV)
 	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
 	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
