@@ -605,6 +605,8 @@ var tcpKnown = map[string]string{
 	"zero-window-update-lost": "passt probes a closed window with data (past the window); gopasst with an empty segment just below it, as Linux does",
 	"dup-data":                "gopasst acknowledges a duplicate at once (RFC 9293 3.10.7.4), passt with the next segment",
 	"host-fin-first":          "upstream: passt sends its FIN a second time with the next sequence number, past the first",
+	"host-rst-queued": "passt resets the guest at once, and what the host peer sent before its reset, which the host socket " +
+		"acknowledged, is lost; gopasst sends it once the window opens, then the RST, as a client of the peer's own reads it",
 	"syn-again": "upstream: passt answers a SYN sent again after its SYN-ACK with a bare SYN of the next sequence number, " +
 		"then drops the guest's data; gopasst sends its SYN-ACK again, and a challenge ACK once established",
 	"host-stops-reading": "passt takes less than the window it offers and waits for the guest to send the rest again, " +

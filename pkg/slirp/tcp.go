@@ -54,7 +54,8 @@ import (
 // the host's end of stream becomes our FIN (tcpHostEOF, tcpFinSent), sent
 // after all data before it. The flow ends once both FINs are acknowledged,
 // or tcpFinTimeout after either without activity. A RST either way resets
-// the other side (SO_LINGER 0 toward the host).
+// the other side (SO_LINGER 0 toward the host), once it has what we took
+// from the side that reset before its reset (tcpHostError, tcpLinger).
 //
 // Timers and keepalives. connect() gets tcpSynTimeout. A guest keepalive
 // probe is answered and turns SO_KEEPALIVE on for the host socket; a guest
@@ -77,10 +78,11 @@ const (
 	tcpHostEOF                          // ... and we read to the end of its stream
 	tcpFinSent                          // FIN sent to the guest
 	tcpFinAcked                         // ... and acknowledged
+	tcpHostReset                        // the host peer reset: what it sent goes to the guest, then our RST
 )
 
 var tcpStateNames = []string{"CONNECTING", "SYN_ACK_SENT", "SYN_SENT", "ESTABLISHED",
-	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED"}
+	"GUEST_FIN", "HOST_RDHUP", "HOST_EOF", "FIN_SENT", "FIN_ACKED", "HOST_RST"}
 
 func (s tcpState) String() string { return header.BitNames(uint32(s), tcpStateNames, "CLOSED") }
 
@@ -103,6 +105,7 @@ const (
 	tcpInOff                           // EPOLLIN is off while the flow cannot send (tcpHoldIn)
 	tcpRoomKnown                       // room is still a safe window: read, less what was written since (spendRoom)
 	tcpUrgent                          // the host peer sent urgent data: a peek may stop short at it
+	tcpLingerHost                      // the guest is gone: its socket may linger (tcpLinger)
 )
 
 const (
@@ -173,6 +176,7 @@ type tcpTable struct {
 	tapWaiters []int32             // flows waiting for room in the output queue
 	resets     [64]tcpReset        // RSTs sent to the guest, to send again (tcpReset)
 	resetsOwed int                 // resets with copies left
+	lingers    []tcpLinger         // sockets of flows whose guest is gone, until their peer has its data
 	iov        [1024]unix.Iovec    // a peek's pieces (UIO_MAXIOV)
 	frames     [tcpMaxSegs][]byte  // the frames a peek fills, from their start
 	segIov     [tcpMaxSegs + 1]int // where each frame's pieces start in iov
@@ -310,7 +314,13 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 	f.lastAct = e.now
 	if flags&header.TCPRst != 0 {
 		e.debugf("TCP %v: reset by guest", key.remote)
-		e.tcpClose(f, false, true)
+		if e.tcp.w.flow == f {
+			// What the guest sent before, in this batch, goes first.
+			if e.tcpWriteFlush(); f.fd < 0 {
+				return // the write failed: the flow is reset
+			}
+		}
+		e.tcpGuestGone(f, false)
 		return
 	}
 	if flags&header.TCPSyn != 0 {
@@ -554,9 +564,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		}
 		return
 	}
-	if events&unix.EPOLLERR != 0 {
-		e.debugf("TCP %v: host socket error: %v", f.key.remote, sockError(f.fd))
-		e.tcpClose(f, true, false)
+	if events&unix.EPOLLERR != 0 && !e.tcpHostError(f) {
 		return
 	}
 	if events&unix.EPOLLOUT != 0 && f.flags&tcpWaitWrite != 0 {
@@ -583,6 +591,39 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		e.tcpSendToGuest(f)
 	}
+}
+
+// tcpHostError handles an error on a flow's host socket, and reports
+// whether the flow goes on. A reset by the host peer ends its stream, but
+// what it sent before, which the socket acknowledged, is still in the
+// socket, as a client of the peer's own would read it before the reset:
+// the guest gets it, and our RST once it has acknowledged it all
+// (tcpResetDelivered). Any other error, or a reset before the
+// handshake, ends the flow now.
+func (e *Engine) tcpHostError(f *tcpFlow) bool {
+	err := sockError(f.fd) // taken, or a peek would return it
+	if f.state&tcpHostReset != 0 {
+		return true // reported again at each change of the flow's epoll events
+	}
+	if err != unix.ECONNRESET && err != unix.EPIPE || f.state&tcpEstablished == 0 {
+		e.debugf("TCP %v: host socket error: %v", f.key.remote, err)
+		e.tcpClose(f, true, false)
+		return false
+	}
+	// EPIPE is a reset after the peer's FIN; a unix socket's peer that
+	// closes with data unread resets it too. Either shuts the socket
+	// down both ways: EPOLLHUP peeks what is left.
+	e.debugf("TCP %v: reset by the host peer", f.key.remote)
+	e.tcpSetState(f, tcpHostReset|tcpHostRdhup, 0)
+	return true
+}
+
+// tcpResetDelivered tells whether the guest acknowledged all that a
+// reset host peer sent (tcpHostError): then our RST is due. The socket
+// holds no more than what it acknowledged; sndUna == sndNxt alone holds
+// after a rewind too.
+func (e *Engine) tcpResetDelivered(f *tcpFlow) bool {
+	return f.state&tcpHostReset != 0 && f.sndUna == f.sndNxt && inq(f.fd) <= int(f.unread)
 }
 
 // advance moves sndNxt past n bytes (or a SYN or FIN) just sent.
@@ -649,6 +690,10 @@ func (e *Engine) tcpAck(f *tcpFlow, seq, ack uint32, rawWnd uint16, hasData bool
 		// The next peek starts at the new sndNxt, past what the guest
 		// acknowledged and we have not dropped yet.
 		unix.SetsockoptInt(f.fd, unix.SOL_SOCKET, soPeekOff, int(f.unread))
+	}
+	if e.tcpResetDelivered(f) {
+		e.tcpClose(f, true, false)
+		return false
 	}
 	if f.state&tcpGuestFin != 0 && f.state&tcpFinAcked != 0 {
 		if f.ackSent != f.rcvNxt {
@@ -742,6 +787,9 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 	if f.state&tcpGuestFin != 0 {
 		e.tcpAckNow(f) // a retransmission: our ACK of the FIN was lost
 		return
+	}
+	if f.state&tcpHostReset != 0 {
+		return // no one to take it: the guest gets our RST (tcpHostError)
 	}
 	if e.tcp.w.flow != f {
 		e.tcpWriteFlush() // another flow's batch
@@ -948,7 +996,7 @@ func (e *Engine) tcpDelayedAcks() {
 // When there is no room, EPOLLOUT tells us when to reopen the window;
 // nothing else would, and the guest would sit in zero-window probing.
 func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
-	if f.state&tcpGuestFin != 0 {
+	if f.state&(tcpGuestFin|tcpHostReset) != 0 {
 		return 0
 	}
 	if f.flags&tcpRoomKnown != 0 {
@@ -1126,6 +1174,12 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 				return
 			}
 			e.tcpSetState(f, tcpHostEOF, 0)
+			if f.state&tcpHostReset != 0 {
+				if e.tcpResetDelivered(f) {
+					e.tcpClose(f, true, false)
+				}
+				return
+			}
 			if f.state&tcpFinSent == 0 {
 				e.tcpSendFlags(f, header.TCPFin|header.TCPAck)
 				e.tcpSetState(f, tcpFinSent, 0)
@@ -1271,6 +1325,7 @@ func (e *Engine) tcpRewind(f *tcpFlow) {
 // tcpTimers runs retransmissions and expiry for every flow.
 func (e *Engine) tcpTimers() {
 	e.tcpRepeatResets()
+	e.tcpLingerExpire(false)
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
@@ -1281,7 +1336,7 @@ func (e *Engine) tcpTimers() {
 		case f.rtoAt != 0 && e.now >= f.rtoAt:
 			if f.retries++; f.retries > tcpMaxRetries {
 				e.debugf("TCP %v: guest stopped acknowledging", f.key.remote)
-				e.tcpClose(f, true, true)
+				e.tcpGuestGone(f, true)
 				return
 			}
 			f.rtoAt = e.now + tcpRTO<<min(f.retries, 4)
@@ -1302,7 +1357,7 @@ func (e *Engine) tcpTimers() {
 			}
 		case f.state&(tcpGuestFin|tcpFinSent) != 0 && e.now-f.lastAct > tcpFinTimeout,
 			e.now-f.lastAct > tcpIdle:
-			e.tcpClose(f, true, true)
+			e.tcpGuestGone(f, true)
 		case f.state&tcpEstablished != 0 && f.sndUna == f.sndNxt &&
 			e.now-max(f.lastAct, f.kaSent) > tcpKeepIdle:
 			// The guest has been silent: probe it, one byte below what
@@ -1355,10 +1410,83 @@ func (e *Engine) tcpClose(f *tcpFlow, rstGuest, rstHost bool) {
 	if e.tcp.w.flow == f {
 		e.tcp.w = tcpWriteBatch{}
 	}
-	unix.Close(f.fd)
+	if f.flags&(tcpLingerHost|tcpNotTCP) != tcpLingerHost || !e.tcpLingerAdd(f.fd, f.state&tcpGuestFin != 0) {
+		unix.Close(f.fd)
+	}
 	f.fd = -1
 	f.state, f.flags = 0, 0
 	e.tcp.remove(f.idx, f.key)
+}
+
+// tcpLinger is the host socket of a flow the guest reset, or that ended
+// as the guest no longer answered (tcpGuestGone), while the socket still
+// held data the guest sent, which we acknowledged. A peer of the guest's
+// own would have had that data, and read it before the reset; closed at
+// once, the socket would throw it away. A guest's kernel forgets a
+// connection it closed a minute after our ACK of its FIN, which comes
+// long before a slow peer has read an upload from our socket. So it stays
+// open, out of the flow table and out of epoll, until its peer has
+// acknowledged it all, or does not for tcpFinTimeout; then closing it
+// resets the peer (SO_LINGER 0, set by tcpClose). Kept in a small table:
+// when it is full, the oldest is reset at once.
+type tcpLinger struct {
+	fd  int
+	end time.Duration
+	fin bool // the socket is shut for writing: its FIN counts in SIOCOUTQ
+}
+
+// unsent is how much of the guest's data l's peer has not acknowledged.
+func (l tcpLinger) unsent() int {
+	q, err := sockQueued(l.fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	if l.fin {
+		q--
+	}
+	return q
+}
+
+const tcpLingerMax = 64
+
+// tcpLingerAdd keeps fd (tcpLinger), shut for writing if fin, if it
+// still has data to send, and reports whether it did.
+func (e *Engine) tcpLingerAdd(fd int, fin bool) bool {
+	l := tcpLinger{fd: fd, end: e.now + tcpFinTimeout, fin: fin}
+	if l.unsent() <= 0 {
+		return false
+	}
+	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	t := &e.tcp
+	if len(t.lingers) == tcpLingerMax {
+		unix.Close(t.lingers[0].fd)
+		t.lingers = slices.Delete(t.lingers, 0, 1)
+	}
+	t.lingers = append(t.lingers, l)
+	return true
+}
+
+// tcpLingerExpire closes the lingering sockets whose peer has all their
+// data, or whose time is up; all of them when closeAll.
+func (e *Engine) tcpLingerExpire(closeAll bool) {
+	keep := e.tcp.lingers[:0]
+	for _, l := range e.tcp.lingers {
+		if !closeAll && l.unsent() > 0 && e.now < l.end {
+			keep = append(keep, l)
+			continue
+		}
+		unix.Close(l.fd)
+	}
+	clear(e.tcp.lingers[len(keep):])
+	e.tcp.lingers = keep
+}
+
+// tcpGuestGone ends a flow that the guest reset, or that it stopped
+// answering; its host socket lingers (tcpLinger), and the peer gets the
+// reset after what the guest sent.
+func (e *Engine) tcpGuestGone(f *tcpFlow, rstGuest bool) {
+	f.flags |= tcpLingerHost
+	e.tcpClose(f, rstGuest, true)
 }
 
 // tcpReset is a RST sent to the guest for a flow that is gone, kept to be
@@ -1547,6 +1675,7 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 
 func (t *tcpTable) closeAll(e *Engine) {
 	t.each(func(_ int32, f *tcpFlow) { e.tcpClose(f, false, true) })
+	e.tcpLingerExpire(true)
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]

@@ -1,0 +1,116 @@
+package tests
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestTCPLossOnReset: one side writes what the other does not read yet,
+// then resets (closes with data of its own left unread, as a server that
+// answers without reading the whole request does). What its kernel saw
+// acknowledged, gopasst acknowledged: the other side reads all of that,
+// in order, then the reset, as it would from a peer of its own. With the
+// guest's kernel on one side and the host's on the other, both ways.
+func TestTCPLossOnReset(t *testing.T) {
+	w := newWorld(t, WorldOpts{})
+	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
+	target := net.JoinHostPort(hostGW, port(l.Addr()))
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>8)
+	}
+	pair := func(t *testing.T) (guest, host net.Conn) {
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, _ := l.Accept()
+			accepted <- c
+		}()
+		guest = w.guestConn(t, target)
+		host = <-accepted
+		if host == nil {
+			t.Fatal("no connection on the host")
+		}
+		t.Cleanup(func() { host.Close() })
+		host.SetDeadline(time.Now().Add(20 * time.Second))
+		return guest, host
+	}
+	for _, guestResets := range []bool{true, false} {
+		name := map[bool]string{true: "guest resets", false: "host resets"}[guestResets]
+		t.Run(name, func(t *testing.T) {
+			guest, host := pair(t)
+			from, to := host, guest
+			if guestResets {
+				from, to = guest, host
+			}
+			// Something for from to leave unread, so that its close resets.
+			to.Write([]byte("unread"))
+			waitQueued(t, from, unix.SIOCINQ, func(n int) bool { return n == 6 })
+			acked := writeUntilFull(t, from, data)
+			from.Close()
+			got, err := io.ReadAll(to)
+			if len(got) < acked || !bytes.Equal(got, data[:len(got)]) || !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("read %d bytes (the stream's start: %v), then %v; want at least the %d the writer saw acknowledged, then a reset",
+					len(got), bytes.Equal(got, data[:min(len(got), len(data))]), err, acked)
+			}
+		})
+	}
+}
+
+// writeUntilFull writes data to c, which its peer does not read, until
+// the connection holds no more or all is written, and returns how much
+// of it c's kernel saw acknowledged once nothing moved any more.
+func writeUntilFull(t *testing.T, c net.Conn, data []byte) int {
+	t.Helper()
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	written := 0
+	var unacked int
+	for stable := 0; stable < 20; time.Sleep(20 * time.Millisecond) {
+		raw.Control(func(fd uintptr) {
+			for written < len(data) {
+				n, err := unix.Write(int(fd), data[written:])
+				if err != nil {
+					break
+				}
+				written += n
+			}
+		})
+		was := unacked
+		unacked = queued(c, unix.SIOCOUTQ)
+		if stable++; unacked != was {
+			stable = 0
+		}
+	}
+	if written-unacked <= 0 {
+		t.Fatalf("wrote %d bytes, none acknowledged", written)
+	}
+	return written - unacked
+}
+
+// waitQueued waits until c's queue (SIOCINQ, SIOCOUTQ) satisfies ok.
+func waitQueued(t *testing.T, c net.Conn, req uint, ok func(int) bool) {
+	t.Helper()
+	for i := 0; !ok(queued(c, req)); i++ {
+		if i == 1000 {
+			t.Fatalf("queue %#x never got there", req)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func queued(c net.Conn, req uint) int {
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	n := -1
+	raw.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetUint32(int(fd), req); err == nil {
+			n = int(int32(v))
+		}
+	})
+	return n
+}
