@@ -22,8 +22,9 @@ var seccompAllowed = append([]uint32{
 	// The log file and counting descriptors (fdRoom).
 	unix.SYS_PWRITE64, unix.SYS_FTRUNCATE, unix.SYS_LSEEK, unix.SYS_GETDENTS64,
 	// vhost-user: a memory region's file must hold the region; the
-	// device state's pipe is waited on, within bounds (qemusock).
-	unix.SYS_FSTAT, unix.SYS_PPOLL,
+	// device state's pipe is waited on, within bounds; the front-end's
+	// descriptors are read and written without waiting (qemusock).
+	unix.SYS_FSTAT, unix.SYS_PPOLL, unix.SYS_PREADV2, unix.SYS_PWRITEV2,
 }, append(seccompRuntime, seccompArchOnly...)...)
 
 // seccompRuntime: the Go runtime's calls, for the engine's list and gopasst

@@ -114,6 +114,64 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	return rawCall(trap, uintptr(fd), uintptr(base), uintptr(len(p)), 0, 0, 0)
 }
 
+// A vhost-user front-end's descriptors (kicks, calls, the device state's
+// pipe) are files it shares with us: the O_NONBLOCK we set on one is the
+// front-end's to clear again, and a read of an empty one, or a write to a
+// full one, then waits, and the engine with it, for as long as the
+// front-end likes. sharedRead and sharedWrite ask the kernel not to wait
+// (RWF_NOWAIT), whatever the file says; for a file that takes no such
+// request (an eventfd's write; any file before Linux 4.14), sharedWrite
+// refuses one whose O_NONBLOCK was cleared (nonBlocking). Only a
+// front-end that clears it between that check and the write, in a race
+// it would have to win, holds the engine then.
+func sharedRead(fd int, p []byte) (int, error) {
+	return sharedIO(unix.SYS_PREADV2, unix.SYS_READ, fd, p)
+}
+
+func sharedWrite(fd int, p []byte) (int, error) {
+	return sharedIO(unix.SYS_PWRITEV2, unix.SYS_WRITE, fd, p)
+}
+
+// signalShared adds one to an eventfd the front-end shares: a kick raised
+// again, or a call. Its write never takes RWF_NOWAIT.
+func signalShared(fd int) error {
+	if err := nonBlocking(fd); err != nil {
+		return err
+	}
+	_, err := write(fd, eventfdOne[:])
+	return err
+}
+
+func sharedIO(trapV, trap uintptr, fd int, p []byte) (int, error) {
+	iov := unix.Iovec{Base: unsafe.SliceData(p)}
+	iov.SetLen(len(p))
+	// At the file's own position (-1), as read(2) and write(2).
+	n, err := rawCall(trapV, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, ^uintptr(0), ^uintptr(0), unix.RWF_NOWAIT)
+	if err != unix.EOPNOTSUPP && err != unix.ENOSYS {
+		return n, err
+	}
+	if err := nonBlocking(fd); err != nil {
+		return 0, err
+	}
+	return rawIO(trap, fd, p)
+}
+
+// errMadeBlocking is a shared descriptor's whose O_NONBLOCK the front-end
+// cleared.
+var errMadeBlocking = errors.New("the front-end made it blocking")
+
+// nonBlocking refuses a shared descriptor whose O_NONBLOCK was cleared.
+func nonBlocking(fd int) error {
+	fl, err := rawCall(unix.SYS_FCNTL, uintptr(fd), unix.F_GETFL, 0, 0, 0, 0)
+	switch {
+	case err != nil:
+		return err
+	case fl&unix.O_NONBLOCK == 0:
+		return errMadeBlocking
+	}
+	return nil
+}
+
 // rawCall is a raw system call that cannot wait, retried on EINTR, with
 // n = 0 on error.
 func rawCall(trap, a1, a2, a3, a4, a5, a6 uintptr) (int, error) {

@@ -86,7 +86,7 @@ func (d *dirtyLog) mark(gpa, n uint64) {
 		atomic.OrUint32((*uint32)(unsafe.Pointer(&d.bitmap[word])), 1<<shift)
 	}
 	if d.call >= 0 {
-		write(d.call, eventfdOne[:])
+		signalShared(d.call)
 	}
 }
 
@@ -248,7 +248,7 @@ type stateStream struct {
 
 func (s *stateStream) Read(b []byte) (int, error) {
 	for {
-		n, err := unix.Read(s.fd, b)
+		n, err := sharedRead(s.fd, b)
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			if err := s.wait(unix.POLLIN); err != nil {
@@ -267,7 +267,7 @@ func (s *stateStream) Read(b []byte) (int, error) {
 func (s *stateStream) Write(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
-		k, err := unix.Write(s.fd, b[n:])
+		k, err := sharedWrite(s.fd, b[n:])
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			if err := s.wait(unix.POLLOUT); err != nil {

@@ -338,7 +338,7 @@ func (l *vhostLink) Read() (int, error) {
 	total, broken, walked := 0, 0, tx.walked
 	for h.n < maxTxFrames && len(r.buf)-r.end >= HeadCopy+maxPrefix {
 		if tx.walked-walked >= maxWalk {
-			write(tx.kick, eventfdOne[:]) // as for broken chains, below
+			signalShared(tx.kick) // as for broken chains, below
 			break
 		}
 		head, ok := tx.nextAvail()
@@ -351,7 +351,7 @@ func (l *vhostLink) Read() (int, error) {
 				return 0, err
 			}
 			if head, ok = tx.nextAvail(); ok {
-				write(tx.kick, eventfdOne[:])
+				signalShared(tx.kick)
 			}
 		}
 		if !ok {
@@ -371,7 +371,7 @@ func (l *vhostLink) Read() (int, error) {
 				// A guest that offers broken chains as fast as they go
 				// back would keep us here: the rest waits for the
 				// kick, raised again, at the engine's next turn.
-				write(tx.kick, eventfdOne[:])
+				signalShared(tx.kick)
 				break
 			}
 			continue
@@ -599,7 +599,7 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 				// back would keep us here: no room, for now, and the
 				// kick raised again for the rest (rxShort watches it),
 				// at the engine's next turn.
-				write(rx.kick, eventfdOne[:])
+				signalShared(rx.kick)
 				return nil, iov[:pieces], true
 			}
 			fr, head, iov, need = rxFrame{hdrs: hdr}, nil, iov[:pieces], l.hdrLen+n
@@ -726,7 +726,7 @@ func (l *vhostLink) Flush() error {
 			// The rest at the engine's next turn: the kick it watches
 			// now is raised again.
 			l.rxShort()
-			write(rx.kick, eventfdOne[:])
+			signalShared(rx.kick)
 			break
 		}
 		ok, err := l.writeFrame(rx, frame)

@@ -281,7 +281,7 @@ func (q *virtq) publish() {
 	}
 	q.owed = false
 	if q.call >= 0 && q.err == nil {
-		if _, err := write(q.call, eventfdOne[:]); err != nil {
+		if err := signalShared(q.call); err != nil {
 			q.err = fmt.Errorf("%w: interrupt: %v", ErrVhostUser, err)
 		}
 	}
@@ -347,7 +347,7 @@ var eventfdOne = func() (b [8]byte) {
 // caller to end the connection with.
 func drainEventfd(fd int) error {
 	var b [8]byte
-	n, err := read(fd, b[:])
+	n, err := sharedRead(fd, b[:])
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return nil
@@ -371,18 +371,18 @@ func drainEventfd(fd int) error {
 // the probe read are given back as one.
 func probeKick(fd int) error {
 	var b [8]byte
-	n, err := read(fd, b[:])
+	n, err := sharedRead(fd, b[:])
 	kicked := err == nil && n == len(b)
 	binary.NativeEndian.PutUint64(b[:], probeCount)
-	if n, err = write(fd, b[:]); err == nil && n == len(b) {
-		n, err = read(fd, b[:])
+	if n, err = sharedWrite(fd, b[:]); err == nil && n == len(b) {
+		n, err = sharedRead(fd, b[:])
 	}
 	v := binary.NativeEndian.Uint64(b[:])
 	if err != nil || n != len(b) || v < probeCount {
 		return errors.New("the kick is not an eventfd that counts (a semaphore, a timer, a pipe?)")
 	}
 	if kicked || v > probeCount {
-		write(fd, eventfdOne[:])
+		signalShared(fd)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package slirp
 
 import (
+	"log"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,6 +62,41 @@ func TestAcceptOutOfFds(t *testing.T) {
 	e.turn(0)
 	if e.link == nil {
 		t.Fatal("the pending client was not taken after the tick")
+	}
+	e.closeClient("test over")
+}
+
+// TestSecondClientsLogged: while a guest is attached, each further client
+// is turned away, and a peer that connects again and again (any process
+// of a vsock guest may) is logged at most every 10 s, not once a
+// connection: it filled the log at thousands of lines a second.
+func TestSecondClientsLogged(t *testing.T) {
+	e, path, _ := forwardEngine(t, TCP, 22)
+	var logged strings.Builder
+	e.cfg.Log = log.New(&logged, "", 0)
+	guest, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	for e.link == nil {
+		e.turn(100)
+	}
+	const tries = 100
+	for range tries {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.turn(100) // accepts it, and turns it away
+		c.Close()
+	}
+	if e.link == nil || e.Stats.Clients != 1 {
+		t.Fatalf("guest attached %v, %d clients taken: want the first alone", e.link != nil, e.Stats.Clients)
+	}
+	// The test takes well under 10 s; a slow run may log a few more.
+	if n := strings.Count(logged.String(), "rejecting a second client"); n == 0 || n > tries/10 {
+		t.Errorf("%d lines for %d rejected clients, want one every 10 s", n, tries)
 	}
 	e.closeClient("test over")
 }

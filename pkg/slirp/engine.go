@@ -291,7 +291,9 @@ func (e *Engine) AttachTap(fd int) error {
 // (Call), as the listener does.
 func (e *Engine) AttachStream(fd int) {
 	if e.link != nil {
-		e.logf("rejecting a second client: one guest at a time")
+		if e.logDue(secondClient) {
+			e.logf("rejecting a second client: one guest at a time")
+		}
 		unix.Close(fd)
 		return
 	}
@@ -311,9 +313,10 @@ func (e *Engine) AttachStream(fd int) {
 // Messages a guest can set off again and again, so logged at most every
 // 10 s (logLimited): the flow caps, for atCap, and a guest flow whose host
 // socket could not be opened, or whose --unix-fwd or --cmd-fwd could not
-// be reached; and the host's neighbour changes lost or
-// unread, and its neighbours past our table's bound, which a busy link
-// can set off as often.
+// be reached; the host's neighbour changes lost or unread, and its
+// neighbours past our table's bound, which a busy link can set off as
+// often; and a second client, which any process of a vsock guest, or of
+// the host, may connect again and again while the guest is attached.
 const (
 	capTCP = iota
 	capUDP
@@ -324,6 +327,7 @@ const (
 	dialSpecial
 	neighLost
 	neighFull
+	secondClient
 	logKinds
 )
 

@@ -196,6 +196,9 @@ func (e *Engine) spliceListenEvent(idx int32, events uint32) {
 		return
 	}
 	if l.udp {
+		if events&unix.EPOLLERR != 0 {
+			dropErrors(l.fd)
+		}
 		e.spliceUDPIn(l)
 		return
 	}

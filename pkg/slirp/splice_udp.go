@@ -114,6 +114,9 @@ func (e *Engine) spliceUDPEvent(idx int32, gen uint32, events uint32) {
 		e.spliceUDPClose(f)
 		return
 	}
+	if events&unix.EPOLLERR != 0 {
+		dropErrors(f.fd)
+	}
 	for range udpMaxRead {
 		n, err := unix.Read(f.fd, e.spliceBuf[:])
 		if err == unix.EAGAIN {

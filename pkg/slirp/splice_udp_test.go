@@ -124,3 +124,69 @@ func TestSpliceUDPAfterRefusal(t *testing.T) {
 		t.Fatalf("the service got %q: %v", buf[:n], err)
 	}
 }
+
+// TestSpliceUDPErrorQueue: a -U socket, and a sender's, may be the
+// namespace's agent's, which may have kept a copy and turned IP_RECVERR
+// on through it. The ICMP errors the kernel then queues on it (a reply
+// to a sender gone, a datagram to a service gone) have epoll report it
+// (EPOLLERR) until they are read: left there, they spun the engine.
+func TestSpliceUDPErrorQueue(t *testing.T) {
+	te := newTestEngine(t)
+	lo := netip.MustParseAddr("127.0.0.1")
+	srv := udpSocket(t, netip.AddrPortFrom(lo, 0), true)
+	port := boundPort(t, srv)
+	lfd := udpSocket(t, netip.AddrPortFrom(lo, 0), true)
+	unix.SetsockoptInt(lfd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	if err := te.SpliceListen(UDP, lfd, port); err != nil {
+		unix.Close(lfd)
+		t.Fatal(err)
+	}
+	defer te.SpliceUnlisten(lfd)
+	to := netip.AddrPortFrom(lo, boundPort(t, lfd))
+	flowEvents := func(events uint32) {
+		te.spliceUDP.each(func(i int32, f *spliceUDPFlow) { te.spliceUDPEvent(i, te.spliceUDP.gen(i), events) })
+	}
+	erred := func(fd int, wait int) bool {
+		p := []unix.PollFd{{Fd: int32(fd)}}
+		unix.Poll(p, wait)
+		return p[0].Revents&unix.POLLERR != 0
+	}
+	var buf [8]byte
+
+	// A reply to a sender gone.
+	gone := udpSocket(t, netip.AddrPortFrom(lo, 0), true)
+	if err := sendto(gone, []byte("q"), to); err != nil {
+		t.Fatal(err)
+	}
+	te.spliceListenEvent(0, unix.EPOLLIN)
+	unix.Close(gone)
+	unix.Poll([]unix.PollFd{{Fd: int32(srv), Events: unix.POLLIN}}, 5000)
+	_, from, err := recvfrom(srv, buf[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendto(srv, []byte("r"), from)
+	var flow int
+	te.spliceUDP.each(func(_ int32, f *spliceUDPFlow) { flow = f.fd })
+	unix.Poll([]unix.PollFd{{Fd: int32(flow), Events: unix.POLLIN}}, 5000)
+	flowEvents(unix.EPOLLIN)
+	if !erred(lfd, 5000) {
+		t.Fatal("no error queued on the -U socket")
+	}
+	te.spliceListenEvent(0, unix.EPOLLIN|unix.EPOLLERR)
+	if erred(lfd, 0) {
+		t.Error("the -U socket's error queue left full: epoll reports it at every turn")
+	}
+
+	// A datagram to a service gone.
+	unix.SetsockoptInt(flow, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	unix.Close(srv)
+	unix.Write(flow, []byte("a")) // connected: to the service
+	if !erred(flow, 5000) {
+		t.Fatal("no error queued on the sender's socket")
+	}
+	flowEvents(unix.EPOLLIN | unix.EPOLLERR)
+	if erred(flow, 0) {
+		t.Error("the sender's error queue left full: epoll reports it at every turn")
+	}
+}

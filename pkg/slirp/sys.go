@@ -421,6 +421,22 @@ func recvErr(fd int, p, oob []byte, ie *icmpErr) (n int, dst netip.AddrPort, ok 
 	return n, dst, ok, nil
 }
 
+// dropErrors empties a UDP socket's error queue, which epoll reports
+// (EPOLLERR) for as long as it holds anything. Only a socket with
+// IP_RECVERR on has one: the guest's flows read theirs (udpErrors); on
+// pasta's loopback path, a socket from the namespace's agent may have had
+// it turned on through a copy the agent kept, and nothing there would
+// read it.
+func dropErrors(fd int) {
+	var b [1]byte
+	var oob [64]byte
+	for {
+		if _, _, _, err := recvmsg(fd, b[:], nil, oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT); err != nil {
+			return
+		}
+	}
+}
+
 // recvmsg reads one datagram into p and its control messages into oob,
 // with flags: its length (MSG_TRUNC: its whole length), its source
 // (unmapped) and the control messages it came with.
