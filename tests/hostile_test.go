@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // hostileBin is gopasst built with -tags hostileengine: its engine plays
@@ -37,6 +38,7 @@ type hostileRun struct {
 	dir, log string
 	helper   int // the helper's PID
 	engine   int
+	cmd      *exec.Cmd
 }
 
 // startHostile starts the hostile gopasst with forwards to attack: a TCP
@@ -56,6 +58,7 @@ func startHostile(t *testing.T, pre []string, extra ...string) *hostileRun {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	h.cmd = cmd
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
 	h.waitLog(t, "hostile: round 1 done")
 	data, _ := os.ReadFile(filepath.Join(h.dir, "pid"))
@@ -121,6 +124,27 @@ func (h *hostileRun) run(t *testing.T) {
 	if _, err := os.Stat("/tmp/gopasst-hostile-pwned"); err == nil {
 		os.Remove("/tmp/gopasst-hostile-pwned")
 		t.Error("the helper ran the engine's argv")
+	}
+}
+
+// stop sends gopasst SIGTERM, which the hostile engine, done, ignores:
+// the helper must still end it, and exit.
+func (h *hostileRun) stop(t *testing.T) {
+	t.Helper()
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan struct{})
+	go func() { h.cmd.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(time.Minute): // a safety net: the helper waits for its engine for ever
+		h.cmd.Process.Kill()
+		syscall.Kill(h.engine, syscall.SIGKILL)
+		<-exited
+		t.Fatal("gopasst did not exit on SIGTERM with its engine deaf to it")
+	}
+	if err := syscall.Kill(h.engine, 0); err != syscall.ESRCH {
+		syscall.Kill(h.engine, syscall.SIGKILL)
+		t.Errorf("the engine is still there after gopasst exited: %v", err)
 	}
 }
 
@@ -191,6 +215,8 @@ func servingThread(t *testing.T, helper int) map[string]string {
 // helper leaks no descriptor, and the commands the command line
 // configured run confined. A control-socket "add" of a privileged port
 // after ready fails: the serving thread is nobody, with no capability.
+// An engine deaf to SIGTERM (one held in a system call) is killed: gopasst
+// exits, and leaves no engine behind.
 func TestHostileEngine(t *testing.T) {
 	needRoot(t)
 	needReachable(t)
@@ -205,6 +231,7 @@ func TestHostileEngine(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "permission denied") {
 		t.Errorf("ctl add of a privileged port after ready: %v: %s", err, out)
 	}
+	h.stop(t)
 }
 
 // TestHostileEngineAmbient: started as a user with the ambient capability

@@ -14,8 +14,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/gopasst/gopasst/pkg/logfile"
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -191,6 +193,14 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	go func() { srv.serve(); close(served) }()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, stopSignals...)
+	var stopping sync.Once
+	stop := func(s os.Signal) {
+		cmd.Process.Signal(s)
+		// An engine held in a system call (a peer that shares one of its
+		// files made it blocking) never hears it: it is killed after a
+		// while, rather than left behind with its helper for good.
+		stopping.Do(func() { time.AfterFunc(engineStopGrace, func() { cmd.Process.Kill() }) })
+	}
 	go func() {
 		for {
 			select {
@@ -199,7 +209,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 				case r.signal != nil:
 					r.signal(s)
 				case handles.Load():
-					cmd.Process.Signal(s)
+					stop(s)
 				default:
 					// An engine in set-up may not hear it: just exec'd
 					// as its PID namespace's init, it ignores a signal
@@ -208,7 +218,7 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 				}
 			case <-r.cmdDone:
 				if handles.Load() {
-					cmd.Process.Signal(unix.SIGTERM)
+					stop(unix.SIGTERM)
 				} else {
 					// As above: a SIGTERM now may be lost, and the
 					// engine would serve a namespace gone for good.
@@ -233,6 +243,12 @@ func superviseErr(o *NetOptions, r engineRun, stderr io.Writer, ready func(), ma
 	}
 	return exitStatus(cmd.ProcessState), nil
 }
+
+// engineStopGrace is how long an engine told to stop may take before it
+// is killed: an engine that hears the signal stops in milliseconds, and
+// libvirt kills a passt that has not exited after 10 s (the helper then
+// could not remove its files).
+const engineStopGrace = 5 * time.Second
 
 // stopSignals end gopasst cleanly. passt's handler takes SIGQUIT as
 // SIGTERM: left to Go's default, it would dump goroutines and exit 2,

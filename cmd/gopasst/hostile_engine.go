@@ -23,7 +23,8 @@ import (
 // ready it does it in two rounds, each ended by "round N done" and
 // SIGUSR1 from the test, which counts the helper's descriptors between
 // them. Then it dials the gateway ports 7000 and 7001 (the test makes
-// them commands that print how they run) and logs their output.
+// them commands that print how they run), logs their output, and
+// ignores the signals that would stop it.
 
 func init() { hostileEngine = hostile }
 
@@ -78,6 +79,9 @@ func hostile(stage string, c *helperClient, l *log.Logger) {
 			l.Printf("hostile: command %d: %s", port, line)
 		}
 	}
+	// Last, it stops hearing the signals that end it, as an engine held
+	// in a system call would: the helper must still end it.
+	signal.Ignore(stopSignals...)
 	l.Printf("hostile: done")
 }
 
