@@ -1445,7 +1445,9 @@ type tcpLinger struct {
 	fin bool // the socket is shut for writing: its FIN counts in SIOCOUTQ
 }
 
-// unsent is how much of the guest's data l's peer has not acknowledged.
+// unsent is how much of the guest's data l's peer has not acknowledged:
+// none once its peer reset it (TCP_CLOSE), which threw the rest away,
+// though SIOCOUTQ still counts it, and would for tcpFinTimeout.
 func (l tcpLinger) unsent() int {
 	q, err := sockQueued(l.fd, unix.SIOCOUTQ)
 	if err != nil {
@@ -1453,6 +1455,11 @@ func (l tcpLinger) unsent() int {
 	}
 	if l.fin {
 		q--
+	}
+	if q > 0 {
+		if info, err := unix.GetsockoptTCPInfo(l.fd, unix.SOL_TCP, unix.TCP_INFO); err == nil && info.State == unix.BPF_TCP_CLOSE {
+			return 0
+		}
 	}
 	return q
 }

@@ -143,3 +143,68 @@ func TestTCPResetAttackHostResetAfterFin(t *testing.T) {
 		t.Fatalf("after the host peer's reset: RST to the guest %v, %d flows left", rst, h.e.tcp.count)
 	}
 }
+
+// TestTCPResetAttackNoLingerAfterHostReset: the host peer answers and
+// resets with the guest's upload unread, then the guest resets too. The socket is
+// closed (TCP_CLOSE), its queue thrown away, though SIOCOUTQ still
+// counts what its peer never acknowledged: it does not linger, for
+// tcpFinTimeout, taking the place of a socket that has a peer.
+func TestTCPResetAttackNoLingerAfterHostReset(t *testing.T) {
+	for _, seen := range []bool{true, false} {
+		h, c := tcpPeer(t)
+		h.uploadData(t, pattern(1<<20, 23))
+		f := h.flow()
+		c.Write([]byte("answer")) // keeps the flow for the guest to get it
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		for i := 0; ; i++ {
+			if info, err := unix.GetsockoptTCPInfo(f.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.State == unix.BPF_TCP_CLOSE {
+				break
+			}
+			if i == 1000 {
+				t.Fatal("the host socket never saw the peer's reset")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if seen { // the engine handled the reset first, else the guest's RST comes first
+			h.e.turn(5)
+			if f.state&tcpHostReset == 0 {
+				t.Fatal("the engine did not see the host peer's reset")
+			}
+		}
+		h.send(h.segment(header.TCPRst|header.TCPAck, 0))
+		h.e.turn(5)
+		if h.e.tcp.count != 0 || len(h.e.tcp.lingers) != 0 {
+			t.Fatalf("host reset seen first %v: %d flows, %d sockets lingering; want none", seen, h.e.tcp.count, len(h.e.tcp.lingers))
+		}
+	}
+}
+
+// TestTCPResetAttackLingerPeerResets: the host peer of a lingering
+// socket resets it: the next tick closes it, not tcpFinTimeout later.
+func TestTCPResetAttackLingerPeerResets(t *testing.T) {
+	h, c := tcpPeer(t)
+	h.uploadData(t, pattern(1<<20, 24))
+	h.send(h.segment(header.TCPRst|header.TCPAck, 0))
+	h.e.turn(5)
+	if len(h.e.tcp.lingers) != 1 {
+		t.Fatalf("%d sockets lingering, want 1", len(h.e.tcp.lingers))
+	}
+	fd := h.e.tcp.lingers[0].fd
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	for i := 0; ; i++ {
+		if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.State == unix.BPF_TCP_CLOSE {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("the lingering socket never saw the peer's reset")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	h.jump(tick)
+	h.e.turn(5)
+	if len(h.e.tcp.lingers) != 0 {
+		t.Fatal("a socket its peer reset still lingers")
+	}
+}
