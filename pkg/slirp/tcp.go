@@ -1446,20 +1446,16 @@ type tcpLinger struct {
 }
 
 // unsent is how much of the guest's data l's peer has not acknowledged:
-// none once its peer reset it (TCP_CLOSE), which threw the rest away,
-// though SIOCOUTQ still counts it, and would for tcpFinTimeout.
+// none once its peer reset it (or the kernel gave up on it), which threw
+// the rest away, though SIOCOUTQ still counts it, and would for
+// tcpFinTimeout. Out of epoll, the socket keeps that error for us.
 func (l tcpLinger) unsent() int {
 	q, err := sockQueued(l.fd, unix.SIOCOUTQ)
-	if err != nil {
+	if err != nil || sockError(l.fd) != nil {
 		return 0
 	}
 	if l.fin {
 		q--
-	}
-	if q > 0 {
-		if info, err := unix.GetsockoptTCPInfo(l.fd, unix.SOL_TCP, unix.TCP_INFO); err == nil && info.State == unix.BPF_TCP_CLOSE {
-			return 0
-		}
 	}
 	return q
 }
@@ -1502,7 +1498,9 @@ func (e *Engine) tcpLingerExpire(closeAll bool) {
 // answering; its host socket lingers (tcpLinger), and the peer gets the
 // reset after what the guest sent.
 func (e *Engine) tcpGuestGone(f *tcpFlow, rstGuest bool) {
-	f.flags |= tcpLingerHost
+	if f.state&tcpHostReset == 0 { // else its peer has nothing more of the guest's
+		f.flags |= tcpLingerHost
+	}
 	e.tcpClose(f, rstGuest, true)
 }
 
