@@ -3,6 +3,7 @@ package slirp
 import (
 	"bytes"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -206,5 +207,46 @@ func TestTCPResetAttackLingerPeerResets(t *testing.T) {
 	h.e.turn(5)
 	if len(h.e.tcp.lingers) != 0 {
 		t.Fatal("a socket its peer reset still lingers")
+	}
+}
+
+// TestTCPResetAttackUnixWriteMeetsClose: a --unix-fwd peer answers past
+// the guest's window and closes with the request unread, while more of
+// the request waits on the link: the write fails (EPIPE) before epoll
+// reports the close. The guest still gets the whole answer, then the
+// RST, as TestTCPUnixForwardResetDelivers.
+func TestTCPResetAttackUnixWriteMeetsClose(t *testing.T) {
+	h, _ := tcpPeer(t)
+	path := filepath.Join(t.TempDir(), "svc")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u := divertedPort(t, h, path)
+	u.send(u.segment(header.TCPSyn, 0))
+	if acked, _ := u.synAnswer(5 * time.Second); !acked {
+		t.Fatal("no SYN-ACK from the diverted port")
+	}
+	u.seq++
+	u.wnd = 8 // 1 KiB, scaled by 2^7
+	u.send(u.segment(header.TCPAck, 0))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.send(u.segment(header.TCPAck|header.TCPPsh, 3)) // never read
+	u.seq += 3
+	want := pattern(20<<10, 4)
+	c.Write(want)
+	for range 10 {
+		u.e.turn(5)
+	}
+	start := u.ack
+	u.send(u.segment(header.TCPAck|header.TCPPsh, 100)) // the request's rest, on the link
+	c.Close()
+	got, atEnd := u.receiveUntilRst(t, start)
+	if !bytes.Equal(got, want) || !atEnd {
+		t.Fatalf("the guest got %d of %d bytes (equal %v), then a RST at the end %v", len(got), len(want), bytes.Equal(got, want), atEnd)
 	}
 }
