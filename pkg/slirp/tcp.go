@@ -564,7 +564,7 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 		}
 		return
 	}
-	if events&unix.EPOLLERR != 0 && !e.tcpHostError(f) {
+	if events&unix.EPOLLERR != 0 && !e.tcpHostError(f, sockError(f.fd)) { // taken, or a peek would return it
 		return
 	}
 	if events&unix.EPOLLOUT != 0 && f.flags&tcpWaitWrite != 0 {
@@ -593,15 +593,15 @@ func (e *Engine) tcpSockEvent(idx int32, gen uint32, events uint32) {
 	}
 }
 
-// tcpHostError handles an error on a flow's host socket, and reports
+// tcpHostError handles an error on a flow's host socket, taken from it
+// by EPOLLERR, a write or a peek, whichever came first, and reports
 // whether the flow goes on. A reset by the host peer ends its stream, but
 // what it sent before, which the socket acknowledged, is still in the
 // socket, as a client of the peer's own would read it before the reset:
 // the guest gets it, and our RST once it has acknowledged it all
-// (tcpResetDelivered). Any other error, or a reset before the
-// handshake, ends the flow now.
-func (e *Engine) tcpHostError(f *tcpFlow) bool {
-	err := sockError(f.fd) // taken, or a peek would return it
+// (tcpResetDelivered), at once if it has. Any other error, or a reset
+// before the handshake, ends the flow now.
+func (e *Engine) tcpHostError(f *tcpFlow, err error) bool {
 	if f.state&tcpHostReset != 0 {
 		return true // reported again at each change of the flow's epoll events
 	}
@@ -615,6 +615,12 @@ func (e *Engine) tcpHostError(f *tcpFlow) bool {
 	// down both ways: EPOLLHUP peeks what is left.
 	e.debugf("TCP %v: reset by the host peer", f.key.remote)
 	e.tcpSetState(f, tcpHostReset|tcpHostRdhup, 0)
+	if e.tcpResetDelivered(f) {
+		// No peek would tell: the guest had all, and the host's FIN
+		// too, perhaps (tcpSendToGuest does not peek past it).
+		e.tcpClose(f, true, false)
+		return false
+	}
 	return true
 }
 
@@ -864,8 +870,7 @@ func (e *Engine) tcpWriteFlush() bool {
 		n, err = 0, nil
 	}
 	if err != nil {
-		e.debugf("TCP %v: write: %v", f.key.remote, err)
-		e.tcpClose(f, true, false)
+		e.tcpHostError(f, err)
 		return false
 	}
 	f.rcvNxt += uint32(n)
@@ -1158,8 +1163,13 @@ func (e *Engine) tcpSendToGuest(f *tcpFlow) {
 		}
 		if err != nil {
 			e.link.Cancel()
-			e.debugf("TCP %v: peek: %v", f.key.remote, err)
-			e.tcpClose(f, true, false)
+			switch {
+			case f.state&tcpHostReset != 0:
+				e.debugf("TCP %v: peek: %v", f.key.remote, err)
+				e.tcpClose(f, true, false)
+			case e.tcpHostError(f, err):
+				continue // the reset, taken: the next peek finds the stream's end
+			}
 			return
 		}
 		// Nothing at all is the end of the stream. Without SO_PEEK_OFF,
@@ -1435,10 +1445,13 @@ type tcpLinger struct {
 	fin bool // the socket is shut for writing: its FIN counts in SIOCOUTQ
 }
 
-// unsent is how much of the guest's data l's peer has not acknowledged.
+// unsent is how much of the guest's data l's peer has not acknowledged:
+// none once its peer reset it (or the kernel gave up on it), which threw
+// the rest away, though SIOCOUTQ still counts it, and would for
+// tcpFinTimeout. Out of epoll, the socket keeps that error for us.
 func (l tcpLinger) unsent() int {
 	q, err := sockQueued(l.fd, unix.SIOCOUTQ)
-	if err != nil {
+	if err != nil || sockError(l.fd) != nil {
 		return 0
 	}
 	if l.fin {
@@ -1485,7 +1498,9 @@ func (e *Engine) tcpLingerExpire(closeAll bool) {
 // answering; its host socket lingers (tcpLinger), and the peer gets the
 // reset after what the guest sent.
 func (e *Engine) tcpGuestGone(f *tcpFlow, rstGuest bool) {
-	f.flags |= tcpLingerHost
+	if f.state&tcpHostReset == 0 { // else its peer has nothing more of the guest's
+		f.flags |= tcpLingerHost
+	}
 	e.tcpClose(f, rstGuest, true)
 }
 
