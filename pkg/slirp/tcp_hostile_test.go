@@ -445,25 +445,7 @@ func TestTCPHostUrgentWhileHeld(t *testing.T) {
 // the flow, or, with more queued, took a byte the guest never had. The
 // byte must come in place, as from a TCP peer.
 func TestTCPUnixForwardUrgentData(t *testing.T) {
-	h, _ := tcpPeer(t)
-	path := filepath.Join(t.TempDir(), "svc")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	u := divertedPort(t, h, path)
-	u.send(u.segment(header.TCPSyn, 0))
-	if acked, _ := u.synAnswer(5 * time.Second); !acked {
-		t.Fatal("no SYN-ACK from the diverted port")
-	}
-	u.seq++
-	u.send(u.segment(header.TCPAck, 0))
-	c, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	u, c := unixForwardConn(t, 0xffff)
 
 	want := []byte("abcdefghij")
 	start := u.ack
@@ -478,6 +460,7 @@ func TestTCPUnixForwardUrgentData(t *testing.T) {
 	}
 	c.Write(want[:3])
 	raw, _ := c.(*net.UnixConn).SyscallConn()
+	var err error
 	raw.Write(func(fd uintptr) bool { err = unix.Sendto(int(fd), want[3:4], unix.MSG_OOB, nil); return true })
 	if err != nil {
 		t.Skipf("no urgent data on unix sockets: %v", err)
@@ -504,6 +487,34 @@ func divertedPort(t *testing.T, h *hotPath, path string) *hotPath {
 		t.Fatal(err)
 	}
 	return &hotPath{e: h.e, rd: h.rd, guest: h.guest, frame: h.frame, seq: 7000, wnd: 0xffff, dport: port}
+}
+
+// unixForwardConn opens a guest's connection through a diverted port
+// (divertedPort) to a unix socket of its own, the guest's window wnd
+// (scaled by 2^7), and returns it and the socket's accepted peer.
+func unixForwardConn(t *testing.T, wnd uint16) (*hotPath, net.Conn) {
+	t.Helper()
+	h, _ := tcpPeer(t)
+	path := filepath.Join(t.TempDir(), "svc")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u := divertedPort(t, h, path)
+	u.send(u.segment(header.TCPSyn, 0))
+	if acked, _ := u.synAnswer(5 * time.Second); !acked {
+		t.Fatal("no SYN-ACK from the diverted port")
+	}
+	u.seq++
+	u.wnd = wnd
+	u.send(u.segment(header.TCPAck, 0))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return u, c
 }
 
 // synAnswer runs the engine until the guest's SYN to u's port is

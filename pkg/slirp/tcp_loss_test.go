@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -59,18 +58,7 @@ func TestTCPHostResetDelivers(t *testing.T) {
 	}
 	seg := h.segment(header.TCPAck|header.TCPPsh, 100) // past the reset
 	h.send(seg)
-	var got []byte
-	rst := false
-	h.receive(t, false, func(s header.TCP) bool {
-		if s.Seq() == start+uint32(len(got)) {
-			got = append(got, s.Payload()...)
-		}
-		if isRst(s) {
-			rst = s.Seq() == start+uint32(len(got))
-			return true
-		}
-		return false
-	})
+	got, rst := h.receiveUntilRst(t, start)
 	if string(got) != string(want) || !rst {
 		t.Fatalf("the guest got %d of %d bytes (equal %v), then a RST at the end %v", len(got), len(want), string(got) == string(want), rst)
 	}
@@ -189,43 +177,16 @@ func TestTCPSequenceWrap(t *testing.T) {
 // which resets the socket: the guest still gets the whole answer, then
 // the RST, as TestTCPHostResetDelivers.
 func TestTCPUnixForwardResetDelivers(t *testing.T) {
-	h, _ := tcpPeer(t)
-	path := filepath.Join(t.TempDir(), "svc")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	u := divertedPort(t, h, path)
-	u.send(u.segment(header.TCPSyn, 0))
-	if acked, _ := u.synAnswer(5 * time.Second); !acked {
-		t.Fatal("no SYN-ACK from the diverted port")
-	}
-	u.seq++
-	u.wnd = 8 // 1 KiB, scaled by 2^7
-	u.send(u.segment(header.TCPAck, 0))
-	c, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := u.segment(header.TCPAck|header.TCPPsh, 3) // never read
-	u.send(req)
+	u, c := unixForwardConn(t, 8) // 1 KiB: the answer waits in the socket
+
+	u.send(u.segment(header.TCPAck|header.TCPPsh, 3)) // never read
 	u.seq += 3
 	want := pattern(20<<10, 3)
 	c.Write(want)
 	u.e.turn(10)
 	c.Close()
 	u.e.turn(10)
-	u.wnd = 0xffff
-	var got []byte
-	start := u.ack
-	u.receive(t, false, func(s header.TCP) bool {
-		if s.Seq() == start+uint32(len(got)) {
-			got = append(got, s.Payload()...)
-		}
-		return isRst(s)
-	})
-	if !bytes.Equal(got, want) {
+	if got, _ := u.receiveUntilRst(t, u.ack); !bytes.Equal(got, want) {
 		t.Fatalf("the guest got %d of %d bytes (equal %v) before the RST", len(got), len(want), bytes.Equal(got, want))
 	}
 }

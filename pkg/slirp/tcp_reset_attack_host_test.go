@@ -3,7 +3,6 @@ package slirp
 import (
 	"bytes"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -216,25 +215,8 @@ func TestTCPResetAttackLingerPeerResets(t *testing.T) {
 // reports the close. The guest still gets the whole answer, then the
 // RST, as TestTCPUnixForwardResetDelivers.
 func TestTCPResetAttackUnixWriteMeetsClose(t *testing.T) {
-	h, _ := tcpPeer(t)
-	path := filepath.Join(t.TempDir(), "svc")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	u := divertedPort(t, h, path)
-	u.send(u.segment(header.TCPSyn, 0))
-	if acked, _ := u.synAnswer(5 * time.Second); !acked {
-		t.Fatal("no SYN-ACK from the diverted port")
-	}
-	u.seq++
-	u.wnd = 8 // 1 KiB, scaled by 2^7
-	u.send(u.segment(header.TCPAck, 0))
-	c, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, c := unixForwardConn(t, 8) // 1 KiB: the answer waits in the socket
+
 	u.send(u.segment(header.TCPAck|header.TCPPsh, 3)) // never read
 	u.seq += 3
 	want := pattern(20<<10, 4)
