@@ -117,17 +117,25 @@ func TestTCPGuestResetDelivers(t *testing.T) {
 	}
 }
 
-// TestTCPGuestResetLingerBounded: the socket of a flow the guest reset
-// lingers no longer than tcpFinTimeout for a host peer that does not
-// read: then the peer is reset.
-func TestTCPGuestResetLingerBounded(t *testing.T) {
+// resetUpload has the guest upload 1 MiB (a pattern of seed) to a host
+// peer that reads none of it, then reset the flow: its socket lingers.
+func resetUpload(t *testing.T, seed int) (*hotPath, net.Conn) {
+	t.Helper()
 	h, c := tcpPeer(t)
-	h.uploadData(t, pattern(1<<20, 13))
+	h.uploadData(t, pattern(1<<20, seed))
 	h.send(h.segment(header.TCPRst|header.TCPAck, 0))
 	h.e.turn(5)
 	if len(h.e.tcp.lingers) != 1 {
 		t.Fatalf("%d sockets lingering, want 1", len(h.e.tcp.lingers))
 	}
+	return h, c
+}
+
+// TestTCPGuestResetLingerBounded: the socket of a flow the guest reset
+// lingers no longer than tcpFinTimeout for a host peer that does not
+// read: then the peer is reset.
+func TestTCPGuestResetLingerBounded(t *testing.T) {
+	h, c := resetUpload(t, 13)
 	h.jump(tcpFinTimeout)
 	h.e.turn(5)
 	if len(h.e.tcp.lingers) != 0 {

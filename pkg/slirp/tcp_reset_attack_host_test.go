@@ -191,13 +191,7 @@ func TestTCPResetAttackNoLingerAfterHostReset(t *testing.T) {
 // TestTCPResetAttackLingerPeerResets: the host peer of a lingering
 // socket resets it: the next tick closes it, not tcpFinTimeout later.
 func TestTCPResetAttackLingerPeerResets(t *testing.T) {
-	h, c := tcpPeer(t)
-	h.uploadData(t, pattern(1<<20, 24))
-	h.send(h.segment(header.TCPRst|header.TCPAck, 0))
-	h.e.turn(5)
-	if len(h.e.tcp.lingers) != 1 {
-		t.Fatalf("%d sockets lingering, want 1", len(h.e.tcp.lingers))
-	}
+	h, c := resetUpload(t, 24)
 	fd := h.e.tcp.lingers[0].fd
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close()
