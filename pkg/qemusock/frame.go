@@ -51,11 +51,13 @@ func (f Framing) put(b []byte, n int) {
 	}
 }
 
-func (f Framing) get(b []byte) int {
+// get reads a length prefix. It stays unsigned, for a peer's length
+// past 2^31 would be negative as an int where int is 32 bits wide.
+func (f Framing) get(b []byte) uint32 {
 	if f.LenSize == 2 {
-		return int(f.Order.Uint16(b))
+		return uint32(f.Order.Uint16(b))
 	}
-	return int(f.Order.Uint32(b))
+	return f.Order.Uint32(b)
 }
 
 // Reader reassembles frames from a byte stream.
@@ -142,9 +144,16 @@ func signalShared(fd int) error {
 	return err
 }
 
+// iovec is the piece of n bytes at p. Its length is set through SetLen
+// because the field is 32 bits wide on 32-bit machines.
+func iovec(p *byte, n int) unix.Iovec {
+	v := unix.Iovec{Base: p}
+	v.SetLen(n)
+	return v
+}
+
 func sharedIO(trapV, trap uintptr, fd int, p []byte) (int, error) {
-	iov := unix.Iovec{Base: unsafe.SliceData(p)}
-	iov.SetLen(len(p))
+	iov := iovec(unsafe.SliceData(p), len(p))
 	// At the file's own position (-1), as read(2) and write(2).
 	n, err := rawCall(trapV, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, ^uintptr(0), ^uintptr(0), unix.RWF_NOWAIT)
 	if err != unix.EOPNOTSUPP && err != unix.ENOSYS {
@@ -195,10 +204,11 @@ func (r *Reader) Next() ([]byte, error) {
 	if len(avail) < p {
 		return nil, nil
 	}
-	n := r.framing.get(avail)
-	if n == 0 || n > r.framing.Max || n > MaxFrame {
-		return nil, fmt.Errorf("%w: %d", ErrFrameLength, n)
+	v := r.framing.get(avail)
+	if v == 0 || v > uint32(r.framing.Max) || v > MaxFrame {
+		return nil, fmt.Errorf("%w: %d", ErrFrameLength, v)
 	}
+	n := int(v)
 	if len(avail) < p+n {
 		return nil, nil
 	}
@@ -375,12 +385,12 @@ func (q *Queue) front() []byte {
 	}
 	q.head = q.skipGap(q.head)
 	p, o := q.framing.LenSize, q.head%len(q.buf)
-	return q.buf[o+p : o+p+q.framing.get(q.buf[o:])]
+	return q.buf[o+p : o+p+int(q.framing.get(q.buf[o:]))]
 }
 
 // pop drops the oldest queued frame, which front returned.
 func (q *Queue) pop() {
-	q.head += q.framing.LenSize + q.framing.get(q.buf[q.head%len(q.buf):])
+	q.head += q.framing.LenSize + int(q.framing.get(q.buf[q.head%len(q.buf):]))
 	if q.head == q.tail {
 		q.drained()
 	}

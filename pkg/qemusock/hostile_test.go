@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -670,12 +671,17 @@ func TestVhostUserBadChainFlood(t *testing.T) {
 // time the link gives it back (it watches the used ring), until stop.
 func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
 	_, a, u := feRing(q)
-	used := f.mem[u+4 : u+4+8*feQueue]
-	for s := range feQueue {
-		binary.LittleEndian.PutUint32(used[8*s:], 0xffff)
+	// Each used entry's id is watched (0xffff until the link writes chain
+	// 0 there), with whole-word atomics, as the link may write it a byte
+	// at a time (arm).
+	var ids [feQueue]*uint32
+	for s := range ids {
+		ids[s] = (*uint32)(unsafe.Pointer(&f.mem[u+4+8*uint64(s)]))
+		atomic.StoreUint32(ids[s], 0xffff)
 	}
-	// The avail ring's entries all name chain 0 (the memfd's zeroes).
-	idx := (*uint32)(unsafe.Pointer(&f.mem[a]))
+	// The avail ring's entries all name chain 0 (the memfd's zeroes); its
+	// index is stored as the link stores its own, in either byte order.
+	avail := f.mem[a : a+4]
 	stop, done = make(chan struct{}), make(chan struct{})
 	started := make(chan struct{})
 	go func() {
@@ -683,7 +689,7 @@ func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
 		runtime.LockOSThread()
 		close(started)
 		n := uint16(feQueue)
-		atomic.StoreUint32(idx, uint32(n)<<16)
+		storeUsedIdx(avail, n)
 		taken := uint16(0)
 		for {
 			select {
@@ -692,15 +698,14 @@ func floodChains(f *frontEnd, q int) (stop, done chan struct{}) {
 			default:
 			}
 			for range feQueue {
-				slot := used[8*(taken%feQueue):]
-				if binary.LittleEndian.Uint32(slot) == 0xffff {
+				if !atomic.CompareAndSwapUint32(ids[taken%feQueue], 0, 0xffff) {
 					break
 				}
-				binary.LittleEndian.PutUint32(slot, 0xffff)
 				taken++
 				n++
 			}
-			atomic.StoreUint32(idx, uint32(n)<<16)
+			storeUsedIdx(avail, n)
+			drainCalls(f.call[q]) // and takes its interrupts, as a guest does
 		}
 	}()
 	<-started
@@ -936,4 +941,26 @@ func longChains(t *testing.T, q int, broken bool) (*frontEnd, func() uint16) {
 	}
 	binary.LittleEndian.PutUint16(f.mem[avail+2:], longChainsOffered) // the ring's zeroes: chain 0
 	return f, func() uint16 { return binary.LittleEndian.Uint16(f.mem[used+2:]) }
+}
+
+// TestVhostUserRegionPastInt: a region that, with its offset in its
+// file, is 2^32 + 8 KiB long. Where int is 32 bits that length was cut to
+// 8 KiB and the region's offset, 12 KiB, then crashed the engine; it is
+// refused there, and mapped where int is 64 bits.
+func TestVhostUserRegionPastInt(t *testing.T) {
+	fd, err := unix.MemfdCreate("region", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, 1<<32+16384); err != nil {
+		t.Fatal(err)
+	}
+	f := newFrontEnd(t)
+	err = f.request(vuSetMemTable, append(u32s(1, 0), u64s(0, 1<<32-4096, feUVA, 12288)...), fd)
+	if wide := strconv.IntSize == 64; wide && err != nil {
+		t.Errorf("a region of 4 GiB: %v", err)
+	} else if !wide && !errors.Is(err, ErrVhostUser) {
+		t.Errorf("a region past int's reach: %v, want a vhost-user error", err)
+	}
 }

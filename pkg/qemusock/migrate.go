@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -142,7 +143,7 @@ func (l *vhostLink) setLogBase(p []byte) error {
 	}
 	size, off := binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || size == 0 || size > maxLogSize || off > maxLogSize || off+size > uint64(st.Size) || off%uint64(unix.Getpagesize()) != 0 {
+	if unix.Fstat(fd, &st) != nil || size == 0 || size > maxLogSize || size > math.MaxInt || off > maxLogSize || off+size > uint64(st.Size) || off%uint64(unix.Getpagesize()) != 0 {
 		return fmt.Errorf("log of %#x bytes at offset %#x of a %d-byte file", size, off, st.Size)
 	}
 	m, err := unix.Mmap(fd, int64(off), int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"golang.org/x/sys/unix"
 )
@@ -439,7 +440,7 @@ func (l *vhostLink) readChain(q *virtq, head uint16, dst []byte) (copied, left i
 				h.nPieces = first
 				return 0, 0, errPiecesFull
 			}
-			h.pieces[h.nPieces] = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+			h.pieces[h.nPieces] = iovec(&b[0], len(b))
 			h.nPieces++
 			left += len(b)
 		}
@@ -571,12 +572,12 @@ func (l *vhostLink) reserveDirect(rx *virtq, hdr, n int, iov []unix.Iovec) (head
 				}
 				fr.hdr, head = b[:l.hdrLen], b[l.hdrLen:]
 				if len(head) > hdr {
-					iov = append(iov, unix.Iovec{Base: &head[hdr], Len: uint64(len(head) - hdr)})
+					iov = append(iov, iovec(&head[hdr], len(head)-hdr))
 				}
 			case len(iov) == cap(iov):
 				return undo(false)
 			default:
-				iov = append(iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+				iov = append(iov, iovec(&b[0], len(b)))
 			}
 			size += len(b)
 			need -= len(b)
@@ -869,11 +870,11 @@ func (l *vhostLink) requests() error {
 	for {
 		want := vuHeaderLen
 		if l.have >= vuHeaderLen {
-			size := int(binary.LittleEndian.Uint32(l.in[8:]))
+			size := binary.LittleEndian.Uint32(l.in[8:]) // checked before it is an int
 			if size > vuMaxPayload {
 				return fmt.Errorf("%w: request of %d bytes", ErrVhostUser, size)
 			}
-			want += size
+			want += int(size)
 		}
 		if l.have == want {
 			err := l.request(l.in[:want])
@@ -1144,8 +1145,12 @@ func (l *vhostLink) setMemTable(p []byte) error {
 	if len(p) < 8 {
 		return errors.New("short memory table")
 	}
-	n := int(binary.LittleEndian.Uint32(p))
-	if n == 0 || n > vuMaxRegions || len(p) < 8+32*n || len(l.fds) < n {
+	count := binary.LittleEndian.Uint32(p) // checked before it is an int
+	if count == 0 || count > vuMaxRegions {
+		return fmt.Errorf("memory table of %d regions", count)
+	}
+	n := int(count)
+	if len(p) < 8+32*n || len(l.fds) < n {
 		return fmt.Errorf("memory table of %d regions with %d descriptors", n, len(l.fds))
 	}
 	var mem guestMemory
@@ -1156,9 +1161,10 @@ func (l *vhostLink) setMemTable(p []byte) error {
 		uva, off := binary.LittleEndian.Uint64(r[16:]), binary.LittleEndian.Uint64(r[24:])
 		fd := l.takeFd()
 		// Past the end of its file, a mapping faults (SIGBUS) when
-		// touched: the region must lie within the file.
+		// touched: the region must lie within the file. Its length must
+		// be an int, which is 32 bits wide on some machines.
 		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || size == 0 || size > 1<<46 || off > 1<<46 || off+size > uint64(st.Size) {
+		if unix.Fstat(fd, &st) != nil || size == 0 || size > 1<<46 || off > 1<<46 || off+size > uint64(st.Size) || off+size > math.MaxInt {
 			unix.Close(fd)
 			mem.unmap()
 			return fmt.Errorf("region %d: size %#x at offset %#x of a %d-byte file", i, size, off, st.Size)

@@ -588,6 +588,7 @@ func TestVhostUserRefuses(t *testing.T) {
 		{"memory table without descriptors", vuSetMemTable, append(u32s(1, 0), u64s(0, feMemSize, feUVA, 0)...), false},
 		{"memory table of 0 regions", vuSetMemTable, u32s(0, 0), true},
 		{"memory table of 9 regions", vuSetMemTable, u32s(9, 0), true},
+		{"memory table of 2^31 regions", vuSetMemTable, u32s(1<<31, 0), true},
 		{"region of absurd size", vuSetMemTable, append(u32s(1, 0), u64s(0, 1<<60, feUVA, 0)...), true},
 		{"region beyond its descriptor", vuSetMemTable, append(u32s(1, 0), u64s(0, feMemSize, feUVA, 1<<40)...), true},
 		{"kick without descriptor", vuSetVringKick, u64s(0), false},
@@ -611,12 +612,14 @@ func TestVhostUserRefuses(t *testing.T) {
 			t.Log(err)
 		})
 	}
-	// A request larger than any the protocol has.
-	f := newFrontEnd(t)
-	m := u32s(vuSetMemTable, vuVersion, vuMaxPayload+1)
-	unix.Write(f.sock, m)
-	if _, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); !errors.Is(err, ErrVhostUser) {
-		t.Errorf("oversize request: %v", err)
+	// A request larger than any the protocol has; 2^31 bytes and more
+	// were a negative int where int is 32 bits wide.
+	for _, size := range []uint32{vuMaxPayload + 1, 1 << 31, ^uint32(0)} {
+		f := newFrontEnd(t)
+		unix.Write(f.sock, u32s(vuSetMemTable, vuVersion, size))
+		if _, _, err := f.l.Event(vuIDSocket, unix.EPOLLIN); !errors.Is(err, ErrVhostUser) {
+			t.Errorf("request of %d bytes: %v", size, err)
+		}
 	}
 }
 

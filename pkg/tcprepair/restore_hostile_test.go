@@ -38,3 +38,15 @@ func TestRestoreAddressesInUse(t *testing.T) {
 		t.Errorf("a restored socket on a port in use, to a free peer: %v", err)
 	}
 }
+
+// TestCheckNotSent: a state whose unsent tail is longer than its send
+// queue is refused before Restore slices the queue with it, however
+// long: 2^31 bytes and more were a negative int where int is 32 bits.
+func TestCheckNotSent(t *testing.T) {
+	for _, n := range []uint32{11, 1 << 31, ^uint32(0)} {
+		st := &State{TCPState: 1, SendQ: make([]byte, 10), NotSent: n}
+		if err := st.Check(); err == nil {
+			t.Errorf("%d bytes not sent of 10: no error", n)
+		}
+	}
+}

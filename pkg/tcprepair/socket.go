@@ -384,7 +384,7 @@ func (st *State) Check() error {
 		return errors.New("the source could not dump this connection")
 	case len(st.SendQ) > MaxQueue || len(st.RecvQ) > MaxQueue:
 		return fmt.Errorf("queues of %d and %d bytes, more than %d", len(st.SendQ), len(st.RecvQ), MaxQueue)
-	case int(st.NotSent) > len(st.SendQ):
+	case uint64(st.NotSent) > uint64(len(st.SendQ)): // not int(NotSent): 32 bits wide on some machines
 		return fmt.Errorf("%d bytes not sent of a %d-byte send queue", st.NotSent, len(st.SendQ))
 	case st.SndWScale > 14 || st.RcvWScale > 14:
 		return fmt.Errorf("window scale %d/%d beyond 14", st.SndWScale, st.RcvWScale)
