@@ -302,7 +302,7 @@ func splitV(b []byte, hdr int, iov []unix.Iovec) ([]byte, []unix.Iovec) {
 		return nil, iov
 	}
 	if len(b) > hdr {
-		iov = append(iov, unix.Iovec{Base: &b[hdr], Len: uint64(len(b) - hdr)})
+		iov = append(iov, iovec(&b[hdr], len(b)-hdr))
 	}
 	return b, iov
 }

@@ -77,8 +77,8 @@ func (p *Pcap) Write(frame []byte, tail ...unix.Iovec) {
 	}
 	binary.LittleEndian.PutUint32(p.hdr[8:], uint32(size))
 	binary.LittleEndian.PutUint32(p.hdr[12:], uint32(size))
-	p.iov = append(p.iov[:0], unix.Iovec{Base: &p.hdr[0], Len: uint64(len(p.hdr))},
-		unix.Iovec{Base: &frame[0], Len: uint64(len(frame))})
+	p.iov = append(p.iov[:0], iovec(&p.hdr[0], len(p.hdr)),
+		iovec(&frame[0], len(frame)))
 	if len(p.iov)+len(tail) <= maxIov {
 		p.iov = append(p.iov, tail...)
 	} else {
@@ -92,7 +92,7 @@ func (p *Pcap) Write(frame []byte, tail ...unix.Iovec) {
 		for _, v := range tail {
 			n += copy(p.flat[n:], unsafe.Slice(v.Base, v.Len))
 		}
-		p.iov = append(p.iov, unix.Iovec{Base: &p.flat[0], Len: uint64(n)})
+		p.iov = append(p.iov, iovec(&p.flat[0], n))
 	}
 	// A failed write (a full disk) loses that frame from the capture, not
 	// the frame itself.

@@ -155,7 +155,7 @@ func (z *zeroCopy) flush(q *Queue) error {
 			q.head += n
 			continue
 		}
-		z.iov[0] = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+		z.iov[0] = iovec(&b[0], len(b))
 		n, err := rawCall(unix.SYS_VMSPLICE, uintptr(z.pipe[1]), uintptr(unsafe.Pointer(&z.iov[0])), 1,
 			unix.SPLICE_F_NONBLOCK, 0, 0)
 		if err == unix.ENOSYS || err == unix.EPERM || err == unix.EINVAL {

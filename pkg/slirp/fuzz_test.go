@@ -213,9 +213,9 @@ func fuzzInput(e *Engine, b []byte) {
 	}
 	head := append([]byte(nil), b[:qemusock.HeadCopy]...)
 	rest := b[qemusock.HeadCopy:]
-	tail := []unix.Iovec{{Base: &rest[0], Len: uint64(len(rest))}}
+	tail := []unix.Iovec{iovec(&rest[0], len(rest))}
 	if cut := len(rest) / 3; cut > 0 {
-		tail = []unix.Iovec{{Base: &rest[0], Len: uint64(cut)}, {Base: &rest[cut], Len: uint64(len(rest) - cut)}}
+		tail = []unix.Iovec{iovec(&rest[0], cut), iovec(&rest[cut], len(rest)-cut)}
 	}
 	e.frameInput(head, tail)
 }

@@ -290,7 +290,7 @@ func TestGuestToHostTailAllocs(t *testing.T) {
 		copy(head, seg)
 		rest := seg[qemusock.HeadCopy:]
 		tail[0] = unix.Iovec{Base: &rest[0], Len: 1000}
-		tail[1] = unix.Iovec{Base: &rest[1000], Len: uint64(len(rest) - 1000)}
+		tail[1] = iovec(&rest[1000], len(rest)-1000)
 		h.e.frameInput(head, tail)
 		h.e.inputDone()
 		h.e.turn(0)
@@ -672,7 +672,7 @@ func TestUDPBurst(t *testing.T) {
 	// its own.
 	tails := make([][]unix.Iovec, len(frames))
 	for i, f := range frames {
-		tails[i] = []unix.Iovec{{Base: &f[qemusock.HeadCopy], Len: uint64(len(f) - qemusock.HeadCopy)}}
+		tails[i] = []unix.Iovec{iovec(&f[qemusock.HeadCopy], len(f)-qemusock.HeadCopy)}
 	}
 	burstTails := func() {
 		for i, f := range frames {

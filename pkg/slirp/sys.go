@@ -442,13 +442,11 @@ func dropErrors(fd int) {
 // (unmapped) and the control messages it came with.
 func recvmsg(fd int, p, spill, oob []byte, flags int) (int, netip.AddrPort, []byte, error) {
 	var sa sockaddr
-	iov := [2]unix.Iovec{{Base: &p[0]}}
-	iov[0].SetLen(len(p))
+	iov := [2]unix.Iovec{iovec(&p[0], len(p))}
 	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet6, Iov: &iov[0], Control: &oob[0]}
 	msg.SetIovlen(1)
 	if len(spill) > 0 {
-		iov[1].Base = &spill[0]
-		iov[1].SetLen(len(spill))
+		iov[1] = iovec(&spill[0], len(spill))
 		msg.SetIovlen(2)
 	}
 	msg.SetControllen(len(oob))
@@ -530,9 +528,7 @@ func sendtoFrom(fd int, p []byte, src netip.Addr, ap netip.AddrPort) error {
 		(*unix.Inet6Pktinfo)(info).Addr = src.As16()
 	}
 	h.SetLen(unix.CmsgLen(size))
-	var iov unix.Iovec
-	iov.Base = unsafe.SliceData(p)
-	iov.SetLen(len(p))
+	iov := iovec(unsafe.SliceData(p), len(p))
 	msg := unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &iov, Control: &oob[0]}
 	msg.SetIovlen(1)
 	msg.SetControllen(unix.CmsgSpace(size))
@@ -580,8 +576,8 @@ func sendmmsg(fd int, msgs []mmsghdr) (int, error) {
 // trimIov cuts the pieces iov[from:] to n bytes.
 func trimIov(iov []unix.Iovec, from, n int) []unix.Iovec {
 	for i := from; i < len(iov); i++ {
-		if uint64(n) <= iov[i].Len {
-			iov[i].Len = uint64(n)
+		if n <= int(iov[i].Len) {
+			iov[i].SetLen(n)
 			return iov[:i+1]
 		}
 		n -= int(iov[i].Len)
@@ -598,6 +594,14 @@ func iovSum(iov []unix.Iovec, n int) uint64 {
 		off += k
 	}
 	return sum
+}
+
+// iovec is the piece of n bytes at p. Its length is set through SetLen
+// because the field is 32 bits wide on 32-bit machines.
+func iovec(p *byte, n int) unix.Iovec {
+	v := unix.Iovec{Base: p}
+	v.SetLen(n)
+	return v
 }
 
 // iovLen is the number of bytes in the pieces iov.

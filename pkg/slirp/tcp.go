@@ -818,7 +818,7 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 		off -= len(payload)
 	}
 	for _, v := range tail {
-		if uint64(off) >= v.Len {
+		if off >= int(v.Len) {
 			off -= int(v.Len)
 			continue
 		}
@@ -849,7 +849,7 @@ func (e *Engine) tcpGuestData(f *tcpFlow, seq uint32, payload []byte, tail []uni
 func (e *Engine) tcpGather(f *tcpFlow, p *byte, n int) bool {
 	w := &e.tcp.w
 	w.flow = f
-	w.iov[w.n] = unix.Iovec{Base: p, Len: uint64(n)}
+	w.iov[w.n] = iovec(p, n)
 	w.n++
 	w.bytes += n
 	return w.n < len(w.iov) && !e.inWhole(unsafe.Slice(p, n)) || e.tcpWriteFlush()
@@ -1298,7 +1298,7 @@ func (t *tcpTable) skipIov(n int) unix.Iovec {
 	if len(t.discardBuf) < n {
 		t.discardBuf = make([]byte, max(n, 1<<20))
 	}
-	return unix.Iovec{Base: &t.discardBuf[0], Len: uint64(n)}
+	return iovec(&t.discardBuf[0], n)
 }
 
 // tcpResumeWaiters restarts flows that stopped for lack of output room.

@@ -740,9 +740,10 @@ func (l *piecesLink) ReserveV(hdr, n int, iov []unix.Iovec) ([]byte, []unix.Iove
 	}
 	p := out[len(iov)]
 	out = out[:len(iov)]
-	step := (p.Len + uint64(l.pieces) - 1) / uint64(l.pieces)
-	for off := uint64(0); off < p.Len; off += step {
-		out = append(out, unix.Iovec{Base: (*byte)(unsafe.Add(unsafe.Pointer(p.Base), off)), Len: min(step, p.Len-off)})
+	size := int(p.Len)
+	step := (size + l.pieces - 1) / l.pieces
+	for off := 0; off < size; off += step {
+		out = append(out, iovec((*byte)(unsafe.Add(unsafe.Pointer(p.Base), off)), min(step, size-off)))
 	}
 	return head, out
 }

@@ -299,7 +299,7 @@ func TestIovSum(t *testing.T) {
 	var iov []unix.Iovec
 	for off, size := 0, 1; off < len(data); off, size = off+size, size*3+1 {
 		size = min(size, len(data)-off)
-		iov = append(iov, unix.Iovec{Base: &data[off], Len: uint64(size)})
+		iov = append(iov, iovec(&data[off], size))
 	}
 	for _, n := range []int{1, 2, 5, 1000, 8999, 9001} {
 		if got, want := header.Fold(iovSum(iov, n)), header.Fold(header.Checksum(data[:n], 0)); got != want {
@@ -327,7 +327,7 @@ func TestTCPDataFromTail(t *testing.T) {
 		head := append([]byte(nil), seg[:qemusock.HeadCopy]...)
 		rest := append(append([]byte(nil), seg[qemusock.HeadCopy:]...), make([]byte, 11)...) // and padding
 		return head, []unix.Iovec{{Base: &rest[0], Len: 1001}, {Base: &rest[1001], Len: 998},
-			{Base: &rest[1999], Len: uint64(len(rest) - 1999)}}
+			iovec(&rest[1999], len(rest)-1999)}
 	}
 	head, tail := split()
 	h.e.frameInput(head, tail)

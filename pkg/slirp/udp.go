@@ -3,6 +3,7 @@ package slirp
 import (
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/gopasst/gopasst/pkg/slirp/header"
 	"golang.org/x/sys/unix"
@@ -163,10 +164,7 @@ func (e *Engine) udpQueue(f *udpFlow, to netip.AddrPort, payload []byte) {
 	}
 	i := b.n
 	b.n++
-	b.iovs[i] = unix.Iovec{Len: uint64(len(payload))}
-	if len(payload) > 0 {
-		b.iovs[i].Base = &payload[0]
-	}
+	b.iovs[i] = iovec(unsafe.SliceData(payload), len(payload))
 	name, namelen := putSockaddr(&b.addrs[i], to)
 	b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &b.iovs[i], Iovlen: 1}}
 	// A datagram made whole (frameInput) lies in a buffer that the next
