@@ -13,12 +13,18 @@ LDFLAGS := -X main.version=$(VERSION)
 # libcap2-bin's setcap gives a copy of gopasst a file capability.
 TEST_DEBS := iproute2 busybox-static qemu-system-x86 linux-image-amd64 cpio iperf3 passt isc-dhcp-client qemu-user-static tcpdump uidmap libcap2-bin
 
-.PHONY: all build test test-bigendian deps fuzz fuzz-targets bench lint clean install uninstall install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
+.PHONY: all build test test-bigendian test-arm64 test-32bit deps fuzz fuzz-targets bench lint clean install uninstall install-libvirt uninstall-libvirt install-pasta uninstall-pasta man
 
 all: build
 
+# A position-independent executable where Go links one without a C
+# toolchain; on 386 and 32-bit arm it cannot, and the build is Go's
+# default executable.
+PIE := $(if $(filter 386 arm,$(shell $(GO) env GOARCH)),,-buildmode=pie)
+BIN ?= gopasst
+
 build:
-	CGO_ENABLED=0 $(GO) build -buildmode=pie -ldflags "$(LDFLAGS)" -o gopasst ./cmd/gopasst
+	CGO_ENABLED=0 $(GO) build $(PIE) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gopasst
 
 # libvirt 11 and QEMU with stream reconnect come from bookworm-backports,
 # from the Debian mirror already configured.
@@ -39,6 +45,7 @@ test: deps
 	GOPASST_CGO=1 $(GO) test -count=1 -timeout 10m -run '^(TestSandbox|TestDHCPLease|TestTCPTransfer)$$' ./tests
 	$(MAKE) test-bigendian
 	$(MAKE) test-arm64
+	$(MAKE) test-32bit
 	$(MAKE) fuzz FUZZTIME=50000x
 
 # test-bigendian runs the package tests again as s390x under qemu-user,
@@ -54,6 +61,16 @@ test-bigendian:
 # memory, where the front-end chose their alignment.
 test-arm64:
 	GOARCH=arm64 QEMU_CPU=cortex-a72 $(GO) test -count=1 -exec qemu-aarch64-static ./pkg/qemusock/...
+
+# test-32bit runs the package and command tests again as 386, natively
+# on x86-64, where int is 32 bits wide: a length a peer sends must be
+# checked before it becomes an int. The qemusock tests run again as
+# 32-bit arm under qemu-user, whose stores of guest memory are a byte at
+# a time; and make build must build there.
+test-32bit:
+	GOARCH=386 CGO_ENABLED=0 $(GO) test -count=1 ./pkg/... ./cmd/...
+	GOARCH=arm CGO_ENABLED=0 $(GO) test -count=1 -exec qemu-arm-static ./pkg/qemusock/...
+	GOARCH=arm $(MAKE) --no-print-directory build BIN=/dev/null
 
 # fuzz runs every fuzz target from its corpus for FUZZTIME, inside a
 # network namespace of its own whose one interface is loopback: FuzzFlows
