@@ -436,6 +436,7 @@ func (e *Engine) Run() error {
 	// recovers from, rather than a crash.
 	debug.SetPanicOnFault(true)
 	e.running = true
+	defer e.tcpLingerRelease()
 	for {
 		if done, err := e.turn(e.pollTimeout()); done || err != nil {
 			return err

@@ -1335,7 +1335,7 @@ func (e *Engine) tcpRewind(f *tcpFlow) {
 // tcpTimers runs retransmissions and expiry for every flow.
 func (e *Engine) tcpTimers() {
 	e.tcpRepeatResets()
-	e.tcpLingerExpire(false)
+	e.tcpLingerExpire()
 	e.tcp.each(func(_ int32, f *tcpFlow) {
 		switch {
 		case f.state&tcpConnecting != 0 && e.now-f.created > tcpSynTimeout:
@@ -1480,11 +1480,11 @@ func (e *Engine) tcpLingerAdd(fd int, fin bool) bool {
 }
 
 // tcpLingerExpire closes the lingering sockets whose peer has all their
-// data, or whose time is up; all of them when closeAll.
-func (e *Engine) tcpLingerExpire(closeAll bool) {
+// data, or whose time is up.
+func (e *Engine) tcpLingerExpire() {
 	keep := e.tcp.lingers[:0]
 	for _, l := range e.tcp.lingers {
-		if !closeAll && l.unsent() > 0 && e.now < l.end {
+		if l.unsent() > 0 && e.now < l.end {
 			keep = append(keep, l)
 			continue
 		}
@@ -1492,6 +1492,18 @@ func (e *Engine) tcpLingerExpire(closeAll bool) {
 	}
 	clear(e.tcp.lingers[len(keep):])
 	e.tcp.lingers = keep
+}
+
+// tcpLingerRelease hands the lingering sockets to the kernel as the
+// engine ends: it sends what they hold, then a FIN, for the reset that
+// should follow needs us (passt's exit does the same for every socket).
+// Closed with SO_LINGER 0 instead, their data would be thrown away.
+func (e *Engine) tcpLingerRelease() {
+	for _, l := range e.tcp.lingers {
+		unix.SetsockoptLinger(l.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		unix.Close(l.fd)
+	}
+	e.tcp.lingers = e.tcp.lingers[:0]
 }
 
 // tcpGuestGone ends a flow that the guest reset, or that it stopped
@@ -1688,9 +1700,12 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 	return e.sendUnreachable(err, key.guest.Addr(), key.remote.Addr(), header.ProtoTCP, quote[:])
 }
 
+// closeAll ends every flow when the guest is gone with its front-end: a
+// VM powered off right after its upload. What the guest sent, which we
+// acknowledged, still reaches its peers (tcpGuestGone), and the sockets
+// already lingering go on.
 func (t *tcpTable) closeAll(e *Engine) {
-	t.each(func(_ int32, f *tcpFlow) { e.tcpClose(f, false, true) })
-	e.tcpLingerExpire(true)
+	t.each(func(_ int32, f *tcpFlow) { e.tcpGuestGone(f, false) })
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]

@@ -3,6 +3,7 @@ package slirp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -237,6 +238,73 @@ func TestTCPGuestGoneKeepsUpload(t *testing.T) {
 			}
 			if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 				t.Fatalf("after the upload the host peer read %d bytes, %v; want the guest's FIN", n, err)
+			}
+		})
+	}
+}
+
+// TestTCPClientGoneKeepsUpload: the guest uploads to a host peer that
+// reads slowly, half-closes or not, and its VM is then gone: the
+// front-end disconnects (a guest powered off right after its upload).
+// What we acknowledged still reaches the peer. Then comes the guest's
+// FIN, if it sent one; else a reset, or, when a one-off engine ends (Run
+// returns) before the peer has read it all, the end of stream its
+// sockets' close gives, as passt's exit does. Before, the disconnect
+// reset every host socket at once and threw their data away.
+func TestTCPClientGoneKeepsUpload(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		fin, oneOff bool
+	}{{"fin", true, false}, {"no fin", false, false}, {"fin, one-off", true, true}, {"no fin, one-off", false, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			h, conn := tcpPeer(t)
+			h.e.cfg.OneOff = c.oneOff
+			up := pattern(1<<20, 23)
+			h.uploadData(t, up)
+			if c.fin {
+				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
+				h.seq++
+			}
+			h.e.turn(10)
+			h.readFrames(func(header.TCP) {})
+			unix.Shutdown(h.guest, unix.SHUT_RDWR) // the front-end is gone
+			read := make(chan error, 1)
+			go func() {
+				conn.SetDeadline(time.Now().Add(20 * time.Second))
+				got, err := io.ReadAll(io.LimitReader(conn, int64(len(up))))
+				if !bytes.Equal(got, up) {
+					read <- fmt.Errorf("the host peer read %d of %d bytes (equal %v), then %v", len(got), len(up), bytes.Equal(got, up), err)
+					return
+				}
+				_, err = conn.Read(make([]byte, 1))
+				read <- err
+			}()
+			if c.oneOff {
+				if err := h.e.Run(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var err error
+		serve:
+			for {
+				select {
+				case err = <-read:
+					break serve
+				default:
+					if !c.oneOff {
+						h.e.turn(10)
+					} else {
+						time.Sleep(10 * time.Millisecond)
+					}
+				}
+			}
+			switch {
+			case err != nil && err != io.EOF && !errors.Is(err, syscall.ECONNRESET):
+				t.Fatal(err)
+			case c.fin && err != io.EOF:
+				t.Fatalf("after the upload the host peer read %v; want the end of stream", err)
+			case !c.fin && !c.oneOff && !errors.Is(err, syscall.ECONNRESET):
+				t.Fatalf("after the upload the host peer read %v; want a reset", err)
 			}
 		})
 	}
