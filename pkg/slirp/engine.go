@@ -205,6 +205,10 @@ type Engine struct {
 
 var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
+// stationMAC tells whether m can be one station's: neither a group's
+// (multicast, broadcast) nor all zeroes.
+func stationMAC(m [6]byte) bool { return m[0]&1 == 0 && m != [6]byte{} }
+
 // New creates an engine that accepts clients on the listening socket lfd,
 // or, with lfd < 0, one that serves the tap given to AttachTap.
 func New(cfg Config, lfd int) (_ *Engine, err error) {

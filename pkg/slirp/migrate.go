@@ -631,7 +631,7 @@ func (e *Engine) migrateLoad(r io.Reader) (err error) {
 	// The MAC and addresses pass the checks a guest's frame's would
 	// (tapInput: a group's MAC is none): the stream comes from another
 	// host.
-	if m := s.seen.mac; m != [6]byte{} && m[0]&1 == 0 {
+	if m := s.seen.mac; stationMAC(m) {
 		e.guestMAC = m
 	}
 	if e.cfg.has4() {

@@ -222,7 +222,7 @@ func (e *Engine) neighEvent(n rtnl.Neigh) {
 		return
 	}
 	switch mac, ok := n.Ethernet(); {
-	case ok && mac[0]&1 == 0 && mac != zeroMAC:
+	case ok && stationMAC(mac):
 		e.neighUpdate(a, mac, false)
 	case ok || n.Gone():
 		e.neighRemove(a)
