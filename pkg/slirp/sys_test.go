@@ -283,3 +283,39 @@ func fdSize(t *testing.T) int {
 	t.Fatal("no FDSize in /proc/self/status")
 	return 0
 }
+
+// TestSendmmsgBatch: one sendmmsg sends every datagram of a batch, laid
+// out as udpQueue lays them. mmsghdr was 4 bytes longer than the
+// kernel's on 32-bit machines, which read each message after the first
+// 4 bytes off and refused it: a batch went one datagram a call.
+func TestSendmmsgBatch(t *testing.T) {
+	rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+	var b udpSendBatch
+	const n = 3
+	for i := range n {
+		payload := []byte{byte('a' + i)}
+		b.iovs[i] = iovec(&payload[0], len(payload))
+		name, namelen := putSockaddr(&b.addrs[i], to)
+		b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &b.iovs[i], Iovlen: 1}}
+	}
+	if sent, err := sendmmsg(fd, b.msgs[:n]); sent != n || err != nil {
+		t.Fatalf("sendmmsg of %d datagrams: %d sent, %v", n, sent, err)
+	}
+	buf := make([]byte, 16)
+	for i := range n {
+		k, err := rx.Read(buf)
+		if err != nil || string(buf[:k]) != string(rune('a'+i)) {
+			t.Fatalf("datagram %d: %q, %v", i, buf[:k], err)
+		}
+	}
+}
