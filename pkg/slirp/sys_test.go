@@ -319,3 +319,20 @@ func TestSendmmsgBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPWindowLargeSndbuf: a host socket's send buffer of 256 MiB, as
+// fixedSndbuf sets it where net.core.wmem_max is 128 MiB (a common
+// tuning), is offered to the guest as the largest window. Where int is
+// 32 bits wide, 15/16 of it was computed past 2^31: negative, a closed
+// window that no EPOLLOUT would reopen, and the guest's upload stalled.
+func TestTCPWindowLargeSndbuf(t *testing.T) {
+	_, fd := loopbackPair(t)
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 128<<20); err != nil {
+		t.Skipf("SO_SNDBUFFORCE: %v", err)
+	}
+	f := &tcpFlow{fd: fd, ourWS: tcpOurWS, mss: 1460}
+	if w := (&Engine{}).tcpWindow(f); w != 0xffff {
+		t.Fatalf("window %d, want 65535", w)
+	}
+}
