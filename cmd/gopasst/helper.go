@@ -308,6 +308,12 @@ func (s *helperServer) serve() {
 	}
 }
 
+// maxReplyErr bounds the message a reply carries, which may quote what
+// the request held (an unknown op, a table's name): 6 bytes a byte at
+// most in JSON, it fits the 4 KiB a reply is received into (receive),
+// where a longer one was cut short and the request seemed unanswered.
+const maxReplyErr = 512
+
 // sendReply answers a request on sock with r, err recorded in it as an
 // errno or a message, and fd (if any) passed along; fd is then closed:
 // the peer has its own copy. The helper and pasta's agent answer alike.
@@ -315,7 +321,8 @@ func sendReply(sock int, r *helperReply, fd int, err error) {
 	if errno, ok := err.(syscall.Errno); ok {
 		r.Errno = errno
 	} else if err != nil {
-		r.Err = err.Error()
+		msg := err.Error()
+		r.Err = msg[:min(len(msg), maxReplyErr)]
 	}
 	msg, _ := json.Marshal(r)
 	var oob []byte

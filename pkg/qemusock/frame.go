@@ -226,8 +226,8 @@ func (r *Reader) Next() ([]byte, error) {
 // The buffer is a ring, so that nothing queued is ever moved: a frame
 // that would not fit before the buffer's end starts over at its
 // beginning, and the end left over is a gap that is never sent. Offsets
-// only grow; an offset's place in the buffer is the offset modulo its
-// size.
+// only grow, but for rebase; an offset's place in the buffer is the
+// offset modulo its size.
 type Queue struct {
 	framing    Framing
 	buf        []byte
@@ -249,6 +249,7 @@ func queueSize(size int) int { return max(size, 2*(MaxFrame+maxPrefix)) }
 // Reserve returns room for one frame of up to n bytes after the open
 // reservations, or nil when the queue is too full.
 func (q *Queue) Reserve(n int) []byte {
+	q.rebase()
 	p, size := q.framing.LenSize, len(q.buf)
 	at := q.open
 	if o := at % size; o+p+n > size {
@@ -263,6 +264,32 @@ func (q *Queue) Reserve(n int) []byte {
 	o := at % size
 	q.open = at + p + n
 	return q.buf[o+p : o+p+n]
+}
+
+// rebaseAt is how far the head grows before rebase takes the offsets
+// back.
+const rebaseAt = 1 << 30
+
+// rebase takes the offsets back by a multiple of the buffer's size, where
+// they name the same bytes, once the head is past rebaseAt: a queue that
+// is never empty, or lends its pages (zeroCopy), never starts over at 0,
+// and an int is 32 bits wide on some machines, where past 2^31 bytes the
+// offsets went negative and frames came out garbled. A gap behind the
+// new start was passed already: it goes.
+func (q *Queue) rebase() {
+	if q.head < rebaseAt {
+		return
+	}
+	d := q.head - q.head%len(q.buf)
+	q.head, q.tail, q.open = q.head-d, q.tail-d, q.open-d
+	if q.gap < d {
+		q.gap, q.gapAt = 0, 0
+	} else {
+		q.gap, q.gapAt = q.gap-d, q.gapAt-d
+	}
+	if q.zc != nil {
+		q.zc.rebase(q, d)
+	}
 }
 
 // fits tells whether the buffer may be written up to offset end: what

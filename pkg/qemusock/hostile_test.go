@@ -964,3 +964,43 @@ func TestVhostUserRegionPastInt(t *testing.T) {
 		t.Errorf("a region past int's reach: %v, want a vhost-user error", err)
 	}
 }
+
+// TestVhostUserAddressSpace32: where pointers are 32 bits wide, a dirty
+// log of 1 GiB, or a memory table of 3 GiB, is refused, and leaves
+// nothing mapped. maxMapped's 32 TiB bounded nothing there, where a
+// process has 4 GiB at most: a front-end that had 3 GiB mapped left the
+// Go runtime too little to grow its heap in, and the process died
+// (fatal error: out of memory), which no recover catches.
+func TestVhostUserAddressSpace32(t *testing.T) {
+	if strconv.IntSize == 64 {
+		t.Skip("64-bit: TestVhostUserMemoryTableTooLarge")
+	}
+	const region = 1 << 30
+	table := u32s(3, 0)
+	for i := range uint64(3) {
+		table = append(table, u64s(i*region, region-4096, feUVA+i*region, 4096)...)
+	}
+	for _, c := range []struct {
+		name string
+		req  uint32
+		p    []byte
+		fds  int
+	}{
+		{"a log of 1 GiB", vuSetLogBase, u64s(region, 0), 1},
+		{"a table of 3 GiB", vuSetMemTable, table, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFrontEnd(t)
+			if err := unix.Ftruncate(f.memfd, 3*region); err != nil {
+				t.Fatal(err)
+			}
+			before := len(mappings.ranges)
+			if err := f.request(c.req, c.p, slices.Repeat([]int{f.memfd}, c.fds)...); !errors.Is(err, ErrVhostUser) {
+				t.Errorf("%v, want refused", err)
+			}
+			if len(mappings.ranges) != before {
+				t.Errorf("%d mappings left", len(mappings.ranges)-before)
+			}
+		})
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -33,9 +32,13 @@ const (
 	vhostVringFLog             = 1 << 0  // SET_VRING_ADDR: log_guest_addr is the used ring's
 	vuNoFd                     = 0x100   // a reply's u64: no descriptor comes with it
 	logPage                    = 4096    // one bit of the log covers this much guest memory
-	maxLogSize                 = 1 << 36 // a log for 2^51 bytes of guest memory: any real guest's
 	transferSave, transferLoad = 0, 1
 )
+
+// maxLogSize bounds the log: one for 2^51 bytes of guest memory, any
+// real guest's, or for 2^36 where pointers are 32 bits wide, where a log
+// of up to 2 GiB took the address space the Go runtime needs (maxMapped).
+const maxLogSize = 1 << (addressBits - 11)
 
 // vuProtocolFeatures are the protocol features we offer.
 const vuProtocolFeatures = vuProtocolReplyAck | vuProtocolLogShmfd | vuProtocolDevState
@@ -143,7 +146,7 @@ func (l *vhostLink) setLogBase(p []byte) error {
 	}
 	size, off := binary.LittleEndian.Uint64(p), binary.LittleEndian.Uint64(p[8:])
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || size == 0 || size > maxLogSize || size > math.MaxInt || off > maxLogSize || off+size > uint64(st.Size) || off%uint64(unix.Getpagesize()) != 0 {
+	if unix.Fstat(fd, &st) != nil || size == 0 || size > maxLogSize || off > maxLogSize || off+size > uint64(st.Size) || off%uint64(unix.Getpagesize()) != 0 {
 		return fmt.Errorf("log of %#x bytes at offset %#x of a %d-byte file", size, off, st.Size)
 	}
 	m, err := unix.Mmap(fd, int64(off), int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
+	"math/bits"
 
 	"golang.org/x/sys/unix"
 )
@@ -1137,8 +1137,14 @@ func (l *vhostLink) stopQueue(i int) {
 // and the process died (fatal error: out of memory), which no recover
 // catches. A table that replaces another is mapped before the old one
 // goes: the two then take at most half the space. 32 TiB is as much
-// memory as the largest machines have.
-const maxMapped = 1 << 45
+// memory as the largest machines have; where pointers are 32 bits wide
+// it is 1 GiB, and a larger guest is refused rather than the process
+// left to die.
+const maxMapped = 1 << (addressBits - 2)
+
+// addressBits is how wide a process's address space is: 2^47 bytes with
+// 4-level page tables, 2^32 at most where pointers are 32 bits wide.
+const addressBits = 32 + 15*(bits.UintSize/64)
 
 // setMemTable maps the regions the front-end shares, replacing the old.
 func (l *vhostLink) setMemTable(p []byte) error {
@@ -1161,10 +1167,11 @@ func (l *vhostLink) setMemTable(p []byte) error {
 		uva, off := binary.LittleEndian.Uint64(r[16:]), binary.LittleEndian.Uint64(r[24:])
 		fd := l.takeFd()
 		// Past the end of its file, a mapping faults (SIGBUS) when
-		// touched: the region must lie within the file. Its length must
-		// be an int, which is 32 bits wide on some machines.
+		// touched: the region must lie within the file. Its length, an
+		// int, is within maxMapped, which an int holds where it is 32
+		// bits wide too.
 		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || size == 0 || size > 1<<46 || off > 1<<46 || off+size > uint64(st.Size) || off+size > math.MaxInt {
+		if unix.Fstat(fd, &st) != nil || size == 0 || size > 1<<46 || off > 1<<46 || off+size > uint64(st.Size) {
 			unix.Close(fd)
 			mem.unmap()
 			return fmt.Errorf("region %d: size %#x at offset %#x of a %d-byte file", i, size, off, st.Size)

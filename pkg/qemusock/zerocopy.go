@@ -188,6 +188,14 @@ func (z *zeroCopy) rewind(q *Queue) {
 	}
 }
 
+// rebase takes its offsets back with the queue's by d (Queue.rebase).
+// Those further back than any the queue compares them with go no further
+// back: they would mean the same, and after enough rebases overflow.
+func (z *zeroCopy) rebase(q *Queue, d int) {
+	z.free = max(z.free-d, q.head-len(q.buf))
+	z.asked = max(z.asked-d, q.head-hugePage)
+}
+
 // unsent is what the socket counts as unread by its peer (SIOCOUTQ). The
 // kernel writes a C int: IoctlGetInt would read 8 bytes, the count in
 // the upper half on a 64-bit big-endian machine (as slirp's sendRoom

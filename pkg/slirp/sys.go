@@ -551,11 +551,13 @@ func offender(b []byte) netip.Addr {
 	return netip.IPv4Unspecified()
 }
 
-// mmsghdr is the kernel's struct mmsghdr (x/sys has no type for it).
+// mmsghdr is the kernel's struct mmsghdr (x/sys has no type for it). Its
+// size is the C struct's, msg_len rounded up to msghdr's alignment, with
+// no padding spelled out: 4 bytes more where pointers are 32 bits wide,
+// and the kernel read each message after the first 4 bytes off.
 type mmsghdr struct {
 	hdr unix.Msghdr
 	len uint32
-	_   [4]byte
 }
 
 // sendmmsg sends msgs with one system call and returns how many went.

@@ -283,3 +283,56 @@ func fdSize(t *testing.T) int {
 	t.Fatal("no FDSize in /proc/self/status")
 	return 0
 }
+
+// TestSendmmsgBatch: one sendmmsg sends every datagram of a batch, laid
+// out as udpQueue lays them. mmsghdr was 4 bytes longer than the
+// kernel's on 32-bit machines, which read each message after the first
+// 4 bytes off and refused it: a batch went one datagram a call.
+func TestSendmmsgBatch(t *testing.T) {
+	rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+	var b udpSendBatch
+	const n = 3
+	for i := range n {
+		payload := []byte{byte('a' + i)}
+		b.iovs[i] = iovec(&payload[0], len(payload))
+		name, namelen := putSockaddr(&b.addrs[i], to)
+		b.msgs[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(name), Namelen: namelen, Iov: &b.iovs[i], Iovlen: 1}}
+	}
+	if sent, err := sendmmsg(fd, b.msgs[:n]); sent != n || err != nil {
+		t.Fatalf("sendmmsg of %d datagrams: %d sent, %v", n, sent, err)
+	}
+	buf := make([]byte, 16)
+	for i := range n {
+		k, err := rx.Read(buf)
+		if err != nil || string(buf[:k]) != string(rune('a'+i)) {
+			t.Fatalf("datagram %d: %q, %v", i, buf[:k], err)
+		}
+	}
+}
+
+// TestTCPWindowLargeSndbuf: a host socket's send buffer of 256 MiB, as
+// fixedSndbuf sets it where net.core.wmem_max is 128 MiB (a common
+// tuning), is offered to the guest as the largest window. Where int is
+// 32 bits wide, 15/16 of it was computed past 2^31: negative, a closed
+// window that no EPOLLOUT would reopen, and the guest's upload stalled.
+func TestTCPWindowLargeSndbuf(t *testing.T) {
+	_, fd := loopbackPair(t)
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 128<<20); err != nil {
+		t.Skipf("SO_SNDBUFFORCE: %v", err)
+	}
+	f := &tcpFlow{fd: fd, ourWS: tcpOurWS, mss: 1460}
+	if w := (&Engine{}).tcpWindow(f); w != 0xffff {
+		t.Fatalf("window %d, want 65535", w)
+	}
+}

@@ -1008,9 +1008,12 @@ func (e *Engine) tcpWindow(f *tcpFlow) uint16 {
 		return f.room
 	}
 	// The room is counted with the kernel's per-buffer overhead, a few
-	// percent for the large buffers a busy flow writes: offer 15/16.
+	// percent for the large buffers a busy flow writes: offer 15/16,
+	// reckoned in 64 bits: 15 times a send buffer of 256 MiB (fixedSndbuf,
+	// with a tuned net.core.wmem_max) is past 2^31, negative where int is
+	// 32 bits wide, and the window was closed for good.
 	room, full := sendRoom(f.fd, f.flags&tcpNotTCP != 0)
-	w := uint16(min(max(room*15/16, 0)>>f.ourWS, 0xffff))
+	w := uint16(min(max(int64(room)*15/16, 0)>>f.ourWS, 0xffff))
 	if full && int(w)<<f.ourWS < f.mss {
 		// A window closed, or too small for the guest to send a segment
 		// into: it waits for an update, which EPOLLOUT brings.
