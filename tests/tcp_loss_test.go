@@ -21,30 +21,11 @@ import (
 func TestTCPLossOnReset(t *testing.T) {
 	w := newWorld(t, WorldOpts{})
 	l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-	target := net.JoinHostPort(hostGW, port(l.Addr()))
-	data := make([]byte, 4<<20)
-	for i := range data {
-		data[i] = byte(i*7 + i>>8)
-	}
-	pair := func(t *testing.T) (guest, host net.Conn) {
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			c, _ := l.Accept()
-			accepted <- c
-		}()
-		guest = w.guestConn(t, target)
-		host = <-accepted
-		if host == nil {
-			t.Fatal("no connection on the host")
-		}
-		t.Cleanup(func() { host.Close() })
-		host.SetDeadline(time.Now().Add(20 * time.Second))
-		return guest, host
-	}
+	data := lossData()
 	for _, guestResets := range []bool{true, false} {
 		name := map[bool]string{true: "guest resets", false: "host resets"}[guestResets]
 		t.Run(name, func(t *testing.T) {
-			guest, host := pair(t)
+			guest, host := lossPair(t, w, l)
 			from, to := host, guest
 			if guestResets {
 				from, to = guest, host
@@ -61,6 +42,35 @@ func TestTCPLossOnReset(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lossData is 4 MiB that no side reads at once, in a pattern that shows
+// where a stream was cut.
+func lossData() []byte {
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>8)
+	}
+	return data
+}
+
+// lossPair connects the guest to the host's listener l, through the
+// gateway, and returns both ends; the host's reads give up after 20 s.
+func lossPair(t *testing.T, w *World, l net.Listener) (guest, host net.Conn) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	guest = w.guestConn(t, net.JoinHostPort(hostGW, port(l.Addr())))
+	host = <-accepted
+	if host == nil {
+		t.Fatal("no connection on the host")
+	}
+	t.Cleanup(func() { host.Close() })
+	host.SetDeadline(time.Now().Add(20 * time.Second))
+	return guest, host
 }
 
 // writeUntilFull writes data to c, which its peer does not read, until
@@ -124,10 +134,7 @@ func queued(c net.Conn, req uint) int {
 // passt delivers it too (tried by hand: serving on, it keeps the flow,
 // so the peer gets no end; one-off, its exit gives the end of stream).
 func TestTCPLossOnClientGone(t *testing.T) {
-	data := make([]byte, 4<<20)
-	for i := range data {
-		data[i] = byte(i*5 + i>>9)
-	}
+	data := lossData()
 	for _, oneOff := range []bool{false, true} {
 		t.Run(map[bool]string{false: "serving on", true: "one-off"}[oneOff], func(t *testing.T) {
 			var args []string
@@ -135,21 +142,9 @@ func TestTCPLossOnClientGone(t *testing.T) {
 				args = []string{"--one-off"}
 			}
 			w := newWorld(t, WorldOpts{Args: args})
-			l := w.Host.Listen(t, "tcp", "127.0.0.1:0")
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, _ := l.Accept()
-				accepted <- c
-			}()
-			guest := w.guestConn(t, net.JoinHostPort(hostGW, port(l.Addr())))
-			host := <-accepted
-			if host == nil {
-				t.Fatal("no connection on the host")
-			}
-			defer host.Close()
+			guest, host := lossPair(t, w, w.Host.Listen(t, "tcp", "127.0.0.1:0"))
 			acked := writeUntilFull(t, guest, data)
 			w.Bridge.Close()
-			host.SetDeadline(time.Now().Add(20 * time.Second))
 			got, err := io.ReadAll(host)
 			if len(got) < acked || !bytes.Equal(got, data[:len(got)]) ||
 				!errors.Is(err, syscall.ECONNRESET) && (!oneOff || err != nil) {
