@@ -193,10 +193,12 @@ func configured(ns *Netns) bool {
 // fwdKnownDiffs are the differences judged harmless, by case, with the
 // reason.
 var fwdKnownDiffs = map[string]string{
-	"passt/space":          "passt reads ports with strtoul, which skips leading blanks; no caller writes them",
-	"passt/plus":           "passt reads ports with strtoul, which takes a sign; no caller writes one",
-	"passt/to-port-0":      "passt forwards to guest port 0, where nothing can listen; gopasst refuses",
-	"pasta/auto-then-port": "gopasst takes auto beside ports, to map some (its tests use it); pasta refuses",
+	"passt/space":                         "passt reads ports with strtoul, which skips leading blanks; no caller writes them",
+	"passt/plus":                          "passt reads ports with strtoul, which takes a sign; no caller writes one",
+	"passt/to-port-0":                     "passt forwards to guest port 0, where nothing can listen; gopasst refuses",
+	"pasta/auto-then-port":                "gopasst takes auto beside ports, to map some (its tests use it); pasta refuses",
+	"pasta-connect/splice-only/tcp-addr4": "with no tap, a connection from a host address has nowhere to go: pasta accepts it and leaves it unanswered, open; gopasst resets it at once",
+	"pasta-connect/splice-only/tcp-addr6": "as tcp-addr4",
 }
 
 // passtFwdCases are passt-mode command lines: the forwards of -t and -u,
@@ -432,7 +434,9 @@ func serveFwdAt(t *testing.T, ns *Netns, addr string, port int, tag string) {
 }
 
 // TestDiffForwardPastaConnect: where connections and datagrams through
-// pasta's forwards arrive, each way, from each address, as upstream.
+// pasta's forwards arrive, each way, from each address, as upstream; and
+// with --splice-only, which makes no tap: the namespace has its loopback
+// alone, and only what comes from the host's loopback is forwarded.
 func TestDiffForwardPastaConnect(t *testing.T) {
 	needRoot(t)
 	args := strings.Split("-t 18080:8080,18081 -u 15353:5353 -T 19090:9090 -U 19091:9091", " ")
@@ -446,6 +450,7 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 		{"tcp-unforwarded", "host", "tcp", "127.0.0.1:18082"},
 		{"udp-lo4", "host", "udp", "127.0.0.1:15353"},
 		{"udp-lo6", "host", "udp", "[::1]:15353"},
+		{"udp-addr4", "host", "udp", hostAddr + ":15353"},
 		{"tcp-ns-lo4", "ns", "tcp", "127.0.0.1:19090"},
 		{"tcp-ns-lo6", "ns", "tcp", "[::1]:19090"},
 		{"udp-ns-lo4", "ns", "udp", "127.0.0.1:19091"},
@@ -453,50 +458,74 @@ func TestDiffForwardPastaConnect(t *testing.T) {
 		{"tcp-ns-own", "ns", "tcp", hostAddr + ":19090"},
 		{"tcp-ns-lo4-other", "ns", "tcp", "127.0.0.2:19090"},
 		{"udp-ns-lo4-other", "ns", "udp", "127.0.0.2:19091"},
+		{"ns-links", "ns", "links", ""},
 	}
-	var got [2]map[string]string
-	for i, bin := range []string{upstreamPasta(t), pastaLink(t)} {
-		host := fwdHost(t)
-		ns := newNetns(t, "gpn")
-		for _, p := range []int{8080, 18081, 5353} {
-			serveFwd(t, ns, p)
-		}
-		// Which loopback address of the host a forward reaches.
-		for _, p := range []int{9090, 9091} {
-			for _, a := range []string{"127.0.0.1", "127.0.0.2", "::1"} {
-				serveFwdAt(t, host, a, p, fmt.Sprint(p, "@", a))
+	for _, mode := range []string{"tap", "splice-only"} {
+		t.Run(mode, func(t *testing.T) {
+			argv := []string{"-f", "--config-net"}
+			if mode == "splice-only" {
+				argv = append(argv, "--splice-only")
 			}
-		}
-		argv := []string{"-f", "--config-net", "--netns", "/run/netns/" + ns.Name}
-		if i == 0 {
-			argv = append(argv, "--runas", "0")
-		}
-		cmd := host.Cmd(bin, append(argv, args...)...)
-		out := runFwdThen(t, cmd, func() map[string]string {
-			m := map[string]string{}
-			for _, p := range probes {
-				from := host
-				if p.from == "ns" {
-					from = ns
+			var got [2]map[string]string
+			for i, bin := range []string{upstreamPasta(t), pastaLink(t)} {
+				host := fwdHost(t)
+				ns := newNetns(t, "gpn")
+				for _, p := range []int{8080, 18081, 5353} {
+					serveFwd(t, ns, p)
 				}
-				m[p.name] = fwdAnswer(from, p.network, p.addr)
+				// Which loopback address of the host a forward reaches.
+				for _, p := range []int{9090, 9091} {
+					for _, a := range []string{"127.0.0.1", "127.0.0.2", "::1"} {
+						serveFwdAt(t, host, a, p, fmt.Sprint(p, "@", a))
+					}
+				}
+				argv := append(argv, "--netns", "/run/netns/"+ns.Name)
+				if i == 0 {
+					argv = append(argv, "--runas", "0")
+				}
+				cmd := host.Cmd(bin, append(argv, args...)...)
+				got[i] = runFwdThen(t, cmd, func() map[string]string {
+					m := map[string]string{}
+					for _, p := range probes {
+						from := host
+						if p.from == "ns" {
+							from = ns
+						}
+						if p.network == "links" {
+							m[p.name] = strings.Join(linkNames(from), " ")
+							continue
+						}
+						m[p.name] = fwdAnswer(from, p.network, p.addr)
+					}
+					return m
+				})
 			}
-			return m
+			for _, p := range probes {
+				up, ours := got[0][p.name], got[1][p.name]
+				t.Logf("%s (%s %s from the %s): upstream %q, gopasst %q", p.name, p.network, p.addr, p.from, up, ours)
+				if up == ours {
+					continue
+				}
+				if r := fwdKnownDiffs["pasta-connect/"+mode+"/"+p.name]; r != "" {
+					t.Logf("%s: upstream %q, gopasst %q: known difference: %s", p.name, up, ours, r)
+					continue
+				}
+				t.Errorf("%s (%s %s from the %s): upstream %q, gopasst %q", p.name, p.network, p.addr, p.from, up, ours)
+			}
 		})
-		got[i] = out
 	}
-	for _, p := range probes {
-		up, ours := got[0][p.name], got[1][p.name]
-		t.Logf("%s (%s %s from the %s): upstream %q, gopasst %q", p.name, p.network, p.addr, p.from, up, ours)
-		if up == ours {
-			continue
+}
+
+// linkNames are the names of ns's network interfaces.
+func linkNames(ns *Netns) []string {
+	out, _ := ns.Cmd("ip", "-o", "link").Output()
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			names = append(names, strings.TrimSuffix(strings.Split(f[1], "@")[0], ":"))
 		}
-		if r := fwdKnownDiffs["pasta-connect/"+p.name]; r != "" {
-			t.Logf("%s: upstream %q, gopasst %q: known difference: %s", p.name, up, ours, r)
-			continue
-		}
-		t.Errorf("%s (%s %s from the %s): upstream %q, gopasst %q", p.name, p.network, p.addr, p.from, up, ours)
 	}
+	return names
 }
 
 // runFwdThen starts pasta, waits until it is ready (its PID file, which

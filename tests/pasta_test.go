@@ -441,7 +441,7 @@ func TestPastaNamespaceToHost(t *testing.T) {
 func TestPastaSplice(t *testing.T) {
 	needRoot(t)
 	const size = 100 << 20
-	for _, mode := range []string{"splice", "no-splice"} {
+	for _, mode := range []string{"splice", "no-splice", "splice-only"} {
 		t.Run(mode, func(t *testing.T) {
 			h := newHost(t, WorldOpts{})
 			ns, pid, _ := pidNetns(t, h)
@@ -457,11 +457,16 @@ func TestPastaSplice(t *testing.T) {
 			down := ns.Listen(t, "tcp", ":8402")
 			acceptLoop(down, func(c net.Conn) { io.Copy(c, newStream(2, size)); c.Close() })
 			argv := []string{"--config-net", "-t", "18401:8401,18402:8402", "-u", "none", "-T", "none", "-U", "none", pid}
-			if mode == "no-splice" {
-				argv = append([]string{"--no-splice"}, argv...)
+			if mode != "splice" {
+				argv = append([]string{"--" + mode}, argv...)
 			}
 			if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
 				t.Fatalf("pasta: %v: %s", err, out)
+			}
+			// --config-net configures nothing without a tap.
+			links := ns.Run(t, "ip", "-o", "link")
+			if onlyLo := strings.Count(strings.TrimSpace(links), "\n") == 0; onlyLo != (mode == "splice-only") {
+				t.Errorf("%s: the namespace's links: %s", mode, links)
 			}
 			c, err := h.Dial("tcp", "127.0.0.1:18401", 5*time.Second)
 			if err != nil {
@@ -487,9 +492,12 @@ func TestPastaSplice(t *testing.T) {
 			if err != nil || n != size || string(sum) != string(sumStream(2, size)) {
 				t.Errorf("namespace to host: %d bytes (%v), SHA-256 equal: %v", n, err, string(sum) == string(sumStream(2, size)))
 			}
+			// Spliced, a connection comes from the namespace's own address,
+			// or with --splice-only from its loopback; else through the tap,
+			// from another.
 			peer := <-peers
-			if spliced := peer == hostAddr; spliced != (mode == "splice") {
-				t.Errorf("%s: the namespace's server saw the connection from %s (its own address %s means spliced)", mode, peer, hostAddr)
+			if via := map[string]string{hostAddr: "splice", "127.0.0.1": "splice-only"}[peer]; via != mode && (via != "" || mode != "no-splice") {
+				t.Errorf("%s: the namespace's server saw the connection from %s (its own address %s means spliced, 127.0.0.1 spliced to its loopback)", mode, peer, hostAddr)
 			}
 		})
 	}

@@ -427,6 +427,7 @@ func TestPastaModeOptions(t *testing.T) {
 		"--log-size 100000", "--outbound-if4 lo", "--outbound-if6 lo", "--config-net", "--no-copy-routes",
 		"--no-copy-addrs", "--netns-only", "--map-host-loopback 192.0.2.7", "--map-guest-addr 192.0.2.8",
 		"--host-lo-to-ns-lo", "--dns-host 192.0.2.53", "--fqdn vm.test", "--repair-path none", "--stats 5",
+		"--splice-only",
 	} {
 		var c cli
 		var out bytes.Buffer
@@ -445,5 +446,10 @@ func TestPastaModeOptions(t *testing.T) {
 	if code := run(modeArgs("pasta", splitTest("--repair-path /tmp/r -f -- true")), &out, &out); code != 1 ||
 		!strings.Contains(out.String(), "vhost-user mode only") {
 		t.Errorf("pasta --repair-path /tmp/r: exit %d, %q", code, out.String())
+	}
+	out.Reset()
+	if code := run(modeArgs("pasta", splitTest("--splice-only --no-splice -f -- true")), &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "--splice-only is incompatible with --no-splice") {
+		t.Errorf("pasta --splice-only --no-splice: exit %d, %q", code, out.String())
 	}
 }

@@ -42,7 +42,7 @@ type pastaOptions struct {
 	NoCopyAddrs  bool     `name:"no-copy-addrs" help:"With --config-net, set one address only, not the template interface's addresses."`
 	NSMAC        string   `name:"ns-mac-addr" placeholder:"MAC" help:"MAC address of the tap in the namespace (default: the kernel's)."`
 	NoSplice     bool     `name:"no-splice" help:"Forward -t connections from the host's loopback through the tap too, not socket to socket."`
-	SpliceOnly   bool     `name:"splice-only" help:"Not supported: gopasst always makes a tap."`
+	SpliceOnly   bool     `name:"splice-only" help:"Make no tap: forward only between the host's loopback and the namespace's (-t, -u from the host's loopback; -T, -U), as pasta. Implies --host-lo-to-ns-lo."`
 	HostLoToNsLo bool     `name:"host-lo-to-ns-lo" help:"Connections from the host's loopback go to the namespace's loopback, not its address."`
 	DHCPDNS      bool     `name:"dhcp-dns" help:"Name the resolvers in DHCP, DHCPv6 and RAs (pasta's default: not)."`
 	DHCPSearch   bool     `name:"dhcp-search" help:"Name the search domains in DHCP, DHCPv6 and RAs (pasta's default: not)."`
@@ -165,8 +165,9 @@ func pastaConfig(o *pastaOptions, host hostState) (netSetup, error) {
 	cfg.NoDHCPDNS, cfg.NoDHCPSearch = !o.DHCPDNS, !o.DHCPSearch
 	// The tap is the only guest there will be: once the namespace deletes
 	// it, the engine ends, as pasta does, rather than holding the host's
-	// ports for nobody.
-	cfg.OneOff = true
+	// ports for nobody. With --splice-only there is none, and the
+	// namespace's going ends the engine.
+	cfg.OneOff = !o.SpliceOnly
 	if o.ConfigNet {
 		// The namespace has its addresses already, as pasta's does.
 		cfg.NoRA, cfg.Configured6 = true, true
@@ -180,6 +181,8 @@ func runPasta(o *pastaOptions, stderr io.Writer) int {
 	if o.RepairPath != "" && o.RepairPath != "none" {
 		return fail(stderr, "--repair-path is for vhost-user mode only")
 	}
+	// Without a tap, the namespace's loopback is all there is to reach.
+	o.HostLoToNsLo = o.HostLoToNsLo || o.SpliceOnly
 	fwds, err := o.forwards()
 	if err != nil {
 		return fail(stderr, "%v", err)
@@ -259,8 +262,8 @@ func isPID(s string) bool {
 // in new ones.
 func (o *pastaOptions) target() (nsTarget, []string, error) {
 	switch {
-	case o.SpliceOnly:
-		return nsTarget{}, nil, errors.New("--splice-only: gopasst always makes a tap in the namespace")
+	case o.SpliceOnly && o.NoSplice:
+		return nsTarget{}, nil, errors.New("--splice-only is incompatible with --no-splice")
 	case (o.NoCopyAddrs || o.NoCopyRoutes) && !o.ConfigNet:
 		return nsTarget{}, nil, errors.New("--no-copy-addrs and --no-copy-routes need --config-net")
 	case o.Netns != "":
@@ -335,6 +338,9 @@ func pastaServe(o *pastaOptions, fwds pastaForwards, cfg netSetup, t nsTarget, r
 	}
 	defer ph.close()
 	run.link, run.kind, run.pidFile, run.ns = tap, linkTap, o.PidFile, ph
+	if tap < 0 { // --splice-only
+		run.kind = linkNone
+	}
 	return supervise(&o.NetOptions, run, stderr, ready)
 }
 

@@ -50,6 +50,7 @@ const envAgentTap = "GOPASST_PASTA_AGENT_TAP" // the agent, executed again: its 
 type nsPlan struct {
 	Ifname string
 	MAC    string       // --ns-mac-addr, or "" for the kernel's
+	NoTap  bool         // --splice-only: loopback alone, and nothing to configure
 	Config bool         // --config-net: the rest applies
 	MTU    int          // 0 (-m 0) leaves the kernel's, as pasta does
 	Addrs  []rtnl.Addr  // Index is filled in by the agent
@@ -62,7 +63,7 @@ type nsPlan struct {
 func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 	if4, if6 := cfg.ifname4, cfg.ifname6
 	p := nsPlan{Ifname: cmp.Or(o.NSIfname, if4, if6, "tap0"), MAC: o.NSMAC,
-		Config: o.ConfigNet, MTU: cfg.MTU}
+		NoTap: o.SpliceOnly, Config: o.ConfigNet && !o.SpliceOnly, MTU: cfg.MTU}
 	if cfg.NoMTUOption {
 		p.MTU = 0
 	}
@@ -76,7 +77,7 @@ func planNS(o *pastaOptions, cfg netSetup) (nsPlan, error) {
 			return p, fmt.Errorf("--ns-mac-addr: %v", err)
 		}
 	}
-	if !o.ConfigNet {
+	if !p.Config {
 		return p, nil
 	}
 	a4, a6, _, _ := parseAddress(o.Address) // ADDR/PLEN too, as buildConfig took it
@@ -249,7 +250,15 @@ func startAgent(t nsTarget, plan nsPlan) (*agentConn, int, error) {
 		return nil, -1, fmt.Errorf("joining the namespace (nsenter, from util-linux): %v", err)
 	}
 	a := &agentConn{c: newHelperClient(pair[0]), cmd: cmd, splice: splice}
-	tap, err := a.c.fdCall(helperRequest{Op: "tap"})
+	var tap int
+	if plan.NoTap {
+		// No tap to take: the answer says whether the set-up worked.
+		_, tap, err = a.c.call(helperRequest{Op: "tap"})
+		closeFd(tap)
+		tap = -1
+	} else {
+		tap, err = a.c.fdCall(helperRequest{Op: "tap"})
+	}
 	if err != nil {
 		a.close()
 		return nil, -1, fmt.Errorf("namespace set-up: %v", err)
@@ -506,12 +515,14 @@ func openAgentTables() map[string]agentTable {
 	return tables
 }
 
-// serveAgent answers the helper on sock; the tap, or why there is none,
-// goes to the first to ask; a table goes as a copy of its descriptor
-// (readers read it from the start, with pread).
+// serveAgent answers the helper on sock; the tap (none with
+// --splice-only), or why there is none, goes to the first to ask; a table
+// goes as a copy of its descriptor (readers read it from the start, with
+// pread).
 func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 	var host slirp.LocalHost
 	var buf [4096]byte
+	asked := false
 	for {
 		n, stray, rerr := recvMsg(sock, buf[:], 0)
 		closeFds(stray)
@@ -527,9 +538,10 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 		case ferr != nil:
 		case req.Op == "tap":
 			fd, ferr, tap = tap, err, -1
-			if fd < 0 && ferr == nil {
+			if asked && ferr == nil {
 				ferr = errors.New("the tap was handed over already")
 			}
+			asked = true
 		case req.Op == "bind":
 			fd, ferr = host.Bind(req.Proto, req.Fwd)
 		case req.Op == "proc" && isTable && table.err != nil:
@@ -548,6 +560,9 @@ func serveAgent(sock, tap int, err error, tables map[string]agentTable) int {
 func configureNS(p *nsPlan) (int, error) {
 	if err := linkUp("lo", 0); err != nil {
 		return -1, err
+	}
+	if p.NoTap {
+		return -1, nil
 	}
 	tap, err := openTap(p.Ifname)
 	if err != nil {
@@ -676,8 +691,10 @@ func keepOnlyBindCap(tap int) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
-	if _, err := unix.FcntlInt(uintptr(tap), unix.F_SETFD, 0); err != nil {
-		return err
+	if tap >= 0 {
+		if _, err := unix.FcntlInt(uintptr(tap), unix.F_SETFD, 0); err != nil {
+			return err
+		}
 	}
 	env := append(os.Environ(), fmt.Sprintf("%s=%d", envAgentTap, tap))
 	return syscall.Exec("/proc/self/exe", os.Args, env)
