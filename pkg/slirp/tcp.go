@@ -1500,9 +1500,12 @@ func (e *Engine) tcpLingerExpire() {
 // tcpLingerRelease hands the lingering sockets to the kernel as the
 // engine ends: it sends what they hold, then a FIN, for the reset that
 // should follow needs us (passt's exit does the same for every socket).
-// Closed with SO_LINGER 0 instead, their data would be thrown away.
+// Closed with SO_LINGER 0 instead, their data would be thrown away; so
+// would it be by a close that finds bytes the guest never read from the
+// peer (tcp_close resets then), which are thrown away first.
 func (e *Engine) tcpLingerRelease() {
 	for _, l := range e.tcp.lingers {
+		discard(l.fd, inq(l.fd))
 		unix.SetsockoptLinger(l.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 		unix.Close(l.fd)
 	}

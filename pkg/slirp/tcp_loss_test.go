@@ -253,9 +253,10 @@ func TestTCPGuestGoneKeepsUpload(t *testing.T) {
 // reset every host socket at once and threw their data away.
 func TestTCPClientGoneKeepsUpload(t *testing.T) {
 	for _, c := range []struct {
-		name        string
-		fin, oneOff bool
-	}{{"fin", true, false}, {"no fin", false, false}, {"fin, one-off", true, true}, {"no fin, one-off", false, true}} {
+		name                  string
+		fin, oneOff, answered bool
+	}{{"fin", true, false, false}, {"no fin", false, false, false}, {"fin, one-off", true, true, false},
+		{"no fin, one-off", false, true, false}, {"fin, answered, one-off", true, true, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			h, conn := tcpPeer(t)
 			h.e.cfg.OneOff = c.oneOff
@@ -264,6 +265,9 @@ func TestTCPClientGoneKeepsUpload(t *testing.T) {
 			if c.fin {
 				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
 				h.seq++
+			}
+			if c.answered {
+				conn.Write([]byte("an answer the guest never reads"))
 			}
 			h.e.turn(10)
 			h.readFrames(func(header.TCP) {})
