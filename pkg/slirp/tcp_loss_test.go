@@ -90,6 +90,15 @@ func TestTCPGuestResetDelivers(t *testing.T) {
 	if h.e.tcp.count != 0 || len(h.e.tcp.lingers) != 1 {
 		t.Fatalf("after the guest's RST: %d flows, %d sockets lingering; want 0 and 1", h.e.tcp.count, len(h.e.tcp.lingers))
 	}
+	h.peerReadsThenReset(t, c, up)
+}
+
+// peerReadsThenReset runs the engine while host peer c reads to the end
+// of its stream (ticks close a lingering socket once its peer has all),
+// and checks that it read want, then a reset, and that no socket is left
+// lingering.
+func (h *hotPath) peerReadsThenReset(t *testing.T, c net.Conn, want []byte) {
+	t.Helper()
 	type result struct {
 		got []byte
 		err error
@@ -102,16 +111,16 @@ func TestTCPGuestResetDelivers(t *testing.T) {
 	}()
 	var r result
 	for done := false; !done; {
-		h.e.turn(20) // its ticks close the socket once the peer has all
+		h.e.turn(20)
 		select {
 		case r = <-read:
 			done = true
 		default:
 		}
 	}
-	if !bytes.Equal(r.got, up) || !errors.Is(r.err, syscall.ECONNRESET) {
+	if !bytes.Equal(r.got, want) || !errors.Is(r.err, syscall.ECONNRESET) {
 		t.Fatalf("the host peer read %d of %d bytes (equal %v), then %v; want all, then a reset",
-			len(r.got), len(up), bytes.Equal(r.got, up), r.err)
+			len(r.got), len(want), bytes.Equal(r.got, want), r.err)
 	}
 	if len(h.e.tcp.lingers) != 0 {
 		t.Fatalf("%d sockets still lingering", len(h.e.tcp.lingers))
