@@ -1709,9 +1709,13 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 // closeAll ends every flow when the guest is gone with its front-end: a
 // VM powered off right after its upload. What the guest sent, which we
 // acknowledged, still reaches its peers (tcpGuestGone), and the sockets
-// already lingering go on.
+// already lingering go on. The segments put aside in a batch that the
+// client's going cut short (tcpRetryAhead) go too: the next client's
+// first batch would replay them.
 func (t *tcpTable) closeAll(e *Engine) {
 	t.each(func(_ int32, f *tcpFlow) { e.tcpGuestGone(f, false) })
+	clear(t.ahead[:cap(t.ahead)])
+	t.ahead = t.ahead[:0]
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]
