@@ -1502,9 +1502,14 @@ func (e *Engine) tcpLingerExpire() {
 // should follow needs us (passt's exit does the same for every socket).
 // Closed with SO_LINGER 0 instead, their data would be thrown away; so
 // would it be by a close that finds bytes the guest never read from the
-// peer (tcp_close resets then), which are thrown away first.
+// peer (tcp_close resets then), which are thrown away first, and by one
+// that gets more from the peer after it (tcp_rcv_state_process resets
+// then): the receive buffer shrinks to the least first, so that the
+// window stays shut, not opened by the bytes thrown away, to a peer that
+// has more to send.
 func (e *Engine) tcpLingerRelease() {
 	for _, l := range e.tcp.lingers {
+		unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 0)
 		discard(l.fd, inq(l.fd))
 		unix.SetsockoptLinger(l.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 		unix.Close(l.fd)
