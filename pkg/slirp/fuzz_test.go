@@ -93,6 +93,13 @@ func attachedEngine(t testing.TB, cfg Config) (*Engine, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e, attachStream(t, e)
+}
+
+// attachStream attaches a stream client to e and returns the guest's end
+// of it.
+func attachStream(t testing.TB, e *Engine) int {
+	t.Helper()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +108,7 @@ func attachedEngine(t testing.TB, cfg Config) (*Engine, int) {
 	if err := e.attach(qemusock.NewStream(pair[0], qemusock.QEMU)); err != nil {
 		t.Fatal(err)
 	}
-	return e, pair[1]
+	return pair[1]
 }
 
 // output sends what the engine queued and returns each frame, failing the

@@ -450,17 +450,22 @@ func (e *Engine) migrateSave(w io.Writer) error {
 	// dumped again if it took more (migrateSeal), and closed at once. In
 	// repair mode, closing sends the peer nothing, even a reset (the
 	// kernel's tcp_disconnect): a connection that did not move is reset
-	// for its peer only if it was not in repair mode (not movable);
-	// one whose dump failed is closed silently, and the peer hears a
-	// reset when it next sends. The destination, on this host too, then
-	// takes its address.
+	// for its peer only if it was not in repair mode (not movable, or no
+	// helper), after what the guest sent that its socket still holds, as
+	// after the guest's reset (tcpGuestGone); one whose dump failed is
+	// closed silently, and the peer hears a reset when it next sends. The
+	// destination, on this host too, then takes its address.
 	var b []byte
 	for i, f := range flows {
 		m := &s.flows[i]
 		if dumped[i] {
 			dumped[i] = e.migrateSeal(f, m)
 		}
-		e.tcpClose(f, false, !dumped[i])
+		if !dumped[i] && !(repaired && movable(f)) {
+			e.tcpGuestGone(f, false)
+		} else {
+			e.tcpClose(f, false, !dumped[i])
+		}
 		b = appendMigExt(b, &m.sock)
 		if len(b) < migWriteAt && i+1 < len(flows) {
 			continue

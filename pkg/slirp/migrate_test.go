@@ -385,6 +385,18 @@ func TestMigrateWithoutHelper(t *testing.T) {
 	}
 }
 
+// TestMigrateWithoutHelperKeepsUpload: with no repair helper the guest's
+// connection cannot move, but its upload, which the source acknowledged
+// and a host peer that does not read yet left in the host socket, still
+// reaches the peer, then the reset, as after the guest's own reset.
+func TestMigrateWithoutHelperKeepsUpload(t *testing.T) {
+	h, c := tcpPeer(t)
+	up := pattern(1<<20, 29)
+	h.uploadData(t, up)
+	h.migrate(t, false)
+	h.peerReadsThenReset(t, c, up)
+}
+
 // TestMigrateGuestHalfClosed moves a connection the guest has shut down
 // for writing: the host peer still sends, and the guest gets it from the
 // destination.

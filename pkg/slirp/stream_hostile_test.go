@@ -2,6 +2,7 @@ package slirp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 
 	"github.com/gopasst/gopasst/pkg/qemusock"
@@ -103,4 +104,31 @@ func TestStreamClientHostile(t *testing.T) {
 	if header.Ethernet(reply).Type() != header.EtherTypeARP {
 		t.Fatalf("the well-behaved client got % x, want an ARP reply", reply)
 	}
+}
+
+// TestStreamClientCutBatch: a client whose batch of frames ends in a
+// malformed one is dropped before the batch is done. The segments it had
+// put aside past a gap (tcpRetryAhead) went on to the next client's first
+// batch, which replayed them: the new guest got a RST for a connection of
+// the old one's, and the old one's buffer was kept until then.
+func TestStreamClientCutBatch(t *testing.T) {
+	h, _ := tcpPeer(t)
+	h.seq += 100 // past a gap: put aside
+	b := append([]byte(nil), h.segment(header.TCPAck|header.TCPPsh, 10)...)
+	h.send(append(b, 0, 0, 0, 0)) // then a frame of no length
+	h.e.turn(10)
+	if h.e.link != nil {
+		t.Fatal("the malformed frame did not end the client")
+	}
+	h.guest = attachStream(t, h.e)
+	h.rd = qemusock.NewReader(qemusock.QEMU, 4<<20)
+	// The new guest's first frame: one the engine does not handle.
+	frame := make([]byte, 4+header.EthernetLen)
+	binary.BigEndian.PutUint32(frame, header.EthernetLen)
+	header.Ethernet(frame[4:]).Encode([6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}, hpMAC, 0x88b5)
+	h.send(frame)
+	h.e.turn(10)
+	h.readFrames(func(s header.TCP) {
+		t.Errorf("the new guest got a segment of the old one's connection: %v", s.Flags())
+	})
 }

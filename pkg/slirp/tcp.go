@@ -1500,9 +1500,17 @@ func (e *Engine) tcpLingerExpire() {
 // tcpLingerRelease hands the lingering sockets to the kernel as the
 // engine ends: it sends what they hold, then a FIN, for the reset that
 // should follow needs us (passt's exit does the same for every socket).
-// Closed with SO_LINGER 0 instead, their data would be thrown away.
+// Closed with SO_LINGER 0 instead, their data would be thrown away; so
+// would it be by a close that finds bytes the guest never read from the
+// peer (tcp_close resets then), which are thrown away first, and by one
+// that gets more from the peer after it (tcp_rcv_state_process resets
+// then): the receive buffer shrinks to the least first, so that the
+// window stays shut, not opened by the bytes thrown away, to a peer that
+// has more to send.
 func (e *Engine) tcpLingerRelease() {
 	for _, l := range e.tcp.lingers {
+		unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 0)
+		discard(l.fd, inq(l.fd))
 		unix.SetsockoptLinger(l.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 		unix.Close(l.fd)
 	}
@@ -1706,9 +1714,13 @@ func (e *Engine) tcpUnreachable(key tcpKey, synSeq uint32, err error) bool {
 // closeAll ends every flow when the guest is gone with its front-end: a
 // VM powered off right after its upload. What the guest sent, which we
 // acknowledged, still reaches its peers (tcpGuestGone), and the sockets
-// already lingering go on.
+// already lingering go on. The segments put aside in a batch that the
+// client's going cut short (tcpRetryAhead) go too: the next client's
+// first batch would replay them.
 func (t *tcpTable) closeAll(e *Engine) {
 	t.each(func(_ int32, f *tcpFlow) { e.tcpGuestGone(f, false) })
+	clear(t.ahead[:cap(t.ahead)])
+	t.ahead = t.ahead[:0]
 	t.ackList = t.ackList[:0]
 	t.ackedList = t.ackedList[:0]
 	t.tapWaiters = t.tapWaiters[:0]

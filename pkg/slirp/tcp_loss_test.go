@@ -90,6 +90,15 @@ func TestTCPGuestResetDelivers(t *testing.T) {
 	if h.e.tcp.count != 0 || len(h.e.tcp.lingers) != 1 {
 		t.Fatalf("after the guest's RST: %d flows, %d sockets lingering; want 0 and 1", h.e.tcp.count, len(h.e.tcp.lingers))
 	}
+	h.peerReadsThenReset(t, c, up)
+}
+
+// peerReadsThenReset runs the engine while host peer c reads to the end
+// of its stream (ticks close a lingering socket once its peer has all),
+// and checks that it read want, then a reset, and that no socket is left
+// lingering.
+func (h *hotPath) peerReadsThenReset(t *testing.T, c net.Conn, want []byte) {
+	t.Helper()
 	type result struct {
 		got []byte
 		err error
@@ -102,16 +111,16 @@ func TestTCPGuestResetDelivers(t *testing.T) {
 	}()
 	var r result
 	for done := false; !done; {
-		h.e.turn(20) // its ticks close the socket once the peer has all
+		h.e.turn(20)
 		select {
 		case r = <-read:
 			done = true
 		default:
 		}
 	}
-	if !bytes.Equal(r.got, up) || !errors.Is(r.err, syscall.ECONNRESET) {
+	if !bytes.Equal(r.got, want) || !errors.Is(r.err, syscall.ECONNRESET) {
 		t.Fatalf("the host peer read %d of %d bytes (equal %v), then %v; want all, then a reset",
-			len(r.got), len(up), bytes.Equal(r.got, up), r.err)
+			len(r.got), len(want), bytes.Equal(r.got, want), r.err)
 	}
 	if len(h.e.tcp.lingers) != 0 {
 		t.Fatalf("%d sockets still lingering", len(h.e.tcp.lingers))
@@ -253,9 +262,10 @@ func TestTCPGuestGoneKeepsUpload(t *testing.T) {
 // reset every host socket at once and threw their data away.
 func TestTCPClientGoneKeepsUpload(t *testing.T) {
 	for _, c := range []struct {
-		name        string
-		fin, oneOff bool
-	}{{"fin", true, false}, {"no fin", false, false}, {"fin, one-off", true, true}, {"no fin, one-off", false, true}} {
+		name                  string
+		fin, oneOff, answered bool
+	}{{"fin", true, false, false}, {"no fin", false, false, false}, {"fin, one-off", true, true, false},
+		{"no fin, one-off", false, true, false}, {"fin, answered, one-off", true, true, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			h, conn := tcpPeer(t)
 			h.e.cfg.OneOff = c.oneOff
@@ -264,6 +274,9 @@ func TestTCPClientGoneKeepsUpload(t *testing.T) {
 			if c.fin {
 				h.send(h.segment(header.TCPFin|header.TCPAck, 0))
 				h.seq++
+			}
+			if c.answered {
+				conn.Write([]byte("an answer the guest never reads"))
 			}
 			h.e.turn(10)
 			h.readFrames(func(header.TCP) {})
