@@ -1497,25 +1497,52 @@ func (e *Engine) tcpLingerExpire() {
 	e.tcp.lingers = keep
 }
 
-// tcpLingerRelease hands the lingering sockets to the kernel as the
-// engine ends: it sends what they hold, then a FIN, for the reset that
-// should follow needs us (passt's exit does the same for every socket).
-// Closed with SO_LINGER 0 instead, their data would be thrown away; so
+// tcpLingerRelease lets the lingering sockets go as the engine ends.
+// One the guest shut ends as the guest ended it: the kernel sends what it
+// holds, then the FIN (passt's exit does the same for every socket).
+// Closed with SO_LINGER 0 instead, its data would be thrown away; so
 // would it be by a close that finds bytes the guest never read from the
 // peer (tcp_close resets then), which are thrown away first, and by one
 // that gets more from the peer after it (tcp_rcv_state_process resets
 // then): the receive buffer shrinks to the least first, so that the
 // window stays shut, not opened by the bytes thrown away, to a peer that
-// has more to send.
+// has more to send. The others' peers must hear a reset, not a FIN, which
+// would pass a cut upload off as whole (the guest reset it, or was gone
+// before it ended it): they have tcpLingerDrain to take the data first.
 func (e *Engine) tcpLingerRelease() {
+	reset := e.tcp.lingers[:0]
 	for _, l := range e.tcp.lingers {
+		if !l.fin {
+			reset = append(reset, l)
+			continue
+		}
 		unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 0)
 		discard(l.fd, inq(l.fd))
 		unix.SetsockoptLinger(l.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 		unix.Close(l.fd)
 	}
+	end := time.Now().Add(tcpLingerDrain)
+	for len(reset) > 0 {
+		keep := reset[:0]
+		for _, l := range reset {
+			if l.unsent() > 0 && time.Now().Before(end) {
+				keep = append(keep, l)
+				continue
+			}
+			unix.Close(l.fd) // SO_LINGER 0 (tcpClose): a reset
+		}
+		if reset = keep; len(reset) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	clear(e.tcp.lingers)
 	e.tcp.lingers = e.tcp.lingers[:0]
 }
+
+// tcpLingerDrain bounds how long an ending engine waits for the peers of
+// lingering sockets to take their data: well within the 5 s its helper
+// gives it to stop.
+const tcpLingerDrain = 2 * time.Second
 
 // tcpGuestGone ends a flow that the guest reset, or that it stopped
 // answering; its host socket lingers (tcpLinger), and the peer gets the
