@@ -440,7 +440,11 @@ func (e *Engine) Run() error {
 	// recovers from, rather than a crash.
 	debug.SetPanicOnFault(true)
 	e.running = true
+	// As the engine ends, its flows end as when their guest goes: a peer
+	// gets what the guest sent, then a reset, not the FIN that closing
+	// their sockets at our exit would send for a guest that never did.
 	defer e.tcpLingerRelease()
+	defer e.tcp.closeAll(e)
 	for {
 		if done, err := e.turn(e.pollTimeout()); done || err != nil {
 			return err

@@ -261,15 +261,19 @@ func TestTCPGuestGoneKeepsUpload(t *testing.T) {
 // peer to read it (tcpLingerRelease): the end of stream a plain close
 // gives, as passt's exit does, would pass the cut upload off as whole.
 // With a peer that does not read until the engine has ended (late), the
-// reset comes all the same. Before, the disconnect reset every host
-// socket at once and threw their data away.
+// reset comes all the same. So it does when the engine is stopped with
+// the guest still there (a SIGTERM): its flows end as if it had gone.
+// Before, the disconnect reset every host socket at once and threw their
+// data away, and a stop left them to the process's exit, whose close
+// sent a FIN.
 func TestTCPClientGoneKeepsUpload(t *testing.T) {
 	for _, c := range []struct {
-		name                        string
-		fin, oneOff, answered, late bool
-	}{{"fin", true, false, false, false}, {"no fin", false, false, false, false}, {"fin, one-off", true, true, false, false},
-		{"no fin, one-off", false, true, false, false}, {"fin, answered, one-off", true, true, true, false},
-		{"no fin, one-off, read late", false, true, false, true}} {
+		name                              string
+		fin, oneOff, answered, late, stop bool
+	}{{"fin", true, false, false, false, false}, {"no fin", false, false, false, false, false},
+		{"fin, one-off", true, true, false, false, false}, {"no fin, one-off", false, true, false, false, false},
+		{"fin, answered, one-off", true, true, true, false, false}, {"no fin, one-off, read late", false, true, false, true, false},
+		{"fin, stopped", true, false, false, false, true}, {"no fin, stopped", false, false, false, false, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			h, conn := tcpPeer(t)
 			h.e.cfg.OneOff = c.oneOff
@@ -284,7 +288,11 @@ func TestTCPClientGoneKeepsUpload(t *testing.T) {
 			}
 			h.e.turn(10)
 			h.readFrames(func(header.TCP) {})
-			unix.Shutdown(h.guest, unix.SHUT_RDWR) // the front-end is gone
+			if c.stop {
+				h.e.Stop()
+			} else {
+				unix.Shutdown(h.guest, unix.SHUT_RDWR) // the front-end is gone
+			}
 			read := make(chan error, 1)
 			ended := make(chan struct{})
 			go func() {
@@ -305,7 +313,7 @@ func TestTCPClientGoneKeepsUpload(t *testing.T) {
 				_, err = conn.Read(make([]byte, 1))
 				read <- err
 			}()
-			if c.oneOff {
+			if c.oneOff || c.stop {
 				if err := h.e.Run(); err != nil {
 					t.Fatal(err)
 				}
@@ -318,7 +326,7 @@ func TestTCPClientGoneKeepsUpload(t *testing.T) {
 				case err = <-read:
 					break serve
 				default:
-					if !c.oneOff {
+					if !c.oneOff && !c.stop {
 						h.e.turn(10)
 					} else {
 						time.Sleep(10 * time.Millisecond)
