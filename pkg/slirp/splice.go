@@ -456,6 +456,29 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 	e.spliceFree(c, !reset)
 }
 
+// spliceCloseAll ends the pairs as the engine ends, as closeAll its
+// flows: neither end closed, and the FIN the process's exit would send
+// each end passes the cut stream off as whole. What the pipes hold goes
+// on as far as the other end takes it at once, and each socket, closed
+// with a reset, lingers until its peer has what it holds (tcpLinger).
+func (e *Engine) spliceCloseAll() {
+	e.splice.each(func(i int32, c *spliceConn) {
+		for dir, p := range c.pipe {
+			if c.held[dir] > 0 {
+				splice(p[0], c.fd[1-dir], c.held[dir])
+			}
+		}
+		e.splice.remove(i, c.fd[0])
+		for side, fd := range c.fd {
+			resetOnClose(fd)
+			if e.tcpLingerAdd(fd, c.shut[1-side]) {
+				c.fd[side] = -1
+			}
+		}
+		e.spliceFree(c, false)
+	})
+}
+
 // shutDown tells whether events, on a socket watched for EPOLLIN and
 // EPOLLRDHUP, say that its reading side was shut down: a listening TCP
 // socket so shut is closed (EPOLLHUP), a UDP one reads as empty
