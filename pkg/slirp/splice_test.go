@@ -371,13 +371,15 @@ func TestSpliceStoppedResets(t *testing.T) {
 	for _, held := range []bool{false, true} {
 		t.Run(fmt.Sprint("held ", held), func(t *testing.T) {
 			te := newTestEngine(t)
-			client, server, _ := splicedPair(t, te)
+			client, server, b := splicedPair(t, te)
 			sent := []byte("a request")
 			wrote := make(chan error, 1)
 			if held {
-				// More than the server's queues take: the rest waits in
-				// the pipe, or in the client's queues.
-				sent = pattern(16<<20, 5)
+				// More than the server's queues take, kept small: the
+				// rest waits in the pipe, or in the client's queues.
+				server.(*net.TCPConn).SetReadBuffer(64 << 10)
+				unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+				sent = pattern(4<<20, 5)
 				go func() { _, err := client.Write(sent); wrote <- err }()
 				turnUntil(t, te, "the pipe full", func() bool {
 					full := false
