@@ -458,15 +458,15 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 
 // spliceCloseAll ends the pairs as the engine ends, as closeAll its
 // flows: neither end closed, and the FIN the process's exit would send
-// each end passes the cut stream off as whole. What the pipes hold goes
-// on as far as the other end takes it at once, and each socket, closed
-// with a reset, lingers until its peer has what it holds (tcpLinger).
+// each end passes the cut stream off as whole. Each way moves what it
+// can at once first, and a FIN already come goes on (a stop may be
+// handled before the event of a command's last words); then each
+// socket, closed with a reset, lingers until its peer has what it holds
+// (tcpLinger), and one whose peer had the other's FIN ends with it.
 func (e *Engine) spliceCloseAll() {
 	e.splice.each(func(i int32, c *spliceConn) {
-		for dir, p := range c.pipe {
-			if c.held[dir] > 0 {
-				splice(p[0], c.fd[1-dir], c.held[dir])
-			}
+		for dir := range 2 {
+			e.spliceMove(c, dir, true)
 		}
 		e.splice.remove(i, c.fd[0])
 		for side, fd := range c.fd {

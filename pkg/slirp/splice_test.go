@@ -421,3 +421,22 @@ func TestSpliceStoppedResets(t *testing.T) {
 		})
 	}
 }
+
+// TestSpliceStoppedAfterFin: a client that sent its last words and its
+// FIN just before the engine is stopped, with no turn between (pasta's
+// command exits, and the stop follows), has its server read both, not a
+// reset as if the client had been cut short (TestSpliceStoppedResets).
+func TestSpliceStoppedAfterFin(t *testing.T) {
+	te := newTestEngine(t)
+	client, server, _ := splicedPair(t, te)
+	client.Write([]byte("last words"))
+	client.(*net.TCPConn).CloseWrite()
+	te.Stop()
+	if err := te.Run(); err != nil {
+		t.Fatal(err)
+	}
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(server); string(got) != "last words" || err != nil {
+		t.Errorf("the server read %q, then %v; want %q and the end of stream", got, err, "last words")
+	}
+}
