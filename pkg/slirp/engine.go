@@ -442,8 +442,10 @@ func (e *Engine) Run() error {
 	e.running = true
 	// As the engine ends, its flows end as when their guest goes: a peer
 	// gets what the guest sent, then a reset, not the FIN that closing
-	// their sockets at our exit would send for a guest that never did.
+	// their sockets at our exit would send for a guest that never did;
+	// so do both ends of a spliced pair.
 	defer e.tcpLingerRelease()
+	defer e.spliceCloseAll()
 	defer e.tcp.closeAll(e)
 	for {
 		if done, err := e.turn(e.pollTimeout()); done || err != nil {

@@ -456,6 +456,29 @@ func (e *Engine) spliceClose(i int32, c *spliceConn, reset bool) {
 	e.spliceFree(c, !reset)
 }
 
+// spliceCloseAll ends the pairs as the engine ends, as closeAll its
+// flows: neither end closed, and the FIN the process's exit would send
+// each end passes the cut stream off as whole. Each way moves what it
+// can at once first, and a FIN already come goes on (a stop may be
+// handled before the event of a command's last words); then each
+// socket, closed with a reset, lingers until its peer has what it holds
+// (tcpLinger), and one whose peer had the other's FIN ends with it.
+func (e *Engine) spliceCloseAll() {
+	e.splice.each(func(i int32, c *spliceConn) {
+		for dir := range 2 {
+			e.spliceMove(c, dir, true)
+		}
+		e.splice.remove(i, c.fd[0])
+		for side, fd := range c.fd {
+			resetOnClose(fd)
+			if e.tcpLingerAdd(fd, c.shut[1-side]) {
+				c.fd[side] = -1
+			}
+		}
+		e.spliceFree(c, false)
+	})
+}
+
 // shutDown tells whether events, on a socket watched for EPOLLIN and
 // EPOLLRDHUP, say that its reading side was shut down: a listening TCP
 // socket so shut is closed (EPOLLHUP), a UDP one reads as empty

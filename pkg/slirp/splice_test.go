@@ -1,6 +1,7 @@
 package slirp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -357,5 +358,85 @@ func TestSpliceListenerShutDown(t *testing.T) {
 				t.Errorf("%d of 100 turns had events", busy)
 			}
 		})
+	}
+}
+
+// TestSpliceStoppedResets: a pair still joined as the engine is stopped
+// (pasta's SIGTERM) ends for both its ends with a reset, after what its
+// pipes and sockets hold, as the guest's flows do (closeAll): neither end
+// closed, and an end of stream would pass the cut stream off as whole.
+// Before, the pair was left to the process's exit, whose close sent
+// each end a FIN (here, the sockets are closed as that exit would).
+func TestSpliceStoppedResets(t *testing.T) {
+	for _, held := range []bool{false, true} {
+		t.Run(fmt.Sprint("held ", held), func(t *testing.T) {
+			te := newTestEngine(t)
+			client, server, b := splicedPair(t, te)
+			sent := []byte("a request")
+			wrote := make(chan error, 1)
+			if held {
+				// More than the server's queues take, kept small: the
+				// rest waits in the pipe, or in the client's queues.
+				server.(*net.TCPConn).SetReadBuffer(64 << 10)
+				unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+				sent = pattern(4<<20, 5)
+				go func() { _, err := client.Write(sent); wrote <- err }()
+				turnUntil(t, te, "the pipe full", func() bool {
+					full := false
+					te.splice.each(func(_ int32, c *spliceConn) { full = c.held[0] > 0 })
+					return full
+				})
+			} else {
+				client.Write(sent)
+				got, n := make([]byte, len(sent)), 0
+				turnUntil(t, te, "the request through", func() bool {
+					server.SetReadDeadline(time.Now().Add(time.Millisecond))
+					m, _ := server.Read(got[n:])
+					n += m
+					return n == len(got)
+				})
+				sent = sent[:0] // the server has it
+				client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				go func() { _, err := client.Read(make([]byte, 1)); wrote <- err }()
+			}
+			te.Stop()
+			if err := te.Run(); err != nil {
+				t.Fatal(err)
+			}
+			// The process's exit closes what the engine left open.
+			te.splice.each(func(_ int32, c *spliceConn) { unix.Close(c.fd[0]); unix.Close(c.fd[1]) })
+			server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(server)
+			if !bytes.HasPrefix(sent, got) || !errors.Is(err, unix.ECONNRESET) {
+				t.Errorf("the server read %d bytes (a prefix of those sent: %v), then %v; want a reset", len(got), bytes.HasPrefix(sent, got), err)
+			}
+			err = <-wrote
+			if err == nil { // all written before the stop: read the reset
+				client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, err = client.Read(make([]byte, 1))
+			}
+			if !errors.Is(err, unix.ECONNRESET) {
+				t.Errorf("the client's write or read: %v; want a reset", err)
+			}
+		})
+	}
+}
+
+// TestSpliceStoppedAfterFin: a client that sent its last words and its
+// FIN just before the engine is stopped, with no turn between (pasta's
+// command exits, and the stop follows), has its server read both, not a
+// reset as if the client had been cut short (TestSpliceStoppedResets).
+func TestSpliceStoppedAfterFin(t *testing.T) {
+	te := newTestEngine(t)
+	client, server, _ := splicedPair(t, te)
+	client.Write([]byte("last words"))
+	client.(*net.TCPConn).CloseWrite()
+	te.Stop()
+	if err := te.Run(); err != nil {
+		t.Fatal(err)
+	}
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(server); string(got) != "last words" || err != nil {
+		t.Errorf("the server read %q, then %v; want %q and the end of stream", got, err, "last words")
 	}
 }
