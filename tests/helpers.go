@@ -1,13 +1,12 @@
 package tests
 
 import (
-	"crypto/sha256"
-	"hash"
 	"io"
-	"math/rand/v2"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/gopasst/gopasst/tests/internal/soak"
 )
 
 // Listen opens a listener inside the namespace.
@@ -52,44 +51,16 @@ func port(a net.Addr) string {
 	return p
 }
 
-// stream is a deterministic pseudo-random byte stream of a given length.
-// Both ends of a transfer can generate or verify it without storing it.
-type stream struct {
-	rng  *rand.ChaCha8
-	left int64
-}
-
-func newStream(seed byte, n int64) *stream {
-	var s [32]byte
-	s[0] = seed
-	return &stream{rng: rand.NewChaCha8(s), left: n}
-}
-
-func (s *stream) Read(p []byte) (int, error) {
-	if s.left == 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > s.left {
-		p = p[:s.left]
-	}
-	s.rng.Read(p)
-	s.left -= int64(len(p))
-	return len(p), nil
-}
+// newStream is a deterministic pseudo-random byte stream of a given
+// length: both ends of a transfer can generate or verify it without
+// storing it.
+func newStream(seed byte, n int64) *soak.Stream { return soak.NewStream(seed, n) }
 
 // sumStream is the SHA-256 of a stream generated with seed and length.
-func sumStream(seed byte, n int64) []byte {
-	h := sha256.New()
-	io.Copy(h, newStream(seed, n))
-	return h.Sum(nil)
-}
+func sumStream(seed byte, n int64) []byte { return soak.SumStream(seed, n) }
 
 // hashCopy reads r to the end and returns its SHA-256 and length.
-func hashCopy(r io.Reader) ([]byte, int64, error) {
-	var h hash.Hash = sha256.New()
-	n, err := io.CopyBuffer(h, r, make([]byte, 1<<20))
-	return h.Sum(nil), n, err
-}
+func hashCopy(r io.Reader) ([]byte, int64, error) { return soak.HashCopy(r) }
 
 // guestConn connects from the guest namespace, failing the test if it
 // cannot; the connection closes with the test and times out after 20 s.

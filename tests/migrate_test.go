@@ -849,8 +849,6 @@ func (r *guestReport) console() string {
 	return r.all.String()
 }
 
-// startQEMU starts a guest on w's socket with a QMP socket, waiting for
-
 // qemuMigration is a migration's two QEMUs: the source booted on one
 // World with the guest's script, the destination on another, waiting
 // for it (-incoming); both end when the test does, or at its limit.
@@ -885,13 +883,11 @@ func startMigration(t *testing.T, src, dst *World, qemu, kernel, kver, script st
 	return m
 }
 
-// a migration on incoming if given.
-func startQEMU(ctx context.Context, t *testing.T, qemu, kernel, initrd string, w *World, qmp, incoming string, r *guestReport) *exec.Cmd {
-	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "256",
-		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
-		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
-		"-qmp", "unix:" + qmp + ",server=on,wait=off"}
-	args = append(args, qemuNetArgs(w, 256)...)
+// startQEMU starts a guest on w's socket with a QMP socket, waiting for
+// a migration on incoming if given, with QEMU's extra options.
+func startQEMU(ctx context.Context, t *testing.T, qemu, kernel, initrd string, w *World, qmp, incoming string, r *guestReport, extra ...string) *exec.Cmd {
+	args := append(qemuArgs(w, kernel, initrd, 256), "-qmp", "unix:"+qmp+",server=on,wait=off")
+	args = append(args, extra...)
 	if incoming != "" {
 		args = append(args, "-incoming", incoming)
 	}

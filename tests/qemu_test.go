@@ -187,10 +187,7 @@ func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, append([]string{"-accel", "tcg", "-cpu", "max", "-m", fmt.Sprint(memory),
-		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet"}, qemuNetArgs(w, memory)...)...)
+	cmd := exec.CommandContext(ctx, qemu, qemuArgs(w, kernel, initrd, memory)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +213,15 @@ func bootGuest(t *testing.T, w *World, qemu, kernel, initrd string, memory int, 
 		t.Fatalf("guest did not finish; console:\n%s", console.String())
 	}
 	return report
+}
+
+// qemuArgs are QEMU's options to boot kernel and initrd under TCG with
+// memory MiB, its console on stdio and its network on w's socket.
+func qemuArgs(w *World, kernel, initrd string, memory int) []string {
+	return append([]string{"-accel", "tcg", "-cpu", "max", "-m", fmt.Sprint(memory),
+		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet"}, qemuNetArgs(w, memory)...)
 }
 
 // qemuNetArgs are QEMU's options for a virtio-net device on w's socket:

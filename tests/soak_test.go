@@ -1,11 +1,9 @@
 package tests
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"os"
@@ -19,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gopasst/gopasst/tests/internal/soak"
 )
 
 // The soak test: a realistic mix of a guest's traffic for GOPASST_SOAK
@@ -55,47 +55,42 @@ func soakDuration(t *testing.T) time.Duration {
 	return d
 }
 
-// soakServe serves the workload's TCP protocol on l: a line "get SEED N"
-// is answered with newStream(SEED, N) and a close; "put N" reads N bytes
-// and answers their SHA-256; "echo" echoes until the client's FIN;
-// "rst" resets.
-func soakServe(l net.Listener) {
-	acceptLoop(l, func(c net.Conn) {
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Minute))
-		r := bufio.NewReader(c)
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		var seed byte
-		var n int64
-		switch f := strings.Fields(line); {
-		case len(f) == 3 && f[0] == "get":
-			fmt.Sscan(f[1], &seed)
-			fmt.Sscan(f[2], &n)
-			io.Copy(c, newStream(seed, n))
-		case len(f) == 2 && f[0] == "put":
-			fmt.Sscan(f[1], &n)
-			sum, got, _ := hashCopy(io.LimitReader(r, n))
-			fmt.Fprintf(c, "%x %d\n", sum, got)
-		case len(f) == 1 && f[0] == "echo":
-			io.Copy(c, r)
-		case len(f) == 1 && f[0] == "rst":
-			c.(*net.TCPConn).SetLinger(0)
-		}
-	})
+// nsEnv runs the workload's ops in ns.
+func nsEnv(ns *Netns) soak.Env {
+	return soak.Env{
+		Dial: ns.Dial,
+		ListenPacket: func() (c net.PacketConn, err error) {
+			if e := ns.do(func() { c, err = net.ListenPacket("udp", ":0") }); e != nil {
+				return nil, e
+			}
+			return c, err
+		},
+		Command: ns.Cmd,
+	}
 }
 
 // soakRig is one gopasst under the workload: passt's, with a netns
-// guest, or pasta's, with the namespace it serves.
+// guest or a QEMU guest on its vhost-user socket, or pasta's, with the
+// namespace it serves.
 type soakRig struct {
-	host, guest *Netns
-	helper      int    // gopasst's unsandboxed process
-	engine      int    // its sandboxed engine
-	agent       int    // pasta's agent in the namespace, 0 for passt
-	ctl         string // the control socket, "" without
-	pasta       bool
+	host   *Netns
+	guest  *Netns // the guest's namespace, nil for a QEMU guest
+	helper int    // gopasst's unsandboxed process
+	engine int    // its sandboxed engine
+	agent  int    // pasta's agent in the namespace, 0 for passt
+	ctl    string // the control socket, "" without
+	pasta  bool
+	// guestDo runs one of the workload's ops (soak.Env.Run) in the
+	// guest, and guestDiag tells where its TCP and link stand.
+	guestDo   func(op string) (string, error)
+	guestDiag func() string
+	// bulk is the size of a long transfer; inbound ones are a quarter.
+	bulk int64
+	// reconnect, if set, cuts the guest's link and waits until it is
+	// back; the workload's exchanges cut by it are not failures.
+	reconnect func(t *testing.T)
+	cutMu     sync.Mutex
+	cuts      [][2]time.Time
 	// Where the guest reaches the host's servers: their ports on host
 	// loopback, through the gateways.
 	tcp4, tcp6, udp4, udp6 int
@@ -105,101 +100,34 @@ type soakRig struct {
 	pingLost          atomic.Int64 // pings that lost a reply
 }
 
-func (r *soakRig) dial(ns *Netns, addr string) (net.Conn, error) {
-	c, err := ns.Dial("tcp", addr, 10*time.Second)
-	if err == nil {
-		c.SetDeadline(time.Now().Add(time.Minute))
+// useGuestNetns makes ns the guest where the workload runs.
+func (r *soakRig) useGuestNetns(ns *Netns) {
+	r.guest = ns
+	r.guestDo = nsEnv(ns).Run
+	r.guestDiag = func() string {
+		// Where each end's TCP stands tells who stalled it. A tap's TX
+		// drops are frames its ring had no room for, before the engine
+		// could read them.
+		guest, _ := ns.Cmd("ss", "-tinoem").CombinedOutput()
+		link, _ := ns.Cmd("ip", "-s", "link").CombinedOutput()
+		return fmt.Sprintf("the guest's sockets:\n%s\nthe guest's links:\n%s", guest, link)
 	}
-	return c, err
 }
 
-// request runs one exchange of soakServe's protocol over c: kind 0 reads
-// a short answer whole, 1 resets before the answer, 2 abandons it mid
-// transfer (a close with unread data), 3 half-closes an echo, 4 has the
-// server reset.
-func request(c net.Conn, kind int, seed byte) error {
-	defer c.Close()
-	n := int64(1000 + int(seed)*300)
-	switch kind {
-	case 0:
-		fmt.Fprintf(c, "get %d %d\n", seed, n)
-		sum, got, err := hashCopy(c)
-		if err != nil || got != n || !bytes.Equal(sum, sumStream(seed, n)) {
-			return fmt.Errorf("get %d: %d bytes (%v), SHA-256 equal: %v", n, got, err, bytes.Equal(sum, sumStream(seed, n)))
-		}
-	case 1:
-		fmt.Fprintf(c, "get %d %d\n", seed, 4<<20)
-		c.(*net.TCPConn).SetLinger(0)
-	case 2:
-		fmt.Fprintf(c, "get %d %d\n", seed, 4<<20)
-		if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
-			return fmt.Errorf("get 4 MiB, 64 KiB of it: %v", err)
-		}
-	case 3:
-		msg := bytes.Repeat([]byte{seed}, int(n))
-		io.WriteString(c, "echo\n")
-		c.Write(msg)
-		c.(*net.TCPConn).CloseWrite()
-		if got, err := io.ReadAll(c); err != nil || !bytes.Equal(got, msg) {
-			return fmt.Errorf("echo after a half-close: %d bytes of %d back (%v)", len(got), n, err)
-		}
-	case 4:
-		io.WriteString(c, "rst\n")
-		if got, err := io.ReadAll(c); len(got) != 0 || err == nil || isTimeout(err) {
-			return fmt.Errorf("a server's reset: %d bytes, %v", len(got), err)
+// duringCut tells whether an exchange from from to to overlapped a cut
+// of the guest's link, or the few seconds after it, while the guest's
+// IPv6 addresses are tentative again; and if so, how long after the
+// link was back the exchange began (less than 0: before).
+func (r *soakRig) duringCut(from, to time.Time) (bool, time.Duration) {
+	r.cutMu.Lock()
+	defer r.cutMu.Unlock()
+	cut, after := false, time.Duration(0)
+	for _, c := range r.cuts {
+		if from.Before(c[1].Add(5*time.Second)) && to.After(c[0]) {
+			cut, after = true, from.Sub(c[1])
 		}
 	}
-	return nil
-}
-
-// transfer moves size bytes one way and checks them by SHA-256.
-func transfer(c net.Conn, up bool, seed byte, size int64) error {
-	defer c.Close()
-	if up {
-		fmt.Fprintf(c, "put %d\n", size)
-		if _, err := io.Copy(c, newStream(seed, size)); err != nil {
-			return fmt.Errorf("put: %v", err)
-		}
-		got, err := io.ReadAll(c)
-		if want := fmt.Sprintf("%x %d\n", sumStream(seed, size), size); string(got) != want {
-			return fmt.Errorf("put %d: the server read %q (%v), want %q", size, got, err, want)
-		}
-		return nil
-	}
-	fmt.Fprintf(c, "get %d %d\n", seed, size)
-	sum, n, err := hashCopy(c)
-	if err != nil || n != size || !bytes.Equal(sum, sumStream(seed, size)) {
-		return fmt.Errorf("get %d: %d bytes (%v), SHA-256 equal: %v", size, n, err, bytes.Equal(sum, sumStream(seed, size)))
-	}
-	return nil
-}
-
-// udpAskFrom sends msg from a new socket in ns to addr until an answer
-// comes (three tries), and checks it with want.
-func udpAskFrom(ns *Netns, addr string, msg []byte, want func([]byte) bool) error {
-	var c net.PacketConn
-	var err error
-	if e := ns.do(func() { c, err = net.ListenPacket("udp", ":0") }); e != nil {
-		return e
-	}
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	dst, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 65536)
-	for range 3 {
-		c.WriteTo(msg, dst)
-		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		n, _, err := c.ReadFrom(buf)
-		if err == nil && want(buf[:n]) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%d bytes to %s: no good answer in three tries", len(msg), addr)
+	return cut, after
 }
 
 // soakSample is what the rig's processes hold at one moment.
@@ -207,7 +135,9 @@ type soakSample struct {
 	at                           time.Duration
 	fds                          map[string]int // the engine's, by kind (fdKinds)
 	helperFds, agentFds, threads int
-	rss                          int
+	rss                          int // resident, but for the guest's memory it maps
+	guestMaps                    int // mappings of a vhost-user guest's memory
+	maps                         int // all its mappings
 	cpu                          float64
 }
 
@@ -249,9 +179,13 @@ func fdKinds(pid int, nsPids ...int) map[string]int {
 func (r *soakRig) sample(t *testing.T, start time.Time) soakSample {
 	st := procStatus(t, strconv.Itoa(r.engine))
 	threads, _ := strconv.Atoi(st["Threads"])
+	shmem, _ := strconv.Atoi(strings.TrimSuffix(st["RssShmem"], " kB"))
 	// pasta's engine holds sockets of the namespace too, where its agent is.
 	s := soakSample{at: time.Since(start).Round(time.Second), fds: fdKinds(r.engine, r.agent), threads: threads,
-		rss: rss(t, r.engine), cpu: procCPU([]int{r.engine}), helperFds: countFds(t, r.helper)}
+		rss: rss(t, r.engine) - shmem<<10, cpu: procCPU([]int{r.engine}), helperFds: countFds(t, r.helper)}
+	maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", r.engine))
+	s.maps = bytes.Count(maps, []byte("\n"))
+	s.guestMaps = bytes.Count(maps, []byte("/memfd:"))
 	if r.agent != 0 {
 		s.agentFds = countFds(t, r.agent)
 	}
@@ -259,8 +193,9 @@ func (r *soakRig) sample(t *testing.T, start time.Time) soakSample {
 }
 
 func (s soakSample) String() string {
-	return fmt.Sprintf("%6v  tcp %4d udp %4d icmp %3d pipe %3d other %2d  helper %2d agent %2d  threads %2d  RSS %5.1f MiB  CPU %6.1f s",
-		s.at, s.fds["tcp"], s.fds["udp"], s.fds["icmp"], s.fds["pipe"], s.fds["other"], s.helperFds, s.agentFds, s.threads, float64(s.rss)/(1<<20), s.cpu)
+	return fmt.Sprintf("%6v  tcp %4d udp %4d icmp %3d pipe %3d other %2d  helper %2d agent %2d  threads %2d  RSS %5.1f MiB  maps %3d (guest %d)  CPU %6.1f s",
+		s.at, s.fds["tcp"], s.fds["udp"], s.fds["icmp"], s.fds["pipe"], s.fds["other"], s.helperFds, s.agentFds, s.threads,
+		float64(s.rss)/(1<<20), s.maps, s.guestMaps, s.cpu)
 }
 
 // soakWorker is one kind of traffic, run in a loop by its goroutines.
@@ -279,7 +214,8 @@ func TestSoak(t *testing.T) {
 		w := newWorld(t, WorldOpts{Args: []string{"--mtu", soakMTU, "--control", "{dir}/ctl",
 			"-t", fmt.Sprintf("%d:%d", soakFwd, soakGuestPort), "-u", fmt.Sprintf("%d:%d", soakFwd+1, soakGuestPort+1)}})
 		w.waitIPv6(t)
-		r := &soakRig{host: w.Host, guest: w.Guest, helper: w.Proc.Process.Pid, engine: w.ServerPid(t), ctl: filepath.Join(w.Dir, "ctl")}
+		r := &soakRig{host: w.Host, helper: w.Proc.Process.Pid, engine: w.ServerPid(t), ctl: filepath.Join(w.Dir, "ctl")}
+		r.useGuestNetns(w.Guest)
 		r.soak(t, d)
 	})
 	t.Run("pasta", func(t *testing.T) {
@@ -290,14 +226,15 @@ func TestSoak(t *testing.T) {
 		h := newHost(t, WorldOpts{})
 		ns, pid, _ := pidNetns(t, h)
 		out := h.Listen(t, "tcp", "127.0.0.1:0")
-		soakServe(out)
+		soak.Serve(out)
 		argv := []string{"--config-net", "-m", soakMTU,
 			"-t", fmt.Sprintf("%d:%d", soakFwd, soakGuestPort), "-u", fmt.Sprintf("%d:%d", soakFwd+1, soakGuestPort+1),
 			"-T", fmt.Sprintf("%d:%s", soakOutFwd, port(out.Addr())), "-U", "none", pid}
 		if out, err := h.Cmd(pastaLink(t), argv...).CombinedOutput(); err != nil {
 			t.Fatalf("pasta: %v: %s", err, out)
 		}
-		r := &soakRig{host: h, guest: ns, pasta: true, engine: pastaEngineOf(t, pid)}
+		r := &soakRig{host: h, pasta: true, engine: pastaEngineOf(t, pid)}
+		r.useGuestNetns(ns)
 		for _, p := range mentioning(pid, gopasstBin) {
 			if p != r.engine {
 				r.helper = p
@@ -316,20 +253,25 @@ func TestSoak(t *testing.T) {
 func (r *soakRig) soak(t *testing.T, d time.Duration) {
 	serve := func(ns *Netns, addr string) int {
 		l := ns.Listen(t, "tcp", addr)
-		soakServe(l)
+		soak.Serve(l)
 		return int(l.Addr().(*net.TCPAddr).Port)
 	}
 	echoUDP := func(ns *Netns, addr string) int {
 		c := ns.ListenPacket(t, "udp", addr)
-		echoPackets(c, "")
+		soak.Echo(c)
 		return c.LocalAddr().(*net.UDPAddr).Port
 	}
 	r.tcp4, r.tcp6 = serve(r.host, "127.0.0.1:0"), serve(r.host, "[::1]:0")
 	r.udp4, r.udp6 = echoUDP(r.host, "127.0.0.1:0"), echoUDP(r.host, "[::1]:0")
-	serve(r.guest, fmt.Sprintf(":%d", soakGuestPort))
-	echoUDP(r.guest, fmt.Sprintf(":%d", soakGuestPort+1))
+	if r.guest != nil { // a QEMU guest's agent serves these
+		serve(r.guest, fmt.Sprintf(":%d", soakGuestPort))
+		echoUDP(r.guest, fmt.Sprintf(":%d", soakGuestPort+1))
+	}
 	dns := r.host.ListenPacket(t, "udp", net.JoinHostPort(hostDNS, "53"))
-	servePackets(dns, func(q []byte) []byte { return dnsAnswer(q, "soak.gopasst.example", [4]byte{203, 0, 113, 5}) })
+	servePackets(dns, func(q []byte) []byte { return dnsAnswer(q, soak.DNSName, soak.DNSAddr) })
+	if r.bulk == 0 {
+		r.bulk = 32 << 20
+	}
 
 	workers := r.workers()
 	start := time.Now()
@@ -339,7 +281,10 @@ func (r *soakRig) soak(t *testing.T, d time.Duration) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	counts := map[string][2]int{} // name: ok, failed
+	counts := map[string][3]int{}  // name: ok, failed, cut by a reconnection
+	lateCut := map[string]string{} // name: the latest begun of those cut
+	lateAfter := map[string]time.Duration{}
+	diagnosed := 0 // failures begun after a cut, with both ends' sockets logged
 	var failures []string
 	for _, wk := range workers {
 		for p := range wk.procs {
@@ -352,10 +297,21 @@ func (r *soakRig) soak(t *testing.T, d time.Duration) {
 						return
 					default:
 					}
+					began := time.Now()
 					err := wk.run(i)
+					cut, after := r.duringCut(began, time.Now())
+					diagnose := false
 					mu.Lock()
 					c := counts[wk.name]
-					if err != nil {
+					if err != nil && cut {
+						c[2]++
+						if l, ok := lateAfter[wk.name]; !ok || after > l {
+							lateAfter[wk.name], lateCut[wk.name] = after, err.Error()
+						}
+						if diagnose = after > 0 && diagnosed < 5; diagnose {
+							diagnosed++
+						}
+					} else if err != nil {
 						c[1]++
 						if len(failures) < 20 {
 							failures = append(failures, fmt.Sprintf("%s #%d at %v: %v", wk.name, i, time.Since(start).Round(time.Second), err))
@@ -365,10 +321,42 @@ func (r *soakRig) soak(t *testing.T, d time.Duration) {
 					}
 					counts[wk.name] = c
 					mu.Unlock()
+					if diagnose {
+						host, _ := r.host.Cmd("ss", "-tnoie").CombinedOutput()
+						t.Logf("%s #%d, begun %v after the link was back, at %v: %v\n%s\nthe host's sockets:\n%s", wk.name, i,
+							after.Round(time.Millisecond), time.Since(start).Round(time.Second), err, r.guestDiag(), host)
+					}
 					time.Sleep(wk.pause)
 				}
 			}()
 		}
+	}
+	if r.reconnect != nil {
+		// A few times through the run, every four minutes or so, the
+		// guest's link is cut: the engine must let go of all it held
+		// for it. In between, UDP and ICMP flows live to their idle
+		// timeout, which a cut cuts short.
+		n := max(3, int(d/(4*time.Minute)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 1; k <= n; k++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Until(start.Add(d * time.Duration(k) / time.Duration(n+1)))):
+				}
+				cut := [2]time.Time{time.Now(), time.Now().Add(time.Hour)}
+				r.cutMu.Lock()
+				r.cuts = append(r.cuts, cut)
+				r.cutMu.Unlock()
+				r.reconnect(t)
+				r.cutMu.Lock()
+				r.cuts[len(r.cuts)-1][1] = time.Now()
+				r.cutMu.Unlock()
+				t.Logf("%6v  the guest's link cut and back in %v", time.Since(start).Round(time.Second), time.Since(cut[0]).Round(time.Millisecond))
+			}
+		}()
 	}
 	every := max(d/40, 2*time.Second)
 	samples := []soakSample{base}
@@ -383,6 +371,14 @@ func (r *soakRig) soak(t *testing.T, d time.Duration) {
 	for _, wk := range workers {
 		c := counts[wk.name]
 		t.Logf("%-28s %6d done, %d failed", wk.name, c[0], c[1])
+		if r.reconnect != nil {
+			t.Logf("%28s %d cut by a reconnection", "", c[2])
+		}
+		if c[2] > 0 && lateAfter[wk.name] > 0 {
+			t.Logf("%28s the latest cut began %v after the link was back: %.200s", "", lateAfter[wk.name].Round(time.Millisecond), lateCut[wk.name])
+		} else if c[2] > 0 {
+			t.Logf("%28s each began before the link was back", "")
+		}
 		if c[0] == 0 {
 			t.Errorf("%s: none done", wk.name)
 		}
@@ -397,95 +393,76 @@ func (r *soakRig) soak(t *testing.T, d time.Duration) {
 
 // workers is the workload, from the guest unless named inbound.
 func (r *soakRig) workers() []soakWorker {
-	g := r.guest
+	host := nsEnv(r.host)
+	ok := func(_ string, err error) error { return err }
 	ws := []soakWorker{
 		{"short TCP, every ending", 8, 5 * time.Millisecond, func(i int) error {
 			addr := net.JoinHostPort(hostGW, strconv.Itoa(r.tcp4))
 			if i%2 == 1 {
 				addr = net.JoinHostPort(host6GW, strconv.Itoa(r.tcp6))
 			}
-			c, err := r.dial(g, addr)
-			if err != nil {
-				return err
-			}
-			return request(c, i/2%5, byte(i))
+			return ok(r.guestDo(fmt.Sprintf("req %s %d %d", addr, i/2%5, byte(i))))
 		}},
 		{"long transfers, both ways", 2, time.Second, func(i int) error {
 			addr := net.JoinHostPort(hostGW, strconv.Itoa(r.tcp4))
 			if i/2%2 == 1 {
 				addr = net.JoinHostPort(host6GW, strconv.Itoa(r.tcp6))
 			}
-			c, err := r.dial(g, addr)
-			if err != nil {
-				return err
-			}
-			if err := transfer(c, i%2 == 0, byte(i), 32<<20); err != nil {
+			dir := map[bool]string{true: "up", false: "down"}[i%2 == 0]
+			if _, err := r.guestDo(fmt.Sprintf("xfer %s %s %d %d", addr, dir, byte(i), r.bulk)); err != nil {
 				// Where each end's TCP stands tells who stalled it.
-				guest, _ := g.Cmd("ss", "-tinoem").CombinedOutput()
 				host, _ := r.host.Cmd("ss", "-tinoem").CombinedOutput()
-				// Where the guest's segments were lost: a tap's TX
-				// drops are frames its ring had no room for, before
-				// the engine could read them.
-				link, _ := g.Cmd("ip", "-s", "link").CombinedOutput()
-				return fmt.Errorf("%v\nthe guest's sockets:\n%s\nthe host's:\n%s\nthe guest's links:\n%s", err, guest, host, link)
+				return fmt.Errorf("%v\n%s\nthe host's sockets:\n%s", err, r.guestDiag(), host)
 			}
 			return nil
 		}},
 		{"DNS through the stand-ins", 1, 100 * time.Millisecond, func(i int) error {
-			q := []byte{byte(i >> 8), byte(i), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0,
-				4, 's', 'o', 'a', 'k', 7, 'g', 'o', 'p', 'a', 's', 's', 't', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1}
 			dns := hostGW
 			if i%2 == 1 {
 				dns = host6GW
 			}
 			r.madeUDP.Add(1)
-			return udpAskFrom(g, net.JoinHostPort(dns, "53"), q, func(a []byte) bool {
-				return len(a) > 4 && bytes.HasSuffix(a, []byte{203, 0, 113, 5}) && a[0] == q[0] && a[1] == q[1]
-			})
+			return ok(r.guestDo(fmt.Sprintf("dns %s %d", net.JoinHostPort(dns, "53"), i&0xffff)))
 		}},
 		{"UDP echo, fragments both ways", 2, 50 * time.Millisecond, func(i int) error {
 			addr := net.JoinHostPort(hostGW, strconv.Itoa(r.udp4))
 			if i%2 == 1 {
 				addr = net.JoinHostPort(host6GW, strconv.Itoa(r.udp6))
 			}
-			msg := bytes.Repeat([]byte{byte(i)}, []int{1, 512, 1472, 4000, 9000, 30000}[i/2%6])
 			r.madeUDP.Add(1)
-			return udpAskFrom(g, addr, msg, func(a []byte) bool { return bytes.Equal(a, msg) })
+			return ok(r.guestDo(fmt.Sprintf("udp %s %d %d", addr, []int{1, 512, 1472, 4000, 9000, 30000}[i/2%6], byte(i))))
 		}},
 		// An echo reply may be dropped as any frame is where the link or
 		// the guest's backlog is full: one of three must come back.
 		{"ping, IPv4 and IPv6", 1, 200 * time.Millisecond, func(i int) error {
-			args := []string{"ping", "-c", "3", "-W", "5", "-s", []string{"56", "4000", "20000"}[i/2%3]}
-			dst := hostGW
+			op := "exec busybox ping -c 3 -W 5 -s " + []string{"56", "4000", "20000"}[i/2%3]
 			if i%2 == 1 {
-				args, dst = append(args, "-6"), host6GW
+				op += " -6 " + host6GW
+			} else {
+				op += " " + hostGW
 			}
 			r.madeICMP.Add(1)
-			out, err := g.Cmd("busybox", append(args, dst)...).CombinedOutput()
-			if strings.Contains(string(out), " 0 packets received") || !strings.Contains(string(out), "packets received") {
-				return fmt.Errorf("%v: %v: %s", args, err, out)
+			out, err := r.guestDo(op)
+			if strings.Contains(out, " 0 packets received") || !strings.Contains(out, "packets received") {
+				return fmt.Errorf("%s: %v: %s", op, err, out)
 			}
-			if !strings.Contains(string(out), "3 packets received") {
+			if !strings.Contains(out, "3 packets received") {
 				r.pingLost.Add(1)
 			}
 			return nil
 		}},
 		{"inbound TCP through -t", 2, 10 * time.Millisecond, func(i int) error {
 			addr := []string{"127.0.0.1", "[::1]", hostAddr}[i%3] + ":" + strconv.Itoa(soakFwd)
-			c, err := r.dial(r.host, addr)
-			if err != nil {
-				return err
-			}
 			if i%16 == 0 {
-				return transfer(c, i%32 == 0, byte(i), 8<<20)
+				dir := map[bool]string{true: "up", false: "down"}[i%32 == 0]
+				return ok(host.Run(fmt.Sprintf("xfer %s %s %d %d", addr, dir, byte(i), r.bulk/4)))
 			}
-			return request(c, i/3%5, byte(i))
+			return ok(host.Run(fmt.Sprintf("req %s %d %d", addr, i/3%5, byte(i))))
 		}},
 		{"inbound UDP through -u", 1, 50 * time.Millisecond, func(i int) error {
-			msg := bytes.Repeat([]byte{byte(i)}, []int{1, 1000, 3000, 20000}[i%4])
+			addr := []string{"127.0.0.1", "[::1]"}[i/4%2] + ":" + strconv.Itoa(soakFwd+1)
 			r.madeUDP.Add(1)
-			return udpAskFrom(r.host, []string{"127.0.0.1", "[::1]"}[i/4%2]+":"+strconv.Itoa(soakFwd+1), msg,
-				func(a []byte) bool { return bytes.Equal(a, msg) })
+			return ok(host.Run(fmt.Sprintf("udp %s %d %d", addr, []int{1, 1000, 3000, 20000}[i%4], byte(i))))
 		}},
 	}
 	if r.ctl != "" {
@@ -494,10 +471,7 @@ func (r *soakRig) workers() []soakWorker {
 			if out, err := exec.Command(gopasstBin, "ctl", r.ctl, "add", "-t", spec).CombinedOutput(); err != nil {
 				return fmt.Errorf("ctl add: %v: %s", err, out)
 			}
-			c, err := r.dial(r.host, "127.0.0.1:"+strconv.Itoa(soakCtlFwd))
-			if err == nil {
-				err = request(c, 0, byte(i))
-			}
+			_, err := host.Run(fmt.Sprintf("req 127.0.0.1:%d 0 %d", soakCtlFwd, byte(i)))
 			if out, e := exec.Command(gopasstBin, "ctl", r.ctl, "remove", "-t", spec).CombinedOutput(); e != nil {
 				return fmt.Errorf("ctl remove: %v: %s", e, out)
 			}
@@ -512,14 +486,12 @@ func (r *soakRig) workers() []soakWorker {
 	}
 	if r.pasta {
 		ws = append(ws, soakWorker{"outbound through -T (splice)", 2, 10 * time.Millisecond, func(i int) error {
-			c, err := r.dial(g, "127.0.0.1:"+strconv.Itoa(soakOutFwd))
-			if err != nil {
-				return err
-			}
+			addr := "127.0.0.1:" + strconv.Itoa(soakOutFwd)
 			if i%16 == 0 {
-				return transfer(c, i%32 == 0, byte(i), 8<<20)
+				dir := map[bool]string{true: "up", false: "down"}[i%32 == 0]
+				return ok(r.guestDo(fmt.Sprintf("xfer %s %s %d %d", addr, dir, byte(i), r.bulk/4)))
 			}
-			return request(c, i%5, byte(i))
+			return ok(r.guestDo(fmt.Sprintf("req %s %d %d", addr, i%5, byte(i))))
 		}})
 	}
 	return ws
@@ -545,6 +517,7 @@ func (r *soakRig) growth(t *testing.T, s []soakSample) {
 		{"the helper's descriptors", 8, func(s soakSample) int { return s.helperFds }},
 		{"the agent's descriptors", 8, func(s soakSample) int { return s.agentFds }},
 		{"threads", 4, func(s soakSample) int { return s.threads }},
+		{"mappings", 32, func(s soakSample) int { return s.maps }},
 		{"RSS", 32 << 20, func(s soakSample) int { return s.rss }},
 	} {
 		hi := slices.Max(mapSamples(mid, m.get))
@@ -570,11 +543,12 @@ func (r *soakRig) settle(t *testing.T, base soakSample, samples []soakSample, st
 	back := func() bool {
 		end = r.sample(t, start)
 		return end.fds["tcp"] <= base.fds["tcp"] && end.fds["pipe"] <= base.fds["pipe"] &&
-			end.fds["other"] <= base.fds["other"] && end.helperFds <= base.helperFds && end.agentFds <= base.agentFds
+			end.fds["other"] <= base.fds["other"] && end.helperFds <= base.helperFds && end.agentFds <= base.agentFds &&
+			end.guestMaps <= base.guestMaps
 	}
 	// A flow whose FIN the guest never acknowledges lives a minute.
 	if !pollUntil(2*time.Minute, back) {
-		t.Errorf("after the workload, the engine's descriptors did not go back to their start:\nstart %v\nnow   %v", base, end)
+		t.Errorf("after the workload, the engine's descriptors, or its mappings of the guest's memory, did not go back to their start:\nstart %v\nnow   %v", base, end)
 	}
 	// UDP and ICMP flows live their idle timeout: wait for it if the run
 	// was long, else count them against what the workload opened.
@@ -603,6 +577,7 @@ func (r *soakRig) settle(t *testing.T, base soakSample, samples []soakSample, st
 			peak.fds[k] = max(peak.fds[k], v)
 		}
 		peak.threads, peak.rss = max(peak.threads, s.threads), max(peak.rss, s.rss)
+		peak.maps, peak.guestMaps = max(peak.maps, s.maps), max(peak.guestMaps, s.guestMaps)
 		peak.helperFds, peak.agentFds = max(peak.helperFds, s.helperFds), max(peak.agentFds, s.agentFds)
 	}
 	t.Logf("start %v\npeak  %v\nend   %v", base, peak, end)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -271,4 +273,58 @@ func TestTCPKeepalive(t *testing.T) {
 		alive++
 	}
 	t.Logf("%d/%d keepalive connections alive after 10 s idle", alive, n)
+}
+
+// TestTCPInboundGuestTimeWait: a host client that reconnects through -t
+// from the port of its last connection, which the guest closed first and
+// holds in TIME-WAIT. After 4 MiB to the guest, our SYN's sequence
+// number (RFC 6528's clock) is below what the guest had, and the guest
+// answers it with an ACK of the old connection; we reset that (RFC 9293,
+// 3.10.7.3), and our next SYN connects, a second later. Ignored, the
+// ACK came back to each SYN until TIME-WAIT ran out: the client waited
+// a minute. The two addresses it comes from are both the gateway to the
+// guest, as TestSoakVhostUser's three are.
+func TestTCPInboundGuestTimeWait(t *testing.T) {
+	w := newWorld(t, WorldOpts{Args: []string{"-t", "18390:8390"}})
+	l := w.Guest.Listen(t, "tcp", ":8390")
+	acceptLoop(l, func(c net.Conn) {
+		io.CopyN(io.Discard, c, 4<<20)
+		io.WriteString(c, "done\n")
+		c.Close() // first: the guest's side goes to TIME-WAIT
+	})
+	port := 0
+	for i, src := range []string{"127.0.0.1", hostAddr, "127.0.0.1"} {
+		var c net.Conn
+		var err error
+		w.Host.do(func() {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src), Port: port}, Timeout: 5 * time.Second}
+			c, err = d.Dial("tcp", net.JoinHostPort(src, "18390"))
+		})
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		port = c.LocalAddr().(*net.TCPAddr).Port
+		// Well within TIME-WAIT's minute, and well over our SYN's second.
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		c.Write(make([]byte, 4<<20))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if string(got) != "done\n" {
+			t.Fatalf("connection %d from %s port %d: read %q, %v", i, src, port, got, err)
+		}
+		// The next connection comes once the guest's is in TIME-WAIT
+		// and our flow is gone (it holds no socket for it): else, with
+		// the flow's addresses taken, the client is refused.
+		peer := func(l string) bool {
+			return slices.ContainsFunc(strings.Fields(l), func(f string) bool { return strings.HasSuffix(f, fmt.Sprintf(":%d", port)) })
+		}
+		waitFor(t, "the guest's connection in TIME-WAIT", func() bool {
+			out, _ := w.Guest.Cmd("ss", "-Htan", "state", "time-wait", "sport", "=", ":8390").Output()
+			return slices.ContainsFunc(strings.Split(string(out), "\n"), peer)
+		})
+		waitFor(t, "the engine done with the flow", func() bool {
+			out, _ := w.Host.Cmd("ss", "-Htanp", "sport", "=", ":18390").Output()
+			return !slices.ContainsFunc(strings.Split(string(out), "\n"), func(l string) bool { return peer(l) && strings.Contains(l, "users:") })
+		})
+	}
 }

@@ -323,6 +323,17 @@ func (e *Engine) tcpInput(src, dst netip.Addr, t header.TCP) {
 		e.tcpGuestGone(f, false)
 		return
 	}
+	if f.state&tcpSynSent != 0 && flags&header.TCPAck != 0 && t.Ack() != f.sndUna+1 {
+		// An ACK of what our SYN never sent: the guest's answer from a
+		// connection it still has on these addresses, in TIME-WAIT (a
+		// SYN whose sequence number is below what it had), or one we
+		// dropped with a client that was gone. It would answer our SYN
+		// so for as long as that lives, up to minutes. A reset at its
+		// ACK ends it (RFC 9293, 3.10.7.3, SYN-SENT), and our next SYN
+		// connects; this flow goes on waiting.
+		e.tcpRstReply(key, t)
+		return
+	}
 	if flags&header.TCPSyn != 0 {
 		switch {
 		case f.state&tcpSynSent != 0 && flags&header.TCPAck != 0 && t.Ack() == f.sndUna+1:

@@ -180,6 +180,52 @@ func TestTCPInboundBadSynAck(t *testing.T) {
 	}
 }
 
+// TestTCPInboundStaleGuestConnection: the guest answers our SYN with an
+// ACK of its own, from a connection it still has on the same addresses
+// (in TIME-WAIT, which answers so a SYN of a lower sequence number, or
+// one whose flow we dropped, at a reconnection). We reset that
+// connection (RFC 9293, 3.10.7.3: a RST at its ACK); ignored, it
+// answered each SYN again for as long as it lived, up to minutes, and
+// the client waited. The flow waits on, and connects on our next SYN.
+func TestTCPInboundStaleGuestConnection(t *testing.T) {
+	h, dial := inbound(t)
+	c := dial()
+	syn := h.inSyn(t)
+	const staleSeq, staleAck = 7000, 123456789
+	h.send(h.fromPort22(syn, header.TCPAck, staleSeq, staleAck, ""))
+	var rst header.TCP
+	h.guestSegs(t, func(s header.TCP) bool {
+		if s.SrcPort() == syn.SrcPort() && s.DstPort() == 22 && s.Flags()&header.TCPRst != 0 {
+			rst = append(header.TCP(nil), s...)
+		}
+		return rst != nil
+	})
+	if rst.Seq() != staleAck || rst.Flags() != header.TCPRst {
+		t.Fatalf("the stale connection's ACK got %v seq %d, want a RST at its ACK, %d", rst.Flags(), rst.Seq(), staleAck)
+	}
+	if f := h.inFlow(syn); f == nil || f.state&(tcpSynSent|tcpEstablished) != tcpSynSent {
+		t.Fatalf("after the stale connection's ACK: %v, want the flow still waiting", f)
+	}
+	h.jump(tcpRTO << 1)
+	again := h.inSyn(t)
+	if again.Seq() != syn.Seq() {
+		t.Fatalf("SYN again with seq %d, was %d", again.Seq(), syn.Seq())
+	}
+	h.send(h.fromPort22(syn, header.TCPSyn|header.TCPAck, 5000, syn.Seq()+1, ""))
+	h.e.turn(5)
+	if f := h.inFlow(syn); f == nil || f.state&tcpEstablished == 0 {
+		t.Fatalf("after the SYN-ACK: %v, want established", f)
+	}
+	c.Write([]byte("hello"))
+	var got []byte
+	h.guestSegs(t, func(s header.TCP) bool {
+		if s.SrcPort() == syn.SrcPort() && s.DstPort() == 22 {
+			got = append(got, s.Payload()...)
+		}
+		return string(got) == "hello"
+	})
+}
+
 // TestTCPInboundGuestSilent: a guest that never answers gets our SYN
 // again with the timeout doubling, up to the retry limit; then the
 // client sees a reset, the flow is gone, and a new client gets a new SYN.
