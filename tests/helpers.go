@@ -75,39 +75,15 @@ func (w *World) guestConn(t testing.TB, addr string) net.Conn {
 	return c
 }
 
-// acceptLoop serves every connection l accepts with handle, each in its
-// own goroutine, until l is closed.
-func acceptLoop(l net.Listener, handle func(net.Conn)) {
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go handle(c)
-		}
-	}()
-}
+// acceptLoop and servePackets are the soak workload's (its guest agent
+// shares them).
+var (
+	acceptLoop   = soak.AcceptLoop
+	servePackets = soak.ServePackets
+)
 
 // echoPackets answers every datagram pc receives with prefix and the
 // datagram, until pc is closed.
 func echoPackets(pc net.PacketConn, prefix string) {
 	servePackets(pc, func(req []byte) []byte { return append([]byte(prefix), req...) })
-}
-
-// servePackets answers each datagram pc receives with reply's result (none
-// when it is nil), until pc is closed.
-func servePackets(pc net.PacketConn, reply func(req []byte) []byte) {
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if resp := reply(buf[:n]); resp != nil {
-				pc.WriteTo(resp, from)
-			}
-		}
-	}()
 }

@@ -64,14 +64,18 @@ func HashCopy(r io.Reader) ([]byte, int64, error) {
 // line "get SEED N" is answered with NewStream(SEED, N) and a close;
 // "put N" reads N bytes and answers their SHA-256; "echo" echoes until
 // the client's FIN; "rst" resets.
-func Serve(l net.Listener) {
+func Serve(l net.Listener) { AcceptLoop(l, serveConn) }
+
+// AcceptLoop serves every connection l accepts with handle, each in its
+// own goroutine, until l is closed.
+func AcceptLoop(l net.Listener, handle func(net.Conn)) {
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go serveConn(c)
+			go handle(c)
 		}
 	}()
 }
@@ -104,7 +108,11 @@ func serveConn(c net.Conn) {
 
 // Echo answers every datagram pc receives with itself, until pc is
 // closed.
-func Echo(pc net.PacketConn) {
+func Echo(pc net.PacketConn) { ServePackets(pc, func(req []byte) []byte { return req }) }
+
+// ServePackets answers each datagram pc receives with reply's result
+// (none when it is nil), until pc is closed.
+func ServePackets(pc net.PacketConn, reply func(req []byte) []byte) {
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -112,7 +120,9 @@ func Echo(pc net.PacketConn) {
 			if err != nil {
 				return
 			}
-			pc.WriteTo(buf[:n], from)
+			if resp := reply(buf[:n]); resp != nil {
+				pc.WriteTo(resp, from)
+			}
 		}
 	}()
 }
