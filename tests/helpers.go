@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -51,16 +50,16 @@ func port(a net.Addr) string {
 	return p
 }
 
-// newStream is a deterministic pseudo-random byte stream of a given
-// length: both ends of a transfer can generate or verify it without
-// storing it.
-func newStream(seed byte, n int64) *soak.Stream { return soak.NewStream(seed, n) }
-
-// sumStream is the SHA-256 of a stream generated with seed and length.
-func sumStream(seed byte, n int64) []byte { return soak.SumStream(seed, n) }
-
-// hashCopy reads r to the end and returns its SHA-256 and length.
-func hashCopy(r io.Reader) ([]byte, int64, error) { return soak.HashCopy(r) }
+// The soak workload's, which its guest agent shares: newStream is a
+// deterministic pseudo-random byte stream of a given length, which both
+// ends of a transfer can generate or verify without storing it;
+// sumStream its SHA-256; hashCopy reads a reader to its end and returns
+// its SHA-256 and length.
+var (
+	newStream = soak.NewStream
+	sumStream = soak.SumStream
+	hashCopy  = soak.HashCopy
+)
 
 // guestConn connects from the guest namespace, failing the test if it
 // cannot; the connection closes with the test and times out after 20 s.
@@ -75,8 +74,7 @@ func (w *World) guestConn(t testing.TB, addr string) net.Conn {
 	return c
 }
 
-// acceptLoop and servePackets are the soak workload's (its guest agent
-// shares them).
+// acceptLoop and servePackets are the soak workload's too.
 var (
 	acceptLoop   = soak.AcceptLoop
 	servePackets = soak.ServePackets

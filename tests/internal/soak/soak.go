@@ -136,11 +136,7 @@ func Request(c net.Conn, kind int, seed byte) error {
 	n := int64(1000 + int(seed)*300)
 	switch kind {
 	case 0:
-		fmt.Fprintf(c, "get %d %d\n", seed, n)
-		sum, got, err := HashCopy(c)
-		if err != nil || got != n || !bytes.Equal(sum, SumStream(seed, n)) {
-			return fmt.Errorf("get %d: %d bytes (%v), SHA-256 equal: %v", n, got, err, bytes.Equal(sum, SumStream(seed, n)))
-		}
+		return Transfer(c, false, seed, n)
 	case 1:
 		fmt.Fprintf(c, "get %d %d\n", seed, 4<<20)
 		c.(*net.TCPConn).SetLinger(0)
